@@ -1,1 +1,4 @@
 //! Flotilla hub library.
+pub mod model;
+pub mod source;
+pub mod yaml;

@@ -1,0 +1,123 @@
+//! Git sources through gix, and rendering a source path into manifests.
+//!
+//! Everything here is blocking (gix's network client is blocking): call it
+//! from `tokio::task::spawn_blocking`.
+
+use std::path::PathBuf;
+
+use crate::model::DirectorySource;
+
+/// Errors from fetching or reading a Git repository.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("repository {url}: {message}")]
+    Fetch { url: String, message: String },
+    #[error("repository {url}: revision {revision:?} not found: {message}")]
+    Revision {
+        url: String,
+        revision: String,
+        message: String,
+    },
+    #[error("repository {url} at {commit}: path {path:?}: {message}")]
+    Path {
+        url: String,
+        commit: String,
+        path: String,
+        message: String,
+    },
+}
+
+/// Errors from turning files into Kubernetes objects.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    /// A file is not valid YAML/JSON.
+    #[error("{file}: invalid YAML{}: {message}", line.map(|l| format!(" at line {l}")).unwrap_or_default())]
+    Yaml {
+        file: String,
+        line: Option<usize>,
+        message: String,
+    },
+    /// A document is not a Kubernetes object.
+    #[error("{file}: document {index}: {message}")]
+    Object {
+        file: String,
+        index: usize,
+        message: String,
+    },
+    /// The same object appears twice.
+    #[error("{kind}/{name} is defined twice ({first} and {second})")]
+    Duplicate {
+        kind: String,
+        name: String,
+        first: String,
+        second: String,
+    },
+    /// A bad include/exclude pattern.
+    #[error("directory {field} {pattern:?}: {message}")]
+    Pattern {
+        field: &'static str,
+        pattern: String,
+        message: String,
+    },
+}
+
+/// One file read from a repository tree.
+#[derive(Debug, Clone)]
+pub struct SourceFile {
+    /// Path relative to the directory that was read.
+    pub path: String,
+    pub content: Vec<u8>,
+}
+
+/// Local bare mirrors of Git repositories, one per URL, shared by every
+/// application that uses that URL.
+#[derive(Debug, Clone)]
+pub struct GitCache {
+    root: PathBuf,
+}
+
+impl GitCache {
+    /// Mirrors live under `root` (created on first fetch).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// Fetches `url` (`file://`, `https://`, or a local path) and resolves
+    /// `revision` (branch, tag, commit, or `HEAD`) to a full commit id.
+    ///
+    /// # Errors
+    /// The repository cannot be reached or the revision does not exist.
+    pub fn fetch(&self, url: &str, revision: &str) -> Result<String, SourceError> {
+        imp::fetch(&self.root, url, revision)
+    }
+
+    /// Reads the files below `path` at `commit` (fetched before). With
+    /// `recurse`, subdirectories too. Paths in the result are relative to
+    /// `path`, sorted.
+    ///
+    /// # Errors
+    /// The commit or the path does not exist, or the path is not a directory.
+    pub fn read_dir(
+        &self,
+        url: &str,
+        commit: &str,
+        path: &str,
+        recurse: bool,
+    ) -> Result<Vec<SourceFile>, SourceError> {
+        imp::read_dir(&self.root, url, commit, path, recurse)
+    }
+}
+
+/// Renders a plain directory: every `.yaml`, `.yml` and `.json` file (after
+/// include/exclude) parsed as a stream of Kubernetes objects.
+///
+/// # Errors
+/// The first file that fails, naming the file and line.
+pub fn render_directory(
+    files: &[SourceFile],
+    options: &DirectorySource,
+) -> Result<Vec<serde_json::Value>, RenderError> {
+    imp::render_directory(files, options)
+}
+
+mod imp;
