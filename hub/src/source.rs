@@ -121,3 +121,5 @@ pub fn render_directory(
 }
 
 mod imp;
+
+pub use imp::redact_url;

@@ -1,33 +1,33 @@
-//! Implementation of Git access and directory rendering (in progress).
+//! Implementation of Git access and directory rendering.
 
 use std::path::Path;
 
 use super::{RenderError, SourceError, SourceFile};
 use crate::model::DirectorySource;
 
-pub(super) fn fetch(_root: &Path, url: &str, _revision: &str) -> Result<String, SourceError> {
-    Err(SourceError::Fetch {
-        url: url.to_owned(),
-        message: "not implemented yet".into(),
-    })
+mod git;
+mod redact;
+mod render;
+
+pub use redact::redact_url;
+
+pub(super) fn fetch(root: &Path, url: &str, revision: &str) -> Result<String, SourceError> {
+    git::fetch(root, url, revision)
 }
 
 pub(super) fn read_dir(
-    _root: &Path,
+    root: &Path,
     url: &str,
-    _commit: &str,
-    _path: &str,
-    _recurse: bool,
+    commit: &str,
+    path: &str,
+    recurse: bool,
 ) -> Result<Vec<SourceFile>, SourceError> {
-    Err(SourceError::Fetch {
-        url: url.to_owned(),
-        message: "not implemented yet".into(),
-    })
+    git::read_dir(root, url, commit, path, recurse)
 }
 
 pub(super) fn render_directory(
-    _files: &[SourceFile],
-    _options: &DirectorySource,
+    files: &[SourceFile],
+    options: &DirectorySource,
 ) -> Result<Vec<serde_json::Value>, RenderError> {
-    Ok(Vec::new())
+    render::render_directory(files, options)
 }

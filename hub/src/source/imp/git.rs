@@ -1,0 +1,330 @@
+//! Bare mirrors through gix: fetching, resolving revisions, reading trees.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use gix::bstr::ByteSlice;
+use gix::refs::transaction::{Change, LogChange, PreviousValue, RefEdit};
+use gix::remote::Direction;
+use sha2::{Digest, Sha256};
+
+use super::redact::{redact_message, redact_url};
+use crate::source::{SourceError, SourceFile};
+
+/// Every branch and tag, force-updated: the mirror follows the remote even
+/// through force pushes and moved tags.
+const REFSPECS: [&str; 2] = ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"];
+
+/// Branches tried, in order, when the remote does not say what its HEAD is.
+const DEFAULT_BRANCHES: [&str; 2] = ["refs/heads/main", "refs/heads/master"];
+
+/// Where the mirror of `url` lives under `root`.
+pub(crate) fn mirror_dir(root: &Path, url: &str) -> PathBuf {
+    root.join(hex::encode(Sha256::digest(url.as_bytes())))
+}
+
+/// One lock per mirror directory, held for a whole fetch: two fetches into
+/// the same bare repository would race on refs and pack files.
+fn mirror_lock(dir: &Path) -> Arc<Mutex<()>> {
+    static LOCKS: OnceLock<Mutex<HashMap<PathBuf, Arc<Mutex<()>>>>> = OnceLock::new();
+    let mut locks = LOCKS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    locks.entry(dir.to_owned()).or_default().clone()
+}
+
+/// The message of an error and its causes on one line, with `url`'s
+/// credentials removed.
+fn describe(err: &(dyn std::error::Error + 'static), url: &str) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut current = Some(err);
+    while let Some(e) = current {
+        let text = e.to_string();
+        // gix errors often repeat their cause in their own message.
+        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        current = e.source();
+    }
+    redact_message(&parts.join(": "), url)
+}
+
+fn fetch_error(url: &str, message: impl std::fmt::Display) -> SourceError {
+    SourceError::Fetch {
+        url: redact_url(url),
+        message: redact_message(&message.to_string(), url),
+    }
+}
+
+pub(crate) fn fetch(root: &Path, url: &str, revision: &str) -> Result<String, SourceError> {
+    if url.trim().is_empty() {
+        return Err(fetch_error(url, "empty repository URL"));
+    }
+    let dir = mirror_dir(root, url);
+    let lock = mirror_lock(&dir);
+    let _guard = lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+
+    let existed = dir.join("HEAD").is_file();
+    let repo = open_or_init(&dir).map_err(|m| fetch_error(url, m))?;
+    if let Err(err) = update_mirror(&repo, url) {
+        // An empty mirror would only make a later read_dir report a missing
+        // commit instead of the failed fetch; a mirror with earlier content
+        // is kept, it still serves the commits fetched before.
+        if !existed {
+            drop(repo);
+            // Best effort: a leftover directory is reinitialized next time.
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        return Err(err);
+    }
+    resolve(&repo, url, revision)
+}
+
+fn open_or_init(dir: &Path) -> Result<gix::Repository, String> {
+    if dir.join("HEAD").is_file() {
+        return gix::open(dir).map_err(|e| format!("opening mirror {}: {e}", dir.display()));
+    }
+    // A directory without HEAD is a mirror whose creation was interrupted.
+    if dir.exists() {
+        std::fs::remove_dir_all(dir)
+            .map_err(|e| format!("removing incomplete mirror {}: {e}", dir.display()))?;
+    }
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| format!("creating {}: {e}", parent.display()))?;
+    }
+    gix::init_bare(dir).map_err(|e| format!("creating mirror {}: {e}", dir.display()))
+}
+
+/// Fetches every branch and tag of `url` into `repo` and points the
+/// mirror's HEAD at the remote's default branch when the remote names it.
+fn update_mirror(repo: &gix::Repository, url: &str) -> Result<(), SourceError> {
+    let err = |e: gix::Error| fetch_error(url, describe(&e, url));
+    let remote = repo
+        .remote_at(url)
+        .map_err(err)?
+        .with_fetch_tags(gix::remote::fetch::Tags::None)
+        .with_refspecs(REFSPECS, Direction::Fetch)
+        .map_err(err)?;
+    let connection = remote.connect(Direction::Fetch).map_err(err)?;
+    let options = gix::remote::ref_map::Options {
+        // Unfiltered, so the advertisement includes the HEAD symref that
+        // names the default branch.
+        prefix_from_spec_as_filter_on_remote: false,
+        ..Default::default()
+    };
+    let never_interrupt = AtomicBool::new(false);
+    let outcome = connection
+        .prepare_fetch(gix::progress::Discard, options)
+        .map_err(err)?
+        .receive(gix::progress::Discard, &never_interrupt)
+        .map_err(err)?;
+
+    let head_target = outcome.ref_map.remote_refs.iter().find_map(|r| match r {
+        gix::protocol::handshake::Ref::Symbolic {
+            full_ref_name,
+            target,
+            ..
+        } if full_ref_name == "HEAD" => Some(target.clone()),
+        _ => None,
+    });
+    if let Some(target) = head_target
+        && target.starts_with(b"refs/heads/")
+    {
+        set_head(repo, target.as_bstr()).map_err(|m| fetch_error(url, m))?;
+    }
+    Ok(())
+}
+
+fn set_head(repo: &gix::Repository, target: &gix::bstr::BStr) -> Result<(), String> {
+    let target: gix::refs::FullName = target
+        .try_into()
+        .map_err(|e| format!("remote HEAD {target:?}: {e}"))?;
+    let current = repo
+        .find_reference("HEAD")
+        .ok()
+        .and_then(|r| r.target().try_name().map(|n| n.to_owned()));
+    if current.as_ref() == Some(&target) {
+        return Ok(());
+    }
+    let head: gix::refs::FullName = "HEAD".try_into().map_err(|e| format!("HEAD: {e}"))?;
+    repo.edit_reference(RefEdit {
+        change: Change::Update {
+            log: LogChange::default(),
+            expected: PreviousValue::Any,
+            new: gix::refs::Target::Symbolic(target),
+        },
+        name: head,
+        deref: false,
+    })
+    .map_err(|e| format!("updating mirror HEAD: {e}"))?;
+    Ok(())
+}
+
+fn resolve(repo: &gix::Repository, url: &str, revision: &str) -> Result<String, SourceError> {
+    let revision = revision.trim();
+    let not_found = |message: String| SourceError::Revision {
+        url: redact_url(url),
+        revision: revision.to_owned(),
+        message: redact_message(&message, url),
+    };
+
+    let mut candidates: Vec<String> = Vec::new();
+    if revision.is_empty() || revision == "HEAD" {
+        let head = repo
+            .find_reference("HEAD")
+            .ok()
+            .and_then(|r| r.target().try_name().map(|n| n.as_bstr().to_string()));
+        candidates.extend(head);
+        candidates.extend(DEFAULT_BRANCHES.map(str::to_owned));
+    } else if revision.starts_with("refs/") {
+        candidates.push(revision.to_owned());
+    } else {
+        candidates.push(format!("refs/heads/{revision}"));
+        candidates.push(format!("refs/tags/{revision}"));
+    }
+    for name in &candidates {
+        // Invalid names (`..`, spaces) simply do not match a reference.
+        let Ok(Some(mut reference)) = repo.try_find_reference(name.as_str()) else {
+            continue;
+        };
+        let commit = reference.peel_to_commit().map_err(|e| {
+            not_found(format!(
+                "{name} does not point to a commit: {}",
+                describe(&e, url)
+            ))
+        })?;
+        return Ok(commit.id.to_string());
+    }
+
+    if is_commit_id(revision) {
+        let id = repo
+            .rev_parse_single(revision)
+            .map_err(|e| not_found(describe(&e, url)))?;
+        let commit = id
+            .object()
+            .and_then(|o| o.peel_to_commit())
+            .map_err(|e| not_found(format!("not a commit: {}", describe(&e, url))))?;
+        return Ok(commit.id.to_string());
+    }
+
+    let message = if revision.is_empty() || revision == "HEAD" {
+        "the repository has no default branch (no HEAD, main or master)".to_owned()
+    } else {
+        "no branch, tag or commit by that name".to_owned()
+    };
+    Err(not_found(message))
+}
+
+fn is_commit_id(revision: &str) -> bool {
+    (4..=40).contains(&revision.len()) && revision.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+pub(crate) fn read_dir(
+    root: &Path,
+    url: &str,
+    commit: &str,
+    path: &str,
+    recurse: bool,
+) -> Result<Vec<SourceFile>, SourceError> {
+    let dir = mirror_dir(root, url);
+    let path_error = |message: String| SourceError::Path {
+        url: redact_url(url),
+        commit: commit.to_owned(),
+        path: path.to_owned(),
+        message: redact_message(&message, url),
+    };
+    if !dir.join("HEAD").is_file() {
+        return Err(fetch_error(url, "not fetched yet"));
+    }
+    let repo = gix::open(&dir).map_err(|e| fetch_error(url, describe(&e, url)))?;
+    let id = gix::ObjectId::from_hex(commit.as_bytes()).map_err(|e| SourceError::Revision {
+        url: redact_url(url),
+        revision: commit.to_owned(),
+        message: format!("not a full commit id: {e}"),
+    })?;
+    let tree = repo
+        .find_object(id)
+        .and_then(|o| o.peel_to_commit())
+        .and_then(|c| c.tree())
+        .map_err(|e| SourceError::Revision {
+            url: redact_url(url),
+            revision: commit.to_owned(),
+            message: describe(&e, url),
+        })?;
+
+    let components = normalize(path).map_err(path_error)?;
+    let tree_id = if components.is_empty() {
+        tree.id
+    } else {
+        let entry = tree
+            .lookup_entry(components.iter().map(|c| c.as_bytes()))
+            .map_err(|e| path_error(describe(&e, url)))?
+            .ok_or_else(|| path_error("does not exist".to_owned()))?;
+        if !entry.mode().is_tree() {
+            return Err(path_error("is not a directory".to_owned()));
+        }
+        entry.object_id()
+    };
+
+    let mut files = Vec::new();
+    collect(&repo, tree_id, "", recurse, &mut files).map_err(|e| path_error(describe(&e, url)))?;
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(files)
+}
+
+/// Splits `path` into tree components; `""`, `.` and `./x/` forms are
+/// accepted, `..` is refused rather than resolved.
+fn normalize(path: &str) -> Result<Vec<&str>, String> {
+    let mut out = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => return Err("must not contain \"..\"".to_owned()),
+            part => out.push(part),
+        }
+    }
+    Ok(out)
+}
+
+/// Adds the blobs of tree `id` to `out`, prefixed with `prefix`. Symlinks
+/// and submodules are skipped: following either could leave the repository.
+fn collect(
+    repo: &gix::Repository,
+    id: gix::ObjectId,
+    prefix: &str,
+    recurse: bool,
+    out: &mut Vec<SourceFile>,
+) -> Result<(), gix::Error> {
+    let tree = repo.find_tree(id)?;
+    let entries: Vec<(gix::objs::tree::EntryMode, String, gix::ObjectId)> = tree
+        .decode()?
+        .entries
+        .iter()
+        .map(|e| {
+            (
+                e.mode,
+                e.filename.to_str_lossy().into_owned(),
+                e.oid.to_owned(),
+            )
+        })
+        .collect();
+    for (mode, name, oid) in entries {
+        let path = format!("{prefix}{name}");
+        if mode.is_tree() {
+            if recurse {
+                collect(repo, oid, &format!("{path}/"), recurse, out)?;
+            }
+        } else if mode.is_blob() {
+            let blob = repo.find_blob(oid)?;
+            out.push(SourceFile {
+                path,
+                content: blob.data.clone(),
+            });
+        }
+    }
+    Ok(())
+}
