@@ -1,0 +1,416 @@
+//! Simulated controllers: workload rollouts, Jobs, Pods, PVCs, LoadBalancers
+//! (switchable), plus the API server's own namespace and CRD lifecycle
+//! (always on).
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use crate::resources::ResourceDef;
+use crate::store::{Cluster, Key, State, WriteOpts, rd_for};
+
+/// Controller timing.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    /// Whether workload controllers run.
+    pub enabled: bool,
+    /// Time until a rollout becomes available.
+    pub rollout_delay: Duration,
+}
+
+fn now() -> String {
+    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// Whether any container image of a pod template never becomes ready.
+pub fn failing(template_spec: &Value) -> bool {
+    ["containers", "initContainers"].iter().any(|l| {
+        template_spec[l].as_array().into_iter().flatten().any(|c| {
+            let image = c["image"].as_str().unwrap_or_default();
+            image.contains(":never-ready")
+                || image
+                    .rsplit('/')
+                    .next()
+                    .is_some_and(|n| n.ends_with(":fail"))
+        })
+    })
+}
+
+fn hash(v: &Value) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in v.to_string().bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x100_0000_01b3);
+    }
+    const ALPHA: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    (0..10)
+        .map(|i| {
+            let idx = ((h >> (i * 6)) % ALPHA.len() as u64) as usize;
+            char::from(ALPHA.get(idx).copied().unwrap_or(b'x'))
+        })
+        .collect()
+}
+
+fn cond(ty: &str, status: &str, reason: &str, message: &str, old: &Value) -> Value {
+    // Keep transition times stable while the status does not change.
+    let prev = old["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == ty).cloned());
+    let (lt, lu) = match &prev {
+        Some(p) if p["status"] == status && p["reason"] == reason => {
+            (p["lastTransitionTime"].clone(), p["lastUpdateTime"].clone())
+        }
+        Some(p) if p["status"] == status => (p["lastTransitionTime"].clone(), json!(now())),
+        _ => (json!(now()), json!(now())),
+    };
+    json!({"type": ty, "status": status, "reason": reason, "message": message, "lastTransitionTime": lt, "lastUpdateTime": lu})
+}
+
+/// Runs one reconcile pass; returns whether more work is pending (a rollout
+/// still in progress).
+pub fn reconcile(cluster: &Cluster, t: Timing) -> bool {
+    let mut st = cluster.lock();
+    st.dirty = false;
+    let mut pending = false;
+    lifecycle(cluster, &mut st);
+    if !t.enabled {
+        return false;
+    }
+    let keys: Vec<Key> = st.objects.keys().cloned().collect();
+    let now_i = Instant::now();
+    let mut live_uids = std::collections::HashSet::new();
+    for k in keys {
+        let Some(obj) = st.objects.get(&k).cloned() else {
+            continue;
+        };
+        let Some(rd) = rd_for(&st, &k.0) else {
+            continue;
+        };
+        if obj["metadata"]["deletionTimestamp"].is_string() {
+            continue;
+        }
+        let uid = obj["metadata"]["uid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        live_uids.insert(uid.clone());
+        let generation = obj["metadata"]["generation"].as_i64().unwrap_or(0);
+        let start = match st.rollouts.get(&uid) {
+            Some((g, s)) if *g == generation => *s,
+            _ => {
+                st.rollouts.insert(uid.clone(), (generation, now_i));
+                now_i
+            }
+        };
+        let elapsed = now_i.saturating_duration_since(start);
+        let ready = elapsed >= t.rollout_delay;
+        let status = match (rd.group.as_str(), rd.kind.as_str()) {
+            ("apps", "Deployment") => deployment(&obj, ready, elapsed, t, &mut pending),
+            ("apps", "ReplicaSet" | "StatefulSet" | "DaemonSet") => {
+                workload(&rd, &obj, ready, &mut pending)
+            }
+            ("batch", "Job") => job(&obj, ready, &mut pending),
+            ("", "Pod") => pod(&obj, ready, &mut pending),
+            ("", "PersistentVolumeClaim") => Some(
+                json!({"phase": "Bound", "accessModes": obj["spec"]["accessModes"], "capacity": obj["spec"]["resources"]["requests"]}),
+            ),
+            ("", "Service") if obj["spec"]["type"] == "LoadBalancer" => {
+                let n = st.objects.len() % 250 + 1;
+                let mut s = obj["status"].clone();
+                if s["loadBalancer"]["ingress"].is_array() {
+                    None
+                } else {
+                    s["loadBalancer"] =
+                        json!({"ingress": [{"ip": format!("172.18.255.{n}"), "ipMode": "VIP"}]});
+                    Some(s)
+                }
+            }
+            _ => None,
+        };
+        if let Some(s) = status {
+            if obj["status"] != s {
+                let mut new = obj;
+                new["status"] = s;
+                cluster.commit(&mut st, &rd, k, new, "MODIFIED");
+            }
+        }
+    }
+    st.rollouts.retain(|u, _| live_uids.contains(u));
+    pending
+}
+
+fn deployment(
+    obj: &Value,
+    ready: bool,
+    elapsed: Duration,
+    t: Timing,
+    pending: &mut bool,
+) -> Option<Value> {
+    let spec = &obj["spec"];
+    let replicas = spec["replicas"].as_i64().unwrap_or(1);
+    let generation = obj["metadata"]["generation"].as_i64().unwrap_or(1);
+    let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+    let rs = format!("{name}-{}", hash(&spec["template"]));
+    let fails = failing(&spec["template"]["spec"]) && replicas > 0;
+    let deadline_s = spec["progressDeadlineSeconds"].as_u64().unwrap_or(600);
+    let deadline = Duration::from_secs(deadline_s).min(t.rollout_delay * 3);
+    let was_available = obj["status"]["availableReplicas"].as_i64().unwrap_or(0);
+    let mut s = json!({"observedGeneration": generation, "replicas": replicas, "updatedReplicas": replicas});
+    if replicas == 0 || (ready && !fails) {
+        s["readyReplicas"] = json!(replicas);
+        s["availableReplicas"] = json!(replicas);
+        if replicas == 0 {
+            s.as_object_mut().map(|m| {
+                m.remove("readyReplicas");
+                m.remove("availableReplicas");
+                m.remove("updatedReplicas");
+            });
+        }
+        s["conditions"] = json!([
+            cond(
+                "Available",
+                "True",
+                "MinimumReplicasAvailable",
+                "Deployment has minimum availability.",
+                obj
+            ),
+            cond(
+                "Progressing",
+                "True",
+                "NewReplicaSetAvailable",
+                &format!("ReplicaSet \"{rs}\" has successfully progressed."),
+                obj
+            ),
+        ]);
+    } else {
+        *pending = true;
+        let avail = was_available.min(replicas);
+        if avail > 0 {
+            s["readyReplicas"] = json!(avail);
+            s["availableReplicas"] = json!(avail);
+        }
+        s["unavailableReplicas"] = json!(replicas - avail);
+        let available = if avail > 0 {
+            cond(
+                "Available",
+                "True",
+                "MinimumReplicasAvailable",
+                "Deployment has minimum availability.",
+                obj,
+            )
+        } else {
+            cond(
+                "Available",
+                "False",
+                "MinimumReplicasUnavailable",
+                "Deployment does not have minimum availability.",
+                obj,
+            )
+        };
+        let progressing = if fails && elapsed >= deadline {
+            *pending = false;
+            cond(
+                "Progressing",
+                "False",
+                "ProgressDeadlineExceeded",
+                &format!("ReplicaSet \"{rs}\" has timed out progressing."),
+                obj,
+            )
+        } else {
+            cond(
+                "Progressing",
+                "True",
+                "ReplicaSetUpdated",
+                &format!("ReplicaSet \"{rs}\" is progressing."),
+                obj,
+            )
+        };
+        s["conditions"] = json!([available, progressing]);
+    }
+    Some(s)
+}
+
+fn workload(rd: &ResourceDef, obj: &Value, ready: bool, pending: &mut bool) -> Option<Value> {
+    let spec = &obj["spec"];
+    let generation = obj["metadata"]["generation"].as_i64().unwrap_or(1);
+    let replicas = if rd.kind == "DaemonSet" {
+        1
+    } else {
+        spec["replicas"].as_i64().unwrap_or(1)
+    };
+    let ok = ready && !failing(&spec["template"]["spec"]);
+    if !ok && !failing(&spec["template"]["spec"]) {
+        *pending = true;
+    }
+    let n = if ok { replicas } else { 0 };
+    let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+    let rev = format!("{name}-{}", hash(&spec["template"]));
+    Some(match rd.kind.as_str() {
+        "DaemonSet" => json!({
+            "observedGeneration": generation, "desiredNumberScheduled": 1, "currentNumberScheduled": 1,
+            "numberMisscheduled": 0, "numberReady": n, "numberAvailable": n, "updatedNumberScheduled": 1,
+            "numberUnavailable": 1 - n,
+        }),
+        "StatefulSet" => json!({
+            "observedGeneration": generation, "replicas": replicas, "readyReplicas": n, "availableReplicas": n,
+            "currentReplicas": replicas, "updatedReplicas": replicas, "currentRevision": rev, "updateRevision": rev,
+            "collisionCount": 0,
+        }),
+        _ => json!({
+            "observedGeneration": generation, "replicas": replicas, "fullyLabeledReplicas": replicas,
+            "readyReplicas": n, "availableReplicas": n,
+        }),
+    })
+}
+
+fn job(obj: &Value, ready: bool, pending: &mut bool) -> Option<Value> {
+    let mut s = obj["status"].clone();
+    if s["completionTime"].is_string()
+        || s["conditions"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["type"] == "Failed"))
+    {
+        return None;
+    }
+    if !s["startTime"].is_string() {
+        s["startTime"] = json!(now());
+    }
+    if !ready {
+        *pending = true;
+        s["active"] = json!(1);
+        s["ready"] = json!(0);
+        s["terminating"] = json!(0);
+        s["uncountedTerminatedPods"] = json!({});
+        return Some(s);
+    }
+    let m = s.as_object_mut()?;
+    m.remove("active");
+    m.insert("ready".into(), json!(0));
+    if failing(&obj["spec"]["template"]["spec"]) {
+        m.insert("failed".into(), json!(1));
+        m.insert(
+            "conditions".into(),
+            json!([
+                cond(
+                    "FailureTarget",
+                    "True",
+                    "BackoffLimitExceeded",
+                    "Job has reached the specified backoff limit",
+                    obj
+                ),
+                cond(
+                    "Failed",
+                    "True",
+                    "BackoffLimitExceeded",
+                    "Job has reached the specified backoff limit",
+                    obj
+                ),
+            ]),
+        );
+    } else {
+        let completions = obj["spec"]["completions"].as_i64().unwrap_or(1);
+        m.insert("succeeded".into(), json!(completions));
+        m.insert("completionTime".into(), json!(now()));
+        m.insert(
+            "conditions".into(),
+            json!([
+                cond(
+                    "SuccessCriteriaMet",
+                    "True",
+                    "CompletionsReached",
+                    "Reached expected number of succeeded pods",
+                    obj
+                ),
+                cond(
+                    "Complete",
+                    "True",
+                    "CompletionsReached",
+                    "Reached expected number of succeeded pods",
+                    obj
+                ),
+            ]),
+        );
+    }
+    Some(s)
+}
+
+fn pod(obj: &Value, ready: bool, pending: &mut bool) -> Option<Value> {
+    let fails = failing(&obj["spec"]);
+    if !ready {
+        *pending = true;
+        return Some(json!({"phase": "Pending", "qosClass": "BestEffort"}));
+    }
+    let r = if fails { "False" } else { "True" };
+    Some(json!({
+        "phase": "Running", "qosClass": "BestEffort", "podIP": "10.244.0.10", "hostIP": "172.18.0.2",
+        "startTime": obj["metadata"]["creationTimestamp"],
+        "conditions": [
+            cond("PodScheduled", "True", "", "", obj),
+            cond("Initialized", "True", "", "", obj),
+            cond("ContainersReady", r, "", "", obj),
+            cond("Ready", r, "", "", obj),
+        ],
+    }))
+}
+
+/// Namespace termination and CRD establishment (API server behaviour).
+fn lifecycle(cluster: &Cluster, st: &mut State) {
+    let crds: Vec<Key> = st
+        .objects
+        .iter()
+        .filter(|(k, o)| {
+            k.0 == "apiextensions.k8s.io/customresourcedefinitions"
+                && !o["status"]["conditions"].as_array().is_some_and(|c| {
+                    c.iter()
+                        .any(|c| c["type"] == "Established" && c["status"] == "True")
+                })
+        })
+        .map(|(k, _)| k.clone())
+        .collect();
+    for k in crds {
+        let Some(mut o) = st.objects.get(&k).cloned() else {
+            continue;
+        };
+        let Some(rd) = rd_for(st, &k.0) else { continue };
+        let versions: Vec<Value> = o["spec"]["versions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|v| v["storage"] == true)
+            .map(|v| v["name"].clone())
+            .collect();
+        o["status"] = json!({
+            "acceptedNames": o["spec"]["names"],
+            "storedVersions": versions,
+            "conditions": [
+                cond("NamesAccepted", "True", "NoConflicts", "no conflicts found", &o),
+                cond("Established", "True", "InitialNamesAccepted", "the initial names have been accepted", &o),
+            ],
+        });
+        cluster.commit(st, &rd, k, o, "MODIFIED");
+    }
+    let terminating: Vec<Key> = st
+        .objects
+        .iter()
+        .filter(|(k, o)| k.0 == "/namespaces" && o["metadata"]["deletionTimestamp"].is_string())
+        .map(|(k, _)| k.clone())
+        .collect();
+    for nk in terminating {
+        let ns = nk.2.clone();
+        let contents: Vec<Key> = st.objects.keys().filter(|k| k.1 == ns).cloned().collect();
+        for k in contents {
+            let Some(o) = st.objects.get(&k) else {
+                continue;
+            };
+            if o["metadata"]["deletionTimestamp"].is_string() {
+                continue;
+            }
+            let Some(rd) = rd_for(st, &k.0) else { continue };
+            let _ = cluster.delete_in(st, &rd, &ns, &k.2, &WriteOpts::default(), &Value::Null);
+        }
+        if !st.objects.keys().any(|k| k.1 == ns) {
+            cluster.remove_key(st, &nk);
+        }
+    }
+}
