@@ -1,4 +1,11 @@
 //! Flotilla hub library.
+pub mod api;
+pub mod appset;
+pub mod fleet;
+pub mod gitsync;
 pub mod model;
+pub mod pki;
+pub mod server;
 pub mod source;
+pub mod store;
 pub mod yaml;

@@ -1,0 +1,232 @@
+//! `AgentLink`: the long-lived stream each agent opens to the hub.
+//!
+//! The cluster identity comes only from the verified client certificate.
+//! The stream carries that cluster's desired state and nothing else.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{HubContext, now_ms};
+use crate::pki;
+use flotilla_proto as pb;
+use pb::agent_message::Kind as AgentKind;
+use pb::hub_message::Kind as HubKind;
+
+/// How long an agent may take to send its Hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The `AgentLink` service.
+#[derive(Clone, Debug)]
+pub struct AgentLinkService {
+    ctx: HubContext,
+}
+
+impl AgentLinkService {
+    pub fn new(ctx: HubContext) -> Self {
+        Self { ctx }
+    }
+
+    /// Authenticates the peer of a stream: a certificate verified by TLS,
+    /// naming a registered cluster, with the serial the hub last issued.
+    fn authenticate<T>(&self, req: &Request<T>) -> Result<pki::PeerIdentity, Status> {
+        let certs = req
+            .peer_certs()
+            .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+        let leaf = certs
+            .first()
+            .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+        let id = pki::peer_identity(leaf).map_err(|e| {
+            tracing::warn!(error = %e, "refused agent stream");
+            Status::unauthenticated("certificate does not name a cluster")
+        })?;
+        let rec = self.ctx.store.cluster(&id.cluster)?;
+        let Some(rec) = rec else {
+            tracing::warn!(cluster = %id.cluster, "refused agent stream: unknown cluster");
+            return Err(Status::unauthenticated("unknown or removed cluster"));
+        };
+        if rec.cert_serial.as_deref() != Some(id.serial.as_str()) {
+            tracing::warn!(cluster = %id.cluster, serial = %id.serial, "refused agent stream: certificate revoked or superseded");
+            return Err(Status::unauthenticated("certificate revoked"));
+        }
+        Ok(id)
+    }
+}
+
+type HubStream = Pin<Box<dyn Stream<Item = Result<pb::HubMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::agent_link_server::AgentLink for AgentLinkService {
+    async fn enroll(
+        &self,
+        _request: Request<pb::EnrollRequest>,
+    ) -> Result<Response<pb::EnrollResponse>, Status> {
+        Err(Status::unimplemented(
+            "enrollment is not available yet: use `flotilla cluster add NAME --out DIR`",
+        ))
+    }
+
+    type ConnectStream = HubStream;
+
+    async fn connect(
+        &self,
+        request: Request<Streaming<pb::AgentMessage>>,
+    ) -> Result<Response<Self::ConnectStream>, Status> {
+        let id = self.authenticate(&request)?;
+        let signals = self
+            .ctx
+            .fleet
+            .subscribe(&id.cluster)
+            .ok_or_else(|| Status::unauthenticated("unknown or removed cluster"))?;
+        let (tx, rx) = mpsc::channel(8);
+        let ctx = self.ctx.clone();
+        let inbound = request.into_inner();
+        tokio::spawn(async move {
+            let cluster = id.cluster.clone();
+            ctx.fleet.link_opened(&cluster);
+            if let Err(status) = session(&ctx, &cluster, inbound, signals, &tx).await {
+                let _ = tx.send(Err(status)).await;
+            }
+            ctx.fleet.link_closed(&cluster);
+            tracing::info!(cluster = %cluster, "agent stream closed");
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+type Outbound = mpsc::Sender<Result<pb::HubMessage, Status>>;
+
+async fn send_desired(
+    ctx: &HubContext,
+    cluster: &str,
+    has: &mut HashMap<String, String>,
+    tx: &Outbound,
+) -> Result<bool, Status> {
+    let Some((desired, index)) = ctx.fleet.desired_state(cluster, has) else {
+        return Err(Status::unauthenticated("cluster removed"));
+    };
+    tracing::info!(
+        cluster,
+        generation = desired.generation,
+        apps = desired.index.len(),
+        bundles = desired.bundles.len(),
+        "sending desired state"
+    );
+    // From here on the agent holds what the index says (the stream is
+    // ordered; if it breaks, the agent's next Hello says what it has).
+    *has = index.into_iter().collect();
+    Ok(tx
+        .send(Ok(pb::HubMessage {
+            kind: Some(HubKind::Desired(desired)),
+        }))
+        .await
+        .is_ok())
+}
+
+async fn session(
+    ctx: &HubContext,
+    cluster: &str,
+    mut inbound: Streaming<pb::AgentMessage>,
+    mut signals: tokio::sync::watch::Receiver<crate::fleet::ClusterSignal>,
+    tx: &Outbound,
+) -> Result<(), Status> {
+    let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
+        .await
+        .map_err(|_| Status::deadline_exceeded("no Hello within 30s"))??;
+    let hello = match first.and_then(|m| m.kind) {
+        Some(AgentKind::Hello(h)) => h,
+        Some(_) => return Err(Status::invalid_argument("the first message must be Hello")),
+        None => return Ok(()),
+    };
+    if !hello.claimed_cluster.is_empty() && hello.claimed_cluster != cluster {
+        tracing::warn!(cluster, claimed = %hello.claimed_cluster, "agent claims another cluster name; ignored");
+    }
+    tracing::info!(
+        cluster,
+        agent_version = %hello.agent_version,
+        generation = hello.generation,
+        apps = hello.apps.len(),
+        "agent connected"
+    );
+    let now = now_ms();
+    let version = hello.agent_version.clone();
+    ctx.store.update_cluster(cluster, |r| {
+        r.last_hello_ms = now;
+        r.last_seen_ms = now;
+        r.agent_version = version;
+    })?;
+    let mut has: HashMap<String, String> =
+        hello.apps.into_iter().map(|a| (a.name, a.digest)).collect();
+    let mut sent_generation = signals.borrow_and_update().generation;
+    if !send_desired(ctx, cluster, &mut has, tx).await? {
+        return Ok(());
+    }
+    let mut closing = ctx.closing.clone();
+    loop {
+        tokio::select! {
+            _ = closing.changed() => {
+                return Err(Status::unavailable("hub shutting down"));
+            }
+            msg = inbound.message() => {
+                let Some(msg) = msg? else { return Ok(()) };
+                handle_message(ctx, cluster, msg)?;
+            }
+            changed = signals.changed() => {
+                if changed.is_err() {
+                    return Err(Status::unauthenticated("cluster removed"));
+                }
+                let signal = *signals.borrow_and_update();
+                if signal.revoked {
+                    tracing::info!(cluster, "cluster removed: closing its stream");
+                    return Err(Status::unauthenticated("cluster removed"));
+                }
+                if signal.generation != sent_generation {
+                    sent_generation = signal.generation;
+                    if !send_desired(ctx, cluster, &mut has, tx).await? {
+                        return Ok(());
+                    }
+                }
+            }
+            () = tx.closed() => return Ok(()),
+        }
+    }
+}
+
+fn handle_message(ctx: &HubContext, cluster: &str, msg: pb::AgentMessage) -> Result<(), Status> {
+    let now = now_ms();
+    match msg.kind {
+        Some(AgentKind::Ack(ack)) => {
+            tracing::debug!(cluster, generation = ack.generation, "ack");
+            ctx.store.update_cluster(cluster, |r| {
+                r.acked_generation = ack.generation;
+                r.last_seen_ms = now;
+            })?;
+        }
+        Some(AgentKind::Status(report)) => {
+            let rec = ctx.store.update_cluster(cluster, |r| r.last_seen_ms = now)?;
+            let Some(rec) = rec else {
+                return Err(Status::unauthenticated("cluster removed"));
+            };
+            for status in report.apps {
+                // Only the cluster's own applications; a late report for a
+                // removed application must not bring its status back.
+                if rec.desired_index.contains_key(&status.name) {
+                    ctx.store.put_status(cluster, &status)?;
+                }
+            }
+        }
+        Some(AgentKind::Diff(_)) => {
+            ctx.store.update_cluster(cluster, |r| r.last_seen_ms = now)?;
+        }
+        Some(AgentKind::Hello(_)) => {
+            return Err(Status::invalid_argument("Hello may only be sent once"));
+        }
+        None => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,276 @@
+//! `HubApi`: the user API behind the CLI. Every call is authenticated by
+//! the bearer-token interceptor before it reaches these handlers.
+
+use std::collections::BTreeMap;
+
+use tonic::{Request, Response, Status};
+
+use super::{HubContext, now_ms};
+use crate::fleet::{self, parse_single_application};
+use crate::model::is_dns_subdomain;
+use crate::store::{AppRecord, ClusterRecord, RepoRecord};
+use flotilla_proto as pb;
+
+/// The `HubApi` service.
+#[derive(Clone, Debug)]
+pub struct HubApiService {
+    ctx: HubContext,
+}
+
+impl HubApiService {
+    pub fn new(ctx: HubContext) -> Self {
+        Self { ctx }
+    }
+
+    fn app_to_pb(&self, rec: &AppRecord, clusters: &[ClusterRecord]) -> Result<pb::Application, Status> {
+        let app = &rec.app;
+        let name = &app.metadata.name;
+        let bundle = self.ctx.fleet.bundle(name);
+        let statuses = self.ctx.store.statuses_of_app(name)?;
+        let cluster_rows = clusters
+            .iter()
+            .filter(|c| fleet::targets(app, c))
+            .map(|c| pb::ClusterAppStatus {
+                cluster: c.name.clone(),
+                desired_revision: bundle.as_ref().map(|b| b.revision.clone()).unwrap_or_default(),
+                status: statuses.get(&c.name).cloned(),
+            })
+            .collect();
+        let error = if !rec.error.is_empty() {
+            rec.error.clone()
+        } else {
+            bundle.as_ref().map(|b| b.render_error.clone()).unwrap_or_default()
+        };
+        Ok(pb::Application {
+            name: name.clone(),
+            origin: rec.origin.clone(),
+            repo_url: app.spec.source.repo_url.clone(),
+            path: app.spec.source.path.clone(),
+            target_revision: app.spec.source.target_revision.clone(),
+            revision: bundle
+                .as_ref()
+                .map(|b| b.revision.clone())
+                .unwrap_or_else(|| rec.revision.clone()),
+            destination: app.destination_key().unwrap_or_default().to_owned(),
+            namespace: app.spec.destination.namespace.clone().unwrap_or_default(),
+            policy: Some(fleet::sync_policy(app)),
+            error,
+            clusters: cluster_rows,
+            manifest: serde_saphyr::to_string(app).unwrap_or_default(),
+        })
+    }
+
+    fn cluster_to_pb(&self, c: &ClusterRecord) -> pb::Cluster {
+        pb::Cluster {
+            name: c.name.clone(),
+            labels: c.labels.clone().into_iter().collect(),
+            annotations: c.annotations.clone().into_iter().collect(),
+            connected: self.ctx.fleet.is_connected(&c.name),
+            last_seen_ms: c.last_seen_ms,
+            agent_version: c.agent_version.clone(),
+            generation: c.generation,
+            acked_generation: c.acked_generation,
+            server: c.server.clone(),
+        }
+    }
+}
+
+fn repo_to_pb(r: &RepoRecord) -> pb::Repository {
+    pb::Repository {
+        url: r.url.clone(),
+        revision: r.revision.clone(),
+        apps_path: r.apps_path.clone(),
+        poll_interval_secs: r.poll_interval_secs,
+        last_commit: r.last_commit.clone(),
+        last_error: r.last_error.clone(),
+        last_fetch_ms: r.last_fetch_ms,
+    }
+}
+
+#[tonic::async_trait]
+impl pb::hub_api_server::HubApi for HubApiService {
+    async fn version(
+        &self,
+        _request: Request<pb::VersionRequest>,
+    ) -> Result<Response<pb::VersionResponse>, Status> {
+        Ok(Response::new(pb::VersionResponse {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        }))
+    }
+
+    async fn list_applications(
+        &self,
+        _request: Request<pb::ListApplicationsRequest>,
+    ) -> Result<Response<pb::ListApplicationsResponse>, Status> {
+        let clusters = self.ctx.store.clusters()?;
+        let applications = self
+            .ctx
+            .store
+            .apps()?
+            .iter()
+            .map(|a| self.app_to_pb(a, &clusters))
+            .collect::<Result<_, _>>()?;
+        Ok(Response::new(pb::ListApplicationsResponse { applications }))
+    }
+
+    async fn get_application(
+        &self,
+        request: Request<pb::GetApplicationRequest>,
+    ) -> Result<Response<pb::Application>, Status> {
+        let name = request.into_inner().name;
+        let rec = self
+            .ctx
+            .store
+            .app(&name)?
+            .ok_or_else(|| Status::not_found(format!("application {name:?} not found")))?;
+        let clusters = self.ctx.store.clusters()?;
+        Ok(Response::new(self.app_to_pb(&rec, &clusters)?))
+    }
+
+    async fn create_application(
+        &self,
+        request: Request<pb::CreateApplicationRequest>,
+    ) -> Result<Response<pb::Application>, Status> {
+        let req = request.into_inner();
+        let app = parse_single_application(&req.manifest, "request").map_err(Status::invalid_argument)?;
+        let name = app.metadata.name.clone();
+        let existing = self.ctx.store.app(&name)?;
+        if existing.is_some() && !req.upsert {
+            return Err(Status::already_exists(format!(
+                "application {name:?} already exists (use upsert to replace it)"
+            )));
+        }
+        let rec = AppRecord {
+            app,
+            origin: "api".into(),
+            revision: existing.as_ref().map(|e| e.revision.clone()).unwrap_or_default(),
+            error: String::new(),
+        };
+        self.ctx.store.put_app(&rec)?;
+        self.ctx.store.flush_async().await?;
+        tracing::info!(app = %name, "application created through the API");
+        self.ctx.fleet.recompute()?;
+        self.ctx.git.kick();
+        let clusters = self.ctx.store.clusters()?;
+        Ok(Response::new(self.app_to_pb(&rec, &clusters)?))
+    }
+
+    async fn delete_application(
+        &self,
+        request: Request<pb::DeleteApplicationRequest>,
+    ) -> Result<Response<pb::DeleteApplicationResponse>, Status> {
+        let name = request.into_inner().name;
+        if !self.ctx.fleet.remove_app(&name)? {
+            return Err(Status::not_found(format!("application {name:?} not found")));
+        }
+        tracing::info!(app = %name, "application deleted");
+        Ok(Response::new(pb::DeleteApplicationResponse {}))
+    }
+
+    async fn list_clusters(
+        &self,
+        _request: Request<pb::ListClustersRequest>,
+    ) -> Result<Response<pb::ListClustersResponse>, Status> {
+        let clusters = self
+            .ctx
+            .store
+            .clusters()?
+            .iter()
+            .map(|c| self.cluster_to_pb(c))
+            .collect();
+        Ok(Response::new(pb::ListClustersResponse { clusters }))
+    }
+
+    async fn add_cluster(
+        &self,
+        request: Request<pb::AddClusterRequest>,
+    ) -> Result<Response<pb::AddClusterResponse>, Status> {
+        let req = request.into_inner();
+        let name = req.name;
+        if !is_dns_subdomain(&name) {
+            return Err(Status::invalid_argument(format!(
+                "cluster name {name:?} must be a lowercase RFC 1123 subdomain"
+            )));
+        }
+        if self.ctx.store.cluster(&name)?.is_some() {
+            return Err(Status::already_exists(format!("cluster {name:?} already exists")));
+        }
+        let issued = if req.issue_certificate {
+            Some(
+                self.ctx
+                    .pki
+                    .issue_client(&name)
+                    .map_err(|e| Status::internal(e.to_string()))?,
+            )
+        } else {
+            None
+        };
+        let rec = ClusterRecord {
+            name: name.clone(),
+            labels: req.labels.into_iter().collect::<BTreeMap<_, _>>(),
+            cert_serial: issued.as_ref().map(|i| i.serial.clone()),
+            created_ms: now_ms(),
+            ..Default::default()
+        };
+        self.ctx.fleet.put_cluster(rec)?;
+        tracing::info!(cluster = %name, certificate = issued.is_some(), "cluster added");
+        let rec = self
+            .ctx
+            .store
+            .cluster(&name)?
+            .ok_or_else(|| Status::internal("cluster vanished"))?;
+        let (certificate_pem, key_pem) = issued
+            .map(|i| (i.cert_pem, i.key_pem))
+            .unwrap_or_default();
+        Ok(Response::new(pb::AddClusterResponse {
+            cluster: Some(self.cluster_to_pb(&rec)),
+            certificate_pem,
+            key_pem,
+            ca_pem: self.ctx.pki.ca_pem().to_owned(),
+        }))
+    }
+
+    async fn remove_cluster(
+        &self,
+        request: Request<pb::RemoveClusterRequest>,
+    ) -> Result<Response<pb::RemoveClusterResponse>, Status> {
+        let name = request.into_inner().name;
+        if !self.ctx.fleet.remove_cluster(&name)? {
+            return Err(Status::not_found(format!("cluster {name:?} not found")));
+        }
+        tracing::info!(cluster = %name, "cluster removed; its certificate is revoked");
+        Ok(Response::new(pb::RemoveClusterResponse {}))
+    }
+
+    async fn list_repositories(
+        &self,
+        _request: Request<pb::ListRepositoriesRequest>,
+    ) -> Result<Response<pb::ListRepositoriesResponse>, Status> {
+        let repositories = self.ctx.store.repos()?.iter().map(repo_to_pb).collect();
+        Ok(Response::new(pb::ListRepositoriesResponse { repositories }))
+    }
+
+    async fn add_repository(
+        &self,
+        request: Request<pb::AddRepositoryRequest>,
+    ) -> Result<Response<pb::Repository>, Status> {
+        let req = request.into_inner();
+        if req.url.trim().is_empty() {
+            return Err(Status::invalid_argument("repository url is required"));
+        }
+        let rec = self
+            .ctx
+            .git
+            .add_repository(&req.url, &req.revision, &req.apps_path, req.poll_interval_secs)?;
+        self.ctx.store.flush_async().await?;
+        Ok(Response::new(repo_to_pb(&rec)))
+    }
+
+    async fn refresh(
+        &self,
+        _request: Request<pb::RefreshRequest>,
+    ) -> Result<Response<pb::RefreshResponse>, Status> {
+        self.ctx.git.kick();
+        Ok(Response::new(pb::RefreshResponse {}))
+    }
+}

@@ -1,0 +1,454 @@
+//! The Git loop: poll registered repositories, load the Applications they
+//! declare, fetch every application's source and render it into a bundle.
+//!
+//! A render is keyed by (repository, commit, path, directory options) and
+//! shared by every application and cluster that uses it.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+use crate::fleet::{Fleet, build_bundle};
+use crate::model::{self, Application};
+use crate::source::{self, GitCache, SourceError};
+use crate::store::{AppRecord, RepoRecord, Store, StoreError};
+
+/// Default poll interval of a repository.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(15);
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct RenderKey {
+    url: String,
+    commit: String,
+    path: String,
+    recurse: bool,
+    include: Option<String>,
+    exclude: Option<String>,
+}
+
+type Rendered = Arc<Result<Vec<String>, String>>;
+
+#[derive(Clone, Debug)]
+struct Known {
+    commit: Result<String, String>,
+    fetched_at: Instant,
+    next_due: Instant,
+}
+
+/// The Git loop and its caches.
+pub struct GitSync {
+    store: Store,
+    fleet: Arc<Fleet>,
+    cache: GitCache,
+    kick: Notify,
+    default_interval: Duration,
+    /// (url, revision) → last fetch result and when to fetch again.
+    known: Mutex<HashMap<(String, String), Known>>,
+    /// url → commit whose Applications are loaded (this process).
+    loaded: Mutex<HashMap<String, String>>,
+    renders: Mutex<HashMap<RenderKey, Rendered>>,
+    /// One poll at a time.
+    polling: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for GitSync {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GitSync").finish_non_exhaustive()
+    }
+}
+
+fn jittered(d: Duration) -> Duration {
+    d.mul_f64(rand::random_range(0.85..1.15))
+}
+
+fn revision_or_head(r: &str) -> String {
+    if r.trim().is_empty() {
+        "HEAD".to_owned()
+    } else {
+        r.trim().to_owned()
+    }
+}
+
+fn join_path(dir: &str, file: &str) -> String {
+    let dir = dir.trim_matches('/');
+    if dir.is_empty() || dir == "." {
+        file.to_owned()
+    } else {
+        format!("{dir}/{file}")
+    }
+}
+
+fn is_manifest_file(path: &str) -> bool {
+    let p = path.to_ascii_lowercase();
+    p.ends_with(".yaml") || p.ends_with(".yml") || p.ends_with(".json")
+}
+
+impl GitSync {
+    /// Creates the loop; mirrors live under `cache_dir`.
+    pub fn new(store: Store, fleet: Arc<Fleet>, cache_dir: std::path::PathBuf, default_interval: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            fleet,
+            cache: GitCache::new(cache_dir),
+            kick: Notify::new(),
+            default_interval,
+            known: Mutex::default(),
+            loaded: Mutex::default(),
+            renders: Mutex::default(),
+            polling: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Registers (or updates) a repository and triggers a poll.
+    ///
+    /// # Errors
+    /// The store cannot be written.
+    pub fn add_repository(
+        &self,
+        url: &str,
+        revision: &str,
+        apps_path: &str,
+        poll_interval_secs: i64,
+    ) -> Result<RepoRecord, StoreError> {
+        let mut rec = self.store.repo(url)?.unwrap_or_else(|| RepoRecord {
+            url: url.to_owned(),
+            ..Default::default()
+        });
+        rec.revision = revision_or_head(revision);
+        rec.apps_path = apps_path.trim_matches('/').to_owned();
+        rec.poll_interval_secs = if poll_interval_secs > 0 {
+            poll_interval_secs
+        } else {
+            self.default_interval.as_secs() as i64
+        };
+        self.store.put_repo(&rec)?;
+        self.loaded.lock().unwrap_or_else(|p| p.into_inner()).remove(url);
+        tracing::info!(url = %redact(url), apps_path = %rec.apps_path, revision = %rec.revision, "repository registered");
+        self.kick();
+        Ok(rec)
+    }
+
+    /// Asks for an immediate poll of everything.
+    pub fn kick(&self) {
+        self.kick.notify_one();
+    }
+
+    /// Runs the loop until the task is dropped.
+    pub async fn run(self: Arc<Self>) {
+        let mut force = true;
+        loop {
+            self.poll(force).await;
+            let wait = self.next_wait();
+            tokio::select! {
+                () = tokio::time::sleep(wait) => force = false,
+                () = self.kick.notified() => force = true,
+            }
+        }
+    }
+
+    fn next_wait(&self) -> Duration {
+        let now = Instant::now();
+        self.known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|k| k.next_due.saturating_duration_since(now))
+            .min()
+            .unwrap_or(self.default_interval)
+            .clamp(Duration::from_millis(500), self.default_interval.max(Duration::from_secs(1)))
+    }
+
+    async fn fetch(&self, url: &str, revision: &str, interval: Duration, force: bool) -> Result<String, String> {
+        let key = (url.to_owned(), revision.to_owned());
+        {
+            let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(k) = known.get(&key) {
+                // A forced poll still shares one fetch per repository.
+                let fresh = k.fetched_at.elapsed() < Duration::from_secs(1);
+                if fresh || (!force && Instant::now() < k.next_due) {
+                    return k.commit.clone();
+                }
+            }
+        }
+        let cache = self.cache.clone();
+        let (u, r) = key.clone();
+        let result = tokio::task::spawn_blocking(move || cache.fetch(&u, &r))
+            .await
+            .map_err(|e| format!("fetch task failed: {e}"))
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        match &result {
+            Ok(commit) => tracing::debug!(url = %redact(url), revision, commit, "fetched"),
+            Err(e) => tracing::warn!(url = %redact(url), revision, error = %e, "fetch failed"),
+        }
+        self.known.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            key,
+            Known {
+                commit: result.clone(),
+                fetched_at: Instant::now(),
+                next_due: Instant::now() + jittered(interval),
+            },
+        );
+        result
+    }
+
+    /// One pass: fetch what is due (everything when `force`), reload
+    /// Applications from repositories that moved, re-render what changed.
+    pub async fn poll(&self, force: bool) {
+        let _one = self.polling.lock().await;
+        if let Err(e) = self.poll_inner(force).await {
+            tracing::error!(error = %e, "git poll failed");
+        }
+    }
+
+    async fn poll_inner(&self, force: bool) -> Result<(), StoreError> {
+        let mut changed_apps = false;
+        for repo in self.store.repos()? {
+            let interval = Duration::from_secs(repo.poll_interval_secs.max(1) as u64);
+            let revision = revision_or_head(&repo.revision);
+            let fetched = self.fetch(&repo.url, &revision, interval, force).await;
+            let mut rec = self.store.repo(&repo.url)?.unwrap_or(repo.clone());
+            match fetched {
+                Ok(commit) => {
+                    let loaded = self
+                        .loaded
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get(&repo.url)
+                        .cloned();
+                    if !rec.apps_path.is_empty() && loaded.as_deref() != Some(commit.as_str()) {
+                        let errors = self.load_applications(&rec, &commit).await?;
+                        changed_apps = true;
+                        rec.last_error = errors.join("; ");
+                        self.loaded
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(repo.url.clone(), commit.clone());
+                    } else if rec.apps_path.is_empty() {
+                        rec.last_error.clear();
+                    }
+                    if rec.last_commit != commit {
+                        tracing::info!(url = %redact(&repo.url), commit = %commit, "repository at new commit");
+                    }
+                    rec.last_commit = commit;
+                }
+                Err(e) => rec.last_error = e,
+            }
+            rec.last_fetch_ms = crate::api::now_ms();
+            if Some(&rec) != self.store.repo(&repo.url)?.as_ref() {
+                self.store.put_repo(&rec)?;
+            }
+        }
+        if changed_apps {
+            self.fleet.recompute()?;
+        }
+        self.render_all(force).await?;
+        self.store.flush_async().await?;
+        Ok(())
+    }
+
+    /// Reads `apps_path` of `repo` at `commit` and reconciles the stored
+    /// Applications that came from this repository. Returns per-file errors.
+    async fn load_applications(&self, repo: &RepoRecord, commit: &str) -> Result<Vec<String>, StoreError> {
+        let cache = self.cache.clone();
+        let (url, c, path) = (repo.url.clone(), commit.to_owned(), repo.apps_path.clone());
+        let files = tokio::task::spawn_blocking(move || cache.read_dir(&url, &c, &path, true)).await;
+        let files = match files {
+            Ok(Ok(f)) => f,
+            Ok(Err(e)) => return Ok(vec![e.to_string()]),
+            Err(e) => return Ok(vec![format!("reading applications failed: {e}")]),
+        };
+        let prefix = format!("git:{}:", repo.url);
+        let mut errors = Vec::new();
+        let mut failed: BTreeSet<String> = BTreeSet::new();
+        let mut found: BTreeMap<String, (Application, String)> = BTreeMap::new();
+        for f in files.iter().filter(|f| is_manifest_file(&f.path)) {
+            let file = join_path(&repo.apps_path, &f.path);
+            let origin = format!("{prefix}{file}");
+            let text = String::from_utf8_lossy(&f.content);
+            match model::parse_applications(&text, &file) {
+                Ok(apps) => {
+                    for app in apps {
+                        let name = app.metadata.name.clone();
+                        if let Some((_, other)) = found.get(&name) {
+                            errors.push(format!("Application {name:?} is defined twice ({other} and {file})"));
+                            continue;
+                        }
+                        found.insert(name, (app, origin.clone()));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot load applications from file");
+                    errors.push(e.to_string());
+                    failed.insert(origin);
+                }
+            }
+        }
+        // Remove what this repository no longer declares, except what came
+        // from a file that failed to parse this time (kept as it was).
+        for existing in self.store.apps()? {
+            if !existing.origin.starts_with(&prefix) || failed.contains(&existing.origin) {
+                continue;
+            }
+            if !found.contains_key(&existing.app.metadata.name) {
+                tracing::info!(app = %existing.app.metadata.name, "application removed from Git");
+                self.fleet.remove_app(&existing.app.metadata.name)?;
+            }
+        }
+        for (name, (app, origin)) in found {
+            let existing = self.store.app(&name)?;
+            if let Some(e) = &existing
+                && !e.origin.starts_with(&prefix)
+                && e.origin != origin
+            {
+                tracing::warn!(app = %name, from = %e.origin, to = %origin, "application now defined in Git; replacing");
+            }
+            let unchanged = existing
+                .as_ref()
+                .is_some_and(|e| e.app == app && e.origin == origin);
+            if unchanged {
+                continue;
+            }
+            tracing::info!(app = %name, origin = %origin, "application loaded from Git");
+            self.store.put_app(&AppRecord {
+                app,
+                origin,
+                revision: existing.as_ref().map(|e| e.revision.clone()).unwrap_or_default(),
+                error: existing.map(|e| e.error).unwrap_or_default(),
+            })?;
+        }
+        Ok(errors)
+    }
+
+    async fn render(&self, key: &RenderKey) -> Rendered {
+        if let Some(r) = self.renders.lock().unwrap_or_else(|p| p.into_inner()).get(key) {
+            return r.clone();
+        }
+        let cache = self.cache.clone();
+        let k = key.clone();
+        let result = tokio::task::spawn_blocking(move || -> Result<Vec<String>, String> {
+            let files = cache
+                .read_dir(&k.url, &k.commit, &k.path, k.recurse)
+                .map_err(|e| match e {
+                    SourceError::Path { path, message, .. } => format!("path {path:?}: {message}"),
+                    other => other.to_string(),
+                })?;
+            let options = model::DirectorySource {
+                recurse: k.recurse,
+                include: k.include.clone(),
+                exclude: k.exclude.clone(),
+            };
+            let objects = source::render_directory(&files, &options).map_err(|e| e.to_string())?;
+            Ok(objects.iter().map(|o| o.to_string()).collect())
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("render task failed: {e}")));
+        let rendered = Arc::new(result);
+        self.renders
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone(), rendered.clone());
+        rendered
+    }
+
+    async fn render_all(&self, force: bool) -> Result<(), StoreError> {
+        let mut used = BTreeSet::new();
+        let apps = self.store.apps()?;
+        for rec in apps {
+            let app = &rec.app;
+            let src = &app.spec.source;
+            let name = app.metadata.name.clone();
+            let commit = self
+                .fetch(
+                    &src.repo_url,
+                    &revision_or_head(&src.target_revision),
+                    self.default_interval,
+                    force,
+                )
+                .await;
+            let commit = match commit {
+                Ok(c) => c,
+                Err(e) => {
+                    // Keep the last good bundle; only a first render becomes
+                    // an error the agent reports.
+                    if self.fleet.bundle(&name).is_none() {
+                        self.fleet.set_bundle(build_bundle(app, "", Err(&e)))?;
+                    }
+                    self.set_app_result(&name, None, &e)?;
+                    continue;
+                }
+            };
+            let dir = src.directory.clone().unwrap_or_default();
+            let key = RenderKey {
+                url: src.repo_url.clone(),
+                commit: commit.clone(),
+                path: src.path.clone(),
+                recurse: dir.recurse,
+                include: dir.include,
+                exclude: dir.exclude,
+            };
+            used.insert(format!("{key:?}"));
+            let rendered = self.render(&key).await;
+            let bundle = match rendered.as_ref() {
+                Ok(m) => build_bundle(app, &commit, Ok(m)),
+                Err(e) => {
+                    tracing::warn!(app = %name, error = %e, "render failed");
+                    build_bundle(app, &commit, Err(e))
+                }
+            };
+            let error = bundle.render_error.clone();
+            self.fleet.set_bundle(bundle)?;
+            self.set_app_result(&name, Some(&commit), &error)?;
+        }
+        self.renders
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|k, _| used.contains(&format!("{k:?}")));
+        Ok(())
+    }
+
+    fn set_app_result(&self, name: &str, commit: Option<&str>, error: &str) -> Result<(), StoreError> {
+        let Some(mut rec) = self.store.app(name)? else {
+            return Ok(());
+        };
+        let revision = commit.map_or_else(|| rec.revision.clone(), str::to_owned);
+        if rec.revision != revision || rec.error != error {
+            rec.revision = revision;
+            rec.error = error.to_owned();
+            self.store.put_app(&rec)?;
+        }
+        Ok(())
+    }
+}
+
+/// A URL with any userinfo (credentials) removed, for logs.
+pub fn redact(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.split_once('@') {
+            Some((userinfo, host)) if !userinfo.contains('/') => format!("{scheme}://***@{host}"),
+            _ => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_credentials() {
+        assert_eq!(redact("https://u:p@git.example/r.git"), "https://***@git.example/r.git");
+        assert_eq!(redact("https://git.example/r.git"), "https://git.example/r.git");
+        assert_eq!(redact("file:///tmp/a@b"), "file:///tmp/a@b");
+    }
+
+    #[test]
+    fn paths_join() {
+        assert_eq!(join_path("apps/", "a.yaml"), "apps/a.yaml");
+        assert_eq!(join_path("", "a.yaml"), "a.yaml");
+        assert!(is_manifest_file("x/A.YML"));
+        assert!(!is_manifest_file("README.md"));
+    }
+}
