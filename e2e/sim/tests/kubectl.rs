@@ -1,0 +1,277 @@
+//! The real kubectl binary against the simulator.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{fixture, poll, start};
+use serde_json::Value;
+
+fn json(s: &str) -> Value {
+    serde_json::from_str(s).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_apply_get_diff_wait_delete() {
+    let env = start(1, Duration::from_millis(300)).await;
+    let manifest = fixture("app.yaml");
+    let m = manifest.to_str().unwrap();
+    // The Widget needs its CRD established first, exactly as on a real cluster:
+    // re-apply until everything goes through.
+    poll("multi-document apply", 20, || async {
+        env.kubectl("sim-1", &["apply", "--server-side", "-f", m])
+            .await
+            .status
+            .success()
+            .then_some(())
+    })
+    .await;
+
+    // Defaults and managedFields.
+    let d = json(
+        &env.kubectl_ok(
+            "sim-1",
+            &[
+                "get",
+                "-n",
+                "demo",
+                "deployment/web",
+                "-o",
+                "json",
+                "--show-managed-fields",
+            ],
+        )
+        .await,
+    );
+    assert_eq!(d["spec"]["strategy"]["rollingUpdate"]["maxSurge"], "25%");
+    assert_eq!(d["spec"]["revisionHistoryLimit"], 10);
+    let c = &d["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(c["imagePullPolicy"], "IfNotPresent");
+    assert_eq!(c["terminationMessagePath"], "/dev/termination-log");
+    assert_eq!(c["ports"][0]["protocol"], "TCP");
+    let mf = &d["metadata"]["managedFields"][0];
+    assert_eq!(mf["manager"], "kubectl");
+    assert_eq!(mf["operation"], "Apply");
+    assert!(mf["fieldsV1"]["f:spec"]["f:replicas"].is_object());
+    assert!(
+        mf["fieldsV1"]["f:spec"]
+            .get("f:revisionHistoryLimit")
+            .is_none(),
+        "defaults are not owned"
+    );
+    let yaml = env
+        .kubectl_ok("sim-1", &["get", "-n", "demo", "service/web", "-o", "yaml"])
+        .await;
+    assert!(yaml.contains("clusterIP: 10.96."), "{yaml}");
+    assert!(yaml.contains("ipFamilyPolicy: SingleStack"));
+    let w = json(
+        &env.kubectl_ok(
+            "sim-1",
+            &["get", "-n", "demo", "widget/gadget", "-o", "json"],
+        )
+        .await,
+    );
+    assert_eq!(w["spec"]["size"], 3);
+
+    // Rollout completes.
+    env.kubectl_ok(
+        "sim-1",
+        &[
+            "wait",
+            "-n",
+            "demo",
+            "--for=condition=Available",
+            "deployment/web",
+            "--timeout=20s",
+        ],
+    )
+    .await;
+
+    // diff: clean right after apply, different after another manager's change.
+    let out = env
+        .kubectl("sim-1", &["diff", "--server-side", "-f", m])
+        .await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    env.kubectl_ok(
+        "sim-1",
+        &[
+            "patch",
+            "-n",
+            "demo",
+            "deployment/web",
+            "-p",
+            r#"{"spec":{"replicas":5}}"#,
+        ],
+    )
+    .await;
+    let out = env
+        .kubectl(
+            "sim-1",
+            &["diff", "--server-side", "--force-conflicts", "-f", m],
+        )
+        .await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("replicas: 5"));
+    // Without --force-conflicts the server reports the conflict.
+    let out = env
+        .kubectl("sim-1", &["apply", "--server-side", "-f", m])
+        .await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains(r#"conflict with "kubectl-patch""#));
+
+    // Namespace deletion cascades.
+    env.kubectl_ok("sim-1", &["delete", "namespace", "demo", "--timeout=20s"])
+        .await;
+    let left = env
+        .kubectl_ok(
+            "sim-1",
+            &[
+                "get",
+                "deployments,services,configmaps,widgets",
+                "-A",
+                "-o",
+                "name",
+            ],
+        )
+        .await;
+    assert!(left.trim().is_empty(), "left: {left}");
+    let out = env.kubectl("sim-1", &["get", "namespace", "demo"]).await;
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NotFound"));
+    env.sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_patch_types_label_annotate() {
+    let env = start(1, Duration::from_millis(200)).await;
+    let manifest = fixture("app.yaml");
+    let m = manifest.to_str().unwrap();
+    poll("apply", 20, || async {
+        env.kubectl("sim-1", &["apply", "--server-side", "-f", m])
+            .await
+            .status
+            .success()
+            .then_some(())
+    })
+    .await;
+    let ns = ["-n", "demo"];
+    let k = |args: &'static [&'static str]| {
+        let mut v: Vec<&str> = ns.to_vec();
+        v.extend_from_slice(args);
+        v
+    };
+    env.kubectl_ok("sim-1", &k(&["patch", "deployment/web", "--type=strategic", "-p", r#"{"spec":{"template":{"spec":{"containers":[{"name":"web","image":"nginx:1.28"}]}}}}"#])).await;
+    env.kubectl_ok(
+        "sim-1",
+        &k(&[
+            "patch",
+            "deployment/web",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"minReadySeconds":3}}"#,
+        ]),
+    )
+    .await;
+    env.kubectl_ok(
+        "sim-1",
+        &k(&[
+            "patch",
+            "deployment/web",
+            "--type=json",
+            "-p",
+            r#"[{"op":"add","path":"/spec/paused","value":true}]"#,
+        ]),
+    )
+    .await;
+    env.kubectl_ok(
+        "sim-1",
+        &k(&[
+            "patch",
+            "widget/gadget",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"color":"red"}}"#,
+        ]),
+    )
+    .await;
+    env.kubectl_ok("sim-1", &k(&["label", "deployment/web", "tier=frontend"]))
+        .await;
+    env.kubectl_ok("sim-1", &k(&["annotate", "deployment/web", "owner=team-a"]))
+        .await;
+    let d = json(
+        &env.kubectl_ok(
+            "sim-1",
+            &k(&[
+                "get",
+                "deployment/web",
+                "-o",
+                "json",
+                "--show-managed-fields",
+            ]),
+        )
+        .await,
+    );
+    let c = &d["spec"]["template"]["spec"]["containers"];
+    assert_eq!(
+        c.as_array().unwrap().len(),
+        1,
+        "strategic merge keeps one container"
+    );
+    assert_eq!(c[0]["image"], "nginx:1.28");
+    assert_eq!(
+        c[0]["env"][0]["name"], "MODE",
+        "strategic merge keeps unrelated fields"
+    );
+    assert_eq!(d["spec"]["minReadySeconds"], 3);
+    assert_eq!(d["spec"]["paused"], true);
+    assert_eq!(d["metadata"]["labels"]["tier"], "frontend");
+    assert_eq!(d["metadata"]["annotations"]["owner"], "team-a");
+    assert_eq!(
+        d["metadata"]["generation"], 4,
+        "three spec patches, label and annotation do not count"
+    );
+    let managers: Vec<(String, String)> = d["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["manager"].as_str().unwrap().to_string(),
+                e["operation"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    for m in ["kubectl-patch", "kubectl-label", "kubectl-annotate"] {
+        assert!(
+            managers.contains(&(m.to_string(), "Update".to_string())),
+            "{managers:?}"
+        );
+    }
+    let w = json(
+        &env.kubectl_ok("sim-1", &k(&["get", "widget/gadget", "-o", "json"]))
+            .await,
+    );
+    assert_eq!(w["spec"]["color"], "red");
+    // Strategic merge patch is refused for custom resources, as in Kubernetes.
+    let out = env
+        .kubectl(
+            "sim-1",
+            &k(&[
+                "patch",
+                "widget/gadget",
+                "--type=strategic",
+                "-p",
+                r#"{"spec":{"color":"x"}}"#,
+            ]),
+        )
+        .await;
+    assert!(!out.status.success());
+    // Failing image: the rollout times out.
+    env.kubectl_ok("sim-1", &k(&["patch", "deployment/web", "--type=merge", "-p", r#"{"spec":{"paused":false,"template":{"spec":{"containers":[{"name":"web","image":"nginx:fail"}]}}}}"#])).await;
+    env.kubectl_ok("sim-1", &k(&["wait", "--for=jsonpath={.status.conditions[?(@.type==\"Progressing\")].reason}=ProgressDeadlineExceeded", "deployment/web", "--timeout=20s"])).await;
+    env.sim.shutdown().await;
+}
