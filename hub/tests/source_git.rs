@@ -236,3 +236,43 @@ fn concurrent_fetches_of_one_url() {
         }
     });
 }
+
+#[test]
+fn empty_remote_and_vanished_remote() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = GitCache::new(tmp.path().join("cache"));
+
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    git(&empty, &["init", "-q"]);
+    let url = format!("file://{}", empty.display());
+    let err = cache.fetch(&url, "HEAD").unwrap_err();
+    eprintln!("{err}");
+    assert!(
+        matches!(
+            err,
+            SourceError::Fetch { .. } | SourceError::Revision { .. }
+        ),
+        "{err:?}"
+    );
+
+    // Once fetched, a mirror keeps serving its commits when the remote
+    // goes away; only new fetches fail.
+    let work = tmp.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    git(&work, &["init", "-q"]);
+    write(&work, "a.yaml", "a: 1\n");
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "-q", "-m", "a"]);
+    let url = format!("file://{}", work.display());
+    let head = cache.fetch(&url, "HEAD").unwrap();
+    std::fs::remove_dir_all(&work).unwrap();
+    let err = cache.fetch(&url, "HEAD").unwrap_err();
+    assert!(matches!(err, SourceError::Fetch { .. }), "{err:?}");
+    let files = cache.read_dir(&url, &head, "", false).unwrap();
+    assert_eq!(paths(&files), ["a.yaml"]);
+    match cache.read_dir(&url, "not-hex", "", false) {
+        Err(SourceError::Revision { .. }) => {}
+        other => panic!("{other:?}"),
+    }
+}
