@@ -276,3 +276,38 @@ fn empty_remote_and_vanished_remote() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn commit_outside_branches_and_tags() {
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path().join("repo");
+    std::fs::create_dir(&work).unwrap();
+    git(&work, &["init", "-q"]);
+    write(&work, "a.yaml", "a: 1\n");
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "-q", "-m", "a"]);
+    git(&work, &["checkout", "-q", "-b", "topic"]);
+    write(&work, "b.yaml", "b: 1\n");
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "-q", "-m", "b"]);
+    let orphan = git(&work, &["rev-parse", "HEAD"]);
+    git(&work, &["checkout", "-q", "trunk"]);
+    git(&work, &["branch", "-q", "-D", "topic"]);
+
+    let cache = GitCache::new(tmp.path().join("cache"));
+    let url = format!("file://{}", work.display());
+    let result = cache.fetch(&url, &orphan);
+    eprintln!("{result:?}");
+    assert_eq!(result.unwrap(), orphan);
+    let files = cache.read_dir(&url, &orphan, "", false).unwrap();
+    assert_eq!(paths(&files), ["a.yaml", "b.yaml"]);
+    // Still there after the next ordinary fetch.
+    cache.fetch(&url, "HEAD").unwrap();
+    assert_eq!(cache.fetch(&url, &orphan).unwrap(), orphan);
+
+    let unknown = "0123456789abcdef0123456789abcdef01234567";
+    match cache.fetch(&url, unknown) {
+        Err(SourceError::Revision { .. }) => {}
+        other => panic!("{other:?}"),
+    }
+}

@@ -80,7 +80,18 @@ pub(crate) fn fetch(root: &Path, url: &str, revision: &str) -> Result<String, So
         }
         return Err(err);
     }
-    resolve(&repo, url, revision)
+    match resolve(&repo, url, revision) {
+        // A commit no branch or tag reaches (a pull request head, a
+        // deleted branch): ask for it by id, as Argo CD does.
+        Err(err @ SourceError::Revision { .. }) if is_full_id(revision.trim()) => {
+            if fetch_commit(&repo, url, revision.trim()).is_ok() {
+                resolve(&repo, url, revision)
+            } else {
+                Err(err)
+            }
+        }
+        result => result,
+    }
 }
 
 fn open_or_init(dir: &Path) -> Result<gix::Repository, String> {
@@ -136,6 +147,26 @@ fn update_mirror(repo: &gix::Repository, url: &str) -> Result<(), SourceError> {
     {
         set_head(repo, target.as_bstr()).map_err(|m| fetch_error(url, m))?;
     }
+    Ok(())
+}
+
+/// Fetches one commit by id and pins it under `refs/flotilla/commits/`, so
+/// that the mirror keeps it even though no branch or tag refers to it.
+fn fetch_commit(repo: &gix::Repository, url: &str, id: &str) -> Result<(), SourceError> {
+    let err = |e: gix::Error| fetch_error(url, describe(&e, url));
+    let spec = format!("+{id}:refs/flotilla/commits/{id}");
+    let never_interrupt = AtomicBool::new(false);
+    repo.remote_at(url)
+        .map_err(err)?
+        .with_fetch_tags(gix::remote::fetch::Tags::None)
+        .with_refspecs([spec.as_str()], Direction::Fetch)
+        .map_err(err)?
+        .connect(Direction::Fetch)
+        .map_err(err)?
+        .prepare_fetch(gix::progress::Discard, Default::default())
+        .map_err(err)?
+        .receive(gix::progress::Discard, &never_interrupt)
+        .map_err(err)?;
     Ok(())
 }
 
@@ -217,6 +248,10 @@ fn resolve(repo: &gix::Repository, url: &str, revision: &str) -> Result<String, 
         "no branch, tag or commit by that name".to_owned()
     };
     Err(not_found(message))
+}
+
+fn is_full_id(revision: &str) -> bool {
+    revision.len() == 40 && revision.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 fn is_commit_id(revision: &str) -> bool {
