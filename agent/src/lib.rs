@@ -1,1 +1,17 @@
-//! Flotilla agent library.
+//! Flotilla agent: keeps one cluster at the desired state the hub streams to
+//! it, and reports what it sees.
+//!
+//! Pure cores ([`health`], [`drift`], [`plan`], [`object`]) are free of I/O;
+//! [`cluster`], [`engine`] and [`link`] are the shells around them.
+
+pub mod bundle;
+pub mod cache;
+pub mod cli;
+pub mod cluster;
+pub mod drift;
+pub mod engine;
+pub mod health;
+pub mod link;
+pub mod object;
+pub mod plan;
+pub mod report;

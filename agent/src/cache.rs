@@ -1,0 +1,402 @@
+//! The agent's local cache: the last desired state received from the hub and
+//! what the agent applied from it, persisted atomically in the state
+//! directory, so a restart or a hub outage never leaves the cluster
+//! unmanaged.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use crate::bundle::{Bundle, Policy};
+use crate::object::ObjectKey;
+
+/// File name of the cache inside the state directory.
+pub const CACHE_FILE: &str = "desired-state.json";
+/// Format version written into the cache file.
+const FORMAT: u32 = 1;
+
+/// Errors reading or writing the cache.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// The file could not be read or written.
+    #[error("cache {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a cache the agent understands.
+    #[error("cache {path} is corrupt: {source}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// What the agent knows and did about one application.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CachedApp {
+    /// The desired state.
+    pub bundle: Bundle,
+    /// Digest of the bundle last applied without errors.
+    #[serde(default)]
+    pub applied_digest: Option<String>,
+    /// Objects applied for this application (prune candidates).
+    #[serde(default)]
+    pub inventory: Vec<ObjectKey>,
+    /// Unix milliseconds of the last completed apply.
+    #[serde(default)]
+    pub last_applied_ms: i64,
+}
+
+/// An application removed from the desired state whose objects may still
+/// need pruning.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemovedApp {
+    /// The last policy the application had.
+    pub policy: Policy,
+    /// Objects applied for it.
+    pub inventory: Vec<ObjectKey>,
+}
+
+/// The persisted state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CachedState {
+    /// Format version.
+    #[serde(default)]
+    pub format: u32,
+    /// Generation of the last desired state fully received.
+    pub generation: u64,
+    /// Desired applications by name.
+    pub apps: BTreeMap<String, CachedApp>,
+    /// Applications no longer desired, pending prune.
+    #[serde(default)]
+    pub removed: BTreeMap<String, RemovedApp>,
+}
+
+impl CachedState {
+    /// Merges a desired state from the hub: bundles replace cached ones
+    /// (what the agent applied is kept), applications missing from the index
+    /// move to `removed` for pruning. Returns the removed names, or the
+    /// applications whose bundle the agent still lacks at the indexed digest
+    /// (then the generation is not advanced).
+    ///
+    /// # Errors
+    /// The names of applications in the index without a matching bundle.
+    pub fn merge(
+        &mut self,
+        desired: flotilla_proto::DesiredState,
+    ) -> Result<Vec<String>, Vec<String>> {
+        for bundle in desired.bundles {
+            let bundle = Bundle::from(bundle);
+            let name = bundle.name.clone();
+            let revived = self.removed.remove(&name);
+            let app = self.apps.entry(name).or_default();
+            app.bundle = bundle;
+            if let Some(r) = revived {
+                app.inventory.extend(r.inventory);
+                app.inventory.sort();
+                app.inventory.dedup();
+            }
+        }
+        let index: BTreeMap<String, String> = desired
+            .index
+            .into_iter()
+            .map(|r| (r.name, r.digest))
+            .collect();
+        let gone: Vec<String> = self
+            .apps
+            .keys()
+            .filter(|name| !index.contains_key(*name))
+            .cloned()
+            .collect();
+        for name in &gone {
+            if let Some(app) = self.apps.remove(name) {
+                let entry = self.removed.entry(name.clone()).or_default();
+                entry.policy = app.bundle.policy;
+                entry.inventory.extend(app.inventory);
+            }
+        }
+        let missing: Vec<String> = index
+            .iter()
+            .filter(|(name, digest)| {
+                self.apps
+                    .get(*name)
+                    .is_none_or(|a| &a.bundle.digest != *digest)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        if !missing.is_empty() {
+            return Err(missing);
+        }
+        self.generation = desired.generation;
+        Ok(gone)
+    }
+}
+
+/// The cache file and its in-memory copy.
+#[derive(Debug)]
+pub struct Cache {
+    path: PathBuf,
+    state: Mutex<CachedState>,
+}
+
+impl Cache {
+    /// Opens the cache in `state_dir`, loading what a previous run left.
+    ///
+    /// # Errors
+    /// When an existing file cannot be read or parsed.
+    pub fn open(state_dir: &Path) -> Result<Self, CacheError> {
+        let path = state_dir.join(CACHE_FILE);
+        let state = load(&path)?.unwrap_or_default();
+        Ok(Self {
+            path,
+            state: Mutex::new(state),
+        })
+    }
+
+    /// A copy of the current state.
+    #[must_use]
+    pub fn snapshot(&self) -> CachedState {
+        self.lock().clone()
+    }
+
+    /// Changes the state and persists it. The change is kept in memory even
+    /// when persisting fails; the error is returned so the caller can say so.
+    ///
+    /// # Errors
+    /// When the file cannot be written.
+    pub fn update<R>(&self, f: impl FnOnce(&mut CachedState) -> R) -> Result<R, CacheError> {
+        let mut state = self.lock();
+        let r = f(&mut state);
+        state.format = FORMAT;
+        store(&self.path, &state)?;
+        Ok(r)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, CachedState> {
+        // A panic while holding the lock leaves plain data behind; keep going.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Reads a cache file; `None` when there is none.
+///
+/// # Errors
+/// When the file exists but cannot be read or parsed.
+pub fn load(path: &Path) -> Result<Option<CachedState>, CacheError> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(CacheError::Io {
+                path: path.to_owned(),
+                source,
+            });
+        }
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|source| CacheError::Corrupt {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+/// Writes a cache file atomically: a temporary file in the same directory,
+/// flushed to disk, then renamed over the old one.
+///
+/// # Errors
+/// When any step fails; the old file is then left intact.
+pub fn store(path: &Path, state: &CachedState) -> Result<(), CacheError> {
+    let io = |source| CacheError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let bytes = serde_json::to_vec(state).map_err(|e| io(std::io::Error::other(e)))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("cache"),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)?;
+        // Make the rename itself durable.
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> CachedState {
+        let mut apps = BTreeMap::new();
+        apps.insert(
+            "guestbook".to_owned(),
+            CachedApp {
+                bundle: Bundle {
+                    name: "guestbook".into(),
+                    digest: "sha256:abc".into(),
+                    revision: "0123".into(),
+                    namespace: "web".into(),
+                    manifests: vec![
+                        r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"c"}}"#.into(),
+                    ],
+                    ..Bundle::default()
+                },
+                applied_digest: Some("sha256:abc".into()),
+                inventory: vec![ObjectKey {
+                    group: String::new(),
+                    version: "v1".into(),
+                    kind: "ConfigMap".into(),
+                    namespace: "web".into(),
+                    name: "c".into(),
+                }],
+                last_applied_ms: 7,
+            },
+        );
+        CachedState {
+            format: FORMAT,
+            generation: 3,
+            apps,
+            removed: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = Cache::open(dir.path()).expect("open");
+        assert_eq!(cache.snapshot(), CachedState::default());
+        let state = sample();
+        cache.update(|s| *s = state.clone()).expect("update");
+        let reopened = Cache::open(dir.path()).expect("reopen");
+        assert_eq!(reopened.snapshot(), state);
+    }
+
+    #[test]
+    fn write_is_atomic_and_leaves_no_temp_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(CACHE_FILE);
+        store(&path, &sample()).expect("store");
+        let mut second = sample();
+        second.generation = 4;
+        store(&path, &second).expect("store again");
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("read_dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, vec![CACHE_FILE.to_owned()]);
+        assert_eq!(load(&path).expect("load").map(|s| s.generation), Some(4));
+    }
+
+    #[test]
+    fn failed_write_keeps_old_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(CACHE_FILE);
+        store(&path, &sample()).expect("store");
+        // A directory where the temporary file would go makes the write fail.
+        let tmp = dir
+            .path()
+            .join(format!(".{CACHE_FILE}.tmp-{}", std::process::id()));
+        std::fs::create_dir(&tmp).expect("mkdir");
+        let mut second = sample();
+        second.generation = 9;
+        assert!(store(&path, &second).is_err());
+        assert_eq!(load(&path).expect("load").map(|s| s.generation), Some(3));
+    }
+
+    fn proto_bundle(name: &str, digest: &str) -> flotilla_proto::AppBundle {
+        flotilla_proto::AppBundle {
+            name: name.into(),
+            digest: digest.into(),
+            revision: "r1".into(),
+            ..flotilla_proto::AppBundle::default()
+        }
+    }
+
+    fn app_ref(name: &str, digest: &str) -> flotilla_proto::AppRef {
+        flotilla_proto::AppRef {
+            name: name.into(),
+            digest: digest.into(),
+        }
+    }
+
+    #[test]
+    fn merge_keeps_unsent_bundles_and_removes_unindexed_apps() {
+        let mut state = sample();
+        let removed = state
+            .merge(flotilla_proto::DesiredState {
+                generation: 4,
+                index: vec![app_ref("guestbook", "sha256:abc"), app_ref("podinfo", "d1")],
+                bundles: vec![proto_bundle("podinfo", "d1")],
+                ..Default::default()
+            })
+            .expect("complete");
+        assert!(removed.is_empty());
+        assert_eq!(state.generation, 4);
+        assert_eq!(
+            state.apps["guestbook"].applied_digest.as_deref(),
+            Some("sha256:abc")
+        );
+        assert_eq!(state.apps["podinfo"].bundle.revision, "r1");
+
+        let removed = state
+            .merge(flotilla_proto::DesiredState {
+                generation: 5,
+                index: vec![app_ref("podinfo", "d1")],
+                ..Default::default()
+            })
+            .expect("complete");
+        assert_eq!(removed, vec!["guestbook".to_owned()]);
+        assert_eq!(state.removed["guestbook"].inventory.len(), 1);
+        assert!(!state.apps.contains_key("guestbook"));
+    }
+
+    #[test]
+    fn merge_reports_missing_bundles_without_advancing() {
+        let mut state = sample();
+        let missing = state
+            .merge(flotilla_proto::DesiredState {
+                generation: 9,
+                index: vec![app_ref("guestbook", "sha256:new")],
+                ..Default::default()
+            })
+            .expect_err("incomplete");
+        assert_eq!(missing, vec!["guestbook".to_owned()]);
+        assert_eq!(state.generation, 3);
+    }
+
+    #[test]
+    fn corrupt_file_is_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join(CACHE_FILE), b"{nope").expect("write");
+        assert!(matches!(
+            Cache::open(dir.path()),
+            Err(CacheError::Corrupt { .. })
+        ));
+    }
+}

@@ -1,0 +1,286 @@
+//! Command line: run the agent, or assess health of YAML files offline.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::Value;
+use tokio::sync::{Notify, watch};
+use tracing::info;
+
+use crate::cache::Cache;
+use crate::cluster::Cluster;
+use crate::engine::Engine;
+use crate::health;
+use crate::link::{Link, LinkConfig};
+
+/// Flotilla agent: keeps this cluster at the desired state streamed by the
+/// hub and reports status.
+#[derive(Debug, Parser)]
+#[command(
+    name = "flotilla-agent",
+    version,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print the health status and message of each object in YAML files,
+    /// with the rules the agent uses. No cluster is contacted.
+    Health(HealthArgs),
+}
+
+/// Options of the agent itself.
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Hub URL, e.g. https://hub.example.com:7443.
+    #[arg(long, env = "FLOTILLA_HUB")]
+    hub: Option<String>,
+    /// State directory: tls.crt, tls.key, ca.crt and the desired-state cache.
+    #[arg(long, env = "FLOTILLA_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Kubeconfig file; without it the in-cluster configuration (or the
+    /// usual kubeconfig inference) is used.
+    #[arg(long, env = "FLOTILLA_KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// Context in the kubeconfig.
+    #[arg(long)]
+    context: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct HealthArgs {
+    /// YAML files (multi-document).
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = Output::Table)]
+    output: Output,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+/// Runs the command line.
+///
+/// # Errors
+/// Whatever stops the agent, or unreadable files for `health`.
+pub async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Health(args)) => health_command(&args),
+        None => run(cli.run).await,
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+}
+
+async fn kube_client(args: &RunArgs) -> anyhow::Result<kube::Client> {
+    let config = match &args.kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            let options = kube::config::KubeConfigOptions {
+                context: args.context.clone(),
+                ..Default::default()
+            };
+            kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+                .await
+                .with_context(|| format!("loading kubeconfig {}", path.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("no --kubeconfig and no in-cluster configuration")?,
+    };
+    kube::Client::try_from(config).context("building the Kubernetes client")
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    init_tracing();
+    let (Some(hub), Some(state_dir)) = (args.hub.clone(), args.state_dir.clone()) else {
+        bail!("--hub and --state-dir are required (or use a subcommand, see --help)");
+    };
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("creating state directory {}", state_dir.display()))?;
+    let cache = Arc::new(Cache::open(&state_dir)?);
+    let client = kube_client(&args).await?;
+    let cluster = Arc::new(Cluster::new(client));
+    let trigger = Arc::new(Notify::new());
+    let (reports_tx, reports_rx) = watch::channel(None);
+    let link = Link::new(
+        &LinkConfig {
+            hub: hub.clone(),
+            state_dir: state_dir.clone(),
+        },
+        cache.clone(),
+        trigger.clone(),
+        reports_rx,
+    )?;
+    let cached = cache.snapshot();
+    info!(
+        hub = %hub,
+        cluster = %link.cluster(),
+        state_dir = %state_dir.display(),
+        cached_generation = cached.generation,
+        cached_apps = cached.apps.len(),
+        version = crate::link::AGENT_VERSION,
+        "flotilla-agent starting"
+    );
+    let engine = Engine::new(cluster, cache, trigger, reports_tx);
+    tokio::select! {
+        () = engine.run() => {}
+        () = link.run() => {}
+        () = shutdown() => info!("flotilla-agent stopping"),
+    }
+    Ok(())
+}
+
+async fn shutdown() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// One assessed object of the `health` command.
+#[derive(Debug, serde::Serialize)]
+struct HealthRow {
+    file: String,
+    #[serde(rename = "apiVersion")]
+    api_version: String,
+    kind: String,
+    namespace: String,
+    name: String,
+    status: String,
+    message: String,
+}
+
+fn health_command(args: &HealthArgs) -> anyhow::Result<()> {
+    let rows = assess_files(&args.files)?;
+    match args.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+        Output::Table => print!("{}", health_table(&rows)),
+    }
+    Ok(())
+}
+
+fn assess_files(files: &[PathBuf]) -> anyhow::Result<Vec<HealthRow>> {
+    let mut rows = Vec::new();
+    for file in files {
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        let docs: Vec<Value> = serde_saphyr::from_multiple(&text)
+            .with_context(|| format!("parsing {}", file.display()))?;
+        for doc in docs.into_iter().filter(Value::is_object) {
+            let h = health::assess(&doc);
+            let field = |p: &str| {
+                doc.pointer(p)
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned()
+            };
+            rows.push(HealthRow {
+                file: file.display().to_string(),
+                api_version: field("/apiVersion"),
+                kind: field("/kind"),
+                namespace: field("/metadata/namespace"),
+                name: field("/metadata/name"),
+                status: h.status.to_string(),
+                message: h.message,
+            });
+        }
+    }
+    Ok(rows)
+}
+
+fn health_table(rows: &[HealthRow]) -> String {
+    let header = ["KIND", "NAMESPACE", "NAME", "HEALTH", "MESSAGE"];
+    let cells: Vec<[&str; 5]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.kind.as_str(),
+                r.namespace.as_str(),
+                r.name.as_str(),
+                r.status.as_str(),
+                r.message.as_str(),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &cells {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let mut out = String::new();
+    for row in std::iter::once(&header).chain(&cells) {
+        let line: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .enumerate()
+            .map(|(i, (c, w))| {
+                if i + 1 == row.len() {
+                    (*c).to_owned()
+                } else {
+                    format!("{c:<w$}")
+                }
+            })
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_table_aligns_columns() {
+        let rows = vec![HealthRow {
+            file: "f".into(),
+            api_version: "apps/v1".into(),
+            kind: "Deployment".into(),
+            namespace: "default".into(),
+            name: "web".into(),
+            status: "Healthy".into(),
+            message: String::new(),
+        }];
+        assert_eq!(
+            health_table(&rows),
+            "KIND        NAMESPACE  NAME  HEALTH   MESSAGE\nDeployment  default    web   Healthy\n"
+        );
+    }
+}

@@ -1,0 +1,196 @@
+//! The thin shell over the Kubernetes API: kind resolution with a discovery
+//! cache, server-side apply, get and delete of dynamic objects.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use kube::discovery::{self, Scope as KubeScope};
+use serde_json::Value;
+
+use crate::object::{FIELD_MANAGER, ObjectKey};
+use crate::plan::Scope;
+
+/// Errors talking to the cluster, with the object concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// The cluster does not serve the object's kind.
+    #[error("{group}/{version} {kind} is not served by the cluster: {source}")]
+    UnknownKind {
+        /// API group.
+        group: String,
+        /// API version.
+        version: String,
+        /// Kind.
+        kind: String,
+        /// The discovery error.
+        #[source]
+        source: kube::Error,
+    },
+    /// A request about an object failed.
+    #[error("{action} {key}: {message}")]
+    Request {
+        /// What was attempted.
+        action: &'static str,
+        /// The object.
+        key: String,
+        /// The API server's message.
+        message: String,
+    },
+}
+
+/// A kind resolved to its API resource.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// The resource (plural, group, version).
+    pub resource: ApiResource,
+    /// Whether objects of this kind live in a namespace.
+    pub namespaced: bool,
+}
+
+type GvkKey = (String, String, String);
+
+/// A Kubernetes client with a cache of resolved kinds.
+pub struct Cluster {
+    client: kube::Client,
+    kinds: Mutex<HashMap<GvkKey, Resolved>>,
+}
+
+impl Cluster {
+    /// Wraps a client.
+    #[must_use]
+    pub fn new(client: kube::Client) -> Self {
+        Self {
+            client,
+            kinds: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn kinds(&self) -> std::sync::MutexGuard<'_, HashMap<GvkKey, Resolved>> {
+        self.kinds
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn gvk_key(key: &ObjectKey) -> GvkKey {
+        (key.group.clone(), key.version.clone(), key.kind.clone())
+    }
+
+    /// The scope of a kind as far as the cache knows, without asking.
+    #[must_use]
+    pub fn known_scope(&self, key: &ObjectKey) -> Scope {
+        match self.kinds().get(&Self::gvk_key(key)) {
+            Some(r) if r.namespaced => Scope::Namespaced,
+            Some(_) => Scope::Cluster,
+            None => Scope::Unknown,
+        }
+    }
+
+    /// Resolves a kind, asking the cluster when the cache does not know it
+    /// (so kinds of a CRD applied a moment ago are found).
+    ///
+    /// # Errors
+    /// When the cluster does not serve the kind or cannot be reached.
+    pub async fn resolve(&self, key: &ObjectKey) -> Result<Resolved, ClusterError> {
+        let gvk_key = Self::gvk_key(key);
+        if let Some(r) = self.kinds().get(&gvk_key) {
+            return Ok(r.clone());
+        }
+        let gvk = GroupVersionKind::gvk(&key.group, &key.version, &key.kind);
+        let (resource, caps) =
+            discovery::pinned_kind(&self.client, &gvk)
+                .await
+                .map_err(|source| ClusterError::UnknownKind {
+                    group: key.group.clone(),
+                    version: key.version.clone(),
+                    kind: key.kind.clone(),
+                    source,
+                })?;
+        let resolved = Resolved {
+            resource,
+            namespaced: caps.scope == KubeScope::Namespaced,
+        };
+        self.kinds().insert(gvk_key, resolved.clone());
+        Ok(resolved)
+    }
+
+    fn api(&self, r: &Resolved, namespace: &str) -> Api<DynamicObject> {
+        if r.namespaced {
+            Api::namespaced_with(self.client.clone(), namespace, &r.resource)
+        } else {
+            Api::all_with(self.client.clone(), &r.resource)
+        }
+    }
+
+    /// Server-side applies `obj` (already prepared) under the agent's field
+    /// manager, taking over conflicting fields.
+    ///
+    /// # Errors
+    /// When the API server refuses the object.
+    pub async fn apply(
+        &self,
+        r: &Resolved,
+        key: &ObjectKey,
+        obj: &Value,
+    ) -> Result<Value, ClusterError> {
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        let live = self
+            .api(r, &key.namespace)
+            .patch(&key.name, &params, &Patch::Apply(obj))
+            .await
+            .map_err(|e| request_error("apply", key, &e))?;
+        serde_json::to_value(live).map_err(|e| ClusterError::Request {
+            action: "apply",
+            key: key.to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Reads a live object; `None` when it does not exist.
+    ///
+    /// # Errors
+    /// When the API server cannot be asked.
+    pub async fn get(&self, r: &Resolved, key: &ObjectKey) -> Result<Option<Value>, ClusterError> {
+        let live = self
+            .api(r, &key.namespace)
+            .get_opt(&key.name)
+            .await
+            .map_err(|e| request_error("get", key, &e))?;
+        live.map(serde_json::to_value)
+            .transpose()
+            .map_err(|e| ClusterError::Request {
+                action: "get",
+                key: key.to_string(),
+                message: e.to_string(),
+            })
+    }
+
+    /// Deletes an object (background propagation); absent is fine.
+    ///
+    /// # Errors
+    /// When the API server refuses.
+    pub async fn delete(&self, r: &Resolved, key: &ObjectKey) -> Result<(), ClusterError> {
+        match self
+            .api(r, &key.namespace)
+            .delete(&key.name, &DeleteParams::background())
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(request_error("delete", key, &e)),
+        }
+    }
+}
+
+fn request_error(action: &'static str, key: &ObjectKey, e: &kube::Error) -> ClusterError {
+    let message = match e {
+        kube::Error::Api(s) => s.message.clone(),
+        other => other.to_string(),
+    };
+    ClusterError::Request {
+        action,
+        key: key.to_string(),
+        message,
+    }
+}

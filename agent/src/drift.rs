@@ -1,0 +1,276 @@
+//! Drift: does the live object still hold what the agent applied?
+//!
+//! The comparison is a pure function over the applied object and the live
+//! one: every field the agent set must be present in the live object with
+//! the same value. Fields only the live object has (server defaults, other
+//! managers' fields, status) are not drift. Lists of maps are matched by
+//! their `name` key when every element has one (containers, ports, env),
+//! positionally otherwise.
+
+use serde_json::{Map, Value};
+
+/// Metadata the server owns; never compared.
+const IGNORED_METADATA: &[&str] = &[
+    "managedFields",
+    "resourceVersion",
+    "generation",
+    "uid",
+    "creationTimestamp",
+    "selfLink",
+];
+
+/// One field whose live value differs from what was applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldDrift {
+    /// JSON-pointer-like path, e.g. `/spec/replicas`.
+    pub path: String,
+    /// What was applied, as JSON.
+    pub desired: String,
+    /// What is live, as JSON (`<absent>` when missing).
+    pub live: String,
+}
+
+impl std::fmt::Display for FieldDrift {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {} -> {}", self.path, self.desired, self.live)
+    }
+}
+
+/// Lists the fields where `live` departs from the applied object `desired`.
+/// `ignore` holds JSON pointers (from `ignoreDifferences.jsonPointers`)
+/// that are skipped.
+#[must_use]
+pub fn diff(desired: &Value, live: &Value, ignore: &[String]) -> Vec<FieldDrift> {
+    let mut out = Vec::new();
+    let (Some(d), Some(l)) = (desired.as_object(), live.as_object()) else {
+        return out;
+    };
+    for (k, dv) in d {
+        match k.as_str() {
+            "status" => {}
+            "metadata" => {
+                let empty = Value::Object(Map::new());
+                let lv = l.get(k).unwrap_or(&empty);
+                if let (Some(dm), Some(lm)) = (dv.as_object(), lv.as_object()) {
+                    for (mk, mv) in dm {
+                        if IGNORED_METADATA.contains(&mk.as_str()) {
+                            continue;
+                        }
+                        let path = format!("/metadata/{}", escape(mk));
+                        compare(&path, mv, lm.get(mk), ignore, &mut out);
+                    }
+                }
+            }
+            _ => compare(&format!("/{}", escape(k)), dv, l.get(k), ignore, &mut out),
+        }
+    }
+    out
+}
+
+fn escape(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
+}
+
+fn is_empty(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Object(m) => m.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        _ => false,
+    }
+}
+
+fn compare(
+    path: &str,
+    desired: &Value,
+    live: Option<&Value>,
+    ignore: &[String],
+    out: &mut Vec<FieldDrift>,
+) {
+    if ignore
+        .iter()
+        .any(|p| path == p || path.starts_with(&format!("{p}/")))
+    {
+        return;
+    }
+    let Some(live) = live else {
+        // An empty value applied is indistinguishable from an absent one
+        // once the server has stored it.
+        if !is_empty(desired) {
+            out.push(FieldDrift {
+                path: path.to_owned(),
+                desired: desired.to_string(),
+                live: "<absent>".to_owned(),
+            });
+        }
+        return;
+    };
+    match (desired, live) {
+        (Value::Object(d), Value::Object(l)) => {
+            for (k, dv) in d {
+                compare(&format!("{path}/{}", escape(k)), dv, l.get(k), ignore, out);
+            }
+        }
+        (Value::Array(d), Value::Array(l)) => compare_lists(path, d, l, ignore, out),
+        (d, l) if scalar_eq(d, l) => {}
+        (Value::Null, _) => {}
+        (d, l) => out.push(FieldDrift {
+            path: path.to_owned(),
+            desired: d.to_string(),
+            live: l.to_string(),
+        }),
+    }
+}
+
+/// Scalars compare by value; numbers by numeric value (1 == 1.0).
+fn scalar_eq(d: &Value, l: &Value) -> bool {
+    match (d, l) {
+        (Value::Number(a), Value::Number(b)) => a.as_f64() == b.as_f64(),
+        _ => d == l,
+    }
+}
+
+fn name_of(v: &Value) -> Option<&str> {
+    v.get("name").and_then(Value::as_str)
+}
+
+fn compare_lists(
+    path: &str,
+    d: &[Value],
+    l: &[Value],
+    ignore: &[String],
+    out: &mut Vec<FieldDrift>,
+) {
+    let keyed = !d.is_empty() && d.iter().all(|v| v.is_object() && name_of(v).is_some());
+    if keyed {
+        for dv in d {
+            let name = name_of(dv).unwrap_or("");
+            let lv = l.iter().find(|v| name_of(v) == Some(name));
+            compare(&format!("{path}[name={name}]"), dv, lv, ignore, out);
+        }
+        return;
+    }
+    let all_maps = d.iter().all(Value::is_object);
+    if !all_maps && d.len() != l.len() {
+        out.push(FieldDrift {
+            path: path.to_owned(),
+            desired: Value::Array(d.to_vec()).to_string(),
+            live: Value::Array(l.to_vec()).to_string(),
+        });
+        return;
+    }
+    if all_maps && l.len() < d.len() {
+        out.push(FieldDrift {
+            path: path.to_owned(),
+            desired: format!("{} items", d.len()),
+            live: format!("{} items", l.len()),
+        });
+        return;
+    }
+    for (i, dv) in d.iter().enumerate() {
+        compare(&format!("{path}/{i}"), dv, l.get(i), ignore, out);
+    }
+}
+
+/// The JSON pointers of `ignoreDifferences` entries that apply to an
+/// object of the given group, kind, namespace and name.
+#[must_use]
+pub fn ignored_pointers(
+    entries: &[String],
+    group: &str,
+    kind: &str,
+    namespace: &str,
+    name: &str,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in entries {
+        let Ok(v) = serde_json::from_str::<Value>(entry) else {
+            continue;
+        };
+        let field = |f: &str| v.get(f).and_then(Value::as_str);
+        let matches = field("group").is_none_or(|g| g == group)
+            && field("kind").is_none_or(|k| k == kind)
+            && field("namespace").is_none_or(|n| n.is_empty() || n == namespace)
+            && field("name").is_none_or(|n| n.is_empty() || n == name);
+        if !matches {
+            continue;
+        }
+        if let Some(ptrs) = v.get("jsonPointers").and_then(Value::as_array) {
+            out.extend(ptrs.iter().filter_map(Value::as_str).map(str::to_owned));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn deployment(replicas: i64, image: &str) -> Value {
+        json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "namespace": "default", "labels": {"app": "web"}},
+            "spec": {"replicas": replicas, "template": {"spec": {"containers": [
+                {"name": "web", "image": image, "ports": [{"containerPort": 80}]}
+            ]}}}
+        })
+    }
+
+    #[test]
+    fn server_additions_are_not_drift() {
+        let desired = deployment(2, "nginx:1");
+        let mut live = deployment(2, "nginx:1");
+        live["metadata"]["resourceVersion"] = json!("42");
+        live["metadata"]["managedFields"] = json!([{"manager": "flotilla"}]);
+        live["metadata"]["labels"]["other"] = json!("x");
+        live["spec"]["strategy"] = json!({"type": "RollingUpdate"});
+        live["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] =
+            json!("IfNotPresent");
+        live["spec"]["template"]["spec"]["containers"][0]["ports"][0]["protocol"] = json!("TCP");
+        live["status"] = json!({"replicas": 2});
+        assert_eq!(diff(&desired, &live, &[]), vec![]);
+    }
+
+    #[test]
+    fn changed_fields_are_reported_with_paths() {
+        let desired = deployment(2, "nginx:1");
+        let live = deployment(3, "nginx:2");
+        let drift = diff(&desired, &live, &[]);
+        let paths: Vec<&str> = drift.iter().map(|d| d.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            vec![
+                "/spec/replicas",
+                "/spec/template/spec/containers[name=web]/image"
+            ]
+        );
+        assert_eq!(drift[0].to_string(), "/spec/replicas: 2 -> 3");
+    }
+
+    #[test]
+    fn ignored_pointers_skip_fields() {
+        let desired = deployment(2, "nginx:1");
+        let live = deployment(5, "nginx:1");
+        let entries = vec![
+            r#"{"group":"apps","kind":"Deployment","jsonPointers":["/spec/replicas"]}"#.to_owned(),
+        ];
+        let ignore = ignored_pointers(&entries, "apps", "Deployment", "default", "web");
+        assert_eq!(diff(&desired, &live, &ignore), vec![]);
+        assert!(ignored_pointers(&entries, "", "Service", "default", "web").is_empty());
+    }
+
+    #[test]
+    fn scalar_lists_compare_whole_and_missing_fields_count() {
+        let desired = json!({"spec": {"args": ["a", "b"], "empty": {}}});
+        let live = json!({"spec": {"args": ["a"]}});
+        let drift = diff(&desired, &live, &[]);
+        assert_eq!(drift.len(), 1);
+        assert_eq!(drift[0].path, "/spec/args");
+        let live = json!({"spec": {}});
+        assert_eq!(
+            diff(&json!({"data": {"k": "v"}}), &live, &[])[0].live,
+            "<absent>"
+        );
+    }
+}

@@ -1,0 +1,657 @@
+//! The sync engine: keeps every cached application applied, checks drift and
+//! health, prunes, and publishes status.
+//!
+//! One pass looks at every application: it reads the live objects, decides
+//! (apply on a new digest when automated; re-apply on drift with selfHeal;
+//! retries with backoff), applies in the planned order, and publishes a
+//! [`Report`]. Passes run when the link delivers a new desired state, and
+//! periodically: every second while anything is not Synced and Healthy,
+//! every five seconds otherwise.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use flotilla_proto::{AppStatus, OperationState, ResourceStatus, SyncStatus};
+use rand::Rng;
+use serde_json::{Value, json};
+use tokio::sync::{Notify, watch};
+use tracing::{info, warn};
+
+use crate::bundle::Bundle;
+use crate::cache::{Cache, CachedApp, CachedState};
+use crate::cluster::{Cluster, Resolved};
+use crate::drift;
+use crate::health::{self, Health, HealthStatus};
+use crate::object::{self, ObjectKey};
+use crate::plan;
+use crate::report::{Report, now_ms};
+
+const PASS_SETTLED: Duration = Duration::from_secs(5);
+const PASS_BUSY: Duration = Duration::from_secs(1);
+const CRD_DEADLINE: Duration = Duration::from_secs(30);
+const WAVE_DEADLINE: Duration = Duration::from_secs(120);
+const POLL: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(180);
+
+/// What one object looks like now.
+#[derive(Debug, Clone)]
+struct ResourceCheck {
+    key: ObjectKey,
+    sync: SyncStatus,
+    health: Health,
+    message: String,
+    drift: Vec<String>,
+}
+
+/// Per-application memory that does not need to survive a restart.
+#[derive(Debug, Default)]
+struct AppRuntime {
+    /// Object errors of the last apply.
+    errors: BTreeMap<ObjectKey, String>,
+    /// Application-level message of the last apply (manifest or prune).
+    message: String,
+    /// Consecutive apply attempts that did not settle (errors or heals).
+    attempts: u32,
+    /// The digest the attempts were about.
+    attempt_digest: String,
+    /// No new attempt before this instant.
+    retry_at: Option<Instant>,
+    /// The last operation.
+    operation: Option<OperationState>,
+}
+
+/// Result of applying one application.
+#[derive(Debug, Default)]
+struct ApplyOutcome {
+    errors: BTreeMap<ObjectKey, String>,
+    message: String,
+    inventory: Vec<ObjectKey>,
+}
+
+impl ApplyOutcome {
+    fn ok(&self) -> bool {
+        self.errors.is_empty() && self.message.is_empty()
+    }
+}
+
+/// Runs passes over the cached desired state.
+pub struct Engine {
+    cluster: Arc<Cluster>,
+    cache: Arc<Cache>,
+    trigger: Arc<Notify>,
+    reports: watch::Sender<Option<Report>>,
+    apps: HashMap<String, AppRuntime>,
+}
+
+impl Engine {
+    /// An engine over a cluster and a cache. `trigger` wakes it early;
+    /// status goes to `reports`.
+    #[must_use]
+    pub fn new(
+        cluster: Arc<Cluster>,
+        cache: Arc<Cache>,
+        trigger: Arc<Notify>,
+        reports: watch::Sender<Option<Report>>,
+    ) -> Self {
+        Self {
+            cluster,
+            cache,
+            trigger,
+            reports,
+            apps: HashMap::new(),
+        }
+    }
+
+    /// Runs passes forever.
+    pub async fn run(mut self) {
+        loop {
+            let settled = self.pass().await;
+            let wait = if settled { PASS_SETTLED } else { PASS_BUSY };
+            tokio::select! {
+                () = self.trigger.notified() => {}
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// One pass over every application; true when all are Synced and Healthy.
+    pub async fn pass(&mut self) -> bool {
+        let snapshot = self.cache.snapshot();
+        self.prune_removed(&snapshot).await;
+        let mut statuses = Vec::with_capacity(snapshot.apps.len());
+        for app in snapshot.apps.values() {
+            statuses.push(self.reconcile(app).await);
+        }
+        self.apps.retain(|name, _| snapshot.apps.contains_key(name));
+        let settled = statuses.iter().all(|s| {
+            s.sync == SyncStatus::Synced as i32
+                && s.health == HealthStatus::Healthy.to_proto() as i32
+        });
+        let report = Report {
+            generation: snapshot.generation,
+            apps: statuses,
+        };
+        // Observation times refresh silently; only a real change wakes the
+        // reporter.
+        self.reports.send_if_modified(|current| {
+            let changed = current.as_ref().is_none_or(|c| !c.same_as(&report));
+            *current = Some(report);
+            changed
+        });
+        settled
+    }
+
+    async fn reconcile(&mut self, app: &CachedApp) -> AppStatus {
+        let b = &app.bundle;
+        if !b.render_error.is_empty() {
+            return AppStatus {
+                name: b.name.clone(),
+                revision: b.revision.clone(),
+                digest: b.digest.clone(),
+                sync: SyncStatus::Unknown as i32,
+                health: HealthStatus::Unknown.to_proto() as i32,
+                message: format!("render error: {}", b.render_error),
+                last_applied_ms: app.last_applied_ms,
+                observed_ms: now_ms(),
+                ..AppStatus::default()
+            };
+        }
+        let (mut checks, mut parse_errors) = self.check(b).await;
+        let in_sync =
+            parse_errors.is_empty() && checks.iter().all(|c| c.sync == SyncStatus::Synced);
+        let digest_changed = app.applied_digest.as_deref() != Some(b.digest.as_str());
+        let now = Instant::now();
+        let rt = self.apps.entry(b.name.clone()).or_default();
+        if rt.attempt_digest != b.digest {
+            rt.attempts = 0;
+            rt.retry_at = None;
+            rt.attempt_digest.clone_from(&b.digest);
+        }
+        if in_sync && !digest_changed {
+            rt.attempts = 0;
+            rt.retry_at = None;
+        }
+        let drifted = !in_sync && !digest_changed;
+        let wanted = b.policy.automated && (digest_changed || (drifted && b.policy.self_heal));
+        let limit_reached =
+            b.policy.retry_limit > 0 && i64::from(rt.attempts) > b.policy.retry_limit;
+        let due = rt.retry_at.is_none_or(|t| now >= t);
+        let mut last_applied_ms = app.last_applied_ms;
+        if wanted && due && !limit_reached {
+            if drifted {
+                let fields: Vec<String> = checks
+                    .iter()
+                    .filter(|c| c.sync != SyncStatus::Synced)
+                    .map(|c| {
+                        format!(
+                            "{}: {}",
+                            c.key,
+                            c.drift.first().map_or("missing", String::as_str)
+                        )
+                    })
+                    .collect();
+                info!(app = %b.name, drift = ?fields, "self-healing drift");
+            }
+            let started = now_ms();
+            let outcome = self.apply(app).await;
+            let finished = now_ms();
+            let rt = self.apps.entry(b.name.clone()).or_default();
+            let ok = outcome.ok();
+            rt.operation = Some(OperationState {
+                phase: if ok { "Succeeded" } else { "Failed" }.to_owned(),
+                started_ms: started,
+                finished_ms: finished,
+                message: outcome.message.clone(),
+            });
+            rt.errors.clone_from(&outcome.errors);
+            rt.message.clone_from(&outcome.message);
+            if ok && digest_changed {
+                rt.attempts = 0;
+                rt.retry_at = None;
+            } else {
+                rt.attempts = rt.attempts.saturating_add(1);
+                rt.retry_at = Some(Instant::now() + backoff(rt.attempts));
+            }
+            if ok {
+                info!(app = %b.name, revision = %b.revision, objects = outcome.inventory.len(), "applied");
+            } else {
+                warn!(app = %b.name, errors = outcome.errors.len(), message = %outcome.message, "apply finished with errors");
+            }
+            let digest = b.digest.clone();
+            let name = b.name.clone();
+            let inventory = outcome.inventory;
+            let persisted = self.cache.update(|s| {
+                if let Some(cached) = s.apps.get_mut(&name)
+                    && cached.bundle.digest == digest
+                {
+                    cached.inventory = inventory;
+                    cached.last_applied_ms = finished;
+                    if ok {
+                        cached.applied_digest = Some(digest);
+                    }
+                }
+            });
+            if let Err(e) = persisted {
+                warn!(error = %e, "could not persist the cache");
+            }
+            last_applied_ms = finished;
+            (checks, parse_errors) = self.check(b).await;
+        } else if wanted && limit_reached {
+            let rt = self.apps.entry(b.name.clone()).or_default();
+            if rt.message.is_empty() {
+                rt.message = format!("retry limit {} reached", b.policy.retry_limit);
+            }
+        }
+        let rt = self.apps.entry(b.name.clone()).or_default();
+        status_of(b, &checks, &parse_errors, rt, last_applied_ms)
+    }
+
+    /// Reads the live state of every desired object and compares it with
+    /// what the agent applies.
+    async fn check(&self, b: &Bundle) -> (Vec<ResourceCheck>, Vec<String>) {
+        let mut checks = Vec::new();
+        let mut errors = Vec::new();
+        let mut seen = BTreeSet::new();
+        for parsed in object::parse_manifests(&b.manifests) {
+            let obj = match parsed {
+                Ok(o) => o,
+                Err(e) => {
+                    errors.push(e.to_string());
+                    continue;
+                }
+            };
+            let Ok(mut key) = ObjectKey::of(&obj, 0) else {
+                continue;
+            };
+            let resolved = match self.cluster.resolve(&key).await {
+                Ok(r) => r,
+                Err(e) => {
+                    if key.namespace.is_empty() {
+                        key.namespace.clone_from(&b.namespace);
+                    }
+                    checks.push(ResourceCheck {
+                        key,
+                        sync: SyncStatus::OutOfSync,
+                        health: Health::missing(),
+                        message: e.to_string(),
+                        drift: Vec::new(),
+                    });
+                    continue;
+                }
+            };
+            let desired = object::prepare(obj, &b.name, &b.namespace, resolved.namespaced);
+            key.namespace = namespace_of(&desired);
+            if !seen.insert(key.clone()) {
+                continue;
+            }
+            checks.push(self.check_one(b, key, &resolved, &desired).await);
+        }
+        (checks, errors)
+    }
+
+    async fn check_one(
+        &self,
+        b: &Bundle,
+        key: ObjectKey,
+        r: &Resolved,
+        desired: &Value,
+    ) -> ResourceCheck {
+        match self.cluster.get(r, &key).await {
+            Ok(None) => ResourceCheck {
+                key,
+                sync: SyncStatus::OutOfSync,
+                health: Health::missing(),
+                message: String::new(),
+                drift: Vec::new(),
+            },
+            Ok(Some(live)) => {
+                let ignore = drift::ignored_pointers(
+                    &b.ignore_differences,
+                    &key.group,
+                    &key.kind,
+                    &key.namespace,
+                    &key.name,
+                );
+                let drift: Vec<String> = drift::diff(desired, &live, &ignore)
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect();
+                let health = health::assess(&live);
+                ResourceCheck {
+                    sync: if drift.is_empty() {
+                        SyncStatus::Synced
+                    } else {
+                        SyncStatus::OutOfSync
+                    },
+                    message: health.message.clone(),
+                    health,
+                    key,
+                    drift,
+                }
+            }
+            Err(e) => ResourceCheck {
+                key,
+                sync: SyncStatus::Unknown,
+                health: Health {
+                    status: HealthStatus::Unknown,
+                    message: String::new(),
+                },
+                message: e.to_string(),
+                drift: Vec::new(),
+            },
+        }
+    }
+
+    /// Applies one application in plan order, then prunes when the policy
+    /// says so.
+    async fn apply(&self, app: &CachedApp) -> ApplyOutcome {
+        let b = &app.bundle;
+        let mut out = ApplyOutcome::default();
+        let mut objects = Vec::new();
+        let mut messages = Vec::new();
+        for parsed in object::parse_manifests(&b.manifests) {
+            match parsed {
+                Ok(obj) => {
+                    if let Ok(key) = ObjectKey::of(&obj, 0) {
+                        // Learn the scope of known kinds before planning.
+                        let _ = self.cluster.resolve(&key).await;
+                        objects.push((key, obj.clone(), obj));
+                    }
+                }
+                Err(e) => messages.push(e.to_string()),
+            }
+        }
+        if b.policy.option("CreateNamespace")
+            && !b.namespace.is_empty()
+            && let Err(e) = self.ensure_namespace(&b.namespace).await
+        {
+            messages.push(format!("create namespace {}: {e}", b.namespace));
+        }
+        let waves = plan::plan(objects, |k| self.cluster.known_scope(k));
+        let wave_count = waves.len();
+        let mut desired_keys = BTreeSet::new();
+        for (i, wave) in waves.into_iter().enumerate() {
+            let mut applied = Vec::new();
+            for step in wave.steps {
+                let mut key = step.key;
+                let resolved = match self.cluster.resolve(&key).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        if key.namespace.is_empty() {
+                            key.namespace.clone_from(&b.namespace);
+                        }
+                        desired_keys.insert(key.clone());
+                        out.errors.insert(key, e.to_string());
+                        continue;
+                    }
+                };
+                let desired =
+                    object::prepare(step.item, &b.name, &b.namespace, resolved.namespaced);
+                key.namespace = namespace_of(&desired);
+                desired_keys.insert(key.clone());
+                match self.cluster.apply(&resolved, &key, &desired).await {
+                    Ok(_) => {
+                        if step.phase == plan::Phase::Crds
+                            && let Err(e) = self.wait_healthy(&resolved, &key, CRD_DEADLINE).await
+                        {
+                            out.errors.insert(key.clone(), e);
+                        }
+                        applied.push((key, resolved));
+                    }
+                    Err(e) => {
+                        warn!(app = %b.name, object = %key, error = %e, "apply failed");
+                        out.errors.insert(key, e.to_string());
+                    }
+                }
+            }
+            if i + 1 < wave_count {
+                for (key, resolved) in &applied {
+                    if let Err(e) = self.wait_healthy(resolved, key, WAVE_DEADLINE).await {
+                        messages.push(format!(
+                            "sync wave {} did not become healthy: {e}",
+                            wave.wave
+                        ));
+                        break;
+                    }
+                }
+                if !messages.is_empty() {
+                    break;
+                }
+            }
+        }
+        // Objects not applied this time stay in the inventory until a
+        // successful apply or prune accounts for them.
+        let mut inventory: BTreeSet<ObjectKey> = desired_keys.clone();
+        let complete = out.errors.is_empty() && messages.is_empty();
+        if !complete {
+            inventory.extend(app.inventory.iter().cloned());
+        } else if b.policy.prune {
+            let stale: Vec<ObjectKey> = app
+                .inventory
+                .iter()
+                .filter(|k| !desired_keys.contains(*k))
+                .cloned()
+                .collect();
+            if desired_keys.is_empty() && !stale.is_empty() && !b.policy.allow_empty {
+                messages.push("desired state is empty; not pruning without allowEmpty".to_owned());
+                inventory.extend(stale);
+            } else {
+                for key in stale {
+                    if let Err(e) = self.prune_one(&b.name, &key).await {
+                        warn!(app = %b.name, object = %key, error = %e, "prune failed");
+                        out.errors.insert(key.clone(), format!("prune: {e}"));
+                        inventory.insert(key);
+                    }
+                }
+            }
+        }
+        out.message = messages.join("; ");
+        out.inventory = inventory.into_iter().collect();
+        out
+    }
+
+    /// Deletes one object if it carries this application's tracking identity
+    /// and does not opt out of pruning.
+    async fn prune_one(&self, app: &str, key: &ObjectKey) -> Result<(), String> {
+        let resolved = match self.cluster.resolve(key).await {
+            Ok(r) => r,
+            // The kind is gone, and with it every object of it.
+            Err(_) => return Ok(()),
+        };
+        let Some(live) = self
+            .cluster
+            .get(&resolved, key)
+            .await
+            .map_err(|e| e.to_string())?
+        else {
+            return Ok(());
+        };
+        if !object::is_tracked_by(&live, app, key) {
+            info!(app, object = %key, "not pruning an object this application does not track");
+            return Ok(());
+        }
+        if object::prune_disabled(&live) {
+            info!(app, object = %key, "not pruning: Prune=false");
+            return Ok(());
+        }
+        info!(app, object = %key, "pruning");
+        self.cluster
+            .delete(&resolved, key)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn prune_removed(&self, snapshot: &CachedState) {
+        for (name, removed) in &snapshot.removed {
+            let mut failed = false;
+            if removed.policy.prune {
+                for key in &removed.inventory {
+                    if let Err(e) = self.prune_one(name, key).await {
+                        warn!(app = %name, object = %key, error = %e, "prune of removed application failed");
+                        failed = true;
+                    }
+                }
+            } else if !removed.inventory.is_empty() {
+                info!(app = %name, "application removed; prune is off, its objects stay");
+            }
+            if !failed {
+                let result = self.cache.update(|s| {
+                    s.removed.remove(name);
+                });
+                if let Err(e) = result {
+                    warn!(error = %e, "could not persist the cache");
+                }
+            }
+        }
+    }
+
+    async fn ensure_namespace(&self, namespace: &str) -> Result<(), String> {
+        let key = ObjectKey {
+            group: String::new(),
+            version: "v1".to_owned(),
+            kind: "Namespace".to_owned(),
+            namespace: String::new(),
+            name: namespace.to_owned(),
+        };
+        let resolved = self
+            .cluster
+            .resolve(&key)
+            .await
+            .map_err(|e| e.to_string())?;
+        if self
+            .cluster
+            .get(&resolved, &key)
+            .await
+            .map_err(|e| e.to_string())?
+            .is_some()
+        {
+            return Ok(());
+        }
+        let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}});
+        self.cluster
+            .apply(&resolved, &key, &obj)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// Polls an object until it is Healthy (or Suspended), with a deadline.
+    async fn wait_healthy(
+        &self,
+        r: &Resolved,
+        key: &ObjectKey,
+        deadline: Duration,
+    ) -> Result<(), String> {
+        let until = Instant::now() + deadline;
+        loop {
+            let health = match self.cluster.get(r, key).await {
+                Ok(Some(live)) => health::assess(&live),
+                Ok(None) => Health::missing(),
+                Err(e) => Health {
+                    status: HealthStatus::Unknown,
+                    message: e.to_string(),
+                },
+            };
+            match health.status {
+                HealthStatus::Healthy | HealthStatus::Suspended => return Ok(()),
+                HealthStatus::Degraded => {
+                    return Err(format!("{key} is Degraded: {}", health.message));
+                }
+                _ if Instant::now() >= until => {
+                    return Err(format!(
+                        "{key} is still {} after {deadline:?}",
+                        health.status
+                    ));
+                }
+                _ => tokio::time::sleep(POLL).await,
+            }
+        }
+    }
+}
+
+fn namespace_of(obj: &Value) -> String {
+    obj.pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// Exponential backoff with ±20 % jitter: 1 s, 2 s, 4 s … up to 3 min.
+fn backoff(attempts: u32) -> Duration {
+    let base = Duration::from_secs(1)
+        .saturating_mul(1u32 << attempts.saturating_sub(1).min(8))
+        .min(BACKOFF_MAX);
+    let jitter = rand::rng().random_range(0.8..1.2);
+    base.mul_f64(jitter)
+}
+
+fn status_of(
+    b: &Bundle,
+    checks: &[ResourceCheck],
+    parse_errors: &[String],
+    rt: &AppRuntime,
+    last_applied_ms: i64,
+) -> AppStatus {
+    let resources: Vec<ResourceStatus> = checks
+        .iter()
+        .map(|c| ResourceStatus {
+            key: Some(c.key.to_proto()),
+            sync: c.sync as i32,
+            health: c.health.status.to_proto() as i32,
+            message: rt
+                .errors
+                .get(&c.key)
+                .cloned()
+                .unwrap_or_else(|| c.message.clone()),
+            drift: c.drift.clone(),
+        })
+        .collect();
+    let synced = parse_errors.is_empty() && checks.iter().all(|c| c.sync == SyncStatus::Synced);
+    let health = health::aggregate(checks.iter().map(|c| &c.health));
+    let message = if let Some(e) = parse_errors.first() {
+        e.clone()
+    } else if !rt.message.is_empty() {
+        rt.message.clone()
+    } else if let Some((key, e)) = rt.errors.iter().next() {
+        format!("{key}: {e}")
+    } else if let Some(c) = checks.iter().find(|c| c.sync != SyncStatus::Synced) {
+        match c.drift.first() {
+            Some(d) => format!("{}: drift {d}", c.key),
+            None if !c.message.is_empty() => format!("{}: {}", c.key, c.message),
+            None => format!("{}: missing", c.key),
+        }
+    } else {
+        String::new()
+    };
+    AppStatus {
+        name: b.name.clone(),
+        revision: b.revision.clone(),
+        digest: b.digest.clone(),
+        sync: if synced {
+            SyncStatus::Synced
+        } else {
+            SyncStatus::OutOfSync
+        } as i32,
+        health: health.to_proto() as i32,
+        message,
+        resources,
+        last_applied_ms,
+        observed_ms: now_ms(),
+        operation: rt.operation.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        let first = backoff(1);
+        assert!(first >= Duration::from_millis(800) && first <= Duration::from_millis(1200));
+        let fifth = backoff(5);
+        assert!(fifth >= Duration::from_millis(12_800) && fifth <= Duration::from_millis(19_200));
+        assert!(backoff(40) <= BACKOFF_MAX.mul_f64(1.2));
+    }
+}

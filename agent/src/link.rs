@@ -1,0 +1,363 @@
+//! The link to the hub: one mutually authenticated gRPC stream, resumed from
+//! the last generation after every disconnect, with backoff and jitter.
+//!
+//! On every stream the agent first says what it holds (`Hello`: generation
+//! and the digest of every cached application); the hub then sends only
+//! what differs. Each `DesiredState` is merged into the cache, persisted,
+//! acknowledged, and handed to the engine. Status reports go the other way,
+//! coalesced.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use flotilla_proto::agent_link_client::AgentLinkClient;
+use flotilla_proto::{
+    Ack, AgentMessage, AppRef, DesiredState, DiffResult, Hello, agent_message, command, hub_message,
+};
+use rand::Rng;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+use tracing::{debug, info, warn};
+
+use crate::cache::Cache;
+use crate::report::{HEARTBEAT, MIN_INTERVAL, Report};
+
+/// The agent's version, sent in `Hello`.
+pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+/// Client certificate file in the state directory.
+pub const CERT_FILE: &str = "tls.crt";
+/// Client key file in the state directory.
+pub const KEY_FILE: &str = "tls.key";
+/// Hub CA file in the state directory.
+pub const CA_FILE: &str = "ca.crt";
+
+const BACKOFF_START: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A stream that stayed up this long counts as a success.
+const STABLE: Duration = Duration::from_secs(10);
+
+/// Errors of the link.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// A credential file could not be read.
+    #[error("reading {path}: {source}")]
+    Credentials {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The hub URL is not usable.
+    #[error("invalid hub URL {url}: {message}")]
+    Url {
+        /// The URL.
+        url: String,
+        /// Why.
+        message: String,
+    },
+    /// The connection could not be made.
+    #[error("connecting to {hub}: {source}")]
+    Connect {
+        /// The hub.
+        hub: String,
+        /// The cause.
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// The hub refused or ended the stream.
+    #[error("stream: {0}")]
+    Stream(#[from] tonic::Status),
+    /// A desired state arrived without bundles the agent needs.
+    #[error("desired state {generation} lacks bundles for {apps:?}; asking again")]
+    Incomplete {
+        /// The generation.
+        generation: u64,
+        /// Applications whose bundle is missing or stale.
+        apps: Vec<String>,
+    },
+    /// The outbound half closed.
+    #[error("outbound stream closed")]
+    Closed,
+}
+
+/// Connection settings.
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    /// Hub URL, e.g. `https://127.0.0.1:7443`.
+    pub hub: String,
+    /// Directory with `tls.crt`, `tls.key` and `ca.crt`.
+    pub state_dir: PathBuf,
+}
+
+/// The link task.
+pub struct Link {
+    hub: String,
+    endpoint: Endpoint,
+    cluster: String,
+    cache: Arc<Cache>,
+    trigger: Arc<Notify>,
+    reports: watch::Receiver<Option<Report>>,
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, LinkError> {
+    std::fs::read(path).map_err(|source| LinkError::Credentials {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+impl Link {
+    /// Prepares the link: reads the credentials and builds the endpoint.
+    ///
+    /// # Errors
+    /// When a credential file is missing or the URL is invalid.
+    pub fn new(
+        config: &LinkConfig,
+        cache: Arc<Cache>,
+        trigger: Arc<Notify>,
+        reports: watch::Receiver<Option<Report>>,
+    ) -> Result<Self, LinkError> {
+        let ca = read(&config.state_dir.join(CA_FILE))?;
+        let cert = read(&config.state_dir.join(CERT_FILE))?;
+        let key = read(&config.state_dir.join(KEY_FILE))?;
+        let cluster = common_name(&cert).unwrap_or_default();
+        let url_error = |message: String| LinkError::Url {
+            url: config.hub.clone(),
+            message,
+        };
+        let uri: http::Uri = config
+            .hub
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| url_error(e.to_string()))?;
+        let host = uri
+            .host()
+            .ok_or_else(|| url_error("no host".to_owned()))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(ca))
+            .identity(Identity::from_pem(cert, key))
+            .domain_name(host);
+        let endpoint = Endpoint::from_shared(config.hub.clone())
+            .map_err(|e| url_error(e.to_string()))?
+            .tls_config(tls)
+            .map_err(|e| url_error(e.to_string()))?
+            .connect_timeout(Duration::from_secs(10))
+            .http2_keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_timeout(Duration::from_secs(20))
+            .keep_alive_while_idle(true);
+        Ok(Self {
+            hub: config.hub.clone(),
+            endpoint,
+            cluster,
+            cache,
+            trigger,
+            reports,
+        })
+    }
+
+    /// The cluster name from the client certificate (informational).
+    #[must_use]
+    pub fn cluster(&self) -> &str {
+        &self.cluster
+    }
+
+    /// Keeps a stream to the hub open forever, reconnecting with backoff.
+    pub async fn run(self) {
+        let mut failures: u32 = 0;
+        loop {
+            let started = Instant::now();
+            let mut healthy = false;
+            match self.session(&mut healthy).await {
+                Ok(()) => info!(hub = %self.hub, "hub closed the stream"),
+                Err(e) => warn!(hub = %self.hub, error = %e, "link down"),
+            }
+            if healthy || started.elapsed() >= STABLE {
+                failures = 0;
+            }
+            failures = failures.saturating_add(1);
+            let delay = backoff(failures);
+            info!(
+                delay_ms = delay.as_millis(),
+                attempt = failures,
+                "reconnecting to hub"
+            );
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    async fn session(&self, healthy: &mut bool) -> Result<(), LinkError> {
+        let channel = self
+            .endpoint
+            .connect()
+            .await
+            .map_err(|source| LinkError::Connect {
+                hub: self.hub.clone(),
+                source,
+            })?;
+        let mut client = AgentLinkClient::new(channel);
+        let (tx, rx) = mpsc::channel::<AgentMessage>(16);
+        let snapshot = self.cache.snapshot();
+        let hello = Hello {
+            agent_version: AGENT_VERSION.to_owned(),
+            generation: snapshot.generation,
+            apps: snapshot
+                .apps
+                .values()
+                .map(|a| AppRef {
+                    name: a.bundle.name.clone(),
+                    digest: a.bundle.digest.clone(),
+                })
+                .collect(),
+            claimed_cluster: self.cluster.clone(),
+        };
+        let app_count = hello.apps.len();
+        tx.send(message(agent_message::Kind::Hello(hello)))
+            .await
+            .map_err(|_| LinkError::Closed)?;
+        let mut inbound = client.connect(ReceiverStream::new(rx)).await?.into_inner();
+        info!(
+            generation = snapshot.generation,
+            cached_apps = app_count,
+            "flotilla-agent connected to {} as {}",
+            self.hub,
+            self.cluster
+        );
+        let reporter = tokio::spawn(report_loop(tx.clone(), self.reports.clone()));
+        let result = async {
+            while let Some(msg) = inbound.message().await? {
+                match msg.kind {
+                    Some(hub_message::Kind::Desired(desired)) => {
+                        let generation = desired.generation;
+                        self.receive(desired)?;
+                        tx.send(message(agent_message::Kind::Ack(Ack { generation })))
+                            .await
+                            .map_err(|_| LinkError::Closed)?;
+                        *healthy = true;
+                        self.trigger.notify_one();
+                    }
+                    Some(hub_message::Kind::Command(cmd)) => match cmd.kind {
+                        Some(command::Kind::Sync(sync)) => {
+                            info!(app = %sync.app, "sync requested by hub");
+                            self.trigger.notify_one();
+                        }
+                        Some(command::Kind::Diff(diff)) => {
+                            let result = DiffResult {
+                                command_id: cmd.id,
+                                app: diff.app,
+                                resources: Vec::new(),
+                                error: "diff on request is not supported by this agent yet; see drift in status"
+                                    .to_owned(),
+                            };
+                            tx.send(message(agent_message::Kind::Diff(result)))
+                                .await
+                                .map_err(|_| LinkError::Closed)?;
+                        }
+                        None => debug!("empty command"),
+                    },
+                    None => debug!("empty hub message"),
+                }
+            }
+            Ok(())
+        }
+        .await;
+        reporter.abort();
+        result
+    }
+
+    /// Merges a desired state into the cache and persists it.
+    fn receive(&self, desired: DesiredState) -> Result<(), LinkError> {
+        let generation = desired.generation;
+        let bundles = desired.bundles.len();
+        let merged = self.cache.update(|s| s.merge(desired));
+        match merged {
+            Ok(Ok(removed)) => {
+                info!(generation, bundles, removed = ?removed, "desired state received");
+                Ok(())
+            }
+            Ok(Err(apps)) => Err(LinkError::Incomplete { generation, apps }),
+            Err(e) => {
+                // Still enforced from memory; the next state retries the write.
+                warn!(error = %e, "could not persist the desired state");
+                Ok(())
+            }
+        }
+    }
+}
+
+fn message(kind: agent_message::Kind) -> AgentMessage {
+    AgentMessage { kind: Some(kind) }
+}
+
+/// Sends the engine's reports: right away on a new stream, then on change
+/// at most every [`MIN_INTERVAL`], and at least every [`HEARTBEAT`].
+async fn report_loop(tx: mpsc::Sender<AgentMessage>, mut reports: watch::Receiver<Option<Report>>) {
+    loop {
+        let report = reports.borrow_and_update().as_ref().map(Report::to_proto);
+        let sent_at = Instant::now();
+        if let Some(report) = report
+            && tx
+                .send(message(agent_message::Kind::Status(report)))
+                .await
+                .is_err()
+        {
+            return;
+        }
+        tokio::select! {
+            changed = reports.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            () = tokio::time::sleep(HEARTBEAT) => {}
+        }
+        tokio::time::sleep_until((sent_at + MIN_INTERVAL).into()).await;
+    }
+}
+
+/// 0.5 s doubling up to 30 s, with ±20 % jitter.
+fn backoff(failures: u32) -> Duration {
+    let base = BACKOFF_START
+        .saturating_mul(1u32 << failures.saturating_sub(1).min(10))
+        .min(BACKOFF_MAX);
+    base.mul_f64(rand::rng().random_range(0.8..1.2))
+}
+
+/// The subject common name of the first certificate in a PEM file.
+///
+/// Only used to name the cluster in logs and in the informational
+/// `Hello.claimed_cluster`; the hub takes the identity from the verified
+/// certificate itself. Reads the last `commonName` attribute in the DER
+/// (the subject follows the issuer).
+#[must_use]
+pub fn common_name(pem: &[u8]) -> Option<String> {
+    let mut reader = pem;
+    let der = rustls_pemfile::certs(&mut reader).next()?.ok()?;
+    let bytes: &[u8] = der.as_ref();
+    const CN_OID: [u8; 5] = [0x06, 0x03, 0x55, 0x04, 0x03];
+    let pos = bytes.windows(CN_OID.len()).rposition(|w| w == CN_OID)?;
+    let rest = bytes.get(pos + CN_OID.len()..)?;
+    let (&_tag, rest) = rest.split_first()?;
+    let (&len, rest) = rest.split_first()?;
+    if len >= 0x80 {
+        return None;
+    }
+    let value = rest.get(..usize::from(len))?;
+    String::from_utf8(value.to_vec()).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_bounded() {
+        let first = backoff(1);
+        assert!(first >= Duration::from_millis(400) && first <= Duration::from_millis(600));
+        assert!(backoff(100) <= BACKOFF_MAX.mul_f64(1.2));
+    }
+}
