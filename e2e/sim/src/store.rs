@@ -1038,8 +1038,11 @@ impl Cluster {
         // Remove what this manager owned before, no longer applies, and nobody else owns.
         let mut dropped = previous.members();
         dropped.retain(|p| !applied_set.contains(p));
-        dropped.reverse();
+        // Parents first: removing a list item removes its fields with it.
         for p in dropped {
+            if is_key_field(&p) {
+                continue;
+            }
             let others = entries.iter().any(|e| {
                 !(e.manager == opts.manager && e.operation == "Apply")
                     && e.subresource == sub
@@ -1295,6 +1298,20 @@ impl Cluster {
             objects.insert(k, e["object"].clone());
         }
         self.reset(objects, snap["rv"].as_u64().unwrap_or(0));
+    }
+}
+
+/// Whether a path names a key field of a keyed list item (kept while the item lives).
+fn is_key_field(p: &[String]) -> bool {
+    let n = p.len();
+    match (n.checked_sub(2).and_then(|i| p.get(i)), p.last()) {
+        (Some(parent), Some(last)) => {
+            let (Some(k), Some(f)) = (parent.strip_prefix("k:"), last.strip_prefix("f:")) else {
+                return false;
+            };
+            serde_json::from_str::<Map<String, Value>>(k).is_ok_and(|m| m.contains_key(f))
+        }
+        _ => false,
     }
 }
 

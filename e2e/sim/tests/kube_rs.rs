@@ -1,0 +1,363 @@
+//! kube-rs (the agent's client) against the simulator.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{poll, start};
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
+use serde_json::json;
+
+fn deployment(
+    name: &str,
+    replicas: Option<i32>,
+    env: &[(&str, &str)],
+    labels: serde_json::Value,
+) -> serde_json::Value {
+    let env: Vec<_> = env
+        .iter()
+        .map(|(n, v)| json!({"name": n, "value": v}))
+        .collect();
+    let mut d = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {
+            "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "main", "image": "busybox:1.36", "env": env}]}},
+        },
+    });
+    if let Some(r) = replicas {
+        d["spec"]["replicas"] = json!(r);
+    }
+    d
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_rs_keeps_path_prefix_and_ssa_conflicts_and_force() {
+    let env = start(2, Duration::from_millis(100)).await;
+    let client = env.client("sim-2").await;
+    let v = client.apiserver_version().await.unwrap();
+    assert_eq!(v.minor, "33");
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"a": "1", "b": "2"}});
+    cms.patch("c", &PatchParams::apply("flotilla"), &Patch::Apply(&cm))
+        .await
+        .unwrap();
+    // The object went to sim-2 only: kube-rs kept the path prefix.
+    let other: Api<ConfigMap> = Api::namespaced(env.client("sim-1").await, "default");
+    assert!(other.get_opt("c").await.unwrap().is_none());
+
+    let edit = PatchParams {
+        field_manager: Some("kubectl-edit".into()),
+        ..PatchParams::default()
+    };
+    cms.patch("c", &edit, &Patch::Merge(json!({"data": {"a": "9"}})))
+        .await
+        .unwrap();
+    let err = cms
+        .patch("c", &PatchParams::apply("flotilla"), &Patch::Apply(&cm))
+        .await
+        .unwrap_err();
+    let kube::Error::Api(s) = err else {
+        panic!("unexpected {err:?}")
+    };
+    assert_eq!((s.code, s.reason.as_str()), (409, "Conflict"));
+    assert!(
+        s.message
+            .contains(r#"conflict with "kubectl-edit" using v1: .data.a"#),
+        "{}",
+        s.message
+    );
+    let causes = s.details.unwrap().causes;
+    assert_eq!(causes[0].reason, "FieldManagerConflict");
+    assert_eq!(causes[0].field, ".data.a");
+
+    let got = cms
+        .patch(
+            "c",
+            &PatchParams::apply("flotilla").force(),
+            &Patch::Apply(&cm),
+        )
+        .await
+        .unwrap();
+    assert_eq!(got.data.unwrap()["a"], "1");
+    let mf = got.metadata.managed_fields.unwrap();
+    assert_eq!(mf.len(), 1, "kubectl-edit lost its only field: {mf:?}");
+    assert_eq!(mf[0].manager.as_deref(), Some("flotilla"));
+    assert_eq!(mf[0].operation.as_deref(), Some("Apply"));
+
+    // A no-op apply does not bump resourceVersion.
+    let rv = got.metadata.resource_version.clone();
+    let again = cms
+        .patch("c", &PatchParams::apply("flotilla"), &Patch::Apply(&cm))
+        .await
+        .unwrap();
+    assert_eq!(again.metadata.resource_version, rv);
+    env.sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_rs_reapply_removes_fields_no_longer_sent() {
+    let env = start(1, Duration::from_millis(100)).await;
+    let client = env.client("sim-1").await;
+    let deps: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    let pp = PatchParams::apply("flotilla");
+    let first = deployment(
+        "app",
+        Some(3),
+        &[("A", "1"), ("B", "2")],
+        json!({"app": "app", "team": "x"}),
+    );
+    deps.patch("app", &pp, &Patch::Apply(&first)).await.unwrap();
+    let second = deployment("app", None, &[("A", "1")], json!({"app": "app"}));
+    let d = deps
+        .patch("app", &pp, &Patch::Apply(&second))
+        .await
+        .unwrap();
+    let spec = d.spec.unwrap();
+    assert_eq!(spec.replicas, Some(1), "replicas removed, then defaulted");
+    let env_vars = spec.template.spec.unwrap().containers[0]
+        .env
+        .clone()
+        .unwrap();
+    assert_eq!(env_vars.len(), 1);
+    assert_eq!(env_vars[0].name, "A");
+    assert!(!d.metadata.labels.unwrap().contains_key("team"));
+    assert_eq!(d.metadata.generation, Some(2));
+
+    // A field another applier also owns survives its removal from our config.
+    let cms: Api<ConfigMap> = Api::namespaced(client, "default");
+    let mine = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "shared"}, "data": {"a": "1", "b": "2"}});
+    cms.patch("shared", &pp, &Patch::Apply(&mine))
+        .await
+        .unwrap();
+    let theirs = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "shared"}, "data": {"b": "2"}});
+    cms.patch(
+        "shared",
+        &PatchParams::apply("other"),
+        &Patch::Apply(&theirs),
+    )
+    .await
+    .unwrap();
+    let mine = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "shared"}, "data": {"a": "1"}});
+    let got = cms
+        .patch("shared", &pp, &Patch::Apply(&mine))
+        .await
+        .unwrap();
+    assert_eq!(got.data.unwrap().len(), 2);
+    env.sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_rs_dry_run_persists_nothing() {
+    let env = start(1, Duration::from_millis(100)).await;
+    let client = env.client("sim-1").await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let cm: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "d"}, "data": {"k": "v"}})).unwrap();
+    let pp = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    let created = cms.create(&pp, &cm).await.unwrap();
+    assert_eq!(created.data.unwrap()["k"], "v");
+    assert!(cms.get_opt("d").await.unwrap().is_none());
+    let apply = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "d"}, "data": {"k": "v"}});
+    cms.patch(
+        "d",
+        &PatchParams::apply("flotilla").dry_run(),
+        &Patch::Apply(&apply),
+    )
+    .await
+    .unwrap();
+    assert!(cms.get_opt("d").await.unwrap().is_none());
+    cms.patch("d", &PatchParams::apply("flotilla"), &Patch::Apply(&apply))
+        .await
+        .unwrap();
+    let before = cms.get("d").await.unwrap();
+    let changed = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "d"}, "data": {"k": "w"}});
+    let preview = cms
+        .patch(
+            "d",
+            &PatchParams::apply("flotilla").dry_run(),
+            &Patch::Apply(&changed),
+        )
+        .await
+        .unwrap();
+    assert_eq!(preview.data.unwrap()["k"], "w");
+    cms.patch(
+        "d",
+        &PatchParams {
+            dry_run: true,
+            ..PatchParams::default()
+        },
+        &Patch::Merge(json!({"data": {"k": "x"}})),
+    )
+    .await
+    .unwrap();
+    let dp = DeleteParams {
+        dry_run: true,
+        ..DeleteParams::default()
+    };
+    cms.delete("d", &dp).await.unwrap();
+    let after = cms.get("d").await.unwrap();
+    assert_eq!(
+        after.metadata.resource_version,
+        before.metadata.resource_version
+    );
+    assert_eq!(after.data.unwrap()["k"], "v");
+    env.sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_rs_status_subresource_and_generation() {
+    let env = start(1, Duration::from_millis(100)).await;
+    let client = env.client("sim-1").await;
+    let deps: Api<Deployment> = Api::namespaced(client, "default");
+    let pp = PatchParams::apply("flotilla");
+    let mut d = deployment("s", Some(1), &[], json!({"app": "s"}));
+    d["status"] = json!({"replicas": 42});
+    let got = deps.patch("s", &pp, &Patch::Apply(&d)).await.unwrap();
+    assert_ne!(
+        got.status.and_then(|s| s.replicas),
+        Some(42),
+        "spec writes ignore status"
+    );
+    assert_eq!(got.metadata.generation, Some(1));
+    let ready = poll("rollout", 10, || async {
+        let d = deps.get("s").await.ok()?;
+        let st = d.status.clone()?;
+        (st.available_replicas == Some(1) && st.observed_generation == Some(1)).then_some(d)
+    })
+    .await;
+    assert_eq!(
+        ready.metadata.generation,
+        Some(1),
+        "status updates do not bump generation"
+    );
+    let sp = PatchParams {
+        field_manager: Some("test".into()),
+        ..PatchParams::default()
+    };
+    let got = deps
+        .patch_status(
+            "s",
+            &sp,
+            &Patch::Merge(json!({"spec": {"replicas": 7}, "status": {"collisionCount": 2}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        got.spec.unwrap().replicas,
+        Some(1),
+        "status writes ignore spec"
+    );
+    assert_eq!(got.status.unwrap().collision_count, Some(2));
+    assert_eq!(got.metadata.generation, Some(1));
+    env.sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_rs_watcher_sees_events_and_recovers_from_410() {
+    let env = start(1, Duration::from_millis(100)).await;
+    let client = env.client("sim-1").await;
+    let nss: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "w"}})).unwrap();
+    nss.create(&PostParams::default(), &ns).await.unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "w");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let stream_api = cms.clone();
+    let task = tokio::spawn(async move {
+        let mut s = watcher(stream_api, watcher::Config::default().any_semantic()).boxed();
+        while let Some(ev) = s.next().await {
+            let desc = match ev {
+                Ok(watcher::Event::Apply(c)) => format!(
+                    "apply {} {}",
+                    c.metadata.name.unwrap_or_default(),
+                    c.data
+                        .unwrap_or_default()
+                        .get("k")
+                        .cloned()
+                        .unwrap_or_default()
+                ),
+                Ok(watcher::Event::Delete(c)) => {
+                    format!("delete {}", c.metadata.name.unwrap_or_default())
+                }
+                Ok(watcher::Event::Init) => "init".to_string(),
+                Ok(watcher::Event::InitApply(c)) => {
+                    format!("initapply {}", c.metadata.name.unwrap_or_default())
+                }
+                Ok(watcher::Event::InitDone) => "initdone".to_string(),
+                Err(e) => format!("error {e}"),
+            };
+            if tx.send(desc).is_err() {
+                return;
+            }
+        }
+    });
+    let mut seen: Vec<String> = Vec::new();
+    let mut wait_for = async |want: &str, seen: &mut Vec<String>| {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if seen.iter().any(|s| s == want) {
+                return;
+            }
+            let ev = tokio::time::timeout_at(deadline, rx.recv()).await;
+            match ev {
+                Ok(Some(e)) => seen.push(e),
+                _ => panic!("no {want:?} in {seen:?}"),
+            }
+        }
+    };
+    wait_for("initdone", &mut seen).await;
+    let pp = PatchParams::apply("flotilla");
+    let mk = |k: &str| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "one"}, "data": {"k": k}});
+    cms.patch("one", &pp, &Patch::Apply(&mk("1")))
+        .await
+        .unwrap();
+    wait_for("apply one 1", &mut seen).await;
+    cms.patch("one", &pp, &Patch::Apply(&mk("2")))
+        .await
+        .unwrap();
+    wait_for("apply one 2", &mut seen).await;
+    cms.delete("one", &DeleteParams::default()).await.unwrap();
+    wait_for("delete one", &mut seen).await;
+
+    // Make the watcher's resourceVersion too old, then cut its stream.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
+    let s = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "bump"}, "stringData": {"x": "y"}});
+    secrets.patch("bump", &pp, &Patch::Apply(&s)).await.unwrap();
+    env.sim.compact("sim-1");
+    seen.clear();
+    env.sim.set_faults(
+        "sim-1",
+        flotilla_sim::Faults {
+            drop_watches: true,
+            ..Default::default()
+        },
+    );
+    wait_for("init", &mut seen).await;
+    wait_for("initdone", &mut seen).await;
+    assert!(
+        seen.iter()
+            .any(|s| s.contains("410") || s.contains("too old")),
+        "{seen:?}"
+    );
+    cms.patch(
+        "two",
+        &PatchParams::apply("flotilla"),
+        &Patch::Apply(
+            &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "two"}}),
+        ),
+    )
+    .await
+    .unwrap();
+    wait_for("apply two ", &mut seen).await;
+    task.abort();
+    env.sim.shutdown().await;
+}
