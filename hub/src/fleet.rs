@@ -67,7 +67,10 @@ pub fn bundle_digest(b: &pb::AppBundle) -> String {
     field("namespace", b.namespace.as_bytes());
     field(
         "policy",
-        &b.policy.as_ref().map(Message::encode_to_vec).unwrap_or_default(),
+        &b.policy
+            .as_ref()
+            .map(Message::encode_to_vec)
+            .unwrap_or_default(),
     );
     field("render_error", b.render_error.as_bytes());
     for m in &b.manifests {
@@ -97,7 +100,11 @@ pub fn sync_policy(app: &Application) -> pb::SyncPolicy {
                 .as_ref()
                 .and_then(|b| b.duration.clone())
                 .unwrap_or_default(),
-            backoff_factor: r.backoff.as_ref().and_then(|b| b.factor).unwrap_or_default(),
+            backoff_factor: r
+                .backoff
+                .as_ref()
+                .and_then(|b| b.factor)
+                .unwrap_or_default(),
             backoff_max_duration: r
                 .backoff
                 .as_ref()
@@ -315,9 +322,12 @@ impl Fleet {
                 generation: rec.generation,
                 revoked: false,
             };
-            st.desired
-                .insert(rec.name.clone(), (rec.generation, rec.desired_index.clone()));
-            st.signals.insert(rec.name.clone(), watch::channel(signal).0);
+            st.desired.insert(
+                rec.name.clone(),
+                (rec.generation, rec.desired_index.clone()),
+            );
+            st.signals
+                .insert(rec.name.clone(), watch::channel(signal).0);
         }
         self.store.put_cluster(&rec)?;
         self.recompute()?;
@@ -347,7 +357,10 @@ impl Fleet {
 
     /// Watches a cluster's generation (and revocation).
     pub fn subscribe(&self, cluster: &str) -> Option<watch::Receiver<ClusterSignal>> {
-        self.lock().signals.get(cluster).map(watch::Sender::subscribe)
+        self.lock()
+            .signals
+            .get(cluster)
+            .map(watch::Sender::subscribe)
     }
 
     /// The cluster's current desired state, with bundles only for the
@@ -396,12 +409,17 @@ impl Fleet {
 
     /// Whether `cluster` has an open stream.
     pub fn is_connected(&self, cluster: &str) -> bool {
-        self.lock().links.get(cluster).is_some_and(|l| l.streams > 0)
+        self.lock()
+            .links
+            .get(cluster)
+            .is_some_and(|l| l.streams > 0)
     }
 
     /// Revision the hub wants for `app` (the commit of its bundle).
     pub fn desired_revision(&self, app: &str) -> String {
-        self.bundle(app).map(|b| b.revision.clone()).unwrap_or_default()
+        self.bundle(app)
+            .map(|b| b.revision.clone())
+            .unwrap_or_default()
     }
 }
 
@@ -461,8 +479,14 @@ mod tests {
         let a = app("web", "c1");
         let b = app("db", "c1");
         let mut bundles = HashMap::new();
-        bundles.insert("web".into(), Arc::new(build_bundle(&a.app, "r", Ok(&manifests(1)))));
-        bundles.insert("db".into(), Arc::new(build_bundle(&b.app, "r", Ok(&manifests(1)))));
+        bundles.insert(
+            "web".into(),
+            Arc::new(build_bundle(&a.app, "r", Ok(&manifests(1)))),
+        );
+        bundles.insert(
+            "db".into(),
+            Arc::new(build_bundle(&b.app, "r", Ok(&manifests(1)))),
+        );
         let cluster = ClusterRecord {
             name: "c1".into(),
             ..Default::default()

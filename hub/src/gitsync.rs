@@ -87,7 +87,12 @@ fn is_manifest_file(path: &str) -> bool {
 
 impl GitSync {
     /// Creates the loop; mirrors live under `cache_dir`.
-    pub fn new(store: Store, fleet: Arc<Fleet>, cache_dir: std::path::PathBuf, default_interval: Duration) -> Arc<Self> {
+    pub fn new(
+        store: Store,
+        fleet: Arc<Fleet>,
+        cache_dir: std::path::PathBuf,
+        default_interval: Duration,
+    ) -> Arc<Self> {
         Arc::new(Self {
             store,
             fleet,
@@ -124,7 +129,10 @@ impl GitSync {
             self.default_interval.as_secs() as i64
         };
         self.store.put_repo(&rec)?;
-        self.loaded.lock().unwrap_or_else(|p| p.into_inner()).remove(url);
+        self.loaded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(url);
         tracing::info!(url = %redact(url), apps_path = %rec.apps_path, revision = %rec.revision, "repository registered");
         self.kick();
         Ok(rec)
@@ -157,10 +165,19 @@ impl GitSync {
             .map(|k| k.next_due.saturating_duration_since(now))
             .min()
             .unwrap_or(self.default_interval)
-            .clamp(Duration::from_millis(500), self.default_interval.max(Duration::from_secs(1)))
+            .clamp(
+                Duration::from_millis(500),
+                self.default_interval.max(Duration::from_secs(1)),
+            )
     }
 
-    async fn fetch(&self, url: &str, revision: &str, interval: Duration, force: bool) -> Result<String, String> {
+    async fn fetch(
+        &self,
+        url: &str,
+        revision: &str,
+        interval: Duration,
+        force: bool,
+    ) -> Result<String, String> {
         let key = (url.to_owned(), revision.to_owned());
         {
             let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
@@ -250,10 +267,15 @@ impl GitSync {
 
     /// Reads `apps_path` of `repo` at `commit` and reconciles the stored
     /// Applications that came from this repository. Returns per-file errors.
-    async fn load_applications(&self, repo: &RepoRecord, commit: &str) -> Result<Vec<String>, StoreError> {
+    async fn load_applications(
+        &self,
+        repo: &RepoRecord,
+        commit: &str,
+    ) -> Result<Vec<String>, StoreError> {
         let cache = self.cache.clone();
         let (url, c, path) = (repo.url.clone(), commit.to_owned(), repo.apps_path.clone());
-        let files = tokio::task::spawn_blocking(move || cache.read_dir(&url, &c, &path, true)).await;
+        let files =
+            tokio::task::spawn_blocking(move || cache.read_dir(&url, &c, &path, true)).await;
         let files = match files {
             Ok(Ok(f)) => f,
             Ok(Err(e)) => return Ok(vec![e.to_string()]),
@@ -272,7 +294,9 @@ impl GitSync {
                     for app in apps {
                         let name = app.metadata.name.clone();
                         if let Some((_, other)) = found.get(&name) {
-                            errors.push(format!("Application {name:?} is defined twice ({other} and {file})"));
+                            errors.push(format!(
+                                "Application {name:?} is defined twice ({other} and {file})"
+                            ));
                             continue;
                         }
                         found.insert(name, (app, origin.clone()));
@@ -314,7 +338,10 @@ impl GitSync {
             self.store.put_app(&AppRecord {
                 app,
                 origin,
-                revision: existing.as_ref().map(|e| e.revision.clone()).unwrap_or_default(),
+                revision: existing
+                    .as_ref()
+                    .map(|e| e.revision.clone())
+                    .unwrap_or_default(),
                 error: existing.map(|e| e.error).unwrap_or_default(),
             })?;
         }
@@ -322,7 +349,12 @@ impl GitSync {
     }
 
     async fn render(&self, key: &RenderKey) -> Rendered {
-        if let Some(r) = self.renders.lock().unwrap_or_else(|p| p.into_inner()).get(key) {
+        if let Some(r) = self
+            .renders
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+        {
             return r.clone();
         }
         let cache = self.cache.clone();
@@ -408,7 +440,12 @@ impl GitSync {
         Ok(())
     }
 
-    fn set_app_result(&self, name: &str, commit: Option<&str>, error: &str) -> Result<(), StoreError> {
+    fn set_app_result(
+        &self,
+        name: &str,
+        commit: Option<&str>,
+        error: &str,
+    ) -> Result<(), StoreError> {
         let Some(mut rec) = self.store.app(name)? else {
             return Ok(());
         };
@@ -439,8 +476,14 @@ mod tests {
 
     #[test]
     fn redacts_credentials() {
-        assert_eq!(redact("https://u:p@git.example/r.git"), "https://***@git.example/r.git");
-        assert_eq!(redact("https://git.example/r.git"), "https://git.example/r.git");
+        assert_eq!(
+            redact("https://u:p@git.example/r.git"),
+            "https://***@git.example/r.git"
+        );
+        assert_eq!(
+            redact("https://git.example/r.git"),
+            "https://git.example/r.git"
+        );
         assert_eq!(redact("file:///tmp/a@b"), "file:///tmp/a@b");
     }
 

@@ -1,6 +1,7 @@
 //! Flotilla hub library.
 pub mod api;
 pub mod appset;
+pub mod cli;
 pub mod fleet;
 pub mod gitsync;
 pub mod model;
@@ -8,4 +9,5 @@ pub mod pki;
 pub mod server;
 pub mod source;
 pub mod store;
+pub mod telemetry;
 pub mod yaml;

@@ -6,8 +6,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 use x509_parser::time::ASN1Time;
@@ -100,7 +100,9 @@ pub fn write_private(path: &Path, content: &[u8]) -> std::io::Result<()> {
 fn set_validity(params: &mut CertificateParams, days: i64) -> Result<(), PkiError> {
     let now = ASN1Time::now().timestamp();
     let bad = |e: x509_parser::error::X509Error| PkiError::PeerCertificate(e.to_string());
-    params.not_before = ASN1Time::from_timestamp(now - 300).map_err(bad)?.to_datetime();
+    params.not_before = ASN1Time::from_timestamp(now - 300)
+        .map_err(bad)?
+        .to_datetime();
     params.not_after = ASN1Time::from_timestamp(now + days * 86_400)
         .map_err(bad)?
         .to_datetime();
@@ -118,7 +120,11 @@ fn random_serial() -> (SerialNumber, String) {
 pub fn normalize_serial(raw: &[u8]) -> String {
     let s = hex::encode(raw);
     let t = s.trim_start_matches('0');
-    if t.is_empty() { "0".to_owned() } else { t.to_owned() }
+    if t.is_empty() {
+        "0".to_owned()
+    } else {
+        t.to_owned()
+    }
 }
 
 fn ca_params() -> Result<CertificateParams, PkiError> {
@@ -259,8 +265,8 @@ impl Pki {
 /// # Errors
 /// The certificate does not parse or carries no cluster URI.
 pub fn peer_identity(der: &[u8]) -> Result<PeerIdentity, PkiError> {
-    let (_, cert) = X509Certificate::from_der(der)
-        .map_err(|e| PkiError::PeerCertificate(e.to_string()))?;
+    let (_, cert) =
+        X509Certificate::from_der(der).map_err(|e| PkiError::PeerCertificate(e.to_string()))?;
     let san = cert
         .subject_alternative_name()
         .map_err(|e| PkiError::PeerCertificate(e.to_string()))?
@@ -311,7 +317,10 @@ mod tests {
 
         // The key file is private, and a restart reuses the same CA.
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir.path().join("ca.key")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join("ca.key"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let again = Pki::load_or_create(dir.path(), &[]).unwrap();
         assert_eq!(again.ca_pem(), pki.ca_pem());
@@ -333,6 +342,10 @@ mod tests {
             .build()
             .unwrap();
         let leaf = CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).unwrap();
-        assert!(verifier.verify_client_cert(&leaf, &[], UnixTime::now()).is_err());
+        assert!(
+            verifier
+                .verify_client_cert(&leaf, &[], UnixTime::now())
+                .is_err()
+        );
     }
 }

@@ -172,7 +172,11 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         config.poll_interval,
     );
     for r in &config.repos {
-        let secs = r.poll_interval.unwrap_or(config.poll_interval).as_secs().max(1) as i64;
+        let secs = r
+            .poll_interval
+            .unwrap_or(config.poll_interval)
+            .as_secs()
+            .max(1) as i64;
         git.add_repository(&r.url, &r.revision, &r.apps_path, secs)?;
     }
     store.flush()?;
@@ -214,9 +218,9 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         .tls_config(tls)?
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-        .add_service(pb::agent_link_server::AgentLinkServer::new(AgentLinkService::new(
-            ctx.clone(),
-        )))
+        .add_service(pb::agent_link_server::AgentLinkServer::new(
+            AgentLinkService::new(ctx.clone()),
+        ))
         .add_service(pb::hub_api_server::HubApiServer::with_interceptor(
             HubApiService::new(ctx.clone()),
             interceptor,

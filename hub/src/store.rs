@@ -9,8 +9,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use prost::Message;
-use serde::{Deserialize, Serialize};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use crate::model::Application;
 use flotilla_proto as pb;
@@ -353,7 +353,10 @@ impl Store {
     }
 
     /// Every reported status of `app`, keyed by cluster.
-    pub fn statuses_of_app(&self, app: &str) -> Result<BTreeMap<String, pb::AppStatus>, StoreError> {
+    pub fn statuses_of_app(
+        &self,
+        app: &str,
+    ) -> Result<BTreeMap<String, pb::AppStatus>, StoreError> {
         let mut prefix = app.as_bytes().to_vec();
         prefix.push(0);
         let mut out = BTreeMap::new();
@@ -474,8 +477,14 @@ mod tests {
                 ..Default::default()
             })
             .unwrap();
-            s.put_token("ff", &TokenRecord { name: "admin".into(), created_ms: 1 })
-                .unwrap();
+            s.put_token(
+                "ff",
+                &TokenRecord {
+                    name: "admin".into(),
+                    created_ms: 1,
+                },
+            )
+            .unwrap();
             s.flush().unwrap();
         }
         let s = Store::open(dir.path()).unwrap();

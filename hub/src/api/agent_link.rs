@@ -208,7 +208,9 @@ fn handle_message(ctx: &HubContext, cluster: &str, msg: pb::AgentMessage) -> Res
             })?;
         }
         Some(AgentKind::Status(report)) => {
-            let rec = ctx.store.update_cluster(cluster, |r| r.last_seen_ms = now)?;
+            let rec = ctx
+                .store
+                .update_cluster(cluster, |r| r.last_seen_ms = now)?;
             let Some(rec) = rec else {
                 return Err(Status::unauthenticated("cluster removed"));
             };
@@ -221,7 +223,8 @@ fn handle_message(ctx: &HubContext, cluster: &str, msg: pb::AgentMessage) -> Res
             }
         }
         Some(AgentKind::Diff(_)) => {
-            ctx.store.update_cluster(cluster, |r| r.last_seen_ms = now)?;
+            ctx.store
+                .update_cluster(cluster, |r| r.last_seen_ms = now)?;
         }
         Some(AgentKind::Hello(_)) => {
             return Err(Status::invalid_argument("Hello may only be sent once"));

@@ -22,7 +22,11 @@ impl HubApiService {
         Self { ctx }
     }
 
-    fn app_to_pb(&self, rec: &AppRecord, clusters: &[ClusterRecord]) -> Result<pb::Application, Status> {
+    fn app_to_pb(
+        &self,
+        rec: &AppRecord,
+        clusters: &[ClusterRecord],
+    ) -> Result<pb::Application, Status> {
         let app = &rec.app;
         let name = &app.metadata.name;
         let bundle = self.ctx.fleet.bundle(name);
@@ -32,14 +36,20 @@ impl HubApiService {
             .filter(|c| fleet::targets(app, c))
             .map(|c| pb::ClusterAppStatus {
                 cluster: c.name.clone(),
-                desired_revision: bundle.as_ref().map(|b| b.revision.clone()).unwrap_or_default(),
+                desired_revision: bundle
+                    .as_ref()
+                    .map(|b| b.revision.clone())
+                    .unwrap_or_default(),
                 status: statuses.get(&c.name).cloned(),
             })
             .collect();
         let error = if !rec.error.is_empty() {
             rec.error.clone()
         } else {
-            bundle.as_ref().map(|b| b.render_error.clone()).unwrap_or_default()
+            bundle
+                .as_ref()
+                .map(|b| b.render_error.clone())
+                .unwrap_or_default()
         };
         Ok(pb::Application {
             name: name.clone(),
@@ -132,7 +142,8 @@ impl pb::hub_api_server::HubApi for HubApiService {
         request: Request<pb::CreateApplicationRequest>,
     ) -> Result<Response<pb::Application>, Status> {
         let req = request.into_inner();
-        let app = parse_single_application(&req.manifest, "request").map_err(Status::invalid_argument)?;
+        let app =
+            parse_single_application(&req.manifest, "request").map_err(Status::invalid_argument)?;
         let name = app.metadata.name.clone();
         let existing = self.ctx.store.app(&name)?;
         if existing.is_some() && !req.upsert {
@@ -143,7 +154,10 @@ impl pb::hub_api_server::HubApi for HubApiService {
         let rec = AppRecord {
             app,
             origin: "api".into(),
-            revision: existing.as_ref().map(|e| e.revision.clone()).unwrap_or_default(),
+            revision: existing
+                .as_ref()
+                .map(|e| e.revision.clone())
+                .unwrap_or_default(),
             error: String::new(),
         };
         self.ctx.store.put_app(&rec)?;
@@ -193,7 +207,9 @@ impl pb::hub_api_server::HubApi for HubApiService {
             )));
         }
         if self.ctx.store.cluster(&name)?.is_some() {
-            return Err(Status::already_exists(format!("cluster {name:?} already exists")));
+            return Err(Status::already_exists(format!(
+                "cluster {name:?} already exists"
+            )));
         }
         let issued = if req.issue_certificate {
             Some(
@@ -219,9 +235,8 @@ impl pb::hub_api_server::HubApi for HubApiService {
             .store
             .cluster(&name)?
             .ok_or_else(|| Status::internal("cluster vanished"))?;
-        let (certificate_pem, key_pem) = issued
-            .map(|i| (i.cert_pem, i.key_pem))
-            .unwrap_or_default();
+        let (certificate_pem, key_pem) =
+            issued.map(|i| (i.cert_pem, i.key_pem)).unwrap_or_default();
         Ok(Response::new(pb::AddClusterResponse {
             cluster: Some(self.cluster_to_pb(&rec)),
             certificate_pem,
@@ -258,10 +273,12 @@ impl pb::hub_api_server::HubApi for HubApiService {
         if req.url.trim().is_empty() {
             return Err(Status::invalid_argument("repository url is required"));
         }
-        let rec = self
-            .ctx
-            .git
-            .add_repository(&req.url, &req.revision, &req.apps_path, req.poll_interval_secs)?;
+        let rec = self.ctx.git.add_repository(
+            &req.url,
+            &req.revision,
+            &req.apps_path,
+            req.poll_interval_secs,
+        )?;
         self.ctx.store.flush_async().await?;
         Ok(Response::new(repo_to_pb(&rec)))
     }

@@ -1,1 +1,141 @@
-fn main() {}
+//! `flotilla-hub`: the hub server.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use flotilla_hub::server::{HubConfig, RepoSpec};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "flotilla-hub",
+    version,
+    about = "Flotilla hub: Git to per-cluster desired state"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the agent link and the user API on one TLS listener.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Where the hub keeps its database, CA (ca.crt, ca.key), server
+    /// certificate, Git mirrors and admin.token.
+    #[arg(long, env = "FLOTILLA_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Address to listen on (port 0 picks a free port; the chosen one is
+    /// printed in the "listening on" line).
+    #[arg(long, default_value = "127.0.0.1:7443")]
+    listen: SocketAddr,
+    /// Extra DNS name or IP for the server certificate (repeatable);
+    /// localhost and 127.0.0.1 are always included.
+    #[arg(long = "advertise-host", value_name = "HOST")]
+    advertise_hosts: Vec<String>,
+    /// Git repository to poll (repeatable): `URL` or `URL#APPS_PATH`, where
+    /// APPS_PATH is the directory holding Application resources. Without
+    /// `#APPS_PATH`, --apps-path applies.
+    #[arg(long = "repo", value_name = "URL[#APPS_PATH]")]
+    repos: Vec<String>,
+    /// Default directory of Application resources for --repo without `#`
+    /// (empty: the repository only supplies manifests).
+    #[arg(long, default_value = "")]
+    apps_path: String,
+    /// Branch, tag or commit of every --repo.
+    #[arg(long, default_value = "HEAD")]
+    revision: String,
+    /// Poll interval, e.g. 15s, 2m, 500ms.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    poll_interval: Duration,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, "s"), |i| s.split_at(i));
+    let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("invalid duration {s:?}: use ms, s, m or h")),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    flotilla_hub::telemetry::init();
+    let Cli {
+        command: Command::Serve(args),
+    } = Cli::parse();
+    let repos = args
+        .repos
+        .iter()
+        .map(|r| {
+            let (url, apps_path) = match r.split_once('#') {
+                Some((u, p)) => (u.to_owned(), p.to_owned()),
+                None => (r.clone(), args.apps_path.clone()),
+            };
+            RepoSpec {
+                url,
+                apps_path,
+                revision: args.revision.clone(),
+                poll_interval: Some(args.poll_interval),
+            }
+        })
+        .collect();
+    let config = HubConfig {
+        data_dir: args.data_dir,
+        listen: args.listen,
+        advertise_hosts: args.advertise_hosts,
+        repos,
+        poll_interval: args.poll_interval,
+    };
+    flotilla_hub::server::serve(config, shutdown_signal())
+        .await
+        .context("flotilla-hub")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("15s"), Ok(Duration::from_secs(15)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("x").is_err());
+    }
+}

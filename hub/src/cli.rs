@@ -1,0 +1,746 @@
+//! The `flotilla` user CLI: a thin client of `HubApi`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::{Value, json};
+use tonic::metadata::MetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+
+use flotilla_proto as pb;
+use pb::hub_api_client::HubApiClient;
+
+/// Default hub URL when neither `--hub` nor `FLOTILLA_HUB` is given.
+pub const DEFAULT_HUB: &str = "https://127.0.0.1:7443";
+
+/// Output format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    #[default]
+    Table,
+    Json,
+}
+
+/// Flotilla: what runs where, at which commit, and is it healthy.
+#[derive(Debug, Parser)]
+#[command(name = "flotilla", version)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options shared by every command.
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Hub URL.
+    #[arg(long, env = "FLOTILLA_HUB", default_value = DEFAULT_HUB, global = true)]
+    pub hub: String,
+    /// CA certificate that signed the hub's certificate (the hub's DATA/ca.crt).
+    #[arg(long, env = "FLOTILLA_CA_FILE", global = true)]
+    pub ca_file: Option<PathBuf>,
+    /// API token.
+    #[arg(long, env = "FLOTILLA_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
+    /// File holding the API token (e.g. the hub's DATA/admin.token).
+    #[arg(long, env = "FLOTILLA_TOKEN_FILE", global = true)]
+    pub token_file: Option<PathBuf>,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Table, global = true)]
+    pub output: Output,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Applications.
+    #[command(subcommand)]
+    App(AppCommand),
+    /// Clusters.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// Git repositories the hub polls.
+    #[command(subcommand)]
+    Repo(RepoCommand),
+    /// Poll every repository now.
+    Refresh,
+    /// Print the hub version.
+    Version,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AppCommand {
+    /// List applications with a per-cluster summary.
+    List,
+    /// Show one application, one row per cluster.
+    Get { name: String },
+    /// Create an application from an Argo CD Application manifest.
+    Create {
+        /// YAML or JSON file (`-` for stdin).
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// Replace it if it exists.
+        #[arg(long)]
+        upsert: bool,
+    },
+    /// Delete an application.
+    Delete { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Register a cluster and write its agent credentials into --out.
+    Add {
+        name: String,
+        /// Label as key=value (repeatable).
+        #[arg(long = "label", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+        /// Directory for tls.crt, tls.key and ca.crt (the agent's state dir).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// List clusters.
+    List,
+    /// Remove a cluster and revoke its certificate.
+    Remove { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RepoCommand {
+    /// Register a repository.
+    Add {
+        url: String,
+        /// Directory scanned for Application resources (empty: manifests only).
+        #[arg(long, default_value = "")]
+        apps_path: String,
+        /// Branch, tag or commit.
+        #[arg(long, default_value = "HEAD")]
+        revision: String,
+        /// Poll interval in seconds (0: the hub's default).
+        #[arg(long, default_value_t = 0)]
+        poll_interval_secs: i64,
+    },
+    /// List repositories.
+    List,
+}
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Clone)]
+pub struct BearerAuth(MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for BearerAuth {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut().insert("authorization", self.0.clone());
+        Ok(req)
+    }
+}
+
+type Client = HubApiClient<InterceptedService<Channel, BearerAuth>>;
+
+async fn client(g: &Global) -> Result<Client> {
+    let token = match (&g.token, &g.token_file) {
+        (Some(t), _) => t.trim().to_owned(),
+        (None, Some(f)) => std::fs::read_to_string(f)
+            .with_context(|| format!("reading token file {}", f.display()))?
+            .trim()
+            .to_owned(),
+        (None, None) => bail!(
+            "no API token: pass --token or --token-file (or set FLOTILLA_TOKEN / FLOTILLA_TOKEN_FILE)"
+        ),
+    };
+    let header: MetadataValue<_> = format!("Bearer {token}")
+        .parse()
+        .map_err(|_| anyhow!("the API token contains characters not allowed in a header"))?;
+    let mut endpoint = Channel::from_shared(g.hub.clone())
+        .with_context(|| format!("invalid hub URL {:?}", g.hub))?
+        .connect_timeout(Duration::from_secs(10));
+    if g.hub.starts_with("https://") {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let ca_file = g.ca_file.as_ref().ok_or_else(|| {
+            anyhow!("--ca-file (or FLOTILLA_CA_FILE) is required: the hub's DATA/ca.crt")
+        })?;
+        let ca = std::fs::read_to_string(ca_file)
+            .with_context(|| format!("reading CA file {}", ca_file.display()))?;
+        endpoint = endpoint
+            .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)))
+            .context("TLS configuration")?;
+    }
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| anyhow!("cannot connect to hub {}: {}", g.hub, error_chain(&e)))?;
+    Ok(HubApiClient::with_interceptor(channel, BearerAuth(header)))
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+fn status_err(s: tonic::Status) -> anyhow::Error {
+    anyhow!("{} ({:?})", s.message(), s.code())
+}
+
+/// Runs one CLI invocation, writing to stdout.
+///
+/// # Errors
+/// Any failure, with a message for people; the binary exits non-zero.
+pub async fn run(cli: Cli) -> Result<()> {
+    let g = &cli.global;
+    let mut c = client(g).await?;
+    match cli.command {
+        Command::Version => {
+            let v = c
+                .version(pb::VersionRequest {})
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            print_out(g.output, json!({"version": v.version}), || {
+                format!("hub {}\n", v.version)
+            });
+        }
+        Command::Refresh => {
+            c.refresh(pb::RefreshRequest::default())
+                .await
+                .map_err(status_err)?;
+            print_out(g.output, json!({"refreshed": true}), || {
+                "refresh requested\n".into()
+            });
+        }
+        Command::App(cmd) => app(g, &mut c, cmd).await?,
+        Command::Cluster(cmd) => cluster(g, &mut c, cmd).await?,
+        Command::Repo(cmd) => repo(g, &mut c, cmd).await?,
+    }
+    Ok(())
+}
+
+fn print_out(output: Output, value: Value, table: impl FnOnce() -> String) {
+    match output {
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&value).unwrap_or_default()
+        ),
+        Output::Table => print!("{}", table()),
+    }
+}
+
+async fn app(g: &Global, c: &mut Client, cmd: AppCommand) -> Result<()> {
+    match cmd {
+        AppCommand::List => {
+            let apps = c
+                .list_applications(pb::ListApplicationsRequest {})
+                .await
+                .map_err(status_err)?
+                .into_inner()
+                .applications;
+            print_out(
+                g.output,
+                Value::Array(apps.iter().map(app_json).collect()),
+                || {
+                    let rows = apps
+                        .iter()
+                        .map(|a| {
+                            let total = a.clusters.len();
+                            let synced = a
+                                .clusters
+                                .iter()
+                                .filter(|s| {
+                                    s.status
+                                        .as_ref()
+                                        .is_some_and(|s| s.sync == pb::SyncStatus::Synced as i32)
+                                })
+                                .count();
+                            let healthy = a
+                                .clusters
+                                .iter()
+                                .filter(|s| {
+                                    s.status.as_ref().is_some_and(|s| {
+                                        s.health == pb::HealthStatus::Healthy as i32
+                                    })
+                                })
+                                .count();
+                            vec![
+                                a.name.clone(),
+                                a.destination.clone(),
+                                short(&a.revision),
+                                format!("{synced}/{total}"),
+                                format!("{healthy}/{total}"),
+                                a.origin.clone(),
+                                one_line(&a.error),
+                            ]
+                        })
+                        .collect();
+                    table(
+                        &[
+                            "NAME",
+                            "DESTINATION",
+                            "REVISION",
+                            "SYNCED",
+                            "HEALTHY",
+                            "ORIGIN",
+                            "ERROR",
+                        ],
+                        rows,
+                    )
+                },
+            );
+        }
+        AppCommand::Get { name } => {
+            let a = c
+                .get_application(pb::GetApplicationRequest { name })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            print_out(g.output, app_json(&a), || {
+                let mut out = String::new();
+                for (k, v) in [
+                    ("Name", a.name.as_str()),
+                    ("Origin", &a.origin),
+                    ("Repository", &a.repo_url),
+                    ("Path", &a.path),
+                    ("Target", &a.target_revision),
+                    ("Revision", &a.revision),
+                    ("Destination", &a.destination),
+                    ("Namespace", &a.namespace),
+                ] {
+                    out.push_str(&format!("{k:<12} {v}\n"));
+                }
+                if !a.error.is_empty() {
+                    out.push_str(&format!("{:<12} {}\n", "Error", one_line(&a.error)));
+                }
+                out.push('\n');
+                let rows = a
+                    .clusters
+                    .iter()
+                    .map(|s| {
+                        let st = s.status.clone().unwrap_or_default();
+                        vec![
+                            s.cluster.clone(),
+                            short(&st.revision),
+                            sync_name(s.status.as_ref().map(|s| s.sync)).to_owned(),
+                            health_name(s.status.as_ref().map(|s| s.health)).to_owned(),
+                            if s.status.is_none() {
+                                "no status reported yet".to_owned()
+                            } else {
+                                one_line(&st.message)
+                            },
+                        ]
+                    })
+                    .collect();
+                out.push_str(&table(
+                    &["CLUSTER", "REVISION", "SYNC", "HEALTH", "MESSAGE"],
+                    rows,
+                ));
+                out
+            });
+        }
+        AppCommand::Create { file, upsert } => {
+            let manifest = read_input(&file)?;
+            let a = c
+                .create_application(pb::CreateApplicationRequest { manifest, upsert })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            print_out(g.output, app_json(&a), || {
+                format!("application {} created\n", a.name)
+            });
+        }
+        AppCommand::Delete { name } => {
+            c.delete_application(pb::DeleteApplicationRequest { name: name.clone() })
+                .await
+                .map_err(status_err)?;
+            print_out(g.output, json!({"deleted": name}), || {
+                format!("application {name} deleted\n")
+            });
+        }
+    }
+    Ok(())
+}
+
+fn read_input(file: &Path) -> Result<String> {
+    if file == Path::new("-") {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).context("reading stdin")?;
+        Ok(s)
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))
+    }
+}
+
+fn parse_labels(labels: &[String]) -> Result<BTreeMap<String, String>> {
+    labels
+        .iter()
+        .map(|l| {
+            let (k, v) = l
+                .split_once('=')
+                .ok_or_else(|| anyhow!("label {l:?} must be KEY=VALUE"))?;
+            if k.is_empty() {
+                bail!("label {l:?} has an empty key");
+            }
+            Ok((k.to_owned(), v.to_owned()))
+        })
+        .collect()
+}
+
+async fn cluster(g: &Global, c: &mut Client, cmd: ClusterCommand) -> Result<()> {
+    match cmd {
+        ClusterCommand::Add { name, labels, out } => {
+            let labels = parse_labels(&labels)?;
+            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            let resp = c
+                .add_cluster(pb::AddClusterRequest {
+                    name: name.clone(),
+                    labels: labels.into_iter().collect(),
+                    issue_certificate: true,
+                })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            std::fs::write(out.join("tls.crt"), &resp.certificate_pem)
+                .with_context(|| format!("writing {}", out.join("tls.crt").display()))?;
+            crate::pki::write_private(&out.join("tls.key"), resp.key_pem.as_bytes())
+                .with_context(|| format!("writing {}", out.join("tls.key").display()))?;
+            std::fs::write(out.join("ca.crt"), &resp.ca_pem)
+                .with_context(|| format!("writing {}", out.join("ca.crt").display()))?;
+            let command = format!(
+                "flotilla-agent --hub {} --state-dir {}",
+                g.hub,
+                out.display()
+            );
+            let cluster = resp.cluster.unwrap_or_default();
+            print_out(
+                g.output,
+                json!({"cluster": cluster_json(&cluster), "stateDir": out, "agentCommand": command}),
+                || {
+                    format!(
+                        "cluster {name} added; credentials written to {}\nrun the agent with:\n  {command}\n",
+                        out.display()
+                    )
+                },
+            );
+        }
+        ClusterCommand::List => {
+            let clusters = c
+                .list_clusters(pb::ListClustersRequest {})
+                .await
+                .map_err(status_err)?
+                .into_inner()
+                .clusters;
+            let now = crate::api::now_ms();
+            print_out(
+                g.output,
+                Value::Array(clusters.iter().map(cluster_json).collect()),
+                || {
+                    let rows = clusters
+                        .iter()
+                        .map(|c| {
+                            vec![
+                                c.name.clone(),
+                                labels_str(&c.labels),
+                                if c.connected { "yes" } else { "no" }.to_owned(),
+                                ago(now, c.last_seen_ms),
+                                if c.agent_version.is_empty() {
+                                    "-".into()
+                                } else {
+                                    c.agent_version.clone()
+                                },
+                                format!("{}/{}", c.acked_generation, c.generation),
+                            ]
+                        })
+                        .collect();
+                    table(
+                        &[
+                            "NAME",
+                            "LABELS",
+                            "CONNECTED",
+                            "LAST SEEN",
+                            "AGENT VERSION",
+                            "GENERATION (ACKED/DESIRED)",
+                        ],
+                        rows,
+                    )
+                },
+            );
+        }
+        ClusterCommand::Remove { name } => {
+            c.remove_cluster(pb::RemoveClusterRequest { name: name.clone() })
+                .await
+                .map_err(status_err)?;
+            print_out(g.output, json!({"removed": name}), || {
+                format!("cluster {name} removed; its certificate is revoked\n")
+            });
+        }
+    }
+    Ok(())
+}
+
+async fn repo(g: &Global, c: &mut Client, cmd: RepoCommand) -> Result<()> {
+    match cmd {
+        RepoCommand::Add {
+            url,
+            apps_path,
+            revision,
+            poll_interval_secs,
+        } => {
+            let r = c
+                .add_repository(pb::AddRepositoryRequest {
+                    url,
+                    revision,
+                    apps_path,
+                    poll_interval_secs,
+                })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            print_out(g.output, repo_json(&r), || {
+                format!("repository {} added\n", r.url)
+            });
+        }
+        RepoCommand::List => {
+            let repos = c
+                .list_repositories(pb::ListRepositoriesRequest {})
+                .await
+                .map_err(status_err)?
+                .into_inner()
+                .repositories;
+            let now = crate::api::now_ms();
+            print_out(
+                g.output,
+                Value::Array(repos.iter().map(repo_json).collect()),
+                || {
+                    let rows = repos
+                        .iter()
+                        .map(|r| {
+                            vec![
+                                r.url.clone(),
+                                r.revision.clone(),
+                                if r.apps_path.is_empty() {
+                                    "-".into()
+                                } else {
+                                    r.apps_path.clone()
+                                },
+                                short(&r.last_commit),
+                                ago(now, r.last_fetch_ms),
+                                one_line(&r.last_error),
+                            ]
+                        })
+                        .collect();
+                    table(
+                        &["URL", "REVISION", "APPS PATH", "COMMIT", "FETCHED", "ERROR"],
+                        rows,
+                    )
+                },
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Display name of a wire sync status.
+pub fn sync_name(v: Option<i32>) -> &'static str {
+    match v.and_then(|v| pb::SyncStatus::try_from(v).ok()) {
+        Some(pb::SyncStatus::Synced) => "Synced",
+        Some(pb::SyncStatus::OutOfSync) => "OutOfSync",
+        _ => "Unknown",
+    }
+}
+
+/// Display name of a wire health status.
+pub fn health_name(v: Option<i32>) -> &'static str {
+    match v.and_then(|v| pb::HealthStatus::try_from(v).ok()) {
+        Some(pb::HealthStatus::Healthy) => "Healthy",
+        Some(pb::HealthStatus::Progressing) => "Progressing",
+        Some(pb::HealthStatus::Degraded) => "Degraded",
+        Some(pb::HealthStatus::Suspended) => "Suspended",
+        Some(pb::HealthStatus::Missing) => "Missing",
+        _ => "Unknown",
+    }
+}
+
+fn short(rev: &str) -> String {
+    if rev.is_empty() {
+        "-".into()
+    } else {
+        rev.chars().take(8).collect()
+    }
+}
+
+fn one_line(s: &str) -> String {
+    let line = s.lines().next().unwrap_or_default();
+    if line.is_empty() {
+        String::new()
+    } else {
+        line.to_owned()
+    }
+}
+
+fn labels_str(labels: &std::collections::HashMap<String, String>) -> String {
+    let sorted: BTreeMap<_, _> = labels.iter().collect();
+    if sorted.is_empty() {
+        return "-".into();
+    }
+    sorted
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn ago(now_ms: i64, then_ms: i64) -> String {
+    if then_ms <= 0 {
+        return "never".into();
+    }
+    let s = (now_ms - then_ms).max(0) / 1000;
+    match s {
+        0..60 => format!("{s}s ago"),
+        60..3600 => format!("{}m ago", s / 60),
+        3600..86400 => format!("{}h ago", s / 3600),
+        _ => format!("{}d ago", s / 86400),
+    }
+}
+
+/// Renders rows as an aligned table.
+pub fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (i, cell) in r.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let mut l = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                l.push_str(cell);
+            } else {
+                let pad = widths[i].saturating_sub(cell.chars().count()) + 3;
+                l.push_str(cell);
+                l.push_str(&" ".repeat(pad));
+            }
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(headers.to_vec());
+    for r in &rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+fn status_json(s: &pb::AppStatus) -> Value {
+    json!({
+        "revision": s.revision,
+        "digest": s.digest,
+        "sync": sync_name(Some(s.sync)),
+        "health": health_name(Some(s.health)),
+        "message": s.message,
+        "lastAppliedMs": s.last_applied_ms,
+        "observedMs": s.observed_ms,
+        "resources": s.resources.iter().map(|r| {
+            let k = r.key.clone().unwrap_or_default();
+            json!({
+                "group": k.group, "version": k.version, "kind": k.kind,
+                "namespace": k.namespace, "name": k.name,
+                "sync": sync_name(Some(r.sync)), "health": health_name(Some(r.health)),
+                "message": r.message, "drift": r.drift,
+            })
+        }).collect::<Vec<_>>(),
+    })
+}
+
+/// JSON form of an application (the `-o json` contract).
+pub fn app_json(a: &pb::Application) -> Value {
+    let policy = a.policy.clone().unwrap_or_default();
+    json!({
+        "name": a.name,
+        "origin": a.origin,
+        "repoURL": a.repo_url,
+        "path": a.path,
+        "targetRevision": a.target_revision,
+        "revision": a.revision,
+        "destination": a.destination,
+        "namespace": a.namespace,
+        "error": a.error,
+        "policy": {
+            "automated": policy.automated, "prune": policy.prune,
+            "selfHeal": policy.self_heal, "syncOptions": policy.sync_options,
+        },
+        "clusters": a.clusters.iter().map(|c| {
+            let mut v = json!({
+                "cluster": c.cluster,
+                "desiredRevision": c.desired_revision,
+                "reported": c.status.is_some(),
+            });
+            let st = c.status.as_ref().map(status_json).unwrap_or_else(|| json!({
+                "revision": "", "digest": "", "sync": "Unknown", "health": "Unknown",
+                "message": "", "lastAppliedMs": 0, "observedMs": 0, "resources": [],
+            }));
+            if let (Some(obj), Value::Object(st)) = (v.as_object_mut(), st) {
+                obj.extend(st);
+            }
+            v
+        }).collect::<Vec<_>>(),
+    })
+}
+
+/// JSON form of a cluster.
+pub fn cluster_json(c: &pb::Cluster) -> Value {
+    let labels: BTreeMap<_, _> = c.labels.iter().collect();
+    let annotations: BTreeMap<_, _> = c.annotations.iter().collect();
+    json!({
+        "name": c.name,
+        "labels": labels,
+        "annotations": annotations,
+        "connected": c.connected,
+        "lastSeenMs": c.last_seen_ms,
+        "agentVersion": c.agent_version,
+        "generation": c.generation,
+        "ackedGeneration": c.acked_generation,
+        "server": c.server,
+    })
+}
+
+/// JSON form of a repository.
+pub fn repo_json(r: &pb::Repository) -> Value {
+    json!({
+        "url": r.url,
+        "revision": r.revision,
+        "appsPath": r.apps_path,
+        "pollIntervalSecs": r.poll_interval_secs,
+        "lastCommit": r.last_commit,
+        "lastError": r.last_error,
+        "lastFetchMs": r.last_fetch_ms,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_aligns_columns() {
+        let t = table(&["A", "LONGER"], vec![vec!["xyz".into(), "1".into()]]);
+        assert_eq!(t, "A     LONGER\nxyz   1\n");
+    }
+
+    #[test]
+    fn labels_parse() {
+        let l = parse_labels(&["env=prod".into(), "a=".into()]).unwrap();
+        assert_eq!(l["env"], "prod");
+        assert!(parse_labels(&["bad".into()]).is_err());
+    }
+}
