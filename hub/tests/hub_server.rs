@@ -1,0 +1,497 @@
+//! The hub server in-process, exercised over real TLS with tonic clients:
+//! agent stream authentication, only-changed bundles, the Git loop, user
+//! API authentication, revocation and restart.
+
+// Test helpers outside #[test] functions: a failed setup should panic.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use flotilla_hub::server::{HubConfig, RepoSpec, RunningHub, start};
+use flotilla_proto as pb;
+use pb::agent_link_client::AgentLinkClient;
+use pb::hub_api_client::HubApiClient;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::{Code, Streaming};
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn git(dir: &Path, args: &[&str]) {
+    let out = Command::new("git")
+        .args(["-c", "user.email=t@example.com", "-c", "user.name=t"])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn write(dir: &Path, rel: &str, content: &str) {
+    let p = dir.join(rel);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, content).unwrap();
+}
+
+fn app_yaml(name: &str, url: &str, path: &str, cluster: &str) -> String {
+    format!(
+        "apiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata:\n  name: {name}\nspec:\n  source:\n    repoURL: {url}\n    path: {path}\n    directory:\n      recurse: true\n  destination:\n    name: {cluster}\n    namespace: default\n  syncPolicy:\n    automated:\n      prune: true\n"
+    )
+}
+
+fn configmap(name: &str, value: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  value: \"{value}\"\n"
+    )
+}
+
+/// A config repository: apps/ with two Applications for cluster c1, and
+/// their manifest directories.
+fn make_repo(dir: &Path) -> String {
+    let url = format!("file://{}", dir.display());
+    git(dir, &["init", "-q", "-b", "main"]);
+    write(dir, "apps/web.yaml", &app_yaml("web", &url, "web", "c1"));
+    write(dir, "apps/db.yaml", &app_yaml("db", &url, "db", "c1"));
+    write(dir, "web/cm.yaml", &configmap("web", "1"));
+    write(dir, "db/nested/cm.yaml", &configmap("db", "1"));
+    git(dir, &["add", "-A"]);
+    git(dir, &["commit", "-q", "-m", "init"]);
+    url
+}
+
+async fn start_hub(data: &Path, repo_url: &str) -> RunningHub {
+    let mut config = HubConfig::new(data, "127.0.0.1:0".parse().unwrap());
+    config.poll_interval = Duration::from_secs(1);
+    config.repos = vec![RepoSpec {
+        url: repo_url.to_owned(),
+        apps_path: "apps".into(),
+        revision: "main".into(),
+        poll_interval: Some(Duration::from_secs(1)),
+    }];
+    start(config).await.expect("hub starts")
+}
+
+async fn channel(
+    hub: &RunningHub,
+    identity: Option<Identity>,
+    ca_pem: &str,
+) -> Result<Channel, tonic::transport::Error> {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca_pem))
+        .domain_name("localhost");
+    if let Some(id) = identity {
+        tls = tls.identity(id);
+    }
+    Channel::from_shared(hub.url())
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+}
+
+type Api = HubApiClient<tonic::service::interceptor::InterceptedService<Channel, Auth>>;
+
+#[derive(Clone)]
+struct Auth(Option<String>);
+
+impl tonic::service::Interceptor for Auth {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(t) = &self.0 {
+            req.metadata_mut()
+                .insert("authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        Ok(req)
+    }
+}
+
+async fn api(hub: &RunningHub, token: Option<String>) -> Api {
+    let ca = std::fs::read_to_string(hub.ca_file()).unwrap();
+    HubApiClient::with_interceptor(channel(hub, None, &ca).await.unwrap(), Auth(token))
+}
+
+fn admin_token(hub: &RunningHub) -> String {
+    std::fs::read_to_string(hub.admin_token_file())
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+struct AgentConn {
+    tx: mpsc::Sender<pb::AgentMessage>,
+    rx: Streaming<pb::HubMessage>,
+}
+
+async fn open_stream(ch: Channel) -> Result<AgentConn, tonic::Status> {
+    let (tx, rx) = mpsc::channel(8);
+    let mut client = AgentLinkClient::new(ch);
+    let resp = client.connect(ReceiverStream::new(rx)).await?;
+    Ok(AgentConn {
+        tx,
+        rx: resp.into_inner(),
+    })
+}
+
+fn hello(apps: &[(&str, &str)]) -> pb::AgentMessage {
+    pb::AgentMessage {
+        kind: Some(pb::agent_message::Kind::Hello(pb::Hello {
+            agent_version: "test-agent/1".into(),
+            generation: 0,
+            apps: apps
+                .iter()
+                .map(|(n, d)| pb::AppRef {
+                    name: (*n).into(),
+                    digest: (*d).into(),
+                })
+                .collect(),
+            claimed_cluster: "someone-else".into(),
+        })),
+    }
+}
+
+async fn next_desired(conn: &mut AgentConn) -> pb::DesiredState {
+    let msg = tokio::time::timeout(DEADLINE, conn.rx.message())
+        .await
+        .expect("a message within the deadline")
+        .expect("stream ok")
+        .expect("stream open");
+    match msg.kind {
+        Some(pb::hub_message::Kind::Desired(d)) => d,
+        other => panic!("expected DesiredState, got {other:?}"),
+    }
+}
+
+fn digests(d: &pb::DesiredState) -> HashMap<String, String> {
+    d.index
+        .iter()
+        .map(|a| (a.name.clone(), a.digest.clone()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_end_to_end_over_tls() {
+    let repo = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let url = make_repo(repo.path());
+    let hub = start_hub(data.path(), &url).await;
+    let ca = std::fs::read_to_string(hub.ca_file()).unwrap();
+
+    // User API: no token, a wrong token → Unauthenticated.
+    let err = api(&hub, None)
+        .await
+        .version(pb::VersionRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let err = api(&hub, Some("00".repeat(32)))
+        .await
+        .list_clusters(pb::ListClustersRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let mut admin = api(&hub, Some(admin_token(&hub))).await;
+    admin.version(pb::VersionRequest {}).await.unwrap();
+
+    // Applications from Git get rendered.
+    let web = eventually("web rendered", || {
+        let mut admin = admin.clone();
+        async move {
+            let a = admin
+                .get_application(pb::GetApplicationRequest { name: "web".into() })
+                .await
+                .ok()?
+                .into_inner();
+            (!a.revision.is_empty()).then_some(a)
+        }
+    })
+    .await;
+    assert_eq!(web.origin, format!("git:{url}:apps/web.yaml"));
+
+    let added = admin
+        .add_cluster(pb::AddClusterRequest {
+            name: "c1".into(),
+            labels: [("env".to_owned(), "dev".to_owned())].into(),
+            issue_certificate: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(added.key_pem.contains("PRIVATE KEY"));
+    let identity = Identity::from_pem(&added.certificate_pem, &added.key_pem);
+
+    // No client certificate: Unauthenticated, no desired state.
+    let anon = channel(&hub, None, &ca).await.unwrap();
+    match open_stream(anon).await {
+        Err(s) => assert_eq!(s.code(), Code::Unauthenticated),
+        Ok(mut c) => {
+            let _ = c.tx.send(hello(&[])).await;
+            let r = c.rx.message().await;
+            assert!(
+                matches!(r, Err(ref s) if s.code() == Code::Unauthenticated),
+                "{r:?}"
+            );
+        }
+    }
+
+    // A certificate from another CA: the handshake or the call fails.
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = flotilla_hub::pki::Pki::load_or_create(other_dir.path(), &[]).unwrap();
+    let forged = other.issue_client("c1").unwrap();
+    let forged_id = Identity::from_pem(&forged.cert_pem, &forged.key_pem);
+    if let Ok(ch) = channel(&hub, Some(forged_id), &ca).await {
+        match open_stream(ch).await {
+            Err(_) => {}
+            Ok(mut c) => {
+                let _ = c.tx.send(hello(&[])).await;
+                assert!(
+                    !matches!(c.rx.message().await, Ok(Some(_))),
+                    "forged cert got a message"
+                );
+            }
+        }
+    }
+
+    // The valid certificate: full state first.
+    let ch = channel(&hub, Some(identity.clone()), &ca).await.unwrap();
+    let first = eventually("both apps in the index", || {
+        let ch = ch.clone();
+        async move {
+            let mut c = open_stream(ch).await.ok()?;
+            c.tx.send(hello(&[])).await.ok()?;
+            let d = next_desired(&mut c).await;
+            (d.index.len() == 2).then_some(d)
+        }
+    })
+    .await;
+    assert_eq!(first.bundles.len(), 2);
+    let web_bundle = first.bundles.iter().find(|b| b.name == "web").unwrap();
+    assert!(web_bundle.manifests[0].contains("\"ConfigMap\""));
+    assert!(web_bundle.render_error.is_empty());
+    let db_bundle = first.bundles.iter().find(|b| b.name == "db").unwrap();
+    assert_eq!(
+        db_bundle.manifests.len(),
+        1,
+        "directory.recurse is honoured"
+    );
+    let have = digests(&first);
+
+    // An agent that already holds web at its digest gets no bundle for it.
+    let mut conn = open_stream(ch.clone()).await.unwrap();
+    conn.tx
+        .send(hello(&[
+            ("web", have["web"].as_str()),
+            ("db", "sha256:stale"),
+        ]))
+        .await
+        .unwrap();
+    let d = next_desired(&mut conn).await;
+    assert_eq!(d.generation, first.generation);
+    let names: Vec<_> = d.bundles.iter().map(|b| b.name.as_str()).collect();
+    assert_eq!(names, ["db"]);
+
+    // Ack and status are stored.
+    conn.tx
+        .send(pb::AgentMessage {
+            kind: Some(pb::agent_message::Kind::Ack(pb::Ack {
+                generation: d.generation,
+            })),
+        })
+        .await
+        .unwrap();
+    conn.tx
+        .send(pb::AgentMessage {
+            kind: Some(pb::agent_message::Kind::Status(pb::StatusReport {
+                generation: d.generation,
+                apps: vec![pb::AppStatus {
+                    name: "web".into(),
+                    revision: web_bundle.revision.clone(),
+                    digest: have["web"].clone(),
+                    sync: pb::SyncStatus::Synced as i32,
+                    health: pb::HealthStatus::Healthy as i32,
+                    ..Default::default()
+                }],
+            })),
+        })
+        .await
+        .unwrap();
+    eventually("status and ack stored", || {
+        let mut admin = admin.clone();
+        let generation = d.generation;
+        async move {
+            let a = admin
+                .get_application(pb::GetApplicationRequest { name: "web".into() })
+                .await
+                .ok()?
+                .into_inner();
+            let st = a.clusters.first()?.status.clone()?;
+            let c = admin
+                .list_clusters(pb::ListClustersRequest {})
+                .await
+                .ok()?
+                .into_inner()
+                .clusters
+                .remove(0);
+            (st.sync == pb::SyncStatus::Synced as i32
+                && c.acked_generation == generation
+                && c.connected
+                && c.agent_version == "test-agent/1")
+                .then_some(())
+        }
+    })
+    .await;
+
+    // A commit that changes web only: a new generation with only web's
+    // bundle. Malformed YAML in db's directory: db carries the error (file
+    // and line), no manifests; web is unaffected.
+    write(repo.path(), "web/cm.yaml", &configmap("web", "2"));
+    write(repo.path(), "db/nested/bad.yaml", "a: [1,\nb: 2\n");
+    git(repo.path(), &["commit", "-q", "-am", "change web"]);
+    git(repo.path(), &["add", "-A"]);
+    git(repo.path(), &["commit", "-q", "-m", "break db"]);
+    admin.refresh(pb::RefreshRequest::default()).await.unwrap();
+    let mut got_web = false;
+    let mut got_db_error = false;
+    let start = Instant::now();
+    while !(got_web && got_db_error) {
+        assert!(start.elapsed() < DEADLINE, "no update pushed");
+        let d = next_desired(&mut conn).await;
+        assert!(d.generation > first.generation);
+        for b in &d.bundles {
+            match b.name.as_str() {
+                "web" => {
+                    assert!(b.manifests[0].contains("\"2\""), "{:?}", b.manifests);
+                    got_web = true;
+                }
+                "db" => {
+                    if !b.render_error.is_empty() {
+                        assert!(b.render_error.contains("bad.yaml"), "{}", b.render_error);
+                        assert!(b.manifests.is_empty());
+                        got_db_error = true;
+                    }
+                }
+                other => panic!("unexpected bundle {other}"),
+            }
+        }
+    }
+    let db = admin
+        .get_application(pb::GetApplicationRequest { name: "db".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(db.error.contains("bad.yaml"), "{}", db.error);
+
+    // Removing the cluster closes its stream and refuses the certificate.
+    admin
+        .remove_cluster(pb::RemoveClusterRequest { name: "c1".into() })
+        .await
+        .unwrap();
+    let end = tokio::time::timeout(DEADLINE, async {
+        loop {
+            match conn.rx.message().await {
+                Ok(Some(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("stream closed");
+    assert!(
+        matches!(end, Err(ref s) if s.code() == Code::Unauthenticated),
+        "{end:?}"
+    );
+    match open_stream(ch.clone()).await {
+        Err(s) => assert_eq!(s.code(), Code::Unauthenticated),
+        Ok(mut c) => {
+            let _ = c.tx.send(hello(&[])).await;
+            assert!(c.rx.message().await.is_err());
+        }
+    }
+    hub.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_keeps_state_and_resends_nothing() {
+    let repo = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let url = make_repo(repo.path());
+    let hub = start_hub(data.path(), &url).await;
+    let ca = std::fs::read_to_string(hub.ca_file()).unwrap();
+    let mut admin = api(&hub, Some(admin_token(&hub))).await;
+    let added = admin
+        .add_cluster(pb::AddClusterRequest {
+            name: "c1".into(),
+            labels: Default::default(),
+            issue_certificate: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let identity = Identity::from_pem(&added.certificate_pem, &added.key_pem);
+    let ch = channel(&hub, Some(identity.clone()), &ca).await.unwrap();
+    let first = eventually("both apps rendered", || {
+        let ch = ch.clone();
+        async move {
+            let mut c = open_stream(ch).await.ok()?;
+            c.tx.send(hello(&[])).await.ok()?;
+            let d = next_desired(&mut c).await;
+            (d.bundles.len() == 2).then_some(d)
+        }
+    })
+    .await;
+    let have = digests(&first);
+    hub.shutdown().await.unwrap();
+
+    let hub = start_hub(data.path(), &url).await;
+    let mut admin = api(&hub, Some(admin_token(&hub))).await;
+    let clusters = admin
+        .list_clusters(pb::ListClustersRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .clusters;
+    assert_eq!(clusters.len(), 1);
+    assert_eq!(
+        admin
+            .list_applications(pb::ListApplicationsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .applications
+            .len(),
+        2
+    );
+    // Same certificate, same CA; the agent says what it has: nothing is
+    // re-sent and the generation did not move.
+    let ch = channel(&hub, Some(identity), &ca).await.unwrap();
+    let mut conn = open_stream(ch).await.unwrap();
+    let refs: Vec<(&str, &str)> = have.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    conn.tx.send(hello(&refs)).await.unwrap();
+    let d = next_desired(&mut conn).await;
+    assert_eq!(d.generation, first.generation);
+    assert!(d.bundles.is_empty());
+    assert_eq!(digests(&d), have);
+    hub.shutdown().await.unwrap();
+}
