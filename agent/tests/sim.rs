@@ -1,0 +1,405 @@
+//! The sync engine against the Kubernetes API simulator: apply with our
+//! field manager, no re-apply when nothing changed, drift and self-heal,
+//! prune of tracked objects only, CRDs before their custom resources,
+//! render errors.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use flotilla_agent::bundle::{Bundle, Policy};
+use flotilla_agent::cache::{Cache, CachedApp};
+use flotilla_agent::cluster::Cluster;
+use flotilla_agent::engine::Engine;
+use flotilla_agent::report::Report;
+use flotilla_proto::{AppStatus, HealthStatus, SyncStatus};
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::core::ApiResource;
+use serde_json::{Value, json};
+use tokio::sync::{Notify, watch};
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+struct Harness {
+    _sim: flotilla_sim::SimHandle,
+    _dir: tempfile::TempDir,
+    client: kube::Client,
+    cache: Arc<Cache>,
+    engine: Engine,
+    reports: watch::Receiver<Option<Report>>,
+}
+
+async fn harness() -> Harness {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sim = flotilla_sim::Simulator::start(flotilla_sim::SimConfig {
+        clusters: 1,
+        kubeconfig_dir: Some(dir.path().to_owned()),
+        ..Default::default()
+    })
+    .await
+    .expect("simulator");
+    let path = sim.kubeconfig_path("sim-1").expect("kubeconfig path");
+    let kubeconfig = kube::config::Kubeconfig::read_from(&path).expect("kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .expect("config");
+    let client = kube::Client::try_from(config).expect("client");
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).expect("state dir");
+    let cache = Arc::new(Cache::open(&state).expect("cache"));
+    let (tx, reports) = watch::channel(None);
+    let engine = Engine::new(
+        Arc::new(Cluster::new(client.clone())),
+        cache.clone(),
+        Arc::new(Notify::new()),
+        tx,
+    );
+    Harness {
+        _sim: sim,
+        _dir: dir,
+        client,
+        cache,
+        engine,
+        reports,
+    }
+}
+
+fn manifest(v: Value) -> String {
+    v.to_string()
+}
+
+fn guestbook(digest: &str, replicas: i64, with_config: bool) -> Bundle {
+    let mut manifests = vec![
+        manifest(json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "guestbook-ui"},
+            "spec": {"replicas": replicas,
+                "selector": {"matchLabels": {"app": "guestbook-ui"}},
+                "template": {"metadata": {"labels": {"app": "guestbook-ui"}},
+                    "spec": {"containers": [{"name": "ui", "image": "nginx:1.27",
+                        "ports": [{"containerPort": 80}]}]}}}})),
+        manifest(json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "guestbook-ui"},
+            "spec": {"selector": {"app": "guestbook-ui"}, "ports": [{"port": 80, "targetPort": 80}]}})),
+    ];
+    if with_config {
+        manifests.push(manifest(json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "guestbook-config"}, "data": {"greeting": "hello"}})));
+    }
+    Bundle {
+        name: "guestbook".into(),
+        digest: digest.into(),
+        revision: format!("rev-{digest}"),
+        namespace: "web".into(),
+        policy: Policy {
+            automated: true,
+            prune: true,
+            self_heal: true,
+            sync_options: vec!["CreateNamespace=true".into()],
+            ..Policy::default()
+        },
+        manifests,
+        ..Bundle::default()
+    }
+}
+
+fn set_bundle(cache: &Cache, bundle: Bundle) {
+    cache
+        .update(|s| {
+            s.generation += 1;
+            let app = s
+                .apps
+                .entry(bundle.name.clone())
+                .or_insert_with(CachedApp::default);
+            app.bundle = bundle;
+        })
+        .expect("cache update");
+}
+
+fn status(h: &Harness, app: &str) -> Option<AppStatus> {
+    h.reports
+        .borrow()
+        .as_ref()
+        .and_then(|r| r.apps.iter().find(|a| a.name == app).cloned())
+}
+
+/// Runs passes until `done` holds for the app's status, or fails at the deadline.
+async fn converge(
+    h: &mut Harness,
+    app: &str,
+    what: &str,
+    done: impl Fn(&AppStatus) -> bool,
+) -> AppStatus {
+    let until = Instant::now() + DEADLINE;
+    loop {
+        h.engine.pass().await;
+        if let Some(s) = status(h, app)
+            && done(&s)
+        {
+            return s;
+        }
+        assert!(
+            Instant::now() < until,
+            "{app} never became {what}: {:#?}",
+            status(h, app)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn synced_healthy(s: &AppStatus) -> bool {
+    s.sync == SyncStatus::Synced as i32 && s.health == HealthStatus::Healthy as i32
+}
+
+fn api(
+    h: &Harness,
+    group: &str,
+    version: &str,
+    kind: &str,
+    plural: &str,
+    ns: Option<&str>,
+) -> Api<DynamicObject> {
+    let ar = ApiResource {
+        group: group.into(),
+        version: version.into(),
+        api_version: if group.is_empty() {
+            version.into()
+        } else {
+            format!("{group}/{version}")
+        },
+        kind: kind.into(),
+        plural: plural.into(),
+    };
+    match ns {
+        Some(ns) => Api::namespaced_with(h.client.clone(), ns, &ar),
+        None => Api::all_with(h.client.clone(), &ar),
+    }
+}
+
+fn resource_version(o: &DynamicObject) -> String {
+    o.metadata.resource_version.clone().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn applies_tracks_skips_heals_and_prunes() {
+    let mut h = harness().await;
+    set_bundle(&h.cache, guestbook("d1", 1, true));
+    let s = converge(&mut h, "guestbook", "Synced/Healthy", synced_healthy).await;
+    assert_eq!(s.revision, "rev-d1");
+    assert_eq!(s.resources.len(), 3);
+    assert!(s.last_applied_ms > 0);
+
+    // Objects exist, tracked, under our field manager, in the default namespace.
+    let namespaces = api(&h, "", "v1", "Namespace", "namespaces", None);
+    namespaces
+        .get("web")
+        .await
+        .expect("CreateNamespace=true made the namespace");
+    let deployments = api(&h, "apps", "v1", "Deployment", "deployments", Some("web"));
+    let configmaps = api(&h, "", "v1", "ConfigMap", "configmaps", Some("web"));
+    let cm = configmaps.get("guestbook-config").await.expect("configmap");
+    let managers: Vec<String> = cm
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter_map(|m| m.manager.clone())
+        .collect();
+    assert!(managers.contains(&"flotilla".to_owned()), "{managers:?}");
+    let labels = cm.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(
+        labels.get("flotilla.dev/app").map(String::as_str),
+        Some("guestbook")
+    );
+    let annotations = cm.metadata.annotations.clone().unwrap_or_default();
+    assert_eq!(
+        annotations
+            .get("flotilla.dev/tracking-id")
+            .map(String::as_str),
+        Some("guestbook:/ConfigMap:web/guestbook-config")
+    );
+
+    // Same digest (a new commit that did not touch the app): nothing is re-applied.
+    let before_cm = resource_version(&cm);
+    let before_dep = resource_version(&deployments.get("guestbook-ui").await.expect("deployment"));
+    let applied_at = s.last_applied_ms;
+    for _ in 0..3 {
+        h.engine.pass().await;
+    }
+    let cm = configmaps.get("guestbook-config").await.expect("configmap");
+    assert_eq!(
+        resource_version(&cm),
+        before_cm,
+        "unchanged app was re-applied"
+    );
+    let dep = deployments.get("guestbook-ui").await.expect("deployment");
+    assert_eq!(
+        resource_version(&dep),
+        before_dep,
+        "unchanged app was re-applied"
+    );
+    assert_eq!(
+        status(&h, "guestbook").map(|s| s.last_applied_ms),
+        Some(applied_at)
+    );
+
+    // A field added by another manager is not drift and stays.
+    let other = PatchParams::apply("kubectl-edit").force();
+    configmaps
+        .patch(
+            "guestbook-config",
+            &other,
+            &Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "guestbook-config", "annotations": {"team": "web"}}})),
+        )
+        .await
+        .expect("other manager");
+    h.engine.pass().await;
+    let s = status(&h, "guestbook").expect("status");
+    assert_eq!(s.sync, SyncStatus::Synced as i32, "{s:#?}");
+    let cm = configmaps.get("guestbook-config").await.expect("configmap");
+    assert_eq!(
+        cm.metadata
+            .annotations
+            .unwrap_or_default()
+            .get("team")
+            .map(String::as_str),
+        Some("web")
+    );
+
+    // Drift on a field we own is healed (selfHeal).
+    deployments
+        .patch(
+            "guestbook-ui",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 3}})),
+        )
+        .await
+        .expect("drift");
+    converge(&mut h, "guestbook", "healed", |s| {
+        synced_healthy(s) && s.operation.as_ref().is_some_and(|o| o.phase == "Succeeded")
+    })
+    .await;
+    let dep = deployments.get("guestbook-ui").await.expect("deployment");
+    assert_eq!(dep.data["spec"]["replicas"], json!(1));
+
+    // New digest without the ConfigMap: the tracked one is pruned, an
+    // untracked look-alike with the same label is not.
+    configmaps
+        .patch(
+            "lookalike",
+            &PatchParams::apply("someone"),
+            &Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "lookalike", "labels": {"flotilla.dev/app": "guestbook"}}})),
+        )
+        .await
+        .expect("lookalike");
+    set_bundle(&h.cache, guestbook("d2", 2, false));
+    converge(&mut h, "guestbook", "Synced/Healthy at d2", |s| {
+        synced_healthy(s) && s.digest == "d2"
+    })
+    .await;
+    let until = Instant::now() + DEADLINE;
+    while configmaps
+        .get_opt("guestbook-config")
+        .await
+        .expect("get")
+        .is_some()
+    {
+        assert!(Instant::now() < until, "tracked configmap not pruned");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        configmaps
+            .get_opt("lookalike")
+            .await
+            .expect("get")
+            .is_some()
+    );
+    let dep = deployments.get("guestbook-ui").await.expect("deployment");
+    assert_eq!(dep.data["spec"]["replicas"], json!(2));
+}
+
+#[tokio::test]
+async fn drift_without_self_heal_is_reported_not_reverted() {
+    let mut h = harness().await;
+    let mut b = guestbook("d1", 1, true);
+    b.policy.self_heal = false;
+    set_bundle(&h.cache, b);
+    converge(&mut h, "guestbook", "Synced/Healthy", synced_healthy).await;
+    let configmaps = api(&h, "", "v1", "ConfigMap", "configmaps", Some("web"));
+    configmaps
+        .patch(
+            "guestbook-config",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"greeting": "changed"}})),
+        )
+        .await
+        .expect("drift");
+    let s = converge(&mut h, "guestbook", "OutOfSync", |s| {
+        s.sync == SyncStatus::OutOfSync as i32
+    })
+    .await;
+    let res = s
+        .resources
+        .iter()
+        .find(|r| r.key.as_ref().is_some_and(|k| k.kind == "ConfigMap"))
+        .expect("configmap status");
+    assert_eq!(res.sync, SyncStatus::OutOfSync as i32);
+    assert!(
+        res.drift.iter().any(|d| d.contains("/data/greeting")),
+        "{:?}",
+        res.drift
+    );
+    h.engine.pass().await;
+    let cm = configmaps.get("guestbook-config").await.expect("configmap");
+    assert_eq!(cm.data["data"]["greeting"], json!("changed"));
+}
+
+#[tokio::test]
+async fn crd_applies_before_its_custom_resources_and_render_errors_change_nothing() {
+    let mut h = harness().await;
+    let crd = json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "widgets.example.com"},
+        "spec": {"group": "example.com", "scope": "Namespaced",
+            "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
+            "versions": [{"name": "v1", "served": true, "storage": true,
+                "schema": {"openAPIV3Schema": {"type": "object",
+                    "x-kubernetes-preserve-unknown-fields": true}}}]}});
+    let widget = json!({"apiVersion": "example.com/v1", "kind": "Widget",
+        "metadata": {"name": "w1"}, "spec": {"size": 3}});
+    set_bundle(
+        &h.cache,
+        Bundle {
+            name: "widgets".into(),
+            digest: "w1".into(),
+            namespace: "tools".into(),
+            policy: Policy {
+                automated: true,
+                sync_options: vec!["CreateNamespace=true".into()],
+                ..Policy::default()
+            },
+            // The custom resource comes first on purpose.
+            manifests: vec![manifest(widget), manifest(crd)],
+            ..Bundle::default()
+        },
+    );
+    set_bundle(
+        &h.cache,
+        Bundle {
+            name: "broken".into(),
+            digest: "b1".into(),
+            render_error: "apps/broken/deploy.yaml: line 3: mapping values are not allowed".into(),
+            ..Bundle::default()
+        },
+    );
+    let s = converge(&mut h, "widgets", "Synced/Healthy", synced_healthy).await;
+    assert_eq!(s.resources.len(), 2);
+    let widgets = api(&h, "example.com", "v1", "Widget", "widgets", Some("tools"));
+    widgets
+        .get("w1")
+        .await
+        .expect("widget applied in the default namespace");
+    let broken = status(&h, "broken").expect("broken status");
+    assert_eq!(broken.sync, SyncStatus::Unknown as i32);
+    assert!(broken.message.contains("line 3"), "{}", broken.message);
+}
