@@ -278,11 +278,12 @@ impl Fleet {
     /// # Errors
     /// The store cannot be written.
     pub fn set_bundle(&self, bundle: pb::AppBundle) -> Result<(), StoreError> {
-        let unchanged = self
-            .lock()
-            .bundles
-            .get(&bundle.name)
-            .is_some_and(|b| **b == bundle);
+        // Same content (digest) from the same source: keep the bundle as it
+        // is, so its revision stays the commit the content was first
+        // rendered at — what the agents applied and report.
+        let unchanged = self.lock().bundles.get(&bundle.name).is_some_and(|b| {
+            b.digest == bundle.digest && b.repo_url == bundle.repo_url && b.path == bundle.path
+        });
         if unchanged {
             return Ok(());
         }
@@ -546,6 +547,7 @@ mod tests {
             .unwrap();
         assert_eq!(store.cluster("c1").unwrap().unwrap().generation, g1);
         assert!(!rx.has_changed().unwrap());
+        assert_eq!(fleet.desired_revision("web"), "r1");
         // c2 is not targeted: never bumped.
         assert_eq!(store.cluster("c2").unwrap().unwrap().generation, g2);
 

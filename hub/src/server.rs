@@ -20,6 +20,9 @@ use crate::pki::{self, Pki};
 use crate::store::{Store, StoreError};
 use flotilla_proto as pb;
 
+/// Largest message an agent may send (status reports of big applications).
+const MAX_AGENT_MESSAGE: usize = 64 * 1024 * 1024;
+
 /// A repository given on the command line.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RepoSpec {
@@ -218,9 +221,11 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         .tls_config(tls)?
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-        .add_service(pb::agent_link_server::AgentLinkServer::new(
-            AgentLinkService::new(ctx.clone()),
-        ))
+        .add_service(
+            pb::agent_link_server::AgentLinkServer::new(AgentLinkService::new(ctx.clone()))
+                .max_decoding_message_size(MAX_AGENT_MESSAGE)
+                .max_encoding_message_size(usize::MAX),
+        )
         .add_service(pb::hub_api_server::HubApiServer::with_interceptor(
             HubApiService::new(ctx.clone()),
             interceptor,
@@ -266,8 +271,10 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
 /// # Errors
 /// The hub could not start or the server failed.
 pub async fn serve(config: HubConfig, shutdown: impl Future<Output = ()>) -> Result<(), HubError> {
-    let hub = start(config).await?;
+    let mut hub = start(config).await?;
     println!("flotilla-hub listening on {}", hub.url());
-    shutdown.await;
-    hub.shutdown().await
+    tokio::select! {
+        () = shutdown => hub.shutdown().await,
+        r = &mut hub.task => r.unwrap_or(Ok(())),
+    }
 }

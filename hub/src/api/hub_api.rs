@@ -71,12 +71,15 @@ impl HubApiService {
     }
 
     fn cluster_to_pb(&self, c: &ClusterRecord) -> pb::Cluster {
+        let connected = self.ctx.fleet.is_connected(&c.name);
         pb::Cluster {
             name: c.name.clone(),
             labels: c.labels.clone().into_iter().collect(),
             annotations: c.annotations.clone().into_iter().collect(),
-            connected: self.ctx.fleet.is_connected(&c.name),
-            last_seen_ms: c.last_seen_ms,
+            connected,
+            // An open stream is proof of life (keepalives), even between
+            // messages.
+            last_seen_ms: if connected { now_ms() } else { c.last_seen_ms },
             agent_version: c.agent_version.clone(),
             generation: c.generation,
             acked_generation: c.acked_generation,
