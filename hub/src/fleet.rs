@@ -159,12 +159,12 @@ pub fn targets(app: &Application, cluster: &ClusterRecord) -> bool {
 /// The index a cluster should hold: every application targeting it that has
 /// a bundle, with that bundle's digest. Applications not rendered yet are
 /// left out (nothing of theirs can be on the cluster yet).
-pub fn plan_index(
+pub fn plan_index<'a>(
     cluster: &ClusterRecord,
-    apps: &[AppRecord],
+    apps: impl IntoIterator<Item = &'a AppRecord>,
     bundles: &HashMap<String, Arc<pb::AppBundle>>,
 ) -> BTreeMap<String, String> {
-    apps.iter()
+    apps.into_iter()
         .filter(|a| targets(&a.app, cluster))
         .filter_map(|a| {
             let name = &a.app.metadata.name;
@@ -235,10 +235,24 @@ impl Fleet {
     pub fn recompute(&self) -> Result<Vec<String>, StoreError> {
         let apps = self.store.apps()?;
         let clusters = self.store.clusters()?;
+        // Group by destination so each cluster only looks at its candidates.
+        let mut by_destination: HashMap<&str, Vec<&AppRecord>> = HashMap::new();
+        for a in &apps {
+            if let Some(key) = a.app.destination_key() {
+                by_destination.entry(key).or_default().push(a);
+            }
+        }
+        let none = Vec::new();
         let mut st = self.lock();
         let mut bumped = Vec::new();
         for c in clusters {
-            let index = plan_index(&c, &apps, &st.bundles);
+            let by_name = by_destination.get(c.name.as_str()).unwrap_or(&none);
+            let by_server = if c.server.is_empty() || c.server == c.name {
+                &none
+            } else {
+                by_destination.get(c.server.as_str()).unwrap_or(&none)
+            };
+            let index = plan_index(&c, by_name.iter().chain(by_server).copied(), &st.bundles);
             let (generation, current) = st
                 .desired
                 .get(&c.name)
@@ -278,20 +292,34 @@ impl Fleet {
     /// # Errors
     /// The store cannot be written.
     pub fn set_bundle(&self, bundle: pb::AppBundle) -> Result<(), StoreError> {
-        // Same content (digest) from the same source: keep the bundle as it
-        // is, so its revision stays the commit the content was first
-        // rendered at — what the agents applied and report.
-        let unchanged = self.lock().bundles.get(&bundle.name).is_some_and(|b| {
-            b.digest == bundle.digest && b.repo_url == bundle.repo_url && b.path == bundle.path
-        });
-        if unchanged {
-            return Ok(());
+        self.set_bundles(vec![bundle])
+    }
+
+    /// Replaces several bundles and updates the clusters once.
+    ///
+    /// # Errors
+    /// The store cannot be written.
+    pub fn set_bundles(&self, bundles: Vec<pb::AppBundle>) -> Result<(), StoreError> {
+        let mut changed = false;
+        for bundle in bundles {
+            // Same content (digest) from the same source: keep the bundle as
+            // it is, so its revision stays the commit the content was first
+            // rendered at — what the agents applied and report.
+            let unchanged = self.lock().bundles.get(&bundle.name).is_some_and(|b| {
+                b.digest == bundle.digest && b.repo_url == bundle.repo_url && b.path == bundle.path
+            });
+            if unchanged {
+                continue;
+            }
+            self.store.put_bundle(&bundle)?;
+            self.lock()
+                .bundles
+                .insert(bundle.name.clone(), Arc::new(bundle));
+            changed = true;
         }
-        self.store.put_bundle(&bundle)?;
-        self.lock()
-            .bundles
-            .insert(bundle.name.clone(), Arc::new(bundle));
-        self.recompute()?;
+        if changed {
+            self.recompute()?;
+        }
         Ok(())
     }
 

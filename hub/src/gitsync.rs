@@ -386,6 +386,7 @@ impl GitSync {
 
     async fn render_all(&self, force: bool) -> Result<(), StoreError> {
         let mut used = BTreeSet::new();
+        let mut bundles = Vec::new();
         let apps = self.store.apps()?;
         for rec in apps {
             let app = &rec.app;
@@ -405,7 +406,7 @@ impl GitSync {
                     // Keep the last good bundle; only a first render becomes
                     // an error the agent reports.
                     if self.fleet.bundle(&name).is_none() {
-                        self.fleet.set_bundle(build_bundle(app, "", Err(&e)))?;
+                        bundles.push(build_bundle(app, "", Err(&e)));
                     }
                     self.set_app_result(&name, None, &e)?;
                     continue;
@@ -430,9 +431,11 @@ impl GitSync {
                 }
             };
             let error = bundle.render_error.clone();
-            self.fleet.set_bundle(bundle)?;
+            bundles.push(bundle);
             self.set_app_result(&name, Some(&commit), &error)?;
         }
+        // One recomputation of the fleet for the whole pass.
+        self.fleet.set_bundles(bundles)?;
         self.renders
             .lock()
             .unwrap_or_else(|p| p.into_inner())

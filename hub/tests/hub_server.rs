@@ -495,3 +495,276 @@ async fn restart_keeps_state_and_resends_nothing() {
     assert_eq!(digests(&d), have);
     hub.shutdown().await.unwrap();
 }
+
+async fn add_cluster(admin: &mut Api, name: &str) -> Identity {
+    let added = admin
+        .add_cluster(pb::AddClusterRequest {
+            name: name.into(),
+            labels: Default::default(),
+            issue_certificate: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    Identity::from_pem(&added.certificate_pem, &added.key_pem)
+}
+
+/// The peer gets no DesiredState: the call, or the stream, fails with
+/// Unauthenticated.
+async fn assert_refused(ch: Channel) {
+    match open_stream(ch).await {
+        Err(s) => assert_eq!(s.code(), Code::Unauthenticated, "{s:?}"),
+        Ok(mut c) => {
+            let _ = c.tx.send(hello(&[])).await;
+            let r = c.rx.message().await;
+            assert!(
+                matches!(r, Err(ref s) if s.code() == Code::Unauthenticated),
+                "{r:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_without_client_certificate_gets_nothing() {
+    let repo = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let hub = start_hub(data.path(), &make_repo(repo.path())).await;
+    let ca = std::fs::read_to_string(hub.ca_file()).unwrap();
+    let mut admin = api(&hub, Some(admin_token(&hub))).await;
+    add_cluster(&mut admin, "c1").await;
+    assert_refused(channel(&hub, None, &ca).await.unwrap()).await;
+    hub.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_from_another_ca_gets_nothing() {
+    let repo = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let hub = start_hub(data.path(), &make_repo(repo.path())).await;
+    let ca = std::fs::read_to_string(hub.ca_file()).unwrap();
+    let mut admin = api(&hub, Some(admin_token(&hub))).await;
+    add_cluster(&mut admin, "c1").await;
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = flotilla_hub::pki::Pki::load_or_create(other_dir.path(), &[]).unwrap();
+    let forged = other.issue_client("c1").unwrap();
+    let id = Identity::from_pem(&forged.cert_pem, &forged.key_pem);
+    // The handshake fails (TLS 1.3 may report it only on the first call).
+    if let Ok(ch) = channel(&hub, Some(id), &ca).await {
+        match open_stream(ch).await {
+            Err(s) => assert_ne!(s.code(), Code::Ok),
+            Ok(mut c) => {
+                let _ = c.tx.send(hello(&[])).await;
+                assert!(
+                    !matches!(c.rx.message().await, Ok(Some(_))),
+                    "a forged certificate got a message"
+                );
+            }
+        }
+    }
+    hub.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_of_a_removed_cluster_is_refused_even_after_re_adding() {
+    let repo = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let hub = start_hub(data.path(), &make_repo(repo.path())).await;
+    let ca = std::fs::read_to_string(hub.ca_file()).unwrap();
+    let mut admin = api(&hub, Some(admin_token(&hub))).await;
+    let old = add_cluster(&mut admin, "c1").await;
+    admin
+        .remove_cluster(pb::RemoveClusterRequest { name: "c1".into() })
+        .await
+        .unwrap();
+    assert_refused(channel(&hub, Some(old.clone()), &ca).await.unwrap()).await;
+    // Same name again: only the new certificate works.
+    let new = add_cluster(&mut admin, "c1").await;
+    assert_refused(channel(&hub, Some(old), &ca).await.unwrap()).await;
+    let mut c = open_stream(channel(&hub, Some(new), &ca).await.unwrap())
+        .await
+        .unwrap();
+    c.tx.send(hello(&[])).await.unwrap();
+    next_desired(&mut c).await;
+    hub.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_api_requires_a_valid_token() {
+    let repo = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let hub = start_hub(data.path(), &make_repo(repo.path())).await;
+    for token in [None, Some(String::new()), Some("ab".repeat(32))] {
+        let err = api(&hub, token)
+            .await
+            .list_applications(pb::ListApplicationsRequest {})
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated);
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(hub.admin_token_file())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    api(&hub, Some(admin_token(&hub)))
+        .await
+        .list_applications(pb::ListApplicationsRequest {})
+        .await
+        .unwrap();
+    hub.shutdown().await.unwrap();
+}
+
+async fn app_names(admin: &mut Api) -> Vec<String> {
+    let mut names: Vec<_> = admin
+        .list_applications(pb::ListApplicationsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .applications
+        .into_iter()
+        .map(|a| a.name)
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn git_loop_keeps_apps_of_a_broken_file_and_drops_deleted_ones() {
+    let repo = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let url = make_repo(repo.path());
+    let hub = start_hub(data.path(), &url).await;
+    let mut admin = api(&hub, Some(admin_token(&hub))).await;
+    eventually("both apps loaded", || {
+        let mut admin = admin.clone();
+        async move { (app_names(&mut admin).await == ["db", "web"]).then_some(()) }
+    })
+    .await;
+
+    // web.yaml deleted, db.yaml broken: web goes, db stays, the repository
+    // names the broken file.
+    std::fs::remove_file(repo.path().join("apps/web.yaml")).unwrap();
+    write(repo.path(), "apps/db.yaml", "kind: [\n");
+    git(repo.path(), &["add", "-A"]);
+    git(repo.path(), &["commit", "-q", "-m", "break"]);
+    admin.refresh(pb::RefreshRequest::default()).await.unwrap();
+    let repo_rec = eventually("repository error recorded", || {
+        let mut admin = admin.clone();
+        async move {
+            let r = admin
+                .list_repositories(pb::ListRepositoriesRequest {})
+                .await
+                .ok()?
+                .into_inner()
+                .repositories
+                .remove(0);
+            (!r.last_error.is_empty()).then_some(r)
+        }
+    })
+    .await;
+    assert!(
+        repo_rec.last_error.contains("apps/db.yaml"),
+        "{}",
+        repo_rec.last_error
+    );
+    assert_eq!(app_names(&mut admin).await, ["db"]);
+
+    // Fixed again: the error clears.
+    write(
+        repo.path(),
+        "apps/db.yaml",
+        &app_yaml("db", &url, "db", "c1"),
+    );
+    git(repo.path(), &["commit", "-q", "-am", "fix"]);
+    admin.refresh(pb::RefreshRequest::default()).await.unwrap();
+    eventually("repository error cleared", || {
+        let mut admin = admin.clone();
+        async move {
+            let r = admin
+                .list_repositories(pb::ListRepositoriesRequest {})
+                .await
+                .ok()?
+                .into_inner()
+                .repositories
+                .remove(0);
+            r.last_error.is_empty().then_some(())
+        }
+    })
+    .await;
+    hub.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn application_created_through_the_api_is_rendered_and_deletable() {
+    let repo = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let url = make_repo(repo.path());
+    // No repository registered: the application's source is fetched anyway.
+    let mut config = HubConfig::new(data.path(), "127.0.0.1:0".parse().unwrap());
+    config.poll_interval = Duration::from_secs(1);
+    let hub = start(config).await.unwrap();
+    let mut admin = api(&hub, Some(admin_token(&hub))).await;
+    let manifest = app_yaml("api-web", &url, "web", "c1");
+    let created = admin
+        .create_application(pb::CreateApplicationRequest {
+            manifest: manifest.clone(),
+            upsert: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(created.origin, "api");
+    let err = admin
+        .create_application(pb::CreateApplicationRequest {
+            manifest: manifest.clone(),
+            upsert: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists);
+    admin
+        .create_application(pb::CreateApplicationRequest {
+            manifest,
+            upsert: true,
+        })
+        .await
+        .unwrap();
+    let err = admin
+        .create_application(pb::CreateApplicationRequest {
+            manifest: "kind: Application\n".into(),
+            upsert: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    eventually("api app rendered", || {
+        let mut admin = admin.clone();
+        async move {
+            let a = admin
+                .get_application(pb::GetApplicationRequest {
+                    name: "api-web".into(),
+                })
+                .await
+                .ok()?
+                .into_inner();
+            (!a.revision.is_empty() && a.error.is_empty()).then_some(())
+        }
+    })
+    .await;
+    admin
+        .delete_application(pb::DeleteApplicationRequest {
+            name: "api-web".into(),
+        })
+        .await
+        .unwrap();
+    let err = admin
+        .get_application(pb::GetApplicationRequest {
+            name: "api-web".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    hub.shutdown().await.unwrap();
+}
