@@ -119,8 +119,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .with_context(|| format!("creating state directory {}", state_dir.display()))?;
     let cache = Arc::new(Cache::open(&state_dir)?);
     let client = kube_client(&args).await?;
-    let cluster = Arc::new(Cluster::new(client));
     let trigger = Arc::new(Notify::new());
+    let cluster = Arc::new(Cluster::with_watches(client, trigger.clone()));
     let (reports_tx, reports_rx) = watch::channel(None);
     let link = Link::new(
         &LinkConfig {

@@ -1,15 +1,19 @@
 //! The thin shell over the Kubernetes API: kind resolution with a discovery
 //! cache, server-side apply, get and delete of dynamic objects.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
+use kube::runtime::{WatchStreamExt, watcher};
+use tokio::sync::Notify;
 
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::discovery::{self, Scope as KubeScope};
 use serde_json::Value;
 
-use crate::object::{FIELD_MANAGER, ObjectKey};
+use crate::object::{APP_LABEL, FIELD_MANAGER, ObjectKey};
 use crate::plan::Scope;
 
 /// Errors talking to the cluster, with the object concerned.
@@ -55,6 +59,8 @@ type GvkKey = (String, String, String);
 pub struct Cluster {
     client: kube::Client,
     kinds: Mutex<HashMap<GvkKey, Resolved>>,
+    watch: Option<Arc<Notify>>,
+    watched: Mutex<HashSet<GvkKey>>,
 }
 
 impl Cluster {
@@ -64,7 +70,48 @@ impl Cluster {
         Self {
             client,
             kinds: Mutex::new(HashMap::new()),
+            watch: None,
+            watched: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// Wraps a client and watches every kind the agent manages, narrowed
+    /// by the tracking label: any change to a tracked object wakes `notify`
+    /// (drift shows up in moments rather than at the next periodic pass).
+    #[must_use]
+    pub fn with_watches(client: kube::Client, notify: Arc<Notify>) -> Self {
+        Self {
+            watch: Some(notify),
+            ..Self::new(client)
+        }
+    }
+
+    /// Starts the watch of a kind unless it runs already.
+    pub fn watch_kind(&self, key: &ObjectKey, r: &Resolved) {
+        let Some(notify) = self.watch.clone() else {
+            return;
+        };
+        let fresh = self
+            .watched
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(Self::gvk_key(key));
+        if !fresh {
+            return;
+        }
+        let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &r.resource);
+        let kind = key.kind.clone();
+        tokio::spawn(async move {
+            let config = watcher::Config::default().labels(APP_LABEL);
+            let mut events = watcher(api, config).default_backoff().boxed();
+            while let Some(event) = events.next().await {
+                match event {
+                    Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => notify.notify_one(),
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!(kind = %kind, error = %e, "watch interrupted"),
+                }
+            }
+        });
     }
 
     fn kinds(&self) -> std::sync::MutexGuard<'_, HashMap<GvkKey, Resolved>> {

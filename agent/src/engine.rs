@@ -31,6 +31,7 @@ const PASS_SETTLED: Duration = Duration::from_secs(5);
 const PASS_BUSY: Duration = Duration::from_secs(1);
 const CRD_DEADLINE: Duration = Duration::from_secs(30);
 const WAVE_DEADLINE: Duration = Duration::from_secs(120);
+const COALESCE: Duration = Duration::from_millis(100);
 const POLL: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(180);
 
@@ -109,7 +110,11 @@ impl Engine {
             let settled = self.pass().await;
             let wait = if settled { PASS_SETTLED } else { PASS_BUSY };
             tokio::select! {
-                () = self.trigger.notified() => {}
+                () = self.trigger.notified() => {
+                    // Let a burst of events (an apply touches many objects)
+                    // settle into one pass.
+                    tokio::time::sleep(COALESCE).await;
+                }
                 () = tokio::time::sleep(wait) => {}
             }
         }
@@ -280,6 +285,7 @@ impl Engine {
                     continue;
                 }
             };
+            self.cluster.watch_kind(&key, &resolved);
             let desired = object::prepare(obj, &b.name, &b.namespace, resolved.namespaced);
             key.namespace = namespace_of(&desired);
             if !seen.insert(key.clone()) {

@@ -174,7 +174,7 @@ impl Link {
             let mut healthy = false;
             match self.session(&mut healthy).await {
                 Ok(()) => info!(hub = %self.hub, "hub closed the stream"),
-                Err(e) => warn!(hub = %self.hub, error = %e, "link down"),
+                Err(e) => warn!(hub = %self.hub, error = %error_chain(&e), "link down"),
             }
             if healthy || started.elapsed() >= STABLE {
                 failures = 0;
@@ -287,6 +287,21 @@ impl Link {
             }
         }
     }
+}
+
+/// An error with its causes, `a: b: c`, for logs.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
 }
 
 fn message(kind: agent_message::Kind) -> AgentMessage {

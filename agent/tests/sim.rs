@@ -29,6 +29,10 @@ struct Harness {
 }
 
 async fn harness() -> Harness {
+    harness_with(false).await
+}
+
+async fn harness_with(watches: bool) -> Harness {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let dir = tempfile::tempdir().expect("tempdir");
     let sim = flotilla_sim::Simulator::start(flotilla_sim::SimConfig {
@@ -48,12 +52,13 @@ async fn harness() -> Harness {
     std::fs::create_dir_all(&state).expect("state dir");
     let cache = Arc::new(Cache::open(&state).expect("cache"));
     let (tx, reports) = watch::channel(None);
-    let engine = Engine::new(
-        Arc::new(Cluster::new(client.clone())),
-        cache.clone(),
-        Arc::new(Notify::new()),
-        tx,
-    );
+    let trigger = Arc::new(Notify::new());
+    let cluster = if watches {
+        Cluster::with_watches(client.clone(), trigger.clone())
+    } else {
+        Cluster::new(client.clone())
+    };
+    let engine = Engine::new(Arc::new(cluster), cache.clone(), trigger, tx);
     Harness {
         _sim: sim,
         _dir: dir,
@@ -402,4 +407,147 @@ async fn crd_applies_before_its_custom_resources_and_render_errors_change_nothin
     let broken = status(&h, "broken").expect("broken status");
     assert_eq!(broken.sync, SyncStatus::Unknown as i32);
     assert!(broken.message.contains("line 3"), "{}", broken.message);
+}
+
+fn app(name: &str, digest: &str, namespace: &str, manifests: Vec<Value>) -> Bundle {
+    Bundle {
+        name: name.into(),
+        digest: digest.into(),
+        namespace: namespace.into(),
+        policy: Policy {
+            automated: true,
+            sync_options: vec!["CreateNamespace=true".into()],
+            ..Policy::default()
+        },
+        manifests: manifests.into_iter().map(manifest).collect(),
+        ..Bundle::default()
+    }
+}
+
+fn deployment(name: &str, image: &str, wave: Option<&str>) -> Value {
+    let mut d = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "main", "image": image}]}}}});
+    if let Some(w) = wave {
+        d["metadata"]["annotations"] = json!({"argocd.argoproj.io/sync-wave": w});
+    }
+    d
+}
+
+#[tokio::test]
+async fn later_wave_waits_for_earlier_wave_to_be_healthy() {
+    let mut h = harness().await;
+    let config = json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "after", "annotations": {"argocd.argoproj.io/sync-wave": "1"}},
+        "data": {"k": "v"}});
+    set_bundle(
+        &h.cache,
+        app(
+            "waves",
+            "w1",
+            "waves",
+            vec![config, deployment("first", "nginx:1", None)],
+        ),
+    );
+    converge(&mut h, "waves", "Synced/Healthy", synced_healthy).await;
+    let dep = api(&h, "apps", "v1", "Deployment", "deployments", Some("waves"))
+        .get("first")
+        .await
+        .expect("deployment");
+    let cm = api(&h, "", "v1", "ConfigMap", "configmaps", Some("waves"))
+        .get("after")
+        .await
+        .expect("configmap");
+    let rv = |o: &DynamicObject| {
+        resource_version(o)
+            .parse::<u64>()
+            .expect("numeric resourceVersion")
+    };
+    // The Deployment's last write (its controller marking it available)
+    // happened before the next wave's ConfigMap was created.
+    assert_eq!(dep.data["status"]["availableReplicas"], json!(1));
+    assert!(
+        rv(&dep) < rv(&cm),
+        "deployment rv {} >= configmap rv {}",
+        rv(&dep),
+        rv(&cm)
+    );
+}
+
+#[tokio::test]
+async fn failing_deployment_turns_degraded_with_the_controller_message() {
+    let mut h = harness().await;
+    set_bundle(
+        &h.cache,
+        app(
+            "failing",
+            "f1",
+            "failing",
+            vec![deployment("bad", "nginx:fail", None)],
+        ),
+    );
+    let s = converge(&mut h, "failing", "Degraded", |s| {
+        s.health == HealthStatus::Degraded as i32
+    })
+    .await;
+    let res = &s.resources[0];
+    assert_eq!(res.health, HealthStatus::Degraded as i32);
+    assert!(
+        res.message.contains("timed out progressing"),
+        "{}",
+        res.message
+    );
+}
+
+#[tokio::test]
+async fn running_engine_reports_drift_within_seconds_through_watches() {
+    let mut h = harness_with(true).await;
+    let config = json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "settings"}, "data": {"mode": "blue"}});
+    let mut bundle = app("watched", "x1", "watched", vec![config]);
+    bundle.policy.self_heal = false;
+    set_bundle(&h.cache, bundle);
+    converge(&mut h, "watched", "Synced/Healthy", synced_healthy).await;
+    let Harness {
+        engine,
+        mut reports,
+        client,
+        _sim,
+        _dir,
+        ..
+    } = h;
+    let running = tokio::spawn(engine.run());
+    let configmaps: Api<DynamicObject> = Api::namespaced_with(
+        client,
+        "watched",
+        &ApiResource::erase::<k8s_openapi::api::core::v1::ConfigMap>(&()),
+    );
+    configmaps
+        .patch(
+            "settings",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"mode": "green"}})),
+        )
+        .await
+        .expect("drift");
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let drift: Vec<String> = reports
+            .borrow_and_update()
+            .as_ref()
+            .and_then(|r| r.apps.iter().find(|a| a.name == "watched").cloned())
+            .map(|a| a.resources.into_iter().flat_map(|r| r.drift).collect())
+            .unwrap_or_default();
+        if drift
+            .iter()
+            .any(|d| d.contains("/data/mode") && d.contains("green"))
+        {
+            break;
+        }
+        assert!(Instant::now() < until, "drift not reported: {drift:?}");
+        let _ = tokio::time::timeout(Duration::from_secs(1), reports.changed()).await;
+    }
+    running.abort();
 }
