@@ -341,6 +341,44 @@ async fn app(g: &Global, c: &mut Client, cmd: AppCommand) -> Result<()> {
                     &["CLUSTER", "REVISION", "SYNC", "HEALTH", "MESSAGE"],
                     rows,
                 ));
+                let resources: Vec<Vec<String>> = a
+                    .clusters
+                    .iter()
+                    .flat_map(|c| {
+                        let rs = c
+                            .status
+                            .as_ref()
+                            .map(|s| s.resources.clone())
+                            .unwrap_or_default();
+                        rs.into_iter().map(move |r| {
+                            let k = r.key.unwrap_or_default();
+                            let name = if k.namespace.is_empty() {
+                                format!("{}/{}", k.kind, k.name)
+                            } else {
+                                format!("{}/{}/{}", k.kind, k.namespace, k.name)
+                            };
+                            let message = if r.message.is_empty() {
+                                r.drift.first().cloned().unwrap_or_default()
+                            } else {
+                                one_line(&r.message)
+                            };
+                            vec![
+                                c.cluster.clone(),
+                                name,
+                                sync_name(Some(r.sync)).to_owned(),
+                                health_name(Some(r.health)).to_owned(),
+                                message,
+                            ]
+                        })
+                    })
+                    .collect();
+                if !resources.is_empty() {
+                    out.push('\n');
+                    out.push_str(&table(
+                        &["CLUSTER", "RESOURCE", "SYNC", "HEALTH", "MESSAGE"],
+                        resources,
+                    ));
+                }
                 out
             });
         }

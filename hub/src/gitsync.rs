@@ -12,7 +12,7 @@ use tokio::sync::Notify;
 
 use crate::fleet::{Fleet, build_bundle};
 use crate::model::{self, Application};
-use crate::source::{self, GitCache, SourceError};
+use crate::source::{self, GitCache, RenderError, SourceError};
 use crate::store::{AppRecord, RepoRecord, Store, StoreError};
 
 /// Default poll interval of a repository.
@@ -371,7 +371,8 @@ impl GitSync {
                 include: k.include.clone(),
                 exclude: k.exclude.clone(),
             };
-            let objects = source::render_directory(&files, &options).map_err(|e| e.to_string())?;
+            let objects = source::render_directory(&files, &options)
+                .map_err(|e| repo_relative(e, &k.path).to_string())?;
             Ok(objects.iter().map(|o| o.to_string()).collect())
         })
         .await
@@ -459,6 +460,43 @@ impl GitSync {
             self.store.put_app(&rec)?;
         }
         Ok(())
+    }
+}
+
+/// Names files in a render error by their path in the repository (the
+/// renderer names them relative to the application's path).
+fn repo_relative(e: RenderError, base: &str) -> RenderError {
+    match e {
+        RenderError::Yaml {
+            file,
+            line,
+            message,
+        } => RenderError::Yaml {
+            file: join_path(base, &file),
+            line,
+            message,
+        },
+        RenderError::Object {
+            file,
+            index,
+            message,
+        } => RenderError::Object {
+            file: join_path(base, &file),
+            index,
+            message,
+        },
+        RenderError::Duplicate {
+            kind,
+            name,
+            first,
+            second,
+        } => RenderError::Duplicate {
+            kind,
+            name,
+            first: join_path(base, &first),
+            second: join_path(base, &second),
+        },
+        other => other,
     }
 }
 

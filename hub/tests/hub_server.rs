@@ -387,7 +387,12 @@ async fn hub_end_to_end_over_tls() {
                 }
                 "db" => {
                     if !b.render_error.is_empty() {
-                        assert!(b.render_error.contains("bad.yaml"), "{}", b.render_error);
+                        assert!(
+                            b.render_error.contains("db/nested/bad.yaml")
+                                && b.render_error.contains("line"),
+                            "{}",
+                            b.render_error
+                        );
                         assert!(b.manifests.is_empty());
                         got_db_error = true;
                     }
