@@ -128,12 +128,12 @@ pub fn reconcile(cluster: &Cluster, t: Timing) -> bool {
             }
             _ => None,
         };
-        if let Some(s) = status {
-            if obj["status"] != s {
-                let mut new = obj;
-                new["status"] = s;
-                cluster.commit(&mut st, &rd, k, new, "MODIFIED");
-            }
+        if let Some(s) = status
+            && obj["status"] != s
+        {
+            let mut new = obj;
+            new["status"] = s;
+            cluster.commit(&mut st, &rd, k, new, "MODIFIED");
         }
     }
     st.rollouts.retain(|u, _| live_uids.contains(u));
@@ -160,12 +160,12 @@ fn deployment(
     if replicas == 0 || (ready && !fails) {
         s["readyReplicas"] = json!(replicas);
         s["availableReplicas"] = json!(replicas);
-        if replicas == 0 {
-            s.as_object_mut().map(|m| {
-                m.remove("readyReplicas");
-                m.remove("availableReplicas");
-                m.remove("updatedReplicas");
-            });
+        if replicas == 0
+            && let Some(m) = s.as_object_mut()
+        {
+            m.remove("readyReplicas");
+            m.remove("availableReplicas");
+            m.remove("updatedReplicas");
         }
         s["conditions"] = json!([
             cond(

@@ -73,10 +73,10 @@ pub fn pod_spec(spec: &mut Map<String, Value>, restart: &str) {
 }
 
 fn template(spec: &mut Map<String, Value>, restart: &str) {
-    if let Some(t) = child(spec, "template") {
-        if let Some(ps) = child(t, "spec") {
-            pod_spec(ps, restart);
-        }
+    if let Some(t) = child(spec, "template")
+        && let Some(ps) = child(t, "spec")
+    {
+        pod_spec(ps, restart);
     }
 }
 
@@ -95,11 +95,11 @@ pub fn apply(kind: &str, o: &mut Value, ip: &mut dyn FnMut() -> String) {
             set_default(spec, "progressDeadlineSeconds", json!(600));
             if let Some(s) = child(spec, "strategy") {
                 set_default(s, "type", json!("RollingUpdate"));
-                if s.get("type") == Some(&json!("RollingUpdate")) {
-                    if let Some(ru) = child(s, "rollingUpdate") {
-                        set_default(ru, "maxUnavailable", json!("25%"));
-                        set_default(ru, "maxSurge", json!("25%"));
-                    }
+                if s.get("type") == Some(&json!("RollingUpdate"))
+                    && let Some(ru) = child(s, "rollingUpdate")
+                {
+                    set_default(ru, "maxUnavailable", json!("25%"));
+                    set_default(ru, "maxSurge", json!("25%"));
                 }
             }
             template(spec, "Always");
@@ -169,10 +169,10 @@ pub fn apply(kind: &str, o: &mut Value, ip: &mut dyn FnMut() -> String) {
             set_default(spec, "suspend", json!(false));
             set_default(spec, "successfulJobsHistoryLimit", json!(3));
             set_default(spec, "failedJobsHistoryLimit", json!(1));
-            if let Some(jt) = child(spec, "jobTemplate") {
-                if let Some(js) = child(jt, "spec") {
-                    template(js, "Never");
-                }
+            if let Some(jt) = child(spec, "jobTemplate")
+                && let Some(js) = child(jt, "spec")
+            {
+                template(js, "Never");
             }
         }
         "Pod" => {
@@ -228,10 +228,10 @@ pub fn apply(kind: &str, o: &mut Value, ip: &mut dyn FnMut() -> String) {
         }
         "Namespace" => {
             let name = root["metadata"]["name"].clone();
-            if let Some(md) = child(root, "metadata") {
-                if let Some(labels) = child(md, "labels") {
-                    labels.insert("kubernetes.io/metadata.name".into(), name);
-                }
+            if let Some(md) = child(root, "metadata")
+                && let Some(labels) = child(md, "labels")
+            {
+                labels.insert("kubernetes.io/metadata.name".into(), name);
             }
             if let Some(spec) = child(root, "spec") {
                 set_default(spec, "finalizers", json!(["kubernetes"]));
@@ -252,10 +252,10 @@ pub fn apply(kind: &str, o: &mut Value, ip: &mut dyn FnMut() -> String) {
             set_default(root, "type", json!("Opaque"));
         }
         "CustomResourceDefinition" => {
-            if let Some(spec) = child(root, "spec") {
-                if let Some(c) = child(spec, "conversion") {
-                    set_default(c, "strategy", json!("None"));
-                }
+            if let Some(spec) = child(root, "spec")
+                && let Some(c) = child(spec, "conversion")
+            {
+                set_default(c, "strategy", json!("None"));
             }
         }
         _ => {}

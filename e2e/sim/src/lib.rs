@@ -238,18 +238,18 @@ async fn controller_loop(sim: Arc<Sim>, state_dir: Option<PathBuf>) {
                 }
             }
         }
-        if let Some(d) = &state_dir {
-            if last_persist.elapsed() > Duration::from_secs(5) {
-                last_persist = tokio::time::Instant::now();
-                let changed = sim
-                    .clusters
-                    .iter()
-                    .any(|(n, c)| persisted.get(n) != Some(&c.lock().rv));
-                if changed {
-                    persist(&sim, d);
-                    for (n, c) in &sim.clusters {
-                        persisted.insert(n.clone(), c.lock().rv);
-                    }
+        if let Some(d) = &state_dir
+            && last_persist.elapsed() > Duration::from_secs(5)
+        {
+            last_persist = tokio::time::Instant::now();
+            let changed = sim
+                .clusters
+                .iter()
+                .any(|(n, c)| persisted.get(n) != Some(&c.lock().rv));
+            if changed {
+                persist(&sim, d);
+                for (n, c) in &sim.clusters {
+                    persisted.insert(n.clone(), c.lock().rv);
                 }
             }
         }

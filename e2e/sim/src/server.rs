@@ -184,11 +184,6 @@ pub async fn handle(
     let method = req.method().clone();
     let query = parse_query(req.uri().query());
     let headers = req.headers().clone();
-    let too_big = headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
-        .is_some_and(|n| n > MAX_BODY);
     let too_large = || {
         err_resp(&ApiError::new(
             413,
@@ -196,16 +191,26 @@ pub async fn handle(
             "the server has rejected the request because the request body is too large (limit is 3 MiB)",
         ))
     };
-    if too_big {
+    // Read the whole body (discarding past the limit) so the client sees the
+    // 413 rather than a connection reset mid-upload.
+    let mut incoming = req.into_body();
+    let mut buf = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(frame) = incoming.frame().await {
+        let Ok(frame) = frame else { break };
+        if let Ok(data) = frame.into_data() {
+            seen += data.len();
+            if seen <= MAX_BODY {
+                buf.extend_from_slice(&data);
+            } else if seen > 16 * MAX_BODY {
+                break;
+            }
+        }
+    }
+    if seen > MAX_BODY {
         return Ok(too_large());
     }
-    let body = match http_body_util::Limited::new(req.into_body(), MAX_BODY)
-        .collect()
-        .await
-    {
-        Ok(b) => b.to_bytes(),
-        Err(_) => return Ok(too_large()),
-    };
+    let body = buf.freeze();
     Ok(api(
         &sim, &cluster, &prefix, &method, &rest, &query, &headers, body,
     ))
@@ -511,7 +516,7 @@ fn patch_req(
     body: &[u8],
     opts: &WriteOpts,
     scope: Scope,
-    _query: &HashMap<String, String>,
+    query: &HashMap<String, String>,
 ) -> Response<Body> {
     let ct = headers
         .get(http::header::CONTENT_TYPE)
@@ -529,7 +534,12 @@ fn patch_req(
     let kind = rd.kind.clone();
     let r = match ct.as_str() {
         "application/apply-patch+yaml" | "application/apply-patch+cbor" => {
-            c.apply(rd, ns, name, p, opts, scope)
+            // Apply needs an explicit field manager; the User-Agent fallback does not count.
+            let opts = WriteOpts {
+                manager: query.get("fieldManager").cloned().unwrap_or_default(),
+                ..opts.clone()
+            };
+            c.apply(rd, ns, name, p, &opts, scope)
         }
         "application/merge-patch+json" => {
             if !p.is_object() {
@@ -571,10 +581,11 @@ fn patch_req(
             ),
         )),
     };
-    if let Err(e) = &r {
-        if e.code == 404 && ct != "application/apply-patch+yaml" {
-            return err_resp(e);
-        }
+    if let Err(e) = &r
+        && e.code == 404
+        && ct != "application/apply-patch+yaml"
+    {
+        return err_resp(e);
     }
     result_resp(r, 200)
 }

@@ -500,12 +500,14 @@ impl Cluster {
                 rd.api_version()
             )));
         }
-        if let Some(bns) = body["metadata"]["namespace"].as_str() {
-            if rd.namespaced && !bns.is_empty() && bns != ns {
-                return Err(ApiError::bad_request(
-                    "the namespace of the provided object does not match the namespace sent on the request",
-                ));
-            }
+        if let Some(bns) = body["metadata"]["namespace"].as_str()
+            && rd.namespaced
+            && !bns.is_empty()
+            && bns != ns
+        {
+            return Err(ApiError::bad_request(
+                "the namespace of the provided object does not match the namespace sent on the request",
+            ));
         }
         Ok(())
     }
@@ -535,19 +537,19 @@ impl Cluster {
                     ));
                 }
                 let labels = &obj["spec"]["template"]["metadata"]["labels"];
-                if let Some(ml) = sel["matchLabels"].as_object() {
-                    if ml.iter().any(|(k, v)| labels.get(k) != Some(v)) {
-                        return Err(ApiError::invalid(
-                            &rd.kind,
-                            name,
-                            &[(
-                                "spec.template.metadata.labels",
-                                format!(
-                                    "Invalid value: {labels}: `selector` does not match template `labels`"
-                                ),
-                            )],
-                        ));
-                    }
+                if let Some(ml) = sel["matchLabels"].as_object()
+                    && ml.iter().any(|(k, v)| labels.get(k) != Some(v))
+                {
+                    return Err(ApiError::invalid(
+                        &rd.kind,
+                        name,
+                        &[(
+                            "spec.template.metadata.labels",
+                            format!(
+                                "Invalid value: {labels}: `selector` does not match template `labels`"
+                            ),
+                        )],
+                    ));
                 }
                 if obj["spec"]["template"]["spec"]["containers"]
                     .as_array()
@@ -559,17 +561,17 @@ impl Cluster {
                         &[("spec.template.spec.containers", "Required value".into())],
                     ));
                 }
-                if let Some(o) = old {
-                    if o["spec"]["selector"] != *sel {
-                        return Err(ApiError::invalid(
-                            &rd.kind,
-                            name,
-                            &[(
-                                "spec.selector",
-                                format!("Invalid value: {sel}: field is immutable"),
-                            )],
-                        ));
-                    }
+                if let Some(o) = old
+                    && o["spec"]["selector"] != *sel
+                {
+                    return Err(ApiError::invalid(
+                        &rd.kind,
+                        name,
+                        &[(
+                            "spec.selector",
+                            format!("Invalid value: {sel}: field is immutable"),
+                        )],
+                    ));
                 }
             }
             "Service" => {
@@ -588,19 +590,18 @@ impl Cluster {
                 }
             }
             "ConfigMap" | "Secret" => {
-                if let Some(o) = old {
-                    if o["immutable"] == true
-                        && (o["data"] != obj["data"] || o["binaryData"] != obj["binaryData"])
-                    {
-                        return Err(ApiError::invalid(
-                            &rd.kind,
-                            name,
-                            &[(
-                                "data",
-                                "Forbidden: field is immutable when `immutable` is set".into(),
-                            )],
-                        ));
-                    }
+                if let Some(o) = old
+                    && o["immutable"] == true
+                    && (o["data"] != obj["data"] || o["binaryData"] != obj["binaryData"])
+                {
+                    return Err(ApiError::invalid(
+                        &rd.kind,
+                        name,
+                        &[(
+                            "data",
+                            "Forbidden: field is immutable when `immutable` is set".into(),
+                        )],
+                    ));
                 }
             }
             _ => {}
@@ -692,10 +693,11 @@ impl Cluster {
         if st.objects.contains_key(&key) {
             return Err(ApiError::already_exists(&res_name(rd), &name));
         }
-        if rd.status && rd.kind != "Namespace" {
-            if let Some(m) = body.as_object_mut() {
-                m.remove("status");
-            }
+        if rd.status
+            && rd.kind != "Namespace"
+            && let Some(m) = body.as_object_mut()
+        {
+            m.remove("status");
         }
         Self::default_obj(&mut st, rd, &mut body);
         Self::validate(rd, &body, None)?;
@@ -731,6 +733,7 @@ impl Cluster {
 
     /// Finishes an update of `old` into `new` (defaulting, validation,
     /// generation, no-op detection, finalizer-driven deletion) and commits.
+    #[allow(clippy::too_many_arguments)]
     fn finish_update(
         &self,
         st: &mut State,
@@ -836,13 +839,12 @@ impl Cluster {
         if let Some(rv) = body["metadata"]["resourceVersion"]
             .as_str()
             .filter(|s| !s.is_empty())
+            && old["metadata"]["resourceVersion"].as_str() != Some(rv)
         {
-            if old["metadata"]["resourceVersion"].as_str() != Some(rv) {
-                return Err(ApiError::conflict(format!(
+            return Err(ApiError::conflict(format!(
                     "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
                     res_name(rd)
                 )).with_details(json!({"name": name, "kind": rd.plural})));
-            }
         }
         if scope == Scope::Status {
             let mut merged = old.clone();
@@ -890,13 +892,13 @@ impl Cluster {
         if !new.is_object() {
             return Err(ApiError::bad_request("patched object is not an object"));
         }
-        if let Some(rv) = new["metadata"]["resourceVersion"].as_str() {
-            if old["metadata"]["resourceVersion"].as_str() != Some(rv) {
-                return Err(ApiError::conflict(format!(
-                    "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
-                    res_name(rd)
-                )));
-            }
+        if let Some(rv) = new["metadata"]["resourceVersion"].as_str()
+            && old["metadata"]["resourceVersion"].as_str() != Some(rv)
+        {
+            return Err(ApiError::conflict(format!(
+                "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
+                res_name(rd)
+            )));
         }
         if scope == Scope::Status {
             let mut merged = old.clone();
@@ -1061,13 +1063,13 @@ impl Cluster {
             applied_set,
         );
         write_managed(&mut new, &entries);
-        if let Some(rv) = applied["metadata"]["resourceVersion"].as_str() {
-            if live["metadata"]["resourceVersion"].as_str() != Some(rv) {
-                return Err(ApiError::conflict(format!(
-                    "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
-                    res_name(rd)
-                )));
-            }
+        if let Some(rv) = applied["metadata"]["resourceVersion"].as_str()
+            && live["metadata"]["resourceVersion"].as_str() != Some(rv)
+        {
+            return Err(ApiError::conflict(format!(
+                "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
+                res_name(rd)
+            )));
         }
         self.finish_update(&mut st, rd, key, &live, new, scope, opts)
     }
@@ -1107,14 +1109,14 @@ impl Cluster {
         };
         let pre = &body["preconditions"];
         for (field, what) in [("uid", "UID"), ("resourceVersion", "ResourceVersion")] {
-            if let Some(want) = pre[field].as_str() {
-                if old["metadata"][field].as_str() != Some(want) {
-                    return Err(ApiError::conflict(format!(
-                        "Operation cannot be fulfilled on {} \"{name}\": Precondition failed: {what} in precondition: {want}, {what} in object meta: {}",
-                        res_name(rd),
-                        old["metadata"][field].as_str().unwrap_or_default()
-                    )));
-                }
+            if let Some(want) = pre[field].as_str()
+                && old["metadata"][field].as_str() != Some(want)
+            {
+                return Err(ApiError::conflict(format!(
+                    "Operation cannot be fulfilled on {} \"{name}\": Precondition failed: {what} in precondition: {want}, {what} in object meta: {}",
+                    res_name(rd),
+                    old["metadata"][field].as_str().unwrap_or_default()
+                )));
             }
         }
         let policy = body["propagationPolicy"]
@@ -1199,10 +1201,9 @@ impl Cluster {
                 if o["metadata"]["finalizers"]
                     .as_array()
                     .is_some_and(|f| f.contains(&json!("foregroundDeletion")))
+                    && let Some(u) = o["metadata"]["uid"].as_str()
                 {
-                    if let Some(u) = o["metadata"]["uid"].as_str() {
-                        owners_fg.insert(u.to_string());
-                    }
+                    owners_fg.insert(u.to_string());
                 }
             }
             for (k, o) in &st.objects {

@@ -1,4 +1,5 @@
 //! kube-rs (the agent's client) against the simulator.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! The real kubectl binary against the simulator.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

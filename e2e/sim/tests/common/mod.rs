@@ -1,5 +1,5 @@
 //! Shared helpers for the simulator's integration tests.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -62,11 +62,18 @@ impl Env {
     }
 
     pub async fn client(&self, cluster: &str) -> kube::Client {
+        self.client_with(cluster, true).await
+    }
+
+    /// A client; `retry` false turns off kube-rs' built-in 429/503 retries.
+    pub async fn client_with(&self, cluster: &str, retry: bool) -> kube::Client {
         let kc = kube::config::Kubeconfig::from_yaml(&self.sim.kubeconfig_yaml(cluster)).unwrap();
         let cfg =
             kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
                 .await
                 .unwrap();
+        let mut cfg = cfg;
+        cfg.default_retry = retry;
         kube::Client::try_from(cfg).unwrap()
     }
 }
