@@ -142,6 +142,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         "flotilla-agent starting"
     );
     let engine = Engine::new(cluster, cache, trigger, reports_tx);
+    let link = link.with_sync_requests(engine.sync_requests());
     tokio::select! {
         () = engine.run() => {}
         () = link.run() => {}

@@ -76,6 +76,19 @@ impl ApplyOutcome {
     }
 }
 
+/// A sync asked for by the hub (`SyncNow`), applied even without
+/// `automated` and regardless of retry backoff.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SyncRequest {
+    /// Prune even if the policy does not.
+    pub prune: bool,
+    /// Only report; change nothing.
+    pub dry_run: bool,
+}
+
+/// Pending sync requests by application, shared with the link.
+pub type SyncRequests = Arc<std::sync::Mutex<HashMap<String, SyncRequest>>>;
+
 /// Runs passes over the cached desired state.
 pub struct Engine {
     cluster: Arc<Cluster>,
@@ -83,6 +96,7 @@ pub struct Engine {
     trigger: Arc<Notify>,
     reports: watch::Sender<Option<Report>>,
     apps: HashMap<String, AppRuntime>,
+    requests: SyncRequests,
 }
 
 impl Engine {
@@ -101,7 +115,21 @@ impl Engine {
             trigger,
             reports,
             apps: HashMap::new(),
+            requests: SyncRequests::default(),
         }
+    }
+
+    /// The handle through which the link queues `SyncNow` requests.
+    #[must_use]
+    pub fn sync_requests(&self) -> SyncRequests {
+        self.requests.clone()
+    }
+
+    fn take_request(&self, app: &str) -> Option<SyncRequest> {
+        self.requests
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(app)
     }
 
     /// Runs passes forever.
@@ -167,6 +195,7 @@ impl Engine {
             parse_errors.is_empty() && checks.iter().all(|c| c.sync == SyncStatus::Synced);
         let digest_changed = app.applied_digest.as_deref() != Some(b.digest.as_str());
         let now = Instant::now();
+        let requested = self.take_request(&b.name);
         let rt = self.apps.entry(b.name.clone()).or_default();
         if rt.attempt_digest != b.digest {
             rt.attempts = 0;
@@ -178,12 +207,22 @@ impl Engine {
             rt.retry_at = None;
         }
         let drifted = !in_sync && !digest_changed;
-        let wanted = b.policy.automated && (digest_changed || (drifted && b.policy.self_heal));
-        let limit_reached =
-            b.policy.retry_limit > 0 && i64::from(rt.attempts) > b.policy.retry_limit;
-        let due = rt.retry_at.is_none_or(|t| now >= t);
+        let wanted = requested.is_some()
+            || (b.policy.automated && (digest_changed || (drifted && b.policy.self_heal)));
+        let limit_reached = requested.is_none()
+            && b.policy.retry_limit > 0
+            && i64::from(rt.attempts) > b.policy.retry_limit;
+        let due = requested.is_some() || rt.retry_at.is_none_or(|t| now >= t);
+        let dry_run = requested.is_some_and(|r| r.dry_run);
+        let prune = b.policy.prune || requested.is_some_and(|r| r.prune);
         let mut last_applied_ms = app.last_applied_ms;
-        if wanted && due && !limit_reached {
+        if wanted && dry_run {
+            let out_of_sync = checks
+                .iter()
+                .filter(|c| c.sync != SyncStatus::Synced)
+                .count();
+            info!(app = %b.name, out_of_sync, "dry run: nothing applied");
+        } else if wanted && due && !limit_reached {
             if drifted {
                 let fields: Vec<String> = checks
                     .iter()
@@ -199,7 +238,7 @@ impl Engine {
                 info!(app = %b.name, drift = ?fields, "self-healing drift");
             }
             let started = now_ms();
-            let outcome = self.apply(app).await;
+            let outcome = self.apply(app, prune).await;
             let finished = now_ms();
             let rt = self.apps.entry(b.name.clone()).or_default();
             let ok = outcome.ok();
@@ -215,8 +254,16 @@ impl Engine {
                 rt.attempts = 0;
                 rt.retry_at = None;
             } else {
+                // A failed apply retries per syncPolicy.retry; a heal that
+                // keeps being undone (another controller owns the field)
+                // backs off instead of fighting in a hot loop.
                 rt.attempts = rt.attempts.saturating_add(1);
-                rt.retry_at = Some(Instant::now() + backoff(rt.attempts));
+                let delay = if ok {
+                    backoff(rt.attempts)
+                } else {
+                    jitter(b.policy.retry_backoff.delay(rt.attempts))
+                };
+                rt.retry_at = Some(Instant::now() + delay);
             }
             if ok {
                 info!(app = %b.name, revision = %b.revision, objects = outcome.inventory.len(), "applied");
@@ -351,7 +398,7 @@ impl Engine {
 
     /// Applies one application in plan order, then prunes when the policy
     /// says so.
-    async fn apply(&self, app: &CachedApp) -> ApplyOutcome {
+    async fn apply(&self, app: &CachedApp, prune: bool) -> ApplyOutcome {
         let b = &app.bundle;
         let mut out = ApplyOutcome::default();
         let mut objects = Vec::new();
@@ -432,7 +479,7 @@ impl Engine {
         let complete = out.errors.is_empty() && messages.is_empty();
         if !complete {
             inventory.extend(app.inventory.iter().cloned());
-        } else if b.policy.prune {
+        } else if prune {
             let stale: Vec<ObjectKey> = app
                 .inventory
                 .iter()
@@ -585,11 +632,16 @@ fn namespace_of(obj: &Value) -> String {
 
 /// Exponential backoff with ±20 % jitter: 1 s, 2 s, 4 s … up to 3 min.
 fn backoff(attempts: u32) -> Duration {
-    let base = Duration::from_secs(1)
-        .saturating_mul(1u32 << attempts.saturating_sub(1).min(8))
-        .min(BACKOFF_MAX);
-    let jitter = rand::rng().random_range(0.8..1.2);
-    base.mul_f64(jitter)
+    jitter(
+        Duration::from_secs(1)
+            .saturating_mul(1u32 << attempts.saturating_sub(1).min(8))
+            .min(BACKOFF_MAX),
+    )
+}
+
+/// ±20 % jitter, so agents and applications do not retry in lockstep.
+fn jitter(d: Duration) -> Duration {
+    d.mul_f64(rand::rng().random_range(0.8..1.2))
 }
 
 fn status_of(

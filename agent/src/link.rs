@@ -22,6 +22,7 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 use tracing::{debug, info, warn};
 
 use crate::cache::Cache;
+use crate::engine::{SyncRequest, SyncRequests};
 use crate::report::{HEARTBEAT, MIN_INTERVAL, Report};
 
 /// The agent's version, sent in `Hello`.
@@ -100,6 +101,7 @@ pub struct Link {
     cache: Arc<Cache>,
     trigger: Arc<Notify>,
     reports: watch::Receiver<Option<Report>>,
+    requests: SyncRequests,
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, LinkError> {
@@ -157,7 +159,15 @@ impl Link {
             cache,
             trigger,
             reports,
+            requests: SyncRequests::default(),
         })
+    }
+
+    /// Routes the hub's `SyncNow` commands to the engine.
+    #[must_use]
+    pub fn with_sync_requests(mut self, requests: SyncRequests) -> Self {
+        self.requests = requests;
+        self
     }
 
     /// The cluster name from the client certificate (informational).
@@ -242,7 +252,17 @@ impl Link {
                     }
                     Some(hub_message::Kind::Command(cmd)) => match cmd.kind {
                         Some(command::Kind::Sync(sync)) => {
-                            info!(app = %sync.app, "sync requested by hub");
+                            info!(app = %sync.app, prune = sync.prune, dry_run = sync.dry_run, "sync requested by hub");
+                            self.requests
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                .insert(
+                                    sync.app,
+                                    SyncRequest {
+                                        prune: sync.prune,
+                                        dry_run: sync.dry_run,
+                                    },
+                                );
                             self.trigger.notify_one();
                         }
                         Some(command::Kind::Diff(diff)) => {

@@ -551,3 +551,50 @@ async fn running_engine_reports_drift_within_seconds_through_watches() {
     }
     running.abort();
 }
+
+#[tokio::test]
+async fn failing_apply_retries_with_backoff_until_the_limit() {
+    let mut h = harness().await;
+    let unknown =
+        json!({"apiVersion": "example.com/v1", "kind": "Gadget", "metadata": {"name": "g"}});
+    let mut bundle = app("retrying", "r1", "retrying", vec![unknown]);
+    bundle.policy.retry_limit = 2;
+    bundle.policy.retry_backoff = flotilla_agent::bundle::RetryBackoff {
+        duration: Duration::from_millis(300),
+        factor: 2,
+        max_duration: Duration::from_secs(2),
+    };
+    set_bundle(&h.cache, bundle);
+    let first = converge(&mut h, "retrying", "Failed", |s| {
+        s.operation.as_ref().is_some_and(|o| o.phase == "Failed")
+    })
+    .await;
+    assert!(first.message.contains("not served"), "{}", first.message);
+    let first_run = first.operation.clone().expect("operation");
+    // Retried after the backoff, with a new operation, then given up.
+    let s = converge(&mut h, "retrying", "given up", |s| {
+        s.message.contains("retry limit 2 reached")
+    })
+    .await;
+    let last_run = s.operation.expect("operation");
+    assert!(last_run.started_ms > first_run.finished_ms);
+    assert_eq!(s.sync, SyncStatus::OutOfSync as i32);
+}
+
+#[tokio::test]
+async fn manual_app_applies_only_on_sync_request() {
+    let mut h = harness().await;
+    let config = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "manual"}});
+    let mut bundle = app("manual", "m1", "manual", vec![config]);
+    bundle.policy.automated = false;
+    set_bundle(&h.cache, bundle);
+    h.engine.pass().await;
+    let s = status(&h, "manual").expect("status");
+    assert_eq!(s.sync, SyncStatus::OutOfSync as i32);
+    assert_eq!(s.health, HealthStatus::Missing as i32);
+    h.engine.sync_requests().lock().expect("lock").insert(
+        "manual".into(),
+        flotilla_agent::engine::SyncRequest::default(),
+    );
+    converge(&mut h, "manual", "Synced after SyncNow", synced_healthy).await;
+}
