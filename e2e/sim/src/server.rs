@@ -649,12 +649,10 @@ fn watch_resp(
                 if r < st.floor {
                     (sub, st.rv, true)
                 } else {
-                    for ev in st
-                        .history
-                        .iter()
-                        .filter(|e| e.rv > r && matches(&e.gr, &e.ns, &e.obj))
-                    {
-                        initial.push(event_line(ev.kind, &with_v(&ev.obj)));
+                    for ev in st.history.iter().filter(|e| e.rv > r) {
+                        if let Some(ty) = ev.seen_as(&|o| matches(&ev.gr, &ev.ns, o)) {
+                            initial.push(event_line(ty, &with_v(&ev.obj)));
+                        }
                     }
                     (sub, st.rv, false)
                 }
@@ -708,7 +706,9 @@ fn watch_resp(
                             continue;
                         }
                         last = ev.rv;
-                        if matches(&ev.gr, &ev.ns, &ev.obj) && tx.send(Ok(event_line(ev.kind, &with_v(&ev.obj)))).await.is_err() {
+                        if let Some(ty) = ev.seen_as(&|o| matches(&ev.gr, &ev.ns, o))
+                            && tx.send(Ok(event_line(ty, &with_v(&ev.obj)))).await.is_err()
+                        {
                             return;
                         }
                     }

@@ -28,6 +28,26 @@ pub struct Event {
     pub kind: &'static str,
     /// The object after the change.
     pub obj: Value,
+    /// The object before a MODIFIED change (selector watches turn label
+    /// changes into ADDED/DELETED as Kubernetes does).
+    pub prev: Option<Value>,
+}
+
+impl Event {
+    /// The event type a watch filtered by `matches` sees, if any.
+    pub fn seen_as(&self, matches: &dyn Fn(&Value) -> bool) -> Option<&'static str> {
+        let now = matches(&self.obj);
+        if self.kind != "MODIFIED" {
+            return now.then_some(self.kind);
+        }
+        let before = self.prev.as_ref().map_or(now, |p| matches(p));
+        match (before, now) {
+            (true, true) => Some("MODIFIED"),
+            (false, true) => Some("ADDED"),
+            (true, false) => Some("DELETED"),
+            (false, false) => None,
+        }
+    }
 }
 
 /// Storage key: (group/resource, namespace, name).
@@ -354,7 +374,7 @@ impl Cluster {
     ) -> Value {
         let rv = Self::next_rv(st);
         obj["metadata"]["resourceVersion"] = json!(rv.to_string());
-        st.objects.insert(key.clone(), obj.clone());
+        let prev = st.objects.insert(key.clone(), obj.clone());
         if rd.kind == "CustomResourceDefinition" && rd.group == "apiextensions.k8s.io" {
             refresh_resources(st);
         }
@@ -366,6 +386,7 @@ impl Cluster {
                 ns: key.1,
                 kind,
                 obj: obj.clone(),
+                prev: if kind == "MODIFIED" { prev } else { None },
             },
         );
         obj
@@ -403,6 +424,7 @@ impl Cluster {
                 gr: key.0.clone(),
                 ns: key.1.clone(),
                 kind: "DELETED",
+                prev: None,
                 obj: obj.clone(),
             },
         );

@@ -362,3 +362,33 @@ async fn kube_rs_watcher_sees_events_and_recovers_from_410() {
     task.abort();
     env.sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_rs_selector_watch_sees_label_removal_as_delete() {
+    let env = start(1, Duration::from_millis(100)).await;
+    let client = env.client("sim-1").await;
+    let cms: Api<ConfigMap> = Api::namespaced(client, "default");
+    let mut s = watcher(cms.clone(), watcher::Config::default().labels("app=x")).boxed();
+    let mut next = async || loop {
+        match tokio::time::timeout(Duration::from_secs(10), s.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+        {
+            watcher::Event::Apply(c) | watcher::Event::InitApply(c) => {
+                return format!("apply {}", c.metadata.name.unwrap());
+            }
+            watcher::Event::Delete(c) => return format!("delete {}", c.metadata.name.unwrap()),
+            _ => {}
+        }
+    };
+    let pp = PatchParams::apply("flotilla");
+    let with = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "l", "labels": {"app": "x"}}});
+    cms.patch("l", &pp, &Patch::Apply(&with)).await.unwrap();
+    assert_eq!(next().await, "apply l");
+    let without = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "l"}});
+    cms.patch("l", &pp, &Patch::Apply(&without)).await.unwrap();
+    assert_eq!(next().await, "delete l");
+    env.sim.shutdown().await;
+}
