@@ -40,7 +40,7 @@ impl Event {
         if self.kind != "MODIFIED" {
             return now.then_some(self.kind);
         }
-        let before = self.prev.as_ref().map_or(now, |p| matches(p));
+        let before = self.prev.as_ref().map_or(now, matches);
         match (before, now) {
             (true, true) => Some("MODIFIED"),
             (false, true) => Some("ADDED"),
