@@ -99,9 +99,17 @@ pub enum ClusterCommand {
         /// Label as key=value (repeatable).
         #[arg(long = "label", value_name = "KEY=VALUE")]
         labels: Vec<String>,
-        /// Directory for tls.crt, tls.key and ca.crt (the agent's state dir).
+        /// Issue the agent's certificate now: write tls.crt, tls.key and
+        /// ca.crt into this directory (the agent's state dir).
         #[arg(long)]
-        out: PathBuf,
+        out: Option<PathBuf>,
+        /// Create a one-time bootstrap token the agent enrolls with instead
+        /// (it carries the hub CA pin).
+        #[arg(long)]
+        bootstrap_token: bool,
+        /// Lifetime of the bootstrap token, e.g. 30m, 24h.
+        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        ttl: Duration,
     },
     /// List clusters.
     List,
@@ -432,38 +440,82 @@ fn parse_labels(labels: &[String]) -> Result<BTreeMap<String, String>> {
 
 async fn cluster(g: &Global, c: &mut Client, cmd: ClusterCommand) -> Result<()> {
     match cmd {
-        ClusterCommand::Add { name, labels, out } => {
+        ClusterCommand::Add {
+            name,
+            labels,
+            out,
+            bootstrap_token,
+            ttl,
+        } => {
             let labels = parse_labels(&labels)?;
-            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            if out.is_none() && !bootstrap_token {
+                bail!(
+                    "pass --out DIR (issue the agent certificate now) or --bootstrap-token (the agent enrolls)"
+                );
+            }
+            if let Some(out) = &out {
+                std::fs::create_dir_all(out)
+                    .with_context(|| format!("creating {}", out.display()))?;
+            }
             let resp = c
                 .add_cluster(pb::AddClusterRequest {
                     name: name.clone(),
                     labels: labels.into_iter().collect(),
-                    issue_certificate: true,
+                    issue_certificate: out.is_some(),
+                    create_bootstrap_token: bootstrap_token,
+                    token_ttl_secs: ttl.as_secs().try_into().unwrap_or(i64::MAX),
                 })
                 .await
                 .map_err(status_err)?
                 .into_inner();
-            std::fs::write(out.join("tls.crt"), &resp.certificate_pem)
-                .with_context(|| format!("writing {}", out.join("tls.crt").display()))?;
-            crate::pki::write_private(&out.join("tls.key"), resp.key_pem.as_bytes())
-                .with_context(|| format!("writing {}", out.join("tls.key").display()))?;
-            std::fs::write(out.join("ca.crt"), &resp.ca_pem)
-                .with_context(|| format!("writing {}", out.join("ca.crt").display()))?;
-            let command = format!(
-                "flotilla-agent --hub {} --state-dir {}",
-                g.hub,
-                out.display()
-            );
-            let cluster = resp.cluster.unwrap_or_default();
+            let mut command = None;
+            if let Some(out) = &out {
+                let write = |file: &str, content: &str, private: bool| -> Result<()> {
+                    let path = out.join(file);
+                    if private {
+                        crate::pki::write_private(&path, content.as_bytes())
+                    } else {
+                        std::fs::write(&path, content)
+                    }
+                    .with_context(|| format!("writing {}", path.display()))
+                };
+                write("tls.crt", &resp.certificate_pem, false)?;
+                write("tls.key", &resp.key_pem, true)?;
+                write("ca.crt", &resp.ca_pem, false)?;
+                command = Some(format!(
+                    "flotilla-agent --hub {} --state-dir {}",
+                    g.hub,
+                    out.display()
+                ));
+            }
+            let cluster = resp.cluster.clone().unwrap_or_default();
             print_out(
                 g.output,
-                json!({"cluster": cluster_json(&cluster), "stateDir": out, "agentCommand": command}),
+                json!({
+                    "cluster": cluster_json(&cluster),
+                    "stateDir": out,
+                    "agentCommand": command,
+                    "bootstrapToken": resp.bootstrap_token,
+                    "caPin": resp.ca_pin,
+                    "tokenExpiresMs": resp.token_expires_ms,
+                }),
                 || {
-                    format!(
-                        "cluster {name} added; credentials written to {}\nrun the agent with:\n  {command}\n",
-                        out.display()
-                    )
+                    let mut text = format!("cluster {name} added\n");
+                    if let (Some(out), Some(command)) = (&out, &command) {
+                        text.push_str(&format!(
+                            "credentials written to {}\nrun the agent with:\n  {command}\n",
+                            out.display()
+                        ));
+                    }
+                    if !resp.bootstrap_token.is_empty() {
+                        text.push_str(&format!(
+                            "bootstrap token (single use, expires in {}s):\n  {}\nhub CA pin: sha256:{}\n",
+                            ttl.as_secs(),
+                            resp.bootstrap_token,
+                            resp.ca_pin
+                        ));
+                    }
+                    text
                 },
             );
         }
@@ -582,6 +634,26 @@ async fn repo(g: &Global, c: &mut Client, cmd: RepoCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Parses a duration such as `15s`, `500ms`, `2m`, `24h` (plain numbers
+/// are seconds).
+///
+/// # Errors
+/// Not a number with one of those units.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, "s"), |i| s.split_at(i));
+    let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("invalid duration {s:?}: use ms, s, m or h")),
+    }
 }
 
 /// Display name of a wire sync status.
@@ -773,6 +845,17 @@ mod tests {
     fn table_aligns_columns() {
         let t = table(&["A", "LONGER"], vec![vec!["xyz".into(), "1".into()]]);
         assert_eq!(t, "A     LONGER\nxyz   1\n");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("15s"), Ok(Duration::from_secs(15)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86400)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("x").is_err());
+        assert!(parse_duration("5d").is_err());
     }
 
     #[test]

@@ -34,6 +34,8 @@ pub enum PkiError {
     InvalidCa { path: PathBuf, message: String },
     #[error("peer certificate: {0}")]
     PeerCertificate(String),
+    #[error("certificate signing request: {0}")]
+    Csr(String),
 }
 
 /// A certificate with its private key, PEM encoded.
@@ -237,6 +239,39 @@ impl Pki {
     /// # Errors
     /// The name cannot be encoded in a certificate.
     pub fn issue_client(&self, cluster: &str) -> Result<IssuedCertificate, PkiError> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let (cert_pem, serial) = self.sign_client(cluster, &key)?;
+        Ok(IssuedCertificate {
+            cert_pem,
+            key_pem: key.serialize_pem(),
+            serial,
+        })
+    }
+
+    /// Signs a client certificate for `cluster` over the public key of a
+    /// PKCS#10 request (DER). Only the key is taken from the request: the
+    /// names, usages and validity are the hub's.
+    ///
+    /// # Errors
+    /// The request does not parse or its signature is wrong.
+    pub fn sign_csr(&self, cluster: &str, csr_der: &[u8]) -> Result<(String, String), PkiError> {
+        let der = rustls::pki_types::CertificateSigningRequestDer::from(csr_der);
+        let csr = rcgen::CertificateSigningRequestParams::from_der(&der)
+            .map_err(|e| PkiError::Csr(e.to_string()))?;
+        self.sign_client(cluster, &csr.public_key)
+    }
+
+    /// SHA-256 (hex) of the CA's SubjectPublicKeyInfo: the pin an agent
+    /// checks before it trusts the hub.
+    pub fn ca_pin(&self) -> String {
+        ca_pin_of(&self.ca_cert_pem).unwrap_or_default()
+    }
+
+    fn sign_client(
+        &self,
+        cluster: &str,
+        public_key: &impl rcgen::PublicKeyData,
+    ) -> Result<(String, String), PkiError> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.subject_alt_names = vec![SanType::URI(
             format!("{SPIFFE_CLUSTER_PREFIX}{cluster}").try_into()?,
@@ -248,14 +283,52 @@ impl Pki {
         set_validity(&mut params, CLIENT_CERT_DAYS)?;
         let (serial, serial_hex) = random_serial();
         params.serial_number = Some(serial);
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-        let cert = params.signed_by(&key, &self.issuer()?)?;
-        Ok(IssuedCertificate {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-            serial: normalize_serial(&hex::decode(serial_hex).unwrap_or_default()),
-        })
+        let cert = params.signed_by(public_key, &self.issuer()?)?;
+        Ok((
+            cert.pem(),
+            normalize_serial(&hex::decode(serial_hex).unwrap_or_default()),
+        ))
     }
+}
+
+/// Prefix (format version) of bootstrap tokens.
+pub const BOOTSTRAP_PREFIX: &str = "flt1";
+
+/// Creates a bootstrap token `flt1.<secret>.<ca-pin>`; returns it with the
+/// hash under which it is stored.
+pub fn new_bootstrap_token(ca_pin: &str) -> (String, String) {
+    let secret = hex::encode(rand::random::<[u8; 32]>());
+    let hash = bootstrap_hash(&secret);
+    (format!("{BOOTSTRAP_PREFIX}.{secret}.{ca_pin}"), hash)
+}
+
+/// The storage hash of a presented bootstrap token, or `None` when it is not
+/// one. Only the secret part counts; the pin is for the agent.
+pub fn bootstrap_token_hash(token: &str) -> Option<String> {
+    let mut parts = token.trim().split('.');
+    let (prefix, secret) = (parts.next()?, parts.next()?);
+    (prefix == BOOTSTRAP_PREFIX && secret.len() == 64).then(|| bootstrap_hash(secret))
+}
+
+fn bootstrap_hash(secret: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(secret.as_bytes()))
+}
+
+/// SHA-256 (hex) of the SubjectPublicKeyInfo of a PEM certificate.
+///
+/// # Errors
+/// The PEM holds no parsable certificate.
+pub fn ca_pin_of(cert_pem: &str) -> Result<String, PkiError> {
+    use rustls::pki_types::pem::PemObject;
+    use sha2::Digest;
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes())
+        .map_err(|e| PkiError::PeerCertificate(e.to_string()))?;
+    let (_, cert) =
+        X509Certificate::from_der(&der).map_err(|e| PkiError::PeerCertificate(e.to_string()))?;
+    Ok(hex::encode(sha2::Sha256::digest(
+        cert.tbs_certificate.subject_pki.raw,
+    )))
 }
 
 /// Reads the cluster identity from a client certificate that TLS already
@@ -324,6 +397,27 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         let again = Pki::load_or_create(dir.path(), &[]).unwrap();
         assert_eq!(again.ca_pem(), pki.ca_pem());
+    }
+
+    #[test]
+    fn csr_is_signed_for_the_bound_cluster_only() {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::load_or_create(dir.path(), &[]).unwrap();
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        // The request asks for another identity; the hub ignores that.
+        let mut req = CertificateParams::new(vec!["evil.example".to_owned()]).unwrap();
+        req.subject_alt_names.push(SanType::URI(
+            "spiffe://flotilla/cluster/other".try_into().unwrap(),
+        ));
+        let csr = req.serialize_request(&key).unwrap();
+        let (pem, serial) = pki.sign_csr("east-1", csr.der()).unwrap();
+        let leaf = CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+        let id = peer_identity(&leaf).unwrap();
+        assert_eq!(id.cluster, "east-1");
+        assert_eq!(id.serial, serial);
+        assert!(pki.sign_csr("east-1", b"not a csr").is_err());
+        assert_eq!(pki.ca_pin().len(), 64);
     }
 
     #[test]

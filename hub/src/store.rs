@@ -109,6 +109,15 @@ pub struct TokenRecord {
     pub created_ms: i64,
 }
 
+/// A one-time bootstrap token for `AgentLink.Enroll` (stored by the hash
+/// of its secret).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BootstrapRecord {
+    /// The cluster the token may enroll, and only that one.
+    pub cluster: String,
+    pub expires_ms: i64,
+}
+
 /// Typed access to the hub's sled database. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -119,6 +128,7 @@ pub struct Store {
     statuses: sled::Tree,
     repos: sled::Tree,
     tokens: sled::Tree,
+    bootstrap: sled::Tree,
     /// Serialises read-modify-write of cluster records, which the agent
     /// link and the fleet both update.
     cluster_lock: Arc<Mutex<()>>,
@@ -180,6 +190,7 @@ impl Store {
             statuses: db.open_tree("app_status")?,
             repos: db.open_tree("repositories")?,
             tokens: db.open_tree("tokens")?,
+            bootstrap: db.open_tree("bootstrap_tokens")?,
             db,
             cluster_lock: Arc::new(Mutex::new(())),
         })
@@ -253,6 +264,7 @@ impl Store {
     pub fn remove_cluster(&self, name: &str) -> Result<bool, StoreError> {
         let _g = self.cluster_lock.lock().unwrap_or_else(|p| p.into_inner());
         let existed = self.clusters.remove(name.as_bytes())?.is_some();
+        self.remove_bootstraps_of(name)?;
         let keys: Vec<_> = self
             .statuses
             .iter()
@@ -394,6 +406,46 @@ impl Store {
 
     pub fn put_repo(&self, rec: &RepoRecord) -> Result<(), StoreError> {
         self.repos.insert(rec.url.as_bytes(), encode(rec))?;
+        Ok(())
+    }
+
+    // ---- bootstrap tokens ----
+
+    pub fn put_bootstrap(&self, sha256_hex: &str, rec: &BootstrapRecord) -> Result<(), StoreError> {
+        self.bootstrap.insert(sha256_hex.as_bytes(), encode(rec))?;
+        Ok(())
+    }
+
+    pub fn bootstrap(&self, sha256_hex: &str) -> Result<Option<BootstrapRecord>, StoreError> {
+        self.bootstrap
+            .get(sha256_hex.as_bytes())?
+            .map(|v| decode("bootstrap token", b"<hash>", &v))
+            .transpose()
+    }
+
+    /// Removes a bootstrap token and returns it; of concurrent callers with
+    /// the same token only one gets it (single use).
+    pub fn take_bootstrap(&self, sha256_hex: &str) -> Result<Option<BootstrapRecord>, StoreError> {
+        self.bootstrap
+            .remove(sha256_hex.as_bytes())?
+            .map(|v| decode("bootstrap token", b"<hash>", &v))
+            .transpose()
+    }
+
+    /// Removes every bootstrap token of a cluster.
+    pub fn remove_bootstraps_of(&self, cluster: &str) -> Result<(), StoreError> {
+        let keys: Vec<_> = self
+            .bootstrap
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, v)| {
+                serde_json::from_slice::<BootstrapRecord>(v).is_ok_and(|r| r.cluster == cluster)
+            })
+            .map(|(k, _)| k)
+            .collect();
+        for k in keys {
+            self.bootstrap.remove(k)?;
+        }
         Ok(())
     }
 

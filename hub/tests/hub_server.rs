@@ -235,6 +235,7 @@ async fn hub_end_to_end_over_tls() {
             name: "c1".into(),
             labels: [("env".to_owned(), "dev".to_owned())].into(),
             issue_certificate: true,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -450,6 +451,7 @@ async fn restart_keeps_state_and_resends_nothing() {
             name: "c1".into(),
             labels: Default::default(),
             issue_certificate: true,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -507,6 +509,7 @@ async fn add_cluster(admin: &mut Api, name: &str) -> Identity {
             name: name.into(),
             labels: Default::default(),
             issue_certificate: true,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -771,5 +774,153 @@ async fn application_created_through_the_api_is_rendered_and_deletable() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
+    hub.shutdown().await.unwrap();
+}
+
+fn csr() -> (Vec<u8>, String) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+        .unwrap()
+        .serialize_request(&key)
+        .unwrap();
+    (csr.der().to_vec(), key.serialize_pem())
+}
+
+async fn enroll(
+    hub: &RunningHub,
+    token: &str,
+) -> Result<(pb::EnrollResponse, String), tonic::Status> {
+    let ca = std::fs::read_to_string(hub.ca_file()).unwrap();
+    let mut client = AgentLinkClient::new(channel(hub, None, &ca).await.unwrap());
+    let (csr_der, key_pem) = csr();
+    let resp = client
+        .enroll(pb::EnrollRequest {
+            token: token.to_owned(),
+            csr_der,
+            agent_version: "test-agent/1".into(),
+        })
+        .await?
+        .into_inner();
+    Ok((resp, key_pem))
+}
+
+async fn add_with_token(admin: &mut Api, name: &str) -> pb::AddClusterResponse {
+    admin
+        .add_cluster(pb::AddClusterRequest {
+            name: name.into(),
+            create_bootstrap_token: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrollment_with_a_bootstrap_token_then_connect() {
+    let repo = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let hub = start_hub(data.path(), &make_repo(repo.path())).await;
+    let ca = std::fs::read_to_string(hub.ca_file()).unwrap();
+    let mut admin = api(&hub, Some(admin_token(&hub))).await;
+    let added = add_with_token(&mut admin, "c1").await;
+    assert!(added.certificate_pem.is_empty() && added.key_pem.is_empty());
+    // The token carries the CA pin.
+    let pin = flotilla_hub::pki::ca_pin_of(&ca).unwrap();
+    assert!(
+        added.bootstrap_token.ends_with(&pin),
+        "{}",
+        added.bootstrap_token
+    );
+    assert_eq!(added.ca_pin, pin);
+
+    // No certificate yet: the stream is refused.
+    assert_refused(channel(&hub, None, &ca).await.unwrap()).await;
+
+    let (resp, key_pem) = enroll(&hub, &added.bootstrap_token).await.unwrap();
+    assert_eq!(resp.cluster_name, "c1");
+    assert_eq!(resp.ca_pem, ca);
+    let id = Identity::from_pem(&resp.certificate_pem, &key_pem);
+    let mut c = open_stream(channel(&hub, Some(id), &ca).await.unwrap())
+        .await
+        .unwrap();
+    c.tx.send(hello(&[])).await.unwrap();
+    next_desired(&mut c).await;
+
+    // Single use.
+    let err = enroll(&hub, &added.bootstrap_token).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    hub.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrollment_refuses_bad_tokens() {
+    let repo = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let url = make_repo(repo.path());
+
+    // An expired token for an existing cluster, planted before start.
+    let (expired, hash) = flotilla_hub::pki::new_bootstrap_token("00");
+    {
+        let store = flotilla_hub::store::Store::open(&data.path().join("db")).unwrap();
+        store
+            .put_cluster(&flotilla_hub::store::ClusterRecord {
+                name: "old".into(),
+                ..Default::default()
+            })
+            .unwrap();
+        store
+            .put_bootstrap(
+                &hash,
+                &flotilla_hub::store::BootstrapRecord {
+                    cluster: "old".into(),
+                    expires_ms: 1,
+                },
+            )
+            .unwrap();
+        store.flush().unwrap();
+    }
+    let hub = start_hub(data.path(), &url).await;
+    let mut admin = api(&hub, Some(admin_token(&hub))).await;
+    let err = enroll(&hub, &expired).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "expired");
+
+    // Garbage and unknown tokens.
+    for token in [
+        "",
+        "flt1",
+        "flt1.abc.def",
+        &format!("flt1.{}.00", "0".repeat(64)),
+    ] {
+        let err = enroll(&hub, token).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated, "{token:?}");
+    }
+
+    // A token of a cluster that was removed.
+    let added = add_with_token(&mut admin, "gone").await;
+    admin
+        .remove_cluster(pb::RemoveClusterRequest {
+            name: "gone".into(),
+        })
+        .await
+        .unwrap();
+    let err = enroll(&hub, &added.bootstrap_token).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "removed cluster");
+
+    // A bad CSR does not spend the token.
+    let added = add_with_token(&mut admin, "c2").await;
+    let ca = std::fs::read_to_string(hub.ca_file()).unwrap();
+    let mut client = AgentLinkClient::new(channel(&hub, None, &ca).await.unwrap());
+    let err = client
+        .enroll(pb::EnrollRequest {
+            token: added.bootstrap_token.clone(),
+            csr_der: b"garbage".to_vec(),
+            agent_version: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let (resp, _) = enroll(&hub, &added.bootstrap_token).await.unwrap();
+    assert_eq!(resp.cluster_name, "c2");
     hub.shutdown().await.unwrap();
 }

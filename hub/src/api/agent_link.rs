@@ -64,11 +64,45 @@ type HubStream = Pin<Box<dyn Stream<Item = Result<pb::HubMessage, Status>> + Sen
 impl pb::agent_link_server::AgentLink for AgentLinkService {
     async fn enroll(
         &self,
-        _request: Request<pb::EnrollRequest>,
+        request: Request<pb::EnrollRequest>,
     ) -> Result<Response<pb::EnrollResponse>, Status> {
-        Err(Status::unimplemented(
-            "enrollment is not available yet: use `flotilla cluster add NAME --out DIR`",
-        ))
+        let req = request.into_inner();
+        // One message for every token failure: a caller learns nothing
+        // about which tokens exist.
+        let refused = || Status::unauthenticated("invalid, used or expired bootstrap token");
+        let hash = pki::bootstrap_token_hash(&req.token).ok_or_else(refused)?;
+        let rec = self.ctx.store.bootstrap(&hash)?.ok_or_else(refused)?;
+        if rec.expires_ms <= now_ms() {
+            self.ctx.store.take_bootstrap(&hash)?;
+            tracing::warn!(cluster = %rec.cluster, "refused enrollment: token expired");
+            return Err(refused());
+        }
+        if self.ctx.store.cluster(&rec.cluster)?.is_none() {
+            return Err(refused());
+        }
+        // Validate the request before spending the token.
+        let (certificate_pem, serial) = self
+            .ctx
+            .pki
+            .sign_csr(&rec.cluster, &req.csr_der)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if self.ctx.store.take_bootstrap(&hash)?.is_none() {
+            return Err(refused());
+        }
+        let updated = self.ctx.store.update_cluster(&rec.cluster, |c| {
+            c.cert_serial = Some(serial.clone());
+            c.agent_version.clone_from(&req.agent_version);
+        })?;
+        if updated.is_none() {
+            return Err(refused());
+        }
+        self.ctx.store.flush_async().await?;
+        tracing::info!(cluster = %rec.cluster, serial = %serial, "agent enrolled");
+        Ok(Response::new(pb::EnrollResponse {
+            certificate_pem,
+            ca_pem: self.ctx.pki.ca_pem().to_owned(),
+            cluster_name: rec.cluster,
+        }))
     }
 
     type ConnectStream = HubStream;

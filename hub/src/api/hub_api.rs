@@ -8,7 +8,11 @@ use tonic::{Request, Response, Status};
 use super::{HubContext, now_ms};
 use crate::fleet::{self, parse_single_application};
 use crate::model::is_dns_subdomain;
-use crate::store::{AppRecord, ClusterRecord, RepoRecord};
+use crate::pki;
+use crate::store::{AppRecord, BootstrapRecord, ClusterRecord, RepoRecord};
+
+/// Lifetime of a bootstrap token when the request gives none.
+const DEFAULT_BOOTSTRAP_TTL_MS: i64 = 24 * 3600 * 1000;
 use flotilla_proto as pb;
 
 /// The `HubApi` service.
@@ -224,6 +228,25 @@ impl pb::hub_api_server::HubApi for HubApiService {
         } else {
             None
         };
+        let bootstrap = if req.create_bootstrap_token {
+            let ttl_ms = if req.token_ttl_secs > 0 {
+                req.token_ttl_secs.saturating_mul(1000)
+            } else {
+                DEFAULT_BOOTSTRAP_TTL_MS
+            };
+            let (token, hash) = pki::new_bootstrap_token(&self.ctx.pki.ca_pin());
+            let expires_ms = now_ms().saturating_add(ttl_ms);
+            self.ctx.store.put_bootstrap(
+                &hash,
+                &BootstrapRecord {
+                    cluster: name.clone(),
+                    expires_ms,
+                },
+            )?;
+            Some((token, expires_ms))
+        } else {
+            None
+        };
         let rec = ClusterRecord {
             name: name.clone(),
             labels: req.labels.into_iter().collect::<BTreeMap<_, _>>(),
@@ -232,7 +255,12 @@ impl pb::hub_api_server::HubApi for HubApiService {
             ..Default::default()
         };
         self.ctx.fleet.put_cluster(rec)?;
-        tracing::info!(cluster = %name, certificate = issued.is_some(), "cluster added");
+        tracing::info!(
+            cluster = %name,
+            certificate = issued.is_some(),
+            bootstrap_token = bootstrap.is_some(),
+            "cluster added"
+        );
         let rec = self
             .ctx
             .store
@@ -245,6 +273,9 @@ impl pb::hub_api_server::HubApi for HubApiService {
             certificate_pem,
             key_pem,
             ca_pem: self.ctx.pki.ca_pem().to_owned(),
+            ca_pin: self.ctx.pki.ca_pin(),
+            token_expires_ms: bootstrap.as_ref().map(|b| b.1).unwrap_or_default(),
+            bootstrap_token: bootstrap.map(|b| b.0).unwrap_or_default(),
         }))
     }
 

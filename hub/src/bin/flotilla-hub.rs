@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use flotilla_hub::cli::parse_duration;
 use flotilla_hub::server::{HubConfig, RepoSpec};
 
 #[derive(Debug, Parser)]
@@ -54,21 +55,6 @@ struct ServeArgs {
     /// Poll interval, e.g. 15s, 2m, 500ms.
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     poll_interval: Duration,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = s
-        .find(|c: char| !c.is_ascii_digit())
-        .map_or((s, "s"), |i| s.split_at(i));
-    let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        "h" => Ok(Duration::from_secs(n * 3600)),
-        _ => Err(format!("invalid duration {s:?}: use ms, s, m or h")),
-    }
 }
 
 async fn shutdown_signal() {
@@ -124,18 +110,4 @@ async fn main() -> Result<()> {
     flotilla_hub::server::serve(config, shutdown_signal())
         .await
         .context("flotilla-hub")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("15s"), Ok(Duration::from_secs(15)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
-        assert!(parse_duration("x").is_err());
-    }
 }
