@@ -4,8 +4,10 @@
 //! The stream carries that cluster's desired state and nothing else.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::pin::Pin;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::Stream;
 use tokio::sync::mpsc;
@@ -25,11 +27,42 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Clone, Debug)]
 pub struct AgentLinkService {
     ctx: HubContext,
+    enroll_limit: Arc<RateLimit>,
+}
+
+/// Enrollment attempts allowed per peer address and window.
+const ENROLL_ATTEMPTS: u32 = 10;
+const ENROLL_WINDOW: Duration = Duration::from_secs(60);
+
+/// A fixed-window counter per peer address, against token guessing.
+#[derive(Debug, Default)]
+pub struct RateLimit {
+    windows: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+}
+
+impl RateLimit {
+    /// Counts an attempt from `peer`; false when it is over the limit.
+    pub fn allow(&self, peer: IpAddr, max: u32, window: Duration) -> bool {
+        let now = Instant::now();
+        let mut w = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        if w.len() > 10_000 {
+            w.retain(|_, (start, _)| now.duration_since(*start) < window);
+        }
+        let entry = w.entry(peer).or_insert((now, 0));
+        if now.duration_since(entry.0) >= window {
+            *entry = (now, 0);
+        }
+        entry.1 += 1;
+        entry.1 <= max
+    }
 }
 
 impl AgentLinkService {
     pub fn new(ctx: HubContext) -> Self {
-        Self { ctx }
+        Self {
+            ctx,
+            enroll_limit: Arc::default(),
+        }
     }
 
     /// Authenticates the peer of a stream: a certificate verified by TLS,
@@ -66,6 +99,16 @@ impl pb::agent_link_server::AgentLink for AgentLinkService {
         &self,
         request: Request<pb::EnrollRequest>,
     ) -> Result<Response<pb::EnrollResponse>, Status> {
+        if let Some(peer) = request.remote_addr()
+            && !self
+                .enroll_limit
+                .allow(peer.ip(), ENROLL_ATTEMPTS, ENROLL_WINDOW)
+        {
+            tracing::warn!(peer = %peer.ip(), "enrollment rate limit exceeded");
+            return Err(Status::resource_exhausted(
+                "too many enrollment attempts; try again later",
+            ));
+        }
         let req = request.into_inner();
         // One message for every token failure: a caller learns nothing
         // about which tokens exist.
@@ -266,4 +309,22 @@ fn handle_message(ctx: &HubContext, cluster: &str, msg: pb::AgentMessage) -> Res
         None => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limit_per_peer() {
+        let limit = RateLimit::default();
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let window = Duration::from_secs(3600);
+        assert!((0..3).all(|_| limit.allow(a, 3, window)));
+        assert!(!limit.allow(a, 3, window));
+        assert!(limit.allow(b, 3, window));
+        // A zero window resets every time.
+        assert!((0..10).all(|_| limit.allow(a, 3, Duration::ZERO)));
+    }
 }
