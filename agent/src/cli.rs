@@ -53,6 +53,9 @@ struct RunArgs {
     /// Context in the kubeconfig.
     #[arg(long)]
     context: Option<String>,
+    /// Namespace of the per-application inventory ConfigMaps.
+    #[arg(long, default_value = crate::inventory::DEFAULT_NAMESPACE)]
+    inventory_namespace: String,
 }
 
 #[derive(Debug, Args)]
@@ -141,7 +144,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         version = crate::link::AGENT_VERSION,
         "flotilla-agent starting"
     );
-    let engine = Engine::new(cluster, cache, trigger, reports_tx);
+    let engine = Engine::new(cluster, cache, trigger, reports_tx).with_inventory(
+        crate::inventory::Inventory::new(args.inventory_namespace.clone()),
+    );
     let link = link.with_sync_requests(engine.sync_requests());
     tokio::select! {
         () = engine.run() => {}

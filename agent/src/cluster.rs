@@ -213,6 +213,33 @@ impl Cluster {
             })
     }
 
+    /// Lists objects of a kind in a namespace by label selector.
+    ///
+    /// # Errors
+    /// When the API server cannot be asked.
+    pub async fn list(
+        &self,
+        r: &Resolved,
+        namespace: &str,
+        labels: &str,
+    ) -> Result<Vec<Value>, ClusterError> {
+        let params = kube::api::ListParams::default().labels(labels);
+        let list =
+            self.api(r, namespace)
+                .list(&params)
+                .await
+                .map_err(|e| ClusterError::Request {
+                    action: "list",
+                    key: format!("{} in {namespace}", r.resource.kind),
+                    message: e.to_string(),
+                })?;
+        Ok(list
+            .items
+            .into_iter()
+            .filter_map(|o| serde_json::to_value(o).ok())
+            .collect())
+    }
+
     /// Deletes an object (background propagation); absent is fine.
     ///
     /// # Errors

@@ -19,10 +19,11 @@ use tokio::sync::{Notify, watch};
 use tracing::{info, warn};
 
 use crate::bundle::Bundle;
-use crate::cache::{Cache, CachedApp, CachedState};
+use crate::cache::{Cache, CachedApp, CachedState, RemovedApp};
 use crate::cluster::{Cluster, Resolved};
 use crate::drift;
 use crate::health::{self, Health, HealthStatus};
+use crate::inventory::Inventory;
 use crate::object::{self, ObjectKey};
 use crate::plan;
 use crate::report::{Report, now_ms};
@@ -97,6 +98,8 @@ pub struct Engine {
     reports: watch::Sender<Option<Report>>,
     apps: HashMap<String, AppRuntime>,
     requests: SyncRequests,
+    inventory: Option<Inventory>,
+    orphans_checked: bool,
 }
 
 impl Engine {
@@ -116,7 +119,16 @@ impl Engine {
             reports,
             apps: HashMap::new(),
             requests: SyncRequests::default(),
+            inventory: None,
+            orphans_checked: false,
         }
+    }
+
+    /// Also keeps each application's inventory in the cluster.
+    #[must_use]
+    pub fn with_inventory(mut self, inventory: Inventory) -> Self {
+        self.inventory = Some(inventory);
+        self
     }
 
     /// The handle through which the link queues `SyncNow` requests.
@@ -150,7 +162,11 @@ impl Engine {
 
     /// One pass over every application; true when all are Synced and Healthy.
     pub async fn pass(&mut self) -> bool {
-        let snapshot = self.cache.snapshot();
+        let mut snapshot = self.cache.snapshot();
+        if !self.orphans_checked && snapshot.generation > 0 {
+            self.adopt_orphans(&snapshot).await;
+            snapshot = self.cache.snapshot();
+        }
         self.prune_removed(&snapshot).await;
         let mut statuses = Vec::with_capacity(snapshot.apps.len());
         for app in snapshot.apps.values() {
@@ -273,6 +289,13 @@ impl Engine {
             let digest = b.digest.clone();
             let name = b.name.clone();
             let inventory = outcome.inventory;
+            if let Some(store) = &self.inventory
+                && let Err(e) = store
+                    .store(&self.cluster, &name, b.policy.prune, &inventory)
+                    .await
+            {
+                warn!(app = %name, error = %e, "could not store the inventory in the cluster");
+            }
             let persisted = self.cache.update(|s| {
                 if let Some(cached) = s.apps.get_mut(&name)
                     && cached.bundle.digest == digest
@@ -480,11 +503,20 @@ impl Engine {
         if !complete {
             inventory.extend(app.inventory.iter().cloned());
         } else if prune {
-            let stale: Vec<ObjectKey> = app
-                .inventory
-                .iter()
-                .filter(|k| !desired_keys.contains(*k))
-                .cloned()
+            let mut known: BTreeSet<ObjectKey> = app.inventory.iter().cloned().collect();
+            if known.is_empty()
+                && let Some(store) = &self.inventory
+            {
+                // A fresh cache: what earlier agents applied is in the cluster.
+                match store.load(&self.cluster, &b.name).await {
+                    Ok(Some(stored)) => known.extend(stored.objects),
+                    Ok(None) => {}
+                    Err(e) => warn!(app = %b.name, error = %e, "could not read the inventory"),
+                }
+            }
+            let stale: Vec<ObjectKey> = known
+                .into_iter()
+                .filter(|k| !desired_keys.contains(k))
                 .collect();
             if desired_keys.is_empty() && !stale.is_empty() && !b.policy.allow_empty {
                 messages.push("desired state is empty; not pruning without allowEmpty".to_owned());
@@ -548,6 +580,13 @@ impl Engine {
             } else if !removed.inventory.is_empty() {
                 info!(app = %name, "application removed; prune is off, its objects stay");
             }
+            if !failed
+                && let Some(store) = &self.inventory
+                && let Err(e) = store.remove(&self.cluster, name).await
+            {
+                warn!(app = %name, error = %e, "could not delete the inventory");
+                failed = true;
+            }
             if !failed {
                 let result = self.cache.update(|s| {
                     s.removed.remove(name);
@@ -556,6 +595,51 @@ impl Engine {
                     warn!(error = %e, "could not persist the cache");
                 }
             }
+        }
+    }
+
+    /// Applications the cluster has inventories for but the hub no longer
+    /// lists (removed while this agent, or its disk, was away) are queued
+    /// for pruning like any removed application.
+    async fn adopt_orphans(&mut self, snapshot: &CachedState) {
+        let Some(store) = &self.inventory else {
+            self.orphans_checked = true;
+            return;
+        };
+        let stored = match store.list(&self.cluster).await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "could not list inventories");
+                return;
+            }
+        };
+        self.orphans_checked = true;
+        let orphans: Vec<_> = stored
+            .into_iter()
+            .filter(|s| {
+                !snapshot.apps.contains_key(&s.app) && !snapshot.removed.contains_key(&s.app)
+            })
+            .collect();
+        if orphans.is_empty() {
+            return;
+        }
+        let result = self.cache.update(|s| {
+            for orphan in orphans {
+                info!(app = %orphan.app, objects = orphan.objects.len(), "application no longer desired; found its inventory in the cluster");
+                s.removed.insert(
+                    orphan.app,
+                    RemovedApp {
+                        policy: crate::bundle::Policy {
+                            prune: orphan.prune,
+                            ..Default::default()
+                        },
+                        inventory: orphan.objects,
+                    },
+                );
+            }
+        });
+        if let Err(e) = result {
+            warn!(error = %e, "could not persist the cache");
         }
     }
 

@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod drift;
 pub mod engine;
 pub mod health;
+pub mod inventory;
 pub mod link;
 pub mod object;
 pub mod plan;

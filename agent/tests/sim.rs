@@ -598,3 +598,61 @@ async fn manual_app_applies_only_on_sync_request() {
     );
     converge(&mut h, "manual", "Synced after SyncNow", synced_healthy).await;
 }
+
+#[tokio::test]
+async fn fresh_cache_still_prunes_from_the_inventory_in_the_cluster() {
+    let mut h = harness().await;
+    let inventory = || flotilla_agent::inventory::Inventory::new("flotilla-system");
+    let cm =
+        |name: &str| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}});
+    let mut keep = app("keep", "k1", "inv", vec![cm("a"), cm("b")]);
+    keep.policy.prune = true;
+    let mut gone = app("gone", "g1", "inv", vec![cm("c")]);
+    gone.policy.prune = true;
+    set_bundle(&h.cache, keep.clone());
+    set_bundle(&h.cache, gone);
+    let (tx, _rx) = watch::channel(None);
+    let cluster = Arc::new(Cluster::new(h.client.clone()));
+    let mut first = Engine::new(
+        cluster.clone(),
+        h.cache.clone(),
+        Arc::new(Notify::new()),
+        tx,
+    )
+    .with_inventory(inventory());
+    let configmaps = api(&h, "", "v1", "ConfigMap", "configmaps", Some("inv"));
+    let until = Instant::now() + DEADLINE;
+    while !first.pass().await || configmaps.get_opt("c").await.expect("get").is_none() {
+        assert!(Instant::now() < until, "first agent never settled");
+    }
+
+    // A new agent on a new disk: `keep` lost object b, `gone` is no longer desired.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = Arc::new(Cache::open(dir.path()).expect("cache"));
+    keep.digest = "k2".into();
+    keep.manifests.truncate(1);
+    set_bundle(&cache, keep);
+    let (tx, reports) = watch::channel(None);
+    h.engine = Engine::new(cluster, cache, Arc::new(Notify::new()), tx).with_inventory(inventory());
+    h.reports = reports;
+    converge(&mut h, "keep", "Synced at k2", |s| {
+        synced_healthy(s) && s.digest == "k2"
+    })
+    .await;
+    let until = Instant::now() + DEADLINE;
+    loop {
+        let b = configmaps.get_opt("b").await.expect("get");
+        let c = configmaps.get_opt("c").await.expect("get");
+        if b.is_none() && c.is_none() {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "not pruned: b={} c={}",
+            b.is_some(),
+            c.is_some()
+        );
+        h.engine.pass().await;
+    }
+    assert!(configmaps.get_opt("a").await.expect("get").is_some());
+}
