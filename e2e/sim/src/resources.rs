@@ -357,5 +357,21 @@ pub fn api_resource(r: &ResourceDef) -> Vec<Value> {
             "verbs": ["get", "patch", "update"],
         }));
     }
+    if has_scale(r) {
+        out.push(json!({
+            "name": format!("{}/scale", r.plural),
+            "singularName": "",
+            "namespaced": r.namespaced,
+            "group": "autoscaling",
+            "version": "v1",
+            "kind": "Scale",
+            "verbs": ["get", "patch", "update"],
+        }));
+    }
     out
+}
+
+/// Whether the resource has a `/scale` subresource.
+pub fn has_scale(r: &ResourceDef) -> bool {
+    r.group == "apps" && matches!(r.kind.as_str(), "Deployment" | "ReplicaSet" | "StatefulSet")
 }

@@ -387,6 +387,7 @@ fn resource(
         None => Scope::Main,
         Some("status") if rd.status => Scope::Status,
         Some("finalize") if rd.kind == "Namespace" => Scope::Main,
+        Some("scale") if crate::resources::has_scale(&rd) => Scope::Main,
         Some(_) => return err_resp(&not_found_path()),
     };
     let ns = ns.unwrap_or("");
@@ -470,6 +471,7 @@ fn resource(
             Ok(b) => result_resp(c.update(&rd, ns, n, b, &opts, scope), 200),
             Err(e) => err_resp(&e),
         },
+        (m, Some(n)) if sub == Some("scale") => scale(c, &rd, ns, n, &m, headers, &body, &opts),
         (Method::PATCH, Some(n)) => patch_req(c, &rd, ns, n, headers, &body, &opts, scope, query),
         (Method::DELETE, Some(n)) => {
             let mut opts_body = if body.is_empty() {
@@ -588,6 +590,89 @@ fn patch_req(
         return err_resp(e);
     }
     result_resp(r, 200)
+}
+
+fn scale_of(o: &Value) -> Value {
+    let selector = o["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default();
+    let md = &o["metadata"];
+    json!({
+        "kind": "Scale", "apiVersion": "autoscaling/v1",
+        "metadata": {"name": md["name"], "namespace": md["namespace"], "uid": md["uid"],
+            "resourceVersion": md["resourceVersion"], "creationTimestamp": md["creationTimestamp"]},
+        "spec": {"replicas": o["spec"]["replicas"]},
+        "status": {"replicas": o["status"]["replicas"].as_i64().unwrap_or(0), "selector": selector},
+    })
+}
+
+/// The `/scale` subresource (autoscaling/v1 Scale) of workloads.
+#[allow(clippy::too_many_arguments)]
+fn scale(
+    c: &Cluster,
+    rd: &ResourceDef,
+    ns: &str,
+    name: &str,
+    method: &Method,
+    headers: &HeaderMap,
+    body: &[u8],
+    opts: &WriteOpts,
+) -> Response<Body> {
+    let current = match c.get(rd, ns, name) {
+        Ok(o) => scale_of(&o),
+        Err(e) => return err_resp(&e),
+    };
+    let mut wanted = current.clone();
+    match *method {
+        Method::GET => return json_resp(200, &current),
+        Method::PUT | Method::PATCH => {
+            let p = match decode(&with_yaml(headers), body) {
+                Ok(p) => p,
+                Err(e) => return err_resp(&e),
+            };
+            let ct = headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            if *method == Method::PUT {
+                wanted = p;
+            } else if ct.starts_with("application/json-patch+json") {
+                if let Err(e) = patch::json_patch(&mut wanted, &p) {
+                    return err_resp(&ApiError::new(422, "Invalid", e.0));
+                }
+            } else {
+                patch::merge_patch(&mut wanted, &p);
+            }
+        }
+        _ => {
+            return err_resp(&ApiError::new(
+                405,
+                "MethodNotAllowed",
+                "the server does not allow this method on the requested resource",
+            ));
+        }
+    }
+    let Some(replicas) = wanted["spec"]["replicas"].as_i64().filter(|r| *r >= 0) else {
+        return err_resp(&ApiError::invalid(
+            "Scale",
+            name,
+            &[(
+                "spec.replicas",
+                "Invalid value: must be greater than or equal to 0".into(),
+            )],
+        ));
+    };
+    let r = c.patch(rd, ns, name, opts, Scope::Main, &|o| {
+        o["spec"]["replicas"] = json!(replicas);
+        Ok(())
+    });
+    result_resp(r.map(|o| scale_of(&o)), 200)
 }
 
 fn with_yaml(headers: &HeaderMap) -> HeaderMap {

@@ -252,6 +252,13 @@ async fn kubectl_patch_types_label_annotate() {
             "{managers:?}"
         );
     }
+    env.kubectl_ok("sim-1", &k(&["scale", "deployment/web", "--replicas=4"]))
+        .await;
+    let d = json(
+        &env.kubectl_ok("sim-1", &k(&["get", "deployment/web", "-o", "json"]))
+            .await,
+    );
+    assert_eq!(d["spec"]["replicas"], 4);
     let w = json(
         &env.kubectl_ok("sim-1", &k(&["get", "widget/gadget", "-o", "json"]))
             .await,
