@@ -144,6 +144,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         version = crate::link::AGENT_VERSION,
         "flotilla-agent starting"
     );
+    let link = link.with_diffs(cluster.clone());
     let engine = Engine::new(cluster, cache, trigger, reports_tx).with_inventory(
         crate::inventory::Inventory::new(args.inventory_namespace.clone()),
     );

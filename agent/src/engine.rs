@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flotilla_proto::{AppStatus, OperationState, ResourceStatus, SyncStatus};
+use flotilla_proto::{AppStatus, OperationState, ResourceDiff, ResourceStatus, SyncStatus};
 use rand::Rng;
 use serde_json::{Value, json};
 use tokio::sync::{Notify, watch};
@@ -705,6 +705,58 @@ impl Engine {
             }
         }
     }
+}
+
+/// The objects of an application whose live state differs from what the
+/// agent applies (missing ones with an empty `live`), for the hub's diff
+/// request. Live objects are shown without `managedFields`.
+pub async fn diff_app(cluster: &Cluster, b: &Bundle) -> Result<Vec<ResourceDiff>, String> {
+    if !b.render_error.is_empty() {
+        return Err(format!("render error: {}", b.render_error));
+    }
+    let mut out = Vec::new();
+    for parsed in object::parse_manifests(&b.manifests) {
+        let obj = parsed.map_err(|e| e.to_string())?;
+        let Ok(mut key) = ObjectKey::of(&obj, 0) else {
+            continue;
+        };
+        let (desired, live) = match cluster.resolve(&key).await {
+            Ok(r) => {
+                let desired = object::prepare(obj, &b.name, &b.namespace, r.namespaced);
+                key.namespace = namespace_of(&desired);
+                let live = cluster.get(&r, &key).await.map_err(|e| e.to_string())?;
+                (desired, live)
+            }
+            Err(_) => (obj, None),
+        };
+        let differs = match &live {
+            None => true,
+            Some(live) => {
+                let ignore = drift::ignored_pointers(
+                    &b.ignore_differences,
+                    &key.group,
+                    &key.kind,
+                    &key.namespace,
+                    &key.name,
+                );
+                !drift::diff(&desired, live, &ignore).is_empty()
+            }
+        };
+        if differs {
+            let live = live.map(|mut l| {
+                if let Some(m) = l.get_mut("metadata").and_then(Value::as_object_mut) {
+                    m.remove("managedFields");
+                }
+                l
+            });
+            out.push(ResourceDiff {
+                key: Some(key.to_proto()),
+                live: live.map(|l| l.to_string()).unwrap_or_default(),
+                desired: desired.to_string(),
+            });
+        }
+    }
+    Ok(out)
 }
 
 fn namespace_of(obj: &Value) -> String {

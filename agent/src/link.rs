@@ -22,7 +22,8 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 use tracing::{debug, info, warn};
 
 use crate::cache::Cache;
-use crate::engine::{SyncRequest, SyncRequests};
+use crate::cluster::Cluster;
+use crate::engine::{SyncRequest, SyncRequests, diff_app};
 use crate::report::{HEARTBEAT, MIN_INTERVAL, Report};
 
 /// The agent's version, sent in `Hello`.
@@ -102,6 +103,7 @@ pub struct Link {
     trigger: Arc<Notify>,
     reports: watch::Receiver<Option<Report>>,
     requests: SyncRequests,
+    cluster_api: Option<Arc<Cluster>>,
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, LinkError> {
@@ -160,7 +162,15 @@ impl Link {
             trigger,
             reports,
             requests: SyncRequests::default(),
+            cluster_api: None,
         })
+    }
+
+    /// Answers the hub's diff requests against this cluster.
+    #[must_use]
+    pub fn with_diffs(mut self, cluster: Arc<Cluster>) -> Self {
+        self.cluster_api = Some(cluster);
+        self
     }
 
     /// Routes the hub's `SyncNow` commands to the engine.
@@ -266,16 +276,28 @@ impl Link {
                             self.trigger.notify_one();
                         }
                         Some(command::Kind::Diff(diff)) => {
-                            let result = DiffResult {
-                                command_id: cmd.id,
-                                app: diff.app,
-                                resources: Vec::new(),
-                                error: "diff on request is not supported by this agent yet; see drift in status"
-                                    .to_owned(),
-                            };
-                            tx.send(message(agent_message::Kind::Diff(result)))
-                                .await
-                                .map_err(|_| LinkError::Closed)?;
+                            let bundle = self.cache.snapshot().apps.remove(&diff.app).map(|a| a.bundle);
+                            let cluster = self.cluster_api.clone();
+                            let tx = tx.clone();
+                            // Off the read loop: a diff reads every object.
+                            tokio::spawn(async move {
+                                let outcome = match (bundle, cluster) {
+                                    (Some(b), Some(c)) => diff_app(&c, &b).await,
+                                    (None, _) => Err(format!("application {} is not desired on this cluster", diff.app)),
+                                    (_, None) => Err("diff is not available".to_owned()),
+                                };
+                                let (resources, error) = match outcome {
+                                    Ok(r) => (r, String::new()),
+                                    Err(e) => (Vec::new(), e),
+                                };
+                                let result = DiffResult {
+                                    command_id: cmd.id,
+                                    app: diff.app,
+                                    resources,
+                                    error,
+                                };
+                                let _ = tx.send(message(agent_message::Kind::Diff(result))).await;
+                            });
                         }
                         None => debug!("empty command"),
                     },

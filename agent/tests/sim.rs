@@ -358,6 +358,19 @@ async fn drift_without_self_heal_is_reported_not_reverted() {
     h.engine.pass().await;
     let cm = configmaps.get("guestbook-config").await.expect("configmap");
     assert_eq!(cm.data["data"]["greeting"], json!("changed"));
+
+    // The hub's diff request shows the drifted object, live and desired.
+    let bundle = h.cache.snapshot().apps["guestbook"].bundle.clone();
+    let diffs = flotilla_agent::engine::diff_app(&Cluster::new(h.client.clone()), &bundle)
+        .await
+        .expect("diff");
+    assert_eq!(diffs.len(), 1, "{diffs:?}");
+    assert_eq!(
+        diffs[0].key.as_ref().map(|k| k.name.as_str()),
+        Some("guestbook-config")
+    );
+    assert!(diffs[0].live.contains("changed") && !diffs[0].live.contains("managedFields"));
+    assert!(diffs[0].desired.contains("hello"));
 }
 
 #[tokio::test]
