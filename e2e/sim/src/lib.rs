@@ -10,6 +10,7 @@ pub mod error;
 pub mod fields;
 pub mod patch;
 pub mod resources;
+pub mod schema;
 pub mod selector;
 pub mod server;
 pub mod store;

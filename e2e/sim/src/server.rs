@@ -404,6 +404,7 @@ fn resource(
         dry_run,
         manager: manager(query, headers),
         force: query.get("force").is_some_and(|f| f == "true"),
+        strict: query.get("fieldValidation").is_some_and(|f| f == "Strict"),
     };
     let m = method.clone();
     match (m, name) {

@@ -82,6 +82,9 @@ pub struct WriteOpts {
     pub manager: String,
     /// `force=true` for apply.
     pub force: bool,
+    /// `fieldValidation=Strict`: unknown fields of custom resources are an error
+    /// (otherwise they are pruned).
+    pub strict: bool,
 }
 
 /// Fault injection settings for a cluster.
@@ -534,6 +537,57 @@ impl Cluster {
         Ok(())
     }
 
+    /// Validates and prunes a custom resource against its CRD schema.
+    fn validate_custom(
+        st: &State,
+        rd: &ResourceDef,
+        obj: &mut Value,
+        strict: bool,
+    ) -> ApiResult<()> {
+        let key = (
+            "apiextensions.k8s.io/customresourcedefinitions".to_string(),
+            String::new(),
+            format!("{}.{}", rd.plural, rd.group),
+        );
+        let Some(schema) = st
+            .objects
+            .get(&key)
+            .and_then(|crd| resources::crd_schema(crd, &rd.version))
+        else {
+            return Ok(());
+        };
+        let mut report = crate::schema::Report::default();
+        crate::schema::check(&schema, obj, "", true, &mut report);
+        let name = obj["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        if strict && !report.unknown.is_empty() {
+            let fields: Vec<String> = report
+                .unknown
+                .iter()
+                .map(|u| format!("unknown field \"{u}\""))
+                .collect();
+            return Err(ApiError::bad_request(format!(
+                "strict decoding error: {}",
+                fields.join(", ")
+            )));
+        }
+        if !report.invalid.is_empty() {
+            let causes: Vec<(&str, String)> = report
+                .invalid
+                .iter()
+                .map(|(p, m)| (p.as_str(), m.clone()))
+                .collect();
+            return Err(ApiError::invalid(
+                &format!("{}.{}", rd.kind, rd.group),
+                &name,
+                &causes,
+            ));
+        }
+        Ok(())
+    }
+
     fn validate(rd: &ResourceDef, obj: &Value, old: Option<&Value>) -> ApiResult<()> {
         let name = obj["metadata"]["name"].as_str().unwrap_or_default();
         if !is_dns_subdomain(name) {
@@ -723,6 +777,7 @@ impl Cluster {
         }
         Self::default_obj(&mut st, rd, &mut body);
         Self::validate(rd, &body, None)?;
+        Self::validate_custom(&st, rd, &mut body, opts.strict)?;
         match apply_set {
             Some(set) => {
                 let mut e = Vec::new();
@@ -801,6 +856,7 @@ impl Cluster {
             }
         }
         Self::validate(rd, &new, Some(old))?;
+        Self::validate_custom(st, rd, &mut new, opts.strict)?;
         if rd.generation && spec_part(old) != spec_part(&new) {
             let g = old["metadata"]["generation"].as_i64().unwrap_or(1);
             new["metadata"]["generation"] = json!(g + 1);

@@ -283,3 +283,68 @@ async fn kubectl_patch_types_label_annotate() {
     env.kubectl_ok("sim-1", &k(&["wait", "--for=jsonpath={.status.conditions[?(@.type==\"Progressing\")].reason}=ProgressDeadlineExceeded", "deployment/web", "--timeout=20s"])).await;
     env.sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_resources_are_validated_against_the_crd_schema() {
+    let env = start(1, Duration::from_millis(100)).await;
+    let manifest = fixture("app.yaml");
+    let m = manifest.to_str().unwrap();
+    poll("apply", 20, || async {
+        env.kubectl("sim-1", &["apply", "--server-side", "-f", m])
+            .await
+            .status
+            .success()
+            .then_some(())
+    })
+    .await;
+    let dir = env.dir.path();
+    let bad = dir.join("bad.yaml");
+    // kubectl asks for fieldValidation=Strict: unknown fields are refused.
+    std::fs::write(&bad, "apiVersion: example.com/v1\nkind: Widget\nmetadata:\n  name: gadget\n  namespace: demo\nspec:\n  size: 3\n  extra: 1\n").unwrap();
+    let out = env
+        .kubectl(
+            "sim-1",
+            &["apply", "--server-side", "-f", bad.to_str().unwrap()],
+        )
+        .await;
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(r#"unknown field "spec.extra""#),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Wrong types are Invalid.
+    std::fs::write(&bad, "apiVersion: example.com/v1\nkind: Widget\nmetadata:\n  name: gadget\n  namespace: demo\nspec:\n  size: big\n").unwrap();
+    let out = env
+        .kubectl(
+            "sim-1",
+            &["apply", "--server-side", "-f", bad.to_str().unwrap()],
+        )
+        .await;
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("must be of type integer"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Without strict validation unknown fields are pruned.
+    let out = env.kubectl("sim-1", &["apply", "--server-side", "--validate=false", "-f", {
+        std::fs::write(&bad, "apiVersion: example.com/v1\nkind: Widget\nmetadata:\n  name: gadget\n  namespace: demo\nspec:\n  size: 3\n  extra: 1\n").unwrap();
+        bad.to_str().unwrap()
+    }]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let w = json(
+        &env.kubectl_ok(
+            "sim-1",
+            &["get", "-n", "demo", "widget/gadget", "-o", "json"],
+        )
+        .await,
+    );
+    assert!(w["spec"].get("extra").is_none(), "{w}");
+    assert_eq!(w["spec"]["size"], 3);
+    env.sim.shutdown().await;
+}
