@@ -38,9 +38,9 @@ pub struct Cli {
 /// Options shared by every command.
 #[derive(Debug, Args)]
 pub struct Global {
-    /// Hub URL.
-    #[arg(long, env = "FLOTILLA_HUB", default_value = DEFAULT_HUB, global = true)]
-    pub hub: String,
+    /// Hub URL [default: from `flotilla login`, else https://127.0.0.1:7443].
+    #[arg(long, env = "FLOTILLA_HUB", global = true)]
+    pub hub: Option<String>,
     /// CA certificate that signed the hub's certificate (the hub's DATA/ca.crt).
     #[arg(long, env = "FLOTILLA_CA_FILE", global = true)]
     pub ca_file: Option<PathBuf>,
@@ -68,6 +68,12 @@ pub enum Command {
     Repo(RepoCommand),
     /// Poll every repository now.
     Refresh,
+    /// API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Check the hub, CA and token given now and save them as defaults
+    /// (in $FLOTILLA_CONFIG, else ~/.config/flotilla/config.json, 0600).
+    Login,
     /// Print the hub version.
     Version,
 }
@@ -118,6 +124,21 @@ pub enum ClusterCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token; its secret is printed once.
+    Create {
+        name: String,
+        /// Only List/Get/Version calls (e.g. for CI systems).
+        #[arg(long)]
+        read_only: bool,
+    },
+    /// List tokens (names only).
+    List,
+    /// Revoke every token with this name.
+    Revoke { name: String },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum RepoCommand {
     /// Register a repository.
     Add {
@@ -149,26 +170,77 @@ impl tonic::service::Interceptor for BearerAuth {
 
 type Client = HubApiClient<InterceptedService<Channel, BearerAuth>>;
 
-async fn client(g: &Global) -> Result<Client> {
+/// Defaults saved by `flotilla login`.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct SavedLogin {
+    pub hub: String,
+    pub ca_file: Option<PathBuf>,
+    pub token: String,
+}
+
+/// Where `flotilla login` keeps its settings.
+pub fn config_path() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("FLOTILLA_CONFIG") {
+        return Some(PathBuf::from(p));
+    }
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
+    Some(base.join("flotilla").join("config.json"))
+}
+
+fn saved_login() -> Option<SavedLogin> {
+    let text = std::fs::read_to_string(config_path()?).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// Connection settings after flags, environment and saved login.
+#[derive(Debug)]
+struct Resolved {
+    hub: String,
+    ca_file: Option<PathBuf>,
+    token: Option<String>,
+}
+
+fn resolve(g: &Global) -> Result<Resolved> {
+    let saved = saved_login().unwrap_or_default();
     let token = match (&g.token, &g.token_file) {
-        (Some(t), _) => t.trim().to_owned(),
-        (None, Some(f)) => std::fs::read_to_string(f)
-            .with_context(|| format!("reading token file {}", f.display()))?
-            .trim()
-            .to_owned(),
-        (None, None) => bail!(
-            "no API token: pass --token or --token-file (or set FLOTILLA_TOKEN / FLOTILLA_TOKEN_FILE)"
+        (Some(t), _) => Some(t.trim().to_owned()),
+        (None, Some(f)) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("reading token file {}", f.display()))?
+                .trim()
+                .to_owned(),
         ),
+        (None, None) => (!saved.token.is_empty()).then(|| saved.token.clone()),
     };
+    let hub = g
+        .hub
+        .clone()
+        .or_else(|| (!saved.hub.is_empty()).then(|| saved.hub.clone()))
+        .unwrap_or_else(|| DEFAULT_HUB.to_owned());
+    Ok(Resolved {
+        hub,
+        ca_file: g.ca_file.clone().or(saved.ca_file),
+        token,
+    })
+}
+
+async fn client(r: &Resolved) -> Result<Client> {
+    let token = r.token.as_deref().ok_or_else(|| {
+        anyhow!(
+            "no API token: pass --token or --token-file (or set FLOTILLA_TOKEN / FLOTILLA_TOKEN_FILE, or run `flotilla login`)"
+        )
+    })?;
     let header: MetadataValue<_> = format!("Bearer {token}")
         .parse()
         .map_err(|_| anyhow!("the API token contains characters not allowed in a header"))?;
-    let mut endpoint = Channel::from_shared(g.hub.clone())
-        .with_context(|| format!("invalid hub URL {:?}", g.hub))?
+    let mut endpoint = Channel::from_shared(r.hub.clone())
+        .with_context(|| format!("invalid hub URL {:?}", r.hub))?
         .connect_timeout(Duration::from_secs(10));
-    if g.hub.starts_with("https://") {
+    if r.hub.starts_with("https://") {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-        let ca_file = g.ca_file.as_ref().ok_or_else(|| {
+        let ca_file = r.ca_file.as_ref().ok_or_else(|| {
             anyhow!("--ca-file (or FLOTILLA_CA_FILE) is required: the hub's DATA/ca.crt")
         })?;
         let ca = std::fs::read_to_string(ca_file)
@@ -180,7 +252,7 @@ async fn client(g: &Global) -> Result<Client> {
     let channel = endpoint
         .connect()
         .await
-        .map_err(|e| anyhow!("cannot connect to hub {}: {}", g.hub, error_chain(&e)))?;
+        .map_err(|e| anyhow!("cannot connect to hub {}: {}", r.hub, error_chain(&e)))?;
     Ok(HubApiClient::with_interceptor(channel, BearerAuth(header)))
 }
 
@@ -205,8 +277,40 @@ fn status_err(s: tonic::Status) -> anyhow::Error {
 /// Any failure, with a message for people; the binary exits non-zero.
 pub async fn run(cli: Cli) -> Result<()> {
     let g = &cli.global;
-    let mut c = client(g).await?;
+    let resolved = resolve(g)?;
+    let mut c = client(&resolved).await?;
+    let hub = resolved.hub.clone();
     match cli.command {
+        Command::Login => {
+            c.version(pb::VersionRequest {}).await.map_err(status_err)?;
+            let path = config_path().ok_or_else(|| anyhow!("no HOME: set FLOTILLA_CONFIG"))?;
+            let dir = path.parent().unwrap_or(Path::new("."));
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            // Keep a copy of the CA next to the settings so the login does
+            // not depend on where the file was.
+            let ca_file = match &resolved.ca_file {
+                Some(f) => {
+                    let copy = dir.join("ca.crt");
+                    let pem =
+                        std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
+                    std::fs::write(&copy, pem)
+                        .with_context(|| format!("writing {}", copy.display()))?;
+                    Some(copy)
+                }
+                None => None,
+            };
+            let saved = SavedLogin {
+                hub: hub.clone(),
+                ca_file,
+                token: resolved.token.clone().unwrap_or_default(),
+            };
+            crate::pki::write_private(&path, serde_json::to_string_pretty(&saved)?.as_bytes())
+                .with_context(|| format!("writing {}", path.display()))?;
+            print_out(g.output, json!({"hub": hub, "config": path}), || {
+                format!("logged in to {hub}; settings saved to {}\n", path.display())
+            });
+        }
+        Command::Token(cmd) => token(g, &mut c, cmd).await?,
         Command::Version => {
             let v = c
                 .version(pb::VersionRequest {})
@@ -226,7 +330,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             });
         }
         Command::App(cmd) => app(g, &mut c, cmd).await?,
-        Command::Cluster(cmd) => cluster(g, &mut c, cmd).await?,
+        Command::Cluster(cmd) => cluster(g, &hub, &mut c, cmd).await?,
         Command::Repo(cmd) => repo(g, &mut c, cmd).await?,
     }
     Ok(())
@@ -438,7 +542,7 @@ fn parse_labels(labels: &[String]) -> Result<BTreeMap<String, String>> {
         .collect()
 }
 
-async fn cluster(g: &Global, c: &mut Client, cmd: ClusterCommand) -> Result<()> {
+async fn cluster(g: &Global, hub: &str, c: &mut Client, cmd: ClusterCommand) -> Result<()> {
     match cmd {
         ClusterCommand::Add {
             name,
@@ -483,8 +587,7 @@ async fn cluster(g: &Global, c: &mut Client, cmd: ClusterCommand) -> Result<()> 
                 write("tls.key", &resp.key_pem, true)?;
                 write("ca.crt", &resp.ca_pem, false)?;
                 command = Some(format!(
-                    "flotilla-agent --hub {} --state-dir {}",
-                    g.hub,
+                    "flotilla-agent --hub {hub} --state-dir {}",
                     out.display()
                 ));
             }
@@ -568,6 +671,71 @@ async fn cluster(g: &Global, c: &mut Client, cmd: ClusterCommand) -> Result<()> 
                 .map_err(status_err)?;
             print_out(g.output, json!({"removed": name}), || {
                 format!("cluster {name} removed; its certificate is revoked\n")
+            });
+        }
+    }
+    Ok(())
+}
+
+async fn token(g: &Global, c: &mut Client, cmd: TokenCommand) -> Result<()> {
+    match cmd {
+        TokenCommand::Create { name, read_only } => {
+            let resp = c
+                .create_token(pb::CreateTokenRequest { name, read_only })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            let info = resp.info.unwrap_or_default();
+            print_out(
+                g.output,
+                json!({"name": info.name, "readOnly": info.read_only, "token": resp.token}),
+                || {
+                    format!(
+                        "token {} created{} (shown only once):\n{}\n",
+                        info.name,
+                        if info.read_only { " (read-only)" } else { "" },
+                        resp.token
+                    )
+                },
+            );
+        }
+        TokenCommand::List => {
+            let tokens = c
+                .list_tokens(pb::ListTokensRequest {})
+                .await
+                .map_err(status_err)?
+                .into_inner()
+                .tokens;
+            let now = crate::api::now_ms();
+            print_out(
+                g.output,
+                Value::Array(
+                    tokens
+                        .iter()
+                        .map(|t| json!({"name": t.name, "readOnly": t.read_only, "createdMs": t.created_ms}))
+                        .collect(),
+                ),
+                || {
+                    let rows = tokens
+                        .iter()
+                        .map(|t| {
+                            vec![
+                                t.name.clone(),
+                                if t.read_only { "read-only" } else { "read-write" }.to_owned(),
+                                ago(now, t.created_ms),
+                            ]
+                        })
+                        .collect();
+                    table(&["NAME", "ACCESS", "CREATED"], rows)
+                },
+            );
+        }
+        TokenCommand::Revoke { name } => {
+            c.revoke_token(pb::RevokeTokenRequest { name: name.clone() })
+                .await
+                .map_err(status_err)?;
+            print_out(g.output, json!({"revoked": name}), || {
+                format!("token {name} revoked\n")
             });
         }
     }

@@ -157,7 +157,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
     let store = Store::open(&data_dir.join("db"))?;
     let pki = Arc::new(Pki::load_or_create(&data_dir, &config.advertise_hosts)?);
     if store.tokens()?.is_empty() {
-        let secret = api::create_token(&store, "admin")?;
+        let (secret, _) = api::create_token(&store, "admin", false)?;
         let path = admin_token_path(&data_dir);
         pki::write_private(&path, format!("{secret}\n").as_bytes()).map_err(|source| {
             HubError::DataDir {
@@ -213,8 +213,9 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
 
     let auth_store = store.clone();
-    let interceptor = move |req: tonic::Request<()>| {
-        api::check_bearer(&auth_store, &req)?;
+    let interceptor = move |mut req: tonic::Request<()>| {
+        let caller = api::check_bearer(&auth_store, &req)?;
+        req.extensions_mut().insert(caller);
         Ok(req)
     };
     let router = Server::builder()

@@ -107,6 +107,9 @@ pub struct RepoRecord {
 pub struct TokenRecord {
     pub name: String,
     pub created_ms: i64,
+    /// May only read (List/Get/Version).
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 /// A one-time bootstrap token for `AgentLink.Enroll` (stored by the hash
@@ -457,6 +460,18 @@ impl Store {
         Ok(())
     }
 
+    /// Removes every token named `name`; returns how many.
+    pub fn remove_tokens_named(&self, name: &str) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for (hash, rec) in self.tokens()? {
+            if rec.name == name {
+                self.tokens.remove(hash.as_bytes())?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     /// Every stored token hash with its record.
     pub fn tokens(&self) -> Result<Vec<(String, TokenRecord)>, StoreError> {
         self.tokens
@@ -534,6 +549,7 @@ mod tests {
                 &TokenRecord {
                     name: "admin".into(),
                     created_ms: 1,
+                    read_only: true,
                 },
             )
             .unwrap();
@@ -549,6 +565,7 @@ mod tests {
         assert_eq!(st["c1"].revision, "abc");
         assert_eq!(s.repos().unwrap()[0].apps_path, "apps");
         assert_eq!(s.tokens().unwrap()[0].1.name, "admin");
+        assert!(s.tokens().unwrap()[0].1.read_only);
 
         assert!(s.remove_cluster("c1").unwrap());
         assert!(s.statuses_of_app("guestbook").unwrap().is_empty());

@@ -54,6 +54,10 @@ fn flotilla(hub: &RunningHub, args: &[&str]) -> Output {
         .env("FLOTILLA_CA_FILE", hub.ca_file())
         .env("FLOTILLA_TOKEN_FILE", hub.admin_token_file())
         .env_remove("FLOTILLA_TOKEN")
+        .env(
+            "FLOTILLA_CONFIG",
+            hub.ca_file().with_file_name("no-such-config.json"),
+        )
         .output()
         .unwrap()
 }
@@ -192,6 +196,10 @@ async fn cli_commands_tables_and_json() {
         .env("FLOTILLA_CA_FILE", hub.ca_file())
         .env("FLOTILLA_TOKEN", "wrong")
         .env_remove("FLOTILLA_TOKEN_FILE")
+        .env(
+            "FLOTILLA_CONFIG",
+            hub.ca_file().with_file_name("no-such-config.json"),
+        )
         .output()
         .unwrap();
     assert!(!bad.status.success());
@@ -201,5 +209,88 @@ async fn cli_commands_tables_and_json() {
     let json: Value =
         serde_json::from_str(&ok(&flotilla(&hub, &["cluster", "list", "-o", "json"]))).unwrap();
     assert_eq!(json, Value::Array(vec![]));
+    hub.shutdown().await.unwrap();
+}
+
+fn flotilla_with(envs: &[(&str, &str)], args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_flotilla"));
+    cmd.args(args);
+    for k in [
+        "FLOTILLA_HUB",
+        "FLOTILLA_CA_FILE",
+        "FLOTILLA_TOKEN",
+        "FLOTILLA_TOKEN_FILE",
+    ] {
+        cmd.env_remove(k);
+    }
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_tokens_and_login() {
+    let data = tempfile::tempdir().unwrap();
+    let hub = start(HubConfig::new(data.path(), "127.0.0.1:0".parse().unwrap()))
+        .await
+        .unwrap();
+    let created: Value = serde_json::from_str(&ok(&flotilla(
+        &hub,
+        &["token", "create", "ci", "--read-only", "-o", "json"],
+    )))
+    .unwrap();
+    let ci = created["token"].as_str().unwrap().to_owned();
+    assert_eq!(ci.len(), 64);
+    let url = hub.url();
+    let ca = hub.ca_file().display().to_string();
+    let config = data.path().join("cli-config.json");
+    let config = config.to_str().unwrap();
+    let as_ci = |args: &[&str]| {
+        flotilla_with(
+            &[
+                ("FLOTILLA_HUB", &url),
+                ("FLOTILLA_CA_FILE", &ca),
+                ("FLOTILLA_TOKEN", &ci),
+                ("FLOTILLA_CONFIG", config),
+            ],
+            args,
+        )
+    };
+    ok(&as_ci(&["app", "list"]));
+    ok(&as_ci(&["cluster", "list"]));
+    for args in [
+        &["refresh"][..],
+        &["cluster", "remove", "x"],
+        &["token", "create", "evil"],
+        &["repo", "add", "file:///nowhere"],
+    ] {
+        let out = as_ci(args);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("PermissionDenied"),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // login saves hub, CA and token; later commands need no flags.
+    ok(&as_ci(&["login"]));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(config).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    ok(&flotilla_with(
+        &[("FLOTILLA_CONFIG", config)],
+        &["app", "list"],
+    ));
+
+    // The last read-write token cannot be revoked; ci can, and then fails.
+    let out = flotilla(&hub, &["token", "revoke", "admin"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("FailedPrecondition"));
+    let list = ok(&flotilla(&hub, &["token", "list"]));
+    assert!(list.contains("ci") && list.contains("read-only"), "{list}");
+    ok(&flotilla(&hub, &["token", "revoke", "ci"]));
+    let out = flotilla_with(&[("FLOTILLA_CONFIG", config)], &["app", "list"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Unauthenticated"));
     hub.shutdown().await.unwrap();
 }

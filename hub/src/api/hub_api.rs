@@ -5,11 +5,11 @@ use std::collections::BTreeMap;
 
 use tonic::{Request, Response, Status};
 
-use super::{HubContext, now_ms};
+use super::{HubContext, create_token, now_ms, require_write};
 use crate::fleet::{self, parse_single_application};
 use crate::model::is_dns_subdomain;
 use crate::pki;
-use crate::store::{AppRecord, BootstrapRecord, ClusterRecord, RepoRecord};
+use crate::store::{AppRecord, BootstrapRecord, ClusterRecord, RepoRecord, TokenRecord};
 
 /// Lifetime of a bootstrap token when the request gives none.
 const DEFAULT_BOOTSTRAP_TTL_MS: i64 = 24 * 3600 * 1000;
@@ -92,6 +92,14 @@ impl HubApiService {
     }
 }
 
+fn token_to_pb(t: &TokenRecord) -> pb::ApiToken {
+    pb::ApiToken {
+        name: t.name.clone(),
+        read_only: t.read_only,
+        created_ms: t.created_ms,
+    }
+}
+
 fn repo_to_pb(r: &RepoRecord) -> pb::Repository {
     pb::Repository {
         url: r.url.clone(),
@@ -148,6 +156,7 @@ impl pb::hub_api_server::HubApi for HubApiService {
         &self,
         request: Request<pb::CreateApplicationRequest>,
     ) -> Result<Response<pb::Application>, Status> {
+        require_write(&request)?;
         let req = request.into_inner();
         let app =
             parse_single_application(&req.manifest, "request").map_err(Status::invalid_argument)?;
@@ -180,6 +189,7 @@ impl pb::hub_api_server::HubApi for HubApiService {
         &self,
         request: Request<pb::DeleteApplicationRequest>,
     ) -> Result<Response<pb::DeleteApplicationResponse>, Status> {
+        require_write(&request)?;
         let name = request.into_inner().name;
         if !self.ctx.fleet.remove_app(&name)? {
             return Err(Status::not_found(format!("application {name:?} not found")));
@@ -206,6 +216,7 @@ impl pb::hub_api_server::HubApi for HubApiService {
         &self,
         request: Request<pb::AddClusterRequest>,
     ) -> Result<Response<pb::AddClusterResponse>, Status> {
+        require_write(&request)?;
         let req = request.into_inner();
         let name = req.name;
         if !is_dns_subdomain(&name) {
@@ -283,6 +294,7 @@ impl pb::hub_api_server::HubApi for HubApiService {
         &self,
         request: Request<pb::RemoveClusterRequest>,
     ) -> Result<Response<pb::RemoveClusterResponse>, Status> {
+        require_write(&request)?;
         let name = request.into_inner().name;
         if !self.ctx.fleet.remove_cluster(&name)? {
             return Err(Status::not_found(format!("cluster {name:?} not found")));
@@ -303,6 +315,7 @@ impl pb::hub_api_server::HubApi for HubApiService {
         &self,
         request: Request<pb::AddRepositoryRequest>,
     ) -> Result<Response<pb::Repository>, Status> {
+        require_write(&request)?;
         let req = request.into_inner();
         if req.url.trim().is_empty() {
             return Err(Status::invalid_argument("repository url is required"));
@@ -319,9 +332,82 @@ impl pb::hub_api_server::HubApi for HubApiService {
 
     async fn refresh(
         &self,
-        _request: Request<pb::RefreshRequest>,
+        request: Request<pb::RefreshRequest>,
     ) -> Result<Response<pb::RefreshResponse>, Status> {
+        require_write(&request)?;
         self.ctx.git.kick();
         Ok(Response::new(pb::RefreshResponse {}))
+    }
+
+    async fn create_token(
+        &self,
+        request: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        require_write(&request)?;
+        let req = request.into_inner();
+        if !is_dns_subdomain(&req.name) {
+            return Err(Status::invalid_argument(format!(
+                "token name {:?} must be a lowercase RFC 1123 subdomain",
+                req.name
+            )));
+        }
+        if self
+            .ctx
+            .store
+            .tokens()?
+            .iter()
+            .any(|(_, t)| t.name == req.name)
+        {
+            return Err(Status::already_exists(format!(
+                "a token named {:?} exists (revoke it first)",
+                req.name
+            )));
+        }
+        let (token, rec) = create_token(&self.ctx.store, &req.name, req.read_only)?;
+        tracing::info!(name = %rec.name, read_only = rec.read_only, "API token created");
+        Ok(Response::new(pb::CreateTokenResponse {
+            token,
+            info: Some(token_to_pb(&rec)),
+        }))
+    }
+
+    async fn list_tokens(
+        &self,
+        _request: Request<pb::ListTokensRequest>,
+    ) -> Result<Response<pb::ListTokensResponse>, Status> {
+        let mut tokens: Vec<_> = self
+            .ctx
+            .store
+            .tokens()?
+            .iter()
+            .map(|(_, t)| token_to_pb(t))
+            .collect();
+        tokens.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Response::new(pb::ListTokensResponse { tokens }))
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
+        require_write(&request)?;
+        let name = request.into_inner().name;
+        let tokens = self.ctx.store.tokens()?;
+        if !tokens.iter().any(|(_, t)| t.name == name) {
+            return Err(Status::not_found(format!("token {name:?} not found")));
+        }
+        let writable_left = tokens
+            .iter()
+            .filter(|(_, t)| !t.read_only && t.name != name)
+            .count();
+        if writable_left == 0 {
+            return Err(Status::failed_precondition(
+                "refusing to revoke the last token that is not read-only",
+            ));
+        }
+        self.ctx.store.remove_tokens_named(&name)?;
+        self.ctx.store.flush_async().await?;
+        tracing::info!(name = %name, "API token revoked");
+        Ok(Response::new(pb::RevokeTokenResponse {}))
     }
 }

@@ -51,29 +51,55 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Creates a new random token (32 bytes, hex), stores its hash under `name`
-/// and returns the secret.
+/// and returns the secret with its record.
 ///
 /// # Errors
 /// The store cannot be written.
-pub fn create_token(store: &Store, name: &str) -> Result<String, StoreError> {
+pub fn create_token(
+    store: &Store,
+    name: &str,
+    read_only: bool,
+) -> Result<(String, TokenRecord), StoreError> {
     let bytes: [u8; 32] = rand::random();
     let secret = hex::encode(bytes);
-    store.put_token(
-        &token_hash(&secret),
-        &TokenRecord {
-            name: name.to_owned(),
-            created_ms: now_ms(),
-        },
-    )?;
+    let rec = TokenRecord {
+        name: name.to_owned(),
+        created_ms: now_ms(),
+        read_only,
+    };
+    store.put_token(&token_hash(&secret), &rec)?;
     store.flush()?;
-    Ok(secret)
+    Ok((secret, rec))
+}
+
+/// Who is calling the user API (from the bearer token), as a request
+/// extension.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub token_name: String,
+    pub read_only: bool,
+}
+
+/// Refuses the call when the caller's token is read-only.
+///
+/// # Errors
+/// `PermissionDenied` for a read-only token.
+pub fn require_write<T>(req: &Request<T>) -> Result<(), Status> {
+    match req.extensions().get::<Caller>() {
+        Some(c) if !c.read_only => Ok(()),
+        Some(c) => Err(Status::permission_denied(format!(
+            "token {:?} is read-only",
+            c.token_name
+        ))),
+        None => Err(Status::unauthenticated("no caller identity")),
+    }
 }
 
 /// Checks `authorization: Bearer <token>` against the stored token hashes.
 ///
 /// # Errors
 /// `Unauthenticated` when the header is missing or the token unknown.
-pub fn check_bearer(store: &Store, req: &Request<()>) -> Result<(), Status> {
+pub fn check_bearer(store: &Store, req: &Request<()>) -> Result<Caller, Status> {
     let header = req
         .metadata()
         .get("authorization")
@@ -89,13 +115,16 @@ pub fn check_bearer(store: &Store, req: &Request<()>) -> Result<(), Status> {
     let hash = token_hash(secret);
     let tokens = store.tokens().map_err(Status::from)?;
     // Compare against every token so timing does not reveal which matched.
-    let mut ok = false;
-    for (stored, _) in &tokens {
-        ok |= constant_time_eq(stored.as_bytes(), hash.as_bytes());
+    let mut found = None;
+    for (stored, rec) in &tokens {
+        if constant_time_eq(stored.as_bytes(), hash.as_bytes()) {
+            found = Some(rec);
+        }
     }
-    if ok {
-        Ok(())
-    } else {
-        Err(Status::unauthenticated("invalid token"))
-    }
+    found
+        .map(|rec| Caller {
+            token_name: rec.name.clone(),
+            read_only: rec.read_only,
+        })
+        .ok_or_else(|| Status::unauthenticated("invalid token"))
 }
