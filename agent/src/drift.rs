@@ -42,6 +42,8 @@ impl std::fmt::Display for FieldDrift {
 #[must_use]
 pub fn diff(desired: &Value, live: &Value, ignore: &[String]) -> Vec<FieldDrift> {
     let mut out = Vec::new();
+    let normalized = normalize_secret(desired);
+    let desired = normalized.as_ref().unwrap_or(desired);
     let (Some(d), Some(l)) = (desired.as_object(), live.as_object()) else {
         return out;
     };
@@ -112,7 +114,9 @@ fn compare(
             }
         }
         (Value::Array(d), Value::Array(l)) => compare_lists(path, d, l, ignore, out),
-        (d, l) if scalar_eq(d, l) => {}
+        // Metadata is never canonicalised by the server: compare exactly.
+        (d, l) if path.starts_with("/metadata/") && d == l => {}
+        (d, l) if !path.starts_with("/metadata/") && scalar_eq(d, l) => {}
         (Value::Null, _) => {}
         (d, l) => out.push(FieldDrift {
             path: path.to_owned(),
@@ -122,12 +126,109 @@ fn compare(
     }
 }
 
-/// Scalars compare by value; numbers by numeric value (1 == 1.0).
+/// Scalars compare by value; numbers by numeric value (1 == 1.0); and
+/// resource quantities by amount, since the API server canonicalises them
+/// (`0.5` is stored as `500m`, `1000Mi` stays, `2000m` becomes `2`).
 fn scalar_eq(d: &Value, l: &Value) -> bool {
     match (d, l) {
         (Value::Number(a), Value::Number(b)) => a.as_f64() == b.as_f64(),
+        (Value::String(a), Value::String(b)) if a == b => true,
+        (Value::String(_) | Value::Number(_), Value::String(_) | Value::Number(_)) => {
+            match (quantity(d), quantity(l)) {
+                (Some(a), Some(b)) => (a - b).abs() <= f64::EPSILON * a.abs().max(b.abs()).max(1.0),
+                _ => false,
+            }
+        }
         _ => d == l,
     }
+}
+
+/// A Kubernetes resource quantity as a number (`500m`, `1Gi`, `1e3`, `2`).
+fn quantity(v: &Value) -> Option<f64> {
+    let s = match v {
+        Value::Number(n) => return n.as_f64(),
+        Value::String(s) => s.trim(),
+        _ => return None,
+    };
+    const SUFFIXES: &[(&str, f64)] = &[
+        ("Ki", 1024.0),
+        ("Mi", 1_048_576.0),
+        ("Gi", 1_073_741_824.0),
+        ("Ti", 1_099_511_627_776.0),
+        ("Pi", 1_125_899_906_842_624.0),
+        ("Ei", 1_152_921_504_606_846_976.0),
+        ("n", 1e-9),
+        ("u", 1e-6),
+        ("m", 1e-3),
+        ("k", 1e3),
+        ("M", 1e6),
+        ("G", 1e9),
+        ("T", 1e12),
+        ("P", 1e15),
+        ("E", 1e18),
+    ];
+    let (number, factor) = SUFFIXES
+        .iter()
+        .find_map(|(suffix, f)| s.strip_suffix(suffix).map(|n| (n, *f)))
+        .unwrap_or((s, 1.0));
+    // Only plain decimal numbers (with an optional exponent) are quantities;
+    // "inf", "NaN" and the like are not.
+    if number.is_empty()
+        || !number
+            .chars()
+            .all(|c| c.is_ascii_digit() || matches!(c, '.' | '+' | '-' | 'e' | 'E'))
+    {
+        return None;
+    }
+    number.parse::<f64>().ok().map(|n| n * factor)
+}
+
+/// A Secret's `stringData` is write-only: the server folds it into `data`
+/// (base64). Compare what the server will hold.
+fn normalize_secret(desired: &Value) -> Option<Value> {
+    if desired.get("kind").and_then(Value::as_str) != Some("Secret")
+        || desired.get("apiVersion").and_then(Value::as_str) != Some("v1")
+    {
+        return None;
+    }
+    let string_data = desired.get("stringData")?.as_object()?;
+    let mut out = desired.clone();
+    let root = out.as_object_mut()?;
+    let mut data = root
+        .get("data")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    for (k, v) in string_data {
+        if let Some(text) = v.as_str() {
+            data.insert(k.clone(), Value::from(base64_encode(text.as_bytes())));
+        }
+    }
+    root.remove("stringData");
+    root.insert("data".to_owned(), Value::Object(data));
+    Some(out)
+}
+
+/// Standard base64 with padding.
+fn base64_encode(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 fn name_of(v: &Value) -> Option<&str> {
@@ -246,6 +347,44 @@ mod tests {
             ]
         );
         assert_eq!(drift[0].to_string(), "/spec/replicas: 2 -> 3");
+    }
+
+    #[test]
+    fn quantities_compare_by_amount() {
+        let desired = json!({"spec": {"cpu": "0.5", "mem": "1Gi", "n": 2, "big": "2000m"}});
+        let live = json!({"spec": {"cpu": "500m", "mem": "1024Mi", "n": "2", "big": "2"}});
+        assert_eq!(diff(&desired, &live, &[]), vec![]);
+        let live = json!({"spec": {"cpu": "600m", "mem": "1Gi", "n": 2, "big": "2"}});
+        assert_eq!(diff(&desired, &live, &[]).len(), 1);
+        // Words are not quantities.
+        let desired = json!({"spec": {"policy": "Always"}});
+        let live = json!({"spec": {"policy": "Never"}});
+        assert_eq!(diff(&desired, &live, &[]).len(), 1);
+    }
+
+    #[test]
+    fn secret_string_data_compares_as_data() {
+        let desired = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"},
+            "stringData": {"password": "hunter2", "a": "ab"}});
+        let live = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"},
+            "data": {"password": "aHVudGVyMg==", "a": "YWI="}, "type": "Opaque"});
+        assert_eq!(diff(&desired, &live, &[]), vec![]);
+        let changed = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"},
+            "data": {"password": "b3RoZXI=", "a": "YWI="}});
+        assert_eq!(diff(&desired, &changed, &[])[0].path, "/data/password");
+    }
+
+    #[test]
+    fn base64_matches_the_standard() {
+        for (plain, encoded) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64_encode(plain.as_bytes()), encoded);
+        }
     }
 
     #[test]
