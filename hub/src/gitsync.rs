@@ -4,7 +4,7 @@
 //! A render is keyed by (repository, commit, path, directory options) and
 //! shared by every application and cluster that uses it.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -386,7 +386,7 @@ impl GitSync {
     }
 
     async fn render_all(&self, force: bool) -> Result<(), StoreError> {
-        let mut used = BTreeSet::new();
+        let mut used = HashSet::new();
         let mut bundles = Vec::new();
         let apps = self.store.apps()?;
         for rec in apps {
@@ -422,7 +422,7 @@ impl GitSync {
                 include: dir.include,
                 exclude: dir.exclude,
             };
-            used.insert(format!("{key:?}"));
+            used.insert(key.clone());
             let rendered = self.render(&key).await;
             let bundle = match rendered.as_ref() {
                 Ok(m) => build_bundle(app, &commit, Ok(m)),
@@ -440,7 +440,7 @@ impl GitSync {
         self.renders
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .retain(|k, _| used.contains(&format!("{k:?}")));
+            .retain(|k, _| used.contains(k));
         Ok(())
     }
 
