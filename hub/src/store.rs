@@ -49,6 +49,10 @@ pub struct ClusterRecord {
     /// cluster. A certificate with any other serial is refused.
     #[serde(default)]
     pub cert_serial: Option<String>,
+    /// Serial of a renewed certificate not used yet; the first connection
+    /// with it makes it current (and the previous one invalid).
+    #[serde(default)]
+    pub pending_serial: Option<String>,
     /// Generation of the desired state the hub computed for this cluster.
     #[serde(default)]
     pub generation: u64,

@@ -924,3 +924,53 @@ async fn enrollment_refuses_bad_tokens() {
     assert_eq!(resp.cluster_name, "c2");
     hub.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewal_replaces_the_certificate_on_first_use() {
+    let repo = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let hub = start_hub(data.path(), &make_repo(repo.path())).await;
+    let ca = std::fs::read_to_string(hub.ca_file()).unwrap();
+    let mut admin = api(&hub, Some(admin_token(&hub))).await;
+    let old = add_cluster(&mut admin, "c1").await;
+
+    // Renew needs a valid client certificate.
+    let (csr_der, key_pem) = csr();
+    let mut anon = AgentLinkClient::new(channel(&hub, None, &ca).await.unwrap());
+    let err = anon
+        .renew(pb::RenewRequest {
+            csr_der: csr_der.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+
+    let mut client = AgentLinkClient::new(channel(&hub, Some(old.clone()), &ca).await.unwrap());
+    let resp = client
+        .renew(pb::RenewRequest { csr_der })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.cluster_name, "c1");
+    let new = Identity::from_pem(&resp.certificate_pem, &key_pem);
+
+    // Until the new one is used, the old one still works.
+    let mut c = open_stream(channel(&hub, Some(old.clone()), &ca).await.unwrap())
+        .await
+        .unwrap();
+    c.tx.send(hello(&[])).await.unwrap();
+    next_desired(&mut c).await;
+    // First use of the new certificate revokes the old one.
+    let mut c = open_stream(channel(&hub, Some(new.clone()), &ca).await.unwrap())
+        .await
+        .unwrap();
+    c.tx.send(hello(&[])).await.unwrap();
+    next_desired(&mut c).await;
+    assert_refused(channel(&hub, Some(old), &ca).await.unwrap()).await;
+    let mut c = open_stream(channel(&hub, Some(new), &ca).await.unwrap())
+        .await
+        .unwrap();
+    c.tx.send(hello(&[])).await.unwrap();
+    next_desired(&mut c).await;
+    hub.shutdown().await.unwrap();
+}

@@ -83,6 +83,20 @@ impl AgentLinkService {
             tracing::warn!(cluster = %id.cluster, "refused agent stream: unknown cluster");
             return Err(Status::unauthenticated("unknown or removed cluster"));
         };
+        if rec.pending_serial.as_deref() == Some(id.serial.as_str()) {
+            // First use of a renewed certificate: from now on only it counts.
+            let serial = id.serial.clone();
+            let promoted = self.ctx.store.update_cluster(&id.cluster, |c| {
+                if c.pending_serial.as_deref() == Some(serial.as_str()) {
+                    c.cert_serial = c.pending_serial.take();
+                }
+            })?;
+            if promoted.is_some_and(|c| c.cert_serial.as_deref() == Some(id.serial.as_str())) {
+                self.ctx.store.flush()?;
+                tracing::info!(cluster = %id.cluster, serial = %id.serial, "renewed certificate in use; previous one revoked");
+                return Ok(id);
+            }
+        }
         if rec.cert_serial.as_deref() != Some(id.serial.as_str()) {
             tracing::warn!(cluster = %id.cluster, serial = %id.serial, "refused agent stream: certificate revoked or superseded");
             return Err(Status::unauthenticated("certificate revoked"));
@@ -134,6 +148,7 @@ impl pb::agent_link_server::AgentLink for AgentLinkService {
         }
         let updated = self.ctx.store.update_cluster(&rec.cluster, |c| {
             c.cert_serial = Some(serial.clone());
+            c.pending_serial = None;
             c.agent_version.clone_from(&req.agent_version);
         })?;
         if updated.is_none() {
@@ -145,6 +160,32 @@ impl pb::agent_link_server::AgentLink for AgentLinkService {
             certificate_pem,
             ca_pem: self.ctx.pki.ca_pem().to_owned(),
             cluster_name: rec.cluster,
+        }))
+    }
+
+    async fn renew(
+        &self,
+        request: Request<pb::RenewRequest>,
+    ) -> Result<Response<pb::EnrollResponse>, Status> {
+        let id = self.authenticate(&request)?;
+        let req = request.into_inner();
+        let (certificate_pem, serial) = self
+            .ctx
+            .pki
+            .sign_csr(&id.cluster, &req.csr_der)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let updated = self.ctx.store.update_cluster(&id.cluster, |c| {
+            c.pending_serial = Some(serial.clone());
+        })?;
+        if updated.is_none() {
+            return Err(Status::unauthenticated("unknown or removed cluster"));
+        }
+        self.ctx.store.flush_async().await?;
+        tracing::info!(cluster = %id.cluster, serial = %serial, "certificate renewed");
+        Ok(Response::new(pb::EnrollResponse {
+            certificate_pem,
+            ca_pem: self.ctx.pki.ca_pem().to_owned(),
+            cluster_name: id.cluster,
         }))
     }
 
