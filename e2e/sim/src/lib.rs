@@ -14,6 +14,7 @@ pub mod schema;
 pub mod selector;
 pub mod server;
 pub mod store;
+pub mod table;
 pub mod tls;
 
 use std::collections::BTreeMap;

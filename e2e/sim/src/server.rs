@@ -421,9 +421,13 @@ fn resource(
                 };
             let watch = query.get("watch").is_some_and(|w| w == "1" || w == "true");
             if watch {
-                return watch_resp(c, &rd, ns, labels, fields, query);
+                let table = crate::table::wants_table(accept(headers));
+                return watch_resp(c, &rd, ns, labels, fields, query, table);
             }
             let (items, rv) = c.list(&rd, ns, &|o| labels.matches(o) && fields.matches(o));
+            if crate::table::wants_table(accept(headers)) {
+                return json_resp(200, &crate::table::table(&rd, &items, Some(rv)));
+            }
             json_resp(
                 200,
                 &json!({"kind": format!("{}List", rd.kind), "apiVersion": rd.api_version(), "metadata": {"resourceVersion": rv.to_string()}, "items": items}),
@@ -466,6 +470,12 @@ fn resource(
                 200,
                 &json!({"kind": format!("{}List", rd.kind), "apiVersion": rd.api_version(), "metadata": {}, "items": out}),
             )
+        }
+        (Method::GET, Some(n)) if sub.is_none() && crate::table::wants_table(accept(headers)) => {
+            match c.get(&rd, ns, n) {
+                Ok(o) => json_resp(200, &crate::table::table(&rd, &[o], None)),
+                Err(e) => err_resp(&e),
+            }
         }
         (Method::GET, Some(n)) => result_resp(c.get(&rd, ns, n), 200),
         (Method::PUT, Some(n)) => match decode(headers, &body) {
@@ -676,6 +686,13 @@ fn scale(
     result_resp(r.map(|o| scale_of(&o)), 200)
 }
 
+fn accept(headers: &HeaderMap) -> &str {
+    headers
+        .get(http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
 fn with_yaml(headers: &HeaderMap) -> HeaderMap {
     let mut h = headers.clone();
     h.insert(
@@ -698,6 +715,7 @@ fn watch_resp(
     labels: LabelSelector,
     fields: FieldSelector,
     query: &HashMap<String, String>,
+    as_table: bool,
 ) -> Response<Body> {
     let gr = rd.group_resource();
     let api_version = rd.api_version();
@@ -722,9 +740,13 @@ fn watch_resp(
         .map(Duration::from_secs);
     let mut initial: Vec<Bytes> = Vec::new();
     let av = api_version.clone();
+    let table_rd = as_table.then(|| rd.clone());
     let with_v = move |o: &Value| {
         let mut o = o.clone();
         o["apiVersion"] = json!(av);
+        if let Some(rd) = &table_rd {
+            return crate::table::table(rd, &[o], None);
+        }
         o
     };
     let (mut sub, start_rv, expired) = {

@@ -88,6 +88,12 @@ async fn kubectl_apply_get_diff_wait_delete() {
     )
     .await;
 
+    // Human-readable tables carry the usual columns.
+    let table = env
+        .kubectl_ok("sim-1", &["get", "-n", "demo", "deployment/web"])
+        .await;
+    assert!(table.contains("READY") && table.contains("2/2"), "{table}");
+
     // diff: clean right after apply, different after another manager's change.
     let out = env
         .kubectl("sim-1", &["diff", "--server-side", "-f", m])
