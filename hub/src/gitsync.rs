@@ -388,19 +388,28 @@ impl GitSync {
     async fn render_all(&self, force: bool) -> Result<(), StoreError> {
         let mut used = HashSet::new();
         let mut bundles = Vec::new();
+        // A source that is also a registered repository keeps that
+        // repository's poll interval.
+        let intervals: HashMap<(String, String), Duration> = self
+            .store
+            .repos()?
+            .into_iter()
+            .map(|r| {
+                let interval = Duration::from_secs(r.poll_interval_secs.max(1) as u64);
+                ((r.url, revision_or_head(&r.revision)), interval)
+            })
+            .collect();
         let apps = self.store.apps()?;
         for rec in apps {
             let app = &rec.app;
             let src = &app.spec.source;
             let name = app.metadata.name.clone();
-            let commit = self
-                .fetch(
-                    &src.repo_url,
-                    &revision_or_head(&src.target_revision),
-                    self.default_interval,
-                    force,
-                )
-                .await;
+            let key = (src.repo_url.clone(), revision_or_head(&src.target_revision));
+            let interval = intervals
+                .get(&key)
+                .copied()
+                .unwrap_or(self.default_interval);
+            let commit = self.fetch(&key.0, &key.1, interval, force).await;
             let commit = match commit {
                 Ok(c) => c,
                 Err(e) => {

@@ -974,3 +974,34 @@ async fn renewal_replaces_the_certificate_on_first_use() {
     next_desired(&mut c).await;
     hub.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_are_picked_up_by_polling_alone() {
+    let repo = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let url = make_repo(repo.path());
+    let hub = start_hub(data.path(), &url).await;
+    let mut admin = api(&hub, Some(admin_token(&hub))).await;
+    let get_web = |mut admin: Api| async move {
+        admin
+            .get_application(pb::GetApplicationRequest { name: "web".into() })
+            .await
+            .ok()
+            .map(|r| r.into_inner())
+    };
+    let first = eventually("web rendered", || {
+        let admin = admin.clone();
+        async move { get_web(admin).await.filter(|a| !a.revision.is_empty()) }
+    })
+    .await;
+    write(repo.path(), "web/cm.yaml", &configmap("web", "polled"));
+    git(repo.path(), &["commit", "-q", "-am", "no refresh"]);
+    eventually("new revision without Refresh", || {
+        let admin = admin.clone();
+        let old = first.revision.clone();
+        async move { get_web(admin).await.filter(|a| a.revision != old) }
+    })
+    .await;
+    admin.version(pb::VersionRequest {}).await.unwrap();
+    hub.shutdown().await.unwrap();
+}
