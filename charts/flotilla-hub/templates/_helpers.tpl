@@ -1,0 +1,76 @@
+{{/*
+Chart name, overridable with nameOverride.
+*/}}
+{{- define "flotilla-hub.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/*
+Full object name: fullnameOverride, else the release name when it already
+contains the chart name, else "<release>-<chart>". Kubernetes names stop at
+63 characters.
+*/}}
+{{- define "flotilla-hub.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Labels that select the hub pod; they never change across upgrades.
+*/}}
+{{- define "flotilla-hub.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "flotilla-hub.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/*
+Labels on every object of the chart.
+*/}}
+{{- define "flotilla-hub.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "flotilla-hub.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/component: hub
+app.kubernetes.io/part-of: flotilla
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{/*
+ServiceAccount the hub runs as.
+*/}}
+{{- define "flotilla-hub.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "flotilla-hub.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Secret holding a supplied CA.
+*/}}
+{{- define "flotilla-hub.caSecretName" -}}
+{{- default (printf "%s-ca" (include "flotilla-hub.fullname" .)) .Values.ca.existingSecret -}}
+{{- end -}}
+
+{{/*
+Secret holding a supplied admin token.
+*/}}
+{{- define "flotilla-hub.adminTokenSecretName" -}}
+{{- default (printf "%s-admin-token" (include "flotilla-hub.fullname" .)) .Values.adminToken.existingSecret -}}
+{{- end -}}
+
+{{/*
+Whether an admin token is supplied, by value or by existing Secret.
+*/}}
+{{- define "flotilla-hub.hasAdminToken" -}}
+{{- if or .Values.adminToken.value .Values.adminToken.existingSecret -}}true{{- end -}}
+{{- end -}}

@@ -1,0 +1,705 @@
+//! The Helm charts in `charts/`: rendered as `helm template` would (see
+//! `flotilla_e2e::helm`), checked field by field, and applied to a simulated
+//! cluster with the real `kubectl apply --server-side`.
+//!
+//! Run: `cargo test -p flotilla-e2e --test charts`.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use anyhow::{Context, Result, bail};
+use flotilla_e2e::helm::{self, Chart, Release};
+use serde_json::{Value, json};
+use tokio::io::AsyncWriteExt;
+
+fn chart_dir(name: &str) -> PathBuf {
+    flotilla_e2e::workspace_root().join("charts").join(name)
+}
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/charts")
+        .join(name)
+}
+
+/// Rendered objects, by `Kind/name`.
+struct Rendered {
+    text: String,
+    docs: Vec<Value>,
+}
+
+impl Rendered {
+    fn render(chart: &str, release: &Release, values: &[PathBuf]) -> Result<Self> {
+        let text = helm::template(&chart_dir(chart), release, values)?;
+        let docs: Vec<Value> = serde_saphyr::from_multiple(&text)
+            .with_context(|| format!("rendered {chart} is not YAML:\n{text}"))?;
+        let docs: Vec<Value> = docs.into_iter().filter(|d| !d.is_null()).collect();
+        Ok(Self { text, docs })
+    }
+
+    fn ids(&self) -> BTreeSet<String> {
+        self.docs
+            .iter()
+            .map(|d| {
+                let ns = d["metadata"]["namespace"].as_str().unwrap_or("");
+                format!(
+                    "{}/{}/{}",
+                    d["kind"].as_str().unwrap_or("?"),
+                    ns,
+                    d["metadata"]["name"].as_str().unwrap_or("?")
+                )
+            })
+            .collect()
+    }
+
+    fn get(&self, kind: &str, name: &str) -> &Value {
+        self.docs
+            .iter()
+            .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no {kind}/{name} in:\n{}", self.text))
+    }
+}
+
+fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| (*s).to_owned()).collect()
+}
+
+fn container<'a>(pod_spec: &'a Value, name: &str) -> &'a Value {
+    pod_spec["containers"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == name))
+        .unwrap_or_else(|| panic!("no container {name} in {pod_spec}"))
+}
+
+fn args(c: &Value) -> Vec<String> {
+    c["args"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|v| v.as_str().unwrap_or_default().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `flag` is followed by `value` somewhere in `args`.
+fn has_flag(args: &[String], flag: &str, value: &str) -> bool {
+    args.windows(2).any(|w| w[0] == flag && w[1] == value)
+}
+
+fn port(c: &Value, name: &str) -> i64 {
+    c["ports"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == name))
+        .and_then(|p| p["containerPort"].as_i64())
+        .unwrap_or_else(|| panic!("no port {name} in {c}"))
+}
+
+fn assert_hardened(pod_spec: &Value, c: &Value) {
+    assert_eq!(pod_spec["securityContext"]["runAsNonRoot"], true);
+    let sc = &c["securityContext"];
+    assert_eq!(sc["runAsNonRoot"], true, "{sc}");
+    assert_eq!(sc["readOnlyRootFilesystem"], true, "{sc}");
+    assert_eq!(sc["allowPrivilegeEscalation"], false, "{sc}");
+    assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]), "{sc}");
+    assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault", "{sc}");
+}
+
+fn assert_probes(c: &Value, port_name: &str) {
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz", "{c}");
+    assert_eq!(c["livenessProbe"]["httpGet"]["port"], port_name, "{c}");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz", "{c}");
+    assert_eq!(c["readinessProbe"]["httpGet"]["port"], port_name, "{c}");
+}
+
+fn env_secret_key<'a>(c: &'a Value, name: &str) -> (&'a str, &'a str) {
+    let var = c["env"]
+        .as_array()
+        .and_then(|e| e.iter().find(|v| v["name"] == name))
+        .unwrap_or_else(|| panic!("no env {name} in {c}"));
+    let r = &var["valueFrom"]["secretKeyRef"];
+    (
+        r["name"].as_str().unwrap_or_default(),
+        r["key"].as_str().unwrap_or_default(),
+    )
+}
+
+// ---------------------------------------------------------------------------
+// The hub chart
+
+#[test]
+fn hub_chart_default_values() -> Result<()> {
+    let r = Rendered::render(
+        "flotilla-hub",
+        &Release::new("flotilla-hub", "flotilla-system"),
+        &[],
+    )?;
+    assert_eq!(
+        r.ids(),
+        set(&[
+            "ServiceAccount/flotilla-system/flotilla-hub",
+            "Service/flotilla-system/flotilla-hub",
+            "Service/flotilla-system/flotilla-hub-headless",
+            "StatefulSet/flotilla-system/flotilla-hub",
+        ]),
+        "{}",
+        r.text
+    );
+    let sts = r.get("StatefulSet", "flotilla-hub");
+    assert_eq!(sts["spec"]["replicas"], 1);
+    assert_eq!(sts["spec"]["serviceName"], "flotilla-hub-headless");
+    let pod = &sts["spec"]["template"]["spec"];
+    assert!(pod["initContainers"].is_null(), "no CA or token supplied");
+    let hub = container(pod, "hub");
+    assert_eq!(hub["image"], "ghcr.io/flotilla-gitops/flotilla-hub:0.1.0");
+    let a = args(hub);
+    assert_eq!(a[0], "serve");
+    assert!(has_flag(&a, "--data-dir", "/var/lib/flotilla"), "{a:?}");
+    assert!(has_flag(&a, "--listen", "0.0.0.0:7443"), "{a:?}");
+    assert!(has_flag(&a, "--metrics-listen", "0.0.0.0:9090"), "{a:?}");
+    assert!(
+        has_flag(&a, "--advertise-host", "flotilla-hub.flotilla-system.svc"),
+        "{a:?}"
+    );
+    assert_eq!(port(hub, "agent"), 7443);
+    assert_eq!(port(hub, "metrics"), 9090);
+    assert_hardened(pod, hub);
+    assert_probes(hub, "metrics");
+    assert_eq!(hub["resources"]["requests"]["memory"], "128Mi");
+    let mounts = hub["volumeMounts"].to_string();
+    assert!(mounts.contains("/var/lib/flotilla"), "{mounts}");
+    let claim = &sts["spec"]["volumeClaimTemplates"][0];
+    assert_eq!(claim["metadata"]["name"], "data");
+    assert_eq!(claim["spec"]["resources"]["requests"]["storage"], "10Gi");
+    assert!(claim["spec"]["storageClassName"].is_null());
+
+    let svc = r.get("Service", "flotilla-hub");
+    assert_eq!(svc["spec"]["type"], "ClusterIP");
+    assert_eq!(
+        svc["spec"]["ports"],
+        json!([
+            {"name": "agent", "port": 7443, "targetPort": "agent", "protocol": "TCP", "appProtocol": "grpc"},
+            {"name": "metrics", "port": 9090, "targetPort": "metrics", "protocol": "TCP", "appProtocol": "http"},
+        ])
+    );
+    assert_eq!(
+        svc["spec"]["selector"],
+        sts["spec"]["selector"]["matchLabels"]
+    );
+    Ok(())
+}
+
+#[test]
+fn hub_chart_custom_values() -> Result<()> {
+    let r = Rendered::render(
+        "flotilla-hub",
+        &Release::new("prod", "flotilla"),
+        &[fixture("hub-values.yaml")],
+    )?;
+    assert_eq!(
+        r.ids(),
+        set(&[
+            "ServiceAccount/flotilla/fleet-hub",
+            "Service/flotilla/fleet-hub",
+            "Service/flotilla/fleet-hub-headless",
+            "StatefulSet/flotilla/fleet-hub",
+            "Ingress/flotilla/fleet-hub",
+            "Secret/flotilla/fleet-hub-ca",
+            "Secret/flotilla/fleet-hub-admin-token",
+        ]),
+        "{}",
+        r.text
+    );
+    let sts = r.get("StatefulSet", "fleet-hub");
+    let pod = &sts["spec"]["template"]["spec"];
+    let hub = container(pod, "hub");
+    assert_eq!(hub["image"], "registry.example.com/flotilla/hub:0.2.0-test");
+    assert_eq!(hub["imagePullPolicy"], "Always");
+    let a = args(hub);
+    assert!(has_flag(&a, "--listen", "0.0.0.0:8443"), "{a:?}");
+    assert!(has_flag(&a, "--metrics-listen", "0.0.0.0:9100"), "{a:?}");
+    assert!(
+        has_flag(&a, "--advertise-host", "flotilla.example.com"),
+        "{a:?}"
+    );
+    assert!(
+        has_flag(&a, "--advertise-host", "hub.internal.example.com"),
+        "{a:?}"
+    );
+    assert!(
+        has_flag(
+            &a,
+            "--repo",
+            "https://git.example.com/platform/config.git#apps"
+        ),
+        "{a:?}"
+    );
+    assert!(has_flag(&a, "--revision", "main"), "{a:?}");
+    assert!(has_flag(&a, "--poll-interval", "30s"), "{a:?}");
+    assert_eq!(a.last().map(String::as_str), Some("--some-future-flag"));
+    assert_eq!(port(hub, "agent"), 8443);
+    assert_eq!(port(hub, "metrics"), 9100);
+    assert_probes(hub, "metrics");
+    assert_hardened(pod, hub);
+    assert_eq!(
+        hub["resources"],
+        json!({"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "2", "memory": "2Gi"}})
+    );
+    let env = hub["env"].to_string();
+    assert!(env.contains("OTEL_EXPORTER_OTLP_ENDPOINT"), "{env}");
+    assert!(env.contains("\"debug\""), "{env}");
+    assert_eq!(pod["nodeSelector"], json!({"kubernetes.io/os": "linux"}));
+    assert_eq!(pod["tolerations"][0]["value"], "flotilla");
+
+    // The supplied CA and token are copied into the data directory first.
+    let init = &pod["initContainers"][0];
+    assert_eq!(init["name"], "seed-data-dir");
+    assert_hardened(pod, init);
+    let init_mounts = init["volumeMounts"].to_string();
+    assert!(init_mounts.contains("/seed/ca") && init_mounts.contains("/seed/admin"));
+    let volumes = pod["volumes"].to_string();
+    assert!(volumes.contains("fleet-hub-ca") && volumes.contains("fleet-hub-admin-token"));
+
+    let claim = &sts["spec"]["volumeClaimTemplates"][0];
+    assert_eq!(claim["spec"]["resources"]["requests"]["storage"], "50Gi");
+    assert_eq!(claim["spec"]["storageClassName"], "fast-ssd");
+
+    let svc = r.get("Service", "fleet-hub");
+    assert_eq!(svc["spec"]["type"], "LoadBalancer");
+    assert_eq!(svc["spec"]["ports"][0]["port"], 443);
+    assert_eq!(svc["spec"]["ports"][1]["port"], 9200);
+    assert_eq!(svc["metadata"]["annotations"]["example.com/lb"], "internal");
+
+    let ing = r.get("Ingress", "fleet-hub");
+    assert_eq!(ing["spec"]["ingressClassName"], "nginx");
+    assert_eq!(ing["spec"]["rules"][0]["host"], "flotilla.example.com");
+    assert_eq!(
+        ing["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"],
+        json!({"name": "fleet-hub", "port": {"name": "agent"}})
+    );
+
+    let ca = r.get("Secret", "fleet-hub-ca");
+    let crt = ca["data"]["ca.crt"].as_str().unwrap_or_default();
+    assert!(!crt.is_empty() && ca["data"]["ca.key"].is_string());
+    let token = r.get("Secret", "fleet-hub-admin-token");
+    assert_eq!(token["data"]["admin.token"], "dGVzdC1hZG1pbi10b2tlbg==");
+    Ok(())
+}
+
+#[test]
+fn hub_chart_refuses_ca_without_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let values = dir.path().join("v.yaml");
+    std::fs::write(&values, "ca:\n  enabled: true\n  cert: x\n").unwrap();
+    let err = helm::template(
+        &chart_dir("flotilla-hub"),
+        &Release::new("h", "ns"),
+        &[values],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("flotilla-hub/templates/secret.yaml"), "{err}");
+    assert!(err.contains("ca.key is required"), "{err}");
+}
+
+// ---------------------------------------------------------------------------
+// The agent chart
+
+#[test]
+fn agent_chart_default_values() -> Result<()> {
+    let r = Rendered::render(
+        "flotilla-agent",
+        &Release::new("flotilla-agent", "flotilla-system"),
+        &[],
+    )?;
+    assert_eq!(
+        r.ids(),
+        set(&[
+            "ServiceAccount/flotilla-system/flotilla-agent",
+            "Secret/flotilla-system/flotilla-agent-bootstrap",
+            "Role/flotilla-system/flotilla-agent-self",
+            "RoleBinding/flotilla-system/flotilla-agent-self",
+            "ClusterRole//flotilla-agent",
+            "ClusterRoleBinding//flotilla-agent",
+            "Deployment/flotilla-system/flotilla-agent",
+        ]),
+        "{}",
+        r.text
+    );
+    let cr = r.get("ClusterRole", "flotilla-agent");
+    assert_eq!(
+        cr["rules"],
+        json!([{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}])
+    );
+    let crb = r.get("ClusterRoleBinding", "flotilla-agent");
+    assert_eq!(
+        crb["subjects"],
+        json!([{"kind": "ServiceAccount", "name": "flotilla-agent", "namespace": "flotilla-system"}])
+    );
+    let own = r.get("Role", "flotilla-agent-self");
+    assert!(own["rules"][0]["resources"].to_string().contains("secrets"));
+
+    let secret = r.get("Secret", "flotilla-agent-bootstrap");
+    assert_eq!(
+        secret["stringData"],
+        json!({"token": "", "hub-url": "https://flotilla-hub.flotilla-system.svc:7443", "ca-pin": ""})
+    );
+
+    let dep = r.get("Deployment", "flotilla-agent");
+    assert_eq!(dep["spec"]["replicas"], 1);
+    let pod = &dep["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "flotilla-agent");
+    let agent = container(pod, "agent");
+    assert_eq!(
+        agent["image"],
+        "ghcr.io/flotilla-gitops/flotilla-agent:0.1.0"
+    );
+    let a = args(agent);
+    assert!(has_flag(&a, "--hub", "$(FLOTILLA_HUB)"), "{a:?}");
+    assert!(
+        has_flag(&a, "--state-dir", "/var/lib/flotilla-agent"),
+        "{a:?}"
+    );
+    assert!(has_flag(&a, "--health-listen", "0.0.0.0:8081"), "{a:?}");
+    for (var, key) in [
+        ("FLOTILLA_HUB", "hub-url"),
+        ("FLOTILLA_TOKEN", "token"),
+        ("FLOTILLA_CA_PIN", "ca-pin"),
+    ] {
+        assert_eq!(
+            env_secret_key(agent, var),
+            ("flotilla-agent-bootstrap", key)
+        );
+    }
+    assert_eq!(port(agent, "health"), 8081);
+    assert_probes(agent, "health");
+    assert_hardened(pod, agent);
+    let state = pod["volumes"]
+        .as_array()
+        .and_then(|v| v.iter().find(|v| v["name"] == "state"))
+        .context("no state volume")?;
+    assert_eq!(state["emptyDir"], json!({}));
+    Ok(())
+}
+
+#[test]
+fn agent_chart_namespace_scoped() -> Result<()> {
+    let r = Rendered::render(
+        "flotilla-agent",
+        &Release::new("edge", "flotilla-system"),
+        &[fixture("agent-values.yaml")],
+    )?;
+    assert_eq!(
+        r.ids(),
+        set(&[
+            "ServiceAccount/flotilla-system/edge-flotilla-agent",
+            "Secret/flotilla-system/edge-flotilla-agent-bootstrap",
+            "Role/flotilla-system/edge-flotilla-agent-self",
+            "RoleBinding/flotilla-system/edge-flotilla-agent-self",
+            "Role/team-a/edge-flotilla-agent",
+            "RoleBinding/team-a/edge-flotilla-agent",
+            "Role/team-b/edge-flotilla-agent",
+            "RoleBinding/team-b/edge-flotilla-agent",
+            "Deployment/flotilla-system/edge-flotilla-agent",
+        ]),
+        "{}",
+        r.text
+    );
+    for doc in r.docs.iter().filter(|d| d["kind"] == "Role") {
+        if doc["metadata"]["namespace"] == "flotilla-system" {
+            continue;
+        }
+        assert_eq!(
+            doc["rules"][0],
+            json!({"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]})
+        );
+        assert_eq!(
+            doc["rules"][1]["apiGroups"],
+            json!(["apiextensions.k8s.io"])
+        );
+    }
+    for doc in r.docs.iter().filter(|d| d["kind"] == "RoleBinding") {
+        assert_eq!(doc["subjects"][0]["namespace"], "flotilla-system");
+        assert_eq!(doc["subjects"][0]["name"], "edge-flotilla-agent");
+    }
+    let secret = r.get("Secret", "edge-flotilla-agent-bootstrap");
+    assert_eq!(secret["stringData"]["token"], "flt_test.0123456789abcdef");
+    assert_eq!(
+        secret["stringData"]["hub-url"],
+        "https://flotilla.example.com:443"
+    );
+    assert!(
+        secret["stringData"]["ca-pin"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("sha256:")
+    );
+
+    let dep = r.get("Deployment", "edge-flotilla-agent");
+    let pod = &dep["spec"]["template"]["spec"];
+    let agent = container(pod, "agent");
+    assert!(has_flag(&args(agent), "--health-listen", "0.0.0.0:9081"));
+    assert_eq!(port(agent, "health"), 9081);
+    assert_probes(agent, "health");
+    assert_hardened(pod, agent);
+    assert_eq!(
+        agent["resources"]["limits"],
+        json!({"cpu": "1", "memory": "512Mi"})
+    );
+    assert!(agent["env"].to_string().contains("HTTPS_PROXY"));
+    Ok(())
+}
+
+#[test]
+fn agent_chart_rejects_unknown_scope_and_missing_namespaces() {
+    let dir = tempfile::tempdir().unwrap();
+    for (text, expected) in [
+        (
+            "rbac:\n  scope: everywhere\n",
+            "rbac.scope must be cluster or namespace",
+        ),
+        ("rbac:\n  scope: namespace\n", "rbac.namespaces must list"),
+    ] {
+        let values = dir.path().join("v.yaml");
+        std::fs::write(&values, text).unwrap();
+        let err = helm::template(
+            &chart_dir("flotilla-agent"),
+            &Release::new("a", "ns"),
+            &[values],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("flotilla-agent/templates/rbac.yaml"), "{err}");
+        assert!(err.contains(expected), "{err}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The renderer itself
+
+fn inline_chart(dir: &Path, templates: &[(&str, &str)]) -> Result<Chart> {
+    std::fs::create_dir_all(dir.join("templates"))?;
+    std::fs::write(
+        dir.join("Chart.yaml"),
+        "apiVersion: v2\nname: c\nversion: 1.2.3\nappVersion: \"9\"\n",
+    )?;
+    std::fs::write(
+        dir.join("values.yaml"),
+        "m:\n  z: 1\n  a: [true, x]\ns: hi\n",
+    )?;
+    for (name, text) in templates {
+        std::fs::write(dir.join("templates").join(name), text)?;
+    }
+    Ok(Chart::load(dir)?)
+}
+
+#[test]
+fn renderer_include_tpl_nindent_and_sorted_to_yaml() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = inline_chart(
+        dir.path(),
+        &[
+            (
+                "_helpers.tpl",
+                r#"{{- define "c.name" -}}{{ .Chart.Name }}-{{ .Chart.AppVersion }}-{{ .Release.Name }}{{- end -}}
+{{- define "c.outer" -}}outer({{ include "c.name" . }}){{- end -}}"#,
+            ),
+            (
+                "a.yaml",
+                "name: {{ include \"c.outer\" . }}\nm:{{ toYaml .Values.m | nindent 2 }}\nmissing: \"{{ .Values.nope }}\"\nt: {{ tpl \"{{ .Values.s }}\" . }}\nk: {{ .Capabilities.KubeVersion.Version }}\n",
+            ),
+            ("b.yaml", "---\n# only a comment\n---\n"),
+            ("NOTES.txt", "ignored {{ .Values.s }}"),
+        ],
+    ).unwrap();
+    let out = helm::render(&c, &Release::new("r", "ns"), c.values.clone()).unwrap();
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&out).unwrap();
+    assert_eq!(
+        docs,
+        vec![
+            json!({"name": "outer(c-9-r)", "m": {"a": [true, "x"], "z": 1}, "missing": "", "t": "hi", "k": "v1.33.0"})
+        ],
+        "{out}"
+    );
+    assert!(
+        out.starts_with("---\n# Source: c/templates/a.yaml\n"),
+        "{out}"
+    );
+    // Keys sorted, as Helm's toYaml writes them.
+    let a = out.find("  a:").unwrap();
+    let z = out.find("  z: 1").unwrap();
+    assert!(a < z, "{out}");
+}
+
+#[test]
+fn renderer_merges_values_files_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = inline_chart(dir.path(), &[("a.yaml", "v: {{ toJson .Values }}\n")]).unwrap();
+    let one = dir.path().join("one.yaml");
+    let two = dir.path().join("two.yaml");
+    std::fs::write(&one, "m:\n  z: 2\n  y: 3\ns: one\n").unwrap();
+    std::fs::write(&two, "m:\n  y: 4\n  a: null\ns: two\n").unwrap();
+    let out = helm::template(&c.dir, &Release::new("r", "ns"), &[one, two]).unwrap();
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&out).unwrap();
+    assert_eq!(docs[0]["v"], json!({"m": {"z": 2, "y": 4}, "s": "two"}));
+}
+
+#[test]
+fn renderer_refuses_self_include() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = inline_chart(
+        dir.path(),
+        &[
+            (
+                "_h.tpl",
+                r#"{{- define "loop" -}}{{ include "loop" . }}{{- end -}}"#,
+            ),
+            ("a.yaml", "x: {{ include \"loop\" . }}\n"),
+        ],
+    )
+    .unwrap();
+    let err = helm::render(&c, &Release::new("r", "ns"), c.values.clone()).unwrap_err();
+    assert!(err.to_string().contains("nesting deeper"), "{err}");
+    assert!(err.to_string().contains("c/templates/a.yaml"), "{err}");
+}
+
+// ---------------------------------------------------------------------------
+// Applying to a simulated cluster
+
+/// Runs kubectl against `kubeconfig` with `stdin`, returning stdout, or an
+/// error with stderr on a non-zero exit.
+async fn kubectl(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Result<String> {
+    let mut child = tokio::process::Command::new("kubectl")
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("running kubectl")?;
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(text.as_bytes()).await?;
+        drop(pipe);
+    }
+    let out = child.wait_with_output().await?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        bail!(
+            "kubectl {} failed ({}):\n{}\n{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            stdout
+        );
+    }
+    Ok(stdout)
+}
+
+/// Applies `rendered` to a fresh simulated cluster after creating
+/// `namespaces`, and checks `kubectl get` returns every object.
+async fn apply_to_simulator(rendered: &Rendered, namespaces: &[&str]) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let sim = flotilla_sim::Simulator::start(flotilla_sim::SimConfig {
+        clusters: 1,
+        listen: "127.0.0.1:0".parse()?,
+        kubeconfig_dir: Some(dir.path().to_path_buf()),
+        ..Default::default()
+    })
+    .await?;
+    let kubeconfig = sim
+        .kubeconfig_path("sim-1")
+        .context("simulator wrote no kubeconfig for sim-1")?;
+    // `kubectl create namespace` sends protobuf, which the simulator does
+    // not speak (e2e/sim/README.md); a Namespace document says the same.
+    for ns in namespaces {
+        let doc = format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n");
+        kubectl(
+            &kubeconfig,
+            &["apply", "--server-side", "-f", "-"],
+            Some(&doc),
+        )
+        .await?;
+    }
+    let applied = kubectl(
+        &kubeconfig,
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=helm-chart-test",
+            "-f",
+            "-",
+        ],
+        Some(&rendered.text),
+    )
+    .await?;
+    assert_eq!(
+        applied.lines().count(),
+        rendered.docs.len(),
+        "one line per object:\n{applied}"
+    );
+    let listed = kubectl(
+        &kubeconfig,
+        &["get", "-f", "-", "-o", "json", "--show-managed-fields"],
+        Some(&rendered.text),
+    )
+    .await?;
+    let listed: Value = serde_json::from_str(&listed)?;
+    let items = listed["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_else(|| vec![listed.clone()]);
+    let live: BTreeSet<String> = items
+        .iter()
+        .map(|d| {
+            format!(
+                "{}/{}/{}",
+                d["kind"].as_str().unwrap_or("?"),
+                d["metadata"]["namespace"].as_str().unwrap_or(""),
+                d["metadata"]["name"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    assert_eq!(live, rendered.ids());
+    // Server-side apply recorded our field manager on every object.
+    for item in &items {
+        let managers = item["metadata"]["managedFields"].to_string();
+        assert!(
+            managers.contains("helm-chart-test"),
+            "{}: {managers}",
+            item["metadata"]["name"]
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_chart_applies_to_simulator() -> Result<()> {
+    let ns = "flotilla-system";
+    let r = Rendered::render("flotilla-hub", &Release::new("flotilla-hub", ns), &[])?;
+    apply_to_simulator(&r, &[ns]).await?;
+    let r = Rendered::render(
+        "flotilla-hub",
+        &Release::new("prod", "flotilla"),
+        &[fixture("hub-values.yaml")],
+    )?;
+    apply_to_simulator(&r, &["flotilla"]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_chart_applies_to_simulator() -> Result<()> {
+    let ns = "flotilla-system";
+    let r = Rendered::render("flotilla-agent", &Release::new("flotilla-agent", ns), &[])?;
+    apply_to_simulator(&r, &[ns]).await?;
+    let r = Rendered::render(
+        "flotilla-agent",
+        &Release::new("edge", ns),
+        &[fixture("agent-values.yaml")],
+    )?;
+    apply_to_simulator(&r, &[ns, "team-a", "team-b"]).await
+}
