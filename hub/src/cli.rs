@@ -99,7 +99,8 @@ pub enum AppCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
-    /// Register a cluster and write its agent credentials into --out.
+    /// Register a cluster: issue its agent certificate into --out, or create
+    /// a one-time bootstrap token for the agent to enroll with.
     Add {
         name: String,
         /// Label as key=value (repeatable).

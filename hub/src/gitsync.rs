@@ -12,7 +12,7 @@ use tokio::sync::Notify;
 
 use crate::fleet::{Fleet, build_bundle};
 use crate::model::{self, Application};
-use crate::source::{self, GitCache, RenderError, SourceError};
+use crate::source::{self, GitCache, RenderError, SourceError, SourceFile};
 use crate::store::{AppRecord, RepoRecord, Store, StoreError};
 
 /// Default poll interval of a repository.
@@ -281,71 +281,32 @@ impl GitSync {
             Ok(Err(e)) => return Ok(vec![e.to_string()]),
             Err(e) => return Ok(vec![format!("reading applications failed: {e}")]),
         };
-        let prefix = format!("git:{}:", repo.url);
-        let mut errors = Vec::new();
-        let mut failed: BTreeSet<String> = BTreeSet::new();
-        let mut found: BTreeMap<String, (Application, String)> = BTreeMap::new();
-        for f in files.iter().filter(|f| is_manifest_file(&f.path)) {
-            let file = join_path(&repo.apps_path, &f.path);
-            let origin = format!("{prefix}{file}");
-            let text = String::from_utf8_lossy(&f.content);
-            match model::parse_applications(&text, &file) {
-                Ok(apps) => {
-                    for app in apps {
-                        let name = app.metadata.name.clone();
-                        if let Some((_, other)) = found.get(&name) {
-                            errors.push(format!(
-                                "Application {name:?} is defined twice ({other} and {file})"
-                            ));
-                            continue;
-                        }
-                        found.insert(name, (app, origin.clone()));
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot load applications from file");
-                    errors.push(e.to_string());
-                    failed.insert(origin);
-                }
-            }
+        let existing = self.store.apps()?;
+        let plan = plan_applications(&repo.url, &repo.apps_path, &files, &existing);
+        for name in &plan.removals {
+            tracing::info!(app = %name, "application removed from Git");
+            self.fleet.remove_app(name)?;
         }
-        // Remove what this repository no longer declares, except what came
-        // from a file that failed to parse this time (kept as it was).
-        for existing in self.store.apps()? {
-            if !existing.origin.starts_with(&prefix) || failed.contains(&existing.origin) {
-                continue;
-            }
-            if !found.contains_key(&existing.app.metadata.name) {
-                tracing::info!(app = %existing.app.metadata.name, "application removed from Git");
-                self.fleet.remove_app(&existing.app.metadata.name)?;
-            }
-        }
-        for (name, (app, origin)) in found {
-            let existing = self.store.app(&name)?;
-            if let Some(e) = &existing
-                && !e.origin.starts_with(&prefix)
-                && e.origin != origin
+        for (app, origin) in plan.upserts {
+            let name = app.metadata.name.clone();
+            let current = existing.iter().find(|e| e.app.metadata.name == name);
+            if let Some(e) = current
+                && !e.origin.starts_with(&origin_prefix(&repo.url))
             {
                 tracing::warn!(app = %name, from = %e.origin, to = %origin, "application now defined in Git; replacing");
-            }
-            let unchanged = existing
-                .as_ref()
-                .is_some_and(|e| e.app == app && e.origin == origin);
-            if unchanged {
-                continue;
             }
             tracing::info!(app = %name, origin = %origin, "application loaded from Git");
             self.store.put_app(&AppRecord {
                 app,
                 origin,
-                revision: existing
-                    .as_ref()
-                    .map(|e| e.revision.clone())
-                    .unwrap_or_default(),
-                error: existing.map(|e| e.error).unwrap_or_default(),
+                revision: current.map(|e| e.revision.clone()).unwrap_or_default(),
+                error: current.map(|e| e.error.clone()).unwrap_or_default(),
             })?;
         }
-        Ok(errors)
+        for e in &plan.errors {
+            tracing::warn!(error = %e, "cannot load applications");
+        }
+        Ok(plan.errors)
     }
 
     async fn render(&self, key: &RenderKey) -> Rendered {
@@ -472,6 +433,77 @@ impl GitSync {
     }
 }
 
+fn origin_prefix(repo_url: &str) -> String {
+    format!("git:{repo_url}:")
+}
+
+/// What loading a repository's Application files changes in the store.
+#[derive(Debug, Default, PartialEq)]
+pub struct AppsPlan {
+    /// New or changed Applications with their origin (`git:<url>:<file>`).
+    pub upserts: Vec<(Application, String)>,
+    /// Applications this repository declared before and no longer does.
+    pub removals: Vec<String>,
+    /// Per-file problems, each naming the file.
+    pub errors: Vec<String>,
+}
+
+/// Plans the store changes for the Application files of `repo_url` read
+/// from `apps_path`, given every stored application. A file that fails to
+/// parse keeps the applications it defined before; applications of other
+/// origins are never removed.
+pub fn plan_applications(
+    repo_url: &str,
+    apps_path: &str,
+    files: &[SourceFile],
+    existing: &[AppRecord],
+) -> AppsPlan {
+    let prefix = origin_prefix(repo_url);
+    let mut plan = AppsPlan::default();
+    let mut failed: BTreeSet<String> = BTreeSet::new();
+    let mut found: BTreeMap<String, (Application, String)> = BTreeMap::new();
+    for f in files.iter().filter(|f| is_manifest_file(&f.path)) {
+        let file = join_path(apps_path, &f.path);
+        let origin = format!("{prefix}{file}");
+        let text = String::from_utf8_lossy(&f.content);
+        match model::parse_applications(&text, &file) {
+            Ok(apps) => {
+                for app in apps {
+                    let name = app.metadata.name.clone();
+                    if let Some((_, other)) = found.get(&name) {
+                        let other = other.strip_prefix(&prefix).unwrap_or(other);
+                        plan.errors.push(format!(
+                            "Application {name:?} is defined twice ({other} and {file})"
+                        ));
+                        continue;
+                    }
+                    found.insert(name, (app, origin.clone()));
+                }
+            }
+            Err(e) => {
+                plan.errors.push(e.to_string());
+                failed.insert(origin);
+            }
+        }
+    }
+    for e in existing {
+        let name = &e.app.metadata.name;
+        if e.origin.starts_with(&prefix) && !failed.contains(&e.origin) && !found.contains_key(name)
+        {
+            plan.removals.push(name.clone());
+        }
+    }
+    for (name, (app, origin)) in found {
+        let unchanged = existing
+            .iter()
+            .any(|e| e.app.metadata.name == name && e.app == app && e.origin == origin);
+        if !unchanged {
+            plan.upserts.push((app, origin));
+        }
+    }
+    plan
+}
+
 /// Names files in a render error by their path in the repository (the
 /// renderer names them relative to the application's path).
 fn repo_relative(e: RenderError, base: &str) -> RenderError {
@@ -535,6 +567,143 @@ mod tests {
             "https://git.example/r.git"
         );
         assert_eq!(redact("file:///tmp/a@b"), "file:///tmp/a@b");
+    }
+
+    const URL: &str = "file:///cfg";
+
+    fn app_doc(name: &str, path: &str) -> String {
+        format!(
+            "apiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata:\n  name: {name}\nspec:\n  source:\n    repoURL: {URL}\n    path: {path}\n  destination:\n    name: c1\n"
+        )
+    }
+
+    fn file(path: &str, content: &str) -> SourceFile {
+        SourceFile {
+            path: path.to_owned(),
+            content: content.as_bytes().to_vec(),
+        }
+    }
+
+    fn stored(name: &str, path: &str, origin: &str) -> AppRecord {
+        AppRecord {
+            app: model::parse_applications(&app_doc(name, path), "t")
+                .unwrap()
+                .remove(0),
+            origin: origin.to_owned(),
+            revision: String::new(),
+            error: String::new(),
+        }
+    }
+
+    fn names(plan: &AppsPlan) -> Vec<&str> {
+        plan.upserts
+            .iter()
+            .map(|(a, _)| a.metadata.name.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn plan_applications_table() {
+        let origin = |f: &str| format!("git:{URL}:apps/{f}");
+        struct Case {
+            name: &'static str,
+            files: Vec<SourceFile>,
+            existing: Vec<AppRecord>,
+            upserts: Vec<&'static str>,
+            removals: Vec<&'static str>,
+            error_mentions: Vec<&'static str>,
+        }
+        let cases = vec![
+            Case {
+                name: "new files are loaded, other files ignored",
+                files: vec![
+                    file("a.yaml", &app_doc("a", "a")),
+                    file("README.md", "# not yaml"),
+                ],
+                existing: vec![],
+                upserts: vec!["a"],
+                removals: vec![],
+                error_mentions: vec![],
+            },
+            Case {
+                name: "unchanged is not rewritten",
+                files: vec![file("a.yaml", &app_doc("a", "a"))],
+                existing: vec![stored("a", "a", &origin("a.yaml"))],
+                upserts: vec![],
+                removals: vec![],
+                error_mentions: vec![],
+            },
+            Case {
+                name: "changed spec is rewritten",
+                files: vec![file("a.yaml", &app_doc("a", "other"))],
+                existing: vec![stored("a", "a", &origin("a.yaml"))],
+                upserts: vec!["a"],
+                removals: vec![],
+                error_mentions: vec![],
+            },
+            Case {
+                name: "deleted file removes its apps, not apps of others",
+                files: vec![],
+                existing: vec![
+                    stored("a", "a", &origin("a.yaml")),
+                    stored("b", "b", "api"),
+                    stored("c", "c", "git:file:///other:apps/c.yaml"),
+                ],
+                upserts: vec![],
+                removals: vec!["a"],
+                error_mentions: vec![],
+            },
+            Case {
+                name: "broken file keeps its apps and is named",
+                files: vec![file("a.yaml", "kind: [\n")],
+                existing: vec![stored("a", "a", &origin("a.yaml"))],
+                upserts: vec![],
+                removals: vec![],
+                error_mentions: vec!["apps/a.yaml"],
+            },
+            Case {
+                name: "invalid Application is an error naming the file",
+                files: vec![file(
+                    "bad.yaml",
+                    "apiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata:\n  name: bad\nspec: {}\n",
+                )],
+                existing: vec![],
+                upserts: vec![],
+                removals: vec![],
+                error_mentions: vec!["apps/bad.yaml", "repoURL"],
+            },
+            Case {
+                name: "a name defined twice keeps the first",
+                files: vec![
+                    file("a.yaml", &app_doc("a", "a")),
+                    file("b.yaml", &app_doc("a", "b")),
+                ],
+                existing: vec![],
+                upserts: vec!["a"],
+                removals: vec![],
+                error_mentions: vec!["defined twice", "apps/a.yaml", "apps/b.yaml"],
+            },
+            Case {
+                name: "an app moved to another file is kept",
+                files: vec![file("b.yaml", &app_doc("a", "a"))],
+                existing: vec![stored("a", "a", &origin("a.yaml"))],
+                upserts: vec!["a"],
+                removals: vec![],
+                error_mentions: vec![],
+            },
+        ];
+        for c in cases {
+            let plan = plan_applications(URL, "apps", &c.files, &c.existing);
+            assert_eq!(names(&plan), c.upserts, "{}", c.name);
+            assert_eq!(plan.removals, c.removals, "{}", c.name);
+            let errors = plan.errors.join("\n");
+            for m in &c.error_mentions {
+                assert!(errors.contains(m), "{}: {m:?} not in {errors:?}", c.name);
+            }
+            if c.error_mentions.is_empty() {
+                assert!(plan.errors.is_empty(), "{}: {errors}", c.name);
+            }
+        }
     }
 
     #[test]
