@@ -703,3 +703,79 @@ async fn agent_chart_applies_to_simulator() -> Result<()> {
     )?;
     apply_to_simulator(&r, &[ns, "team-a", "team-b"]).await
 }
+
+// ---------------------------------------------------------------------------
+// Documentation
+
+/// Dotted paths of the values that carry a `# --` comment in values.yaml.
+fn documented_values(values_yaml: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack: Vec<String> = Vec::new();
+    let mut commented = false;
+    for line in values_yaml.lines() {
+        let trimmed = line.trim_start();
+        let indent = (line.len() - trimmed.len()) / 2;
+        if trimmed.starts_with("# --") {
+            commented = true;
+            continue;
+        }
+        if trimmed.starts_with('#') || trimmed.is_empty() || trimmed.starts_with('-') {
+            continue;
+        }
+        if let Some((key, _)) = trimmed.split_once(':') {
+            stack.truncate(indent);
+            stack.push(key.to_owned());
+            if commented {
+                out.push(stack.join("."));
+            }
+        }
+        commented = false;
+    }
+    out
+}
+
+/// Every leaf value (or value whose default is a whole object or list) is
+/// documented in values.yaml and listed in the chart README's table.
+#[test]
+fn every_value_is_documented() -> Result<()> {
+    for chart in ["flotilla-hub", "flotilla-agent"] {
+        let dir = chart_dir(chart);
+        let values_text = std::fs::read_to_string(dir.join("values.yaml"))?;
+        let readme = std::fs::read_to_string(dir.join("README.md"))?;
+        let documented = documented_values(&values_text);
+        let values: Value = serde_saphyr::from_str(&values_text)?;
+        let mut leaves = Vec::new();
+        collect_leaves(&values, "", &mut leaves);
+        for leaf in &leaves {
+            assert!(
+                documented
+                    .iter()
+                    .any(|d| leaf == d || leaf.starts_with(&format!("{d}."))),
+                "{chart}: {leaf} has no `# --` comment in values.yaml"
+            );
+        }
+        for d in &documented {
+            assert!(
+                readme.contains(&format!("| `{d}` |")),
+                "{chart}: {d} is missing from the README values table"
+            );
+        }
+    }
+    Ok(())
+}
+
+fn collect_leaves(value: &Value, prefix: &str, out: &mut Vec<String>) {
+    match value {
+        Value::Object(map) if !map.is_empty() => {
+            for (k, v) in map {
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                collect_leaves(v, &path, out);
+            }
+        }
+        _ => out.push(prefix.to_owned()),
+    }
+}
