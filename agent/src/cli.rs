@@ -11,8 +11,8 @@ use tracing::info;
 
 use crate::cache::Cache;
 use crate::cluster::Cluster;
+use crate::custom_health::HealthRules;
 use crate::engine::Engine;
-use crate::health;
 use crate::link::{Link, LinkConfig};
 
 /// Flotilla agent: keeps this cluster at the desired state streamed by the
@@ -53,6 +53,10 @@ struct RunArgs {
     /// Context in the kubeconfig.
     #[arg(long)]
     context: Option<String>,
+    /// Directory of custom Lua health checks (`<group>/<Kind>/health.lua`,
+    /// as Argo CD's resource customizations).
+    #[arg(long, env = "FLOTILLA_HEALTH_CHECKS")]
+    health_checks: Option<PathBuf>,
     /// Namespace of the per-application inventory ConfigMaps.
     #[arg(long, default_value = crate::inventory::DEFAULT_NAMESPACE)]
     inventory_namespace: String,
@@ -66,6 +70,9 @@ struct HealthArgs {
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = Output::Table)]
     output: Output,
+    /// Directory of custom Lua health checks, as for the agent.
+    #[arg(long, env = "FLOTILLA_HEALTH_CHECKS")]
+    health_checks: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -145,9 +152,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         "flotilla-agent starting"
     );
     let link = link.with_diffs(cluster.clone());
-    let engine = Engine::new(cluster, cache, trigger, reports_tx).with_inventory(
-        crate::inventory::Inventory::new(args.inventory_namespace.clone()),
-    );
+    let rules = health_rules(args.health_checks.as_ref())?;
+    if !rules.is_empty() {
+        info!(checks = rules.len(), "custom health checks loaded");
+    }
+    let engine = Engine::new(cluster, cache, trigger, reports_tx)
+        .with_health_rules(rules)
+        .with_inventory(crate::inventory::Inventory::new(
+            args.inventory_namespace.clone(),
+        ));
     let link = link.with_sync_requests(engine.sync_requests());
     tokio::select! {
         () = engine.run() => {}
@@ -192,8 +205,16 @@ struct HealthRow {
     message: String,
 }
 
+fn health_rules(dir: Option<&PathBuf>) -> anyhow::Result<HealthRules> {
+    Ok(match dir {
+        Some(d) => HealthRules::load(d)?,
+        None => HealthRules::builtin(),
+    })
+}
+
 fn health_command(args: &HealthArgs) -> anyhow::Result<()> {
-    let rows = assess_files(&args.files)?;
+    let rules = health_rules(args.health_checks.as_ref())?;
+    let rows = assess_files(&rules, &args.files)?;
     match args.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
         Output::Table => print!("{}", health_table(&rows)),
@@ -201,7 +222,7 @@ fn health_command(args: &HealthArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn assess_files(files: &[PathBuf]) -> anyhow::Result<Vec<HealthRow>> {
+fn assess_files(rules: &HealthRules, files: &[PathBuf]) -> anyhow::Result<Vec<HealthRow>> {
     let mut rows = Vec::new();
     for file in files {
         let text =
@@ -209,7 +230,7 @@ fn assess_files(files: &[PathBuf]) -> anyhow::Result<Vec<HealthRow>> {
         let docs: Vec<Value> = serde_saphyr::from_multiple(&text)
             .with_context(|| format!("parsing {}", file.display()))?;
         for doc in docs.into_iter().filter(Value::is_object) {
-            let h = health::assess(&doc);
+            let h = rules.assess(&doc);
             let field = |p: &str| {
                 doc.pointer(p)
                     .and_then(Value::as_str)

@@ -21,6 +21,7 @@ use tracing::{info, warn};
 use crate::bundle::Bundle;
 use crate::cache::{Cache, CachedApp, CachedState, RemovedApp};
 use crate::cluster::{Cluster, Resolved};
+use crate::custom_health::HealthRules;
 use crate::drift;
 use crate::health::{self, Health, HealthStatus};
 use crate::inventory::Inventory;
@@ -100,6 +101,7 @@ pub struct Engine {
     requests: SyncRequests,
     inventory: Option<Inventory>,
     orphans_checked: bool,
+    health: HealthRules,
 }
 
 impl Engine {
@@ -121,7 +123,15 @@ impl Engine {
             requests: SyncRequests::default(),
             inventory: None,
             orphans_checked: false,
+            health: HealthRules::builtin(),
         }
+    }
+
+    /// Uses custom (Lua) health checks before the built-in rules.
+    #[must_use]
+    pub fn with_health_rules(mut self, rules: HealthRules) -> Self {
+        self.health = rules;
+        self
     }
 
     /// Also keeps each application's inventory in the cluster.
@@ -393,7 +403,7 @@ impl Engine {
                     .iter()
                     .map(ToString::to_string)
                     .collect();
-                let health = health::assess(&live);
+                let health = self.health.assess(&live);
                 ResourceCheck {
                     sync: if drift.is_empty() {
                         SyncStatus::Synced
@@ -683,7 +693,7 @@ impl Engine {
         let until = Instant::now() + deadline;
         loop {
             let health = match self.cluster.get(r, key).await {
-                Ok(Some(live)) => health::assess(&live),
+                Ok(Some(live)) => self.health.assess(&live),
                 Ok(None) => Health::missing(),
                 Err(e) => Health {
                     status: HealthStatus::Unknown,

@@ -8,6 +8,7 @@ pub mod bundle;
 pub mod cache;
 pub mod cli;
 pub mod cluster;
+pub mod custom_health;
 pub mod drift;
 pub mod engine;
 pub mod health;

@@ -155,3 +155,37 @@ fn cli_prints_health_of_files_offline() {
     assert_eq!(rows[0]["status"], "Suspended");
     assert_eq!(rows[0]["kind"], "Job");
 }
+
+#[test]
+fn cli_uses_custom_lua_checks() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flotilla-agent"))
+        .args(["health", "-o", "json", "--health-checks"])
+        .arg(fixtures.join("lua"))
+        .arg(fixtures.join("lua-certificates.yaml"))
+        .output()
+        .expect("run flotilla-agent health");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<Value> = serde_json::from_slice(&out.stdout).expect("json");
+    let got: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["status"].as_str().unwrap_or(""),
+                r["message"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("Healthy", "Certificate is up to date and has not expired"),
+            ("Degraded", "Issuer letsencrypt not found"),
+            ("Progressing", "Waiting for certificate"),
+        ]
+    );
+}

@@ -14,7 +14,7 @@ use flotilla_agent::report::Report;
 use flotilla_proto::agent_link_server::{AgentLink, AgentLinkServer};
 use flotilla_proto::{
     AgentMessage, AppBundle, AppRef, AppStatus, DesiredState, EnrollRequest, EnrollResponse,
-    HubMessage, agent_message, hub_message,
+    HubMessage, RenewRequest, agent_message, hub_message,
 };
 use futures::Stream;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
@@ -38,6 +38,10 @@ type HubStream = Pin<Box<dyn Stream<Item = Result<HubMessage, Status>> + Send>>;
 #[tonic::async_trait]
 impl AgentLink for ScriptedHub {
     async fn enroll(&self, _: Request<EnrollRequest>) -> Result<Response<EnrollResponse>, Status> {
+        Err(Status::unimplemented("scripted"))
+    }
+
+    async fn renew(&self, _: Request<RenewRequest>) -> Result<Response<EnrollResponse>, Status> {
         Err(Status::unimplemented("scripted"))
     }
 
