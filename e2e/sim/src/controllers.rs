@@ -191,6 +191,12 @@ fn deployment(
             s["availableReplicas"] = json!(avail);
         }
         s["unavailableReplicas"] = json!(replicas - avail);
+        // New pods count as updated only once they exist and are failing;
+        // a healthy rollout in progress has none updated yet, so clients
+        // (kubectl rollout status, health checks) keep waiting.
+        if !fails && let Some(m) = s.as_object_mut() {
+            m.remove("updatedReplicas");
+        }
         let available = if avail > 0 {
             cond(
                 "Available",

@@ -248,8 +248,13 @@ pub fn apply(kind: &str, o: &mut Value, ip: &mut dyn FnMut() -> String) {
                 set_default(st, "phase", json!("Pending"));
             }
         }
-        "Secret" => {
-            set_default(root, "type", json!("Opaque"));
+        "Secret"
+            if root
+                .get("type")
+                .and_then(Value::as_str)
+                .is_none_or(str::is_empty) =>
+        {
+            root.insert("type".into(), json!("Opaque"));
         }
         "CustomResourceDefinition" => {
             if let Some(spec) = child(root, "spec")

@@ -9,6 +9,7 @@ pub mod discovery;
 pub mod error;
 pub mod fields;
 pub mod patch;
+pub mod protobuf;
 pub mod resources;
 pub mod schema;
 pub mod selector;

@@ -240,6 +240,26 @@ const BUILTIN: &[B] = &[
         &[],
     ),
     B(
+        "authorization.k8s.io",
+        "v1",
+        "selfsubjectaccessreviews",
+        "SelfSubjectAccessReview",
+        false,
+        false,
+        false,
+        &[],
+    ),
+    B(
+        "authorization.k8s.io",
+        "v1",
+        "selfsubjectrulesreviews",
+        "SelfSubjectRulesReview",
+        false,
+        false,
+        false,
+        &[],
+    ),
+    B(
         "apiextensions.k8s.io",
         "v1",
         "customresourcedefinitions",
@@ -330,16 +350,20 @@ pub fn crd_schema(crd: &Value, version: &str) -> Option<Value> {
 
 /// APIResource entry for discovery.
 pub fn api_resource(r: &ResourceDef) -> Vec<Value> {
-    let verbs = json!([
-        "create",
-        "delete",
-        "deletecollection",
-        "get",
-        "list",
-        "patch",
-        "update",
-        "watch"
-    ]);
+    let verbs = if is_review(r) {
+        json!(["create"])
+    } else {
+        json!([
+            "create",
+            "delete",
+            "deletecollection",
+            "get",
+            "list",
+            "patch",
+            "update",
+            "watch"
+        ])
+    };
     let mut out = vec![json!({
         "name": r.plural,
         "singularName": r.singular,
@@ -369,6 +393,11 @@ pub fn api_resource(r: &ResourceDef) -> Vec<Value> {
         }));
     }
     out
+}
+
+/// Access reviews: create-only, answered and never stored.
+pub fn is_review(r: &ResourceDef) -> bool {
+    r.group == "authorization.k8s.io"
 }
 
 /// Whether the resource has a `/scale` subresource.

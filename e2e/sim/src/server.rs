@@ -283,6 +283,20 @@ fn decode(headers: &HeaderMap, body: &[u8]) -> ApiResult<Value> {
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json");
+    if ct.contains("protobuf")
+        && let Some(v) = crate::protobuf::decode(body)
+    {
+        return Ok(v);
+    }
+    if ct.contains("protobuf") || ct.contains("cbor") {
+        return Err(ApiError::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (got {ct})"
+            ),
+        ));
+    }
     let bad = |e: String| ApiError::bad_request(format!("error decoding request body: {e}"));
     if body.is_empty() {
         return Err(ApiError::bad_request("the request body is empty"));
@@ -377,6 +391,28 @@ fn resource(
     let Some(rd) = c.resource(group, version, plural) else {
         return err_resp(&not_found_path());
     };
+    if crate::resources::is_review(&rd) {
+        // No authorization in the simulator: everything is allowed.
+        if *method != Method::POST || name.is_some() {
+            return err_resp(&ApiError::new(
+                405,
+                "MethodNotAllowed",
+                "the server does not allow this method on the requested resource",
+            ));
+        }
+        // kubectl sends reviews as protobuf, which is not decoded: answer with a fresh review.
+        let mut review = decode(headers, &body)
+            .ok()
+            .filter(Value::is_object)
+            .unwrap_or_else(|| json!({"apiVersion": rd.api_version(), "kind": rd.kind, "metadata": {}, "spec": {}}));
+        review["status"] = if rd.kind == "SelfSubjectAccessReview" {
+            json!({"allowed": true, "reason": "flotilla-sim allows everything"})
+        } else {
+            json!({"resourceRules": [{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}],
+                   "nonResourceRules": [{"verbs": ["*"], "nonResourceURLs": ["*"]}], "incomplete": false})
+        };
+        return json_resp(201, &review);
+    }
     if ns.is_some() && !rd.namespaced {
         return err_resp(&not_found_path());
     }

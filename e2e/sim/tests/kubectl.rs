@@ -354,3 +354,55 @@ async fn custom_resources_are_validated_against_the_crd_schema() {
     assert_eq!(w["spec"]["size"], 3);
     env.sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_generators_and_auth_can_i() {
+    let env = start(1, Duration::from_millis(100)).await;
+    // These commands send protobuf bodies.
+    env.kubectl_ok("sim-1", &["create", "namespace", "gen"])
+        .await;
+    env.kubectl_ok(
+        "sim-1",
+        &[
+            "create",
+            "configmap",
+            "c",
+            "-n",
+            "gen",
+            "--from-literal=a=b",
+        ],
+    )
+    .await;
+    env.kubectl_ok(
+        "sim-1",
+        &[
+            "create",
+            "secret",
+            "generic",
+            "s",
+            "-n",
+            "gen",
+            "--from-literal=p=q",
+        ],
+    )
+    .await;
+    let cm = json(
+        &env.kubectl_ok(
+            "sim-1",
+            &["get", "configmap", "c", "-n", "gen", "-o", "json"],
+        )
+        .await,
+    );
+    assert_eq!(cm["data"]["a"], "b");
+    let s = json(
+        &env.kubectl_ok("sim-1", &["get", "secret", "s", "-n", "gen", "-o", "json"])
+            .await,
+    );
+    assert_eq!(s["data"]["p"], "cQ==");
+    assert_eq!(s["type"], "Opaque");
+    let out = env
+        .kubectl_ok("sim-1", &["auth", "can-i", "create", "deployments"])
+        .await;
+    assert_eq!(out.trim(), "yes");
+    env.sim.shutdown().await;
+}
