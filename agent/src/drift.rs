@@ -303,6 +303,92 @@ pub fn ignored_pointers(
     out
 }
 
+/// The `managedFieldsManagers` of `ignoreDifferences` entries that apply to
+/// an object: fields those managers own are not drift.
+#[must_use]
+pub fn ignored_managers(
+    entries: &[String],
+    group: &str,
+    kind: &str,
+    namespace: &str,
+    name: &str,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in entries {
+        let Ok(v) = serde_json::from_str::<Value>(entry) else {
+            continue;
+        };
+        let field = |f: &str| v.get(f).and_then(Value::as_str);
+        let matches = field("group").is_none_or(|g| g == group)
+            && field("kind").is_none_or(|k| k == kind)
+            && field("namespace").is_none_or(|n| n.is_empty() || n == namespace)
+            && field("name").is_none_or(|n| n.is_empty() || n == name);
+        if matches && let Some(m) = v.get("managedFieldsManagers").and_then(Value::as_array) {
+            out.extend(m.iter().filter_map(Value::as_str).map(str::to_owned));
+        }
+    }
+    out
+}
+
+/// The paths (in this module's notation) of the fields the given managers
+/// own in a live object, read from its `managedFields` (`fieldsV1`).
+#[must_use]
+pub fn managed_paths(live: &Value, managers: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    let Some(entries) = live
+        .pointer("/metadata/managedFields")
+        .and_then(Value::as_array)
+    else {
+        return out;
+    };
+    for entry in entries {
+        let manager = entry.get("manager").and_then(Value::as_str).unwrap_or("");
+        if !managers.iter().any(|m| m == manager) {
+            continue;
+        }
+        if let Some(fields) = entry.get("fieldsV1").and_then(Value::as_object) {
+            walk_fields("", fields, &mut out);
+        }
+    }
+    out
+}
+
+fn walk_fields(prefix: &str, node: &Map<String, Value>, out: &mut Vec<String>) {
+    for (k, v) in node {
+        if k == "." {
+            continue;
+        }
+        let path = if let Some(field) = k.strip_prefix("f:") {
+            format!("{prefix}/{}", escape(field))
+        } else if let Some(item) = k.strip_prefix("k:") {
+            let name = serde_json::from_str::<Value>(item)
+                .ok()
+                .and_then(|key| key.get("name").and_then(Value::as_str).map(str::to_owned));
+            match name {
+                Some(n) => format!("{prefix}[name={n}]"),
+                // Keys other than `name` are matched by position here; own
+                // the whole list rather than guess.
+                None => {
+                    out.push(prefix.to_owned());
+                    continue;
+                }
+            }
+        } else if let Some(i) = k.strip_prefix("i:") {
+            format!("{prefix}/{i}")
+        } else {
+            // `v:` set members: the list as a whole.
+            out.push(prefix.to_owned());
+            continue;
+        };
+        match v.as_object() {
+            Some(children) if children.keys().any(|c| c != ".") => {
+                walk_fields(&path, children, out)
+            }
+            _ => out.push(path),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -347,6 +433,35 @@ mod tests {
             ]
         );
         assert_eq!(drift[0].to_string(), "/spec/replicas: 2 -> 3");
+    }
+
+    #[test]
+    fn fields_of_ignored_managers_are_not_drift() {
+        let desired = deployment(2, "nginx:1");
+        let mut live = deployment(5, "nginx:2");
+        live["metadata"]["managedFields"] = json!([
+            {"manager": "kube-controller-manager", "operation": "Update", "fieldsV1": {
+                "f:spec": {"f:replicas": {}}}},
+            {"manager": "flotilla", "operation": "Apply", "fieldsV1": {
+                "f:spec": {"f:template": {"f:spec": {"f:containers": {
+                    "k:{\"name\":\"web\"}": {".": {}, "f:image": {}}}}}}}}
+        ]);
+        let entries = vec![r#"{"group":"apps","kind":"Deployment","managedFieldsManagers":["kube-controller-manager"]}"#.to_owned()];
+        let managers = ignored_managers(&entries, "apps", "Deployment", "default", "web");
+        assert_eq!(managers, vec!["kube-controller-manager".to_owned()]);
+        let ignore = managed_paths(&live, &managers);
+        assert_eq!(ignore, vec!["/spec/replicas".to_owned()]);
+        let drift = diff(&desired, &live, &ignore);
+        assert_eq!(drift.len(), 1);
+        assert_eq!(
+            drift[0].path,
+            "/spec/template/spec/containers[name=web]/image"
+        );
+        let theirs = managed_paths(&live, &["flotilla".to_owned()]);
+        assert_eq!(
+            theirs,
+            vec!["/spec/template/spec/containers[name=web]/image".to_owned()]
+        );
     }
 
     #[test]

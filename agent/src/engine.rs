@@ -264,7 +264,18 @@ impl Engine {
                 info!(app = %b.name, drift = ?fields, "self-healing drift");
             }
             let started = now_ms();
-            let outcome = self.apply(app, prune).await;
+            // ApplyOutOfSyncOnly: objects already in sync are left alone.
+            let skip: BTreeSet<ObjectKey> =
+                if b.policy.option("ApplyOutOfSyncOnly") && !digest_changed {
+                    checks
+                        .iter()
+                        .filter(|c| c.sync == SyncStatus::Synced)
+                        .map(|c| c.key.clone())
+                        .collect()
+                } else {
+                    BTreeSet::new()
+                };
+            let outcome = self.apply(app, prune, &skip).await;
             let finished = now_ms();
             let rt = self.apps.entry(b.name.clone()).or_default();
             let ok = outcome.ok();
@@ -392,13 +403,7 @@ impl Engine {
                 drift: Vec::new(),
             },
             Ok(Some(live)) => {
-                let ignore = drift::ignored_pointers(
-                    &b.ignore_differences,
-                    &key.group,
-                    &key.kind,
-                    &key.namespace,
-                    &key.name,
-                );
+                let ignore = ignored_paths(b, &key, &live);
                 let drift: Vec<String> = drift::diff(desired, &live, &ignore)
                     .iter()
                     .map(ToString::to_string)
@@ -431,7 +436,12 @@ impl Engine {
 
     /// Applies one application in plan order, then prunes when the policy
     /// says so.
-    async fn apply(&self, app: &CachedApp, prune: bool) -> ApplyOutcome {
+    async fn apply(
+        &self,
+        app: &CachedApp,
+        prune: bool,
+        skip: &BTreeSet<ObjectKey>,
+    ) -> ApplyOutcome {
         let b = &app.bundle;
         let mut out = ApplyOutcome::default();
         let mut objects = Vec::new();
@@ -476,6 +486,10 @@ impl Engine {
                     object::prepare(step.item, &b.name, &b.namespace, resolved.namespaced);
                 key.namespace = namespace_of(&desired);
                 desired_keys.insert(key.clone());
+                if skip.contains(&key) {
+                    applied.push((key, resolved));
+                    continue;
+                }
                 match self.cluster.apply(&resolved, &key, &desired).await {
                     Ok(_) => {
                         if step.phase == plan::Phase::Crds
@@ -742,13 +756,7 @@ pub async fn diff_app(cluster: &Cluster, b: &Bundle) -> Result<Vec<ResourceDiff>
         let differs = match &live {
             None => true,
             Some(live) => {
-                let ignore = drift::ignored_pointers(
-                    &b.ignore_differences,
-                    &key.group,
-                    &key.kind,
-                    &key.namespace,
-                    &key.name,
-                );
+                let ignore = ignored_paths(b, &key, live);
                 !drift::diff(&desired, live, &ignore).is_empty()
             }
         };
@@ -767,6 +775,20 @@ pub async fn diff_app(cluster: &Cluster, b: &Bundle) -> Result<Vec<ResourceDiff>
         }
     }
     Ok(out)
+}
+
+/// What `ignoreDifferences` excludes for one object: its JSON pointers and
+/// the fields owned by its `managedFieldsManagers`.
+fn ignored_paths(b: &Bundle, key: &ObjectKey, live: &Value) -> Vec<String> {
+    let entries = &b.ignore_differences;
+    let mut ignore =
+        drift::ignored_pointers(entries, &key.group, &key.kind, &key.namespace, &key.name);
+    let managers =
+        drift::ignored_managers(entries, &key.group, &key.kind, &key.namespace, &key.name);
+    if !managers.is_empty() {
+        ignore.extend(drift::managed_paths(live, &managers));
+    }
+    ignore
 }
 
 fn namespace_of(obj: &Value) -> String {
