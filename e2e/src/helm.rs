@@ -245,7 +245,7 @@ pub fn render(chart: &Chart, release: &Release, values: Value) -> Result<String,
             out.push_str("---\n# Source: ");
             out.push_str(file);
             out.push('\n');
-            out.push_str(doc.trim_end());
+            out.push_str(doc.trim_start_matches('\n').trim_end());
             out.push('\n');
         }
     }

@@ -35,6 +35,9 @@ impl Rendered {
         let docs: Vec<Value> = serde_saphyr::from_multiple(&text)
             .with_context(|| format!("rendered {chart} is not YAML:\n{text}"))?;
         let docs: Vec<Value> = docs.into_iter().filter(|d| !d.is_null()).collect();
+        for doc in &docs {
+            check_schema(doc)?;
+        }
         Ok(Self { text, docs })
     }
 
@@ -58,6 +61,78 @@ impl Rendered {
             .iter()
             .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
             .unwrap_or_else(|| panic!("no {kind}/{name} in:\n{}", self.text))
+    }
+}
+
+/// Checks `doc` against the Kubernetes API types: it must deserialize into
+/// the typed object for its kind, and serializing that back must give the
+/// same document, so a misspelt or misplaced field (which the simulator
+/// accepts silently for built-in kinds) or a wrong type fails here.
+fn check_schema(doc: &Value) -> Result<()> {
+    use k8s_openapi::api::{
+        apps::v1 as apps, core::v1 as core, networking::v1 as net, rbac::v1 as rbac,
+    };
+    fn round_trip<T: serde::de::DeserializeOwned + serde::Serialize>(doc: &Value) -> Result<Value> {
+        let typed: T = serde_json::from_value(doc.clone())
+            .with_context(|| format!("{} does not fit its type:\n{doc:#}", doc["kind"]))?;
+        Ok(serde_json::to_value(typed)?)
+    }
+    let back = match doc["kind"].as_str().unwrap_or_default() {
+        "Namespace" => round_trip::<core::Namespace>(doc),
+        "ServiceAccount" => round_trip::<core::ServiceAccount>(doc),
+        "Service" => round_trip::<core::Service>(doc),
+        "Secret" => round_trip::<core::Secret>(doc),
+        "StatefulSet" => round_trip::<apps::StatefulSet>(doc),
+        "Deployment" => round_trip::<apps::Deployment>(doc),
+        "Ingress" => round_trip::<net::Ingress>(doc),
+        "Role" => round_trip::<rbac::Role>(doc),
+        "RoleBinding" => round_trip::<rbac::RoleBinding>(doc),
+        "ClusterRole" => round_trip::<rbac::ClusterRole>(doc),
+        "ClusterRoleBinding" => round_trip::<rbac::ClusterRoleBinding>(doc),
+        other => bail!("no schema check for kind {other}"),
+    }?;
+    let mut back = back;
+    // The PersistentVolumeClaim type always writes apiVersion and kind, which
+    // a StatefulSet's claim templates leave out.
+    if let Some(claims) = back
+        .pointer_mut("/spec/volumeClaimTemplates")
+        .and_then(Value::as_array_mut)
+    {
+        for claim in claims.iter_mut().filter_map(Value::as_object_mut) {
+            claim.remove("apiVersion");
+            claim.remove("kind");
+        }
+    }
+    if let Some(diff) = difference(doc, &back, "") {
+        bail!(
+            "{} {} changed in a round trip through its API type (a field is unknown or mistyped): {diff}",
+            doc["kind"],
+            doc["metadata"]["name"]
+        );
+    }
+    Ok(())
+}
+
+/// The first path where `a` and `b` differ, with both values.
+fn difference(a: &Value, b: &Value, path: &str) -> Option<String> {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            keys.into_iter().find_map(|k| {
+                difference(
+                    x.get(k).unwrap_or(&Value::Null),
+                    y.get(k).unwrap_or(&Value::Null),
+                    &format!("{path}.{k}"),
+                )
+            })
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => x
+            .iter()
+            .zip(y)
+            .enumerate()
+            .find_map(|(i, (x, y))| difference(x, y, &format!("{path}[{i}]"))),
+        _ if a == b => None,
+        _ => Some(format!("{path}: rendered {a}, typed {b}")),
     }
 }
 
@@ -778,4 +853,56 @@ fn collect_leaves(value: &Value, prefix: &str, out: &mut Vec<String>) {
         }
         _ => out.push(prefix.to_owned()),
     }
+}
+
+/// With existing Secrets named, neither chart creates its own, and the
+/// workloads refer to the named ones.
+#[test]
+fn existing_secrets_are_used_not_created() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let hub_values = dir.path().join("hub.yaml");
+    std::fs::write(
+        &hub_values,
+        "ca:\n  enabled: true\n  existingSecret: my-ca\nadminToken:\n  existingSecret: my-token\n",
+    )?;
+    let r = Rendered::render(
+        "flotilla-hub",
+        &Release::new("flotilla-hub", "flotilla-system"),
+        &[hub_values],
+    )?;
+    assert!(
+        !r.ids().iter().any(|id| id.starts_with("Secret/")),
+        "{}",
+        r.text
+    );
+    let pod = &r.get("StatefulSet", "flotilla-hub")["spec"]["template"]["spec"];
+    let volumes = pod["volumes"].to_string();
+    assert!(
+        volumes.contains("\"my-ca\"") && volumes.contains("\"my-token\""),
+        "{volumes}"
+    );
+    assert_eq!(pod["initContainers"][0]["name"], "seed-data-dir");
+
+    let agent_values = dir.path().join("agent.yaml");
+    std::fs::write(&agent_values, "bootstrap:\n  existingSecret: enroll\n")?;
+    let r = Rendered::render(
+        "flotilla-agent",
+        &Release::new("flotilla-agent", "flotilla-system"),
+        &[agent_values],
+    )?;
+    assert!(
+        !r.ids().iter().any(|id| id.starts_with("Secret/")),
+        "{}",
+        r.text
+    );
+    let agent = container(
+        &r.get("Deployment", "flotilla-agent")["spec"]["template"]["spec"],
+        "agent",
+    );
+    assert_eq!(env_secret_key(agent, "FLOTILLA_TOKEN"), ("enroll", "token"));
+    assert_eq!(
+        env_secret_key(agent, "FLOTILLA_CA_PIN"),
+        ("enroll", "ca-pin")
+    );
+    Ok(())
 }
