@@ -686,10 +686,30 @@ impl Cluster {
     }
 
     fn default_obj(st: &mut State, rd: &ResourceDef, obj: &mut Value) {
+        let used: std::collections::HashSet<String> = if rd.kind == "Service" {
+            st.objects
+                .iter()
+                .filter(|(k, _)| k.0 == "/services")
+                .filter_map(|(_, o)| o["spec"]["clusterIP"].as_str().map(str::to_string))
+                .collect()
+        } else {
+            Default::default()
+        };
         let mut ip = || {
-            st.next_ip += 1;
-            let n = st.next_ip;
-            format!("10.96.{}.{}", (n >> 8) & 0xff, n & 0xff)
+            // Sequential from 10.96.0.11, skipping addresses in use (also after a reload).
+            for _ in 0..65_536 {
+                st.next_ip = if st.next_ip >= 65_534 {
+                    10
+                } else {
+                    st.next_ip + 1
+                };
+                let n = st.next_ip;
+                let a = format!("10.96.{}.{}", (n >> 8) & 0xff, n & 0xff);
+                if n & 0xff != 0 && !used.contains(&a) {
+                    return a;
+                }
+            }
+            "10.96.255.254".to_string()
         };
         defaults::apply(&rd.kind, obj, &mut ip);
     }

@@ -392,3 +392,56 @@ async fn kube_rs_selector_watch_sees_label_removal_as_delete() {
     assert_eq!(next().await, "delete l");
     env.sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_rs_discovery_finds_crds_once_established() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::discovery::{Discovery, Scope};
+    let env = start(1, Duration::from_millis(100)).await;
+    let client = env.client("sim-1").await;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd = json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "gizmos.example.org"},
+        "spec": {"group": "example.org", "scope": "Cluster", "names": {"plural": "gizmos", "singular": "gizmo", "kind": "Gizmo"},
+            "versions": [{"name": "v1", "served": true, "storage": true,
+                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]}});
+    crds.patch(
+        "gizmos.example.org",
+        &PatchParams::apply("flotilla"),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .unwrap();
+    poll("Established", 10, || async {
+        let c = crds.get("gizmos.example.org").await.ok()?;
+        c.status?
+            .conditions?
+            .iter()
+            .any(|c| c.type_ == "Established" && c.status == "True")
+            .then_some(())
+    })
+    .await;
+    let d = Discovery::new(client.clone()).run().await.unwrap();
+    let (ar, caps) = d
+        .groups()
+        .flat_map(|g| g.recommended_resources())
+        .find(|(ar, _)| ar.kind == "Gizmo")
+        .unwrap();
+    assert_eq!(caps.scope, Scope::Cluster);
+    let api: Api<kube::api::DynamicObject> = Api::all_with(client.clone(), &ar);
+    let obj = json!({"apiVersion": "example.org/v1", "kind": "Gizmo", "metadata": {"name": "g1"}, "spec": {"any": 1}});
+    api.patch("g1", &PatchParams::apply("flotilla"), &Patch::Apply(&obj))
+        .await
+        .unwrap();
+    assert_eq!(api.get("g1").await.unwrap().data["spec"]["any"], 1);
+    // Deleting the CRD removes its objects and its API.
+    crds.delete("gizmos.example.org", &DeleteParams::default())
+        .await
+        .unwrap();
+    let err = api.get("g1").await.unwrap_err();
+    let kube::Error::Api(s) = err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(s.code, 404);
+    env.sim.shutdown().await;
+}

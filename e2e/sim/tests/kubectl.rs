@@ -406,3 +406,63 @@ async fn kubectl_generators_and_auth_can_i() {
     assert_eq!(out.trim(), "yes");
     env.sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_client_side_apply_and_edit() {
+    let env = start(1, Duration::from_millis(100)).await;
+    let manifest = fixture("app.yaml");
+    let m = manifest.to_str().unwrap();
+    poll("client-side apply", 20, || async {
+        env.kubectl("sim-1", &["apply", "-f", m])
+            .await
+            .status
+            .success()
+            .then_some(())
+    })
+    .await;
+    // A second client-side apply is a no-op.
+    let out = env.kubectl_ok("sim-1", &["apply", "-f", m]).await;
+    assert!(out.contains("deployment.apps/web unchanged"), "{out}");
+    // kubectl edit with a scripted editor records a kubectl-edit Update.
+    let out = env
+        .kubectl_env(
+            "sim-1",
+            &["edit", "-n", "demo", "deployment/web"],
+            &[("KUBE_EDITOR", "sed -i -e s/replicas:\\ 2/replicas:\\ 7/")],
+        )
+        .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let d = json(
+        &env.kubectl_ok(
+            "sim-1",
+            &[
+                "get",
+                "-n",
+                "demo",
+                "deployment/web",
+                "-o",
+                "json",
+                "--show-managed-fields",
+            ],
+        )
+        .await,
+    );
+    assert_eq!(d["spec"]["replicas"], 7);
+    let edit = d["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["manager"] == "kubectl-edit")
+        .unwrap()
+        .clone();
+    assert_eq!(edit["operation"], "Update");
+    assert!(
+        edit["fieldsV1"]["f:spec"]["f:replicas"].is_object(),
+        "{edit}"
+    );
+    env.sim.shutdown().await;
+}

@@ -35,6 +35,11 @@ pub fn fixture(name: &str) -> PathBuf {
 impl Env {
     /// Runs the real kubectl against a cluster, with a private discovery cache.
     pub async fn kubectl(&self, cluster: &str, args: &[&str]) -> Output {
+        self.kubectl_env(cluster, args, &[]).await
+    }
+
+    /// kubectl with extra environment variables.
+    pub async fn kubectl_env(&self, cluster: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
         let kc = self.sim.kubeconfig_path(cluster).unwrap();
         let cache = self.dir.path().join(format!("cache-{cluster}"));
         tokio::process::Command::new("kubectl")
@@ -44,6 +49,7 @@ impl Env {
             .arg(&cache)
             .args(args)
             .env("HOME", self.dir.path())
+            .envs(env.iter().copied())
             .output()
             .await
             .unwrap()
