@@ -13,6 +13,9 @@
 //!   the chart's templates on every call, which is fine for charts of a few
 //!   files. Nesting is capped (see [`MAX_INCLUDE_DEPTH`]) like Helm's.
 //! - `nindent`, which gtmpl-ng lacks.
+//! - `required` is replaced by one that fails only on a missing value or
+//!   the empty string, as Helm's does (gtmpl-ng's also refuses an empty
+//!   list).
 //! - `toYaml` is replaced: gtmpl-ng's keeps a map's hash order, Helm's sorts
 //!   keys (Go's YAML encoder does). Ours sorts keys and, like Helm's, drops
 //!   the trailing newline. Sequences come out indented under their key,
@@ -409,13 +412,14 @@ impl Drop for SourcesGuard {
 fn functions() -> Vec<(&'static str, Func)> {
     let mut funcs: Vec<(&'static str, Func)> = HELM_FUNCTIONS
         .iter()
-        .filter(|(name, _)| *name != "toYaml")
+        .filter(|(name, _)| !matches!(*name, "toYaml" | "required"))
         .copied()
         .collect();
     funcs.push(("include", include_fn as Func));
     funcs.push(("tpl", tpl_fn as Func));
     funcs.push(("nindent", nindent_fn as Func));
     funcs.push(("toYaml", to_yaml_fn as Func));
+    funcs.push(("required", required_fn as Func));
     funcs
 }
 
@@ -538,6 +542,20 @@ fn to_go_value(value: Value) -> GoValue {
         Value::Object(map) => {
             GoValue::Map(map.into_iter().map(|(k, v)| (k, to_go_value(v))).collect())
         }
+    }
+}
+
+/// `required MESSAGE VALUE` as Helm has it: fails only on a missing value or
+/// the empty string. gtmpl-ng's also fails on an empty list, which would let
+/// a chart pass our tests and then render silently under Helm.
+fn required_fn(args: &[GoValue]) -> Result<GoValue, FuncError> {
+    let [message, value] = args else {
+        return Err(FuncError::ExactlyXArgs("required".into(), 2));
+    };
+    match value {
+        GoValue::Nil | GoValue::NoValue => Err(FuncError::Generic(message.to_string())),
+        GoValue::String(s) if s.is_empty() => Err(FuncError::Generic(message.to_string())),
+        _ => Ok(value.clone()),
     }
 }
 

@@ -906,3 +906,40 @@ fn existing_secrets_are_used_not_created() -> Result<()> {
     );
     Ok(())
 }
+
+/// `required` fails on a missing value and the empty string only, as in
+/// Helm; `template` and `.Template.Name` work as there.
+#[test]
+fn renderer_required_and_template_match_helm() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = inline_chart(
+        dir.path(),
+        &[
+            ("_h.tpl", r#"{{- define "c.x" -}}x={{ .Values.s }}{{- end -}}"#),
+            (
+                "a.yaml",
+                "l: {{ required \"l\" (list) | len }}\nz: {{ required \"z\" 0 }}\nx: {{ template \"c.x\" . }}\nn: {{ .Template.Name }}\n",
+            ),
+        ],
+    )
+    .unwrap();
+    let out = helm::render(&c, &Release::new("r", "ns"), c.values.clone()).unwrap();
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&out).unwrap();
+    assert_eq!(
+        docs,
+        vec![json!({"l": 0, "z": 0, "x": "x=hi", "n": "c/templates/a.yaml"})]
+    );
+    for missing in [
+        "{{ required \"need it\" .Values.nope }}",
+        "{{ required \"need it\" \"\" }}",
+    ] {
+        std::fs::write(
+            dir.path().join("templates/a.yaml"),
+            format!("v: {missing}\n"),
+        )
+        .unwrap();
+        let c = Chart::load(dir.path()).unwrap();
+        let err = helm::render(&c, &Release::new("r", "ns"), c.values.clone()).unwrap_err();
+        assert!(err.to_string().contains("need it"), "{err}");
+    }
+}
