@@ -1051,16 +1051,23 @@ impl Cluster {
         }
         let key = Self::key(rd, ns, name);
         let applied_set = fields::fieldset_of(&applied, &rd.kind, scope);
-        let live = self.lock().objects.get(&key).cloned();
+        let mut st = self.lock();
+        let live = st.objects.get(&key).cloned();
         let Some(live) = live else {
+            drop(st);
             if scope == Scope::Status {
                 return Err(ApiError::not_found(&res_name(rd), name));
             }
             let mut base = json!({"apiVersion": rd.api_version(), "kind": rd.kind, "metadata": {"name": name}});
             fields::merge_apply(&mut base, &applied, &rd.kind, &mut Vec::new());
-            return self.create(rd, ns, base, opts, Some(applied_set));
+            return match self.create(rd, ns, base, opts, Some(applied_set)) {
+                // Lost a race with another creator: apply onto what they made.
+                Err(e) if e.reason == "AlreadyExists" => {
+                    self.apply(rd, ns, name, applied, opts, scope)
+                }
+                other => other,
+            };
         };
-        let mut st = self.lock();
         let mut entries = read_managed(&live);
         let sub = scope_sub(scope);
         // Conflicts: leaves we set to a different value that another manager owns.

@@ -445,3 +445,27 @@ async fn kube_rs_discovery_finds_crds_once_established() {
     assert_eq!(s.code, 404);
     env.sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_rs_concurrent_appliers_lose_nothing() {
+    let env = start(1, Duration::from_millis(100)).await;
+    let client = env.client("sim-1").await;
+    let cms: Api<ConfigMap> = Api::namespaced(client, "default");
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let cms = cms.clone();
+            tokio::spawn(async move {
+                let key = format!("k{i}");
+                let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "race"}, "data": {key: "v"}});
+                cms.patch("race", &PatchParams::apply(&format!("m{i}")), &Patch::Apply(&cm)).await.unwrap();
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let got = cms.get("race").await.unwrap();
+    assert_eq!(got.data.unwrap().len(), 20);
+    assert_eq!(got.metadata.managed_fields.unwrap().len(), 20);
+    env.sim.shutdown().await;
+}
