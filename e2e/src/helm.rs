@@ -25,8 +25,9 @@
 //!   `Has` method; `.Files`, `lookup`, subcharts and schema validation are
 //!   not supported. `NOTES.txt`, files starting with `_` and files that are
 //!   not `.yaml`/`.yml` produce no output, as in Helm.
-//! - Documents come out in template file-name order with a `# Source:`
-//!   comment each; Helm additionally sorts by kind for install order.
+//! - Documents come out in Helm's install order by kind (Namespace,
+//!   ServiceAccount, Secret, RBAC, Service, workloads, Ingress, …), then by
+//!   template file name, each with a `# Source:` comment.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -229,7 +230,7 @@ pub fn render(chart: &Chart, release: &Release, values: Value) -> Result<String,
         .collect();
     let _guard = SourcesGuard::install(sources);
 
-    let mut out = String::new();
+    let mut docs: Vec<(&str, String)> = Vec::new();
     for (file, text) in &chart.templates {
         let base = file.rsplit('/').next().unwrap_or(file);
         if base.starts_with('_') || !(base.ends_with(".yaml") || base.ends_with(".yml")) {
@@ -245,14 +246,69 @@ pub fn render(chart: &Chart, release: &Release, values: Value) -> Result<String,
         );
         let rendered = render_file(file, text, Value::Object(ctx))?;
         for doc in split_documents(&rendered) {
-            out.push_str("---\n# Source: ");
-            out.push_str(file);
-            out.push('\n');
-            out.push_str(doc.trim_start_matches('\n').trim_end());
-            out.push('\n');
+            docs.push((file, doc.trim_start_matches('\n').trim_end().to_owned()));
         }
     }
+    // Stable: within one kind, documents keep file-name order.
+    docs.sort_by_key(|(_, doc)| install_rank(doc));
+    let mut out = String::new();
+    for (file, doc) in docs {
+        out.push_str("---\n# Source: ");
+        out.push_str(file);
+        out.push('\n');
+        out.push_str(&doc);
+        out.push('\n');
+    }
     Ok(out)
+}
+
+/// Kinds in the order Helm installs them (and `helm template` prints them):
+/// what others depend on comes first. Other kinds follow, by kind name.
+const INSTALL_ORDER: &[&str] = &[
+    "PriorityClass",
+    "Namespace",
+    "NetworkPolicy",
+    "ResourceQuota",
+    "LimitRange",
+    "PodDisruptionBudget",
+    "ServiceAccount",
+    "Secret",
+    "ConfigMap",
+    "StorageClass",
+    "PersistentVolume",
+    "PersistentVolumeClaim",
+    "CustomResourceDefinition",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "Role",
+    "RoleBinding",
+    "Service",
+    "DaemonSet",
+    "Pod",
+    "ReplicationController",
+    "ReplicaSet",
+    "Deployment",
+    "HorizontalPodAutoscaler",
+    "StatefulSet",
+    "Job",
+    "CronJob",
+    "IngressClass",
+    "Ingress",
+    "APIService",
+];
+
+/// Where a rendered document goes in install order, read from its top-level
+/// `kind:` line.
+fn install_rank(doc: &str) -> (usize, String) {
+    let kind = doc
+        .lines()
+        .find_map(|l| l.strip_prefix("kind:"))
+        .map(|k| k.trim().trim_matches(['"', '\'']).to_owned())
+        .unwrap_or_default();
+    match INSTALL_ORDER.iter().position(|k| *k == kind) {
+        Some(i) => (i, String::new()),
+        None => (INSTALL_ORDER.len(), kind),
+    }
 }
 
 /// Deep-merges `overlay` into `base` as Helm merges values files: maps merge

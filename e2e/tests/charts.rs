@@ -741,6 +741,32 @@ async fn apply_to_simulator(rendered: &Rendered, namespaces: &[&str]) -> Result<
         })
         .collect();
     assert_eq!(live, rendered.ids());
+    // Install order, as helm prints it: dependencies before their users.
+    let kinds: Vec<&str> = rendered
+        .docs
+        .iter()
+        .map(|d| d["kind"].as_str().unwrap_or_default())
+        .collect();
+    let rank = |k: &str| {
+        [
+            "ServiceAccount",
+            "Secret",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Role",
+            "RoleBinding",
+            "Service",
+            "Deployment",
+            "StatefulSet",
+            "Ingress",
+        ]
+        .iter()
+        .position(|x| *x == k)
+    };
+    assert!(
+        kinds.windows(2).all(|w| rank(w[0]) <= rank(w[1])),
+        "not in install order: {kinds:?}"
+    );
     // Server-side apply recorded our field manager on every object.
     for item in &items {
         let managers = item["metadata"]["managedFields"].to_string();
@@ -942,4 +968,112 @@ fn renderer_required_and_template_match_helm() {
         let err = helm::render(&c, &Release::new("r", "ns"), c.values.clone()).unwrap_err();
         assert!(err.to_string().contains("need it"), "{err}");
     }
+}
+
+// ---------------------------------------------------------------------------
+// The contract with `flotilla cluster add`
+
+/// The parts of an agent install that must be the same whether it came from
+/// this chart or from the manifest `flotilla cluster add` prints: object
+/// names and kinds, the container's command line, environment, probes,
+/// security context and mounts, the Secret's keys and the RBAC rules. Labels,
+/// the image tag and Helm's bookkeeping may differ.
+fn agent_install_essentials(docs: &[Value]) -> Value {
+    let mut out = serde_json::Map::new();
+    for d in docs {
+        let kind = d["kind"].as_str().unwrap_or_default();
+        let id = format!(
+            "{kind}/{}/{}",
+            d["metadata"]["namespace"].as_str().unwrap_or(""),
+            d["metadata"]["name"].as_str().unwrap_or("")
+        );
+        let essential = match kind {
+            "Deployment" => {
+                let pod = &d["spec"]["template"]["spec"];
+                let c = &pod["containers"][0];
+                json!({
+                    "replicas": d["spec"]["replicas"],
+                    "serviceAccountName": pod["serviceAccountName"],
+                    "podSecurityContext": pod["securityContext"],
+                    "args": c["args"],
+                    "env": c["env"],
+                    "ports": c["ports"],
+                    "livenessProbe": c["livenessProbe"]["httpGet"],
+                    "readinessProbe": c["readinessProbe"]["httpGet"],
+                    "securityContext": c["securityContext"],
+                    "volumeMounts": c["volumeMounts"],
+                    "volumes": pod["volumes"],
+                })
+            }
+            "Secret" => {
+                let keys: BTreeSet<&String> = d["stringData"]
+                    .as_object()
+                    .into_iter()
+                    .chain(d["data"].as_object())
+                    .flat_map(|m| m.keys())
+                    .collect();
+                json!({ "keys": keys })
+            }
+            "Role" | "ClusterRole" => json!({ "rules": d["rules"] }),
+            "RoleBinding" | "ClusterRoleBinding" => {
+                json!({ "roleRef": d["roleRef"], "subjects": d["subjects"] })
+            }
+            _ => json!({}),
+        };
+        out.insert(id, essential);
+    }
+    Value::Object(out)
+}
+
+/// What `flotilla cluster add` must print, in the fields that matter, for
+/// the default cluster-wide install: the chart's output for release
+/// `flotilla-agent` in `flotilla-system`. Once the command emits its
+/// manifest, this test also runs it and compares (issue 8).
+#[test]
+fn agent_chart_is_the_cluster_add_contract() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let values = dir.path().join("v.yaml");
+    std::fs::write(
+        &values,
+        "hub:\n  url: https://hub.example.com:7443\nbootstrap:\n  token: t\n  caPin: sha256:00\n",
+    )?;
+    let r = Rendered::render(
+        "flotilla-agent",
+        &Release::new("flotilla-agent", "flotilla-system"),
+        &[values],
+    )?;
+    let essentials = agent_install_essentials(&r.docs);
+    let ids: Vec<&String> = essentials
+        .as_object()
+        .map(|m| m.keys().collect())
+        .unwrap_or_default();
+    assert_eq!(
+        ids,
+        [
+            "ServiceAccount/flotilla-system/flotilla-agent",
+            "Secret/flotilla-system/flotilla-agent-bootstrap",
+            "ClusterRole//flotilla-agent",
+            "ClusterRoleBinding//flotilla-agent",
+            "Role/flotilla-system/flotilla-agent-self",
+            "RoleBinding/flotilla-system/flotilla-agent-self",
+            "Deployment/flotilla-system/flotilla-agent",
+        ]
+    );
+    let dep = &essentials["Deployment/flotilla-system/flotilla-agent"];
+    assert_eq!(
+        dep["args"],
+        json!([
+            "--hub",
+            "$(FLOTILLA_HUB)",
+            "--state-dir",
+            "/var/lib/flotilla-agent",
+            "--health-listen",
+            "0.0.0.0:8081"
+        ])
+    );
+    assert_eq!(
+        essentials["Secret/flotilla-system/flotilla-agent-bootstrap"]["keys"],
+        json!(["ca-pin", "hub-url", "token"])
+    );
+    Ok(())
 }
