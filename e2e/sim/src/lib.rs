@@ -320,6 +320,12 @@ impl SimHandle {
         }
     }
 
+    /// Counters of a cluster: `requests`, `writes` (POST/PUT/PATCH/DELETE),
+    /// `objects`, `resourceVersion`. Also at `GET /admin/clusters/NAME/stats`.
+    pub fn stats(&self, cluster: &str) -> Option<serde_json::Value> {
+        self.sim.clusters.get(cluster).map(|c| server::stats(c))
+    }
+
     /// Stops serving, ends watches and persists state (when a state dir is set).
     pub async fn shutdown(mut self) {
         if let Some(s) = self.stop.take() {

@@ -143,6 +143,14 @@ pub async fn handle(
         rest = r;
     }
     let rest = rest.to_string();
+    cluster
+        .requests
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+        cluster
+            .writes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
     let faults = cluster.faults.lock().map(|f| f.clone()).unwrap_or_default();
     if faults.down {
         return Err(Down);
@@ -222,6 +230,10 @@ async fn admin(sim: &Sim, method: Method, rest: &str, body: Bytes) -> Response<B
         (Method::GET, ["clusters"]) => {
             json_resp(200, &json!(sim.clusters.keys().collect::<Vec<_>>()))
         }
+        (Method::GET, ["clusters", name, "stats"]) => match sim.clusters.get(*name) {
+            Some(c) => json_resp(200, &stats(c)),
+            None => err_resp(&ApiError::not_found("clusters", name)),
+        },
         (Method::POST, ["clusters", name, action]) => {
             let Some(c) = sim.clusters.get(*name) else {
                 return err_resp(&ApiError::not_found("clusters", name));
@@ -255,6 +267,17 @@ async fn admin(sim: &Sim, method: Method, rest: &str, body: Bytes) -> Response<B
         }
         _ => err_resp(&not_found_path()),
     }
+}
+
+/// Request counters and object count of a cluster.
+pub fn stats(c: &Cluster) -> Value {
+    let st = c.lock();
+    json!({
+        "requests": c.requests.load(std::sync::atomic::Ordering::Relaxed),
+        "writes": c.writes.load(std::sync::atomic::Ordering::Relaxed),
+        "objects": st.objects.len(),
+        "resourceVersion": st.rv,
+    })
 }
 
 /// Applies fault settings; `drop_watches` ends open watches once.

@@ -114,6 +114,10 @@ pub struct Cluster {
     pub faults: Mutex<Faults>,
     /// Bumped to end every open watch.
     pub watch_epoch: tokio::sync::watch::Sender<u64>,
+    /// API requests received (including refused and failed ones).
+    pub requests: std::sync::atomic::AtomicU64,
+    /// Mutating API requests (POST, PUT, PATCH, DELETE) received.
+    pub writes: std::sync::atomic::AtomicU64,
 }
 
 fn now() -> String {
@@ -308,6 +312,8 @@ impl Cluster {
             tx,
             faults: Mutex::new(Faults::default()),
             watch_epoch: tokio::sync::watch::channel(0).0,
+            requests: Default::default(),
+            writes: Default::default(),
         }
     }
 

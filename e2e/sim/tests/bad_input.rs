@@ -174,6 +174,9 @@ async fn injected_faults_and_restart() {
     )
     .await;
     assert_eq!(code, 201);
+    let stats = env.sim.stats("sim-1").unwrap();
+    assert!(stats["requests"].as_u64().unwrap() >= 4, "{stats}");
+    assert_eq!(stats["writes"], 1);
     env.sim.restart("sim-1", true);
     assert_eq!(
         raw(
