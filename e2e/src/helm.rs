@@ -18,8 +18,8 @@
 //!   list).
 //! - `toYaml` is replaced: gtmpl-ng's keeps a map's hash order, Helm's sorts
 //!   keys (Go's YAML encoder does). Ours sorts keys and, like Helm's, drops
-//!   the trailing newline. Sequences come out indented under their key,
-//!   which is the same YAML as Helm's flush style.
+//!   the trailing newline. Sequences come out flush under their key, as
+//!   Helm writes them.
 //! - `<no value>` (a missing key) renders as the empty string, as in Helm.
 //! - `.Capabilities.APIVersions` is a list of strings, not an object with a
 //!   `Has` method; `.Files`, `lookup`, subcharts and schema validation are
