@@ -3,6 +3,7 @@
 //!
 //! See `README.md` for what is exact, approximated and missing.
 
+pub mod builtin_schema;
 pub mod controllers;
 pub mod defaults;
 pub mod discovery;

@@ -555,11 +555,17 @@ impl Cluster {
             String::new(),
             format!("{}.{}", rd.plural, rd.group),
         );
-        let Some(schema) = st
+        let schema = st
             .objects
             .get(&key)
-            .and_then(|crd| resources::crd_schema(crd, &rd.version))
-        else {
+            .and_then(|crd| resources::crd_schema(crd, &rd.version));
+        let builtin =
+            rd.group.is_empty() || rd.group.ends_with(".k8s.io") || !rd.group.contains('.');
+        let Some(schema) = schema.or_else(|| {
+            builtin
+                .then(|| crate::builtin_schema::schema(&rd.kind))
+                .flatten()
+        }) else {
             return Ok(());
         };
         let mut report = crate::schema::Report::default();

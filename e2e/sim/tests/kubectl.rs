@@ -466,3 +466,38 @@ async fn kubectl_client_side_apply_and_edit() {
     );
     env.sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_refuses_unknown_fields_in_built_ins() {
+    let env = start(1, Duration::from_millis(100)).await;
+    let f = env.dir.path().join("typo.yaml");
+    std::fs::write(
+        &f,
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: t\nspec:\n  replica: 3\n  selector:\n    matchLabels: {app: t}\n  template:\n    metadata:\n      labels: {app: t}\n    spec:\n      containers:\n      - name: c\n        image: busybox\n        imagePullPolcy: Always\n",
+    )
+    .unwrap();
+    let path = f.to_str().unwrap();
+    let out = env
+        .kubectl("sim-1", &["apply", "--server-side", "-f", path])
+        .await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains(r#"unknown field "spec.replica""#), "{err}");
+    assert!(
+        err.contains(r#"unknown field "spec.template.spec.containers[0].imagePullPolcy""#),
+        "{err}"
+    );
+    // With validation off the unknown fields are dropped, as the API server does.
+    env.kubectl_ok(
+        "sim-1",
+        &["apply", "--server-side", "--validate=false", "-f", path],
+    )
+    .await;
+    let d = json(
+        &env.kubectl_ok("sim-1", &["get", "deployment/t", "-o", "json"])
+            .await,
+    );
+    assert!(d["spec"].get("replica").is_none());
+    assert_eq!(d["spec"]["replicas"], 1);
+    env.sim.shutdown().await;
+}
