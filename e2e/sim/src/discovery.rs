@@ -199,3 +199,51 @@ pub fn openapi_gv(c: &Cluster, gv: &str) -> Option<Value> {
         "components": {"schemas": schemas},
     }))
 }
+
+/// Content type of aggregated discovery v2 responses.
+pub const AGGREGATED_V2: &str =
+    "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+
+/// Whether the Accept header prefers aggregated discovery v2.
+pub fn wants_aggregated(accept: &str) -> bool {
+    accept.split(',').next().is_some_and(|first| {
+        first.contains("as=APIGroupDiscoveryList")
+            && first.contains("v=v2")
+            && !first.contains("v=v2beta1")
+    })
+}
+
+/// Aggregated discovery (`apidiscovery.k8s.io/v2`) for `/api` (core) or `/apis`.
+pub fn aggregated(c: &Cluster, core: bool) -> Value {
+    let rs = c.lock().resources.clone();
+    let mut groups: BTreeMap<String, BTreeMap<String, Vec<Value>>> = BTreeMap::new();
+    for r in rs.iter().filter(|r| r.group.is_empty() == core) {
+        let gvk = json!({"group": r.group, "version": r.version, "kind": r.kind});
+        let mut subs = Vec::new();
+        if r.status {
+            subs.push(json!({"subresource": "status", "responseKind": gvk, "verbs": ["get", "patch", "update"]}));
+        }
+        if resources::has_scale(r) {
+            subs.push(json!({"subresource": "scale", "responseKind": {"group": "autoscaling", "version": "v1", "kind": "Scale"}, "verbs": ["get", "patch", "update"]}));
+        }
+        let verbs = resources::api_resource(r)
+            .first()
+            .map(|a| a["verbs"].clone())
+            .unwrap_or_else(|| json!([]));
+        groups.entry(r.group.clone()).or_default().entry(r.version.clone()).or_default().push(json!({
+            "resource": r.plural, "responseKind": gvk, "scope": if r.namespaced { "Namespaced" } else { "Cluster" },
+            "singularResource": r.singular, "verbs": verbs, "shortNames": r.short_names, "subresources": subs,
+        }));
+    }
+    let items: Vec<Value> = groups
+        .into_iter()
+        .map(|(g, versions)| {
+            let vs: Vec<Value> = versions
+                .into_iter()
+                .map(|(v, res)| json!({"version": v, "resources": res, "freshness": "Current"}))
+                .collect();
+            json!({"metadata": {"name": g}, "versions": vs})
+        })
+        .collect();
+    json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": items})
+}

@@ -367,6 +367,14 @@ fn api(
         ),
         ["version"] if get => json_resp(200, &discovery::version()),
         ["healthz" | "readyz" | "livez"] => Response::new(Body::from("ok")),
+        ["api" | "apis"] if get && discovery::wants_aggregated(accept(headers)) => {
+            let mut r = json_resp(200, &discovery::aggregated(c, segs[0] == "api"));
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static(discovery::AGGREGATED_V2),
+            );
+            r
+        }
         ["api"] if get => json_resp(200, &discovery::api_versions(&sim.addr.to_string())),
         ["apis"] if get => json_resp(200, &discovery::api_group_list(c)),
         ["openapi", "v3"] if get => json_resp(200, &discovery::openapi_index(c, prefix)),

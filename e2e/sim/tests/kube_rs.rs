@@ -428,6 +428,21 @@ async fn kube_rs_discovery_finds_crds_once_established() {
         .find(|(ar, _)| ar.kind == "Gizmo")
         .unwrap();
     assert_eq!(caps.scope, Scope::Cluster);
+    // Aggregated discovery (apidiscovery.k8s.io/v2) sees the same.
+    let agg = Discovery::new(client.clone())
+        .run_aggregated()
+        .await
+        .unwrap();
+    assert!(
+        agg.groups()
+            .flat_map(|g| g.recommended_resources())
+            .any(|(ar, _)| ar.kind == "Gizmo")
+    );
+    assert!(
+        agg.groups()
+            .flat_map(|g| g.recommended_resources())
+            .any(|(ar, c)| ar.kind == "Deployment" && c.scope == Scope::Namespaced)
+    );
     let api: Api<kube::api::DynamicObject> = Api::all_with(client.clone(), &ar);
     let obj = json!({"apiVersion": "example.org/v1", "kind": "Gizmo", "metadata": {"name": "g1"}, "spec": {"any": 1}});
     api.patch("g1", &PatchParams::apply("flotilla"), &Patch::Apply(&obj))
