@@ -484,3 +484,46 @@ async fn kube_rs_concurrent_appliers_lose_nothing() {
     assert_eq!(got.metadata.managed_fields.unwrap().len(), 20);
     env.sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_rs_streaming_list_watcher() {
+    let env = start(1, Duration::from_millis(100)).await;
+    let client = env.client("sim-1").await;
+    let cms: Api<ConfigMap> = Api::namespaced(client, "default");
+    let pp = PatchParams::apply("flotilla");
+    let cm = |n: &str| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": n}});
+    cms.patch("before", &pp, &Patch::Apply(&cm("before")))
+        .await
+        .unwrap();
+    let mut s = watcher(cms.clone(), watcher::Config::default().streaming_lists()).boxed();
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !seen.contains(&"initdone".to_string()) {
+        match tokio::time::timeout_at(deadline, s.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+        {
+            watcher::Event::InitApply(c) => seen.push(c.metadata.name.unwrap()),
+            watcher::Event::InitDone => seen.push("initdone".into()),
+            _ => {}
+        }
+    }
+    assert!(seen.contains(&"before".to_string()), "{seen:?}");
+    cms.patch("after", &pp, &Patch::Apply(&cm("after")))
+        .await
+        .unwrap();
+    loop {
+        if let watcher::Event::Apply(c) = tokio::time::timeout_at(deadline, s.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+            && c.metadata.name.as_deref() == Some("after")
+        {
+            break;
+        }
+    }
+    env.sim.shutdown().await;
+}
