@@ -103,12 +103,19 @@ fn state_file(dir: &std::path::Path, name: &str) -> PathBuf {
     dir.join(format!("{name}.json"))
 }
 
-fn persist(sim: &Sim, dir: &std::path::Path) {
+/// Writes the state of every cluster whose resourceVersion differs from
+/// `persisted` (all when empty), recording what was written.
+fn persist(sim: &Sim, dir: &std::path::Path, persisted: &mut BTreeMap<String, u64>) {
     if let Err(e) = std::fs::create_dir_all(dir) {
         tracing::warn!(error = %e, "cannot create state dir");
         return;
     }
     for (name, c) in &sim.clusters {
+        let rv = c.lock().rv;
+        if persisted.get(name) == Some(&rv) {
+            continue;
+        }
+        persisted.insert(name.clone(), rv);
         let tmp = dir.join(format!(".{name}.json.tmp"));
         let data = c.snapshot().to_string();
         if std::fs::write(&tmp, data)
@@ -221,7 +228,7 @@ async fn run(
     conns.abort_all();
     while conns.join_next().await.is_some() {}
     if let Some(d) = state_dir {
-        persist(&sim, &d);
+        persist(&sim, &d, &mut BTreeMap::new());
     }
 }
 
@@ -246,16 +253,7 @@ async fn controller_loop(sim: Arc<Sim>, state_dir: Option<PathBuf>) {
             && last_persist.elapsed() > Duration::from_secs(5)
         {
             last_persist = tokio::time::Instant::now();
-            let changed = sim
-                .clusters
-                .iter()
-                .any(|(n, c)| persisted.get(n) != Some(&c.lock().rv));
-            if changed {
-                persist(&sim, d);
-                for (n, c) in &sim.clusters {
-                    persisted.insert(n.clone(), c.lock().rv);
-                }
-            }
+            persist(&sim, d, &mut persisted);
         }
     }
 }

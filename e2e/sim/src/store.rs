@@ -1451,8 +1451,3 @@ pub fn refresh_resources(st: &mut State) {
     }
     st.resources = rs;
 }
-
-/// A map helper for callers building objects.
-pub fn obj_map(v: &Value) -> Map<String, Value> {
-    v.as_object().cloned().unwrap_or_default()
-}
