@@ -527,3 +527,72 @@ async fn kube_rs_streaming_list_watcher() {
     }
     env.sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_rs_finalizers_and_garbage_collection() {
+    let env = start(1, Duration::from_millis(100)).await;
+    let client = env.client("sim-1").await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let secrets: Api<Secret> = Api::namespaced(client, "default");
+    let pp = PatchParams::apply("flotilla");
+
+    // Finalizers hold deletion until removed.
+    let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "fin", "finalizers": ["example.com/hold"]}});
+    cms.patch("fin", &pp, &Patch::Apply(&cm)).await.unwrap();
+    cms.delete("fin", &DeleteParams::default()).await.unwrap();
+    let held = cms.get("fin").await.unwrap();
+    assert!(held.metadata.deletion_timestamp.is_some());
+    let edit = PatchParams {
+        field_manager: Some("ctl".into()),
+        ..PatchParams::default()
+    };
+    cms.patch(
+        "fin",
+        &edit,
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
+    assert!(cms.get_opt("fin").await.unwrap().is_none());
+
+    // Background deletion removes dependents; Orphan keeps them without the owner reference.
+    for (owner, policy) in [
+        ("owner-bg", DeleteParams::background()),
+        ("owner-orphan", DeleteParams::orphan()),
+    ] {
+        let o = cms
+            .patch(
+                owner,
+                &pp,
+                &Patch::Apply(
+                    &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": owner}}),
+                ),
+            )
+            .await
+            .unwrap();
+        let uid = o.metadata.uid.unwrap();
+        let dep = format!("{owner}-dep");
+        let s = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": dep,
+            "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": owner, "uid": uid}]}});
+        secrets.patch(&dep, &pp, &Patch::Apply(&s)).await.unwrap();
+        cms.delete(owner, &policy).await.unwrap();
+        let left = poll("garbage collection", 10, || async {
+            let s = secrets.get_opt(&dep).await.unwrap();
+            match (owner, s) {
+                ("owner-bg", None) => Some(None),
+                ("owner-orphan", Some(s))
+                    if s.metadata
+                        .owner_references
+                        .as_ref()
+                        .is_none_or(Vec::is_empty) =>
+                {
+                    Some(Some(s))
+                }
+                _ => None,
+            }
+        })
+        .await;
+        assert_eq!(left.is_some(), owner == "owner-orphan");
+    }
+    env.sim.shutdown().await;
+}
