@@ -86,6 +86,12 @@ impl Cluster {
         }
     }
 
+    /// Whether changes to tracked objects are watched.
+    #[must_use]
+    pub fn watches_enabled(&self) -> bool {
+        self.watch.is_some()
+    }
+
     /// Starts the watch of a kind unless it runs already.
     pub fn watch_kind(&self, key: &ObjectKey, r: &Resolved) {
         let Some(notify) = self.watch.clone() else {

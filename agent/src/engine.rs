@@ -4,9 +4,10 @@
 //! One pass looks at every application: it reads the live objects, decides
 //! (apply on a new digest when automated; re-apply on drift with selfHeal;
 //! retries with backoff), applies in the planned order, and publishes a
-//! [`Report`]. Passes run when the link delivers a new desired state, and
-//! periodically: every second while anything is not Synced and Healthy,
-//! every five seconds otherwise.
+//! [`Report`]. Passes run when the link delivers a new desired state, when a
+//! watched object changes, and periodically: every second while anything is
+//! not Synced and Healthy, otherwise every 30 seconds with watches (five
+//! without).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -30,6 +31,7 @@ use crate::plan;
 use crate::report::{Report, now_ms};
 
 const PASS_SETTLED: Duration = Duration::from_secs(5);
+const PASS_SETTLED_WATCHED: Duration = Duration::from_secs(30);
 const PASS_BUSY: Duration = Duration::from_secs(1);
 const CRD_DEADLINE: Duration = Duration::from_secs(30);
 const WAVE_DEADLINE: Duration = Duration::from_secs(120);
@@ -158,7 +160,13 @@ impl Engine {
     pub async fn run(mut self) {
         loop {
             let settled = self.pass().await;
-            let wait = if settled { PASS_SETTLED } else { PASS_BUSY };
+            let wait = match (settled, self.cluster.watches_enabled()) {
+                (false, _) => PASS_BUSY,
+                // Watches wake the engine on any change to a tracked object;
+                // the periodic pass is only a safety net then.
+                (true, true) => PASS_SETTLED_WATCHED,
+                (true, false) => PASS_SETTLED,
+            };
             tokio::select! {
                 () = self.trigger.notified() => {
                     // Let a burst of events (an apply touches many objects)
@@ -346,7 +354,12 @@ impl Engine {
     /// Reads the live state of every desired object and compares it with
     /// what the agent applies.
     async fn check(&self, b: &Bundle) -> (Vec<ResourceCheck>, Vec<String>) {
-        let mut checks = Vec::new();
+        // Slots keep manifest order; resolved objects are read in groups.
+        enum Slot {
+            Done(ResourceCheck),
+            Pending(ObjectKey, Resolved, Value),
+        }
+        let mut slots = Vec::new();
         let mut errors = Vec::new();
         let mut seen = BTreeSet::new();
         for parsed in object::parse_manifests(&b.manifests) {
@@ -366,13 +379,13 @@ impl Engine {
                     if key.namespace.is_empty() {
                         key.namespace.clone_from(&b.namespace);
                     }
-                    checks.push(ResourceCheck {
+                    slots.push(Slot::Done(ResourceCheck {
                         key,
                         sync: SyncStatus::OutOfSync,
                         health: Health::missing(),
                         message: e.to_string(),
                         drift: Vec::new(),
-                    });
+                    }));
                     continue;
                 }
             };
@@ -382,19 +395,64 @@ impl Engine {
             if !seen.insert(key.clone()) {
                 continue;
             }
-            checks.push(self.check_one(b, key, &resolved, &desired).await);
+            slots.push(Slot::Pending(key, resolved, desired));
+        }
+        // One LIST (by the application's label) per kind and namespace with
+        // several objects instead of one GET each.
+        let mut groups: BTreeMap<(String, String, String, String), usize> = BTreeMap::new();
+        for slot in &slots {
+            if let Slot::Pending(key, _, _) = slot {
+                *groups.entry(group_of(key)).or_default() += 1;
+            }
+        }
+        let mut listed: HashMap<(String, String, String, String), HashMap<String, Value>> =
+            HashMap::new();
+        let selector = format!("{}={}", object::APP_LABEL, b.name);
+        for slot in &slots {
+            let Slot::Pending(key, resolved, _) = slot else {
+                continue;
+            };
+            let group = group_of(key);
+            if groups.get(&group).copied().unwrap_or(0) < 2 || listed.contains_key(&group) {
+                continue;
+            }
+            if let Ok(items) = self.cluster.list(resolved, &key.namespace, &selector).await {
+                let by_name = items
+                    .into_iter()
+                    .filter_map(|o| {
+                        let name = o.pointer("/metadata/name")?.as_str()?.to_owned();
+                        Some((name, o))
+                    })
+                    .collect();
+                listed.insert(group, by_name);
+            }
+        }
+        let mut checks = Vec::with_capacity(slots.len());
+        for slot in slots {
+            match slot {
+                Slot::Done(c) => checks.push(c),
+                Slot::Pending(key, resolved, desired) => {
+                    let live = match listed.get_mut(&group_of(&key)) {
+                        // Not carrying our label counts as absent: the
+                        // label is part of what we apply.
+                        Some(by_name) => Ok(by_name.remove(&key.name)),
+                        None => self.cluster.get(&resolved, &key).await,
+                    };
+                    checks.push(self.check_one(b, key, live, &desired));
+                }
+            }
         }
         (checks, errors)
     }
 
-    async fn check_one(
+    fn check_one(
         &self,
         b: &Bundle,
         key: ObjectKey,
-        r: &Resolved,
+        live: Result<Option<Value>, crate::cluster::ClusterError>,
         desired: &Value,
     ) -> ResourceCheck {
-        match self.cluster.get(r, &key).await {
+        match live {
             Ok(None) => ResourceCheck {
                 key,
                 sync: SyncStatus::OutOfSync,
@@ -789,6 +847,16 @@ fn ignored_paths(b: &Bundle, key: &ObjectKey, live: &Value) -> Vec<String> {
         ignore.extend(drift::managed_paths(live, &managers));
     }
     ignore
+}
+
+/// Objects read together: same group, version, kind and namespace.
+fn group_of(key: &ObjectKey) -> (String, String, String, String) {
+    (
+        key.group.clone(),
+        key.version.clone(),
+        key.kind.clone(),
+        key.namespace.clone(),
+    )
 }
 
 fn namespace_of(obj: &Value) -> String {
