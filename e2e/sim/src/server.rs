@@ -573,7 +573,16 @@ fn resource(
                 };
                 return result_resp(c.delete(&rd, ns, n, &o, &opts_body), 200);
             }
-            result_resp(c.delete(&rd, ns, n, &opts, &opts_body), 200)
+            match c.delete(&rd, ns, n, &opts, &opts_body) {
+                // Still there (finalizers, namespace termination): 202 Accepted.
+                Ok(o)
+                    if o["metadata"]["deletionTimestamp"].is_string()
+                        && c.get(&rd, ns, n).is_ok() =>
+                {
+                    json_resp(202, &o)
+                }
+                r => result_resp(r, 200),
+            }
         }
         _ => err_resp(&ApiError::new(
             405,
@@ -619,7 +628,12 @@ fn patch_req(
                 manager: query.get("fieldManager").cloned().unwrap_or_default(),
                 ..opts.clone()
             };
-            c.apply(rd, ns, name, p, &opts, scope)
+            let existed = c.get(rd, ns, name).is_ok();
+            let r = c.apply(rd, ns, name, p, &opts, scope);
+            if !existed && !opts.dry_run && r.is_ok() {
+                return result_resp(r, 201);
+            }
+            r
         }
         "application/merge-patch+json" => {
             if !p.is_object() {
@@ -661,12 +675,6 @@ fn patch_req(
             ),
         )),
     };
-    if let Err(e) = &r
-        && e.code == 404
-        && ct != "application/apply-patch+yaml"
-    {
-        return err_resp(e);
-    }
     result_resp(r, 200)
 }
 
