@@ -23,6 +23,8 @@ pub enum Output {
     #[default]
     Table,
     Json,
+    /// YAML (`appset generate`; elsewhere the JSON document as YAML).
+    Yaml,
 }
 
 /// Flotilla: what runs where, at which commit, and is it healthy.
@@ -63,6 +65,9 @@ pub enum Command {
     /// Clusters.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// ApplicationSets (Argo CD compatible).
+    #[command(subcommand)]
+    Appset(crate::appset::cli::AppsetCommand),
     /// Git repositories the hub polls.
     #[command(subcommand)]
     Repo(RepoCommand),
@@ -122,6 +127,25 @@ pub enum ClusterCommand {
     List,
     /// Remove a cluster and revoke its certificate.
     Remove { name: String },
+    /// Set (KEY=VALUE) or remove (KEY-) labels.
+    Label {
+        name: String,
+        #[arg(required = true, value_name = "KEY=VALUE|KEY-")]
+        edits: Vec<String>,
+    },
+    /// Set (KEY=VALUE) or remove (KEY-) annotations.
+    Annotate {
+        name: String,
+        #[arg(required = true, value_name = "KEY=VALUE|KEY-")]
+        edits: Vec<String>,
+    },
+    /// Upsert clusters declared as `Cluster` (flotilla.dev/v1alpha1)
+    /// resources or Argo CD cluster Secrets (inventory only).
+    Apply {
+        /// YAML file (`-` for stdin).
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -169,7 +193,7 @@ impl tonic::service::Interceptor for BearerAuth {
     }
 }
 
-type Client = HubApiClient<InterceptedService<Channel, BearerAuth>>;
+pub(crate) type Client = HubApiClient<InterceptedService<Channel, BearerAuth>>;
 
 /// Defaults saved by `flotilla login`.
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
@@ -268,7 +292,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-fn status_err(s: tonic::Status) -> anyhow::Error {
+pub(crate) fn status_err(s: tonic::Status) -> anyhow::Error {
     anyhow!("{} ({:?})", s.message(), s.code())
 }
 
@@ -278,6 +302,10 @@ fn status_err(s: tonic::Status) -> anyhow::Error {
 /// Any failure, with a message for people; the binary exits non-zero.
 pub async fn run(cli: Cli) -> Result<()> {
     let g = &cli.global;
+    if let Command::Appset(crate::appset::cli::AppsetCommand::Generate(args)) = &cli.command {
+        // Offline: no hub.
+        return crate::appset::cli::generate(args, g.output);
+    }
     let resolved = resolve(g)?;
     let mut c = client(&resolved).await?;
     let hub = resolved.hub.clone();
@@ -333,16 +361,18 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::App(cmd) => app(g, &mut c, cmd).await?,
         Command::Cluster(cmd) => cluster(g, &hub, &mut c, cmd).await?,
         Command::Repo(cmd) => repo(g, &mut c, cmd).await?,
+        Command::Appset(cmd) => crate::appset::cli::run(g, &mut c, cmd).await?,
     }
     Ok(())
 }
 
-fn print_out(output: Output, value: Value, table: impl FnOnce() -> String) {
+pub(crate) fn print_out(output: Output, value: Value, table: impl FnOnce() -> String) {
     match output {
         Output::Json => println!(
             "{}",
             serde_json::to_string_pretty(&value).unwrap_or_default()
         ),
+        Output::Yaml => print!("{}", serde_saphyr::to_string(&value).unwrap_or_default()),
         Output::Table => print!("{}", table()),
     }
 }
@@ -518,7 +548,7 @@ async fn app(g: &Global, c: &mut Client, cmd: AppCommand) -> Result<()> {
     Ok(())
 }
 
-fn read_input(file: &Path) -> Result<String> {
+pub(crate) fn read_input(file: &Path) -> Result<String> {
     if file == Path::new("-") {
         let mut s = String::new();
         std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).context("reading stdin")?;
@@ -666,6 +696,13 @@ async fn cluster(g: &Global, hub: &str, c: &mut Client, cmd: ClusterCommand) -> 
                 },
             );
         }
+        ClusterCommand::Label { name, edits } => {
+            crate::appset::cli::label(g, c, &name, &edits, false).await?;
+        }
+        ClusterCommand::Annotate { name, edits } => {
+            crate::appset::cli::label(g, c, &name, &edits, true).await?;
+        }
+        ClusterCommand::Apply { file } => crate::appset::cli::apply_clusters(g, c, &file).await?,
         ClusterCommand::Remove { name } => {
             c.remove_cluster(pb::RemoveClusterRequest { name: name.clone() })
                 .await
@@ -863,7 +900,7 @@ fn one_line(s: &str) -> String {
     }
 }
 
-fn labels_str(labels: &std::collections::HashMap<String, String>) -> String {
+pub(crate) fn labels_str(labels: &std::collections::HashMap<String, String>) -> String {
     let sorted: BTreeMap<_, _> = labels.iter().collect();
     if sorted.is_empty() {
         return "-".into();
@@ -875,7 +912,7 @@ fn labels_str(labels: &std::collections::HashMap<String, String>) -> String {
         .join(",")
 }
 
-fn ago(now_ms: i64, then_ms: i64) -> String {
+pub(crate) fn ago(now_ms: i64, then_ms: i64) -> String {
     if then_ms <= 0 {
         return "never".into();
     }

@@ -51,6 +51,8 @@ pub struct GitSync {
     renders: Mutex<HashMap<RenderKey, Rendered>>,
     /// One poll at a time.
     polling: tokio::sync::Mutex<()>,
+    /// The ApplicationSet controller, evaluated on every pass.
+    appsets: std::sync::OnceLock<Arc<crate::appset::lifecycle::AppSets>>,
 }
 
 impl std::fmt::Debug for GitSync {
@@ -103,7 +105,13 @@ impl GitSync {
             loaded: Mutex::default(),
             renders: Mutex::default(),
             polling: tokio::sync::Mutex::new(()),
+            appsets: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Hooks the ApplicationSet controller into every pass (once).
+    pub fn set_appsets(&self, appsets: Arc<crate::appset::lifecycle::AppSets>) {
+        let _ = self.appsets.set(appsets);
     }
 
     /// Registers (or updates) a repository and triggers a poll.
@@ -257,6 +265,9 @@ impl GitSync {
                 self.store.put_repo(&rec)?;
             }
         }
+        if let Some(appsets) = self.appsets.get() {
+            changed_apps |= appsets.reconcile_all(&self.cache, force).await?;
+        }
         if changed_apps {
             self.fleet.recompute()?;
         }
@@ -280,6 +291,10 @@ impl GitSync {
             Ok(Ok(f)) => f,
             Ok(Err(e)) => return Ok(vec![e.to_string()]),
             Err(e) => return Ok(vec![format!("reading applications failed: {e}")]),
+        };
+        let from_sets = match self.appsets.get() {
+            Some(a) => a.load_from_repo(&repo.url, &repo.apps_path, &files)?,
+            None => Vec::new(),
         };
         let existing = self.store.apps()?;
         let plan = plan_applications(&repo.url, &repo.apps_path, &files, &existing);
@@ -306,7 +321,7 @@ impl GitSync {
         for e in &plan.errors {
             tracing::warn!(error = %e, "cannot load applications");
         }
-        Ok(plan.errors)
+        Ok(plan.errors.into_iter().chain(from_sets).collect())
     }
 
     async fn render(&self, key: &RenderKey) -> Rendered {

@@ -4,6 +4,7 @@ pub mod appset;
 pub mod cli;
 pub mod fleet;
 pub mod gitsync;
+pub mod inventory;
 pub mod model;
 pub mod pki;
 pub mod server;

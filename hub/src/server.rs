@@ -42,6 +42,9 @@ pub struct HubConfig {
     pub advertise_hosts: Vec<String>,
     pub repos: Vec<RepoSpec>,
     pub poll_interval: Duration,
+    /// Share of an ApplicationSet's applications one evaluation may delete
+    /// before the deletions are held for `flotilla appset confirm`.
+    pub appset_deletion_budget: f64,
 }
 
 impl HubConfig {
@@ -54,6 +57,7 @@ impl HubConfig {
             advertise_hosts: Vec::new(),
             repos: Vec::new(),
             poll_interval: DEFAULT_POLL_INTERVAL,
+            appset_deletion_budget: crate::appset::lifecycle::DEFAULT_DELETION_BUDGET,
         }
     }
 }
@@ -174,6 +178,12 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         data_dir.join("git"),
         config.poll_interval,
     );
+    let appsets = crate::appset::lifecycle::AppSets::new(
+        fleet.clone(),
+        config.appset_deletion_budget,
+        config.poll_interval,
+    );
+    git.set_appsets(appsets.clone());
     for r in &config.repos {
         let secs = r
             .poll_interval
@@ -190,6 +200,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         fleet,
         pki: pki.clone(),
         git: git.clone(),
+        appsets,
         closing: closing_rx,
     };
 

@@ -386,6 +386,59 @@ impl pb::hub_api_server::HubApi for HubApiService {
         Ok(Response::new(pb::ListTokensResponse { tokens }))
     }
 
+    async fn create_application_set(
+        &self,
+        request: Request<pb::CreateApplicationSetRequest>,
+    ) -> Result<Response<pb::ApplicationSet>, Status> {
+        crate::appset::api::create(&self.ctx, request).await
+    }
+
+    async fn list_application_sets(
+        &self,
+        request: Request<pb::ListApplicationSetsRequest>,
+    ) -> Result<Response<pb::ListApplicationSetsResponse>, Status> {
+        crate::appset::api::list(&self.ctx, request).await
+    }
+
+    async fn get_application_set(
+        &self,
+        request: Request<pb::GetApplicationSetRequest>,
+    ) -> Result<Response<pb::ApplicationSet>, Status> {
+        crate::appset::api::get_one(&self.ctx, request).await
+    }
+
+    async fn delete_application_set(
+        &self,
+        request: Request<pb::DeleteApplicationSetRequest>,
+    ) -> Result<Response<pb::DeleteApplicationSetResponse>, Status> {
+        crate::appset::api::delete(&self.ctx, request).await
+    }
+
+    async fn confirm_application_set(
+        &self,
+        request: Request<pb::ConfirmApplicationSetRequest>,
+    ) -> Result<Response<pb::ApplicationSet>, Status> {
+        crate::appset::api::confirm(&self.ctx, request).await
+    }
+
+    async fn update_cluster(
+        &self,
+        request: Request<pb::UpdateClusterRequest>,
+    ) -> Result<Response<pb::Cluster>, Status> {
+        let rec = crate::appset::api::update_cluster(&self.ctx, request).await?;
+        Ok(Response::new(self.cluster_to_pb(&rec)))
+    }
+
+    async fn apply_clusters(
+        &self,
+        request: Request<pb::ApplyClustersRequest>,
+    ) -> Result<Response<pb::ApplyClustersResponse>, Status> {
+        let recs = crate::appset::api::apply_clusters(&self.ctx, request).await?;
+        Ok(Response::new(pb::ApplyClustersResponse {
+            clusters: recs.iter().map(|c| self.cluster_to_pb(c)).collect(),
+        }))
+    }
+
     async fn revoke_token(
         &self,
         request: Request<pb::RevokeTokenRequest>,

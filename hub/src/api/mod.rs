@@ -21,6 +21,8 @@ pub struct HubContext {
     pub fleet: Arc<Fleet>,
     pub pki: Arc<Pki>,
     pub git: Arc<GitSync>,
+    /// The ApplicationSet controller.
+    pub appsets: Arc<crate::appset::lifecycle::AppSets>,
     /// Becomes true when the hub shuts down: agent streams end so the
     /// server can stop.
     pub closing: tokio::sync::watch::Receiver<bool>,

@@ -4,7 +4,10 @@
 //! inventory, repository files) to Applications; the hub's lifecycle code
 //! decides what to create, update or delete.
 
+pub mod api;
+pub mod cli;
 pub mod generators;
+pub mod lifecycle;
 pub mod selector;
 pub mod template;
 

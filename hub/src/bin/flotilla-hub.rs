@@ -55,6 +55,10 @@ struct ServeArgs {
     /// Poll interval, e.g. 15s, 2m, 500ms.
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     poll_interval: Duration,
+    /// Share (0..1) of an ApplicationSet's applications one re-render may
+    /// delete; more is held until `flotilla appset confirm NAME`.
+    #[arg(long, default_value_t = flotilla_hub::appset::lifecycle::DEFAULT_DELETION_BUDGET)]
+    appset_deletion_budget: f64,
 }
 
 async fn shutdown_signal() {
@@ -106,6 +110,7 @@ async fn main() -> Result<()> {
         advertise_hosts: args.advertise_hosts,
         repos,
         poll_interval: args.poll_interval,
+        appset_deletion_budget: args.appset_deletion_budget,
     };
     flotilla_hub::server::serve(config, shutdown_signal())
         .await

@@ -1,0 +1,363 @@
+//! `flotilla appset …` and the cluster inventory commands
+//! (`flotilla cluster label|annotate|apply`).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+
+use super::{ClusterInfo, LocalCheckout, parse_application_sets};
+use crate::cli::{
+    Client, Global, Output, ago, cluster_json, labels_str, print_out, read_input, status_err, table,
+};
+use flotilla_proto as pb;
+
+#[derive(Debug, Subcommand)]
+pub enum AppsetCommand {
+    /// Create an ApplicationSet from an Argo CD ApplicationSet manifest.
+    Create {
+        /// YAML or JSON file (`-` for stdin).
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// Replace it if it exists.
+        #[arg(long)]
+        upsert: bool,
+    },
+    /// List ApplicationSets.
+    List,
+    /// Show one ApplicationSet: generated applications and conditions.
+    Get { name: String },
+    /// Delete an ApplicationSet and the applications it generated.
+    Delete { name: String },
+    /// Confirm the deletions held by the deletion budget (once).
+    Confirm { name: String },
+    /// Render an ApplicationSet offline (no hub), like `argocd appset
+    /// generate`: prints the generated Applications.
+    Generate(GenerateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// ApplicationSet file (YAML stream; `-` for stdin).
+    pub file: PathBuf,
+    /// Cluster inventory: a YAML stream of `Cluster` resources and/or Argo
+    /// CD cluster Secrets.
+    #[arg(long)]
+    pub clusters: Option<PathBuf>,
+    /// Local checkout used for every `git` generator.
+    #[arg(long)]
+    pub repo_root: Option<PathBuf>,
+}
+
+/// Renders the generated Applications of every set in `set_text`: the
+/// output text (YAML stream or JSON list) and the per-application errors.
+///
+/// # Errors
+/// Invalid input or a set-level error (generator failure, duplicate
+/// names), with the message.
+pub fn generate_text(
+    set_text: &str,
+    origin: &str,
+    clusters: &[ClusterInfo],
+    repo_root: Option<&Path>,
+    json_out: bool,
+) -> Result<(String, Vec<String>)> {
+    let sets = parse_application_sets(set_text, origin)?;
+    if sets.is_empty() {
+        bail!("{origin}: no ApplicationSet found");
+    }
+    let checkout = repo_root.map(LocalCheckout::new);
+    let git = checkout.as_ref().map(|c| c as &dyn super::GitFiles);
+    let mut apps = Vec::new();
+    let mut errors = Vec::new();
+    for set in &sets {
+        let g = set.generate(clusters, git)?;
+        for e in g.errors {
+            errors.push(format!(
+                "ApplicationSet {:?}: application {:?}: {}",
+                set.name, e.application, e.message
+            ));
+        }
+        apps.extend(g.applications);
+    }
+    let text = if json_out {
+        let mut s = serde_json::to_string_pretty(&apps)?;
+        s.push('\n');
+        s
+    } else {
+        let mut s = String::new();
+        for a in &apps {
+            s.push_str("---\n");
+            s.push_str(&serde_saphyr::to_string(a).context("YAML output")?);
+        }
+        s
+    };
+    Ok((text, errors))
+}
+
+/// `flotilla appset generate`.
+///
+/// # Errors
+/// Unreadable input or a set-level error.
+pub fn generate(args: &GenerateArgs, output: Output) -> Result<()> {
+    let text = read_input(&args.file)?;
+    let clusters = match &args.clusters {
+        Some(f) => {
+            let t = read_input(f)?;
+            let origin = f.display().to_string();
+            crate::inventory::parse_clusters(&t, &origin)
+                .map_err(anyhow::Error::msg)?
+                .iter()
+                .map(|c| c.info())
+                .collect()
+        }
+        None => Vec::new(),
+    };
+    let (out, errors) = generate_text(
+        &text,
+        &args.file.display().to_string(),
+        &clusters,
+        args.repo_root.as_deref(),
+        output == Output::Json,
+    )?;
+    print!("{out}");
+    for e in errors {
+        eprintln!("error: {e}");
+    }
+    Ok(())
+}
+
+fn appset_json(s: &pb::ApplicationSet) -> Value {
+    json!({
+        "name": s.name,
+        "origin": s.origin,
+        "applications": s.applications,
+        "conditions": s.conditions.iter().map(|c| json!({
+            "type": c.r#type,
+            "message": c.message,
+            "application": c.application,
+        })).collect::<Vec<_>>(),
+        "pendingDeletions": s.pending_deletions,
+        "applicationsSync": s.applications_sync,
+        "preserveResourcesOnDeletion": s.preserve_resources_on_deletion,
+        "lastResultMs": s.last_result_ms,
+        "lastGoodMs": s.last_good_ms,
+    })
+}
+
+fn status_word(s: &pb::ApplicationSet) -> String {
+    let bad: Vec<&str> = s
+        .conditions
+        .iter()
+        .filter(|c| c.r#type != super::lifecycle::UP_TO_DATE)
+        .map(|c| c.r#type.as_str())
+        .collect();
+    if bad.is_empty() {
+        "OK".into()
+    } else {
+        let mut b = bad.clone();
+        b.dedup();
+        b.join(",")
+    }
+}
+
+fn describe(s: &pb::ApplicationSet) -> String {
+    let now = crate::api::now_ms();
+    let mut out = format!(
+        "Name:             {}\nOrigin:           {}\nApplicationsSync: {}\nPreserve:         {}\nLast evaluated:   {}\nLast good:        {}\n",
+        s.name,
+        s.origin,
+        s.applications_sync,
+        s.preserve_resources_on_deletion,
+        if s.last_result_ms > 0 {
+            ago(now, s.last_result_ms)
+        } else {
+            "never".into()
+        },
+        if s.last_good_ms > 0 {
+            ago(now, s.last_good_ms)
+        } else {
+            "never".into()
+        },
+    );
+    if !s.pending_deletions.is_empty() {
+        out.push_str(&format!(
+            "Held deletions:   {} (flotilla appset confirm {})\n",
+            s.pending_deletions.join(", "),
+            s.name
+        ));
+    }
+    out.push('\n');
+    out.push_str(&table(
+        &["APPLICATION"],
+        s.applications.iter().map(|a| vec![a.clone()]).collect(),
+    ));
+    out.push('\n');
+    out.push_str(&table(
+        &["CONDITION", "APPLICATION", "MESSAGE"],
+        s.conditions
+            .iter()
+            .map(|c| {
+                vec![
+                    c.r#type.clone(),
+                    if c.application.is_empty() {
+                        "-".into()
+                    } else {
+                        c.application.clone()
+                    },
+                    c.message.replace('\n', " "),
+                ]
+            })
+            .collect(),
+    ));
+    out
+}
+
+/// `flotilla appset …` against the hub.
+///
+/// # Errors
+/// The call failed.
+pub async fn run(g: &Global, c: &mut Client, cmd: AppsetCommand) -> Result<()> {
+    match cmd {
+        AppsetCommand::Create { file, upsert } => {
+            let manifest = read_input(&file)?;
+            let s = c
+                .create_application_set(pb::CreateApplicationSetRequest { manifest, upsert })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            print_out(g.output, appset_json(&s), || {
+                format!(
+                    "application set {} stored: {} application(s), status {}\n",
+                    s.name,
+                    s.applications.len(),
+                    status_word(&s)
+                )
+            });
+        }
+        AppsetCommand::List => {
+            let sets = c
+                .list_application_sets(pb::ListApplicationSetsRequest {})
+                .await
+                .map_err(status_err)?
+                .into_inner()
+                .application_sets;
+            print_out(
+                g.output,
+                Value::Array(sets.iter().map(appset_json).collect()),
+                || {
+                    table(
+                        &["NAME", "APPLICATIONS", "SYNC POLICY", "STATUS", "ORIGIN"],
+                        sets.iter()
+                            .map(|s| {
+                                vec![
+                                    s.name.clone(),
+                                    s.applications.len().to_string(),
+                                    s.applications_sync.clone(),
+                                    status_word(s),
+                                    s.origin.clone(),
+                                ]
+                            })
+                            .collect(),
+                    )
+                },
+            );
+        }
+        AppsetCommand::Get { name } => {
+            let s = c
+                .get_application_set(pb::GetApplicationSetRequest { name })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            print_out(g.output, appset_json(&s), || describe(&s));
+        }
+        AppsetCommand::Delete { name } => {
+            c.delete_application_set(pb::DeleteApplicationSetRequest { name: name.clone() })
+                .await
+                .map_err(status_err)?;
+            print_out(g.output, json!({"deleted": name}), || {
+                format!("application set {name} deleted\n")
+            });
+        }
+        AppsetCommand::Confirm { name } => {
+            let s = c
+                .confirm_application_set(pb::ConfirmApplicationSetRequest { name })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            print_out(g.output, appset_json(&s), || {
+                format!("held deletions of {} confirmed\n", s.name)
+            });
+        }
+        AppsetCommand::Generate(args) => generate(&args, g.output)?,
+    }
+    Ok(())
+}
+
+/// `flotilla cluster label|annotate NAME k=v k2-`.
+///
+/// # Errors
+/// Invalid arguments or the call failed.
+pub async fn label(
+    g: &Global,
+    c: &mut Client,
+    name: &str,
+    edits: &[String],
+    annotations: bool,
+) -> Result<()> {
+    let (set, remove) = crate::inventory::parse_edits(edits).map_err(anyhow::Error::msg)?;
+    let mut req = pb::UpdateClusterRequest {
+        name: name.to_owned(),
+        ..Default::default()
+    };
+    if annotations {
+        req.set_annotations = set.into_iter().collect();
+        req.remove_annotations = remove;
+    } else {
+        req.set_labels = set.into_iter().collect();
+        req.remove_labels = remove;
+    }
+    let cl = c
+        .update_cluster(req)
+        .await
+        .map_err(status_err)?
+        .into_inner();
+    print_out(g.output, cluster_json(&cl), || {
+        if annotations {
+            format!(
+                "cluster {} annotations: {}\n",
+                cl.name,
+                labels_str(&cl.annotations)
+            )
+        } else {
+            format!("cluster {} labels: {}\n", cl.name, labels_str(&cl.labels))
+        }
+    });
+    Ok(())
+}
+
+/// `flotilla cluster apply -f FILE`.
+///
+/// # Errors
+/// Unreadable input or the call failed.
+pub async fn apply_clusters(g: &Global, c: &mut Client, file: &Path) -> Result<()> {
+    let manifest = read_input(file)?;
+    let clusters = c
+        .apply_clusters(pb::ApplyClustersRequest { manifest })
+        .await
+        .map_err(status_err)?
+        .into_inner()
+        .clusters;
+    print_out(
+        g.output,
+        Value::Array(clusters.iter().map(cluster_json).collect()),
+        || {
+            clusters
+                .iter()
+                .map(|c| format!("cluster {} applied ({})\n", c.name, labels_str(&c.labels)))
+                .collect()
+        },
+    );
+    Ok(())
+}

@@ -1,0 +1,634 @@
+//! ApplicationSet lifecycle in the hub: evaluate every stored set against
+//! the cluster inventory and Git, then create, update and delete the
+//! Applications it owns according to `syncPolicy.applicationsSync`, the
+//! deletion budget and `preserveResourcesOnDeletion`.
+//!
+//! Safety rules: a set-level error (invalid spec, generator error,
+//! duplicate names) changes nothing and keeps the last good result; one
+//! generated Application that fails to render is a condition and never
+//! blocks the others (and is never deleted because of its error).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::{ApplicationSet, ApplicationsSync, GitFiles};
+use crate::fleet::Fleet;
+use crate::model::{Application, AutomatedSync};
+use crate::source::{GitCache, SourceFile};
+use crate::store::{AppRecord, AppSetCondition, AppSetRecord, StoreError};
+
+/// Annotation naming the owning ApplicationSet on a generated Application.
+pub const OWNER_ANNOTATION: &str = "flotilla.dev/application-set";
+/// Annotation on a generated Application being deleted without pruning:
+/// it stays (with prune off) until every cluster acknowledged that.
+pub const DELETING_ANNOTATION: &str = "flotilla.dev/deleting";
+/// Default share of a set's applications one evaluation may delete.
+pub const DEFAULT_DELETION_BUDGET: f64 = 0.5;
+
+pub const ERROR_OCCURRED: &str = "ErrorOccurred";
+pub const RENDER_ERROR: &str = "ApplicationRenderError";
+pub const DELETION_HELD: &str = "DeletionHeld";
+pub const CONFLICT: &str = "ApplicationConflict";
+pub const UP_TO_DATE: &str = "ResourcesUpToDate";
+
+/// Origin of the applications a set owns.
+pub fn origin_of(set: &str) -> String {
+    format!("appset:{set}")
+}
+
+fn condition(kind: &str, message: String, application: &str) -> AppSetCondition {
+    AppSetCondition {
+        kind: kind.to_owned(),
+        message,
+        application: application.to_owned(),
+    }
+}
+
+fn is_deleting(a: &AppRecord) -> bool {
+    a.app.metadata.annotations.contains_key(DELETING_ANNOTATION)
+}
+
+/// What one evaluation of a set changes.
+#[derive(Debug, Default, PartialEq)]
+pub struct SetPlan {
+    /// Applications to create or replace (with the owner annotation).
+    pub upserts: Vec<Application>,
+    /// Owned applications to delete now.
+    pub deletions: Vec<String>,
+    /// Deletions held by the budget until confirmed.
+    pub held: Vec<String>,
+    pub conditions: Vec<AppSetCondition>,
+    /// The generated names, or `None` to keep the last good result.
+    pub generated: Option<Vec<String>>,
+}
+
+/// Plans one set's changes from its evaluation `result` (pure).
+///
+/// `apps` is every stored application; `confirmed` the deletions the user
+/// confirmed; `budget` the share of the set's current applications one
+/// evaluation may delete without confirmation.
+pub fn plan_set(
+    set: &str,
+    policy: ApplicationsSync,
+    result: Result<super::Generated, String>,
+    apps: &[AppRecord],
+    budget: f64,
+    confirmed: &[String],
+) -> SetPlan {
+    let origin = origin_of(set);
+    let generated = match result {
+        Ok(g) => g,
+        Err(message) => {
+            return SetPlan {
+                conditions: vec![condition(ERROR_OCCURRED, message, "")],
+                ..Default::default()
+            };
+        }
+    };
+    let mut plan = SetPlan::default();
+    let owned: Vec<&AppRecord> = apps
+        .iter()
+        .filter(|a| a.origin == origin && !is_deleting(a))
+        .collect();
+    let mut names = Vec::new();
+    for mut app in generated.applications {
+        app.metadata
+            .annotations
+            .insert(OWNER_ANNOTATION.to_owned(), set.to_owned());
+        let name = app.metadata.name.clone();
+        names.push(name.clone());
+        match apps.iter().find(|a| a.app.metadata.name == name) {
+            None => plan.upserts.push(app),
+            Some(e) if e.origin != origin => plan.conditions.push(condition(
+                CONFLICT,
+                format!(
+                    "application {name:?} already exists with origin {:?}; it is left alone",
+                    e.origin
+                ),
+                &name,
+            )),
+            Some(e) if is_deleting(e) => plan.upserts.push(app),
+            Some(e) => {
+                if e.app != app && policy.allows_update() {
+                    plan.upserts.push(app);
+                }
+            }
+        }
+    }
+    let failed: BTreeSet<&str> = generated
+        .errors
+        .iter()
+        .map(|e| e.application.as_str())
+        .collect();
+    for e in &generated.errors {
+        plan.conditions.push(condition(
+            RENDER_ERROR,
+            format!("application {:?}: {}", e.application, e.message),
+            &e.application,
+        ));
+    }
+    if policy.allows_delete() {
+        let mut gone: Vec<String> = owned
+            .iter()
+            .map(|a| a.app.metadata.name.clone())
+            .filter(|n| !names.contains(n) && !failed.contains(n.as_str()))
+            .collect();
+        gone.sort();
+        let mut confirmed = confirmed.to_vec();
+        confirmed.sort();
+        let over_budget = gone.len() as f64 > budget * owned.len() as f64;
+        if !gone.is_empty() && over_budget && gone != confirmed {
+            plan.conditions.push(condition(
+                DELETION_HELD,
+                format!(
+                    "holding {} of {} applications for deletion ({}): more than the deletion budget of {:.0}%; run `flotilla appset confirm {set}` to delete them",
+                    gone.len(),
+                    owned.len(),
+                    gone.join(", "),
+                    budget * 100.0
+                ),
+                "",
+            ));
+            plan.held = gone;
+        } else {
+            plan.deletions = gone;
+        }
+    }
+    if plan.conditions.is_empty() {
+        plan.conditions.push(condition(
+            UP_TO_DATE,
+            "all applications have been generated successfully".into(),
+            "",
+        ));
+    }
+    names.sort();
+    plan.generated = Some(names);
+    plan
+}
+
+type Tree = Arc<Vec<SourceFile>>;
+
+/// Git access for generators over the hub's mirrors; each (URL, revision)
+/// is fetched at most once per poll interval.
+struct HubGit {
+    cache: GitCache,
+    sets: Arc<AppSets>,
+    force: bool,
+    trees: Mutex<HashMap<(String, String), Tree>>,
+}
+
+impl HubGit {
+    fn tree(&self, url: &str, revision: &str) -> Result<Arc<Vec<SourceFile>>, String> {
+        let commit = self.sets.resolve(&self.cache, url, revision, self.force)?;
+        let key = (url.to_owned(), commit.clone());
+        if let Some(t) = self
+            .trees
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return Ok(t.clone());
+        }
+        let files = Arc::new(
+            self.cache
+                .read_dir(url, &commit, "", true)
+                .map_err(|e| e.to_string())?,
+        );
+        self.trees
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, files.clone());
+        Ok(files)
+    }
+}
+
+impl GitFiles for HubGit {
+    fn list(&self, repo_url: &str, revision: &str) -> Result<Vec<String>, String> {
+        Ok(self
+            .tree(repo_url, revision)?
+            .iter()
+            .map(|f| f.path.clone())
+            .collect())
+    }
+
+    fn read(&self, repo_url: &str, revision: &str, path: &str) -> Result<Vec<u8>, String> {
+        self.tree(repo_url, revision)?
+            .iter()
+            .find(|f| f.path == path)
+            .map(|f| f.content.clone())
+            .ok_or_else(|| format!("{path}: no such file"))
+    }
+}
+
+type Resolved = (Instant, Result<String, String>);
+
+/// The ApplicationSet controller.
+pub struct AppSets {
+    fleet: Arc<Fleet>,
+    budget: f64,
+    interval: Duration,
+    commits: Mutex<HashMap<(String, String), Resolved>>,
+}
+
+impl std::fmt::Debug for AppSets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppSets")
+            .field("budget", &self.budget)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppSets {
+    /// `budget`: share (0..=1) of a set's applications one evaluation may
+    /// delete without confirmation; `interval`: how often a Git
+    /// generator's repository is fetched at most (unless forced).
+    pub fn new(fleet: Arc<Fleet>, budget: f64, interval: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            fleet,
+            budget: budget.clamp(0.0, 1.0),
+            interval,
+            commits: Mutex::default(),
+        })
+    }
+
+    pub fn fleet(&self) -> &Arc<Fleet> {
+        &self.fleet
+    }
+
+    fn resolve(
+        &self,
+        cache: &GitCache,
+        url: &str,
+        revision: &str,
+        force: bool,
+    ) -> Result<String, String> {
+        let key = (url.to_owned(), revision.to_owned());
+        if let Some((at, r)) = self
+            .commits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            let fresh = at.elapsed() < Duration::from_secs(1);
+            if fresh || (!force && at.elapsed() < self.interval) {
+                return r.clone();
+            }
+        }
+        let r = cache.fetch(url, revision).map_err(|e| e.to_string());
+        self.commits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, (Instant::now(), r.clone()));
+        r
+    }
+
+    /// Evaluates every set and applies the plans. Returns whether any
+    /// application changed.
+    ///
+    /// # Errors
+    /// The store cannot be read or written.
+    pub async fn reconcile_all(
+        self: &Arc<Self>,
+        cache: &GitCache,
+        force: bool,
+    ) -> Result<bool, StoreError> {
+        let store = self.fleet.store().clone();
+        let mut changed = self.finish_preserving_deletions()?;
+        let sets = store.appsets()?;
+        if sets.is_empty() {
+            return Ok(changed);
+        }
+        let clusters = crate::inventory::infos(&store.clusters()?);
+        let git = HubGit {
+            cache: cache.clone(),
+            sets: self.clone(),
+            force,
+            trees: Mutex::default(),
+        };
+        let raws: Vec<Value> = sets.iter().map(|s| s.raw.clone()).collect();
+        let evaluated = tokio::task::spawn_blocking(move || {
+            raws.into_iter()
+                .map(|raw| {
+                    let set = ApplicationSet::from_value(raw).map_err(|e| e.to_string())?;
+                    let generated = set.generate(&clusters, Some(&git));
+                    Ok((set, generated))
+                })
+                .collect::<Vec<Result<_, String>>>()
+        })
+        .await
+        .unwrap_or_default();
+        for (mut rec, evaluation) in sets.into_iter().zip(evaluated) {
+            let (policy, preserve, result) = match evaluation {
+                Ok((set, generated)) => (
+                    set.applications_sync,
+                    set.preserve_resources_on_deletion,
+                    generated.map_err(|e| e.to_string()),
+                ),
+                Err(message) => (ApplicationsSync::CreateOnly, true, Err(message)),
+            };
+            let apps = store.apps()?;
+            let plan = plan_set(
+                &rec.name,
+                policy,
+                result,
+                &apps,
+                self.budget,
+                &rec.confirmed_deletions,
+            );
+            let origin = origin_of(&rec.name);
+            for app in &plan.upserts {
+                let name = &app.metadata.name;
+                let current = apps.iter().find(|a| a.app.metadata.name == *name);
+                tracing::info!(appset = %rec.name, app = %name, created = current.is_none(), "generated application");
+                store.put_app(&AppRecord {
+                    app: app.clone(),
+                    origin: origin.clone(),
+                    revision: current.map(|a| a.revision.clone()).unwrap_or_default(),
+                    error: current.map(|a| a.error.clone()).unwrap_or_default(),
+                })?;
+                changed = true;
+            }
+            for name in &plan.deletions {
+                tracing::info!(appset = %rec.name, app = %name, preserve, "deleting generated application");
+                self.delete_app(name, preserve)?;
+                changed = true;
+            }
+            for c in &plan.conditions {
+                if c.kind != UP_TO_DATE {
+                    tracing::warn!(appset = %rec.name, condition = %c.kind, message = %c.message, "application set condition");
+                }
+            }
+            let before = rec.clone();
+            let now = crate::api::now_ms();
+            if let Some(g) = plan.generated {
+                rec.generated = g;
+                rec.last_good_ms = now;
+            }
+            rec.conditions = plan.conditions;
+            rec.pending_deletions = plan.held;
+            rec.confirmed_deletions.clear();
+            rec.last_result_ms = now;
+            let mut cmp = before.clone();
+            cmp.last_result_ms = now;
+            cmp.last_good_ms = rec.last_good_ms;
+            // Rewrite only when something besides the timestamps changed.
+            if cmp != rec || before.last_good_ms == 0 {
+                store.put_appset(&rec)?;
+            }
+        }
+        if changed {
+            store.flush()?;
+        }
+        Ok(changed)
+    }
+
+    /// Deletes a generated application. With `preserve` and an application
+    /// whose policy prunes, it is first re-sent with prune off and deleted
+    /// once every cluster acknowledged that (the agent prunes a removed
+    /// application only when its last policy had prune).
+    ///
+    /// # Errors
+    /// The store cannot be written.
+    pub fn delete_app(&self, name: &str, preserve: bool) -> Result<(), StoreError> {
+        let store = self.fleet.store();
+        let Some(mut rec) = store.app(name)? else {
+            return Ok(());
+        };
+        let prunes = rec
+            .app
+            .spec
+            .sync_policy
+            .as_ref()
+            .and_then(|p| p.automated.as_ref())
+            .is_some_and(|a| a.prune);
+        if !preserve || !prunes {
+            self.fleet.remove_app(name)?;
+            return Ok(());
+        }
+        if let Some(p) = rec.app.spec.sync_policy.as_mut() {
+            p.automated = Some(AutomatedSync {
+                prune: false,
+                ..p.automated.clone().unwrap_or_default()
+            });
+        }
+        rec.app.metadata.annotations.insert(
+            DELETING_ANNOTATION.to_owned(),
+            "preserve-resources".to_owned(),
+        );
+        store.put_app(&rec)?;
+        Ok(())
+    }
+
+    /// Removes applications marked for a preserving deletion once every
+    /// cluster they target has acknowledged their prune-off bundle.
+    fn finish_preserving_deletions(&self) -> Result<bool, StoreError> {
+        let store = self.fleet.store();
+        let clusters = store.clusters()?;
+        let mut changed = false;
+        for a in store.apps()?.into_iter().filter(is_deleting) {
+            let name = &a.app.metadata.name;
+            let Some(bundle) = self.fleet.bundle(name) else {
+                continue;
+            };
+            if bundle.policy.as_ref().is_some_and(|p| p.prune) {
+                continue;
+            }
+            let done = clusters
+                .iter()
+                .filter(|c| crate::fleet::targets(&a.app, c))
+                .all(|c| {
+                    c.desired_index.get(name) == Some(&bundle.digest)
+                        && c.acked_generation >= c.generation
+                });
+            if done {
+                tracing::info!(app = %name, "generated application deleted; its objects are preserved");
+                self.fleet.remove_app(name)?;
+                changed = true;
+            }
+        }
+        Ok(changed)
+    }
+
+    /// Removes a set and deletes the applications it owns (honouring its
+    /// `preserveResourcesOnDeletion`). Returns whether it existed.
+    ///
+    /// # Errors
+    /// The store cannot be written.
+    pub fn remove_set(&self, name: &str) -> Result<bool, StoreError> {
+        let store = self.fleet.store();
+        let Some(rec) = store.appset(name)? else {
+            return Ok(false);
+        };
+        let preserve = rec
+            .raw
+            .pointer("/spec/syncPolicy/preserveResourcesOnDeletion")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        store.remove_appset(name)?;
+        let origin = origin_of(name);
+        for a in store.apps()? {
+            if a.origin == origin && !is_deleting(&a) {
+                self.delete_app(&a.app.metadata.name, preserve)?;
+            }
+        }
+        self.fleet.recompute()?;
+        store.flush()?;
+        tracing::info!(appset = %name, "application set deleted");
+        Ok(true)
+    }
+
+    /// Marks the currently held deletions of a set as confirmed (applied
+    /// by the next evaluation). Returns the record, `None` if unknown.
+    ///
+    /// # Errors
+    /// The store cannot be written.
+    pub fn confirm(&self, name: &str) -> Result<Option<AppSetRecord>, StoreError> {
+        let store = self.fleet.store();
+        let Some(mut rec) = store.appset(name)? else {
+            return Ok(None);
+        };
+        rec.confirmed_deletions = rec.pending_deletions.clone();
+        store.put_appset(&rec)?;
+        store.flush()?;
+        Ok(Some(rec))
+    }
+
+    /// Stores a set given by the API (`origin` `api`).
+    ///
+    /// # Errors
+    /// `Err(Ok(message))` for invalid input or a conflict,
+    /// `Err(Err(store error))` otherwise.
+    pub fn put_from_api(
+        &self,
+        manifest: &str,
+        upsert: bool,
+    ) -> Result<AppSetRecord, Result<String, StoreError>> {
+        let sets =
+            super::parse_application_sets(manifest, "request").map_err(|e| Ok(e.to_string()))?;
+        let [set] = sets.as_slice() else {
+            return Err(Ok(format!(
+                "expected exactly one ApplicationSet, found {}",
+                sets.len()
+            )));
+        };
+        let store = self.fleet.store();
+        let existing = store.appset(&set.name).map_err(Err)?;
+        if existing.is_some() && !upsert {
+            return Err(Ok(format!(
+                "application set {:?} already exists (use --upsert to replace it)",
+                set.name
+            )));
+        }
+        let mut rec = existing.unwrap_or_else(|| AppSetRecord {
+            name: set.name.clone(),
+            ..Default::default()
+        });
+        rec.raw = set.raw.clone();
+        rec.origin = "api".into();
+        store.put_appset(&rec).map_err(Err)?;
+        store.flush().map_err(Err)?;
+        tracing::info!(appset = %set.name, "application set stored through the API");
+        Ok(rec)
+    }
+
+    /// Loads the ApplicationSets and cluster declarations of a repository's
+    /// apps path. Sets this repository declared before and no longer does
+    /// are deleted; a file that fails to parse keeps its sets. Returns
+    /// per-file errors.
+    ///
+    /// # Errors
+    /// The store cannot be written.
+    pub fn load_from_repo(
+        &self,
+        repo_url: &str,
+        apps_path: &str,
+        files: &[SourceFile],
+    ) -> Result<Vec<String>, StoreError> {
+        let store = self.fleet.store();
+        let prefix = format!("git:{repo_url}:");
+        let mut errors = Vec::new();
+        let mut failed = BTreeSet::new();
+        let mut found: HashMap<String, (Value, String)> = HashMap::new();
+        let mut clusters = Vec::new();
+        for f in files {
+            let lower = f.path.to_ascii_lowercase();
+            if !(lower.ends_with(".yaml") || lower.ends_with(".yml") || lower.ends_with(".json")) {
+                continue;
+            }
+            let file = if apps_path.is_empty() {
+                f.path.clone()
+            } else {
+                format!("{}/{}", apps_path.trim_matches('/'), f.path)
+            };
+            let origin = format!("{prefix}{file}");
+            let text = String::from_utf8_lossy(&f.content);
+            let docs = match crate::yaml::parse_documents(&text) {
+                Ok(d) => d,
+                Err(_) => {
+                    // The Application loader reports the YAML error.
+                    failed.insert(origin);
+                    continue;
+                }
+            };
+            for doc in docs {
+                if crate::inventory::is_cluster_document(&doc) {
+                    match crate::inventory::cluster_from_value(&doc, &file) {
+                        Ok(c) => clusters.push(c),
+                        Err(e) => errors.push(e),
+                    }
+                    continue;
+                }
+                if doc.get("kind").and_then(Value::as_str) != Some("ApplicationSet") {
+                    continue;
+                }
+                let name = doc
+                    .pointer("/metadata/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned();
+                if name.is_empty() {
+                    errors.push(format!("{file}: ApplicationSet without metadata.name"));
+                    continue;
+                }
+                if found.contains_key(&name) {
+                    errors.push(format!("ApplicationSet {name:?} is defined twice ({file})"));
+                    continue;
+                }
+                found.insert(name, (doc, origin.clone()));
+            }
+        }
+        if !clusters.is_empty() {
+            crate::inventory::apply_declared(&self.fleet, &clusters)?;
+        }
+        for rec in store.appsets()? {
+            if rec.origin.starts_with(&prefix)
+                && !failed.contains(&rec.origin)
+                && !found.contains_key(&rec.name)
+            {
+                tracing::info!(appset = %rec.name, "application set removed from Git");
+                self.remove_set(&rec.name)?;
+            }
+        }
+        for (name, (raw, origin)) in found {
+            let existing = store.appset(&name)?;
+            if existing
+                .as_ref()
+                .is_some_and(|e| e.raw == raw && e.origin == origin)
+            {
+                continue;
+            }
+            let mut rec = existing.unwrap_or_else(|| AppSetRecord {
+                name: name.clone(),
+                ..Default::default()
+            });
+            rec.raw = raw;
+            rec.origin = origin;
+            tracing::info!(appset = %name, "application set loaded from Git");
+            store.put_appset(&rec)?;
+        }
+        Ok(errors)
+    }
+}
