@@ -604,7 +604,7 @@ impl Engine {
                 messages.push("desired state is empty; not pruning without allowEmpty".to_owned());
                 inventory.extend(stale);
             } else {
-                for key in stale {
+                for key in self.prune_order(stale) {
                     if let Err(e) = self.prune_one(&b.name, &key).await {
                         warn!(app = %b.name, object = %key, error = %e, "prune failed");
                         out.errors.insert(key.clone(), format!("prune: {e}"));
@@ -616,6 +616,12 @@ impl Engine {
         out.message = messages.join("; ");
         out.inventory = inventory.into_iter().collect();
         out
+    }
+
+    /// Prune runs the apply order backwards: namespaced objects first,
+    /// Namespaces last.
+    fn prune_order(&self, keys: Vec<ObjectKey>) -> Vec<ObjectKey> {
+        plan::prune_order(keys, |k| self.cluster.known_scope(k))
     }
 
     /// Deletes one object if it carries this application's tracking identity
@@ -653,7 +659,7 @@ impl Engine {
         for (name, removed) in &snapshot.removed {
             let mut failed = false;
             if removed.policy.prune {
-                for key in &removed.inventory {
+                for key in &self.prune_order(removed.inventory.clone()) {
                     if let Err(e) = self.prune_one(name, key).await {
                         warn!(app = %name, object = %key, error = %e, "prune of removed application failed");
                         failed = true;

@@ -163,6 +163,24 @@ pub fn plan<T>(
     waves
 }
 
+/// The order in which stale objects are deleted: the apply order backwards
+/// (namespaced objects first, then cluster-scoped ones, CRDs, Namespaces).
+#[must_use]
+pub fn prune_order(
+    mut keys: Vec<ObjectKey>,
+    scope: impl Fn(&ObjectKey) -> Scope,
+) -> Vec<ObjectKey> {
+    keys.sort_by_cached_key(|k| {
+        (
+            std::cmp::Reverse(phase_of(k, scope(k))),
+            std::cmp::Reverse(kind_rank(&k.kind)),
+            k.namespace.clone(),
+            k.name.clone(),
+        )
+    });
+    keys
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,6 +272,44 @@ mod tests {
                 "ConfigMap/default",
                 "Namespace/late-ns",
                 "ConfigMap/late",
+            ]
+        );
+    }
+
+    #[test]
+    fn prune_runs_the_apply_order_backwards() {
+        let keys: Vec<ObjectKey> = [
+            obj("v1", "Namespace", "web", None),
+            obj(
+                "apiextensions.k8s.io/v1",
+                "CustomResourceDefinition",
+                "widgets.example.com",
+                None,
+            ),
+            obj("v1", "ConfigMap", "cfg", None),
+            obj(
+                "rbac.authorization.k8s.io/v1",
+                "ClusterRole",
+                "reader",
+                None,
+            ),
+            obj("apps/v1", "Deployment", "web", None),
+        ]
+        .into_iter()
+        .map(|(k, _, _)| k)
+        .collect();
+        let order: Vec<String> = prune_order(keys, scope)
+            .into_iter()
+            .map(|k| format!("{}/{}", k.kind, k.name))
+            .collect();
+        assert_eq!(
+            order,
+            vec![
+                "Deployment/web",
+                "ConfigMap/cfg",
+                "ClusterRole/reader",
+                "CustomResourceDefinition/widgets.example.com",
+                "Namespace/web",
             ]
         );
     }
