@@ -614,6 +614,33 @@ impl Cluster {
                 )],
             ));
         }
+        if rd.kind == "StatefulSet" {
+            // Only these spec fields may change on a StatefulSet.
+            let strip = |v: &Value| {
+                let mut spec = v["spec"].clone();
+                if let Some(m) = spec.as_object_mut() {
+                    for k in [
+                        "replicas",
+                        "ordinals",
+                        "template",
+                        "updateStrategy",
+                        "persistentVolumeClaimRetentionPolicy",
+                        "minReadySeconds",
+                    ] {
+                        m.remove(k);
+                    }
+                }
+                spec
+            };
+            if let Some(o) = old
+                && strip(o) != strip(obj)
+            {
+                return Err(ApiError::invalid(&rd.kind, name, &[(
+                        "spec",
+                        "Forbidden: updates to statefulset spec for fields other than 'replicas', 'ordinals', 'template', 'updateStrategy', 'persistentVolumeClaimRetentionPolicy' and 'minReadySeconds' are forbidden".into(),
+                    )]));
+            }
+        }
         match rd.kind.as_str() {
             "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" => {
                 let sel = &obj["spec"]["selector"];
@@ -660,6 +687,22 @@ impl Cluster {
                             format!("Invalid value: {sel}: field is immutable"),
                         )],
                     ));
+                }
+            }
+            "Job" if old.is_some() => {
+                for f in ["template", "selector", "completionMode"] {
+                    if let Some(o) = old
+                        && o["spec"][f] != obj["spec"][f]
+                    {
+                        return Err(ApiError::invalid(
+                            &rd.kind,
+                            name,
+                            &[(
+                                &format!("spec.{f}"),
+                                format!("Invalid value: {}: field is immutable", obj["spec"][f]),
+                            )],
+                        ));
+                    }
                 }
             }
             "Service" => {

@@ -596,3 +596,57 @@ async fn kube_rs_finalizers_and_garbage_collection() {
     }
     env.sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_rs_immutable_fields_are_refused() {
+    use k8s_openapi::api::apps::v1::StatefulSet;
+    let env = start(1, Duration::from_millis(100)).await;
+    let client = env.client("sim-1").await;
+    let sts: Api<StatefulSet> = Api::namespaced(client.clone(), "default");
+    let pp = PatchParams::apply("flotilla");
+    let mk = |svc: &str, image: &str| {
+        json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "db"},
+            "spec": {"serviceName": svc, "selector": {"matchLabels": {"app": "db"}},
+                "template": {"metadata": {"labels": {"app": "db"}}, "spec": {"containers": [{"name": "db", "image": image}]}}}})
+    };
+    sts.patch("db", &pp, &Patch::Apply(&mk("db", "postgres:16")))
+        .await
+        .unwrap();
+    sts.patch("db", &pp, &Patch::Apply(&mk("db", "postgres:17")))
+        .await
+        .unwrap();
+    let err = sts
+        .patch("db", &pp, &Patch::Apply(&mk("other", "postgres:17")))
+        .await
+        .unwrap_err();
+    let kube::Error::Api(s) = err else {
+        panic!("{err:?}")
+    };
+    assert_eq!((s.code, s.reason.as_str()), (422, "Invalid"));
+    assert!(
+        s.message.contains("Forbidden: updates to statefulset spec"),
+        "{}",
+        s.message
+    );
+    let deps: Api<Deployment> = Api::namespaced(client, "default");
+    deps.patch(
+        "d",
+        &pp,
+        &Patch::Apply(&deployment("d", Some(1), &[], json!({"app": "d"}))),
+    )
+    .await
+    .unwrap();
+    let mut changed = deployment("d", Some(1), &[], json!({"app": "d"}));
+    changed["spec"]["selector"]["matchLabels"]["tier"] = json!("x");
+    changed["spec"]["template"]["metadata"]["labels"]["tier"] = json!("x");
+    let err = deps
+        .patch("d", &pp, &Patch::Apply(&changed))
+        .await
+        .unwrap_err();
+    let kube::Error::Api(s) = err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(s.code, 422);
+    assert!(s.message.contains("field is immutable"), "{}", s.message);
+    env.sim.shutdown().await;
+}
