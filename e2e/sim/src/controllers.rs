@@ -362,6 +362,7 @@ fn pod(obj: &Value, ready: bool, pending: &mut bool) -> Option<Value> {
 
 /// Namespace termination and CRD establishment (API server behaviour).
 fn lifecycle(cluster: &Cluster, st: &mut State) {
+    cluster.collect_garbage(st);
     let crds: Vec<Key> = st
         .objects
         .iter()

@@ -1311,7 +1311,10 @@ impl Cluster {
             if opts.dry_run {
                 return Ok(new);
             }
-            return Ok(self.commit(st, rd, key, new, "MODIFIED"));
+            let out = self.commit(st, rd, key, new, "MODIFIED");
+            // A foreground deletion without dependents finishes at once.
+            self.collect_garbage(st);
+            return Ok(out);
         }
         if opts.dry_run {
             return Ok(old);

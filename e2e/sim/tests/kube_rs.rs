@@ -558,6 +558,7 @@ async fn kube_rs_finalizers_and_garbage_collection() {
     // Background deletion removes dependents; Orphan keeps them without the owner reference.
     for (owner, policy) in [
         ("owner-bg", DeleteParams::background()),
+        ("owner-fg", DeleteParams::foreground()),
         ("owner-orphan", DeleteParams::orphan()),
     ] {
         let o = cms
@@ -579,7 +580,7 @@ async fn kube_rs_finalizers_and_garbage_collection() {
         let left = poll("garbage collection", 10, || async {
             let s = secrets.get_opt(&dep).await.unwrap();
             match (owner, s) {
-                ("owner-bg", None) => Some(None),
+                ("owner-bg" | "owner-fg", None) => Some(None),
                 ("owner-orphan", Some(s))
                     if s.metadata
                         .owner_references
@@ -593,6 +594,10 @@ async fn kube_rs_finalizers_and_garbage_collection() {
         })
         .await;
         assert_eq!(left.is_some(), owner == "owner-orphan");
+        poll("owner gone", 10, || async {
+            cms.get_opt(owner).await.unwrap().is_none().then_some(())
+        })
+        .await;
     }
     env.sim.shutdown().await;
 }
