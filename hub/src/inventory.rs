@@ -118,10 +118,8 @@ pub fn cluster_from_value(doc: &Value, origin: &str) -> Result<DeclaredCluster, 
             .filter(|s| !s.is_empty());
         (meta_name.to_owned(), server)
     };
-    if !is_dns_subdomain(&name) {
-        return Err(format!(
-            "{origin}: cluster name {name:?} must be a lowercase RFC 1123 subdomain"
-        ));
+    if name.is_empty() {
+        return Err(format!("{origin}: cluster without a name"));
     }
     Ok(DeclaredCluster {
         name,
@@ -129,6 +127,22 @@ pub fn cluster_from_value(doc: &Value, origin: &str) -> Result<DeclaredCluster, 
         labels,
         annotations,
     })
+}
+
+/// Checks that a declared cluster can be registered in the hub (Argo CD
+/// allows any name; hub clusters need a DNS subdomain).
+///
+/// # Errors
+/// The name is not a lowercase RFC 1123 subdomain.
+pub fn check_registrable(c: &DeclaredCluster, origin: &str) -> Result<(), String> {
+    if is_dns_subdomain(&c.name) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{origin}: cluster name {:?} must be a lowercase RFC 1123 subdomain to be registered",
+            c.name
+        ))
+    }
 }
 
 /// Every cluster declared in a YAML stream (other kinds are skipped).

@@ -156,6 +156,9 @@ pub async fn apply_clusters(
     let req = request.into_inner();
     let declared = crate::inventory::parse_clusters(&req.manifest, "request")
         .map_err(Status::invalid_argument)?;
+    for c in &declared {
+        crate::inventory::check_registrable(c, "request").map_err(Status::invalid_argument)?;
+    }
     if declared.is_empty() {
         return Err(Status::invalid_argument(
             "no Cluster (flotilla.dev/v1alpha1) or Argo CD cluster Secret in the input",

@@ -575,7 +575,9 @@ impl AppSets {
             };
             for doc in docs {
                 if crate::inventory::is_cluster_document(&doc) {
-                    match crate::inventory::cluster_from_value(&doc, &file) {
+                    match crate::inventory::cluster_from_value(&doc, &file)
+                        .and_then(|c| crate::inventory::check_registrable(&c, &file).map(|()| c))
+                    {
                         Ok(c) => clusters.push(c),
                         Err(e) => errors.push(e),
                     }

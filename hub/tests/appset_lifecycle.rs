@@ -1,0 +1,667 @@
+//! ApplicationSet lifecycle in a running hub (in-process, real TLS):
+//! cluster labels drive generated applications, applicationsSync policies,
+//! generator errors keep the last good result, the deletion budget, and
+//! bad input reported as conditions without affecting other sets.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use flotilla_hub::server::{HubConfig, RepoSpec, RunningHub, start};
+use flotilla_proto as pb;
+use pb::hub_api_client::HubApiClient;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn git(dir: &Path, args: &[&str]) {
+    let out = Command::new("git")
+        .args(["-c", "user.email=t@example.com", "-c", "user.name=t"])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn write(dir: &Path, rel: &str, content: &str) {
+    let p = dir.join(rel);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, content).unwrap();
+}
+
+/// A repository with manifests under guestbook/ and addons/{a,b}/.
+fn make_repo(dir: &Path) -> String {
+    let url = format!("file://{}", dir.display());
+    git(dir, &["init", "-q", "-b", "main"]);
+    write(
+        dir,
+        "guestbook/cm.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: guestbook\ndata:\n  v: \"1\"\n",
+    );
+    for a in ["a", "b"] {
+        write(
+            dir,
+            &format!("addons/{a}/cm.yaml"),
+            &format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {a}\n"),
+        );
+    }
+    write(dir, "apps/README.md", "applications\n");
+    git(dir, &["add", "-A"]);
+    git(dir, &["commit", "-q", "-m", "init"]);
+    url
+}
+
+async fn start_hub(data: &Path, repo_url: &str) -> RunningHub {
+    let mut config = HubConfig::new(data, "127.0.0.1:0".parse().unwrap());
+    config.poll_interval = Duration::from_secs(1);
+    config.repos = vec![RepoSpec {
+        url: repo_url.to_owned(),
+        apps_path: "apps".into(),
+        revision: "main".into(),
+        poll_interval: Some(Duration::from_secs(1)),
+    }];
+    start(config).await.expect("hub starts")
+}
+
+type Api = HubApiClient<tonic::service::interceptor::InterceptedService<Channel, Auth>>;
+
+#[derive(Clone)]
+struct Auth(String);
+
+impl tonic::service::Interceptor for Auth {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {}", self.0).parse().unwrap(),
+        );
+        Ok(req)
+    }
+}
+
+async fn admin(hub: &RunningHub) -> Api {
+    let ca = std::fs::read_to_string(hub.ca_file()).unwrap();
+    let token = std::fs::read_to_string(hub.admin_token_file())
+        .unwrap()
+        .trim()
+        .to_owned();
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .domain_name("localhost");
+    let ch = Channel::from_shared(hub.url())
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    HubApiClient::with_interceptor(ch, Auth(token))
+}
+
+async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn add_clusters(api: &mut Api, names: &[&str]) {
+    for n in names {
+        api.add_cluster(pb::AddClusterRequest {
+            name: (*n).into(),
+            labels: [("env".to_owned(), "dev".to_owned())].into(),
+            issue_certificate: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+}
+
+async fn label(api: &mut Api, cluster: &str, set: &[(&str, &str)], remove: &[&str]) {
+    api.update_cluster(pb::UpdateClusterRequest {
+        name: cluster.into(),
+        set_labels: set
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        remove_labels: remove.iter().map(|s| (*s).to_owned()).collect(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+}
+
+/// Applications owned by `set`, sorted.
+async fn owned(api: &mut Api, set: &str) -> Vec<String> {
+    let origin = format!("appset:{set}");
+    let mut names: Vec<_> = api
+        .list_applications(pb::ListApplicationsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .applications
+        .into_iter()
+        .filter(|a| a.origin == origin)
+        .map(|a| a.name)
+        .collect();
+    names.sort();
+    names
+}
+
+async fn wait_owned(api: &mut Api, set: &str, want: &[&str]) {
+    let want: Vec<String> = want.iter().map(|s| (*s).to_owned()).collect();
+    let what = format!("{set} to own {want:?}");
+    eventually(&what, || {
+        let mut api = api.clone();
+        let want = want.clone();
+        async move { (owned(&mut api, set).await == want).then_some(()) }
+    })
+    .await;
+}
+
+async fn get_set(api: &mut Api, name: &str) -> pb::ApplicationSet {
+    api.get_application_set(pb::GetApplicationSetRequest { name: name.into() })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn wait_condition(api: &mut Api, set: &str, kind: &str) -> pb::ApplicationSet {
+    let what = format!("condition {kind} on {set}");
+    eventually(&what, || {
+        let mut api = api.clone();
+        async move {
+            let s = get_set(&mut api, set).await;
+            s.conditions.iter().any(|c| c.r#type == kind).then_some(s)
+        }
+    })
+    .await
+}
+
+fn has_rev2(manifest: &str) -> bool {
+    manifest.contains("rev: '2'")
+        || manifest.contains("rev: \"2\"")
+        || manifest.contains("rev: 2\n")
+}
+
+fn messages(s: &pb::ApplicationSet) -> String {
+    s.conditions
+        .iter()
+        .map(|c| format!("{}: {}", c.r#type, c.message))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+async fn create_set(api: &mut Api, manifest: &str, upsert: bool) -> pb::ApplicationSet {
+    api.create_application_set(pb::CreateApplicationSetRequest {
+        manifest: manifest.into(),
+        upsert,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+}
+
+fn clusters_set(name: &str, url: &str, policy: &str) -> String {
+    format!(
+        r#"apiVersion: argoproj.io/v1alpha1
+kind: ApplicationSet
+metadata:
+  name: {name}
+spec:
+  generators:
+  - clusters:
+      selector:
+        matchLabels:
+          env: prod
+  syncPolicy:
+    applicationsSync: {policy}
+  template:
+    metadata:
+      name: '{name}-{{{{name}}}}'
+      labels:
+        rev: '{{{{metadata.labels.rev}}}}'
+    spec:
+      project: default
+      source:
+        repoURL: {url}
+        targetRevision: main
+        path: guestbook
+      destination:
+        name: '{{{{name}}}}'
+        namespace: default
+      syncPolicy:
+        automated:
+          prune: true
+"#
+    )
+}
+
+fn list_set(name: &str, url: &str, elements: &[&str]) -> String {
+    let elements: String = elements
+        .iter()
+        .map(|e| format!("      - app: {e}\n"))
+        .collect();
+    format!(
+        r#"apiVersion: argoproj.io/v1alpha1
+kind: ApplicationSet
+metadata:
+  name: {name}
+spec:
+  generators:
+  - list:
+      elements:
+{elements}  template:
+    metadata:
+      name: '{{{{app}}}}'
+    spec:
+      project: default
+      source:
+        repoURL: {url}
+        targetRevision: main
+        path: guestbook
+      destination:
+        name: c1
+        namespace: default
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_labels_drive_generated_applications() {
+    let repo = tempfile::tempdir().unwrap();
+    let url = make_repo(repo.path());
+    let data = tempfile::tempdir().unwrap();
+    let hub = start_hub(data.path(), &url).await;
+    let mut api = admin(&hub).await;
+    add_clusters(&mut api, &["c1", "c2", "c3"]).await;
+    let s = create_set(&mut api, &clusters_set("prod", &url, "sync"), false).await;
+    assert!(s.applications.is_empty(), "{s:?}");
+
+    label(&mut api, "c1", &[("env", "prod")], &[]).await;
+    label(&mut api, "c2", &[("env", "prod")], &[]).await;
+    wait_owned(&mut api, "prod", &["prod-c1", "prod-c2"]).await;
+    label(&mut api, "c3", &[("env", "prod")], &[]).await;
+    wait_owned(&mut api, "prod", &["prod-c1", "prod-c2", "prod-c3"]).await;
+
+    // Generated applications render like any other and target their cluster.
+    let app = eventually("prod-c3 rendered", || {
+        let mut api = api.clone();
+        async move {
+            let a = api
+                .get_application(pb::GetApplicationRequest {
+                    name: "prod-c3".into(),
+                })
+                .await
+                .ok()?
+                .into_inner();
+            (!a.revision.is_empty()).then_some(a)
+        }
+    })
+    .await;
+    assert_eq!(app.destination, "c3");
+    assert!(app.error.is_empty(), "{}", app.error);
+    assert!(
+        app.manifest.contains("flotilla.dev/application-set: prod"),
+        "{}",
+        app.manifest
+    );
+
+    // An annotation/label change updates (create-update semantics of sync).
+    label(&mut api, "c1", &[("rev", "2")], &[]).await;
+    eventually("label rev on prod-c1", || {
+        let mut api = api.clone();
+        async move {
+            let a = api
+                .get_application(pb::GetApplicationRequest {
+                    name: "prod-c1".into(),
+                })
+                .await
+                .ok()?
+                .into_inner();
+            has_rev2(&a.manifest).then_some(())
+        }
+    })
+    .await;
+
+    // Removing the label removes the application (1 of 3: within budget).
+    label(&mut api, "c3", &[], &["env"]).await;
+    wait_owned(&mut api, "prod", &["prod-c1", "prod-c2"]).await;
+    let s = get_set(&mut api, "prod").await;
+    assert_eq!(s.applications, vec!["prod-c1", "prod-c2"]);
+    assert!(
+        s.conditions.iter().all(|c| c.r#type == "ResourcesUpToDate"),
+        "{}",
+        messages(&s)
+    );
+
+    // Deleting the set deletes its applications.
+    api.delete_application_set(pb::DeleteApplicationSetRequest {
+        name: "prod".into(),
+    })
+    .await
+    .unwrap();
+    wait_owned(&mut api, "prod", &[]).await;
+    hub.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_only_never_updates_or_deletes() {
+    let repo = tempfile::tempdir().unwrap();
+    let url = make_repo(repo.path());
+    let data = tempfile::tempdir().unwrap();
+    let hub = start_hub(data.path(), &url).await;
+    let mut api = admin(&hub).await;
+    add_clusters(&mut api, &["c1", "c2"]).await;
+    label(&mut api, "c1", &[("env", "prod")], &[]).await;
+    create_set(&mut api, &clusters_set("co", &url, "create-only"), false).await;
+    wait_owned(&mut api, "co", &["co-c1"]).await;
+    label(&mut api, "c1", &[("rev", "2")], &[]).await;
+    label(&mut api, "c2", &[("env", "prod")], &[]).await;
+    wait_owned(&mut api, "co", &["co-c1", "co-c2"]).await;
+    let a = api
+        .get_application(pb::GetApplicationRequest {
+            name: "co-c1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        !has_rev2(&a.manifest),
+        "create-only updated it: {}",
+        a.manifest
+    );
+    label(&mut api, "c1", &[], &["env"]).await;
+    label(&mut api, "c2", &[], &["env"]).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(owned(&mut api, "co").await, vec!["co-c1", "co-c2"]);
+    hub.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generator_error_deletes_nothing_and_sets_a_condition() {
+    let repo = tempfile::tempdir().unwrap();
+    let url = make_repo(repo.path());
+    // A second repository, read by the git generator only.
+    let parent = tempfile::tempdir().unwrap();
+    let addons = parent.path().join("addons");
+    std::fs::create_dir_all(&addons).unwrap();
+    let addons_url = make_repo(&addons);
+    let data = tempfile::tempdir().unwrap();
+    let hub = start_hub(data.path(), &url).await;
+    let mut api = admin(&hub).await;
+    let set = format!(
+        r#"apiVersion: argoproj.io/v1alpha1
+kind: ApplicationSet
+metadata:
+  name: addons
+spec:
+  generators:
+  - git:
+      repoURL: {addons_url}
+      revision: main
+      directories:
+      - path: addons/*
+  template:
+    metadata:
+      name: 'addon-{{{{path.basename}}}}'
+    spec:
+      project: default
+      source:
+        repoURL: {url}
+        targetRevision: main
+        path: guestbook
+      destination:
+        name: c1
+        namespace: default
+"#
+    );
+    create_set(&mut api, &set, false).await;
+    wait_owned(&mut api, "addons", &["addon-a", "addon-b"]).await;
+
+    // A new directory in the repository appears at the next poll.
+    write(
+        &addons,
+        "addons/c/cm.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\n",
+    );
+    git(&addons, &["add", "-A"]);
+    git(&addons, &["commit", "-q", "-m", "c"]);
+    wait_owned(&mut api, "addons", &["addon-a", "addon-b", "addon-c"]).await;
+
+    // The repository becomes unreachable: nothing is deleted.
+    let moved = parent.path().join("moved-away");
+    std::fs::rename(&addons, &moved).unwrap();
+    let s = wait_condition(&mut api, "addons", "ErrorOccurred").await;
+    assert_eq!(s.applications, vec!["addon-a", "addon-b", "addon-c"]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        owned(&mut api, "addons").await,
+        vec!["addon-a", "addon-b", "addon-c"]
+    );
+
+    // Back again: the condition clears.
+    std::fs::rename(&moved, &addons).unwrap();
+    wait_condition(&mut api, "addons", "ResourcesUpToDate").await;
+    hub.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletion_budget_holds_until_confirmed() {
+    let repo = tempfile::tempdir().unwrap();
+    let url = make_repo(repo.path());
+    let data = tempfile::tempdir().unwrap();
+    let hub = start_hub(data.path(), &url).await;
+    let mut api = admin(&hub).await;
+    add_clusters(&mut api, &["c1"]).await;
+    create_set(
+        &mut api,
+        &list_set("many", &url, &["a1", "a2", "a3", "a4"]),
+        false,
+    )
+    .await;
+    wait_owned(&mut api, "many", &["a1", "a2", "a3", "a4"]).await;
+
+    // 3 of 4 would go (> 50%): held; creations still happen.
+    let s = create_set(&mut api, &list_set("many", &url, &["a1", "a5"]), true).await;
+    let s = if s.pending_deletions.is_empty() {
+        wait_condition(&mut api, "many", "DeletionHeld").await
+    } else {
+        s
+    };
+    assert_eq!(s.pending_deletions, vec!["a2", "a3", "a4"]);
+    let held = s
+        .conditions
+        .iter()
+        .find(|c| c.r#type == "DeletionHeld")
+        .unwrap();
+    assert!(held.message.contains("a2, a3, a4"), "{}", held.message);
+    assert!(
+        held.message.contains("flotilla appset confirm many"),
+        "{}",
+        held.message
+    );
+    wait_owned(&mut api, "many", &["a1", "a2", "a3", "a4", "a5"]).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(owned(&mut api, "many").await.len(), 5);
+
+    api.confirm_application_set(pb::ConfirmApplicationSetRequest {
+        name: "many".into(),
+    })
+    .await
+    .unwrap();
+    wait_owned(&mut api, "many", &["a1", "a5"]).await;
+    let s = get_set(&mut api, "many").await;
+    assert!(s.pending_deletions.is_empty());
+    // Nothing left to confirm.
+    let e = api
+        .confirm_application_set(pb::ConfirmApplicationSetRequest {
+            name: "many".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+    hub.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_a_condition_and_other_sets_are_unaffected() {
+    let repo = tempfile::tempdir().unwrap();
+    let url = make_repo(repo.path());
+    let data = tempfile::tempdir().unwrap();
+    let hub = start_hub(data.path(), &url).await;
+    let mut api = admin(&hub).await;
+    add_clusters(&mut api, &["c1"]).await;
+    create_set(&mut api, &list_set("good", &url, &["g1", "g2"]), false).await;
+
+    // One generated application is invalid: the others are created.
+    create_set(
+        &mut api,
+        &list_set("partly", &url, &["p1", "Bad_Name", "p2"]),
+        false,
+    )
+    .await;
+    wait_owned(&mut api, "partly", &["p1", "p2"]).await;
+    let s = wait_condition(&mut api, "partly", "ApplicationRenderError").await;
+    let c = s
+        .conditions
+        .iter()
+        .find(|c| c.r#type == "ApplicationRenderError")
+        .unwrap();
+    assert_eq!(c.application, "Bad_Name");
+    assert!(c.message.contains("RFC 1123"), "{}", c.message);
+
+    let base = |name: &str, gen_and_template: &str| {
+        format!(
+            "apiVersion: argoproj.io/v1alpha1\nkind: ApplicationSet\nmetadata:\n  name: {name}\nspec:\n{gen_and_template}"
+        )
+    };
+    let template = |name_expr: &str| {
+        format!(
+            "  template:\n    metadata:\n      name: '{name_expr}'\n    spec:\n      project: default\n      source:\n        repoURL: {url}\n        path: guestbook\n      destination:\n        name: c1\n"
+        )
+    };
+    let cases = [
+        (
+            "unknown-gen",
+            format!("  generators:\n  - pullRequest: {{}}\n{}", template("x")),
+            "ErrorOccurred",
+            "pullRequest",
+        ),
+        (
+            "syntax",
+            format!(
+                "  goTemplate: true\n  generators:\n  - list:\n      elements:\n      - app: s1\n{}",
+                template("{{ .app ")
+            ),
+            "ApplicationRenderError",
+            "",
+        ),
+        (
+            "missing-key",
+            format!(
+                "  goTemplate: true\n  goTemplateOptions: [\"missingkey=error\"]\n  generators:\n  - list:\n      elements:\n      - app: m1\n{}",
+                template("{{ .nope }}")
+            ),
+            "ApplicationRenderError",
+            "nope",
+        ),
+        (
+            "dupes",
+            format!(
+                "  generators:\n  - list:\n      elements:\n      - app: d1\n      - app: d1\n{}",
+                template("{{app}}")
+            ),
+            "ErrorOccurred",
+            "duplicate",
+        ),
+    ];
+    for (name, body, kind, mention) in &cases {
+        create_set(&mut api, &base(name, body), false).await;
+        let s = wait_condition(&mut api, name, kind).await;
+        assert!(s.applications.is_empty(), "{name}: {s:?}");
+        let text = messages(&s);
+        assert!(text.contains(mention), "{name}: {mention:?} not in {text}");
+        assert!(owned(&mut api, name).await.is_empty(), "{name}");
+    }
+    wait_owned(&mut api, "good", &["g1", "g2"]).await;
+    let s = get_set(&mut api, "good").await;
+    assert!(
+        s.conditions.iter().all(|c| c.r#type == "ResourcesUpToDate"),
+        "{}",
+        messages(&s)
+    );
+
+    // Invalid documents are refused by the API with the field named.
+    let e = api
+        .create_application_set(pb::CreateApplicationSetRequest {
+            manifest: base("nogen", &template("x")),
+            upsert: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("spec.generators"), "{}", e.message());
+    hub.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sets_and_clusters_declared_in_the_apps_path() {
+    let repo = tempfile::tempdir().unwrap();
+    let url = make_repo(repo.path());
+    write(
+        repo.path(),
+        "apps/clusters.yaml",
+        "apiVersion: flotilla.dev/v1alpha1\nkind: Cluster\nmetadata:\n  name: edge-1\n  labels:\n    env: prod\n---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: argo-edge-2\n  labels:\n    argocd.argoproj.io/secret-type: cluster\n    env: prod\nstringData:\n  name: edge-2\n  server: https://edge-2.example\n",
+    );
+    write(
+        repo.path(),
+        "apps/set.yaml",
+        &clusters_set("fromgit", &url, "sync"),
+    );
+    git(repo.path(), &["add", "-A"]);
+    git(repo.path(), &["commit", "-q", "-m", "declare"]);
+    let data = tempfile::tempdir().unwrap();
+    let hub = start_hub(data.path(), &url).await;
+    let mut api = admin(&hub).await;
+    wait_owned(&mut api, "fromgit", &["fromgit-edge-1", "fromgit-edge-2"]).await;
+    let clusters = api
+        .list_clusters(pb::ListClustersRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .clusters;
+    let edge2 = clusters.iter().find(|c| c.name == "edge-2").unwrap();
+    assert_eq!(edge2.server, "https://edge-2.example");
+    let s = get_set(&mut api, "fromgit").await;
+    assert!(s.origin.starts_with("git:"), "{}", s.origin);
+
+    // Removing the set from Git deletes it and its applications.
+    std::fs::remove_file(repo.path().join("apps/set.yaml")).unwrap();
+    git(repo.path(), &["add", "-A"]);
+    git(repo.path(), &["commit", "-q", "-m", "drop set"]);
+    wait_owned(&mut api, "fromgit", &[]).await;
+    let e = api
+        .get_application_set(pb::GetApplicationSetRequest {
+            name: "fromgit".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound);
+    hub.shutdown().await.unwrap();
+}
