@@ -669,3 +669,32 @@ async fn fresh_cache_still_prunes_from_the_inventory_in_the_cluster() {
     }
     assert!(configmaps.get_opt("a").await.expect("get").is_some());
 }
+
+#[tokio::test]
+async fn defaulted_fields_never_show_as_drift() {
+    let mut h = harness().await;
+    let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "creds"},
+        "stringData": {"password": "hunter2"}});
+    let mut dep = deployment("api", "nginx:1.27", None);
+    dep["spec"]["template"]["spec"]["containers"][0]["resources"] =
+        json!({"requests": {"cpu": "0.5", "memory": "64Mi"}});
+    dep["spec"]["template"]["spec"]["containers"][0]["ports"] = json!([{"containerPort": 8080}]);
+    let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "api"},
+        "spec": {"selector": {"app": "api"}, "ports": [{"port": 80, "targetPort": 8080}]}});
+    let mut bundle = app("defaults", "d1", "defaults", vec![secret, dep, svc]);
+    bundle.policy.self_heal = true;
+    set_bundle(&h.cache, bundle);
+    let s = converge(&mut h, "defaults", "Synced/Healthy", synced_healthy).await;
+    let applied_at = s.last_applied_ms;
+    // Keep watching while the simulated controllers write status: nothing
+    // drifts and nothing is re-applied.
+    for _ in 0..15 {
+        h.engine.pass().await;
+        let s = status(&h, "defaults").expect("status");
+        let drift: Vec<&String> = s.resources.iter().flat_map(|r| &r.drift).collect();
+        assert!(drift.is_empty(), "{drift:?}");
+        assert_eq!(s.sync, SyncStatus::Synced as i32);
+        assert_eq!(s.last_applied_ms, applied_at, "re-applied without drift");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
