@@ -32,6 +32,18 @@ pub enum ClusterError {
         #[source]
         source: kube::Error,
     },
+    /// The cluster could not be asked which resources it serves.
+    #[error("discovering {group}/{version} {kind}: {message}")]
+    Discovery {
+        /// API group.
+        group: String,
+        /// API version.
+        version: String,
+        /// Kind.
+        kind: String,
+        /// The cause.
+        message: String,
+    },
     /// A request about an object failed.
     #[error("{action} {key}: {message}")]
     Request {
@@ -61,6 +73,15 @@ pub struct Cluster {
     kinds: Mutex<HashMap<GvkKey, Resolved>>,
     watch: Option<Arc<Notify>>,
     watched: Mutex<HashSet<GvkKey>>,
+}
+
+impl ClusterError {
+    /// Whether the error says something about the object (its kind is not
+    /// served), rather than about reaching the cluster.
+    #[must_use]
+    pub fn is_unknown_kind(&self) -> bool {
+        matches!(self, Self::UnknownKind { .. })
+    }
 }
 
 impl Cluster {

@@ -379,10 +379,24 @@ impl Engine {
                     if key.namespace.is_empty() {
                         key.namespace.clone_from(&b.namespace);
                     }
+                    // A kind the cluster does not serve means the object
+                    // is missing; not reaching the cluster means we do not
+                    // know.
+                    let (sync, health) = if e.is_unknown_kind() {
+                        (SyncStatus::OutOfSync, Health::missing())
+                    } else {
+                        (
+                            SyncStatus::Unknown,
+                            Health {
+                                status: HealthStatus::Unknown,
+                                message: String::new(),
+                            },
+                        )
+                    };
                     slots.push(Slot::Done(ResourceCheck {
                         key,
-                        sync: SyncStatus::OutOfSync,
-                        health: Health::missing(),
+                        sync,
+                        health,
                         message: e.to_string(),
                         drift: Vec::new(),
                     }));
@@ -907,7 +921,15 @@ fn status_of(
             drift: c.drift.clone(),
         })
         .collect();
-    let synced = parse_errors.is_empty() && checks.iter().all(|c| c.sync == SyncStatus::Synced);
+    let sync = if !parse_errors.is_empty() || checks.iter().any(|c| c.sync == SyncStatus::OutOfSync)
+    {
+        SyncStatus::OutOfSync
+    } else if checks.iter().any(|c| c.sync == SyncStatus::Unknown) {
+        // The cluster could not be read: say so rather than guess.
+        SyncStatus::Unknown
+    } else {
+        SyncStatus::Synced
+    };
     let health = health::aggregate(checks.iter().map(|c| &c.health));
     let message = if let Some(e) = parse_errors.first() {
         e.clone()
@@ -928,11 +950,7 @@ fn status_of(
         name: b.name.clone(),
         revision: b.revision.clone(),
         digest: b.digest.clone(),
-        sync: if synced {
-            SyncStatus::Synced
-        } else {
-            SyncStatus::OutOfSync
-        } as i32,
+        sync: sync as i32,
         health: health.to_proto() as i32,
         message,
         resources,

@@ -20,7 +20,7 @@ use tokio::sync::{Notify, watch};
 const DEADLINE: Duration = Duration::from_secs(30);
 
 struct Harness {
-    _sim: flotilla_sim::SimHandle,
+    sim: flotilla_sim::SimHandle,
     _dir: tempfile::TempDir,
     client: kube::Client,
     cache: Arc<Cache>,
@@ -60,7 +60,7 @@ async fn harness_with(watches: bool) -> Harness {
     };
     let engine = Engine::new(Arc::new(cluster), cache.clone(), trigger, tx);
     Harness {
-        _sim: sim,
+        sim,
         _dir: dir,
         client,
         cache,
@@ -527,7 +527,7 @@ async fn running_engine_reports_drift_within_seconds_through_watches() {
         engine,
         mut reports,
         client,
-        _sim,
+        sim: _sim,
         _dir,
         ..
     } = h;
@@ -697,4 +697,26 @@ async fn defaulted_fields_never_show_as_drift() {
         assert_eq!(s.last_applied_ms, applied_at, "re-applied without drift");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+#[tokio::test]
+async fn unreachable_cluster_is_unknown_not_out_of_sync() {
+    let mut h = harness().await;
+    let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"k": "v"}});
+    set_bundle(&h.cache, app("reach", "r1", "reach", vec![cm]));
+    converge(&mut h, "reach", "Synced/Healthy", synced_healthy).await;
+    h.sim.set_faults(
+        "sim-1",
+        flotilla_sim::Faults {
+            down: true,
+            ..Default::default()
+        },
+    );
+    let s = converge(&mut h, "reach", "Unknown", |s| {
+        s.sync == SyncStatus::Unknown as i32
+    })
+    .await;
+    assert_eq!(s.health, HealthStatus::Unknown as i32, "{s:#?}");
+    h.sim.set_faults("sim-1", flotilla_sim::Faults::default());
+    converge(&mut h, "reach", "Synced/Healthy again", synced_healthy).await;
 }
