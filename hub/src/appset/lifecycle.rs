@@ -634,3 +634,264 @@ impl AppSets {
         Ok(errors)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::appset::{Generated, GeneratedAppError};
+
+    fn app(name: &str, path: &str) -> Application {
+        let yaml = format!(
+            "apiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata:\n  name: {name}\nspec:\n  source:\n    repoURL: file:///r\n    path: {path}\n  destination:\n    name: c1\n"
+        );
+        crate::model::parse_applications(&yaml, "t")
+            .unwrap()
+            .remove(0)
+    }
+
+    fn owned(name: &str, path: &str) -> AppRecord {
+        let mut a = app(name, path);
+        a.metadata
+            .annotations
+            .insert(OWNER_ANNOTATION.to_owned(), "s".to_owned());
+        AppRecord {
+            app: a,
+            origin: origin_of("s"),
+            revision: String::new(),
+            error: String::new(),
+        }
+    }
+
+    fn generated(apps: &[(&str, &str)], errors: &[&str]) -> Result<Generated, String> {
+        Ok(Generated {
+            applications: apps.iter().map(|(n, p)| app(n, p)).collect(),
+            errors: errors
+                .iter()
+                .map(|n| GeneratedAppError {
+                    application: (*n).to_owned(),
+                    message: "boom".into(),
+                })
+                .collect(),
+        })
+    }
+
+    fn names(plan: &SetPlan) -> Vec<&str> {
+        plan.upserts
+            .iter()
+            .map(|a| a.metadata.name.as_str())
+            .collect()
+    }
+
+    fn kinds(plan: &SetPlan) -> Vec<&str> {
+        plan.conditions.iter().map(|c| c.kind.as_str()).collect()
+    }
+
+    #[test]
+    fn plan_set_table() {
+        use ApplicationsSync::*;
+        struct Case {
+            name: &'static str,
+            policy: ApplicationsSync,
+            result: Result<Generated, String>,
+            existing: Vec<AppRecord>,
+            confirmed: Vec<&'static str>,
+            upserts: Vec<&'static str>,
+            deletions: Vec<&'static str>,
+            held: Vec<&'static str>,
+            conditions: Vec<&'static str>,
+        }
+        let four = || {
+            vec![
+                owned("a", "a"),
+                owned("b", "b"),
+                owned("c", "c"),
+                owned("d", "d"),
+            ]
+        };
+        let cases = vec![
+            Case {
+                name: "new applications are created with the owner annotation",
+                policy: Sync,
+                result: generated(&[("a", "a"), ("b", "b")], &[]),
+                existing: vec![],
+                confirmed: vec![],
+                upserts: vec!["a", "b"],
+                deletions: vec![],
+                held: vec![],
+                conditions: vec![UP_TO_DATE],
+            },
+            Case {
+                name: "unchanged applications are not rewritten",
+                policy: Sync,
+                result: generated(&[("a", "a")], &[]),
+                existing: vec![owned("a", "a")],
+                confirmed: vec![],
+                upserts: vec![],
+                deletions: vec![],
+                held: vec![],
+                conditions: vec![UP_TO_DATE],
+            },
+            Case {
+                name: "create-update updates",
+                policy: CreateUpdate,
+                result: generated(&[("a", "new")], &[]),
+                existing: vec![owned("a", "a")],
+                confirmed: vec![],
+                upserts: vec!["a"],
+                deletions: vec![],
+                held: vec![],
+                conditions: vec![UP_TO_DATE],
+            },
+            Case {
+                name: "create-only neither updates nor deletes",
+                policy: CreateOnly,
+                result: generated(&[("a", "new"), ("z", "z")], &[]),
+                existing: vec![owned("a", "a"), owned("b", "b")],
+                confirmed: vec![],
+                upserts: vec!["z"],
+                deletions: vec![],
+                held: vec![],
+                conditions: vec![UP_TO_DATE],
+            },
+            Case {
+                name: "create-delete deletes but does not update",
+                policy: CreateDelete,
+                result: generated(&[("a", "new"), ("b", "b")], &[]),
+                existing: vec![owned("a", "a"), owned("b", "b"), owned("c", "c")],
+                confirmed: vec![],
+                upserts: vec![],
+                deletions: vec!["c"],
+                held: vec![],
+                conditions: vec![UP_TO_DATE],
+            },
+            Case {
+                name: "create-update keeps what is no longer generated",
+                policy: CreateUpdate,
+                result: generated(&[], &[]),
+                existing: vec![owned("a", "a")],
+                confirmed: vec![],
+                upserts: vec![],
+                deletions: vec![],
+                held: vec![],
+                conditions: vec![UP_TO_DATE],
+            },
+            Case {
+                name: "exactly half is within the budget",
+                policy: Sync,
+                result: generated(&[("a", "a"), ("b", "b")], &[]),
+                existing: four(),
+                confirmed: vec![],
+                upserts: vec![],
+                deletions: vec!["c", "d"],
+                held: vec![],
+                conditions: vec![UP_TO_DATE],
+            },
+            Case {
+                name: "more than the budget is held, creations proceed",
+                policy: Sync,
+                result: generated(&[("a", "a"), ("e", "e")], &[]),
+                existing: four(),
+                confirmed: vec![],
+                upserts: vec!["e"],
+                deletions: vec![],
+                held: vec!["b", "c", "d"],
+                conditions: vec![DELETION_HELD],
+            },
+            Case {
+                name: "confirmed deletions go",
+                policy: Sync,
+                result: generated(&[("a", "a")], &[]),
+                existing: four(),
+                confirmed: vec!["d", "b", "c"],
+                upserts: vec![],
+                deletions: vec!["b", "c", "d"],
+                held: vec![],
+                conditions: vec![UP_TO_DATE],
+            },
+            Case {
+                name: "a confirmation of another deletion set does not count",
+                policy: Sync,
+                result: generated(&[], &[]),
+                existing: four(),
+                confirmed: vec!["b", "c", "d"],
+                upserts: vec![],
+                deletions: vec![],
+                held: vec!["a", "b", "c", "d"],
+                conditions: vec![DELETION_HELD],
+            },
+            Case {
+                name: "a generator error changes nothing",
+                policy: Sync,
+                result: Err("git: unreachable".into()),
+                existing: four(),
+                confirmed: vec![],
+                upserts: vec![],
+                deletions: vec![],
+                held: vec![],
+                conditions: vec![ERROR_OCCURRED],
+            },
+            Case {
+                name: "an application that fails to render is reported and kept",
+                policy: Sync,
+                result: generated(&[("a", "a"), ("b", "b2")], &["c"]),
+                existing: vec![owned("a", "a"), owned("b", "b"), owned("c", "c")],
+                confirmed: vec![],
+                upserts: vec!["b"],
+                deletions: vec![],
+                held: vec![],
+                conditions: vec![RENDER_ERROR],
+            },
+            Case {
+                name: "an application of another origin is not taken over",
+                policy: Sync,
+                result: generated(&[("a", "a")], &[]),
+                existing: vec![AppRecord {
+                    origin: "api".into(),
+                    ..owned("a", "other")
+                }],
+                confirmed: vec![],
+                upserts: vec![],
+                deletions: vec![],
+                held: vec![],
+                conditions: vec![CONFLICT],
+            },
+        ];
+        for c in cases {
+            let confirmed: Vec<String> = c.confirmed.iter().map(|s| (*s).to_owned()).collect();
+            let plan = plan_set("s", c.policy, c.result, &c.existing, 0.5, &confirmed);
+            assert_eq!(names(&plan), c.upserts, "{}", c.name);
+            assert_eq!(plan.deletions, c.deletions, "{}", c.name);
+            assert_eq!(plan.held, c.held, "{}", c.name);
+            assert_eq!(kinds(&plan), c.conditions, "{}", c.name);
+            for a in &plan.upserts {
+                assert_eq!(
+                    a.metadata
+                        .annotations
+                        .get(OWNER_ANNOTATION)
+                        .map(String::as_str),
+                    Some("s"),
+                    "{}",
+                    c.name
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn held_condition_names_the_applications_and_the_command() {
+        let existing = vec![owned("a", "a"), owned("b", "b")];
+        let plan = plan_set(
+            "s",
+            ApplicationsSync::Sync,
+            generated(&[], &[]),
+            &existing,
+            0.5,
+            &[],
+        );
+        let m = &plan.conditions[0].message;
+        assert!(m.contains("2 of 2"), "{m}");
+        assert!(m.contains("a, b"), "{m}");
+        assert!(m.contains("flotilla appset confirm s"), "{m}");
+        assert_eq!(plan.generated, Some(vec![]));
+    }
+}
