@@ -77,6 +77,7 @@ pub fn reconcile(cluster: &Cluster, t: Timing) -> bool {
     if !t.enabled {
         return false;
     }
+    children(cluster, &mut st);
     let keys: Vec<Key> = st.objects.keys().cloned().collect();
     let now_i = Instant::now();
     let mut live_uids = std::collections::HashSet::new();
@@ -418,6 +419,136 @@ fn lifecycle(cluster: &Cluster, st: &mut State) {
         }
         if !st.objects.keys().any(|k| k.1 == ns) {
             cluster.remove_key(st, &nk);
+        }
+    }
+}
+
+fn owned_by<'a>(
+    st: &'a State,
+    gr: &'a str,
+    ns: &'a str,
+    uid: &'a str,
+) -> impl Iterator<Item = (&'a Key, &'a Value)> + 'a {
+    st.objects.iter().filter(move |(k, o)| {
+        k.0 == gr
+            && k.1 == ns
+            && o["metadata"]["ownerReferences"]
+                .as_array()
+                .is_some_and(|r| r.iter().any(|r| r["uid"] == uid && r["controller"] == true))
+    })
+}
+
+fn owner_ref(o: &Value, kind: &str, api_version: &str) -> Value {
+    json!([{"apiVersion": api_version, "kind": kind, "name": o["metadata"]["name"], "uid": o["metadata"]["uid"],
+        "controller": true, "blockOwnerDeletion": true}])
+}
+
+fn new_child(cluster: &Cluster, st: &mut State, gr: &str, ns: &str, name: &str, mut obj: Value) {
+    let Some(rd) = rd_for(st, gr) else { return };
+    obj["metadata"]["name"] = json!(name);
+    obj["metadata"]["namespace"] = json!(ns);
+    obj["metadata"]["uid"] = json!(uuid::Uuid::new_v4().to_string());
+    obj["metadata"]["creationTimestamp"] = json!(now());
+    if rd.generation {
+        obj["metadata"]["generation"] = json!(1);
+    }
+    cluster.commit(
+        st,
+        &rd,
+        (gr.to_string(), ns.to_string(), name.to_string()),
+        obj,
+        "ADDED",
+    );
+}
+
+/// Deployments own one ReplicaSet per pod template; ReplicaSets own Pods.
+fn children(cluster: &Cluster, st: &mut State) {
+    let deployments: Vec<(Key, Value)> = st
+        .objects
+        .iter()
+        .filter(|(k, o)| {
+            k.0 == "apps/deployments" && !o["metadata"]["deletionTimestamp"].is_string()
+        })
+        .map(|(k, o)| (k.clone(), o.clone()))
+        .collect();
+    for (k, d) in deployments {
+        let uid = d["metadata"]["uid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let hash = hash(&d["spec"]["template"]);
+        let rs_name = format!("{}-{hash}", k.2);
+        let replicas = d["spec"]["replicas"].as_i64().unwrap_or(1);
+        let owned: Vec<(Key, Value)> = owned_by(st, "apps/replicasets", &k.1, &uid)
+            .map(|(k, o)| (k.clone(), o.clone()))
+            .collect();
+        for (rk, mut rs) in owned.iter().cloned() {
+            let want = if rk.2 == rs_name { replicas } else { 0 };
+            if rs["spec"]["replicas"].as_i64() != Some(want) {
+                rs["spec"]["replicas"] = json!(want);
+                if let Some(rd) = rd_for(st, "apps/replicasets") {
+                    cluster.commit(st, &rd, rk, rs, "MODIFIED");
+                }
+            }
+        }
+        if !owned.iter().any(|(rk, _)| rk.2 == rs_name) {
+            let mut template = d["spec"]["template"].clone();
+            template["metadata"]["labels"]["pod-template-hash"] = json!(hash);
+            let mut selector = d["spec"]["selector"].clone();
+            selector["matchLabels"]["pod-template-hash"] = json!(hash);
+            let revision = owned.len() + 1;
+            let rs = json!({
+                "apiVersion": "apps/v1", "kind": "ReplicaSet",
+                "metadata": {"labels": template["metadata"]["labels"], "ownerReferences": owner_ref(&d, "Deployment", "apps/v1"),
+                    "annotations": {"deployment.kubernetes.io/revision": revision.to_string(),
+                        "deployment.kubernetes.io/desired-replicas": replicas.to_string()}},
+                "spec": {"replicas": replicas, "selector": selector, "template": template},
+            });
+            new_child(cluster, st, "apps/replicasets", &k.1, &rs_name, rs);
+        }
+    }
+    let sets: Vec<(Key, Value)> = st
+        .objects
+        .iter()
+        .filter(|(k, o)| {
+            k.0 == "apps/replicasets" && !o["metadata"]["deletionTimestamp"].is_string()
+        })
+        .map(|(k, o)| (k.clone(), o.clone()))
+        .collect();
+    for (k, rs) in sets {
+        let uid = rs["metadata"]["uid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let want = usize::try_from(rs["spec"]["replicas"].as_i64().unwrap_or(1)).unwrap_or(0);
+        let pods: Vec<Key> = owned_by(st, "/pods", &k.1, &uid)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for extra in pods.iter().skip(want) {
+            cluster.remove_key(st, extra);
+        }
+        for _ in pods.len()..want {
+            let suffix: String = uuid::Uuid::new_v4()
+                .simple()
+                .to_string()
+                .chars()
+                .take(5)
+                .collect();
+            let template = &rs["spec"]["template"];
+            let pod = json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"labels": template["metadata"]["labels"], "ownerReferences": owner_ref(&rs, "ReplicaSet", "apps/v1")},
+                "spec": template["spec"],
+                "status": {"phase": "Pending", "qosClass": "BestEffort"},
+            });
+            new_child(
+                cluster,
+                st,
+                "/pods",
+                &k.1,
+                &format!("{}-{suffix}", k.2),
+                pod,
+            );
         }
     }
 }

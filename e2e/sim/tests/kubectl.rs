@@ -88,6 +88,16 @@ async fn kubectl_apply_get_diff_wait_delete() {
     )
     .await;
 
+    // The Deployment owns a ReplicaSet, which owns one Pod per replica.
+    let pods = poll("pods", 10, || async {
+        let out = env
+            .kubectl_ok("sim-1", &["get", "pods", "-n", "demo", "-o", "name"])
+            .await;
+        (out.lines().count() == 2).then_some(out)
+    })
+    .await;
+    assert!(pods.lines().all(|l| l.starts_with("pod/web-")), "{pods}");
+
     // Human-readable tables carry the usual columns.
     let table = env
         .kubectl_ok("sim-1", &["get", "-n", "demo", "deployment/web"])
@@ -139,7 +149,7 @@ async fn kubectl_apply_get_diff_wait_delete() {
             "sim-1",
             &[
                 "get",
-                "deployments,services,configmaps,widgets",
+                "deployments,replicasets,pods,services,configmaps,widgets",
                 "-A",
                 "-o",
                 "name",
