@@ -47,6 +47,8 @@ struct ResourceCheck {
     health: Health,
     message: String,
     drift: Vec<String>,
+    /// Another application whose tracking identity the live object carries.
+    shared_with: Option<String>,
 }
 
 /// Per-application memory that does not need to survive a restart.
@@ -241,8 +243,15 @@ impl Engine {
             rt.retry_at = None;
         }
         let drifted = !in_sync && !digest_changed;
+        // Healing an object another application tracks would make the two
+        // take it from each other forever; only a new digest or a sync
+        // request applies it.
+        let healable = checks
+            .iter()
+            .any(|c| c.sync != SyncStatus::Synced && c.shared_with.is_none());
         let wanted = requested.is_some()
-            || (b.policy.automated && (digest_changed || (drifted && b.policy.self_heal)));
+            || (b.policy.automated
+                && (digest_changed || (drifted && healable && b.policy.self_heal)));
         let limit_reached = requested.is_none()
             && b.policy.retry_limit > 0
             && i64::from(rt.attempts) > b.policy.retry_limit;
@@ -399,6 +408,7 @@ impl Engine {
                         health,
                         message: e.to_string(),
                         drift: Vec::new(),
+                        shared_with: None,
                     }));
                     continue;
                 }
@@ -446,10 +456,13 @@ impl Engine {
             match slot {
                 Slot::Done(c) => checks.push(c),
                 Slot::Pending(key, resolved, desired) => {
-                    let live = match listed.get_mut(&group_of(&key)) {
-                        // Not carrying our label counts as absent: the
-                        // label is part of what we apply.
-                        Some(by_name) => Ok(by_name.remove(&key.name)),
+                    let live = match listed
+                        .get_mut(&group_of(&key))
+                        .and_then(|m| m.remove(&key.name))
+                    {
+                        Some(live) => Ok(Some(live)),
+                        // Not listed: absent, or without our label (another
+                        // application's, or not yet adopted); read it.
                         None => self.cluster.get(&resolved, &key).await,
                     };
                     checks.push(self.check_one(b, key, live, &desired));
@@ -473,6 +486,7 @@ impl Engine {
                 health: Health::missing(),
                 message: String::new(),
                 drift: Vec::new(),
+                shared_with: None,
             },
             Ok(Some(live)) => {
                 let ignore = ignored_paths(b, &key, &live);
@@ -481,16 +495,24 @@ impl Engine {
                     .map(ToString::to_string)
                     .collect();
                 let health = self.health.assess(&live);
+                let shared_with = object::tracking_app(&live)
+                    .filter(|owner| *owner != b.name)
+                    .map(str::to_owned);
+                let message = match &shared_with {
+                    Some(owner) => format!("also managed by application {owner}"),
+                    None => health.message.clone(),
+                };
                 ResourceCheck {
                     sync: if drift.is_empty() {
                         SyncStatus::Synced
                     } else {
                         SyncStatus::OutOfSync
                     },
-                    message: health.message.clone(),
+                    message,
                     health,
                     key,
                     drift,
+                    shared_with,
                 }
             }
             Err(e) => ResourceCheck {
@@ -502,6 +524,7 @@ impl Engine {
                 },
                 message: e.to_string(),
                 drift: Vec::new(),
+                shared_with: None,
             },
         }
     }

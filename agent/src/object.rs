@@ -212,6 +212,16 @@ pub fn is_tracked_by(live: &Value, app: &str, key: &ObjectKey) -> bool {
     label == Some(app) && id == Some(key.tracking_id(app).as_str())
 }
 
+/// The application named by a live object's tracking annotation.
+#[must_use]
+pub fn tracking_app(live: &Value) -> Option<&str> {
+    live.pointer("/metadata/annotations")
+        .and_then(|a| a.get(TRACKING_ANNOTATION))
+        .and_then(Value::as_str)
+        .and_then(|id| id.split_once(':'))
+        .map(|(app, _)| app)
+}
+
 /// The object's sync wave (0 when absent or not an integer).
 #[must_use]
 pub fn sync_wave(obj: &Value) -> i64 {
@@ -266,6 +276,7 @@ mod tests {
             Some(&json!("guestbook:/ConfigMap:web/c"))
         );
         let key = ObjectKey::of(&out, 0).expect("key");
+        assert_eq!(tracking_app(&out), Some("guestbook"));
         assert!(is_tracked_by(&out, "guestbook", &key));
         assert!(!is_tracked_by(&out, "other", &key));
     }

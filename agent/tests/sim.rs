@@ -720,3 +720,43 @@ async fn unreachable_cluster_is_unknown_not_out_of_sync() {
     h.sim.set_faults("sim-1", flotilla_sim::Faults::default());
     converge(&mut h, "reach", "Synced/Healthy again", synced_healthy).await;
 }
+
+#[tokio::test]
+async fn two_applications_sharing_an_object_do_not_fight() {
+    let mut h = harness().await;
+    let shared = |v: &str| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "shared"}, "data": {"owner": v}});
+    let mut a = app("team-a", "a1", "shared", vec![shared("a")]);
+    a.policy.self_heal = true;
+    let mut b = app("team-b", "b1", "shared", vec![shared("b")]);
+    b.policy.self_heal = true;
+    set_bundle(&h.cache, a);
+    set_bundle(&h.cache, b);
+    for _ in 0..3 {
+        h.engine.pass().await;
+    }
+    let configmaps = api(&h, "", "v1", "ConfigMap", "configmaps", Some("shared"));
+    let before = resource_version(&configmaps.get("shared").await.expect("configmap"));
+    for _ in 0..10 {
+        h.engine.pass().await;
+    }
+    let after = configmaps.get("shared").await.expect("configmap");
+    assert_eq!(
+        resource_version(&after),
+        before,
+        "the applications keep overwriting each other"
+    );
+    let owner = after.data["data"]["owner"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let loser = if owner == "a" { "team-b" } else { "team-a" };
+    let s = status(&h, loser).expect("status");
+    assert_eq!(s.sync, SyncStatus::OutOfSync as i32);
+    assert!(
+        s.resources[0]
+            .message
+            .contains("also managed by application team-"),
+        "{}",
+        s.resources[0].message
+    );
+}
