@@ -423,19 +423,22 @@ fn lifecycle(cluster: &Cluster, st: &mut State) {
     }
 }
 
-fn owned_by<'a>(
-    st: &'a State,
-    gr: &'a str,
-    ns: &'a str,
-    uid: &'a str,
-) -> impl Iterator<Item = (&'a Key, &'a Value)> + 'a {
-    st.objects.iter().filter(move |(k, o)| {
-        k.0 == gr
-            && k.1 == ns
-            && o["metadata"]["ownerReferences"]
-                .as_array()
-                .is_some_and(|r| r.iter().any(|r| r["uid"] == uid && r["controller"] == true))
-    })
+/// Objects of `gr` by the uid of their controller owner.
+fn by_controller(st: &State, gr: &str) -> std::collections::HashMap<String, Vec<(Key, Value)>> {
+    let mut m: std::collections::HashMap<String, Vec<(Key, Value)>> =
+        std::collections::HashMap::new();
+    for (k, o) in st.objects.iter().filter(|(k, _)| k.0 == gr) {
+        let owner = o["metadata"]["ownerReferences"]
+            .as_array()
+            .and_then(|r| r.iter().find(|r| r["controller"] == true))
+            .and_then(|r| r["uid"].as_str());
+        if let Some(u) = owner {
+            m.entry(u.to_string())
+                .or_default()
+                .push((k.clone(), o.clone()));
+        }
+    }
+    m
 }
 
 fn owner_ref(o: &Value, kind: &str, api_version: &str) -> Value {
@@ -471,6 +474,7 @@ fn children(cluster: &Cluster, st: &mut State) {
         })
         .map(|(k, o)| (k.clone(), o.clone()))
         .collect();
+    let mut sets_by_owner = by_controller(st, "apps/replicasets");
     for (k, d) in deployments {
         let uid = d["metadata"]["uid"]
             .as_str()
@@ -479,9 +483,7 @@ fn children(cluster: &Cluster, st: &mut State) {
         let hash = hash(&d["spec"]["template"]);
         let rs_name = format!("{}-{hash}", k.2);
         let replicas = d["spec"]["replicas"].as_i64().unwrap_or(1);
-        let owned: Vec<(Key, Value)> = owned_by(st, "apps/replicasets", &k.1, &uid)
-            .map(|(k, o)| (k.clone(), o.clone()))
-            .collect();
+        let owned: Vec<(Key, Value)> = sets_by_owner.remove(&uid).unwrap_or_default();
         for (rk, mut rs) in owned.iter().cloned() {
             let want = if rk.2 == rs_name { replicas } else { 0 };
             if rs["spec"]["replicas"].as_i64() != Some(want) {
@@ -515,14 +517,18 @@ fn children(cluster: &Cluster, st: &mut State) {
         })
         .map(|(k, o)| (k.clone(), o.clone()))
         .collect();
+    let mut pods_by_owner = by_controller(st, "/pods");
     for (k, rs) in sets {
         let uid = rs["metadata"]["uid"]
             .as_str()
             .unwrap_or_default()
             .to_string();
         let want = usize::try_from(rs["spec"]["replicas"].as_i64().unwrap_or(1)).unwrap_or(0);
-        let pods: Vec<Key> = owned_by(st, "/pods", &k.1, &uid)
-            .map(|(k, _)| k.clone())
+        let pods: Vec<Key> = pods_by_owner
+            .remove(&uid)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, _)| k)
             .collect();
         for extra in pods.iter().skip(want) {
             cluster.remove_key(st, extra);
