@@ -165,6 +165,38 @@ async fn cluster_labels_drive_an_application_set() -> anyhow::Result<()> {
     wait_marker(&fleet, "sim-3", "prod-marker", false).await?;
     assert!(marker(&fleet, "sim-1", "prod-marker")?);
 
+    // With preserveResourcesOnDeletion the application goes, its objects
+    // stay.
+    let preserving = prod_set(&fleet.repo.url()).replace(
+        "  template:\n",
+        "  syncPolicy:\n    preserveResourcesOnDeletion: true\n  template:\n",
+    );
+    std::fs::write(&set_file, preserving)?;
+    let out = cli(
+        &fleet,
+        &[
+            "appset", "create", "-f", &set_path, "--upsert", "-o", "json",
+        ],
+    )?;
+    assert!(
+        out.contains("\"preserveResourcesOnDeletion\": true"),
+        "{out}"
+    );
+    cli(&fleet, &["cluster", "label", "sim-2", "env-"])?;
+    wait_apps(&fleet, "prod-marker", &["prod-marker-sim-1"]).await?;
+    eventually("prod-marker-sim-2 deleted", CONVERGE, || async {
+        match fleet.app("prod-marker-sim-2").await {
+            Err(_) => Ok(()),
+            Ok(a) => Err(format!("still there: {a:?}")),
+        }
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        marker(&fleet, "sim-2", "prod-marker")?,
+        "preserveResourcesOnDeletion: the objects must stay"
+    );
+
     // A git generator whose repository becomes unreachable deletes nothing.
     let addons_dir = fleet.root.path().join("addons-repo");
     let addons = ConfigRepo::from_examples(&addons_dir)?;
