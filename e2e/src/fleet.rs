@@ -65,6 +65,8 @@ pub struct Fleet {
     pub hub_addr: String,
     pub agents: BTreeMap<String, Proc>,
     hub_restarts: usize,
+    /// Extra `flotilla-hub serve` arguments, kept across restarts.
+    hub_args: Vec<String>,
 }
 
 impl Fleet {
@@ -74,6 +76,19 @@ impl Fleet {
     /// # Errors
     /// Any part fails to start; the error carries its log tail.
     pub async fn start(opts: FleetOptions) -> anyhow::Result<Self> {
+        Self::start_with_hub_args(opts, &[]).await
+    }
+
+    /// [`Fleet::start`] with extra `flotilla-hub serve` arguments (e.g.
+    /// `--webhook-listen 127.0.0.1:0`).
+    ///
+    /// # Errors
+    /// Any part fails to start; the error carries its log tail.
+    pub async fn start_with_hub_args(
+        opts: FleetOptions,
+        hub_args: &[&str],
+    ) -> anyhow::Result<Self> {
+        let hub_args: Vec<String> = hub_args.iter().map(|a| (*a).to_owned()).collect();
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let root = tempfile::Builder::new().prefix("flotilla-e2e-").tempdir()?;
         let kubeconfigs = root.path().join("kubeconfigs");
@@ -87,7 +102,7 @@ impl Fleet {
         .context("starting the Kubernetes API simulator")?;
         let repo = ConfigRepo::from_examples(&root.path().join("config-repo"))?;
         let data_dir = root.path().join("hub-data");
-        let (hub, hub_addr) = start_hub(root.path(), &data_dir, "127.0.0.1:0", 0)?;
+        let (hub, hub_addr) = start_hub(root.path(), &data_dir, "127.0.0.1:0", 0, &hub_args)?;
         let mut fleet = Self {
             root,
             sim,
@@ -96,6 +111,7 @@ impl Fleet {
             hub_addr,
             agents: BTreeMap::new(),
             hub_restarts: 0,
+            hub_args,
         };
         for name in fleet.sim.cluster_names() {
             fleet.add_cluster(&name, &[("env", "dev")])?;
@@ -115,6 +131,16 @@ impl Fleet {
             fleet.start_agent(&name)?;
         }
         Ok(fleet)
+    }
+
+    /// `http://ADDR/api/webhook` when the hub was started with
+    /// `--webhook-listen` (read from its log).
+    pub fn webhook_url(&self) -> Option<String> {
+        self.hub.lines().iter().rev().find_map(|l| {
+            l.split("webhook listening on ")
+                .nth(1)
+                .map(|u| u.trim().to_owned())
+        })
     }
 
     /// The hub's data directory.
@@ -196,6 +222,7 @@ impl Fleet {
             &self.hub_data(),
             &self.hub_addr,
             self.hub_restarts,
+            &self.hub_args,
         )?;
         self.hub = hub;
         self.hub_addr = addr;
@@ -366,14 +393,16 @@ fn start_hub(
     data_dir: &Path,
     listen: &str,
     generation: usize,
+    extra: &[String],
 ) -> anyhow::Result<(Proc, String)> {
-    let args = vec![
+    let mut args = vec![
         "serve".to_owned(),
         "--data-dir".into(),
         data_dir.display().to_string(),
         "--listen".into(),
         listen.to_owned(),
     ];
+    args.extend(extra.iter().cloned());
     let mut hub = Proc::spawn(
         "hub",
         &crate::bin("flotilla-hub")?,

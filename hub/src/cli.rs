@@ -14,6 +14,8 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 use flotilla_proto as pb;
 use pb::hub_api_client::HubApiClient;
 
+mod ops;
+
 /// Default hub URL when neither `--hub` nor `FLOTILLA_HUB` is given.
 pub const DEFAULT_HUB: &str = "https://127.0.0.1:7443";
 
@@ -100,6 +102,13 @@ pub enum AppCommand {
     },
     /// Delete an application.
     Delete { name: String },
+    /// Fetch the application's repository now and re-render it.
+    Refresh {
+        name: String,
+        /// Also drop its cached renders (render again at the same commit).
+        #[arg(long)]
+        hard: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -536,6 +545,7 @@ async fn app(g: &Global, c: &mut Client, cmd: AppCommand) -> Result<()> {
                 format!("application {} created\n", a.name)
             });
         }
+        AppCommand::Refresh { name, hard } => ops::refresh(g, c, &name, hard).await?,
         AppCommand::Delete { name } => {
             c.delete_application(pb::DeleteApplicationRequest { name: name.clone() })
                 .await

@@ -12,21 +12,14 @@ use tokio::sync::Notify;
 
 use crate::fleet::{Fleet, build_bundle};
 use crate::model::{self, Application};
-use crate::source::{self, GitCache, RenderError, SourceError, SourceFile};
+use crate::source::{GitCache, RenderError, SourceFile};
 use crate::store::{AppRecord, RepoRecord, Store, StoreError};
 
 /// Default poll interval of a repository.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(15);
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct RenderKey {
-    url: String,
-    commit: String,
-    path: String,
-    recurse: bool,
-    include: Option<String>,
-    exclude: Option<String>,
-}
+/// (repository, commit, path, parameters): see [`crate::render::RenderRequest`].
+type RenderKey = crate::render::RenderRequest;
 
 type Rendered = Arc<Result<Vec<String>, String>>;
 
@@ -43,6 +36,8 @@ pub struct GitSync {
     fleet: Arc<Fleet>,
     cache: GitCache,
     kick: Notify,
+    /// Wakes the loop without forcing every fetch (webhooks, app refresh).
+    wake: Notify,
     default_interval: Duration,
     /// (url, revision) → last fetch result and when to fetch again.
     known: Mutex<HashMap<(String, String), Known>>,
@@ -53,6 +48,8 @@ pub struct GitSync {
     polling: tokio::sync::Mutex<()>,
     /// The ApplicationSet controller, evaluated on every pass.
     appsets: std::sync::OnceLock<Arc<crate::appset::lifecycle::AppSets>>,
+    /// Kustomize and helm commands and their timeout.
+    tools: Mutex<crate::render::RenderTools>,
 }
 
 impl std::fmt::Debug for GitSync {
@@ -100,13 +97,24 @@ impl GitSync {
             fleet,
             cache: GitCache::new(cache_dir),
             kick: Notify::new(),
+            wake: Notify::new(),
             default_interval,
             known: Mutex::default(),
             loaded: Mutex::default(),
             renders: Mutex::default(),
             polling: tokio::sync::Mutex::new(()),
             appsets: std::sync::OnceLock::new(),
+            tools: Mutex::default(),
         })
+    }
+
+    /// Sets the kustomize/helm commands and their timeout.
+    pub fn set_render_tools(&self, tools: crate::render::RenderTools) {
+        *self.tools.lock().unwrap_or_else(|p| p.into_inner()) = tools;
+    }
+
+    fn render_tools(&self) -> crate::render::RenderTools {
+        self.tools.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Hooks the ApplicationSet controller into every pass (once).
@@ -151,6 +159,30 @@ impl GitSync {
         self.kick.notify_one();
     }
 
+    /// Fetches these repository URLs on the next pass, now (a webhook
+    /// push): their remembered fetch results are dropped and the loop woken.
+    pub fn refresh_urls(&self, urls: &[String]) {
+        self.known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(url, _), _| !urls.contains(url));
+        self.wake.notify_one();
+    }
+
+    /// `flotilla app refresh`: fetches the application's repository now;
+    /// with `hard`, its cached renders are dropped too, so it is rendered
+    /// again even at the same commit.
+    pub fn refresh_app(&self, app: &Application, hard: bool) {
+        let src = &app.spec.source;
+        if hard {
+            self.renders
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|k, _| !(k.url == src.repo_url && k.path == src.path));
+        }
+        self.refresh_urls(std::slice::from_ref(&src.repo_url));
+    }
+
     /// Runs the loop until the task is dropped.
     pub async fn run(self: Arc<Self>) {
         let mut force = true;
@@ -160,6 +192,7 @@ impl GitSync {
             tokio::select! {
                 () = tokio::time::sleep(wait) => force = false,
                 () = self.kick.notified() => force = true,
+                () = self.wake.notified() => force = false,
             }
         }
     }
@@ -335,21 +368,9 @@ impl GitSync {
         }
         let cache = self.cache.clone();
         let k = key.clone();
-        let result = tokio::task::spawn_blocking(move || -> Result<Vec<String>, String> {
-            let files = cache
-                .read_dir(&k.url, &k.commit, &k.path, k.recurse)
-                .map_err(|e| match e {
-                    SourceError::Path { path, message, .. } => format!("path {path:?}: {message}"),
-                    other => other.to_string(),
-                })?;
-            let options = model::DirectorySource {
-                recurse: k.recurse,
-                include: k.include.clone(),
-                exclude: k.exclude.clone(),
-            };
-            let objects = source::render_directory(&files, &options)
-                .map_err(|e| repo_relative(e, &k.path).to_string())?;
-            Ok(objects.iter().map(|o| o.to_string()).collect())
+        let tools = self.render_tools();
+        let result = tokio::task::spawn_blocking(move || {
+            crate::render::render_source(&cache, &tools, &k)
         })
         .await
         .unwrap_or_else(|e| Err(format!("render task failed: {e}")));
@@ -398,17 +419,16 @@ impl GitSync {
                     continue;
                 }
             };
-            let dir = src.directory.clone().unwrap_or_default();
-            let key = RenderKey {
-                url: src.repo_url.clone(),
-                commit: commit.clone(),
-                path: src.path.clone(),
-                recurse: dir.recurse,
-                include: dir.include,
-                exclude: dir.exclude,
-            };
+            let key = crate::render::request_for(app, &commit);
             used.insert(key.clone());
-            let rendered = self.render(&key).await;
+            let mut rendered = self.render(&key).await;
+            // A chart found by its Chart.yaml: Helm output depends on the
+            // release name and namespace, so the key must carry them.
+            if crate::render::needs_release(&rendered) {
+                let key = crate::render::with_release(key, app);
+                used.insert(key.clone());
+                rendered = self.render(&key).await;
+            }
             let bundle = match rendered.as_ref() {
                 Ok(m) => build_bundle(app, &commit, Ok(m)),
                 Err(e) => {
@@ -521,7 +541,7 @@ pub fn plan_applications(
 
 /// Names files in a render error by their path in the repository (the
 /// renderer names them relative to the application's path).
-fn repo_relative(e: RenderError, base: &str) -> RenderError {
+pub(crate) fn repo_relative(e: RenderError, base: &str) -> RenderError {
     match e {
         RenderError::Yaml {
             file,

@@ -42,6 +42,12 @@ pub struct HubConfig {
     pub advertise_hosts: Vec<String>,
     pub repos: Vec<RepoSpec>,
     pub poll_interval: Duration,
+    /// kustomize/helm commands and their timeout.
+    pub render_tools: crate::render::RenderTools,
+    /// Plain-HTTP listener for Git push webhooks (`POST /api/webhook`).
+    pub webhook_listen: Option<SocketAddr>,
+    /// Shared secret webhooks must prove (HMAC or GitLab token).
+    pub webhook_secret: Option<String>,
     /// Share of an ApplicationSet's applications one evaluation may delete
     /// before the deletions are held for `flotilla appset confirm`.
     pub appset_deletion_budget: f64,
@@ -57,6 +63,9 @@ impl HubConfig {
             advertise_hosts: Vec::new(),
             repos: Vec::new(),
             poll_interval: DEFAULT_POLL_INTERVAL,
+            render_tools: crate::render::RenderTools::default(),
+            webhook_listen: None,
+            webhook_secret: None,
             appset_deletion_budget: crate::appset::lifecycle::DEFAULT_DELETION_BUDGET,
         }
     }
@@ -184,6 +193,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         config.poll_interval,
     );
     git.set_appsets(appsets.clone());
+    git.set_render_tools(config.render_tools.clone());
     for r in &config.repos {
         let secs = r
             .poll_interval
@@ -243,6 +253,21 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
             interceptor,
         ));
 
+    let webhook_task = match config.webhook_listen {
+        Some(addr) => {
+            let state = crate::webhook::WebhookState {
+                store: store.clone(),
+                git: git.clone(),
+                secret: config.webhook_secret.clone(),
+            };
+            let (bound, task) = crate::webhook::serve(addr, state)
+                .await
+                .map_err(|source| HubError::Listen { addr, source })?;
+            println!("flotilla-hub webhook listening on http://{bound}/api/webhook");
+            Some(task)
+        }
+        None => None,
+    };
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let git_task = tokio::spawn(git.clone().run());
     let task = tokio::spawn(async move {
@@ -266,6 +291,9 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
             }
         };
         git_task.abort();
+        if let Some(t) = &webhook_task {
+            t.abort();
+        }
         store.flush_async().await?;
         result
     });

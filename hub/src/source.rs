@@ -106,6 +106,22 @@ impl GitCache {
     ) -> Result<Vec<SourceFile>, SourceError> {
         imp::read_dir(&self.root, url, commit, path, recurse)
     }
+
+    /// Writes the whole tree of `commit` (fetched before) into `dest`, for
+    /// renderers that need files on disk. Symlinks are kept only when they
+    /// resolve inside the repository; submodules are skipped. Returns the
+    /// repository paths of the symlinks skipped.
+    ///
+    /// # Errors
+    /// The commit does not exist or `dest` cannot be written.
+    pub fn export_tree(
+        &self,
+        url: &str,
+        commit: &str,
+        dest: &std::path::Path,
+    ) -> Result<Vec<String>, SourceError> {
+        imp::export_tree(&self.root, url, commit, dest)
+    }
 }
 
 /// Renders a plain directory: every `.yaml`, `.yml` and `.json` file (after
@@ -118,6 +134,19 @@ pub fn render_directory(
     options: &DirectorySource,
 ) -> Result<Vec<serde_json::Value>, RenderError> {
     imp::render_directory(files, options)
+}
+
+/// Parses a YAML stream produced by a renderer (kustomize, helm) into
+/// Kubernetes objects; `…List` kinds are expanded. `origin` names the
+/// stream in errors.
+///
+/// # Errors
+/// Invalid YAML, or a document that is not a Kubernetes object.
+pub fn parse_manifest_stream(
+    text: &str,
+    origin: &str,
+) -> Result<Vec<serde_json::Value>, RenderError> {
+    imp::parse_stream(text, origin)
 }
 
 mod imp;

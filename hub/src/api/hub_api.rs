@@ -335,7 +335,16 @@ impl pb::hub_api_server::HubApi for HubApiService {
         request: Request<pb::RefreshRequest>,
     ) -> Result<Response<pb::RefreshResponse>, Status> {
         require_write(&request)?;
-        self.ctx.git.kick();
+        let req = request.into_inner();
+        if req.app.is_empty() {
+            self.ctx.git.kick();
+        } else {
+            let rec = self.ctx.store.app(&req.app)?.ok_or_else(|| {
+                Status::not_found(format!("application {:?} not found", req.app))
+            })?;
+            tracing::info!(app = %req.app, hard = req.hard, "application refresh requested");
+            self.ctx.git.refresh_app(&rec.app, req.hard);
+        }
         Ok(Response::new(pb::RefreshResponse {}))
     }
 

@@ -55,6 +55,24 @@ struct ServeArgs {
     /// Poll interval, e.g. 15s, 2m, 500ms.
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     poll_interval: Duration,
+    /// Command that builds a kustomization; the directory is appended, e.g.
+    /// "kustomize build" or "kubectl kustomize" [default: kustomize build
+    /// when kustomize is on PATH, else kubectl kustomize].
+    #[arg(long, value_name = "COMMAND")]
+    kustomize_command: Option<String>,
+    /// helm program used for `helm template` [default: helm on PATH].
+    #[arg(long, value_name = "COMMAND")]
+    helm_command: Option<String>,
+    /// Longest a kustomize or helm run may take.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    render_timeout: Duration,
+    /// Plain-HTTP address for Git push webhooks (POST /api/webhook);
+    /// put it behind an ingress for TLS. Off when not given.
+    #[arg(long, value_name = "ADDR")]
+    webhook_listen: Option<SocketAddr>,
+    /// Shared secret of the webhooks (GitHub/Gitea HMAC, GitLab token).
+    #[arg(long, env = "FLOTILLA_WEBHOOK_SECRET", hide_env_values = true)]
+    webhook_secret: Option<String>,
     /// Share (0..1) of an ApplicationSet's applications one re-render may
     /// delete; more is held until `flotilla appset confirm NAME`.
     #[arg(long, default_value_t = flotilla_hub::appset::lifecycle::DEFAULT_DELETION_BUDGET)]
@@ -110,6 +128,19 @@ async fn main() -> Result<()> {
         advertise_hosts: args.advertise_hosts,
         repos,
         poll_interval: args.poll_interval,
+        render_tools: flotilla_hub::render::RenderTools {
+            kustomize: args
+                .kustomize_command
+                .as_deref()
+                .and_then(flotilla_hub::render::RenderTools::command),
+            helm: args
+                .helm_command
+                .as_deref()
+                .and_then(flotilla_hub::render::RenderTools::command),
+            timeout: args.render_timeout,
+        },
+        webhook_listen: args.webhook_listen,
+        webhook_secret: args.webhook_secret,
         appset_deletion_budget: args.appset_deletion_budget,
     };
     flotilla_hub::server::serve(config, shutdown_signal())

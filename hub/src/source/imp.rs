@@ -5,6 +5,7 @@ use std::path::Path;
 use super::{RenderError, SourceError, SourceFile};
 use crate::model::DirectorySource;
 
+mod export;
 mod git;
 mod redact;
 mod render;
@@ -13,6 +14,15 @@ pub use redact::redact_url;
 
 pub(super) fn fetch(root: &Path, url: &str, revision: &str) -> Result<String, SourceError> {
     git::fetch(root, url, revision)
+}
+
+pub(super) fn export_tree(
+    root: &Path,
+    url: &str,
+    commit: &str,
+    dest: &Path,
+) -> Result<Vec<String>, SourceError> {
+    export::export_tree(root, url, commit, dest)
 }
 
 pub(super) fn read_dir(
@@ -30,4 +40,8 @@ pub(super) fn render_directory(
     options: &DirectorySource,
 ) -> Result<Vec<serde_json::Value>, RenderError> {
     render::render_directory(files, options)
+}
+
+pub(super) fn parse_stream(text: &str, origin: &str) -> Result<Vec<serde_json::Value>, RenderError> {
+    render::parse_stream(text, origin)
 }

@@ -64,6 +64,21 @@ pub(crate) fn render_directory(
     Ok(objects)
 }
 
+/// Parses a renderer's output stream (kustomize, helm) into checked
+/// objects; `origin` names the output in errors.
+pub(crate) fn parse_stream(text: &str, origin: &str) -> Result<Vec<Value>, RenderError> {
+    let documents = crate::yaml::parse_documents(text).map_err(|e| RenderError::Yaml {
+        file: origin.to_owned(),
+        line: e.line,
+        message: e.message,
+    })?;
+    let mut objects = Vec::new();
+    for (index, document) in documents.into_iter().enumerate() {
+        objects.extend(flatten(document, origin, index)?);
+    }
+    Ok(objects)
+}
+
 fn pattern(field: &'static str, glob: Option<&str>) -> Result<Option<GlobMatcher>, RenderError> {
     let Some(glob) = glob.map(str::trim).filter(|g| !g.is_empty()) else {
         return Ok(None);

@@ -1,0 +1,457 @@
+//! Hub operations end to end: Kustomize overlays per environment, sources
+//! that fail to render or leave the repository, Git push webhooks, and an
+//! unreachable repository.
+//!
+//! Hub, agents and CLI run as separate processes; kubectl is the
+//! independent observer of what landed in each cluster.
+
+use std::time::Duration;
+
+use flotilla_e2e::eventually;
+use flotilla_e2e::fleet::{Fleet, FleetOptions};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const CONVERGE: Duration = Duration::from_secs(90);
+
+const BASE_DEPLOYMENT: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: web
+        image: nginx:1.25
+";
+
+fn overlay(namespace: &str, replicas: u32) -> String {
+    format!(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n- ../../base\nnamespace: {namespace}\nreplicas:\n- name: web\n  count: {replicas}\n"
+    )
+}
+
+fn application(fleet: &Fleet, name: &str, path: &str, cluster: &str, namespace: &str) -> String {
+    format!(
+        "apiVersion: argoproj.io/v1alpha1
+kind: Application
+metadata:
+  name: {name}
+spec:
+  project: default
+  source:
+    repoURL: {url}
+    targetRevision: HEAD
+    path: {path}
+  destination:
+    name: {cluster}
+    namespace: {namespace}
+  syncPolicy:
+    automated:
+      prune: true
+      selfHeal: true
+    syncOptions:
+    - CreateNamespace=true
+",
+        url = fleet.repo.url()
+    )
+}
+
+/// Writes every file, then commits them together.
+fn commit_files(fleet: &Fleet, files: &[(&str, String)], message: &str) -> anyhow::Result<String> {
+    let Some(((last_path, last), rest)) = files.split_last() else {
+        anyhow::bail!("nothing to commit");
+    };
+    for (path, content) in rest {
+        let full = fleet.repo.dir().join(path);
+        if let Some(parent) = full.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(full, content)?;
+    }
+    fleet.repo.commit_file(last_path, last, message)
+}
+
+fn replicas(fleet: &Fleet, cluster: &str, namespace: &str) -> anyhow::Result<Option<i64>> {
+    Ok(fleet
+        .kubectl_get(cluster, "deployment", namespace, "web")?
+        .and_then(|d| d["spec"]["replicas"].as_i64()))
+}
+
+/// Waits until the hub shows `error` on `app` containing `want`.
+async fn wait_app_error(fleet: &Fleet, app: &str, want: &str) -> anyhow::Result<String> {
+    eventually(&format!("{app} reports {want:?}"), CONVERGE, || async {
+        let a = fleet.app(app).await.map_err(|e| e.to_string())?;
+        if a.error.contains(want) {
+            Ok(a.error)
+        } else {
+            Err(format!("error {:?}", a.error))
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kustomize_overlays_land_per_environment_and_bad_sources_change_nothing()
+-> anyhow::Result<()> {
+    let fleet = Fleet::start(FleetOptions::default()).await?;
+    let environments = [
+        ("sim-1", "staging", 1),
+        ("sim-2", "production", 3),
+        ("sim-3", "production", 3),
+    ];
+    let mut files = vec![
+        ("web/base/deployment.yaml", BASE_DEPLOYMENT.to_owned()),
+        (
+            "web/base/kustomization.yaml",
+            "resources:\n- deployment.yaml\n".to_owned(),
+        ),
+        (
+            "web/overlays/staging/kustomization.yaml",
+            overlay("staging", 1),
+        ),
+        (
+            "web/overlays/production/kustomization.yaml",
+            overlay("production", 3),
+        ),
+    ];
+    let app_files: Vec<(String, String)> = environments
+        .iter()
+        .map(|(cluster, env, _)| {
+            (
+                format!("apps/web-{cluster}.yaml"),
+                application(
+                    &fleet,
+                    &format!("web-{cluster}"),
+                    &format!("web/overlays/{env}"),
+                    cluster,
+                    env,
+                ),
+            )
+        })
+        .collect();
+    files.extend(app_files.iter().map(|(p, c)| (p.as_str(), c.clone())));
+    let first = commit_files(&fleet, &files, "web: kustomize base and overlays")?;
+    for (cluster, env, want) in environments {
+        fleet
+            .wait_synced(&format!("web-{cluster}"), cluster, &first, CONVERGE)
+            .await?;
+        assert_eq!(
+            replicas(&fleet, cluster, env)?,
+            Some(want),
+            "kubectl on {cluster}"
+        );
+    }
+    // Each cluster got only its own environment.
+    assert_eq!(replicas(&fleet, "sim-1", "production")?, None);
+    assert_eq!(replicas(&fleet, "sim-2", "staging")?, None);
+
+    // One commit: staging's kustomization breaks, production scales to 4, and
+    // two applications arrive whose sources cannot render.
+    let second = commit_files(
+        &fleet,
+        &[
+            (
+                "web/overlays/staging/kustomization.yaml",
+                "resources:\n- ../../base\n- missing.yaml\nnamespace: staging\n".to_owned(),
+            ),
+            (
+                "web/overlays/production/kustomization.yaml",
+                overlay("production", 4),
+            ),
+            (
+                "apps/escape.yaml",
+                application(&fleet, "escape", "../outside", "sim-1", "escape"),
+            ),
+            (
+                "web/evil/kustomization.yaml",
+                "resources:\n- ../../../../../../../etc\n".to_owned(),
+            ),
+            (
+                "apps/evil.yaml",
+                application(&fleet, "evil", "web/evil", "sim-1", "evil"),
+            ),
+        ],
+        "break staging, scale production, add bad apps",
+    )?;
+    for cluster in ["sim-2", "sim-3"] {
+        fleet
+            .wait_synced(&format!("web-{cluster}"), cluster, &second, CONVERGE)
+            .await?;
+        assert_eq!(
+            replicas(&fleet, cluster, "production")?,
+            Some(4),
+            "{cluster}"
+        );
+    }
+    let err = wait_app_error(&fleet, "web-sim-1", "kustomize build").await?;
+    assert!(err.contains("missing.yaml"), "{err}");
+    // A path with `..` is refused when the Application is loaded: the
+    // repository names the file and the reason; the application never
+    // exists, so nothing of it reaches a cluster.
+    eventually(
+        "the repository reports apps/escape.yaml",
+        CONVERGE,
+        || async {
+            let mut api = fleet.api().await.map_err(|e| e.to_string())?;
+            let repos = api
+                .list_repositories(flotilla_proto::ListRepositoriesRequest {})
+                .await
+                .map_err(|e| e.to_string())?
+                .into_inner();
+            let err = repos
+                .repositories
+                .iter()
+                .map(|r| r.last_error.clone())
+                .collect::<Vec<_>>()
+                .join("; ");
+            if err.contains("apps/escape.yaml") && err.contains("inside the repository") {
+                Ok(())
+            } else {
+                Err(err)
+            }
+        },
+    )
+    .await?;
+    assert!(fleet.app("escape").await.is_err());
+    wait_app_error(&fleet, "evil", "points outside the repository").await?;
+    // The agent holds the failed render and reports it; the staging
+    // deployment it applied before is left as it was.
+    eventually("sim-1 reports the render error", CONVERGE, || async {
+        let a = fleet.app("web-sim-1").await.map_err(|e| e.to_string())?;
+        let status = a
+            .clusters
+            .iter()
+            .find(|c| c.cluster == "sim-1")
+            .and_then(|c| c.status.clone())
+            .ok_or("no status")?;
+        if status.message.contains("render error") {
+            Ok(())
+        } else {
+            Err(format!("message {:?}", status.message))
+        }
+    })
+    .await?;
+    assert_eq!(replicas(&fleet, "sim-1", "staging")?, Some(1));
+    assert!(
+        fleet
+            .kubectl_get("sim-1", "namespace", "", "escape")?
+            .is_none()
+    );
+
+    // Fixing the overlay heals it.
+    let third = commit_files(
+        &fleet,
+        &[(
+            "web/overlays/staging/kustomization.yaml",
+            overlay("staging", 2),
+        )],
+        "fix staging",
+    )?;
+    fleet
+        .wait_synced("web-sim-1", "sim-1", &third, CONVERGE)
+        .await?;
+    assert_eq!(replicas(&fleet, "sim-1", "staging")?, Some(2));
+    assert!(fleet.app("web-sim-1").await?.error.is_empty());
+    Ok(())
+}
+
+fn hmac_sha256(key: &[u8], message: &[u8]) -> String {
+    let mut k = [0u8; 64];
+    k[..key.len()].copy_from_slice(key);
+    let ipad: Vec<u8> = k.iter().map(|b| b ^ 0x36).collect();
+    let opad: Vec<u8> = k.iter().map(|b| b ^ 0x5c).collect();
+    let inner = Sha256::new()
+        .chain_update(&ipad)
+        .chain_update(message)
+        .finalize();
+    hex::encode(
+        Sha256::new()
+            .chain_update(&opad)
+            .chain_update(inner)
+            .finalize(),
+    )
+}
+
+/// POSTs `body` to the webhook URL with `headers`; returns the status code
+/// and the response body.
+async fn post(url: &str, headers: &[(&str, String)], body: &str) -> anyhow::Result<(u16, String)> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| anyhow::anyhow!("not an http URL: {url}"))?;
+    let (addr, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let mut request = format!(
+        "POST /{path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("bad response {response:?}"))?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((code, body))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn webhook_push_syncs_within_seconds_and_an_unreachable_repository_deletes_nothing()
+-> anyhow::Result<()> {
+    let fleet = Fleet::start_with_hub_args(
+        FleetOptions {
+            clusters: 1,
+            poll_interval_secs: 600,
+            ..Default::default()
+        },
+        &[
+            "--webhook-listen",
+            "127.0.0.1:0",
+            "--webhook-secret",
+            "s3cret",
+        ],
+    )
+    .await?;
+    let hook = fleet
+        .webhook_url()
+        .ok_or_else(|| anyhow::anyhow!("the hub printed no webhook address"))?;
+    let first = fleet.repo.head()?;
+    fleet
+        .wait_synced("guestbook-sim-1", "sim-1", &first, CONVERGE)
+        .await?;
+
+    let cm = fleet
+        .repo
+        .read("guestbook/configmap.yaml")?
+        .replace("hello from git", "hello from a webhook");
+    let second = fleet.repo.commit_file(
+        "guestbook/configmap.yaml",
+        &cm,
+        "guestbook: webhook greeting",
+    )?;
+    let payload = serde_json::json!({
+        "ref": "refs/heads/main",
+        "after": second,
+        "repository": {"clone_url": fleet.repo.url(), "html_url": "https://example.invalid/x"},
+    })
+    .to_string();
+    let sig = format!("sha256={}", hmac_sha256(b"s3cret", payload.as_bytes()));
+
+    // Wrong signature: refused.
+    let (code, _) = post(
+        &hook,
+        &[
+            ("X-GitHub-Event", "push".into()),
+            (
+                "X-Hub-Signature-256",
+                format!("sha256={}", hmac_sha256(b"wrong", payload.as_bytes())),
+            ),
+        ],
+        &payload,
+    )
+    .await?;
+    assert_eq!(code, 401);
+    // A push of a repository the hub does not know: accepted, ignored.
+    let other =
+        serde_json::json!({"repository": {"clone_url": "https://example.invalid/other.git"}})
+            .to_string();
+    let (code, _) = post(
+        &hook,
+        &[
+            ("X-GitHub-Event", "push".into()),
+            (
+                "X-Hub-Signature-256",
+                format!("sha256={}", hmac_sha256(b"s3cret", other.as_bytes())),
+            ),
+        ],
+        &other,
+    )
+    .await?;
+    assert_eq!(code, 202);
+
+    let started = std::time::Instant::now();
+    let (code, body) = post(
+        &hook,
+        &[
+            ("X-GitHub-Event", "push".into()),
+            ("X-Hub-Signature-256", sig),
+        ],
+        &payload,
+    )
+    .await?;
+    assert_eq!(code, 200, "{body}");
+    // The poll interval is 600s: only the webhook can bring this in time.
+    fleet
+        .wait_synced("guestbook-sim-1", "sim-1", &second, Duration::from_secs(60))
+        .await?;
+    eprintln!("webhook to synced in {:?}", started.elapsed());
+    let cm = fleet
+        .kubectl_get("sim-1", "configmap", "guestbook", "guestbook-config")?
+        .ok_or_else(|| anyhow::anyhow!("configmap missing"))?;
+    assert_eq!(cm["data"]["greeting"], "hello from a webhook");
+
+    // The repository goes away: the applications say why, nothing is
+    // deleted, and it recovers when the repository is back.
+    let moved = fleet.repo.dir().with_extension("moved");
+    std::fs::rename(fleet.repo.dir(), &moved)?;
+    let gitlab = serde_json::json!({"project": {"git_http_url": fleet.repo.url()}}).to_string();
+    let (code, _) = post(
+        &hook,
+        &[
+            ("X-Gitlab-Event", "Push Hook".into()),
+            ("X-Gitlab-Token", "s3cret".into()),
+        ],
+        &gitlab,
+    )
+    .await?;
+    assert_eq!(code, 200);
+    let err = wait_app_error(&fleet, "guestbook-sim-1", "repository").await?;
+    eprintln!("unreachable: {err}");
+    assert!(
+        fleet
+            .kubectl_get("sim-1", "configmap", "guestbook", "guestbook-config")?
+            .is_some()
+    );
+    let a = fleet.app("guestbook-sim-1").await?;
+    assert_eq!(a.revision, second, "the last good render is kept");
+    std::fs::rename(&moved, fleet.repo.dir())?;
+    let (code, _) = post(
+        &hook,
+        &[
+            ("X-Gitlab-Event", "Push Hook".into()),
+            ("X-Gitlab-Token", "s3cret".into()),
+        ],
+        &gitlab,
+    )
+    .await?;
+    assert_eq!(code, 200);
+    eventually("the error clears", CONVERGE, || async {
+        let a = fleet
+            .app("guestbook-sim-1")
+            .await
+            .map_err(|e| e.to_string())?;
+        if a.error.is_empty() {
+            Ok(())
+        } else {
+            Err(a.error)
+        }
+    })
+    .await?;
+    Ok(())
+}

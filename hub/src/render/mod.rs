@@ -1,0 +1,411 @@
+//! Rendering an application's source into manifests: a plain directory,
+//! a Kustomize build or a Helm template, chosen as Argo CD chooses.
+//!
+//! Detection: `source.helm` set or a `Chart.yaml` in the path → Helm;
+//! else `source.kustomize` set or a kustomization file
+//! (`kustomization.yaml`, `kustomization.yml`, `Kustomization`) → Kustomize;
+//! else a directory. External tools run on a copy of the repository tree
+//! at the commit in a temporary directory, with a timeout, a cleared
+//! environment and no network (see [`exec::run_tool`]).
+//!
+//! Everything here is blocking: call it from `spawn_blocking`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::model::DirectorySource;
+use crate::source::{self, GitCache, SourceError};
+
+pub mod exec;
+pub mod helm;
+pub mod kustomize;
+
+/// Default limit for one kustomize or helm run.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Where the external renderers are, and how long they may run.
+#[derive(Clone, Debug)]
+pub struct RenderTools {
+    /// Command prefix the build directory is appended to, e.g.
+    /// `["kustomize", "build"]` or `["kubectl", "kustomize"]`. `None`:
+    /// `kustomize build` when `kustomize` is on PATH, else
+    /// `kubectl kustomize`.
+    pub kustomize: Option<Vec<String>>,
+    /// The helm program (`template …` is appended). `None`: `helm` on PATH.
+    pub helm: Option<Vec<String>>,
+    pub timeout: Duration,
+}
+
+impl Default for RenderTools {
+    fn default() -> Self {
+        Self {
+            kustomize: None,
+            helm: None,
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+}
+
+impl RenderTools {
+    /// Parses a command line given as one string (split on whitespace).
+    pub fn command(text: &str) -> Option<Vec<String>> {
+        let parts: Vec<String> = text.split_whitespace().map(str::to_owned).collect();
+        (!parts.is_empty()).then_some(parts)
+    }
+
+    fn kustomize_argv(&self) -> Result<Vec<String>, String> {
+        let argv = match &self.kustomize {
+            Some(c) => c.clone(),
+            None => {
+                if let Some(k) = exec::find_program("kustomize") {
+                    vec![k.display().to_string(), "build".into()]
+                } else if let Some(k) = exec::find_program("kubectl") {
+                    vec![k.display().to_string(), "kustomize".into()]
+                } else {
+                    return Err("neither kustomize nor kubectl is installed on the hub (configure --kustomize-command)".into());
+                }
+            }
+        };
+        absolute(argv, "kustomize", "--kustomize-command")
+    }
+
+    fn helm_argv(&self) -> Result<Vec<String>, String> {
+        let argv = match &self.helm {
+            Some(c) => c.clone(),
+            None => match exec::find_program("helm") {
+                Some(h) => vec![h.display().to_string()],
+                None => {
+                    return Err(
+                        "helm is not installed on the hub (configure --helm-command)".into(),
+                    );
+                }
+            },
+        };
+        absolute(argv, "helm", "--helm-command")
+    }
+}
+
+/// The tool runs with an empty PATH, so its program must be a full path.
+fn absolute(mut argv: Vec<String>, tool: &str, flag: &str) -> Result<Vec<String>, String> {
+    let Some(first) = argv.first_mut() else {
+        return Err(format!("{flag} is empty"));
+    };
+    match exec::find_program(first) {
+        Some(p) => {
+            *first = p.display().to_string();
+            Ok(argv)
+        }
+        None => Err(format!(
+            "{tool} command {first:?} not found on the hub (configure {flag})"
+        )),
+    }
+}
+
+/// Everything a render depends on; equal requests give equal results, so
+/// this is also the render cache key.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RenderRequest {
+    pub url: String,
+    pub commit: String,
+    pub path: String,
+    pub directory: Option<(bool, Option<String>, Option<String>)>,
+    /// Canonical JSON of `source.kustomize`, or empty.
+    pub kustomize: String,
+    /// Canonical JSON of `source.helm`, or empty.
+    pub helm: String,
+    /// Helm only: release name and namespace (they appear in the output).
+    pub release: String,
+    pub namespace: String,
+}
+
+/// The render request of `app`'s source at `commit`.
+pub fn request_for(app: &crate::model::Application, commit: &str) -> RenderRequest {
+    let src = &app.spec.source;
+    let canonical = |v: &Option<Value>| match v {
+        None | Some(Value::Null) => String::new(),
+        Some(v) => v.to_string(),
+    };
+    let helm = canonical(&src.helm);
+    RenderRequest {
+        url: src.repo_url.clone(),
+        commit: commit.to_owned(),
+        path: src.path.clone(),
+        directory: src
+            .directory
+            .as_ref()
+            .map(|d| (d.recurse, d.include.clone(), d.exclude.clone())),
+        kustomize: canonical(&src.kustomize),
+        // The release name and namespace appear in Helm's output; for the
+        // other renderers they must not split the cache.
+        release: if helm.is_empty() {
+            String::new()
+        } else {
+            app.metadata.name.clone()
+        },
+        namespace: if helm.is_empty() {
+            String::new()
+        } else {
+            app.spec.destination.namespace.clone().unwrap_or_default()
+        },
+        helm,
+    }
+}
+
+/// What [`render_source`] answers for a chart whose request carries no
+/// release name: render again with [`with_release`].
+pub const NEEDS_RELEASE: &str = "internal: helm chart needs a release name";
+
+/// Whether a render result asks for a release name.
+pub fn needs_release(result: &Result<Vec<String>, String>) -> bool {
+    matches!(result, Err(e) if e == NEEDS_RELEASE)
+}
+
+/// `req` with `app`'s release name and namespace.
+pub fn with_release(mut req: RenderRequest, app: &crate::model::Application) -> RenderRequest {
+    req.release = app.metadata.name.clone();
+    req.namespace = app.spec.destination.namespace.clone().unwrap_or_default();
+    req
+}
+
+/// Which renderer a source uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceKind {
+    Directory,
+    Kustomize,
+    Helm,
+}
+
+/// Picks the renderer from the options and the file names directly in the
+/// application's path.
+pub fn detect(names: &[&str], kustomize_set: bool, helm_set: bool) -> SourceKind {
+    if helm_set || names.contains(&"Chart.yaml") {
+        SourceKind::Helm
+    } else if kustomize_set
+        || names
+            .iter()
+            .any(|n| kustomize::KUSTOMIZATION_FILES.contains(n))
+    {
+        SourceKind::Kustomize
+    } else {
+        SourceKind::Directory
+    }
+}
+
+/// Refuses application paths that could leave the repository: absolute
+/// paths and `..` components.
+///
+/// # Errors
+/// A message naming the path.
+pub fn check_app_path(path: &str) -> Result<(), String> {
+    if path.starts_with('/') || path.starts_with('\\') {
+        return Err(format!(
+            "path {path:?} must be relative to the repository root"
+        ));
+    }
+    if path.split(['/', '\\']).any(|c| c == "..") {
+        return Err(format!("path {path:?} escapes the repository (\"..\")"));
+    }
+    Ok(())
+}
+
+fn source_error(e: SourceError) -> String {
+    match e {
+        SourceError::Path { path, message, .. } => format!("path {path:?}: {message}"),
+        other => other.to_string(),
+    }
+}
+
+fn parse_options(text: &str) -> Option<Value> {
+    if text.is_empty() {
+        None
+    } else {
+        serde_json::from_str(text).ok()
+    }
+}
+
+/// Renders `req` into objects (JSON strings, one per object).
+///
+/// # Errors
+/// One line for the application's error: which file, which tool, why.
+pub fn render_source(
+    cache: &GitCache,
+    tools: &RenderTools,
+    req: &RenderRequest,
+) -> Result<Vec<String>, String> {
+    check_app_path(&req.path)?;
+    let (recurse, include, exclude) = req.directory.clone().unwrap_or_default();
+    let files = cache
+        .read_dir(&req.url, &req.commit, &req.path, recurse)
+        .map_err(source_error)?;
+    let names: Vec<&str> = files
+        .iter()
+        .map(|f| f.path.as_str())
+        .filter(|p| !p.contains('/'))
+        .collect();
+    let kind = detect(&names, !req.kustomize.is_empty(), !req.helm.is_empty());
+    if kind == SourceKind::Helm && req.release.is_empty() {
+        return Err(NEEDS_RELEASE.to_owned());
+    }
+    let objects = match kind {
+        SourceKind::Directory => {
+            let options = DirectorySource {
+                recurse,
+                include,
+                exclude,
+            };
+            source::render_directory(&files, &options)
+                .map_err(|e| crate::gitsync::repo_relative(e, &req.path).to_string())?
+        }
+        SourceKind::Kustomize | SourceKind::Helm => {
+            let tmp = tempfile::Builder::new()
+                .prefix("flotilla-render-")
+                .tempdir()
+                .map_err(|e| format!("creating a temporary directory: {e}"))?;
+            let repo = tmp.path().join("repo");
+            cache
+                .export_tree(&req.url, &req.commit, &repo)
+                .map_err(source_error)?;
+            check_on_disk(&repo, &req.path)?;
+            if kind == SourceKind::Kustomize {
+                render_kustomize(tools, req, tmp.path(), &repo)?
+            } else {
+                render_helm(tools, req, tmp.path(), &repo)?
+            }
+        }
+    };
+    Ok(objects.iter().map(Value::to_string).collect())
+}
+
+/// The application's directory must be a real directory in the exported
+/// tree, reached without following a symlink.
+fn check_on_disk(repo: &Path, path: &str) -> Result<(), String> {
+    let mut here = repo.to_path_buf();
+    for c in path.split('/').filter(|c| !c.is_empty() && *c != ".") {
+        here.push(c);
+        let meta = std::fs::symlink_metadata(&here)
+            .map_err(|_| format!("path {path:?}: does not exist"))?;
+        if meta.file_type().is_symlink() {
+            return Err(format!(
+                "path {path:?}: {c:?} is a symlink; application paths must not go through symlinks"
+            ));
+        }
+    }
+    if !here.is_dir() {
+        return Err(format!("path {path:?}: is not a directory"));
+    }
+    Ok(())
+}
+
+fn render_kustomize(
+    tools: &RenderTools,
+    req: &RenderRequest,
+    tmp: &Path,
+    repo: &Path,
+) -> Result<Vec<Value>, String> {
+    let app = req.path.trim_matches('/');
+    let app = if app == "." { "" } else { app };
+    kustomize::check_references(repo, app)?;
+    let base = if app.is_empty() {
+        "../repo".to_owned()
+    } else {
+        format!("../repo/{app}")
+    };
+    let options = parse_options(&req.kustomize);
+    let build_dir = match kustomize::overlay(options.as_ref(), &base)? {
+        Some(overlay) => {
+            let dir = tmp.join("overlay");
+            std::fs::create_dir_all(&dir).map_err(|e| format!("creating the overlay: {e}"))?;
+            std::fs::write(dir.join("kustomization.yaml"), overlay.to_string())
+                .map_err(|e| format!("writing the overlay: {e}"))?;
+            dir
+        }
+        None => {
+            if kustomize::kustomization_in(&repo.join(app)).is_none() {
+                return Err(format!("path {:?}: no kustomization file", req.path));
+            }
+            repo.join(app)
+        }
+    };
+    let mut argv = tools.kustomize_argv()?;
+    argv.push(build_dir.display().to_string());
+    let out = exec::run_tool("kustomize build", &argv, tmp, tools.timeout, tmp)?;
+    let origin = format!("kustomize build {}", req.path);
+    source::parse_manifest_stream(&String::from_utf8_lossy(&out), &origin)
+        .map_err(|e| e.to_string())
+}
+
+fn render_helm(
+    tools: &RenderTools,
+    req: &RenderRequest,
+    tmp: &Path,
+    repo: &Path,
+) -> Result<Vec<Value>, String> {
+    let mut argv = tools.helm_argv()?;
+    let app = req.path.trim_matches('/');
+    let chart_dir = repo.join(app);
+    if !chart_dir.join("Chart.yaml").is_file() {
+        return Err(format!("path {:?}: no Chart.yaml", req.path));
+    }
+    let options = parse_options(&req.helm);
+    argv.extend(helm::template_args(
+        options.as_ref(),
+        &req.release,
+        &req.namespace,
+        &chart_dir,
+        app,
+        tmp,
+    )?);
+    let out = exec::run_tool("helm template", &argv, tmp, tools.timeout, tmp)?;
+    let origin = format!("helm template {}", req.path);
+    source::parse_manifest_stream(&String::from_utf8_lossy(&out), &origin)
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detection() {
+        assert_eq!(detect(&["a.yaml"], false, false), SourceKind::Directory);
+        assert_eq!(
+            detect(&["kustomization.yaml"], false, false),
+            SourceKind::Kustomize
+        );
+        assert_eq!(
+            detect(&["Kustomization"], false, false),
+            SourceKind::Kustomize
+        );
+        assert_eq!(
+            detect(&["kustomization.yml", "Chart.yaml"], false, false),
+            SourceKind::Helm
+        );
+        assert_eq!(detect(&[], true, false), SourceKind::Kustomize);
+        assert_eq!(detect(&[], false, true), SourceKind::Helm);
+    }
+
+    #[test]
+    fn app_paths() {
+        for ok in ["", ".", "apps/web", "./apps/web/"] {
+            assert!(check_app_path(ok).is_ok(), "{ok}");
+        }
+        for bad in ["/etc", "../x", "apps/../../x", "a/..", "\\x"] {
+            assert!(check_app_path(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn missing_helm_is_a_clear_error() {
+        let tools = RenderTools {
+            helm: Some(vec!["/nonexistent/helm".into()]),
+            ..Default::default()
+        };
+        let err = tools.helm_argv().unwrap_err();
+        assert!(
+            err.contains("not found on the hub (configure --helm-command)"),
+            "{err}"
+        );
+    }
+}
