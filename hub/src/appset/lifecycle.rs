@@ -172,18 +172,25 @@ pub fn plan_set(
 type Tree = Arc<Vec<SourceFile>>;
 
 /// Git access for generators over the hub's mirrors; each (URL, revision)
-/// is fetched at most once per poll interval.
+/// is fetched at most once per poll interval, and each commit's tree read
+/// once while it is in use.
 struct HubGit {
     cache: GitCache,
     sets: Arc<AppSets>,
     force: bool,
+    /// (url, commit) → files; seeded with the previous pass's trees.
     trees: Mutex<HashMap<(String, String), Tree>>,
+    used: Mutex<std::collections::HashSet<(String, String)>>,
 }
 
 impl HubGit {
     fn tree(&self, url: &str, revision: &str) -> Result<Arc<Vec<SourceFile>>, String> {
         let commit = self.sets.resolve(&self.cache, url, revision, self.force)?;
         let key = (url.to_owned(), commit.clone());
+        self.used
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone());
         if let Some(t) = self
             .trees
             .lock()
@@ -231,6 +238,8 @@ pub struct AppSets {
     budget: f64,
     interval: Duration,
     commits: Mutex<HashMap<(String, String), Resolved>>,
+    /// Trees read by the last pass, reused while their commit is current.
+    trees: Mutex<HashMap<(String, String), Tree>>,
 }
 
 impl std::fmt::Debug for AppSets {
@@ -251,6 +260,7 @@ impl AppSets {
             budget: budget.clamp(0.0, 1.0),
             interval,
             commits: Mutex::default(),
+            trees: Mutex::default(),
         })
     }
 
@@ -302,24 +312,40 @@ impl AppSets {
             return Ok(changed);
         }
         let clusters = crate::inventory::infos(&store.clusters()?);
+        let previous = self.trees.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let git = HubGit {
             cache: cache.clone(),
             sets: self.clone(),
             force,
-            trees: Mutex::default(),
+            trees: Mutex::new(previous),
+            used: Mutex::default(),
         };
         let raws: Vec<Value> = sets.iter().map(|s| s.raw.clone()).collect();
-        let evaluated = tokio::task::spawn_blocking(move || {
-            raws.into_iter()
+        let joined = tokio::task::spawn_blocking(move || {
+            let evaluated = raws
+                .into_iter()
                 .map(|raw| {
                     let set = ApplicationSet::from_value(raw).map_err(|e| e.to_string())?;
                     let generated = set.generate(&clusters, Some(&git));
                     Ok((set, generated))
                 })
-                .collect::<Vec<Result<_, String>>>()
+                .collect::<Vec<Result<_, String>>>();
+            (evaluated, git)
         })
-        .await
-        .unwrap_or_default();
+        .await;
+        let evaluated = match joined {
+            Ok((evaluated, git)) => {
+                let used = git.used.into_inner().unwrap_or_else(|p| p.into_inner());
+                let mut trees = git.trees.into_inner().unwrap_or_else(|p| p.into_inner());
+                trees.retain(|k, _| used.contains(k));
+                *self.trees.lock().unwrap_or_else(|p| p.into_inner()) = trees;
+                evaluated
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "application set evaluation failed");
+                return Ok(changed);
+            }
+        };
         for (mut rec, evaluation) in sets.into_iter().zip(evaluated) {
             let (policy, preserve, result) = match evaluation {
                 Ok((set, generated)) => (
