@@ -34,6 +34,7 @@ const PASS_SETTLED: Duration = Duration::from_secs(5);
 const PASS_SETTLED_WATCHED: Duration = Duration::from_secs(30);
 const PASS_BUSY: Duration = Duration::from_secs(1);
 const CRD_DEADLINE: Duration = Duration::from_secs(30);
+/// How long a sync may wait for a wave to become healthy.
 const WAVE_DEADLINE: Duration = Duration::from_secs(120);
 const COALESCE: Duration = Duration::from_millis(100);
 const POLL: Duration = Duration::from_millis(250);
@@ -66,6 +67,15 @@ struct AppRuntime {
     retry_at: Option<Instant>,
     /// The last operation.
     operation: Option<OperationState>,
+    /// A sync of `digest` waiting before wave index `next` since `since`.
+    waves: Option<WaveProgress>,
+}
+
+#[derive(Debug, Clone)]
+struct WaveProgress {
+    digest: String,
+    next: usize,
+    since: Instant,
 }
 
 /// Result of applying one application.
@@ -74,12 +84,22 @@ struct ApplyOutcome {
     errors: BTreeMap<ObjectKey, String>,
     message: String,
     inventory: Vec<ObjectKey>,
+    /// Stopped before wave index `.0` because wave number `.1` is not
+    /// healthy yet (`.2` says why).
+    waiting: Option<(usize, i64, String)>,
 }
 
 impl ApplyOutcome {
     fn ok(&self) -> bool {
         self.errors.is_empty() && self.message.is_empty()
     }
+}
+
+/// Where a sync wave stands.
+enum WaveHealth {
+    Healthy,
+    Pending(String),
+    Degraded(String),
 }
 
 /// A sync asked for by the hub (`SyncNow`), applied even without
@@ -292,9 +312,63 @@ impl Engine {
                 } else {
                     BTreeSet::new()
                 };
-            let outcome = self.apply(app, prune, &skip).await;
+            let resume_from = self
+                .apps
+                .get(&b.name)
+                .and_then(|rt| rt.waves.as_ref())
+                .filter(|w| w.digest == b.digest && digest_changed)
+                .map_or(0, |w| w.next);
+            let mut outcome = self.apply(app, prune, &skip, resume_from).await;
             let finished = now_ms();
             let rt = self.apps.entry(b.name.clone()).or_default();
+            if let Some((next, wave, why)) = outcome.waiting.take() {
+                let since = match &rt.waves {
+                    Some(w) if w.digest == b.digest && w.next == next => w.since,
+                    _ => Instant::now(),
+                };
+                if since.elapsed() < WAVE_DEADLINE {
+                    rt.waves = Some(WaveProgress {
+                        digest: b.digest.clone(),
+                        next,
+                        since,
+                    });
+                    let started = rt
+                        .operation
+                        .as_ref()
+                        .filter(|o| o.phase == "Running")
+                        .map_or(started, |o| o.started_ms);
+                    rt.operation = Some(OperationState {
+                        phase: "Running".to_owned(),
+                        started_ms: started,
+                        finished_ms: 0,
+                        message: format!("waiting for sync wave {wave} to become healthy: {why}"),
+                    });
+                    rt.errors.clone_from(&outcome.errors);
+                    rt.message = format!("waiting for sync wave {wave} to become healthy: {why}");
+                    let (name, digest, inventory) =
+                        (b.name.clone(), b.digest.clone(), outcome.inventory);
+                    let persisted = self.cache.update(|s| {
+                        if let Some(cached) = s.apps.get_mut(&name)
+                            && cached.bundle.digest == digest
+                        {
+                            cached.inventory = inventory;
+                        }
+                    });
+                    if let Err(e) = persisted {
+                        warn!(error = %e, "could not persist the cache");
+                    }
+                    let (checks, parse_errors) = self.check(b).await;
+                    let rt = self.apps.entry(b.name.clone()).or_default();
+                    return status_of(b, &checks, &parse_errors, rt, last_applied_ms);
+                }
+                rt.waves = None;
+                outcome.message = format!(
+                    "sync wave {wave} did not become healthy within {}s: {why}",
+                    WAVE_DEADLINE.as_secs()
+                );
+            } else {
+                rt.waves = None;
+            }
             let ok = outcome.ok();
             rt.operation = Some(OperationState {
                 phase: if ok { "Succeeded" } else { "Failed" }.to_owned(),
@@ -536,6 +610,7 @@ impl Engine {
         app: &CachedApp,
         prune: bool,
         skip: &BTreeSet<ObjectKey>,
+        resume_from: usize,
     ) -> ApplyOutcome {
         let b = &app.bundle;
         let mut out = ApplyOutcome::default();
@@ -563,6 +638,9 @@ impl Engine {
         let wave_count = waves.len();
         let mut desired_keys = BTreeSet::new();
         for (i, wave) in waves.into_iter().enumerate() {
+            // Waves before `resume_from` were applied for this digest by an
+            // earlier pass; only their identities are needed.
+            let done_before = i < resume_from;
             let mut applied = Vec::new();
             for step in wave.steps {
                 let mut key = step.key;
@@ -581,7 +659,7 @@ impl Engine {
                     object::prepare(step.item, &b.name, &b.namespace, resolved.namespaced);
                 key.namespace = namespace_of(&desired);
                 desired_keys.insert(key.clone());
-                if skip.contains(&key) {
+                if done_before || skip.contains(&key) {
                     applied.push((key, resolved));
                     continue;
                 }
@@ -600,25 +678,26 @@ impl Engine {
                     }
                 }
             }
-            if i + 1 < wave_count {
-                for (key, resolved) in &applied {
-                    if let Err(e) = self.wait_healthy(resolved, key, WAVE_DEADLINE).await {
-                        messages.push(format!(
-                            "sync wave {} did not become healthy: {e}",
-                            wave.wave
-                        ));
+            // The next wave waits for this one to be healthy. Rather than
+            // block the engine, stop here; a later pass resumes.
+            if i + 1 < wave_count && i + 1 >= resume_from {
+                match self.wave_health(&applied).await {
+                    WaveHealth::Healthy => {}
+                    WaveHealth::Pending(why) => {
+                        out.waiting = Some((i + 1, wave.wave, why));
                         break;
                     }
-                }
-                if !messages.is_empty() {
-                    break;
+                    WaveHealth::Degraded(why) => {
+                        messages.push(format!("sync wave {} is not healthy: {why}", wave.wave));
+                        break;
+                    }
                 }
             }
         }
         // Objects not applied this time stay in the inventory until a
         // successful apply or prune accounts for them.
         let mut inventory: BTreeSet<ObjectKey> = desired_keys.clone();
-        let complete = out.errors.is_empty() && messages.is_empty();
+        let complete = out.errors.is_empty() && messages.is_empty() && out.waiting.is_none();
         if !complete {
             inventory.extend(app.inventory.iter().cloned());
         } else if prune {
@@ -796,6 +875,28 @@ impl Engine {
             .await
             .map(|_| ())
             .map_err(|e| e.to_string())
+    }
+
+    /// The health of the objects of one wave, read once.
+    async fn wave_health(&self, objects: &[(ObjectKey, Resolved)]) -> WaveHealth {
+        for (key, r) in objects {
+            let health = match self.cluster.get(r, key).await {
+                Ok(Some(live)) => self.health.assess(&live),
+                Ok(None) => Health::missing(),
+                Err(e) => Health {
+                    status: HealthStatus::Unknown,
+                    message: e.to_string(),
+                },
+            };
+            match health.status {
+                HealthStatus::Healthy | HealthStatus::Suspended => {}
+                HealthStatus::Degraded => {
+                    return WaveHealth::Degraded(format!("{key} is Degraded: {}", health.message));
+                }
+                other => return WaveHealth::Pending(format!("{key} is {other}")),
+            }
+        }
+        WaveHealth::Healthy
     }
 
     /// Polls an object until it is Healthy (or Suspended), with a deadline.

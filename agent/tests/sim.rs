@@ -464,6 +464,25 @@ async fn later_wave_waits_for_earlier_wave_to_be_healthy() {
             vec![config, deployment("first", "nginx:1", None)],
         ),
     );
+    let other = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "other"}});
+    set_bundle(&h.cache, app("other", "o1", "other", vec![other]));
+    // One pass applies wave 0 and returns without waiting for it; the other
+    // application is not held up.
+    h.engine.pass().await;
+    let s = status(&h, "waves").expect("status");
+    let op = s.operation.clone().expect("operation");
+    assert_eq!(op.phase, "Running", "{s:#?}");
+    assert!(
+        op.message.contains("waiting for sync wave 0"),
+        "{}",
+        op.message
+    );
+    let after = api(&h, "", "v1", "ConfigMap", "configmaps", Some("waves"));
+    assert!(
+        after.get_opt("after").await.expect("get").is_none(),
+        "wave 1 applied before wave 0 was healthy"
+    );
+    assert!(status(&h, "other").is_some_and(|s| synced_healthy(&s)));
     converge(&mut h, "waves", "Synced/Healthy", synced_healthy).await;
     let dep = api(&h, "apps", "v1", "Deployment", "deployments", Some("waves"))
         .get("first")
