@@ -665,3 +665,58 @@ async fn sets_and_clusters_declared_in_the_apps_path() {
     assert_eq!(e.code(), tonic::Code::NotFound);
     hub.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sets_survive_a_restart_and_new_clusters_are_picked_up() {
+    let repo = tempfile::tempdir().unwrap();
+    let url = make_repo(repo.path());
+    let data = tempfile::tempdir().unwrap();
+    let hub = start_hub(data.path(), &url).await;
+    let mut api = admin(&hub).await;
+    add_clusters(&mut api, &["c1"]).await;
+    label(&mut api, "c1", &[("env", "prod")], &[]).await;
+    create_set(&mut api, &clusters_set("keep", &url, "sync"), false).await;
+    wait_owned(&mut api, "keep", &["keep-c1"]).await;
+    hub.shutdown().await.unwrap();
+
+    let hub = start_hub(data.path(), &url).await;
+    let mut api = admin(&hub).await;
+    let s = get_set(&mut api, "keep").await;
+    assert_eq!(s.applications, vec!["keep-c1"]);
+    assert_eq!(owned(&mut api, "keep").await, vec!["keep-c1"]);
+    // A cluster registered with the selected label gets its application.
+    api.add_cluster(pb::AddClusterRequest {
+        name: "c2".into(),
+        labels: [("env".to_owned(), "prod".to_owned())].into(),
+        issue_certificate: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    wait_owned(&mut api, "keep", &["keep-c1", "keep-c2"]).await;
+    // Annotations are inventory too.
+    let c = api
+        .update_cluster(pb::UpdateClusterRequest {
+            name: "c2".into(),
+            set_annotations: [("owner".to_owned(), "team-a".to_owned())].into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(c.annotations["owner"], "team-a");
+    let e = api
+        .update_cluster(pb::UpdateClusterRequest {
+            name: "nope".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound);
+    // Removing a cluster removes its application.
+    api.remove_cluster(pb::RemoveClusterRequest { name: "c2".into() })
+        .await
+        .unwrap();
+    wait_owned(&mut api, "keep", &["keep-c1"]).await;
+    hub.shutdown().await.unwrap();
+}

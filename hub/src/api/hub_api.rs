@@ -266,6 +266,8 @@ impl pb::hub_api_server::HubApi for HubApiService {
             ..Default::default()
         };
         self.ctx.fleet.put_cluster(rec)?;
+        // ApplicationSets with a clusters generator see it at once.
+        self.ctx.git.kick();
         tracing::info!(
             cluster = %name,
             certificate = issued.is_some(),
@@ -300,6 +302,7 @@ impl pb::hub_api_server::HubApi for HubApiService {
             return Err(Status::not_found(format!("cluster {name:?} not found")));
         }
         tracing::info!(cluster = %name, "cluster removed; its certificate is revoked");
+        self.ctx.git.kick();
         Ok(Response::new(pb::RemoveClusterResponse {}))
     }
 
