@@ -779,3 +779,38 @@ async fn two_applications_sharing_an_object_do_not_fight() {
         s.resources[0].message
     );
 }
+
+#[tokio::test]
+async fn restarted_agent_without_hub_enforces_from_its_cache() {
+    let mut h = harness().await;
+    set_bundle(&h.cache, guestbook("d1", 1, true));
+    converge(&mut h, "guestbook", "Synced/Healthy", synced_healthy).await;
+    // The agent restarts while the hub is unreachable: a new engine over
+    // the same state directory, no link at all.
+    let state = h._dir.path().join("state");
+    let cache = Arc::new(Cache::open(&state).expect("reopen cache"));
+    assert_eq!(
+        cache.snapshot().apps["guestbook"].applied_digest.as_deref(),
+        Some("d1")
+    );
+    let (tx, reports) = watch::channel(None);
+    h.engine = Engine::new(
+        Arc::new(Cluster::new(h.client.clone())),
+        cache,
+        Arc::new(Notify::new()),
+        tx,
+    );
+    h.reports = reports;
+    let configmaps = api(&h, "", "v1", "ConfigMap", "configmaps", Some("web"));
+    configmaps
+        .patch(
+            "guestbook-config",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"greeting": "manual change"}})),
+        )
+        .await
+        .expect("drift");
+    converge(&mut h, "guestbook", "healed from the cache", synced_healthy).await;
+    let cm = configmaps.get("guestbook-config").await.expect("configmap");
+    assert_eq!(cm.data["data"]["greeting"], json!("hello"));
+}
