@@ -361,3 +361,60 @@ pub async fn apply_clusters(g: &Global, c: &mut Client, file: &Path) -> Result<(
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn get_shows_apps_conditions_and_held_deletions() {
+        let s = pb::ApplicationSet {
+            name: "web".into(),
+            origin: "api".into(),
+            applications: vec!["web-c1".into(), "web-c2".into()],
+            conditions: vec![pb::ApplicationSetCondition {
+                r#type: "DeletionHeld".into(),
+                message: "holding 2 of 3".into(),
+                application: String::new(),
+            }],
+            pending_deletions: vec!["web-c3".into(), "web-c4".into()],
+            applications_sync: "sync".into(),
+            ..Default::default()
+        };
+        let text = describe(&s);
+        assert!(text.contains("web-c2"), "{text}");
+        assert!(text.contains("DeletionHeld"), "{text}");
+        assert!(
+            text.contains("web-c3, web-c4 (flotilla appset confirm web)"),
+            "{text}"
+        );
+        assert_eq!(status_word(&s), "DeletionHeld");
+        let ok = pb::ApplicationSet {
+            conditions: vec![pb::ApplicationSetCondition {
+                r#type: "ResourcesUpToDate".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert_eq!(status_word(&ok), "OK");
+        let v = appset_json(&s);
+        assert_eq!(v["pendingDeletions"][1], "web-c4");
+        assert_eq!(v["conditions"][0]["type"], "DeletionHeld");
+    }
+
+    #[test]
+    fn generate_text_renders_yaml_and_json() {
+        let set = "apiVersion: argoproj.io/v1alpha1\nkind: ApplicationSet\nmetadata:\n  name: s\nspec:\n  generators:\n  - list:\n      elements:\n      - n: a\n  template:\n    metadata:\n      name: '{{n}}'\n    spec:\n      source: {repoURL: 'file:///r', path: p}\n      destination: {name: c1}\n";
+        let (yaml, errors) = generate_text(set, "t", &[], None, false).unwrap();
+        assert!(errors.is_empty());
+        assert!(
+            yaml.starts_with("---\napiVersion: argoproj.io/v1alpha1\n"),
+            "{yaml}"
+        );
+        let (json, _) = generate_text(set, "t", &[], None, true).unwrap();
+        let v: Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v[0]["metadata"]["name"], "a");
+        let err = generate_text("kind: Nothing\n", "t", &[], None, false).unwrap_err();
+        assert!(err.to_string().contains("no ApplicationSet"), "{err}");
+    }
+}
