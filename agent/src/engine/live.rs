@@ -1,0 +1,263 @@
+//! Reading the live state of an application's objects and comparing it
+//! with what the agent applies: per-object sync, health and drift, and the
+//! diff the hub can ask for.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use flotilla_proto::{ResourceDiff, SyncStatus};
+use serde_json::Value;
+
+use super::{Engine, ResourceCheck};
+use crate::bundle::Bundle;
+use crate::cluster::{Cluster, Resolved};
+use crate::drift;
+use crate::health::{Health, HealthStatus};
+use crate::object::{self, ObjectKey};
+
+impl Engine {
+    /// Reads the live state of every desired object and compares it with
+    /// what the agent applies.
+    pub(super) async fn check(&self, b: &Bundle) -> (Vec<ResourceCheck>, Vec<String>) {
+        // Slots keep manifest order; resolved objects are read in groups.
+        enum Slot {
+            Done(ResourceCheck),
+            Pending(ObjectKey, Resolved, Value),
+        }
+        let mut slots = Vec::new();
+        let mut errors = Vec::new();
+        let mut seen = BTreeSet::new();
+        for parsed in object::parse_manifests(&b.manifests) {
+            let obj = match parsed {
+                Ok(o) => o,
+                Err(e) => {
+                    errors.push(e.to_string());
+                    continue;
+                }
+            };
+            let Ok(mut key) = ObjectKey::of(&obj, 0) else {
+                continue;
+            };
+            let resolved = match self.cluster.resolve(&key).await {
+                Ok(r) => r,
+                Err(e) => {
+                    if key.namespace.is_empty() {
+                        key.namespace.clone_from(&b.namespace);
+                    }
+                    // A kind the cluster does not serve means the object
+                    // is missing; not reaching the cluster means we do not
+                    // know.
+                    let (sync, health) = if e.is_unknown_kind() {
+                        (SyncStatus::OutOfSync, Health::missing())
+                    } else {
+                        (
+                            SyncStatus::Unknown,
+                            Health {
+                                status: HealthStatus::Unknown,
+                                message: String::new(),
+                            },
+                        )
+                    };
+                    slots.push(Slot::Done(ResourceCheck {
+                        key,
+                        sync,
+                        health,
+                        message: e.to_string(),
+                        drift: Vec::new(),
+                        shared_with: None,
+                    }));
+                    continue;
+                }
+            };
+            self.cluster.watch_kind(&key, &resolved);
+            let desired = object::prepare(obj, &b.name, &b.namespace, resolved.namespaced);
+            key.namespace = namespace_of(&desired);
+            if !seen.insert(key.clone()) {
+                continue;
+            }
+            slots.push(Slot::Pending(key, resolved, desired));
+        }
+        // One LIST (by the application's label) per kind and namespace with
+        // several objects instead of one GET each.
+        let mut groups: BTreeMap<(String, String, String, String), usize> = BTreeMap::new();
+        for slot in &slots {
+            if let Slot::Pending(key, _, _) = slot {
+                *groups.entry(group_of(key)).or_default() += 1;
+            }
+        }
+        let mut listed: HashMap<(String, String, String, String), HashMap<String, Value>> =
+            HashMap::new();
+        let selector = format!("{}={}", object::APP_LABEL, b.name);
+        for slot in &slots {
+            let Slot::Pending(key, resolved, _) = slot else {
+                continue;
+            };
+            let group = group_of(key);
+            if groups.get(&group).copied().unwrap_or(0) < 2 || listed.contains_key(&group) {
+                continue;
+            }
+            if let Ok(items) = self.cluster.list(resolved, &key.namespace, &selector).await {
+                let by_name = items
+                    .into_iter()
+                    .filter_map(|o| {
+                        let name = o.pointer("/metadata/name")?.as_str()?.to_owned();
+                        Some((name, o))
+                    })
+                    .collect();
+                listed.insert(group, by_name);
+            }
+        }
+        let mut checks = Vec::with_capacity(slots.len());
+        for slot in slots {
+            match slot {
+                Slot::Done(c) => checks.push(c),
+                Slot::Pending(key, resolved, desired) => {
+                    let live = match listed
+                        .get_mut(&group_of(&key))
+                        .and_then(|m| m.remove(&key.name))
+                    {
+                        Some(live) => Ok(Some(live)),
+                        // Not listed: absent, or without our label (another
+                        // application's, or not yet adopted); read it.
+                        None => self.cluster.get(&resolved, &key).await,
+                    };
+                    checks.push(self.check_one(b, key, live, &desired));
+                }
+            }
+        }
+        (checks, errors)
+    }
+
+    fn check_one(
+        &self,
+        b: &Bundle,
+        key: ObjectKey,
+        live: Result<Option<Value>, crate::cluster::ClusterError>,
+        desired: &Value,
+    ) -> ResourceCheck {
+        match live {
+            Ok(None) => ResourceCheck {
+                key,
+                sync: SyncStatus::OutOfSync,
+                health: Health::missing(),
+                message: String::new(),
+                drift: Vec::new(),
+                shared_with: None,
+            },
+            Ok(Some(live)) => {
+                let ignore = ignored_paths(b, &key, &live);
+                let drift: Vec<String> = drift::diff(desired, &live, &ignore)
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect();
+                let health = self.health.assess(&live);
+                let shared_with = object::tracking_app(&live)
+                    .filter(|owner| *owner != b.name)
+                    .map(str::to_owned);
+                let message = match &shared_with {
+                    Some(owner) => format!("also managed by application {owner}"),
+                    None => health.message.clone(),
+                };
+                ResourceCheck {
+                    sync: if drift.is_empty() {
+                        SyncStatus::Synced
+                    } else {
+                        SyncStatus::OutOfSync
+                    },
+                    message,
+                    health,
+                    key,
+                    drift,
+                    shared_with,
+                }
+            }
+            Err(e) => ResourceCheck {
+                key,
+                sync: SyncStatus::Unknown,
+                health: Health {
+                    status: HealthStatus::Unknown,
+                    message: String::new(),
+                },
+                message: e.to_string(),
+                drift: Vec::new(),
+                shared_with: None,
+            },
+        }
+    }
+}
+
+/// The objects of an application whose live state differs from what the
+/// agent applies (missing ones with an empty `live`), for the hub's diff
+/// request. Live objects are shown without `managedFields`.
+pub async fn diff_app(cluster: &Cluster, b: &Bundle) -> Result<Vec<ResourceDiff>, String> {
+    if !b.render_error.is_empty() {
+        return Err(format!("render error: {}", b.render_error));
+    }
+    let mut out = Vec::new();
+    for parsed in object::parse_manifests(&b.manifests) {
+        let obj = parsed.map_err(|e| e.to_string())?;
+        let Ok(mut key) = ObjectKey::of(&obj, 0) else {
+            continue;
+        };
+        let (desired, live) = match cluster.resolve(&key).await {
+            Ok(r) => {
+                let desired = object::prepare(obj, &b.name, &b.namespace, r.namespaced);
+                key.namespace = namespace_of(&desired);
+                let live = cluster.get(&r, &key).await.map_err(|e| e.to_string())?;
+                (desired, live)
+            }
+            Err(_) => (obj, None),
+        };
+        let differs = match &live {
+            None => true,
+            Some(live) => {
+                let ignore = ignored_paths(b, &key, live);
+                !drift::diff(&desired, live, &ignore).is_empty()
+            }
+        };
+        if differs {
+            let live = live.map(|mut l| {
+                if let Some(m) = l.get_mut("metadata").and_then(Value::as_object_mut) {
+                    m.remove("managedFields");
+                }
+                l
+            });
+            out.push(ResourceDiff {
+                key: Some(key.to_proto()),
+                live: live.map(|l| l.to_string()).unwrap_or_default(),
+                desired: desired.to_string(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// What `ignoreDifferences` excludes for one object: its JSON pointers and
+/// the fields owned by its `managedFieldsManagers`.
+pub(super) fn ignored_paths(b: &Bundle, key: &ObjectKey, live: &Value) -> Vec<String> {
+    let entries = &b.ignore_differences;
+    let mut ignore =
+        drift::ignored_pointers(entries, &key.group, &key.kind, &key.namespace, &key.name);
+    let managers =
+        drift::ignored_managers(entries, &key.group, &key.kind, &key.namespace, &key.name);
+    if !managers.is_empty() {
+        ignore.extend(drift::managed_paths(live, &managers));
+    }
+    ignore
+}
+
+/// Objects read together: same group, version, kind and namespace.
+pub(super) fn group_of(key: &ObjectKey) -> (String, String, String, String) {
+    (
+        key.group.clone(),
+        key.version.clone(),
+        key.kind.clone(),
+        key.namespace.clone(),
+    )
+}
+
+pub(super) fn namespace_of(obj: &Value) -> String {
+    obj.pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned()
+}
