@@ -224,7 +224,10 @@ pub fn parse_applications(text: &str, origin: &str) -> Result<Vec<Application>, 
 ///
 /// # Errors
 /// [`ModelError::Invalid`] naming the field.
-pub fn application_from_value(doc: serde_json::Value, origin: &str) -> Result<Application, ModelError> {
+pub fn application_from_value(
+    doc: serde_json::Value,
+    origin: &str,
+) -> Result<Application, ModelError> {
     let name = doc
         .pointer("/metadata/name")
         .and_then(|v| v.as_str())
@@ -236,7 +239,10 @@ pub fn application_from_value(doc: serde_json::Value, origin: &str) -> Result<Ap
         field: field.to_owned(),
         message,
     };
-    let api_version = doc.get("apiVersion").and_then(|v| v.as_str()).unwrap_or_default();
+    let api_version = doc
+        .get("apiVersion")
+        .and_then(|v| v.as_str())
+        .unwrap_or_default();
     if api_version != ARGO_API_VERSION {
         return Err(invalid(
             "apiVersion",
@@ -330,7 +336,14 @@ spec:
         assert_eq!(app.metadata.name, "guestbook");
         assert!(app.spec.source.directory.as_ref().unwrap().recurse);
         assert_eq!(app.destination_key(), Some("sim-1"));
-        let auto = app.spec.sync_policy.as_ref().unwrap().automated.as_ref().unwrap();
+        let auto = app
+            .spec
+            .sync_policy
+            .as_ref()
+            .unwrap()
+            .automated
+            .as_ref()
+            .unwrap();
         assert!(auto.prune && auto.self_heal && !auto.allow_empty);
     }
 

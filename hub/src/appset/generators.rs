@@ -40,7 +40,11 @@ pub fn generate(
         } else {
             format!(
                 "{at}: exactly one generator per entry, found {}",
-                kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
+                kinds
+                    .iter()
+                    .map(|k| k.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )
         });
     };
@@ -178,9 +182,8 @@ fn git(
         .get("revision")
         .and_then(Value::as_str)
         .unwrap_or("HEAD");
-    let files = files.ok_or_else(|| {
-        format!("{at}: no Git access here (offline generate needs --repo-root)")
-    })?;
+    let files = files
+        .ok_or_else(|| format!("{at}: no Git access here (offline generate needs --repo-root)"))?;
     let all = files
         .list(repo, revision)
         .map_err(|e| format!("{at}: {e}"))?;
@@ -189,7 +192,9 @@ fn git(
     match (has_dirs, has_files) {
         (true, false) => git_directories(body, &all, mode, at),
         (false, true) => git_files(body, files, repo, revision, &all, mode, at),
-        _ => Err(format!("{at}: exactly one of directories or files is required")),
+        _ => Err(format!(
+            "{at}: exactly one of directories or files is required"
+        )),
     }
 }
 
@@ -286,8 +291,8 @@ fn git_files(
             .read(repo, revision, &path)
             .map_err(|e| format!("{at}: {path}: {e}"))?;
         let text = String::from_utf8_lossy(&bytes);
-        let docs: Vec<Value> = crate::yaml::parse_documents(&text)
-            .map_err(|e| format!("{at}: {path}: {e}"))?;
+        let docs: Vec<Value> =
+            crate::yaml::parse_documents(&text).map_err(|e| format!("{at}: {path}: {e}"))?;
         let mut items = Vec::new();
         for doc in docs {
             match doc {
@@ -342,7 +347,10 @@ fn path_params(path: &str, file: Option<()>, mode: TemplateMode) -> Params {
     } else {
         p.insert("path".into(), json!(dir));
         p.insert("path.basename".into(), json!(basename));
-        p.insert("path.basenameNormalized".into(), json!(normalize(&basename)));
+        p.insert(
+            "path.basenameNormalized".into(),
+            json!(normalize(&basename)),
+        );
         for (i, s) in segments.iter().enumerate() {
             p.insert(format!("path[{i}]"), json!(s));
         }
@@ -371,11 +379,15 @@ fn matrix(
     depth: usize,
 ) -> Result<Vec<Params>, String> {
     if depth >= MAX_NESTING {
-        return Err(format!("{at}: nested too deeply (at most {MAX_NESTING} levels)"));
+        return Err(format!(
+            "{at}: nested too deeply (at most {MAX_NESTING} levels)"
+        ));
     }
     let gens = children(body, at)?;
     if gens.len() < 2 {
-        return Err(format!("{at}.generators: a matrix needs at least two generators"));
+        return Err(format!(
+            "{at}.generators: a matrix needs at least two generators"
+        ));
     }
     let mut acc: Vec<Params> = vec![Params::new()];
     for (i, g) in gens.iter().enumerate() {
@@ -453,18 +465,30 @@ fn merge(
     depth: usize,
 ) -> Result<Vec<Params>, String> {
     if depth >= MAX_NESTING {
-        return Err(format!("{at}: nested too deeply (at most {MAX_NESTING} levels)"));
+        return Err(format!(
+            "{at}: nested too deeply (at most {MAX_NESTING} levels)"
+        ));
     }
     let gens = children(body, at)?;
     let keys: Vec<String> = body
         .get("mergeKeys")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|k| k.as_str().map(str::to_owned)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|k| k.as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default();
     if keys.is_empty() {
         return Err(format!("{at}.mergeKeys: at least one key is required"));
     }
-    let mut base = generate(&gens[0], inputs, mode, &format!("{at}.generators[0]"), depth + 1)?;
+    let mut base = generate(
+        &gens[0],
+        inputs,
+        mode,
+        &format!("{at}.generators[0]"),
+        depth + 1,
+    )?;
     for (i, g) in gens.iter().enumerate().skip(1) {
         let child_at = format!("{at}.generators[{i}]");
         let sets = generate(g, inputs, mode, &child_at, depth + 1)?;
@@ -542,5 +566,7 @@ pub fn flatten_into(v: &Value, prefix: &str, out: &mut Params) {
 fn flat_strings(p: &Params) -> BTreeMap<String, String> {
     let mut flat = Params::new();
     flatten_into(&Value::Object(p.clone()), "", &mut flat);
-    flat.into_iter().map(|(k, v)| (k, scalar_string(&v))).collect()
+    flat.into_iter()
+        .map(|(k, v)| (k, scalar_string(&v)))
+        .collect()
 }

@@ -166,7 +166,10 @@ pub struct ApplicationSet {
 ///
 /// # Errors
 /// YAML errors with the line; invalid sets naming the field.
-pub fn parse_application_sets(text: &str, origin: &str) -> Result<Vec<ApplicationSet>, AppSetError> {
+pub fn parse_application_sets(
+    text: &str,
+    origin: &str,
+) -> Result<Vec<ApplicationSet>, AppSetError> {
     let docs = crate::yaml::parse_documents(text).map_err(|e| AppSetError::Yaml {
         origin: origin.to_owned(),
         line: e.line,
@@ -194,7 +197,10 @@ impl ApplicationSet {
             field: field.to_owned(),
             message,
         };
-        let api = doc.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
+        let api = doc
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         if api != ARGO_API_VERSION {
             return Err(invalid(
                 "apiVersion",
@@ -234,7 +240,9 @@ impl ApplicationSet {
                     other => {
                         return Err(invalid(
                             "spec.goTemplateOptions",
-                            format!("unsupported option {other:?} (supported: missingkey=error|default|invalid)"),
+                            format!(
+                                "unsupported option {other:?} (supported: missingkey=error|default|invalid)"
+                            ),
                         ));
                     }
                 }
@@ -244,7 +252,12 @@ impl ApplicationSet {
             .get("generators")
             .and_then(Value::as_array)
             .filter(|g| !g.is_empty())
-            .ok_or_else(|| invalid("spec.generators", "at least one generator is required".into()))?
+            .ok_or_else(|| {
+                invalid(
+                    "spec.generators",
+                    "at least one generator is required".into(),
+                )
+            })?
             .clone();
         let template = spec
             .get("template")
@@ -313,12 +326,13 @@ impl ApplicationSet {
         let mut index = 0usize;
         for (i, g) in self.generators.iter().enumerate() {
             let at = format!("spec.generators[{i}]");
-            let params = generators::generate(g, &inputs, self.mode, &at, 0).map_err(|message| {
-                AppSetError::Generator {
-                    name: self.name.clone(),
-                    message,
-                }
-            })?;
+            let params =
+                generators::generate(g, &inputs, self.mode, &at, 0).map_err(|message| {
+                    AppSetError::Generator {
+                        name: self.name.clone(),
+                        message,
+                    }
+                })?;
             // Argo CD keeps a generator's template override inside the
             // generator body (`clusters: {selector, template}`).
             let over = g
@@ -355,7 +369,11 @@ impl ApplicationSet {
         Ok(out)
     }
 
-    fn render_one(&self, template: &Value, p: &Params) -> Result<Application, (Option<String>, String)> {
+    fn render_one(
+        &self,
+        template: &Value,
+        p: &Params,
+    ) -> Result<Application, (Option<String>, String)> {
         let mut rendered = render_value(template, p, self.mode).map_err(|e| (None, e))?;
         let name_hint = rendered
             .pointer("/metadata/name")
@@ -364,15 +382,25 @@ impl ApplicationSet {
         if let Some(patch) = &self.template_patch {
             let text = render_string(patch, p, self.mode, None)
                 .map_err(|e| (name_hint.clone(), format!("templatePatch: {e}")))?;
-            let patch: Value = serde_saphyr::from_str(&text)
-                .map_err(|e| (name_hint.clone(), format!("templatePatch: invalid YAML: {e}")))?;
+            let patch: Value = serde_saphyr::from_str(&text).map_err(|e| {
+                (
+                    name_hint.clone(),
+                    format!("templatePatch: invalid YAML: {e}"),
+                )
+            })?;
             if patch.is_object() {
                 merge_patch(&mut rendered, &patch);
             } else if !patch.is_null() {
-                return Err((name_hint, "templatePatch: must render to a YAML object".into()));
+                return Err((
+                    name_hint,
+                    "templatePatch: must render to a YAML object".into(),
+                ));
             }
         }
-        let metadata = rendered.get("metadata").cloned().unwrap_or_else(|| json!({}));
+        let metadata = rendered
+            .get("metadata")
+            .cloned()
+            .unwrap_or_else(|| json!({}));
         let spec = rendered.get("spec").cloned().unwrap_or_else(|| json!({}));
         let name = metadata
             .get("name")

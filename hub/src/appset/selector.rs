@@ -69,7 +69,10 @@ impl LabelSelector {
                     .and_then(Value::as_str)
                     .filter(|k| !k.is_empty())
                     .ok_or_else(|| format!("{at}.key: is required"))?;
-                let op = e.get("operator").and_then(Value::as_str).unwrap_or_default();
+                let op = e
+                    .get("operator")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
                 let operator = match op {
                     "In" => Operator::In,
                     "NotIn" => Operator::NotIn,
@@ -150,8 +153,16 @@ mod tests {
     fn table() {
         let cases = [
             (json!({}), vec![("env", "prod")], true),
-            (json!({"matchLabels": {"env": "prod"}}), vec![("env", "prod")], true),
-            (json!({"matchLabels": {"env": "prod"}}), vec![("env", "dev")], false),
+            (
+                json!({"matchLabels": {"env": "prod"}}),
+                vec![("env", "prod")],
+                true,
+            ),
+            (
+                json!({"matchLabels": {"env": "prod"}}),
+                vec![("env", "dev")],
+                false,
+            ),
             (
                 json!({"matchExpressions": [{"key": "env", "operator": "In", "values": ["prod", "staging"]}]}),
                 vec![("env", "staging")],

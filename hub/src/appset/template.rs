@@ -94,7 +94,8 @@ fn render_at(
                 } else {
                     format!("{path}.{k}")
                 };
-                let key = render_string(k, params, mode, go).map_err(|e| format!("{child}: {e}"))?;
+                let key =
+                    render_string(k, params, mode, go).map_err(|e| format!("{child}: {e}"))?;
                 out.insert(key, render_at(v, params, mode, go, &child)?);
             }
             Value::Object(out)
@@ -146,7 +147,8 @@ pub fn go_template(text: &str, data: &Context, missing_key_error: bool) -> Resul
             }
             let mut tmpl = Template::default();
             tmpl.add_funcs(&functions());
-            tmpl.parse(text).map_err(|e| format!("template {text:?}: {e}"))?;
+            tmpl.parse(text)
+                .map_err(|e| format!("template {text:?}: {e}"))?;
             cache.insert(text.to_owned(), tmpl);
         }
         let tmpl = cache
@@ -226,7 +228,11 @@ pub fn slugify(text: &str, max_size: usize, smart: bool) -> String {
     if smart {
         let mut out = String::new();
         for word in slug.split('-') {
-            let extra = if out.is_empty() { word.len() } else { word.len() + 1 };
+            let extra = if out.is_empty() {
+                word.len()
+            } else {
+                word.len() + 1
+            };
             if out.len() + extra > max_size {
                 break;
             }
@@ -259,7 +265,11 @@ fn slugify_fn(args: &[GoValue]) -> Result<GoValue, FuncError> {
     let (max, smart, text) = match args.len() {
         0 => return Err(FuncError::AtLeastXArgs("slugify".into(), 1)),
         1 => (50, true, arg_str(args, 0, "slugify")?),
-        2 => (as_usize(&args[0]).unwrap_or(50), true, arg_str(args, 1, "slugify")?),
+        2 => (
+            as_usize(&args[0]).unwrap_or(50),
+            true,
+            arg_str(args, 1, "slugify")?,
+        ),
         _ => (
             as_usize(&args[0]).unwrap_or(50),
             !matches!(args[1], GoValue::Bool(false)),
@@ -345,12 +355,17 @@ mod tests {
         let p = params(json!({"x": "1"}));
         let v = json!({"a": "{{x}}", "b": 5, "c": true, "d": ["{{x}}"], "{{x}}-key": null});
         let out = render_value(&v, &p, TemplateMode::default()).unwrap();
-        assert_eq!(out, json!({"a": "1", "b": 5, "c": true, "d": ["1"], "1-key": null}));
+        assert_eq!(
+            out,
+            json!({"a": "1", "b": 5, "c": true, "d": ["1"], "1-key": null})
+        );
     }
 
     #[test]
     fn go_template_with_functions() {
-        let p = params(json!({"name": "Prod_EU", "metadata": {"labels": {"env": "prod"}}, "list": ["a", "b"]}));
+        let p = params(
+            json!({"name": "Prod_EU", "metadata": {"labels": {"env": "prod"}}, "list": ["a", "b"]}),
+        );
         let mode = TemplateMode {
             go_template: true,
             missing_key_error: false,
@@ -365,7 +380,11 @@ mod tests {
             ("{{ default \"d\" .missing }}", "d"),
         ];
         for (input, want) in cases {
-            assert_eq!(render_string(input, &p, mode, None).unwrap(), want, "{input}");
+            assert_eq!(
+                render_string(input, &p, mode, None).unwrap(),
+                want,
+                "{input}"
+            );
         }
     }
 
@@ -387,8 +406,12 @@ mod tests {
             go_template: true,
             missing_key_error: false,
         };
-        let err = render_value(&json!({"metadata": {"name": "{{ .name "}}), &Params::new(), mode)
-            .unwrap_err();
+        let err = render_value(
+            &json!({"metadata": {"name": "{{ .name "}}),
+            &Params::new(),
+            mode,
+        )
+        .unwrap_err();
         assert!(err.starts_with("metadata.name"), "{err}");
     }
 

@@ -61,10 +61,14 @@ fn set(yaml: &str) -> ApplicationSet {
 }
 
 fn names(g: &Generated) -> Vec<String> {
-    g.applications.iter().map(|a| a.metadata.name.clone()).collect()
+    g.applications
+        .iter()
+        .map(|a| a.metadata.name.clone())
+        .collect()
 }
 
-const HEAD: &str = "apiVersion: argoproj.io/v1alpha1\nkind: ApplicationSet\nmetadata:\n  name: s\nspec:\n";
+const HEAD: &str =
+    "apiVersion: argoproj.io/v1alpha1\nkind: ApplicationSet\nmetadata:\n  name: s\nspec:\n";
 
 fn with(spec: &str) -> String {
     format!("{HEAD}{spec}")
@@ -113,12 +117,21 @@ fn list_generator_fasttemplate() {
 "#,
     ));
     let g = s.generate(&[], None).unwrap();
-    assert_eq!(names(&g), ["engineering-dev-guestbook", "engineering-prod-guestbook"]);
+    assert_eq!(
+        names(&g),
+        ["engineering-dev-guestbook", "engineering-prod-guestbook"]
+    );
     let a = &g.applications[0];
     assert_eq!(a.metadata.annotations["replicas"], "2");
     // A missing key stays literal in fasttemplate mode.
-    assert_eq!(g.applications[1].metadata.annotations["replicas"], "{{values.replicas}}");
-    assert_eq!(a.spec.destination.server.as_deref(), Some("https://kubernetes.default.svc"));
+    assert_eq!(
+        g.applications[1].metadata.annotations["replicas"],
+        "{{values.replicas}}"
+    );
+    assert_eq!(
+        a.spec.destination.server.as_deref(),
+        Some("https://kubernetes.default.svc")
+    );
 }
 
 #[test]
@@ -127,7 +140,10 @@ fn list_generator_non_string_needs_go_template() {
         "  generators:\n  - list:\n      elements:\n      - cluster: a\n        replicas: 3\n  template:\n    metadata:\n      name: x\n    spec:\n      source: {repoURL: r, path: p}\n      destination: {name: a}\n",
     ));
     let err = s.generate(&[], None).unwrap_err().to_string();
-    assert!(err.contains("spec.generators[0].list.elements[0].replicas"), "{err}");
+    assert!(
+        err.contains("spec.generators[0].list.elements[0].replicas"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -171,7 +187,10 @@ fn clusters_generator_selectors() {
             vec!["prod-us"],
         ),
         ("{matchExpressions: [{key: gpu, operator: Exists}]}", vec![]),
-        ("{matchExpressions: [{key: gpu, operator: DoesNotExist}]}", vec!["prod-eu", "prod-us", "Staging_EU"]),
+        (
+            "{matchExpressions: [{key: gpu, operator: DoesNotExist}]}",
+            vec!["prod-eu", "prod-us", "Staging_EU"],
+        ),
     ];
     for (selector, want) in cases {
         let s = set(&with(&format!(
@@ -211,7 +230,10 @@ fn clusters_parameters_and_values() {
     let g = s.generate(&clusters(), None).unwrap();
     let a = &g.applications[0];
     assert_eq!(a.metadata.name, "staging-eu");
-    assert_eq!(a.metadata.annotations["server"], "https://Staging_EU.example:6443");
+    assert_eq!(
+        a.metadata.annotations["server"],
+        "https://Staging_EU.example:6443"
+    );
     assert_eq!(a.metadata.annotations["owner"], "team-Staging_EU");
     assert_eq!(a.metadata.annotations["rev"], "release-eu");
 }
@@ -233,7 +255,10 @@ fn clusters_go_template_nested_parameters() {
       destination: {name: '{{ .name }}'}
 "#,
     ));
-    assert_eq!(names(&s.generate(&clusters(), None).unwrap()), ["prod-eu-eu", "prod-us-us"]);
+    assert_eq!(
+        names(&s.generate(&clusters(), None).unwrap()),
+        ["prod-eu-eu", "prod-us-us"]
+    );
 }
 
 #[test]
@@ -260,7 +285,10 @@ fn git_directories_with_exclude() {
     ));
     let g = s.generate(&[], Some(&repo())).unwrap();
     assert_eq!(names(&g), ["guestbook", "podinfo"]);
-    assert_eq!(g.applications[1].metadata.annotations["full"], "apps/podinfo");
+    assert_eq!(
+        g.applications[1].metadata.annotations["full"],
+        "apps/podinfo"
+    );
     assert_eq!(g.applications[1].metadata.annotations["first"], "apps");
 }
 
@@ -287,7 +315,10 @@ fn git_files_flattened() {
     let g = s.generate(&[], Some(&repo())).unwrap();
     assert_eq!(names(&g), ["prod-eu-eu", "prod-us-us"]);
     assert_eq!(g.applications[0].metadata.annotations["replicas"], "3");
-    assert_eq!(g.applications[0].metadata.annotations["file"], "config.json");
+    assert_eq!(
+        g.applications[0].metadata.annotations["file"],
+        "config.json"
+    );
     assert_eq!(g.applications[0].metadata.annotations["tag"], "b");
     assert_eq!(g.applications[1].metadata.annotations["tag"], "{{tags.1}}");
 }
@@ -320,7 +351,12 @@ fn matrix_of_three_with_interpolation() {
     let g = s.generate(&clusters(), None).unwrap();
     assert_eq!(
         names(&g),
-        ["prod-eu-guestbook", "prod-eu-podinfo", "prod-us-guestbook", "prod-us-podinfo"]
+        [
+            "prod-eu-guestbook",
+            "prod-eu-podinfo",
+            "prod-us-guestbook",
+            "prod-us-podinfo"
+        ]
     );
     assert_eq!(g.applications[3].metadata.annotations["tier"], "us-podinfo");
 }
@@ -351,7 +387,10 @@ fn nested_matrix_in_merge() {
 "#,
     ));
     let g = s.generate(&clusters(), None).unwrap();
-    assert_eq!(names(&g), ["prod-eu-small", "prod-us-large", "staging-eu-small"]);
+    assert_eq!(
+        names(&g),
+        ["prod-eu-small", "prod-us-large", "staging-eu-small"]
+    );
 }
 
 #[test]
@@ -415,7 +454,11 @@ fn generator_template_overrides_field_by_field() {
     // Staging_EU is not a valid name: reported, not fatal; prod-us rendered.
     assert_eq!(names(&g), ["prod-us-guestbook"]);
     assert_eq!(g.errors.len(), 1);
-    assert!(g.errors[0].message.contains("metadata.name"), "{:?}", g.errors);
+    assert!(
+        g.errors[0].message.contains("metadata.name"),
+        "{:?}",
+        g.errors
+    );
     let us = &g.applications[0];
     assert_eq!(us.spec.source.path, "guestbook");
     assert_eq!(us.metadata.labels["env"], "prod");
@@ -489,13 +532,21 @@ fn bad_input_names_the_cause() {
     ));
     let g = syntax.generate(&[], None).unwrap();
     assert!(g.applications.is_empty());
-    assert!(g.errors[0].message.contains("metadata.name"), "{:?}", g.errors);
+    assert!(
+        g.errors[0].message.contains("metadata.name"),
+        "{:?}",
+        g.errors
+    );
 
     let missing = set(&with(
         "  goTemplate: true\n  goTemplateOptions: [missingkey=error]\n  generators:\n  - list:\n      elements: [{c: a}]\n  template:\n    metadata: {name: '{{ .nope }}'}\n    spec:\n      source: {repoURL: r, path: p}\n      destination: {name: a}\n",
     ));
     let g = missing.generate(&[], None).unwrap();
-    assert!(g.errors[0].message.contains("missingkey=error"), "{:?}", g.errors);
+    assert!(
+        g.errors[0].message.contains("missingkey=error"),
+        "{:?}",
+        g.errors
+    );
 
     let dup = set(&with(
         "  generators:\n  - list:\n      elements: [{c: a}, {c: a}]\n  template:\n    metadata: {name: 'same'}\n    spec:\n      source: {repoURL: r, path: p}\n      destination: {name: '{{c}}'}\n",
@@ -511,7 +562,10 @@ fn bad_input_names_the_cause() {
     )
     .unwrap_err()
     .to_string();
-    assert!(bad_policy.contains("spec.syncPolicy.applicationsSync"), "{bad_policy}");
+    assert!(
+        bad_policy.contains("spec.syncPolicy.applicationsSync"),
+        "{bad_policy}"
+    );
 }
 
 #[test]
