@@ -240,6 +240,10 @@ pub struct AppSets {
     commits: Mutex<HashMap<(String, String), Resolved>>,
     /// Trees read by the last pass, reused while their commit is current.
     trees: Mutex<HashMap<(String, String), Tree>>,
+    /// Serialises every read-modify-write of set records and the
+    /// applications they own (the evaluation applies its plan under it,
+    /// against the record as stored at that moment).
+    writes: Mutex<()>,
 }
 
 impl std::fmt::Debug for AppSets {
@@ -261,11 +265,16 @@ impl AppSets {
             interval,
             commits: Mutex::default(),
             trees: Mutex::default(),
+            writes: Mutex::default(),
         })
     }
 
     pub fn fleet(&self) -> &Arc<Fleet> {
         &self.fleet
+    }
+
+    fn write_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.writes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn resolve(
@@ -346,7 +355,16 @@ impl AppSets {
                 return Ok(changed);
             }
         };
-        for (mut rec, evaluation) in sets.into_iter().zip(evaluated) {
+        for (evaluated_rec, evaluation) in sets.into_iter().zip(evaluated) {
+            let _w = self.write_lock();
+            // The set may have been replaced or deleted meanwhile: then this
+            // result is stale and the next pass evaluates the new one.
+            let Some(mut rec) = store.appset(&evaluated_rec.name)? else {
+                continue;
+            };
+            if rec.raw != evaluated_rec.raw {
+                continue;
+            }
             let (policy, preserve, result) = match evaluation {
                 Ok((set, generated)) => (
                     set.applications_sync,
@@ -484,6 +502,11 @@ impl AppSets {
     /// # Errors
     /// The store cannot be written.
     pub fn remove_set(&self, name: &str) -> Result<bool, StoreError> {
+        let _w = self.write_lock();
+        self.remove_set_locked(name)
+    }
+
+    fn remove_set_locked(&self, name: &str) -> Result<bool, StoreError> {
         let store = self.fleet.store();
         let Some(rec) = store.appset(name)? else {
             return Ok(false);
@@ -512,6 +535,7 @@ impl AppSets {
     /// # Errors
     /// The store cannot be written.
     pub fn confirm(&self, name: &str) -> Result<Option<AppSetRecord>, StoreError> {
+        let _w = self.write_lock();
         let store = self.fleet.store();
         let Some(mut rec) = store.appset(name)? else {
             return Ok(None);
@@ -541,6 +565,7 @@ impl AppSets {
             )));
         };
         let store = self.fleet.store();
+        let _w = self.write_lock();
         let existing = store.appset(&set.name).map_err(Err)?;
         if existing.is_some() && !upsert {
             return Err(Ok(format!(
@@ -631,13 +656,14 @@ impl AppSets {
         if !clusters.is_empty() {
             crate::inventory::apply_declared(&self.fleet, &clusters)?;
         }
+        let _w = self.write_lock();
         for rec in store.appsets()? {
             if rec.origin.starts_with(&prefix)
                 && !failed.contains(&rec.origin)
                 && !found.contains_key(&rec.name)
             {
                 tracing::info!(appset = %rec.name, "application set removed from Git");
-                self.remove_set(&rec.name)?;
+                self.remove_set_locked(&rec.name)?;
             }
         }
         for (name, (raw, origin)) in found {
