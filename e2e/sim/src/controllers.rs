@@ -70,18 +70,44 @@ fn cond(ty: &str, status: &str, reason: &str, message: &str, old: &Value) -> Val
 /// Runs one reconcile pass; returns whether more work is pending (a rollout
 /// still in progress).
 pub fn reconcile(cluster: &Cluster, t: Timing) -> bool {
-    let mut st = cluster.lock();
-    st.dirty = false;
+    let keys: Vec<Key> = {
+        let mut st = cluster.lock();
+        st.dirty = false;
+        lifecycle(cluster, &mut st);
+        if !t.enabled {
+            return false;
+        }
+        children(cluster, &mut st);
+        st.objects
+            .keys()
+            .filter(|k| HANDLED.contains(&k.0.as_str()))
+            .cloned()
+            .collect()
+    };
     let mut pending = false;
-    lifecycle(cluster, &mut st);
-    if !t.enabled {
-        return false;
-    }
-    children(cluster, &mut st);
-    let keys: Vec<Key> = st.objects.keys().cloned().collect();
     let now_i = Instant::now();
     let mut live_uids = std::collections::HashSet::new();
+    // One lock per object, so API requests interleave with a long pass.
     for k in keys {
+        let mut st = cluster.lock();
+        let rv_now = st
+            .objects
+            .get(&k)
+            .map(|o| o["metadata"]["resourceVersion"].clone());
+        if let Some(Value::String(rv)) = &rv_now
+            && st.settled.get(&k) == Some(rv)
+        {
+            if let Some(uid) = st
+                .objects
+                .get(&k)
+                .and_then(|o| o["metadata"]["uid"].as_str())
+            {
+                live_uids.insert(uid.to_string());
+            }
+            continue;
+        }
+        let pending_before = pending;
+        pending = false;
         let Some(obj) = st.objects.get(&k).cloned() else {
             continue;
         };
@@ -129,17 +155,40 @@ pub fn reconcile(cluster: &Cluster, t: Timing) -> bool {
             }
             _ => None,
         };
+        let changed = status.as_ref().is_some_and(|s| obj["status"] != *s);
         if let Some(s) = status
-            && obj["status"] != s
+            && changed
         {
             let mut new = obj;
             new["status"] = s;
             cluster.commit(&mut st, &rd, k, new, "MODIFIED");
+        } else if !pending && let Some(Value::String(rv)) = rv_now {
+            st.settled.insert(k, rv);
         }
+        pending |= pending_before;
     }
-    st.rollouts.retain(|u, _| live_uids.contains(u));
+    {
+        let mut st = cluster.lock();
+        st.rollouts.retain(|u, _| live_uids.contains(u));
+        let State {
+            settled, objects, ..
+        } = &mut *st;
+        settled.retain(|k, _| objects.contains_key(k));
+    }
     pending
 }
+
+/// Stored group/resources the status controllers look at.
+const HANDLED: &[&str] = &[
+    "apps/deployments",
+    "apps/replicasets",
+    "apps/statefulsets",
+    "apps/daemonsets",
+    "batch/jobs",
+    "/pods",
+    "/persistentvolumeclaims",
+    "/services",
+];
 
 fn deployment(
     obj: &Value,

@@ -71,6 +71,9 @@ pub struct State {
     pub rollouts: HashMap<String, (i64, tokio::time::Instant)>,
     /// Set on every write; the controllers and persistence clear it.
     pub dirty: bool,
+    /// Objects whose status the controllers found final, by the
+    /// resourceVersion they had then (skipped until they change).
+    pub settled: HashMap<Key, String>,
 }
 
 /// Options shared by writes.
