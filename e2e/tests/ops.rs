@@ -455,3 +455,164 @@ async fn webhook_push_syncs_within_seconds_and_an_unreachable_repository_deletes
     .await?;
     Ok(())
 }
+
+fn cli(fleet: &Fleet, args: &[&str]) -> anyhow::Result<(bool, String, String)> {
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    let out = fleet.cli(&args)?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+fn greeting(fleet: &Fleet, cluster: &str) -> anyhow::Result<Option<String>> {
+    Ok(fleet
+        .kubectl_get(cluster, "configmap", "manual", "settings")?
+        .and_then(|cm| cm["data"]["greeting"].as_str().map(str::to_owned)))
+}
+
+fn settings(greeting: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  greeting: {greeting}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn manual_sync_history_and_rollback() -> anyhow::Result<()> {
+    let fleet = Fleet::start(FleetOptions {
+        clusters: 1,
+        ..Default::default()
+    })
+    .await?;
+    let c1 = fleet
+        .repo
+        .commit_file("manual/settings.yaml", &settings("one"), "manual: one")?;
+    // No syncPolicy.automated: the hub renders every commit, the agent
+    // applies only on `flotilla app sync`.
+    let manifest = format!(
+        "apiVersion: argoproj.io/v1alpha1
+kind: Application
+metadata:
+  name: manual
+spec:
+  source:
+    repoURL: {}
+    targetRevision: HEAD
+    path: manual
+  destination:
+    name: sim-1
+    namespace: manual
+  syncPolicy:
+    syncOptions:
+    - CreateNamespace=true
+",
+        fleet.repo.url()
+    );
+    let file = fleet.root.path().join("manual-app.yaml");
+    std::fs::write(&file, manifest)?;
+    let (ok, _, err) = cli(
+        &fleet,
+        &["app", "create", "-f", &file.display().to_string()],
+    )?;
+    assert!(ok, "{err}");
+    let rendered = |want: String| {
+        let fleet = &fleet;
+        async move {
+            eventually(&format!("manual rendered at {want}"), CONVERGE, || async {
+                let a = fleet.app("manual").await.map_err(|e| e.to_string())?;
+                if a.revision == want {
+                    Ok(())
+                } else {
+                    Err(format!("revision {:?} error {:?}", a.revision, a.error))
+                }
+            })
+            .await
+        }
+    };
+    rendered(c1.clone()).await?;
+    assert_eq!(greeting(&fleet, "sim-1")?, None, "applied without a sync");
+
+    let (ok, out, err) = cli(&fleet, &["app", "sync", "manual", "--timeout", "90s"])?;
+    assert!(ok, "sync: {out}{err}");
+    assert!(err.contains("sim-1:"), "progress per cluster: {err}");
+    assert_eq!(greeting(&fleet, "sim-1")?.as_deref(), Some("one"));
+
+    let c2 = fleet
+        .repo
+        .commit_file("manual/settings.yaml", &settings("two"), "manual: two")?;
+    rendered(c2.clone()).await?;
+    assert_eq!(
+        greeting(&fleet, "sim-1")?.as_deref(),
+        Some("one"),
+        "a manual application is not applied on a new commit"
+    );
+    let (ok, out, err) = cli(&fleet, &["app", "sync", "manual", "--timeout", "90s"])?;
+    assert!(ok, "sync: {out}{err}");
+    assert_eq!(greeting(&fleet, "sim-1")?.as_deref(), Some("two"));
+
+    // Refused while automated sync is on, as Argo CD does.
+    let (ok, _, err) = cli(&fleet, &["app", "rollback", "guestbook-sim-1", "1"])?;
+    assert!(!ok);
+    assert!(
+        err.contains("rollback cannot be initiated when auto-sync is enabled"),
+        "{err}"
+    );
+
+    let (ok, out, err) = cli(&fleet, &["app", "history", "manual", "-o", "json"])?;
+    assert!(ok, "{err}");
+    let h: serde_json::Value = serde_json::from_str(&out)?;
+    let entries = h["history"].as_array().cloned().unwrap_or_default();
+    let summary: Vec<(u64, String, String)> = entries
+        .iter()
+        .map(|e| {
+            (
+                e["id"].as_u64().unwrap_or_default(),
+                e["revision"].as_str().unwrap_or_default().to_owned(),
+                e["initiatedBy"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (1, c1.clone(), "user:admin".to_owned()),
+            (2, c2.clone(), "user:admin".to_owned())
+        ]
+    );
+
+    let (ok, out, err) = cli(
+        &fleet,
+        &["app", "rollback", "manual", "1", "--timeout", "90s"],
+    )?;
+    assert!(ok, "rollback: {out}{err}");
+    assert_eq!(greeting(&fleet, "sim-1")?.as_deref(), Some("one"));
+    fleet.wait_synced("manual", "sim-1", &c1, CONVERGE).await?;
+    let (ok, out, err) = cli(&fleet, &["app", "history", "manual"])?;
+    assert!(ok, "{err}");
+    assert!(out.contains("ID") && out.contains("INITIATED BY"), "{out}");
+    let last = out
+        .lines()
+        .find(|l| l.starts_with('3'))
+        .ok_or_else(|| anyhow::anyhow!("no entry 3 in {out}"))?;
+    assert!(
+        last.contains("rollback") && last.contains(&c1[..8]),
+        "{out}"
+    );
+    assert!(out.contains("pinned to"), "{out}");
+
+    // A later commit does not move a pinned application; a sync without
+    // --revision unpins it.
+    let c3 = fleet
+        .repo
+        .commit_file("manual/settings.yaml", &settings("three"), "manual: three")?;
+    let (ok, out, err) = cli(&fleet, &["app", "sync", "manual", "--timeout", "90s"])?;
+    assert!(ok, "sync: {out}{err}");
+    assert_eq!(greeting(&fleet, "sim-1")?.as_deref(), Some("three"));
+    fleet.wait_synced("manual", "sim-1", &c3, CONVERGE).await?;
+
+    // `app wait` for CI.
+    let (ok, out, err) = cli(&fleet, &["app", "wait", "manual", "--timeout", "60s"])?;
+    assert!(ok, "wait: {out}{err}");
+    Ok(())
+}

@@ -27,6 +27,8 @@ pub enum Output {
     Json,
     /// YAML (`appset generate`; elsewhere the JSON document as YAML).
     Yaml,
+    /// The table with full revisions (where a command has more to show).
+    Wide,
 }
 
 /// Flotilla: what runs where, at which commit, and is it healthy.
@@ -102,6 +104,25 @@ pub enum AppCommand {
     },
     /// Delete an application.
     Delete { name: String },
+    /// Render the application (at --revision, or its target revision) and
+    /// have its clusters apply it now; prints progress per cluster.
+    Sync(ops::SyncArgs),
+    /// The last deployments (revisionHistoryLimit, default 10).
+    History { name: String },
+    /// Go back to the revision of a history entry (not while automated
+    /// sync is on); pinned until the next `app sync` without --revision.
+    Rollback {
+        name: String,
+        id: u64,
+        /// Delete objects the old revision does not have.
+        #[arg(long)]
+        prune: bool,
+        /// How long to wait for every cluster.
+        #[arg(long, default_value = "5m", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// Wait until every cluster reports Synced and/or Healthy (for CI).
+    Wait(ops::WaitArgs),
     /// Fetch the application's repository now and re-render it.
     Refresh {
         name: String,
@@ -382,7 +403,7 @@ pub(crate) fn print_out(output: Output, value: Value, table: impl FnOnce() -> St
             serde_json::to_string_pretty(&value).unwrap_or_default()
         ),
         Output::Yaml => print!("{}", serde_saphyr::to_string(&value).unwrap_or_default()),
-        Output::Table => print!("{}", table()),
+        Output::Table | Output::Wide => print!("{}", table()),
     }
 }
 
@@ -546,6 +567,15 @@ async fn app(g: &Global, c: &mut Client, cmd: AppCommand) -> Result<()> {
             });
         }
         AppCommand::Refresh { name, hard } => ops::refresh(g, c, &name, hard).await?,
+        AppCommand::Sync(a) => ops::sync(g, c, a).await?,
+        AppCommand::History { name } => ops::history(g, c, &name).await?,
+        AppCommand::Rollback {
+            name,
+            id,
+            prune,
+            timeout,
+        } => ops::rollback(g, c, &name, id, prune, timeout).await?,
+        AppCommand::Wait(a) => ops::wait(g, c, a).await?,
         AppCommand::Delete { name } => {
             c.delete_application(pb::DeleteApplicationRequest { name: name.clone() })
                 .await

@@ -154,6 +154,22 @@ impl GitSync {
         Ok(rec)
     }
 
+    /// Fetches `url` and resolves `revision` (branch, tag, commit, HEAD)
+    /// to a commit, now.
+    ///
+    /// # Errors
+    /// The repository cannot be reached or the revision does not exist.
+    pub async fn resolve(&self, url: &str, revision: &str) -> Result<String, String> {
+        let revision = revision_or_head(revision);
+        // A user asking now means now: not a fetch shared a moment ago.
+        self.known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(url.to_owned(), revision.clone()));
+        self.fetch(url, &revision, self.default_interval, true)
+            .await
+    }
+
     /// Asks for an immediate poll of everything.
     pub fn kick(&self) {
         self.kick.notify_one();
@@ -419,6 +435,7 @@ impl GitSync {
                     continue;
                 }
             };
+            let commit = crate::history::effective_commit(&self.store, app, commit)?;
             let key = crate::render::request_for(app, &commit);
             used.insert(key.clone());
             let mut rendered = self.render(&key).await;
@@ -437,6 +454,7 @@ impl GitSync {
                 }
             };
             let error = bundle.render_error.clone();
+            crate::history::note_automated(&self.store, &self.fleet, app, &bundle)?;
             bundles.push(bundle);
             self.set_app_result(&name, Some(&commit), &error)?;
         }

@@ -2,8 +2,10 @@
 pub mod api;
 pub mod appset;
 pub mod cli;
+pub mod commands;
 pub mod fleet;
 pub mod gitsync;
+pub mod history;
 pub mod inventory;
 pub mod model;
 pub mod pki;

@@ -210,6 +210,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         fleet,
         pki: pki.clone(),
         git: git.clone(),
+        commands: Arc::default(),
         appsets,
         closing: closing_rx,
     };

@@ -173,6 +173,8 @@ pub struct Store {
     statuses: sled::Tree,
     repos: sled::Tree,
     tokens: sled::Tree,
+    /// Per-application deployment history and pin (crate::history).
+    app_ops: sled::Tree,
     bootstrap: sled::Tree,
     appsets: sled::Tree,
     /// Serialises read-modify-write of cluster records, which the agent
@@ -236,6 +238,7 @@ impl Store {
             statuses: db.open_tree("app_status")?,
             repos: db.open_tree("repositories")?,
             tokens: db.open_tree("tokens")?,
+            app_ops: db.open_tree("app_ops")?,
             bootstrap: db.open_tree("bootstrap_tokens")?,
             appsets: db.open_tree("application_sets")?,
             db,
@@ -323,6 +326,22 @@ impl Store {
             self.statuses.remove(k)?;
         }
         Ok(existed)
+    }
+
+    // ---- application history and pins ----
+
+    /// The deployment history and pin of an application.
+    pub fn app_ops(&self, name: &str) -> Result<crate::history::AppOps, StoreError> {
+        self.app_ops
+            .get(name.as_bytes())?
+            .map(|v| decode("app_ops", name.as_bytes(), &v))
+            .transpose()
+            .map(Option::unwrap_or_default)
+    }
+
+    pub fn put_app_ops(&self, name: &str, ops: &crate::history::AppOps) -> Result<(), StoreError> {
+        self.app_ops.insert(name.as_bytes(), encode(ops))?;
+        Ok(())
     }
 
     // ---- applications ----

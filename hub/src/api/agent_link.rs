@@ -280,6 +280,7 @@ async fn session(
     })?;
     let mut has: HashMap<String, String> =
         hello.apps.into_iter().map(|a| (a.name, a.digest)).collect();
+    let mut commands = ctx.commands.subscribe(cluster);
     let mut sent_generation = signals.borrow_and_update().generation;
     if !send_desired(ctx, cluster, &mut has, tx).await? {
         return Ok(());
@@ -308,6 +309,34 @@ async fn session(
                     if !send_desired(ctx, cluster, &mut has, tx).await? {
                         return Ok(());
                     }
+                }
+            }
+            command = commands.recv() => {
+                let command = match command {
+                    Ok(c) => c,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(cluster, dropped = n, "commands dropped for a slow stream");
+                        continue;
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => continue,
+                };
+                // Desired state first: a sync must find the bundle it is
+                // about (the stream is ordered).
+                if signals.has_changed().unwrap_or(false) {
+                    let signal = *signals.borrow_and_update();
+                    if signal.revoked {
+                        return Err(Status::unauthenticated("cluster removed"));
+                    }
+                    if signal.generation != sent_generation {
+                        sent_generation = signal.generation;
+                        if !send_desired(ctx, cluster, &mut has, tx).await? {
+                            return Ok(());
+                        }
+                    }
+                }
+                tracing::info!(cluster, id = %command.id, "sending command");
+                if tx.send(Ok(pb::HubMessage { kind: Some(HubKind::Command(command)) })).await.is_err() {
+                    return Ok(());
                 }
             }
             () = tx.closed() => return Ok(()),

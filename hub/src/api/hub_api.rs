@@ -451,6 +451,27 @@ impl pb::hub_api_server::HubApi for HubApiService {
         }))
     }
 
+    async fn sync_application(
+        &self,
+        request: Request<pb::SyncApplicationRequest>,
+    ) -> Result<Response<pb::SyncApplicationResponse>, Status> {
+        super::ops::sync(&self.ctx, request).await
+    }
+
+    async fn rollback_application(
+        &self,
+        request: Request<pb::RollbackApplicationRequest>,
+    ) -> Result<Response<pb::SyncApplicationResponse>, Status> {
+        super::ops::rollback(&self.ctx, request).await
+    }
+
+    async fn get_application_history(
+        &self,
+        request: Request<pb::GetApplicationHistoryRequest>,
+    ) -> Result<Response<pb::ApplicationHistory>, Status> {
+        super::ops::history(&self.ctx, request).await
+    }
+
     async fn revoke_token(
         &self,
         request: Request<pb::RevokeTokenRequest>,

@@ -13,6 +13,7 @@ use crate::store::{Store, StoreError, TokenRecord};
 
 pub mod agent_link;
 pub mod hub_api;
+pub mod ops;
 
 /// What every service handler needs.
 #[derive(Clone, Debug)]
@@ -21,6 +22,8 @@ pub struct HubContext {
     pub fleet: Arc<Fleet>,
     pub pki: Arc<Pki>,
     pub git: Arc<GitSync>,
+    /// Commands to connected agents (sync now).
+    pub commands: Arc<crate::commands::CommandBus>,
     /// The ApplicationSet controller.
     pub appsets: Arc<crate::appset::lifecycle::AppSets>,
     /// Becomes true when the hub shuts down: agent streams end so the

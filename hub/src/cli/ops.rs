@@ -1,10 +1,13 @@
 //! Day-to-day application verbs: refresh (and, later, sync, history,
 //! rollback, wait).
 
-use anyhow::Result;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
 use serde_json::json;
 
-use super::{Client, Global, print_out, status_err};
+use super::{Client, Global, health_name, print_out, short, status_err, sync_name, table};
 use flotilla_proto as pb;
 
 /// `flotilla app refresh NAME [--hard]`.
@@ -30,4 +33,432 @@ pub(super) async fn refresh(g: &Global, c: &mut Client, name: &str, hard: bool) 
         },
     );
     Ok(())
+}
+
+/// How one cluster's status reads on a progress line.
+fn cluster_line(c: &pb::ClusterAppStatus) -> String {
+    match &c.status {
+        None => "no status yet".to_owned(),
+        Some(s) => {
+            let mut line = format!(
+                "{}/{} at {}",
+                sync_name(Some(s.sync)),
+                health_name(Some(s.health)),
+                short(&s.revision)
+            );
+            if !s.message.is_empty() {
+                line.push_str(&format!(
+                    " ({})",
+                    s.message.lines().next().unwrap_or_default()
+                ));
+            }
+            line
+        }
+    }
+}
+
+/// Outcome of one cluster for a wait.
+#[derive(Debug, PartialEq, Eq)]
+enum Reached {
+    Yes,
+    No,
+    Failed(String),
+}
+
+/// Whether `c` reached the condition: `revision` (when given) applied and
+/// Synced (`sync`), Healthy (`health`). Degraded or a render error fails.
+fn reached(c: &pb::ClusterAppStatus, revision: &str, sync: bool, health: bool) -> Reached {
+    let Some(s) = &c.status else {
+        return Reached::No;
+    };
+    // Only the status of the revision waited for can fail the wait: the
+    // previous one may still be on display.
+    let rev_ok = revision.is_empty() || s.revision == revision;
+    if rev_ok && s.message.starts_with("render error") {
+        return Reached::Failed(s.message.clone());
+    }
+    if rev_ok && s.health == pb::HealthStatus::Degraded as i32 {
+        return Reached::Failed(format!("Degraded: {}", s.message));
+    }
+    let sync_ok = !sync || s.sync == pb::SyncStatus::Synced as i32;
+    let health_ok = !health || s.health == pb::HealthStatus::Healthy as i32;
+    if rev_ok && sync_ok && health_ok {
+        Reached::Yes
+    } else {
+        Reached::No
+    }
+}
+
+/// Polls the application until every cluster in `clusters` (all targeted
+/// ones when empty) reaches the condition; prints each change. Returns the
+/// last application seen.
+async fn wait_for(
+    g: &Global,
+    c: &mut Client,
+    name: &str,
+    clusters: &[String],
+    revision: &str,
+    (sync, health): (bool, bool),
+    timeout: Duration,
+) -> Result<pb::Application> {
+    let deadline = Instant::now() + timeout;
+    let mut last: BTreeMap<String, String> = BTreeMap::new();
+    let quiet = g.output != super::Output::Table;
+    loop {
+        let app = c
+            .get_application(pb::GetApplicationRequest {
+                name: name.to_owned(),
+            })
+            .await
+            .map_err(status_err)?
+            .into_inner();
+        let rows: Vec<&pb::ClusterAppStatus> = app
+            .clusters
+            .iter()
+            .filter(|s| clusters.is_empty() || clusters.contains(&s.cluster))
+            .collect();
+        let mut done = !rows.is_empty();
+        let mut failures = Vec::new();
+        for row in &rows {
+            let line = cluster_line(row);
+            if last.get(&row.cluster) != Some(&line) {
+                if !quiet {
+                    eprintln!("{}: {line}", row.cluster);
+                }
+                last.insert(row.cluster.clone(), line);
+            }
+            match reached(row, revision, sync, health) {
+                Reached::Yes => {}
+                Reached::No => done = false,
+                Reached::Failed(m) => {
+                    done = false;
+                    failures.push(format!("{}: {m}", row.cluster));
+                }
+            }
+        }
+        if !app.error.is_empty() && !quiet && last.get("").is_none_or(|e| *e != app.error) {
+            eprintln!("application error: {}", app.error);
+            last.insert(String::new(), app.error.clone());
+        }
+        if done {
+            return Ok(app);
+        }
+        if !failures.is_empty() {
+            bail!("{name}: {}", failures.join("; "));
+        }
+        if Instant::now() >= deadline {
+            let state: Vec<String> = last
+                .iter()
+                .filter(|(k, _)| !k.is_empty())
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect();
+            bail!(
+                "timed out after {}s waiting for {name}; last status: {}",
+                timeout.as_secs(),
+                if state.is_empty() {
+                    "no cluster reported".to_owned()
+                } else {
+                    state.join("; ")
+                }
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Options of `flotilla app sync`.
+#[derive(Debug, clap::Args)]
+pub struct SyncArgs {
+    pub name: String,
+    /// Only this cluster.
+    #[arg(long)]
+    pub cluster: Option<String>,
+    /// Branch, tag or commit (default: the target revision's current
+    /// commit). Another commit pins the application until the next sync
+    /// without --revision.
+    #[arg(long)]
+    pub revision: Option<String>,
+    /// Delete objects no longer in Git.
+    #[arg(long)]
+    pub prune: bool,
+    /// Ask the agents for a dry run only.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Return once the sync is sent, without waiting for the clusters.
+    #[arg(long = "async")]
+    pub no_wait: bool,
+    /// How long to wait for every cluster to report the revision Synced.
+    #[arg(long, default_value = "5m", value_parser = super::parse_duration)]
+    pub timeout: Duration,
+}
+
+fn sync_json(name: &str, r: &pb::SyncApplicationResponse) -> serde_json::Value {
+    json!({
+        "app": name,
+        "revision": r.revision,
+        "clusters": r.clusters,
+        "notConnected": r.not_connected,
+        "historyId": r.history_id,
+    })
+}
+
+async fn follow(
+    g: &Global,
+    c: &mut Client,
+    name: &str,
+    r: &pb::SyncApplicationResponse,
+    dry_run: bool,
+    no_wait: bool,
+    timeout: Duration,
+) -> Result<()> {
+    if g.output == super::Output::Table {
+        eprintln!(
+            "syncing {name} at {} on {}{}",
+            short(&r.revision),
+            if r.clusters.is_empty() {
+                "no connected cluster".to_owned()
+            } else {
+                r.clusters.join(", ")
+            },
+            if r.not_connected.is_empty() {
+                String::new()
+            } else {
+                format!(" (not connected: {})", r.not_connected.join(", "))
+            }
+        );
+    }
+    if !dry_run && !no_wait {
+        if !r.not_connected.is_empty() {
+            bail!(
+                "{name}: clusters not connected: {}",
+                r.not_connected.join(", ")
+            );
+        }
+        wait_for(g, c, name, &r.clusters, &r.revision, (true, false), timeout).await?;
+    }
+    print_out(g.output, sync_json(name, r), || {
+        if dry_run {
+            format!("dry run of {name} requested on {}\n", r.clusters.join(", "))
+        } else if no_wait {
+            format!("sync of {name} at {} sent\n", short(&r.revision))
+        } else {
+            format!(
+                "{name} synced at {} on {}\n",
+                short(&r.revision),
+                r.clusters.join(", ")
+            )
+        }
+    });
+    Ok(())
+}
+
+/// `flotilla app sync`.
+pub(super) async fn sync(g: &Global, c: &mut Client, a: SyncArgs) -> Result<()> {
+    let r = c
+        .sync_application(pb::SyncApplicationRequest {
+            name: a.name.clone(),
+            cluster: a.cluster.clone().unwrap_or_default(),
+            revision: a.revision.clone().unwrap_or_default(),
+            prune: a.prune,
+            dry_run: a.dry_run,
+        })
+        .await
+        .map_err(status_err)?
+        .into_inner();
+    follow(g, c, &a.name, &r, a.dry_run, a.no_wait, a.timeout).await
+}
+
+/// `flotilla app rollback NAME ID`.
+pub(super) async fn rollback(
+    g: &Global,
+    c: &mut Client,
+    name: &str,
+    id: u64,
+    prune: bool,
+    timeout: Duration,
+) -> Result<()> {
+    let r = c
+        .rollback_application(pb::RollbackApplicationRequest {
+            name: name.to_owned(),
+            id,
+            prune,
+            dry_run: false,
+        })
+        .await
+        .map_err(status_err)?
+        .into_inner();
+    follow(g, c, name, &r, false, false, timeout).await
+}
+
+fn time_of(ms: i64) -> String {
+    // UTC, without a date crate: days since the epoch to a civil date.
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// `flotilla app history NAME`.
+pub(super) async fn history(g: &Global, c: &mut Client, name: &str) -> Result<()> {
+    let h = c
+        .get_application_history(pb::GetApplicationHistoryRequest {
+            name: name.to_owned(),
+        })
+        .await
+        .map_err(status_err)?
+        .into_inner();
+    let value = json!({
+        "app": name,
+        "pinnedRevision": h.pinned_revision,
+        "history": h.entries.iter().map(|e| json!({
+            "id": e.id,
+            "revision": e.revision,
+            "deployedAt": time_of(e.deployed_ms),
+            "initiatedBy": e.initiated_by,
+            "clusters": e.clusters,
+        })).collect::<Vec<_>>(),
+    });
+    print_out(g.output, value, || {
+        let wide = g.output == super::Output::Wide;
+        let rows = h
+            .entries
+            .iter()
+            .map(|e| {
+                vec![
+                    e.id.to_string(),
+                    e.clusters.join(","),
+                    if wide {
+                        e.revision.clone()
+                    } else {
+                        short(&e.revision)
+                    },
+                    time_of(e.deployed_ms),
+                    e.initiated_by.clone(),
+                ]
+            })
+            .collect();
+        let mut out = table(
+            &[
+                "ID",
+                "CLUSTER(S)",
+                "REVISION",
+                "DEPLOYED AT",
+                "INITIATED BY",
+            ],
+            rows,
+        );
+        if !h.pinned_revision.is_empty() {
+            out.push_str(&format!(
+                "pinned to {} (until the next sync without --revision)\n",
+                short(&h.pinned_revision)
+            ));
+        }
+        out
+    });
+    Ok(())
+}
+
+/// Options of `flotilla app wait`.
+#[derive(Debug, clap::Args)]
+pub struct WaitArgs {
+    pub name: String,
+    /// Wait until every cluster reports Synced.
+    #[arg(long)]
+    pub sync: bool,
+    /// Wait until every cluster reports Healthy.
+    #[arg(long)]
+    pub health: bool,
+    /// Give up after this long (exit code 1, with the last status).
+    #[arg(long, default_value = "5m", value_parser = super::parse_duration)]
+    pub timeout: Duration,
+}
+
+/// `flotilla app wait NAME [--sync] [--health]`: both when neither is given.
+pub(super) async fn wait(g: &Global, c: &mut Client, a: WaitArgs) -> Result<()> {
+    let (sync, health) = if a.sync || a.health {
+        (a.sync, a.health)
+    } else {
+        (true, true)
+    };
+    let app = wait_for(g, c, &a.name, &[], "", (sync, health), a.timeout).await?;
+    print_out(g.output, super::app_json(&app), || {
+        format!(
+            "{} reached {}\n",
+            a.name,
+            match (sync, health) {
+                (true, true) => "Synced and Healthy",
+                (true, false) => "Synced",
+                _ => "Healthy",
+            }
+        )
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(
+        rev: &str,
+        sync: pb::SyncStatus,
+        health: pb::HealthStatus,
+        message: &str,
+    ) -> pb::ClusterAppStatus {
+        pb::ClusterAppStatus {
+            cluster: "c1".into(),
+            desired_revision: rev.into(),
+            status: Some(pb::AppStatus {
+                revision: rev.into(),
+                sync: sync as i32,
+                health: health as i32,
+                message: message.into(),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn wait_conditions() {
+        use pb::HealthStatus as H;
+        use pb::SyncStatus as S;
+        let synced = row("r2", S::Synced, H::Healthy, "");
+        assert_eq!(reached(&synced, "r2", true, true), Reached::Yes);
+        assert_eq!(reached(&synced, "r1", true, false), Reached::No);
+        let progressing = row("r2", S::Synced, H::Progressing, "");
+        assert_eq!(reached(&progressing, "r2", true, false), Reached::Yes);
+        assert_eq!(reached(&progressing, "", false, true), Reached::No);
+        let degraded = row("r2", S::Synced, H::Degraded, "crash");
+        assert!(matches!(
+            reached(&degraded, "r2", true, false),
+            Reached::Failed(_)
+        ));
+        let broken = row("r2", S::Unknown, H::Unknown, "render error: x");
+        assert!(matches!(
+            reached(&broken, "", true, false),
+            Reached::Failed(_)
+        ));
+        let none = pb::ClusterAppStatus::default();
+        assert_eq!(reached(&none, "", true, true), Reached::No);
+    }
+
+    #[test]
+    fn times_are_utc() {
+        assert_eq!(time_of(0), "1970-01-01T00:00:00Z");
+        assert_eq!(time_of(1_700_000_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(time_of(951_782_400_000), "2000-02-29T00:00:00Z");
+    }
 }
