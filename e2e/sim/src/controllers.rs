@@ -473,18 +473,15 @@ fn lifecycle(cluster: &Cluster, st: &mut State) {
 }
 
 /// Objects of `gr` by the uid of their controller owner.
-fn by_controller(st: &State, gr: &str) -> std::collections::HashMap<String, Vec<(Key, Value)>> {
-    let mut m: std::collections::HashMap<String, Vec<(Key, Value)>> =
-        std::collections::HashMap::new();
+fn by_controller(st: &State, gr: &str) -> std::collections::HashMap<String, Vec<Key>> {
+    let mut m: std::collections::HashMap<String, Vec<Key>> = std::collections::HashMap::new();
     for (k, o) in st.objects.iter().filter(|(k, _)| k.0 == gr) {
         let owner = o["metadata"]["ownerReferences"]
             .as_array()
             .and_then(|r| r.iter().find(|r| r["controller"] == true))
             .and_then(|r| r["uid"].as_str());
         if let Some(u) = owner {
-            m.entry(u.to_string())
-                .or_default()
-                .push((k.clone(), o.clone()));
+            m.entry(u.to_string()).or_default().push(k.clone());
         }
     }
     m
@@ -532,7 +529,12 @@ fn children(cluster: &Cluster, st: &mut State) {
         let hash = hash(&d["spec"]["template"]);
         let rs_name = format!("{}-{hash}", k.2);
         let replicas = d["spec"]["replicas"].as_i64().unwrap_or(1);
-        let owned: Vec<(Key, Value)> = sets_by_owner.remove(&uid).unwrap_or_default();
+        let owned: Vec<(Key, Value)> = sets_by_owner
+            .remove(&uid)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|k| st.objects.get(&k).cloned().map(|o| (k, o)))
+            .collect();
         for (rk, mut rs) in owned.iter().cloned() {
             let want = if rk.2 == rs_name { replicas } else { 0 };
             if rs["spec"]["replicas"].as_i64() != Some(want) {
@@ -573,12 +575,7 @@ fn children(cluster: &Cluster, st: &mut State) {
             .unwrap_or_default()
             .to_string();
         let want = usize::try_from(rs["spec"]["replicas"].as_i64().unwrap_or(1)).unwrap_or(0);
-        let pods: Vec<Key> = pods_by_owner
-            .remove(&uid)
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, _)| k)
-            .collect();
+        let pods: Vec<Key> = pods_by_owner.remove(&uid).unwrap_or_default();
         for extra in pods.iter().skip(want) {
             cluster.remove_key(st, extra);
         }

@@ -38,6 +38,9 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    // Handlers first: a harness may signal as soon as it reads the ready lines.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let handle = Simulator::start(SimConfig {
         clusters: args.clusters,
         listen: args.listen,
@@ -54,9 +57,8 @@ async fn main() -> anyhow::Result<()> {
             .unwrap_or_default();
         println!("{name} ready {} kubeconfig {kc}", handle.server_url(&name));
     }
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
+        _ = int.recv() => {}
         _ = term.recv() => {}
     }
     handle.shutdown().await;
