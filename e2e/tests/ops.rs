@@ -547,9 +547,47 @@ spec:
         Some("one"),
         "a manual application is not applied on a new commit"
     );
+    // The agents compare server-side: exactly the changed field, exit 1.
+    let diff = eventually("app diff shows the new greeting", CONVERGE, || async {
+        let out = fleet
+            .cli(&["app".into(), "diff".into(), "manual".into()])
+            .map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.code() == Some(1) && text.contains("+  greeting: two") {
+            Ok(text)
+        } else {
+            Err(format!(
+                "exit {:?}: {text}{}",
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    })
+    .await?;
+    assert!(diff.contains("-  greeting: one"), "{diff}");
+    assert!(
+        diff.contains("sim-1/live/ConfigMap/manual/settings"),
+        "{diff}"
+    );
+    let changed: Vec<&str> = diff
+        .lines()
+        .filter(|l| {
+            (l.starts_with('+') || l.starts_with('-'))
+                && !l.starts_with("+++")
+                && !l.starts_with("---")
+        })
+        .collect();
+    assert_eq!(changed, ["-  greeting: one", "+  greeting: two"], "{diff}");
     let (ok, out, err) = cli(&fleet, &["app", "sync", "manual", "--timeout", "90s"])?;
     assert!(ok, "sync: {out}{err}");
     assert_eq!(greeting(&fleet, "sim-1")?.as_deref(), Some("two"));
+    let out = fleet.cli(&["app".into(), "diff".into(), "manual".into()])?;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "no differences after the sync: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 
     // Refused while automated sync is on, as Argo CD does.
     let (ok, _, err) = cli(&fleet, &["app", "rollback", "guestbook-sim-1", "1"])?;

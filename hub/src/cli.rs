@@ -14,7 +14,10 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 use flotilla_proto as pb;
 use pb::hub_api_client::HubApiClient;
 
+mod diff;
 mod ops;
+
+pub use ops::ExitStatus;
 
 /// Default hub URL when neither `--hub` nor `FLOTILLA_HUB` is given.
 pub const DEFAULT_HUB: &str = "https://127.0.0.1:7443";
@@ -123,6 +126,14 @@ pub enum AppCommand {
     },
     /// Wait until every cluster reports Synced and/or Healthy (for CI).
     Wait(ops::WaitArgs),
+    /// Compare the desired objects with the live ones (server-side, by the
+    /// agents): a unified diff per object; exit 1 when anything differs.
+    Diff {
+        name: String,
+        /// Only this cluster.
+        #[arg(long)]
+        cluster: Option<String>,
+    },
     /// Fetch the application's repository now and re-render it.
     Refresh {
         name: String,
@@ -576,6 +587,7 @@ async fn app(g: &Global, c: &mut Client, cmd: AppCommand) -> Result<()> {
             timeout,
         } => ops::rollback(g, c, &name, id, prune, timeout).await?,
         AppCommand::Wait(a) => ops::wait(g, c, a).await?,
+        AppCommand::Diff { name, cluster } => ops::diff(g, c, &name, cluster).await?,
         AppCommand::Delete { name } => {
             c.delete_application(pb::DeleteApplicationRequest { name: name.clone() })
                 .await

@@ -369,9 +369,10 @@ fn handle_message(ctx: &HubContext, cluster: &str, msg: pb::AgentMessage) -> Res
                 }
             }
         }
-        Some(AgentKind::Diff(_)) => {
+        Some(AgentKind::Diff(result)) => {
             ctx.store
                 .update_cluster(cluster, |r| r.last_seen_ms = now)?;
+            ctx.commands.diffs.deliver(cluster, result);
         }
         Some(AgentKind::Hello(_)) => {
             return Err(Status::invalid_argument("Hello may only be sent once"));

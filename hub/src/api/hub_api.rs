@@ -465,6 +465,13 @@ impl pb::hub_api_server::HubApi for HubApiService {
         super::ops::rollback(&self.ctx, request).await
     }
 
+    async fn diff_application(
+        &self,
+        request: Request<pb::DiffApplicationRequest>,
+    ) -> Result<Response<pb::DiffApplicationResponse>, Status> {
+        super::ops::diff(&self.ctx, request).await
+    }
+
     async fn get_application_history(
         &self,
         request: Request<pb::GetApplicationHistoryRequest>,

@@ -227,3 +227,76 @@ pub async fn history(
         pinned_revision: ops.pinned.unwrap_or_default(),
     }))
 }
+
+/// How long the hub waits for an agent's diff.
+const DIFF_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// `HubApi.DiffApplication`: one `DiffRequest` per targeted, connected
+/// cluster, answered by the agents' server-side comparison. Read-only.
+///
+/// # Errors
+/// Unknown application or cluster.
+pub async fn diff(
+    ctx: &HubContext,
+    request: Request<pb::DiffApplicationRequest>,
+) -> Result<Response<pb::DiffApplicationResponse>, Status> {
+    let req = request.into_inner();
+    let app = load_app(ctx, &req.name)?;
+    let mut clusters = history::targeted_clusters(&ctx.store, &app)?;
+    if !req.cluster.is_empty() {
+        if !clusters.contains(&req.cluster) {
+            return Err(Status::invalid_argument(format!(
+                "application {:?} does not target cluster {:?}",
+                req.name, req.cluster
+            )));
+        }
+        clusters = vec![req.cluster.clone()];
+    }
+    let revision = ctx.fleet.desired_revision(&req.name);
+    let mut waits = Vec::new();
+    let mut out = Vec::new();
+    for cluster in clusters {
+        let id = crate::commands::command_id();
+        let rx = ctx.commands.diffs.expect(&id, &cluster);
+        let command = pb::Command {
+            id: id.clone(),
+            kind: Some(pb::command::Kind::Diff(pb::DiffRequest {
+                app: req.name.clone(),
+            })),
+        };
+        if ctx.fleet.is_connected(&cluster) && ctx.commands.send(&cluster, command) {
+            waits.push((cluster, id, rx));
+        } else {
+            ctx.commands.diffs.forget(&id);
+            out.push(pb::ClusterDiff {
+                cluster,
+                error: "cluster not connected".into(),
+                ..Default::default()
+            });
+        }
+    }
+    for (cluster, id, rx) in waits {
+        let row = match tokio::time::timeout(DIFF_TIMEOUT, rx).await {
+            Ok(Ok(result)) => pb::ClusterDiff {
+                cluster,
+                error: result.error,
+                resources: result.resources,
+                revision: revision.clone(),
+            },
+            _ => {
+                ctx.commands.diffs.forget(&id);
+                pb::ClusterDiff {
+                    cluster,
+                    error: format!(
+                        "no answer from the agent within {}s",
+                        DIFF_TIMEOUT.as_secs()
+                    ),
+                    ..Default::default()
+                }
+            }
+        };
+        out.push(row);
+    }
+    out.sort_by(|a, b| a.cluster.cmp(&b.cluster));
+    Ok(Response::new(pb::DiffApplicationResponse { clusters: out }))
+}

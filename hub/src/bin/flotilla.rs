@@ -8,8 +8,20 @@ async fn main() -> std::process::ExitCode {
     match flotilla_hub::cli::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            // A command that chose its exit code (`app diff`: 1 when there
+            // are differences, 2 on errors) prints its own output.
+            let code = e
+                .downcast_ref::<flotilla_hub::cli::ExitStatus>()
+                .map(|s| s.0);
+            match code {
+                Some(1) => {}
+                Some(_) => eprintln!("error: {e}"),
+                None => eprintln!("error: {e:#}"),
+            }
+            code.map_or(
+                std::process::ExitCode::FAILURE,
+                std::process::ExitCode::from,
+            )
         }
     }
 }

@@ -462,3 +462,96 @@ mod tests {
         assert_eq!(time_of(951_782_400_000), "2000-02-29T00:00:00Z");
     }
 }
+
+/// A command outcome that is not an error but needs a non-zero exit code
+/// (`app diff` with differences: 1). The binary exits with it and prints
+/// nothing more.
+#[derive(Debug)]
+pub struct ExitStatus(pub u8);
+
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit status {}", self.0)
+    }
+}
+
+impl std::error::Error for ExitStatus {}
+
+fn key_name(k: Option<&pb::ResourceKey>) -> String {
+    let Some(k) = k else {
+        return "unknown".to_owned();
+    };
+    let kind = if k.group.is_empty() {
+        k.kind.clone()
+    } else {
+        format!("{}.{}", k.kind, k.group)
+    };
+    if k.namespace.is_empty() {
+        format!("{kind}/{}", k.name)
+    } else {
+        format!("{kind}/{}/{}", k.namespace, k.name)
+    }
+}
+
+/// `flotilla app diff NAME [--cluster C]`: exit 0 without differences,
+/// 1 with, 2 on errors.
+pub(super) async fn diff(
+    g: &Global,
+    c: &mut Client,
+    name: &str,
+    cluster: Option<String>,
+) -> Result<()> {
+    let r = c
+        .diff_application(pb::DiffApplicationRequest {
+            name: name.to_owned(),
+            cluster: cluster.unwrap_or_default(),
+        })
+        .await
+        .map_err(|s| anyhow::Error::new(ExitStatus(2)).context(status_err(s)))?
+        .into_inner();
+    let mut differs = false;
+    let mut failed = Vec::new();
+    let mut text = String::new();
+    let mut rows = Vec::new();
+    for cd in &r.clusters {
+        if !cd.error.is_empty() {
+            failed.push(format!("{}: {}", cd.cluster, cd.error));
+            continue;
+        }
+        for res in &cd.resources {
+            let desired: serde_json::Value = serde_json::from_str(&res.desired).unwrap_or_default();
+            let live: Option<serde_json::Value> = if res.live.is_empty() {
+                None
+            } else {
+                serde_json::from_str(&res.live).ok()
+            };
+            let live_text = live
+                .as_ref()
+                .map(|l| super::diff::yaml(&super::diff::project(l, &desired)))
+                .unwrap_or_default();
+            let desired_text = super::diff::yaml(&desired);
+            let key = key_name(res.key.as_ref());
+            let d = super::diff::unified(
+                &format!("{}/live/{key}", cd.cluster),
+                &format!("{}/desired/{key}", cd.cluster),
+                &live_text,
+                &desired_text,
+            );
+            if d.is_empty() {
+                continue;
+            }
+            differs = true;
+            text.push_str(&d);
+            rows.push(json!({"cluster": cd.cluster, "resource": key, "missing": live.is_none(), "diff": d}));
+        }
+    }
+    let value = json!({"app": name, "differences": rows, "errors": failed});
+    print_out(g.output, value, || text.clone());
+    if !failed.is_empty() {
+        return Err(anyhow::Error::new(ExitStatus(2)).context(failed.join("; ")));
+    }
+    if differs {
+        return Err(ExitStatus(1).into());
+    }
+    Ok(())
+}
