@@ -677,9 +677,30 @@ async fn sets_survive_a_restart_and_new_clusters_are_picked_up() {
     label(&mut api, "c1", &[("env", "prod")], &[]).await;
     create_set(&mut api, &clusters_set("keep", &url, "sync"), false).await;
     wait_owned(&mut api, "keep", &["keep-c1"]).await;
+    drop(api);
     hub.shutdown().await.unwrap();
 
-    let hub = start_hub(data.path(), &url).await;
+    // shutdown() returns before aborted tasks have dropped their store
+    // handles; sled's lock goes with the last one.
+    let start_at = Instant::now();
+    let hub = loop {
+        let mut config = HubConfig::new(data.path(), "127.0.0.1:0".parse().unwrap());
+        config.poll_interval = Duration::from_secs(1);
+        config.repos = vec![RepoSpec {
+            url: url.clone(),
+            apps_path: "apps".into(),
+            revision: "main".into(),
+            poll_interval: Some(Duration::from_secs(1)),
+        }];
+        match start(config).await {
+            Ok(h) => break h,
+            Err(e) if start_at.elapsed() < DEADLINE => {
+                eprintln!("restart: {e}; retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("hub restarts: {e}"),
+        }
+    };
     let mut api = admin(&hub).await;
     let s = get_set(&mut api, "keep").await;
     assert_eq!(s.applications, vec!["keep-c1"]);

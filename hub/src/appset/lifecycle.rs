@@ -176,16 +176,54 @@ type Tree = Arc<Vec<SourceFile>>;
 /// once while it is in use.
 struct HubGit {
     cache: GitCache,
-    sets: Arc<AppSets>,
+    resolver: Arc<Resolver>,
     force: bool,
     /// (url, commit) → files; seeded with the previous pass's trees.
     trees: Mutex<HashMap<(String, String), Tree>>,
     used: Mutex<std::collections::HashSet<(String, String)>>,
+    /// (url, revision) → commit (or error) read by the set being evaluated.
+    refs: Mutex<Vec<GitRef>>,
+}
+
+type GitRef = ((String, String), Result<String, String>);
+
+/// The output of evaluating one stored set.
+type Evaluation = Result<(ApplicationSet, Result<super::Generated, super::AppSetError>), String>;
+
+/// A set's last evaluation and the inputs it was computed from.
+#[derive(Clone)]
+struct Memo {
+    raw: Value,
+    clusters: u64,
+    refs: Vec<GitRef>,
+    result: Evaluation,
+}
+
+fn clusters_fingerprint(clusters: &[super::ClusterInfo]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for c in clusters {
+        c.name.hash(&mut h);
+        c.server.hash(&mut h);
+        c.labels.hash(&mut h);
+        c.annotations.hash(&mut h);
+    }
+    h.finish()
 }
 
 impl HubGit {
     fn tree(&self, url: &str, revision: &str) -> Result<Arc<Vec<SourceFile>>, String> {
-        let commit = self.sets.resolve(&self.cache, url, revision, self.force)?;
+        let resolved = self
+            .resolver
+            .resolve(&self.cache, url, revision, self.force);
+        {
+            let mut refs = self.refs.lock().unwrap_or_else(|p| p.into_inner());
+            let key = (url.to_owned(), revision.to_owned());
+            if !refs.iter().any(|(k, _)| *k == key) {
+                refs.push((key, resolved.clone()));
+            }
+        }
+        let commit = resolved?;
         let key = (url.to_owned(), commit.clone());
         self.used
             .lock()
@@ -232,51 +270,15 @@ impl GitFiles for HubGit {
 
 type Resolved = (Instant, Result<String, String>);
 
-/// The ApplicationSet controller.
-pub struct AppSets {
-    fleet: Arc<Fleet>,
-    budget: f64,
+/// Resolves (url, revision) to a commit, fetching at most once per
+/// interval unless forced. Holds nothing of the hub's state, so an
+/// evaluation still running after shutdown keeps no store open.
+struct Resolver {
     interval: Duration,
     commits: Mutex<HashMap<(String, String), Resolved>>,
-    /// Trees read by the last pass, reused while their commit is current.
-    trees: Mutex<HashMap<(String, String), Tree>>,
-    /// Serialises every read-modify-write of set records and the
-    /// applications they own (the evaluation applies its plan under it,
-    /// against the record as stored at that moment).
-    writes: Mutex<()>,
 }
 
-impl std::fmt::Debug for AppSets {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AppSets")
-            .field("budget", &self.budget)
-            .finish_non_exhaustive()
-    }
-}
-
-impl AppSets {
-    /// `budget`: share (0..=1) of a set's applications one evaluation may
-    /// delete without confirmation; `interval`: how often a Git
-    /// generator's repository is fetched at most (unless forced).
-    pub fn new(fleet: Arc<Fleet>, budget: f64, interval: Duration) -> Arc<Self> {
-        Arc::new(Self {
-            fleet,
-            budget: budget.clamp(0.0, 1.0),
-            interval,
-            commits: Mutex::default(),
-            trees: Mutex::default(),
-            writes: Mutex::default(),
-        })
-    }
-
-    pub fn fleet(&self) -> &Arc<Fleet> {
-        &self.fleet
-    }
-
-    fn write_lock(&self) -> std::sync::MutexGuard<'_, ()> {
-        self.writes.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
+impl Resolver {
     fn resolve(
         &self,
         cache: &GitCache,
@@ -303,6 +305,56 @@ impl AppSets {
             .insert(key, (Instant::now(), r.clone()));
         r
     }
+}
+
+/// The ApplicationSet controller.
+pub struct AppSets {
+    fleet: Arc<Fleet>,
+    budget: f64,
+    resolver: Arc<Resolver>,
+    /// Trees read by the last pass, reused while their commit is current.
+    trees: Mutex<HashMap<(String, String), Tree>>,
+    /// Serialises every read-modify-write of set records and the
+    /// applications they own (the evaluation applies its plan under it,
+    /// against the record as stored at that moment).
+    writes: Mutex<()>,
+    /// Set name → last evaluation, reused while its inputs are unchanged.
+    memo: Mutex<HashMap<String, Memo>>,
+}
+
+impl std::fmt::Debug for AppSets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppSets")
+            .field("budget", &self.budget)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppSets {
+    /// `budget`: share (0..=1) of a set's applications one evaluation may
+    /// delete without confirmation; `interval`: how often a Git
+    /// generator's repository is fetched at most (unless forced).
+    pub fn new(fleet: Arc<Fleet>, budget: f64, interval: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            fleet,
+            budget: budget.clamp(0.0, 1.0),
+            resolver: Arc::new(Resolver {
+                interval,
+                commits: Mutex::default(),
+            }),
+            trees: Mutex::default(),
+            writes: Mutex::default(),
+            memo: Mutex::default(),
+        })
+    }
+
+    pub fn fleet(&self) -> &Arc<Fleet> {
+        &self.fleet
+    }
+
+    fn write_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.writes.lock().unwrap_or_else(|p| p.into_inner())
+    }
 
     /// Evaluates every set and applies the plans. Returns whether any
     /// application changed.
@@ -324,26 +376,59 @@ impl AppSets {
         let previous = self.trees.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let git = HubGit {
             cache: cache.clone(),
-            sets: self.clone(),
+            resolver: self.resolver.clone(),
             force,
             trees: Mutex::new(previous),
             used: Mutex::default(),
+            refs: Mutex::default(),
         };
-        let raws: Vec<Value> = sets.iter().map(|s| s.raw.clone()).collect();
+        let items: Vec<(String, Value)> = sets
+            .iter()
+            .map(|s| (s.name.clone(), s.raw.clone()))
+            .collect();
+        let memo = self.memo.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let fingerprint = clusters_fingerprint(&clusters);
         let joined = tokio::task::spawn_blocking(move || {
-            let evaluated = raws
-                .into_iter()
-                .map(|raw| {
-                    let set = ApplicationSet::from_value(raw).map_err(|e| e.to_string())?;
-                    let generated = set.generate(&clusters, Some(&git));
-                    Ok((set, generated))
-                })
-                .collect::<Vec<Result<_, String>>>();
-            (evaluated, git)
+            let mut next = HashMap::new();
+            let mut evaluated = Vec::new();
+            for (name, raw) in items {
+                // Same set, same inventory, same commits: same result.
+                if let Some(m) = memo.get(&name)
+                    && m.raw == raw
+                    && m.clusters == fingerprint
+                    && m.refs.iter().all(|((url, rev), c)| {
+                        git.resolver.resolve(&git.cache, url, rev, git.force) == *c
+                    })
+                {
+                    evaluated.push(m.result.clone());
+                    next.insert(name, m.clone());
+                    continue;
+                }
+                git.refs.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                let result: Evaluation = ApplicationSet::from_value(raw.clone())
+                    .map_err(|e| e.to_string())
+                    .map(|set| {
+                        let generated = set.generate(&clusters, Some(&git));
+                        (set, generated)
+                    });
+                let refs = git.refs.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                next.insert(
+                    name,
+                    Memo {
+                        raw,
+                        clusters: fingerprint,
+                        refs,
+                        result: result.clone(),
+                    },
+                );
+                evaluated.push(result);
+            }
+            (evaluated, git, next)
         })
         .await;
         let evaluated = match joined {
-            Ok((evaluated, git)) => {
+            Ok((evaluated, git, next)) => {
+                *self.memo.lock().unwrap_or_else(|p| p.into_inner()) = next;
                 let used = git.used.into_inner().unwrap_or_else(|p| p.into_inner());
                 let mut trees = git.trees.into_inner().unwrap_or_else(|p| p.into_inner());
                 trees.retain(|k, _| used.contains(k));
