@@ -95,7 +95,13 @@ pub enum AppCommand {
     /// List applications with a per-cluster summary.
     List,
     /// Show one application, one row per cluster.
-    Get { name: String },
+    Get {
+        name: String,
+        /// Keep running and print the application again whenever its
+        /// status changes (Ctrl-C to stop).
+        #[arg(short = 'w', long)]
+        watch: bool,
+    },
     /// Create an application from an Argo CD Application manifest.
     Create {
         /// YAML or JSON file (`-` for stdin).
@@ -387,9 +393,12 @@ pub async fn run(cli: Cli) -> Result<()> {
                 .await
                 .map_err(status_err)?
                 .into_inner();
-            print_out(g.output, json!({"version": v.version}), || {
-                format!("hub {}\n", v.version)
-            });
+            let client = env!("CARGO_PKG_VERSION");
+            print_out(
+                g.output,
+                json!({"version": v.version, "hub": v.version, "client": client}),
+                || format!("client {client}\nhub {}\n", v.version),
+            );
         }
         Command::Refresh => {
             c.refresh(pb::RefreshRequest::default())
@@ -479,7 +488,8 @@ async fn app(g: &Global, c: &mut Client, cmd: AppCommand) -> Result<()> {
                 },
             );
         }
-        AppCommand::Get { name } => {
+        AppCommand::Get { name, watch: true } => ops::watch(g, c, &name).await?,
+        AppCommand::Get { name, watch: false } => {
             let a = c
                 .get_application(pb::GetApplicationRequest { name })
                 .await

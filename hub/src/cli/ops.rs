@@ -555,3 +555,44 @@ pub(super) async fn diff(
     }
     Ok(())
 }
+
+/// What `app get --watch` compares to decide whether to print again
+/// (observation timestamps alone are not a change).
+fn watch_signature(a: &pb::Application) -> String {
+    let mut s = format!("{}|{}|{}", a.revision, a.error, a.manifest);
+    for c in &a.clusters {
+        s.push_str(&format!("|{}:{}", c.cluster, cluster_line(c)));
+    }
+    s
+}
+
+/// `flotilla app get NAME --watch`.
+pub(super) async fn watch(g: &Global, c: &mut Client, name: &str) -> Result<()> {
+    let mut last = String::new();
+    loop {
+        let a = c
+            .get_application(pb::GetApplicationRequest {
+                name: name.to_owned(),
+            })
+            .await
+            .map_err(status_err)?
+            .into_inner();
+        let sig = watch_signature(&a);
+        if sig != last {
+            last = sig;
+            if g.output == super::Output::Table || g.output == super::Output::Wide {
+                println!("--- {}", time_of(crate::api::now_ms()));
+            }
+            Box::pin(super::app(
+                g,
+                c,
+                super::AppCommand::Get {
+                    name: name.to_owned(),
+                    watch: false,
+                },
+            ))
+            .await?;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
