@@ -1,4 +1,5 @@
-//! Hub operations end to end: Kustomize overlays per environment, sources
+//! Hub operations end to end: Kustomize overlays per environment deployed
+//! by an ApplicationSet over labelled clusters, sources
 //! that fail to render or leave the repository, Git push webhooks, and an
 //! unreachable repository.
 //!
@@ -78,6 +79,42 @@ fn commit_files(fleet: &Fleet, files: &[(&str, String)], message: &str) -> anyho
     fleet.repo.commit_file(last_path, last, message)
 }
 
+fn web_set(repo_url: &str) -> String {
+    format!(
+        r#"apiVersion: argoproj.io/v1alpha1
+kind: ApplicationSet
+metadata:
+  name: web
+spec:
+  generators:
+  - clusters:
+      selector:
+        matchExpressions:
+        - key: env
+          operator: In
+          values: [staging, production]
+  template:
+    metadata:
+      name: 'web-{{{{name}}}}'
+    spec:
+      project: default
+      source:
+        repoURL: {repo_url}
+        targetRevision: HEAD
+        path: 'web/overlays/{{{{metadata.labels.env}}}}'
+      destination:
+        name: '{{{{name}}}}'
+        namespace: '{{{{metadata.labels.env}}}}'
+      syncPolicy:
+        automated:
+          prune: true
+          selfHeal: true
+        syncOptions:
+        - CreateNamespace=true
+"#
+    )
+}
+
 fn replicas(fleet: &Fleet, cluster: &str, namespace: &str) -> anyhow::Result<Option<i64>> {
     Ok(fleet
         .kubectl_get(cluster, "deployment", namespace, "web")?
@@ -106,7 +143,7 @@ async fn kustomize_overlays_land_per_environment_and_bad_sources_change_nothing(
         ("sim-2", "production", 3),
         ("sim-3", "production", 3),
     ];
-    let mut files = vec![
+    let files = vec![
         ("web/base/deployment.yaml", BASE_DEPLOYMENT.to_owned()),
         (
             "web/base/kustomization.yaml",
@@ -121,23 +158,23 @@ async fn kustomize_overlays_land_per_environment_and_bad_sources_change_nothing(
             overlay("production", 3),
         ),
     ];
-    let app_files: Vec<(String, String)> = environments
-        .iter()
-        .map(|(cluster, env, _)| {
-            (
-                format!("apps/web-{cluster}.yaml"),
-                application(
-                    &fleet,
-                    &format!("web-{cluster}"),
-                    &format!("web/overlays/{env}"),
-                    cluster,
-                    env,
-                ),
-            )
-        })
-        .collect();
-    files.extend(app_files.iter().map(|(p, c)| (p.as_str(), c.clone())));
     let first = commit_files(&fleet, &files, "web: kustomize base and overlays")?;
+    // Clusters labelled by environment; one ApplicationSet picks the
+    // overlay from the label.
+    for (cluster, env, _) in environments {
+        let (ok, _, err) = cli(
+            &fleet,
+            &["cluster", "label", cluster, &format!("env={env}")],
+        )?;
+        assert!(ok, "{err}");
+    }
+    let set = fleet.root.path().join("web-set.yaml");
+    std::fs::write(&set, web_set(&fleet.repo.url()))?;
+    let (ok, out, err) = cli(
+        &fleet,
+        &["appset", "create", "-f", &set.display().to_string()],
+    )?;
+    assert!(ok, "appset create: {out}{err}");
     for (cluster, env, want) in environments {
         fleet
             .wait_synced(&format!("web-{cluster}"), cluster, &first, CONVERGE)
