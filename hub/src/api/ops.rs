@@ -275,26 +275,39 @@ pub async fn diff(
             });
         }
     }
-    for (cluster, id, rx) in waits {
-        let row = match tokio::time::timeout(DIFF_TIMEOUT, rx).await {
-            Ok(Ok(result)) => pb::ClusterDiff {
-                cluster,
-                error: result.error,
-                resources: result.resources,
-                revision: revision.clone(),
-            },
-            _ => {
-                ctx.commands.diffs.forget(&id);
-                pb::ClusterDiff {
-                    cluster,
-                    error: format!(
-                        "no answer from the agent within {}s",
-                        DIFF_TIMEOUT.as_secs()
-                    ),
-                    ..Default::default()
-                }
+    // Every cluster at once: the slowest agent bounds the wait.
+    let answers = futures::future::join_all(waits.into_iter().map(|(cluster, id, rx)| {
+        let revision = revision.clone();
+        async move {
+            match tokio::time::timeout(DIFF_TIMEOUT, rx).await {
+                Ok(Ok(result)) => (
+                    None,
+                    pb::ClusterDiff {
+                        cluster,
+                        error: result.error,
+                        resources: result.resources,
+                        revision,
+                    },
+                ),
+                _ => (
+                    Some(id),
+                    pb::ClusterDiff {
+                        cluster,
+                        error: format!(
+                            "no answer from the agent within {}s",
+                            DIFF_TIMEOUT.as_secs()
+                        ),
+                        ..Default::default()
+                    },
+                ),
             }
-        };
+        }
+    }))
+    .await;
+    for (unanswered, row) in answers {
+        if let Some(id) = unanswered {
+            ctx.commands.diffs.forget(&id);
+        }
         out.push(row);
     }
     out.sort_by(|a, b| a.cluster.cmp(&b.cluster));

@@ -1,0 +1,340 @@
+//! Sync, history, rollback, diff and webhooks against an in-process hub
+//! (no agents: commands to clusters without a stream are reported).
+
+// Test helpers outside #[test] functions: a failed setup should panic.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use flotilla_hub::server::{HubConfig, RepoSpec, RunningHub, start};
+use flotilla_proto as pb;
+use pb::hub_api_client::HubApiClient;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::Code;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(["-c", "user.email=t@example.com", "-c", "user.name=t"])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "git {args:?}");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn write(dir: &Path, rel: &str, content: &str) {
+    let p = dir.join(rel);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, content).unwrap();
+}
+
+fn app_yaml(name: &str, url: &str, automated: bool) -> String {
+    let policy = if automated {
+        "  syncPolicy:\n    automated:\n      prune: true\n"
+    } else {
+        ""
+    };
+    format!(
+        "apiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata:\n  name: {name}\nspec:\n  source:\n    repoURL: {url}\n    path: web\n  destination:\n    name: c1\n    namespace: default\n{policy}"
+    )
+}
+
+#[derive(Clone)]
+struct Auth(String);
+
+impl tonic::service::Interceptor for Auth {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {}", self.0).parse().unwrap(),
+        );
+        Ok(req)
+    }
+}
+
+type Api = HubApiClient<tonic::service::interceptor::InterceptedService<Channel, Auth>>;
+
+async fn api(hub: &RunningHub) -> Api {
+    let ca = std::fs::read_to_string(hub.ca_file()).unwrap();
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .domain_name("localhost");
+    let channel = Channel::from_shared(hub.url())
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let token = std::fs::read_to_string(hub.admin_token_file()).unwrap();
+    HubApiClient::with_interceptor(channel, Auth(token.trim().to_owned()))
+}
+
+async fn post(addr: &str, headers: &[(&str, String)], body: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut req = format!(
+        "POST /api/webhook HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let mut resp = String::new();
+    stream.read_to_string(&mut resp).await.unwrap();
+    let code = resp.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (code, resp.split_once("\r\n\r\n").unwrap().1.to_owned())
+}
+
+fn signed(body: &str, secret: &str) -> String {
+    format!(
+        "sha256={}",
+        hex_of(&flotilla_hub::webhook::hmac_sha256(
+            secret.as_bytes(),
+            body.as_bytes()
+        ))
+    )
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_history_rollback_diff_and_webhooks_without_agents() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    let url = format!("file://{}", repo.display());
+    git(&repo, &["init", "-q", "-b", "main"]);
+    write(&repo, "apps/auto.yaml", &app_yaml("auto", &url, true));
+    write(
+        &repo,
+        "web/cm.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: web\n",
+    );
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-q", "-m", "init"]);
+    let head = git(&repo, &["rev-parse", "HEAD"]);
+
+    let webhook = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let webhook_addr = webhook.local_addr().unwrap();
+    drop(webhook);
+    let mut config = HubConfig::new(dir.path().join("hub"), "127.0.0.1:0".parse().unwrap());
+    config.poll_interval = Duration::from_secs(600);
+    config.webhook_listen = Some(webhook_addr);
+    config.webhook_secret = Some("s3cret".into());
+    config.repos = vec![RepoSpec {
+        url: url.clone(),
+        apps_path: "apps".into(),
+        revision: "main".into(),
+        poll_interval: Some(Duration::from_secs(600)),
+    }];
+    let hub = start(config).await.unwrap();
+    let mut api = api(&hub).await;
+    api.add_cluster(pb::AddClusterRequest {
+        name: "c1".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    api.create_application(pb::CreateApplicationRequest {
+        manifest: app_yaml("manual", &url, false),
+        upsert: false,
+    })
+    .await
+    .unwrap();
+
+    // The automated application's first render is an `automated` entry.
+    let start_wait = Instant::now();
+    let history = loop {
+        let h = api
+            .get_application_history(pb::GetApplicationHistoryRequest {
+                name: "auto".into(),
+            })
+            .await
+            .map(|r| r.into_inner());
+        if let Ok(h) = h
+            && !h.entries.is_empty()
+        {
+            break h;
+        }
+        assert!(start_wait.elapsed() < Duration::from_secs(30), "no history");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(history.entries[0].initiated_by, "automated");
+    assert_eq!(history.entries[0].revision, head);
+    assert_eq!(history.entries[0].clusters, ["c1"]);
+
+    let err = api
+        .rollback_application(pb::RollbackApplicationRequest {
+            name: "auto".into(),
+            id: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(
+        err.message()
+            .contains("rollback cannot be initiated when auto-sync is enabled")
+    );
+
+    // Manual sync with no agent connected: rendered, recorded, reported.
+    let r = api
+        .sync_application(pb::SyncApplicationRequest {
+            name: "manual".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.revision, head);
+    assert!(r.clusters.is_empty());
+    assert_eq!(r.not_connected, ["c1"]);
+    assert_eq!(r.history_id, 1);
+    let h = api
+        .get_application_history(pb::GetApplicationHistoryRequest {
+            name: "manual".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(h.entries[0].initiated_by, "user:admin");
+    assert!(h.pinned_revision.is_empty());
+
+    let err = api
+        .sync_application(pb::SyncApplicationRequest {
+            name: "manual".into(),
+            revision: "no-such-branch".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    let err = api
+        .sync_application(pb::SyncApplicationRequest {
+            name: "manual".into(),
+            cluster: "elsewhere".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let err = api
+        .rollback_application(pb::RollbackApplicationRequest {
+            name: "manual".into(),
+            id: 99,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert!(err.message().contains("ids: 1"), "{}", err.message());
+
+    let d = api
+        .diff_application(pb::DiffApplicationRequest {
+            name: "manual".into(),
+            cluster: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(d.clusters.len(), 1);
+    assert_eq!(d.clusters[0].error, "cluster not connected");
+
+    api.refresh(pb::RefreshRequest {
+        app: "manual".into(),
+        hard: true,
+    })
+    .await
+    .unwrap();
+    let err = api
+        .refresh(pb::RefreshRequest {
+            app: "nope".into(),
+            hard: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+
+    // Webhooks.
+    let addr = webhook_addr.to_string();
+    let push = serde_json::json!({"repository": {"clone_url": url}}).to_string();
+    let (code, _) = post(
+        &addr,
+        &[
+            ("X-GitHub-Event", "push".into()),
+            ("X-Hub-Signature-256", signed(&push, "wrong")),
+        ],
+        &push,
+    )
+    .await;
+    assert_eq!(code, 401);
+    let (code, _) = post(
+        &addr,
+        &[
+            ("X-GitHub-Event", "ping".into()),
+            ("X-Hub-Signature-256", signed("{}", "s3cret")),
+        ],
+        "{}",
+    )
+    .await;
+    assert_eq!(code, 202);
+    let other = r#"{"repository":{"clone_url":"https://example.invalid/x.git"}}"#;
+    let (code, _) = post(
+        &addr,
+        &[
+            ("X-Gitea-Event", "push".into()),
+            ("X-Gitea-Signature", signed(other, "s3cret")[7..].to_owned()),
+        ],
+        other,
+    )
+    .await;
+    assert_eq!(code, 202);
+
+    // A new commit arrives through the webhook, not the 600s poll.
+    write(
+        &repo,
+        "web/cm.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: web\ndata:\n  v: \"2\"\n",
+    );
+    git(&repo, &["commit", "-q", "-am", "two"]);
+    let second = git(&repo, &["rev-parse", "HEAD"]);
+    let (code, body) = post(
+        &addr,
+        &[
+            ("X-GitHub-Event", "push".into()),
+            ("X-Hub-Signature-256", signed(&push, "s3cret")),
+        ],
+        &push,
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let start_wait = Instant::now();
+    loop {
+        let a = api
+            .get_application(pb::GetApplicationRequest {
+                name: "auto".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if a.revision == second {
+            break;
+        }
+        assert!(
+            start_wait.elapsed() < Duration::from_secs(30),
+            "webhook did not bring {second}: {}",
+            a.revision
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    hub.shutdown().await.unwrap();
+}
