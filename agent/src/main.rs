@@ -1,8 +1,9 @@
 //! `flotilla-agent`: see [`flotilla_agent::cli`].
 
-// Two workers are plenty for one cluster's objects and keep the idle
-// footprint small (each worker thread brings its own allocator arena).
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+// One thread is plenty for one cluster's objects (the work is I/O bound)
+// and keeps the idle footprint small: the benchmark measured 19.6 MiB RSS
+// idle with 100 objects, against 21.3 MiB with two worker threads.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     flotilla_agent::cli::main().await
 }
