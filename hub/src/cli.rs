@@ -224,6 +224,13 @@ pub enum RepoCommand {
         /// Poll interval in seconds (0: the hub's default).
         #[arg(long, default_value_t = 0)]
         poll_interval_secs: i64,
+        /// User name for https (default "git", for token-only hosts).
+        #[arg(long, requires = "password_file")]
+        username: Option<String>,
+        /// File holding the https password or token (`-` for stdin); the
+        /// hub stores it and never shows it.
+        #[arg(long)]
+        password_file: Option<PathBuf>,
     },
     /// List repositories.
     List,
@@ -849,7 +856,14 @@ async fn repo(g: &Global, c: &mut Client, cmd: RepoCommand) -> Result<()> {
             apps_path,
             revision,
             poll_interval_secs,
+            username,
+            password_file,
         } => {
+            let password = match &password_file {
+                Some(f) => Some(read_input(f)?.trim().to_owned()),
+                None => None,
+            };
+            let url_for_creds = url.clone();
             let r = c
                 .add_repository(pb::AddRepositoryRequest {
                     url,
@@ -860,6 +874,19 @@ async fn repo(g: &Global, c: &mut Client, cmd: RepoCommand) -> Result<()> {
                 .await
                 .map_err(status_err)?
                 .into_inner();
+            let r = match password {
+                Some(password) if !password.is_empty() => c
+                    .set_repository_credentials(pb::SetRepositoryCredentialsRequest {
+                        url: url_for_creds,
+                        username: username.unwrap_or_default(),
+                        password,
+                    })
+                    .await
+                    .map_err(status_err)?
+                    .into_inner(),
+                Some(_) => bail!("the password file is empty"),
+                None => r,
+            };
             print_out(g.output, repo_json(&r), || {
                 format!("repository {} added\n", r.url)
             });
@@ -1102,6 +1129,7 @@ pub fn repo_json(r: &pb::Repository) -> Value {
         "lastCommit": r.last_commit,
         "lastError": r.last_error,
         "lastFetchMs": r.last_fetch_ms,
+        "hasCredentials": r.has_credentials,
     })
 }
 

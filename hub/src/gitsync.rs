@@ -248,7 +248,11 @@ impl GitSync {
         }
         let cache = self.cache.clone();
         let (u, r) = key.clone();
-        let result = tokio::task::spawn_blocking(move || cache.fetch(&u, &r))
+        let credentials = self.store.repo_credentials(url).ok().flatten();
+        let result = tokio::task::spawn_blocking(move || match credentials {
+            Some(c) => cache.fetch_with_credentials(&u, &r, &c.username, &c.password),
+            None => cache.fetch(&u, &r),
+        })
             .await
             .map_err(|e| format!("fetch task failed: {e}"))
             .and_then(|r| r.map_err(|e| e.to_string()));

@@ -107,6 +107,22 @@ impl GitCache {
         imp::read_dir(&self.root, url, commit, path, recurse)
     }
 
+    /// [`GitCache::fetch`] with https credentials (user name and password
+    /// or token), kept out of the mirror's key and redacted from errors.
+    ///
+    /// # Errors
+    /// The repository cannot be reached or the revision does not exist.
+    pub fn fetch_with_credentials(
+        &self,
+        url: &str,
+        revision: &str,
+        username: &str,
+        password: &str,
+    ) -> Result<String, SourceError> {
+        let remote = with_credentials(url, username, password);
+        imp::fetch_as(&self.root, url, &remote, revision)
+    }
+
     /// Writes the whole tree of `commit` (fetched before) into `dest`, for
     /// renderers that need files on disk. Symlinks are kept only when they
     /// resolve inside the repository; submodules are skipped. Returns the
@@ -122,6 +138,33 @@ impl GitCache {
     ) -> Result<Vec<String>, SourceError> {
         imp::export_tree(&self.root, url, commit, dest)
     }
+}
+
+/// `url` with `username:password@` as its userinfo (percent-encoded);
+/// URLs without a `scheme://` authority are returned as they are.
+pub fn with_credentials(url: &str, username: &str, password: &str) -> String {
+    fn enc(s: &str) -> String {
+        s.bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect()
+    }
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    // Drop any userinfo already there.
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let rest = match rest[..authority_end].rfind('@') {
+        Some(at) => &rest[at + 1..],
+        None => rest,
+    };
+    let user = if username.is_empty() { "git" } else { username };
+    format!("{scheme}://{}:{}@{rest}", enc(user), enc(password))
 }
 
 /// Renders a plain directory: every `.yaml`, `.yml` and `.json` file (after

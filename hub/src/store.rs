@@ -144,6 +144,23 @@ pub struct AppSetRecord {
     pub last_good_ms: i64,
 }
 
+/// https credentials of a repository. Never logged; `Debug` hides the
+/// password.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct RepoCredentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for RepoCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RepoCredentials")
+            .field("username", &self.username)
+            .field("password", &"***")
+            .finish()
+    }
+}
+
 /// A user API token (only its SHA-256 is stored).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TokenRecord {
@@ -175,6 +192,8 @@ pub struct Store {
     tokens: sled::Tree,
     /// Per-application deployment history and pin (crate::history).
     app_ops: sled::Tree,
+    /// https credentials by repository URL.
+    repo_credentials: sled::Tree,
     bootstrap: sled::Tree,
     appsets: sled::Tree,
     /// Serialises read-modify-write of cluster records, which the agent
@@ -239,6 +258,7 @@ impl Store {
             repos: db.open_tree("repositories")?,
             tokens: db.open_tree("tokens")?,
             app_ops: db.open_tree("app_ops")?,
+            repo_credentials: db.open_tree("repo_credentials")?,
             bootstrap: db.open_tree("bootstrap_tokens")?,
             appsets: db.open_tree("application_sets")?,
             db,
@@ -326,6 +346,33 @@ impl Store {
             self.statuses.remove(k)?;
         }
         Ok(existed)
+    }
+
+    // ---- repository credentials ----
+
+    /// The https credentials stored for `url`.
+    pub fn repo_credentials(&self, url: &str) -> Result<Option<RepoCredentials>, StoreError> {
+        self.repo_credentials
+            .get(url.as_bytes())?
+            .map(|v| decode("repo_credentials", url.as_bytes(), &v))
+            .transpose()
+    }
+
+    /// Stores (or with `None` removes) the credentials of `url`.
+    pub fn put_repo_credentials(
+        &self,
+        url: &str,
+        credentials: Option<&RepoCredentials>,
+    ) -> Result<(), StoreError> {
+        match credentials {
+            Some(c) => {
+                self.repo_credentials.insert(url.as_bytes(), encode(c))?;
+            }
+            None => {
+                self.repo_credentials.remove(url.as_bytes())?;
+            }
+        }
+        Ok(())
     }
 
     // ---- application history and pins ----

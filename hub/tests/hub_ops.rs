@@ -338,3 +338,88 @@ async fn sync_history_rollback_diff_and_webhooks_without_agents() {
     }
     hub.shutdown().await.unwrap();
 }
+
+#[test]
+fn credentials_go_into_the_userinfo() {
+    use flotilla_hub::source::with_credentials;
+    assert_eq!(
+        with_credentials("https://git.example/org/r.git", "bot", "p@ss:w/rd"),
+        "https://bot:p%40ss%3Aw%2Frd@git.example/org/r.git"
+    );
+    assert_eq!(
+        with_credentials("https://old:x@git.example/r", "", "tok"),
+        "https://git:tok@git.example/r"
+    );
+    assert_eq!(with_credentials("/local/path", "u", "p"), "/local/path");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_credentials_never_show_in_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/private.git", closed.local_addr().unwrap());
+    drop(closed);
+    let mut config = HubConfig::new(dir.path().join("hub"), "127.0.0.1:0".parse().unwrap());
+    config.poll_interval = Duration::from_secs(600);
+    let hub = start(config).await.unwrap();
+    let mut api = api(&hub).await;
+    api.add_repository(pb::AddRepositoryRequest {
+        url: url.clone(),
+        revision: "main".into(),
+        apps_path: "apps".into(),
+        poll_interval_secs: 600,
+    })
+    .await
+    .unwrap();
+    let secret = "hunter2-very-secret-token";
+    let r = api
+        .set_repository_credentials(pb::SetRepositoryCredentialsRequest {
+            url: url.clone(),
+            username: "robot-user".into(),
+            password: secret.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.has_credentials);
+    let start_wait = Instant::now();
+    let repo = loop {
+        let list = api
+            .list_repositories(pb::ListRepositoriesRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        let repo = list
+            .repositories
+            .into_iter()
+            .find(|r| r.url == url)
+            .unwrap();
+        if !repo.last_error.is_empty() && repo.last_fetch_ms > 0 {
+            break repo;
+        }
+        assert!(
+            start_wait.elapsed() < Duration::from_secs(30),
+            "no fetch error"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(repo.has_credentials);
+    assert!(!repo.last_error.contains(secret), "{}", repo.last_error);
+    assert!(
+        !repo.last_error.contains("robot-user"),
+        "{}",
+        repo.last_error
+    );
+    // Removing them.
+    let r = api
+        .set_repository_credentials(pb::SetRepositoryCredentialsRequest {
+            url: url.clone(),
+            username: String::new(),
+            password: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!r.has_credentials);
+    hub.shutdown().await.unwrap();
+}

@@ -109,6 +109,7 @@ fn repo_to_pb(r: &RepoRecord) -> pb::Repository {
         last_commit: r.last_commit.clone(),
         last_error: r.last_error.clone(),
         last_fetch_ms: r.last_fetch_ms,
+        has_credentials: false,
     }
 }
 
@@ -310,7 +311,23 @@ impl pb::hub_api_server::HubApi for HubApiService {
         &self,
         _request: Request<pb::ListRepositoriesRequest>,
     ) -> Result<Response<pb::ListRepositoriesResponse>, Status> {
-        let repositories = self.ctx.store.repos()?.iter().map(repo_to_pb).collect();
+        let repositories = self
+            .ctx
+            .store
+            .repos()?
+            .iter()
+            .map(|r| {
+                let mut p = repo_to_pb(r);
+                p.has_credentials = self
+                    .ctx
+                    .store
+                    .repo_credentials(&r.url)
+                    .ok()
+                    .flatten()
+                    .is_some();
+                p
+            })
+            .collect();
         Ok(Response::new(pb::ListRepositoriesResponse { repositories }))
     }
 
@@ -463,6 +480,30 @@ impl pb::hub_api_server::HubApi for HubApiService {
         request: Request<pb::RollbackApplicationRequest>,
     ) -> Result<Response<pb::SyncApplicationResponse>, Status> {
         super::ops::rollback(&self.ctx, request).await
+    }
+
+    async fn set_repository_credentials(
+        &self,
+        request: Request<pb::SetRepositoryCredentialsRequest>,
+    ) -> Result<Response<pb::Repository>, Status> {
+        require_write(&request)?;
+        let req = request.into_inner();
+        let rec = self
+            .ctx
+            .store
+            .repo(&req.url)?
+            .ok_or_else(|| Status::not_found(format!("repository {:?} is not registered", crate::source::redact_url(&req.url))))?;
+        let creds = (!req.password.is_empty()).then(|| crate::store::RepoCredentials {
+            username: req.username.clone(),
+            password: req.password.clone(),
+        });
+        self.ctx.store.put_repo_credentials(&req.url, creds.as_ref())?;
+        self.ctx.store.flush_async().await?;
+        tracing::info!(url = %crate::source::redact_url(&req.url), stored = creds.is_some(), "repository credentials updated");
+        self.ctx.git.refresh_urls(std::slice::from_ref(&req.url));
+        let mut out = repo_to_pb(&rec);
+        out.has_credentials = creds.is_some();
+        Ok(Response::new(out))
     }
 
     async fn diff_application(

@@ -16,6 +16,15 @@ pub(super) fn fetch(root: &Path, url: &str, revision: &str) -> Result<String, So
     git::fetch(root, url, revision)
 }
 
+pub(super) fn fetch_as(
+    root: &Path,
+    key: &str,
+    remote: &str,
+    revision: &str,
+) -> Result<String, SourceError> {
+    git::fetch_as(root, key, remote, revision)
+}
+
 pub(super) fn export_tree(
     root: &Path,
     url: &str,

@@ -60,10 +60,22 @@ fn fetch_error(url: &str, message: impl std::fmt::Display) -> SourceError {
 }
 
 pub(crate) fn fetch(root: &Path, url: &str, revision: &str) -> Result<String, SourceError> {
+    fetch_as(root, url, url, revision)
+}
+
+/// Fetches into the mirror of `key` (the registered URL) from `remote`
+/// (the same URL, possibly with credentials; only ever shown redacted).
+pub(crate) fn fetch_as(
+    root: &Path,
+    key: &str,
+    remote: &str,
+    revision: &str,
+) -> Result<String, SourceError> {
+    let url = remote;
     if url.trim().is_empty() {
         return Err(fetch_error(url, "empty repository URL"));
     }
-    let dir = mirror_dir(root, url);
+    let dir = mirror_dir(root, key);
     let lock = mirror_lock(&dir);
     let _guard = lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
 
