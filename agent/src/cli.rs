@@ -57,6 +57,15 @@ struct RunArgs {
     /// as Argo CD's resource customizations).
     #[arg(long, env = "FLOTILLA_HEALTH_CHECKS")]
     health_checks: Option<PathBuf>,
+    /// One-time bootstrap token (`flt1.<secret>.<ca-pin>`, from `flotilla
+    /// cluster add --bootstrap-token`): used to enroll when the state
+    /// directory holds no certificate yet.
+    #[arg(long, env = "FLOTILLA_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// SHA-256 of the hub CA's public key (hex, optionally `sha256:`);
+    /// overrides the pin inside the token.
+    #[arg(long, env = "FLOTILLA_CA_PIN")]
+    ca_pin: Option<String>,
     /// Namespace of the per-application inventory ConfigMaps.
     #[arg(long, default_value = crate::inventory::DEFAULT_NAMESPACE)]
     inventory_namespace: String,
@@ -130,6 +139,18 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("creating state directory {}", state_dir.display()))?;
+    if !crate::enroll::is_enrolled(&state_dir) {
+        let Some(token) = args.token.as_deref().filter(|t| !t.trim().is_empty()) else {
+            bail!(
+                "{} holds no client certificate: pass --token (FLOTILLA_TOKEN) to enroll",
+                state_dir.display()
+            );
+        };
+        let token = crate::enroll::Token::parse(token, args.ca_pin.as_deref())?;
+        // Not retried: a wrong pin or a refused token needs a person (in a
+        // cluster, the pod restarts with backoff).
+        crate::enroll::enroll(&hub, &state_dir, &token).await?;
+    }
     let cache = Arc::new(Cache::open(&state_dir)?);
     let client = kube_client(&args).await?;
     let trigger = Arc::new(Notify::new());
@@ -164,7 +185,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .with_inventory(crate::inventory::Inventory::new(
             args.inventory_namespace.clone(),
         ));
-    let link = link.with_sync_requests(engine.sync_requests());
+    let reconnect = Arc::new(Notify::new());
+    let link = link
+        .with_sync_requests(engine.sync_requests())
+        .with_reconnect(reconnect.clone());
+    tokio::spawn(crate::enroll::renew_loop(
+        hub.clone(),
+        state_dir.clone(),
+        reconnect,
+    ));
     tokio::select! {
         () = engine.run() => {}
         () = link.run() => {}

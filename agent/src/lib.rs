@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod custom_health;
 pub mod drift;
 pub mod engine;
+pub mod enroll;
 pub mod health;
 pub mod inventory;
 pub mod link;

@@ -97,7 +97,9 @@ pub struct LinkConfig {
 /// The link task.
 pub struct Link {
     hub: String,
+    config: LinkConfig,
     endpoint: Endpoint,
+    reconnect: Arc<Notify>,
     cluster: String,
     cache: Arc<Cache>,
     trigger: Arc<Notify>,
@@ -124,6 +126,24 @@ impl Link {
         trigger: Arc<Notify>,
         reports: watch::Receiver<Option<Report>>,
     ) -> Result<Self, LinkError> {
+        let (endpoint, cluster) = Self::endpoint(config)?;
+        Ok(Self {
+            hub: config.hub.clone(),
+            config: config.clone(),
+            endpoint,
+            reconnect: Arc::new(Notify::new()),
+            cluster,
+            cache,
+            trigger,
+            reports,
+            requests: SyncRequests::default(),
+            cluster_api: None,
+        })
+    }
+
+    /// Reads the credentials (again: renewal replaces them) and builds the
+    /// endpoint; also returns the cluster name from the certificate.
+    fn endpoint(config: &LinkConfig) -> Result<(Endpoint, String), LinkError> {
         let ca = read(&config.state_dir.join(CA_FILE))?;
         let cert = read(&config.state_dir.join(CERT_FILE))?;
         let key = read(&config.state_dir.join(KEY_FILE))?;
@@ -154,16 +174,15 @@ impl Link {
             .http2_keep_alive_interval(Duration::from_secs(20))
             .keep_alive_timeout(Duration::from_secs(20))
             .keep_alive_while_idle(true);
-        Ok(Self {
-            hub: config.hub.clone(),
-            endpoint,
-            cluster,
-            cache,
-            trigger,
-            reports,
-            requests: SyncRequests::default(),
-            cluster_api: None,
-        })
+        Ok((endpoint, cluster))
+    }
+
+    /// Ends the current stream and reconnects with the credentials in the
+    /// state directory whenever `reconnect` is notified (after renewal).
+    #[must_use]
+    pub fn with_reconnect(mut self, reconnect: Arc<Notify>) -> Self {
+        self.reconnect = reconnect;
+        self
     }
 
     /// Answers the hub's diff requests against this cluster.
@@ -192,7 +211,15 @@ impl Link {
         loop {
             let started = Instant::now();
             let mut healthy = false;
-            match self.session(&mut healthy).await {
+            let outcome = tokio::select! {
+                r = self.session(&mut healthy) => r,
+                () = self.reconnect.notified() => {
+                    info!(hub = %self.hub, "reconnecting with the renewed certificate");
+                    failures = 0;
+                    continue;
+                }
+            };
+            match outcome {
                 Ok(()) => info!(hub = %self.hub, "hub closed the stream"),
                 Err(e) => warn!(hub = %self.hub, error = %error_chain(&e), "link down"),
             }
@@ -211,8 +238,15 @@ impl Link {
     }
 
     async fn session(&self, healthy: &mut bool) -> Result<(), LinkError> {
-        let channel = self
-            .endpoint
+        // Fresh credentials on every connection: renewal replaces them.
+        let endpoint = match Self::endpoint(&self.config) {
+            Ok((endpoint, _)) => endpoint,
+            Err(e) => {
+                warn!(error = %e, "re-reading credentials; using the previous ones");
+                self.endpoint.clone()
+            }
+        };
+        let channel = endpoint
             .connect()
             .await
             .map_err(|source| LinkError::Connect {

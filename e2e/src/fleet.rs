@@ -88,6 +88,20 @@ impl Fleet {
         opts: FleetOptions,
         hub_args: &[&str],
     ) -> anyhow::Result<Self> {
+        Self::start_except(opts, hub_args, &[]).await
+    }
+
+    /// [`Fleet::start_with_hub_args`], leaving the simulated clusters in
+    /// `unmanaged` unregistered and without an agent (e.g. for a test that
+    /// enrolls one with a bootstrap token).
+    ///
+    /// # Errors
+    /// Any part fails to start; the error carries its log tail.
+    pub async fn start_except(
+        opts: FleetOptions,
+        hub_args: &[&str],
+        unmanaged: &[&str],
+    ) -> anyhow::Result<Self> {
         let hub_args: Vec<String> = hub_args.iter().map(|a| (*a).to_owned()).collect();
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let root = tempfile::Builder::new().prefix("flotilla-e2e-").tempdir()?;
@@ -113,8 +127,14 @@ impl Fleet {
             hub_restarts: 0,
             hub_args,
         };
-        for name in fleet.sim.cluster_names() {
-            fleet.add_cluster(&name, &[("env", "dev")])?;
+        let managed: Vec<String> = fleet
+            .sim
+            .cluster_names()
+            .into_iter()
+            .filter(|n| !unmanaged.contains(&n.as_str()))
+            .collect();
+        for name in &managed {
+            fleet.add_cluster(name, &[("env", "dev")])?;
         }
         if opts.register_repo {
             let mut api = fleet.api().await?;
@@ -127,8 +147,8 @@ impl Fleet {
             .await
             .context("registering the config repository")?;
         }
-        for name in fleet.sim.cluster_names() {
-            fleet.start_agent(&name)?;
+        for name in &managed {
+            fleet.start_agent(name)?;
         }
         Ok(fleet)
     }
@@ -207,6 +227,39 @@ impl Fleet {
         )?;
         self.agents.insert(cluster.to_owned(), proc);
         Ok(())
+    }
+
+    /// Starts an agent for `cluster` against its simulated cluster with
+    /// `--hub`, `--kubeconfig` and then `args`, under the name `name` (its
+    /// log is `ROOT/NAME.log`); the caller owns the process.
+    ///
+    /// # Errors
+    /// The agent binary is missing or does not start.
+    pub fn spawn_agent(
+        &self,
+        name: &str,
+        cluster: &str,
+        args: &[String],
+        envs: &[(String, String)],
+    ) -> anyhow::Result<Proc> {
+        let kubeconfig = self
+            .sim
+            .kubeconfig_path(cluster)
+            .ok_or_else(|| anyhow::anyhow!("no kubeconfig for {cluster}"))?;
+        let mut all = vec![
+            "--hub".to_owned(),
+            self.hub_url(),
+            "--kubeconfig".into(),
+            kubeconfig.display().to_string(),
+        ];
+        all.extend(args.iter().cloned());
+        Proc::spawn(
+            name,
+            &crate::bin("flotilla-agent")?,
+            &all,
+            envs,
+            self.root.path().join(format!("{name}.log")),
+        )
     }
 
     /// Stops the hub (SIGTERM) and starts it again on the same address and

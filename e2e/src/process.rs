@@ -38,7 +38,7 @@ impl Proc {
         }
         // Plain log lines: tests match on them.
         cmd.env("NO_COLOR", "1");
-        if std::env::var_os("RUST_LOG").is_none() {
+        if std::env::var_os("RUST_LOG").is_none() && !envs.iter().any(|(k, _)| k == "RUST_LOG") {
             cmd.env("RUST_LOG", "info");
         }
         let mut child = cmd

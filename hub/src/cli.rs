@@ -169,6 +169,20 @@ pub enum ClusterCommand {
         /// Lifetime of the bootstrap token, e.g. 30m, 24h.
         #[arg(long, default_value = "24h", value_parser = parse_duration)]
         ttl: Duration,
+        /// RBAC of the agent in the printed manifest: `cluster` (every
+        /// resource, cluster-wide) or `namespace` (only --namespaces).
+        #[arg(long, default_value = "cluster", value_parser = ["cluster", "namespace"])]
+        rbac_scope: String,
+        /// Namespaces the agent may manage with --rbac-scope namespace.
+        #[arg(long, value_delimiter = ',')]
+        namespaces: Vec<String>,
+        /// Hub URL as the agent's cluster reaches it (default: --hub).
+        #[arg(long)]
+        hub_url: Option<String>,
+        /// Print only the agent's install manifest (implies
+        /// --bootstrap-token); so does `-o yaml`.
+        #[arg(long)]
+        manifest_only: bool,
     },
     /// List clusters.
     List,
@@ -650,8 +664,17 @@ async fn cluster(g: &Global, hub: &str, c: &mut Client, cmd: ClusterCommand) -> 
             out,
             bootstrap_token,
             ttl,
+            rbac_scope,
+            namespaces,
+            hub_url,
+            manifest_only,
         } => {
             let labels = parse_labels(&labels)?;
+            let manifest_only = manifest_only || (g.output == Output::Yaml && out.is_none());
+            let bootstrap_token = bootstrap_token || manifest_only;
+            if rbac_scope == "namespace" && namespaces.is_empty() {
+                bail!("--rbac-scope namespace needs --namespaces a,b");
+            }
             if out.is_none() && !bootstrap_token {
                 bail!(
                     "pass --out DIR (issue the agent certificate now) or --bootstrap-token (the agent enrolls)"
@@ -691,6 +714,30 @@ async fn cluster(g: &Global, hub: &str, c: &mut Client, cmd: ClusterCommand) -> 
                     out.display()
                 ));
             }
+            let mut manifest = None;
+            if !resp.bootstrap_token.is_empty() {
+                let install = crate::chart::AgentInstall {
+                    hub_url: hub_url.unwrap_or_else(|| hub.to_owned()),
+                    token: resp.bootstrap_token.clone(),
+                    ca_pin: resp.ca_pin.clone(),
+                    rbac_scope,
+                    namespaces,
+                };
+                manifest = Some(
+                    crate::chart::agent_manifest(&install)
+                        .context("rendering the agent manifest")?,
+                );
+                command.get_or_insert_with(|| {
+                    format!(
+                        "FLOTILLA_TOKEN='{}' flotilla-agent --hub {} --state-dir ./flotilla-agent-{name}",
+                        install.token, install.hub_url
+                    )
+                });
+            }
+            if manifest_only {
+                print!("{}", manifest.unwrap_or_default());
+                return Ok(());
+            }
             let cluster = resp.cluster.clone().unwrap_or_default();
             print_out(
                 g.output,
@@ -698,6 +745,7 @@ async fn cluster(g: &Global, hub: &str, c: &mut Client, cmd: ClusterCommand) -> 
                     "cluster": cluster_json(&cluster),
                     "stateDir": out,
                     "agentCommand": command,
+                    "manifest": manifest,
                     "bootstrapToken": resp.bootstrap_token,
                     "caPin": resp.ca_pin,
                     "tokenExpiresMs": resp.token_expires_ms,
@@ -717,6 +765,16 @@ async fn cluster(g: &Global, hub: &str, c: &mut Client, cmd: ClusterCommand) -> 
                             resp.bootstrap_token,
                             resp.ca_pin
                         ));
+                        if let (None, Some(command)) = (&out, &command) {
+                            text.push_str(&format!(
+                                "run the agent outside a cluster with:\n  {command}\n"
+                            ));
+                        }
+                        if let Some(manifest) = &manifest {
+                            text.push_str(&format!(
+                                "or install it in the cluster with `kubectl apply --server-side -f -`:\n{manifest}"
+                            ));
+                        }
                     }
                     text
                 },

@@ -1,6 +1,7 @@
 //! Flotilla hub library.
 pub mod api;
 pub mod appset;
+pub mod chart;
 pub mod cli;
 pub mod commands;
 pub mod fleet;

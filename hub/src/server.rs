@@ -216,8 +216,10 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
     };
 
     let tls = ServerTlsConfig::new()
+        // The chain includes the CA so an enrolling agent can check it
+        // against the pin in its bootstrap token.
         .identity(Identity::from_pem(
-            &pki.server().cert_pem,
+            format!("{}{}", pki.server().cert_pem, pki.ca_pem()),
             &pki.server().key_pem,
         ))
         .client_ca_root(Certificate::from_pem(pki.ca_pem()))
