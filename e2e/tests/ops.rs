@@ -691,3 +691,65 @@ spec:
     assert!(ok, "wait: {out}{err}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn app_of_apps_manages_applications_from_git() -> anyhow::Result<()> {
+    let fleet = Fleet::start(FleetOptions {
+        clusters: 1,
+        ..Default::default()
+    })
+    .await?;
+    let root = format!(
+        "apiVersion: argoproj.io/v1alpha1
+kind: Application
+metadata:
+  name: root
+spec:
+  source:
+    repoURL: {}
+    targetRevision: HEAD
+    path: root
+  destination:
+    name: in-hub
+  syncPolicy:
+    automated:
+      prune: true
+",
+        fleet.repo.url()
+    );
+    let first = commit_files(
+        &fleet,
+        &[
+            ("child/settings.yaml", settings("from a child")),
+            // The directory must stay when the last Application goes: a
+            // path that no longer exists is a render error, and a failed
+            // render never prunes.
+            ("root/README.md", "Applications managed by root\n".to_owned()),
+            (
+                "root/child.yaml",
+                application(&fleet, "child", "child", "sim-1", "child"),
+            ),
+            ("apps/root.yaml", root),
+        ],
+        "app of apps",
+    )?;
+    fleet
+        .wait_synced("child", "sim-1", &first, CONVERGE)
+        .await?;
+    let cm = fleet
+        .kubectl_get("sim-1", "configmap", "child", "settings")?
+        .ok_or_else(|| anyhow::anyhow!("child's configmap missing"))?;
+    assert_eq!(cm["data"]["greeting"], "from a child");
+    assert_eq!(fleet.app("child").await?.origin, "app:root");
+
+    // Removing the file (the parent prunes) removes the application.
+    fleet.repo.remove_file("root/child.yaml", "drop child")?;
+    eventually("child removed from the hub", CONVERGE, || async {
+        match fleet.app("child").await {
+            Err(_) => Ok(()),
+            Ok(a) => Err(format!("still there: {}", a.origin)),
+        }
+    })
+    .await?;
+    Ok(())
+}

@@ -457,6 +457,7 @@ impl GitSync {
                     build_bundle(app, &commit, Err(e))
                 }
             };
+            let bundle = crate::appofapps::reconcile(&self.store, &self.fleet, app, bundle)?;
             let error = bundle.render_error.clone();
             crate::history::note_automated(&self.store, &self.fleet, app, &bundle)?;
             bundles.push(bundle);

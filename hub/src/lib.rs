@@ -1,5 +1,6 @@
 //! Flotilla hub library.
 pub mod api;
+pub mod appofapps;
 pub mod appset;
 pub mod chart;
 pub mod cli;
