@@ -1025,12 +1025,92 @@ fn agent_install_essentials(docs: &[Value]) -> Value {
     Value::Object(out)
 }
 
-/// What `flotilla cluster add` must print, in the fields that matter, for
-/// the default cluster-wide install: the chart's output for release
-/// `flotilla-agent` in `flotilla-system`. Once the command emits its
-/// manifest, this test also runs it and compares (issue 8).
-#[test]
-fn agent_chart_is_the_cluster_add_contract() -> Result<()> {
+/// What `flotilla cluster add` prints is the agent chart: its manifest,
+/// after the Namespace, equals the chart rendered here from `charts/` for
+/// release `flotilla-agent` in `flotilla-system` with the same values,
+/// document by document and field by field, for both RBAC scopes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_chart_is_the_cluster_add_contract() -> Result<()> {
+    agent_chart_essentials()?;
+    let fleet = flotilla_e2e::fleet::Fleet::start_except(
+        flotilla_e2e::fleet::FleetOptions {
+            clusters: 1,
+            register_repo: false,
+            ..Default::default()
+        },
+        &[],
+        &["sim-1"],
+    )
+    .await?;
+    let cases: [(&str, &[&str], &str); 2] = [
+        ("sim-1", &[], ""),
+        (
+            "scoped",
+            &["--rbac-scope", "namespace", "--namespaces", "apps,web"],
+            "rbac:\n  scope: namespace\n  namespaces: [apps, web]\n",
+        ),
+    ];
+    for (name, flags, rbac) in cases {
+        let mut args: Vec<String> = [
+            "cluster",
+            "add",
+            name,
+            "--manifest-only",
+            "--hub-url",
+            "https://hub.example.com:7443",
+        ]
+        .iter()
+        .map(|a| (*a).to_owned())
+        .collect();
+        args.extend(flags.iter().map(|a| (*a).to_owned()));
+        let out = fleet.cli(&args)?;
+        if !out.status.success() {
+            bail!("cluster add: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let printed: Vec<Value> = serde_saphyr::from_multiple(&String::from_utf8(out.stdout)?)?;
+        let mut printed: Vec<Value> = printed.into_iter().filter(|d| !d.is_null()).collect();
+        let namespace = printed.remove(0);
+        assert_eq!(
+            namespace,
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "flotilla-system"}})
+        );
+        let secret = printed
+            .iter()
+            .find(|d| d["kind"] == "Secret")
+            .context("no Secret printed")?;
+        let token = secret["stringData"]["token"].as_str().context("token")?;
+        let pin = secret["stringData"]["ca-pin"].as_str().context("ca-pin")?;
+        assert!(token.starts_with("flt1.") && pin.starts_with("sha256:"));
+        let dir = tempfile::tempdir()?;
+        let values = dir.path().join("v.yaml");
+        std::fs::write(
+            &values,
+            format!(
+                "hub:\n  url: https://hub.example.com:7443\nbootstrap:\n  token: {token}\n  caPin: \"{pin}\"\n{rbac}"
+            ),
+        )?;
+        let chart = Rendered::render(
+            "flotilla-agent",
+            &Release::new("flotilla-agent", "flotilla-system"),
+            &[values],
+        )?;
+        for doc in &printed {
+            check_schema(doc)?;
+        }
+        assert_eq!(
+            agent_install_essentials(&printed),
+            agent_install_essentials(&chart.docs),
+            "{name}: essentials"
+        );
+        assert_eq!(printed, chart.docs, "{name}: every field of every document");
+    }
+    Ok(())
+}
+
+/// The fields of the agent chart that matter, for the default cluster-wide
+/// install: the chart's output for release `flotilla-agent` in
+/// `flotilla-system`.
+fn agent_chart_essentials() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let values = dir.path().join("v.yaml");
     std::fs::write(
