@@ -225,6 +225,11 @@ impl pb::hub_api_server::HubApi for HubApiService {
                 "cluster name {name:?} must be a lowercase RFC 1123 subdomain"
             )));
         }
+        if name == crate::appofapps::IN_HUB {
+            return Err(Status::invalid_argument(format!(
+                "cluster name {name:?} is reserved for applications managed in the hub"
+            )));
+        }
         if self.ctx.store.cluster(&name)?.is_some() {
             return Err(Status::already_exists(format!(
                 "cluster {name:?} already exists"
