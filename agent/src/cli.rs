@@ -69,6 +69,10 @@ struct RunArgs {
     /// Namespace of the per-application inventory ConfigMaps.
     #[arg(long, default_value = crate::inventory::DEFAULT_NAMESPACE)]
     inventory_namespace: String,
+    /// Plain-HTTP address serving /healthz, /readyz and /metrics
+    /// (Prometheus text format), e.g. 0.0.0.0:8081. Off when not given.
+    #[arg(long, value_name = "ADDR", env = "FLOTILLA_HEALTH_LISTEN")]
+    health_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -102,15 +106,6 @@ pub async fn main() -> anyhow::Result<()> {
     }
 }
 
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-}
-
 async fn kube_client(args: &RunArgs) -> anyhow::Result<kube::Client> {
     let config = match &args.kubeconfig {
         Some(path) => {
@@ -133,7 +128,7 @@ async fn kube_client(args: &RunArgs) -> anyhow::Result<kube::Client> {
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    init_tracing();
+    let _telemetry = crate::telemetry::init();
     let (Some(hub), Some(state_dir)) = (args.hub.clone(), args.state_dir.clone()) else {
         bail!("--hub and --state-dir are required (or use a subcommand, see --help)");
     };
@@ -155,6 +150,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let client = kube_client(&args).await?;
     let trigger = Arc::new(Notify::new());
     let cluster = Arc::new(Cluster::with_watches(client, trigger.clone()));
+    if let Some(addr) = args.health_listen {
+        let (bound, _) = crate::health_http::serve(addr, cache.clone())
+            .await
+            .with_context(|| format!("health listener on {addr}"))?;
+        println!("flotilla-agent health listening on http://{bound}/healthz");
+    }
     let (reports_tx, reports_rx) = watch::channel(None);
     let link = Link::new(
         &LinkConfig {

@@ -71,6 +71,8 @@ struct AppRuntime {
     operation: Option<OperationState>,
     /// A sync of `digest` waiting before wave index `next` since `since`.
     waves: Option<WaveProgress>,
+    /// Drifted at the last pass (drift events count transitions).
+    drifted: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -199,6 +201,8 @@ impl Engine {
             generation: snapshot.generation,
             apps: statuses,
         };
+        crate::metrics::metrics().set_statuses(&report.apps);
+        crate::metrics::metrics().set_generation(report.generation);
         // Observation times refresh silently; only a real change wakes the
         // reporter.
         self.reports.send_if_modified(|current| {
@@ -241,6 +245,10 @@ impl Engine {
             rt.retry_at = None;
         }
         let drifted = !in_sync && !digest_changed;
+        if drifted && !rt.drifted {
+            crate::metrics::metrics().drift(&b.name);
+        }
+        rt.drifted = drifted;
         // Healing an object another application tracks would make the two
         // take it from each other forever; only a new digest or a sync
         // request applies it.
@@ -296,7 +304,17 @@ impl Engine {
                 .and_then(|rt| rt.waves.as_ref())
                 .filter(|w| w.digest == b.digest && digest_changed)
                 .map_or(0, |w| w.next);
-            let mut outcome = self.apply(app, prune, &skip, resume_from).await;
+            // Continues the hub's trace of the commit that brought this
+            // bundle (the first apply of it).
+            let span = tracing::info_span!("apply", app = %b.name, revision = %b.revision);
+            crate::telemetry::adopt_parent(&span, &b.name);
+            let apply_started = Instant::now();
+            let mut outcome = tracing::Instrument::instrument(
+                self.apply(app, prune, &skip, resume_from),
+                span.clone(),
+            )
+            .await;
+            crate::metrics::metrics().apply(&b.name, apply_started.elapsed());
             let finished = now_ms();
             let rt = self.apps.entry(b.name.clone()).or_default();
             if let Some((next, wave, why)) = outcome.waiting.take() {
@@ -364,6 +382,7 @@ impl Engine {
                 // keeps being undone (another controller owns the field)
                 // backs off instead of fighting in a hot loop.
                 rt.attempts = rt.attempts.saturating_add(1);
+                crate::metrics::metrics().retry();
                 let delay = if ok {
                     backoff(rt.attempts)
                 } else {
@@ -401,7 +420,11 @@ impl Engine {
                 warn!(error = %e, "could not persist the cache");
             }
             last_applied_ms = finished;
-            (checks, parse_errors) = self.check(b).await;
+            (checks, parse_errors) = tracing::Instrument::instrument(
+                self.check(b),
+                tracing::info_span!(parent: &span, "health", app = %b.name),
+            )
+            .await;
         } else if wanted && limit_reached {
             let rt = self.apps.entry(b.name.clone()).or_default();
             if rt.message.is_empty() {

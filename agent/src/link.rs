@@ -281,6 +281,7 @@ impl Link {
             self.hub,
             self.cluster
         );
+        crate::metrics::metrics().set_connected(true);
         let reporter = tokio::spawn(report_loop(tx.clone(), self.reports.clone()));
         let result = async {
             while let Some(msg) = inbound.message().await? {
@@ -342,6 +343,7 @@ impl Link {
         }
         .await;
         reporter.abort();
+        crate::metrics::metrics().set_connected(false);
         result
     }
 
@@ -349,6 +351,10 @@ impl Link {
     fn receive(&self, desired: DesiredState) -> Result<(), LinkError> {
         let generation = desired.generation;
         let bundles = desired.bundles.len();
+        crate::telemetry::remember(
+            desired.bundles.iter().map(|b| b.name.as_str()),
+            &desired.trace_context,
+        );
         let merged = self.cache.update(|s| s.merge(desired));
         match merged {
             Ok(Ok(removed)) => {

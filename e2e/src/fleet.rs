@@ -42,6 +42,18 @@ impl Default for FleetOptions {
     }
 }
 
+/// Extra arguments and environment of the fleet's processes, for
+/// [`Fleet::start_with`].
+#[derive(Debug, Clone, Default)]
+pub struct ProcessOptions {
+    /// Extra `flotilla-hub serve` arguments (kept across restarts).
+    pub hub_args: Vec<String>,
+    /// Extra arguments of every agent, e.g. `--health-listen 127.0.0.1:0`.
+    pub agent_args: Vec<String>,
+    /// Environment of the hub and the agents, e.g. `OTEL_*`.
+    pub env: Vec<(String, String)>,
+}
+
 /// Adds `authorization: Bearer` to every HubApi call.
 #[derive(Clone)]
 pub struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
@@ -67,6 +79,9 @@ pub struct Fleet {
     hub_restarts: usize,
     /// Extra `flotilla-hub serve` arguments, kept across restarts.
     hub_args: Vec<String>,
+    /// Extra agent arguments and environment of hub and agents.
+    agent_args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Fleet {
@@ -102,7 +117,32 @@ impl Fleet {
         hub_args: &[&str],
         unmanaged: &[&str],
     ) -> anyhow::Result<Self> {
-        let hub_args: Vec<String> = hub_args.iter().map(|a| (*a).to_owned()).collect();
+        let procs = ProcessOptions {
+            hub_args: hub_args.iter().map(|a| (*a).to_owned()).collect(),
+            ..ProcessOptions::default()
+        };
+        Self::start_inner(opts, procs, unmanaged).await
+    }
+
+    /// [`Fleet::start`] with extra arguments and environment for the hub and
+    /// the agents.
+    ///
+    /// # Errors
+    /// Any part fails to start; the error carries its log tail.
+    pub async fn start_with(opts: FleetOptions, procs: ProcessOptions) -> anyhow::Result<Self> {
+        Self::start_inner(opts, procs, &[]).await
+    }
+
+    async fn start_inner(
+        opts: FleetOptions,
+        procs: ProcessOptions,
+        unmanaged: &[&str],
+    ) -> anyhow::Result<Self> {
+        let ProcessOptions {
+            hub_args,
+            agent_args,
+            env,
+        } = procs;
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let root = tempfile::Builder::new().prefix("flotilla-e2e-").tempdir()?;
         let kubeconfigs = root.path().join("kubeconfigs");
@@ -116,7 +156,8 @@ impl Fleet {
         .context("starting the Kubernetes API simulator")?;
         let repo = ConfigRepo::from_examples(&root.path().join("config-repo"))?;
         let data_dir = root.path().join("hub-data");
-        let (hub, hub_addr) = start_hub(root.path(), &data_dir, "127.0.0.1:0", 0, &hub_args)?;
+        let (hub, hub_addr) =
+            start_hub(root.path(), &data_dir, "127.0.0.1:0", 0, &hub_args, &env)?;
         let mut fleet = Self {
             root,
             sim,
@@ -126,6 +167,8 @@ impl Fleet {
             agents: BTreeMap::new(),
             hub_restarts: 0,
             hub_args,
+            agent_args,
+            env,
         };
         let managed: Vec<String> = fleet
             .sim
@@ -161,6 +204,19 @@ impl Fleet {
                 .nth(1)
                 .map(|u| u.trim().to_owned())
         })
+    }
+
+    /// `http://ADDR` of the hub's `--metrics-listen` listener (from its log).
+    pub fn hub_metrics_base(&self) -> Option<String> {
+        listening_base(&self.hub, "flotilla-hub metrics listening on ")
+    }
+
+    /// `http://ADDR` of an agent's `--health-listen` listener (from its log).
+    pub fn agent_health_base(&self, cluster: &str) -> Option<String> {
+        listening_base(
+            self.agents.get(cluster)?,
+            "flotilla-agent health listening on ",
+        )
     }
 
     /// The hub's data directory.
@@ -218,11 +274,12 @@ impl Fleet {
             "--kubeconfig".into(),
             kubeconfig.display().to_string(),
         ];
+        let args: Vec<String> = args.into_iter().chain(self.agent_args.clone()).collect();
         let proc = Proc::spawn(
             &format!("agent-{cluster}"),
             &crate::bin("flotilla-agent")?,
             &args,
-            &[],
+            &self.env,
             self.root.path().join(format!("agent-{cluster}.log")),
         )?;
         self.agents.insert(cluster.to_owned(), proc);
@@ -276,6 +333,7 @@ impl Fleet {
             &self.hub_addr,
             self.hub_restarts,
             &self.hub_args,
+            &self.env,
         )?;
         self.hub = hub;
         self.hub_addr = addr;
@@ -447,6 +505,7 @@ fn start_hub(
     listen: &str,
     generation: usize,
     extra: &[String],
+    env: &[(String, String)],
 ) -> anyhow::Result<(Proc, String)> {
     let mut args = vec![
         "serve".to_owned(),
@@ -460,7 +519,7 @@ fn start_hub(
         "hub",
         &crate::bin("flotilla-hub")?,
         &args,
-        &[],
+        env,
         root.join(format!("hub-{generation}.log")),
     )?;
     let line = hub.wait_for_line(STARTUP, |l| l.contains("listening on https://"))?;
@@ -470,4 +529,14 @@ fn start_hub(
         .map(|s| s.trim().trim_end_matches('/').to_owned())
         .ok_or_else(|| anyhow::anyhow!("unexpected hub line {line:?}"))?;
     Ok((hub, addr))
+}
+
+/// `http://HOST:PORT` from a `PREFIX http://HOST:PORT/...` log line.
+fn listening_base(proc: &Proc, prefix: &str) -> Option<String> {
+    proc.lines().iter().rev().find_map(|l| {
+        let url = l.split(prefix).nth(1)?.trim();
+        let rest = url.strip_prefix("http://")?;
+        let hostport = rest.split('/').next()?;
+        Some(format!("http://{hostport}"))
+    })
 }

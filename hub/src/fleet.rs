@@ -38,6 +38,8 @@ struct State {
     desired: HashMap<String, (u64, BTreeMap<String, String>)>,
     signals: HashMap<String, watch::Sender<ClusterSignal>>,
     links: HashMap<String, Link>,
+    /// cluster → when and in which trace its current generation was computed.
+    origins: HashMap<String, crate::fleet_origin::Origin>,
 }
 
 /// The fleet's desired state, shared by the Git loop, the APIs and every
@@ -243,6 +245,7 @@ impl Fleet {
             }
         }
         let none = Vec::new();
+        let trace_context = crate::telemetry::current_trace_context();
         let mut st = self.lock();
         let mut bumped = Vec::new();
         for c in clusters {
@@ -268,6 +271,10 @@ impl Fleet {
                 r.desired_index = idx;
             })?;
             st.desired.insert(c.name.clone(), (generation, index));
+            st.origins.insert(
+                c.name.clone(),
+                crate::fleet_origin::Origin::new(generation, trace_context.clone()),
+            );
             let signal = ClusterSignal {
                 generation,
                 revoked: false,
@@ -413,10 +420,24 @@ impl Fleet {
                     })
                     .collect(),
                 bundles,
-                trace_context: Default::default(),
+                trace_context: st
+                    .origins
+                    .get(cluster)
+                    .filter(|o| o.generation == *generation)
+                    .map(|o| o.trace_context.clone())
+                    .unwrap_or_default(),
             },
             index.clone(),
         ))
+    }
+
+    /// Time since `generation` of `cluster` was computed, the first time it
+    /// is asked for (so a resend after a reconnect is not counted as lag).
+    pub fn take_send_lag(&self, cluster: &str, generation: u64) -> Option<std::time::Duration> {
+        self.lock()
+            .origins
+            .get_mut(cluster)
+            .and_then(|o| o.take_lag(generation))
     }
 
     /// Records that a stream of `cluster` opened.

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
+use tracing::Instrument as _;
 
 use crate::fleet::{Fleet, build_bundle};
 use crate::model::{self, Application};
@@ -236,6 +237,7 @@ impl GitSync {
         force: bool,
     ) -> Result<String, String> {
         let key = (url.to_owned(), revision.to_owned());
+        let fetch_started = Instant::now();
         {
             let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(k) = known.get(&key) {
@@ -268,6 +270,7 @@ impl GitSync {
                 next_due: Instant::now() + jittered(interval),
             },
         );
+        crate::metrics::metrics().git_fetch(url, fetch_started.elapsed(), result.is_ok());
         result
     }
 
@@ -275,7 +278,8 @@ impl GitSync {
     /// Applications from repositories that moved, re-render what changed.
     pub async fn poll(&self, force: bool) {
         let _one = self.polling.lock().await;
-        if let Err(e) = self.poll_inner(force).await {
+        let span = tracing::info_span!("git.pass", force);
+        if let Err(e) = self.poll_inner(force).instrument(span).await {
             tracing::error!(error = %e, "git poll failed");
         }
     }
@@ -285,7 +289,10 @@ impl GitSync {
         for repo in self.store.repos()? {
             let interval = Duration::from_secs(repo.poll_interval_secs.max(1) as u64);
             let revision = revision_or_head(&repo.revision);
-            let fetched = self.fetch(&repo.url, &revision, interval, force).await;
+            let fetched = self
+                .fetch(&repo.url, &revision, interval, force)
+                .instrument(tracing::info_span!("git.fetch", repo = %redact(&repo.url), revision = %revision))
+                .await;
             let mut rec = self.store.repo(&repo.url)?.unwrap_or(repo.clone());
             match fetched {
                 Ok(commit) => {
@@ -389,11 +396,15 @@ impl GitSync {
         let cache = self.cache.clone();
         let k = key.clone();
         let tools = self.render_tools();
+        let render_started = Instant::now();
+        let span = tracing::info_span!("render", repo = %redact(&key.url), commit = %key.commit, path = %key.path);
         let result = tokio::task::spawn_blocking(move || {
             crate::render::render_source(&cache, &tools, &k)
         })
+        .instrument(span)
         .await
         .unwrap_or_else(|e| Err(format!("render task failed: {e}")));
+        crate::metrics::metrics().render(render_started.elapsed());
         let rendered = Arc::new(result);
         self.renders
             .lock()

@@ -1,4 +1,5 @@
 //! Flotilla hub library.
+pub mod admin_token;
 pub mod api;
 pub mod appofapps;
 pub mod appset;
@@ -6,9 +7,12 @@ pub mod chart;
 pub mod cli;
 pub mod commands;
 pub mod fleet;
+pub mod fleet_origin;
 pub mod gitsync;
+pub mod health_http;
 pub mod history;
 pub mod inventory;
+pub mod metrics;
 pub mod model;
 pub mod pki;
 pub mod render;

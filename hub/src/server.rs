@@ -51,6 +51,8 @@ pub struct HubConfig {
     /// Share of an ApplicationSet's applications one evaluation may delete
     /// before the deletions are held for `flotilla appset confirm`.
     pub appset_deletion_budget: f64,
+    /// Plain-HTTP listener for `/healthz`, `/readyz` and `/metrics`.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl HubConfig {
@@ -67,6 +69,7 @@ impl HubConfig {
             webhook_listen: None,
             webhook_secret: None,
             appset_deletion_budget: crate::appset::lifecycle::DEFAULT_DELETION_BUDGET,
+            metrics_listen: None,
         }
     }
 }
@@ -169,9 +172,12 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
     })?;
     let store = Store::open(&data_dir.join("db"))?;
     let pki = Arc::new(Pki::load_or_create(&data_dir, &config.advertise_hosts)?);
-    if store.tokens()?.is_empty() {
-        let (secret, _) = api::create_token(&store, "admin", false)?;
-        let path = admin_token_path(&data_dir);
+    let path = admin_token_path(&data_dir);
+    let adopted = crate::admin_token::ensure(&store, &path)?;
+    if adopted == crate::admin_token::AdminToken::Adopted {
+        println!("flotilla-hub adopted the admin token in {}", path.display());
+    }
+    if let crate::admin_token::AdminToken::Generated(secret) = adopted {
         pki::write_private(&path, format!("{secret}\n").as_bytes()).map_err(|source| {
             HubError::DataDir {
                 path: path.clone(),
@@ -271,6 +277,17 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         }
         None => None,
     };
+    let readiness = crate::health_http::Readiness::new(store.clone(), ctx.fleet.clone());
+    let metrics_task = match config.metrics_listen {
+        Some(addr) => {
+            let (bound, task) = crate::health_http::serve(addr, readiness.clone())
+                .await
+                .map_err(|source| HubError::Listen { addr, source })?;
+            println!("flotilla-hub metrics listening on http://{bound}/metrics");
+            Some(task)
+        }
+        None => None,
+    };
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let git_task = tokio::spawn(git.clone().run());
     let task = tokio::spawn(async move {
@@ -278,6 +295,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         let mut server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
             let _ = server_stop_rx.await;
         }));
+        readiness.set_listener_up(true);
         let result = tokio::select! {
             r = &mut server => r.unwrap_or(Ok(())).map_err(HubError::from),
             _ = stop_rx => {
@@ -295,6 +313,9 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         };
         git_task.abort();
         if let Some(t) = &webhook_task {
+            t.abort();
+        }
+        if let Some(t) = &metrics_task {
             t.abort();
         }
         store.flush_async().await?;

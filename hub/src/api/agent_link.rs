@@ -13,6 +13,7 @@ use futures::Stream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument as _;
 
 use super::{HubContext, now_ms};
 use crate::pki;
@@ -225,9 +226,18 @@ async fn send_desired(
     has: &mut HashMap<String, String>,
     tx: &Outbound,
 ) -> Result<bool, Status> {
-    let Some((desired, index)) = ctx.fleet.desired_state(cluster, has) else {
+    let Some((mut desired, index)) = ctx.fleet.desired_state(cluster, has) else {
         return Err(Status::unauthenticated("cluster removed"));
     };
+    // The dispatch span continues the trace of the pass that computed this
+    // generation; the agent's apply continues the dispatch.
+    let span = tracing::info_span!("dispatch", cluster, generation = desired.generation);
+    crate::telemetry::set_parent(&span, &desired.trace_context);
+    let traced = crate::telemetry::trace_context_of(&span);
+    if !traced.is_empty() {
+        desired.trace_context = traced;
+    }
+    let generation = desired.generation;
     tracing::info!(
         cluster,
         generation = desired.generation,
@@ -238,12 +248,17 @@ async fn send_desired(
     // From here on the agent holds what the index says (the stream is
     // ordered; if it breaks, the agent's next Hello says what it has).
     *has = index.into_iter().collect();
-    Ok(tx
+    let sent = tx
         .send(Ok(pb::HubMessage {
             kind: Some(HubKind::Desired(desired)),
         }))
+        .instrument(span)
         .await
-        .is_ok())
+        .is_ok();
+    if sent && let Some(lag) = ctx.fleet.take_send_lag(cluster, generation) {
+        crate::metrics::metrics().send_lag(lag);
+    }
+    Ok(sent)
 }
 
 async fn session(

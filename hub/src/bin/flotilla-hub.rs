@@ -77,6 +77,10 @@ struct ServeArgs {
     /// delete; more is held until `flotilla appset confirm NAME`.
     #[arg(long, default_value_t = flotilla_hub::appset::lifecycle::DEFAULT_DELETION_BUDGET)]
     appset_deletion_budget: f64,
+    /// Plain-HTTP address serving /healthz, /readyz and /metrics
+    /// (Prometheus text format). Off when not given.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
 }
 
 async fn shutdown_signal() {
@@ -102,7 +106,7 @@ async fn shutdown_signal() {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    flotilla_hub::telemetry::init();
+    let _telemetry = flotilla_hub::telemetry::init();
     let Cli {
         command: Command::Serve(args),
     } = Cli::parse();
@@ -142,6 +146,7 @@ async fn main() -> Result<()> {
         webhook_listen: args.webhook_listen,
         webhook_secret: args.webhook_secret,
         appset_deletion_budget: args.appset_deletion_budget,
+        metrics_listen: args.metrics_listen,
     };
     flotilla_hub::server::serve(config, shutdown_signal())
         .await

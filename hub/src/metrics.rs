@@ -1,0 +1,219 @@
+//! Prometheus metrics of the hub, served in the text format on
+//! `--metrics-listen` (see [`crate::health_http`]).
+//!
+//! Event metrics (durations, errors) live in one process-wide set recorded
+//! where the events happen; state metrics (applications, clusters) are read
+//! from the store and the fleet at scrape time.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::fleet::Fleet;
+use crate::store::Store;
+
+/// Label of a repository (URL with credentials removed).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RepoLabels {
+    pub repo: String,
+}
+
+/// Labels of `flotilla_applications`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabels {
+    pub sync_status: String,
+    pub health_status: String,
+}
+
+fn seconds_buckets() -> impl Iterator<Item = f64> {
+    [
+        0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+    ]
+    .into_iter()
+}
+
+fn histogram() -> Histogram {
+    Histogram::new(seconds_buckets())
+}
+
+/// The hub's metrics.
+pub struct HubMetrics {
+    registry: Registry,
+    applications: Family<StatusLabels, Gauge>,
+    clusters: Gauge,
+    clusters_connected: Gauge,
+    stream_send_lag: Histogram,
+    render_duration: Histogram,
+    git_fetch_duration: Family<RepoLabels, Histogram, fn() -> Histogram>,
+    git_fetch_errors: Family<RepoLabels, Counter>,
+}
+
+impl std::fmt::Debug for HubMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HubMetrics").finish_non_exhaustive()
+    }
+}
+
+impl HubMetrics {
+    fn new() -> Self {
+        let mut registry = Registry::with_prefix("flotilla");
+        let applications = Family::<StatusLabels, Gauge>::default();
+        registry.register(
+            "applications",
+            "Applications per cluster by sync and health status, as last reported by the agents",
+            applications.clone(),
+        );
+        let clusters = Gauge::default();
+        registry.register("clusters", "Registered clusters", clusters.clone());
+        let clusters_connected = Gauge::default();
+        registry.register(
+            "clusters_connected",
+            "Clusters with an open agent stream",
+            clusters_connected.clone(),
+        );
+        let stream_send_lag = histogram();
+        registry.register_with_unit(
+            "stream_send_lag",
+            "Time from a cluster's desired-state generation being computed to it being sent on the agent stream",
+            prometheus_client::registry::Unit::Seconds,
+            stream_send_lag.clone(),
+        );
+        let render_duration = histogram();
+        registry.register_with_unit(
+            "render_duration",
+            "Time to render one application source (plain YAML, Kustomize or Helm)",
+            prometheus_client::registry::Unit::Seconds,
+            render_duration.clone(),
+        );
+        let git_fetch_duration =
+            Family::<RepoLabels, Histogram, fn() -> Histogram>::new_with_constructor(histogram);
+        registry.register_with_unit(
+            "git_fetch_duration",
+            "Time to fetch a Git repository",
+            prometheus_client::registry::Unit::Seconds,
+            git_fetch_duration.clone(),
+        );
+        let git_fetch_errors = Family::<RepoLabels, Counter>::default();
+        registry.register(
+            "git_fetch_errors",
+            "Failed Git fetches",
+            git_fetch_errors.clone(),
+        );
+        Self {
+            registry,
+            applications,
+            clusters,
+            clusters_connected,
+            stream_send_lag,
+            render_duration,
+            git_fetch_duration,
+            git_fetch_errors,
+        }
+    }
+
+    /// Records one Git fetch of `url` (redacted here).
+    pub fn git_fetch(&self, url: &str, took: Duration, ok: bool) {
+        let labels = RepoLabels {
+            repo: crate::gitsync::redact(url),
+        };
+        self.git_fetch_duration
+            .get_or_create(&labels)
+            .observe(took.as_secs_f64());
+        if !ok {
+            self.git_fetch_errors.get_or_create(&labels).inc();
+        } else {
+            // Make the series exist at zero so alerts on rate() work.
+            let _ = self.git_fetch_errors.get_or_create(&labels);
+        }
+    }
+
+    /// Records one render.
+    pub fn render(&self, took: Duration) {
+        self.render_duration.observe(took.as_secs_f64());
+    }
+
+    /// Records the lag of one desired-state send.
+    pub fn send_lag(&self, lag: Duration) {
+        self.stream_send_lag.observe(lag.as_secs_f64());
+    }
+
+    /// Refreshes the state gauges from the store and the fleet.
+    fn refresh(&self, store: &Store, fleet: &Fleet) {
+        let clusters = store.clusters().unwrap_or_default();
+        self.clusters.set(clusters.len() as i64);
+        self.clusters_connected.set(
+            clusters
+                .iter()
+                .filter(|c| fleet.is_connected(&c.name))
+                .count() as i64,
+        );
+        let mut counts: std::collections::BTreeMap<(String, String), i64> = Default::default();
+        for app in store.apps().unwrap_or_default() {
+            let statuses = store
+                .statuses_of_app(&app.app.metadata.name)
+                .unwrap_or_default();
+            for (cluster, st) in statuses {
+                if !clusters.iter().any(|c| c.name == cluster) {
+                    continue;
+                }
+                let sync = flotilla_proto::SyncStatus::try_from(st.sync)
+                    .map_or("Unknown", |s| sync_name(s));
+                let health = flotilla_proto::HealthStatus::try_from(st.health)
+                    .map_or("Unknown", |h| health_name(h));
+                *counts
+                    .entry((sync.to_owned(), health.to_owned()))
+                    .or_default() += 1;
+            }
+        }
+        self.applications.clear();
+        for ((sync_status, health_status), n) in counts {
+            self.applications
+                .get_or_create(&StatusLabels {
+                    sync_status,
+                    health_status,
+                })
+                .set(n);
+        }
+    }
+
+    /// The metrics in the Prometheus text format, state refreshed first.
+    pub fn encode(&self, store: &Store, fleet: &Fleet) -> String {
+        self.refresh(store, fleet);
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+fn sync_name(s: flotilla_proto::SyncStatus) -> &'static str {
+    match s {
+        flotilla_proto::SyncStatus::Synced => "Synced",
+        flotilla_proto::SyncStatus::OutOfSync => "OutOfSync",
+        _ => "Unknown",
+    }
+}
+
+fn health_name(h: flotilla_proto::HealthStatus) -> &'static str {
+    match h {
+        flotilla_proto::HealthStatus::Healthy => "Healthy",
+        flotilla_proto::HealthStatus::Progressing => "Progressing",
+        flotilla_proto::HealthStatus::Degraded => "Degraded",
+        flotilla_proto::HealthStatus::Suspended => "Suspended",
+        flotilla_proto::HealthStatus::Missing => "Missing",
+        _ => "Unknown",
+    }
+}
+
+/// The process-wide metrics.
+pub fn metrics() -> &'static HubMetrics {
+    static METRICS: OnceLock<HubMetrics> = OnceLock::new();
+    METRICS.get_or_init(HubMetrics::new)
+}
