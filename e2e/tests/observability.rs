@@ -214,3 +214,200 @@ async fn hub_and_agents_expose_probes_and_metrics_during_a_sync() -> anyhow::Res
     .await?;
     Ok(())
 }
+
+mod otlp {
+    //! A minimal in-process OTLP/gRPC trace receiver.
+
+    use std::sync::{Arc, Mutex};
+
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+        TraceService, TraceServiceServer,
+    };
+    use opentelemetry_proto::tonic::collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+    };
+    use opentelemetry_proto::tonic::common::v1::KeyValue;
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+
+    /// One received span, flattened.
+    #[derive(Clone, Debug)]
+    pub struct Span {
+        pub service: String,
+        pub name: String,
+        pub trace_id: String,
+        pub attributes: Vec<(String, String)>,
+    }
+
+    impl Span {
+        pub fn attr(&self, key: &str) -> Option<&str> {
+            self.attributes
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.as_str())
+        }
+    }
+
+    #[derive(Clone, Default)]
+    pub struct Receiver {
+        pub spans: Arc<Mutex<Vec<Span>>>,
+    }
+
+    fn text(kv: &KeyValue) -> (String, String) {
+        let v = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+            Some(Value::StringValue(s)) => s.clone(),
+            Some(Value::IntValue(i)) => i.to_string(),
+            Some(Value::BoolValue(b)) => b.to_string(),
+            Some(Value::DoubleValue(d)) => d.to_string(),
+            _ => String::new(),
+        };
+        (kv.key.clone(), v)
+    }
+
+    #[tonic::async_trait]
+    impl TraceService for Receiver {
+        async fn export(
+            &self,
+            request: tonic::Request<ExportTraceServiceRequest>,
+        ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+            let mut out = Vec::new();
+            for rs in request.into_inner().resource_spans {
+                let service = rs
+                    .resource
+                    .iter()
+                    .flat_map(|r| r.attributes.iter())
+                    .map(text)
+                    .find(|(k, _)| k == "service.name")
+                    .map(|(_, v)| v)
+                    .unwrap_or_default();
+                for ss in rs.scope_spans {
+                    for s in ss.spans {
+                        out.push(Span {
+                            service: service.clone(),
+                            name: s.name.clone(),
+                            trace_id: s.trace_id.iter().map(|b| format!("{b:02x}")).collect(),
+                            attributes: s.attributes.iter().map(text).collect(),
+                        });
+                    }
+                }
+            }
+            if let Ok(mut spans) = self.spans.lock() {
+                spans.extend(out);
+            }
+            Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+        }
+    }
+
+    /// Serves on a free local port; returns the endpoint URL.
+    pub async fn start(receiver: Receiver) -> anyhow::Result<String> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(TraceServiceServer::new(receiver))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        Ok(format!("http://{addr}"))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_trace_covers_a_commits_render_at_the_hub_and_its_apply_at_the_agent()
+-> anyhow::Result<()> {
+    let receiver = otlp::Receiver::default();
+    let endpoint = otlp::start(receiver.clone()).await?;
+    let env = vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(), endpoint),
+        ("OTEL_BSP_SCHEDULE_DELAY".to_owned(), "200".to_owned()),
+    ];
+    let fleet = Fleet::start_with(
+        FleetOptions {
+            clusters: 1,
+            ..FleetOptions::default()
+        },
+        ProcessOptions {
+            env,
+            ..ProcessOptions::default()
+        },
+    )
+    .await?;
+    let first = fleet.repo.head()?;
+    fleet
+        .wait_synced("guestbook-sim-1", "sim-1", &first, CONVERGE)
+        .await?;
+
+    let cm = fleet
+        .repo
+        .read("guestbook/configmap.yaml")?
+        .replace("hello from git", "hello from a traced commit");
+    let second = fleet
+        .repo
+        .commit_file("guestbook/configmap.yaml", &cm, "guestbook: traced")?;
+    fleet
+        .wait_synced("guestbook-sim-1", "sim-1", &second, CONVERGE)
+        .await?;
+
+    let (trace, names) = eventually(
+        "one trace with the hub's render and the agent's apply of the commit",
+        CONVERGE,
+        || async {
+            let spans = receiver.spans.lock().map_err(|e| e.to_string())?.clone();
+            let applies: Vec<&otlp::Span> = spans
+                .iter()
+                .filter(|s| {
+                    s.service == "flotilla-agent"
+                        && s.name == "apply"
+                        && s.attr("app") == Some("guestbook-sim-1")
+                        && s.attr("revision") == Some(second.as_str())
+                })
+                .collect();
+            for apply in &applies {
+                let same: Vec<&otlp::Span> = spans
+                    .iter()
+                    .filter(|s| s.trace_id == apply.trace_id)
+                    .collect();
+                let render = same.iter().any(|s| {
+                    s.service == "flotilla-hub"
+                        && s.name == "render"
+                        && s.attr("commit") == Some(second.as_str())
+                        && s.attr("path") == Some("guestbook")
+                });
+                if render {
+                    let names: Vec<String> = same
+                        .iter()
+                        .map(|s| format!("{}/{}", s.service, s.name))
+                        .collect();
+                    return Ok((apply.trace_id.clone(), names));
+                }
+            }
+            let summary: Vec<String> = spans
+                .iter()
+                .map(|s| {
+                    format!(
+                        "{} {}/{} {:?}",
+                        &s.trace_id[..8.min(s.trace_id.len())],
+                        s.service,
+                        s.name,
+                        s.attributes
+                    )
+                })
+                .collect();
+            Err(format!(
+                "{} apply spans of the commit; spans: {summary:#?}",
+                applies.len()
+            ))
+        },
+    )
+    .await?;
+    for want in [
+        "flotilla-hub/git.pass",
+        "flotilla-hub/git.fetch",
+        "flotilla-hub/dispatch",
+        "flotilla-agent/health",
+    ] {
+        assert!(
+            names.iter().any(|n| n == want),
+            "trace {trace} lacks {want}: {names:?}"
+        );
+    }
+    Ok(())
+}
