@@ -134,6 +134,25 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("creating state directory {}", state_dir.display()))?;
+    let client = kube_client(&args).await?;
+    // In a cluster (POD_NAMESPACE, no --kubeconfig) the identity also
+    // lives in a Secret of the agent's namespace.
+    let identity = match (std::env::var("POD_NAMESPACE"), &args.kubeconfig) {
+        (Ok(ns), None) if !ns.is_empty() => Some(crate::identity::IdentitySecret::new(
+            client.clone(),
+            &ns,
+        )),
+        _ => None,
+    };
+    let mut restored = false;
+    if let Some(identity) = &identity
+        && !crate::enroll::is_enrolled(&state_dir)
+    {
+        restored = identity
+            .restore(&state_dir)
+            .await
+            .context("reading the identity Secret")?;
+    }
     if !crate::enroll::is_enrolled(&state_dir) {
         let Some(token) = args.token.as_deref().filter(|t| !t.trim().is_empty()) else {
             bail!(
@@ -146,8 +165,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         // cluster, the pod restarts with backoff).
         crate::enroll::enroll(&hub, &state_dir, &token).await?;
     }
+    if let Some(identity) = &identity
+        && !restored
+    {
+        identity
+            .save(&state_dir)
+            .await
+            .context("storing the identity Secret")?;
+    }
     let cache = Arc::new(Cache::open(&state_dir)?);
-    let client = kube_client(&args).await?;
     let trigger = Arc::new(Notify::new());
     let cluster = Arc::new(Cluster::with_watches(client, trigger.clone()));
     if let Some(addr) = args.health_listen {
@@ -194,6 +220,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         hub.clone(),
         state_dir.clone(),
         reconnect,
+        identity,
     ));
     tokio::select! {
         () = engine.run() => {}

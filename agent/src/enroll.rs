@@ -538,7 +538,14 @@ pub async fn renew(hub: &str, state_dir: &Path) -> Result<(), EnrollError> {
 /// Renews the certificate past two thirds of its lifetime, forever; after
 /// each renewal `reconnect` is notified so the link uses the new pair.
 /// Failures are retried every minute (or sooner near expiry).
-pub async fn renew_loop(hub: String, state_dir: PathBuf, reconnect: Arc<Notify>) {
+/// With `identity` (in a cluster), the renewed pair is also stored in the
+/// identity Secret.
+pub async fn renew_loop(
+    hub: String,
+    state_dir: PathBuf,
+    reconnect: Arc<Notify>,
+    identity: Option<crate::identity::IdentitySecret>,
+) {
     loop {
         let due = std::fs::read(state_dir.join(CERT_FILE))
             .ok()
@@ -554,7 +561,14 @@ pub async fn renew_loop(hub: String, state_dir: PathBuf, reconnect: Arc<Notify>)
             continue;
         }
         match renew(&hub, &state_dir).await {
-            Ok(()) => reconnect.notify_one(),
+            Ok(()) => {
+                if let Some(identity) = &identity
+                    && let Err(e) = identity.save(&state_dir).await
+                {
+                    warn!(error = %e, "could not store the renewed identity in its Secret");
+                }
+                reconnect.notify_one();
+            }
             Err(e) => {
                 warn!(error = %e, "certificate renewal failed; retrying in 60s");
                 tokio::time::sleep(Duration::from_secs(60)).await;

@@ -13,6 +13,7 @@ pub mod drift;
 pub mod engine;
 pub mod enroll;
 pub mod health;
+pub mod identity;
 pub mod health_http;
 pub mod inventory;
 pub mod link;

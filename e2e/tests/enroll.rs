@@ -454,3 +454,78 @@ async fn agent_logs_at_trace_level_hold_no_token_or_key() -> anyhow::Result<()> 
     assert!(!log.contains("PRIVATE KEY"));
     Ok(())
 }
+
+fn in_cluster_agent(
+    fleet: &Fleet,
+    name: &str,
+    state_dir: &Path,
+    b: &Bootstrap,
+) -> anyhow::Result<Proc> {
+    let kubeconfig = fleet
+        .sim
+        .kubeconfig_path("sim-1")
+        .ok_or_else(|| anyhow::anyhow!("no kubeconfig"))?;
+    // As in the Deployment: no --kubeconfig, POD_NAMESPACE set.
+    Proc::spawn(
+        name,
+        &flotilla_e2e::bin("flotilla-agent")?,
+        &[
+            "--hub".to_owned(),
+            b.hub_url.clone(),
+            "--state-dir".to_owned(),
+            state_dir.display().to_string(),
+        ],
+        &[
+            ("KUBECONFIG".to_owned(), kubeconfig.display().to_string()),
+            ("POD_NAMESPACE".to_owned(), "flotilla-system".to_owned()),
+            ("FLOTILLA_TOKEN".to_owned(), b.token.clone()),
+            ("FLOTILLA_CA_PIN".to_owned(), b.ca_pin.clone()),
+        ],
+        fleet.root.path().join(format!("{name}.log")),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn in_cluster_identity_lives_in_a_secret_and_survives_a_lost_state_dir() -> anyhow::Result<()>
+{
+    let fleet = Fleet::start_except(
+        FleetOptions {
+            clusters: 1,
+            register_repo: false,
+            ..Default::default()
+        },
+        &[],
+        &["sim-1"],
+    )
+    .await?;
+    let manifest = add_manifest(&fleet, "sim-1", &[])?;
+    kubectl_apply(&fleet, "sim-1", &manifest)?;
+    let b = bootstrap_from_manifest(&manifest)?;
+    let state = fleet.root.path().join("pod-state");
+    let mut a = in_cluster_agent(&fleet, "agent-pod-1", &state, &b)?;
+    a.wait_for_line(CONVERGE, |l| l.contains("identity stored in the Secret"))?;
+    a.wait_for_line(CONVERGE, |l| l.contains("connected to"))?;
+    let secret = fleet
+        .kubectl_get(
+            "sim-1",
+            "secret",
+            "flotilla-system",
+            "flotilla-agent-identity",
+        )?
+        .ok_or_else(|| anyhow::anyhow!("identity Secret missing"))?;
+    for key in ["tls.crt", "tls.key", "ca.crt"] {
+        assert!(secret["data"][key].is_string(), "{key} in {secret}");
+    }
+    a.stop(Duration::from_secs(10));
+
+    // A new pod: empty state dir, the bootstrap token already spent.
+    std::fs::remove_dir_all(&state)?;
+    let mut a = in_cluster_agent(&fleet, "agent-pod-2", &state, &b)?;
+    a.wait_for_line(CONVERGE, |l| {
+        l.contains("identity restored from the Secret")
+    })?;
+    a.wait_for_line(CONVERGE, |l| l.contains("connected to"))?;
+    assert!(!a.has_line(|l| l.contains("enrolled")));
+    assert_eq!(mode(&state.join("tls.key"))?, 0o600);
+    Ok(())
+}
