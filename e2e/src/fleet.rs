@@ -325,7 +325,20 @@ impl Fleet {
     /// # Errors
     /// The hub does not come back.
     pub fn restart_hub(&mut self) -> anyhow::Result<()> {
+        self.stop_hub();
+        self.start_hub_again()
+    }
+
+    /// Stops the hub (SIGTERM); agents lose their link.
+    pub fn stop_hub(&mut self) {
         self.hub.stop(Duration::from_secs(10));
+    }
+
+    /// Starts the hub again on the same address and data directory.
+    ///
+    /// # Errors
+    /// The hub does not come back.
+    pub fn start_hub_again(&mut self) -> anyhow::Result<()> {
         self.hub_restarts += 1;
         let (hub, addr) = start_hub(
             self.root.path(),
