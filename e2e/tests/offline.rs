@@ -14,7 +14,10 @@ fn greeting(fleet: &Fleet) -> Result<String, String> {
         .kubectl_get("sim-1", "configmap", "guestbook", "guestbook-config")
         .map_err(|e| e.to_string())?
         .ok_or_else(|| "configmap missing".to_owned())?;
-    Ok(cm["data"]["greeting"].as_str().unwrap_or_default().to_owned())
+    Ok(cm["data"]["greeting"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned())
 }
 
 fn tamper(fleet: &Fleet) -> anyhow::Result<()> {
@@ -97,7 +100,11 @@ async fn agent_enforces_from_its_cache_while_the_hub_is_down() -> anyhow::Result
     })
     .await?;
     tamper(&fleet)?;
-    healed(&fleet, "drift healed by a restarted agent with the hub down").await?;
+    healed(
+        &fleet,
+        "drift healed by a restarted agent with the hub down",
+    )
+    .await?;
 
     // The hub returns: statuses are right and nothing is re-sent.
     fleet.start_hub_again()?;
