@@ -128,7 +128,7 @@ async fn kube_client(args: &RunArgs) -> anyhow::Result<kube::Client> {
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let _telemetry = crate::telemetry::init();
+    let telemetry = crate::telemetry::init();
     let (Some(hub), Some(state_dir)) = (args.hub.clone(), args.state_dir.clone()) else {
         bail!("--hub and --state-dir are required (or use a subcommand, see --help)");
     };
@@ -227,6 +227,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         () = link.run() => {}
         () = shutdown() => info!("flotilla-agent stopping"),
     }
+    telemetry.shutdown().await;
     Ok(())
 }
 

@@ -23,10 +23,24 @@ pub struct TelemetryGuard {
     provider: Option<SdkTracerProvider>,
 }
 
+impl TelemetryGuard {
+    /// Exports the spans still buffered and stops the exporter, without
+    /// blocking the runtime (the exporter needs it to send).
+    pub async fn shutdown(mut self) {
+        if let Some(p) = self.provider.take() {
+            let _ = tokio::task::spawn_blocking(move || p.shutdown()).await;
+        }
+    }
+}
+
 impl Drop for TelemetryGuard {
     fn drop(&mut self) {
+        // Dropped without `shutdown` (an error path): flush on another
+        // thread rather than block a runtime thread the export needs.
         if let Some(p) = self.provider.take() {
-            let _ = p.shutdown();
+            std::thread::spawn(move || {
+                let _ = p.shutdown();
+            });
         }
     }
 }

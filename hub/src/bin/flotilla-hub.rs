@@ -106,7 +106,7 @@ async fn shutdown_signal() {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let _telemetry = flotilla_hub::telemetry::init();
+    let telemetry = flotilla_hub::telemetry::init();
     let Cli {
         command: Command::Serve(args),
     } = Cli::parse();
@@ -148,7 +148,9 @@ async fn main() -> Result<()> {
         appset_deletion_budget: args.appset_deletion_budget,
         metrics_listen: args.metrics_listen,
     };
-    flotilla_hub::server::serve(config, shutdown_signal())
+    let served = flotilla_hub::server::serve(config, shutdown_signal())
         .await
-        .context("flotilla-hub")
+        .context("flotilla-hub");
+    telemetry.shutdown().await;
+    served
 }
