@@ -35,6 +35,9 @@ enum Command {
     /// Print the health status and message of each object in YAML files,
     /// with the rules the agent uses. No cluster is contacted.
     Health(HealthArgs),
+    /// Renew the client certificate now (new key, over mutual TLS) and
+    /// exit; a running agent picks it up on its next connection.
+    Renew(crate::enroll::RenewArgs),
 }
 
 /// Options of the agent itself.
@@ -102,6 +105,11 @@ pub async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Health(args)) => health_command(&args),
+        Some(Command::Renew(args)) => {
+            let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+            let _telemetry = crate::telemetry::init();
+            crate::enroll::renew_command(&args).await
+        }
         None => run(cli.run).await,
     }
 }

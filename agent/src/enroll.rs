@@ -535,6 +535,26 @@ pub async fn renew(hub: &str, state_dir: &Path) -> Result<(), EnrollError> {
     Ok(())
 }
 
+/// Options of `flotilla-agent renew`.
+#[derive(Debug, clap::Args)]
+pub struct RenewArgs {
+    /// Hub URL, e.g. https://hub.example.com:7443.
+    #[arg(long, env = "FLOTILLA_HUB")]
+    pub hub: String,
+    /// State directory holding tls.crt, tls.key and ca.crt.
+    #[arg(long, env = "FLOTILLA_STATE_DIR")]
+    pub state_dir: PathBuf,
+}
+
+/// `flotilla-agent renew`: renews once, now.
+///
+/// # Errors
+/// As [`renew`].
+pub async fn renew_command(args: &RenewArgs) -> anyhow::Result<()> {
+    renew(&args.hub, &args.state_dir).await?;
+    Ok(())
+}
+
 /// Renews the certificate past two thirds of its lifetime, forever; after
 /// each renewal `reconnect` is notified so the link uses the new pair.
 /// Failures are retried every minute (or sooner near expiry).

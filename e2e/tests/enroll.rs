@@ -529,3 +529,55 @@ async fn in_cluster_identity_lives_in_a_secret_and_survives_a_lost_state_dir() -
     assert_eq!(mode(&state.join("tls.key"))?, 0o600);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn renewal_replaces_key_and_certificate_and_retires_the_old_pair() -> anyhow::Result<()> {
+    let fleet = Fleet::start_except(
+        FleetOptions {
+            clusters: 1,
+            register_repo: false,
+            ..Default::default()
+        },
+        &[],
+        &["sim-1"],
+    )
+    .await?;
+    let b = bootstrap_from_manifest(&add_manifest(&fleet, "sim-1", &[])?)?;
+    let state = fleet.root.path().join("renewing");
+    let mut a = agent(&fleet, "agent-renew-1", "sim-1", &state, &b, None, "info")?;
+    a.wait_for_line(CONVERGE, |l| l.contains("connected to"))?;
+    a.stop(Duration::from_secs(10));
+    let old = fleet.root.path().join("old-identity");
+    std::fs::create_dir_all(&old)?;
+    for f in ["tls.crt", "tls.key", "ca.crt"] {
+        std::fs::copy(state.join(f), old.join(f))?;
+    }
+
+    let out = Command::new(flotilla_e2e::bin("flotilla-agent")?)
+        .args(["renew", "--hub", &b.hub_url, "--state-dir"])
+        .arg(&state)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "flotilla-agent renew: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for f in ["tls.crt", "tls.key"] {
+        assert_ne!(
+            std::fs::read(state.join(f))?,
+            std::fs::read(old.join(f))?,
+            "{f}"
+        );
+    }
+    assert_eq!(mode(&state.join("tls.key"))?, 0o600);
+
+    // The new pair connects; its first use retires the old one.
+    let mut a = agent(&fleet, "agent-renew-2", "sim-1", &state, &b, None, "info")?;
+    a.wait_for_line(CONVERGE, |l| l.contains("connected to"))?;
+    let mut stale = agent(&fleet, "agent-stale", "sim-1", &old, &b, None, "info")?;
+    stale.wait_for_line(CUT_OFF, |l| {
+        l.contains("link down") && l.contains("certificate revoked")
+    })?;
+    assert!(!stale.has_line(|l| l.contains("connected to")));
+    Ok(())
+}
