@@ -228,6 +228,23 @@ impl Engine {
                 ..AppStatus::default()
             };
         }
+        // An ignoreDifferences jq expression that does not compile makes
+        // every comparison of the application meaningless: report it, apply
+        // nothing.
+        let invalid = crate::jq::invalid_expressions(&b.ignore_differences);
+        if !invalid.is_empty() {
+            return AppStatus {
+                name: b.name.clone(),
+                revision: b.revision.clone(),
+                digest: b.digest.clone(),
+                sync: SyncStatus::Unknown as i32,
+                health: HealthStatus::Unknown.to_proto() as i32,
+                message: format!("ignoreDifferences: {}", invalid.join("; ")),
+                last_applied_ms: app.last_applied_ms,
+                observed_ms: now_ms(),
+                ..AppStatus::default()
+            };
+        }
         let (mut checks, mut parse_errors) = self.check(b).await;
         let in_sync =
             parse_errors.is_empty() && checks.iter().all(|c| c.sync == SyncStatus::Synced);

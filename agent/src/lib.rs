@@ -16,6 +16,7 @@ pub mod health;
 pub mod identity;
 pub mod health_http;
 pub mod inventory;
+pub mod jq;
 pub mod link;
 pub mod metrics;
 pub mod object;

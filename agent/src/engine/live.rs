@@ -145,7 +145,22 @@ impl Engine {
             },
             Ok(Some(live)) => {
                 let ignore = ignored_paths(b, &key, &live);
-                let drift: Vec<String> = drift::diff(desired, &live, &ignore)
+                let stripped = crate::jq::normalized(&b.ignore_differences, &key, desired, &live);
+                let stripped = match stripped {
+                    Ok(s) => s,
+                    Err(e) => {
+                        return ResourceCheck {
+                            key,
+                            sync: SyncStatus::Unknown,
+                            health: self.health.assess(&live),
+                            message: format!("ignoreDifferences: {e}"),
+                            drift: Vec::new(),
+                            shared_with: None,
+                        };
+                    }
+                };
+                let (d, l) = stripped.as_ref().map_or((desired, &live), |(d, l)| (d, l));
+                let drift: Vec<String> = drift::diff(d, l, &ignore)
                     .iter()
                     .map(ToString::to_string)
                     .collect();
@@ -211,7 +226,10 @@ pub async fn diff_app(cluster: &Cluster, b: &Bundle) -> Result<Vec<ResourceDiff>
             None => true,
             Some(live) => {
                 let ignore = ignored_paths(b, &key, live);
-                !drift::diff(&desired, live, &ignore).is_empty()
+                match crate::jq::normalized(&b.ignore_differences, &key, &desired, live)? {
+                    Some((d, l)) => !drift::diff(&d, &l, &ignore).is_empty(),
+                    None => !drift::diff(&desired, live, &ignore).is_empty(),
+                }
             }
         };
         if differs {
