@@ -581,3 +581,78 @@ async fn renewal_replaces_key_and_certificate_and_retires_the_old_pair() -> anyh
     assert!(!stale.has_line(|l| l.contains("connected to")));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hello_claiming_another_clusters_name_is_ignored() -> anyhow::Result<()> {
+    use flotilla_proto::agent_link_client::AgentLinkClient;
+    use flotilla_proto::{AgentMessage, Hello, agent_message, hub_message};
+    use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+    let mut fleet = Fleet::start(FleetOptions {
+        clusters: 2,
+        ..Default::default()
+    })
+    .await?;
+    let head = fleet.repo.head()?;
+    fleet
+        .wait_synced("guestbook-sim-1", "sim-1", &head, CONVERGE)
+        .await?;
+    fleet
+        .wait_synced("guestbook-sim-2", "sim-2", &head, CONVERGE)
+        .await?;
+    // sim-1's own agent steps aside; its credentials now claim sim-2.
+    drop(fleet.agents.remove("sim-1"));
+    let dir = fleet.root.path().join("agents").join("sim-1");
+    let read = |f: &str| std::fs::read_to_string(dir.join(f));
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read("ca.crt")?))
+        .identity(Identity::from_pem(read("tls.crt")?, read("tls.key")?))
+        .domain_name("localhost");
+    let channel = Channel::from_shared(fleet.hub_url())?
+        .tls_config(tls)?
+        .connect()
+        .await?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<AgentMessage>(4);
+    tx.send(AgentMessage {
+        kind: Some(agent_message::Kind::Hello(Hello {
+            agent_version: "impostor/1".into(),
+            claimed_cluster: "sim-2".into(),
+            ..Default::default()
+        })),
+    })
+    .await?;
+    let mut inbound = AgentLinkClient::new(channel)
+        .connect(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let desired = tokio::time::timeout(CONVERGE, async {
+        loop {
+            match inbound.message().await? {
+                Some(m) => {
+                    if let Some(hub_message::Kind::Desired(d)) = m.kind {
+                        return anyhow::Ok(d);
+                    }
+                }
+                None => anyhow::bail!("stream ended without a desired state"),
+            }
+        }
+    })
+    .await??;
+    let names: Vec<&str> = desired.index.iter().map(|a| a.name.as_str()).collect();
+    assert!(names.contains(&"guestbook-sim-1"), "{names:?}");
+    assert!(
+        names.iter().all(|n| !n.ends_with("-sim-2")),
+        "sim-1's certificate received sim-2's state: {names:?}"
+    );
+    for b in &desired.bundles {
+        assert!(!b.name.ends_with("-sim-2"), "bundle {}", b.name);
+    }
+    // The hub keeps serving the real sim-2.
+    assert!(
+        connected(&fleet, "sim-2")
+            .await
+            .map_err(anyhow::Error::msg)?
+    );
+    drop(tx);
+    Ok(())
+}
