@@ -18,7 +18,10 @@ use crate::cache::Cache;
 /// # Errors
 /// The reason it is not ready.
 pub fn check(cache: &Cache) -> Result<(), String> {
-    if crate::metrics::metrics().connected_once() || cache.snapshot().generation > 0 {
+    let m = crate::metrics::metrics();
+    // The engine's last pass says what it enforces; the cache is read only
+    // before that pass.
+    if m.connected_once() || m.generation() > 0 || cache.snapshot().generation > 0 {
         Ok(())
     } else {
         Err("never connected to the hub and no cached desired state".to_owned())

@@ -140,6 +140,11 @@ impl AgentMetrics {
         self.connected_once.load(Ordering::Relaxed)
     }
 
+    /// The generation the engine last enforced (0 before its first pass).
+    pub fn generation(&self) -> i64 {
+        self.desired_generation.get()
+    }
+
     /// The generation now held.
     pub fn set_generation(&self, generation: u64) {
         self.desired_generation
