@@ -156,8 +156,7 @@ impl Fleet {
         .context("starting the Kubernetes API simulator")?;
         let repo = ConfigRepo::from_examples(&root.path().join("config-repo"))?;
         let data_dir = root.path().join("hub-data");
-        let (hub, hub_addr) =
-            start_hub(root.path(), &data_dir, "127.0.0.1:0", 0, &hub_args, &env)?;
+        let (hub, hub_addr) = start_hub(root.path(), &data_dir, "127.0.0.1:0", 0, &hub_args, &env)?;
         let mut fleet = Self {
             root,
             sim,

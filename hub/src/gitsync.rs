@@ -255,9 +255,9 @@ impl GitSync {
             Some(c) => cache.fetch_with_credentials(&u, &r, &c.username, &c.password),
             None => cache.fetch(&u, &r),
         })
-            .await
-            .map_err(|e| format!("fetch task failed: {e}"))
-            .and_then(|r| r.map_err(|e| e.to_string()));
+        .await
+        .map_err(|e| format!("fetch task failed: {e}"))
+        .and_then(|r| r.map_err(|e| e.to_string()));
         match &result {
             Ok(commit) => tracing::debug!(url = %redact(url), revision, commit, "fetched"),
             Err(e) => tracing::warn!(url = %redact(url), revision, error = %e, "fetch failed"),
@@ -398,12 +398,11 @@ impl GitSync {
         let tools = self.render_tools();
         let render_started = Instant::now();
         let span = tracing::info_span!("render", repo = %redact(&key.url), commit = %key.commit, path = %key.path);
-        let result = tokio::task::spawn_blocking(move || {
-            crate::render::render_source(&cache, &tools, &k)
-        })
-        .instrument(span)
-        .await
-        .unwrap_or_else(|e| Err(format!("render task failed: {e}")));
+        let result =
+            tokio::task::spawn_blocking(move || crate::render::render_source(&cache, &tools, &k))
+                .instrument(span)
+                .await
+                .unwrap_or_else(|e| Err(format!("render task failed: {e}")));
         crate::metrics::metrics().render(render_started.elapsed());
         let rendered = Arc::new(result);
         self.renders
