@@ -1,6 +1,9 @@
 //! `flotilla cluster add` with a bootstrap token prints the agent command
 //! line and the agent's install manifest (the embedded agent chart).
 
+// Test helpers outside #[test] functions: a failed setup should panic.
+#![allow(clippy::unwrap_used)]
+
 use std::process::{Command, Output};
 
 use flotilla_hub::server::{HubConfig, RunningHub, start};
