@@ -75,6 +75,8 @@ impl Engine {
         let waves = plan::plan(objects, |k| self.cluster.known_scope(k));
         let wave_count = waves.len();
         let mut desired_keys = BTreeSet::new();
+        // The last wave reached, for PruneLast: its number and objects.
+        let mut last_wave = None;
         for (i, wave) in waves.into_iter().enumerate() {
             // Waves before `resume_from` were applied for this digest by an
             // earlier pass; only their identities are needed.
@@ -118,7 +120,9 @@ impl Engine {
             }
             // The next wave waits for this one to be healthy. Rather than
             // block the engine, stop here; a later pass resumes.
-            if i + 1 < wave_count && i + 1 >= resume_from {
+            if i + 1 == wave_count {
+                last_wave = Some((wave.wave, applied));
+            } else if i + 1 >= resume_from {
                 match self.wave_health(&applied).await {
                     WaveHealth::Healthy => {}
                     WaveHealth::Pending(why) => {
@@ -157,6 +161,19 @@ impl Engine {
             if desired_keys.is_empty() && !stale.is_empty() && !b.policy.allow_empty {
                 messages.push("desired state is empty; not pruning without allowEmpty".to_owned());
                 inventory.extend(stale);
+            } else if let Some((wave, why)) =
+                self.prune_last_pending(b, &stale, last_wave.as_ref()).await
+            {
+                // PruneLast: nothing is pruned before the last wave is
+                // healthy too; a later pass resumes after every wave.
+                match why {
+                    WaveHealth::Pending(why) => out.waiting = Some((wave_count, wave, why)),
+                    WaveHealth::Degraded(why) => messages.push(format!(
+                        "not pruning (PruneLast): sync wave {wave} is not healthy: {why}"
+                    )),
+                    WaveHealth::Healthy => {}
+                }
+                inventory.extend(stale);
             } else {
                 for key in self.prune_order(stale) {
                     if let Err(e) = self.prune_one(&b.name, &key).await {
@@ -170,6 +187,44 @@ impl Engine {
         out.message = messages.join("; ");
         out.inventory = inventory.into_iter().collect();
         out
+    }
+
+    /// With PruneLast (the application's sync option, or the annotation
+    /// `argocd.argoproj.io/sync-options: PruneLast=true` on an object to
+    /// prune), the last wave must be healthy before anything is pruned:
+    /// the wave number and its state when it is not.
+    async fn prune_last_pending(
+        &self,
+        b: &crate::bundle::Bundle,
+        stale: &[ObjectKey],
+        last_wave: Option<&(i64, Vec<(ObjectKey, Resolved)>)>,
+    ) -> Option<(i64, WaveHealth)> {
+        let (wave, applied) = last_wave?;
+        if stale.is_empty() || applied.is_empty() {
+            return None;
+        }
+        let mut prune_last = b.policy.option("PruneLast");
+        for key in stale {
+            if prune_last {
+                break;
+            }
+            if let Ok(r) = self.cluster.resolve(key).await
+                && let Ok(Some(live)) = self.cluster.get(&r, key).await
+            {
+                prune_last = live
+                    .pointer("/metadata/annotations")
+                    .and_then(|a| a.get("argocd.argoproj.io/sync-options"))
+                    .and_then(serde_json::Value::as_str)
+                    .is_some_and(|s| s.split(',').any(|o| o.trim() == "PruneLast=true"));
+            }
+        }
+        if !prune_last {
+            return None;
+        }
+        match self.wave_health(applied).await {
+            WaveHealth::Healthy => None,
+            other => Some((*wave, other)),
+        }
     }
 
     /// Prune runs the apply order backwards: namespaced objects first,
