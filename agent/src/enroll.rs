@@ -588,6 +588,9 @@ pub async fn renew_loop(
                     warn!(error = %e, "could not store the renewed identity in its Secret");
                 }
                 reconnect.notify_one();
+                // However short the hub makes certificates, never renew in
+                // a tight loop.
+                tokio::time::sleep(Duration::from_secs(60)).await;
             }
             Err(e) => {
                 warn!(error = %e, "certificate renewal failed; retrying in 60s");
