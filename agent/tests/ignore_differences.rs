@@ -1,5 +1,6 @@
-//! `ignoreDifferences.jqPathExpressions` and `PruneLast` against the
-//! Kubernetes API simulator.
+//! `ignoreDifferences.jqPathExpressions` (a table test from YAML fixtures
+//! in `fixtures/jq/`, then against the Kubernetes API simulator) and
+//! `PruneLast` against the simulator.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,6 +15,45 @@ use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::core::ApiResource;
 use serde_json::{Value, json};
 use tokio::sync::{Notify, watch};
+
+#[test]
+fn jq_fixture_table() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/jq");
+    let read = |name: &str| {
+        let text = std::fs::read_to_string(dir.join(name)).expect("fixture");
+        serde_saphyr::from_str::<Value>(&text).expect("yaml")
+    };
+    let cases = read("cases.yaml");
+    let cases = cases.as_array().expect("list of cases");
+    assert!(cases.len() >= 5);
+    for case in cases {
+        let expr = case["expression"].as_str().expect("expression");
+        let object = read(case["object"].as_str().expect("object"));
+        let mut got = object.clone();
+        let result = flotilla_agent::jq::strip(&mut got, &[expr.to_owned()]);
+        if let Some(want) = case.get("error").and_then(Value::as_str) {
+            let err = result.expect_err(expr);
+            assert!(err.contains(want), "{expr}: {err}");
+            continue;
+        }
+        result.unwrap_or_else(|e| panic!("{expr}: {e}"));
+        let mut want = object;
+        for ptr in case["removed"].as_array().expect("removed") {
+            let ptr = ptr.as_str().expect("pointer");
+            let (parent, last) = ptr.rsplit_once('/').expect("pointer");
+            match want.pointer_mut(parent).expect("parent") {
+                Value::Object(m) => {
+                    m.remove(last).expect("present");
+                }
+                Value::Array(a) => {
+                    a.remove(last.parse::<usize>().expect("index"));
+                }
+                other => panic!("{ptr}: parent {other}"),
+            }
+        }
+        assert_eq!(got, want, "{expr}");
+    }
+}
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
