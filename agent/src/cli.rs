@@ -146,10 +146,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     // In a cluster (POD_NAMESPACE, no --kubeconfig) the identity also
     // lives in a Secret of the agent's namespace.
     let identity = match (std::env::var("POD_NAMESPACE"), &args.kubeconfig) {
-        (Ok(ns), None) if !ns.is_empty() => Some(crate::identity::IdentitySecret::new(
-            client.clone(),
-            &ns,
-        )),
+        (Ok(ns), None) if !ns.is_empty() => {
+            Some(crate::identity::IdentitySecret::new(client.clone(), &ns))
+        }
         _ => None,
     };
     let mut restored = false;

@@ -724,7 +724,10 @@ spec:
             // The directory must stay when the last Application goes: a
             // path that no longer exists is a render error, and a failed
             // render never prunes.
-            ("root/README.md", "Applications managed by root\n".to_owned()),
+            (
+                "root/README.md",
+                "Applications managed by root\n".to_owned(),
+            ),
             (
                 "root/child.yaml",
                 application(&fleet, "child", "child", "sim-1", "child"),

@@ -364,9 +364,10 @@ impl pb::hub_api_server::HubApi for HubApiService {
         if req.app.is_empty() {
             self.ctx.git.kick();
         } else {
-            let rec = self.ctx.store.app(&req.app)?.ok_or_else(|| {
-                Status::not_found(format!("application {:?} not found", req.app))
-            })?;
+            let rec =
+                self.ctx.store.app(&req.app)?.ok_or_else(|| {
+                    Status::not_found(format!("application {:?} not found", req.app))
+                })?;
             tracing::info!(app = %req.app, hard = req.hard, "application refresh requested");
             self.ctx.git.refresh_app(&rec.app, req.hard);
         }
@@ -493,16 +494,19 @@ impl pb::hub_api_server::HubApi for HubApiService {
     ) -> Result<Response<pb::Repository>, Status> {
         require_write(&request)?;
         let req = request.into_inner();
-        let rec = self
-            .ctx
-            .store
-            .repo(&req.url)?
-            .ok_or_else(|| Status::not_found(format!("repository {:?} is not registered", crate::source::redact_url(&req.url))))?;
+        let rec = self.ctx.store.repo(&req.url)?.ok_or_else(|| {
+            Status::not_found(format!(
+                "repository {:?} is not registered",
+                crate::source::redact_url(&req.url)
+            ))
+        })?;
         let creds = (!req.password.is_empty()).then(|| crate::store::RepoCredentials {
             username: req.username.clone(),
             password: req.password.clone(),
         });
-        self.ctx.store.put_repo_credentials(&req.url, creds.as_ref())?;
+        self.ctx
+            .store
+            .put_repo_credentials(&req.url, creds.as_ref())?;
         self.ctx.store.flush_async().await?;
         tracing::info!(url = %crate::source::redact_url(&req.url), stored = creds.is_some(), "repository credentials updated");
         self.ctx.git.refresh_urls(std::slice::from_ref(&req.url));

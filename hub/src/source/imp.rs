@@ -51,6 +51,9 @@ pub(super) fn render_directory(
     render::render_directory(files, options)
 }
 
-pub(super) fn parse_stream(text: &str, origin: &str) -> Result<Vec<serde_json::Value>, RenderError> {
+pub(super) fn parse_stream(
+    text: &str,
+    origin: &str,
+) -> Result<Vec<serde_json::Value>, RenderError> {
     render::parse_stream(text, origin)
 }
