@@ -53,6 +53,9 @@ pub struct HubConfig {
     pub appset_deletion_budget: f64,
     /// Plain-HTTP listener for `/healthz`, `/readyz` and `/metrics`.
     pub metrics_listen: Option<SocketAddr>,
+    /// An agent stream that sends nothing for this long is closed (agents
+    /// send a status heartbeat every 30 s).
+    pub stream_idle_timeout: Duration,
 }
 
 impl HubConfig {
@@ -70,6 +73,7 @@ impl HubConfig {
             webhook_secret: None,
             appset_deletion_budget: crate::appset::lifecycle::DEFAULT_DELETION_BUDGET,
             metrics_listen: None,
+            stream_idle_timeout: crate::api::agent_link::DEFAULT_STREAM_IDLE_TIMEOUT,
         }
     }
 }
@@ -219,6 +223,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         commands: Arc::default(),
         appsets,
         closing: closing_rx,
+        stream_idle_timeout: config.stream_idle_timeout,
     };
 
     let tls = ServerTlsConfig::new()

@@ -1005,3 +1005,120 @@ async fn commits_are_picked_up_by_polling_alone() {
     admin.version(pb::VersionRequest {}).await.unwrap();
     hub.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_agent_stream_is_closed_and_the_hub_keeps_serving() {
+    let repo = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let url = make_repo(repo.path());
+    let mut config = HubConfig::new(data.path(), "127.0.0.1:0".parse().unwrap());
+    config.repos = vec![RepoSpec {
+        url,
+        apps_path: "apps".into(),
+        revision: "main".into(),
+        poll_interval: Some(Duration::from_secs(1)),
+    }];
+    config.stream_idle_timeout = Duration::from_secs(1);
+    let hub = start(config).await.expect("hub starts");
+    let ca = std::fs::read_to_string(hub.ca_file()).unwrap();
+    let mut admin = api(&hub, Some(admin_token(&hub))).await;
+    let id = add_cluster(&mut admin, "c1").await;
+    let mut c = open_stream(channel(&hub, Some(id.clone()), &ca).await.unwrap())
+        .await
+        .unwrap();
+    c.tx.send(hello(&[])).await.unwrap();
+    next_desired(&mut c).await;
+    // The peer keeps the connection open but says nothing more.
+    let ended = tokio::time::timeout(DEADLINE, async {
+        loop {
+            match c.rx.message().await {
+                Ok(Some(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the idle stream is closed within the deadline");
+    assert!(
+        matches!(ended, Err(ref s) if s.code() == Code::DeadlineExceeded),
+        "{ended:?}"
+    );
+    // Nothing else is disturbed: the same cluster connects again.
+    let mut again = open_stream(channel(&hub, Some(id), &ca).await.unwrap())
+        .await
+        .unwrap();
+    again.tx.send(hello(&[])).await.unwrap();
+    next_desired(&mut again).await;
+    hub.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_client_certificate_gets_nothing() {
+    let repo = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let hub = start_hub(data.path(), &make_repo(repo.path())).await;
+    let ca = std::fs::read_to_string(hub.ca_file()).unwrap();
+    let mut admin = api(&hub, Some(admin_token(&hub))).await;
+    let added = admin
+        .add_cluster(pb::AddClusterRequest {
+            name: "c1".into(),
+            issue_certificate: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // The very certificate the hub issued (same serial, name and key),
+    // re-signed by the hub CA with a validity that has already ended: only
+    // the expiry check stands between it and the cluster's desired state.
+    let issued_der = rustls_pemfile_der(&added.certificate_pem);
+    let (_, issued) = x509_parser::parse_x509_certificate(&issued_der).unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.serial_number = Some(rcgen::SerialNumber::from_slice(issued.raw_serial()));
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "c1");
+    params.subject_alt_names = vec![rcgen::SanType::URI(
+        "spiffe://flotilla/cluster/c1".try_into().unwrap(),
+    )];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::days(2);
+    params.not_after = now - time::Duration::days(1);
+    let key = rcgen::KeyPair::from_pem(&added.key_pem).unwrap();
+    let ca_key =
+        rcgen::KeyPair::from_pem(&std::fs::read_to_string(data.path().join("ca.key")).unwrap())
+            .unwrap();
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&ca, ca_key).unwrap();
+    let expired = params.signed_by(&key, &issuer).unwrap();
+    let id = Identity::from_pem(expired.pem(), &added.key_pem);
+    if let Ok(ch) = channel(&hub, Some(id), &ca).await {
+        match open_stream(ch).await {
+            Err(s) => assert_ne!(s.code(), Code::Ok),
+            Ok(mut c) => {
+                let _ = c.tx.send(hello(&[])).await;
+                assert!(
+                    !matches!(c.rx.message().await, Ok(Some(_))),
+                    "an expired certificate got desired state"
+                );
+            }
+        }
+    }
+    // The valid certificate still works.
+    let valid = Identity::from_pem(&added.certificate_pem, &added.key_pem);
+    let mut c = open_stream(channel(&hub, Some(valid), &ca).await.unwrap())
+        .await
+        .unwrap();
+    c.tx.send(hello(&[])).await.unwrap();
+    next_desired(&mut c).await;
+    hub.shutdown().await.unwrap();
+}
+
+fn rustls_pemfile_der(pem: &str) -> Vec<u8> {
+    let mut reader = std::io::BufReader::new(pem.as_bytes());
+    rustls_pemfile::certs(&mut reader)
+        .next()
+        .expect("one certificate")
+        .expect("valid PEM")
+        .to_vec()
+}

@@ -24,6 +24,11 @@ use pb::hub_message::Kind as HubKind;
 /// How long an agent may take to send its Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Three missed agent heartbeats (sent every 30 s) close a stream, so a
+/// peer that holds a connection open without speaking cannot pin hub
+/// resources forever.
+pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
 /// The `AgentLink` service.
 #[derive(Clone, Debug)]
 pub struct AgentLinkService {
@@ -301,13 +306,23 @@ async fn session(
         return Ok(());
     }
     let mut closing = ctx.closing.clone();
+    let idle = ctx.stream_idle_timeout;
+    let mut idle_deadline = tokio::time::Instant::now() + idle;
     loop {
         tokio::select! {
             _ = closing.changed() => {
                 return Err(Status::unavailable("hub shutting down"));
             }
+            () = tokio::time::sleep_until(idle_deadline) => {
+                tracing::warn!(cluster, idle_secs = idle.as_secs(), "agent stream idle: closing it");
+                return Err(Status::deadline_exceeded(format!(
+                    "no message from the agent for {}s; closing the idle stream",
+                    idle.as_secs()
+                )));
+            }
             msg = inbound.message() => {
                 let Some(msg) = msg? else { return Ok(()) };
+                idle_deadline = tokio::time::Instant::now() + idle;
                 handle_message(ctx, cluster, msg)?;
             }
             changed = signals.changed() => {

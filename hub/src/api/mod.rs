@@ -29,6 +29,8 @@ pub struct HubContext {
     /// Becomes true when the hub shuts down: agent streams end so the
     /// server can stop.
     pub closing: tokio::sync::watch::Receiver<bool>,
+    /// How long an agent stream may stay silent before it is closed.
+    pub stream_idle_timeout: std::time::Duration,
 }
 
 impl From<StoreError> for Status {

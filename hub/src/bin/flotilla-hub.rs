@@ -55,6 +55,10 @@ struct ServeArgs {
     /// Poll interval, e.g. 15s, 2m, 500ms.
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     poll_interval: Duration,
+    /// Close an agent stream that sends nothing for this long (agents send
+    /// a heartbeat every 30s).
+    #[arg(long, default_value = "90s", value_parser = parse_duration)]
+    stream_idle_timeout: Duration,
     /// Command that builds a kustomization; the directory is appended, e.g.
     /// "kustomize build" or "kubectl kustomize" [default: kustomize build
     /// when kustomize is on PATH, else kubectl kustomize].
@@ -147,6 +151,7 @@ async fn main() -> Result<()> {
         webhook_secret: args.webhook_secret,
         appset_deletion_budget: args.appset_deletion_budget,
         metrics_listen: args.metrics_listen,
+        stream_idle_timeout: args.stream_idle_timeout,
     };
     let served = flotilla_hub::server::serve(config, shutdown_signal())
         .await
