@@ -362,7 +362,14 @@ fn path_params(path: &str, file: Option<()>, mode: TemplateMode) -> Params {
     p
 }
 
-fn children<'a>(body: &'a Value, at: &str) -> Result<&'a Vec<Value>, String> {
+/// The child generators of a matrix or merge, refusing nesting deeper than
+/// [`MAX_NESTING`].
+fn children<'a>(body: &'a Value, at: &str, depth: usize) -> Result<&'a Vec<Value>, String> {
+    if depth >= MAX_NESTING {
+        return Err(format!(
+            "{at}: nested too deeply (at most {MAX_NESTING} levels)"
+        ));
+    }
     body.get("generators")
         .and_then(Value::as_array)
         .filter(|g| !g.is_empty())
@@ -378,12 +385,7 @@ fn matrix(
     at: &str,
     depth: usize,
 ) -> Result<Vec<Params>, String> {
-    if depth >= MAX_NESTING {
-        return Err(format!(
-            "{at}: nested too deeply (at most {MAX_NESTING} levels)"
-        ));
-    }
-    let gens = children(body, at)?;
+    let gens = children(body, at, depth)?;
     if gens.len() < 2 {
         return Err(format!(
             "{at}.generators: a matrix needs at least two generators"
@@ -464,12 +466,7 @@ fn merge(
     at: &str,
     depth: usize,
 ) -> Result<Vec<Params>, String> {
-    if depth >= MAX_NESTING {
-        return Err(format!(
-            "{at}: nested too deeply (at most {MAX_NESTING} levels)"
-        ));
-    }
-    let gens = children(body, at)?;
+    let gens = children(body, at, depth)?;
     let keys: Vec<String> = body
         .get("mergeKeys")
         .and_then(Value::as_array)

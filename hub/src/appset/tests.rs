@@ -578,3 +578,17 @@ fn one_bad_application_does_not_block_the_rest() {
     assert_eq!(g.errors.len(), 1);
     assert_eq!(g.errors[0].application, "Bad_Name");
 }
+
+#[test]
+fn nesting_is_bounded() {
+    let leaf = "{list: {elements: [{a: x}]}}";
+    let mut g = leaf.to_owned();
+    for _ in 0..4 {
+        g = format!("{{matrix: {{generators: [{g}, {leaf}]}}}}");
+    }
+    let s = set(&with(&format!(
+        "  generators:\n  - {g}\n  template:\n    metadata: {{name: x}}\n    spec:\n      source: {{repoURL: r, path: p}}\n      destination: {{name: a}}\n"
+    )));
+    let err = s.generate(&[], None).unwrap_err().to_string();
+    assert!(err.contains("nested too deeply"), "{err}");
+}
