@@ -311,17 +311,20 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
                     Ok(r) => r.unwrap_or(Ok(())).map_err(HubError::from),
                     Err(_) => {
                         server.abort();
+                        let _ = server.await;
                         Ok(())
                     }
                 }
             }
         };
+        // Wait for the aborted tasks to be dropped, so every handle on the
+        // store is released when shutdown() returns and the same data
+        // directory can be opened again at once.
         git_task.abort();
-        if let Some(t) = &webhook_task {
+        let _ = git_task.await;
+        for t in [webhook_task, metrics_task].into_iter().flatten() {
             t.abort();
-        }
-        if let Some(t) = &metrics_task {
-            t.abort();
+            let _ = t.await;
         }
         store.flush_async().await?;
         result
