@@ -11,19 +11,8 @@ use std::time::{Duration, Instant};
 use flotilla_hub::server::{HubConfig, RepoSpec, RunningHub, start};
 use serde_json::Value;
 
-fn git(dir: &Path, args: &[&str]) {
-    let out = Command::new("git")
-        .args(["-c", "user.email=t@example.com", "-c", "user.name=t"])
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+mod support;
+use support::git;
 
 fn make_repo(dir: &Path) -> String {
     let url = format!("file://{}", dir.display());

@@ -7,7 +7,6 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use flotilla_hub::server::{HubConfig, RepoSpec, RunningHub, start};
@@ -21,25 +20,8 @@ use tonic::{Code, Streaming};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
-fn git(dir: &Path, args: &[&str]) {
-    let out = Command::new("git")
-        .args(["-c", "user.email=t@example.com", "-c", "user.name=t"])
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("git runs");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn write(dir: &Path, rel: &str, content: &str) {
-    let p = dir.join(rel);
-    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-    std::fs::write(p, content).unwrap();
-}
+mod support;
+use support::{git, write};
 
 fn app_yaml(name: &str, url: &str, path: &str, cluster: &str) -> String {
     format!(

@@ -2,45 +2,12 @@
 //! CLI) through the hub's renderer, with the kustomize found on this
 //! machine (`kustomize build` or `kubectl kustomize`).
 
-use std::path::Path;
-use std::process::Command;
-
 use flotilla_hub::render::{RenderRequest, RenderTools, render_source};
 use flotilla_hub::source::GitCache;
 use serde_json::Value;
 
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .current_dir(dir)
-        .args([
-            "-c",
-            "user.name=Flotilla Test",
-            "-c",
-            "user.email=test@flotilla.invalid",
-            "-c",
-            "commit.gpgsign=false",
-            "-c",
-            "init.defaultBranch=main",
-        ])
-        .args(args)
-        .output()
-        .expect("git runs");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .expect("utf-8")
-        .trim()
-        .to_owned()
-}
-
-fn write(dir: &Path, path: &str, content: &str) {
-    let path = dir.join(path);
-    std::fs::create_dir_all(path.parent().expect("a parent")).expect("mkdir");
-    std::fs::write(path, content).expect("write");
-}
+mod support;
+use support::{git, write};
 
 const DEPLOYMENT: &str = "apiVersion: apps/v1
 kind: Deployment
