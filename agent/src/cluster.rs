@@ -208,7 +208,33 @@ impl Cluster {
         key: &ObjectKey,
         obj: &Value,
     ) -> Result<Value, ClusterError> {
-        let params = PatchParams::apply(FIELD_MANAGER).force();
+        self.server_side_apply(r, key, obj, false).await
+    }
+
+    /// [`Cluster::apply`] with `dryRun=All`: the API server validates,
+    /// defaults and merges as for a real apply and returns the object it
+    /// would store, but changes nothing.
+    ///
+    /// # Errors
+    /// When the API server refuses the object.
+    pub async fn apply_dry_run(
+        &self,
+        r: &Resolved,
+        key: &ObjectKey,
+        obj: &Value,
+    ) -> Result<Value, ClusterError> {
+        self.server_side_apply(r, key, obj, true).await
+    }
+
+    async fn server_side_apply(
+        &self,
+        r: &Resolved,
+        key: &ObjectKey,
+        obj: &Value,
+        dry_run: bool,
+    ) -> Result<Value, ClusterError> {
+        let mut params = PatchParams::apply(FIELD_MANAGER).force();
+        params.dry_run = dry_run;
         let live = self
             .api(r, &key.namespace)
             .patch(&key.name, &params, &Patch::Apply(obj))
@@ -272,11 +298,29 @@ impl Cluster {
     /// # Errors
     /// When the API server refuses.
     pub async fn delete(&self, r: &Resolved, key: &ObjectKey) -> Result<(), ClusterError> {
-        match self
-            .api(r, &key.namespace)
-            .delete(&key.name, &DeleteParams::background())
-            .await
-        {
+        self.delete_with(r, key, false).await
+    }
+
+    /// [`Cluster::delete`] with `dryRun=All`: checked by the API server,
+    /// nothing deleted.
+    ///
+    /// # Errors
+    /// When the API server refuses.
+    pub async fn delete_dry_run(&self, r: &Resolved, key: &ObjectKey) -> Result<(), ClusterError> {
+        self.delete_with(r, key, true).await
+    }
+
+    async fn delete_with(
+        &self,
+        r: &Resolved,
+        key: &ObjectKey,
+        dry_run: bool,
+    ) -> Result<(), ClusterError> {
+        let params = DeleteParams {
+            dry_run,
+            ..DeleteParams::background()
+        };
+        match self.api(r, &key.namespace).delete(&key.name, &params).await {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
             Err(e) => Err(request_error("delete", key, &e)),

@@ -13,9 +13,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flotilla_proto::{AppStatus, OperationState, ResourceStatus, SyncStatus};
+use flotilla_proto::{AppStatus, OperationState, ResourceStatus, SyncResult, SyncStatus};
 use rand::Rng;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, oneshot, watch};
 use tracing::{info, warn};
 
 use crate::bundle::Bundle;
@@ -28,6 +28,7 @@ use crate::object::ObjectKey;
 use crate::report::{Report, now_ms};
 
 mod apply;
+mod dry_run;
 mod live;
 
 pub use live::diff_app;
@@ -84,12 +85,18 @@ struct WaveProgress {
 
 /// A sync asked for by the hub (`SyncNow`), applied even without
 /// `automated` and regardless of retry backoff.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct SyncRequest {
     /// Prune even if the policy does not.
     pub prune: bool,
     /// Only report; change nothing.
     pub dry_run: bool,
+    /// The hub's command id, recorded in the `OperationState` of the sync
+    /// it starts.
+    pub command_id: String,
+    /// Where the answer to a dry run goes. Dropped unanswered when the
+    /// request is replaced or the application is no longer desired.
+    pub reply: Option<oneshot::Sender<SyncResult>>,
 }
 
 /// Pending sync requests by application, shared with the link.
@@ -193,6 +200,12 @@ impl Engine {
             statuses.push(self.reconcile(app).await);
         }
         self.apps.retain(|name, _| snapshot.apps.contains_key(name));
+        // A request for an application this cluster does not run is
+        // dropped; a dry run waiting on it learns so from its closed reply.
+        self.requests
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|name, _| snapshot.apps.contains_key(name));
         let settled = statuses.iter().all(|s| {
             s.sync == SyncStatus::Synced as i32
                 && s.health == HealthStatus::Healthy.to_proto() as i32
@@ -216,6 +229,8 @@ impl Engine {
     async fn reconcile(&mut self, app: &CachedApp) -> AppStatus {
         let b = &app.bundle;
         if !b.render_error.is_empty() {
+            let operation =
+                self.refuse_request(&b.name, &format!("render error: {}", b.render_error));
             return AppStatus {
                 name: b.name.clone(),
                 revision: b.revision.clone(),
@@ -225,6 +240,7 @@ impl Engine {
                 message: format!("render error: {}", b.render_error),
                 last_applied_ms: app.last_applied_ms,
                 observed_ms: now_ms(),
+                operation,
                 ..AppStatus::default()
             };
         }
@@ -233,6 +249,10 @@ impl Engine {
         // nothing.
         let invalid = crate::jq::invalid_expressions(&b.ignore_differences);
         if !invalid.is_empty() {
+            let operation = self.refuse_request(
+                &b.name,
+                &format!("ignoreDifferences: {}", invalid.join("; ")),
+            );
             return AppStatus {
                 name: b.name.clone(),
                 revision: b.revision.clone(),
@@ -242,6 +262,7 @@ impl Engine {
                 message: format!("ignoreDifferences: {}", invalid.join("; ")),
                 last_applied_ms: app.last_applied_ms,
                 observed_ms: now_ms(),
+                operation,
                 ..AppStatus::default()
             };
         }
@@ -272,22 +293,47 @@ impl Engine {
         let healable = checks
             .iter()
             .any(|c| c.sync != SyncStatus::Synced && c.shared_with.is_none());
+        // A sync stopped at a wave that was not healthy yet continues, even
+        // without `automated` (it was started by a sync request).
+        let resuming = digest_changed && rt.waves.as_ref().is_some_and(|w| w.digest == b.digest);
         let wanted = requested.is_some()
+            || resuming
             || (b.policy.automated
                 && (digest_changed || (drifted && healable && b.policy.self_heal)));
         let limit_reached = requested.is_none()
             && b.policy.retry_limit > 0
             && i64::from(rt.attempts) > b.policy.retry_limit;
         let due = requested.is_some() || rt.retry_at.is_none_or(|t| now >= t);
-        let dry_run = requested.is_some_and(|r| r.dry_run);
-        let prune = b.policy.prune || requested.is_some_and(|r| r.prune);
+        let prune = b.policy.prune || requested.as_ref().is_some_and(|r| r.prune);
+        // The hub command this pass answers; a wave sync resumed by a later
+        // pass keeps the id of the command that started it.
+        let command_id = requested.as_ref().map_or_else(
+            || {
+                rt.operation
+                    .as_ref()
+                    .filter(|o| resuming && o.phase == "Running")
+                    .map(|o| o.command_id.clone())
+                    .unwrap_or_default()
+            },
+            |r| r.command_id.clone(),
+        );
         let mut last_applied_ms = app.last_applied_ms;
-        if wanted && dry_run {
-            let out_of_sync = checks
+        if let Some(request) = requested.filter(|r| r.dry_run) {
+            let result = self.dry_run(app, prune, &request.command_id).await;
+            let changes = result
+                .resources
                 .iter()
-                .filter(|c| c.sync != SyncStatus::Synced)
+                .filter(|r| r.action != dry_run::action::UNCHANGED)
                 .count();
-            info!(app = %b.name, out_of_sync, "dry run: nothing applied");
+            let failures = result
+                .resources
+                .iter()
+                .filter(|r| !r.error.is_empty())
+                .count();
+            info!(app = %b.name, id = %request.command_id, changes, failures, "dry run: nothing applied");
+            if let Some(reply) = request.reply {
+                let _ = reply.send(result);
+            }
         } else if wanted && due && !limit_reached {
             if drifted {
                 let fields: Vec<String> = checks
@@ -355,6 +401,7 @@ impl Engine {
                         started_ms: started,
                         finished_ms: 0,
                         message: format!("waiting for sync wave {wave} to become healthy: {why}"),
+                        command_id: command_id.clone(),
                     });
                     rt.errors.clone_from(&outcome.errors);
                     rt.message = format!("waiting for sync wave {wave} to become healthy: {why}");
@@ -387,7 +434,12 @@ impl Engine {
                 phase: if ok { "Succeeded" } else { "Failed" }.to_owned(),
                 started_ms: started,
                 finished_ms: finished,
-                message: outcome.message.clone(),
+                message: if ok || !outcome.message.is_empty() {
+                    outcome.message.clone()
+                } else {
+                    failure_summary(&outcome.errors)
+                },
+                command_id,
             });
             rt.errors.clone_from(&outcome.errors);
             rt.message.clone_from(&outcome.message);
@@ -451,6 +503,61 @@ impl Engine {
         let rt = self.apps.entry(b.name.clone()).or_default();
         status_of(b, &checks, &parse_errors, rt, last_applied_ms)
     }
+}
+
+impl Engine {
+    /// Answers a sync request for an application that cannot be synced
+    /// (`why`): a dry run gets the error, a real sync a Failed operation
+    /// carrying its command id (returned, and kept for later passes).
+    fn refuse_request(&mut self, app: &str, why: &str) -> Option<OperationState> {
+        let rt = self.apps.entry(app.to_owned()).or_default();
+        let request = self
+            .requests
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(app);
+        match request {
+            Some(SyncRequest {
+                dry_run: true,
+                reply: Some(reply),
+                command_id,
+                ..
+            }) => {
+                let _ = reply.send(SyncResult {
+                    command_id,
+                    app: app.to_owned(),
+                    dry_run: true,
+                    error: why.to_owned(),
+                    ..SyncResult::default()
+                });
+            }
+            Some(SyncRequest { dry_run: true, .. }) | None => {}
+            Some(request) => {
+                let now = now_ms();
+                rt.operation = Some(OperationState {
+                    phase: "Failed".to_owned(),
+                    started_ms: now,
+                    finished_ms: now,
+                    message: why.to_owned(),
+                    command_id: request.command_id,
+                });
+            }
+        }
+        rt.operation.clone()
+    }
+}
+
+/// The first object errors of a failed apply, for the operation message.
+fn failure_summary(errors: &BTreeMap<ObjectKey, String>) -> String {
+    let mut parts: Vec<String> = errors
+        .iter()
+        .take(3)
+        .map(|(key, e)| format!("{key}: {e}"))
+        .collect();
+    if errors.len() > 3 {
+        parts.push(format!("and {} more", errors.len() - 3));
+    }
+    parts.join("; ")
 }
 
 /// Exponential backoff with ±20 % jitter: 1 s, 2 s, 4 s … up to 3 min.

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use flotilla_proto::agent_link_client::AgentLinkClient;
 use flotilla_proto::{
-    Ack, AgentMessage, AppRef, DesiredState, DiffResult, Hello, agent_message, command, hub_message,
+    Ack, AgentMessage, AppRef, DesiredState, DiffResult, Hello, SyncResult, agent_message, command,
+    hub_message,
 };
 use rand::Rng;
 use tokio::sync::{Notify, mpsc, watch};
@@ -297,18 +298,8 @@ impl Link {
                     }
                     Some(hub_message::Kind::Command(cmd)) => match cmd.kind {
                         Some(command::Kind::Sync(sync)) => {
-                            info!(app = %sync.app, prune = sync.prune, dry_run = sync.dry_run, "sync requested by hub");
-                            self.requests
-                                .lock()
-                                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                                .insert(
-                                    sync.app,
-                                    SyncRequest {
-                                        prune: sync.prune,
-                                        dry_run: sync.dry_run,
-                                    },
-                                );
-                            self.trigger.notify_one();
+                            info!(app = %sync.app, id = %cmd.id, prune = sync.prune, dry_run = sync.dry_run, "sync requested by hub");
+                            self.request_sync(cmd.id, sync, &tx).await?;
                         }
                         Some(command::Kind::Diff(diff)) => {
                             let bundle = self.cache.snapshot().apps.remove(&diff.app).map(|a| a.bundle);
@@ -345,6 +336,66 @@ impl Link {
         reporter.abort();
         crate::metrics::metrics().set_connected(false);
         result
+    }
+
+    /// Queues a `SyncNow` for the engine. A dry run is answered with a
+    /// `SyncResult` on this stream once the engine has run it, or with an
+    /// error when the application is not desired here or the request is
+    /// replaced by a newer one before it runs.
+    async fn request_sync(
+        &self,
+        id: String,
+        sync: flotilla_proto::SyncNow,
+        tx: &mpsc::Sender<AgentMessage>,
+    ) -> Result<(), LinkError> {
+        let refused = |error: String| SyncResult {
+            command_id: id.clone(),
+            app: sync.app.clone(),
+            dry_run: true,
+            error,
+            ..SyncResult::default()
+        };
+        if !self.cache.snapshot().apps.contains_key(&sync.app) {
+            warn!(app = %sync.app, id = %id, "sync requested for an application not desired on this cluster");
+            if sync.dry_run {
+                let error = format!("application {} is not desired on this cluster", sync.app);
+                tx.send(message(agent_message::Kind::Sync(refused(error))))
+                    .await
+                    .map_err(|_| LinkError::Closed)?;
+            }
+            return Ok(());
+        }
+        let reply = if sync.dry_run {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            let tx = tx.clone();
+            let dropped = refused(
+                "the dry run did not run: replaced by a newer sync request, or the application is no longer desired"
+                    .to_owned(),
+            );
+            // Off the read loop: the engine answers when its pass reaches
+            // the application.
+            tokio::spawn(async move {
+                let result = answer.await.unwrap_or(dropped);
+                let _ = tx.send(message(agent_message::Kind::Sync(result))).await;
+            });
+            Some(reply)
+        } else {
+            None
+        };
+        self.requests
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(
+                sync.app,
+                SyncRequest {
+                    prune: sync.prune,
+                    dry_run: sync.dry_run,
+                    command_id: id,
+                    reply,
+                },
+            );
+        self.trigger.notify_one();
+        Ok(())
     }
 
     /// Merges a desired state into the cache and persists it.

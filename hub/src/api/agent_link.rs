@@ -404,6 +404,13 @@ fn handle_message(ctx: &HubContext, cluster: &str, msg: pb::AgentMessage) -> Res
                 .update_cluster(cluster, |r| r.last_seen_ms = now)?;
             ctx.commands.diffs.deliver(cluster, result);
         }
+        Some(AgentKind::Sync(result)) => {
+            ctx.store
+                .update_cluster(cluster, |r| r.last_seen_ms = now)?;
+            // Matched to the request by command id and cluster: an agent
+            // cannot answer for another cluster or for a command never sent.
+            ctx.commands.syncs.deliver(cluster, result);
+        }
         Some(AgentKind::Hello(_)) => {
             return Err(Status::invalid_argument("Hello may only be sent once"));
         }

@@ -5,6 +5,9 @@
 //! `SyncNow` on the open stream of every targeted cluster: the agent
 //! applies the bundle it holds even when the application is not
 //! automated. The stream carries the new desired state before the command.
+//! Each cluster's command has its own id: a real sync returns them, and the
+//! agent records the id in the `OperationState` of the sync it starts; a
+//! dry run waits (bounded) for every agent's `SyncResult` and returns them.
 
 use tonic::{Request, Response, Status};
 
@@ -59,9 +62,14 @@ async fn render_and_sync(
     }
     let mut sent = Vec::new();
     let mut not_connected = Vec::new();
+    let mut results = Vec::new();
+    let mut waits = Vec::new();
     for cluster in clusters {
+        let id = crate::commands::command_id();
+        // Registered before sending, so a quick answer is not lost.
+        let rx = dry_run.then(|| ctx.commands.syncs.expect(&id, &cluster));
         let command = pb::Command {
-            id: crate::commands::command_id(),
+            id: id.clone(),
             kind: Some(pb::command::Kind::Sync(pb::SyncNow {
                 app: name.clone(),
                 prune,
@@ -69,8 +77,22 @@ async fn render_and_sync(
             })),
         };
         if ctx.fleet.is_connected(&cluster) && ctx.commands.send(&cluster, command) {
+            match rx {
+                Some(rx) => waits.push((cluster.clone(), id, rx)),
+                None => results.push(pb::ClusterSyncResult {
+                    cluster: cluster.clone(),
+                    command_id: id,
+                    ..Default::default()
+                }),
+            }
             sent.push(cluster);
         } else {
+            ctx.commands.syncs.forget(&id);
+            results.push(pb::ClusterSyncResult {
+                cluster: cluster.clone(),
+                error: "cluster not connected".to_owned(),
+                ..Default::default()
+            });
             not_connected.push(cluster);
         }
     }
@@ -83,12 +105,83 @@ async fn render_and_sync(
     };
     ctx.store.flush_async().await?;
     tracing::info!(app = %name, revision = %bundle.revision, clusters = ?sent, ?not_connected, prune, dry_run, initiated_by, "sync sent");
+    // Every cluster at once: the slowest agent bounds the wait.
+    let answers =
+        futures::future::join_all(waits.into_iter().map(|(cluster, id, rx)| async move {
+            let answer = ctx.commands.syncs.wait(&id, rx, DRY_RUN_TIMEOUT).await;
+            dry_run_result(name, cluster, id, answer)
+        }))
+        .await;
+    results.extend(answers);
+    results.sort_by(|a, b| a.cluster.cmp(&b.cluster));
     Ok(pb::SyncApplicationResponse {
         revision: bundle.revision.clone(),
         clusters: sent,
         not_connected,
         history_id,
+        results,
     })
+}
+
+/// How long the hub waits for an agent's dry run.
+const DRY_RUN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+/// At most this many objects per cluster in a dry-run answer.
+const MAX_RESULT_OBJECTS: usize = 10_000;
+/// Longer messages from an agent are cut to this many characters.
+const MAX_RESULT_TEXT: usize = 2_048;
+
+fn clip(mut text: String) -> String {
+    if let Some((at, _)) = text.char_indices().nth(MAX_RESULT_TEXT) {
+        text.truncate(at);
+        text.push('…');
+    }
+    text
+}
+
+/// One cluster's row of a dry run from the agent's answer (already matched
+/// to this cluster and command id), or an error when none came in time or
+/// it is about something else.
+fn dry_run_result(
+    app: &str,
+    cluster: String,
+    command_id: String,
+    answer: Option<pb::SyncResult>,
+) -> pb::ClusterSyncResult {
+    let mut row = pb::ClusterSyncResult {
+        cluster,
+        command_id,
+        ..Default::default()
+    };
+    let Some(answer) = answer else {
+        row.error = format!(
+            "no answer from the agent within {}s",
+            DRY_RUN_TIMEOUT.as_secs()
+        );
+        return row;
+    };
+    if answer.app != app || !answer.dry_run {
+        tracing::warn!(cluster = %row.cluster, app, answered = %answer.app, "dry-run answer about another application or a real sync dropped");
+        row.error = "the agent answered about something else".to_owned();
+        return row;
+    }
+    row.revision = clip(answer.revision);
+    row.error = clip(answer.error);
+    let total = answer.resources.len();
+    row.resources = answer
+        .resources
+        .into_iter()
+        .take(MAX_RESULT_OBJECTS)
+        .map(|r| pb::ResourceResult {
+            key: r.key,
+            action: clip(r.action),
+            message: clip(r.message),
+            error: clip(r.error),
+        })
+        .collect();
+    if total > MAX_RESULT_OBJECTS && row.error.is_empty() {
+        row.error = format!("only the first {MAX_RESULT_OBJECTS} of {total} objects are shown");
+    }
+    row
 }
 
 /// `HubApi.SyncApplication`.
@@ -312,4 +405,45 @@ pub async fn diff(
     }
     out.sort_by(|a, b| a.cluster.cmp(&b.cluster));
     Ok(Response::new(pb::DiffApplicationResponse { clusters: out }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dry_run_rows_keep_only_answers_about_the_application() {
+        let answer = |app: &str, dry_run: bool| pb::SyncResult {
+            command_id: "c1".into(),
+            app: app.into(),
+            revision: "abc".into(),
+            dry_run,
+            resources: vec![pb::ResourceResult {
+                action: "created".into(),
+                message: "x".repeat(MAX_RESULT_TEXT + 10),
+                ..Default::default()
+            }],
+            error: String::new(),
+        };
+        let row = dry_run_result("web", "east".into(), "c1".into(), Some(answer("web", true)));
+        assert!(row.error.is_empty());
+        assert_eq!(row.revision, "abc");
+        assert_eq!(row.resources.len(), 1);
+        assert_eq!(
+            row.resources[0].message.chars().count(),
+            MAX_RESULT_TEXT + 1
+        );
+        let other = dry_run_result("web", "east".into(), "c1".into(), Some(answer("db", true)));
+        assert!(other.resources.is_empty() && !other.error.is_empty());
+        let real = dry_run_result(
+            "web",
+            "east".into(),
+            "c1".into(),
+            Some(answer("web", false)),
+        );
+        assert!(real.resources.is_empty() && !real.error.is_empty());
+        let late = dry_run_result("web", "east".into(), "c1".into(), None);
+        assert!(late.error.contains("no answer"), "{}", late.error);
+        assert_eq!(late.command_id, "c1");
+    }
 }
