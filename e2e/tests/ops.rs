@@ -229,34 +229,36 @@ async fn kustomize_overlays_land_per_environment_and_bad_sources_change_nothing(
     }
     let err = wait_app_error(&fleet, "web-sim-1", "kustomize build").await?;
     assert!(err.contains("missing.yaml"), "{err}");
-    // A path with `..` is refused when the Application is loaded: the
-    // repository names the file and the reason; the application never
-    // exists, so nothing of it reaches a cluster.
-    eventually(
-        "the repository reports apps/escape.yaml",
-        CONVERGE,
-        || async {
-            let mut api = fleet.api().await.map_err(|e| e.to_string())?;
-            let repos = api
-                .list_repositories(flotilla_proto::ListRepositoriesRequest {})
-                .await
-                .map_err(|e| e.to_string())?
-                .into_inner();
-            let err = repos
-                .repositories
-                .iter()
-                .map(|r| r.last_error.clone())
-                .collect::<Vec<_>>()
-                .join("; ");
-            if err.contains("apps/escape.yaml") && err.contains("inside the repository") {
-                Ok(())
-            } else {
-                Err(err)
-            }
-        },
-    )
+    // A path with `..` does not stop the Application from loading: the
+    // error is on the application itself (not on the repository), its sync
+    // status is Unknown, and nothing of it reaches a cluster.
+    let err = wait_app_error(&fleet, "escape", "escapes the repository").await?;
+    assert!(err.contains("../outside"), "{err}");
+    eventually("escape is Unknown on sim-1", CONVERGE, || async {
+        let a = fleet.app("escape").await.map_err(|e| e.to_string())?;
+        let status = a
+            .clusters
+            .iter()
+            .find(|c| c.cluster == "sim-1")
+            .and_then(|c| c.status.clone())
+            .ok_or("no status")?;
+        if status.sync == flotilla_proto::SyncStatus::Unknown as i32
+            && status.message.contains("escapes the repository")
+        {
+            Ok(())
+        } else {
+            Err(format!("sync {} message {:?}", status.sync, status.message))
+        }
+    })
     .await?;
-    assert!(fleet.app("escape").await.is_err());
+    let mut api = fleet.api().await?;
+    let repos = api
+        .list_repositories(flotilla_proto::ListRepositoriesRequest {})
+        .await?
+        .into_inner();
+    for r in &repos.repositories {
+        assert!(!r.last_error.contains("escape"), "{}", r.last_error);
+    }
     wait_app_error(&fleet, "evil", "points outside the repository").await?;
     // The agent holds the failed render and reports it; the staging
     // deployment it applied before is left as it was.
@@ -460,6 +462,22 @@ async fn webhook_push_syncs_within_seconds_and_an_unreachable_repository_deletes
     assert_eq!(code, 200);
     let err = wait_app_error(&fleet, "guestbook-sim-1", "repository").await?;
     eprintln!("unreachable: {err}");
+    // Argo CD's ComparisonError: the sync status is Unknown with the
+    // reason; health is still what the agent observes.
+    let a = fleet.app("guestbook-sim-1").await?;
+    let status = a
+        .clusters
+        .iter()
+        .find(|c| c.cluster == "sim-1")
+        .and_then(|c| c.status.clone())
+        .ok_or_else(|| anyhow::anyhow!("no status for sim-1"))?;
+    assert_eq!(
+        status.sync,
+        flotilla_proto::SyncStatus::Unknown as i32,
+        "{status:?}"
+    );
+    assert!(status.message.contains(&err), "{}", status.message);
+    assert_eq!(status.health, flotilla_proto::HealthStatus::Healthy as i32);
     assert!(
         fleet
             .kubectl_get("sim-1", "configmap", "guestbook", "guestbook-config")?
@@ -490,6 +508,9 @@ async fn webhook_push_syncs_within_seconds_and_an_unreachable_repository_deletes
         }
     })
     .await?;
+    fleet
+        .wait_synced("guestbook-sim-1", "sim-1", &second, CONVERGE)
+        .await?;
     Ok(())
 }
 

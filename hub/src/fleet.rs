@@ -473,6 +473,19 @@ impl Fleet {
     }
 }
 
+/// The status of `rec` on one cluster as users see it: when the hub cannot
+/// fetch or render the application's source (`rec.error`), what the agent
+/// reports describes an older desired state, so the sync status is
+/// `Unknown` and the message says why (Argo CD's ComparisonError). Health
+/// stays what the agent observes, and nothing is applied or deleted.
+pub fn comparison_status(rec: &AppRecord, mut status: pb::AppStatus) -> pb::AppStatus {
+    if !rec.error.is_empty() && status.sync != pb::SyncStatus::Unknown as i32 {
+        status.sync = pb::SyncStatus::Unknown as i32;
+        status.message = format!("ComparisonError: {}", rec.error);
+    }
+    status
+}
+
 /// Parses a single Application for the API (YAML or JSON).
 ///
 /// # Errors
@@ -480,7 +493,16 @@ impl Fleet {
 pub fn parse_single_application(text: &str, origin: &str) -> Result<Application, String> {
     let mut apps = model::parse_applications(text, origin).map_err(|e| e.to_string())?;
     match apps.len() {
-        1 => Ok(apps.remove(0)),
+        1 => {
+            let app = apps.remove(0);
+            crate::render::check_app_path(&app.spec.source.path).map_err(|e| {
+                format!(
+                    "{origin}: Application {:?}: spec.source.{e}",
+                    app.metadata.name
+                )
+            })?;
+            Ok(app)
+        }
         0 => Err("no Application (apiVersion argoproj.io/v1alpha1, kind Application) found".into()),
         n => Err(format!("expected one Application, found {n}")),
     }
@@ -506,6 +528,41 @@ mod tests {
         vec![format!(
             r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"c"}},"data":{{"n":"{n}"}}}}"#
         )]
+    }
+
+    #[test]
+    fn source_error_makes_sync_unknown_but_keeps_health() {
+        let mut rec = app("web", "c1");
+        let reported = pb::AppStatus {
+            sync: pb::SyncStatus::Synced as i32,
+            health: pb::HealthStatus::Healthy as i32,
+            message: "ok".into(),
+            ..Default::default()
+        };
+        assert_eq!(comparison_status(&rec, reported.clone()), reported);
+        rec.error = "repository https://git.example/r.git: connection refused".into();
+        let shown = comparison_status(&rec, reported);
+        assert_eq!(shown.sync, pb::SyncStatus::Unknown as i32);
+        assert_eq!(shown.health, pb::HealthStatus::Healthy as i32);
+        assert!(
+            shown.message.contains("connection refused"),
+            "{}",
+            shown.message
+        );
+    }
+
+    #[test]
+    fn api_refuses_a_path_outside_the_repository() {
+        for path in ["../etc", "a/../../b", "/abs"] {
+            let yaml = format!(
+                "apiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata:\n  name: esc\nspec:\n  source:\n    repoURL: file:///r\n    path: {path}\n  destination:\n    name: c1\n"
+            );
+            let err = parse_single_application(&yaml, "request").unwrap_err();
+            assert!(
+                err.contains("\"esc\"") && err.contains("spec.source.path"),
+                "{path}: {err}"
+            );
+        }
     }
 
     #[test]

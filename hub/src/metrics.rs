@@ -162,6 +162,7 @@ impl HubMetrics {
                 if !clusters.iter().any(|c| c.name == cluster) {
                     continue;
                 }
+                let st = crate::fleet::comparison_status(&app, st);
                 let sync = flotilla_proto::SyncStatus::try_from(st.sync)
                     .map_or("Unknown", |s| sync_name(s));
                 let health = flotilla_proto::HealthStatus::try_from(st.health)

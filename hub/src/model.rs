@@ -275,13 +275,10 @@ fn validate(app: &Application) -> Result<(), (&'static str, String)> {
             "one of name or server is required".into(),
         ));
     }
-    let path = &app.spec.source.path;
-    if path.starts_with('/') || path.split('/').any(|c| c == "..") {
-        return Err((
-            "spec.source.path",
-            format!("{path:?} must be relative and stay inside the repository"),
-        ));
-    }
+    // A path that escapes the repository is not refused here: an
+    // Application loaded from Git must still appear, with the error on it
+    // (the renderer refuses the path, see `render::check_app_path`). The
+    // API refuses it up front (`fleet::parse_single_application`).
     Ok(())
 }
 
@@ -359,10 +356,12 @@ spec:
     }
 
     #[test]
-    fn path_escaping_repository_is_invalid() {
+    fn path_escaping_repository_still_loads() {
+        // The error belongs on the application (at render), not on the
+        // file that declares it.
         let text = GUESTBOOK.replace("path: guestbook", "path: ../etc");
-        let err = parse_applications(&text, "a.yaml").unwrap_err().to_string();
-        assert!(err.contains("spec.source.path"), "{err}");
+        let apps = parse_applications(&text, "a.yaml").unwrap();
+        assert_eq!(apps[0].spec.source.path, "../etc");
     }
 
     #[test]

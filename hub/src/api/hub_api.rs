@@ -44,7 +44,10 @@ impl HubApiService {
                     .as_ref()
                     .map(|b| b.revision.clone())
                     .unwrap_or_default(),
-                status: statuses.get(&c.name).cloned(),
+                status: statuses
+                    .get(&c.name)
+                    .cloned()
+                    .map(|st| fleet::comparison_status(rec, st)),
             })
             .collect();
         let error = if !rec.error.is_empty() {
