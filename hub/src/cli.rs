@@ -1033,8 +1033,11 @@ pub fn health_name(v: Option<i32>) -> &'static str {
 fn short(rev: &str) -> String {
     if rev.is_empty() {
         "-".into()
-    } else {
+    } else if rev.len() >= 40 && rev.bytes().all(|b| b.is_ascii_hexdigit()) {
         rev.chars().take(8).collect()
+    } else {
+        // A chart version (Helm repository source) is shown whole.
+        rev.to_owned()
     }
 }
 

@@ -16,6 +16,8 @@ use crate::model::{self, Application};
 use crate::source::{GitCache, RenderError, SourceFile};
 use crate::store::{AppRecord, RepoRecord, Store, StoreError};
 
+mod charts;
+
 /// Default poll interval of a repository.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(15);
 
@@ -51,6 +53,8 @@ pub struct GitSync {
     appsets: std::sync::OnceLock<Arc<crate::appset::lifecycle::AppSets>>,
     /// Kustomize and helm commands and their timeout.
     tools: Mutex<crate::render::RenderTools>,
+    /// Helm repository indexes and unpacked charts (`source.chart`).
+    helm_repos: Arc<crate::helmrepo::HelmRepos>,
 }
 
 impl std::fmt::Debug for GitSync {
@@ -96,6 +100,9 @@ impl GitSync {
         Arc::new(Self {
             store,
             fleet,
+            helm_repos: Arc::new(crate::helmrepo::HelmRepos::new(
+                cache_dir.join("helm-charts"),
+            )),
             cache: GitCache::new(cache_dir),
             kick: Notify::new(),
             wake: Notify::new(),
@@ -286,7 +293,12 @@ impl GitSync {
 
     async fn poll_inner(&self, force: bool) -> Result<(), StoreError> {
         let mut changed_apps = false;
+        let helm_urls = self.helm_repository_urls()?;
         for repo in self.store.repos()? {
+            if repo.apps_path.is_empty() && helm_urls.contains(&repo.url) {
+                self.skip_helm_repository(&repo)?;
+                continue;
+            }
             let interval = Duration::from_secs(repo.poll_interval_secs.max(1) as u64);
             let revision = revision_or_head(&repo.revision);
             let fetched = self
@@ -436,6 +448,11 @@ impl GitSync {
                 .get(&key)
                 .copied()
                 .unwrap_or(self.default_interval);
+            if !src.chart.is_empty() {
+                self.render_chart_app(app, interval, force, &mut used, &mut bundles)
+                    .await?;
+                continue;
+            }
             let commit = self.fetch(&key.0, &key.1, interval, force).await;
             let commit = match commit {
                 Ok(c) => c,

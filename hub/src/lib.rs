@@ -10,6 +10,7 @@ pub mod fleet;
 pub mod fleet_origin;
 pub mod gitsync;
 pub mod health_http;
+pub mod helmrepo;
 pub mod history;
 pub mod inventory;
 pub mod metrics;

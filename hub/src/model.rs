@@ -90,6 +90,11 @@ pub struct ApplicationSource {
     pub repo_url: String,
     #[serde(default)]
     pub path: String,
+    /// A chart in the Helm repository at `repo_url` (then `repo_url` is
+    /// not Git, `target_revision` is a chart version or constraint, and
+    /// `path` must be empty).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub chart: String,
     #[serde(default = "default_revision")]
     pub target_revision: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -105,6 +110,7 @@ impl Default for ApplicationSource {
         Self {
             repo_url: String::new(),
             path: String::new(),
+            chart: String::new(),
             target_revision: default_revision(),
             directory: None,
             helm: None,
@@ -275,6 +281,12 @@ fn validate(app: &Application) -> Result<(), (&'static str, String)> {
             "one of name or server is required".into(),
         ));
     }
+    if !app.spec.source.chart.is_empty() && !app.spec.source.path.is_empty() {
+        return Err((
+            "spec.source.chart",
+            "a Helm repository chart has no path: set either chart or path".into(),
+        ));
+    }
     // A path that escapes the repository is not refused here: an
     // Application loaded from Git must still appear, with the error on it
     // (the renderer refuses the path, see `render::check_app_path`). The
@@ -362,6 +374,18 @@ spec:
         let text = GUESTBOOK.replace("path: guestbook", "path: ../etc");
         let apps = parse_applications(&text, "a.yaml").unwrap();
         assert_eq!(apps[0].spec.source.path, "../etc");
+    }
+
+    #[test]
+    fn chart_source_parses_and_excludes_path() {
+        let text = GUESTBOOK.replace("    path: guestbook\n", "    chart: podinfo\n");
+        let apps = parse_applications(&text, "a.yaml").unwrap();
+        assert_eq!(apps[0].spec.source.chart, "podinfo");
+        assert!(apps[0].spec.source.path.is_empty());
+
+        let text = GUESTBOOK.replace("path: guestbook", "path: guestbook\n    chart: podinfo");
+        let err = parse_applications(&text, "a.yaml").unwrap_err().to_string();
+        assert!(err.contains("spec.source.chart"), "{err}");
     }
 
     #[test]

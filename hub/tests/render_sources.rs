@@ -105,6 +105,7 @@ fn request(f: &Fixture, path: &str, kustomize: &str) -> RenderRequest {
         url: f.url.clone(),
         commit: f.commit.clone(),
         path: path.to_owned(),
+        chart: String::new(),
         directory: None,
         kustomize: kustomize.to_owned(),
         helm: String::new(),

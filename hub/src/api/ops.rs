@@ -218,14 +218,14 @@ pub async fn sync(
     let src = &app.spec.source;
     let target = ctx
         .git
-        .resolve(&src.repo_url, &src.target_revision)
+        .resolve_app(&app, &src.target_revision)
         .await
         .map_err(Status::unavailable)?;
     let commit = if req.revision.trim().is_empty() {
         target.clone()
     } else {
         ctx.git
-            .resolve(&src.repo_url, &req.revision)
+            .resolve_app(&app, &req.revision)
             .await
             .map_err(Status::invalid_argument)?
     };

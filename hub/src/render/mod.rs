@@ -108,8 +108,11 @@ fn absolute(mut argv: Vec<String>, tool: &str, flag: &str) -> Result<Vec<String>
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct RenderRequest {
     pub url: String,
+    /// The commit; for a Helm repository chart, the chart version.
     pub commit: String,
     pub path: String,
+    /// A chart in the Helm repository `url`, or empty (Git).
+    pub chart: String,
     pub directory: Option<(bool, Option<String>, Option<String>)>,
     /// Canonical JSON of `source.kustomize`, or empty.
     pub kustomize: String,
@@ -132,6 +135,7 @@ pub fn request_for(app: &crate::model::Application, commit: &str) -> RenderReque
         url: src.repo_url.clone(),
         commit: commit.to_owned(),
         path: src.path.clone(),
+        chart: src.chart.clone(),
         directory: src
             .directory
             .as_ref()
@@ -361,6 +365,67 @@ fn render_helm(
     let origin = format!("helm template {}", req.path);
     source::parse_manifest_stream(&String::from_utf8_lossy(&out), &origin)
         .map_err(|e| e.to_string())
+}
+
+/// Renders `req`, a chart from a Helm repository already unpacked in
+/// `chart_dir`, with `helm template` and the request's `source.helm`
+/// options (value files are relative to the chart). The chart is copied
+/// into a temporary directory first, so the tool never sees the cache.
+///
+/// # Errors
+/// One line for the application's error: no helm, a bad option, or
+/// helm's own message.
+pub fn render_chart(
+    tools: &RenderTools,
+    req: &RenderRequest,
+    chart_dir: &Path,
+) -> Result<Vec<String>, String> {
+    let mut argv = tools.helm_argv()?;
+    let tmp = tempfile::Builder::new()
+        .prefix("flotilla-render-")
+        .tempdir()
+        .map_err(|e| format!("creating a temporary directory: {e}"))?;
+    let chart = tmp.path().join("repo").join(&req.chart);
+    copy_dir(chart_dir, &chart).map_err(|e| format!("copying chart {:?}: {e}", req.chart))?;
+    let options = parse_options(&req.helm);
+    argv.extend(helm::template_args(
+        options.as_ref(),
+        &req.release,
+        &req.namespace,
+        &chart,
+        "",
+        tmp.path(),
+    )?);
+    let out = exec::run_tool(
+        "helm template",
+        &argv,
+        tmp.path(),
+        tools.timeout,
+        tmp.path(),
+    )?;
+    let origin = format!("helm template {} {}", req.chart, req.commit);
+    let objects = source::parse_manifest_stream(&String::from_utf8_lossy(&out), &origin)
+        .map_err(|e| e.to_string())?;
+    Ok(objects.iter().map(Value::to_string).collect())
+}
+
+/// Copies regular files and directories (an unpacked chart holds nothing
+/// else).
+fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    for entry in walkdir::WalkDir::new(from).follow_links(false) {
+        let entry = entry?;
+        let rel = entry
+            .path()
+            .strip_prefix(from)
+            .map_err(std::io::Error::other)?;
+        let target = to.join(rel);
+        if entry.file_type().is_dir() {
+            std::fs::create_dir_all(&target)?;
+        } else if entry.file_type().is_file() {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

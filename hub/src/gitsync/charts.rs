@@ -1,0 +1,256 @@
+//! Applications whose source is a chart in a Helm repository
+//! (`source.chart`): the repository's index is fetched on the same
+//! schedule as a Git repository (its entry in `known`, so webhooks, `app
+//! refresh` and the loop's wake-ups treat it like one), the version is
+//! picked from `targetRevision`, and the chart is rendered with helm.
+//!
+//! Any failure keeps the application's last good bundle: the clusters
+//! keep what they run, and the error shows on the application.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use flotilla_proto::v1 as pb;
+
+use super::{GitSync, Known, RenderKey, Rendered, jittered};
+use crate::fleet::build_bundle;
+use crate::helmrepo::{self, ChartVersion, Index};
+use crate::model::Application;
+use crate::source::redact_url;
+use crate::store::{RepoRecord, StoreError};
+
+/// The `known` revision under which a Helm repository's index fetch is
+/// tracked (never a Git revision: Git refs cannot hold a space).
+const INDEX_REVISION: &str = "helm index.yaml";
+
+impl GitSync {
+    /// Renders `app` (a chart source) into `bundles`, and records its
+    /// version or error.
+    pub(super) async fn render_chart_app(
+        &self,
+        app: &Application,
+        interval: Duration,
+        force: bool,
+        used: &mut HashSet<RenderKey>,
+        bundles: &mut Vec<pb::AppBundle>,
+    ) -> Result<(), StoreError> {
+        let name = &app.metadata.name;
+        match self.chart_manifests(app, interval, force, used).await? {
+            Ok((version, manifests)) => {
+                let bundle = build_bundle(app, &version, Ok(&manifests));
+                let bundle = crate::appofapps::reconcile(&self.store, &self.fleet, app, bundle)?;
+                let error = bundle.render_error.clone();
+                crate::history::note_automated(&self.store, &self.fleet, app, &bundle)?;
+                bundles.push(bundle);
+                self.set_app_result(name, Some(&version), &error)?;
+            }
+            Err(e) => {
+                tracing::warn!(app = %name, chart = %app.spec.source.chart, error = %e, "helm chart failed");
+                // Keep the last good bundle; only a first render (or one
+                // that already failed) carries the error to the agents.
+                if self
+                    .fleet
+                    .bundle(name)
+                    .is_none_or(|b| !b.render_error.is_empty())
+                {
+                    bundles.push(build_bundle(app, "", Err(&e)));
+                }
+                self.set_app_result(name, None, &e)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The chart version and rendered objects of `app`, or the error for
+    /// the application.
+    async fn chart_manifests(
+        &self,
+        app: &Application,
+        interval: Duration,
+        force: bool,
+        used: &mut HashSet<RenderKey>,
+    ) -> Result<Result<(String, Vec<String>), String>, StoreError> {
+        let src = &app.spec.source;
+        let url = src.repo_url.as_str();
+        let index = match self.chart_index(url, interval, force).await {
+            Ok(i) => i,
+            Err(e) => return Ok(Err(e)),
+        };
+        let picked = match helmrepo::select(&index, url, &src.chart, &src.target_revision) {
+            Ok(v) => v,
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        // A rollback or `app sync --revision` pins a version.
+        let version = crate::history::effective_commit(&self.store, app, picked.version.clone())?;
+        let picked = if version == picked.version {
+            picked
+        } else {
+            match helmrepo::select(&index, url, &src.chart, &version) {
+                Ok(v) => v,
+                Err(e) => return Ok(Err(format!("pinned version {version}: {e}"))),
+            }
+        };
+        let key = crate::render::with_release(crate::render::request_for(app, &version), app);
+        used.insert(key.clone());
+        let rendered = match self.render_chart(&key, &picked, interval, force).await {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(e)),
+        };
+        Ok(match rendered.as_ref() {
+            Ok(m) => Ok((version, m.clone())),
+            Err(e) => Err(format!(
+                "chart {:?} {version} from {}: {e}",
+                src.chart,
+                redact_url(url)
+            )),
+        })
+    }
+
+    /// The repository URLs applications use as Helm repositories.
+    pub(super) fn helm_repository_urls(&self) -> Result<HashSet<String>, StoreError> {
+        Ok(self
+            .store
+            .apps()?
+            .into_iter()
+            .filter(|r| !r.app.spec.source.chart.is_empty())
+            .map(|r| r.app.spec.source.repo_url)
+            .collect())
+    }
+
+    /// A registered repository (without an apps path) that is a Helm
+    /// repository, registered to hold its credentials: it is not polled as
+    /// Git, and a Git error from before it was used as one is cleared (its
+    /// fetch errors show on the applications).
+    pub(super) fn skip_helm_repository(&self, repo: &RepoRecord) -> Result<(), StoreError> {
+        if !repo.last_error.is_empty() {
+            let mut rec = repo.clone();
+            rec.last_error.clear();
+            self.store.put_repo(&rec)?;
+        }
+        Ok(())
+    }
+
+    /// Resolves `revision` for `app` now, as `app sync` needs it: a Git
+    /// commit, or for a chart source the chart version it selects from the
+    /// repository's index (fetched now).
+    ///
+    /// # Errors
+    /// The source cannot be reached, or nothing matches `revision`.
+    pub async fn resolve_app(&self, app: &Application, revision: &str) -> Result<String, String> {
+        let src = &app.spec.source;
+        if src.chart.is_empty() {
+            return self.resolve(&src.repo_url, revision).await;
+        }
+        self.known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(src.repo_url.clone(), INDEX_REVISION.to_owned()));
+        let index = self
+            .chart_index(&src.repo_url, self.default_interval, true)
+            .await?;
+        helmrepo::select(&index, &src.repo_url, &src.chart, revision)
+            .map(|v| v.version)
+            .map_err(|e| e.to_string())
+    }
+
+    /// The stored https credentials of `url` (user name and password;
+    /// other kinds do not apply to a Helm repository).
+    fn helm_credentials(&self, url: &str) -> Option<crate::store::RepoCredentials> {
+        self.store
+            .repo_credentials(url)
+            .ok()
+            .flatten()
+            .filter(|c| !c.username.is_empty() || !c.password.is_empty())
+    }
+
+    /// The index of the Helm repository `url`, fetched when due (as a Git
+    /// repository is fetched), else the one fetched last.
+    async fn chart_index(
+        &self,
+        url: &str,
+        interval: Duration,
+        force: bool,
+    ) -> Result<Arc<Index>, String> {
+        let key = (url.to_owned(), INDEX_REVISION.to_owned());
+        {
+            let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(k) = known.get(&key) {
+                let fresh = k.fetched_at.elapsed() < Duration::from_secs(1);
+                if fresh || (!force && Instant::now() < k.next_due) {
+                    match (&k.commit, self.helm_repos.cached_index(url)) {
+                        (Err(e), _) => return Err(e.clone()),
+                        (Ok(_), Some(index)) => return Ok(index),
+                        (Ok(_), None) => {}
+                    }
+                }
+            }
+        }
+        let credentials = self.helm_credentials(url);
+        let repos = self.helm_repos.clone();
+        let u = url.to_owned();
+        let result =
+            tokio::task::spawn_blocking(move || repos.fetch_index(&u, credentials.as_ref()))
+                .await
+                .map_err(|e| format!("index fetch task failed: {e}"))
+                .and_then(|r| r.map_err(|e| e.to_string()));
+        match &result {
+            Ok(index) => {
+                tracing::debug!(repo = %redact_url(url), charts = index.entries.len(), "helm index fetched");
+            }
+            Err(e) => {
+                tracing::warn!(repo = %redact_url(url), error = %e, "helm index fetch failed")
+            }
+        }
+        self.known.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            key,
+            Known {
+                commit: result.as_ref().map(|_| String::new()).map_err(Clone::clone),
+                fetched_at: Instant::now(),
+                next_due: Instant::now() + jittered(interval),
+            },
+        );
+        result
+    }
+
+    /// Downloads (or finds cached) and renders the chart version `v` for
+    /// the request `key`; a render is cached like a Git render. The outer
+    /// error is a download failure (not cached as a render: retried).
+    async fn render_chart(
+        &self,
+        key: &RenderKey,
+        v: &ChartVersion,
+        interval: Duration,
+        force: bool,
+    ) -> Result<Rendered, String> {
+        if let Some(r) = self
+            .renders
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+        {
+            return Ok(r.clone());
+        }
+        let credentials = self.helm_credentials(&key.url);
+        let repos = self.helm_repos.clone();
+        let tools = self.render_tools();
+        let (k, v) = (key.clone(), v.clone());
+        let retry_after = if force { Duration::ZERO } else { interval };
+        let started = Instant::now();
+        let span = tracing::info_span!("render", repo = %redact_url(&key.url), chart = %key.chart, version = %key.commit);
+        let result = tokio::task::spawn_blocking(move || {
+            let _span = span.entered();
+            let dir = repos.chart_dir(&k.url, &v, credentials.as_ref(), retry_after)?;
+            Ok::<_, String>(crate::render::render_chart(&tools, &k, &dir))
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("render task failed: {e}")))?;
+        crate::metrics::metrics().render(started.elapsed());
+        let rendered = Arc::new(result);
+        self.renders
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone(), rendered.clone());
+        Ok(rendered)
+    }
+}
