@@ -777,3 +777,306 @@ spec:
     .await?;
     Ok(())
 }
+
+fn dry_deployment(replicas: u32, selector: &str, name: &str) -> String {
+    format!(
+        "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {name}
+spec:
+  replicas: {replicas}
+  selector:
+    matchLabels: {{app: {selector}}}
+  template:
+    metadata:
+      labels: {{app: {name}}}
+    spec:
+      containers:
+      - name: web
+        image: nginx:1.25
+"
+    )
+}
+
+fn manual_application(fleet: &Fleet, name: &str, cluster: &str) -> String {
+    format!(
+        "apiVersion: argoproj.io/v1alpha1
+kind: Application
+metadata:
+  name: {name}
+spec:
+  source:
+    repoURL: {}
+    targetRevision: HEAD
+    path: dry
+  destination:
+    name: {cluster}
+    namespace: dry
+  syncPolicy:
+    syncOptions:
+    - CreateNamespace=true
+",
+        fleet.repo.url()
+    )
+}
+
+/// Runs the CLI with `-o json`; returns the exit code, the parsed stdout
+/// and stderr.
+fn cli_json(
+    fleet: &Fleet,
+    args: &[&str],
+) -> anyhow::Result<(Option<i32>, serde_json::Value, String)> {
+    let mut all: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    all.extend(["-o".to_owned(), "json".to_owned()]);
+    let out = fleet.cli(&all)?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let value = serde_json::from_str(&stdout)
+        .map_err(|e| anyhow::anyhow!("{args:?}: not JSON ({e}): {stdout}{stderr}"))?;
+    Ok((out.status.code(), value, stderr))
+}
+
+/// `kind/name` → (result, message or error) of one cluster's dry run.
+fn dry_run_results(
+    out: &serde_json::Value,
+    cluster: &str,
+) -> anyhow::Result<std::collections::BTreeMap<String, (String, String)>> {
+    let results = out["results"].as_array().cloned().unwrap_or_default();
+    let row = results
+        .iter()
+        .find(|r| r["cluster"] == cluster)
+        .ok_or_else(|| anyhow::anyhow!("no result for {cluster}: {out:#}"))?;
+    anyhow::ensure!(
+        row["error"].as_str().unwrap_or_default().is_empty(),
+        "{cluster}: {}",
+        row["error"]
+    );
+    Ok(row["resources"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|r| {
+            let text = |k: &str| r[k].as_str().unwrap_or_default().to_owned();
+            let detail = if text("error").is_empty() {
+                text("message")
+            } else {
+                text("error")
+            };
+            (
+                format!("{}/{}", text("kind"), text("name")),
+                (text("result"), detail),
+            )
+        })
+        .collect())
+}
+
+fn resource_version(
+    fleet: &Fleet,
+    cluster: &str,
+    kind: &str,
+    name: &str,
+) -> anyhow::Result<Option<String>> {
+    Ok(fleet
+        .kubectl_get(cluster, kind, "dry", name)?
+        .and_then(|o| o["metadata"]["resourceVersion"].as_str().map(str::to_owned)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sync_dry_run_reports_every_object_and_changes_nothing() -> anyhow::Result<()> {
+    let fleet = Fleet::start(FleetOptions {
+        clusters: 2,
+        ..Default::default()
+    })
+    .await?;
+    let clusters = ["sim-1", "sim-2"];
+    let c1 = commit_files(
+        &fleet,
+        &[
+            ("dry/deployment.yaml", dry_deployment(1, "web", "web")),
+            (
+                "dry/old.yaml",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: old\ndata:\n  a: b\n"
+                    .to_owned(),
+            ),
+        ],
+        "dry: first",
+    )?;
+    // Manual applications: only `app sync` changes the clusters.
+    for cluster in clusters {
+        let file = fleet.root.path().join(format!("dry-{cluster}.yaml"));
+        std::fs::write(
+            &file,
+            manual_application(&fleet, &format!("dry-{cluster}"), cluster),
+        )?;
+        let (ok, _, err) = cli(
+            &fleet,
+            &["app", "create", "-f", &file.display().to_string()],
+        )?;
+        assert!(ok, "{err}");
+    }
+    let rendered = |app: String, want: String| {
+        let fleet = &fleet;
+        async move {
+            eventually(&format!("{app} rendered at {want}"), CONVERGE, || async {
+                let a = fleet.app(&app).await.map_err(|e| e.to_string())?;
+                let held = a
+                    .clusters
+                    .iter()
+                    .filter_map(|c| c.status.as_ref())
+                    .any(|s| s.revision == want);
+                if a.revision == want && held {
+                    Ok(())
+                } else {
+                    Err(format!("revision {:?} error {:?}", a.revision, a.error))
+                }
+            })
+            .await
+        }
+    };
+    // A real sync is followed by its command id: the operation the agent
+    // reports carries it.
+    for cluster in clusters {
+        let app = format!("dry-{cluster}");
+        rendered(app.clone(), c1.clone()).await?;
+        let (code, out, err) = cli_json(&fleet, &["app", "sync", &app, "--timeout", "90s"])?;
+        assert_eq!(code, Some(0), "{out}{err}");
+        let id = out["results"][0]["commandId"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(!id.is_empty(), "{out:#}");
+        let (code, got, err) = cli_json(&fleet, &["app", "get", &app])?;
+        assert_eq!(code, Some(0), "{err}");
+        let op = &got["clusters"][0]["operation"];
+        assert_eq!(op["commandId"], id.as_str(), "{got:#}");
+        assert_eq!(op["phase"], "Succeeded", "{got:#}");
+        fleet.wait_synced(&app, cluster, &c1, CONVERGE).await?;
+    }
+
+    // Scale up, add a ConfigMap, drop one.
+    std::fs::remove_file(fleet.repo.dir().join("dry/old.yaml"))?;
+    let c2 = commit_files(
+        &fleet,
+        &[
+            ("dry/deployment.yaml", dry_deployment(3, "web", "web")),
+            (
+                "dry/settings.yaml",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  greeting: hi\n"
+                    .to_owned(),
+            ),
+        ],
+        "dry: scale, add settings, drop old",
+    )?;
+    let mut versions = Vec::new();
+    for cluster in clusters {
+        rendered(format!("dry-{cluster}"), c2.clone()).await?;
+        versions.push(resource_version(&fleet, cluster, "deployment", "web")?);
+    }
+    for cluster in clusters {
+        let app = format!("dry-{cluster}");
+        let (code, out, err) = cli_json(&fleet, &["app", "sync", &app, "--dry-run"])?;
+        assert_eq!(code, Some(0), "{out:#}{err}");
+        assert_eq!(out["dryRun"], true);
+        let got = dry_run_results(&out, cluster)?;
+        assert_eq!(got["Deployment/web"].0, "configured", "{got:?}");
+        assert_eq!(got["ConfigMap/settings"].0, "created", "{got:?}");
+        // Without --prune a removed object is only named.
+        assert_eq!(
+            got["ConfigMap/old"],
+            (
+                "prune-skipped".to_owned(),
+                "ignored (requires pruning)".to_owned()
+            ),
+            "{got:?}"
+        );
+        let (code, out, err) = cli_json(&fleet, &["app", "sync", &app, "--dry-run", "--prune"])?;
+        assert_eq!(code, Some(0), "{out:#}{err}");
+        assert_eq!(dry_run_results(&out, cluster)?["ConfigMap/old"].0, "pruned");
+    }
+    // The clusters are as they were.
+    for (cluster, before) in clusters.iter().zip(&versions) {
+        assert_eq!(
+            &resource_version(&fleet, cluster, "deployment", "web")?,
+            before,
+            "{cluster}: the dry run changed the Deployment"
+        );
+        assert_eq!(replicas(&fleet, cluster, "dry")?, Some(1), "{cluster}");
+        assert!(
+            fleet
+                .kubectl_get(cluster, "configmap", "dry", "settings")?
+                .is_none()
+        );
+        assert!(
+            fleet
+                .kubectl_get(cluster, "configmap", "dry", "old")?
+                .is_some()
+        );
+    }
+    // People get a table.
+    let (ok, out, err) = cli(&fleet, &["app", "sync", "dry-sim-2", "--dry-run"])?;
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("CLUSTER") && out.contains("RESULT"), "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.contains("settings"))
+        .ok_or_else(|| anyhow::anyhow!("no settings row: {out}"))?;
+    assert!(line.contains("sim-2") && line.contains("created"), "{out}");
+
+    // The real sync applies, and prunes with --prune.
+    let (code, out, err) = cli_json(
+        &fleet,
+        &["app", "sync", "dry-sim-1", "--prune", "--timeout", "90s"],
+    )?;
+    assert_eq!(code, Some(0), "{out:#}{err}");
+    let id = out["results"][0]["commandId"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let (_, got, _) = cli_json(&fleet, &["app", "get", "dry-sim-1"])?;
+    assert_eq!(
+        got["clusters"][0]["operation"]["commandId"],
+        id.as_str(),
+        "{got:#}"
+    );
+    assert_eq!(replicas(&fleet, "sim-1", "dry")?, Some(3));
+    assert!(
+        fleet
+            .kubectl_get("sim-1", "configmap", "dry", "settings")?
+            .is_some()
+    );
+    assert!(
+        fleet
+            .kubectl_get("sim-1", "configmap", "dry", "old")?
+            .is_none()
+    );
+
+    // An object the API server refuses (selector does not match the
+    // template) fails on its own; the others are still reported.
+    let c3 = commit_files(
+        &fleet,
+        &[("dry/broken.yaml", dry_deployment(1, "other", "broken"))],
+        "dry: a broken deployment",
+    )?;
+    rendered("dry-sim-1".to_owned(), c3).await?;
+    let (code, out, err) = cli_json(&fleet, &["app", "sync", "dry-sim-1", "--dry-run"])?;
+    assert_eq!(
+        code,
+        Some(1),
+        "a refused object fails the dry run: {out:#}{err}"
+    );
+    assert!(err.contains("would fail"), "{err}");
+    let got = dry_run_results(&out, "sim-1")?;
+    let (result, error) = &got["Deployment/broken"];
+    assert_eq!(result, "failed", "{got:?}");
+    assert!(error.contains("selector"), "{got:?}");
+    assert_eq!(got["Deployment/web"].0, "unchanged", "{got:?}");
+    assert_eq!(got["ConfigMap/settings"].0, "unchanged", "{got:?}");
+    assert!(
+        fleet
+            .kubectl_get("sim-1", "deployment", "dry", "broken")?
+            .is_none()
+    );
+    Ok(())
+}

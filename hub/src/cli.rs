@@ -1116,6 +1116,10 @@ fn status_json(s: &pb::AppStatus) -> Value {
         "message": s.message,
         "lastAppliedMs": s.last_applied_ms,
         "observedMs": s.observed_ms,
+        "operation": s.operation.as_ref().map(|o| json!({
+            "phase": o.phase, "startedMs": o.started_ms, "finishedMs": o.finished_ms,
+            "message": o.message, "commandId": o.command_id,
+        })),
         "resources": s.resources.iter().map(|r| {
             let k = r.key.clone().unwrap_or_default();
             json!({

@@ -89,14 +89,36 @@ fn reached(c: &pb::ClusterAppStatus, revision: &str, sync: bool, health: bool) -
     }
 }
 
+/// Whether the operation a sync command started on `c` has finished: not
+/// before the cluster reports an operation with `command_id`; Failed fails.
+fn operation_reached(c: &pb::ClusterAppStatus, command_id: &str) -> Reached {
+    let op = c
+        .status
+        .as_ref()
+        .and_then(|s| s.operation.as_ref())
+        .filter(|o| o.command_id == command_id);
+    match op {
+        Some(o) if o.phase == "Succeeded" => Reached::Yes,
+        Some(o) if o.phase == "Failed" => Reached::Failed(if o.message.is_empty() {
+            "sync failed".to_owned()
+        } else {
+            format!("sync failed: {}", o.message)
+        }),
+        _ => Reached::No,
+    }
+}
+
 /// Polls the application until every cluster in `clusters` (all targeted
-/// ones when empty) reaches the condition; prints each change. Returns the
-/// last application seen.
+/// ones when empty) reaches the condition, and the operation of each
+/// command in `commands` (cluster to command id) has finished; prints each
+/// change. Returns the last application seen.
+#[allow(clippy::too_many_arguments)]
 async fn wait_for(
     g: &Global,
     c: &mut Client,
     name: &str,
     clusters: &[String],
+    commands: &BTreeMap<String, String>,
     revision: &str,
     (sync, health): (bool, bool),
     timeout: Duration,
@@ -127,7 +149,14 @@ async fn wait_for(
                 }
                 last.insert(row.cluster.clone(), line);
             }
-            match reached(row, revision, sync, health) {
+            let outcome = match commands.get(&row.cluster) {
+                Some(id) => match operation_reached(row, id) {
+                    Reached::Yes => reached(row, revision, sync, health),
+                    other => other,
+                },
+                None => reached(row, revision, sync, health),
+            };
+            match outcome {
                 Reached::Yes => {}
                 Reached::No => done = false,
                 Reached::Failed(m) => {
@@ -181,7 +210,9 @@ pub struct SyncArgs {
     /// Delete objects no longer in Git.
     #[arg(long)]
     pub prune: bool,
-    /// Ask the agents for a dry run only.
+    /// Ask the agents what the sync would do to each object (server-side
+    /// dry run); nothing changes. Exits 0 unless an agent or an object
+    /// fails.
     #[arg(long)]
     pub dry_run: bool,
     /// Return once the sync is sent, without waiting for the clusters.
@@ -192,14 +223,81 @@ pub struct SyncArgs {
     pub timeout: Duration,
 }
 
-fn sync_json(name: &str, r: &pb::SyncApplicationResponse) -> serde_json::Value {
+fn resource_result_json(r: &pb::ResourceResult) -> serde_json::Value {
+    let k = r.key.clone().unwrap_or_default();
+    json!({
+        "group": k.group, "version": k.version, "kind": k.kind,
+        "namespace": k.namespace, "name": k.name,
+        "result": r.action, "message": r.message, "error": r.error,
+    })
+}
+
+fn sync_json(name: &str, r: &pb::SyncApplicationResponse, dry_run: bool) -> serde_json::Value {
     json!({
         "app": name,
         "revision": r.revision,
+        "dryRun": dry_run,
         "clusters": r.clusters,
         "notConnected": r.not_connected,
         "historyId": r.history_id,
+        "results": r.results.iter().map(|c| json!({
+            "cluster": c.cluster,
+            "commandId": c.command_id,
+            "revision": c.revision,
+            "error": c.error,
+            "resources": c.resources.iter().map(resource_result_json).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
     })
+}
+
+/// The table of a dry run: one row per object and cluster, then the
+/// clusters that could not answer.
+fn dry_run_table(r: &pb::SyncApplicationResponse) -> String {
+    let rows = r
+        .results
+        .iter()
+        .flat_map(|c| {
+            c.resources.iter().map(|res| {
+                let k = res.key.clone().unwrap_or_default();
+                let message = if res.error.is_empty() {
+                    &res.message
+                } else {
+                    &res.error
+                };
+                vec![
+                    c.cluster.clone(),
+                    k.kind,
+                    k.namespace,
+                    k.name,
+                    res.action.clone(),
+                    message.lines().next().unwrap_or_default().to_owned(),
+                ]
+            })
+        })
+        .collect();
+    let mut out = table(
+        &["CLUSTER", "KIND", "NAMESPACE", "NAME", "RESULT", "MESSAGE"],
+        rows,
+    );
+    for c in r.results.iter().filter(|c| !c.error.is_empty()) {
+        out.push_str(&format!("{}: {}\n", c.cluster, c.error));
+    }
+    out
+}
+
+/// Why a dry run did not fully succeed, if it did not.
+fn dry_run_failures(r: &pb::SyncApplicationResponse) -> Vec<String> {
+    let mut failures = Vec::new();
+    for c in &r.results {
+        if !c.error.is_empty() {
+            failures.push(format!("{}: {}", c.cluster, c.error));
+        }
+        let failed = c.resources.iter().filter(|x| !x.error.is_empty()).count();
+        if failed > 0 {
+            failures.push(format!("{}: {failed} object(s) would fail", c.cluster));
+        }
+    }
+    failures
 }
 
 async fn follow(
@@ -211,6 +309,20 @@ async fn follow(
     no_wait: bool,
     timeout: Duration,
 ) -> Result<()> {
+    if dry_run {
+        print_out(g.output, sync_json(name, r, true), || {
+            format!(
+                "dry run of {name} at {} (nothing was changed):\n{}",
+                short(&r.revision),
+                dry_run_table(r)
+            )
+        });
+        let failures = dry_run_failures(r);
+        if !failures.is_empty() {
+            bail!("dry run of {name}: {}", failures.join("; "));
+        }
+        return Ok(());
+    }
     if g.output == super::Output::Table {
         eprintln!(
             "syncing {name} at {} on {}{}",
@@ -227,19 +339,36 @@ async fn follow(
             }
         );
     }
-    if !dry_run && !no_wait {
+    if !no_wait {
         if !r.not_connected.is_empty() {
             bail!(
                 "{name}: clusters not connected: {}",
                 r.not_connected.join(", ")
             );
         }
-        wait_for(g, c, name, &r.clusters, &r.revision, (true, false), timeout).await?;
+        // Each cluster's sync is followed by its command id: done when that
+        // operation finished (and the revision is Synced), failed when it
+        // failed.
+        let commands: BTreeMap<String, String> = r
+            .results
+            .iter()
+            .filter(|x| !x.command_id.is_empty())
+            .map(|x| (x.cluster.clone(), x.command_id.clone()))
+            .collect();
+        wait_for(
+            g,
+            c,
+            name,
+            &r.clusters,
+            &commands,
+            &r.revision,
+            (true, false),
+            timeout,
+        )
+        .await?;
     }
-    print_out(g.output, sync_json(name, r), || {
-        if dry_run {
-            format!("dry run of {name} requested on {}\n", r.clusters.join(", "))
-        } else if no_wait {
+    print_out(g.output, sync_json(name, r, false), || {
+        if no_wait {
             format!("sync of {name} at {} sent\n", short(&r.revision))
         } else {
             format!(
@@ -393,7 +522,17 @@ pub(super) async fn wait(g: &Global, c: &mut Client, a: WaitArgs) -> Result<()> 
     } else {
         (true, true)
     };
-    let app = wait_for(g, c, &a.name, &[], "", (sync, health), a.timeout).await?;
+    let app = wait_for(
+        g,
+        c,
+        &a.name,
+        &[],
+        &BTreeMap::new(),
+        "",
+        (sync, health),
+        a.timeout,
+    )
+    .await?;
     print_out(g.output, super::app_json(&app), || {
         format!(
             "{} reached {}\n",
@@ -453,6 +592,74 @@ mod tests {
         ));
         let none = pb::ClusterAppStatus::default();
         assert_eq!(reached(&none, "", true, true), Reached::No);
+    }
+
+    #[test]
+    fn a_sync_waits_for_the_operation_of_its_command() {
+        let with_op = |id: &str, phase: &str| {
+            let mut r = row("r2", pb::SyncStatus::Synced, pb::HealthStatus::Healthy, "");
+            if let Some(s) = r.status.as_mut() {
+                s.operation = Some(pb::OperationState {
+                    phase: phase.into(),
+                    message: "boom".into(),
+                    command_id: id.into(),
+                    ..Default::default()
+                });
+            }
+            r
+        };
+        // Another command's (or an automatic) operation is not ours.
+        assert_eq!(
+            operation_reached(&with_op("other", "Succeeded"), "c1"),
+            Reached::No
+        );
+        assert_eq!(
+            operation_reached(&with_op("c1", "Running"), "c1"),
+            Reached::No
+        );
+        assert_eq!(
+            operation_reached(&with_op("c1", "Succeeded"), "c1"),
+            Reached::Yes
+        );
+        assert_eq!(
+            operation_reached(&with_op("c1", "Failed"), "c1"),
+            Reached::Failed("sync failed: boom".into())
+        );
+    }
+
+    #[test]
+    fn dry_run_failures_name_the_cluster() {
+        let result = |cluster: &str, error: &str, object_error: &str| pb::ClusterSyncResult {
+            cluster: cluster.into(),
+            error: error.into(),
+            resources: vec![pb::ResourceResult {
+                action: if object_error.is_empty() {
+                    "created"
+                } else {
+                    "failed"
+                }
+                .into(),
+                error: object_error.into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let ok = pb::SyncApplicationResponse {
+            results: vec![result("a", "", "")],
+            ..Default::default()
+        };
+        assert!(dry_run_failures(&ok).is_empty());
+        let bad = pb::SyncApplicationResponse {
+            results: vec![
+                result("a", "", "invalid"),
+                result("b", "cluster not connected", ""),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(
+            dry_run_failures(&bad),
+            ["a: 1 object(s) would fail", "b: cluster not connected"]
+        );
     }
 
     #[test]
