@@ -330,7 +330,15 @@ impl GitSync {
                     }
                     rec.last_commit = commit;
                 }
-                Err(e) => rec.last_error = e,
+                Err(e) => {
+                    // Loaded again once the fetch works, which also replaces
+                    // this error (a recovery at the same commit would keep it).
+                    self.loaded
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&repo.url);
+                    rec.last_error = e;
+                }
             }
             rec.last_fetch_ms = crate::api::now_ms();
             if Some(&rec) != self.store.repo(&repo.url)?.as_ref() {
