@@ -511,7 +511,13 @@ pub async fn api_client(hub_url: &str, data_dir: &Path) -> anyhow::Result<Api> {
     Ok(HubApiClient::with_interceptor(channel, Bearer(value)))
 }
 
-fn start_hub(
+/// Starts a `flotilla-hub serve` process with its data in `data_dir`, its
+/// log in `root/hub-GENERATION.log`, listening on `listen` (port 0: any);
+/// returns it and the address it listens on.
+///
+/// # Errors
+/// The binary is missing or the hub does not start.
+pub fn start_hub(
     root: &Path,
     data_dir: &Path,
     listen: &str,

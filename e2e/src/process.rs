@@ -149,6 +149,11 @@ impl Proc {
         lines[start..].join("\n")
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Where the full log is.
     pub fn log_path(&self) -> &Path {
         &self.log_path
