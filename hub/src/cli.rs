@@ -245,6 +245,15 @@ pub enum RepoCommand {
         /// hub stores it and never shows it.
         #[arg(long)]
         password_file: Option<PathBuf>,
+        /// File holding the ssh private key for an ssh URL
+        /// (`ssh://user@host[:port]/path` or `user@host:path`; `-` for
+        /// stdin); the hub stores it and never shows it.
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["password_file", "username"])]
+        ssh_private_key_path: Option<PathBuf>,
+        /// Do not verify the ssh server's host key (by default it must be in
+        /// the hub's --ssh-known-hosts file).
+        #[arg(long, requires = "ssh_private_key_path")]
+        insecure_ignore_host_key: bool,
     },
     /// List repositories.
     List,
@@ -916,9 +925,31 @@ async fn repo(g: &Global, c: &mut Client, cmd: RepoCommand) -> Result<()> {
             poll_interval_secs,
             username,
             password_file,
+            ssh_private_key_path,
+            insecure_ignore_host_key,
         } => {
             let password = match &password_file {
                 Some(f) => Some(read_input(f)?.trim().to_owned()),
+                None => None,
+            };
+            let ssh_private_key = match &ssh_private_key_path {
+                Some(f) => {
+                    let key = read_input(f)?;
+                    // Checked before the repository is registered, so a
+                    // wrong file leaves nothing half done.
+                    if key.trim().is_empty() {
+                        bail!("the ssh private key file is empty");
+                    }
+                    if !key.trim_start().starts_with("-----BEGIN ") {
+                        bail!("{} is not an OpenSSH or PEM private key", f.display());
+                    }
+                    if !crate::source::is_ssh_url(&url) {
+                        bail!(
+                            "--ssh-private-key-path needs an ssh URL (ssh://user@host/path or user@host:path)"
+                        );
+                    }
+                    Some(key)
+                }
                 None => None,
             };
             let url_for_creds = url.clone();
@@ -932,18 +963,29 @@ async fn repo(g: &Global, c: &mut Client, cmd: RepoCommand) -> Result<()> {
                 .await
                 .map_err(status_err)?
                 .into_inner();
-            let r = match password {
-                Some(password) if !password.is_empty() => c
+            let r = match (password, ssh_private_key) {
+                (_, Some(ssh_private_key)) => c
                     .set_repository_credentials(pb::SetRepositoryCredentialsRequest {
                         url: url_for_creds,
-                        username: username.unwrap_or_default(),
-                        password,
+                        ssh_private_key,
+                        insecure_ignore_host_key,
+                        ..Default::default()
                     })
                     .await
                     .map_err(status_err)?
                     .into_inner(),
-                Some(_) => bail!("the password file is empty"),
-                None => r,
+                (Some(password), None) if !password.is_empty() => c
+                    .set_repository_credentials(pb::SetRepositoryCredentialsRequest {
+                        url: url_for_creds,
+                        username: username.unwrap_or_default(),
+                        password,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(status_err)?
+                    .into_inner(),
+                (Some(_), None) => bail!("the password file is empty"),
+                (None, None) => r,
             };
             print_out(g.output, repo_json(&r), || {
                 format!("repository {} added\n", r.url)
@@ -1195,6 +1237,7 @@ pub fn repo_json(r: &pb::Repository) -> Value {
         "lastError": r.last_error,
         "lastFetchMs": r.last_fetch_ms,
         "hasCredentials": r.has_credentials,
+        "insecureIgnoreHostKey": r.insecure_ignore_host_key,
     })
 }
 

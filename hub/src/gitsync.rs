@@ -116,6 +116,12 @@ impl GitSync {
         })
     }
 
+    /// Sets how ssh remotes are reached (known hosts, key scratch
+    /// directory). Call before the loop runs.
+    pub fn set_ssh(&self, settings: crate::source::SshSettings) {
+        self.cache.set_ssh(settings);
+    }
+
     /// Sets the kustomize/helm commands and their timeout.
     pub fn set_render_tools(&self, tools: crate::render::RenderTools) {
         *self.tools.lock().unwrap_or_else(|p| p.into_inner()) = tools;
@@ -259,6 +265,13 @@ impl GitSync {
         let (u, r) = key.clone();
         let credentials = self.store.repo_credentials(url).ok().flatten();
         let result = tokio::task::spawn_blocking(move || match credentials {
+            Some(c) if !c.ssh_private_key.is_empty() => {
+                let key = crate::source::SshKey {
+                    private_key: c.ssh_private_key,
+                    insecure_ignore_host_key: c.insecure_ignore_host_key,
+                };
+                cache.fetch_with_ssh_key(&u, &r, &key)
+            }
             Some(c) => cache.fetch_with_credentials(&u, &r, &c.username, &c.password),
             None => cache.fetch(&u, &r),
         })

@@ -56,6 +56,9 @@ pub struct HubConfig {
     /// An agent stream that sends nothing for this long is closed (agents
     /// send a status heartbeat every 30 s).
     pub stream_idle_timeout: Duration,
+    /// OpenSSH known_hosts file the host keys of ssh repositories are
+    /// verified against (read at every fetch). `None`: no host is known.
+    pub ssh_known_hosts: Option<PathBuf>,
 }
 
 impl HubConfig {
@@ -74,6 +77,7 @@ impl HubConfig {
             appset_deletion_budget: crate::appset::lifecycle::DEFAULT_DELETION_BUDGET,
             metrics_listen: None,
             stream_idle_timeout: crate::api::agent_link::DEFAULT_STREAM_IDLE_TIMEOUT,
+            ssh_known_hosts: None,
         }
     }
 }
@@ -204,6 +208,16 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
     );
     git.set_appsets(appsets.clone());
     git.set_render_tools(config.render_tools.clone());
+    if let Some(file) = &config.ssh_known_hosts
+        && !file.is_file()
+    {
+        tracing::warn!(file = %file.display(), "ssh known hosts file not found; ssh repositories fail until it exists");
+    }
+    git.set_ssh(crate::source::SshSettings {
+        known_hosts: config.ssh_known_hosts.clone(),
+        // Key files of running ssh fetches, outside the mirrors.
+        scratch_dir: data_dir.join("ssh"),
+    });
     for r in &config.repos {
         let secs = r
             .poll_interval

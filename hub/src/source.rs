@@ -4,6 +4,7 @@
 //! from `tokio::task::spawn_blocking`.
 
 use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
 
 use crate::model::DirectorySource;
 
@@ -69,26 +70,102 @@ pub struct SourceFile {
     pub content: Vec<u8>,
 }
 
+/// How the hub runs `ssh` for ssh remotes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SshSettings {
+    /// OpenSSH known_hosts file that host keys are verified against (read
+    /// at every fetch). `None`: no host is known, so only repositories with
+    /// `insecure_ignore_host_key` can be fetched over ssh.
+    pub known_hosts: Option<PathBuf>,
+    /// Private directory (created 0700) holding the key file of each
+    /// running ssh fetch; never inside a mirror.
+    pub scratch_dir: PathBuf,
+}
+
+/// The ssh identity of one repository. `Debug` hides the key.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SshKey {
+    /// Private key text (OpenSSH or PEM), without a passphrase.
+    pub private_key: String,
+    /// Accept any host key (Argo CD's `insecureIgnoreHostKey`).
+    pub insecure_ignore_host_key: bool,
+}
+
+impl std::fmt::Debug for SshKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SshKey")
+            .field("private_key", &"***")
+            .field("insecure_ignore_host_key", &self.insecure_ignore_host_key)
+            .finish()
+    }
+}
+
 /// Local bare mirrors of Git repositories, one per URL, shared by every
 /// application that uses that URL.
 #[derive(Debug, Clone)]
 pub struct GitCache {
     root: PathBuf,
+    /// Shared by every clone, so settings given after start reach them all.
+    ssh: Arc<RwLock<SshSettings>>,
 }
 
 impl GitCache {
-    /// Mirrors live under `root` (created on first fetch).
+    /// Mirrors live under `root` (created on first fetch). ssh fetches use
+    /// `<root>/ssh` as scratch directory and know no host until
+    /// [`GitCache::set_ssh`].
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        let root = root.into();
+        let ssh = SshSettings {
+            known_hosts: None,
+            scratch_dir: root.join("ssh"),
+        };
+        Self {
+            root,
+            ssh: Arc::new(RwLock::new(ssh)),
+        }
     }
 
-    /// Fetches `url` (`file://`, `https://`, or a local path) and resolves
-    /// `revision` (branch, tag, commit, or `HEAD`) to a full commit id.
+    /// Sets how ssh remotes are reached (for this cache and its clones),
+    /// and removes key files a previous run left in the scratch directory.
+    pub fn set_ssh(&self, settings: SshSettings) {
+        imp::clean_ssh_scratch(&settings.scratch_dir);
+        *self.ssh.write().unwrap_or_else(|p| p.into_inner()) = settings;
+    }
+
+    fn ssh_settings(&self) -> SshSettings {
+        self.ssh.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Fetches `url` (`file://`, `https://`, `ssh://`, `user@host:path`, or
+    /// a local path) and resolves `revision` (branch, tag, commit, or
+    /// `HEAD`) to a full commit id. ssh remotes are reached without a
+    /// stored key (the hub user's default identities) but with the same
+    /// host key checks as [`GitCache::fetch_with_ssh_key`].
     ///
     /// # Errors
     /// The repository cannot be reached or the revision does not exist.
     pub fn fetch(&self, url: &str, revision: &str) -> Result<String, SourceError> {
+        if is_ssh_url(url) {
+            return imp::fetch_ssh(&self.root, url, revision, &self.ssh_settings(), None);
+        }
         imp::fetch(&self.root, url, revision)
+    }
+
+    /// [`GitCache::fetch`] of an ssh URL with `key`. The key is written to
+    /// a 0600 file in the scratch directory for the duration of the fetch
+    /// only; `ssh` runs in batch mode with that key alone and checks the
+    /// host key against the known hosts file unless the key says not to.
+    ///
+    /// # Errors
+    /// The host is unknown or unreachable, the key is refused, or the
+    /// revision does not exist; the message gives ssh's reason.
+    pub fn fetch_with_ssh_key(
+        &self,
+        url: &str,
+        revision: &str,
+        key: &SshKey,
+    ) -> Result<String, SourceError> {
+        imp::fetch_ssh(&self.root, url, revision, &self.ssh_settings(), Some(key))
     }
 
     /// Reads the files below `path` at `commit` (fetched before). With
@@ -138,6 +215,12 @@ impl GitCache {
     ) -> Result<Vec<String>, SourceError> {
         imp::export_tree(&self.root, url, commit, dest)
     }
+}
+
+/// Whether `url` is fetched over ssh: `ssh://…` (also `git+ssh://`) or
+/// scp-like `[user@]host:path`.
+pub fn is_ssh_url(url: &str) -> bool {
+    gix::url::parse(url.trim()).is_ok_and(|u| u.scheme == gix::url::Scheme::Ssh)
 }
 
 /// `url` with `username:password@` as its userinfo (percent-encoded);

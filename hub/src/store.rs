@@ -144,19 +144,31 @@ pub struct AppSetRecord {
     pub last_good_ms: i64,
 }
 
-/// https credentials of a repository. Never logged; `Debug` hides the
-/// password.
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
+/// Credentials of a repository: https user name and password, or an ssh
+/// private key. Never logged; `Debug` hides the password and the key.
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RepoCredentials {
+    #[serde(default)]
     pub username: String,
+    #[serde(default)]
     pub password: String,
+    /// ssh private key (OpenSSH or PEM text); set for ssh URLs instead of
+    /// a password.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub ssh_private_key: String,
+    /// Do not verify the ssh server's host key.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_ignore_host_key: bool,
 }
 
 impl std::fmt::Debug for RepoCredentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hidden = |s: &str| if s.is_empty() { "" } else { "***" };
         f.debug_struct("RepoCredentials")
             .field("username", &self.username)
-            .field("password", &"***")
+            .field("password", &hidden(&self.password))
+            .field("ssh_private_key", &hidden(&self.ssh_private_key))
+            .field("insecure_ignore_host_key", &self.insecure_ignore_host_key)
             .finish()
     }
 }
@@ -192,7 +204,7 @@ pub struct Store {
     tokens: sled::Tree,
     /// Per-application deployment history and pin (crate::history).
     app_ops: sled::Tree,
-    /// https credentials by repository URL.
+    /// https credentials and ssh keys by repository URL.
     repo_credentials: sled::Tree,
     bootstrap: sled::Tree,
     appsets: sled::Tree,
@@ -350,7 +362,7 @@ impl Store {
 
     // ---- repository credentials ----
 
-    /// The https credentials stored for `url`.
+    /// The credentials (https or ssh) stored for `url`.
     pub fn repo_credentials(&self, url: &str) -> Result<Option<RepoCredentials>, StoreError> {
         self.repo_credentials
             .get(url.as_bytes())?
@@ -628,6 +640,43 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn repo_credentials_read_old_records_and_hide_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        // Written before ssh keys existed.
+        s.repo_credentials
+            .insert(
+                "https://h/r",
+                br#"{"username":"u","password":"p"}"#.to_vec(),
+            )
+            .unwrap();
+        let https = s.repo_credentials("https://h/r").unwrap().unwrap();
+        assert_eq!(
+            (https.username.as_str(), https.password.as_str()),
+            ("u", "p")
+        );
+        assert!(https.ssh_private_key.is_empty() && !https.insecure_ignore_host_key);
+
+        let ssh = RepoCredentials {
+            ssh_private_key: "-----BEGIN OPENSSH PRIVATE KEY-----\nsecret-body\n".into(),
+            insecure_ignore_host_key: true,
+            ..Default::default()
+        };
+        s.put_repo_credentials("git@h:r.git", Some(&ssh)).unwrap();
+        assert_eq!(
+            s.repo_credentials("git@h:r.git").unwrap(),
+            Some(ssh.clone())
+        );
+        let shown = format!("{ssh:?} {https:?}");
+        assert!(
+            !shown.contains("secret-body") && !shown.contains("\"p\""),
+            "{shown}"
+        );
+        s.put_repo_credentials("git@h:r.git", None).unwrap();
+        assert_eq!(s.repo_credentials("git@h:r.git").unwrap(), None);
+    }
 
     fn app(name: &str) -> Application {
         let yaml = format!(

@@ -361,6 +361,7 @@ async fn stored_credentials_never_show_in_errors() {
             url: url.clone(),
             username: "robot-user".into(),
             password: secret.into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -400,6 +401,7 @@ async fn stored_credentials_never_show_in_errors() {
             url: url.clone(),
             username: String::new(),
             password: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap()

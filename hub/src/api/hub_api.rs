@@ -9,7 +9,9 @@ use super::{HubContext, create_token, now_ms, require_write};
 use crate::fleet::{self, parse_single_application};
 use crate::model::is_dns_subdomain;
 use crate::pki;
-use crate::store::{AppRecord, BootstrapRecord, ClusterRecord, RepoRecord, TokenRecord};
+use crate::store::{
+    AppRecord, BootstrapRecord, ClusterRecord, RepoCredentials, RepoRecord, TokenRecord,
+};
 
 /// Lifetime of a bootstrap token when the request gives none.
 const DEFAULT_BOOTSTRAP_TTL_MS: i64 = 24 * 3600 * 1000;
@@ -113,7 +115,66 @@ fn repo_to_pb(r: &RepoRecord) -> pb::Repository {
         last_error: r.last_error.clone(),
         last_fetch_ms: r.last_fetch_ms,
         has_credentials: false,
+        insecure_ignore_host_key: false,
     }
+}
+
+/// `Repository` with what is stored about its credentials (never the
+/// credentials themselves).
+fn repo_with_credentials(r: &RepoRecord, credentials: Option<&RepoCredentials>) -> pb::Repository {
+    let mut p = repo_to_pb(r);
+    p.has_credentials = credentials.is_some();
+    p.insecure_ignore_host_key = credentials.is_some_and(|c| c.insecure_ignore_host_key);
+    p
+}
+
+/// The credentials a `SetRepositoryCredentials` request stores (`None`:
+/// remove them). The messages never quote the password or the key.
+fn credentials_from_request(
+    req: &pb::SetRepositoryCredentialsRequest,
+) -> Result<Option<RepoCredentials>, Status> {
+    let ssh_url = crate::source::is_ssh_url(&req.url);
+    let key = req.ssh_private_key.trim();
+    if !key.is_empty() {
+        if !req.password.is_empty() {
+            return Err(Status::invalid_argument(
+                "give either a password or an ssh private key, not both",
+            ));
+        }
+        if !ssh_url {
+            return Err(Status::invalid_argument(
+                "an ssh private key needs an ssh URL (ssh://user@host/path or user@host:path)",
+            ));
+        }
+        if !(key.starts_with("-----BEGIN ") && key.contains("PRIVATE KEY-----")) {
+            return Err(Status::invalid_argument(
+                "the ssh private key is not an OpenSSH or PEM private key",
+            ));
+        }
+        return Ok(Some(RepoCredentials {
+            ssh_private_key: key.to_owned(),
+            insecure_ignore_host_key: req.insecure_ignore_host_key,
+            ..Default::default()
+        }));
+    }
+    if req.insecure_ignore_host_key {
+        return Err(Status::invalid_argument(
+            "insecure_ignore_host_key applies to an ssh private key",
+        ));
+    }
+    if req.password.is_empty() {
+        return Ok(None);
+    }
+    if ssh_url {
+        return Err(Status::invalid_argument(
+            "ssh URLs authenticate with an ssh private key (--ssh-private-key-path), not a password",
+        ));
+    }
+    Ok(Some(RepoCredentials {
+        username: req.username.clone(),
+        password: req.password.clone(),
+        ..Default::default()
+    }))
 }
 
 #[tonic::async_trait]
@@ -325,15 +386,8 @@ impl pb::hub_api_server::HubApi for HubApiService {
             .repos()?
             .iter()
             .map(|r| {
-                let mut p = repo_to_pb(r);
-                p.has_credentials = self
-                    .ctx
-                    .store
-                    .repo_credentials(&r.url)
-                    .ok()
-                    .flatten()
-                    .is_some();
-                p
+                let credentials = self.ctx.store.repo_credentials(&r.url).ok().flatten();
+                repo_with_credentials(r, credentials.as_ref())
             })
             .collect();
         Ok(Response::new(pb::ListRepositoriesResponse { repositories }))
@@ -503,19 +557,19 @@ impl pb::hub_api_server::HubApi for HubApiService {
                 crate::source::redact_url(&req.url)
             ))
         })?;
-        let creds = (!req.password.is_empty()).then(|| crate::store::RepoCredentials {
-            username: req.username.clone(),
-            password: req.password.clone(),
-        });
+        let creds = credentials_from_request(&req)?;
         self.ctx
             .store
             .put_repo_credentials(&req.url, creds.as_ref())?;
         self.ctx.store.flush_async().await?;
-        tracing::info!(url = %crate::source::redact_url(&req.url), stored = creds.is_some(), "repository credentials updated");
+        let kind = match &creds {
+            Some(c) if !c.ssh_private_key.is_empty() => "ssh key",
+            Some(_) => "https",
+            None => "none",
+        };
+        tracing::info!(url = %crate::source::redact_url(&req.url), stored = kind, "repository credentials updated");
         self.ctx.git.refresh_urls(std::slice::from_ref(&req.url));
-        let mut out = repo_to_pb(&rec);
-        out.has_credentials = creds.is_some();
-        Ok(Response::new(out))
+        Ok(Response::new(repo_with_credentials(&rec, creds.as_ref())))
     }
 
     async fn diff_application(

@@ -85,6 +85,12 @@ struct ServeArgs {
     /// (Prometheus text format). Off when not given.
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
+    /// OpenSSH known_hosts file (e.g. from `ssh-keyscan HOST`) that the
+    /// host keys of ssh repositories are verified against; read at every
+    /// fetch. Without it, only repositories added with
+    /// --insecure-ignore-host-key can be fetched over ssh.
+    #[arg(long, env = "FLOTILLA_SSH_KNOWN_HOSTS", value_name = "FILE")]
+    ssh_known_hosts: Option<PathBuf>,
 }
 
 async fn shutdown_signal() {
@@ -152,6 +158,7 @@ async fn main() -> Result<()> {
         appset_deletion_budget: args.appset_deletion_budget,
         metrics_listen: args.metrics_listen,
         stream_idle_timeout: args.stream_idle_timeout,
+        ssh_known_hosts: args.ssh_known_hosts,
     };
     let served = flotilla_hub::server::serve(config, shutdown_signal())
         .await

@@ -2,13 +2,14 @@
 
 use std::path::Path;
 
-use super::{RenderError, SourceError, SourceFile};
+use super::{RenderError, SourceError, SourceFile, SshKey, SshSettings};
 use crate::model::DirectorySource;
 
 mod export;
 mod git;
 mod redact;
 mod render;
+mod ssh;
 
 pub use redact::redact_url;
 
@@ -23,6 +24,20 @@ pub(super) fn fetch_as(
     revision: &str,
 ) -> Result<String, SourceError> {
     git::fetch_as(root, key, remote, revision)
+}
+
+pub(super) fn fetch_ssh(
+    root: &Path,
+    url: &str,
+    revision: &str,
+    settings: &SshSettings,
+    key: Option<&SshKey>,
+) -> Result<String, SourceError> {
+    git::fetch_ssh(root, url, revision, settings, key)
+}
+
+pub(super) fn clean_ssh_scratch(dir: &Path) {
+    ssh::clean_scratch(dir);
 }
 
 pub(super) fn export_tree(

@@ -11,7 +11,8 @@ use gix::remote::Direction;
 use sha2::{Digest, Sha256};
 
 use super::redact::{redact_message, redact_url};
-use crate::source::{SourceError, SourceFile};
+use super::ssh::Session;
+use crate::source::{SourceError, SourceFile, SshKey, SshSettings};
 
 /// Every branch and tag, force-updated: the mirror follows the remote even
 /// through force pushes and moved tags.
@@ -71,6 +72,29 @@ pub(crate) fn fetch_as(
     remote: &str,
     revision: &str,
 ) -> Result<String, SourceError> {
+    fetch_into(root, key, remote, revision, None)
+}
+
+/// Fetches an ssh URL, running `ssh` as `settings` and `key` say.
+pub(crate) fn fetch_ssh(
+    root: &Path,
+    url: &str,
+    revision: &str,
+    settings: &SshSettings,
+    key: Option<&SshKey>,
+) -> Result<String, SourceError> {
+    // Before the mirror exists: an unknown host must not leave one behind.
+    let session = Session::prepare(url, settings, key).map_err(|m| fetch_error(url, m))?;
+    fetch_into(root, url, url, revision, Some(&session))
+}
+
+fn fetch_into(
+    root: &Path,
+    key: &str,
+    remote: &str,
+    revision: &str,
+    ssh: Option<&Session>,
+) -> Result<String, SourceError> {
     let url = remote;
     if url.trim().is_empty() {
         return Err(fetch_error(url, "empty repository URL"));
@@ -80,8 +104,21 @@ pub(crate) fn fetch_as(
     let _guard = lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
 
     let existed = dir.join("HEAD").is_file();
-    let repo = open_or_init(&dir).map_err(|m| fetch_error(url, m))?;
-    if let Err(err) = update_mirror(&repo, url) {
+    let mut repo = open_or_init(&dir).map_err(|m| fetch_error(url, m))?;
+    let updated = match ssh {
+        Some(session) => session
+            .configure(&mut repo)
+            .map_err(|m| fetch_error(url, m))
+            .and_then(|()| update_mirror(&repo, url))
+            // ssh's own words ("Permission denied (publickey)", "Host key
+            // verification failed") say more than the broken pipe gix saw.
+            .map_err(|err| match session.failure() {
+                Some(reason) => fetch_error(url, reason),
+                None => err,
+            }),
+        None => update_mirror(&repo, url),
+    };
+    if let Err(err) = updated {
         // An empty mirror would only make a later read_dir report a missing
         // commit instead of the failed fetch; a mirror with earlier content
         // is kept, it still serves the commits fetched before.
