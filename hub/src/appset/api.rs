@@ -3,11 +3,12 @@
 
 use tonic::{Request, Response, Status};
 
+use super::lifecycle::EvaluationCount;
 use crate::api::{HubContext, require_write};
 use crate::store::{AppSetRecord, ClusterRecord};
 use flotilla_proto as pb;
 
-fn to_pb(rec: &AppSetRecord) -> pb::ApplicationSet {
+fn to_pb(rec: &AppSetRecord, count: EvaluationCount) -> pb::ApplicationSet {
     let policy = rec.raw.pointer("/spec/syncPolicy");
     pb::ApplicationSet {
         name: rec.name.clone(),
@@ -35,6 +36,8 @@ fn to_pb(rec: &AppSetRecord) -> pb::ApplicationSet {
             .and_then(|p| p.get("preserveResourcesOnDeletion"))
             .and_then(|v| v.as_bool())
             .unwrap_or(false),
+        evaluations: count.evaluations,
+        last_evaluated_ms: count.last_evaluated_ms,
     }
 }
 
@@ -47,7 +50,7 @@ async fn evaluate(ctx: &HubContext) {
 fn get(ctx: &HubContext, name: &str) -> Result<pb::ApplicationSet, Status> {
     ctx.store
         .appset(name)?
-        .map(|r| to_pb(&r))
+        .map(|r| to_pb(&r, ctx.appsets.evaluations(name)))
         .ok_or_else(|| Status::not_found(format!("application set {name:?} not found")))
 }
 
@@ -73,7 +76,12 @@ pub async fn list(
     ctx: &HubContext,
     _request: Request<pb::ListApplicationSetsRequest>,
 ) -> Result<Response<pb::ListApplicationSetsResponse>, Status> {
-    let application_sets = ctx.store.appsets()?.iter().map(to_pb).collect();
+    let application_sets = ctx
+        .store
+        .appsets()?
+        .iter()
+        .map(|r| to_pb(r, ctx.appsets.evaluations(&r.name)))
+        .collect();
     Ok(Response::new(pb::ListApplicationSetsResponse {
         application_sets,
     }))

@@ -143,6 +143,8 @@ fn appset_json(s: &pb::ApplicationSet) -> Value {
         "preserveResourcesOnDeletion": s.preserve_resources_on_deletion,
         "lastResultMs": s.last_result_ms,
         "lastGoodMs": s.last_good_ms,
+        "evaluations": s.evaluations,
+        "lastEvaluatedMs": s.last_evaluated_ms,
     })
 }
 
@@ -162,19 +164,22 @@ fn status_word(s: &pb::ApplicationSet) -> String {
     }
 }
 
+/// When the set was last evaluated: the in-memory time, else (after a
+/// hub restart, before its first pass) the stored time of the last result.
+fn last_evaluated(now: i64, s: &pb::ApplicationSet) -> String {
+    ago(now, s.last_evaluated_ms.max(s.last_result_ms))
+}
+
 fn describe(s: &pb::ApplicationSet) -> String {
     let now = crate::api::now_ms();
     let mut out = format!(
-        "Name:             {}\nOrigin:           {}\nApplicationsSync: {}\nPreserve:         {}\nLast evaluated:   {}\nLast good:        {}\n",
+        "Name:             {}\nOrigin:           {}\nApplicationsSync: {}\nPreserve:         {}\nLast evaluated:   {}\nEvaluations:      {}\nLast good:        {}\n",
         s.name,
         s.origin,
         s.applications_sync,
         s.preserve_resources_on_deletion,
-        if s.last_result_ms > 0 {
-            ago(now, s.last_result_ms)
-        } else {
-            "never".into()
-        },
+        last_evaluated(now, s),
+        s.evaluations,
         if s.last_good_ms > 0 {
             ago(now, s.last_good_ms)
         } else {
@@ -247,17 +252,28 @@ pub async fn run(g: &Global, c: &mut Client, cmd: AppsetCommand) -> Result<()> {
                 g.output,
                 Value::Array(sets.iter().map(appset_json).collect()),
                 || {
+                    let wide = g.output == Output::Wide;
+                    let mut head = vec!["NAME", "APPLICATIONS", "SYNC POLICY", "STATUS", "ORIGIN"];
+                    if wide {
+                        head.extend(["EVALUATIONS", "LAST EVALUATED"]);
+                    }
+                    let now = crate::api::now_ms();
                     table(
-                        &["NAME", "APPLICATIONS", "SYNC POLICY", "STATUS", "ORIGIN"],
+                        &head,
                         sets.iter()
                             .map(|s| {
-                                vec![
+                                let mut row = vec![
                                     s.name.clone(),
                                     s.applications.len().to_string(),
                                     s.applications_sync.clone(),
                                     status_word(s),
                                     s.origin.clone(),
-                                ]
+                                ];
+                                if wide {
+                                    row.push(s.evaluations.to_string());
+                                    row.push(last_evaluated(now, s));
+                                }
+                                row
                             })
                             .collect(),
                     )

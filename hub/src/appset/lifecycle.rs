@@ -307,6 +307,30 @@ impl Resolver {
     }
 }
 
+/// How often the controller has looked at one set, kept in memory: it
+/// starts at zero when the hub starts or the set is created (again).
+///
+/// `evaluations` counts every evaluation whose plan was applied, whether
+/// its result was computed or reused from the previous pass (inputs
+/// unchanged) and whether it succeeded or failed (`ErrorOccurred`). An
+/// evaluation is counted only after its plan has been applied (applications
+/// created, updated and deleted in the store, the set's status written;
+/// the Git loop hands changed applications to the agents right after), and
+/// passes run one at a time. So if a client reads `n` after making a
+/// change, the pass that brings the count to `n + 1` may have read its
+/// inputs before the change, but the one that brings it to `n + 2` started
+/// after `n + 1` was counted, hence after the change: seeing `n + 2` means
+/// a complete pass has seen the current set, inventory and Git (as last
+/// fetched) and applied what it decided. An evaluation discarded because
+/// the set was replaced or deleted while it ran is not counted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EvaluationCount {
+    /// Completed evaluations (monotonic while the set exists).
+    pub evaluations: u64,
+    /// Unix milliseconds of the last completed evaluation; 0 before it.
+    pub last_evaluated_ms: i64,
+}
+
 /// The ApplicationSet controller.
 pub struct AppSets {
     fleet: Arc<Fleet>,
@@ -320,6 +344,11 @@ pub struct AppSets {
     writes: Mutex<()>,
     /// Set name → last evaluation, reused while its inputs are unchanged.
     memo: Mutex<HashMap<String, Memo>>,
+    /// Held for a whole pass: passes never overlap, which the memo and the
+    /// meaning of [`EvaluationCount`] rely on.
+    pass: tokio::sync::Mutex<()>,
+    /// Set name → evaluations so far.
+    counts: Mutex<HashMap<String, EvaluationCount>>,
 }
 
 impl std::fmt::Debug for AppSets {
@@ -345,7 +374,20 @@ impl AppSets {
             trees: Mutex::default(),
             writes: Mutex::default(),
             memo: Mutex::default(),
+            pass: tokio::sync::Mutex::default(),
+            counts: Mutex::default(),
         })
+    }
+
+    /// How often `set` has been evaluated (see [`EvaluationCount`]); zero
+    /// for a set not evaluated yet or unknown.
+    pub fn evaluations(&self, set: &str) -> EvaluationCount {
+        self.counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(set)
+            .copied()
+            .unwrap_or_default()
     }
 
     pub fn fleet(&self) -> &Arc<Fleet> {
@@ -366,6 +408,7 @@ impl AppSets {
         cache: &GitCache,
         force: bool,
     ) -> Result<bool, StoreError> {
+        let _pass = self.pass.lock().await;
         let store = self.fleet.store().clone();
         let mut changed = self.finish_preserving_deletions()?;
         let sets = store.appsets()?;
@@ -507,6 +550,11 @@ impl AppSets {
             if cmp != rec || before.last_good_ms == 0 {
                 store.put_appset(&rec)?;
             }
+            // Only now, with the plan applied (see `EvaluationCount`).
+            let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+            let count = counts.entry(rec.name.clone()).or_default();
+            count.evaluations += 1;
+            count.last_evaluated_ms = now;
         }
         if changed {
             store.flush()?;
@@ -602,6 +650,11 @@ impl AppSets {
             .and_then(Value::as_bool)
             .unwrap_or(false);
         store.remove_appset(name)?;
+        // A set created again under this name counts from zero.
+        self.counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
         let origin = origin_of(name);
         for a in store.apps()? {
             if a.origin == origin && !is_deleting(&a) {
@@ -1030,5 +1083,68 @@ mod tests {
         assert!(m.contains("a, b"), "{m}");
         assert!(m.contains("flotilla appset confirm s"), "{m}");
         assert_eq!(plan.generated, Some(vec![]));
+    }
+
+    /// A set named `name` generating `{name}-{param}` from `generator`.
+    fn set_manifest(name: &str, generator: &str, param: &str) -> String {
+        format!(
+            "apiVersion: argoproj.io/v1alpha1\nkind: ApplicationSet\nmetadata:\n  name: {name}\nspec:\n  generators:\n{generator}  template:\n    metadata:\n      name: '{name}-{{{{{param}}}}}'\n    spec:\n      source:\n        repoURL: file:///r\n        path: p\n      destination:\n        name: c1\n"
+        )
+    }
+
+    #[tokio::test]
+    async fn evaluations_count_cached_and_failing_evaluations() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(&dir.path().join("db")).unwrap();
+        let sets = AppSets::new(
+            Fleet::load(store.clone()).unwrap(),
+            DEFAULT_DELETION_BUDGET,
+            Duration::from_secs(3600),
+        );
+        let cache = GitCache::new(dir.path().join("git"));
+        let list = "  - list:\n      elements:\n      - app: a\n";
+        let missing = format!(
+            "  - git:\n      repoURL: file://{}/missing\n      directories:\n      - path: '*'\n",
+            dir.path().display()
+        );
+        sets.put_from_api(&set_manifest("ok", list, "app"), false)
+            .unwrap();
+        sets.put_from_api(&set_manifest("bad", &missing, "path.basename"), false)
+            .unwrap();
+        assert_eq!(sets.evaluations("ok"), EvaluationCount::default());
+
+        sets.reconcile_all(&cache, false).await.unwrap();
+        let first = sets.evaluations("ok");
+        assert_eq!(first.evaluations, 1);
+        assert!(first.last_evaluated_ms > 0);
+        assert_eq!(store.appset("ok").unwrap().unwrap().generated, ["ok-a"]);
+        assert_eq!(sets.evaluations("bad").evaluations, 1);
+
+        // Nothing changed: the results are reused, and still counted.
+        for pass in 2..=3 {
+            sets.reconcile_all(&cache, false).await.unwrap();
+            assert_eq!(sets.evaluations("ok").evaluations, pass);
+            assert_eq!(sets.evaluations("bad").evaluations, pass);
+        }
+        assert!(sets.evaluations("ok").last_evaluated_ms >= first.last_evaluated_ms);
+        let bad = store.appset("bad").unwrap().unwrap();
+        assert_eq!(bad.conditions[0].kind, ERROR_OCCURRED, "{bad:?}");
+
+        // A failing evaluation computed afresh (the set changed) counts too.
+        let other = missing.replace("missing", "gone");
+        sets.put_from_api(&set_manifest("bad", &other, "path.basename"), true)
+            .unwrap();
+        sets.reconcile_all(&cache, true).await.unwrap();
+        assert_eq!(sets.evaluations("bad").evaluations, 4);
+        let bad = store.appset("bad").unwrap().unwrap();
+        assert!(bad.conditions[0].message.contains("gone"), "{bad:?}");
+
+        // A set deleted and created again counts from zero.
+        assert!(sets.remove_set("ok").unwrap());
+        assert_eq!(sets.evaluations("ok"), EvaluationCount::default());
+        sets.put_from_api(&set_manifest("ok", list, "app"), false)
+            .unwrap();
+        sets.reconcile_all(&cache, false).await.unwrap();
+        assert_eq!(sets.evaluations("ok").evaluations, 1);
     }
 }
