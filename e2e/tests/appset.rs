@@ -4,10 +4,11 @@
 //! the application and prunes its objects, and a generator error (Git
 //! unreachable) deletes nothing.
 
+use std::io::{Read as _, Write as _};
 use std::time::Duration;
 
 use flotilla_e2e::eventually;
-use flotilla_e2e::fleet::{Fleet, FleetOptions};
+use flotilla_e2e::fleet::{Fleet, FleetOptions, ProcessOptions};
 use flotilla_e2e::repo::ConfigRepo;
 
 const CONVERGE: Duration = Duration::from_secs(90);
@@ -50,6 +51,83 @@ async fn wait_marker(
                 Ok(p) if p == present => Ok(()),
                 Ok(p) => Err(format!("present={p}")),
                 Err(e) => Err(e.to_string()),
+            }
+        },
+    )
+    .await
+}
+
+fn evaluations(fleet: &Fleet, set: &str) -> anyhow::Result<u64> {
+    appset_json(fleet, set)?["evaluations"]
+        .as_u64()
+        .ok_or_else(|| anyhow::anyhow!("no evaluations in `appset get {set}`"))
+}
+
+/// Kicks passes (`flotilla refresh`) until `set` has been evaluated twice
+/// more than when called. Evaluations are counted once their plan is
+/// applied and passes never overlap, so the second one started after this
+/// call: the hub has seen and acted upon whatever changed before it.
+async fn two_more_evaluations(fleet: &Fleet, set: &str) -> anyhow::Result<serde_json::Value> {
+    let from = evaluations(fleet, set)?;
+    eventually(
+        &format!("two more evaluations of {set} (after {from})"),
+        CONVERGE,
+        || async {
+            cli(fleet, &["refresh"]).map_err(|e| e.to_string())?;
+            let s = appset_json(fleet, set).map_err(|e| e.to_string())?;
+            match s["evaluations"].as_u64() {
+                Some(n) if n >= from + 2 => Ok(s),
+                n => Err(format!("evaluations {n:?}")),
+            }
+        },
+    )
+    .await
+}
+
+/// `GET base+path` over plain HTTP/1.0: the body of a 200 answer.
+fn http_get(base: &str, path: &str) -> Result<String, String> {
+    let addr = base.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).map_err(|e| e.to_string())?;
+    match raw.split_once("\r\n\r\n") {
+        Some((head, body))
+            if head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200") =>
+        {
+            Ok(body.to_owned())
+        }
+        _ => Err(format!("unexpected answer {raw:?}")),
+    }
+}
+
+/// Waits until `cluster`'s agent has finished a pass (pruning included)
+/// over the desired state the hub holds for it now, or a later one.
+async fn wait_agent_caught_up(fleet: &Fleet, cluster: &str) -> anyhow::Result<()> {
+    let clusters: serde_json::Value =
+        serde_json::from_str(&cli(fleet, &["cluster", "list", "-o", "json"])?)?;
+    let generation = clusters
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == cluster))
+        .and_then(|c| c["generation"].as_u64())
+        .ok_or_else(|| anyhow::anyhow!("no generation of {cluster} in {clusters}"))?;
+    let base = fleet
+        .agent_health_base(cluster)
+        .ok_or_else(|| anyhow::anyhow!("agent {cluster} printed no health address"))?;
+    eventually(
+        &format!("agent {cluster} enforcing generation {generation}"),
+        CONVERGE,
+        || async {
+            let text = http_get(&base, "/metrics")?;
+            let enforced = text
+                .lines()
+                .find_map(|l| l.strip_prefix("flotilla_agent_desired_generation "))
+                .and_then(|v| v.trim().parse::<f64>().ok());
+            match enforced {
+                Some(g) if g >= generation as f64 => Ok(()),
+                g => Err(format!("enforced generation {g:?}")),
             }
         },
     )
@@ -105,7 +183,14 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cluster_labels_drive_an_application_set() -> anyhow::Result<()> {
-    let fleet = Fleet::start(FleetOptions::default()).await?;
+    let fleet = Fleet::start_with(
+        FleetOptions::default(),
+        ProcessOptions {
+            agent_args: vec!["--health-listen".into(), "127.0.0.1:0".into()],
+            ..ProcessOptions::default()
+        },
+    )
+    .await?;
     let head = fleet.repo.commit_file(
         "prod-marker/cm.yaml",
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: prod-marker\ndata:\n  tier: prod\n",
@@ -191,7 +276,10 @@ async fn cluster_labels_drive_an_application_set() -> anyhow::Result<()> {
         }
     })
     .await?;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The hub is done with it, and sim-2's agent has enforced a state
+    // without it: had the deletion pruned, the objects would be gone now.
+    two_more_evaluations(&fleet, "prod-marker").await?;
+    wait_agent_caught_up(&fleet, "sim-2").await?;
     assert!(
         marker(&fleet, "sim-2", "prod-marker")?,
         "preserveResourcesOnDeletion: the objects must stay"
@@ -254,10 +342,13 @@ spec:
         }
     })
     .await?;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let s = appset_json(&fleet, "addons")?;
+    // Later evaluations (the error reused or fetched again) delete nothing
+    // either, and sim-1's agent keeps the objects.
+    let s = two_more_evaluations(&fleet, "addons").await?;
     assert_eq!(s["applications"], serde_json::json!(["addon-marker-sim-1"]));
+    assert_eq!(s["pendingDeletions"], serde_json::json!([]));
     fleet.app("addon-marker-sim-1").await?;
+    wait_agent_caught_up(&fleet, "sim-1").await?;
     assert!(marker(&fleet, "sim-1", "addon-marker")?);
     Ok(())
 }

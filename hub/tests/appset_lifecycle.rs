@@ -163,6 +163,24 @@ async fn get_set(api: &mut Api, name: &str) -> pb::ApplicationSet {
         .into_inner()
 }
 
+/// Kicks passes until `set` has been evaluated twice more than when
+/// called. Evaluations are counted once their plan is applied and passes
+/// never overlap, so the second one started after this call: whatever
+/// was changed before it has been seen and acted upon. Returns the set.
+async fn two_more_evaluations(api: &mut Api, set: &str) -> pb::ApplicationSet {
+    let from = get_set(api, set).await.evaluations;
+    let what = format!("two more evaluations of {set} (after {from})");
+    eventually(&what, || {
+        let mut api = api.clone();
+        async move {
+            api.refresh(pb::RefreshRequest::default()).await.unwrap();
+            let s = get_set(&mut api, set).await;
+            (s.evaluations >= from + 2).then_some(s)
+        }
+    })
+    .await
+}
+
 async fn wait_condition(api: &mut Api, set: &str, kind: &str) -> pb::ApplicationSet {
     let what = format!("condition {kind} on {set}");
     eventually(&what, || {
@@ -368,10 +386,14 @@ async fn create_only_never_updates_or_deletes() {
         "create-only updated it: {}",
         a.manifest
     );
+    // Each label change is evaluated on its own: removing co-c1 alone is
+    // within the deletion budget, so only create-only keeps it.
     label(&mut api, "c1", &[], &["env"]).await;
     label(&mut api, "c2", &[], &["env"]).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let s = two_more_evaluations(&mut api, "co").await;
     assert_eq!(owned(&mut api, "co").await, vec!["co-c1", "co-c2"]);
+    assert!(s.applications.is_empty(), "{s:?}");
+    assert!(s.pending_deletions.is_empty(), "{s:?}");
     hub.shutdown().await.unwrap();
 }
 
@@ -431,11 +453,16 @@ spec:
     std::fs::rename(&addons, &moved).unwrap();
     let s = wait_condition(&mut api, "addons", "ErrorOccurred").await;
     assert_eq!(s.applications, vec!["addon-a", "addon-b", "addon-c"]);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Still unreachable at later evaluations (reused or fetched again).
+    let s = two_more_evaluations(&mut api, "addons").await;
     assert_eq!(
         owned(&mut api, "addons").await,
         vec!["addon-a", "addon-b", "addon-c"]
     );
+    assert_eq!(s.applications, vec!["addon-a", "addon-b", "addon-c"]);
+    assert!(s.pending_deletions.is_empty(), "{s:?}");
+    let kinds: Vec<&str> = s.conditions.iter().map(|c| c.r#type.as_str()).collect();
+    assert_eq!(kinds, ["ErrorOccurred"], "{}", messages(&s));
 
     // Back again: the condition clears.
     std::fs::rename(&moved, &addons).unwrap();
@@ -479,8 +506,10 @@ async fn deletion_budget_holds_until_confirmed() {
         held.message
     );
     wait_owned(&mut api, "many", &["a1", "a2", "a3", "a4", "a5"]).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Held means held at every later evaluation, not only the first.
+    let s = two_more_evaluations(&mut api, "many").await;
     assert_eq!(owned(&mut api, "many").await.len(), 5);
+    assert_eq!(s.pending_deletions, vec!["a2", "a3", "a4"]);
 
     api.confirm_application_set(pb::ConfirmApplicationSetRequest {
         name: "many".into(),
