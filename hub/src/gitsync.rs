@@ -29,7 +29,8 @@ type Rendered = Arc<Result<Vec<String>, String>>;
 #[derive(Clone, Debug)]
 struct Known {
     commit: Result<String, String>,
-    fetched_at: Instant,
+    /// The pass that fetched it ([`GitSync::pass`]).
+    pass: u64,
     next_due: Instant,
 }
 
@@ -49,6 +50,9 @@ pub struct GitSync {
     renders: Mutex<HashMap<RenderKey, Rendered>>,
     /// One poll at a time.
     polling: tokio::sync::Mutex<()>,
+    /// Number of the current (or last) pass: a forced pass fetches each
+    /// repository once, however many applications use it.
+    pass: std::sync::atomic::AtomicU64,
     /// The ApplicationSet controller, evaluated on every pass.
     appsets: std::sync::OnceLock<Arc<crate::appset::lifecycle::AppSets>>,
     /// Kustomize and helm commands and their timeout.
@@ -111,6 +115,7 @@ impl GitSync {
             loaded: Mutex::default(),
             renders: Mutex::default(),
             polling: tokio::sync::Mutex::new(()),
+            pass: std::sync::atomic::AtomicU64::new(0),
             appsets: std::sync::OnceLock::new(),
             tools: Mutex::default(),
         })
@@ -242,6 +247,34 @@ impl GitSync {
             )
     }
 
+    /// The remembered result of fetching `key` when it need not be fetched
+    /// again: fetched in this pass (a forced pass still fetches each
+    /// repository once), or, unless `force`, not due yet. A later pass
+    /// fetches again however soon it comes: a refresh right after a push
+    /// must see the push.
+    fn remembered(&self, key: &(String, String), force: bool) -> Option<Result<String, String>> {
+        let pass = self.pass.load(std::sync::atomic::Ordering::SeqCst);
+        let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        known
+            .get(key)
+            .filter(|k| k.pass == pass || (!force && Instant::now() < k.next_due))
+            .map(|k| k.commit.clone())
+    }
+
+    /// Remembers the result of fetching `key` in this pass; due again after
+    /// `interval` (jittered).
+    fn remember(&self, key: (String, String), commit: Result<String, String>, interval: Duration) {
+        let pass = self.pass.load(std::sync::atomic::Ordering::SeqCst);
+        self.known.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            key,
+            Known {
+                commit,
+                pass,
+                next_due: Instant::now() + jittered(interval),
+            },
+        );
+    }
+
     async fn fetch(
         &self,
         url: &str,
@@ -251,15 +284,8 @@ impl GitSync {
     ) -> Result<String, String> {
         let key = (url.to_owned(), revision.to_owned());
         let fetch_started = Instant::now();
-        {
-            let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(k) = known.get(&key) {
-                // A forced poll still shares one fetch per repository.
-                let fresh = k.fetched_at.elapsed() < Duration::from_secs(1);
-                if fresh || (!force && Instant::now() < k.next_due) {
-                    return k.commit.clone();
-                }
-            }
+        if let Some(commit) = self.remembered(&key, force) {
+            return commit;
         }
         let cache = self.cache.clone();
         let (u, r) = key.clone();
@@ -282,14 +308,7 @@ impl GitSync {
             Ok(commit) => tracing::debug!(url = %redact(url), revision, commit, "fetched"),
             Err(e) => tracing::warn!(url = %redact(url), revision, error = %e, "fetch failed"),
         }
-        self.known.lock().unwrap_or_else(|p| p.into_inner()).insert(
-            key,
-            Known {
-                commit: result.clone(),
-                fetched_at: Instant::now(),
-                next_due: Instant::now() + jittered(interval),
-            },
-        );
+        self.remember(key, result.clone(), interval);
         crate::metrics::metrics().git_fetch(url, fetch_started.elapsed(), result.is_ok());
         result
     }
@@ -298,6 +317,7 @@ impl GitSync {
     /// Applications from repositories that moved, re-render what changed.
     pub async fn poll(&self, force: bool) {
         let _one = self.polling.lock().await;
+        self.pass.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let span = tracing::info_span!("git.pass", force);
         if let Err(e) = self.poll_inner(force).instrument(span).await {
             tracing::error!(error = %e, "git poll failed");

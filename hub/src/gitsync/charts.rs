@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use flotilla_proto::v1 as pb;
 
-use super::{GitSync, Known, RenderKey, Rendered, jittered};
+use super::{GitSync, RenderKey, Rendered};
 use crate::fleet::build_bundle;
 use crate::helmrepo::{self, ChartVersion, Index};
 use crate::model::Application;
@@ -173,17 +173,11 @@ impl GitSync {
         force: bool,
     ) -> Result<Arc<Index>, String> {
         let key = (url.to_owned(), INDEX_REVISION.to_owned());
-        {
-            let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(k) = known.get(&key) {
-                let fresh = k.fetched_at.elapsed() < Duration::from_secs(1);
-                if fresh || (!force && Instant::now() < k.next_due) {
-                    match (&k.commit, self.helm_repos.cached_index(url)) {
-                        (Err(e), _) => return Err(e.clone()),
-                        (Ok(_), Some(index)) => return Ok(index),
-                        (Ok(_), None) => {}
-                    }
-                }
+        if let Some(fetched) = self.remembered(&key, force) {
+            match (fetched, self.helm_repos.cached_index(url)) {
+                (Err(e), _) => return Err(e),
+                (Ok(_), Some(index)) => return Ok(index),
+                (Ok(_), None) => {}
             }
         }
         let credentials = self.helm_credentials(url);
@@ -202,13 +196,10 @@ impl GitSync {
                 tracing::warn!(repo = %redact_url(url), error = %e, "helm index fetch failed")
             }
         }
-        self.known.lock().unwrap_or_else(|p| p.into_inner()).insert(
+        self.remember(
             key,
-            Known {
-                commit: result.as_ref().map(|_| String::new()).map_err(Clone::clone),
-                fetched_at: Instant::now(),
-                next_due: Instant::now() + jittered(interval),
-            },
+            result.as_ref().map(|_| String::new()).map_err(Clone::clone),
+            interval,
         );
         result
     }

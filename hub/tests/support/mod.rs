@@ -39,3 +39,43 @@ pub fn write(dir: &Path, rel: &str, content: &str) {
     std::fs::create_dir_all(path.parent().expect("a parent")).expect("mkdir");
     std::fs::write(path, content).expect("write");
 }
+
+/// A `HubApi` client that sends the hub's admin token.
+pub type Api = flotilla_proto::hub_api_client::HubApiClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>,
+>;
+
+/// Adds `authorization: Bearer <token>` to every request.
+#[derive(Clone)]
+pub struct Bearer(pub String);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        let value = format!("Bearer {}", self.0)
+            .parse()
+            .map_err(|_| tonic::Status::internal("token is not a header value"))?;
+        req.metadata_mut().insert("authorization", value);
+        Ok(req)
+    }
+}
+
+/// Connects to an in-process hub with its CA and admin token.
+pub async fn api(hub: &flotilla_hub::server::RunningHub) -> Api {
+    use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+    let ca = std::fs::read_to_string(hub.ca_file()).expect("hub CA");
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .domain_name("localhost");
+    let channel = Channel::from_shared(hub.url())
+        .expect("hub URL")
+        .tls_config(tls)
+        .expect("TLS config")
+        .connect()
+        .await
+        .expect("hub reachable");
+    let token = std::fs::read_to_string(hub.admin_token_file()).expect("admin token");
+    flotilla_proto::hub_api_client::HubApiClient::with_interceptor(
+        channel,
+        Bearer(token.trim().to_owned()),
+    )
+}
