@@ -70,10 +70,24 @@ struct AppRuntime {
     retry_at: Option<Instant>,
     /// The last operation.
     operation: Option<OperationState>,
+    /// The last operation a hub command started (it has a command id);
+    /// automatic syncs do not replace it.
+    requested: Option<OperationState>,
     /// A sync of `digest` waiting before wave index `next` since `since`.
     waves: Option<WaveProgress>,
     /// Drifted at the last pass (drift events count transitions).
     drifted: bool,
+}
+
+impl AppRuntime {
+    /// Records `op` as the last operation, and as the last requested one
+    /// when a hub command started it.
+    fn record(&mut self, op: OperationState) {
+        if !op.command_id.is_empty() {
+            self.requested = Some(op.clone());
+        }
+        self.operation = Some(op);
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -241,6 +255,7 @@ impl Engine {
                 last_applied_ms: app.last_applied_ms,
                 observed_ms: now_ms(),
                 operation,
+                requested_operation: self.apps.get(&b.name).and_then(|rt| rt.requested.clone()),
                 ..AppStatus::default()
             };
         }
@@ -263,6 +278,7 @@ impl Engine {
                 last_applied_ms: app.last_applied_ms,
                 observed_ms: now_ms(),
                 operation,
+                requested_operation: self.apps.get(&b.name).and_then(|rt| rt.requested.clone()),
                 ..AppStatus::default()
             };
         }
@@ -396,7 +412,7 @@ impl Engine {
                         .as_ref()
                         .filter(|o| o.phase == "Running")
                         .map_or(started, |o| o.started_ms);
-                    rt.operation = Some(OperationState {
+                    rt.record(OperationState {
                         phase: "Running".to_owned(),
                         started_ms: started,
                         finished_ms: 0,
@@ -430,7 +446,7 @@ impl Engine {
                 rt.waves = None;
             }
             let ok = outcome.ok();
-            rt.operation = Some(OperationState {
+            rt.record(OperationState {
                 phase: if ok { "Succeeded" } else { "Failed" }.to_owned(),
                 started_ms: started,
                 finished_ms: finished,
@@ -534,7 +550,7 @@ impl Engine {
             Some(SyncRequest { dry_run: true, .. }) | None => {}
             Some(request) => {
                 let now = now_ms();
-                rt.operation = Some(OperationState {
+                rt.record(OperationState {
                     phase: "Failed".to_owned(),
                     started_ms: now,
                     finished_ms: now,
@@ -631,6 +647,7 @@ fn status_of(
         last_applied_ms,
         observed_ms: now_ms(),
         operation: rt.operation.clone(),
+        requested_operation: rt.requested.clone(),
     }
 }
 
@@ -645,5 +662,21 @@ mod tests {
         let fifth = backoff(5);
         assert!(fifth >= Duration::from_millis(12_800) && fifth <= Duration::from_millis(19_200));
         assert!(backoff(40) <= BACKOFF_MAX.mul_f64(1.2));
+    }
+
+    #[test]
+    fn an_automatic_sync_keeps_the_requested_operation() {
+        let op = |id: &str, phase: &str| OperationState {
+            phase: phase.into(),
+            command_id: id.into(),
+            ..Default::default()
+        };
+        let mut rt = AppRuntime::default();
+        rt.record(op("c1", "Failed"));
+        rt.record(op("", "Succeeded"));
+        assert_eq!(rt.operation, Some(op("", "Succeeded")));
+        assert_eq!(rt.requested, Some(op("c1", "Failed")));
+        rt.record(op("c2", "Running"));
+        assert_eq!(rt.requested, Some(op("c2", "Running")));
     }
 }

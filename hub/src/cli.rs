@@ -1149,6 +1149,13 @@ pub fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
     out
 }
 
+fn operation_json(o: &pb::OperationState) -> Value {
+    json!({
+        "phase": o.phase, "startedMs": o.started_ms, "finishedMs": o.finished_ms,
+        "message": o.message, "commandId": o.command_id,
+    })
+}
+
 fn status_json(s: &pb::AppStatus) -> Value {
     json!({
         "revision": s.revision,
@@ -1158,10 +1165,8 @@ fn status_json(s: &pb::AppStatus) -> Value {
         "message": s.message,
         "lastAppliedMs": s.last_applied_ms,
         "observedMs": s.observed_ms,
-        "operation": s.operation.as_ref().map(|o| json!({
-            "phase": o.phase, "startedMs": o.started_ms, "finishedMs": o.finished_ms,
-            "message": o.message, "commandId": o.command_id,
-        })),
+        "operation": s.operation.as_ref().map(operation_json),
+        "requestedOperation": s.requested_operation.as_ref().map(operation_json),
         "resources": s.resources.iter().map(|r| {
             let k = r.key.clone().unwrap_or_default();
             json!({

@@ -92,11 +92,14 @@ fn reached(c: &pb::ClusterAppStatus, revision: &str, sync: bool, health: bool) -
 /// Whether the operation a sync command started on `c` has finished: not
 /// before the cluster reports an operation with `command_id`; Failed fails.
 fn operation_reached(c: &pb::ClusterAppStatus, command_id: &str) -> Reached {
-    let op = c
-        .status
-        .as_ref()
-        .and_then(|s| s.operation.as_ref())
-        .filter(|o| o.command_id == command_id);
+    // The last operation, or, when an automatic sync has replaced it since,
+    // the last one a command started.
+    let op = c.status.as_ref().and_then(|s| {
+        [s.operation.as_ref(), s.requested_operation.as_ref()]
+            .into_iter()
+            .flatten()
+            .find(|o| o.command_id == command_id)
+    });
     match op {
         Some(o) if o.phase == "Succeeded" => Reached::Yes,
         Some(o) if o.phase == "Failed" => Reached::Failed(if o.message.is_empty() {
@@ -623,6 +626,21 @@ mod tests {
         );
         assert_eq!(
             operation_reached(&with_op("c1", "Failed"), "c1"),
+            Reached::Failed("sync failed: boom".into())
+        );
+        // An automatic sync replaced the operation before the CLI looked:
+        // the command's own outcome is still found.
+        let mut replaced = with_op("", "Succeeded");
+        if let Some(s) = replaced.status.as_mut() {
+            s.requested_operation = Some(pb::OperationState {
+                phase: "Failed".into(),
+                message: "boom".into(),
+                command_id: "c1".into(),
+                ..Default::default()
+            });
+        }
+        assert_eq!(
+            operation_reached(&replaced, "c1"),
             Reached::Failed("sync failed: boom".into())
         );
     }
