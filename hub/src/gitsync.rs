@@ -288,18 +288,10 @@ impl GitSync {
             return commit;
         }
         let cache = self.cache.clone();
+        let store = self.store.clone();
         let (u, r) = key.clone();
-        let credentials = self.store.repo_credentials(url).ok().flatten();
-        let result = tokio::task::spawn_blocking(move || match credentials {
-            Some(c) if !c.ssh_private_key.is_empty() => {
-                let key = crate::source::SshKey {
-                    private_key: c.ssh_private_key,
-                    insecure_ignore_host_key: c.insecure_ignore_host_key,
-                };
-                cache.fetch_with_ssh_key(&u, &r, &key)
-            }
-            Some(c) => cache.fetch_with_credentials(&u, &r, &c.username, &c.password),
-            None => cache.fetch(&u, &r),
+        let result = tokio::task::spawn_blocking(move || {
+            fetch_with_stored_credentials(&cache, &store, &u, &r)
         })
         .await
         .map_err(|e| format!("fetch task failed: {e}"))
@@ -556,6 +548,32 @@ impl GitSync {
             self.store.put_app(&rec)?;
         }
         Ok(())
+    }
+}
+
+/// Fetches `url` and resolves `revision` with the credentials the hub
+/// stores for `url` (an ssh key, https user and password, or none). Used
+/// by the Git loop and by ApplicationSet git generators alike. Blocking.
+///
+/// # Errors
+/// The repository cannot be reached, the credentials are refused, or the
+/// revision does not exist.
+pub(crate) fn fetch_with_stored_credentials(
+    cache: &GitCache,
+    store: &Store,
+    url: &str,
+    revision: &str,
+) -> Result<String, crate::source::SourceError> {
+    match store.repo_credentials(url).ok().flatten() {
+        Some(c) if !c.ssh_private_key.is_empty() => {
+            let key = crate::source::SshKey {
+                private_key: c.ssh_private_key,
+                insecure_ignore_host_key: c.insecure_ignore_host_key,
+            };
+            cache.fetch_with_ssh_key(url, revision, &key)
+        }
+        Some(c) => cache.fetch_with_credentials(url, revision, &c.username, &c.password),
+        None => cache.fetch(url, revision),
     }
 }
 

@@ -417,6 +417,36 @@ async fn private_repositories_over_ssh() {
     };
     assert!(web.error.is_empty(), "{}", web.error);
 
+    // An ApplicationSet git generator reads the same private repository
+    // with the same stored key.
+    api.create_application_set(pb::CreateApplicationSetRequest {
+        manifest: format!(
+            "apiVersion: argoproj.io/v1alpha1\nkind: ApplicationSet\nmetadata:\n  name: dirs\nspec:\n  generators:\n  - git:\n      repoURL: {url}\n      revision: main\n      directories:\n      - path: web\n  template:\n    metadata:\n      name: 'dir-{{{{path.basename}}}}'\n    spec:\n      source:\n        repoURL: {url}\n        targetRevision: main\n        path: '{{{{path}}}}'\n      destination:\n        name: c1\n        namespace: default\n"
+        ),
+        upsert: false,
+    })
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let set = api
+            .get_application_set(pb::GetApplicationSetRequest {
+                name: "dirs".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if set.applications == ["dir-web"] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the git generator did not read the ssh repository: {:?}",
+            set.conditions
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
     // Wrong key: a clear error on the repository and its application;
     // nothing is deleted, the application keeps its commit.
     let wrong_text = std::fs::read_to_string(&wrong_key).unwrap();

@@ -176,6 +176,8 @@ type Tree = Arc<Vec<SourceFile>>;
 /// once while it is in use.
 struct HubGit {
     cache: GitCache,
+    /// For the credentials of private repositories.
+    store: crate::store::Store,
     resolver: Arc<Resolver>,
     force: bool,
     /// (url, commit) → files; seeded with the previous pass's trees.
@@ -215,7 +217,7 @@ impl HubGit {
     fn tree(&self, url: &str, revision: &str) -> Result<Arc<Vec<SourceFile>>, String> {
         let resolved = self
             .resolver
-            .resolve(&self.cache, url, revision, self.force);
+            .resolve(&self.cache, &self.store, url, revision, self.force);
         {
             let mut refs = self.refs.lock().unwrap_or_else(|p| p.into_inner());
             let key = (url.to_owned(), revision.to_owned());
@@ -268,7 +270,8 @@ impl GitFiles for HubGit {
     }
 }
 
-type Resolved = (Instant, Result<String, String>);
+/// The pass that resolved it, when, and the commit (or error).
+type Resolved = (u64, Instant, Result<String, String>);
 
 /// Resolves (url, revision) to a commit, fetching at most once per
 /// interval unless forced. Holds nothing of the hub's state, so an
@@ -276,33 +279,37 @@ type Resolved = (Instant, Result<String, String>);
 struct Resolver {
     interval: Duration,
     commits: Mutex<HashMap<(String, String), Resolved>>,
+    /// Number of the current pass: a forced pass fetches each repository
+    /// once, and the next pass fetches again however soon it comes.
+    pass: std::sync::atomic::AtomicU64,
 }
 
 impl Resolver {
     fn resolve(
         &self,
         cache: &GitCache,
+        store: &crate::store::Store,
         url: &str,
         revision: &str,
         force: bool,
     ) -> Result<String, String> {
         let key = (url.to_owned(), revision.to_owned());
-        if let Some((at, r)) = self
+        let pass = self.pass.load(std::sync::atomic::Ordering::SeqCst);
+        if let Some((fetched_in, at, r)) = self
             .commits
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&key)
+            && (*fetched_in == pass || (!force && at.elapsed() < self.interval))
         {
-            let fresh = at.elapsed() < Duration::from_secs(1);
-            if fresh || (!force && at.elapsed() < self.interval) {
-                return r.clone();
-            }
+            return r.clone();
         }
-        let r = cache.fetch(url, revision).map_err(|e| e.to_string());
+        let r = crate::gitsync::fetch_with_stored_credentials(cache, store, url, revision)
+            .map_err(|e| e.to_string());
         self.commits
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(key, (Instant::now(), r.clone()));
+            .insert(key, (pass, Instant::now(), r.clone()));
         r
     }
 }
@@ -370,6 +377,7 @@ impl AppSets {
             resolver: Arc::new(Resolver {
                 interval,
                 commits: Mutex::default(),
+                pass: std::sync::atomic::AtomicU64::new(0),
             }),
             trees: Mutex::default(),
             writes: Mutex::default(),
@@ -409,6 +417,9 @@ impl AppSets {
         force: bool,
     ) -> Result<bool, StoreError> {
         let _pass = self.pass.lock().await;
+        self.resolver
+            .pass
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let store = self.fleet.store().clone();
         let mut changed = self.finish_preserving_deletions()?;
         let sets = store.appsets()?;
@@ -419,6 +430,7 @@ impl AppSets {
         let previous = self.trees.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let git = HubGit {
             cache: cache.clone(),
+            store: store.clone(),
             resolver: self.resolver.clone(),
             force,
             trees: Mutex::new(previous),
@@ -440,7 +452,9 @@ impl AppSets {
                     && m.raw == raw
                     && m.clusters == fingerprint
                     && m.refs.iter().all(|((url, rev), c)| {
-                        git.resolver.resolve(&git.cache, url, rev, git.force) == *c
+                        git.resolver
+                            .resolve(&git.cache, &git.store, url, rev, git.force)
+                            == *c
                     })
                 {
                     evaluated.push(m.result.clone());
