@@ -82,6 +82,7 @@ fn check_schema(doc: &Value) -> Result<()> {
         "ServiceAccount" => round_trip::<core::ServiceAccount>(doc),
         "Service" => round_trip::<core::Service>(doc),
         "Secret" => round_trip::<core::Secret>(doc),
+        "ConfigMap" => round_trip::<core::ConfigMap>(doc),
         "StatefulSet" => round_trip::<apps::StatefulSet>(doc),
         "Deployment" => round_trip::<apps::Deployment>(doc),
         "Ingress" => round_trip::<net::Ingress>(doc),
@@ -230,6 +231,7 @@ fn hub_chart_default_values() -> Result<()> {
     assert_eq!(hub["image"], "ghcr.io/flotilla-gitops/flotilla-hub:0.1.0");
     let a = args(hub);
     assert_eq!(a[0], "serve");
+    assert!(!a.iter().any(|x| x == "--ssh-known-hosts"), "{a:?}");
     assert!(has_flag(&a, "--data-dir", "/var/lib/flotilla"), "{a:?}");
     assert!(has_flag(&a, "--listen", "0.0.0.0:7443"), "{a:?}");
     assert!(has_flag(&a, "--metrics-listen", "0.0.0.0:9090"), "{a:?}");
@@ -282,6 +284,7 @@ fn hub_chart_custom_values() -> Result<()> {
             "Ingress/flotilla/fleet-hub",
             "Secret/flotilla/fleet-hub-ca",
             "Secret/flotilla/fleet-hub-admin-token",
+            "ConfigMap/flotilla/fleet-hub-ssh-known-hosts",
         ]),
         "{}",
         r.text
@@ -359,6 +362,20 @@ fn hub_chart_custom_values() -> Result<()> {
     assert!(!crt.is_empty() && ca["data"]["ca.key"].is_string());
     let token = r.get("Secret", "fleet-hub-admin-token");
     assert_eq!(token["data"]["admin.token"], "dGVzdC1hZG1pbi10b2tlbg==");
+
+    // ssh known hosts: a ConfigMap, mounted read-only, named by the flag.
+    let known = r.get("ConfigMap", "fleet-hub-ssh-known-hosts");
+    let hosts = known["data"]["ssh_known_hosts"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(hosts.starts_with("git.example.com ssh-ed25519 "), "{hosts}");
+    assert!(
+        has_flag(&a, "--ssh-known-hosts", "/etc/flotilla/ssh/ssh_known_hosts"),
+        "{a:?}"
+    );
+    let mounts = hub["volumeMounts"].to_string();
+    assert!(mounts.contains("/etc/flotilla/ssh"), "{mounts}");
+    assert!(volumes.contains("fleet-hub-ssh-known-hosts"), "{volumes}");
     Ok(())
 }
 
@@ -751,6 +768,7 @@ async fn apply_to_simulator(rendered: &Rendered, namespaces: &[&str]) -> Result<
         [
             "ServiceAccount",
             "Secret",
+            "ConfigMap",
             "ClusterRole",
             "ClusterRoleBinding",
             "Role",

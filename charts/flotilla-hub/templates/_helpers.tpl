@@ -74,3 +74,17 @@ Whether an admin token is supplied, by value or by existing Secret.
 {{- define "flotilla-hub.hasAdminToken" -}}
 {{- if or .Values.adminToken.value .Values.adminToken.existingSecret -}}true{{- end -}}
 {{- end -}}
+
+{{/*
+ConfigMap holding the ssh known hosts.
+*/}}
+{{- define "flotilla-hub.knownHostsConfigMapName" -}}
+{{- default (printf "%s-ssh-known-hosts" (include "flotilla-hub.fullname" .)) .Values.ssh.existingConfigMap -}}
+{{- end -}}
+
+{{/*
+Whether ssh known hosts are supplied, by value or by existing ConfigMap.
+*/}}
+{{- define "flotilla-hub.hasKnownHosts" -}}
+{{- if or .Values.ssh.knownHosts .Values.ssh.existingConfigMap -}}true{{- end -}}
+{{- end -}}
