@@ -531,7 +531,11 @@ async fn app(g: &Global, c: &mut Client, cmd: AppCommand) -> Result<()> {
                     ("Name", a.name.as_str()),
                     ("Origin", &a.origin),
                     ("Repository", &a.repo_url),
-                    ("Path", &a.path),
+                    if a.chart.is_empty() {
+                        ("Path", &a.path)
+                    } else {
+                        ("Chart", &a.chart)
+                    },
                     ("Target", &a.target_revision),
                     ("Revision", &a.revision),
                     ("Destination", &a.destination),
@@ -1187,6 +1191,7 @@ pub fn app_json(a: &pb::Application) -> Value {
         "origin": a.origin,
         "repoURL": a.repo_url,
         "path": a.path,
+        "chart": a.chart,
         "targetRevision": a.target_revision,
         "revision": a.revision,
         "destination": a.destination,

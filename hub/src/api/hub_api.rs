@@ -65,6 +65,7 @@ impl HubApiService {
             origin: rec.origin.clone(),
             repo_url: app.spec.source.repo_url.clone(),
             path: app.spec.source.path.clone(),
+            chart: app.spec.source.chart.clone(),
             target_revision: app.spec.source.target_revision.clone(),
             revision: bundle
                 .as_ref()
