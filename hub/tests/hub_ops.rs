@@ -6,15 +6,13 @@
 
 use std::time::{Duration, Instant};
 
-use flotilla_hub::server::{HubConfig, RepoSpec, RunningHub, start};
+use flotilla_hub::server::{HubConfig, RepoSpec, start};
 use flotilla_proto as pb;
-use pb::hub_api_client::HubApiClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 
 mod support;
-use support::{git, write};
+use support::{api, git, write};
 
 fn app_yaml(name: &str, url: &str, automated: bool) -> String {
     let policy = if automated {
@@ -25,37 +23,6 @@ fn app_yaml(name: &str, url: &str, automated: bool) -> String {
     format!(
         "apiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata:\n  name: {name}\nspec:\n  source:\n    repoURL: {url}\n    path: web\n  destination:\n    name: c1\n    namespace: default\n{policy}"
     )
-}
-
-#[derive(Clone)]
-struct Auth(String);
-
-impl tonic::service::Interceptor for Auth {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        req.metadata_mut().insert(
-            "authorization",
-            format!("Bearer {}", self.0).parse().unwrap(),
-        );
-        Ok(req)
-    }
-}
-
-type Api = HubApiClient<tonic::service::interceptor::InterceptedService<Channel, Auth>>;
-
-async fn api(hub: &RunningHub) -> Api {
-    let ca = std::fs::read_to_string(hub.ca_file()).unwrap();
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(ca))
-        .domain_name("localhost");
-    let channel = Channel::from_shared(hub.url())
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let token = std::fs::read_to_string(hub.admin_token_file()).unwrap();
-    HubApiClient::with_interceptor(channel, Auth(token.trim().to_owned()))
 }
 
 async fn post(addr: &str, headers: &[(&str, String)], body: &str) -> (u16, String) {

@@ -17,11 +17,9 @@ use std::time::{Duration, Instant};
 
 use flotilla_hub::server::{HubConfig, RunningHub, start};
 use flotilla_proto as pb;
-use pb::hub_api_client::HubApiClient;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 
 mod support;
-use support::{git, write};
+use support::{Api, api, git, write};
 
 /// Where Debian puts sshd (often not on a user's PATH).
 const SSHD_PATHS: [&str; 2] = ["/usr/sbin/sshd", "/usr/local/sbin/sshd"];
@@ -174,37 +172,6 @@ impl Write for Capture {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
-}
-
-#[derive(Clone)]
-struct Auth(String);
-
-impl tonic::service::Interceptor for Auth {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        req.metadata_mut().insert(
-            "authorization",
-            format!("Bearer {}", self.0).parse().unwrap(),
-        );
-        Ok(req)
-    }
-}
-
-type Api = HubApiClient<tonic::service::interceptor::InterceptedService<Channel, Auth>>;
-
-async fn api(hub: &RunningHub) -> Api {
-    let ca = std::fs::read_to_string(hub.ca_file()).unwrap();
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(ca))
-        .domain_name("localhost");
-    let channel = Channel::from_shared(hub.url())
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let token = std::fs::read_to_string(hub.admin_token_file()).unwrap();
-    HubApiClient::with_interceptor(channel, Auth(token.trim().to_owned()))
 }
 
 fn flotilla(hub: &RunningHub, args: &[&str]) -> Output {
