@@ -517,7 +517,13 @@ impl GitSync {
                     build_bundle(app, &commit, Err(e))
                 }
             };
-            let bundle = crate::appofapps::reconcile(&self.store, &self.fleet, app, bundle)?;
+            let bundle = crate::appofapps::reconcile(
+                &self.store,
+                &self.fleet,
+                self.appsets.get().map(Arc::as_ref),
+                app,
+                bundle,
+            )?;
             let error = bundle.render_error.clone();
             crate::history::note_automated(&self.store, &self.fleet, app, &bundle)?;
             bundles.push(bundle);

@@ -144,6 +144,36 @@ pub struct AppSetRecord {
     pub last_good_ms: i64,
 }
 
+/// What an in-hub Application (`crate::appofapps`) last wrote for its
+/// children, so that it only touches what it declared.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChildrenRecord {
+    /// Application name → the declaration last written.
+    #[serde(default)]
+    pub applications: BTreeMap<String, Application>,
+    /// ApplicationSet name → the document last written.
+    #[serde(default)]
+    pub application_sets: BTreeMap<String, serde_json::Value>,
+    /// Cluster name → the declaration last applied to its inventory record.
+    #[serde(default)]
+    pub clusters: BTreeMap<String, ClusterDeclaration>,
+}
+
+/// A cluster declaration an in-hub Application applied.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterDeclaration {
+    #[serde(default)]
+    pub server: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+    /// `created_ms` of the inventory record when the declaration created
+    /// it; 0 when the cluster existed before.
+    #[serde(default)]
+    pub created_ms: i64,
+}
+
 /// Credentials of a repository: https user name and password, or an ssh
 /// private key. Never logged; `Debug` hides the password and the key.
 #[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -208,6 +238,8 @@ pub struct Store {
     repo_credentials: sled::Tree,
     bootstrap: sled::Tree,
     appsets: sled::Tree,
+    /// Parent application → [`ChildrenRecord`].
+    app_children: sled::Tree,
     /// Serialises read-modify-write of cluster records, which the agent
     /// link and the fleet both update.
     cluster_lock: Arc<Mutex<()>>,
@@ -273,6 +305,7 @@ impl Store {
             repo_credentials: db.open_tree("repo_credentials")?,
             bootstrap: db.open_tree("bootstrap_tokens")?,
             appsets: db.open_tree("application_sets")?,
+            app_children: db.open_tree("app_children")?,
             db,
             cluster_lock: Arc::new(Mutex::new(())),
         })
@@ -560,6 +593,39 @@ impl Store {
 
     pub fn remove_appset(&self, name: &str) -> Result<bool, StoreError> {
         Ok(self.appsets.remove(name.as_bytes())?.is_some())
+    }
+
+    // ---- children of in-hub applications ----
+
+    pub fn app_children(&self, parent: &str) -> Result<Option<ChildrenRecord>, StoreError> {
+        self.app_children
+            .get(parent.as_bytes())?
+            .map(|v| decode("app children", parent.as_bytes(), &v))
+            .transpose()
+    }
+
+    /// Every parent with its record.
+    pub fn all_app_children(&self) -> Result<Vec<(String, ChildrenRecord)>, StoreError> {
+        self.app_children
+            .iter()
+            .map(|r| {
+                let (k, v) = r?;
+                Ok((
+                    String::from_utf8_lossy(&k).into_owned(),
+                    decode("app children", &k, &v)?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Stores the record; an empty one is removed.
+    pub fn put_app_children(&self, parent: &str, rec: &ChildrenRecord) -> Result<(), StoreError> {
+        if *rec == ChildrenRecord::default() {
+            self.app_children.remove(parent.as_bytes())?;
+        } else {
+            self.app_children.insert(parent.as_bytes(), encode(rec))?;
+        }
+        Ok(())
     }
 
     // ---- bootstrap tokens ----

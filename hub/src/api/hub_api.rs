@@ -235,7 +235,11 @@ impl pb::hub_api_server::HubApi for HubApiService {
         }
         let rec = AppRecord {
             app,
-            origin: "api".into(),
+            // An edit of an application an in-hub application manages keeps
+            // it managed (its parent's selfHeal decides whether it stays).
+            origin: crate::appofapps::origin_after_api_edit(
+                existing.as_ref().map(|e| e.origin.as_str()),
+            ),
             revision: existing
                 .as_ref()
                 .map(|e| e.revision.clone())

@@ -725,16 +725,42 @@ impl AppSets {
                 set.name
             )));
         }
+        // An edit of a set an in-hub application manages keeps it managed.
+        let origin =
+            crate::appofapps::origin_after_api_edit(existing.as_ref().map(|e| e.origin.as_str()));
         let mut rec = existing.unwrap_or_else(|| AppSetRecord {
             name: set.name.clone(),
             ..Default::default()
         });
         rec.raw = set.raw.clone();
-        rec.origin = "api".into();
+        rec.origin = origin;
         store.put_appset(&rec).map_err(Err)?;
         store.flush().map_err(Err)?;
         tracing::info!(appset = %set.name, "application set stored through the API");
         Ok(rec)
+    }
+
+    /// Stores a set declared by an in-hub application (`origin`
+    /// `app:<parent>`), keeping its evaluation state. A set that now exists
+    /// with another origin is left alone. Returns whether it was written.
+    ///
+    /// # Errors
+    /// The store cannot be written.
+    pub fn put_declared(&self, name: &str, raw: Value, origin: &str) -> Result<bool, StoreError> {
+        let store = self.fleet.store();
+        let _w = self.write_lock();
+        let existing = store.appset(name)?;
+        if existing.as_ref().is_some_and(|e| e.origin != origin) {
+            return Ok(false);
+        }
+        let mut rec = existing.unwrap_or_else(|| AppSetRecord {
+            name: name.to_owned(),
+            ..Default::default()
+        });
+        rec.raw = raw;
+        rec.origin = origin.to_owned();
+        store.put_appset(&rec)?;
+        Ok(true)
     }
 
     /// Loads the ApplicationSets and cluster declarations of a repository's

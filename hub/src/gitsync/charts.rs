@@ -39,7 +39,13 @@ impl GitSync {
         match self.chart_manifests(app, interval, force, used).await? {
             Ok((version, manifests)) => {
                 let bundle = build_bundle(app, &version, Ok(&manifests));
-                let bundle = crate::appofapps::reconcile(&self.store, &self.fleet, app, bundle)?;
+                let bundle = crate::appofapps::reconcile(
+                    &self.store,
+                    &self.fleet,
+                    self.appsets.get().map(std::sync::Arc::as_ref),
+                    app,
+                    bundle,
+                )?;
                 let error = bundle.render_error.clone();
                 crate::history::note_automated(&self.store, &self.fleet, app, &bundle)?;
                 bundles.push(bundle);
