@@ -716,7 +716,7 @@ spec:
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn app_of_apps_manages_applications_from_git() -> anyhow::Result<()> {
     let fleet = Fleet::start(FleetOptions {
-        clusters: 1,
+        clusters: 2,
         ..Default::default()
     })
     .await?;
@@ -775,7 +775,148 @@ spec:
         }
     })
     .await?;
+
+    // An ApplicationSet selecting `tier: edge` and a Cluster resource that
+    // puts that label on sim-2 (enrolled with `env: dev`).
+    let edge = commit_files(
+        &fleet,
+        &[
+            ("edge/settings.yaml", settings("from a set")),
+            ("root/edge-set.yaml", edge_set(&fleet)),
+            (
+                "root/sim-2.yaml",
+                "apiVersion: flotilla.dev/v1alpha1\nkind: Cluster\nmetadata:\n  name: sim-2\n  labels: {tier: edge}\n".to_owned(),
+            ),
+        ],
+        "edge set and cluster",
+    )?;
+    fleet
+        .wait_synced("edge-sim-2", "sim-2", &edge, CONVERGE)
+        .await?;
+    assert_eq!(
+        edge_greeting(&fleet, "sim-2")?.as_deref(),
+        Some("from a set")
+    );
+    assert_eq!(
+        cluster_labels(&fleet, "sim-2").await?,
+        ["env=dev", "tier=edge"]
+    );
+    let mut api = fleet.api().await?;
+    let set = api
+        .get_application_set(flotilla_proto::GetApplicationSetRequest {
+            name: "edge".into(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(set.origin, "app:root");
+    assert_eq!(set.applications, ["edge-sim-2"]);
+    assert!(
+        fleet.app("edge-sim-1").await.is_err(),
+        "sim-1 has no tier label"
+    );
+
+    // Removing the set's file (the parent prunes) removes the set, its
+    // application and, by the application's policy, its objects.
+    fleet
+        .repo
+        .remove_file("root/edge-set.yaml", "drop edge set")?;
+    eventually(
+        "edge set, its application and objects removed",
+        CONVERGE,
+        || async {
+            let mut api = fleet.api().await.map_err(|e| e.to_string())?;
+            let set = api
+                .get_application_set(flotilla_proto::GetApplicationSetRequest {
+                    name: "edge".into(),
+                })
+                .await;
+            if set.is_ok() {
+                return Err("set still there".into());
+            }
+            if fleet.app("edge-sim-2").await.is_ok() {
+                return Err("application still there".into());
+            }
+            match edge_greeting(&fleet, "sim-2").map_err(|e| e.to_string())? {
+                Some(g) => Err(format!("configmap still there: {g}")),
+                None => Ok(()),
+            }
+        },
+    )
+    .await?;
+
+    // Removing the Cluster resource removes only the label it declared:
+    // an enrolled cluster stays, with its certificate and other labels.
+    fleet
+        .repo
+        .remove_file("root/sim-2.yaml", "drop sim-2 declaration")?;
+    eventually("sim-2 loses only the declared label", CONVERGE, || async {
+        let labels = cluster_labels(&fleet, "sim-2")
+            .await
+            .map_err(|e| e.to_string())?;
+        if labels == ["env=dev"] {
+            Ok(())
+        } else {
+            Err(format!("labels {labels:?}"))
+        }
+    })
+    .await?;
+    fleet.wait_connected(CONVERGE).await?;
     Ok(())
+}
+
+fn edge_set(fleet: &Fleet) -> String {
+    format!(
+        r#"apiVersion: argoproj.io/v1alpha1
+kind: ApplicationSet
+metadata:
+  name: edge
+spec:
+  generators:
+  - clusters:
+      selector:
+        matchLabels: {{tier: edge}}
+  template:
+    metadata:
+      name: 'edge-{{{{name}}}}'
+    spec:
+      source:
+        repoURL: {url}
+        targetRevision: HEAD
+        path: edge
+      destination:
+        name: '{{{{name}}}}'
+        namespace: edge
+      syncPolicy:
+        automated:
+          prune: true
+        syncOptions:
+        - CreateNamespace=true
+"#,
+        url = fleet.repo.url()
+    )
+}
+
+fn edge_greeting(fleet: &Fleet, cluster: &str) -> anyhow::Result<Option<String>> {
+    Ok(fleet
+        .kubectl_get(cluster, "configmap", "edge", "settings")?
+        .and_then(|cm| cm["data"]["greeting"].as_str().map(str::to_owned)))
+}
+
+/// A cluster's labels as sorted `key=value`.
+async fn cluster_labels(fleet: &Fleet, name: &str) -> anyhow::Result<Vec<String>> {
+    let mut api = fleet.api().await?;
+    let list = api
+        .list_clusters(flotilla_proto::ListClustersRequest {})
+        .await?
+        .into_inner();
+    let c = list
+        .clusters
+        .into_iter()
+        .find(|c| c.name == name)
+        .ok_or_else(|| anyhow::anyhow!("no cluster {name}"))?;
+    let mut labels: Vec<String> = c.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    labels.sort();
+    Ok(labels)
 }
 
 fn dry_deployment(replicas: u32, selector: &str, name: &str) -> String {
