@@ -472,6 +472,7 @@ impl GitSync {
             })
             .collect();
         let apps = self.store.apps()?;
+        let clusters = self.store.clusters()?;
         for rec in apps {
             let app = &rec.app;
             let src = &app.spec.source;
@@ -482,7 +483,7 @@ impl GitSync {
                 .copied()
                 .unwrap_or(self.default_interval);
             if !src.chart.is_empty() {
-                self.render_chart_app(app, interval, force, &mut used, &mut bundles)
+                self.render_chart_app(app, interval, force, &clusters, &mut used, &mut bundles)
                     .await?;
                 continue;
             }
@@ -525,7 +526,7 @@ impl GitSync {
                 bundle,
             )?;
             let error = bundle.render_error.clone();
-            crate::history::note_automated(&self.store, &self.fleet, app, &bundle)?;
+            crate::history::note_automated(&self.store, &self.fleet, app, &bundle, &clusters)?;
             bundles.push(bundle);
             self.set_app_result(&name, Some(&commit), &error)?;
         }

@@ -160,16 +160,25 @@ pub fn targeted_clusters(
     store: &Store,
     app: &crate::model::Application,
 ) -> Result<Vec<String>, StoreError> {
-    Ok(store
-        .clusters()?
+    Ok(targeted_among(app, &store.clusters()?))
+}
+
+/// The names of the clusters in `clusters` that `app` targets.
+pub fn targeted_among(
+    app: &crate::model::Application,
+    clusters: &[crate::store::ClusterRecord],
+) -> Vec<String> {
+    clusters
         .iter()
         .filter(|c| crate::fleet::targets(app, c))
         .map(|c| c.name.clone())
-        .collect())
+        .collect()
 }
 
 /// Records an `automated` deployment when an automated application's
-/// content changes (a new bundle digest that rendered).
+/// content changes (a new bundle digest that rendered). `clusters` is the
+/// inventory, read once per pass by the caller: reading it per application
+/// made a pass over N applications and N clusters quadratic.
 ///
 /// # Errors
 /// The store cannot be read or written.
@@ -178,6 +187,7 @@ pub fn note_automated(
     fleet: &crate::fleet::Fleet,
     app: &crate::model::Application,
     bundle: &flotilla_proto::AppBundle,
+    clusters: &[crate::store::ClusterRecord],
 ) -> Result<(), StoreError> {
     if !is_automated(app) || !bundle.render_error.is_empty() {
         return Ok(());
@@ -194,7 +204,7 @@ pub fn note_automated(
         app,
         &bundle.revision,
         "automated",
-        targeted_clusters(store, app)?,
+        targeted_among(app, clusters),
     )?;
     Ok(())
 }

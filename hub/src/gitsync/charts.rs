@@ -32,6 +32,7 @@ impl GitSync {
         app: &Application,
         interval: Duration,
         force: bool,
+        clusters: &[crate::store::ClusterRecord],
         used: &mut HashSet<RenderKey>,
         bundles: &mut Vec<pb::AppBundle>,
     ) -> Result<(), StoreError> {
@@ -47,7 +48,7 @@ impl GitSync {
                     bundle,
                 )?;
                 let error = bundle.render_error.clone();
-                crate::history::note_automated(&self.store, &self.fleet, app, &bundle)?;
+                crate::history::note_automated(&self.store, &self.fleet, app, &bundle, clusters)?;
                 bundles.push(bundle);
                 self.set_app_result(name, Some(&version), &error)?;
             }
