@@ -8,11 +8,11 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use flotilla_hub::server::{HubConfig, RepoSpec, RunningHub, start};
+use flotilla_hub::server::{HubConfig, RepoSpec, start};
 use serde_json::Value;
 
 mod support;
-use support::git;
+use support::{flotilla, git, ok};
 
 fn make_repo(dir: &Path) -> String {
     let url = format!("file://{}", dir.display());
@@ -34,32 +34,6 @@ fn make_repo(dir: &Path) -> String {
     git(dir, &["add", "-A"]);
     git(dir, &["commit", "-q", "-m", "init"]);
     url
-}
-
-fn flotilla(hub: &RunningHub, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_flotilla"))
-        .args(args)
-        .env("FLOTILLA_HUB", hub.url())
-        .env("FLOTILLA_CA_FILE", hub.ca_file())
-        .env("FLOTILLA_TOKEN_FILE", hub.admin_token_file())
-        .env_remove("FLOTILLA_TOKEN")
-        .env(
-            "FLOTILLA_CONFIG",
-            hub.ca_file().with_file_name("no-such-config.json"),
-        )
-        .output()
-        .unwrap()
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "exit {:?}: {}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

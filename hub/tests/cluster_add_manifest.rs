@@ -4,36 +4,11 @@
 // Test helpers outside #[test] functions: a failed setup should panic.
 #![allow(clippy::unwrap_used)]
 
-use std::process::{Command, Output};
-
-use flotilla_hub::server::{HubConfig, RunningHub, start};
+use flotilla_hub::server::{HubConfig, start};
 use serde_json::Value;
 
-fn flotilla(hub: &RunningHub, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_flotilla"))
-        .args(args)
-        .env("FLOTILLA_HUB", hub.url())
-        .env("FLOTILLA_CA_FILE", hub.ca_file())
-        .env("FLOTILLA_TOKEN_FILE", hub.admin_token_file())
-        .env_remove("FLOTILLA_TOKEN")
-        .env(
-            "FLOTILLA_CONFIG",
-            hub.ca_file().with_file_name("no-such-config.json"),
-        )
-        .output()
-        .unwrap()
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "exit {:?}: {}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+mod support;
+use support::{flotilla, ok};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_add_prints_the_agent_command_and_manifest() {

@@ -11,15 +11,15 @@
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use flotilla_hub::server::{HubConfig, RunningHub, start};
+use flotilla_hub::server::{HubConfig, start};
 use flotilla_proto as pb;
 
 mod support;
-use support::{Api, api, git, write};
+use support::{Api, api, flotilla, git, ok, write};
 
 /// Where Debian puts sshd (often not on a user's PATH).
 const SSHD_PATHS: [&str; 2] = ["/usr/sbin/sshd", "/usr/local/sbin/sshd"];
@@ -172,32 +172,6 @@ impl Write for Capture {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
-}
-
-fn flotilla(hub: &RunningHub, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_flotilla"))
-        .args(args)
-        .env("FLOTILLA_HUB", hub.url())
-        .env("FLOTILLA_CA_FILE", hub.ca_file())
-        .env("FLOTILLA_TOKEN_FILE", hub.admin_token_file())
-        .env_remove("FLOTILLA_TOKEN")
-        .env(
-            "FLOTILLA_CONFIG",
-            hub.ca_file().with_file_name("no-such-config.json"),
-        )
-        .output()
-        .unwrap()
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "exit {:?}: {}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 async fn repo(api: &mut Api, url: &str) -> pb::Repository {

@@ -79,3 +79,32 @@ pub async fn api(hub: &flotilla_hub::server::RunningHub) -> Api {
         Bearer(token.trim().to_owned()),
     )
 }
+
+/// Runs the `flotilla` CLI against an in-process hub, with its CA and
+/// admin token and no user configuration.
+pub fn flotilla(hub: &flotilla_hub::server::RunningHub, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(args)
+        .env("FLOTILLA_HUB", hub.url())
+        .env("FLOTILLA_CA_FILE", hub.ca_file())
+        .env("FLOTILLA_TOKEN_FILE", hub.admin_token_file())
+        .env_remove("FLOTILLA_TOKEN")
+        .env(
+            "FLOTILLA_CONFIG",
+            hub.ca_file().with_file_name("no-such-config.json"),
+        )
+        .output()
+        .expect("the flotilla CLI runs")
+}
+
+/// The stdout of a successful CLI run; panics with both streams otherwise.
+pub fn ok(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}: {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
