@@ -260,9 +260,10 @@ async fn kustomize_overlays_land_per_environment_and_bad_sources_change_nothing(
         assert!(!r.last_error.contains("escape"), "{}", r.last_error);
     }
     wait_app_error(&fleet, "evil", "points outside the repository").await?;
-    // The agent holds the failed render and reports it; the staging
-    // deployment it applied before is left as it was.
-    eventually("sim-1 reports the render error", CONVERGE, || async {
+    // The agent keeps the last good bundle (and keeps enforcing it); the
+    // hub shows sync Unknown with the render error, and the staging
+    // deployment applied before is left as it was.
+    eventually("sim-1 shows the render error", CONVERGE, || async {
         let a = fleet.app("web-sim-1").await.map_err(|e| e.to_string())?;
         let status = a
             .clusters
@@ -270,13 +271,22 @@ async fn kustomize_overlays_land_per_environment_and_bad_sources_change_nothing(
             .find(|c| c.cluster == "sim-1")
             .and_then(|c| c.status.clone())
             .ok_or("no status")?;
-        if status.message.contains("render error") {
+        if status.sync == flotilla_proto::SyncStatus::Unknown as i32
+            && status.message.contains("kustomize build")
+            && status.revision == first
+        {
             Ok(())
         } else {
-            Err(format!("message {:?}", status.message))
+            Err(format!(
+                "sync {} revision {} message {:?}",
+                status.sync, status.revision, status.message
+            ))
         }
     })
     .await?;
+    // A manual sync refuses to apply the older state.
+    let (ok, _, err) = cli(&fleet, &["app", "sync", "web-sim-1"])?;
+    assert!(!ok && err.contains("cannot be rendered"), "{err}");
     assert_eq!(replicas(&fleet, "sim-1", "staging")?, Some(1));
     assert!(
         fleet

@@ -515,6 +515,20 @@ impl GitSync {
                 Ok(m) => build_bundle(app, &commit, Ok(m)),
                 Err(e) => {
                     tracing::warn!(app = %name, error = %e, "render failed");
+                    // Keep the last good bundle, as for a failed fetch or
+                    // chart: the agents go on enforcing it (self-heal
+                    // included) while the app shows Unknown with the error.
+                    // Only a first render, or one that already failed,
+                    // carries the error to the agents.
+                    if let Some(last) = self
+                        .fleet
+                        .bundle(&name)
+                        .filter(|b| b.render_error.is_empty())
+                    {
+                        bundles.push((*last).clone());
+                        self.set_app_result(&name, None, e)?;
+                        continue;
+                    }
                     build_bundle(app, &commit, Err(e))
                 }
             };

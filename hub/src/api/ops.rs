@@ -54,10 +54,16 @@ async fn render_and_sync(
             "application {name:?} has no rendered state: {error}"
         ))
     })?;
-    if !bundle.render_error.is_empty() {
+    // A failed render keeps the last good bundle for the agents; a sync
+    // must not quietly apply that older state.
+    let error = if bundle.render_error.is_empty() {
+        ctx.store.app(name)?.map(|r| r.error).unwrap_or_default()
+    } else {
+        bundle.render_error.clone()
+    };
+    if !error.is_empty() {
         return Err(Status::failed_precondition(format!(
-            "application {name:?} cannot be rendered: {}",
-            bundle.render_error
+            "application {name:?} cannot be rendered: {error}"
         )));
     }
     let mut sent = Vec::new();
