@@ -185,6 +185,7 @@ impl Fleet {
                 revision: "HEAD".into(),
                 apps_path: "apps".into(),
                 poll_interval_secs: opts.poll_interval_secs,
+                ..Default::default()
             })
             .await
             .context("registering the config repository")?;

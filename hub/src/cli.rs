@@ -254,6 +254,11 @@ pub enum RepoCommand {
         /// the hub's --ssh-known-hosts file).
         #[arg(long, requires = "ssh_private_key_path")]
         insecure_ignore_host_key: bool,
+        /// `git`, or `helm` for a Helm chart repository (index.yaml) used
+        /// by applications with `source.chart`; its index is fetched
+        /// instead of Git.
+        #[arg(long = "type", value_name = "git|helm", default_value = "git")]
+        kind: String,
     },
     /// List repositories.
     List,
@@ -931,6 +936,7 @@ async fn repo(g: &Global, c: &mut Client, cmd: RepoCommand) -> Result<()> {
             password_file,
             ssh_private_key_path,
             insecure_ignore_host_key,
+            kind,
         } => {
             let password = match &password_file {
                 Some(f) => Some(read_input(f)?.trim().to_owned()),
@@ -963,6 +969,7 @@ async fn repo(g: &Global, c: &mut Client, cmd: RepoCommand) -> Result<()> {
                     revision,
                     apps_path,
                     poll_interval_secs,
+                    r#type: kind,
                 })
                 .await
                 .map_err(status_err)?
@@ -1012,6 +1019,7 @@ async fn repo(g: &Global, c: &mut Client, cmd: RepoCommand) -> Result<()> {
                         .map(|r| {
                             vec![
                                 r.url.clone(),
+                                r.r#type.clone(),
                                 r.revision.clone(),
                                 if r.apps_path.is_empty() {
                                     "-".into()
@@ -1025,7 +1033,15 @@ async fn repo(g: &Global, c: &mut Client, cmd: RepoCommand) -> Result<()> {
                         })
                         .collect();
                     table(
-                        &["URL", "REVISION", "APPS PATH", "COMMIT", "FETCHED", "ERROR"],
+                        &[
+                            "URL",
+                            "TYPE",
+                            "REVISION",
+                            "APPS PATH",
+                            "COMMIT",
+                            "FETCHED",
+                            "ERROR",
+                        ],
                         rows,
                     )
                 },
@@ -1240,6 +1256,7 @@ pub fn cluster_json(c: &pb::Cluster) -> Value {
 pub fn repo_json(r: &pb::Repository) -> Value {
     json!({
         "url": r.url,
+        "type": r.r#type,
         "revision": r.revision,
         "appsPath": r.apps_path,
         "pollIntervalSecs": r.poll_interval_secs,

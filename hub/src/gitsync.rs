@@ -18,6 +18,32 @@ use crate::store::{AppRecord, RepoRecord, Store, StoreError};
 
 mod charts;
 
+/// `RepoRecord::kind` of a Helm chart repository.
+pub const HELM_KIND: &str = "helm";
+
+/// What a registered repository is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RepoKind {
+    /// Fetched with gix; may hold Applications under an apps path.
+    Git,
+    /// A Helm chart repository (`index.yaml`) for `source.chart`.
+    Helm,
+}
+
+impl RepoKind {
+    /// Parses the API's and CLI's `type`: empty or `git`, or `helm`.
+    ///
+    /// # Errors
+    /// Any other value.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text.trim() {
+            "" | "git" => Ok(Self::Git),
+            "helm" => Ok(Self::Helm),
+            other => Err(format!("repository type {other:?}: expected git or helm")),
+        }
+    }
+}
+
 /// Default poll interval of a repository.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(15);
 
@@ -151,6 +177,7 @@ impl GitSync {
         revision: &str,
         apps_path: &str,
         poll_interval_secs: i64,
+        kind: RepoKind,
     ) -> Result<RepoRecord, StoreError> {
         let mut rec = self.store.repo(url)?.unwrap_or_else(|| RepoRecord {
             url: url.to_owned(),
@@ -158,6 +185,10 @@ impl GitSync {
         });
         rec.revision = revision_or_head(revision);
         rec.apps_path = apps_path.trim_matches('/').to_owned();
+        rec.kind = match kind {
+            RepoKind::Git => String::new(),
+            RepoKind::Helm => HELM_KIND.to_owned(),
+        };
         rec.poll_interval_secs = if poll_interval_secs > 0 {
             poll_interval_secs
         } else {
@@ -320,6 +351,10 @@ impl GitSync {
         let mut changed_apps = false;
         let helm_urls = self.helm_repository_urls()?;
         for repo in self.store.repos()? {
+            if repo.kind == HELM_KIND {
+                self.poll_helm_repository(&repo, force).await?;
+                continue;
+            }
             if repo.apps_path.is_empty() && helm_urls.contains(&repo.url) {
                 self.skip_helm_repository(&repo)?;
                 continue;
@@ -869,6 +904,18 @@ mod tests {
                 assert!(plan.errors.is_empty(), "{}: {errors}", c.name);
             }
         }
+    }
+
+    #[test]
+    fn repository_types() {
+        assert_eq!(RepoKind::parse(""), Ok(RepoKind::Git));
+        assert_eq!(RepoKind::parse("git"), Ok(RepoKind::Git));
+        assert_eq!(RepoKind::parse(" helm "), Ok(RepoKind::Helm));
+        let err = RepoKind::parse("oci").unwrap_err();
+        assert!(
+            err.contains("\"oci\"") && err.contains("git or helm"),
+            "{err}"
+        );
     }
 
     #[test]

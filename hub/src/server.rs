@@ -224,7 +224,13 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
             .unwrap_or(config.poll_interval)
             .as_secs()
             .max(1) as i64;
-        git.add_repository(&r.url, &r.revision, &r.apps_path, secs)?;
+        git.add_repository(
+            &r.url,
+            &r.revision,
+            &r.apps_path,
+            secs,
+            crate::gitsync::RepoKind::Git,
+        )?;
     }
     store.flush()?;
 

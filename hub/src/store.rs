@@ -104,6 +104,10 @@ pub struct RepoRecord {
     pub last_error: String,
     #[serde(default)]
     pub last_fetch_ms: i64,
+    /// Empty (Git) or `helm`: a Helm chart repository, whose index is
+    /// fetched instead of Git.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub kind: String,
 }
 
 /// One condition reported on an ApplicationSet.

@@ -14,7 +14,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::IntoResponse;
 use flotilla_hub::fleet::Fleet;
-use flotilla_hub::gitsync::GitSync;
+use flotilla_hub::gitsync::{GitSync, RepoKind};
 use flotilla_hub::render::RenderTools;
 use flotilla_hub::store::{AppRecord, Store};
 use sha2::{Digest, Sha256};
@@ -444,7 +444,7 @@ async fn credentials_and_missing_helm() {
     // first polled as Git, since no application uses it as a Helm
     // repository yet.
     h.git
-        .add_repository(&url, "", "", 0)
+        .add_repository(&url, "", "", 0, RepoKind::Git)
         .expect("add repository");
     h.git.poll(true).await;
     let repo_rec = h.store.repo(&url).expect("store").expect("repository");
@@ -490,4 +490,39 @@ async fn credentials_and_missing_helm() {
     assert!(e.contains("configure --helm-command"), "{e}");
     assert!(e.contains("chart \"podinfo\" 1.0.0"), "{e}");
     assert!(!e.contains("s3cret"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repository_of_type_helm_is_checked_by_its_index() {
+    let files: Files = Arc::default();
+    let base = start_server(files.clone()).await;
+    let mut repo = Repo {
+        files: files.clone(),
+        prefix: "/charts".into(),
+        charts: Vec::new(),
+    };
+    repo.publish("podinfo", "1.0.0", chart_tgz("podinfo", "1.0.0"), None);
+    let url = format!("{base}/charts");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let gone = format!("http://{}/charts", closed.local_addr().expect("addr"));
+    drop(closed);
+    let h = hub(None);
+    for u in [&url, &gone] {
+        h.git
+            .add_repository(u, "", "", 0, RepoKind::Helm)
+            .expect("add repository");
+    }
+    h.git.poll(true).await;
+    // Read as a Helm repository, not fetched as Git: no error and no
+    // commit; the unreachable one says why.
+    let ok = h.store.repo(&url).expect("store").expect("repository");
+    assert_eq!((ok.kind.as_str(), ok.last_error.as_str()), ("helm", ""));
+    assert!(ok.last_commit.is_empty() && ok.last_fetch_ms > 0);
+    let bad = h.store.repo(&gone).expect("store").expect("repository");
+    assert!(bad.last_error.contains("index.yaml"), "{}", bad.last_error);
+    assert!(
+        !bad.last_error.to_lowercase().contains("git"),
+        "{}",
+        bad.last_error
+    );
 }

@@ -319,6 +319,7 @@ async fn stored_credentials_never_show_in_errors() {
         revision: "main".into(),
         apps_path: "apps".into(),
         poll_interval_secs: 600,
+        ..Default::default()
     })
     .await
     .unwrap();

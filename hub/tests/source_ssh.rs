@@ -233,6 +233,7 @@ async fn add_repo(api: &mut Api, url: &str) {
         revision: "main".into(),
         apps_path: String::new(),
         poll_interval_secs: 1,
+        ..Default::default()
     })
     .await
     .unwrap();

@@ -117,6 +117,11 @@ fn repo_to_pb(r: &RepoRecord) -> pb::Repository {
         last_fetch_ms: r.last_fetch_ms,
         has_credentials: false,
         insecure_ignore_host_key: false,
+        r#type: if r.kind.is_empty() {
+            "git".to_owned()
+        } else {
+            r.kind.clone()
+        },
     }
 }
 
@@ -407,11 +412,26 @@ impl pb::hub_api_server::HubApi for HubApiService {
         if req.url.trim().is_empty() {
             return Err(Status::invalid_argument("repository url is required"));
         }
+        let kind =
+            crate::gitsync::RepoKind::parse(&req.r#type).map_err(Status::invalid_argument)?;
+        if kind == crate::gitsync::RepoKind::Helm {
+            if !req.apps_path.trim_matches('/').is_empty() {
+                return Err(Status::invalid_argument(
+                    "a Helm repository holds charts, not Applications: it has no apps path",
+                ));
+            }
+            if !(req.url.starts_with("https://") || req.url.starts_with("http://")) {
+                return Err(Status::invalid_argument(
+                    "a Helm repository URL must be http:// or https:// (oci:// is not supported yet)",
+                ));
+            }
+        }
         let rec = self.ctx.git.add_repository(
             &req.url,
             &req.revision,
             &req.apps_path,
             req.poll_interval_secs,
+            kind,
         )?;
         self.ctx.store.flush_async().await?;
         Ok(Response::new(repo_to_pb(&rec)))

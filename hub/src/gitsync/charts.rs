@@ -138,6 +138,29 @@ impl GitSync {
         Ok(())
     }
 
+    /// A repository registered as `--type helm`: its index is fetched when
+    /// due (shared with the applications that use it), and the result shown
+    /// on the repository: the number of charts, or why it cannot be read.
+    pub(super) async fn poll_helm_repository(
+        &self,
+        repo: &RepoRecord,
+        force: bool,
+    ) -> Result<(), StoreError> {
+        let interval = Duration::from_secs(repo.poll_interval_secs.max(1) as u64);
+        let index = self.chart_index(&repo.url, interval, force).await;
+        let mut rec = self.store.repo(&repo.url)?.unwrap_or_else(|| repo.clone());
+        match index {
+            Ok(_) => rec.last_error.clear(),
+            Err(e) => rec.last_error = e,
+        }
+        rec.last_commit.clear();
+        rec.last_fetch_ms = crate::api::now_ms();
+        if Some(&rec) != self.store.repo(&repo.url)?.as_ref() {
+            self.store.put_repo(&rec)?;
+        }
+        Ok(())
+    }
+
     /// Resolves `revision` for `app` now, as `app sync` needs it: a Git
     /// commit, or for a chart source the chart version it selects from the
     /// repository's index (fetched now).
