@@ -2,19 +2,17 @@
 //! in `fixtures/jq/`, then against the Kubernetes API simulator) and
 //! `PruneLast` against the simulator.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flotilla_agent::bundle::{Bundle, Policy};
 use flotilla_agent::cache::{Cache, CachedApp};
-use flotilla_agent::cluster::Cluster;
-use flotilla_agent::engine::Engine;
-use flotilla_agent::report::Report;
 use flotilla_proto::{AppStatus, HealthStatus, SyncStatus};
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::core::ApiResource;
 use serde_json::{Value, json};
-use tokio::sync::{Notify, watch};
+
+mod support;
+use support::{Harness, harness};
 
 #[test]
 fn jq_fixture_table() {
@@ -56,48 +54,6 @@ fn jq_fixture_table() {
 }
 
 const DEADLINE: Duration = Duration::from_secs(30);
-
-struct Harness {
-    _sim: flotilla_sim::SimHandle,
-    _dir: tempfile::TempDir,
-    client: kube::Client,
-    cache: Arc<Cache>,
-    engine: Engine,
-    reports: watch::Receiver<Option<Report>>,
-}
-
-async fn harness() -> Harness {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let sim = flotilla_sim::Simulator::start(flotilla_sim::SimConfig {
-        clusters: 1,
-        kubeconfig_dir: Some(dir.path().to_owned()),
-        ..Default::default()
-    })
-    .await
-    .expect("simulator");
-    let path = sim.kubeconfig_path("sim-1").expect("kubeconfig path");
-    let kubeconfig = kube::config::Kubeconfig::read_from(&path).expect("kubeconfig");
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-        .await
-        .expect("config");
-    let client = kube::Client::try_from(config).expect("client");
-    let state = dir.path().join("state");
-    std::fs::create_dir_all(&state).expect("state dir");
-    let cache = Arc::new(Cache::open(&state).expect("cache"));
-    let (tx, reports) = watch::channel(None);
-    let trigger = Arc::new(Notify::new());
-    let cluster = Cluster::new(client.clone());
-    let engine = Engine::new(Arc::new(cluster), cache.clone(), trigger, tx);
-    Harness {
-        _sim: sim,
-        _dir: dir,
-        client,
-        cache,
-        engine,
-        reports,
-    }
-}
 
 fn set_bundle(cache: &Cache, bundle: Bundle) {
     cache

@@ -10,64 +10,16 @@ use flotilla_agent::bundle::{Bundle, Policy};
 use flotilla_agent::cache::{Cache, CachedApp};
 use flotilla_agent::cluster::Cluster;
 use flotilla_agent::engine::Engine;
-use flotilla_agent::report::Report;
 use flotilla_proto::{AppStatus, HealthStatus, SyncStatus};
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::core::ApiResource;
 use serde_json::{Value, json};
 use tokio::sync::{Notify, watch};
 
+mod support;
+use support::{Harness, harness, harness_with};
+
 const DEADLINE: Duration = Duration::from_secs(30);
-
-struct Harness {
-    sim: flotilla_sim::SimHandle,
-    _dir: tempfile::TempDir,
-    client: kube::Client,
-    cache: Arc<Cache>,
-    engine: Engine,
-    reports: watch::Receiver<Option<Report>>,
-}
-
-async fn harness() -> Harness {
-    harness_with(false).await
-}
-
-async fn harness_with(watches: bool) -> Harness {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let sim = flotilla_sim::Simulator::start(flotilla_sim::SimConfig {
-        clusters: 1,
-        kubeconfig_dir: Some(dir.path().to_owned()),
-        ..Default::default()
-    })
-    .await
-    .expect("simulator");
-    let path = sim.kubeconfig_path("sim-1").expect("kubeconfig path");
-    let kubeconfig = kube::config::Kubeconfig::read_from(&path).expect("kubeconfig");
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-        .await
-        .expect("config");
-    let client = kube::Client::try_from(config).expect("client");
-    let state = dir.path().join("state");
-    std::fs::create_dir_all(&state).expect("state dir");
-    let cache = Arc::new(Cache::open(&state).expect("cache"));
-    let (tx, reports) = watch::channel(None);
-    let trigger = Arc::new(Notify::new());
-    let cluster = if watches {
-        Cluster::with_watches(client.clone(), trigger.clone())
-    } else {
-        Cluster::new(client.clone())
-    };
-    let engine = Engine::new(Arc::new(cluster), cache.clone(), trigger, tx);
-    Harness {
-        sim,
-        _dir: dir,
-        client,
-        cache,
-        engine,
-        reports,
-    }
-}
 
 fn manifest(v: Value) -> String {
     v.to_string()
@@ -547,7 +499,7 @@ async fn running_engine_reports_drift_within_seconds_through_watches() {
         mut reports,
         client,
         sim: _sim,
-        _dir,
+        dir: _dir,
         ..
     } = h;
     let running = tokio::spawn(engine.run());
@@ -787,7 +739,7 @@ async fn restarted_agent_without_hub_enforces_from_its_cache() {
     converge(&mut h, "guestbook", "Synced/Healthy", synced_healthy).await;
     // The agent restarts while the hub is unreachable: a new engine over
     // the same state directory, no link at all.
-    let state = h._dir.path().join("state");
+    let state = h.dir.path().join("state");
     let cache = Arc::new(Cache::open(&state).expect("reopen cache"));
     assert_eq!(
         cache.snapshot().apps["guestbook"].applied_digest.as_deref(),
