@@ -40,7 +40,34 @@ enum WaveHealth {
     Degraded(String),
 }
 
+/// An object to plan: its key, and its manifest twice (to apply and to
+/// keep as desired).
+pub(super) type PlanObject = (ObjectKey, serde_json::Value, serde_json::Value);
+
 impl Engine {
+    /// The objects of a bundle's manifests, ready to plan, and one message
+    /// per manifest that is not an object. The scope of each known kind is
+    /// learned from the cluster first.
+    pub(super) async fn bundle_objects(
+        &self,
+        manifests: &[String],
+    ) -> (Vec<PlanObject>, Vec<String>) {
+        let mut objects = Vec::new();
+        let mut errors = Vec::new();
+        for parsed in object::parse_manifests(manifests) {
+            match parsed {
+                Ok(obj) => {
+                    if let Ok(key) = ObjectKey::of(&obj, 0) {
+                        let _ = self.cluster.resolve(&key).await;
+                        objects.push((key, obj.clone(), obj));
+                    }
+                }
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        (objects, errors)
+    }
+
     /// Applies one application in plan order, then prunes when the policy
     /// says so.
     pub(super) async fn apply(
@@ -52,20 +79,7 @@ impl Engine {
     ) -> ApplyOutcome {
         let b = &app.bundle;
         let mut out = ApplyOutcome::default();
-        let mut objects = Vec::new();
-        let mut messages = Vec::new();
-        for parsed in object::parse_manifests(&b.manifests) {
-            match parsed {
-                Ok(obj) => {
-                    if let Ok(key) = ObjectKey::of(&obj, 0) {
-                        // Learn the scope of known kinds before planning.
-                        let _ = self.cluster.resolve(&key).await;
-                        objects.push((key, obj.clone(), obj));
-                    }
-                }
-                Err(e) => messages.push(e.to_string()),
-            }
-        }
+        let (objects, mut messages) = self.bundle_objects(&b.manifests).await;
         if b.policy.option("CreateNamespace")
             && !b.namespace.is_empty()
             && let Err(e) = self.ensure_namespace(&b.namespace).await

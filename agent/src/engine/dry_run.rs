@@ -109,22 +109,8 @@ impl Engine {
             dry_run: true,
             ..SyncResult::default()
         };
-        let mut errors = Vec::new();
-        let mut objects = Vec::new();
-        let mut parsed_objects = Vec::new();
-        for parsed in object::parse_manifests(&b.manifests) {
-            match parsed {
-                Ok(obj) => {
-                    if let Ok(key) = ObjectKey::of(&obj, 0) {
-                        // Learn the scope of known kinds before planning.
-                        let _ = self.cluster.resolve(&key).await;
-                        parsed_objects.push(obj.clone());
-                        objects.push((key, obj.clone(), obj));
-                    }
-                }
-                Err(e) => errors.push(e.to_string()),
-            }
-        }
+        let (objects, errors) = self.bundle_objects(&b.manifests).await;
+        let parsed_objects: Vec<Value> = objects.iter().map(|(_, o, _)| o.clone()).collect();
         let crd_kinds = defined_kinds(&parsed_objects);
         // Namespaces this sync would create: what is in them cannot be
         // checked by the server yet.
