@@ -347,8 +347,14 @@ async fn hub_end_to_end_over_tls() {
     .await;
 
     // A commit that changes web only: a new generation with only web's
-    // bundle. Malformed YAML in db's directory: db carries the error (file
-    // and line), no manifests; web is unaffected.
+    // bundle. Malformed YAML in db's directory: db keeps its last good
+    // bundle (nothing about it is sent; the agent goes on enforcing it) and
+    // the hub shows the error, with file and line, on the application.
+    let db_before = admin
+        .get_application(pb::GetApplicationRequest { name: "db".into() })
+        .await
+        .unwrap()
+        .into_inner();
     write(repo.path(), "web/cm.yaml", &configmap("web", "2"));
     write(repo.path(), "db/nested/bad.yaml", "a: [1,\nb: 2\n");
     git(repo.path(), &["commit", "-q", "-am", "change web"]);
@@ -356,9 +362,8 @@ async fn hub_end_to_end_over_tls() {
     git(repo.path(), &["commit", "-q", "-m", "break db"]);
     admin.refresh(pb::RefreshRequest::default()).await.unwrap();
     let mut got_web = false;
-    let mut got_db_error = false;
     let start = Instant::now();
-    while !(got_web && got_db_error) {
+    while !got_web {
         assert!(start.elapsed() < DEADLINE, "no update pushed");
         let d = next_desired(&mut conn).await;
         assert!(d.generation > first.generation);
@@ -368,28 +373,31 @@ async fn hub_end_to_end_over_tls() {
                     assert!(b.manifests[0].contains("\"2\""), "{:?}", b.manifests);
                     got_web = true;
                 }
-                "db" => {
-                    if !b.render_error.is_empty() {
-                        assert!(
-                            b.render_error.contains("db/nested/bad.yaml")
-                                && b.render_error.contains("line"),
-                            "{}",
-                            b.render_error
-                        );
-                        assert!(b.manifests.is_empty());
-                        got_db_error = true;
-                    }
-                }
-                other => panic!("unexpected bundle {other}"),
+                other => panic!("unexpected bundle {other}: {:?}", b.render_error),
             }
         }
     }
-    let db = admin
-        .get_application(pb::GetApplicationRequest { name: "db".into() })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(db.error.contains("bad.yaml"), "{}", db.error);
+    let db = eventually("db shows its render error", || {
+        let mut admin = admin.clone();
+        async move {
+            let db = admin
+                .get_application(pb::GetApplicationRequest { name: "db".into() })
+                .await
+                .ok()?
+                .into_inner();
+            db.error.contains("bad.yaml").then_some(db)
+        }
+    })
+    .await;
+    assert!(
+        db.error.contains("db/nested/bad.yaml") && db.error.contains("line"),
+        "{}",
+        db.error
+    );
+    assert_eq!(
+        db.revision, db_before.revision,
+        "db keeps its last good bundle"
+    );
 
     // Removing the cluster closes its stream and refuses the certificate.
     admin
