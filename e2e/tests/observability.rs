@@ -346,6 +346,12 @@ async fn one_trace_covers_a_commits_render_at_the_hub_and_its_apply_at_the_agent
         .wait_synced("guestbook-sim-1", "sim-1", &second, CONVERGE)
         .await?;
 
+    const WANT: [&str; 4] = [
+        "flotilla-hub/git.pass",
+        "flotilla-hub/git.fetch",
+        "flotilla-hub/dispatch",
+        "flotilla-agent/health",
+    ];
     let (trace, names) = eventually(
         "one trace with the hub's render and the agent's apply of the commit",
         CONVERGE,
@@ -371,11 +377,13 @@ async fn one_trace_covers_a_commits_render_at_the_hub_and_its_apply_at_the_agent
                         && s.attr("commit") == Some(second.as_str())
                         && s.attr("path") == Some("guestbook")
                 });
-                if render {
-                    let names: Vec<String> = same
-                        .iter()
-                        .map(|s| format!("{}/{}", s.service, s.name))
-                        .collect();
+                let names: Vec<String> = same
+                    .iter()
+                    .map(|s| format!("{}/{}", s.service, s.name))
+                    .collect();
+                // The pass's root span ends (and is exported) after the
+                // render and the dispatch: wait for the whole trace.
+                if render && WANT.iter().all(|w| names.iter().any(|n| n == w)) {
                     return Ok((apply.trace_id.clone(), names));
                 }
             }
@@ -398,12 +406,7 @@ async fn one_trace_covers_a_commits_render_at_the_hub_and_its_apply_at_the_agent
         },
     )
     .await?;
-    for want in [
-        "flotilla-hub/git.pass",
-        "flotilla-hub/git.fetch",
-        "flotilla-hub/dispatch",
-        "flotilla-agent/health",
-    ] {
+    for want in WANT {
         assert!(
             names.iter().any(|n| n == want),
             "trace {trace} lacks {want}: {names:?}"
