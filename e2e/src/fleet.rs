@@ -425,6 +425,24 @@ impl Fleet {
             .into_inner())
     }
 
+    /// What the hub shows for `app` on `cluster` (the agent's report, with
+    /// the hub's view of the source applied).
+    ///
+    /// # Errors
+    /// The application is unknown, or there is no status for `cluster` yet.
+    pub async fn status(
+        &self,
+        app: &str,
+        cluster: &str,
+    ) -> anyhow::Result<flotilla_proto::AppStatus> {
+        let a = self.app(app).await?;
+        a.clusters
+            .iter()
+            .find(|c| c.cluster == cluster)
+            .and_then(|c| c.status.clone())
+            .ok_or_else(|| anyhow::anyhow!("no status of {app} on {cluster}"))
+    }
+
     /// Waits until the hub reports `app` Synced and Healthy at `revision` on
     /// `cluster`.
     ///

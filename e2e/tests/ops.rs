@@ -235,13 +235,10 @@ async fn kustomize_overlays_land_per_environment_and_bad_sources_change_nothing(
     let err = wait_app_error(&fleet, "escape", "escapes the repository").await?;
     assert!(err.contains("../outside"), "{err}");
     eventually("escape is Unknown on sim-1", CONVERGE, || async {
-        let a = fleet.app("escape").await.map_err(|e| e.to_string())?;
-        let status = a
-            .clusters
-            .iter()
-            .find(|c| c.cluster == "sim-1")
-            .and_then(|c| c.status.clone())
-            .ok_or("no status")?;
+        let status = fleet
+            .status("escape", "sim-1")
+            .await
+            .map_err(|e| e.to_string())?;
         if status.sync == flotilla_proto::SyncStatus::Unknown as i32
             && status.message.contains("escapes the repository")
         {
@@ -264,13 +261,10 @@ async fn kustomize_overlays_land_per_environment_and_bad_sources_change_nothing(
     // hub shows sync Unknown with the render error, and the staging
     // deployment applied before is left as it was.
     eventually("sim-1 shows the render error", CONVERGE, || async {
-        let a = fleet.app("web-sim-1").await.map_err(|e| e.to_string())?;
-        let status = a
-            .clusters
-            .iter()
-            .find(|c| c.cluster == "sim-1")
-            .and_then(|c| c.status.clone())
-            .ok_or("no status")?;
+        let status = fleet
+            .status("web-sim-1", "sim-1")
+            .await
+            .map_err(|e| e.to_string())?;
         if status.sync == flotilla_proto::SyncStatus::Unknown as i32
             && status.message.contains("kustomize build")
             && status.revision == first
@@ -474,13 +468,7 @@ async fn webhook_push_syncs_within_seconds_and_an_unreachable_repository_deletes
     eprintln!("unreachable: {err}");
     // Argo CD's ComparisonError: the sync status is Unknown with the
     // reason; health is still what the agent observes.
-    let a = fleet.app("guestbook-sim-1").await?;
-    let status = a
-        .clusters
-        .iter()
-        .find(|c| c.cluster == "sim-1")
-        .and_then(|c| c.status.clone())
-        .ok_or_else(|| anyhow::anyhow!("no status for sim-1"))?;
+    let status = fleet.status("guestbook-sim-1", "sim-1").await?;
     assert_eq!(
         status.sync,
         flotilla_proto::SyncStatus::Unknown as i32,
