@@ -279,11 +279,15 @@ fn compare_lists(
     }
 }
 
-/// The JSON pointers of `ignoreDifferences` entries that apply to an
-/// object of the given group, kind, namespace and name.
+/// The strings listed under `list` (`jsonPointers`, `jqPathExpressions`,
+/// `managedFieldsManagers`) by the `ignoreDifferences` entries (JSON
+/// objects) that apply to an object of the given group, kind, namespace and
+/// name. An entry without a group or kind matches any; an empty namespace
+/// or name matches any.
 #[must_use]
-pub fn ignored_pointers(
+pub fn ignored_list(
     entries: &[String],
+    list: &str,
     group: &str,
     kind: &str,
     namespace: &str,
@@ -299,14 +303,24 @@ pub fn ignored_pointers(
             && field("kind").is_none_or(|k| k == kind)
             && field("namespace").is_none_or(|n| n.is_empty() || n == namespace)
             && field("name").is_none_or(|n| n.is_empty() || n == name);
-        if !matches {
-            continue;
-        }
-        if let Some(ptrs) = v.get("jsonPointers").and_then(Value::as_array) {
-            out.extend(ptrs.iter().filter_map(Value::as_str).map(str::to_owned));
+        if matches && let Some(items) = v.get(list).and_then(Value::as_array) {
+            out.extend(items.iter().filter_map(Value::as_str).map(str::to_owned));
         }
     }
     out
+}
+
+/// The JSON pointers of `ignoreDifferences` entries that apply to an
+/// object of the given group, kind, namespace and name.
+#[must_use]
+pub fn ignored_pointers(
+    entries: &[String],
+    group: &str,
+    kind: &str,
+    namespace: &str,
+    name: &str,
+) -> Vec<String> {
+    ignored_list(entries, "jsonPointers", group, kind, namespace, name)
 }
 
 /// The `managedFieldsManagers` of `ignoreDifferences` entries that apply to
@@ -319,21 +333,14 @@ pub fn ignored_managers(
     namespace: &str,
     name: &str,
 ) -> Vec<String> {
-    let mut out = Vec::new();
-    for entry in entries {
-        let Ok(v) = serde_json::from_str::<Value>(entry) else {
-            continue;
-        };
-        let field = |f: &str| v.get(f).and_then(Value::as_str);
-        let matches = field("group").is_none_or(|g| g == group)
-            && field("kind").is_none_or(|k| k == kind)
-            && field("namespace").is_none_or(|n| n.is_empty() || n == namespace)
-            && field("name").is_none_or(|n| n.is_empty() || n == name);
-        if matches && let Some(m) = v.get("managedFieldsManagers").and_then(Value::as_array) {
-            out.extend(m.iter().filter_map(Value::as_str).map(str::to_owned));
-        }
-    }
-    out
+    ignored_list(
+        entries,
+        "managedFieldsManagers",
+        group,
+        kind,
+        namespace,
+        name,
+    )
 }
 
 /// The paths (in this module's notation) of the fields the given managers

@@ -39,21 +39,7 @@ pub fn ignored_expressions(
     namespace: &str,
     name: &str,
 ) -> Vec<String> {
-    let mut out = Vec::new();
-    for entry in entries {
-        let Ok(v) = serde_json::from_str::<Value>(entry) else {
-            continue;
-        };
-        let field = |f: &str| v.get(f).and_then(Value::as_str);
-        let matches = field("group").is_none_or(|g| g == group)
-            && field("kind").is_none_or(|k| k == kind)
-            && field("namespace").is_none_or(|n| n.is_empty() || n == namespace)
-            && field("name").is_none_or(|n| n.is_empty() || n == name);
-        if matches && let Some(e) = v.get("jqPathExpressions").and_then(Value::as_array) {
-            out.extend(e.iter().filter_map(Value::as_str).map(str::to_owned));
-        }
-    }
-    out
+    crate::drift::ignored_list(entries, "jqPathExpressions", group, kind, namespace, name)
 }
 
 /// Every `jqPathExpressions` entry of `ignoreDifferences` that does not
