@@ -4,7 +4,6 @@
 //! sync records the hub's command id in its operation.
 
 use flotilla_agent::bundle::{Bundle, Policy};
-use flotilla_agent::cache::{Cache, CachedApp};
 use flotilla_agent::engine::SyncRequest;
 use flotilla_proto::{ResourceResult, SyncResult};
 use kube::api::{Api, DynamicObject};
@@ -13,7 +12,7 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
 mod support;
-use support::{Harness, harness};
+use support::{Harness, harness, set_bundle};
 
 fn configmap(name: &str, greeting: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name},
@@ -44,19 +43,6 @@ fn bundle(digest: &str, objects: &[Value]) -> Bundle {
         manifests: objects.iter().map(Value::to_string).collect(),
         ..Bundle::default()
     }
-}
-
-fn set_bundle(cache: &Cache, bundle: Bundle) {
-    cache
-        .update(|s| {
-            s.generation += 1;
-            let app = s
-                .apps
-                .entry(bundle.name.clone())
-                .or_insert_with(CachedApp::default);
-            app.bundle = bundle;
-        })
-        .expect("cache update");
 }
 
 /// Queues a request and runs one pass; a dry run returns its answer.

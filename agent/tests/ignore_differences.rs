@@ -5,14 +5,13 @@
 use std::time::{Duration, Instant};
 
 use flotilla_agent::bundle::{Bundle, Policy};
-use flotilla_agent::cache::{Cache, CachedApp};
 use flotilla_proto::{AppStatus, HealthStatus, SyncStatus};
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::core::ApiResource;
 use serde_json::{Value, json};
 
 mod support;
-use support::{Harness, harness};
+use support::{Harness, harness, set_bundle, status};
 
 #[test]
 fn jq_fixture_table() {
@@ -54,26 +53,6 @@ fn jq_fixture_table() {
 }
 
 const DEADLINE: Duration = Duration::from_secs(30);
-
-fn set_bundle(cache: &Cache, bundle: Bundle) {
-    cache
-        .update(|s| {
-            s.generation += 1;
-            let app = s
-                .apps
-                .entry(bundle.name.clone())
-                .or_insert_with(CachedApp::default);
-            app.bundle = bundle;
-        })
-        .expect("cache update");
-}
-
-fn status(h: &Harness, app: &str) -> Option<AppStatus> {
-    h.reports
-        .borrow()
-        .as_ref()
-        .and_then(|r| r.apps.iter().find(|a| a.name == app).cloned())
-}
 
 /// Runs passes until `done` holds for the app's status, or fails at the
 /// deadline.

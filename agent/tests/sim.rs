@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flotilla_agent::bundle::{Bundle, Policy};
-use flotilla_agent::cache::{Cache, CachedApp};
+use flotilla_agent::cache::Cache;
 use flotilla_agent::cluster::Cluster;
 use flotilla_agent::engine::Engine;
 use flotilla_proto::{AppStatus, HealthStatus, SyncStatus};
@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use tokio::sync::{Notify, watch};
 
 mod support;
-use support::{Harness, harness, harness_with};
+use support::{Harness, harness, harness_with, set_bundle, status};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -57,26 +57,6 @@ fn guestbook(digest: &str, replicas: i64, with_config: bool) -> Bundle {
         manifests,
         ..Bundle::default()
     }
-}
-
-fn set_bundle(cache: &Cache, bundle: Bundle) {
-    cache
-        .update(|s| {
-            s.generation += 1;
-            let app = s
-                .apps
-                .entry(bundle.name.clone())
-                .or_insert_with(CachedApp::default);
-            app.bundle = bundle;
-        })
-        .expect("cache update");
-}
-
-fn status(h: &Harness, app: &str) -> Option<AppStatus> {
-    h.reports
-        .borrow()
-        .as_ref()
-        .and_then(|r| r.apps.iter().find(|a| a.name == app).cloned())
 }
 
 /// Runs passes until `done` holds for the app's status, or fails at the deadline.

@@ -6,10 +6,12 @@
 
 use std::sync::Arc;
 
-use flotilla_agent::cache::Cache;
+use flotilla_agent::bundle::Bundle;
+use flotilla_agent::cache::{Cache, CachedApp};
 use flotilla_agent::cluster::Cluster;
 use flotilla_agent::engine::Engine;
 use flotilla_agent::report::Report;
+use flotilla_proto::AppStatus;
 use tokio::sync::{Notify, watch};
 
 /// A simulator with one cluster (`sim-1`), a client for it, and an engine
@@ -65,4 +67,27 @@ pub async fn harness_with(watches: bool) -> Harness {
         engine,
         reports,
     }
+}
+
+/// Puts `bundle` in the cache as the desired state of its application (a
+/// new generation), as the link does when the hub sends it.
+pub fn set_bundle(cache: &Cache, bundle: Bundle) {
+    cache
+        .update(|s| {
+            s.generation += 1;
+            let app = s
+                .apps
+                .entry(bundle.name.clone())
+                .or_insert_with(CachedApp::default);
+            app.bundle = bundle;
+        })
+        .expect("cache update");
+}
+
+/// The last status the engine reported for `app`.
+pub fn status(h: &Harness, app: &str) -> Option<AppStatus> {
+    h.reports
+        .borrow()
+        .as_ref()
+        .and_then(|r| r.apps.iter().find(|a| a.name == app).cloned())
 }
