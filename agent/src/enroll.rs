@@ -28,7 +28,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use sha2::Digest;
 use tokio::sync::Notify;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tracing::{info, warn};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
@@ -420,6 +420,21 @@ fn status_err(s: &tonic::Status) -> EnrollError {
     EnrollError::Refused(format!("{:?}: {}", s.code(), s.message()))
 }
 
+/// Opens a TLS channel to `hub` with `tls` (10 s connect timeout).
+async fn connect(hub: &str, tls: ClientTlsConfig) -> Result<Channel, EnrollError> {
+    Endpoint::from_shared(hub.to_owned())
+        .map_err(|_| EnrollError::Url(hub.to_owned()))?
+        .tls_config(tls)
+        .map_err(|e| EnrollError::Url(format!("{hub}: {e}")))?
+        .connect_timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .map_err(|e| EnrollError::Connect {
+            hub: hub.to_owned(),
+            message: e.to_string(),
+        })
+}
+
 /// Enrolls with `token`: pins the hub, sends a CSR for a fresh key and
 /// stores the certificate. Returns the cluster name the hub bound.
 ///
@@ -437,17 +452,7 @@ pub async fn enroll(hub: &str, state_dir: &Path, token: &Token) -> Result<String
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(&ca_pem))
         .domain_name(host);
-    let channel = Endpoint::from_shared(hub.to_owned())
-        .map_err(|_| EnrollError::Url(hub.to_owned()))?
-        .tls_config(tls)
-        .map_err(|e| EnrollError::Url(format!("{hub}: {e}")))?
-        .connect_timeout(Duration::from_secs(10))
-        .connect()
-        .await
-        .map_err(|e| EnrollError::Connect {
-            hub: hub.to_owned(),
-            message: e.to_string(),
-        })?;
+    let channel = connect(hub, tls).await?;
     let (key_pem, csr_der) = new_key_and_csr()?;
     let resp = AgentLinkClient::new(channel)
         .enroll(EnrollRequest {
@@ -508,17 +513,7 @@ pub async fn renew(hub: &str, state_dir: &Path) -> Result<(), EnrollError> {
         .ca_certificate(Certificate::from_pem(&ca))
         .identity(Identity::from_pem(cert, key))
         .domain_name(host);
-    let channel = Endpoint::from_shared(hub.to_owned())
-        .map_err(|_| EnrollError::Url(hub.to_owned()))?
-        .tls_config(tls)
-        .map_err(|e| EnrollError::Url(format!("{hub}: {e}")))?
-        .connect_timeout(Duration::from_secs(10))
-        .connect()
-        .await
-        .map_err(|e| EnrollError::Connect {
-            hub: hub.to_owned(),
-            message: e.to_string(),
-        })?;
+    let channel = connect(hub, tls).await?;
     let (key_pem, csr_der) = new_key_and_csr()?;
     let resp = AgentLinkClient::new(channel)
         .renew(RenewRequest { csr_der })
