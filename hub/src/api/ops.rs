@@ -30,6 +30,27 @@ fn load_app(ctx: &HubContext, name: &str) -> Result<Application, Status> {
         .ok_or_else(|| Status::not_found(format!("application {name:?} not found")))
 }
 
+/// The clusters `app` targets, or only `only` when it is given (it must be
+/// one of them).
+fn selected_clusters(
+    ctx: &HubContext,
+    app: &Application,
+    only: &str,
+) -> Result<Vec<String>, Status> {
+    let clusters = history::targeted_clusters(&ctx.store, app)?;
+    if only.is_empty() {
+        return Ok(clusters);
+    }
+    if !clusters.iter().any(|c| c == only) {
+        return Err(Status::invalid_argument(format!(
+            "application {:?} does not target cluster {only:?} (it targets: {})",
+            app.metadata.name,
+            clusters.join(", ")
+        )));
+    }
+    Ok(vec![only.to_owned()])
+}
+
 /// Renders now and sends `SyncNow` to `clusters`; records history unless
 /// `dry_run`.
 async fn render_and_sync(
@@ -203,18 +224,7 @@ pub async fn sync(
     let by = caller_name(&request);
     let req = request.into_inner();
     let app = load_app(ctx, &req.name)?;
-    let mut clusters = history::targeted_clusters(&ctx.store, &app)?;
-    if !req.cluster.is_empty() {
-        if !clusters.contains(&req.cluster) {
-            return Err(Status::invalid_argument(format!(
-                "application {:?} does not target cluster {:?} (it targets: {})",
-                req.name,
-                req.cluster,
-                clusters.join(", ")
-            )));
-        }
-        clusters = vec![req.cluster.clone()];
-    }
+    let clusters = selected_clusters(ctx, &app, &req.cluster)?;
     if clusters.is_empty() {
         return Err(Status::failed_precondition(format!(
             "application {:?} targets no registered cluster",
@@ -341,16 +351,7 @@ pub async fn diff(
 ) -> Result<Response<pb::DiffApplicationResponse>, Status> {
     let req = request.into_inner();
     let app = load_app(ctx, &req.name)?;
-    let mut clusters = history::targeted_clusters(&ctx.store, &app)?;
-    if !req.cluster.is_empty() {
-        if !clusters.contains(&req.cluster) {
-            return Err(Status::invalid_argument(format!(
-                "application {:?} does not target cluster {:?}",
-                req.name, req.cluster
-            )));
-        }
-        clusters = vec![req.cluster.clone()];
-    }
+    let clusters = selected_clusters(ctx, &app, &req.cluster)?;
     let revision = ctx.fleet.desired_revision(&req.name);
     let mut waits = Vec::new();
     let mut out = Vec::new();
