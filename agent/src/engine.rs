@@ -242,39 +242,26 @@ impl Engine {
 
     async fn reconcile(&mut self, app: &CachedApp) -> AppStatus {
         let b = &app.bundle;
-        if !b.render_error.is_empty() {
-            let operation =
-                self.refuse_request(&b.name, &format!("render error: {}", b.render_error));
-            return AppStatus {
-                name: b.name.clone(),
-                revision: b.revision.clone(),
-                digest: b.digest.clone(),
-                sync: SyncStatus::Unknown as i32,
-                health: HealthStatus::Unknown.to_proto() as i32,
-                message: format!("render error: {}", b.render_error),
-                last_applied_ms: app.last_applied_ms,
-                observed_ms: now_ms(),
-                operation,
-                requested_operation: self.apps.get(&b.name).and_then(|rt| rt.requested.clone()),
-                ..AppStatus::default()
-            };
-        }
-        // An ignoreDifferences jq expression that does not compile makes
-        // every comparison of the application meaningless: report it, apply
-        // nothing.
+        // A render error, or an ignoreDifferences jq expression that does
+        // not compile (every comparison would be meaningless): report it,
+        // apply nothing.
         let invalid = crate::jq::invalid_expressions(&b.ignore_differences);
-        if !invalid.is_empty() {
-            let operation = self.refuse_request(
-                &b.name,
-                &format!("ignoreDifferences: {}", invalid.join("; ")),
-            );
+        let refusal = if !b.render_error.is_empty() {
+            Some(format!("render error: {}", b.render_error))
+        } else if !invalid.is_empty() {
+            Some(format!("ignoreDifferences: {}", invalid.join("; ")))
+        } else {
+            None
+        };
+        if let Some(message) = refusal {
+            let operation = self.refuse_request(&b.name, &message);
             return AppStatus {
                 name: b.name.clone(),
                 revision: b.revision.clone(),
                 digest: b.digest.clone(),
                 sync: SyncStatus::Unknown as i32,
                 health: HealthStatus::Unknown.to_proto() as i32,
-                message: format!("ignoreDifferences: {}", invalid.join("; ")),
+                message,
                 last_applied_ms: app.last_applied_ms,
                 observed_ms: now_ms(),
                 operation,
