@@ -38,7 +38,8 @@ pub const CA_FILE: &str = "ca.crt";
 
 const BACKOFF_START: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// A stream that stayed up this long counts as a success.
+/// A session that stayed up (its first desired state received) this long
+/// counts as a success and resets the backoff.
 const STABLE: Duration = Duration::from_secs(10);
 
 /// Errors of the link.
@@ -208,15 +209,14 @@ impl Link {
 
     /// Keeps a stream to the hub open forever, reconnecting with backoff.
     pub async fn run(self) {
-        let mut failures: u32 = 0;
+        let mut backoff = Backoff::default();
         loop {
-            let started = Instant::now();
-            let mut healthy = false;
+            let mut up_since = None;
             let outcome = tokio::select! {
-                r = self.session(&mut healthy) => r,
+                r = self.session(&mut up_since) => r,
                 () = self.reconnect.notified() => {
                     info!(hub = %self.hub, "reconnecting with the renewed certificate");
-                    failures = 0;
+                    backoff = Backoff::default();
                     continue;
                 }
             };
@@ -224,21 +224,22 @@ impl Link {
                 Ok(()) => info!(hub = %self.hub, "hub closed the stream"),
                 Err(e) => warn!(hub = %self.hub, error = %error_chain(&e), "link down"),
             }
-            if healthy || started.elapsed() >= STABLE {
-                failures = 0;
-            }
-            failures = failures.saturating_add(1);
-            let delay = backoff(failures);
+            let delay = backoff.after_session(up_since);
             info!(
                 delay_ms = delay.as_millis(),
-                attempt = failures,
+                attempt = backoff.failures(),
                 "reconnecting to hub"
             );
             tokio::time::sleep(delay).await;
         }
     }
 
-    async fn session(&self, healthy: &mut bool) -> Result<(), LinkError> {
+    /// One stream to the hub. `up_since` is set when the first desired
+    /// state of the stream has been received (the session is up).
+    async fn session(
+        &self,
+        up_since: &mut Option<tokio::time::Instant>,
+    ) -> Result<(), LinkError> {
         // Fresh credentials on every connection: renewal replaces them.
         let endpoint = match Self::endpoint(&self.config) {
             Ok((endpoint, _)) => endpoint,
@@ -293,7 +294,7 @@ impl Link {
                         tx.send(message(agent_message::Kind::Ack(Ack { generation })))
                             .await
                             .map_err(|_| LinkError::Closed)?;
-                        *healthy = true;
+                        up_since.get_or_insert_with(tokio::time::Instant::now);
                         self.trigger.notify_one();
                     }
                     Some(hub_message::Kind::Command(cmd)) => match cmd.kind {
@@ -467,12 +468,47 @@ async fn report_loop(tx: mpsc::Sender<AgentMessage>, mut reports: watch::Receive
     }
 }
 
-/// 0.5 s doubling up to 30 s, with ±20 % jitter.
-fn backoff(failures: u32) -> Duration {
-    let base = BACKOFF_START
+/// The reconnect delays of the link: 0.5 s doubling up to 30 s, with
+/// ±20 % jitter.
+///
+/// Only a session that was up (the hub answered the Hello with a desired
+/// state) for at least [`STABLE`] resets the sequence. A connection attempt
+/// that failed, however long it took (a 10 s connect timeout, a TLS
+/// handshake the hub never finishes), and a session that broke right after
+/// it came up both count as failures, so a hub that is down or crashing
+/// is not hammered every half second.
+#[derive(Debug, Default)]
+struct Backoff {
+    failures: u32,
+}
+
+impl Backoff {
+    /// The delay before the next attempt, after a session that was up
+    /// since `up_since` (`None`: it never came up).
+    fn after_session(&mut self, up_since: Option<tokio::time::Instant>) -> Duration {
+        if up_since.is_some_and(|up| up.elapsed() >= STABLE) {
+            self.failures = 0;
+        }
+        self.failures = self.failures.saturating_add(1);
+        backoff(self.failures)
+    }
+
+    /// Failed attempts since the last stable session.
+    fn failures(&self) -> u32 {
+        self.failures
+    }
+}
+
+/// The nominal delay after `failures` consecutive failures.
+fn backoff_base(failures: u32) -> Duration {
+    BACKOFF_START
         .saturating_mul(1u32 << failures.saturating_sub(1).min(10))
-        .min(BACKOFF_MAX);
-    base.mul_f64(rand::rng().random_range(0.8..1.2))
+        .min(BACKOFF_MAX)
+}
+
+/// [`backoff_base`] with ±20 % jitter.
+fn backoff(failures: u32) -> Duration {
+    backoff_base(failures).mul_f64(rand::rng().random_range(0.8..1.2))
 }
 
 /// The subject common name of the first certificate in a PEM file.
@@ -507,5 +543,45 @@ mod tests {
         let first = backoff(1);
         assert!(first >= Duration::from_millis(400) && first <= Duration::from_millis(600));
         assert!(backoff(100) <= BACKOFF_MAX.mul_f64(1.2));
+    }
+
+    fn within_jitter(delay: Duration, failures: u32) -> bool {
+        let base = backoff_base(failures);
+        delay >= base.mul_f64(0.8) && delay <= base.mul_f64(1.2)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_a_session_up_for_a_while_resets_the_backoff() {
+        let mut b = Backoff::default();
+        // Connection attempts that time out after 10 s (the connect
+        // timeout): as long as STABLE, but never up. The delay keeps
+        // growing; it used to start over at 0.5 s every time.
+        for n in 1..=4 {
+            tokio::time::advance(Duration::from_secs(10)).await;
+            let d = b.after_session(None);
+            assert_eq!(b.failures(), n);
+            assert!(within_jitter(d, n), "attempt {n}: {d:?}");
+        }
+        assert_eq!(backoff_base(4), Duration::from_secs(4));
+
+        // Up, but broken after 2 s: still a failure.
+        let up = tokio::time::Instant::now();
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let d = b.after_session(Some(up));
+        assert_eq!(b.failures(), 5);
+        assert!(within_jitter(d, 5), "{d:?}");
+
+        // Up for longer than STABLE: the next delay is the first one.
+        let up = tokio::time::Instant::now();
+        tokio::time::advance(STABLE + Duration::from_secs(1)).await;
+        let d = b.after_session(Some(up));
+        assert_eq!(b.failures(), 1);
+        assert!(within_jitter(d, 1), "{d:?}");
+
+        // The delay is capped.
+        for _ in 0..20 {
+            b.after_session(None);
+        }
+        assert_eq!(backoff_base(b.failures()), BACKOFF_MAX);
     }
 }
