@@ -6,7 +6,8 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -143,11 +144,35 @@ impl CachedState {
 }
 
 /// The cache file and its in-memory copy.
+///
+/// A write that fails (a full disk) leaves the newer state in memory only;
+/// a background thread then writes it again with backoff until it is on
+/// disk, so a restart during a hub outage does not bring back an older
+/// generation.
 #[derive(Debug)]
 pub struct Cache {
-    path: PathBuf,
-    state: Mutex<CachedState>,
+    inner: Arc<CacheInner>,
 }
+
+#[derive(Debug)]
+struct CacheInner {
+    path: PathBuf,
+    slot: Mutex<Slot>,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    state: CachedState,
+    /// The state in memory is newer than the file: a write failed.
+    dirty: bool,
+    /// A retry thread runs.
+    retrying: bool,
+}
+
+/// First and longest pause between two attempts to write a cache that
+/// could not be written.
+const RETRY_START: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(10);
 
 impl Cache {
     /// Opens the cache in `state_dir`, loading what a previous run left.
@@ -158,35 +183,108 @@ impl Cache {
         let path = state_dir.join(CACHE_FILE);
         let state = load(&path)?.unwrap_or_default();
         Ok(Self {
-            path,
-            state: Mutex::new(state),
+            inner: Arc::new(CacheInner {
+                path,
+                slot: Mutex::new(Slot {
+                    state,
+                    ..Slot::default()
+                }),
+            }),
         })
     }
 
     /// A copy of the current state.
     #[must_use]
     pub fn snapshot(&self) -> CachedState {
-        self.lock().clone()
+        self.inner.lock().state.clone()
+    }
+
+    /// Whether the state in memory has not reached the file yet (a write
+    /// failed and is being retried).
+    #[must_use]
+    pub fn is_dirty(&self) -> bool {
+        self.inner.lock().dirty
     }
 
     /// Changes the state and persists it. The change is kept in memory even
-    /// when persisting fails; the error is returned so the caller can say so.
+    /// when persisting fails; the error is returned so the caller can say
+    /// so, and the write is retried in the background until it succeeds.
     ///
     /// # Errors
     /// When the file cannot be written.
     pub fn update<R>(&self, f: impl FnOnce(&mut CachedState) -> R) -> Result<R, CacheError> {
-        let mut state = self.lock();
-        let r = f(&mut state);
-        state.format = FORMAT;
-        store(&self.path, &state)?;
-        Ok(r)
+        let mut slot = self.inner.lock();
+        let r = f(&mut slot.state);
+        slot.state.format = FORMAT;
+        match store(&self.inner.path, &slot.state) {
+            Ok(()) => {
+                slot.dirty = false;
+                Ok(r)
+            }
+            Err(e) => {
+                slot.dirty = true;
+                if !slot.retrying {
+                    slot.retrying = true;
+                    let inner = Arc::downgrade(&self.inner);
+                    let spawned = std::thread::Builder::new()
+                        .name("cache-retry".to_owned())
+                        .spawn(move || retry_writes(&inner));
+                    if let Err(spawn) = spawned {
+                        slot.retrying = false;
+                        tracing::warn!(error = %spawn, "cannot start the cache retry thread; the next change writes the cache again");
+                    }
+                }
+                Err(e)
+            }
+        }
     }
+}
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, CachedState> {
+impl CacheInner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slot> {
         // A panic while holding the lock leaves plain data behind; keep going.
-        self.state
+        self.slot
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Writes the cache again, with backoff, until the state in memory is on
+/// disk (or the cache is gone).
+fn retry_writes(inner: &std::sync::Weak<CacheInner>) {
+    let mut pause = RETRY_START;
+    let mut attempts = 0u32;
+    loop {
+        std::thread::sleep(pause);
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let mut slot = inner.lock();
+        if !slot.dirty {
+            slot.retrying = false;
+            return;
+        }
+        attempts = attempts.saturating_add(1);
+        match store(&inner.path, &slot.state) {
+            Ok(()) => {
+                slot.dirty = false;
+                slot.retrying = false;
+                tracing::info!(
+                    path = %inner.path.display(),
+                    generation = slot.state.generation,
+                    attempts,
+                    "desired-state cache written after earlier failures"
+                );
+                return;
+            }
+            Err(e) => {
+                // One line per doubling, not one per attempt.
+                if pause < RETRY_MAX {
+                    tracing::warn!(error = %e, retry_in_ms = (pause * 2).min(RETRY_MAX).as_millis(), "desired-state cache still cannot be written; retrying");
+                }
+                pause = (pause * 2).min(RETRY_MAX);
+            }
+        }
     }
 }
 
@@ -231,7 +329,15 @@ pub fn store(path: &Path, state: &CachedState) -> Result<(), CacheError> {
         std::process::id()
     ));
     let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        // Rendered Secrets are in here: owner only.
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
         f.write_all(&bytes)?;
         f.sync_all()?;
         drop(f);
@@ -311,6 +417,44 @@ mod tests {
             .collect();
         assert_eq!(names, vec![CACHE_FILE.to_owned()]);
         assert_eq!(load(&path).expect("load").map(|s| s.generation), Some(4));
+    }
+
+    #[test]
+    fn cache_file_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = Cache::open(dir.path()).expect("open");
+        cache.update(|s| *s = sample()).expect("update");
+        let mode = std::fs::metadata(dir.path().join(CACHE_FILE))
+            .expect("metadata")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_failed_write_is_retried_until_it_succeeds() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = Cache::open(dir.path()).expect("open");
+        cache.update(|s| *s = sample()).expect("update");
+        // The temporary file's name taken by a directory: writes fail.
+        let tmp = dir
+            .path()
+            .join(format!(".{CACHE_FILE}.tmp-{}", std::process::id()));
+        std::fs::create_dir(&tmp).expect("mkdir");
+        assert!(cache.update(|s| s.generation = 8).is_err());
+        assert!(cache.is_dirty());
+        assert_eq!(cache.snapshot().generation, 8);
+        let path = dir.path().join(CACHE_FILE);
+        assert_eq!(load(&path).expect("load").map(|s| s.generation), Some(3));
+        // The cause goes away: the retry writes the newer state.
+        std::fs::remove_dir(&tmp).expect("rmdir");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while cache.is_dirty() {
+            assert!(std::time::Instant::now() < deadline, "never written");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(load(&path).expect("load").map(|s| s.generation), Some(8));
     }
 
     #[test]

@@ -140,8 +140,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let (Some(hub), Some(state_dir)) = (args.hub.clone(), args.state_dir.clone()) else {
         bail!("--hub and --state-dir are required (or use a subcommand, see --help)");
     };
-    std::fs::create_dir_all(&state_dir)
-        .with_context(|| format!("creating state directory {}", state_dir.display()))?;
+    crate::enroll::prepare_state_dir(&state_dir)
+        .with_context(|| format!("preparing state directory {}", state_dir.display()))?;
     let client = kube_client(&args).await?;
     // In a cluster (POD_NAMESPACE, no --kubeconfig) the identity also
     // lives in a Secret of the agent's namespace.
@@ -168,9 +168,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             );
         };
         let token = crate::enroll::Token::parse(token, args.ca_pin.as_deref())?;
-        // Not retried: a wrong pin or a refused token needs a person (in a
-        // cluster, the pod restarts with backoff).
-        crate::enroll::enroll(&hub, &state_dir, &token).await?;
+        // Retried while the hub is down, busy or rate limiting; a wrong
+        // pin or a refused token needs a person and stops the agent.
+        crate::enroll::enroll_with_retry(&hub, &state_dir, &token).await?;
     }
     if let Some(identity) = &identity
         && !restored

@@ -70,8 +70,13 @@ pub enum EnrollError {
         message: String,
     },
     /// The hub refused the request.
-    #[error("the hub refused: {0}")]
-    Refused(String),
+    #[error("the hub refused ({code:?}): {message}")]
+    Refused {
+        /// The gRPC status code.
+        code: tonic::Code,
+        /// The hub's message.
+        message: String,
+    },
     /// The hub answered with something unusable.
     #[error("the hub's answer is unusable: {0}")]
     Answer(String),
@@ -163,16 +168,20 @@ pub fn spki_pin(der: &[u8]) -> Result<String, String> {
 }
 
 /// Accepts the hub only if its chain holds the pinned CA and the server
-/// certificate verifies against it; remembers that CA.
+/// certificate verifies against it; remembers that CA, or why it refused.
 #[derive(Debug)]
 struct PinVerifier {
     pin: String,
     provider: Arc<CryptoProvider>,
     ca: Mutex<Option<CertificateDer<'static>>>,
+    /// Set when the hub's chain was seen and refused. A handshake that
+    /// fails before the chain arrives (the hub closed the connection) is a
+    /// network error, not a pin mismatch.
+    refused: Mutex<Option<String>>,
 }
 
-impl ServerCertVerifier for PinVerifier {
-    fn verify_server_cert(
+impl PinVerifier {
+    fn verify_pinned(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
@@ -205,6 +214,27 @@ impl ServerCertVerifier for PinVerifier {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(ca.clone().into_owned());
         Ok(verified)
+    }
+}
+
+impl ServerCertVerifier for PinVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let verified =
+            self.verify_pinned(end_entity, intermediates, server_name, ocsp_response, now);
+        if let Err(e) = &verified {
+            *self
+                .refused
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e.to_string());
+        }
+        verified
     }
 
     fn verify_tls12_signature(
@@ -263,6 +293,7 @@ fn fetch_pinned_ca(hub: &str, pin: &str) -> Result<String, EnrollError> {
         pin: pin.to_owned(),
         provider: provider.clone(),
         ca: Mutex::new(None),
+        refused: Mutex::new(None),
     });
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -289,19 +320,18 @@ fn fetch_pinned_ca(hub: &str, pin: &str) -> Result<String, EnrollError> {
         .map_err(connect_err)?;
     while conn.is_handshaking() {
         if let Err(e) = conn.complete_io(&mut tcp) {
-            let mismatch = verifier
-                .ca
+            let refused = verifier
+                .refused
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .is_none();
-            return Err(if mismatch {
-                EnrollError::PinMismatch {
+                .take();
+            return Err(match refused {
+                Some(reason) => EnrollError::PinMismatch {
                     hub: hub.to_owned(),
                     pin: pin.to_owned(),
-                    reason: e.to_string(),
-                }
-            } else {
-                connect_err(e)
+                    reason,
+                },
+                None => connect_err(e),
             });
         }
     }
@@ -375,18 +405,22 @@ fn new_key_and_csr() -> Result<(String, Vec<u8>), EnrollError> {
 /// # Errors
 /// The file cannot be written.
 pub fn write_atomic(path: &Path, content: &[u8], private: bool) -> Result<(), EnrollError> {
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let io = |source| EnrollError::Io {
         path: path.to_owned(),
         source,
     };
     let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    let mode = if private { 0o600 } else { 0o644 };
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(if private { 0o600 } else { 0o644 })
+        .mode(mode)
         .open(&tmp)
+        .map_err(io)?;
+    // The mode above only applies when the file is created.
+    f.set_permissions(std::fs::Permissions::from_mode(mode))
         .map_err(io)?;
     f.write_all(content).map_err(io)?;
     f.sync_all().map_err(io)?;
@@ -404,6 +438,22 @@ fn store(state_dir: &Path, resp: &EnrollResponse, key_pem: &str) -> Result<(), E
     )
 }
 
+/// Creates the state directory if needed and makes it private (0700): it
+/// holds the key and the desired-state cache, which carries rendered
+/// Secrets.
+///
+/// # Errors
+/// The directory cannot be created or its mode set.
+pub fn prepare_state_dir(state_dir: &Path) -> Result<(), EnrollError> {
+    use std::os::unix::fs::PermissionsExt;
+    let io = |source| EnrollError::Io {
+        path: state_dir.to_owned(),
+        source,
+    };
+    std::fs::create_dir_all(state_dir).map_err(io)?;
+    std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(0o700)).map_err(io)
+}
+
 /// Whether the state directory holds a client certificate and key.
 #[must_use]
 pub fn is_enrolled(state_dir: &Path) -> bool {
@@ -417,7 +467,79 @@ fn pem_pin(pem: &str) -> Option<String> {
 }
 
 fn status_err(s: &tonic::Status) -> EnrollError {
-    EnrollError::Refused(format!("{:?}: {}", s.code(), s.message()))
+    EnrollError::Refused {
+        code: s.code(),
+        message: s.message().to_owned(),
+    }
+}
+
+impl EnrollError {
+    /// Whether the same request may succeed later: the hub is unreachable,
+    /// busy, rate limiting or failing inside. A refused token, a pin
+    /// mismatch or a bad request needs a person instead.
+    #[must_use]
+    pub fn is_transient(&self) -> bool {
+        use tonic::Code;
+        match self {
+            Self::Connect { .. } => true,
+            Self::Refused { code, .. } => matches!(
+                code,
+                Code::Unavailable
+                    | Code::ResourceExhausted
+                    | Code::DeadlineExceeded
+                    | Code::Aborted
+                    | Code::Internal
+                    | Code::Unknown
+                    | Code::Cancelled
+            ),
+            _ => false,
+        }
+    }
+}
+
+const ENROLL_RETRY_START: Duration = Duration::from_secs(1);
+const ENROLL_RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// The delay before enrollment attempt `failures + 1`: 1 s doubling up to
+/// 60 s, with ±20 % jitter so agents behind one address spread out.
+fn enroll_retry_delay(failures: u32) -> Duration {
+    use rand::Rng;
+    ENROLL_RETRY_START
+        .saturating_mul(1u32 << failures.saturating_sub(1).min(10))
+        .min(ENROLL_RETRY_MAX)
+        .mul_f64(rand::rng().random_range(0.8..1.2))
+}
+
+/// [`enroll`], tried again with backoff and jitter while the failure is
+/// transient (the hub is down or busy, or rate limits enrollment); returns
+/// the first definitive failure (a refused token, a pin mismatch).
+///
+/// # Errors
+/// As [`enroll`], for failures that trying again cannot fix.
+pub async fn enroll_with_retry(
+    hub: &str,
+    state_dir: &Path,
+    token: &Token,
+) -> Result<String, EnrollError> {
+    let mut failures = 0u32;
+    loop {
+        match enroll(hub, state_dir, token).await {
+            Ok(cluster) => return Ok(cluster),
+            Err(e) if e.is_transient() => {
+                failures = failures.saturating_add(1);
+                let delay = enroll_retry_delay(failures);
+                warn!(
+                    hub = %hub,
+                    error = %e,
+                    attempt = failures,
+                    retry_in_ms = delay.as_millis(),
+                    "enrollment failed; retrying"
+                );
+                tokio::time::sleep(delay).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Opens a TLS channel to `hub` with `tls` (10 s connect timeout).
@@ -628,6 +750,47 @@ mod tests {
         assert_eq!(base64_lite::encode(b"fo"), "Zm8=");
         assert_eq!(base64_lite::encode(b"foo"), "Zm9v");
         assert_eq!(base64_lite::encode(b"foobar"), "Zm9vYmFy");
+    }
+
+    #[test]
+    fn only_transient_enrollment_failures_are_retried() {
+        let refused = |code| EnrollError::Refused {
+            code,
+            message: String::new(),
+        };
+        for code in [
+            tonic::Code::ResourceExhausted,
+            tonic::Code::Unavailable,
+            tonic::Code::DeadlineExceeded,
+            tonic::Code::Internal,
+        ] {
+            assert!(refused(code).is_transient(), "{code:?}");
+        }
+        for code in [
+            tonic::Code::Unauthenticated,
+            tonic::Code::InvalidArgument,
+            tonic::Code::PermissionDenied,
+        ] {
+            assert!(!refused(code).is_transient(), "{code:?}");
+        }
+        assert!(
+            EnrollError::Connect {
+                hub: "h".into(),
+                message: "refused".into()
+            }
+            .is_transient()
+        );
+        assert!(
+            !EnrollError::PinMismatch {
+                hub: "h".into(),
+                pin: "p".into(),
+                reason: "r".into()
+            }
+            .is_transient()
+        );
+        let first = enroll_retry_delay(1);
+        assert!(first >= Duration::from_millis(800) && first <= Duration::from_millis(1200));
+        assert!(enroll_retry_delay(50) <= ENROLL_RETRY_MAX.mul_f64(1.2));
     }
 
     #[test]

@@ -415,7 +415,8 @@ impl Link {
             }
             Ok(Err(apps)) => Err(LinkError::Incomplete { generation, apps }),
             Err(e) => {
-                // Still enforced from memory; the next state retries the write.
+                // Still enforced from memory; the cache writes it again in
+                // the background until the disk takes it.
                 warn!(error = %e, "could not persist the desired state");
                 Ok(())
             }
