@@ -236,10 +236,7 @@ impl Link {
 
     /// One stream to the hub. `up_since` is set when the first desired
     /// state of the stream has been received (the session is up).
-    async fn session(
-        &self,
-        up_since: &mut Option<tokio::time::Instant>,
-    ) -> Result<(), LinkError> {
+    async fn session(&self, up_since: &mut Option<tokio::time::Instant>) -> Result<(), LinkError> {
         // Fresh credentials on every connection: renewal replaces them.
         let endpoint = match Self::endpoint(&self.config) {
             Ok((endpoint, _)) => endpoint,

@@ -1,8 +1,9 @@
 //! Plain-HTTP listener for probes and Prometheus (`--metrics-listen`):
-//! `/healthz` (the process answers), `/readyz` (store open, TLS listener up,
-//! first Git pass done or no repositories) and `/metrics`.
+//! `/healthz` (liveness: fails only when the store latched an IO error and
+//! could not be reopened, so a restart is the way out), `/readyz` (the store
+//! takes writes, TLS listener up, first Git pass done or no repositories)
+//! and `/metrics`.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -13,7 +14,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 
 use crate::fleet::Fleet;
-use crate::store::Store;
+use crate::store::{Store, StoreHealth};
 
 /// What `/readyz` looks at.
 #[derive(Debug)]
@@ -40,9 +41,16 @@ impl Readiness {
 
     /// `Ok` when ready, else why not.
     pub fn check(&self) -> Result<(), String> {
+        match self.store.health() {
+            StoreHealth::Writable => {}
+            StoreHealth::Recovering { error } | StoreHealth::Failed { error } => {
+                return Err(format!("store cannot write, reopening it: {error}"));
+            }
+        }
+        // A full disk shows up here even when nothing else writes.
         self.store
-            .schema_version()
-            .map_err(|e| format!("store: {e}"))?;
+            .probe_write(PROBE_EVERY)
+            .map_err(|e| format!("store cannot write: {e}"))?;
         if !self.listener_up.load(Ordering::Relaxed) {
             return Err("agent/API listener not up".to_owned());
         }
@@ -57,14 +65,38 @@ impl Readiness {
         }
         Ok(())
     }
+
+    /// `Ok` while the process can go on, else why it should be restarted.
+    pub fn live(&self) -> Result<(), String> {
+        match self.store.health() {
+            StoreHealth::Failed { error } => Err(format!(
+                "store latched an IO error and could not be reopened: {error}"
+            )),
+            StoreHealth::Writable | StoreHealth::Recovering { .. } => Ok(()),
+        }
+    }
 }
 
-async fn healthz() -> &'static str {
-    "ok\n"
+/// How often `/readyz` writes a probe record (more frequent checks reuse
+/// the last result).
+const PROBE_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+async fn healthz(State(r): State<Arc<Readiness>>) -> impl IntoResponse {
+    match r.live() {
+        Ok(()) => (StatusCode::OK, "ok\n".to_owned()),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy: {why}\n"),
+        ),
+    }
 }
 
 async fn readyz(State(r): State<Arc<Readiness>>) -> impl IntoResponse {
-    match r.check() {
+    // The probe write flushes to disk: off the async workers.
+    let checked = tokio::task::spawn_blocking(move || r.check())
+        .await
+        .unwrap_or_else(|e| Err(format!("readiness check failed: {e}")));
+    match checked {
         Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
         Err(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -91,24 +123,4 @@ pub fn router(readiness: Arc<Readiness>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(readiness)
-}
-
-/// Binds `addr` and serves until the task is aborted.
-///
-/// # Errors
-/// The address cannot be bound.
-pub async fn serve(
-    addr: SocketAddr,
-    readiness: Arc<Readiness>,
-) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    let local = listener.local_addr()?;
-    let app = router(readiness);
-    let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "metrics listener failed");
-        }
-    });
-    tracing::info!(addr = %local, "metrics and probes listening");
-    Ok((local, task))
 }

@@ -13,6 +13,7 @@ pub mod health_http;
 pub mod helmrepo;
 pub mod history;
 pub mod inventory;
+pub mod listener;
 pub mod metrics;
 pub mod model;
 pub mod pki;

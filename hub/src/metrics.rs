@@ -31,6 +31,30 @@ pub struct StatusLabels {
     pub health_status: String,
 }
 
+/// Labels of the connection metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectionLabels {
+    /// `grpc` (agent link and API), `metrics` or `webhook`.
+    pub listener: String,
+    /// Why it was refused, the phase that timed out, or the class.
+    pub reason: String,
+}
+
+/// Labels of the open connections gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectionClassLabels {
+    pub listener: String,
+    /// `pending` (in the TLS handshake), `authenticated` (client
+    /// certificate) or `unauthenticated`.
+    pub class: String,
+}
+
+/// Label of refused enrollments.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
 fn seconds_buckets() -> impl Iterator<Item = f64> {
     [
         0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
@@ -52,6 +76,12 @@ pub struct HubMetrics {
     render_duration: Histogram,
     git_fetch_duration: Family<RepoLabels, Histogram, fn() -> Histogram>,
     git_fetch_errors: Family<RepoLabels, Counter>,
+    connections_rejected: Family<ConnectionLabels, Counter>,
+    connection_timeouts: Family<ConnectionLabels, Counter>,
+    connections: Family<ConnectionClassLabels, Gauge>,
+    enrollments_refused: Family<ReasonLabels, Counter>,
+    store_writable: Gauge,
+    store_reopens: Counter,
 }
 
 impl std::fmt::Debug for HubMetrics {
@@ -105,8 +135,50 @@ impl HubMetrics {
             "Failed Git fetches",
             git_fetch_errors.clone(),
         );
+        let connections_rejected = Family::<ConnectionLabels, Counter>::default();
+        registry.register(
+            "hub_connections_rejected",
+            "Connections refused or dropped by a connection cap, by listener and reason",
+            connections_rejected.clone(),
+        );
+        let connection_timeouts = Family::<ConnectionLabels, Counter>::default();
+        registry.register(
+            "hub_connection_timeouts",
+            "Connections closed by a deadline (handshake, first request, idle, request), by listener",
+            connection_timeouts.clone(),
+        );
+        let connections = Family::<ConnectionClassLabels, Gauge>::default();
+        registry.register(
+            "hub_connections",
+            "Open connections by listener and class",
+            connections.clone(),
+        );
+        let enrollments_refused = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "hub_enrollments_refused",
+            "Enrollment requests refused by a limit (too large, too slow, too many in flight, too many failures)",
+            enrollments_refused.clone(),
+        );
+        let store_writable = Gauge::default();
+        registry.register(
+            "hub_store_writable",
+            "1 while the store accepts writes, 0 while it is being recovered after an IO error",
+            store_writable.clone(),
+        );
+        let store_reopens = Counter::default();
+        registry.register(
+            "hub_store_reopens",
+            "Times the store was reopened after an IO error (a full disk)",
+            store_reopens.clone(),
+        );
         Self {
             registry,
+            connections_rejected,
+            connection_timeouts,
+            connections,
+            enrollments_refused,
+            store_writable,
+            store_reopens,
             applications,
             clusters,
             clusters_connected,
@@ -131,6 +203,55 @@ impl HubMetrics {
             // Make the series exist at zero so alerts on rate() work.
             let _ = self.git_fetch_errors.get_or_create(&labels);
         }
+    }
+
+    /// Counts a connection refused by a cap of `listener`.
+    pub fn connection_rejected(&self, listener: &str, reason: &str) {
+        self.connections_rejected
+            .get_or_create(&ConnectionLabels {
+                listener: listener.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a connection closed by a deadline of `listener`.
+    pub fn connection_timed_out(&self, listener: &str, phase: &str) {
+        self.connection_timeouts
+            .get_or_create(&ConnectionLabels {
+                listener: listener.to_owned(),
+                reason: phase.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Sets the number of open connections of a class.
+    pub fn connections_open(&self, listener: &str, class: &str, n: usize) {
+        self.connections
+            .get_or_create(&ConnectionClassLabels {
+                listener: listener.to_owned(),
+                class: class.to_owned(),
+            })
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Counts an enrollment refused by a limit.
+    pub fn enrollment_refused(&self, reason: &str) {
+        self.enrollments_refused
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Records whether the store accepts writes.
+    pub fn store_writable(&self, writable: bool) {
+        self.store_writable.set(i64::from(writable));
+    }
+
+    /// Counts a reopen of the store.
+    pub fn store_reopened(&self) {
+        self.store_reopens.inc();
     }
 
     /// Records one render.

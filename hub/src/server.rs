@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 
 use crate::api::agent_link::AgentLinkService;
 use crate::api::hub_api::HubApiService;
@@ -59,6 +59,12 @@ pub struct HubConfig {
     /// OpenSSH known_hosts file the host keys of ssh repositories are
     /// verified against (read at every fetch). `None`: no host is known.
     pub ssh_known_hosts: Option<PathBuf>,
+    /// Connection caps and deadlines of every listener.
+    pub limits: crate::listener::ListenerLimits,
+    /// File holding the key repository credentials are sealed with (64 hex
+    /// digits), created on first start when missing. `None`:
+    /// `DATA/credentials.key`.
+    pub credentials_key_file: Option<PathBuf>,
 }
 
 impl HubConfig {
@@ -78,6 +84,8 @@ impl HubConfig {
             metrics_listen: None,
             stream_idle_timeout: crate::api::agent_link::DEFAULT_STREAM_IDLE_TIMEOUT,
             ssh_known_hosts: None,
+            limits: crate::listener::ListenerLimits::default(),
+            credentials_key_file: None,
         }
     }
 }
@@ -103,6 +111,8 @@ pub enum HubError {
     },
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("TLS configuration: {0}")]
+    Tls(String),
 }
 
 /// A hub that is serving.
@@ -162,6 +172,31 @@ impl RunningHub {
     }
 }
 
+/// Default path of the credentials key: in the data directory, beside (not
+/// in) the database.
+pub fn credentials_key_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("credentials.key")
+}
+
+/// Makes `dir` 0700 and takes group and other permissions off everything
+/// under it, for data directories written by hubs that did not set a mask.
+fn make_private(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    for entry in walkdir::WalkDir::new(dir).min_depth(1).follow_links(false) {
+        let entry = entry.map_err(std::io::Error::other)?;
+        if entry.path_is_symlink() {
+            continue;
+        }
+        let meta = entry.metadata().map_err(std::io::Error::other)?;
+        let mode = meta.permissions().mode();
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(mode & 0o7700))?;
+        }
+    }
+    Ok(())
+}
+
 /// Path of the admin token file in a data directory.
 pub fn admin_token_path(data_dir: &Path) -> PathBuf {
     data_dir.join("admin.token")
@@ -174,11 +209,24 @@ pub fn admin_token_path(data_dir: &Path) -> PathBuf {
 pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let data_dir = config.data_dir.clone();
+    // Everything the hub writes is its own: the store (credentials, token
+    // hashes), keys, mirrors. sled creates its files itself, so the mask
+    // is process-wide rather than per file.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     std::fs::create_dir_all(&data_dir).map_err(|source| HubError::DataDir {
         path: data_dir.clone(),
         source,
     })?;
-    let store = Store::open(&data_dir.join("db"))?;
+    make_private(&data_dir).map_err(|source| HubError::DataDir {
+        path: data_dir.clone(),
+        source,
+    })?;
+    let key_file = config
+        .credentials_key_file
+        .clone()
+        .unwrap_or_else(|| credentials_key_path(&data_dir));
+    let key = crate::store::CredentialsKey::load_or_create(&key_file)?;
+    let store = Store::open_with_key(&data_dir.join("db"), key)?;
     let pki = Arc::new(Pki::load_or_create(&data_dir, &config.advertise_hosts)?);
     let path = admin_token_path(&data_dir);
     let adopted = crate::admin_token::ensure(&store, &path)?;
@@ -246,15 +294,15 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         stream_idle_timeout: config.stream_idle_timeout,
     };
 
-    let tls = ServerTlsConfig::new()
-        // The chain includes the CA so an enrolling agent can check it
-        // against the pin in its bootstrap token.
-        .identity(Identity::from_pem(
-            format!("{}{}", pki.server().cert_pem, pki.ca_pem()),
-            &pki.server().key_pem,
-        ))
-        .client_ca_root(Certificate::from_pem(pki.ca_pem()))
-        .client_auth_optional(true);
+    // The chain includes the CA so an enrolling agent can check it against
+    // the pin in its bootstrap token. TLS is done by crate::listener, not
+    // by tonic, so that handshakes have a deadline and connections caps.
+    let tls = crate::listener::server_tls(
+        &format!("{}{}", pki.server().cert_pem, pki.ca_pem()),
+        &pki.server().key_pem,
+        pki.ca_pem(),
+    )
+    .map_err(HubError::Tls)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| HubError::Listen {
@@ -265,7 +313,23 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         addr: config.listen,
         source,
     })?;
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let fd_limit = crate::listener::raise_fd_limit();
+    let wanted = config.limits.max_descriptors();
+    if fd_limit.is_some_and(|l| l < wanted as u64) {
+        tracing::warn!(
+            limit = fd_limit,
+            wanted,
+            "the open files limit is below the connection caps; the caps are reached later than the limit"
+        );
+    }
+    let registry = Arc::new(crate::listener::ConnRegistry::default());
+    let incoming = crate::listener::tls_incoming(
+        listener,
+        tls,
+        config.limits.clone(),
+        registry.clone(),
+        ctx.closing.clone(),
+    );
 
     let auth_store = store.clone();
     let interceptor = move |mut req: tonic::Request<()>| {
@@ -274,7 +338,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         Ok(req)
     };
     let router = Server::builder()
-        .tls_config(tls)?
+        .layer(crate::api::guard::GuardLayer::new(registry))
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(
@@ -287,6 +351,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
             interceptor,
         ));
 
+    let http_limits = config.limits.http();
     let webhook_task = match config.webhook_listen {
         Some(addr) => {
             let state = crate::webhook::WebhookState {
@@ -294,9 +359,17 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
                 git: git.clone(),
                 secret: config.webhook_secret.clone(),
             };
-            let (bound, task) = crate::webhook::serve(addr, state)
+            let (listener, bound) = crate::listener::bind(addr)
                 .await
                 .map_err(|source| HubError::Listen { addr, source })?;
+            let task = crate::listener::serve_http(
+                "webhook",
+                listener,
+                crate::webhook::router(state),
+                http_limits.clone(),
+                ctx.closing.clone(),
+            );
+            tracing::info!(addr = %bound, "webhook listening");
             println!("flotilla-hub webhook listening on http://{bound}/api/webhook");
             Some(task)
         }
@@ -305,9 +378,17 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
     let readiness = crate::health_http::Readiness::new(store.clone(), ctx.fleet.clone());
     let metrics_task = match config.metrics_listen {
         Some(addr) => {
-            let (bound, task) = crate::health_http::serve(addr, readiness.clone())
+            let (listener, bound) = crate::listener::bind(addr)
                 .await
                 .map_err(|source| HubError::Listen { addr, source })?;
+            let task = crate::listener::serve_http(
+                "metrics",
+                listener,
+                crate::health_http::router(readiness.clone()),
+                http_limits,
+                ctx.closing.clone(),
+            );
+            tracing::info!(addr = %bound, "metrics and probes listening");
             println!("flotilla-hub metrics listening on http://{bound}/metrics");
             Some(task)
         }
@@ -347,6 +428,13 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
             let _ = t.await;
         }
         store.flush_async().await?;
+        // Release the database now, whatever still holds a clone, so the
+        // data directory can be opened again at once.
+        let closing = store.clone();
+        match tokio::task::spawn_blocking(move || closing.close()).await {
+            Ok(closed) => closed?,
+            Err(e) => tracing::error!(error = %e, "closing the store failed"),
+        }
         result
     });
     tracing::info!(addr = %local_addr, "hub serving");

@@ -2,11 +2,24 @@
 //!
 //! Nothing else in the hub touches sled. Every record is serde JSON except
 //! wire messages (rendered bundles, agent statuses), which are stored
-//! prost-encoded so they round-trip exactly.
+//! prost-encoded so they round-trip exactly. Repository credentials are
+//! sealed with a key kept outside the database ([`credentials`]).
+//!
+//! sled latches its first IO error (a full disk): from then on every call
+//! fails, even once space returns. The store notices an IO error on any
+//! call, drops the latched instance and opens the database again in the
+//! background, with backoff, until a write gets through ([`StoreHealth`]);
+//! meanwhile calls fail fast with [`StoreError::Unavailable`].
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant};
+
+pub mod credentials;
+
+pub use credentials::CredentialsKey;
 
 use prost::Message;
 use serde::de::DeserializeOwned;
@@ -16,7 +29,10 @@ use crate::model::Application;
 use flotilla_proto as pb;
 
 /// Version of the on-disk layout; bumped when a migration is needed.
-pub const SCHEMA_VERSION: u32 = 1;
+///
+/// 2: repository credentials are sealed (AES-256-GCM) with the credentials
+/// key; a store at 1 has them in clear and is migrated on open.
+pub const SCHEMA_VERSION: u32 = 2;
 const SCHEMA_KEY: &[u8] = b"schema_version";
 
 /// Errors from the hub store.
@@ -32,6 +48,43 @@ pub enum StoreError {
     },
     #[error("store: schema version {found} is newer than this hub supports ({SCHEMA_VERSION})")]
     SchemaTooNew { found: u32 },
+    /// The database is being reopened after an IO error, or was closed.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("store: credentials of {url}: {message}")]
+    Credentials { url: String, message: String },
+    #[error("store: {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl StoreError {
+    /// Whether the error comes from the disk (and latched the database), as
+    /// opposed to a bad record.
+    fn is_io(&self) -> bool {
+        matches!(self, Self::Sled(sled::Error::Io(_)))
+    }
+
+    /// Whether the store is failing as a whole (IO, recovering): the caller
+    /// may try again later.
+    pub fn is_unavailable(&self) -> bool {
+        self.is_io() || matches!(self, Self::Unavailable(_))
+    }
+}
+
+/// Whether the store accepts writes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreHealth {
+    /// Working.
+    Writable,
+    /// An IO error latched the database; it is being reopened.
+    Recovering { error: String },
+    /// Reopening failed (still no space, or the files are gone); retried
+    /// with backoff. A liveness probe should fail so the process restarts.
+    Failed { error: String },
 }
 
 /// A registered cluster and its link state.
@@ -226,9 +279,36 @@ pub struct BootstrapRecord {
     pub expires_ms: i64,
 }
 
-/// Typed access to the hub's sled database. Cheap to clone.
+/// Typed access to the hub's sled database. Cheap to clone: clones share
+/// one database and its recovery.
 #[derive(Clone)]
 pub struct Store {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    dir: PathBuf,
+    key: CredentialsKey,
+    /// The open database; `None` while it is reopened or after
+    /// [`Store::close`].
+    current: RwLock<Option<Arc<Trees>>>,
+    health: Mutex<StoreHealth>,
+    /// A recovery thread runs.
+    recovering: AtomicBool,
+    closed: AtomicBool,
+    /// The instance taken out of service after an IO error: the reopen
+    /// waits until calls in flight have let go of it (and of sled's file
+    /// lock).
+    retired: Mutex<Option<Weak<Trees>>>,
+    /// Last write probe, so readiness checks do not write every time.
+    last_probe: Mutex<Option<(Instant, Result<(), String>)>>,
+    /// Serialises read-modify-write of cluster records, which the agent
+    /// link and the fleet both update.
+    cluster_lock: Mutex<()>,
+}
+
+/// One open sled instance and its trees.
+struct Trees {
     db: sled::Db,
     clusters: sled::Tree,
     apps: sled::Tree,
@@ -238,20 +318,120 @@ pub struct Store {
     tokens: sled::Tree,
     /// Per-application deployment history and pin (crate::history).
     app_ops: sled::Tree,
-    /// https credentials and ssh keys by repository URL.
+    /// https credentials and ssh keys by repository URL, sealed.
     repo_credentials: sled::Tree,
     bootstrap: sled::Tree,
     appsets: sled::Tree,
     /// Parent application → [`ChildrenRecord`].
     app_children: sled::Tree,
-    /// Serialises read-modify-write of cluster records, which the agent
-    /// link and the fleet both update.
-    cluster_lock: Arc<Mutex<()>>,
+}
+
+impl Trees {
+    fn open(db: sled::Db) -> Result<Self, StoreError> {
+        Ok(Self {
+            clusters: db.open_tree("clusters")?,
+            apps: db.open_tree("applications")?,
+            bundles: db.open_tree("bundles")?,
+            statuses: db.open_tree("app_status")?,
+            repos: db.open_tree("repositories")?,
+            tokens: db.open_tree("tokens")?,
+            app_ops: db.open_tree("app_ops")?,
+            repo_credentials: db.open_tree("repo_credentials")?,
+            bootstrap: db.open_tree("bootstrap_tokens")?,
+            appsets: db.open_tree("application_sets")?,
+            app_children: db.open_tree("app_children")?,
+            db,
+        })
+    }
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").finish_non_exhaustive()
+        f.debug_struct("Store")
+            .field("dir", &self.shared.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+const PROBE_KEY: &[u8] = b"write_probe";
+/// First and longest pause between two attempts to reopen the database.
+const REOPEN_START: Duration = Duration::from_millis(500);
+const REOPEN_MAX: Duration = Duration::from_secs(30);
+
+/// Opens sled in `dir` and checks the schema version.
+fn open_db(dir: &Path) -> Result<(sled::Db, u32), StoreError> {
+    let db = sled::open(dir)?;
+    let found = match db.get(SCHEMA_KEY)? {
+        Some(v) => std::str::from_utf8(&v)
+            .ok()
+            .and_then(|s| s.parse::<u32>().ok())
+            .unwrap_or(0),
+        None => {
+            // A new database (every layout wrote its version): at the
+            // current layout from the start.
+            db.insert(SCHEMA_KEY, SCHEMA_VERSION.to_string().as_bytes())?;
+            SCHEMA_VERSION
+        }
+    };
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::SchemaTooNew { found });
+    }
+    Ok((db, found))
+}
+
+/// Drops the latched instance and opens the database again, with backoff,
+/// until a write gets through or the store is closed or dropped.
+fn recover(shared: &Weak<Shared>) {
+    let mut pause = REOPEN_START;
+    let mut attempts = 0u32;
+    loop {
+        // In-flight calls may still hold the old instance (and its file
+        // lock) for a moment; the first attempt waits a little too.
+        std::thread::sleep(pause);
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        if shared.closed.load(Ordering::SeqCst) {
+            shared.recovering.store(false, Ordering::SeqCst);
+            return;
+        }
+        let in_use = shared
+            .retired
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|w| w.strong_count() > 0);
+        if in_use {
+            pause = REOPEN_START;
+            continue;
+        }
+        attempts = attempts.saturating_add(1);
+        let reopened = open_db(&shared.dir).and_then(|(db, _)| {
+            db.insert(PROBE_KEY, crate::api::now_ms().to_string().as_bytes())?;
+            db.flush()?;
+            Trees::open(db)
+        });
+        match reopened {
+            Ok(trees) => {
+                *shared.current.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(trees));
+                *shared.health.lock().unwrap_or_else(|p| p.into_inner()) = StoreHealth::Writable;
+                *shared.last_probe.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                shared.recovering.store(false, Ordering::SeqCst);
+                crate::metrics::metrics().store_reopened();
+                crate::metrics::metrics().store_writable(true);
+                tracing::info!(dir = %shared.dir.display(), attempts, "store reopened after an IO error; writes work again");
+                return;
+            }
+            Err(e) => {
+                if pause < REOPEN_MAX {
+                    tracing::error!(dir = %shared.dir.display(), error = %e, attempts, retry_in_ms = (pause * 2).min(REOPEN_MAX).as_millis(), "store cannot be reopened yet");
+                }
+                *shared.health.lock().unwrap_or_else(|p| p.into_inner()) = StoreHealth::Failed {
+                    error: e.to_string(),
+                };
+                pause = (pause * 2).min(REOPEN_MAX);
+            }
+        }
     }
 }
 
@@ -278,88 +458,272 @@ fn status_key(app: &str, cluster: &str) -> Vec<u8> {
 }
 
 impl Store {
-    /// Opens (or creates) the store in `dir`.
+    /// Opens (or creates) the store in `dir` with a credentials key made
+    /// for this handle only: credentials written through it cannot be read
+    /// after the store is closed. For tests and tools; a hub uses
+    /// [`Store::open_with_key`].
     ///
     /// # Errors
     /// sled cannot open the directory, or it was written by a newer hub.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let db = sled::open(dir)?;
-        match db.get(SCHEMA_KEY)? {
-            Some(v) => {
-                let found = std::str::from_utf8(&v)
-                    .ok()
-                    .and_then(|s| s.parse::<u32>().ok())
-                    .unwrap_or(0);
-                if found > SCHEMA_VERSION {
-                    return Err(StoreError::SchemaTooNew { found });
-                }
+        Self::open_with_key(dir, CredentialsKey::ephemeral()?)
+    }
+
+    /// Opens (or creates) the store in `dir`; repository credentials are
+    /// sealed with `key`. A store written by an older hub is migrated: with
+    /// a persistent key, credentials stored in clear are sealed and the
+    /// database rewritten so no copy of them stays in its log.
+    ///
+    /// # Errors
+    /// sled cannot open the directory, it was written by a newer hub, or the
+    /// migration fails.
+    pub fn open_with_key(dir: &Path, key: CredentialsKey) -> Result<Self, StoreError> {
+        credentials::finish_interrupted_rewrite(dir)?;
+        let (db, found) = open_db(dir)?;
+        let db = if found < SCHEMA_VERSION && key.is_persistent() {
+            let migrated = credentials::seal_plaintext(&db, &key)?;
+            db.insert(SCHEMA_KEY, SCHEMA_VERSION.to_string().as_bytes())?;
+            db.flush()?;
+            if migrated > 0 {
+                drop(db);
+                credentials::rewrite(dir)?;
+                tracing::info!(dir = %dir.display(), records = migrated, "repository credentials sealed with the credentials key; database rewritten");
+                open_db(dir)?.0
+            } else {
+                db
             }
-            None => {
-                db.insert(SCHEMA_KEY, SCHEMA_VERSION.to_string().as_bytes())?;
+        } else {
+            db
+        };
+        crate::metrics::metrics().store_writable(true);
+        Ok(Self {
+            shared: Arc::new(Shared {
+                dir: dir.to_owned(),
+                key,
+                current: RwLock::new(Some(Arc::new(Trees::open(db)?))),
+                health: Mutex::new(StoreHealth::Writable),
+                recovering: AtomicBool::new(false),
+                closed: AtomicBool::new(false),
+                retired: Mutex::new(None),
+                last_probe: Mutex::new(None),
+                cluster_lock: Mutex::new(()),
+            }),
+        })
+    }
+
+    /// The open database, or why there is none.
+    fn trees(&self) -> Result<Arc<Trees>, StoreError> {
+        if let Some(t) = self
+            .shared
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            return Ok(t.clone());
+        }
+        Err(StoreError::Unavailable(
+            if self.shared.closed.load(Ordering::SeqCst) {
+                "the store is closed".to_owned()
+            } else {
+                match self.health() {
+                    StoreHealth::Writable => "reopening".to_owned(),
+                    StoreHealth::Recovering { error } | StoreHealth::Failed { error } => {
+                        format!("recovering after an IO error ({error})")
+                    }
+                }
+            },
+        ))
+    }
+
+    /// Runs `f` on the open database; an IO error starts the recovery.
+    fn with<R>(&self, f: impl FnOnce(&Trees) -> Result<R, StoreError>) -> Result<R, StoreError> {
+        let trees = self.trees()?;
+        let r = f(&trees);
+        if let Err(e) = &r
+            && e.is_io()
+        {
+            self.latched(&trees, e);
+        }
+        r
+    }
+
+    /// Takes the latched instance `trees` out of service and starts
+    /// reopening the database (once).
+    fn latched(&self, trees: &Arc<Trees>, error: &StoreError) {
+        {
+            let mut current = self
+                .shared
+                .current
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
+            if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, trees)) {
+                *current = None;
+                *self
+                    .shared
+                    .retired
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(Arc::downgrade(trees));
             }
         }
-        Ok(Self {
-            clusters: db.open_tree("clusters")?,
-            apps: db.open_tree("applications")?,
-            bundles: db.open_tree("bundles")?,
-            statuses: db.open_tree("app_status")?,
-            repos: db.open_tree("repositories")?,
-            tokens: db.open_tree("tokens")?,
-            app_ops: db.open_tree("app_ops")?,
-            repo_credentials: db.open_tree("repo_credentials")?,
-            bootstrap: db.open_tree("bootstrap_tokens")?,
-            appsets: db.open_tree("application_sets")?,
-            app_children: db.open_tree("app_children")?,
-            db,
-            cluster_lock: Arc::new(Mutex::new(())),
-        })
+        if self.shared.closed.load(Ordering::SeqCst)
+            || self.shared.recovering.swap(true, Ordering::SeqCst)
+        {
+            return;
+        }
+        tracing::error!(dir = %self.shared.dir.display(), error = %error, "store IO error; reopening the database");
+        *self.shared.health.lock().unwrap_or_else(|p| p.into_inner()) = StoreHealth::Recovering {
+            error: error.to_string(),
+        };
+        crate::metrics::metrics().store_writable(false);
+        let weak = Arc::downgrade(&self.shared);
+        let spawned = std::thread::Builder::new()
+            .name("store-recovery".to_owned())
+            .spawn(move || recover(&weak));
+        if let Err(e) = spawned {
+            self.shared.recovering.store(false, Ordering::SeqCst);
+            tracing::error!(error = %e, "cannot start the store recovery thread");
+        }
+    }
+
+    /// Whether the store accepts writes.
+    pub fn health(&self) -> StoreHealth {
+        self.shared
+            .health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Writes and flushes a probe record, at most once per `max_age` (the
+    /// last result is returned in between): a full disk shows up here even
+    /// when nothing else writes.
+    ///
+    /// # Errors
+    /// The write or the flush failed, or the store is recovering.
+    pub fn probe_write(&self, max_age: Duration) -> Result<(), String> {
+        if let Some((at, result)) = self
+            .shared
+            .last_probe
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            && at.elapsed() < max_age
+        {
+            return result.clone();
+        }
+        let result = self
+            .with(|t| {
+                t.db.insert(PROBE_KEY, crate::api::now_ms().to_string().as_bytes())?;
+                t.db.flush()?;
+                Ok(())
+            })
+            .map_err(|e| e.to_string());
+        *self
+            .shared
+            .last_probe
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), result.clone()));
+        result
+    }
+
+    /// Closes the database now, whatever clones are left: later calls on
+    /// any clone fail with [`StoreError::Unavailable`], and the directory
+    /// can be opened again as soon as calls in flight have returned.
+    ///
+    /// # Errors
+    /// The final flush failed.
+    pub fn close(&self) -> Result<(), StoreError> {
+        self.shared.closed.store(true, Ordering::SeqCst);
+        let current = self
+            .shared
+            .current
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let Some(trees) = current else {
+            return Ok(());
+        };
+        let flushed = trees.db.flush().map(|_| ());
+        // Calls in flight hold the instance (and sled's file lock) for a
+        // moment; wait for them, briefly.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Arc::strong_count(&trees) > 1 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        drop(trees);
+        flushed.map_err(StoreError::from)
     }
 
     /// Schema version recorded in the database.
     pub fn schema_version(&self) -> Result<u32, StoreError> {
-        Ok(self
-            .db
-            .get(SCHEMA_KEY)?
-            .and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok())
-            .unwrap_or(0))
+        self.with(|t| {
+            Ok(t.db
+                .get(SCHEMA_KEY)?
+                .and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok())
+                .unwrap_or(0))
+        })
     }
 
     /// Makes every write so far durable. Call after writes acknowledged to a
     /// user or an agent.
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
-        Ok(())
+        self.with(|t| {
+            t.db.flush()?;
+            Ok(())
+        })
     }
 
     /// Async flush, for use on the runtime.
     pub async fn flush_async(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await?;
-        Ok(())
+        let trees = self.trees()?;
+        let r = trees
+            .db
+            .flush_async()
+            .await
+            .map(|_| ())
+            .map_err(StoreError::from);
+        if let Err(e) = &r
+            && e.is_io()
+        {
+            self.latched(&trees, e);
+        }
+        r
     }
 
     // ---- clusters ----
 
     pub fn cluster(&self, name: &str) -> Result<Option<ClusterRecord>, StoreError> {
-        self.clusters
-            .get(name.as_bytes())?
-            .map(|v| decode("cluster", name.as_bytes(), &v))
-            .transpose()
+        self.with(|t| {
+            t.clusters
+                .get(name.as_bytes())?
+                .map(|v| decode("cluster", name.as_bytes(), &v))
+                .transpose()
+        })
     }
 
     pub fn clusters(&self) -> Result<Vec<ClusterRecord>, StoreError> {
-        self.clusters
-            .iter()
-            .map(|r| {
-                let (k, v) = r?;
-                decode("cluster", &k, &v)
-            })
-            .collect()
+        self.with(|t| {
+            t.clusters
+                .iter()
+                .map(|r| {
+                    let (k, v) = r?;
+                    decode("cluster", &k, &v)
+                })
+                .collect()
+        })
     }
 
     pub fn put_cluster(&self, rec: &ClusterRecord) -> Result<(), StoreError> {
-        let _g = self.cluster_lock.lock().unwrap_or_else(|p| p.into_inner());
-        self.clusters.insert(rec.name.as_bytes(), encode(rec))?;
-        Ok(())
+        self.with(|t| {
+            let _g = self
+                .shared
+                .cluster_lock
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            t.clusters.insert(rec.name.as_bytes(), encode(rec))?;
+            Ok(())
+        })
     }
 
     /// Applies `f` to the stored record of `name`; returns the updated record,
@@ -369,161 +733,210 @@ impl Store {
         name: &str,
         f: impl FnOnce(&mut ClusterRecord),
     ) -> Result<Option<ClusterRecord>, StoreError> {
-        let _g = self.cluster_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(v) = self.clusters.get(name.as_bytes())? else {
-            return Ok(None);
-        };
-        let mut rec: ClusterRecord = decode("cluster", name.as_bytes(), &v)?;
-        f(&mut rec);
-        self.clusters.insert(name.as_bytes(), encode(&rec))?;
-        Ok(Some(rec))
+        self.with(|t| {
+            let _g = self
+                .shared
+                .cluster_lock
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let Some(v) = t.clusters.get(name.as_bytes())? else {
+                return Ok(None);
+            };
+            let mut rec: ClusterRecord = decode("cluster", name.as_bytes(), &v)?;
+            f(&mut rec);
+            t.clusters.insert(name.as_bytes(), encode(&rec))?;
+            Ok(Some(rec))
+        })
     }
 
     /// Removes a cluster and every status it reported.
     pub fn remove_cluster(&self, name: &str) -> Result<bool, StoreError> {
-        let _g = self.cluster_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let existed = self.clusters.remove(name.as_bytes())?.is_some();
-        self.remove_bootstraps_of(name)?;
-        let keys: Vec<_> = self
-            .statuses
-            .iter()
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| k.split(|b| *b == 0).nth(1) == Some(name.as_bytes()))
-            .collect();
-        for k in keys {
-            self.statuses.remove(k)?;
-        }
-        Ok(existed)
+        self.with(|t| {
+            let _g = self
+                .shared
+                .cluster_lock
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let existed = t.clusters.remove(name.as_bytes())?.is_some();
+            self.remove_bootstraps_of(name)?;
+            let keys: Vec<_> = t
+                .statuses
+                .iter()
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| k.split(|b| *b == 0).nth(1) == Some(name.as_bytes()))
+                .collect();
+            for k in keys {
+                t.statuses.remove(k)?;
+            }
+            Ok(existed)
+        })
     }
 
     // ---- repository credentials ----
 
     /// The credentials (https or ssh) stored for `url`.
+    ///
+    /// # Errors
+    /// The store fails, or the record cannot be unsealed with this store's
+    /// key (a lost or replaced credentials key).
     pub fn repo_credentials(&self, url: &str) -> Result<Option<RepoCredentials>, StoreError> {
-        self.repo_credentials
-            .get(url.as_bytes())?
-            .map(|v| decode("repo_credentials", url.as_bytes(), &v))
-            .transpose()
+        let key = &self.shared.key;
+        let found = self.with(|t| Ok(t.repo_credentials.get(url.as_bytes())?))?;
+        let Some(v) = found else {
+            return Ok(None);
+        };
+        let plain = key.open(url, &v).inspect_err(|e| {
+            tracing::error!(error = %e, "stored repository credentials cannot be used");
+        })?;
+        decode("repo_credentials", url.as_bytes(), &plain).map(Some)
     }
 
-    /// Stores (or with `None` removes) the credentials of `url`.
+    /// Stores (or with `None` removes) the credentials of `url`, sealed.
+    ///
+    /// # Errors
+    /// The store fails.
     pub fn put_repo_credentials(
         &self,
         url: &str,
         credentials: Option<&RepoCredentials>,
     ) -> Result<(), StoreError> {
-        match credentials {
-            Some(c) => {
-                self.repo_credentials.insert(url.as_bytes(), encode(c))?;
+        let sealed = credentials
+            .map(|c| self.shared.key.seal(url, &encode(c)))
+            .transpose()?;
+        self.with(|t| {
+            match &sealed {
+                Some(v) => {
+                    t.repo_credentials.insert(url.as_bytes(), v.as_slice())?;
+                }
+                None => {
+                    t.repo_credentials.remove(url.as_bytes())?;
+                }
             }
-            None => {
-                self.repo_credentials.remove(url.as_bytes())?;
-            }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     // ---- application history and pins ----
 
     /// The deployment history and pin of an application.
     pub fn app_ops(&self, name: &str) -> Result<crate::history::AppOps, StoreError> {
-        self.app_ops
-            .get(name.as_bytes())?
-            .map(|v| decode("app_ops", name.as_bytes(), &v))
-            .transpose()
-            .map(Option::unwrap_or_default)
+        self.with(|t| {
+            t.app_ops
+                .get(name.as_bytes())?
+                .map(|v| decode("app_ops", name.as_bytes(), &v))
+                .transpose()
+                .map(Option::unwrap_or_default)
+        })
     }
 
     pub fn put_app_ops(&self, name: &str, ops: &crate::history::AppOps) -> Result<(), StoreError> {
-        self.app_ops.insert(name.as_bytes(), encode(ops))?;
-        Ok(())
+        self.with(|t| {
+            t.app_ops.insert(name.as_bytes(), encode(ops))?;
+            Ok(())
+        })
     }
 
     // ---- applications ----
 
     pub fn app(&self, name: &str) -> Result<Option<AppRecord>, StoreError> {
-        self.apps
-            .get(name.as_bytes())?
-            .map(|v| decode("application", name.as_bytes(), &v))
-            .transpose()
+        self.with(|t| {
+            t.apps
+                .get(name.as_bytes())?
+                .map(|v| decode("application", name.as_bytes(), &v))
+                .transpose()
+        })
     }
 
     pub fn apps(&self) -> Result<Vec<AppRecord>, StoreError> {
-        self.apps
-            .iter()
-            .map(|r| {
-                let (k, v) = r?;
-                decode("application", &k, &v)
-            })
-            .collect()
+        self.with(|t| {
+            t.apps
+                .iter()
+                .map(|r| {
+                    let (k, v) = r?;
+                    decode("application", &k, &v)
+                })
+                .collect()
+        })
     }
 
     pub fn put_app(&self, rec: &AppRecord) -> Result<(), StoreError> {
-        self.apps
-            .insert(rec.app.metadata.name.as_bytes(), encode(rec))?;
-        Ok(())
+        self.with(|t| {
+            t.apps
+                .insert(rec.app.metadata.name.as_bytes(), encode(rec))?;
+            Ok(())
+        })
     }
 
     /// Removes an application, its bundle and its statuses.
     pub fn remove_app(&self, name: &str) -> Result<bool, StoreError> {
-        let existed = self.apps.remove(name.as_bytes())?.is_some();
-        self.bundles.remove(name.as_bytes())?;
-        let mut prefix = name.as_bytes().to_vec();
-        prefix.push(0);
-        let keys: Vec<_> = self
-            .statuses
-            .scan_prefix(&prefix)
-            .keys()
-            .filter_map(Result::ok)
-            .collect();
-        for k in keys {
-            self.statuses.remove(k)?;
-        }
-        Ok(existed)
+        self.with(|t| {
+            let existed = t.apps.remove(name.as_bytes())?.is_some();
+            t.bundles.remove(name.as_bytes())?;
+            let mut prefix = name.as_bytes().to_vec();
+            prefix.push(0);
+            let keys: Vec<_> = t
+                .statuses
+                .scan_prefix(&prefix)
+                .keys()
+                .filter_map(Result::ok)
+                .collect();
+            for k in keys {
+                t.statuses.remove(k)?;
+            }
+            Ok(existed)
+        })
     }
 
     // ---- rendered bundles ----
 
     pub fn bundle(&self, app: &str) -> Result<Option<pb::AppBundle>, StoreError> {
-        self.bundles
-            .get(app.as_bytes())?
-            .map(|v| {
-                pb::AppBundle::decode(v.as_ref()).map_err(|e| StoreError::Corrupt {
-                    what: "bundle",
-                    key: app.to_owned(),
-                    message: e.to_string(),
+        self.with(|t| {
+            t.bundles
+                .get(app.as_bytes())?
+                .map(|v| {
+                    pb::AppBundle::decode(v.as_ref()).map_err(|e| StoreError::Corrupt {
+                        what: "bundle",
+                        key: app.to_owned(),
+                        message: e.to_string(),
+                    })
                 })
-            })
-            .transpose()
+                .transpose()
+        })
     }
 
     pub fn bundles(&self) -> Result<Vec<pb::AppBundle>, StoreError> {
-        self.bundles
-            .iter()
-            .map(|r| {
-                let (k, v) = r?;
-                pb::AppBundle::decode(v.as_ref()).map_err(|e| StoreError::Corrupt {
-                    what: "bundle",
-                    key: String::from_utf8_lossy(&k).into_owned(),
-                    message: e.to_string(),
+        self.with(|t| {
+            t.bundles
+                .iter()
+                .map(|r| {
+                    let (k, v) = r?;
+                    pb::AppBundle::decode(v.as_ref()).map_err(|e| StoreError::Corrupt {
+                        what: "bundle",
+                        key: String::from_utf8_lossy(&k).into_owned(),
+                        message: e.to_string(),
+                    })
                 })
-            })
-            .collect()
+                .collect()
+        })
     }
 
     pub fn put_bundle(&self, bundle: &pb::AppBundle) -> Result<(), StoreError> {
-        self.bundles
-            .insert(bundle.name.as_bytes(), bundle.encode_to_vec())?;
-        Ok(())
+        self.with(|t| {
+            t.bundles
+                .insert(bundle.name.as_bytes(), bundle.encode_to_vec())?;
+            Ok(())
+        })
     }
 
     // ---- statuses ----
 
     pub fn put_status(&self, cluster: &str, status: &pb::AppStatus) -> Result<(), StoreError> {
-        self.statuses
-            .insert(status_key(&status.name, cluster), status.encode_to_vec())?;
-        Ok(())
+        self.with(|t| {
+            t.statuses
+                .insert(status_key(&status.name, cluster), status.encode_to_vec())?;
+            Ok(())
+        })
     }
 
     /// Every reported status of `app`, keyed by cluster.
@@ -531,179 +944,213 @@ impl Store {
         &self,
         app: &str,
     ) -> Result<BTreeMap<String, pb::AppStatus>, StoreError> {
-        let mut prefix = app.as_bytes().to_vec();
-        prefix.push(0);
-        let mut out = BTreeMap::new();
-        for r in self.statuses.scan_prefix(&prefix) {
-            let (k, v) = r?;
-            let cluster = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
-            let st = pb::AppStatus::decode(v.as_ref()).map_err(|e| StoreError::Corrupt {
-                what: "status",
-                key: format!("{app}/{cluster}"),
-                message: e.to_string(),
-            })?;
-            out.insert(cluster, st);
-        }
-        Ok(out)
+        self.with(|t| {
+            let mut prefix = app.as_bytes().to_vec();
+            prefix.push(0);
+            let mut out = BTreeMap::new();
+            for r in t.statuses.scan_prefix(&prefix) {
+                let (k, v) = r?;
+                let cluster = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+                let st = pb::AppStatus::decode(v.as_ref()).map_err(|e| StoreError::Corrupt {
+                    what: "status",
+                    key: format!("{app}/{cluster}"),
+                    message: e.to_string(),
+                })?;
+                out.insert(cluster, st);
+            }
+            Ok(out)
+        })
     }
 
     // ---- repositories ----
 
     pub fn repo(&self, url: &str) -> Result<Option<RepoRecord>, StoreError> {
-        self.repos
-            .get(url.as_bytes())?
-            .map(|v| decode("repository", url.as_bytes(), &v))
-            .transpose()
+        self.with(|t| {
+            t.repos
+                .get(url.as_bytes())?
+                .map(|v| decode("repository", url.as_bytes(), &v))
+                .transpose()
+        })
     }
 
     pub fn repos(&self) -> Result<Vec<RepoRecord>, StoreError> {
-        self.repos
-            .iter()
-            .map(|r| {
-                let (k, v) = r?;
-                decode("repository", &k, &v)
-            })
-            .collect()
+        self.with(|t| {
+            t.repos
+                .iter()
+                .map(|r| {
+                    let (k, v) = r?;
+                    decode("repository", &k, &v)
+                })
+                .collect()
+        })
     }
 
     pub fn put_repo(&self, rec: &RepoRecord) -> Result<(), StoreError> {
-        self.repos.insert(rec.url.as_bytes(), encode(rec))?;
-        Ok(())
+        self.with(|t| {
+            t.repos.insert(rec.url.as_bytes(), encode(rec))?;
+            Ok(())
+        })
     }
 
     // ---- application sets ----
 
     pub fn appset(&self, name: &str) -> Result<Option<AppSetRecord>, StoreError> {
-        self.appsets
-            .get(name.as_bytes())?
-            .map(|v| decode("application set", name.as_bytes(), &v))
-            .transpose()
+        self.with(|t| {
+            t.appsets
+                .get(name.as_bytes())?
+                .map(|v| decode("application set", name.as_bytes(), &v))
+                .transpose()
+        })
     }
 
     pub fn appsets(&self) -> Result<Vec<AppSetRecord>, StoreError> {
-        self.appsets
-            .iter()
-            .map(|r| {
-                let (k, v) = r?;
-                decode("application set", &k, &v)
-            })
-            .collect()
+        self.with(|t| {
+            t.appsets
+                .iter()
+                .map(|r| {
+                    let (k, v) = r?;
+                    decode("application set", &k, &v)
+                })
+                .collect()
+        })
     }
 
     pub fn put_appset(&self, rec: &AppSetRecord) -> Result<(), StoreError> {
-        self.appsets.insert(rec.name.as_bytes(), encode(rec))?;
-        Ok(())
+        self.with(|t| {
+            t.appsets.insert(rec.name.as_bytes(), encode(rec))?;
+            Ok(())
+        })
     }
 
     pub fn remove_appset(&self, name: &str) -> Result<bool, StoreError> {
-        Ok(self.appsets.remove(name.as_bytes())?.is_some())
+        self.with(|t| Ok(t.appsets.remove(name.as_bytes())?.is_some()))
     }
 
     // ---- children of in-hub applications ----
 
     pub fn app_children(&self, parent: &str) -> Result<Option<ChildrenRecord>, StoreError> {
-        self.app_children
-            .get(parent.as_bytes())?
-            .map(|v| decode("app children", parent.as_bytes(), &v))
-            .transpose()
+        self.with(|t| {
+            t.app_children
+                .get(parent.as_bytes())?
+                .map(|v| decode("app children", parent.as_bytes(), &v))
+                .transpose()
+        })
     }
 
     /// Every parent with its record.
     pub fn all_app_children(&self) -> Result<Vec<(String, ChildrenRecord)>, StoreError> {
-        self.app_children
-            .iter()
-            .map(|r| {
-                let (k, v) = r?;
-                Ok((
-                    String::from_utf8_lossy(&k).into_owned(),
-                    decode("app children", &k, &v)?,
-                ))
-            })
-            .collect()
+        self.with(|t| {
+            t.app_children
+                .iter()
+                .map(|r| {
+                    let (k, v) = r?;
+                    Ok((
+                        String::from_utf8_lossy(&k).into_owned(),
+                        decode("app children", &k, &v)?,
+                    ))
+                })
+                .collect()
+        })
     }
 
     /// Stores the record; an empty one is removed.
     pub fn put_app_children(&self, parent: &str, rec: &ChildrenRecord) -> Result<(), StoreError> {
-        if *rec == ChildrenRecord::default() {
-            self.app_children.remove(parent.as_bytes())?;
-        } else {
-            self.app_children.insert(parent.as_bytes(), encode(rec))?;
-        }
-        Ok(())
+        self.with(|t| {
+            if *rec == ChildrenRecord::default() {
+                t.app_children.remove(parent.as_bytes())?;
+            } else {
+                t.app_children.insert(parent.as_bytes(), encode(rec))?;
+            }
+            Ok(())
+        })
     }
 
     // ---- bootstrap tokens ----
 
     pub fn put_bootstrap(&self, sha256_hex: &str, rec: &BootstrapRecord) -> Result<(), StoreError> {
-        self.bootstrap.insert(sha256_hex.as_bytes(), encode(rec))?;
-        Ok(())
+        self.with(|t| {
+            t.bootstrap.insert(sha256_hex.as_bytes(), encode(rec))?;
+            Ok(())
+        })
     }
 
     pub fn bootstrap(&self, sha256_hex: &str) -> Result<Option<BootstrapRecord>, StoreError> {
-        self.bootstrap
-            .get(sha256_hex.as_bytes())?
-            .map(|v| decode("bootstrap token", b"<hash>", &v))
-            .transpose()
+        self.with(|t| {
+            t.bootstrap
+                .get(sha256_hex.as_bytes())?
+                .map(|v| decode("bootstrap token", b"<hash>", &v))
+                .transpose()
+        })
     }
 
     /// Removes a bootstrap token and returns it; of concurrent callers with
     /// the same token only one gets it (single use).
     pub fn take_bootstrap(&self, sha256_hex: &str) -> Result<Option<BootstrapRecord>, StoreError> {
-        self.bootstrap
-            .remove(sha256_hex.as_bytes())?
-            .map(|v| decode("bootstrap token", b"<hash>", &v))
-            .transpose()
+        self.with(|t| {
+            t.bootstrap
+                .remove(sha256_hex.as_bytes())?
+                .map(|v| decode("bootstrap token", b"<hash>", &v))
+                .transpose()
+        })
     }
 
     /// Removes every bootstrap token of a cluster.
     pub fn remove_bootstraps_of(&self, cluster: &str) -> Result<(), StoreError> {
-        let keys: Vec<_> = self
-            .bootstrap
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, v)| {
-                serde_json::from_slice::<BootstrapRecord>(v).is_ok_and(|r| r.cluster == cluster)
-            })
-            .map(|(k, _)| k)
-            .collect();
-        for k in keys {
-            self.bootstrap.remove(k)?;
-        }
-        Ok(())
+        self.with(|t| {
+            let keys: Vec<_> = t
+                .bootstrap
+                .iter()
+                .filter_map(Result::ok)
+                .filter(|(_, v)| {
+                    serde_json::from_slice::<BootstrapRecord>(v).is_ok_and(|r| r.cluster == cluster)
+                })
+                .map(|(k, _)| k)
+                .collect();
+            for k in keys {
+                t.bootstrap.remove(k)?;
+            }
+            Ok(())
+        })
     }
 
     // ---- tokens ----
 
     /// Stores a token by the hex SHA-256 of its secret.
     pub fn put_token(&self, sha256_hex: &str, rec: &TokenRecord) -> Result<(), StoreError> {
-        self.tokens.insert(sha256_hex.as_bytes(), encode(rec))?;
-        Ok(())
+        self.with(|t| {
+            t.tokens.insert(sha256_hex.as_bytes(), encode(rec))?;
+            Ok(())
+        })
     }
 
     /// Removes every token named `name`; returns how many.
     pub fn remove_tokens_named(&self, name: &str) -> Result<usize, StoreError> {
-        let mut n = 0;
-        for (hash, rec) in self.tokens()? {
-            if rec.name == name {
-                self.tokens.remove(hash.as_bytes())?;
-                n += 1;
+        self.with(|t| {
+            let mut n = 0;
+            for (hash, rec) in self.tokens()? {
+                if rec.name == name {
+                    t.tokens.remove(hash.as_bytes())?;
+                    n += 1;
+                }
             }
-        }
-        Ok(n)
+            Ok(n)
+        })
     }
 
     /// Every stored token hash with its record.
     pub fn tokens(&self) -> Result<Vec<(String, TokenRecord)>, StoreError> {
-        self.tokens
-            .iter()
-            .map(|r| {
-                let (k, v) = r?;
-                Ok((
-                    String::from_utf8_lossy(&k).into_owned(),
-                    decode("token", &k, &v)?,
-                ))
-            })
-            .collect()
+        self.with(|t| {
+            t.tokens
+                .iter()
+                .map(|r| {
+                    let (k, v) = r?;
+                    Ok((
+                        String::from_utf8_lossy(&k).into_owned(),
+                        decode("token", &k, &v)?,
+                    ))
+                })
+                .collect()
+        })
     }
 }
 
@@ -715,8 +1162,10 @@ mod tests {
     fn repo_credentials_read_old_records_and_hide_secrets() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
-        // Written before ssh keys existed.
-        s.repo_credentials
+        // Written in clear, before ssh keys existed.
+        s.trees()
+            .unwrap()
+            .repo_credentials
             .insert(
                 "https://h/r",
                 br#"{"username":"u","password":"p"}"#.to_vec(),
@@ -746,6 +1195,122 @@ mod tests {
         );
         s.put_repo_credentials("git@h:r.git", None).unwrap();
         assert_eq!(s.repo_credentials("git@h:r.git").unwrap(), None);
+    }
+
+    /// Every file under `dir`, read.
+    fn raw_bytes(dir: &Path) -> Vec<u8> {
+        let mut all = Vec::new();
+        for e in walkdir::WalkDir::new(dir) {
+            let e = e.unwrap();
+            if e.file_type().is_file() {
+                all.extend(std::fs::read(e.path()).unwrap());
+            }
+        }
+        all
+    }
+
+    fn contains(hay: &[u8], needle: &str) -> bool {
+        hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+    }
+
+    #[test]
+    fn credentials_are_sealed_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = CredentialsKey::load_or_create(&dir.path().join("credentials.key")).unwrap();
+        let db = dir.path().join("db");
+        {
+            let s = Store::open_with_key(&db, key.clone()).unwrap();
+            s.put_repo_credentials(
+                "https://git.example/r.git",
+                Some(&RepoCredentials {
+                    username: "deploy-user-x".into(),
+                    password: "hunter2-password-zz".into(),
+                    ..Default::default()
+                }),
+            )
+            .unwrap();
+            s.flush().unwrap();
+            s.close().unwrap();
+        }
+        let raw = raw_bytes(&db);
+        assert!(!contains(&raw, "hunter2-password-zz"));
+        assert!(!contains(&raw, "deploy-user-x"));
+        // The same key reads them back; another key cannot.
+        let s = Store::open_with_key(&db, key).unwrap();
+        let c = s
+            .repo_credentials("https://git.example/r.git")
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.password, "hunter2-password-zz");
+        s.close().unwrap();
+        let other = Store::open(&db).unwrap();
+        let err = other
+            .repo_credentials("https://git.example/r.git")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--credentials-key-file"), "{err}");
+    }
+
+    #[test]
+    fn plaintext_credentials_of_an_older_hub_are_sealed_and_scrubbed() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("db");
+        {
+            // What a schema 1 hub left: credentials in clear, overwritten
+            // once (sled keeps old values in its log for a while).
+            let raw = sled::open(&db).unwrap();
+            raw.insert(SCHEMA_KEY, b"1".to_vec()).unwrap();
+            let t = raw.open_tree("repo_credentials").unwrap();
+            t.insert(
+                "https://h/r",
+                br#"{"username":"u","password":"old-secret-0001"}"#.to_vec(),
+            )
+            .unwrap();
+            t.insert(
+                "https://h/r",
+                br#"{"username":"u","password":"plain-secret-0002"}"#.to_vec(),
+            )
+            .unwrap();
+            raw.open_tree("clusters")
+                .unwrap()
+                .insert("c1", br#"{"name":"c1"}"#.to_vec())
+                .unwrap();
+            raw.flush().unwrap();
+        }
+        assert!(contains(&raw_bytes(&db), "plain-secret-0002"));
+        let key = CredentialsKey::load_or_create(&dir.path().join("credentials.key")).unwrap();
+        let s = Store::open_with_key(&db, key).unwrap();
+        assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
+        assert_eq!(
+            s.repo_credentials("https://h/r").unwrap().unwrap().password,
+            "plain-secret-0002"
+        );
+        assert_eq!(s.clusters().unwrap().len(), 1);
+        s.close().unwrap();
+        let raw = raw_bytes(&db);
+        assert!(!contains(&raw, "plain-secret-0002"));
+        assert!(!contains(&raw, "old-secret-0001"));
+        assert!(!dir.path().join("db.old").exists() && !dir.path().join("db.rewrite").exists());
+    }
+
+    #[test]
+    fn close_releases_the_directory_whatever_clones_remain() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let clone = s.clone();
+        s.put_token(
+            "aa",
+            &TokenRecord {
+                name: "t".into(),
+                created_ms: 1,
+                read_only: false,
+            },
+        )
+        .unwrap();
+        s.close().unwrap();
+        assert!(matches!(clone.tokens(), Err(StoreError::Unavailable(_))));
+        let again = Store::open(dir.path()).unwrap();
+        assert_eq!(again.tokens().unwrap().len(), 1);
     }
 
     fn app(name: &str) -> Application {

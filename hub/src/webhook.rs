@@ -2,7 +2,7 @@
 //! triggers an immediate fetch of the repositories the payload names.
 //!
 //! The listener is plain HTTP on its own address (`flotilla-hub serve
-//! --webhook-listen ADDR`); put it behind an ingress or load balancer for
+//! --webhook-listen ADDR`, served by `crate::listener`); put it behind an ingress or load balancer for
 //! TLS. With `--webhook-secret`, every request must prove it: GitHub's
 //! `X-Hub-Signature-256` (HMAC-SHA256 of the body, `sha256=<hex>`), Gitea's
 //! `X-Gitea-Signature` (the same HMAC, hex), or GitLab's `X-Gitlab-Token`
@@ -12,7 +12,6 @@
 //! signature.
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -266,27 +265,6 @@ pub fn router(state: WebhookState) -> axum::Router {
         .route("/api/webhook", post(handle))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
-}
-
-/// Binds `addr` and serves the webhook until the task is dropped. Returns
-/// the bound address.
-///
-/// # Errors
-/// The address cannot be bound.
-pub async fn serve(
-    addr: SocketAddr,
-    state: WebhookState,
-) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    let local = listener.local_addr()?;
-    let app = router(state);
-    let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "webhook listener failed");
-        }
-    });
-    tracing::info!(addr = %local, "webhook listening");
-    Ok((local, task))
 }
 
 #[cfg(test)]

@@ -33,33 +33,109 @@ pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 #[derive(Clone, Debug)]
 pub struct AgentLinkService {
     ctx: HubContext,
-    enroll_limit: Arc<RateLimit>,
+    enroll_limits: Arc<EnrollLimits>,
 }
 
-/// Enrollment attempts allowed per peer address and window.
-const ENROLL_ATTEMPTS: u32 = 10;
+/// Failed enrollment attempts allowed per window: per source address, per
+/// cluster (attempts with a token bound to it that still failed) and from
+/// all sources together.
+const FAILURES_PER_SOURCE: u32 = 10;
+const FAILURES_PER_CLUSTER: u32 = 10;
+const FAILURES_IN_ALL: u32 = 600;
 const ENROLL_WINDOW: Duration = Duration::from_secs(60);
 
-/// A fixed-window counter per peer address, against token guessing.
-#[derive(Debug, Default)]
-pub struct RateLimit {
-    windows: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+/// A fixed-window counter per key.
+#[derive(Debug)]
+pub struct RateLimit<K> {
+    windows: Mutex<HashMap<K, (Instant, u32)>>,
 }
 
-impl RateLimit {
-    /// Counts an attempt from `peer`; false when it is over the limit.
-    pub fn allow(&self, peer: IpAddr, max: u32, window: Duration) -> bool {
+impl<K> Default for RateLimit<K> {
+    fn default() -> Self {
+        Self {
+            windows: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<K: std::hash::Hash + Eq> RateLimit<K> {
+    /// Counts an event for `key`; false when it is over `max` in the
+    /// current window.
+    pub fn allow(&self, key: K, max: u32, window: Duration) -> bool {
         let now = Instant::now();
         let mut w = self.windows.lock().unwrap_or_else(|p| p.into_inner());
         if w.len() > 10_000 {
             w.retain(|_, (start, _)| now.duration_since(*start) < window);
         }
-        let entry = w.entry(peer).or_insert((now, 0));
+        let entry = w.entry(key).or_insert((now, 0));
         if now.duration_since(entry.0) >= window {
             *entry = (now, 0);
         }
-        entry.1 += 1;
+        entry.1 = entry.1.saturating_add(1);
         entry.1 <= max
+    }
+
+    /// Whether `key` is over `max` in the current window, without counting.
+    pub fn exceeded(&self, key: &K, max: u32, window: Duration) -> bool {
+        let w = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        w.get(key)
+            .is_some_and(|(start, n)| start.elapsed() < window && *n >= max)
+    }
+}
+
+/// The enrollment limits.
+///
+/// A token is looked up before any limit applies, so a valid token is never
+/// refused because of other callers' failures: not when another client
+/// behind the same address (one NAT) sends invalid tokens, and not when
+/// many addresses do. Tokens carry 256 random bits; what guards them is
+/// that, not a guess rate. The limits make failing callers back off and
+/// bound their work: past [`FAILURES_PER_SOURCE`] failures a minute from one
+/// address, or [`FAILURES_IN_ALL`] from all, failures are answered
+/// `RESOURCE_EXHAUSTED`; past [`FAILURES_PER_CLUSTER`] failed attempts a
+/// minute with a token bound to one cluster (a leaked token sent with bad
+/// requests), that cluster's token is not even looked at until the window
+/// ends. Sizes, deadlines and calls in flight are limited before the
+/// request is decoded ([`super::guard`]).
+#[derive(Debug, Default)]
+pub struct EnrollLimits {
+    per_source: RateLimit<IpAddr>,
+    per_cluster: RateLimit<String>,
+    in_all: RateLimit<()>,
+}
+
+impl EnrollLimits {
+    /// Counts a failed attempt; the status to answer with.
+    fn failure(&self, source: Option<IpAddr>, cluster: Option<&str>, status: Status) -> Status {
+        let over_source =
+            source.is_some_and(|s| !self.per_source.allow(s, FAILURES_PER_SOURCE, ENROLL_WINDOW));
+        let over_cluster = cluster.is_some_and(|c| {
+            !self
+                .per_cluster
+                .allow(c.to_owned(), FAILURES_PER_CLUSTER, ENROLL_WINDOW)
+        });
+        let over_all = !self.in_all.allow((), FAILURES_IN_ALL, ENROLL_WINDOW);
+        if !(over_source || over_cluster || over_all) {
+            return status;
+        }
+        let reason = if over_cluster {
+            "cluster_failures"
+        } else if over_source {
+            "source_failures"
+        } else {
+            "failures"
+        };
+        crate::metrics::metrics().enrollment_refused(reason);
+        if let Some(suppressed) = crate::listener::throttle().allow(("enroll", reason)) {
+            tracing::warn!(
+                peer = %source.map(|s| s.to_string()).unwrap_or_default(),
+                cluster = cluster.unwrap_or_default(),
+                reason,
+                suppressed,
+                "too many failed enrollment attempts (logged at most every 10s)"
+            );
+        }
+        Status::resource_exhausted("too many failed enrollment attempts; try again later")
     }
 }
 
@@ -67,7 +143,7 @@ impl AgentLinkService {
     pub fn new(ctx: HubContext) -> Self {
         Self {
             ctx,
-            enroll_limit: Arc::default(),
+            enroll_limits: Arc::default(),
         }
     }
 
@@ -119,38 +195,46 @@ impl pb::agent_link_server::AgentLink for AgentLinkService {
         &self,
         request: Request<pb::EnrollRequest>,
     ) -> Result<Response<pb::EnrollResponse>, Status> {
-        if let Some(peer) = request.remote_addr()
-            && !self
-                .enroll_limit
-                .allow(peer.ip(), ENROLL_ATTEMPTS, ENROLL_WINDOW)
-        {
-            tracing::warn!(peer = %peer.ip(), "enrollment rate limit exceeded");
-            return Err(Status::resource_exhausted(
-                "too many enrollment attempts; try again later",
-            ));
-        }
+        let source = request.remote_addr().map(|a| a.ip());
         let req = request.into_inner();
+        let limits = &self.enroll_limits;
         // One message for every token failure: a caller learns nothing
         // about which tokens exist.
         let refused = || Status::unauthenticated("invalid, used or expired bootstrap token");
-        let hash = pki::bootstrap_token_hash(&req.token).ok_or_else(refused)?;
-        let rec = self.ctx.store.bootstrap(&hash)?.ok_or_else(refused)?;
+        let found = match pki::bootstrap_token_hash(&req.token) {
+            Some(hash) => self.ctx.store.bootstrap(&hash)?.map(|rec| (hash, rec)),
+            None => None,
+        };
+        let Some((hash, rec)) = found else {
+            return Err(limits.failure(source, None, refused()));
+        };
+        let cluster = rec.cluster.clone();
+        if limits
+            .per_cluster
+            .exceeded(&cluster, FAILURES_PER_CLUSTER, ENROLL_WINDOW)
+        {
+            crate::metrics::metrics().enrollment_refused("cluster_failures");
+            return Err(Status::resource_exhausted(
+                "too many failed enrollment attempts; try again later",
+            ));
+        }
+        let fail = |status: Status| limits.failure(source, Some(&cluster), status);
         if rec.expires_ms <= now_ms() {
             self.ctx.store.take_bootstrap(&hash)?;
             tracing::warn!(cluster = %rec.cluster, "refused enrollment: token expired");
-            return Err(refused());
+            return Err(fail(refused()));
         }
         if self.ctx.store.cluster(&rec.cluster)?.is_none() {
-            return Err(refused());
+            return Err(fail(refused()));
         }
         // Validate the request before spending the token.
         let (certificate_pem, serial) = self
             .ctx
             .pki
             .sign_csr(&rec.cluster, &req.csr_der)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            .map_err(|e| fail(Status::invalid_argument(e.to_string())))?;
         if self.ctx.store.take_bootstrap(&hash)?.is_none() {
-            return Err(refused());
+            return Err(fail(refused()));
         }
         let updated = self.ctx.store.update_cluster(&rec.cluster, |c| {
             c.cert_serial = Some(serial.clone());
@@ -158,7 +242,7 @@ impl pb::agent_link_server::AgentLink for AgentLinkService {
             c.agent_version.clone_from(&req.agent_version);
         })?;
         if updated.is_none() {
-            return Err(refused());
+            return Err(fail(refused()));
         }
         self.ctx.store.flush_async().await?;
         tracing::info!(cluster = %rec.cluster, serial = %serial, "agent enrolled");
@@ -431,8 +515,48 @@ mod tests {
         let window = Duration::from_secs(3600);
         assert!((0..3).all(|_| limit.allow(a, 3, window)));
         assert!(!limit.allow(a, 3, window));
+        assert!(limit.exceeded(&a, 3, window));
+        assert!(!limit.exceeded(&b, 3, window));
         assert!(limit.allow(b, 3, window));
         // A zero window resets every time.
         assert!((0..10).all(|_| limit.allow(a, 3, Duration::ZERO)));
+    }
+
+    #[test]
+    fn failures_turn_into_resource_exhausted_per_source_and_cluster() {
+        let limits = EnrollLimits::default();
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let refused = || Status::unauthenticated("no");
+        for _ in 0..FAILURES_PER_SOURCE {
+            assert_eq!(
+                limits.failure(Some(a), None, refused()).code(),
+                tonic::Code::Unauthenticated
+            );
+        }
+        assert_eq!(
+            limits.failure(Some(a), None, refused()).code(),
+            tonic::Code::ResourceExhausted
+        );
+        // Another address is not affected.
+        assert_eq!(
+            limits.failure(Some(b), None, refused()).code(),
+            tonic::Code::Unauthenticated
+        );
+        // Failures with one cluster's token, from many addresses.
+        for i in 0..FAILURES_PER_CLUSTER {
+            let ip = IpAddr::from([10, 1, 0, u8::try_from(i).unwrap()]);
+            limits.failure(Some(ip), Some("c1"), refused());
+        }
+        assert!(
+            limits
+                .per_cluster
+                .exceeded(&"c1".to_owned(), FAILURES_PER_CLUSTER, ENROLL_WINDOW)
+        );
+        assert!(!limits.per_cluster.exceeded(
+            &"c2".to_owned(),
+            FAILURES_PER_CLUSTER,
+            ENROLL_WINDOW
+        ));
     }
 }

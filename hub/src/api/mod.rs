@@ -12,6 +12,7 @@ use crate::pki::Pki;
 use crate::store::{Store, StoreError, TokenRecord};
 
 pub mod agent_link;
+pub mod guard;
 pub mod hub_api;
 pub mod ops;
 
@@ -36,7 +37,12 @@ pub struct HubContext {
 impl From<StoreError> for Status {
     fn from(e: StoreError) -> Self {
         tracing::error!(error = %e, "store failure");
-        Status::internal(e.to_string())
+        if e.is_unavailable() {
+            // A full disk or a store being reopened: worth retrying.
+            Status::unavailable(e.to_string())
+        } else {
+            Status::internal(e.to_string())
+        }
     }
 }
 

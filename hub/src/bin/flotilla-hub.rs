@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use flotilla_hub::cli::parse_duration;
+use flotilla_hub::listener::ListenerLimits;
 use flotilla_hub::server::{HubConfig, RepoSpec};
 
 #[derive(Debug, Parser)]
@@ -91,6 +92,35 @@ struct ServeArgs {
     /// --insecure-ignore-host-key can be fetched over ssh.
     #[arg(long, env = "FLOTILLA_SSH_KNOWN_HOSTS", value_name = "FILE")]
     ssh_known_hosts: Option<PathBuf>,
+    /// File with the key (64 hex digits) that seals repository credentials
+    /// in the store; created 0600 on first start when missing. Keep it
+    /// apart from backups of the database. [default: DATA/credentials.key]
+    #[arg(long, env = "FLOTILLA_CREDENTIALS_KEY_FILE", value_name = "FILE")]
+    credentials_key_file: Option<PathBuf>,
+    /// Longest a TLS handshake (or, on the plain-HTTP listeners, the first
+    /// request after connecting) may take.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    tls_handshake_timeout: Duration,
+    /// Close a connection with no request in flight for this long.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    connection_idle_timeout: Duration,
+    /// Connections still in their TLS handshake, from all sources; when
+    /// full, the oldest is dropped.
+    #[arg(long, default_value_t = ListenerLimits::default().max_pending)]
+    max_pending_connections: usize,
+    /// Connections still in their TLS handshake, per source address.
+    #[arg(long, default_value_t = ListenerLimits::default().max_pending_per_source)]
+    max_pending_connections_per_source: usize,
+    /// Established connections without a client certificate (CLI, API,
+    /// enrolling agents).
+    #[arg(long, default_value_t = ListenerLimits::default().max_unauthenticated)]
+    max_unauthenticated_connections: usize,
+    /// The same, per source address.
+    #[arg(long, default_value_t = ListenerLimits::default().max_unauthenticated_per_source)]
+    max_unauthenticated_connections_per_source: usize,
+    /// Established connections with an agent certificate.
+    #[arg(long, default_value_t = ListenerLimits::default().max_authenticated)]
+    max_agent_connections: usize,
 }
 
 async fn shutdown_signal() {
@@ -159,6 +189,17 @@ async fn main() -> Result<()> {
         metrics_listen: args.metrics_listen,
         stream_idle_timeout: args.stream_idle_timeout,
         ssh_known_hosts: args.ssh_known_hosts,
+        credentials_key_file: args.credentials_key_file,
+        limits: ListenerLimits {
+            handshake_timeout: args.tls_handshake_timeout,
+            idle_timeout: args.connection_idle_timeout,
+            max_pending: args.max_pending_connections,
+            max_pending_per_source: args.max_pending_connections_per_source,
+            max_unauthenticated: args.max_unauthenticated_connections,
+            max_unauthenticated_per_source: args.max_unauthenticated_connections_per_source,
+            max_authenticated: args.max_agent_connections,
+            ..ListenerLimits::default()
+        },
     };
     let served = flotilla_hub::server::serve(config, shutdown_signal())
         .await
