@@ -962,7 +962,6 @@ async fn repo(g: &Global, c: &mut Client, cmd: RepoCommand) -> Result<()> {
                 }
                 None => None,
             };
-            let url_for_creds = url.clone();
             let r = c
                 .add_repository(pb::AddRepositoryRequest {
                     url,
@@ -974,6 +973,9 @@ async fn repo(g: &Global, c: &mut Client, cmd: RepoCommand) -> Result<()> {
                 .await
                 .map_err(status_err)?
                 .into_inner();
+            // The hub registers the URL without the credentials it may
+            // carry: address it as registered.
+            let url_for_creds = r.url.clone();
             let r = match (password, ssh_private_key) {
                 (_, Some(ssh_private_key)) => c
                     .set_repository_credentials(pb::SetRepositoryCredentialsRequest {

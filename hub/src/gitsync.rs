@@ -741,15 +741,10 @@ pub(crate) fn repo_relative(e: RenderError, base: &str) -> RenderError {
     }
 }
 
-/// A URL with any userinfo (credentials) removed, for logs.
+/// A URL with any userinfo (credentials) masked, for logs: one
+/// implementation, [`crate::source::SafeUrl`].
 pub fn redact(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => match rest.split_once('@') {
-            Some((userinfo, host)) if !userinfo.contains('/') => format!("{scheme}://***@{host}"),
-            _ => url.to_owned(),
-        },
-        None => url.to_owned(),
-    }
+    crate::source::redact_url(url)
 }
 
 #[cfg(test)]

@@ -113,6 +113,8 @@ pub enum HubError {
     Transport(#[from] tonic::transport::Error),
     #[error("TLS configuration: {0}")]
     Tls(String),
+    #[error("--repo: {0}")]
+    Repo(String),
 }
 
 /// A hub that is serving.
@@ -272,13 +274,27 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
             .unwrap_or(config.poll_interval)
             .as_secs()
             .max(1) as i64;
+        // As `flotilla repo add`: credentials in the URL are stored sealed
+        // and the URL registered without them.
+        let (url, embedded) =
+            crate::source::split_credentials(r.url.trim()).map_err(HubError::Repo)?;
         git.add_repository(
-            &r.url,
+            &url,
             &r.revision,
             &r.apps_path,
             secs,
             crate::gitsync::RepoKind::Git,
         )?;
+        if let Some(c) = embedded {
+            store.put_repo_credentials(
+                &url,
+                Some(&crate::store::RepoCredentials {
+                    username: c.username,
+                    password: c.password,
+                    ..Default::default()
+                }),
+            )?;
+        }
     }
     store.flush()?;
 

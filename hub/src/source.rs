@@ -277,4 +277,4 @@ pub fn parse_manifest_stream(
 
 mod imp;
 
-pub use imp::redact_url;
+pub use imp::{SafeUrl, UrlCredentials, redact_url, split_credentials};

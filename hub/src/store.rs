@@ -379,6 +379,60 @@ fn open_db(dir: &Path) -> Result<(sled::Db, u32), StoreError> {
     Ok((db, found))
 }
 
+/// Moves credentials embedded in registered repository URLs (before `repo
+/// add` split them off) into sealed credentials records, registers the
+/// repositories under the URL without them, and renames the origin of the
+/// applications and application sets they declared; returns how many
+/// repositories moved.
+fn move_url_credentials(db: &sled::Db, key: &CredentialsKey) -> Result<usize, StoreError> {
+    let repos = db.open_tree("repositories")?;
+    let creds = db.open_tree("repo_credentials")?;
+    let mut moved = 0;
+    for entry in repos.iter() {
+        let (k, v) = entry?;
+        let mut rec: RepoRecord = decode("repository", &k, &v)?;
+        let Ok((bare, Some(c))) = crate::source::split_credentials(&rec.url) else {
+            continue;
+        };
+        let old = std::mem::replace(&mut rec.url, bare.clone());
+        if creds.get(bare.as_bytes())?.is_none() {
+            let sealed = key.seal(
+                &bare,
+                &encode(&RepoCredentials {
+                    username: c.username,
+                    password: c.password,
+                    ..Default::default()
+                }),
+            )?;
+            creds.insert(bare.as_bytes(), sealed)?;
+        }
+        repos.insert(bare.as_bytes(), encode(&rec))?;
+        repos.remove(&k)?;
+        let (from, to) = (format!("git:{old}:"), format!("git:{bare}:"));
+        for (tree, what) in [
+            ("applications", "application"),
+            ("application_sets", "application set"),
+        ] {
+            let tree = db.open_tree(tree)?;
+            for entry in tree.iter() {
+                let (k, v) = entry?;
+                let mut doc: serde_json::Value = decode(what, &k, &v)?;
+                let renamed = doc["origin"]
+                    .as_str()
+                    .and_then(|o| o.strip_prefix(&from))
+                    .map(|file| format!("{to}{file}"));
+                if let Some(origin) = renamed {
+                    doc["origin"] = serde_json::Value::String(origin);
+                    tree.insert(&k, encode(&doc))?;
+                }
+            }
+        }
+        tracing::info!(url = %crate::source::SafeUrl(&bare), "credentials in a registered repository URL moved to sealed credentials");
+        moved += 1;
+    }
+    Ok(moved)
+}
+
 /// Drops the latched instance and opens the database again, with backoff,
 /// until a write gets through or the store is closed or dropped.
 fn recover(shared: &Weak<Shared>) {
@@ -481,7 +535,8 @@ impl Store {
         credentials::finish_interrupted_rewrite(dir)?;
         let (db, found) = open_db(dir)?;
         let db = if found < SCHEMA_VERSION && key.is_persistent() {
-            let migrated = credentials::seal_plaintext(&db, &key)?;
+            let migrated =
+                credentials::seal_plaintext(&db, &key)? + move_url_credentials(&db, &key)?;
             db.insert(SCHEMA_KEY, SCHEMA_VERSION.to_string().as_bytes())?;
             db.flush()?;
             if migrated > 0 {
@@ -1291,6 +1346,57 @@ mod tests {
         assert!(!contains(&raw, "plain-secret-0002"));
         assert!(!contains(&raw, "old-secret-0001"));
         assert!(!dir.path().join("db.old").exists() && !dir.path().join("db.rewrite").exists());
+    }
+
+    #[test]
+    fn credentials_in_registered_urls_move_to_sealed_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("db");
+        let old_url = "https://bot:url-secret-0003@git.example/cfg.git";
+        {
+            let raw = sled::open(&db).unwrap();
+            raw.insert(SCHEMA_KEY, b"1".to_vec()).unwrap();
+            raw.open_tree("repositories")
+                .unwrap()
+                .insert(
+                    old_url,
+                    encode(&RepoRecord {
+                        url: old_url.into(),
+                        apps_path: "apps".into(),
+                        ..Default::default()
+                    }),
+                )
+                .unwrap();
+            let rec = AppRecord {
+                app: app("guestbook"),
+                origin: format!("git:{old_url}:apps/guestbook.yaml"),
+                revision: String::new(),
+                error: String::new(),
+            };
+            raw.open_tree("applications")
+                .unwrap()
+                .insert("guestbook", encode(&rec))
+                .unwrap();
+            raw.flush().unwrap();
+        }
+        let key = CredentialsKey::load_or_create(&dir.path().join("credentials.key")).unwrap();
+        let s = Store::open_with_key(&db, key).unwrap();
+        let bare = "https://git.example/cfg.git";
+        let repos = s.repos().unwrap();
+        assert_eq!(repos.len(), 1);
+        assert_eq!(repos[0].url, bare);
+        assert_eq!(repos[0].apps_path, "apps");
+        let c = s.repo_credentials(bare).unwrap().unwrap();
+        assert_eq!(
+            (c.username.as_str(), c.password.as_str()),
+            ("bot", "url-secret-0003")
+        );
+        assert_eq!(
+            s.app("guestbook").unwrap().unwrap().origin,
+            format!("git:{bare}:apps/guestbook.yaml")
+        );
+        s.close().unwrap();
+        assert!(!contains(&raw_bytes(&db), "url-secret-0003"));
     }
 
     #[test]

@@ -60,10 +60,16 @@ impl HubApiService {
                 .map(|b| b.render_error.clone())
                 .unwrap_or_default()
         };
+        // Credentials in a source URL are never shown.
+        let repo_url = &app.spec.source.repo_url;
+        let mut manifest = serde_saphyr::to_string(app).unwrap_or_default();
+        if crate::source::redact_url(repo_url) != *repo_url {
+            manifest = manifest.replace(repo_url.as_str(), &crate::source::redact_url(repo_url));
+        }
         Ok(pb::Application {
             name: name.clone(),
-            origin: rec.origin.clone(),
-            repo_url: app.spec.source.repo_url.clone(),
+            origin: crate::source::redact_url(&rec.origin),
+            repo_url: crate::source::redact_url(repo_url),
             path: app.spec.source.path.clone(),
             chart: app.spec.source.chart.clone(),
             target_revision: app.spec.source.target_revision.clone(),
@@ -76,7 +82,7 @@ impl HubApiService {
             policy: Some(fleet::sync_policy(app)),
             error,
             clusters: cluster_rows,
-            manifest: serde_saphyr::to_string(app).unwrap_or_default(),
+            manifest,
         })
     }
 
@@ -108,7 +114,8 @@ fn token_to_pb(t: &TokenRecord) -> pb::ApiToken {
 
 fn repo_to_pb(r: &RepoRecord) -> pb::Repository {
     pb::Repository {
-        url: r.url.clone(),
+        // Registered before `repo add` moved credentials out of URLs.
+        url: crate::source::redact_url(&r.url),
         revision: r.revision.clone(),
         apps_path: r.apps_path.clone(),
         poll_interval_secs: r.poll_interval_secs,
@@ -408,10 +415,15 @@ impl pb::hub_api_server::HubApi for HubApiService {
         request: Request<pb::AddRepositoryRequest>,
     ) -> Result<Response<pb::Repository>, Status> {
         require_write(&request)?;
-        let req = request.into_inner();
+        let mut req = request.into_inner();
         if req.url.trim().is_empty() {
             return Err(Status::invalid_argument("repository url is required"));
         }
+        // Credentials in the URL become stored (sealed) credentials; the
+        // URL is registered, shown and logged without them.
+        let (url, embedded) =
+            crate::source::split_credentials(req.url.trim()).map_err(Status::invalid_argument)?;
+        req.url = url;
         let kind =
             crate::gitsync::RepoKind::parse(&req.r#type).map_err(Status::invalid_argument)?;
         if kind == crate::gitsync::RepoKind::Helm {
@@ -433,8 +445,21 @@ impl pb::hub_api_server::HubApi for HubApiService {
             req.poll_interval_secs,
             kind,
         )?;
+        let credentials = embedded.map(|c| RepoCredentials {
+            username: c.username,
+            password: c.password,
+            ..Default::default()
+        });
+        if let Some(c) = &credentials {
+            self.ctx.store.put_repo_credentials(&req.url, Some(c))?;
+            tracing::info!(url = %crate::source::SafeUrl(&req.url), "credentials in the repository URL moved to the stored credentials");
+            self.ctx.git.refresh_urls(std::slice::from_ref(&req.url));
+        }
         self.ctx.store.flush_async().await?;
-        Ok(Response::new(repo_to_pb(&rec)))
+        Ok(Response::new(repo_with_credentials(
+            &rec,
+            credentials.as_ref(),
+        )))
     }
 
     async fn refresh(
@@ -575,7 +600,12 @@ impl pb::hub_api_server::HubApi for HubApiService {
         request: Request<pb::SetRepositoryCredentialsRequest>,
     ) -> Result<Response<pb::Repository>, Status> {
         require_write(&request)?;
-        let req = request.into_inner();
+        let mut req = request.into_inner();
+        // The repository is registered without the credentials a URL may
+        // carry (see add_repository).
+        if let Ok((url, _)) = crate::source::split_credentials(req.url.trim()) {
+            req.url = url;
+        }
         let rec = self.ctx.store.repo(&req.url)?.ok_or_else(|| {
             Status::not_found(format!(
                 "repository {:?} is not registered",

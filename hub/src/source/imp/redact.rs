@@ -1,18 +1,100 @@
 //! Keeping credentials embedded in repository URLs out of messages.
+//!
+//! Credentials are redacted by type: a URL that is logged, put in an error
+//! or returned by the API is wrapped in [`SafeUrl`], whose `Display` and
+//! `Debug` never show its userinfo. Only the code that talks to the network
+//! uses the bare string. `repo add` moves credentials out of the URL into
+//! the stored (sealed) credentials, [`split_credentials`].
+
+use std::fmt;
 
 /// What replaces the userinfo of a URL.
 const MASK: &str = "***";
 
-/// Returns `url` with any userinfo (`user:token@`) replaced by `***@`.
+/// A URL shown without its credentials: `Display` and `Debug` replace any
+/// userinfo (`user:token@`) by `***@`.
 ///
 /// Both parts are masked: hosts accept a token as the user name as well as
 /// the password, so neither is safe to show. Strings that are not
-/// `scheme://` URLs (local paths, scp-like `host:path`) are returned as is.
-pub fn redact_url(url: &str) -> String {
-    match userinfo_span(url) {
-        Some((start, end)) => format!("{}{MASK}{}", &url[..start], &url[end..]),
-        None => url.to_owned(),
+/// `scheme://` URLs (local paths, scp-like `host:path`) show as they are.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct SafeUrl<'a>(pub &'a str);
+
+impl fmt::Display for SafeUrl<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match userinfo_span(self.0) {
+            Some((start, end)) => {
+                f.write_str(&self.0[..start])?;
+                f.write_str(MASK)?;
+                f.write_str(&self.0[end..])
+            }
+            None => f.write_str(self.0),
+        }
     }
+}
+
+impl fmt::Debug for SafeUrl<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.to_string(), f)
+    }
+}
+
+/// Returns `url` with any userinfo replaced by `***@` ([`SafeUrl`]).
+pub fn redact_url(url: &str) -> String {
+    SafeUrl(url).to_string()
+}
+
+/// Credentials found in a URL's userinfo, percent-decoded.
+#[derive(Clone, PartialEq, Eq)]
+pub struct UrlCredentials {
+    /// Empty for a bare token (`https://TOKEN@host/...`): the fetch then
+    /// uses its default user name.
+    pub username: String,
+    pub password: String,
+}
+
+impl fmt::Debug for UrlCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UrlCredentials").finish_non_exhaustive()
+    }
+}
+
+/// Splits the credentials off an http(s) URL: the URL without userinfo,
+/// and the credentials it carried. `https://user:pass@host/r` gives `user`
+/// and `pass`; `https://TOKEN@host/r` gives the token as the password. An
+/// ssh user name (`ssh://git@host/r`, `git@host:r`) is an address, not a
+/// credential, and stays.
+///
+/// # Errors
+/// An ssh URL with a password in it (ssh repositories authenticate with a
+/// key).
+pub fn split_credentials(url: &str) -> Result<(String, Option<UrlCredentials>), String> {
+    let Some((start, end)) = userinfo_span(url) else {
+        return Ok((url.to_owned(), None));
+    };
+    let scheme = url[..start].trim_end_matches("://").to_ascii_lowercase();
+    let userinfo = &url[start..end];
+    if scheme != "http" && scheme != "https" {
+        if userinfo.contains(':') {
+            return Err(format!(
+                "{} has a password in it; ssh repositories authenticate with a key (--ssh-private-key-path)",
+                SafeUrl(url)
+            ));
+        }
+        return Ok((url.to_owned(), None));
+    }
+    let bare = format!("{}{}", &url[..start], &url[end + 1..]);
+    let credentials = match userinfo.split_once(':') {
+        Some((user, password)) => UrlCredentials {
+            username: percent_decode(user),
+            password: percent_decode(password),
+        },
+        None => UrlCredentials {
+            username: String::new(),
+            password: percent_decode(userinfo),
+        },
+    };
+    Ok((bare, Some(credentials)))
 }
 
 /// Byte range of the userinfo (without the `@`) in a `scheme://` URL.
@@ -104,6 +186,47 @@ mod tests {
         for (input, want) in cases {
             assert_eq!(redact_url(input), want, "{input}");
         }
+    }
+
+    #[test]
+    fn safe_url_hides_credentials_in_display_and_debug() {
+        let u = SafeUrl("https://user:tok3n@example.com/r.git");
+        assert_eq!(u.to_string(), "https://***@example.com/r.git");
+        assert_eq!(format!("{u:?}"), "\"https://***@example.com/r.git\"");
+        assert!(!format!("{u} {u:?}").contains("tok3n"));
+    }
+
+    #[test]
+    fn credentials_split_off_http_urls_only() {
+        let (url, c) = split_credentials("https://u%40x:p%3As@host:8443/r.git?x=1").unwrap();
+        assert_eq!(url, "https://host:8443/r.git?x=1");
+        let c = c.unwrap();
+        assert_eq!((c.username.as_str(), c.password.as_str()), ("u@x", "p:s"));
+        assert!(!format!("{c:?}").contains("p:s"));
+        let (url, c) = split_credentials("https://ghp_token@github.com/o/r").unwrap();
+        assert_eq!(url, "https://github.com/o/r");
+        let c = c.unwrap();
+        assert_eq!(
+            (c.username.as_str(), c.password.as_str()),
+            ("", "ghp_token")
+        );
+        assert_eq!(
+            split_credentials("https://github.com/o/r").unwrap(),
+            ("https://github.com/o/r".to_owned(), None)
+        );
+        assert_eq!(
+            split_credentials("ssh://git@host/r.git").unwrap(),
+            ("ssh://git@host/r.git".to_owned(), None)
+        );
+        assert_eq!(
+            split_credentials("git@host:r.git").unwrap(),
+            ("git@host:r.git".to_owned(), None)
+        );
+        let err = split_credentials("ssh://git:pw@host/r.git").unwrap_err();
+        assert!(
+            err.contains("ssh://***@host/r.git") && !err.contains("pw@"),
+            "{err}"
+        );
     }
 
     #[test]
