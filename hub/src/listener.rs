@@ -27,8 +27,8 @@
 //!   enrolling agents). Capped in all and per source address.
 //!
 //! An established connection with no request in flight for `idle_timeout`
-//! (or that sends no request within `handshake_timeout` of its handshake)
-//! is closed. Every refusal and timeout counts in
+//! is closed; on plain HTTP, a connection that sends no request within
+//! `handshake_timeout` too. Every refusal and timeout counts in
 //! `flotilla_hub_connections_rejected_total{listener,reason}` or
 //! `flotilla_hub_connection_timeouts_total{listener,phase}` and is logged,
 //! at most once per 10 s per listener and reason.
@@ -327,12 +327,23 @@ pub struct Activity {
 }
 
 impl Activity {
+    /// A connection that must send its first request within the handshake
+    /// timeout (plain HTTP: that is its handshake).
     fn new() -> Arc<Self> {
         Arc::new(Self {
             in_flight: AtomicUsize::new(0),
             seen_request: AtomicBool::new(false),
             last_change: Mutex::new(Instant::now()),
         })
+    }
+
+    /// A connection past its TLS handshake: idle from the start. (A client
+    /// may connect ahead of its first call; what such connections can hold
+    /// is bounded by the class caps.)
+    fn established() -> Arc<Self> {
+        let a = Self::new();
+        a.seen_request.store(true, Ordering::Relaxed);
+        a
     }
 
     /// Marks a request as in flight until the guard is dropped (hold it in
@@ -643,13 +654,13 @@ pub fn tls_incoming(
                         }
                     },
                 };
-                let activity = Activity::new();
+                let activity = Activity::established();
                 registry.insert(peer, &activity);
                 let conn = GuardedConn {
                     inner: tls,
                     listener: NAME,
                     peer,
-                    idle: Box::pin(tokio::time::sleep(limits.handshake_timeout)),
+                    idle: Box::pin(tokio::time::sleep(limits.idle_timeout)),
                     limits,
                     activity,
                     registry: Some(registry),

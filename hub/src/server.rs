@@ -22,6 +22,8 @@ use flotilla_proto as pb;
 
 /// Largest message an agent may send (status reports of big applications).
 const MAX_AGENT_MESSAGE: usize = 64 * 1024 * 1024;
+/// Concurrent HTTP/2 streams (calls) per connection.
+const MAX_STREAMS_PER_CONNECTION: u32 = 100;
 
 /// A repository given on the command line.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -355,6 +357,8 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
     };
     let router = Server::builder()
         .layer(crate::api::guard::GuardLayer::new(registry))
+        // tonic would otherwise lift hyper's default and allow any number.
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(

@@ -296,10 +296,12 @@ struct Shared {
     /// A recovery thread runs.
     recovering: AtomicBool,
     closed: AtomicBool,
-    /// The instance taken out of service after an IO error: the reopen
-    /// waits until calls in flight have let go of it (and of sled's file
-    /// lock).
-    retired: Mutex<Option<Weak<Trees>>>,
+    /// Instances taken out of service after an IO error, never dropped:
+    /// sled's drop flushes and, after some IO errors (a blob that could not
+    /// be written), waits forever for a write that will not happen. Each
+    /// keeps its memory and its log file's descriptor until the process
+    /// ends.
+    graveyard: Mutex<Vec<Arc<Trees>>>,
     /// Last write probe, so readiness checks do not write every time.
     last_probe: Mutex<Option<(Instant, Result<(), String>)>>,
     /// Serialises read-modify-write of cluster records, which the agent
@@ -354,6 +356,8 @@ impl std::fmt::Debug for Store {
 }
 
 const PROBE_KEY: &[u8] = b"write_probe";
+/// Longest an async flush may take before the store counts it as failed.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
 /// First and longest pause between two attempts to reopen the database.
 const REOPEN_START: Duration = Duration::from_millis(500);
 const REOPEN_MAX: Duration = Duration::from_secs(30);
@@ -433,7 +437,26 @@ fn move_url_credentials(db: &sled::Db, key: &CredentialsKey) -> Result<usize, St
     Ok(moved)
 }
 
-/// Drops the latched instance and opens the database again, with backoff,
+/// Puts a copy of the log file (`db`) in its place: the latched instance,
+/// which is never dropped, keeps its exclusive lock on the original, and a
+/// new instance locks the copy. The latched instance writes nothing more
+/// (sled stops at its first IO error), so the copy holds what is on disk,
+/// which sled recovers from as after a crash.
+fn release_lock(dir: &Path) -> Result<(), StoreError> {
+    let log = dir.join("db");
+    let copy = dir.join("db.reopen");
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| StoreError::Io { path, source }
+    };
+    std::fs::copy(&log, &copy).map_err(io(&copy))?;
+    std::fs::File::open(&copy)
+        .and_then(|f| f.sync_all())
+        .map_err(io(&copy))?;
+    std::fs::rename(&copy, &log).map_err(io(&log))
+}
+
+/// Opens the database again after an IO error, with backoff,
 /// until a write gets through or the store is closed or dropped.
 fn recover(shared: &Weak<Shared>) {
     let mut pause = REOPEN_START;
@@ -449,22 +472,14 @@ fn recover(shared: &Weak<Shared>) {
             shared.recovering.store(false, Ordering::SeqCst);
             return;
         }
-        let in_use = shared
-            .retired
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .is_some_and(|w| w.strong_count() > 0);
-        if in_use {
-            pause = REOPEN_START;
-            continue;
-        }
         attempts = attempts.saturating_add(1);
-        let reopened = open_db(&shared.dir).and_then(|(db, _)| {
-            db.insert(PROBE_KEY, crate::api::now_ms().to_string().as_bytes())?;
-            db.flush()?;
-            Trees::open(db)
-        });
+        let reopened = release_lock(&shared.dir)
+            .and_then(|()| open_db(&shared.dir))
+            .and_then(|(db, _)| {
+                db.insert(PROBE_KEY, crate::api::now_ms().to_string().as_bytes())?;
+                db.flush()?;
+                Trees::open(db)
+            });
         match reopened {
             Ok(trees) => {
                 *shared.current.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(trees));
@@ -559,7 +574,7 @@ impl Store {
                 health: Mutex::new(StoreHealth::Writable),
                 recovering: AtomicBool::new(false),
                 closed: AtomicBool::new(false),
-                retired: Mutex::new(None),
+                graveyard: Mutex::new(Vec::new()),
                 last_probe: Mutex::new(None),
                 cluster_lock: Mutex::new(()),
             }),
@@ -612,13 +627,14 @@ impl Store {
                 .current
                 .write()
                 .unwrap_or_else(|p| p.into_inner());
-            if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, trees)) {
-                *current = None;
-                *self
-                    .shared
-                    .retired
+            if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, trees))
+                && let Some(old) = current.take()
+            {
+                self.shared
+                    .graveyard
                     .lock()
-                    .unwrap_or_else(|p| p.into_inner()) = Some(Arc::downgrade(trees));
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(old);
             }
         }
         if self.shared.closed.load(Ordering::SeqCst)
@@ -729,15 +745,18 @@ impl Store {
         })
     }
 
-    /// Async flush, for use on the runtime.
+    /// Async flush, for use on the runtime. A flush that does not complete
+    /// within 30 s counts as an IO error (sled can wait forever for a write
+    /// that failed).
     pub async fn flush_async(&self) -> Result<(), StoreError> {
         let trees = self.trees()?;
-        let r = trees
-            .db
-            .flush_async()
-            .await
-            .map(|_| ())
-            .map_err(StoreError::from);
+        let r = match tokio::time::timeout(FLUSH_TIMEOUT, trees.db.flush_async()).await {
+            Ok(r) => r.map(|_| ()).map_err(StoreError::from),
+            Err(_) => Err(StoreError::Sled(sled::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("flush did not complete within {}s", FLUSH_TIMEOUT.as_secs()),
+            )))),
+        };
         if let Err(e) = &r
             && e.is_io()
         {

@@ -88,3 +88,17 @@ Whether ssh known hosts are supplied, by value or by existing ConfigMap.
 {{- define "flotilla-hub.hasKnownHosts" -}}
 {{- if or .Values.ssh.knownHosts .Values.ssh.existingConfigMap -}}true{{- end -}}
 {{- end -}}
+
+{{/*
+Secret holding the credentials key.
+*/}}
+{{- define "flotilla-hub.credentialsKeySecretName" -}}
+{{- default (printf "%s-credentials-key" (include "flotilla-hub.fullname" .)) .Values.credentialsKey.existingSecret -}}
+{{- end -}}
+
+{{/*
+Whether a credentials key is supplied, by value or by existing Secret.
+*/}}
+{{- define "flotilla-hub.hasCredentialsKey" -}}
+{{- if or .Values.credentialsKey.value .Values.credentialsKey.existingSecret -}}true{{- end -}}
+{{- end -}}
