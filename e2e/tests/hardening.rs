@@ -158,6 +158,12 @@ struct HalfSent {
     sent: usize,
 }
 
+/// The client's half of a half-sent call, kept open until dropped.
+struct Held(
+    #[allow(dead_code)] h2::client::SendRequest<Bytes>,
+    #[allow(dead_code)] h2::SendStream<Bytes>,
+);
+
 /// Opens `AgentLink.Enroll`, sends a gRPC prefix declaring `declared`
 /// bytes, then up to `body` bytes of it (respecting flow control), and
 /// waits up to `wait` for an answer without ever finishing the message.
@@ -166,13 +172,14 @@ async fn half_sent_enroll(
     declared: u32,
     body: usize,
     wait: Duration,
-) -> anyhow::Result<HalfSent> {
+) -> anyhow::Result<(HalfSent, Held)> {
     let req = http::Request::post("https://localhost/flotilla.v1.AgentLink/Enroll")
         .header("content-type", "application/grpc")
         .header("te", "trailers")
         .body(())?;
     send = send.ready().await?;
     let (resp, mut stream) = send.send_request(req, false)?;
+    let keep = send.clone();
     let mut resp = Box::pin(resp);
     let mut prefix = vec![0u8];
     prefix.extend_from_slice(&declared.to_be_bytes());
@@ -210,7 +217,7 @@ async fn half_sent_enroll(
         Some(Err(e)) => Some(format!("stream error: {e}")),
         None => None,
     };
-    Ok(HalfSent { grpc_status, sent })
+    Ok((HalfSent { grpc_status, sent }, Held(keep, stream)))
 }
 
 // ---- unauthenticated peers ----
@@ -242,10 +249,15 @@ async fn half_sent_oversized_enrollments_are_refused_without_growing_the_hub() -
         )));
     }
     let mut results = Vec::new();
+    let mut held = Vec::new();
     for t in tasks {
-        results.push(t.await??);
+        let (r, h) = t.await??;
+        results.push(r);
+        held.push(h);
     }
+    // Measured while every call is still open, half sent.
     let after = rss_kib(pid)?;
+    eprintln!("hub RSS {before} KiB -> {after} KiB; {results:?}");
     for r in &results {
         // RESOURCE_EXHAUSTED, answered on the prefix: at most the first
         // flow-control window got through.
@@ -257,12 +269,12 @@ async fn half_sent_oversized_enrollments_are_refused_without_growing_the_hub() -
         grown_mib < 48,
         "hub RSS grew by {grown_mib} MiB ({before} -> {after} KiB) for {PEERS} half-sent enrollments: {results:?}"
     );
+    drop(held);
     // The hub still serves: the agent connects.
     eventually("the agent connected", CONVERGE, || {
         cluster_connected(&fleet, "sim-1")
     })
     .await?;
-    eprintln!("hub RSS {before} KiB -> {after} KiB; {results:?}");
     Ok(())
 }
 

@@ -302,6 +302,8 @@ struct Shared {
     /// keeps its memory and its log file's descriptor until the process
     /// ends.
     graveyard: Mutex<Vec<Arc<Trees>>>,
+    /// When the write probe in progress started.
+    probing: Mutex<Option<Instant>>,
     /// Last write probe, so readiness checks do not write every time.
     last_probe: Mutex<Option<(Instant, Result<(), String>)>>,
     /// Serialises read-modify-write of cluster records, which the agent
@@ -356,6 +358,8 @@ impl std::fmt::Debug for Store {
 }
 
 const PROBE_KEY: &[u8] = b"write_probe";
+/// A write probe that has not returned for this long counts as failed.
+const PROBE_STUCK: Duration = Duration::from_secs(10);
 /// Longest an async flush may take before the store counts it as failed.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
 /// First and longest pause between two attempts to reopen the database.
@@ -485,6 +489,9 @@ fn recover(shared: &Weak<Shared>) {
                 *shared.current.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(trees));
                 *shared.health.lock().unwrap_or_else(|p| p.into_inner()) = StoreHealth::Writable;
                 *shared.last_probe.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                // A probe stuck in the old instance does not count for the
+                // new one.
+                *shared.probing.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 shared.recovering.store(false, Ordering::SeqCst);
                 crate::metrics::metrics().store_reopened();
                 crate::metrics::metrics().store_writable(true);
@@ -575,6 +582,7 @@ impl Store {
                 recovering: AtomicBool::new(false),
                 closed: AtomicBool::new(false),
                 graveyard: Mutex::new(Vec::new()),
+                probing: Mutex::new(None),
                 last_probe: Mutex::new(None),
                 cluster_lock: Mutex::new(()),
             }),
@@ -683,6 +691,31 @@ impl Store {
         {
             return result.clone();
         }
+        {
+            let mut probing = self
+                .shared
+                .probing
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if let Some(started) = *probing {
+                let waited = started.elapsed();
+                if waited < PROBE_STUCK {
+                    return Err("a write probe is in progress".to_owned());
+                }
+                // A flush that never returns is a disk that does not take
+                // writes: recover as from an IO error.
+                let error = StoreError::Sled(sled::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("a write probe has not returned for {}s", waited.as_secs()),
+                )));
+                let message = error.to_string();
+                if let Ok(trees) = self.trees() {
+                    self.latched(&trees, &error);
+                }
+                return Err(message);
+            }
+            *probing = Some(Instant::now());
+        }
         let result = self
             .with(|t| {
                 t.db.insert(PROBE_KEY, crate::api::now_ms().to_string().as_bytes())?;
@@ -690,6 +723,11 @@ impl Store {
                 Ok(())
             })
             .map_err(|e| e.to_string());
+        *self
+            .shared
+            .probing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = None;
         *self
             .shared
             .last_probe
