@@ -117,13 +117,16 @@ impl ListenerLimits {
 /// others, so a flood of refusals does not become a flood of log lines.
 #[derive(Debug, Default)]
 pub struct LogThrottle {
-    last: Mutex<HashMap<(&'static str, &'static str), (Instant, u64)>>,
+    last: Mutex<HashMap<ThrottleKey, (Instant, u64)>>,
 }
+
+/// What a throttled line is about: (listener or area, reason).
+type ThrottleKey = (&'static str, &'static str);
 
 impl LogThrottle {
     /// `Some(suppressed)` when a line for `key` may be logged now, with how
     /// many were held back since the last one.
-    pub fn allow(&self, key: (&'static str, &'static str)) -> Option<u64> {
+    pub fn allow(&self, key: ThrottleKey) -> Option<u64> {
         let now = Instant::now();
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         match last.get_mut(&key) {
@@ -863,7 +866,7 @@ pub fn raise_fd_limit() -> Option<u64> {
     let mut lim = getrlimit(Resource::Nofile);
     if lim.current != lim.maximum {
         lim.current = lim.maximum;
-        if let Err(e) = setrlimit(Resource::Nofile, lim.clone()) {
+        if let Err(e) = setrlimit(Resource::Nofile, lim) {
             tracing::debug!(error = %e, "cannot raise the open files limit");
         }
     }
