@@ -962,6 +962,7 @@ async fn repo(g: &Global, c: &mut Client, cmd: RepoCommand) -> Result<()> {
                 }
                 None => None,
             };
+            let url_for_creds = url.clone();
             let r = c
                 .add_repository(pb::AddRepositoryRequest {
                     url,
@@ -975,7 +976,8 @@ async fn repo(g: &Global, c: &mut Client, cmd: RepoCommand) -> Result<()> {
                 .into_inner();
             // The hub registers the URL without the credentials it may
             // carry: address it as registered.
-            let url_for_creds = r.url.clone();
+            let url_for_creds = crate::source::split_credentials(url_for_creds.trim())
+                .map_or(url_for_creds, |(bare, _)| bare);
             let r = match (password, ssh_private_key) {
                 (_, Some(ssh_private_key)) => c
                     .set_repository_credentials(pb::SetRepositoryCredentialsRequest {

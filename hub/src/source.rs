@@ -277,4 +277,4 @@ pub fn parse_manifest_stream(
 
 mod imp;
 
-pub use imp::{SafeUrl, UrlCredentials, redact_url, split_credentials};
+pub use imp::{SafeUrl, UrlCredentials, display_repo_url, redact_url, split_credentials};

@@ -62,14 +62,15 @@ impl HubApiService {
         };
         // Credentials in a source URL are never shown.
         let repo_url = &app.spec.source.repo_url;
+        let shown_url = crate::source::display_repo_url(repo_url);
         let mut manifest = serde_saphyr::to_string(app).unwrap_or_default();
-        if crate::source::redact_url(repo_url) != *repo_url {
-            manifest = manifest.replace(repo_url.as_str(), &crate::source::redact_url(repo_url));
+        if shown_url != *repo_url {
+            manifest = manifest.replace(repo_url.as_str(), &shown_url);
         }
         Ok(pb::Application {
             name: name.clone(),
             origin: crate::source::redact_url(&rec.origin),
-            repo_url: crate::source::redact_url(repo_url),
+            repo_url: shown_url,
             path: app.spec.source.path.clone(),
             chart: app.spec.source.chart.clone(),
             target_revision: app.spec.source.target_revision.clone(),
@@ -115,7 +116,7 @@ fn token_to_pb(t: &TokenRecord) -> pb::ApiToken {
 fn repo_to_pb(r: &RepoRecord) -> pb::Repository {
     pb::Repository {
         // Registered before `repo add` moved credentials out of URLs.
-        url: crate::source::redact_url(&r.url),
+        url: crate::source::display_repo_url(&r.url),
         revision: r.revision.clone(),
         apps_path: r.apps_path.clone(),
         poll_interval_secs: r.poll_interval_secs,

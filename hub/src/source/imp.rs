@@ -11,7 +11,7 @@ mod redact;
 mod render;
 mod ssh;
 
-pub use redact::{SafeUrl, UrlCredentials, redact_url, split_credentials};
+pub use redact::{SafeUrl, UrlCredentials, display_repo_url, redact_url, split_credentials};
 
 pub(super) fn fetch(root: &Path, url: &str, revision: &str) -> Result<String, SourceError> {
     git::fetch(root, url, revision)

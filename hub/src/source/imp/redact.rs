@@ -44,6 +44,16 @@ pub fn redact_url(url: &str) -> String {
     SafeUrl(url).to_string()
 }
 
+/// A registered repository URL as shown: as it is when it carries no
+/// credentials (an ssh user name such as `git@` is an address, and the
+/// repository is addressed by it), else with its userinfo masked.
+pub fn display_repo_url(url: &str) -> String {
+    match split_credentials(url) {
+        Ok((_, None)) => url.to_owned(),
+        _ => redact_url(url),
+    }
+}
+
 /// Credentials found in a URL's userinfo, percent-decoded.
 #[derive(Clone, PartialEq, Eq)]
 pub struct UrlCredentials {
@@ -221,6 +231,18 @@ mod tests {
         assert_eq!(
             split_credentials("git@host:r.git").unwrap(),
             ("git@host:r.git".to_owned(), None)
+        );
+        assert_eq!(
+            display_repo_url("ssh://git@host/r.git"),
+            "ssh://git@host/r.git"
+        );
+        assert_eq!(
+            display_repo_url("https://u:p@host/r.git"),
+            "https://***@host/r.git"
+        );
+        assert_eq!(
+            display_repo_url("ssh://git:pw@host/r.git"),
+            "ssh://***@host/r.git"
         );
         let err = split_credentials("ssh://git:pw@host/r.git").unwrap_err();
         assert!(
