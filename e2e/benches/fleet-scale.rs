@@ -122,7 +122,16 @@ async fn run(clusters: usize) -> anyhow::Result<Row> {
         .tempdir()?;
     let repo = ConfigRepo::from_examples(&root.path().join("config-repo"))?;
     let data_dir = root.path().join("hub-data");
-    let (hub, addr) = start_hub(root.path(), &data_dir, "127.0.0.1:0", 0, &[], &[])?;
+    // Every simulated agent connects from 127.0.0.1 at once: lift the
+    // per-address handshake cap (docs/security.md#limits), which would
+    // otherwise admit them 64 at a time and measure the agents' backoff.
+    let admission = [
+        "--max-pending-connections".to_owned(),
+        "100000".to_owned(),
+        "--max-pending-connections-per-source".to_owned(),
+        "100000".to_owned(),
+    ];
+    let (hub, addr) = start_hub(root.path(), &data_dir, "127.0.0.1:0", 0, &admission, &[])?;
     let hub_url = format!("https://{addr}");
     let mut api = api_client(&hub_url, &data_dir).await?;
 
