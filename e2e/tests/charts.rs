@@ -395,6 +395,62 @@ fn hub_chart_refuses_ca_without_key() {
     assert!(err.contains("ca.key is required"), "{err}");
 }
 
+#[test]
+fn hub_chart_mounts_the_credentials_key_apart_from_the_data() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let key = "ab".repeat(32);
+    let by_value = dir.path().join("value.yaml");
+    std::fs::write(&by_value, format!("credentialsKey:\n  value: {key}\n"))?;
+    let r = Rendered::render("flotilla-hub", &Release::new("h", "ns"), &[by_value])?;
+    let secret = r.get("Secret", "h-flotilla-hub-credentials-key");
+    assert_eq!(
+        secret["data"]["credentials.key"],
+        // base64 of the key.
+        json!(
+            "YWJhYmFiYWJhYmFiYWJhYmFiYWJhYmFiYWJhYmFiYWJhYmFiYWJhYmFiYWJhYmFiYWJhYmFiYWJhYmFiYWJhYg=="
+        )
+    );
+    let sts = r.get("StatefulSet", "h-flotilla-hub");
+    let pod = &sts["spec"]["template"]["spec"];
+    let hub = container(pod, "hub");
+    let a = args(hub);
+    assert!(
+        has_flag(
+            &a,
+            "--credentials-key-file",
+            "/etc/flotilla/credentials/credentials.key"
+        ),
+        "{a:?}"
+    );
+    let mounts = hub["volumeMounts"].to_string();
+    assert!(mounts.contains("/etc/flotilla/credentials"), "{mounts}");
+    let volumes = pod["volumes"].to_string();
+    assert!(
+        volumes.contains("h-flotilla-hub-credentials-key"),
+        "{volumes}"
+    );
+
+    let existing = dir.path().join("existing.yaml");
+    std::fs::write(&existing, "credentialsKey:\n  existingSecret: vault-key\n")?;
+    let r = Rendered::render("flotilla-hub", &Release::new("h", "ns"), &[existing])?;
+    assert!(
+        !r.ids().iter().any(|id| id.starts_with("Secret/")),
+        "{}",
+        r.text
+    );
+    let pod = &r.get("StatefulSet", "h-flotilla-hub")["spec"]["template"]["spec"];
+    assert!(pod["volumes"].to_string().contains("vault-key"));
+
+    // Without either, the hub keeps the key in its data directory.
+    let r = Rendered::render("flotilla-hub", &Release::new("h", "ns"), &[])?;
+    let a = args(container(
+        &r.get("StatefulSet", "h-flotilla-hub")["spec"]["template"]["spec"],
+        "hub",
+    ));
+    assert!(!a.iter().any(|x| x == "--credentials-key-file"), "{a:?}");
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------
 // The agent chart
 
