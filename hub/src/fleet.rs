@@ -127,12 +127,18 @@ pub fn build_bundle(
         Ok(m) => (m.to_vec(), String::new()),
         Err(e) => (Vec::new(), e.to_owned()),
     };
+    // A multi-source application is described by its first source.
+    let source = app
+        .spec
+        .effective_sources()
+        .first()
+        .unwrap_or(&app.spec.source);
     let mut b = pb::AppBundle {
         name: app.metadata.name.clone(),
         digest: String::new(),
         revision: revision.to_owned(),
-        repo_url: app.spec.source.repo_url.clone(),
-        path: app.spec.source.path.clone(),
+        repo_url: source.repo_url.clone(),
+        path: source.path.clone(),
         namespace: app.spec.destination.namespace.clone().unwrap_or_default(),
         policy: Some(sync_policy(app)),
         manifests,

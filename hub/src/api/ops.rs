@@ -281,6 +281,12 @@ pub async fn rollback(
             "rollback cannot be initiated when auto-sync is enabled",
         ));
     }
+    if app.spec.has_multiple_sources() {
+        return Err(Status::failed_precondition(format!(
+            "rollback is not supported for application {:?}: it has multiple sources (spec.sources)",
+            req.name
+        )));
+    }
     let ops = ctx.store.app_ops(&req.name)?;
     let entry = ops.entry(req.id).cloned().ok_or_else(|| {
         let ids: Vec<String> = ops.history.iter().map(|d| d.id.to_string()).collect();
