@@ -254,19 +254,7 @@ fn evaluate_file(files: &dyn RepoFiles, file: &str, settings: &Settings) -> Resu
         .context_initializer(context.clone());
     let state = builder.build();
     let _entered = state.enter();
-    let format = |e: &jrsonnet_evaluator::Error| {
-        let trace = CompactFormat {
-            resolver: PathResolver::Absolute,
-            max_trace: 5,
-            padding: 0,
-        };
-        let text = trace.format(e).unwrap_or_else(|_| e.to_string());
-        text.lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .collect::<Vec<_>>()
-            .join("; ")
-    };
+    let format = format_error;
     for var in &settings.ext_vars {
         if var.code {
             let value = state
@@ -311,6 +299,45 @@ fn evaluate_file(files: &dyn RepoFiles, file: &str, settings: &Settings) -> Resu
         ));
     }
     Ok(json)
+}
+
+/// The evaluator's message on one line, with file, line and column: the
+/// static checks' errors (not their warnings), or the error and its
+/// trace.
+fn format_error(e: &jrsonnet_evaluator::Error) -> String {
+    use jrsonnet_evaluator::analyze::DiagLevel;
+    use jrsonnet_evaluator::error::ErrorKind;
+    if let ErrorKind::StaticAnalysisError(diagnostics) = e.error() {
+        let errors: Vec<String> = diagnostics
+            .iter()
+            .filter(|d| matches!(d.level, DiagLevel::Error))
+            .map(|d| match &d.span {
+                Some(span) => {
+                    let [at] = span.0.map_source_locations(&[span.1]);
+                    let path = span.0.source_path();
+                    let file = path
+                        .path()
+                        .map_or_else(|| path.to_string(), |p| p.display().to_string());
+                    format!("{file}:{}:{}: {}", at.line, at.column, d.message)
+                }
+                None => d.message.clone(),
+            })
+            .collect();
+        if !errors.is_empty() {
+            return errors.join("; ");
+        }
+    }
+    let trace = CompactFormat {
+        resolver: PathResolver::Absolute,
+        max_trace: 5,
+        padding: 0,
+    };
+    let text = trace.format(e).unwrap_or_else(|_| e.to_string());
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Whether Jsonnet code could import a file (imports in code values are
@@ -589,6 +616,25 @@ mod tests {
         let repo = [("app/syntax.jsonnet", "{\n  a: ,\n}")];
         let err = run(&repo, "app/syntax.jsonnet", JsonnetSource::default()).unwrap_err();
         assert!(err.contains("app/syntax.jsonnet:2"), "{err}");
+    }
+
+    #[test]
+    fn static_errors_have_locations_and_warnings_pass() {
+        let repo = [(
+            "app/x.jsonnet",
+            "local unused = 1;\n{\n  a: undefined_name,\n}",
+        )];
+        let err = run(&repo, "app/x.jsonnet", JsonnetSource::default()).unwrap_err();
+        assert!(
+            err.contains("app/x.jsonnet:3:") && err.contains("undefined_name"),
+            "{err}"
+        );
+        assert!(!err.contains("unused"), "warnings are not errors: {err}");
+        let repo = [("app/x.jsonnet", "local unused = 1;\n{ a: 1 }")];
+        assert_eq!(
+            run(&repo, "app/x.jsonnet", JsonnetSource::default()).expect("an unused local is fine"),
+            serde_json::json!({"a": 1})
+        );
     }
 
     #[test]
