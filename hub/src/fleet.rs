@@ -501,12 +501,16 @@ pub fn parse_single_application(text: &str, origin: &str) -> Result<Application,
     match apps.len() {
         1 => {
             let app = apps.remove(0);
-            crate::render::check_app_path(&app.spec.source.path).map_err(|e| {
-                format!(
-                    "{origin}: Application {:?}: spec.source.{e}",
-                    app.metadata.name
-                )
-            })?;
+            for (i, src) in app.spec.effective_sources().iter().enumerate() {
+                let field = if app.spec.has_multiple_sources() {
+                    format!("spec.sources[{i}]")
+                } else {
+                    "spec.source".to_owned()
+                };
+                crate::render::check_app_path(&src.path).map_err(|e| {
+                    format!("{origin}: Application {:?}: {field}.{e}", app.metadata.name)
+                })?;
+            }
             Ok(app)
         }
         0 => Err("no Application (apiVersion argoproj.io/v1alpha1, kind Application) found".into()),
