@@ -144,6 +144,11 @@ impl GitCache {
         }
     }
 
+    /// The directory holding the mirrors.
+    pub fn root(&self) -> &std::path::Path {
+        &self.root
+    }
+
     /// Sets how ssh remotes are reached (for this cache and its clones),
     /// and removes key files a previous run left in the scratch directory.
     pub fn set_ssh(&self, settings: SshSettings) {
@@ -280,6 +285,10 @@ pub fn with_credentials(url: &str, username: &str, password: &str) -> String {
     format!("{scheme}://{}:{}@{rest}", enc(user), enc(password))
 }
 
+/// Evaluates `.jsonnet` files for [`render_directory`]: their JSON output
+/// in order.
+pub type JsonnetEvaluator<'a> = dyn FnMut(&[&SourceFile]) -> Result<Vec<String>, RenderError> + 'a;
+
 /// Renders a plain directory as Argo CD's directory source does: every
 /// `.yaml`, `.yml`, `.json` and `.jsonnet` file (after recurse,
 /// include/exclude and the skip marker) parsed into Kubernetes objects.
@@ -292,7 +301,7 @@ pub fn with_credentials(url: &str, username: &str, password: &str) -> String {
 pub fn render_directory(
     files: &[SourceFile],
     options: &DirectorySource,
-    jsonnet: &mut dyn FnMut(&[&SourceFile]) -> Result<Vec<String>, RenderError>,
+    jsonnet: &mut JsonnetEvaluator<'_>,
 ) -> Result<Vec<serde_json::Value>, RenderError> {
     imp::render_directory(files, options, jsonnet)
 }

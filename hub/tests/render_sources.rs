@@ -727,3 +727,61 @@ fn renderer_choice_follows_argo_cd() {
     let err = render_source(&f.cache, &RenderTools::default(), &req).unwrap_err();
     assert!(err.contains("plugins are not supported"), "{err}");
 }
+
+/// The hub binary evaluates Jsonnet in a child process
+/// (`flotilla-hub jsonnet-eval`) that is killed at the timeout.
+#[test]
+fn jsonnet_in_a_child_process() {
+    let mut files = vec![(
+        "slow/slow.jsonnet",
+        "std.foldl(function(a, b) a + b, std.range(1, 200000000), 0)\n",
+    )];
+    files.push(("guestbook/guestbook.jsonnet", GUESTBOOK_JSONNET));
+    files.push((
+        "guestbook/params.libsonnet",
+        "{ name: 'guestbook-ui', replicas: 1, servicePort: 80 }\n",
+    ));
+    files.push(("guestbook/labels.libsonnet", "{ team: 'web' }\n"));
+    files.push(("escape/x.jsonnet", "importstr '../../../etc/passwd'\n"));
+    let f = repository(&files, &[]);
+    let tools = RenderTools {
+        jsonnet: Some(vec![
+            env!("CARGO_BIN_EXE_flotilla-hub").to_owned(),
+            "jsonnet-eval".to_owned(),
+        ]),
+        timeout: std::time::Duration::from_secs(60),
+        ..Default::default()
+    };
+    let options = r#"{"jsonnet":{"extVars":[{"name":"env","value":"prod"},{"name":"image","value":"nginx:1.27"}]}}"#;
+    let out = objects(
+        &render_source(
+            &f.cache,
+            &tools,
+            &directory_request(&f, "guestbook", options),
+        )
+        .expect("renders in the child"),
+    );
+    assert_eq!(
+        kinds_and_names(&out),
+        ["Service/guestbook-ui", "Deployment/guestbook-ui"]
+    );
+    assert_eq!(out[0]["metadata"]["labels"]["env"], "prod");
+
+    let err = render_source(&f.cache, &tools, &directory_request(&f, "escape", "")).unwrap_err();
+    assert!(
+        err.starts_with("escape/x.jsonnet: jsonnet: ") && err.contains("leaves the repository"),
+        "{err}"
+    );
+
+    let tools = RenderTools {
+        timeout: std::time::Duration::from_millis(1500),
+        ..tools
+    };
+    let started = std::time::Instant::now();
+    let err = render_source(&f.cache, &tools, &directory_request(&f, "slow", "")).unwrap_err();
+    assert!(
+        err.starts_with("slow/slow.jsonnet: jsonnet: evaluation timed out"),
+        "{err}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+}

@@ -13,9 +13,12 @@
 //!   go-jsonnet does; absolute paths and paths leaving the repository are
 //!   errors, symlinks are followed only inside the repository;
 //! * there is no network, no environment and no file access otherwise;
-//! * evaluation runs on its own thread and the render gives up after the
-//!   render timeout; at most [`MAX_RUNNING`] evaluations (including ones
-//!   that timed out and still run: a thread cannot be killed) run at once;
+//! * the hub binary evaluates in a child process (`flotilla-hub
+//!   jsonnet-eval`, [`evaluate_in_child`]) with an empty environment, killed
+//!   at the render timeout; without that command (the library's default,
+//!   e.g. in tests) evaluation runs on a thread and the render gives up at
+//!   the timeout, the thread running on (it cannot be killed); at most
+//!   [`MAX_RUNNING`] evaluations run at once, counting such threads;
 //! * the call depth is limited to [`MAX_STACK`] and each file's output to
 //!   [`MAX_OUTPUT_BYTES`].
 
@@ -71,7 +74,8 @@ impl RepoFiles for GitFiles {
 }
 
 /// What to evaluate.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct JsonnetJob {
     /// The application's directory (repository-relative).
     pub app_dir: String,
@@ -138,6 +142,119 @@ pub fn evaluate(
             "the evaluator stopped unexpectedly (a bug in the evaluator)".to_owned(),
         )),
     }
+}
+
+/// What the hub sends `flotilla-hub jsonnet-eval` on stdin.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ChildRequest {
+    /// The hub's Git mirrors ([`crate::source::GitCache::root`]).
+    mirrors: PathBuf,
+    url: String,
+    commit: String,
+    job: JsonnetJob,
+    timeout_ms: u64,
+}
+
+/// What it answers on stdout.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+enum ChildResponse {
+    Outputs(Vec<String>),
+    Error { file: String, message: String },
+}
+
+/// [`evaluate`] in a separate process started with `argv` (the hub's
+/// `flotilla-hub jsonnet-eval`), which reads the repository from the same
+/// mirrors, with an empty environment, and is killed at the timeout.
+///
+/// # Errors
+/// As [`evaluate`]; also the process failing to start or crashing.
+pub fn evaluate_in_child(
+    argv: &[String],
+    cache: &crate::source::GitCache,
+    url: &str,
+    commit: &str,
+    job: JsonnetJob,
+    timeout: Duration,
+) -> Result<Vec<String>, RenderError> {
+    let first = job.files.first().cloned().unwrap_or_default();
+    let fail = |message: String| RenderError::Jsonnet {
+        file: first.clone(),
+        message,
+    };
+    let deadline = Instant::now() + timeout;
+    let _slot = Slot::acquire(deadline).ok_or_else(|| {
+        fail(format!(
+            "{MAX_RUNNING} Jsonnet evaluations are already running; try again later"
+        ))
+    })?;
+    let request = ChildRequest {
+        mirrors: cache.root().to_path_buf(),
+        url: url.to_owned(),
+        commit: commit.to_owned(),
+        job,
+        timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+    };
+    let input = serde_json::to_vec(&request).map_err(|e| fail(e.to_string()))?;
+    let home = tempfile::Builder::new()
+        .prefix("flotilla-jsonnet-")
+        .tempdir()
+        .map_err(|e| fail(format!("creating a temporary directory: {e}")))?;
+    let left = deadline.saturating_duration_since(Instant::now());
+    let out = crate::render::exec::run_tool_with_input(
+        "jsonnet",
+        argv,
+        home.path(),
+        left,
+        home.path(),
+        Some(input),
+    )
+    .map_err(|e| match e.strip_prefix("jsonnet: timed out") {
+        Some(_) => fail(format!(
+            "evaluation timed out after {}s",
+            timeout.as_secs_f64().round()
+        )),
+        None => fail(e),
+    })?;
+    match serde_json::from_slice::<ChildResponse>(&out) {
+        Ok(ChildResponse::Outputs(outputs)) => Ok(outputs),
+        Ok(ChildResponse::Error { file, message }) => Err(RenderError::Jsonnet { file, message }),
+        Err(e) => Err(fail(format!("unreadable answer from the evaluator: {e}"))),
+    }
+}
+
+/// The evaluator process (`flotilla-hub jsonnet-eval`): a request from
+/// [`evaluate_in_child`] in, the response out (both JSON).
+pub fn run_child(input: &[u8]) -> Vec<u8> {
+    let response = match serde_json::from_slice::<ChildRequest>(input) {
+        Ok(request) => {
+            let files = Arc::new(GitFiles {
+                cache: crate::source::GitCache::new(request.mirrors),
+                url: request.url,
+                commit: request.commit,
+            });
+            match evaluate(
+                files,
+                request.job,
+                Duration::from_millis(request.timeout_ms),
+            ) {
+                Ok(outputs) => ChildResponse::Outputs(outputs),
+                Err(RenderError::Jsonnet { file, message }) => {
+                    ChildResponse::Error { file, message }
+                }
+                Err(other) => ChildResponse::Error {
+                    file: String::new(),
+                    message: other.to_string(),
+                },
+            }
+        }
+        Err(e) => ChildResponse::Error {
+            file: String::new(),
+            message: format!("bad request: {e}"),
+        },
+    };
+    serde_json::to_vec(&response).unwrap_or_default()
 }
 
 /// A place among the [`MAX_RUNNING`] evaluations, given back when the
@@ -268,6 +385,8 @@ fn evaluate_file(files: &dyn RepoFiles, file: &str, settings: &Settings) -> Resu
             );
         }
     }
+    // jrsonnet's own API takes this map; interned strings hash by identity.
+    #[allow(clippy::mutable_key_type)]
     let mut tlas: HashMap<IStr, TlaArg> = HashMap::new();
     for var in &settings.tlas {
         let arg = if var.code {

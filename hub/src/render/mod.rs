@@ -36,6 +36,10 @@ pub struct RenderTools {
     pub kustomize: Option<Vec<String>>,
     /// The helm program (`template …` is appended). `None`: `helm` on PATH.
     pub helm: Option<Vec<String>>,
+    /// A command that evaluates Jsonnet in its own process
+    /// (`flotilla-hub jsonnet-eval`, see [`jsonnet::run_child`]), killed at
+    /// the timeout. `None`: in the hub's process, on a thread.
+    pub jsonnet: Option<Vec<String>>,
     pub timeout: Duration,
 }
 
@@ -44,6 +48,7 @@ impl Default for RenderTools {
         Self {
             kustomize: None,
             helm: None,
+            jsonnet: None,
             timeout: DEFAULT_TIMEOUT,
         }
     }
@@ -397,12 +402,25 @@ pub fn render_source(
                     options: options.jsonnet.clone(),
                     env: req.env.clone(),
                 };
-                let repo = std::sync::Arc::new(jsonnet::GitFiles {
-                    cache: cache.clone(),
-                    url: req.url.clone(),
-                    commit: req.commit.clone(),
-                });
-                jsonnet::evaluate(repo, job, tools.timeout).map_err(|e| {
+                let result = match &tools.jsonnet {
+                    Some(argv) => jsonnet::evaluate_in_child(
+                        argv,
+                        cache,
+                        &req.url,
+                        &req.commit,
+                        job,
+                        tools.timeout,
+                    ),
+                    None => {
+                        let repo = std::sync::Arc::new(jsonnet::GitFiles {
+                            cache: cache.clone(),
+                            url: req.url.clone(),
+                            commit: req.commit.clone(),
+                        });
+                        jsonnet::evaluate(repo, job, tools.timeout)
+                    }
+                };
+                result.map_err(|e| {
                     // The renderer names files relative to the
                     // application's directory; jsonnet names them from the
                     // repository root already.
