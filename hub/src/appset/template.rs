@@ -191,6 +191,14 @@ fn go_parse_error(text: &str, e: &ParseError) -> String {
     match e {
         ParseError::WithContext(ctx, msg) => {
             let msg = msg.trim_start_matches(|c: char| c == ':' || c == ' ');
+            // Go quotes the unknown function's name.
+            let msg = match msg
+                .strip_prefix("function ")
+                .and_then(|m| m.strip_suffix(" not defined"))
+            {
+                Some(name) if !name.starts_with('"') => format!("function {name:?} not defined"),
+                _ => msg.to_owned(),
+            };
             format!("template: base:{}: {msg}", ctx.line)
         }
         other => {
@@ -329,16 +337,90 @@ mod tests {
         }
     }
 
+    /// goTemplateOptions `missingkey=…`, following Go's text/template
+    /// documentation (Template.Option) for a `map[string]interface{}`:
+    /// default and invalid print `<no value>`, zero prints the zero value of
+    /// `interface{}`, which Go also prints as `<no value>`, error fails
+    /// naming the key. Go's messages, as Argo CD's utils_test shows them.
     #[test]
-    fn missing_key_error_fails() {
-        let p = params(json!({"name": "a"}));
-        let mode = TemplateMode {
+    fn missing_key_options() {
+        let p = params(json!({"name": "a", "meta": {"labels": {"env": "prod"}}}));
+        let lenient = TemplateMode {
+            go_template: true,
+            missing_key_error: false,
+        };
+        let strict = TemplateMode {
             go_template: true,
             missing_key_error: true,
         };
-        let err = render_string("{{.nope}}", &p, mode, None).unwrap_err();
-        assert!(err.contains("missingkey=error"), "{err}");
-        assert_eq!(render_string("{{.name}}", &p, mode, None).unwrap(), "a");
+        let rows: &[(&str, TemplateMode, Result<&str, &str>)] = &[
+            ("{{ .nope }}", lenient, Ok("<no value>")),
+            ("{{ .meta.labels.nope }}", lenient, Ok("<no value>")),
+            ("{{ .nope | default \"d\" }}", lenient, Ok("d")),
+            ("{{ .name }}", strict, Ok("a")),
+            ("{{ .meta.labels.env }}", strict, Ok("prod")),
+            (
+                "--> {{.doesnotexist}} <--",
+                strict,
+                Err(r#"failed to execute go template --> {{.doesnotexist}} <--: template: base:1:6: executing "base" at <.doesnotexist>: map has no entry for key "doesnotexist""#),
+            ),
+            (
+                "{{ .meta.labels.team }}",
+                strict,
+                Err(r#"map has no entry for key "team""#),
+            ),
+            (
+                "{{ default \"d\" .nope }}",
+                strict,
+                Err(r#"map has no entry for key "nope""#),
+            ),
+            ("{{ if .nope }}y{{ end }}", strict, Err(r#"map has no entry for key "nope""#)),
+            // Maps built in the template follow the option too.
+            ("{{ (dict \"a\" 1).b }}", strict, Err(r#"map has no entry for key "b""#)),
+            ("{{ (dict \"a\" 1).b }}", lenient, Ok("<no value>")),
+            // `index` returns the zero value whatever the option says.
+            ("{{ index .meta \"nope\" }}", strict, Ok("<no value>")),
+            ("{{ hasKey .meta \"labels\" }}", strict, Ok("true")),
+            ("{{ .meta | toJson }}", strict, Ok(r#"{"labels":{"env":"prod"}}"#)),
+        ];
+        let mut failures = Vec::new();
+        for (tmpl, mode, want) in rows {
+            let got = render_string(tmpl, &p, *mode, None);
+            let ok = match (want, &got) {
+                (Ok(w), Ok(g)) => w == g,
+                (Err(w), Err(g)) => g.contains(w),
+                _ => false,
+            };
+            if !ok {
+                failures.push(format!("{tmpl}: want {want:?}, got {got:?}"));
+            }
+        }
+        assert!(failures.is_empty(), "{failures:#?}");
+    }
+
+    /// Each error kind reads as Go's message, naming what is wrong.
+    #[test]
+    fn errors_read_as_go_reports_them() {
+        let mode = TemplateMode {
+            go_template: true,
+            missing_key_error: false,
+        };
+        let p = params(json!({"data": "x"}));
+        let cases = [
+            (
+                "{{functiondoesnotexist}}",
+                r#"failed to parse template {{functiondoesnotexist}}: template: base:1: function "functiondoesnotexist" not defined"#,
+            ),
+            ("a\n{{ .data ", "template: base:2:"),
+            ("{{ fail \"stop here\" }}", "error calling fail: stop here"),
+            ("{{ env \"HOME\" }}", r#"function "env" not defined"#),
+            ("{{ expandenv \"$HOME\" }}", r#"function "expandenv" not defined"#),
+            ("{{ getHostByName \"a\" }}", r#"function "getHostByName" not defined"#),
+        ];
+        for (tmpl, want) in cases {
+            let err = render_string(tmpl, &p, mode, None).unwrap_err();
+            assert!(err.contains(want), "{tmpl}: {err}");
+        }
     }
 
     #[test]
@@ -356,14 +438,6 @@ mod tests {
         assert!(err.starts_with("metadata.name"), "{err}");
     }
 
-    #[test]
-    fn banned_functions_are_absent() {
-        let mode = TemplateMode {
-            go_template: true,
-            missing_key_error: false,
-        };
-        assert!(render_string("{{ env \"HOME\" }}", &Params::new(), mode, None).is_err());
-    }
 
     #[test]
     fn normalize_and_slugify() {

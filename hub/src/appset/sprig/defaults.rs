@@ -477,7 +477,8 @@ mod tests {
             (r#"{{ empty .list }}"#, n.clone(), Ok("true")),
             (r#"{{ empty .name }}"#, n.clone(), Ok("false")),
             (r#"{{ coalesce .empty .zero "x" }}"#, n.clone(), Ok("x")),
-            (r#"{{ coalesce .empty }}"#, n.clone(), Ok("<nil>")),
+            // Go prints a nil result as <no value>.
+            (r#"{{ coalesce .empty }}"#, n.clone(), Ok("<no value>")),
             (r#"{{ all .name 1 true }}"#, n.clone(), Ok("true")),
             (r#"{{ all .name .zero }}"#, n.clone(), Ok("false")),
             (r#"{{ any .empty .zero .name }}"#, n.clone(), Ok("true")),
@@ -493,7 +494,7 @@ mod tests {
             (r#"{{ toJson 1e21 }}"#, n.clone(), Ok("1e+21")),
             (r#"{{ toJson 0.0000001 }}"#, n.clone(), Ok("1e-7")),
             (r#"{{ (fromJson "{\"a\":{\"b\":2}}").a.b }}"#, n.clone(), Ok("2")),
-            (r#"{{ fromJson "nope" }}"#, n.clone(), Ok("<nil>")),
+            (r#"{{ fromJson "nope" }}"#, n.clone(), Ok("<no value>")),
             (r#"{{ mustFromJson "nope" }}"#, n.clone(), Err("error calling mustFromJson")),
             (r#"{{ $c := deepCopy .obj }}{{ $c.b }}"#, n.clone(), Ok("1")),
             (r#"{{ mustDeepCopy .list | len }}"#, n.clone(), Ok("0")),

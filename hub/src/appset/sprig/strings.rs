@@ -890,7 +890,7 @@ mod tests {
             (r#"{{ plural "one anchovy" "many anchovies" 2 }}"#, n.clone(), Ok("many anchovies")),
             (r#"{{ snakecase "FirstName" }}"#, n.clone(), Ok("first_name")),
             (r#"{{ snakecase "HTTPServer" }}"#, n.clone(), Ok("http_server")),
-            (r#"{{ snakecase "version2Beta" }}"#, n.clone(), Ok("version_2_beta")),
+            (r#"{{ snakecase "version2Beta" }}"#, n.clone(), Ok("version2_beta")),
             (r#"{{ kebabcase "FirstName" }}"#, n.clone(), Ok("first-name")),
             (r#"{{ camelcase "http_server" }}"#, n.clone(), Ok("HttpServer")),
             (r#"{{ camelcase "_complex__case_" }}"#, n.clone(), Ok("_Complex_Case_")),
