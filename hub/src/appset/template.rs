@@ -168,7 +168,8 @@ pub fn go_template(text: &str, data: &Context, missing_key_error: bool) -> Resul
             tmpl.add_funcs(&sprig::functions());
             tmpl.parse(text).map_err(|e| {
                 format!(
-                    "failed to parse template {text}: {}",
+                    "failed to parse template {}: {}",
+                    shown(text),
                     go_parse_error(text, &e)
                 )
             })?;
@@ -176,14 +177,25 @@ pub fn go_template(text: &str, data: &Context, missing_key_error: bool) -> Resul
         }
         let tmpl = cache
             .get(text)
-            .ok_or_else(|| format!("failed to parse template {text}: not cached"))?;
+            .ok_or_else(|| format!("failed to parse template {}: not cached", shown(text)))?;
         sprig::with_strict_maps(missing_key_error, || tmpl.render(data)).map_err(|e| {
             format!(
-                "failed to execute go template {text}: {}",
+                "failed to execute go template {}: {}",
+                shown(text),
                 go_exec_error(text, &TemplateError::from(e))
             )
         })
     })
+}
+
+/// The template as an error shows it: as written (as Argo CD does), quoted
+/// when it spans lines so that one error stays one line.
+fn shown(text: &str) -> String {
+    if text.contains('\n') {
+        format!("{text:?}")
+    } else {
+        text.to_owned()
+    }
 }
 
 /// A parse error in Go's form: `template: base:LINE: MESSAGE`.
