@@ -107,7 +107,10 @@ fn per_application_errors_exit_non_zero_and_the_rest_is_printed() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("one-bad-app"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.contains(r#"application "Broken_Name": metadata.name"#), "{err}");
+    assert!(
+        err.contains(r#"application "Broken_Name": metadata.name"#),
+        "{err}"
+    );
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("name: good-a"), "{text}");
     assert!(!text.contains("Broken_Name"), "{text}");
@@ -125,11 +128,7 @@ fn every_template_error_kind_exits_non_zero_naming_the_cause_once() {
             r#"at <.team>: map has no entry for key "team""#,
             Some("name: good-a"),
         ),
-        (
-            "template-parse-error.yaml",
-            "template: base:3:",
-            None,
-        ),
+        ("template-parse-error.yaml", "template: base:3:", None),
         (
             "template-unknown-function.yaml",
             r#"template: base:1: function "shout" not defined"#,
@@ -147,8 +146,16 @@ fn every_template_error_kind_exits_non_zero_naming_the_cause_once() {
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(!out.status.success(), "{file} exited 0\n{err}\n{text}");
         assert_eq!(out.status.code(), Some(1), "{file}: {err}");
-        assert_eq!(err.matches(cause).count(), 1, "{file}: want {cause:?} once in\n{err}");
-        assert_eq!(err.lines().count(), 1, "{file}: one error, one line:\n{err}");
+        assert_eq!(
+            err.matches(cause).count(),
+            1,
+            "{file}: want {cause:?} once in\n{err}"
+        );
+        assert_eq!(
+            err.lines().count(),
+            1,
+            "{file}: one error, one line:\n{err}"
+        );
         match printed {
             Some(app) => assert!(text.contains(app), "{file}: {text}"),
             None => assert!(text.trim().is_empty(), "{file}: {text}"),
@@ -161,7 +168,11 @@ fn every_template_error_kind_exits_non_zero_naming_the_cause_once() {
 #[test]
 fn map_walking_templates_render_byte_identical_output() {
     let first = generate("template-deterministic.yaml", &[]);
-    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
     let text = String::from_utf8(first.stdout.clone()).unwrap();
     assert!(
         text.contains(r#"{\"alpha\":{\"b\":[\"x\",\"z\"],\"y\":\"2\"},\"beta\":null,\"kappa\":true,\"mid\":\"m\",\"zeta\":1}"#),
@@ -172,5 +183,9 @@ fn map_walking_templates_render_byte_identical_output() {
         let again = generate("template-deterministic.yaml", &[]);
         assert_eq!(again.stdout, first.stdout);
     }
-    check("template-deterministic.yaml", "template-deterministic.yaml", &[]);
+    check(
+        "template-deterministic.yaml",
+        "template-deterministic.yaml",
+        &[],
+    );
 }

@@ -374,7 +374,9 @@ mod tests {
             (
                 "--> {{.doesnotexist}} <--",
                 strict,
-                Err(r#"failed to execute go template --> {{.doesnotexist}} <--: template: base:1:6: executing "base" at <.doesnotexist>: map has no entry for key "doesnotexist""#),
+                Err(
+                    r#"failed to execute go template --> {{.doesnotexist}} <--: template: base:1:6: executing "base" at <.doesnotexist>: map has no entry for key "doesnotexist""#,
+                ),
             ),
             (
                 "{{ .meta.labels.team }}",
@@ -386,14 +388,26 @@ mod tests {
                 strict,
                 Err(r#"map has no entry for key "nope""#),
             ),
-            ("{{ if .nope }}y{{ end }}", strict, Err(r#"map has no entry for key "nope""#)),
+            (
+                "{{ if .nope }}y{{ end }}",
+                strict,
+                Err(r#"map has no entry for key "nope""#),
+            ),
             // Maps built in the template follow the option too.
-            ("{{ (dict \"a\" 1).b }}", strict, Err(r#"map has no entry for key "b""#)),
+            (
+                "{{ (dict \"a\" 1).b }}",
+                strict,
+                Err(r#"map has no entry for key "b""#),
+            ),
             ("{{ (dict \"a\" 1).b }}", lenient, Ok("<no value>")),
             // `index` returns the zero value whatever the option says.
             ("{{ index .meta \"nope\" }}", strict, Ok("<no value>")),
             ("{{ hasKey .meta \"labels\" }}", strict, Ok("true")),
-            ("{{ .meta | toJson }}", strict, Ok(r#"{"labels":{"env":"prod"}}"#)),
+            (
+                "{{ .meta | toJson }}",
+                strict,
+                Ok(r#"{"labels":{"env":"prod"}}"#),
+            ),
         ];
         let mut failures = Vec::new();
         for (tmpl, mode, want) in rows {
@@ -426,8 +440,14 @@ mod tests {
             ("a\n{{ .data ", "template: base:2:"),
             ("{{ fail \"stop here\" }}", "error calling fail: stop here"),
             ("{{ env \"HOME\" }}", r#"function "env" not defined"#),
-            ("{{ expandenv \"$HOME\" }}", r#"function "expandenv" not defined"#),
-            ("{{ getHostByName \"a\" }}", r#"function "getHostByName" not defined"#),
+            (
+                "{{ expandenv \"$HOME\" }}",
+                r#"function "expandenv" not defined"#,
+            ),
+            (
+                "{{ getHostByName \"a\" }}",
+                r#"function "getHostByName" not defined"#,
+            ),
         ];
         for (tmpl, want) in cases {
             let err = render_string(tmpl, &p, mode, None).unwrap_err();
@@ -449,7 +469,6 @@ mod tests {
         .unwrap_err();
         assert!(err.starts_with("metadata.name"), "{err}");
     }
-
 
     #[test]
     fn normalize_and_slugify() {

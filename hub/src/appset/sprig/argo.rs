@@ -81,9 +81,10 @@ fn normalize_fn(args: &[Value]) -> Res {
 
 fn slugify_fn(args: &[Value]) -> Res {
     // Forms: slugify text | slugify max text | slugify max smart text.
-    let last = args.len().checked_sub(1).ok_or_else(|| {
-        fail("wrong number of args for slugify: want at least 1 got 0")
-    })?;
+    let last = args
+        .len()
+        .checked_sub(1)
+        .ok_or_else(|| fail("wrong number of args for slugify: want at least 1 got 0"))?;
     let text = string_arg("slugify", args, last)?;
     let max = match args.len() {
         1 => 50,
@@ -192,20 +193,66 @@ mod tests {
         });
         table(&[
             ("{{ normalize .name }}", n.clone(), Ok("prod-eu")),
-            ("{{ slugify \"Hello World Again\" }}", n.clone(), Ok("hello-world-again")),
-            ("{{ slugify 10 \"aaaa bbbb cccc\" }}", n.clone(), Ok("aaaa-bbbb")),
-            ("{{ slugify 10 false \"aaaa bbbb cccc\" }}", n.clone(), Ok("aaaa-bbbb")),
-            ("{{ toYaml .obj }}", n.clone(), Ok("a:\n  c: \"true\"\n  z: x\nb:\n- 1\n- 2\ne: {}\n\"n\": 1000000\ns: |-\n  multi\n  line")),
-            ("{{ toYaml .obj.b | indent 2 }}", n.clone(), Ok("  - 1\n  - 2")),
+            (
+                "{{ slugify \"Hello World Again\" }}",
+                n.clone(),
+                Ok("hello-world-again"),
+            ),
+            (
+                "{{ slugify 10 \"aaaa bbbb cccc\" }}",
+                n.clone(),
+                Ok("aaaa-bbbb"),
+            ),
+            (
+                "{{ slugify 10 false \"aaaa bbbb cccc\" }}",
+                n.clone(),
+                Ok("aaaa-bbbb"),
+            ),
+            (
+                "{{ toYaml .obj }}",
+                n.clone(),
+                Ok(
+                    "a:\n  c: \"true\"\n  z: x\nb:\n- 1\n- 2\ne: {}\n\"n\": 1000000\ns: |-\n  multi\n  line",
+                ),
+            ),
+            (
+                "{{ toYaml .obj.b | indent 2 }}",
+                n.clone(),
+                Ok("  - 1\n  - 2"),
+            ),
             ("{{ toYaml \"plain\" }}", n.clone(), Ok("plain")),
-            ("{{ toYaml (list (dict \"k\" \"v\" \"a\" 1) (list 1 2)) }}", n.clone(), Ok("- a: 1\n  k: v\n- - 1\n  - 2")),
-            ("{{ toYaml (dict \"q\" \"a: b\" \"r\" \"- x\" \"n\" \"10\" \"e\" \"\") }}", n.clone(), Ok("e: \"\"\n\"n\": \"10\"\nq: 'a: b'\nr: '- x'")),
-            ("{{ get (fromYaml .value) \"hello\" }}", n.clone(), Ok("world")),
+            (
+                "{{ toYaml (list (dict \"k\" \"v\" \"a\" 1) (list 1 2)) }}",
+                n.clone(),
+                Ok("- a: 1\n  k: v\n- - 1\n  - 2"),
+            ),
+            (
+                "{{ toYaml (dict \"q\" \"a: b\" \"r\" \"- x\" \"n\" \"10\" \"e\" \"\") }}",
+                n.clone(),
+                Ok("e: \"\"\n\"n\": \"10\"\nq: 'a: b'\nr: '- x'"),
+            ),
+            (
+                "{{ get (fromYaml .value) \"hello\" }}",
+                n.clone(),
+                Ok("world"),
+            ),
             ("{{ (fromYaml .value).list }}", n.clone(), Ok("[a b]")),
-            ("{{ fromYaml .arr }}", n.clone(), Err("cannot unmarshal array into Go value of type map[string]interface {}")),
+            (
+                "{{ fromYaml .arr }}",
+                n.clone(),
+                Err("cannot unmarshal array into Go value of type map[string]interface {}"),
+            ),
             ("{{ fromYamlArray .arr | last }}", n.clone(), Ok("b")),
-            ("{{ fromYamlArray .value }}", n.clone(), Err("cannot unmarshal object into Go value of type []interface {}")),
-            ("{{ fromYaml .bad }}", n.clone(), Err("error calling fromYaml")),
+            (
+                "{{ fromYamlArray .value }}",
+                n.clone(),
+                Err("cannot unmarshal object into Go value of type []interface {}"),
+            ),
+            (
+                "{{ fromYaml .bad }}",
+                n.clone(),
+                Err("error calling fromYaml"),
+            ),
         ]);
     }
 

@@ -32,9 +32,9 @@ pub(super) const FUNCS: &[(&str, Func)] = &[
 
 fn sha1sum(args: &[Value]) -> Res {
     want("sha1sum", args, 1)?;
-    Ok(Value::String(hex::encode(sha1::Sha1::digest(
-        string_arg("sha1sum", args, 0)?,
-    ))))
+    Ok(Value::String(hex::encode(sha1::Sha1::digest(string_arg(
+        "sha1sum", args, 0,
+    )?))))
 }
 
 fn sha256sum(args: &[Value]) -> Res {
@@ -141,11 +141,9 @@ fn gen_private_key(args: &[Value]) -> Res {
     let err = |e: rcgen::Error| fail(format!("error calling genPrivateKey: {e}"));
     let text = match kind.as_str() {
         "rsa" => {
-            let key = rcgen::KeyPair::generate_rsa_for(
-                &rcgen::PKCS_RSA_SHA256,
-                rcgen::RsaKeySize::_4096,
-            )
-            .map_err(err)?;
+            let key =
+                rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_4096)
+                    .map_err(err)?;
             match inner_key(&key.serialize_der()) {
                 Some(der) => pem("RSA PRIVATE KEY", &der),
                 None => return Ok(Value::from("failed to marshal the RSA key")),
@@ -218,7 +216,9 @@ fn aes_key(password: &str) -> [u8; 32] {
 }
 
 fn encrypt_aes(args: &[Value]) -> Res {
-    use aws_lc_rs::cipher::{AES_256, DecryptionContext, PaddedBlockEncryptingKey, UnboundCipherKey};
+    use aws_lc_rs::cipher::{
+        AES_256, DecryptionContext, PaddedBlockEncryptingKey, UnboundCipherKey,
+    };
     want("encryptAES", args, 2)?;
     let password = string_arg("encryptAES", args, 0)?;
     let text = string_arg("encryptAES", args, 1)?;
@@ -238,7 +238,9 @@ fn encrypt_aes(args: &[Value]) -> Res {
 }
 
 fn decrypt_aes(args: &[Value]) -> Res {
-    use aws_lc_rs::cipher::{AES_256, DecryptionContext, PaddedBlockDecryptingKey, UnboundCipherKey};
+    use aws_lc_rs::cipher::{
+        AES_256, DecryptionContext, PaddedBlockDecryptingKey, UnboundCipherKey,
+    };
     use aws_lc_rs::iv::FixedLength;
     want("decryptAES", args, 2)?;
     let password = string_arg("decryptAES", args, 0)?;
@@ -275,27 +277,99 @@ mod tests {
     fn crypto_functions() {
         let n = json!({});
         table(&[
-            (r#"{{ sha1sum "Hello world!" }}"#, n.clone(), Ok("d3486ae9136e7856bc42212385ea797094475802")),
-            (r#"{{ sha256sum "Hello world!" }}"#, n.clone(), Ok("c0535e4be2b79ffd93291305436bf889314e4a3faec05ecffcbb7df31ad9e51a")),
-            (r#"{{ sha512sum "abc" | trunc 16 }}"#, n.clone(), Ok("ddaf35a193617aba")),
-            (r#"{{ adler32sum "Hello world!" }}"#, n.clone(), Ok("487130206")),
-            (r#"{{ adler32sum "Wikipedia" }}"#, n.clone(), Ok("300286872")),
+            (
+                r#"{{ sha1sum "Hello world!" }}"#,
+                n.clone(),
+                Ok("d3486ae9136e7856bc42212385ea797094475802"),
+            ),
+            (
+                r#"{{ sha256sum "Hello world!" }}"#,
+                n.clone(),
+                Ok("c0535e4be2b79ffd93291305436bf889314e4a3faec05ecffcbb7df31ad9e51a"),
+            ),
+            (
+                r#"{{ sha512sum "abc" | trunc 16 }}"#,
+                n.clone(),
+                Ok("ddaf35a193617aba"),
+            ),
+            (
+                r#"{{ adler32sum "Hello world!" }}"#,
+                n.clone(),
+                Ok("487130206"),
+            ),
+            (
+                r#"{{ adler32sum "Wikipedia" }}"#,
+                n.clone(),
+                Ok("300286872"),
+            ),
             (r#"{{ bcrypt "pw" | trunc 7 }}"#, n.clone(), Ok("$2a$10$")),
-            (r#"{{ htpasswd "myUser" "myPassword" | trunc 14 }}"#, n.clone(), Ok("myUser:$2a$10$")),
-            (r#"{{ htpasswd "a:b" "pw" }}"#, n.clone(), Ok("invalid username: a:b")),
+            (
+                r#"{{ htpasswd "myUser" "myPassword" | trunc 14 }}"#,
+                n.clone(),
+                Ok("myUser:$2a$10$"),
+            ),
+            (
+                r#"{{ htpasswd "a:b" "pw" }}"#,
+                n.clone(),
+                Ok("invalid username: a:b"),
+            ),
             (r#"{{ randBytes 24 | len }}"#, n.clone(), Ok("32")),
-            (r#"{{ regexMatch "^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$" uuidv4 }}"#, n.clone(), Ok("true")),
-            (r#"{{ genPrivateKey "ecdsa" | trunc 30 }}"#, n.clone(), Ok("-----BEGIN EC PRIVATE KEY-----")),
-            (r#"{{ genPrivateKey "ed25519" | trunc 27 }}"#, n.clone(), Ok("-----BEGIN PRIVATE KEY-----")),
-            (r#"{{ genPrivateKey "nope" }}"#, n.clone(), Ok("Unknown type nope")),
-            (r#"{{ $ca := genCA "my-ca" 365 }}{{ $ca.Cert | trunc 27 }}"#, n.clone(), Ok("-----BEGIN CERTIFICATE-----")),
-            (r#"{{ $c := genSelfSignedCert "foo.com" (list "10.0.0.1") (list "foo.com") 365 }}{{ $c.Key | contains "PRIVATE KEY" }}"#, n.clone(), Ok("true")),
-            (r#"{{ $ca := genCA "ca" 30 }}{{ $c := genSignedCert "foo.com" nil (list "foo.com") 30 $ca }}{{ $c.Cert | contains "CERTIFICATE" }}"#, n.clone(), Ok("true")),
-            (r#"{{ encryptAES "secretkey" "plaintext" | decryptAES "secretkey" }}"#, n.clone(), Ok("plaintext")),
+            (
+                r#"{{ regexMatch "^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$" uuidv4 }}"#,
+                n.clone(),
+                Ok("true"),
+            ),
+            (
+                r#"{{ genPrivateKey "ecdsa" | trunc 30 }}"#,
+                n.clone(),
+                Ok("-----BEGIN EC PRIVATE KEY-----"),
+            ),
+            (
+                r#"{{ genPrivateKey "ed25519" | trunc 27 }}"#,
+                n.clone(),
+                Ok("-----BEGIN PRIVATE KEY-----"),
+            ),
+            (
+                r#"{{ genPrivateKey "nope" }}"#,
+                n.clone(),
+                Ok("Unknown type nope"),
+            ),
+            (
+                r#"{{ $ca := genCA "my-ca" 365 }}{{ $ca.Cert | trunc 27 }}"#,
+                n.clone(),
+                Ok("-----BEGIN CERTIFICATE-----"),
+            ),
+            (
+                r#"{{ $c := genSelfSignedCert "foo.com" (list "10.0.0.1") (list "foo.com") 365 }}{{ $c.Key | contains "PRIVATE KEY" }}"#,
+                n.clone(),
+                Ok("true"),
+            ),
+            (
+                r#"{{ $ca := genCA "ca" 30 }}{{ $c := genSignedCert "foo.com" nil (list "foo.com") 30 $ca }}{{ $c.Cert | contains "CERTIFICATE" }}"#,
+                n.clone(),
+                Ok("true"),
+            ),
+            (
+                r#"{{ encryptAES "secretkey" "plaintext" | decryptAES "secretkey" }}"#,
+                n.clone(),
+                Ok("plaintext"),
+            ),
             // IV + two blocks (a full block of padding), base64.
-            (r#"{{ encryptAES "k" "0123456789abcdef" | len }}"#, n.clone(), Ok("64")),
-            (r#"{{ derivePassword 1 "long" "password" "user" "example.com" }}"#, n.clone(), Err("not supported by Flotilla")),
-            (r#"{{ genCAWithKey "ca" 30 (genPrivateKey "ecdsa") }}"#, n.clone(), Err("not supported by Flotilla")),
+            (
+                r#"{{ encryptAES "k" "0123456789abcdef" | len }}"#,
+                n.clone(),
+                Ok("64"),
+            ),
+            (
+                r#"{{ derivePassword 1 "long" "password" "user" "example.com" }}"#,
+                n.clone(),
+                Err("not supported by Flotilla"),
+            ),
+            (
+                r#"{{ genCAWithKey "ca" 30 (genPrivateKey "ecdsa") }}"#,
+                n.clone(),
+                Err("not supported by Flotilla"),
+            ),
         ]);
     }
 }

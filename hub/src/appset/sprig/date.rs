@@ -195,7 +195,8 @@ fn to_date_with(name: &str, args: &[Value]) -> Result<Zoned, FuncError> {
     want(name, args, 2)?;
     let layout = string_arg(name, args, 0)?;
     let text = string_arg(name, args, 1)?;
-    parse_go(&layout, &text, &TimeZone::system()).map_err(|e| fail(format!("error calling {name}: {e}")))
+    parse_go(&layout, &text, &TimeZone::system())
+        .map_err(|e| fail(format!("error calling {name}: {e}")))
 }
 
 fn to_date(args: &[Value]) -> Res {
@@ -298,7 +299,12 @@ pub(super) fn parse_go_duration(text: &str) -> Result<i128, String> {
             "s" => 1e9,
             "m" => 60e9,
             "h" => 3600e9,
-            "" => return Err(format!("time: missing unit in duration {}", super::go_quote(text))),
+            "" => {
+                return Err(format!(
+                    "time: missing unit in duration {}",
+                    super::go_quote(text)
+                ));
+            }
             other => {
                 return Err(format!(
                     "time: unknown unit {} in duration {}",
@@ -467,11 +473,27 @@ fn tokens(layout: &str) -> Vec<Tok> {
 }
 
 const MONTHS: [&str; 12] = [
-    "January", "February", "March", "April", "May", "June", "July", "August", "September",
-    "October", "November", "December",
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
 ];
 const DAYS: [&str; 7] = [
-    "Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday",
+    "Sunday",
+    "Monday",
+    "Tuesday",
+    "Wednesday",
+    "Thursday",
+    "Friday",
+    "Saturday",
 ];
 
 fn abbreviation(t: &Zoned) -> String {
@@ -502,12 +524,8 @@ pub(super) fn format_go(t: &Zoned, layout: &str) -> String {
             Tok::Month => out.push_str(&MONTHS[t.month() as usize - 1][..3]),
             Tok::NumMonth => out.push_str(&t.month().to_string()),
             Tok::ZeroMonth => out.push_str(&format!("{:02}", t.month())),
-            Tok::LongWeekDay => {
-                out.push_str(DAYS[t.weekday().to_sunday_zero_offset() as usize])
-            }
-            Tok::WeekDay => {
-                out.push_str(&DAYS[t.weekday().to_sunday_zero_offset() as usize][..3])
-            }
+            Tok::LongWeekDay => out.push_str(DAYS[t.weekday().to_sunday_zero_offset() as usize]),
+            Tok::WeekDay => out.push_str(&DAYS[t.weekday().to_sunday_zero_offset() as usize][..3]),
             Tok::Day => out.push_str(&t.day().to_string()),
             Tok::UnderDay => out.push_str(&format!("{:>2}", t.day())),
             Tok::ZeroDay => out.push_str(&format!("{:02}", t.day())),
@@ -609,7 +627,9 @@ pub(super) fn parse_go(layout: &str, value: &str, loc: &TimeZone) -> Result<Zone
         let bad = || err(&name, before);
         match tok {
             Tok::Lit(s) => {
-                rest = rest.strip_prefix(s.as_str()).ok_or_else(|| err(&s, before))?;
+                rest = rest
+                    .strip_prefix(s.as_str())
+                    .ok_or_else(|| err(&s, before))?;
             }
             Tok::LongMonth | Tok::Month => {
                 let idx = MONTHS
@@ -619,7 +639,11 @@ pub(super) fn parse_go(layout: &str, value: &str, loc: &TimeZone) -> Result<Zone
                         rest.len() >= m.len() && rest[..m.len()].eq_ignore_ascii_case(m)
                     })
                     .ok_or_else(bad)?;
-                let len = if tok == Tok::Month { 3 } else { MONTHS[idx].len() };
+                let len = if tok == Tok::Month {
+                    3
+                } else {
+                    MONTHS[idx].len()
+                };
                 month = idx as i8 + 1;
                 rest = &rest[len..];
             }
@@ -633,8 +657,8 @@ pub(super) fn parse_go(layout: &str, value: &str, loc: &TimeZone) -> Result<Zone
                 rest = &rest[len..];
             }
             Tok::NumMonth | Tok::ZeroMonth => {
-                let (v, n) = digits(rest, if tok == Tok::ZeroMonth { 2 } else { 1 }, 2)
-                    .ok_or_else(bad)?;
+                let (v, n) =
+                    digits(rest, if tok == Tok::ZeroMonth { 2 } else { 1 }, 2).ok_or_else(bad)?;
                 month = v as i8;
                 rest = &rest[n..];
             }
@@ -642,8 +666,8 @@ pub(super) fn parse_go(layout: &str, value: &str, loc: &TimeZone) -> Result<Zone
                 if tok == Tok::UnderDay {
                     rest = rest.strip_prefix(' ').unwrap_or(rest);
                 }
-                let (v, n) = digits(rest, if tok == Tok::ZeroDay { 2 } else { 1 }, 2)
-                    .ok_or_else(bad)?;
+                let (v, n) =
+                    digits(rest, if tok == Tok::ZeroDay { 2 } else { 1 }, 2).ok_or_else(bad)?;
                 day = v as i8;
                 rest = &rest[n..];
             }
@@ -657,20 +681,20 @@ pub(super) fn parse_go(layout: &str, value: &str, loc: &TimeZone) -> Result<Zone
                 rest = &rest[n..];
             }
             Tok::Hour12 | Tok::ZeroHour12 => {
-                let (v, n) = digits(rest, if tok == Tok::ZeroHour12 { 2 } else { 1 }, 2)
-                    .ok_or_else(bad)?;
+                let (v, n) =
+                    digits(rest, if tok == Tok::ZeroHour12 { 2 } else { 1 }, 2).ok_or_else(bad)?;
                 hour = v as i8;
                 rest = &rest[n..];
             }
             Tok::Minute | Tok::ZeroMinute => {
-                let (v, n) = digits(rest, if tok == Tok::ZeroMinute { 2 } else { 1 }, 2)
-                    .ok_or_else(bad)?;
+                let (v, n) =
+                    digits(rest, if tok == Tok::ZeroMinute { 2 } else { 1 }, 2).ok_or_else(bad)?;
                 min = v as i8;
                 rest = &rest[n..];
             }
             Tok::Second | Tok::ZeroSecond => {
-                let (v, n) = digits(rest, if tok == Tok::ZeroSecond { 2 } else { 1 }, 2)
-                    .ok_or_else(bad)?;
+                let (v, n) =
+                    digits(rest, if tok == Tok::ZeroSecond { 2 } else { 1 }, 2).ok_or_else(bad)?;
                 sec = v as i8;
                 rest = &rest[n..];
                 // Go accepts a fraction after seconds even when the layout
@@ -690,7 +714,11 @@ pub(super) fn parse_go(layout: &str, value: &str, loc: &TimeZone) -> Result<Zone
             }
             Tok::Year => {
                 let (v, n) = digits(rest, 2, 2).ok_or_else(bad)?;
-                year = if v >= 69 { 1900 + v as i16 } else { 2000 + v as i16 };
+                year = if v >= 69 {
+                    1900 + v as i16
+                } else {
+                    2000 + v as i16
+                };
                 rest = &rest[n..];
             }
             Tok::PM | Tok::Pm => {
@@ -748,7 +776,11 @@ pub(super) fn parse_go(layout: &str, value: &str, loc: &TimeZone) -> Result<Zone
                 }
                 offset = Some(sign * total as i32);
             }
-            Tok::Frac { digits: d, trim, sep } => {
+            Tok::Frac {
+                digits: d,
+                trim,
+                sep,
+            } => {
                 let Some(f) = rest.strip_prefix(sep) else {
                     if trim {
                         continue;
@@ -820,23 +852,87 @@ mod tests {
     fn date_functions_at_fixed_times() {
         let n = json!({"t": "2023-07-04 15:04:05.5 +0000 UTC"});
         table(&[
-            (r#"{{ dateInZone "2006-01-02 15:04:05" 0 "UTC" }}"#, n.clone(), Ok("1970-01-01 00:00:00")),
-            (r#"{{ dateInZone "Jan 2, 2006 at 3:04pm (MST)" 1700000000 "UTC" }}"#, n.clone(), Ok("Nov 14, 2023 at 10:13pm (UTC)")),
-            (r#"{{ date_in_zone "Monday 02/01/06 15h04" 1700000000 "Europe/Paris" }}"#, n.clone(), Ok("Tuesday 14/11/23 23h13")),
-            (r#"{{ dateInZone "2006-01-02T15:04:05Z07:00" 1700000000 "Asia/Kolkata" }}"#, n.clone(), Ok("2023-11-15T03:43:20+05:30")),
-            (r#"{{ dateInZone "2006-01-02T15:04:05.000Z0700" .t "UTC" }}"#, n.clone(), Ok("2023-07-04T15:04:05.500Z")),
-            (r#"{{ dateInZone "January _2 002 .999" .t "UTC" }}"#, n.clone(), Ok("July  4 185 .5")),
-            (r#"{{ htmlDateInZone 1700000000 "UTC" }}"#, n.clone(), Ok("2023-11-14")),
-            (r#"{{ dateInZone "15:04" 0 "Not/AZone" }}"#, n.clone(), Ok("00:00")),
-            (r#"{{ toDate "2006-01-02" "2017-12-31" | dateInZone "02/01/2006" 0 | len }}"#, n.clone(), Ok("10")),
-            (r#"{{ mustToDate "2006-01-02 MST" "2017-12-31 UTC" | unixEpoch }}"#, n.clone(), Ok("1514678400")),
-            (r#"{{ toDate "2006-01-02" "nope" }}"#, n.clone(), Ok("0001-01-01 00:00:00 +0000 UTC")),
-            (r#"{{ mustToDate "2006-01-02" "nope" }}"#, n.clone(), Err(r#"parsing time "nope" as "2006-01-02": cannot parse "nope""#)),
+            (
+                r#"{{ dateInZone "2006-01-02 15:04:05" 0 "UTC" }}"#,
+                n.clone(),
+                Ok("1970-01-01 00:00:00"),
+            ),
+            (
+                r#"{{ dateInZone "Jan 2, 2006 at 3:04pm (MST)" 1700000000 "UTC" }}"#,
+                n.clone(),
+                Ok("Nov 14, 2023 at 10:13pm (UTC)"),
+            ),
+            (
+                r#"{{ date_in_zone "Monday 02/01/06 15h04" 1700000000 "Europe/Paris" }}"#,
+                n.clone(),
+                Ok("Tuesday 14/11/23 23h13"),
+            ),
+            (
+                r#"{{ dateInZone "2006-01-02T15:04:05Z07:00" 1700000000 "Asia/Kolkata" }}"#,
+                n.clone(),
+                Ok("2023-11-15T03:43:20+05:30"),
+            ),
+            (
+                r#"{{ dateInZone "2006-01-02T15:04:05.000Z0700" .t "UTC" }}"#,
+                n.clone(),
+                Ok("2023-07-04T15:04:05.500Z"),
+            ),
+            (
+                r#"{{ dateInZone "January _2 002 .999" .t "UTC" }}"#,
+                n.clone(),
+                Ok("July  4 185 .5"),
+            ),
+            (
+                r#"{{ htmlDateInZone 1700000000 "UTC" }}"#,
+                n.clone(),
+                Ok("2023-11-14"),
+            ),
+            (
+                r#"{{ dateInZone "15:04" 0 "Not/AZone" }}"#,
+                n.clone(),
+                Ok("00:00"),
+            ),
+            (
+                r#"{{ toDate "2006-01-02" "2017-12-31" | dateInZone "02/01/2006" 0 | len }}"#,
+                n.clone(),
+                Ok("10"),
+            ),
+            (
+                r#"{{ mustToDate "2006-01-02 MST" "2017-12-31 UTC" | unixEpoch }}"#,
+                n.clone(),
+                Ok("1514678400"),
+            ),
+            (
+                r#"{{ toDate "2006-01-02" "nope" }}"#,
+                n.clone(),
+                Ok("0001-01-01 00:00:00 +0000 UTC"),
+            ),
+            (
+                r#"{{ mustToDate "2006-01-02" "nope" }}"#,
+                n.clone(),
+                Err(r#"parsing time "nope" as "2006-01-02": cannot parse "nope""#),
+            ),
             (r#"{{ unixEpoch .t }}"#, n.clone(), Ok("1688483045")),
-            (r#"{{ dateModify "1.5h" .t }}"#, n.clone(), Ok("2023-07-04 16:34:05.5 +0000 UTC")),
-            (r#"{{ dateModify "-24h" .t | unixEpoch }}"#, n.clone(), Ok("1688396645")),
-            (r#"{{ dateModify "nope" .t }}"#, n.clone(), Ok("2023-07-04 15:04:05.5 +0000 UTC")),
-            (r#"{{ mustDateModify "nope" .t }}"#, n.clone(), Err(r#"time: invalid duration "nope""#)),
+            (
+                r#"{{ dateModify "1.5h" .t }}"#,
+                n.clone(),
+                Ok("2023-07-04 16:34:05.5 +0000 UTC"),
+            ),
+            (
+                r#"{{ dateModify "-24h" .t | unixEpoch }}"#,
+                n.clone(),
+                Ok("1688396645"),
+            ),
+            (
+                r#"{{ dateModify "nope" .t }}"#,
+                n.clone(),
+                Ok("2023-07-04 15:04:05.5 +0000 UTC"),
+            ),
+            (
+                r#"{{ mustDateModify "nope" .t }}"#,
+                n.clone(),
+                Err(r#"time: invalid duration "nope""#),
+            ),
             (r#"{{ duration "95" }}"#, n.clone(), Ok("1m35s")),
             (r#"{{ duration "90061" }}"#, n.clone(), Ok("25h1m1s")),
             // An int literal is not an int64: Sprig's switch gives zero.

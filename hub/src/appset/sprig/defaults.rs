@@ -61,7 +61,11 @@ fn any(args: &[Value]) -> Res {
 fn ternary(args: &[Value]) -> Res {
     want("ternary", args, 3)?;
     let cond = bool_arg("ternary", args, 2)?;
-    Ok(if cond { args[0].clone() } else { args[1].clone() })
+    Ok(if cond {
+        args[0].clone()
+    } else {
+        args[1].clone()
+    })
 }
 
 fn deep_copy(args: &[Value]) -> Res {
@@ -80,9 +84,7 @@ pub(crate) fn from_json_value(v: &serde_json::Value) -> Value {
     match v {
         serde_json::Value::Null => Value::Nil,
         serde_json::Value::Bool(b) => Value::Bool(*b),
-        serde_json::Value::Number(n) => {
-            super::float(n.as_f64().unwrap_or_default())
-        }
+        serde_json::Value::Number(n) => super::float(n.as_f64().unwrap_or_default()),
         serde_json::Value::String(s) => Value::String(s.clone()),
         serde_json::Value::Array(a) => Value::Array(a.iter().map(from_json_value).collect()),
         serde_json::Value::Object(m) => new_map(
@@ -117,7 +119,13 @@ pub fn go_json(v: &Value, pretty: bool, raw: bool) -> Result<String, String> {
     Ok(out)
 }
 
-fn write_json(out: &mut String, v: &Value, pretty: bool, raw: bool, depth: usize) -> Result<(), String> {
+fn write_json(
+    out: &mut String,
+    v: &Value,
+    pretty: bool,
+    raw: bool,
+    depth: usize,
+) -> Result<(), String> {
     let newline = |out: &mut String, depth: usize| {
         if pretty {
             out.push('\n');
@@ -310,9 +318,7 @@ fn yaml_block(out: &mut String, v: &Value, indent: usize, inline: bool) {
                     Value::Map(cm) | Value::Object(cm) if !cm.is_empty() => {
                         yaml_block(out, item, indent + 2, true)
                     }
-                    Value::Array(ci) if !ci.is_empty() => {
-                        yaml_block(out, item, indent + 2, true)
-                    }
+                    Value::Array(ci) if !ci.is_empty() => yaml_block(out, item, indent + 2, true),
                     _ => {
                         yaml_inline(out, item, indent);
                         out.push('\n');
@@ -396,9 +402,9 @@ fn needs_double_quotes_for_type(s: &str) -> bool {
 
 fn resolves_to_non_string(s: &str) -> bool {
     const WORDS: &[&str] = &[
-        "y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "true", "True", "TRUE",
-        "false", "False", "FALSE", "on", "On", "ON", "off", "Off", "OFF", "null", "Null",
-        "NULL", "~", "", ".inf", ".Inf", ".INF", "+.inf", "-.inf", ".nan", ".NaN", ".NAN", "<<",
+        "y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "true", "True", "TRUE", "false",
+        "False", "FALSE", "on", "On", "ON", "off", "Off", "OFF", "null", "Null", "NULL", "~", "",
+        ".inf", ".Inf", ".INF", "+.inf", "-.inf", ".nan", ".NaN", ".NAN", "<<",
     ];
     if WORDS.contains(&s) {
         return true;
@@ -410,21 +416,28 @@ fn resolves_to_non_string(s: &str) -> bool {
     }
     // Integers: decimal, 0x hex, 0b binary, leading-zero octal.
     if body.bytes().all(|b| b.is_ascii_digit())
-        || body.strip_prefix("0x").is_some_and(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_hexdigit()))
-        || body.strip_prefix("0b").is_some_and(|h| !h.is_empty() && h.bytes().all(|b| b == b'0' || b == b'1'))
+        || body
+            .strip_prefix("0x")
+            .is_some_and(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        || body
+            .strip_prefix("0b")
+            .is_some_and(|h| !h.is_empty() && h.bytes().all(|b| b == b'0' || b == b'1'))
     {
         return true;
     }
     // Floats as YAML 1.1 reads them (a dot or exponent required, digits around).
-    let float_like = body.bytes().all(|b| b.is_ascii_digit() || b == b'.' || b == b'e' || b == b'E' || b == b'+' || b == b'-')
-        && body.bytes().any(|b| b.is_ascii_digit())
+    let float_like = body.bytes().all(|b| {
+        b.is_ascii_digit() || b == b'.' || b == b'e' || b == b'E' || b == b'+' || b == b'-'
+    }) && body.bytes().any(|b| b.is_ascii_digit())
         && body.parse::<f64>().is_ok();
     if float_like {
         return true;
     }
     // Base-60 numbers ("1:20") are read as numbers by YAML 1.1.
     let sexagesimal = body.contains(':')
-        && body.split(':').all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        && body
+            .split(':')
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
         && body.split(':').skip(1).all(|p| p.len() <= 2);
     sexagesimal
 }
@@ -468,7 +481,8 @@ mod tests {
     /// checked against Go.
     #[test]
     fn default_functions() {
-        let n = json!({"name": "app", "empty": "", "zero": 0, "list": [], "obj": {"b": 1, "a": "<x>"}});
+        let n =
+            json!({"name": "app", "empty": "", "zero": 0, "list": [], "obj": {"b": 1, "a": "<x>"}});
         table(&[
             (r#"{{ default "foo" .missing }}"#, n.clone(), Ok("foo")),
             (r#"{{ default "foo" .empty }}"#, n.clone(), Ok("foo")),
@@ -485,20 +499,48 @@ mod tests {
             (r#"{{ any .empty .zero }}"#, n.clone(), Ok("false")),
             (r#"{{ ternary "yes" "no" true }}"#, n.clone(), Ok("yes")),
             (r#"{{ false | ternary "yes" "no" }}"#, n.clone(), Ok("no")),
-            (r#"{{ toJson .obj }}"#, n.clone(), Ok(r#"{"a":"\u003cx\u003e","b":1}"#)),
-            (r#"{{ toRawJson .obj }}"#, n.clone(), Ok(r#"{"a":"<x>","b":1}"#)),
+            (
+                r#"{{ toJson .obj }}"#,
+                n.clone(),
+                Ok(r#"{"a":"\u003cx\u003e","b":1}"#),
+            ),
+            (
+                r#"{{ toRawJson .obj }}"#,
+                n.clone(),
+                Ok(r#"{"a":"<x>","b":1}"#),
+            ),
             (r#"{{ mustToJson .list }}"#, n.clone(), Ok("[]")),
-            (r#"{{ toPrettyJson .obj }}"#, n.clone(), Ok("{\n  \"a\": \"\\u003cx\\u003e\",\n  \"b\": 1\n}")),
-            (r#"{{ mustToPrettyJson (list 1 (dict)) }}"#, n.clone(), Ok("[\n  1,\n  {}\n]")),
+            (
+                r#"{{ toPrettyJson .obj }}"#,
+                n.clone(),
+                Ok("{\n  \"a\": \"\\u003cx\\u003e\",\n  \"b\": 1\n}"),
+            ),
+            (
+                r#"{{ mustToPrettyJson (list 1 (dict)) }}"#,
+                n.clone(),
+                Ok("[\n  1,\n  {}\n]"),
+            ),
             (r#"{{ mustToRawJson "a&b" }}"#, n.clone(), Ok(r#""a&b""#)),
             (r#"{{ toJson 1e21 }}"#, n.clone(), Ok("1e+21")),
             (r#"{{ toJson 0.0000001 }}"#, n.clone(), Ok("1e-7")),
-            (r#"{{ (fromJson "{\"a\":{\"b\":2}}").a.b }}"#, n.clone(), Ok("2")),
+            (
+                r#"{{ (fromJson "{\"a\":{\"b\":2}}").a.b }}"#,
+                n.clone(),
+                Ok("2"),
+            ),
             (r#"{{ fromJson "nope" }}"#, n.clone(), Ok("<no value>")),
-            (r#"{{ mustFromJson "nope" }}"#, n.clone(), Err("error calling mustFromJson")),
+            (
+                r#"{{ mustFromJson "nope" }}"#,
+                n.clone(),
+                Err("error calling mustFromJson"),
+            ),
             (r#"{{ $c := deepCopy .obj }}{{ $c.b }}"#, n.clone(), Ok("1")),
             (r#"{{ mustDeepCopy .list | len }}"#, n.clone(), Ok("0")),
-            (r#"{{ fail "bad value" }}"#, n.clone(), Err("error calling fail: bad value")),
+            (
+                r#"{{ fail "bad value" }}"#,
+                n.clone(),
+                Err("error calling fail: bad value"),
+            ),
         ]);
     }
 }

@@ -181,7 +181,9 @@ fn must_merge_overwrite(args: &[Value]) -> Res {
 /// missing.
 fn dig(args: &[Value]) -> Res {
     if args.len() < 3 {
-        return Err(fail("error calling dig: dig needs at least three arguments"));
+        return Err(fail(
+            "error calling dig: dig needs at least three arguments",
+        ));
     }
     let dict = &args[args.len() - 1];
     let default = &args[args.len() - 2];
@@ -231,34 +233,102 @@ mod tests {
             "src": {"overwrite": "overwritten", "key": "false", "new": "n"}
         });
         table(&[
-            (r#"{{ $d := dict "name1" "value1" "name2" "value2" }}{{ $d.name2 }}"#, n.clone(), Ok("value2")),
+            (
+                r#"{{ $d := dict "name1" "value1" "name2" "value2" }}{{ $d.name2 }}"#,
+                n.clone(),
+                Ok("value2"),
+            ),
             (r#"{{ dict "odd" }}"#, n.clone(), Ok("map[odd:]")),
             (r#"{{ get .m "name1" }}"#, n.clone(), Ok("value1")),
             (r#"{{ get .m "nope" }}"#, n.clone(), Ok("")),
-            (r#"{{ $d := set .m "name4" "value4" }}{{ $d.name4 }}"#, n.clone(), Ok("value4")),
-            (r#"{{ $d := unset .m "name1" }}{{ keys $d }}"#, n.clone(), Ok("[name2 name3]")),
+            (
+                r#"{{ $d := set .m "name4" "value4" }}{{ $d.name4 }}"#,
+                n.clone(),
+                Ok("value4"),
+            ),
+            (
+                r#"{{ $d := unset .m "name1" }}{{ keys $d }}"#,
+                n.clone(),
+                Ok("[name2 name3]"),
+            ),
             (r#"{{ hasKey .m "name1" }}"#, n.clone(), Ok("true")),
             (r#"{{ hasKey .m "nope" }}"#, n.clone(), Ok("false")),
-            (r#"{{ pluck "name1" .m (dict "name1" "other") (dict) }}"#, n.clone(), Ok("[value1 other]")),
+            (
+                r#"{{ pluck "name1" .m (dict "name1" "other") (dict) }}"#,
+                n.clone(),
+                Ok("[value1 other]"),
+            ),
             (r#"{{ keys .m }}"#, n.clone(), Ok("[name1 name2 name3]")),
-            (r#"{{ keys .m (dict "z" 1 "a" 2) | sortAlpha }}"#, n.clone(), Ok("[a name1 name2 name3 z]")),
-            (r#"{{ values .m }}"#, n.clone(), Ok("[value1 value2 value3]")),
-            (r#"{{ pick .m "name1" "name3" "nope" }}"#, n.clone(), Ok("map[name1:value1 name3:value3]")),
-            (r#"{{ omit .m "name1" "name3" }}"#, n.clone(), Ok("map[name2:value2]")),
-            (r#"{{ merge .dst .src }}"#, n.clone(), Ok("map[default:default key:true new:n overwrite:me]")),
-            (r#"{{ mustMerge (dict "a" "") (dict "a" "x") }}"#, n.clone(), Ok("map[a:x]")),
-            (r#"{{ mergeOverwrite .dst .src }}"#, n.clone(), Ok("map[default:default key:false new:n overwrite:overwritten]")),
-            (r#"{{ mustMergeOverwrite (dict "a" "x") (dict "a" "") }}"#, n.clone(), Ok("map[a:x]")),
-            (r#"{{ merge (dict "n" (dict "a" 1)) (dict "n" (dict "b" 2)) }}"#, n.clone(), Ok("map[n:map[a:1 b:2]]")),
+            (
+                r#"{{ keys .m (dict "z" 1 "a" 2) | sortAlpha }}"#,
+                n.clone(),
+                Ok("[a name1 name2 name3 z]"),
+            ),
+            (
+                r#"{{ values .m }}"#,
+                n.clone(),
+                Ok("[value1 value2 value3]"),
+            ),
+            (
+                r#"{{ pick .m "name1" "name3" "nope" }}"#,
+                n.clone(),
+                Ok("map[name1:value1 name3:value3]"),
+            ),
+            (
+                r#"{{ omit .m "name1" "name3" }}"#,
+                n.clone(),
+                Ok("map[name2:value2]"),
+            ),
+            (
+                r#"{{ merge .dst .src }}"#,
+                n.clone(),
+                Ok("map[default:default key:true new:n overwrite:me]"),
+            ),
+            (
+                r#"{{ mustMerge (dict "a" "") (dict "a" "x") }}"#,
+                n.clone(),
+                Ok("map[a:x]"),
+            ),
+            (
+                r#"{{ mergeOverwrite .dst .src }}"#,
+                n.clone(),
+                Ok("map[default:default key:false new:n overwrite:overwritten]"),
+            ),
+            (
+                r#"{{ mustMergeOverwrite (dict "a" "x") (dict "a" "") }}"#,
+                n.clone(),
+                Ok("map[a:x]"),
+            ),
+            (
+                r#"{{ merge (dict "n" (dict "a" 1)) (dict "n" (dict "b" 2)) }}"#,
+                n.clone(),
+                Ok("map[n:map[a:1 b:2]]"),
+            ),
             // dig: the issue's bug was `<no value>` for a key that exists.
             (r#"{{ dig "a" "b" "c" "default" . }}"#, n.clone(), Ok("d")),
-            (r#"{{ dig "a" "b" "z" "default" . }}"#, n.clone(), Ok("default")),
-            (r#"{{ dig "nope" "deeper" "default" . }}"#, n.clone(), Ok("default")),
+            (
+                r#"{{ dig "a" "b" "z" "default" . }}"#,
+                n.clone(),
+                Ok("default"),
+            ),
+            (
+                r#"{{ dig "nope" "deeper" "default" . }}"#,
+                n.clone(),
+                Ok("default"),
+            ),
             (r#"{{ dig "a" "x" "default" . }}"#, n.clone(), Ok("")),
             (r#"{{ dig "a" "b" "<none>" . }}"#, n.clone(), Ok("map[c:d]")),
             (r#"{{ .a | dig "b" "c" "" }}"#, n.clone(), Ok("d")),
-            (r#"{{ dig "a" "b" "c" "d" "x" . }}"#, n.clone(), Err("interface conversion")),
-            (r#"{{ dig "a" "" }}"#, n.clone(), Err("dig needs at least three arguments")),
+            (
+                r#"{{ dig "a" "b" "c" "d" "x" . }}"#,
+                n.clone(),
+                Err("interface conversion"),
+            ),
+            (
+                r#"{{ dig "a" "" }}"#,
+                n.clone(),
+                Err("dig needs at least three arguments"),
+            ),
         ]);
     }
 }

@@ -128,10 +128,22 @@ mod tests {
         table(&[
             (r#"{{ b64enc "hello" }}"#, n.clone(), Ok("aGVsbG8=")),
             (r#"{{ b64dec "aGVsbG8=" }}"#, n.clone(), Ok("hello")),
-            (r#"{{ b64dec "!!" }}"#, n.clone(), Ok("illegal base64 data at input byte 0")),
-            (r#"{{ b32enc "foobar" }}"#, n.clone(), Ok("MZXW6YTBOI======")),
+            (
+                r#"{{ b64dec "!!" }}"#,
+                n.clone(),
+                Ok("illegal base64 data at input byte 0"),
+            ),
+            (
+                r#"{{ b32enc "foobar" }}"#,
+                n.clone(),
+                Ok("MZXW6YTBOI======"),
+            ),
             (r#"{{ b32enc "f" }}"#, n.clone(), Ok("MY======")),
-            (r#"{{ b32dec "MZXW6YTBOI======" }}"#, n.clone(), Ok("foobar")),
+            (
+                r#"{{ b32dec "MZXW6YTBOI======" }}"#,
+                n.clone(),
+                Ok("foobar"),
+            ),
             (r#"{{ b32dec "MZXW6===" }}"#, n.clone(), Ok("foo")),
         ]);
     }

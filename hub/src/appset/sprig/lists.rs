@@ -6,8 +6,7 @@
 use gtmpl_ng::{Func, Value};
 
 use super::{
-    Res, arg, deep_equal, fail, go_kind, int_arg, is_empty, list_arg, to_int64, want,
-    want_at_least,
+    Res, arg, deep_equal, fail, go_kind, int_arg, is_empty, list_arg, to_int64, want, want_at_least,
 };
 
 pub(super) const FUNCS: &[(&str, Func)] = &[
@@ -312,25 +311,49 @@ mod tests {
             ("{{ mustAppend .s 1 }}", n.clone(), Ok("[a b 1]")),
             ("{{ prepend .s \"z\" }}", n.clone(), Ok("[z a b]")),
             ("{{ mustPrepend .s \"z\" }}", n.clone(), Ok("[z a b]")),
-            ("{{ concat .s (list 1 2) (list) }}", n.clone(), Ok("[a b 1 2]")),
+            (
+                "{{ concat .s (list 1 2) (list) }}",
+                n.clone(),
+                Ok("[a b 1 2]"),
+            ),
             ("{{ reverse .s }}", n.clone(), Ok("[b a]")),
             ("{{ list 1 1 1 2 | uniq }}", n.clone(), Ok("[1 2]")),
-            ("{{ without (list 1 2 3 4 5) 1 3 5 }}", n.clone(), Ok("[2 4]")),
+            (
+                "{{ without (list 1 2 3 4 5) 1 3 5 }}",
+                n.clone(),
+                Ok("[2 4]"),
+            ),
             // Parameters are float64 in Go; a literal 1 is an int, so not equal.
             ("{{ without .l 1 3 5 }}", n.clone(), Ok("[1 2 3 4 5]")),
             ("{{ has 4 (list 1 4) }}", n.clone(), Ok("true")),
             ("{{ has 4 .l }}", n.clone(), Ok("false")),
             ("{{ has \"x\" .s }}", n.clone(), Ok("false")),
             ("{{ has 1 .missing }}", n.clone(), Ok("false")),
-            ("{{ compact (list 1 \"\" 0 \"a\" false) }}", n.clone(), Ok("[1 a]")),
+            (
+                "{{ compact (list 1 \"\" 0 \"a\" false) }}",
+                n.clone(),
+                Ok("[1 a]"),
+            ),
             ("{{ slice .l 1 3 }}", n.clone(), Ok("[2 3]")),
             ("{{ slice .l 3 }}", n.clone(), Ok("[4 5]")),
             ("{{ slice .l }}", n.clone(), Ok("[1 2 3 4 5]")),
-            ("{{ mustSlice .l 4 9 }}", n.clone(), Err("slice index out of range")),
+            (
+                "{{ mustSlice .l 4 9 }}",
+                n.clone(),
+                Err("slice index out of range"),
+            ),
             ("{{ chunk 2 .l }}", n.clone(), Ok("[[1 2] [3 4] [5]]")),
             ("{{ mustChunk 5 .l }}", n.clone(), Ok("[[1 2 3 4 5]]")),
-            ("{{ first .m }}", n.clone(), Err("error calling First: Cannot find first on type map")),
-            ("{{ mustReverse \"x\" }}", n.clone(), Err("Cannot find reverse on type string")),
+            (
+                "{{ first .m }}",
+                n.clone(),
+                Err("error calling First: Cannot find first on type map"),
+            ),
+            (
+                "{{ mustReverse \"x\" }}",
+                n.clone(),
+                Err("Cannot find reverse on type string"),
+            ),
             ("{{ mustUniq .e }}", n.clone(), Ok("[]")),
             ("{{ mustWithout .s \"a\" }}", n.clone(), Ok("[b]")),
             ("{{ mustHas \"a\" .s }}", n.clone(), Ok("true")),

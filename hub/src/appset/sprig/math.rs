@@ -47,19 +47,25 @@ fn add1(args: &[Value]) -> Res {
 }
 
 fn add(args: &[Value]) -> Res {
-    Ok(int(args.iter().fold(0i64, |a, b| a.wrapping_add(to_int64(b)))))
+    Ok(int(args
+        .iter()
+        .fold(0i64, |a, b| a.wrapping_add(to_int64(b)))))
 }
 
 fn sub(args: &[Value]) -> Res {
     want("sub", args, 2)?;
-    Ok(int(to_int64(arg(args, 0)).wrapping_sub(to_int64(arg(args, 1)))))
+    Ok(int(
+        to_int64(arg(args, 0)).wrapping_sub(to_int64(arg(args, 1)))
+    ))
 }
 
 fn div(args: &[Value]) -> Res {
     want("div", args, 2)?;
     let b = to_int64(arg(args, 1));
     if b == 0 {
-        return Err(fail("error calling div: runtime error: integer divide by zero"));
+        return Err(fail(
+            "error calling div: runtime error: integer divide by zero",
+        ));
     }
     Ok(int(to_int64(arg(args, 0)).wrapping_div(b)))
 }
@@ -68,7 +74,9 @@ fn modulo(args: &[Value]) -> Res {
     want("mod", args, 2)?;
     let b = to_int64(arg(args, 1));
     if b == 0 {
-        return Err(fail("error calling mod: runtime error: integer divide by zero"));
+        return Err(fail(
+            "error calling mod: runtime error: integer divide by zero",
+        ));
     }
     Ok(int(to_int64(arg(args, 0)).wrapping_rem(b)))
 }
@@ -77,7 +85,9 @@ fn mul(args: &[Value]) -> Res {
     want_at_least("mul", args, 1)?;
     Ok(int(args[1..]
         .iter()
-        .fold(to_int64(arg(args, 0)), |a, b| a.wrapping_mul(to_int64(b)))))
+        .fold(to_int64(arg(args, 0)), |a, b| {
+            a.wrapping_mul(to_int64(b))
+        })))
 }
 
 fn rand_int(args: &[Value]) -> Res {
@@ -106,7 +116,11 @@ fn maxf(args: &[Value]) -> Res {
     let mut a = to_float64(&args[0]);
     for b in &args[1..] {
         let b = to_float64(b);
-        a = if a.is_nan() || b.is_nan() { f64::NAN } else { a.max(b) };
+        a = if a.is_nan() || b.is_nan() {
+            f64::NAN
+        } else {
+            a.max(b)
+        };
     }
     Ok(float(a))
 }
@@ -116,7 +130,11 @@ fn minf(args: &[Value]) -> Res {
     let mut a = to_float64(&args[0]);
     for b in &args[1..] {
         let b = to_float64(b);
-        a = if a.is_nan() || b.is_nan() { f64::NAN } else { a.min(b) };
+        a = if a.is_nan() || b.is_nan() {
+            f64::NAN
+        } else {
+            a.min(b)
+        };
     }
     Ok(float(a))
 }
@@ -192,13 +210,15 @@ impl Decimal {
         let shift = PLACES as i64 + 1 + o.scale as i64 - self.scale as i64;
         let (num, den) = if shift >= 0 {
             (
-                self.mantissa.checked_mul(10i128.checked_pow(shift as u32)?)?,
+                self.mantissa
+                    .checked_mul(10i128.checked_pow(shift as u32)?)?,
                 o.mantissa,
             )
         } else {
             (
                 self.mantissa,
-                o.mantissa.checked_mul(10i128.checked_pow((-shift) as u32)?)?,
+                o.mantissa
+                    .checked_mul(10i128.checked_pow((-shift) as u32)?)?,
             )
         };
         let q = num / den;
@@ -219,7 +239,11 @@ impl Decimal {
         let digits = self.mantissa.unsigned_abs().to_string();
         let scale = self.scale as usize;
         let text = if digits.len() > scale {
-            format!("{}.{}", &digits[..digits.len() - scale], &digits[digits.len() - scale..])
+            format!(
+                "{}.{}",
+                &digits[..digits.len() - scale],
+                &digits[digits.len() - scale..]
+            )
         } else {
             format!("0.{}{digits}", "0".repeat(scale - digits.len()))
         };
@@ -267,17 +291,35 @@ fn addf(args: &[Value]) -> Res {
 
 fn subf(args: &[Value]) -> Res {
     want_at_least("subf", args, 1)?;
-    decimal_op("subf", to_float64(&args[0]), &args[1..], Decimal::sub, |a, b| a - b)
+    decimal_op(
+        "subf",
+        to_float64(&args[0]),
+        &args[1..],
+        Decimal::sub,
+        |a, b| a - b,
+    )
 }
 
 fn mulf(args: &[Value]) -> Res {
     want_at_least("mulf", args, 1)?;
-    decimal_op("mulf", to_float64(&args[0]), &args[1..], Decimal::mul, |a, b| a * b)
+    decimal_op(
+        "mulf",
+        to_float64(&args[0]),
+        &args[1..],
+        Decimal::mul,
+        |a, b| a * b,
+    )
 }
 
 fn divf(args: &[Value]) -> Res {
     want_at_least("divf", args, 1)?;
-    decimal_op("divf", to_float64(&args[0]), &args[1..], Decimal::div, |a, b| a / b)
+    decimal_op(
+        "divf",
+        to_float64(&args[0]),
+        &args[1..],
+        Decimal::div,
+        |a, b| a / b,
+    )
 }
 
 fn ceil(args: &[Value]) -> Res {
@@ -307,7 +349,11 @@ fn round(args: &[Value]) -> Res {
     let pow = 10f64.powf(places);
     let digit = pow * value;
     let frac = digit.fract();
-    let r = if frac >= on { digit.ceil() } else { digit.floor() };
+    let r = if frac >= on {
+        digit.ceil()
+    } else {
+        digit.floor()
+    };
     Ok(float(r / pow))
 }
 
@@ -458,7 +504,11 @@ mod tests {
             ("{{ biggest 1 5 3 }}", n.clone(), Ok("5")),
             ("{{ min 4 2 8 }}", n.clone(), Ok("2")),
             ("{{ div 1 0 }}", n.clone(), Err("integer divide by zero")),
-            ("{{ $r := randInt 5 7 }}{{ and (ge $r 5) (lt $r 7) }}", n.clone(), Ok("true")),
+            (
+                "{{ $r := randInt 5 7 }}{{ and (ge $r 5) (lt $r 7) }}",
+                n.clone(),
+                Ok("true"),
+            ),
             ("{{ add \"0x10\" 1 }}", n.clone(), Ok("17")),
         ]);
     }

@@ -139,9 +139,9 @@ pub(crate) fn go_kind(v: &Value) -> &'static str {
 pub(crate) fn string_arg(name: &str, args: &[Value], i: usize) -> Result<String, FuncError> {
     match args.get(i) {
         Some(Value::String(s)) => Ok(s.clone()),
-        Some(Value::NoValue) | Some(Value::Nil) => Err(fail(format!(
-            "invalid value; expected string"
-        ))),
+        Some(Value::NoValue) | Some(Value::Nil) => {
+            Err(fail(format!("invalid value; expected string")))
+        }
         Some(other) => Err(fail(format!(
             "wrong type for value; expected string; got {}",
             go_type(other)
@@ -155,15 +155,16 @@ pub(crate) fn int_arg(name: &str, args: &[Value], i: usize) -> Result<i64, FuncE
     match args.get(i) {
         Some(Value::Number(n)) => match n.kind() {
             NumberKind::Signed(i) => Ok(i),
-            NumberKind::Unsigned(u) => i64::try_from(u)
-                .map_err(|_| fail(format!("{u} overflows int"))),
+            NumberKind::Unsigned(u) => {
+                i64::try_from(u).map_err(|_| fail(format!("{u} overflows int")))
+            }
             NumberKind::Float(f) => Err(fail(format!(
                 "wrong type for value; expected int; got float64 ({f})"
             ))),
         },
-        Some(Value::NoValue) | Some(Value::Nil) => Err(fail(format!(
-            "invalid value; expected int"
-        ))),
+        Some(Value::NoValue) | Some(Value::Nil) => {
+            Err(fail(format!("invalid value; expected int")))
+        }
         Some(other) => Err(fail(format!(
             "wrong type for value; expected int; got {}",
             go_type(other)
@@ -371,8 +372,7 @@ pub(crate) fn deep_equal(a: &Value, b: &Value) -> bool {
         }
         (Value::Map(x) | Value::Object(x), Value::Map(y) | Value::Object(y)) => {
             x.len() == y.len()
-                && x
-                    .iter()
+                && x.iter()
                     .all(|(k, v)| y.get(k).is_some_and(|w| deep_equal(v, w)))
         }
         (Value::NoValue | Value::Nil, Value::NoValue | Value::Nil) => true,
@@ -509,7 +509,13 @@ mod tests {
             mustRegexFindAll regexFind mustRegexFind regexReplaceAll mustRegexReplaceAll \
             regexReplaceAllLiteral mustRegexReplaceAllLiteral regexSplit mustRegexSplit \
             regexQuoteMeta urlParse urlJoin";
-        let argo = ["normalize", "slugify", "toYaml", "fromYaml", "fromYamlArray"];
+        let argo = [
+            "normalize",
+            "slugify",
+            "toYaml",
+            "fromYaml",
+            "fromYamlArray",
+        ];
         let have: std::collections::BTreeSet<&str> = functions().iter().map(|(n, _)| *n).collect();
         let missing: Vec<&str> = sprig
             .split_whitespace()

@@ -155,7 +155,11 @@ mod tests {
             ("{{ kindOf .m }}", n.clone(), Ok("map")),
             ("{{ kindOf .l }}", n.clone(), Ok("slice")),
             ("{{ kindIs \"int\" 4 }}", n.clone(), Ok("true")),
-            ("{{ deepEqual (list 1 2) (list 1 2) }}", n.clone(), Ok("true")),
+            (
+                "{{ deepEqual (list 1 2) (list 1 2) }}",
+                n.clone(),
+                Ok("true"),
+            ),
             ("{{ deepEqual .m (dict \"a\" 1) }}", n.clone(), Ok("false")),
             ("{{ toString 42 }}", n.clone(), Ok("42")),
             ("{{ toString .l }}", n.clone(), Ok("[1]")),

@@ -46,7 +46,9 @@ fn regex_match(args: &[Value]) -> Res {
 fn must_regex_match(args: &[Value]) -> Res {
     want("mustRegexMatch", args, 2)?;
     let text = string_arg("mustRegexMatch", args, 1)?;
-    Ok(Value::Bool(compile("mustRegexMatch", args)?.is_match(&text)))
+    Ok(Value::Bool(
+        compile("mustRegexMatch", args)?.is_match(&text),
+    ))
 }
 
 fn find_all(name: &str, args: &[Value]) -> Res {
@@ -182,25 +184,89 @@ mod tests {
     fn regex_functions() {
         let n = json!({});
         table(&[
-            (r#"{{ regexMatch "^[a-zA-Z0-9._%+-]+@[a-zA-Z0-9.-]+\\.[A-Za-z]{2,}$" "test@acme.com" }}"#, n.clone(), Ok("true")),
+            (
+                r#"{{ regexMatch "^[a-zA-Z0-9._%+-]+@[a-zA-Z0-9.-]+\\.[A-Za-z]{2,}$" "test@acme.com" }}"#,
+                n.clone(),
+                Ok("true"),
+            ),
             (r#"{{ regexMatch "[" "x" }}"#, n.clone(), Ok("false")),
-            (r#"{{ mustRegexMatch "[" "x" }}"#, n.clone(), Err("error parsing regexp")),
-            (r#"{{ regexFindAll "[2,4,6,8]" "123456789" -1 }}"#, n.clone(), Ok("[2 4 6 8]")),
-            (r#"{{ regexFindAll "[2,4,6,8]" "123456789" 2 }}"#, n.clone(), Ok("[2 4]")),
-            (r#"{{ mustRegexFindAll "a*" "baaab" -1 | len }}"#, n.clone(), Ok("3")),
-            (r#"{{ regexFind "[a-zA-Z][1-9]" "abcd1234" }}"#, n.clone(), Ok("d1")),
+            (
+                r#"{{ mustRegexMatch "[" "x" }}"#,
+                n.clone(),
+                Err("error parsing regexp"),
+            ),
+            (
+                r#"{{ regexFindAll "[2,4,6,8]" "123456789" -1 }}"#,
+                n.clone(),
+                Ok("[2 4 6 8]"),
+            ),
+            (
+                r#"{{ regexFindAll "[2,4,6,8]" "123456789" 2 }}"#,
+                n.clone(),
+                Ok("[2 4]"),
+            ),
+            (
+                r#"{{ mustRegexFindAll "a*" "baaab" -1 | len }}"#,
+                n.clone(),
+                Ok("3"),
+            ),
+            (
+                r#"{{ regexFind "[a-zA-Z][1-9]" "abcd1234" }}"#,
+                n.clone(),
+                Ok("d1"),
+            ),
             (r#"{{ mustRegexFind "x" "abc" }}"#, n.clone(), Ok("")),
-            (r#"{{ regexReplaceAll "a(x*)b" "-ab-axxb-" "${1}W" }}"#, n.clone(), Ok("-W-xxW-")),
-            (r#"{{ regexReplaceAll "a(x*)b" "-ab-axxb-" "$1W" }}"#, n.clone(), Ok("---")),
-            (r#"{{ regexReplaceAll "(?P<first>\\w+) (?P<last>\\w+)" "John Smith" "${last}, ${first}" }}"#, n.clone(), Ok("Smith, John")),
-            (r#"{{ mustRegexReplaceAll "a(x*)b" "-ab-axxb-" "${1}W" }}"#, n.clone(), Ok("-W-xxW-")),
-            (r#"{{ regexReplaceAllLiteral "a(x*)b" "-ab-axxb-" "${1}" }}"#, n.clone(), Ok("-${1}-${1}-")),
-            (r#"{{ mustRegexReplaceAllLiteral "a" "aa" "$" }}"#, n.clone(), Ok("$$")),
-            (r#"{{ regexSplit "z+" "pizza" -1 }}"#, n.clone(), Ok("[pi a]")),
-            (r#"{{ regexSplit "z+" "pizza" 1 }}"#, n.clone(), Ok("[pizza]")),
-            (r#"{{ mustRegexSplit "a" "banana" 2 }}"#, n.clone(), Ok("[b nana]")),
+            (
+                r#"{{ regexReplaceAll "a(x*)b" "-ab-axxb-" "${1}W" }}"#,
+                n.clone(),
+                Ok("-W-xxW-"),
+            ),
+            (
+                r#"{{ regexReplaceAll "a(x*)b" "-ab-axxb-" "$1W" }}"#,
+                n.clone(),
+                Ok("---"),
+            ),
+            (
+                r#"{{ regexReplaceAll "(?P<first>\\w+) (?P<last>\\w+)" "John Smith" "${last}, ${first}" }}"#,
+                n.clone(),
+                Ok("Smith, John"),
+            ),
+            (
+                r#"{{ mustRegexReplaceAll "a(x*)b" "-ab-axxb-" "${1}W" }}"#,
+                n.clone(),
+                Ok("-W-xxW-"),
+            ),
+            (
+                r#"{{ regexReplaceAllLiteral "a(x*)b" "-ab-axxb-" "${1}" }}"#,
+                n.clone(),
+                Ok("-${1}-${1}-"),
+            ),
+            (
+                r#"{{ mustRegexReplaceAllLiteral "a" "aa" "$" }}"#,
+                n.clone(),
+                Ok("$$"),
+            ),
+            (
+                r#"{{ regexSplit "z+" "pizza" -1 }}"#,
+                n.clone(),
+                Ok("[pi a]"),
+            ),
+            (
+                r#"{{ regexSplit "z+" "pizza" 1 }}"#,
+                n.clone(),
+                Ok("[pizza]"),
+            ),
+            (
+                r#"{{ mustRegexSplit "a" "banana" 2 }}"#,
+                n.clone(),
+                Ok("[b nana]"),
+            ),
             (r#"{{ regexSplit "," "" -1 | len }}"#, n.clone(), Ok("1")),
-            (r#"{{ regexQuoteMeta "1.2.3+[x]" }}"#, n.clone(), Ok(r"1\.2\.3\+\[x\]")),
+            (
+                r#"{{ regexQuoteMeta "1.2.3+[x]" }}"#,
+                n.clone(),
+                Ok(r"1\.2\.3\+\[x\]"),
+            ),
             (r#"{{ regexQuoteMeta "a-b#c" }}"#, n.clone(), Ok("a-b#c")),
         ]);
     }

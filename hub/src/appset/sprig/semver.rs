@@ -33,9 +33,8 @@ fn parse_version(text: &str) -> Result<Version, String> {
     };
     let ident_ok = |s: &str| {
         !s.is_empty()
-            && s.split('.').all(|p| {
-                !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            })
+            && s.split('.')
+                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
     };
     if !pre.is_empty() && !ident_ok(&pre) || !meta.is_empty() && !ident_ok(&meta) {
         return Err(invalid());
@@ -49,11 +48,19 @@ fn parse_version(text: &str) -> Result<Version, String> {
         }
     }
     let nums: Vec<&str> = core.split('.').collect();
-    if nums.is_empty() || nums.len() > 3 || nums.iter().any(|n| n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit())) {
+    if nums.is_empty()
+        || nums.len() > 3
+        || nums
+            .iter()
+            .any(|n| n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()))
+    {
         return Err(invalid());
     }
     let num = |i: usize| -> Result<u64, String> {
-        nums.get(i).map_or(Ok(0), |n| n.parse().map_err(|e| format!("Error parsing version segment: {e}")))
+        nums.get(i).map_or(Ok(0), |n| {
+            n.parse()
+                .map_err(|e| format!("Error parsing version segment: {e}"))
+        })
     };
     Ok(Version {
         major: num(0)?,
@@ -140,7 +147,9 @@ fn parse_constraint(op: &str, ver: &str) -> Result<Constraint, String> {
     })
 }
 
-const OPS: [&str; 12] = ["!=", ">=", "=>", "<=", "=<", "~>", "=", ">", "<", "~", "^", ""];
+const OPS: [&str; 12] = [
+    "!=", ">=", "=>", "<=", "=<", "~>", "=", ">", "<", "~", "^", "",
+];
 
 /// Splits one `||` group into (operator, version) pairs.
 fn split_group(group: &str) -> Result<Vec<(String, String)>, String> {
@@ -377,11 +386,27 @@ mod tests {
             .collect();
         table(&table_rows);
         table(&[
-            (r#"{{ semverCompare "nope" "1.0.0" }}"#, n.clone(), Err("improper constraint")),
-            (r#"{{ semverCompare "^1" "x.y" }}"#, n.clone(), Err("Invalid Semantic Version")),
-            (r#"{{ (semver "1.2.3-beta.1+c0ff33").Prerelease }}"#, n.clone(), Ok("beta.1")),
+            (
+                r#"{{ semverCompare "nope" "1.0.0" }}"#,
+                n.clone(),
+                Err("improper constraint"),
+            ),
+            (
+                r#"{{ semverCompare "^1" "x.y" }}"#,
+                n.clone(),
+                Err("Invalid Semantic Version"),
+            ),
+            (
+                r#"{{ (semver "1.2.3-beta.1+c0ff33").Prerelease }}"#,
+                n.clone(),
+                Ok("beta.1"),
+            ),
             (r#"{{ (semver "v1.2").Minor }}"#, n.clone(), Ok("2")),
-            (r#"{{ $v := semver "1.2.3-beta.1+c0ff33" }}{{ $v.Major }}.{{ $v.Patch }}+{{ $v.Metadata }}"#, n.clone(), Ok("1.3+c0ff33")),
+            (
+                r#"{{ $v := semver "1.2.3-beta.1+c0ff33" }}{{ $v.Major }}.{{ $v.Patch }}+{{ $v.Metadata }}"#,
+                n.clone(),
+                Ok("1.3+c0ff33"),
+            ),
         ]);
     }
 }

@@ -232,9 +232,7 @@ fn repeat(args: &[Value]) -> Res {
     let count = int_arg("repeat", args, 0)?;
     let text = s("repeat", args, 1)?;
     if count < 0 {
-        return Err(fail(
-            "error calling repeat: strings: negative Repeat count",
-        ));
+        return Err(fail("error calling repeat: strings: negative Repeat count"));
     }
     let total = (count as usize).saturating_mul(text.len());
     if total > 1 << 20 {
@@ -384,13 +382,21 @@ fn is_connector(c: char) -> bool {
 
 /// xstrings' `isAlphabet`: a letter that is not a CJK ideograph.
 fn is_alphabet(c: char) -> bool {
-    c.is_alphabetic()
-        && !matches!(c as u32, 0x4E00..=0x9FCC | 0x3400..=0x4D85 | 0x20000..=0x2B81D)
+    c.is_alphabetic() && !matches!(c as u32, 0x4E00..=0x9FCC | 0x3400..=0x4D85 | 0x20000..=0x2B81D)
 }
 
 fn is_punct(c: char) -> bool {
-    c.is_ascii_punctuation() && !is_connector(c) && c != '$' && c != '+' && c != '<'
-        && c != '=' && c != '>' && c != '^' && c != '`' && c != '|' && c != '~'
+    c.is_ascii_punctuation()
+        && !is_connector(c)
+        && c != '$'
+        && c != '+'
+        && c != '<'
+        && c != '='
+        && c != '>'
+        && c != '^'
+        && c != '`'
+        && c != '|'
+        && c != '~'
         || (!c.is_ascii() && !c.is_alphanumeric() && !c.is_whitespace() && !c.is_control())
 }
 
@@ -431,7 +437,10 @@ fn next_word(text: &str) -> (Word, &str, &str) {
                 let run_end = end_of(&|c: char| c.is_uppercase(), after_first);
                 let next = text[run_end..].chars().next();
                 if next.is_some_and(is_alphabet) {
-                    let last = text[..run_end].chars().next_back().map_or(0, char::len_utf8);
+                    let last = text[..run_end]
+                        .chars()
+                        .next_back()
+                        .map_or(0, char::len_utf8);
                     (Word::Upper, run_end - last)
                 } else {
                     (Word::Upper, run_end)
@@ -858,50 +867,142 @@ mod tests {
             (r#"{{ upper "hello" }}"#, n.clone(), Ok("HELLO")),
             (r#"{{ lower "HELLO" }}"#, n.clone(), Ok("hello")),
             (r#"{{ title "hello world" }}"#, n.clone(), Ok("Hello World")),
-            (r#"{{ untitle "Hello World" }}"#, n.clone(), Ok("hello world")),
-            (r#"{{ repeat 3 "hello" }}"#, n.clone(), Ok("hellohellohello")),
+            (
+                r#"{{ untitle "Hello World" }}"#,
+                n.clone(),
+                Ok("hello world"),
+            ),
+            (
+                r#"{{ repeat 3 "hello" }}"#,
+                n.clone(),
+                Ok("hellohellohello"),
+            ),
             (r#"{{ substr 0 5 "hello world" }}"#, n.clone(), Ok("hello")),
             (r#"{{ substr 6 -1 "hello world" }}"#, n.clone(), Ok("world")),
             (r#"{{ substr -1 5 "hello world" }}"#, n.clone(), Ok("hello")),
-            (r#"{{ nospace "hello w o r l d" }}"#, n.clone(), Ok("helloworld")),
+            (
+                r#"{{ nospace "hello w o r l d" }}"#,
+                n.clone(),
+                Ok("helloworld"),
+            ),
             (r#"{{ trunc 5 "hello world" }}"#, n.clone(), Ok("hello")),
             (r#"{{ trunc -5 "hello world" }}"#, n.clone(), Ok("world")),
             (r#"{{ trunc 50 "hello" }}"#, n.clone(), Ok("hello")),
             (r#"{{ abbrev 5 "hello world" }}"#, n.clone(), Ok("he...")),
-            (r#"{{ abbrev 3 "hello world" }}"#, n.clone(), Ok("hello world")),
-            (r#"{{ abbrevboth 5 10 "1234 5678 9123" }}"#, n.clone(), Ok("...5678...")),
+            (
+                r#"{{ abbrev 3 "hello world" }}"#,
+                n.clone(),
+                Ok("hello world"),
+            ),
+            (
+                r#"{{ abbrevboth 5 10 "1234 5678 9123" }}"#,
+                n.clone(),
+                Ok("...5678..."),
+            ),
             (r#"{{ initials "First Try" }}"#, n.clone(), Ok("FT")),
             (r#"{{ wrap 80 "short" }}"#, n.clone(), Ok("short")),
-            (r#"{{ wrap 5 "Hello World" }}"#, n.clone(), Ok("Hello\nWorld")),
-            (r#"{{ wrapWith 5 "\t" "Hello World" }}"#, n.clone(), Ok("Hello\tWorld")),
-            (r#"{{ wrapWith 3 "|" "abcdefg" }}"#, n.clone(), Ok("abc|def|g")),
+            (
+                r#"{{ wrap 5 "Hello World" }}"#,
+                n.clone(),
+                Ok("Hello\nWorld"),
+            ),
+            (
+                r#"{{ wrapWith 5 "\t" "Hello World" }}"#,
+                n.clone(),
+                Ok("Hello\tWorld"),
+            ),
+            (
+                r#"{{ wrapWith 3 "|" "abcdefg" }}"#,
+                n.clone(),
+                Ok("abc|def|g"),
+            ),
             (r#"{{ contains "cat" "catch" }}"#, n.clone(), Ok("true")),
             (r#"{{ hasPrefix "cat" "catch" }}"#, n.clone(), Ok("true")),
             (r#"{{ hasSuffix "cat" "catch" }}"#, n.clone(), Ok("false")),
             (r#"{{ quote "a" "b\"c" }}"#, n.clone(), Ok(r#""a" "b\"c""#)),
             (r#"{{ squote "a" 1 }}"#, n.clone(), Ok("'a' '1'")),
-            (r#"{{ cat "hello" "beautiful" "world" }}"#, n.clone(), Ok("hello beautiful world")),
+            (
+                r#"{{ cat "hello" "beautiful" "world" }}"#,
+                n.clone(),
+                Ok("hello beautiful world"),
+            ),
             (r#"{{ cat "a" .missing "b" }}"#, n.clone(), Ok("a b")),
             (r#"{{ indent 4 "a\nb" }}"#, n.clone(), Ok("    a\n    b")),
             (r#"{{ nindent 4 "a\nb" }}"#, n.clone(), Ok("\n    a\n    b")),
-            (r#"{{ "I Am Henry VIII" | replace " " "-" }}"#, n.clone(), Ok("I-Am-Henry-VIII")),
+            (
+                r#"{{ "I Am Henry VIII" | replace " " "-" }}"#,
+                n.clone(),
+                Ok("I-Am-Henry-VIII"),
+            ),
             (r#"{{ replace "" "-" "ab" }}"#, n.clone(), Ok("-a-b-")),
-            (r#"{{ plural "one anchovy" "many anchovies" 1 }}"#, n.clone(), Ok("one anchovy")),
-            (r#"{{ plural "one anchovy" "many anchovies" 2 }}"#, n.clone(), Ok("many anchovies")),
-            (r#"{{ snakecase "FirstName" }}"#, n.clone(), Ok("first_name")),
-            (r#"{{ snakecase "HTTPServer" }}"#, n.clone(), Ok("http_server")),
-            (r#"{{ snakecase "version2Beta" }}"#, n.clone(), Ok("version2_beta")),
-            (r#"{{ kebabcase "FirstName" }}"#, n.clone(), Ok("first-name")),
-            (r#"{{ camelcase "http_server" }}"#, n.clone(), Ok("HttpServer")),
-            (r#"{{ camelcase "_complex__case_" }}"#, n.clone(), Ok("_Complex_Case_")),
-            (r#"{{ swapcase "This Is A.Test" }}"#, n.clone(), Ok("tHIS iS a.tEST")),
+            (
+                r#"{{ plural "one anchovy" "many anchovies" 1 }}"#,
+                n.clone(),
+                Ok("one anchovy"),
+            ),
+            (
+                r#"{{ plural "one anchovy" "many anchovies" 2 }}"#,
+                n.clone(),
+                Ok("many anchovies"),
+            ),
+            (
+                r#"{{ snakecase "FirstName" }}"#,
+                n.clone(),
+                Ok("first_name"),
+            ),
+            (
+                r#"{{ snakecase "HTTPServer" }}"#,
+                n.clone(),
+                Ok("http_server"),
+            ),
+            (
+                r#"{{ snakecase "version2Beta" }}"#,
+                n.clone(),
+                Ok("version2_beta"),
+            ),
+            (
+                r#"{{ kebabcase "FirstName" }}"#,
+                n.clone(),
+                Ok("first-name"),
+            ),
+            (
+                r#"{{ camelcase "http_server" }}"#,
+                n.clone(),
+                Ok("HttpServer"),
+            ),
+            (
+                r#"{{ camelcase "_complex__case_" }}"#,
+                n.clone(),
+                Ok("_Complex_Case_"),
+            ),
+            (
+                r#"{{ swapcase "This Is A.Test" }}"#,
+                n.clone(),
+                Ok("tHIS iS a.tEST"),
+            ),
             (r#"{{ len (shuffle "hello") }}"#, n.clone(), Ok("5")),
             (r#"{{ randAlphaNum 12 | len }}"#, n.clone(), Ok("12")),
-            (r#"{{ regexMatch "^[a-zA-Z]{7}$" (randAlpha 7) }}"#, n.clone(), Ok("true")),
-            (r#"{{ regexMatch "^[0-9]{9}$" (randNumeric 9) }}"#, n.clone(), Ok("true")),
+            (
+                r#"{{ regexMatch "^[a-zA-Z]{7}$" (randAlpha 7) }}"#,
+                n.clone(),
+                Ok("true"),
+            ),
+            (
+                r#"{{ regexMatch "^[0-9]{9}$" (randNumeric 9) }}"#,
+                n.clone(),
+                Ok("true"),
+            ),
             (r#"{{ randAscii 20 | len }}"#, n.clone(), Ok("20")),
-            (r#"{{ upper 3 }}"#, n.clone(), Err("expected string; got int")),
-            (r#"{{ substr 4 2 "abc" }}"#, n.clone(), Err("slice bounds out of range")),
+            (
+                r#"{{ upper 3 }}"#,
+                n.clone(),
+                Err("expected string; got int"),
+            ),
+            (
+                r#"{{ substr 4 2 "abc" }}"#,
+                n.clone(),
+                Err("slice bounds out of range"),
+            ),
         ]);
     }
 
@@ -912,12 +1013,28 @@ mod tests {
             (r#"{{ list "a" "b" | join "," }}"#, n.clone(), Ok("a,b")),
             (r#"{{ join "-" .mixed }}"#, n.clone(), Ok("x-1-true")),
             (r#"{{ join "," "solo" }}"#, n.clone(), Ok("solo")),
-            (r#"{{ splitList "$" "foo$bar$baz" }}"#, n.clone(), Ok("[foo bar baz]")),
-            (r#"{{ $a := split "$" "foo$bar$baz" }}{{ $a._0 }}{{ $a._2 }}"#, n.clone(), Ok("foobaz")),
-            (r#"{{ $a := splitn "$" 2 "foo$bar$baz" }}{{ $a._1 }}"#, n.clone(), Ok("bar$baz")),
+            (
+                r#"{{ splitList "$" "foo$bar$baz" }}"#,
+                n.clone(),
+                Ok("[foo bar baz]"),
+            ),
+            (
+                r#"{{ $a := split "$" "foo$bar$baz" }}{{ $a._0 }}{{ $a._2 }}"#,
+                n.clone(),
+                Ok("foobaz"),
+            ),
+            (
+                r#"{{ $a := splitn "$" 2 "foo$bar$baz" }}{{ $a._1 }}"#,
+                n.clone(),
+                Ok("bar$baz"),
+            ),
             (r#"{{ sortAlpha .list }}"#, n.clone(), Ok("[a b c]")),
             (r#"{{ sortAlpha "x" }}"#, n.clone(), Ok("[x]")),
-            (r#"{{ toStrings (list 1 2 3) | join "+" }}"#, n.clone(), Ok("1+2+3")),
+            (
+                r#"{{ toStrings (list 1 2 3) | join "+" }}"#,
+                n.clone(),
+                Ok("1+2+3"),
+            ),
         ]);
     }
 }

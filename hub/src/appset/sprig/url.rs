@@ -15,8 +15,11 @@ fn unescape(s: &str) -> Result<String, String> {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' {
-            let hex = s.get(i + 1..i + 3).ok_or_else(|| format!("invalid URL escape {:?}", &s[i..]))?;
-            let v = u8::from_str_radix(hex, 16).map_err(|_| format!("invalid URL escape \"%{hex}\""))?;
+            let hex = s
+                .get(i + 1..i + 3)
+                .ok_or_else(|| format!("invalid URL escape {:?}", &s[i..]))?;
+            let v = u8::from_str_radix(hex, 16)
+                .map_err(|_| format!("invalid URL escape \"%{hex}\""))?;
             out.push(v);
             i += 3;
         } else {
@@ -139,7 +142,9 @@ fn url_parse(args: &[Value]) -> Res {
         ))
     })?;
     let userinfo = match &u.user {
-        Some(info) => userinfo_string(info).map_err(|e| fail(format!("error calling urlParse: {e}")))?,
+        Some(info) => {
+            userinfo_string(info).map_err(|e| fail(format!("error calling urlParse: {e}")))?
+        }
         None => String::new(),
     };
     let m: HashMap<String, Value> = [
@@ -226,13 +231,41 @@ mod tests {
     fn url_functions() {
         let n = json!({});
         table(&[
-            (r#"{{ (urlParse "proto://auth@host:80/path?query#fragment").host }}"#, n.clone(), Ok("host:80")),
-            (r#"{{ $u := urlParse "proto://auth@host:80/path?query#fragment" }}{{ $u.scheme }}|{{ $u.hostname }}|{{ $u.path }}|{{ $u.query }}|{{ $u.fragment }}|{{ $u.userinfo }}|{{ $u.opaque }}"#, n.clone(), Ok("proto|host|/path|query|fragment|auth|")),
-            (r#"{{ (urlParse "mailto:user@example.com").opaque }}"#, n.clone(), Ok("user@example.com")),
-            (r#"{{ (urlParse "https://u:p%40ss@h/a%20b").path }}"#, n.clone(), Ok("/a b")),
-            (r#"{{ urlJoin (dict "fragment" "fragment" "host" "host:80" "path" "/path" "query" "query" "scheme" "proto") }}"#, n.clone(), Ok("proto://host:80/path?query#fragment")),
-            (r#"{{ urlJoin (dict "scheme" "https" "host" "h" "userinfo" "me") }}"#, n.clone(), Ok("https://me@h")),
-            (r#"{{ urlJoin (dict "host" 1) }}"#, n.clone(), Err("unable to parse host key")),
+            (
+                r#"{{ (urlParse "proto://auth@host:80/path?query#fragment").host }}"#,
+                n.clone(),
+                Ok("host:80"),
+            ),
+            (
+                r#"{{ $u := urlParse "proto://auth@host:80/path?query#fragment" }}{{ $u.scheme }}|{{ $u.hostname }}|{{ $u.path }}|{{ $u.query }}|{{ $u.fragment }}|{{ $u.userinfo }}|{{ $u.opaque }}"#,
+                n.clone(),
+                Ok("proto|host|/path|query|fragment|auth|"),
+            ),
+            (
+                r#"{{ (urlParse "mailto:user@example.com").opaque }}"#,
+                n.clone(),
+                Ok("user@example.com"),
+            ),
+            (
+                r#"{{ (urlParse "https://u:p%40ss@h/a%20b").path }}"#,
+                n.clone(),
+                Ok("/a b"),
+            ),
+            (
+                r#"{{ urlJoin (dict "fragment" "fragment" "host" "host:80" "path" "/path" "query" "query" "scheme" "proto") }}"#,
+                n.clone(),
+                Ok("proto://host:80/path?query#fragment"),
+            ),
+            (
+                r#"{{ urlJoin (dict "scheme" "https" "host" "h" "userinfo" "me") }}"#,
+                n.clone(),
+                Ok("https://me@h"),
+            ),
+            (
+                r#"{{ urlJoin (dict "host" 1) }}"#,
+                n.clone(),
+                Err("unable to parse host key"),
+            ),
             (r#"{{ urlquery "a b&c" }}"#, n.clone(), Ok("a+b%26c")),
         ]);
     }
