@@ -50,7 +50,7 @@ pub(super) fn time_value(t: &Zoned) -> Value {
 /// of Unix seconds; anything else means "now".
 fn time_arg(v: &Value) -> Zoned {
     match v {
-        Value::String(s) => parse_time_string(s).unwrap_or_else(|| Zoned::now()),
+        Value::String(s) => parse_time_string(s).unwrap_or_else(Zoned::now),
         Value::Number(n) => match n.kind() {
             NumberKind::Signed(i) => unix(i),
             NumberKind::Unsigned(u) => unix(u as i64),
@@ -378,7 +378,7 @@ fn tokens(layout: &str) -> Vec<Tok> {
             b'M' if starts(i, "Monday") => (Some(Tok::LongWeekDay), 6),
             b'M' if starts(i, "Mon") => (Some(Tok::WeekDay), 3),
             b'M' if starts(i, "MST") => (Some(Tok::TZ), 3),
-            b'0' if i + 2 < b.len() + 0 && starts(i, "002") => (Some(Tok::ZeroYearDay), 3),
+            b'0' if starts(i, "002") => (Some(Tok::ZeroYearDay), 3),
             b'0' if i + 1 < b.len() && (b'1'..=b'6').contains(&b[i + 1]) => (
                 Some(match b[i + 1] {
                     b'1' => Tok::ZeroMonth,
@@ -451,9 +451,7 @@ fn tokens(layout: &str) -> Vec<Tok> {
         };
         match tok {
             Some(t) => {
-                if !lit.is_empty() && !(lit == "_" && t == Tok::LongYear) {
-                    out.push(Tok::Lit(std::mem::take(&mut lit)));
-                } else if lit == "_" {
+                if !lit.is_empty() {
                     out.push(Tok::Lit(std::mem::take(&mut lit)));
                 }
                 out.push(t);
@@ -504,7 +502,7 @@ fn abbreviation(t: &Zoned) -> String {
         let secs = t.offset().seconds();
         let sign = if secs < 0 { '-' } else { '+' };
         let a = secs.unsigned_abs();
-        if a % 3600 == 0 {
+        if a.is_multiple_of(3600) {
             format!("{sign}{:02}", a / 3600)
         } else {
             format!("{sign}{:02}{:02}", a / 3600, a / 60 % 60)

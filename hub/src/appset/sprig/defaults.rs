@@ -213,7 +213,7 @@ fn json_float(f: f64) -> Result<String, String> {
         ));
     }
     let a = f.abs();
-    if a != 0.0 && (a < 1e-6 || a >= 1e21) {
+    if a != 0.0 && !(1e-6..1e21).contains(&a) {
         let s = format!("{f:e}");
         let (m, e) = s.split_once('e').unwrap_or((&s, "0"));
         let e: i32 = e.parse().unwrap_or(0);
@@ -434,12 +434,11 @@ fn resolves_to_non_string(s: &str) -> bool {
         return true;
     }
     // Base-60 numbers ("1:20") are read as numbers by YAML 1.1.
-    let sexagesimal = body.contains(':')
+    body.contains(':')
         && body
             .split(':')
             .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-        && body.split(':').skip(1).all(|p| p.len() <= 2);
-    sexagesimal
+        && body.split(':').skip(1).all(|p| p.len() <= 2)
 }
 
 fn yaml_plain_ok(s: &str) -> bool {

@@ -139,9 +139,7 @@ pub(crate) fn go_kind(v: &Value) -> &'static str {
 pub(crate) fn string_arg(name: &str, args: &[Value], i: usize) -> Result<String, FuncError> {
     match args.get(i) {
         Some(Value::String(s)) => Ok(s.clone()),
-        Some(Value::NoValue) | Some(Value::Nil) => {
-            Err(fail(format!("invalid value; expected string")))
-        }
+        Some(Value::NoValue) | Some(Value::Nil) => Err(fail("invalid value; expected string")),
         Some(other) => Err(fail(format!(
             "wrong type for value; expected string; got {}",
             go_type(other)
@@ -162,9 +160,7 @@ pub(crate) fn int_arg(name: &str, args: &[Value], i: usize) -> Result<i64, FuncE
                 "wrong type for value; expected int; got float64 ({f})"
             ))),
         },
-        Some(Value::NoValue) | Some(Value::Nil) => {
-            Err(fail(format!("invalid value; expected int")))
-        }
+        Some(Value::NoValue) | Some(Value::Nil) => Err(fail("invalid value; expected int")),
         Some(other) => Err(fail(format!(
             "wrong type for value; expected int; got {}",
             go_type(other)

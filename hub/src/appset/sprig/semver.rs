@@ -291,7 +291,7 @@ fn tilde(v: &Version, c: &Constraint) -> bool {
     if v.major != c.v.major {
         return false;
     }
-    !(v.minor != c.v.minor && !c.minor_dirty)
+    v.minor == c.v.minor || c.minor_dirty
 }
 
 fn semver_compare(args: &[Value]) -> Res {
