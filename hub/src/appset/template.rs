@@ -202,7 +202,7 @@ fn shown(text: &str) -> String {
 fn go_parse_error(text: &str, e: &ParseError) -> String {
     match e {
         ParseError::WithContext(ctx, msg) => {
-            let msg = msg.trim_start_matches(|c: char| c == ':' || c == ' ');
+            let msg = msg.trim_start_matches([':', ' ']);
             // Go quotes the unknown function's name.
             let msg = match msg
                 .strip_prefix("function ")
