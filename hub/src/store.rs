@@ -247,6 +247,8 @@ pub struct Store {
     /// Serialises read-modify-write of cluster records, which the agent
     /// link and the fleet both update.
     cluster_lock: Arc<Mutex<()>>,
+    /// Application records written since open (see [`Store::app_writes`]).
+    app_writes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for Store {
@@ -312,6 +314,7 @@ impl Store {
             app_children: db.open_tree("app_children")?,
             db,
             cluster_lock: Arc::new(Mutex::new(())),
+            app_writes: Arc::default(),
         })
     }
 
@@ -462,7 +465,16 @@ impl Store {
     pub fn put_app(&self, rec: &AppRecord) -> Result<(), StoreError> {
         self.apps
             .insert(rec.app.metadata.name.as_bytes(), encode(rec))?;
+        self.app_writes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
+    }
+
+    /// How many application records this handle (and its clones) wrote since
+    /// the store was opened: lets a test see that an unchanged generated
+    /// application is not rewritten.
+    pub fn app_writes(&self) -> u64 {
+        self.app_writes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Removes an application, its bundle and its statuses.

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod generators;
 pub mod lifecycle;
 pub mod selector;
+pub mod sprig;
 pub mod template;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -236,12 +237,18 @@ impl ApplicationSet {
                         ));
                     }
                     Some("missingkey=error") => missing_key_error = true,
-                    Some("missingkey=default") | Some("missingkey=invalid") => {}
+                    Some("missingkey=default" | "missingkey=invalid" | "missingkey=zero") => {
+                        missing_key_error = false
+                    }
                     other => {
+                        let shown = match other {
+                            Some(text) => format!("{text:?}"),
+                            None => o.to_string(),
+                        };
                         return Err(invalid(
                             "spec.goTemplateOptions",
                             format!(
-                                "unsupported option {other:?} (supported: missingkey=error|default|invalid)"
+                                "unsupported option {shown} (supported: missingkey=default|invalid|zero|error)"
                             ),
                         ));
                     }

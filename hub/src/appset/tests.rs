@@ -543,7 +543,9 @@ fn bad_input_names_the_cause() {
     ));
     let g = missing.generate(&[], None).unwrap();
     assert!(
-        g.errors[0].message.contains("missingkey=error"),
+        g.errors[0]
+            .message
+            .contains(r#"map has no entry for key "nope""#),
         "{:?}",
         g.errors
     );
