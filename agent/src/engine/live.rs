@@ -152,7 +152,7 @@ impl Engine {
                         return ResourceCheck {
                             key,
                             sync: SyncStatus::Unknown,
-                            health: self.health.assess(&live),
+                            health: self.health.assess_for_app(&live),
                             message: format!("ignoreDifferences: {e}"),
                             drift: Vec::new(),
                             shared_with: None,
@@ -164,7 +164,7 @@ impl Engine {
                     .iter()
                     .map(ToString::to_string)
                     .collect();
-                let health = self.health.assess(&live);
+                let health = self.health.assess_for_app(&live);
                 let shared_with = object::tracking_app(&live)
                     .filter(|owner| *owner != b.name)
                     .map(str::to_owned);
