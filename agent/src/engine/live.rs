@@ -202,7 +202,8 @@ impl Engine {
 
 /// The objects of an application whose live state differs from what the
 /// agent applies (missing ones with an empty `live`), for the hub's diff
-/// request. Live objects are shown without `managedFields`.
+/// request. Live objects are shown without `managedFields`; Secret values
+/// are masked.
 pub async fn diff_app(cluster: &Cluster, b: &Bundle) -> Result<Vec<ResourceDiff>, String> {
     if !b.render_error.is_empty() {
         return Err(format!("render error: {}", b.render_error));
@@ -233,6 +234,7 @@ pub async fn diff_app(cluster: &Cluster, b: &Bundle) -> Result<Vec<ResourceDiff>
             }
         };
         if differs {
+            let (desired, live) = crate::redact::secret_pair(&desired, live.as_ref());
             let live = live.map(|mut l| {
                 if let Some(m) = l.get_mut("metadata").and_then(Value::as_object_mut) {
                     m.remove("managedFields");
