@@ -21,5 +21,6 @@ pub mod link;
 pub mod metrics;
 pub mod object;
 pub mod plan;
+pub mod redact;
 pub mod report;
 pub mod telemetry;
