@@ -14,25 +14,33 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::{ApplicationSet, ApplicationsSync, GitFiles};
+use super::{
+    ApplicationSet, ApplicationsSync, GenerateOptions, GitFiles, IgnoreRule, PreservedFields,
+};
 use crate::fleet::Fleet;
 use crate::model::{Application, AutomatedSync};
 use crate::source::{GitCache, SourceFile};
-use crate::store::{AppRecord, AppSetCondition, AppSetRecord, StoreError};
+use crate::store::{
+    AppRecord, AppSetCondition, AppSetRecord, DeletionRecord, SizeSample, StoreError,
+};
 
 /// Annotation naming the owning ApplicationSet on a generated Application.
 pub const OWNER_ANNOTATION: &str = "flotilla.dev/application-set";
 /// Annotation on a generated Application being deleted without pruning:
 /// it stays (with prune off) until every cluster acknowledged that.
 pub const DELETING_ANNOTATION: &str = "flotilla.dev/deleting";
-/// Default share of a set's applications one evaluation may delete.
+/// Default share of a set's applications that may be deleted within one
+/// window without confirmation.
 pub const DEFAULT_DELETION_BUDGET: f64 = 0.5;
+/// Default window over which the deletion budget is judged.
+pub const DEFAULT_DELETION_WINDOW: Duration = Duration::from_secs(3600);
 
 pub const ERROR_OCCURRED: &str = "ErrorOccurred";
 pub const RENDER_ERROR: &str = "ApplicationRenderError";
 pub const DELETION_HELD: &str = "DeletionHeld";
 pub const CONFLICT: &str = "ApplicationConflict";
 pub const UP_TO_DATE: &str = "ResourcesUpToDate";
+pub use super::{NOTICE_EXTENSION, NOTICE_PROJECT_REFUSED, NOTICE_UNSUPPORTED};
 
 /// Origin of the applications a set owns.
 pub fn origin_of(set: &str) -> String {
@@ -51,6 +59,39 @@ fn is_deleting(a: &AppRecord) -> bool {
     a.app.metadata.annotations.contains_key(DELETING_ANNOTATION)
 }
 
+/// The deletion budget: at most `share` of a set may be deleted within
+/// `window_ms` without `flotilla appset confirm`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Budget {
+    pub share: f64,
+    pub window_ms: i64,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Self {
+            share: DEFAULT_DELETION_BUDGET,
+            window_ms: i64::try_from(DEFAULT_DELETION_WINDOW.as_millis()).unwrap_or(i64::MAX),
+        }
+    }
+}
+
+/// What [`plan_set`] knows about the set besides its evaluation.
+#[derive(Debug, Clone, Copy)]
+pub struct PlanInput<'a> {
+    pub set: &'a str,
+    pub policy: ApplicationsSync,
+    pub preserved: &'a PreservedFields,
+    pub ignore: &'a [IgnoreRule],
+    pub budget: Budget,
+    pub now_ms: i64,
+    /// The deletions the user confirmed.
+    pub confirmed: &'a [String],
+    /// The set's deletions and sizes so far (from its record).
+    pub deletion_log: &'a [DeletionRecord],
+    pub size_log: &'a [SizeSample],
+}
+
 /// What one evaluation of a set changes.
 #[derive(Debug, Default, PartialEq)]
 pub struct SetPlan {
@@ -63,27 +104,34 @@ pub struct SetPlan {
     pub conditions: Vec<AppSetCondition>,
     /// The generated names, or `None` to keep the last good result.
     pub generated: Option<Vec<String>>,
+    /// The budget window's deletions and sizes after this plan.
+    pub deletion_log: Vec<DeletionRecord>,
+    pub size_log: Vec<SizeSample>,
 }
 
 /// Plans one set's changes from its evaluation `result` (pure).
 ///
-/// `apps` is every stored application; `confirmed` the deletions the user
-/// confirmed; `budget` the share of the set's current applications one
-/// evaluation may delete without confirmation.
+/// `apps` is every stored application. Deletions are judged over the
+/// budget's window, so that deleting a few at a time cannot get around
+/// it: if the deletions of the window plus those of this evaluation exceed
+/// the budget's share of the set's size (the larger of its size at the
+/// start of the window and its size now), this evaluation's deletions are
+/// held until the user confirms exactly them. Applying a confirmation
+/// starts a new window.
 pub fn plan_set(
-    set: &str,
-    policy: ApplicationsSync,
+    input: &PlanInput<'_>,
     result: Result<super::Generated, String>,
     apps: &[AppRecord],
-    budget: f64,
-    confirmed: &[String],
 ) -> SetPlan {
+    let set = input.set;
     let origin = origin_of(set);
     let generated = match result {
         Ok(g) => g,
         Err(message) => {
             return SetPlan {
                 conditions: vec![condition(ERROR_OCCURRED, message, "")],
+                deletion_log: input.deletion_log.to_vec(),
+                size_log: input.size_log.to_vec(),
                 ..Default::default()
             };
         }
@@ -94,34 +142,11 @@ pub fn plan_set(
         .filter(|a| a.origin == origin && !is_deleting(a))
         .collect();
     let mut names = Vec::new();
-    for mut app in generated.applications {
-        app.metadata
-            .annotations
-            .insert(OWNER_ANNOTATION.to_owned(), set.to_owned());
-        let name = app.metadata.name.clone();
-        names.push(name.clone());
-        match apps.iter().find(|a| a.app.metadata.name == name) {
-            None => plan.upserts.push(app),
-            Some(e) if e.origin != origin => plan.conditions.push(condition(
-                CONFLICT,
-                format!(
-                    "application {name:?} already exists with origin {:?}; it is left alone",
-                    e.origin
-                ),
-                &name,
-            )),
-            Some(e) if is_deleting(e) => plan.upserts.push(app),
-            Some(e) => {
-                if e.app != app && policy.allows_update() {
-                    plan.upserts.push(app);
-                }
-            }
-        }
-    }
-    let failed: BTreeSet<&str> = generated
+    let mut created = 0usize;
+    let mut failed: BTreeSet<String> = generated
         .errors
         .iter()
-        .map(|e| e.application.as_str())
+        .map(|e| e.application.clone())
         .collect();
     for e in &generated.errors {
         plan.conditions.push(condition(
@@ -130,33 +155,130 @@ pub fn plan_set(
             &e.application,
         ));
     }
-    if policy.allows_delete() {
+    for mut app in generated.applications {
+        app.metadata
+            .annotations
+            .insert(OWNER_ANNOTATION.to_owned(), set.to_owned());
+        let name = app.metadata.name.clone();
+        names.push(name.clone());
+        match apps.iter().find(|a| a.app.metadata.name == name) {
+            None => {
+                created += 1;
+                plan.upserts.push(app);
+            }
+            Some(e) if e.origin != origin => plan.conditions.push(condition(
+                CONFLICT,
+                format!(
+                    "application {name:?} already exists with origin {:?}; it is left alone",
+                    e.origin
+                ),
+                &name,
+            )),
+            Some(e) if is_deleting(e) => {
+                created += 1;
+                plan.upserts.push(app);
+            }
+            Some(e) => {
+                let app = if input.preserved == &PreservedFields::default()
+                    && input.ignore.is_empty()
+                {
+                    Ok(app)
+                } else {
+                    super::ignore::keep_current_fields(&app, &e.app, input.preserved, input.ignore)
+                };
+                match app {
+                    Ok(app) => {
+                        if e.app != app && input.policy.allows_update() {
+                            plan.upserts.push(app);
+                        }
+                    }
+                    Err(message) => {
+                        failed.insert(name.clone());
+                        plan.conditions.push(condition(
+                            RENDER_ERROR,
+                            format!("application {name:?}: {message}"),
+                            &name,
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    let window_start = input.now_ms.saturating_sub(input.budget.window_ms);
+    let mut deletion_log: Vec<DeletionRecord> = input
+        .deletion_log
+        .iter()
+        .filter(|d| d.at_ms > window_start)
+        .cloned()
+        .collect();
+    // The last sample at or before the window's start, and those after.
+    let from = input
+        .size_log
+        .iter()
+        .rposition(|s| s.at_ms <= window_start)
+        .unwrap_or(0);
+    let mut size_log: Vec<SizeSample> = input.size_log[from.min(input.size_log.len())..].to_vec();
+    if input.policy.allows_delete() {
         let mut gone: Vec<String> = owned
             .iter()
             .map(|a| a.app.metadata.name.clone())
             .filter(|n| !names.contains(n) && !failed.contains(n.as_str()))
             .collect();
         gone.sort();
-        let mut confirmed = confirmed.to_vec();
+        let mut confirmed = input.confirmed.to_vec();
         confirmed.sort();
-        let over_budget = gone.len() as f64 > budget * owned.len() as f64;
+        let base = size_log
+            .first()
+            .map_or(owned.len(), |s| s.size)
+            .max(owned.len());
+        let in_window = deletion_log.len() + gone.len();
+        let over_budget = in_window as f64 > input.budget.share * base as f64;
         if !gone.is_empty() && over_budget && gone != confirmed {
+            let earlier = if deletion_log.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " ({} already deleted in the last {})",
+                    deletion_log.len(),
+                    window_text(input.budget.window_ms)
+                )
+            };
             plan.conditions.push(condition(
                 DELETION_HELD,
                 format!(
-                    "holding {} of {} applications for deletion ({}): more than the deletion budget of {:.0}%; run `flotilla appset confirm {set}` to delete them",
+                    "holding {} of {} applications for deletion ({}){earlier}: more than the deletion budget of {:.0}% of {base} within {}; run `flotilla appset confirm {set}` to delete them",
                     gone.len(),
                     owned.len(),
                     gone.join(", "),
-                    budget * 100.0
+                    input.budget.share * 100.0,
+                    window_text(input.budget.window_ms),
                 ),
                 "",
             ));
             plan.held = gone;
-        } else {
+        } else if !gone.is_empty() {
+            if over_budget {
+                // Confirmed: the deletions go and a new window starts.
+                deletion_log.clear();
+                size_log.clear();
+            } else {
+                deletion_log.extend(gone.iter().map(|app| DeletionRecord {
+                    app: app.clone(),
+                    at_ms: input.now_ms,
+                }));
+            }
             plan.deletions = gone;
         }
     }
+    let size = owned.len() - plan.deletions.len() + created;
+    if size_log.last().is_none_or(|s| s.size != size) {
+        size_log.push(SizeSample {
+            at_ms: input.now_ms,
+            size,
+        });
+    }
+    plan.deletion_log = deletion_log;
+    plan.size_log = size_log;
     if plan.conditions.is_empty() {
         plan.conditions.push(condition(
             UP_TO_DATE,
@@ -164,9 +286,25 @@ pub fn plan_set(
             "",
         ));
     }
+    // Conditions that do not stop the set come last.
+    for n in generated.notices {
+        plan.conditions
+            .push(condition(n.kind, n.message, &n.application));
+    }
     names.sort();
     plan.generated = Some(names);
     plan
+}
+
+fn window_text(ms: i64) -> String {
+    let secs = ms / 1000;
+    if secs % 3600 == 0 {
+        format!("{}h", secs / 3600)
+    } else if secs % 60 == 0 {
+        format!("{}m", secs / 60)
+    } else {
+        format!("{secs}s")
+    }
 }
 
 type Tree = Arc<Vec<SourceFile>>;
@@ -183,11 +321,12 @@ struct HubGit {
     /// (url, commit) → files; seeded with the previous pass's trees.
     trees: Mutex<HashMap<(String, String), Tree>>,
     used: Mutex<std::collections::HashSet<(String, String)>>,
-    /// (url, revision) → commit (or error) read by the set being evaluated.
+    /// (url, revision, requeueAfterSeconds) → commit (or error) read by
+    /// the set being evaluated.
     refs: Mutex<Vec<GitRef>>,
 }
 
-type GitRef = ((String, String), Result<String, String>);
+type GitRef = ((String, String, Option<u64>), Result<String, String>);
 
 /// The output of evaluating one stored set.
 type Evaluation = Result<(ApplicationSet, Result<super::Generated, super::AppSetError>), String>;
@@ -209,24 +348,39 @@ fn clusters_fingerprint(clusters: &[super::ClusterInfo]) -> u64 {
         c.server.hash(&mut h);
         c.labels.hash(&mut h);
         c.annotations.hash(&mut h);
+        c.project.hash(&mut h);
     }
     h.finish()
 }
 
 impl HubGit {
-    fn tree(&self, url: &str, revision: &str) -> Result<Arc<Vec<SourceFile>>, String> {
-        let resolved = self
-            .resolver
-            .resolve(&self.cache, &self.store, url, revision, self.force);
+    /// The files of `revision`, resolved (and fetched when due) for a
+    /// generator with `requeue`.
+    fn tree(
+        &self,
+        url: &str,
+        revision: &str,
+        requeue: Option<Duration>,
+    ) -> Result<Arc<Vec<SourceFile>>, String> {
+        let resolved =
+            self.resolver
+                .resolve(&self.cache, &self.store, url, revision, self.force, requeue);
         {
             let mut refs = self.refs.lock().unwrap_or_else(|p| p.into_inner());
-            let key = (url.to_owned(), revision.to_owned());
+            let key = (
+                url.to_owned(),
+                revision.to_owned(),
+                requeue.map(|d| d.as_secs()),
+            );
             if !refs.iter().any(|(k, _)| *k == key) {
                 refs.push((key, resolved.clone()));
             }
         }
-        let commit = resolved?;
-        let key = (url.to_owned(), commit.clone());
+        self.tree_at(url, &resolved?)
+    }
+
+    fn tree_at(&self, url: &str, commit: &str) -> Result<Arc<Vec<SourceFile>>, String> {
+        let key = (url.to_owned(), commit.to_owned());
         self.used
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -241,7 +395,7 @@ impl HubGit {
         }
         let files = Arc::new(
             self.cache
-                .read_dir(url, &commit, "", true)
+                .read_dir(url, commit, "", true)
                 .map_err(|e| e.to_string())?,
         );
         self.trees
@@ -254,16 +408,36 @@ impl HubGit {
 
 impl GitFiles for HubGit {
     fn list(&self, repo_url: &str, revision: &str) -> Result<Vec<String>, String> {
+        self.list_for_generator(repo_url, revision, None)
+    }
+
+    fn list_for_generator(
+        &self,
+        repo_url: &str,
+        revision: &str,
+        requeue: Option<Duration>,
+    ) -> Result<Vec<String>, String> {
         Ok(self
-            .tree(repo_url, revision)?
+            .tree(repo_url, revision, requeue)?
             .iter()
             .map(|f| f.path.clone())
             .collect())
     }
 
     fn read(&self, repo_url: &str, revision: &str, path: &str) -> Result<Vec<u8>, String> {
-        self.tree(repo_url, revision)?
+        // The commit the generator listed, whatever its requeue.
+        let listed = self
+            .refs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
             .iter()
+            .find(|((u, r, _), _)| u == repo_url && r == revision)
+            .map(|(_, c)| c.clone());
+        let tree = match listed {
+            Some(commit) => self.tree_at(repo_url, &commit?)?,
+            None => self.tree(repo_url, revision, None)?,
+        };
+        tree.iter()
             .find(|f| f.path == path)
             .map(|f| f.content.clone())
             .ok_or_else(|| format!("{path}: no such file"))
@@ -274,8 +448,9 @@ impl GitFiles for HubGit {
 type Resolved = (u64, Instant, Result<String, String>);
 
 /// Resolves (url, revision) to a commit, fetching at most once per
-/// interval unless forced. Holds nothing of the hub's state, so an
-/// evaluation still running after shutdown keeps no store open.
+/// interval (a generator's `requeueAfterSeconds`, else the poll interval)
+/// unless forced. Holds nothing of the hub's state, so an evaluation still
+/// running after shutdown keeps no store open.
 struct Resolver {
     interval: Duration,
     commits: Mutex<HashMap<(String, String), Resolved>>,
@@ -292,6 +467,7 @@ impl Resolver {
         url: &str,
         revision: &str,
         force: bool,
+        requeue: Option<Duration>,
     ) -> Result<String, String> {
         let key = (url.to_owned(), revision.to_owned());
         let pass = self.pass.load(std::sync::atomic::Ordering::SeqCst);
@@ -300,9 +476,16 @@ impl Resolver {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&key)
-            && (*fetched_in == pass || (!force && at.elapsed() < self.interval))
         {
-            return r.clone();
+            // requeueAfterSeconds: 0 fetches again only when asked to.
+            let fresh = match requeue {
+                Some(d) if d.is_zero() => true,
+                Some(d) => at.elapsed() < d,
+                None => at.elapsed() < self.interval,
+            };
+            if *fetched_in == pass || (!force && fresh) {
+                return r.clone();
+            }
         }
         let r = crate::gitsync::fetch_with_stored_credentials(cache, store, url, revision)
             .map_err(|e| e.to_string());
@@ -338,10 +521,33 @@ pub struct EvaluationCount {
     pub last_evaluated_ms: i64,
 }
 
+/// Hub-wide settings of the ApplicationSet controller.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AppSetConfig {
+    /// Share (0..=1) of a set's applications that may be deleted within
+    /// `deletion_window` without confirmation.
+    pub deletion_budget: f64,
+    pub deletion_window: Duration,
+    /// doublestar globbing for `git` file generators (Argo CD's
+    /// `--enable-new-git-file-globbing`).
+    pub new_git_file_globbing: bool,
+}
+
+impl Default for AppSetConfig {
+    fn default() -> Self {
+        Self {
+            deletion_budget: DEFAULT_DELETION_BUDGET,
+            deletion_window: DEFAULT_DELETION_WINDOW,
+            new_git_file_globbing: false,
+        }
+    }
+}
+
 /// The ApplicationSet controller.
 pub struct AppSets {
     fleet: Arc<Fleet>,
-    budget: f64,
+    budget: Budget,
+    options: GenerateOptions,
     resolver: Arc<Resolver>,
     /// Trees read by the last pass, reused while their commit is current.
     trees: Mutex<HashMap<(String, String), Tree>>,
@@ -367,13 +573,32 @@ impl std::fmt::Debug for AppSets {
 }
 
 impl AppSets {
-    /// `budget`: share (0..=1) of a set's applications one evaluation may
-    /// delete without confirmation; `interval`: how often a Git
-    /// generator's repository is fetched at most (unless forced).
+    /// `budget`: share (0..=1) of a set's applications that may be
+    /// deleted within the default window without confirmation; `interval`:
+    /// how often a Git generator's repository is fetched at most (unless
+    /// forced).
     pub fn new(fleet: Arc<Fleet>, budget: f64, interval: Duration) -> Arc<Self> {
+        Self::with_config(
+            fleet,
+            AppSetConfig {
+                deletion_budget: budget,
+                ..AppSetConfig::default()
+            },
+            interval,
+        )
+    }
+
+    /// [`AppSets::new`] with every setting.
+    pub fn with_config(fleet: Arc<Fleet>, config: AppSetConfig, interval: Duration) -> Arc<Self> {
         Arc::new(Self {
             fleet,
-            budget: budget.clamp(0.0, 1.0),
+            budget: Budget {
+                share: config.deletion_budget.clamp(0.0, 1.0),
+                window_ms: i64::try_from(config.deletion_window.as_millis()).unwrap_or(i64::MAX),
+            },
+            options: GenerateOptions {
+                new_git_file_globbing: config.new_git_file_globbing,
+            },
             resolver: Arc::new(Resolver {
                 interval,
                 commits: Mutex::default(),
@@ -443,6 +668,7 @@ impl AppSets {
             .collect();
         let memo = self.memo.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let fingerprint = clusters_fingerprint(&clusters);
+        let options = self.options;
         let joined = tokio::task::spawn_blocking(move || {
             let mut next = HashMap::new();
             let mut evaluated = Vec::new();
@@ -451,10 +677,15 @@ impl AppSets {
                 if let Some(m) = memo.get(&name)
                     && m.raw == raw
                     && m.clusters == fingerprint
-                    && m.refs.iter().all(|((url, rev), c)| {
-                        git.resolver
-                            .resolve(&git.cache, &git.store, url, rev, git.force)
-                            == *c
+                    && m.refs.iter().all(|((url, rev, requeue), c)| {
+                        git.resolver.resolve(
+                            &git.cache,
+                            &git.store,
+                            url,
+                            rev,
+                            git.force,
+                            requeue.map(Duration::from_secs),
+                        ) == *c
                     })
                 {
                     evaluated.push(m.result.clone());
@@ -465,7 +696,7 @@ impl AppSets {
                 let result: Evaluation = ApplicationSet::from_value(raw.clone())
                     .map_err(|e| e.to_string())
                     .map(|set| {
-                        let generated = set.generate(&clusters, Some(&git));
+                        let generated = set.generate_with(&clusters, Some(&git), options);
                         (set, generated)
                     });
                 let refs = git.refs.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -507,22 +738,38 @@ impl AppSets {
             if rec.raw != evaluated_rec.raw {
                 continue;
             }
-            let (policy, preserve, result) = match evaluation {
+            let (policy, preserve, preserved, ignore, result) = match evaluation {
                 Ok((set, generated)) => (
                     set.applications_sync,
                     set.preserve_resources_on_deletion,
+                    set.preserved_fields,
+                    set.ignore_differences,
                     generated.map_err(|e| e.to_string()),
                 ),
-                Err(message) => (ApplicationsSync::CreateOnly, true, Err(message)),
+                Err(message) => (
+                    ApplicationsSync::CreateOnly,
+                    true,
+                    PreservedFields::default(),
+                    Vec::new(),
+                    Err(message),
+                ),
             };
             let apps = store.apps()?;
+            let now = crate::api::now_ms();
             let plan = plan_set(
-                &rec.name,
-                policy,
+                &PlanInput {
+                    set: &rec.name,
+                    policy,
+                    preserved: &preserved,
+                    ignore: &ignore,
+                    budget: self.budget,
+                    now_ms: now,
+                    confirmed: &rec.confirmed_deletions,
+                    deletion_log: &rec.deletion_log,
+                    size_log: &rec.size_log,
+                },
                 result,
                 &apps,
-                self.budget,
-                &rec.confirmed_deletions,
             );
             let origin = origin_of(&rec.name);
             for app in &plan.upserts {
@@ -548,7 +795,6 @@ impl AppSets {
                 }
             }
             let before = rec.clone();
-            let now = crate::api::now_ms();
             if let Some(g) = plan.generated {
                 rec.generated = g;
                 rec.last_good_ms = now;
@@ -556,6 +802,8 @@ impl AppSets {
             rec.conditions = plan.conditions;
             rec.pending_deletions = plan.held;
             rec.confirmed_deletions.clear();
+            rec.deletion_log = plan.deletion_log;
+            rec.size_log = plan.size_log;
             rec.last_result_ms = now;
             let mut cmp = before.clone();
             cmp.last_result_ms = now;
@@ -576,8 +824,10 @@ impl AppSets {
         Ok(changed)
     }
 
-    /// Deletes a generated application. With `preserve` and an application
-    /// whose policy prunes, it is first re-sent with prune off and deleted
+    /// Deletes a generated application. When its objects must stay (the
+    /// set's `preserveResourcesOnDeletion`, or finalizers without Argo CD's
+    /// resources finalizer: see [`super::keeps_objects_on_deletion`]) and
+    /// its policy prunes, it is first re-sent with prune off and deleted
     /// once every cluster acknowledged that (the agent prunes a removed
     /// application only when its last policy had prune).
     ///
@@ -588,6 +838,7 @@ impl AppSets {
         let Some(mut rec) = store.app(name)? else {
             return Ok(());
         };
+        let preserve = super::keeps_objects_on_deletion(&rec.app, preserve);
         let prunes = rec
             .app
             .spec
@@ -902,7 +1153,50 @@ mod tests {
                     message: "boom".into(),
                 })
                 .collect(),
+            ..Default::default()
         })
+    }
+
+    const HOUR_MS: i64 = 3_600_000;
+    const T0: i64 = 1_000 * HOUR_MS;
+
+    /// `plan_set` of set "s" at `now` with a 50% budget over an hour.
+    fn plan_at(
+        policy: ApplicationsSync,
+        result: Result<Generated, String>,
+        existing: &[AppRecord],
+        confirmed: &[String],
+        now_ms: i64,
+        deletion_log: &[DeletionRecord],
+        size_log: &[SizeSample],
+    ) -> SetPlan {
+        plan_set(
+            &PlanInput {
+                set: "s",
+                policy,
+                preserved: &PreservedFields::default(),
+                ignore: &[],
+                budget: Budget {
+                    share: 0.5,
+                    window_ms: HOUR_MS,
+                },
+                now_ms,
+                confirmed,
+                deletion_log,
+                size_log,
+            },
+            result,
+            existing,
+        )
+    }
+
+    fn plan(
+        policy: ApplicationsSync,
+        result: Result<Generated, String>,
+        existing: &[AppRecord],
+        confirmed: &[String],
+    ) -> SetPlan {
+        plan_at(policy, result, existing, confirmed, T0, &[], &[])
     }
 
     fn names(plan: &SetPlan) -> Vec<&str> {
@@ -1088,7 +1382,7 @@ mod tests {
         ];
         for c in cases {
             let confirmed: Vec<String> = c.confirmed.iter().map(|s| (*s).to_owned()).collect();
-            let plan = plan_set("s", c.policy, c.result, &c.existing, 0.5, &confirmed);
+            let plan = plan(c.policy, c.result, &c.existing, &confirmed);
             assert_eq!(names(&plan), c.upserts, "{}", c.name);
             assert_eq!(plan.deletions, c.deletions, "{}", c.name);
             assert_eq!(plan.held, c.held, "{}", c.name);
@@ -1110,14 +1404,7 @@ mod tests {
     #[test]
     fn held_condition_names_the_applications_and_the_command() {
         let existing = vec![owned("a", "a"), owned("b", "b")];
-        let plan = plan_set(
-            "s",
-            ApplicationsSync::Sync,
-            generated(&[], &[]),
-            &existing,
-            0.5,
-            &[],
-        );
+        let plan = plan(ApplicationsSync::Sync, generated(&[], &[]), &existing, &[]);
         let m = &plan.conditions[0].message;
         assert!(m.contains("2 of 2"), "{m}");
         assert!(m.contains("a, b"), "{m}");
