@@ -935,4 +935,6 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
 }
 
 #[cfg(test)]
+mod conformance_tests;
+#[cfg(test)]
 mod tests;
