@@ -1401,6 +1401,202 @@ mod tests {
         }
     }
 
+    /// A set over time: its applications and budget window records.
+    struct History {
+        apps: Vec<AppRecord>,
+        deletion_log: Vec<DeletionRecord>,
+        size_log: Vec<SizeSample>,
+    }
+
+    impl History {
+        fn new() -> Self {
+            Self {
+                apps: Vec::new(),
+                deletion_log: Vec::new(),
+                size_log: Vec::new(),
+            }
+        }
+
+        /// One evaluation generating `names` at `now`; applies the plan.
+        fn step(&mut self, names: &[String], now: i64, confirmed: &[String]) -> SetPlan {
+            let apps: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "p")).collect();
+            let plan = plan_at(
+                ApplicationsSync::Sync,
+                generated(&apps, &[]),
+                &self.apps,
+                confirmed,
+                now,
+                &self.deletion_log,
+                &self.size_log,
+            );
+            for a in &plan.upserts {
+                self.apps.retain(|r| r.app.metadata.name != a.metadata.name);
+                self.apps.push(owned(&a.metadata.name, "p"));
+            }
+            self.apps
+                .retain(|r| !plan.deletions.contains(&r.app.metadata.name));
+            self.deletion_log = plan.deletion_log.clone();
+            self.size_log = plan.size_log.clone();
+            plan
+        }
+    }
+
+    fn numbered(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("a{i}")).collect()
+    }
+
+    const MINUTE_MS: i64 = 60_000;
+
+    /// Issue 14 point 10: removing clusters one at a time must not walk
+    /// around the budget; it is judged over a window.
+    #[test]
+    fn budget_is_judged_over_a_window() {
+        let mut h = History::new();
+        h.step(&numbered(10), T0, &[]);
+        assert_eq!(h.apps.len(), 10);
+        // One more application gone per minute: five (50% of 10) go.
+        for i in 1..=5 {
+            let plan = h.step(&numbered(10)[i..], T0 + i as i64 * MINUTE_MS, &[]);
+            assert_eq!(plan.deletions, vec![format!("a{}", i - 1)], "step {i}");
+            assert!(plan.held.is_empty(), "step {i}");
+        }
+        // The sixth within the hour is held, and says what happened before.
+        let plan = h.step(&numbered(10)[6..], T0 + 6 * MINUTE_MS, &[]);
+        assert!(plan.deletions.is_empty());
+        assert_eq!(plan.held, ["a5"]);
+        assert_eq!(plan.conditions[0].kind, DELETION_HELD);
+        let m = &plan.conditions[0].message;
+        assert!(m.contains("5 already deleted in the last 1h"), "{m}");
+        assert!(m.contains("of 10 within 1h"), "{m}");
+        // Still held a bit later.
+        let plan = h.step(&numbered(10)[6..], T0 + 30 * MINUTE_MS, &[]);
+        assert_eq!(plan.held, ["a5"]);
+        // Once the first deletions leave the window, it goes: the window
+        // (from T0+2m) holds 3 earlier deletions, + 1 is 4 of the 8 the
+        // set had at its start.
+        let plan = h.step(&numbered(10)[6..], T0 + 62 * MINUTE_MS, &[]);
+        assert_eq!(plan.deletions, ["a5"]);
+        assert_eq!(plan.deletion_log.len(), 4);
+    }
+
+    #[test]
+    fn confirming_starts_a_new_window() {
+        let mut h = History::new();
+        h.step(&numbered(4), T0, &[]);
+        let plan = h.step(&numbered(1), T0 + MINUTE_MS, &[]);
+        assert_eq!(plan.held, ["a1", "a2", "a3"]);
+        let confirmed: Vec<String> = plan.held.clone();
+        let plan = h.step(&numbered(1), T0 + 2 * MINUTE_MS, &confirmed);
+        assert_eq!(plan.deletions, ["a1", "a2", "a3"]);
+        assert!(plan.deletion_log.is_empty());
+        assert_eq!(
+            plan.size_log,
+            [SizeSample {
+                at_ms: T0 + 2 * MINUTE_MS,
+                size: 1
+            }]
+        );
+        // Judged afresh against the new size: adding two then removing one
+        // of three is within the budget.
+        h.step(&numbered(3), T0 + 3 * MINUTE_MS, &[]);
+        let plan = h.step(&numbered(2), T0 + 4 * MINUTE_MS, &[]);
+        assert_eq!(plan.deletions, ["a2"]);
+    }
+
+    #[test]
+    fn a_set_that_grew_in_the_window_is_judged_by_its_size_now() {
+        let mut h = History::new();
+        h.step(&numbered(2), T0, &[]);
+        h.step(&numbered(10), T0 + MINUTE_MS, &[]);
+        // 3 of 10 (the start of the window had 2).
+        let plan = h.step(&numbered(7), T0 + 2 * MINUTE_MS, &[]);
+        assert_eq!(plan.deletions, ["a7", "a8", "a9"]);
+    }
+
+    #[test]
+    fn the_window_survives_in_the_record() {
+        // What a restarted hub reads back from the store is what decides.
+        let mut h = History::new();
+        h.step(&numbered(4), T0, &[]);
+        h.step(&numbered(4)[1..], T0 + MINUTE_MS, &[]);
+        h.step(&numbered(4)[2..], T0 + 2 * MINUTE_MS, &[]);
+        let rec = AppSetRecord {
+            deletion_log: h.deletion_log.clone(),
+            size_log: h.size_log.clone(),
+            ..Default::default()
+        };
+        let back: AppSetRecord =
+            serde_json::from_slice(&serde_json::to_vec(&rec).unwrap()).unwrap();
+        assert_eq!(back.deletion_log.len(), 2);
+        let mut restarted = History {
+            apps: h.apps.clone(),
+            deletion_log: back.deletion_log,
+            size_log: back.size_log,
+        };
+        let plan = restarted.step(&numbered(4)[3..], T0 + 3 * MINUTE_MS, &[]);
+        assert_eq!(plan.held, ["a2"]);
+    }
+
+    #[test]
+    fn notices_do_not_hide_up_to_date() {
+        let mut g = generated(&[("a", "a")], &[]).unwrap();
+        g.notices.push(crate::appset::Notice {
+            kind: NOTICE_EXTENSION,
+            message: "n-ary matrix".into(),
+            application: String::new(),
+        });
+        let plan = plan(ApplicationsSync::Sync, Ok(g), &[], &[]);
+        assert_eq!(kinds(&plan), [UP_TO_DATE, NOTICE_EXTENSION]);
+    }
+
+    #[test]
+    fn preserved_and_ignored_fields_are_not_rewritten() {
+        let mut current = owned("a", "edited");
+        current
+            .app
+            .metadata
+            .labels
+            .insert("team".into(), "blue".into());
+        let ignore = vec![IgnoreRule {
+            name: None,
+            json_pointers: vec!["/spec/source/path".into()],
+            jq_path_expressions: vec![],
+        }];
+        let preserved = PreservedFields {
+            annotations: vec![],
+            labels: vec!["team".into()],
+        };
+        let input = PlanInput {
+            set: "s",
+            policy: ApplicationsSync::Sync,
+            preserved: &preserved,
+            ignore: &ignore,
+            budget: Budget::default(),
+            now_ms: T0,
+            confirmed: &[],
+            deletion_log: &[],
+            size_log: &[],
+        };
+        let plan = plan_set(
+            &input,
+            generated(&[("a", "generated")], &[]),
+            &[current.clone()],
+        );
+        assert!(plan.upserts.is_empty(), "{:?}", plan.upserts);
+        // Without them, the generated version replaces the edit.
+        let plain = plan_set(
+            &PlanInput {
+                preserved: &PreservedFields::default(),
+                ignore: &[],
+                ..input
+            },
+            generated(&[("a", "generated")], &[]),
+            &[current],
+        );
+        assert_eq!(plain.upserts[0].spec.source.path, "generated");
+        assert!(plain.upserts[0].metadata.labels.is_empty());
+    }
+
     #[test]
     fn held_condition_names_the_applications_and_the_command() {
         let existing = vec![owned("a", "a"), owned("b", "b")];
