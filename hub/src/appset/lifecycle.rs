@@ -42,6 +42,28 @@ pub const CONFLICT: &str = "ApplicationConflict";
 pub const UP_TO_DATE: &str = "ResourcesUpToDate";
 pub use super::{NOTICE_EXTENSION, NOTICE_PROJECT_REFUSED, NOTICE_UNSUPPORTED};
 
+/// Whether deleting the set (as written in `raw`) leaves its applications:
+/// as Argo CD, when its policy does not delete (`create-only`,
+/// `create-update`) and the set carries the resources finalizer, which
+/// makes Argo CD remove the applications' owner references before the set
+/// goes (Controlling-Resource-Modification.md, "How to prevent Application
+/// controller from deleting Applications when deleting ApplicationSet").
+pub fn keeps_applications_on_deletion(raw: &Value) -> bool {
+    let keeps_policy = matches!(
+        raw.pointer("/spec/syncPolicy/applicationsSync")
+            .and_then(Value::as_str),
+        Some("create-only" | "create-update")
+    );
+    let finalizer = raw
+        .pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .is_some_and(|f| {
+            f.iter()
+                .any(|f| f.as_str() == Some(super::RESOURCES_FINALIZER))
+        });
+    keeps_policy && finalizer
+}
+
 /// Origin of the applications a set owns.
 pub fn origin_of(set: &str) -> String {
     format!("appset:{set}")
@@ -921,8 +943,19 @@ impl AppSets {
             .unwrap_or_else(|p| p.into_inner())
             .remove(name);
         let origin = origin_of(name);
-        for a in store.apps()? {
-            if a.origin == origin && !is_deleting(&a) {
+        let keep = keeps_applications_on_deletion(&rec.raw);
+        for mut a in store.apps()? {
+            if a.origin != origin || is_deleting(&a) {
+                continue;
+            }
+            if keep {
+                // Orphaned, as Kubernetes leaves them once Argo CD removed
+                // the set's owner references: plain applications now.
+                a.origin = "api".to_owned();
+                a.app.metadata.annotations.remove(OWNER_ANNOTATION);
+                tracing::info!(appset = %name, app = %a.app.metadata.name, "application kept: the set's policy does not delete");
+                store.put_app(&a)?;
+            } else {
                 self.delete_app(&a.app.metadata.name, preserve)?;
             }
         }
@@ -1669,5 +1702,54 @@ mod tests {
             .unwrap();
         sets.reconcile_all(&cache, false).await.unwrap();
         assert_eq!(sets.evaluations("ok").evaluations, 1);
+    }
+
+    /// Controlling-Resource-Modification.md: with create-only or
+    /// create-update, the set's resources finalizer keeps its applications
+    /// when the set is deleted; otherwise they go with it.
+    #[tokio::test]
+    async fn deleting_a_set_keeps_its_applications_only_when_argo_cd_would() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(&dir.path().join("db")).unwrap();
+        let sets = AppSets::new(
+            Fleet::load(store.clone()).unwrap(),
+            DEFAULT_DELETION_BUDGET,
+            Duration::from_secs(3600),
+        );
+        let cache = GitCache::new(dir.path().join("git"));
+        let rows = [
+            ("keep", "create-only", true, true),
+            ("keep2", "create-update", true, true),
+            ("nofin", "create-only", false, false),
+            ("syncs", "sync", true, false),
+        ];
+        for (name, policy, finalizer, _) in rows {
+            let list = "  - list:\n      elements:\n      - app: a\n";
+            let mut manifest = set_manifest(name, list, "app").replace(
+                "spec:\n  generators:",
+                &format!("spec:\n  syncPolicy:\n    applicationsSync: {policy}\n  generators:"),
+            );
+            if finalizer {
+                manifest = manifest.replace(
+                    &format!("  name: {name}\n"),
+                    &format!(
+                        "  name: {name}\n  finalizers: [resources-finalizer.argocd.argoproj.io]\n"
+                    ),
+                );
+            }
+            sets.put_from_api(&manifest, false).unwrap();
+        }
+        sets.reconcile_all(&cache, false).await.unwrap();
+        for (name, _, _, kept) in rows {
+            let app = format!("{name}-a");
+            assert!(store.app(&app).unwrap().is_some(), "{app} generated");
+            assert!(sets.remove_set(name).unwrap());
+            let after = store.app(&app).unwrap();
+            assert_eq!(after.is_some(), kept, "{name}");
+            if let Some(a) = after {
+                assert_eq!(a.origin, "api", "{name}");
+                assert!(!a.app.metadata.annotations.contains_key(OWNER_ANNOTATION));
+            }
+        }
     }
 }
