@@ -1752,4 +1752,75 @@ mod tests {
             }
         }
     }
+
+    /// A git generator's requeueAfterSeconds decides how long a fetched
+    /// revision is used (0: until a refresh); without it, the poll interval.
+    #[tokio::test]
+    async fn requeue_after_seconds_decides_when_the_repository_is_fetched_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("repo");
+        std::fs::create_dir_all(repo.join("apps/one")).unwrap();
+        std::fs::write(repo.join("apps/one/x.yaml"), "a: 1\n").unwrap();
+        let git = |args: &[&str]| {
+            let out = std::process::Command::new("git")
+                .args(args)
+                .current_dir(&repo)
+                .env("GIT_AUTHOR_NAME", "t")
+                .env("GIT_AUTHOR_EMAIL", "t@example.com")
+                .env("GIT_COMMITTER_NAME", "t")
+                .env("GIT_COMMITTER_EMAIL", "t@example.com")
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "git {args:?}: {out:?}");
+        };
+        git(&["init", "-q", "-b", "main"]);
+        git(&["add", "-A"]);
+        git(&["commit", "-q", "-m", "one"]);
+        let store = crate::store::Store::open(&dir.path().join("db")).unwrap();
+        // A poll interval of zero: without requeueAfterSeconds every pass
+        // fetches.
+        let sets = AppSets::new(
+            Fleet::load(store.clone()).unwrap(),
+            DEFAULT_DELETION_BUDGET,
+            Duration::ZERO,
+        );
+        let cache = GitCache::new(dir.path().join("git"));
+        // Each set its own revision: a (repository, revision) fetched for
+        // one set is fresh for every set in that pass.
+        let generator = |revision: &str, requeue: &str| {
+            format!(
+                "  - git:\n      repoURL: file://{}\n      revision: {revision}\n{requeue}      directories:\n      - path: 'apps/*'\n",
+                repo.display()
+            )
+        };
+        sets.put_from_api(
+            &set_manifest("polled", &generator("main", ""), "path.basename"),
+            false,
+        )
+        .unwrap();
+        sets.put_from_api(
+            &set_manifest(
+                "onrefresh",
+                &generator("HEAD", "      requeueAfterSeconds: 0\n"),
+                "path.basename",
+            ),
+            false,
+        )
+        .unwrap();
+        sets.reconcile_all(&cache, false).await.unwrap();
+        let generated = |name: &str| store.appset(name).unwrap().unwrap().generated;
+        assert_eq!(generated("polled"), ["polled-one"]);
+        assert_eq!(generated("onrefresh"), ["onrefresh-one"]);
+
+        std::fs::create_dir_all(repo.join("apps/two")).unwrap();
+        std::fs::write(repo.join("apps/two/x.yaml"), "a: 2\n").unwrap();
+        git(&["add", "-A"]);
+        git(&["commit", "-q", "-m", "two"]);
+        sets.reconcile_all(&cache, false).await.unwrap();
+        assert_eq!(generated("polled"), ["polled-one", "polled-two"]);
+        assert_eq!(generated("onrefresh"), ["onrefresh-one"]);
+        // A refresh (forced pass) fetches it.
+        sets.reconcile_all(&cache, true).await.unwrap();
+        assert_eq!(generated("onrefresh"), ["onrefresh-one", "onrefresh-two"]);
+    }
 }
