@@ -274,13 +274,13 @@ fn clusters(
         // The Secret's `project` (data.project), empty when not set.
         p.insert("project".into(), json!(cluster.project));
         if mode.go_template {
-            // Argo CD sets each only when the Secret has some.
-            let mut meta = Map::new();
-            if !cluster.annotations.is_empty() {
-                meta.insert("annotations".into(), json!(cluster.annotations));
-            }
-            meta.insert("labels".into(), json!(labels));
-            p.insert("metadata".into(), Value::Object(meta));
+            // Argo CD leaves `annotations` out for a cluster without any
+            // (a template reading them then fails); Flotilla always sets
+            // both, which only makes more templates work.
+            p.insert(
+                "metadata".into(),
+                json!({"labels": labels, "annotations": cluster.annotations}),
+            );
         } else {
             for (k, v) in &cluster.annotations {
                 p.insert(format!("metadata.annotations.{k}"), json!(v));
