@@ -200,9 +200,7 @@ pub fn git_pathspec_match(pattern: &str, path: &str) -> Result<bool, String> {
     }
     // Git compares the part before the first wildcard literally, then
     // matches the rest with wildmatch (no WM_PATHNAME).
-    let literal_len = pattern
-        .find(|c| matches!(c, '*' | '?' | '[' | '\\'))
-        .unwrap_or(pattern.len());
+    let literal_len = pattern.find(['*', '?', '[', '\\']).unwrap_or(pattern.len());
     let literal = &pattern[..literal_len];
     let names_it = path == pattern
         || (path.starts_with(pattern)
