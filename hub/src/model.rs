@@ -42,6 +42,10 @@ pub struct ObjectMeta {
     pub labels: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
+    /// Kept as written; ApplicationSets act on Argo CD's resources
+    /// finalizer when deleting a generated Application.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub finalizers: Vec<String>,
 }
 
 /// An Argo CD `Application`.

@@ -45,6 +45,10 @@ pub struct ClusterRecord {
     /// Server URL applications may name in `destination.server`.
     #[serde(default)]
     pub server: String,
+    /// Argo CD project the cluster is scoped to (a cluster Secret's
+    /// `project`), offered to ApplicationSet `clusters` generators.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub project: String,
     /// Serial (hex) of the one client certificate currently valid for this
     /// cluster. A certificate with any other serial is refused.
     #[serde(default)]
@@ -146,6 +150,28 @@ pub struct AppSetRecord {
     pub last_result_ms: i64,
     #[serde(default)]
     pub last_good_ms: i64,
+    /// Deletions of generated applications within the deletion budget's
+    /// window (older ones are dropped).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deletion_log: Vec<DeletionRecord>,
+    /// The set's size over the window: the last sample at or before its
+    /// start, then one per change.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub size_log: Vec<SizeSample>,
+}
+
+/// One generated application deleted by its set.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeletionRecord {
+    pub app: String,
+    pub at_ms: i64,
+}
+
+/// How many applications a set owned from `at_ms` on.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SizeSample {
+    pub at_ms: i64,
+    pub size: usize,
 }
 
 /// What an in-hub Application (`crate::appofapps`) last wrote for its
