@@ -111,6 +111,18 @@ fn operation_reached(c: &pb::ClusterAppStatus, command_id: &str) -> Reached {
     }
 }
 
+/// What `wait_for` waits for.
+#[derive(Clone, Copy, Debug)]
+struct Until {
+    sync: bool,
+    health: bool,
+    /// A pinned application counts as synced once its clusters report the
+    /// revision: it shows OutOfSync against Git while pinned (as Argo CD's
+    /// `app sync --revision` and `app rollback` wait only for the
+    /// operation).
+    pinned_is_synced: bool,
+}
+
 /// Polls the application until every cluster in `clusters` (all targeted
 /// ones when empty) reaches the condition, and the operation of each
 /// command in `commands` (cluster to command id) has finished; prints each
@@ -123,7 +135,7 @@ async fn wait_for(
     clusters: &[String],
     commands: &BTreeMap<String, String>,
     revision: &str,
-    (sync, health): (bool, bool),
+    until: Until,
     timeout: Duration,
 ) -> Result<pb::Application> {
     let deadline = Instant::now() + timeout;
@@ -137,6 +149,8 @@ async fn wait_for(
             .await
             .map_err(status_err)?
             .into_inner();
+        let sync = until.sync && !(until.pinned_is_synced && !app.pinned_revision.is_empty());
+        let health = until.health;
         let rows: Vec<&pb::ClusterAppStatus> = app
             .clusters
             .iter()
@@ -365,7 +379,11 @@ async fn follow(
             &r.clusters,
             &commands,
             &r.revision,
-            (true, false),
+            Until {
+                sync: true,
+                health: false,
+                pinned_is_synced: true,
+            },
             timeout,
         )
         .await?;
@@ -532,7 +550,11 @@ pub(super) async fn wait(g: &Global, c: &mut Client, a: WaitArgs) -> Result<()> 
         &[],
         &BTreeMap::new(),
         "",
-        (sync, health),
+        Until {
+            sync,
+            health,
+            pinned_is_synced: false,
+        },
         a.timeout,
     )
     .await?;
