@@ -530,7 +530,7 @@ async fn revisions_pins_and_get_exit_codes() -> anyhow::Result<()> {
         "unrenderable",
         &application(&fleet, "unrenderable", "no/such/path", "x", false),
     )?;
-    let (code, out, err) = eventually("unrenderable shows its error", CONVERGE, || async {
+    let (_, out, err) = eventually("unrenderable shows its error", CONVERGE, || async {
         let r = cli(&fleet, &["app", "get", "unrenderable"]).map_err(|e| e.to_string())?;
         if r.0 == Some(1) {
             Ok(r)
