@@ -249,12 +249,13 @@ mod tests {
         let plain = app(&[], false);
         let pruning = app(&[], true);
         let bg = app(&[BACKGROUND_FINALIZER], false);
-        let cases: Vec<(
-            &Application,
+        type Case<'a> = (
+            &'a Application,
             Option<bool>,
-            &str,
+            &'a str,
             Result<Propagation, DeletionError>,
-        )> = vec![
+        );
+        let cases: Vec<Case<'_>> = vec![
             (&plain, Some(true), "", Ok(Foreground)),
             (&plain, Some(true), "Background", Ok(Background)),
             (&bg, Some(true), "", Ok(Background)),

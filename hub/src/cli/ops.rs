@@ -149,7 +149,8 @@ async fn wait_for(
             .await
             .map_err(status_err)?
             .into_inner();
-        let sync = until.sync && !(until.pinned_is_synced && !app.pinned_revision.is_empty());
+        let pinned = !app.pinned_revision.is_empty();
+        let sync = until.sync && (!pinned || !until.pinned_is_synced);
         let health = until.health;
         let rows: Vec<&pb::ClusterAppStatus> = app
             .clusters
