@@ -219,7 +219,11 @@ impl GitSync {
         // The next poll of this (url, revision) is due after the
         // repository's own interval, as after any other fetch of it.
         let interval = self.interval_of(url, &revision);
-        self.fetch(url, &revision, interval, true).await
+        let commit = self.fetch(url, &revision, interval, true).await;
+        // The loop may have planned its sleep while the entry was missing
+        // (then it sleeps the default interval): let it plan again.
+        self.wake.notify_one();
+        commit
     }
 
     /// The poll interval of a registered repository at `revision`, else
