@@ -53,6 +53,11 @@ fn make_repo(dir: &Path) -> String {
     );
     write(dir, "web/cm.yaml", &configmap("web", "1"));
     write(dir, "declared/cm.yaml", &configmap("declared", "1"));
+    write(
+        dir,
+        "root/child.yaml",
+        &app_yaml("child", &url, "web", true),
+    );
     git(dir, &["add", "-A"]);
     git(dir, &["commit", "-q", "-m", "init"]);
     url
@@ -391,6 +396,33 @@ async fn deletion_and_revisions_reach_the_agent_through_the_index() {
             .starts_with("application gen-c1 is managed by ApplicationSet gen;"),
         "{}",
         err.message()
+    );
+
+    // An app of apps deleted with cascade takes the Applications it
+    // declared with it (Argo CD deletes its Application resources).
+    let parent = format!(
+        "apiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata:\n  name: parent\nspec:\n  source:\n    repoURL: {url}\n    targetRevision: main\n    path: root\n  destination:\n    name: in-hub\n  syncPolicy:\n    automated:\n      prune: true\n"
+    );
+    admin
+        .create_application(pb::CreateApplicationRequest {
+            manifest: parent,
+            upsert: false,
+        })
+        .await
+        .unwrap();
+    let child = eventually("child declared by parent", || {
+        let mut admin = admin.clone();
+        async move { get(&mut admin, "child").await.ok() }
+    })
+    .await;
+    assert_eq!(child.origin, "app:parent");
+    admin
+        .delete_application(delete_request("parent", Some(true), ""))
+        .await
+        .unwrap();
+    assert_eq!(
+        get(&mut admin, "child").await.unwrap_err().code(),
+        Code::NotFound
     );
 
     // `app get` exits 1 when the application shows an error (and still

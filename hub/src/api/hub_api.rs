@@ -93,6 +93,41 @@ impl HubApiService {
         })
     }
 
+    /// After an app of apps `parent` was deleted: with cascade, the
+    /// Applications and ApplicationSets it declared are deleted too, as
+    /// Argo CD deletes a parent's Application resources (each child's own
+    /// finalizers then decide about its objects; a set's
+    /// `preserveResourcesOnDeletion` about its applications'); without,
+    /// they stay. Inventory records it declared stay either way (a cluster
+    /// is never unenrolled by a deletion). Its record of what it wrote is
+    /// dropped, so a parent created again under that name starts afresh.
+    fn delete_children(
+        &self,
+        parent: &str,
+        propagation: crate::deletion::Propagation,
+    ) -> Result<(), Status> {
+        let origin = format!("app:{parent}");
+        if propagation.cascades() {
+            for child in self.ctx.store.apps()? {
+                if child.origin == origin {
+                    let name = &child.app.metadata.name;
+                    tracing::info!(parent, app = %name, "child application deleted with its parent");
+                    self.ctx.fleet.remove_app(name)?;
+                }
+            }
+            for set in self.ctx.store.appsets()? {
+                if set.origin == origin {
+                    tracing::info!(parent, appset = %set.name, "child application set deleted with its parent");
+                    self.ctx.appsets.remove_set(&set.name)?;
+                }
+            }
+        }
+        self.ctx
+            .store
+            .put_app_children(parent, &crate::store::ChildrenRecord::default())?;
+        Ok(())
+    }
+
     fn cluster_to_pb(&self, c: &ClusterRecord) -> pb::Cluster {
         let connected = self.ctx.fleet.is_connected(&c.name);
         pb::Cluster {
@@ -296,6 +331,9 @@ impl pb::hub_api_server::HubApi for HubApiService {
             .fleet
             .remove_app_with(&name, propagation)?
             .ok_or_else(|| Status::not_found(format!("application {name:?} not found")))?;
+        if crate::appofapps::is_in_hub(&rec.app) {
+            self.delete_children(&name, propagation)?;
+        }
         let not_connected = clusters
             .iter()
             .filter(|c| !self.ctx.fleet.is_connected(c))
