@@ -831,15 +831,8 @@ pub(super) async fn watch(g: &Global, c: &mut Client, name: &str) -> Result<()> 
             if g.output == super::Output::Table || g.output == super::Output::Wide {
                 println!("--- {}", time_of(crate::api::now_ms()));
             }
-            Box::pin(super::app(
-                g,
-                c,
-                super::AppCommand::Get {
-                    name: name.to_owned(),
-                    watch: false,
-                },
-            ))
-            .await?;
+            // Printed as `app get` does; its errors do not end the watch.
+            super::print_app(g.output, &a);
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
