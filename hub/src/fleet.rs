@@ -564,6 +564,9 @@ impl Fleet {
             st.revisions.remove(name);
         }
         self.recompute()?;
+        // Every cluster has seen it leave now; an application created
+        // again under this name must not inherit the decision.
+        self.lock().deleting.remove(name);
         self.store.flush()?;
         tracing::info!(app = %name, propagation = %propagation, clusters = ?clusters, "application removed");
         Ok(existed.then_some(clusters))
