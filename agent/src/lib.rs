@@ -9,6 +9,7 @@ pub mod cache;
 pub mod cli;
 pub mod cluster;
 pub mod custom_health;
+pub mod deletion;
 pub mod drift;
 pub mod engine;
 pub mod enroll;

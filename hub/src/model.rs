@@ -42,8 +42,9 @@ pub struct ObjectMeta {
     pub labels: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
-    /// Kept as written; ApplicationSets act on Argo CD's resources
-    /// finalizer when deleting a generated Application.
+    /// `resources-finalizer.argocd.argoproj.io` (or its `/foreground`,
+    /// `/background` forms) makes deleting the Application delete its
+    /// objects: see [`crate::deletion`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub finalizers: Vec<String>,
 }

@@ -63,6 +63,14 @@ pub struct ClusterRecord {
     /// Application name → digest at `generation`.
     #[serde(default)]
     pub desired_index: BTreeMap<String, String>,
+    /// Application name → the commit its index entry names at
+    /// `generation` (it moves with commits that leave the digest alone).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub desired_revisions: BTreeMap<String, String>,
+    /// Applications deleted from `desired_index` with what happens to their
+    /// objects, sent to the agent until it acknowledges the generation.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub deletions: BTreeMap<String, crate::deletion::PendingDeletion>,
     /// Last generation the agent acknowledged.
     #[serde(default)]
     pub acked_generation: u64,

@@ -869,7 +869,9 @@ impl AppSets {
             .and_then(|p| p.automated.as_ref())
             .is_some_and(|a| a.prune);
         if !preserve || !prunes {
-            self.fleet.remove_app(name)?;
+            // Argo CD: the set's resources finalizer (unless preserved).
+            let propagation = crate::deletion::for_generated(&rec.app, preserve);
+            self.fleet.remove_app_with(name, propagation)?;
             return Ok(());
         }
         if let Some(p) = rec.app.spec.sync_policy.as_mut() {
@@ -909,7 +911,8 @@ impl AppSets {
                 });
             if done {
                 tracing::info!(app = %name, "generated application deleted; its objects are preserved");
-                self.fleet.remove_app(name)?;
+                self.fleet
+                    .remove_app_with(name, crate::deletion::Propagation::Orphan)?;
                 changed = true;
             }
         }
