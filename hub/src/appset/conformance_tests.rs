@@ -1077,7 +1077,7 @@ fn template_and_fields() {
             },
         },
         Case {
-            name: "finalizers are kept; the resources finalizer without automated prune is reported",
+            name: "finalizers are kept; the resources finalizer is carried out, not reported",
             follows: "Application-Deletion.md; utils.RenderTemplateParams (finalizers)",
             extra_spec: "",
             metadata: "      finalizers: [resources-finalizer.argocd.argoproj.io]\n",
@@ -1086,7 +1086,12 @@ fn template_and_fields() {
                 if app.metadata.finalizers != ["resources-finalizer.argocd.argoproj.io"] {
                     return Err(format!("{:?}", app.metadata));
                 }
-                notice(g, NOTICE_UNSUPPORTED, "automated.prune")
+                if g.as_ref()
+                    .is_ok_and(|g| g.notices.iter().any(|n| n.kind == NOTICE_UNSUPPORTED))
+                {
+                    return Err("the resources finalizer is reported as unsupported".into());
+                }
+                Ok(())
             },
         },
         Case {

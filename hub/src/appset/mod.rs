@@ -701,24 +701,17 @@ fn finalizer_notices(app: &Application, notices: &mut Vec<Notice>) {
             notices.push(n);
         }
     };
-    for f in &app.metadata.finalizers {
-        if is_resources_finalizer(f) {
-            let prunes = app
-                .spec
-                .sync_policy
-                .as_ref()
-                .and_then(|p| p.automated.as_ref())
-                .is_some_and(|a| a.prune);
-            if !prunes {
-                push(format!(
-                    "spec.template.metadata.finalizers: {f:?} asks for the objects of a deleted application to be deleted; Flotilla's agents delete them only when spec.syncPolicy.automated.prune is set, so they are left in the clusters"
-                ));
-            }
-        } else {
-            push(format!(
-                "spec.template.metadata.finalizers: {f:?} is not supported (Flotilla knows {RESOURCES_FINALIZER}[/foreground|/background]); it has no effect"
-            ));
-        }
+    // The resources finalizer is carried out: the hub sends its deletion
+    // decision (with the propagation the finalizer names) to the agents.
+    for f in app
+        .metadata
+        .finalizers
+        .iter()
+        .filter(|f| !is_resources_finalizer(f))
+    {
+        push(format!(
+            "spec.template.metadata.finalizers: {f:?} is not supported (Flotilla knows {RESOURCES_FINALIZER}[/foreground|/background]); it has no effect"
+        ));
     }
 }
 
