@@ -12,6 +12,7 @@ use super::live::namespace_of;
 use super::{CRD_DEADLINE, Engine, POLL};
 use crate::cache::{CachedApp, CachedState, RemovedApp};
 use crate::cluster::Resolved;
+use crate::deletion::Removal;
 use crate::health::{Health, HealthStatus};
 use crate::object::{self, ObjectKey};
 use crate::plan;
@@ -281,15 +282,31 @@ impl Engine {
     pub(super) async fn prune_removed(&self, snapshot: &CachedState) {
         for (name, removed) in &snapshot.removed {
             let mut failed = false;
-            if removed.policy.prune {
+            // The hub's deletion decision (cascade with a propagation, or
+            // orphan) when it sent one; else the last policy's prune.
+            if let Some(how) = removed.removal() {
                 for key in &self.prune_order(removed.inventory.clone()) {
-                    if let Err(e) = self.prune_one(name, key).await {
+                    let done = match how {
+                        Removal::Prune => self.prune_one(name, key).await,
+                        Removal::Cascade { foreground } => {
+                            let options = &removed.policy.sync_options;
+                            crate::deletion::delete_object(
+                                &self.cluster,
+                                name,
+                                key,
+                                foreground,
+                                options,
+                            )
+                            .await
+                        }
+                    };
+                    if let Err(e) = done {
                         warn!(app = %name, object = %key, error = %e, "prune of removed application failed");
                         failed = true;
                     }
                 }
             } else if !removed.inventory.is_empty() {
-                info!(app = %name, "application removed; prune is off, its objects stay");
+                info!(app = %name, "application removed without cascade or prune; its objects stay");
             }
             if !failed
                 && let Some(store) = &self.inventory
@@ -345,6 +362,7 @@ impl Engine {
                             ..Default::default()
                         },
                         inventory: orphan.objects,
+                        deletion: None,
                     },
                 );
             }

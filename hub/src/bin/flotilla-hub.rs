@@ -24,7 +24,11 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve the agent link and the user API on one TLS listener.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
+    /// Internal: evaluates Jsonnet for a running hub (request on stdin,
+    /// result on stdout), so that an evaluation can be killed.
+    #[command(hide = true)]
+    JsonnetEval,
 }
 
 #[derive(Debug, clap::Args)]
@@ -78,10 +82,21 @@ struct ServeArgs {
     /// Shared secret of the webhooks (GitHub/Gitea HMAC, GitLab token).
     #[arg(long, env = "FLOTILLA_WEBHOOK_SECRET", hide_env_values = true)]
     webhook_secret: Option<String>,
-    /// Share (0..1) of an ApplicationSet's applications one re-render may
-    /// delete; more is held until `flotilla appset confirm NAME`.
+    /// Share (0..1) of an ApplicationSet's applications that may be
+    /// deleted within --appset-deletion-window; more is held until
+    /// `flotilla appset confirm NAME`.
     #[arg(long, default_value_t = flotilla_hub::appset::lifecycle::DEFAULT_DELETION_BUDGET)]
     appset_deletion_budget: f64,
+    /// Window over which --appset-deletion-budget is judged (deletions in
+    /// the window count together).
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    appset_deletion_window: Duration,
+    /// Match ApplicationSet git file generator paths with doublestar
+    /// globbing (`*` stays within a directory, `**` crosses them) instead
+    /// of `git ls-files` pathspecs; Argo CD's
+    /// --enable-new-git-file-globbing.
+    #[arg(long, env = "FLOTILLA_APPSET_ENABLE_NEW_GIT_FILE_GLOBBING")]
+    appset_enable_new_git_file_globbing: bool,
     /// Plain-HTTP address serving /healthz, /readyz and /metrics
     /// (Prometheus text format). Off when not given.
     #[arg(long, value_name = "ADDR")]
@@ -123,6 +138,20 @@ struct ServeArgs {
     max_agent_connections: usize,
 }
 
+/// `flotilla-hub jsonnet-eval`: one request on stdin, its answer on stdout.
+fn jsonnet_eval() -> Result<()> {
+    use std::io::{Read as _, Write as _};
+    let mut input = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut input)
+        .context("reading the request")?;
+    let output = flotilla_hub::render::jsonnet::run_child(&input);
+    std::io::stdout()
+        .write_all(&output)
+        .context("writing the answer")?;
+    Ok(())
+}
+
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
@@ -146,10 +175,11 @@ async fn shutdown_signal() {
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    let args = match Cli::parse().command {
+        Command::Serve(args) => *args,
+        Command::JsonnetEval => return jsonnet_eval(),
+    };
     let telemetry = flotilla_hub::telemetry::init();
-    let Cli {
-        command: Command::Serve(args),
-    } = Cli::parse();
     let repos = args
         .repos
         .iter()
@@ -181,11 +211,18 @@ async fn main() -> Result<()> {
                 .helm_command
                 .as_deref()
                 .and_then(flotilla_hub::render::RenderTools::command),
+            // Jsonnet runs in a child process of this binary, so a
+            // runaway evaluation is killed at the timeout.
+            jsonnet: std::env::current_exe()
+                .ok()
+                .map(|exe| vec![exe.display().to_string(), "jsonnet-eval".into()]),
             timeout: args.render_timeout,
         },
         webhook_listen: args.webhook_listen,
         webhook_secret: args.webhook_secret,
         appset_deletion_budget: args.appset_deletion_budget,
+        appset_deletion_window: args.appset_deletion_window,
+        appset_new_git_file_globbing: args.appset_enable_new_git_file_globbing,
         metrics_listen: args.metrics_listen,
         stream_idle_timeout: args.stream_idle_timeout,
         ssh_known_hosts: args.ssh_known_hosts,
