@@ -55,6 +55,10 @@ pub struct CachedApp {
     /// Unix milliseconds of the last completed apply.
     #[serde(default)]
     pub last_applied_ms: i64,
+    /// A sync operation that has not finished (waiting for hooks or a
+    /// wave), resumed by the next pass, also after a restart.
+    #[serde(default)]
+    pub operation: Option<crate::hooks::SyncOperation>,
 }
 
 /// An application removed from the desired state whose objects may still
@@ -65,6 +69,19 @@ pub struct RemovedApp {
     pub policy: Policy,
     /// Objects applied for it.
     pub inventory: Vec<ObjectKey>,
+    /// Its hooks (manifests): PreDelete and PostDelete hooks run now, and
+    /// what the others left behind is deleted with the application.
+    #[serde(default)]
+    pub hooks: Vec<String>,
+    /// Its default namespace (of the hooks).
+    #[serde(default)]
+    pub namespace: String,
+    /// A sync that was running when it was removed (its hooks end).
+    #[serde(default)]
+    pub operation: Option<crate::hooks::SyncOperation>,
+    /// Where its removal stands.
+    #[serde(default)]
+    pub removal: Option<crate::hooks::Removal>,
 }
 
 /// The persisted state.
@@ -121,6 +138,9 @@ impl CachedState {
         for name in &gone {
             if let Some(app) = self.apps.remove(name) {
                 let entry = self.removed.entry(name.clone()).or_default();
+                entry.hooks = crate::hooks::hook_manifests(&app.bundle.manifests);
+                entry.namespace = app.bundle.namespace;
+                entry.operation = app.operation;
                 entry.policy = app.bundle.policy;
                 entry.inventory.extend(app.inventory);
             }
@@ -276,6 +296,7 @@ mod tests {
                     name: "c".into(),
                 }],
                 last_applied_ms: 7,
+                operation: None,
             },
         );
         CachedState {
