@@ -39,6 +39,12 @@ pub(crate) fn render_directory(
         for (index, document) in documents.into_iter().enumerate() {
             for object in flatten(document, &file.path, index)? {
                 let key = identity(&object);
+                // Named by generateName (a hook): each is created under a
+                // name of its own, so two alike are no duplicate.
+                if key.3.is_empty() {
+                    objects.push(object);
+                    continue;
+                }
                 if let Some((first_file, first_index)) = seen.get(&key) {
                     let (group, kind, namespace, name) = key;
                     return Err(RenderError::Duplicate {
@@ -163,6 +169,13 @@ fn flatten(document: Value, file: &str, index: usize) -> Result<Vec<Value>, Rend
 }
 
 fn check_object(object: &Value) -> Result<(), String> {
+    // A hook may be named by metadata.generateName alone; whether the
+    // object is a hook is the agent's call (Argo CD refuses generateName on
+    // anything else when it applies).
+    let generated = object["metadata"]["name"].is_null()
+        && object["metadata"]["generateName"]
+            .as_str()
+            .is_some_and(|g| !g.is_empty());
     for (field, value) in [
         ("apiVersion", &object["apiVersion"]),
         ("kind", &object["kind"]),
@@ -170,6 +183,10 @@ fn check_object(object: &Value) -> Result<(), String> {
     ] {
         match value {
             Value::String(s) if !s.is_empty() => {}
+            Value::Null if field == "metadata.name" && generated => {}
+            Value::Null if field == "metadata.name" => {
+                return Err(format!("missing {field} (or metadata.generateName)"));
+            }
             Value::Null => return Err(format!("missing {field}")),
             Value::String(_) => return Err(format!("empty {field}")),
             other => {
@@ -393,6 +410,32 @@ mod tests {
             assert_eq!((file.as_str(), *index), ("f.yaml", want_index), "{err}");
             assert!(message.starts_with(want), "{err}");
         }
+    }
+
+    #[test]
+    fn hooks_named_by_generate_name_render() {
+        let hook = |prefix: &str| {
+            format!(
+                "apiVersion: batch/v1\nkind: Job\nmetadata:\n  generateName: {prefix}\n  annotations:\n    argocd.argoproj.io/hook: PostSync\n"
+            )
+        };
+        let files = [
+            file("a.yaml", &hook("notify-")),
+            file("b.yaml", &hook("notify-")),
+            file("c.yaml", &cm("c")),
+        ];
+        let out = render_directory(&files, &DirectorySource::default()).unwrap();
+        assert_eq!(out.len(), 3);
+        assert_eq!(out[0]["metadata"]["generateName"], "notify-");
+        let err = render_directory(
+            &[file(
+                "d.yaml",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  generateName: \"\"\n",
+            )],
+            &DirectorySource::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("missing metadata.name"), "{err}");
     }
 
     #[test]
