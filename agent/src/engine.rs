@@ -219,7 +219,8 @@ impl Engine {
             self.adopt_orphans(&snapshot).await;
             snapshot = self.cache.snapshot();
         }
-        self.prune_removed(&snapshot).await;
+        // A removal waiting for its deletion hooks keeps passes frequent.
+        let removals_done = self.prune_removed(&snapshot).await;
         let mut statuses = Vec::with_capacity(snapshot.apps.len());
         for app in snapshot.apps.values() {
             statuses.push(self.reconcile(app).await);
@@ -231,11 +232,12 @@ impl Engine {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .retain(|name, _| snapshot.apps.contains_key(name));
-        let settled = statuses.iter().all(|s| {
-            s.sync == SyncStatus::Synced as i32
-                && s.health == HealthStatus::Healthy.to_proto() as i32
-                && s.operation.as_ref().is_none_or(|o| o.phase != "Running")
-        });
+        let settled = removals_done
+            && statuses.iter().all(|s| {
+                s.sync == SyncStatus::Synced as i32
+                    && s.health == HealthStatus::Healthy.to_proto() as i32
+                    && s.operation.as_ref().is_none_or(|o| o.phase != "Running")
+            });
         let report = Report {
             generation: snapshot.generation,
             apps: statuses,

@@ -743,3 +743,56 @@ async fn a_removed_application_runs_predelete_prunes_then_runs_postdelete() {
     assert_eq!(names.len(), 1, "{names:?}");
     assert!(names[0].starts_with("notify-"), "{names:?}");
 }
+
+#[tokio::test]
+async fn a_dry_run_lists_hooks_as_created_and_creates_nothing() {
+    let mut h = harness().await;
+    let mut bundle = app(
+        "web",
+        "d1",
+        vec![
+            deployment("web"),
+            job("migrate-", "PreSync", None, "busybox:1"),
+            job("cleanup", "SyncFail", None, "busybox:1"),
+        ],
+    );
+    bundle.policy.automated = false;
+    set_bundle(&h.cache, bundle);
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    h.engine.sync_requests().lock().expect("lock").insert(
+        "web".into(),
+        flotilla_agent::engine::SyncRequest {
+            dry_run: true,
+            command_id: "d".into(),
+            reply: Some(reply),
+            ..Default::default()
+        },
+    );
+    h.engine.pass().await;
+    let result = answer.await.expect("answered");
+    let rows: Vec<(String, String, String)> = result
+        .resources
+        .iter()
+        .map(|r| {
+            let k = r.key.clone().unwrap_or_default();
+            (k.name, r.action.clone(), r.message.clone())
+        })
+        .collect();
+    assert!(
+        rows.contains(&(
+            "migrate-".into(),
+            "created".into(),
+            "PreSync hook, created when the sync runs".into()
+        )),
+        "{rows:?}"
+    );
+    assert!(
+        rows.contains(&(
+            "cleanup".into(),
+            "created".into(),
+            "SyncFail hook, created if the sync fails".into()
+        )),
+        "{rows:?}"
+    );
+    assert!(job_names(&h).await.is_empty());
+}

@@ -130,11 +130,18 @@ impl Engine {
 
     /// Removes the applications the hub no longer lists, a stage at a time
     /// (see [`super::removal`]); each is forgotten once its removal is done.
-    pub(super) async fn prune_removed(&self, snapshot: &CachedState) {
+    /// False while one waits for deletion hooks to finish.
+    pub(super) async fn prune_removed(&self, snapshot: &CachedState) -> bool {
+        let mut settled = true;
         for (name, removed) in &snapshot.removed {
             let mut removed = removed.clone();
             let done = self.remove_app(name, &mut removed).await;
             let mut failed = !done;
+            settled &= done
+                || !removed
+                    .removal
+                    .as_ref()
+                    .is_some_and(|r| r.hooks.iter().any(|h| !h.status.finished()));
             if done
                 && let Some(store) = &self.inventory
                 && let Err(e) = store.remove(&self.cluster, name).await
@@ -156,6 +163,7 @@ impl Engine {
                 warn!(error = %e, "could not persist the cache");
             }
         }
+        settled
     }
 
     /// Applications the cluster has inventories for but the hub no longer
