@@ -796,3 +796,48 @@ async fn a_dry_run_lists_hooks_as_created_and_creates_nothing() {
     );
     assert!(job_names(&h).await.is_empty());
 }
+
+#[tokio::test]
+async fn a_hook_created_just_before_a_crash_is_found_not_created_twice() {
+    let mut h = harness().await;
+    set_bundle(
+        &h.cache,
+        app(
+            "web",
+            "d1",
+            vec![
+                deployment("web"),
+                job("pre-", "PreSync", Some("HookFailed"), "busybox:1"),
+            ],
+        ),
+    );
+    h.engine.pass().await;
+    let created = job_names(&h).await;
+    assert_eq!(created.len(), 1, "{created:?}");
+    // The agent dies after creating the hook but before it recorded that:
+    // the saved operation has not applied the step and knows no hook.
+    h.cache
+        .update(|s| {
+            if let Some(op) = s.apps.get_mut("web").and_then(|a| a.operation.as_mut()) {
+                op.applied = 0;
+                op.hooks.clear();
+            }
+        })
+        .expect("update");
+    let state = h.dir.path().join("state");
+    let (tx, reports) = watch::channel(None);
+    let cache = Arc::new(Cache::open(&state).expect("reopen cache"));
+    h.engine = Engine::new(
+        Arc::new(Cluster::new(h.client.clone())),
+        cache.clone(),
+        Arc::new(Notify::new()),
+        tx,
+    );
+    h.reports = reports;
+    h.cache = cache;
+    let s = converge(&mut h, "web", "Succeeded", finished("Succeeded")).await;
+    let o = op(&s);
+    let r = hook(&o, "PreSync");
+    assert_eq!(r.key.clone().unwrap_or_default().name, created[0]);
+    assert_eq!(job_names(&h).await, created, "a second PreSync Job");
+}
