@@ -11,6 +11,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::bundle::{Bundle, Policy};
+use crate::deletion::{Propagation, Removal};
 use crate::object::ObjectKey;
 
 /// File name of the cache inside the state directory.
@@ -82,6 +83,24 @@ pub struct RemovedApp {
     /// Where its removal stands.
     #[serde(default)]
     pub removal: Option<crate::hooks::Removal>,
+    /// The hub's decision about the objects (`DesiredState.deletions`), if
+    /// it sent one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion: Option<Propagation>,
+}
+
+impl RemovedApp {
+    /// How its objects go, `None` when they stay: the hub's decision when
+    /// there is one, else prune when the last policy pruned.
+    #[must_use]
+    pub fn object_removal(&self) -> Option<Removal> {
+        match self.deletion {
+            Some(Propagation::Foreground) => Some(Removal::Cascade { foreground: true }),
+            Some(Propagation::Background) => Some(Removal::Cascade { foreground: false }),
+            Some(Propagation::Orphan) => None,
+            None => self.policy.prune.then_some(Removal::Prune),
+        }
+    }
 }
 
 /// The persisted state.
@@ -102,9 +121,13 @@ pub struct CachedState {
 impl CachedState {
     /// Merges a desired state from the hub: bundles replace cached ones
     /// (what the agent applied is kept), applications missing from the index
-    /// move to `removed` for pruning. Returns the removed names, or the
-    /// applications whose bundle the agent still lacks at the indexed digest
-    /// (then the generation is not advanced).
+    /// move to `removed`, with the hub's deletion decision when it sent one
+    /// (an application that comes back before the engine carried it out
+    /// keeps its objects), and each indexed application takes the revision
+    /// the index gives it (a new commit with the same content: nothing to
+    /// apply, the status reports the new commit). Returns the removed names,
+    /// or the applications whose bundle the agent still lacks at the indexed
+    /// digest (then the generation is not advanced).
     ///
     /// # Errors
     /// The names of applications in the index without a matching bundle.
@@ -112,6 +135,16 @@ impl CachedState {
         &mut self,
         desired: flotilla_proto::DesiredState,
     ) -> Result<Vec<String>, Vec<String>> {
+        let deletions: BTreeMap<String, Propagation> = desired
+            .deletions
+            .iter()
+            .map(|d| {
+                (
+                    d.name.clone(),
+                    Propagation::from_wire(&d.propagation_policy),
+                )
+            })
+            .collect();
         for bundle in desired.bundles {
             let bundle = Bundle::from(bundle);
             let name = bundle.name.clone();
@@ -124,10 +157,10 @@ impl CachedState {
                 app.inventory.dedup();
             }
         }
-        let index: BTreeMap<String, String> = desired
+        let index: BTreeMap<String, (String, String)> = desired
             .index
             .into_iter()
-            .map(|r| (r.name, r.digest))
+            .map(|r| (r.name, (r.digest, r.revision)))
             .collect();
         let gone: Vec<String> = self
             .apps
@@ -145,12 +178,29 @@ impl CachedState {
                 entry.inventory.extend(app.inventory);
             }
         }
+        // Also for an application removed by an earlier state (the
+        // deletion decision can come later, e.g. after a reconnect).
+        for (name, propagation) in deletions {
+            if !index.contains_key(&name)
+                && let Some(entry) = self.removed.get_mut(&name)
+            {
+                entry.deletion = Some(propagation);
+            }
+        }
+        for (name, (digest, revision)) in &index {
+            if let Some(app) = self.apps.get_mut(name)
+                && app.bundle.digest == *digest
+                && !revision.is_empty()
+            {
+                app.bundle.revision.clone_from(revision);
+            }
+        }
         let missing: Vec<String> = index
             .iter()
-            .filter(|(name, digest)| {
+            .filter(|(name, (digest, _))| {
                 self.apps
                     .get(*name)
-                    .is_none_or(|a| &a.bundle.digest != *digest)
+                    .is_none_or(|a| &a.bundle.digest != digest)
             })
             .map(|(name, _)| name.clone())
             .collect();
@@ -363,6 +413,7 @@ mod tests {
         flotilla_proto::AppRef {
             name: name.into(),
             digest: digest.into(),
+            revision: String::new(),
         }
     }
 
@@ -395,6 +446,98 @@ mod tests {
         assert_eq!(removed, vec!["guestbook".to_owned()]);
         assert_eq!(state.removed["guestbook"].inventory.len(), 1);
         assert!(!state.apps.contains_key("guestbook"));
+    }
+
+    #[test]
+    fn merge_moves_the_revision_without_a_bundle() {
+        let mut state = sample();
+        let mut moved = app_ref("guestbook", "sha256:abc");
+        moved.revision = "4567".into();
+        state
+            .merge(flotilla_proto::DesiredState {
+                generation: 4,
+                index: vec![moved],
+                ..Default::default()
+            })
+            .expect("complete");
+        let app = &state.apps["guestbook"];
+        assert_eq!(app.bundle.revision, "4567");
+        // Nothing to apply: the applied content is the same.
+        assert_eq!(app.applied_digest.as_deref(), Some("sha256:abc"));
+        // An index from an older hub (no revision) keeps the bundle's.
+        state
+            .merge(flotilla_proto::DesiredState {
+                generation: 5,
+                index: vec![app_ref("guestbook", "sha256:abc")],
+                ..Default::default()
+            })
+            .expect("complete");
+        assert_eq!(state.apps["guestbook"].bundle.revision, "4567");
+    }
+
+    #[test]
+    fn merge_keeps_the_hubs_deletion_decision() {
+        let deletion = |name: &str, policy: &str| flotilla_proto::AppDeletion {
+            name: name.into(),
+            propagation_policy: policy.into(),
+        };
+        // Deleted without cascade: the objects stay even though the policy
+        // prunes.
+        let mut state = sample();
+        state
+            .apps
+            .get_mut("guestbook")
+            .expect("app")
+            .bundle
+            .policy
+            .prune = true;
+        state
+            .merge(flotilla_proto::DesiredState {
+                generation: 4,
+                deletions: vec![deletion("guestbook", "orphan")],
+                ..Default::default()
+            })
+            .expect("complete");
+        assert_eq!(state.removed["guestbook"].removal(), None);
+
+        // Deleted with cascade: deleted even without prune.
+        let mut state = sample();
+        state
+            .merge(flotilla_proto::DesiredState {
+                generation: 4,
+                deletions: vec![deletion("guestbook", "background")],
+                ..Default::default()
+            })
+            .expect("complete");
+        assert_eq!(
+            state.removed["guestbook"].removal(),
+            Some(Removal::Cascade { foreground: false })
+        );
+
+        // No decision (an older hub): the last policy's prune decides; a
+        // decision sent with a later state still counts.
+        let mut state = sample();
+        state
+            .merge(flotilla_proto::DesiredState {
+                generation: 4,
+                ..Default::default()
+            })
+            .expect("complete");
+        assert_eq!(state.removed["guestbook"].removal(), None);
+        state
+            .merge(flotilla_proto::DesiredState {
+                generation: 5,
+                deletions: vec![deletion("guestbook", "foreground")],
+                ..Default::default()
+            })
+            .expect("complete");
+        assert_eq!(
+            state.removed["guestbook"].removal(),
+            Some(Removal::Cascade { foreground: true })
+        );
+        let mut pruning = RemovedApp::default();
+        pruning.policy.prune = true;
+        assert_eq!(pruning.removal(), Some(Removal::Prune));
     }
 
     #[test]

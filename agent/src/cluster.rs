@@ -377,6 +377,25 @@ impl Cluster {
         self.delete_with(r, key, true).await
     }
 
+    /// Deletes an object with `propagationPolicy: Foreground` (it goes
+    /// after the objects it owns) or `Background`; absent is fine.
+    ///
+    /// # Errors
+    /// When the API server refuses.
+    pub async fn delete_propagating(
+        &self,
+        r: &Resolved,
+        key: &ObjectKey,
+        foreground: bool,
+    ) -> Result<(), ClusterError> {
+        let params = if foreground {
+            DeleteParams::foreground()
+        } else {
+            DeleteParams::background()
+        };
+        self.delete_params(r, key, &params).await
+    }
+
     async fn delete_with(
         &self,
         r: &Resolved,
@@ -387,7 +406,16 @@ impl Cluster {
             dry_run,
             ..DeleteParams::background()
         };
-        match self.api(r, &key.namespace).delete(&key.name, &params).await {
+        self.delete_params(r, key, &params).await
+    }
+
+    async fn delete_params(
+        &self,
+        r: &Resolved,
+        key: &ObjectKey,
+        params: &DeleteParams,
+    ) -> Result<(), ClusterError> {
+        match self.api(r, &key.namespace).delete(&key.name, params).await {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
             Err(e) => Err(request_error("delete", key, &e)),

@@ -99,9 +99,14 @@ impl HealthRules {
         self.scripts.is_empty()
     }
 
-    /// Assesses a live object.
+    /// Assesses a live object: an object being deleted is "Pending
+    /// deletion" (before any script, as in Argo CD), then the custom check
+    /// for its kind, then the built-in rule.
     #[must_use]
     pub fn assess(&self, obj: &Value) -> Health {
+        if let Some(h) = health::pending_deletion(obj) {
+            return h;
+        }
         let group = obj
             .get("apiVersion")
             .and_then(Value::as_str)
@@ -115,6 +120,31 @@ impl HealthRules {
             }),
             None => health::assess(obj),
         }
+    }
+}
+
+impl HealthRules {
+    /// The health an object contributes to its application's status: as
+    /// [`HealthRules::assess`], except that an object annotated
+    /// `argocd.argoproj.io/ignore-healthcheck: "true"` is Healthy (it never
+    /// makes its application worse, as in Argo CD), with its assessed
+    /// health in the message. Sync waves still wait for the assessed
+    /// health, as Argo CD's do.
+    #[must_use]
+    pub fn assess_for_app(&self, obj: &Value) -> Health {
+        let assessed = self.assess(obj);
+        if !health::ignores_health_check(obj) {
+            return assessed;
+        }
+        let mut message = format!(
+            "not counted ({}=true); assessed {}",
+            health::IGNORE_HEALTHCHECK,
+            assessed.status
+        );
+        if !assessed.message.is_empty() {
+            message = format!("{message}: {}", assessed.message);
+        }
+        Health::new(HealthStatus::Healthy, message)
     }
 }
 
@@ -216,6 +246,45 @@ return hs
         // Other kinds keep the built-in rules.
         let pvc = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "status": {"phase": "Lost"}});
         assert_eq!(rules.assess(&pvc).status, HealthStatus::Degraded);
+    }
+
+    #[test]
+    fn deletion_comes_before_scripts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rules = load_rules(dir.path(), "_", "ConfigMap", "return {status = 'Degraded'}");
+        let cm = json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "c", "deletionTimestamp": "2026-01-01T00:00:00Z"}});
+        assert_eq!(
+            rules.assess(&cm),
+            Health::new(HealthStatus::Progressing, "Pending deletion")
+        );
+    }
+
+    #[test]
+    fn ignore_healthcheck_leaves_the_object_out_of_app_health_only() {
+        let rules = HealthRules::builtin();
+        let mut pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+            "spec": {"restartPolicy": "Always"},
+            "status": {"phase": "Running", "containerStatuses": [{"name": "c",
+                "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off"}}}]}});
+        assert_eq!(rules.assess_for_app(&pod).status, HealthStatus::Degraded);
+        for value in ["false", "True", ""] {
+            pod["metadata"]["annotations"] = json!({health::IGNORE_HEALTHCHECK: value});
+            assert_eq!(
+                rules.assess_for_app(&pod).status,
+                HealthStatus::Degraded,
+                "{value}"
+            );
+        }
+        pod["metadata"]["annotations"] = json!({health::IGNORE_HEALTHCHECK: "true"});
+        let h = rules.assess_for_app(&pod);
+        assert_eq!(h.status, HealthStatus::Healthy);
+        assert_eq!(
+            h.message,
+            "not counted (argocd.argoproj.io/ignore-healthcheck=true); assessed Degraded: back-off"
+        );
+        // Sync waves read the assessed health.
+        assert_eq!(rules.assess(&pod).status, HealthStatus::Degraded);
     }
 
     #[test]

@@ -9,6 +9,8 @@
 
 use serde_json::{Map, Value};
 
+use crate::redact;
+
 /// Metadata the server owns; never compared.
 const IGNORED_METADATA: &[&str] = &[
     "managedFields",
@@ -39,17 +41,20 @@ impl std::fmt::Display for FieldDrift {
 /// Lists the fields where `live` departs from the applied object `desired`.
 /// `ignore` holds JSON pointers (from `ignoreDifferences.jsonPointers`)
 /// that are skipped.
+///
+/// Secrets are compared with their values masked ([`redact::secret_pair`]:
+/// `stringData` folded into `data` as the server stores it, equal values
+/// under equal masks), so a drift line names the key that changed and
+/// never holds a value.
 #[must_use]
 pub fn diff(desired: &Value, live: &Value, ignore: &[String]) -> Vec<FieldDrift> {
     let mut out = Vec::new();
-    // A server that keeps stringData as written (some test servers do) is
-    // compared as is.
-    let normalized = if live.get("stringData").is_some() {
-        None
-    } else {
-        normalize_secret(desired)
+    let masked = (redact::is_secret(desired) || redact::is_secret(live))
+        .then(|| redact::secret_pair(desired, Some(live)));
+    let (desired, live) = match &masked {
+        Some((d, Some(l))) => (d, l),
+        _ => (desired, live),
     };
-    let desired = normalized.as_ref().unwrap_or(desired);
     let (Some(d), Some(l)) = (desired.as_object(), live.as_object()) else {
         return out;
     };
@@ -187,54 +192,6 @@ fn quantity(v: &Value) -> Option<f64> {
         return None;
     }
     number.parse::<f64>().ok().map(|n| n * factor)
-}
-
-/// A Secret's `stringData` is write-only: the server folds it into `data`
-/// (base64). Compare what the server will hold.
-fn normalize_secret(desired: &Value) -> Option<Value> {
-    if desired.get("kind").and_then(Value::as_str) != Some("Secret")
-        || desired.get("apiVersion").and_then(Value::as_str) != Some("v1")
-    {
-        return None;
-    }
-    let string_data = desired.get("stringData")?.as_object()?;
-    let mut out = desired.clone();
-    let root = out.as_object_mut()?;
-    let mut data = root
-        .get("data")
-        .and_then(Value::as_object)
-        .cloned()
-        .unwrap_or_default();
-    for (k, v) in string_data {
-        if let Some(text) = v.as_str() {
-            data.insert(k.clone(), Value::from(base64_encode(text.as_bytes())));
-        }
-    }
-    root.remove("stringData");
-    root.insert("data".to_owned(), Value::Object(data));
-    Some(out)
-}
-
-/// Standard base64 with padding.
-fn base64_encode(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 fn name_of(v: &Value) -> Option<&str> {
@@ -500,19 +457,45 @@ mod tests {
         let changed = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"},
             "data": {"password": "b3RoZXI=", "a": "YWI="}});
         assert_eq!(diff(&desired, &changed, &[])[0].path, "/data/password");
+        // A server that keeps stringData as written compares the same.
+        let kept = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"},
+            "stringData": {"password": "hunter2", "a": "ab"}});
+        assert_eq!(diff(&desired, &kept, &[]), vec![]);
     }
 
     #[test]
-    fn base64_matches_the_standard() {
-        for (plain, encoded) in [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foobar", "Zm9vYmFy"),
-        ] {
-            assert_eq!(base64_encode(plain.as_bytes()), encoded);
-        }
+    fn secret_drift_names_the_key_never_the_value() {
+        let desired = json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "s", "namespace": "n"},
+            "stringData": {"password": "hunter2", "user": "admin"}});
+        let mut live = json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "s", "namespace": "n", "annotations": {
+                "kubectl.kubernetes.io/last-applied-configuration":
+                    "{\"apiVersion\":\"v1\",\"kind\":\"Secret\",\"data\":{\"password\":\"b2xk\"}}"}},
+            "data": {"password": "cm90YXRlZC1pbi1jbHVzdGVy", "user": "YWRtaW4="}});
+        let drift = diff(&desired, &live, &[]);
+        let lines: Vec<String> = drift.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            lines,
+            vec![r#"/data/password: "++++++++" -> "++++++++++++""#]
+        );
+        // A key removed in the cluster.
+        live["data"] = json!({"user": "YWRtaW4="});
+        let lines: Vec<String> = diff(&desired, &live, &[])
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(lines, vec![r#"/data/password: "++++++++" -> <absent>"#]);
+        // All data gone.
+        live.as_object_mut().expect("object").remove("data");
+        let lines: Vec<String> = diff(&desired, &live, &[])
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            lines,
+            vec![r#"/data: {"password":"++++++++","user":"++++++++"} -> <absent>"#]
+        );
     }
 
     #[test]

@@ -1,12 +1,59 @@
-//! Health assessment per kind, compatible with Argo CD's statuses and rules.
+//! Health assessment per kind, with Argo CD's statuses, rules and messages.
 //!
-//! Every rule is a pure function from a live object (as JSON) to a
-//! [`Health`]. An object that does not exist is [`HealthStatus::Missing`];
-//! an object of a kind without a rule is Healthy, unless it carries `Ready`
-//! or `Available` conditions, which then decide.
+//! The rules are gitops-engine's `pkg/health` (one module per kind here,
+//! as there) plus the few Argo CD ships as built-in Lua scripts for core
+//! Kubernetes kinds (CustomResourceDefinition, CronJob,
+//! PodDisruptionBudget). Every rule is a pure function from a live object
+//! (as JSON) to a [`Health`]:
+//!
+//! - an object with a `deletionTimestamp` is Progressing, "Pending
+//!   deletion" (unless it holds Argo CD's hook finalizer);
+//! - a kind with a rule is assessed by it; an object the rule cannot read
+//!   (a field of the wrong type, a version the rule does not know) is
+//!   Unknown with the reason, as in gitops-engine;
+//! - a kind without a rule has no health in Argo CD and does not count
+//!   towards its application's; here it is Healthy with an empty message,
+//!   which aggregates the same way.
+//!
+//! [`aggregate`] is Argo CD's application health: the worst of the
+//! objects' health, where missing objects count only when every object is
+//! missing.
 
+mod apiservice;
+mod argo;
+mod crd;
+mod cronjob;
+mod daemonset;
+mod deployment;
+mod hpa;
+mod ingress;
+mod job;
+mod pdb;
+mod pod;
+mod pvc;
+mod replicaset;
+mod service;
+mod statefulset;
+
+use std::collections::BTreeMap;
+
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+/// Annotation that leaves an object out of its application's health
+/// (Argo CD's `AnnotationIgnoreHealthCheck`; only the value `"true"`).
+pub const IGNORE_HEALTHCHECK: &str = "argocd.argoproj.io/ignore-healthcheck";
+/// Annotation that makes a running Pod with `restartPolicy` OnFailure or
+/// Never assessed like a long-running one (not honoured on hook Pods).
+pub const IGNORE_RESTART_POLICY: &str = "argocd.argoproj.io/ignore-restart-policy";
+/// Argo CD's resource hook annotation.
+pub const HOOK: &str = "argocd.argoproj.io/hook";
+/// Helm's hook annotation, which Argo CD also reads.
+pub const HELM_HOOK: &str = "helm.sh/hook";
+/// Finalizer Argo CD puts on hooks; a deleted object holding it is still
+/// assessed by its rule (a hook's outcome is read before it goes).
+pub const HOOK_FINALIZER: &str = "argocd.argoproj.io/hook-finalizer";
 
 /// Argo CD-compatible health status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -108,14 +155,18 @@ pub struct Health {
 }
 
 impl Health {
-    fn new(status: HealthStatus, message: impl Into<String>) -> Self {
+    /// A status with a message.
+    #[must_use]
+    pub fn new(status: HealthStatus, message: impl Into<String>) -> Self {
         Self {
             status,
             message: message.into(),
         }
     }
 
-    fn healthy() -> Self {
+    /// Healthy, without a message.
+    #[must_use]
+    pub fn healthy() -> Self {
         Self::new(HealthStatus::Healthy, "")
     }
 
@@ -126,430 +177,231 @@ impl Health {
     }
 }
 
+/// Why a rule could not assess an object: the object is then Unknown with
+/// this message (gitops-engine's wording).
+#[derive(Debug, thiserror::Error)]
+pub enum HealthError {
+    /// A field the rule reads has the wrong type.
+    #[error("failed to convert unstructured {kind} to typed: {error}")]
+    Convert {
+        /// The kind the rule is for.
+        kind: &'static str,
+        /// What did not fit.
+        error: serde_json::Error,
+    },
+    /// The rule knows the kind's group but not this version.
+    #[error("unsupported {kind} GVK: {gvk}")]
+    UnsupportedVersion {
+        /// The short kind name the rule uses in its messages.
+        kind: &'static str,
+        /// The object's group/version and kind, as Go prints them.
+        gvk: String,
+    },
+    /// `autoscaling/v1` HPA conditions annotation that is not a JSON list
+    /// of conditions.
+    #[error("failed to convert conditions annotation to typed: {error}")]
+    ConditionsAnnotation {
+        /// What did not parse.
+        error: serde_json::Error,
+    },
+}
+
+/// An object's group, version and kind, read from `apiVersion` and `kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Gvk<'a> {
+    pub group: &'a str,
+    pub version: &'a str,
+    pub kind: &'a str,
+}
+
+impl<'a> Gvk<'a> {
+    fn of(obj: &'a Value) -> Self {
+        let api_version = obj.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+        let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+        Self {
+            group,
+            version,
+            kind: obj.get("kind").and_then(Value::as_str).unwrap_or(""),
+        }
+    }
+
+    /// The error for a version of a known kind that the rule does not read.
+    fn unsupported(self, kind: &'static str) -> HealthError {
+        HealthError::UnsupportedVersion {
+            kind,
+            gvk: self.to_string(),
+        }
+    }
+}
+
+/// Go's `GroupVersionKind.String()`: `apps/v1, Kind=Deployment`,
+/// `/v1, Kind=Pod`.
+impl std::fmt::Display for Gvk<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}, Kind={}", self.group, self.version, self.kind)
+    }
+}
+
+type Rule = fn(&Value, Gvk<'_>) -> Result<Health, HealthError>;
+
+/// The built-in rule for a group and kind (any version: a rule that reads
+/// only some versions refuses the others itself, as gitops-engine does).
+fn rule_for(gvk: Gvk<'_>) -> Option<Rule> {
+    Some(match (gvk.group, gvk.kind) {
+        ("apps", "Deployment") => deployment::health,
+        ("apps", "StatefulSet") => statefulset::health,
+        ("apps", "ReplicaSet") => replicaset::health,
+        ("apps", "DaemonSet") => daemonset::health,
+        ("extensions" | "networking.k8s.io", "Ingress") => ingress::health,
+        ("argoproj.io", "Workflow") => argo::workflow_health,
+        ("apiregistration.k8s.io", "APIService") => apiservice::health,
+        ("", "Service") => service::health,
+        ("", "PersistentVolumeClaim") => pvc::health,
+        ("", "Pod") => pod::health,
+        ("batch", "Job") => job::health,
+        ("autoscaling", "HorizontalPodAutoscaler") => hpa::health,
+        // Argo CD's built-in Lua health checks for core kinds.
+        ("apiextensions.k8s.io", "CustomResourceDefinition") => crd::health,
+        ("batch", "CronJob") => cronjob::health,
+        ("policy", "PodDisruptionBudget") => pdb::health,
+        _ => return None,
+    })
+}
+
+/// The built-in rule's health of a live object, or `None` when no rule
+/// covers its kind (Argo CD then shows no health). Does not look at
+/// `deletionTimestamp`; see [`assess`].
+#[must_use]
+pub fn builtin(obj: &Value) -> Option<Health> {
+    let gvk = Gvk::of(obj);
+    let rule = rule_for(gvk)?;
+    Some(rule(obj, gvk).unwrap_or_else(|e| Health::new(HealthStatus::Unknown, e.to_string())))
+}
+
+/// Progressing "Pending deletion" for an object being deleted, unless it
+/// holds the hook finalizer (Argo CD then reads the hook's outcome).
+#[must_use]
+pub fn pending_deletion(obj: &Value) -> Option<Health> {
+    let deleting = obj
+        .pointer("/metadata/deletionTimestamp")
+        .is_some_and(|v| !v.is_null());
+    let hook_finalizer = obj
+        .pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .is_some_and(|f| f.iter().any(|f| f.as_str() == Some(HOOK_FINALIZER)));
+    (deleting && !hook_finalizer)
+        .then(|| Health::new(HealthStatus::Progressing, "Pending deletion"))
+}
+
 /// Assesses a live object's health with the rule for its kind.
 #[must_use]
 pub fn assess(obj: &Value) -> Health {
-    let group = obj
-        .get("apiVersion")
-        .and_then(Value::as_str)
-        .map(|v| v.rsplit_once('/').map_or("", |(g, _)| g))
-        .unwrap_or("");
-    let kind = str_at(obj, &["kind"]).unwrap_or("");
-    if obj
-        .pointer("/metadata/deletionTimestamp")
-        .is_some_and(|v| !v.is_null())
-    {
-        return Health::new(HealthStatus::Progressing, "Pending deletion");
-    }
-    match (group, kind) {
-        ("apps" | "extensions", "Deployment") => deployment(obj),
-        ("apps", "StatefulSet") => stateful_set(obj),
-        ("apps" | "extensions", "DaemonSet") => daemon_set(obj),
-        ("apps" | "extensions", "ReplicaSet") => replica_set(obj),
-        ("", "Pod") => pod(obj),
-        ("", "Service") => service(obj),
-        ("", "PersistentVolumeClaim") => pvc(obj),
-        ("networking.k8s.io" | "extensions", "Ingress") => ingress(obj),
-        ("batch", "Job") => job(obj),
-        ("autoscaling", "HorizontalPodAutoscaler") => hpa(obj),
-        ("apiregistration.k8s.io", "APIService") => api_service(obj),
-        ("apiextensions.k8s.io", "CustomResourceDefinition") => crd(obj),
-        _ => generic(obj),
-    }
+    pending_deletion(obj)
+        .or_else(|| builtin(obj))
+        .unwrap_or_else(Health::healthy)
 }
 
-/// The application's health: the worst of its objects' health.
+/// Whether the object asks to be left out of its application's health
+/// (`argocd.argoproj.io/ignore-healthcheck: "true"`).
+#[must_use]
+pub fn ignores_health_check(obj: &Value) -> bool {
+    annotation(obj, IGNORE_HEALTHCHECK) == Some("true")
+}
+
+/// Whether the object is a resource hook, as gitops-engine's `hook.IsHook`
+/// decides: an `argocd.argoproj.io/hook` annotation other than `Skip`
+/// alone, or a Helm hook annotation other than `crd-install`.
+#[must_use]
+pub fn is_hook(obj: &Value) -> bool {
+    if let Some(value) = annotation(obj, HOOK) {
+        let types = hook_types(value);
+        return !(types.len() == 1 && types[0] == "Skip");
+    }
+    annotation(obj, HELM_HOOK).is_some_and(|v| v != "crd-install")
+}
+
+/// The known hook types of a comma-separated hook annotation, deduplicated.
+fn hook_types(value: &str) -> Vec<&str> {
+    const TYPES: &[&str] = &[
+        "PreSync",
+        "Sync",
+        "PostSync",
+        "SyncFail",
+        "PostDelete",
+        "Skip",
+    ];
+    let mut out: Vec<&str> = Vec::new();
+    for t in value.split(',').map(str::trim) {
+        if TYPES.contains(&t) && !out.contains(&t) {
+            out.push(t);
+        }
+    }
+    out
+}
+
+fn annotation<'a>(obj: &'a Value, key: &str) -> Option<&'a str> {
+    obj.pointer("/metadata/annotations")?.get(key)?.as_str()
+}
+
+/// The application's health, as Argo CD aggregates it: the worst of its
+/// objects' health, where a missing object does not count (the sync status
+/// already says it is missing) unless every object is missing. An
+/// application without objects is Healthy.
 #[must_use]
 pub fn aggregate<'a>(items: impl IntoIterator<Item = &'a Health>) -> HealthStatus {
-    items
-        .into_iter()
-        .fold(HealthStatus::Healthy, |acc, h| acc.worst(h.status))
-}
-
-fn str_at<'a>(obj: &'a Value, path: &[&str]) -> Option<&'a str> {
-    at(obj, path).and_then(Value::as_str)
-}
-
-fn at<'a>(obj: &'a Value, path: &[&str]) -> Option<&'a Value> {
-    path.iter().try_fold(obj, |v, k| v.get(k))
-}
-
-fn int_at(obj: &Value, path: &[&str]) -> Option<i64> {
-    at(obj, path).and_then(Value::as_i64)
-}
-
-fn bool_at(obj: &Value, path: &[&str]) -> bool {
-    at(obj, path).and_then(Value::as_bool).unwrap_or(false)
-}
-
-fn name_of(obj: &Value) -> &str {
-    str_at(obj, &["metadata", "name"]).unwrap_or("")
-}
-
-/// A condition from `status.conditions` by type.
-fn condition<'a>(obj: &'a Value, ty: &str) -> Option<&'a Value> {
-    at(obj, &["status", "conditions"])?
-        .as_array()?
-        .iter()
-        .find(|c| c.get("type").and_then(Value::as_str) == Some(ty))
-}
-
-fn cond_str<'a>(c: &'a Value, field: &str) -> &'a str {
-    c.get(field).and_then(Value::as_str).unwrap_or("")
-}
-
-/// Whether the controller has seen the latest spec.
-fn generation_observed(obj: &Value) -> bool {
-    let generation = int_at(obj, &["metadata", "generation"]).unwrap_or(0);
-    let observed = int_at(obj, &["status", "observedGeneration"]).unwrap_or(0);
-    generation <= observed
-}
-
-fn deployment(obj: &Value) -> Health {
-    use HealthStatus::{Degraded, Healthy, Progressing, Suspended};
-    if bool_at(obj, &["spec", "paused"]) {
-        return Health::new(Suspended, "Deployment is paused");
-    }
-    if !generation_observed(obj) {
-        return Health::new(
-            Progressing,
-            "Waiting for rollout to finish: observed deployment generation less than desired generation",
-        );
-    }
-    if let Some(c) = condition(obj, "Progressing")
-        && cond_str(c, "reason") == "ProgressDeadlineExceeded"
-    {
-        let message = match cond_str(c, "message") {
-            "" => format!(
-                "Deployment {:?} exceeded its progress deadline",
-                name_of(obj)
-            ),
-            m => m.to_owned(),
-        };
-        return Health::new(Degraded, message);
-    }
-    let replicas = int_at(obj, &["spec", "replicas"]).unwrap_or(1);
-    let updated = int_at(obj, &["status", "updatedReplicas"]).unwrap_or(0);
-    let total = int_at(obj, &["status", "replicas"]).unwrap_or(0);
-    let available = int_at(obj, &["status", "availableReplicas"]).unwrap_or(0);
-    if updated < replicas {
-        return Health::new(
-            Progressing,
-            format!(
-                "Waiting for rollout to finish: {updated} out of {replicas} new replicas have been updated..."
-            ),
-        );
-    }
-    if total > updated {
-        return Health::new(
-            Progressing,
-            format!(
-                "Waiting for rollout to finish: {} old replicas are pending termination...",
-                total - updated
-            ),
-        );
-    }
-    if available < updated {
-        return Health::new(
-            Progressing,
-            format!(
-                "Waiting for rollout to finish: {available} of {updated} updated replicas are available..."
-            ),
-        );
-    }
-    Health::new(Healthy, "")
-}
-
-fn stateful_set(obj: &Value) -> Health {
-    use HealthStatus::{Healthy, Progressing};
-    let observed = int_at(obj, &["status", "observedGeneration"]).unwrap_or(0);
-    if observed == 0 || !generation_observed(obj) {
-        return Health::new(
-            Progressing,
-            "Waiting for statefulset spec update to be observed...",
-        );
-    }
-    let replicas = int_at(obj, &["spec", "replicas"]).unwrap_or(1);
-    let ready = int_at(obj, &["status", "readyReplicas"]).unwrap_or(0);
-    let updated = int_at(obj, &["status", "updatedReplicas"]).unwrap_or(0);
-    let strategy = str_at(obj, &["spec", "updateStrategy", "type"]).unwrap_or("RollingUpdate");
-    if strategy == "OnDelete" {
-        return Health::new(Healthy, format!("statefulset has {ready} ready pods"));
-    }
-    if let Some(partition) = int_at(
-        obj,
-        &["spec", "updateStrategy", "rollingUpdate", "partition"],
-    ) && partition > 0
-    {
-        if updated < replicas - partition {
-            return Health::new(
-                Progressing,
-                format!(
-                    "Waiting for partitioned roll out to finish: {updated} out of {} new pods have been updated...",
-                    replicas - partition
-                ),
-            );
+    let mut any = false;
+    let mut present = false;
+    let mut worst = HealthStatus::Healthy;
+    for h in items {
+        any = true;
+        if h.status == HealthStatus::Missing {
+            continue;
         }
-        return Health::new(
-            Healthy,
-            format!("partitioned roll out complete: {updated} new pods have been updated..."),
-        );
+        present = true;
+        worst = worst.worst(h.status);
     }
-    if ready < replicas {
-        return Health::new(
-            Progressing,
-            format!("Waiting for {} pods to be ready...", replicas - ready),
-        );
-    }
-    if updated < replicas {
-        return Health::new(
-            Progressing,
-            format!(
-                "Waiting for rolling update to complete: {updated} out of {replicas} pods updated..."
-            ),
-        );
-    }
-    let current = str_at(obj, &["status", "currentRevision"]).unwrap_or("");
-    let update = str_at(obj, &["status", "updateRevision"]).unwrap_or("");
-    if current != update {
-        return Health::new(
-            Progressing,
-            format!(
-                "waiting for statefulset rolling update to complete {updated} pods at revision {update}..."
-            ),
-        );
-    }
-    Health::new(
-        Healthy,
-        format!("statefulset rolling update complete {ready} pods at revision {current}..."),
-    )
-}
-
-fn daemon_set(obj: &Value) -> Health {
-    use HealthStatus::{Healthy, Progressing};
-    if !generation_observed(obj) {
-        return Health::new(
-            Progressing,
-            "Waiting for rollout to finish: observed daemon set generation less than desired generation",
-        );
-    }
-    let desired = int_at(obj, &["status", "desiredNumberScheduled"]).unwrap_or(0);
-    let updated = int_at(obj, &["status", "updatedNumberScheduled"]).unwrap_or(0);
-    let available = int_at(obj, &["status", "numberAvailable"]).unwrap_or(0);
-    let name = name_of(obj);
-    if str_at(obj, &["spec", "updateStrategy", "type"]) == Some("OnDelete") {
-        return Health::new(
-            Healthy,
-            format!("daemon set {updated} out of {desired} new pods have been updated"),
-        );
-    }
-    if updated < desired {
-        return Health::new(
-            Progressing,
-            format!(
-                "Waiting for daemon set {name:?} rollout to finish: {updated} out of {desired} new pods have been updated..."
-            ),
-        );
-    }
-    if available < desired {
-        return Health::new(
-            Progressing,
-            format!(
-                "Waiting for daemon set {name:?} rollout to finish: {available} of {desired} updated pods are available..."
-            ),
-        );
-    }
-    Health::healthy()
-}
-
-fn replica_set(obj: &Value) -> Health {
-    use HealthStatus::{Degraded, Progressing};
-    if !generation_observed(obj) {
-        return Health::new(
-            Progressing,
-            "Waiting for rollout to finish: observed replica set generation less than desired generation",
-        );
-    }
-    if let Some(c) = condition(obj, "ReplicaFailure")
-        && cond_str(c, "status") == "True"
-    {
-        return Health::new(Degraded, cond_str(c, "message"));
-    }
-    let replicas = int_at(obj, &["spec", "replicas"]).unwrap_or(1);
-    let available = int_at(obj, &["status", "availableReplicas"]).unwrap_or(0);
-    if available < replicas {
-        return Health::new(
-            Progressing,
-            format!(
-                "Waiting for rollout to finish: {available} out of {replicas} new replicas are available..."
-            ),
-        );
-    }
-    Health::healthy()
-}
-
-/// Container waiting reasons that will not resolve without a change.
-const POD_ERROR_REASONS: &[&str] = &[
-    "CrashLoopBackOff",
-    "ErrImagePull",
-    "ImagePullBackOff",
-    "InvalidImageName",
-    "CreateContainerConfigError",
-    "CreateContainerError",
-    "RunContainerError",
-];
-
-fn pod(obj: &Value) -> Health {
-    use HealthStatus::{Degraded, Healthy, Progressing, Unknown};
-    let message = str_at(obj, &["status", "message"]).unwrap_or("").to_owned();
-    let waiting_error = ["initContainerStatuses", "containerStatuses"]
-        .iter()
-        .filter_map(|f| at(obj, &["status", f]).and_then(Value::as_array))
-        .flatten()
-        .filter_map(|s| at(s, &["state", "waiting"]))
-        .find(|w| {
-            w.get("reason")
-                .and_then(Value::as_str)
-                .is_some_and(|r| POD_ERROR_REASONS.contains(&r) || r.starts_with("Err"))
-        })
-        .map(|w| {
-            let reason = cond_str(w, "reason");
-            match cond_str(w, "message") {
-                "" => reason.to_owned(),
-                m => format!("{reason}: {m}"),
-            }
-        });
-    match str_at(obj, &["status", "phase"]).unwrap_or("Pending") {
-        "Pending" => match waiting_error {
-            Some(m) => Health::new(Degraded, m),
-            None => Health::new(Progressing, message),
-        },
-        "Succeeded" => Health::new(Healthy, message),
-        "Failed" => Health::new(Degraded, message),
-        "Running" => {
-            let restart = str_at(obj, &["spec", "restartPolicy"]).unwrap_or("Always");
-            if restart != "Always" {
-                return Health::new(Progressing, message);
-            }
-            if let Some(m) = waiting_error {
-                return Health::new(Degraded, m);
-            }
-            match condition(obj, "Ready") {
-                Some(c) if cond_str(c, "status") == "True" => Health::new(Healthy, message),
-                _ => Health::new(Progressing, message),
-            }
-        }
-        _ => Health::new(Unknown, message),
-    }
-}
-
-fn has_lb_ingress(obj: &Value) -> bool {
-    at(obj, &["status", "loadBalancer", "ingress"])
-        .and_then(Value::as_array)
-        .is_some_and(|a| !a.is_empty())
-}
-
-fn service(obj: &Value) -> Health {
-    if str_at(obj, &["spec", "type"]) == Some("LoadBalancer") && !has_lb_ingress(obj) {
-        return Health::new(
-            HealthStatus::Progressing,
-            "Waiting for a load balancer address",
-        );
-    }
-    Health::healthy()
-}
-
-fn ingress(obj: &Value) -> Health {
-    if has_lb_ingress(obj) {
-        Health::healthy()
+    if any && !present {
+        HealthStatus::Missing
     } else {
-        Health::new(
-            HealthStatus::Progressing,
-            "Waiting for a load balancer address",
-        )
+        worst
     }
 }
 
-fn pvc(obj: &Value) -> Health {
-    use HealthStatus::{Degraded, Healthy, Progressing, Unknown};
-    match str_at(obj, &["status", "phase"]) {
-        Some("Bound") => Health::new(Healthy, ""),
-        Some("Pending") => Health::new(Progressing, ""),
-        Some("Lost") => Health::new(Degraded, ""),
-        _ => Health::new(Unknown, ""),
+/// Reads an object into a rule's typed view of it (gitops-engine converts
+/// unstructured objects to typed ones the same way: unknown fields are
+/// ignored, wrong types are an error).
+fn typed<T: DeserializeOwned>(obj: &Value, kind: &'static str) -> Result<T, HealthError> {
+    T::deserialize(obj).map_err(|error| HealthError::Convert { kind, error })
+}
+
+/// The metadata the rules read.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Meta {
+    name: String,
+    generation: i64,
+    annotations: Option<BTreeMap<String, String>>,
+}
+
+impl Meta {
+    fn annotation(&self, key: &str) -> Option<&str> {
+        self.annotations.as_ref()?.get(key).map(String::as_str)
     }
 }
 
-fn job(obj: &Value) -> Health {
-    use HealthStatus::{Degraded, Healthy, Progressing, Suspended};
-    for ty in ["Failed", "FailureTarget"] {
-        if let Some(c) = condition(obj, ty)
-            && cond_str(c, "status") == "True"
-        {
-            return Health::new(Degraded, cond_str(c, "message"));
-        }
-    }
-    if let Some(c) = condition(obj, "Complete")
-        && cond_str(c, "status") == "True"
-    {
-        return Health::new(Healthy, cond_str(c, "message"));
-    }
-    if bool_at(obj, &["spec", "suspend"]) {
-        return Health::new(Suspended, "Job is suspended");
-    }
-    Health::new(Progressing, "Job is running")
+/// A status condition, of any kind's status.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(default)]
+struct Condition {
+    #[serde(rename = "type")]
+    type_: String,
+    status: String,
+    reason: String,
+    message: String,
 }
 
-fn hpa(obj: &Value) -> Health {
-    use HealthStatus::{Degraded, Healthy, Progressing};
-    let Some(conditions) = at(obj, &["status", "conditions"]).and_then(Value::as_array) else {
-        return Health::new(Progressing, "Waiting to Autoscale");
-    };
-    for c in conditions {
-        let failing = cond_str(c, "status") == "False"
-            && matches!(cond_str(c, "type"), "AbleToScale" | "ScalingActive")
-            && cond_str(c, "reason").starts_with("Failed");
-        if failing {
-            return Health::new(Degraded, cond_str(c, "message"));
-        }
-    }
-    match condition(obj, "AbleToScale") {
-        Some(c) if cond_str(c, "status") == "True" => Health::new(Healthy, cond_str(c, "message")),
-        _ => Health::new(Progressing, "Waiting to Autoscale"),
-    }
-}
-
-fn api_service(obj: &Value) -> Health {
-    match condition(obj, "Available") {
-        Some(c) if cond_str(c, "status") == "True" => {
-            Health::new(HealthStatus::Healthy, cond_str(c, "message"))
-        }
-        Some(c) => Health::new(HealthStatus::Progressing, cond_str(c, "message")),
-        None => Health::new(HealthStatus::Progressing, "Waiting to be processed"),
-    }
-}
-
-fn crd(obj: &Value) -> Health {
-    match condition(obj, "Established") {
-        Some(c) if cond_str(c, "status") == "True" => Health::healthy(),
-        Some(c) => Health::new(HealthStatus::Progressing, cond_str(c, "message")),
-        None => Health::new(HealthStatus::Progressing, "Waiting to be established"),
-    }
-}
-
-/// Objects without a kind rule: `Ready` or `Available` conditions decide
-/// when present (False is Degraded, Unknown is Progressing); otherwise an
-/// existing object is Healthy.
-fn generic(obj: &Value) -> Health {
-    let Some(c) = condition(obj, "Ready").or_else(|| condition(obj, "Available")) else {
-        return Health::healthy();
-    };
-    let message = cond_str(c, "message");
-    match cond_str(c, "status") {
-        "True" => Health::new(HealthStatus::Healthy, message),
-        "False" => Health::new(HealthStatus::Degraded, message),
-        _ => Health::new(HealthStatus::Progressing, message),
-    }
+fn find<'a>(conditions: &'a [Condition], ty: &str) -> Option<&'a Condition> {
+    conditions.iter().find(|c| c.type_ == ty)
 }
 
 #[cfg(test)]
@@ -570,16 +422,81 @@ mod tests {
     }
 
     #[test]
-    fn aggregate_of_nothing_is_healthy() {
-        assert_eq!(aggregate([]), HealthStatus::Healthy);
-        let items = [Health::healthy(), Health::missing()];
-        assert_eq!(aggregate(&items), HealthStatus::Missing);
+    fn missing_objects_count_only_when_all_are_missing() {
+        use HealthStatus::*;
+        assert_eq!(aggregate([]), Healthy);
+        let h = |s| Health::new(s, "");
+        assert_eq!(aggregate(&[h(Healthy), h(Missing)]), Healthy);
+        assert_eq!(aggregate(&[h(Progressing), h(Missing)]), Progressing);
+        assert_eq!(aggregate(&[h(Missing), h(Missing)]), Missing);
+        assert_eq!(
+            aggregate(&[h(Missing), h(Degraded), h(Suspended)]),
+            Degraded
+        );
     }
 
     #[test]
-    fn deployment_without_status_is_progressing() {
+    fn kinds_without_a_rule_have_no_builtin_health() {
+        for obj in [
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}}),
+            json!({"apiVersion": "argoproj.io/v1alpha1", "kind": "Application",
+                "status": {"health": {"status": "Degraded"}}}),
+            // Argo CD has no generic condition rule.
+            json!({"apiVersion": "example.com/v1", "kind": "Widget",
+                "status": {"conditions": [{"type": "Ready", "status": "False"}]}}),
+            // Only apps/* Deployments have a rule.
+            json!({"apiVersion": "extensions/v1beta1", "kind": "Deployment"}),
+        ] {
+            assert_eq!(builtin(&obj), None, "{obj}");
+            assert_eq!(assess(&obj), Health::healthy(), "{obj}");
+        }
+    }
+
+    #[test]
+    fn deletion_is_pending_unless_the_hook_finalizer_holds_it() {
+        let mut pod = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "deletionTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {"restartPolicy": "Never"}, "status": {"phase": "Succeeded"}});
+        assert_eq!(
+            assess(&pod),
+            Health::new(HealthStatus::Progressing, "Pending deletion")
+        );
+        pod["metadata"]["finalizers"] = json!([HOOK_FINALIZER]);
+        assert_eq!(assess(&pod).status, HealthStatus::Healthy);
+    }
+
+    #[test]
+    fn hooks_are_recognised_as_gitops_engine_does() {
+        let with = |annotations: Value| json!({"metadata": {"annotations": annotations}});
+        assert!(is_hook(&with(json!({HOOK: "PreSync"}))));
+        assert!(is_hook(&with(json!({HOOK: "PreSync,Skip"}))));
+        assert!(is_hook(&with(json!({HOOK: "bogus"}))));
+        assert!(!is_hook(&with(json!({HOOK: "Skip"}))));
+        assert!(!is_hook(&with(json!({HOOK: " Skip , Skip"}))));
+        assert!(is_hook(&with(json!({HELM_HOOK: "pre-install"}))));
+        assert!(!is_hook(&with(json!({HELM_HOOK: "crd-install"}))));
+        assert!(!is_hook(&json!({"metadata": {}})));
+    }
+
+    #[test]
+    fn gvk_prints_as_go_does() {
+        let obj = json!({"apiVersion": "v1", "kind": "Pod"});
+        assert_eq!(Gvk::of(&obj).to_string(), "/v1, Kind=Pod");
+        let obj = json!({"apiVersion": "apps/v1beta2", "kind": "Deployment"});
+        assert_eq!(Gvk::of(&obj).to_string(), "apps/v1beta2, Kind=Deployment");
+    }
+
+    #[test]
+    fn a_field_of_the_wrong_type_is_unknown_with_the_reason() {
         let obj = json!({"apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": {"name": "a", "generation": 1}, "spec": {"replicas": 1}});
-        assert_eq!(assess(&obj).status, HealthStatus::Progressing);
+            "metadata": {"name": "d"}, "spec": {"replicas": "two"}});
+        let h = assess(&obj);
+        assert_eq!(h.status, HealthStatus::Unknown);
+        assert!(
+            h.message
+                .starts_with("failed to convert unstructured Deployment to typed: "),
+            "{}",
+            h.message
+        );
     }
 }

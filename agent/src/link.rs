@@ -266,6 +266,8 @@ impl Link {
                 .map(|a| AppRef {
                     name: a.bundle.name.clone(),
                     digest: a.bundle.digest.clone(),
+                    // The hub needs only the digests.
+                    revision: String::new(),
                 })
                 .collect(),
             claimed_cluster: self.cluster.clone(),

@@ -144,6 +144,7 @@ fn desired(generation: u64, index: &[(&str, &str)], bundles: Vec<AppBundle>) -> 
                 .map(|(n, d)| AppRef {
                     name: (*n).into(),
                     digest: (*d).into(),
+                    ..Default::default()
                 })
                 .collect(),
             bundles,
@@ -243,7 +244,8 @@ async fn link_resumes_acknowledges_and_asks_again_when_incomplete() {
         hello.apps,
         vec![AppRef {
             name: "a".into(),
-            digest: "d1".into()
+            digest: "d1".into(),
+            ..Default::default()
         }]
     );
     let (_, ack) = next(&mut seen).await;

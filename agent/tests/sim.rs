@@ -459,7 +459,7 @@ async fn failing_deployment_turns_degraded_with_the_controller_message() {
     let res = &s.resources[0];
     assert_eq!(res.health, HealthStatus::Degraded as i32);
     assert!(
-        res.message.contains("timed out progressing"),
+        res.message.contains("exceeded its progress deadline"),
         "{}",
         res.message
     );

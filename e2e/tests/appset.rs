@@ -1,8 +1,9 @@
 //! ApplicationSets end to end: a `clusters` generator selecting env=prod;
 //! labelling clusters with the `flotilla` CLI makes their applications
 //! appear and sync (kubectl sees the objects), removing the label removes
-//! the application and prunes its objects, and a generator error (Git
-//! unreachable) deletes nothing.
+//! the application and prunes its objects, removing another within the
+//! deletion budget's window is held until confirmed, and a generator error
+//! (Git unreachable) deletes nothing.
 
 use std::io::{Read as _, Write as _};
 use std::time::Duration;
@@ -267,7 +268,27 @@ async fn cluster_labels_drive_an_application_set() -> anyhow::Result<()> {
         out.contains("\"preserveResourcesOnDeletion\": true"),
         "{out}"
     );
+    // Removing a second cluster within the hour makes 2 of the 3 the set
+    // had: over the deletion budget's window, so it is held (and still
+    // listed) until confirmed, however slowly the clusters go one by one.
     cli(&fleet, &["cluster", "label", "sim-2", "env-"])?;
+    eventually("prod-marker-sim-2 held", CONVERGE, || async {
+        let s = appset_json(&fleet, "prod-marker").map_err(|e| e.to_string())?;
+        if s["pendingDeletions"] == serde_json::json!(["prod-marker-sim-2"]) {
+            Ok(())
+        } else {
+            Err(s.to_string())
+        }
+    })
+    .await?;
+    let s = two_more_evaluations(&fleet, "prod-marker").await?;
+    assert_eq!(
+        s["applications"],
+        serde_json::json!(["prod-marker-sim-1", "prod-marker-sim-2"])
+    );
+    assert!(s["conditions"].to_string().contains("DeletionHeld"), "{s}");
+    fleet.app("prod-marker-sim-2").await?;
+    cli(&fleet, &["appset", "confirm", "prod-marker"])?;
     wait_apps(&fleet, "prod-marker", &["prod-marker-sim-1"]).await?;
     eventually("prod-marker-sim-2 deleted", CONVERGE, || async {
         match fleet.app("prod-marker-sim-2").await {

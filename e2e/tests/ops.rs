@@ -681,7 +681,20 @@ spec:
     )?;
     assert!(ok, "rollback: {out}{err}");
     assert_eq!(greeting(&fleet, "sim-1")?.as_deref(), Some("one"));
-    fleet.wait_synced("manual", "sim-1", &c1, CONVERGE).await?;
+    // Pinned to c1 while Git is at c2: OutOfSync against Git, as Argo CD
+    // shows a rolled-back application (tests/lifecycle.rs has the rest).
+    eventually("manual pinned at c1, OutOfSync", CONVERGE, || async {
+        let s = fleet
+            .status("manual", "sim-1")
+            .await
+            .map_err(|e| e.to_string())?;
+        if s.revision == c1 && s.message.starts_with("pinned to") {
+            Ok(())
+        } else {
+            Err(format!("{} {:?}", s.revision, s.message))
+        }
+    })
+    .await?;
     let (ok, out, err) = cli(&fleet, &["app", "history", "manual"])?;
     assert!(ok, "{err}");
     assert!(out.contains("ID") && out.contains("INITIATED BY"), "{out}");

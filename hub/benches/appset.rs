@@ -85,6 +85,7 @@ fn inventory(n: usize) -> Vec<ClusterInfo> {
                 ("region".to_owned(), regions[(i / 3) % 3].to_owned()),
             ]),
             annotations: BTreeMap::new(),
+            project: String::new(),
         })
         .collect()
 }

@@ -62,11 +62,14 @@ fn origin(parent: &str) -> String {
 
 /// The origin of an application or set written through the API over one
 /// with origin `existing`: a child of an in-hub application stays its
-/// child (an edit, which the parent's `selfHeal` undoes), anything else
-/// becomes `api`.
+/// child (an edit, which the parent's `selfHeal` undoes), an application an
+/// ApplicationSet generated stays the set's, anything else becomes `api`.
 pub fn origin_after_api_edit(existing: Option<&str>) -> String {
     match existing {
-        Some(o) if o.starts_with("app:") => o.to_owned(),
+        // An edit of an application an ApplicationSet generated stays the
+        // set's (undone at its next evaluation except for the fields it
+        // preserves or ignores, as in Argo CD).
+        Some(o) if o.starts_with("app:") || o.starts_with("appset:") => o.to_owned(),
         _ => "api".to_owned(),
     }
 }
@@ -934,7 +937,7 @@ mod tests {
     #[test]
     fn api_edits_keep_a_child_with_its_parent() {
         assert_eq!(origin_after_api_edit(Some("app:root")), "app:root");
-        assert_eq!(origin_after_api_edit(Some("appset:s")), "api");
+        assert_eq!(origin_after_api_edit(Some("appset:s")), "appset:s");
         assert_eq!(origin_after_api_edit(Some("git:file:///r:a.yaml")), "api");
         assert_eq!(origin_after_api_edit(None), "api");
     }

@@ -2,9 +2,17 @@
 //! which bundle; generation counters; change notification to open streams.
 //!
 //! A bundle is per application and shared by every cluster it targets. Each
-//! cluster's desired state is its *index* (application → digest); the
-//! cluster's generation is bumped only when that index changes, so a commit
-//! that changes nothing for a cluster sends it nothing.
+//! cluster's desired state is its *index* (application → digest and
+//! revision); the cluster's generation is bumped only when that index
+//! changes. A commit that leaves an application's content alone moves only
+//! its revision: the agents get the index, no bundle, and apply nothing, but
+//! report the new commit (as Argo CD shows every application at the commit
+//! it compared against).
+//!
+//! An application deleted from a cluster's index leaves a
+//! [`PendingDeletion`] saying what happens to its objects (cascade with a
+//! propagation, or orphan), sent with the index until the agent
+//! acknowledges a generation at or after it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -13,9 +21,47 @@ use prost::Message;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
+use crate::deletion::{PendingDeletion, Propagation};
 use crate::model::{self, Application};
 use crate::store::{AppRecord, ClusterRecord, Store, StoreError};
 use flotilla_proto as pb;
+
+/// One application in a cluster's index.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IndexEntry {
+    /// Its bundle's content digest.
+    pub digest: String,
+    /// The commit the hub compared it against (may be newer than the
+    /// bundle's own revision when the content did not change).
+    pub revision: String,
+}
+
+/// A cluster's index: application → entry.
+pub type Index = BTreeMap<String, IndexEntry>;
+
+fn index_of(rec: &ClusterRecord) -> Index {
+    rec.desired_index
+        .iter()
+        .map(|(name, digest)| {
+            let revision = rec.desired_revisions.get(name).cloned().unwrap_or_default();
+            (
+                name.clone(),
+                IndexEntry {
+                    digest: digest.clone(),
+                    revision,
+                },
+            )
+        })
+        .collect()
+}
+
+/// Name → digest, as the store, the stream and older agents know an index.
+pub fn digests(index: &Index) -> BTreeMap<String, String> {
+    index
+        .iter()
+        .map(|(name, e)| (name.clone(), e.digest.clone()))
+        .collect()
+}
 
 /// What an open stream of a cluster is told.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -34,8 +80,20 @@ struct Link {
 #[derive(Default)]
 struct State {
     bundles: HashMap<String, Arc<pb::AppBundle>>,
+    /// Application → the commit its current bundle stands for: the commit
+    /// of the last render, also when the content (and so the bundle) did
+    /// not change. Moves only with `set_bundles`, so an index never names a
+    /// commit whose content is not in its bundle yet.
+    revisions: HashMap<String, String>,
     /// cluster → (generation, index), mirrored in the store.
-    desired: HashMap<String, (u64, BTreeMap<String, String>)>,
+    desired: HashMap<String, (u64, Index)>,
+    /// cluster → deleted application → what happens to its objects; until
+    /// the agent acknowledges, mirrored in the store.
+    deletions: HashMap<String, BTreeMap<String, PendingDeletion>>,
+    /// Applications being deleted, with the propagation their clusters are
+    /// told. Set before the application leaves the store, consumed by the
+    /// first recomputation that no longer sees it.
+    deleting: HashMap<String, Propagation>,
     signals: HashMap<String, watch::Sender<ClusterSignal>>,
     links: HashMap<String, Link>,
     /// cluster → when and in which trace its current generation was computed.
@@ -159,34 +217,83 @@ pub fn targets(app: &Application, cluster: &ClusterRecord) -> bool {
 }
 
 /// The index a cluster should hold: every application targeting it that has
-/// a bundle, with that bundle's digest. Applications not rendered yet are
-/// left out (nothing of theirs can be on the cluster yet).
+/// a bundle, with that bundle's digest and the application's current
+/// revision (`revisions`, else the bundle's). Applications not rendered yet
+/// are left out (nothing of theirs can be on the cluster yet).
 pub fn plan_index<'a>(
     cluster: &ClusterRecord,
     apps: impl IntoIterator<Item = &'a AppRecord>,
     bundles: &HashMap<String, Arc<pb::AppBundle>>,
-) -> BTreeMap<String, String> {
+    revisions: &HashMap<String, String>,
+) -> Index {
     apps.into_iter()
         .filter(|a| targets(&a.app, cluster))
         .filter_map(|a| {
             let name = &a.app.metadata.name;
-            bundles.get(name).map(|b| (name.clone(), b.digest.clone()))
+            bundles.get(name).map(|b| {
+                let revision = revisions
+                    .get(name)
+                    .filter(|r| !r.is_empty())
+                    .unwrap_or(&b.revision)
+                    .clone();
+                (
+                    name.clone(),
+                    IndexEntry {
+                        digest: b.digest.clone(),
+                        revision,
+                    },
+                )
+            })
         })
         .collect()
 }
 
 /// Bundles of `index` entries whose digest differs from what the agent
-/// holds (`has`: name → digest).
+/// holds (`has`: name → digest), each with the revision of its entry.
 pub fn changed_bundles(
-    index: &BTreeMap<String, String>,
+    index: &Index,
     has: &HashMap<String, String>,
     bundles: &HashMap<String, Arc<pb::AppBundle>>,
 ) -> Vec<pb::AppBundle> {
     index
         .iter()
-        .filter(|(name, digest)| has.get(*name) != Some(*digest))
-        .filter_map(|(name, _)| bundles.get(name).map(|b| (**b).clone()))
+        .filter(|(name, e)| has.get(*name) != Some(&e.digest))
+        .filter_map(|(name, e)| {
+            bundles.get(name).map(|b| {
+                let mut b = (**b).clone();
+                b.revision.clone_from(&e.revision);
+                b
+            })
+        })
         .collect()
+}
+
+/// Deletions from `old` to `new` (applications in `deleting` that left the
+/// index), added to `pending`, which also drops what the agent has
+/// acknowledged and what is back in the index. Returns whether `pending`
+/// changed.
+fn note_deletions(
+    pending: &mut BTreeMap<String, PendingDeletion>,
+    old: &Index,
+    new: &Index,
+    deleting: &HashMap<String, Propagation>,
+    generation: u64,
+    acked: u64,
+) -> bool {
+    let before = pending.clone();
+    for name in old.keys().filter(|n| !new.contains_key(*n)) {
+        if let Some(propagation) = deleting.get(name) {
+            pending.insert(
+                name.clone(),
+                PendingDeletion {
+                    generation,
+                    propagation: *propagation,
+                },
+            );
+        }
+    }
+    pending.retain(|name, d| !new.contains_key(name) && d.generation > acked);
+    *pending != before
 }
 
 impl Fleet {
@@ -200,9 +307,28 @@ impl Fleet {
         for b in store.bundles()? {
             st.bundles.insert(b.name.clone(), Arc::new(b));
         }
-        for c in store.clusters()? {
+        let clusters = store.clusters()?;
+        // What the indexes last named, else the last render's commit.
+        for c in &clusters {
+            for (name, revision) in &c.desired_revisions {
+                st.revisions
+                    .entry(name.clone())
+                    .or_insert_with(|| revision.clone());
+            }
+        }
+        for a in store.apps()? {
+            if st.bundles.contains_key(&a.app.metadata.name) && !a.revision.is_empty() {
+                st.revisions
+                    .entry(a.app.metadata.name.clone())
+                    .or_insert(a.revision);
+            }
+        }
+        for c in clusters {
             st.desired
-                .insert(c.name.clone(), (c.generation, c.desired_index.clone()));
+                .insert(c.name.clone(), (c.generation, index_of(&c)));
+            if !c.deletions.is_empty() {
+                st.deletions.insert(c.name.clone(), c.deletions.clone());
+            }
             st.signals.insert(
                 c.name.clone(),
                 watch::channel(ClusterSignal {
@@ -255,21 +381,55 @@ impl Fleet {
             } else {
                 by_destination.get(c.server.as_str()).unwrap_or(&none)
             };
-            let index = plan_index(&c, by_name.iter().chain(by_server).copied(), &st.bundles);
+            let index = plan_index(
+                &c,
+                by_name.iter().chain(by_server).copied(),
+                &st.bundles,
+                &st.revisions,
+            );
             let (generation, current) = st
                 .desired
                 .get(&c.name)
                 .cloned()
-                .unwrap_or((c.generation, c.desired_index.clone()));
+                .unwrap_or_else(|| (c.generation, index_of(&c)));
+            let mut pending = st.deletions.get(&c.name).cloned().unwrap_or_default();
+            let deletions_changed = note_deletions(
+                &mut pending,
+                &current,
+                &index,
+                &st.deleting,
+                generation + 1,
+                c.acked_generation,
+            );
             if index == current && generation > 0 {
+                if deletions_changed {
+                    // Only acknowledged ones went: nothing new to send.
+                    let kept = pending.clone();
+                    self.store
+                        .update_cluster(&c.name, move |r| r.deletions = kept)?;
+                    st.deletions.insert(c.name.clone(), pending);
+                }
                 continue;
             }
             let generation = generation + 1;
-            let idx = index.clone();
+            let (digests, revisions) = (
+                digests(&index),
+                index
+                    .iter()
+                    .map(|(n, e)| (n.clone(), e.revision.clone()))
+                    .collect(),
+            );
+            let kept = pending.clone();
             self.store.update_cluster(&c.name, move |r| {
                 r.generation = generation;
-                r.desired_index = idx;
+                r.desired_index = digests;
+                r.desired_revisions = revisions;
+                r.deletions = kept;
             })?;
+            if !pending.is_empty() {
+                tracing::info!(cluster = %c.name, generation, deletions = ?pending.keys().collect::<Vec<_>>(), "applications deleted from the desired state");
+            }
+            st.deletions.insert(c.name.clone(), pending);
             st.desired.insert(c.name.clone(), (generation, index));
             st.origins.insert(
                 c.name.clone(),
@@ -286,6 +446,10 @@ impl Fleet {
             tracing::info!(cluster = %c.name, generation, "desired state changed");
             bumped.push(c.name);
         }
+        // Every cluster has seen these applications leave (the snapshot
+        // read above no longer has them).
+        st.deleting
+            .retain(|name, _| apps.iter().any(|a| a.app.metadata.name == *name));
         drop(st);
         if !bumped.is_empty() {
             self.store.flush()?;
@@ -309,9 +473,25 @@ impl Fleet {
     pub fn set_bundles(&self, bundles: Vec<pb::AppBundle>) -> Result<(), StoreError> {
         let mut changed = false;
         for bundle in bundles {
+            // The commit this render stands for: the application's record
+            // holds it (the bundle passed back after a failed render keeps
+            // the revision of its content; so does the record).
+            let revision = self
+                .store
+                .app(&bundle.name)?
+                .map(|r| r.revision)
+                .filter(|r| !r.is_empty())
+                .unwrap_or_else(|| bundle.revision.clone());
+            {
+                let mut st = self.lock();
+                if st.revisions.get(&bundle.name) != Some(&revision) {
+                    st.revisions.insert(bundle.name.clone(), revision);
+                    changed = true;
+                }
+            }
             // Same content (digest) from the same source: keep the bundle as
-            // it is, so its revision stays the commit the content was first
-            // rendered at — what the agents applied and report.
+            // it is (nothing is sent or applied again); only the revision in
+            // the index moves.
             let unchanged = self.lock().bundles.get(&bundle.name).is_some_and(|b| {
                 b.digest == bundle.digest && b.repo_url == bundle.repo_url && b.path == bundle.path
             });
@@ -335,16 +515,61 @@ impl Fleet {
         self.lock().bundles.get(app).cloned()
     }
 
-    /// Removes an application everywhere.
+    /// Removes an application everywhere because its declaration went away
+    /// (a repository's apps path, an app of apps): its finalizers decide
+    /// what happens to its objects ([`crate::deletion::from_finalizers`]).
     ///
     /// # Errors
     /// The store cannot be written.
     pub fn remove_app(&self, name: &str) -> Result<bool, StoreError> {
+        let Some(rec) = self.store.app(name)? else {
+            return Ok(false);
+        };
+        let propagation = crate::deletion::from_finalizers(&rec.app);
+        Ok(self.remove_app_with(name, propagation)?.is_some())
+    }
+
+    /// Removes an application everywhere; every cluster that had it is
+    /// told `propagation` with its next desired state. Returns those
+    /// clusters, `None` when there was no such application.
+    ///
+    /// # Errors
+    /// The store cannot be written.
+    pub fn remove_app_with(
+        &self,
+        name: &str,
+        propagation: Propagation,
+    ) -> Result<Option<Vec<String>>, StoreError> {
+        if self.store.app(name)?.is_none() {
+            return Ok(None);
+        }
+        let clusters: Vec<String> = {
+            let mut st = self.lock();
+            // Before it leaves the store: any recomputation that no longer
+            // sees it must find the decision.
+            st.deleting.insert(name.to_owned(), propagation);
+            let mut c: Vec<String> = st
+                .desired
+                .iter()
+                .filter(|(_, (_, index))| index.contains_key(name))
+                .map(|(cluster, _)| cluster.clone())
+                .collect();
+            c.sort();
+            c
+        };
         let existed = self.store.remove_app(name)?;
-        self.lock().bundles.remove(name);
+        {
+            let mut st = self.lock();
+            st.bundles.remove(name);
+            st.revisions.remove(name);
+        }
         self.recompute()?;
+        // Every cluster has seen it leave now; an application created
+        // again under this name must not inherit the decision.
+        self.lock().deleting.remove(name);
         self.store.flush()?;
-        Ok(existed)
+        tracing::info!(app = %name, propagation = %propagation, clusters = ?clusters, "application removed");
+        Ok(existed.then_some(clusters))
     }
 
     /// Creates or replaces a cluster record and computes its desired state.
@@ -358,10 +583,8 @@ impl Fleet {
                 generation: rec.generation,
                 revoked: false,
             };
-            st.desired.insert(
-                rec.name.clone(),
-                (rec.generation, rec.desired_index.clone()),
-            );
+            st.desired
+                .insert(rec.name.clone(), (rec.generation, index_of(&rec)));
             st.signals
                 .insert(rec.name.clone(), watch::channel(signal).0);
         }
@@ -381,6 +604,7 @@ impl Fleet {
         self.store.flush()?;
         let mut st = self.lock();
         st.desired.remove(name);
+        st.deletions.remove(name);
         st.links.remove(name);
         if let Some(tx) = st.signals.remove(name) {
             tx.send_replace(ClusterSignal {
@@ -400,25 +624,45 @@ impl Fleet {
     }
 
     /// The cluster's current desired state, with bundles only for the
-    /// applications whose digest differs from `has`. Also returns the index.
+    /// applications whose digest differs from `has`, and the deletions the
+    /// agent has not acknowledged. Also returns the index (name → digest).
     pub fn desired_state(
         &self,
         cluster: &str,
         has: &HashMap<String, String>,
     ) -> Option<(pb::DesiredState, BTreeMap<String, String>)> {
+        let acked = self
+            .store
+            .cluster(cluster)
+            .ok()
+            .flatten()
+            .map_or(0, |c| c.acked_generation);
         let st = self.lock();
         let (generation, index) = st.desired.get(cluster)?;
         let bundles = changed_bundles(index, has, &st.bundles);
+        let deletions = st
+            .deletions
+            .get(cluster)
+            .into_iter()
+            .flatten()
+            .filter(|(_, d)| d.generation > acked)
+            .map(|(name, d)| pb::AppDeletion {
+                name: name.clone(),
+                propagation_policy: d.propagation.as_str().to_owned(),
+            })
+            .collect();
         Some((
             pb::DesiredState {
                 generation: *generation,
                 index: index
                     .iter()
-                    .map(|(name, digest)| pb::AppRef {
+                    .map(|(name, e)| pb::AppRef {
                         name: name.clone(),
-                        digest: digest.clone(),
+                        digest: e.digest.clone(),
+                        revision: e.revision.clone(),
                     })
                     .collect(),
+                deletions,
                 bundles,
                 trace_context: st
                     .origins
@@ -427,7 +671,7 @@ impl Fleet {
                     .map(|o| o.trace_context.clone())
                     .unwrap_or_default(),
             },
-            index.clone(),
+            digests(index),
         ))
     }
 
@@ -465,11 +709,28 @@ impl Fleet {
             .is_some_and(|l| l.streams > 0)
     }
 
-    /// Revision the hub wants for `app` (the commit of its bundle).
+    /// Revision the hub wants for `app`: the commit of its last render
+    /// (newer than its bundle's when the content did not change).
     pub fn desired_revision(&self, app: &str) -> String {
-        self.bundle(app)
-            .map(|b| b.revision.clone())
+        let st = self.lock();
+        st.revisions
+            .get(app)
+            .filter(|r| !r.is_empty())
+            .cloned()
+            .or_else(|| st.bundles.get(app).map(|b| b.revision.clone()))
             .unwrap_or_default()
+    }
+
+    /// Applications deleted from `cluster` that its agent has not
+    /// acknowledged yet (name → propagation).
+    pub fn pending_deletions(&self, cluster: &str) -> BTreeMap<String, Propagation> {
+        self.lock()
+            .deletions
+            .get(cluster)
+            .into_iter()
+            .flatten()
+            .map(|(name, d)| (name.clone(), d.propagation))
+            .collect()
     }
 }
 
@@ -482,6 +743,24 @@ pub fn comparison_status(rec: &AppRecord, mut status: pb::AppStatus) -> pb::AppS
     if !rec.error.is_empty() && status.sync != pb::SyncStatus::Unknown as i32 {
         status.sync = pb::SyncStatus::Unknown as i32;
         status.message = format!("ComparisonError: {}", rec.error);
+    }
+    status
+}
+
+/// A status reported for the content the application still has (the same
+/// digest as its bundle) stands for the current revision too: an agent
+/// older than `AppRef.revision` reports the commit its bundle was first
+/// rendered at; the hub shows the commit it compared against, as the
+/// agents that know the field do.
+pub fn at_current_revision(
+    mut status: pb::AppStatus,
+    bundle: Option<&pb::AppBundle>,
+    revision: &str,
+) -> pb::AppStatus {
+    if !revision.is_empty()
+        && bundle.is_some_and(|b| b.digest == status.digest && b.revision == status.revision)
+    {
+        status.revision = revision.to_owned();
     }
     status
 }
@@ -602,17 +881,66 @@ mod tests {
             name: "c2".into(),
             ..Default::default()
         };
-        let index = plan_index(&cluster, &[a.clone(), b.clone()], &bundles);
+        let mut revisions = HashMap::new();
+        revisions.insert("db".to_owned(), "r2".to_owned());
+        let index = plan_index(&cluster, &[a.clone(), b.clone()], &bundles, &revisions);
         assert_eq!(index.len(), 2);
-        assert!(plan_index(&other, &[a, b], &bundles).is_empty());
+        assert_eq!(index["web"].revision, "r");
+        assert_eq!(index["db"].revision, "r2");
+        assert!(plan_index(&other, &[a, b], &bundles, &revisions).is_empty());
 
         let mut has = HashMap::new();
         assert_eq!(changed_bundles(&index, &has, &bundles).len(), 2);
-        has.insert("web".to_owned(), index["web"].clone());
+        has.insert("web".to_owned(), index["web"].digest.clone());
         has.insert("db".to_owned(), "sha256:old".to_owned());
         let sent = changed_bundles(&index, &has, &bundles);
         assert_eq!(sent.len(), 1);
         assert_eq!(sent[0].name, "db");
+        // A bundle goes out with its entry's revision.
+        assert_eq!(sent[0].revision, "r2");
+    }
+
+    #[test]
+    fn deletions_are_kept_until_acknowledged() {
+        let entry = |d: &str| IndexEntry {
+            digest: d.into(),
+            revision: "r".into(),
+        };
+        let old: Index = [
+            ("web".to_owned(), entry("d1")),
+            ("db".to_owned(), entry("d2")),
+        ]
+        .into();
+        let new: Index = [("db".to_owned(), entry("d2"))].into();
+        let mut deleting = HashMap::new();
+        deleting.insert("web".to_owned(), Propagation::Background);
+        let mut pending = BTreeMap::new();
+        assert!(note_deletions(&mut pending, &old, &new, &deleting, 5, 4));
+        assert_eq!(
+            pending["web"],
+            PendingDeletion {
+                generation: 5,
+                propagation: Propagation::Background
+            }
+        );
+        // Not acknowledged yet: kept; acknowledged: dropped.
+        assert!(!note_deletions(&mut pending, &new, &new, &deleting, 6, 4));
+        assert!(note_deletions(&mut pending, &new, &new, &deleting, 6, 5));
+        assert!(pending.is_empty());
+        // Back in the index before the agent saw it: dropped.
+        note_deletions(&mut pending, &old, &new, &deleting, 7, 4);
+        assert!(note_deletions(&mut pending, &new, &old, &deleting, 8, 4));
+        assert!(pending.is_empty());
+        // An application that only stops targeting the cluster is not a
+        // deletion (the agent's own rule applies).
+        assert!(!note_deletions(
+            &mut pending,
+            &old,
+            &new,
+            &HashMap::new(),
+            9,
+            4
+        ));
     }
 
     #[tokio::test]
@@ -647,13 +975,31 @@ mod tests {
         assert!(rx.has_changed().unwrap());
         assert_eq!(rx.borrow_and_update().generation, g1);
 
-        // A new commit with the same content: no bump.
+        // The same content again (a pass that found nothing new): no bump.
         fleet
-            .set_bundle(build_bundle(&web.app, "r2", Ok(&manifests(1))))
+            .set_bundle(build_bundle(&web.app, "r1", Ok(&manifests(1))))
             .unwrap();
         assert_eq!(store.cluster("c1").unwrap().unwrap().generation, g1);
         assert!(!rx.has_changed().unwrap());
-        assert_eq!(fleet.desired_revision("web"), "r1");
+
+        // A new commit with the same content: the index moves to it, no
+        // bundle is sent to an agent holding the digest.
+        let digest = {
+            let (ds, _) = fleet.desired_state("c1", &HashMap::new()).unwrap();
+            ds.index[0].digest.clone()
+        };
+        fleet
+            .set_bundle(build_bundle(&web.app, "r2", Ok(&manifests(1))))
+            .unwrap();
+        let g1 = store.cluster("c1").unwrap().unwrap().generation;
+        assert!(rx.has_changed().unwrap());
+        assert_eq!(fleet.desired_revision("web"), "r2");
+        assert_eq!(fleet.bundle("web").unwrap().revision, "r1");
+        let has: HashMap<String, String> = [("web".to_owned(), digest.clone())].into();
+        let (ds, _) = fleet.desired_state("c1", &has).unwrap();
+        assert!(ds.bundles.is_empty());
+        assert_eq!(ds.index[0].digest, digest);
+        assert_eq!(ds.index[0].revision, "r2");
         // c2 is not targeted: never bumped.
         assert_eq!(store.cluster("c2").unwrap().unwrap().generation, g2);
 
@@ -664,6 +1010,28 @@ mod tests {
         let (ds, _) = fleet.desired_state("c1", &HashMap::new()).unwrap();
         assert_eq!(ds.generation, g1);
         assert_eq!(ds.bundles.len(), 1);
+        assert_eq!(ds.index[0].revision, "r2");
+        assert_eq!(ds.bundles[0].revision, "r2");
+
+        // A deletion is sent with the index until it is acknowledged.
+        fleet
+            .remove_app_with("web", Propagation::Foreground)
+            .unwrap()
+            .unwrap();
+        let (ds, _) = fleet.desired_state("c1", &HashMap::new()).unwrap();
+        assert!(ds.index.is_empty());
+        assert_eq!(
+            ds.deletions,
+            [pb::AppDeletion {
+                name: "web".into(),
+                propagation_policy: "foreground".into()
+            }]
+        );
+        store
+            .update_cluster("c1", |r| r.acked_generation = ds.generation)
+            .unwrap();
+        let (ds, _) = fleet.desired_state("c1", &HashMap::new()).unwrap();
+        assert!(ds.deletions.is_empty());
 
         // Removing the cluster revokes its watchers.
         let mut rx = fleet.subscribe("c1").unwrap();

@@ -216,8 +216,27 @@ impl GitSync {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&(url.to_owned(), revision.clone()));
-        self.fetch(url, &revision, self.default_interval, true)
-            .await
+        // The next poll of this (url, revision) is due after the
+        // repository's own interval, as after any other fetch of it.
+        let interval = self.interval_of(url, &revision);
+        let commit = self.fetch(url, &revision, interval, true).await;
+        // The loop may have planned its sleep while the entry was missing
+        // (then it sleeps the default interval): let it plan again.
+        self.wake.notify_one();
+        commit
+    }
+
+    /// The poll interval of a registered repository at `revision`, else
+    /// the hub's default (as the Git loop polls application sources).
+    fn interval_of(&self, url: &str, revision: &str) -> Duration {
+        self.store
+            .repo(url)
+            .ok()
+            .flatten()
+            .filter(|r| revision_or_head(&r.revision) == revision)
+            .map_or(self.default_interval, |r| {
+                Duration::from_secs(r.poll_interval_secs.max(1) as u64)
+            })
     }
 
     /// Asks for an immediate poll of everything.

@@ -9,7 +9,9 @@
 //! A pin (from `rollback`, or `sync --revision` naming another commit than
 //! the target's current one) makes the hub render that commit instead of
 //! the target revision, until the next `sync` without `--revision` or until
-//! automated sync is turned on.
+//! automated sync is turned on. While the pinned commit is not the one Git
+//! is at, every cluster shows the application OutOfSync, as Argo CD compares
+//! a rolled-back application with Git ([`show_pin`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -43,6 +45,14 @@ pub struct AppOps {
     /// Commit the application is pinned to, if any.
     #[serde(default)]
     pub pinned: Option<String>,
+    /// What pinned it: `rollback` or `sync --revision` (empty for pins
+    /// from hubs before this field).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub pinned_by: String,
+    /// The target revision's commit in Git when the hub last rendered the
+    /// pinned application.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub git_revision: String,
 }
 
 impl AppOps {
@@ -70,6 +80,54 @@ impl AppOps {
     pub fn last_revision(&self) -> Option<&str> {
         self.history.last().map(|d| d.revision.as_str())
     }
+
+    /// Why the application is OutOfSync with Git while pinned: it is
+    /// pinned to another commit than the one Git is at (as last fetched).
+    pub fn pin_message(&self) -> Option<String> {
+        let pin = self.pinned.as_deref()?;
+        if self.git_revision.is_empty() || self.git_revision == pin {
+            return None;
+        }
+        let by = if self.pinned_by.is_empty() {
+            String::new()
+        } else {
+            format!(" by {}", self.pinned_by)
+        };
+        Some(format!(
+            "pinned to {}{by}; Git is at {}",
+            short(pin),
+            short(&self.git_revision)
+        ))
+    }
+}
+
+/// A commit's first 8 characters; anything else (a chart version) whole.
+fn short(revision: &str) -> &str {
+    if revision.len() >= 40 && revision.bytes().all(|b| b.is_ascii_hexdigit()) {
+        &revision[..8]
+    } else {
+        revision
+    }
+}
+
+/// One cluster's status as shown while the application is pinned away from
+/// Git (`pin_message`): OutOfSync, the message saying why first. A status
+/// the hub cannot compare (Unknown) stays as it is.
+pub fn show_pin(
+    mut status: flotilla_proto::AppStatus,
+    pin_message: &str,
+) -> flotilla_proto::AppStatus {
+    use flotilla_proto::SyncStatus;
+    if status.sync == SyncStatus::Unknown as i32 {
+        return status;
+    }
+    status.sync = SyncStatus::OutOfSync as i32;
+    status.message = if status.message.is_empty() {
+        pin_message.to_owned()
+    } else {
+        format!("{pin_message}; {}", status.message)
+    };
+    status
 }
 
 /// `spec.revisionHistoryLimit`, or the default.
@@ -112,9 +170,28 @@ pub fn record(
 /// # Errors
 /// The store cannot be read or written.
 pub fn set_pin(store: &Store, app: &str, pinned: Option<String>) -> Result<(), StoreError> {
+    set_pin_by(store, app, pinned, "")
+}
+
+/// Sets the pin of `app`, saying what set it (`rollback`, `sync
+/// --revision`), or clears it.
+///
+/// # Errors
+/// The store cannot be read or written.
+pub fn set_pin_by(
+    store: &Store,
+    app: &str,
+    pinned: Option<String>,
+    by: &str,
+) -> Result<(), StoreError> {
     let mut ops = store.app_ops(app)?;
-    if ops.pinned != pinned {
+    let by = if pinned.is_some() { by } else { "" };
+    if ops.pinned != pinned || ops.pinned_by != by {
         ops.pinned = pinned;
+        ops.pinned_by = by.to_owned();
+        if ops.pinned.is_none() {
+            ops.git_revision.clear();
+        }
         store.put_app_ops(app, &ops)?;
     }
     Ok(())
@@ -140,9 +217,16 @@ pub fn effective_commit(
     target: String,
 ) -> Result<String, StoreError> {
     let name = &app.metadata.name;
-    let ops = store.app_ops(name)?;
-    match ops.pinned {
-        Some(pin) if !is_automated(app) => Ok(pin),
+    let mut ops = store.app_ops(name)?;
+    match ops.pinned.clone() {
+        Some(pin) if !is_automated(app) => {
+            // Remembered to show the application OutOfSync with Git.
+            if ops.git_revision != target {
+                ops.git_revision = target;
+                store.put_app_ops(name, &ops)?;
+            }
+            Ok(pin)
+        }
         Some(_) => {
             tracing::info!(app = %name, "automated sync is on: revision pin dropped");
             set_pin(store, name, None)?;
@@ -240,6 +324,50 @@ mod tests {
         ops.record(d("f"), 0);
         assert_eq!(ops.history.len(), 1);
         assert_eq!(ops.last_revision(), Some("f"));
+    }
+
+    #[test]
+    fn a_pin_away_from_git_shows_out_of_sync() {
+        use flotilla_proto::{AppStatus, HealthStatus, SyncStatus};
+        let mut ops = AppOps::default();
+        assert_eq!(ops.pin_message(), None);
+        ops.pinned = Some("0123456789abcdef0123456789abcdef01234567".into());
+        ops.pinned_by = "rollback".into();
+        // Git not fetched yet, or at the pinned commit: nothing to show.
+        assert_eq!(ops.pin_message(), None);
+        ops.git_revision = "0123456789abcdef0123456789abcdef01234567".into();
+        assert_eq!(ops.pin_message(), None);
+        ops.git_revision = "fedcba9876543210fedcba9876543210fedcba98".into();
+        let message = ops.pin_message().unwrap();
+        assert_eq!(
+            message,
+            "pinned to 01234567 by rollback; Git is at fedcba98"
+        );
+
+        let synced = AppStatus {
+            sync: SyncStatus::Synced as i32,
+            health: HealthStatus::Healthy as i32,
+            ..Default::default()
+        };
+        let shown = show_pin(synced, &message);
+        assert_eq!(shown.sync, SyncStatus::OutOfSync as i32);
+        assert_eq!(shown.health, HealthStatus::Healthy as i32);
+        assert_eq!(shown.message, message);
+        let drifted = AppStatus {
+            sync: SyncStatus::OutOfSync as i32,
+            message: "ConfigMap/c: drift".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            show_pin(drifted, &message).message,
+            format!("{message}; ConfigMap/c: drift")
+        );
+        let unknown = AppStatus {
+            sync: SyncStatus::Unknown as i32,
+            message: "ComparisonError: x".into(),
+            ..Default::default()
+        };
+        assert_eq!(show_pin(unknown.clone(), &message), unknown);
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub struct DeclaredCluster {
     pub server: Option<String>,
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
+    /// A Secret's `project` (a Cluster's `spec.project`), when given.
+    pub project: Option<String>,
 }
 
 impl DeclaredCluster {
@@ -37,6 +39,7 @@ impl DeclaredCluster {
             server: self.server.clone().unwrap_or_default(),
             labels: self.labels.clone(),
             annotations: self.annotations.clone(),
+            project: self.project.clone().unwrap_or_default(),
         }
     }
 }
@@ -87,7 +90,7 @@ pub fn cluster_from_value(doc: &Value, origin: &str) -> Result<DeclaredCluster, 
         .and_then(|m| m.get("name"))
         .and_then(Value::as_str)
         .unwrap_or_default();
-    let (name, server) = if doc.get("kind").and_then(Value::as_str) == Some("Secret") {
+    let (name, server, project) = if doc.get("kind").and_then(Value::as_str) == Some("Secret") {
         let mut fields = string_map(doc.get("stringData"));
         for (k, v) in string_map(doc.get("data")) {
             let bytes = base64::engine::general_purpose::STANDARD
@@ -109,14 +112,20 @@ pub fn cluster_from_value(doc: &Value, origin: &str) -> Result<DeclaredCluster, 
         (
             name,
             fields.get("server").cloned().filter(|s| !s.is_empty()),
+            fields.get("project").cloned().filter(|s| !s.is_empty()),
         )
     } else {
-        let server = doc
-            .pointer("/spec/server")
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-            .filter(|s| !s.is_empty());
-        (meta_name.to_owned(), server)
+        let spec_string = |field: &str| {
+            doc.pointer(&format!("/spec/{field}"))
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .filter(|s| !s.is_empty())
+        };
+        (
+            meta_name.to_owned(),
+            spec_string("server"),
+            spec_string("project"),
+        )
     };
     if name.is_empty() {
         return Err(format!("{origin}: cluster without a name"));
@@ -126,6 +135,7 @@ pub fn cluster_from_value(doc: &Value, origin: &str) -> Result<DeclaredCluster, 
         server,
         labels,
         annotations,
+        project,
     })
 }
 
@@ -180,14 +190,17 @@ pub fn apply_declared(
         match store.cluster(&d.name)? {
             Some(current) => {
                 let server = d.server.clone().unwrap_or_else(|| current.server.clone());
+                let project = d.project.clone().unwrap_or_default();
                 if current.labels != d.labels
                     || current.annotations != d.annotations
                     || current.server != server
+                    || current.project != project
                 {
                     store.update_cluster(&d.name, |c| {
                         c.labels = d.labels.clone();
                         c.annotations = d.annotations.clone();
                         c.server = server;
+                        c.project = project;
                     })?;
                     changed = true;
                     tracing::info!(cluster = %d.name, "cluster inventory updated from a declaration");
@@ -199,6 +212,7 @@ pub fn apply_declared(
                     labels: d.labels.clone(),
                     annotations: d.annotations.clone(),
                     server: d.server.clone().unwrap_or_default(),
+                    project: d.project.clone().unwrap_or_default(),
                     created_ms: crate::api::now_ms(),
                     ..Default::default()
                 })?;
@@ -261,6 +275,7 @@ pub fn infos(records: &[ClusterRecord]) -> Vec<ClusterInfo> {
             server: c.server.clone(),
             labels: c.labels.clone(),
             annotations: c.annotations.clone(),
+            project: c.project.clone(),
         })
         .collect()
 }

@@ -6,6 +6,7 @@ pub mod appset;
 pub mod chart;
 pub mod cli;
 pub mod commands;
+pub mod deletion;
 pub mod fleet;
 pub mod fleet_origin;
 pub mod gitsync;

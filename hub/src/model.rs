@@ -42,6 +42,11 @@ pub struct ObjectMeta {
     pub labels: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
+    /// `resources-finalizer.argocd.argoproj.io` (or its `/foreground`,
+    /// `/background` forms) makes deleting the Application delete its
+    /// objects: see [`crate::deletion`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub finalizers: Vec<String>,
 }
 
 /// An Argo CD `Application`.

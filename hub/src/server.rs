@@ -51,6 +51,11 @@ pub struct HubConfig {
     /// Share of an ApplicationSet's applications one evaluation may delete
     /// before the deletions are held for `flotilla appset confirm`.
     pub appset_deletion_budget: f64,
+    /// Window over which that share is judged.
+    pub appset_deletion_window: Duration,
+    /// doublestar globbing for ApplicationSet `git` file generators
+    /// (Argo CD's `--enable-new-git-file-globbing`).
+    pub appset_new_git_file_globbing: bool,
     /// Plain-HTTP listener for `/healthz`, `/readyz` and `/metrics`.
     pub metrics_listen: Option<SocketAddr>,
     /// An agent stream that sends nothing for this long is closed (agents
@@ -75,6 +80,8 @@ impl HubConfig {
             webhook_listen: None,
             webhook_secret: None,
             appset_deletion_budget: crate::appset::lifecycle::DEFAULT_DELETION_BUDGET,
+            appset_deletion_window: crate::appset::lifecycle::DEFAULT_DELETION_WINDOW,
+            appset_new_git_file_globbing: false,
             metrics_listen: None,
             stream_idle_timeout: crate::api::agent_link::DEFAULT_STREAM_IDLE_TIMEOUT,
             ssh_known_hosts: None,
@@ -201,9 +208,13 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         data_dir.join("git"),
         config.poll_interval,
     );
-    let appsets = crate::appset::lifecycle::AppSets::new(
+    let appsets = crate::appset::lifecycle::AppSets::with_config(
         fleet.clone(),
-        config.appset_deletion_budget,
+        crate::appset::lifecycle::AppSetConfig {
+            deletion_budget: config.appset_deletion_budget,
+            deletion_window: config.appset_deletion_window,
+            new_git_file_globbing: config.appset_new_git_file_globbing,
+        },
         config.poll_interval,
     );
     git.set_appsets(appsets.clone());

@@ -45,6 +45,10 @@ pub struct ClusterRecord {
     /// Server URL applications may name in `destination.server`.
     #[serde(default)]
     pub server: String,
+    /// Argo CD project the cluster is scoped to (a cluster Secret's
+    /// `project`), offered to ApplicationSet `clusters` generators.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub project: String,
     /// Serial (hex) of the one client certificate currently valid for this
     /// cluster. A certificate with any other serial is refused.
     #[serde(default)]
@@ -59,6 +63,14 @@ pub struct ClusterRecord {
     /// Application name → digest at `generation`.
     #[serde(default)]
     pub desired_index: BTreeMap<String, String>,
+    /// Application name → the commit its index entry names at
+    /// `generation` (it moves with commits that leave the digest alone).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub desired_revisions: BTreeMap<String, String>,
+    /// Applications deleted from `desired_index` with what happens to their
+    /// objects, sent to the agent until it acknowledges the generation.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub deletions: BTreeMap<String, crate::deletion::PendingDeletion>,
     /// Last generation the agent acknowledged.
     #[serde(default)]
     pub acked_generation: u64,
@@ -146,6 +158,28 @@ pub struct AppSetRecord {
     pub last_result_ms: i64,
     #[serde(default)]
     pub last_good_ms: i64,
+    /// Deletions of generated applications within the deletion budget's
+    /// window (older ones are dropped).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deletion_log: Vec<DeletionRecord>,
+    /// The set's size over the window: the last sample at or before its
+    /// start, then one per change.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub size_log: Vec<SizeSample>,
+}
+
+/// One generated application deleted by its set.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeletionRecord {
+    pub app: String,
+    pub at_ms: i64,
+}
+
+/// How many applications a set owned from `at_ms` on.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SizeSample {
+    pub at_ms: i64,
+    pub size: usize,
 }
 
 /// What an in-hub Application (`crate::appofapps`) last wrote for its
@@ -247,6 +281,8 @@ pub struct Store {
     /// Serialises read-modify-write of cluster records, which the agent
     /// link and the fleet both update.
     cluster_lock: Arc<Mutex<()>>,
+    /// Application records written since open (see [`Store::app_writes`]).
+    app_writes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for Store {
@@ -312,6 +348,7 @@ impl Store {
             app_children: db.open_tree("app_children")?,
             db,
             cluster_lock: Arc::new(Mutex::new(())),
+            app_writes: Arc::default(),
         })
     }
 
@@ -462,7 +499,16 @@ impl Store {
     pub fn put_app(&self, rec: &AppRecord) -> Result<(), StoreError> {
         self.apps
             .insert(rec.app.metadata.name.as_bytes(), encode(rec))?;
+        self.app_writes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
+    }
+
+    /// How many application records this handle (and its clones) wrote since
+    /// the store was opened: lets a test see that an unchanged generated
+    /// application is not rewritten.
+    pub fn app_writes(&self) -> u64 {
+        self.app_writes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Removes an application, its bundle and its statuses.

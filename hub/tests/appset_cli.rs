@@ -126,8 +126,13 @@ async fn appset_and_inventory_commands() {
     let get = ok(&flotilla(&hub, &["appset", "get", "web"]));
     assert!(get.contains("web-west"), "{get}");
     assert!(get.contains("ResourcesUpToDate"), "{get}");
-    let app = json(&hub, &["app", "get", "web-west"]);
+    // Its repository does not exist: once the hub tried it, `app get`
+    // shows the error and exits 1.
+    let out = flotilla(&hub, &["app", "get", "web-west", "-o", "json"]);
+    let app: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(app["origin"], "appset:web");
+    let failed = !app["error"].as_str().unwrap_or_default().is_empty();
+    assert_eq!(out.status.code(), Some(i32::from(failed)), "{out:?}");
 
     // Nothing held: confirm says so.
     let c = flotilla(&hub, &["appset", "confirm", "web"]);

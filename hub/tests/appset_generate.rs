@@ -97,15 +97,95 @@ fn set_level_error_exits_non_zero_with_the_message() {
     assert!(out.stdout.is_empty());
 }
 
+/// A template failure in one application: the others are still printed,
+/// the error names the application once, and the exit status says it
+/// failed (issue 14, point 8).
 #[test]
-fn per_application_errors_go_to_stderr_and_the_rest_is_printed() {
+fn per_application_errors_exit_non_zero_and_the_rest_is_printed() {
     let out = generate("one-bad-app.yaml", &[]);
-    assert!(out.status.success());
+    assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("one-bad-app"), "{err}");
-    assert!(err.contains("Broken_Name"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains(r#"application "Broken_Name": metadata.name"#),
+        "{err}"
+    );
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("name: good-a"), "{text}");
     assert!(!text.contains("Broken_Name"), "{text}");
     assert!(text.contains("name: good-b"), "{text}");
+}
+
+/// Every template error kind exits non-zero with Go's message, naming the
+/// cause itself (the missing key, the line, the function, the `fail`
+/// text), and prints each error exactly once.
+#[test]
+fn every_template_error_kind_exits_non_zero_naming_the_cause_once() {
+    let cases: &[(&str, &str, Option<&str>)] = &[
+        (
+            "template-missingkey.yaml",
+            r#"at <.team>: map has no entry for key "team""#,
+            Some("name: good-a"),
+        ),
+        ("template-parse-error.yaml", "template: base:3:", None),
+        (
+            "template-unknown-function.yaml",
+            r#"template: base:1: function "shout" not defined"#,
+            None,
+        ),
+        (
+            "template-fail.yaml",
+            "error calling fail: element b has no tier",
+            Some("name: a"),
+        ),
+    ];
+    for (file, cause, printed) in cases {
+        let out = generate(file, &[]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(!out.status.success(), "{file} exited 0\n{err}\n{text}");
+        assert_eq!(out.status.code(), Some(1), "{file}: {err}");
+        assert_eq!(
+            err.matches(cause).count(),
+            1,
+            "{file}: want {cause:?} once in\n{err}"
+        );
+        assert_eq!(
+            err.lines().count(),
+            1,
+            "{file}: one error, one line:\n{err}"
+        );
+        match printed {
+            Some(app) => assert!(text.contains(app), "{file}: {text}"),
+            None => assert!(text.trim().is_empty(), "{file}: {text}"),
+        }
+    }
+}
+
+/// A set that uses toJson, toYaml, range and keys over a map renders the
+/// same bytes on every run (issue 14, point 1).
+#[test]
+fn map_walking_templates_render_byte_identical_output() {
+    let first = generate("template-deterministic.yaml", &[]);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let text = String::from_utf8(first.stdout.clone()).unwrap();
+    assert!(
+        text.contains(r#"{\"alpha\":{\"b\":[\"x\",\"z\"],\"y\":\"2\"},\"beta\":null,\"kappa\":true,\"mid\":\"m\",\"zeta\":1}"#),
+        "{text}"
+    );
+    assert!(text.contains("alpha,beta,kappa,mid,zeta,"), "{text}");
+    for _ in 0..10 {
+        let again = generate("template-deterministic.yaml", &[]);
+        assert_eq!(again.stdout, first.stdout);
+    }
+    check(
+        "template-deterministic.yaml",
+        "template-deterministic.yaml",
+        &[],
+    );
 }

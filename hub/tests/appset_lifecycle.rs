@@ -744,3 +744,292 @@ async fn sets_survive_a_restart_and_new_clusters_are_picked_up() {
     wait_owned(&mut api, "keep", &["keep-c1"]).await;
     hub.shutdown().await.unwrap();
 }
+
+fn hub_config(data: &Path, url: &str) -> HubConfig {
+    let mut config = HubConfig::new(data, "127.0.0.1:0".parse().unwrap());
+    config.poll_interval = Duration::from_secs(1);
+    config.repos = vec![RepoSpec {
+        url: url.to_owned(),
+        apps_path: "apps".into(),
+        revision: "main".into(),
+        poll_interval: Some(Duration::from_secs(1)),
+    }];
+    config
+}
+
+/// Issue 14 point 10: removing applications one at a time does not get
+/// around the deletion budget (it is judged over a window, 1h by default),
+/// the window survives a hub restart, and a held application stays listed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletion_budget_is_judged_over_a_window_across_restarts() {
+    let repo = tempfile::tempdir().unwrap();
+    let url = make_repo(repo.path());
+    let data = tempfile::tempdir().unwrap();
+    let hub = start(hub_config(data.path(), &url)).await.unwrap();
+    let mut api = admin(&hub).await;
+    add_clusters(&mut api, &["c1"]).await;
+    create_set(
+        &mut api,
+        &list_set("walk", &url, &["a1", "a2", "a3", "a4"]),
+        false,
+    )
+    .await;
+    wait_owned(&mut api, "walk", &["a1", "a2", "a3", "a4"]).await;
+
+    // One at a time: each is 1 of the set, but only 2 of 4 may go per window.
+    create_set(&mut api, &list_set("walk", &url, &["a2", "a3", "a4"]), true).await;
+    wait_owned(&mut api, "walk", &["a2", "a3", "a4"]).await;
+    create_set(&mut api, &list_set("walk", &url, &["a3", "a4"]), true).await;
+    wait_owned(&mut api, "walk", &["a3", "a4"]).await;
+    create_set(&mut api, &list_set("walk", &url, &["a4"]), true).await;
+    let s = wait_condition(&mut api, "walk", "DeletionHeld").await;
+    assert_eq!(s.pending_deletions, vec!["a3"]);
+    let held = s
+        .conditions
+        .iter()
+        .find(|c| c.r#type == "DeletionHeld")
+        .unwrap();
+    assert!(
+        held.message.contains("2 already deleted in the last 1h"),
+        "{}",
+        held.message
+    );
+    // Held, so it still exists and the set still lists it.
+    assert_eq!(s.applications, vec!["a3", "a4"]);
+    assert_eq!(owned(&mut api, "walk").await, vec!["a3", "a4"]);
+    drop(api);
+    hub.shutdown().await.unwrap();
+
+    // A restart does not reset the window.
+    let hub = start(hub_config(data.path(), &url)).await.unwrap();
+    let mut api = admin(&hub).await;
+    let s = two_more_evaluations(&mut api, "walk").await;
+    assert_eq!(s.pending_deletions, vec!["a3"], "{}", messages(&s));
+    assert_eq!(s.applications, vec!["a3", "a4"]);
+    assert_eq!(owned(&mut api, "walk").await, vec!["a3", "a4"]);
+
+    api.confirm_application_set(pb::ConfirmApplicationSetRequest {
+        name: "walk".into(),
+    })
+    .await
+    .unwrap();
+    wait_owned(&mut api, "walk", &["a4"]).await;
+    let s = get_set(&mut api, "walk").await;
+    assert_eq!(s.applications, vec!["a4"]);
+    assert!(s.pending_deletions.is_empty(), "{s:?}");
+    hub.shutdown().await.unwrap();
+}
+
+/// Issue 14 points 5, 6, 7 and 9 as conditions of running sets: an n-ary
+/// matrix is reported as a Flotilla extension, fields not implemented
+/// name themselves, a templatePatch may not change the project, and the
+/// errors Argo CD raises stop the set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_conditions() {
+    let repo = tempfile::tempdir().unwrap();
+    let url = make_repo(repo.path());
+    let data = tempfile::tempdir().unwrap();
+    let hub = start_hub(data.path(), &url).await;
+    let mut api = admin(&hub).await;
+    add_clusters(&mut api, &["c1"]).await;
+    // A cluster declared as an Argo CD Secret with a project.
+    api.apply_clusters(pb::ApplyClustersRequest {
+        manifest: "apiVersion: v1\nkind: Secret\nmetadata:\n  name: cluster-edge\n  labels:\n    argocd.argoproj.io/secret-type: cluster\n    tier: edge\nstringData:\n  name: edge\n  server: https://edge.example\n  project: edge-project\n".into(),
+    })
+    .await
+    .unwrap();
+    let set = |name: &str, spec: &str, template_extra: &str| {
+        format!(
+            "apiVersion: argoproj.io/v1alpha1\nkind: ApplicationSet\nmetadata:\n  name: {name}\nspec:\n{spec}  template:\n    metadata:\n      name: '{name}-{{{{.a}}}}'\n{template_extra}    spec:\n      project: default\n      source:\n        repoURL: {url}\n        targetRevision: main\n        path: guestbook\n      destination:\n        name: c1\n        namespace: default\n"
+        )
+    };
+    let lists = "  goTemplate: true\n  generators:\n  - matrix:\n      generators:\n      - list: {elements: [{a: x}]}\n      - list: {elements: [{b: y}]}\n      - list: {elements: [{c: z}]}\n";
+    create_set(&mut api, &set("nary", lists, ""), false).await;
+    let one = "  goTemplate: true\n  generators:\n  - list: {elements: [{a: x}]}\n";
+    create_set(
+        &mut api,
+        &set(
+            "rolling",
+            &format!("{one}  strategy:\n    type: RollingSync\n    rollingSync: {{steps: []}}\n"),
+            "",
+        ),
+        false,
+    )
+    .await;
+    create_set(
+        &mut api,
+        &set(
+            "patch",
+            &format!("{one}  templatePatch: |\n    spec:\n      project: admin\n"),
+            "",
+        ),
+        false,
+    )
+    .await;
+    create_set(
+        &mut api,
+        &set(
+            "dupmerge",
+            "  goTemplate: true\n  generators:\n  - merge:\n      mergeKeys: [a]\n      generators:\n      - list: {elements: [{a: x}, {a: x}]}\n      - list: {elements: [{a: x}]}\n",
+            "",
+        ),
+        false,
+    )
+    .await;
+    create_set(
+        &mut api,
+        &set(
+            "project",
+            "  goTemplate: true\n  generators:\n  - clusters:\n      selector: {matchLabels: {tier: edge}}\n      values: {a: '{{.name}}'}\n",
+            "      annotations:\n        cluster-project: '{{.project}}'\n",
+        )
+        .replace("'project-{{.a}}'", "'project-{{.values.a}}'"),
+        false,
+    )
+    .await;
+
+    let s = wait_condition(&mut api, "nary", "FlotillaExtension").await;
+    assert!(
+        s.conditions.iter().any(|c| c.r#type == "ResourcesUpToDate"),
+        "{}",
+        messages(&s)
+    );
+    assert!(
+        messages(&s).contains("matrix of 3 generators"),
+        "{}",
+        messages(&s)
+    );
+    wait_owned(&mut api, "nary", &["nary-x"]).await;
+
+    let s = wait_condition(&mut api, "rolling", "UnsupportedField").await;
+    assert!(
+        messages(&s).contains("spec.strategy: RollingSync"),
+        "{}",
+        messages(&s)
+    );
+    wait_owned(&mut api, "rolling", &["rolling-x"]).await;
+
+    let s = wait_condition(&mut api, "patch", "ProjectChangeRefused").await;
+    let c = s
+        .conditions
+        .iter()
+        .find(|c| c.r#type == "ProjectChangeRefused")
+        .unwrap();
+    assert_eq!(c.application, "patch-x");
+    let app = api
+        .get_application(pb::GetApplicationRequest {
+            name: "patch-x".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        app.manifest.contains("project: default"),
+        "{}",
+        app.manifest
+    );
+
+    let s = wait_condition(&mut api, "dupmerge", "ErrorOccurred").await;
+    assert!(
+        messages(&s).contains("not unique by mergeKeys"),
+        "{}",
+        messages(&s)
+    );
+    assert!(owned(&mut api, "dupmerge").await.is_empty());
+
+    wait_owned(&mut api, "project", &["project-edge"]).await;
+    let app = api
+        .get_application(pb::GetApplicationRequest {
+            name: "project-edge".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        app.manifest.contains("cluster-project: edge-project"),
+        "{}",
+        app.manifest
+    );
+    hub.shutdown().await.unwrap();
+}
+
+/// preservedFields and ignoreApplicationDifferences: an edit of a
+/// generated Application through the API stays the set's; the fields the
+/// set ignores or preserves keep the edit, the rest is set back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_of_ignored_and_preserved_fields_survive() {
+    let repo = tempfile::tempdir().unwrap();
+    let url = make_repo(repo.path());
+    let data = tempfile::tempdir().unwrap();
+    let hub = start_hub(data.path(), &url).await;
+    let mut api = admin(&hub).await;
+    add_clusters(&mut api, &["c1"]).await;
+    let set = format!(
+        r#"apiVersion: argoproj.io/v1alpha1
+kind: ApplicationSet
+metadata:
+  name: keep
+spec:
+  goTemplate: true
+  generators:
+  - list:
+      elements: [{{app: k1}}]
+  ignoreApplicationDifferences:
+  - jsonPointers: [/spec/source/targetRevision]
+  preservedFields:
+    labels: [team]
+  template:
+    metadata:
+      name: '{{{{.app}}}}'
+    spec:
+      project: default
+      source:
+        repoURL: {url}
+        targetRevision: main
+        path: guestbook
+      destination:
+        name: c1
+        namespace: default
+"#
+    );
+    create_set(&mut api, &set, false).await;
+    wait_owned(&mut api, "keep", &["k1"]).await;
+    let edited = format!(
+        "apiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata:\n  name: k1\n  labels:\n    team: blue\n    other: gone\nspec:\n  project: default\n  source:\n    repoURL: {url}\n    targetRevision: HEAD\n    path: addons/a\n  destination:\n    name: c1\n    namespace: default\n"
+    );
+    api.create_application(pb::CreateApplicationRequest {
+        manifest: edited,
+        upsert: true,
+    })
+    .await
+    .unwrap();
+    let app = eventually("k1 set back except ignored and preserved fields", || {
+        let mut api = api.clone();
+        async move {
+            let a = api
+                .get_application(pb::GetApplicationRequest { name: "k1".into() })
+                .await
+                .ok()?
+                .into_inner();
+            a.manifest.contains("path: guestbook").then_some(a)
+        }
+    })
+    .await;
+    assert_eq!(app.origin, "appset:keep");
+    assert!(
+        app.manifest.contains("targetRevision: HEAD"),
+        "{}",
+        app.manifest
+    );
+    assert!(app.manifest.contains("team: blue"), "{}", app.manifest);
+    assert!(!app.manifest.contains("other: gone"), "{}", app.manifest);
+    // And it stays so.
+    two_more_evaluations(&mut api, "keep").await;
+    let again = api
+        .get_application(pb::GetApplicationRequest { name: "k1".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.manifest, app.manifest);
+    hub.shutdown().await.unwrap();
+}

@@ -147,6 +147,7 @@ fn hello(apps: &[(&str, &str)]) -> pb::AgentMessage {
                 .map(|(n, d)| pb::AppRef {
                     name: (*n).into(),
                     digest: (*d).into(),
+                    ..Default::default()
                 })
                 .collect(),
             claimed_cluster: "someone-else".into(),
@@ -754,6 +755,7 @@ async fn application_created_through_the_api_is_rendered_and_deletable() {
     admin
         .delete_application(pb::DeleteApplicationRequest {
             name: "api-web".into(),
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -99,11 +99,13 @@ impl Engine {
 
     /// Deletes one object if it carries this application's tracking identity
     /// and does not opt out of pruning.
-    pub(super) async fn prune_one(&self, app: &str, key: &ObjectKey) -> Result<(), String> {
+    /// Deletes `key` if it carries this application's tracking identity and
+    /// no `Prune=false`; true when a deletion was requested.
+    pub(super) async fn prune_one(&self, app: &str, key: &ObjectKey) -> Result<bool, String> {
         let resolved = match self.cluster.resolve(key).await {
             Ok(r) => r,
             // The kind is gone, and with it every object of it.
-            Err(_) => return Ok(()),
+            Err(_) => return Ok(false),
         };
         let Some(live) = self
             .cluster
@@ -111,20 +113,21 @@ impl Engine {
             .await
             .map_err(|e| e.to_string())?
         else {
-            return Ok(());
+            return Ok(false);
         };
         if !object::is_tracked_by(&live, app, key) {
             info!(app, object = %key, "not pruning an object this application does not track");
-            return Ok(());
+            return Ok(false);
         }
         if object::prune_disabled(&live) {
             info!(app, object = %key, "not pruning: Prune=false");
-            return Ok(());
+            return Ok(false);
         }
         info!(app, object = %key, "pruning");
         self.cluster
             .delete(&resolved, key)
             .await
+            .map(|()| true)
             .map_err(|e| e.to_string())
     }
 

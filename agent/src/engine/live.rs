@@ -165,7 +165,7 @@ impl Engine {
                         return ResourceCheck {
                             key,
                             sync: SyncStatus::Unknown,
-                            health: self.health.assess(&live),
+                            health: self.health.assess_for_app(&live),
                             message: format!("ignoreDifferences: {e}"),
                             drift: Vec::new(),
                             shared_with: None,
@@ -177,7 +177,7 @@ impl Engine {
                     .iter()
                     .map(ToString::to_string)
                     .collect();
-                let health = self.health.assess(&live);
+                let health = self.health.assess_for_app(&live);
                 let shared_with = object::tracking_app(&live)
                     .filter(|owner| *owner != b.name)
                     .map(str::to_owned);
@@ -215,7 +215,8 @@ impl Engine {
 
 /// The objects of an application whose live state differs from what the
 /// agent applies (missing ones with an empty `live`), for the hub's diff
-/// request. Live objects are shown without `managedFields`.
+/// request. Live objects are shown without `managedFields`; Secret values
+/// are masked.
 pub async fn diff_app(cluster: &Cluster, b: &Bundle) -> Result<Vec<ResourceDiff>, String> {
     if !b.render_error.is_empty() {
         return Err(format!("render error: {}", b.render_error));
@@ -249,6 +250,7 @@ pub async fn diff_app(cluster: &Cluster, b: &Bundle) -> Result<Vec<ResourceDiff>
             }
         };
         if differs {
+            let (desired, live) = crate::redact::secret_pair(&desired, live.as_ref());
             let live = live.map(|mut l| {
                 if let Some(m) = l.get_mut("metadata").and_then(Value::as_object_mut) {
                     m.remove("managedFields");

@@ -1,8 +1,10 @@
 //! Removing an application the hub no longer lists, as Argo CD deletes an
 //! Application: its PreDelete hooks run first (nothing is deleted until
-//! they succeed), then its objects are pruned (when its last policy had
-//! prune) and what its sync hooks left behind is deleted, then, once the
-//! objects are gone, its PostDelete hooks run; finally the deletion hooks
+//! they succeed), then its objects are deleted as the hub decided (cascade
+//! with foreground or background propagation, or orphan; without a
+//! decision from the hub, pruned when its last policy had prune) and what
+//! its sync hooks left behind is deleted, then, once the deleted objects
+//! are gone, its PostDelete hooks run; finally the deletion hooks
 //! go per their delete policies. A failed deletion hook is deleted and
 //! created again at a later pass (Argo CD retries the same way). Each stage
 //! is persisted with the removed application, so a restart continues it.
@@ -14,6 +16,7 @@ use tracing::{info, warn};
 use super::Engine;
 use crate::bundle::Bundle;
 use crate::cache::RemovedApp;
+use crate::deletion::Removal;
 use crate::hooks::{self, DeletionPhase, HookStatus, Removal, RemovalStage};
 use crate::object;
 use crate::report::now_ms;
@@ -60,12 +63,7 @@ impl Engine {
                 }
                 RemovalStage::Prune => {
                     if !self
-                        .prune_removed_objects(
-                            name,
-                            removed.policy.prune,
-                            &removed.inventory,
-                            &templates,
-                        )
+                        .prune_removed_objects(name, removed, &templates)
                         .await
                     {
                         break false;
@@ -144,27 +142,48 @@ impl Engine {
         false
     }
 
-    /// Prunes a removed application's objects (with `prune`) and whatever
-    /// its sync hooks left behind; true once they are gone.
+    /// Deletes a removed application's objects as the hub decided (see
+    /// [`RemovedApp::object_removal`]) and whatever its sync hooks left
+    /// behind; true once the objects it deleted are gone.
     async fn prune_removed_objects(
         &self,
         app: &str,
-        prune: bool,
-        inventory: &[object::ObjectKey],
+        removed: &RemovedApp,
         templates: &[super::hooks::HookTemplate],
     ) -> bool {
-        if !prune {
-            if !inventory.is_empty() {
-                info!(app, "application removed; prune is off, its objects stay");
-            }
-            return true;
+        let how = removed.object_removal();
+        if how.is_none() && !removed.inventory.is_empty() {
+            info!(app, "application removed without cascade or prune; its objects stay");
         }
         let mut done = true;
-        for key in &self.prune_order(inventory.to_vec()) {
-            if let Err(e) = self.prune_one(app, key).await {
-                warn!(app, object = %key, error = %e, "prune of removed application failed");
-                done = false;
-                continue;
+        let keys = match how {
+            Some(_) => self.prune_order(removed.inventory.clone()),
+            None => Vec::new(),
+        };
+        for key in &keys {
+            let requested = match how {
+                Some(Removal::Cascade { foreground }) => {
+                    crate::deletion::delete_object(
+                        &self.cluster,
+                        app,
+                        key,
+                        foreground,
+                        &removed.policy.sync_options,
+                    )
+                    .await
+                }
+                _ => self.prune_one(app, key).await,
+            };
+            match requested {
+                Err(e) => {
+                    warn!(app, object = %key, error = %e, "deleting an object of the removed application failed");
+                    done = false;
+                    continue;
+                }
+                // Kept (Prune=false, Delete=false, another app's): nothing
+                // to wait for.
+                Ok(false) => continue,
+                Ok(true) => {}
             }
             // PostDelete waits until the objects are gone (finalizers).
             if let Ok(r) = self.cluster.resolve(key).await

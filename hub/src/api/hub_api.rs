@@ -36,20 +36,24 @@ impl HubApiService {
         let app = &rec.app;
         let name = &app.metadata.name;
         let bundle = self.ctx.fleet.bundle(name);
+        let revision = self.ctx.fleet.desired_revision(name);
         let statuses = self.ctx.store.statuses_of_app(name)?;
+        let ops = self.ctx.store.app_ops(name)?;
+        let pin_message = ops.pin_message();
         let cluster_rows = clusters
             .iter()
             .filter(|c| fleet::targets(app, c))
             .map(|c| pb::ClusterAppStatus {
                 cluster: c.name.clone(),
-                desired_revision: bundle
-                    .as_ref()
-                    .map(|b| b.revision.clone())
-                    .unwrap_or_default(),
-                status: statuses
-                    .get(&c.name)
-                    .cloned()
-                    .map(|st| fleet::comparison_status(rec, st)),
+                desired_revision: revision.clone(),
+                status: statuses.get(&c.name).cloned().map(|st| {
+                    let st = fleet::at_current_revision(st, bundle.as_deref(), &revision);
+                    let st = fleet::comparison_status(rec, st);
+                    match &pin_message {
+                        Some(m) => crate::history::show_pin(st, m),
+                        None => st,
+                    }
+                }),
             })
             .collect();
         let error = if !rec.error.is_empty() {
@@ -67,17 +71,61 @@ impl HubApiService {
             path: app.spec.source.path.clone(),
             chart: app.spec.source.chart.clone(),
             target_revision: app.spec.source.target_revision.clone(),
-            revision: bundle
-                .as_ref()
-                .map(|b| b.revision.clone())
-                .unwrap_or_else(|| rec.revision.clone()),
+            revision: if revision.is_empty() {
+                rec.revision.clone()
+            } else {
+                revision
+            },
             destination: app.destination_key().unwrap_or_default().to_owned(),
             namespace: app.spec.destination.namespace.clone().unwrap_or_default(),
             policy: Some(fleet::sync_policy(app)),
             error,
             clusters: cluster_rows,
             manifest: serde_saphyr::to_string(app).unwrap_or_default(),
+            pinned_revision: ops.pinned.clone().unwrap_or_default(),
+            pinned_by: ops.pinned_by.clone(),
+            git_revision: if ops.pinned.is_some() {
+                ops.git_revision.clone()
+            } else {
+                String::new()
+            },
+            finalizers: app.metadata.finalizers.clone(),
         })
+    }
+
+    /// After an app of apps `parent` was deleted: with cascade, the
+    /// Applications and ApplicationSets it declared are deleted too, as
+    /// Argo CD deletes a parent's Application resources (each child's own
+    /// finalizers then decide about its objects; a set's
+    /// `preserveResourcesOnDeletion` about its applications'); without,
+    /// they stay. Inventory records it declared stay either way (a cluster
+    /// is never unenrolled by a deletion). Its record of what it wrote is
+    /// dropped, so a parent created again under that name starts afresh.
+    fn delete_children(
+        &self,
+        parent: &str,
+        propagation: crate::deletion::Propagation,
+    ) -> Result<(), Status> {
+        let origin = format!("app:{parent}");
+        if propagation.cascades() {
+            for child in self.ctx.store.apps()? {
+                if child.origin == origin {
+                    let name = &child.app.metadata.name;
+                    tracing::info!(parent, app = %name, "child application deleted with its parent");
+                    self.ctx.fleet.remove_app(name)?;
+                }
+            }
+            for set in self.ctx.store.appsets()? {
+                if set.origin == origin {
+                    tracing::info!(parent, appset = %set.name, "child application set deleted with its parent");
+                    self.ctx.appsets.remove_set(&set.name)?;
+                }
+            }
+        }
+        self.ctx
+            .store
+            .put_app_children(parent, &crate::store::ChildrenRecord::default())?;
+        Ok(())
     }
 
     fn cluster_to_pb(&self, c: &ClusterRecord) -> pb::Cluster {
@@ -265,12 +313,38 @@ impl pb::hub_api_server::HubApi for HubApiService {
         request: Request<pb::DeleteApplicationRequest>,
     ) -> Result<Response<pb::DeleteApplicationResponse>, Status> {
         require_write(&request)?;
-        let name = request.into_inner().name;
-        if !self.ctx.fleet.remove_app(&name)? {
-            return Err(Status::not_found(format!("application {name:?} not found")));
+        let req = request.into_inner();
+        let name = req.name;
+        let rec = self
+            .ctx
+            .store
+            .app(&name)?
+            .ok_or_else(|| Status::not_found(format!("application {name:?} not found")))?;
+        if let Some(why) = crate::deletion::refusal(&rec) {
+            return Err(Status::failed_precondition(why));
         }
-        tracing::info!(app = %name, "application deleted");
-        Ok(Response::new(pb::DeleteApplicationResponse {}))
+        let propagation =
+            crate::deletion::for_request(&rec.app, req.cascade, &req.propagation_policy)
+                .map_err(|e| Status::invalid_argument(format!("application {name:?}: {e}")))?;
+        let clusters = self
+            .ctx
+            .fleet
+            .remove_app_with(&name, propagation)?
+            .ok_or_else(|| Status::not_found(format!("application {name:?} not found")))?;
+        if crate::appofapps::is_in_hub(&rec.app) {
+            self.delete_children(&name, propagation)?;
+        }
+        let not_connected = clusters
+            .iter()
+            .filter(|c| !self.ctx.fleet.is_connected(c))
+            .cloned()
+            .collect();
+        tracing::info!(app = %name, origin = %rec.origin, propagation = %propagation, clusters = ?clusters, "application deleted");
+        Ok(Response::new(pb::DeleteApplicationResponse {
+            clusters,
+            not_connected,
+            propagation_policy: propagation.as_str().to_owned(),
+        }))
     }
 
     async fn list_clusters(

@@ -123,15 +123,18 @@ async fn render_and_sync(
             not_connected.push(cluster);
         }
     }
+    // The commit the application is at, newer than its bundle's when the
+    // content did not change since (the agents report that commit too).
+    let revision = ctx.fleet.desired_revision(name);
     let history_id = if dry_run {
         0
     } else {
         let mut all = sent.clone();
         all.extend(not_connected.iter().cloned());
-        history::record(&ctx.store, app, &bundle.revision, initiated_by, all)?
+        history::record(&ctx.store, app, &revision, initiated_by, all)?
     };
     ctx.store.flush_async().await?;
-    tracing::info!(app = %name, revision = %bundle.revision, clusters = ?sent, ?not_connected, prune, dry_run, initiated_by, "sync sent");
+    tracing::info!(app = %name, revision = %revision, clusters = ?sent, ?not_connected, prune, dry_run, initiated_by, "sync sent");
     // Every cluster at once: the slowest agent bounds the wait.
     let answers =
         futures::future::join_all(waits.into_iter().map(|(cluster, id, rx)| async move {
@@ -142,7 +145,7 @@ async fn render_and_sync(
     results.extend(answers);
     results.sort_by(|a, b| a.cluster.cmp(&b.cluster));
     Ok(pb::SyncApplicationResponse {
-        revision: bundle.revision.clone(),
+        revision,
         clusters: sent,
         not_connected,
         history_id,
@@ -231,6 +234,9 @@ pub async fn sync(
             req.name
         )));
     }
+    if req.dry_run {
+        refuse_dry_run_of_another_state(ctx, &req)?;
+    }
     let src = &app.spec.source;
     let target = ctx
         .git
@@ -246,23 +252,39 @@ pub async fn sync(
             .map_err(Status::invalid_argument)?
     };
     let pin = (commit != target).then(|| commit.clone());
-    if pin.is_some() {
-        if history::is_automated(&app) {
-            return Err(Status::failed_precondition(
-                "cannot sync to a revision other than the target revision while automated sync is enabled",
-            ));
-        }
-        if req.dry_run {
-            return Err(Status::invalid_argument(
-                "--dry-run with --revision is not supported: a dry run checks the rendered state the agents hold",
-            ));
-        }
+    if pin.is_some() && history::is_automated(&app) {
+        return Err(Status::failed_precondition(
+            "cannot sync to a revision other than the target revision while automated sync is enabled",
+        ));
     }
     if !req.dry_run {
-        history::set_pin(&ctx.store, &req.name, pin)?;
+        history::set_pin_by(&ctx.store, &req.name, pin, "sync --revision")?;
     }
     let out = render_and_sync(ctx, &app, clusters, req.prune, req.dry_run, &by).await?;
     Ok(Response::new(out))
+}
+
+/// A dry run checks the rendered state the agents hold, so it cannot
+/// preview another one: any `--revision` is refused (also one naming the
+/// target's current commit: a pinned application's agents hold the pinned
+/// state), and so is a dry run of a pinned application, whose sync without
+/// `--revision` would move it back to Git.
+fn refuse_dry_run_of_another_state(
+    ctx: &HubContext,
+    req: &pb::SyncApplicationRequest,
+) -> Result<(), Status> {
+    if !req.revision.trim().is_empty() {
+        return Err(Status::invalid_argument(
+            "--dry-run with --revision is not supported: a dry run checks the rendered state the agents hold",
+        ));
+    }
+    if let Some(pin) = ctx.store.app_ops(&req.name)?.pinned {
+        return Err(Status::failed_precondition(format!(
+            "application {:?} is pinned to {pin}: a dry run checks the pinned state the agents hold, not what a sync without --revision would apply (Git's target revision); use `app diff` to compare the pinned state",
+            req.name
+        )));
+    }
+    Ok(())
 }
 
 /// `HubApi.RollbackApplication`.
@@ -279,6 +301,12 @@ pub async fn rollback(
     if history::is_automated(&app) {
         return Err(Status::failed_precondition(
             "rollback cannot be initiated when auto-sync is enabled",
+        ));
+    }
+    if req.dry_run {
+        // The agents would check the state they hold, not the entry's.
+        return Err(Status::invalid_argument(
+            "a dry run of a rollback is not supported: a dry run checks the rendered state the agents hold",
         ));
     }
     let ops = ctx.store.app_ops(&req.name)?;
@@ -303,7 +331,12 @@ pub async fn rollback(
         )));
     }
     if !req.dry_run {
-        history::set_pin(&ctx.store, &req.name, Some(entry.revision.clone()))?;
+        history::set_pin_by(
+            &ctx.store,
+            &req.name,
+            Some(entry.revision.clone()),
+            "rollback",
+        )?;
     }
     tracing::info!(app = %req.name, id = req.id, revision = %entry.revision, "rollback");
     let out = render_and_sync(ctx, &app, clusters, req.prune, req.dry_run, "rollback").await?;

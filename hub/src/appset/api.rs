@@ -10,10 +10,19 @@ use flotilla_proto as pb;
 
 fn to_pb(rec: &AppSetRecord, count: EvaluationCount) -> pb::ApplicationSet {
     let policy = rec.raw.pointer("/spec/syncPolicy");
+    // An application held for deletion still exists and still belongs to
+    // the set: it stays listed until it is deleted.
+    let mut applications = rec.generated.clone();
+    for held in &rec.pending_deletions {
+        if !applications.contains(held) {
+            applications.push(held.clone());
+        }
+    }
+    applications.sort();
     pb::ApplicationSet {
         name: rec.name.clone(),
         origin: rec.origin.clone(),
-        applications: rec.generated.clone(),
+        applications,
         conditions: rec
             .conditions
             .iter()

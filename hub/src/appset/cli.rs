@@ -74,9 +74,14 @@ pub fn generate_text(
     for set in &sets {
         let g = set.generate(clusters, git)?;
         for e in g.errors {
+            // The model's own context repeats what this line already says.
+            let own = format!("ApplicationSet {}: ", set.name);
+            let message = e.message.strip_prefix(&own).unwrap_or(&e.message);
+            let app = format!("Application {:?}: ", e.application);
+            let message = message.strip_prefix(&app).unwrap_or(message);
             errors.push(format!(
-                "ApplicationSet {:?}: application {:?}: {}",
-                set.name, e.application, e.message
+                "ApplicationSet {:?}: application {:?}: {message}",
+                set.name, e.application
             ));
         }
         apps.extend(g.applications);
@@ -96,10 +101,13 @@ pub fn generate_text(
     Ok((text, errors))
 }
 
-/// `flotilla appset generate`.
+/// `flotilla appset generate`: the Applications on stdout; each error once
+/// on stderr.
 ///
 /// # Errors
-/// Unreadable input or a set-level error.
+/// Unreadable input, a set-level error, or any application that could not
+/// be rendered (exit status 1 after the others are printed), so a script
+/// never mistakes a broken template for a smaller set.
 pub fn generate(args: &GenerateArgs, output: Output) -> Result<()> {
     let text = read_input(&args.file)?;
     let clusters = match &args.clusters {
@@ -122,10 +130,14 @@ pub fn generate(args: &GenerateArgs, output: Output) -> Result<()> {
         output == Output::Json,
     )?;
     print!("{out}");
-    for e in errors {
+    if errors.is_empty() {
+        return Ok(());
+    }
+    for e in &errors {
         eprintln!("error: {e}");
     }
-    Ok(())
+    // Already printed: the exit status alone carries the failure.
+    Err(crate::cli::ExitStatus(1).into())
 }
 
 fn appset_json(s: &pb::ApplicationSet) -> Value {

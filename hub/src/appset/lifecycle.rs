@@ -14,25 +14,55 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::{ApplicationSet, ApplicationsSync, GitFiles};
+use super::{
+    ApplicationSet, ApplicationsSync, GenerateOptions, GitFiles, IgnoreRule, PreservedFields,
+};
 use crate::fleet::Fleet;
 use crate::model::{Application, AutomatedSync};
 use crate::source::{GitCache, SourceFile};
-use crate::store::{AppRecord, AppSetCondition, AppSetRecord, StoreError};
+use crate::store::{
+    AppRecord, AppSetCondition, AppSetRecord, DeletionRecord, SizeSample, StoreError,
+};
 
 /// Annotation naming the owning ApplicationSet on a generated Application.
 pub const OWNER_ANNOTATION: &str = "flotilla.dev/application-set";
 /// Annotation on a generated Application being deleted without pruning:
 /// it stays (with prune off) until every cluster acknowledged that.
 pub const DELETING_ANNOTATION: &str = "flotilla.dev/deleting";
-/// Default share of a set's applications one evaluation may delete.
+/// Default share of a set's applications that may be deleted within one
+/// window without confirmation.
 pub const DEFAULT_DELETION_BUDGET: f64 = 0.5;
+/// Default window over which the deletion budget is judged.
+pub const DEFAULT_DELETION_WINDOW: Duration = Duration::from_secs(3600);
 
 pub const ERROR_OCCURRED: &str = "ErrorOccurred";
 pub const RENDER_ERROR: &str = "ApplicationRenderError";
 pub const DELETION_HELD: &str = "DeletionHeld";
 pub const CONFLICT: &str = "ApplicationConflict";
 pub const UP_TO_DATE: &str = "ResourcesUpToDate";
+pub use super::{NOTICE_EXTENSION, NOTICE_PROJECT_REFUSED, NOTICE_UNSUPPORTED};
+
+/// Whether deleting the set (as written in `raw`) leaves its applications:
+/// as Argo CD, when its policy does not delete (`create-only`,
+/// `create-update`) and the set carries the resources finalizer, which
+/// makes Argo CD remove the applications' owner references before the set
+/// goes (Controlling-Resource-Modification.md, "How to prevent Application
+/// controller from deleting Applications when deleting ApplicationSet").
+pub fn keeps_applications_on_deletion(raw: &Value) -> bool {
+    let keeps_policy = matches!(
+        raw.pointer("/spec/syncPolicy/applicationsSync")
+            .and_then(Value::as_str),
+        Some("create-only" | "create-update")
+    );
+    let finalizer = raw
+        .pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .is_some_and(|f| {
+            f.iter()
+                .any(|f| f.as_str() == Some(super::RESOURCES_FINALIZER))
+        });
+    keeps_policy && finalizer
+}
 
 /// Origin of the applications a set owns.
 pub fn origin_of(set: &str) -> String {
@@ -51,6 +81,39 @@ fn is_deleting(a: &AppRecord) -> bool {
     a.app.metadata.annotations.contains_key(DELETING_ANNOTATION)
 }
 
+/// The deletion budget: at most `share` of a set may be deleted within
+/// `window_ms` without `flotilla appset confirm`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Budget {
+    pub share: f64,
+    pub window_ms: i64,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Self {
+            share: DEFAULT_DELETION_BUDGET,
+            window_ms: i64::try_from(DEFAULT_DELETION_WINDOW.as_millis()).unwrap_or(i64::MAX),
+        }
+    }
+}
+
+/// What [`plan_set`] knows about the set besides its evaluation.
+#[derive(Debug, Clone, Copy)]
+pub struct PlanInput<'a> {
+    pub set: &'a str,
+    pub policy: ApplicationsSync,
+    pub preserved: &'a PreservedFields,
+    pub ignore: &'a [IgnoreRule],
+    pub budget: Budget,
+    pub now_ms: i64,
+    /// The deletions the user confirmed.
+    pub confirmed: &'a [String],
+    /// The set's deletions and sizes so far (from its record).
+    pub deletion_log: &'a [DeletionRecord],
+    pub size_log: &'a [SizeSample],
+}
+
 /// What one evaluation of a set changes.
 #[derive(Debug, Default, PartialEq)]
 pub struct SetPlan {
@@ -63,27 +126,34 @@ pub struct SetPlan {
     pub conditions: Vec<AppSetCondition>,
     /// The generated names, or `None` to keep the last good result.
     pub generated: Option<Vec<String>>,
+    /// The budget window's deletions and sizes after this plan.
+    pub deletion_log: Vec<DeletionRecord>,
+    pub size_log: Vec<SizeSample>,
 }
 
 /// Plans one set's changes from its evaluation `result` (pure).
 ///
-/// `apps` is every stored application; `confirmed` the deletions the user
-/// confirmed; `budget` the share of the set's current applications one
-/// evaluation may delete without confirmation.
+/// `apps` is every stored application. Deletions are judged over the
+/// budget's window, so that deleting a few at a time cannot get around
+/// it: if the deletions of the window plus those of this evaluation exceed
+/// the budget's share of the set's size (the larger of its size at the
+/// start of the window and its size now), this evaluation's deletions are
+/// held until the user confirms exactly them. Applying a confirmation
+/// starts a new window.
 pub fn plan_set(
-    set: &str,
-    policy: ApplicationsSync,
+    input: &PlanInput<'_>,
     result: Result<super::Generated, String>,
     apps: &[AppRecord],
-    budget: f64,
-    confirmed: &[String],
 ) -> SetPlan {
+    let set = input.set;
     let origin = origin_of(set);
     let generated = match result {
         Ok(g) => g,
         Err(message) => {
             return SetPlan {
                 conditions: vec![condition(ERROR_OCCURRED, message, "")],
+                deletion_log: input.deletion_log.to_vec(),
+                size_log: input.size_log.to_vec(),
                 ..Default::default()
             };
         }
@@ -94,34 +164,11 @@ pub fn plan_set(
         .filter(|a| a.origin == origin && !is_deleting(a))
         .collect();
     let mut names = Vec::new();
-    for mut app in generated.applications {
-        app.metadata
-            .annotations
-            .insert(OWNER_ANNOTATION.to_owned(), set.to_owned());
-        let name = app.metadata.name.clone();
-        names.push(name.clone());
-        match apps.iter().find(|a| a.app.metadata.name == name) {
-            None => plan.upserts.push(app),
-            Some(e) if e.origin != origin => plan.conditions.push(condition(
-                CONFLICT,
-                format!(
-                    "application {name:?} already exists with origin {:?}; it is left alone",
-                    e.origin
-                ),
-                &name,
-            )),
-            Some(e) if is_deleting(e) => plan.upserts.push(app),
-            Some(e) => {
-                if e.app != app && policy.allows_update() {
-                    plan.upserts.push(app);
-                }
-            }
-        }
-    }
-    let failed: BTreeSet<&str> = generated
+    let mut created = 0usize;
+    let mut failed: BTreeSet<String> = generated
         .errors
         .iter()
-        .map(|e| e.application.as_str())
+        .map(|e| e.application.clone())
         .collect();
     for e in &generated.errors {
         plan.conditions.push(condition(
@@ -130,33 +177,130 @@ pub fn plan_set(
             &e.application,
         ));
     }
-    if policy.allows_delete() {
+    for mut app in generated.applications {
+        app.metadata
+            .annotations
+            .insert(OWNER_ANNOTATION.to_owned(), set.to_owned());
+        let name = app.metadata.name.clone();
+        names.push(name.clone());
+        match apps.iter().find(|a| a.app.metadata.name == name) {
+            None => {
+                created += 1;
+                plan.upserts.push(app);
+            }
+            Some(e) if e.origin != origin => plan.conditions.push(condition(
+                CONFLICT,
+                format!(
+                    "application {name:?} already exists with origin {:?}; it is left alone",
+                    e.origin
+                ),
+                &name,
+            )),
+            Some(e) if is_deleting(e) => {
+                created += 1;
+                plan.upserts.push(app);
+            }
+            Some(e) => {
+                let app = if input.preserved == &PreservedFields::default()
+                    && input.ignore.is_empty()
+                {
+                    Ok(app)
+                } else {
+                    super::ignore::keep_current_fields(&app, &e.app, input.preserved, input.ignore)
+                };
+                match app {
+                    Ok(app) => {
+                        if e.app != app && input.policy.allows_update() {
+                            plan.upserts.push(app);
+                        }
+                    }
+                    Err(message) => {
+                        failed.insert(name.clone());
+                        plan.conditions.push(condition(
+                            RENDER_ERROR,
+                            format!("application {name:?}: {message}"),
+                            &name,
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    let window_start = input.now_ms.saturating_sub(input.budget.window_ms);
+    let mut deletion_log: Vec<DeletionRecord> = input
+        .deletion_log
+        .iter()
+        .filter(|d| d.at_ms > window_start)
+        .cloned()
+        .collect();
+    // The last sample at or before the window's start, and those after.
+    let from = input
+        .size_log
+        .iter()
+        .rposition(|s| s.at_ms <= window_start)
+        .unwrap_or(0);
+    let mut size_log: Vec<SizeSample> = input.size_log[from.min(input.size_log.len())..].to_vec();
+    if input.policy.allows_delete() {
         let mut gone: Vec<String> = owned
             .iter()
             .map(|a| a.app.metadata.name.clone())
             .filter(|n| !names.contains(n) && !failed.contains(n.as_str()))
             .collect();
         gone.sort();
-        let mut confirmed = confirmed.to_vec();
+        let mut confirmed = input.confirmed.to_vec();
         confirmed.sort();
-        let over_budget = gone.len() as f64 > budget * owned.len() as f64;
+        let base = size_log
+            .first()
+            .map_or(owned.len(), |s| s.size)
+            .max(owned.len());
+        let in_window = deletion_log.len() + gone.len();
+        let over_budget = in_window as f64 > input.budget.share * base as f64;
         if !gone.is_empty() && over_budget && gone != confirmed {
+            let earlier = if deletion_log.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " ({} already deleted in the last {})",
+                    deletion_log.len(),
+                    window_text(input.budget.window_ms)
+                )
+            };
             plan.conditions.push(condition(
                 DELETION_HELD,
                 format!(
-                    "holding {} of {} applications for deletion ({}): more than the deletion budget of {:.0}%; run `flotilla appset confirm {set}` to delete them",
+                    "holding {} of {} applications for deletion ({}){earlier}: more than the deletion budget of {:.0}% of {base} within {}; run `flotilla appset confirm {set}` to delete them",
                     gone.len(),
                     owned.len(),
                     gone.join(", "),
-                    budget * 100.0
+                    input.budget.share * 100.0,
+                    window_text(input.budget.window_ms),
                 ),
                 "",
             ));
             plan.held = gone;
-        } else {
+        } else if !gone.is_empty() {
+            if over_budget {
+                // Confirmed: the deletions go and a new window starts.
+                deletion_log.clear();
+                size_log.clear();
+            } else {
+                deletion_log.extend(gone.iter().map(|app| DeletionRecord {
+                    app: app.clone(),
+                    at_ms: input.now_ms,
+                }));
+            }
             plan.deletions = gone;
         }
     }
+    let size = owned.len() - plan.deletions.len() + created;
+    if size_log.last().is_none_or(|s| s.size != size) {
+        size_log.push(SizeSample {
+            at_ms: input.now_ms,
+            size,
+        });
+    }
+    plan.deletion_log = deletion_log;
+    plan.size_log = size_log;
     if plan.conditions.is_empty() {
         plan.conditions.push(condition(
             UP_TO_DATE,
@@ -164,9 +308,25 @@ pub fn plan_set(
             "",
         ));
     }
+    // Conditions that do not stop the set come last.
+    for n in generated.notices {
+        plan.conditions
+            .push(condition(n.kind, n.message, &n.application));
+    }
     names.sort();
     plan.generated = Some(names);
     plan
+}
+
+fn window_text(ms: i64) -> String {
+    let secs = ms / 1000;
+    if secs % 3600 == 0 {
+        format!("{}h", secs / 3600)
+    } else if secs % 60 == 0 {
+        format!("{}m", secs / 60)
+    } else {
+        format!("{secs}s")
+    }
 }
 
 type Tree = Arc<Vec<SourceFile>>;
@@ -183,11 +343,12 @@ struct HubGit {
     /// (url, commit) → files; seeded with the previous pass's trees.
     trees: Mutex<HashMap<(String, String), Tree>>,
     used: Mutex<std::collections::HashSet<(String, String)>>,
-    /// (url, revision) → commit (or error) read by the set being evaluated.
+    /// (url, revision, requeueAfterSeconds) → commit (or error) read by
+    /// the set being evaluated.
     refs: Mutex<Vec<GitRef>>,
 }
 
-type GitRef = ((String, String), Result<String, String>);
+type GitRef = ((String, String, Option<u64>), Result<String, String>);
 
 /// The output of evaluating one stored set.
 type Evaluation = Result<(ApplicationSet, Result<super::Generated, super::AppSetError>), String>;
@@ -209,24 +370,39 @@ fn clusters_fingerprint(clusters: &[super::ClusterInfo]) -> u64 {
         c.server.hash(&mut h);
         c.labels.hash(&mut h);
         c.annotations.hash(&mut h);
+        c.project.hash(&mut h);
     }
     h.finish()
 }
 
 impl HubGit {
-    fn tree(&self, url: &str, revision: &str) -> Result<Arc<Vec<SourceFile>>, String> {
-        let resolved = self
-            .resolver
-            .resolve(&self.cache, &self.store, url, revision, self.force);
+    /// The files of `revision`, resolved (and fetched when due) for a
+    /// generator with `requeue`.
+    fn tree(
+        &self,
+        url: &str,
+        revision: &str,
+        requeue: Option<Duration>,
+    ) -> Result<Arc<Vec<SourceFile>>, String> {
+        let resolved =
+            self.resolver
+                .resolve(&self.cache, &self.store, url, revision, self.force, requeue);
         {
             let mut refs = self.refs.lock().unwrap_or_else(|p| p.into_inner());
-            let key = (url.to_owned(), revision.to_owned());
+            let key = (
+                url.to_owned(),
+                revision.to_owned(),
+                requeue.map(|d| d.as_secs()),
+            );
             if !refs.iter().any(|(k, _)| *k == key) {
                 refs.push((key, resolved.clone()));
             }
         }
-        let commit = resolved?;
-        let key = (url.to_owned(), commit.clone());
+        self.tree_at(url, &resolved?)
+    }
+
+    fn tree_at(&self, url: &str, commit: &str) -> Result<Arc<Vec<SourceFile>>, String> {
+        let key = (url.to_owned(), commit.to_owned());
         self.used
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -241,7 +417,7 @@ impl HubGit {
         }
         let files = Arc::new(
             self.cache
-                .read_dir(url, &commit, "", true)
+                .read_dir(url, commit, "", true)
                 .map_err(|e| e.to_string())?,
         );
         self.trees
@@ -254,16 +430,36 @@ impl HubGit {
 
 impl GitFiles for HubGit {
     fn list(&self, repo_url: &str, revision: &str) -> Result<Vec<String>, String> {
+        self.list_for_generator(repo_url, revision, None)
+    }
+
+    fn list_for_generator(
+        &self,
+        repo_url: &str,
+        revision: &str,
+        requeue: Option<Duration>,
+    ) -> Result<Vec<String>, String> {
         Ok(self
-            .tree(repo_url, revision)?
+            .tree(repo_url, revision, requeue)?
             .iter()
             .map(|f| f.path.clone())
             .collect())
     }
 
     fn read(&self, repo_url: &str, revision: &str, path: &str) -> Result<Vec<u8>, String> {
-        self.tree(repo_url, revision)?
+        // The commit the generator listed, whatever its requeue.
+        let listed = self
+            .refs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
             .iter()
+            .find(|((u, r, _), _)| u == repo_url && r == revision)
+            .map(|(_, c)| c.clone());
+        let tree = match listed {
+            Some(commit) => self.tree_at(repo_url, &commit?)?,
+            None => self.tree(repo_url, revision, None)?,
+        };
+        tree.iter()
             .find(|f| f.path == path)
             .map(|f| f.content.clone())
             .ok_or_else(|| format!("{path}: no such file"))
@@ -274,8 +470,9 @@ impl GitFiles for HubGit {
 type Resolved = (u64, Instant, Result<String, String>);
 
 /// Resolves (url, revision) to a commit, fetching at most once per
-/// interval unless forced. Holds nothing of the hub's state, so an
-/// evaluation still running after shutdown keeps no store open.
+/// interval (a generator's `requeueAfterSeconds`, else the poll interval)
+/// unless forced. Holds nothing of the hub's state, so an evaluation still
+/// running after shutdown keeps no store open.
 struct Resolver {
     interval: Duration,
     commits: Mutex<HashMap<(String, String), Resolved>>,
@@ -292,6 +489,7 @@ impl Resolver {
         url: &str,
         revision: &str,
         force: bool,
+        requeue: Option<Duration>,
     ) -> Result<String, String> {
         let key = (url.to_owned(), revision.to_owned());
         let pass = self.pass.load(std::sync::atomic::Ordering::SeqCst);
@@ -300,9 +498,16 @@ impl Resolver {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&key)
-            && (*fetched_in == pass || (!force && at.elapsed() < self.interval))
         {
-            return r.clone();
+            // requeueAfterSeconds: 0 fetches again only when asked to.
+            let fresh = match requeue {
+                Some(d) if d.is_zero() => true,
+                Some(d) => at.elapsed() < d,
+                None => at.elapsed() < self.interval,
+            };
+            if *fetched_in == pass || (!force && fresh) {
+                return r.clone();
+            }
         }
         let r = crate::gitsync::fetch_with_stored_credentials(cache, store, url, revision)
             .map_err(|e| e.to_string());
@@ -338,10 +543,33 @@ pub struct EvaluationCount {
     pub last_evaluated_ms: i64,
 }
 
+/// Hub-wide settings of the ApplicationSet controller.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AppSetConfig {
+    /// Share (0..=1) of a set's applications that may be deleted within
+    /// `deletion_window` without confirmation.
+    pub deletion_budget: f64,
+    pub deletion_window: Duration,
+    /// doublestar globbing for `git` file generators (Argo CD's
+    /// `--enable-new-git-file-globbing`).
+    pub new_git_file_globbing: bool,
+}
+
+impl Default for AppSetConfig {
+    fn default() -> Self {
+        Self {
+            deletion_budget: DEFAULT_DELETION_BUDGET,
+            deletion_window: DEFAULT_DELETION_WINDOW,
+            new_git_file_globbing: false,
+        }
+    }
+}
+
 /// The ApplicationSet controller.
 pub struct AppSets {
     fleet: Arc<Fleet>,
-    budget: f64,
+    budget: Budget,
+    options: GenerateOptions,
     resolver: Arc<Resolver>,
     /// Trees read by the last pass, reused while their commit is current.
     trees: Mutex<HashMap<(String, String), Tree>>,
@@ -367,13 +595,32 @@ impl std::fmt::Debug for AppSets {
 }
 
 impl AppSets {
-    /// `budget`: share (0..=1) of a set's applications one evaluation may
-    /// delete without confirmation; `interval`: how often a Git
-    /// generator's repository is fetched at most (unless forced).
+    /// `budget`: share (0..=1) of a set's applications that may be
+    /// deleted within the default window without confirmation; `interval`:
+    /// how often a Git generator's repository is fetched at most (unless
+    /// forced).
     pub fn new(fleet: Arc<Fleet>, budget: f64, interval: Duration) -> Arc<Self> {
+        Self::with_config(
+            fleet,
+            AppSetConfig {
+                deletion_budget: budget,
+                ..AppSetConfig::default()
+            },
+            interval,
+        )
+    }
+
+    /// [`AppSets::new`] with every setting.
+    pub fn with_config(fleet: Arc<Fleet>, config: AppSetConfig, interval: Duration) -> Arc<Self> {
         Arc::new(Self {
             fleet,
-            budget: budget.clamp(0.0, 1.0),
+            budget: Budget {
+                share: config.deletion_budget.clamp(0.0, 1.0),
+                window_ms: i64::try_from(config.deletion_window.as_millis()).unwrap_or(i64::MAX),
+            },
+            options: GenerateOptions {
+                new_git_file_globbing: config.new_git_file_globbing,
+            },
             resolver: Arc::new(Resolver {
                 interval,
                 commits: Mutex::default(),
@@ -443,6 +690,7 @@ impl AppSets {
             .collect();
         let memo = self.memo.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let fingerprint = clusters_fingerprint(&clusters);
+        let options = self.options;
         let joined = tokio::task::spawn_blocking(move || {
             let mut next = HashMap::new();
             let mut evaluated = Vec::new();
@@ -451,10 +699,15 @@ impl AppSets {
                 if let Some(m) = memo.get(&name)
                     && m.raw == raw
                     && m.clusters == fingerprint
-                    && m.refs.iter().all(|((url, rev), c)| {
-                        git.resolver
-                            .resolve(&git.cache, &git.store, url, rev, git.force)
-                            == *c
+                    && m.refs.iter().all(|((url, rev, requeue), c)| {
+                        git.resolver.resolve(
+                            &git.cache,
+                            &git.store,
+                            url,
+                            rev,
+                            git.force,
+                            requeue.map(Duration::from_secs),
+                        ) == *c
                     })
                 {
                     evaluated.push(m.result.clone());
@@ -465,7 +718,7 @@ impl AppSets {
                 let result: Evaluation = ApplicationSet::from_value(raw.clone())
                     .map_err(|e| e.to_string())
                     .map(|set| {
-                        let generated = set.generate(&clusters, Some(&git));
+                        let generated = set.generate_with(&clusters, Some(&git), options);
                         (set, generated)
                     });
                 let refs = git.refs.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -507,22 +760,38 @@ impl AppSets {
             if rec.raw != evaluated_rec.raw {
                 continue;
             }
-            let (policy, preserve, result) = match evaluation {
+            let (policy, preserve, preserved, ignore, result) = match evaluation {
                 Ok((set, generated)) => (
                     set.applications_sync,
                     set.preserve_resources_on_deletion,
+                    set.preserved_fields,
+                    set.ignore_differences,
                     generated.map_err(|e| e.to_string()),
                 ),
-                Err(message) => (ApplicationsSync::CreateOnly, true, Err(message)),
+                Err(message) => (
+                    ApplicationsSync::CreateOnly,
+                    true,
+                    PreservedFields::default(),
+                    Vec::new(),
+                    Err(message),
+                ),
             };
             let apps = store.apps()?;
+            let now = crate::api::now_ms();
             let plan = plan_set(
-                &rec.name,
-                policy,
+                &PlanInput {
+                    set: &rec.name,
+                    policy,
+                    preserved: &preserved,
+                    ignore: &ignore,
+                    budget: self.budget,
+                    now_ms: now,
+                    confirmed: &rec.confirmed_deletions,
+                    deletion_log: &rec.deletion_log,
+                    size_log: &rec.size_log,
+                },
                 result,
                 &apps,
-                self.budget,
-                &rec.confirmed_deletions,
             );
             let origin = origin_of(&rec.name);
             for app in &plan.upserts {
@@ -548,7 +817,6 @@ impl AppSets {
                 }
             }
             let before = rec.clone();
-            let now = crate::api::now_ms();
             if let Some(g) = plan.generated {
                 rec.generated = g;
                 rec.last_good_ms = now;
@@ -556,6 +824,8 @@ impl AppSets {
             rec.conditions = plan.conditions;
             rec.pending_deletions = plan.held;
             rec.confirmed_deletions.clear();
+            rec.deletion_log = plan.deletion_log;
+            rec.size_log = plan.size_log;
             rec.last_result_ms = now;
             let mut cmp = before.clone();
             cmp.last_result_ms = now;
@@ -576,8 +846,10 @@ impl AppSets {
         Ok(changed)
     }
 
-    /// Deletes a generated application. With `preserve` and an application
-    /// whose policy prunes, it is first re-sent with prune off and deleted
+    /// Deletes a generated application. When its objects must stay (the
+    /// set's `preserveResourcesOnDeletion`, or finalizers without Argo CD's
+    /// resources finalizer: see [`super::keeps_objects_on_deletion`]) and
+    /// its policy prunes, it is first re-sent with prune off and deleted
     /// once every cluster acknowledged that (the agent prunes a removed
     /// application only when its last policy had prune).
     ///
@@ -588,6 +860,7 @@ impl AppSets {
         let Some(mut rec) = store.app(name)? else {
             return Ok(());
         };
+        let preserve = super::keeps_objects_on_deletion(&rec.app, preserve);
         let prunes = rec
             .app
             .spec
@@ -596,7 +869,9 @@ impl AppSets {
             .and_then(|p| p.automated.as_ref())
             .is_some_and(|a| a.prune);
         if !preserve || !prunes {
-            self.fleet.remove_app(name)?;
+            // Argo CD: the set's resources finalizer (unless preserved).
+            let propagation = crate::deletion::for_generated(&rec.app, preserve);
+            self.fleet.remove_app_with(name, propagation)?;
             return Ok(());
         }
         if let Some(p) = rec.app.spec.sync_policy.as_mut() {
@@ -636,7 +911,8 @@ impl AppSets {
                 });
             if done {
                 tracing::info!(app = %name, "generated application deleted; its objects are preserved");
-                self.fleet.remove_app(name)?;
+                self.fleet
+                    .remove_app_with(name, crate::deletion::Propagation::Orphan)?;
                 changed = true;
             }
         }
@@ -670,8 +946,19 @@ impl AppSets {
             .unwrap_or_else(|p| p.into_inner())
             .remove(name);
         let origin = origin_of(name);
-        for a in store.apps()? {
-            if a.origin == origin && !is_deleting(&a) {
+        let keep = keeps_applications_on_deletion(&rec.raw);
+        for mut a in store.apps()? {
+            if a.origin != origin || is_deleting(&a) {
+                continue;
+            }
+            if keep {
+                // Orphaned, as Kubernetes leaves them once Argo CD removed
+                // the set's owner references: plain applications now.
+                a.origin = "api".to_owned();
+                a.app.metadata.annotations.remove(OWNER_ANNOTATION);
+                tracing::info!(appset = %name, app = %a.app.metadata.name, "application kept: the set's policy does not delete");
+                store.put_app(&a)?;
+            } else {
                 self.delete_app(&a.app.metadata.name, preserve)?;
             }
         }
@@ -902,7 +1189,50 @@ mod tests {
                     message: "boom".into(),
                 })
                 .collect(),
+            ..Default::default()
         })
+    }
+
+    const HOUR_MS: i64 = 3_600_000;
+    const T0: i64 = 1_000 * HOUR_MS;
+
+    /// `plan_set` of set "s" at `now` with a 50% budget over an hour.
+    fn plan_at(
+        policy: ApplicationsSync,
+        result: Result<Generated, String>,
+        existing: &[AppRecord],
+        confirmed: &[String],
+        now_ms: i64,
+        deletion_log: &[DeletionRecord],
+        size_log: &[SizeSample],
+    ) -> SetPlan {
+        plan_set(
+            &PlanInput {
+                set: "s",
+                policy,
+                preserved: &PreservedFields::default(),
+                ignore: &[],
+                budget: Budget {
+                    share: 0.5,
+                    window_ms: HOUR_MS,
+                },
+                now_ms,
+                confirmed,
+                deletion_log,
+                size_log,
+            },
+            result,
+            existing,
+        )
+    }
+
+    fn plan(
+        policy: ApplicationsSync,
+        result: Result<Generated, String>,
+        existing: &[AppRecord],
+        confirmed: &[String],
+    ) -> SetPlan {
+        plan_at(policy, result, existing, confirmed, T0, &[], &[])
     }
 
     fn names(plan: &SetPlan) -> Vec<&str> {
@@ -1088,7 +1418,7 @@ mod tests {
         ];
         for c in cases {
             let confirmed: Vec<String> = c.confirmed.iter().map(|s| (*s).to_owned()).collect();
-            let plan = plan_set("s", c.policy, c.result, &c.existing, 0.5, &confirmed);
+            let plan = plan(c.policy, c.result, &c.existing, &confirmed);
             assert_eq!(names(&plan), c.upserts, "{}", c.name);
             assert_eq!(plan.deletions, c.deletions, "{}", c.name);
             assert_eq!(plan.held, c.held, "{}", c.name);
@@ -1107,17 +1437,206 @@ mod tests {
         }
     }
 
+    /// A set over time: its applications and budget window records.
+    struct History {
+        apps: Vec<AppRecord>,
+        deletion_log: Vec<DeletionRecord>,
+        size_log: Vec<SizeSample>,
+    }
+
+    impl History {
+        fn new() -> Self {
+            Self {
+                apps: Vec::new(),
+                deletion_log: Vec::new(),
+                size_log: Vec::new(),
+            }
+        }
+
+        /// One evaluation generating `names` at `now`; applies the plan.
+        fn step(&mut self, names: &[String], now: i64, confirmed: &[String]) -> SetPlan {
+            let apps: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "p")).collect();
+            let plan = plan_at(
+                ApplicationsSync::Sync,
+                generated(&apps, &[]),
+                &self.apps,
+                confirmed,
+                now,
+                &self.deletion_log,
+                &self.size_log,
+            );
+            for a in &plan.upserts {
+                self.apps.retain(|r| r.app.metadata.name != a.metadata.name);
+                self.apps.push(owned(&a.metadata.name, "p"));
+            }
+            self.apps
+                .retain(|r| !plan.deletions.contains(&r.app.metadata.name));
+            self.deletion_log = plan.deletion_log.clone();
+            self.size_log = plan.size_log.clone();
+            plan
+        }
+    }
+
+    fn numbered(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("a{i}")).collect()
+    }
+
+    const MINUTE_MS: i64 = 60_000;
+
+    /// Issue 14 point 10: removing clusters one at a time must not walk
+    /// around the budget; it is judged over a window.
+    #[test]
+    fn budget_is_judged_over_a_window() {
+        let mut h = History::new();
+        h.step(&numbered(10), T0, &[]);
+        assert_eq!(h.apps.len(), 10);
+        // One more application gone per minute: five (50% of 10) go.
+        for i in 1..=5 {
+            let plan = h.step(&numbered(10)[i..], T0 + i as i64 * MINUTE_MS, &[]);
+            assert_eq!(plan.deletions, vec![format!("a{}", i - 1)], "step {i}");
+            assert!(plan.held.is_empty(), "step {i}");
+        }
+        // The sixth within the hour is held, and says what happened before.
+        let plan = h.step(&numbered(10)[6..], T0 + 6 * MINUTE_MS, &[]);
+        assert!(plan.deletions.is_empty());
+        assert_eq!(plan.held, ["a5"]);
+        assert_eq!(plan.conditions[0].kind, DELETION_HELD);
+        let m = &plan.conditions[0].message;
+        assert!(m.contains("5 already deleted in the last 1h"), "{m}");
+        assert!(m.contains("of 10 within 1h"), "{m}");
+        // Still held a bit later.
+        let plan = h.step(&numbered(10)[6..], T0 + 30 * MINUTE_MS, &[]);
+        assert_eq!(plan.held, ["a5"]);
+        // Once the first deletions leave the window, it goes: the window
+        // (from T0+2m) holds 3 earlier deletions, + 1 is 4 of the 8 the
+        // set had at its start.
+        let plan = h.step(&numbered(10)[6..], T0 + 62 * MINUTE_MS, &[]);
+        assert_eq!(plan.deletions, ["a5"]);
+        assert_eq!(plan.deletion_log.len(), 4);
+    }
+
+    #[test]
+    fn confirming_starts_a_new_window() {
+        let mut h = History::new();
+        h.step(&numbered(4), T0, &[]);
+        let plan = h.step(&numbered(1), T0 + MINUTE_MS, &[]);
+        assert_eq!(plan.held, ["a1", "a2", "a3"]);
+        let confirmed: Vec<String> = plan.held.clone();
+        let plan = h.step(&numbered(1), T0 + 2 * MINUTE_MS, &confirmed);
+        assert_eq!(plan.deletions, ["a1", "a2", "a3"]);
+        assert!(plan.deletion_log.is_empty());
+        assert_eq!(
+            plan.size_log,
+            [SizeSample {
+                at_ms: T0 + 2 * MINUTE_MS,
+                size: 1
+            }]
+        );
+        // Judged afresh against the new size: adding two then removing one
+        // of three is within the budget.
+        h.step(&numbered(3), T0 + 3 * MINUTE_MS, &[]);
+        let plan = h.step(&numbered(2), T0 + 4 * MINUTE_MS, &[]);
+        assert_eq!(plan.deletions, ["a2"]);
+    }
+
+    #[test]
+    fn a_set_that_grew_in_the_window_is_judged_by_its_size_now() {
+        let mut h = History::new();
+        h.step(&numbered(2), T0, &[]);
+        h.step(&numbered(10), T0 + MINUTE_MS, &[]);
+        // 3 of 10 (the start of the window had 2).
+        let plan = h.step(&numbered(7), T0 + 2 * MINUTE_MS, &[]);
+        assert_eq!(plan.deletions, ["a7", "a8", "a9"]);
+    }
+
+    #[test]
+    fn the_window_survives_in_the_record() {
+        // What a restarted hub reads back from the store is what decides.
+        let mut h = History::new();
+        h.step(&numbered(4), T0, &[]);
+        h.step(&numbered(4)[1..], T0 + MINUTE_MS, &[]);
+        h.step(&numbered(4)[2..], T0 + 2 * MINUTE_MS, &[]);
+        let rec = AppSetRecord {
+            deletion_log: h.deletion_log.clone(),
+            size_log: h.size_log.clone(),
+            ..Default::default()
+        };
+        let back: AppSetRecord =
+            serde_json::from_slice(&serde_json::to_vec(&rec).unwrap()).unwrap();
+        assert_eq!(back.deletion_log.len(), 2);
+        let mut restarted = History {
+            apps: h.apps.clone(),
+            deletion_log: back.deletion_log,
+            size_log: back.size_log,
+        };
+        let plan = restarted.step(&numbered(4)[3..], T0 + 3 * MINUTE_MS, &[]);
+        assert_eq!(plan.held, ["a2"]);
+    }
+
+    #[test]
+    fn notices_do_not_hide_up_to_date() {
+        let mut g = generated(&[("a", "a")], &[]).unwrap();
+        g.notices.push(crate::appset::Notice {
+            kind: NOTICE_EXTENSION,
+            message: "n-ary matrix".into(),
+            application: String::new(),
+        });
+        let plan = plan(ApplicationsSync::Sync, Ok(g), &[], &[]);
+        assert_eq!(kinds(&plan), [UP_TO_DATE, NOTICE_EXTENSION]);
+    }
+
+    #[test]
+    fn preserved_and_ignored_fields_are_not_rewritten() {
+        let mut current = owned("a", "edited");
+        current
+            .app
+            .metadata
+            .labels
+            .insert("team".into(), "blue".into());
+        let ignore = vec![IgnoreRule {
+            name: None,
+            json_pointers: vec!["/spec/source/path".into()],
+            jq_path_expressions: vec![],
+        }];
+        let preserved = PreservedFields {
+            annotations: vec![],
+            labels: vec!["team".into()],
+        };
+        let input = PlanInput {
+            set: "s",
+            policy: ApplicationsSync::Sync,
+            preserved: &preserved,
+            ignore: &ignore,
+            budget: Budget::default(),
+            now_ms: T0,
+            confirmed: &[],
+            deletion_log: &[],
+            size_log: &[],
+        };
+        let plan = plan_set(
+            &input,
+            generated(&[("a", "generated")], &[]),
+            &[current.clone()],
+        );
+        assert!(plan.upserts.is_empty(), "{:?}", plan.upserts);
+        // Without them, the generated version replaces the edit.
+        let plain = plan_set(
+            &PlanInput {
+                preserved: &PreservedFields::default(),
+                ignore: &[],
+                ..input
+            },
+            generated(&[("a", "generated")], &[]),
+            &[current],
+        );
+        assert_eq!(plain.upserts[0].spec.source.path, "generated");
+        assert!(plain.upserts[0].metadata.labels.is_empty());
+    }
+
     #[test]
     fn held_condition_names_the_applications_and_the_command() {
         let existing = vec![owned("a", "a"), owned("b", "b")];
-        let plan = plan_set(
-            "s",
-            ApplicationsSync::Sync,
-            generated(&[], &[]),
-            &existing,
-            0.5,
-            &[],
-        );
+        let plan = plan(ApplicationsSync::Sync, generated(&[], &[]), &existing, &[]);
         let m = &plan.conditions[0].message;
         assert!(m.contains("2 of 2"), "{m}");
         assert!(m.contains("a, b"), "{m}");
@@ -1186,5 +1705,125 @@ mod tests {
             .unwrap();
         sets.reconcile_all(&cache, false).await.unwrap();
         assert_eq!(sets.evaluations("ok").evaluations, 1);
+    }
+
+    /// Controlling-Resource-Modification.md: with create-only or
+    /// create-update, the set's resources finalizer keeps its applications
+    /// when the set is deleted; otherwise they go with it.
+    #[tokio::test]
+    async fn deleting_a_set_keeps_its_applications_only_when_argo_cd_would() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(&dir.path().join("db")).unwrap();
+        let sets = AppSets::new(
+            Fleet::load(store.clone()).unwrap(),
+            DEFAULT_DELETION_BUDGET,
+            Duration::from_secs(3600),
+        );
+        let cache = GitCache::new(dir.path().join("git"));
+        let rows = [
+            ("keep", "create-only", true, true),
+            ("keep2", "create-update", true, true),
+            ("nofin", "create-only", false, false),
+            ("syncs", "sync", true, false),
+        ];
+        for (name, policy, finalizer, _) in rows {
+            let list = "  - list:\n      elements:\n      - app: a\n";
+            let mut manifest = set_manifest(name, list, "app").replace(
+                "spec:\n  generators:",
+                &format!("spec:\n  syncPolicy:\n    applicationsSync: {policy}\n  generators:"),
+            );
+            if finalizer {
+                manifest = manifest.replace(
+                    &format!("  name: {name}\n"),
+                    &format!(
+                        "  name: {name}\n  finalizers: [resources-finalizer.argocd.argoproj.io]\n"
+                    ),
+                );
+            }
+            sets.put_from_api(&manifest, false).unwrap();
+        }
+        sets.reconcile_all(&cache, false).await.unwrap();
+        for (name, _, _, kept) in rows {
+            let app = format!("{name}-a");
+            assert!(store.app(&app).unwrap().is_some(), "{app} generated");
+            assert!(sets.remove_set(name).unwrap());
+            let after = store.app(&app).unwrap();
+            assert_eq!(after.is_some(), kept, "{name}");
+            if let Some(a) = after {
+                assert_eq!(a.origin, "api", "{name}");
+                assert!(!a.app.metadata.annotations.contains_key(OWNER_ANNOTATION));
+            }
+        }
+    }
+
+    /// A git generator's requeueAfterSeconds decides how long a fetched
+    /// revision is used (0: until a refresh); without it, the poll interval.
+    #[tokio::test]
+    async fn requeue_after_seconds_decides_when_the_repository_is_fetched_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("repo");
+        std::fs::create_dir_all(repo.join("apps/one")).unwrap();
+        std::fs::write(repo.join("apps/one/x.yaml"), "a: 1\n").unwrap();
+        let git = |args: &[&str]| {
+            let out = std::process::Command::new("git")
+                .args(args)
+                .current_dir(&repo)
+                .env("GIT_AUTHOR_NAME", "t")
+                .env("GIT_AUTHOR_EMAIL", "t@example.com")
+                .env("GIT_COMMITTER_NAME", "t")
+                .env("GIT_COMMITTER_EMAIL", "t@example.com")
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "git {args:?}: {out:?}");
+        };
+        git(&["init", "-q", "-b", "main"]);
+        git(&["add", "-A"]);
+        git(&["commit", "-q", "-m", "one"]);
+        let store = crate::store::Store::open(&dir.path().join("db")).unwrap();
+        // A poll interval of zero: without requeueAfterSeconds every pass
+        // fetches.
+        let sets = AppSets::new(
+            Fleet::load(store.clone()).unwrap(),
+            DEFAULT_DELETION_BUDGET,
+            Duration::ZERO,
+        );
+        let cache = GitCache::new(dir.path().join("git"));
+        // Each set its own revision: a (repository, revision) fetched for
+        // one set is fresh for every set in that pass.
+        let generator = |revision: &str, requeue: &str| {
+            format!(
+                "  - git:\n      repoURL: file://{}\n      revision: {revision}\n{requeue}      directories:\n      - path: 'apps/*'\n",
+                repo.display()
+            )
+        };
+        sets.put_from_api(
+            &set_manifest("polled", &generator("main", ""), "path.basename"),
+            false,
+        )
+        .unwrap();
+        sets.put_from_api(
+            &set_manifest(
+                "onrefresh",
+                &generator("HEAD", "      requeueAfterSeconds: 0\n"),
+                "path.basename",
+            ),
+            false,
+        )
+        .unwrap();
+        sets.reconcile_all(&cache, false).await.unwrap();
+        let generated = |name: &str| store.appset(name).unwrap().unwrap().generated;
+        assert_eq!(generated("polled"), ["polled-one"]);
+        assert_eq!(generated("onrefresh"), ["onrefresh-one"]);
+
+        std::fs::create_dir_all(repo.join("apps/two")).unwrap();
+        std::fs::write(repo.join("apps/two/x.yaml"), "a: 2\n").unwrap();
+        git(&["add", "-A"]);
+        git(&["commit", "-q", "-m", "two"]);
+        sets.reconcile_all(&cache, false).await.unwrap();
+        assert_eq!(generated("polled"), ["polled-one", "polled-two"]);
+        assert_eq!(generated("onrefresh"), ["onrefresh-one"]);
+        // A refresh (forced pass) fetches it.
+        sets.reconcile_all(&cache, true).await.unwrap();
+        assert_eq!(generated("onrefresh"), ["onrefresh-one", "onrefresh-two"]);
     }
 }

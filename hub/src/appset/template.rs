@@ -5,14 +5,21 @@
 //!   keys) is replaced by the flat parameter of that name; an unknown name
 //!   is left exactly as written. Nothing but strings is templated.
 //! - `goTemplate: true`: every string is a Go template executed against the
-//!   nested parameters, with Sprig/Helm functions (minus `env`, `expandenv`
-//!   and `getHostByName`) plus `normalize`, `slugify`, `toYaml`, `fromYaml`,
-//!   `fromYamlArray`. `missingkey=error` turns a missing key into an error.
+//!   nested parameters, with every Sprig function Argo CD allows (see
+//!   [`super::sprig`]). `missingkey=error` turns a missing key into Go's
+//!   error naming the key; `missingkey=zero|default|invalid` render a
+//!   missing key as Go does for a `map[string]interface{}` (`<no value>`).
+//!
+//! Output is deterministic: maps are walked in sorted key order everywhere
+//! (`range`, printing, `toJson`, `toYaml`, `keys`), as Go's are where Go
+//! sorts and in one fixed order where Go's would be random.
 
 use std::collections::HashMap;
 
-use gtmpl_ng::{Context, Func, FuncError, Number, Template, Value as GoValue};
+use gtmpl_ng::{Context, ExecError, Number, ParseError, Template, TemplateError, Value as GoValue};
 use serde_json::{Map, Value};
+
+use super::sprig;
 
 /// Parameters from one generator result.
 pub type Params = Map<String, Value>;
@@ -57,7 +64,7 @@ pub fn fasttemplate(input: &str, params: &Params) -> String {
 /// A Go template that does not parse or execute, with the field path.
 pub fn render_value(value: &Value, params: &Params, mode: TemplateMode) -> Result<Value, String> {
     let go_params = if mode.go_template {
-        Some(Context::from(to_go(&Value::Object(params.clone()))))
+        Some(go_context(params, mode))
     } else {
         None
     };
@@ -124,20 +131,32 @@ pub fn render_string(
     let data = match go {
         Some(v) => v,
         None => {
-            owned = Context::from(to_go(&Value::Object(params.clone())));
+            owned = go_context(params, mode);
             &owned
         }
     };
     go_template(s, data, mode.missing_key_error)
 }
 
+/// The parameters as the template engine's data (strict maps under
+/// `missingkey=error`).
+pub fn go_context(params: &Params, mode: TemplateMode) -> Context {
+    Context::from(to_go_value(
+        &Value::Object(params.clone()),
+        mode.missing_key_error,
+    ))
+}
+
 /// Executes a Go template against `data`.
 ///
 /// # Errors
-/// Parse errors, execution errors, and with `missing_key_error` any missing
-/// map key.
+/// Parse errors (`template: base:LINE: …`) and execution errors
+/// (`template: base:LINE:COL: executing "base" at <…>: …`) in Go's words,
+/// prefixed, as Argo CD does, with `failed to parse template TEXT:` or
+/// `failed to execute go template TEXT:`. Under `missing_key_error` a
+/// missing map key fails with `map has no entry for key "KEY"`.
 pub fn go_template(text: &str, data: &Context, missing_key_error: bool) -> Result<String, String> {
-    let out = PARSED.with(|cache| {
+    PARSED.with(|cache| {
         let mut cache = cache.borrow_mut();
         if !cache.contains_key(text) {
             // An ApplicationSet renders the same few strings once per
@@ -145,26 +164,85 @@ pub fn go_template(text: &str, data: &Context, missing_key_error: bool) -> Resul
             if cache.len() >= PARSED_CACHE_LIMIT {
                 cache.clear();
             }
-            let mut tmpl = Template::default();
-            tmpl.add_funcs(&functions());
-            tmpl.parse(text)
-                .map_err(|e| format!("template {text:?}: {e}"))?;
+            let mut tmpl = Template::with_name("base");
+            tmpl.add_funcs(&sprig::functions());
+            tmpl.parse(text).map_err(|e| {
+                format!(
+                    "failed to parse template {}: {}",
+                    shown(text),
+                    go_parse_error(text, &e)
+                )
+            })?;
             cache.insert(text.to_owned(), tmpl);
         }
         let tmpl = cache
             .get(text)
-            .ok_or_else(|| format!("template {text:?}: not cached"))?;
-        tmpl.render(data)
-            .map_err(|e| format!("template {text:?}: {e}"))
-    })?;
-    // The engine renders a missing map key as Go's "<no value>"; under
-    // missingkey=error Go fails instead, naming the template.
-    if missing_key_error && out.contains("<no value>") {
-        return Err(format!(
-            "template {text:?}: map has no entry for a referenced key (missingkey=error)"
-        ));
+            .ok_or_else(|| format!("failed to parse template {}: not cached", shown(text)))?;
+        sprig::with_strict_maps(missing_key_error, || tmpl.render(data)).map_err(|e| {
+            format!(
+                "failed to execute go template {}: {}",
+                shown(text),
+                go_exec_error(text, &TemplateError::from(e))
+            )
+        })
+    })
+}
+
+/// The template as an error shows it: as written (as Argo CD does), quoted
+/// when it spans lines so that one error stays one line.
+fn shown(text: &str) -> String {
+    if text.contains('\n') {
+        format!("{text:?}")
+    } else {
+        text.to_owned()
     }
-    Ok(out)
+}
+
+/// A parse error in Go's form: `template: base:LINE: MESSAGE`.
+fn go_parse_error(text: &str, e: &ParseError) -> String {
+    match e {
+        ParseError::WithContext(ctx, msg) => {
+            let msg = msg.trim_start_matches([':', ' ']);
+            // Go quotes the unknown function's name.
+            let msg = match msg
+                .strip_prefix("function ")
+                .and_then(|m| m.strip_suffix(" not defined"))
+            {
+                Some(name) if !name.starts_with('"') => format!("function {name:?} not defined"),
+                _ => msg.to_owned(),
+            };
+            format!("template: base:{}: {msg}", ctx.line)
+        }
+        other => {
+            let _ = text;
+            format!("template: base: {other}")
+        }
+    }
+}
+
+/// An execution error in Go's form:
+/// `template: base:LINE:COL: executing "base" at <EXPR>: MESSAGE`.
+fn go_exec_error(text: &str, e: &TemplateError) -> String {
+    let TemplateError::ExecError(ExecError::Structured(s)) = e else {
+        return format!("template: base: {e}");
+    };
+    let ctx = &s.context;
+    let line = text.lines().nth(ctx.line.saturating_sub(1)).unwrap_or("");
+    let start = ctx.col.saturating_sub(1).min(line.len());
+    let end = (start + ctx.len).min(line.len());
+    let at = line.get(start..end).unwrap_or("");
+    let mut message = s.message.clone();
+    // A strict map (missingkey=error) refuses a missing field as a struct
+    // would; Go words it as a map miss.
+    if let Some(rest) = message.strip_prefix("no field `")
+        && let Some(end) = rest.find('`')
+    {
+        message = format!("map has no entry for key {:?}", &rest[..end]);
+    }
+    format!(
+        "template: base:{}:{}: executing \"base\" at <{at}>: {message}",
+        ctx.line, start
+    )
 }
 
 const PARSED_CACHE_LIMIT: usize = 4096;
@@ -174,151 +252,34 @@ thread_local! {
         std::cell::RefCell::new(HashMap::new());
 }
 
-/// The function set available to goTemplate.
-fn functions() -> Vec<(&'static str, Func)> {
-    let banned = ["env", "expandenv", "getHostByName"];
-    let mut funcs: Vec<(&'static str, Func)> = gtmpl_ng::helm_functions::HELM_FUNCTIONS
-        .iter()
-        .filter(|(name, _)| !banned.contains(name))
-        .copied()
-        .collect();
-    funcs.push(("normalize", normalize_fn as Func));
-    funcs.push(("slugify", slugify_fn as Func));
-    funcs.push(("fromYamlArray", from_yaml_array_fn as Func));
-    funcs
-}
+pub use sprig::{normalize, slugify};
 
-/// Argo CD's `normalize`: lowercase, characters outside `[-a-z0-9.]`
-/// replaced by `-`, at most 253 characters, leading/trailing `-`/`.` trimmed.
-pub fn normalize(name: &str) -> String {
-    let lowered: String = name
-        .to_lowercase()
-        .chars()
-        .map(|c| {
-            if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    let cut: String = lowered.chars().take(253).collect();
-    cut.trim_matches(|c| c == '-' || c == '.').to_owned()
-}
-
-/// Argo CD's `slugify [maxSize [smartTruncate]] text`: lowercase, runs of
-/// characters outside `[a-z0-9]` become one `-`, trimmed of `-`, cut to
-/// `max_size` (default 50) — at a word boundary when `smart`.
-pub fn slugify(text: &str, max_size: usize, smart: bool) -> String {
-    let mut slug = String::new();
-    let mut dash = false;
-    for c in text.to_lowercase().chars() {
-        if c.is_ascii_lowercase() || c.is_ascii_digit() {
-            slug.push(c);
-            dash = false;
-        } else if !dash {
-            slug.push('-');
-            dash = true;
-        }
-    }
-    let slug = slug.trim_matches('-').to_owned();
-    if slug.len() <= max_size {
-        return slug;
-    }
-    if smart {
-        let mut out = String::new();
-        for word in slug.split('-') {
-            let extra = if out.is_empty() {
-                word.len()
-            } else {
-                word.len() + 1
-            };
-            if out.len() + extra > max_size {
-                break;
-            }
-            if !out.is_empty() {
-                out.push('-');
-            }
-            out.push_str(word);
-        }
-        if !out.is_empty() {
-            return out;
-        }
-    }
-    slug[..max_size].trim_end_matches('-').to_owned()
-}
-
-fn arg_str(args: &[GoValue], i: usize, name: &str) -> Result<String, FuncError> {
-    match args.get(i) {
-        Some(GoValue::String(s)) => Ok(s.clone()),
-        Some(other) => Ok(other.to_string()),
-        None => Err(FuncError::AtLeastXArgs(name.to_owned(), i + 1)),
-    }
-}
-
-fn normalize_fn(args: &[GoValue]) -> Result<GoValue, FuncError> {
-    Ok(GoValue::String(normalize(&arg_str(args, 0, "normalize")?)))
-}
-
-fn slugify_fn(args: &[GoValue]) -> Result<GoValue, FuncError> {
-    // Forms: slugify text | slugify max text | slugify max smart text.
-    let (max, smart, text) = match args.len() {
-        0 => return Err(FuncError::AtLeastXArgs("slugify".into(), 1)),
-        1 => (50, true, arg_str(args, 0, "slugify")?),
-        2 => (
-            as_usize(&args[0]).unwrap_or(50),
-            true,
-            arg_str(args, 1, "slugify")?,
-        ),
-        _ => (
-            as_usize(&args[0]).unwrap_or(50),
-            !matches!(args[1], GoValue::Bool(false)),
-            arg_str(args, 2, "slugify")?,
-        ),
-    };
-    Ok(GoValue::String(slugify(&text, max, smart)))
-}
-
-fn as_usize(v: &GoValue) -> Option<usize> {
-    match v {
-        GoValue::Number(n) => n.as_u64().map(|n| n as usize),
-        GoValue::String(s) => s.parse().ok(),
-        _ => None,
-    }
-}
-
-fn from_yaml_array_fn(args: &[GoValue]) -> Result<GoValue, FuncError> {
-    let text = arg_str(args, 0, "fromYamlArray")?;
-    match serde_saphyr::from_str::<Value>(&text) {
-        Ok(Value::Array(items)) => Ok(GoValue::Array(items.iter().map(to_go).collect())),
-        Ok(_) => Ok(GoValue::Array(vec![GoValue::String(
-            "error: not a YAML array".into(),
-        )])),
-        Err(e) => Ok(GoValue::Array(vec![GoValue::String(format!("error: {e}"))])),
-    }
-}
-
-/// Converts JSON into the template engine's value type.
+/// Converts JSON into the template engine's value type, as Argo CD's
+/// parameters reach Go: every number a float64.
 pub fn to_go(v: &Value) -> GoValue {
+    to_go_value(v, false)
+}
+
+/// As [`to_go`]; with `strict`, maps refuse a missing field
+/// (`missingkey=error`).
+fn to_go_value(v: &Value, strict: bool) -> GoValue {
     match v {
         Value::Null => GoValue::Nil,
         Value::Bool(b) => GoValue::Bool(*b),
-        Value::Number(n) => {
-            if let Some(i) = n.as_i64() {
-                GoValue::Number(Number::signed(i))
-            } else if let Some(u) = n.as_u64() {
-                GoValue::Number(Number::unsigned(u))
+        Value::Number(n) => GoValue::Number(Number::float(n.as_f64().unwrap_or_default())),
+        Value::String(s) => GoValue::String(s.clone()),
+        Value::Array(a) => GoValue::Array(a.iter().map(|v| to_go_value(v, strict)).collect()),
+        Value::Object(m) => {
+            let entries = m
+                .iter()
+                .map(|(k, v)| (k.clone(), to_go_value(v, strict)))
+                .collect::<HashMap<_, _>>();
+            if strict {
+                GoValue::Object(entries)
             } else {
-                GoValue::Number(Number::float(n.as_f64().unwrap_or_default()))
+                GoValue::Map(entries)
             }
         }
-        Value::String(s) => GoValue::String(s.clone()),
-        Value::Array(a) => GoValue::Array(a.iter().map(to_go).collect()),
-        Value::Object(m) => GoValue::Map(
-            m.iter()
-                .map(|(k, v)| (k.clone(), to_go(v)))
-                .collect::<HashMap<_, _>>(),
-        ),
     }
 }
 
@@ -388,16 +349,110 @@ mod tests {
         }
     }
 
+    /// goTemplateOptions `missingkey=…`, following Go's text/template
+    /// documentation (Template.Option) for a `map[string]interface{}`:
+    /// default and invalid print `<no value>`, zero prints the zero value of
+    /// `interface{}`, which Go also prints as `<no value>`, error fails
+    /// naming the key. Go's messages, as Argo CD's utils_test shows them.
     #[test]
-    fn missing_key_error_fails() {
-        let p = params(json!({"name": "a"}));
-        let mode = TemplateMode {
+    fn missing_key_options() {
+        let p = params(json!({"name": "a", "meta": {"labels": {"env": "prod"}}}));
+        let lenient = TemplateMode {
+            go_template: true,
+            missing_key_error: false,
+        };
+        let strict = TemplateMode {
             go_template: true,
             missing_key_error: true,
         };
-        let err = render_string("{{.nope}}", &p, mode, None).unwrap_err();
-        assert!(err.contains("missingkey=error"), "{err}");
-        assert_eq!(render_string("{{.name}}", &p, mode, None).unwrap(), "a");
+        let rows: &[(&str, TemplateMode, Result<&str, &str>)] = &[
+            ("{{ .nope }}", lenient, Ok("<no value>")),
+            ("{{ .meta.labels.nope }}", lenient, Ok("<no value>")),
+            ("{{ .nope | default \"d\" }}", lenient, Ok("d")),
+            ("{{ .name }}", strict, Ok("a")),
+            ("{{ .meta.labels.env }}", strict, Ok("prod")),
+            (
+                "--> {{.doesnotexist}} <--",
+                strict,
+                Err(
+                    r#"failed to execute go template --> {{.doesnotexist}} <--: template: base:1:6: executing "base" at <.doesnotexist>: map has no entry for key "doesnotexist""#,
+                ),
+            ),
+            (
+                "{{ .meta.labels.team }}",
+                strict,
+                Err(r#"map has no entry for key "team""#),
+            ),
+            (
+                "{{ default \"d\" .nope }}",
+                strict,
+                Err(r#"map has no entry for key "nope""#),
+            ),
+            (
+                "{{ if .nope }}y{{ end }}",
+                strict,
+                Err(r#"map has no entry for key "nope""#),
+            ),
+            // Maps built in the template follow the option too.
+            (
+                "{{ (dict \"a\" 1).b }}",
+                strict,
+                Err(r#"map has no entry for key "b""#),
+            ),
+            ("{{ (dict \"a\" 1).b }}", lenient, Ok("<no value>")),
+            // `index` returns the zero value whatever the option says.
+            ("{{ index .meta \"nope\" }}", strict, Ok("<no value>")),
+            ("{{ hasKey .meta \"labels\" }}", strict, Ok("true")),
+            (
+                "{{ .meta | toJson }}",
+                strict,
+                Ok(r#"{"labels":{"env":"prod"}}"#),
+            ),
+        ];
+        let mut failures = Vec::new();
+        for (tmpl, mode, want) in rows {
+            let got = render_string(tmpl, &p, *mode, None);
+            let ok = match (want, &got) {
+                (Ok(w), Ok(g)) => w == g,
+                (Err(w), Err(g)) => g.contains(w),
+                _ => false,
+            };
+            if !ok {
+                failures.push(format!("{tmpl}: want {want:?}, got {got:?}"));
+            }
+        }
+        assert!(failures.is_empty(), "{failures:#?}");
+    }
+
+    /// Each error kind reads as Go's message, naming what is wrong.
+    #[test]
+    fn errors_read_as_go_reports_them() {
+        let mode = TemplateMode {
+            go_template: true,
+            missing_key_error: false,
+        };
+        let p = params(json!({"data": "x"}));
+        let cases = [
+            (
+                "{{functiondoesnotexist}}",
+                r#"failed to parse template {{functiondoesnotexist}}: template: base:1: function "functiondoesnotexist" not defined"#,
+            ),
+            ("a\n{{ .data ", "template: base:2:"),
+            ("{{ fail \"stop here\" }}", "error calling fail: stop here"),
+            ("{{ env \"HOME\" }}", r#"function "env" not defined"#),
+            (
+                "{{ expandenv \"$HOME\" }}",
+                r#"function "expandenv" not defined"#,
+            ),
+            (
+                "{{ getHostByName \"a\" }}",
+                r#"function "getHostByName" not defined"#,
+            ),
+        ];
+        for (tmpl, want) in cases {
+            let err = render_string(tmpl, &p, mode, None).unwrap_err();
+            assert!(err.contains(want), "{tmpl}: {err}");
+        }
     }
 
     #[test]
@@ -413,15 +468,6 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.starts_with("metadata.name"), "{err}");
-    }
-
-    #[test]
-    fn banned_functions_are_absent() {
-        let mode = TemplateMode {
-            go_template: true,
-            missing_key_error: false,
-        };
-        assert!(render_string("{{ env \"HOME\" }}", &Params::new(), mode, None).is_err());
     }
 
     #[test]

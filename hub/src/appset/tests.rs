@@ -14,6 +14,7 @@ fn clusters() -> Vec<ClusterInfo> {
             .map(|(k, v)| ((*k).into(), (*v).into()))
             .collect(),
         annotations: BTreeMap::from([("owner".to_owned(), format!("team-{name}"))]),
+        project: String::new(),
     };
     vec![
         mk("prod-eu", &[("env", "prod"), ("region", "eu")]),
@@ -525,7 +526,10 @@ fn bad_input_names_the_cause() {
         "  generators:\n  - scmProvider: {}\n  template:\n    metadata: {name: x}\n    spec: {}\n",
     ));
     let err = unknown.generate(&[], None).unwrap_err().to_string();
-    assert!(err.contains("unknown generator \"scmProvider\""), "{err}");
+    assert!(
+        err.contains("generator \"scmProvider\" is not supported"),
+        "{err}"
+    );
 
     let syntax = set(&with(
         "  goTemplate: true\n  generators:\n  - list:\n      elements: [{c: a}]\n  template:\n    metadata: {name: '{{ .c '}\n    spec:\n      source: {repoURL: r, path: p}\n      destination: {name: a}\n",
@@ -543,7 +547,9 @@ fn bad_input_names_the_cause() {
     ));
     let g = missing.generate(&[], None).unwrap();
     assert!(
-        g.errors[0].message.contains("missingkey=error"),
+        g.errors[0]
+            .message
+            .contains(r#"map has no entry for key "nope""#),
         "{:?}",
         g.errors
     );

@@ -77,10 +77,21 @@ struct ServeArgs {
     /// Shared secret of the webhooks (GitHub/Gitea HMAC, GitLab token).
     #[arg(long, env = "FLOTILLA_WEBHOOK_SECRET", hide_env_values = true)]
     webhook_secret: Option<String>,
-    /// Share (0..1) of an ApplicationSet's applications one re-render may
-    /// delete; more is held until `flotilla appset confirm NAME`.
+    /// Share (0..1) of an ApplicationSet's applications that may be
+    /// deleted within --appset-deletion-window; more is held until
+    /// `flotilla appset confirm NAME`.
     #[arg(long, default_value_t = flotilla_hub::appset::lifecycle::DEFAULT_DELETION_BUDGET)]
     appset_deletion_budget: f64,
+    /// Window over which --appset-deletion-budget is judged (deletions in
+    /// the window count together).
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    appset_deletion_window: Duration,
+    /// Match ApplicationSet git file generator paths with doublestar
+    /// globbing (`*` stays within a directory, `**` crosses them) instead
+    /// of `git ls-files` pathspecs; Argo CD's
+    /// --enable-new-git-file-globbing.
+    #[arg(long, env = "FLOTILLA_APPSET_ENABLE_NEW_GIT_FILE_GLOBBING")]
+    appset_enable_new_git_file_globbing: bool,
     /// Plain-HTTP address serving /healthz, /readyz and /metrics
     /// (Prometheus text format). Off when not given.
     #[arg(long, value_name = "ADDR")]
@@ -156,6 +167,8 @@ async fn main() -> Result<()> {
         webhook_listen: args.webhook_listen,
         webhook_secret: args.webhook_secret,
         appset_deletion_budget: args.appset_deletion_budget,
+        appset_deletion_window: args.appset_deletion_window,
+        appset_new_git_file_globbing: args.appset_enable_new_git_file_globbing,
         metrics_listen: args.metrics_listen,
         stream_idle_timeout: args.stream_idle_timeout,
         ssh_known_hosts: args.ssh_known_hosts,

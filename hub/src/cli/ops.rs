@@ -111,6 +111,18 @@ fn operation_reached(c: &pb::ClusterAppStatus, command_id: &str) -> Reached {
     }
 }
 
+/// What `wait_for` waits for.
+#[derive(Clone, Copy, Debug)]
+struct Until {
+    sync: bool,
+    health: bool,
+    /// A pinned application counts as synced once its clusters report the
+    /// revision: it shows OutOfSync against Git while pinned (as Argo CD's
+    /// `app sync --revision` and `app rollback` wait only for the
+    /// operation).
+    pinned_is_synced: bool,
+}
+
 /// Polls the application until every cluster in `clusters` (all targeted
 /// ones when empty) reaches the condition, and the operation of each
 /// command in `commands` (cluster to command id) has finished; prints each
@@ -123,7 +135,7 @@ async fn wait_for(
     clusters: &[String],
     commands: &BTreeMap<String, String>,
     revision: &str,
-    (sync, health): (bool, bool),
+    until: Until,
     timeout: Duration,
 ) -> Result<pb::Application> {
     let deadline = Instant::now() + timeout;
@@ -137,6 +149,9 @@ async fn wait_for(
             .await
             .map_err(status_err)?
             .into_inner();
+        let pinned = !app.pinned_revision.is_empty();
+        let sync = until.sync && (!pinned || !until.pinned_is_synced);
+        let health = until.health;
         let rows: Vec<&pb::ClusterAppStatus> = app
             .clusters
             .iter()
@@ -365,7 +380,11 @@ async fn follow(
             &r.clusters,
             &commands,
             &r.revision,
-            (true, false),
+            Until {
+                sync: true,
+                health: false,
+                pinned_is_synced: true,
+            },
             timeout,
         )
         .await?;
@@ -532,7 +551,11 @@ pub(super) async fn wait(g: &Global, c: &mut Client, a: WaitArgs) -> Result<()> 
         &[],
         &BTreeMap::new(),
         "",
-        (sync, health),
+        Until {
+            sync,
+            health,
+            pinned_is_synced: false,
+        },
         a.timeout,
     )
     .await?;
@@ -808,15 +831,8 @@ pub(super) async fn watch(g: &Global, c: &mut Client, name: &str) -> Result<()> 
             if g.output == super::Output::Table || g.output == super::Output::Wide {
                 println!("--- {}", time_of(crate::api::now_ms()));
             }
-            Box::pin(super::app(
-                g,
-                c,
-                super::AppCommand::Get {
-                    name: name.to_owned(),
-                    watch: false,
-                },
-            ))
-            .await?;
+            // Printed as `app get` does; its errors do not end the watch.
+            super::print_app(g.output, &a);
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
