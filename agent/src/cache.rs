@@ -498,7 +498,7 @@ mod tests {
                 ..Default::default()
             })
             .expect("complete");
-        assert_eq!(state.removed["guestbook"].removal(), None);
+        assert_eq!(state.removed["guestbook"].object_removal(), None);
 
         // Deleted with cascade: deleted even without prune.
         let mut state = sample();
@@ -510,7 +510,7 @@ mod tests {
             })
             .expect("complete");
         assert_eq!(
-            state.removed["guestbook"].removal(),
+            state.removed["guestbook"].object_removal(),
             Some(Removal::Cascade { foreground: false })
         );
 
@@ -523,7 +523,7 @@ mod tests {
                 ..Default::default()
             })
             .expect("complete");
-        assert_eq!(state.removed["guestbook"].removal(), None);
+        assert_eq!(state.removed["guestbook"].object_removal(), None);
         state
             .merge(flotilla_proto::DesiredState {
                 generation: 5,
@@ -532,12 +532,12 @@ mod tests {
             })
             .expect("complete");
         assert_eq!(
-            state.removed["guestbook"].removal(),
+            state.removed["guestbook"].object_removal(),
             Some(Removal::Cascade { foreground: true })
         );
         let mut pruning = RemovedApp::default();
         pruning.policy.prune = true;
-        assert_eq!(pruning.removal(), Some(Removal::Prune));
+        assert_eq!(pruning.object_removal(), Some(Removal::Prune));
     }
 
     #[test]

@@ -611,6 +611,7 @@ async fn shared_resources_warn_fail_on_request_and_are_never_pruned_by_the_other
                 .map(|n| flotilla_proto::AppRef {
                     name: (*n).into(),
                     digest: s.apps[*n].bundle.digest.clone(),
+                    ..Default::default()
                 })
                 .collect();
             s.merge(flotilla_proto::DesiredState {
@@ -654,6 +655,7 @@ fn remove_from_index(h: &Harness, app: &str) {
                 .map(|(name, a)| flotilla_proto::AppRef {
                     name: name.clone(),
                     digest: a.bundle.digest.clone(),
+                    ..Default::default()
                 })
                 .collect();
             s.merge(flotilla_proto::DesiredState {

@@ -16,7 +16,7 @@ use tracing::{info, warn};
 use super::Engine;
 use crate::bundle::Bundle;
 use crate::cache::RemovedApp;
-use crate::deletion::Removal;
+use crate::deletion::Removal as ObjectRemoval;
 use crate::hooks::{self, DeletionPhase, HookStatus, Removal, RemovalStage};
 use crate::object;
 use crate::report::now_ms;
@@ -62,10 +62,7 @@ impl Engine {
                     removal.since_ms = now_ms();
                 }
                 RemovalStage::Prune => {
-                    if !self
-                        .prune_removed_objects(name, removed, &templates)
-                        .await
-                    {
+                    if !self.prune_removed_objects(name, removed, &templates).await {
                         break false;
                     }
                     removal.stage = RemovalStage::PostDelete;
@@ -153,7 +150,10 @@ impl Engine {
     ) -> bool {
         let how = removed.object_removal();
         if how.is_none() && !removed.inventory.is_empty() {
-            info!(app, "application removed without cascade or prune; its objects stay");
+            info!(
+                app,
+                "application removed without cascade or prune; its objects stay"
+            );
         }
         let mut done = true;
         let keys = match how {
@@ -162,7 +162,7 @@ impl Engine {
         };
         for key in &keys {
             let requested = match how {
-                Some(Removal::Cascade { foreground }) => {
+                Some(ObjectRemoval::Cascade { foreground }) => {
                     crate::deletion::delete_object(
                         &self.cluster,
                         app,
