@@ -589,6 +589,25 @@ fn print_app(output: Output, a: &pb::Application) {
         ] {
             out.push_str(&format!("{k:<12} {v}\n"));
         }
+        for (i, src) in a.sources.iter().enumerate() {
+            let what = if src.chart.is_empty() {
+                format!("path {}", src.path)
+            } else {
+                format!("chart {}", src.chart)
+            };
+            let r = if src.r#ref.is_empty() {
+                String::new()
+            } else {
+                format!(" (ref {})", src.r#ref)
+            };
+            let at = a.revisions.get(i).map(|r| short(r)).unwrap_or_default();
+            out.push_str(&format!(
+                "{:<12} {} {what}{r} {} {at}\n",
+                format!("Source {}", i + 1),
+                src.repo_url,
+                src.target_revision,
+            ));
+        }
         if !a.finalizers.is_empty() {
             out.push_str(&format!(
                 "{:<12} {}\n",
@@ -1129,6 +1148,10 @@ pub fn health_name(v: Option<i32>) -> &'static str {
 }
 
 fn short(rev: &str) -> String {
+    // A multi-source revision: each source's, joined.
+    if rev.contains(',') {
+        return rev.split(',').map(short).collect::<Vec<_>>().join(",");
+    }
     if rev.is_empty() {
         "-".into()
     } else if rev.len() >= 40 && rev.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -1314,6 +1337,28 @@ fn status_json(s: &pb::AppStatus) -> Value {
 
 /// JSON form of an application (the `-o json` contract).
 pub fn app_json(a: &pb::Application) -> Value {
+    let mut v = app_json_single(a);
+    // Multi-source applications list every source and its revision.
+    if !a.sources.is_empty()
+        && let Some(obj) = v.as_object_mut()
+    {
+        let sources: Vec<Value> = a
+            .sources
+            .iter()
+            .map(|s| {
+                json!({
+                    "repoURL": s.repo_url, "path": s.path, "chart": s.chart,
+                    "targetRevision": s.target_revision, "ref": s.r#ref, "name": s.name,
+                })
+            })
+            .collect();
+        obj.insert("sources".into(), Value::Array(sources));
+        obj.insert("revisions".into(), json!(a.revisions));
+    }
+    v
+}
+
+fn app_json_single(a: &pb::Application) -> Value {
     let policy = a.policy.clone().unwrap_or_default();
     json!({
         "name": a.name,

@@ -185,12 +185,18 @@ pub fn build_bundle(
         Ok(m) => (m.to_vec(), String::new()),
         Err(e) => (Vec::new(), e.to_owned()),
     };
+    // A multi-source application is described by its first source.
+    let source = app
+        .spec
+        .effective_sources()
+        .first()
+        .unwrap_or(&app.spec.source);
     let mut b = pb::AppBundle {
         name: app.metadata.name.clone(),
         digest: String::new(),
         revision: revision.to_owned(),
-        repo_url: app.spec.source.repo_url.clone(),
-        path: app.spec.source.path.clone(),
+        repo_url: source.repo_url.clone(),
+        path: source.path.clone(),
         namespace: app.spec.destination.namespace.clone().unwrap_or_default(),
         policy: Some(sync_policy(app)),
         manifests,
@@ -774,12 +780,16 @@ pub fn parse_single_application(text: &str, origin: &str) -> Result<Application,
     match apps.len() {
         1 => {
             let app = apps.remove(0);
-            crate::render::check_app_path(&app.spec.source.path).map_err(|e| {
-                format!(
-                    "{origin}: Application {:?}: spec.source.{e}",
-                    app.metadata.name
-                )
-            })?;
+            for (i, src) in app.spec.effective_sources().iter().enumerate() {
+                let field = if app.spec.has_multiple_sources() {
+                    format!("spec.sources[{i}]")
+                } else {
+                    "spec.source".to_owned()
+                };
+                crate::render::check_app_path(&src.path).map_err(|e| {
+                    format!("{origin}: Application {:?}: {field}.{e}", app.metadata.name)
+                })?;
+            }
             Ok(app)
         }
         0 => Err("no Application (apiVersion argoproj.io/v1alpha1, kind Application) found".into()),

@@ -13,10 +13,13 @@ use tracing::Instrument as _;
 
 use crate::fleet::{Fleet, build_bundle};
 use crate::model::{self, Application};
-use crate::source::{GitCache, RenderError, SourceFile};
+use crate::source::{GitCache, SourceFile};
 use crate::store::{AppRecord, RepoRecord, Store, StoreError};
 
 mod charts;
+mod sources;
+
+pub use sources::{REVISION_SEPARATOR, source_label, split_revisions};
 
 /// `RepoRecord::kind` of a Helm chart repository.
 pub const HELM_KIND: &str = "helm";
@@ -258,14 +261,19 @@ impl GitSync {
     /// with `hard`, its cached renders are dropped too, so it is rendered
     /// again even at the same commit.
     pub fn refresh_app(&self, app: &Application, hard: bool) {
-        let src = &app.spec.source;
+        let sources = app.spec.effective_sources();
         if hard {
             self.renders
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .retain(|k, _| !(k.url == src.repo_url && k.path == src.path));
+                .retain(|k, _| {
+                    !sources
+                        .iter()
+                        .any(|src| k.url == src.repo_url && k.path == src.path)
+                });
         }
-        self.refresh_urls(std::slice::from_ref(&src.repo_url));
+        let urls: Vec<String> = sources.iter().map(|s| s.repo_url.clone()).collect();
+        self.refresh_urls(&urls);
     }
 
     /// Runs the loop until the task is dropped.
@@ -529,6 +537,11 @@ impl GitSync {
         let clusters = self.store.clusters()?;
         for rec in apps {
             let app = &rec.app;
+            if app.spec.has_multiple_sources() {
+                self.render_sources_app(app, &intervals, force, &clusters, &mut used, &mut bundles)
+                    .await?;
+                continue;
+            }
             let src = &app.spec.source;
             let name = app.metadata.name.clone();
             let key = (src.repo_url.clone(), revision_or_head(&src.target_revision));
@@ -721,43 +734,6 @@ pub fn plan_applications(
         }
     }
     plan
-}
-
-/// Names files in a render error by their path in the repository (the
-/// renderer names them relative to the application's path).
-pub(crate) fn repo_relative(e: RenderError, base: &str) -> RenderError {
-    match e {
-        RenderError::Yaml {
-            file,
-            line,
-            message,
-        } => RenderError::Yaml {
-            file: join_path(base, &file),
-            line,
-            message,
-        },
-        RenderError::Object {
-            file,
-            index,
-            message,
-        } => RenderError::Object {
-            file: join_path(base, &file),
-            index,
-            message,
-        },
-        RenderError::Duplicate {
-            kind,
-            name,
-            first,
-            second,
-        } => RenderError::Duplicate {
-            kind,
-            name,
-            first: join_path(base, &first),
-            second: join_path(base, &second),
-        },
-        other => other,
-    }
 }
 
 /// A URL with any userinfo (credentials) removed, for logs.

@@ -77,6 +77,26 @@ pub struct ApplicationSpec {
     pub ignore_differences: Vec<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision_history_limit: Option<i64>,
+    /// Argo CD's multi-source Applications: when not empty, `source` is
+    /// ignored (as Argo CD ignores it) and these are rendered in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<ApplicationSource>,
+}
+
+impl ApplicationSpec {
+    /// Whether `spec.sources` is used (Argo CD's `HasMultipleSources`).
+    pub fn has_multiple_sources(&self) -> bool {
+        !self.sources.is_empty()
+    }
+
+    /// The sources that are rendered: `spec.sources`, or `spec.source`.
+    pub fn effective_sources(&self) -> &[ApplicationSource] {
+        if self.has_multiple_sources() {
+            &self.sources
+        } else {
+            std::slice::from_ref(&self.source)
+        }
+    }
 }
 
 fn default_project() -> String {
@@ -108,6 +128,17 @@ pub struct ApplicationSource {
     pub helm: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kustomize: Option<serde_json::Value>,
+    /// Config management plugins are not supported; kept so that an
+    /// application using one gets an error instead of a plain render.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<serde_json::Value>,
+    /// In `spec.sources`: this source's files are `$<ref>/…` in the other
+    /// sources' Helm `valueFiles`.
+    #[serde(default, rename = "ref", skip_serializing_if = "String::is_empty")]
+    pub ref_name: String,
+    /// In `spec.sources`: a name for this source, used in messages.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
 }
 
 impl Default for ApplicationSource {
@@ -120,13 +151,25 @@ impl Default for ApplicationSource {
             directory: None,
             helm: None,
             kustomize: None,
+            plugin: None,
+            ref_name: String::new(),
+            name: String::new(),
         }
     }
 }
 
-/// `spec.source.directory`.
+impl ApplicationSource {
+    /// A source of `spec.sources` that only provides files to the others
+    /// (a `ref` without `path` or `chart`): it is fetched, not rendered.
+    pub fn is_ref_only(&self) -> bool {
+        !self.ref_name.is_empty() && self.path.is_empty() && self.chart.is_empty()
+    }
+}
+
+/// `spec.source.directory`. Unknown fields are refused, so a misspelt
+/// option is an error rather than silently ignored.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DirectorySource {
     #[serde(default)]
     pub recurse: bool,
@@ -136,6 +179,61 @@ pub struct DirectorySource {
     /// Glob of file paths to exclude, relative to `path`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exclude: Option<String>,
+    /// Options of `.jsonnet` files.
+    #[serde(default, skip_serializing_if = "JsonnetSource::is_empty")]
+    pub jsonnet: JsonnetSource,
+    /// Read every file, not only `.yaml`/`.yml`/`.json`/`.jsonnet` ones
+    /// (include/exclude then choose).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disable_extension_filter: bool,
+}
+
+impl DirectorySource {
+    /// Argo CD's `IsZero` plus its normalisation: options that make the
+    /// source explicitly a directory (then Kustomize and Helm files in the
+    /// path are not looked at).
+    pub fn is_explicit(&self) -> bool {
+        self.recurse
+            || !self.jsonnet.is_empty()
+            || self.disable_extension_filter
+            || self.include.as_deref().is_some_and(|s| !s.is_empty())
+            || self.exclude.as_deref().is_some_and(|s| !s.is_empty())
+    }
+}
+
+/// `spec.source.directory.jsonnet`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JsonnetSource {
+    /// `std.extVar` values.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ext_vars: Vec<JsonnetVar>,
+    /// Top-level arguments (when a file evaluates to a function).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tlas: Vec<JsonnetVar>,
+    /// Library directories (relative to the repository root) searched by
+    /// `import`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub libs: Vec<String>,
+}
+
+impl JsonnetSource {
+    /// No option set.
+    pub fn is_empty(&self) -> bool {
+        self.ext_vars.is_empty() && self.tlas.is_empty() && self.libs.is_empty()
+    }
+}
+
+/// A Jsonnet external variable or top-level argument.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JsonnetVar {
+    pub name: String,
+    #[serde(default)]
+    pub value: String,
+    /// `value` is Jsonnet code rather than a string.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub code: bool,
 }
 
 /// `spec.destination`.
@@ -262,33 +360,38 @@ pub fn application_from_value(
     }
     let app: Application =
         serde_json::from_value(doc.clone()).map_err(|e| invalid("spec", e.to_string()))?;
-    validate(&app).map_err(|(field, message)| invalid(field, message))?;
+    validate(&app).map_err(|(field, message)| invalid(&field, message))?;
     Ok(app)
 }
 
-fn validate(app: &Application) -> Result<(), (&'static str, String)> {
+fn validate(app: &Application) -> Result<(), (String, String)> {
     let name = &app.metadata.name;
     if name.is_empty() {
-        return Err(("metadata.name", "is required".into()));
+        return Err(("metadata.name".into(), "is required".into()));
     }
     if !is_dns_subdomain(name) {
         return Err((
-            "metadata.name",
+            "metadata.name".into(),
             format!("{name:?} must be a lowercase RFC 1123 subdomain"),
         ));
     }
-    if app.spec.source.repo_url.is_empty() {
-        return Err(("spec.source.repoURL", "is required".into()));
+    if app.spec.has_multiple_sources() {
+        validate_sources(&app.spec.sources)?;
+    } else if app.spec.source.repo_url.is_empty() {
+        return Err(("spec.source.repoURL".into(), "is required".into()));
     }
     if app.destination_key().is_none() {
         return Err((
-            "spec.destination",
+            "spec.destination".into(),
             "one of name or server is required".into(),
         ));
     }
-    if !app.spec.source.chart.is_empty() && !app.spec.source.path.is_empty() {
+    if !app.spec.has_multiple_sources()
+        && !app.spec.source.chart.is_empty()
+        && !app.spec.source.path.is_empty()
+    {
         return Err((
-            "spec.source.chart",
+            "spec.source.chart".into(),
             "a Helm repository chart has no path: set either chart or path".into(),
         ));
     }
@@ -297,6 +400,80 @@ fn validate(app: &Application) -> Result<(), (&'static str, String)> {
     // (the renderer refuses the path, see `render::check_app_path`). The
     // API refuses it up front (`fleet::parse_single_application`).
     Ok(())
+}
+
+/// Checks `spec.sources` as Argo CD does: each source has a `repoURL` and
+/// one of `path`, `chart` or `ref`; `chart` excludes `path`; `ref` names
+/// are unique, made of letters, digits, `_` and `-`, and a `ref` source
+/// is not a Helm repository chart. Used for Applications and for
+/// ApplicationSet templates alike.
+///
+/// # Errors
+/// The field (`spec.sources[i].…`) and what is wrong with it.
+pub fn validate_sources(sources: &[ApplicationSource]) -> Result<(), (String, String)> {
+    let mut refs = std::collections::BTreeMap::new();
+    for (i, s) in sources.iter().enumerate() {
+        let field = |f: &str| format!("spec.sources[{i}]{f}");
+        if s.repo_url.trim().is_empty() {
+            return Err((field(".repoURL"), "is required".into()));
+        }
+        if s.path.is_empty() && s.chart.is_empty() && s.ref_name.is_empty() {
+            return Err((field(""), "one of path, chart or ref is required".into()));
+        }
+        if !s.chart.is_empty() && !s.path.is_empty() {
+            return Err((
+                field(".chart"),
+                "a Helm repository chart has no path: set either chart or path".into(),
+            ));
+        }
+        if s.ref_name.is_empty() {
+            continue;
+        }
+        if !s
+            .ref_name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err((
+                field(".ref"),
+                format!(
+                    "{:?} may only contain letters, digits, '_' and '-'",
+                    s.ref_name
+                ),
+            ));
+        }
+        if !s.chart.is_empty() {
+            return Err((
+                field(".ref"),
+                "a ref source cannot be a Helm repository chart (chart is set); as in Argo CD, \
+                 only Git sources provide $ref value files"
+                    .into(),
+            ));
+        }
+        if let Some(first) = refs.insert(s.ref_name.clone(), i) {
+            return Err((
+                field(".ref"),
+                format!(
+                    "{:?} is also the ref of spec.sources[{first}]; refs must be unique",
+                    s.ref_name
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Parses and checks a `spec.sources` list (as JSON), e.g. from an
+/// ApplicationSet template.
+///
+/// # Errors
+/// A source that does not parse or fails [`validate_sources`], as
+/// `field: message`.
+pub fn sources_from_value(value: &serde_json::Value) -> Result<Vec<ApplicationSource>, String> {
+    let sources: Vec<ApplicationSource> =
+        serde_json::from_value(value.clone()).map_err(|e| format!("spec.sources: {e}"))?;
+    validate_sources(&sources).map_err(|(field, message)| format!("{field}: {message}"))?;
+    Ok(sources)
 }
 
 /// RFC 1123 subdomain check, as Kubernetes applies to object names.

@@ -53,6 +53,17 @@ pub enum RenderError {
         first: String,
         second: String,
     },
+    /// A `.json` file that is not one JSON object.
+    #[error("{file}: invalid JSON{}: {message}", line.map(|l| format!(" at line {l}")).unwrap_or_default())]
+    Json {
+        file: String,
+        line: Option<usize>,
+        message: String,
+    },
+    /// A `.jsonnet` file that does not evaluate, or whose output is not
+    /// Kubernetes objects.
+    #[error("{file}: jsonnet: {message}")]
+    Jsonnet { file: String, message: String },
     /// A bad include/exclude pattern.
     #[error("directory {field} {pattern:?}: {message}")]
     Pattern {
@@ -60,6 +71,14 @@ pub enum RenderError {
         pattern: String,
         message: String,
     },
+}
+
+/// What is at a path of a repository tree ([`GitCache::read_path`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RepoEntry {
+    File(Vec<u8>),
+    Directory,
+    Missing,
 }
 
 /// One file read from a repository tree.
@@ -125,6 +144,11 @@ impl GitCache {
         }
     }
 
+    /// The directory holding the mirrors.
+    pub fn root(&self) -> &std::path::Path {
+        &self.root
+    }
+
     /// Sets how ssh remotes are reached (for this cache and its clones),
     /// and removes key files a previous run left in the scratch directory.
     pub fn set_ssh(&self, settings: SshSettings) {
@@ -182,6 +206,17 @@ impl GitCache {
         recurse: bool,
     ) -> Result<Vec<SourceFile>, SourceError> {
         imp::read_dir(&self.root, url, commit, path, recurse)
+    }
+
+    /// Reads one path at `commit` (fetched before): a file's content, or
+    /// whether it is a directory or missing. Symlinks are followed while
+    /// they stay inside the repository; `..` is refused.
+    ///
+    /// # Errors
+    /// The commit does not exist, the path has `..`, or a symlink on the
+    /// way leaves the repository.
+    pub fn read_path(&self, url: &str, commit: &str, path: &str) -> Result<RepoEntry, SourceError> {
+        imp::read_path(&self.root, url, commit, path)
     }
 
     /// [`GitCache::fetch`] with https credentials (user name and password
@@ -250,16 +285,86 @@ pub fn with_credentials(url: &str, username: &str, password: &str) -> String {
     format!("{scheme}://{}:{}@{rest}", enc(user), enc(password))
 }
 
-/// Renders a plain directory: every `.yaml`, `.yml` and `.json` file (after
-/// include/exclude) parsed as a stream of Kubernetes objects.
+/// Evaluates `.jsonnet` files for [`render_directory`]: their JSON output
+/// in order.
+pub type JsonnetEvaluator<'a> = dyn FnMut(&[&SourceFile]) -> Result<Vec<String>, RenderError> + 'a;
+
+/// Renders a plain directory as Argo CD's directory source does: every
+/// `.yaml`, `.yml`, `.json` and `.jsonnet` file (after recurse,
+/// include/exclude and the skip marker) parsed into Kubernetes objects.
+/// `jsonnet` evaluates the selected `.jsonnet` files (paths relative to the
+/// directory) and returns their JSON output, in order; it is only called
+/// when there is one.
 ///
 /// # Errors
 /// The first file that fails, naming the file and line.
 pub fn render_directory(
     files: &[SourceFile],
     options: &DirectorySource,
+    jsonnet: &mut JsonnetEvaluator<'_>,
 ) -> Result<Vec<serde_json::Value>, RenderError> {
-    imp::render_directory(files, options)
+    imp::render_directory(files, options, jsonnet)
+}
+
+impl RenderError {
+    /// The error with file paths (relative to the directory that was
+    /// rendered) made relative to the repository, `base` being that
+    /// directory.
+    pub fn in_directory(self, base: &str) -> Self {
+        let join = |file: String| {
+            let dir = base.trim_matches('/');
+            if dir.is_empty() || dir == "." {
+                file
+            } else {
+                format!("{dir}/{file}")
+            }
+        };
+        match self {
+            Self::Yaml {
+                file,
+                line,
+                message,
+            } => Self::Yaml {
+                file: join(file),
+                line,
+                message,
+            },
+            Self::Json {
+                file,
+                line,
+                message,
+            } => Self::Json {
+                file: join(file),
+                line,
+                message,
+            },
+            Self::Jsonnet { file, message } => Self::Jsonnet {
+                file: join(file),
+                message,
+            },
+            Self::Object {
+                file,
+                index,
+                message,
+            } => Self::Object {
+                file: join(file),
+                index,
+                message,
+            },
+            Self::Duplicate {
+                kind,
+                name,
+                first,
+                second,
+            } => Self::Duplicate {
+                kind,
+                name,
+                first: join(first),
+                second: join(second),
+            },
+            other @ Self::Pattern { .. } => other,
+        }
+    }
 }
 
 /// Parses a YAML stream produced by a renderer (kustomize, helm) into

@@ -233,7 +233,13 @@ async fn handle(
     match (state.store.repos(), state.store.apps()) {
         (Ok(repos), Ok(apps)) => {
             registered.extend(repos.into_iter().map(|r| r.url));
-            registered.extend(apps.into_iter().map(|a| a.app.spec.source.repo_url));
+            registered.extend(apps.iter().flat_map(|a| {
+                a.app
+                    .spec
+                    .effective_sources()
+                    .iter()
+                    .map(|s| s.repo_url.clone())
+            }));
         }
         (Err(e), _) | (_, Err(e)) => {
             tracing::error!(error = %e, "webhook: store read failed");

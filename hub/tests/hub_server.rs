@@ -357,7 +357,13 @@ async fn hub_end_to_end_over_tls() {
         .unwrap()
         .into_inner();
     write(repo.path(), "web/cm.yaml", &configmap("web", "2"));
-    write(repo.path(), "db/nested/bad.yaml", "a: [1,\nb: 2\n");
+    // A manifest that does not parse (YAML that does not look like a
+    // manifest is ignored, as Argo CD ignores it).
+    write(
+        repo.path(),
+        "db/nested/bad.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: [1,\nb: 2\n",
+    );
     git(repo.path(), &["commit", "-q", "-am", "change web"]);
     git(repo.path(), &["add", "-A"]);
     git(repo.path(), &["commit", "-q", "-m", "break db"]);

@@ -64,18 +64,51 @@ impl HubApiService {
                 .map(|b| b.render_error.clone())
                 .unwrap_or_default()
         };
+        let revision = if revision.is_empty() {
+            rec.revision.clone()
+        } else {
+            revision
+        };
+        // A multi-source application is described by its first source, and
+        // lists them all with their revisions.
+        let first = app
+            .spec
+            .effective_sources()
+            .first()
+            .unwrap_or(&app.spec.source);
+        let (sources, revisions) = if app.spec.has_multiple_sources() {
+            (
+                app.spec
+                    .sources
+                    .iter()
+                    .map(|s| pb::ApplicationSource {
+                        repo_url: s.repo_url.clone(),
+                        path: s.path.clone(),
+                        chart: s.chart.clone(),
+                        target_revision: s.target_revision.clone(),
+                        r#ref: s.ref_name.clone(),
+                        name: s.name.clone(),
+                    })
+                    .collect(),
+                if revision.is_empty() {
+                    Vec::new()
+                } else {
+                    crate::gitsync::split_revisions(&revision)
+                },
+            )
+        } else {
+            (Vec::new(), Vec::new())
+        };
         Ok(pb::Application {
             name: name.clone(),
             origin: rec.origin.clone(),
-            repo_url: app.spec.source.repo_url.clone(),
-            path: app.spec.source.path.clone(),
-            chart: app.spec.source.chart.clone(),
-            target_revision: app.spec.source.target_revision.clone(),
-            revision: if revision.is_empty() {
-                rec.revision.clone()
-            } else {
-                revision
-            },
+            repo_url: first.repo_url.clone(),
+            path: first.path.clone(),
+            chart: first.chart.clone(),
+            target_revision: first.target_revision.clone(),
+            revision,
+            sources,
+            revisions,
             destination: app.destination_key().unwrap_or_default().to_owned(),
             namespace: app.spec.destination.namespace.clone().unwrap_or_default(),
             policy: Some(fleet::sync_policy(app)),

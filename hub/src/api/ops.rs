@@ -303,6 +303,12 @@ pub async fn rollback(
             "rollback cannot be initiated when auto-sync is enabled",
         ));
     }
+    if app.spec.has_multiple_sources() {
+        return Err(Status::failed_precondition(format!(
+            "rollback is not supported for application {:?}: it has multiple sources (spec.sources)",
+            req.name
+        )));
+    }
     if req.dry_run {
         // The agents would check the state they hold, not the entry's.
         return Err(Status::invalid_argument(

@@ -1143,17 +1143,22 @@ fn template_and_fields() {
             panic!("{} (follows {}): {e}", c.name, c.follows);
         }
     }
-    // Multi-source templates are refused until the model has spec.sources
-    // (Controlling-Resource-Modification.md shows them).
+    // Multi-source templates generate multi-source Applications, templated
+    // in every source (Controlling-Resource-Modification.md and
+    // Template.md show `sources` in templates).
     let sources = set_yaml("", "").replace(
         "      source: {repoURL: r, path: p}\n",
-        "      sources: [{repoURL: r, path: p}]\n",
+        "      sources: [{repoURL: r, path: p}, {repoURL: r2, path: \"{{.app}}\", ref: values}]\n",
     );
-    let err = parse_application_sets(&sources, "s.yaml")
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("spec.template.spec.sources"), "{err}");
-    assert!(err.contains("not supported yet"), "{err}");
+    let g = generate_set(&sources).expect("a multi-source template generates");
+    let app = &g.applications[0];
+    assert_eq!(app.spec.sources.len(), 2, "{:?}", app.spec);
+    assert_eq!(app.spec.sources[1].path, "one");
+    assert!(
+        g.notices.iter().all(|n| !n.message.contains("sources")),
+        "{:?}",
+        g.notices
+    );
 }
 
 #[test]

@@ -667,9 +667,6 @@ impl ApplicationSet {
             .and_then(Value::as_str)
             .map(str::to_owned)
             .or(name_hint);
-        if spec.get("sources").is_some_and(|s| !s.is_null()) {
-            return Err((name, multi_source_message()));
-        }
         let doc = json!({
             "apiVersion": ARGO_API_VERSION,
             "kind": "Application",
@@ -681,12 +678,6 @@ impl ApplicationSet {
         finalizer_notices(&app, notices);
         Ok(app)
     }
-}
-
-/// Why `spec.sources` is refused. Remove with the refusals once
-/// `model::ApplicationSpec` has multi-source support.
-fn multi_source_message() -> String {
-    "spec.sources: multi-source Applications are not supported yet; use spec.source".into()
 }
 
 /// Conditions for finalizers whose meaning Flotilla does not carry out.
@@ -860,13 +851,6 @@ impl LifecycleFields {
                 "spec.template.metadata.namespace: {ns:?} is replaced by the set's namespace ({}), as Argo CD does",
                 namespace.map_or_else(|| "none".to_owned(), |n| format!("{n:?}"))
             ));
-        }
-        if spec
-            .get("template")
-            .and_then(|t| t.pointer("/spec/sources"))
-            .is_some_and(|s| !s.is_null())
-        {
-            return Err(("spec.template.spec.sources".into(), multi_source_message()));
         }
         Ok(Self {
             preserved_fields,

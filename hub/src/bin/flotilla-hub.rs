@@ -23,7 +23,11 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve the agent link and the user API on one TLS listener.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
+    /// Internal: evaluates Jsonnet for a running hub (request on stdin,
+    /// result on stdout), so that an evaluation can be killed.
+    #[command(hide = true)]
+    JsonnetEval,
 }
 
 #[derive(Debug, clap::Args)]
@@ -104,6 +108,20 @@ struct ServeArgs {
     ssh_known_hosts: Option<PathBuf>,
 }
 
+/// `flotilla-hub jsonnet-eval`: one request on stdin, its answer on stdout.
+fn jsonnet_eval() -> Result<()> {
+    use std::io::{Read as _, Write as _};
+    let mut input = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut input)
+        .context("reading the request")?;
+    let output = flotilla_hub::render::jsonnet::run_child(&input);
+    std::io::stdout()
+        .write_all(&output)
+        .context("writing the answer")?;
+    Ok(())
+}
+
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
@@ -127,10 +145,11 @@ async fn shutdown_signal() {
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    let args = match Cli::parse().command {
+        Command::Serve(args) => *args,
+        Command::JsonnetEval => return jsonnet_eval(),
+    };
     let telemetry = flotilla_hub::telemetry::init();
-    let Cli {
-        command: Command::Serve(args),
-    } = Cli::parse();
     let repos = args
         .repos
         .iter()
@@ -162,6 +181,11 @@ async fn main() -> Result<()> {
                 .helm_command
                 .as_deref()
                 .and_then(flotilla_hub::render::RenderTools::command),
+            // Jsonnet runs in a child process of this binary, so a
+            // runaway evaluation is killed at the timeout.
+            jsonnet: std::env::current_exe()
+                .ok()
+                .map(|exe| vec![exe.display().to_string(), "jsonnet-eval".into()]),
             timeout: args.render_timeout,
         },
         webhook_listen: args.webhook_listen,

@@ -37,7 +37,10 @@ impl GitSync {
         bundles: &mut Vec<pb::AppBundle>,
     ) -> Result<(), StoreError> {
         let name = &app.metadata.name;
-        match self.chart_manifests(app, interval, force, used).await? {
+        match self
+            .chart_manifests(app, interval, force, used, Vec::new())
+            .await?
+        {
             Ok((version, manifests)) => {
                 let bundle = build_bundle(app, &version, Ok(&manifests));
                 let bundle = crate::appofapps::reconcile(
@@ -70,13 +73,15 @@ impl GitSync {
     }
 
     /// The chart version and rendered objects of `app`, or the error for
-    /// the application.
-    async fn chart_manifests(
+    /// the application. `refs`: the `$ref` sources its value files name
+    /// (multi-source applications).
+    pub(super) async fn chart_manifests(
         &self,
         app: &Application,
         interval: Duration,
         force: bool,
         used: &mut HashSet<RenderKey>,
+        refs: Vec<crate::render::RefSource>,
     ) -> Result<Result<(String, Vec<String>), String>, StoreError> {
         let src = &app.spec.source;
         let url = src.repo_url.as_str();
@@ -98,7 +103,8 @@ impl GitSync {
                 Err(e) => return Ok(Err(format!("pinned version {version}: {e}"))),
             }
         };
-        let key = crate::render::with_release(crate::render::request_for(app, &version), app);
+        let mut key = crate::render::with_release(crate::render::request_for(app, &version), app);
+        key.refs = refs;
         used.insert(key.clone());
         let rendered = match self.render_chart(&key, &picked, interval, force).await {
             Ok(r) => r,
@@ -119,9 +125,10 @@ impl GitSync {
         Ok(self
             .store
             .apps()?
-            .into_iter()
-            .filter(|r| !r.app.spec.source.chart.is_empty())
-            .map(|r| r.app.spec.source.repo_url)
+            .iter()
+            .flat_map(|r| r.app.spec.effective_sources())
+            .filter(|s| !s.chart.is_empty())
+            .map(|s| s.repo_url.clone())
             .collect())
     }
 
@@ -168,6 +175,9 @@ impl GitSync {
     /// # Errors
     /// The source cannot be reached, or nothing matches `revision`.
     pub async fn resolve_app(&self, app: &Application, revision: &str) -> Result<String, String> {
+        if app.spec.has_multiple_sources() {
+            return self.resolve_sources(app, revision).await;
+        }
         let src = &app.spec.source;
         if src.chart.is_empty() {
             return self.resolve(&src.repo_url, revision).await;
@@ -255,6 +265,7 @@ impl GitSync {
         let credentials = self.helm_credentials(&key.url);
         let repos = self.helm_repos.clone();
         let tools = self.render_tools();
+        let cache = self.cache.clone();
         let (k, v) = (key.clone(), v.clone());
         let retry_after = if force { Duration::ZERO } else { interval };
         let started = Instant::now();
@@ -262,7 +273,7 @@ impl GitSync {
         let result = tokio::task::spawn_blocking(move || {
             let _span = span.entered();
             let dir = repos.chart_dir(&k.url, &v, credentials.as_ref(), retry_after)?;
-            Ok::<_, String>(crate::render::render_chart(&tools, &k, &dir))
+            Ok::<_, String>(crate::render::render_chart(&cache, &tools, &k, &dir))
         })
         .await
         .unwrap_or_else(|e| Err(format!("render task failed: {e}")))?;

@@ -50,6 +50,22 @@ pub fn run_tool(
     timeout: Duration,
     scrub: &Path,
 ) -> Result<Vec<u8>, String> {
+    run_tool_with_input(tool, argv, home, timeout, scrub, None)
+}
+
+/// [`run_tool`] with `input` written to the program's stdin (closed
+/// after it); without input, stdin is empty.
+///
+/// # Errors
+/// As [`run_tool`].
+pub fn run_tool_with_input(
+    tool: &str,
+    argv: &[String],
+    home: &Path,
+    timeout: Duration,
+    scrub: &Path,
+    input: Option<Vec<u8>>,
+) -> Result<Vec<u8>, String> {
     let Some((program, args)) = argv.split_first() else {
         return Err(format!("{tool}: empty command"));
     };
@@ -77,12 +93,24 @@ pub fn run_tool(
         .env("https_proxy", DEAD_PROXY)
         .env("NO_PROXY", "")
         .env("GIT_TERMINAL_PROMPT", "0")
-        .stdin(Stdio::null())
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = cmd
         .spawn()
         .map_err(|e| format!("{tool}: cannot run {program}: {e}"))?;
+    // Write stdin on a thread too: a tool that does not read it must not
+    // block us.
+    if let (Some(mut stdin), Some(input)) = (child.stdin.take(), input) {
+        std::thread::spawn(move || {
+            use std::io::Write as _;
+            let _ = stdin.write_all(&input);
+        });
+    }
     // Read both pipes on threads so a chatty tool cannot block on a full
     // pipe while we wait for it.
     let mut stdout = child.stdout.take();

@@ -8,9 +8,13 @@
 //! Chart dependencies must be vendored in `charts/`: the hub never runs
 //! `helm dependency build` (no network).
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use serde_json::Value;
+
+/// The repository trees of `ref` sources on disk, by ref name (no `$`).
+pub type RefDirs = BTreeMap<String, PathBuf>;
 
 use super::kustomize::resolve_inside;
 
@@ -26,6 +30,7 @@ pub fn template_args(
     chart_dir: &Path,
     chart_path: &str,
     scratch: &Path,
+    refs: &RefDirs,
 ) -> Result<Vec<String>, String> {
     let empty = Value::Object(Default::default());
     let o = options.filter(|v| !v.is_null()).unwrap_or(&empty);
@@ -64,6 +69,22 @@ pub fn template_args(
                 return Err(format!(
                     "source.helm.valueFiles {f:?}: remote value files are not allowed"
                 ));
+            }
+            if let Some(rest) = f.strip_prefix('$') {
+                let (name, file) = rest.split_once('/').unwrap_or((rest, ""));
+                let Some(dir) = refs.get(name) else {
+                    return Err(format!(
+                        "source.helm.valueFiles {f:?}: ${name} is not a ref source of this application"
+                    ));
+                };
+                if file.starts_with('/') || resolve_inside("", file).is_none() {
+                    return Err(format!(
+                        "source.helm.valueFiles {f:?} points outside the repository of ${name}"
+                    ));
+                }
+                args.push("--values".into());
+                args.push(dir.join(file).display().to_string());
+                continue;
             }
             if resolve_inside(chart_path, f).is_none() {
                 return Err(format!(
@@ -153,6 +174,7 @@ mod tests {
             chart,
             "charts/web",
             scratch.path(),
+            &RefDirs::new(),
         )
         .unwrap();
         assert_eq!(&args[..3], ["template", "web-prod", "/t/repo/charts/web"]);
@@ -173,6 +195,7 @@ mod tests {
             chart,
             "charts/web",
             scratch.path(),
+            &RefDirs::new(),
         )
         .unwrap();
         assert_eq!(args, ["template", "r", "/t/repo/charts/web"]);
@@ -188,6 +211,7 @@ mod tests {
             Path::new("/t/repo/c"),
             "c",
             scratch.path(),
+            &RefDirs::new(),
         )
         .unwrap_err();
         assert!(err.contains("outside the repository"), "{err}");
@@ -198,8 +222,48 @@ mod tests {
             Path::new("/t/repo/c"),
             "c",
             scratch.path(),
+            &RefDirs::new(),
         )
         .unwrap_err();
         assert!(err.contains("remote"), "{err}");
+    }
+
+    #[test]
+    fn ref_value_files() {
+        let scratch = tempfile::tempdir().unwrap();
+        let mut refs = RefDirs::new();
+        refs.insert("values".into(), PathBuf::from("/t/refs/values"));
+        let args = template_args(
+            Some(&json!({"valueFiles": ["$values/env/prod.yaml", "local.yaml"]})),
+            "a",
+            "",
+            Path::new("/t/repo/c"),
+            "c",
+            scratch.path(),
+            &refs,
+        )
+        .unwrap();
+        let joined = args.join(" ");
+        assert!(
+            joined.contains("--values /t/refs/values/env/prod.yaml --values /t/repo/c/local.yaml"),
+            "{joined}"
+        );
+        for (file, want) in [
+            ("$other/x.yaml", "$other is not a ref source"),
+            ("$values/../../x.yaml", "outside the repository of $values"),
+            ("$values//etc/passwd", "outside the repository of $values"),
+        ] {
+            let err = template_args(
+                Some(&json!({ "valueFiles": [file] })),
+                "a",
+                "",
+                Path::new("/t/repo/c"),
+                "c",
+                scratch.path(),
+                &refs,
+            )
+            .unwrap_err();
+            assert!(err.contains(want), "{file}: {err}");
+        }
     }
 }

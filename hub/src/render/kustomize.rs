@@ -195,14 +195,61 @@ pub fn kustomization_in(dir: &Path) -> Option<std::path::PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Whether a reference is remote (a URL or a Git shorthand).
-fn is_remote(reference: &str) -> bool {
+/// How a kustomization reference is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reference {
+    /// Certainly remote: a URL (`https://`, `ssh://`, `file://`, …),
+    /// `git::…`, `gh:org/repo`, or scp-like `user@host:path`.
+    Remote,
+    /// Remote unless a local file or directory of that name exists
+    /// (Kustomize tries the local path first): a host-like first segment
+    /// (`github.com/org/repo`, `git.example/org/repo.git//path`), a
+    /// `.git` repository, a `//` repository root or a `?ref=` query.
+    MaybeRemote,
+    Local,
+}
+
+/// Classifies a reference by Kustomize's remote-target forms (see
+/// `examples/remoteBuild.md` in Kustomize).
+fn classify(reference: &str) -> Reference {
     let r = reference.trim();
-    r.contains("://")
-        || r.starts_with("git@")
-        || r.starts_with("github.com/")
-        || r.starts_with("gitlab.com/")
-        || r.starts_with("bitbucket.org/")
+    if r.contains("://") || r.starts_with("git::") || r.starts_with("gh:") {
+        return Reference::Remote;
+    }
+    // scp-like `[user@]host:path`: the user part is required by Kustomize
+    // (`git@github.com:org/repo`), and a `:` before any `/`.
+    if let Some((user, rest)) = r.split_once('@')
+        && !user.is_empty()
+        && !user.contains('/')
+        && rest
+            .split_once(':')
+            .is_some_and(|(host, _)| !host.is_empty() && !host.contains('/'))
+    {
+        return Reference::Remote;
+    }
+    let first = r.split('/').next().unwrap_or_default();
+    // host/org/repo at least.
+    let host_like = r.split('/').filter(|c| !c.is_empty()).count() >= 3
+        && first.contains('.')
+        && !first.starts_with('.')
+        && first
+            .rsplit('.')
+            .next()
+            .is_some_and(|tld| !tld.is_empty() && tld.bytes().all(|b| b.is_ascii_alphabetic()))
+        && !first.ends_with(".yaml")
+        && !first.ends_with(".yml")
+        && !first.ends_with(".json");
+    let git_repo = r.split(['/', '?']).any(|c| c.ends_with(".git"))
+        || r.contains("/_git/")
+        || r.contains("//")
+        || r.contains("?ref=")
+        || r.contains("&ref=")
+        || r.contains("?version=");
+    if host_like || git_repo {
+        Reference::MaybeRemote
+    } else {
+        Reference::Local
+    }
 }
 
 /// Resolves `reference` relative to repository directory `dir` (both
@@ -260,7 +307,14 @@ pub fn check_references(repo_root: &Path, app_dir: &str) -> Result<(), String> {
                 continue;
             };
             for r in list.iter().filter_map(Value::as_str) {
-                if is_remote(r) {
+                let remote = match classify(r) {
+                    Reference::Remote => true,
+                    Reference::MaybeRemote => {
+                        resolve_inside(&dir, r).is_none_or(|t| !repo_root.join(t).exists())
+                    }
+                    Reference::Local => false,
+                };
+                if remote {
                     return Err(format!(
                         "{rel_file}: {field} {r:?}: remote bases are not allowed (the hub renders without network access)"
                     ));
@@ -386,10 +440,79 @@ mod tests {
         assert_eq!(resolve_inside("a", "./b/../c").as_deref(), Some("a/c"));
         assert_eq!(resolve_inside("a", "../../x"), None);
         assert_eq!(resolve_inside("a", "/etc"), None);
-        assert!(is_remote("https://github.com/x/y//base?ref=v1"));
-        assert!(is_remote("github.com/x/y/base"));
-        assert!(is_remote("git@github.com:x/y.git"));
-        assert!(!is_remote("../base"));
+    }
+
+    #[test]
+    fn remote_reference_forms() {
+        use Reference::*;
+        let table = [
+            ("https://github.com/x/y//base?ref=v1", Remote),
+            ("http://example.com/deploy.yaml", Remote),
+            ("ssh://git@github.com/org/repo//base", Remote),
+            ("file:///srv/repo//base?ref=main", Remote),
+            ("git::https://github.com/org/repo//base", Remote),
+            ("git::git@github.com:org/repo.git", Remote),
+            ("gh:org/repo", Remote),
+            ("gh:org/repo//base?ref=v2", Remote),
+            ("git@github.com:org/repo.git//base", Remote),
+            ("org-12345@ssh.dev.azure.com:v3/org/project/repo", Remote),
+            ("github.com/org/repo", MaybeRemote),
+            ("github.com/org/repo//path?ref=v1.0.0", MaybeRemote),
+            ("gitlab.example.org/org/repo.git//path", MaybeRemote),
+            (
+                "git.example/org/repo.git//overlays/prod?ref=main",
+                MaybeRemote,
+            ),
+            ("example.com/org/repo?ref=v1", MaybeRemote),
+            ("dev.azure.com/org/project/_git/repo", MaybeRemote),
+            ("vendor/upstream.git", MaybeRemote),
+            ("../base", Local),
+            ("base", Local),
+            ("deployment.yaml", Local),
+            ("./overlays/prod", Local),
+            ("config.d/extra", Local),
+            ("../common/v1.2/base", Local),
+            ("crds/certs.k8s.yaml", Local),
+        ];
+        for (reference, want) in table {
+            assert_eq!(classify(reference), want, "{reference}");
+        }
+    }
+
+    #[test]
+    fn maybe_remote_forms_are_local_when_present() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = |p: &str, c: &str| {
+            let p = dir.path().join(p);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, c).unwrap();
+        };
+        // A vendored directory whose name looks like a host.
+        w(
+            "app/github.com/org/repo/kustomization.yaml",
+            "resources: []\n",
+        );
+        w(
+            "app/kustomization.yaml",
+            "resources:\n- github.com/org/repo\n",
+        );
+        assert!(check_references(dir.path(), "app").is_ok());
+        for remote in [
+            "gh:org/repo",
+            "github.com/org/other",
+            "git.example/org/repo.git//path",
+            "github.com/org/repo//base?ref=v1",
+        ] {
+            w(
+                "remote/kustomization.yaml",
+                &format!("resources:\n- {remote}\n"),
+            );
+            let err = check_references(dir.path(), "remote").unwrap_err();
+            assert!(
+                err.contains("remote bases are not allowed"),
+                "{remote}: {err}"
+            );
+        }
     }
 
     #[test]

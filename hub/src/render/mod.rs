@@ -20,6 +20,7 @@ use crate::source::{self, GitCache, SourceError};
 
 pub mod exec;
 pub mod helm;
+pub mod jsonnet;
 pub mod kustomize;
 
 /// Default limit for one kustomize or helm run.
@@ -35,6 +36,10 @@ pub struct RenderTools {
     pub kustomize: Option<Vec<String>>,
     /// The helm program (`template …` is appended). `None`: `helm` on PATH.
     pub helm: Option<Vec<String>>,
+    /// A command that evaluates Jsonnet in its own process
+    /// (`flotilla-hub jsonnet-eval`, see [`jsonnet::run_child`]), killed at
+    /// the timeout. `None`: in the hub's process, on a thread.
+    pub jsonnet: Option<Vec<String>>,
     pub timeout: Duration,
 }
 
@@ -43,6 +48,7 @@ impl Default for RenderTools {
         Self {
             kustomize: None,
             helm: None,
+            jsonnet: None,
             timeout: DEFAULT_TIMEOUT,
         }
     }
@@ -105,7 +111,7 @@ fn absolute(mut argv: Vec<String>, tool: &str, flag: &str) -> Result<Vec<String>
 
 /// Everything a render depends on; equal requests give equal results, so
 /// this is also the render cache key.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct RenderRequest {
     pub url: String,
     /// The commit; for a Helm repository chart, the chart version.
@@ -113,34 +119,76 @@ pub struct RenderRequest {
     pub path: String,
     /// A chart in the Helm repository `url`, or empty (Git).
     pub chart: String,
-    pub directory: Option<(bool, Option<String>, Option<String>)>,
+    /// Canonical JSON of `source.directory`, or empty.
+    pub directory: String,
     /// Canonical JSON of `source.kustomize`, or empty.
     pub kustomize: String,
     /// Canonical JSON of `source.helm`, or empty.
     pub helm: String,
+    /// Canonical JSON of `source.plugin`, or empty (plugins are refused).
+    pub plugin: String,
     /// Helm only: release name and namespace (they appear in the output).
     pub release: String,
     pub namespace: String,
+    /// Variables substituted in Jsonnet values (`ARGOCD_APP_NAME`, …);
+    /// only set when a value uses `$`, so that other renders stay shared
+    /// between applications.
+    pub env: Vec<(String, String)>,
+    /// The `ref` sources of a multi-source application that this source's
+    /// Helm `valueFiles` name as `$<ref>/…`.
+    pub refs: Vec<RefSource>,
+}
+
+/// A source of `spec.sources` with a `ref`, resolved to a commit.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RefSource {
+    /// The ref name, without `$`.
+    pub name: String,
+    pub url: String,
+    pub commit: String,
+}
+
+/// Canonical JSON of an option block, or empty when unset.
+fn canonical(v: &Option<Value>) -> String {
+    match v {
+        None | Some(Value::Null) => String::new(),
+        Some(v) => v.to_string(),
+    }
 }
 
 /// The render request of `app`'s source at `commit`.
 pub fn request_for(app: &crate::model::Application, commit: &str) -> RenderRequest {
-    let src = &app.spec.source;
-    let canonical = |v: &Option<Value>| match v {
-        None | Some(Value::Null) => String::new(),
-        Some(v) => v.to_string(),
-    };
+    request_for_source(app, &app.spec.source, commit)
+}
+
+/// The render request of one of `app`'s sources at `commit`.
+pub fn request_for_source(
+    app: &crate::model::Application,
+    src: &crate::model::ApplicationSource,
+    commit: &str,
+) -> RenderRequest {
     let helm = canonical(&src.helm);
+    let directory = src
+        .directory
+        .as_ref()
+        .and_then(|d| serde_json::to_value(d).ok())
+        .map(|v| v.to_string())
+        .unwrap_or_default();
+    let uses_env = src.directory.as_ref().is_some_and(|d| {
+        d.jsonnet
+            .ext_vars
+            .iter()
+            .chain(&d.jsonnet.tlas)
+            .any(|v| v.value.contains('$'))
+    });
     RenderRequest {
         url: src.repo_url.clone(),
         commit: commit.to_owned(),
         path: src.path.clone(),
         chart: src.chart.clone(),
-        directory: src
-            .directory
-            .as_ref()
-            .map(|d| (d.recurse, d.include.clone(), d.exclude.clone())),
+        directory,
         kustomize: canonical(&src.kustomize),
+        plugin: canonical(&src.plugin),
         // The release name and namespace appear in Helm's output; for the
         // other renderers they must not split the cache.
         release: if helm.is_empty() {
@@ -154,6 +202,12 @@ pub fn request_for(app: &crate::model::Application, commit: &str) -> RenderReque
             app.spec.destination.namespace.clone().unwrap_or_default()
         },
         helm,
+        env: if uses_env {
+            jsonnet::build_env(app, src, commit)
+        } else {
+            Vec::new()
+        },
+        refs: Vec::new(),
     }
 }
 
@@ -181,20 +235,92 @@ pub enum SourceKind {
     Helm,
 }
 
-/// Picks the renderer from the options and the file names directly in the
-/// application's path.
-pub fn detect(names: &[&str], kustomize_set: bool, helm_set: bool) -> SourceKind {
-    if helm_set || names.contains(&"Chart.yaml") {
-        SourceKind::Helm
-    } else if kustomize_set
-        || names
-            .iter()
-            .any(|n| kustomize::KUSTOMIZATION_FILES.contains(n))
-    {
-        SourceKind::Kustomize
-    } else {
-        SourceKind::Directory
+/// The option blocks a source sets (after Argo CD's normalisation: a block
+/// with only empty values is not set).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExplicitTypes {
+    pub kustomize: bool,
+    pub helm: bool,
+    pub directory: bool,
+    pub plugin: bool,
+}
+
+/// Whether an option block (canonical JSON) sets anything: Argo CD drops
+/// blocks whose fields are all empty before choosing the renderer.
+pub fn option_block_set(json: &str) -> bool {
+    fn set(v: &Value) -> bool {
+        match v {
+            Value::Null => false,
+            Value::Bool(b) => *b,
+            Value::Number(_) => true,
+            Value::String(s) => !s.is_empty(),
+            Value::Array(a) => !a.is_empty(),
+            Value::Object(o) => o.values().any(set),
+        }
     }
+    !json.is_empty() && serde_json::from_str::<Value>(json).is_ok_and(|v| set(&v))
+}
+
+impl ExplicitTypes {
+    /// The blocks `req` sets.
+    pub fn of(req: &RenderRequest) -> Self {
+        Self {
+            kustomize: option_block_set(&req.kustomize),
+            helm: option_block_set(&req.helm),
+            directory: serde_json::from_str::<DirectorySource>(&req.directory)
+                .is_ok_and(|d| d.is_explicit()),
+            plugin: !req.plugin.is_empty(),
+        }
+    }
+}
+
+/// Picks the renderer as Argo CD does: the one option block that is set
+/// (`kustomize`, `helm`, `directory`); with none, a kustomization file
+/// directly in the path makes it Kustomize, else a file whose name ends
+/// in `Chart.yaml` makes it Helm (the later name in sorted order wins when
+/// both are there, as Argo CD's walk does), else a directory.
+///
+/// # Errors
+/// More than one option block, or a plugin.
+pub fn detect(names: &[&str], explicit: ExplicitTypes) -> Result<SourceKind, String> {
+    if explicit.plugin {
+        return Err(
+            "source.plugin: config management plugins are not supported by Flotilla".to_owned(),
+        );
+    }
+    let mut set = Vec::new();
+    if explicit.kustomize {
+        set.push(("Kustomize", SourceKind::Kustomize));
+    }
+    if explicit.helm {
+        set.push(("Helm", SourceKind::Helm));
+    }
+    if explicit.directory {
+        set.push(("Directory", SourceKind::Directory));
+    }
+    match set.as_slice() {
+        [(_, kind)] => return Ok(*kind),
+        [] => {}
+        many => {
+            let names: Vec<&str> = many.iter().map(|(n, _)| *n).collect();
+            return Err(format!(
+                "multiple application sources defined: {}",
+                names.join(",")
+            ));
+        }
+    }
+    let mut sorted = names.to_vec();
+    sorted.sort_unstable();
+    let mut kind = SourceKind::Directory;
+    for name in sorted {
+        if name.ends_with("Chart.yaml") {
+            kind = SourceKind::Helm;
+        }
+        if kustomize::KUSTOMIZATION_FILES.contains(&name) {
+            kind = SourceKind::Kustomize;
+        }
+    }
+    Ok(kind)
 }
 
 /// Refuses application paths that could leave the repository: absolute
@@ -239,28 +365,70 @@ pub fn render_source(
     req: &RenderRequest,
 ) -> Result<Vec<String>, String> {
     check_app_path(&req.path)?;
-    let (recurse, include, exclude) = req.directory.clone().unwrap_or_default();
+    let options: DirectorySource = if req.directory.is_empty() {
+        DirectorySource::default()
+    } else {
+        serde_json::from_str(&req.directory).map_err(|e| format!("source.directory: {e}"))?
+    };
     let files = cache
-        .read_dir(&req.url, &req.commit, &req.path, recurse)
+        .read_dir(&req.url, &req.commit, &req.path, options.recurse)
         .map_err(source_error)?;
     let names: Vec<&str> = files
         .iter()
         .map(|f| f.path.as_str())
         .filter(|p| !p.contains('/'))
         .collect();
-    let kind = detect(&names, !req.kustomize.is_empty(), !req.helm.is_empty());
+    let kind = detect(&names, ExplicitTypes::of(req))?;
     if kind == SourceKind::Helm && req.release.is_empty() {
         return Err(NEEDS_RELEASE.to_owned());
     }
     let objects = match kind {
         SourceKind::Directory => {
-            let options = DirectorySource {
-                recurse,
-                include,
-                exclude,
+            let app_dir = req.path.trim_matches('/').trim_start_matches("./");
+            let app_dir = if app_dir == "." { "" } else { app_dir };
+            let mut evaluate = |jsonnet_files: &[&source::SourceFile]| {
+                let job = jsonnet::JsonnetJob {
+                    app_dir: app_dir.to_owned(),
+                    files: jsonnet_files
+                        .iter()
+                        .map(|f| {
+                            if app_dir.is_empty() {
+                                f.path.clone()
+                            } else {
+                                format!("{app_dir}/{}", f.path)
+                            }
+                        })
+                        .collect(),
+                    options: options.jsonnet.clone(),
+                    env: req.env.clone(),
+                };
+                let result = match &tools.jsonnet {
+                    Some(argv) => jsonnet::evaluate_in_child(
+                        argv,
+                        cache,
+                        &req.url,
+                        &req.commit,
+                        job,
+                        tools.timeout,
+                    ),
+                    None => {
+                        let repo = std::sync::Arc::new(jsonnet::GitFiles {
+                            cache: cache.clone(),
+                            url: req.url.clone(),
+                            commit: req.commit.clone(),
+                        });
+                        jsonnet::evaluate(repo, job, tools.timeout)
+                    }
+                };
+                result.map_err(|e| {
+                    // The renderer names files relative to the
+                    // application's directory; jsonnet names them from the
+                    // repository root already.
+                    strip_dir(e, app_dir)
+                })
             };
-            source::render_directory(&files, &options)
-                .map_err(|e| crate::gitsync::repo_relative(e, &req.path).to_string())?
+            source::render_directory(&files, &options, &mut evaluate)
+                .map_err(|e| e.in_directory(app_dir).to_string())?
         }
         SourceKind::Kustomize | SourceKind::Helm => {
             let tmp = tempfile::Builder::new()
@@ -275,11 +443,27 @@ pub fn render_source(
             if kind == SourceKind::Kustomize {
                 render_kustomize(tools, req, tmp.path(), &repo)?
             } else {
-                render_helm(tools, req, tmp.path(), &repo)?
+                render_helm(cache, tools, req, tmp.path(), &repo)?
             }
         }
     };
     Ok(objects.iter().map(Value::to_string).collect())
+}
+
+/// A Jsonnet error names its file from the repository root; the directory
+/// renderer prefixes the application's directory to every file it names,
+/// so take it off here first.
+fn strip_dir(e: source::RenderError, app_dir: &str) -> source::RenderError {
+    match e {
+        source::RenderError::Jsonnet { file, message } if !app_dir.is_empty() => {
+            let file = file
+                .strip_prefix(&format!("{app_dir}/"))
+                .map(str::to_owned)
+                .unwrap_or(file);
+            source::RenderError::Jsonnet { file, message }
+        }
+        other => other,
+    }
 }
 
 /// The application's directory must be a real directory in the exported
@@ -340,13 +524,28 @@ fn render_kustomize(
         .map_err(|e| e.to_string())
 }
 
+/// Writes the trees of the request's `ref` sources under `tmp/refs/`.
+fn export_refs(cache: &GitCache, req: &RenderRequest, tmp: &Path) -> Result<helm::RefDirs, String> {
+    let mut dirs = helm::RefDirs::new();
+    for r in &req.refs {
+        let dir = tmp.join("refs").join(&r.name);
+        cache
+            .export_tree(&r.url, &r.commit, &dir)
+            .map_err(|e| format!("ref source ${}: {}", r.name, source_error(e)))?;
+        dirs.insert(r.name.clone(), dir);
+    }
+    Ok(dirs)
+}
+
 fn render_helm(
+    cache: &GitCache,
     tools: &RenderTools,
     req: &RenderRequest,
     tmp: &Path,
     repo: &Path,
 ) -> Result<Vec<Value>, String> {
     let mut argv = tools.helm_argv()?;
+    let refs = export_refs(cache, req, tmp)?;
     let app = req.path.trim_matches('/');
     let chart_dir = repo.join(app);
     if !chart_dir.join("Chart.yaml").is_file() {
@@ -360,6 +559,7 @@ fn render_helm(
         &chart_dir,
         app,
         tmp,
+        &refs,
     )?);
     let out = exec::run_tool("helm template", &argv, tmp, tools.timeout, tmp)?;
     let origin = format!("helm template {}", req.path);
@@ -376,6 +576,7 @@ fn render_helm(
 /// One line for the application's error: no helm, a bad option, or
 /// helm's own message.
 pub fn render_chart(
+    cache: &GitCache,
     tools: &RenderTools,
     req: &RenderRequest,
     chart_dir: &Path,
@@ -385,6 +586,7 @@ pub fn render_chart(
         .prefix("flotilla-render-")
         .tempdir()
         .map_err(|e| format!("creating a temporary directory: {e}"))?;
+    let refs = export_refs(cache, req, tmp.path())?;
     let chart = tmp.path().join("repo").join(&req.chart);
     copy_dir(chart_dir, &chart).map_err(|e| format!("copying chart {:?}: {e}", req.chart))?;
     let options = parse_options(&req.helm);
@@ -395,6 +597,7 @@ pub fn render_chart(
         &chart,
         "",
         tmp.path(),
+        &refs,
     )?);
     let out = exec::run_tool(
         "helm template",
@@ -434,21 +637,57 @@ mod tests {
 
     #[test]
     fn detection() {
-        assert_eq!(detect(&["a.yaml"], false, false), SourceKind::Directory);
-        assert_eq!(
-            detect(&["kustomization.yaml"], false, false),
-            SourceKind::Kustomize
-        );
-        assert_eq!(
-            detect(&["Kustomization"], false, false),
-            SourceKind::Kustomize
-        );
-        assert_eq!(
-            detect(&["kustomization.yml", "Chart.yaml"], false, false),
-            SourceKind::Helm
-        );
-        assert_eq!(detect(&[], true, false), SourceKind::Kustomize);
-        assert_eq!(detect(&[], false, true), SourceKind::Helm);
+        let none = ExplicitTypes::default();
+        let only = |f: fn(&mut ExplicitTypes)| {
+            let mut e = ExplicitTypes::default();
+            f(&mut e);
+            e
+        };
+        let table: [(&[&str], ExplicitTypes, Result<SourceKind, &str>); 10] = [
+            (&["a.yaml"], none, Ok(SourceKind::Directory)),
+            (&["kustomization.yaml"], none, Ok(SourceKind::Kustomize)),
+            (&["Kustomization"], none, Ok(SourceKind::Kustomize)),
+            (&["values.yaml", "Chart.yaml"], none, Ok(SourceKind::Helm)),
+            // Argo CD's walk: the later name wins.
+            (
+                &["kustomization.yml", "Chart.yaml"],
+                none,
+                Ok(SourceKind::Kustomize),
+            ),
+            (&["MyChart.yaml"], none, Ok(SourceKind::Helm)),
+            (&[], only(|e| e.kustomize = true), Ok(SourceKind::Kustomize)),
+            (
+                &["Chart.yaml"],
+                only(|e| e.directory = true),
+                Ok(SourceKind::Directory),
+            ),
+            (
+                &[],
+                ExplicitTypes {
+                    kustomize: true,
+                    helm: true,
+                    ..none
+                },
+                Err("multiple application sources defined: Kustomize,Helm"),
+            ),
+            (
+                &[],
+                only(|e| e.plugin = true),
+                Err("plugins are not supported"),
+            ),
+        ];
+        for (names, explicit, want) in table {
+            match (detect(names, explicit), want) {
+                (Ok(got), Ok(want)) => assert_eq!(got, want, "{names:?} {explicit:?}"),
+                (Err(got), Err(want)) => assert!(got.contains(want), "{got}"),
+                (got, want) => panic!("{names:?} {explicit:?}: {got:?}, want {want:?}"),
+            }
+        }
+        assert!(!option_block_set(""));
+        assert!(!option_block_set("{}"));
+        assert!(!option_block_set(r#"{"valueFiles":[],"releaseName":""}"#));
+        assert!(option_block_set(r#"{"skipCrds":true}"#));
+        assert!(option_block_set(r#"{"namePrefix":"p-"}"#));
     }
 
     #[test]

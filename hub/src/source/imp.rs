@@ -2,11 +2,12 @@
 
 use std::path::Path;
 
-use super::{RenderError, SourceError, SourceFile, SshKey, SshSettings};
+use super::{RenderError, RepoEntry, SourceError, SourceFile, SshKey, SshSettings};
 use crate::model::DirectorySource;
 
 mod export;
 mod git;
+mod glob;
 mod redact;
 mod render;
 mod ssh;
@@ -59,11 +60,21 @@ pub(super) fn read_dir(
     git::read_dir(root, url, commit, path, recurse)
 }
 
+pub(super) fn read_path(
+    root: &Path,
+    url: &str,
+    commit: &str,
+    path: &str,
+) -> Result<RepoEntry, SourceError> {
+    git::read_path(root, url, commit, path)
+}
+
 pub(super) fn render_directory(
     files: &[SourceFile],
     options: &DirectorySource,
+    jsonnet: render::JsonnetEvaluator<'_>,
 ) -> Result<Vec<serde_json::Value>, RenderError> {
-    render::render_directory(files, options)
+    render::render_directory(files, options, jsonnet)
 }
 
 pub(super) fn parse_stream(

@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 
 use super::redact::{redact_message, redact_url};
 use super::ssh::Session;
-use crate::source::{SourceError, SourceFile, SshKey, SshSettings};
+use crate::source::{RepoEntry, SourceError, SourceFile, SshKey, SshSettings};
 
 /// Every branch and tag, force-updated: the mirror follows the remote even
 /// through force pushes and moved tags.
@@ -411,4 +411,109 @@ fn collect(
         }
     }
     Ok(())
+}
+
+/// Reads the file at `path` (repository-relative, `/`-separated) in
+/// `commit`. Symlinks are followed when they resolve inside the repository
+/// (at most 16 of them); one that leaves it is an error. `..` in `path` is
+/// refused.
+pub(crate) fn read_path(
+    root: &Path,
+    url: &str,
+    commit: &str,
+    path: &str,
+) -> Result<RepoEntry, SourceError> {
+    let dir = mirror_dir(root, url);
+    let path_error = |message: String| SourceError::Path {
+        url: redact_url(url),
+        commit: commit.to_owned(),
+        path: path.to_owned(),
+        message: redact_message(&message, url),
+    };
+    if !dir.join("HEAD").is_file() {
+        return Err(fetch_error(url, "not fetched yet"));
+    }
+    let repo = gix::open(&dir).map_err(|e| fetch_error(url, describe(&e, url)))?;
+    let id = gix::ObjectId::from_hex(commit.as_bytes()).map_err(|e| SourceError::Revision {
+        url: redact_url(url),
+        revision: commit.to_owned(),
+        message: format!("not a full commit id: {e}"),
+    })?;
+    let tree = repo
+        .find_object(id)
+        .and_then(|o| o.peel_to_commit())
+        .and_then(|c| c.tree())
+        .map_err(|e| SourceError::Revision {
+            url: redact_url(url),
+            revision: commit.to_owned(),
+            message: describe(&e, url),
+        })?;
+    let mut current: Vec<String> = normalize(path)
+        .map_err(path_error)?
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    let mut hops = 0;
+    'resolve: loop {
+        if current.is_empty() {
+            return Ok(RepoEntry::Directory);
+        }
+        // Walk component by component so a symlinked directory on the way
+        // is seen (and resolved) too.
+        for depth in 1..=current.len() {
+            let entry = tree
+                .lookup_entry(current[..depth].iter().map(|c| c.as_bytes()))
+                .map_err(|e| path_error(describe(&e, url)))?;
+            let Some(entry) = entry else {
+                return Ok(RepoEntry::Missing);
+            };
+            let mode = entry.mode();
+            if mode.is_link() {
+                hops += 1;
+                if hops > 16 {
+                    return Err(path_error("too many levels of symbolic links".to_owned()));
+                }
+                let blob = repo
+                    .find_blob(entry.object_id())
+                    .map_err(|e| path_error(describe(&e, url)))?;
+                let target = blob.data.to_str_lossy().into_owned();
+                let link = current[..depth].join("/");
+                if !super::export::symlink_stays_inside(&link, &target) {
+                    return Err(path_error(format!(
+                        "symlink {link:?} points outside the repository"
+                    )));
+                }
+                let mut next: Vec<String> = current[..depth - 1].to_vec();
+                for part in target.split('/') {
+                    match part {
+                        "" | "." => {}
+                        ".." => {
+                            next.pop();
+                        }
+                        p => next.push(p.to_owned()),
+                    }
+                }
+                next.extend(current[depth..].iter().cloned());
+                current = next;
+                continue 'resolve;
+            }
+            if depth < current.len() {
+                if !mode.is_tree() {
+                    return Ok(RepoEntry::Missing);
+                }
+                continue;
+            }
+            if mode.is_tree() {
+                return Ok(RepoEntry::Directory);
+            }
+            if !mode.is_blob() {
+                // A submodule: its files are not in this repository.
+                return Ok(RepoEntry::Missing);
+            }
+            let blob = repo
+                .find_blob(entry.object_id())
+                .map_err(|e| path_error(describe(&e, url)))?;
+            return Ok(RepoEntry::File(blob.data.clone()));
+        }
+    }
 }
