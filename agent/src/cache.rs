@@ -57,6 +57,10 @@ pub struct CachedApp {
     /// Unix milliseconds of the last completed apply.
     #[serde(default)]
     pub last_applied_ms: i64,
+    /// A sync operation that has not finished (waiting for hooks or a
+    /// wave), resumed by the next pass, also after a restart.
+    #[serde(default)]
+    pub operation: Option<crate::hooks::SyncOperation>,
 }
 
 /// An application removed from the desired state whose objects may still
@@ -67,6 +71,19 @@ pub struct RemovedApp {
     pub policy: Policy,
     /// Objects applied for it.
     pub inventory: Vec<ObjectKey>,
+    /// Its hooks (manifests): PreDelete and PostDelete hooks run now, and
+    /// what the others left behind is deleted with the application.
+    #[serde(default)]
+    pub hooks: Vec<String>,
+    /// Its default namespace (of the hooks).
+    #[serde(default)]
+    pub namespace: String,
+    /// A sync that was running when it was removed (its hooks end).
+    #[serde(default)]
+    pub operation: Option<crate::hooks::SyncOperation>,
+    /// Where its removal stands.
+    #[serde(default)]
+    pub removal: Option<crate::hooks::Removal>,
     /// The hub's decision about the objects (`DesiredState.deletions`), if
     /// it sent one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -77,7 +94,7 @@ impl RemovedApp {
     /// How its objects go, `None` when they stay: the hub's decision when
     /// there is one, else prune when the last policy pruned.
     #[must_use]
-    pub fn removal(&self) -> Option<Removal> {
+    pub fn object_removal(&self) -> Option<Removal> {
         match self.deletion {
             Some(Propagation::Foreground) => Some(Removal::Cascade { foreground: true }),
             Some(Propagation::Background) => Some(Removal::Cascade { foreground: false }),
@@ -155,6 +172,9 @@ impl CachedState {
         for name in &gone {
             if let Some(app) = self.apps.remove(name) {
                 let entry = self.removed.entry(name.clone()).or_default();
+                entry.hooks = crate::hooks::hook_manifests(&app.bundle.manifests);
+                entry.namespace = app.bundle.namespace;
+                entry.operation = app.operation;
                 entry.policy = app.bundle.policy;
                 entry.inventory.extend(app.inventory);
             }
@@ -432,6 +452,7 @@ mod tests {
                     name: "c".into(),
                 }],
                 last_applied_ms: 7,
+                operation: None,
             },
         );
         CachedState {
@@ -621,7 +642,7 @@ mod tests {
                 ..Default::default()
             })
             .expect("complete");
-        assert_eq!(state.removed["guestbook"].removal(), None);
+        assert_eq!(state.removed["guestbook"].object_removal(), None);
 
         // Deleted with cascade: deleted even without prune.
         let mut state = sample();
@@ -633,7 +654,7 @@ mod tests {
             })
             .expect("complete");
         assert_eq!(
-            state.removed["guestbook"].removal(),
+            state.removed["guestbook"].object_removal(),
             Some(Removal::Cascade { foreground: false })
         );
 
@@ -646,7 +667,7 @@ mod tests {
                 ..Default::default()
             })
             .expect("complete");
-        assert_eq!(state.removed["guestbook"].removal(), None);
+        assert_eq!(state.removed["guestbook"].object_removal(), None);
         state
             .merge(flotilla_proto::DesiredState {
                 generation: 5,
@@ -655,12 +676,12 @@ mod tests {
             })
             .expect("complete");
         assert_eq!(
-            state.removed["guestbook"].removal(),
+            state.removed["guestbook"].object_removal(),
             Some(Removal::Cascade { foreground: true })
         );
         let mut pruning = RemovedApp::default();
         pruning.policy.prune = true;
-        assert_eq!(pruning.removal(), Some(Removal::Prune));
+        assert_eq!(pruning.object_removal(), Some(Removal::Prune));
     }
 
     #[test]

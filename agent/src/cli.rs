@@ -76,6 +76,16 @@ struct RunArgs {
     /// (Prometheus text format), e.g. 0.0.0.0:8081. Off when not given.
     #[arg(long, value_name = "ADDR", env = "FLOTILLA_HEALTH_LISTEN")]
     health_listen: Option<std::net::SocketAddr>,
+    /// How long a sync waits for the resource hooks of one wave of a phase
+    /// before it deletes them and fails (e.g. `30m`, `1h`).
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_hook_timeout)]
+    hook_timeout: std::time::Duration,
+}
+
+fn parse_hook_timeout(s: &str) -> Result<std::time::Duration, String> {
+    crate::bundle::parse_duration(s)
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("invalid duration {s:?} (e.g. 90s, 30m, 1h)"))
 }
 
 #[derive(Debug, Args)]
@@ -216,6 +226,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let engine = Engine::new(cluster, cache, trigger, reports_tx)
         .with_health_rules(rules)
+        .with_hook_timeout(args.hook_timeout)
         .with_inventory(crate::inventory::Inventory::new(
             args.inventory_namespace.clone(),
         ));

@@ -44,6 +44,12 @@ pub enum ClusterError {
         /// The cause.
         message: String,
     },
+    /// A create found the object there already.
+    #[error("create {key}: already exists")]
+    AlreadyExists {
+        /// The object.
+        key: String,
+    },
     /// A request about an object failed.
     #[error("{action} {key}: {message}")]
     Request {
@@ -242,6 +248,67 @@ impl Cluster {
             .map_err(|e| request_error("apply", key, &e))?;
         serde_json::to_value(live).map_err(|e| ClusterError::Request {
             action: "apply",
+            key: key.to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Creates `obj` (POST): the API server generates the name of an object
+    /// with only `metadata.generateName`. Returns the created object.
+    ///
+    /// # Errors
+    /// [`ClusterError::AlreadyExists`] when an object of that name exists;
+    /// otherwise when the API server refuses.
+    pub async fn create(
+        &self,
+        r: &Resolved,
+        key: &ObjectKey,
+        obj: &Value,
+    ) -> Result<Value, ClusterError> {
+        self.create_with(r, key, obj, false).await
+    }
+
+    /// [`Cluster::create`] with `dryRun=All`.
+    ///
+    /// # Errors
+    /// As [`Cluster::create`].
+    pub async fn create_dry_run(
+        &self,
+        r: &Resolved,
+        key: &ObjectKey,
+        obj: &Value,
+    ) -> Result<Value, ClusterError> {
+        self.create_with(r, key, obj, true).await
+    }
+
+    async fn create_with(
+        &self,
+        r: &Resolved,
+        key: &ObjectKey,
+        obj: &Value,
+        dry_run: bool,
+    ) -> Result<Value, ClusterError> {
+        let data: DynamicObject =
+            serde_json::from_value(obj.clone()).map_err(|e| ClusterError::Request {
+                action: "create",
+                key: key.to_string(),
+                message: e.to_string(),
+            })?;
+        let params = kube::api::PostParams {
+            dry_run,
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+        };
+        let created = match self.api(r, &key.namespace).create(&params, &data).await {
+            Ok(c) => c,
+            Err(kube::Error::Api(s)) if s.code == 409 && s.reason == "AlreadyExists" => {
+                return Err(ClusterError::AlreadyExists {
+                    key: key.to_string(),
+                });
+            }
+            Err(e) => return Err(request_error("create", key, &e)),
+        };
+        serde_json::to_value(created).map_err(|e| ClusterError::Request {
+            action: "create",
             key: key.to_string(),
             message: e.to_string(),
         })

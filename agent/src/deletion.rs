@@ -105,7 +105,8 @@ pub fn kept_by_cascade(live: &Value, app_sync_options: &[String]) -> Option<&'st
 }
 
 /// Deletes one object of a deleted application with cascade, if it still
-/// carries this application's tracking identity and nothing keeps it.
+/// carries this application's tracking identity and nothing keeps it; true
+/// when a deletion was requested.
 ///
 /// # Errors
 /// The API server refuses to read or delete it.
@@ -115,26 +116,26 @@ pub async fn delete_object(
     key: &ObjectKey,
     foreground: bool,
     app_sync_options: &[String],
-) -> Result<(), String> {
+) -> Result<bool, String> {
     let resolved = match cluster.resolve(key).await {
         Ok(r) => r,
         // The kind is gone, and with it every object of it.
-        Err(_) => return Ok(()),
+        Err(_) => return Ok(false),
     };
     let Some(live) = cluster
         .get(&resolved, key)
         .await
         .map_err(|e| e.to_string())?
     else {
-        return Ok(());
+        return Ok(false);
     };
     if !object::is_tracked_by(&live, app, key) {
         info!(app, object = %key, "not deleting an object this application does not track");
-        return Ok(());
+        return Ok(false);
     }
     if let Some(why) = kept_by_cascade(&live, app_sync_options) {
         info!(app, object = %key, why, "not deleting with the application");
-        return Ok(());
+        return Ok(false);
     }
     info!(
         app,
@@ -145,6 +146,7 @@ pub async fn delete_object(
     cluster
         .delete_propagating(&resolved, key, foreground)
         .await
+        .map(|()| true)
         .map_err(|e| e.to_string())
 }
 

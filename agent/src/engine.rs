@@ -13,7 +13,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flotilla_proto::{AppStatus, OperationState, ResourceStatus, SyncResult, SyncStatus};
+use flotilla_proto::{
+    AppCondition, AppStatus, OperationState, ResourceStatus, SyncResult, SyncStatus,
+};
 use rand::Rng;
 use tokio::sync::{Notify, oneshot, watch};
 use tracing::{info, warn};
@@ -23,13 +25,17 @@ use crate::cache::{Cache, CachedApp};
 use crate::cluster::Cluster;
 use crate::custom_health::HealthRules;
 use crate::health::{self, Health, HealthStatus};
+use crate::hooks::SyncOperation;
 use crate::inventory::Inventory;
 use crate::object::ObjectKey;
 use crate::report::{Report, now_ms};
 
 mod apply;
 mod dry_run;
+mod hooks;
 mod live;
+mod operation;
+mod removal;
 
 pub use live::diff_app;
 
@@ -39,6 +45,8 @@ const PASS_BUSY: Duration = Duration::from_secs(1);
 const CRD_DEADLINE: Duration = Duration::from_secs(30);
 /// How long a sync may wait for a wave to become healthy.
 const WAVE_DEADLINE: Duration = Duration::from_secs(120);
+/// How long a sync waits for the hooks of one step by default.
+pub const HOOK_TIMEOUT: Duration = Duration::from_secs(3600);
 const COALESCE: Duration = Duration::from_millis(100);
 const POLL: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(180);
@@ -73,10 +81,10 @@ struct AppRuntime {
     /// The last operation a hub command started (it has a command id);
     /// automatic syncs do not replace it.
     requested: Option<OperationState>,
-    /// A sync of `digest` waiting before wave index `next` since `since`.
-    waves: Option<WaveProgress>,
     /// Drifted at the last pass (drift events count transitions).
     drifted: bool,
+    /// The id of the last operation that ended.
+    ended: String,
 }
 
 impl AppRuntime {
@@ -88,13 +96,6 @@ impl AppRuntime {
         }
         self.operation = Some(op);
     }
-}
-
-#[derive(Debug, Clone)]
-struct WaveProgress {
-    digest: String,
-    next: usize,
-    since: Instant,
 }
 
 /// A sync asked for by the hub (`SyncNow`), applied even without
@@ -127,6 +128,7 @@ pub struct Engine {
     inventory: Option<Inventory>,
     orphans_checked: bool,
     health: HealthRules,
+    hook_timeout: Duration,
 }
 
 impl Engine {
@@ -149,7 +151,16 @@ impl Engine {
             inventory: None,
             orphans_checked: false,
             health: HealthRules::builtin(),
+            hook_timeout: HOOK_TIMEOUT,
         }
+    }
+
+    /// How long a sync waits for the hooks of one step (a wave of a phase)
+    /// before it deletes them and fails; [`HOOK_TIMEOUT`] by default.
+    #[must_use]
+    pub fn with_hook_timeout(mut self, timeout: Duration) -> Self {
+        self.hook_timeout = timeout;
+        self
     }
 
     /// Uses custom (Lua) health checks before the built-in rules.
@@ -208,7 +219,8 @@ impl Engine {
             self.adopt_orphans(&snapshot).await;
             snapshot = self.cache.snapshot();
         }
-        self.prune_removed(&snapshot).await;
+        // A removal waiting for its deletion hooks keeps passes frequent.
+        let removals_done = self.prune_removed(&snapshot).await;
         let mut statuses = Vec::with_capacity(snapshot.apps.len());
         for app in snapshot.apps.values() {
             statuses.push(self.reconcile(app).await);
@@ -220,10 +232,12 @@ impl Engine {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .retain(|name, _| snapshot.apps.contains_key(name));
-        let settled = statuses.iter().all(|s| {
-            s.sync == SyncStatus::Synced as i32
-                && s.health == HealthStatus::Healthy.to_proto() as i32
-        });
+        let settled = removals_done
+            && statuses.iter().all(|s| {
+                s.sync == SyncStatus::Synced as i32
+                    && s.health == HealthStatus::Healthy.to_proto() as i32
+                    && s.operation.as_ref().is_none_or(|o| o.phase != "Running")
+            });
         let report = Report {
             generation: snapshot.generation,
             apps: statuses,
@@ -242,14 +256,27 @@ impl Engine {
 
     async fn reconcile(&mut self, app: &CachedApp) -> AppStatus {
         let b = &app.bundle;
-        // A render error, or an ignoreDifferences jq expression that does
-        // not compile (every comparison would be meaningless): report it,
-        // apply nothing.
+        // An operation of an earlier desired state ends here: its hooks
+        // that still run are deleted.
+        if let Some(old) = app.operation.as_ref().filter(|o| o.digest != b.digest) {
+            self.supersede(&b.name, old.clone()).await;
+        }
+        let running_op = app
+            .operation
+            .clone()
+            .filter(|o| o.digest == b.digest && o.id != self.ended_operation(&b.name));
+        // A render error, an ignoreDifferences jq expression that does not
+        // compile (every comparison would be meaningless) or a manifest the
+        // hook model refuses (Argo CD: "one or more synchronization tasks
+        // are not valid"): report it, apply nothing.
         let invalid = crate::jq::invalid_expressions(&b.ignore_differences);
+        let hook_errors = manifest_errors(b);
         let refusal = if !b.render_error.is_empty() {
             Some(format!("render error: {}", b.render_error))
         } else if !invalid.is_empty() {
             Some(format!("ignoreDifferences: {}", invalid.join("; ")))
+        } else if !hook_errors.is_empty() {
+            Some(hook_errors.join("; "))
         } else {
             None
         };
@@ -296,32 +323,21 @@ impl Engine {
         let healable = checks
             .iter()
             .any(|c| c.sync != SyncStatus::Synced && c.shared_with.is_none());
-        // A sync stopped at a wave that was not healthy yet continues, even
-        // without `automated` (it was started by a sync request).
-        let resuming = digest_changed && rt.waves.as_ref().is_some_and(|w| w.digest == b.digest);
+        // A sync that has not finished (waiting for hooks or a wave to
+        // become healthy) continues, even without `automated`.
+        let running = running_op.is_some();
         let wanted = requested.is_some()
-            || resuming
+            || running
             || (b.policy.automated
                 && (digest_changed || (drifted && healable && b.policy.self_heal)));
         let limit_reached = requested.is_none()
+            && !running
             && b.policy.retry_limit > 0
             && i64::from(rt.attempts) > b.policy.retry_limit;
-        let due = requested.is_some() || rt.retry_at.is_none_or(|t| now >= t);
-        let prune = b.policy.prune || requested.as_ref().is_some_and(|r| r.prune);
-        // The hub command this pass answers; a wave sync resumed by a later
-        // pass keeps the id of the command that started it.
-        let command_id = requested.as_ref().map_or_else(
-            || {
-                rt.operation
-                    .as_ref()
-                    .filter(|o| resuming && o.phase == "Running")
-                    .map(|o| o.command_id.clone())
-                    .unwrap_or_default()
-            },
-            |r| r.command_id.clone(),
-        );
+        let due = requested.is_some() || running || rt.retry_at.is_none_or(|t| now >= t);
         let mut last_applied_ms = app.last_applied_ms;
-        if let Some(request) = requested.filter(|r| r.dry_run) {
+        if let Some(request) = requested.as_ref().filter(|r| r.dry_run) {
+            let prune = b.policy.prune || request.prune;
             let result = self.dry_run(app, prune, &request.command_id).await;
             let changes = result
                 .resources
@@ -334,11 +350,13 @@ impl Engine {
                 .filter(|r| !r.error.is_empty())
                 .count();
             info!(app = %b.name, id = %request.command_id, changes, failures, "dry run: nothing applied");
-            if let Some(reply) = request.reply {
+            if let Some(request) = requested
+                && let Some(reply) = request.reply
+            {
                 let _ = reply.send(result);
             }
         } else if wanted && due && !limit_reached {
-            if drifted {
+            if drifted && !running {
                 let fields: Vec<String> = checks
                     .iter()
                     .filter(|c| c.sync != SyncStatus::Synced)
@@ -352,7 +370,46 @@ impl Engine {
                     .collect();
                 info!(app = %b.name, drift = ?fields, "self-healing drift");
             }
-            let started = now_ms();
+            let mut op = running_op.unwrap_or_else(|| SyncOperation {
+                id: format!("{:08x}", rand::rng().random::<u32>()),
+                digest: b.digest.clone(),
+                started_ms: now_ms(),
+                prune: b.policy.prune,
+                ..SyncOperation::default()
+            });
+            if let Some(r) = &requested {
+                // A sync request while this one runs waits for it.
+                op.command_id.clone_from(&r.command_id);
+                op.prune |= r.prune;
+            }
+            let shared: BTreeSet<ObjectKey> = checks
+                .iter()
+                .filter(|c| c.shared_with.is_some())
+                .map(|c| c.key.clone())
+                .collect();
+            if !running
+                && b.policy.option("FailOnSharedResource")
+                && let Some(warning) = shared_resource_conditions(b, &checks).into_iter().next()
+            {
+                let message = format!("Shared resource found: {}", warning.message);
+                let rt = self.apps.entry(b.name.clone()).or_default();
+                let now = now_ms();
+                rt.record(OperationState {
+                    phase: "Failed".to_owned(),
+                    started_ms: now,
+                    finished_ms: now,
+                    message: message.clone(),
+                    command_id: op.command_id.clone(),
+                    ..OperationState::default()
+                });
+                rt.message = message;
+                rt.errors.clear();
+                rt.attempts = rt.attempts.saturating_add(1);
+                rt.retry_at =
+                    Some(Instant::now() + jitter(b.policy.retry_backoff.delay(rt.attempts)));
+                warn!(app = %b.name, message = %rt.message, "sync refused");
+                return status_of(b, &checks, &parse_errors, rt, last_applied_ms);
+            }
             // ApplyOutOfSyncOnly: objects already in sync are left alone.
             let skip: BTreeSet<ObjectKey> =
                 if b.policy.option("ApplyOutOfSyncOnly") && !digest_changed {
@@ -364,88 +421,59 @@ impl Engine {
                 } else {
                     BTreeSet::new()
                 };
-            let resume_from = self
-                .apps
-                .get(&b.name)
-                .and_then(|rt| rt.waves.as_ref())
-                .filter(|w| w.digest == b.digest && digest_changed)
-                .map_or(0, |w| w.next);
             // Continues the hub's trace of the commit that brought this
             // bundle (the first apply of it).
             let span = tracing::info_span!("apply", app = %b.name, revision = %b.revision);
             crate::telemetry::adopt_parent(&span, &b.name);
             let apply_started = Instant::now();
-            let mut outcome = tracing::Instrument::instrument(
-                self.apply(app, prune, &skip, resume_from),
+            let outcome = tracing::Instrument::instrument(
+                self.run_operation(app, &mut op, &skip, &shared),
                 span.clone(),
             )
             .await;
             crate::metrics::metrics().apply(&b.name, apply_started.elapsed());
             let finished = now_ms();
-            let rt = self.apps.entry(b.name.clone()).or_default();
-            if let Some((next, wave, why)) = outcome.waiting.take() {
-                let since = match &rt.waves {
-                    Some(w) if w.digest == b.digest && w.next == next => w.since,
-                    _ => Instant::now(),
-                };
-                if since.elapsed() < WAVE_DEADLINE {
-                    rt.waves = Some(WaveProgress {
-                        digest: b.digest.clone(),
-                        next,
-                        since,
-                    });
-                    let started = rt
-                        .operation
-                        .as_ref()
-                        .filter(|o| o.phase == "Running")
-                        .map_or(started, |o| o.started_ms);
-                    rt.record(OperationState {
-                        phase: "Running".to_owned(),
-                        started_ms: started,
-                        finished_ms: 0,
-                        message: format!("waiting for sync wave {wave} to become healthy: {why}"),
-                        command_id: command_id.clone(),
-                    });
-                    rt.errors.clone_from(&outcome.errors);
-                    rt.message = format!("waiting for sync wave {wave} to become healthy: {why}");
-                    let (name, digest, inventory) =
-                        (b.name.clone(), b.digest.clone(), outcome.inventory);
-                    let persisted = self.cache.update(|s| {
-                        if let Some(cached) = s.apps.get_mut(&name)
-                            && cached.bundle.digest == digest
-                        {
-                            cached.inventory = inventory;
-                        }
-                    });
-                    if let Err(e) = persisted {
-                        warn!(error = %e, "could not persist the cache");
+            let (name, digest) = (b.name.clone(), b.digest.clone());
+            if let Some(why) = outcome.running {
+                let rt = self.apps.entry(b.name.clone()).or_default();
+                rt.record(operation_state(&op, "Running", 0, &why, outcome.sync_phase));
+                rt.errors.clone_from(&outcome.errors);
+                rt.message = why;
+                let inventory = outcome.inventory;
+                let persisted = self.cache.update(|s| {
+                    if let Some(cached) = s.apps.get_mut(&name)
+                        && cached.bundle.digest == digest
+                    {
+                        cached.inventory = inventory;
+                        cached.operation = Some(op);
                     }
-                    let (checks, parse_errors) = self.check(b).await;
-                    let rt = self.apps.entry(b.name.clone()).or_default();
-                    return status_of(b, &checks, &parse_errors, rt, last_applied_ms);
+                });
+                if let Err(e) = persisted {
+                    warn!(error = %e, "could not persist the cache");
                 }
-                rt.waves = None;
-                outcome.message = format!(
-                    "sync wave {wave} did not become healthy within {}s: {why}",
-                    WAVE_DEADLINE.as_secs()
-                );
-            } else {
-                rt.waves = None;
+                let (checks, parse_errors) = self.check(b).await;
+                let rt = self.apps.entry(b.name.clone()).or_default();
+                return status_of(b, &checks, &parse_errors, rt, last_applied_ms);
             }
-            let ok = outcome.ok();
-            rt.record(OperationState {
-                phase: if ok { "Succeeded" } else { "Failed" }.to_owned(),
-                started_ms: started,
-                finished_ms: finished,
-                message: if ok || !outcome.message.is_empty() {
-                    outcome.message.clone()
-                } else {
-                    failure_summary(&outcome.errors)
-                },
-                command_id,
-            });
+            let ok = outcome.failure.is_none() && outcome.errors.is_empty();
+            let message = outcome.failure.clone().unwrap_or_default();
+            let rt = self.apps.entry(b.name.clone()).or_default();
+            rt.record(operation_state(
+                &op,
+                if ok { "Succeeded" } else { "Failed" },
+                finished,
+                &message,
+                outcome.sync_phase,
+            ));
+            rt.ended = op.id.clone();
             rt.errors.clone_from(&outcome.errors);
-            rt.message.clone_from(&outcome.message);
+            // Object errors show per object; the application's message is
+            // for what is not about one object.
+            rt.message = if message == failure_summary(&outcome.errors) {
+                String::new()
+            } else {
+                message
+            };
             if ok && digest_changed {
                 rt.attempts = 0;
                 rt.retry_at = None;
@@ -465,10 +493,8 @@ impl Engine {
             if ok {
                 info!(app = %b.name, revision = %b.revision, objects = outcome.inventory.len(), "applied");
             } else {
-                warn!(app = %b.name, errors = outcome.errors.len(), message = %outcome.message, "apply finished with errors");
+                warn!(app = %b.name, errors = outcome.errors.len(), message = %rt.message, "apply finished with errors");
             }
-            let digest = b.digest.clone();
-            let name = b.name.clone();
             let inventory = outcome.inventory;
             if let Some(store) = &self.inventory
                 && let Err(e) = store
@@ -483,6 +509,7 @@ impl Engine {
                 {
                     cached.inventory = inventory;
                     cached.last_applied_ms = finished;
+                    cached.operation = None;
                     if ok {
                         cached.applied_digest = Some(digest);
                     }
@@ -499,13 +526,99 @@ impl Engine {
             .await;
         } else if wanted && limit_reached {
             let rt = self.apps.entry(b.name.clone()).or_default();
+            let limit = format!("retry limit {} reached", b.policy.retry_limit);
             if rt.message.is_empty() {
-                rt.message = format!("retry limit {} reached", b.policy.retry_limit);
+                rt.message = limit;
+            } else if !rt.message.starts_with(&limit) {
+                rt.message = format!("{limit}: {}", rt.message);
             }
         }
         let rt = self.apps.entry(b.name.clone()).or_default();
         status_of(b, &checks, &parse_errors, rt, last_applied_ms)
     }
+
+    /// The id of the operation this agent ended last for `app` (its cache
+    /// entry may still be on its way out).
+    fn ended_operation(&self, app: &str) -> String {
+        self.apps
+            .get(app)
+            .map(|rt| rt.ended.clone())
+            .unwrap_or_default()
+    }
+
+    /// Ends an operation whose desired state was replaced before it
+    /// finished: its hooks that still run are deleted.
+    async fn supersede(&mut self, app: &str, mut op: SyncOperation) {
+        let why = "terminated: the desired state changed before the sync finished";
+        for run in &mut op.hooks {
+            self.terminate_hook(app, run, why).await;
+        }
+        info!(app, operation = %op.id, "{why}");
+        let rt = self.apps.entry(app.to_owned()).or_default();
+        rt.record(operation_state(&op, "Failed", now_ms(), why, "Sync"));
+        let id = op.id.clone();
+        let persisted = self.cache.update(|s| {
+            if let Some(cached) = s.apps.get_mut(app)
+                && cached.operation.as_ref().is_some_and(|o| o.id == id)
+            {
+                cached.operation = None;
+            }
+        });
+        if let Err(e) = persisted {
+            warn!(error = %e, "could not persist the cache");
+        }
+    }
+}
+
+/// The wire form of an operation.
+fn operation_state(
+    op: &SyncOperation,
+    phase: &str,
+    finished_ms: i64,
+    message: &str,
+    sync_phase: &str,
+) -> OperationState {
+    OperationState {
+        phase: phase.to_owned(),
+        started_ms: op.started_ms,
+        finished_ms,
+        message: message.to_owned(),
+        command_id: op.command_id.clone(),
+        sync_phase: sync_phase.to_owned(),
+        hooks: op
+            .hooks
+            .iter()
+            .map(crate::hooks::HookRun::to_proto)
+            .collect(),
+    }
+}
+
+/// What the hook model refuses in a bundle's manifests (unknown hook
+/// types or policies, `generateName` on a resource).
+fn manifest_errors(b: &Bundle) -> Vec<String> {
+    crate::object::parse_manifests(&b.manifests)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter_map(|o| crate::hooks::role(&o).err())
+        .map(|e| e.to_string())
+        .collect()
+}
+
+/// Argo CD's SharedResourceWarning for every desired object whose live
+/// object another application tracks.
+fn shared_resource_conditions(b: &Bundle, checks: &[ResourceCheck]) -> Vec<AppCondition> {
+    checks
+        .iter()
+        .filter_map(|c| {
+            c.shared_with.as_ref().map(|owner| AppCondition {
+                r#type: "SharedResourceWarning".to_owned(),
+                message: format!(
+                    "{}/{} is part of applications {} and {owner}",
+                    c.key.kind, c.key.name, b.name
+                ),
+            })
+        })
+        .collect()
 }
 
 impl Engine {
@@ -543,6 +656,7 @@ impl Engine {
                     finished_ms: now,
                     message: why.to_owned(),
                     command_id: request.command_id,
+                    ..OperationState::default()
                 });
             }
         }
@@ -551,7 +665,7 @@ impl Engine {
 }
 
 /// The first object errors of a failed apply, for the operation message.
-fn failure_summary(errors: &BTreeMap<ObjectKey, String>) -> String {
+pub(super) fn failure_summary(errors: &BTreeMap<ObjectKey, String>) -> String {
     let mut parts: Vec<String> = errors
         .iter()
         .take(3)
@@ -635,6 +749,7 @@ fn status_of(
         observed_ms: now_ms(),
         operation: rt.operation.clone(),
         requested_operation: rt.requested.clone(),
+        conditions: shared_resource_conditions(b, checks),
     }
 }
 

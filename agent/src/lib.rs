@@ -1,8 +1,9 @@
 //! Flotilla agent: keeps one cluster at the desired state the hub streams to
 //! it, and reports what it sees.
 //!
-//! Pure cores ([`health`], [`drift`], [`plan`], [`object`]) are free of I/O;
-//! [`cluster`], [`engine`] and [`link`] are the shells around them.
+//! Pure cores ([`health`], [`drift`], [`plan`], [`object`], [`hooks`]) are
+//! free of I/O; [`cluster`], [`engine`] and [`link`] are the shells around
+//! them.
 
 pub mod bundle;
 pub mod cache;
@@ -15,6 +16,7 @@ pub mod engine;
 pub mod enroll;
 pub mod health;
 pub mod health_http;
+pub mod hooks;
 pub mod identity;
 pub mod inventory;
 pub mod jq;

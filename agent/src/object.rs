@@ -153,7 +153,15 @@ pub fn parse_manifests(manifests: &[String]) -> Vec<Result<Value, ObjectError>> 
                     message: "not a JSON object".to_owned(),
                 });
             }
-            ObjectKey::of(&value, index)?;
+            // A hook may be named by `metadata.generateName` alone; whether
+            // that is allowed is the hook model's call (`hooks::role`).
+            if crate::hooks::template_name(&value).is_some() {
+                let mut named = value.clone();
+                named["metadata"]["name"] = Value::from("x");
+                ObjectKey::of(&named, index)?;
+            } else {
+                ObjectKey::of(&value, index)?;
+            }
             Ok(value)
         })
         .collect()
@@ -222,12 +230,40 @@ pub fn tracking_app(live: &Value) -> Option<&str> {
         .map(|(app, _)| app)
 }
 
-/// The object's sync wave (0 when absent or not an integer).
+/// The object's sync wave: `argocd.argoproj.io/sync-wave`, else
+/// `helm.sh/hook-weight` (as Argo CD), 0 when absent or not an integer.
 #[must_use]
 pub fn sync_wave(obj: &Value) -> i64 {
-    annotation(obj, SYNC_WAVE_ANNOTATION)
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0)
+    crate::hooks::wave(obj)
+}
+
+/// `desired` as it must be applied over `live` when `live` carries another
+/// application's tracking: with that application's tracking label and
+/// annotation, so the object stays the other application's (it is never
+/// pruned by this one) while this one still applies its fields.
+#[must_use]
+pub fn keep_tracking_of(mut desired: Value, live: &Value) -> Value {
+    let label = live
+        .pointer("/metadata/labels")
+        .and_then(|l| l.get(APP_LABEL))
+        .cloned();
+    let id = live
+        .pointer("/metadata/annotations")
+        .and_then(|a| a.get(TRACKING_ANNOTATION))
+        .cloned();
+    if let Some(metadata) = desired.get_mut("metadata").and_then(Value::as_object_mut) {
+        match label {
+            Some(l) => drop(object_entry(metadata, "labels").insert(APP_LABEL.to_owned(), l)),
+            None => drop(object_entry(metadata, "labels").remove(APP_LABEL)),
+        }
+        match id {
+            Some(i) => drop(
+                object_entry(metadata, "annotations").insert(TRACKING_ANNOTATION.to_owned(), i),
+            ),
+            None => drop(object_entry(metadata, "annotations").remove(TRACKING_ANNOTATION)),
+        }
+    }
+    desired
 }
 
 /// Whether the object opts out of pruning (`Prune=false`).
@@ -317,11 +353,28 @@ mod tests {
     }
 
     #[test]
+    fn generate_name_passes_parsing_and_a_shared_object_keeps_its_owner() {
+        let manifests = vec![
+            r#"{"apiVersion":"batch/v1","kind":"Job","metadata":{"generateName":"m-"}}"#.to_owned(),
+        ];
+        assert!(parse_manifests(&manifests)[0].is_ok());
+        let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shared"}});
+        let owner = prepare(obj.clone(), "team-a", "", false);
+        let mine = prepare(obj, "team-b", "", false);
+        let kept = keep_tracking_of(mine, &owner);
+        let key = ObjectKey::of(&kept, 0).expect("key");
+        assert!(is_tracked_by(&kept, "team-a", &key));
+        assert_eq!(tracking_app(&kept), Some("team-a"));
+    }
+
+    #[test]
     fn waves_and_prune_options() {
         let obj = json!({"metadata": {"annotations": {
             SYNC_WAVE_ANNOTATION: " -2", SYNC_OPTIONS_ANNOTATION: "Validate=false,Prune=false"}}});
         assert_eq!(sync_wave(&obj), -2);
         assert!(prune_disabled(&obj));
         assert_eq!(sync_wave(&json!({})), 0);
+        let helm = json!({"metadata": {"annotations": {"helm.sh/hook-weight": "4"}}});
+        assert_eq!(sync_wave(&helm), 4);
     }
 }

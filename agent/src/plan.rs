@@ -1,7 +1,9 @@
 //! Pure sync planning: the order in which an application's objects apply.
 //!
-//! Objects are grouped by sync wave (`argocd.argoproj.io/sync-wave`, default
-//! 0, ascending); within a wave Namespaces come first, then
+//! Objects are grouped by sync phase (PreSync, Sync, PostSync, SyncFail:
+//! hooks run in their phases, resources in Sync), then by sync wave
+//! (`argocd.argoproj.io/sync-wave`, else `helm.sh/hook-weight`, default 0,
+//! ascending); within a wave Namespaces come first, then
 //! CustomResourceDefinitions, then other cluster-scoped objects, then
 //! namespaced ones (objects of kinds not yet known to the cluster, such as
 //! custom resources of a CRD in the same bundle, count as namespaced), then
@@ -9,6 +11,7 @@
 
 use serde_json::Value;
 
+use crate::hooks::SyncPhase;
 use crate::object::{ObjectKey, sync_wave};
 
 /// Where an object's kind lives, as far as the cluster told us.
@@ -105,35 +108,60 @@ pub struct Step<T> {
     pub item: T,
 }
 
-/// The objects of one sync wave, in apply order.
+/// The objects of one sync wave of one sync phase, in apply order.
 #[derive(Debug, Clone)]
 pub struct Wave<T> {
+    /// The sync phase.
+    pub sync_phase: SyncPhase,
     /// The wave number.
     pub wave: i64,
     /// The steps, ordered.
     pub steps: Vec<Step<T>>,
 }
 
-/// Orders objects into waves. `scope` tells where each kind lives.
+/// Orders objects into waves of the Sync phase. `scope` tells where each
+/// kind lives.
 #[must_use]
 pub fn plan<T>(
     objects: Vec<(ObjectKey, Value, T)>,
     scope: impl Fn(&ObjectKey) -> Scope,
 ) -> Vec<Wave<T>> {
-    let mut steps: Vec<Step<T>> = objects
+    plan_phases(
+        objects
+            .into_iter()
+            .map(|(key, obj, item)| (SyncPhase::Sync, key, sync_wave(&obj), item))
+            .collect(),
+        scope,
+    )
+}
+
+/// Orders `(phase, key, wave, item)` into waves: by phase, then wave, then
+/// Namespaces, CRDs, cluster-scoped and namespaced kinds, then kind order,
+/// namespace and name (hooks are ordered by `metadata.generateName` when
+/// they have no name).
+#[must_use]
+pub fn plan_phases<T>(
+    objects: Vec<(SyncPhase, ObjectKey, i64, T)>,
+    scope: impl Fn(&ObjectKey) -> Scope,
+) -> Vec<Wave<T>> {
+    let mut steps: Vec<(SyncPhase, Step<T>)> = objects
         .into_iter()
-        .map(|(key, obj, item)| {
+        .map(|(sync_phase, key, wave, item)| {
             let phase = phase_of(&key, scope(&key));
-            Step {
-                wave: sync_wave(&obj),
-                phase,
-                key,
-                item,
-            }
+            (
+                sync_phase,
+                Step {
+                    wave,
+                    phase,
+                    key,
+                    item,
+                },
+            )
         })
         .collect();
-    steps.sort_by(|a, b| {
+    steps.sort_by(|(pa, a), (pb, b)| {
         (
+            pa,
             a.wave,
             a.phase,
             kind_rank(&a.key.kind),
@@ -142,6 +170,7 @@ pub fn plan<T>(
             &a.key.name,
         )
             .cmp(&(
+                pb,
                 b.wave,
                 b.phase,
                 kind_rank(&b.key.kind),
@@ -151,15 +180,48 @@ pub fn plan<T>(
             ))
     });
     let mut waves: Vec<Wave<T>> = Vec::new();
-    for step in steps {
+    for (sync_phase, step) in steps {
         match waves.last_mut() {
-            Some(w) if w.wave == step.wave => w.steps.push(step),
+            Some(w) if w.sync_phase == sync_phase && w.wave == step.wave => w.steps.push(step),
             _ => waves.push(Wave {
+                sync_phase,
                 wave: step.wave,
                 steps: vec![step],
             }),
         }
     }
+    waves
+}
+
+/// Moves each Namespace into the first step (wave of a phase) that has
+/// something in it, as Argo CD does: a PreSync hook in a Namespace the
+/// sync creates gets that Namespace created before it.
+#[must_use]
+pub fn hoist_namespaces<T>(mut waves: Vec<Wave<T>>) -> Vec<Wave<T>> {
+    let is_namespace = |k: &ObjectKey| k.group.is_empty() && k.kind == "Namespace";
+    let mut moves = Vec::new();
+    for (w, wave) in waves.iter().enumerate() {
+        for (s, step) in wave.steps.iter().enumerate() {
+            if !is_namespace(&step.key) {
+                continue;
+            }
+            let first_user = waves.iter().take(w).position(|earlier| {
+                earlier
+                    .steps
+                    .iter()
+                    .any(|e| !is_namespace(&e.key) && e.key.namespace == step.key.name)
+            });
+            if let Some(f) = first_user {
+                moves.push((w, s, f));
+            }
+        }
+    }
+    // Later steps first, so earlier indexes stay valid.
+    for (w, s, f) in moves.into_iter().rev() {
+        let step = waves[w].steps.remove(s);
+        waves[f].steps.insert(0, step);
+    }
+    waves.retain(|w| !w.steps.is_empty());
     waves
 }
 
@@ -310,6 +372,104 @@ mod tests {
                 "ClusterRole/reader",
                 "CustomResourceDefinition/widgets.example.com",
                 "Namespace/web",
+            ]
+        );
+    }
+
+    #[test]
+    fn phases_then_waves_then_kinds_then_names() {
+        let key = |kind: &str, name: &str| ObjectKey {
+            group: String::new(),
+            version: "v1".into(),
+            kind: kind.into(),
+            namespace: "web".into(),
+            name: name.into(),
+        };
+        // (phase, kind, name, wave) in a shuffled order.
+        let rows = [
+            (SyncPhase::PostSync, "Pod", "smoke-", 0),
+            (SyncPhase::Sync, "Service", "web", 0),
+            (SyncPhase::PreSync, "Job", "migrate", 0),
+            (SyncPhase::SyncFail, "Job", "cleanup", -9),
+            (SyncPhase::PreSync, "ConfigMap", "schema", 0),
+            (SyncPhase::Sync, "Job", "sync-hook", 0),
+            (SyncPhase::PreSync, "Job", "backup", -1),
+            (SyncPhase::Sync, "Deployment", "web", 1),
+            (SyncPhase::PostSync, "Job", "notify", -1),
+            (SyncPhase::Sync, "ConfigMap", "b", 0),
+            (SyncPhase::Sync, "ConfigMap", "a", 0),
+        ];
+        let objects = rows
+            .iter()
+            .map(|(p, kind, name, wave)| (*p, key(kind, name), *wave, format!("{p}/{kind}/{name}")))
+            .collect();
+        let waves = plan_phases(objects, scope);
+        let groups: Vec<(SyncPhase, i64)> = waves.iter().map(|w| (w.sync_phase, w.wave)).collect();
+        assert_eq!(
+            groups,
+            vec![
+                (SyncPhase::PreSync, -1),
+                (SyncPhase::PreSync, 0),
+                (SyncPhase::Sync, 0),
+                (SyncPhase::Sync, 1),
+                (SyncPhase::PostSync, -1),
+                (SyncPhase::PostSync, 0),
+                (SyncPhase::SyncFail, -9),
+            ]
+        );
+        assert_eq!(
+            order(&waves),
+            vec![
+                "PreSync/Job/backup",
+                "PreSync/ConfigMap/schema",
+                "PreSync/Job/migrate",
+                "Sync/ConfigMap/a",
+                "Sync/ConfigMap/b",
+                "Sync/Service/web",
+                "Sync/Job/sync-hook",
+                "Sync/Deployment/web",
+                "PostSync/Job/notify",
+                "PostSync/Pod/smoke-",
+                "SyncFail/Job/cleanup",
+            ]
+        );
+    }
+
+    #[test]
+    fn namespaces_move_to_the_first_step_that_needs_them() {
+        let key = |kind: &str, ns: &str, name: &str| ObjectKey {
+            group: String::new(),
+            version: "v1".into(),
+            kind: kind.into(),
+            namespace: ns.into(),
+            name: name.into(),
+        };
+        let objects = vec![
+            (SyncPhase::Sync, key("Namespace", "", "web"), 0, "ns/web"),
+            (
+                SyncPhase::Sync,
+                key("Namespace", "", "other"),
+                0,
+                "ns/other",
+            ),
+            (SyncPhase::Sync, key("ConfigMap", "web", "c"), 0, "cm/c"),
+            (
+                SyncPhase::PreSync,
+                key("Job", "web", "migrate"),
+                0,
+                "job/migrate",
+            ),
+        ];
+        let waves = hoist_namespaces(plan_phases(objects, scope));
+        let groups: Vec<(SyncPhase, Vec<&str>)> = waves
+            .iter()
+            .map(|w| (w.sync_phase, w.steps.iter().map(|s| s.item).collect()))
+            .collect();
+        assert_eq!(
+            groups,
+            vec![
+                (SyncPhase::PreSync, vec!["ns/web", "job/migrate"]),
+                (SyncPhase::Sync, vec!["ns/other", "cm/c"]),
             ]
         );
     }

@@ -68,6 +68,24 @@ impl ConfigRepo {
         self.head()
     }
 
+    /// Writes every `(path, content)` (relative) and commits them together;
+    /// returns the commit id.
+    ///
+    /// # Errors
+    /// Writing or git fails.
+    pub fn commit_files(&self, files: &[(&str, &str)], message: &str) -> anyhow::Result<String> {
+        for (path, content) in files {
+            let full = self.dir.join(path);
+            if let Some(parent) = full.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::write(&full, content)?;
+        }
+        self.git(&["add", "-A"])?;
+        self.git(&["commit", "-q", "--allow-empty", "-m", message])?;
+        self.head()
+    }
+
     /// Removes `path` and commits; returns the commit id.
     ///
     /// # Errors

@@ -699,6 +699,7 @@ fn print_app(output: Output, a: &pb::Application) {
                 resources,
             ));
         }
+        out.push_str(&hooks_and_conditions(a));
         out
     });
 }
@@ -1234,8 +1235,84 @@ pub fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
 fn operation_json(o: &pb::OperationState) -> Value {
     json!({
         "phase": o.phase, "startedMs": o.started_ms, "finishedMs": o.finished_ms,
-        "message": o.message, "commandId": o.command_id,
+        "message": o.message, "commandId": o.command_id, "syncPhase": o.sync_phase,
+        "hooks": o.hooks.iter().map(|h| {
+            let k = h.key.clone().unwrap_or_default();
+            json!({
+                "group": k.group, "version": k.version, "kind": k.kind,
+                "namespace": k.namespace, "name": k.name, "phase": h.phase,
+                "status": h.status, "message": h.message, "deleted": h.deleted,
+            })
+        }).collect::<Vec<_>>(),
     })
+}
+
+/// `KIND/NAMESPACE/NAME` (or `KIND/NAME`) of a resource key.
+fn resource_name(k: &pb::ResourceKey) -> String {
+    if k.namespace.is_empty() {
+        format!("{}/{}", k.kind, k.name)
+    } else {
+        format!("{}/{}/{}", k.kind, k.namespace, k.name)
+    }
+}
+
+/// The hooks of each cluster's operation and the application's conditions,
+/// as tables (empty when there are none).
+fn hooks_and_conditions(a: &pb::Application) -> String {
+    let mut out = String::new();
+    let hooks: Vec<Vec<String>> = a
+        .clusters
+        .iter()
+        .flat_map(|c| {
+            let op = c
+                .status
+                .as_ref()
+                .and_then(|s| s.operation.clone())
+                .unwrap_or_default();
+            op.hooks.into_iter().map(move |h| {
+                let mut message = one_line(&h.message);
+                if h.deleted {
+                    message = if message.is_empty() {
+                        "deleted".to_owned()
+                    } else {
+                        format!("{message} (deleted)")
+                    };
+                }
+                vec![
+                    c.cluster.clone(),
+                    h.phase,
+                    resource_name(&h.key.unwrap_or_default()),
+                    h.status,
+                    message,
+                ]
+            })
+        })
+        .collect();
+    if !hooks.is_empty() {
+        out.push('\n');
+        out.push_str(&table(
+            &["CLUSTER", "HOOK", "RESOURCE", "STATUS", "MESSAGE"],
+            hooks,
+        ));
+    }
+    let conditions: Vec<Vec<String>> = a
+        .clusters
+        .iter()
+        .flat_map(|c| {
+            let cs = c
+                .status
+                .as_ref()
+                .map(|s| s.conditions.clone())
+                .unwrap_or_default();
+            cs.into_iter()
+                .map(move |x| vec![c.cluster.clone(), x.r#type, one_line(&x.message)])
+        })
+        .collect();
+    if !conditions.is_empty() {
+        out.push('\n');
+        out.push_str(&table(&["CLUSTER", "CONDITION", "MESSAGE"], conditions));
+    }
+    out
 }
 
 fn status_json(s: &pb::AppStatus) -> Value {
@@ -1249,6 +1326,7 @@ fn status_json(s: &pb::AppStatus) -> Value {
         "observedMs": s.observed_ms,
         "operation": s.operation.as_ref().map(operation_json),
         "requestedOperation": s.requested_operation.as_ref().map(operation_json),
+        "conditions": s.conditions.iter().map(|c| json!({"type": c.r#type, "message": c.message})).collect::<Vec<_>>(),
         "resources": s.resources.iter().map(|r| {
             let k = r.key.clone().unwrap_or_default();
             json!({
@@ -1359,6 +1437,68 @@ pub fn repo_json(r: &pb::Repository) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hooks_and_conditions_show_in_get_and_json() {
+        let key = |name: &str| pb::ResourceKey {
+            group: "batch".into(),
+            version: "v1".into(),
+            kind: "Job".into(),
+            namespace: "web".into(),
+            name: name.into(),
+        };
+        let status = pb::AppStatus {
+            operation: Some(pb::OperationState {
+                phase: "Failed".into(),
+                sync_phase: "SyncFail".into(),
+                hooks: vec![
+                    pb::HookResult {
+                        key: Some(key("migrate")),
+                        phase: "PreSync".into(),
+                        status: "Failed".into(),
+                        message: "Job has reached the specified backoff limit".into(),
+                        deleted: true,
+                    },
+                    pb::HookResult {
+                        key: Some(key("cleanup-x2b4f")),
+                        phase: "SyncFail".into(),
+                        status: "Succeeded".into(),
+                        ..Default::default()
+                    },
+                ],
+                ..Default::default()
+            }),
+            conditions: vec![pb::AppCondition {
+                r#type: "SharedResourceWarning".into(),
+                message: "Namespace/web is part of applications b and a".into(),
+            }],
+            ..Default::default()
+        };
+        let app = pb::Application {
+            name: "b".into(),
+            clusters: vec![pb::ClusterAppStatus {
+                cluster: "sim-1".into(),
+                status: Some(status),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let text = hooks_and_conditions(&app);
+        assert_eq!(
+            text,
+            "\nCLUSTER   HOOK       RESOURCE                STATUS      MESSAGE\n\
+             sim-1     PreSync    Job/web/migrate         Failed      Job has reached the specified backoff limit (deleted)\n\
+             sim-1     SyncFail   Job/web/cleanup-x2b4f   Succeeded\n\
+             \nCLUSTER   CONDITION               MESSAGE\n\
+             sim-1     SharedResourceWarning   Namespace/web is part of applications b and a\n"
+        );
+        let json = app_json(&app);
+        let c = &json["clusters"][0];
+        assert_eq!(c["operation"]["syncPhase"], "SyncFail");
+        assert_eq!(c["operation"]["hooks"][0]["name"], "migrate");
+        assert_eq!(c["operation"]["hooks"][0]["deleted"], true);
+        assert_eq!(c["conditions"][0]["type"], "SharedResourceWarning");
+    }
 
     #[test]
     fn table_aligns_columns() {

@@ -404,7 +404,7 @@ const REOPEN_MAX: Duration = Duration::from_secs(30);
 
 /// Opens sled in `dir` and checks the schema version.
 fn open_db(dir: &Path) -> Result<(sled::Db, u32), StoreError> {
-    let db = sled::open(dir)?;
+    let db = open_locked(dir)?;
     let found = match db.get(SCHEMA_KEY)? {
         Some(v) => std::str::from_utf8(&v)
             .ok()
@@ -1309,6 +1309,25 @@ impl Store {
                 })
                 .collect()
         })
+    }
+}
+
+/// Opens sled in `dir`, waiting up to ten seconds for its file lock: a hub
+/// restarted in the same process (or right after the previous process
+/// exited) may find the lock still held while the last handles of the
+/// previous instance are dropped.
+fn open_locked(dir: &Path) -> Result<sled::Db, StoreError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match sled::open(dir) {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            other => return other.map_err(StoreError::from),
+        }
     }
 }
 

@@ -1,41 +1,22 @@
-//! Applying one application: server-side apply in plan order, sync waves
-//! that wait for health without blocking the engine, CRDs that wait until
-//! Established, `CreateNamespace`, and pruning by tracking identity.
+//! The pieces of applying an application (the order and the waiting are
+//! [`super::operation`]'s): waves' health, CRDs that wait until
+//! Established, `CreateNamespace`, pruning by tracking identity, and the
+//! removal of applications the hub no longer lists.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tracing::{info, warn};
 
-use super::live::namespace_of;
-use super::{CRD_DEADLINE, Engine, POLL};
-use crate::cache::{CachedApp, CachedState, RemovedApp};
+use super::{Engine, POLL};
+use crate::cache::{CachedState, RemovedApp};
 use crate::cluster::Resolved;
-use crate::deletion::Removal;
 use crate::health::{Health, HealthStatus};
 use crate::object::{self, ObjectKey};
 use crate::plan;
 
-/// Result of applying one application.
-#[derive(Debug, Default)]
-pub(super) struct ApplyOutcome {
-    pub(super) errors: BTreeMap<ObjectKey, String>,
-    pub(super) message: String,
-    pub(super) inventory: Vec<ObjectKey>,
-    /// Stopped before wave index `.0` because wave number `.1` is not
-    /// healthy yet (`.2` says why).
-    pub(super) waiting: Option<(usize, i64, String)>,
-}
-
-impl ApplyOutcome {
-    pub(super) fn ok(&self) -> bool {
-        self.errors.is_empty() && self.message.is_empty()
-    }
-}
-
 /// Where a sync wave stands.
-enum WaveHealth {
+pub(super) enum WaveHealth {
     Healthy,
     Pending(String),
     Degraded(String),
@@ -57,6 +38,9 @@ impl Engine {
         let mut errors = Vec::new();
         for parsed in object::parse_manifests(manifests) {
             match parsed {
+                // Hooks and skipped objects are not applied.
+                Ok(obj)
+                    if !matches!(crate::hooks::role(&obj), Ok(crate::hooks::Role::Resource)) => {}
                 Ok(obj) => {
                     if let Ok(key) = ObjectKey::of(&obj, 0) {
                         let _ = self.cluster.resolve(&key).await;
@@ -69,146 +53,11 @@ impl Engine {
         (objects, errors)
     }
 
-    /// Applies one application in plan order, then prunes when the policy
-    /// says so.
-    pub(super) async fn apply(
-        &self,
-        app: &CachedApp,
-        prune: bool,
-        skip: &BTreeSet<ObjectKey>,
-        resume_from: usize,
-    ) -> ApplyOutcome {
-        let b = &app.bundle;
-        let mut out = ApplyOutcome::default();
-        let (objects, mut messages) = self.bundle_objects(&b.manifests).await;
-        if b.policy.option("CreateNamespace")
-            && !b.namespace.is_empty()
-            && let Err(e) = self.ensure_namespace(&b.namespace).await
-        {
-            messages.push(format!("create namespace {}: {e}", b.namespace));
-        }
-        let waves = plan::plan(objects, |k| self.cluster.known_scope(k));
-        let wave_count = waves.len();
-        let mut desired_keys = BTreeSet::new();
-        // The last wave reached, for PruneLast: its number and objects.
-        let mut last_wave = None;
-        for (i, wave) in waves.into_iter().enumerate() {
-            // Waves before `resume_from` were applied for this digest by an
-            // earlier pass; only their identities are needed.
-            let done_before = i < resume_from;
-            let mut applied = Vec::new();
-            for step in wave.steps {
-                let mut key = step.key;
-                let resolved = match self.cluster.resolve(&key).await {
-                    Ok(r) => r,
-                    Err(e) => {
-                        if key.namespace.is_empty() {
-                            key.namespace.clone_from(&b.namespace);
-                        }
-                        desired_keys.insert(key.clone());
-                        out.errors.insert(key, e.to_string());
-                        continue;
-                    }
-                };
-                let desired =
-                    object::prepare(step.item, &b.name, &b.namespace, resolved.namespaced);
-                key.namespace = namespace_of(&desired);
-                desired_keys.insert(key.clone());
-                if done_before || skip.contains(&key) {
-                    applied.push((key, resolved));
-                    continue;
-                }
-                match self.cluster.apply(&resolved, &key, &desired).await {
-                    Ok(_) => {
-                        if step.phase == plan::Phase::Crds
-                            && let Err(e) = self.wait_healthy(&resolved, &key, CRD_DEADLINE).await
-                        {
-                            out.errors.insert(key.clone(), e);
-                        }
-                        applied.push((key, resolved));
-                    }
-                    Err(e) => {
-                        warn!(app = %b.name, object = %key, error = %e, "apply failed");
-                        out.errors.insert(key, e.to_string());
-                    }
-                }
-            }
-            // The next wave waits for this one to be healthy. Rather than
-            // block the engine, stop here; a later pass resumes.
-            if i + 1 == wave_count {
-                last_wave = Some((wave.wave, applied));
-            } else if i + 1 >= resume_from {
-                match self.wave_health(&applied).await {
-                    WaveHealth::Healthy => {}
-                    WaveHealth::Pending(why) => {
-                        out.waiting = Some((i + 1, wave.wave, why));
-                        break;
-                    }
-                    WaveHealth::Degraded(why) => {
-                        messages.push(format!("sync wave {} is not healthy: {why}", wave.wave));
-                        break;
-                    }
-                }
-            }
-        }
-        // Objects not applied this time stay in the inventory until a
-        // successful apply or prune accounts for them.
-        let mut inventory: BTreeSet<ObjectKey> = desired_keys.clone();
-        let complete = out.errors.is_empty() && messages.is_empty() && out.waiting.is_none();
-        if !complete {
-            inventory.extend(app.inventory.iter().cloned());
-        } else if prune {
-            let mut known: BTreeSet<ObjectKey> = app.inventory.iter().cloned().collect();
-            if known.is_empty()
-                && let Some(store) = &self.inventory
-            {
-                // A fresh cache: what earlier agents applied is in the cluster.
-                match store.load(&self.cluster, &b.name).await {
-                    Ok(Some(stored)) => known.extend(stored.objects),
-                    Ok(None) => {}
-                    Err(e) => warn!(app = %b.name, error = %e, "could not read the inventory"),
-                }
-            }
-            let stale: Vec<ObjectKey> = known
-                .into_iter()
-                .filter(|k| !desired_keys.contains(k))
-                .collect();
-            if desired_keys.is_empty() && !stale.is_empty() && !b.policy.allow_empty {
-                messages.push("desired state is empty; not pruning without allowEmpty".to_owned());
-                inventory.extend(stale);
-            } else if let Some((wave, why)) =
-                self.prune_last_pending(b, &stale, last_wave.as_ref()).await
-            {
-                // PruneLast: nothing is pruned before the last wave is
-                // healthy too; a later pass resumes after every wave.
-                match why {
-                    WaveHealth::Pending(why) => out.waiting = Some((wave_count, wave, why)),
-                    WaveHealth::Degraded(why) => messages.push(format!(
-                        "not pruning (PruneLast): sync wave {wave} is not healthy: {why}"
-                    )),
-                    WaveHealth::Healthy => {}
-                }
-                inventory.extend(stale);
-            } else {
-                for key in self.prune_order(stale) {
-                    if let Err(e) = self.prune_one(&b.name, &key).await {
-                        warn!(app = %b.name, object = %key, error = %e, "prune failed");
-                        out.errors.insert(key.clone(), format!("prune: {e}"));
-                        inventory.insert(key);
-                    }
-                }
-            }
-        }
-        out.message = messages.join("; ");
-        out.inventory = inventory.into_iter().collect();
-        out
-    }
-
     /// With PruneLast (the application's sync option, or the annotation
     /// `argocd.argoproj.io/sync-options: PruneLast=true` on an object to
     /// prune), the last wave must be healthy before anything is pruned:
     /// the wave number and its state when it is not.
-    async fn prune_last_pending(
+    pub(super) async fn prune_last_pending(
         &self,
         b: &crate::bundle::Bundle,
         stale: &[ObjectKey],
@@ -244,17 +93,19 @@ impl Engine {
 
     /// Prune runs the apply order backwards: namespaced objects first,
     /// Namespaces last.
-    fn prune_order(&self, keys: Vec<ObjectKey>) -> Vec<ObjectKey> {
+    pub(super) fn prune_order(&self, keys: Vec<ObjectKey>) -> Vec<ObjectKey> {
         plan::prune_order(keys, |k| self.cluster.known_scope(k))
     }
 
     /// Deletes one object if it carries this application's tracking identity
     /// and does not opt out of pruning.
-    async fn prune_one(&self, app: &str, key: &ObjectKey) -> Result<(), String> {
+    /// Deletes `key` if it carries this application's tracking identity and
+    /// no `Prune=false`; true when a deletion was requested.
+    pub(super) async fn prune_one(&self, app: &str, key: &ObjectKey) -> Result<bool, String> {
         let resolved = match self.cluster.resolve(key).await {
             Ok(r) => r,
             // The kind is gone, and with it every object of it.
-            Err(_) => return Ok(()),
+            Err(_) => return Ok(false),
         };
         let Some(live) = self
             .cluster
@@ -262,68 +113,60 @@ impl Engine {
             .await
             .map_err(|e| e.to_string())?
         else {
-            return Ok(());
+            return Ok(false);
         };
         if !object::is_tracked_by(&live, app, key) {
             info!(app, object = %key, "not pruning an object this application does not track");
-            return Ok(());
+            return Ok(false);
         }
         if object::prune_disabled(&live) {
             info!(app, object = %key, "not pruning: Prune=false");
-            return Ok(());
+            return Ok(false);
         }
         info!(app, object = %key, "pruning");
         self.cluster
             .delete(&resolved, key)
             .await
+            .map(|()| true)
             .map_err(|e| e.to_string())
     }
 
-    pub(super) async fn prune_removed(&self, snapshot: &CachedState) {
+    /// Removes the applications the hub no longer lists, a stage at a time
+    /// (see [`super::removal`]); each is forgotten once its removal is done.
+    /// False while one waits for deletion hooks to finish.
+    pub(super) async fn prune_removed(&self, snapshot: &CachedState) -> bool {
+        let mut settled = true;
         for (name, removed) in &snapshot.removed {
-            let mut failed = false;
-            // The hub's deletion decision (cascade with a propagation, or
-            // orphan) when it sent one; else the last policy's prune.
-            if let Some(how) = removed.removal() {
-                for key in &self.prune_order(removed.inventory.clone()) {
-                    let done = match how {
-                        Removal::Prune => self.prune_one(name, key).await,
-                        Removal::Cascade { foreground } => {
-                            let options = &removed.policy.sync_options;
-                            crate::deletion::delete_object(
-                                &self.cluster,
-                                name,
-                                key,
-                                foreground,
-                                options,
-                            )
-                            .await
-                        }
-                    };
-                    if let Err(e) = done {
-                        warn!(app = %name, object = %key, error = %e, "prune of removed application failed");
-                        failed = true;
-                    }
-                }
-            } else if !removed.inventory.is_empty() {
-                info!(app = %name, "application removed without cascade or prune; its objects stay");
-            }
-            if !failed
+            let mut removed = removed.clone();
+            let done = self.remove_app(name, &mut removed).await;
+            let mut failed = !done;
+            settled &= done
+                || !removed
+                    .removal
+                    .as_ref()
+                    .is_some_and(|r| r.hooks.iter().any(|h| !h.status.finished()));
+            if done
                 && let Some(store) = &self.inventory
                 && let Err(e) = store.remove(&self.cluster, name).await
             {
                 warn!(app = %name, error = %e, "could not delete the inventory");
                 failed = true;
             }
-            if !failed {
-                let result = self.cache.update(|s| {
+            let result = self.cache.update(|s| {
+                if failed {
+                    if let Some(entry) = s.removed.get_mut(name) {
+                        entry.removal.clone_from(&removed.removal);
+                        entry.operation = None;
+                    }
+                } else {
                     s.removed.remove(name);
-                });
-                if let Err(e) = result {
-                    warn!(error = %e, "could not persist the cache");
                 }
+            });
+            if let Err(e) = result {
+                warn!(error = %e, "could not persist the cache");
             }
         }
+        settled
     }
 
     /// Applications the cluster has inventories for but the hub no longer
@@ -362,7 +205,7 @@ impl Engine {
                             ..Default::default()
                         },
                         inventory: orphan.objects,
-                        deletion: None,
+                        ..RemovedApp::default()
                     },
                 );
             }
@@ -372,7 +215,7 @@ impl Engine {
         }
     }
 
-    async fn ensure_namespace(&self, namespace: &str) -> Result<(), String> {
+    pub(super) async fn ensure_namespace(&self, namespace: &str) -> Result<(), String> {
         let key = ObjectKey {
             group: String::new(),
             version: "v1".to_owned(),
@@ -403,7 +246,7 @@ impl Engine {
     }
 
     /// The health of the objects of one wave, read once.
-    async fn wave_health(&self, objects: &[(ObjectKey, Resolved)]) -> WaveHealth {
+    pub(super) async fn wave_health(&self, objects: &[(ObjectKey, Resolved)]) -> WaveHealth {
         for (key, r) in objects {
             let health = match self.cluster.get(r, key).await {
                 Ok(Some(live)) => self.health.assess(&live),
@@ -425,7 +268,7 @@ impl Engine {
     }
 
     /// Polls an object until it is Healthy (or Suspended), with a deadline.
-    async fn wait_healthy(
+    pub(super) async fn wait_healthy(
         &self,
         r: &Resolved,
         key: &ObjectKey,

@@ -188,6 +188,61 @@ impl Engine {
                 out.resources.push(row);
             }
         }
+        // Hooks are created (never applied) when the sync runs: checked
+        // with a dry-run create.
+        let desired = self.desired(b).await;
+        for hook in &desired.hooks {
+            let phases: Vec<&str> = hook.spec.sync_phases.iter().map(|p| p.as_str()).collect();
+            if phases.is_empty() {
+                continue;
+            }
+            let resolved = match &hook.resolved {
+                Ok(r) => r,
+                Err(e) => {
+                    failures += 1;
+                    out.resources.push(failed(&hook.key, e.clone()));
+                    continue;
+                }
+            };
+            let mut obj = hook.manifest.clone();
+            if resolved.namespaced {
+                obj["metadata"]["namespace"] = Value::from(hook.key.namespace.clone());
+            }
+            let when = if phases == ["SyncFail"] {
+                "created if the sync fails"
+            } else {
+                "created when the sync runs"
+            };
+            let row = if resolved.namespaced && new_namespaces.contains(&hook.key.namespace) {
+                result(
+                    &hook.key,
+                    action::CREATED,
+                    format!("{} hook, {when}", phases.join(",")),
+                )
+            } else {
+                match self.cluster.create_dry_run(resolved, &hook.key, &obj).await {
+                    Ok(_) => result(
+                        &hook.key,
+                        action::CREATED,
+                        format!("{} hook, {when}", phases.join(",")),
+                    ),
+                    // A named hook that exists: BeforeHookCreation replaces it.
+                    Err(crate::cluster::ClusterError::AlreadyExists { .. }) => result(
+                        &hook.key,
+                        action::CREATED,
+                        format!(
+                            "{} hook, {when} (replacing the existing one per its delete policy)",
+                            phases.join(",")
+                        ),
+                    ),
+                    Err(e) => {
+                        failures += 1;
+                        failed(&hook.key, e.to_string())
+                    }
+                }
+            };
+            out.resources.push(row);
+        }
         let blocked = if failures > 0 || !errors.is_empty() {
             Some("not pruned: the sync would fail")
         } else {

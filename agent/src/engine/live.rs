@@ -34,6 +34,10 @@ impl Engine {
                     continue;
                 }
             };
+            // Hooks and skipped objects are not part of sync status.
+            if !is_resource(&obj) {
+                continue;
+            }
             let Ok(mut key) = ObjectKey::of(&obj, 0) else {
                 continue;
             };
@@ -144,6 +148,15 @@ impl Engine {
                 shared_with: None,
             },
             Ok(Some(live)) => {
+                // Another application's object keeps its tracking when
+                // this one applies it: compare it so.
+                let shared_desired;
+                let desired = if object::tracking_app(&live).is_some_and(|a| a != b.name) {
+                    shared_desired = object::keep_tracking_of(desired.clone(), &live);
+                    &shared_desired
+                } else {
+                    desired
+                };
                 let ignore = ignored_paths(b, &key, &live);
                 let stripped = crate::jq::normalized(&b.ignore_differences, &key, desired, &live);
                 let stripped = match stripped {
@@ -211,6 +224,9 @@ pub async fn diff_app(cluster: &Cluster, b: &Bundle) -> Result<Vec<ResourceDiff>
     let mut out = Vec::new();
     for parsed in object::parse_manifests(&b.manifests) {
         let obj = parsed.map_err(|e| e.to_string())?;
+        if !is_resource(&obj) {
+            continue;
+        }
         let Ok(mut key) = ObjectKey::of(&obj, 0) else {
             continue;
         };
@@ -249,6 +265,11 @@ pub async fn diff_app(cluster: &Cluster, b: &Bundle) -> Result<Vec<ResourceDiff>
         }
     }
     Ok(out)
+}
+
+/// Whether a manifest is an ordinary resource (not a hook, not skipped).
+fn is_resource(obj: &Value) -> bool {
+    matches!(crate::hooks::role(obj), Ok(crate::hooks::Role::Resource))
 }
 
 /// What `ignoreDifferences` excludes for one object: its JSON pointers and

@@ -25,16 +25,42 @@ fn now() -> String {
 
 /// Whether any container image of a pod template never becomes ready.
 pub fn failing(template_spec: &Value) -> bool {
-    ["containers", "initContainers"].iter().any(|l| {
-        template_spec[l].as_array().into_iter().flatten().any(|c| {
-            let image = c["image"].as_str().unwrap_or_default();
-            image.contains(":never-ready")
-                || image
-                    .rsplit('/')
-                    .next()
-                    .is_some_and(|n| n.ends_with(":fail"))
-        })
-    })
+    run_outcome(template_spec) != Outcome::Succeed
+}
+
+/// How a pod that runs to completion (a Job's, or one with `restartPolicy`
+/// Never or OnFailure) ends, from its container images: `:fail` fails,
+/// `:never-ready` never finishes, anything else succeeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Exits 0 after the rollout delay.
+    Succeed,
+    /// Exits 1 after the rollout delay.
+    Fail,
+    /// Keeps running.
+    Hang,
+}
+
+/// The outcome of a pod spec's containers (a failing image wins over a
+/// hanging one).
+pub fn run_outcome(spec: &Value) -> Outcome {
+    let images: Vec<&str> = ["containers", "initContainers"]
+        .iter()
+        .flat_map(|l| spec[l].as_array().into_iter().flatten())
+        .map(|c| c["image"].as_str().unwrap_or_default())
+        .collect();
+    if images.iter().any(|image| {
+        image
+            .rsplit('/')
+            .next()
+            .is_some_and(|n| n.ends_with(":fail"))
+    }) {
+        Outcome::Fail
+    } else if images.iter().any(|image| image.contains(":never-ready")) {
+        Outcome::Hang
+    } else {
+        Outcome::Succeed
+    }
 }
 
 fn hash(v: &Value) -> String {
@@ -340,10 +366,17 @@ fn job(obj: &Value, ready: bool, pending: &mut bool) -> Option<Value> {
         s["uncountedTerminatedPods"] = json!({});
         return Some(s);
     }
+    let outcome = run_outcome(&obj["spec"]["template"]["spec"]);
+    if outcome == Outcome::Hang {
+        // Runs forever: active, and settled (nothing changes any more).
+        s["active"] = json!(1);
+        s["ready"] = json!(1);
+        return Some(s);
+    }
     let m = s.as_object_mut()?;
     m.remove("active");
     m.insert("ready".into(), json!(0));
-    if failing(&obj["spec"]["template"]["spec"]) {
+    if outcome == Outcome::Fail {
         m.insert("failed".into(), json!(1));
         m.insert(
             "conditions".into(),
@@ -392,10 +425,17 @@ fn job(obj: &Value, ready: bool, pending: &mut bool) -> Option<Value> {
 }
 
 fn pod(obj: &Value, ready: bool, pending: &mut bool) -> Option<Value> {
+    // A Job's pods follow their Job (see `job_pods`).
+    if controller_kind(obj) == Some("Job") {
+        return None;
+    }
     let fails = failing(&obj["spec"]);
     if !ready {
         *pending = true;
         return Some(json!({"phase": "Pending", "qosClass": "BestEffort"}));
+    }
+    if obj["spec"]["restartPolicy"] != "Always" {
+        return Some(finished_pod(obj, run_outcome(&obj["spec"])));
     }
     let r = if fails { "False" } else { "True" };
     Some(json!({
@@ -408,6 +448,69 @@ fn pod(obj: &Value, ready: bool, pending: &mut bool) -> Option<Value> {
             cond("Ready", r, "", "", obj),
         ],
     }))
+}
+
+fn controller_kind(obj: &Value) -> Option<&str> {
+    obj["metadata"]["ownerReferences"]
+        .as_array()?
+        .iter()
+        .find(|r| r["controller"] == true)?["kind"]
+        .as_str()
+}
+
+/// The status of a pod that runs to completion, `outcome` once its
+/// containers have had their time.
+fn finished_pod(obj: &Value, outcome: Outcome) -> Value {
+    let started = obj["metadata"]["creationTimestamp"].clone();
+    let containers: Vec<&Value> = obj["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .collect();
+    let (phase, ready, state) = match outcome {
+        Outcome::Hang => (
+            "Running",
+            "True",
+            json!({"running": {"startedAt": started}}),
+        ),
+        Outcome::Succeed => (
+            "Succeeded",
+            "False",
+            json!({"terminated": {"exitCode": 0, "reason": "Completed", "startedAt": started, "finishedAt": now()}}),
+        ),
+        Outcome::Fail => (
+            "Failed",
+            "False",
+            json!({"terminated": {"exitCode": 1, "reason": "Error", "startedAt": started, "finishedAt": now()}}),
+        ),
+    };
+    let statuses: Vec<Value> = containers
+        .iter()
+        .map(|c| {
+            json!({"name": c["name"], "image": c["image"], "ready": ready == "True",
+                "restartCount": 0, "started": outcome == Outcome::Hang, "state": state})
+        })
+        .collect();
+    let reason = if outcome == Outcome::Hang {
+        ""
+    } else {
+        "PodCompleted"
+    };
+    // Keep the times of an already finished pod.
+    if obj["status"]["phase"] == phase {
+        return obj["status"].clone();
+    }
+    json!({
+        "phase": phase, "qosClass": "BestEffort", "podIP": "10.244.0.11", "hostIP": "172.18.0.2",
+        "startTime": started,
+        "conditions": [
+            cond("PodScheduled", "True", "", "", obj),
+            cond("Initialized", "True", reason, "", obj),
+            cond("ContainersReady", ready, reason, "", obj),
+            cond("Ready", ready, reason, "", obj),
+        ],
+        "containerStatuses": statuses,
+    })
 }
 
 /// Namespace termination and CRD establishment (API server behaviour).
@@ -601,6 +704,84 @@ fn children(cluster: &Cluster, st: &mut State) {
                 &format!("{}-{suffix}", k.2),
                 pod,
             );
+        }
+    }
+    job_pods(cluster, st);
+}
+
+/// Each Job owns one Pod (`JOB-xxxxx`, labelled `job-name`), Pending, then
+/// Running while the Job is active, then Succeeded or Failed with it.
+fn job_pods(cluster: &Cluster, st: &mut State) {
+    let jobs: Vec<(Key, Value)> = st
+        .objects
+        .iter()
+        .filter(|(k, o)| k.0 == "batch/jobs" && !o["metadata"]["deletionTimestamp"].is_string())
+        .map(|(k, o)| (k.clone(), o.clone()))
+        .collect();
+    let mut pods_by_owner = by_controller(st, "/pods");
+    for (k, job) in jobs {
+        let uid = job["metadata"]["uid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let status = &job["status"];
+        let finished = status["conditions"].as_array().and_then(|cs| {
+            cs.iter()
+                .find(|c| {
+                    (c["type"] == "Complete" || c["type"] == "Failed") && c["status"] == "True"
+                })
+                .map(|c| c["type"].clone())
+        });
+        let outcome = match finished.as_ref().and_then(Value::as_str) {
+            Some("Complete") => Some(Outcome::Succeed),
+            Some(_) => Some(Outcome::Fail),
+            // Active: the pod runs.
+            None if status["active"].as_i64().unwrap_or(0) > 0 => Some(Outcome::Hang),
+            None => None,
+        };
+        match pods_by_owner.remove(&uid).unwrap_or_default().first() {
+            None => {
+                if finished.is_some() {
+                    continue;
+                }
+                let template = &job["spec"]["template"];
+                let mut labels = template["metadata"]["labels"].clone();
+                if !labels.is_object() {
+                    labels = json!({});
+                }
+                for (l, v) in [
+                    ("batch.kubernetes.io/controller-uid", uid.as_str()),
+                    ("batch.kubernetes.io/job-name", k.2.as_str()),
+                    ("controller-uid", uid.as_str()),
+                    ("job-name", k.2.as_str()),
+                ] {
+                    labels[l] = json!(v);
+                }
+                let pod = json!({
+                    "apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"labels": labels, "ownerReferences": owner_ref(&job, "Job", "batch/v1")},
+                    "spec": template["spec"],
+                    "status": {"phase": "Pending", "qosClass": "BestEffort"},
+                });
+                let name = format!("{}-{}", k.2, crate::store::random_suffix());
+                new_child(cluster, st, "/pods", &k.1, &name, pod);
+            }
+            Some(pk) => {
+                let Some(pod) = st.objects.get(pk).cloned() else {
+                    continue;
+                };
+                let new = outcome.map_or_else(
+                    || json!({"phase": "Pending", "qosClass": "BestEffort"}),
+                    |o| finished_pod(&pod, o),
+                );
+                if pod["status"] != new
+                    && let Some(rd) = rd_for(st, "/pods")
+                {
+                    let mut updated = pod;
+                    updated["status"] = new;
+                    cluster.commit(st, &rd, pk.clone(), updated, "MODIFIED");
+                }
+            }
         }
     }
 }

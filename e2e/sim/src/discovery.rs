@@ -230,10 +230,20 @@ pub fn aggregated(c: &Cluster, core: bool) -> Value {
             .first()
             .map(|a| a["verbs"].clone())
             .unwrap_or_else(|| json!([]));
-        groups.entry(r.group.clone()).or_default().entry(r.version.clone()).or_default().push(json!({
+        let mut entry = json!({
             "resource": r.plural, "responseKind": gvk, "scope": if r.namespaced { "Namespaced" } else { "Cluster" },
             "singularResource": r.singular, "verbs": verbs, "shortNames": r.short_names, "subresources": subs,
-        }));
+        });
+        let categories = resources::categories(r);
+        if !categories.is_empty() {
+            entry["categories"] = json!(categories);
+        }
+        groups
+            .entry(r.group.clone())
+            .or_default()
+            .entry(r.version.clone())
+            .or_default()
+            .push(entry);
     }
     let items: Vec<Value> = groups
         .into_iter()

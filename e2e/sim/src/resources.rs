@@ -364,14 +364,19 @@ pub fn api_resource(r: &ResourceDef) -> Vec<Value> {
             "watch"
         ])
     };
-    let mut out = vec![json!({
+    let mut main = json!({
         "name": r.plural,
         "singularName": r.singular,
         "namespaced": r.namespaced,
         "kind": r.kind,
         "verbs": verbs,
         "shortNames": r.short_names,
-    })];
+    });
+    let categories = categories(r);
+    if !categories.is_empty() {
+        main["categories"] = json!(categories);
+    }
+    let mut out = vec![main];
     if r.status {
         out.push(json!({
             "name": format!("{}/status", r.plural),
@@ -393,6 +398,22 @@ pub fn api_resource(r: &ResourceDef) -> Vec<Value> {
         }));
     }
     out
+}
+
+/// The discovery categories of a resource: `all` for the kinds
+/// `kubectl get all` lists in Kubernetes.
+pub fn categories(r: &ResourceDef) -> Vec<&'static str> {
+    let all = matches!(
+        (r.group.as_str(), r.plural.as_str()),
+        ("", "pods" | "services" | "replicationcontrollers")
+            | (
+                "apps",
+                "deployments" | "replicasets" | "statefulsets" | "daemonsets"
+            )
+            | ("batch", "jobs" | "cronjobs")
+            | ("autoscaling", "horizontalpodautoscalers")
+    );
+    if all { vec!["all"] } else { Vec::new() }
 }
 
 /// Access reviews: create-only, answered and never stored.

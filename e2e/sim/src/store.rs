@@ -123,6 +123,21 @@ pub struct Cluster {
     pub writes: std::sync::atomic::AtomicU64,
 }
 
+/// Longest object name (a DNS-1123 subdomain).
+const MAX_NAME_LEN: usize = 253;
+
+/// Five characters from the alphabet Kubernetes uses for generated names
+/// (no vowels, no look-alike digits).
+pub fn random_suffix() -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    (0..5)
+        .map(|_| {
+            let i = rand::random_range(0..ALPHABET.len());
+            char::from(ALPHABET.get(i).copied().unwrap_or(b'x'))
+        })
+        .collect()
+}
+
 fn now() -> String {
     chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
@@ -796,16 +811,13 @@ impl Cluster {
             .is_none_or(str::is_empty)
         {
             match md.get("generateName").and_then(Value::as_str) {
-                Some(g) => {
-                    let suffix: String = uuid::Uuid::new_v4()
-                        .simple()
-                        .to_string()
-                        .chars()
-                        .take(5)
-                        .collect();
-                    md.insert("name".into(), json!(format!("{g}{suffix}")));
+                Some(g) if !g.is_empty() => {
+                    // As the API server's name generator: the prefix cut to
+                    // leave room for five random characters.
+                    let prefix: String = g.chars().take(MAX_NAME_LEN - 5).collect();
+                    md.insert("name".into(), json!(format!("{prefix}{}", random_suffix())));
                 }
-                None => {
+                _ => {
                     return Err(ApiError::invalid(
                         &rd.kind,
                         "",

@@ -419,6 +419,9 @@ fn check_object(object: &Value) -> Result<(), String> {
     for (field, value) in fields {
         match value {
             Value::String(s) if !s.is_empty() => {}
+            Value::Null if *field == "metadata.name" => {
+                return Err(format!("missing {field} (or metadata.generateName)"));
+            }
             Value::Null => return Err(format!("missing {field}")),
             Value::String(_) => return Err(format!("empty {field}")),
             other => {
@@ -698,6 +701,32 @@ mod tests {
             assert_eq!((file.as_str(), *index), ("f.yaml", want_index), "{err}");
             assert!(message.starts_with(want), "{err}");
         }
+    }
+
+    #[test]
+    fn hooks_named_by_generate_name_render() {
+        let hook = |prefix: &str| {
+            format!(
+                "apiVersion: batch/v1\nkind: Job\nmetadata:\n  generateName: {prefix}\n  annotations:\n    argocd.argoproj.io/hook: PostSync\n"
+            )
+        };
+        let files = [
+            file("a.yaml", &hook("notify-")),
+            file("b.yaml", &hook("notify-")),
+            file("c.yaml", &cm("c")),
+        ];
+        let out = render_directory(&files, &DirectorySource::default()).unwrap();
+        assert_eq!(out.len(), 3);
+        assert_eq!(out[0]["metadata"]["generateName"], "notify-");
+        let err = render_directory(
+            &[file(
+                "d.yaml",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  generateName: \"\"\n",
+            )],
+            &DirectorySource::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("missing metadata.name"), "{err}");
     }
 
     #[test]
