@@ -9,24 +9,8 @@
 //! example `.spec.containers[]` on an object without containers) selects
 //! nothing in that object, as with Argo CD.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
-use std::rc::Rc;
-
-use jaq_core::load::{Arena, File, Loader};
-use jaq_core::{Compiler, Ctx, Vars, data, unwrap_valr};
-use jaq_json::Val;
+use flotilla_jqpath as jq;
 use serde_json::Value;
-
-type Filter = jaq_core::Filter<data::JustLut<Val>>;
-
-/// Compiled expressions kept per thread; a handful per application.
-const CACHE_LIMIT: usize = 512;
-
-thread_local! {
-    static CACHE: RefCell<HashMap<String, Rc<Result<Filter, String>>>> =
-        RefCell::new(HashMap::new());
-}
 
 /// The `jqPathExpressions` of the `ignoreDifferences` entries (JSON
 /// objects) that apply to an object of the given group, kind, namespace
@@ -53,202 +37,13 @@ pub fn invalid_expressions(entries: &[String]) -> Vec<String> {
         };
         if let Some(e) = v.get("jqPathExpressions").and_then(Value::as_array) {
             for expr in e.iter().filter_map(Value::as_str) {
-                if let Err(e) = with_filter(expr, |_| ()) {
+                if let Err(e) = jq::check(expr) {
                     out.push(e);
                 }
             }
         }
     }
     out
-}
-
-/// Removes from `obj` every path the expressions select in it.
-///
-/// # Errors
-/// An expression that does not compile, naming it.
-pub fn strip(obj: &mut Value, expressions: &[String]) -> Result<(), String> {
-    let mut paths = Vec::new();
-    for expr in expressions {
-        paths.extend(select_paths(obj, expr)?);
-    }
-    // Deepest and highest indices first, so removing one path does not
-    // move the elements another one names.
-    paths.sort_by(|a, b| cmp_path(b, a));
-    paths.dedup();
-    for path in &paths {
-        remove(obj, path);
-    }
-    Ok(())
-}
-
-/// One step of a path: an object key or an array index.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Step {
-    Key(String),
-    Index(i64),
-}
-
-fn cmp_path(a: &[Step], b: &[Step]) -> std::cmp::Ordering {
-    for (x, y) in a.iter().zip(b) {
-        let o = match (x, y) {
-            (Step::Key(x), Step::Key(y)) => x.cmp(y),
-            (Step::Index(x), Step::Index(y)) => x.cmp(y),
-            (Step::Key(_), Step::Index(_)) => std::cmp::Ordering::Less,
-            (Step::Index(_), Step::Key(_)) => std::cmp::Ordering::Greater,
-        };
-        if o.is_ne() {
-            return o;
-        }
-    }
-    a.len().cmp(&b.len())
-}
-
-/// The paths `path(EXPR)` yields on `obj`. A run-time error ends the
-/// selection for this object (what was selected before it stays).
-fn select_paths(obj: &Value, expr: &str) -> Result<Vec<Vec<Step>>, String> {
-    let input = jaq_json::read::parse_single(obj.to_string().as_bytes())
-        .map_err(|e| format!("jq input: {e:?}"))?;
-    with_filter(expr, |filter| {
-        let ctx = Ctx::<data::JustLut<Val>>::new(&filter.lut, Vars::new([]));
-        let mut out = Vec::new();
-        for item in filter.id.run((ctx, input)).map(unwrap_valr) {
-            let Ok(path) = item else {
-                break;
-            };
-            let Ok(Value::Array(steps)) = serde_json::from_str::<Value>(&path.to_string()) else {
-                continue;
-            };
-            let steps: Option<Vec<Step>> = steps
-                .into_iter()
-                .map(|s| match s {
-                    Value::String(k) => Some(Step::Key(k)),
-                    Value::Number(n) => n.as_i64().map(Step::Index),
-                    // Slices and other path components select nothing here.
-                    _ => None,
-                })
-                .collect();
-            if let Some(steps) = steps {
-                out.push(steps);
-            }
-        }
-        out
-    })
-}
-
-/// Runs `f` with the compiled `path(EXPR)`, compiling it on first use.
-fn with_filter<T>(expr: &str, f: impl FnOnce(&Filter) -> T) -> Result<T, String> {
-    let compiled = CACHE.with(|c| {
-        let mut cache = c.borrow_mut();
-        if let Some(found) = cache.get(expr) {
-            return Rc::clone(found);
-        }
-        if cache.len() >= CACHE_LIMIT {
-            cache.clear();
-        }
-        let made = Rc::new(compile(expr));
-        cache.insert(expr.to_owned(), Rc::clone(&made));
-        made
-    });
-    match compiled.as_ref() {
-        Ok(filter) => Ok(f(filter)),
-        Err(e) => Err(e.clone()),
-    }
-}
-
-fn compile(expr: &str) -> Result<Filter, String> {
-    let invalid = |why: String| format!("invalid jqPathExpressions `{expr}`: {why}");
-    // Parenthesised so that `a | b` is one argument of `path`.
-    let code = format!("path({expr})");
-    // The core definitions (`select`, `map`, `recurse`, ...) and the
-    // standard native filters; the rest of jaq-std needs its optional
-    // features (regex, time, math, ...), which paths do not.
-    let defs = jaq_core::defs();
-    let funs = jaq_core::funs().chain(jaq_std::base_funs());
-    let arena = Arena::default();
-    let modules = Loader::new(defs)
-        .load(
-            &arena,
-            File {
-                code: &*code,
-                path: (),
-            },
-        )
-        .map_err(|errs| {
-            let why: Vec<String> = errs
-                .iter()
-                .map(|(_, e)| match e {
-                    jaq_core::load::Error::Io(_) => "cannot load".to_owned(),
-                    jaq_core::load::Error::Lex(l) => l
-                        .iter()
-                        .map(|(exp, at)| format!("expected {} at `{}`", exp.as_str(), short(at)))
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    jaq_core::load::Error::Parse(p) => p
-                        .iter()
-                        .map(|(exp, at)| format!("expected {} at `{}`", exp.as_str(), short(at)))
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                })
-                .collect();
-            invalid(format!("syntax error: {}", why.join("; ")))
-        })?;
-    Compiler::default()
-        .with_funs(funs)
-        .compile(modules)
-        .map_err(|errs| {
-            let why: Vec<String> = errs
-                .iter()
-                .flat_map(|(_, es)| es.iter())
-                .map(|(name, what)| format!("undefined {what:?} `{name}`"))
-                .collect();
-            invalid(why.join("; "))
-        })
-}
-
-/// The start of the unparsed rest of an expression, for messages.
-fn short(rest: &str) -> String {
-    let s: String = rest.chars().take(20).collect();
-    if s.is_empty() { "end".to_owned() } else { s }
-}
-
-fn remove(obj: &mut Value, path: &[Step]) {
-    let Some((last, parents)) = path.split_last() else {
-        // `.` itself: nothing of the object is compared.
-        *obj = Value::Null;
-        return;
-    };
-    let mut node = obj;
-    for step in parents {
-        let next = match (step, node) {
-            (Step::Key(k), Value::Object(m)) => m.get_mut(k),
-            (Step::Index(i), Value::Array(a)) => index(*i, a.len()).and_then(|i| a.get_mut(i)),
-            _ => None,
-        };
-        match next {
-            Some(n) => node = n,
-            None => return,
-        }
-    }
-    match (last, node) {
-        (Step::Key(k), Value::Object(m)) => {
-            m.remove(k);
-        }
-        (Step::Index(i), Value::Array(a)) => {
-            if let Some(i) = index(*i, a.len()) {
-                a.remove(i);
-            }
-        }
-        _ => {}
-    }
-}
-
-fn index(i: i64, len: usize) -> Option<usize> {
-    let i = if i < 0 {
-        i64::try_from(len).ok()? + i
-    } else {
-        i
-    };
-    usize::try_from(i).ok().filter(|i| *i < len)
 }
 
 /// `desired` and `live` with what the matching `jqPathExpressions` select
@@ -267,14 +62,15 @@ pub fn normalized(
         return Ok(None);
     }
     let (mut d, mut l) = (desired.clone(), live.clone());
-    strip(&mut d, &exprs)?;
-    strip(&mut l, &exprs)?;
+    jq::strip(&mut d, &exprs)?;
+    jq::strip(&mut l, &exprs)?;
     Ok(Some((d, l)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use flotilla_jqpath::strip;
     use serde_json::json;
 
     fn deployment() -> Value {

@@ -9,24 +9,11 @@
 //! path, which gives the same result; when the Application is created,
 //! nothing is ignored.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
-use std::rc::Rc;
-
-use jaq_core::load::{Arena, File, Loader};
-use jaq_core::{Compiler, Ctx, Vars, data, unwrap_valr};
-use jaq_json::Val;
+use flotilla_jqpath::{self as jq, Step};
 use serde_json::Value;
 
 use super::{DEFAULT_PRESERVED_ANNOTATIONS, IgnoreRule, PreservedFields};
 use crate::model::Application;
-
-/// One step of a path into a JSON document.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Step {
-    Key(String),
-    Index(usize),
-}
 
 /// `generated` with the values `current` has for the preserved annotations
 /// and labels and for every path `rules` ignore (for this application).
@@ -73,18 +60,22 @@ pub fn keep_current_fields(
         }
         for e in &r.jq_path_expressions {
             // What the expression selects in either document is ignored.
-            paths.extend(jq_paths(&cur, e)?);
-            paths.extend(jq_paths(&gen_doc, e)?);
+            // `.` (the whole Application) is not a field to keep.
+            paths.extend(jq::paths(&cur, e)?.into_iter().filter(|p| !p.is_empty()));
+            paths.extend(
+                jq::paths(&gen_doc, e)?
+                    .into_iter()
+                    .filter(|p| !p.is_empty()),
+            );
         }
     }
     // Deepest and highest indices first, so that removing one element
     // does not move what another path names.
-    paths.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| cmp_steps(b, a)));
-    paths.dedup();
+    jq::sort_for_removal(&mut paths);
     for path in &paths {
-        match get(&cur, path) {
-            Some(v) => set(&mut gen_doc, path, v.clone()),
-            None => remove(&mut gen_doc, path),
+        match jq::get(&cur, path) {
+            Some(v) => jq::set(&mut gen_doc, path, v.clone()),
+            None => jq::remove(&mut gen_doc, path),
         }
     }
     let mut kept: Application = serde_json::from_value(gen_doc).map_err(|e| {
@@ -98,21 +89,6 @@ pub fn keep_current_fields(
     Ok(kept)
 }
 
-fn cmp_steps(a: &[Step], b: &[Step]) -> std::cmp::Ordering {
-    for (x, y) in a.iter().zip(b) {
-        let o = match (x, y) {
-            (Step::Key(x), Step::Key(y)) => x.cmp(y),
-            (Step::Index(x), Step::Index(y)) => x.cmp(y),
-            (Step::Key(_), Step::Index(_)) => std::cmp::Ordering::Less,
-            (Step::Index(_), Step::Key(_)) => std::cmp::Ordering::Greater,
-        };
-        if o.is_ne() {
-            return o;
-        }
-    }
-    a.len().cmp(&b.len())
-}
-
 /// An RFC 6901 pointer as steps; a numeric token is an index where either
 /// document has an array at that point.
 fn pointer_steps(pointer: &str, a: &Value, b: &Value) -> Vec<Step> {
@@ -121,105 +97,15 @@ fn pointer_steps(pointer: &str, a: &Value, b: &Value) -> Vec<Step> {
     for raw in pointer.split('/').skip(1) {
         let token = raw.replace("~1", "/").replace("~0", "~");
         let is_array = na.is_some_and(Value::is_array) || nb.is_some_and(Value::is_array);
-        let step = match token.parse::<usize>() {
-            Ok(i) if is_array => Step::Index(i),
+        let step = match token.parse::<u32>() {
+            Ok(i) if is_array => Step::Index(i64::from(i)),
             _ => Step::Key(token),
         };
-        na = na.and_then(|v| child(v, &step));
-        nb = nb.and_then(|v| child(v, &step));
+        na = na.and_then(|v| jq::get(v, std::slice::from_ref(&step)));
+        nb = nb.and_then(|v| jq::get(v, std::slice::from_ref(&step)));
         steps.push(step);
     }
     steps
-}
-
-fn child<'a>(v: &'a Value, step: &Step) -> Option<&'a Value> {
-    match (step, v) {
-        (Step::Key(k), Value::Object(m)) => m.get(k),
-        (Step::Index(i), Value::Array(a)) => a.get(*i),
-        _ => None,
-    }
-}
-
-fn get<'a>(v: &'a Value, path: &[Step]) -> Option<&'a Value> {
-    path.iter().try_fold(v, |node, step| child(node, step))
-}
-
-/// Sets `path` in `doc` to `value`, creating objects on the way; a path
-/// through a missing array element is left alone.
-fn set(doc: &mut Value, path: &[Step], value: Value) {
-    let Some((last, parents)) = path.split_last() else {
-        *doc = value;
-        return;
-    };
-    let mut node = doc;
-    for step in parents {
-        let next = match step {
-            Step::Key(k) => {
-                if !node.is_object() {
-                    *node = Value::Object(serde_json::Map::new());
-                }
-                node.as_object_mut()
-                    .map(|m| m.entry(k.clone()).or_insert(Value::Null))
-            }
-            Step::Index(i) => node.as_array_mut().and_then(|a| a.get_mut(*i)),
-        };
-        match next {
-            Some(n) => node = n,
-            None => return,
-        }
-    }
-    match last {
-        Step::Key(k) => {
-            if !node.is_object() {
-                *node = Value::Object(serde_json::Map::new());
-            }
-            if let Some(m) = node.as_object_mut() {
-                m.insert(k.clone(), value);
-            }
-        }
-        Step::Index(i) => {
-            if let Some(slot) = node.as_array_mut().and_then(|a| a.get_mut(*i)) {
-                *slot = value;
-            }
-        }
-    }
-}
-
-fn remove(doc: &mut Value, path: &[Step]) {
-    let Some((last, parents)) = path.split_last() else {
-        return;
-    };
-    let mut node = doc;
-    for step in parents {
-        let next = match (step, node) {
-            (Step::Key(k), Value::Object(m)) => m.get_mut(k),
-            (Step::Index(i), Value::Array(a)) => a.get_mut(*i),
-            _ => None,
-        };
-        match next {
-            Some(n) => node = n,
-            None => return,
-        }
-    }
-    match (last, node) {
-        (Step::Key(k), Value::Object(m)) => {
-            m.remove(k);
-        }
-        (Step::Index(i), Value::Array(a)) if *i < a.len() => {
-            a.remove(*i);
-        }
-        _ => {}
-    }
-}
-
-type Filter = jaq_core::Filter<data::JustLut<Val>>;
-
-/// Compiled `path(EXPR)` filters, per thread.
-const CACHE_LIMIT: usize = 256;
-
-thread_local! {
-    static COMPILED: RefCell<HashMap<String, Rc<Result<Filter, String>>>> =
-        RefCell::new(HashMap::new());
 }
 
 /// Checks that a `jqPathExpressions` entry compiles.
@@ -227,107 +113,7 @@ thread_local! {
 /// # Errors
 /// The expression does not parse or names an undefined function.
 pub fn check_jq_path(expr: &str) -> Result<(), String> {
-    with_filter(expr, |_| ())
-}
-
-/// The paths `path(EXPR)` yields on `doc`. A run-time error (for example
-/// iterating a missing list) ends the selection, as in Argo CD.
-fn jq_paths(doc: &Value, expr: &str) -> Result<Vec<Vec<Step>>, String> {
-    let input = jaq_json::read::parse_single(doc.to_string().as_bytes())
-        .map_err(|e| format!("jq input: {e:?}"))?;
-    with_filter(expr, |filter| {
-        let ctx = Ctx::<data::JustLut<Val>>::new(&filter.lut, Vars::new([]));
-        let mut out = Vec::new();
-        for item in filter.id.run((ctx, input)).map(unwrap_valr) {
-            let Ok(path) = item else { break };
-            let Ok(Value::Array(raw)) = serde_json::from_str::<Value>(&path.to_string()) else {
-                continue;
-            };
-            let steps: Option<Vec<Step>> = raw
-                .into_iter()
-                .map(|s| match s {
-                    Value::String(k) => Some(Step::Key(k)),
-                    Value::Number(n) => n
-                        .as_u64()
-                        .and_then(|i| usize::try_from(i).ok())
-                        .map(Step::Index),
-                    _ => None,
-                })
-                .collect();
-            if let Some(steps) = steps.filter(|s| !s.is_empty()) {
-                out.push(steps);
-            }
-        }
-        out
-    })
-}
-
-fn with_filter<T>(expr: &str, f: impl FnOnce(&Filter) -> T) -> Result<T, String> {
-    let compiled = COMPILED.with(|c| {
-        let mut cache = c.borrow_mut();
-        if let Some(found) = cache.get(expr) {
-            return Rc::clone(found);
-        }
-        if cache.len() >= CACHE_LIMIT {
-            cache.clear();
-        }
-        let made = Rc::new(compile(expr));
-        cache.insert(expr.to_owned(), Rc::clone(&made));
-        made
-    });
-    match compiled.as_ref() {
-        Ok(filter) => Ok(f(filter)),
-        Err(e) => Err(e.clone()),
-    }
-}
-
-fn compile(expr: &str) -> Result<Filter, String> {
-    let invalid = |why: String| format!("invalid jq path expression `{expr}`: {why}");
-    let code = format!("path({expr})");
-    let arena = Arena::default();
-    let modules = Loader::new(jaq_core::defs())
-        .load(
-            &arena,
-            File {
-                code: &*code,
-                path: (),
-            },
-        )
-        .map_err(|errs| {
-            let why: Vec<String> = errs
-                .iter()
-                .map(|(_, e)| match e {
-                    jaq_core::load::Error::Io(_) => "cannot load".to_owned(),
-                    jaq_core::load::Error::Lex(l) => l
-                        .iter()
-                        .map(|(exp, at)| format!("expected {} near `{}`", exp.as_str(), near(at)))
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    jaq_core::load::Error::Parse(p) => p
-                        .iter()
-                        .map(|(exp, at)| format!("expected {} near `{}`", exp.as_str(), near(at)))
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                })
-                .collect();
-            invalid(format!("syntax error: {}", why.join("; ")))
-        })?;
-    Compiler::default()
-        .with_funs(jaq_core::funs().chain(jaq_std::base_funs()))
-        .compile(modules)
-        .map_err(|errs| {
-            let why: Vec<String> = errs
-                .iter()
-                .flat_map(|(_, es)| es.iter())
-                .map(|(name, what)| format!("undefined {what:?} `{name}`"))
-                .collect();
-            invalid(why.join("; "))
-        })
-}
-
-fn near(rest: &str) -> String {
-    let s: String = rest.chars().take(20).collect();
-    if s.is_empty() { "end".to_owned() } else { s }
+    jq::check(expr)
 }
 
 #[cfg(test)]
