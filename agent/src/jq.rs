@@ -10,6 +10,7 @@
 //! nothing in that object, as with Argo CD.
 
 use flotilla_jqpath as jq;
+pub use flotilla_jqpath::strip;
 use serde_json::Value;
 
 /// The `jqPathExpressions` of the `ignoreDifferences` entries (JSON
@@ -70,7 +71,6 @@ pub fn normalized(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flotilla_jqpath::strip;
     use serde_json::json;
 
     fn deployment() -> Value {
