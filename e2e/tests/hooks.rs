@@ -698,3 +698,106 @@ spec:
     assert_eq!(a.health, HealthStatus::Healthy as i32, "{a:#?}");
     Ok(())
 }
+
+/// A ConfigMap that stays when its application is deleted or pruned.
+const KEPT_CONFIGMAP: &str = "apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: kept-settings
+  annotations:
+    argocd.argoproj.io/sync-options: Prune=false,Delete=false
+data:
+  mode: keep
+";
+
+/// An application removed from Git: its Deployment is deleted, its
+/// `Delete=false` ConfigMap stays, and its PostDelete hook still runs. The
+/// PostDelete stage waits only for the objects it asked to delete: waiting
+/// for every tracked object (the kept one never goes) held the hook back
+/// forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_removed_application_keeps_delete_false_objects_and_still_runs_its_post_delete_hook()
+-> anyhow::Result<()> {
+    let fleet = Fleet::start(one_cluster()).await?;
+    let repo = fleet.repo.url();
+    let head = fleet.repo.commit_files(
+        &[
+            (
+                "retired/deployment.yaml",
+                &guestbook_deployment("nginx:1.27"),
+            ),
+            ("retired/kept.yaml", KEPT_CONFIGMAP),
+            (
+                "retired/cleanup.yaml",
+                &hook_job(
+                    "cleanup",
+                    "PostDelete",
+                    Some("BeforeHookCreation"),
+                    "alpine:latest",
+                ),
+            ),
+            (
+                "apps/retired.yaml",
+                // With the resources finalizer: deleting it deletes its
+                // objects (without it they would be orphaned).
+                &application("retired", &repo, "retired", "retired").replace(
+                    "  namespace: argocd\n",
+                    "  namespace: argocd\n  finalizers:\n  - resources-finalizer.argocd.argoproj.io\n",
+                ),
+            ),
+        ],
+        "retired: a Deployment, a kept ConfigMap and a PostDelete hook",
+    )?;
+    wait_operation(&fleet, "retired", &head, "Succeeded").await?;
+    assert!(
+        job_names(&fleet, "retired")?.is_empty(),
+        "a PostDelete hook does not run at sync"
+    );
+
+    fleet
+        .repo
+        .remove_file("apps/retired.yaml", "retire the application")?;
+    eventually("the PostDelete hook ran", CONVERGE, || async {
+        match job_names(&fleet, "retired") {
+            Ok(n) if n == ["cleanup"] => Ok(()),
+            other => Err(format!("jobs {other:?}")),
+        }
+    })
+    .await?;
+    let gone = fleet.kubectl(
+        "sim-1",
+        &[
+            "get",
+            "deployment",
+            "guestbook-ui",
+            "-n",
+            "retired",
+            "-o",
+            "name",
+        ],
+    )?;
+    assert!(
+        !gone.status.success(),
+        "the Deployment was deleted before the PostDelete hook ran"
+    );
+    let kept = fleet.kubectl(
+        "sim-1",
+        &[
+            "get",
+            "configmap",
+            "kept-settings",
+            "-n",
+            "retired",
+            "-o",
+            "json",
+        ],
+    )?;
+    anyhow::ensure!(
+        kept.status.success(),
+        "the Delete=false ConfigMap stays: {}",
+        String::from_utf8_lossy(&kept.stderr)
+    );
+    let kept: Value = serde_json::from_slice(&kept.stdout)?;
+    assert_eq!(kept["data"]["mode"], "keep");
+    Ok(())
+}
