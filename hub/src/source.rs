@@ -247,12 +247,22 @@ impl GitCache {
         limits: &FetchLimits,
     ) -> Result<String, SourceError> {
         match auth {
-            FetchAuth::SshKey(key) => {
-                imp::fetch_ssh(&self.root, url, revision, &self.ssh_settings(), Some(key), limits)
-            }
-            FetchAuth::Anonymous if is_ssh_url(url) => {
-                imp::fetch_ssh(&self.root, url, revision, &self.ssh_settings(), None, limits)
-            }
+            FetchAuth::SshKey(key) => imp::fetch_ssh(
+                &self.root,
+                url,
+                revision,
+                &self.ssh_settings(),
+                Some(key),
+                limits,
+            ),
+            FetchAuth::Anonymous if is_ssh_url(url) => imp::fetch_ssh(
+                &self.root,
+                url,
+                revision,
+                &self.ssh_settings(),
+                None,
+                limits,
+            ),
             FetchAuth::Anonymous => imp::fetch_as(&self.root, url, url, revision, limits),
             FetchAuth::Password { username, password } => {
                 let remote = with_credentials(url, username, password);
@@ -303,7 +313,12 @@ impl GitCache {
         revision: &str,
         key: &SshKey,
     ) -> Result<String, SourceError> {
-        self.fetch_bounded(url, revision, FetchAuth::SshKey(key), &self.default_limits())
+        self.fetch_bounded(
+            url,
+            revision,
+            FetchAuth::SshKey(key),
+            &self.default_limits(),
+        )
     }
 
     /// Reads the files below `path` at `commit` (fetched before). With
