@@ -47,7 +47,9 @@ fn git(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
 }
 
 fn config_map(name: &str, value: &str) -> String {
-    format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  value: {value:?}\n")
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  value: {value:?}\n"
+    )
 }
 
 /// A repository `root/name` with `cm.yaml` holding a ConfigMap; returns its
@@ -204,18 +206,14 @@ async fn a_stalled_repository_delays_only_its_own_applications() -> anyhow::Resu
 
     server.set("slow", Behaviour::Stall);
     commit(&served, "slow", "2")?;
-    eventually(
-        "the slow repository's fetch stalled",
-        CONVERGE,
-        || async {
-            let s = server.stats("slow");
-            if s.held_now >= 1 {
-                Ok(())
-            } else {
-                Err(format!("{s:?}"))
-            }
-        },
-    )
+    eventually("the slow repository's fetch stalled", CONVERGE, || async {
+        let s = server.stats("slow");
+        if s.held_now >= 1 {
+            Ok(())
+        } else {
+            Err(format!("{s:?}"))
+        }
+    })
     .await?;
 
     let fast2 = commit(&served, "fast", "2")?;
@@ -239,7 +237,10 @@ async fn a_stalled_repository_delays_only_its_own_applications() -> anyhow::Resu
     let resolved = sync.resolve_app(&app, "").await;
     assert_eq!(resolved.as_deref(), Ok(fast3.as_str()));
     sync.render_app("fast").await;
-    assert_eq!(bundle_revision(&fleet, "fast").as_deref(), Ok(fast3.as_str()));
+    assert_eq!(
+        bundle_revision(&fleet, "fast").as_deref(),
+        Ok(fast3.as_str())
+    );
     let s = server.stats("slow");
     assert_eq!(
         s.held_now, 1,
@@ -261,7 +262,10 @@ async fn a_stalled_repository_delays_only_its_own_applications() -> anyhow::Resu
     })
     .await?;
     assert!(error.contains(&server.url("slow")), "{error}");
-    assert_eq!(bundle_revision(&fleet, "slow").as_deref(), Ok(slow1.as_str()));
+    assert_eq!(
+        bundle_revision(&fleet, "slow").as_deref(),
+        Ok(slow1.as_str())
+    );
 
     // Later polls fetch it again, one at a time.
     let before = server.stats("slow").requests;
@@ -275,7 +279,10 @@ async fn a_stalled_repository_delays_only_its_own_applications() -> anyhow::Resu
     })
     .await?;
     let s = server.stats("slow");
-    assert_eq!(s.held_max, 1, "two fetches of one repository at once: {s:?}");
+    assert_eq!(
+        s.held_max, 1,
+        "two fetches of one repository at once: {s:?}"
+    );
     assert!(
         sync.fetches_in_flight() <= 1,
         "fetches in flight: {}",
@@ -333,7 +340,9 @@ fn config_map_value(fleet: &Fleet, namespace: &str, name: &str) -> Result<String
 /// with one application's Git server stalled, another application's
 /// change reaches the cluster and `flotilla app sync` of it returns while
 /// the stalled fetch is still held; the stalled application shows the
-/// timeout and the cluster keeps what it had.
+/// timeout and the cluster keeps what it had; and `app sync` of the
+/// stalled application ends at the hub's API deadline with
+/// DEADLINE_EXCEEDED naming it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_slow_git_server_does_not_stall_the_fleet() -> anyhow::Result<()> {
     let fleet = Fleet::start_with_hub_args(
@@ -341,7 +350,7 @@ async fn a_slow_git_server_does_not_stall_the_fleet() -> anyhow::Result<()> {
             clusters: 1,
             ..FleetOptions::default()
         },
-        &["--git-fetch-timeout", "20s"],
+        &["--git-fetch-timeout", "30s", "--api-deadline", "10s"],
     )
     .await?;
     let served = fleet.root.path().join("served");
@@ -356,19 +365,17 @@ async fn a_slow_git_server_does_not_stall_the_fleet() -> anyhow::Result<()> {
                 "apps/fast.yaml",
                 &application("fast", &fleet.repo.url(), "fast"),
             ),
-            ("apps/slow.yaml", &application("slow", &server.url("slow"), ".")),
+            (
+                "apps/slow.yaml",
+                &application("slow", &server.url("slow"), "."),
+            ),
         ],
         "fast and slow applications",
     )?;
     fleet.wait_synced("fast", "sim-1", &first, CONVERGE).await?;
     eventually("slow applied", CONVERGE, || async {
-        config_map_value(&fleet, "slow", "slow").and_then(|v| {
-            if v == "before" {
-                Ok(())
-            } else {
-                Err(v)
-            }
-        })
+        config_map_value(&fleet, "slow", "slow")
+            .and_then(|v| if v == "before" { Ok(()) } else { Err(v) })
     })
     .await?;
 
@@ -415,7 +422,7 @@ async fn a_slow_git_server_does_not_stall_the_fleet() -> anyhow::Result<()> {
 
     let error = eventually("slow shows the timeout", CONVERGE, || async {
         let app = fleet.app("slow").await.map_err(|e| e.to_string())?;
-        if app.error.contains("timed out after 20s") {
+        if app.error.contains("timed out after 30s") {
             Ok(app.error)
         } else {
             Err(format!("error {:?}", app.error))
@@ -427,6 +434,28 @@ async fn a_slow_git_server_does_not_stall_the_fleet() -> anyhow::Result<()> {
         config_map_value(&fleet, "slow", "slow").as_deref(),
         Ok("before"),
         "the cluster keeps the slow application's last good state"
+    );
+    assert_eq!(server.stats("slow").held_max, 1);
+
+    // The next poll stalls again; a sync of the slow application waits for
+    // that fetch, and the API deadline (10s, shorter than the fetch's 30s)
+    // ends the call.
+    let before = server.stats("slow").requests;
+    eventually("the slow fetch stalled again", CONVERGE, || async {
+        let s = server.stats("slow");
+        if s.requests > before && s.held_now >= 1 {
+            Ok(())
+        } else {
+            Err(format!("{s:?}"))
+        }
+    })
+    .await?;
+    let out = fleet.cli(&["app".into(), "sync".into(), "slow".into()])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "app sync slow succeeded: {stderr}");
+    assert!(
+        stderr.contains("SyncApplication did not finish within the hub's API deadline of 10s"),
+        "{stderr}"
     );
     assert_eq!(server.stats("slow").held_max, 1);
     Ok(())

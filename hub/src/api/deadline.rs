@@ -121,6 +121,104 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tower::{Layer as _, Service as _};
+
+    /// A service answering after `delay`.
+    #[derive(Clone)]
+    struct Slow(Duration);
+
+    impl tower::Service<http::Request<()>> for Slow {
+        type Response = http::Response<String>;
+        type Error = std::convert::Infallible;
+        type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: http::Request<()>) -> Self::Future {
+            let delay = self.0;
+            Box::pin(async move {
+                tokio::time::sleep(delay).await;
+                Ok(http::Response::new("answer".to_owned()))
+            })
+        }
+    }
+
+    fn request(timeout: Option<&str>) -> http::Request<()> {
+        let mut b = http::Request::builder().uri("/flotilla.v1.HubApi/SyncApplication");
+        if let Some(t) = timeout {
+            b = b.header("grpc-timeout", t);
+        }
+        b.body(()).unwrap()
+    }
+
+    fn status_of(r: &http::Response<String>) -> (Option<String>, String) {
+        let h = |n: &str| {
+            r.headers()
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        (h("grpc-status"), h("grpc-message").unwrap_or_default())
+    }
+
+    #[tokio::test]
+    async fn calls_end_at_the_deadline() {
+        let layer = DeadlineLayer::new(Duration::from_millis(300));
+        // In time: the answer.
+        let answer = layer
+            .layer(Slow(Duration::ZERO))
+            .call(request(None))
+            .await
+            .unwrap();
+        assert_eq!(answer.body(), "answer");
+        // Too slow: DEADLINE_EXCEEDED (code 4), naming the call and limit.
+        let late = layer
+            .layer(Slow(Duration::from_secs(600)))
+            .call(request(None))
+            .await
+            .unwrap();
+        let (code, message) = status_of(&late);
+        assert_eq!(code.as_deref(), Some("4"));
+        let message = percent_decode(&message);
+        assert!(
+            message
+                .contains("SyncApplication did not finish within the hub's API deadline of 300ms"),
+            "{message}"
+        );
+        // A shorter client deadline wins, and says so.
+        let late = DeadlineLayer::new(Duration::from_secs(600))
+            .layer(Slow(Duration::from_secs(600)))
+            .call(request(Some("200m")))
+            .await
+            .unwrap();
+        let (code, message) = status_of(&late);
+        assert_eq!(code.as_deref(), Some("4"));
+        assert!(
+            percent_decode(&message).contains("client's deadline of 200ms"),
+            "{message}"
+        );
+    }
+
+    fn percent_decode(text: &str) -> String {
+        let bytes = text.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i] == b'%'
+                && let Some(h) = text.get(i + 1..i + 3)
+                && let Ok(b) = u8::from_str_radix(h, 16)
+            {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+            out.push(bytes[i]);
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
 
     #[test]
     fn grpc_timeout_header() {
