@@ -82,7 +82,8 @@ pub(crate) fn fetch_ssh(
     limits: &FetchLimits,
 ) -> Result<String, SourceError> {
     // Before the mirror exists: an unknown host must not leave one behind.
-    let session = Session::prepare(url, settings, key).map_err(|m| fetch_error(url, m))?;
+    let mut session = Session::prepare(url, settings, key).map_err(|m| fetch_error(url, m))?;
+    session.limit_to(limits.deadline.saturating_duration_since(Instant::now()));
     fetch_into(root, url, url, revision, Some(&session), limits)
 }
 
