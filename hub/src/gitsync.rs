@@ -995,7 +995,19 @@ impl GitSync {
             }
             let (bundles, waiting): (Vec<_>, Vec<_>) =
                 batch.into_iter().map(|p| (p.bundle, p.done)).unzip();
-            let mut result = self.fleet.set_bundles(bundles);
+            // An application deleted while it was rendered gets no bundle.
+            let mut bundles = bundles;
+            let mut result = Ok(());
+            bundles.retain(|b| match self.store.app(&b.name) {
+                Ok(found) => found.is_some(),
+                Err(e) => {
+                    result = Err(e);
+                    false
+                }
+            });
+            if result.is_ok() {
+                result = self.fleet.set_bundles(bundles);
+            }
             if result.is_ok() {
                 result = self.store.flush_async().await;
             }
