@@ -120,6 +120,9 @@ struct AppSlot {
     running: bool,
     force: bool,
     inputs: Option<Arc<PassInputs>>,
+    /// The span of the last request (a pass, `app sync`): the render's
+    /// trace continues it.
+    parent: tracing::Span,
     /// The last request a finished render started after.
     done: watch::Sender<u64>,
 }
@@ -127,6 +130,8 @@ struct AppSlot {
 /// A bundle handed to the fleet, and who waits for it to be there.
 struct Publish {
     bundle: pb::AppBundle,
+    /// The render's span: the desired state it leads to continues its trace.
+    span: tracing::Span,
     done: oneshot::Sender<Result<(), String>>,
 }
 
@@ -546,7 +551,7 @@ impl GitSync {
         } else {
             // Their results wake the loop when they bring something new.
             for f in fetches {
-                self.spawn(f);
+                self.spawn(f.in_current_span());
             }
         }
 
@@ -656,9 +661,11 @@ impl GitSync {
             running: false,
             force: false,
             inputs: None,
+            parent: tracing::Span::none(),
             done: watch::channel(0).0,
         });
         slot.requested += 1;
+        slot.parent = tracing::Span::current();
         slot.force |= force;
         if inputs.is_some() {
             slot.inputs = inputs;
@@ -677,7 +684,7 @@ impl GitSync {
     /// Renders `name` until every render asked for is done.
     async fn render_task(self: Arc<Self>, name: String) {
         loop {
-            let (ticket, force, inputs) = {
+            let (ticket, force, inputs, parent) = {
                 let mut apps = self.apps.lock().unwrap_or_else(|p| p.into_inner());
                 let Some(slot) = apps.get_mut(&name) else {
                     return;
@@ -686,9 +693,10 @@ impl GitSync {
                     slot.requested,
                     std::mem::take(&mut slot.force),
                     slot.inputs.clone(),
+                    slot.parent.clone(),
                 )
             };
-            let span = tracing::info_span!("git.render_app", app = %name);
+            let span = tracing::info_span!(parent: &parent, "git.render_app", app = %name);
             if let Err(e) = self.render_one(&name, force, inputs).instrument(span).await {
                 tracing::error!(app = %name, error = %e, "rendering the application failed");
             }
@@ -956,7 +964,11 @@ impl GitSync {
     /// and waits until it is there.
     async fn publish(self: &Arc<Self>, bundle: pb::AppBundle) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
-        let mut item = Publish { bundle, done: tx };
+        let mut item = Publish {
+            bundle,
+            span: tracing::Span::current(),
+            done: tx,
+        };
         loop {
             let sender = {
                 let mut publisher = self.publisher.lock().unwrap_or_else(|p| p.into_inner());
@@ -993,6 +1005,8 @@ impl GitSync {
             while let Ok(more) = rx.try_recv() {
                 batch.push(more);
             }
+            // One recomputation for the batch, in the first render's trace.
+            let span = batch[0].span.clone();
             let (bundles, waiting): (Vec<_>, Vec<_>) =
                 batch.into_iter().map(|p| (p.bundle, p.done)).unzip();
             // An application deleted while it was rendered gets no bundle.
@@ -1006,7 +1020,7 @@ impl GitSync {
                 }
             });
             if result.is_ok() {
-                result = self.fleet.set_bundles(bundles);
+                result = span.in_scope(|| self.fleet.set_bundles(bundles));
             }
             if result.is_ok() {
                 result = self.store.flush_async().await;
