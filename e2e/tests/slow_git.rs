@@ -391,6 +391,7 @@ async fn a_slow_git_server_does_not_stall_the_fleet() -> anyhow::Result<()> {
     })
     .await?;
 
+    let committed = std::time::Instant::now();
     fleet
         .repo
         .commit_file("fast/cm.yaml", &config_map("fast", "after"), "fast change")?;
@@ -401,13 +402,20 @@ async fn a_slow_git_server_does_not_stall_the_fleet() -> anyhow::Result<()> {
         }
     })
     .await?;
+    // Reported, not asserted (benchmarks print, tests poll).
+    eprintln!(
+        "fast change on the cluster {:?} after the commit, slow fetch stalled",
+        committed.elapsed()
+    );
     let s = server.stats("slow");
     assert_eq!(
         s.held_now, 1,
         "the fast change must reach the cluster while the slow fetch is still stalled: {s:?}"
     );
 
+    let syncing = std::time::Instant::now();
     let out = fleet.cli(&["app".into(), "sync".into(), "fast".into()])?;
+    eprintln!("app sync fast took {:?}", syncing.elapsed());
     assert!(
         out.status.success(),
         "app sync fast: {}{}",

@@ -144,6 +144,8 @@ pub struct GitSync {
     /// Wakes the loop without forcing every fetch (webhooks, app refresh,
     /// a fetch that brought something new).
     wake: Arc<Notify>,
+    /// Makes the loop plan its sleep again (a fetch ended without news).
+    replan: Arc<Notify>,
     default_interval: Duration,
     fetcher: Arc<fetcher::Fetcher>,
     /// url → commit whose Applications are loaded (this process).
@@ -233,6 +235,7 @@ impl GitSync {
     ) -> Arc<Self> {
         let limits = GitLimits::default();
         let wake = Arc::new(Notify::new());
+        let replan = Arc::new(Notify::new());
         let cache = GitCache::new(cache_dir.clone());
         cache.set_fetch_timeout(limits.fetch_timeout);
         Arc::new(Self {
@@ -247,8 +250,10 @@ impl GitSync {
                 limits.fetch_concurrency,
                 limits.fetch_timeout,
                 wake.clone(),
+                replan.clone(),
             ),
             wake,
+            replan,
             default_interval,
             loaded: Mutex::default(),
             renders: Mutex::default(),
@@ -426,12 +431,16 @@ impl GitSync {
         let mut force = true;
         loop {
             self.pass(force, false).await;
-            let wait = self.next_wait();
-            tokio::select! {
-                () = tokio::time::sleep(wait) => force = false,
-                () = self.kick.notified() => force = true,
-                () = self.wake.notified() => force = false,
-            }
+            force = loop {
+                let wait = self.next_wait();
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => break false,
+                    () = self.kick.notified() => break true,
+                    () = self.wake.notified() => break false,
+                    // A fetch ended: its next poll counts from now on.
+                    () = self.replan.notified() => {}
+                }
+            };
         }
     }
 

@@ -68,8 +68,12 @@ pub(super) struct Fetcher {
     slots: RwLock<Arc<Semaphore>>,
     timeout: RwLock<Duration>,
     next_id: AtomicU64,
-    /// Told whenever a fetch ends or times out.
+    /// Told when a fetch brought something new (a new commit, another
+    /// error): worth a pass.
     done: Arc<Notify>,
+    /// Told when a fetch ended without news: the loop plans its sleep
+    /// again (a fetch in flight does not count when it plans).
+    ended: Arc<Notify>,
 }
 
 fn jittered(d: Duration) -> Duration {
@@ -77,7 +81,12 @@ fn jittered(d: Duration) -> Duration {
 }
 
 impl Fetcher {
-    pub(super) fn new(concurrency: usize, timeout: Duration, done: Arc<Notify>) -> Arc<Self> {
+    pub(super) fn new(
+        concurrency: usize,
+        timeout: Duration,
+        done: Arc<Notify>,
+        ended: Arc<Notify>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             known: Mutex::default(),
             flights: Mutex::default(),
@@ -85,6 +94,7 @@ impl Fetcher {
             timeout: RwLock::new(timeout),
             next_id: AtomicU64::new(1),
             done,
+            ended,
         })
     }
 
@@ -407,6 +417,8 @@ impl FlightEnd {
             // Only news is worth a pass.
             if changed || interval.is_zero() {
                 fetcher.done.notify_one();
+            } else {
+                fetcher.ended.notify_one();
             }
             return;
         } else {
@@ -414,7 +426,7 @@ impl FlightEnd {
             self.state.send_replace(FlightState::Done(result));
         }
         drop(flights);
-        fetcher.done.notify_one();
+        fetcher.ended.notify_one();
     }
 }
 
