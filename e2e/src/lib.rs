@@ -5,6 +5,7 @@
 //! Scenarios live in `tests/`; the quickstart demo in `src/bin`.
 
 pub mod fleet;
+pub mod gitserver;
 pub mod helm;
 pub mod process;
 pub mod repo;

@@ -3,20 +3,31 @@
 //!
 //! A render is keyed by (repository, commit, path, directory options) and
 //! shared by every application and cluster that uses it.
+//!
+//! Nothing waits for an unrelated repository. Fetches run on a bounded pool
+//! with a deadline each, one in flight per repository ([`fetcher`]); the
+//! loop starts the fetches that are due without waiting for them, and is
+//! woken when one brings something new. Every application is rendered by
+//! its own task (one at a time per application, at most
+//! `render_concurrency` renders at once), which waits only for its own
+//! sources and hands its bundle to the fleet as soon as it is ready
+//! (bundles that are ready together are handed over together).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Notify;
+use flotilla_proto::v1 as pb;
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
 use tracing::Instrument as _;
 
 use crate::fleet::{Fleet, build_bundle};
 use crate::model::{self, Application};
-use crate::source::{GitCache, SourceFile};
-use crate::store::{AppRecord, RepoRecord, Store, StoreError};
+use crate::source::{FetchAuth, FetchLimits, GitCache, SourceFile};
+use crate::store::{AppRecord, ClusterRecord, RepoRecord, Store, StoreError};
 
 mod charts;
+mod fetcher;
 mod sources;
 
 pub use sources::{REVISION_SEPARATOR, source_label, split_revisions};
@@ -50,17 +61,78 @@ impl RepoKind {
 /// Default poll interval of a repository.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(15);
 
+/// Default number of fetches running at once.
+pub const DEFAULT_FETCH_CONCURRENCY: usize = 4;
+
+/// How much Git and render work runs at once, and for how long.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GitLimits {
+    /// Longest one fetch (Git or Helm index) may take.
+    pub fetch_timeout: Duration,
+    /// Fetches running at once.
+    pub fetch_concurrency: usize,
+    /// Renders running at once.
+    pub render_concurrency: usize,
+}
+
+impl Default for GitLimits {
+    fn default() -> Self {
+        Self {
+            fetch_timeout: crate::source::DEFAULT_FETCH_TIMEOUT,
+            fetch_concurrency: DEFAULT_FETCH_CONCURRENCY,
+            render_concurrency: default_render_concurrency(),
+        }
+    }
+}
+
+/// Default number of renders at once: the CPUs the hub may use (renders
+/// are CPU work), at least 2.
+pub fn default_render_concurrency() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().max(2))
+}
+
 /// (repository, commit, path, parameters): see [`crate::render::RenderRequest`].
 type RenderKey = crate::render::RenderRequest;
 
 type Rendered = Arc<Result<Vec<String>, String>>;
 
-#[derive(Clone, Debug)]
-struct Known {
-    commit: Result<String, String>,
-    /// The pass that fetched it ([`GitSync::pass`]).
-    pass: u64,
-    next_due: Instant,
+/// A render shared by every application that asks for the same key at the
+/// same time.
+type RenderCell = Arc<tokio::sync::OnceCell<Rendered>>;
+
+/// An application's revision and objects, or what went wrong: the error
+/// and the revision it is about (empty when unknown).
+type Outcome = Result<(String, Vec<String>), (String, String)>;
+
+/// What a pass read once for every application it renders.
+#[derive(Debug, Default)]
+struct PassInputs {
+    clusters: Vec<ClusterRecord>,
+    /// A source that is also a registered repository keeps that
+    /// repository's poll interval.
+    intervals: HashMap<(String, String), Duration>,
+}
+
+/// The render task of one application.
+struct AppSlot {
+    /// Renders asked for; the task renders until it has done the last one.
+    requested: u64,
+    running: bool,
+    force: bool,
+    inputs: Option<Arc<PassInputs>>,
+    /// The span of the last request (a pass, `app sync`): the render's
+    /// trace continues it.
+    parent: tracing::Span,
+    /// The last request a finished render started after.
+    done: watch::Sender<u64>,
+}
+
+/// A bundle handed to the fleet, and who waits for it to be there.
+struct Publish {
+    bundle: pb::AppBundle,
+    /// The render's span: the desired state it leads to continues its trace.
+    span: tracing::Span,
+    done: oneshot::Sender<Result<(), String>>,
 }
 
 /// The Git loop and its caches.
@@ -69,15 +141,28 @@ pub struct GitSync {
     fleet: Arc<Fleet>,
     cache: GitCache,
     kick: Notify,
-    /// Wakes the loop without forcing every fetch (webhooks, app refresh).
-    wake: Notify,
+    /// Wakes the loop without forcing every fetch (webhooks, app refresh,
+    /// a fetch that brought something new).
+    wake: Arc<Notify>,
+    /// Makes the loop plan its sleep again (a fetch ended without news).
+    replan: Arc<Notify>,
     default_interval: Duration,
-    /// (url, revision) → last fetch result and when to fetch again.
-    known: Mutex<HashMap<(String, String), Known>>,
+    fetcher: Arc<fetcher::Fetcher>,
     /// url → commit whose Applications are loaded (this process).
     loaded: Mutex<HashMap<String, String>>,
-    renders: Mutex<HashMap<RenderKey, Rendered>>,
-    /// One poll at a time.
+    renders: Mutex<HashMap<RenderKey, RenderCell>>,
+    render_slots: RwLock<Arc<Semaphore>>,
+    /// application → the render keys its last render used.
+    used_by: Mutex<HashMap<String, HashSet<RenderKey>>>,
+    apps: Mutex<HashMap<String, AppSlot>>,
+    /// Application-of-applications and history bookkeeping after a render,
+    /// one application at a time (as when renders ran in one loop).
+    post: Mutex<()>,
+    publisher: Mutex<Option<mpsc::UnboundedSender<Publish>>>,
+    /// Render tasks, fetches started by the loop and the publisher: aborted
+    /// when the loop stops.
+    tasks: Mutex<tokio::task::JoinSet<()>>,
+    /// One pass at a time.
     polling: tokio::sync::Mutex<()>,
     /// Number of the current (or last) pass: a forced pass fetches each
     /// repository once, however many applications use it.
@@ -94,10 +179,6 @@ impl std::fmt::Debug for GitSync {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GitSync").finish_non_exhaustive()
     }
-}
-
-fn jittered(d: Duration) -> Duration {
-    d.mul_f64(rand::random_range(0.85..1.15))
 }
 
 fn revision_or_head(r: &str) -> String {
@@ -122,6 +203,28 @@ fn is_manifest_file(path: &str) -> bool {
     p.ends_with(".yaml") || p.ends_with(".yml") || p.ends_with(".json")
 }
 
+/// The repository a fetch of `key` writes to: one fetch at a time each.
+fn flight_of(key: &(String, String)) -> String {
+    if key.1 == charts::INDEX_REVISION {
+        format!("helm index of {}", key.0)
+    } else {
+        key.0.clone()
+    }
+}
+
+/// Aborts the loop's tasks when the loop stops.
+struct StopTasks<'a>(&'a GitSync);
+
+impl Drop for StopTasks<'_> {
+    fn drop(&mut self) {
+        self.0
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .abort_all();
+    }
+}
+
 impl GitSync {
     /// Creates the loop; mirrors live under `cache_dir`.
     pub fn new(
@@ -130,24 +233,52 @@ impl GitSync {
         cache_dir: std::path::PathBuf,
         default_interval: Duration,
     ) -> Arc<Self> {
+        let limits = GitLimits::default();
+        let wake = Arc::new(Notify::new());
+        let replan = Arc::new(Notify::new());
+        let cache = GitCache::new(cache_dir.clone());
+        cache.set_fetch_timeout(limits.fetch_timeout);
         Arc::new(Self {
             store,
             fleet,
             helm_repos: Arc::new(crate::helmrepo::HelmRepos::new(
                 cache_dir.join("helm-charts"),
             )),
-            cache: GitCache::new(cache_dir),
+            cache,
             kick: Notify::new(),
-            wake: Notify::new(),
+            fetcher: fetcher::Fetcher::new(
+                limits.fetch_concurrency,
+                limits.fetch_timeout,
+                wake.clone(),
+                replan.clone(),
+            ),
+            wake,
+            replan,
             default_interval,
-            known: Mutex::default(),
             loaded: Mutex::default(),
             renders: Mutex::default(),
+            render_slots: RwLock::new(Arc::new(Semaphore::new(limits.render_concurrency))),
+            used_by: Mutex::default(),
+            apps: Mutex::default(),
+            post: Mutex::default(),
+            publisher: Mutex::default(),
+            tasks: Mutex::default(),
             polling: tokio::sync::Mutex::new(()),
             pass: std::sync::atomic::AtomicU64::new(0),
             appsets: std::sync::OnceLock::new(),
             tools: Mutex::default(),
         })
+    }
+
+    /// Sets the fetch pool, the fetch timeout (also of the ApplicationSet
+    /// controller's fetches) and the render pool. Call before the loop
+    /// runs.
+    pub fn set_limits(&self, limits: GitLimits) {
+        self.fetcher
+            .set_limits(limits.fetch_concurrency, limits.fetch_timeout);
+        self.cache.set_fetch_timeout(limits.fetch_timeout);
+        *self.render_slots.write().unwrap_or_else(|p| p.into_inner()) =
+            Arc::new(Semaphore::new(limits.render_concurrency.max(1)));
     }
 
     /// Sets how ssh remotes are reached (known hosts, key scratch
@@ -168,6 +299,12 @@ impl GitSync {
     /// Hooks the ApplicationSet controller into every pass (once).
     pub fn set_appsets(&self, appsets: Arc<crate::appset::lifecycle::AppSets>) {
         let _ = self.appsets.set(appsets);
+    }
+
+    /// Fetches running now, including timed-out ones whose thread has not
+    /// ended yet.
+    pub fn fetches_in_flight(&self) -> usize {
+        self.fetcher.in_flight()
     }
 
     /// Registers (or updates) a repository and triggers a poll.
@@ -207,22 +344,35 @@ impl GitSync {
         Ok(rec)
     }
 
+    fn current_pass(&self) -> u64 {
+        self.pass.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Fetches `url` and resolves `revision` (branch, tag, commit, HEAD)
-    /// to a commit, now.
+    /// to a commit, now: a fetch of the repository already running is
+    /// waited for, then a new one made (bounded by the fetch timeout).
     ///
     /// # Errors
-    /// The repository cannot be reached or the revision does not exist.
+    /// The repository cannot be reached, the revision does not exist, or
+    /// the fetch timed out.
     pub async fn resolve(&self, url: &str, revision: &str) -> Result<String, String> {
-        let revision = revision_or_head(revision);
+        let key = (url.to_owned(), revision_or_head(revision));
         // A user asking now means now: not a fetch shared a moment ago.
-        self.known
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&(url.to_owned(), revision.clone()));
+        self.fetcher.forget(&key);
         // The next poll of this (url, revision) is due after the
         // repository's own interval, as after any other fetch of it.
-        let interval = self.interval_of(url, &revision);
-        let commit = self.fetch(url, &revision, interval, true).await;
+        let interval = self.interval_of(url, &key.1);
+        let commit = self
+            .fetcher
+            .flight(
+                key.clone(),
+                flight_of(&key),
+                interval,
+                self.current_pass(),
+                true,
+                || self.git_job(&key),
+            )
+            .await;
         // The loop may have planned its sleep while the entry was missing
         // (then it sleeps the default interval): let it plan again.
         self.wake.notify_one();
@@ -250,10 +400,7 @@ impl GitSync {
     /// Fetches these repository URLs on the next pass, now (a webhook
     /// push): their remembered fetch results are dropped and the loop woken.
     pub fn refresh_urls(&self, urls: &[String]) {
-        self.known
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|(url, _), _| !urls.contains(url));
+        self.fetcher.forget_urls(urls);
         self.wake.notify_one();
     }
 
@@ -276,28 +423,30 @@ impl GitSync {
         self.refresh_urls(&urls);
     }
 
-    /// Runs the loop until the task is dropped.
+    /// Runs the loop until the task is dropped; the render tasks and
+    /// fetches it started are aborted then (a fetch thread already running
+    /// ends at its deadline).
     pub async fn run(self: Arc<Self>) {
+        let _stop = StopTasks(&self);
         let mut force = true;
         loop {
-            self.poll(force).await;
-            let wait = self.next_wait();
-            tokio::select! {
-                () = tokio::time::sleep(wait) => force = false,
-                () = self.kick.notified() => force = true,
-                () = self.wake.notified() => force = false,
-            }
+            self.pass(force, false).await;
+            force = loop {
+                let wait = self.next_wait();
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => break false,
+                    () = self.kick.notified() => break true,
+                    () = self.wake.notified() => break false,
+                    // A fetch ended: its next poll counts from now on.
+                    () = self.replan.notified() => {}
+                }
+            };
         }
     }
 
     fn next_wait(&self) -> Duration {
-        let now = Instant::now();
-        self.known
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .map(|k| k.next_due.saturating_duration_since(now))
-            .min()
+        self.fetcher
+            .next_due_in(flight_of)
             .unwrap_or(self.default_interval)
             .clamp(
                 Duration::from_millis(500),
@@ -305,34 +454,20 @@ impl GitSync {
             )
     }
 
-    /// The remembered result of fetching `key` when it need not be fetched
-    /// again: fetched in this pass (a forced pass still fetches each
-    /// repository once), or, unless `force`, not due yet. A later pass
-    /// fetches again however soon it comes: a refresh right after a push
-    /// must see the push.
-    fn remembered(&self, key: &(String, String), force: bool) -> Option<Result<String, String>> {
-        let pass = self.pass.load(std::sync::atomic::Ordering::SeqCst);
-        let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
-        known
-            .get(key)
-            .filter(|k| k.pass == pass || (!force && Instant::now() < k.next_due))
-            .map(|k| k.commit.clone())
+    /// The work of fetching `key` with the credentials stored for it.
+    fn git_job(&self, key: &(String, String)) -> fetcher::Job {
+        let cache = self.cache.clone();
+        let store = self.store.clone();
+        let (url, revision) = key.clone();
+        Box::new(move |limits: &FetchLimits| {
+            fetch_with_stored_credentials_within(&cache, &store, &url, &revision, limits)
+                .map_err(|e| e.to_string())
+        })
     }
 
-    /// Remembers the result of fetching `key` in this pass; due again after
-    /// `interval` (jittered).
-    fn remember(&self, key: (String, String), commit: Result<String, String>, interval: Duration) {
-        let pass = self.pass.load(std::sync::atomic::Ordering::SeqCst);
-        self.known.lock().unwrap_or_else(|p| p.into_inner()).insert(
-            key,
-            Known {
-                commit,
-                pass,
-                next_due: Instant::now() + jittered(interval),
-            },
-        );
-    }
-
+    /// The commit of (url, revision): remembered when not due (and, when
+    /// `force`, fetched in this pass), else fetched, joining a fetch of the
+    /// repository in flight.
     async fn fetch(
         &self,
         url: &str,
@@ -341,96 +476,97 @@ impl GitSync {
         force: bool,
     ) -> Result<String, String> {
         let key = (url.to_owned(), revision.to_owned());
-        let fetch_started = Instant::now();
-        if let Some(commit) = self.remembered(&key, force) {
-            return commit;
-        }
-        let cache = self.cache.clone();
-        let store = self.store.clone();
-        let (u, r) = key.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            fetch_with_stored_credentials(&cache, &store, &u, &r)
-        })
-        .await
-        .map_err(|e| format!("fetch task failed: {e}"))
-        .and_then(|r| r.map_err(|e| e.to_string()));
-        match &result {
-            Ok(commit) => tracing::debug!(url = %redact(url), revision, commit, "fetched"),
-            Err(e) => tracing::warn!(url = %redact(url), revision, error = %e, "fetch failed"),
-        }
-        self.remember(key, result.clone(), interval);
-        crate::metrics::metrics().git_fetch(url, fetch_started.elapsed(), result.is_ok());
-        result
+        self.fetcher
+            .fetch(
+                key.clone(),
+                flight_of(&key),
+                interval,
+                force,
+                self.current_pass(),
+                || self.git_job(&key),
+            )
+            .instrument(tracing::info_span!("git.fetch", repo = %redact(url), revision = %revision))
+            .await
     }
 
-    /// One pass: fetch what is due (everything when `force`), reload
-    /// Applications from repositories that moved, re-render what changed.
-    pub async fn poll(&self, force: bool) {
+    fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        // Reap the finished ones.
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(task);
+    }
+
+    /// One pass, waiting for everything it starts: the fetches of
+    /// registered repositories that are due (all of them when `force`),
+    /// loading Applications from repositories that moved, the
+    /// ApplicationSets, and rendering every application (each fetching its
+    /// own sources when due). Every fetch is bounded by the fetch timeout.
+    pub async fn poll(self: &Arc<Self>, force: bool) {
+        self.pass(force, true).await;
+    }
+
+    /// Renders one application now (its sources fetched when due, or
+    /// fetched already by [`GitSync::resolve_app`]) and hands its bundle to
+    /// the fleet; waits for that, and for nothing else.
+    pub async fn render_app(self: &Arc<Self>, name: &str) {
+        let (mut done, ticket) = self.request_render(name, false, None);
+        let _ = done.wait_for(|d| *d >= ticket).await;
+    }
+
+    async fn pass(self: &Arc<Self>, force: bool, wait: bool) {
         let _one = self.polling.lock().await;
-        self.pass.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let span = tracing::info_span!("git.pass", force);
-        if let Err(e) = self.poll_inner(force).instrument(span).await {
+        let pass = self.pass.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        let span = tracing::info_span!("git.pass", force, pass);
+        if let Err(e) = self.pass_inner(force, wait).instrument(span).await {
             tracing::error!(error = %e, "git poll failed");
         }
     }
 
-    async fn poll_inner(&self, force: bool) -> Result<(), StoreError> {
-        let mut changed_apps = false;
+    async fn pass_inner(self: &Arc<Self>, force: bool, wait: bool) -> Result<(), StoreError> {
         let helm_urls = self.helm_repository_urls()?;
-        for repo in self.store.repos()? {
+        let repos = self.store.repos()?;
+        let mut git_repos = Vec::new();
+        let mut fetches: Vec<futures::future::BoxFuture<'static, ()>> = Vec::new();
+        for repo in &repos {
+            let interval = Duration::from_secs(repo.poll_interval_secs.max(1) as u64);
             if repo.kind == HELM_KIND {
-                self.poll_helm_repository(&repo, force).await?;
+                let key = (repo.url.clone(), charts::INDEX_REVISION.to_owned());
+                if wait || force || self.fetcher.due(&key, &flight_of(&key)) {
+                    let (this, repo) = (self.clone(), repo.clone());
+                    fetches.push(Box::pin(async move {
+                        if let Err(e) = this.poll_helm_repository(&repo, force).await {
+                            tracing::error!(error = %e, "helm repository poll failed");
+                        }
+                    }));
+                }
                 continue;
             }
             if repo.apps_path.is_empty() && helm_urls.contains(&repo.url) {
-                self.skip_helm_repository(&repo)?;
+                self.skip_helm_repository(repo)?;
                 continue;
             }
-            let interval = Duration::from_secs(repo.poll_interval_secs.max(1) as u64);
-            let revision = revision_or_head(&repo.revision);
-            let fetched = self
-                .fetch(&repo.url, &revision, interval, force)
-                .instrument(tracing::info_span!("git.fetch", repo = %redact(&repo.url), revision = %revision))
-                .await;
-            let mut rec = self.store.repo(&repo.url)?.unwrap_or(repo.clone());
-            match fetched {
-                Ok(commit) => {
-                    let loaded = self
-                        .loaded
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .get(&repo.url)
-                        .cloned();
-                    if !rec.apps_path.is_empty() && loaded.as_deref() != Some(commit.as_str()) {
-                        let errors = self.load_applications(&rec, &commit).await?;
-                        changed_apps = true;
-                        rec.last_error = errors.join("; ");
-                        self.loaded
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .insert(repo.url.clone(), commit.clone());
-                    } else if rec.apps_path.is_empty() {
-                        rec.last_error.clear();
-                    }
-                    if rec.last_commit != commit {
-                        tracing::info!(url = %redact(&repo.url), commit = %commit, "repository at new commit");
-                    }
-                    rec.last_commit = commit;
-                }
-                Err(e) => {
-                    // Loaded again once the fetch works, which also replaces
-                    // this error (a recovery at the same commit would keep it).
-                    self.loaded
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&repo.url);
-                    rec.last_error = e;
-                }
+            let key = (repo.url.clone(), revision_or_head(&repo.revision));
+            if wait || force || self.fetcher.due(&key, &flight_of(&key)) {
+                let this = self.clone();
+                let key = key.clone();
+                fetches.push(Box::pin(async move {
+                    let _ = this.fetch(&key.0, &key.1, interval, force).await;
+                }));
             }
-            rec.last_fetch_ms = crate::api::now_ms();
-            if Some(&rec) != self.store.repo(&repo.url)?.as_ref() {
-                self.store.put_repo(&rec)?;
+            git_repos.push((repo.clone(), key));
+        }
+        if wait {
+            futures::future::join_all(fetches).await;
+        } else {
+            // Their results wake the loop when they bring something new.
+            for f in fetches {
+                self.spawn(f.in_current_span());
             }
+        }
+
+        let mut changed_apps = false;
+        for (repo, key) in git_repos {
+            changed_apps |= self.take_fetch_result(&repo, &key).await?;
         }
         if let Some(appsets) = self.appsets.get() {
             changed_apps |= appsets.reconcile_all(&self.cache, force).await?;
@@ -438,9 +574,168 @@ impl GitSync {
         if changed_apps {
             self.fleet.recompute()?;
         }
-        self.render_all(force).await?;
+
+        let inputs = Arc::new(PassInputs {
+            clusters: self.store.clusters()?,
+            intervals: repos
+                .iter()
+                .map(|r| {
+                    let interval = Duration::from_secs(r.poll_interval_secs.max(1) as u64);
+                    ((r.url.clone(), revision_or_head(&r.revision)), interval)
+                })
+                .collect(),
+        });
+        let apps = self.store.apps()?;
+        let waits: Vec<_> = apps
+            .iter()
+            .map(|rec| self.request_render(&rec.app.metadata.name, force, Some(inputs.clone())))
+            .collect();
+        self.forget_renders_of_others(&apps);
+        if wait {
+            for (mut done, ticket) in waits {
+                let _ = done.wait_for(|d| *d >= ticket).await;
+            }
+        }
         self.store.flush_async().await?;
         Ok(())
+    }
+
+    /// Records the last fetch of a registered repository on its record and
+    /// loads its Applications when it moved. Returns whether applications
+    /// changed.
+    async fn take_fetch_result(
+        &self,
+        repo: &RepoRecord,
+        key: &(String, String),
+    ) -> Result<bool, StoreError> {
+        let Some(known) = self.fetcher.last(key) else {
+            // Never fetched yet (its first fetch is running).
+            return Ok(false);
+        };
+        let mut changed_apps = false;
+        let mut rec = self.store.repo(&repo.url)?.unwrap_or(repo.clone());
+        match known.commit {
+            Ok(commit) => {
+                let loaded = self
+                    .loaded
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&repo.url)
+                    .cloned();
+                if !rec.apps_path.is_empty() && loaded.as_deref() != Some(commit.as_str()) {
+                    let errors = self.load_applications(&rec, &commit).await?;
+                    changed_apps = true;
+                    rec.last_error = errors.join("; ");
+                    self.loaded
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(repo.url.clone(), commit.clone());
+                } else if rec.apps_path.is_empty() {
+                    rec.last_error.clear();
+                }
+                if rec.last_commit != commit {
+                    tracing::info!(url = %redact(&repo.url), commit = %commit, "repository at new commit");
+                }
+                rec.last_commit = commit;
+            }
+            Err(e) => {
+                // Loaded again once the fetch works, which also replaces
+                // this error (a recovery at the same commit would keep it).
+                self.loaded
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&repo.url);
+                rec.last_error = e;
+            }
+        }
+        rec.last_fetch_ms = known.fetched_ms;
+        if Some(&rec) != self.store.repo(&repo.url)?.as_ref() {
+            self.store.put_repo(&rec)?;
+        }
+        Ok(changed_apps)
+    }
+
+    /// Asks the render task of `name` for a render that starts after this
+    /// call (starting the task when idle). Returns what to wait on: the
+    /// render is done once the receiver holds at least the ticket.
+    fn request_render(
+        self: &Arc<Self>,
+        name: &str,
+        force: bool,
+        inputs: Option<Arc<PassInputs>>,
+    ) -> (watch::Receiver<u64>, u64) {
+        let mut apps = self.apps.lock().unwrap_or_else(|p| p.into_inner());
+        let slot = apps.entry(name.to_owned()).or_insert_with(|| AppSlot {
+            requested: 0,
+            running: false,
+            force: false,
+            inputs: None,
+            parent: tracing::Span::none(),
+            done: watch::channel(0).0,
+        });
+        slot.requested += 1;
+        slot.parent = tracing::Span::current();
+        slot.force |= force;
+        if inputs.is_some() {
+            slot.inputs = inputs;
+        }
+        let ticket = slot.requested;
+        let done = slot.done.subscribe();
+        if !slot.running {
+            slot.running = true;
+            let (this, name) = (self.clone(), name.to_owned());
+            drop(apps);
+            self.spawn(async move { this.render_task(name).await });
+        }
+        (done, ticket)
+    }
+
+    /// Renders `name` until every render asked for is done.
+    async fn render_task(self: Arc<Self>, name: String) {
+        loop {
+            let (ticket, force, inputs, parent) = {
+                let mut apps = self.apps.lock().unwrap_or_else(|p| p.into_inner());
+                let Some(slot) = apps.get_mut(&name) else {
+                    return;
+                };
+                (
+                    slot.requested,
+                    std::mem::take(&mut slot.force),
+                    slot.inputs.clone(),
+                    slot.parent.clone(),
+                )
+            };
+            let span = tracing::info_span!(parent: &parent, "git.render_app", app = %name);
+            if let Err(e) = self.render_one(&name, force, inputs).instrument(span).await {
+                tracing::error!(app = %name, error = %e, "rendering the application failed");
+            }
+            let mut apps = self.apps.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(slot) = apps.get_mut(&name) else {
+                return;
+            };
+            slot.done.send_replace(ticket);
+            if slot.requested == ticket {
+                slot.running = false;
+                return;
+            }
+        }
+    }
+
+    /// Drops the render tasks, used render keys and cached renders of
+    /// applications that are gone, and cached renders no application uses.
+    fn forget_renders_of_others(&self, apps: &[AppRecord]) {
+        let names: HashSet<&str> = apps.iter().map(|a| a.app.metadata.name.as_str()).collect();
+        self.apps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|name, slot| slot.running || names.contains(name.as_str()));
+        let mut used_by = self.used_by.lock().unwrap_or_else(|p| p.into_inner());
+        used_by.retain(|name, _| names.contains(name.as_str()));
+        let used: HashSet<&RenderKey> = used_by.values().flatten().collect();
+        self.renders
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|k, cell| used.contains(k) || !cell.initialized());
     }
 
     /// Reads `apps_path` of `repo` at `commit` and reconciles the stored
@@ -491,133 +786,262 @@ impl GitSync {
         Ok(plan.errors.into_iter().chain(from_sets).collect())
     }
 
+    /// The render of `key`: cached, or shared with a render of the same
+    /// key running now, or made now on the render pool.
     async fn render(&self, key: &RenderKey) -> Rendered {
-        if let Some(r) = self
-            .renders
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(key)
-        {
-            return r.clone();
-        }
-        let cache = self.cache.clone();
-        let k = key.clone();
-        let tools = self.render_tools();
-        let render_started = Instant::now();
-        let span = tracing::info_span!("render", repo = %redact(&key.url), commit = %key.commit, path = %key.path);
-        let result =
-            tokio::task::spawn_blocking(move || crate::render::render_source(&cache, &tools, &k))
-                .instrument(span)
-                .await
-                .unwrap_or_else(|e| Err(format!("render task failed: {e}")));
-        crate::metrics::metrics().render(render_started.elapsed());
-        let rendered = Arc::new(result);
+        let cell = self.render_cell(key);
+        cell.get_or_init(|| async {
+            let slots = self.render_slots();
+            let _slot = slots.acquire_owned().await;
+            let cache = self.cache.clone();
+            let k = key.clone();
+            let tools = self.render_tools();
+            let render_started = Instant::now();
+            let span = tracing::info_span!("render", repo = %redact(&key.url), commit = %key.commit, path = %key.path);
+            let result = tokio::task::spawn_blocking(move || {
+                crate::render::render_source(&cache, &tools, &k)
+            })
+            .instrument(span)
+            .await
+            .unwrap_or_else(|e| Err(format!("render task failed: {e}")));
+            crate::metrics::metrics().render(render_started.elapsed());
+            Arc::new(result)
+        })
+        .await
+        .clone()
+    }
+
+    fn render_cell(&self, key: &RenderKey) -> RenderCell {
         self.renders
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(key.clone(), rendered.clone());
-        rendered
+            .entry(key.clone())
+            .or_default()
+            .clone()
     }
 
-    async fn render_all(&self, force: bool) -> Result<(), StoreError> {
+    fn render_slots(&self) -> Arc<Semaphore> {
+        self.render_slots
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Renders the application `name` as it is in the store now and hands
+    /// the result to the fleet.
+    async fn render_one(
+        self: &Arc<Self>,
+        name: &str,
+        force: bool,
+        inputs: Option<Arc<PassInputs>>,
+    ) -> Result<(), StoreError> {
+        let Some(rec) = self.store.app(name)? else {
+            return Ok(());
+        };
+        let inputs = match inputs {
+            Some(i) => i,
+            None => Arc::new(PassInputs {
+                clusters: self.store.clusters()?,
+                intervals: self
+                    .store
+                    .repos()?
+                    .into_iter()
+                    .map(|r| {
+                        let interval = Duration::from_secs(r.poll_interval_secs.max(1) as u64);
+                        ((r.url, revision_or_head(&r.revision)), interval)
+                    })
+                    .collect(),
+            }),
+        };
+        let app = &rec.app;
         let mut used = HashSet::new();
-        let mut bundles = Vec::new();
-        // A source that is also a registered repository keeps that
-        // repository's poll interval.
-        let intervals: HashMap<(String, String), Duration> = self
-            .store
-            .repos()?
-            .into_iter()
-            .map(|r| {
-                let interval = Duration::from_secs(r.poll_interval_secs.max(1) as u64);
-                ((r.url, revision_or_head(&r.revision)), interval)
-            })
-            .collect();
-        let apps = self.store.apps()?;
-        let clusters = self.store.clusters()?;
-        for rec in apps {
-            let app = &rec.app;
-            if app.spec.has_multiple_sources() {
-                self.render_sources_app(app, &intervals, force, &clusters, &mut used, &mut bundles)
-                    .await?;
-                continue;
-            }
+        let outcome = if app.spec.has_multiple_sources() {
+            self.sources_manifests(app, &inputs.intervals, force, &mut used)
+                .await?
+                .map_err(|e| (String::new(), e))
+        } else if !app.spec.source.chart.is_empty() {
             let src = &app.spec.source;
-            let name = app.metadata.name.clone();
             let key = (src.repo_url.clone(), revision_or_head(&src.target_revision));
-            let interval = intervals
+            let interval = inputs
+                .intervals
                 .get(&key)
                 .copied()
                 .unwrap_or(self.default_interval);
-            if !src.chart.is_empty() {
-                self.render_chart_app(app, interval, force, &clusters, &mut used, &mut bundles)
-                    .await?;
-                continue;
-            }
-            let commit = self.fetch(&key.0, &key.1, interval, force).await;
-            let commit = match commit {
-                Ok(c) => c,
-                Err(e) => {
-                    // Keep the last good bundle; only a first render becomes
-                    // an error the agent reports.
-                    if self.fleet.bundle(&name).is_none() {
-                        bundles.push(build_bundle(app, "", Err(&e)));
-                    }
-                    self.set_app_result(&name, None, &e)?;
-                    continue;
-                }
-            };
-            let commit = crate::history::effective_commit(&self.store, app, commit)?;
-            let key = crate::render::request_for(app, &commit);
-            used.insert(key.clone());
-            let mut rendered = self.render(&key).await;
-            // A chart found by its Chart.yaml: Helm output depends on the
-            // release name and namespace, so the key must carry them.
-            if crate::render::needs_release(&rendered) {
-                let key = crate::render::with_release(key, app);
-                used.insert(key.clone());
-                rendered = self.render(&key).await;
-            }
-            let bundle = match rendered.as_ref() {
-                Ok(m) => build_bundle(app, &commit, Ok(m)),
-                Err(e) => {
-                    tracing::warn!(app = %name, error = %e, "render failed");
-                    // Keep the last good bundle, as for a failed fetch or
-                    // chart: the agents go on enforcing it (self-heal
-                    // included) while the app shows Unknown with the error.
-                    // Only a first render, or one that already failed,
-                    // carries the error to the agents.
-                    if let Some(last) = self
-                        .fleet
-                        .bundle(&name)
-                        .filter(|b| b.render_error.is_empty())
-                    {
-                        bundles.push((*last).clone());
-                        self.set_app_result(&name, None, e)?;
-                        continue;
-                    }
-                    build_bundle(app, &commit, Err(e))
-                }
-            };
-            let bundle = crate::appofapps::reconcile(
-                &self.store,
-                &self.fleet,
-                self.appsets.get().map(Arc::as_ref),
-                app,
-                bundle,
-            )?;
-            let error = bundle.render_error.clone();
-            crate::history::note_automated(&self.store, &self.fleet, app, &bundle, &clusters)?;
-            bundles.push(bundle);
-            self.set_app_result(&name, Some(&commit), &error)?;
-        }
-        // One recomputation of the fleet for the whole pass.
-        self.fleet.set_bundles(bundles)?;
-        self.renders
+            self.chart_manifests(app, interval, force, &mut used, Vec::new())
+                .await?
+                .map_err(|e| (String::new(), e))
+        } else {
+            self.single_manifests(app, &inputs.intervals, force, &mut used)
+                .await?
+        };
+        self.used_by
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .retain(|k, _| used.contains(k));
+            .insert(name.to_owned(), used);
+        self.conclude(app, outcome, &inputs.clusters).await
+    }
+
+    /// The commit and objects of a single-source Git application.
+    async fn single_manifests(
+        &self,
+        app: &Application,
+        intervals: &HashMap<(String, String), Duration>,
+        force: bool,
+        used: &mut HashSet<RenderKey>,
+    ) -> Result<Outcome, StoreError> {
+        let src = &app.spec.source;
+        let key = (src.repo_url.clone(), revision_or_head(&src.target_revision));
+        let interval = intervals
+            .get(&key)
+            .copied()
+            .unwrap_or(self.default_interval);
+        let commit = match self.fetch(&key.0, &key.1, interval, force).await {
+            Ok(c) => c,
+            Err(e) => return Ok(Err((String::new(), e))),
+        };
+        let commit = crate::history::effective_commit(&self.store, app, commit)?;
+        let key = crate::render::request_for(app, &commit);
+        used.insert(key.clone());
+        let mut rendered = self.render(&key).await;
+        // A chart found by its Chart.yaml: Helm output depends on the
+        // release name and namespace, so the key must carry them.
+        if crate::render::needs_release(&rendered) {
+            let key = crate::render::with_release(key, app);
+            used.insert(key.clone());
+            rendered = self.render(&key).await;
+        }
+        Ok(match rendered.as_ref() {
+            Ok(m) => Ok((commit, m.clone())),
+            Err(e) => Err((commit, e.clone())),
+        })
+    }
+
+    /// Records the outcome of rendering `app` and hands its bundle to the
+    /// fleet. A failure (fetch, chart or render) keeps the last good
+    /// bundle: the agents go on enforcing it (self-heal included) while
+    /// the application shows the error. Only a first render, or one that
+    /// already failed, carries the error to the agents.
+    async fn conclude(
+        self: &Arc<Self>,
+        app: &Application,
+        outcome: Outcome,
+        clusters: &[ClusterRecord],
+    ) -> Result<(), StoreError> {
+        let name = &app.metadata.name;
+        let bundle = {
+            let _one = self.post.lock().unwrap_or_else(|p| p.into_inner());
+            match outcome {
+                Ok((revision, manifests)) => {
+                    let bundle = build_bundle(app, &revision, Ok(&manifests));
+                    let bundle = crate::appofapps::reconcile(
+                        &self.store,
+                        &self.fleet,
+                        self.appsets.get().map(Arc::as_ref),
+                        app,
+                        bundle,
+                    )?;
+                    let error = bundle.render_error.clone();
+                    crate::history::note_automated(
+                        &self.store,
+                        &self.fleet,
+                        app,
+                        &bundle,
+                        clusters,
+                    )?;
+                    self.set_app_result(name, Some(&revision), &error)?;
+                    Some(bundle)
+                }
+                Err((revision, error)) => {
+                    tracing::warn!(app = %name, error = %error, "application not rendered");
+                    let keep = self
+                        .fleet
+                        .bundle(name)
+                        .is_some_and(|b| b.render_error.is_empty());
+                    self.set_app_result(name, None, &error)?;
+                    (!keep).then(|| build_bundle(app, &revision, Err(&error)))
+                }
+            }
+        };
+        if let Some(bundle) = bundle {
+            self.publish(bundle).await?;
+        }
         Ok(())
+    }
+
+    /// Hands `bundle` to the fleet with the bundles of other applications
+    /// that are ready at the same time (one recomputation for them all),
+    /// and waits until it is there.
+    async fn publish(self: &Arc<Self>, bundle: pb::AppBundle) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        let mut item = Publish {
+            bundle,
+            span: tracing::Span::current(),
+            done: tx,
+        };
+        loop {
+            let sender = {
+                let mut publisher = self.publisher.lock().unwrap_or_else(|p| p.into_inner());
+                match publisher.as_ref().filter(|s| !s.is_closed()) {
+                    Some(s) => s.clone(),
+                    None => {
+                        let (tx, rx) = mpsc::unbounded_channel();
+                        *publisher = Some(tx.clone());
+                        let this = self.clone();
+                        drop(publisher);
+                        self.spawn(async move { this.publish_loop(rx).await });
+                        tx
+                    }
+                }
+            };
+            match sender.send(item) {
+                Ok(()) => break,
+                // The publisher stopped meanwhile: start another.
+                Err(mpsc::error::SendError(back)) => item = back,
+            }
+        }
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(StoreError::Unavailable(e)),
+            Err(_) => Err(StoreError::Unavailable(
+                "the Git loop stopped before the bundle was handed over".to_owned(),
+            )),
+        }
+    }
+
+    async fn publish_loop(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Publish>) {
+        while let Some(first) = rx.recv().await {
+            let mut batch = vec![first];
+            while let Ok(more) = rx.try_recv() {
+                batch.push(more);
+            }
+            // One recomputation for the batch, in the first render's trace.
+            let span = batch[0].span.clone();
+            let (bundles, waiting): (Vec<_>, Vec<_>) =
+                batch.into_iter().map(|p| (p.bundle, p.done)).unzip();
+            // An application deleted while it was rendered gets no bundle.
+            let mut bundles = bundles;
+            let mut result = Ok(());
+            bundles.retain(|b| match self.store.app(&b.name) {
+                Ok(found) => found.is_some(),
+                Err(e) => {
+                    result = Err(e);
+                    false
+                }
+            });
+            if result.is_ok() {
+                result = span.in_scope(|| self.fleet.set_bundles(bundles));
+            }
+            if result.is_ok() {
+                result = self.store.flush_async().await;
+            }
+            let result = result.map_err(|e| e.to_string());
+            if let Err(e) = &result {
+                tracing::error!(error = %e, "handing rendered bundles to the fleet failed");
+            }
+            for w in waiting {
+                let _ = w.send(result.clone());
+            }
+        }
     }
 
     fn set_app_result(
@@ -640,17 +1064,33 @@ impl GitSync {
 }
 
 /// Fetches `url` and resolves `revision` with the credentials the hub
-/// stores for `url` (an ssh key, https user and password, or none). Used
-/// by the Git loop and by ApplicationSet git generators alike. Blocking.
+/// stores for `url` (an ssh key, https user and password, or none), within
+/// the cache's fetch timeout. Used by ApplicationSet git generators.
+/// Blocking.
 ///
 /// # Errors
-/// The repository cannot be reached, the credentials are refused, or the
-/// revision does not exist.
+/// The repository cannot be reached, the credentials are refused, the
+/// revision does not exist, or the fetch timed out.
 pub(crate) fn fetch_with_stored_credentials(
     cache: &GitCache,
     store: &Store,
     url: &str,
     revision: &str,
+) -> Result<String, crate::source::SourceError> {
+    let limits = FetchLimits::starting_now(cache.fetch_timeout());
+    fetch_with_stored_credentials_within(cache, store, url, revision, &limits)
+}
+
+/// [`fetch_with_stored_credentials`] within `limits`. Blocking.
+///
+/// # Errors
+/// As [`fetch_with_stored_credentials`].
+pub(crate) fn fetch_with_stored_credentials_within(
+    cache: &GitCache,
+    store: &Store,
+    url: &str,
+    revision: &str,
+    limits: &FetchLimits,
 ) -> Result<String, crate::source::SourceError> {
     match store.repo_credentials(url).ok().flatten() {
         Some(c) if !c.ssh_private_key.is_empty() => {
@@ -658,10 +1098,18 @@ pub(crate) fn fetch_with_stored_credentials(
                 private_key: c.ssh_private_key,
                 insecure_ignore_host_key: c.insecure_ignore_host_key,
             };
-            cache.fetch_with_ssh_key(url, revision, &key)
+            cache.fetch_bounded(url, revision, FetchAuth::SshKey(&key), limits)
         }
-        Some(c) => cache.fetch_with_credentials(url, revision, &c.username, &c.password),
-        None => cache.fetch(url, revision),
+        Some(c) => cache.fetch_bounded(
+            url,
+            revision,
+            FetchAuth::Password {
+                username: &c.username,
+                password: &c.password,
+            },
+            limits,
+        ),
+        None => cache.fetch_bounded(url, revision, FetchAuth::Anonymous, limits),
     }
 }
 

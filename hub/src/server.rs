@@ -72,6 +72,11 @@ pub struct HubConfig {
     /// digits), created on first start when missing. `None`:
     /// `DATA/credentials.key`.
     pub credentials_key_file: Option<PathBuf>,
+    /// Fetch pool, fetch timeout and render pool of the Git loop.
+    pub git_limits: crate::gitsync::GitLimits,
+    /// Longest a `HubApi` call may take before it is answered with
+    /// `DEADLINE_EXCEEDED`.
+    pub api_deadline: Duration,
 }
 
 impl HubConfig {
@@ -95,6 +100,8 @@ impl HubConfig {
             ssh_known_hosts: None,
             limits: crate::listener::ListenerLimits::default(),
             credentials_key_file: None,
+            git_limits: crate::gitsync::GitLimits::default(),
+            api_deadline: crate::api::deadline::DEFAULT_API_DEADLINE,
         }
     }
 }
@@ -271,6 +278,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
     );
     git.set_appsets(appsets.clone());
     git.set_render_tools(config.render_tools.clone());
+    git.set_limits(config.git_limits);
     if let Some(file) = &config.ssh_known_hosts
         && !file.is_file()
     {
@@ -377,8 +385,11 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
                 .max_decoding_message_size(MAX_AGENT_MESSAGE)
                 .max_encoding_message_size(usize::MAX),
         )
-        .add_service(pb::hub_api_server::HubApiServer::with_interceptor(
-            HubApiService::new(ctx.clone()),
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            tower::Layer::layer(
+                &crate::api::deadline::DeadlineLayer::new(config.api_deadline),
+                pb::hub_api_server::HubApiServer::new(HubApiService::new(ctx.clone())),
+            ),
             interceptor,
         ));
 

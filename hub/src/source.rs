@@ -4,7 +4,9 @@
 //! from `tokio::task::spawn_blocking`.
 
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use crate::model::DirectorySource;
 
@@ -13,6 +15,9 @@ use crate::model::DirectorySource;
 pub enum SourceError {
     #[error("repository {url}: {message}")]
     Fetch { url: String, message: String },
+    /// The fetch did not finish before its deadline ([`FetchLimits`]).
+    #[error("repository {url}: fetch timed out after {}", format_duration(*.after))]
+    TimedOut { url: String, after: Duration },
     #[error("repository {url}: revision {revision:?} not found: {message}")]
     Revision {
         url: String,
@@ -119,6 +124,68 @@ impl std::fmt::Debug for SshKey {
     }
 }
 
+/// Default longest time one fetch may take ([`GitCache::set_fetch_timeout`]).
+pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `90s`, `1.5s`, `250ms`: how timeouts are shown in errors.
+pub fn format_duration(d: Duration) -> String {
+    if d.subsec_millis() == 0 && d.as_secs() > 0 {
+        format!("{}s", d.as_secs())
+    } else if d.as_secs() == 0 {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
+    }
+}
+
+/// Bounds on one fetch.
+///
+/// Over HTTP(S), every request made for the fetch ends at the deadline at
+/// the latest, so a server that stalls or drips bytes cannot hold the
+/// fetch (nor the thread running it) beyond it. For every transport,
+/// receiving the pack stops once `interrupt` is set. A fetch that fails
+/// after its deadline (or interrupted) returns [`SourceError::TimedOut`].
+#[derive(Debug, Clone)]
+pub struct FetchLimits {
+    /// When the fetch is given up.
+    pub deadline: Instant,
+    /// The timeout the deadline was computed from, for the error.
+    pub timeout: Duration,
+    /// Set by the caller that stopped waiting, to stop the fetch.
+    pub interrupt: Arc<AtomicBool>,
+}
+
+impl FetchLimits {
+    /// A fetch starting now that may take `timeout`.
+    pub fn starting_now(timeout: Duration) -> Self {
+        Self {
+            deadline: Instant::now() + timeout,
+            timeout,
+            interrupt: Arc::default(),
+        }
+    }
+
+    /// Whether the fetch is past its deadline or was interrupted.
+    pub fn expired(&self) -> bool {
+        self.interrupt.load(std::sync::atomic::Ordering::Relaxed) || Instant::now() >= self.deadline
+    }
+}
+
+/// How a fetch authenticates ([`GitCache::fetch_bounded`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub enum FetchAuth<'a> {
+    /// No stored credentials (ssh remotes use the hub user's identities).
+    #[default]
+    Anonymous,
+    /// https user name and password or token.
+    Password {
+        username: &'a str,
+        password: &'a str,
+    },
+    /// An ssh key.
+    SshKey(&'a SshKey),
+}
+
 /// Local bare mirrors of Git repositories, one per URL, shared by every
 /// application that uses that URL.
 #[derive(Debug, Clone)]
@@ -126,6 +193,8 @@ pub struct GitCache {
     root: PathBuf,
     /// Shared by every clone, so settings given after start reach them all.
     ssh: Arc<RwLock<SshSettings>>,
+    /// Timeout of fetches made without explicit [`FetchLimits`].
+    fetch_timeout: Arc<RwLock<Duration>>,
 }
 
 impl GitCache {
@@ -141,6 +210,64 @@ impl GitCache {
         Self {
             root,
             ssh: Arc::new(RwLock::new(ssh)),
+            fetch_timeout: Arc::new(RwLock::new(DEFAULT_FETCH_TIMEOUT)),
+        }
+    }
+
+    /// Sets the timeout of fetches made without explicit limits
+    /// ([`GitCache::fetch`] and its variants), for this cache and its clones.
+    pub fn set_fetch_timeout(&self, timeout: Duration) {
+        *self
+            .fetch_timeout
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = timeout;
+    }
+
+    /// The timeout of fetches made without explicit limits.
+    pub fn fetch_timeout(&self) -> Duration {
+        *self.fetch_timeout.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn default_limits(&self) -> FetchLimits {
+        FetchLimits::starting_now(self.fetch_timeout())
+    }
+
+    /// Fetches `url` as [`GitCache::fetch`] does, authenticated as `auth`
+    /// says, within `limits`.
+    ///
+    /// # Errors
+    /// The repository cannot be reached, the credentials are refused, the
+    /// revision does not exist, or the deadline passed
+    /// ([`SourceError::TimedOut`]).
+    pub fn fetch_bounded(
+        &self,
+        url: &str,
+        revision: &str,
+        auth: FetchAuth<'_>,
+        limits: &FetchLimits,
+    ) -> Result<String, SourceError> {
+        match auth {
+            FetchAuth::SshKey(key) => imp::fetch_ssh(
+                &self.root,
+                url,
+                revision,
+                &self.ssh_settings(),
+                Some(key),
+                limits,
+            ),
+            FetchAuth::Anonymous if is_ssh_url(url) => imp::fetch_ssh(
+                &self.root,
+                url,
+                revision,
+                &self.ssh_settings(),
+                None,
+                limits,
+            ),
+            FetchAuth::Anonymous => imp::fetch_as(&self.root, url, url, revision, limits),
+            FetchAuth::Password { username, password } => {
+                let remote = with_credentials(url, username, password);
+                imp::fetch_as(&self.root, url, &remote, revision, limits)
+            }
         }
     }
 
@@ -169,10 +296,7 @@ impl GitCache {
     /// # Errors
     /// The repository cannot be reached or the revision does not exist.
     pub fn fetch(&self, url: &str, revision: &str) -> Result<String, SourceError> {
-        if is_ssh_url(url) {
-            return imp::fetch_ssh(&self.root, url, revision, &self.ssh_settings(), None);
-        }
-        imp::fetch(&self.root, url, revision)
+        self.fetch_bounded(url, revision, FetchAuth::Anonymous, &self.default_limits())
     }
 
     /// [`GitCache::fetch`] of an ssh URL with `key`. The key is written to
@@ -189,7 +313,12 @@ impl GitCache {
         revision: &str,
         key: &SshKey,
     ) -> Result<String, SourceError> {
-        imp::fetch_ssh(&self.root, url, revision, &self.ssh_settings(), Some(key))
+        self.fetch_bounded(
+            url,
+            revision,
+            FetchAuth::SshKey(key),
+            &self.default_limits(),
+        )
     }
 
     /// Reads the files below `path` at `commit` (fetched before). With
@@ -231,8 +360,12 @@ impl GitCache {
         username: &str,
         password: &str,
     ) -> Result<String, SourceError> {
-        let remote = with_credentials(url, username, password);
-        imp::fetch_as(&self.root, url, &remote, revision)
+        self.fetch_bounded(
+            url,
+            revision,
+            FetchAuth::Password { username, password },
+            &self.default_limits(),
+        )
     }
 
     /// Writes the whole tree of `commit` (fetched before) into `dest`, for

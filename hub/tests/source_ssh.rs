@@ -534,3 +534,56 @@ async fn private_repositories_over_ssh() {
     }
     drop(sshd);
 }
+
+/// An ssh server that accepts the session and then says nothing (here:
+/// the key is forced to run `sleep` instead of git-upload-pack) cannot
+/// hold a fetch past its deadline: ssh is ended, the fetch returns
+/// "timed out after", and the thread that ran it is free again.
+#[test]
+fn a_stalled_ssh_server_is_cut_at_the_deadline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = tmp.path().join("client");
+    keygen(&key);
+    let sshd_dir = tmp.path().join("sshd");
+    std::fs::create_dir_all(&sshd_dir).unwrap();
+    let sshd = Sshd::start(&sshd_dir, &key);
+    std::fs::write(
+        sshd_dir.join("authorized_keys"),
+        format!("command=\"sleep 600\",no-pty {}\n", public_key(&key)),
+    )
+    .unwrap();
+    let user = run(Command::new("id").arg("-un"));
+    let url = format!("ssh://{user}@127.0.0.1:{}/srv/never.git", sshd.port);
+    let cache = flotilla_hub::source::GitCache::new(tmp.path().join("cache"));
+    cache.set_ssh(flotilla_hub::source::SshSettings {
+        known_hosts: None,
+        scratch_dir: tmp.path().join("scratch"),
+    });
+    let ssh_key = flotilla_hub::source::SshKey {
+        private_key: std::fs::read_to_string(&key).unwrap(),
+        insecure_ignore_host_key: true,
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    let u = url.clone();
+    std::thread::spawn(move || {
+        let limits = flotilla_hub::source::FetchLimits::starting_now(Duration::from_secs(3));
+        let r = cache.fetch_bounded(
+            &u,
+            "main",
+            flotilla_hub::source::FetchAuth::SshKey(&ssh_key),
+            &limits,
+        );
+        let _ = tx.send(r);
+    });
+    let result = rx
+        .recv_timeout(Duration::from_secs(60))
+        .unwrap_or_else(|_| panic!("the fetch did not return; sshd log:\n{}", sshd.log()));
+    let err = result.expect_err("a stalled server cannot serve the fetch");
+    let text = err.to_string();
+    assert!(
+        matches!(err, flotilla_hub::source::SourceError::TimedOut { .. })
+            && text.contains("timed out after 3s")
+            && text.contains("127.0.0.1"),
+        "{text}"
+    );
+}

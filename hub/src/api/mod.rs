@@ -12,6 +12,7 @@ use crate::pki::Pki;
 use crate::store::{Store, StoreError, TokenRecord};
 
 pub mod agent_link;
+pub mod deadline;
 pub mod guard;
 pub mod hub_api;
 pub mod ops;

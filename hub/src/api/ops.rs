@@ -1,7 +1,8 @@
 //! `HubApi` sync, history and rollback.
 //!
-//! A sync renders the application (at its target revision, or at the
-//! revision asked for, which pins it) through the Git loop, then sends
+//! A sync fetches the application's own sources now and renders the
+//! application alone (at its target revision, or at the revision asked
+//! for, which pins it) through the Git loop, then sends
 //! `SyncNow` on the open stream of every targeted cluster: the agent
 //! applies the bundle it holds even when the application is not
 //! automated. The stream carries the new desired state before the command.
@@ -62,7 +63,9 @@ async fn render_and_sync(
     initiated_by: &str,
 ) -> Result<pb::SyncApplicationResponse, Status> {
     let name = &app.metadata.name;
-    ctx.git.poll(false).await;
+    // This application only: a slow repository of another one must not
+    // hold up its sync.
+    ctx.git.render_app(name).await;
     let bundle = ctx.fleet.bundle(name).ok_or_else(|| {
         let error = ctx
             .store

@@ -75,6 +75,22 @@ struct ServeArgs {
     /// Longest a kustomize or helm run may take.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     render_timeout: Duration,
+    /// Longest one Git fetch (or Helm index download) may take; a slower
+    /// one fails with "timed out after …" and only its own applications
+    /// wait for it.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    git_fetch_timeout: Duration,
+    /// Git fetches running at once.
+    #[arg(long, default_value_t = flotilla_hub::gitsync::DEFAULT_FETCH_CONCURRENCY)]
+    git_fetch_concurrency: usize,
+    /// Renders (directory, kustomize, helm, jsonnet) running at once
+    /// [default: the number of CPUs, at least 2].
+    #[arg(long)]
+    render_concurrency: Option<usize>,
+    /// Longest a user API call may take before it is answered with
+    /// DEADLINE_EXCEEDED.
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    api_deadline: Duration,
     /// Plain-HTTP address for Git push webhooks (POST /api/webhook);
     /// put it behind an ingress for TLS. Off when not given.
     #[arg(long, value_name = "ADDR")]
@@ -227,6 +243,15 @@ async fn main() -> Result<()> {
         stream_idle_timeout: args.stream_idle_timeout,
         ssh_known_hosts: args.ssh_known_hosts,
         credentials_key_file: args.credentials_key_file,
+        git_limits: flotilla_hub::gitsync::GitLimits {
+            fetch_timeout: args.git_fetch_timeout,
+            fetch_concurrency: args.git_fetch_concurrency.max(1),
+            render_concurrency: args
+                .render_concurrency
+                .unwrap_or_else(flotilla_hub::gitsync::default_render_concurrency)
+                .max(1),
+        },
+        api_deadline: args.api_deadline,
         limits: ListenerLimits {
             handshake_timeout: args.tls_handshake_timeout,
             idle_timeout: args.connection_idle_timeout,

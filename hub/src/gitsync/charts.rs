@@ -11,10 +11,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flotilla_proto::v1 as pb;
-
-use super::{GitSync, RenderKey, Rendered};
-use crate::fleet::build_bundle;
+use super::{GitSync, RenderKey, Rendered, flight_of};
 use crate::helmrepo::{self, ChartVersion, Index};
 use crate::model::Application;
 use crate::source::redact_url;
@@ -22,56 +19,9 @@ use crate::store::{RepoRecord, StoreError};
 
 /// The `known` revision under which a Helm repository's index fetch is
 /// tracked (never a Git revision: Git refs cannot hold a space).
-const INDEX_REVISION: &str = "helm index.yaml";
+pub(super) const INDEX_REVISION: &str = "helm index.yaml";
 
 impl GitSync {
-    /// Renders `app` (a chart source) into `bundles`, and records its
-    /// version or error.
-    pub(super) async fn render_chart_app(
-        &self,
-        app: &Application,
-        interval: Duration,
-        force: bool,
-        clusters: &[crate::store::ClusterRecord],
-        used: &mut HashSet<RenderKey>,
-        bundles: &mut Vec<pb::AppBundle>,
-    ) -> Result<(), StoreError> {
-        let name = &app.metadata.name;
-        match self
-            .chart_manifests(app, interval, force, used, Vec::new())
-            .await?
-        {
-            Ok((version, manifests)) => {
-                let bundle = build_bundle(app, &version, Ok(&manifests));
-                let bundle = crate::appofapps::reconcile(
-                    &self.store,
-                    &self.fleet,
-                    self.appsets.get().map(std::sync::Arc::as_ref),
-                    app,
-                    bundle,
-                )?;
-                let error = bundle.render_error.clone();
-                crate::history::note_automated(&self.store, &self.fleet, app, &bundle, clusters)?;
-                bundles.push(bundle);
-                self.set_app_result(name, Some(&version), &error)?;
-            }
-            Err(e) => {
-                tracing::warn!(app = %name, chart = %app.spec.source.chart, error = %e, "helm chart failed");
-                // Keep the last good bundle; only a first render (or one
-                // that already failed) carries the error to the agents.
-                if self
-                    .fleet
-                    .bundle(name)
-                    .is_none_or(|b| !b.render_error.is_empty())
-                {
-                    bundles.push(build_bundle(app, "", Err(&e)));
-                }
-                self.set_app_result(name, None, &e)?;
-            }
-        }
-        Ok(())
-    }
-
     /// The chart version and rendered objects of `app`, or the error for
     /// the application. `refs`: the `$ref` sources its value files name
     /// (multi-source applications).
@@ -85,7 +35,7 @@ impl GitSync {
     ) -> Result<Result<(String, Vec<String>), String>, StoreError> {
         let src = &app.spec.source;
         let url = src.repo_url.as_str();
-        let index = match self.chart_index(url, interval, force).await {
+        let index = match self.chart_index(url, interval, force, false).await {
             Ok(i) => i,
             Err(e) => return Ok(Err(e)),
         };
@@ -154,7 +104,7 @@ impl GitSync {
         force: bool,
     ) -> Result<(), StoreError> {
         let interval = Duration::from_secs(repo.poll_interval_secs.max(1) as u64);
-        let index = self.chart_index(&repo.url, interval, force).await;
+        let index = self.chart_index(&repo.url, interval, force, false).await;
         let mut rec = self.store.repo(&repo.url)?.unwrap_or_else(|| repo.clone());
         match index {
             Ok(_) => rec.last_error.clear(),
@@ -182,12 +132,8 @@ impl GitSync {
         if src.chart.is_empty() {
             return self.resolve(&src.repo_url, revision).await;
         }
-        self.known
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&(src.repo_url.clone(), INDEX_REVISION.to_owned()));
         let index = self
-            .chart_index(&src.repo_url, self.default_interval, true)
+            .chart_index(&src.repo_url, self.default_interval, true, true)
             .await?;
         helmrepo::select(&index, &src.repo_url, &src.chart, revision)
             .map(|v| v.version)
@@ -205,43 +151,51 @@ impl GitSync {
     }
 
     /// The index of the Helm repository `url`, fetched when due (as a Git
-    /// repository is fetched), else the one fetched last.
+    /// repository is fetched, in the same pool and with the same timeout),
+    /// else the one fetched last. With `now`, fetched now whatever was
+    /// fetched before (`app sync`).
     async fn chart_index(
         &self,
         url: &str,
         interval: Duration,
         force: bool,
+        now: bool,
     ) -> Result<Arc<Index>, String> {
         let key = (url.to_owned(), INDEX_REVISION.to_owned());
-        if let Some(fetched) = self.remembered(&key, force) {
+        let pass = self.current_pass();
+        if !now && let Some(fetched) = self.fetcher.remembered(&key, force, pass) {
             match (fetched, self.helm_repos.cached_index(url)) {
                 (Err(e), _) => return Err(e),
                 (Ok(_), Some(index)) => return Ok(index),
                 (Ok(_), None) => {}
             }
         }
+        if now {
+            self.fetcher.forget(&key);
+        }
         let credentials = self.helm_credentials(url);
         let repos = self.helm_repos.clone();
         let u = url.to_owned();
-        let result =
-            tokio::task::spawn_blocking(move || repos.fetch_index(&u, credentials.as_ref()))
-                .await
-                .map_err(|e| format!("index fetch task failed: {e}"))
-                .and_then(|r| r.map_err(|e| e.to_string()));
-        match &result {
-            Ok(index) => {
-                tracing::debug!(repo = %redact_url(url), charts = index.entries.len(), "helm index fetched");
-            }
-            Err(e) => {
-                tracing::warn!(repo = %redact_url(url), error = %e, "helm index fetch failed")
-            }
-        }
-        self.remember(
-            key,
-            result.as_ref().map(|_| String::new()).map_err(Clone::clone),
-            interval,
-        );
-        result
+        let job = move || -> super::fetcher::Job {
+            Box::new(move |_limits| {
+                repos
+                    .fetch_index(&u, credentials.as_ref())
+                    .map(|index| {
+                        tracing::debug!(repo = %redact_url(&u), charts = index.entries.len(), "helm index fetched");
+                        String::new()
+                    })
+                    .map_err(|e| e.to_string())
+            })
+        };
+        self.fetcher
+            .flight(key.clone(), flight_of(&key), interval, pass, now, job)
+            .await?;
+        self.helm_repos.cached_index(url).ok_or_else(|| {
+            format!(
+                "helm repository {}: the index was fetched but is not cached",
+                redact_url(url)
+            )
+        })
     }
 
     /// Downloads (or finds cached) and renders the chart version `v` for
@@ -254,35 +208,29 @@ impl GitSync {
         interval: Duration,
         force: bool,
     ) -> Result<Rendered, String> {
-        if let Some(r) = self
-            .renders
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(key)
-        {
-            return Ok(r.clone());
-        }
-        let credentials = self.helm_credentials(&key.url);
-        let repos = self.helm_repos.clone();
-        let tools = self.render_tools();
-        let cache = self.cache.clone();
-        let (k, v) = (key.clone(), v.clone());
-        let retry_after = if force { Duration::ZERO } else { interval };
-        let started = Instant::now();
-        let span = tracing::info_span!("render", repo = %redact_url(&key.url), chart = %key.chart, version = %key.commit);
-        let result = tokio::task::spawn_blocking(move || {
-            let _span = span.entered();
-            let dir = repos.chart_dir(&k.url, &v, credentials.as_ref(), retry_after)?;
-            Ok::<_, String>(crate::render::render_chart(&cache, &tools, &k, &dir))
+        let cell = self.render_cell(key);
+        cell.get_or_try_init(|| async {
+            let slots = self.render_slots();
+            let _slot = slots.acquire_owned().await;
+            let credentials = self.helm_credentials(&key.url);
+            let repos = self.helm_repos.clone();
+            let tools = self.render_tools();
+            let cache = self.cache.clone();
+            let (k, v) = (key.clone(), v.clone());
+            let retry_after = if force { Duration::ZERO } else { interval };
+            let started = Instant::now();
+            let span = tracing::info_span!("render", repo = %redact_url(&key.url), chart = %key.chart, version = %key.commit);
+            let result = tokio::task::spawn_blocking(move || {
+                let _span = span.entered();
+                let dir = repos.chart_dir(&k.url, &v, credentials.as_ref(), retry_after)?;
+                Ok::<_, String>(crate::render::render_chart(&cache, &tools, &k, &dir))
+            })
+            .await
+            .unwrap_or_else(|e| Err(format!("render task failed: {e}")))?;
+            crate::metrics::metrics().render(started.elapsed());
+            Ok::<_, String>(Arc::new(result))
         })
         .await
-        .unwrap_or_else(|e| Err(format!("render task failed: {e}")))?;
-        crate::metrics::metrics().render(started.elapsed());
-        let rendered = Arc::new(result);
-        self.renders
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key.clone(), rendered.clone());
-        Ok(rendered)
+        .cloned()
     }
 }

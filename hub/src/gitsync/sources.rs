@@ -16,64 +16,18 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
-use flotilla_proto::v1 as pb;
 use serde_json::Value;
 
 use super::{GitSync, RenderKey, revision_or_head};
-use crate::fleet::build_bundle;
 use crate::model::{Application, ApplicationSource};
 use crate::render::RefSource;
 use crate::source::redact_url;
-use crate::store::{ClusterRecord, StoreError};
+use crate::store::StoreError;
 
 /// Joins per-source revisions into the application's revision.
 pub const REVISION_SEPARATOR: &str = ",";
 
 impl GitSync {
-    /// Renders a multi-source `app` into `bundles` and records its
-    /// revisions or error; a failure keeps the last good bundle.
-    pub(super) async fn render_sources_app(
-        &self,
-        app: &Application,
-        intervals: &HashMap<(String, String), Duration>,
-        force: bool,
-        clusters: &[ClusterRecord],
-        used: &mut HashSet<RenderKey>,
-        bundles: &mut Vec<pb::AppBundle>,
-    ) -> Result<(), StoreError> {
-        let name = &app.metadata.name;
-        match self.sources_manifests(app, intervals, force, used).await? {
-            Ok((revisions, manifests)) => {
-                let revision = revisions.join(REVISION_SEPARATOR);
-                let bundle = build_bundle(app, &revision, Ok(&manifests));
-                let bundle = crate::appofapps::reconcile(
-                    &self.store,
-                    &self.fleet,
-                    self.appsets.get().map(std::sync::Arc::as_ref),
-                    app,
-                    bundle,
-                )?;
-                let error = bundle.render_error.clone();
-                crate::history::note_automated(&self.store, &self.fleet, app, &bundle, clusters)?;
-                bundles.push(bundle);
-                self.set_app_result(name, Some(&revision), &error)?;
-            }
-            Err(e) => {
-                tracing::warn!(app = %name, error = %e, "multi-source render failed");
-                match self
-                    .fleet
-                    .bundle(name)
-                    .filter(|b| b.render_error.is_empty())
-                {
-                    Some(last) => bundles.push((*last).clone()),
-                    None => bundles.push(build_bundle(app, "", Err(&e))),
-                }
-                self.set_app_result(name, None, &e)?;
-            }
-        }
-        Ok(())
-    }
-
     /// `resolve_app` of a multi-source application: every source's
     /// target revision resolved now, joined. A revision other than the
     /// target (`app sync --revision`) is refused: Argo CD's per-source
@@ -104,15 +58,15 @@ impl GitSync {
         Ok(out.join(REVISION_SEPARATOR))
     }
 
-    /// Every source's revision and the combined objects, or the error for
-    /// the application.
-    async fn sources_manifests(
+    /// Every source's revision and the combined objects (the revisions
+    /// joined), or the error for the application.
+    pub(super) async fn sources_manifests(
         &self,
         app: &Application,
         intervals: &HashMap<(String, String), Duration>,
         force: bool,
         used: &mut HashSet<RenderKey>,
-    ) -> Result<Result<(Vec<String>, Vec<String>), String>, StoreError> {
+    ) -> Result<Result<(String, Vec<String>), String>, StoreError> {
         let sources = &app.spec.sources;
         let interval = |src: &ApplicationSource| {
             intervals
@@ -192,7 +146,10 @@ impl GitSync {
                 Err(e) => return Ok(Err(format!("{}: {e}", label()))),
             }
         }
-        Ok(Ok((revisions, last_source_wins(objects))))
+        Ok(Ok((
+            revisions.join(REVISION_SEPARATOR),
+            last_source_wins(objects),
+        )))
     }
 }
 

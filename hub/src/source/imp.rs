@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use super::{RenderError, RepoEntry, SourceError, SourceFile, SshKey, SshSettings};
+use super::{FetchLimits, RenderError, RepoEntry, SourceError, SourceFile, SshKey, SshSettings};
 use crate::model::DirectorySource;
 
 mod export;
@@ -14,17 +14,14 @@ mod ssh;
 
 pub use redact::{SafeUrl, UrlCredentials, display_repo_url, redact_url, split_credentials};
 
-pub(super) fn fetch(root: &Path, url: &str, revision: &str) -> Result<String, SourceError> {
-    git::fetch(root, url, revision)
-}
-
 pub(super) fn fetch_as(
     root: &Path,
     key: &str,
     remote: &str,
     revision: &str,
+    limits: &FetchLimits,
 ) -> Result<String, SourceError> {
-    git::fetch_as(root, key, remote, revision)
+    git::fetch_as(root, key, remote, revision, limits)
 }
 
 pub(super) fn fetch_ssh(
@@ -33,8 +30,9 @@ pub(super) fn fetch_ssh(
     revision: &str,
     settings: &SshSettings,
     key: Option<&SshKey>,
+    limits: &FetchLimits,
 ) -> Result<String, SourceError> {
-    git::fetch_ssh(root, url, revision, settings, key)
+    git::fetch_ssh(root, url, revision, settings, key, limits)
 }
 
 pub(super) fn clean_ssh_scratch(dir: &Path) {

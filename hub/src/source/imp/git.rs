@@ -2,8 +2,8 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use gix::bstr::ByteSlice;
 use gix::refs::transaction::{Change, LogChange, PreviousValue, RefEdit};
@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 
 use super::redact::{redact_message, redact_url};
 use super::ssh::Session;
-use crate::source::{RepoEntry, SourceError, SourceFile, SshKey, SshSettings};
+use crate::source::{FetchLimits, RepoEntry, SourceError, SourceFile, SshKey, SshSettings};
 
 /// Every branch and tag, force-updated: the mirror follows the remote even
 /// through force pushes and moved tags.
@@ -60,10 +60,6 @@ fn fetch_error(url: &str, message: impl std::fmt::Display) -> SourceError {
     }
 }
 
-pub(crate) fn fetch(root: &Path, url: &str, revision: &str) -> Result<String, SourceError> {
-    fetch_as(root, url, url, revision)
-}
-
 /// Fetches into the mirror of `key` (the registered URL) from `remote`
 /// (the same URL, possibly with credentials; only ever shown redacted).
 pub(crate) fn fetch_as(
@@ -71,8 +67,9 @@ pub(crate) fn fetch_as(
     key: &str,
     remote: &str,
     revision: &str,
+    limits: &FetchLimits,
 ) -> Result<String, SourceError> {
-    fetch_into(root, key, remote, revision, None)
+    fetch_into(root, key, remote, revision, None, limits)
 }
 
 /// Fetches an ssh URL, running `ssh` as `settings` and `key` say.
@@ -82,10 +79,40 @@ pub(crate) fn fetch_ssh(
     revision: &str,
     settings: &SshSettings,
     key: Option<&SshKey>,
+    limits: &FetchLimits,
 ) -> Result<String, SourceError> {
     // Before the mirror exists: an unknown host must not leave one behind.
-    let session = Session::prepare(url, settings, key).map_err(|m| fetch_error(url, m))?;
-    fetch_into(root, url, url, revision, Some(&session))
+    let mut session = Session::prepare(url, settings, key).map_err(|m| fetch_error(url, m))?;
+    session.limit_to(limits.deadline.saturating_duration_since(Instant::now()));
+    fetch_into(root, url, url, revision, Some(&session), limits)
+}
+
+fn timed_out(url: &str, limits: &FetchLimits) -> SourceError {
+    SourceError::TimedOut {
+        url: redact_url(url),
+        after: limits.timeout,
+    }
+}
+
+/// Takes the lock of a mirror, waiting at most until the deadline: a
+/// fetch of the same mirror by another caller (the ApplicationSet
+/// controller, a user's `app sync`) may hold it until its own deadline.
+fn lock_mirror<'a>(
+    lock: &'a Mutex<()>,
+    url: &str,
+    limits: &FetchLimits,
+) -> Result<std::sync::MutexGuard<'a, ()>, SourceError> {
+    loop {
+        match lock.try_lock() {
+            Ok(guard) => return Ok(guard),
+            Err(std::sync::TryLockError::Poisoned(p)) => return Ok(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => {}
+        }
+        if limits.expired() {
+            return Err(timed_out(url, limits));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn fetch_into(
@@ -94,14 +121,18 @@ fn fetch_into(
     remote: &str,
     revision: &str,
     ssh: Option<&Session>,
+    limits: &FetchLimits,
 ) -> Result<String, SourceError> {
     let url = remote;
     if url.trim().is_empty() {
         return Err(fetch_error(url, "empty repository URL"));
     }
+    if limits.expired() {
+        return Err(timed_out(url, limits));
+    }
     let dir = mirror_dir(root, key);
     let lock = mirror_lock(&dir);
-    let _guard = lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _guard = lock_mirror(&lock, url, limits)?;
 
     let existed = dir.join("HEAD").is_file();
     let mut repo = open_or_init(&dir).map_err(|m| fetch_error(url, m))?;
@@ -109,15 +140,24 @@ fn fetch_into(
         Some(session) => session
             .configure(&mut repo)
             .map_err(|m| fetch_error(url, m))
-            .and_then(|()| update_mirror(&repo, url))
+            .and_then(|()| update_mirror(&repo, url, limits))
             // ssh's own words ("Permission denied (publickey)", "Host key
             // verification failed") say more than the broken pipe gix saw.
             .map_err(|err| match session.failure() {
                 Some(reason) => fetch_error(url, reason),
                 None => err,
             }),
-        None => update_mirror(&repo, url),
+        None => update_mirror(&repo, url, limits),
     };
+    // Whatever the transport made of being cut off (a timed-out request, an
+    // interrupted pack), the cause is the deadline.
+    let updated = updated.map_err(|err| {
+        if limits.expired() {
+            timed_out(url, limits)
+        } else {
+            err
+        }
+    });
     if let Err(err) = updated {
         // An empty mirror would only make a later read_dir report a missing
         // commit instead of the failed fetch; a mirror with earlier content
@@ -133,7 +173,7 @@ fn fetch_into(
         // A commit no branch or tag reaches (a pull request head, a
         // deleted branch): ask for it by id, as Argo CD does.
         Err(err @ SourceError::Revision { .. }) if is_full_id(revision.trim()) => {
-            if fetch_commit(&repo, url, revision.trim()).is_ok() {
+            if fetch_commit(&repo, url, revision.trim(), limits).is_ok() {
                 resolve(&repo, url, revision)
             } else {
                 Err(err)
@@ -159,9 +199,44 @@ fn open_or_init(dir: &Path) -> Result<gix::Repository, String> {
     gix::init_bare(dir).map_err(|e| format!("creating mirror {}: {e}", dir.display()))
 }
 
+/// Transport options for `url` that end every HTTP request at the
+/// deadline of `limits`: reqwest's per-request timeout, which covers
+/// connecting, the headers and the whole body, is set to the time left.
+/// Other transports get gix's defaults.
+fn transport_options(
+    repo: &gix::Repository,
+    url: &str,
+    limits: &FetchLimits,
+) -> Result<Option<Box<dyn std::any::Any>>, SourceError> {
+    use gix::protocol::transport::client::blocking_io::http;
+    let options = repo
+        .transport_options(url, None)
+        .map_err(|e| fetch_error(url, describe(&e, url)))?;
+    let Some(mut options) = options else {
+        return Ok(None);
+    };
+    if let Some(http_options) = options.downcast_mut::<http::Options>() {
+        let deadline = limits.deadline;
+        let backend = http::reqwest::Options {
+            configure_client: None,
+            configure_request: Some(Box::new(move |request| {
+                let left = deadline.saturating_duration_since(Instant::now());
+                *request.timeout_mut() = Some(left.max(Duration::from_millis(1)));
+                Ok(())
+            })),
+        };
+        http_options.backend = Some(Arc::new(Mutex::new(backend)));
+    }
+    Ok(Some(options))
+}
+
 /// Fetches every branch and tag of `url` into `repo` and points the
 /// mirror's HEAD at the remote's default branch when the remote names it.
-fn update_mirror(repo: &gix::Repository, url: &str) -> Result<(), SourceError> {
+fn update_mirror(
+    repo: &gix::Repository,
+    url: &str,
+    limits: &FetchLimits,
+) -> Result<(), SourceError> {
     let err = |e: gix::Error| fetch_error(url, describe(&e, url));
     let remote = repo
         .remote_at(url)
@@ -169,18 +244,20 @@ fn update_mirror(repo: &gix::Repository, url: &str) -> Result<(), SourceError> {
         .with_fetch_tags(gix::remote::fetch::Tags::None)
         .with_refspecs(REFSPECS, Direction::Fetch)
         .map_err(err)?;
-    let connection = remote.connect(Direction::Fetch).map_err(err)?;
+    let mut connection = remote.connect(Direction::Fetch).map_err(err)?;
+    if let Some(options) = transport_options(repo, url, limits)? {
+        connection = connection.with_transport_options(options);
+    }
     let options = gix::remote::ref_map::Options {
         // Unfiltered, so the advertisement includes the HEAD symref that
         // names the default branch.
         prefix_from_spec_as_filter_on_remote: false,
         ..Default::default()
     };
-    let never_interrupt = AtomicBool::new(false);
     let outcome = connection
         .prepare_fetch(gix::progress::Discard, options)
         .map_err(err)?
-        .receive(gix::progress::Discard, &never_interrupt)
+        .receive(gix::progress::Discard, &limits.interrupt)
         .map_err(err)?;
 
     let head_target = outcome.ref_map.remote_refs.iter().find_map(|r| match r {
@@ -201,20 +278,28 @@ fn update_mirror(repo: &gix::Repository, url: &str) -> Result<(), SourceError> {
 
 /// Fetches one commit by id and pins it under `refs/flotilla/commits/`, so
 /// that the mirror keeps it even though no branch or tag refers to it.
-fn fetch_commit(repo: &gix::Repository, url: &str, id: &str) -> Result<(), SourceError> {
+fn fetch_commit(
+    repo: &gix::Repository,
+    url: &str,
+    id: &str,
+    limits: &FetchLimits,
+) -> Result<(), SourceError> {
     let err = |e: gix::Error| fetch_error(url, describe(&e, url));
     let spec = format!("+{id}:refs/flotilla/commits/{id}");
-    let never_interrupt = AtomicBool::new(false);
-    repo.remote_at(url)
+    let remote = repo
+        .remote_at(url)
         .map_err(err)?
         .with_fetch_tags(gix::remote::fetch::Tags::None)
         .with_refspecs([spec.as_str()], Direction::Fetch)
-        .map_err(err)?
-        .connect(Direction::Fetch)
-        .map_err(err)?
+        .map_err(err)?;
+    let mut connection = remote.connect(Direction::Fetch).map_err(err)?;
+    if let Some(options) = transport_options(repo, url, limits)? {
+        connection = connection.with_transport_options(options);
+    }
+    connection
         .prepare_fetch(gix::progress::Discard, Default::default())
         .map_err(err)?
-        .receive(gix::progress::Discard, &never_interrupt)
+        .receive(gix::progress::Discard, &limits.interrupt)
         .map_err(err)?;
     Ok(())
 }

@@ -6,6 +6,8 @@
 //! no process environment is touched).
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
 
 use crate::source::{SshKey, SshSettings};
 
@@ -111,6 +113,22 @@ impl Session {
         })
     }
 
+    /// Ends ssh once `left` has passed (rounded up to whole seconds), when
+    /// `timeout` (coreutils or busybox) is on PATH: ssh's keepalives only
+    /// notice a dead server, not one that accepts the session and then
+    /// stalls, and a fetch's deadline must end its thread too.
+    pub(crate) fn limit_to(&mut self, left: Duration) {
+        let Some(timeout) = timeout_program() else {
+            return;
+        };
+        let secs = (left.as_secs() + u64::from(left.subsec_nanos() > 0)).max(1);
+        self.command = format!(
+            "{} -k 5 {secs} {}",
+            quote(&timeout.display().to_string()),
+            self.command
+        );
+    }
+
     /// Makes gix run this session's ssh command for `repo` (in memory).
     ///
     /// # Errors
@@ -137,6 +155,19 @@ impl Session {
             self.known_hosts.as_deref(),
         )
     }
+}
+
+/// `timeout` on PATH, looked up once.
+fn timeout_program() -> Option<&'static Path> {
+    static FOUND: OnceLock<Option<PathBuf>> = OnceLock::new();
+    FOUND
+        .get_or_init(|| {
+            let path = std::env::var_os("PATH")?;
+            std::env::split_paths(&path)
+                .map(|dir| dir.join("timeout"))
+                .find(|f| f.is_file())
+        })
+        .as_deref()
 }
 
 /// Removes the per-fetch directories a previous run left behind (a crash
