@@ -739,6 +739,18 @@ impl Cluster {
                 }
             }
             "ConfigMap" | "Secret" => {
+                // What defaulting could not fold into `data`.
+                if rd.kind == "Secret"
+                    && let Some(left) = obj.get("stringData")
+                {
+                    let (what, field) = match left.as_object().and_then(|m| m.iter().next()) {
+                        Some((k, v)) => (json_type(v), format!("Secret.stringData.{k}")),
+                        None => (json_type(left), "Secret.stringData".to_owned()),
+                    };
+                    return Err(ApiError::bad_request(format!(
+                        "Secret in version \"v1\" cannot be handled as a Secret: json: cannot unmarshal {what} into Go struct field {field} of type string"
+                    )));
+                }
                 if let Some(o) = old
                     && o["immutable"] == true
                     && (o["data"] != obj["data"] || o["binaryData"] != obj["binaryData"])
@@ -1511,4 +1523,16 @@ pub fn refresh_resources(st: &mut State) {
         }
     }
     st.resources = rs;
+}
+
+/// The JSON type name Go's decoder uses in its errors.
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "bool",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
 }
