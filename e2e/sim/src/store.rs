@@ -104,6 +104,16 @@ pub struct Faults {
     pub drop_watches: bool,
     /// Refuse requests (the connection is closed without a response).
     pub down: bool,
+    /// Let this many API requests through after the setting, then hold
+    /// every further one until the faults are set again: a test sees a
+    /// client stopped at an exact request (`held` in the stats) and
+    /// decides what happens next. Released requests are carried out
+    /// unless the new setting has `down` (then their connection closes).
+    pub hold_after_requests: Option<u64>,
+    /// With `hold_after_requests`: hold the response of a request that was
+    /// already carried out (a client that never learns its write happened)
+    /// instead of the request before it is carried out.
+    pub hold_processed: bool,
 }
 
 /// A virtual cluster.
@@ -121,6 +131,12 @@ pub struct Cluster {
     pub requests: std::sync::atomic::AtomicU64,
     /// Mutating API requests (POST, PUT, PATCH, DELETE) received.
     pub writes: std::sync::atomic::AtomicU64,
+    /// Requests that reached the hold point since the faults were set.
+    pub passed: std::sync::atomic::AtomicU64,
+    /// Requests held now (`Faults::hold_after_requests`).
+    pub held: std::sync::atomic::AtomicU64,
+    /// Bumped whenever the faults are set: held requests go on.
+    pub fault_epoch: tokio::sync::watch::Sender<u64>,
 }
 
 /// Longest object name (a DNS-1123 subdomain).
@@ -332,6 +348,9 @@ impl Cluster {
             watch_epoch: tokio::sync::watch::channel(0).0,
             requests: Default::default(),
             writes: Default::default(),
+            passed: Default::default(),
+            held: Default::default(),
+            fault_epoch: tokio::sync::watch::channel(0).0,
         }
     }
 
