@@ -7,6 +7,7 @@
 //! `flotilla.dev/inventory: "true"`, with data `app`, `prune` and `objects`
 //! (a JSON list of object keys).
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde_json::{Value, json};
@@ -34,7 +35,12 @@ pub struct StoredInventory {
 #[derive(Debug)]
 pub struct Inventory {
     namespace: String,
-    namespace_ready: AtomicBool,
+    /// The uid of the inventory namespace as last seen; `None` until it
+    /// is known to exist (or after a write found it gone).
+    namespace_uid: Mutex<Option<String>>,
+    /// The namespace was found missing or replaced since the engine last
+    /// asked: the inventories it held are gone.
+    lost: AtomicBool,
 }
 
 fn key(kind: &str, version: &str, namespace: &str, name: &str) -> ObjectKey {
@@ -84,8 +90,82 @@ impl Inventory {
     pub fn new(namespace: impl Into<String>) -> Self {
         Self {
             namespace: namespace.into(),
-            namespace_ready: AtomicBool::new(false),
+            namespace_uid: Mutex::new(None),
+            lost: AtomicBool::new(false),
         }
+    }
+
+    /// The inventory namespace.
+    #[must_use]
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    fn known_uid(&self) -> Option<String> {
+        self.namespace_uid
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set_uid(&self, uid: Option<String>) {
+        *self
+            .namespace_uid
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = uid;
+    }
+
+    /// Makes sure the inventory namespace exists, creating it when it does
+    /// not. When it did not exist, or is not the one seen before, the
+    /// inventories it held are gone: [`Inventory::take_lost`] says so
+    /// once.
+    ///
+    /// # Errors
+    /// When the API server cannot be asked or refuses.
+    pub async fn check_namespace(&self, cluster: &Cluster) -> Result<(), String> {
+        let ns = key("Namespace", "v1", "", &self.namespace);
+        let r = cluster.resolve(&ns).await.map_err(|e| e.to_string())?;
+        let known = self.known_uid();
+        let mut created = false;
+        let live = match cluster.get(&r, &ns).await.map_err(|e| e.to_string())? {
+            Some(live) => live,
+            None => {
+                created = true;
+                let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": self.namespace}});
+                cluster
+                    .apply(&r, &ns, &obj)
+                    .await
+                    .map_err(|e| e.to_string())?
+            }
+        };
+        let uid = live
+            .pointer("/metadata/uid")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        if created || (known.is_some() && known != uid) {
+            self.lost.store(true, Ordering::Relaxed);
+        }
+        self.set_uid(uid);
+        Ok(())
+    }
+
+    /// Whether the inventory namespace was found missing or replaced and
+    /// the engine has not been told yet.
+    #[must_use]
+    pub fn lost(&self) -> bool {
+        self.lost.load(Ordering::Relaxed)
+    }
+
+    /// Whether the inventory namespace was found missing or replaced since
+    /// the last call.
+    pub fn take_lost(&self) -> bool {
+        self.lost.swap(false, Ordering::Relaxed)
+    }
+
+    /// Makes the next [`Inventory::take_lost`] true (an inventory could
+    /// not be written back).
+    pub fn mark_lost(&self) {
+        self.lost.store(true, Ordering::Relaxed);
     }
 
     fn cm_key(&self, app: &str) -> ObjectKey {
@@ -97,7 +177,9 @@ impl Inventory {
         )
     }
 
-    /// Writes an application's inventory.
+    /// Writes an application's inventory, creating the inventory
+    /// namespace first when it is not known to exist, and again when a
+    /// write finds it gone (a wiped cluster).
     ///
     /// # Errors
     /// When the API server refuses.
@@ -108,30 +190,25 @@ impl Inventory {
         prune: bool,
         objects: &[ObjectKey],
     ) -> Result<(), String> {
-        if !self.namespace_ready.load(Ordering::Relaxed) {
-            let ns = key("Namespace", "v1", "", &self.namespace);
-            let r = cluster.resolve(&ns).await.map_err(|e| e.to_string())?;
-            if cluster
-                .get(&r, &ns)
-                .await
-                .map_err(|e| e.to_string())?
-                .is_none()
-            {
-                let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": self.namespace}});
-                cluster
-                    .apply(&r, &ns, &obj)
-                    .await
-                    .map_err(|e| e.to_string())?;
-            }
-            self.namespace_ready.store(true, Ordering::Relaxed);
+        if self.known_uid().is_none() {
+            self.check_namespace(cluster).await?;
         }
         let cm = self.cm_key(app);
         let r = cluster.resolve(&cm).await.map_err(|e| e.to_string())?;
-        cluster
-            .apply(&r, &cm, &config_map(&self.namespace, app, prune, objects))
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        let obj = config_map(&self.namespace, app, prune, objects);
+        match cluster.apply(&r, &cm, &obj).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_not_found() => {
+                self.set_uid(None);
+                self.check_namespace(cluster).await?;
+                cluster
+                    .apply(&r, &cm, &obj)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     /// Reads an application's inventory.
