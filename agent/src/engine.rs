@@ -55,7 +55,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(180);
 /// Longest pause between passes while the API server fails (the first is
 /// one second, doubling, ±20 % jitter).
 pub const API_BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// How often the inventory namespace is checked (a wiped cluster gets its
+/// How often an inventory ConfigMap is looked for (a wiped cluster gets its
 /// inventories back).
 const INVENTORY_CHECK: Duration = Duration::from_secs(30);
 
@@ -148,8 +148,10 @@ pub struct Engine {
     api_failed: std::sync::atomic::AtomicBool,
     /// Consecutive passes that could not.
     api_failures: u32,
-    /// When the inventory namespace was checked last.
+    /// When the inventory ConfigMaps were checked last.
     inventory_checked: Option<Instant>,
+    /// Which application's inventory the next check looks for.
+    probes: usize,
     health: HealthRules,
     hook_timeout: Duration,
 }
@@ -177,6 +179,7 @@ impl Engine {
             api_failed: std::sync::atomic::AtomicBool::new(false),
             api_failures: 0,
             inventory_checked: None,
+            probes: 0,
             health: HealthRules::builtin(),
             hook_timeout: HOOK_TIMEOUT,
         }

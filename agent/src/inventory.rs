@@ -7,7 +7,6 @@
 //! `flotilla.dev/inventory: "true"`, with data `app`, `prune` and `objects`
 //! (a JSON list of object keys).
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde_json::{Value, json};
@@ -35,11 +34,7 @@ pub struct StoredInventory {
 #[derive(Debug)]
 pub struct Inventory {
     namespace: String,
-    /// The uid of the inventory namespace as last seen; `None` until it
-    /// is known to exist (or after a write found it gone).
-    namespace_uid: Mutex<Option<String>>,
-    /// The namespace was found missing or replaced since the engine last
-    /// asked: the inventories it held are gone.
+    /// Inventories were found missing since the engine last asked.
     lost: AtomicBool,
 }
 
@@ -90,7 +85,6 @@ impl Inventory {
     pub fn new(namespace: impl Into<String>) -> Self {
         Self {
             namespace: namespace.into(),
-            namespace_uid: Mutex::new(None),
             lost: AtomicBool::new(false),
         }
     }
@@ -101,69 +95,42 @@ impl Inventory {
         &self.namespace
     }
 
-    fn known_uid(&self) -> Option<String> {
-        self.namespace_uid
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
-    }
-
-    fn set_uid(&self, uid: Option<String>) {
-        *self
-            .namespace_uid
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = uid;
-    }
-
-    /// Makes sure the inventory namespace exists, creating it when it does
-    /// not. When it did not exist, or is not the one seen before, the
-    /// inventories it held are gone: [`Inventory::take_lost`] says so
-    /// once.
-    ///
-    /// # Errors
-    /// When the API server cannot be asked or refuses.
-    pub async fn check_namespace(&self, cluster: &Cluster) -> Result<(), String> {
+    /// Creates the inventory namespace when it does not exist. Asked only
+    /// once a write found it missing: an agent whose RBAC covers only
+    /// some namespaces may not read Namespaces at all.
+    async fn create_namespace(&self, cluster: &Cluster) -> Result<(), String> {
         let ns = key("Namespace", "v1", "", &self.namespace);
         let r = cluster.resolve(&ns).await.map_err(|e| e.to_string())?;
-        let known = self.known_uid();
-        let mut created = false;
-        let live = match cluster.get(&r, &ns).await.map_err(|e| e.to_string())? {
-            Some(live) => live,
-            None => {
-                created = true;
-                let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": self.namespace}});
-                cluster
-                    .apply(&r, &ns, &obj)
-                    .await
-                    .map_err(|e| e.to_string())?
-            }
-        };
-        let uid = live
-            .pointer("/metadata/uid")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
-        if created || (known.is_some() && known != uid) {
-            self.lost.store(true, Ordering::Relaxed);
+        if cluster
+            .get(&r, &ns)
+            .await
+            .map_err(|e| e.to_string())?
+            .is_none()
+        {
+            let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": self.namespace}});
+            cluster
+                .apply(&r, &ns, &obj)
+                .await
+                .map_err(|e| e.to_string())?;
         }
-        self.set_uid(uid);
         Ok(())
     }
 
-    /// Whether the inventory namespace was found missing or replaced and
-    /// the engine has not been told yet.
+    /// Whether the inventory namespace was found missing (the inventories
+    /// in it are gone) and the engine has not been told yet.
     #[must_use]
     pub fn lost(&self) -> bool {
         self.lost.load(Ordering::Relaxed)
     }
 
-    /// Whether the inventory namespace was found missing or replaced since
-    /// the last call.
+    /// Whether the inventory namespace was found missing since the last
+    /// call.
     pub fn take_lost(&self) -> bool {
         self.lost.swap(false, Ordering::Relaxed)
     }
 
-    /// Makes the next [`Inventory::take_lost`] true (an inventory could
-    /// not be written back).
+    /// Makes the next [`Inventory::take_lost`] true: inventories are
+    /// missing (one found gone, or one could not be written back).
     pub fn mark_lost(&self) {
         self.lost.store(true, Ordering::Relaxed);
     }
@@ -177,9 +144,10 @@ impl Inventory {
         )
     }
 
-    /// Writes an application's inventory, creating the inventory
-    /// namespace first when it is not known to exist, and again when a
-    /// write finds it gone (a wiped cluster).
+    /// Writes an application's inventory. When the inventory namespace is
+    /// missing (a wiped cluster, a first start) it is created and the
+    /// write tried again; [`Inventory::lost`] then says the other
+    /// inventories need writing again too.
     ///
     /// # Errors
     /// When the API server refuses.
@@ -190,17 +158,16 @@ impl Inventory {
         prune: bool,
         objects: &[ObjectKey],
     ) -> Result<(), String> {
-        if self.known_uid().is_none() {
-            self.check_namespace(cluster).await?;
-        }
         let cm = self.cm_key(app);
         let r = cluster.resolve(&cm).await.map_err(|e| e.to_string())?;
         let obj = config_map(&self.namespace, app, prune, objects);
         match cluster.apply(&r, &cm, &obj).await {
             Ok(_) => Ok(()),
             Err(e) if e.is_not_found() => {
-                self.set_uid(None);
-                self.check_namespace(cluster).await?;
+                self.create_namespace(cluster)
+                    .await
+                    .map_err(|c| format!("{e}; creating namespace {}: {c}", self.namespace))?;
+                self.mark_lost();
                 cluster
                     .apply(&r, &cm, &obj)
                     .await
@@ -209,6 +176,20 @@ impl Inventory {
             }
             Err(e) => Err(e.to_string()),
         }
+    }
+
+    /// Whether an application's inventory ConfigMap exists.
+    ///
+    /// # Errors
+    /// When the API server cannot be asked.
+    pub async fn exists(&self, cluster: &Cluster, app: &str) -> Result<bool, String> {
+        let cm = self.cm_key(app);
+        let r = cluster.resolve(&cm).await.map_err(|e| e.to_string())?;
+        Ok(cluster
+            .get(&r, &cm)
+            .await
+            .map_err(|e| e.to_string())?
+            .is_some())
     }
 
     /// Reads an application's inventory.

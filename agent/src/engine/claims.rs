@@ -121,17 +121,38 @@ impl Engine {
             .remove(app);
     }
 
-    /// Every few passes: when the inventory namespace was deleted (a wiped
-    /// cluster) or replaced, it is created again and every inventory the
-    /// cache holds is written back.
-    pub(super) async fn check_inventories(&self) {
+    /// Every few passes: one application's inventory ConfigMap (in turn)
+    /// is looked for; when it is gone (a wiped cluster: the inventory
+    /// namespace deleted with everything in it), or a write had to create
+    /// the namespace again, every inventory the cache holds is written
+    /// back (creating the namespace).
+    pub(super) async fn check_inventories(&mut self) {
         let Some(store) = &self.inventory else {
             return;
         };
-        if let Err(e) = store.check_namespace(&self.cluster).await {
-            self.note_api_failure();
-            warn!(error = %e, "could not check the inventory namespace");
-            return;
+        let probe = {
+            let recorded = self.recorded.lock().unwrap_or_else(PoisonError::into_inner);
+            let written: Vec<&String> = recorded
+                .iter()
+                .filter(|(_, objects)| !objects.is_empty())
+                .map(|(app, _)| app)
+                .collect();
+            (!written.is_empty()).then(|| written[self.probes % written.len()].clone())
+        };
+        if let Some(app) = probe {
+            self.probes = self.probes.wrapping_add(1);
+            match store.exists(&self.cluster, &app).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    info!(app, "the inventory ConfigMap is gone");
+                    store.mark_lost();
+                }
+                Err(e) => {
+                    self.note_api_failure();
+                    warn!(app, error = %e, "could not look for the inventory");
+                    return;
+                }
+            }
         }
         if !store.take_lost() {
             return;
@@ -157,8 +178,9 @@ impl Engine {
         info!(
             namespace = store.namespace(),
             inventories = all.len(),
-            "the inventory namespace was missing or replaced; writing the inventories again"
+            "inventories are missing; writing them again"
         );
+        let mut failed = false;
         for (app, prune, objects) in all {
             match store.store(&self.cluster, &app, prune, &objects).await {
                 Ok(()) => {
@@ -169,9 +191,15 @@ impl Engine {
                 }
                 Err(e) => {
                     warn!(app, error = %e, "could not write the inventory; trying again later");
-                    store.mark_lost();
+                    failed = true;
                 }
             }
+        }
+        // The first write above may have created the namespace again,
+        // which says the inventories were lost: they were just written.
+        let _ = store.take_lost();
+        if failed {
+            store.mark_lost();
         }
     }
 }
