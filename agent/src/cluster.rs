@@ -43,6 +43,9 @@ pub enum ClusterError {
         kind: String,
         /// The cause.
         message: String,
+        /// The HTTP status of the API server's answer, when it answered
+        /// with one.
+        code: Option<u16>,
     },
     /// A create found the object there already.
     #[error("create {key}: already exists")]
@@ -90,6 +93,20 @@ impl ClusterError {
     #[must_use]
     pub fn is_unknown_kind(&self) -> bool {
         matches!(self, Self::UnknownKind { .. })
+    }
+
+    /// Whether the API server itself is failing: it could not be reached,
+    /// or answered with a server error (5xx) or 429 Too Many Requests.
+    /// Retrying soon is what would make it worse; a refusal (403, 422…)
+    /// is an answer.
+    #[must_use]
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Self::Request { code, .. } | Self::Discovery { code, .. } => {
+                code.is_none_or(|c| c >= 500 || c == 429)
+            }
+            Self::UnknownKind { .. } | Self::AlreadyExists { .. } => false,
+        }
     }
 
     /// Whether the API server answered 404 Not Found (e.g. the object's
@@ -225,6 +242,7 @@ impl Cluster {
                             version: key.version.clone(),
                             kind: key.kind.clone(),
                             message: api_message(&source),
+                            code: api_code(&source),
                         }
                     }
                 })?;

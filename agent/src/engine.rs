@@ -141,6 +141,8 @@ pub struct Engine {
     /// The inventories in the cluster have been read into the cache (and
     /// those of applications no longer desired adopted).
     orphans_checked: bool,
+    /// Why they could not be read, and whether the API server was failing.
+    orphans_failure: Option<(String, bool)>,
     /// What each application's inventory ConfigMap holds, as far as this
     /// engine wrote or read it.
     recorded: std::sync::Mutex<HashMap<String, BTreeSet<ObjectKey>>>,
@@ -175,6 +177,7 @@ impl Engine {
             requests: SyncRequests::default(),
             inventory: None,
             orphans_checked: false,
+            orphans_failure: None,
             recorded: std::sync::Mutex::default(),
             api_failed: std::sync::atomic::AtomicBool::new(false),
             api_failures: 0,
@@ -325,11 +328,15 @@ impl Engine {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .retain(|name, _| snapshot.apps.contains_key(name));
+        // An application whose live state cannot be read does not keep
+        // passes frequent: another pass a second later would not read it
+        // either (a failing API server backs passes off on its own).
         let settled = removals_done
             && statuses.iter().all(|s| {
-                s.sync == SyncStatus::Synced as i32
-                    && s.health == HealthStatus::Healthy.to_proto() as i32
-                    && s.operation.as_ref().is_none_or(|o| o.phase != "Running")
+                let synced = s.sync == SyncStatus::Synced as i32
+                    && s.health == HealthStatus::Healthy.to_proto() as i32;
+                let running = s.operation.as_ref().is_some_and(|o| o.phase == "Running");
+                !running && (synced || s.conditions.iter().any(|c| c.r#type == "ComparisonError"))
             });
         let report = Report {
             generation: snapshot.generation,
@@ -393,11 +400,12 @@ impl Engine {
             mut checks,
             mut parse_errors,
             mut read_error,
+            unavailable,
         } = self.check(b).await;
         // Without the live state there is nothing to compare: no drift, no
         // automated sync, until the API server answers again.
         let comparable = read_error.is_none();
-        if !comparable {
+        if unavailable {
             self.note_api_failure();
         }
         let in_sync = comparable
@@ -580,7 +588,7 @@ impl Engine {
                     warn!(error = %e, "could not persist the cache");
                 }
                 let observed = self.check(b).await;
-                if observed.read_error.is_some() {
+                if observed.unavailable {
                     self.note_api_failure();
                 }
                 let rt = self.apps.entry(b.name.clone()).or_default();
@@ -654,18 +662,20 @@ impl Engine {
                 warn!(error = %e, "could not persist the cache");
             }
             last_applied_ms = finished;
-            Observed {
-                checks,
-                parse_errors,
-                read_error,
-            } = tracing::Instrument::instrument(
+            let observed = tracing::Instrument::instrument(
                 self.check(b),
                 tracing::info_span!(parent: &span, "health", app = %b.name),
             )
             .await;
-            if read_error.is_some() {
+            if observed.unavailable {
                 self.note_api_failure();
             }
+            Observed {
+                checks,
+                parse_errors,
+                read_error,
+                ..
+            } = observed;
         } else if wanted && limit_reached {
             let rt = self.apps.entry(b.name.clone()).or_default();
             let limit = format!("retry limit {} reached", b.policy.retry_limit);

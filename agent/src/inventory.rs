@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde_json::{Value, json};
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, ClusterError};
 use crate::object::ObjectKey;
 
 /// Label on every inventory ConfigMap.
@@ -98,20 +98,12 @@ impl Inventory {
     /// Creates the inventory namespace when it does not exist. Asked only
     /// once a write found it missing: an agent whose RBAC covers only
     /// some namespaces may not read Namespaces at all.
-    async fn create_namespace(&self, cluster: &Cluster) -> Result<(), String> {
+    async fn create_namespace(&self, cluster: &Cluster) -> Result<(), ClusterError> {
         let ns = key("Namespace", "v1", "", &self.namespace);
-        let r = cluster.resolve(&ns).await.map_err(|e| e.to_string())?;
-        if cluster
-            .get(&r, &ns)
-            .await
-            .map_err(|e| e.to_string())?
-            .is_none()
-        {
+        let r = cluster.resolve(&ns).await?;
+        if cluster.get(&r, &ns).await?.is_none() {
             let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": self.namespace}});
-            cluster
-                .apply(&r, &ns, &obj)
-                .await
-                .map_err(|e| e.to_string())?;
+            cluster.apply(&r, &ns, &obj).await?;
         }
         Ok(())
     }
@@ -157,24 +149,18 @@ impl Inventory {
         app: &str,
         prune: bool,
         objects: &[ObjectKey],
-    ) -> Result<(), String> {
+    ) -> Result<(), ClusterError> {
         let cm = self.cm_key(app);
-        let r = cluster.resolve(&cm).await.map_err(|e| e.to_string())?;
+        let r = cluster.resolve(&cm).await?;
         let obj = config_map(&self.namespace, app, prune, objects);
         match cluster.apply(&r, &cm, &obj).await {
             Ok(_) => Ok(()),
             Err(e) if e.is_not_found() => {
-                self.create_namespace(cluster)
-                    .await
-                    .map_err(|c| format!("{e}; creating namespace {}: {c}", self.namespace))?;
+                self.create_namespace(cluster).await?;
                 self.mark_lost();
-                cluster
-                    .apply(&r, &cm, &obj)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
+                cluster.apply(&r, &cm, &obj).await.map(|_| ())
             }
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(e),
         }
     }
 
@@ -182,14 +168,10 @@ impl Inventory {
     ///
     /// # Errors
     /// When the API server cannot be asked.
-    pub async fn exists(&self, cluster: &Cluster, app: &str) -> Result<bool, String> {
+    pub async fn exists(&self, cluster: &Cluster, app: &str) -> Result<bool, ClusterError> {
         let cm = self.cm_key(app);
-        let r = cluster.resolve(&cm).await.map_err(|e| e.to_string())?;
-        Ok(cluster
-            .get(&r, &cm)
-            .await
-            .map_err(|e| e.to_string())?
-            .is_some())
+        let r = cluster.resolve(&cm).await?;
+        Ok(cluster.get(&r, &cm).await?.is_some())
     }
 
     /// Reads an application's inventory.
@@ -200,28 +182,22 @@ impl Inventory {
         &self,
         cluster: &Cluster,
         app: &str,
-    ) -> Result<Option<StoredInventory>, String> {
+    ) -> Result<Option<StoredInventory>, ClusterError> {
         let cm = self.cm_key(app);
-        let r = cluster.resolve(&cm).await.map_err(|e| e.to_string())?;
-        Ok(cluster
-            .get(&r, &cm)
-            .await
-            .map_err(|e| e.to_string())?
-            .as_ref()
-            .and_then(parse))
+        let r = cluster.resolve(&cm).await?;
+        Ok(cluster.get(&r, &cm).await?.as_ref().and_then(parse))
     }
 
     /// Every stored inventory.
     ///
     /// # Errors
     /// When the API server cannot be asked.
-    pub async fn list(&self, cluster: &Cluster) -> Result<Vec<StoredInventory>, String> {
+    pub async fn list(&self, cluster: &Cluster) -> Result<Vec<StoredInventory>, ClusterError> {
         let cm = self.cm_key("x");
-        let r = cluster.resolve(&cm).await.map_err(|e| e.to_string())?;
+        let r = cluster.resolve(&cm).await?;
         let items = cluster
             .list(&r, &self.namespace, &format!("{INVENTORY_LABEL}=true"))
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         Ok(items.iter().filter_map(parse).collect())
     }
 
@@ -229,10 +205,10 @@ impl Inventory {
     ///
     /// # Errors
     /// When the API server refuses.
-    pub async fn remove(&self, cluster: &Cluster, app: &str) -> Result<(), String> {
+    pub async fn remove(&self, cluster: &Cluster, app: &str) -> Result<(), ClusterError> {
         let cm = self.cm_key(app);
-        let r = cluster.resolve(&cm).await.map_err(|e| e.to_string())?;
-        cluster.delete(&r, &cm).await.map_err(|e| e.to_string())
+        let r = cluster.resolve(&cm).await?;
+        cluster.delete(&r, &cm).await
     }
 }
 

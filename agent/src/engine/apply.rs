@@ -199,12 +199,16 @@ impl Engine {
         let stored = match store.list(&self.cluster).await {
             Ok(s) => s,
             Err(e) => {
-                self.note_api_failure();
+                if e.is_unavailable() {
+                    self.note_api_failure();
+                }
                 warn!(error = %e, "could not list inventories");
+                self.orphans_failure = Some((e.to_string(), e.is_unavailable()));
                 return;
             }
         };
         self.orphans_checked = true;
+        self.orphans_failure = None;
         {
             let mut recorded = self
                 .recorded

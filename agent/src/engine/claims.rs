@@ -20,6 +20,22 @@ use super::Engine;
 use crate::bundle::Policy;
 use crate::object::ObjectKey;
 
+/// Why objects could not be claimed.
+#[derive(Debug)]
+pub(super) struct ClaimError {
+    /// What failed.
+    pub(super) message: String,
+    /// The API server is failing (rather than refusing): worth waiting
+    /// for, not a failed sync.
+    pub(super) unavailable: bool,
+}
+
+impl std::fmt::Display for ClaimError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 impl Engine {
     /// The inventory of `app` as the cache holds it now.
     pub(super) fn inventory_of(&self, app: &str) -> BTreeSet<ObjectKey> {
@@ -43,12 +59,19 @@ impl Engine {
         app: &str,
         policy: &Policy,
         keys: impl IntoIterator<Item = &'a ObjectKey>,
-    ) -> Result<(), String> {
+    ) -> Result<(), ClaimError> {
         let keys: BTreeSet<ObjectKey> = keys.into_iter().cloned().collect();
         let current = self.inventory_of(app);
         if let Some(store) = &self.inventory {
             if !self.orphans_checked {
-                return Err("the inventories in the cluster have not been read yet".to_owned());
+                let (why, unavailable) = self
+                    .orphans_failure
+                    .clone()
+                    .unwrap_or_else(|| ("not yet".to_owned(), true));
+                return Err(ClaimError {
+                    message: format!("the inventories in the cluster could not be read: {why}"),
+                    unavailable,
+                });
             }
             let wanted: BTreeSet<ObjectKey> = current.union(&keys).cloned().collect();
             let stored = self
@@ -64,7 +87,13 @@ impl Engine {
                     .await
                 {
                     self.forget_recorded(app);
-                    return Err(format!("recording the inventory before applying: {e}"));
+                    if e.is_unavailable() {
+                        self.note_api_failure();
+                    }
+                    return Err(ClaimError {
+                        message: format!("recording the inventory before applying: {e}"),
+                        unavailable: e.is_unavailable(),
+                    });
                 }
                 self.recorded
                     .lock()
@@ -148,7 +177,9 @@ impl Engine {
                     store.mark_lost();
                 }
                 Err(e) => {
-                    self.note_api_failure();
+                    if e.is_unavailable() {
+                        self.note_api_failure();
+                    }
                     warn!(app, error = %e, "could not look for the inventory");
                     return;
                 }

@@ -22,10 +22,13 @@ pub(super) struct Observed {
     pub(super) checks: Vec<ResourceCheck>,
     /// Manifests that are not objects.
     pub(super) parse_errors: Vec<String>,
-    /// Why the live state could not be read (the API server failed or
-    /// could not be reached): the comparison means nothing then. The first
-    /// failed read stops the others.
+    /// Why the live state could not be read (the API server failed, could
+    /// not be reached, or refused): the comparison means nothing then. The
+    /// first failed read stops the others.
     pub(super) read_error: Option<String>,
+    /// The failed read found the API server failing (not a refusal): the
+    /// engine backs off.
+    pub(super) unavailable: bool,
 }
 
 /// A check of an object that was not read.
@@ -56,6 +59,7 @@ impl Engine {
         let mut errors = Vec::new();
         let mut seen = BTreeSet::new();
         let mut read_error: Option<String> = None;
+        let mut unavailable = false;
         for parsed in object::parse_manifests(&b.manifests) {
             let obj = match parsed {
                 Ok(o) => o,
@@ -80,6 +84,7 @@ impl Engine {
                         version: key.version.clone(),
                         kind: key.kind.clone(),
                         message: "not read".to_owned(),
+                        code: None,
                     }
                 }),
             };
@@ -104,6 +109,7 @@ impl Engine {
                     } else {
                         if read_error.is_none() {
                             read_error = Some(e.to_string());
+                            unavailable = e.is_unavailable();
                             slots.push(Slot::Done(unread(key, e.to_string())));
                         } else {
                             slots.push(Slot::Done(unread(key, String::new())));
@@ -153,7 +159,10 @@ impl Engine {
                         .collect();
                     listed.insert(group, by_name);
                 }
-                Err(e) => read_error = Some(e.to_string()),
+                Err(e) => {
+                    unavailable = e.is_unavailable();
+                    read_error = Some(e.to_string());
+                }
             }
         }
         let mut checks = Vec::with_capacity(slots.len());
@@ -175,6 +184,7 @@ impl Engine {
                     };
                     match live {
                         Err(e) => {
+                            unavailable = e.is_unavailable();
                             read_error = Some(e.to_string());
                             checks.push(unread(key, e.to_string()));
                         }
@@ -187,6 +197,7 @@ impl Engine {
             checks,
             parse_errors: errors,
             read_error,
+            unavailable,
         }
     }
 

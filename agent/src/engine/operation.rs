@@ -189,11 +189,18 @@ impl Engine {
                 .iter()
                 .filter(|r| r.resolved.is_ok())
                 .map(|r| &r.key);
-            if let Err(e) = self.claim(&b.name, &b.policy, keys).await {
-                self.note_api_failure();
-                out.running = Some(format!("waiting to record the inventory: {e}"));
-                out.sync_phase = SyncPhase::Sync.as_str();
-                return out;
+            match self.claim(&b.name, &b.policy, keys).await {
+                Ok(()) => {}
+                // The API server fails: the sync waits for it (passes back
+                // off meanwhile).
+                Err(e) if e.unavailable => {
+                    out.running = Some(format!("waiting to record the inventory: {e}"));
+                    out.sync_phase = SyncPhase::Sync.as_str();
+                    return out;
+                }
+                // It refuses (RBAC): the sync fails and is retried per its
+                // policy.
+                Err(e) => op.failure = Some(e.to_string()),
             }
         }
         let mut messages = desired.errors.clone();
@@ -368,7 +375,7 @@ impl Engine {
                             // Its identity is known only now: claimed
                             // before it is applied, like the others.
                             if let Err(e) = self.claim(&b.name, &b.policy, [&key]).await {
-                                errors.insert(key, e);
+                                errors.insert(key, e.to_string());
                                 continue;
                             }
                             r.key = key;
