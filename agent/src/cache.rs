@@ -767,6 +767,39 @@ mod tests {
     }
 
     #[test]
+    fn the_inventory_grows_wherever_the_application_is_and_shrinks_by_confirmation() {
+        let key = |name: &str| ObjectKey {
+            group: String::new(),
+            version: "v1".into(),
+            kind: "ConfigMap".into(),
+            namespace: "web".into(),
+            name: name.into(),
+        };
+        let mut state = sample();
+        let policy = Policy::default();
+        assert!(state.add_to_inventory("guestbook", &[key("c"), key("d")], &policy));
+        assert!(!state.add_to_inventory("guestbook", &[key("d")], &policy));
+        assert_eq!(state.inventory_of("guestbook"), &[key("c"), key("d")]);
+        // Removed meanwhile: the claim follows it, so its removal prunes.
+        state
+            .merge(flotilla_proto::DesiredState {
+                generation: 4,
+                ..Default::default()
+            })
+            .expect("complete");
+        assert!(state.add_to_inventory("guestbook", &[key("e")], &policy));
+        assert_eq!(
+            state.removed["guestbook"].inventory,
+            vec![key("c"), key("d"), key("e")]
+        );
+        state.remove_from_inventory("guestbook", &[key("d")].into_iter().collect());
+        assert_eq!(state.inventory_of("guestbook"), &[key("c"), key("e")]);
+        // Unknown altogether: recorded as removed, not forgotten.
+        assert!(state.add_to_inventory("ghost", &[key("g")], &policy));
+        assert_eq!(state.removed["ghost"].inventory, vec![key("g")]);
+    }
+
+    #[test]
     fn corrupt_file_is_an_error() {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join(CACHE_FILE), b"{nope").expect("write");

@@ -510,3 +510,26 @@ fn api_code(e: &kube::Error) -> Option<u16> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_failing_api_server_is_unavailable() {
+        let request = |code| ClusterError::Request {
+            action: "get",
+            key: "v1/ConfigMap:web/c".into(),
+            message: "m".into(),
+            code,
+        };
+        assert!(request(None).is_unavailable());
+        assert!(request(Some(500)).is_unavailable());
+        assert!(request(Some(503)).is_unavailable());
+        assert!(request(Some(429)).is_unavailable());
+        assert!(!request(Some(403)).is_unavailable());
+        assert!(!request(Some(422)).is_unavailable());
+        assert!(request(Some(404)).is_not_found());
+        assert!(!ClusterError::AlreadyExists { key: "k".into() }.is_unavailable());
+    }
+}
