@@ -51,7 +51,11 @@ pub struct CachedApp {
     /// Digest of the bundle last applied without errors.
     #[serde(default)]
     pub applied_digest: Option<String>,
-    /// Objects applied for this application (prune candidates).
+    /// Every object ever applied for this application and not yet pruned
+    /// (the prune candidates): an object is added before it is applied,
+    /// whatever the desired state is by then, and leaves only once its
+    /// deletion is confirmed (or it turns out not to be this
+    /// application's).
     #[serde(default)]
     pub inventory: Vec<ObjectKey>,
     /// Unix milliseconds of the last completed apply.
@@ -69,7 +73,8 @@ pub struct CachedApp {
 pub struct RemovedApp {
     /// The last policy the application had.
     pub policy: Policy,
-    /// Objects applied for it.
+    /// Objects applied for it and not yet pruned (see
+    /// [`CachedApp::inventory`]).
     pub inventory: Vec<ObjectKey>,
     /// Its hooks (manifests): PreDelete and PostDelete hooks run now, and
     /// what the others left behind is deleted with the application.
@@ -213,6 +218,64 @@ impl CachedState {
     }
 }
 
+impl CachedState {
+    /// The inventory of `app`, desired or removed; empty when the cache
+    /// does not know it.
+    #[must_use]
+    pub fn inventory_of(&self, app: &str) -> &[ObjectKey] {
+        match (self.apps.get(app), self.removed.get(app)) {
+            (Some(a), _) => &a.inventory,
+            (None, Some(r)) => &r.inventory,
+            (None, None) => &[],
+        }
+    }
+
+    /// Adds `keys` to the inventory of `app` wherever it is now: desired,
+    /// or removed meanwhile (then its removal prunes them). An application
+    /// the cache no longer knows at all is recorded as removed with
+    /// `policy`, so the objects are not forgotten. True when the inventory
+    /// grew.
+    pub fn add_to_inventory<'a>(
+        &mut self,
+        app: &str,
+        keys: impl IntoIterator<Item = &'a ObjectKey>,
+        policy: &Policy,
+    ) -> bool {
+        let inventory = if let Some(a) = self.apps.get_mut(app) {
+            &mut a.inventory
+        } else {
+            &mut self
+                .removed
+                .entry(app.to_owned())
+                .or_insert_with(|| RemovedApp {
+                    policy: policy.clone(),
+                    ..RemovedApp::default()
+                })
+                .inventory
+        };
+        let before = inventory.len();
+        inventory.extend(keys.into_iter().cloned());
+        inventory.sort();
+        inventory.dedup();
+        inventory.len() != before
+    }
+
+    /// Takes `keys` out of the inventory of `app` (their deletion was
+    /// confirmed).
+    pub fn remove_from_inventory(
+        &mut self,
+        app: &str,
+        keys: &std::collections::BTreeSet<ObjectKey>,
+    ) {
+        let inventory = match (self.apps.get_mut(app), self.removed.get_mut(app)) {
+            (Some(a), _) => &mut a.inventory,
+            (None, Some(r)) => &mut r.inventory,
+            (None, None) => return,
+        };
+        inventory.retain(|k| !keys.contains(k));
+    }
+}
+
 /// The cache file and its in-memory copy.
 ///
 /// A write that fails (a full disk) leaves the newer state in memory only;
@@ -267,6 +330,11 @@ impl Cache {
     #[must_use]
     pub fn snapshot(&self) -> CachedState {
         self.inner.lock().state.clone()
+    }
+
+    /// Reads the current state without copying it.
+    pub fn read<R>(&self, f: impl FnOnce(&CachedState) -> R) -> R {
+        f(&self.inner.lock().state)
     }
 
     /// Whether the state in memory has not reached the file yet (a write
@@ -696,6 +764,39 @@ mod tests {
             .expect_err("incomplete");
         assert_eq!(missing, vec!["guestbook".to_owned()]);
         assert_eq!(state.generation, 3);
+    }
+
+    #[test]
+    fn the_inventory_grows_wherever_the_application_is_and_shrinks_by_confirmation() {
+        let key = |name: &str| ObjectKey {
+            group: String::new(),
+            version: "v1".into(),
+            kind: "ConfigMap".into(),
+            namespace: "web".into(),
+            name: name.into(),
+        };
+        let mut state = sample();
+        let policy = Policy::default();
+        assert!(state.add_to_inventory("guestbook", &[key("c"), key("d")], &policy));
+        assert!(!state.add_to_inventory("guestbook", &[key("d")], &policy));
+        assert_eq!(state.inventory_of("guestbook"), &[key("c"), key("d")]);
+        // Removed meanwhile: the claim follows it, so its removal prunes.
+        state
+            .merge(flotilla_proto::DesiredState {
+                generation: 4,
+                ..Default::default()
+            })
+            .expect("complete");
+        assert!(state.add_to_inventory("guestbook", &[key("e")], &policy));
+        assert_eq!(
+            state.removed["guestbook"].inventory,
+            vec![key("c"), key("d"), key("e")]
+        );
+        state.remove_from_inventory("guestbook", &[key("d")].into_iter().collect());
+        assert_eq!(state.inventory_of("guestbook"), &[key("c"), key("e")]);
+        // Unknown altogether: recorded as removed, not forgotten.
+        assert!(state.add_to_inventory("ghost", &[key("g")], &policy));
+        assert_eq!(state.removed["ghost"].inventory, vec![key("g")]);
     }
 
     #[test]

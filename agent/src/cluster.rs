@@ -43,6 +43,9 @@ pub enum ClusterError {
         kind: String,
         /// The cause.
         message: String,
+        /// The HTTP status of the API server's answer, when it answered
+        /// with one.
+        code: Option<u16>,
     },
     /// A create found the object there already.
     #[error("create {key}: already exists")]
@@ -59,6 +62,9 @@ pub enum ClusterError {
         key: String,
         /// The API server's message.
         message: String,
+        /// The HTTP status of the API server's answer, when it answered
+        /// with one.
+        code: Option<u16>,
     },
 }
 
@@ -87,6 +93,33 @@ impl ClusterError {
     #[must_use]
     pub fn is_unknown_kind(&self) -> bool {
         matches!(self, Self::UnknownKind { .. })
+    }
+
+    /// Whether the API server itself is failing: it could not be reached,
+    /// or answered with a server error (5xx) or 429 Too Many Requests.
+    /// Retrying soon is what would make it worse; a refusal (403, 422…)
+    /// is an answer.
+    #[must_use]
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Self::Request { code, .. } | Self::Discovery { code, .. } => {
+                code.is_none_or(|c| c >= 500 || c == 429)
+            }
+            Self::UnknownKind { .. } | Self::AlreadyExists { .. } => false,
+        }
+    }
+
+    /// Whether the API server answered 404 Not Found (e.g. the object's
+    /// namespace does not exist).
+    #[must_use]
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self,
+            Self::Request {
+                code: Some(404),
+                ..
+            }
+        )
     }
 }
 
@@ -167,6 +200,12 @@ impl Cluster {
         }
     }
 
+    /// A kind as far as the cache knows it, without asking.
+    #[must_use]
+    pub fn resolved(&self, key: &ObjectKey) -> Option<Resolved> {
+        self.kinds().get(&Self::gvk_key(key)).cloned()
+    }
+
     /// Resolves a kind, asking the cluster when the cache does not know it
     /// (so kinds of a CRD applied a moment ago are found).
     ///
@@ -181,11 +220,31 @@ impl Cluster {
         let (resource, caps) =
             discovery::pinned_kind(&self.client, &gvk)
                 .await
-                .map_err(|source| ClusterError::UnknownKind {
-                    group: key.group.clone(),
-                    version: key.version.clone(),
-                    kind: key.kind.clone(),
-                    source,
+                .map_err(|source| {
+                    // The group/version is not served (404), or it is and has
+                    // no such kind: the object's kind is unknown. Anything else
+                    // (a 500, a refused connection) says nothing about the kind.
+                    let unknown = match &source {
+                        kube::Error::Api(s) => s.code == 404,
+                        kube::Error::Discovery(_) => true,
+                        _ => false,
+                    };
+                    if unknown {
+                        ClusterError::UnknownKind {
+                            group: key.group.clone(),
+                            version: key.version.clone(),
+                            kind: key.kind.clone(),
+                            source,
+                        }
+                    } else {
+                        ClusterError::Discovery {
+                            group: key.group.clone(),
+                            version: key.version.clone(),
+                            kind: key.kind.clone(),
+                            message: api_message(&source),
+                            code: api_code(&source),
+                        }
+                    }
                 })?;
         let resolved = Resolved {
             resource,
@@ -250,6 +309,7 @@ impl Cluster {
             action: "apply",
             key: key.to_string(),
             message: e.to_string(),
+            code: None,
         })
     }
 
@@ -293,6 +353,7 @@ impl Cluster {
                 action: "create",
                 key: key.to_string(),
                 message: e.to_string(),
+                code: None,
             })?;
         let params = kube::api::PostParams {
             dry_run,
@@ -311,6 +372,7 @@ impl Cluster {
             action: "create",
             key: key.to_string(),
             message: e.to_string(),
+            code: None,
         })
     }
 
@@ -330,6 +392,7 @@ impl Cluster {
                 action: "get",
                 key: key.to_string(),
                 message: e.to_string(),
+                code: None,
             })
     }
 
@@ -351,7 +414,8 @@ impl Cluster {
                 .map_err(|e| ClusterError::Request {
                     action: "list",
                     key: format!("{} in {namespace}", r.resource.kind),
-                    message: e.to_string(),
+                    message: api_message(&e),
+                    code: api_code(&e),
                 })?;
         Ok(list
             .items
@@ -424,13 +488,48 @@ impl Cluster {
 }
 
 fn request_error(action: &'static str, key: &ObjectKey, e: &kube::Error) -> ClusterError {
-    let message = match e {
-        kube::Error::Api(s) => s.message.clone(),
-        other => other.to_string(),
-    };
     ClusterError::Request {
         action,
         key: key.to_string(),
-        message,
+        message: api_message(e),
+        code: api_code(e),
+    }
+}
+
+/// The API server's message, or the client's error.
+fn api_message(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => s.message.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn api_code(e: &kube::Error) -> Option<u16> {
+    match e {
+        kube::Error::Api(s) => Some(s.code),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_failing_api_server_is_unavailable() {
+        let request = |code| ClusterError::Request {
+            action: "get",
+            key: "v1/ConfigMap:web/c".into(),
+            message: "m".into(),
+            code,
+        };
+        assert!(request(None).is_unavailable());
+        assert!(request(Some(500)).is_unavailable());
+        assert!(request(Some(503)).is_unavailable());
+        assert!(request(Some(429)).is_unavailable());
+        assert!(!request(Some(403)).is_unavailable());
+        assert!(!request(Some(422)).is_unavailable());
+        assert!(request(Some(404)).is_not_found());
+        assert!(!ClusterError::AlreadyExists { key: "k".into() }.is_unavailable());
     }
 }

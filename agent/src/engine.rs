@@ -31,12 +31,14 @@ use crate::object::ObjectKey;
 use crate::report::{Report, now_ms};
 
 mod apply;
+mod claims;
 mod dry_run;
 mod hooks;
 mod live;
 mod operation;
 mod removal;
 
+use live::Observed;
 pub use live::diff_app;
 
 const PASS_SETTLED: Duration = Duration::from_secs(5);
@@ -50,6 +52,12 @@ pub const HOOK_TIMEOUT: Duration = Duration::from_secs(3600);
 const COALESCE: Duration = Duration::from_millis(100);
 const POLL: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(180);
+/// Longest pause between passes while the API server fails (the first is
+/// one second, doubling, ±20 % jitter).
+pub const API_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// How often an inventory ConfigMap is looked for (a wiped cluster gets its
+/// inventories back).
+const INVENTORY_CHECK: Duration = Duration::from_secs(30);
 
 /// What one object looks like now.
 #[derive(Debug, Clone)]
@@ -85,6 +93,10 @@ struct AppRuntime {
     drifted: bool,
     /// The id of the last operation that ended.
     ended: String,
+    /// Objects the last prune left because they opt out of it
+    /// (`Prune=false`): they stay in the inventory, but do not start a
+    /// sync of their own.
+    kept: BTreeSet<ObjectKey>,
 }
 
 impl AppRuntime {
@@ -126,7 +138,22 @@ pub struct Engine {
     apps: HashMap<String, AppRuntime>,
     requests: SyncRequests,
     inventory: Option<Inventory>,
+    /// The inventories in the cluster have been read into the cache (and
+    /// those of applications no longer desired adopted).
     orphans_checked: bool,
+    /// Why they could not be read, and whether the API server was failing.
+    orphans_failure: Option<(String, bool)>,
+    /// What each application's inventory ConfigMap holds, as far as this
+    /// engine wrote or read it.
+    recorded: std::sync::Mutex<HashMap<String, BTreeSet<ObjectKey>>>,
+    /// The current pass could not read from the API server.
+    api_failed: std::sync::atomic::AtomicBool,
+    /// Consecutive passes that could not.
+    api_failures: u32,
+    /// When the inventory ConfigMaps were checked last.
+    inventory_checked: Option<Instant>,
+    /// Which application's inventory the next check looks for.
+    probes: usize,
     health: HealthRules,
     hook_timeout: Duration,
 }
@@ -150,6 +177,12 @@ impl Engine {
             requests: SyncRequests::default(),
             inventory: None,
             orphans_checked: false,
+            orphans_failure: None,
+            recorded: std::sync::Mutex::default(),
+            api_failed: std::sync::atomic::AtomicBool::new(false),
+            api_failures: 0,
+            inventory_checked: None,
+            probes: 0,
             health: HealthRules::builtin(),
             hook_timeout: HOOK_TIMEOUT,
         }
@@ -190,10 +223,17 @@ impl Engine {
             .remove(app)
     }
 
-    /// Runs passes forever.
+    /// Runs passes forever. While the API server fails, passes back off
+    /// (one second, doubling up to [`API_BACKOFF_MAX`], with jitter; reset
+    /// by a pass that reads it again), and only a new desired state or a
+    /// sync request ends the pause early.
     pub async fn run(mut self) {
         loop {
             let settled = self.pass().await;
+            if self.api_failures > 0 {
+                self.wait_for_api(api_backoff(self.api_failures)).await;
+                continue;
+            }
             let wait = match (settled, self.cluster.watches_enabled()) {
                 (false, _) => PASS_BUSY,
                 // Watches wake the engine on any change to a tracked object;
@@ -212,9 +252,65 @@ impl Engine {
         }
     }
 
+    /// Waits `wait` after a pass the API server failed; a new generation
+    /// or a sync request from the hub ends the wait early.
+    async fn wait_for_api(&self, wait: Duration) {
+        let until = tokio::time::Instant::now() + wait;
+        let generation = self.cache.read(|s| s.generation);
+        loop {
+            tokio::select! {
+                () = self.trigger.notified() => {
+                    let pending = !self
+                        .requests
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .is_empty();
+                    if pending || self.cache.read(|s| s.generation) != generation {
+                        tokio::time::sleep(COALESCE).await;
+                        return;
+                    }
+                }
+                () = tokio::time::sleep_until(until) => return,
+            }
+        }
+    }
+
+    /// Notes that the current pass could not read from the API server.
+    fn note_api_failure(&self) {
+        self.api_failed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Consecutive passes that could not read from the API server (0 when
+    /// the last one could).
+    #[must_use]
+    pub fn api_failures(&self) -> u32 {
+        self.api_failures
+    }
+
     /// One pass over every application; true when all are Synced and Healthy.
     pub async fn pass(&mut self) -> bool {
+        self.api_failed
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        let settled = self.pass_inner().await;
+        if self.api_failed.load(std::sync::atomic::Ordering::Relaxed) {
+            self.api_failures = self.api_failures.saturating_add(1);
+        } else {
+            self.api_failures = 0;
+        }
+        settled
+    }
+
+    async fn pass_inner(&mut self) -> bool {
         let mut snapshot = self.cache.snapshot();
+        if self
+            .inventory_checked
+            .is_none_or(|t| t.elapsed() >= INVENTORY_CHECK)
+            || self.inventory.as_ref().is_some_and(Inventory::lost)
+        {
+            self.inventory_checked = Some(Instant::now());
+            self.check_inventories().await;
+        }
         if !self.orphans_checked && snapshot.generation > 0 {
             self.adopt_orphans(&snapshot).await;
             snapshot = self.cache.snapshot();
@@ -232,11 +328,15 @@ impl Engine {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .retain(|name, _| snapshot.apps.contains_key(name));
+        // An application whose live state cannot be read does not keep
+        // passes frequent: another pass a second later would not read it
+        // either (a failing API server backs passes off on its own).
         let settled = removals_done
             && statuses.iter().all(|s| {
-                s.sync == SyncStatus::Synced as i32
-                    && s.health == HealthStatus::Healthy.to_proto() as i32
-                    && s.operation.as_ref().is_none_or(|o| o.phase != "Running")
+                let synced = s.sync == SyncStatus::Synced as i32
+                    && s.health == HealthStatus::Healthy.to_proto() as i32;
+                let running = s.operation.as_ref().is_some_and(|o| o.phase == "Running");
+                !running && (synced || s.conditions.iter().any(|c| c.r#type == "ComparisonError"))
             });
         let report = Report {
             generation: snapshot.generation,
@@ -296,10 +396,35 @@ impl Engine {
                 ..AppStatus::default()
             };
         }
-        let (mut checks, mut parse_errors) = self.check(b).await;
-        let in_sync =
-            parse_errors.is_empty() && checks.iter().all(|c| c.sync == SyncStatus::Synced);
+        let Observed {
+            mut checks,
+            mut parse_errors,
+            mut read_error,
+            unavailable,
+        } = self.check(b).await;
+        // Without the live state there is nothing to compare: no drift, no
+        // automated sync, until the API server answers again.
+        let comparable = read_error.is_none();
+        if unavailable {
+            self.note_api_failure();
+        }
+        let in_sync = comparable
+            && parse_errors.is_empty()
+            && checks.iter().all(|c| c.sync == SyncStatus::Synced);
         let digest_changed = app.applied_digest.as_deref() != Some(b.digest.as_str());
+        // Objects in the inventory the desired state no longer has: a
+        // desired state that came back to an earlier digest (or a sync that
+        // ended before its prune) still has them to prune.
+        let kept = self
+            .apps
+            .get(&b.name)
+            .map(|rt| rt.kept.clone())
+            .unwrap_or_default();
+        let stale = if comparable && b.policy.automated && b.policy.prune {
+            self.stale_objects(b, &checks, &kept).await
+        } else {
+            Vec::new()
+        };
         let now = Instant::now();
         let requested = self.take_request(&b.name);
         let rt = self.apps.entry(b.name.clone()).or_default();
@@ -308,11 +433,11 @@ impl Engine {
             rt.retry_at = None;
             rt.attempt_digest.clone_from(&b.digest);
         }
-        if in_sync && !digest_changed {
+        if in_sync && !digest_changed && stale.is_empty() {
             rt.attempts = 0;
             rt.retry_at = None;
         }
-        let drifted = !in_sync && !digest_changed;
+        let drifted = comparable && !in_sync && !digest_changed;
         if drifted && !rt.drifted {
             crate::metrics::metrics().drift(&b.name);
         }
@@ -329,7 +454,10 @@ impl Engine {
         let wanted = requested.is_some()
             || running
             || (b.policy.automated
-                && (digest_changed || (drifted && healable && b.policy.self_heal)));
+                && comparable
+                && (digest_changed
+                    || !stale.is_empty()
+                    || (drifted && healable && b.policy.self_heal)));
         let limit_reached = requested.is_none()
             && !running
             && b.policy.retry_limit > 0
@@ -370,6 +498,9 @@ impl Engine {
                     .collect();
                 info!(app = %b.name, drift = ?fields, "self-healing drift");
             }
+            if !stale.is_empty() && !digest_changed && !running && requested.is_none() {
+                info!(app = %b.name, objects = stale.len(), "the inventory holds objects the desired state no longer has; syncing to prune them");
+            }
             let mut op = running_op.unwrap_or_else(|| SyncOperation {
                 id: format!("{:08x}", rand::rng().random::<u32>()),
                 digest: b.digest.clone(),
@@ -408,7 +539,14 @@ impl Engine {
                 rt.retry_at =
                     Some(Instant::now() + jitter(b.policy.retry_backoff.delay(rt.attempts)));
                 warn!(app = %b.name, message = %rt.message, "sync refused");
-                return status_of(b, &checks, &parse_errors, rt, last_applied_ms);
+                return status_of(
+                    b,
+                    &checks,
+                    &parse_errors,
+                    read_error.as_deref(),
+                    rt,
+                    last_applied_ms,
+                );
             }
             // ApplyOutOfSyncOnly: objects already in sync are left alone.
             let skip: BTreeSet<ObjectKey> =
@@ -439,21 +577,29 @@ impl Engine {
                 rt.record(operation_state(&op, "Running", 0, &why, outcome.sync_phase));
                 rt.errors.clone_from(&outcome.errors);
                 rt.message = why;
-                let inventory = outcome.inventory;
                 let persisted = self.cache.update(|s| {
                     if let Some(cached) = s.apps.get_mut(&name)
                         && cached.bundle.digest == digest
                     {
-                        cached.inventory = inventory;
                         cached.operation = Some(op);
                     }
                 });
                 if let Err(e) = persisted {
                     warn!(error = %e, "could not persist the cache");
                 }
-                let (checks, parse_errors) = self.check(b).await;
+                let observed = self.check(b).await;
+                if observed.unavailable {
+                    self.note_api_failure();
+                }
                 let rt = self.apps.entry(b.name.clone()).or_default();
-                return status_of(b, &checks, &parse_errors, rt, last_applied_ms);
+                return status_of(
+                    b,
+                    &observed.checks,
+                    &observed.parse_errors,
+                    observed.read_error.as_deref(),
+                    rt,
+                    last_applied_ms,
+                );
             }
             let ok = outcome.failure.is_none() && outcome.errors.is_empty();
             let message = outcome.failure.clone().unwrap_or_default();
@@ -467,6 +613,9 @@ impl Engine {
             ));
             rt.ended = op.id.clone();
             rt.errors.clone_from(&outcome.errors);
+            if op.pruned {
+                rt.kept.clone_from(&outcome.kept);
+            }
             // Object errors show per object; the application's message is
             // for what is not about one object.
             rt.message = if message == failure_summary(&outcome.errors) {
@@ -491,23 +640,17 @@ impl Engine {
                 rt.retry_at = Some(Instant::now() + delay);
             }
             if ok {
-                info!(app = %b.name, revision = %b.revision, objects = outcome.inventory.len(), "applied");
+                info!(app = %b.name, revision = %b.revision, objects = outcome.objects, "applied");
             } else {
                 warn!(app = %b.name, errors = outcome.errors.len(), message = %rt.message, "apply finished with errors");
             }
-            let inventory = outcome.inventory;
-            if let Some(store) = &self.inventory
-                && let Err(e) = store
-                    .store(&self.cluster, &name, b.policy.prune, &inventory)
-                    .await
-            {
-                warn!(app = %name, error = %e, "could not store the inventory in the cluster");
-            }
+            // The inventory is not set here: objects were claimed before
+            // they were applied and released as their deletion was
+            // confirmed, whatever the desired state is by now.
             let persisted = self.cache.update(|s| {
                 if let Some(cached) = s.apps.get_mut(&name)
                     && cached.bundle.digest == digest
                 {
-                    cached.inventory = inventory;
                     cached.last_applied_ms = finished;
                     cached.operation = None;
                     if ok {
@@ -519,11 +662,20 @@ impl Engine {
                 warn!(error = %e, "could not persist the cache");
             }
             last_applied_ms = finished;
-            (checks, parse_errors) = tracing::Instrument::instrument(
+            let observed = tracing::Instrument::instrument(
                 self.check(b),
                 tracing::info_span!(parent: &span, "health", app = %b.name),
             )
             .await;
+            if observed.unavailable {
+                self.note_api_failure();
+            }
+            Observed {
+                checks,
+                parse_errors,
+                read_error,
+                ..
+            } = observed;
         } else if wanted && limit_reached {
             let rt = self.apps.entry(b.name.clone()).or_default();
             let limit = format!("retry limit {} reached", b.policy.retry_limit);
@@ -534,7 +686,14 @@ impl Engine {
             }
         }
         let rt = self.apps.entry(b.name.clone()).or_default();
-        status_of(b, &checks, &parse_errors, rt, last_applied_ms)
+        status_of(
+            b,
+            &checks,
+            &parse_errors,
+            read_error.as_deref(),
+            rt,
+            last_applied_ms,
+        )
     }
 
     /// The id of the operation this agent ended last for `app` (its cache
@@ -686,15 +845,29 @@ fn backoff(attempts: u32) -> Duration {
     )
 }
 
+/// The pause after `failures` consecutive passes the API server failed:
+/// 1 s, 2 s, 4 s … up to [`API_BACKOFF_MAX`], ±20 % jitter.
+fn api_backoff(failures: u32) -> Duration {
+    jitter(
+        Duration::from_secs(1)
+            .saturating_mul(1u32 << failures.saturating_sub(1).min(8))
+            .min(API_BACKOFF_MAX),
+    )
+}
+
 /// ±20 % jitter, so agents and applications do not retry in lockstep.
 fn jitter(d: Duration) -> Duration {
     d.mul_f64(rand::rng().random_range(0.8..1.2))
 }
 
+/// The status of one application. `read_error` says why its live state
+/// could not be read: then sync and health are Unknown and the message and
+/// a `ComparisonError` condition say why (never drift, never OutOfSync).
 fn status_of(
     b: &Bundle,
     checks: &[ResourceCheck],
     parse_errors: &[String],
+    read_error: Option<&str>,
     rt: &AppRuntime,
     last_applied_ms: i64,
 ) -> AppStatus {
@@ -712,8 +885,10 @@ fn status_of(
             drift: c.drift.clone(),
         })
         .collect();
-    let sync = if !parse_errors.is_empty() || checks.iter().any(|c| c.sync == SyncStatus::OutOfSync)
-    {
+    let unreadable = read_error.map(|e| format!("cannot read live state: {e}"));
+    let sync = if unreadable.is_some() {
+        SyncStatus::Unknown
+    } else if !parse_errors.is_empty() || checks.iter().any(|c| c.sync == SyncStatus::OutOfSync) {
         SyncStatus::OutOfSync
     } else if checks.iter().any(|c| c.sync == SyncStatus::Unknown) {
         // The cluster could not be read: say so rather than guess.
@@ -721,8 +896,14 @@ fn status_of(
     } else {
         SyncStatus::Synced
     };
-    let health = health::aggregate(checks.iter().map(|c| &c.health));
-    let message = if let Some(e) = parse_errors.first() {
+    let health = if unreadable.is_some() {
+        HealthStatus::Unknown
+    } else {
+        health::aggregate(checks.iter().map(|c| &c.health))
+    };
+    let message = if let Some(e) = &unreadable {
+        e.clone()
+    } else if let Some(e) = parse_errors.first() {
         e.clone()
     } else if !rt.message.is_empty() {
         rt.message.clone()
@@ -749,7 +930,14 @@ fn status_of(
         observed_ms: now_ms(),
         operation: rt.operation.clone(),
         requested_operation: rt.requested.clone(),
-        conditions: shared_resource_conditions(b, checks),
+        conditions: unreadable
+            .map(|message| AppCondition {
+                r#type: "ComparisonError".to_owned(),
+                message,
+            })
+            .into_iter()
+            .chain(shared_resource_conditions(b, checks))
+            .collect(),
     }
 }
 

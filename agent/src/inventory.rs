@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde_json::{Value, json};
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, ClusterError};
 use crate::object::ObjectKey;
 
 /// Label on every inventory ConfigMap.
@@ -34,7 +34,8 @@ pub struct StoredInventory {
 #[derive(Debug)]
 pub struct Inventory {
     namespace: String,
-    namespace_ready: AtomicBool,
+    /// Inventories were found missing since the engine last asked.
+    lost: AtomicBool,
 }
 
 fn key(kind: &str, version: &str, namespace: &str, name: &str) -> ObjectKey {
@@ -84,8 +85,46 @@ impl Inventory {
     pub fn new(namespace: impl Into<String>) -> Self {
         Self {
             namespace: namespace.into(),
-            namespace_ready: AtomicBool::new(false),
+            lost: AtomicBool::new(false),
         }
+    }
+
+    /// The inventory namespace.
+    #[must_use]
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// Creates the inventory namespace when it does not exist. Asked only
+    /// once a write found it missing: an agent whose RBAC covers only
+    /// some namespaces may not read Namespaces at all.
+    async fn create_namespace(&self, cluster: &Cluster) -> Result<(), ClusterError> {
+        let ns = key("Namespace", "v1", "", &self.namespace);
+        let r = cluster.resolve(&ns).await?;
+        if cluster.get(&r, &ns).await?.is_none() {
+            let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": self.namespace}});
+            cluster.apply(&r, &ns, &obj).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether the inventory namespace was found missing (the inventories
+    /// in it are gone) and the engine has not been told yet.
+    #[must_use]
+    pub fn lost(&self) -> bool {
+        self.lost.load(Ordering::Relaxed)
+    }
+
+    /// Whether the inventory namespace was found missing since the last
+    /// call.
+    pub fn take_lost(&self) -> bool {
+        self.lost.swap(false, Ordering::Relaxed)
+    }
+
+    /// Makes the next [`Inventory::take_lost`] true: inventories are
+    /// missing (one found gone, or one could not be written back).
+    pub fn mark_lost(&self) {
+        self.lost.store(true, Ordering::Relaxed);
     }
 
     fn cm_key(&self, app: &str) -> ObjectKey {
@@ -97,7 +136,10 @@ impl Inventory {
         )
     }
 
-    /// Writes an application's inventory.
+    /// Writes an application's inventory. When the inventory namespace is
+    /// missing (a wiped cluster, a first start) it is created and the
+    /// write tried again; [`Inventory::lost`] then says the other
+    /// inventories need writing again too.
     ///
     /// # Errors
     /// When the API server refuses.
@@ -107,31 +149,29 @@ impl Inventory {
         app: &str,
         prune: bool,
         objects: &[ObjectKey],
-    ) -> Result<(), String> {
-        if !self.namespace_ready.load(Ordering::Relaxed) {
-            let ns = key("Namespace", "v1", "", &self.namespace);
-            let r = cluster.resolve(&ns).await.map_err(|e| e.to_string())?;
-            if cluster
-                .get(&r, &ns)
-                .await
-                .map_err(|e| e.to_string())?
-                .is_none()
-            {
-                let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": self.namespace}});
-                cluster
-                    .apply(&r, &ns, &obj)
-                    .await
-                    .map_err(|e| e.to_string())?;
-            }
-            self.namespace_ready.store(true, Ordering::Relaxed);
-        }
+    ) -> Result<(), ClusterError> {
         let cm = self.cm_key(app);
-        let r = cluster.resolve(&cm).await.map_err(|e| e.to_string())?;
-        cluster
-            .apply(&r, &cm, &config_map(&self.namespace, app, prune, objects))
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        let r = cluster.resolve(&cm).await?;
+        let obj = config_map(&self.namespace, app, prune, objects);
+        match cluster.apply(&r, &cm, &obj).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_not_found() => {
+                self.create_namespace(cluster).await?;
+                self.mark_lost();
+                cluster.apply(&r, &cm, &obj).await.map(|_| ())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether an application's inventory ConfigMap exists.
+    ///
+    /// # Errors
+    /// When the API server cannot be asked.
+    pub async fn exists(&self, cluster: &Cluster, app: &str) -> Result<bool, ClusterError> {
+        let cm = self.cm_key(app);
+        let r = cluster.resolve(&cm).await?;
+        Ok(cluster.get(&r, &cm).await?.is_some())
     }
 
     /// Reads an application's inventory.
@@ -142,28 +182,22 @@ impl Inventory {
         &self,
         cluster: &Cluster,
         app: &str,
-    ) -> Result<Option<StoredInventory>, String> {
+    ) -> Result<Option<StoredInventory>, ClusterError> {
         let cm = self.cm_key(app);
-        let r = cluster.resolve(&cm).await.map_err(|e| e.to_string())?;
-        Ok(cluster
-            .get(&r, &cm)
-            .await
-            .map_err(|e| e.to_string())?
-            .as_ref()
-            .and_then(parse))
+        let r = cluster.resolve(&cm).await?;
+        Ok(cluster.get(&r, &cm).await?.as_ref().and_then(parse))
     }
 
     /// Every stored inventory.
     ///
     /// # Errors
     /// When the API server cannot be asked.
-    pub async fn list(&self, cluster: &Cluster) -> Result<Vec<StoredInventory>, String> {
+    pub async fn list(&self, cluster: &Cluster) -> Result<Vec<StoredInventory>, ClusterError> {
         let cm = self.cm_key("x");
-        let r = cluster.resolve(&cm).await.map_err(|e| e.to_string())?;
+        let r = cluster.resolve(&cm).await?;
         let items = cluster
             .list(&r, &self.namespace, &format!("{INVENTORY_LABEL}=true"))
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         Ok(items.iter().filter_map(parse).collect())
     }
 
@@ -171,10 +205,10 @@ impl Inventory {
     ///
     /// # Errors
     /// When the API server refuses.
-    pub async fn remove(&self, cluster: &Cluster, app: &str) -> Result<(), String> {
+    pub async fn remove(&self, cluster: &Cluster, app: &str) -> Result<(), ClusterError> {
         let cm = self.cm_key(app);
-        let r = cluster.resolve(&cm).await.map_err(|e| e.to_string())?;
-        cluster.delete(&r, &cm).await.map_err(|e| e.to_string())
+        let r = cluster.resolve(&cm).await?;
+        cluster.delete(&r, &cm).await
     }
 }
 

@@ -21,6 +21,7 @@ pub mod identity;
 pub mod inventory;
 pub mod jq;
 pub mod link;
+pub mod log_limit;
 pub mod metrics;
 pub mod object;
 pub mod plan;

@@ -9,10 +9,14 @@ use std::sync::{Mutex, OnceLock};
 pub use flotilla_telemetry::TelemetryGuard;
 
 /// Installs logging and, when configured, OpenTelemetry export with the
-/// default service name `flotilla-agent`. Keep the guard until the process
-/// ends.
+/// default service name `flotilla-agent`; identical lines repeated within a
+/// minute are summed up (see [`crate::log_limit`]). Keep the guard until
+/// the process ends.
 pub fn init() -> TelemetryGuard {
-    flotilla_telemetry::init("flotilla-agent")
+    flotilla_telemetry::init_with(
+        "flotilla-agent",
+        crate::log_limit::RepeatLimit::new(crate::log_limit::WINDOW),
+    )
 }
 
 fn pending() -> &'static Mutex<HashMap<String, HashMap<String, String>>> {

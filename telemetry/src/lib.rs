@@ -84,12 +84,23 @@ pub fn otlp_provider(default_service: &str) -> Option<SdkTracerProvider> {
 /// default service name. Keep the guard until the process ends. Safe to
 /// call more than once; later calls do nothing.
 pub fn init(service: &str) -> TelemetryGuard {
+    init_with(service, tracing_subscriber::layer::Identity::new())
+}
+
+/// [`init`] with `first` as the innermost layer: it sees every event the
+/// filter lets through and can drop it for every output (e.g. to
+/// rate-limit repeated lines).
+pub fn init_with<L>(service: &str, first: L) -> TelemetryGuard
+where
+    L: tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync + 'static,
+{
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let provider = otlp_provider(service);
     let otel = provider
         .as_ref()
         .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(service.to_owned())));
     let installed = tracing_subscriber::registry()
+        .with(first)
         .with(filter)
         .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
         .with(otel)

@@ -22,6 +22,19 @@ pub(super) enum WaveHealth {
     Degraded(String),
 }
 
+/// What became of an object a prune was asked to delete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Pruned {
+    /// The API server accepted its deletion.
+    Deleted,
+    /// It does not exist (or its kind is no longer served).
+    Absent,
+    /// It does not carry this application's tracking identity.
+    NotOurs,
+    /// It opts out of pruning (`Prune=false`) and stays.
+    Kept,
+}
+
 /// An object to plan: its key, and its manifest twice (to apply and to
 /// keep as desired).
 pub(super) type PlanObject = (ObjectKey, serde_json::Value, serde_json::Value);
@@ -97,15 +110,18 @@ impl Engine {
         plan::prune_order(keys, |k| self.cluster.known_scope(k))
     }
 
-    /// Deletes one object if it carries this application's tracking identity
-    /// and does not opt out of pruning.
     /// Deletes `key` if it carries this application's tracking identity and
-    /// no `Prune=false`; true when a deletion was requested.
-    pub(super) async fn prune_one(&self, app: &str, key: &ObjectKey) -> Result<bool, String> {
+    /// no `Prune=false`.
+    ///
+    /// # Errors
+    /// When the API server cannot be asked or refuses the deletion: then
+    /// nothing is known about the object.
+    pub(super) async fn prune_one(&self, app: &str, key: &ObjectKey) -> Result<Pruned, String> {
         let resolved = match self.cluster.resolve(key).await {
             Ok(r) => r,
             // The kind is gone, and with it every object of it.
-            Err(_) => return Ok(false),
+            Err(e) if e.is_unknown_kind() => return Ok(Pruned::Absent),
+            Err(e) => return Err(e.to_string()),
         };
         let Some(live) = self
             .cluster
@@ -113,21 +129,21 @@ impl Engine {
             .await
             .map_err(|e| e.to_string())?
         else {
-            return Ok(false);
+            return Ok(Pruned::Absent);
         };
         if !object::is_tracked_by(&live, app, key) {
             info!(app, object = %key, "not pruning an object this application does not track");
-            return Ok(false);
+            return Ok(Pruned::NotOurs);
         }
         if object::prune_disabled(&live) {
             info!(app, object = %key, "not pruning: Prune=false");
-            return Ok(false);
+            return Ok(Pruned::Kept);
         }
         info!(app, object = %key, "pruning");
         self.cluster
             .delete(&resolved, key)
             .await
-            .map(|()| true)
+            .map(|()| Pruned::Deleted)
             .map_err(|e| e.to_string())
     }
 
@@ -145,12 +161,12 @@ impl Engine {
                     .removal
                     .as_ref()
                     .is_some_and(|r| r.hooks.iter().any(|h| !h.status.finished()));
-            if done
-                && let Some(store) = &self.inventory
-                && let Err(e) = store.remove(&self.cluster, name).await
-            {
-                warn!(app = %name, error = %e, "could not delete the inventory");
-                failed = true;
+            if done && let Some(store) = &self.inventory {
+                self.forget_recorded(name);
+                if let Err(e) = store.remove(&self.cluster, name).await {
+                    warn!(app = %name, error = %e, "could not delete the inventory");
+                    failed = true;
+                }
             }
             let result = self.cache.update(|s| {
                 if failed {
@@ -169,9 +185,12 @@ impl Engine {
         settled
     }
 
-    /// Applications the cluster has inventories for but the hub no longer
-    /// lists (removed while this agent, or its disk, was away) are queued
-    /// for pruning like any removed application.
+    /// Reads the inventories kept in the cluster into the cache, once: an
+    /// application the cache knows gets what the cluster recorded added to
+    /// its inventory (a fresh disk, or a cache write that did not reach
+    /// the disk before a restart); applications the hub no longer lists
+    /// (removed while this agent, or its disk, was away) are queued for
+    /// pruning like any removed application.
     pub(super) async fn adopt_orphans(&mut self, snapshot: &CachedState) {
         let Some(store) = &self.inventory else {
             self.orphans_checked = true;
@@ -180,31 +199,45 @@ impl Engine {
         let stored = match store.list(&self.cluster).await {
             Ok(s) => s,
             Err(e) => {
+                if e.is_unavailable() {
+                    self.note_api_failure();
+                }
                 warn!(error = %e, "could not list inventories");
+                self.orphans_failure = Some((e.to_string(), e.is_unavailable()));
                 return;
             }
         };
         self.orphans_checked = true;
-        let orphans: Vec<_> = stored
-            .into_iter()
-            .filter(|s| {
-                !snapshot.apps.contains_key(&s.app) && !snapshot.removed.contains_key(&s.app)
-            })
-            .collect();
-        if orphans.is_empty() {
-            return;
+        self.orphans_failure = None;
+        {
+            let mut recorded = self
+                .recorded
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for s in &stored {
+                recorded.insert(s.app.clone(), s.objects.iter().cloned().collect());
+            }
         }
         let result = self.cache.update(|s| {
-            for orphan in orphans {
-                info!(app = %orphan.app, objects = orphan.objects.len(), "application no longer desired; found its inventory in the cluster");
+            for found in stored {
+                let policy = crate::bundle::Policy {
+                    prune: found.prune,
+                    ..Default::default()
+                };
+                if s.apps.contains_key(&found.app) || s.removed.contains_key(&found.app) {
+                    s.add_to_inventory(&found.app, &found.objects, &policy);
+                    continue;
+                }
+                if snapshot.apps.contains_key(&found.app) {
+                    // Removed and forgotten meanwhile: nothing to adopt.
+                    continue;
+                }
+                info!(app = %found.app, objects = found.objects.len(), "application no longer desired; found its inventory in the cluster");
                 s.removed.insert(
-                    orphan.app,
+                    found.app,
                     RemovedApp {
-                        policy: crate::bundle::Policy {
-                            prune: orphan.prune,
-                            ..Default::default()
-                        },
-                        inventory: orphan.objects,
+                        policy,
+                        inventory: found.objects,
                         ..RemovedApp::default()
                     },
                 );

@@ -284,14 +284,8 @@ impl Engine {
         out: &mut Vec<ResourceResult>,
     ) {
         let b = &app.bundle;
-        let mut known: BTreeSet<ObjectKey> = app.inventory.iter().cloned().collect();
-        // A fresh cache: what earlier agents applied is in the cluster.
-        if known.is_empty()
-            && let Some(store) = &self.inventory
-            && let Ok(Some(stored)) = store.load(&self.cluster, &b.name).await
-        {
-            known.extend(stored.objects);
-        }
+        // What earlier agents recorded in the cluster was read into it.
+        let known = self.inventory_of(&b.name);
         let stale: Vec<ObjectKey> = known
             .into_iter()
             .filter(|k| !desired_keys.contains(k))

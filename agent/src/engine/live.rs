@@ -14,10 +14,42 @@ use crate::drift;
 use crate::health::{Health, HealthStatus};
 use crate::object::{self, ObjectKey};
 
+/// The live state of an application's objects compared with what the
+/// agent applies.
+#[derive(Debug, Default)]
+pub(super) struct Observed {
+    /// One per desired resource, in manifest order.
+    pub(super) checks: Vec<ResourceCheck>,
+    /// Manifests that are not objects.
+    pub(super) parse_errors: Vec<String>,
+    /// Why the live state could not be read (the API server failed, could
+    /// not be reached, or refused): the comparison means nothing then. The
+    /// first failed read stops the others.
+    pub(super) read_error: Option<String>,
+    /// The failed read found the API server failing (not a refusal): the
+    /// engine backs off.
+    pub(super) unavailable: bool,
+}
+
+/// A check of an object that was not read.
+fn unread(key: ObjectKey, message: String) -> ResourceCheck {
+    ResourceCheck {
+        key,
+        sync: SyncStatus::Unknown,
+        health: Health {
+            status: HealthStatus::Unknown,
+            message: String::new(),
+        },
+        message,
+        drift: Vec::new(),
+        shared_with: None,
+    }
+}
+
 impl Engine {
     /// Reads the live state of every desired object and compares it with
     /// what the agent applies.
-    pub(super) async fn check(&self, b: &Bundle) -> (Vec<ResourceCheck>, Vec<String>) {
+    pub(super) async fn check(&self, b: &Bundle) -> Observed {
         // Slots keep manifest order; resolved objects are read in groups.
         enum Slot {
             Done(ResourceCheck),
@@ -26,6 +58,8 @@ impl Engine {
         let mut slots = Vec::new();
         let mut errors = Vec::new();
         let mut seen = BTreeSet::new();
+        let mut read_error: Option<String> = None;
+        let mut unavailable = false;
         for parsed in object::parse_manifests(&b.manifests) {
             let obj = match parsed {
                 Ok(o) => o,
@@ -41,7 +75,20 @@ impl Engine {
             let Ok(mut key) = ObjectKey::of(&obj, 0) else {
                 continue;
             };
-            let resolved = match self.cluster.resolve(&key).await {
+            // Once a read failed, kinds are only looked up in the cache.
+            let resolved = match read_error {
+                None => self.cluster.resolve(&key).await,
+                Some(_) => self.cluster.resolved(&key).ok_or_else(|| {
+                    crate::cluster::ClusterError::Discovery {
+                        group: key.group.clone(),
+                        version: key.version.clone(),
+                        kind: key.kind.clone(),
+                        message: "not read".to_owned(),
+                        code: None,
+                    }
+                }),
+            };
+            let resolved = match resolved {
                 Ok(r) => r,
                 Err(e) => {
                     if key.namespace.is_empty() {
@@ -50,25 +97,24 @@ impl Engine {
                     // A kind the cluster does not serve means the object
                     // is missing; not reaching the cluster means we do not
                     // know.
-                    let (sync, health) = if e.is_unknown_kind() {
-                        (SyncStatus::OutOfSync, Health::missing())
+                    if e.is_unknown_kind() {
+                        slots.push(Slot::Done(ResourceCheck {
+                            key,
+                            sync: SyncStatus::OutOfSync,
+                            health: Health::missing(),
+                            message: e.to_string(),
+                            drift: Vec::new(),
+                            shared_with: None,
+                        }));
                     } else {
-                        (
-                            SyncStatus::Unknown,
-                            Health {
-                                status: HealthStatus::Unknown,
-                                message: String::new(),
-                            },
-                        )
-                    };
-                    slots.push(Slot::Done(ResourceCheck {
-                        key,
-                        sync,
-                        health,
-                        message: e.to_string(),
-                        drift: Vec::new(),
-                        shared_with: None,
-                    }));
+                        if read_error.is_none() {
+                            read_error = Some(e.to_string());
+                            unavailable = e.is_unavailable();
+                            slots.push(Slot::Done(unread(key, e.to_string())));
+                        } else {
+                            slots.push(Slot::Done(unread(key, String::new())));
+                        }
+                    }
                     continue;
                 }
             };
@@ -96,24 +142,36 @@ impl Engine {
                 continue;
             };
             let group = group_of(key);
-            if groups.get(&group).copied().unwrap_or(0) < 2 || listed.contains_key(&group) {
+            if read_error.is_some()
+                || groups.get(&group).copied().unwrap_or(0) < 2
+                || listed.contains_key(&group)
+            {
                 continue;
             }
-            if let Ok(items) = self.cluster.list(resolved, &key.namespace, &selector).await {
-                let by_name = items
-                    .into_iter()
-                    .filter_map(|o| {
-                        let name = o.pointer("/metadata/name")?.as_str()?.to_owned();
-                        Some((name, o))
-                    })
-                    .collect();
-                listed.insert(group, by_name);
+            match self.cluster.list(resolved, &key.namespace, &selector).await {
+                Ok(items) => {
+                    let by_name = items
+                        .into_iter()
+                        .filter_map(|o| {
+                            let name = o.pointer("/metadata/name")?.as_str()?.to_owned();
+                            Some((name, o))
+                        })
+                        .collect();
+                    listed.insert(group, by_name);
+                }
+                Err(e) => {
+                    unavailable = e.is_unavailable();
+                    read_error = Some(e.to_string());
+                }
             }
         }
         let mut checks = Vec::with_capacity(slots.len());
         for slot in slots {
             match slot {
                 Slot::Done(c) => checks.push(c),
+                Slot::Pending(key, _, _) if read_error.is_some() => {
+                    checks.push(unread(key, String::new()));
+                }
                 Slot::Pending(key, resolved, desired) => {
                     let live = match listed
                         .get_mut(&group_of(&key))
@@ -124,22 +182,34 @@ impl Engine {
                         // application's, or not yet adopted); read it.
                         None => self.cluster.get(&resolved, &key).await,
                     };
-                    checks.push(self.check_one(b, key, live, &desired));
+                    match live {
+                        Err(e) => {
+                            unavailable = e.is_unavailable();
+                            read_error = Some(e.to_string());
+                            checks.push(unread(key, e.to_string()));
+                        }
+                        Ok(live) => checks.push(self.check_one(b, key, live, &desired)),
+                    }
                 }
             }
         }
-        (checks, errors)
+        Observed {
+            checks,
+            parse_errors: errors,
+            read_error,
+            unavailable,
+        }
     }
 
     fn check_one(
         &self,
         b: &Bundle,
         key: ObjectKey,
-        live: Result<Option<Value>, crate::cluster::ClusterError>,
+        live: Option<Value>,
         desired: &Value,
     ) -> ResourceCheck {
         match live {
-            Ok(None) => ResourceCheck {
+            None => ResourceCheck {
                 key,
                 sync: SyncStatus::OutOfSync,
                 health: Health::missing(),
@@ -147,7 +217,7 @@ impl Engine {
                 drift: Vec::new(),
                 shared_with: None,
             },
-            Ok(Some(live)) => {
+            Some(live) => {
                 // Another application's object keeps its tracking when
                 // this one applies it: compare it so.
                 let shared_desired;
@@ -198,17 +268,6 @@ impl Engine {
                     shared_with,
                 }
             }
-            Err(e) => ResourceCheck {
-                key,
-                sync: SyncStatus::Unknown,
-                health: Health {
-                    status: HealthStatus::Unknown,
-                    message: String::new(),
-                },
-                message: e.to_string(),
-                drift: Vec::new(),
-                shared_with: None,
-            },
         }
     }
 }

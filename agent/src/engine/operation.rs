@@ -72,8 +72,10 @@ pub(super) struct RunOutcome {
     pub(super) failure: Option<String>,
     /// Objects the API server refused.
     pub(super) errors: BTreeMap<ObjectKey, String>,
-    /// The application's objects (what may be pruned later).
-    pub(super) inventory: Vec<ObjectKey>,
+    /// How many objects the desired state has.
+    pub(super) objects: usize,
+    /// Objects the prune left because they opt out of it (`Prune=false`).
+    pub(super) kept: BTreeSet<ObjectKey>,
     /// The sync phase it is in or ended in.
     pub(super) sync_phase: &'static str,
 }
@@ -86,7 +88,9 @@ enum StepState {
 }
 
 enum PruneResult {
-    Done(BTreeMap<ObjectKey, String>),
+    /// Pruned: the objects that could not be (why), and those kept
+    /// (`Prune=false`).
+    Done(BTreeMap<ObjectKey, String>, BTreeSet<ObjectKey>),
     Waiting(String),
     Refused(String),
 }
@@ -172,7 +176,33 @@ impl Engine {
     ) -> RunOutcome {
         let b = &app.bundle;
         let mut desired = self.desired(b).await;
-        let mut out = RunOutcome::default();
+        let mut out = RunOutcome {
+            objects: desired.resources.len(),
+            ..RunOutcome::default()
+        };
+        // Whatever this pass may apply is in the inventory first, so no
+        // desired state that arrives meanwhile, crash or restart can leave
+        // an applied object where no prune finds it.
+        if op.failure.is_none() {
+            let keys = desired
+                .resources
+                .iter()
+                .filter(|r| r.resolved.is_ok())
+                .map(|r| &r.key);
+            match self.claim(&b.name, &b.policy, keys).await {
+                Ok(()) => {}
+                // The API server fails: the sync waits for it (passes back
+                // off meanwhile).
+                Err(e) if e.unavailable => {
+                    out.running = Some(format!("waiting to record the inventory: {e}"));
+                    out.sync_phase = SyncPhase::Sync.as_str();
+                    return out;
+                }
+                // It refuses (RBAC): the sync fails and is retried per its
+                // policy.
+                Err(e) => op.failure = Some(e.to_string()),
+            }
+        }
         let mut messages = desired.errors.clone();
         if b.policy.option("CreateNamespace")
             && !b.namespace.is_empty()
@@ -245,8 +275,9 @@ impl Engine {
                     .prune_stale(app, op.prune, &desired_keys(&desired), last_sync, &desired)
                     .await
                 {
-                    PruneResult::Done(errors) => {
+                    PruneResult::Done(errors, kept) => {
                         op.pruned = true;
+                        out.kept = kept;
                         if !errors.is_empty() {
                             out.errors.extend(errors);
                             op.failure = Some(String::new());
@@ -307,12 +338,6 @@ impl Engine {
                 .or_else(|| steps.first())
                 .map_or(SyncPhase::Sync.as_str(), |s| s.sync_phase.as_str())
         };
-        let mut inventory = desired_keys(&desired);
-        if out.running.is_some() || op.failure.is_some() || !op.pruned {
-            // Objects not accounted for yet stay until a prune does.
-            inventory.extend(app.inventory.iter().cloned());
-        }
-        out.inventory = inventory.into_iter().collect();
         out
     }
 
@@ -347,6 +372,12 @@ impl Engine {
                                 resolved.namespaced,
                             );
                             key.namespace = namespace_of(&r.object);
+                            // Its identity is known only now: claimed
+                            // before it is applied, like the others.
+                            if let Err(e) = self.claim(&b.name, &b.policy, [&key]).await {
+                                errors.insert(key, e.to_string());
+                                continue;
+                            }
                             r.key = key;
                             r.resolved = Ok(resolved);
                         }
@@ -590,33 +621,22 @@ impl Engine {
     ) -> PruneResult {
         let b = &app.bundle;
         if !prune {
-            return PruneResult::Done(BTreeMap::new());
+            return PruneResult::Done(BTreeMap::new(), BTreeSet::new());
         }
-        let mut known: BTreeSet<ObjectKey> = app.inventory.iter().cloned().collect();
-        if known.is_empty()
-            && let Some(store) = &self.inventory
-        {
-            // A fresh cache: what earlier agents applied is in the cluster.
-            match store.load(&self.cluster, &b.name).await {
-                Ok(Some(stored)) => known.extend(stored.objects),
-                Ok(None) => {}
-                Err(e) => warn!(app = %b.name, error = %e, "could not read the inventory"),
-            }
-        }
+        // The inventory as it is now (claims of this pass included; what
+        // earlier agents recorded in the cluster was read into it).
+        let inventory = self.inventory_of(&b.name);
         // A named hook applied as a resource before it became a hook is not
-        // stale: it is the hook now.
-        let hooks: BTreeSet<&ObjectKey> = desired
-            .hooks
+        // stale: it is the hook now, and no longer in the inventory.
+        let hooks: BTreeSet<ObjectKey> = inventory
             .iter()
-            .filter(|h| !h.spec.generate_name)
-            .map(|h| &h.key)
+            .filter(|k| named_hook(desired, k))
+            .cloned()
             .collect();
-        let stale: Vec<ObjectKey> = known
-            .into_iter()
-            .filter(|k| !desired_keys.contains(k) && !hooks.contains(k))
-            .collect();
+        self.release(&b.name, b.policy.prune, &hooks).await;
+        let stale = stale_keys(&inventory, desired_keys, desired);
         if stale.is_empty() {
-            return PruneResult::Done(BTreeMap::new());
+            return PruneResult::Done(BTreeMap::new(), BTreeSet::new());
         }
         if desired_keys.is_empty() && !b.policy.allow_empty {
             return PruneResult::Refused(
@@ -644,17 +664,61 @@ impl Engine {
                 super::apply::WaveHealth::Degraded(why) => PruneResult::Refused(format!(
                     "not pruning (PruneLast): sync wave {wave} is not healthy: {why}"
                 )),
-                super::apply::WaveHealth::Healthy => PruneResult::Done(BTreeMap::new()),
+                super::apply::WaveHealth::Healthy => {
+                    PruneResult::Done(BTreeMap::new(), BTreeSet::new())
+                }
             };
         }
         let mut errors = BTreeMap::new();
+        let mut kept = BTreeSet::new();
+        let mut gone = BTreeSet::new();
         for key in self.prune_order(stale) {
-            if let Err(e) = self.prune_one(&b.name, &key).await {
-                warn!(app = %b.name, object = %key, error = %e, "prune failed");
-                errors.insert(key, format!("prune: {e}"));
+            match self.prune_one(&b.name, &key).await {
+                Ok(super::apply::Pruned::Kept) => {
+                    kept.insert(key);
+                }
+                Ok(_) => {
+                    gone.insert(key);
+                }
+                Err(e) => {
+                    warn!(app = %b.name, object = %key, error = %e, "prune failed");
+                    errors.insert(key, format!("prune: {e}"));
+                }
             }
         }
-        PruneResult::Done(errors)
+        self.release(&b.name, b.policy.prune, &gone).await;
+        PruneResult::Done(errors, kept)
+    }
+
+    /// Objects in the inventory of `b` that its desired state no longer
+    /// has, less those a prune keeps (`kept`): what an automated sync with
+    /// prune still has to delete. Cheap when the inventory holds only
+    /// objects of `checks`.
+    pub(super) async fn stale_objects(
+        &self,
+        b: &crate::bundle::Bundle,
+        checks: &[super::ResourceCheck],
+        kept: &BTreeSet<ObjectKey>,
+    ) -> Vec<ObjectKey> {
+        let inventory = self.inventory_of(&b.name);
+        let checked: BTreeSet<&ObjectKey> = checks.iter().map(|c| &c.key).collect();
+        if inventory
+            .iter()
+            .all(|k| checked.contains(k) || kept.contains(k))
+        {
+            return Vec::new();
+        }
+        let desired = self.desired(b).await;
+        let keys: BTreeSet<ObjectKey> = desired
+            .resources
+            .iter()
+            .map(|r| r.key.clone())
+            .chain(desired.skipped.iter().cloned())
+            .collect();
+        stale_keys(&inventory, &keys, &desired)
+            .into_iter()
+            .filter(|k| !kept.contains(k) && !named_hook(&desired, k))
+            .collect()
     }
 
     /// Saves `op` with its application (when the application still has the
@@ -671,6 +735,27 @@ impl Engine {
             warn!(error = %e, "could not persist the cache");
         }
     }
+}
+
+/// Whether `key` is a named hook of the desired state.
+fn named_hook(desired: &Desired, key: &ObjectKey) -> bool {
+    desired
+        .hooks
+        .iter()
+        .any(|h| !h.spec.generate_name && h.key == *key)
+}
+
+/// What the inventory holds and the desired state does not (hooks aside).
+fn stale_keys(
+    inventory: &BTreeSet<ObjectKey>,
+    desired_keys: &BTreeSet<ObjectKey>,
+    desired: &Desired,
+) -> Vec<ObjectKey> {
+    inventory
+        .iter()
+        .filter(|k| !desired_keys.contains(k) && !named_hook(desired, k))
+        .cloned()
+        .collect()
 }
 
 /// Whether `limit` has passed since `since_ms`.

@@ -172,7 +172,10 @@ impl Engine {
                     )
                     .await
                 }
-                _ => self.prune_one(app, key).await,
+                _ => self
+                    .prune_one(app, key)
+                    .await
+                    .map(|p| p == super::apply::Pruned::Deleted),
             };
             match requested {
                 Err(e) => {

@@ -14,6 +14,8 @@ use flotilla_agent::report::Report;
 use flotilla_proto::AppStatus;
 use tokio::sync::{Notify, watch};
 
+pub mod interrupt;
+
 /// A simulator with one cluster (`sim-1`), a client for it, and an engine
 /// with its cache in a temporary directory.
 pub struct Harness {

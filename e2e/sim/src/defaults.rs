@@ -80,6 +80,41 @@ fn template(spec: &mut Map<String, Value>, restart: &str) {
     }
 }
 
+/// A Secret's `stringData` is write-only: the API server merges it into
+/// `data` (base64, replacing a key of the same name) and never stores or
+/// returns it. Values that are not strings stay for validation to refuse.
+fn fold_string_data(root: &mut Map<String, Value>) {
+    use base64::Engine as _;
+    match root.get("stringData") {
+        Some(Value::Object(_)) => {}
+        Some(Value::Null) => {
+            root.remove("stringData");
+            return;
+        }
+        _ => return,
+    }
+    let Some(Value::Object(string_data)) = root.remove("stringData") else {
+        return;
+    };
+    let mut refused = Map::new();
+    for (k, v) in string_data {
+        match v {
+            Value::String(s) => {
+                let encoded = base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
+                if let Some(data) = child(root, "data") {
+                    data.insert(k, json!(encoded));
+                }
+            }
+            other => {
+                refused.insert(k, other);
+            }
+        }
+    }
+    if !refused.is_empty() {
+        root.insert("stringData".into(), Value::Object(refused));
+    }
+}
+
 /// Applies the defaults for `kind` to an object. `ip` allocates a cluster IP.
 pub fn apply(kind: &str, o: &mut Value, ip: &mut dyn FnMut() -> String) {
     let Some(root) = o.as_object_mut() else {
@@ -248,13 +283,15 @@ pub fn apply(kind: &str, o: &mut Value, ip: &mut dyn FnMut() -> String) {
                 set_default(st, "phase", json!("Pending"));
             }
         }
-        "Secret"
+        "Secret" => {
             if root
                 .get("type")
                 .and_then(Value::as_str)
-                .is_none_or(str::is_empty) =>
-        {
-            root.insert("type".into(), json!("Opaque"));
+                .is_none_or(str::is_empty)
+            {
+                root.insert("type".into(), json!("Opaque"));
+            }
+            fold_string_data(root);
         }
         "CustomResourceDefinition" => {
             if let Some(spec) = child(root, "spec")

@@ -320,6 +320,7 @@ impl SimHandle {
     }
 
     /// Counters of a cluster: `requests`, `writes` (POST/PUT/PATCH/DELETE),
+    /// `held` (requests waiting, see [`Faults::hold_after_requests`]),
     /// `objects`, `resourceVersion`. Also at `GET /admin/clusters/NAME/stats`.
     pub fn stats(&self, cluster: &str) -> Option<serde_json::Value> {
         self.sim.clusters.get(cluster).map(|c| server::stats(c))

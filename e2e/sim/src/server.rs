@@ -219,9 +219,49 @@ pub async fn handle(
         return Ok(too_large());
     }
     let body = buf.freeze();
-    Ok(api(
+    let hold = faults.hold_after_requests.is_some_and(|n| {
+        cluster
+            .passed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            >= n
+    });
+    if hold && !faults.hold_processed {
+        wait_for_release(&cluster).await?;
+    }
+    let response = api(
         &sim, &cluster, &prefix, &method, &rest, &query, &headers, body,
-    ))
+    );
+    if hold && faults.hold_processed {
+        wait_for_release(&cluster).await?;
+    }
+    Ok(response)
+}
+
+/// Counts a held request while it waits for the faults to be set again.
+struct Held<'a>(&'a Cluster);
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0
+            .held
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Holds a request until the faults are set again; [`Down`] when the new
+/// setting is `down`.
+async fn wait_for_release(cluster: &Cluster) -> Result<(), Down> {
+    let mut epoch = cluster.fault_epoch.subscribe();
+    let held = Held(cluster);
+    cluster
+        .held
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let _ = epoch.changed().await;
+    drop(held);
+    if cluster.faults.lock().map(|f| f.down).unwrap_or(false) {
+        return Err(Down);
+    }
+    Ok(())
 }
 
 async fn admin(sim: &Sim, method: Method, rest: &str, body: Bytes) -> Response<Body> {
@@ -275,6 +315,7 @@ pub fn stats(c: &Cluster) -> Value {
     json!({
         "requests": c.requests.load(std::sync::atomic::Ordering::Relaxed),
         "writes": c.writes.load(std::sync::atomic::Ordering::Relaxed),
+        "held": c.held.load(std::sync::atomic::Ordering::Relaxed),
         "objects": st.objects.len(),
         "resourceVersion": st.rv,
     })
@@ -289,6 +330,9 @@ pub fn set_faults(c: &Cluster, mut f: Faults) {
     if let Ok(mut g) = c.faults.lock() {
         *g = f;
     }
+    c.passed.store(0, std::sync::atomic::Ordering::Relaxed);
+    // Held requests go on under the new setting.
+    c.fault_epoch.send_modify(|e| *e += 1);
 }
 
 /// Simulates an API server restart: watches end; state kept or wiped.

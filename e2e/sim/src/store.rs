@@ -104,6 +104,16 @@ pub struct Faults {
     pub drop_watches: bool,
     /// Refuse requests (the connection is closed without a response).
     pub down: bool,
+    /// Let this many API requests through after the setting, then hold
+    /// every further one until the faults are set again: a test sees a
+    /// client stopped at an exact request (`held` in the stats) and
+    /// decides what happens next. Released requests are carried out
+    /// unless the new setting has `down` (then their connection closes).
+    pub hold_after_requests: Option<u64>,
+    /// With `hold_after_requests`: hold the response of a request that was
+    /// already carried out (a client that never learns its write happened)
+    /// instead of the request before it is carried out.
+    pub hold_processed: bool,
 }
 
 /// A virtual cluster.
@@ -121,6 +131,12 @@ pub struct Cluster {
     pub requests: std::sync::atomic::AtomicU64,
     /// Mutating API requests (POST, PUT, PATCH, DELETE) received.
     pub writes: std::sync::atomic::AtomicU64,
+    /// Requests that reached the hold point since the faults were set.
+    pub passed: std::sync::atomic::AtomicU64,
+    /// Requests held now (`Faults::hold_after_requests`).
+    pub held: std::sync::atomic::AtomicU64,
+    /// Bumped whenever the faults are set: held requests go on.
+    pub fault_epoch: tokio::sync::watch::Sender<u64>,
 }
 
 /// Longest object name (a DNS-1123 subdomain).
@@ -332,6 +348,9 @@ impl Cluster {
             watch_epoch: tokio::sync::watch::channel(0).0,
             requests: Default::default(),
             writes: Default::default(),
+            passed: Default::default(),
+            held: Default::default(),
+            fault_epoch: tokio::sync::watch::channel(0).0,
         }
     }
 
@@ -739,6 +758,18 @@ impl Cluster {
                 }
             }
             "ConfigMap" | "Secret" => {
+                // What defaulting could not fold into `data`.
+                if rd.kind == "Secret"
+                    && let Some(left) = obj.get("stringData")
+                {
+                    let (what, field) = match left.as_object().and_then(|m| m.iter().next()) {
+                        Some((k, v)) => (json_type(v), format!("Secret.stringData.{k}")),
+                        None => (json_type(left), "Secret.stringData".to_owned()),
+                    };
+                    return Err(ApiError::bad_request(format!(
+                        "Secret in version \"v1\" cannot be handled as a Secret: json: cannot unmarshal {what} into Go struct field {field} of type string"
+                    )));
+                }
                 if let Some(o) = old
                     && o["immutable"] == true
                     && (o["data"] != obj["data"] || o["binaryData"] != obj["binaryData"])
@@ -1511,4 +1542,16 @@ pub fn refresh_resources(st: &mut State) {
         }
     }
     st.resources = rs;
+}
+
+/// The JSON type name Go's decoder uses in its errors.
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "bool",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
 }

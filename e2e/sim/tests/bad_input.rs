@@ -217,3 +217,117 @@ async fn injected_faults_and_restart() {
     );
     env.sim.shutdown().await;
 }
+
+/// Polls the `held` counter until it is `n`.
+async fn wait_held(env: &common::Env, n: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let held = env.sim.stats("sim-1").unwrap()["held"].as_u64().unwrap();
+        if held == n {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "held is {held}, not {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn create_cm(name: &str) -> Vec<u8> {
+    format!(r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"{name}"}}}}"#)
+        .into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_requests_wait_for_the_next_setting() {
+    let env = start(1, Duration::from_millis(100)).await;
+    let c = env.client_with("sim-1", false).await;
+    let post = |name: &'static str| {
+        let c = c.clone();
+        async move {
+            raw(
+                &c,
+                "POST",
+                "/api/v1/namespaces/default/configmaps",
+                "application/json",
+                create_cm(name),
+            )
+            .await
+            .0
+        }
+    };
+    let get = |name: &'static str| {
+        let c = c.clone();
+        async move {
+            raw(
+                &c,
+                "GET",
+                &format!("/api/v1/namespaces/default/configmaps/{name}"),
+                "application/json",
+                vec![],
+            )
+            .await
+            .0
+        }
+    };
+    // One request goes through, the second is held before it is carried
+    // out; released, it is carried out.
+    env.sim.set_faults(
+        "sim-1",
+        flotilla_sim::Faults {
+            hold_after_requests: Some(1),
+            ..Default::default()
+        },
+    );
+    assert_eq!(post("first").await, 201);
+    let second = tokio::spawn(post("second"));
+    wait_held(&env, 1).await;
+    env.sim.set_faults("sim-1", flotilla_sim::Faults::default());
+    assert_eq!(second.await.unwrap(), 201);
+    wait_held(&env, 0).await;
+    assert_eq!(get("second").await, 200);
+
+    // Held before it is carried out and released as down: never happened.
+    env.sim.set_faults(
+        "sim-1",
+        flotilla_sim::Faults {
+            hold_after_requests: Some(0),
+            ..Default::default()
+        },
+    );
+    let lost = tokio::spawn(post("lost"));
+    wait_held(&env, 1).await;
+    env.sim.set_faults(
+        "sim-1",
+        flotilla_sim::Faults {
+            down: true,
+            ..Default::default()
+        },
+    );
+    let client_saw = tokio::time::timeout(Duration::from_secs(20), lost)
+        .await
+        .unwrap();
+    assert!(client_saw.is_err(), "the client got an answer");
+    wait_held(&env, 0).await;
+    env.sim.set_faults("sim-1", flotilla_sim::Faults::default());
+    assert_eq!(get("lost").await, 404);
+
+    // Held after it was carried out: the write happened, the client never
+    // hears of it.
+    env.sim.set_faults(
+        "sim-1",
+        flotilla_sim::Faults {
+            hold_after_requests: Some(0),
+            hold_processed: true,
+            ..Default::default()
+        },
+    );
+    let unanswered = tokio::spawn(post("unanswered"));
+    wait_held(&env, 1).await;
+    unanswered.abort();
+    env.sim.set_faults("sim-1", flotilla_sim::Faults::default());
+    wait_held(&env, 0).await;
+    assert_eq!(get("unanswered").await, 200);
+    env.sim.shutdown().await;
+}

@@ -511,3 +511,79 @@ async fn kubectl_refuses_unknown_fields_in_built_ins() {
     assert_eq!(d["spec"]["replicas"], 1);
     env.sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_string_data_is_folded_into_data_on_every_write() {
+    let env = start(1, Duration::from_millis(300)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("secret.yaml");
+    let write = |text: &str| std::fs::write(&path, text).unwrap();
+    let p = path.to_str().unwrap();
+    // Server-side apply: stringData wins over data for the same key.
+    write(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: db\n  namespace: default\n\
+         data:\n  user: YWRtaW4=\n  password: b2xk\nstringData:\n  password: hunter2\n",
+    );
+    env.kubectl_ok("sim-1", &["apply", "--server-side", "-f", p])
+        .await;
+    let s = json(
+        &env.kubectl_ok("sim-1", &["get", "secret", "db", "-o", "json"])
+            .await,
+    );
+    assert!(s.get("stringData").is_none(), "stringData returned: {s}");
+    assert_eq!(s["data"]["user"], "YWRtaW4=");
+    assert_eq!(s["data"]["password"], "aHVudGVyMg==", "{s}");
+    assert_eq!(s["type"], "Opaque");
+    // Client-side apply (create, then a patch) and create do the same.
+    write(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: csa\n  namespace: default\n\
+         stringData:\n  token: abc\n",
+    );
+    env.kubectl_ok("sim-1", &["apply", "-f", p]).await;
+    write(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: csa\n  namespace: default\n\
+         stringData:\n  token: xyz\n",
+    );
+    env.kubectl_ok("sim-1", &["apply", "-f", p]).await;
+    let s = json(
+        &env.kubectl_ok("sim-1", &["get", "secret", "csa", "-o", "json"])
+            .await,
+    );
+    assert!(s.get("stringData").is_none(), "stringData returned: {s}");
+    assert_eq!(s["data"]["token"], "eHl6", "{s}");
+    // A merge patch that sets stringData.
+    env.kubectl_ok(
+        "sim-1",
+        &[
+            "patch",
+            "secret",
+            "csa",
+            "--type=merge",
+            "-p",
+            r#"{"stringData":{"extra":"e"}}"#,
+        ],
+    )
+    .await;
+    let s = json(
+        &env.kubectl_ok("sim-1", &["get", "secret", "csa", "-o", "json"])
+            .await,
+    );
+    assert!(s.get("stringData").is_none(), "stringData returned: {s}");
+    assert_eq!(s["data"]["extra"], "ZQ==", "{s}");
+    assert_eq!(s["data"]["token"], "eHl6", "{s}");
+    // A value that is not a string is refused, naming the field.
+    write(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: bad\n  namespace: default\n\
+         stringData:\n  port: 5432\n",
+    );
+    let out = env
+        .kubectl("sim-1", &["apply", "--server-side", "-f", p])
+        .await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Secret.stringData.port"), "{err}");
+    let out = env
+        .kubectl("sim-1", &["get", "secret", "bad", "-o", "name"])
+        .await;
+    assert!(!out.status.success(), "the refused Secret was stored");
+}
