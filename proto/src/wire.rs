@@ -444,6 +444,16 @@ pub struct PlanLimits {
     pub chunk_size: usize,
 }
 
+/// The chunk size, and size of a part, for an agent: the hub's, or less
+/// when the agent decodes less, so every message fits its limit.
+#[must_use]
+pub fn chunk_size_for(peer: PeerWire, limits: PlanLimits) -> usize {
+    limits
+        .chunk_size
+        .min(peer.max_message_size.saturating_sub(ENVELOPE))
+        .max(MIN_CHUNK_SIZE)
+}
+
 /// Splits `desired` (whose `bundles` are those the agent lacks) into the
 /// messages for an agent that announced `peer`, holding `held` (updated to
 /// what it holds afterwards). `chunked` gives the chunked form of a bundle
@@ -512,11 +522,7 @@ fn plan_parts(
     limits: PlanLimits,
     chunked: &mut dyn FnMut(&pb::AppBundle, usize) -> Arc<ChunkedForm>,
 ) -> Plan {
-    // Every message fits the agent's limit, whatever the hub's chunk size.
-    let chunk_size = limits
-        .chunk_size
-        .min(peer.max_message_size.saturating_sub(ENVELOPE))
-        .max(MIN_CHUNK_SIZE);
+    let chunk_size = chunk_size_for(peer, limits);
     let mut plan = Plan::default();
     let mut parts = Parts::new(desired.generation, chunk_size);
     let mut sent_now: HashSet<String> = HashSet::new();

@@ -43,17 +43,23 @@ impl HubApiService {
         let cluster_rows = clusters
             .iter()
             .filter(|c| fleet::targets(app, c))
-            .map(|c| pb::ClusterAppStatus {
-                cluster: c.name.clone(),
-                desired_revision: revision.clone(),
-                status: statuses.get(&c.name).cloned().map(|st| {
+            .map(|c| {
+                let reported = statuses.get(&c.name).cloned().map(|st| {
                     let st = fleet::at_current_revision(st, bundle.as_deref(), &revision);
                     let st = fleet::comparison_status(rec, st);
                     match &pin_message {
                         Some(m) => crate::history::show_pin(st, m),
                         None => st,
                     }
-                }),
+                });
+                pb::ClusterAppStatus {
+                    cluster: c.name.clone(),
+                    desired_revision: revision.clone(),
+                    status: match self.ctx.fleet.withheld(&c.name, name) {
+                        Some(why) => Some(withheld_status(name, reported, why)),
+                        None => reported,
+                    },
+                }
             })
             .collect();
         let error = if !rec.error.is_empty() {
@@ -187,6 +193,50 @@ impl HubApiService {
     }
 }
 
+/// The status of an application whose bundle the hub could not send to the
+/// cluster's agent: Unknown, saying why (what the agent reports is about
+/// the state it still has).
+fn withheld_status(app: &str, reported: Option<pb::AppStatus>, why: String) -> pb::AppStatus {
+    let mut st = reported.unwrap_or_else(|| pb::AppStatus {
+        name: app.to_owned(),
+        health: pb::HealthStatus::Unknown as i32,
+        ..Default::default()
+    });
+    st.sync = pb::SyncStatus::Unknown as i32;
+    st.conditions.push(pb::AppCondition {
+        r#type: "SyncError".to_owned(),
+        message: why.clone(),
+    });
+    st.message = why;
+    st
+}
+
+/// Cuts the per-cluster resource lists of an application that alone does
+/// not fit in `budget` bytes (a `StatusTruncated` condition on each status
+/// says how many resources are left out).
+fn bound_application(app: &mut pb::Application, budget: usize) {
+    use prost::Message as _;
+    if app.encoded_len() <= budget || app.clusters.is_empty() {
+        return;
+    }
+    let statuses: usize = app
+        .clusters
+        .iter()
+        .map(|c| c.status.as_ref().map_or(0, |s| s.encoded_len()))
+        .sum();
+    let others = app.encoded_len().saturating_sub(statuses);
+    let per_cluster = budget.saturating_sub(others + 1024) / app.clusters.len();
+    let limits = pb::wire::StatusLimits {
+        app_bytes: per_cluster,
+        ..Default::default()
+    };
+    for c in &mut app.clusters {
+        if let Some(st) = c.status.as_mut() {
+            pb::wire::bound_status(st, limits);
+        }
+    }
+}
+
 fn token_to_pb(t: &TokenRecord) -> pb::ApiToken {
     pb::ApiToken {
         name: t.name.clone(),
@@ -286,17 +336,58 @@ impl pb::hub_api_server::HubApi for HubApiService {
 
     async fn list_applications(
         &self,
-        _request: Request<pb::ListApplicationsRequest>,
+        request: Request<pb::ListApplicationsRequest>,
     ) -> Result<Response<pb::ListApplicationsResponse>, Status> {
+        use prost::Message as _;
+        let req = request.into_inner();
         let clusters = self.ctx.store.clusters()?;
-        let applications = self
-            .ctx
-            .store
-            .apps()?
-            .iter()
-            .map(|a| self.app_to_pb(a, &clusters))
-            .collect::<Result<_, _>>()?;
-        Ok(Response::new(pb::ListApplicationsResponse { applications }))
+        let mut apps = self.ctx.store.apps()?;
+        apps.sort_by(|a, b| a.app.metadata.name.cmp(&b.app.metadata.name));
+        // Pages continue after the last name returned.
+        let start = if req.page_token.is_empty() {
+            0
+        } else {
+            apps.partition_point(|a| a.app.metadata.name.as_str() <= req.page_token.as_str())
+        };
+        let limit = match usize::try_from(req.max_response_size) {
+            Ok(n) if n > 0 => n.min(self.ctx.wire.max_message_size),
+            _ => self.ctx.wire.max_message_size,
+        };
+        let budget = limit.saturating_sub(1024);
+        let page_size = match req.page_size {
+            0 => usize::MAX,
+            n => n as usize,
+        };
+        let mut applications: Vec<pb::Application> = Vec::new();
+        let mut used = 0usize;
+        let mut next_page_token = String::new();
+        for a in &apps[start..] {
+            let last = applications.last().map(|a| a.name.clone());
+            if applications.len() >= page_size {
+                next_page_token = last.unwrap_or_default();
+                break;
+            }
+            let mut p = self.app_to_pb(a, &clusters)?;
+            bound_application(&mut p, budget);
+            let len = p.encoded_len() + 8;
+            if used + len > budget && !applications.is_empty() {
+                if req.page_size == 0 {
+                    return Err(Status::resource_exhausted(format!(
+                        "{} applications do not fit in one response of at most {} (--max-message-size); use a client that pages (page_size)",
+                        apps.len(),
+                        pb::wire::format_size(limit)
+                    )));
+                }
+                next_page_token = last.unwrap_or_default();
+                break;
+            }
+            used += len;
+            applications.push(p);
+        }
+        Ok(Response::new(pb::ListApplicationsResponse {
+            applications,
+            next_page_token,
+        }))
     }
 
     async fn get_application(
@@ -310,7 +401,9 @@ impl pb::hub_api_server::HubApi for HubApiService {
             .app(&name)?
             .ok_or_else(|| Status::not_found(format!("application {name:?} not found")))?;
         let clusters = self.ctx.store.clusters()?;
-        Ok(Response::new(self.app_to_pb(&rec, &clusters)?))
+        let mut app = self.app_to_pb(&rec, &clusters)?;
+        bound_application(&mut app, self.ctx.wire.max_message_size.saturating_sub(1024));
+        Ok(Response::new(app))
     }
 
     async fn create_application(
