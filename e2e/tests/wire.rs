@@ -100,9 +100,9 @@ fn big_configmap(i: usize, salt: &str) -> String {
     )
 }
 
-fn application(name: &str, path: &str, cluster: &str, namespace: &str) -> String {
+fn application(repo: &str, name: &str, path: &str, cluster: &str, namespace: &str) -> String {
     format!(
-        "apiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata:\n  name: {name}\nspec:\n  project: default\n  source:\n    repoURL: https://git.example.com/platform/flotilla-examples.git\n    targetRevision: HEAD\n    path: {path}\n  destination:\n    name: {cluster}\n    namespace: {namespace}\n  syncPolicy:\n    automated:\n      prune: true\n    syncOptions:\n      - CreateNamespace=true\n"
+        "apiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata:\n  name: {name}\nspec:\n  project: default\n  source:\n    repoURL: {repo}\n    targetRevision: HEAD\n    path: {path}\n  destination:\n    name: {cluster}\n    namespace: {namespace}\n  syncPolicy:\n    automated:\n      prune: true\n    syncOptions:\n      - CreateNamespace=true\n"
     )
 }
 
@@ -139,7 +139,7 @@ async fn a_50_mb_app_syncs_in_chunks_and_is_not_sent_again() -> anyhow::Result<(
         .collect();
     files.push((
         "apps/big-sim-1.yaml".into(),
-        application("big-sim-1", "big", "sim-1", "big"),
+        application(&fleet.repo.url(), "big-sim-1", "big", "sim-1", "big"),
     ));
     let refs: Vec<(&str, &str)> = files
         .iter()
@@ -173,9 +173,9 @@ async fn a_50_mb_app_syncs_in_chunks_and_is_not_sent_again() -> anyhow::Result<(
         .filter(|l| l.contains("blob-"))
         .count();
     assert_eq!(listed, BIG_OBJECTS);
-    assert_eq!(
-        payload(&fleet, "blob-059")?.map(|p| p.len()),
-        Some(BIG_VALUE)
+    assert!(
+        payload(&fleet, "blob-059")? == Some(filler("blob-59-one", BIG_VALUE)),
+        "blob-059 is not what Git has"
     );
     let (chunks, chunk_bytes, _, _) = hub_wire(&fleet)?;
     assert!(
@@ -196,7 +196,16 @@ async fn a_50_mb_app_syncs_in_chunks_and_is_not_sent_again() -> anyhow::Result<(
         .wait_synced("big-sim-1", "sim-1", &third, BIG_CONVERGE)
         .await?;
     let expected = filler("blob-30-two", BIG_VALUE);
-    assert_eq!(payload(&fleet, "blob-030")?.as_deref(), Some(expected.as_str()));
+    let before = filler("blob-30-one", BIG_VALUE);
+    eventually("the changed object in the cluster", CONVERGE, || async {
+        match payload(&fleet, "blob-030").map_err(|e| e.to_string())? {
+            Some(p) if p == expected => Ok(()),
+            Some(p) if p == before => Err("still the first payload".to_owned()),
+            Some(p) => Err(format!("a payload of {} bytes that is neither", p.len())),
+            None => Err("missing".to_owned()),
+        }
+    })
+    .await?;
     let (chunks_after, bytes_after, _, _) = hub_wire(&fleet)?;
     assert!(
         chunks_after - chunks <= 3.0 && bytes_after - chunk_bytes < 3.0 * 1_048_576.0,
@@ -235,7 +244,11 @@ async fn a_50_mb_app_syncs_in_chunks_and_is_not_sent_again() -> anyhow::Result<(
     // The agent restarts: its cache holds the bundle, nothing large goes.
     fleet.agents.get_mut("sim-1").context("agent")?.stop(Duration::from_secs(10));
     fleet.start_agent("sim-1")?;
-    fleet.agents["sim-1"].wait_for_line(CONVERGE, |l| l.contains("desired state received"))?;
+    fleet
+        .agents
+        .get_mut("sim-1")
+        .context("agent")?
+        .wait_for_line(CONVERGE, |l| l.contains("desired state received"))?;
     let (chunks, chunk_bytes, parts_after, part_bytes_after) = hub_wire(&fleet)?;
     assert_eq!((chunks, chunk_bytes), (0.0, 0.0), "chunks re-sent after an agent restart");
     assert!(parts_after > parts);
@@ -324,7 +337,7 @@ async fn many_apps_on_one_cluster_sync_and_list_in_pages() -> anyhow::Result<()>
         let name = format!("many-{i:04}");
         files.push((
             format!("apps/{name}.yaml"),
-            application(&name, "tiny", "sim-1", &name),
+            application(&fleet.repo.url(), &name, "tiny", "sim-1", &name),
         ));
     }
     let refs: Vec<(&str, &str)> = files
