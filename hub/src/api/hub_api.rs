@@ -868,3 +868,79 @@ impl pb::hub_api_server::HubApi for HubApiService {
         Ok(Response::new(pb::RevokeTokenResponse {}))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message as _;
+
+    fn status(resources: usize) -> pb::AppStatus {
+        pb::AppStatus {
+            name: "web".into(),
+            sync: pb::SyncStatus::Synced as i32,
+            resources: (0..resources)
+                .map(|i| pb::ResourceStatus {
+                    key: Some(pb::ResourceKey {
+                        kind: "ConfigMap".into(),
+                        name: format!("cm-{i:05}"),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_application_too_large_for_a_response_is_cut_with_a_marker() {
+        let mut app = pb::Application {
+            name: "web".into(),
+            clusters: (0..4)
+                .map(|i| pb::ClusterAppStatus {
+                    cluster: format!("c{i}"),
+                    status: Some(status(5_000)),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let budget = 64 * 1024;
+        assert!(app.encoded_len() > budget);
+        bound_application(&mut app, budget);
+        assert!(app.encoded_len() <= budget, "{}", app.encoded_len());
+        for c in &app.clusters {
+            let st = c.status.as_ref().unwrap();
+            let marker = st
+                .conditions
+                .iter()
+                .find(|c| c.r#type == pb::wire::TRUNCATED_CONDITION)
+                .unwrap();
+            assert!(marker.message.contains("more resources)"), "{}", marker.message);
+        }
+        // Small ones are left alone.
+        let mut small = pb::Application {
+            clusters: vec![pb::ClusterAppStatus {
+                status: Some(status(3)),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let before = small.clone();
+        bound_application(&mut small, budget);
+        assert_eq!(small, before);
+    }
+
+    #[test]
+    fn a_withheld_bundle_makes_the_status_unknown_with_the_reason() {
+        let why = "bundle is 5.5 MiB; agent too old to receive chunked bundles".to_owned();
+        let st = withheld_status("big", Some(status(1)), why.clone());
+        assert_eq!(st.sync, pb::SyncStatus::Unknown as i32);
+        assert_eq!(st.message, why);
+        assert_eq!(st.resources.len(), 1);
+        let fresh = withheld_status("big", None, why);
+        assert_eq!(fresh.name, "big");
+        assert_eq!(fresh.health, pb::HealthStatus::Unknown as i32);
+        assert_eq!(fresh.conditions[0].r#type, "SyncError");
+    }
+}
