@@ -19,11 +19,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use flotilla_proto::agent_link_client::AgentLinkClient;
+use flotilla_proto::wire::{self, Assembler};
 use flotilla_proto::{
     Ack, AgentMessage, AppRef, DesiredState, DiffResult, Hello, SyncResult, agent_message, command,
     hub_message,
 };
-use flotilla_proto::wire::{self, Assembler};
 use rand::Rng;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -287,9 +287,9 @@ impl Link {
             .max_encoding_message_size(self.max_message_size);
         let (tx, rx) = mpsc::channel::<AgentMessage>(16);
         let snapshot = self.cache.snapshot();
-        let (bundle_chunks, staged_chunks) = self.assembler().hello(&|app| {
-            snapshot.apps.get(app).map(|a| a.bundle.digest.clone())
-        });
+        let (bundle_chunks, staged_chunks) = self
+            .assembler()
+            .hello(&|app| snapshot.apps.get(app).map(|a| a.bundle.digest.clone()));
         let hello = Hello {
             agent_version: AGENT_VERSION.to_owned(),
             generation: snapshot.generation,

@@ -62,7 +62,10 @@ fn hub_wire(fleet: &Fleet) -> anyhow::Result<(f64, f64, f64, f64)> {
             &text,
             "flotilla_hub_desired_state_messages_total{kind=\"chunk\"}",
         ),
-        sample(&text, "flotilla_hub_desired_state_bytes_total{kind=\"chunk\"}"),
+        sample(
+            &text,
+            "flotilla_hub_desired_state_bytes_total{kind=\"chunk\"}",
+        ),
         sample(
             &text,
             "flotilla_hub_desired_state_messages_total{kind=\"desired\"}",
@@ -153,9 +156,10 @@ async fn a_50_mb_app_syncs_in_chunks_and_is_not_sent_again() -> anyhow::Result<(
         .repo
         .read("guestbook/configmap.yaml")?
         .replace("hello from git", "hello beside a big app");
-    let second = fleet
-        .repo
-        .commit_file("guestbook/configmap.yaml", &cm, "guestbook: new greeting")?;
+    let second =
+        fleet
+            .repo
+            .commit_file("guestbook/configmap.yaml", &cm, "guestbook: new greeting")?;
     fleet
         .wait_synced("guestbook-sim-1", "sim-1", &second, BIG_CONVERGE)
         .await?;
@@ -218,31 +222,46 @@ async fn a_50_mb_app_syncs_in_chunks_and_is_not_sent_again() -> anyhow::Result<(
     // chunk is sent (the counters start at zero with the new process).
     fleet.restart_hub()?;
     fleet.wait_connected(CONVERGE).await?;
-    let generation = eventually("the agent acknowledges after the hub restart", CONVERGE, || async {
-        let mut api = fleet.api().await.map_err(|e| e.to_string())?;
-        let c = api
-            .list_clusters(flotilla_proto::ListClustersRequest {})
-            .await
-            .map_err(|e| e.to_string())?
-            .into_inner()
-            .clusters
-            .into_iter()
-            .find(|c| c.name == "sim-1")
-            .ok_or("no sim-1")?;
-        let (_, _, parts, _) = hub_wire(&fleet).map_err(|e| e.to_string())?;
-        if c.connected && c.acked_generation == c.generation && parts > 0.0 {
-            Ok(c.generation)
-        } else {
-            Err(format!("{c:?}, {parts} parts sent"))
-        }
-    })
+    let generation = eventually(
+        "the agent acknowledges after the hub restart",
+        CONVERGE,
+        || async {
+            let mut api = fleet.api().await.map_err(|e| e.to_string())?;
+            let c = api
+                .list_clusters(flotilla_proto::ListClustersRequest {})
+                .await
+                .map_err(|e| e.to_string())?
+                .into_inner()
+                .clusters
+                .into_iter()
+                .find(|c| c.name == "sim-1")
+                .ok_or("no sim-1")?;
+            let (_, _, parts, _) = hub_wire(&fleet).map_err(|e| e.to_string())?;
+            if c.connected && c.acked_generation == c.generation && parts > 0.0 {
+                Ok(c.generation)
+            } else {
+                Err(format!("{c:?}, {parts} parts sent"))
+            }
+        },
+    )
     .await?;
     let (chunks, chunk_bytes, parts, part_bytes) = hub_wire(&fleet)?;
-    assert_eq!((chunks, chunk_bytes), (0.0, 0.0), "chunks re-sent after a hub restart");
-    assert!(part_bytes < 100_000.0, "{parts} parts of {part_bytes} bytes");
+    assert_eq!(
+        (chunks, chunk_bytes),
+        (0.0, 0.0),
+        "chunks re-sent after a hub restart"
+    );
+    assert!(
+        part_bytes < 100_000.0,
+        "{parts} parts of {part_bytes} bytes"
+    );
 
     // The agent restarts: its cache holds the bundle, nothing large goes.
-    fleet.agents.get_mut("sim-1").context("agent")?.stop(Duration::from_secs(10));
+    fleet
+        .agents
+        .get_mut("sim-1")
+        .context("agent")?
+        .stop(Duration::from_secs(10));
     fleet.start_agent("sim-1")?;
     fleet
         .agents
@@ -250,7 +269,11 @@ async fn a_50_mb_app_syncs_in_chunks_and_is_not_sent_again() -> anyhow::Result<(
         .context("agent")?
         .wait_for_line(CONVERGE, |l| l.contains("desired state received"))?;
     let (chunks, chunk_bytes, parts_after, part_bytes_after) = hub_wire(&fleet)?;
-    assert_eq!((chunks, chunk_bytes), (0.0, 0.0), "chunks re-sent after an agent restart");
+    assert_eq!(
+        (chunks, chunk_bytes),
+        (0.0, 0.0),
+        "chunks re-sent after an agent restart"
+    );
     assert!(parts_after > parts);
     assert!(
         part_bytes_after - part_bytes < 100_000.0,
@@ -264,7 +287,11 @@ async fn a_50_mb_app_syncs_in_chunks_and_is_not_sent_again() -> anyhow::Result<(
     // An agent too old for chunks (it announces nothing, decodes 4 MiB):
     // the big bundle is withheld with a reason on the application, the
     // small ones still come, and nothing exceeds what it decodes.
-    fleet.agents.get_mut("sim-1").context("agent")?.stop(Duration::from_secs(10));
+    fleet
+        .agents
+        .get_mut("sim-1")
+        .context("agent")?
+        .stop(Duration::from_secs(10));
     let dir = fleet.root.path().join("agents").join("sim-1");
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(std::fs::read(dir.join("ca.crt"))?))
@@ -424,14 +451,21 @@ async fn many_apps_on_one_cluster_sync_and_list_in_pages() -> anyhow::Result<()>
     let list: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     let apps = list.as_array().context("a JSON array")?;
     assert_eq!(apps.len(), total);
-    assert!(out.stdout.len() > 2 * 256 * 1024, "{} bytes", out.stdout.len());
+    assert!(
+        out.stdout.len() > 2 * 256 * 1024,
+        "{} bytes",
+        out.stdout.len()
+    );
     // One unpaged response does not fit in 256 KiB: the paging above is
     // what made it work.
     let mut small = fleet.api().await?.max_decoding_message_size(256 * 1024);
     let unpaged = small
         .list_applications(ListApplicationsRequest::default())
         .await;
-    assert!(unpaged.is_err(), "one response of {total} applications fit in 256 KiB");
+    assert!(
+        unpaged.is_err(),
+        "one response of {total} applications fit in 256 KiB"
+    );
     // The table too.
     let out = cli_out(&fleet, &["app", "list", "--max-message-size", "256KiB"])?;
     assert!(out.status.success());

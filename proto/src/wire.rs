@@ -677,14 +677,16 @@ fn plan_legacy(desired: pb::DesiredState, has: &HashMap<String, String>, limit: 
             .map(|r| (r.name.clone(), r.digest.clone()))
             .collect();
         plan.messages
-            .push(hub_message(pb::hub_message::Kind::Desired(pb::DesiredState {
-                generation,
-                index: index_now,
-                bundles: batch,
-                trace_context: trace_context.clone(),
-                deletions: deletions.clone(),
-                ..Default::default()
-            })));
+            .push(hub_message(pb::hub_message::Kind::Desired(
+                pb::DesiredState {
+                    generation,
+                    index: index_now,
+                    bundles: batch,
+                    trace_context: trace_context.clone(),
+                    deletions: deletions.clone(),
+                    ..Default::default()
+                },
+            )));
     }
     plan
 }
@@ -823,10 +825,11 @@ impl Assembler {
                 }
                 data.extend_from_slice(&piece);
             }
-            let list = pb::ManifestList::decode(data.as_slice()).map_err(|e| WireError::Decode {
-                app: app.clone(),
-                message: e.to_string(),
-            })?;
+            let list =
+                pb::ManifestList::decode(data.as_slice()).map_err(|e| WireError::Decode {
+                    app: app.clone(),
+                    message: e.to_string(),
+                })?;
             bundle.manifests = list.manifests;
             let actual = bundle_digest(&bundle);
             if actual != bundle.digest {
@@ -872,7 +875,8 @@ impl Assembler {
                         .as_ref()?;
                     let piece = stream.get(offset..offset + size)?;
                     // The cached bundle may have changed under the list.
-                    return (sha256_digest(piece) == digest).then(|| stream.slice(offset..offset + size));
+                    return (sha256_digest(piece) == digest)
+                        .then(|| stream.slice(offset..offset + size));
                 }
                 offset += size;
             }
@@ -1341,7 +1345,12 @@ mod tests {
         assert_eq!(done.desired.index.len(), 101);
         assert_eq!(done.desired.bundles.len(), 101);
         assert_eq!(done.desired.deletions.len(), 1);
-        let got = done.desired.bundles.iter().find(|b| b.name == "big").unwrap();
+        let got = done
+            .desired
+            .bundles
+            .iter()
+            .find(|b| b.name == "big")
+            .unwrap();
         assert_eq!(got, &big);
         assert_eq!(held.per_app["big"].len(), p.chunks);
 
@@ -1371,7 +1380,11 @@ mod tests {
             PlanLimits { chunk_size: chunk },
             &mut splitter(),
         );
-        assert!(p2.chunks <= 2, "{} chunks sent for one changed manifest", p2.chunks);
+        assert!(
+            p2.chunks <= 2,
+            "{} chunks sent for one changed manifest",
+            p2.chunks
+        );
         // The agent rebuilds the others from the bundle it holds.
         let stream = manifest_stream(&big.manifests);
         let digest = big.digest.clone();
@@ -1458,7 +1471,11 @@ mod tests {
             })
             .unwrap();
         let err = asm.assemble(whole, &|_, _| None).unwrap_err();
-        assert!(err.to_string().contains("application big: chunk sha256:nope"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("application big: chunk sha256:nope"),
+            "{err}"
+        );
         // Chunks that decode but are not the named bundle.
         let other = manifest_stream(&[manifest(2, 10)]);
         let digest = sha256_digest(&other);
@@ -1490,7 +1507,9 @@ mod tests {
             name: "web".into(),
             message: "x".repeat(10_000),
             resources: vec![pb::ResourceStatus {
-                drift: (0..100).map(|i| format!("data.k{i}: {}", "v".repeat(1000))).collect(),
+                drift: (0..100)
+                    .map(|i| format!("data.k{i}: {}", "v".repeat(1000)))
+                    .collect(),
                 ..Default::default()
             }],
             ..Default::default()
@@ -1498,7 +1517,11 @@ mod tests {
         let limits = StatusLimits::default();
         bound_status(&mut st, limits);
         assert!(st.message.len() < 4200);
-        assert!(st.message.ends_with("… (truncated, 5904 more bytes)"), "{}", &st.message[4000..]);
+        assert!(
+            st.message.ends_with("… (truncated, 5904 more bytes)"),
+            "{}",
+            &st.message[4000..]
+        );
         let drift = &st.resources[0].drift;
         assert_eq!(drift.len(), 21);
         assert_eq!(drift[20], "… (truncated, 80 more lines)");
@@ -1556,7 +1579,11 @@ mod tests {
             .find(|c| c.r#type == TRUNCATED_CONDITION)
             .unwrap();
         assert!(c.message.contains("more resources)"), "{}", c.message);
-        let names: Vec<&str> = parts.iter().flat_map(|r| &r.apps).map(|a| a.name.as_str()).collect();
+        let names: Vec<&str> = parts
+            .iter()
+            .flat_map(|r| &r.apps)
+            .map(|a| a.name.as_str())
+            .collect();
         assert_eq!(names, ["big", "small"]);
     }
 }

@@ -67,13 +67,10 @@ impl ChunkCache {
             return f;
         }
         let form = Arc::new(pb::wire::split(bundle, size));
-        self.forms
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(
-                (bundle.digest.clone(), size),
-                (bundle.name.clone(), form.clone()),
-            );
+        self.forms.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            (bundle.digest.clone(), size),
+            (bundle.name.clone(), form.clone()),
+        );
         form
     }
 
@@ -84,9 +81,7 @@ impl ChunkCache {
         self.forms
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .retain(|(digest, _), (app, _)| {
-                fleet.bundle(app).is_some_and(|b| b.digest == *digest)
-            });
+            .retain(|(digest, _), (app, _)| fleet.bundle(app).is_some_and(|b| b.digest == *digest));
         for b in &desired.bundles {
             if prost::Message::encoded_len(b) <= size || self.get(&b.digest, size).is_some() {
                 continue;
@@ -100,7 +95,9 @@ impl ChunkCache {
                         .insert((b.digest.clone(), size), (b.name.clone(), Arc::new(form)));
                 }
                 // Cut on the stream's task instead.
-                Err(e) => tracing::warn!(app = %b.name, error = %e, "cutting a bundle into chunks failed"),
+                Err(e) => {
+                    tracing::warn!(app = %b.name, error = %e, "cutting a bundle into chunks failed")
+                }
             }
         }
     }

@@ -402,7 +402,10 @@ impl pb::hub_api_server::HubApi for HubApiService {
             .ok_or_else(|| Status::not_found(format!("application {name:?} not found")))?;
         let clusters = self.ctx.store.clusters()?;
         let mut app = self.app_to_pb(&rec, &clusters)?;
-        bound_application(&mut app, self.ctx.wire.max_message_size.saturating_sub(1024));
+        bound_application(
+            &mut app,
+            self.ctx.wire.max_message_size.saturating_sub(1024),
+        );
         Ok(Response::new(app))
     }
 
@@ -916,7 +919,11 @@ mod tests {
                 .iter()
                 .find(|c| c.r#type == pb::wire::TRUNCATED_CONDITION)
                 .unwrap();
-            assert!(marker.message.contains("more resources)"), "{}", marker.message);
+            assert!(
+                marker.message.contains("more resources)"),
+                "{}",
+                marker.message
+            );
         }
         // Small ones are left alone.
         let mut small = pb::Application {
