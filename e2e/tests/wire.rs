@@ -125,8 +125,10 @@ async fn a_50_mb_app_syncs_in_chunks_and_is_not_sent_again() -> anyhow::Result<(
         },
         ProcessOptions {
             hub_args: vec!["--metrics-listen".into(), "127.0.0.1:0".into()],
-            // The limit every agent had before: no message may exceed it.
-            agent_args: vec!["--max-message-size".into(), "4MiB".into()],
+            // The limit every agent had before, on hub and agent: no
+            // message may exceed it. (An environment variable, so the
+            // same test runs against binaries from before the flag.)
+            env: vec![("FLOTILLA_MAX_MESSAGE_SIZE".into(), "4MiB".into())],
             ..Default::default()
         },
     )

@@ -48,9 +48,12 @@ pub struct AgentLinkService {
 /// bundle is cut and hashed once, whatever the number of clusters.
 #[derive(Debug, Default)]
 pub struct ChunkCache {
-    /// (bundle digest, chunk size) → (application, chunked form).
-    forms: Mutex<HashMap<(String, usize), (String, Arc<ChunkedForm>)>>,
+    forms: Mutex<HashMap<FormKey, (String, Arc<ChunkedForm>)>>,
 }
+
+/// (bundle digest, chunk size) of a chunked form; the value names its
+/// application.
+type FormKey = (String, usize);
 
 impl ChunkCache {
     fn get(&self, digest: &str, size: usize) -> Option<Arc<ChunkedForm>> {
