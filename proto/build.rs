@@ -6,6 +6,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto/flotilla/v1/flotilla.proto");
     let mut config = prost_build::Config::new();
     config.protoc_executable(protoc);
+    // Chunk data is sliced out of one buffer per bundle and shared by every
+    // stream that sends it: no copy per cluster.
+    config.bytes([".flotilla.v1.BundleChunk.data"]);
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)

@@ -80,6 +80,11 @@ struct RunArgs {
     /// before it deletes them and fails (e.g. `30m`, `1h`).
     #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_hook_timeout)]
     hook_timeout: std::time::Duration,
+    /// Largest gRPC message the agent decodes from the hub (bytes, or with
+    /// KiB/MiB/GiB); announced to the hub, which sends desired state in
+    /// parts and chunks below it.
+    #[arg(long, env = "FLOTILLA_MAX_MESSAGE_SIZE", default_value = "16MiB", value_parser = flotilla_proto::wire::parse_size)]
+    max_message_size: usize,
 }
 
 fn parse_hook_timeout(s: &str) -> Result<std::time::Duration, String> {
@@ -208,7 +213,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         cache.clone(),
         trigger.clone(),
         reports_rx,
-    )?;
+    )?
+    .with_max_message_size(args.max_message_size);
     let cached = cache.snapshot();
     info!(
         hub = %hub,

@@ -6,12 +6,20 @@
 //! what differs. Each `DesiredState` is merged into the cache, persisted,
 //! acknowledged, and handed to the engine. Status reports go the other way,
 //! coalesced.
+//!
+//! No message on the stream has to be large ([`flotilla_proto::wire`]): the
+//! agent announces that it assembles desired state sent in parts and
+//! content-addressed chunks, the largest message it decodes, and the chunks
+//! it holds (of bundles that came in chunks, and of a transfer that broke
+//! off), so the hub sends only the chunks it lacks. Status reports are
+//! bounded and split the same way.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use flotilla_proto::agent_link_client::AgentLinkClient;
+use flotilla_proto::wire::{self, Assembler};
 use flotilla_proto::{
     Ack, AgentMessage, AppRef, DesiredState, DiffResult, Hello, SyncResult, agent_message, command,
     hub_message,
@@ -74,6 +82,9 @@ pub enum LinkError {
     /// The hub refused or ended the stream.
     #[error("stream: {0}")]
     Stream(#[from] tonic::Status),
+    /// A part or chunk of a desired state could not be assembled.
+    #[error("desired state: {0}")]
+    Wire(#[from] wire::WireError),
     /// A desired state arrived without bundles the agent needs.
     #[error("desired state {generation} lacks bundles for {apps:?}; asking again")]
     Incomplete {
@@ -108,6 +119,9 @@ pub struct Link {
     reports: watch::Receiver<Option<Report>>,
     requests: SyncRequests,
     cluster_api: Option<Arc<Cluster>>,
+    max_message_size: usize,
+    /// Parts and chunks of desired state, kept across streams.
+    assembler: Mutex<Assembler>,
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, LinkError> {
@@ -140,6 +154,8 @@ impl Link {
             reports,
             requests: SyncRequests::default(),
             cluster_api: None,
+            max_message_size: wire::DEFAULT_MAX_MESSAGE_SIZE,
+            assembler: Mutex::default(),
         })
     }
 
@@ -185,6 +201,20 @@ impl Link {
     pub fn with_reconnect(mut self, reconnect: Arc<Notify>) -> Self {
         self.reconnect = reconnect;
         self
+    }
+
+    /// The largest message the agent decodes (and sends): announced to the
+    /// hub, which keeps every message of desired state under it.
+    #[must_use]
+    pub fn with_max_message_size(mut self, max: usize) -> Self {
+        self.max_message_size = max;
+        self
+    }
+
+    fn assembler(&self) -> std::sync::MutexGuard<'_, Assembler> {
+        self.assembler
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Answers the hub's diff requests against this cluster.
@@ -252,9 +282,14 @@ impl Link {
                 hub: self.hub.clone(),
                 source,
             })?;
-        let mut client = AgentLinkClient::new(channel);
+        let mut client = AgentLinkClient::new(channel)
+            .max_decoding_message_size(self.max_message_size)
+            .max_encoding_message_size(self.max_message_size);
         let (tx, rx) = mpsc::channel::<AgentMessage>(16);
         let snapshot = self.cache.snapshot();
+        let (bundle_chunks, staged_chunks) = self
+            .assembler()
+            .hello(&|app| snapshot.apps.get(app).map(|a| a.bundle.digest.clone()));
         let hello = Hello {
             agent_version: AGENT_VERSION.to_owned(),
             generation: snapshot.generation,
@@ -269,6 +304,10 @@ impl Link {
                 })
                 .collect(),
             claimed_cluster: self.cluster.clone(),
+            chunked_bundles: true,
+            max_message_size: self.max_message_size as u64,
+            bundle_chunks,
+            staged_chunks,
         };
         let app_count = hello.apps.len();
         tx.send(message(agent_message::Kind::Hello(hello)))
@@ -283,13 +322,27 @@ impl Link {
             self.cluster
         );
         crate::metrics::metrics().set_connected(true);
-        let reporter = tokio::spawn(report_loop(tx.clone(), self.reports.clone()));
+        let reporter = tokio::spawn(report_loop(
+            tx.clone(),
+            self.reports.clone(),
+            report_part_size(self.max_message_size),
+        ));
         let result = async {
             while let Some(msg) = inbound.message().await? {
                 match msg.kind {
-                    Some(hub_message::Kind::Desired(desired)) => {
-                        let generation = desired.generation;
-                        self.receive(desired)?;
+                    Some(hub_message::Kind::Chunk(chunk)) => {
+                        let bytes = prost::Message::encoded_len(&chunk);
+                        crate::metrics::metrics().wire_received("chunk", bytes);
+                        self.assembler().chunk(chunk)?;
+                    }
+                    Some(hub_message::Kind::Desired(part)) => {
+                        let bytes = prost::Message::encoded_len(&part);
+                        crate::metrics::metrics().wire_received("desired", bytes);
+                        let Some(whole) = self.assembler().part(part) else {
+                            continue;
+                        };
+                        let generation = whole.generation;
+                        self.receive(whole)?;
                         tx.send(message(agent_message::Kind::Ack(Ack { generation })))
                             .await
                             .map_err(|_| LinkError::Closed)?;
@@ -398,8 +451,34 @@ impl Link {
         Ok(())
     }
 
-    /// Merges a desired state into the cache and persists it.
-    fn receive(&self, desired: DesiredState) -> Result<(), LinkError> {
+    /// Assembles a complete desired state (its chunked bundles from the
+    /// chunks received and those the agent holds), merges it into the cache
+    /// and persists it.
+    fn receive(&self, whole: DesiredState) -> Result<(), LinkError> {
+        let chunked = whole.chunked_bundles.len();
+        let cache = &self.cache;
+        let assembled = self.assembler().assemble(whole, &|app, digest| {
+            let snapshot = cache.snapshot();
+            let held = snapshot.apps.get(app)?;
+            (held.bundle.digest == digest).then(|| wire::manifest_stream(&held.bundle.manifests))
+        })?;
+        let receipt = assembled.receipt;
+        let desired = assembled.desired;
+        if chunked > 0 || receipt.parts > 1 {
+            info!(
+                generation = desired.generation,
+                parts = receipt.parts,
+                chunked_bundles = chunked,
+                "desired state assembled"
+            );
+        }
+        self.merge(desired)?;
+        self.assembler().committed(receipt);
+        Ok(())
+    }
+
+    /// Merges a complete desired state into the cache and persists it.
+    fn merge(&self, desired: DesiredState) -> Result<(), LinkError> {
         let generation = desired.generation;
         let bundles = desired.bundles.len();
         crate::telemetry::remember(
@@ -442,19 +521,37 @@ fn message(kind: agent_message::Kind) -> AgentMessage {
     AgentMessage { kind: Some(kind) }
 }
 
+/// The largest status report message: well under the hub's limit (the
+/// hub's default is larger than this), and under the agent's own.
+fn report_part_size(max_message_size: usize) -> usize {
+    wire::DEFAULT_CHUNK_SIZE
+        .min(max_message_size / 2)
+        .max(wire::MIN_CHUNK_SIZE)
+}
+
 /// Sends the engine's reports: right away on a new stream, then on change
-/// at most every [`MIN_INTERVAL`], and at least every [`HEARTBEAT`].
-async fn report_loop(tx: mpsc::Sender<AgentMessage>, mut reports: watch::Receiver<Option<Report>>) {
+/// at most every [`MIN_INTERVAL`], and at least every [`HEARTBEAT`]. Each
+/// report is bounded (long drift and messages cut with a marker) and split
+/// into messages of at most `part_size` bytes.
+async fn report_loop(
+    tx: mpsc::Sender<AgentMessage>,
+    mut reports: watch::Receiver<Option<Report>>,
+    part_size: usize,
+) {
     loop {
         let report = reports.borrow_and_update().as_ref().map(Report::to_proto);
         let sent_at = Instant::now();
-        if let Some(report) = report
-            && tx
-                .send(message(agent_message::Kind::Status(report)))
+        let parts = report.map_or_else(Vec::new, |r| {
+            wire::split_report(r, part_size, wire::StatusLimits::default())
+        });
+        for part in parts {
+            if tx
+                .send(message(agent_message::Kind::Status(part)))
                 .await
                 .is_err()
-        {
-            return;
+            {
+                return;
+            }
         }
         tokio::select! {
             changed = reports.changed() => {

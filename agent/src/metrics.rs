@@ -27,6 +27,13 @@ pub struct StatusLabels {
     pub health_status: String,
 }
 
+/// Label of the desired-state wire metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WireLabels {
+    /// `desired` (a desired-state part) or `chunk` (a bundle chunk).
+    pub kind: String,
+}
+
 fn histogram() -> Histogram {
     Histogram::new([
         0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
@@ -43,6 +50,8 @@ pub struct AgentMetrics {
     connected: Gauge,
     desired_generation: Gauge,
     connected_once: AtomicBool,
+    wire_messages: Family<WireLabels, Counter>,
+    wire_bytes: Family<WireLabels, Counter>,
 }
 
 impl std::fmt::Debug for AgentMetrics {
@@ -92,8 +101,23 @@ impl AgentMetrics {
             "Generation of the desired state the agent holds",
             desired_generation.clone(),
         );
+        let wire_messages = Family::<WireLabels, Counter>::default();
+        registry.register(
+            "desired_state_messages_received",
+            "Messages received from the hub carrying desired state, by kind (desired: a desired-state part; chunk: a bundle chunk)",
+            wire_messages.clone(),
+        );
+        let wire_bytes = Family::<WireLabels, Counter>::default();
+        registry.register_with_unit(
+            "desired_state_received",
+            "Encoded bytes of those messages, by kind",
+            Unit::Bytes,
+            wire_bytes.clone(),
+        );
         Self {
             registry,
+            wire_messages,
+            wire_bytes,
             apply_duration,
             drift_events,
             sync_retries,
@@ -125,6 +149,16 @@ impl AgentMetrics {
     /// Records a scheduled retry.
     pub fn retry(&self) {
         self.sync_retries.inc();
+    }
+
+    /// Counts one message of desired state received (`kind`: `desired` or
+    /// `chunk`) of `bytes` encoded bytes.
+    pub fn wire_received(&self, kind: &str, bytes: usize) {
+        let labels = WireLabels {
+            kind: kind.to_owned(),
+        };
+        self.wire_messages.get_or_create(&labels).inc();
+        self.wire_bytes.get_or_create(&labels).inc_by(bytes as u64);
     }
 
     /// The stream to the hub opened (true) or closed (false).

@@ -78,7 +78,7 @@ async fn acknowledged_writes_survive_a_killed_hub() -> anyhow::Result<()> {
         fleet.start_hub_again()?;
         let mut api = fleet.api().await?;
         let present: BTreeSet<String> = api
-            .list_applications(ListApplicationsRequest {})
+            .list_applications(ListApplicationsRequest::default())
             .await?
             .into_inner()
             .applications

@@ -63,6 +63,10 @@ pub struct Global {
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t = Output::Table, global = true)]
     pub output: Output,
+    /// Largest response the CLI decodes (bytes, or with KiB/MiB/GiB); `app
+    /// list` pages to stay under it.
+    #[arg(long, env = "FLOTILLA_MAX_MESSAGE_SIZE", global = true, default_value = "16MiB", value_parser = flotilla_proto::wire::parse_size)]
+    pub max_message_size: usize,
 }
 
 #[derive(Debug, Subcommand)]
@@ -311,6 +315,7 @@ struct Resolved {
     hub: String,
     ca_file: Option<PathBuf>,
     token: Option<String>,
+    max_message_size: usize,
 }
 
 fn resolve(g: &Global) -> Result<Resolved> {
@@ -334,6 +339,7 @@ fn resolve(g: &Global) -> Result<Resolved> {
         hub,
         ca_file: g.ca_file.clone().or(saved.ca_file),
         token,
+        max_message_size: g.max_message_size,
     })
 }
 
@@ -364,7 +370,35 @@ async fn client(r: &Resolved) -> Result<Client> {
         .connect()
         .await
         .map_err(|e| anyhow!("cannot connect to hub {}: {}", r.hub, error_chain(&e)))?;
-    Ok(HubApiClient::with_interceptor(channel, BearerAuth(header)))
+    Ok(HubApiClient::with_interceptor(channel, BearerAuth(header))
+        .max_decoding_message_size(r.max_message_size)
+        .max_encoding_message_size(r.max_message_size))
+}
+
+/// Every application, page by page: each response stays under the CLI's
+/// message limit however many applications there are.
+pub(crate) async fn list_all_applications(
+    c: &mut Client,
+    max_message_size: usize,
+) -> Result<Vec<pb::Application>> {
+    let mut apps = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = c
+            .list_applications(pb::ListApplicationsRequest {
+                page_size: 500,
+                page_token,
+                max_response_size: max_message_size as u64,
+            })
+            .await
+            .map_err(status_err)?
+            .into_inner();
+        apps.extend(page.applications);
+        if page.next_page_token.is_empty() {
+            return Ok(apps);
+        }
+        page_token = page.next_page_token;
+    }
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -469,12 +503,7 @@ pub(crate) fn print_out(output: Output, value: Value, table: impl FnOnce() -> St
 async fn app(g: &Global, c: &mut Client, cmd: AppCommand) -> Result<()> {
     match cmd {
         AppCommand::List => {
-            let apps = c
-                .list_applications(pb::ListApplicationsRequest {})
-                .await
-                .map_err(status_err)?
-                .into_inner()
-                .applications;
+            let apps = list_all_applications(c, g.max_message_size).await?;
             print_out(
                 g.output,
                 Value::Array(apps.iter().map(app_json).collect()),

@@ -17,8 +17,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use prost::Message;
-use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use crate::deletion::{PendingDeletion, Propagation};
@@ -98,6 +96,9 @@ struct State {
     links: HashMap<String, Link>,
     /// cluster → when and in which trace its current generation was computed.
     origins: HashMap<String, crate::fleet_origin::Origin>,
+    /// cluster → application → why its bundle was not sent to the agent
+    /// (an agent too old for chunked bundles); set by the agent's stream.
+    withheld: HashMap<String, BTreeMap<String, String>>,
 }
 
 /// The fleet's desired state, shared by the Git loop, the APIs and every
@@ -116,30 +117,10 @@ impl std::fmt::Debug for Fleet {
 /// sha256 over a bundle's canonical content: manifests, policy, namespace,
 /// ignoreDifferences and render error. The revision is deliberately left out:
 /// a commit that does not change an application's content does not make its
-/// clusters re-apply it.
+/// clusters re-apply it. Shared with the agent, which checks every bundle it
+/// assembles from chunks against it.
 pub fn bundle_digest(b: &pb::AppBundle) -> String {
-    let mut h = Sha256::new();
-    let mut field = |tag: &str, bytes: &[u8]| {
-        h.update(tag.as_bytes());
-        h.update((bytes.len() as u64).to_be_bytes());
-        h.update(bytes);
-    };
-    field("namespace", b.namespace.as_bytes());
-    field(
-        "policy",
-        &b.policy
-            .as_ref()
-            .map(Message::encode_to_vec)
-            .unwrap_or_default(),
-    );
-    field("render_error", b.render_error.as_bytes());
-    for m in &b.manifests {
-        field("manifest", m.as_bytes());
-    }
-    for d in &b.ignore_differences {
-        field("ignore", d.as_bytes());
-    }
-    format!("sha256:{}", hex::encode(h.finalize()))
+    pb::wire::bundle_digest(b)
 }
 
 /// The wire form of an application's sync policy.
@@ -612,6 +593,7 @@ impl Fleet {
         st.desired.remove(name);
         st.deletions.remove(name);
         st.links.remove(name);
+        st.withheld.remove(name);
         if let Some(tx) = st.signals.remove(name) {
             tx.send_replace(ClusterSignal {
                 generation: 0,
@@ -676,6 +658,7 @@ impl Fleet {
                     .filter(|o| o.generation == *generation)
                     .map(|o| o.trace_context.clone())
                     .unwrap_or_default(),
+                ..Default::default()
             },
             digests(index),
         ))
@@ -725,6 +708,26 @@ impl Fleet {
             .cloned()
             .or_else(|| st.bundles.get(app).map(|b| b.revision.clone()))
             .unwrap_or_default()
+    }
+
+    /// Records which bundles the last desired state sent to `cluster` left
+    /// out, and why (replacing what the previous one left out).
+    pub fn set_withheld(&self, cluster: &str, withheld: BTreeMap<String, String>) {
+        let mut st = self.lock();
+        if withheld.is_empty() {
+            st.withheld.remove(cluster);
+        } else {
+            st.withheld.insert(cluster.to_owned(), withheld);
+        }
+    }
+
+    /// Why the bundle of `app` was not sent to `cluster`, if it was not.
+    pub fn withheld(&self, cluster: &str, app: &str) -> Option<String> {
+        self.lock()
+            .withheld
+            .get(cluster)
+            .and_then(|w| w.get(app))
+            .cloned()
     }
 
     /// Applications deleted from `cluster` that its agent has not

@@ -55,6 +55,13 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
+/// Label of the desired-state wire metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WireLabels {
+    /// `desired` (a desired-state part) or `chunk` (a bundle chunk).
+    pub kind: String,
+}
+
 fn seconds_buckets() -> impl Iterator<Item = f64> {
     [
         0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
@@ -82,6 +89,9 @@ pub struct HubMetrics {
     enrollments_refused: Family<ReasonLabels, Counter>,
     store_writable: Gauge,
     store_reopens: Counter,
+    wire_messages: Family<WireLabels, Counter>,
+    wire_bytes: Family<WireLabels, Counter>,
+    bundles_withheld: Counter,
 }
 
 impl std::fmt::Debug for HubMetrics {
@@ -171,8 +181,30 @@ impl HubMetrics {
             "Times the store was reopened after an IO error (a full disk)",
             store_reopens.clone(),
         );
+        let wire_messages = Family::<WireLabels, Counter>::default();
+        registry.register(
+            "hub_desired_state_messages",
+            "Messages sent on agent streams carrying desired state, by kind (desired: a desired-state part; chunk: a bundle chunk)",
+            wire_messages.clone(),
+        );
+        let wire_bytes = Family::<WireLabels, Counter>::default();
+        registry.register_with_unit(
+            "hub_desired_state",
+            "Encoded bytes of those messages, by kind",
+            prometheus_client::registry::Unit::Bytes,
+            wire_bytes.clone(),
+        );
+        let bundles_withheld = Counter::default();
+        registry.register(
+            "hub_bundles_withheld",
+            "Bundles not sent because the agent is too old to receive them in chunks",
+            bundles_withheld.clone(),
+        );
         Self {
             registry,
+            wire_messages,
+            wire_bytes,
+            bundles_withheld,
             connections_rejected,
             connection_timeouts,
             connections,
@@ -262,6 +294,21 @@ impl HubMetrics {
     /// Records the lag of one desired-state send.
     pub fn send_lag(&self, lag: Duration) {
         self.stream_send_lag.observe(lag.as_secs_f64());
+    }
+
+    /// Counts one message sent on an agent stream (`kind`: `desired` or
+    /// `chunk`) of `bytes` encoded bytes.
+    pub fn wire_sent(&self, kind: &str, bytes: usize) {
+        let labels = WireLabels {
+            kind: kind.to_owned(),
+        };
+        self.wire_messages.get_or_create(&labels).inc();
+        self.wire_bytes.get_or_create(&labels).inc_by(bytes as u64);
+    }
+
+    /// Counts bundles withheld from an agent too old for chunks.
+    pub fn bundles_withheld(&self, n: usize) {
+        self.bundles_withheld.inc_by(n as u64);
     }
 
     /// Refreshes the state gauges from the store and the fleet.

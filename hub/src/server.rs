@@ -20,8 +20,6 @@ use crate::pki::{self, Pki};
 use crate::store::{Store, StoreError};
 use flotilla_proto as pb;
 
-/// Largest message an agent may send (status reports of big applications).
-const MAX_AGENT_MESSAGE: usize = 64 * 1024 * 1024;
 /// Concurrent HTTP/2 streams (calls) per connection.
 const MAX_STREAMS_PER_CONNECTION: u32 = 100;
 
@@ -77,6 +75,8 @@ pub struct HubConfig {
     /// Longest a `HubApi` call may take before it is answered with
     /// `DEADLINE_EXCEEDED`.
     pub api_deadline: Duration,
+    /// gRPC message size limits and the bundle chunk size.
+    pub wire: crate::api::WireLimits,
 }
 
 impl HubConfig {
@@ -102,6 +102,7 @@ impl HubConfig {
             credentials_key_file: None,
             git_limits: crate::gitsync::GitLimits::default(),
             api_deadline: crate::api::deadline::DEFAULT_API_DEADLINE,
+            wire: crate::api::WireLimits::default(),
         }
     }
 }
@@ -131,6 +132,8 @@ pub enum HubError {
     Tls(String),
     #[error("--repo: {0}")]
     Repo(String),
+    #[error("{0}")]
+    Limits(String),
 }
 
 /// A hub that is serving.
@@ -226,6 +229,7 @@ pub fn admin_token_path(data_dir: &Path) -> PathBuf {
 /// The data directory, store, CA or listener cannot be set up.
 pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    config.wire.validate().map_err(HubError::Limits)?;
     let data_dir = config.data_dir.clone();
     // Everything the hub writes is its own: the store (credentials, token
     // hashes), keys, mirrors. sled creates its files itself, so the mask
@@ -329,6 +333,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         appsets,
         closing: closing_rx,
         stream_idle_timeout: config.stream_idle_timeout,
+        wire: config.wire,
     };
 
     // The chain includes the CA so an enrolling agent can check it against
@@ -380,15 +385,19 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        // Both directions bounded: agents split their reports, and the hub
+        // sends desired state in parts and chunks well below the limit.
         .add_service(
             pb::agent_link_server::AgentLinkServer::new(AgentLinkService::new(ctx.clone()))
-                .max_decoding_message_size(MAX_AGENT_MESSAGE)
-                .max_encoding_message_size(usize::MAX),
+                .max_decoding_message_size(config.wire.max_message_size)
+                .max_encoding_message_size(config.wire.max_message_size),
         )
         .add_service(tonic::service::interceptor::InterceptedService::new(
             tower::Layer::layer(
                 &crate::api::deadline::DeadlineLayer::new(config.api_deadline),
-                pb::hub_api_server::HubApiServer::new(HubApiService::new(ctx.clone())),
+                pb::hub_api_server::HubApiServer::new(HubApiService::new(ctx.clone()))
+                    .max_decoding_message_size(config.wire.max_message_size)
+                    .max_encoding_message_size(config.wire.max_message_size),
             ),
             interceptor,
         ));

@@ -132,7 +132,7 @@ async fn label(api: &mut Api, cluster: &str, set: &[(&str, &str)], remove: &[&st
 async fn owned(api: &mut Api, set: &str) -> Vec<String> {
     let origin = format!("appset:{set}");
     let mut names: Vec<_> = api
-        .list_applications(pb::ListApplicationsRequest {})
+        .list_applications(pb::ListApplicationsRequest::default())
         .await
         .unwrap()
         .into_inner()

@@ -151,6 +151,7 @@ fn hello(apps: &[(&str, &str)]) -> pb::AgentMessage {
                 })
                 .collect(),
             claimed_cluster: "someone-else".into(),
+            ..Default::default()
         })),
     }
 }
@@ -479,7 +480,7 @@ async fn restart_keeps_state_and_resends_nothing() {
     assert_eq!(clusters.len(), 1);
     assert_eq!(
         admin
-            .list_applications(pb::ListApplicationsRequest {})
+            .list_applications(pb::ListApplicationsRequest::default())
             .await
             .unwrap()
             .into_inner()
@@ -602,7 +603,7 @@ async fn user_api_requires_a_valid_token() {
     for token in [None, Some(String::new()), Some("ab".repeat(32))] {
         let err = api(&hub, token)
             .await
-            .list_applications(pb::ListApplicationsRequest {})
+            .list_applications(pb::ListApplicationsRequest::default())
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::Unauthenticated);
@@ -615,7 +616,7 @@ async fn user_api_requires_a_valid_token() {
     assert_eq!(mode & 0o777, 0o600);
     api(&hub, Some(admin_token(&hub)))
         .await
-        .list_applications(pb::ListApplicationsRequest {})
+        .list_applications(pb::ListApplicationsRequest::default())
         .await
         .unwrap();
     hub.shutdown().await.unwrap();
@@ -623,7 +624,7 @@ async fn user_api_requires_a_valid_token() {
 
 async fn app_names(admin: &mut Api) -> Vec<String> {
     let mut names: Vec<_> = admin
-        .list_applications(pb::ListApplicationsRequest {})
+        .list_applications(pb::ListApplicationsRequest::default())
         .await
         .unwrap()
         .into_inner()

@@ -1,7 +1,10 @@
 //! The `flotilla.v1` wire protocol between hub, agents and user clients.
 //!
 //! Generated from `proto/flotilla/v1/flotilla.proto`. Domain crates convert
-//! these types at their edges; nothing here carries behaviour.
+//! these types at their edges. The one piece of behaviour here is
+//! [`wire`]: how messages are kept bounded (limits, splitting a desired state
+//! into parts and chunks, assembling it again, truncating status), shared so
+//! that both ends of the stream agree on it.
 
 /// Generated `flotilla.v1` messages and services.
 #[allow(clippy::all, clippy::unwrap_used, missing_docs)]
@@ -10,3 +13,5 @@ pub mod v1 {
 }
 
 pub use v1::*;
+
+pub mod wire;

@@ -152,7 +152,7 @@ fn health_name(v: i32) -> &'static str {
 async fn status_table(fleet: &Fleet) -> anyhow::Result<(String, bool)> {
     let mut api = fleet.api().await?;
     let apps = api
-        .list_applications(ListApplicationsRequest {})
+        .list_applications(ListApplicationsRequest::default())
         .await?
         .into_inner()
         .applications;

@@ -2,8 +2,14 @@
 //!
 //! The cluster identity comes only from the verified client certificate.
 //! The stream carries that cluster's desired state and nothing else.
+//!
+//! Desired state goes out in bounded messages ([`flotilla_proto::wire`]):
+//! to an agent that announces it, in parts and content-addressed chunks of
+//! at most the chunk size, skipping the chunks the agent holds; to an older
+//! agent as one message, withholding a bundle it cannot decode (the
+//! application shows why at the hub).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -20,6 +26,7 @@ use crate::pki;
 use flotilla_proto as pb;
 use pb::agent_message::Kind as AgentKind;
 use pb::hub_message::Kind as HubKind;
+use pb::wire::{ChunkedForm, HeldChunks, PeerWire};
 
 /// How long an agent may take to send its Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
@@ -34,6 +41,69 @@ pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 pub struct AgentLinkService {
     ctx: HubContext,
     enroll_limits: Arc<EnrollLimits>,
+    chunks: Arc<ChunkCache>,
+}
+
+/// Chunked forms of the current large bundles, shared by every stream: a
+/// bundle is cut and hashed once, whatever the number of clusters.
+#[derive(Debug, Default)]
+pub struct ChunkCache {
+    forms: Mutex<HashMap<FormKey, (String, Arc<ChunkedForm>)>>,
+}
+
+/// (bundle digest, chunk size) of a chunked form; the value names its
+/// application.
+type FormKey = (String, usize);
+
+impl ChunkCache {
+    fn get(&self, digest: &str, size: usize) -> Option<Arc<ChunkedForm>> {
+        self.forms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(digest.to_owned(), size))
+            .map(|(_, f)| f.clone())
+    }
+
+    /// The chunked form of `bundle`, cut now if it is not cached.
+    fn get_or_split(&self, bundle: &pb::AppBundle, size: usize) -> Arc<ChunkedForm> {
+        if let Some(f) = self.get(&bundle.digest, size) {
+            return f;
+        }
+        let form = Arc::new(pb::wire::split(bundle, size));
+        self.forms.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            (bundle.digest.clone(), size),
+            (bundle.name.clone(), form.clone()),
+        );
+        form
+    }
+
+    /// Cuts the bundles of `desired` that go in chunks, off the async
+    /// threads (hashing a large bundle takes a while), and forgets forms of
+    /// bundles that are no longer current.
+    async fn prepare(&self, fleet: &crate::fleet::Fleet, desired: &pb::DesiredState, size: usize) {
+        self.forms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(digest, _), (app, _)| fleet.bundle(app).is_some_and(|b| b.digest == *digest));
+        for b in &desired.bundles {
+            if prost::Message::encoded_len(b) <= size || self.get(&b.digest, size).is_some() {
+                continue;
+            }
+            let bundle = b.clone();
+            match tokio::task::spawn_blocking(move || pb::wire::split(&bundle, size)).await {
+                Ok(form) => {
+                    self.forms
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert((b.digest.clone(), size), (b.name.clone(), Arc::new(form)));
+                }
+                // Cut on the stream's task instead.
+                Err(e) => {
+                    tracing::warn!(app = %b.name, error = %e, "cutting a bundle into chunks failed")
+                }
+            }
+        }
+    }
 }
 
 /// Failed enrollment attempts allowed per window: per source address, per
@@ -144,6 +214,7 @@ impl AgentLinkService {
         Self {
             ctx,
             enroll_limits: Arc::default(),
+            chunks: Arc::default(),
         }
     }
 
@@ -293,11 +364,12 @@ impl pb::agent_link_server::AgentLink for AgentLinkService {
             .ok_or_else(|| Status::unauthenticated("unknown or removed cluster"))?;
         let (tx, rx) = mpsc::channel(8);
         let ctx = self.ctx.clone();
+        let chunks = self.chunks.clone();
         let inbound = request.into_inner();
         tokio::spawn(async move {
             let cluster = id.cluster.clone();
             ctx.fleet.link_opened(&cluster);
-            if let Err(status) = session(&ctx, &cluster, inbound, signals, &tx).await {
+            if let Err(status) = session(&ctx, &chunks, &cluster, inbound, signals, &tx).await {
                 let _ = tx.send(Err(status)).await;
             }
             ctx.fleet.link_closed(&cluster);
@@ -309,13 +381,23 @@ impl pb::agent_link_server::AgentLink for AgentLinkService {
 
 type Outbound = mpsc::Sender<Result<pb::HubMessage, Status>>;
 
+/// What a stream knows about its agent's holdings and abilities.
+struct Peer {
+    wire: PeerWire,
+    /// Application → digest the agent holds.
+    has: HashMap<String, String>,
+    /// The chunks it holds.
+    held: HeldChunks,
+}
+
 async fn send_desired(
     ctx: &HubContext,
+    chunks: &ChunkCache,
     cluster: &str,
-    has: &mut HashMap<String, String>,
+    peer: &mut Peer,
     tx: &Outbound,
 ) -> Result<bool, Status> {
-    let Some((mut desired, index)) = ctx.fleet.desired_state(cluster, has) else {
+    let Some((mut desired, _)) = ctx.fleet.desired_state(cluster, &peer.has) else {
         return Err(Status::unauthenticated("cluster removed"));
     };
     // The dispatch span continues the trace of the pass that computed this
@@ -327,23 +409,63 @@ async fn send_desired(
         desired.trace_context = traced;
     }
     let generation = desired.generation;
+    let (apps, bundles) = (desired.index.len(), desired.bundles.len());
+    let limits = pb::wire::PlanLimits {
+        chunk_size: ctx.wire.chunk_size,
+    };
+    let size = pb::wire::chunk_size_for(peer.wire, limits);
+    if peer.wire.chunked {
+        chunks.prepare(&ctx.fleet, &desired, size).await;
+    }
+    let plan = pb::wire::plan(
+        desired,
+        &peer.has,
+        peer.wire,
+        &mut peer.held,
+        limits,
+        &mut |b, size| chunks.get_or_split(b, size),
+    );
+    let withheld: BTreeMap<String, String> = plan
+        .withheld
+        .iter()
+        .map(|w| (w.app.clone(), w.message.clone()))
+        .collect();
+    for w in &plan.withheld {
+        tracing::warn!(cluster, app = %w.app, size = w.size, "{}", w.message);
+    }
+    crate::metrics::metrics().bundles_withheld(plan.withheld.len());
+    ctx.fleet.set_withheld(cluster, withheld);
     tracing::info!(
         cluster,
-        generation = desired.generation,
-        apps = desired.index.len(),
-        bundles = desired.bundles.len(),
+        generation,
+        apps,
+        bundles,
+        messages = plan.messages.len(),
+        chunks = plan.chunks,
+        chunk_bytes = plan.chunk_bytes,
+        withheld = plan.withheld.len(),
         "sending desired state"
     );
-    // From here on the agent holds what the index says (the stream is
+    // From here on the agent holds what the plan says (the stream is
     // ordered; if it breaks, the agent's next Hello says what it has).
-    *has = index.into_iter().collect();
-    let sent = tx
-        .send(Ok(pb::HubMessage {
-            kind: Some(HubKind::Desired(desired)),
-        }))
-        .instrument(span)
-        .await
-        .is_ok();
+    peer.has = plan.index.into_iter().collect();
+    let mut sent = true;
+    async {
+        for m in plan.messages {
+            let kind = match &m.kind {
+                Some(HubKind::Chunk(_)) => "chunk",
+                _ => "desired",
+            };
+            let bytes = prost::Message::encoded_len(&m);
+            if tx.send(Ok(m)).await.is_err() {
+                sent = false;
+                return;
+            }
+            crate::metrics::metrics().wire_sent(kind, bytes);
+        }
+    }
+    .instrument(span)
+    .await;
     if sent && let Some(lag) = ctx.fleet.take_send_lag(cluster, generation) {
         crate::metrics::metrics().send_lag(lag);
     }
@@ -352,6 +474,7 @@ async fn send_desired(
 
 async fn session(
     ctx: &HubContext,
+    chunks: &ChunkCache,
     cluster: &str,
     mut inbound: Streaming<pb::AgentMessage>,
     mut signals: tokio::sync::watch::Receiver<crate::fleet::ClusterSignal>,
@@ -368,11 +491,14 @@ async fn session(
     if !hello.claimed_cluster.is_empty() && hello.claimed_cluster != cluster {
         tracing::warn!(cluster, claimed = %hello.claimed_cluster, "agent claims another cluster name; ignored");
     }
+    let wire = PeerWire::of(&hello);
     tracing::info!(
         cluster,
         agent_version = %hello.agent_version,
         generation = hello.generation,
         apps = hello.apps.len(),
+        chunked_bundles = wire.chunked,
+        max_message_size = wire.max_message_size,
         "agent connected"
     );
     let now = now_ms();
@@ -382,11 +508,15 @@ async fn session(
         r.last_seen_ms = now;
         r.agent_version = version;
     })?;
-    let mut has: HashMap<String, String> =
-        hello.apps.into_iter().map(|a| (a.name, a.digest)).collect();
+    let held = HeldChunks::of(&hello);
+    let mut peer = Peer {
+        wire,
+        has: hello.apps.into_iter().map(|a| (a.name, a.digest)).collect(),
+        held,
+    };
     let mut commands = ctx.commands.subscribe(cluster);
     let mut sent_generation = signals.borrow_and_update().generation;
-    if !send_desired(ctx, cluster, &mut has, tx).await? {
+    if !send_desired(ctx, chunks, cluster, &mut peer, tx).await? {
         return Ok(());
     }
     let mut closing = ctx.closing.clone();
@@ -420,9 +550,11 @@ async fn session(
                 }
                 if signal.generation != sent_generation {
                     sent_generation = signal.generation;
-                    if !send_desired(ctx, cluster, &mut has, tx).await? {
+                    if !send_desired(ctx, chunks, cluster, &mut peer, tx).await? {
                         return Ok(());
                     }
+                    // A large state keeps the agent busy receiving.
+                    idle_deadline = tokio::time::Instant::now() + idle;
                 }
             }
             command = commands.recv() => {
@@ -443,7 +575,7 @@ async fn session(
                     }
                     if signal.generation != sent_generation {
                         sent_generation = signal.generation;
-                        if !send_desired(ctx, cluster, &mut has, tx).await? {
+                        if !send_desired(ctx, chunks, cluster, &mut peer, tx).await? {
                             return Ok(());
                         }
                     }
@@ -475,10 +607,13 @@ fn handle_message(ctx: &HubContext, cluster: &str, msg: pb::AgentMessage) -> Res
             let Some(rec) = rec else {
                 return Err(Status::unauthenticated("cluster removed"));
             };
-            for status in report.apps {
+            for mut status in report.apps {
                 // Only the cluster's own applications; a late report for a
                 // removed application must not bring its status back.
                 if rec.desired_index.contains_key(&status.name) {
+                    // Agents bound their reports; older ones do not, and
+                    // what is stored is what every `app list` returns.
+                    pb::wire::bound_status(&mut status, pb::wire::StatusLimits::default());
                     ctx.store.put_status(cluster, &status)?;
                 }
             }

@@ -43,17 +43,23 @@ impl HubApiService {
         let cluster_rows = clusters
             .iter()
             .filter(|c| fleet::targets(app, c))
-            .map(|c| pb::ClusterAppStatus {
-                cluster: c.name.clone(),
-                desired_revision: revision.clone(),
-                status: statuses.get(&c.name).cloned().map(|st| {
+            .map(|c| {
+                let reported = statuses.get(&c.name).cloned().map(|st| {
                     let st = fleet::at_current_revision(st, bundle.as_deref(), &revision);
                     let st = fleet::comparison_status(rec, st);
                     match &pin_message {
                         Some(m) => crate::history::show_pin(st, m),
                         None => st,
                     }
-                }),
+                });
+                pb::ClusterAppStatus {
+                    cluster: c.name.clone(),
+                    desired_revision: revision.clone(),
+                    status: match self.ctx.fleet.withheld(&c.name, name) {
+                        Some(why) => Some(withheld_status(name, reported, why)),
+                        None => reported,
+                    },
+                }
             })
             .collect();
         let error = if !rec.error.is_empty() {
@@ -187,6 +193,50 @@ impl HubApiService {
     }
 }
 
+/// The status of an application whose bundle the hub could not send to the
+/// cluster's agent: Unknown, saying why (what the agent reports is about
+/// the state it still has).
+fn withheld_status(app: &str, reported: Option<pb::AppStatus>, why: String) -> pb::AppStatus {
+    let mut st = reported.unwrap_or_else(|| pb::AppStatus {
+        name: app.to_owned(),
+        health: pb::HealthStatus::Unknown as i32,
+        ..Default::default()
+    });
+    st.sync = pb::SyncStatus::Unknown as i32;
+    st.conditions.push(pb::AppCondition {
+        r#type: "SyncError".to_owned(),
+        message: why.clone(),
+    });
+    st.message = why;
+    st
+}
+
+/// Cuts the per-cluster resource lists of an application that alone does
+/// not fit in `budget` bytes (a `StatusTruncated` condition on each status
+/// says how many resources are left out).
+fn bound_application(app: &mut pb::Application, budget: usize) {
+    use prost::Message as _;
+    if app.encoded_len() <= budget || app.clusters.is_empty() {
+        return;
+    }
+    let statuses: usize = app
+        .clusters
+        .iter()
+        .map(|c| c.status.as_ref().map_or(0, |s| s.encoded_len()))
+        .sum();
+    let others = app.encoded_len().saturating_sub(statuses);
+    let per_cluster = budget.saturating_sub(others + 1024) / app.clusters.len();
+    let limits = pb::wire::StatusLimits {
+        app_bytes: per_cluster,
+        ..Default::default()
+    };
+    for c in &mut app.clusters {
+        if let Some(st) = c.status.as_mut() {
+            pb::wire::bound_status(st, limits);
+        }
+    }
+}
+
 fn token_to_pb(t: &TokenRecord) -> pb::ApiToken {
     pb::ApiToken {
         name: t.name.clone(),
@@ -286,17 +336,58 @@ impl pb::hub_api_server::HubApi for HubApiService {
 
     async fn list_applications(
         &self,
-        _request: Request<pb::ListApplicationsRequest>,
+        request: Request<pb::ListApplicationsRequest>,
     ) -> Result<Response<pb::ListApplicationsResponse>, Status> {
+        use prost::Message as _;
+        let req = request.into_inner();
         let clusters = self.ctx.store.clusters()?;
-        let applications = self
-            .ctx
-            .store
-            .apps()?
-            .iter()
-            .map(|a| self.app_to_pb(a, &clusters))
-            .collect::<Result<_, _>>()?;
-        Ok(Response::new(pb::ListApplicationsResponse { applications }))
+        let mut apps = self.ctx.store.apps()?;
+        apps.sort_by(|a, b| a.app.metadata.name.cmp(&b.app.metadata.name));
+        // Pages continue after the last name returned.
+        let start = if req.page_token.is_empty() {
+            0
+        } else {
+            apps.partition_point(|a| a.app.metadata.name.as_str() <= req.page_token.as_str())
+        };
+        let limit = match usize::try_from(req.max_response_size) {
+            Ok(n) if n > 0 => n.min(self.ctx.wire.max_message_size),
+            _ => self.ctx.wire.max_message_size,
+        };
+        let budget = limit.saturating_sub(1024);
+        let page_size = match req.page_size {
+            0 => usize::MAX,
+            n => n as usize,
+        };
+        let mut applications: Vec<pb::Application> = Vec::new();
+        let mut used = 0usize;
+        let mut next_page_token = String::new();
+        for a in &apps[start..] {
+            let last = applications.last().map(|a| a.name.clone());
+            if applications.len() >= page_size {
+                next_page_token = last.unwrap_or_default();
+                break;
+            }
+            let mut p = self.app_to_pb(a, &clusters)?;
+            bound_application(&mut p, budget);
+            let len = p.encoded_len() + 8;
+            if used + len > budget && !applications.is_empty() {
+                if req.page_size == 0 {
+                    return Err(Status::resource_exhausted(format!(
+                        "{} applications do not fit in one response of at most {} (--max-message-size); use a client that pages (page_size)",
+                        apps.len(),
+                        pb::wire::format_size(limit)
+                    )));
+                }
+                next_page_token = last.unwrap_or_default();
+                break;
+            }
+            used += len;
+            applications.push(p);
+        }
+        Ok(Response::new(pb::ListApplicationsResponse {
+            applications,
+            next_page_token,
+        }))
     }
 
     async fn get_application(
@@ -310,7 +401,12 @@ impl pb::hub_api_server::HubApi for HubApiService {
             .app(&name)?
             .ok_or_else(|| Status::not_found(format!("application {name:?} not found")))?;
         let clusters = self.ctx.store.clusters()?;
-        Ok(Response::new(self.app_to_pb(&rec, &clusters)?))
+        let mut app = self.app_to_pb(&rec, &clusters)?;
+        bound_application(
+            &mut app,
+            self.ctx.wire.max_message_size.saturating_sub(1024),
+        );
+        Ok(Response::new(app))
     }
 
     async fn create_application(
@@ -773,5 +869,85 @@ impl pb::hub_api_server::HubApi for HubApiService {
         self.ctx.store.flush_async().await?;
         tracing::info!(name = %name, "API token revoked");
         Ok(Response::new(pb::RevokeTokenResponse {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message as _;
+
+    fn status(resources: usize) -> pb::AppStatus {
+        pb::AppStatus {
+            name: "web".into(),
+            sync: pb::SyncStatus::Synced as i32,
+            resources: (0..resources)
+                .map(|i| pb::ResourceStatus {
+                    key: Some(pb::ResourceKey {
+                        kind: "ConfigMap".into(),
+                        name: format!("cm-{i:05}"),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_application_too_large_for_a_response_is_cut_with_a_marker() {
+        let mut app = pb::Application {
+            name: "web".into(),
+            clusters: (0..4)
+                .map(|i| pb::ClusterAppStatus {
+                    cluster: format!("c{i}"),
+                    status: Some(status(5_000)),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let budget = 64 * 1024;
+        assert!(app.encoded_len() > budget);
+        bound_application(&mut app, budget);
+        assert!(app.encoded_len() <= budget, "{}", app.encoded_len());
+        for c in &app.clusters {
+            let st = c.status.as_ref().unwrap();
+            let marker = st
+                .conditions
+                .iter()
+                .find(|c| c.r#type == pb::wire::TRUNCATED_CONDITION)
+                .unwrap();
+            assert!(
+                marker.message.contains("more resources)"),
+                "{}",
+                marker.message
+            );
+        }
+        // Small ones are left alone.
+        let mut small = pb::Application {
+            clusters: vec![pb::ClusterAppStatus {
+                status: Some(status(3)),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let before = small.clone();
+        bound_application(&mut small, budget);
+        assert_eq!(small, before);
+    }
+
+    #[test]
+    fn a_withheld_bundle_makes_the_status_unknown_with_the_reason() {
+        let why = "bundle is 5.5 MiB; agent too old to receive chunked bundles".to_owned();
+        let st = withheld_status("big", Some(status(1)), why.clone());
+        assert_eq!(st.sync, pb::SyncStatus::Unknown as i32);
+        assert_eq!(st.message, why);
+        assert_eq!(st.resources.len(), 1);
+        let fresh = withheld_status("big", None, why);
+        assert_eq!(fresh.name, "big");
+        assert_eq!(fresh.health, pb::HealthStatus::Unknown as i32);
+        assert_eq!(fresh.conditions[0].r#type, "SyncError");
     }
 }

@@ -33,6 +33,52 @@ pub struct HubContext {
     pub closing: tokio::sync::watch::Receiver<bool>,
     /// How long an agent stream may stay silent before it is closed.
     pub stream_idle_timeout: std::time::Duration,
+    /// Message size limits of both services.
+    pub wire: WireLimits,
+}
+
+/// How large the hub's gRPC messages may be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WireLimits {
+    /// Largest message decoded or encoded by either service.
+    pub max_message_size: usize,
+    /// Largest chunk of a bundle sent to an agent, and target size of a
+    /// desired-state part.
+    pub chunk_size: usize,
+}
+
+impl Default for WireLimits {
+    fn default() -> Self {
+        Self {
+            max_message_size: flotilla_proto::wire::DEFAULT_MAX_MESSAGE_SIZE,
+            chunk_size: flotilla_proto::wire::DEFAULT_CHUNK_SIZE,
+        }
+    }
+}
+
+impl WireLimits {
+    /// Checks that a chunk fits in a message.
+    ///
+    /// # Errors
+    /// The chunk size is below the minimum or does not fit.
+    pub fn validate(&self) -> Result<(), String> {
+        use flotilla_proto::wire::{MIN_CHUNK_SIZE, format_size};
+        if self.chunk_size < MIN_CHUNK_SIZE {
+            return Err(format!(
+                "--bundle-chunk-size {} is below the minimum of {}",
+                format_size(self.chunk_size),
+                format_size(MIN_CHUNK_SIZE)
+            ));
+        }
+        if self.chunk_size.saturating_add(64 * 1024) > self.max_message_size {
+            return Err(format!(
+                "--bundle-chunk-size {} must be at least 64 KiB below --max-message-size {}",
+                format_size(self.chunk_size),
+                format_size(self.max_message_size)
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl From<StoreError> for Status {

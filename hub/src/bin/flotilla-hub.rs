@@ -152,6 +152,14 @@ struct ServeArgs {
     /// Established connections with an agent certificate.
     #[arg(long, default_value_t = ListenerLimits::default().max_authenticated)]
     max_agent_connections: usize,
+    /// Largest gRPC message the hub decodes or encodes, on the agent link
+    /// and the API (bytes, or with KiB/MiB/GiB).
+    #[arg(long, env = "FLOTILLA_MAX_MESSAGE_SIZE", default_value = "16MiB", value_parser = flotilla_proto::wire::parse_size)]
+    max_message_size: usize,
+    /// Largest chunk of a bundle sent to an agent, and the size desired
+    /// state is split at (bytes, or with KiB/MiB/GiB).
+    #[arg(long, default_value = "1MiB", value_parser = flotilla_proto::wire::parse_size)]
+    bundle_chunk_size: usize,
 }
 
 /// `flotilla-hub jsonnet-eval`: one request on stdin, its answer on stdout.
@@ -252,6 +260,10 @@ async fn main() -> Result<()> {
                 .max(1),
         },
         api_deadline: args.api_deadline,
+        wire: flotilla_hub::api::WireLimits {
+            max_message_size: args.max_message_size,
+            chunk_size: args.bundle_chunk_size,
+        },
         limits: ListenerLimits {
             handshake_timeout: args.tls_handshake_timeout,
             idle_timeout: args.connection_idle_timeout,
