@@ -6,13 +6,18 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 
-pub use flotilla_telemetry::TelemetryGuard;
+pub use flotilla_telemetry::{LogFormat, TelemetryGuard};
 
 /// Installs logging and, when configured, OpenTelemetry export with the
 /// default service name `flotilla-agent`. Keep the guard until the process
 /// ends.
 pub fn init() -> TelemetryGuard {
-    flotilla_telemetry::init("flotilla-agent")
+    init_with(LogFormat::Text)
+}
+
+/// [`init`] with logs written in `format`.
+pub fn init_with(format: LogFormat) -> TelemetryGuard {
+    flotilla_telemetry::init_with("flotilla-agent", format)
 }
 
 fn pending() -> &'static Mutex<HashMap<String, HashMap<String, String>>> {
