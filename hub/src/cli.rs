@@ -15,10 +15,12 @@ use flotilla_proto as pb;
 use pb::hub_api_client::HubApiClient;
 
 mod diff;
+pub mod exit;
 mod lifecycle;
 mod ops;
 
-pub use ops::ExitStatus;
+pub use exit::{CliError, ExitStatus, exit_code};
+use exit::{out, usage};
 
 /// Default hub URL when neither `--hub` nor `FLOTILLA_HUB` is given.
 pub const DEFAULT_HUB: &str = "https://127.0.0.1:7443";
@@ -339,20 +341,20 @@ fn resolve(g: &Global) -> Result<Resolved> {
 
 async fn client(r: &Resolved) -> Result<Client> {
     let token = r.token.as_deref().ok_or_else(|| {
-        anyhow!(
-            "no API token: pass --token or --token-file (or set FLOTILLA_TOKEN / FLOTILLA_TOKEN_FILE, or run `flotilla login`)"
+        usage(
+            "no API token: pass --token or --token-file (or set FLOTILLA_TOKEN / FLOTILLA_TOKEN_FILE, or run `flotilla login`)",
         )
     })?;
     let header: MetadataValue<_> = format!("Bearer {token}")
         .parse()
-        .map_err(|_| anyhow!("the API token contains characters not allowed in a header"))?;
+        .map_err(|_| usage("the API token contains characters not allowed in a header"))?;
     let mut endpoint = Channel::from_shared(r.hub.clone())
-        .with_context(|| format!("invalid hub URL {:?}", r.hub))?
+        .map_err(|e| usage(format!("invalid hub URL {:?}: {e}", r.hub)))?
         .connect_timeout(Duration::from_secs(10));
     if r.hub.starts_with("https://") {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let ca_file = r.ca_file.as_ref().ok_or_else(|| {
-            anyhow!("--ca-file (or FLOTILLA_CA_FILE) is required: the hub's DATA/ca.crt")
+            usage("--ca-file (or FLOTILLA_CA_FILE) is required: the hub's DATA/ca.crt")
         })?;
         let ca = std::fs::read_to_string(ca_file)
             .with_context(|| format!("reading CA file {}", ca_file.display()))?;
@@ -363,23 +365,30 @@ async fn client(r: &Resolved) -> Result<Client> {
     let channel = endpoint
         .connect()
         .await
-        .map_err(|e| anyhow!("cannot connect to hub {}: {}", r.hub, error_chain(&e)))?;
+        .map_err(|e| CliError::Unreachable {
+            hub: r.hub.clone(),
+            cause: error_chain(&e),
+        })?;
     Ok(HubApiClient::with_interceptor(channel, BearerAuth(header)))
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
+    let mut parts = vec![e.to_string()];
     let mut cur = e.source();
     while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
+        // Transport layers repeat their cause's words ("tcp connect
+        // error: tcp connect error: ...").
+        let text = c.to_string();
+        if parts.last() != Some(&text) {
+            parts.push(text);
+        }
         cur = c.source();
     }
-    s
+    parts.join(": ")
 }
 
 pub(crate) fn status_err(s: tonic::Status) -> anyhow::Error {
-    anyhow!("{} ({:?})", s.message(), s.code())
+    CliError::Hub(s).into()
 }
 
 /// Runs one CLI invocation, writing to stdout.
@@ -457,12 +466,12 @@ pub async fn run(cli: Cli) -> Result<()> {
 
 pub(crate) fn print_out(output: Output, value: Value, table: impl FnOnce() -> String) {
     match output {
-        Output::Json => println!(
-            "{}",
+        Output::Json => out!(
+            "{}\n",
             serde_json::to_string_pretty(&value).unwrap_or_default()
         ),
-        Output::Yaml => print!("{}", serde_saphyr::to_string(&value).unwrap_or_default()),
-        Output::Table | Output::Wide => print!("{}", table()),
+        Output::Yaml => out!("{}", serde_saphyr::to_string(&value).unwrap_or_default()),
+        Output::Table | Output::Wide => out!("{}", table()),
     }
 }
 
@@ -720,9 +729,9 @@ fn parse_labels(labels: &[String]) -> Result<BTreeMap<String, String>> {
         .map(|l| {
             let (k, v) = l
                 .split_once('=')
-                .ok_or_else(|| anyhow!("label {l:?} must be KEY=VALUE"))?;
+                .ok_or_else(|| usage(format!("label {l:?} must be KEY=VALUE")))?;
             if k.is_empty() {
-                bail!("label {l:?} has an empty key");
+                return Err(usage(format!("label {l:?} has an empty key")));
             }
             Ok((k.to_owned(), v.to_owned()))
         })
@@ -746,12 +755,12 @@ async fn cluster(g: &Global, hub: &str, c: &mut Client, cmd: ClusterCommand) -> 
             let manifest_only = manifest_only || (g.output == Output::Yaml && out.is_none());
             let bootstrap_token = bootstrap_token || manifest_only;
             if rbac_scope == "namespace" && namespaces.is_empty() {
-                bail!("--rbac-scope namespace needs --namespaces a,b");
+                return Err(usage("--rbac-scope namespace needs --namespaces a,b"));
             }
             if out.is_none() && !bootstrap_token {
-                bail!(
-                    "pass --out DIR (issue the agent certificate now) or --bootstrap-token (the agent enrolls)"
-                );
+                return Err(usage(
+                    "pass --out DIR (issue the agent certificate now) or --bootstrap-token (the agent enrolls)",
+                ));
             }
             if let Some(out) = &out {
                 std::fs::create_dir_all(out)
@@ -808,7 +817,7 @@ async fn cluster(g: &Global, hub: &str, c: &mut Client, cmd: ClusterCommand) -> 
                 });
             }
             if manifest_only {
-                print!("{}", manifest.unwrap_or_default());
+                out!("{}", manifest.unwrap_or_default());
                 return Ok(());
             }
             let cluster = resp.cluster.clone().unwrap_or_default();
@@ -1009,9 +1018,9 @@ async fn repo(g: &Global, c: &mut Client, cmd: RepoCommand) -> Result<()> {
                         bail!("{} is not an OpenSSH or PEM private key", f.display());
                     }
                     if !crate::source::is_ssh_url(&url) {
-                        bail!(
+                        return Err(usage(
                             "--ssh-private-key-path needs an ssh URL (ssh://user@host/path or user@host:path)"
-                        );
+                        ));
                     }
                     Some(key)
                 }

@@ -129,7 +129,7 @@ pub fn generate(args: &GenerateArgs, output: Output) -> Result<()> {
         args.repo_root.as_deref(),
         output == Output::Json,
     )?;
-    print!("{out}");
+    crate::cli::exit::write_stdout(&out);
     if errors.is_empty() {
         return Ok(());
     }

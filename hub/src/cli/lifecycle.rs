@@ -1,9 +1,9 @@
 //! `app delete` (Argo CD's cascade, propagation policy and confirmation
 //! prompt) and what makes `app get` exit non-zero.
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{BufRead, IsTerminal};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use serde_json::json;
 
 use super::{Client, Global, Output, print_out, status_err};
@@ -49,11 +49,12 @@ fn confirm(name: &str) -> Result<bool> {
     let stdin = std::io::stdin();
     let mut input = stdin.lock();
     loop {
-        print!("Are you sure you want to delete '{name}' and all its resources? [y/n] ");
-        std::io::stdout().flush().context("writing the prompt")?;
+        super::exit::out!("Are you sure you want to delete '{name}' and all its resources? [y/n] ");
         let mut line = String::new();
         if input.read_line(&mut line).context("reading the answer")? == 0 {
-            bail!("no answer (end of input): pass --yes to delete without asking");
+            return Err(super::exit::usage(
+                "no answer (end of input): pass --yes to delete without asking",
+            ));
         }
         if let Some(yes) = answer(&line) {
             return Ok(yes);
@@ -65,7 +66,7 @@ fn confirm(name: &str) -> Result<bool> {
 pub(super) async fn delete(g: &Global, c: &mut Client, a: DeleteArgs) -> Result<()> {
     let name = &a.name;
     if needs_confirmation(a.cascade, a.yes, std::io::stdout().is_terminal()) && !confirm(name)? {
-        println!("The command to delete '{name}' was cancelled.");
+        super::exit::outln!("The command to delete '{name}' was cancelled.");
         return Ok(());
     }
     let r = c

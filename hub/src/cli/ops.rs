@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use serde_json::json;
 
+use super::exit::{ExitStatus, code, outln};
 use super::{Client, Global, health_name, print_out, short, status_err, sync_name, table};
 use flotilla_proto as pb;
 
@@ -711,20 +712,6 @@ mod tests {
     }
 }
 
-/// A command outcome that is not an error but needs a non-zero exit code
-/// (`app diff` with differences: 1). The binary exits with it and prints
-/// nothing more.
-#[derive(Debug)]
-pub struct ExitStatus(pub u8);
-
-impl std::fmt::Display for ExitStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "exit status {}", self.0)
-    }
-}
-
-impl std::error::Error for ExitStatus {}
-
 fn key_name(k: Option<&pb::ResourceKey>) -> String {
     let Some(k) = k else {
         return "unknown".to_owned();
@@ -742,7 +729,8 @@ fn key_name(k: Option<&pb::ResourceKey>) -> String {
 }
 
 /// `flotilla app diff NAME [--cluster C]`: exit 0 without differences,
-/// 1 with, 2 on errors.
+/// 1 with, 2 when the diff could not be computed (3 for an unknown
+/// application, 4 for an unreachable hub, as every command).
 pub(super) async fn diff(
     g: &Global,
     c: &mut Client,
@@ -755,7 +743,13 @@ pub(super) async fn diff(
             cluster: cluster.unwrap_or_default(),
         })
         .await
-        .map_err(|s| anyhow::Error::new(ExitStatus(2)).context(status_err(s)))?
+        .map_err(|s| {
+            let code = match super::exit::status_code(&s) {
+                code::FAILURE => code::USAGE,
+                other => other,
+            };
+            anyhow::Error::new(ExitStatus(code)).context(status_err(s))
+        })?
         .into_inner();
     let mut differs = false;
     let mut failed = Vec::new();
@@ -796,10 +790,10 @@ pub(super) async fn diff(
     let value = json!({"app": name, "differences": rows, "errors": failed});
     print_out(g.output, value, || text.clone());
     if !failed.is_empty() {
-        return Err(anyhow::Error::new(ExitStatus(2)).context(failed.join("; ")));
+        return Err(anyhow::Error::new(ExitStatus(code::USAGE)).context(failed.join("; ")));
     }
     if differs {
-        return Err(ExitStatus(1).into());
+        return Err(ExitStatus(code::FAILURE).into());
     }
     Ok(())
 }
@@ -829,7 +823,7 @@ pub(super) async fn watch(g: &Global, c: &mut Client, name: &str) -> Result<()> 
         if sig != last {
             last = sig;
             if g.output == super::Output::Table || g.output == super::Output::Wide {
-                println!("--- {}", time_of(crate::api::now_ms()));
+                outln!("--- {}", time_of(crate::api::now_ms()));
             }
             // Printed as `app get` does; its errors do not end the watch.
             super::print_app(g.output, &a);

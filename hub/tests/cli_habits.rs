@@ -1,0 +1,133 @@
+//! The `flotilla` CLI as kubectl and argocd users expect it, against a
+//! real `flotilla-hub` process: exit codes, closed pipes, connection
+//! settings and contexts, the verbs, list filters and output formats.
+//! Output is compared as text, with what changes from run to run
+//! replaced by placeholders.
+
+// Test helpers outside #[test] functions: a failed setup should panic.
+#![allow(clippy::unwrap_used)]
+
+use std::process::Stdio;
+
+mod cli_support;
+mod support;
+
+use cli_support::{Hub, assert_text, bare, fails, repo};
+
+const WEB_APP: &str = "apiVersion: argoproj.io/v1alpha1
+kind: Application
+metadata:
+  name: web
+spec:
+  project: default
+  source:
+    repoURL: {{URL}}
+    path: web
+  destination:
+    name: east
+    namespace: web
+";
+
+const WEB_CM: &str = "apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: web
+data:
+  greeting: hello
+";
+
+/// A hub polling a repository whose apps path declares `web` (on cluster
+/// east, registered here), with its render done.
+fn hub_with_web(dir: &std::path::Path) -> (Hub, String) {
+    let url = repo(dir, &[("apps/web.yaml", WEB_APP), ("web/cm.yaml", WEB_CM)]);
+    let hub = Hub::start(&[
+        "--repo",
+        &format!("{url}#apps"),
+        "--poll-interval",
+        "1s",
+    ]);
+    hub.ok(&["cluster", "add", "east", "--label", "env=prod", "--bootstrap-token"]);
+    hub.until(&["app", "get", "web", "-o", "json"], |t| {
+        serde_json::from_str::<serde_json::Value>(t)
+            .is_ok_and(|v| v["revision"].as_str().is_some_and(|r| r.len() == 40))
+    });
+    (hub, url)
+}
+
+#[test]
+fn a_closed_stdout_pipe_ends_quietly() {
+    let hub = Hub::start(&[]);
+    for i in 0..3 {
+        hub.ok(&["cluster", "add", &format!("c{i}"), "--bootstrap-token"]);
+    }
+    for args in [
+        &["cluster", "list"][..],
+        &["cluster", "list", "-o", "json"],
+        &["cluster", "list", "-o", "yaml"],
+        &["version"],
+        &["--help"],
+    ] {
+        // The reader is gone before the CLI writes a byte (as `| head -0`
+        // would be): every write fails with EPIPE.
+        let mut child = hub
+            .command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_text(&String::from_utf8_lossy(&out.stderr), "");
+    }
+}
+
+#[test]
+fn exit_codes_are_distinct() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hub, url) = hub_with_web(dir.path());
+
+    // 2: usage, from clap and from the CLI's own checks.
+    let (code, err) = fails(&hub.cli(&["app", "list", "--bogus"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.starts_with("error: unexpected argument '--bogus' found"), "{err}");
+    let (code, err) = fails(&hub.cli(&["cluster", "add", "west"]));
+    assert_eq!(code, 2, "{err}");
+    let (code, err) = fails(&bare(&["app", "list"]).env("FLOTILLA_HUB", &hub.url).output().unwrap());
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no API token"), "{err}");
+
+    // 3: not found.
+    let (code, err) = fails(&hub.cli(&["app", "get", "nope"]));
+    assert_eq!(code, 3);
+    assert_text(&err, "error: application \"nope\" not found (NotFound)\n");
+    let (code, _) = fails(&hub.cli(&["app", "diff", "nope"]));
+    assert_eq!(code, 3);
+
+    // 4: unreachable (nothing listens on port 1).
+    let (code, err) = fails(&hub.cli(&["--hub", "https://127.0.0.1:1", "app", "list"]));
+    assert_eq!(code, 4, "{err}");
+    assert_text(
+        &err,
+        "error: cannot connect to hub https://127.0.0.1:1: transport error: tcp connect error: Connection refused (os error 111)\n",
+    );
+
+    // 5: the token is refused.
+    let (code, err) = fails(&hub.command(&["app", "list"]).env("FLOTILLA_TOKEN", "wrong").output().unwrap());
+    assert_eq!(code, 5, "{err}");
+
+    // 1: a refused operation.
+    let (code, err) = fails(&hub.cli(&["app", "delete", "web", "-y"]));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(&format!("managed by repository {url}")), "{err}");
+
+    // app diff: 2 when it cannot be computed (east has no agent).
+    let (code, err) = fails(&hub.cli(&["app", "diff", "web"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.starts_with("error: east: "), "{err}");
+}
