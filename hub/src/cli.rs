@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 use tonic::metadata::MetadataValue;
@@ -14,6 +14,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 use flotilla_proto as pb;
 use pb::hub_api_client::HubApiClient;
 
+pub mod config;
 mod diff;
 pub mod exit;
 mod lifecycle;
@@ -50,9 +51,14 @@ pub struct Cli {
 /// Options shared by every command.
 #[derive(Debug, Args)]
 pub struct Global {
-    /// Hub URL [default: from `flotilla login`, else https://127.0.0.1:7443].
+    /// Hub address, `HOST:PORT` or `https://HOST:PORT` [default: the
+    /// current context's, else 127.0.0.1:7443].
     #[arg(long, env = "FLOTILLA_HUB", global = true)]
     pub hub: Option<String>,
+    /// Use this saved context (see `flotilla context`) instead of the
+    /// current one.
+    #[arg(long, env = "FLOTILLA_CONTEXT", global = true)]
+    pub context: Option<String>,
     /// CA certificate that signed the hub's certificate (the hub's DATA/ca.crt).
     #[arg(long, env = "FLOTILLA_CA_FILE", global = true)]
     pub ca_file: Option<PathBuf>,
@@ -86,9 +92,24 @@ pub enum Command {
     /// API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
-    /// Check the hub, CA and token given now and save them as defaults
-    /// (in $FLOTILLA_CONFIG, else ~/.config/flotilla/config.json, 0600).
-    Login,
+    /// Check the hub, CA and token given now and save them as a context
+    /// (in $FLOTILLA_CONFIG, else ~/.config/flotilla/config.json, 0600),
+    /// made current; other contexts stay as they are.
+    Login {
+        /// Name of the context [default: the hub's HOST:PORT].
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Forget a saved context and its token.
+    Logout {
+        /// The context [default: the current one].
+        name: Option<String>,
+    },
+    /// List saved contexts, or make NAME the current one.
+    Context {
+        /// Context to switch to.
+        name: Option<String>,
+    },
     /// Print the hub version.
     Version,
 }
@@ -283,61 +304,8 @@ impl tonic::service::Interceptor for BearerAuth {
 
 pub(crate) type Client = HubApiClient<InterceptedService<Channel, BearerAuth>>;
 
-/// Defaults saved by `flotilla login`.
-#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
-pub struct SavedLogin {
-    pub hub: String,
-    pub ca_file: Option<PathBuf>,
-    pub token: String,
-}
-
-/// Where `flotilla login` keeps its settings.
-pub fn config_path() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("FLOTILLA_CONFIG") {
-        return Some(PathBuf::from(p));
-    }
-    let base = std::env::var_os("XDG_CONFIG_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
-    Some(base.join("flotilla").join("config.json"))
-}
-
-fn saved_login() -> Option<SavedLogin> {
-    let text = std::fs::read_to_string(config_path()?).ok()?;
-    serde_json::from_str(&text).ok()
-}
-
-/// Connection settings after flags, environment and saved login.
-#[derive(Debug)]
-struct Resolved {
-    hub: String,
-    ca_file: Option<PathBuf>,
-    token: Option<String>,
-}
-
-fn resolve(g: &Global) -> Result<Resolved> {
-    let saved = saved_login().unwrap_or_default();
-    let token = match (&g.token, &g.token_file) {
-        (Some(t), _) => Some(t.trim().to_owned()),
-        (None, Some(f)) => Some(
-            std::fs::read_to_string(f)
-                .with_context(|| format!("reading token file {}", f.display()))?
-                .trim()
-                .to_owned(),
-        ),
-        (None, None) => (!saved.token.is_empty()).then(|| saved.token.clone()),
-    };
-    let hub = g
-        .hub
-        .clone()
-        .or_else(|| (!saved.hub.is_empty()).then(|| saved.hub.clone()))
-        .unwrap_or_else(|| DEFAULT_HUB.to_owned());
-    Ok(Resolved {
-        hub,
-        ca_file: g.ca_file.clone().or(saved.ca_file),
-        token,
-    })
-}
+pub use config::config_path;
+use config::{Resolved, resolve};
 
 async fn client(r: &Resolved) -> Result<Client> {
     let token = r.token.as_deref().ok_or_else(|| {
@@ -353,11 +321,9 @@ async fn client(r: &Resolved) -> Result<Client> {
         .connect_timeout(Duration::from_secs(10));
     if r.hub.starts_with("https://") {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-        let ca_file = r.ca_file.as_ref().ok_or_else(|| {
+        let ca = r.ca_pem.clone().ok_or_else(|| {
             usage("--ca-file (or FLOTILLA_CA_FILE) is required: the hub's DATA/ca.crt")
         })?;
-        let ca = std::fs::read_to_string(ca_file)
-            .with_context(|| format!("reading CA file {}", ca_file.display()))?;
         endpoint = endpoint
             .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)))
             .context("TLS configuration")?;
@@ -401,39 +367,20 @@ pub async fn run(cli: Cli) -> Result<()> {
         // Offline: no hub.
         return crate::appset::cli::generate(args, g.output);
     }
+    match &cli.command {
+        Command::Context { name } => return config::context_command(g, name.as_deref()),
+        Command::Logout { name } => return config::logout(g, name.as_deref()),
+        _ => {}
+    }
     let resolved = resolve(g)?;
     let mut c = client(&resolved).await?;
     let hub = resolved.hub.clone();
     match cli.command {
-        Command::Login => {
+        Command::Login { name } => {
             c.version(pb::VersionRequest {}).await.map_err(status_err)?;
-            let path = config_path().ok_or_else(|| anyhow!("no HOME: set FLOTILLA_CONFIG"))?;
-            let dir = path.parent().unwrap_or(Path::new("."));
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-            // Keep a copy of the CA next to the settings so the login does
-            // not depend on where the file was.
-            let ca_file = match &resolved.ca_file {
-                Some(f) => {
-                    let copy = dir.join("ca.crt");
-                    let pem =
-                        std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
-                    std::fs::write(&copy, pem)
-                        .with_context(|| format!("writing {}", copy.display()))?;
-                    Some(copy)
-                }
-                None => None,
-            };
-            let saved = SavedLogin {
-                hub: hub.clone(),
-                ca_file,
-                token: resolved.token.clone().unwrap_or_default(),
-            };
-            crate::pki::write_private(&path, serde_json::to_string_pretty(&saved)?.as_bytes())
-                .with_context(|| format!("writing {}", path.display()))?;
-            print_out(g.output, json!({"hub": hub, "config": path}), || {
-                format!("logged in to {hub}; settings saved to {}\n", path.display())
-            });
+            config::login(g, &resolved, name)?;
         }
+        Command::Logout { .. } | Command::Context { .. } => {}
         Command::Token(cmd) => token(g, &mut c, cmd).await?,
         Command::Version => {
             let v = c

@@ -12,7 +12,7 @@ use std::process::Stdio;
 mod cli_support;
 mod support;
 
-use cli_support::{Hub, assert_text, bare, fails, repo};
+use cli_support::{Hub, assert_text, bare, fails, normalize, ok, repo};
 
 const WEB_APP: &str = "apiVersion: argoproj.io/v1alpha1
 kind: Application
@@ -130,4 +130,98 @@ fn exit_codes_are_distinct() {
     let (code, err) = fails(&hub.cli(&["app", "diff", "web"]));
     assert_eq!(code, 2, "{err}");
     assert!(err.starts_with("error: east: "), "{err}");
+}
+
+#[test]
+fn hub_addresses_need_no_scheme() {
+    let hub = Hub::start(&[]);
+    // HOST:PORT as kubectl's --server and argocd's --server take it.
+    let out = hub.ok(&["--hub", hub.addr(), "version", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["client"], env!("CARGO_PKG_VERSION"));
+    let (code, err) = fails(&hub.cli(&["--hub", "ftp://x", "version"]));
+    assert_eq!(code, 2, "{err}");
+    assert_text(
+        &err,
+        "error: invalid hub address \"ftp://x\": use HOST:PORT or https://HOST:PORT\n",
+    );
+}
+
+#[test]
+fn contexts_for_several_hubs() {
+    let a = Hub::start(&[]);
+    let b = Hub::start(&[]);
+    a.ok(&["cluster", "add", "on-a", "--bootstrap-token"]);
+    b.ok(&["cluster", "add", "on-b", "--bootstrap-token"]);
+    let home = tempfile::tempdir().unwrap();
+    let config = home.path().join("flotilla/config.json");
+    // Something else already lives in the file: a context of a third hub
+    // and a key this version does not know.
+    std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+    std::fs::write(
+        &config,
+        r#"{"contexts": {"other": {"hub": "https://other.example:7443", "token": "keep-me"}}, "currentContext": "other", "x-editor": "vim"}"#,
+    )
+    .unwrap();
+    let cfg = config.to_str().unwrap();
+    let login = |hub: &Hub, extra: &[&str]| {
+        let mut args = vec!["login"];
+        args.extend_from_slice(extra);
+        ok(&hub.command(&args).env("FLOTILLA_CONFIG", cfg).output().unwrap())
+    };
+    let flotilla = |args: &[&str]| bare(args).env("FLOTILLA_CONFIG", cfg).output().unwrap();
+    let pairs = [(a.addr(), "<A>"), (b.addr(), "<B>"), (cfg, "<CONFIG>")];
+
+    let text = login(&a, &["--name", "a"]);
+    assert_text(
+        &normalize(&text, &pairs),
+        "logged in to https://<A>; context a saved in <CONFIG> and made current\n",
+    );
+    let text = login(&b, &[]);
+    assert_text(
+        &normalize(&text, &pairs),
+        "logged in to https://<B>; context <B> saved in <CONFIG> and made current\n",
+    );
+    let list = normalize(&ok(&flotilla(&["context"])), &pairs);
+    assert_text(
+        &list,
+        "CURRENT   NAME    HUB
+*         <B>     https://<B>
+          a       https://<A>
+          other   https://other.example:7443
+",
+    );
+    let rows: Vec<Vec<&str>> = list.lines().skip(1).map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(rows, [vec!["*", "<B>", "https://<B>"], vec!["a", "https://<A>"], vec!["other", "https://other.example:7443"]]);
+
+    // Commands go to the current context's hub, or to --context's.
+    assert!(ok(&flotilla(&["cluster", "list"])).contains("on-b"));
+    assert!(ok(&flotilla(&["--context", "a", "cluster", "list"])).contains("on-a"));
+    assert_text(&ok(&flotilla(&["context", "a"])), "switched to context a\n");
+    assert_text(&ok(&flotilla(&["context", "a"])), "context a is already current\n");
+    assert!(ok(&flotilla(&["cluster", "list"])).contains("on-a"));
+    // Another hub named with --hub does not get this context's token.
+    let (code, err) = fails(&flotilla(&["--hub", b.addr(), "cluster", "list"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no API token"), "{err}");
+    let (code, err) = fails(&flotilla(&["context", "nope"]));
+    assert_eq!(code, 3, "{err}");
+
+    // logout forgets one context; the others and the unknown key stay.
+    assert_text(
+        &ok(&flotilla(&["logout", "a"])),
+        "logged out of context a; its token is forgotten\n",
+    );
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    assert_eq!(doc["x-editor"], "vim");
+    assert_eq!(doc["contexts"]["other"]["token"], "keep-me");
+    assert!(doc["contexts"]["a"].is_null());
+    assert!(doc["contexts"][b.addr()]["token"].is_string());
+    assert!(doc.get("currentContext").is_none(), "{doc}");
+    let (code, _) = fails(&flotilla(&["logout", "a"]));
+    assert_eq!(code, 3);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&config).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
 }

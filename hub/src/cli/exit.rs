@@ -154,10 +154,24 @@ mod tests {
         // The hub's own Unavailable (no transport error inside) is not an
         // unreachable hub.
         assert_eq!(exit_code(&hub(tonic::Code::Unavailable)), code::FAILURE);
-        let transport = tonic::Status::from_error(Box::new(std::io::Error::new(
-            std::io::ErrorKind::ConnectionReset,
-            "reset",
+        // As the client's transport makes it: the status found in the
+        // error's chain, with that error as its source.
+        #[derive(Debug)]
+        struct Transport(tonic::Status);
+        impl std::fmt::Display for Transport {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("transport error")
+            }
+        }
+        impl std::error::Error for Transport {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let transport = tonic::Status::from_error(Box::new(Transport(
+            tonic::Status::unavailable("connection reset"),
         )));
+        assert_eq!(transport.code(), tonic::Code::Unavailable);
         assert_eq!(status_code(&transport), code::UNREACHABLE);
         assert_eq!(exit_code(&usage("bad")), code::USAGE);
         assert_eq!(exit_code(&anyhow::anyhow!("other")), code::FAILURE);
