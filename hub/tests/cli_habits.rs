@@ -40,13 +40,15 @@ data:
 /// east, registered here), with its render done.
 fn hub_with_web(dir: &std::path::Path) -> (Hub, String) {
     let url = repo(dir, &[("apps/web.yaml", WEB_APP), ("web/cm.yaml", WEB_CM)]);
-    let hub = Hub::start(&[
-        "--repo",
-        &format!("{url}#apps"),
-        "--poll-interval",
-        "1s",
+    let hub = Hub::start(&["--repo", &format!("{url}#apps"), "--poll-interval", "1s"]);
+    hub.ok(&[
+        "cluster",
+        "add",
+        "east",
+        "--label",
+        "env=prod",
+        "--bootstrap-token",
     ]);
-    hub.ok(&["cluster", "add", "east", "--label", "env=prod", "--bootstrap-token"]);
     hub.until(&["app", "get", "web", "-o", "json"], |t| {
         serde_json::from_str::<serde_json::Value>(t)
             .is_ok_and(|v| v["revision"].as_str().is_some_and(|r| r.len() == 40))
@@ -95,10 +97,18 @@ fn exit_codes_are_distinct() {
     // 2: usage, from clap and from the CLI's own checks.
     let (code, err) = fails(&hub.cli(&["app", "list", "--bogus"]));
     assert_eq!(code, 2, "{err}");
-    assert!(err.starts_with("error: unexpected argument '--bogus' found"), "{err}");
+    assert!(
+        err.starts_with("error: unexpected argument '--bogus' found"),
+        "{err}"
+    );
     let (code, err) = fails(&hub.cli(&["cluster", "add", "west"]));
     assert_eq!(code, 2, "{err}");
-    let (code, err) = fails(&bare(&["app", "list"]).env("FLOTILLA_HUB", &hub.url).output().unwrap());
+    let (code, err) = fails(
+        &bare(&["app", "list"])
+            .env("FLOTILLA_HUB", &hub.url)
+            .output()
+            .unwrap(),
+    );
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("no API token"), "{err}");
 
@@ -118,13 +128,21 @@ fn exit_codes_are_distinct() {
     );
 
     // 5: the token is refused.
-    let (code, err) = fails(&hub.command(&["app", "list"]).env("FLOTILLA_TOKEN", "wrong").output().unwrap());
+    let (code, err) = fails(
+        &hub.command(&["app", "list"])
+            .env("FLOTILLA_TOKEN", "wrong")
+            .output()
+            .unwrap(),
+    );
     assert_eq!(code, 5, "{err}");
 
     // 1: a refused operation.
     let (code, err) = fails(&hub.cli(&["app", "delete", "web", "-y"]));
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains(&format!("managed by repository {url}")), "{err}");
+    assert!(
+        err.contains(&format!("managed by repository {url}")),
+        "{err}"
+    );
 
     // app diff: 2 when it cannot be computed (east has no agent).
     let (code, err) = fails(&hub.cli(&["app", "diff", "web"]));
@@ -167,7 +185,11 @@ fn contexts_for_several_hubs() {
     let login = |hub: &Hub, extra: &[&str]| {
         let mut args = vec!["login"];
         args.extend_from_slice(extra);
-        ok(&hub.command(&args).env("FLOTILLA_CONFIG", cfg).output().unwrap())
+        ok(&hub
+            .command(&args)
+            .env("FLOTILLA_CONFIG", cfg)
+            .output()
+            .unwrap())
     };
     let flotilla = |args: &[&str]| bare(args).env("FLOTILLA_CONFIG", cfg).output().unwrap();
     let pairs = [(a.addr(), "<A>"), (b.addr(), "<B>"), (cfg, "<CONFIG>")];
@@ -191,14 +213,28 @@ fn contexts_for_several_hubs() {
           other   https://other.example:7443
 ",
     );
-    let rows: Vec<Vec<&str>> = list.lines().skip(1).map(|l| l.split_whitespace().collect()).collect();
-    assert_eq!(rows, [vec!["*", "<B>", "https://<B>"], vec!["a", "https://<A>"], vec!["other", "https://other.example:7443"]]);
+    let rows: Vec<Vec<&str>> = list
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            vec!["*", "<B>", "https://<B>"],
+            vec!["a", "https://<A>"],
+            vec!["other", "https://other.example:7443"]
+        ]
+    );
 
     // Commands go to the current context's hub, or to --context's.
     assert!(ok(&flotilla(&["cluster", "list"])).contains("on-b"));
     assert!(ok(&flotilla(&["--context", "a", "cluster", "list"])).contains("on-a"));
     assert_text(&ok(&flotilla(&["context", "a"])), "switched to context a\n");
-    assert_text(&ok(&flotilla(&["context", "a"])), "context a is already current\n");
+    assert_text(
+        &ok(&flotilla(&["context", "a"])),
+        "context a is already current\n",
+    );
     assert!(ok(&flotilla(&["cluster", "list"])).contains("on-a"));
     // Another hub named with --hub does not get this context's token.
     let (code, err) = fails(&flotilla(&["--hub", b.addr(), "cluster", "list"]));
@@ -224,4 +260,172 @@ fn contexts_for_several_hubs() {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&config).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
+}
+
+/// Runs the CLI on a terminal (`script`), typing `input`; exit code and
+/// everything it printed.
+fn on_terminal(hub: &Hub, args: &[&str], input: &str) -> (Option<i32>, String) {
+    use std::io::Write;
+    let mut command = env!("CARGO_BIN_EXE_flotilla").to_owned();
+    for a in args {
+        command.push(' ');
+        command.push_str(a);
+    }
+    let mut child = std::process::Command::new("script")
+        .args(["-q", "-e", "-c", &command, "/dev/null"])
+        .env("FLOTILLA_HUB", &hub.url)
+        .env("FLOTILLA_CA_FILE", hub.ca_file())
+        .env("FLOTILLA_TOKEN_FILE", hub.token_file())
+        .env("FLOTILLA_CONFIG", hub.data.path().join("none.json"))
+        .env_remove("FLOTILLA_TOKEN")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .replace('\r', ""),
+    )
+}
+
+#[test]
+fn destructive_commands_confirm_on_a_terminal_and_refuse_elsewhere() {
+    let hub = Hub::start(&[]);
+    hub.ok(&["cluster", "add", "east", "--bootstrap-token"]);
+    // A script without -y: refused, the cluster stays.
+    let (code, err) = fails(&hub.cli(&["cluster", "remove", "east"]));
+    assert_eq!(code, 2, "{err}");
+    assert_text(
+        &err,
+        "error: removing cluster east needs confirmation and stdin is not a terminal: pass -y (--yes) to go ahead without asking\n",
+    );
+    let (code, err) = fails(&hub.cli(&["app", "delete", "web"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("deleting application web and its objects needs confirmation"),
+        "{err}"
+    );
+    assert!(hub.ok(&["cluster", "list"]).contains("east"));
+
+    // On a terminal: asked; "n" cancels, "y" removes.
+    let (code, text) = on_terminal(&hub, &["cluster", "remove", "east"], "n\n");
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("Are you sure you want to remove cluster 'east'? Its agent's certificate is revoked. [y/n] ")
+            && text.contains("The command to remove cluster 'east' was cancelled."),
+        "{text}"
+    );
+    assert!(hub.ok(&["cluster", "list"]).contains("east"));
+    let (code, text) = on_terminal(&hub, &["cluster", "rm", "east"], "y\n");
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("cluster east removed; its certificate is revoked"),
+        "{text}"
+    );
+    assert_text(&hub.ok(&["cluster", "ls", "-o", "json"]), "[]\n");
+    // -y in a script.
+    hub.ok(&["cluster", "add", "west", "--bootstrap-token"]);
+    hub.ok(&["cluster", "rm", "west", "-y"]);
+    let (code, _) = fails(&hub.cli(&["cluster", "rm", "west", "-y"]));
+    assert_eq!(code, 3);
+}
+
+#[test]
+fn get_verbs_aliases_and_completion() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hub, url) = hub_with_web(dir.path());
+    hub.ok(&["cluster", "label", "east", "region=eu"]);
+    hub.ok(&["cluster", "annotate", "east", "owner=team-a"]);
+    let text = hub.ok(&["cluster", "get", "east"]);
+    assert_text(
+        &text,
+        "Name            east
+Labels          env=prod,region=eu
+Annotations     owner=team-a
+Server          -
+Connected       no
+Last seen       -
+Agent version   -
+Generation      1 desired, 0 acknowledged
+",
+    );
+    let (code, err) = fails(&hub.cli(&["cluster", "get", "nope"]));
+    assert_eq!(code, 3);
+    assert_text(&err, "error: cluster \"nope\" not found\n");
+
+    let text = hub.ok(&["repo", "get", &url]);
+    let commit = hub.ok(&["app", "get", "web", "-o", "json"]);
+    let commit: serde_json::Value = serde_json::from_str(&commit).unwrap();
+    let commit = commit["revision"].as_str().unwrap().to_owned();
+    assert_text(
+        &normalize(&text, &[(&url, "<URL>"), (&commit[..8], "<COMMIT>")]),
+        "URL             <URL>
+Type            git
+Revision        HEAD
+Apps path       apps
+Poll interval   1s
+Commit          <COMMIT>
+Fetched         <TIME>
+Credentials     none
+Error           -
+",
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&hub.ok(&["repo", "get", &format!("{url}/"), "-o", "json"])).unwrap();
+    assert_eq!(json["url"], url.as_str());
+    assert!(
+        json["lastFetch"]
+            .as_str()
+            .unwrap()
+            .parse::<jiff::Timestamp>()
+            .is_ok(),
+        "{json}"
+    );
+    let (code, _) = fails(&hub.cli(&["repo", "get", "file:///nowhere"]));
+    assert_eq!(code, 3);
+
+    // Aliases as kubectl and argocd users type them.
+    for args in [
+        &["app", "ls"][..],
+        &["cluster", "ls"],
+        &["repo", "ls"],
+        &["token", "ls"],
+    ] {
+        hub.ok(args);
+    }
+
+    // Completion scripts (offline: no hub needed).
+    let bash = ok(&bare(&["completion", "bash"]).output().unwrap());
+    assert!(
+        bash.contains("_flotilla()") && bash.contains("complete -F _flotilla"),
+        "{bash}"
+    );
+    let check = std::process::Command::new("bash")
+        .args(["-n", "-c", &bash])
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let zsh = ok(&bare(&["completion", "zsh"]).output().unwrap());
+    assert!(zsh.starts_with("#compdef flotilla"), "{zsh}");
+    let fish = ok(&bare(&["completion", "fish"]).output().unwrap());
+    assert!(fish.contains("complete -c flotilla"), "{fish}");
+    let (code, _) = fails(&bare(&["completion", "tcsh"]).output().unwrap());
+    assert_eq!(code, 2);
 }

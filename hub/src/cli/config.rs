@@ -326,15 +326,21 @@ pub fn resolve(g: &Global) -> Result<Resolved> {
             ),
             Some(f.display().to_string()),
         ),
-        (None, Some(HubContext {
-            ca_pem: Some(pem), ..
-        })) => (
+        (
+            None,
+            Some(HubContext {
+                ca_pem: Some(pem), ..
+            }),
+        ) => (
             Some(pem.clone()),
             context_name.as_ref().map(|n| format!("context {n}")),
         ),
-        (None, Some(HubContext {
-            ca_file: Some(f), ..
-        })) => (
+        (
+            None,
+            Some(HubContext {
+                ca_file: Some(f), ..
+            }),
+        ) => (
             Some(
                 std::fs::read_to_string(f)
                     .with_context(|| format!("reading CA file {}", f.display()))?,
@@ -440,13 +446,17 @@ pub(super) fn context_command(g: &Global, name: Option<&str>) -> Result<()> {
             file.set_current(name);
             file.save()?;
         }
-        super::print_out(g.output, json!({"currentContext": name, "changed": !unchanged}), || {
-            if unchanged {
-                format!("context {name} is already current\n")
-            } else {
-                format!("switched to context {name}\n")
-            }
-        });
+        super::print_out(
+            g.output,
+            json!({"currentContext": name, "changed": !unchanged}),
+            || {
+                if unchanged {
+                    format!("context {name} is already current\n")
+                } else {
+                    format!("switched to context {name}\n")
+                }
+            },
+        );
         return Ok(());
     }
     let current = file.current().map(str::to_owned);
@@ -482,14 +492,23 @@ mod tests {
 
     #[test]
     fn hub_addresses_without_a_scheme_are_https() {
-        assert_eq!(hub_url("hub.example:7443").unwrap(), "https://hub.example:7443");
-        assert_eq!(hub_url(" 127.0.0.1:7443/ ").unwrap(), "https://127.0.0.1:7443");
+        assert_eq!(
+            hub_url("hub.example:7443").unwrap(),
+            "https://hub.example:7443"
+        );
+        assert_eq!(
+            hub_url(" 127.0.0.1:7443/ ").unwrap(),
+            "https://127.0.0.1:7443"
+        );
         assert_eq!(hub_url("https://h:1").unwrap(), "https://h:1");
         assert_eq!(hub_url("http://h:1").unwrap(), "http://h:1");
         assert!(hub_url("").is_err());
         assert!(hub_url("ftp://h").is_err());
         assert!(hub_url("https://").is_err());
-        assert_eq!(default_context_name("https://hub.example:7443"), "hub.example:7443");
+        assert_eq!(
+            default_context_name("https://hub.example:7443"),
+            "hub.example:7443"
+        );
     }
 
     #[test]

@@ -168,9 +168,9 @@ mod tests {
                 Some(&self.0)
             }
         }
-        let transport = tonic::Status::from_error(Box::new(Transport(
-            tonic::Status::unavailable("connection reset"),
-        )));
+        let transport = tonic::Status::from_error(Box::new(Transport(tonic::Status::unavailable(
+            "connection reset",
+        ))));
         assert_eq!(transport.code(), tonic::Code::Unavailable);
         assert_eq!(status_code(&transport), code::UNREACHABLE);
         assert_eq!(exit_code(&usage("bad")), code::USAGE);

@@ -442,7 +442,8 @@ pub(super) async fn rollback(
     follow(g, c, name, &r, false, false, timeout).await
 }
 
-fn time_of(ms: i64) -> String {
+/// RFC 3339 (UTC, whole seconds) of milliseconds since the epoch.
+pub(super) fn time_of(ms: i64) -> String {
     // UTC, without a date crate: days since the epoch to a civil date.
     let secs = ms.div_euclid(1000);
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
