@@ -31,8 +31,10 @@ pub const DEFAULT_HUB: &str = "https://127.0.0.1:7443";
 /// Output format.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum Output {
+    /// A table for people.
     #[default]
     Table,
+    /// The JSON document, for scripts.
     Json,
     /// YAML (`appset generate`; elsewhere the JSON document as YAML).
     Yaml,
@@ -55,23 +57,44 @@ pub struct Cli {
 pub struct Global {
     /// Hub address, `HOST:PORT` or `https://HOST:PORT` [default: the
     /// current context's, else 127.0.0.1:7443].
-    #[arg(long, env = "FLOTILLA_HUB", global = true)]
+    #[arg(long, env = "FLOTILLA_HUB", global = true, help_heading = "Connection")]
     pub hub: Option<String>,
     /// Use this saved context (see `flotilla context`) instead of the
     /// current one.
-    #[arg(long, env = "FLOTILLA_CONTEXT", global = true)]
+    #[arg(
+        long,
+        env = "FLOTILLA_CONTEXT",
+        global = true,
+        help_heading = "Connection"
+    )]
     pub context: Option<String>,
     /// CA certificate that signed the hub's certificate (the hub's DATA/ca.crt).
-    #[arg(long, env = "FLOTILLA_CA_FILE", global = true)]
+    #[arg(
+        long,
+        env = "FLOTILLA_CA_FILE",
+        global = true,
+        help_heading = "Connection"
+    )]
     pub ca_file: Option<PathBuf>,
     /// API token.
-    #[arg(long, env = "FLOTILLA_TOKEN", global = true, hide_env_values = true)]
+    #[arg(
+        long,
+        env = "FLOTILLA_TOKEN",
+        global = true,
+        hide_env_values = true,
+        help_heading = "Connection"
+    )]
     pub token: Option<String>,
     /// File holding the API token (e.g. the hub's DATA/admin.token).
-    #[arg(long, env = "FLOTILLA_TOKEN_FILE", global = true)]
+    #[arg(
+        long,
+        env = "FLOTILLA_TOKEN_FILE",
+        global = true,
+        help_heading = "Connection"
+    )]
     pub token_file: Option<PathBuf>,
     /// Output format.
-    #[arg(short = 'o', long, value_enum, default_value_t = Output::Table, global = true)]
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Table, global = true, help_heading = "Output")]
     pub output: Output,
 }
 
@@ -130,6 +153,7 @@ pub enum AppCommand {
     List,
     /// Show one application, one row per cluster.
     Get {
+        /// The application.
         name: String,
         /// Keep running and print the application again whenever its
         /// status changes (Ctrl-C to stop).
@@ -155,11 +179,16 @@ pub enum AppCommand {
     /// have its clusters apply it now; prints progress per cluster.
     Sync(ops::SyncArgs),
     /// The last deployments (revisionHistoryLimit, default 10).
-    History { name: String },
+    History {
+        /// The application.
+        name: String,
+    },
     /// Go back to the revision of a history entry (not while automated
     /// sync is on); pinned until the next `app sync` without --revision.
     Rollback {
+        /// The application.
         name: String,
+        /// The history entry (ID column of `app history`).
         id: u64,
         /// Delete objects the old revision does not have.
         #[arg(long)]
@@ -173,6 +202,7 @@ pub enum AppCommand {
     /// Compare the desired objects with the live ones (server-side, by the
     /// agents): a unified diff per object; exit 1 when anything differs.
     Diff {
+        /// The application.
         name: String,
         /// Only this cluster.
         #[arg(long)]
@@ -180,6 +210,7 @@ pub enum AppCommand {
     },
     /// Fetch the application's repository now and re-render it.
     Refresh {
+        /// The application.
         name: String,
         /// Also drop its cached renders (render again at the same commit).
         #[arg(long)]
@@ -192,6 +223,7 @@ pub enum ClusterCommand {
     /// Register a cluster: issue its agent certificate into --out, or create
     /// a one-time bootstrap token for the agent to enroll with.
     Add {
+        /// Name of the cluster (a DNS label; the agent's identity).
         name: String,
         /// Label as key=value (repeatable).
         #[arg(long = "label", value_name = "KEY=VALUE")]
@@ -226,11 +258,15 @@ pub enum ClusterCommand {
     #[command(visible_alias = "ls")]
     List,
     /// Show one cluster: labels, annotations, connection, agent, generation.
-    Get { name: String },
+    Get {
+        /// The cluster.
+        name: String,
+    },
     /// Remove a cluster and revoke its certificate; asks first on a
     /// terminal, refused elsewhere without -y.
     #[command(visible_alias = "rm")]
     Remove {
+        /// The cluster.
         name: String,
         /// Do not ask for confirmation.
         #[arg(short = 'y', long)]
@@ -238,14 +274,18 @@ pub enum ClusterCommand {
     },
     /// Set (KEY=VALUE) or remove (KEY-) labels.
     Label {
+        /// The cluster.
         name: String,
         #[arg(required = true, value_name = "KEY=VALUE|KEY-")]
+        /// Labels to set (KEY=VALUE) or remove (KEY-).
         edits: Vec<String>,
     },
     /// Set (KEY=VALUE) or remove (KEY-) annotations.
     Annotate {
+        /// The cluster.
         name: String,
         #[arg(required = true, value_name = "KEY=VALUE|KEY-")]
+        /// Annotations to set (KEY=VALUE) or remove (KEY-).
         edits: Vec<String>,
     },
     /// Upsert clusters declared as `Cluster` (flotilla.dev/v1alpha1)
@@ -261,6 +301,7 @@ pub enum ClusterCommand {
 pub enum TokenCommand {
     /// Create a token; its secret is printed once.
     Create {
+        /// Name of the token (several tokens may share one).
         name: String,
         /// Only List/Get/Version calls (e.g. for CI systems).
         #[arg(long)]
@@ -270,13 +311,17 @@ pub enum TokenCommand {
     #[command(visible_alias = "ls")]
     List,
     /// Revoke every token with this name.
-    Revoke { name: String },
+    Revoke {
+        /// Name of the tokens to revoke.
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum RepoCommand {
     /// Register a repository.
     Add {
+        /// Repository URL: https://, ssh://user@host/path, user@host:path, file://, or a Helm repository with --type helm.
         url: String,
         /// Directory scanned for Application resources (empty: manifests only).
         #[arg(long, default_value = "")]
@@ -313,7 +358,10 @@ pub enum RepoCommand {
     #[command(visible_alias = "ls")]
     List,
     /// Show one repository (by its URL, as `repo list` shows it).
-    Get { url: String },
+    Get {
+        /// The repository URL, as `repo list` shows it.
+        url: String,
+    },
 }
 
 /// Adds `authorization: Bearer <token>` to every call.
@@ -1511,6 +1559,38 @@ mod tests {
         assert_eq!(c["operation"]["hooks"][0]["name"], "migrate");
         assert_eq!(c["operation"]["hooks"][0]["deleted"], true);
         assert_eq!(c["conditions"][0]["type"], "SharedResourceWarning");
+    }
+
+    /// Every flag and argument of every command says what it is for, and
+    /// the connection flags are listed under their own heading.
+    #[test]
+    fn every_argument_has_help() {
+        use clap::CommandFactory;
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if matches!(id, "help" | "version") {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let cmd = Cli::command();
+        let mut missing = Vec::new();
+        walk(&cmd, "flotilla", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:#?}");
+        for id in ["hub", "context", "ca_file", "token", "token_file"] {
+            let arg = cmd
+                .get_arguments()
+                .find(|a| a.get_id().as_str() == id)
+                .unwrap();
+            assert_eq!(arg.get_help_heading(), Some("Connection"), "{id}");
+        }
     }
 
     #[test]

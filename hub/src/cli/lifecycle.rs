@@ -13,6 +13,7 @@ use flotilla_proto as pb;
 /// Options of `flotilla app delete`.
 #[derive(Debug, clap::Args)]
 pub struct DeleteArgs {
+    /// The application.
     pub name: String,
     /// Delete the application's objects in its clusters too
     /// (`--cascade=false`: leave them).

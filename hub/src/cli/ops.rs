@@ -217,6 +217,7 @@ async fn wait_for(
 /// Options of `flotilla app sync`.
 #[derive(Debug, clap::Args)]
 pub struct SyncArgs {
+    /// The application.
     pub name: String,
     /// Only this cluster.
     #[arg(long)]
@@ -527,6 +528,7 @@ pub(super) async fn history(g: &Global, c: &mut Client, name: &str) -> Result<()
 /// Options of `flotilla app wait`.
 #[derive(Debug, clap::Args)]
 pub struct WaitArgs {
+    /// The application.
     pub name: String,
     /// Wait until every cluster reports Synced.
     #[arg(long)]
