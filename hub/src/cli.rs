@@ -17,6 +17,7 @@ use pb::hub_api_client::HubApiClient;
 pub mod config;
 mod diff;
 pub mod exit;
+pub mod filter;
 mod get;
 mod lifecycle;
 mod ops;
@@ -38,7 +39,8 @@ pub enum Output {
     Json,
     /// YAML (`appset generate`; elsewhere the JSON document as YAML).
     Yaml,
-    /// The table with full revisions (where a command has more to show).
+    /// The table with more columns and full revisions (`app list`,
+    /// `cluster list`, `repo list`, `app history`).
     Wide,
 }
 
@@ -150,7 +152,7 @@ pub enum Command {
 pub enum AppCommand {
     /// List applications with a per-cluster summary.
     #[command(visible_alias = "ls")]
-    List,
+    List(filter::ListFilters),
     /// Show one application, one row per cluster.
     Get {
         /// The application.
@@ -508,63 +510,21 @@ pub(crate) fn print_out(output: Output, value: Value, table: impl FnOnce() -> St
 
 async fn app(g: &Global, c: &mut Client, cmd: AppCommand) -> Result<()> {
     match cmd {
-        AppCommand::List => {
-            let apps = c
+        AppCommand::List(filters) => {
+            let filter = filter::Filter::new(filters)?;
+            let apps: Vec<pb::Application> = c
                 .list_applications(pb::ListApplicationsRequest {})
                 .await
                 .map_err(status_err)?
                 .into_inner()
-                .applications;
+                .applications
+                .into_iter()
+                .filter(|a| filter.matches(a))
+                .collect();
             print_out(
                 g.output,
                 Value::Array(apps.iter().map(app_json).collect()),
-                || {
-                    let rows = apps
-                        .iter()
-                        .map(|a| {
-                            let total = a.clusters.len();
-                            let synced = a
-                                .clusters
-                                .iter()
-                                .filter(|s| {
-                                    s.status
-                                        .as_ref()
-                                        .is_some_and(|s| s.sync == pb::SyncStatus::Synced as i32)
-                                })
-                                .count();
-                            let healthy = a
-                                .clusters
-                                .iter()
-                                .filter(|s| {
-                                    s.status.as_ref().is_some_and(|s| {
-                                        s.health == pb::HealthStatus::Healthy as i32
-                                    })
-                                })
-                                .count();
-                            vec![
-                                a.name.clone(),
-                                a.destination.clone(),
-                                short(&a.revision),
-                                format!("{synced}/{total}"),
-                                format!("{healthy}/{total}"),
-                                a.origin.clone(),
-                                one_line(&a.error),
-                            ]
-                        })
-                        .collect();
-                    table(
-                        &[
-                            "NAME",
-                            "DESTINATION",
-                            "REVISION",
-                            "SYNCED",
-                            "HEALTHY",
-                            "ORIGIN",
-                            "ERROR",
-                        ],
-                        rows,
-                    )
-                },
+                || app_list_table(&apps, g.output == Output::Wide),
             );
         }
         AppCommand::Get { name, watch: true } => ops::watch(g, c, &name).await?,
@@ -607,6 +567,81 @@ async fn app(g: &Global, c: &mut Client, cmd: AppCommand) -> Result<()> {
         AppCommand::Delete(a) => lifecycle::delete(g, c, a).await?,
     }
     Ok(())
+}
+
+/// `app list`'s table; `wide` adds the project, source and target, and
+/// shows full revisions.
+fn app_list_table(apps: &[pb::Application], wide: bool) -> String {
+    let count = |a: &pb::Application, ok: &dyn Fn(&pb::AppStatus) -> bool| {
+        a.clusters
+            .iter()
+            .filter(|s| s.status.as_ref().is_some_and(ok))
+            .count()
+    };
+    let rows = apps
+        .iter()
+        .map(|a| {
+            let total = a.clusters.len();
+            let synced = count(a, &|s| s.sync == pb::SyncStatus::Synced as i32);
+            let healthy = count(a, &|s| s.health == pb::HealthStatus::Healthy as i32);
+            let revision = if wide {
+                if a.revision.is_empty() {
+                    "-".to_owned()
+                } else {
+                    a.revision.clone()
+                }
+            } else {
+                short(&a.revision)
+            };
+            let mut row = vec![a.name.clone()];
+            if wide {
+                row.push(filter::definition(a).project);
+            }
+            row.push(a.destination.clone());
+            if wide {
+                let source = if a.chart.is_empty() {
+                    format!("{} {}", a.repo_url, a.path)
+                } else {
+                    format!("{} chart {}", a.repo_url, a.chart)
+                };
+                row.push(source.trim().to_owned());
+                row.push(a.target_revision.clone());
+            }
+            row.extend([
+                revision,
+                format!("{synced}/{total}"),
+                format!("{healthy}/{total}"),
+                a.origin.clone(),
+                one_line(&a.error),
+            ]);
+            row
+        })
+        .collect();
+    let headers: &[&str] = if wide {
+        &[
+            "NAME",
+            "PROJECT",
+            "DESTINATION",
+            "SOURCE",
+            "TARGET",
+            "REVISION",
+            "SYNCED",
+            "HEALTHY",
+            "ORIGIN",
+            "ERROR",
+        ]
+    } else {
+        &[
+            "NAME",
+            "DESTINATION",
+            "REVISION",
+            "SYNCED",
+            "HEALTHY",
+            "ORIGIN",
+            "ERROR",
+        ]
+    };
+    table(headers, rows)
 }
 
 /// `app get`'s output.
@@ -900,39 +935,49 @@ async fn cluster(g: &Global, hub: &str, c: &mut Client, cmd: ClusterCommand) -> 
                 .map_err(status_err)?
                 .into_inner()
                 .clusters;
-            let now = crate::api::now_ms();
             print_out(
                 g.output,
                 Value::Array(clusters.iter().map(cluster_json).collect()),
                 || {
+                    let wide = g.output == Output::Wide;
                     let rows = clusters
                         .iter()
                         .map(|c| {
-                            vec![
+                            let mut row = vec![
                                 c.name.clone(),
                                 labels_str(&c.labels),
                                 if c.connected { "yes" } else { "no" }.to_owned(),
-                                ago(now, c.last_seen_ms),
+                                get::rfc3339(c.last_seen_ms),
                                 if c.agent_version.is_empty() {
                                     "-".into()
                                 } else {
                                     c.agent_version.clone()
                                 },
                                 format!("{}/{}", c.acked_generation, c.generation),
-                            ]
+                            ];
+                            if wide {
+                                row.push(labels_str(&c.annotations));
+                                row.push(if c.server.is_empty() {
+                                    "-".into()
+                                } else {
+                                    c.server.clone()
+                                });
+                            }
+                            row
                         })
                         .collect();
-                    table(
-                        &[
-                            "NAME",
-                            "LABELS",
-                            "CONNECTED",
-                            "LAST SEEN",
-                            "AGENT VERSION",
-                            "GENERATION (ACKED/DESIRED)",
-                        ],
-                        rows,
-                    )
+                    let mut headers = vec![
+                        "NAME",
+                        "LABELS",
+                        "CONNECTED",
+                        "LAST SEEN",
+                        "AGENT VERSION",
+                        "GENERATION (ACKED/DESIRED)",
+                    ];
+                    if wide {
+                        headers.extend(["ANNOTATIONS", "SERVER"]);
+                    }
+                    table(&headers, rows)
                 },
             );
         }
@@ -999,7 +1044,6 @@ async fn token(g: &Global, c: &mut Client, cmd: TokenCommand) -> Result<()> {
                 .map_err(status_err)?
                 .into_inner()
                 .tokens;
-            let now = crate::api::now_ms();
             print_out(
                 g.output,
                 Value::Array(
@@ -1015,7 +1059,7 @@ async fn token(g: &Global, c: &mut Client, cmd: TokenCommand) -> Result<()> {
                             vec![
                                 t.name.clone(),
                                 if t.read_only { "read-only" } else { "read-write" }.to_owned(),
-                                ago(now, t.created_ms),
+                                get::rfc3339(t.created_ms),
                             ]
                         })
                         .collect();
@@ -1127,15 +1171,15 @@ async fn repo(g: &Global, c: &mut Client, cmd: RepoCommand) -> Result<()> {
                 .map_err(status_err)?
                 .into_inner()
                 .repositories;
-            let now = crate::api::now_ms();
             print_out(
                 g.output,
                 Value::Array(repos.iter().map(repo_json).collect()),
                 || {
+                    let wide = g.output == Output::Wide;
                     let rows = repos
                         .iter()
                         .map(|r| {
-                            vec![
+                            let mut row = vec![
                                 r.url.clone(),
                                 r.r#type.clone(),
                                 r.revision.clone(),
@@ -1144,24 +1188,28 @@ async fn repo(g: &Global, c: &mut Client, cmd: RepoCommand) -> Result<()> {
                                 } else {
                                     r.apps_path.clone()
                                 },
-                                short(&r.last_commit),
-                                ago(now, r.last_fetch_ms),
-                                one_line(&r.last_error),
-                            ]
+                                if wide && !r.last_commit.is_empty() {
+                                    r.last_commit.clone()
+                                } else {
+                                    short(&r.last_commit)
+                                },
+                                get::rfc3339(r.last_fetch_ms),
+                            ];
+                            if wide {
+                                row.push(format!("{}s", r.poll_interval_secs));
+                                row.push(if r.has_credentials { "yes" } else { "no" }.to_owned());
+                            }
+                            row.push(one_line(&r.last_error));
+                            row
                         })
                         .collect();
-                    table(
-                        &[
-                            "URL",
-                            "TYPE",
-                            "REVISION",
-                            "APPS PATH",
-                            "COMMIT",
-                            "FETCHED",
-                            "ERROR",
-                        ],
-                        rows,
-                    )
+                    let mut headers =
+                        vec!["URL", "TYPE", "REVISION", "APPS PATH", "COMMIT", "FETCHED"];
+                    if wide {
+                        headers.extend(["POLL", "CREDENTIALS"]);
+                    }
+                    headers.push("ERROR");
+                    table(&headers, rows)
                 },
             );
         }

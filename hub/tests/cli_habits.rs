@@ -350,8 +350,9 @@ fn get_verbs_aliases_and_completion() {
     hub.ok(&["cluster", "label", "east", "region=eu"]);
     hub.ok(&["cluster", "annotate", "east", "owner=team-a"]);
     let text = hub.ok(&["cluster", "get", "east"]);
+    let generation = regex::Regex::new(r"\d+ desired").unwrap();
     assert_text(
-        &text,
+        &generation.replace_all(&text, "<N> desired"),
         "Name            east
 Labels          env=prod,region=eu
 Annotations     owner=team-a
@@ -359,7 +360,7 @@ Server          -
 Connected       no
 Last seen       -
 Agent version   -
-Generation      1 desired, 0 acknowledged
+Generation      <N> desired, 0 acknowledged
 ",
     );
     let (code, err) = fails(&hub.cli(&["cluster", "get", "nope"]));
@@ -428,4 +429,143 @@ Error           -
     assert!(fish.contains("complete -c flotilla"), "{fish}");
     let (code, _) = fails(&bare(&["completion", "tcsh"]).output().unwrap());
     assert_eq!(code, 2);
+}
+
+const DB_APP: &str = "apiVersion: argoproj.io/v1alpha1
+kind: Application
+metadata:
+  name: db
+  labels:
+    team: data
+    env: prod
+spec:
+  project: data
+  source:
+    repoURL: {{URL}}
+    path: web
+  destination:
+    name: west
+    namespace: db
+";
+
+#[test]
+fn app_list_filters_and_wide() {
+    let tools = tempfile::tempdir().unwrap();
+    let tools_url = repo(tools.path(), &[("tool/cm.yaml", WEB_CM)]);
+    let dir = tempfile::tempdir().unwrap();
+    let web = WEB_APP.replace(
+        "  name: web\n",
+        "  name: web\n  labels:\n    team: web\n    env: prod\n",
+    );
+    let tool = format!(
+        "apiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata:\n  name: tool\nspec:\n  source:\n    repoURL: {tools_url}\n    path: tool\n    targetRevision: main\n  destination:\n    name: east\n    namespace: tool\n"
+    );
+    let url = repo(
+        dir.path(),
+        &[
+            ("apps/web.yaml", &web),
+            ("apps/db.yaml", DB_APP),
+            ("apps/tool.yaml", &tool),
+            ("web/cm.yaml", WEB_CM),
+        ],
+    );
+    let hub = Hub::start(&["--repo", &format!("{url}#apps"), "--poll-interval", "1s"]);
+    hub.ok(&["cluster", "add", "east", "--bootstrap-token"]);
+    hub.ok(&["cluster", "add", "west", "--bootstrap-token"]);
+    hub.until(&["app", "list", "-o", "json"], |t| {
+        serde_json::from_str::<serde_json::Value>(t).is_ok_and(|v| {
+            v.as_array().is_some_and(|a| {
+                a.len() == 3
+                    && a.iter()
+                        .all(|x| x["revision"].as_str().is_some_and(|r| r.len() == 40))
+            })
+        })
+    });
+    let names = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["app", "list", "-o", "json"];
+        all.extend_from_slice(args);
+        let v: serde_json::Value = serde_json::from_str(&hub.ok(&all)).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(names(&[]), ["db", "tool", "web"]);
+    assert_eq!(names(&["-l", "env=prod"]), ["db", "web"]);
+    assert_eq!(names(&["--selector", "team in (web,ops),env"]), ["web"]);
+    assert_eq!(names(&["-l", "!team"]), ["tool"]);
+    assert_eq!(names(&["-l", "team!=web"]), ["db", "tool"]);
+    assert_eq!(names(&["--cluster", "east"]), ["tool", "web"]);
+    assert_eq!(names(&["--project", "data"]), ["db"]);
+    assert_eq!(names(&["--project", "default"]), ["tool", "web"]);
+    assert_eq!(names(&["--repo", &tools_url]), ["tool"]);
+    assert_eq!(names(&["--repo", &format!("{url}/")]), ["db", "web"]);
+    // No agent: every cluster is Unknown.
+    assert_eq!(names(&["--sync", "unknown"]), ["db", "tool", "web"]);
+    assert!(names(&["--sync", "Synced"]).is_empty());
+    assert!(names(&["--health", "Healthy", "--cluster", "east"]).is_empty());
+    assert_eq!(names(&["--cluster", "west", "-l", "env=prod"]), ["db"]);
+    let (code, err) = fails(&hub.cli(&["app", "list", "-l", "team in web"]));
+    assert_eq!(code, 2);
+    assert_text(
+        &err,
+        "error: invalid label selector requirement \"team in web\"\n",
+    );
+    let (code, _) = fails(&hub.cli(&["app", "list", "--sync", "Maybe"]));
+    assert_eq!(code, 2);
+
+    // The table, and -o wide with more columns and full revisions.
+    let v: serde_json::Value =
+        serde_json::from_str(&hub.ok(&["app", "get", "web", "-o", "json"])).unwrap();
+    let commit = v["revision"].as_str().unwrap().to_owned();
+    let v: serde_json::Value =
+        serde_json::from_str(&hub.ok(&["app", "get", "tool", "-o", "json"])).unwrap();
+    let tool_commit = v["revision"].as_str().unwrap().to_owned();
+    let pairs = [
+        (url.as_str(), "<URL>"),
+        (tools_url.as_str(), "<TOOLS>"),
+        (commit.as_str(), "<COMMIT>"),
+        (tool_commit.as_str(), "<TOOL-COMMIT>"),
+        (&commit[..8], "<SHORT>"),
+        (&tool_commit[..8], "<TOOL-SHORT>"),
+    ];
+    assert_text(
+        &normalize(&hub.ok(&["app", "ls", "-l", "env=prod"]), &pairs),
+        "NAME   DESTINATION   REVISION   SYNCED   HEALTHY   ORIGIN   ERROR
+db     west          <SHORT>    0/1      0/1       git:<URL>:apps/db.yaml
+web    east          <SHORT>    0/1      0/1       git:<URL>:apps/web.yaml
+",
+    );
+    assert_text(
+        &normalize(&hub.ok(&["app", "list", "-o", "wide"]), &pairs),
+        "NAME   PROJECT   DESTINATION   SOURCE            TARGET   REVISION        SYNCED   HEALTHY   ORIGIN   ERROR
+db     data      west          <URL> web         HEAD     <COMMIT>        0/1      0/1       git:<URL>:apps/db.yaml
+tool   default   east          <TOOLS> tool      main     <TOOL-COMMIT>   0/1      0/1       git:<URL>:apps/tool.yaml
+web    default   east          <URL> web         HEAD     <COMMIT>        0/1      0/1       git:<URL>:apps/web.yaml
+",
+    );
+    // Other lists: RFC 3339 times, wide columns.
+    assert_text(
+        &normalize(&hub.ok(&["repo", "list", "-o", "wide"]), &pairs),
+        "URL     TYPE   REVISION   APPS PATH   COMMIT     FETCHED   POLL   CREDENTIALS   ERROR
+<URL>   git    HEAD       apps        <COMMIT>   <TIME>    1s     no
+",
+    );
+    hub.ok(&["cluster", "annotate", "east", "owner=team-a"]);
+    // How many generations a cluster went through depends on timing.
+    let generations = regex::Regex::new(r"\b0/\d+\b").unwrap();
+    let clusters = hub.ok(&["cluster", "list", "-o", "wide"]);
+    assert_text(
+        &generations.replace_all(&clusters, "0/<N>"),
+        "NAME   LABELS   CONNECTED   LAST SEEN   AGENT VERSION   GENERATION (ACKED/DESIRED)   ANNOTATIONS    SERVER
+east   -        no          -           -               0/<N>                        owner=team-a   -
+west   -        no          -           -               0/<N>                        -              -
+",
+    );
+    let tokens = hub.ok(&["token", "list"]);
+    assert_text(
+        &normalize(&tokens, &[]),
+        "NAME    ACCESS       CREATED\nadmin   read-write   <TIME>\n",
+    );
 }
