@@ -16,6 +16,7 @@ use pb::hub_api_client::HubApiClient;
 
 pub mod config;
 mod diff;
+pub mod edit;
 pub mod exit;
 pub mod filter;
 mod get;
@@ -162,7 +163,14 @@ pub enum AppCommand {
         #[arg(short = 'w', long)]
         watch: bool,
     },
-    /// Create an application from an Argo CD Application manifest.
+    /// Change fields of an application's definition (as `argocd app
+    /// set`); prints "updated" or "unchanged".
+    Set(edit::SetArgs),
+    /// Change an application's definition with a JSON merge patch.
+    Patch(edit::PatchArgs),
+    /// Create an application from an Argo CD Application manifest (also
+    /// what `app get -o yaml` prints); prints "created", "updated" or
+    /// "unchanged".
     Create {
         /// YAML or JSON file (`-` for stdin).
         #[arg(short = 'f', long = "file")]
@@ -543,16 +551,10 @@ async fn app(g: &Global, c: &mut Client, cmd: AppCommand) -> Result<()> {
             }
         }
         AppCommand::Create { file, upsert } => {
-            let manifest = read_input(&file)?;
-            let a = c
-                .create_application(pb::CreateApplicationRequest { manifest, upsert })
-                .await
-                .map_err(status_err)?
-                .into_inner();
-            print_out(g.output, app_json(&a), || {
-                format!("application {} created\n", a.name)
-            });
+            edit::create(g, c, &read_input(&file)?, upsert).await?;
         }
+        AppCommand::Set(a) => edit::set(g, c, a).await?,
+        AppCommand::Patch(a) => edit::patch(g, c, a).await?,
         AppCommand::Refresh { name, hard } => ops::refresh(g, c, &name, hard).await?,
         AppCommand::Sync(a) => ops::sync(g, c, a).await?,
         AppCommand::History { name } => ops::history(g, c, &name).await?,
@@ -1446,9 +1448,19 @@ fn status_json(s: &pb::AppStatus) -> Value {
     })
 }
 
-/// JSON form of an application (the `-o json` contract).
+/// JSON form of an application (the `-o json` contract): the Application
+/// resource (`apiVersion`, `kind`, `metadata`, `spec`, which `app create
+/// -f` takes back) followed by Flotilla's status summary.
 pub fn app_json(a: &pb::Application) -> Value {
     let mut v = app_json_single(a);
+    if let (Some(Value::Object(mut resource)), Value::Object(summary)) = (edit::resource(a), &v) {
+        for (k, x) in summary {
+            if !resource.contains_key(k) {
+                resource.insert(k.clone(), x.clone());
+            }
+        }
+        v = Value::Object(resource);
+    }
     // Multi-source applications list every source and its revision.
     if !a.sources.is_empty()
         && let Some(obj) = v.as_object_mut()

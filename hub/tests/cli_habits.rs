@@ -569,3 +569,130 @@ west   -        no          -           -               0/<N>                   
         "NAME    ACCESS       CREATED\nadmin   read-write   <TIME>\n",
     );
 }
+
+#[test]
+fn app_get_round_trips_into_create_and_set_patch() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = repo(
+        dir.path(),
+        &[("web/cm.yaml", WEB_CM), ("other/cm.yaml", WEB_CM)],
+    );
+    let hub = Hub::start(&[]);
+    hub.ok(&["cluster", "add", "east", "--bootstrap-token"]);
+    let file = dir.path().join("web.yaml");
+    std::fs::write(&file, WEB_APP.replace("{{URL}}", &url)).unwrap();
+    let f = file.to_str().unwrap();
+    assert_text(
+        &hub.ok(&["app", "create", "-f", f]),
+        "application web created\n",
+    );
+    assert_text(
+        &hub.ok(&["app", "create", "-f", f, "--upsert"]),
+        "application web unchanged\n",
+    );
+
+    // What `app get -o yaml` prints is an Application resource that
+    // `app create -f` takes back as it is.
+    let yaml = hub.ok(&["app", "get", "web", "-o", "yaml"]);
+    let resource = yaml.split("\nname: web\n").next().unwrap();
+    assert_text(
+        &normalize(resource, &[(&url, "<URL>")]),
+        "apiVersion: argoproj.io/v1alpha1
+kind: Application
+metadata:
+  name: web
+spec:
+  project: default
+  source:
+    repoURL: <URL>
+    path: web
+    targetRevision: HEAD
+  destination:
+    name: east
+    namespace: web",
+    );
+    let got = dir.path().join("got.yaml");
+    std::fs::write(&got, &yaml).unwrap();
+    let g = got.to_str().unwrap();
+    assert_text(
+        &hub.ok(&["app", "create", "-f", g, "--upsert"]),
+        "application web unchanged\n",
+    );
+    assert!(yaml.contains("\n    path: web\n"), "{yaml}");
+    std::fs::write(
+        &got,
+        yaml.replace("\n    path: web\n", "\n    path: other\n"),
+    )
+    .unwrap();
+    assert_text(
+        &hub.ok(&["app", "create", "-f", g, "--upsert"]),
+        "application web updated\n",
+    );
+    let json = hub.ok(&["app", "get", "web", "-o", "json"]);
+    std::fs::write(&got, &json).unwrap();
+    assert_text(
+        &hub.ok(&["app", "create", "-f", g, "--upsert"]),
+        "application web unchanged\n",
+    );
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["kind"], "Application");
+    assert_eq!(v["spec"]["source"]["path"], "other");
+    // The status summary scripts read is still there.
+    assert_eq!(v["path"], "other");
+    assert_eq!(v["clusters"][0]["cluster"], "east");
+
+    // app set / app patch: "updated" only when something changed.
+    assert_text(
+        &hub.ok(&[
+            "app",
+            "set",
+            "web",
+            "--path",
+            "web",
+            "--revision",
+            "main",
+            "--label",
+            "team=web",
+        ]),
+        "application web updated\n",
+    );
+    assert_text(
+        &hub.ok(&["app", "set", "web", "--revision", "main"]),
+        "application web unchanged\n",
+    );
+    assert_text(
+        &hub.ok(&[
+            "app",
+            "patch",
+            "web",
+            "--patch",
+            r#"{"spec":{"syncPolicy":{"automated":{"selfHeal":true}}}}"#,
+        ]),
+        "application web updated\n",
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&hub.ok(&["app", "get", "web", "-o", "json"])).unwrap();
+    assert_eq!(v["spec"]["source"]["targetRevision"], "main");
+    assert_eq!(v["metadata"]["labels"]["team"], "web");
+    assert_eq!(v["policy"]["automated"], true);
+    assert_eq!(v["policy"]["selfHeal"], true);
+    hub.ok(&[
+        "app",
+        "set",
+        "web",
+        "--sync-policy",
+        "none",
+        "--label",
+        "team-",
+    ]);
+    let v: serde_json::Value =
+        serde_json::from_str(&hub.ok(&["app", "get", "web", "-o", "json"])).unwrap();
+    assert_eq!(v["policy"]["automated"], false);
+    assert!(v["metadata"]["labels"]["team"].is_null(), "{v}");
+    let (code, err) = fails(&hub.cli(&["app", "patch", "web", "--patch", "not json"]));
+    assert_eq!(code, 2, "{err}");
+    let (code, err) = fails(&hub.cli(&["app", "patch", "web", "--type", "json", "--patch", "[]"]));
+    assert_eq!(code, 2, "{err}");
+    let (code, _) = fails(&hub.cli(&["app", "set", "nope", "--revision", "x"]));
+    assert_eq!(code, 3);
+}
