@@ -1119,6 +1119,19 @@ async fn repo(g: &Global, c: &mut Client, cmd: RepoCommand) -> Result<()> {
                 None => None,
             };
             let url_for_creds = url.clone();
+            // "added" only when it is new; "updated" or "unchanged" when a
+            // repository of that URL was registered already.
+            let bare = crate::source::split_credentials(url.trim())
+                .map_or_else(|_| url.trim().to_owned(), |(bare, _)| bare);
+            let before = c
+                .list_repositories(pb::ListRepositoriesRequest {})
+                .await
+                .map_err(status_err)?
+                .into_inner()
+                .repositories
+                .into_iter()
+                .find(|r| r.url == bare);
+            let sets_credentials = password_file.is_some() || ssh_private_key_path.is_some();
             let r = c
                 .add_repository(pb::AddRepositoryRequest {
                     url,
@@ -1158,9 +1171,26 @@ async fn repo(g: &Global, c: &mut Client, cmd: RepoCommand) -> Result<()> {
                 (Some(_), None) => bail!("the password file is empty"),
                 (None, None) => r,
             };
-            print_out(g.output, repo_json(&r), || {
-                format!("repository {} added\n", r.url)
-            });
+            let settings = |r: &pb::Repository| {
+                (
+                    r.revision.clone(),
+                    r.apps_path.clone(),
+                    r.poll_interval_secs,
+                    r.r#type.clone(),
+                    r.has_credentials,
+                    r.insecure_ignore_host_key,
+                )
+            };
+            let outcome = match &before {
+                None => "added",
+                Some(b) if !sets_credentials && settings(b) == settings(&r) => "unchanged",
+                Some(_) => "updated",
+            };
+            let mut v = repo_json(&r);
+            if let Some(o) = v.as_object_mut() {
+                o.insert("result".into(), json!(outcome));
+            }
+            print_out(g.output, v, || format!("repository {} {outcome}\n", r.url));
         }
         RepoCommand::Get { url } => {
             let r = find_repo(c, &url).await?;

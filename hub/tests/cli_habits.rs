@@ -398,6 +398,36 @@ Error           -
     let (code, _) = fails(&hub.cli(&["repo", "get", "file:///nowhere"]));
     assert_eq!(code, 3);
 
+    // repo add says "added" only for a new repository.
+    let same = [
+        "repo",
+        "add",
+        &url,
+        "--apps-path",
+        "apps",
+        "--poll-interval-secs",
+        "1",
+    ];
+    assert_text(
+        &normalize(&hub.ok(&same), &[(&url, "<URL>")]),
+        "repository <URL> unchanged\n",
+    );
+    let mut changed = same.to_vec();
+    changed.extend(["--revision", "main"]);
+    assert_text(
+        &normalize(&hub.ok(&changed), &[(&url, "<URL>")]),
+        "repository <URL> updated\n",
+    );
+    let other = tempfile::tempdir().unwrap();
+    let other_url = repo(other.path(), &[("x/cm.yaml", WEB_CM)]);
+    assert_text(
+        &normalize(
+            &hub.ok(&["repo", "add", &other_url]),
+            &[(&other_url, "<OTHER>")],
+        ),
+        "repository <OTHER> added\n",
+    );
+
     // Aliases as kubectl and argocd users type them.
     for args in [
         &["app", "ls"][..],
@@ -414,8 +444,11 @@ Error           -
         bash.contains("_flotilla()") && bash.contains("complete -F _flotilla"),
         "{bash}"
     );
+    let script = dir.path().join("flotilla.bash");
+    std::fs::write(&script, &bash).unwrap();
     let check = std::process::Command::new("bash")
-        .args(["-n", "-c", &bash])
+        .arg("-n")
+        .arg(&script)
         .output()
         .unwrap();
     assert!(
