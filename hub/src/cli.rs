@@ -218,6 +218,12 @@ pub enum AppCommand {
         #[arg(long)]
         cluster: Option<String>,
     },
+    /// Print the rendered objects of an application, as its clusters are
+    /// told to apply them (a YAML stream; `-o json`: a list).
+    Manifests {
+        /// The application.
+        name: String,
+    },
     /// Fetch the application's repository now and re-render it.
     Refresh {
         /// The application.
@@ -554,6 +560,7 @@ async fn app(g: &Global, c: &mut Client, cmd: AppCommand) -> Result<()> {
             edit::create(g, c, &read_input(&file)?, upsert).await?;
         }
         AppCommand::Set(a) => edit::set(g, c, a).await?,
+        AppCommand::Manifests { name } => edit::manifests(g, c, &name).await?,
         AppCommand::Patch(a) => edit::patch(g, c, a).await?,
         AppCommand::Refresh { name, hard } => ops::refresh(g, c, &name, hard).await?,
         AppCommand::Sync(a) => ops::sync(g, c, a).await?,

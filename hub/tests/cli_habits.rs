@@ -729,3 +729,22 @@ spec:
     let (code, _) = fails(&hub.cli(&["app", "set", "nope", "--revision", "x"]));
     assert_eq!(code, 3);
 }
+
+#[test]
+fn app_manifests_print_the_rendered_objects() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hub, _) = hub_with_web(dir.path());
+    let yaml = hub.ok(&["app", "manifests", "web"]);
+    assert!(yaml.starts_with("---\n"), "{yaml}");
+    let objects: Vec<serde_json::Value> = serde_saphyr::from_multiple(&yaml).unwrap();
+    let objects: Vec<_> = objects.into_iter().filter(|o| !o.is_null()).collect();
+    assert_eq!(objects.len(), 1, "{yaml}");
+    assert_eq!(objects[0]["kind"], "ConfigMap");
+    assert_eq!(objects[0]["metadata"]["name"], "web");
+    assert_eq!(objects[0]["data"]["greeting"], "hello");
+    let json: serde_json::Value =
+        serde_json::from_str(&hub.ok(&["app", "manifests", "web", "-o", "json"])).unwrap();
+    assert_eq!(json[0]["kind"], "ConfigMap");
+    let (code, _) = fails(&hub.cli(&["app", "manifests", "nope"]));
+    assert_eq!(code, 3);
+}

@@ -333,6 +333,40 @@ pub(super) async fn set(g: &Global, c: &mut Client, a: SetArgs) -> Result<()> {
     apply(g, c, &a.name, &patch).await
 }
 
+/// `flotilla app manifests NAME`: the rendered objects as a YAML stream
+/// (`-o json`: a list; `-o yaml`: the same stream).
+pub(super) async fn manifests(g: &Global, c: &mut Client, name: &str) -> Result<()> {
+    let m = c
+        .get_application_manifests(pb::GetApplicationManifestsRequest {
+            name: name.to_owned(),
+        })
+        .await
+        .map_err(status_err)?
+        .into_inner();
+    if !m.render_error.is_empty() {
+        return Err(anyhow::anyhow!(
+            "{name}: no manifests: {}",
+            m.render_error.lines().next().unwrap_or_default()
+        ));
+    }
+    let objects: Vec<Value> = m
+        .manifests
+        .iter()
+        .map(|s| serde_json::from_str(s).unwrap_or(Value::String(s.clone())))
+        .collect();
+    if g.output == super::Output::Json {
+        print_out(g.output, Value::Array(objects), String::new);
+        return Ok(());
+    }
+    let mut text = String::new();
+    for o in &objects {
+        text.push_str("---\n");
+        text.push_str(&serde_saphyr::to_string(o).unwrap_or_default());
+    }
+    super::exit::write_stdout(&text);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
