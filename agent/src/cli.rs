@@ -28,6 +28,12 @@ pub struct Cli {
     command: Option<Command>,
     #[command(flatten)]
     run: RunArgs,
+    /// Log format on stderr: `text` (coloured only on a terminal) or
+    /// `json` (one object per line, for log pipelines). The level filter
+    /// is RUST_LOG.
+    #[arg(long, env = "FLOTILLA_LOG_FORMAT", value_enum, global = true,
+          default_value_t = crate::telemetry::LogFormat::Text)]
+    log_format: crate::telemetry::LogFormat,
 }
 
 #[derive(Debug, Subcommand)]
@@ -122,10 +128,10 @@ pub async fn main() -> anyhow::Result<()> {
         Some(Command::Health(args)) => health_command(&args),
         Some(Command::Renew(args)) => {
             let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-            let _telemetry = crate::telemetry::init();
+            let _telemetry = crate::telemetry::init_with(cli.log_format);
             crate::enroll::renew_command(&args).await
         }
-        None => run(cli.run).await,
+        None => run(cli.run, cli.log_format).await,
     }
 }
 
@@ -149,9 +155,9 @@ async fn kube_client(args: &RunArgs) -> anyhow::Result<kube::Client> {
     kube::Client::try_from(config).context("building the Kubernetes client")
 }
 
-async fn run(args: RunArgs) -> anyhow::Result<()> {
+async fn run(args: RunArgs, log_format: crate::telemetry::LogFormat) -> anyhow::Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let telemetry = crate::telemetry::init();
+    let telemetry = crate::telemetry::init_with(log_format);
     let (Some(hub), Some(state_dir)) = (args.hub.clone(), args.state_dir.clone()) else {
         bail!("--hub and --state-dir are required (or use a subcommand, see --help)");
     };

@@ -6,15 +6,21 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 
-pub use flotilla_telemetry::TelemetryGuard;
+pub use flotilla_telemetry::{LogFormat, TelemetryGuard};
 
 /// Installs logging and, when configured, OpenTelemetry export with the
 /// default service name `flotilla-agent`; identical lines repeated within a
 /// minute are summed up (see [`crate::log_limit`]). Keep the guard until
 /// the process ends.
 pub fn init() -> TelemetryGuard {
-    flotilla_telemetry::init_with(
+    init_with(LogFormat::Text)
+}
+
+/// [`init`] with logs written in `format`.
+pub fn init_with(format: LogFormat) -> TelemetryGuard {
+    flotilla_telemetry::init_layered(
         "flotilla-agent",
+        format,
         crate::log_limit::RepeatLimit::new(crate::log_limit::WINDOW),
     )
 }

@@ -222,7 +222,7 @@ async fn cluster_add_manifest_enrolls_syncs_and_remove_cuts_the_agent_off() -> a
 
     // Removal cuts it off within seconds, and its reconnections are refused.
     let started = Instant::now();
-    cli_ok(&fleet, &["cluster", "remove", "sim-2"])?;
+    cli_ok(&fleet, &["cluster", "remove", "sim-2", "-y"])?;
     eventually("hub reports sim-2 disconnected", CUT_OFF, || async {
         match connected(&fleet, "sim-2").await? {
             false => Ok(()),

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 use tonic::metadata::MetadataValue;
@@ -14,11 +14,18 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 use flotilla_proto as pb;
 use pb::hub_api_client::HubApiClient;
 
+pub mod config;
 mod diff;
+pub mod edit;
+pub mod exit;
+pub mod filter;
+mod get;
 mod lifecycle;
 mod ops;
 
-pub use ops::ExitStatus;
+pub use exit::{CliError, ExitStatus, exit_code};
+use exit::{out, usage};
+use get::{cluster_text, find_cluster, find_repo, repo_text};
 
 /// Default hub URL when neither `--hub` nor `FLOTILLA_HUB` is given.
 pub const DEFAULT_HUB: &str = "https://127.0.0.1:7443";
@@ -26,12 +33,15 @@ pub const DEFAULT_HUB: &str = "https://127.0.0.1:7443";
 /// Output format.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum Output {
+    /// A table for people.
     #[default]
     Table,
+    /// The JSON document, for scripts.
     Json,
     /// YAML (`appset generate`; elsewhere the JSON document as YAML).
     Yaml,
-    /// The table with full revisions (where a command has more to show).
+    /// The table with more columns and full revisions (`app list`,
+    /// `cluster list`, `repo list`, `app history`).
     Wide,
 }
 
@@ -48,20 +58,46 @@ pub struct Cli {
 /// Options shared by every command.
 #[derive(Debug, Args)]
 pub struct Global {
-    /// Hub URL [default: from `flotilla login`, else https://127.0.0.1:7443].
-    #[arg(long, env = "FLOTILLA_HUB", global = true)]
+    /// Hub address, `HOST:PORT` or `https://HOST:PORT` [default: the
+    /// current context's, else 127.0.0.1:7443].
+    #[arg(long, env = "FLOTILLA_HUB", global = true, help_heading = "Connection")]
     pub hub: Option<String>,
+    /// Use this saved context (see `flotilla context`) instead of the
+    /// current one.
+    #[arg(
+        long,
+        env = "FLOTILLA_CONTEXT",
+        global = true,
+        help_heading = "Connection"
+    )]
+    pub context: Option<String>,
     /// CA certificate that signed the hub's certificate (the hub's DATA/ca.crt).
-    #[arg(long, env = "FLOTILLA_CA_FILE", global = true)]
+    #[arg(
+        long,
+        env = "FLOTILLA_CA_FILE",
+        global = true,
+        help_heading = "Connection"
+    )]
     pub ca_file: Option<PathBuf>,
     /// API token.
-    #[arg(long, env = "FLOTILLA_TOKEN", global = true, hide_env_values = true)]
+    #[arg(
+        long,
+        env = "FLOTILLA_TOKEN",
+        global = true,
+        hide_env_values = true,
+        help_heading = "Connection"
+    )]
     pub token: Option<String>,
     /// File holding the API token (e.g. the hub's DATA/admin.token).
-    #[arg(long, env = "FLOTILLA_TOKEN_FILE", global = true)]
+    #[arg(
+        long,
+        env = "FLOTILLA_TOKEN_FILE",
+        global = true,
+        help_heading = "Connection"
+    )]
     pub token_file: Option<PathBuf>,
     /// Output format.
-    #[arg(short = 'o', long, value_enum, default_value_t = Output::Table, global = true)]
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Table, global = true, help_heading = "Output")]
     pub output: Output,
     /// Largest response the CLI decodes (bytes, or with KiB/MiB/GiB); `app
     /// list` pages to stay under it.
@@ -88,26 +124,57 @@ pub enum Command {
     /// API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
-    /// Check the hub, CA and token given now and save them as defaults
-    /// (in $FLOTILLA_CONFIG, else ~/.config/flotilla/config.json, 0600).
-    Login,
+    /// Check the hub, CA and token given now and save them as a context
+    /// (in $FLOTILLA_CONFIG, else ~/.config/flotilla/config.json, 0600),
+    /// made current; other contexts stay as they are.
+    Login {
+        /// Name of the context [default: the hub's HOST:PORT].
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Forget a saved context and its token.
+    Logout {
+        /// The context [default: the current one].
+        name: Option<String>,
+    },
+    /// List saved contexts, or make NAME the current one.
+    Context {
+        /// Context to switch to.
+        name: Option<String>,
+    },
     /// Print the hub version.
     Version,
+    /// Print a shell completion script: `source <(flotilla completion
+    /// bash)`, `flotilla completion zsh > "${fpath[1]}/_flotilla"`,
+    /// `flotilla completion fish | source`.
+    Completion {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum AppCommand {
     /// List applications with a per-cluster summary.
-    List,
+    #[command(visible_alias = "ls")]
+    List(filter::ListFilters),
     /// Show one application, one row per cluster.
     Get {
+        /// The application.
         name: String,
         /// Keep running and print the application again whenever its
         /// status changes (Ctrl-C to stop).
         #[arg(short = 'w', long)]
         watch: bool,
     },
-    /// Create an application from an Argo CD Application manifest.
+    /// Change fields of an application's definition (as `argocd app
+    /// set`); prints "updated" or "unchanged".
+    Set(edit::SetArgs),
+    /// Change an application's definition with a JSON merge patch.
+    Patch(edit::PatchArgs),
+    /// Create an application from an Argo CD Application manifest (also
+    /// what `app get -o yaml` prints); prints "created", "updated" or
+    /// "unchanged".
     Create {
         /// YAML or JSON file (`-` for stdin).
         #[arg(short = 'f', long = "file")]
@@ -117,19 +184,25 @@ pub enum AppCommand {
         upsert: bool,
     },
     /// Delete an application and, with --cascade (the default), its objects
-    /// in every cluster; asks first on a terminal (-y: do not ask).
-    /// Applications declared in a repository or generated by an
-    /// ApplicationSet are refused: remove them from Git.
+    /// in every cluster; asks first on a terminal, refused elsewhere
+    /// without -y. Applications declared in a repository or generated by
+    /// an ApplicationSet are refused: remove them from Git.
+    #[command(visible_alias = "rm")]
     Delete(lifecycle::DeleteArgs),
     /// Render the application (at --revision, or its target revision) and
     /// have its clusters apply it now; prints progress per cluster.
     Sync(ops::SyncArgs),
     /// The last deployments (revisionHistoryLimit, default 10).
-    History { name: String },
+    History {
+        /// The application.
+        name: String,
+    },
     /// Go back to the revision of a history entry (not while automated
     /// sync is on); pinned until the next `app sync` without --revision.
     Rollback {
+        /// The application.
         name: String,
+        /// The history entry (ID column of `app history`).
         id: u64,
         /// Delete objects the old revision does not have.
         #[arg(long)]
@@ -143,13 +216,21 @@ pub enum AppCommand {
     /// Compare the desired objects with the live ones (server-side, by the
     /// agents): a unified diff per object; exit 1 when anything differs.
     Diff {
+        /// The application.
         name: String,
         /// Only this cluster.
         #[arg(long)]
         cluster: Option<String>,
     },
+    /// Print the rendered objects of an application, as its clusters are
+    /// told to apply them (a YAML stream; `-o json`: a list).
+    Manifests {
+        /// The application.
+        name: String,
+    },
     /// Fetch the application's repository now and re-render it.
     Refresh {
+        /// The application.
         name: String,
         /// Also drop its cached renders (render again at the same commit).
         #[arg(long)]
@@ -162,6 +243,7 @@ pub enum ClusterCommand {
     /// Register a cluster: issue its agent certificate into --out, or create
     /// a one-time bootstrap token for the agent to enroll with.
     Add {
+        /// Name of the cluster (a DNS label; the agent's identity).
         name: String,
         /// Label as key=value (repeatable).
         #[arg(long = "label", value_name = "KEY=VALUE")]
@@ -193,19 +275,37 @@ pub enum ClusterCommand {
         manifest_only: bool,
     },
     /// List clusters.
+    #[command(visible_alias = "ls")]
     List,
-    /// Remove a cluster and revoke its certificate.
-    Remove { name: String },
+    /// Show one cluster: labels, annotations, connection, agent, generation.
+    Get {
+        /// The cluster.
+        name: String,
+    },
+    /// Remove a cluster and revoke its certificate; asks first on a
+    /// terminal, refused elsewhere without -y.
+    #[command(visible_alias = "rm")]
+    Remove {
+        /// The cluster.
+        name: String,
+        /// Do not ask for confirmation.
+        #[arg(short = 'y', long)]
+        yes: bool,
+    },
     /// Set (KEY=VALUE) or remove (KEY-) labels.
     Label {
+        /// The cluster.
         name: String,
         #[arg(required = true, value_name = "KEY=VALUE|KEY-")]
+        /// Labels to set (KEY=VALUE) or remove (KEY-).
         edits: Vec<String>,
     },
     /// Set (KEY=VALUE) or remove (KEY-) annotations.
     Annotate {
+        /// The cluster.
         name: String,
         #[arg(required = true, value_name = "KEY=VALUE|KEY-")]
+        /// Annotations to set (KEY=VALUE) or remove (KEY-).
         edits: Vec<String>,
     },
     /// Upsert clusters declared as `Cluster` (flotilla.dev/v1alpha1)
@@ -221,21 +321,27 @@ pub enum ClusterCommand {
 pub enum TokenCommand {
     /// Create a token; its secret is printed once.
     Create {
+        /// Name of the token (several tokens may share one).
         name: String,
         /// Only List/Get/Version calls (e.g. for CI systems).
         #[arg(long)]
         read_only: bool,
     },
     /// List tokens (names only).
+    #[command(visible_alias = "ls")]
     List,
     /// Revoke every token with this name.
-    Revoke { name: String },
+    Revoke {
+        /// Name of the tokens to revoke.
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum RepoCommand {
     /// Register a repository.
     Add {
+        /// Repository URL: https://, ssh://user@host/path, user@host:path, file://, or a Helm repository with --type helm.
         url: String,
         /// Directory scanned for Application resources (empty: manifests only).
         #[arg(long, default_value = "")]
@@ -269,7 +375,13 @@ pub enum RepoCommand {
         kind: String,
     },
     /// List repositories.
+    #[command(visible_alias = "ls")]
     List,
+    /// Show one repository (by its URL, as `repo list` shows it).
+    Get {
+        /// The repository URL, as `repo list` shows it.
+        url: String,
+    },
 }
 
 /// Adds `authorization: Bearer <token>` to every call.
@@ -285,83 +397,26 @@ impl tonic::service::Interceptor for BearerAuth {
 
 pub(crate) type Client = HubApiClient<InterceptedService<Channel, BearerAuth>>;
 
-/// Defaults saved by `flotilla login`.
-#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
-pub struct SavedLogin {
-    pub hub: String,
-    pub ca_file: Option<PathBuf>,
-    pub token: String,
-}
-
-/// Where `flotilla login` keeps its settings.
-pub fn config_path() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("FLOTILLA_CONFIG") {
-        return Some(PathBuf::from(p));
-    }
-    let base = std::env::var_os("XDG_CONFIG_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
-    Some(base.join("flotilla").join("config.json"))
-}
-
-fn saved_login() -> Option<SavedLogin> {
-    let text = std::fs::read_to_string(config_path()?).ok()?;
-    serde_json::from_str(&text).ok()
-}
-
-/// Connection settings after flags, environment and saved login.
-#[derive(Debug)]
-struct Resolved {
-    hub: String,
-    ca_file: Option<PathBuf>,
-    token: Option<String>,
-    max_message_size: usize,
-}
-
-fn resolve(g: &Global) -> Result<Resolved> {
-    let saved = saved_login().unwrap_or_default();
-    let token = match (&g.token, &g.token_file) {
-        (Some(t), _) => Some(t.trim().to_owned()),
-        (None, Some(f)) => Some(
-            std::fs::read_to_string(f)
-                .with_context(|| format!("reading token file {}", f.display()))?
-                .trim()
-                .to_owned(),
-        ),
-        (None, None) => (!saved.token.is_empty()).then(|| saved.token.clone()),
-    };
-    let hub = g
-        .hub
-        .clone()
-        .or_else(|| (!saved.hub.is_empty()).then(|| saved.hub.clone()))
-        .unwrap_or_else(|| DEFAULT_HUB.to_owned());
-    Ok(Resolved {
-        hub,
-        ca_file: g.ca_file.clone().or(saved.ca_file),
-        token,
-        max_message_size: g.max_message_size,
-    })
-}
+pub use config::config_path;
+use config::{Resolved, resolve};
 
 async fn client(r: &Resolved) -> Result<Client> {
     let token = r.token.as_deref().ok_or_else(|| {
-        anyhow!(
-            "no API token: pass --token or --token-file (or set FLOTILLA_TOKEN / FLOTILLA_TOKEN_FILE, or run `flotilla login`)"
+        usage(
+            "no API token: pass --token or --token-file (or set FLOTILLA_TOKEN / FLOTILLA_TOKEN_FILE, or run `flotilla login`)",
         )
     })?;
     let header: MetadataValue<_> = format!("Bearer {token}")
         .parse()
-        .map_err(|_| anyhow!("the API token contains characters not allowed in a header"))?;
+        .map_err(|_| usage("the API token contains characters not allowed in a header"))?;
     let mut endpoint = Channel::from_shared(r.hub.clone())
-        .with_context(|| format!("invalid hub URL {:?}", r.hub))?
+        .map_err(|e| usage(format!("invalid hub URL {:?}: {e}", r.hub)))?
         .connect_timeout(Duration::from_secs(10));
     if r.hub.starts_with("https://") {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-        let ca_file = r.ca_file.as_ref().ok_or_else(|| {
-            anyhow!("--ca-file (or FLOTILLA_CA_FILE) is required: the hub's DATA/ca.crt")
+        let ca = r.ca_pem.clone().ok_or_else(|| {
+            usage("--ca-file (or FLOTILLA_CA_FILE) is required: the hub's DATA/ca.crt")
         })?;
-        let ca = std::fs::read_to_string(ca_file)
-            .with_context(|| format!("reading CA file {}", ca_file.display()))?;
         endpoint = endpoint
             .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)))
             .context("TLS configuration")?;
@@ -369,7 +424,10 @@ async fn client(r: &Resolved) -> Result<Client> {
     let channel = endpoint
         .connect()
         .await
-        .map_err(|e| anyhow!("cannot connect to hub {}: {}", r.hub, error_chain(&e)))?;
+        .map_err(|e| CliError::Unreachable {
+            hub: r.hub.clone(),
+            cause: error_chain(&e),
+        })?;
     Ok(HubApiClient::with_interceptor(channel, BearerAuth(header))
         .max_decoding_message_size(r.max_message_size)
         .max_encoding_message_size(r.max_message_size))
@@ -402,18 +460,22 @@ pub(crate) async fn list_all_applications(
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
+    let mut parts = vec![e.to_string()];
     let mut cur = e.source();
     while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
+        // Transport layers repeat their cause's words ("tcp connect
+        // error: tcp connect error: ...").
+        let text = c.to_string();
+        if parts.last() != Some(&text) {
+            parts.push(text);
+        }
         cur = c.source();
     }
-    s
+    parts.join(": ")
 }
 
 pub(crate) fn status_err(s: tonic::Status) -> anyhow::Error {
-    anyhow!("{} ({:?})", s.message(), s.code())
+    CliError::Hub(s).into()
 }
 
 /// Runs one CLI invocation, writing to stdout.
@@ -426,39 +488,31 @@ pub async fn run(cli: Cli) -> Result<()> {
         // Offline: no hub.
         return crate::appset::cli::generate(args, g.output);
     }
+    match &cli.command {
+        Command::Context { name } => return config::context_command(g, name.as_deref()),
+        Command::Logout { name } => return config::logout(g, name.as_deref()),
+        Command::Completion { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(
+                *shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "flotilla",
+                &mut script,
+            );
+            exit::write_stdout(&String::from_utf8_lossy(&script));
+            return Ok(());
+        }
+        _ => {}
+    }
     let resolved = resolve(g)?;
     let mut c = client(&resolved).await?;
     let hub = resolved.hub.clone();
     match cli.command {
-        Command::Login => {
+        Command::Login { name } => {
             c.version(pb::VersionRequest {}).await.map_err(status_err)?;
-            let path = config_path().ok_or_else(|| anyhow!("no HOME: set FLOTILLA_CONFIG"))?;
-            let dir = path.parent().unwrap_or(Path::new("."));
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-            // Keep a copy of the CA next to the settings so the login does
-            // not depend on where the file was.
-            let ca_file = match &resolved.ca_file {
-                Some(f) => {
-                    let copy = dir.join("ca.crt");
-                    let pem =
-                        std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
-                    std::fs::write(&copy, pem)
-                        .with_context(|| format!("writing {}", copy.display()))?;
-                    Some(copy)
-                }
-                None => None,
-            };
-            let saved = SavedLogin {
-                hub: hub.clone(),
-                ca_file,
-                token: resolved.token.clone().unwrap_or_default(),
-            };
-            crate::pki::write_private(&path, serde_json::to_string_pretty(&saved)?.as_bytes())
-                .with_context(|| format!("writing {}", path.display()))?;
-            print_out(g.output, json!({"hub": hub, "config": path}), || {
-                format!("logged in to {hub}; settings saved to {}\n", path.display())
-            });
+            config::login(g, &resolved, name)?;
         }
+        Command::Logout { .. } | Command::Context { .. } | Command::Completion { .. } => {}
         Command::Token(cmd) => token(g, &mut c, cmd).await?,
         Command::Version => {
             let v = c
@@ -491,69 +545,28 @@ pub async fn run(cli: Cli) -> Result<()> {
 
 pub(crate) fn print_out(output: Output, value: Value, table: impl FnOnce() -> String) {
     match output {
-        Output::Json => println!(
-            "{}",
+        Output::Json => out!(
+            "{}\n",
             serde_json::to_string_pretty(&value).unwrap_or_default()
         ),
-        Output::Yaml => print!("{}", serde_saphyr::to_string(&value).unwrap_or_default()),
-        Output::Table | Output::Wide => print!("{}", table()),
+        Output::Yaml => out!("{}", serde_saphyr::to_string(&value).unwrap_or_default()),
+        Output::Table | Output::Wide => out!("{}", table()),
     }
 }
 
 async fn app(g: &Global, c: &mut Client, cmd: AppCommand) -> Result<()> {
     match cmd {
-        AppCommand::List => {
-            let apps = list_all_applications(c, g.max_message_size).await?;
+        AppCommand::List(filters) => {
+            let filter = filter::Filter::new(filters)?;
+            let apps: Vec<pb::Application> = list_all_applications(c, g.max_message_size)
+                .await?
+                .into_iter()
+                .filter(|a| filter.matches(a))
+                .collect();
             print_out(
                 g.output,
                 Value::Array(apps.iter().map(app_json).collect()),
-                || {
-                    let rows = apps
-                        .iter()
-                        .map(|a| {
-                            let total = a.clusters.len();
-                            let synced = a
-                                .clusters
-                                .iter()
-                                .filter(|s| {
-                                    s.status
-                                        .as_ref()
-                                        .is_some_and(|s| s.sync == pb::SyncStatus::Synced as i32)
-                                })
-                                .count();
-                            let healthy = a
-                                .clusters
-                                .iter()
-                                .filter(|s| {
-                                    s.status.as_ref().is_some_and(|s| {
-                                        s.health == pb::HealthStatus::Healthy as i32
-                                    })
-                                })
-                                .count();
-                            vec![
-                                a.name.clone(),
-                                a.destination.clone(),
-                                short(&a.revision),
-                                format!("{synced}/{total}"),
-                                format!("{healthy}/{total}"),
-                                a.origin.clone(),
-                                one_line(&a.error),
-                            ]
-                        })
-                        .collect();
-                    table(
-                        &[
-                            "NAME",
-                            "DESTINATION",
-                            "REVISION",
-                            "SYNCED",
-                            "HEALTHY",
-                            "ORIGIN",
-                            "ERROR",
-                        ],
-                        rows,
-                    )
-                },
+                || app_list_table(&apps, g.output == Output::Wide),
             );
         }
         AppCommand::Get { name, watch: true } => ops::watch(g, c, &name).await?,
@@ -572,16 +585,11 @@ async fn app(g: &Global, c: &mut Client, cmd: AppCommand) -> Result<()> {
             }
         }
         AppCommand::Create { file, upsert } => {
-            let manifest = read_input(&file)?;
-            let a = c
-                .create_application(pb::CreateApplicationRequest { manifest, upsert })
-                .await
-                .map_err(status_err)?
-                .into_inner();
-            print_out(g.output, app_json(&a), || {
-                format!("application {} created\n", a.name)
-            });
+            edit::create(g, c, &read_input(&file)?, upsert).await?;
         }
+        AppCommand::Set(a) => edit::set(g, c, a).await?,
+        AppCommand::Manifests { name } => edit::manifests(g, c, &name).await?,
+        AppCommand::Patch(a) => edit::patch(g, c, a).await?,
         AppCommand::Refresh { name, hard } => ops::refresh(g, c, &name, hard).await?,
         AppCommand::Sync(a) => ops::sync(g, c, a).await?,
         AppCommand::History { name } => ops::history(g, c, &name).await?,
@@ -596,6 +604,81 @@ async fn app(g: &Global, c: &mut Client, cmd: AppCommand) -> Result<()> {
         AppCommand::Delete(a) => lifecycle::delete(g, c, a).await?,
     }
     Ok(())
+}
+
+/// `app list`'s table; `wide` adds the project, source and target, and
+/// shows full revisions.
+fn app_list_table(apps: &[pb::Application], wide: bool) -> String {
+    let count = |a: &pb::Application, ok: &dyn Fn(&pb::AppStatus) -> bool| {
+        a.clusters
+            .iter()
+            .filter(|s| s.status.as_ref().is_some_and(ok))
+            .count()
+    };
+    let rows = apps
+        .iter()
+        .map(|a| {
+            let total = a.clusters.len();
+            let synced = count(a, &|s| s.sync == pb::SyncStatus::Synced as i32);
+            let healthy = count(a, &|s| s.health == pb::HealthStatus::Healthy as i32);
+            let revision = if wide {
+                if a.revision.is_empty() {
+                    "-".to_owned()
+                } else {
+                    a.revision.clone()
+                }
+            } else {
+                short(&a.revision)
+            };
+            let mut row = vec![a.name.clone()];
+            if wide {
+                row.push(filter::definition(a).project);
+            }
+            row.push(a.destination.clone());
+            if wide {
+                let source = if a.chart.is_empty() {
+                    format!("{} {}", a.repo_url, a.path)
+                } else {
+                    format!("{} chart {}", a.repo_url, a.chart)
+                };
+                row.push(source.trim().to_owned());
+                row.push(a.target_revision.clone());
+            }
+            row.extend([
+                revision,
+                format!("{synced}/{total}"),
+                format!("{healthy}/{total}"),
+                a.origin.clone(),
+                one_line(&a.error),
+            ]);
+            row
+        })
+        .collect();
+    let headers: &[&str] = if wide {
+        &[
+            "NAME",
+            "PROJECT",
+            "DESTINATION",
+            "SOURCE",
+            "TARGET",
+            "REVISION",
+            "SYNCED",
+            "HEALTHY",
+            "ORIGIN",
+            "ERROR",
+        ]
+    } else {
+        &[
+            "NAME",
+            "DESTINATION",
+            "REVISION",
+            "SYNCED",
+            "HEALTHY",
+            "ORIGIN",
+            "ERROR",
+        ]
+    };
+    table(headers, rows)
 }
 
 /// `app get`'s output.
@@ -749,9 +832,9 @@ fn parse_labels(labels: &[String]) -> Result<BTreeMap<String, String>> {
         .map(|l| {
             let (k, v) = l
                 .split_once('=')
-                .ok_or_else(|| anyhow!("label {l:?} must be KEY=VALUE"))?;
+                .ok_or_else(|| usage(format!("label {l:?} must be KEY=VALUE")))?;
             if k.is_empty() {
-                bail!("label {l:?} has an empty key");
+                return Err(usage(format!("label {l:?} has an empty key")));
             }
             Ok((k.to_owned(), v.to_owned()))
         })
@@ -775,12 +858,12 @@ async fn cluster(g: &Global, hub: &str, c: &mut Client, cmd: ClusterCommand) -> 
             let manifest_only = manifest_only || (g.output == Output::Yaml && out.is_none());
             let bootstrap_token = bootstrap_token || manifest_only;
             if rbac_scope == "namespace" && namespaces.is_empty() {
-                bail!("--rbac-scope namespace needs --namespaces a,b");
+                return Err(usage("--rbac-scope namespace needs --namespaces a,b"));
             }
             if out.is_none() && !bootstrap_token {
-                bail!(
-                    "pass --out DIR (issue the agent certificate now) or --bootstrap-token (the agent enrolls)"
-                );
+                return Err(usage(
+                    "pass --out DIR (issue the agent certificate now) or --bootstrap-token (the agent enrolls)",
+                ));
             }
             if let Some(out) = &out {
                 std::fs::create_dir_all(out)
@@ -837,7 +920,7 @@ async fn cluster(g: &Global, hub: &str, c: &mut Client, cmd: ClusterCommand) -> 
                 });
             }
             if manifest_only {
-                print!("{}", manifest.unwrap_or_default());
+                out!("{}", manifest.unwrap_or_default());
                 return Ok(());
             }
             let cluster = resp.cluster.clone().unwrap_or_default();
@@ -889,39 +972,49 @@ async fn cluster(g: &Global, hub: &str, c: &mut Client, cmd: ClusterCommand) -> 
                 .map_err(status_err)?
                 .into_inner()
                 .clusters;
-            let now = crate::api::now_ms();
             print_out(
                 g.output,
                 Value::Array(clusters.iter().map(cluster_json).collect()),
                 || {
+                    let wide = g.output == Output::Wide;
                     let rows = clusters
                         .iter()
                         .map(|c| {
-                            vec![
+                            let mut row = vec![
                                 c.name.clone(),
                                 labels_str(&c.labels),
                                 if c.connected { "yes" } else { "no" }.to_owned(),
-                                ago(now, c.last_seen_ms),
+                                get::rfc3339(c.last_seen_ms),
                                 if c.agent_version.is_empty() {
                                     "-".into()
                                 } else {
                                     c.agent_version.clone()
                                 },
                                 format!("{}/{}", c.acked_generation, c.generation),
-                            ]
+                            ];
+                            if wide {
+                                row.push(labels_str(&c.annotations));
+                                row.push(if c.server.is_empty() {
+                                    "-".into()
+                                } else {
+                                    c.server.clone()
+                                });
+                            }
+                            row
                         })
                         .collect();
-                    table(
-                        &[
-                            "NAME",
-                            "LABELS",
-                            "CONNECTED",
-                            "LAST SEEN",
-                            "AGENT VERSION",
-                            "GENERATION (ACKED/DESIRED)",
-                        ],
-                        rows,
-                    )
+                    let mut headers = vec![
+                        "NAME",
+                        "LABELS",
+                        "CONNECTED",
+                        "LAST SEEN",
+                        "AGENT VERSION",
+                        "GENERATION (ACKED/DESIRED)",
+                    ];
+                    if wide {
+                        headers.extend(["ANNOTATIONS", "SERVER"]);
+                    }
+                    table(&headers, rows)
                 },
             );
         }
@@ -932,7 +1025,22 @@ async fn cluster(g: &Global, hub: &str, c: &mut Client, cmd: ClusterCommand) -> 
             crate::appset::cli::label(g, c, &name, &edits, true).await?;
         }
         ClusterCommand::Apply { file } => crate::appset::cli::apply_clusters(g, c, &file).await?,
-        ClusterCommand::Remove { name } => {
+        ClusterCommand::Get { name } => {
+            let cluster = find_cluster(c, &name).await?;
+            print_out(g.output, cluster_json(&cluster), || cluster_text(&cluster));
+        }
+        ClusterCommand::Remove { name, yes } => {
+            if !lifecycle::confirmed(
+                true,
+                yes,
+                &format!(
+                    "Are you sure you want to remove cluster '{name}'? Its agent's certificate is revoked."
+                ),
+                &format!("removing cluster {name}"),
+            )? {
+                exit::outln!("The command to remove cluster '{name}' was cancelled.");
+                return Ok(());
+            }
             c.remove_cluster(pb::RemoveClusterRequest { name: name.clone() })
                 .await
                 .map_err(status_err)?;
@@ -973,13 +1081,12 @@ async fn token(g: &Global, c: &mut Client, cmd: TokenCommand) -> Result<()> {
                 .map_err(status_err)?
                 .into_inner()
                 .tokens;
-            let now = crate::api::now_ms();
             print_out(
                 g.output,
                 Value::Array(
                     tokens
                         .iter()
-                        .map(|t| json!({"name": t.name, "readOnly": t.read_only, "createdMs": t.created_ms}))
+                        .map(|t| json!({"name": t.name, "readOnly": t.read_only, "createdMs": t.created_ms, "created": get::rfc3339_json(t.created_ms)}))
                         .collect(),
                 ),
                 || {
@@ -989,7 +1096,7 @@ async fn token(g: &Global, c: &mut Client, cmd: TokenCommand) -> Result<()> {
                             vec![
                                 t.name.clone(),
                                 if t.read_only { "read-only" } else { "read-write" }.to_owned(),
-                                ago(now, t.created_ms),
+                                get::rfc3339(t.created_ms),
                             ]
                         })
                         .collect();
@@ -1038,15 +1145,28 @@ async fn repo(g: &Global, c: &mut Client, cmd: RepoCommand) -> Result<()> {
                         bail!("{} is not an OpenSSH or PEM private key", f.display());
                     }
                     if !crate::source::is_ssh_url(&url) {
-                        bail!(
-                            "--ssh-private-key-path needs an ssh URL (ssh://user@host/path or user@host:path)"
-                        );
+                        return Err(usage(
+                            "--ssh-private-key-path needs an ssh URL (ssh://user@host/path or user@host:path)",
+                        ));
                     }
                     Some(key)
                 }
                 None => None,
             };
             let url_for_creds = url.clone();
+            // "added" only when it is new; "updated" or "unchanged" when a
+            // repository of that URL was registered already.
+            let bare = crate::source::split_credentials(url.trim())
+                .map_or_else(|_| url.trim().to_owned(), |(bare, _)| bare);
+            let before = c
+                .list_repositories(pb::ListRepositoriesRequest {})
+                .await
+                .map_err(status_err)?
+                .into_inner()
+                .repositories
+                .into_iter()
+                .find(|r| r.url == bare);
+            let sets_credentials = password_file.is_some() || ssh_private_key_path.is_some();
             let r = c
                 .add_repository(pb::AddRepositoryRequest {
                     url,
@@ -1086,9 +1206,30 @@ async fn repo(g: &Global, c: &mut Client, cmd: RepoCommand) -> Result<()> {
                 (Some(_), None) => bail!("the password file is empty"),
                 (None, None) => r,
             };
-            print_out(g.output, repo_json(&r), || {
-                format!("repository {} added\n", r.url)
-            });
+            let settings = |r: &pb::Repository| {
+                (
+                    r.revision.clone(),
+                    r.apps_path.clone(),
+                    r.poll_interval_secs,
+                    r.r#type.clone(),
+                    r.has_credentials,
+                    r.insecure_ignore_host_key,
+                )
+            };
+            let outcome = match &before {
+                None => "added",
+                Some(b) if !sets_credentials && settings(b) == settings(&r) => "unchanged",
+                Some(_) => "updated",
+            };
+            let mut v = repo_json(&r);
+            if let Some(o) = v.as_object_mut() {
+                o.insert("result".into(), json!(outcome));
+            }
+            print_out(g.output, v, || format!("repository {} {outcome}\n", r.url));
+        }
+        RepoCommand::Get { url } => {
+            let r = find_repo(c, &url).await?;
+            print_out(g.output, repo_json(&r), || repo_text(&r));
         }
         RepoCommand::List => {
             let repos = c
@@ -1097,15 +1238,15 @@ async fn repo(g: &Global, c: &mut Client, cmd: RepoCommand) -> Result<()> {
                 .map_err(status_err)?
                 .into_inner()
                 .repositories;
-            let now = crate::api::now_ms();
             print_out(
                 g.output,
                 Value::Array(repos.iter().map(repo_json).collect()),
                 || {
+                    let wide = g.output == Output::Wide;
                     let rows = repos
                         .iter()
                         .map(|r| {
-                            vec![
+                            let mut row = vec![
                                 r.url.clone(),
                                 r.r#type.clone(),
                                 r.revision.clone(),
@@ -1114,24 +1255,28 @@ async fn repo(g: &Global, c: &mut Client, cmd: RepoCommand) -> Result<()> {
                                 } else {
                                     r.apps_path.clone()
                                 },
-                                short(&r.last_commit),
-                                ago(now, r.last_fetch_ms),
-                                one_line(&r.last_error),
-                            ]
+                                if wide && !r.last_commit.is_empty() {
+                                    r.last_commit.clone()
+                                } else {
+                                    short(&r.last_commit)
+                                },
+                                get::rfc3339(r.last_fetch_ms),
+                            ];
+                            if wide {
+                                row.push(format!("{}s", r.poll_interval_secs));
+                                row.push(if r.has_credentials { "yes" } else { "no" }.to_owned());
+                            }
+                            row.push(one_line(&r.last_error));
+                            row
                         })
                         .collect();
-                    table(
-                        &[
-                            "URL",
-                            "TYPE",
-                            "REVISION",
-                            "APPS PATH",
-                            "COMMIT",
-                            "FETCHED",
-                            "ERROR",
-                        ],
-                        rows,
-                    )
+                    let mut headers =
+                        vec!["URL", "TYPE", "REVISION", "APPS PATH", "COMMIT", "FETCHED"];
+                    if wide {
+                        headers.extend(["POLL", "CREDENTIALS"]);
+                    }
+                    headers.push("ERROR");
+                    table(&headers, rows)
                 },
             );
         }
@@ -1368,9 +1513,19 @@ fn status_json(s: &pb::AppStatus) -> Value {
     })
 }
 
-/// JSON form of an application (the `-o json` contract).
+/// JSON form of an application (the `-o json` contract): the Application
+/// resource (`apiVersion`, `kind`, `metadata`, `spec`, which `app create
+/// -f` takes back) followed by Flotilla's status summary.
 pub fn app_json(a: &pb::Application) -> Value {
     let mut v = app_json_single(a);
+    if let (Some(Value::Object(mut resource)), Value::Object(summary)) = (edit::resource(a), &v) {
+        for (k, x) in summary {
+            if !resource.contains_key(k) {
+                resource.insert(k.clone(), x.clone());
+            }
+        }
+        v = Value::Object(resource);
+    }
     // Multi-source applications list every source and its revision.
     if !a.sources.is_empty()
         && let Some(obj) = v.as_object_mut()
@@ -1440,6 +1595,7 @@ pub fn cluster_json(c: &pb::Cluster) -> Value {
         "annotations": annotations,
         "connected": c.connected,
         "lastSeenMs": c.last_seen_ms,
+        "lastSeen": get::rfc3339_json(c.last_seen_ms),
         "agentVersion": c.agent_version,
         "generation": c.generation,
         "ackedGeneration": c.acked_generation,
@@ -1458,6 +1614,7 @@ pub fn repo_json(r: &pb::Repository) -> Value {
         "lastCommit": r.last_commit,
         "lastError": r.last_error,
         "lastFetchMs": r.last_fetch_ms,
+        "lastFetch": get::rfc3339_json(r.last_fetch_ms),
         "hasCredentials": r.has_credentials,
         "insecureIgnoreHostKey": r.insecure_ignore_host_key,
     })
@@ -1527,6 +1684,38 @@ mod tests {
         assert_eq!(c["operation"]["hooks"][0]["name"], "migrate");
         assert_eq!(c["operation"]["hooks"][0]["deleted"], true);
         assert_eq!(c["conditions"][0]["type"], "SharedResourceWarning");
+    }
+
+    /// Every flag and argument of every command says what it is for, and
+    /// the connection flags are listed under their own heading.
+    #[test]
+    fn every_argument_has_help() {
+        use clap::CommandFactory;
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if matches!(id, "help" | "version") {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let cmd = Cli::command();
+        let mut missing = Vec::new();
+        walk(&cmd, "flotilla", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:#?}");
+        for id in ["hub", "context", "ca_file", "token", "token_file"] {
+            let arg = cmd
+                .get_arguments()
+                .find(|a| a.get_id().as_str() == id)
+                .unwrap();
+            assert_eq!(arg.get_help_heading(), Some("Connection"), "{id}");
+        }
     }
 
     #[test]

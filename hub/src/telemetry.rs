@@ -5,13 +5,20 @@
 
 use std::collections::HashMap;
 
-pub use flotilla_telemetry::{TelemetryGuard, otlp_provider, set_parent, trace_context_of};
+pub use flotilla_telemetry::{
+    LogFormat, TelemetryGuard, otlp_provider, set_parent, trace_context_of,
+};
 
 /// Installs logging and, when configured, OpenTelemetry export with the
 /// default service name `flotilla-hub`. Keep the guard until the process
 /// ends.
 pub fn init() -> TelemetryGuard {
-    flotilla_telemetry::init("flotilla-hub")
+    init_with(LogFormat::Text)
+}
+
+/// [`init`] with logs written in `format`.
+pub fn init_with(format: LogFormat) -> TelemetryGuard {
+    flotilla_telemetry::init_with("flotilla-hub", format)
 }
 
 /// The W3C trace context (`traceparent`, `tracestate`) of the current span;

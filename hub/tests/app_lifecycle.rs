@@ -452,7 +452,7 @@ async fn deletion_and_revisions_reach_the_agent_through_the_index() {
     assert_eq!(json["name"], "broken");
     let out = flotilla(&hub, &["app", "get", "declared"]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
-    let out = flotilla(&hub, &["app", "delete", "declared"]);
+    let out = flotilla(&hub, &["app", "delete", "declared", "-y"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("remove it from Git"),

@@ -147,7 +147,7 @@ async fn cli_commands_tables_and_json() {
         &hub,
         &["app", "create", "-f", file.to_str().unwrap(), "--upsert"],
     ));
-    ok(&flotilla(&hub, &["app", "delete", "web2"]));
+    ok(&flotilla(&hub, &["app", "delete", "web2", "-y"]));
 
     // Errors: clear message, non-zero exit.
     let missing = flotilla(&hub, &["app", "get", "nope"]);
@@ -168,7 +168,7 @@ async fn cli_commands_tables_and_json() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("Unauthenticated"));
 
-    ok(&flotilla(&hub, &["cluster", "remove", "east"]));
+    ok(&flotilla(&hub, &["cluster", "remove", "east", "-y"]));
     let json: Value =
         serde_json::from_str(&ok(&flotilla(&hub, &["cluster", "list", "-o", "json"]))).unwrap();
     assert_eq!(json, Value::Array(vec![]));
@@ -224,7 +224,7 @@ async fn read_only_tokens_and_login() {
     ok(&as_ci(&["cluster", "list"]));
     for args in [
         &["refresh"][..],
-        &["cluster", "remove", "x"],
+        &["cluster", "remove", "x", "-y"],
         &["token", "create", "evil"],
         &["repo", "add", "file:///nowhere"],
     ] {

@@ -1,5 +1,7 @@
 //! Logging and tracing for the hub and the agent: a `fmt` subscriber on
-//! stderr filtered by `RUST_LOG`, plus OpenTelemetry export over OTLP/gRPC
+//! stderr filtered by `RUST_LOG`, as text (ANSI colours only when stderr is
+//! a terminal and `NO_COLOR` is not set) or as one JSON object per line
+//! ([`LogFormat`]), plus OpenTelemetry export over OTLP/gRPC
 //! when `OTEL_EXPORTER_OTLP_ENDPOINT` is set (the standard `OTEL_*`
 //! variables apply: `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`,
 //! `OTEL_BSP_SCHEDULE_DELAY`, ...).
@@ -9,6 +11,7 @@
 //! [`set_parent`] continues it.
 
 use std::collections::HashMap;
+use std::io::IsTerminal as _;
 
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
@@ -16,6 +19,7 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -79,18 +83,48 @@ pub fn otlp_provider(default_service: &str) -> Option<SdkTracerProvider> {
     )
 }
 
-/// Installs the subscriber: `fmt` on stderr filtered by `RUST_LOG` (default
-/// `info`) and, when configured, OpenTelemetry export with `service` as the
-/// default service name. Keep the guard until the process ends. Safe to
-/// call more than once; later calls do nothing.
-pub fn init(service: &str) -> TelemetryGuard {
-    init_with(service, tracing_subscriber::layer::Identity::new())
+/// How log lines are written to stderr.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One line per event for people; coloured only on a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line for log pipelines: `timestamp` (RFC 3339),
+    /// `level`, `target`, `message` and the event's fields at the top
+    /// level, `span` and `spans` for the spans it happened in.
+    Json,
 }
 
-/// [`init`] with `first` as the innermost layer: it sees every event the
-/// filter lets through and can drop it for every output (e.g. to
+/// Whether text logs on stderr get ANSI colours: only on a terminal, and
+/// not when `NO_COLOR` is set to anything non-empty (<https://no-color.org>).
+pub fn stderr_colours() -> bool {
+    colours(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    )
+}
+
+fn colours(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && no_color.is_none_or(std::ffi::OsStr::is_empty)
+}
+
+/// Installs the subscriber with text logs (see [`init_with`]).
+pub fn init(service: &str) -> TelemetryGuard {
+    init_with(service, LogFormat::Text)
+}
+
+/// Installs the subscriber: `fmt` on stderr in `format`, filtered by
+/// `RUST_LOG` (default `info`) and, when configured, OpenTelemetry export
+/// with `service` as the default service name. Keep the guard until the
+/// process ends. Safe to call more than once; later calls do nothing.
+pub fn init_with(service: &str, format: LogFormat) -> TelemetryGuard {
+    init_layered(service, format, tracing_subscriber::layer::Identity::new())
+}
+
+/// [`init_with`] with `first` as the innermost layer: it sees every event
+/// the filter lets through and can drop it for every output (e.g. to
 /// rate-limit repeated lines).
-pub fn init_with<L>(service: &str, first: L) -> TelemetryGuard
+pub fn init_layered<L>(service: &str, format: LogFormat, first: L) -> TelemetryGuard
 where
     L: tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync + 'static,
 {
@@ -99,10 +133,20 @@ where
     let otel = provider
         .as_ref()
         .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(service.to_owned())));
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match format {
+        LogFormat::Text => fmt.with_ansi(stderr_colours()).boxed(),
+        LogFormat::Json => fmt
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(true)
+            .boxed(),
+    };
     let installed = tracing_subscriber::registry()
         .with(first)
         .with(filter)
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(fmt)
         .with(otel)
         .try_init()
         .is_ok();
@@ -136,6 +180,15 @@ pub fn set_parent(span: &tracing::Span, carrier: &HashMap<String, String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn colours_only_on_a_terminal_without_no_color() {
+        use std::ffi::OsStr;
+        assert!(colours(true, None));
+        assert!(!colours(false, None), "a pipe or a file");
+        assert!(!colours(true, Some(OsStr::new("1"))), "NO_COLOR=1");
+        assert!(colours(true, Some(OsStr::new(""))), "NO_COLOR empty");
+    }
 
     #[test]
     fn a_context_round_trips_and_garbage_is_ignored() {

@@ -870,6 +870,36 @@ impl pb::hub_api_server::HubApi for HubApiService {
         tracing::info!(name = %name, "API token revoked");
         Ok(Response::new(pb::RevokeTokenResponse {}))
     }
+
+    // operate: CLI
+
+    async fn get_application_manifests(
+        &self,
+        request: Request<pb::GetApplicationManifestsRequest>,
+    ) -> Result<Response<pb::ApplicationManifests>, Status> {
+        let name = request.into_inner().name;
+        let rec = self
+            .ctx
+            .store
+            .app(&name)?
+            .ok_or_else(|| Status::not_found(format!("application {name:?} not found")))?;
+        let bundle = self.ctx.fleet.bundle(&name);
+        Ok(Response::new(pb::ApplicationManifests {
+            name,
+            revision: bundle
+                .as_ref()
+                .map_or_else(|| rec.revision.clone(), |b| b.revision.clone()),
+            manifests: bundle
+                .as_ref()
+                .map(|b| b.manifests.clone())
+                .unwrap_or_default(),
+            render_error: bundle
+                .as_ref()
+                .map(|b| b.render_error.clone())
+                .filter(|e| !e.is_empty())
+                .unwrap_or_else(|| rec.error.clone()),
+        }))
+    }
 }
 
 #[cfg(test)]

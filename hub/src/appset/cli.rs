@@ -27,11 +27,20 @@ pub enum AppsetCommand {
     /// List ApplicationSets.
     List,
     /// Show one ApplicationSet: generated applications and conditions.
-    Get { name: String },
+    Get {
+        /// The ApplicationSet.
+        name: String,
+    },
     /// Delete an ApplicationSet and the applications it generated.
-    Delete { name: String },
+    Delete {
+        /// The ApplicationSet.
+        name: String,
+    },
     /// Confirm the deletions held by the deletion budget (once).
-    Confirm { name: String },
+    Confirm {
+        /// The ApplicationSet.
+        name: String,
+    },
     /// Render an ApplicationSet offline (no hub), like `argocd appset
     /// generate`: prints the generated Applications.
     Generate(GenerateArgs),
@@ -129,7 +138,7 @@ pub fn generate(args: &GenerateArgs, output: Output) -> Result<()> {
         args.repo_root.as_deref(),
         output == Output::Json,
     )?;
-    print!("{out}");
+    crate::cli::exit::write_stdout(&out);
     if errors.is_empty() {
         return Ok(());
     }

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use flotilla_hub::cli::parse_duration;
 use flotilla_hub::listener::ListenerLimits;
 use flotilla_hub::server::{HubConfig, RepoSpec};
+use flotilla_hub::telemetry::LogFormat;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -160,6 +161,11 @@ struct ServeArgs {
     /// state is split at (bytes, or with KiB/MiB/GiB).
     #[arg(long, default_value = "1MiB", value_parser = flotilla_proto::wire::parse_size)]
     bundle_chunk_size: usize,
+    /// Log format on stderr: `text` (coloured only on a terminal) or
+    /// `json` (one object per line, for log pipelines). The level filter
+    /// is RUST_LOG.
+    #[arg(long, env = "FLOTILLA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
 }
 
 /// `flotilla-hub jsonnet-eval`: one request on stdin, its answer on stdout.
@@ -203,7 +209,7 @@ async fn main() -> Result<()> {
         Command::Serve(args) => *args,
         Command::JsonnetEval => return jsonnet_eval(),
     };
-    let telemetry = flotilla_hub::telemetry::init();
+    let telemetry = flotilla_hub::telemetry::init_with(args.log_format);
     let repos = args
         .repos
         .iter()

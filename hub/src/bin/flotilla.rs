@@ -1,27 +1,20 @@
-//! `flotilla`: the user CLI.
+//! `flotilla`: the user CLI. Exit codes: docs/cli.md#exit-codes.
 
 use clap::Parser;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> std::process::ExitCode {
+    // Usage errors exit 2 (clap); `--help` and `--version` exit 0.
     let cli = flotilla_hub::cli::Cli::parse();
     match flotilla_hub::cli::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            // A command that chose its exit code (`app diff`: 1 when there
-            // are differences, 2 on errors) prints its own output.
-            let code = e
-                .downcast_ref::<flotilla_hub::cli::ExitStatus>()
-                .map(|s| s.0);
-            match code {
-                Some(1) => {}
-                Some(_) => eprintln!("error: {e}"),
-                None => eprintln!("error: {e:#}"),
+            // A command that chose its exit code and printed its own
+            // output (`app diff` with differences) has nothing to add.
+            if let Some(message) = flotilla_hub::cli::exit::message(&e) {
+                eprintln!("error: {message}");
             }
-            code.map_or(
-                std::process::ExitCode::FAILURE,
-                std::process::ExitCode::from,
-            )
+            std::process::ExitCode::from(flotilla_hub::cli::exit_code(&e))
         }
     }
 }

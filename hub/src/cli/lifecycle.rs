@@ -1,9 +1,10 @@
 //! `app delete` (Argo CD's cascade, propagation policy and confirmation
-//! prompt) and what makes `app get` exit non-zero.
+//! prompt), the confirmation of destructive commands, and what makes `app
+//! get` exit non-zero.
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{BufRead, IsTerminal};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use serde_json::json;
 
 use super::{Client, Global, Output, print_out, status_err};
@@ -12,6 +13,7 @@ use flotilla_proto as pb;
 /// Options of `flotilla app delete`.
 #[derive(Debug, clap::Args)]
 pub struct DeleteArgs {
+    /// The application.
     pub name: String,
     /// Delete the application's objects in its clusters too
     /// (`--cascade=false`: leave them).
@@ -22,16 +24,47 @@ pub struct DeleteArgs {
     /// after what it owns) or background.
     #[arg(short = 'p', long, value_name = "foreground|background")]
     pub propagation_policy: Option<String>,
-    /// Do not ask for confirmation (asked only for a cascading deletion
-    /// when stdout is a terminal).
+    /// Do not ask for confirmation. A cascading deletion asks on a
+    /// terminal and is refused elsewhere (scripts) without -y.
     #[arg(short = 'y', long)]
     pub yes: bool,
 }
 
-/// Whether `app delete` asks first: as `argocd app delete`, only for a
-/// cascading deletion, on a terminal, without `--yes`.
-pub(super) fn needs_confirmation(cascade: bool, yes: bool, terminal: bool) -> bool {
-    cascade && terminal && !yes
+/// What a destructive command does before it acts.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Confirmation {
+    /// Go ahead: nothing to confirm, or --yes.
+    Proceed,
+    /// Ask on the terminal.
+    Ask,
+    /// Refuse: it needs confirming and nobody can answer.
+    Refuse,
+}
+
+/// Whether a command that `needed` confirmation asks first: not with
+/// `--yes`; on a terminal it asks; elsewhere (a script, CI) it refuses
+/// rather than delete unasked.
+pub(super) fn confirmation(needed: bool, yes: bool, terminal: bool) -> Confirmation {
+    match (needed && !yes, terminal) {
+        (false, _) => Confirmation::Proceed,
+        (true, true) => Confirmation::Ask,
+        (true, false) => Confirmation::Refuse,
+    }
+}
+
+/// Asks `question` when needed (see [`confirmation`]); whether to go on.
+///
+/// # Errors
+/// Refused (not a terminal, no --yes; exit 2), or no answer.
+pub(super) fn confirmed(needed: bool, yes: bool, question: &str, what: &str) -> Result<bool> {
+    let terminal = std::io::stdin().is_terminal();
+    match confirmation(needed, yes, terminal) {
+        Confirmation::Proceed => Ok(true),
+        Confirmation::Ask => ask(question),
+        Confirmation::Refuse => Err(super::exit::usage(format!(
+            "{what} needs confirmation and stdin is not a terminal: pass -y (--yes) to go ahead without asking"
+        ))),
+    }
 }
 
 /// The answer to the prompt: `Some(true)` for y/yes, `Some(false)` for
@@ -45,15 +78,16 @@ pub(super) fn answer(line: &str) -> Option<bool> {
 }
 
 /// Asks until the answer is yes or no.
-fn confirm(name: &str) -> Result<bool> {
+fn ask(question: &str) -> Result<bool> {
     let stdin = std::io::stdin();
     let mut input = stdin.lock();
     loop {
-        print!("Are you sure you want to delete '{name}' and all its resources? [y/n] ");
-        std::io::stdout().flush().context("writing the prompt")?;
+        super::exit::out!("{question} [y/n] ");
         let mut line = String::new();
         if input.read_line(&mut line).context("reading the answer")? == 0 {
-            bail!("no answer (end of input): pass --yes to delete without asking");
+            return Err(super::exit::usage(
+                "no answer (end of input): pass --yes to delete without asking",
+            ));
         }
         if let Some(yes) = answer(&line) {
             return Ok(yes);
@@ -64,8 +98,15 @@ fn confirm(name: &str) -> Result<bool> {
 /// `flotilla app delete NAME [--cascade=false] [-p background] [-y]`.
 pub(super) async fn delete(g: &Global, c: &mut Client, a: DeleteArgs) -> Result<()> {
     let name = &a.name;
-    if needs_confirmation(a.cascade, a.yes, std::io::stdout().is_terminal()) && !confirm(name)? {
-        println!("The command to delete '{name}' was cancelled.");
+    // As `argocd app delete`: only a cascading deletion asks.
+    let question = format!("Are you sure you want to delete '{name}' and all its resources?");
+    if !confirmed(
+        a.cascade,
+        a.yes,
+        &question,
+        &format!("deleting application {name} and its objects"),
+    )? {
+        super::exit::outln!("The command to delete '{name}' was cancelled.");
         return Ok(());
     }
     let r = c
@@ -158,10 +199,16 @@ mod tests {
 
     #[test]
     fn prompts_like_argocd() {
-        assert!(needs_confirmation(true, false, true));
-        assert!(!needs_confirmation(true, true, true), "--yes");
-        assert!(!needs_confirmation(false, false, true), "no cascade");
-        assert!(!needs_confirmation(true, false, false), "not a terminal");
+        use Confirmation::*;
+        assert_eq!(confirmation(true, false, true), Ask);
+        assert_eq!(confirmation(true, true, true), Proceed, "--yes");
+        assert_eq!(confirmation(false, false, true), Proceed, "no cascade");
+        assert_eq!(confirmation(true, false, false), Refuse, "not a terminal");
+        assert_eq!(
+            confirmation(true, true, false),
+            Proceed,
+            "--yes in a script"
+        );
         assert_eq!(answer("y\n"), Some(true));
         assert_eq!(answer(" YES "), Some(true));
         assert_eq!(answer("n"), Some(false));

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use serde_json::json;
 
+use super::exit::{ExitStatus, code, outln};
 use super::{Client, Global, health_name, print_out, short, status_err, sync_name, table};
 use flotilla_proto as pb;
 
@@ -216,6 +217,7 @@ async fn wait_for(
 /// Options of `flotilla app sync`.
 #[derive(Debug, clap::Args)]
 pub struct SyncArgs {
+    /// The application.
     pub name: String,
     /// Only this cluster.
     #[arg(long)]
@@ -441,7 +443,8 @@ pub(super) async fn rollback(
     follow(g, c, name, &r, false, false, timeout).await
 }
 
-fn time_of(ms: i64) -> String {
+/// RFC 3339 (UTC, whole seconds) of milliseconds since the epoch.
+pub(super) fn time_of(ms: i64) -> String {
     // UTC, without a date crate: days since the epoch to a civil date.
     let secs = ms.div_euclid(1000);
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
@@ -525,6 +528,7 @@ pub(super) async fn history(g: &Global, c: &mut Client, name: &str) -> Result<()
 /// Options of `flotilla app wait`.
 #[derive(Debug, clap::Args)]
 pub struct WaitArgs {
+    /// The application.
     pub name: String,
     /// Wait until every cluster reports Synced.
     #[arg(long)]
@@ -571,6 +575,126 @@ pub(super) async fn wait(g: &Global, c: &mut Client, a: WaitArgs) -> Result<()> 
         )
     });
     Ok(())
+}
+
+fn key_name(k: Option<&pb::ResourceKey>) -> String {
+    let Some(k) = k else {
+        return "unknown".to_owned();
+    };
+    let kind = if k.group.is_empty() {
+        k.kind.clone()
+    } else {
+        format!("{}.{}", k.kind, k.group)
+    };
+    if k.namespace.is_empty() {
+        format!("{kind}/{}", k.name)
+    } else {
+        format!("{kind}/{}/{}", k.namespace, k.name)
+    }
+}
+
+/// `flotilla app diff NAME [--cluster C]`: exit 0 without differences,
+/// 1 with, 2 when the diff could not be computed (3 for an unknown
+/// application, 4 for an unreachable hub, as every command).
+pub(super) async fn diff(
+    g: &Global,
+    c: &mut Client,
+    name: &str,
+    cluster: Option<String>,
+) -> Result<()> {
+    let r = c
+        .diff_application(pb::DiffApplicationRequest {
+            name: name.to_owned(),
+            cluster: cluster.unwrap_or_default(),
+        })
+        .await
+        .map_err(|s| {
+            let code = match super::exit::status_code(&s) {
+                code::FAILURE => code::USAGE,
+                other => other,
+            };
+            anyhow::Error::new(ExitStatus(code)).context(status_err(s))
+        })?
+        .into_inner();
+    let mut differs = false;
+    let mut failed = Vec::new();
+    let mut text = String::new();
+    let mut rows = Vec::new();
+    for cd in &r.clusters {
+        if !cd.error.is_empty() {
+            failed.push(format!("{}: {}", cd.cluster, cd.error));
+            continue;
+        }
+        for res in &cd.resources {
+            let desired: serde_json::Value = serde_json::from_str(&res.desired).unwrap_or_default();
+            let live: Option<serde_json::Value> = if res.live.is_empty() {
+                None
+            } else {
+                serde_json::from_str(&res.live).ok()
+            };
+            let live_text = live
+                .as_ref()
+                .map(|l| super::diff::yaml(&super::diff::project(l, &desired)))
+                .unwrap_or_default();
+            let desired_text = super::diff::yaml(&desired);
+            let key = key_name(res.key.as_ref());
+            let d = super::diff::unified(
+                &format!("{}/live/{key}", cd.cluster),
+                &format!("{}/desired/{key}", cd.cluster),
+                &live_text,
+                &desired_text,
+            );
+            if d.is_empty() {
+                continue;
+            }
+            differs = true;
+            text.push_str(&d);
+            rows.push(json!({"cluster": cd.cluster, "resource": key, "missing": live.is_none(), "diff": d}));
+        }
+    }
+    let value = json!({"app": name, "differences": rows, "errors": failed});
+    print_out(g.output, value, || text.clone());
+    if !failed.is_empty() {
+        return Err(anyhow::Error::new(ExitStatus(code::USAGE)).context(failed.join("; ")));
+    }
+    if differs {
+        return Err(ExitStatus(code::FAILURE).into());
+    }
+    Ok(())
+}
+
+/// What `app get --watch` compares to decide whether to print again
+/// (observation timestamps alone are not a change).
+fn watch_signature(a: &pb::Application) -> String {
+    let mut s = format!("{}|{}|{}", a.revision, a.error, a.manifest);
+    for c in &a.clusters {
+        s.push_str(&format!("|{}:{}", c.cluster, cluster_line(c)));
+    }
+    s
+}
+
+/// `flotilla app get NAME --watch`.
+pub(super) async fn watch(g: &Global, c: &mut Client, name: &str) -> Result<()> {
+    let mut last = String::new();
+    loop {
+        let a = c
+            .get_application(pb::GetApplicationRequest {
+                name: name.to_owned(),
+            })
+            .await
+            .map_err(status_err)?
+            .into_inner();
+        let sig = watch_signature(&a);
+        if sig != last {
+            last = sig;
+            if g.output == super::Output::Table || g.output == super::Output::Wide {
+                outln!("--- {}", time_of(crate::api::now_ms()));
+            }
+            // Printed as `app get` does; its errors do not end the watch.
+            super::print_app(g.output, &a);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 #[cfg(test)]
@@ -708,132 +832,5 @@ mod tests {
         assert_eq!(time_of(0), "1970-01-01T00:00:00Z");
         assert_eq!(time_of(1_700_000_000_000), "2023-11-14T22:13:20Z");
         assert_eq!(time_of(951_782_400_000), "2000-02-29T00:00:00Z");
-    }
-}
-
-/// A command outcome that is not an error but needs a non-zero exit code
-/// (`app diff` with differences: 1). The binary exits with it and prints
-/// nothing more.
-#[derive(Debug)]
-pub struct ExitStatus(pub u8);
-
-impl std::fmt::Display for ExitStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "exit status {}", self.0)
-    }
-}
-
-impl std::error::Error for ExitStatus {}
-
-fn key_name(k: Option<&pb::ResourceKey>) -> String {
-    let Some(k) = k else {
-        return "unknown".to_owned();
-    };
-    let kind = if k.group.is_empty() {
-        k.kind.clone()
-    } else {
-        format!("{}.{}", k.kind, k.group)
-    };
-    if k.namespace.is_empty() {
-        format!("{kind}/{}", k.name)
-    } else {
-        format!("{kind}/{}/{}", k.namespace, k.name)
-    }
-}
-
-/// `flotilla app diff NAME [--cluster C]`: exit 0 without differences,
-/// 1 with, 2 on errors.
-pub(super) async fn diff(
-    g: &Global,
-    c: &mut Client,
-    name: &str,
-    cluster: Option<String>,
-) -> Result<()> {
-    let r = c
-        .diff_application(pb::DiffApplicationRequest {
-            name: name.to_owned(),
-            cluster: cluster.unwrap_or_default(),
-        })
-        .await
-        .map_err(|s| anyhow::Error::new(ExitStatus(2)).context(status_err(s)))?
-        .into_inner();
-    let mut differs = false;
-    let mut failed = Vec::new();
-    let mut text = String::new();
-    let mut rows = Vec::new();
-    for cd in &r.clusters {
-        if !cd.error.is_empty() {
-            failed.push(format!("{}: {}", cd.cluster, cd.error));
-            continue;
-        }
-        for res in &cd.resources {
-            let desired: serde_json::Value = serde_json::from_str(&res.desired).unwrap_or_default();
-            let live: Option<serde_json::Value> = if res.live.is_empty() {
-                None
-            } else {
-                serde_json::from_str(&res.live).ok()
-            };
-            let live_text = live
-                .as_ref()
-                .map(|l| super::diff::yaml(&super::diff::project(l, &desired)))
-                .unwrap_or_default();
-            let desired_text = super::diff::yaml(&desired);
-            let key = key_name(res.key.as_ref());
-            let d = super::diff::unified(
-                &format!("{}/live/{key}", cd.cluster),
-                &format!("{}/desired/{key}", cd.cluster),
-                &live_text,
-                &desired_text,
-            );
-            if d.is_empty() {
-                continue;
-            }
-            differs = true;
-            text.push_str(&d);
-            rows.push(json!({"cluster": cd.cluster, "resource": key, "missing": live.is_none(), "diff": d}));
-        }
-    }
-    let value = json!({"app": name, "differences": rows, "errors": failed});
-    print_out(g.output, value, || text.clone());
-    if !failed.is_empty() {
-        return Err(anyhow::Error::new(ExitStatus(2)).context(failed.join("; ")));
-    }
-    if differs {
-        return Err(ExitStatus(1).into());
-    }
-    Ok(())
-}
-
-/// What `app get --watch` compares to decide whether to print again
-/// (observation timestamps alone are not a change).
-fn watch_signature(a: &pb::Application) -> String {
-    let mut s = format!("{}|{}|{}", a.revision, a.error, a.manifest);
-    for c in &a.clusters {
-        s.push_str(&format!("|{}:{}", c.cluster, cluster_line(c)));
-    }
-    s
-}
-
-/// `flotilla app get NAME --watch`.
-pub(super) async fn watch(g: &Global, c: &mut Client, name: &str) -> Result<()> {
-    let mut last = String::new();
-    loop {
-        let a = c
-            .get_application(pb::GetApplicationRequest {
-                name: name.to_owned(),
-            })
-            .await
-            .map_err(status_err)?
-            .into_inner();
-        let sig = watch_signature(&a);
-        if sig != last {
-            last = sig;
-            if g.output == super::Output::Table || g.output == super::Output::Wide {
-                println!("--- {}", time_of(crate::api::now_ms()));
-            }
-            // Printed as `app get` does; its errors do not end the watch.
-            super::print_app(g.output, &a);
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
