@@ -163,6 +163,16 @@ async fn run(args: RunArgs, log_format: crate::telemetry::LogFormat) -> anyhow::
     };
     crate::enroll::prepare_state_dir(&state_dir)
         .with_context(|| format!("preparing state directory {}", state_dir.display()))?;
+    // Probes and metrics answer from the start: enrollment below may wait
+    // for the hub for a long time (and spends the one-time token), and a
+    // kubelet that sees no health port kills the pod meanwhile.
+    let cache = Arc::new(Cache::open(&state_dir)?);
+    if let Some(addr) = args.health_listen {
+        let (bound, _) = crate::health_http::serve(addr, cache.clone())
+            .await
+            .with_context(|| format!("health listener on {addr}"))?;
+        println!("flotilla-agent health listening on http://{bound}/healthz");
+    }
     let client = kube_client(&args).await?;
     // In a cluster (POD_NAMESPACE, no --kubeconfig) the identity also
     // lives in a Secret of the agent's namespace.
@@ -201,15 +211,8 @@ async fn run(args: RunArgs, log_format: crate::telemetry::LogFormat) -> anyhow::
             .await
             .context("storing the identity Secret")?;
     }
-    let cache = Arc::new(Cache::open(&state_dir)?);
     let trigger = Arc::new(Notify::new());
     let cluster = Arc::new(Cluster::with_watches(client, trigger.clone()));
-    if let Some(addr) = args.health_listen {
-        let (bound, _) = crate::health_http::serve(addr, cache.clone())
-            .await
-            .with_context(|| format!("health listener on {addr}"))?;
-        println!("flotilla-agent health listening on http://{bound}/healthz");
-    }
     let (reports_tx, reports_rx) = watch::channel(None);
     let link = Link::new(
         &LinkConfig {

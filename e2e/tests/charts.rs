@@ -70,7 +70,8 @@ impl Rendered {
 /// accepts silently for built-in kinds) or a wrong type fails here.
 fn check_schema(doc: &Value) -> Result<()> {
     use k8s_openapi::api::{
-        apps::v1 as apps, core::v1 as core, networking::v1 as net, rbac::v1 as rbac,
+        apps::v1 as apps, core::v1 as core, networking::v1 as net, policy::v1 as policy,
+        rbac::v1 as rbac,
     };
     fn round_trip<T: serde::de::DeserializeOwned + serde::Serialize>(doc: &Value) -> Result<Value> {
         let typed: T = serde_json::from_value(doc.clone())
@@ -86,10 +87,20 @@ fn check_schema(doc: &Value) -> Result<()> {
         "StatefulSet" => round_trip::<apps::StatefulSet>(doc),
         "Deployment" => round_trip::<apps::Deployment>(doc),
         "Ingress" => round_trip::<net::Ingress>(doc),
+        "NetworkPolicy" => round_trip::<net::NetworkPolicy>(doc),
+        "PodDisruptionBudget" => round_trip::<policy::PodDisruptionBudget>(doc),
         "Role" => round_trip::<rbac::Role>(doc),
         "RoleBinding" => round_trip::<rbac::RoleBinding>(doc),
         "ClusterRole" => round_trip::<rbac::ClusterRole>(doc),
         "ClusterRoleBinding" => round_trip::<rbac::ClusterRoleBinding>(doc),
+        // Prometheus Operator kinds have no typed API here: the simulator
+        // checks them against the CRDs in fixtures/charts/monitoring-crds.yaml
+        // (see `apply_to_simulator`).
+        "ServiceMonitor" | "PodMonitor" | "PrometheusRule"
+            if doc["apiVersion"] == "monitoring.coreos.com/v1" =>
+        {
+            return Ok(());
+        }
         other => bail!("no schema check for kind {other}"),
     }?;
     let mut back = back;
@@ -216,6 +227,7 @@ fn hub_chart_default_values() -> Result<()> {
         set(&[
             "ServiceAccount/flotilla-system/flotilla-hub",
             "Service/flotilla-system/flotilla-hub",
+            "Service/flotilla-system/flotilla-hub-metrics",
             "Service/flotilla-system/flotilla-hub-headless",
             "StatefulSet/flotilla-system/flotilla-hub",
         ]),
@@ -257,13 +269,27 @@ fn hub_chart_default_values() -> Result<()> {
         svc["spec"]["ports"],
         json!([
             {"name": "agent", "port": 7443, "targetPort": "agent", "protocol": "TCP", "appProtocol": "grpc"},
-            {"name": "metrics", "port": 9090, "targetPort": "metrics", "protocol": "TCP", "appProtocol": "http"},
         ])
     );
     assert_eq!(
         svc["spec"]["selector"],
         sts["spec"]["selector"]["matchLabels"]
     );
+    let metrics = r.get("Service", "flotilla-hub-metrics");
+    assert_eq!(metrics["spec"]["type"], "ClusterIP");
+    assert_eq!(
+        metrics["spec"]["ports"],
+        json!([
+            {"name": "metrics", "port": 9090, "targetPort": "metrics", "protocol": "TCP", "appProtocol": "http"},
+        ])
+    );
+    assert_eq!(
+        metrics["spec"]["selector"],
+        sts["spec"]["selector"]["matchLabels"]
+    );
+    assert_eq!(metrics["metadata"]["labels"]["flotilla.dev/service"], "metrics");
+    // Nothing operator-specific is created unless asked for.
+    assert!(pod["priorityClassName"].is_null() && pod["topologySpreadConstraints"].is_null());
     Ok(())
 }
 
@@ -279,6 +305,7 @@ fn hub_chart_custom_values() -> Result<()> {
         set(&[
             "ServiceAccount/flotilla/fleet-hub",
             "Service/flotilla/fleet-hub",
+            "Service/flotilla/fleet-hub-metrics",
             "Service/flotilla/fleet-hub-headless",
             "StatefulSet/flotilla/fleet-hub",
             "Ingress/flotilla/fleet-hub",
@@ -346,8 +373,13 @@ fn hub_chart_custom_values() -> Result<()> {
     let svc = r.get("Service", "fleet-hub");
     assert_eq!(svc["spec"]["type"], "LoadBalancer");
     assert_eq!(svc["spec"]["ports"][0]["port"], 443);
-    assert_eq!(svc["spec"]["ports"][1]["port"], 9200);
+    // The plain-HTTP metrics port is never on the load balancer.
+    assert_eq!(svc["spec"]["ports"].as_array().map(Vec::len), Some(1));
     assert_eq!(svc["metadata"]["annotations"]["example.com/lb"], "internal");
+    let metrics = r.get("Service", "fleet-hub-metrics");
+    assert_eq!(metrics["spec"]["type"], "ClusterIP");
+    assert_eq!(metrics["spec"]["ports"][0]["port"], 9200);
+    assert!(metrics["metadata"]["annotations"].is_null());
 
     let ing = r.get("Ingress", "fleet-hub");
     assert_eq!(ing["spec"]["ingressClassName"], "nginx");
@@ -510,6 +542,10 @@ fn agent_chart_default_values() -> Result<()> {
         "{a:?}"
     );
     assert!(has_flag(&a, "--health-listen", "0.0.0.0:8081"), "{a:?}");
+    assert!(
+        has_flag(&a, "--inventory-namespace", "flotilla-system"),
+        "{a:?}"
+    );
     for (var, key) in [
         ("FLOTILLA_HUB", "hub-url"),
         ("FLOTILLA_TOKEN", "token"),
@@ -605,9 +641,18 @@ fn agent_chart_rejects_unknown_scope_and_missing_namespaces() {
     for (text, expected) in [
         (
             "rbac:\n  scope: everywhere\n",
-            "rbac.scope must be cluster or namespace",
+            [
+                r#"values don't meet the schema of chart flotilla-agent (values.schema.json): rbac.scope: must be one of "cluster", "namespace", not "everywhere""#,
+                "",
+            ],
         ),
-        ("rbac:\n  scope: namespace\n", "rbac.namespaces must list"),
+        (
+            "rbac:\n  scope: namespace\n",
+            [
+                "flotilla-agent/templates/rbac.yaml",
+                "rbac.namespaces must list",
+            ],
+        ),
     ] {
         let values = dir.path().join("v.yaml");
         std::fs::write(&values, text).unwrap();
@@ -618,9 +663,464 @@ fn agent_chart_rejects_unknown_scope_and_missing_namespaces() {
         )
         .unwrap_err()
         .to_string();
-        assert!(err.contains("flotilla-agent/templates/rbac.yaml"), "{err}");
+        assert!(expected.iter().all(|e| err.contains(e)), "{err}");
+    }
+}
+
+/// Values are checked against each chart's values.schema.json before
+/// anything renders, as `helm template` does: a typo or a wrong type is
+/// refused with the value named, not silently ignored.
+#[test]
+fn values_are_checked_against_the_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    for (chart, text, expected) in [
+        (
+            "flotilla-hub",
+            "service:\n  type: Public\n",
+            r#"service.type: must be one of "ClusterIP", "NodePort", "LoadBalancer", not "Public""#,
+        ),
+        (
+            "flotilla-hub",
+            "hub:\n  agentPort: \"7443\"\n",
+            "hub.agentPort: got string, want integer",
+        ),
+        (
+            "flotilla-hub",
+            "metrics:\n  serviceMonitor:\n    enable: true\n",
+            "metrics.serviceMonitor.enable: is not a value of this chart (known here: additionalLabels, annotations, enabled,",
+        ),
+        (
+            "flotilla-hub",
+            "credentialsKey:\n  value: not-hex\n",
+            "credentialsKey.value: \"not-hex\" does not match the pattern",
+        ),
+        (
+            "flotilla-hub",
+            "extraEnv:\n  - value: x\n",
+            "extraEnv[0].name: is required",
+        ),
+        (
+            "flotilla-agent",
+            "agent:\n  healthPort: 0\n",
+            "agent.healthPort: must be at least 1, not 0",
+        ),
+        (
+            "flotilla-agent",
+            "bootstrap:\n  caPin: sha256:abc\n",
+            "bootstrap.caPin: \"sha256:abc\" does not match the pattern",
+        ),
+        (
+            "flotilla-agent",
+            "podMonitor:\n  enabled: true\n",
+            "podMonitor: is not a value of this chart",
+        ),
+    ] {
+        let values = dir.path().join("v.yaml");
+        std::fs::write(&values, text).unwrap();
+        let err = helm::template(&chart_dir(chart), &Release::new("a", "ns"), &[values])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(&format!(
+                "values don't meet the schema of chart {chart} (values.schema.json): "
+            )),
+            "{err}"
+        );
+        assert!(err.contains(expected), "{chart} {text}: {err}");
+    }
+    // `global`, which Helm passes to every chart, is always accepted.
+    let values = dir.path().join("v.yaml");
+    std::fs::write(&values, "global:\n  imageRegistry: r.example.com\n").unwrap();
+    for chart in ["flotilla-hub", "flotilla-agent"] {
+        helm::template(&chart_dir(chart), &Release::new("a", "ns"), std::slice::from_ref(&values))
+            .unwrap();
+    }
+}
+
+
+/// The agent keeps its inventory ConfigMaps in the namespace it is
+/// installed into, where its own Role lets it write them.
+#[test]
+fn agent_inventory_namespace_follows_the_release() -> Result<()> {
+    let r = Rendered::render(
+        "flotilla-agent",
+        &Release::new("flotilla-agent", "gitops"),
+        &[],
+    )?;
+    let a = args(container(
+        &r.get("Deployment", "flotilla-agent")["spec"]["template"]["spec"],
+        "agent",
+    ));
+    assert!(has_flag(&a, "--inventory-namespace", "gitops"), "{a:?}");
+    let own = r.get("Role", "flotilla-agent-self");
+    assert_eq!(own["metadata"]["namespace"], "gitops");
+    assert!(own["rules"][0]["resources"].to_string().contains("configmaps"));
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// What an operator turns on: monitoring, network policy, disruption budget,
+// webhooks, render tools, scheduling and extra volumes
+
+/// The alert names of the `groups:` block in docs/operations.md.
+fn documented_alerts() -> Result<BTreeSet<String>> {
+    let doc = std::fs::read_to_string(flotilla_e2e::workspace_root().join("docs/operations.md"))?;
+    let start = doc
+        .find("```yaml\ngroups:")
+        .context("no alert rules block in docs/operations.md")?;
+    let block = &doc[start + "```yaml\n".len()..];
+    let block = &block[..block.find("```").context("unterminated block")?];
+    let rules: Value = serde_saphyr::from_str(block)?;
+    Ok(rules["groups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+        .filter_map(|r| r["alert"].as_str().map(str::to_owned))
+        .collect())
+}
+
+/// The rules of a rendered PrometheusRule, by alert name.
+fn alert_rules(rule: &Value) -> std::collections::BTreeMap<String, Value> {
+    rule["spec"]["groups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+        .filter_map(|r| Some((r["alert"].as_str()?.to_owned(), r)))
+        .collect()
+}
+
+#[test]
+fn hub_chart_operator_values() -> Result<()> {
+    let r = Rendered::render(
+        "flotilla-hub",
+        &Release::new("flotilla-hub", "flotilla-system"),
+        &[fixture("hub-operator-values.yaml")],
+    )?;
+    assert_eq!(
+        r.ids(),
+        set(&[
+            "NetworkPolicy/flotilla-system/flotilla-hub",
+            "PodDisruptionBudget/flotilla-system/flotilla-hub",
+            "ServiceAccount/flotilla-system/flotilla-hub",
+            "Secret/flotilla-system/flotilla-hub-webhook",
+            "Service/flotilla-system/flotilla-hub",
+            "Service/flotilla-system/flotilla-hub-metrics",
+            "Service/flotilla-system/flotilla-hub-webhook",
+            "Service/flotilla-system/flotilla-hub-headless",
+            "StatefulSet/flotilla-system/flotilla-hub",
+            "Ingress/flotilla-system/flotilla-hub-webhook",
+            "PrometheusRule/flotilla-system/flotilla-hub",
+            "ServiceMonitor/flotilla-system/flotilla-hub",
+        ]),
+        "{}",
+        r.text
+    );
+    let sts = r.get("StatefulSet", "flotilla-hub");
+    let pod = &sts["spec"]["template"]["spec"];
+    let selector = &sts["spec"]["selector"]["matchLabels"];
+
+    // Metrics: own ClusterIP Service, a ServiceMonitor selecting only it.
+    let lb = r.get("Service", "flotilla-hub");
+    assert_eq!(lb["spec"]["type"], "LoadBalancer");
+    assert_eq!(
+        lb["spec"]["ports"],
+        json!([{"name": "agent", "port": 7443, "targetPort": "agent", "protocol": "TCP", "appProtocol": "grpc"}])
+    );
+    let metrics = r.get("Service", "flotilla-hub-metrics");
+    assert_eq!(metrics["spec"]["type"], "ClusterIP");
+    assert_eq!(metrics["metadata"]["annotations"]["prometheus.io/scrape"], "true");
+    let sm = r.get("ServiceMonitor", "flotilla-hub");
+    assert_eq!(sm["metadata"]["labels"]["release"], "kube-prometheus-stack");
+    assert_eq!(sm["spec"]["namespaceSelector"]["matchNames"], json!(["flotilla-system"]));
+    let want = sm["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .context("selector")?;
+    let svc_labels = metrics["metadata"]["labels"].as_object().context("labels")?;
+    assert!(
+        want.iter().all(|(k, v)| svc_labels.get(k) == Some(v)),
+        "the ServiceMonitor selects the metrics Service: {want:?} / {svc_labels:?}"
+    );
+    assert_ne!(
+        lb["metadata"]["labels"]["flotilla.dev/service"], "metrics",
+        "and not the load balancer"
+    );
+    assert_eq!(
+        sm["spec"]["endpoints"],
+        json!([{
+            "port": "metrics", "path": "/metrics", "scheme": "http", "interval": "15s",
+            "scrapeTimeout": "10s", "honorLabels": false,
+            "metricRelabelings": [{"action": "drop", "sourceLabels": ["__name__"], "regex": "flotilla_hub_connection_timeouts_total"}],
+        }])
+    );
+
+    // Alerts: those of docs/operations.md that concern the hub, scoped to
+    // this release, minus the disabled one, plus the additional rule.
+    let rule = r.get("PrometheusRule", "flotilla-hub");
+    let rules = alert_rules(rule);
+    let names: BTreeSet<String> = rules.keys().cloned().collect();
+    let mut expected: BTreeSet<String> = documented_alerts()?
+        .into_iter()
+        .filter(|a| !a.starts_with("FlotillaAgent"))
+        .collect();
+    expected.remove("FlotillaHubConnectionsRejected");
+    expected.insert("FlotillaTooManyClusters".into());
+    assert_eq!(names, expected);
+    for (name, rule) in &rules {
+        if name == "FlotillaTooManyClusters" {
+            assert_eq!(rule["labels"], json!({"severity": "info"}));
+            continue;
+        }
+        let expr = rule["expr"].as_str().unwrap_or_default();
+        assert!(
+            expr.contains(r#"namespace="flotilla-system", service="flotilla-hub-metrics""#),
+            "{name}: {expr}"
+        );
+        assert_eq!(rule["labels"]["team"], "platform", "{name}");
+        assert!(
+            ["warning", "critical"].contains(&rule["labels"]["severity"].as_str().unwrap_or_default()),
+            "{name}"
+        );
+        assert!(rule["annotations"]["summary"].is_string(), "{name}");
+    }
+    assert_eq!(
+        rules["FlotillaHubStoreNotWritable"]["expr"],
+        r#"flotilla_hub_store_writable{namespace="flotilla-system", service="flotilla-hub-metrics"} == 0"#
+    );
+    assert_eq!(rules["FlotillaHubDown"]["for"], "5m");
+
+    // NetworkPolicy: the hub pod, every port admitted from its sources.
+    let np = r.get("NetworkPolicy", "flotilla-hub");
+    assert_eq!(&np["spec"]["podSelector"]["matchLabels"], selector);
+    assert_eq!(np["spec"]["policyTypes"], json!(["Ingress", "Egress"]));
+    let ingress = np["spec"]["ingress"].as_array().context("ingress")?;
+    assert_eq!(ingress.len(), 3);
+    assert_eq!(ingress[0]["ports"], json!([{"port": "agent", "protocol": "TCP"}]));
+    assert!(ingress[0]["from"].is_null(), "agents come from anywhere");
+    assert_eq!(
+        ingress[1]["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        "monitoring"
+    );
+    assert_eq!(ingress[2]["ports"][0]["port"], "webhook");
+    assert_eq!(np["spec"]["egress"][1]["ports"][0]["port"], 443);
+
+    let pdb = r.get("PodDisruptionBudget", "flotilla-hub");
+    assert_eq!(pdb["spec"], json!({"selector": {"matchLabels": selector}, "minAvailable": 1}));
+
+    // Webhooks: listener, secret, own Service and a TLS-terminating Ingress.
+    let hub = container(pod, "hub");
+    let a = args(hub);
+    assert!(has_flag(&a, "--webhook-listen", "0.0.0.0:8088"), "{a:?}");
+    assert_eq!(port(hub, "webhook"), 8088);
+    assert_eq!(
+        env_secret_key(hub, "FLOTILLA_WEBHOOK_SECRET"),
+        ("flotilla-hub-webhook", "webhook.secret")
+    );
+    assert_eq!(
+        r.get("Secret", "flotilla-hub-webhook")["data"]["webhook.secret"],
+        "aG9vay1zZWNyZXQ="
+    );
+    let hook_svc = r.get("Service", "flotilla-hub-webhook");
+    assert_eq!(hook_svc["spec"]["type"], "ClusterIP");
+    assert_eq!(
+        hook_svc["spec"]["ports"],
+        json!([{"name": "webhook", "port": 80, "targetPort": "webhook", "protocol": "TCP", "appProtocol": "http"}])
+    );
+    let hook_ing = r.get("Ingress", "flotilla-hub-webhook");
+    assert_eq!(hook_ing["spec"]["ingressClassName"], "nginx");
+    assert_eq!(hook_ing["spec"]["tls"][0]["secretName"], "hooks-tls");
+    assert_eq!(
+        hook_ing["spec"]["rules"],
+        json!([{"host": "hooks.example.com", "http": {"paths": [{
+            "path": "/api/webhook", "pathType": "Exact",
+            "backend": {"service": {"name": "flotilla-hub-webhook", "port": {"name": "webhook"}}},
+        }]}}])
+    );
+
+    // Render tools: copied by an init container into a directory on PATH.
+    let inits = pod["initContainers"].as_array().context("init containers")?;
+    let names: Vec<&str> = inits.iter().filter_map(|c| c["name"].as_str()).collect();
+    assert_eq!(names, ["render-tools", "wait-for-git"]);
+    let tools = &inits[0];
+    assert_eq!(tools["image"], "registry.example.com/tools/helm-kustomize:1");
+    assert_eq!(
+        tools["command"],
+        json!(["cp", "/usr/local/bin/helm", "/usr/local/bin/kustomize", "/opt/flotilla/tools/"])
+    );
+    assert_hardened(pod, tools);
+    let env = hub["env"].as_array().context("env")?;
+    assert!(
+        env.contains(&json!({"name": "PATH", "value": "/opt/flotilla/tools"})),
+        "{env:?}"
+    );
+    assert!(
+        hub["volumeMounts"]
+            .as_array()
+            .context("mounts")?
+            .contains(&json!({"name": "render-tools", "mountPath": "/opt/flotilla/tools", "readOnly": true}))
+    );
+
+    // Scheduling and extra volumes.
+    assert_eq!(pod["priorityClassName"], "platform-critical");
+    assert_eq!(
+        pod["topologySpreadConstraints"][0]["topologyKey"],
+        "topology.kubernetes.io/zone"
+    );
+    let volumes = pod["volumes"].as_array().context("volumes")?;
+    assert!(volumes.contains(&json!({"name": "git-ca", "configMap": {"name": "git-ca"}})));
+    assert!(volumes.contains(&json!({"name": "render-tools", "emptyDir": {}})));
+    assert!(
+        hub["volumeMounts"]
+            .as_array()
+            .context("mounts")?
+            .contains(&json!({"name": "git-ca", "mountPath": "/etc/flotilla/git-ca", "readOnly": true}))
+    );
+    Ok(())
+}
+
+#[test]
+fn agent_chart_operator_values() -> Result<()> {
+    let r = Rendered::render(
+        "flotilla-agent",
+        &Release::new("flotilla-agent", "flotilla-system"),
+        &[fixture("agent-operator-values.yaml")],
+    )?;
+    assert_eq!(
+        r.ids(),
+        set(&[
+            "NetworkPolicy/flotilla-system/flotilla-agent",
+            "PodDisruptionBudget/flotilla-system/flotilla-agent",
+            "ServiceAccount/flotilla-system/flotilla-agent",
+            "Secret/flotilla-system/flotilla-agent-bootstrap",
+            "Role/flotilla-system/flotilla-agent-self",
+            "RoleBinding/flotilla-system/flotilla-agent-self",
+            "ClusterRole//flotilla-agent",
+            "ClusterRoleBinding//flotilla-agent",
+            "Deployment/flotilla-system/flotilla-agent",
+            "PodMonitor/flotilla-system/flotilla-agent",
+            "PrometheusRule/flotilla-system/flotilla-agent",
+        ]),
+        "{}",
+        r.text
+    );
+    let dep = r.get("Deployment", "flotilla-agent");
+    let pod = &dep["spec"]["template"]["spec"];
+    let selector = &dep["spec"]["selector"]["matchLabels"];
+
+    let pm = r.get("PodMonitor", "flotilla-agent");
+    assert_eq!(&pm["spec"]["selector"]["matchLabels"], selector);
+    assert_eq!(pm["metadata"]["labels"]["release"], "kube-prometheus-stack");
+    assert_eq!(
+        pm["spec"]["podMetricsEndpoints"],
+        json!([{
+            "port": "health", "path": "/metrics", "scheme": "http", "interval": "30s",
+            "honorLabels": false,
+            "relabelings": [{"targetLabel": "cluster", "replacement": "prod-eu-1"}],
+        }])
+    );
+    let rules = alert_rules(r.get("PrometheusRule", "flotilla-agent"));
+    let expected: BTreeSet<String> = documented_alerts()?
+        .into_iter()
+        .filter(|a| a.starts_with("FlotillaAgent"))
+        .collect();
+    assert_eq!(rules.keys().cloned().collect::<BTreeSet<_>>(), expected);
+    assert_eq!(
+        rules["FlotillaAgentDisconnected"]["expr"],
+        r#"flotilla_agent_connected{namespace="flotilla-system", pod=~"flotilla-agent-.*"} == 0"#
+    );
+    for rule in rules.values() {
+        // alertLabels replace the chart's severity.
+        assert_eq!(rule["labels"], json!({"severity": "page"}));
+    }
+    assert!(rules["FlotillaAgentRetrying"]["for"].is_null());
+
+    let np = r.get("NetworkPolicy", "flotilla-agent");
+    assert_eq!(&np["spec"]["podSelector"]["matchLabels"], selector);
+    assert_eq!(
+        np["spec"]["ingress"],
+        json!([{"ports": [{"port": "health", "protocol": "TCP"}], "from": [
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+        ]}])
+    );
+    assert_eq!(np["spec"]["policyTypes"], json!(["Ingress", "Egress"]));
+    let pdb = r.get("PodDisruptionBudget", "flotilla-agent");
+    assert_eq!(pdb["spec"], json!({"selector": {"matchLabels": selector}, "maxUnavailable": 1}));
+
+    assert_eq!(pod["priorityClassName"], "platform-critical");
+    assert_eq!(pod["topologySpreadConstraints"][0]["maxSkew"], 1);
+    assert_eq!(pod["initContainers"][0]["name"], "wait");
+    let agent = container(pod, "agent");
+    assert!(
+        agent["volumeMounts"]
+            .as_array()
+            .context("mounts")?
+            .contains(&json!({"name": "health-checks", "mountPath": "/etc/flotilla/health", "readOnly": true}))
+    );
+    assert!(
+        pod["volumes"]
+            .as_array()
+            .context("volumes")?
+            .contains(&json!({"name": "health-checks", "configMap": {"name": "lua-health-checks"}}))
+    );
+    Ok(())
+}
+
+/// Values that cannot work are refused with the value named.
+#[test]
+fn operator_values_that_cannot_work_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for (chart, text, file, expected) in [
+        (
+            "flotilla-hub",
+            "podDisruptionBudget:\n  enabled: true\n  minAvailable: 1\n  maxUnavailable: 1\n",
+            "poddisruptionbudget.yaml",
+            "set only one of podDisruptionBudget.minAvailable and podDisruptionBudget.maxUnavailable",
+        ),
+        (
+            "flotilla-agent",
+            "podDisruptionBudget:\n  enabled: true\n  minAvailable: 1\n  maxUnavailable: 0\n",
+            "poddisruptionbudget.yaml",
+            "set only one of podDisruptionBudget.minAvailable",
+        ),
+        (
+            "flotilla-hub",
+            "renderTools:\n  enabled: true\n",
+            "statefulset.yaml",
+            "renderTools.image is required",
+        ),
+        (
+            "flotilla-hub",
+            "webhook:\n  enabled: true\n  ingress:\n    enabled: true\n    hosts: []\n",
+            "ingress.yaml",
+            "webhook.ingress.hosts must list at least one host",
+        ),
+    ] {
+        let values = dir.path().join("v.yaml");
+        std::fs::write(&values, text).unwrap();
+        let err = helm::template(&chart_dir(chart), &Release::new("a", "ns"), &[values])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&format!("{chart}/templates/{file}")), "{err}");
         assert!(err.contains(expected), "{err}");
     }
+}
+
+/// A PodDisruptionBudget that allows no eviction is possible, but only when
+/// asked for: maxUnavailable 0 is kept, not mistaken for "unset".
+#[test]
+fn disruption_budget_keeps_an_explicit_zero() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let values = dir.path().join("v.yaml");
+    std::fs::write(
+        &values,
+        "podDisruptionBudget:\n  enabled: true\n  maxUnavailable: 0\n",
+    )?;
+    let r = Rendered::render("flotilla-hub", &Release::new("flotilla-hub", "ns"), &[values])?;
+    let pdb = r.get("PodDisruptionBudget", "flotilla-hub");
+    assert_eq!(pdb["spec"]["maxUnavailable"], 0);
+    assert!(pdb["spec"]["minAvailable"].is_null());
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------
@@ -774,6 +1274,21 @@ async fn apply_to_simulator(rendered: &Rendered, namespaces: &[&str]) -> Result<
         )
         .await?;
     }
+    // The Prometheus Operator's kinds need their CRDs first, as in a
+    // cluster with the operator installed.
+    if rendered
+        .docs
+        .iter()
+        .any(|d| d["apiVersion"] == "monitoring.coreos.com/v1")
+    {
+        let crds = std::fs::read_to_string(fixture("monitoring-crds.yaml"))?;
+        kubectl(
+            &kubeconfig,
+            &["apply", "--server-side", "-f", "-"],
+            Some(&crds),
+        )
+        .await?;
+    }
     let applied = kubectl(
         &kubeconfig,
         &[
@@ -814,6 +1329,21 @@ async fn apply_to_simulator(rendered: &Rendered, namespaces: &[&str]) -> Result<
         })
         .collect();
     assert_eq!(live, rendered.ids());
+    // Custom resources come back as rendered: the CRD's schema neither
+    // pruned an unknown field nor refused a mistyped one.
+    for doc in rendered
+        .docs
+        .iter()
+        .filter(|d| d["apiVersion"] == "monitoring.coreos.com/v1")
+    {
+        let item = items
+            .iter()
+            .find(|i| i["kind"] == doc["kind"] && i["metadata"]["name"] == doc["metadata"]["name"])
+            .context("custom resource not listed")?;
+        if let Some(diff) = difference(&doc["spec"], &item["spec"], ".spec") {
+            bail!("{} {}: {diff}", doc["kind"], doc["metadata"]["name"]);
+        }
+    }
     // Install order, as helm prints it: dependencies before their users.
     let kinds: Vec<&str> = rendered
         .docs
@@ -822,6 +1352,8 @@ async fn apply_to_simulator(rendered: &Rendered, namespaces: &[&str]) -> Result<
         .collect();
     let rank = |k: &str| {
         [
+            "NetworkPolicy",
+            "PodDisruptionBudget",
             "ServiceAccount",
             "Secret",
             "ConfigMap",
@@ -833,6 +1365,10 @@ async fn apply_to_simulator(rendered: &Rendered, namespaces: &[&str]) -> Result<
             "Deployment",
             "StatefulSet",
             "Ingress",
+            // Kinds Helm does not know come last, by name.
+            "PodMonitor",
+            "PrometheusRule",
+            "ServiceMonitor",
         ]
         .iter()
         .position(|x| *x == k)
@@ -863,7 +1399,13 @@ async fn hub_chart_applies_to_simulator() -> Result<()> {
         &Release::new("prod", "flotilla"),
         &[fixture("hub-values.yaml")],
     )?;
-    apply_to_simulator(&r, &["flotilla"]).await
+    apply_to_simulator(&r, &["flotilla"]).await?;
+    let r = Rendered::render(
+        "flotilla-hub",
+        &Release::new("flotilla-hub", ns),
+        &[fixture("hub-operator-values.yaml")],
+    )?;
+    apply_to_simulator(&r, &[ns]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -876,7 +1418,13 @@ async fn agent_chart_applies_to_simulator() -> Result<()> {
         &Release::new("edge", ns),
         &[fixture("agent-values.yaml")],
     )?;
-    apply_to_simulator(&r, &[ns, "team-a", "team-b"]).await
+    apply_to_simulator(&r, &[ns, "team-a", "team-b"]).await?;
+    let r = Rendered::render(
+        "flotilla-agent",
+        &Release::new("flotilla-agent", ns),
+        &[fixture("agent-operator-values.yaml")],
+    )?;
+    apply_to_simulator(&r, &[ns]).await
 }
 
 // ---------------------------------------------------------------------------
@@ -1189,7 +1737,10 @@ fn agent_chart_essentials() -> Result<()> {
     let values = dir.path().join("v.yaml");
     std::fs::write(
         &values,
-        "hub:\n  url: https://hub.example.com:7443\nbootstrap:\n  token: t\n  caPin: sha256:00\n",
+        format!(
+            "hub:\n  url: https://hub.example.com:7443\nbootstrap:\n  token: t\n  caPin: sha256:{}\n",
+            "0".repeat(64)
+        ),
     )?;
     let r = Rendered::render(
         "flotilla-agent",
@@ -1222,7 +1773,9 @@ fn agent_chart_essentials() -> Result<()> {
             "--state-dir",
             "/var/lib/flotilla-agent",
             "--health-listen",
-            "0.0.0.0:8081"
+            "0.0.0.0:8081",
+            "--inventory-namespace",
+            "flotilla-system"
         ])
     );
     assert_eq!(

@@ -656,3 +656,98 @@ async fn a_hello_claiming_another_clusters_name_is_ignored() -> anyhow::Result<(
     drop(tx);
     Ok(())
 }
+
+/// `GET base+path` over plain HTTP/1.0: (status, body).
+fn http_get(base: &str, path: &str) -> Result<(u16, String), String> {
+    use std::io::Read as _;
+    let addr = base.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).map_err(|e| e.to_string())?;
+    let (head, body) = raw
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("no HTTP header end in {raw:?}"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("bad status line in {head:?}"))?;
+    Ok((status, body.to_owned()))
+}
+
+/// The agent binds its health port before it enrolls: while the hub
+/// cannot be reached (here an address that accepts connections and never
+/// answers), the kubelet's probes and Prometheus already get answers —
+/// `/healthz` 200, `/readyz` 503 — and the one-time token is not spent: it
+/// still enrolls once the agent is pointed at the hub.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_health_port_answers_while_enrollment_waits_for_the_hub() -> anyhow::Result<()> {
+    let fleet = Fleet::start_except(
+        FleetOptions {
+            clusters: 1,
+            register_repo: false,
+            ..Default::default()
+        },
+        &[],
+        &["sim-1"],
+    )
+    .await?;
+    let b = bootstrap_from_manifest(&add_manifest(&fleet, "sim-1", &[])?)?;
+    let silent = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let kubeconfig = fleet
+        .sim
+        .kubeconfig_path("sim-1")
+        .ok_or_else(|| anyhow::anyhow!("no kubeconfig"))?;
+    let state = fleet.root.path().join("blocked");
+    let mut blocked = Proc::spawn(
+        "agent-blocked",
+        &flotilla_e2e::bin("flotilla-agent")?,
+        &[
+            "--hub".to_owned(),
+            format!("https://{}", silent.local_addr()?),
+            "--kubeconfig".to_owned(),
+            kubeconfig.display().to_string(),
+            "--state-dir".to_owned(),
+            state.display().to_string(),
+            "--health-listen".to_owned(),
+            "127.0.0.1:0".to_owned(),
+        ],
+        &[
+            ("FLOTILLA_TOKEN".to_owned(), b.token.clone()),
+            ("FLOTILLA_CA_PIN".to_owned(), b.ca_pin.clone()),
+        ],
+        fleet.root.path().join("agent-blocked.log"),
+    )?;
+    let line = blocked.wait_for_line(CONVERGE, |l| {
+        l.starts_with("flotilla-agent health listening on http://")
+    })?;
+    let base = line
+        .trim_start_matches("flotilla-agent health listening on ")
+        .trim_end_matches("/healthz")
+        .to_owned();
+    eventually("health port answers before enrollment", CONVERGE, || async {
+        match (http_get(&base, "/healthz")?, http_get(&base, "/readyz")?) {
+            ((200, _), (503, ready)) if ready.contains("never connected") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await?;
+    let metrics = http_get(&base, "/metrics").map_err(anyhow::Error::msg)?;
+    assert_eq!(metrics.0, 200);
+    assert!(metrics.1.contains("flotilla_agent_connected 0"), "{}", metrics.1);
+    // Still waiting for the hub: not enrolled, not exited.
+    assert!(blocked.is_running(), "{}", blocked.tail(20));
+    assert!(!state.join("tls.crt").exists());
+    assert!(!blocked.has_line(|l| l.contains("enrolled")), "{}", blocked.tail(20));
+    blocked.stop(Duration::from_secs(10));
+    drop(silent);
+
+    // The token was not spent.
+    let after = fleet.root.path().join("after");
+    let mut a = agent(&fleet, "agent-after", "sim-1", &after, &b, None, "info")?;
+    a.wait_for_line(CONVERGE, |l| l.contains("enrolled"))?;
+    Ok(())
+}

@@ -127,6 +127,32 @@ async fn hub_and_agents_expose_probes_and_metrics_during_a_sync() -> anyhow::Res
         let name = line.split_whitespace().nth(2).unwrap_or_default();
         assert!(name.starts_with("flotilla_"), "{line}");
     }
+    // One info series per application and cluster, as argocd_app_info,
+    // agreeing with the per-status counts.
+    for cluster in fleet.sim.cluster_names() {
+        let info = text
+            .lines()
+            .find(|l| {
+                l.starts_with(&format!(
+                    "flotilla_app_info{{name=\"guestbook-{cluster}\",project=\"default\",cluster=\"{cluster}\","
+                ))
+            })
+            .unwrap_or_else(|| panic!("no flotilla_app_info of guestbook-{cluster}: {text}"));
+        assert!(
+            info.contains("sync_status=\"Synced\"") && info.contains("repo=\"file://"),
+            "{info}"
+        );
+        assert!(info.ends_with("} 1"), "{info}");
+        assert!(
+            !text.contains(&format!("name=\"guestbook-{cluster}\",project=\"default\",cluster=\"sim-9")),
+            "{text}"
+        );
+    }
+    assert_eq!(
+        sum(&text, "flotilla_app_info"),
+        sum(&text, "flotilla_applications"),
+        "{text}"
+    );
 
     // Every agent: connected, holding a generation, applications Synced and
     // Healthy, applies timed.
@@ -199,19 +225,93 @@ async fn hub_and_agents_expose_probes_and_metrics_during_a_sync() -> anyhow::Res
     let base = fleet
         .agent_health_base("sim-1")
         .ok_or_else(|| anyhow::anyhow!("no health address"))?;
-    eventually("drift counted on sim-1", CONVERGE, || async {
+    let text = eventually("drift counted on sim-1", CONVERGE, || async {
         let (_, text) = http_get(&base, "/metrics")?;
         let drift = sample(
             &text,
             "flotilla_agent_drift_events_total{application=\"guestbook-sim-1\"}",
         );
         if drift.is_some_and(|n| n >= 1.0) {
-            Ok(())
+            Ok(text)
         } else {
             Err(text)
         }
     })
     .await?;
+    // Every agent family has a series by now, drift included.
+    dashboard_agent_metrics_are_exported_and_documented(&text)?;
+    Ok(())
+}
+
+/// Every agent metric (`flotilla_agent_*`) the Grafana dashboard in
+/// charts/ queries is exported by a running agent (a histogram's
+/// `_bucket`/`_sum`/`_count` and a counter's `_total` samples count as
+/// their metric) and documented in docs/operations.md. The hub's are
+/// checked by a unit test in hub/src/metrics.rs, where every family can be
+/// given a series.
+fn dashboard_agent_metrics_are_exported_and_documented(agent: &str) -> anyhow::Result<()> {
+    let root = flotilla_e2e::workspace_root();
+    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
+        root.join("charts/flotilla-hub/dashboards/flotilla.json"),
+    )?)?;
+    let docs = std::fs::read_to_string(root.join("docs/operations.md"))?;
+    let mut exprs = Vec::new();
+    fn collect(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, v) in m {
+                    match (k.as_str(), v) {
+                        ("expr" | "definition", serde_json::Value::String(s)) => out.push(s.clone()),
+                        ("query", serde_json::Value::String(s)) => out.push(s.clone()),
+                        _ => collect(v, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|v| collect(v, out)),
+            _ => {}
+        }
+    }
+    collect(&dashboard, &mut exprs);
+    assert!(exprs.len() > 20, "{exprs:?}");
+    let types = |text: &str| -> std::collections::BTreeSet<String> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+            .collect()
+    };
+    let agent_types = types(agent);
+    let mut used = std::collections::BTreeSet::new();
+    for expr in &exprs {
+        let mut rest = expr.as_str();
+        while let Some(at) = rest.find("flotilla_") {
+            let tail = &rest[at..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+                .unwrap_or(tail.len());
+            used.insert(tail[..end].to_owned());
+            rest = &tail[end..];
+        }
+    }
+    assert!(used.contains("flotilla_agent_drift_events_total"), "{used:?}");
+    for name in used.iter().filter(|n| n.starts_with("flotilla_agent_")) {
+        let exported = &agent_types;
+        let base = ["_bucket", "_sum", "_count", "_total"]
+            .iter()
+            .filter_map(|suffix| name.strip_suffix(suffix))
+            .chain([name.as_str()])
+            .find(|b| exported.contains(*b));
+        let Some(base) = base else {
+            anyhow::bail!("the dashboard queries {name}, which is not exported: {exported:?}");
+        };
+        // The docs name histograms with their unit suffix and counters
+        // with _total, as they are queried.
+        assert!(
+            docs.contains(&format!("| `{base}` |"))
+                || docs.contains(&format!("| `{base}_total` |"))
+                || docs.contains(&format!("| `{name}` |")),
+            "{name} is not in the metric tables of docs/operations.md"
+        );
+    }
     Ok(())
 }
 

@@ -17,14 +17,27 @@
 //! - `required` is replaced by one that fails only on a missing value or
 //!   the empty string, as Helm's does (gtmpl-ng's also refuses an empty
 //!   list).
+//! - `has` (and `mustHas`) take the needle first, as Helm's do.
+//! - `quote` escapes as Go's `%q` (gtmpl-ng's does not escape at all).
+//! - `merge` and `mergeOverwrite` merge deeply, the first map winning in
+//!   `merge` and the last in `mergeOverwrite`, as Helm's (gtmpl-ng's are
+//!   shallow and let the last win in both). Values are immutable here, so
+//!   only the result counts: `{{ $_ := merge $a $b }}` leaves `$a` as it
+//!   was, where Helm's changes it.
+//! - `kindOf`/`kindIs` are replaced by ones that name Go's kinds as Helm
+//!   does (`invalid` for a missing value or `null`, `map`, `slice`,
+//!   `string`, `bool`, and `float64` for every number, as values files
+//!   give); gtmpl-ng's say `nil`, `object`, `array`, `number`.
 //! - `toYaml` is replaced: gtmpl-ng's keeps a map's hash order, Helm's sorts
 //!   keys (Go's YAML encoder does). Ours sorts keys and, like Helm's, drops
 //!   the trailing newline. Sequences come out flush under their key, as
 //!   Helm writes them.
 //! - `<no value>` (a missing key) renders as the empty string, as in Helm.
 //! - `.Capabilities.APIVersions` is a list of strings, not an object with a
-//!   `Has` method; `.Files`, `lookup`, subcharts and schema validation are
-//!   not supported. `NOTES.txt`, files starting with `_` and files that are
+//!   `Has` method; `.Files`, `lookup` and subcharts are not supported.
+//! - Values are checked against `values.schema.json` before rendering, as
+//!   Helm does, with the subset of JSON Schema in [`crate::chart_schema`]
+//!   (a schema using more is refused when the chart is loaded). `NOTES.txt`, files starting with `_` and files that are
 //!   not `.yaml`/`.yml` produce no output, as in Helm.
 //! - Documents come out in Helm's install order by kind (Namespace,
 //!   ServiceAccount, Secret, RBAC, Service, workloads, Ingress, …), then by
@@ -60,6 +73,14 @@ pub enum HelmError {
     Invalid { path: PathBuf, message: String },
     #[error("template {file}: {message}")]
     Template { file: String, message: String },
+    #[error(
+        "values don't meet the schema of chart {chart} (values.schema.json): {}",
+        problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+    )]
+    Values {
+        chart: String,
+        problems: Vec<crate::chart_schema::Violation>,
+    },
 }
 
 /// The release a chart is rendered for (`.Release`).
@@ -90,6 +111,8 @@ pub struct Chart {
     /// Template files by path relative to the chart's parent, e.g.
     /// `flotilla-hub/templates/service.yaml`, in name order.
     pub templates: BTreeMap<String, String>,
+    /// `values.schema.json`, which values must meet before rendering.
+    pub schema: Option<Value>,
 }
 
 impl Chart {
@@ -117,7 +140,38 @@ impl Chart {
         if tdir.is_dir() {
             collect_templates(&tdir, "templates", &mut templates)?;
         }
-        Self::from_sources(dir, &chart_yaml, values.as_deref(), templates)
+        let schema_path = dir.join("values.schema.json");
+        let schema = if schema_path.exists() {
+            Some(read(&schema_path)?)
+        } else {
+            None
+        };
+        Self::from_sources(dir, &chart_yaml, values.as_deref(), templates)?
+            .with_schema(schema.as_deref())
+    }
+
+    /// Sets the chart's `values.schema.json` from its text (`None`: no
+    /// schema).
+    ///
+    /// # Errors
+    /// The text is not JSON, or the schema uses more of JSON Schema than
+    /// [`crate::chart_schema`] implements.
+    pub fn with_schema(mut self, schema_json: Option<&str>) -> Result<Self, HelmError> {
+        let path = self.dir.join("values.schema.json");
+        self.schema = match schema_json {
+            None => None,
+            Some(text) => {
+                let schema: Value =
+                    serde_json::from_str(text).map_err(|e| HelmError::Invalid {
+                        path: path.clone(),
+                        message: format!("not JSON: {e}"),
+                    })?;
+                crate::chart_schema::check_schema(&schema)
+                    .map_err(|message| HelmError::Invalid { path, message })?;
+                Some(schema)
+            }
+        };
+        Ok(self)
     }
 
     /// Builds a chart from its sources: `Chart.yaml`, `values.yaml` and the
@@ -174,6 +228,7 @@ impl Chart {
             metadata,
             values,
             templates,
+            schema: None,
         })
     }
 
@@ -238,6 +293,15 @@ pub fn render(chart: &Chart, release: &Release, values: Value) -> Result<String,
         Value::Null => Value::Object(Map::new()),
         v => v,
     };
+    if let Some(schema) = &chart.schema {
+        let problems = crate::chart_schema::validate(schema, &values);
+        if !problems.is_empty() {
+            return Err(HelmError::Values {
+                chart: chart.name().to_owned(),
+                problems,
+            });
+        }
+    }
     let mut top = Map::new();
     top.insert("Values".into(), values);
     top.insert(
@@ -503,7 +567,22 @@ impl Drop for SourcesGuard {
 fn functions() -> Vec<(&'static str, Func)> {
     let mut funcs: Vec<(&'static str, Func)> = HELM_FUNCTIONS
         .iter()
-        .filter(|(name, _)| !matches!(*name, "toYaml" | "required"))
+        .filter(|(name, _)| {
+            !matches!(
+                *name,
+                "toYaml"
+                    | "required"
+                    | "kindOf"
+                    | "kindIs"
+                    | "has"
+                    | "mustHas"
+                    | "quote"
+                    | "merge"
+                    | "mustMerge"
+                    | "mergeOverwrite"
+                    | "mustMergeOverwrite"
+            )
+        })
         .copied()
         .collect();
     funcs.push(("include", include_fn as Func));
@@ -511,7 +590,148 @@ fn functions() -> Vec<(&'static str, Func)> {
     funcs.push(("nindent", nindent_fn as Func));
     funcs.push(("toYaml", to_yaml_fn as Func));
     funcs.push(("required", required_fn as Func));
+    funcs.push(("kindOf", kind_of_fn as Func));
+    funcs.push(("kindIs", kind_is_fn as Func));
+    funcs.push(("has", has_fn as Func));
+    funcs.push(("mustHas", has_fn as Func));
+    funcs.push(("quote", quote_fn as Func));
+    funcs.push(("merge", merge_fn as Func));
+    funcs.push(("mustMerge", merge_fn as Func));
+    funcs.push(("mergeOverwrite", merge_overwrite_fn as Func));
+    funcs.push(("mustMergeOverwrite", merge_overwrite_fn as Func));
     funcs
+}
+
+/// Deep-merges `src` into `dst`: a key only `src` has is added, two maps
+/// under one key merge recursively; otherwise `dst`'s value stays, unless
+/// `overwrite`.
+fn deep_merge(dst: &mut std::collections::HashMap<String, GoValue>, src: &std::collections::HashMap<String, GoValue>, overwrite: bool) {
+    for (key, value) in src {
+        match (dst.get_mut(key), value) {
+            (
+                Some(GoValue::Map(d) | GoValue::Object(d)),
+                GoValue::Map(s) | GoValue::Object(s),
+            ) => deep_merge(d, s, overwrite),
+            (Some(existing), _) => {
+                if overwrite {
+                    *existing = value.clone();
+                }
+            }
+            (None, _) => {
+                dst.insert(key.clone(), value.clone());
+            }
+        }
+    }
+}
+
+fn merge_with(args: &[GoValue], overwrite: bool, name: &str) -> Result<GoValue, FuncError> {
+    let mut out = std::collections::HashMap::new();
+    for arg in args {
+        match arg {
+            GoValue::Map(m) | GoValue::Object(m) => deep_merge(&mut out, m, overwrite),
+            GoValue::Nil | GoValue::NoValue => {}
+            other => {
+                return Err(FuncError::Generic(format!(
+                    "{name}: every argument must be a map, not a {}",
+                    go_kind(other)
+                )));
+            }
+        }
+    }
+    Ok(GoValue::Map(out))
+}
+
+/// `merge DST SRC…` as Helm's: deep, and what comes first wins.
+fn merge_fn(args: &[GoValue]) -> Result<GoValue, FuncError> {
+    merge_with(args, false, "merge")
+}
+
+/// `mergeOverwrite DST SRC…` as Helm's: deep, and what comes last wins.
+fn merge_overwrite_fn(args: &[GoValue]) -> Result<GoValue, FuncError> {
+    merge_with(args, true, "mergeOverwrite")
+}
+
+/// `quote A B …`: each argument as a Go string literal (`%q`), joined by
+/// spaces, a missing one left out, as Helm's. gtmpl-ng's wraps the text in
+/// quotes without escaping, so a `"` or a newline in a value broke the
+/// YAML (a multi-line value was folded into one line).
+fn quote_fn(args: &[GoValue]) -> Result<GoValue, FuncError> {
+    let quoted: Vec<String> = args
+        .iter()
+        .filter(|a| !matches!(a, GoValue::Nil | GoValue::NoValue))
+        .map(|a| go_quote(&a.to_string()))
+        .collect();
+    Ok(GoValue::String(quoted.join(" ")))
+}
+
+/// `s` as Go's `%q` writes it: `"`, `\` and control characters escaped.
+fn go_quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{7}' => out.push_str("\\a"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            '\u{b}' => out.push_str("\\v"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                out.push_str(&format!("\\x{:02x}", c as u32));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// `has NEEDLE LIST`, in Helm's argument order (gtmpl-ng's takes the list
+/// first); a missing list holds nothing.
+fn has_fn(args: &[GoValue]) -> Result<GoValue, FuncError> {
+    let [needle, list] = args else {
+        return Err(FuncError::ExactlyXArgs("has".into(), 2));
+    };
+    match list {
+        GoValue::Nil | GoValue::NoValue => Ok(GoValue::Bool(false)),
+        GoValue::Array(items) => Ok(GoValue::Bool(items.contains(needle))),
+        other => Err(FuncError::Generic(format!(
+            "has: the second argument must be a list, not a {}",
+            go_kind(other)
+        ))),
+    }
+}
+
+/// Go's `reflect.Kind` name of a value as Helm's templates see it: a
+/// missing value or `null` is `invalid`, numbers are `float64` (Helm reads
+/// values files through JSON), lists are `slice`, mappings `map`.
+fn go_kind(value: &GoValue) -> &'static str {
+    match value {
+        GoValue::Nil | GoValue::NoValue => "invalid",
+        GoValue::Bool(_) => "bool",
+        GoValue::Number(_) => "float64",
+        GoValue::String(_) => "string",
+        GoValue::Array(_) => "slice",
+        GoValue::Object(_) | GoValue::Map(_) => "map",
+        GoValue::Function(_) => "func",
+    }
+}
+
+fn kind_of_fn(args: &[GoValue]) -> Result<GoValue, FuncError> {
+    let [value] = args else {
+        return Err(FuncError::ExactlyXArgs("kindOf".into(), 1));
+    };
+    Ok(GoValue::String(go_kind(value).into()))
+}
+
+fn kind_is_fn(args: &[GoValue]) -> Result<GoValue, FuncError> {
+    let [kind, value] = args else {
+        return Err(FuncError::ExactlyXArgs("kindIs".into(), 2));
+    };
+    Ok(GoValue::Bool(kind.to_string() == go_kind(value)))
 }
 
 /// A template with the helm functions and every chart source registered
@@ -711,6 +931,22 @@ pub const AGENT_CHART_TEMPLATES: &[(&str, &str)] = &[
         include_str!("../../charts/flotilla-agent/templates/deployment.yaml"),
     ),
     (
+        "templates/networkpolicy.yaml",
+        include_str!("../../charts/flotilla-agent/templates/networkpolicy.yaml"),
+    ),
+    (
+        "templates/poddisruptionbudget.yaml",
+        include_str!("../../charts/flotilla-agent/templates/poddisruptionbudget.yaml"),
+    ),
+    (
+        "templates/podmonitor.yaml",
+        include_str!("../../charts/flotilla-agent/templates/podmonitor.yaml"),
+    ),
+    (
+        "templates/prometheusrule.yaml",
+        include_str!("../../charts/flotilla-agent/templates/prometheusrule.yaml"),
+    ),
+    (
         "templates/rbac.yaml",
         include_str!("../../charts/flotilla-agent/templates/rbac.yaml"),
     ),
@@ -737,7 +973,10 @@ pub fn agent_chart() -> Result<Chart, HelmError> {
             .iter()
             .map(|(p, t)| ((*p).to_owned(), (*t).to_owned()))
             .collect(),
-    )
+    )?
+    .with_schema(Some(include_str!(
+        "../../charts/flotilla-agent/values.schema.json"
+    )))
 }
 
 /// What `flotilla cluster add` puts into the agent's install manifest.
@@ -768,6 +1007,26 @@ impl std::fmt::Debug for AgentInstall {
 }
 
 impl AgentInstall {
+    /// A warning when the agent would dial a loopback (or unspecified)
+    /// address: inside the agent's cluster that is the agent's own pod,
+    /// so it could never enroll. `None` for any other address.
+    #[must_use]
+    pub fn hub_url_warning(&self) -> Option<String> {
+        let host = url_host(&self.hub_url)?;
+        let local = host.eq_ignore_ascii_case("localhost")
+            || host.to_ascii_lowercase().ends_with(".localhost")
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback() || ip.is_unspecified());
+        local.then(|| {
+            format!(
+                "the agent would dial {url}, a loopback address: inside its cluster that is the agent's own pod. \
+                 Pass --hub-url with the hub's address as that cluster reaches it (a LoadBalancer, Ingress or DNS name on the hub's certificate)",
+                url = self.hub_url
+            )
+        })
+    }
+
     /// The chart values (`helm install -f`) equivalent to this install.
     #[must_use]
     pub fn values(&self) -> Value {
@@ -777,6 +1036,20 @@ impl AgentInstall {
             "rbac": { "scope": self.rbac_scope, "namespaces": self.namespaces },
         })
     }
+}
+
+/// The host of `url` (`scheme://[user@]host[:port][/path]`, IPv6 in
+/// brackets), without brackets; `None` when there is none.
+fn url_host(url: &str) -> Option<&str> {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = if let Some(v6) = hostport.strip_prefix('[') {
+        v6.split_once(']')?.0
+    } else {
+        hostport.split(':').next()?
+    };
+    (!host.is_empty()).then_some(host)
 }
 
 /// The agent's install manifest: its Namespace, then the agent chart
@@ -816,6 +1089,45 @@ mod agent_chart_tests {
         assert_eq!(on_disk.templates, embedded.templates);
         assert_eq!(on_disk.values, embedded.values);
         assert_eq!(on_disk.metadata, embedded.metadata);
+        assert_eq!(on_disk.schema, embedded.schema);
+        assert!(embedded.schema.is_some());
+    }
+
+    #[test]
+    fn a_loopback_hub_url_gets_a_warning() {
+        let install = |url: &str| AgentInstall {
+            hub_url: url.into(),
+            token: "flt1.secret.pin".into(),
+            ca_pin: "ab".repeat(32),
+            rbac_scope: "cluster".into(),
+            namespaces: vec![],
+        };
+        for url in [
+            "https://127.0.0.1:7443",
+            "https://127.3.0.1",
+            "https://localhost:7443/",
+            "https://LOCALHOST",
+            "https://hub.localhost:7443",
+            "https://[::1]:7443",
+            "https://0.0.0.0:7443",
+            "https://user@127.0.0.1:7443",
+            "127.0.0.1:7443",
+        ] {
+            let w = install(url).hub_url_warning();
+            assert!(
+                w.as_deref().is_some_and(|w| w.contains(url) && w.contains("--hub-url")),
+                "{url}: {w:?}"
+            );
+        }
+        for url in [
+            "https://hub.example.com:7443",
+            "https://10.0.0.5:7443",
+            "https://[2001:db8::1]:7443",
+            "https://localhost.example.com",
+            "https://flotilla-hub.flotilla-system.svc:7443",
+        ] {
+            assert_eq!(install(url).hub_url_warning(), None, "{url}");
+        }
     }
 
     #[test]
@@ -833,5 +1145,133 @@ mod agent_chart_tests {
         assert!(m.contains(&format!("sha256:{}", "ab".repeat(32))));
         assert!(m.contains("namespace: apps"));
         assert!(!m.contains("kind: ClusterRole\n"));
+    }
+}
+
+#[cfg(test)]
+mod renderer_tests {
+    use super::*;
+
+    #[test]
+    fn kind_of_names_go_kinds_as_helm_does() {
+        let chart = Chart::from_sources(
+            Path::new("k"),
+            "apiVersion: v2\nname: k\nversion: 1.0.0\n",
+            Some("n: null\ni: 0\nf: 1.5\ns: x\nb: false\nl: []\nm: {}\n"),
+            [(
+                "templates/k.yaml".to_owned(),
+                "kinds: {{ kindOf .Values.n }} {{ kindOf .Values.missing }} {{ kindOf .Values.i }} {{ kindOf .Values.f }} {{ kindOf .Values.s }} {{ kindOf .Values.b }} {{ kindOf .Values.l }} {{ kindOf .Values.m }}\nzeroIsSet: {{ not (kindIs \"invalid\" .Values.i) }}\nnullIsUnset: {{ kindIs \"invalid\" .Values.n }}\nhas: {{ has \"x\" (list \"a\" \"x\") }} {{ has \"y\" (list \"a\") }} {{ has \"x\" .Values.missing }} {{ has 0 (list 0) }}\n".to_owned(),
+            )]
+            .into_iter()
+            .collect(),
+        )
+        .unwrap();
+        let out = render(&chart, &Release::new("r", "ns"), chart.values.clone()).unwrap();
+        assert!(
+            out.contains("kinds: invalid invalid float64 float64 string bool slice map\n"),
+            "{out}"
+        );
+        assert!(out.contains("zeroIsSet: true\n"), "{out}");
+        assert!(out.contains("nullIsUnset: true\n"), "{out}");
+        assert!(out.contains("has: true false false true\n"), "{out}");
+    }
+
+    #[test]
+    fn merge_is_deep_and_the_first_map_wins() {
+        let chart = Chart::from_sources(
+            Path::new("m"),
+            "apiVersion: v2\nname: m\nversion: 1.0.0\n",
+            Some("a: {x: 1, n: {p: 1}}\nb: {x: 2, y: 2, n: {p: 2, q: 2}}\n"),
+            [(
+                "templates/m.yaml".to_owned(),
+                "merge: {{ merge (dict) .Values.a .Values.b | toJson }}\nover: {{ mergeOverwrite (dict) .Values.a .Values.b | toJson }}\n".to_owned(),
+            )]
+            .into_iter()
+            .collect(),
+        )
+        .unwrap();
+        let out = render(&chart, &Release::new("r", "ns"), chart.values.clone()).unwrap();
+        let doc: Value = serde_saphyr::from_str(&out).unwrap();
+        assert_eq!(
+            doc["merge"],
+            serde_json::json!({"x": 1, "y": 2, "n": {"p": 1, "q": 2}}),
+            "{out}"
+        );
+        assert_eq!(
+            doc["over"],
+            serde_json::json!({"x": 2, "y": 2, "n": {"p": 2, "q": 2}}),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn quote_escapes_as_go_does() {
+        let chart = Chart::from_sources(
+            Path::new("q"),
+            "apiVersion: v2\nname: q\nversion: 1.0.0\n",
+            Some("s: \"say \\\"hi\\\"\\nback\\\\slash\\tend\\u0001\"\nn: 3\n"),
+            [(
+                "templates/q.yaml".to_owned(),
+                "q: {{ .Values.s | quote }}\n# many: {{ quote \"a\" .Values.n .Values.missing \"b\" }}\n".to_owned(),
+            )]
+            .into_iter()
+            .collect(),
+        )
+        .unwrap();
+        let out = render(&chart, &Release::new("r", "ns"), chart.values.clone()).unwrap();
+        assert!(
+            out.contains(r#"q: "say \"hi\"\nback\\slash\tend\x01""#),
+            "{out}"
+        );
+        assert!(out.contains(r#"# many: "a" "3" "b""#), "{out}");
+        // And the YAML reads back the original text.
+        let doc: Value = serde_saphyr::from_str(out.split("\n---").last().unwrap_or(&out)).unwrap();
+        assert_eq!(doc["q"], "say \"hi\"\nback\\slash\tend\u{1}");
+    }
+
+    #[test]
+    fn values_are_checked_against_the_schema_before_rendering() {
+        let chart = Chart::from_sources(
+            Path::new("s"),
+            "apiVersion: v2\nname: s\nversion: 1.0.0\n",
+            Some("port: 80\n"),
+            [(
+                "templates/s.yaml".to_owned(),
+                "port: {{ .Values.port }}\n".to_owned(),
+            )]
+            .into_iter()
+            .collect(),
+        )
+        .unwrap()
+        .with_schema(Some(
+            r#"{"type": "object", "additionalProperties": false, "properties": {"port": {"type": "integer"}}}"#,
+        ))
+        .unwrap();
+        assert!(render(&chart, &Release::new("r", "ns"), chart.values.clone()).is_ok());
+        let err = render(
+            &chart,
+            &Release::new("r", "ns"),
+            serde_json::json!({"port": "80", "prot": 1}),
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "values don't meet the schema of chart s (values.schema.json): port: got string, want integer; prot: is not a value of this chart (known here: port)"
+        );
+        let bad = Chart::from_sources(
+            Path::new("s"),
+            "apiVersion: v2\nname: s\nversion: 1.0.0\n",
+            None,
+            BTreeMap::new(),
+        )
+        .unwrap()
+        .with_schema(Some(r#"{"anyOf": []}"#))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            bad.starts_with("s/values.schema.json: #: unsupported JSON Schema keyword `anyOf`"),
+            "{bad}"
+        );
     }
 }

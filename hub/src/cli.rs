@@ -908,6 +908,9 @@ async fn cluster(g: &Global, hub: &str, c: &mut Client, cmd: ClusterCommand) -> 
                     rbac_scope,
                     namespaces,
                 };
+                if let Some(warning) = install.hub_url_warning() {
+                    eprintln!("warning: {warning}");
+                }
                 manifest = Some(
                     crate::chart::agent_manifest(&install)
                         .context("rendering the agent manifest")?,

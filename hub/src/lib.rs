@@ -4,6 +4,7 @@ pub mod api;
 pub mod appofapps;
 pub mod appset;
 pub mod chart;
+pub mod chart_schema;
 pub mod cli;
 pub mod commands;
 pub mod deletion;

@@ -3,7 +3,10 @@
 //!
 //! Event metrics (durations, errors) live in one process-wide set recorded
 //! where the events happen; state metrics (applications, clusters) are read
-//! from the store and the fleet at scrape time.
+//! from the store and the fleet at scrape time. Statuses come from the
+//! store's in-memory summary ([`Store::for_each_status_summary`]), so a
+//! scrape reads the cluster and application records once and no status
+//! record at all.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -29,6 +32,19 @@ pub struct RepoLabels {
 pub struct StatusLabels {
     pub sync_status: String,
     pub health_status: String,
+}
+
+/// Labels of `flotilla_app_info`: one series per application and cluster,
+/// as Argo CD's `argocd_app_info` has one per application.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AppInfoLabels {
+    pub name: String,
+    pub project: String,
+    pub cluster: String,
+    pub sync_status: String,
+    pub health_status: String,
+    /// The application's (first) source repository, credentials removed.
+    pub repo: String,
 }
 
 /// Labels of the connection metrics.
@@ -77,6 +93,7 @@ fn histogram() -> Histogram {
 pub struct HubMetrics {
     registry: Registry,
     applications: Family<StatusLabels, Gauge>,
+    app_info: Family<AppInfoLabels, Gauge>,
     clusters: Gauge,
     clusters_connected: Gauge,
     stream_send_lag: Histogram,
@@ -92,6 +109,9 @@ pub struct HubMetrics {
     wire_messages: Family<WireLabels, Counter>,
     wire_bytes: Family<WireLabels, Counter>,
     bundles_withheld: Counter,
+    /// One scrape at a time: a refresh clears and refills the state
+    /// families, which a concurrent scrape must not see half done.
+    scrape: std::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for HubMetrics {
@@ -108,6 +128,12 @@ impl HubMetrics {
             "applications",
             "Applications per cluster by sync and health status, as last reported by the agents",
             applications.clone(),
+        );
+        let app_info = Family::<AppInfoLabels, Gauge>::default();
+        registry.register(
+            "app_info",
+            "Information about each application on each cluster: always 1, with its project, repository and last reported sync and health status as labels",
+            app_info.clone(),
         );
         let clusters = Gauge::default();
         registry.register("clusters", "Registered clusters", clusters.clone());
@@ -211,7 +237,9 @@ impl HubMetrics {
             enrollments_refused,
             store_writable,
             store_reopens,
+            scrape: std::sync::Mutex::new(()),
             applications,
+            app_info,
             clusters,
             clusters_connected,
             stream_send_lag,
@@ -311,8 +339,15 @@ impl HubMetrics {
         self.bundles_withheld.inc_by(n as u64);
     }
 
-    /// Refreshes the state gauges from the store and the fleet.
+    /// Refreshes the state gauges from the store and the fleet: the
+    /// cluster and application records are read once; statuses come from
+    /// the store's in-memory summary. A pair counts while its cluster is
+    /// registered and the application is in that cluster's desired state
+    /// (a status left from an application that no longer targets the
+    /// cluster does not).
     fn refresh(&self, store: &Store, fleet: &Fleet) {
+        use std::collections::{BTreeMap, HashMap, HashSet};
+
         let clusters = store.clusters().unwrap_or_default();
         self.clusters.set(clusters.len() as i64);
         self.clusters_connected.set(
@@ -321,31 +356,79 @@ impl HubMetrics {
                 .filter(|c| fleet.is_connected(&c.name))
                 .count() as i64,
         );
-        let mut counts: std::collections::BTreeMap<(String, String), i64> = Default::default();
-        for app in store.apps().unwrap_or_default() {
-            let statuses = store
-                .statuses_of_app(&app.app.metadata.name)
-                .unwrap_or_default();
-            for (cluster, st) in statuses {
-                if !clusters.iter().any(|c| c.name == cluster) {
-                    continue;
-                }
-                let st = crate::fleet::comparison_status(&app, st);
-                let sync = flotilla_proto::SyncStatus::try_from(st.sync)
-                    .map_or("Unknown", |s| sync_name(s));
-                let health = flotilla_proto::HealthStatus::try_from(st.health)
-                    .map_or("Unknown", |h| health_name(h));
-                *counts
-                    .entry((sync.to_owned(), health.to_owned()))
-                    .or_default() += 1;
+        let targeted: HashMap<&str, HashSet<&str>> = clusters
+            .iter()
+            .map(|c| {
+                (
+                    c.name.as_str(),
+                    c.desired_index.keys().map(String::as_str).collect(),
+                )
+            })
+            .collect();
+        struct AppMeta {
+            project: String,
+            repo: String,
+            comparison_error: bool,
+        }
+        let apps: HashMap<String, AppMeta> = store
+            .apps()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|rec| {
+                let spec = &rec.app.spec;
+                let repo = spec
+                    .effective_sources()
+                    .first()
+                    .unwrap_or(&spec.source)
+                    .repo_url
+                    .clone();
+                (
+                    rec.app.metadata.name.clone(),
+                    AppMeta {
+                        project: spec.project.clone(),
+                        repo: crate::gitsync::redact(&repo),
+                        comparison_error: !rec.error.is_empty(),
+                    },
+                )
+            })
+            .collect();
+        let mut counts: BTreeMap<(&'static str, &'static str), i64> = BTreeMap::new();
+        self.app_info.clear();
+        let summary = store.for_each_status_summary(|app, cluster, sync, health| {
+            let Some(meta) = apps.get(app) else { return };
+            if !targeted.get(cluster).is_some_and(|apps| apps.contains(app)) {
+                return;
             }
+            // As `fleet::comparison_status`: while the hub cannot fetch or
+            // render the source, the reported sync is about an older state.
+            let sync = if meta.comparison_error {
+                "Unknown"
+            } else {
+                flotilla_proto::SyncStatus::try_from(sync).map_or("Unknown", sync_name)
+            };
+            let health =
+                flotilla_proto::HealthStatus::try_from(health).map_or("Unknown", health_name);
+            *counts.entry((sync, health)).or_default() += 1;
+            self.app_info
+                .get_or_create(&AppInfoLabels {
+                    name: app.to_owned(),
+                    project: meta.project.clone(),
+                    cluster: cluster.to_owned(),
+                    sync_status: sync.to_owned(),
+                    health_status: health.to_owned(),
+                    repo: meta.repo.clone(),
+                })
+                .set(1);
+        });
+        if let Err(e) = summary {
+            tracing::warn!(error = %e, "metrics: cannot read the application statuses");
         }
         self.applications.clear();
         for ((sync_status, health_status), n) in counts {
             self.applications
                 .get_or_create(&StatusLabels {
-                    sync_status,
-                    health_status,
+                    sync_status: sync_status.to_owned(),
+                    health_status: health_status.to_owned(),
                 })
                 .set(n);
         }
@@ -353,6 +436,7 @@ impl HubMetrics {
 
     /// The metrics in the Prometheus text format, state refreshed first.
     pub fn encode(&self, store: &Store, fleet: &Fleet) -> String {
+        let _one = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
         self.refresh(store, fleet);
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
@@ -385,4 +469,251 @@ fn health_name(h: flotilla_proto::HealthStatus) -> &'static str {
 pub fn metrics() -> &'static HubMetrics {
     static METRICS: OnceLock<HubMetrics> = OnceLock::new();
     METRICS.get_or_init(HubMetrics::new)
+}
+
+#[cfg(test)]
+mod tests {
+    use flotilla_proto as pb;
+
+    use super::*;
+    use crate::fleet::{build_bundle, parse_single_application};
+    use crate::store::{AppRecord, ClusterRecord};
+
+    fn app(name: &str, dest: &str, project: &str) -> AppRecord {
+        let yaml = format!(
+            "apiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata:\n  name: {name}\nspec:\n  project: {project}\n  source:\n    repoURL: https://user:secret@git.example.com/{name}.git\n    path: .\n  destination:\n    name: {dest}\n    namespace: default\n"
+        );
+        AppRecord {
+            app: parse_single_application(&yaml, "t").unwrap(),
+            origin: "api".into(),
+            revision: "r1".into(),
+            error: String::new(),
+        }
+    }
+
+    fn status(name: &str, sync: pb::SyncStatus, health: pb::HealthStatus) -> pb::AppStatus {
+        pb::AppStatus {
+            name: name.into(),
+            sync: sync as i32,
+            health: health as i32,
+            ..Default::default()
+        }
+    }
+
+    /// The `flotilla_app_info` lines, sorted.
+    fn app_info(text: &str) -> Vec<&str> {
+        let mut lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("flotilla_app_info{"))
+            .collect();
+        lines.sort_unstable();
+        lines
+    }
+
+    #[test]
+    fn app_info_has_one_series_per_application_and_cluster() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let fleet = Fleet::load(store.clone()).unwrap();
+        for c in ["east", "west"] {
+            fleet
+                .put_cluster(ClusterRecord {
+                    name: c.into(),
+                    ..Default::default()
+                })
+                .unwrap();
+        }
+        let web = app("web", "east", "shop");
+        let api = app("api", "west", "default");
+        for rec in [&web, &api] {
+            store.put_app(rec).unwrap();
+            fleet
+                .set_bundle(build_bundle(&rec.app, "r1", Ok(&[])))
+                .unwrap();
+        }
+        use pb::HealthStatus as H;
+        use pb::SyncStatus as S;
+        store
+            .put_status("east", &status("web", S::Synced, H::Healthy))
+            .unwrap();
+        store
+            .put_status("west", &status("api", S::OutOfSync, H::Degraded))
+            .unwrap();
+        // Left over from an application that does not target west: no series.
+        store
+            .put_status("west", &status("web", S::Synced, H::Healthy))
+            .unwrap();
+
+        let m = HubMetrics::new();
+        let text = m.encode(&store, &fleet);
+        assert_eq!(
+            app_info(&text),
+            [
+                r#"flotilla_app_info{name="api",project="default",cluster="west",sync_status="OutOfSync",health_status="Degraded",repo="https://***@git.example.com/api.git"} 1"#,
+                r#"flotilla_app_info{name="web",project="shop",cluster="east",sync_status="Synced",health_status="Healthy",repo="https://***@git.example.com/web.git"} 1"#,
+            ],
+            "{text}"
+        );
+        assert!(text.contains(
+            "flotilla_applications{sync_status=\"OutOfSync\",health_status=\"Degraded\"} 1"
+        ));
+        assert!(!text.contains("secret"), "credentials are redacted: {text}");
+
+        // Later writes reach the next scrape without a rescan: a new report,
+        // a comparison error, a removed application.
+        store
+            .put_status("west", &status("api", S::Synced, H::Progressing))
+            .unwrap();
+        let mut broken = web.clone();
+        broken.error = "repository unreachable".into();
+        store.put_app(&broken).unwrap();
+        let text = m.encode(&store, &fleet);
+        assert_eq!(
+            app_info(&text),
+            [
+                r#"flotilla_app_info{name="api",project="default",cluster="west",sync_status="Synced",health_status="Progressing",repo="https://***@git.example.com/api.git"} 1"#,
+                r#"flotilla_app_info{name="web",project="shop",cluster="east",sync_status="Unknown",health_status="Healthy",repo="https://***@git.example.com/web.git"} 1"#,
+            ],
+            "{text}"
+        );
+        assert!(!text.contains("OutOfSync"), "old series are gone: {text}");
+        fleet.remove_app("api").unwrap();
+        fleet.remove_cluster("east").unwrap();
+        let text = m.encode(&store, &fleet);
+        assert!(app_info(&text).is_empty(), "{text}");
+        assert!(!text.contains("flotilla_applications{"), "{text}");
+    }
+
+    /// Metric names queried by the Grafana dashboard in charts/.
+    fn dashboard_metrics() -> std::collections::BTreeSet<String> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../charts/flotilla-hub/dashboards/flotilla.json");
+        let dashboard: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        fn exprs(v: &serde_json::Value, out: &mut Vec<String>) {
+            match v {
+                serde_json::Value::Object(m) => {
+                    for (k, v) in m {
+                        match (k.as_str(), v) {
+                            ("expr" | "definition" | "query", serde_json::Value::String(s)) => {
+                                out.push(s.clone());
+                            }
+                            _ => exprs(v, out),
+                        }
+                    }
+                }
+                serde_json::Value::Array(a) => a.iter().for_each(|v| exprs(v, out)),
+                _ => {}
+            }
+        }
+        let mut all = Vec::new();
+        exprs(&dashboard, &mut all);
+        let re = regex::Regex::new("flotilla_[a-z_]+").unwrap();
+        all.iter()
+            .flat_map(|e| re.find_iter(e).map(|m| m.as_str().to_owned()))
+            .collect()
+    }
+
+    /// Every hub metric the dashboard queries is exported by the hub (a
+    /// histogram's `_bucket`/`_sum`/`_count` and a counter's `_total`
+    /// count as their metric) and listed in docs/operations.md. Every
+    /// family gets a series first: an empty one is not exported at all.
+    #[test]
+    fn dashboard_queries_only_exported_and_documented_hub_metrics() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let fleet = Fleet::load(store.clone()).unwrap();
+        fleet
+            .put_cluster(ClusterRecord {
+                name: "east".into(),
+                ..Default::default()
+            })
+            .unwrap();
+        let web = app("web", "east", "default");
+        store.put_app(&web).unwrap();
+        fleet
+            .set_bundle(build_bundle(&web.app, "r1", Ok(&[])))
+            .unwrap();
+        store
+            .put_status(
+                "east",
+                &status("web", pb::SyncStatus::Synced, pb::HealthStatus::Healthy),
+            )
+            .unwrap();
+        let m = HubMetrics::new();
+        m.git_fetch("https://git.example.com/r.git", Duration::from_millis(5), false);
+        m.connection_rejected("grpc", "unauthenticated_cap");
+        m.connection_timed_out("grpc", "handshake");
+        m.connections_open("grpc", "authenticated", 1);
+        m.enrollment_refused("deadline");
+        m.store_writable(true);
+        m.store_reopened();
+        m.render(Duration::from_millis(5));
+        m.send_lag(Duration::from_millis(5));
+        let text = m.encode(&store, &fleet);
+        let exported: std::collections::BTreeSet<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        let docs = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/operations.md"),
+        )
+        .unwrap();
+        let used = dashboard_metrics();
+        assert!(used.contains("flotilla_app_info"), "{used:?}");
+        for name in used.iter().filter(|n| !n.starts_with("flotilla_agent_")) {
+            let base = ["_bucket", "_sum", "_count", "_total"]
+                .iter()
+                .filter_map(|suffix| name.strip_suffix(suffix))
+                .chain([name.as_str()])
+                .find(|b| exported.contains(b));
+            assert!(
+                base.is_some(),
+                "the dashboard queries {name}, which the hub does not export: {exported:?}"
+            );
+            let base = base.unwrap_or_default();
+            assert!(
+                docs.contains(&format!("| `{base}` |")) || docs.contains(&format!("| `{name}` |")),
+                "{name} is not in the metric tables of docs/operations.md"
+            );
+        }
+    }
+
+    /// The summary the metrics read is built once from the store, then
+    /// follows writes: a store reopened from disk gives the same answer.
+    #[test]
+    fn status_summary_matches_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let collect = |store: &Store| {
+            let mut out = Vec::new();
+            store
+                .for_each_status_summary(|a, c, s, h| out.push((a.to_owned(), c.to_owned(), s, h)))
+                .unwrap();
+            out.sort();
+            out
+        };
+        let store = Store::open(dir.path()).unwrap();
+        use pb::HealthStatus as H;
+        use pb::SyncStatus as S;
+        store
+            .put_status("c1", &status("a", S::Synced, H::Healthy))
+            .unwrap();
+        let first = collect(&store);
+        assert_eq!(first, [("a".into(), "c1".into(), 1, 1)]);
+        store
+            .put_status("c1", &status("a", S::OutOfSync, H::Degraded))
+            .unwrap();
+        store
+            .put_status("c2", &status("b", S::Synced, H::Missing))
+            .unwrap();
+        store.remove_cluster("c1").unwrap();
+        let live = collect(&store);
+        store.close().unwrap();
+        drop(store);
+        let reopened = Store::open(dir.path()).unwrap();
+        assert_eq!(live, collect(&reopened));
+        assert_eq!(live.len(), 1);
+        assert_eq!(live[0].0, "b");
+    }
 }

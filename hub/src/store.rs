@@ -11,7 +11,7 @@
 //! background, with backoff, until a write gets through ([`StoreHealth`]);
 //! meanwhile calls fail fast with [`StoreError::Unavailable`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
@@ -345,7 +345,15 @@ struct Shared {
     cluster_lock: Mutex<()>,
     /// Application records written since open (see [`Store::app_writes`]).
     app_writes: AtomicU64,
+    /// Sync and health of every stored status, built on first use by
+    /// [`Store::for_each_status_summary`] and kept up to date by the writes
+    /// that change statuses, so metrics never scan the statuses tree.
+    status_index: Mutex<Option<StatusIndex>>,
 }
+
+/// (application, cluster) → (sync, health) as the agent reported them
+/// (`pb::SyncStatus`, `pb::HealthStatus` values).
+type StatusIndex = HashMap<(String, String), (i32, i32)>;
 
 /// One open sled instance and its trees.
 struct Trees {
@@ -622,6 +630,7 @@ impl Store {
                 last_probe: Mutex::new(None),
                 cluster_lock: Mutex::new(()),
                 app_writes: AtomicU64::new(0),
+                status_index: Mutex::new(None),
             }),
         })
     }
@@ -920,6 +929,11 @@ impl Store {
             }
             Ok(existed)
         })
+        .inspect(|_| {
+            if let Some(index) = self.status_index().as_mut() {
+                index.retain(|(_, cluster), _| cluster != name);
+            }
+        })
     }
 
     // ---- repository credentials ----
@@ -1044,6 +1058,11 @@ impl Store {
             }
             Ok(existed)
         })
+        .inspect(|_| {
+            if let Some(index) = self.status_index().as_mut() {
+                index.retain(|(app, _), _| app != name);
+            }
+        })
     }
 
     // ---- rendered bundles ----
@@ -1094,7 +1113,61 @@ impl Store {
             t.statuses
                 .insert(status_key(&status.name, cluster), status.encode_to_vec())?;
             Ok(())
-        })
+        })?;
+        if let Some(index) = self.status_index().as_mut() {
+            index.insert(
+                (status.name.clone(), cluster.to_owned()),
+                (status.sync, status.health),
+            );
+        }
+        Ok(())
+    }
+
+    fn status_index(&self) -> std::sync::MutexGuard<'_, Option<StatusIndex>> {
+        self.shared
+            .status_index
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Calls `f(application, cluster, sync, health)` for every stored
+    /// status, from an in-memory index: the statuses tree is read once,
+    /// on the first call, and later calls cost no store reads.
+    ///
+    /// # Errors
+    /// Building the index on the first call failed (the store cannot be
+    /// read, or a status record is corrupt); the next call tries again.
+    pub fn for_each_status_summary(
+        &self,
+        mut f: impl FnMut(&str, &str, i32, i32),
+    ) -> Result<(), StoreError> {
+        let mut guard = self.status_index();
+        if guard.is_none() {
+            // Under the lock: a status written meanwhile waits for it and
+            // then lands in the finished index.
+            let built = self.with(|t| {
+                let mut index = StatusIndex::new();
+                for r in t.statuses.iter() {
+                    let (k, v) = r?;
+                    let mut parts = k.splitn(2, |b| *b == 0);
+                    let app = String::from_utf8_lossy(parts.next().unwrap_or_default());
+                    let cluster = String::from_utf8_lossy(parts.next().unwrap_or_default());
+                    let st =
+                        pb::AppStatus::decode(v.as_ref()).map_err(|e| StoreError::Corrupt {
+                            what: "status",
+                            key: format!("{app}/{cluster}"),
+                            message: e.to_string(),
+                        })?;
+                    index.insert((app.into_owned(), cluster.into_owned()), (st.sync, st.health));
+                }
+                Ok(index)
+            })?;
+            *guard = Some(built);
+        }
+        for ((app, cluster), (sync, health)) in guard.iter().flatten() {
+            f(app, cluster, *sync, *health);
+        }
+        Ok(())
     }
 
     /// Every reported status of `app`, keyed by cluster.

@@ -18,10 +18,18 @@ async fn cluster_add_prints_the_agent_command_and_manifest() {
         .unwrap();
 
     // Text: token, pin, command line, manifest.
-    let text = ok(&flotilla(
-        &hub,
-        &["cluster", "add", "east", "--bootstrap-token"],
-    ));
+    let out = flotilla(&hub, &["cluster", "add", "east", "--bootstrap-token"]);
+    // The hub listens on 127.0.0.1, which an agent in a cluster cannot
+    // reach: a warning on stderr, the manifest on stdout stays clean.
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        stderr.contains("warning: the agent would dial https://127.0.0.1:")
+            && stderr.contains("loopback")
+            && stderr.contains("--hub-url"),
+        "{stderr}"
+    );
+    let text = ok(&out);
+    assert!(!text.contains("loopback"), "{text}");
     let line = text
         .lines()
         .find(|l| l.contains("flotilla-agent --hub"))
@@ -53,6 +61,22 @@ async fn cluster_add_prints_the_agent_command_and_manifest() {
     )))
     .unwrap();
     let manifest = v["manifest"].as_str().unwrap();
+    let quiet = flotilla(
+        &hub,
+        &[
+            "cluster",
+            "add",
+            "west-2",
+            "--bootstrap-token",
+            "--hub-url",
+            "https://hub.example.com:7443",
+        ],
+    );
+    assert!(
+        !String::from_utf8_lossy(&quiet.stderr).contains("warning"),
+        "{}",
+        String::from_utf8_lossy(&quiet.stderr)
+    );
     let token = v["bootstrapToken"].as_str().unwrap();
     assert!(manifest.contains(token));
     assert!(manifest.contains("https://hub.example.com:7443"));

@@ -71,3 +71,23 @@ The rules the agent needs to apply what Git holds: everything.
 {{ toYaml . }}
 {{- end }}
 {{- end -}}
+
+{{/*
+One alerting rule of the PrometheusRule, unless its name is in
+metrics.prometheusRule.disabledAlerts. Argument: a dict with pr (the
+prometheusRule values), name, severity, for, expr, summary, description.
+*/}}
+{{- define "flotilla-agent.alert" -}}
+{{- if not (has .name .pr.disabledAlerts) -}}
+- alert: {{ .name }}
+  expr: {{ .expr | quote }}
+  {{- with .for }}
+  for: {{ . }}
+  {{- end }}
+  labels:
+    {{- toYaml (merge (dict) .pr.alertLabels (dict "severity" .severity)) | nindent 4 }}
+  annotations:
+    summary: {{ .summary | quote }}
+    description: {{ .description | quote }}
+{{- end -}}
+{{- end -}}

@@ -102,3 +102,44 @@ Whether a credentials key is supplied, by value or by existing Secret.
 {{- define "flotilla-hub.hasCredentialsKey" -}}
 {{- if or .Values.credentialsKey.value .Values.credentialsKey.existingSecret -}}true{{- end -}}
 {{- end -}}
+
+{{/*
+Secret holding the webhook secret.
+*/}}
+{{- define "flotilla-hub.webhookSecretName" -}}
+{{- default (printf "%s-webhook" (include "flotilla-hub.fullname" .)) .Values.webhook.secret.existingSecret -}}
+{{- end -}}
+
+{{/*
+Whether a webhook secret is supplied, by value or by existing Secret.
+*/}}
+{{- define "flotilla-hub.hasWebhookSecret" -}}
+{{- if and .Values.webhook.enabled (or .Values.webhook.secret.value .Values.webhook.secret.existingSecret) -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+Where the render tools (helm, kustomize) are copied to; on the hub's PATH.
+*/}}
+{{- define "flotilla-hub.toolsDir" -}}
+/opt/flotilla/tools
+{{- end -}}
+
+{{/*
+One alerting rule of the PrometheusRule, unless its name is in
+metrics.prometheusRule.disabledAlerts. Argument: a dict with pr (the
+prometheusRule values), name, severity, for, expr, summary, description.
+*/}}
+{{- define "flotilla-hub.alert" -}}
+{{- if not (has .name .pr.disabledAlerts) -}}
+- alert: {{ .name }}
+  expr: {{ .expr | quote }}
+  {{- with .for }}
+  for: {{ . }}
+  {{- end }}
+  labels:
+    {{- toYaml (merge (dict) .pr.alertLabels (dict "severity" .severity)) | nindent 4 }}
+  annotations:
+    summary: {{ .summary | quote }}
+    description: {{ .description | quote }}
+{{- end -}}
+{{- end -}}

@@ -30,6 +30,25 @@ enum Command {
     /// result on stdout), so that an evaluation can be killed.
     #[command(hide = true)]
     JsonnetEval,
+    /// Print the hub CA certificate (DATA/ca.crt, PEM) on stdout and its
+    /// pin on stderr: the CLI's --ca-file, read out of a hub image that
+    /// has no shell (`kubectl exec flotilla-hub-0 -- flotilla-hub print-ca`).
+    PrintCa {
+        /// The hub's data directory.
+        #[arg(long, env = "FLOTILLA_DATA_DIR", default_value = "/var/lib/flotilla")]
+        data_dir: PathBuf,
+    },
+}
+
+fn print_ca(data_dir: &std::path::Path) -> Result<()> {
+    let path = data_dir.join("ca.crt");
+    let pem = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading {} (has the hub started once?)", path.display()))?;
+    let pin = flotilla_hub::pki::ca_pin_of(&pem)
+        .with_context(|| format!("{} is not a CA certificate", path.display()))?;
+    print!("{pem}");
+    eprintln!("hub CA pin: sha256:{pin}");
+    Ok(())
 }
 
 #[derive(Debug, clap::Args)]
@@ -208,6 +227,7 @@ async fn main() -> Result<()> {
     let args = match Cli::parse().command {
         Command::Serve(args) => *args,
         Command::JsonnetEval => return jsonnet_eval(),
+        Command::PrintCa { data_dir } => return print_ca(&data_dir),
     };
     let telemetry = flotilla_hub::telemetry::init_with(args.log_format);
     let repos = args
