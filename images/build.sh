@@ -22,7 +22,8 @@
 #      `unshare -r chroot` when not run as root);
 #   3. in the image's root filesystem (CA certificates, passwd, /tmp) and as
 #      UID 65532, `flotilla-hub serve` starts, generates its CA, answers
-#      /readyz, and the CLI talks to it over TLS (`flotilla cluster add`);
+#      /readyz, the CLI talks to it over TLS (`flotilla cluster add`) and
+#      `flotilla-hub print-ca` prints its CA;
 #   4. with --images: each image runs as 65532, holds no shell, and its
 #      binary starts from the image's own root filesystem.
 set -euo pipefail
@@ -35,7 +36,7 @@ for arg in "$@"; do
     --images) want_images=true ;;
     --check-only) build=false ;;
     -h | --help)
-      sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'
+      sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'
       exit 0
       ;;
     *)
@@ -181,8 +182,12 @@ in_root "$root" /usr/local/bin/flotilla --hub "$hub_url" --ca-file /data/ca.crt 
   --token-file /data/admin.token cluster add static-check --bootstrap-token >"$work/cli.out" 2>&1 ||
   fail "flotilla cluster add against the hub failed: $(cat "$work/cli.out")"
 grep -q 'flt1\.' "$work/cli.out" || fail "flotilla cluster add printed no token: $(cat "$work/cli.out")"
+in_root "$root" /usr/local/bin/flotilla-hub print-ca --data-dir /data >"$work/ca.pem" 2>"$work/pin.out" ||
+  fail "flotilla-hub print-ca failed: $(cat "$work/pin.out")"
+cmp -s "$work/ca.pem" "$root/data/ca.crt" || fail "flotilla-hub print-ca did not print the hub CA"
+grep -q '^hub CA pin: sha256:[0-9a-f]\{64\}$' "$work/pin.out" || fail "flotilla-hub print-ca printed no pin: $(cat "$work/pin.out")"
 curl -fsS "$metrics_url/metrics" | grep -q '^flotilla_clusters 1' || fail "the hub's metrics do not count the cluster"
-say "flotilla-hub serve (UID $UID_NONROOT, image root): ready at $hub_url; flotilla cluster add over TLS works"
+say "flotilla-hub serve (UID $UID_NONROOT, image root): ready at $hub_url; flotilla cluster add over TLS and print-ca work"
 kill "$hub_pid"
 wait "$hub_pid" 2>/dev/null || true
 hub_pid=

@@ -287,7 +287,10 @@ fn hub_chart_default_values() -> Result<()> {
         metrics["spec"]["selector"],
         sts["spec"]["selector"]["matchLabels"]
     );
-    assert_eq!(metrics["metadata"]["labels"]["flotilla.dev/service"], "metrics");
+    assert_eq!(
+        metrics["metadata"]["labels"]["flotilla.dev/service"],
+        "metrics"
+    );
     // Nothing operator-specific is created unless asked for.
     assert!(pod["priorityClassName"].is_null() && pod["topologySpreadConstraints"].is_null());
     Ok(())
@@ -732,11 +735,14 @@ fn values_are_checked_against_the_schema() {
     let values = dir.path().join("v.yaml");
     std::fs::write(&values, "global:\n  imageRegistry: r.example.com\n").unwrap();
     for chart in ["flotilla-hub", "flotilla-agent"] {
-        helm::template(&chart_dir(chart), &Release::new("a", "ns"), std::slice::from_ref(&values))
-            .unwrap();
+        helm::template(
+            &chart_dir(chart),
+            &Release::new("a", "ns"),
+            std::slice::from_ref(&values),
+        )
+        .unwrap();
     }
 }
-
 
 /// The agent keeps its inventory ConfigMaps in the namespace it is
 /// installed into, where its own Role lets it write them.
@@ -754,7 +760,11 @@ fn agent_inventory_namespace_follows_the_release() -> Result<()> {
     assert!(has_flag(&a, "--inventory-namespace", "gitops"), "{a:?}");
     let own = r.get("Role", "flotilla-agent-self");
     assert_eq!(own["metadata"]["namespace"], "gitops");
-    assert!(own["rules"][0]["resources"].to_string().contains("configmaps"));
+    assert!(
+        own["rules"][0]["resources"]
+            .to_string()
+            .contains("configmaps")
+    );
     Ok(())
 }
 
@@ -830,14 +840,22 @@ fn hub_chart_operator_values() -> Result<()> {
     );
     let metrics = r.get("Service", "flotilla-hub-metrics");
     assert_eq!(metrics["spec"]["type"], "ClusterIP");
-    assert_eq!(metrics["metadata"]["annotations"]["prometheus.io/scrape"], "true");
+    assert_eq!(
+        metrics["metadata"]["annotations"]["prometheus.io/scrape"],
+        "true"
+    );
     let sm = r.get("ServiceMonitor", "flotilla-hub");
     assert_eq!(sm["metadata"]["labels"]["release"], "kube-prometheus-stack");
-    assert_eq!(sm["spec"]["namespaceSelector"]["matchNames"], json!(["flotilla-system"]));
+    assert_eq!(
+        sm["spec"]["namespaceSelector"]["matchNames"],
+        json!(["flotilla-system"])
+    );
     let want = sm["spec"]["selector"]["matchLabels"]
         .as_object()
         .context("selector")?;
-    let svc_labels = metrics["metadata"]["labels"].as_object().context("labels")?;
+    let svc_labels = metrics["metadata"]["labels"]
+        .as_object()
+        .context("labels")?;
     assert!(
         want.iter().all(|(k, v)| svc_labels.get(k) == Some(v)),
         "the ServiceMonitor selects the metrics Service: {want:?} / {svc_labels:?}"
@@ -879,7 +897,8 @@ fn hub_chart_operator_values() -> Result<()> {
         );
         assert_eq!(rule["labels"]["team"], "platform", "{name}");
         assert!(
-            ["warning", "critical"].contains(&rule["labels"]["severity"].as_str().unwrap_or_default()),
+            ["warning", "critical"]
+                .contains(&rule["labels"]["severity"].as_str().unwrap_or_default()),
             "{name}"
         );
         assert!(rule["annotations"]["summary"].is_string(), "{name}");
@@ -896,7 +915,10 @@ fn hub_chart_operator_values() -> Result<()> {
     assert_eq!(np["spec"]["policyTypes"], json!(["Ingress", "Egress"]));
     let ingress = np["spec"]["ingress"].as_array().context("ingress")?;
     assert_eq!(ingress.len(), 3);
-    assert_eq!(ingress[0]["ports"], json!([{"port": "agent", "protocol": "TCP"}]));
+    assert_eq!(
+        ingress[0]["ports"],
+        json!([{"port": "agent", "protocol": "TCP"}])
+    );
     assert!(ingress[0]["from"].is_null(), "agents come from anywhere");
     assert_eq!(
         ingress[1]["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
@@ -906,7 +928,10 @@ fn hub_chart_operator_values() -> Result<()> {
     assert_eq!(np["spec"]["egress"][1]["ports"][0]["port"], 443);
 
     let pdb = r.get("PodDisruptionBudget", "flotilla-hub");
-    assert_eq!(pdb["spec"], json!({"selector": {"matchLabels": selector}, "minAvailable": 1}));
+    assert_eq!(
+        pdb["spec"],
+        json!({"selector": {"matchLabels": selector}, "minAvailable": 1})
+    );
 
     // Webhooks: listener, secret, own Service and a TLS-terminating Ingress.
     let hub = container(pod, "hub");
@@ -939,14 +964,24 @@ fn hub_chart_operator_values() -> Result<()> {
     );
 
     // Render tools: copied by an init container into a directory on PATH.
-    let inits = pod["initContainers"].as_array().context("init containers")?;
+    let inits = pod["initContainers"]
+        .as_array()
+        .context("init containers")?;
     let names: Vec<&str> = inits.iter().filter_map(|c| c["name"].as_str()).collect();
     assert_eq!(names, ["render-tools", "wait-for-git"]);
     let tools = &inits[0];
-    assert_eq!(tools["image"], "registry.example.com/tools/helm-kustomize:1");
+    assert_eq!(
+        tools["image"],
+        "registry.example.com/tools/helm-kustomize:1"
+    );
     assert_eq!(
         tools["command"],
-        json!(["cp", "/usr/local/bin/helm", "/usr/local/bin/kustomize", "/opt/flotilla/tools/"])
+        json!([
+            "cp",
+            "/usr/local/bin/helm",
+            "/usr/local/bin/kustomize",
+            "/opt/flotilla/tools/"
+        ])
     );
     assert_hardened(pod, tools);
     let env = hub["env"].as_array().context("env")?;
@@ -954,12 +989,9 @@ fn hub_chart_operator_values() -> Result<()> {
         env.contains(&json!({"name": "PATH", "value": "/opt/flotilla/tools"})),
         "{env:?}"
     );
-    assert!(
-        hub["volumeMounts"]
-            .as_array()
-            .context("mounts")?
-            .contains(&json!({"name": "render-tools", "mountPath": "/opt/flotilla/tools", "readOnly": true}))
-    );
+    assert!(hub["volumeMounts"].as_array().context("mounts")?.contains(
+        &json!({"name": "render-tools", "mountPath": "/opt/flotilla/tools", "readOnly": true})
+    ));
 
     // Scheduling and extra volumes.
     assert_eq!(pod["priorityClassName"], "platform-critical");
@@ -970,12 +1002,9 @@ fn hub_chart_operator_values() -> Result<()> {
     let volumes = pod["volumes"].as_array().context("volumes")?;
     assert!(volumes.contains(&json!({"name": "git-ca", "configMap": {"name": "git-ca"}})));
     assert!(volumes.contains(&json!({"name": "render-tools", "emptyDir": {}})));
-    assert!(
-        hub["volumeMounts"]
-            .as_array()
-            .context("mounts")?
-            .contains(&json!({"name": "git-ca", "mountPath": "/etc/flotilla/git-ca", "readOnly": true}))
-    );
+    assert!(hub["volumeMounts"].as_array().context("mounts")?.contains(
+        &json!({"name": "git-ca", "mountPath": "/etc/flotilla/git-ca", "readOnly": true})
+    ));
     Ok(())
 }
 
@@ -1045,7 +1074,10 @@ fn agent_chart_operator_values() -> Result<()> {
     );
     assert_eq!(np["spec"]["policyTypes"], json!(["Ingress", "Egress"]));
     let pdb = r.get("PodDisruptionBudget", "flotilla-agent");
-    assert_eq!(pdb["spec"], json!({"selector": {"matchLabels": selector}, "maxUnavailable": 1}));
+    assert_eq!(
+        pdb["spec"],
+        json!({"selector": {"matchLabels": selector}, "maxUnavailable": 1})
+    );
 
     assert_eq!(pod["priorityClassName"], "platform-critical");
     assert_eq!(pod["topologySpreadConstraints"][0]["maxSkew"], 1);
@@ -1058,10 +1090,9 @@ fn agent_chart_operator_values() -> Result<()> {
             .contains(&json!({"name": "health-checks", "mountPath": "/etc/flotilla/health", "readOnly": true}))
     );
     assert!(
-        pod["volumes"]
-            .as_array()
-            .context("volumes")?
-            .contains(&json!({"name": "health-checks", "configMap": {"name": "lua-health-checks"}}))
+        pod["volumes"].as_array().context("volumes")?.contains(
+            &json!({"name": "health-checks", "configMap": {"name": "lua-health-checks"}})
+        )
     );
     Ok(())
 }
@@ -1116,7 +1147,11 @@ fn disruption_budget_keeps_an_explicit_zero() -> Result<()> {
         &values,
         "podDisruptionBudget:\n  enabled: true\n  maxUnavailable: 0\n",
     )?;
-    let r = Rendered::render("flotilla-hub", &Release::new("flotilla-hub", "ns"), &[values])?;
+    let r = Rendered::render(
+        "flotilla-hub",
+        &Release::new("flotilla-hub", "ns"),
+        &[values],
+    )?;
     let pdb = r.get("PodDisruptionBudget", "flotilla-hub");
     assert_eq!(pdb["spec"]["maxUnavailable"], 0);
     assert!(pdb["spec"]["minAvailable"].is_null());

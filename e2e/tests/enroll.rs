@@ -728,20 +728,32 @@ async fn the_health_port_answers_while_enrollment_waits_for_the_hub() -> anyhow:
         .trim_start_matches("flotilla-agent health listening on ")
         .trim_end_matches("/healthz")
         .to_owned();
-    eventually("health port answers before enrollment", CONVERGE, || async {
-        match (http_get(&base, "/healthz")?, http_get(&base, "/readyz")?) {
-            ((200, _), (503, ready)) if ready.contains("never connected") => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    })
+    eventually(
+        "health port answers before enrollment",
+        CONVERGE,
+        || async {
+            match (http_get(&base, "/healthz")?, http_get(&base, "/readyz")?) {
+                ((200, _), (503, ready)) if ready.contains("never connected") => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
     .await?;
     let metrics = http_get(&base, "/metrics").map_err(anyhow::Error::msg)?;
     assert_eq!(metrics.0, 200);
-    assert!(metrics.1.contains("flotilla_agent_connected 0"), "{}", metrics.1);
+    assert!(
+        metrics.1.contains("flotilla_agent_connected 0"),
+        "{}",
+        metrics.1
+    );
     // Still waiting for the hub: not enrolled, not exited.
     assert!(blocked.is_running(), "{}", blocked.tail(20));
     assert!(!state.join("tls.crt").exists());
-    assert!(!blocked.has_line(|l| l.contains("enrolled")), "{}", blocked.tail(20));
+    assert!(
+        !blocked.has_line(|l| l.contains("enrolled")),
+        "{}",
+        blocked.tail(20)
+    );
     blocked.stop(Duration::from_secs(10));
     drop(silent);
 

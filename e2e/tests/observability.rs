@@ -144,7 +144,9 @@ async fn hub_and_agents_expose_probes_and_metrics_during_a_sync() -> anyhow::Res
         );
         assert!(info.ends_with("} 1"), "{info}");
         assert!(
-            !text.contains(&format!("name=\"guestbook-{cluster}\",project=\"default\",cluster=\"sim-9")),
+            !text.contains(&format!(
+                "name=\"guestbook-{cluster}\",project=\"default\",cluster=\"sim-9"
+            )),
             "{text}"
         );
     }
@@ -261,7 +263,9 @@ fn dashboard_agent_metrics_are_exported_and_documented(agent: &str) -> anyhow::R
             serde_json::Value::Object(m) => {
                 for (k, v) in m {
                     match (k.as_str(), v) {
-                        ("expr" | "definition", serde_json::Value::String(s)) => out.push(s.clone()),
+                        ("expr" | "definition", serde_json::Value::String(s)) => {
+                            out.push(s.clone())
+                        }
                         ("query", serde_json::Value::String(s)) => out.push(s.clone()),
                         _ => collect(v, out),
                     }
@@ -292,7 +296,10 @@ fn dashboard_agent_metrics_are_exported_and_documented(agent: &str) -> anyhow::R
             rest = &tail[end..];
         }
     }
-    assert!(used.contains("flotilla_agent_drift_events_total"), "{used:?}");
+    assert!(
+        used.contains("flotilla_agent_drift_events_total"),
+        "{used:?}"
+    );
     for name in used.iter().filter(|n| n.starts_with("flotilla_agent_")) {
         let exported = &agent_types;
         let base = ["_bucket", "_sum", "_count", "_total"]

@@ -161,11 +161,10 @@ impl Chart {
         self.schema = match schema_json {
             None => None,
             Some(text) => {
-                let schema: Value =
-                    serde_json::from_str(text).map_err(|e| HelmError::Invalid {
-                        path: path.clone(),
-                        message: format!("not JSON: {e}"),
-                    })?;
+                let schema: Value = serde_json::from_str(text).map_err(|e| HelmError::Invalid {
+                    path: path.clone(),
+                    message: format!("not JSON: {e}"),
+                })?;
                 crate::chart_schema::check_schema(&schema)
                     .map_err(|message| HelmError::Invalid { path, message })?;
                 Some(schema)
@@ -605,13 +604,16 @@ fn functions() -> Vec<(&'static str, Func)> {
 /// Deep-merges `src` into `dst`: a key only `src` has is added, two maps
 /// under one key merge recursively; otherwise `dst`'s value stays, unless
 /// `overwrite`.
-fn deep_merge(dst: &mut std::collections::HashMap<String, GoValue>, src: &std::collections::HashMap<String, GoValue>, overwrite: bool) {
+fn deep_merge(
+    dst: &mut std::collections::HashMap<String, GoValue>,
+    src: &std::collections::HashMap<String, GoValue>,
+    overwrite: bool,
+) {
     for (key, value) in src {
         match (dst.get_mut(key), value) {
-            (
-                Some(GoValue::Map(d) | GoValue::Object(d)),
-                GoValue::Map(s) | GoValue::Object(s),
-            ) => deep_merge(d, s, overwrite),
+            (Some(GoValue::Map(d) | GoValue::Object(d)), GoValue::Map(s) | GoValue::Object(s)) => {
+                deep_merge(d, s, overwrite)
+            }
             (Some(existing), _) => {
                 if overwrite {
                     *existing = value.clone();
@@ -1115,7 +1117,8 @@ mod agent_chart_tests {
         ] {
             let w = install(url).hub_url_warning();
             assert!(
-                w.as_deref().is_some_and(|w| w.contains(url) && w.contains("--hub-url")),
+                w.as_deref()
+                    .is_some_and(|w| w.contains(url) && w.contains("--hub-url")),
                 "{url}: {w:?}"
             );
         }

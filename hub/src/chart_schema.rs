@@ -77,34 +77,25 @@ fn check_node(schema: &Value, at: &str) -> Result<(), String> {
                     check_node(sub, &format!("{at}/properties/{name}"))?;
                 }
             }
-            "additionalProperties" => {
-                if !value.is_boolean() {
-                    check_node(value, &format!("{at}/additionalProperties"))?;
-                }
+            "additionalProperties" if !value.is_boolean() => {
+                check_node(value, &format!("{at}/additionalProperties"))?;
             }
             "items" => check_node(value, &format!("{at}/items"))?,
-            "required" => {
+            "required"
                 if !value
                     .as_array()
-                    .is_some_and(|l| l.iter().all(Value::is_string))
-                {
-                    return Err(format!("{at}/required: must be a list of names"));
-                }
+                    .is_some_and(|l| l.iter().all(Value::is_string)) =>
+            {
+                return Err(format!("{at}/required: must be a list of names"));
             }
-            "enum" => {
-                if !value.is_array() {
-                    return Err(format!("{at}/enum: must be a list"));
-                }
+            "enum" if !value.is_array() => {
+                return Err(format!("{at}/enum: must be a list"));
             }
-            "minimum" | "maximum" => {
-                if !value.is_number() {
-                    return Err(format!("{at}/{key}: must be a number"));
-                }
+            "minimum" | "maximum" if !value.is_number() => {
+                return Err(format!("{at}/{key}: must be a number"));
             }
-            "minLength" | "minItems" => {
-                if !value.is_u64() {
-                    return Err(format!("{at}/{key}: must be a non-negative integer"));
-                }
+            "minLength" | "minItems" if !value.is_u64() => {
+                return Err(format!("{at}/{key}: must be a non-negative integer"));
             }
             "pattern" => {
                 let Some(p) = value.as_str() else {
@@ -341,7 +332,10 @@ mod tests {
         let cases: &[(Value, &str)] = &[
             (json!({"port": "7443"}), "port: got string, want integer"),
             (json!({"port": 0}), "port: must be at least 1, not 0"),
-            (json!({"port": 70000}), "port: must be at most 65535, not 70000"),
+            (
+                json!({"port": 70000}),
+                "port: must be at most 65535, not 70000",
+            ),
             (json!({"port": 1.5}), "port: got number, want integer"),
             (
                 json!({"type": "Foo"}),
@@ -351,9 +345,18 @@ mod tests {
                 json!({"key": "xyz"}),
                 r#"key: "xyz" does not match the pattern "^([0-9a-f]{4})?$""#,
             ),
-            (json!({"budget": true}), "budget: got boolean, want integer or string or null"),
-            (json!({"labels": {"a": 1}}), "labels.a: got integer, want string"),
-            (json!({"hosts": ["ok", ""]}), "hosts[1]: must be at least 1 characters long"),
+            (
+                json!({"budget": true}),
+                "budget: got boolean, want integer or string or null",
+            ),
+            (
+                json!({"labels": {"a": 1}}),
+                "labels.a: got integer, want string",
+            ),
+            (
+                json!({"hosts": ["ok", ""]}),
+                "hosts[1]: must be at least 1 characters long",
+            ),
             (json!({"env": []}), "env: must list at least 1 item(s)"),
             (json!({"env": [{"value": "1"}]}), "env[0].name: is required"),
             (
@@ -363,7 +366,11 @@ mod tests {
             (json!([]), "got array, want object"),
         ];
         for (values, want) in cases {
-            assert_eq!(problems(values.clone()), vec![(*want).to_owned()], "{values}");
+            assert_eq!(
+                problems(values.clone()),
+                vec![(*want).to_owned()],
+                "{values}"
+            );
         }
         // All of them, in order.
         assert_eq!(problems(json!({"port": 0, "type": "Foo"})).len(), 2);
@@ -377,9 +384,15 @@ mod tests {
                 "#/properties/a: unsupported JSON Schema keyword `oneOf`",
             ),
             (json!({"type": "text"}), "#/type: unknown type \"text\""),
-            (json!({"items": true}), "#/items: a schema must be an object"),
+            (
+                json!({"items": true}),
+                "#/items: a schema must be an object",
+            ),
             (json!({"pattern": "("}), "#/pattern: "),
-            (json!({"required": "a"}), "#/required: must be a list of names"),
+            (
+                json!({"required": "a"}),
+                "#/required: must be a list of names",
+            ),
         ] {
             let err = check_schema(&schema).unwrap_err();
             assert!(err.starts_with(want), "{err}");

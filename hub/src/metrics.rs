@@ -641,7 +641,11 @@ mod tests {
             )
             .unwrap();
         let m = HubMetrics::new();
-        m.git_fetch("https://git.example.com/r.git", Duration::from_millis(5), false);
+        m.git_fetch(
+            "https://git.example.com/r.git",
+            Duration::from_millis(5),
+            false,
+        );
         m.connection_rejected("grpc", "unauthenticated_cap");
         m.connection_timed_out("grpc", "handshake");
         m.connections_open("grpc", "authenticated", 1);

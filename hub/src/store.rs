@@ -1158,7 +1158,10 @@ impl Store {
                             key: format!("{app}/{cluster}"),
                             message: e.to_string(),
                         })?;
-                    index.insert((app.into_owned(), cluster.into_owned()), (st.sync, st.health));
+                    index.insert(
+                        (app.into_owned(), cluster.into_owned()),
+                        (st.sync, st.health),
+                    );
                 }
                 Ok(index)
             })?;
