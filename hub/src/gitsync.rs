@@ -156,7 +156,9 @@ pub struct GitSync {
     used_by: Mutex<HashMap<String, HashSet<RenderKey>>>,
     apps: Mutex<HashMap<String, AppSlot>>,
     /// Application-of-applications and history bookkeeping after a render,
-    /// one application at a time (as when renders ran in one loop).
+    /// one application at a time (as when renders ran in one loop); also
+    /// held by everything that reads and writes an application's history
+    /// and pin ([`GitSync::history_lock`]), so no update is lost.
     post: Mutex<()>,
     publisher: Mutex<Option<mpsc::UnboundedSender<Publish>>>,
     /// Render tasks, fetches started by the loop and the publisher: aborted
@@ -299,6 +301,14 @@ impl GitSync {
     /// Hooks the ApplicationSet controller into every pass (once).
     pub fn set_appsets(&self, appsets: Arc<crate::appset::lifecycle::AppSets>) {
         let _ = self.appsets.set(appsets);
+    }
+
+    /// Held while reading and writing applications' history and pins
+    /// (`crate::history`): render tasks run concurrently with each other
+    /// and with `app sync`, and those records are read, changed and
+    /// written back whole. Hold it for no more than that (no `.await`).
+    pub fn history_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.post.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Fetches running now, including timed-out ones whose thread has not
@@ -899,7 +909,10 @@ impl GitSync {
             Ok(c) => c,
             Err(e) => return Ok(Err((String::new(), e))),
         };
-        let commit = crate::history::effective_commit(&self.store, app, commit)?;
+        let commit = {
+            let _history = self.history_lock();
+            crate::history::effective_commit(&self.store, app, commit)?
+        };
         let key = crate::render::request_for(app, &commit);
         used.insert(key.clone());
         let mut rendered = self.render(&key).await;
@@ -929,7 +942,7 @@ impl GitSync {
     ) -> Result<(), StoreError> {
         let name = &app.metadata.name;
         let bundle = {
-            let _one = self.post.lock().unwrap_or_else(|p| p.into_inner());
+            let _one = self.history_lock();
             match outcome {
                 Ok((revision, manifests)) => {
                     let bundle = build_bundle(app, &revision, Ok(&manifests));

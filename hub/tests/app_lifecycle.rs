@@ -269,9 +269,13 @@ async fn deletion_and_revisions_reach_the_agent_through_the_index() {
     git(repo.path(), &["add", "-A"]);
     git(repo.path(), &["commit", "-q", "-m", "readme"]);
     let second = git(repo.path(), &["rev-parse", "HEAD"]);
+    // Each application's bundle is handed over as soon as it is rendered,
+    // so the two may arrive in separate desired states.
     let d = agent
-        .desired_until("web at the new commit", |d| {
+        .desired_until("web and declared at the new commit", |d| {
+            assert!(d.bundles.is_empty(), "re-sent: {:?}", d.bundles);
             entry(d, "web").is_some_and(|r| r.revision == second)
+                && entry(d, "declared").is_some_and(|r| r.revision == second)
         })
         .await;
     assert!(d.bundles.is_empty(), "re-sent: {:?}", d.bundles);

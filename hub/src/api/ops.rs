@@ -134,6 +134,7 @@ async fn render_and_sync(
     } else {
         let mut all = sent.clone();
         all.extend(not_connected.iter().cloned());
+        let _history = ctx.git.history_lock();
         history::record(&ctx.store, app, &revision, initiated_by, all)?
     };
     ctx.store.flush_async().await?;
@@ -261,6 +262,7 @@ pub async fn sync(
         ));
     }
     if !req.dry_run {
+        let _history = ctx.git.history_lock();
         history::set_pin_by(&ctx.store, &req.name, pin, "sync --revision")?;
     }
     let out = render_and_sync(ctx, &app, clusters, req.prune, req.dry_run, &by).await?;
@@ -340,6 +342,7 @@ pub async fn rollback(
         )));
     }
     if !req.dry_run {
+        let _history = ctx.git.history_lock();
         history::set_pin_by(
             &ctx.store,
             &req.name,

@@ -44,7 +44,10 @@ impl GitSync {
             Err(e) => return Ok(Err(e.to_string())),
         };
         // A rollback or `app sync --revision` pins a version.
-        let version = crate::history::effective_commit(&self.store, app, picked.version.clone())?;
+        let version = {
+            let _history = self.history_lock();
+            crate::history::effective_commit(&self.store, app, picked.version.clone())?
+        };
         let picked = if version == picked.version {
             picked
         } else {
