@@ -432,7 +432,25 @@ impl Engine {
             Vec::new()
         };
         let now = Instant::now();
-        let requested = self.take_request(&b.name);
+        let mut requested = self.take_request(&b.name);
+        // A desired state that arrived during this pass is what the hub
+        // asked to sync (it may send the command before the state): the
+        // request waits for the next pass, which has it.
+        if requested.is_some()
+            && self.cache.read(|s| {
+                s.apps
+                    .get(&b.name)
+                    .is_some_and(|a| a.bundle.digest != b.digest)
+            })
+            && let Some(request) = requested.take()
+        {
+            self.requests
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .entry(b.name.clone())
+                .or_insert(request);
+            self.trigger.notify_one();
+        }
         let rt = self.apps.entry(b.name.clone()).or_default();
         if rt.attempt_digest != b.digest {
             rt.attempts = 0;
