@@ -6,8 +6,11 @@
 //! retries with backoff), applies in the planned order, and publishes a
 //! [`Report`]. Passes run when the link delivers a new desired state, when a
 //! watched object changes, and periodically: every second while anything is
-//! not Synced and Healthy, otherwise every 30 seconds with watches (five
-//! without).
+//! not Synced and Healthy (an application whose live state cannot be read
+//! aside), otherwise every 30 seconds with watches (five without). While
+//! the API server fails (unreachable, 5xx, 429), passes back off instead:
+//! one second, doubling up to 30 seconds, reset by the first pass that
+//! reads again.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -288,7 +291,10 @@ impl Engine {
         self.api_failures
     }
 
-    /// One pass over every application; true when all are Synced and Healthy.
+    /// One pass over every application; true when all are Synced and
+    /// Healthy (or cannot be read: another pass soon would not help) and no
+    /// sync is running. [`Engine::api_failures`] says whether the API server
+    /// failed it.
     pub async fn pass(&mut self) -> bool {
         self.api_failed
             .store(false, std::sync::atomic::Ordering::Relaxed);
@@ -426,7 +432,25 @@ impl Engine {
             Vec::new()
         };
         let now = Instant::now();
-        let requested = self.take_request(&b.name);
+        let mut requested = self.take_request(&b.name);
+        // A desired state that arrived during this pass is what the hub
+        // asked to sync (it may send the command before the state): the
+        // request waits for the next pass, which has it.
+        if requested.is_some()
+            && self.cache.read(|s| {
+                s.apps
+                    .get(&b.name)
+                    .is_some_and(|a| a.bundle.digest != b.digest)
+            })
+            && let Some(request) = requested.take()
+        {
+            self.requests
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .entry(b.name.clone())
+                .or_insert(request);
+            self.trigger.notify_one();
+        }
         let rt = self.apps.entry(b.name.clone()).or_default();
         if rt.attempt_digest != b.digest {
             rt.attempts = 0;
