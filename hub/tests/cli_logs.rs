@@ -132,15 +132,15 @@ fn an_unknown_log_format_is_a_usage_error() {
     assert!(!err.contains('\u{1b}'), "ANSI escape in {err:?}");
 }
 
-/// The flag the charts pass for `logFormat`.
-fn log_format_arg(container: &Value) -> Option<String> {
-    let args: Vec<&str> = container["args"]
+/// The value the charts give FLOTILLA_LOG_FORMAT (what --log-format
+/// reads) for `logFormat`.
+fn log_format_env(container: &Value) -> Option<String> {
+    container["env"]
         .as_array()?
         .iter()
-        .filter_map(Value::as_str)
-        .collect();
-    let i = args.iter().position(|a| *a == "--log-format")?;
-    args.get(i + 1).map(|s| (*s).to_owned())
+        .find(|e| e["name"] == "FLOTILLA_LOG_FORMAT")?["value"]
+        .as_str()
+        .map(str::to_owned)
 }
 
 fn render(chart: &str, kind: &str, values: Value) -> Value {
@@ -159,14 +159,16 @@ fn render(chart: &str, kind: &str, values: Value) -> Value {
 
 #[test]
 fn charts_pass_log_format_to_the_flag() {
+    // As an environment variable, not a flag: an older image without
+    // --log-format still starts with the new chart.
     for (chart, kind, section) in [
         ("flotilla-hub", "StatefulSet", "hub"),
         ("flotilla-agent", "Deployment", "agent"),
     ] {
         let c = render(chart, kind, json!({}));
-        assert_eq!(log_format_arg(&c).as_deref(), Some("text"), "{chart}");
+        assert_eq!(log_format_env(&c).as_deref(), Some("text"), "{chart}");
         let c = render(chart, kind, json!({ section: {"logFormat": "json"} }));
-        assert_eq!(log_format_arg(&c).as_deref(), Some("json"), "{chart}");
+        assert_eq!(log_format_env(&c).as_deref(), Some("json"), "{chart}");
     }
     // The manifest `cluster add` prints is the same chart.
     let manifest = flotilla_hub::chart::agent_manifest(&flotilla_hub::chart::AgentInstall {
@@ -178,7 +180,7 @@ fn charts_pass_log_format_to_the_flag() {
     })
     .unwrap();
     assert!(
-        manifest.contains("- --log-format\n            - \"text\"\n"),
+        manifest.contains("- name: FLOTILLA_LOG_FORMAT\n              value: \"text\"\n"),
         "{manifest}"
     );
 }
