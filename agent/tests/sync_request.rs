@@ -55,7 +55,7 @@ async fn a_sync_request_syncs_the_state_that_landed_during_the_pass() {
             .and_then(|r| r.apps.iter().find(|a| a.name == "manual").cloned())
     };
     let until = Instant::now() + Duration::from_secs(30);
-    while !status().is_some_and(|s| s.sync == SyncStatus::Synced as i32) {
+    while status().is_none_or(|s| s.sync != SyncStatus::Synced as i32) {
         engine.pass().await;
         assert!(Instant::now() < until, "never synced: {:?}", status());
     }
