@@ -304,14 +304,16 @@ impl HubMetrics {
             .inc();
     }
 
-    /// Records whether the store accepts writes.
-    pub fn store_writable(&self, writable: bool) {
+    /// Reads the store's health and reopen count (the store does not
+    /// report to metrics: it is read at each scrape).
+    fn store_state(&self, store: &Store) {
+        let writable = matches!(store.health(), crate::store::StoreHealth::Writable);
         self.store_writable.set(i64::from(writable));
-    }
-
-    /// Counts a reopen of the store.
-    pub fn store_reopened(&self) {
-        self.store_reopens.inc();
+        let reopens = store.reopens();
+        let counted = self.store_reopens.get();
+        if reopens > counted {
+            self.store_reopens.inc_by(reopens - counted);
+        }
     }
 
     /// Records one render.
@@ -347,6 +349,8 @@ impl HubMetrics {
     /// cluster does not).
     fn refresh(&self, store: &Store, fleet: &Fleet) {
         use std::collections::{BTreeMap, HashMap, HashSet};
+
+        self.store_state(store);
 
         let clusters = store.clusters().unwrap_or_default();
         self.clusters.set(clusters.len() as i64);
@@ -650,8 +654,6 @@ mod tests {
         m.connection_timed_out("grpc", "handshake");
         m.connections_open("grpc", "authenticated", 1);
         m.enrollment_refused("deadline");
-        m.store_writable(true);
-        m.store_reopened();
         m.render(Duration::from_millis(5));
         m.send_lag(Duration::from_millis(5));
         let text = m.encode(&store, &fleet);

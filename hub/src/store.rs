@@ -345,6 +345,8 @@ struct Shared {
     cluster_lock: Mutex<()>,
     /// Application records written since open (see [`Store::app_writes`]).
     app_writes: AtomicU64,
+    /// How many times the database was reopened after an IO error.
+    reopens: AtomicU64,
     /// Sync and health of every stored status, built on first use by
     /// [`Store::for_each_status_summary`] and kept up to date by the writes
     /// that change statuses, so metrics never scan the statuses tree.
@@ -524,7 +526,7 @@ fn recover(shared: &Weak<Shared>) {
         let reopened = release_lock(&shared.dir)
             .and_then(|()| open_db(&shared.dir))
             .and_then(|(db, _)| {
-                db.insert(PROBE_KEY, crate::api::now_ms().to_string().as_bytes())?;
+                db.insert(PROBE_KEY, probe_stamp().as_bytes())?;
                 db.flush()?;
                 Trees::open(db)
             });
@@ -537,8 +539,7 @@ fn recover(shared: &Weak<Shared>) {
                 // new one.
                 *shared.probing.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 shared.recovering.store(false, Ordering::SeqCst);
-                crate::metrics::metrics().store_reopened();
-                crate::metrics::metrics().store_writable(true);
+                shared.reopens.fetch_add(1, Ordering::SeqCst);
                 tracing::info!(dir = %shared.dir.display(), attempts, "store reopened after an IO error; writes work again");
                 return;
             }
@@ -561,6 +562,35 @@ fn decode<T: DeserializeOwned>(what: &'static str, key: &[u8], v: &[u8]) -> Resu
         key: String::from_utf8_lossy(key).into_owned(),
         message: e.to_string(),
     })
+}
+
+/// Every record of `tree`, decoded.
+fn decode_all<T: DeserializeOwned>(
+    tree: &sled::Tree,
+    what: &'static str,
+) -> Result<Vec<T>, StoreError> {
+    tree.iter()
+        .map(|r| {
+            let (k, v) = r?;
+            decode(what, &k, &v)
+        })
+        .collect()
+}
+
+/// Every record of `tree` with its key.
+fn decode_entries<T: DeserializeOwned>(
+    tree: &sled::Tree,
+    what: &'static str,
+) -> Result<Vec<(String, T)>, StoreError> {
+    tree.iter()
+        .map(|r| {
+            let (k, v) = r?;
+            Ok((
+                String::from_utf8_lossy(&k).into_owned(),
+                decode(what, &k, &v)?,
+            ))
+        })
+        .collect()
 }
 
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
@@ -616,7 +646,6 @@ impl Store {
         } else {
             db
         };
-        crate::metrics::metrics().store_writable(true);
         Ok(Self {
             shared: Arc::new(Shared {
                 dir: dir.to_owned(),
@@ -630,6 +659,7 @@ impl Store {
                 last_probe: Mutex::new(None),
                 cluster_lock: Mutex::new(()),
                 app_writes: AtomicU64::new(0),
+                reopens: AtomicU64::new(0),
                 status_index: Mutex::new(None),
             }),
         })
@@ -700,7 +730,6 @@ impl Store {
         *self.shared.health.lock().unwrap_or_else(|p| p.into_inner()) = StoreHealth::Recovering {
             error: error.to_string(),
         };
-        crate::metrics::metrics().store_writable(false);
         let weak = Arc::downgrade(&self.shared);
         let spawned = std::thread::Builder::new()
             .name("store-recovery".to_owned())
@@ -709,6 +738,12 @@ impl Store {
             self.shared.recovering.store(false, Ordering::SeqCst);
             tracing::error!(error = %e, "cannot start the store recovery thread");
         }
+    }
+
+    /// How many times the database was reopened after an IO error since
+    /// it was opened.
+    pub fn reopens(&self) -> u64 {
+        self.shared.reopens.load(Ordering::SeqCst)
     }
 
     /// Whether the store accepts writes.
@@ -764,7 +799,7 @@ impl Store {
         }
         let result = self
             .with(|t| {
-                t.db.insert(PROBE_KEY, crate::api::now_ms().to_string().as_bytes())?;
+                t.db.insert(PROBE_KEY, probe_stamp().as_bytes())?;
                 t.db.flush()?;
                 Ok(())
             })
@@ -861,15 +896,7 @@ impl Store {
     }
 
     pub fn clusters(&self) -> Result<Vec<ClusterRecord>, StoreError> {
-        self.with(|t| {
-            t.clusters
-                .iter()
-                .map(|r| {
-                    let (k, v) = r?;
-                    decode("cluster", &k, &v)
-                })
-                .collect()
-        })
+        self.with(|t| decode_all(&t.clusters, "cluster"))
     }
 
     pub fn put_cluster(&self, rec: &ClusterRecord) -> Result<(), StoreError> {
@@ -1012,15 +1039,7 @@ impl Store {
     }
 
     pub fn apps(&self) -> Result<Vec<AppRecord>, StoreError> {
-        self.with(|t| {
-            t.apps
-                .iter()
-                .map(|r| {
-                    let (k, v) = r?;
-                    decode("application", &k, &v)
-                })
-                .collect()
-        })
+        self.with(|t| decode_all(&t.apps, "application"))
     }
 
     pub fn put_app(&self, rec: &AppRecord) -> Result<(), StoreError> {
@@ -1208,15 +1227,7 @@ impl Store {
     }
 
     pub fn repos(&self) -> Result<Vec<RepoRecord>, StoreError> {
-        self.with(|t| {
-            t.repos
-                .iter()
-                .map(|r| {
-                    let (k, v) = r?;
-                    decode("repository", &k, &v)
-                })
-                .collect()
-        })
+        self.with(|t| decode_all(&t.repos, "repository"))
     }
 
     pub fn put_repo(&self, rec: &RepoRecord) -> Result<(), StoreError> {
@@ -1238,15 +1249,7 @@ impl Store {
     }
 
     pub fn appsets(&self) -> Result<Vec<AppSetRecord>, StoreError> {
-        self.with(|t| {
-            t.appsets
-                .iter()
-                .map(|r| {
-                    let (k, v) = r?;
-                    decode("application set", &k, &v)
-                })
-                .collect()
-        })
+        self.with(|t| decode_all(&t.appsets, "application set"))
     }
 
     pub fn put_appset(&self, rec: &AppSetRecord) -> Result<(), StoreError> {
@@ -1273,18 +1276,7 @@ impl Store {
 
     /// Every parent with its record.
     pub fn all_app_children(&self) -> Result<Vec<(String, ChildrenRecord)>, StoreError> {
-        self.with(|t| {
-            t.app_children
-                .iter()
-                .map(|r| {
-                    let (k, v) = r?;
-                    Ok((
-                        String::from_utf8_lossy(&k).into_owned(),
-                        decode("app children", &k, &v)?,
-                    ))
-                })
-                .collect()
-        })
+        self.with(|t| decode_entries(&t.app_children, "app children"))
     }
 
     /// Stores the record; an empty one is removed.
@@ -1373,18 +1365,7 @@ impl Store {
 
     /// Every stored token hash with its record.
     pub fn tokens(&self) -> Result<Vec<(String, TokenRecord)>, StoreError> {
-        self.with(|t| {
-            t.tokens
-                .iter()
-                .map(|r| {
-                    let (k, v) = r?;
-                    Ok((
-                        String::from_utf8_lossy(&k).into_owned(),
-                        decode("token", &k, &v)?,
-                    ))
-                })
-                .collect()
-        })
+        self.with(|t| decode_entries(&t.tokens, "token"))
     }
 }
 
@@ -1392,6 +1373,15 @@ impl Store {
 /// restarted in the same process (or right after the previous process
 /// exited) may find the lock still held while the last handles of the
 /// previous instance are dropped.
+/// What the write probe writes: the time, so each probe changes the file.
+fn probe_stamp() -> String {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or_default()
+        .to_string()
+}
+
 fn open_locked(dir: &Path) -> Result<sled::Db, StoreError> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
