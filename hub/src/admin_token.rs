@@ -4,7 +4,8 @@
 
 use std::path::Path;
 
-use crate::api::{self, now_ms};
+use crate::api;
+use crate::clock::now_ms;
 use crate::store::{Store, StoreError, TokenRecord};
 
 /// What [`ensure`] did.

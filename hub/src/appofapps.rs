@@ -573,7 +573,7 @@ pub fn reconcile(
                     inventory_changed = true;
                     continue;
                 }
-                let created_ms = crate::api::now_ms();
+                let created_ms = crate::clock::now_ms();
                 fleet.put_cluster(ClusterRecord {
                     name: d.name.clone(),
                     labels: d.labels.clone(),

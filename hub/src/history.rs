@@ -154,7 +154,7 @@ pub fn record(
         Deployment {
             id: 0,
             revision: revision.to_owned(),
-            deployed_ms: crate::api::now_ms(),
+            deployed_ms: crate::clock::now_ms(),
             initiated_by: initiated_by.to_owned(),
             clusters,
         },

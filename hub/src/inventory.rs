@@ -213,7 +213,7 @@ pub fn apply_declared(
                     annotations: d.annotations.clone(),
                     server: d.server.clone().unwrap_or_default(),
                     project: d.project.clone().unwrap_or_default(),
-                    created_ms: crate::api::now_ms(),
+                    created_ms: crate::clock::now_ms(),
                     ..Default::default()
                 })?;
                 tracing::info!(cluster = %d.name, "cluster declared");

@@ -6,6 +6,7 @@ pub mod appset;
 pub mod chart;
 pub mod chart_schema;
 pub mod cli;
+pub mod clock;
 pub mod commands;
 pub mod deletion;
 pub mod fleet;

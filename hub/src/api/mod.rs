@@ -93,13 +93,7 @@ impl From<StoreError> for Status {
     }
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
-}
+pub use crate::clock::now_ms;
 
 /// Hex SHA-256 of a token secret, as stored.
 pub fn token_hash(secret: &str) -> String {

@@ -192,7 +192,7 @@ fn last_evaluated(now: i64, s: &pb::ApplicationSet) -> String {
 }
 
 fn describe(s: &pb::ApplicationSet) -> String {
-    let now = crate::api::now_ms();
+    let now = crate::clock::now_ms();
     let mut out = format!(
         "Name:             {}\nOrigin:           {}\nApplicationsSync: {}\nPreserve:         {}\nLast evaluated:   {}\nEvaluations:      {}\nLast good:        {}\n",
         s.name,
@@ -278,7 +278,7 @@ pub async fn run(g: &Global, c: &mut Client, cmd: AppsetCommand) -> Result<()> {
                     if wide {
                         head.extend(["EVALUATIONS", "LAST EVALUATED"]);
                     }
-                    let now = crate::api::now_ms();
+                    let now = crate::clock::now_ms();
                     table(
                         &head,
                         sets.iter()

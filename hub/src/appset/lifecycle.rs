@@ -777,7 +777,7 @@ impl AppSets {
                 ),
             };
             let apps = store.apps()?;
-            let now = crate::api::now_ms();
+            let now = crate::clock::now_ms();
             let plan = plan_set(
                 &PlanInput {
                     set: &rec.name,

@@ -688,7 +688,7 @@ pub(super) async fn watch(g: &Global, c: &mut Client, name: &str) -> Result<()> 
         if sig != last {
             last = sig;
             if g.output == super::Output::Table || g.output == super::Output::Wide {
-                outln!("--- {}", time_of(crate::api::now_ms()));
+                outln!("--- {}", time_of(crate::clock::now_ms()));
             }
             // Printed as `app get` does; its errors do not end the watch.
             super::print_app(g.output, &a);

@@ -114,7 +114,7 @@ impl GitSync {
             Err(e) => rec.last_error = e,
         }
         rec.last_commit.clear();
-        rec.last_fetch_ms = crate::api::now_ms();
+        rec.last_fetch_ms = crate::clock::now_ms();
         if Some(&rec) != self.store.repo(&repo.url)?.as_ref() {
             self.store.put_repo(&rec)?;
         }

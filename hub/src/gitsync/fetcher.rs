@@ -196,7 +196,7 @@ impl Fetcher {
                 commit: commit.clone(),
                 pass,
                 next_due: Instant::now() + jittered(interval),
-                fetched_ms: crate::api::now_ms(),
+                fetched_ms: crate::clock::now_ms(),
             },
         );
         previous.is_none_or(|p| p.commit != commit)
