@@ -58,7 +58,7 @@ impl Readiness {
         let pending: Vec<String> = repos
             .iter()
             .filter(|r| r.last_fetch_ms == 0)
-            .map(|r| crate::gitsync::redact(&r.url))
+            .map(|r| crate::source::redact_url(&r.url))
             .collect();
         if !pending.is_empty() {
             return Err(format!("first Git pass pending for {}", pending.join(", ")));

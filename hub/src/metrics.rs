@@ -252,7 +252,7 @@ impl HubMetrics {
     /// Records one Git fetch of `url` (redacted here).
     pub fn git_fetch(&self, url: &str, took: Duration, ok: bool) {
         let labels = RepoLabels {
-            repo: crate::gitsync::redact(url),
+            repo: crate::source::redact_url(url),
         };
         self.git_fetch_duration
             .get_or_create(&labels)
@@ -390,7 +390,7 @@ impl HubMetrics {
                     rec.app.metadata.name.clone(),
                     AppMeta {
                         project: spec.project.clone(),
-                        repo: crate::gitsync::redact(&repo),
+                        repo: crate::source::redact_url(&repo),
                         comparison_error: !rec.error.is_empty(),
                     },
                 )
