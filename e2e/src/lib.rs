@@ -7,6 +7,7 @@
 pub mod fleet;
 pub mod gitserver;
 pub mod helm;
+pub mod http;
 pub mod process;
 pub mod repo;
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use flotilla_e2e::eventually;
 use flotilla_e2e::fleet::{Fleet, FleetOptions, ProcessOptions};
+use flotilla_e2e::http::get_ok as http_get;
 use flotilla_e2e::repo::ConfigRepo;
 
 const CONVERGE: Duration = Duration::from_secs(90);
@@ -83,25 +84,6 @@ async fn two_more_evaluations(fleet: &Fleet, set: &str) -> anyhow::Result<serde_
         },
     )
     .await
-}
-
-/// `GET base+path` over plain HTTP/1.0: the body of a 200 answer.
-fn http_get(base: &str, path: &str) -> Result<String, String> {
-    let addr = base.trim_start_matches("http://");
-    let mut s = std::net::TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .map_err(|e| e.to_string())?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(|e| e.to_string())?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).map_err(|e| e.to_string())?;
-    match raw.split_once("\r\n\r\n") {
-        Some((head, body))
-            if head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200") =>
-        {
-            Ok(body.to_owned())
-        }
-        _ => Err(format!("unexpected answer {raw:?}")),
-    }
 }
 
 /// Waits until `cluster`'s agent has finished a pass (pruning included)

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use flotilla_e2e::eventually;
 use flotilla_e2e::fleet::{Fleet, FleetOptions};
+use flotilla_e2e::http::get as http_get;
 use flotilla_e2e::process::Proc;
 use flotilla_proto::ListClustersRequest;
 use serde_json::Value;
@@ -655,27 +656,6 @@ async fn a_hello_claiming_another_clusters_name_is_ignored() -> anyhow::Result<(
     );
     drop(tx);
     Ok(())
-}
-
-/// `GET base+path` over plain HTTP/1.0: (status, body).
-fn http_get(base: &str, path: &str) -> Result<(u16, String), String> {
-    use std::io::Read as _;
-    let addr = base.trim_start_matches("http://");
-    let mut s = std::net::TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .map_err(|e| e.to_string())?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(|e| e.to_string())?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).map_err(|e| e.to_string())?;
-    let (head, body) = raw
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("no HTTP header end in {raw:?}"))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("bad status line in {head:?}"))?;
-    Ok((status, body.to_owned()))
 }
 
 /// The agent binds its health port before it enrolls: while the hub

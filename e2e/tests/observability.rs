@@ -7,36 +7,10 @@ use std::time::Duration;
 
 use flotilla_e2e::eventually;
 use flotilla_e2e::fleet::{Fleet, FleetOptions, ProcessOptions};
+use flotilla_e2e::http::get as http_get;
+use flotilla_e2e::http::sample;
 
 const CONVERGE: Duration = Duration::from_secs(90);
-
-/// `GET base+path` over plain HTTP/1.0: (status, body).
-fn http_get(base: &str, path: &str) -> Result<(u16, String), String> {
-    let addr = base.trim_start_matches("http://");
-    let mut s = std::net::TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .map_err(|e| e.to_string())?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(|e| e.to_string())?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).map_err(|e| e.to_string())?;
-    let (head, body) = raw
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("no HTTP header end in {raw:?}"))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("bad status line in {head:?}"))?;
-    Ok((status, body.to_owned()))
-}
-
-/// Value of the sample `series` (name with labels exactly as exposed).
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-}
 
 /// Sum of every sample of a metric name (all label sets).
 fn sum(text: &str, name: &str) -> f64 {

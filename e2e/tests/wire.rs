@@ -13,42 +13,21 @@ use std::time::Duration;
 use anyhow::Context as _;
 use flotilla_e2e::eventually;
 use flotilla_e2e::fleet::{Fleet, FleetOptions, ProcessOptions};
+use flotilla_e2e::http::get_ok as http_get;
 use flotilla_proto::agent_link_client::AgentLinkClient;
 use flotilla_proto::{AgentMessage, Hello, ListApplicationsRequest, agent_message, hub_message};
 use sha2::Digest as _;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
+/// Value of one sample (name with labels as exposed), 0 when absent.
+fn sample(text: &str, series: &str) -> f64 {
+    flotilla_e2e::http::sample(text, series).unwrap_or(0.0)
+}
+
 const CONVERGE: Duration = Duration::from_secs(90);
 /// A 50 MB application takes a while in a debug build (render, store,
 /// transfer, cache, apply), on a shared machine.
 const BIG_CONVERGE: Duration = Duration::from_secs(600);
-
-/// `GET base+path` over HTTP/1.0: the body of a 200.
-fn http_get(base: &str, path: &str) -> Result<String, String> {
-    let addr = base.trim_start_matches("http://");
-    let mut s = std::net::TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| e.to_string())?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(|e| e.to_string())?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).map_err(|e| e.to_string())?;
-    let (head, body) = raw
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("no HTTP header end in {raw:?}"))?;
-    if !head.contains(" 200 ") {
-        return Err(format!("GET {path}: {head}"));
-    }
-    Ok(body.to_owned())
-}
-
-/// Value of one sample (name with labels as exposed), 0 when absent.
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0.0)
-}
 
 /// The hub's wire counters: (chunk messages, chunk bytes, desired-state
 /// part messages, part bytes).
