@@ -5,7 +5,6 @@
 //! deletion budget's window is held until confirmed, and a generator error
 //! (Git unreachable) deletes nothing.
 
-use std::io::{Read as _, Write as _};
 use std::time::Duration;
 
 use flotilla_e2e::eventually;

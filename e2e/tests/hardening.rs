@@ -7,7 +7,7 @@
 //! Every request loop is bounded. The full-disk cases mount a small tmpfs
 //! and need root; they are skipped, saying so, when not run as root.
 
-use std::io::{Read as _, Write as _};
+use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

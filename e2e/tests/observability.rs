@@ -2,7 +2,6 @@
 //! the agents during a sync, and one OpenTelemetry trace from a commit's
 //! render at the hub to its apply at an agent.
 
-use std::io::{Read as _, Write as _};
 use std::time::Duration;
 
 use flotilla_e2e::eventually;

@@ -7,7 +7,6 @@
 //! applications on one cluster sync and list through a CLI whose decode
 //! limit is far below the size of the list.
 
-use std::io::{Read as _, Write as _};
 use std::time::Duration;
 
 use anyhow::Context as _;
