@@ -397,8 +397,14 @@ impl HeldChunks {
         }
     }
 
-    fn holds(&self, digest: &str) -> bool {
-        self.staged.contains(digest) || self.per_app.values().flatten().any(|d| d == digest)
+    /// Every chunk held, for lookups.
+    fn all(&self) -> HashSet<String> {
+        self.per_app
+            .values()
+            .flatten()
+            .chain(&self.staged)
+            .cloned()
+            .collect()
     }
 }
 
@@ -525,7 +531,9 @@ fn plan_parts(
     let chunk_size = chunk_size_for(peer, limits);
     let mut plan = Plan::default();
     let mut parts = Parts::new(desired.generation, chunk_size);
-    let mut sent_now: HashSet<String> = HashSet::new();
+    // What the agent holds before this state: it assembles the whole state
+    // before it replaces any bundle, so all of it can be reused.
+    let mut have = held.all();
     for bundle in desired.bundles {
         let len = field_len(bundle.encoded_len());
         if len <= chunk_size {
@@ -536,7 +544,7 @@ fn plan_parts(
         }
         let form = chunked(&bundle, chunk_size);
         for c in &form.chunks {
-            if held.holds(&c.digest) || !sent_now.insert(c.digest.clone()) {
+            if !have.insert(c.digest.clone()) {
                 continue;
             }
             plan.chunks += 1;
@@ -799,17 +807,20 @@ impl Assembler {
         stream_of: &dyn Fn(&str, &str) -> Option<Vec<u8>>,
     ) -> Result<Assembled, WireError> {
         let mut streams: HashMap<String, Option<Bytes>> = HashMap::new();
+        let locations = self.locations();
         let mut chunked = Vec::new();
         for cb in std::mem::take(&mut desired.chunked_bundles) {
             let mut bundle = cb.bundle.ok_or(WireError::NoHeader)?;
             let app = bundle.name.clone();
             let total: u64 = cb.chunks.iter().map(|c| c.size).sum();
-            let mut data = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
+            // Sizes come from the hub: reserve no more than a sane amount
+            // up front.
+            let mut data = Vec::with_capacity(usize::try_from(total).unwrap_or(0).min(256 * MIB));
             for r in &cb.chunks {
                 let piece = match self.staged.get(&r.digest) {
                     Some(p) => p.clone(),
                     None => self
-                        .rebuild(&r.digest, &mut streams, stream_of)
+                        .rebuild(&r.digest, &locations, &mut streams, stream_of)
                         .ok_or_else(|| WireError::MissingChunk {
                             app: app.clone(),
                             chunk: r.digest.clone(),
@@ -857,31 +868,39 @@ impl Assembler {
         Ok(Assembled { desired, receipt })
     }
 
+    /// Where each chunk of the bundles held lies: chunk → (application,
+    /// offset in its manifest stream, size).
+    fn locations(&self) -> HashMap<&str, (&str, usize, usize)> {
+        let mut out = HashMap::new();
+        for (app, held) in &self.held {
+            let mut offset = 0usize;
+            for r in &held.chunks {
+                let size = usize::try_from(r.size).unwrap_or(usize::MAX);
+                out.entry(r.digest.as_str())
+                    .or_insert((app.as_str(), offset, size));
+                offset = offset.saturating_add(size);
+            }
+        }
+        out
+    }
+
     /// A chunk of a bundle the agent holds, cut out of its manifest stream.
     fn rebuild(
         &self,
         digest: &str,
+        locations: &HashMap<&str, (&str, usize, usize)>,
         streams: &mut HashMap<String, Option<Bytes>>,
         stream_of: &dyn Fn(&str, &str) -> Option<Vec<u8>>,
     ) -> Option<Bytes> {
-        for (app, held) in &self.held {
-            let mut offset = 0usize;
-            for r in &held.chunks {
-                let size = usize::try_from(r.size).ok()?;
-                if r.digest == digest {
-                    let stream = streams
-                        .entry(app.clone())
-                        .or_insert_with(|| stream_of(app, &held.digest).map(Bytes::from))
-                        .as_ref()?;
-                    let piece = stream.get(offset..offset + size)?;
-                    // The cached bundle may have changed under the list.
-                    return (sha256_digest(piece) == digest)
-                        .then(|| stream.slice(offset..offset + size));
-                }
-                offset += size;
-            }
-        }
-        None
+        let &(app, offset, size) = locations.get(digest)?;
+        let held = self.held.get(app)?;
+        let stream = streams
+            .entry(app.to_owned())
+            .or_insert_with(|| stream_of(app, &held.digest).map(Bytes::from))
+            .as_ref()?;
+        let piece = stream.get(offset..offset.checked_add(size)?)?;
+        // The cached bundle may have changed under the list.
+        (sha256_digest(piece) == digest).then(|| stream.slice(offset..offset + size))
     }
 
     /// Records that `assembled` was stored: its chunked bundles are held
