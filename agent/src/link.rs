@@ -358,6 +358,7 @@ impl Link {
                             let bundle = self.cache.snapshot().apps.remove(&diff.app).map(|a| a.bundle);
                             let cluster = self.cluster_api.clone();
                             let tx = tx.clone();
+                            let budget = diff_budget(self.max_message_size);
                             // Off the read loop: a diff reads every object.
                             tokio::spawn(async move {
                                 let outcome = match (bundle, cluster) {
@@ -365,10 +366,13 @@ impl Link {
                                     (None, _) => Err(format!("application {} is not desired on this cluster", diff.app)),
                                     (_, None) => Err("diff is not available".to_owned()),
                                 };
-                                let (resources, error) = match outcome {
+                                let (mut resources, mut error) = match outcome {
                                     Ok(r) => (r, String::new()),
                                     Err(e) => (Vec::new(), e),
                                 };
+                                // A diff of large objects must not exceed
+                                // what the hub decodes.
+                                wire::bound_diff(&mut resources, &mut error, budget);
                                 let result = DiffResult {
                                     command_id: cmd.id,
                                     app: diff.app,
@@ -519,6 +523,14 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 fn message(kind: agent_message::Kind) -> AgentMessage {
     AgentMessage { kind: Some(kind) }
+}
+
+/// The largest diff answer: under the smallest limit a hub has by default
+/// (older hubs: 4 MiB) and under half the agent's own.
+fn diff_budget(max_message_size: usize) -> usize {
+    (wire::LEGACY_MAX_MESSAGE_SIZE - wire::MIB)
+        .min(max_message_size / 2)
+        .max(wire::MIN_CHUNK_SIZE)
 }
 
 /// The largest status report message: well under the hub's limit (the

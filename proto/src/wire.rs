@@ -1073,6 +1073,51 @@ pub fn bound_status(st: &mut pb::AppStatus, limits: StatusLimits) {
     });
 }
 
+/// Bounds the objects of a diff to about `budget` encoded bytes: the live
+/// and desired text of each object is cut to its share of the budget with a
+/// marker, and objects that still do not fit are left out, `error` saying
+/// how many. Returns whether anything was cut.
+pub fn bound_diff(
+    resources: &mut Vec<pb::ResourceDiff>,
+    error: &mut String,
+    budget: usize,
+) -> bool {
+    let total_len =
+        |rs: &[pb::ResourceDiff]| -> usize { rs.iter().map(|r| field_len(r.encoded_len())).sum() };
+    if total_len(resources) <= budget {
+        return false;
+    }
+    // Room for the markers and the keys too.
+    let share = (budget / resources.len().max(1) / 2)
+        .saturating_sub(256)
+        .max(1024);
+    for r in resources.iter_mut() {
+        truncate_text(&mut r.live, share);
+        truncate_text(&mut r.desired, share);
+    }
+    let total = resources.len();
+    let mut used = 0;
+    let keep = resources
+        .iter()
+        .take_while(|r| {
+            used += field_len(r.encoded_len());
+            used <= budget
+        })
+        .count()
+        .max(1);
+    if keep < total {
+        resources.truncate(keep);
+        if !error.is_empty() {
+            error.push_str("; ");
+        }
+        error.push_str(&format!(
+            "{keep} of {total} differing objects shown {}",
+            truncated_marker(total - keep, "objects")
+        ));
+    }
+    true
+}
+
 /// Splits a status report into reports of at most `max_bytes` each (one
 /// application per report at least), bounding every status first.
 #[must_use]
@@ -1549,6 +1594,40 @@ mod tests {
         let before = st.clone();
         bound_status(&mut st, limits);
         assert_eq!(st, before);
+    }
+
+    #[test]
+    fn large_diffs_are_cut_with_a_marker() {
+        let object = |i: usize, size: usize| pb::ResourceDiff {
+            key: Some(pb::ResourceKey {
+                name: format!("blob-{i}"),
+                ..Default::default()
+            }),
+            live: "l".repeat(size),
+            desired: "d".repeat(size),
+        };
+        let mut resources: Vec<pb::ResourceDiff> = (0..60).map(|i| object(i, 800_000)).collect();
+        let mut error = String::new();
+        assert!(bound_diff(&mut resources, &mut error, 4 * MIB));
+        let len: usize = resources.iter().map(Message::encoded_len).sum();
+        assert!(len <= 4 * MIB + 4096, "{len}");
+        assert_eq!(resources.len(), 60);
+        assert!(resources[0].live.contains("… (truncated, "), "no marker");
+        assert!(error.is_empty(), "{error}");
+        // Far more objects than fit, even cut: some are left out, said so.
+        let mut many: Vec<pb::ResourceDiff> = (0..10_000).map(|i| object(i, 2000)).collect();
+        bound_diff(&mut many, &mut error, 4 * MIB);
+        assert!(many.len() < 10_000);
+        assert!(error.contains("more objects)"), "{error}");
+        // Small diffs are left alone.
+        let mut small = vec![pb::ResourceDiff {
+            live: "a".into(),
+            desired: "b".into(),
+            ..Default::default()
+        }];
+        let mut error = String::new();
+        assert!(!bound_diff(&mut small, &mut error, 4 * MIB));
+        assert_eq!(small[0].live, "a");
     }
 
     #[test]

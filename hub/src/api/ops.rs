@@ -456,6 +456,11 @@ pub async fn diff(
         out.push(row);
     }
     out.sort_by(|a, b| a.cluster.cmp(&b.cluster));
+    // wire: the answer of every cluster together fits in one response.
+    let share = ctx.wire.max_message_size.saturating_sub(64 * 1024) / out.len().max(1);
+    for row in &mut out {
+        pb::wire::bound_diff(&mut row.resources, &mut row.error, share);
+    }
     Ok(Response::new(pb::DiffApplicationResponse { clusters: out }))
 }
 
