@@ -469,27 +469,29 @@ impl Fleet {
                 .map(|r| r.revision)
                 .filter(|r| !r.is_empty())
                 .unwrap_or_else(|| bundle.revision.clone());
-            {
-                let mut st = self.lock();
-                if st.revisions.get(&bundle.name) != Some(&revision) {
-                    st.revisions.insert(bundle.name.clone(), revision);
-                    changed = true;
-                }
-            }
             // Same content (digest) from the same source: keep the bundle as
             // it is (nothing is sent or applied again); only the revision in
             // the index moves.
             let unchanged = self.lock().bundles.get(&bundle.name).is_some_and(|b| {
                 b.digest == bundle.digest && b.repo_url == bundle.repo_url && b.path == bundle.path
             });
-            if unchanged {
-                continue;
+            if !unchanged {
+                // Written before the revision moves: until the new content
+                // is in place, the old bundle keeps the old revision, so a
+                // status the agent reported for the old content is never
+                // shown at the new commit (writing a large bundle takes a
+                // while).
+                self.store.put_bundle(&bundle)?;
             }
-            self.store.put_bundle(&bundle)?;
-            self.lock()
-                .bundles
-                .insert(bundle.name.clone(), Arc::new(bundle));
-            changed = true;
+            let mut st = self.lock();
+            if st.revisions.get(&bundle.name) != Some(&revision) {
+                st.revisions.insert(bundle.name.clone(), revision);
+                changed = true;
+            }
+            if !unchanged {
+                st.bundles.insert(bundle.name.clone(), Arc::new(bundle));
+                changed = true;
+            }
         }
         if changed {
             self.recompute()?;
@@ -701,13 +703,22 @@ impl Fleet {
     /// Revision the hub wants for `app`: the commit of its last render
     /// (newer than its bundle's when the content did not change).
     pub fn desired_revision(&self, app: &str) -> String {
+        self.desired_of(app).1
+    }
+
+    /// An application's current bundle and the commit it stands for, read
+    /// together: a status for the bundle's digest is current at that commit.
+    pub fn desired_of(&self, app: &str) -> (Option<Arc<pb::AppBundle>>, String) {
         let st = self.lock();
-        st.revisions
+        let bundle = st.bundles.get(app).cloned();
+        let revision = st
+            .revisions
             .get(app)
             .filter(|r| !r.is_empty())
             .cloned()
-            .or_else(|| st.bundles.get(app).map(|b| b.revision.clone()))
-            .unwrap_or_default()
+            .or_else(|| bundle.as_ref().map(|b| b.revision.clone()))
+            .unwrap_or_default();
+        (bundle, revision)
     }
 
     /// Records which bundles the last desired state sent to `cluster` left
@@ -954,6 +965,61 @@ mod tests {
             9,
             4
         ));
+    }
+
+    /// A reader never sees a commit with a bundle that is not its content:
+    /// the hub shows a status reported for the old content at the new
+    /// commit (Synced before the agent applied anything) otherwise.
+    #[test]
+    fn a_bundle_and_its_revision_are_read_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let web = app("web", "c1");
+        store.put_app(&web).unwrap();
+        let fleet = Arc::new(Fleet::load(store).unwrap());
+        fleet
+            .put_cluster(ClusterRecord {
+                name: "c1".into(),
+                ..Default::default()
+            })
+            .unwrap();
+        // Large enough that writing the bundle takes a while.
+        let big = |k: u32| {
+            vec![format!(
+                r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"c"}},"data":{{"n":"{k}","pad":"{}"}}}}"#,
+                "x".repeat(2 << 20)
+            )]
+        };
+        fleet
+            .set_bundle(build_bundle(&web.app, "r0", Ok(&big(0))))
+            .unwrap();
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let (fleet, done) = (fleet.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut reads = 0u64;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    let (bundle, revision) = fleet.desired_of("web");
+                    let bundle = bundle.expect("a bundle");
+                    assert_eq!(
+                        bundle.revision, revision,
+                        "the bundle of {} shown at {revision}",
+                        bundle.revision
+                    );
+                    reads += 1;
+                }
+                reads
+            })
+        };
+        for k in 1..=12 {
+            fleet
+                .set_bundle(build_bundle(&web.app, &format!("r{k}"), Ok(&big(k))))
+                .unwrap();
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let reads = reader.join().expect("the reader saw no mismatch");
+        assert!(reads > 0);
+        assert_eq!(fleet.desired_revision("web"), "r12");
     }
 
     #[tokio::test]

@@ -35,8 +35,7 @@ impl HubApiService {
     ) -> Result<pb::Application, Status> {
         let app = &rec.app;
         let name = &app.metadata.name;
-        let bundle = self.ctx.fleet.bundle(name);
-        let revision = self.ctx.fleet.desired_revision(name);
+        let (bundle, revision) = self.ctx.fleet.desired_of(name);
         let statuses = self.ctx.store.statuses_of_app(name)?;
         let ops = self.ctx.store.app_ops(name)?;
         let pin_message = ops.pin_message();
