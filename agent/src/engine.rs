@@ -407,6 +407,7 @@ impl Engine {
             mut parse_errors,
             mut read_error,
             unavailable,
+            mut extraneous,
         } = self.check(b).await;
         // Without the live state there is nothing to compare: no drift, no
         // automated sync, until the API server answers again.
@@ -565,9 +566,12 @@ impl Engine {
                 warn!(app = %b.name, message = %rt.message, "sync refused");
                 return status_of(
                     b,
-                    &checks,
-                    &parse_errors,
-                    read_error.as_deref(),
+                    &Compared {
+                        checks: &checks,
+                        extraneous: &extraneous,
+                        parse_errors: &parse_errors,
+                        read_error: read_error.as_deref(),
+                    },
                     rt,
                     last_applied_ms,
                 );
@@ -618,9 +622,12 @@ impl Engine {
                 let rt = self.apps.entry(b.name.clone()).or_default();
                 return status_of(
                     b,
-                    &observed.checks,
-                    &observed.parse_errors,
-                    observed.read_error.as_deref(),
+                    &Compared {
+                        checks: &observed.checks,
+                        extraneous: &observed.extraneous,
+                        parse_errors: &observed.parse_errors,
+                        read_error: observed.read_error.as_deref(),
+                    },
                     rt,
                     last_applied_ms,
                 );
@@ -698,6 +705,7 @@ impl Engine {
                 checks,
                 parse_errors,
                 read_error,
+                extraneous,
                 ..
             } = observed;
         } else if wanted && limit_reached {
@@ -712,9 +720,12 @@ impl Engine {
         let rt = self.apps.entry(b.name.clone()).or_default();
         status_of(
             b,
-            &checks,
-            &parse_errors,
-            read_error.as_deref(),
+            &Compared {
+                checks: &checks,
+                extraneous: &extraneous,
+                parse_errors: &parse_errors,
+                read_error: read_error.as_deref(),
+            },
             rt,
             last_applied_ms,
         )
@@ -887,14 +898,27 @@ fn jitter(d: Duration) -> Duration {
 /// The status of one application. `read_error` says why its live state
 /// could not be read: then sync and health are Unknown and the message and
 /// a `ComparisonError` condition say why (never drift, never OutOfSync).
+/// What one pass compared: the desired objects, the extraneous ones, and
+/// what kept the comparison from being whole.
+struct Compared<'a> {
+    checks: &'a [ResourceCheck],
+    extraneous: &'a [live::Extraneous],
+    parse_errors: &'a [String],
+    read_error: Option<&'a str>,
+}
+
 fn status_of(
     b: &Bundle,
-    checks: &[ResourceCheck],
-    parse_errors: &[String],
-    read_error: Option<&str>,
+    compared: &Compared<'_>,
     rt: &AppRuntime,
     last_applied_ms: i64,
 ) -> AppStatus {
+    let Compared {
+        checks,
+        extraneous,
+        parse_errors,
+        read_error,
+    } = *compared;
     let resources: Vec<ResourceStatus> = checks
         .iter()
         .map(|c| ResourceStatus {
@@ -907,12 +931,33 @@ fn status_of(
                 .cloned()
                 .unwrap_or_else(|| c.message.clone()),
             drift: c.drift.clone(),
+            requires_pruning: false,
         })
+        .chain(extraneous.iter().map(|e| {
+            ResourceStatus {
+                key: Some(e.check.key.to_proto()),
+                sync: e.check.sync as i32,
+                health: e.check.health.status.to_proto() as i32,
+                message: rt
+                    .errors
+                    .get(&e.check.key)
+                    .cloned()
+                    .unwrap_or_else(|| e.check.message.clone()),
+                drift: Vec::new(),
+                requires_pruning: true,
+            }
+        }))
         .collect();
+    // An object left to prune makes the application OutOfSync (unless it
+    // opts out with IgnoreExtraneous), as in Argo CD.
+    let to_prune = extraneous.iter().find(|e| !e.ignored);
     let unreadable = read_error.map(|e| format!("cannot read live state: {e}"));
     let sync = if unreadable.is_some() {
         SyncStatus::Unknown
-    } else if !parse_errors.is_empty() || checks.iter().any(|c| c.sync == SyncStatus::OutOfSync) {
+    } else if !parse_errors.is_empty()
+        || checks.iter().any(|c| c.sync == SyncStatus::OutOfSync)
+        || to_prune.is_some()
+    {
         SyncStatus::OutOfSync
     } else if checks.iter().any(|c| c.sync == SyncStatus::Unknown) {
         // The cluster could not be read: say so rather than guess.
@@ -923,7 +968,12 @@ fn status_of(
     let health = if unreadable.is_some() {
         HealthStatus::Unknown
     } else {
-        health::aggregate(checks.iter().map(|c| &c.health))
+        health::aggregate(
+            checks
+                .iter()
+                .map(|c| &c.health)
+                .chain(extraneous.iter().map(|e| &e.check.health)),
+        )
     };
     let message = if let Some(e) = &unreadable {
         e.clone()
@@ -939,6 +989,8 @@ fn status_of(
             None if !c.message.is_empty() => format!("{}: {}", c.key, c.message),
             None => format!("{}: missing", c.key),
         }
+    } else if let Some(e) = to_prune {
+        format!("{}: requires pruning", e.check.key)
     } else {
         String::new()
     };

@@ -160,7 +160,46 @@ async fn replaced_during_apply(b_digest: &str, b_names: &[String], prune: bool) 
         during > before && during < before + 80,
         "B did not arrive in the middle of A's apply: {before} objects before, {during} then"
     );
-    settle(&mut engine, &reports, b_digest).await;
+    if prune {
+        settle(&mut engine, &reports, b_digest).await;
+    } else {
+        // Without prune, what A left is listed as requiring pruning and
+        // the application is OutOfSync (as Argo CD shows it).
+        let until = Instant::now() + DEADLINE;
+        let s = loop {
+            engine.pass().await;
+            if let Some(s) = status(&reports)
+                && s.digest == b_digest
+                && s.sync == SyncStatus::OutOfSync as i32
+                && s.resources.iter().any(|r| r.requires_pruning)
+                && s.resources
+                    .iter()
+                    .all(|r| r.requires_pruning || r.sync == SyncStatus::Synced as i32)
+            {
+                break s;
+            }
+            assert!(
+                Instant::now() < until,
+                "never settled at {b_digest} with objects to prune: {:#?}",
+                status(&reports)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let listed: BTreeSet<String> = s
+            .resources
+            .iter()
+            .filter(|r| r.requires_pruning)
+            .filter_map(|r| r.key.as_ref().map(|k| k.name.clone()))
+            .collect();
+        let left: BTreeSet<String> = live_configmaps(&kubeconfig, h.dir.path())
+            .difference(&expected(b_names))
+            .cloned()
+            .collect();
+        assert_eq!(
+            listed, left,
+            "objects to prune as reported and as kubectl sees them"
+        );
+    }
     if prune {
         assert_eq!(
             live_configmaps(&kubeconfig, h.dir.path()),

@@ -29,6 +29,33 @@ pub(super) struct Observed {
     /// The failed read found the API server failing (not a refusal): the
     /// engine backs off.
     pub(super) unavailable: bool,
+    /// Objects of the application still in the cluster that its desired
+    /// state no longer has (Argo CD's `requiresPruning`). Reported, never a
+    /// reason to sync by themselves: only a prune removes them.
+    pub(super) extraneous: Vec<Extraneous>,
+}
+
+/// An object of the application that is in the cluster but no longer in
+/// its desired state.
+#[derive(Debug)]
+pub(super) struct Extraneous {
+    /// Sync `OutOfSync`, the live object's health.
+    pub(super) check: ResourceCheck,
+    /// The live object opts out of the application's sync status
+    /// (`argocd.argoproj.io/compare-options: IgnoreExtraneous`).
+    pub(super) ignored: bool,
+}
+
+/// The annotation whose `IgnoreExtraneous` option keeps an extraneous object
+/// out of the application's sync status.
+const COMPARE_OPTIONS_ANNOTATION: &str = "argocd.argoproj.io/compare-options";
+
+/// Whether `live` carries the `IgnoreExtraneous` compare option.
+fn ignores_extraneous(live: &Value) -> bool {
+    live.pointer("/metadata/annotations")
+        .and_then(|a| a.get(COMPARE_OPTIONS_ANNOTATION))
+        .and_then(Value::as_str)
+        .is_some_and(|v| v.split(',').any(|o| o.trim() == "IgnoreExtraneous"))
 }
 
 /// A check of an object that was not read.
@@ -193,12 +220,61 @@ impl Engine {
                 }
             }
         }
+        let mut extraneous = Vec::new();
+        if read_error.is_none() {
+            match self.extraneous(b, &checks).await {
+                Ok(found) => extraneous = found,
+                Err(e) => {
+                    unavailable = e.is_unavailable();
+                    read_error = Some(e.to_string());
+                }
+            }
+        }
         Observed {
             checks,
             parse_errors: errors,
             read_error,
             unavailable,
+            extraneous,
         }
+    }
+
+    /// The objects of the inventory of `b` that its desired state no longer
+    /// has and that are still in the cluster, tracked by this application
+    /// (an object another application took over is not ours to prune).
+    async fn extraneous(
+        &self,
+        b: &Bundle,
+        checks: &[ResourceCheck],
+    ) -> Result<Vec<Extraneous>, crate::cluster::ClusterError> {
+        let stale = self.stale_objects(b, checks, &BTreeSet::new()).await;
+        let mut found = Vec::new();
+        for key in stale {
+            let resolved = match self.cluster.resolve(&key).await {
+                Ok(r) => r,
+                // A kind the cluster no longer serves holds no object.
+                Err(e) if e.is_unknown_kind() => continue,
+                Err(e) => return Err(e),
+            };
+            let Some(live) = self.cluster.get(&resolved, &key).await? else {
+                continue;
+            };
+            if object::tracking_app(&live) != Some(b.name.as_str()) {
+                continue;
+            }
+            found.push(Extraneous {
+                ignored: ignores_extraneous(&live),
+                check: ResourceCheck {
+                    key,
+                    sync: SyncStatus::OutOfSync,
+                    health: self.health.assess_for_app(&live),
+                    message: "requires pruning".to_owned(),
+                    drift: Vec::new(),
+                    shared_with: None,
+                },
+            });
+        }
+        Ok(found)
     }
 
     fn check_one(
