@@ -13,7 +13,9 @@ use flotilla_proto as pb;
 use pb::hub_api_client::HubApiClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 
-const DEADLINE: Duration = Duration::from_secs(30);
+/// Generous: each test runs a hub polling Git every second, several at
+/// once, on a machine that may be busy building (a deadline, not a wait).
+const DEADLINE: Duration = Duration::from_secs(90);
 
 mod support;
 use support::{git, write};
