@@ -348,6 +348,8 @@ struct Shared {
     cluster_lock: Mutex<()>,
     /// Application records written since open (see [`Store::app_writes`]).
     app_writes: AtomicU64,
+    /// Application records written or removed since open.
+    app_changes: AtomicU64,
     /// How many times the database was reopened after an IO error.
     reopens: AtomicU64,
     /// Sync and health of every stored status, built on first use by
@@ -668,6 +670,7 @@ impl Store {
                 last_probe: Mutex::new(None),
                 cluster_lock: Mutex::new(()),
                 app_writes: AtomicU64::new(0),
+                app_changes: AtomicU64::new(0),
                 reopens: AtomicU64::new(0),
                 status_index: Mutex::new(None),
                 targets: Mutex::new(None),
@@ -1219,6 +1222,7 @@ impl Store {
         })?;
         self.note_targets(|t| t.put_app(&rec.app.metadata.name, Destination::of(&rec.app)));
         self.shared.app_writes.fetch_add(1, Ordering::Relaxed);
+        self.shared.app_changes.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -1227,6 +1231,13 @@ impl Store {
     /// application is not rewritten.
     pub fn app_writes(&self) -> u64 {
         self.shared.app_writes.load(Ordering::Relaxed)
+    }
+
+    /// How many application records were written or removed since open: a
+    /// reconciler that planned against the applications can tell that
+    /// none changed since.
+    pub fn app_changes(&self) -> u64 {
+        self.shared.app_changes.load(Ordering::Relaxed)
     }
 
     /// Removes an application, its bundle and its statuses.
@@ -1252,6 +1263,7 @@ impl Store {
                 index.retain(|(app, _), _| app != name);
             }
             self.note_targets(|t| t.remove_app(name));
+            self.shared.app_changes.fetch_add(1, Ordering::Relaxed);
         })
     }
 

@@ -114,7 +114,7 @@ impl Targets {
         if self.clusters.get(name) == Some(&facts) {
             return;
         }
-        self.remove_cluster(name);
+        self.unlink_cluster(name);
         if !facts.server.is_empty() {
             self.clusters_by_server
                 .entry(facts.server.clone())
@@ -126,8 +126,15 @@ impl Targets {
     }
 
     pub(super) fn remove_cluster(&mut self, name: &str) {
+        if self.unlink_cluster(name) {
+            self.inventory_generation += 1;
+        }
+    }
+
+    /// Drops a cluster from the maps; returns whether it was there.
+    fn unlink_cluster(&mut self, name: &str) -> bool {
         let Some(old) = self.clusters.remove(name) else {
-            return;
+            return false;
         };
         if let Some(set) = self.clusters_by_server.get_mut(&old.server) {
             set.remove(name);
@@ -135,7 +142,7 @@ impl Targets {
                 self.clusters_by_server.remove(&old.server);
             }
         }
-        self.inventory_generation += 1;
+        true
     }
 
     pub(super) fn has_app(&self, name: &str) -> bool {
