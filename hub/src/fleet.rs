@@ -792,6 +792,14 @@ impl Fleet {
         }
     }
 
+    /// Whether `cluster`'s current index holds application `app`.
+    pub fn index_holds(&self, cluster: &str, app: &str) -> bool {
+        self.lock()
+            .desired
+            .get(cluster)
+            .is_some_and(|(_, index)| index.contains_key(app))
+    }
+
     /// Whether `cluster` has an open stream.
     pub fn is_connected(&self, cluster: &str) -> bool {
         self.lock()

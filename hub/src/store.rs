@@ -1580,10 +1580,30 @@ fn probe_stamp() -> String {
         .to_string()
 }
 
+/// Default of `--store-cache-mib`: sled's page cache, bounded well below
+/// its own 1 GiB default.
+pub const DEFAULT_CACHE_MIB: u64 = 96;
+
+static CACHE_CAPACITY: AtomicU64 = AtomicU64::new(DEFAULT_CACHE_MIB * 1024 * 1024);
+
+/// Sets the page cache sled gets in stores opened (or reopened) from now
+/// on, in bytes.
+pub fn set_cache_capacity(bytes: u64) {
+    CACHE_CAPACITY.store(bytes, Ordering::Relaxed);
+}
+
+/// The page cache of stores opened from now on, in bytes.
+pub fn cache_capacity() -> u64 {
+    CACHE_CAPACITY.load(Ordering::Relaxed)
+}
+
 fn open_locked(dir: &Path) -> Result<sled::Db, StoreError> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        match sled::open(dir) {
+        let config = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_capacity());
+        match config.open() {
             Err(sled::Error::Io(e))
                 if e.to_string().contains("could not acquire lock")
                     && std::time::Instant::now() < deadline =>
