@@ -593,8 +593,18 @@ impl GitSync {
         if let Some(appsets) = self.appsets.get() {
             changed_apps |= appsets.reconcile_all(&self.cache, force).await?;
         }
-        if changed_apps {
-            self.fleet.recompute()?;
+        // Only applications that came, went or changed destination can
+        // change an index before they are rendered: recompute their
+        // clusters, not the fleet.
+        match self.store.take_moved_apps() {
+            Some(moved) if !moved.is_empty() => {
+                self.fleet.recompute_apps(&moved)?;
+            }
+            Some(_) => {}
+            None if changed_apps => {
+                self.fleet.recompute()?;
+            }
+            None => {}
         }
 
         let inputs = Arc::new(PassInputs {

@@ -819,6 +819,18 @@ impl Store {
         self.targets(|t| t.clusters_targeted(dest))
     }
 
+    /// The applications added, removed or given another destination since
+    /// the last call (only their clusters' indexes can have changed); `None`
+    /// when the index was not built yet, so every cluster may have.
+    pub fn take_moved_apps(&self) -> Option<Vec<String>> {
+        self.shared
+            .targets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+            .map(Targets::take_moved)
+    }
+
     /// The destination of application `name`, `None` when there is none.
     ///
     /// # Errors

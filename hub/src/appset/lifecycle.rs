@@ -1068,7 +1068,7 @@ impl AppSets {
                 continue;
             }
             let mut done = true;
-            for c in crate::history::targeted_clusters(store, &a.app)? {
+            for c in store.clusters_targeted(&crate::store::Destination::of(&a.app))? {
                 let Some(c) = store.cluster(&c)? else {
                     continue;
                 };

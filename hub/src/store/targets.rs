@@ -74,10 +74,16 @@ pub(super) struct Targets {
     /// Bumped whenever a cluster is added, removed or changes a field in
     /// [`ClusterFacts`] (not on heartbeats or generations).
     pub inventory_generation: u64,
+    /// Applications added, removed or given another destination since the
+    /// last [`Targets::take_moved`].
+    moved: BTreeSet<String>,
 }
 
 impl Targets {
     pub(super) fn put_app(&mut self, name: &str, dest: Destination) {
+        if self.apps.get(name) == Some(&dest) {
+            return;
+        }
         self.remove_app(name);
         if !dest.name.is_empty() {
             self.by_name
@@ -94,6 +100,7 @@ impl Targets {
     }
 
     pub(super) fn remove_app(&mut self, name: &str) {
+        self.moved.insert(name.to_owned());
         let Some(old) = self.apps.remove(name) else {
             return;
         };
@@ -143,6 +150,11 @@ impl Targets {
             }
         }
         true
+    }
+
+    /// The applications added, removed or moved since the last call.
+    pub(super) fn take_moved(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.moved).into_iter().collect()
     }
 
     pub(super) fn has_app(&self, name: &str) -> bool {
@@ -246,6 +258,13 @@ mod tests {
         assert_eq!(names(t.apps_targeting("a")), ["by-server"]);
         t.remove_app("by-server");
         assert!(t.apps_targeting("a").is_empty());
+        // What came, went or moved is reported once; a rewrite in place
+        // is not.
+        let mut moved = t.take_moved();
+        moved.sort();
+        assert_eq!(moved, ["by-name", "by-server", "name-wins", "nowhere"]);
+        t.put_app("by-name", d("b", ""));
+        assert!(t.take_moved().is_empty());
     }
 
     #[test]
