@@ -117,8 +117,11 @@ pub struct HubMetrics {
     scrape: std::sync::Mutex<()>,
     /// What a scrape needs of each application, read again only when an
     /// application record was written or removed (`Store::app_changes`).
-    app_meta: std::sync::Mutex<Option<(u64, std::sync::Arc<HashMap<String, AppMeta>>)>>,
+    app_meta: std::sync::Mutex<Option<(u64, AppMetas)>>,
 }
+
+/// Every application's [`AppMeta`], shared by the scrapes that use it.
+type AppMetas = std::sync::Arc<HashMap<String, AppMeta>>;
 
 /// What the state gauges need of an application.
 #[derive(Debug)]
@@ -384,7 +387,7 @@ impl HubMetrics {
 
     /// The applications' metadata, decoded again only when an application
     /// changed since the last scrape.
-    fn app_meta(&self, store: &Store) -> std::sync::Arc<HashMap<String, AppMeta>> {
+    fn app_meta(&self, store: &Store) -> AppMetas {
         let changes = store.app_changes();
         let mut cached = self.app_meta.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((at, meta)) = cached.as_ref()
