@@ -14,7 +14,7 @@
 //! propagation, or orphan), sent with the index until the agent
 //! acknowledges a generation at or after it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
@@ -99,6 +99,38 @@ struct State {
     /// cluster → application → why its bundle was not sent to the agent
     /// (an agent too old for chunked bundles); set by the agent's stream.
     withheld: HashMap<String, BTreeMap<String, String>>,
+    /// application → clusters whose index holds it (the reverse of
+    /// `desired`), so a change to one application finds its clusters
+    /// without a scan of the fleet.
+    app_clusters: HashMap<String, BTreeSet<String>>,
+}
+
+impl State {
+    /// Sets a cluster's generation and index, keeping `app_clusters` in step.
+    fn set_desired(&mut self, cluster: &str, generation: u64, index: Index) {
+        self.forget_desired(cluster);
+        for app in index.keys() {
+            self.app_clusters
+                .entry(app.clone())
+                .or_default()
+                .insert(cluster.to_owned());
+        }
+        self.desired.insert(cluster.to_owned(), (generation, index));
+    }
+
+    /// Drops a cluster's index, keeping `app_clusters` in step.
+    fn forget_desired(&mut self, cluster: &str) {
+        if let Some((_, old)) = self.desired.remove(cluster) {
+            for app in old.keys() {
+                if let Some(set) = self.app_clusters.get_mut(app) {
+                    set.remove(cluster);
+                    if set.is_empty() {
+                        self.app_clusters.remove(app);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// The fleet's desired state, shared by the Git loop, the APIs and every
@@ -235,6 +267,33 @@ pub fn plan_index<'a>(
         .collect()
 }
 
+/// The index of a cluster targeted by the applications `apps` (names):
+/// those with a bundle, as [`plan_index`] computes it.
+pub fn plan_index_of<'a>(
+    apps: impl IntoIterator<Item = &'a String>,
+    bundles: &HashMap<String, Arc<pb::AppBundle>>,
+    revisions: &HashMap<String, String>,
+) -> Index {
+    apps.into_iter()
+        .filter_map(|name| {
+            bundles.get(name).map(|b| {
+                let revision = revisions
+                    .get(name)
+                    .filter(|r| !r.is_empty())
+                    .unwrap_or(&b.revision)
+                    .clone();
+                (
+                    name.clone(),
+                    IndexEntry {
+                        digest: b.digest.clone(),
+                        revision,
+                    },
+                )
+            })
+        })
+        .collect()
+}
+
 /// Bundles of `index` entries whose digest differs from what the agent
 /// holds (`has`: name → digest), each with the revision of its entry.
 pub fn changed_bundles(
@@ -311,8 +370,7 @@ impl Fleet {
             }
         }
         for c in clusters {
-            st.desired
-                .insert(c.name.clone(), (c.generation, index_of(&c)));
+            st.set_desired(&c.name, c.generation, index_of(&c));
             if !c.deletions.is_empty() {
                 st.deletions.insert(c.name.clone(), c.deletions.clone());
             }
@@ -344,33 +402,82 @@ impl Fleet {
 
     /// Recomputes every cluster's index; bumps and announces the generation
     /// of each cluster whose index changed. Returns the clusters bumped.
+    /// Reads every cluster record once and no application record (the
+    /// store's targeting index says which applications name a cluster).
     ///
     /// # Errors
     /// The store cannot be read or written.
     pub fn recompute(&self) -> Result<Vec<String>, StoreError> {
-        let apps = self.store.apps()?;
         let clusters = self.store.clusters()?;
-        // Group by destination so each cluster only looks at its candidates.
-        let mut by_destination: HashMap<&str, Vec<&AppRecord>> = HashMap::new();
-        for a in &apps {
-            if let Some(key) = a.app.destination_key() {
-                by_destination.entry(key).or_default().push(a);
+        let bumped = self.recompute_among(clusters)?;
+        // Every cluster has seen the applications that left the store
+        // leave: their deletion decisions are done. (Only a recomputation of
+        // every cluster may drop another caller's decision.)
+        let deleting: Vec<String> = self.lock().deleting.keys().cloned().collect();
+        let mut gone = Vec::new();
+        for name in deleting {
+            if !self.store.has_app(&name)? {
+                gone.push(name);
             }
         }
-        let none = Vec::new();
+        if !gone.is_empty() {
+            let mut st = self.lock();
+            for name in gone {
+                st.deleting.remove(&name);
+            }
+        }
+        Ok(bumped)
+    }
+
+    /// Recomputes the clusters `apps` affect: those whose index holds one
+    /// of them and those their destination names now. The work grows with
+    /// those clusters, not with the fleet. Returns the clusters bumped.
+    ///
+    /// # Errors
+    /// The store cannot be read or written.
+    pub fn recompute_apps(&self, apps: &[String]) -> Result<Vec<String>, StoreError> {
+        let mut names: BTreeSet<String> = {
+            let st = self.lock();
+            apps.iter()
+                .filter_map(|a| st.app_clusters.get(a))
+                .flatten()
+                .cloned()
+                .collect()
+        };
+        for a in apps {
+            if let Some(dest) = self.store.app_destination(a)? {
+                names.extend(self.store.clusters_targeted(&dest)?);
+            }
+        }
+        self.recompute_clusters(&names.into_iter().collect::<Vec<_>>())
+    }
+
+    /// Recomputes the index of each of `clusters` (names of clusters that
+    /// are gone are skipped). Returns the clusters bumped.
+    ///
+    /// # Errors
+    /// The store cannot be read or written.
+    pub fn recompute_clusters(&self, clusters: &[String]) -> Result<Vec<String>, StoreError> {
+        let mut records = Vec::with_capacity(clusters.len());
+        for name in clusters {
+            if let Some(c) = self.store.cluster(name)? {
+                records.push(c);
+            }
+        }
+        self.recompute_among(records)
+    }
+
+    fn recompute_among(&self, clusters: Vec<ClusterRecord>) -> Result<Vec<String>, StoreError> {
+        let mut candidates = Vec::with_capacity(clusters.len());
+        for c in &clusters {
+            candidates.push(self.store.apps_targeting(&c.name)?);
+        }
         let trace_context = crate::telemetry::current_trace_context();
         let mut st = self.lock();
         let mut bumped = Vec::new();
-        for c in clusters {
-            let by_name = by_destination.get(c.name.as_str()).unwrap_or(&none);
-            let by_server = if c.server.is_empty() || c.server == c.name {
-                &none
-            } else {
-                by_destination.get(c.server.as_str()).unwrap_or(&none)
-            };
-            let index = plan_index(
-                &c,
-                by_name.iter().chain(by_server).copied(),
+        for (c, apps) in clusters.into_iter().zip(candidates) {
+            let index = plan_index_of(
+                apps.iter().map(|(name, _)| name),
                 &st.bundles,
                 &st.revisions,
             );
@@ -417,7 +524,7 @@ impl Fleet {
                 tracing::info!(cluster = %c.name, generation, deletions = ?pending.keys().collect::<Vec<_>>(), "applications deleted from the desired state");
             }
             st.deletions.insert(c.name.clone(), pending);
-            st.desired.insert(c.name.clone(), (generation, index));
+            st.set_desired(&c.name, generation, index);
             st.origins.insert(
                 c.name.clone(),
                 crate::fleet_origin::Origin::new(generation, trace_context.clone()),
@@ -433,10 +540,6 @@ impl Fleet {
             tracing::info!(cluster = %c.name, generation, "desired state changed");
             bumped.push(c.name);
         }
-        // Every cluster has seen these applications leave (the snapshot
-        // read above no longer has them).
-        st.deleting
-            .retain(|name, _| apps.iter().any(|a| a.app.metadata.name == *name));
         drop(st);
         if !bumped.is_empty() {
             self.store.flush()?;
@@ -458,7 +561,7 @@ impl Fleet {
     /// # Errors
     /// The store cannot be written.
     pub fn set_bundles(&self, bundles: Vec<pb::AppBundle>) -> Result<(), StoreError> {
-        let mut changed = false;
+        let mut changed = Vec::new();
         for bundle in bundles {
             // The commit this render stands for: the application's record
             // holds it (the bundle passed back after a failed render keeps
@@ -483,18 +586,25 @@ impl Fleet {
                 // while).
                 self.store.put_bundle(&bundle)?;
             }
+            let name = bundle.name.clone();
             let mut st = self.lock();
-            if st.revisions.get(&bundle.name) != Some(&revision) {
-                st.revisions.insert(bundle.name.clone(), revision);
-                changed = true;
+            let mut moved = false;
+            if st.revisions.get(&name) != Some(&revision) {
+                st.revisions.insert(name.clone(), revision);
+                moved = true;
             }
             if !unchanged {
-                st.bundles.insert(bundle.name.clone(), Arc::new(bundle));
-                changed = true;
+                st.bundles.insert(name.clone(), Arc::new(bundle));
+                moved = true;
+            }
+            drop(st);
+            if moved {
+                changed.push(name);
             }
         }
-        if changed {
-            self.recompute()?;
+        if !changed.is_empty() {
+            changed.dedup();
+            self.recompute_apps(&changed)?;
         }
         Ok(())
     }
@@ -537,14 +647,12 @@ impl Fleet {
             // Before it leaves the store: any recomputation that no longer
             // sees it must find the decision.
             st.deleting.insert(name.to_owned(), propagation);
-            let mut c: Vec<String> = st
-                .desired
-                .iter()
-                .filter(|(_, (_, index))| index.contains_key(name))
-                .map(|(cluster, _)| cluster.clone())
-                .collect();
-            c.sort();
-            c
+            st.app_clusters
+                .get(name)
+                .into_iter()
+                .flatten()
+                .cloned()
+                .collect()
         };
         let existed = self.store.remove_app(name)?;
         {
@@ -552,7 +660,7 @@ impl Fleet {
             st.bundles.remove(name);
             st.revisions.remove(name);
         }
-        self.recompute()?;
+        self.recompute_apps(&[name.to_owned()])?;
         // Every cluster has seen it leave now; an application created
         // again under this name must not inherit the decision.
         self.lock().deleting.remove(name);
@@ -572,13 +680,13 @@ impl Fleet {
                 generation: rec.generation,
                 revoked: false,
             };
-            st.desired
-                .insert(rec.name.clone(), (rec.generation, index_of(&rec)));
+            st.set_desired(&rec.name, rec.generation, index_of(&rec));
             st.signals
                 .insert(rec.name.clone(), watch::channel(signal).0);
         }
         self.store.put_cluster(&rec)?;
-        self.recompute()?;
+        // Only this cluster's index can change.
+        self.recompute_clusters(std::slice::from_ref(&rec.name))?;
         self.store.flush()?;
         Ok(())
     }
@@ -592,7 +700,7 @@ impl Fleet {
         let existed = self.store.remove_cluster(name)?;
         self.store.flush()?;
         let mut st = self.lock();
-        st.desired.remove(name);
+        st.forget_desired(name);
         st.deletions.remove(name);
         st.links.remove(name);
         st.withheld.remove(name);
@@ -690,6 +798,14 @@ impl Fleet {
         if let Some(l) = st.links.get_mut(cluster) {
             l.streams = l.streams.saturating_sub(1);
         }
+    }
+
+    /// Whether `cluster`'s current index holds application `app`.
+    pub fn index_holds(&self, cluster: &str, app: &str) -> bool {
+        self.lock()
+            .desired
+            .get(cluster)
+            .is_some_and(|(_, index)| index.contains_key(app))
     }
 
     /// Whether `cluster` has an open stream.

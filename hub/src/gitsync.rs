@@ -24,7 +24,7 @@ use tracing::Instrument as _;
 use crate::fleet::{Fleet, build_bundle};
 use crate::model::{self, Application};
 use crate::source::{FetchAuth, FetchLimits, GitCache, SourceFile};
-use crate::store::{AppRecord, ClusterRecord, RepoRecord, Store, StoreError};
+use crate::store::{AppRecord, RepoRecord, Store, StoreError};
 
 mod charts;
 mod fetcher;
@@ -107,7 +107,6 @@ type Outcome = Result<(String, Vec<String>), (String, String)>;
 /// What a pass read once for every application it renders.
 #[derive(Debug, Default)]
 struct PassInputs {
-    clusters: Vec<ClusterRecord>,
     /// A source that is also a registered repository keeps that
     /// repository's poll interval.
     intervals: HashMap<(String, String), Duration>,
@@ -402,6 +401,19 @@ impl GitSync {
             })
     }
 
+    /// Renders the application `name` soon, alone (an application created
+    /// or replaced by the API): no pass over the other applications.
+    pub fn render_soon(self: &Arc<Self>, name: &str) {
+        let _ = self.request_render(name, false, None);
+    }
+
+    /// The cluster inventory changed: wakes the loop for a pass that
+    /// fetches only what is due, so ApplicationSet generators see the
+    /// change at once. Many changes in a row share one pass.
+    pub fn inventory_changed(&self) {
+        self.wake.notify_one();
+    }
+
     /// Asks for an immediate poll of everything.
     pub fn kick(&self) {
         self.kick.notify_one();
@@ -581,12 +593,21 @@ impl GitSync {
         if let Some(appsets) = self.appsets.get() {
             changed_apps |= appsets.reconcile_all(&self.cache, force).await?;
         }
-        if changed_apps {
-            self.fleet.recompute()?;
+        // Only applications that came, went or changed destination can
+        // change an index before they are rendered: recompute their
+        // clusters, not the fleet.
+        match self.store.take_moved_apps() {
+            Some(moved) if !moved.is_empty() => {
+                self.fleet.recompute_apps(&moved)?;
+            }
+            Some(_) => {}
+            None if changed_apps => {
+                self.fleet.recompute()?;
+            }
+            None => {}
         }
 
         let inputs = Arc::new(PassInputs {
-            clusters: self.store.clusters()?,
             intervals: repos
                 .iter()
                 .map(|r| {
@@ -851,7 +872,6 @@ impl GitSync {
         let inputs = match inputs {
             Some(i) => i,
             None => Arc::new(PassInputs {
-                clusters: self.store.clusters()?,
                 intervals: self
                     .store
                     .repos()?
@@ -888,7 +908,7 @@ impl GitSync {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(name.to_owned(), used);
-        self.conclude(app, outcome, &inputs.clusters).await
+        self.conclude(app, outcome).await
     }
 
     /// The commit and objects of a single-source Git application.
@@ -938,7 +958,6 @@ impl GitSync {
         self: &Arc<Self>,
         app: &Application,
         outcome: Outcome,
-        clusters: &[ClusterRecord],
     ) -> Result<(), StoreError> {
         let name = &app.metadata.name;
         let bundle = {
@@ -954,13 +973,7 @@ impl GitSync {
                         bundle,
                     )?;
                     let error = bundle.render_error.clone();
-                    crate::history::note_automated(
-                        &self.store,
-                        &self.fleet,
-                        app,
-                        &bundle,
-                        clusters,
-                    )?;
+                    crate::history::note_automated(&self.store, &self.fleet, app, &bundle)?;
                     self.set_app_result(name, Some(&revision), &error)?;
                     Some(bundle)
                 }

@@ -236,7 +236,8 @@ pub fn effective_commit(
     }
 }
 
-/// The names of the clusters `app` targets.
+/// The names of the clusters `app` targets, from the store's targeting
+/// index (no scan of the inventory).
 ///
 /// # Errors
 /// The store cannot be read.
@@ -244,25 +245,14 @@ pub fn targeted_clusters(
     store: &Store,
     app: &crate::model::Application,
 ) -> Result<Vec<String>, StoreError> {
-    Ok(targeted_among(app, &store.clusters()?))
-}
-
-/// The names of the clusters in `clusters` that `app` targets.
-pub fn targeted_among(
-    app: &crate::model::Application,
-    clusters: &[crate::store::ClusterRecord],
-) -> Vec<String> {
-    clusters
-        .iter()
-        .filter(|c| crate::fleet::targets(app, c))
-        .map(|c| c.name.clone())
-        .collect()
+    store.clusters_targeted(&crate::store::Destination::of(app))
 }
 
 /// Records an `automated` deployment when an automated application's
-/// content changes (a new bundle digest that rendered). `clusters` is the
-/// inventory, read once per pass by the caller: reading it per application
-/// made a pass over N applications and N clusters quadratic.
+/// content changes (a new bundle digest that rendered). The clusters it
+/// names come from the store's targeting index: a scan of the inventory
+/// per application made a pass over N applications and N clusters
+/// quadratic.
 ///
 /// # Errors
 /// The store cannot be read or written.
@@ -271,7 +261,6 @@ pub fn note_automated(
     fleet: &crate::fleet::Fleet,
     app: &crate::model::Application,
     bundle: &flotilla_proto::AppBundle,
-    clusters: &[crate::store::ClusterRecord],
 ) -> Result<(), StoreError> {
     if !is_automated(app) || !bundle.render_error.is_empty() {
         return Ok(());
@@ -288,7 +277,7 @@ pub fn note_automated(
         app,
         &bundle.revision,
         "automated",
-        targeted_among(app, clusters),
+        targeted_clusters(store, app)?,
     )?;
     Ok(())
 }

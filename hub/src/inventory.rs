@@ -185,7 +185,7 @@ pub fn apply_declared(
 ) -> Result<Vec<ClusterRecord>, StoreError> {
     let store = fleet.store();
     let mut out = Vec::new();
-    let mut changed = false;
+    let mut changed = Vec::new();
     for d in declared {
         match store.cluster(&d.name)? {
             Some(current) => {
@@ -202,7 +202,7 @@ pub fn apply_declared(
                         c.server = server;
                         c.project = project;
                     })?;
-                    changed = true;
+                    changed.push(d.name.clone());
                     tracing::info!(cluster = %d.name, "cluster inventory updated from a declaration");
                 }
             }
@@ -223,8 +223,10 @@ pub fn apply_declared(
             out.push(rec);
         }
     }
-    if changed {
-        fleet.recompute()?;
+    if !changed.is_empty() {
+        // A changed server URL changes which applications name the
+        // cluster; nothing else does, and only these clusters.
+        fleet.recompute_clusters(&changed)?;
         store.flush()?;
     }
     Ok(out)

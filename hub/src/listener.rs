@@ -529,9 +529,20 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
+/// First and longest pause after an accept error such as EMFILE.
+const ACCEPT_PAUSE_MIN: Duration = Duration::from_millis(100);
+const ACCEPT_PAUSE_MAX: Duration = Duration::from_secs(1);
+/// At most one warning per this long while accept keeps failing.
+const ACCEPT_WARN_EVERY: Duration = Duration::from_secs(10);
+
 /// Accepts one connection, pausing after errors such as running out of
 /// file descriptors instead of spinning on them.
 async fn accept(listener: &TcpListener, name: &'static str) -> (TcpStream, SocketAddr) {
+    // Backoff after errors that retrying at once does not cure, doubling
+    // up to a second while they last; a warning at most every 10 s.
+    let mut pause = ACCEPT_PAUSE_MIN;
+    let mut last_warning: Option<std::time::Instant> = None;
+    let mut suppressed = 0u64;
     loop {
         match listener.accept().await {
             Ok(conn) => return conn,
@@ -547,8 +558,23 @@ async fn accept(listener: &TcpListener, name: &'static str) -> (TcpStream, Socke
                     // EMFILE/ENFILE and the like: the descriptor is not
                     // freed by retrying at once.
                     rejected(name, "accept_error", None);
-                    tracing::debug!(listener = name, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    if last_warning.is_none_or(|t| t.elapsed() >= ACCEPT_WARN_EVERY) {
+                        let too_many_files = matches!(e.raw_os_error(), Some(24 | 23));
+                        tracing::warn!(
+                            listener = name,
+                            error = %e,
+                            suppressed,
+                            pause_ms = pause.as_millis() as u64,
+                            hint = if too_many_files { "the open files limit is exhausted: raise it (ulimit -n, LimitNOFILE) or lower --max-agent-connections" } else { "" },
+                            "accepting a connection failed; pausing"
+                        );
+                        last_warning = Some(std::time::Instant::now());
+                        suppressed = 0;
+                    } else {
+                        suppressed += 1;
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(ACCEPT_PAUSE_MAX);
                 }
             }
         }

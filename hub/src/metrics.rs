@@ -8,6 +8,7 @@
 //! scrape reads the cluster and application records once and no status
 //! record at all.
 
+use std::collections::HashMap;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -109,9 +110,25 @@ pub struct HubMetrics {
     wire_messages: Family<WireLabels, Counter>,
     wire_bytes: Family<WireLabels, Counter>,
     bundles_withheld: Counter,
+    open_files_limit: Gauge,
+    store_cache_bytes: Gauge,
     /// One scrape at a time: a refresh clears and refills the state
     /// families, which a concurrent scrape must not see half done.
     scrape: std::sync::Mutex<()>,
+    /// What a scrape needs of each application, read again only when an
+    /// application record was written or removed (`Store::app_changes`).
+    app_meta: std::sync::Mutex<Option<(u64, AppMetas)>>,
+}
+
+/// Every application's [`AppMeta`], shared by the scrapes that use it.
+type AppMetas = std::sync::Arc<HashMap<String, AppMeta>>;
+
+/// What the state gauges need of an application.
+#[derive(Debug)]
+struct AppMeta {
+    project: String,
+    repo: String,
+    comparison_error: bool,
 }
 
 impl std::fmt::Debug for HubMetrics {
@@ -226,8 +243,22 @@ impl HubMetrics {
             "Bundles not sent because the agent is too old to receive them in chunks",
             bundles_withheld.clone(),
         );
+        let open_files_limit = Gauge::default();
+        registry.register(
+            "hub_open_files_limit",
+            "The open files limit in force (raised to the hard limit at start); each connected cluster holds one descriptor",
+            open_files_limit.clone(),
+        );
+        let store_cache_bytes = Gauge::default();
+        registry.register(
+            "hub_store_cache_capacity_bytes",
+            "Bound of the store's page cache (--store-cache-mib)",
+            store_cache_bytes.clone(),
+        );
         Self {
             registry,
+            open_files_limit,
+            store_cache_bytes,
             wire_messages,
             wire_bytes,
             bundles_withheld,
@@ -238,6 +269,7 @@ impl HubMetrics {
             store_writable,
             store_reopens,
             scrape: std::sync::Mutex::new(()),
+            app_meta: std::sync::Mutex::new(None),
             applications,
             app_info,
             clusters,
@@ -336,45 +368,34 @@ impl HubMetrics {
         self.wire_bytes.get_or_create(&labels).inc_by(bytes as u64);
     }
 
+    /// Records the open files limit in force (0 when unknown).
+    pub fn open_files_limit(&self, limit: Option<u64>) {
+        self.open_files_limit
+            .set(i64::try_from(limit.unwrap_or(0)).unwrap_or(i64::MAX));
+    }
+
+    /// Records the bound of the store's page cache.
+    pub fn store_cache_capacity(&self, bytes: u64) {
+        self.store_cache_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
     /// Counts bundles withheld from an agent too old for chunks.
     pub fn bundles_withheld(&self, n: usize) {
         self.bundles_withheld.inc_by(n as u64);
     }
 
-    /// Refreshes the state gauges from the store and the fleet: the
-    /// cluster and application records are read once; statuses come from
-    /// the store's in-memory summary. A pair counts while its cluster is
-    /// registered and the application is in that cluster's desired state
-    /// (a status left from an application that no longer targets the
-    /// cluster does not).
-    fn refresh(&self, store: &Store, fleet: &Fleet) {
-        use std::collections::{BTreeMap, HashMap, HashSet};
-
-        self.store_state(store);
-
-        let clusters = store.clusters().unwrap_or_default();
-        self.clusters.set(clusters.len() as i64);
-        self.clusters_connected.set(
-            clusters
-                .iter()
-                .filter(|c| fleet.is_connected(&c.name))
-                .count() as i64,
-        );
-        let targeted: HashMap<&str, HashSet<&str>> = clusters
-            .iter()
-            .map(|c| {
-                (
-                    c.name.as_str(),
-                    c.desired_index.keys().map(String::as_str).collect(),
-                )
-            })
-            .collect();
-        struct AppMeta {
-            project: String,
-            repo: String,
-            comparison_error: bool,
+    /// The applications' metadata, decoded again only when an application
+    /// changed since the last scrape.
+    fn app_meta(&self, store: &Store) -> AppMetas {
+        let changes = store.app_changes();
+        let mut cached = self.app_meta.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, meta)) = cached.as_ref()
+            && *at == changes
+        {
+            return meta.clone();
         }
-        let apps: HashMap<String, AppMeta> = store
+        let meta: HashMap<String, AppMeta> = store
             .apps()
             .unwrap_or_default()
             .into_iter()
@@ -396,11 +417,35 @@ impl HubMetrics {
                 )
             })
             .collect();
+        let meta = std::sync::Arc::new(meta);
+        *cached = Some((changes, meta.clone()));
+        meta
+    }
+
+    /// Refreshes the state gauges from the store and the fleet in one
+    /// aggregation: cluster counts from the store's index and the fleet,
+    /// which pairs count from the fleet's in-memory indexes, statuses from
+    /// the store's in-memory summary, application metadata cached until an
+    /// application changes. A scrape decodes no record while nothing
+    /// changed. A pair counts while its cluster is registered and the
+    /// application is in that cluster's desired state (a status left from
+    /// an application that no longer targets the cluster does not).
+    fn refresh(&self, store: &Store, fleet: &Fleet) {
+        use std::collections::BTreeMap;
+
+        self.store_state(store);
+
+        let clusters = store.cluster_names().unwrap_or_default();
+        self.clusters.set(clusters.len() as i64);
+        self.clusters_connected
+            .set(clusters.iter().filter(|c| fleet.is_connected(c)).count() as i64);
+        let apps = self.app_meta(store);
+        let targeted = |cluster: &str, app: &str| fleet.index_holds(cluster, app);
         let mut counts: BTreeMap<(&'static str, &'static str), i64> = BTreeMap::new();
         self.app_info.clear();
         let summary = store.for_each_status_summary(|app, cluster, sync, health| {
             let Some(meta) = apps.get(app) else { return };
-            if !targeted.get(cluster).is_some_and(|apps| apps.contains(app)) {
+            if !targeted(cluster, app) {
                 return;
             }
             // As `fleet::comparison_status`: while the hub cannot fetch or
@@ -512,6 +557,52 @@ mod tests {
             .collect();
         lines.sort_unstable();
         lines
+    }
+
+    /// A scrape aggregates from in-memory indexes: once the first scrape
+    /// read the applications, the next decodes no record however many
+    /// clusters there are, until an application changes.
+    #[test]
+    fn a_scrape_decodes_nothing_while_nothing_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let fleet = Fleet::load(store.clone()).unwrap();
+        for i in 0..200 {
+            fleet
+                .put_cluster(ClusterRecord {
+                    name: format!("c{i}"),
+                    ..Default::default()
+                })
+                .unwrap();
+        }
+        let web = app("web", "c0", "shop");
+        store.put_app(&web).unwrap();
+        fleet
+            .set_bundle(build_bundle(&web.app, "r1", Ok(&[])))
+            .unwrap();
+        store
+            .put_status(
+                "c0",
+                &status("web", pb::SyncStatus::Synced, pb::HealthStatus::Healthy),
+            )
+            .unwrap();
+        let m = HubMetrics::new();
+        let first = m.encode(&store, &fleet);
+        let before = store.counters();
+        let second = m.encode(&store, &fleet);
+        assert_eq!(
+            store.counters().decoded,
+            before.decoded,
+            "second scrape decoded records"
+        );
+        assert_eq!(first, second);
+        assert!(second.contains("flotilla_clusters 200"), "{second}");
+        // An application written is read again.
+        let mut failed = web.clone();
+        failed.error = "fetch failed".into();
+        store.put_app(&failed).unwrap();
+        let third = m.encode(&store, &fleet);
+        assert!(third.contains(r#"sync_status="Unknown""#), "{third}");
     }
 
     #[test]

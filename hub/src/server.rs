@@ -77,6 +77,8 @@ pub struct HubConfig {
     pub api_deadline: Duration,
     /// gRPC message size limits and the bundle chunk size.
     pub wire: crate::api::WireLimits,
+    /// Bytes sled may use to cache pages (`--store-cache-mib`).
+    pub store_cache_bytes: u64,
 }
 
 impl HubConfig {
@@ -103,6 +105,7 @@ impl HubConfig {
             git_limits: crate::gitsync::GitLimits::default(),
             api_deadline: crate::api::deadline::DEFAULT_API_DEADLINE,
             wire: crate::api::WireLimits::default(),
+            store_cache_bytes: crate::store::DEFAULT_CACHE_MIB * 1024 * 1024,
         }
     }
 }
@@ -248,7 +251,13 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         .clone()
         .unwrap_or_else(|| credentials_key_path(&data_dir));
     let key = crate::store::CredentialsKey::load_or_create(&key_file)?;
+    crate::store::set_cache_capacity(config.store_cache_bytes);
     let store = Store::open_with_key(&data_dir.join("db"), key)?;
+    crate::metrics::metrics().store_cache_capacity(config.store_cache_bytes);
+    tracing::info!(
+        cache_mib = config.store_cache_bytes / (1024 * 1024),
+        "store cache bounded"
+    );
     let pki = Arc::new(Pki::load_or_create(&data_dir, &config.advertise_hosts)?);
     let path = admin_token_path(&data_dir);
     let adopted = crate::admin_token::ensure(&store, &path)?;
@@ -356,6 +365,11 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         source,
     })?;
     let fd_limit = crate::listener::raise_fd_limit();
+    crate::metrics::metrics().open_files_limit(fd_limit);
+    tracing::info!(
+        limit = fd_limit,
+        "open files limit (raised to the hard limit); each connected cluster holds one"
+    );
     let wanted = config.limits.max_descriptors();
     if fd_limit.is_some_and(|l| l < wanted as u64) {
         tracing::warn!(

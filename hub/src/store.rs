@@ -18,8 +18,11 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 pub mod credentials;
+mod targets;
 
 pub use credentials::CredentialsKey;
+use targets::{ClusterFacts, Targets};
+pub use targets::{Destination, StoreCounters};
 
 use prost::Message;
 use serde::de::DeserializeOwned;
@@ -345,12 +348,20 @@ struct Shared {
     cluster_lock: Mutex<()>,
     /// Application records written since open (see [`Store::app_writes`]).
     app_writes: AtomicU64,
+    /// Application records written or removed since open.
+    app_changes: AtomicU64,
     /// How many times the database was reopened after an IO error.
     reopens: AtomicU64,
     /// Sync and health of every stored status, built on first use by
     /// [`Store::for_each_status_summary`] and kept up to date by the writes
     /// that change statuses, so metrics never scan the statuses tree.
     status_index: Mutex<Option<StatusIndex>>,
+    /// Applications by destination and clusters by server, built on first
+    /// use (see [`targets`]).
+    targets: Mutex<Option<Targets>>,
+    /// Reads and records decoded since open ([`Store::counters`]).
+    reads: AtomicU64,
+    decoded: AtomicU64,
 }
 
 /// (application, cluster) → (sync, health) as the agent reported them
@@ -659,8 +670,12 @@ impl Store {
                 last_probe: Mutex::new(None),
                 cluster_lock: Mutex::new(()),
                 app_writes: AtomicU64::new(0),
+                app_changes: AtomicU64::new(0),
                 reopens: AtomicU64::new(0),
                 status_index: Mutex::new(None),
+                targets: Mutex::new(None),
+                reads: AtomicU64::new(0),
+                decoded: AtomicU64::new(0),
             }),
         })
     }
@@ -688,6 +703,166 @@ impl Store {
                 }
             },
         ))
+    }
+
+    /// [`Self::with`] for a read, counted in [`Self::counters`].
+    fn read<R>(&self, f: impl FnOnce(&Trees) -> Result<R, StoreError>) -> Result<R, StoreError> {
+        self.shared.reads.fetch_add(1, Ordering::Relaxed);
+        self.with(f)
+    }
+
+    fn count_decoded(&self, n: u64) {
+        self.shared.decoded.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn decode<T: DeserializeOwned>(
+        &self,
+        what: &'static str,
+        key: &[u8],
+        v: &[u8],
+    ) -> Result<T, StoreError> {
+        self.count_decoded(1);
+        decode(what, key, v)
+    }
+
+    fn decode_all<T: DeserializeOwned>(
+        &self,
+        tree: &sled::Tree,
+        what: &'static str,
+    ) -> Result<Vec<T>, StoreError> {
+        let all: Vec<T> = decode_all(tree, what)?;
+        self.count_decoded(all.len() as u64);
+        Ok(all)
+    }
+
+    fn decode_entries<T: DeserializeOwned>(
+        &self,
+        tree: &sled::Tree,
+        what: &'static str,
+    ) -> Result<Vec<(String, T)>, StoreError> {
+        let all: Vec<(String, T)> = decode_entries(tree, what)?;
+        self.count_decoded(all.len() as u64);
+        Ok(all)
+    }
+
+    /// Store reads and records decoded since open, by this handle and its
+    /// clones: lets a test hold a pass's work proportional to what changed.
+    pub fn counters(&self) -> StoreCounters {
+        StoreCounters {
+            reads: self.shared.reads.load(Ordering::Relaxed),
+            decoded: self.shared.decoded.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Runs `f` on the targeting index, building it from the applications
+    /// and clusters trees on first use.
+    fn targets<R>(&self, f: impl FnOnce(&mut Targets) -> R) -> Result<R, StoreError> {
+        let mut guard = self
+            .shared
+            .targets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if guard.is_none() {
+            let (apps, clusters): (Vec<AppRecord>, Vec<ClusterRecord>) = self.read(|t| {
+                Ok((
+                    self.decode_all(&t.apps, "application")?,
+                    self.decode_all(&t.clusters, "cluster")?,
+                ))
+            })?;
+            let mut built = Targets::default();
+            for a in &apps {
+                built.put_app(&a.app.metadata.name, Destination::of(&a.app));
+            }
+            for c in &clusters {
+                built.put_cluster(&c.name, ClusterFacts::of(c));
+            }
+            *guard = Some(built);
+        }
+        match guard.as_mut() {
+            Some(t) => Ok(f(t)),
+            None => Err(StoreError::Unavailable(
+                "the targeting index was not built".to_owned(),
+            )),
+        }
+    }
+
+    /// Updates the targeting index after a write, when it is built (else
+    /// the first use reads the write from the trees).
+    fn note_targets(&self, f: impl FnOnce(&mut Targets)) {
+        if let Some(t) = self
+            .shared
+            .targets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
+            f(t);
+        }
+    }
+
+    /// The applications whose destination names the cluster `name` (by
+    /// name, or by its server URL), with their destination. Costs no
+    /// store read once the index is built.
+    ///
+    /// # Errors
+    /// Building the index on first use failed.
+    pub fn apps_targeting(&self, cluster: &str) -> Result<Vec<(String, Destination)>, StoreError> {
+        self.targets(|t| t.apps_targeting(cluster))
+    }
+
+    /// The clusters `dest` names (one by name, or every cluster with that
+    /// server URL).
+    ///
+    /// # Errors
+    /// Building the index on first use failed.
+    pub fn clusters_targeted(&self, dest: &Destination) -> Result<Vec<String>, StoreError> {
+        self.targets(|t| t.clusters_targeted(dest))
+    }
+
+    /// The applications added, removed or given another destination since
+    /// the last call (only their clusters' indexes can have changed); `None`
+    /// when the index was not built yet, so every cluster may have.
+    pub fn take_moved_apps(&self) -> Option<Vec<String>> {
+        self.shared
+            .targets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+            .map(Targets::take_moved)
+    }
+
+    /// The destination of application `name`, `None` when there is none.
+    ///
+    /// # Errors
+    /// Building the index on first use failed.
+    pub fn app_destination(&self, name: &str) -> Result<Option<Destination>, StoreError> {
+        self.targets(|t| t.destination(name).cloned())
+    }
+
+    /// Whether application `name` exists, from the index.
+    ///
+    /// # Errors
+    /// Building the index on first use failed.
+    pub fn has_app(&self, name: &str) -> Result<bool, StoreError> {
+        self.targets(|t| t.has_app(name))
+    }
+
+    /// Every cluster name, from the index.
+    ///
+    /// # Errors
+    /// Building the index on first use failed.
+    pub fn cluster_names(&self) -> Result<Vec<String>, StoreError> {
+        self.targets(|t| t.cluster_names().cloned().collect())
+    }
+
+    /// A counter that moves whenever a cluster is added or removed or its
+    /// labels, annotations, server or project change (not with heartbeats
+    /// or generations): what an ApplicationSet `clusters` generator reads.
+    ///
+    /// # Errors
+    /// Building the index on first use failed.
+    pub fn inventory_generation(&self) -> Result<u64, StoreError> {
+        self.targets(|t| t.inventory_generation)
     }
 
     /// Runs `f` on the open database; an IO error starts the recovery.
@@ -887,16 +1062,16 @@ impl Store {
     // ---- clusters ----
 
     pub fn cluster(&self, name: &str) -> Result<Option<ClusterRecord>, StoreError> {
-        self.with(|t| {
+        self.read(|t| {
             t.clusters
                 .get(name.as_bytes())?
-                .map(|v| decode("cluster", name.as_bytes(), &v))
+                .map(|v| self.decode("cluster", name.as_bytes(), &v))
                 .transpose()
         })
     }
 
     pub fn clusters(&self) -> Result<Vec<ClusterRecord>, StoreError> {
-        self.with(|t| decode_all(&t.clusters, "cluster"))
+        self.read(|t| self.decode_all(&t.clusters, "cluster"))
     }
 
     pub fn put_cluster(&self, rec: &ClusterRecord) -> Result<(), StoreError> {
@@ -908,7 +1083,9 @@ impl Store {
                 .unwrap_or_else(|p| p.into_inner());
             t.clusters.insert(rec.name.as_bytes(), encode(rec))?;
             Ok(())
-        })
+        })?;
+        self.note_targets(|t| t.put_cluster(&rec.name, ClusterFacts::of(rec)));
+        Ok(())
     }
 
     /// Applies `f` to the stored record of `name`; returns the updated record,
@@ -927,10 +1104,15 @@ impl Store {
             let Some(v) = t.clusters.get(name.as_bytes())? else {
                 return Ok(None);
             };
-            let mut rec: ClusterRecord = decode("cluster", name.as_bytes(), &v)?;
+            let mut rec: ClusterRecord = self.decode("cluster", name.as_bytes(), &v)?;
             f(&mut rec);
             t.clusters.insert(name.as_bytes(), encode(&rec))?;
             Ok(Some(rec))
+        })
+        .inspect(|rec| {
+            if let Some(rec) = rec {
+                self.note_targets(|t| t.put_cluster(name, ClusterFacts::of(rec)));
+            }
         })
     }
 
@@ -960,6 +1142,7 @@ impl Store {
             if let Some(index) = self.status_index().as_mut() {
                 index.retain(|(_, cluster), _| cluster != name);
             }
+            self.note_targets(|t| t.remove_cluster(name));
         })
     }
 
@@ -979,7 +1162,8 @@ impl Store {
         let plain = key.open(url, &v).inspect_err(|e| {
             tracing::error!(error = %e, "stored repository credentials cannot be used");
         })?;
-        decode("repo_credentials", url.as_bytes(), &plain).map(Some)
+        self.decode("repo_credentials", url.as_bytes(), &plain)
+            .map(Some)
     }
 
     /// Stores (or with `None` removes) the credentials of `url`, sealed.
@@ -1011,10 +1195,10 @@ impl Store {
 
     /// The deployment history and pin of an application.
     pub fn app_ops(&self, name: &str) -> Result<crate::history::AppOps, StoreError> {
-        self.with(|t| {
+        self.read(|t| {
             t.app_ops
                 .get(name.as_bytes())?
-                .map(|v| decode("app_ops", name.as_bytes(), &v))
+                .map(|v| self.decode("app_ops", name.as_bytes(), &v))
                 .transpose()
                 .map(Option::unwrap_or_default)
         })
@@ -1030,16 +1214,16 @@ impl Store {
     // ---- applications ----
 
     pub fn app(&self, name: &str) -> Result<Option<AppRecord>, StoreError> {
-        self.with(|t| {
+        self.read(|t| {
             t.apps
                 .get(name.as_bytes())?
-                .map(|v| decode("application", name.as_bytes(), &v))
+                .map(|v| self.decode("application", name.as_bytes(), &v))
                 .transpose()
         })
     }
 
     pub fn apps(&self) -> Result<Vec<AppRecord>, StoreError> {
-        self.with(|t| decode_all(&t.apps, "application"))
+        self.read(|t| self.decode_all(&t.apps, "application"))
     }
 
     pub fn put_app(&self, rec: &AppRecord) -> Result<(), StoreError> {
@@ -1048,7 +1232,9 @@ impl Store {
                 .insert(rec.app.metadata.name.as_bytes(), encode(rec))?;
             Ok(())
         })?;
+        self.note_targets(|t| t.put_app(&rec.app.metadata.name, Destination::of(&rec.app)));
         self.shared.app_writes.fetch_add(1, Ordering::Relaxed);
+        self.shared.app_changes.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -1057,6 +1243,13 @@ impl Store {
     /// application is not rewritten.
     pub fn app_writes(&self) -> u64 {
         self.shared.app_writes.load(Ordering::Relaxed)
+    }
+
+    /// How many application records were written or removed since open: a
+    /// reconciler that planned against the applications can tell that
+    /// none changed since.
+    pub fn app_changes(&self) -> u64 {
+        self.shared.app_changes.load(Ordering::Relaxed)
     }
 
     /// Removes an application, its bundle and its statuses.
@@ -1081,17 +1274,23 @@ impl Store {
             if let Some(index) = self.status_index().as_mut() {
                 index.retain(|(app, _), _| app != name);
             }
+            self.note_targets(|t| t.remove_app(name));
+            self.shared.app_changes.fetch_add(1, Ordering::Relaxed);
         })
     }
 
     // ---- rendered bundles ----
 
     pub fn bundle(&self, app: &str) -> Result<Option<pb::AppBundle>, StoreError> {
-        self.with(|t| {
+        self.read(|t| {
             t.bundles
                 .get(app.as_bytes())?
                 .map(|v| {
-                    pb::AppBundle::decode(v.as_ref()).map_err(|e| StoreError::Corrupt {
+                    {
+                        self.count_decoded(1);
+                        pb::AppBundle::decode(v.as_ref())
+                    }
+                    .map_err(|e| StoreError::Corrupt {
                         what: "bundle",
                         key: app.to_owned(),
                         message: e.to_string(),
@@ -1102,12 +1301,16 @@ impl Store {
     }
 
     pub fn bundles(&self) -> Result<Vec<pb::AppBundle>, StoreError> {
-        self.with(|t| {
+        self.read(|t| {
             t.bundles
                 .iter()
                 .map(|r| {
                     let (k, v) = r?;
-                    pb::AppBundle::decode(v.as_ref()).map_err(|e| StoreError::Corrupt {
+                    {
+                        self.count_decoded(1);
+                        pb::AppBundle::decode(v.as_ref())
+                    }
+                    .map_err(|e| StoreError::Corrupt {
                         what: "bundle",
                         key: String::from_utf8_lossy(&k).into_owned(),
                         message: e.to_string(),
@@ -1171,12 +1374,15 @@ impl Store {
                     let mut parts = k.splitn(2, |b| *b == 0);
                     let app = String::from_utf8_lossy(parts.next().unwrap_or_default());
                     let cluster = String::from_utf8_lossy(parts.next().unwrap_or_default());
-                    let st =
-                        pb::AppStatus::decode(v.as_ref()).map_err(|e| StoreError::Corrupt {
-                            what: "status",
-                            key: format!("{app}/{cluster}"),
-                            message: e.to_string(),
-                        })?;
+                    let st = {
+                        self.count_decoded(1);
+                        pb::AppStatus::decode(v.as_ref())
+                    }
+                    .map_err(|e| StoreError::Corrupt {
+                        what: "status",
+                        key: format!("{app}/{cluster}"),
+                        message: e.to_string(),
+                    })?;
                     index.insert(
                         (app.into_owned(), cluster.into_owned()),
                         (st.sync, st.health),
@@ -1197,14 +1403,18 @@ impl Store {
         &self,
         app: &str,
     ) -> Result<BTreeMap<String, pb::AppStatus>, StoreError> {
-        self.with(|t| {
+        self.read(|t| {
             let mut prefix = app.as_bytes().to_vec();
             prefix.push(0);
             let mut out = BTreeMap::new();
             for r in t.statuses.scan_prefix(&prefix) {
                 let (k, v) = r?;
                 let cluster = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
-                let st = pb::AppStatus::decode(v.as_ref()).map_err(|e| StoreError::Corrupt {
+                let st = {
+                    self.count_decoded(1);
+                    pb::AppStatus::decode(v.as_ref())
+                }
+                .map_err(|e| StoreError::Corrupt {
                     what: "status",
                     key: format!("{app}/{cluster}"),
                     message: e.to_string(),
@@ -1218,16 +1428,16 @@ impl Store {
     // ---- repositories ----
 
     pub fn repo(&self, url: &str) -> Result<Option<RepoRecord>, StoreError> {
-        self.with(|t| {
+        self.read(|t| {
             t.repos
                 .get(url.as_bytes())?
-                .map(|v| decode("repository", url.as_bytes(), &v))
+                .map(|v| self.decode("repository", url.as_bytes(), &v))
                 .transpose()
         })
     }
 
     pub fn repos(&self) -> Result<Vec<RepoRecord>, StoreError> {
-        self.with(|t| decode_all(&t.repos, "repository"))
+        self.read(|t| self.decode_all(&t.repos, "repository"))
     }
 
     pub fn put_repo(&self, rec: &RepoRecord) -> Result<(), StoreError> {
@@ -1240,16 +1450,16 @@ impl Store {
     // ---- application sets ----
 
     pub fn appset(&self, name: &str) -> Result<Option<AppSetRecord>, StoreError> {
-        self.with(|t| {
+        self.read(|t| {
             t.appsets
                 .get(name.as_bytes())?
-                .map(|v| decode("application set", name.as_bytes(), &v))
+                .map(|v| self.decode("application set", name.as_bytes(), &v))
                 .transpose()
         })
     }
 
     pub fn appsets(&self) -> Result<Vec<AppSetRecord>, StoreError> {
-        self.with(|t| decode_all(&t.appsets, "application set"))
+        self.read(|t| self.decode_all(&t.appsets, "application set"))
     }
 
     pub fn put_appset(&self, rec: &AppSetRecord) -> Result<(), StoreError> {
@@ -1266,17 +1476,17 @@ impl Store {
     // ---- children of in-hub applications ----
 
     pub fn app_children(&self, parent: &str) -> Result<Option<ChildrenRecord>, StoreError> {
-        self.with(|t| {
+        self.read(|t| {
             t.app_children
                 .get(parent.as_bytes())?
-                .map(|v| decode("app children", parent.as_bytes(), &v))
+                .map(|v| self.decode("app children", parent.as_bytes(), &v))
                 .transpose()
         })
     }
 
     /// Every parent with its record.
     pub fn all_app_children(&self) -> Result<Vec<(String, ChildrenRecord)>, StoreError> {
-        self.with(|t| decode_entries(&t.app_children, "app children"))
+        self.read(|t| self.decode_entries(&t.app_children, "app children"))
     }
 
     /// Stores the record; an empty one is removed.
@@ -1301,10 +1511,10 @@ impl Store {
     }
 
     pub fn bootstrap(&self, sha256_hex: &str) -> Result<Option<BootstrapRecord>, StoreError> {
-        self.with(|t| {
+        self.read(|t| {
             t.bootstrap
                 .get(sha256_hex.as_bytes())?
-                .map(|v| decode("bootstrap token", b"<hash>", &v))
+                .map(|v| self.decode("bootstrap token", b"<hash>", &v))
                 .transpose()
         })
     }
@@ -1315,7 +1525,7 @@ impl Store {
         self.with(|t| {
             t.bootstrap
                 .remove(sha256_hex.as_bytes())?
-                .map(|v| decode("bootstrap token", b"<hash>", &v))
+                .map(|v| self.decode("bootstrap token", b"<hash>", &v))
                 .transpose()
         })
     }
@@ -1365,7 +1575,7 @@ impl Store {
 
     /// Every stored token hash with its record.
     pub fn tokens(&self) -> Result<Vec<(String, TokenRecord)>, StoreError> {
-        self.with(|t| decode_entries(&t.tokens, "token"))
+        self.read(|t| self.decode_entries(&t.tokens, "token"))
     }
 }
 
@@ -1382,10 +1592,30 @@ fn probe_stamp() -> String {
         .to_string()
 }
 
+/// Default of `--store-cache-mib`: sled's page cache, bounded well below
+/// its own 1 GiB default.
+pub const DEFAULT_CACHE_MIB: u64 = 96;
+
+static CACHE_CAPACITY: AtomicU64 = AtomicU64::new(DEFAULT_CACHE_MIB * 1024 * 1024);
+
+/// Sets the page cache sled gets in stores opened (or reopened) from now
+/// on, in bytes.
+pub fn set_cache_capacity(bytes: u64) {
+    CACHE_CAPACITY.store(bytes, Ordering::Relaxed);
+}
+
+/// The page cache of stores opened from now on, in bytes.
+pub fn cache_capacity() -> u64 {
+    CACHE_CAPACITY.load(Ordering::Relaxed)
+}
+
 fn open_locked(dir: &Path) -> Result<sled::Db, StoreError> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        match sled::open(dir) {
+        let config = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_capacity());
+        match config.open() {
             Err(sled::Error::Io(e))
                 if e.to_string().contains("could not acquire lock")
                     && std::time::Instant::now() < deadline =>

@@ -174,6 +174,20 @@ impl HubApiService {
         Ok(())
     }
 
+    /// The records of the clusters `app` targets, found by the store's
+    /// targeting index rather than a scan of the inventory.
+    fn targeted_clusters(
+        &self,
+        app: &crate::model::Application,
+    ) -> Result<Vec<ClusterRecord>, Status> {
+        let dest = crate::store::Destination::of(app);
+        let mut out = Vec::new();
+        for name in self.ctx.store.clusters_targeted(&dest)? {
+            out.extend(self.ctx.store.cluster(&name)?);
+        }
+        Ok(out)
+    }
+
     fn cluster_to_pb(&self, c: &ClusterRecord) -> pb::Cluster {
         let connected = self.ctx.fleet.is_connected(&c.name);
         pb::Cluster {
@@ -399,7 +413,7 @@ impl pb::hub_api_server::HubApi for HubApiService {
             .store
             .app(&name)?
             .ok_or_else(|| Status::not_found(format!("application {name:?} not found")))?;
-        let clusters = self.ctx.store.clusters()?;
+        let clusters = self.targeted_clusters(&rec.app)?;
         let mut app = self.app_to_pb(&rec, &clusters)?;
         bound_application(
             &mut app,
@@ -439,9 +453,10 @@ impl pb::hub_api_server::HubApi for HubApiService {
         self.ctx.store.put_app(&rec)?;
         self.ctx.store.flush_async().await?;
         tracing::info!(app = %name, "application created through the API");
-        self.ctx.fleet.recompute()?;
-        self.ctx.git.kick();
-        let clusters = self.ctx.store.clusters()?;
+        // Only the clusters this application names (or named) change.
+        self.ctx.fleet.recompute_apps(std::slice::from_ref(&name))?;
+        self.ctx.git.render_soon(&name);
+        let clusters = self.targeted_clusters(&rec.app)?;
         Ok(Response::new(self.app_to_pb(&rec, &clusters)?))
     }
 
@@ -558,7 +573,7 @@ impl pb::hub_api_server::HubApi for HubApiService {
         };
         self.ctx.fleet.put_cluster(rec)?;
         // ApplicationSets with a clusters generator see it at once.
-        self.ctx.git.kick();
+        self.ctx.git.inventory_changed();
         tracing::info!(
             cluster = %name,
             certificate = issued.is_some(),

@@ -81,6 +81,64 @@ fn is_deleting(a: &AppRecord) -> bool {
     a.app.metadata.annotations.contains_key(DELETING_ANNOTATION)
 }
 
+/// The stored applications, read once per pass and looked up by name and
+/// by origin (a search of a list per generated application made a set's
+/// plan quadratic in the fleet).
+#[derive(Clone, Debug, Default)]
+pub struct AppTable {
+    by_name: HashMap<String, AppRecord>,
+    /// Origin → names, sorted.
+    by_origin: HashMap<String, BTreeSet<String>>,
+}
+
+impl AppTable {
+    /// A table of `records`.
+    pub fn from_records(records: impl IntoIterator<Item = AppRecord>) -> Self {
+        let mut t = Self::default();
+        for r in records {
+            t.put(r);
+        }
+        t
+    }
+
+    /// The application `name`.
+    pub fn get(&self, name: &str) -> Option<&AppRecord> {
+        self.by_name.get(name)
+    }
+
+    /// The applications with `origin`, by name.
+    pub fn with_origin<'a>(&'a self, origin: &str) -> impl Iterator<Item = &'a AppRecord> + 'a {
+        self.by_origin
+            .get(origin)
+            .into_iter()
+            .flatten()
+            .filter_map(|n| self.by_name.get(n))
+    }
+
+    /// Adds or replaces a record.
+    pub fn put(&mut self, rec: AppRecord) {
+        let name = rec.app.metadata.name.clone();
+        self.remove(&name);
+        self.by_origin
+            .entry(rec.origin.clone())
+            .or_default()
+            .insert(name.clone());
+        self.by_name.insert(name, rec);
+    }
+
+    /// Drops a record.
+    pub fn remove(&mut self, name: &str) {
+        if let Some(old) = self.by_name.remove(name)
+            && let Some(names) = self.by_origin.get_mut(&old.origin)
+        {
+            names.remove(name);
+            if names.is_empty() {
+                self.by_origin.remove(&old.origin);
+            }
+        }
+    }
+}
+
 /// The deletion budget: at most `share` of a set may be deleted within
 /// `window_ms` without `flotilla appset confirm`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -143,7 +201,7 @@ pub struct SetPlan {
 pub fn plan_set(
     input: &PlanInput<'_>,
     result: Result<super::Generated, String>,
-    apps: &[AppRecord],
+    apps: &AppTable,
 ) -> SetPlan {
     let set = input.set;
     let origin = origin_of(set);
@@ -160,10 +218,11 @@ pub fn plan_set(
     };
     let mut plan = SetPlan::default();
     let owned: Vec<&AppRecord> = apps
-        .iter()
-        .filter(|a| a.origin == origin && !is_deleting(a))
+        .with_origin(&origin)
+        .filter(|a| !is_deleting(a))
         .collect();
     let mut names = Vec::new();
+    let mut generated_names = std::collections::HashSet::new();
     let mut created = 0usize;
     let mut failed: BTreeSet<String> = generated
         .errors
@@ -183,7 +242,8 @@ pub fn plan_set(
             .insert(OWNER_ANNOTATION.to_owned(), set.to_owned());
         let name = app.metadata.name.clone();
         names.push(name.clone());
-        match apps.iter().find(|a| a.app.metadata.name == name) {
+        generated_names.insert(name.clone());
+        match apps.get(&name) {
             None => {
                 created += 1;
                 plan.upserts.push(app);
@@ -244,7 +304,7 @@ pub fn plan_set(
         let mut gone: Vec<String> = owned
             .iter()
             .map(|a| a.app.metadata.name.clone())
-            .filter(|n| !names.contains(n) && !failed.contains(n.as_str()))
+            .filter(|n| !generated_names.contains(n) && !failed.contains(n.as_str()))
             .collect();
         gone.sort();
         let mut confirmed = input.confirmed.to_vec();
@@ -584,6 +644,22 @@ pub struct AppSets {
     pass: tokio::sync::Mutex<()>,
     /// Set name → evaluations so far.
     counts: Mutex<HashMap<String, EvaluationCount>>,
+    /// Set name → the set and the store's application change count right
+    /// after its last plan was applied: while both hold and its
+    /// evaluation came from the memo, planning again would change nothing.
+    planned: Mutex<HashMap<String, Planned>>,
+    /// Applications marked for a preserving deletion (a superset: each is
+    /// checked against its record), `None` until the first pass reads them.
+    deleting: Mutex<Option<BTreeSet<String>>>,
+    /// Plans not made again because nothing they read changed.
+    skipped: std::sync::atomic::AtomicU64,
+}
+
+/// What a set's last applied plan saw.
+#[derive(Clone, Debug, PartialEq)]
+struct Planned {
+    raw: Value,
+    app_changes: u64,
 }
 
 impl std::fmt::Debug for AppSets {
@@ -629,6 +705,9 @@ impl AppSets {
             trees: Mutex::default(),
             writes: Mutex::default(),
             memo: Mutex::default(),
+            planned: Mutex::default(),
+            deleting: Mutex::default(),
+            skipped: std::sync::atomic::AtomicU64::new(0),
             pass: tokio::sync::Mutex::default(),
             counts: Mutex::default(),
         })
@@ -710,7 +789,7 @@ impl AppSets {
                         ) == *c
                     })
                 {
-                    evaluated.push(m.result.clone());
+                    evaluated.push((m.result.clone(), true));
                     next.insert(name, m.clone());
                     continue;
                 }
@@ -731,7 +810,7 @@ impl AppSets {
                         result: result.clone(),
                     },
                 );
-                evaluated.push(result);
+                evaluated.push((result, false));
             }
             (evaluated, git, next)
         })
@@ -750,7 +829,10 @@ impl AppSets {
                 return Ok(changed);
             }
         };
-        for (evaluated_rec, evaluation) in sets.into_iter().zip(evaluated) {
+        // Every application, read at most once for the whole pass (when a
+        // set needs a plan) and kept up to date with what each plan writes.
+        let mut table: Option<AppTable> = None;
+        for (evaluated_rec, (evaluation, reused)) in sets.into_iter().zip(evaluated) {
             let _w = self.write_lock();
             // The set may have been replaced or deleted meanwhile: then this
             // result is stale and the next pass evaluates the new one.
@@ -760,6 +842,35 @@ impl AppSets {
             if rec.raw != evaluated_rec.raw {
                 continue;
             }
+            // Same evaluation, same set, no application written since its
+            // last plan, nothing held or confirmed: the plan would be the
+            // same, so it is not made again (an idle pass costs no
+            // application reads).
+            let unchanged = reused
+                && rec.pending_deletions.is_empty()
+                && rec.confirmed_deletions.is_empty()
+                && self
+                    .planned
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&rec.name)
+                    == Some(&Planned {
+                        raw: rec.raw.clone(),
+                        app_changes: store.app_changes(),
+                    });
+            if unchanged {
+                self.skipped
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+                let count = counts.entry(rec.name.clone()).or_default();
+                count.evaluations += 1;
+                count.last_evaluated_ms = crate::clock::now_ms();
+                continue;
+            }
+            let apps = match &mut table {
+                Some(t) => t,
+                None => table.insert(AppTable::from_records(store.apps()?)),
+            };
             let (policy, preserve, preserved, ignore, result) = match evaluation {
                 Ok((set, generated)) => (
                     set.applications_sync,
@@ -776,7 +887,6 @@ impl AppSets {
                     Err(message),
                 ),
             };
-            let apps = store.apps()?;
             let now = crate::clock::now_ms();
             let plan = plan_set(
                 &PlanInput {
@@ -791,24 +901,31 @@ impl AppSets {
                     size_log: &rec.size_log,
                 },
                 result,
-                &apps,
+                apps,
             );
             let origin = origin_of(&rec.name);
             for app in &plan.upserts {
                 let name = &app.metadata.name;
-                let current = apps.iter().find(|a| a.app.metadata.name == *name);
+                let current = apps.get(name);
                 tracing::info!(appset = %rec.name, app = %name, created = current.is_none(), "generated application");
-                store.put_app(&AppRecord {
+                let written = AppRecord {
                     app: app.clone(),
                     origin: origin.clone(),
                     revision: current.map(|a| a.revision.clone()).unwrap_or_default(),
                     error: current.map(|a| a.error.clone()).unwrap_or_default(),
-                })?;
+                };
+                store.put_app(&written)?;
+                apps.put(written);
                 changed = true;
             }
             for name in &plan.deletions {
                 tracing::info!(appset = %rec.name, app = %name, preserve, "deleting generated application");
                 self.delete_app(name, preserve)?;
+                // Removed, or kept with prune off until its clusters ack.
+                match store.app(name)? {
+                    Some(kept) => apps.put(kept),
+                    None => apps.remove(name),
+                }
                 changed = true;
             }
             for c in &plan.conditions {
@@ -834,6 +951,16 @@ impl AppSets {
             if cmp != rec || before.last_good_ms == 0 {
                 store.put_appset(&rec)?;
             }
+            self.planned
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(
+                    rec.name.clone(),
+                    Planned {
+                        raw: rec.raw.clone(),
+                        app_changes: store.app_changes(),
+                    },
+                );
             // Only now, with the plan applied (see `EvaluationCount`).
             let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
             let count = counts.entry(rec.name.clone()).or_default();
@@ -885,38 +1012,93 @@ impl AppSets {
             "preserve-resources".to_owned(),
         );
         store.put_app(&rec)?;
+        if let Some(d) = self
+            .deleting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
+            d.insert(name.to_owned());
+        }
         Ok(())
     }
 
+    /// How many set plans passes skipped because nothing they read had
+    /// changed (the set, its evaluation, the stored applications).
+    pub fn plans_skipped(&self) -> u64 {
+        self.skipped.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Removes applications marked for a preserving deletion once every
-    /// cluster they target has acknowledged their prune-off bundle.
+    /// cluster they target has acknowledged their prune-off bundle. Reads
+    /// only the marked applications and their clusters (every application
+    /// once, on the first pass, to find the marks of an earlier run).
     fn finish_preserving_deletions(&self) -> Result<bool, StoreError> {
         let store = self.fleet.store();
-        let clusters = store.clusters()?;
+        let candidates: Vec<String> = {
+            let mut deleting = self.deleting.lock().unwrap_or_else(|p| p.into_inner());
+            match deleting.as_ref() {
+                Some(d) => d.iter().cloned().collect(),
+                None => {
+                    let found: BTreeSet<String> = store
+                        .apps()?
+                        .into_iter()
+                        .filter(is_deleting)
+                        .map(|a| a.app.metadata.name)
+                        .collect();
+                    let out = found.iter().cloned().collect();
+                    *deleting = Some(found);
+                    out
+                }
+            }
+        };
         let mut changed = false;
-        for a in store.apps()?.into_iter().filter(is_deleting) {
-            let name = &a.app.metadata.name;
-            let Some(bundle) = self.fleet.bundle(name) else {
+        for name in candidates {
+            let a = match store.app(&name)? {
+                Some(a) if is_deleting(&a) => a,
+                _ => {
+                    self.unmark_deleting(&name);
+                    continue;
+                }
+            };
+            let Some(bundle) = self.fleet.bundle(&name) else {
                 continue;
             };
             if bundle.policy.as_ref().is_some_and(|p| p.prune) {
                 continue;
             }
-            let done = clusters
-                .iter()
-                .filter(|c| crate::fleet::targets(&a.app, c))
-                .all(|c| {
-                    c.desired_index.get(name) == Some(&bundle.digest)
-                        && c.acked_generation >= c.generation
-                });
+            let mut done = true;
+            for c in store.clusters_targeted(&crate::store::Destination::of(&a.app))? {
+                let Some(c) = store.cluster(&c)? else {
+                    continue;
+                };
+                if !(c.desired_index.get(&name) == Some(&bundle.digest)
+                    && c.acked_generation >= c.generation)
+                {
+                    done = false;
+                    break;
+                }
+            }
             if done {
                 tracing::info!(app = %name, "generated application deleted; its objects are preserved");
                 self.fleet
-                    .remove_app_with(name, crate::deletion::Propagation::Orphan)?;
+                    .remove_app_with(&name, crate::deletion::Propagation::Orphan)?;
+                self.unmark_deleting(&name);
                 changed = true;
             }
         }
         Ok(changed)
+    }
+
+    fn unmark_deleting(&self, name: &str) {
+        if let Some(d) = self
+            .deleting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
+            d.remove(name);
+        }
     }
 
     /// Removes a set and deletes the applications it owns (honouring its
@@ -1222,7 +1404,7 @@ mod tests {
                 size_log,
             },
             result,
-            existing,
+            &AppTable::from_records(existing.iter().cloned()),
         )
     }
 
@@ -1616,7 +1798,7 @@ mod tests {
         let plan = plan_set(
             &input,
             generated(&[("a", "generated")], &[]),
-            &[current.clone()],
+            &AppTable::from_records([current.clone()]),
         );
         assert!(plan.upserts.is_empty(), "{:?}", plan.upserts);
         // Without them, the generated version replaces the edit.
@@ -1627,7 +1809,7 @@ mod tests {
                 ..input
             },
             generated(&[("a", "generated")], &[]),
-            &[current],
+            &AppTable::from_records([current]),
         );
         assert_eq!(plain.upserts[0].spec.source.path, "generated");
         assert!(plain.upserts[0].metadata.labels.is_empty());
@@ -1705,6 +1887,78 @@ mod tests {
             .unwrap();
         sets.reconcile_all(&cache, false).await.unwrap();
         assert_eq!(sets.evaluations("ok").evaluations, 1);
+    }
+
+    /// A pass where nothing a set reads changed (same set, same inventory,
+    /// same commits, no application written) does not plan it again and
+    /// reads no application record; a change to any of them plans again.
+    #[tokio::test]
+    async fn an_idle_pass_plans_nothing_and_reads_no_application() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(&dir.path().join("db")).unwrap();
+        let fleet = Fleet::load(store.clone()).unwrap();
+        let sets = AppSets::new(
+            fleet.clone(),
+            DEFAULT_DELETION_BUDGET,
+            Duration::from_secs(3600),
+        );
+        let cache = GitCache::new(dir.path().join("git"));
+        let clusters = "  - clusters: {}\n";
+        for i in 0..5 {
+            sets.put_from_api(&set_manifest(&format!("s{i}"), clusters, "name"), false)
+                .unwrap();
+        }
+        for name in ["c1", "c2"] {
+            fleet
+                .put_cluster(crate::store::ClusterRecord {
+                    name: name.into(),
+                    ..Default::default()
+                })
+                .unwrap();
+        }
+        sets.reconcile_all(&cache, false).await.unwrap();
+        assert_eq!(
+            store.appset("s0").unwrap().unwrap().generated,
+            ["s0-c1", "s0-c2"]
+        );
+        // The first pass after the plans wrote applications plans once more.
+        sets.reconcile_all(&cache, false).await.unwrap();
+
+        let skipped = sets.plans_skipped();
+        let before = store.counters();
+        sets.reconcile_all(&cache, false).await.unwrap();
+        let after = store.counters();
+        assert_eq!(sets.plans_skipped(), skipped + 5, "all five sets skipped");
+        // The sets themselves and the inventory fingerprint are read; no
+        // application is.
+        let decoded = after.decoded - before.decoded;
+        assert!(
+            decoded <= 5 + 5 + 2,
+            "an idle pass decoded {decoded} records (5 sets read twice, 2 clusters)"
+        );
+
+        // A new cluster is a new input: every set plans again.
+        fleet
+            .put_cluster(crate::store::ClusterRecord {
+                name: "c3".into(),
+                ..Default::default()
+            })
+            .unwrap();
+        let skipped = sets.plans_skipped();
+        let before = store.counters();
+        sets.reconcile_all(&cache, false).await.unwrap();
+        let decoded = store.counters().decoded - before.decoded;
+        assert_eq!(sets.plans_skipped(), skipped);
+        // The ten applications are read once for the pass, not once per
+        // set (5 × 10), beside the sets (twice) and the three clusters.
+        assert!(
+            decoded <= 10 + 10 + 3 + 5,
+            "a pass planning five sets decoded {decoded} records"
+        );
+        assert_eq!(
+            store.appset("s4").unwrap().unwrap().generated,
+            ["s4-c1", "s4-c2", "s4-c3"]
+        );
     }
 
     /// Controlling-Resource-Modification.md: with create-only or
