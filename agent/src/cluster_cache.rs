@@ -261,9 +261,11 @@ pub fn decode(
             format!("{} chunks listed", index.chunks.len()),
         ));
     }
-    let mut blob = Vec::with_capacity(usize::try_from(index.size).unwrap_or(0).min(
-        MAX_CHUNKS * CHUNK_BYTES,
-    ));
+    let mut blob = Vec::with_capacity(
+        usize::try_from(index.size)
+            .unwrap_or(0)
+            .min(MAX_CHUNKS * CHUNK_BYTES),
+    );
     for (r, payload) in index.chunks.iter().zip(chunks) {
         let Some(payload) = payload else {
             return Err(corrupt(
@@ -408,7 +410,12 @@ impl ClusterCache {
                 .get_opt(&r.name)
                 .await
                 .map_err(|e| ClusterCacheError::api("reading", ns, &r.name, e))?;
-            chunks.push(secret.and_then(|s| s.data).and_then(|mut d| d.remove(CHUNK_KEY)).map(|b| b.0));
+            chunks.push(
+                secret
+                    .and_then(|s| s.data)
+                    .and_then(|mut d| d.remove(CHUNK_KEY))
+                    .map(|b| b.0),
+            );
         }
         let state = decode(ns, &index, &chunks)?;
         Ok(Some(Loaded {
@@ -481,7 +488,9 @@ impl ClusterCache {
             .api
             .list_metadata(&ListParams::default().labels(&format!("{ROLE_LABEL}=chunk")))
             .await
-            .map_err(|e| ClusterCacheError::api("listing", ns, &format!("{ROLE_LABEL}=chunk"), e))?;
+            .map_err(|e| {
+                ClusterCacheError::api("listing", ns, &format!("{ROLE_LABEL}=chunk"), e)
+            })?;
         for old in listed.items {
             let Some(name) = old.metadata.name else {
                 continue;
@@ -638,7 +647,10 @@ async fn write_with_retry(
         match store.store(encoded).await {
             Ok(()) => {
                 if attempts > 0 {
-                    info!(attempts, "cluster copy of the desired-state cache written after earlier failures");
+                    info!(
+                        attempts,
+                        "cluster copy of the desired-state cache written after earlier failures"
+                    );
                 }
                 return true;
             }
@@ -678,7 +690,12 @@ mod tests {
                     // Distinct, poorly compressible payloads so a small
                     // chunk size gives several chunks.
                     manifests: (0..manifests)
-                        .map(|i| format!("{{\"kind\":\"ConfigMap\",\"n\":\"{}\"}}", sha256(&i.to_le_bytes())))
+                        .map(|i| {
+                            format!(
+                                "{{\"kind\":\"ConfigMap\",\"n\":\"{}\"}}",
+                                sha256(&i.to_le_bytes())
+                            )
+                        })
                         .collect(),
                     ..Bundle::default()
                 },
@@ -783,7 +800,10 @@ mod tests {
     #[test]
     fn too_large_is_an_error() {
         let e = encode(&state(2000), 16);
-        assert!(matches!(e, Err(ClusterCacheError::TooLarge { .. })), "{e:?}");
+        assert!(
+            matches!(e, Err(ClusterCacheError::TooLarge { .. })),
+            "{e:?}"
+        );
     }
 
     #[test]

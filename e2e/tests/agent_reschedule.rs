@@ -126,7 +126,12 @@ async fn a_rescheduled_agent_enforces_the_cluster_held_cache_with_the_hub_down()
     )?;
     kubectl_ok(
         &fleet,
-        &["apply", "--server-side", "-f", &ns_doc.display().to_string()],
+        &[
+            "apply",
+            "--server-side",
+            "-f",
+            &ns_doc.display().to_string(),
+        ],
     )?;
     fleet.add_cluster("sim-1", &[("env", "dev")])?;
     // The enrolled identity `cluster add --out` wrote, as the first pod's
