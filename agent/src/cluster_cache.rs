@@ -75,7 +75,7 @@ pub enum ClusterCacheError {
         hint: &'static str,
         /// The cause.
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
     /// A Secret of the cache does not hold what the index says.
     #[error("cache Secret {namespace}/{name} is corrupt: {reason}")]
@@ -114,7 +114,7 @@ impl ClusterCacheError {
             namespace: namespace.to_owned(),
             name: name.to_owned(),
             hint,
-            source,
+            source: Box::new(source),
         }
     }
 
@@ -123,7 +123,7 @@ impl ClusterCacheError {
     #[must_use]
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Api { source, .. } => match source {
+            Self::Api { source, .. } => match source.as_ref() {
                 kube::Error::Api(s) => s.code == 429 || s.code >= 500 || s.code == 409,
                 _ => true,
             },
