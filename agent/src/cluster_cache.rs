@@ -582,6 +582,10 @@ const RETRY_START: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(30);
 /// Changes within this window are written together.
 const COALESCE: Duration = Duration::from_millis(300);
+/// Shortest time between two writes of the cluster copy: an application
+/// whose applies keep being undone must not turn into a stream of Secret
+/// writes (each of which rewrites the whole cache).
+const MIN_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Keeps the cluster copy at the cache's state: writes it after each change
 /// (bursts coalesced), skips states it already holds (`written`, the digest
@@ -593,12 +597,16 @@ pub async fn mirror(cache: Arc<Cache>, store: ClusterCache, written: Option<Stri
     // A local state newer than the cluster copy (e.g. a disk-only agent
     // upgraded) is written at once.
     let mut pending = true;
+    let mut last_write: Option<tokio::time::Instant> = None;
     loop {
         if !pending {
             if changes.changed().await.is_err() {
                 return;
             }
             tokio::time::sleep(COALESCE).await;
+        }
+        if let Some(at) = last_write {
+            tokio::time::sleep_until(at + MIN_INTERVAL).await;
         }
         changes.mark_unchanged();
         pending = false;
@@ -616,6 +624,7 @@ pub async fn mirror(cache: Arc<Cache>, store: ClusterCache, written: Option<Stri
         if written.as_deref() == Some(encoded.index.digest.as_str()) {
             continue;
         }
+        last_write = Some(tokio::time::Instant::now());
         if write_with_retry(&store, &encoded, &mut changes).await {
             info!(
                 namespace = %store.namespace(),
