@@ -538,6 +538,7 @@ pub async fn restore(cache: &Cache, store: &ClusterCache) -> Option<String> {
                 attempt += 1;
             }
             Err(e) => {
+                crate::metrics::metrics().cluster_cache_error("read");
                 error!(
                     error = %e,
                     namespace = %store.namespace(),
@@ -551,6 +552,7 @@ pub async fn restore(cache: &Cache, store: &ClusterCache) -> Option<String> {
         info!(namespace = %store.namespace(), secret = INDEX_NAME, "no cluster copy of the desired-state cache yet");
         return None;
     };
+    crate::metrics::metrics().set_cluster_cache_generation(loaded.state.generation);
     let (local_generation, local_empty) = cache.read(|s| (s.generation, is_empty(s)));
     if loaded.state.generation > local_generation || (local_empty && !is_empty(&loaded.state)) {
         let generation = loaded.state.generation;
@@ -626,6 +628,7 @@ pub async fn mirror(cache: Arc<Cache>, store: ClusterCache, written: Option<Stri
         }
         last_write = Some(tokio::time::Instant::now());
         if write_with_retry(&store, &encoded, &mut changes).await {
+            crate::metrics::metrics().set_cluster_cache_generation(encoded.index.generation);
             info!(
                 namespace = %store.namespace(),
                 secret = INDEX_NAME,
@@ -664,6 +667,7 @@ async fn write_with_retry(
                 return true;
             }
             Err(e) => {
+                crate::metrics::metrics().cluster_cache_error("write");
                 attempts = attempts.saturating_add(1);
                 let jitter = rand::random_range(0..=pause.as_millis() as u64 / 4);
                 let wait = pause + Duration::from_millis(jitter);

@@ -33,6 +33,8 @@ fn pod_agent(fleet: &Fleet, name: &str, state_dir: &Path) -> anyhow::Result<Proc
             fleet.hub_url(),
             "--state-dir".to_owned(),
             state_dir.display().to_string(),
+            "--health-listen".to_owned(),
+            "127.0.0.1:0".to_owned(),
         ],
         &[
             ("KUBECONFIG".to_owned(), kubeconfig.display().to_string()),
@@ -222,6 +224,26 @@ async fn a_rescheduled_agent_enforces_the_cluster_held_cache_with_the_hub_down()
     // with an empty state.
     assert_eq!(greeting(&fleet).map_err(anyhow::Error::msg)?, None);
     assert_eq!(index(&fleet)?, Some(idx));
+    // The failed read is counted for alerting.
+    let base = agent
+        .lines()
+        .iter()
+        .find_map(|l| {
+            l.split("health listening on ")
+                .nth(1)
+                .and_then(|u| u.trim().strip_suffix("/healthz"))
+                .map(str::to_owned)
+        })
+        .ok_or_else(|| anyhow::anyhow!("no health listener line"))?;
+    let metrics = flotilla_e2e::http::get_ok(&base, "/metrics").map_err(anyhow::Error::msg)?;
+    assert_eq!(
+        flotilla_e2e::http::sample(
+            &metrics,
+            "flotilla_agent_cluster_cache_errors_total{operation=\"read\"}"
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
     agent.kill();
     Ok(())
 }
