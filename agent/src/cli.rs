@@ -178,6 +178,14 @@ async fn run(args: RunArgs, log_format: crate::telemetry::LogFormat) -> anyhow::
     let (Some(hub), Some(state_dir)) = (args.hub.clone(), args.state_dir.clone()) else {
         bail!("--hub and --state-dir are required (or use a subcommand, see --help)");
     };
+    // Refused before enrollment spends the token.
+    let in_cluster =
+        std::env::var("POD_NAMESPACE").is_ok_and(|ns| !ns.is_empty()) && args.kubeconfig.is_none();
+    if args.cache_store == Some(CacheStore::Cluster) && !in_cluster {
+        bail!(
+            "--cache-store cluster needs the agent's namespace: run in a cluster with POD_NAMESPACE set and no --kubeconfig"
+        );
+    }
     crate::enroll::prepare_state_dir(&state_dir)
         .with_context(|| format!("preparing state directory {}", state_dir.display()))?;
     // Probes and metrics answer from the start: enrollment below may wait
