@@ -291,6 +291,9 @@ pub struct Cache {
 struct CacheInner {
     path: PathBuf,
     slot: Mutex<Slot>,
+    /// Bumped after every change, for writers behind the file (the
+    /// cluster copy, [`crate::cluster_cache::mirror`]).
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -322,6 +325,7 @@ impl Cache {
                     state,
                     ..Slot::default()
                 }),
+                changes: tokio::sync::watch::Sender::new(0),
             }),
         })
     }
@@ -335,6 +339,13 @@ impl Cache {
     /// Reads the current state without copying it.
     pub fn read<R>(&self, f: impl FnOnce(&CachedState) -> R) -> R {
         f(&self.inner.lock().state)
+    }
+
+    /// Signals every later change of the state (a counter; the value
+    /// itself carries nothing).
+    #[must_use]
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.changes.subscribe()
     }
 
     /// Whether the state in memory has not reached the file yet (a write
@@ -354,6 +365,7 @@ impl Cache {
         let mut slot = self.inner.lock();
         let r = f(&mut slot.state);
         slot.state.format = FORMAT;
+        self.inner.changes.send_modify(|n| *n = n.wrapping_add(1));
         match store(&self.inner.path, &slot.state) {
             Ok(()) => {
                 slot.dirty = false;

@@ -91,6 +91,23 @@ struct RunArgs {
     /// parts and chunks below it.
     #[arg(long, env = "FLOTILLA_MAX_MESSAGE_SIZE", default_value = "16MiB", value_parser = flotilla_proto::wire::parse_size)]
     max_message_size: usize,
+    /// Where the desired-state cache is kept besides the state directory:
+    /// `cluster` (also as Secrets in the agent's namespace, so a pod
+    /// rescheduled onto another node enforces the last state with the hub
+    /// down) or `disk` (the state directory only). Default: `cluster` when
+    /// the agent runs in a cluster (POD_NAMESPACE set, no --kubeconfig),
+    /// else `disk`.
+    #[arg(long, env = "FLOTILLA_CACHE_STORE", value_enum)]
+    cache_store: Option<CacheStore>,
+}
+
+/// Where the desired-state cache is kept (`--cache-store`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum CacheStore {
+    /// The state directory and Secrets in the agent's namespace.
+    Cluster,
+    /// The state directory only.
+    Disk,
 }
 
 fn parse_hook_timeout(s: &str) -> Result<std::time::Duration, String> {
@@ -161,6 +178,14 @@ async fn run(args: RunArgs, log_format: crate::telemetry::LogFormat) -> anyhow::
     let (Some(hub), Some(state_dir)) = (args.hub.clone(), args.state_dir.clone()) else {
         bail!("--hub and --state-dir are required (or use a subcommand, see --help)");
     };
+    // Refused before enrollment spends the token.
+    let in_cluster =
+        std::env::var("POD_NAMESPACE").is_ok_and(|ns| !ns.is_empty()) && args.kubeconfig.is_none();
+    if args.cache_store == Some(CacheStore::Cluster) && !in_cluster {
+        bail!(
+            "--cache-store cluster needs the agent's namespace: run in a cluster with POD_NAMESPACE set and no --kubeconfig"
+        );
+    }
     crate::enroll::prepare_state_dir(&state_dir)
         .with_context(|| format!("preparing state directory {}", state_dir.display()))?;
     // Probes and metrics answer from the start: enrollment below may wait
@@ -210,6 +235,21 @@ async fn run(args: RunArgs, log_format: crate::telemetry::LogFormat) -> anyhow::
             .save(&state_dir)
             .await
             .context("storing the identity Secret")?;
+    }
+    // The cluster copy of the cache, next to the identity Secret: a new
+    // pod (empty state directory) takes the last desired state from it.
+    let namespace = identity.as_ref().map(|i| i.namespace().to_owned());
+    let cluster_cache = match (args.cache_store, namespace) {
+        (Some(CacheStore::Disk), _) => None,
+        (None, None) => None,
+        (Some(CacheStore::Cluster), None) => bail!(
+            "--cache-store cluster needs the agent's namespace: run in a cluster with POD_NAMESPACE set and no --kubeconfig"
+        ),
+        (_, Some(ns)) => Some(crate::cluster_cache::ClusterCache::new(client.clone(), &ns)),
+    };
+    if let Some(store) = cluster_cache {
+        let written = crate::cluster_cache::restore(&cache, &store).await;
+        tokio::spawn(crate::cluster_cache::mirror(cache.clone(), store, written));
     }
     let trigger = Arc::new(Notify::new());
     let cluster = Arc::new(Cluster::with_watches(client, trigger.clone()));

@@ -47,6 +47,12 @@ impl IdentitySecret {
         }
     }
 
+    /// The agent's namespace, where the Secret lives.
+    #[must_use]
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
     /// Writes the Secret's key, certificate and CA into `state_dir`.
     /// Returns false when the Secret does not exist or lacks a key.
     ///

@@ -9,6 +9,7 @@ pub mod bundle;
 pub mod cache;
 pub mod cli;
 pub mod cluster;
+pub mod cluster_cache;
 pub mod custom_health;
 pub mod deletion;
 pub mod drift;

@@ -27,6 +27,13 @@ pub struct StatusLabels {
     pub health_status: String,
 }
 
+/// Label of `flotilla_agent_cluster_cache_errors_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheOpLabels {
+    /// `read` (at start) or `write`.
+    pub operation: String,
+}
+
 /// Label of the desired-state wire metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WireLabels {
@@ -52,6 +59,8 @@ pub struct AgentMetrics {
     connected_once: AtomicBool,
     wire_messages: Family<WireLabels, Counter>,
     wire_bytes: Family<WireLabels, Counter>,
+    cluster_cache_generation: Gauge,
+    cluster_cache_errors: Family<CacheOpLabels, Counter>,
 }
 
 impl std::fmt::Debug for AgentMetrics {
@@ -114,8 +123,22 @@ impl AgentMetrics {
             Unit::Bytes,
             wire_bytes.clone(),
         );
+        let cluster_cache_generation = Gauge::default();
+        registry.register(
+            "cluster_cache_generation",
+            "Generation of the desired state in the cluster copy of the cache, as last read or written (0: none)",
+            cluster_cache_generation.clone(),
+        );
+        let cluster_cache_errors = Family::<CacheOpLabels, Counter>::default();
+        registry.register(
+            "cluster_cache_errors",
+            "Failed reads (at start: corrupt, refused, unreachable) and writes of the cluster copy of the cache",
+            cluster_cache_errors.clone(),
+        );
         Self {
             registry,
+            cluster_cache_generation,
+            cluster_cache_errors,
             wire_messages,
             wire_bytes,
             apply_duration,
@@ -159,6 +182,21 @@ impl AgentMetrics {
         };
         self.wire_messages.get_or_create(&labels).inc();
         self.wire_bytes.get_or_create(&labels).inc_by(bytes as u64);
+    }
+
+    /// The cluster copy of the cache holds `generation`.
+    pub fn set_cluster_cache_generation(&self, generation: u64) {
+        self.cluster_cache_generation
+            .set(i64::try_from(generation).unwrap_or(i64::MAX));
+    }
+
+    /// Counts a failed `read` or `write` of the cluster copy.
+    pub fn cluster_cache_error(&self, operation: &str) {
+        self.cluster_cache_errors
+            .get_or_create(&CacheOpLabels {
+                operation: operation.to_owned(),
+            })
+            .inc();
     }
 
     /// The stream to the hub opened (true) or closed (false).
@@ -251,6 +289,8 @@ mod tests {
         m.retry();
         m.set_connected(true);
         m.set_generation(7);
+        m.set_cluster_cache_generation(6);
+        m.cluster_cache_error("read");
         m.set_statuses(&[AppStatus {
             name: "web".into(),
             sync: SyncStatus::Synced as i32,
@@ -265,6 +305,8 @@ mod tests {
             "flotilla_agent_applications{sync_status=\"Synced\",health_status=\"Healthy\"} 1",
             "flotilla_agent_connected 1",
             "flotilla_agent_desired_generation 7",
+            "flotilla_agent_cluster_cache_generation 6",
+            "flotilla_agent_cluster_cache_errors_total{operation=\"read\"} 1",
         ] {
             assert!(text.contains(needle), "{needle} missing from\n{text}");
         }

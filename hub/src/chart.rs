@@ -949,6 +949,10 @@ pub const AGENT_CHART_TEMPLATES: &[(&str, &str)] = &[
         include_str!("../../charts/flotilla-agent/templates/prometheusrule.yaml"),
     ),
     (
+        "templates/pvc.yaml",
+        include_str!("../../charts/flotilla-agent/templates/pvc.yaml"),
+    ),
+    (
         "templates/rbac.yaml",
         include_str!("../../charts/flotilla-agent/templates/rbac.yaml"),
     ),

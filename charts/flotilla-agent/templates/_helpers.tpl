@@ -91,3 +91,14 @@ prometheusRule values), name, severity, for, expr, summary, description.
     description: {{ .description | quote }}
 {{- end -}}
 {{- end -}}
+
+{{/*
+Where the agent keeps its desired-state cache: cluster or disk.
+*/}}
+{{- define "flotilla-agent.cacheStore" -}}
+{{- $store := .Values.cache.store | default "cluster" -}}
+{{- if and (ne $store "cluster") (ne $store "disk") -}}
+{{- fail (printf "cache.store must be cluster or disk, not %q" $store) -}}
+{{- end -}}
+{{- $store -}}
+{{- end -}}
