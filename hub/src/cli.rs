@@ -283,11 +283,17 @@ pub enum ClusterCommand {
         name: String,
     },
     /// Remove a cluster and revoke its certificate; asks first on a
-    /// terminal, refused elsewhere without -y.
+    /// terminal, refused elsewhere without -y. A connected agent is told:
+    /// it stops enforcing (its objects stay), or with --cascade deletes
+    /// them first.
     #[command(visible_alias = "rm")]
     Remove {
         /// The cluster.
         name: String,
+        /// The connected agent deletes the objects it manages (as `app
+        /// delete --cascade`) before it stops.
+        #[arg(long)]
+        cascade: bool,
         /// Do not ask for confirmation.
         #[arg(short = 'y', long)]
         yes: bool,
@@ -1032,24 +1038,41 @@ async fn cluster(g: &Global, hub: &str, c: &mut Client, cmd: ClusterCommand) -> 
             let cluster = find_cluster(c, &name).await?;
             print_out(g.output, cluster_json(&cluster), || cluster_text(&cluster));
         }
-        ClusterCommand::Remove { name, yes } => {
-            if !lifecycle::confirmed(
-                true,
-                yes,
-                &format!(
+        ClusterCommand::Remove { name, cascade, yes } => {
+            let question = if cascade {
+                format!(
+                    "Are you sure you want to remove cluster '{name}' and delete every object its agent manages?"
+                )
+            } else {
+                format!(
                     "Are you sure you want to remove cluster '{name}'? Its agent's certificate is revoked."
-                ),
-                &format!("removing cluster {name}"),
-            )? {
+                )
+            };
+            if !lifecycle::confirmed(true, yes, &question, &format!("removing cluster {name}"))? {
                 exit::outln!("The command to remove cluster '{name}' was cancelled.");
                 return Ok(());
             }
-            c.remove_cluster(pb::RemoveClusterRequest { name: name.clone() })
+            let r = c
+                .remove_cluster(pb::RemoveClusterRequest {
+                    name: name.clone(),
+                    cascade,
+                })
                 .await
-                .map_err(status_err)?;
-            print_out(g.output, json!({"removed": name}), || {
-                format!("cluster {name} removed; its certificate is revoked\n")
-            });
+                .map_err(status_err)?
+                .into_inner();
+            let agent = match (r.connected, cascade) {
+                (true, true) => "its agent deletes the objects it manages, then stops",
+                (true, false) => "its agent stops managing it; the objects stay",
+                (false, true) => {
+                    "its agent is not connected: nothing was deleted (delete the objects and uninstall the agent by hand)"
+                }
+                (false, false) => "its agent is not connected; the objects stay",
+            };
+            print_out(
+                g.output,
+                json!({"removed": name, "cascade": cascade, "agentConnected": r.connected}),
+                || format!("cluster {name} removed; its certificate is revoked; {agent}\n"),
+            );
         }
     }
     Ok(())

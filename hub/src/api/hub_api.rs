@@ -589,13 +589,16 @@ impl pb::hub_api_server::HubApi for HubApiService {
         request: Request<pb::RemoveClusterRequest>,
     ) -> Result<Response<pb::RemoveClusterResponse>, Status> {
         require_write(&request)?;
-        let name = request.into_inner().name;
+        let pb::RemoveClusterRequest { name, cascade } = request.into_inner();
+        let connected = self.ctx.fleet.is_connected(&name);
+        // Before the streams close: they tell their agent how.
+        self.ctx.commands.note_removal(&name, cascade);
         if !self.ctx.fleet.remove_cluster(&name)? {
             return Err(Status::not_found(format!("cluster {name:?} not found")));
         }
-        tracing::info!(cluster = %name, "cluster removed; its certificate is revoked");
+        tracing::info!(cluster = %name, cascade, agent_connected = connected, "cluster removed; its certificate is revoked");
         self.ctx.git.kick();
-        Ok(Response::new(pb::RemoveClusterResponse {}))
+        Ok(Response::new(pb::RemoveClusterResponse { connected }))
     }
 
     async fn list_repositories(
