@@ -338,7 +338,18 @@ fn destructive_commands_confirm_on_a_terminal_and_refuse_elsewhere() {
     assert_text(&hub.ok(&["cluster", "ls", "-o", "json"]), "[]\n");
     // -y in a script.
     hub.ok(&["cluster", "add", "west", "--bootstrap-token"]);
-    hub.ok(&["cluster", "rm", "west", "-y"]);
+    // --cascade with no agent connected: nothing can be deleted, and it
+    // says so.
+    assert_text(
+        &hub.ok(&["cluster", "rm", "west", "--cascade", "-y", "-o", "json"]),
+        "{\n  \"removed\": \"west\",\n  \"cascade\": true,\n  \"agentConnected\": false\n}\n",
+    );
+    hub.ok(&["cluster", "add", "west", "--bootstrap-token"]);
+    assert_text(
+        &hub.ok(&["cluster", "rm", "west", "--cascade", "-y"]),
+        "cluster west removed; its certificate is revoked; its agent is not connected: \
+         nothing was deleted (delete the objects and uninstall the agent by hand)\n",
+    );
     let (code, _) = fails(&hub.cli(&["cluster", "rm", "west", "-y"]));
     assert_eq!(code, 3);
 }
