@@ -77,6 +77,9 @@ pub struct HubConfig {
     pub api_deadline: Duration,
     /// gRPC message size limits and the bundle chunk size.
     pub wire: crate::api::WireLimits,
+    /// operate: directory of repository and repo-creds Secrets (Argo CD's
+    /// declarative shape), read at start ([`crate::repo_secrets`]).
+    pub repository_secrets: Option<PathBuf>,
 }
 
 impl HubConfig {
@@ -103,6 +106,7 @@ impl HubConfig {
             git_limits: crate::gitsync::GitLimits::default(),
             api_deadline: crate::api::deadline::DEFAULT_API_DEADLINE,
             wire: crate::api::WireLimits::default(),
+            repository_secrets: None,
         }
     }
 }
@@ -132,6 +136,8 @@ pub enum HubError {
     Tls(String),
     #[error("--repo: {0}")]
     Repo(String),
+    #[error("--repository-secrets: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    RepoSecrets(Vec<crate::repo_secrets::RepoSecretError>),
     #[error("{0}")]
     Limits(String),
 }
@@ -321,6 +327,9 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
             )?;
         }
     }
+    if let Some(dir) = &config.repository_secrets {
+        register_declared_repositories(&store, &git, dir, config.poll_interval)?;
+    }
     store.flush()?;
 
     let (closing_tx, closing_rx) = watch::channel(false);
@@ -508,4 +517,39 @@ pub async fn serve(config: HubConfig, shutdown: impl Future<Output = ()>) -> Res
         () = shutdown => hub.shutdown().await,
         r = &mut hub.task => r.unwrap_or(Ok(())),
     }
+}
+
+/// Registers the repositories declared as Secrets in `dir` (a repository
+/// already registered keeps its apps path and revision) and stores the
+/// credentials each gets (its own, or a template's).
+fn register_declared_repositories(
+    store: &Store,
+    git: &crate::gitsync::GitSync,
+    dir: &std::path::Path,
+    poll_interval: Duration,
+) -> Result<(), HubError> {
+    let declared = crate::repo_secrets::load_dir(dir).map_err(HubError::RepoSecrets)?;
+    for r in crate::repo_secrets::resolve(&declared) {
+        if store.repo(&r.url)?.is_none() {
+            git.add_repository(
+                &r.url,
+                "HEAD",
+                "",
+                poll_interval.as_secs().max(1) as i64,
+                r.kind,
+            )?;
+        }
+        if let Some(c) = &r.credentials {
+            store.put_repo_credentials(&r.url, Some(&c.to_store()))?;
+        }
+        tracing::info!(
+            secret = %r.secret,
+            name = %r.name,
+            url = %crate::source::SafeUrl(&r.url),
+            credentials = r.credentials.is_some(),
+            credentials_from = r.credentials_from.as_deref().unwrap_or(""),
+            "repository declared by a Secret"
+        );
+    }
+    Ok(())
 }
