@@ -379,6 +379,25 @@ pub enum RepoCommand {
         /// instead of Git.
         #[arg(long = "type", value_name = "git|helm", default_value = "git")]
         kind: String,
+        /// Register it without checking that the hub can reach it (by
+        /// default the hub fetches the revision, or the Helm index, first).
+        #[arg(long)]
+        skip_check: bool,
+    },
+    /// Unregister a repository and drop its stored credentials; asks first
+    /// on a terminal, refused elsewhere without -y. Refused while
+    /// applications use it or were declared by it, unless --force.
+    #[command(visible_alias = "rm")]
+    Remove {
+        /// The repository URL, as `repo list` shows it.
+        url: String,
+        /// Remove it even though applications use it or were declared by
+        /// it (they stay, no longer updated from it).
+        #[arg(long)]
+        force: bool,
+        /// Do not ask for confirmation.
+        #[arg(short = 'y', long)]
+        yes: bool,
     },
     /// List repositories.
     #[command(visible_alias = "ls")]
@@ -1154,6 +1173,7 @@ async fn repo(g: &Global, c: &mut Client, cmd: RepoCommand) -> Result<()> {
             ssh_private_key_path,
             insecure_ignore_host_key,
             kind,
+            skip_check,
         } => {
             let password = match &password_file {
                 Some(f) => Some(read_input(f)?.trim().to_owned()),
@@ -1193,6 +1213,30 @@ async fn repo(g: &Global, c: &mut Client, cmd: RepoCommand) -> Result<()> {
                 .into_iter()
                 .find(|r| r.url == bare);
             let sets_credentials = password_file.is_some() || ssh_private_key_path.is_some();
+            if !skip_check {
+                // Through the hub, with the credentials given here (or
+                // those it stores): what it reaches is what counts.
+                c.check_repository(pb::CheckRepositoryRequest {
+                    url: url.clone(),
+                    r#type: kind.clone(),
+                    revision: revision.clone(),
+                    username: username.clone().unwrap_or_default(),
+                    password: password.clone().unwrap_or_default(),
+                    ssh_private_key: ssh_private_key.clone().unwrap_or_default(),
+                    insecure_ignore_host_key,
+                })
+                .await
+                .map_err(|s| {
+                    let mut s = s;
+                    if s.code() == tonic::Code::FailedPrecondition {
+                        s = tonic::Status::failed_precondition(format!(
+                            "{} (--skip-check registers it anyway)",
+                            s.message()
+                        ));
+                    }
+                    status_err(s)
+                })?;
+            }
             let r = c
                 .add_repository(pb::AddRepositoryRequest {
                     url,
@@ -1252,6 +1296,39 @@ async fn repo(g: &Global, c: &mut Client, cmd: RepoCommand) -> Result<()> {
                 o.insert("result".into(), json!(outcome));
             }
             print_out(g.output, v, || format!("repository {} {outcome}\n", r.url));
+        }
+        RepoCommand::Remove { url, force, yes } => {
+            if !lifecycle::confirmed(
+                true,
+                yes,
+                &format!("Are you sure you want to remove repository '{url}' and its credentials?"),
+                &format!("removing repository {url}"),
+            )? {
+                exit::outln!("The command to remove repository '{url}' was cancelled.");
+                return Ok(());
+            }
+            let r = c
+                .remove_repository(pb::RemoveRepositoryRequest {
+                    url: url.clone(),
+                    force,
+                })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            print_out(
+                g.output,
+                json!({"removed": url, "applications": r.applications}),
+                || {
+                    if r.applications.is_empty() {
+                        format!("repository {url} removed\n")
+                    } else {
+                        format!(
+                            "repository {url} removed; applications that used it stay: {}\n",
+                            r.applications.join(", ")
+                        )
+                    }
+                },
+            );
         }
         RepoCommand::Get { url } => {
             let r = find_repo(c, &url).await?;

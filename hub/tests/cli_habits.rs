@@ -759,3 +759,78 @@ fn app_manifests_print_the_rendered_objects() {
     let (code, _) = fails(&hub.cli(&["app", "manifests", "nope"]));
     assert_eq!(code, 3);
 }
+
+/// `repo add` checks through the hub that the repository is reachable
+/// (`--skip-check` registers it anyway); `repo remove` (`rm`) asks on a
+/// terminal, needs -y elsewhere, and refuses while applications use the
+/// repository unless --force.
+#[test]
+fn repo_add_checks_and_repo_remove_confirms() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hub, url) = hub_with_web(dir.path());
+
+    let (code, err) = fails(&hub.cli(&["repo", "add", "file:///nowhere/config.git"]));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.starts_with("error: repository file:///nowhere/config.git is not reachable: ")
+            && err.contains("No such file or directory")
+            && err.contains("(--skip-check registers it anyway)"),
+        "{err}"
+    );
+    assert!(!hub.ok(&["repo", "list"]).contains("nowhere"));
+    assert_text(
+        &hub.ok(&["repo", "add", "file:///nowhere/config.git", "--skip-check"]),
+        "repository file:///nowhere/config.git added\n",
+    );
+    // A reachable one passes the check.
+    let other = tempfile::tempdir().unwrap();
+    let other_url = repo(other.path(), &[("x/cm.yaml", WEB_CM)]);
+    assert_text(
+        &normalize(
+            &hub.ok(&["repo", "add", &other_url]),
+            &[(&other_url, "<OTHER>")],
+        ),
+        "repository <OTHER> added\n",
+    );
+
+    // Not on a terminal: refused without -y.
+    let (code, err) = fails(&hub.cli(&["repo", "rm", "file:///nowhere/config.git"]));
+    assert_eq!(code, 2, "{err}");
+    let (code, text) = on_terminal(
+        &hub,
+        &["repo", "remove", "file:///nowhere/config.git"],
+        "n\n",
+    );
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("Are you sure you want to remove repository 'file:///nowhere/config.git' and its credentials? [y/n] ")
+            && text.contains("The command to remove repository 'file:///nowhere/config.git' was cancelled."),
+        "{text}"
+    );
+    assert_text(
+        &hub.ok(&["repo", "rm", "file:///nowhere/config.git", "-y"]),
+        "repository file:///nowhere/config.git removed\n",
+    );
+    let (code, err) = fails(&hub.cli(&["repo", "rm", "file:///nowhere/config.git", "-y"]));
+    assert_eq!(code, 3);
+    assert_text(
+        &err,
+        "error: repository file:///nowhere/config.git is not registered (NotFound)\n",
+    );
+
+    // In use: refused, naming the applications, unless --force.
+    let (code, err) = fails(&hub.cli(&["repo", "rm", &url, "-y"]));
+    assert_eq!(code, 1);
+    assert_text(
+        &normalize(&err, &[(&url, "<URL>")]),
+        "error: repository <URL> is used by (or declared) application(s) web: delete them first, or remove it anyway with --force (FailedPrecondition)\n",
+    );
+    assert_text(
+        &normalize(
+            &hub.ok(&["repo", "rm", &url, "--force", "-y", "-o", "json"]),
+            &[(&url, "<URL>")],
+        ),
+        "{\n  \"removed\": \"<URL>\",\n  \"applications\": [\n    \"web\"\n  ]\n}\n",
+    );
+    assert!(!hub.ok(&["repo", "list"]).contains(&url));
+}
