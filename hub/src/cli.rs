@@ -235,6 +235,14 @@ pub enum AppCommand {
         /// Also drop its cached renders (render again at the same commit).
         #[arg(long)]
         hard: bool,
+        /// Wait until the hub has fetched the application's repositories
+        /// again and every cluster reports the commit they resolve to.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up after this long (exit code 1, with what
+        /// is still awaited).
+        #[arg(long, default_value = "2m", value_parser = parse_duration, requires = "wait")]
+        timeout: Duration,
     },
 }
 
@@ -615,7 +623,12 @@ async fn app(g: &Global, c: &mut Client, cmd: AppCommand) -> Result<()> {
         AppCommand::Set(a) => edit::set(g, c, a).await?,
         AppCommand::Manifests { name } => edit::manifests(g, c, &name).await?,
         AppCommand::Patch(a) => edit::patch(g, c, a).await?,
-        AppCommand::Refresh { name, hard } => ops::refresh(g, c, &name, hard).await?,
+        AppCommand::Refresh {
+            name,
+            hard,
+            wait,
+            timeout,
+        } => ops::refresh(g, c, &name, hard, wait.then_some(timeout)).await?,
         AppCommand::Sync(a) => ops::sync(g, c, a).await?,
         AppCommand::History { name } => ops::history(g, c, &name).await?,
         AppCommand::Rollback {

@@ -834,3 +834,20 @@ fn repo_add_checks_and_repo_remove_confirms() {
     );
     assert!(!hub.ok(&["repo", "list"]).contains(&url));
 }
+
+/// `app refresh --wait` gives up at its timeout saying what it still waits
+/// for (here: a cluster with no agent); `--timeout` needs `--wait`.
+#[test]
+fn app_refresh_wait_times_out_naming_what_it_waits_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hub, _url) = hub_with_web(dir.path());
+    let (code, err) = fails(&hub.cli(&["app", "refresh", "web", "--wait", "--timeout", "5s"]));
+    assert_eq!(code, 1, "{err}");
+    let pattern = regex::Regex::new(
+        r"^error: refreshing web: timed out after 5s waiting for east to report [0-9a-f]{8} \(reports nothing yet\)\n$",
+    )
+    .unwrap();
+    assert!(pattern.is_match(&err), "{err}");
+    let (code, _) = fails(&hub.cli(&["app", "refresh", "web", "--timeout", "5s"]));
+    assert_eq!(code, 2);
+}
