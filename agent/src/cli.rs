@@ -198,6 +198,9 @@ async fn run(args: RunArgs, log_format: crate::telemetry::LogFormat) -> anyhow::
             .with_context(|| format!("health listener on {addr}"))?;
         println!("flotilla-agent health listening on http://{bound}/healthz");
     }
+    if let Some(why) = crate::link::removed_marker(&state_dir) {
+        return idle_removed(&state_dir, why.trim(), telemetry).await;
+    }
     let client = kube_client(&args).await?;
     // In a cluster (POD_NAMESPACE, no --kubeconfig) the identity also
     // lives in a Secret of the agent's namespace.
@@ -289,17 +292,46 @@ async fn run(args: RunArgs, log_format: crate::telemetry::LogFormat) -> anyhow::
     let link = link
         .with_sync_requests(engine.sync_requests())
         .with_reconnect(reconnect.clone());
-    tokio::spawn(crate::enroll::renew_loop(
+    let renewal = tokio::spawn(crate::enroll::renew_loop(
         hub.clone(),
         state_dir.clone(),
         reconnect,
         identity,
     ));
-    tokio::select! {
-        () = engine.run() => {}
-        () = link.run() => {}
-        () = shutdown() => info!("flotilla-agent stopping"),
+    let removed = tokio::select! {
+        () = engine.run() => None,
+        removed = link.run() => Some(removed),
+        () = shutdown() => {
+            info!("flotilla-agent stopping");
+            None
+        }
+    };
+    if let Some(removed) = removed {
+        // The engine is dropped with the select: nothing is applied or
+        // repaired from here on.
+        renewal.abort();
+        return idle_removed(&state_dir, &removed.message, telemetry).await;
     }
+    telemetry.shutdown().await;
+    Ok(())
+}
+
+/// The hub removed this cluster: manage nothing, say so, and wait for the
+/// agent to be uninstalled (exiting would only make Kubernetes restart it).
+async fn idle_removed(
+    state_dir: &std::path::Path,
+    why: &str,
+    telemetry: crate::telemetry::TelemetryGuard,
+) -> anyhow::Result<()> {
+    tracing::error!(
+        state_dir = %state_dir.display(),
+        "flotilla-agent removed: {why}; this agent manages nothing and idles. Uninstall it, \
+         or delete {} and enroll again to manage this cluster again",
+        state_dir.join(crate::link::REMOVED_FILE).display()
+    );
+    crate::metrics::metrics().set_connected(false);
+    shutdown().await;
+    info!("flotilla-agent stopping");
     telemetry.shutdown().await;
     Ok(())
 }

@@ -43,6 +43,9 @@ pub const CERT_FILE: &str = "tls.crt";
 pub const KEY_FILE: &str = "tls.key";
 /// Hub CA file in the state directory.
 pub const CA_FILE: &str = "ca.crt";
+/// Written in the state directory when the hub removed the cluster: an
+/// agent that finds it at start idles instead of enforcing its cache.
+pub const REMOVED_FILE: &str = "removed";
 
 const BACKOFF_START: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -96,6 +99,30 @@ pub enum LinkError {
     /// The outbound half closed.
     #[error("outbound stream closed")]
     Closed,
+    /// The hub removed this cluster (`ClusterRemoved`).
+    #[error("the hub removed this cluster: {message}")]
+    Removed {
+        /// Delete the managed objects before stopping.
+        cascade: bool,
+        /// The hub's words.
+        message: String,
+    },
+}
+
+/// Why [`Link::run`] ended: the hub removed the cluster, and the agent
+/// stopped managing it (after deleting its objects with `cascade`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Removed {
+    /// The objects were deleted first.
+    pub cascade: bool,
+    /// The hub's words.
+    pub message: String,
+}
+
+/// The removal recorded in `state_dir` by an earlier run, if any.
+#[must_use]
+pub fn removed_marker(state_dir: &Path) -> Option<String> {
+    std::fs::read_to_string(state_dir.join(REMOVED_FILE)).ok()
 }
 
 /// Connection settings.
@@ -237,8 +264,11 @@ impl Link {
         &self.cluster
     }
 
-    /// Keeps a stream to the hub open forever, reconnecting with backoff.
-    pub async fn run(self) {
+    /// Keeps a stream to the hub open, reconnecting with backoff, until the
+    /// hub removes the cluster: then, with `cascade`, waits until the
+    /// engine has deleted every application's objects, records the removal
+    /// in the state directory and returns.
+    pub async fn run(self) -> Removed {
         let mut backoff = Backoff::default();
         loop {
             let mut up_since = None;
@@ -252,6 +282,9 @@ impl Link {
             };
             match outcome {
                 Ok(()) => info!(hub = %self.hub, "hub closed the stream"),
+                Err(LinkError::Removed { cascade, message }) => {
+                    return self.wind_down(cascade, message).await;
+                }
                 Err(e) => warn!(hub = %self.hub, error = %error_chain(&e), "link down"),
             }
             let delay = backoff.after_session(up_since);
@@ -349,6 +382,12 @@ impl Link {
                         up_since.get_or_insert_with(tokio::time::Instant::now);
                         self.trigger.notify_one();
                     }
+                    Some(hub_message::Kind::Removed(r)) => {
+                        return Err(LinkError::Removed {
+                            cascade: r.cascade,
+                            message: r.message,
+                        });
+                    }
                     Some(hub_message::Kind::Command(cmd)) => match cmd.kind {
                         Some(command::Kind::Sync(sync)) => {
                             info!(app = %sync.app, id = %cmd.id, prune = sync.prune, dry_run = sync.dry_run, "sync requested by hub");
@@ -393,6 +432,63 @@ impl Link {
         reporter.abort();
         crate::metrics::metrics().set_connected(false);
         result
+    }
+
+    /// Stops managing the removed cluster: with `cascade`, every
+    /// application is deleted as by `app delete --cascade` (foreground
+    /// propagation, deletion hooks) and this waits until the engine has
+    /// done so; then the removal is recorded in the state directory, so a
+    /// restarted agent idles too.
+    async fn wind_down(&self, cascade: bool, message: String) -> Removed {
+        warn!(cluster = %self.cluster, cascade, "{message}");
+        if cascade {
+            let deleted = self.cache.update(|s| {
+                let names: Vec<String> = s.apps.keys().chain(s.removed.keys()).cloned().collect();
+                let all = DesiredState {
+                    generation: s.generation,
+                    deletions: names
+                        .iter()
+                        .map(|name| flotilla_proto::AppDeletion {
+                            name: name.clone(),
+                            propagation_policy: "foreground".to_owned(),
+                        })
+                        .collect(),
+                    ..DesiredState::default()
+                };
+                // Nothing is indexed, so nothing can be missing.
+                let _ = s.merge(all);
+                names
+            });
+            match &deleted {
+                Ok(names) => {
+                    info!(apps = ?names, "cluster removed with cascade: deleting what this agent manages")
+                }
+                Err(e) => {
+                    warn!(error = %e, "could not persist the deletion of every application; deleting from memory")
+                }
+            }
+            self.trigger.notify_one();
+            let mut last_log = Instant::now();
+            loop {
+                let left: Vec<String> = self
+                    .cache
+                    .read(|s| s.apps.keys().chain(s.removed.keys()).cloned().collect());
+                if left.is_empty() {
+                    break;
+                }
+                if last_log.elapsed() >= Duration::from_secs(10) {
+                    info!(apps = ?left, "cluster removed with cascade: still deleting");
+                    last_log = Instant::now();
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            info!("cluster removed with cascade: every managed object is deleted");
+        }
+        let marker = self.config.state_dir.join(REMOVED_FILE);
+        if let Err(e) = std::fs::write(&marker, format!("{message}\n")) {
+            warn!(path = %marker.display(), error = %e, "could not record the removal");
+        }
+        Removed { cascade, message }
     }
 
     /// Queues a `SyncNow` for the engine. A dry run is answered with a

@@ -1815,3 +1815,106 @@ fn agent_chart_essentials() -> Result<()> {
     );
     Ok(())
 }
+
+// ---------------------------------------------------------------------------
+// operate: repositories declared as Secrets
+// ---------------------------------------------------------------------------
+
+/// The hub chart renders declared repositories and credential templates as
+/// Argo CD-shaped Secrets that the hub's own reader accepts, mounts them
+/// (and existing ones) where `--repository-secrets` looks, rolls the pod
+/// when they change, and the result applies to a cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_chart_declares_repositories_as_secrets() -> Result<()> {
+    use flotilla_hub::repo_secrets::{self, SecretKind};
+    let ns = "flotilla";
+    let values = fixture("hub-repository-values.yaml");
+    let r = Rendered::render("flotilla-hub", &Release::new("h", ns), &[values])?;
+    let mut declared = Vec::new();
+    for (name, kind) in [
+        ("h-flotilla-hub-repo-private", "repository"),
+        ("h-flotilla-hub-repo-charts", "repository"),
+        ("h-flotilla-hub-repo-templated", "repository"),
+        ("h-flotilla-hub-repo-creds-platform", "repo-creds"),
+    ] {
+        let secret = r.get("Secret", name);
+        assert_eq!(
+            secret["metadata"]["labels"]["argocd.argoproj.io/secret-type"],
+            kind
+        );
+        declared.push(
+            repo_secrets::from_document(secret, "chart")
+                .map_err(|e| anyhow::anyhow!("{name}: {e}"))?,
+        );
+    }
+    assert_eq!(declared[1].kind, SecretKind::Repository);
+    assert_eq!(declared[3].kind, SecretKind::RepoCreds);
+    let resolved = repo_secrets::resolve(&declared);
+    let passwords: Vec<(&str, Option<&str>)> = resolved
+        .iter()
+        .map(|r| {
+            (
+                r.url.as_str(),
+                r.credentials.as_ref().map(|c| c.password.as_str()),
+            )
+        })
+        .collect();
+    assert_eq!(
+        passwords,
+        [
+            (
+                "https://git.example.com/platform/private.git",
+                Some("repo-token")
+            ),
+            ("https://charts.example.com/stable", None),
+            (
+                "https://git.example.com/platform/team/app.git",
+                Some("org-token")
+            ),
+        ]
+    );
+
+    let sts = r.get("StatefulSet", "h-flotilla-hub");
+    let pod = &sts["spec"]["template"]["spec"];
+    let hub = container(pod, "hub");
+    let a = args(hub);
+    assert!(
+        has_flag(&a, "--repository-secrets", "/etc/flotilla/repositories"),
+        "{a:?}"
+    );
+    let mounts: BTreeSet<String> = hub["volumeMounts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["mountPath"].as_str())
+        .filter(|p| p.starts_with("/etc/flotilla/repositories"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        mounts,
+        set(&[
+            "/etc/flotilla/repositories/repository/private",
+            "/etc/flotilla/repositories/repository/charts",
+            "/etc/flotilla/repositories/repository/templated",
+            "/etc/flotilla/repositories/repo-creds/platform",
+            "/etc/flotilla/repositories/repository/argocd-repo-legacy",
+        ])
+    );
+    let volumes = pod["volumes"].to_string();
+    for secret in ["h-flotilla-hub-repo-private", "argocd-repo-legacy"] {
+        assert!(volumes.contains(secret), "{volumes}");
+    }
+    let checksum =
+        &sts["spec"]["template"]["metadata"]["annotations"]["checksum/repository-secrets"];
+    assert!(
+        checksum.as_str().is_some_and(|c| c.len() == 64),
+        "{checksum}"
+    );
+
+    // Without any, nothing is rendered or passed.
+    let plain = Rendered::render("flotilla-hub", &Release::new("h", ns), &[])?;
+    assert!(!plain.text.contains("secret-type"), "{}", plain.text);
+    assert!(!plain.text.contains("--repository-secrets"));
+
+    apply_to_simulator(&r, &[ns]).await
+}

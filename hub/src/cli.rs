@@ -235,6 +235,14 @@ pub enum AppCommand {
         /// Also drop its cached renders (render again at the same commit).
         #[arg(long)]
         hard: bool,
+        /// Wait until the hub has fetched the application's repositories
+        /// again and every cluster reports the commit they resolve to.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up after this long (exit code 1, with what
+        /// is still awaited).
+        #[arg(long, default_value = "2m", value_parser = parse_duration, requires = "wait")]
+        timeout: Duration,
     },
 }
 
@@ -283,11 +291,17 @@ pub enum ClusterCommand {
         name: String,
     },
     /// Remove a cluster and revoke its certificate; asks first on a
-    /// terminal, refused elsewhere without -y.
+    /// terminal, refused elsewhere without -y. A connected agent is told:
+    /// it stops enforcing (its objects stay), or with --cascade deletes
+    /// them first.
     #[command(visible_alias = "rm")]
     Remove {
         /// The cluster.
         name: String,
+        /// The connected agent deletes the objects it manages (as `app
+        /// delete --cascade`) before it stops.
+        #[arg(long)]
+        cascade: bool,
         /// Do not ask for confirmation.
         #[arg(short = 'y', long)]
         yes: bool,
@@ -373,6 +387,25 @@ pub enum RepoCommand {
         /// instead of Git.
         #[arg(long = "type", value_name = "git|helm", default_value = "git")]
         kind: String,
+        /// Register it without checking that the hub can reach it (by
+        /// default the hub fetches the revision, or the Helm index, first).
+        #[arg(long)]
+        skip_check: bool,
+    },
+    /// Unregister a repository and drop its stored credentials; asks first
+    /// on a terminal, refused elsewhere without -y. Refused while
+    /// applications use it or were declared by it, unless --force.
+    #[command(visible_alias = "rm")]
+    Remove {
+        /// The repository URL, as `repo list` shows it.
+        url: String,
+        /// Remove it even though applications use it or were declared by
+        /// it (they stay, no longer updated from it).
+        #[arg(long)]
+        force: bool,
+        /// Do not ask for confirmation.
+        #[arg(short = 'y', long)]
+        yes: bool,
     },
     /// List repositories.
     #[command(visible_alias = "ls")]
@@ -590,7 +623,12 @@ async fn app(g: &Global, c: &mut Client, cmd: AppCommand) -> Result<()> {
         AppCommand::Set(a) => edit::set(g, c, a).await?,
         AppCommand::Manifests { name } => edit::manifests(g, c, &name).await?,
         AppCommand::Patch(a) => edit::patch(g, c, a).await?,
-        AppCommand::Refresh { name, hard } => ops::refresh(g, c, &name, hard).await?,
+        AppCommand::Refresh {
+            name,
+            hard,
+            wait,
+            timeout,
+        } => ops::refresh(g, c, &name, hard, wait.then_some(timeout)).await?,
         AppCommand::Sync(a) => ops::sync(g, c, a).await?,
         AppCommand::History { name } => ops::history(g, c, &name).await?,
         AppCommand::Rollback {
@@ -1032,24 +1070,41 @@ async fn cluster(g: &Global, hub: &str, c: &mut Client, cmd: ClusterCommand) -> 
             let cluster = find_cluster(c, &name).await?;
             print_out(g.output, cluster_json(&cluster), || cluster_text(&cluster));
         }
-        ClusterCommand::Remove { name, yes } => {
-            if !lifecycle::confirmed(
-                true,
-                yes,
-                &format!(
+        ClusterCommand::Remove { name, cascade, yes } => {
+            let question = if cascade {
+                format!(
+                    "Are you sure you want to remove cluster '{name}' and delete every object its agent manages?"
+                )
+            } else {
+                format!(
                     "Are you sure you want to remove cluster '{name}'? Its agent's certificate is revoked."
-                ),
-                &format!("removing cluster {name}"),
-            )? {
+                )
+            };
+            if !lifecycle::confirmed(true, yes, &question, &format!("removing cluster {name}"))? {
                 exit::outln!("The command to remove cluster '{name}' was cancelled.");
                 return Ok(());
             }
-            c.remove_cluster(pb::RemoveClusterRequest { name: name.clone() })
+            let r = c
+                .remove_cluster(pb::RemoveClusterRequest {
+                    name: name.clone(),
+                    cascade,
+                })
                 .await
-                .map_err(status_err)?;
-            print_out(g.output, json!({"removed": name}), || {
-                format!("cluster {name} removed; its certificate is revoked\n")
-            });
+                .map_err(status_err)?
+                .into_inner();
+            let agent = match (r.connected, cascade) {
+                (true, true) => "its agent deletes the objects it manages, then stops",
+                (true, false) => "its agent stops managing it; the objects stay",
+                (false, true) => {
+                    "its agent is not connected: nothing was deleted (delete the objects and uninstall the agent by hand)"
+                }
+                (false, false) => "its agent is not connected; the objects stay",
+            };
+            print_out(
+                g.output,
+                json!({"removed": name, "cascade": cascade, "agentConnected": r.connected}),
+                || format!("cluster {name} removed; its certificate is revoked; {agent}\n"),
+            );
         }
     }
     Ok(())
@@ -1131,6 +1186,7 @@ async fn repo(g: &Global, c: &mut Client, cmd: RepoCommand) -> Result<()> {
             ssh_private_key_path,
             insecure_ignore_host_key,
             kind,
+            skip_check,
         } => {
             let password = match &password_file {
                 Some(f) => Some(read_input(f)?.trim().to_owned()),
@@ -1170,6 +1226,30 @@ async fn repo(g: &Global, c: &mut Client, cmd: RepoCommand) -> Result<()> {
                 .into_iter()
                 .find(|r| r.url == bare);
             let sets_credentials = password_file.is_some() || ssh_private_key_path.is_some();
+            if !skip_check {
+                // Through the hub, with the credentials given here (or
+                // those it stores): what it reaches is what counts.
+                c.check_repository(pb::CheckRepositoryRequest {
+                    url: url.clone(),
+                    r#type: kind.clone(),
+                    revision: revision.clone(),
+                    username: username.clone().unwrap_or_default(),
+                    password: password.clone().unwrap_or_default(),
+                    ssh_private_key: ssh_private_key.clone().unwrap_or_default(),
+                    insecure_ignore_host_key,
+                })
+                .await
+                .map_err(|s| {
+                    let mut s = s;
+                    if s.code() == tonic::Code::FailedPrecondition {
+                        s = tonic::Status::failed_precondition(format!(
+                            "{} (--skip-check registers it anyway)",
+                            s.message()
+                        ));
+                    }
+                    status_err(s)
+                })?;
+            }
             let r = c
                 .add_repository(pb::AddRepositoryRequest {
                     url,
@@ -1229,6 +1309,39 @@ async fn repo(g: &Global, c: &mut Client, cmd: RepoCommand) -> Result<()> {
                 o.insert("result".into(), json!(outcome));
             }
             print_out(g.output, v, || format!("repository {} {outcome}\n", r.url));
+        }
+        RepoCommand::Remove { url, force, yes } => {
+            if !lifecycle::confirmed(
+                true,
+                yes,
+                &format!("Are you sure you want to remove repository '{url}' and its credentials?"),
+                &format!("removing repository {url}"),
+            )? {
+                exit::outln!("The command to remove repository '{url}' was cancelled.");
+                return Ok(());
+            }
+            let r = c
+                .remove_repository(pb::RemoveRepositoryRequest {
+                    url: url.clone(),
+                    force,
+                })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            print_out(
+                g.output,
+                json!({"removed": url, "applications": r.applications}),
+                || {
+                    if r.applications.is_empty() {
+                        format!("repository {url} removed\n")
+                    } else {
+                        format!(
+                            "repository {url} removed; applications that used it stay: {}\n",
+                            r.applications.join(", ")
+                        )
+                    }
+                },
+            );
         }
         RepoCommand::Get { url } => {
             let r = find_repo(c, &url).await?;

@@ -19,6 +19,10 @@ pub struct CommandBus {
     pub diffs: PendingDiffs,
     /// Dry-run syncs in flight.
     pub syncs: PendingSyncs,
+    /// operate: clusters being removed, with whether their agent deletes
+    /// what it manages (`cluster remove --cascade`); read by their open
+    /// streams when the removal closes them.
+    removals: Mutex<HashMap<String, bool>>,
 }
 
 impl CommandBus {
@@ -39,6 +43,28 @@ impl CommandBus {
             .unwrap_or_else(|p| p.into_inner())
             .get(cluster)
             .is_some_and(|tx| tx.send(command).is_ok())
+    }
+}
+
+impl CommandBus {
+    /// Notes that `cluster` is being removed, before its streams are
+    /// closed, so they tell their agent how (see [`CommandBus::removal`]).
+    pub fn note_removal(&self, cluster: &str, cascade: bool) {
+        self.removals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(cluster.to_owned(), cascade);
+    }
+
+    /// Whether the removal of `cluster` cascades (false when none was
+    /// noted).
+    pub fn removal(&self, cluster: &str) -> bool {
+        self.removals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(cluster)
+            .copied()
+            .unwrap_or(false)
     }
 }
 

@@ -415,6 +415,48 @@ impl GitSync {
     }
 
     /// Asks for an immediate poll of everything.
+    /// operate: fetches `revision` of `url` with `credentials` (none: those
+    /// stored for the URL) into the mirror, as the Git loop will; the
+    /// commit it resolves to. Blocking.
+    ///
+    /// # Errors
+    /// The repository cannot be reached or read, or has no such revision.
+    pub fn check_reachable(
+        &self,
+        url: &str,
+        revision: &str,
+        credentials: Option<&crate::store::RepoCredentials>,
+    ) -> Result<String, crate::source::SourceError> {
+        let limits = FetchLimits::starting_now(self.cache.fetch_timeout());
+        let revision = revision_or_head(revision);
+        match credentials {
+            None => fetch_with_stored_credentials_within(
+                &self.cache,
+                &self.store,
+                url,
+                &revision,
+                &limits,
+            ),
+            Some(c) if !c.ssh_private_key.is_empty() => {
+                let key = crate::source::SshKey {
+                    private_key: c.ssh_private_key.clone(),
+                    insecure_ignore_host_key: c.insecure_ignore_host_key,
+                };
+                self.cache
+                    .fetch_bounded(url, &revision, FetchAuth::SshKey(&key), &limits)
+            }
+            Some(c) => self.cache.fetch_bounded(
+                url,
+                &revision,
+                FetchAuth::Password {
+                    username: &c.username,
+                    password: &c.password,
+                },
+                &limits,
+            ),
+        }
+    }
+
     pub fn kick(&self) {
         self.kick.notify_one();
     }

@@ -79,6 +79,9 @@ pub struct HubConfig {
     pub wire: crate::api::WireLimits,
     /// Bytes sled may use to cache pages (`--store-cache-mib`).
     pub store_cache_bytes: u64,
+    /// operate: directory of repository and repo-creds Secrets (Argo CD's
+    /// declarative shape), read at start ([`crate::repo_secrets`]).
+    pub repository_secrets: Option<PathBuf>,
 }
 
 impl HubConfig {
@@ -106,6 +109,7 @@ impl HubConfig {
             api_deadline: crate::api::deadline::DEFAULT_API_DEADLINE,
             wire: crate::api::WireLimits::default(),
             store_cache_bytes: crate::store::DEFAULT_CACHE_MIB * 1024 * 1024,
+            repository_secrets: None,
         }
     }
 }
@@ -135,6 +139,8 @@ pub enum HubError {
     Tls(String),
     #[error("--repo: {0}")]
     Repo(String),
+    #[error("--repository-secrets: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    RepoSecrets(Vec<crate::repo_secrets::RepoSecretError>),
     #[error("{0}")]
     Limits(String),
 }
@@ -330,6 +336,9 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
             )?;
         }
     }
+    if let Some(dir) = &config.repository_secrets {
+        register_declared_repositories(&store, &git, dir, config.poll_interval)?;
+    }
     store.flush()?;
 
     let (closing_tx, closing_rx) = watch::channel(false);
@@ -522,4 +531,39 @@ pub async fn serve(config: HubConfig, shutdown: impl Future<Output = ()>) -> Res
         () = shutdown => hub.shutdown().await,
         r = &mut hub.task => r.unwrap_or(Ok(())),
     }
+}
+
+/// Registers the repositories declared as Secrets in `dir` (a repository
+/// already registered keeps its apps path and revision) and stores the
+/// credentials each gets (its own, or a template's).
+fn register_declared_repositories(
+    store: &Store,
+    git: &crate::gitsync::GitSync,
+    dir: &std::path::Path,
+    poll_interval: Duration,
+) -> Result<(), HubError> {
+    let declared = crate::repo_secrets::load_dir(dir).map_err(HubError::RepoSecrets)?;
+    for r in crate::repo_secrets::resolve(&declared) {
+        if store.repo(&r.url)?.is_none() {
+            git.add_repository(
+                &r.url,
+                "HEAD",
+                "",
+                poll_interval.as_secs().max(1) as i64,
+                r.kind,
+            )?;
+        }
+        if let Some(c) = &r.credentials {
+            store.put_repo_credentials(&r.url, Some(&c.to_store()))?;
+        }
+        tracing::info!(
+            secret = %r.secret,
+            name = %r.name,
+            url = %crate::source::SafeUrl(&r.url),
+            credentials = r.credentials.is_some(),
+            credentials_from = r.credentials_from.as_deref().unwrap_or(""),
+            "repository declared by a Secret"
+        );
+    }
+    Ok(())
 }

@@ -1440,6 +1440,11 @@ impl Store {
         self.read(|t| self.decode_all(&t.repos, "repository"))
     }
 
+    /// operate: removes a repository record; whether there was one.
+    pub fn remove_repo(&self, url: &str) -> Result<bool, StoreError> {
+        self.with(|t| Ok(t.repos.remove(url.as_bytes())?.is_some()))
+    }
+
     pub fn put_repo(&self, rec: &RepoRecord) -> Result<(), StoreError> {
         self.with(|t| {
             t.repos.insert(rec.url.as_bytes(), encode(rec))?;

@@ -740,9 +740,12 @@ async fn sets_survive_a_restart_and_new_clusters_are_picked_up() {
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound);
     // Removing a cluster removes its application.
-    api.remove_cluster(pb::RemoveClusterRequest { name: "c2".into() })
-        .await
-        .unwrap();
+    api.remove_cluster(pb::RemoveClusterRequest {
+        name: "c2".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     wait_owned(&mut api, "keep", &["keep-c1"]).await;
     hub.shutdown().await.unwrap();
 }

@@ -338,7 +338,18 @@ fn destructive_commands_confirm_on_a_terminal_and_refuse_elsewhere() {
     assert_text(&hub.ok(&["cluster", "ls", "-o", "json"]), "[]\n");
     // -y in a script.
     hub.ok(&["cluster", "add", "west", "--bootstrap-token"]);
-    hub.ok(&["cluster", "rm", "west", "-y"]);
+    // --cascade with no agent connected: nothing can be deleted, and it
+    // says so.
+    assert_text(
+        &hub.ok(&["cluster", "rm", "west", "--cascade", "-y", "-o", "json"]),
+        "{\n  \"removed\": \"west\",\n  \"cascade\": true,\n  \"agentConnected\": false\n}\n",
+    );
+    hub.ok(&["cluster", "add", "west", "--bootstrap-token"]);
+    assert_text(
+        &hub.ok(&["cluster", "rm", "west", "--cascade", "-y"]),
+        "cluster west removed; its certificate is revoked; its agent is not connected: \
+         nothing was deleted (delete the objects and uninstall the agent by hand)\n",
+    );
     let (code, _) = fails(&hub.cli(&["cluster", "rm", "west", "-y"]));
     assert_eq!(code, 3);
 }
@@ -747,4 +758,96 @@ fn app_manifests_print_the_rendered_objects() {
     assert_eq!(json[0]["kind"], "ConfigMap");
     let (code, _) = fails(&hub.cli(&["app", "manifests", "nope"]));
     assert_eq!(code, 3);
+}
+
+/// `repo add` checks through the hub that the repository is reachable
+/// (`--skip-check` registers it anyway); `repo remove` (`rm`) asks on a
+/// terminal, needs -y elsewhere, and refuses while applications use the
+/// repository unless --force.
+#[test]
+fn repo_add_checks_and_repo_remove_confirms() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hub, url) = hub_with_web(dir.path());
+
+    let (code, err) = fails(&hub.cli(&["repo", "add", "file:///nowhere/config.git"]));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.starts_with("error: repository file:///nowhere/config.git is not reachable: ")
+            && err.contains("No such file or directory")
+            && err.contains("(--skip-check registers it anyway)"),
+        "{err}"
+    );
+    assert!(!hub.ok(&["repo", "list"]).contains("nowhere"));
+    assert_text(
+        &hub.ok(&["repo", "add", "file:///nowhere/config.git", "--skip-check"]),
+        "repository file:///nowhere/config.git added\n",
+    );
+    // A reachable one passes the check.
+    let other = tempfile::tempdir().unwrap();
+    let other_url = repo(other.path(), &[("x/cm.yaml", WEB_CM)]);
+    assert_text(
+        &normalize(
+            &hub.ok(&["repo", "add", &other_url]),
+            &[(&other_url, "<OTHER>")],
+        ),
+        "repository <OTHER> added\n",
+    );
+
+    // Not on a terminal: refused without -y.
+    let (code, err) = fails(&hub.cli(&["repo", "rm", "file:///nowhere/config.git"]));
+    assert_eq!(code, 2, "{err}");
+    let (code, text) = on_terminal(
+        &hub,
+        &["repo", "remove", "file:///nowhere/config.git"],
+        "n\n",
+    );
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("Are you sure you want to remove repository 'file:///nowhere/config.git' and its credentials? [y/n] ")
+            && text.contains("The command to remove repository 'file:///nowhere/config.git' was cancelled."),
+        "{text}"
+    );
+    assert_text(
+        &hub.ok(&["repo", "rm", "file:///nowhere/config.git", "-y"]),
+        "repository file:///nowhere/config.git removed\n",
+    );
+    let (code, err) = fails(&hub.cli(&["repo", "rm", "file:///nowhere/config.git", "-y"]));
+    assert_eq!(code, 3);
+    assert_text(
+        &err,
+        "error: repository file:///nowhere/config.git is not registered (NotFound)\n",
+    );
+
+    // In use: refused, naming the applications, unless --force.
+    let (code, err) = fails(&hub.cli(&["repo", "rm", &url, "-y"]));
+    assert_eq!(code, 1);
+    assert_text(
+        &normalize(&err, &[(&url, "<URL>")]),
+        "error: repository <URL> is used by (or declared) application(s) web: delete them first, or remove it anyway with --force (FailedPrecondition)\n",
+    );
+    assert_text(
+        &normalize(
+            &hub.ok(&["repo", "rm", &url, "--force", "-y", "-o", "json"]),
+            &[(&url, "<URL>")],
+        ),
+        "{\n  \"removed\": \"<URL>\",\n  \"applications\": [\n    \"web\"\n  ]\n}\n",
+    );
+    assert!(!hub.ok(&["repo", "list"]).contains(&url));
+}
+
+/// `app refresh --wait` gives up at its timeout saying what it still waits
+/// for (here: a cluster with no agent); `--timeout` needs `--wait`.
+#[test]
+fn app_refresh_wait_times_out_naming_what_it_waits_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hub, _url) = hub_with_web(dir.path());
+    let (code, err) = fails(&hub.cli(&["app", "refresh", "web", "--wait", "--timeout", "5s"]));
+    assert_eq!(code, 1, "{err}");
+    let pattern = regex::Regex::new(
+        r"^error: refreshing web: timed out after 5s waiting for east to report [0-9a-f]{8} \(reports nothing yet\)\n$",
+    )
+    .unwrap();
+    assert!(pattern.is_match(&err), "{err}");
+    let (code, _) = fails(&hub.cli(&["app", "refresh", "web", "--timeout", "5s"]));
+    assert_eq!(code, 2);
 }

@@ -409,7 +409,10 @@ async fn hub_end_to_end_over_tls() {
 
     // Removing the cluster closes its stream and refuses the certificate.
     admin
-        .remove_cluster(pb::RemoveClusterRequest { name: "c1".into() })
+        .remove_cluster(pb::RemoveClusterRequest {
+            name: "c1".into(),
+            ..Default::default()
+        })
         .await
         .unwrap();
     let end = tokio::time::timeout(DEADLINE, async {
@@ -580,7 +583,10 @@ async fn certificate_of_a_removed_cluster_is_refused_even_after_re_adding() {
     let mut admin = api(&hub, Some(admin_token(&hub))).await;
     let old = add_cluster(&mut admin, "c1").await;
     admin
-        .remove_cluster(pb::RemoveClusterRequest { name: "c1".into() })
+        .remove_cluster(pb::RemoveClusterRequest {
+            name: "c1".into(),
+            ..Default::default()
+        })
         .await
         .unwrap();
     assert_refused(channel(&hub, Some(old.clone()), &ca).await.unwrap()).await;
@@ -900,6 +906,7 @@ async fn enrollment_refuses_bad_tokens() {
     admin
         .remove_cluster(pb::RemoveClusterRequest {
             name: "gone".into(),
+            ..Default::default()
         })
         .await
         .unwrap();

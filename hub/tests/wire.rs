@@ -257,7 +257,7 @@ async fn large_bundles_go_in_chunks_and_older_agents_get_a_reason() {
         match m.kind.unwrap() {
             pb::hub_message::Kind::Chunk(c) => asm.chunk(c).unwrap(),
             pb::hub_message::Kind::Desired(d) => whole = asm.part(d),
-            pb::hub_message::Kind::Command(_) => {}
+            pb::hub_message::Kind::Command(_) | pb::hub_message::Kind::Removed(_) => {}
         }
     }
     let assembled = asm.assemble(whole.unwrap(), &|_, _| None).unwrap();

@@ -1213,7 +1213,7 @@ mod tests {
                         done = Some(asm.assemble(whole, stream_of)?);
                     }
                 }
-                pb::hub_message::Kind::Command(_) => {}
+                pb::hub_message::Kind::Command(_) | pb::hub_message::Kind::Removed(_) => {}
             }
         }
         let done: Assembled = done.unwrap();

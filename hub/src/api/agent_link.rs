@@ -234,7 +234,11 @@ impl AgentLinkService {
         let rec = self.ctx.store.cluster(&id.cluster)?;
         let Some(rec) = rec else {
             tracing::warn!(cluster = %id.cluster, "refused agent stream: unknown cluster");
-            return Err(Status::unauthenticated("unknown or removed cluster"));
+            return Err(Status::unauthenticated(format!(
+                "unknown or removed cluster {:?}: this hub no longer accepts its agent; \
+                 add the cluster again (flotilla cluster add) and enroll the agent with the new token",
+                id.cluster
+            )));
         };
         if rec.pending_serial.as_deref() == Some(id.serial.as_str()) {
             // First use of a renewed certificate: from now on only it counts.
@@ -545,8 +549,7 @@ async fn session(
                 }
                 let signal = *signals.borrow_and_update();
                 if signal.revoked {
-                    tracing::info!(cluster, "cluster removed: closing its stream");
-                    return Err(Status::unauthenticated("cluster removed"));
+                    return Err(tell_removed(ctx, cluster, tx).await);
                 }
                 if signal.generation != sent_generation {
                     sent_generation = signal.generation;
@@ -571,7 +574,7 @@ async fn session(
                 if signals.has_changed().unwrap_or(false) {
                     let signal = *signals.borrow_and_update();
                     if signal.revoked {
-                        return Err(Status::unauthenticated("cluster removed"));
+                        return Err(tell_removed(ctx, cluster, tx).await);
                     }
                     if signal.generation != sent_generation {
                         sent_generation = signal.generation;
@@ -588,6 +591,44 @@ async fn session(
             () = tx.closed() => return Ok(()),
         }
     }
+}
+
+/// Tells the agent of a removed cluster that it was removed (and whether to
+/// delete what it manages first) before its stream closes with the status
+/// returned; an agent that does not know the message sees that status.
+async fn tell_removed(ctx: &HubContext, cluster: &str, tx: &Outbound) -> Status {
+    let cascade = ctx.commands.removal(cluster);
+    tracing::info!(
+        cluster,
+        cascade,
+        "cluster removed: telling its agent and closing its stream"
+    );
+    let removed = pb::ClusterRemoved {
+        cascade,
+        message: if cascade {
+            format!(
+                "cluster {cluster} was removed from the hub with --cascade: delete the objects this agent manages, then stop"
+            )
+        } else {
+            format!(
+                "cluster {cluster} was removed from the hub: stop managing it; its objects stay"
+            )
+        },
+    };
+    let message = pb::HubMessage {
+        kind: Some(HubKind::Removed(removed)),
+    };
+    // A stalled agent does not hold the stream open.
+    if tokio::time::timeout(std::time::Duration::from_secs(5), tx.send(Ok(message)))
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            cluster,
+            "could not tell the removed cluster's agent in time"
+        );
+    }
+    Status::unauthenticated("cluster removed")
 }
 
 fn handle_message(ctx: &HubContext, cluster: &str, msg: pb::AgentMessage) -> Result<(), Status> {

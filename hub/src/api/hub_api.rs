@@ -603,13 +603,16 @@ impl pb::hub_api_server::HubApi for HubApiService {
         request: Request<pb::RemoveClusterRequest>,
     ) -> Result<Response<pb::RemoveClusterResponse>, Status> {
         require_write(&request)?;
-        let name = request.into_inner().name;
+        let pb::RemoveClusterRequest { name, cascade } = request.into_inner();
+        let connected = self.ctx.fleet.is_connected(&name);
+        // Before the streams close: they tell their agent how.
+        self.ctx.commands.note_removal(&name, cascade);
         if !self.ctx.fleet.remove_cluster(&name)? {
             return Err(Status::not_found(format!("cluster {name:?} not found")));
         }
-        tracing::info!(cluster = %name, "cluster removed; its certificate is revoked");
+        tracing::info!(cluster = %name, cascade, agent_connected = connected, "cluster removed; its certificate is revoked");
         self.ctx.git.kick();
-        Ok(Response::new(pb::RemoveClusterResponse {}))
+        Ok(Response::new(pb::RemoveClusterResponse { connected }))
     }
 
     async fn list_repositories(
@@ -914,6 +917,135 @@ impl pb::hub_api_server::HubApi for HubApiService {
                 .unwrap_or_else(|| rec.error.clone()),
         }))
     }
+
+    // ---- operate: removal and repos ----
+
+    async fn remove_repository(
+        &self,
+        request: Request<pb::RemoveRepositoryRequest>,
+    ) -> Result<Response<pb::RemoveRepositoryResponse>, Status> {
+        require_write(&request)?;
+        let req = request.into_inner();
+        let url = crate::source::split_credentials(req.url.trim())
+            .map_or_else(|_| req.url.trim().to_owned(), |(bare, _)| bare);
+        if self.ctx.store.repo(&url)?.is_none() {
+            return Err(Status::not_found(format!(
+                "repository {} is not registered",
+                crate::source::SafeUrl(&url)
+            )));
+        }
+        let applications = applications_of_repo(&self.ctx.store.apps()?, &url);
+        if !applications.is_empty() && !req.force {
+            return Err(Status::failed_precondition(format!(
+                "repository {} is used by (or declared) application(s) {}: delete them first, or remove it anyway with --force",
+                crate::source::SafeUrl(&url),
+                applications.join(", ")
+            )));
+        }
+        self.ctx.store.remove_repo(&url)?;
+        self.ctx.store.put_repo_credentials(&url, None)?;
+        self.ctx.store.flush_async().await?;
+        tracing::info!(url = %crate::source::SafeUrl(&url), force = req.force, applications = ?applications, "repository removed");
+        self.ctx.git.kick();
+        Ok(Response::new(pb::RemoveRepositoryResponse { applications }))
+    }
+
+    async fn check_repository(
+        &self,
+        request: Request<pb::CheckRepositoryRequest>,
+    ) -> Result<Response<pb::CheckRepositoryResponse>, Status> {
+        require_write(&request)?;
+        let req = request.into_inner();
+        let (url, embedded) =
+            crate::source::split_credentials(req.url.trim()).map_err(Status::invalid_argument)?;
+        if url.is_empty() {
+            return Err(Status::invalid_argument("repository url is required"));
+        }
+        let kind =
+            crate::gitsync::RepoKind::parse(&req.r#type).map_err(Status::invalid_argument)?;
+        let given = if !req.ssh_private_key.is_empty() {
+            Some(RepoCredentials {
+                ssh_private_key: req.ssh_private_key,
+                insecure_ignore_host_key: req.insecure_ignore_host_key,
+                ..Default::default()
+            })
+        } else if !req.password.is_empty() {
+            Some(RepoCredentials {
+                username: if req.username.is_empty() {
+                    "git".to_owned()
+                } else {
+                    req.username
+                },
+                password: req.password,
+                ..Default::default()
+            })
+        } else {
+            embedded.map(|c| RepoCredentials {
+                username: c.username,
+                password: c.password,
+                ..Default::default()
+            })
+        };
+        let shown = crate::source::SafeUrl(&url).to_string();
+        let resolved = match kind {
+            crate::gitsync::RepoKind::Git => {
+                let git = self.ctx.git.clone();
+                let revision = req.revision.clone();
+                let target = url.clone();
+                tokio::task::spawn_blocking(move || {
+                    git.check_reachable(&target, &revision, given.as_ref())
+                })
+                .await
+                .map_err(|e| Status::internal(format!("checking {shown}: {e}")))?
+                .map_err(|e| {
+                    // The cause without the URL the error starts with.
+                    let e = e.to_string();
+                    let cause = e
+                        .strip_prefix(&format!("repository {shown}: "))
+                        .unwrap_or(&e);
+                    Status::failed_precondition(format!(
+                        "repository {shown} is not reachable: {cause}"
+                    ))
+                })?
+            }
+            crate::gitsync::RepoKind::Helm => {
+                let stored = self.ctx.store.repo_credentials(&url).ok().flatten();
+                let credentials = given.or(stored);
+                let target = url.clone();
+                let index = tokio::task::spawn_blocking(move || {
+                    let dir = std::env::temp_dir().join("flotilla-helm-check");
+                    crate::helmrepo::HelmRepos::new(dir).fetch_index(&target, credentials.as_ref())
+                })
+                .await
+                .map_err(|e| Status::internal(format!("checking {shown}: {e}")))?
+                .map_err(|e| {
+                    Status::failed_precondition(format!("repository {shown} is not reachable: {e}"))
+                })?;
+                format!("{} charts", index.entries.len())
+            }
+        };
+        Ok(Response::new(pb::CheckRepositoryResponse { resolved }))
+    }
+}
+
+/// The applications that render from `url` or were declared by it.
+fn applications_of_repo(apps: &[AppRecord], url: &str) -> Vec<String> {
+    let same = |u: &str| u.trim_end_matches('/') == url.trim_end_matches('/');
+    let declared = format!("git:{url}:");
+    let mut names: Vec<String> = apps
+        .iter()
+        .filter(|r| {
+            r.origin.starts_with(&declared)
+                || r.app
+                    .spec
+                    .effective_sources()
+                    .iter()
+                    .any(|s| same(&s.repo_url))
+        })
+        .map(|r| r.app.metadata.name.clone())
+        .collect();
+    names.sort();
+    names
 }
 
 #[cfg(test)]

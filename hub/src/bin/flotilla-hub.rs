@@ -147,6 +147,12 @@ struct ServeArgs {
     /// --insecure-ignore-host-key can be fetched over ssh.
     #[arg(long, env = "FLOTILLA_SSH_KNOWN_HOSTS", value_name = "FILE")]
     ssh_known_hosts: Option<PathBuf>,
+    /// Directory of repositories and credential templates declared as
+    /// Secrets (Argo CD's `argocd.argoproj.io/secret-type: repository` and
+    /// `repo-creds`), read at start: Secret manifests (*.yaml) and Secrets
+    /// mounted under repository/NAME/ and repo-creds/NAME/.
+    #[arg(long, env = "FLOTILLA_REPOSITORY_SECRETS", value_name = "DIR")]
+    repository_secrets: Option<PathBuf>,
     /// File with the key (64 hex digits) that seals repository credentials
     /// in the store; created 0600 on first start when missing. Keep it
     /// apart from backups of the database. [default: DATA/credentials.key]
@@ -280,6 +286,7 @@ async fn main() -> Result<()> {
         metrics_listen: args.metrics_listen,
         stream_idle_timeout: args.stream_idle_timeout,
         ssh_known_hosts: args.ssh_known_hosts,
+        repository_secrets: args.repository_secrets,
         credentials_key_file: args.credentials_key_file,
         git_limits: flotilla_hub::gitsync::GitLimits {
             fetch_timeout: args.git_fetch_timeout,

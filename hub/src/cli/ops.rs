@@ -11,29 +11,142 @@ use super::exit::{ExitStatus, code, outln};
 use super::{Client, Global, health_name, print_out, short, status_err, sync_name, table};
 use flotilla_proto as pb;
 
-/// `flotilla app refresh NAME [--hard]`.
-pub(super) async fn refresh(g: &Global, c: &mut Client, name: &str, hard: bool) -> Result<()> {
+/// `flotilla app refresh NAME [--hard] [--wait [--timeout D]]`.
+pub(super) async fn refresh(
+    g: &Global,
+    c: &mut Client,
+    name: &str,
+    hard: bool,
+    wait: Option<Duration>,
+) -> Result<()> {
+    // What "fetched again" is measured against: the hub's own fetch
+    // times, so the clocks of CLI and hub need not agree.
+    let before = match wait {
+        Some(_) => Some(fetch_times(c, name).await?),
+        None => None,
+    };
     c.refresh(pb::RefreshRequest {
         app: name.to_owned(),
         hard,
     })
     .await
     .map_err(status_err)?;
+    let refreshed = match (before, wait) {
+        (Some(before), Some(timeout)) => Some(wait_refreshed(c, name, &before, timeout).await?),
+        _ => None,
+    };
+    let revision = refreshed.as_ref().map(|a| a.revision.clone());
     print_out(
         g.output,
-        json!({"app": name, "refreshed": true, "hard": hard}),
+        json!({"app": name, "refreshed": true, "hard": hard, "revision": revision}),
         || {
-            format!(
-                "refresh of {name} requested{}\n",
-                if hard {
-                    " (cached renders dropped)"
-                } else {
-                    ""
-                }
-            )
+            let dropped = if hard {
+                " (cached renders dropped)"
+            } else {
+                ""
+            };
+            match &refreshed {
+                Some(a) => format!(
+                    "{name} refreshed{dropped}: every cluster reports {}\n",
+                    short(&a.revision)
+                ),
+                None => format!("refresh of {name} requested{dropped}\n"),
+            }
         },
     );
     Ok(())
+}
+
+/// The registered repositories among the application's sources, with
+/// their last fetch time and error.
+async fn fetch_times(c: &mut Client, name: &str) -> Result<BTreeMap<String, (i64, String)>> {
+    let app = c
+        .get_application(pb::GetApplicationRequest {
+            name: name.to_owned(),
+        })
+        .await
+        .map_err(status_err)?
+        .into_inner();
+    let urls: Vec<String> = if app.sources.is_empty() {
+        vec![app.repo_url.clone()]
+    } else {
+        app.sources.iter().map(|s| s.repo_url.clone()).collect()
+    };
+    let same = |a: &str, b: &str| a.trim_end_matches('/') == b.trim_end_matches('/');
+    Ok(c.list_repositories(pb::ListRepositoriesRequest {})
+        .await
+        .map_err(status_err)?
+        .into_inner()
+        .repositories
+        .into_iter()
+        .filter(|r| urls.iter().any(|u| same(u, &r.url)))
+        .map(|r| (r.url, (r.last_fetch_ms, r.last_error)))
+        .collect())
+}
+
+/// Waits until every registered repository of the application was fetched
+/// after `before` and every cluster reports the revision the hub gives it;
+/// the application then.
+async fn wait_refreshed(
+    c: &mut Client,
+    name: &str,
+    before: &BTreeMap<String, (i64, String)>,
+    timeout: Duration,
+) -> Result<pb::Application> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let now = fetch_times(c, name).await?;
+        let mut awaited = Vec::new();
+        for (url, (fetched, _)) in before {
+            match now.get(url) {
+                Some((t, error)) if t > fetched => {
+                    if !error.is_empty() {
+                        bail!("refreshing {name}: fetching {url} failed: {error}");
+                    }
+                }
+                _ => awaited.push(format!("a fetch of {url}")),
+            }
+        }
+        let app = c
+            .get_application(pb::GetApplicationRequest {
+                name: name.to_owned(),
+            })
+            .await
+            .map_err(status_err)?
+            .into_inner();
+        if awaited.is_empty() {
+            if !app.error.is_empty() {
+                bail!(
+                    "refreshing {name}: {}",
+                    app.error.lines().next().unwrap_or_default()
+                );
+            }
+            for row in &app.clusters {
+                let reported = row.status.as_ref().map(|s| s.revision.as_str());
+                if row.desired_revision.is_empty()
+                    || reported != Some(row.desired_revision.as_str())
+                {
+                    awaited.push(format!(
+                        "{} to report {} (reports {})",
+                        row.cluster,
+                        short(&row.desired_revision),
+                        reported.map_or("nothing yet".to_owned(), short)
+                    ));
+                }
+            }
+            if awaited.is_empty() {
+                return Ok(app);
+            }
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "refreshing {name}: timed out after {}s waiting for {}",
+                timeout.as_secs(),
+                awaited.join("; ")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// How one cluster's status reads on a progress line.
