@@ -305,7 +305,10 @@ impl SimAgent {
             trigger.clone(),
             rx,
         )?;
-        let link = tokio::spawn(link.run());
+        let link = tokio::spawn(async move {
+            // A removed cluster's link ends; the bench never removes one.
+            let _removed = link.run().await;
+        });
         let reporter = tokio::spawn(report_loop(cache.clone(), trigger, reports));
         Ok(Self {
             cache,
