@@ -15,10 +15,10 @@
 //! with the objects: the [`Propagation`] decided here. Which deletions
 //! the API refuses is decided here too ([`refusal`]).
 
-use serde::{Deserialize, Serialize};
 
 use crate::model::Application;
 use crate::store::AppRecord;
+pub use crate::store::records::{PendingDeletion, Propagation};
 
 /// The finalizer that makes a deletion delete the objects (foreground).
 pub const RESOURCES_FINALIZER: &str = "resources-finalizer.argocd.argoproj.io";
@@ -26,51 +26,6 @@ pub const RESOURCES_FINALIZER: &str = "resources-finalizer.argocd.argoproj.io";
 pub const FOREGROUND_FINALIZER: &str = "resources-finalizer.argocd.argoproj.io/foreground";
 /// [`RESOURCES_FINALIZER`] with background propagation.
 pub const BACKGROUND_FINALIZER: &str = "resources-finalizer.argocd.argoproj.io/background";
-
-/// What happens to an application's objects when it is deleted.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Propagation {
-    /// Delete each object with `propagationPolicy: Foreground`: it goes
-    /// after the objects it owns.
-    Foreground,
-    /// Delete each object with `propagationPolicy: Background`: it goes at
-    /// once, the garbage collector deletes what it owned.
-    Background,
-    /// Leave the objects (not cascading).
-    Orphan,
-}
-
-impl Propagation {
-    /// The wire and CLI spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Foreground => "foreground",
-            Self::Background => "background",
-            Self::Orphan => "orphan",
-        }
-    }
-
-    /// Whether the objects are deleted.
-    pub fn cascades(self) -> bool {
-        self != Self::Orphan
-    }
-}
-
-impl std::fmt::Display for Propagation {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A deletion a cluster's agent has yet to acknowledge.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PendingDeletion {
-    /// The cluster's first generation without the application.
-    pub generation: u64,
-    pub propagation: Propagation,
-}
 
 /// A deletion request that cannot be carried out as asked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 pub mod credentials;
+pub mod records;
 mod targets;
 
 pub use credentials::CredentialsKey;
@@ -126,7 +127,7 @@ pub struct ClusterRecord {
     /// Applications deleted from `desired_index` with what happens to their
     /// objects, sent to the agent until it acknowledges the generation.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub deletions: BTreeMap<String, crate::deletion::PendingDeletion>,
+    pub deletions: BTreeMap<String, records::PendingDeletion>,
     /// Last generation the agent acknowledged.
     #[serde(default)]
     pub acked_generation: u64,
@@ -1194,7 +1195,7 @@ impl Store {
     // ---- application history and pins ----
 
     /// The deployment history and pin of an application.
-    pub fn app_ops(&self, name: &str) -> Result<crate::history::AppOps, StoreError> {
+    pub fn app_ops(&self, name: &str) -> Result<records::AppOps, StoreError> {
         self.read(|t| {
             t.app_ops
                 .get(name.as_bytes())?
@@ -1204,7 +1205,7 @@ impl Store {
         })
     }
 
-    pub fn put_app_ops(&self, name: &str, ops: &crate::history::AppOps) -> Result<(), StoreError> {
+    pub fn put_app_ops(&self, name: &str, ops: &records::AppOps) -> Result<(), StoreError> {
         self.with(|t| {
             t.app_ops.insert(name.as_bytes(), encode(ops))?;
             Ok(())
