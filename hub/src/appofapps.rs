@@ -60,19 +60,7 @@ fn origin(parent: &str) -> String {
     format!("app:{parent}")
 }
 
-/// The origin of an application or set written through the API over one
-/// with origin `existing`: a child of an in-hub application stays its
-/// child (an edit, which the parent's `selfHeal` undoes), an application an
-/// ApplicationSet generated stays the set's, anything else becomes `api`.
-pub fn origin_after_api_edit(existing: Option<&str>) -> String {
-    match existing {
-        // An edit of an application an ApplicationSet generated stays the
-        // set's (undone at its next evaluation except for the fields it
-        // preserves or ignores, as in Argo CD).
-        Some(o) if o.starts_with("app:") || o.starts_with("appset:") => o.to_owned(),
-        _ => "api".to_owned(),
-    }
-}
+pub use crate::model::origin_after_api_edit;
 
 /// The parent's `syncPolicy.automated` flags that apply to its children.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -430,7 +430,7 @@ impl GitSync {
         let limits = FetchLimits::starting_now(self.cache.fetch_timeout());
         let revision = revision_or_head(revision);
         match credentials {
-            None => fetch_with_stored_credentials_within(
+            None => crate::repo_fetch::fetch_with_stored_credentials_within(
                 &self.cache,
                 &self.store,
                 url,
@@ -524,8 +524,10 @@ impl GitSync {
         let store = self.store.clone();
         let (url, revision) = key.clone();
         Box::new(move |limits: &FetchLimits| {
-            fetch_with_stored_credentials_within(&cache, &store, &url, &revision, limits)
-                .map_err(|e| e.to_string())
+            crate::repo_fetch::fetch_with_stored_credentials_within(
+                &cache, &store, &url, &revision, limits,
+            )
+            .map_err(|e| e.to_string())
         })
     }
 
@@ -1128,56 +1130,6 @@ impl GitSync {
             self.store.put_app(&rec)?;
         }
         Ok(())
-    }
-}
-
-/// Fetches `url` and resolves `revision` with the credentials the hub
-/// stores for `url` (an ssh key, https user and password, or none), within
-/// the cache's fetch timeout. Used by ApplicationSet git generators.
-/// Blocking.
-///
-/// # Errors
-/// The repository cannot be reached, the credentials are refused, the
-/// revision does not exist, or the fetch timed out.
-pub(crate) fn fetch_with_stored_credentials(
-    cache: &GitCache,
-    store: &Store,
-    url: &str,
-    revision: &str,
-) -> Result<String, crate::source::SourceError> {
-    let limits = FetchLimits::starting_now(cache.fetch_timeout());
-    fetch_with_stored_credentials_within(cache, store, url, revision, &limits)
-}
-
-/// [`fetch_with_stored_credentials`] within `limits`. Blocking.
-///
-/// # Errors
-/// As [`fetch_with_stored_credentials`].
-pub(crate) fn fetch_with_stored_credentials_within(
-    cache: &GitCache,
-    store: &Store,
-    url: &str,
-    revision: &str,
-    limits: &FetchLimits,
-) -> Result<String, crate::source::SourceError> {
-    match store.repo_credentials(url).ok().flatten() {
-        Some(c) if !c.ssh_private_key.is_empty() => {
-            let key = crate::source::SshKey {
-                private_key: c.ssh_private_key,
-                insecure_ignore_host_key: c.insecure_ignore_host_key,
-            };
-            cache.fetch_bounded(url, revision, FetchAuth::SshKey(&key), limits)
-        }
-        Some(c) => cache.fetch_bounded(
-            url,
-            revision,
-            FetchAuth::Password {
-                username: &c.username,
-                password: &c.password,
-            },
-            limits,
-        ),
-        None => cache.fetch_bounded(url, revision, FetchAuth::Anonymous, limits),
     }
 }
 

@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod model;
 pub mod pki;
 pub mod render;
+pub mod repo_fetch;
 pub mod repo_secrets;
 pub mod server;
 pub mod source;

@@ -441,7 +441,7 @@ impl pb::hub_api_server::HubApi for HubApiService {
             app,
             // An edit of an application an in-hub application manages keeps
             // it managed (its parent's selfHeal decides whether it stays).
-            origin: crate::appofapps::origin_after_api_edit(
+            origin: crate::model::origin_after_api_edit(
                 existing.as_ref().map(|e| e.origin.as_str()),
             ),
             revision: existing

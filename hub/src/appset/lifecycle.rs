@@ -569,7 +569,7 @@ impl Resolver {
                 return r.clone();
             }
         }
-        let r = crate::gitsync::fetch_with_stored_credentials(cache, store, url, revision)
+        let r = crate::repo_fetch::fetch_with_stored_credentials(cache, store, url, revision)
             .map_err(|e| e.to_string());
         self.commits
             .lock()
@@ -1196,7 +1196,7 @@ impl AppSets {
         }
         // An edit of a set an in-hub application manages keeps it managed.
         let origin =
-            crate::appofapps::origin_after_api_edit(existing.as_ref().map(|e| e.origin.as_str()));
+            crate::model::origin_after_api_edit(existing.as_ref().map(|e| e.origin.as_str()));
         let mut rec = existing.unwrap_or_else(|| AppSetRecord {
             name: set.name.clone(),
             ..Default::default()

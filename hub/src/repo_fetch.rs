@@ -1,0 +1,57 @@
+//! Fetching a repository with the credentials the store holds for it, for
+//! every module that fetches (Git passes, ApplicationSet git generators):
+//! a leaf over `source` and `store`, so those modules need not call each
+//! other.
+
+use crate::source::{FetchAuth, FetchLimits, GitCache, SourceError, SshKey};
+use crate::store::Store;
+
+/// Fetches `url` and resolves `revision` with the credentials the hub
+/// stores for `url` (an ssh key, https user and password, or none), within
+/// the cache's fetch timeout. Used by ApplicationSet git generators.
+/// Blocking.
+///
+/// # Errors
+/// The repository cannot be reached, the credentials are refused, the
+/// revision does not exist, or the fetch timed out.
+pub(crate) fn fetch_with_stored_credentials(
+    cache: &GitCache,
+    store: &Store,
+    url: &str,
+    revision: &str,
+) -> Result<String, SourceError> {
+    let limits = FetchLimits::starting_now(cache.fetch_timeout());
+    fetch_with_stored_credentials_within(cache, store, url, revision, &limits)
+}
+
+/// [`fetch_with_stored_credentials`] within `limits`. Blocking.
+///
+/// # Errors
+/// As [`fetch_with_stored_credentials`].
+pub(crate) fn fetch_with_stored_credentials_within(
+    cache: &GitCache,
+    store: &Store,
+    url: &str,
+    revision: &str,
+    limits: &FetchLimits,
+) -> Result<String, SourceError> {
+    match store.repo_credentials(url).ok().flatten() {
+        Some(c) if !c.ssh_private_key.is_empty() => {
+            let key = SshKey {
+                private_key: c.ssh_private_key,
+                insecure_ignore_host_key: c.insecure_ignore_host_key,
+            };
+            cache.fetch_bounded(url, revision, FetchAuth::SshKey(&key), limits)
+        }
+        Some(c) => cache.fetch_bounded(
+            url,
+            revision,
+            FetchAuth::Password {
+                username: &c.username,
+                password: &c.password,
+            },
+            limits,
+        ),
+        None => cache.fetch_bounded(url, revision, FetchAuth::Anonymous, limits),
+    }
+}
