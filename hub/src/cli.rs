@@ -14,6 +14,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 use flotilla_proto as pb;
 use pb::hub_api_client::HubApiClient;
 
+mod appset;
 pub mod config;
 mod diff;
 pub mod edit;
@@ -115,7 +116,7 @@ pub enum Command {
     Cluster(ClusterCommand),
     /// ApplicationSets (Argo CD compatible).
     #[command(subcommand)]
-    Appset(crate::appset::cli::AppsetCommand),
+    Appset(appset::AppsetCommand),
     /// Git repositories the hub polls.
     #[command(subcommand)]
     Repo(RepoCommand),
@@ -517,9 +518,9 @@ pub(crate) fn status_err(s: tonic::Status) -> anyhow::Error {
 /// Any failure, with a message for people; the binary exits non-zero.
 pub async fn run(cli: Cli) -> Result<()> {
     let g = &cli.global;
-    if let Command::Appset(crate::appset::cli::AppsetCommand::Generate(args)) = &cli.command {
+    if let Command::Appset(appset::AppsetCommand::Generate(args)) = &cli.command {
         // Offline: no hub.
-        return crate::appset::cli::generate(args, g.output);
+        return appset::generate(args, g.output);
     }
     match &cli.command {
         Command::Context { name } => return config::context_command(g, name.as_deref()),
@@ -571,7 +572,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::App(cmd) => app(g, &mut c, cmd).await?,
         Command::Cluster(cmd) => cluster(g, &hub, &mut c, cmd).await?,
         Command::Repo(cmd) => repo(g, &mut c, cmd).await?,
-        Command::Appset(cmd) => crate::appset::cli::run(g, &mut c, cmd).await?,
+        Command::Appset(cmd) => appset::run(g, &mut c, cmd).await?,
     }
     Ok(())
 }
@@ -1060,12 +1061,12 @@ async fn cluster(g: &Global, hub: &str, c: &mut Client, cmd: ClusterCommand) -> 
             );
         }
         ClusterCommand::Label { name, edits } => {
-            crate::appset::cli::label(g, c, &name, &edits, false).await?;
+            appset::label(g, c, &name, &edits, false).await?;
         }
         ClusterCommand::Annotate { name, edits } => {
-            crate::appset::cli::label(g, c, &name, &edits, true).await?;
+            appset::label(g, c, &name, &edits, true).await?;
         }
-        ClusterCommand::Apply { file } => crate::appset::cli::apply_clusters(g, c, &file).await?,
+        ClusterCommand::Apply { file } => appset::apply_clusters(g, c, &file).await?,
         ClusterCommand::Get { name } => {
             let cluster = find_cluster(c, &name).await?;
             print_out(g.output, cluster_json(&cluster), || cluster_text(&cluster));

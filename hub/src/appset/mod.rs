@@ -5,7 +5,6 @@
 //! decides what to create, update or delete.
 
 pub mod api;
-pub mod cli;
 pub mod generators;
 pub mod ignore;
 pub mod lifecycle;

@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
-use super::{ClusterInfo, LocalCheckout, parse_application_sets};
+use crate::appset::{ClusterInfo, LocalCheckout, parse_application_sets};
 use crate::cli::{
     Client, Global, Output, ago, cluster_json, labels_str, print_out, read_input, status_err, table,
 };
@@ -77,7 +77,7 @@ pub fn generate_text(
         bail!("{origin}: no ApplicationSet found");
     }
     let checkout = repo_root.map(LocalCheckout::new);
-    let git = checkout.as_ref().map(|c| c as &dyn super::GitFiles);
+    let git = checkout.as_ref().map(|c| c as &dyn crate::appset::GitFiles);
     let mut apps = Vec::new();
     let mut errors = Vec::new();
     for set in &sets {
@@ -173,7 +173,7 @@ fn status_word(s: &pb::ApplicationSet) -> String {
     let bad: Vec<&str> = s
         .conditions
         .iter()
-        .filter(|c| c.r#type != super::lifecycle::UP_TO_DATE)
+        .filter(|c| c.r#type != crate::appset::lifecycle::UP_TO_DATE)
         .map(|c| c.r#type.as_str())
         .collect();
     if bad.is_empty() {
