@@ -8,6 +8,7 @@ use crate::model::DirectorySource;
 mod export;
 mod git;
 mod glob;
+mod paths;
 mod redact;
 mod render;
 mod ssh;

@@ -563,7 +563,7 @@ pub(crate) fn read_path(
                     .map_err(|e| path_error(describe(&e, url)))?;
                 let target = blob.data.to_str_lossy().into_owned();
                 let link = current[..depth].join("/");
-                if !super::export::symlink_stays_inside(&link, &target) {
+                if !super::paths::symlink_stays_inside(&link, &target) {
                     return Err(path_error(format!(
                         "symlink {link:?} points outside the repository"
                     )));
