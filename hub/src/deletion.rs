@@ -15,7 +15,6 @@
 //! with the objects: the [`Propagation`] decided here. Which deletions
 //! the API refuses is decided here too ([`refusal`]).
 
-
 use crate::model::Application;
 use crate::store::AppRecord;
 pub use crate::store::records::{PendingDeletion, Propagation};

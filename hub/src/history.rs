@@ -13,7 +13,6 @@
 //! is at, every cluster shows the application OutOfSync, as Argo CD compares
 //! a rolled-back application with Git ([`show_pin`]).
 
-
 pub use crate::store::records::{AppOps, Deployment};
 use crate::store::{Store, StoreError};
 
