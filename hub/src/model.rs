@@ -490,6 +490,20 @@ pub fn is_dns_subdomain(s: &str) -> bool {
         })
 }
 
+/// The origin of an application or set written through the API over one
+/// with origin `existing`: a child of an in-hub application stays its
+/// child (an edit, which the parent's `selfHeal` undoes), an application an
+/// ApplicationSet generated stays the set's, anything else becomes `api`.
+pub fn origin_after_api_edit(existing: Option<&str>) -> String {
+    match existing {
+        // An edit of an application an ApplicationSet generated stays the
+        // set's (undone at its next evaluation except for the fields it
+        // preserves or ignores, as in Argo CD).
+        Some(o) if o.starts_with("app:") || o.starts_with("appset:") => o.to_owned(),
+        _ => "api".to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -580,19 +594,5 @@ spec:
             }
             other => panic!("unexpected {other}"),
         }
-    }
-}
-
-/// The origin of an application or set written through the API over one
-/// with origin `existing`: a child of an in-hub application stays its
-/// child (an edit, which the parent's `selfHeal` undoes), an application an
-/// ApplicationSet generated stays the set's, anything else becomes `api`.
-pub fn origin_after_api_edit(existing: Option<&str>) -> String {
-    match existing {
-        // An edit of an application an ApplicationSet generated stays the
-        // set's (undone at its next evaluation except for the fields it
-        // preserves or ignores, as in Argo CD).
-        Some(o) if o.starts_with("app:") || o.starts_with("appset:") => o.to_owned(),
-        _ => "api".to_owned(),
     }
 }
