@@ -8,6 +8,7 @@ pub mod fleet;
 pub mod gitserver;
 pub mod helm;
 pub mod http;
+pub mod kubectl;
 pub mod process;
 pub mod repo;
 

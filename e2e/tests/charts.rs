@@ -6,12 +6,11 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 
 use anyhow::{Context, Result, bail};
 use flotilla_e2e::helm::{self, Chart, Release};
+use flotilla_e2e::kubectl::run as kubectl;
 use serde_json::{Value, json};
-use tokio::io::AsyncWriteExt;
 
 fn chart_dir(name: &str) -> PathBuf {
     flotilla_e2e::workspace_root().join("charts").join(name)
@@ -1245,40 +1244,6 @@ fn renderer_refuses_self_include() {
 
 // ---------------------------------------------------------------------------
 // Applying to a simulated cluster
-
-/// Runs kubectl against `kubeconfig` with `stdin`, returning stdout, or an
-/// error with stderr on a non-zero exit.
-async fn kubectl(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Result<String> {
-    let mut child = tokio::process::Command::new("kubectl")
-        .args(args)
-        .env("KUBECONFIG", kubeconfig)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .context("running kubectl")?;
-    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(text.as_bytes()).await?;
-        drop(pipe);
-    }
-    let out = child.wait_with_output().await?;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    if !out.status.success() {
-        bail!(
-            "kubectl {} failed ({}):\n{}\n{}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr),
-            stdout
-        );
-    }
-    Ok(stdout)
-}
 
 /// Applies `rendered` to a fresh simulated cluster after creating
 /// `namespaces`, and checks `kubectl get` returns every object.

@@ -5,13 +5,12 @@
 //!
 //! Run: `cargo test -p flotilla-e2e --test charts_agent_cache`.
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use flotilla_e2e::helm::{self, Release};
+use flotilla_e2e::kubectl::run as kubectl;
 use serde_json::Value;
-use tokio::io::AsyncWriteExt;
 
 const NS: &str = "flotilla-system";
 
@@ -75,35 +74,6 @@ fn verbs(role: &Value, resource: &str) -> Vec<String> {
         .flat_map(|r| r["verbs"].as_array().cloned().unwrap_or_default())
         .filter_map(|v| v.as_str().map(str::to_owned))
         .collect()
-}
-
-async fn kubectl(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Result<String> {
-    let mut child = tokio::process::Command::new("kubectl")
-        .args(args)
-        .env("KUBECONFIG", kubeconfig)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .context("running kubectl")?;
-    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(text.as_bytes()).await?;
-        drop(pipe);
-    }
-    let out = child.wait_with_output().await?;
-    if !out.status.success() {
-        bail!(
-            "kubectl {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 #[test]
