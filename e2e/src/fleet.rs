@@ -367,6 +367,67 @@ impl Fleet {
             .output()?)
     }
 
+    /// Runs the `flotilla` CLI against the hub and returns its stdout; a
+    /// failed command is an error carrying its output.
+    ///
+    /// # Errors
+    /// The CLI cannot be started or exits unsuccessfully.
+    pub fn cli_ok(&self, args: &[&str]) -> anyhow::Result<String> {
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        let out = self.cli(&args)?;
+        anyhow::ensure!(
+            out.status.success(),
+            "flotilla {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8(out.stdout)?)
+    }
+
+    /// The `greeting` of the example guestbook's ConfigMap on `cluster`, as
+    /// kubectl sees it.
+    ///
+    /// # Errors
+    /// kubectl fails or the ConfigMap is missing.
+    pub fn guestbook_greeting(&self, cluster: &str) -> Result<String, String> {
+        let cm = self
+            .kubectl_get(cluster, "configmap", "guestbook", "guestbook-config")
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "configmap missing".to_owned())?;
+        Ok(cm["data"]["greeting"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned())
+    }
+
+    /// Changes the example guestbook's ConfigMap on `cluster` by hand
+    /// (kubectl patch): drift for the agent to find.
+    ///
+    /// # Errors
+    /// kubectl fails.
+    pub fn tamper_guestbook(&self, cluster: &str) -> anyhow::Result<()> {
+        let out = self.kubectl(
+            cluster,
+            &[
+                "patch",
+                "configmap",
+                "guestbook-config",
+                "-n",
+                "guestbook",
+                "--type",
+                "merge",
+                "-p",
+                r#"{"data":{"greeting":"changed by hand"}}"#,
+            ],
+        )?;
+        anyhow::ensure!(
+            out.status.success(),
+            "kubectl patch failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+
     /// Runs kubectl against a simulated cluster.
     ///
     /// # Errors

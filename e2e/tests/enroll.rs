@@ -46,18 +46,6 @@ fn bootstrap_from_manifest(manifest: &str) -> anyhow::Result<Bootstrap> {
     })
 }
 
-fn cli_ok(fleet: &Fleet, args: &[&str]) -> anyhow::Result<String> {
-    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-    let out = fleet.cli(&args)?;
-    anyhow::ensure!(
-        out.status.success(),
-        "flotilla {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8(out.stdout)?)
-}
-
 /// `flotilla cluster add NAME --label env=dev --manifest-only ARGS`.
 fn add_manifest(fleet: &Fleet, name: &str, extra: &[&str]) -> anyhow::Result<String> {
     let mut args = vec![
@@ -69,7 +57,7 @@ fn add_manifest(fleet: &Fleet, name: &str, extra: &[&str]) -> anyhow::Result<Str
         "--manifest-only",
     ];
     args.extend_from_slice(extra);
-    cli_ok(fleet, &args)
+    fleet.cli_ok(&args)
 }
 
 fn kubectl_apply(fleet: &Fleet, cluster: &str, manifest: &str) -> anyhow::Result<String> {
@@ -223,7 +211,7 @@ async fn cluster_add_manifest_enrolls_syncs_and_remove_cuts_the_agent_off() -> a
 
     // Removal cuts it off within seconds.
     let started = Instant::now();
-    cli_ok(&fleet, &["cluster", "remove", "sim-2", "-y"])?;
+    fleet.cli_ok(&["cluster", "remove", "sim-2", "-y"])?;
     eventually("hub reports sim-2 disconnected", CUT_OFF, || async {
         match connected(&fleet, "sim-2").await? {
             false => Ok(()),

@@ -61,24 +61,9 @@ fn hub_pid(fleet: &Fleet) -> anyhow::Result<u32> {
         .ok_or_else(|| anyhow::anyhow!("hub not running"))
 }
 
-fn cli_ok(fleet: &Fleet, args: &[&str]) -> anyhow::Result<String> {
-    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-    let out = fleet.cli(&args)?;
-    anyhow::ensure!(
-        out.status.success(),
-        "flotilla {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8(out.stdout)?)
-}
-
 /// A bootstrap token for `cluster` (registered by this call).
 fn bootstrap_token(fleet: &Fleet, cluster: &str) -> anyhow::Result<String> {
-    let out = cli_ok(
-        fleet,
-        &["cluster", "add", cluster, "--bootstrap-token", "-o", "json"],
-    )?;
+    let out = fleet.cli_ok(&["cluster", "add", cluster, "--bootstrap-token", "-o", "json"])?;
     let v: serde_json::Value = serde_json::from_str(&out)?;
     v["bootstrapToken"]
         .as_str()
@@ -721,11 +706,8 @@ async fn a_full_disk_fails_the_probes_and_the_store_recovers_when_space_returns(
         }
     })
     .await?;
-    cli_ok(
-        &fleet,
-        &["cluster", "add", "after-full", "--bootstrap-token"],
-    )?;
-    cli_ok(&fleet, &["cluster", "label", "sim-1", "disk=recovered"])?;
+    fleet.cli_ok(&["cluster", "add", "after-full", "--bootstrap-token"])?;
+    fleet.cli_ok(&["cluster", "label", "sim-1", "disk=recovered"])?;
     eventually("the agent connected again", CONVERGE, || {
         cluster_connected(&fleet, "sim-1")
     })
@@ -871,22 +853,16 @@ async fn files_are_private_and_credentials_never_show_or_rest_in_clear() -> anyh
     const PASSWORD: &str = "Pa55-w0rd-in-url-7731";
     const USER: &str = "deploy-bot-5520";
     let url_with = format!("https://{USER}:{PASSWORD}@127.0.0.1:9/platform/private.git");
-    let added = cli_ok(
-        &fleet,
-        &["repo", "add", &url_with, "--skip-check", "-o", "json"],
-    )?;
+    let added = fleet.cli_ok(&["repo", "add", &url_with, "--skip-check", "-o", "json"])?;
     let added: serde_json::Value = serde_json::from_str(&added)?;
     assert_eq!(added["url"], "https://127.0.0.1:9/platform/private.git");
     assert_eq!(added["hasCredentials"], true);
 
-    let ro = cli_ok(
-        &fleet,
-        &["token", "create", "viewer", "--read-only", "-o", "json"],
-    )?;
+    let ro = fleet.cli_ok(&["token", "create", "viewer", "--read-only", "-o", "json"])?;
     let ro: serde_json::Value = serde_json::from_str(&ro)?;
     let ro = ro["token"].as_str().unwrap_or_default().to_owned();
-    let listed_admin = cli_ok(&fleet, &["repo", "list", "-o", "json"])?;
-    let listed_ro = cli_ok(&fleet, &["--token", &ro, "repo", "list", "-o", "json"])?;
+    let listed_admin = fleet.cli_ok(&["repo", "list", "-o", "json"])?;
+    let listed_ro = fleet.cli_ok(&["--token", &ro, "repo", "list", "-o", "json"])?;
     for listed in [&listed_admin, &listed_ro] {
         assert!(
             !listed.contains(PASSWORD) && !listed.contains(USER),
@@ -900,7 +876,9 @@ async fn files_are_private_and_credentials_never_show_or_rest_in_clear() -> anyh
     // The fetch fails (nothing listens there); its error names the URL
     // without the credentials.
     eventually("the failed fetch recorded", CONVERGE, || async {
-        let listed = cli_ok(&fleet, &["repo", "list", "-o", "json"]).map_err(|e| e.to_string())?;
+        let listed = fleet
+            .cli_ok(&["repo", "list", "-o", "json"])
+            .map_err(|e| e.to_string())?;
         let v: serde_json::Value = serde_json::from_str(&listed).map_err(|e| e.to_string())?;
         let private = v
             .as_array()

@@ -9,43 +9,9 @@ use flotilla_e2e::fleet::{Fleet, FleetOptions};
 
 const CONVERGE: Duration = Duration::from_secs(90);
 
-fn greeting(fleet: &Fleet) -> Result<String, String> {
-    let cm = fleet
-        .kubectl_get("sim-1", "configmap", "guestbook", "guestbook-config")
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| "configmap missing".to_owned())?;
-    Ok(cm["data"]["greeting"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned())
-}
-
-fn tamper(fleet: &Fleet) -> anyhow::Result<()> {
-    let out = fleet.kubectl(
-        "sim-1",
-        &[
-            "patch",
-            "configmap",
-            "guestbook-config",
-            "-n",
-            "guestbook",
-            "--type",
-            "merge",
-            "-p",
-            r#"{"data":{"greeting":"changed by hand"}}"#,
-        ],
-    )?;
-    anyhow::ensure!(
-        out.status.success(),
-        "kubectl patch failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
-}
-
 async fn healed(fleet: &Fleet, what: &str) -> anyhow::Result<()> {
     eventually(what, CONVERGE, || async {
-        let g = greeting(fleet)?;
+        let g = fleet.guestbook_greeting("sim-1")?;
         if g == "hello from git" {
             Ok(())
         } else {
@@ -79,7 +45,7 @@ async fn agent_enforces_from_its_cache_while_the_hub_is_down() -> anyhow::Result
 
     // A manual change is healed from the cached desired state (guestbook
     // has selfHeal on), with no hub to ask.
-    tamper(&fleet)?;
+    fleet.tamper_guestbook("sim-1")?;
     healed(&fleet, "drift healed with the hub down").await?;
 
     // The agent restarts while the hub is still down: it loads its cache
@@ -99,7 +65,7 @@ async fn agent_enforces_from_its_cache_while_the_hub_is_down() -> anyhow::Result
         }
     })
     .await?;
-    tamper(&fleet)?;
+    fleet.tamper_guestbook("sim-1")?;
     healed(
         &fleet,
         "drift healed by a restarted agent with the hub down",

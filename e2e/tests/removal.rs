@@ -13,52 +13,6 @@ use flotilla_proto::ListApplicationsRequest;
 
 const CONVERGE: Duration = Duration::from_secs(90);
 
-fn cli_ok(fleet: &Fleet, args: &[&str]) -> anyhow::Result<String> {
-    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-    let out = fleet.cli(&args)?;
-    anyhow::ensure!(
-        out.status.success(),
-        "flotilla {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8(out.stdout)?)
-}
-
-fn greeting(fleet: &Fleet, cluster: &str) -> Result<String, String> {
-    let cm = fleet
-        .kubectl_get(cluster, "configmap", "guestbook", "guestbook-config")
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| "configmap missing".to_owned())?;
-    Ok(cm["data"]["greeting"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned())
-}
-
-fn tamper(fleet: &Fleet, cluster: &str) -> anyhow::Result<()> {
-    let out = fleet.kubectl(
-        cluster,
-        &[
-            "patch",
-            "configmap",
-            "guestbook-config",
-            "-n",
-            "guestbook",
-            "--type",
-            "merge",
-            "-p",
-            r#"{"data":{"greeting":"changed by hand"}}"#,
-        ],
-    )?;
-    anyhow::ensure!(
-        out.status.success(),
-        "kubectl patch failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
-}
-
 fn agent<'a>(fleet: &'a mut Fleet, cluster: &str) -> anyhow::Result<&'a mut Proc> {
     fleet
         .agents
@@ -98,7 +52,7 @@ async fn a_removed_cluster_keeps_its_objects_and_its_agent_stops_enforcing() -> 
     }
     assert_eq!(listed_clusters(&fleet).await?, ["sim-1", "sim-2"]);
 
-    let out = cli_ok(&fleet, &["cluster", "remove", "sim-2", "-y"])?;
+    let out = fleet.cli_ok(&["cluster", "remove", "sim-2", "-y"])?;
     assert!(
         out.contains("cluster sim-2 removed") && out.contains("the objects stay"),
         "{out}"
@@ -125,17 +79,19 @@ async fn a_removed_cluster_keeps_its_objects_and_its_agent_stops_enforcing() -> 
 
     // Drift is no longer repaired on sim-2, while sim-1's agent (the same
     // selfHeal policy) repairs the same change.
-    tamper(&fleet, "sim-2")?;
-    tamper(&fleet, "sim-1")?;
+    fleet.tamper_guestbook("sim-2")?;
+    fleet.tamper_guestbook("sim-1")?;
     eventually("drift healed on sim-1", CONVERGE, || async {
-        match greeting(&fleet, "sim-1")?.as_str() {
+        match fleet.guestbook_greeting("sim-1")?.as_str() {
             "hello from git" => Ok(()),
             g => Err(format!("greeting is {g:?}")),
         }
     })
     .await?;
     assert_eq!(
-        greeting(&fleet, "sim-2").map_err(anyhow::Error::msg)?,
+        fleet
+            .guestbook_greeting("sim-2")
+            .map_err(anyhow::Error::msg)?,
         "changed by hand",
         "the removed cluster's agent repaired drift"
     );
@@ -200,7 +156,7 @@ async fn a_cluster_removed_with_cascade_loses_the_objects_its_agent_managed() ->
         );
     }
 
-    let out = cli_ok(&fleet, &["cluster", "remove", "sim-1", "--cascade", "-y"])?;
+    let out = fleet.cli_ok(&["cluster", "remove", "sim-1", "--cascade", "-y"])?;
     assert!(
         out.contains("its agent deletes the objects it manages"),
         "{out}"
