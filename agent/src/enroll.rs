@@ -15,7 +15,6 @@
 //!
 //! Tokens and keys are never logged (nor put in error messages).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -405,27 +404,10 @@ fn new_key_and_csr() -> Result<(String, Vec<u8>), EnrollError> {
 /// # Errors
 /// The file cannot be written.
 pub fn write_atomic(path: &Path, content: &[u8], private: bool) -> Result<(), EnrollError> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let io = |source| EnrollError::Io {
+    crate::files::write_atomic(path, content, private).map_err(|source| EnrollError::Io {
         path: path.to_owned(),
         source,
-    };
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    let mode = if private { 0o600 } else { 0o644 };
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io)?;
-    // The mode above only applies when the file is created.
-    f.set_permissions(std::fs::Permissions::from_mode(mode))
-        .map_err(io)?;
-    f.write_all(content).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(io)
+    })
 }
 
 fn store(state_dir: &Path, resp: &EnrollResponse, key_pem: &str) -> Result<(), EnrollError> {

@@ -42,8 +42,8 @@ pub const DELETE_POLICY_ANNOTATION: &str = "argocd.argoproj.io/hook-delete-polic
 pub const HELM_HOOK_ANNOTATION: &str = "helm.sh/hook";
 /// Helm's hook delete policy annotation.
 pub const HELM_DELETE_POLICY_ANNOTATION: &str = "helm.sh/hook-delete-policy";
-/// Helm's hook weight, the wave of a hook without a sync wave.
-pub const HELM_WEIGHT_ANNOTATION: &str = "helm.sh/hook-weight";
+/// Helm's hook weight; an object's wave; its name or generateName.
+pub use crate::object::{HELM_WEIGHT_ANNOTATION, sync_wave as wave, template_name};
 /// On every hook the agent creates: the hook's identity,
 /// `<app>:<group>/<Kind>:<namespace>/<name or generateName>`. It is not the
 /// tracking annotation, so a hook is never pruned or counted as a resource.
@@ -250,32 +250,10 @@ pub fn describe(obj: &Value) -> String {
     }
 }
 
-/// `metadata.name`, or `metadata.generateName` when the object has no name.
-#[must_use]
-pub fn template_name(obj: &Value) -> Option<&str> {
-    let nonempty = |p: &str| {
-        obj.pointer(p)
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-    };
-    nonempty("/metadata/name").or_else(|| nonempty("/metadata/generateName"))
-}
-
 fn has_name(obj: &Value) -> bool {
     obj.pointer("/metadata/name")
         .and_then(Value::as_str)
         .is_some_and(|s| !s.is_empty())
-}
-
-/// The wave of an object: `argocd.argoproj.io/sync-wave`, else
-/// `helm.sh/hook-weight`, else 0 (a value that is not an integer counts as
-/// absent).
-#[must_use]
-pub fn wave(obj: &Value) -> i64 {
-    let int = |name: &str| annotation(obj, name).and_then(|s| s.trim().parse().ok());
-    int(crate::object::SYNC_WAVE_ANNOTATION)
-        .or_else(|| int(HELM_WEIGHT_ANNOTATION))
-        .unwrap_or(0)
 }
 
 enum Types {

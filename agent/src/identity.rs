@@ -10,12 +10,13 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use anyhow::Context;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams};
 use tracing::info;
 
-use crate::enroll::write_atomic;
+use crate::files::write_atomic;
 use crate::link::{CA_FILE, CERT_FILE, KEY_FILE};
 
 /// Name of the identity Secret in the agent's namespace.
@@ -68,9 +69,12 @@ impl IdentitySecret {
         else {
             return Ok(false);
         };
-        write_atomic(&state_dir.join(CA_FILE), &ca.0, false)?;
-        write_atomic(&state_dir.join(KEY_FILE), &key.0, true)?;
-        write_atomic(&state_dir.join(CERT_FILE), &cert.0, false)?;
+        write_atomic(&state_dir.join(CA_FILE), &ca.0, false)
+            .with_context(|| format!("writing {}", state_dir.join(CA_FILE).display()))?;
+        write_atomic(&state_dir.join(KEY_FILE), &key.0, true)
+            .with_context(|| format!("writing {}", state_dir.join(KEY_FILE).display()))?;
+        write_atomic(&state_dir.join(CERT_FILE), &cert.0, false)
+            .with_context(|| format!("writing {}", state_dir.join(CERT_FILE).display()))?;
         info!(namespace = %self.namespace, secret = SECRET_NAME, "identity restored from the Secret");
         Ok(true)
     }

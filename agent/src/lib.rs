@@ -15,6 +15,7 @@ pub mod deletion;
 pub mod drift;
 pub mod engine;
 pub mod enroll;
+pub mod files;
 pub mod health;
 pub mod health_http;
 pub mod hooks;

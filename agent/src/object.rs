@@ -25,6 +25,8 @@ pub const APP_LABEL: &str = "flotilla.dev/app";
 pub const TRACKING_ANNOTATION: &str = "flotilla.dev/tracking-id";
 /// Argo CD's sync wave annotation.
 pub const SYNC_WAVE_ANNOTATION: &str = "argocd.argoproj.io/sync-wave";
+/// Helm's hook weight, the wave of an object without a sync wave.
+pub const HELM_WEIGHT_ANNOTATION: &str = "helm.sh/hook-weight";
 /// Argo CD's per-object sync options annotation (`Prune=false`).
 pub const SYNC_OPTIONS_ANNOTATION: &str = "argocd.argoproj.io/sync-options";
 
@@ -155,7 +157,7 @@ pub fn parse_manifests(manifests: &[String]) -> Vec<Result<Value, ObjectError>> 
             }
             // A hook may be named by `metadata.generateName` alone; whether
             // that is allowed is the hook model's call (`hooks::role`).
-            if crate::hooks::template_name(&value).is_some() {
+            if template_name(&value).is_some() {
                 let mut named = value.clone();
                 named["metadata"]["name"] = Value::from("x");
                 ObjectKey::of(&named, index)?;
@@ -234,7 +236,21 @@ pub fn tracking_app(live: &Value) -> Option<&str> {
 /// `helm.sh/hook-weight` (as Argo CD), 0 when absent or not an integer.
 #[must_use]
 pub fn sync_wave(obj: &Value) -> i64 {
-    crate::hooks::wave(obj)
+    let int = |name: &str| annotation(obj, name).and_then(|s| s.trim().parse().ok());
+    int(SYNC_WAVE_ANNOTATION)
+        .or_else(|| int(HELM_WEIGHT_ANNOTATION))
+        .unwrap_or(0)
+}
+
+/// `metadata.name`, or `metadata.generateName` when the object has no name.
+#[must_use]
+pub fn template_name(obj: &Value) -> Option<&str> {
+    let nonempty = |p: &str| {
+        obj.pointer(p)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+    };
+    nonempty("/metadata/name").or_else(|| nonempty("/metadata/generateName"))
 }
 
 /// `desired` as it must be applied over `live` when `live` carries another
