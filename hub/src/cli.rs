@@ -1620,12 +1620,17 @@ fn status_json(s: &pb::AppStatus) -> Value {
         "conditions": s.conditions.iter().map(|c| json!({"type": c.r#type, "message": c.message})).collect::<Vec<_>>(),
         "resources": s.resources.iter().map(|r| {
             let k = r.key.clone().unwrap_or_default();
-            json!({
+            let mut v = json!({
                 "group": k.group, "version": k.version, "kind": k.kind,
                 "namespace": k.namespace, "name": k.name,
                 "sync": sync_name(Some(r.sync)), "health": health_name(Some(r.health)),
                 "message": r.message, "drift": r.drift,
-            })
+            });
+            // Argo CD's field, present only when set.
+            if r.requires_pruning {
+                v["requiresPruning"] = json!(true);
+            }
+            v
         }).collect::<Vec<_>>(),
     })
 }
@@ -1740,6 +1745,29 @@ pub fn repo_json(r: &pb::Repository) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_resource_to_prune_says_so_in_json_as_argo_cd() {
+        let resource = |name: &str, requires_pruning: bool| pb::ResourceStatus {
+            key: Some(pb::ResourceKey {
+                version: "v1".into(),
+                kind: "ConfigMap".into(),
+                namespace: "web".into(),
+                name: name.into(),
+                ..Default::default()
+            }),
+            sync: pb::SyncStatus::OutOfSync as i32,
+            requires_pruning,
+            ..Default::default()
+        };
+        let status = pb::AppStatus {
+            resources: vec![resource("old", true), resource("new", false)],
+            ..Default::default()
+        };
+        let v = status_json(&status);
+        assert_eq!(v["resources"][0]["requiresPruning"], json!(true));
+        assert!(v["resources"][1].get("requiresPruning").is_none(), "{v}");
+    }
 
     #[test]
     fn hooks_and_conditions_show_in_get_and_json() {
