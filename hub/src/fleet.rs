@@ -245,26 +245,13 @@ pub fn plan_index<'a>(
     bundles: &HashMap<String, Arc<pb::AppBundle>>,
     revisions: &HashMap<String, String>,
 ) -> Index {
-    apps.into_iter()
-        .filter(|a| targets(&a.app, cluster))
-        .filter_map(|a| {
-            let name = &a.app.metadata.name;
-            bundles.get(name).map(|b| {
-                let revision = revisions
-                    .get(name)
-                    .filter(|r| !r.is_empty())
-                    .unwrap_or(&b.revision)
-                    .clone();
-                (
-                    name.clone(),
-                    IndexEntry {
-                        digest: b.digest.clone(),
-                        revision,
-                    },
-                )
-            })
-        })
-        .collect()
+    plan_index_of(
+        apps.into_iter()
+            .filter(|a| targets(&a.app, cluster))
+            .map(|a| &a.app.metadata.name),
+        bundles,
+        revisions,
+    )
 }
 
 /// The index of a cluster targeted by the applications `apps` (names):
