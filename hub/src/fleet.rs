@@ -3,11 +3,14 @@
 //!
 //! A bundle is per application and shared by every cluster it targets. Each
 //! cluster's desired state is its *index* (application → digest and
-//! revision); the cluster's generation is bumped only when that index
-//! changes. A commit that leaves an application's content alone moves only
-//! its revision: the agents get the index, no bundle, and apply nothing, but
-//! report the new commit (as Argo CD shows every application at the commit
-//! it compared against).
+//! revision); the cluster's generation is bumped only when the content of
+//! that index changes (an application added or removed, or a digest). A
+//! commit that leaves every application's content alone moves only the
+//! hub's revision of each application: nothing is sent to any cluster, and
+//! a status reported for the same digest is shown at the new commit (as
+//! Argo CD shows every application at the commit it compared against). The
+//! revisions in an index are those of its last generation; the next one
+//! carries the current ones.
 //!
 //! An application deleted from a cluster's index leaves a
 //! [`PendingDeletion`] saying what happens to its objects (cascade with a
@@ -36,6 +39,15 @@ pub struct IndexEntry {
 
 /// A cluster's index: application → entry.
 pub type Index = BTreeMap<String, IndexEntry>;
+
+/// Whether two indexes hold the same applications at the same digests (the
+/// revisions may differ: a new revision of the same content is not sent).
+fn same_content(a: &Index, b: &Index) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|((an, ae), (bn, be))| an == bn && ae.digest == be.digest)
+}
 
 fn index_of(rec: &ClusterRecord) -> Index {
     rec.desired_index
@@ -482,7 +494,7 @@ impl Fleet {
                 generation + 1,
                 c.acked_generation,
             );
-            if index == current && generation > 0 {
+            if same_content(&index, &current) && generation > 0 {
                 if deletions_changed {
                     // Only acknowledged ones went: nothing new to send.
                     let kept = pending.clone();
@@ -575,19 +587,16 @@ impl Fleet {
             }
             let name = bundle.name.clone();
             let mut st = self.lock();
-            let mut moved = false;
             if st.revisions.get(&name) != Some(&revision) {
+                // Only the revision: no cluster's content changes, so no
+                // cluster is recomputed (see `same_content`).
                 st.revisions.insert(name.clone(), revision);
-                moved = true;
             }
             if !unchanged {
                 st.bundles.insert(name.clone(), Arc::new(bundle));
-                moved = true;
-            }
-            drop(st);
-            if moved {
                 changed.push(name);
             }
+            drop(st);
         }
         if !changed.is_empty() {
             changed.dedup();
@@ -871,18 +880,17 @@ pub fn comparison_status(rec: &AppRecord, mut status: pb::AppStatus) -> pb::AppS
 }
 
 /// A status reported for the content the application still has (the same
-/// digest as its bundle) stands for the current revision too: an agent
-/// older than `AppRef.revision` reports the commit its bundle was first
-/// rendered at; the hub shows the commit it compared against, as the
-/// agents that know the field do.
+/// digest as its current bundle) stands for the current revision too: a
+/// commit that leaves the content alone is never sent to the agents, which
+/// keep reporting the commit of their last generation; the hub shows the
+/// commit it compared against. A status for other content (an older
+/// digest) keeps the commit the agent reports.
 pub fn at_current_revision(
     mut status: pb::AppStatus,
     bundle: Option<&pb::AppBundle>,
     revision: &str,
 ) -> pb::AppStatus {
-    if !revision.is_empty()
-        && bundle.is_some_and(|b| b.digest == status.digest && b.revision == status.revision)
-    {
+    if !revision.is_empty() && bundle.is_some_and(|b| b.digest == status.digest) {
         status.revision = revision.to_owned();
     }
     status
@@ -1164,8 +1172,9 @@ mod tests {
         assert_eq!(store.cluster("c1").unwrap().unwrap().generation, g1);
         assert!(!rx.has_changed().unwrap());
 
-        // A new commit with the same content: the index moves to it, no
-        // bundle is sent to an agent holding the digest.
+        // A new commit with the same content: no cluster gets a new
+        // generation (nothing is sent); the hub's revision moves, and a
+        // status for the same digest is shown at it.
         let digest = {
             let (ds, _) = fleet.desired_state("c1", &HashMap::new()).unwrap();
             ds.index[0].digest.clone()
@@ -1173,17 +1182,43 @@ mod tests {
         fleet
             .set_bundle(build_bundle(&web.app, "r2", Ok(&manifests(1))))
             .unwrap();
-        let g1 = store.cluster("c1").unwrap().unwrap().generation;
-        assert!(rx.has_changed().unwrap());
+        assert_eq!(store.cluster("c1").unwrap().unwrap().generation, g1);
+        assert!(!rx.has_changed().unwrap());
         assert_eq!(fleet.desired_revision("web"), "r2");
         assert_eq!(fleet.bundle("web").unwrap().revision, "r1");
         let has: HashMap<String, String> = [("web".to_owned(), digest.clone())].into();
         let (ds, _) = fleet.desired_state("c1", &has).unwrap();
         assert!(ds.bundles.is_empty());
         assert_eq!(ds.index[0].digest, digest);
-        assert_eq!(ds.index[0].revision, "r2");
+        assert_eq!(ds.index[0].revision, "r1");
+        let (bundle, revision) = fleet.desired_of("web");
+        let reported = pb::AppStatus {
+            name: "web".into(),
+            digest: digest.clone(),
+            revision: "r1".into(),
+            ..Default::default()
+        };
+        let shown = at_current_revision(reported.clone(), bundle.as_deref(), &revision);
+        assert_eq!(shown.revision, "r2");
+        // A status for other content keeps the commit the agent reports.
+        let older = pb::AppStatus {
+            digest: "sha256:other".into(),
+            ..reported
+        };
+        let shown = at_current_revision(older, bundle.as_deref(), &revision);
+        assert_eq!(shown.revision, "r1");
         // c2 is not targeted: never bumped.
         assert_eq!(store.cluster("c2").unwrap().unwrap().generation, g2);
+
+        // New content at a later commit: a new generation, carrying it.
+        fleet
+            .set_bundle(build_bundle(&web.app, "r3", Ok(&manifests(2))))
+            .unwrap();
+        let g1 = store.cluster("c1").unwrap().unwrap().generation;
+        assert!(rx.has_changed().unwrap());
+        let (ds, _) = fleet.desired_state("c1", &has).unwrap();
+        assert_eq!(ds.bundles.len(), 1);
+        assert_eq!(ds.index[0].revision, "r3");
 
         // The state survives a restart without a bump.
         drop(fleet);
@@ -1192,8 +1227,8 @@ mod tests {
         let (ds, _) = fleet.desired_state("c1", &HashMap::new()).unwrap();
         assert_eq!(ds.generation, g1);
         assert_eq!(ds.bundles.len(), 1);
-        assert_eq!(ds.index[0].revision, "r2");
-        assert_eq!(ds.bundles[0].revision, "r2");
+        assert_eq!(ds.index[0].revision, "r3");
+        assert_eq!(ds.bundles[0].revision, "r3");
 
         // A deletion is sent with the index until it is acknowledged.
         fleet

@@ -269,9 +269,9 @@ pub fn parse_edits(args: &[String]) -> Result<(BTreeMap<String, String>, Vec<Str
 }
 
 /// Cluster records as the generators see them.
-pub fn infos(records: &[ClusterRecord]) -> Vec<ClusterInfo> {
+pub fn infos<'a>(records: impl IntoIterator<Item = &'a ClusterRecord>) -> Vec<ClusterInfo> {
     records
-        .iter()
+        .into_iter()
         .map(|c| ClusterInfo {
             name: c.name.clone(),
             server: c.server.clone(),

@@ -121,7 +121,8 @@ pub struct ClusterRecord {
     #[serde(default)]
     pub desired_index: BTreeMap<String, String>,
     /// Application name → the commit its index entry names at
-    /// `generation` (it moves with commits that leave the digest alone).
+    /// `generation` (a commit that leaves every digest alone does not move
+    /// it: nothing is sent for it).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub desired_revisions: BTreeMap<String, String>,
     /// Applications deleted from `desired_index` with what happens to their
@@ -360,6 +361,10 @@ struct Shared {
     /// Applications by destination and clusters by server, built on first
     /// use (see [`targets`]).
     targets: Mutex<Option<Targets>>,
+    /// Every cluster record, decoded, built on first use and kept in step
+    /// by the writes (under `cluster_lock`); dropped when the database is
+    /// reopened. Listing 10,000 clusters then decodes nothing.
+    cluster_cache: Mutex<Option<ClusterCache>>,
     /// Reads and records decoded since open ([`Store::counters`]).
     reads: AtomicU64,
     decoded: AtomicU64,
@@ -368,6 +373,9 @@ struct Shared {
 /// (application, cluster) → (sync, health) as the agent reported them
 /// (`pb::SyncStatus`, `pb::HealthStatus` values).
 type StatusIndex = HashMap<(String, String), (i32, i32)>;
+
+/// Cluster name → its record, as stored.
+type ClusterCache = BTreeMap<String, Arc<ClusterRecord>>;
 
 /// One open sled instance and its trees.
 struct Trees {
@@ -675,6 +683,7 @@ impl Store {
                 reopens: AtomicU64::new(0),
                 status_index: Mutex::new(None),
                 targets: Mutex::new(None),
+                cluster_cache: Mutex::new(None),
                 reads: AtomicU64::new(0),
                 decoded: AtomicU64::new(0),
             }),
@@ -881,6 +890,9 @@ impl Store {
     /// Takes the latched instance `trees` out of service and starts
     /// reopening the database (once).
     fn latched(&self, trees: &Arc<Trees>, error: &StoreError) {
+        // What the reopened database holds may be older than what the
+        // failed instance acknowledged.
+        *self.cluster_cache() = None;
         {
             let mut current = self
                 .shared
@@ -1062,7 +1074,56 @@ impl Store {
 
     // ---- clusters ----
 
+    fn cluster_cache(&self) -> std::sync::MutexGuard<'_, Option<ClusterCache>> {
+        self.shared
+            .cluster_cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn cluster_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.shared
+            .cluster_lock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every cluster record, from the cache (built here on first use).
+    fn cached_clusters(&self) -> Result<Vec<Arc<ClusterRecord>>, StoreError> {
+        if let Some(cache) = self.cluster_cache().as_ref() {
+            return Ok(cache.values().cloned().collect());
+        }
+        // Under the writers' lock: no write lands between the scan and the
+        // cache taking over.
+        let _g = self.cluster_lock();
+        let all: Vec<ClusterRecord> = self.read(|t| self.decode_all(&t.clusters, "cluster"))?;
+        let cache: ClusterCache = all
+            .into_iter()
+            .map(|c| (c.name.clone(), Arc::new(c)))
+            .collect();
+        let list = cache.values().cloned().collect();
+        *self.cluster_cache() = Some(cache);
+        Ok(list)
+    }
+
+    /// Keeps the cache (when built) in step with a write of `name`.
+    fn cache_cluster(&self, name: &str, rec: Option<&ClusterRecord>) {
+        if let Some(cache) = self.cluster_cache().as_mut() {
+            match rec {
+                Some(rec) => {
+                    cache.insert(name.to_owned(), Arc::new(rec.clone()));
+                }
+                None => {
+                    cache.remove(name);
+                }
+            }
+        }
+    }
+
     pub fn cluster(&self, name: &str) -> Result<Option<ClusterRecord>, StoreError> {
+        if let Some(cache) = self.cluster_cache().as_ref() {
+            return Ok(cache.get(name).map(|c| (**c).clone()));
+        }
         self.read(|t| {
             t.clusters
                 .get(name.as_bytes())?
@@ -1072,17 +1133,24 @@ impl Store {
     }
 
     pub fn clusters(&self) -> Result<Vec<ClusterRecord>, StoreError> {
-        self.read(|t| self.decode_all(&t.clusters, "cluster"))
+        Ok(self
+            .cached_clusters()?
+            .into_iter()
+            .map(|c| (*c).clone())
+            .collect())
+    }
+
+    /// Every cluster record, shared with the store's cache (no copy, no
+    /// decoding): for listings of the whole fleet.
+    pub fn clusters_shared(&self) -> Result<Vec<Arc<ClusterRecord>>, StoreError> {
+        self.cached_clusters()
     }
 
     pub fn put_cluster(&self, rec: &ClusterRecord) -> Result<(), StoreError> {
         self.with(|t| {
-            let _g = self
-                .shared
-                .cluster_lock
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+            let _g = self.cluster_lock();
             t.clusters.insert(rec.name.as_bytes(), encode(rec))?;
+            self.cache_cluster(&rec.name, Some(rec));
             Ok(())
         })?;
         self.note_targets(|t| t.put_cluster(&rec.name, ClusterFacts::of(rec)));
@@ -1097,17 +1165,24 @@ impl Store {
         f: impl FnOnce(&mut ClusterRecord),
     ) -> Result<Option<ClusterRecord>, StoreError> {
         self.with(|t| {
-            let _g = self
-                .shared
-                .cluster_lock
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            let Some(v) = t.clusters.get(name.as_bytes())? else {
-                return Ok(None);
+            let _g = self.cluster_lock();
+            let cached = self
+                .cluster_cache()
+                .as_ref()
+                .map(|cache| cache.get(name).map(|c| (**c).clone()));
+            let mut rec: ClusterRecord = match cached {
+                Some(Some(rec)) => rec,
+                Some(None) => return Ok(None),
+                None => {
+                    let Some(v) = t.clusters.get(name.as_bytes())? else {
+                        return Ok(None);
+                    };
+                    self.decode("cluster", name.as_bytes(), &v)?
+                }
             };
-            let mut rec: ClusterRecord = self.decode("cluster", name.as_bytes(), &v)?;
             f(&mut rec);
             t.clusters.insert(name.as_bytes(), encode(&rec))?;
+            self.cache_cluster(name, Some(&rec));
             Ok(Some(rec))
         })
         .inspect(|rec| {
@@ -1120,12 +1195,9 @@ impl Store {
     /// Removes a cluster and every status it reported.
     pub fn remove_cluster(&self, name: &str) -> Result<bool, StoreError> {
         self.with(|t| {
-            let _g = self
-                .shared
-                .cluster_lock
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+            let _g = self.cluster_lock();
             let existed = t.clusters.remove(name.as_bytes())?.is_some();
+            self.cache_cluster(name, None);
             self.remove_bootstraps_of(name)?;
             let keys: Vec<_> = t
                 .statuses

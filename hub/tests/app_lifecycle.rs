@@ -203,6 +203,21 @@ impl Agent {
     }
 }
 
+/// The generation the hub holds for `cluster`.
+async fn cluster_generation(admin: &Api, cluster: &str) -> u64 {
+    admin
+        .clone()
+        .list_clusters(pb::ListClustersRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .clusters
+        .iter()
+        .find(|c| c.name == cluster)
+        .map(|c| c.generation)
+        .unwrap()
+}
+
 /// Waits until the hub has stored c1's acknowledgement of `generation`.
 async fn wait_acked(admin: &Api, generation: u64) {
     eventually("the acknowledgement stored", || {
@@ -263,26 +278,27 @@ async fn deletion_and_revisions_reach_the_agent_through_the_index() {
     let web = entry(&d, "web").unwrap().clone();
     assert_eq!(web.revision, first);
 
-    // A commit that leaves every application's content alone: the index
-    // moves to it, no bundle is sent, no deployment is recorded.
+    // A commit that leaves every application's content alone: the hub's
+    // revision moves to it, no cluster gets a new generation (nothing is
+    // sent), no deployment is recorded.
+    for name in ["kept", "broken"] {
+        rendered_at(&admin, name, &first).await;
+    }
+    let generation = cluster_generation(&admin, "c1").await;
     write(repo.path(), "README.md", "unrelated\n");
     git(repo.path(), &["add", "-A"]);
     git(repo.path(), &["commit", "-q", "-m", "readme"]);
     let second = git(repo.path(), &["rev-parse", "HEAD"]);
-    // Each application's bundle is handed over as soon as it is rendered,
-    // so the two may arrive in separate desired states.
-    let d = agent
-        .desired_until("web and declared at the new commit", |d| {
-            assert!(d.bundles.is_empty(), "re-sent: {:?}", d.bundles);
-            entry(d, "web").is_some_and(|r| r.revision == second)
-                && entry(d, "declared").is_some_and(|r| r.revision == second)
-        })
-        .await;
-    assert!(d.bundles.is_empty(), "re-sent: {:?}", d.bundles);
-    assert_eq!(entry(&d, "web").unwrap().digest, web.digest);
-    assert_eq!(entry(&d, "declared").unwrap().revision, second);
+    for name in ["declared", "kept", "broken"] {
+        rendered_at(&admin, name, &second).await;
+    }
     let a = rendered_at(&admin, "web", &second).await;
     assert!(a.clusters.iter().all(|c| c.desired_revision == second));
+    assert_eq!(
+        cluster_generation(&admin, "c1").await,
+        generation,
+        "a commit that changes no content sent a new generation"
+    );
     let history = admin
         .get_application_history(pb::GetApplicationHistoryRequest { name: "web".into() })
         .await

@@ -2,6 +2,7 @@
 //! the bearer-token interceptor before it reaches these handlers.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
@@ -31,7 +32,7 @@ impl HubApiService {
     fn app_to_pb(
         &self,
         rec: &AppRecord,
-        clusters: &[ClusterRecord],
+        clusters: &[Arc<ClusterRecord>],
     ) -> Result<pb::Application, Status> {
         let app = &rec.app;
         let name = &app.metadata.name;
@@ -179,11 +180,11 @@ impl HubApiService {
     fn targeted_clusters(
         &self,
         app: &crate::model::Application,
-    ) -> Result<Vec<ClusterRecord>, Status> {
+    ) -> Result<Vec<Arc<ClusterRecord>>, Status> {
         let dest = crate::store::Destination::of(app);
         let mut out = Vec::new();
         for name in self.ctx.store.clusters_targeted(&dest)? {
-            out.extend(self.ctx.store.cluster(&name)?);
+            out.extend(self.ctx.store.cluster(&name)?.map(Arc::new));
         }
         Ok(out)
     }
@@ -353,7 +354,7 @@ impl pb::hub_api_server::HubApi for HubApiService {
     ) -> Result<Response<pb::ListApplicationsResponse>, Status> {
         use prost::Message as _;
         let req = request.into_inner();
-        let clusters = self.ctx.store.clusters()?;
+        let clusters = self.ctx.store.clusters_shared()?;
         let mut apps = self.ctx.store.apps()?;
         apps.sort_by(|a, b| a.app.metadata.name.cmp(&b.app.metadata.name));
         // Pages continue after the last name returned.
@@ -506,7 +507,7 @@ impl pb::hub_api_server::HubApi for HubApiService {
         let clusters = self
             .ctx
             .store
-            .clusters()?
+            .clusters_shared()?
             .iter()
             .map(|c| self.cluster_to_pb(c))
             .collect();

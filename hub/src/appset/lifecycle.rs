@@ -752,7 +752,7 @@ impl AppSets {
         if sets.is_empty() {
             return Ok(changed);
         }
-        let clusters = crate::inventory::infos(&store.clusters()?);
+        let clusters = crate::inventory::infos(store.clusters_shared()?.iter().map(|c| &**c));
         let previous = self.trees.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let git = HubGit {
             cache: cache.clone(),
