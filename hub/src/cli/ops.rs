@@ -590,12 +590,7 @@ pub(super) async fn terminate_op(g: &Global, c: &mut Client, name: &str) -> Resu
         .await
         .map_err(status_err)?
         .into_inner();
-    let reached: Vec<&str> = answer
-        .results
-        .iter()
-        .filter(|r| r.error.is_empty())
-        .map(|r| r.cluster.as_str())
-        .collect();
+    let reached = answer.results.iter().any(|r| r.error.is_empty());
     let missed: Vec<String> = answer
         .results
         .iter()
@@ -607,15 +602,13 @@ pub(super) async fn terminate_op(g: &Global, c: &mut Client, name: &str) -> Resu
         .iter()
         .map(|r| json!({"cluster": r.cluster, "commandId": r.command_id, "error": r.error}))
         .collect();
+    // Argo CD's line; the clusters are in `-o json`.
     print_out(g.output, json!({"app": name, "clusters": rows}), || {
-        let mut text = String::new();
-        if !reached.is_empty() {
-            text.push_str(&format!(
-                "Application '{name}' operation terminating ({})\n",
-                reached.join(", ")
-            ));
+        if !reached {
+            String::new()
+        } else {
+            format!("Application '{name}' operation terminating\n")
         }
-        text
     });
     if !missed.is_empty() {
         eprintln!(
