@@ -3,14 +3,14 @@
 //! terminated; the operation ends Failed "Operation terminated", the Sync
 //! phase is never applied, the running hook is deleted and finished hooks
 //! go per their delete policies; automated sync does not start the same
-//! sync again, a user sync does; and terminate-op with nothing running is
-//! refused.
+//! sync again, a user sync does; a cluster whose agent is away is named as
+//! not reached; and terminate-op with nothing running is refused.
 
 use std::time::{Duration, Instant};
 
 use flotilla_e2e::eventually;
 use flotilla_e2e::fleet::{Fleet, FleetOptions};
-use flotilla_proto::AppStatus;
+use flotilla_proto::{AppStatus, ListClustersRequest};
 
 const CONVERGE: Duration = Duration::from_secs(120);
 /// How long automated sync is watched not to restart a terminated sync
@@ -111,7 +111,7 @@ fn job_exists(fleet: &Fleet, name: &str) -> anyhow::Result<bool> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn terminate_op_stops_a_sync_hanging_in_a_presync_hook() -> anyhow::Result<()> {
-    let fleet = Fleet::start(FleetOptions {
+    let mut fleet = Fleet::start(FleetOptions {
         clusters: 1,
         ..FleetOptions::default()
     })
@@ -148,6 +148,40 @@ async fn terminate_op_stops_a_sync_hanging_in_a_presync_hook() -> anyhow::Result
     .await?;
     let started_ms = running.operation.unwrap_or_default().started_ms;
     anyhow::ensure!(job_exists(&fleet, "gate")?, "the gate Job was not created");
+
+    // The agent goes away: its last report says Running, so the cluster
+    // is named as not reached (exit 1), never skipped.
+    drop(fleet.agents.remove("sim-1"));
+    eventually("sim-1 disconnected", CONVERGE, || async {
+        let mut api = fleet.api().await.map_err(|e| e.to_string())?;
+        let list = api
+            .list_clusters(ListClustersRequest {})
+            .await
+            .map_err(|e| e.to_string())?
+            .into_inner();
+        if list.clusters.iter().any(|c| c.connected) {
+            Err("still connected".to_owned())
+        } else {
+            Ok(())
+        }
+    })
+    .await?;
+    let (code, stdout, stderr) = failed(&terminate_op(&fleet, "gated")?);
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(stdout, "");
+    assert_eq!(
+        stderr,
+        "error: gated: operation not terminated on: sim-1: cluster not connected\n"
+    );
+    // Back: the agent resumes the persisted operation.
+    fleet.start_agent("sim-1")?;
+    fleet.wait_connected(CONVERGE).await?;
+    wait_status(&fleet, "gated's sync resumed", |s| {
+        s.operation
+            .as_ref()
+            .is_some_and(|op| op.phase == "Running" && op.started_ms == started_ms)
+    })
+    .await?;
 
     let out = terminate_op(&fleet, "gated")?;
     let (code, stdout, stderr) = failed(&out);
