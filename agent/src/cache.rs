@@ -538,6 +538,7 @@ mod tests {
                 }],
                 last_applied_ms: 7,
                 operation: None,
+                terminated: None,
             },
         );
         CachedState {

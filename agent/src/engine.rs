@@ -823,7 +823,13 @@ impl Engine {
             .as_ref()
             .map(|o| (o.message.clone(), o.sync_phase.clone()))
             .unwrap_or_default();
-        rt.record(operation_state(&op, "Terminating", 0, &message, &sync_phase));
+        rt.record(operation_state(
+            &op,
+            "Terminating",
+            0,
+            &message,
+            &sync_phase,
+        ));
         let persisted = self.cache.update(|s| {
             if let Some(cached) = s.apps.get_mut(app)
                 && cached.operation.as_ref().is_some_and(|o| o.id == op.id)

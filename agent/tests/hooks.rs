@@ -854,7 +854,12 @@ async fn a_terminated_operation_is_marked_terminating_then_ends_failed_and_is_no
             "d1",
             vec![
                 deployment("web"),
-                job("wait", "PreSync", Some("HookSucceeded"), "busybox:never-ready"),
+                job(
+                    "wait",
+                    "PreSync",
+                    Some("HookSucceeded"),
+                    "busybox:never-ready",
+                ),
             ],
         ),
     );
@@ -863,7 +868,11 @@ async fn a_terminated_operation_is_marked_terminating_then_ends_failed_and_is_no
     })
     .await;
     let started_ms = op(&running).started_ms;
-    h.engine.terminations().lock().expect("lock").insert("web".into());
+    h.engine
+        .terminations()
+        .lock()
+        .expect("lock")
+        .insert("web".into());
     // The pass that takes the request reports Terminating and goes no
     // further.
     h.engine.pass().await;
@@ -888,11 +897,18 @@ async fn a_terminated_operation_is_marked_terminating_then_ends_failed_and_is_no
         "{o:#?}"
     );
     assert_eq!(hook(&o, "PreSync").status, "Terminating");
-    assert!(job_names(&h).await.is_empty(), "the running hook was not deleted");
+    assert!(
+        job_names(&h).await.is_empty(),
+        "the running hook was not deleted"
+    );
     assert!(deployments(&h).get_opt("web").await.expect("get").is_none());
     // Automated sync does not try the same desired state again, and a
     // request with nothing running changes nothing.
-    h.engine.terminations().lock().expect("lock").insert("web".into());
+    h.engine
+        .terminations()
+        .lock()
+        .expect("lock")
+        .insert("web".into());
     for _ in 0..5 {
         h.engine.pass().await;
         let o = op(&status(&h, "web").expect("status"));
