@@ -65,6 +65,11 @@ pub struct CachedApp {
     /// wave), resumed by the next pass, also after a restart.
     #[serde(default)]
     pub operation: Option<crate::hooks::SyncOperation>,
+    /// The digest whose sync the hub terminated (`app terminate-op`): as
+    /// in Argo CD, automated sync does not try it again; a new digest or a
+    /// sync request does.
+    #[serde(default)]
+    pub terminated: Option<String>,
 }
 
 /// An application removed from the desired state whose objects may still
@@ -533,6 +538,7 @@ mod tests {
                 }],
                 last_applied_ms: 7,
                 operation: None,
+                terminated: None,
             },
         );
         CachedState {

@@ -291,6 +291,7 @@ async fn run(args: RunArgs, log_format: crate::telemetry::LogFormat) -> anyhow::
     let reconnect = Arc::new(Notify::new());
     let link = link
         .with_sync_requests(engine.sync_requests())
+        .with_terminations(engine.terminations())
         .with_reconnect(reconnect.clone());
     let renewal = tokio::spawn(crate::enroll::renew_loop(
         hub.clone(),

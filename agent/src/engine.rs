@@ -132,6 +132,13 @@ pub struct SyncRequest {
 /// Pending sync requests by application, shared with the link.
 pub type SyncRequests = Arc<std::sync::Mutex<HashMap<String, SyncRequest>>>;
 
+/// Applications whose running operation the hub asked to terminate
+/// (`TerminateOperation`), shared with the link.
+pub type Terminations = Arc<std::sync::Mutex<BTreeSet<String>>>;
+
+/// The message of an operation ended by `app terminate-op` (Argo CD's).
+pub const OPERATION_TERMINATED: &str = "Operation terminated";
+
 /// Runs passes over the cached desired state.
 pub struct Engine {
     cluster: Arc<Cluster>,
@@ -140,6 +147,7 @@ pub struct Engine {
     reports: watch::Sender<Option<Report>>,
     apps: HashMap<String, AppRuntime>,
     requests: SyncRequests,
+    terminations: Terminations,
     inventory: Option<Inventory>,
     /// The inventories in the cluster have been read into the cache (and
     /// those of applications no longer desired adopted).
@@ -178,6 +186,7 @@ impl Engine {
             reports,
             apps: HashMap::new(),
             requests: SyncRequests::default(),
+            terminations: Terminations::default(),
             inventory: None,
             orphans_checked: false,
             orphans_failure: None,
@@ -217,6 +226,22 @@ impl Engine {
     #[must_use]
     pub fn sync_requests(&self) -> SyncRequests {
         self.requests.clone()
+    }
+
+    /// The handle through which the link queues `TerminateOperation`
+    /// commands.
+    #[must_use]
+    pub fn terminations(&self) -> Terminations {
+        self.terminations.clone()
+    }
+
+    /// Whether the hub asked to terminate `app`'s operation (the request is
+    /// consumed).
+    fn take_termination(&self, app: &str) -> bool {
+        self.terminations
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(app)
     }
 
     fn take_request(&self, app: &str) -> Option<SyncRequest> {
@@ -267,7 +292,12 @@ impl Engine {
                         .requests
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .is_empty();
+                        .is_empty()
+                        || !self
+                            .terminations
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .is_empty();
                     if pending || self.cache.read(|s| s.generation) != generation {
                         tokio::time::sleep(COALESCE).await;
                         return;
@@ -334,6 +364,10 @@ impl Engine {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .retain(|name, _| snapshot.apps.contains_key(name));
+        self.terminations
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|name| snapshot.apps.contains_key(name));
         // An application whose live state cannot be read does not keep
         // passes frequent: another pass a second later would not read it
         // either (a failing API server backs passes off on its own).
@@ -341,7 +375,10 @@ impl Engine {
             && statuses.iter().all(|s| {
                 let synced = s.sync == SyncStatus::Synced as i32
                     && s.health == HealthStatus::Healthy.to_proto() as i32;
-                let running = s.operation.as_ref().is_some_and(|o| o.phase == "Running");
+                let running = s
+                    .operation
+                    .as_ref()
+                    .is_some_and(|o| o.phase == "Running" || o.phase == "Terminating");
                 !running && (synced || s.conditions.iter().any(|c| c.r#type == "ComparisonError"))
             });
         let report = Report {
@@ -371,6 +408,12 @@ impl Engine {
             .operation
             .clone()
             .filter(|o| o.digest == b.digest && o.id != self.ended_operation(&b.name));
+        // Taken whatever happens below: a request that finds nothing
+        // running changes nothing (the hub raced the operation's end).
+        let terminate = self.take_termination(&b.name);
+        if terminate && running_op.is_none() {
+            info!(app = %b.name, "terminate requested, but no operation is running; nothing to do");
+        }
         // A render error, an ignoreDifferences jq expression that does not
         // compile (every comparison would be meaningless) or a manifest the
         // hook model refuses (Argo CD: "one or more synchronization tasks
@@ -415,6 +458,33 @@ impl Engine {
         if unavailable {
             self.note_api_failure();
         }
+        // `app terminate-op`: the operation is marked Terminating (reported
+        // by this pass), and the next pass ends it instead of continuing it,
+        // so no further step is applied.
+        if let Some(op) = running_op.as_ref().filter(|o| terminate || o.terminating) {
+            let op = op.clone();
+            if op.terminating {
+                self.terminate_operation(&b.name, op).await;
+            } else {
+                self.mark_terminating(&b.name, op);
+            }
+            let rt = self.apps.entry(b.name.clone()).or_default();
+            return status_of(
+                b,
+                &Compared {
+                    checks: &checks,
+                    extraneous: &extraneous,
+                    parse_errors: &parse_errors,
+                    read_error: read_error.as_deref(),
+                },
+                rt,
+                app.last_applied_ms,
+            );
+        }
+        // A sync the hub terminated is not tried again automatically for
+        // the same desired state (Argo CD skips an automated sync to a
+        // revision whose last attempt failed).
+        let terminated = app.terminated.as_deref() == Some(b.digest.as_str());
         let in_sync = comparable
             && parse_errors.is_empty()
             && checks.iter().all(|c| c.sync == SyncStatus::Synced);
@@ -480,6 +550,7 @@ impl Engine {
             || running
             || (b.policy.automated
                 && comparable
+                && !terminated
                 && (digest_changed
                     || !stale.is_empty()
                     || (drifted && healable && b.policy.self_heal)));
@@ -684,6 +755,7 @@ impl Engine {
                 {
                     cached.last_applied_ms = finished;
                     cached.operation = None;
+                    cached.terminated = None;
                     if ok {
                         cached.applied_digest = Some(digest);
                     }
@@ -738,6 +810,87 @@ impl Engine {
             .get(app)
             .map(|rt| rt.ended.clone())
             .unwrap_or_default()
+    }
+
+    /// Marks `app`'s running operation Terminating (persisted, so a
+    /// restarted agent still ends it) and asks for the pass that ends it.
+    fn mark_terminating(&mut self, app: &str, mut op: SyncOperation) {
+        op.terminating = true;
+        info!(app, operation = %op.id, "terminating the operation (requested by the hub)");
+        let rt = self.apps.entry(app.to_owned()).or_default();
+        let (message, sync_phase) = rt
+            .operation
+            .as_ref()
+            .map(|o| (o.message.clone(), o.sync_phase.clone()))
+            .unwrap_or_default();
+        rt.record(operation_state(
+            &op,
+            "Terminating",
+            0,
+            &message,
+            &sync_phase,
+        ));
+        let persisted = self.cache.update(|s| {
+            if let Some(cached) = s.apps.get_mut(app)
+                && cached.operation.as_ref().is_some_and(|o| o.id == op.id)
+            {
+                cached.operation = Some(op);
+            }
+        });
+        if let Err(e) = persisted {
+            warn!(error = %e, "could not persist the cache");
+        }
+        self.trigger.notify_one();
+    }
+
+    /// Ends an operation the hub terminated, as Argo CD does: hooks still
+    /// running are deleted (whatever their policy), finished hooks go per
+    /// their policies for a failed operation, no SyncFail hook runs, and
+    /// the operation is Failed with [`OPERATION_TERMINATED`]. Its digest is
+    /// not synced again automatically.
+    async fn terminate_operation(&mut self, app: &str, mut op: SyncOperation) {
+        for run in &mut op.hooks {
+            if run.status == crate::hooks::HookStatus::Running {
+                // It may have finished since the last pass.
+                self.observe_hook(run).await;
+            }
+            if run.status.finished() {
+                if crate::hooks::deleted_after(&run.policies, false) {
+                    self.delete_hook(app, run).await;
+                }
+            } else {
+                self.terminate_hook(app, run, "terminated: the operation was terminated")
+                    .await;
+            }
+        }
+        info!(app, operation = %op.id, "{OPERATION_TERMINATED}");
+        let rt = self.apps.entry(app.to_owned()).or_default();
+        let sync_phase = rt
+            .operation
+            .as_ref()
+            .map(|o| o.sync_phase.clone())
+            .unwrap_or_default();
+        rt.record(operation_state(
+            &op,
+            "Failed",
+            now_ms(),
+            OPERATION_TERMINATED,
+            &sync_phase,
+        ));
+        rt.ended = op.id.clone();
+        rt.message = OPERATION_TERMINATED.to_owned();
+        let id = op.id.clone();
+        let persisted = self.cache.update(|s| {
+            if let Some(cached) = s.apps.get_mut(app)
+                && cached.operation.as_ref().is_some_and(|o| o.id == id)
+            {
+                cached.operation = None;
+                cached.terminated = Some(op.digest.clone());
+            }
+        });
+        if let Err(e) = persisted {
+            warn!(error = %e, "could not persist the cache");
+        }
     }
 
     /// Ends an operation whose desired state was replaced before it

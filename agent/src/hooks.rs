@@ -672,6 +672,10 @@ pub struct SyncOperation {
     /// Every hook it started, in order.
     #[serde(default)]
     pub hooks: Vec<HookRun>,
+    /// The hub asked to terminate it (`app terminate-op`): the next pass
+    /// ends it instead of continuing it.
+    #[serde(default)]
+    pub terminating: bool,
 }
 
 /// The hook label value of a run: `<operation id>-<phase>`.

@@ -32,7 +32,7 @@ use tracing::{debug, info, warn};
 
 use crate::cache::Cache;
 use crate::cluster::Cluster;
-use crate::engine::{SyncRequest, SyncRequests, diff_app};
+use crate::engine::{SyncRequest, SyncRequests, Terminations, diff_app};
 use crate::report::{HEARTBEAT, MIN_INTERVAL, Report};
 
 /// The agent's version, sent in `Hello`.
@@ -145,6 +145,7 @@ pub struct Link {
     trigger: Arc<Notify>,
     reports: watch::Receiver<Option<Report>>,
     requests: SyncRequests,
+    terminations: Terminations,
     cluster_api: Option<Arc<Cluster>>,
     max_message_size: usize,
     /// Parts and chunks of desired state, kept across streams.
@@ -180,6 +181,7 @@ impl Link {
             trigger,
             reports,
             requests: SyncRequests::default(),
+            terminations: Terminations::default(),
             cluster_api: None,
             max_message_size: wire::DEFAULT_MAX_MESSAGE_SIZE,
             assembler: Mutex::default(),
@@ -248,6 +250,13 @@ impl Link {
     #[must_use]
     pub fn with_diffs(mut self, cluster: Arc<Cluster>) -> Self {
         self.cluster_api = Some(cluster);
+        self
+    }
+
+    /// Routes the hub's `TerminateOperation` commands to the engine.
+    #[must_use]
+    pub fn with_terminations(mut self, terminations: Terminations) -> Self {
+        self.terminations = terminations;
         self
     }
 
@@ -420,6 +429,16 @@ impl Link {
                                 };
                                 let _ = tx.send(message(agent_message::Kind::Diff(result))).await;
                             });
+                        }
+                        Some(command::Kind::Terminate(t)) => {
+                            info!(app = %t.app, id = %cmd.id, "terminate operation requested by hub");
+                            // The engine ends the operation at its next
+                            // pass; nothing running there: nothing changes.
+                            self.terminations
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                .insert(t.app);
+                            self.trigger.notify_one();
                         }
                         None => debug!("empty command"),
                     },

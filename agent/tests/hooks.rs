@@ -1,7 +1,7 @@
 //! Argo CD sync semantics in the engine, against the Kubernetes API
 //! simulator: resource hooks in their phases, delete policies, SyncFail,
 //! generateName, resuming after a restart, hook deadlines, superseded
-//! operations, and shared resources.
+//! operations, terminated operations, and shared resources.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -842,4 +842,80 @@ async fn a_hook_created_just_before_a_crash_is_found_not_created_twice() {
     let r = hook(&o, "PreSync");
     assert_eq!(r.key.clone().unwrap_or_default().name, created[0]);
     assert_eq!(job_names(&h).await, created, "a second PreSync Job");
+}
+
+#[tokio::test]
+async fn a_terminated_operation_is_marked_terminating_then_ends_failed_and_is_not_retried() {
+    let mut h = harness().await;
+    set_bundle(
+        &h.cache,
+        app(
+            "web",
+            "d1",
+            vec![
+                deployment("web"),
+                job(
+                    "wait",
+                    "PreSync",
+                    Some("HookSucceeded"),
+                    "busybox:never-ready",
+                ),
+            ],
+        ),
+    );
+    let running = converge(&mut h, "web", "waiting on the hook", |s| {
+        op(s).phase == "Running" && op(s).hooks.len() == 1
+    })
+    .await;
+    let started_ms = op(&running).started_ms;
+    h.engine
+        .terminations()
+        .lock()
+        .expect("lock")
+        .insert("web".into());
+    // The pass that takes the request reports Terminating and goes no
+    // further.
+    h.engine.pass().await;
+    let s = status(&h, "web").expect("status");
+    assert_eq!(op(&s).phase, "Terminating", "{:#?}", op(&s));
+    assert_eq!(job_names(&h).await, vec!["wait"]);
+    // Terminating is persisted: a restarted agent ends the operation.
+    let (tx, reports) = watch::channel(None);
+    h.engine = Engine::new(
+        Arc::new(Cluster::new(h.client.clone())),
+        h.cache.clone(),
+        Arc::new(Notify::new()),
+        tx,
+    );
+    h.reports = reports;
+    h.engine.pass().await;
+    let s = status(&h, "web").expect("status");
+    let o = op(&s);
+    assert_eq!(
+        (o.phase.as_str(), o.message.as_str(), o.started_ms),
+        ("Failed", "Operation terminated", started_ms),
+        "{o:#?}"
+    );
+    assert_eq!(hook(&o, "PreSync").status, "Terminating");
+    assert!(
+        job_names(&h).await.is_empty(),
+        "the running hook was not deleted"
+    );
+    assert!(deployments(&h).get_opt("web").await.expect("get").is_none());
+    // Automated sync does not try the same desired state again, and a
+    // request with nothing running changes nothing.
+    h.engine
+        .terminations()
+        .lock()
+        .expect("lock")
+        .insert("web".into());
+    for _ in 0..5 {
+        h.engine.pass().await;
+        let o = op(&status(&h, "web").expect("status"));
+        assert_eq!((o.phase.as_str(), o.started_ms), ("Failed", started_ms));
+        assert!(job_names(&h).await.is_empty());
+    }
+    // A new desired state syncs again.
+    set_bundle(&h.cache, app("web", "d2", vec![deployment("web")]));
+    converge(&mut h, "web", "Succeeded", finished("Succeeded")).await;
 }

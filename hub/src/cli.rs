@@ -214,6 +214,16 @@ pub enum AppCommand {
     },
     /// Wait until every cluster reports Synced and/or Healthy (for CI).
     Wait(ops::WaitArgs),
+    /// Stop the sync operation running on the application's clusters (as
+    /// `argocd app terminate-op`): running hooks are deleted, no further
+    /// wave is applied, and the operation ends Failed with "Operation
+    /// terminated". Exit 1 when no cluster reports a running operation or
+    /// one that does is not connected; 3 when the application is unknown.
+    #[command(name = "terminate-op")]
+    TerminateOp {
+        /// The application.
+        name: String,
+    },
     /// Compare the desired objects with the live ones (server-side, by the
     /// agents): a unified diff per object; exit 1 when anything differs.
     Diff {
@@ -639,6 +649,7 @@ async fn app(g: &Global, c: &mut Client, cmd: AppCommand) -> Result<()> {
             timeout,
         } => ops::rollback(g, c, &name, id, prune, timeout).await?,
         AppCommand::Wait(a) => ops::wait(g, c, a).await?,
+        AppCommand::TerminateOp { name } => ops::terminate_op(g, c, &name).await?,
         AppCommand::Diff { name, cluster } => ops::diff(g, c, &name, cluster).await?,
         AppCommand::Delete(a) => lifecycle::delete(g, c, a).await?,
     }

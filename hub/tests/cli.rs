@@ -227,6 +227,7 @@ async fn read_only_tokens_and_login() {
         &["cluster", "remove", "x", "-y"],
         &["token", "create", "evil"],
         &["repo", "add", "file:///nowhere"],
+        &["app", "terminate-op", "x"],
     ] {
         let out = as_ci(args);
         assert!(!out.status.success(), "{args:?}");

@@ -811,6 +811,13 @@ impl pb::hub_api_server::HubApi for HubApiService {
         super::ops::sync(&self.ctx, request).await
     }
 
+    async fn terminate_operation(
+        &self,
+        request: Request<pb::TerminateOperationRequest>,
+    ) -> Result<Response<pb::TerminateOperationResponse>, Status> {
+        super::ops::terminate(&self.ctx, request).await
+    }
+
     async fn rollback_application(
         &self,
         request: Request<pb::RollbackApplicationRequest>,

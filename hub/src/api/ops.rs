@@ -157,6 +157,67 @@ async fn render_and_sync(
     })
 }
 
+/// `HubApi.TerminateOperation` (operate: terminate-op): sends
+/// `TerminateOperation` to every targeted cluster whose reported operation
+/// of the application is Running. A cluster that reports one but has no open
+/// stream is answered as not reached.
+///
+/// # Errors
+/// Unknown application, a read-only token, or no targeted cluster reports a
+/// running operation (FAILED_PRECONDITION, as Argo CD refuses to terminate
+/// when no operation is in progress).
+pub async fn terminate(
+    ctx: &HubContext,
+    request: Request<pb::TerminateOperationRequest>,
+) -> Result<Response<pb::TerminateOperationResponse>, Status> {
+    require_write(&request)?;
+    let by = caller_name(&request);
+    let req = request.into_inner();
+    let app = load_app(ctx, &req.name)?;
+    let name = &app.metadata.name;
+    let clusters = selected_clusters(ctx, &app, "")?;
+    let statuses = ctx.store.statuses_of_app(name)?;
+    let running: Vec<String> = clusters
+        .into_iter()
+        .filter(|c| {
+            statuses
+                .get(c)
+                .and_then(|st| st.operation.as_ref())
+                .is_some_and(|op| op.phase == "Running")
+        })
+        .collect();
+    if running.is_empty() {
+        return Err(Status::failed_precondition(format!(
+            "no operation is in progress on application {name}"
+        )));
+    }
+    let mut results = Vec::with_capacity(running.len());
+    for cluster in running {
+        let id = crate::commands::command_id();
+        let command = pb::Command {
+            id: id.clone(),
+            kind: Some(pb::command::Kind::Terminate(pb::TerminateOperation {
+                app: name.clone(),
+            })),
+        };
+        if ctx.fleet.is_connected(&cluster) && ctx.commands.send(&cluster, command) {
+            results.push(pb::ClusterTerminateResult {
+                cluster,
+                command_id: id,
+                error: String::new(),
+            });
+        } else {
+            results.push(pb::ClusterTerminateResult {
+                cluster,
+                command_id: String::new(),
+                error: "cluster not connected".to_owned(),
+            });
+        }
+    }
+    tracing::info!(app = %name, results = ?results.iter().map(|r| (&r.cluster, &r.error)).collect::<Vec<_>>(), initiated_by = %by, "terminate operation sent");
+    Ok(Response::new(pb::TerminateOperationResponse { results }))
+}
+
 /// How long the hub waits for an agent's dry run.
 const DRY_RUN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 /// At most this many objects per cluster in a dry-run answer.

@@ -579,6 +579,47 @@ pub(super) fn time_of(ms: i64) -> String {
 }
 
 /// `flotilla app history NAME`.
+/// `flotilla app terminate-op NAME`: asks every cluster running a sync of
+/// the application to terminate it. Exit 1 (with the clusters named) when
+/// a cluster running one is not connected.
+pub(super) async fn terminate_op(g: &Global, c: &mut Client, name: &str) -> Result<()> {
+    let answer = c
+        .terminate_operation(pb::TerminateOperationRequest {
+            name: name.to_owned(),
+        })
+        .await
+        .map_err(status_err)?
+        .into_inner();
+    let reached = answer.results.iter().any(|r| r.error.is_empty());
+    let missed: Vec<String> = answer
+        .results
+        .iter()
+        .filter(|r| !r.error.is_empty())
+        .map(|r| format!("{}: {}", r.cluster, r.error))
+        .collect();
+    let rows: Vec<serde_json::Value> = answer
+        .results
+        .iter()
+        .map(|r| json!({"cluster": r.cluster, "commandId": r.command_id, "error": r.error}))
+        .collect();
+    // Argo CD's line; the clusters are in `-o json`.
+    print_out(g.output, json!({"app": name, "clusters": rows}), || {
+        if !reached {
+            String::new()
+        } else {
+            format!("Application '{name}' operation terminating\n")
+        }
+    });
+    if !missed.is_empty() {
+        eprintln!(
+            "error: {name}: operation not terminated on: {}",
+            missed.join("; ")
+        );
+        return Err(ExitStatus(code::FAILURE).into());
+    }
+    Ok(())
+}
+
 pub(super) async fn history(g: &Global, c: &mut Client, name: &str) -> Result<()> {
     let h = c
         .get_application_history(pb::GetApplicationHistoryRequest {
