@@ -6,11 +6,13 @@
 //! with its `url` (the longest matching prefix wins; a repository's own
 //! credentials win over any template).
 //!
-//! The hub reads them at start from a directory ([`load_dir`]): Secret
-//! manifests (`*.yaml`, `*.yml`, `*.json`, the label saying which kind),
-//! and Secrets mounted as volumes (one file per key) under
-//! `repository/NAME/` and `repo-creds/NAME/`, which is how the hub chart
-//! mounts the Secrets it renders.
+//! The hub reads them from a directory ([`load_dir`]): Secret manifests
+//! (`*.yaml`, `*.yml`, `*.json`, the label saying which kind), and Secrets
+//! mounted as volumes (one file per key) under `repository/NAME/` and
+//! `repo-creds/NAME/`, which is how the hub chart mounts the Secrets it
+//! renders. It reads the directory at start and again while it runs
+//! ([`reload`]), so Secrets added, changed or removed take effect without a
+//! restart.
 //!
 //! What flotilla cannot honour is an error naming the Secret and the key,
 //! never a silently ignored field: TLS client certificates, GitHub App and
@@ -26,6 +28,8 @@ use serde_json::Value;
 use crate::gitsync::RepoKind;
 use crate::inventory::ARGO_SECRET_TYPE_LABEL;
 use crate::store::RepoCredentials;
+
+pub mod reload;
 
 /// `secret-type` of a repository Secret.
 pub const REPOSITORY: &str = "repository";
@@ -328,6 +332,12 @@ pub fn from_fields(
         )));
     }
     let has_credentials = !credentials.is_empty();
+    if kind == SecretKind::RepoCreds && !has_credentials {
+        return Err(invalid(
+            "a repo-creds Secret needs credentials (username and password, or sshPrivateKey)"
+                .to_owned(),
+        ));
+    }
     Ok(DeclaredSecret {
         kind,
         secret: secret.to_owned(),
@@ -338,12 +348,7 @@ pub fn from_fields(
     })
 }
 
-/// The URL as templates are matched: without a trailing `/` or `.git`,
-/// lower case (Argo CD normalises the same way).
-fn normalized(url: &str) -> String {
-    let url = url.trim().trim_end_matches('/');
-    url.strip_suffix(".git").unwrap_or(url).to_ascii_lowercase()
-}
+use crate::store::credential_templates::normalized_url as normalized;
 
 /// The repositories to register, each with its own credentials or else
 /// those of the template with the longest URL prefix of its URL.
@@ -437,6 +442,23 @@ fn mounted(dir: &Path, kind: SecretKind) -> Result<DeclaredSecret, RepoSecretErr
 /// # Errors
 /// Every Secret or file that cannot be read, not only the first.
 pub fn load_dir(dir: &Path) -> Result<Vec<DeclaredSecret>, Vec<RepoSecretError>> {
+    let (found, errors) = load_dir_all(dir)?;
+    if errors.is_empty() {
+        Ok(found)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Reads `dir` as [`load_dir`], returning the Secrets that could be read
+/// together with the errors of those that could not, so one bad file does
+/// not hide the others.
+///
+/// # Errors
+/// `dir` itself cannot be read.
+pub fn load_dir_all(
+    dir: &Path,
+) -> Result<(Vec<DeclaredSecret>, Vec<RepoSecretError>), Vec<RepoSecretError>> {
     let mut found = Vec::new();
     let mut errors = Vec::new();
     let top = match entries(dir) {
@@ -496,11 +518,7 @@ pub fn load_dir(dir: &Path) -> Result<Vec<DeclaredSecret>, Vec<RepoSecretError>>
             }
         }
     }
-    if errors.is_empty() {
-        Ok(found)
-    } else {
-        Err(errors)
-    }
+    Ok((found, errors))
 }
 
 #[cfg(test)]

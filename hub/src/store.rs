@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
+pub mod credential_templates;
 pub mod credentials;
 pub mod records;
 mod targets;
@@ -363,6 +364,9 @@ struct Shared {
     /// Reads and records decoded since open ([`Store::counters`]).
     reads: AtomicU64,
     decoded: AtomicU64,
+    /// Credential templates (`repo-creds` Secrets), held in memory: the
+    /// directory they are read from is their source of truth.
+    templates: RwLock<Arc<Vec<credential_templates::CredentialTemplate>>>,
 }
 
 /// (application, cluster) → (sync, health) as the agent reported them
@@ -677,6 +681,7 @@ impl Store {
                 targets: Mutex::new(None),
                 reads: AtomicU64::new(0),
                 decoded: AtomicU64::new(0),
+                templates: RwLock::default(),
             }),
         })
     }
