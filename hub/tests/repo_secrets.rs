@@ -557,13 +557,49 @@ async fn secrets_are_read_again_while_the_hub_runs_and_a_bad_one_disturbs_no_oth
     assert_eq!(shown.credentials_template, format!("{base}/private"));
     assert_eq!(hub.repository_secret_errors().len(), 1);
 
-    // Fixing the broken file clears the error; removing a Secret removes
-    // the repository it declared (no application uses it).
-    std::fs::remove_file(secrets.path().join("broken.yaml")).unwrap();
-    std::fs::remove_file(secrets.path().join("public.yaml")).unwrap();
-    wait_repos(&mut api, "the removed Secret's repository removed", |r| {
-        !r.iter().any(|r| r.url == public)
+    // Fixing the broken file clears its error; removing a Secret removes
+    // the repository it declared, unless an application uses it: then the
+    // repository stays and the error names the application, until the
+    // application is gone.
+    api.create_application(pb::CreateApplicationRequest {
+        manifest: format!(
+            "apiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata: {{name: uses-later}}\nspec:\n  project: default\n  source: {{repoURL: {later:?}, path: ., targetRevision: HEAD}}\n  destination: {{server: https://kubernetes.default.svc, namespace: default}}\n"
+        ),
+        upsert: false,
     })
+    .await
+    .unwrap();
+    for f in ["broken.yaml", "public.yaml", "private.yaml"] {
+        std::fs::remove_file(secrets.path().join(f)).unwrap();
+    }
+    wait_repos(
+        &mut api,
+        "the removed Secrets' unused repositories removed",
+        |r| {
+            !r.iter().any(|r| r.url == public || r.url == private)
+                && r.iter().any(|r| r.url == later)
+        },
+    )
+    .await;
+    let errors = hub.repository_secret_errors();
+    assert!(
+        errors.len() == 1
+            && errors[0].contains("Secret \"later\" is gone")
+            && errors[0].contains("uses-later"),
+        "{errors:?}"
+    );
+    api.delete_application(pb::DeleteApplicationRequest {
+        name: "uses-later".into(),
+        cascade: Some(false),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    wait_repos(
+        &mut api,
+        "the repository removed once no application uses it",
+        |r| !r.iter().any(|r| r.url == later),
+    )
     .await;
     assert_eq!(hub.repository_secret_errors(), Vec::<String>::new());
     hub.shutdown().await.unwrap();

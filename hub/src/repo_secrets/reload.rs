@@ -114,7 +114,8 @@ impl DeclaredRepositories {
         if !state.pending && state.last.as_ref() == Some(&seen) {
             return Ok(());
         }
-        for e in &error_texts {
+        // Logged when they appear, not at every read.
+        for e in error_texts.iter().filter(|e| !state.errors.contains(e)) {
             tracing::error!(error = %e, "a repository Secret cannot be used; the others are applied");
         }
         let complete = error_texts.is_empty();
@@ -233,7 +234,9 @@ impl DeclaredRepositories {
                     crate::source::SafeUrl(url),
                     users.join(", ")
                 );
-                tracing::warn!(error = %e, "repository of a removed Secret kept");
+                if !state.errors.contains(&e) {
+                    tracing::warn!(error = %e, "repository of a removed Secret kept");
+                }
                 errors.push(e);
                 repos.insert(url.clone(), d.clone());
                 pending = true;
