@@ -903,6 +903,10 @@ fn hub_chart_operator_values() -> Result<()> {
         r#"flotilla_hub_store_writable{namespace="flotilla-system", service="flotilla-hub-metrics"} == 0"#
     );
     assert_eq!(rules["FlotillaHubDown"]["for"], "5m");
+    assert_eq!(
+        rules["FlotillaHubRepositorySecretsInvalid"]["expr"],
+        r#"flotilla_hub_repository_secret_errors{namespace="flotilla-system", service="flotilla-hub-metrics"} > 0"#
+    );
 
     // NetworkPolicy: the hub pod, every port admitted from its sources.
     let np = r.get("NetworkPolicy", "flotilla-hub");
@@ -1058,6 +1062,32 @@ fn agent_chart_operator_values() -> Result<()> {
         assert_eq!(rule["labels"], json!({"severity": "page"}));
     }
     assert!(rules["FlotillaAgentRetrying"]["for"].is_null());
+    assert_eq!(
+        rules["FlotillaAgentClusterCacheWriteFailing"]["expr"],
+        r#"increase(flotilla_agent_cluster_cache_errors_total{operation="write", namespace="flotilla-system", pod=~"flotilla-agent-.*"}[15m]) > 0"#
+    );
+    assert_eq!(rules["FlotillaAgentClusterCacheWriteFailing"]["for"], "15m");
+    // Every metric an agent alert reads is one the agent registers
+    // (counters get `_total` in the exposition).
+    let registered = std::fs::read_to_string(
+        flotilla_e2e::workspace_root().join("agent/src/metrics.rs"),
+    )?;
+    for (name, rule) in &rules {
+        let expr = rule["expr"].as_str().unwrap_or_default();
+        let metrics: Vec<&str> = expr
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("flotilla_agent_"))
+            .collect();
+        assert!(!metrics.is_empty(), "{name}: {expr}");
+        for m in metrics {
+            let bare = m.trim_start_matches("flotilla_agent_");
+            let bare = bare.strip_suffix("_total").unwrap_or(bare);
+            assert!(
+                registered.contains(&format!("\"{bare}\"")),
+                "{name}: {m} is not registered in agent/src/metrics.rs"
+            );
+        }
+    }
 
     let np = r.get("NetworkPolicy", "flotilla-agent");
     assert_eq!(&np["spec"]["podSelector"]["matchLabels"], selector);
