@@ -1069,9 +1069,8 @@ fn agent_chart_operator_values() -> Result<()> {
     assert_eq!(rules["FlotillaAgentClusterCacheWriteFailing"]["for"], "15m");
     // Every metric an agent alert reads is one the agent registers
     // (counters get `_total` in the exposition).
-    let registered = std::fs::read_to_string(
-        flotilla_e2e::workspace_root().join("agent/src/metrics.rs"),
-    )?;
+    let registered =
+        std::fs::read_to_string(flotilla_e2e::workspace_root().join("agent/src/metrics.rs"))?;
     for (name, rule) in &rules {
         let expr = rule["expr"].as_str().unwrap_or_default();
         let metrics: Vec<&str> = expr

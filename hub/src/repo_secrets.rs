@@ -99,8 +99,8 @@ pub enum SecretKind {
     RepoCreds,
 }
 
-/// Credentials from a Secret.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// Credentials from a Secret. `Debug` hides the password and the key.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Credentials {
     pub username: String,
     pub password: String,
@@ -108,6 +108,18 @@ pub struct Credentials {
     /// ssh: do not verify the host key (`insecure` or
     /// `insecureIgnoreHostKey`).
     pub insecure_ignore_host_key: bool,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hidden = |s: &str| if s.is_empty() { "" } else { "***" };
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &hidden(&self.password))
+            .field("ssh_private_key", &hidden(&self.ssh_private_key))
+            .field("insecure_ignore_host_key", &self.insecure_ignore_host_key)
+            .finish()
+    }
 }
 
 impl Credentials {
@@ -147,18 +159,6 @@ pub struct DeclaredSecret {
     pub name: String,
     /// Credentials, when any are given.
     pub credentials: Option<Credentials>,
-}
-
-/// A repository to register, with the credentials it gets.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ResolvedRepository {
-    pub secret: String,
-    pub url: String,
-    pub kind: RepoKind,
-    pub name: String,
-    pub credentials: Option<Credentials>,
-    /// The template Secret the credentials came from, if they did.
-    pub credentials_from: Option<String>,
 }
 
 /// The kind a document declares, if it is a repository or repo-creds
@@ -332,9 +332,12 @@ pub fn from_fields(
         )));
     }
     let has_credentials = !credentials.is_empty();
-    if kind == SecretKind::RepoCreds && !has_credentials {
+    if kind == SecretKind::RepoCreds
+        && credentials.password.is_empty()
+        && credentials.ssh_private_key.is_empty()
+    {
         return Err(invalid(
-            "a repo-creds Secret needs credentials (username and password, or sshPrivateKey)"
+            "a repo-creds Secret needs credentials (password, with or without username, or sshPrivateKey)"
                 .to_owned(),
         ));
     }
@@ -346,45 +349,6 @@ pub fn from_fields(
         name: get("name").to_owned(),
         credentials: has_credentials.then_some(credentials),
     })
-}
-
-use crate::store::credential_templates::normalized_url as normalized;
-
-/// The repositories to register, each with its own credentials or else
-/// those of the template with the longest URL prefix of its URL.
-#[must_use]
-pub fn resolve(secrets: &[DeclaredSecret]) -> Vec<ResolvedRepository> {
-    let templates: Vec<&DeclaredSecret> = secrets
-        .iter()
-        .filter(|s| s.kind == SecretKind::RepoCreds && s.credentials.is_some())
-        .collect();
-    secrets
-        .iter()
-        .filter(|s| s.kind == SecretKind::Repository)
-        .map(|r| {
-            let (credentials, credentials_from) = match &r.credentials {
-                Some(c) => (Some(c.clone()), None),
-                None => {
-                    let url = normalized(&r.url);
-                    templates
-                        .iter()
-                        .filter(|t| url.starts_with(&normalized(&t.url)))
-                        .max_by_key(|t| normalized(&t.url).len())
-                        .map_or((None, None), |t| {
-                            (t.credentials.clone(), Some(t.secret.clone()))
-                        })
-                }
-            };
-            ResolvedRepository {
-                secret: r.secret.clone(),
-                url: r.url.clone(),
-                kind: r.repo_kind,
-                name: r.name.clone(),
-                credentials,
-                credentials_from,
-            }
-        })
-        .collect()
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RepoSecretError + '_ {
@@ -594,6 +558,14 @@ data:
             ),
             (
                 secret(
+                    "creds-empty",
+                    "repo-creds",
+                    "  url: https://g.example.com/org\n  username: bot\n",
+                ),
+                "Secret \"creds-empty\": a repo-creds Secret needs credentials",
+            ),
+            (
+                secret(
                     "oci",
                     "repository",
                     "  url: oci://r.example.com/x\n  type: oci\n",
@@ -698,65 +670,22 @@ stringData:
     }
 
     #[test]
-    fn templates_give_credentials_by_longest_prefix_and_own_credentials_win() {
-        let template = |secret: &str, url: &str, password: &str| DeclaredSecret {
-            kind: SecretKind::RepoCreds,
-            secret: secret.into(),
-            url: url.into(),
-            repo_kind: RepoKind::Git,
-            name: String::new(),
-            credentials: Some(Credentials {
-                password: password.into(),
-                ..Credentials::default()
-            }),
-        };
-        let repo = |secret: &str, url: &str, own: Option<&str>| DeclaredSecret {
-            kind: SecretKind::Repository,
-            secret: secret.into(),
-            url: url.into(),
-            repo_kind: RepoKind::Git,
-            name: String::new(),
-            credentials: own.map(|p| Credentials {
-                password: p.into(),
-                ..Credentials::default()
-            }),
-        };
-        let resolved = resolve(&[
-            template("org", "https://git.example.com/org", "org-token"),
-            template("team", "https://git.example.com/org/team/", "team-token"),
-            repo("a", "https://git.example.com/org/team/a.git", None),
-            repo("b", "https://git.example.com/org/b", None),
-            repo("c", "https://git.example.com/org/team/c", Some("own")),
-            repo("d", "https://other.example.com/d", None),
-        ]);
-        let got: Vec<(&str, Option<&str>, Option<&str>)> = resolved
-            .iter()
-            .map(|r| {
-                (
-                    r.secret.as_str(),
-                    r.credentials.as_ref().map(|c| c.password.as_str()),
-                    r.credentials_from.as_deref(),
-                )
-            })
-            .collect();
-        assert_eq!(
-            got,
-            [
-                ("a", Some("team-token"), Some("team")),
-                ("b", Some("org-token"), Some("org")),
-                ("c", Some("own"), None),
-                ("d", None, None),
-            ]
-        );
-        assert_eq!(
-            resolved[0]
-                .credentials
-                .as_ref()
-                .unwrap()
-                .to_store()
-                .username,
-            "git"
-        );
+    fn a_template_with_a_token_only_gets_a_user_name() {
+        let s = read(
+            "kind: Secret
+metadata:
+  name: org
+  labels: {argocd.argoproj.io/secret-type: repo-creds}
+stringData:
+  url: https://git.example.com/org
+  password: token
+",
+        )
+        .unwrap();
+        assert_eq!(s.kind, SecretKind::RepoCreds);
+        let c = s.credentials.unwrap().to_store();
+        // Token-only hosts accept any user name (as `repo add`).
+        assert_eq!((c.username.as_str(), c.password.as_str()), ("git", "token"));
     }
 
     #[test]

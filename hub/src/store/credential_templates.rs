@@ -11,24 +11,15 @@ use std::sync::Arc;
 
 use super::{RepoCredentials, Store, StoreError};
 
-/// One credential template.
-#[derive(Clone, PartialEq)]
+/// One credential template. `Debug` hides the secret values (see
+/// [`RepoCredentials`]).
+#[derive(Clone, Debug, PartialEq)]
 pub struct CredentialTemplate {
     /// The URL prefix, as declared.
     pub url: String,
     /// The Secret that declared it (for messages).
     pub secret: String,
     pub credentials: RepoCredentials,
-}
-
-impl std::fmt::Debug for CredentialTemplate {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CredentialTemplate")
-            .field("url", &self.url)
-            .field("secret", &self.secret)
-            .field("credentials", &self.credentials)
-            .finish()
-    }
 }
 
 /// Where a repository's credentials come from.
