@@ -1821,6 +1821,7 @@ fn agent_chart_essentials() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hub_chart_declares_repositories_as_secrets() -> Result<()> {
     use flotilla_hub::repo_secrets::{self, SecretKind};
+    use flotilla_hub::store::credential_templates::{CredentialTemplate, matching_template};
     let ns = "flotilla";
     let values = fixture("hub-repository-values.yaml");
     let r = Rendered::render("flotilla-hub", &Release::new("h", ns), &[values])?;
@@ -1843,14 +1844,30 @@ async fn hub_chart_declares_repositories_as_secrets() -> Result<()> {
     }
     assert_eq!(declared[1].kind, SecretKind::Repository);
     assert_eq!(declared[3].kind, SecretKind::RepoCreds);
-    let resolved = repo_secrets::resolve(&declared);
-    let passwords: Vec<(&str, Option<&str>)> = resolved
+    // Each repository's own credentials, else the matching template's, as
+    // the hub picks them at fetch time.
+    let templates: Vec<CredentialTemplate> = declared
         .iter()
-        .map(|r| {
-            (
-                r.url.as_str(),
-                r.credentials.as_ref().map(|c| c.password.as_str()),
-            )
+        .filter(|d| d.kind == SecretKind::RepoCreds)
+        .filter_map(|d| {
+            Some(CredentialTemplate {
+                url: d.url.clone(),
+                secret: d.secret.clone(),
+                credentials: d.credentials.as_ref()?.to_store(),
+            })
+        })
+        .collect();
+    let passwords: Vec<(&str, Option<String>)> = declared
+        .iter()
+        .filter(|d| d.kind == SecretKind::Repository)
+        .map(|d| {
+            let password = match &d.credentials {
+                Some(c) => Some(c.password.clone()),
+                None => {
+                    matching_template(&templates, &d.url).map(|t| t.credentials.password.clone())
+                }
+            };
+            (d.url.as_str(), password)
         })
         .collect();
     assert_eq!(
@@ -1858,12 +1875,12 @@ async fn hub_chart_declares_repositories_as_secrets() -> Result<()> {
         [
             (
                 "https://git.example.com/platform/private.git",
-                Some("repo-token")
+                Some("repo-token".to_owned())
             ),
             ("https://charts.example.com/stable", None),
             (
                 "https://git.example.com/platform/team/app.git",
-                Some("org-token")
+                Some("org-token".to_owned())
             ),
         ]
     );
