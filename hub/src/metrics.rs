@@ -259,7 +259,7 @@ impl HubMetrics {
         let repository_secret_errors = Gauge::default();
         registry.register(
             "hub_repository_secret_errors",
-            "Repository and repo-creds Secrets under --repository-secrets that the last read could not use (the log names each file and cause)",
+            "Repository and repo-creds Secrets the last read of the declared repositories directory could not use, and removed ones whose repository applications keep (the log names each file and cause)",
             repository_secret_errors.clone(),
         );
         Self {
@@ -666,7 +666,11 @@ mod tests {
         assert!(text.contains(
             "flotilla_applications{sync_status=\"OutOfSync\",health_status=\"Degraded\"} 1"
         ));
-        assert!(!text.contains("secret"), "credentials are redacted: {text}");
+        // The password of the URLs above (`secret` alone is in metric names).
+        assert!(
+            !text.contains(":secret@"),
+            "credentials are redacted: {text}"
+        );
 
         // Later writes reach the next scrape without a rescan: a new report,
         // a comparison error, a removed application.
