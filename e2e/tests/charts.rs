@@ -903,6 +903,10 @@ fn hub_chart_operator_values() -> Result<()> {
         r#"flotilla_hub_store_writable{namespace="flotilla-system", service="flotilla-hub-metrics"} == 0"#
     );
     assert_eq!(rules["FlotillaHubDown"]["for"], "5m");
+    assert_eq!(
+        rules["FlotillaHubRepositorySecretsInvalid"]["expr"],
+        r#"flotilla_hub_repository_secret_errors{namespace="flotilla-system", service="flotilla-hub-metrics"} > 0"#
+    );
 
     // NetworkPolicy: the hub pod, every port admitted from its sources.
     let np = r.get("NetworkPolicy", "flotilla-hub");
@@ -1058,6 +1062,31 @@ fn agent_chart_operator_values() -> Result<()> {
         assert_eq!(rule["labels"], json!({"severity": "page"}));
     }
     assert!(rules["FlotillaAgentRetrying"]["for"].is_null());
+    assert_eq!(
+        rules["FlotillaAgentClusterCacheWriteFailing"]["expr"],
+        r#"increase(flotilla_agent_cluster_cache_errors_total{operation="write", namespace="flotilla-system", pod=~"flotilla-agent-.*"}[15m]) > 0"#
+    );
+    assert_eq!(rules["FlotillaAgentClusterCacheWriteFailing"]["for"], "15m");
+    // Every metric an agent alert reads is one the agent registers
+    // (counters get `_total` in the exposition).
+    let registered =
+        std::fs::read_to_string(flotilla_e2e::workspace_root().join("agent/src/metrics.rs"))?;
+    for (name, rule) in &rules {
+        let expr = rule["expr"].as_str().unwrap_or_default();
+        let metrics: Vec<&str> = expr
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("flotilla_agent_"))
+            .collect();
+        assert!(!metrics.is_empty(), "{name}: {expr}");
+        for m in metrics {
+            let bare = m.trim_start_matches("flotilla_agent_");
+            let bare = bare.strip_suffix("_total").unwrap_or(bare);
+            assert!(
+                registered.contains(&format!("\"{bare}\"")),
+                "{name}: {m} is not registered in agent/src/metrics.rs"
+            );
+        }
+    }
 
     let np = r.get("NetworkPolicy", "flotilla-agent");
     assert_eq!(&np["spec"]["podSelector"]["matchLabels"], selector);
@@ -1792,6 +1821,7 @@ fn agent_chart_essentials() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hub_chart_declares_repositories_as_secrets() -> Result<()> {
     use flotilla_hub::repo_secrets::{self, SecretKind};
+    use flotilla_hub::store::credential_templates::{CredentialTemplate, matching_template};
     let ns = "flotilla";
     let values = fixture("hub-repository-values.yaml");
     let r = Rendered::render("flotilla-hub", &Release::new("h", ns), &[values])?;
@@ -1814,14 +1844,30 @@ async fn hub_chart_declares_repositories_as_secrets() -> Result<()> {
     }
     assert_eq!(declared[1].kind, SecretKind::Repository);
     assert_eq!(declared[3].kind, SecretKind::RepoCreds);
-    let resolved = repo_secrets::resolve(&declared);
-    let passwords: Vec<(&str, Option<&str>)> = resolved
+    // Each repository's own credentials, else the matching template's, as
+    // the hub picks them at fetch time.
+    let templates: Vec<CredentialTemplate> = declared
         .iter()
-        .map(|r| {
-            (
-                r.url.as_str(),
-                r.credentials.as_ref().map(|c| c.password.as_str()),
-            )
+        .filter(|d| d.kind == SecretKind::RepoCreds)
+        .filter_map(|d| {
+            Some(CredentialTemplate {
+                url: d.url.clone(),
+                secret: d.secret.clone(),
+                credentials: d.credentials.as_ref()?.to_store(),
+            })
+        })
+        .collect();
+    let passwords: Vec<(&str, Option<String>)> = declared
+        .iter()
+        .filter(|d| d.kind == SecretKind::Repository)
+        .map(|d| {
+            let password = match &d.credentials {
+                Some(c) => Some(c.password.clone()),
+                None => {
+                    matching_template(&templates, &d.url).map(|t| t.credentials.password.clone())
+                }
+            };
+            (d.url.as_str(), password)
         })
         .collect();
     assert_eq!(
@@ -1829,12 +1875,12 @@ async fn hub_chart_declares_repositories_as_secrets() -> Result<()> {
         [
             (
                 "https://git.example.com/platform/private.git",
-                Some("repo-token")
+                Some("repo-token".to_owned())
             ),
             ("https://charts.example.com/stable", None),
             (
                 "https://git.example.com/platform/team/app.git",
-                Some("org-token")
+                Some("org-token".to_owned())
             ),
         ]
     );

@@ -1392,7 +1392,13 @@ async fn repo(g: &Global, c: &mut Client, cmd: RepoCommand) -> Result<()> {
                             ];
                             if wide {
                                 row.push(format!("{}s", r.poll_interval_secs));
-                                row.push(if r.has_credentials { "yes" } else { "no" }.to_owned());
+                                row.push(if !r.credentials_template.is_empty() {
+                                    format!("template {}", r.credentials_template)
+                                } else if r.has_credentials {
+                                    "yes".to_owned()
+                                } else {
+                                    "no".to_owned()
+                                });
                             }
                             row.push(one_line(&r.last_error));
                             row
@@ -1750,6 +1756,7 @@ pub fn repo_json(r: &pb::Repository) -> Value {
         "lastFetch": get::rfc3339_json(r.last_fetch_ms),
         "hasCredentials": r.has_credentials,
         "insecureIgnoreHostKey": r.insecure_ignore_host_key,
+        "credentialsTemplate": r.credentials_template,
     })
 }
 

@@ -112,6 +112,7 @@ pub struct HubMetrics {
     bundles_withheld: Counter,
     open_files_limit: Gauge,
     store_cache_bytes: Gauge,
+    repository_secret_errors: Gauge,
     /// One scrape at a time: a refresh clears and refills the state
     /// families, which a concurrent scrape must not see half done.
     scrape: std::sync::Mutex<()>,
@@ -255,10 +256,17 @@ impl HubMetrics {
             "Bound of the store's page cache (--store-cache-mib)",
             store_cache_bytes.clone(),
         );
+        let repository_secret_errors = Gauge::default();
+        registry.register(
+            "hub_repository_secret_errors",
+            "Repository and repo-creds Secrets the last read of the declared repositories directory could not use, and removed ones whose repository applications keep (the log names each file and cause)",
+            repository_secret_errors.clone(),
+        );
         Self {
             registry,
             open_files_limit,
             store_cache_bytes,
+            repository_secret_errors,
             wire_messages,
             wire_bytes,
             bundles_withheld,
@@ -378,6 +386,12 @@ impl HubMetrics {
     pub fn store_cache_capacity(&self, bytes: u64) {
         self.store_cache_bytes
             .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    /// Records how many repository Secrets the last read could not use.
+    pub fn repository_secret_errors(&self, n: usize) {
+        self.repository_secret_errors
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// Counts bundles withheld from an agent too old for chunks.
@@ -652,7 +666,11 @@ mod tests {
         assert!(text.contains(
             "flotilla_applications{sync_status=\"OutOfSync\",health_status=\"Degraded\"} 1"
         ));
-        assert!(!text.contains("secret"), "credentials are redacted: {text}");
+        // The password of the URLs above (`secret` alone is in metric names).
+        assert!(
+            !text.contains(":secret@"),
+            "credentials are redacted: {text}"
+        );
 
         // Later writes reach the next scrape without a rescan: a new report,
         // a comparison error, a removed application.

@@ -7,7 +7,9 @@ use crate::source::{FetchAuth, FetchLimits, GitCache, SourceError, SshKey};
 use crate::store::Store;
 
 /// Fetches `url` and resolves `revision` with the credentials the hub
-/// stores for `url` (an ssh key, https user and password, or none), within
+/// stores for `url` (an ssh key, https user and password, or none), else
+/// those of the credential template with the longest prefix of `url`
+/// ([`Store::effective_repo_credentials`]), within
 /// the cache's fetch timeout. Used by ApplicationSet git generators.
 /// Blocking.
 ///
@@ -35,7 +37,12 @@ pub(crate) fn fetch_with_stored_credentials_within(
     revision: &str,
     limits: &FetchLimits,
 ) -> Result<String, SourceError> {
-    match store.repo_credentials(url).ok().flatten() {
+    let credentials = store
+        .effective_repo_credentials(url)
+        .ok()
+        .flatten()
+        .map(crate::store::credential_templates::CredentialsSource::into_credentials);
+    match credentials {
         Some(c) if !c.ssh_private_key.is_empty() => {
             let key = SshKey {
                 private_key: c.ssh_private_key,

@@ -6,11 +6,13 @@
 //! with its `url` (the longest matching prefix wins; a repository's own
 //! credentials win over any template).
 //!
-//! The hub reads them at start from a directory ([`load_dir`]): Secret
-//! manifests (`*.yaml`, `*.yml`, `*.json`, the label saying which kind),
-//! and Secrets mounted as volumes (one file per key) under
-//! `repository/NAME/` and `repo-creds/NAME/`, which is how the hub chart
-//! mounts the Secrets it renders.
+//! The hub reads them from a directory ([`load_dir`]): Secret manifests
+//! (`*.yaml`, `*.yml`, `*.json`, the label saying which kind), and Secrets
+//! mounted as volumes (one file per key) under `repository/NAME/` and
+//! `repo-creds/NAME/`, which is how the hub chart mounts the Secrets it
+//! renders. It reads the directory at start and again while it runs
+//! ([`reload`]), so Secrets added, changed or removed take effect without a
+//! restart.
 //!
 //! What flotilla cannot honour is an error naming the Secret and the key,
 //! never a silently ignored field: TLS client certificates, GitHub App and
@@ -26,6 +28,8 @@ use serde_json::Value;
 use crate::gitsync::RepoKind;
 use crate::inventory::ARGO_SECRET_TYPE_LABEL;
 use crate::store::RepoCredentials;
+
+pub mod reload;
 
 /// `secret-type` of a repository Secret.
 pub const REPOSITORY: &str = "repository";
@@ -95,8 +99,8 @@ pub enum SecretKind {
     RepoCreds,
 }
 
-/// Credentials from a Secret.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// Credentials from a Secret. `Debug` hides the password and the key.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Credentials {
     pub username: String,
     pub password: String,
@@ -104,6 +108,18 @@ pub struct Credentials {
     /// ssh: do not verify the host key (`insecure` or
     /// `insecureIgnoreHostKey`).
     pub insecure_ignore_host_key: bool,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hidden = |s: &str| if s.is_empty() { "" } else { "***" };
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &hidden(&self.password))
+            .field("ssh_private_key", &hidden(&self.ssh_private_key))
+            .field("insecure_ignore_host_key", &self.insecure_ignore_host_key)
+            .finish()
+    }
 }
 
 impl Credentials {
@@ -143,18 +159,6 @@ pub struct DeclaredSecret {
     pub name: String,
     /// Credentials, when any are given.
     pub credentials: Option<Credentials>,
-}
-
-/// A repository to register, with the credentials it gets.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ResolvedRepository {
-    pub secret: String,
-    pub url: String,
-    pub kind: RepoKind,
-    pub name: String,
-    pub credentials: Option<Credentials>,
-    /// The template Secret the credentials came from, if they did.
-    pub credentials_from: Option<String>,
 }
 
 /// The kind a document declares, if it is a repository or repo-creds
@@ -328,6 +332,15 @@ pub fn from_fields(
         )));
     }
     let has_credentials = !credentials.is_empty();
+    if kind == SecretKind::RepoCreds
+        && credentials.password.is_empty()
+        && credentials.ssh_private_key.is_empty()
+    {
+        return Err(invalid(
+            "a repo-creds Secret needs credentials (password, with or without username, or sshPrivateKey)"
+                .to_owned(),
+        ));
+    }
     Ok(DeclaredSecret {
         kind,
         secret: secret.to_owned(),
@@ -336,50 +349,6 @@ pub fn from_fields(
         name: get("name").to_owned(),
         credentials: has_credentials.then_some(credentials),
     })
-}
-
-/// The URL as templates are matched: without a trailing `/` or `.git`,
-/// lower case (Argo CD normalises the same way).
-fn normalized(url: &str) -> String {
-    let url = url.trim().trim_end_matches('/');
-    url.strip_suffix(".git").unwrap_or(url).to_ascii_lowercase()
-}
-
-/// The repositories to register, each with its own credentials or else
-/// those of the template with the longest URL prefix of its URL.
-#[must_use]
-pub fn resolve(secrets: &[DeclaredSecret]) -> Vec<ResolvedRepository> {
-    let templates: Vec<&DeclaredSecret> = secrets
-        .iter()
-        .filter(|s| s.kind == SecretKind::RepoCreds && s.credentials.is_some())
-        .collect();
-    secrets
-        .iter()
-        .filter(|s| s.kind == SecretKind::Repository)
-        .map(|r| {
-            let (credentials, credentials_from) = match &r.credentials {
-                Some(c) => (Some(c.clone()), None),
-                None => {
-                    let url = normalized(&r.url);
-                    templates
-                        .iter()
-                        .filter(|t| url.starts_with(&normalized(&t.url)))
-                        .max_by_key(|t| normalized(&t.url).len())
-                        .map_or((None, None), |t| {
-                            (t.credentials.clone(), Some(t.secret.clone()))
-                        })
-                }
-            };
-            ResolvedRepository {
-                secret: r.secret.clone(),
-                url: r.url.clone(),
-                kind: r.repo_kind,
-                name: r.name.clone(),
-                credentials,
-                credentials_from,
-            }
-        })
-        .collect()
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RepoSecretError + '_ {
@@ -437,6 +406,23 @@ fn mounted(dir: &Path, kind: SecretKind) -> Result<DeclaredSecret, RepoSecretErr
 /// # Errors
 /// Every Secret or file that cannot be read, not only the first.
 pub fn load_dir(dir: &Path) -> Result<Vec<DeclaredSecret>, Vec<RepoSecretError>> {
+    let (found, errors) = load_dir_all(dir)?;
+    if errors.is_empty() {
+        Ok(found)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Reads `dir` as [`load_dir`], returning the Secrets that could be read
+/// together with the errors of those that could not, so one bad file does
+/// not hide the others.
+///
+/// # Errors
+/// `dir` itself cannot be read.
+pub fn load_dir_all(
+    dir: &Path,
+) -> Result<(Vec<DeclaredSecret>, Vec<RepoSecretError>), Vec<RepoSecretError>> {
     let mut found = Vec::new();
     let mut errors = Vec::new();
     let top = match entries(dir) {
@@ -496,11 +482,7 @@ pub fn load_dir(dir: &Path) -> Result<Vec<DeclaredSecret>, Vec<RepoSecretError>>
             }
         }
     }
-    if errors.is_empty() {
-        Ok(found)
-    } else {
-        Err(errors)
-    }
+    Ok((found, errors))
 }
 
 #[cfg(test)]
@@ -573,6 +555,14 @@ data:
             (
                 secret("creds-no-url", "repo-creds", "  password: x\n"),
                 "repos.yaml: Secret \"creds-no-url\": url is required",
+            ),
+            (
+                secret(
+                    "creds-empty",
+                    "repo-creds",
+                    "  url: https://g.example.com/org\n  username: bot\n",
+                ),
+                "Secret \"creds-empty\": a repo-creds Secret needs credentials",
             ),
             (
                 secret(
@@ -680,65 +670,22 @@ stringData:
     }
 
     #[test]
-    fn templates_give_credentials_by_longest_prefix_and_own_credentials_win() {
-        let template = |secret: &str, url: &str, password: &str| DeclaredSecret {
-            kind: SecretKind::RepoCreds,
-            secret: secret.into(),
-            url: url.into(),
-            repo_kind: RepoKind::Git,
-            name: String::new(),
-            credentials: Some(Credentials {
-                password: password.into(),
-                ..Credentials::default()
-            }),
-        };
-        let repo = |secret: &str, url: &str, own: Option<&str>| DeclaredSecret {
-            kind: SecretKind::Repository,
-            secret: secret.into(),
-            url: url.into(),
-            repo_kind: RepoKind::Git,
-            name: String::new(),
-            credentials: own.map(|p| Credentials {
-                password: p.into(),
-                ..Credentials::default()
-            }),
-        };
-        let resolved = resolve(&[
-            template("org", "https://git.example.com/org", "org-token"),
-            template("team", "https://git.example.com/org/team/", "team-token"),
-            repo("a", "https://git.example.com/org/team/a.git", None),
-            repo("b", "https://git.example.com/org/b", None),
-            repo("c", "https://git.example.com/org/team/c", Some("own")),
-            repo("d", "https://other.example.com/d", None),
-        ]);
-        let got: Vec<(&str, Option<&str>, Option<&str>)> = resolved
-            .iter()
-            .map(|r| {
-                (
-                    r.secret.as_str(),
-                    r.credentials.as_ref().map(|c| c.password.as_str()),
-                    r.credentials_from.as_deref(),
-                )
-            })
-            .collect();
-        assert_eq!(
-            got,
-            [
-                ("a", Some("team-token"), Some("team")),
-                ("b", Some("org-token"), Some("org")),
-                ("c", Some("own"), None),
-                ("d", None, None),
-            ]
-        );
-        assert_eq!(
-            resolved[0]
-                .credentials
-                .as_ref()
-                .unwrap()
-                .to_store()
-                .username,
-            "git"
-        );
+    fn a_template_with_a_token_only_gets_a_user_name() {
+        let s = read(
+            "kind: Secret
+metadata:
+  name: org
+  labels: {argocd.argoproj.io/secret-type: repo-creds}
+stringData:
+  url: https://git.example.com/org
+  password: token
+",
+        )
+        .unwrap();
+        assert_eq!(s.kind, SecretKind::RepoCreds);
+        let c = s.credentials.unwrap().to_store();
+        // Token-only hosts accept any user name (as `repo add`).
+        assert_eq!((c.username.as_str(), c.password.as_str()), ("git", "token"));
     }
 
     #[test]

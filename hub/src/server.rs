@@ -80,8 +80,11 @@ pub struct HubConfig {
     /// Bytes sled may use to cache pages (`--store-cache-mib`).
     pub store_cache_bytes: u64,
     /// operate: directory of repository and repo-creds Secrets (Argo CD's
-    /// declarative shape), read at start ([`crate::repo_secrets`]).
+    /// declarative shape), read at start and every
+    /// `repository_secrets_interval` ([`crate::repo_secrets`]).
     pub repository_secrets: Option<PathBuf>,
+    /// How often `repository_secrets` is read again.
+    pub repository_secrets_interval: Duration,
 }
 
 impl HubConfig {
@@ -110,6 +113,7 @@ impl HubConfig {
             wire: crate::api::WireLimits::default(),
             store_cache_bytes: crate::store::DEFAULT_CACHE_MIB * 1024 * 1024,
             repository_secrets: None,
+            repository_secrets_interval: crate::repo_secrets::reload::DEFAULT_RELOAD_INTERVAL,
         }
     }
 }
@@ -152,9 +156,20 @@ pub struct RunningHub {
     data_dir: PathBuf,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), HubError>>,
+    declared: Option<Arc<crate::repo_secrets::reload::DeclaredRepositories>>,
 }
 
 impl RunningHub {
+    /// The Secrets under `--repository-secrets` the last read could not use
+    /// (each naming its file and cause), and removed Secrets whose
+    /// repository is kept for applications.
+    pub fn repository_secret_errors(&self) -> Vec<String> {
+        self.declared
+            .as_ref()
+            .map(|d| d.errors())
+            .unwrap_or_default()
+    }
+
     /// The address the listener is bound to.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
@@ -336,9 +351,15 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
             )?;
         }
     }
-    if let Some(dir) = &config.repository_secrets {
-        register_declared_repositories(&store, &git, dir, config.poll_interval)?;
-    }
+    let declared = match &config.repository_secrets {
+        Some(dir) => Some(declared_repositories(
+            &store,
+            &git,
+            dir,
+            config.poll_interval,
+        )?),
+        None => None,
+    };
     store.flush()?;
 
     let (closing_tx, closing_rx) = watch::channel(false);
@@ -470,6 +491,9 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
     };
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let git_task = tokio::spawn(git.clone().run());
+    let secrets_task = declared
+        .clone()
+        .map(|d| d.spawn(config.repository_secrets_interval));
     let task = tokio::spawn(async move {
         let (server_stop_tx, server_stop_rx) = oneshot::channel::<()>();
         let mut server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
@@ -497,7 +521,10 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         // directory can be opened again at once.
         git_task.abort();
         let _ = git_task.await;
-        for t in [webhook_task, metrics_task].into_iter().flatten() {
+        for t in [webhook_task, metrics_task, secrets_task]
+            .into_iter()
+            .flatten()
+        {
             t.abort();
             let _ = t.await;
         }
@@ -517,6 +544,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         data_dir,
         stop: Some(stop_tx),
         task,
+        declared,
     })
 }
 
@@ -533,37 +561,30 @@ pub async fn serve(config: HubConfig, shutdown: impl Future<Output = ()>) -> Res
     }
 }
 
-/// Registers the repositories declared as Secrets in `dir` (a repository
-/// already registered keeps its apps path and revision) and stores the
-/// credentials each gets (its own, or a template's).
-fn register_declared_repositories(
+/// Reads the repositories and credential templates declared as Secrets in
+/// `dir` once (a Secret that cannot be used is logged and counted, and
+/// does not stop the hub), to be read again while the hub runs.
+///
+/// # Errors
+/// `dir` cannot be read, or the store fails.
+fn declared_repositories(
     store: &Store,
-    git: &crate::gitsync::GitSync,
+    git: &Arc<crate::gitsync::GitSync>,
     dir: &std::path::Path,
     poll_interval: Duration,
-) -> Result<(), HubError> {
-    let declared = crate::repo_secrets::load_dir(dir).map_err(HubError::RepoSecrets)?;
-    for r in crate::repo_secrets::resolve(&declared) {
-        if store.repo(&r.url)?.is_none() {
-            git.add_repository(
-                &r.url,
-                "HEAD",
-                "",
-                poll_interval.as_secs().max(1) as i64,
-                r.kind,
-            )?;
-        }
-        if let Some(c) = &r.credentials {
-            store.put_repo_credentials(&r.url, Some(&c.to_store()))?;
-        }
-        tracing::info!(
-            secret = %r.secret,
-            name = %r.name,
-            url = %crate::source::SafeUrl(&r.url),
-            credentials = r.credentials.is_some(),
-            credentials_from = r.credentials_from.as_deref().unwrap_or(""),
-            "repository declared by a Secret"
-        );
-    }
-    Ok(())
+) -> Result<Arc<crate::repo_secrets::reload::DeclaredRepositories>, HubError> {
+    std::fs::read_dir(dir).map_err(|source| {
+        HubError::RepoSecrets(vec![crate::repo_secrets::RepoSecretError::Io {
+            path: dir.to_owned(),
+            source,
+        }])
+    })?;
+    let declared = Arc::new(crate::repo_secrets::reload::DeclaredRepositories::new(
+        store.clone(),
+        git.clone(),
+        dir.to_owned(),
+        poll_interval,
+    ));
+    declared.read_and_apply()?;
+    Ok(declared)
 }

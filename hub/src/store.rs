@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
+pub mod credential_templates;
 pub mod credentials;
 pub mod records;
 mod targets;
@@ -368,6 +369,9 @@ struct Shared {
     /// Reads and records decoded since open ([`Store::counters`]).
     reads: AtomicU64,
     decoded: AtomicU64,
+    /// Credential templates (`repo-creds` Secrets), held in memory: the
+    /// directory they are read from is their source of truth.
+    templates: RwLock<Arc<Vec<credential_templates::CredentialTemplate>>>,
 }
 
 /// (application, cluster) → (sync, health) as the agent reported them
@@ -686,6 +690,7 @@ impl Store {
                 cluster_cache: Mutex::new(None),
                 reads: AtomicU64::new(0),
                 decoded: AtomicU64::new(0),
+                templates: RwLock::default(),
             }),
         })
     }

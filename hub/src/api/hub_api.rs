@@ -10,6 +10,7 @@ use super::{HubContext, create_token, now_ms, require_write};
 use crate::fleet::{self, parse_single_application};
 use crate::model::is_dns_subdomain;
 use crate::pki;
+use crate::store::credential_templates::CredentialsSource;
 use crate::store::{
     AppRecord, BootstrapRecord, ClusterRecord, RepoCredentials, RepoRecord, TokenRecord,
 };
@@ -276,16 +277,30 @@ fn repo_to_pb(r: &RepoRecord) -> pb::Repository {
         } else {
             r.kind.clone()
         },
+        credentials_template: String::new(),
     }
 }
 
 /// `Repository` with what is stored about its credentials (never the
 /// credentials themselves).
-fn repo_with_credentials(r: &RepoRecord, credentials: Option<&RepoCredentials>) -> pb::Repository {
+fn repo_with_credentials(
+    r: &RepoRecord,
+    credentials: Option<&CredentialsSource>,
+) -> pb::Repository {
     let mut p = repo_to_pb(r);
     p.has_credentials = credentials.is_some();
-    p.insecure_ignore_host_key = credentials.is_some_and(|c| c.insecure_ignore_host_key);
+    p.insecure_ignore_host_key =
+        credentials.is_some_and(|c| c.credentials().insecure_ignore_host_key);
+    p.credentials_template = credentials
+        .and_then(CredentialsSource::template_url)
+        .unwrap_or_default()
+        .to_owned();
     p
+}
+
+/// The credentials `url` uses (its own or a template's), for showing.
+fn effective_credentials(store: &crate::store::Store, url: &str) -> Option<CredentialsSource> {
+    store.effective_repo_credentials(url).ok().flatten()
 }
 
 /// The credentials a `SetRepositoryCredentials` request stores (`None`:
@@ -626,7 +641,7 @@ impl pb::hub_api_server::HubApi for HubApiService {
             .repos()?
             .iter()
             .map(|r| {
-                let credentials = self.ctx.store.repo_credentials(&r.url).ok().flatten();
+                let credentials = effective_credentials(&self.ctx.store, &r.url);
                 repo_with_credentials(r, credentials.as_ref())
             })
             .collect();
@@ -681,7 +696,7 @@ impl pb::hub_api_server::HubApi for HubApiService {
         self.ctx.store.flush_async().await?;
         Ok(Response::new(repo_with_credentials(
             &rec,
-            credentials.as_ref(),
+            effective_credentials(&self.ctx.store, &req.url).as_ref(),
         )))
     }
 
@@ -854,7 +869,10 @@ impl pb::hub_api_server::HubApi for HubApiService {
         };
         tracing::info!(url = %crate::source::redact_url(&req.url), stored = kind, "repository credentials updated");
         self.ctx.git.refresh_urls(std::slice::from_ref(&req.url));
-        Ok(Response::new(repo_with_credentials(&rec, creds.as_ref())))
+        Ok(Response::new(repo_with_credentials(
+            &rec,
+            effective_credentials(&self.ctx.store, &req.url).as_ref(),
+        )))
     }
 
     async fn diff_application(
@@ -1017,7 +1035,13 @@ impl pb::hub_api_server::HubApi for HubApiService {
                 })?
             }
             crate::gitsync::RepoKind::Helm => {
-                let stored = self.ctx.store.repo_credentials(&url).ok().flatten();
+                let stored = self
+                    .ctx
+                    .store
+                    .effective_repo_credentials(&url)
+                    .ok()
+                    .flatten()
+                    .map(crate::store::credential_templates::CredentialsSource::into_credentials);
                 let credentials = given.or(stored);
                 let target = url.clone();
                 let index = tokio::task::spawn_blocking(move || {
@@ -1037,7 +1061,7 @@ impl pb::hub_api_server::HubApi for HubApiService {
 }
 
 /// The applications that render from `url` or were declared by it.
-fn applications_of_repo(apps: &[AppRecord], url: &str) -> Vec<String> {
+pub(crate) fn applications_of_repo(apps: &[AppRecord], url: &str) -> Vec<String> {
     let same = |u: &str| u.trim_end_matches('/') == url.trim_end_matches('/');
     let declared = format!("git:{url}:");
     let mut names: Vec<String> = apps

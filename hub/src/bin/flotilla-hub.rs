@@ -149,10 +149,14 @@ struct ServeArgs {
     ssh_known_hosts: Option<PathBuf>,
     /// Directory of repositories and credential templates declared as
     /// Secrets (Argo CD's `argocd.argoproj.io/secret-type: repository` and
-    /// `repo-creds`), read at start: Secret manifests (*.yaml) and Secrets
-    /// mounted under repository/NAME/ and repo-creds/NAME/.
+    /// `repo-creds`), read at start, every --repository-secrets-interval
+    /// and on SIGHUP: Secret manifests (*.yaml) and Secrets mounted under
+    /// repository/NAME/ and repo-creds/NAME/.
     #[arg(long, env = "FLOTILLA_REPOSITORY_SECRETS", value_name = "DIR")]
     repository_secrets: Option<PathBuf>,
+    /// How often --repository-secrets is read again.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    repository_secrets_interval: Duration,
     /// File with the key (64 hex digits) that seals repository credentials
     /// in the store; created 0600 on first start when missing. Keep it
     /// apart from backups of the database. [default: DATA/credentials.key]
@@ -287,6 +291,7 @@ async fn main() -> Result<()> {
         stream_idle_timeout: args.stream_idle_timeout,
         ssh_known_hosts: args.ssh_known_hosts,
         repository_secrets: args.repository_secrets,
+        repository_secrets_interval: args.repository_secrets_interval,
         credentials_key_file: args.credentials_key_file,
         git_limits: flotilla_hub::gitsync::GitLimits {
             fetch_timeout: args.git_fetch_timeout,

@@ -122,6 +122,9 @@ pub(super) fn repo_text(r: &pb::Repository) -> String {
             "Credentials",
             match (r.has_credentials, r.insecure_ignore_host_key) {
                 (false, _) => "none".to_owned(),
+                _ if !r.credentials_template.is_empty() => {
+                    format!("from template {}", r.credentials_template)
+                }
                 (true, false) => "stored".to_owned(),
                 (true, true) => "stored (ssh host key not verified)".to_owned(),
             },

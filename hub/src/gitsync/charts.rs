@@ -143,13 +143,15 @@ impl GitSync {
             .map_err(|e| e.to_string())
     }
 
-    /// The stored https credentials of `url` (user name and password;
-    /// other kinds do not apply to a Helm repository).
+    /// The stored https credentials of `url`, its own or a credential
+    /// template's (user name and password; other kinds do not apply to a
+    /// Helm repository).
     fn helm_credentials(&self, url: &str) -> Option<crate::store::RepoCredentials> {
         self.store
-            .repo_credentials(url)
+            .effective_repo_credentials(url)
             .ok()
             .flatten()
+            .map(crate::store::credential_templates::CredentialsSource::into_credentials)
             .filter(|c| !c.username.is_empty() || !c.password.is_empty())
     }
 
