@@ -115,7 +115,7 @@ struct Args {
     /// Longest any one phase may take, seconds.
     #[arg(long, default_value_t = 1800)]
     deadline_secs: u64,
-    /// Record the hub with `perf record -F 199 -g` during the commit phases
+    /// Record the hub with `perf record -F 49 --call-graph dwarf` during the commit phases
     /// into this file (of the requested size, not the baseline).
     #[arg(long)]
     perf: Option<PathBuf>,
@@ -590,7 +590,18 @@ fn spread(values: &[Duration]) -> String {
 /// Starts `perf record` on the hub; stopped with SIGINT by [`stop_perf`].
 fn start_perf(pid: &str, out: &Path) -> Option<std::process::Child> {
     std::process::Command::new("perf")
-        .args(["record", "-F", "199", "-g", "-p", pid, "-o"])
+        // DWARF unwinding: the release hub has no frame pointers, so `-g`
+        // records stacks that stop at the first frame.
+        .args([
+            "record",
+            "-F",
+            "49",
+            "--call-graph",
+            "dwarf,32768",
+            "-p",
+            pid,
+            "-o",
+        ])
         .arg(out)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
