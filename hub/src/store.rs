@@ -1710,6 +1710,26 @@ fn open_locked(dir: &Path) -> Result<sled::Db, StoreError> {
     }
 }
 
+/// The applications that render from `url` or were declared by it.
+pub fn applications_of_repo(apps: &[AppRecord], url: &str) -> Vec<String> {
+    let same = |u: &str| u.trim_end_matches('/') == url.trim_end_matches('/');
+    let declared = format!("git:{url}:");
+    let mut names: Vec<String> = apps
+        .iter()
+        .filter(|r| {
+            r.origin.starts_with(&declared)
+                || r.app
+                    .spec
+                    .effective_sources()
+                    .iter()
+                    .any(|s| same(&s.repo_url))
+        })
+        .map(|r| r.app.metadata.name.clone())
+        .collect();
+    names.sort();
+    names
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

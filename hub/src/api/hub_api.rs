@@ -960,7 +960,7 @@ impl pb::hub_api_server::HubApi for HubApiService {
                 crate::source::SafeUrl(&url)
             )));
         }
-        let applications = applications_of_repo(&self.ctx.store.apps()?, &url);
+        let applications = crate::store::applications_of_repo(&self.ctx.store.apps()?, &url);
         if !applications.is_empty() && !req.force {
             return Err(Status::failed_precondition(format!(
                 "repository {} is used by (or declared) application(s) {}: delete them first, or remove it anyway with --force",
@@ -1058,26 +1058,6 @@ impl pb::hub_api_server::HubApi for HubApiService {
         };
         Ok(Response::new(pb::CheckRepositoryResponse { resolved }))
     }
-}
-
-/// The applications that render from `url` or were declared by it.
-pub(crate) fn applications_of_repo(apps: &[AppRecord], url: &str) -> Vec<String> {
-    let same = |u: &str| u.trim_end_matches('/') == url.trim_end_matches('/');
-    let declared = format!("git:{url}:");
-    let mut names: Vec<String> = apps
-        .iter()
-        .filter(|r| {
-            r.origin.starts_with(&declared)
-                || r.app
-                    .spec
-                    .effective_sources()
-                    .iter()
-                    .any(|s| same(&s.repo_url))
-        })
-        .map(|r| r.app.metadata.name.clone())
-        .collect();
-    names.sort();
-    names
 }
 
 #[cfg(test)]

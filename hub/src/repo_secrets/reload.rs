@@ -219,7 +219,7 @@ impl DeclaredRepositories {
                 repos.insert(url.clone(), d.clone());
                 continue;
             }
-            let users = crate::api::hub_api::applications_of_repo(&apps, url);
+            let users = crate::store::applications_of_repo(&apps, url);
             if users.is_empty() {
                 self.store.remove_repo(url)?;
                 if d.own_credentials {
