@@ -567,8 +567,8 @@ impl Fleet {
             // the revision of its content; so does the record).
             let revision = self
                 .store
-                .app(&bundle.name)?
-                .map(|r| r.revision)
+                .app_shared(&bundle.name)?
+                .map(|r| r.revision.clone())
                 .filter(|r| !r.is_empty())
                 .unwrap_or_else(|| bundle.revision.clone());
             // Same content (digest) from the same source: keep the bundle as
@@ -617,7 +617,7 @@ impl Fleet {
     /// # Errors
     /// The store cannot be written.
     pub fn remove_app(&self, name: &str) -> Result<bool, StoreError> {
-        let Some(rec) = self.store.app(name)? else {
+        let Some(rec) = self.store.app_shared(name)? else {
             return Ok(false);
         };
         let propagation = crate::deletion::from_finalizers(&rec.app);
@@ -635,7 +635,7 @@ impl Fleet {
         name: &str,
         propagation: Propagation,
     ) -> Result<Option<Vec<String>>, StoreError> {
-        if self.store.app(name)?.is_none() {
+        if self.store.app_shared(name)?.is_none() {
             return Ok(None);
         }
         let clusters: Vec<String> = {

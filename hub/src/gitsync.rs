@@ -126,12 +126,51 @@ struct AppSlot {
     done: watch::Sender<u64>,
 }
 
+/// What the last good render of a single-source Git application read: a
+/// pass does not render it again while the application record (its
+/// `Application`), the commit its source resolves to and its bundle in the
+/// fleet are the same, and its source is not due for a fetch. A forced
+/// pass, `app sync`, `app refresh`, a webhook and an API edit render it
+/// whatever this says.
+struct Settled {
+    app: Arc<AppRecord>,
+    key: (String, String),
+    commit: String,
+    digest: String,
+}
+
 /// A bundle handed to the fleet, and who waits for it to be there.
 struct Publish {
     bundle: pb::AppBundle,
     /// The render's span: the desired state it leads to continues its trace.
     span: tracing::Span,
     done: oneshot::Sender<Result<(), String>>,
+}
+
+/// How long the publisher holds rendered bundles for renders still under
+/// way, at most: a pass's bundles reach the fleet together (one new
+/// generation per cluster), and a slow render (a large chart, a slow
+/// fetch) delays the others by no more than this.
+const PUBLISH_HOLD: Duration = Duration::from_secs(2);
+
+/// A render task, or a pass asking for renders ([`GitSync::rendering`]).
+struct Rendering(Arc<GitSync>);
+
+impl Rendering {
+    fn enter(sync: &Arc<GitSync>) -> Self {
+        sync.rendering
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Self(sync.clone())
+    }
+}
+
+impl Drop for Rendering {
+    fn drop(&mut self) {
+        self.0
+            .rendering
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.0.render_ended.notify_one();
+    }
 }
 
 /// The Git loop and its caches.
@@ -154,12 +193,26 @@ pub struct GitSync {
     /// application → the render keys its last render used.
     used_by: Mutex<HashMap<String, HashSet<RenderKey>>>,
     apps: Mutex<HashMap<String, AppSlot>>,
+    /// application → what its last good render read, when that is all it
+    /// depends on: a pass leaves it alone while its record and the commit
+    /// of its source are the same ([`Settled`]).
+    settled: Mutex<HashMap<String, Settled>>,
+    /// Application renders started ([`GitSync::app_renders`]).
+    app_renders: std::sync::atomic::AtomicU64,
     /// Application-of-applications and history bookkeeping after a render,
     /// one application at a time (as when renders ran in one loop); also
     /// held by everything that reads and writes an application's history
     /// and pin ([`GitSync::history_lock`]), so no update is lost.
     post: Mutex<()>,
     publisher: Mutex<Option<mpsc::UnboundedSender<Publish>>>,
+    /// Render tasks running (rendering, concluding, or waiting for the
+    /// publisher), and passes asking for renders: the publisher holds a
+    /// batch until each of them has either handed its bundle over or
+    /// ended, so a pass that changes many applications gives each cluster
+    /// one new generation, not one per application.
+    rendering: std::sync::atomic::AtomicUsize,
+    /// Signalled when a render task leaves a render.
+    render_ended: Notify,
     /// Render tasks, fetches started by the loop and the publisher: aborted
     /// when the loop stops.
     tasks: Mutex<tokio::task::JoinSet<()>>,
@@ -261,8 +314,12 @@ impl GitSync {
             render_slots: RwLock::new(Arc::new(Semaphore::new(limits.render_concurrency))),
             used_by: Mutex::default(),
             apps: Mutex::default(),
+            settled: Mutex::default(),
+            app_renders: std::sync::atomic::AtomicU64::new(0),
             post: Mutex::default(),
             publisher: Mutex::default(),
+            rendering: std::sync::atomic::AtomicUsize::new(0),
+            render_ended: Notify::new(),
             tasks: Mutex::default(),
             polling: tokio::sync::Mutex::new(()),
             pass: std::sync::atomic::AtomicU64::new(0),
@@ -399,6 +456,13 @@ impl GitSync {
             .map_or(self.default_interval, |r| {
                 Duration::from_secs(r.poll_interval_secs.max(1) as u64)
             })
+    }
+
+    /// How many application renders started since the loop was made (one
+    /// per application a pass or a request renders, cached or not): lets a
+    /// test see that a pass leaves settled applications alone.
+    pub fn app_renders(&self) -> u64 {
+        self.app_renders.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Renders the application `name` soon, alone (an application created
@@ -660,11 +724,23 @@ impl GitSync {
                 })
                 .collect(),
         });
-        let apps = self.store.apps()?;
+        let apps = self.store.apps_shared()?;
+        // Bundles published while this pass is still asking for renders
+        // wait for the renders it asks for.
+        let asking = Rendering::enter(self);
         let waits: Vec<_> = apps
             .iter()
+            .filter(|rec| force || !self.is_settled(rec))
             .map(|rec| self.request_render(&rec.app.metadata.name, force, Some(inputs.clone())))
             .collect();
+        if waits.len() < apps.len() {
+            tracing::debug!(
+                rendered = waits.len(),
+                settled = apps.len() - waits.len(),
+                "applications whose inputs did not change are not rendered again"
+            );
+        }
+        drop(asking);
         self.forget_renders_of_others(&apps);
         if wait {
             for (mut done, ticket) in waits {
@@ -760,7 +836,11 @@ impl GitSync {
             slot.running = true;
             let (this, name) = (self.clone(), name.to_owned());
             drop(apps);
-            self.spawn(async move { this.render_task(name).await });
+            let rendering = Rendering::enter(self);
+            self.spawn(async move {
+                let _rendering = rendering;
+                this.render_task(name).await;
+            });
         }
         (done, ticket)
     }
@@ -796,14 +876,43 @@ impl GitSync {
         }
     }
 
+    /// Whether the last render of `rec` still stands: nothing it read
+    /// changed ([`Settled`]).
+    fn is_settled(&self, rec: &Arc<AppRecord>) -> bool {
+        let name = &rec.app.metadata.name;
+        let settled = self.settled.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(s) = settled.get(name) else {
+            return false;
+        };
+        if !(Arc::ptr_eq(&s.app, rec) || s.app.app == rec.app) {
+            return false;
+        }
+        if self.fetcher.due(&s.key, &flight_of(&s.key)) {
+            return false;
+        }
+        let same_commit = self
+            .fetcher
+            .last(&s.key)
+            .is_some_and(|k| k.commit.as_deref() == Ok(s.commit.as_str()));
+        same_commit
+            && self
+                .fleet
+                .bundle(name)
+                .is_some_and(|b| b.digest == s.digest)
+    }
+
     /// Drops the render tasks, used render keys and cached renders of
     /// applications that are gone, and cached renders no application uses.
-    fn forget_renders_of_others(&self, apps: &[AppRecord]) {
+    fn forget_renders_of_others(&self, apps: &[Arc<AppRecord>]) {
         let names: HashSet<&str> = apps.iter().map(|a| a.app.metadata.name.as_str()).collect();
         self.apps
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|name, slot| slot.running || names.contains(name.as_str()));
+        self.settled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|name, _| names.contains(name.as_str()));
         let mut used_by = self.used_by.lock().unwrap_or_else(|p| p.into_inner());
         used_by.retain(|name, _| names.contains(name.as_str()));
         let used: HashSet<&RenderKey> = used_by.values().flatten().collect();
@@ -910,9 +1019,11 @@ impl GitSync {
         force: bool,
         inputs: Option<Arc<PassInputs>>,
     ) -> Result<(), StoreError> {
-        let Some(rec) = self.store.app(name)? else {
+        let Some(rec) = self.store.app_shared(name)? else {
             return Ok(());
         };
+        self.app_renders
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let inputs = match inputs {
             Some(i) => i,
             None => Arc::new(PassInputs {
@@ -929,6 +1040,7 @@ impl GitSync {
         };
         let app = &rec.app;
         let mut used = HashSet::new();
+        let mut fetched = None;
         let outcome = if app.spec.has_multiple_sources() {
             self.sources_manifests(app, &inputs.intervals, force, &mut used)
                 .await?
@@ -945,14 +1057,41 @@ impl GitSync {
                 .await?
                 .map_err(|e| (String::new(), e))
         } else {
-            self.single_manifests(app, &inputs.intervals, force, &mut used)
+            self.single_manifests(app, &inputs.intervals, force, &mut used, &mut fetched)
                 .await?
         };
         self.used_by
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(name.to_owned(), used);
-        self.conclude(app, outcome).await
+        self.settled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+        let good = outcome.is_ok();
+        self.conclude(app, outcome).await?;
+        // Settled only when the render depends on nothing else: an
+        // application of applications reconciles its children on each
+        // render, so it is rendered on every pass.
+        if good
+            && let Some((key, commit)) = fetched
+            && self.store.app_children(name)?.is_none()
+            && let Some(bundle) = self.fleet.bundle(name)
+        {
+            self.settled
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(
+                    name.to_owned(),
+                    Settled {
+                        app: rec.clone(),
+                        key,
+                        commit,
+                        digest: bundle.digest.clone(),
+                    },
+                );
+        }
+        Ok(())
     }
 
     /// The commit and objects of a single-source Git application.
@@ -962,6 +1101,7 @@ impl GitSync {
         intervals: &HashMap<(String, String), Duration>,
         force: bool,
         used: &mut HashSet<RenderKey>,
+        fetched: &mut Option<((String, String), String)>,
     ) -> Result<Outcome, StoreError> {
         let src = &app.spec.source;
         let key = (src.repo_url.clone(), revision_or_head(&src.target_revision));
@@ -973,6 +1113,7 @@ impl GitSync {
             Ok(c) => c,
             Err(e) => return Ok(Err((String::new(), e))),
         };
+        *fetched = Some((key.clone(), commit.clone()));
         let commit = {
             let _history = self.history_lock();
             crate::history::effective_commit(&self.store, app, commit)?
@@ -1081,8 +1222,25 @@ impl GitSync {
     async fn publish_loop(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Publish>) {
         while let Some(first) = rx.recv().await {
             let mut batch = vec![first];
-            while let Ok(more) = rx.try_recv() {
-                batch.push(more);
+            // Hold the batch while other renders are still under way (their
+            // bundles join it), for at most PUBLISH_HOLD.
+            let hold = tokio::time::Instant::now() + PUBLISH_HOLD;
+            loop {
+                while let Ok(more) = rx.try_recv() {
+                    batch.push(more);
+                }
+                let rendering = self.rendering.load(std::sync::atomic::Ordering::SeqCst);
+                if rendering <= batch.len() {
+                    break;
+                }
+                tokio::select! {
+                    more = rx.recv() => match more {
+                        Some(more) => batch.push(more),
+                        None => break,
+                    },
+                    () = self.render_ended.notified() => {}
+                    () = tokio::time::sleep_until(hold) => break,
+                }
             }
             // One recomputation for the batch, in the first render's trace.
             let span = batch[0].span.clone();
@@ -1091,7 +1249,7 @@ impl GitSync {
             // An application deleted while it was rendered gets no bundle.
             let mut bundles = bundles;
             let mut result = Ok(());
-            bundles.retain(|b| match self.store.app(&b.name) {
+            bundles.retain(|b| match self.store.app_shared(&b.name) {
                 Ok(found) => found.is_some(),
                 Err(e) => {
                     result = Err(e);
@@ -1120,11 +1278,12 @@ impl GitSync {
         commit: Option<&str>,
         error: &str,
     ) -> Result<(), StoreError> {
-        let Some(mut rec) = self.store.app(name)? else {
+        let Some(rec) = self.store.app_shared(name)? else {
             return Ok(());
         };
         let revision = commit.map_or_else(|| rec.revision.clone(), str::to_owned);
         if rec.revision != revision || rec.error != error {
+            let mut rec = (*rec).clone();
             rec.revision = revision;
             rec.error = error.to_owned();
             self.store.put_app(&rec)?;

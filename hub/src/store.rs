@@ -366,6 +366,13 @@ struct Shared {
     /// by the writes (under `cluster_lock`); dropped when the database is
     /// reopened. Listing 10,000 clusters then decodes nothing.
     cluster_cache: Mutex<Option<ClusterCache>>,
+    /// Every application record, decoded, as `cluster_cache` (writes under
+    /// `app_lock`): a Git pass, the ApplicationSet controller and the
+    /// fleet read applications without decoding JSON.
+    app_cache: Mutex<Option<AppCache>>,
+    /// Serialises writes of application records with the building of
+    /// `app_cache`.
+    app_lock: Mutex<()>,
     /// Reads and records decoded since open ([`Store::counters`]).
     reads: AtomicU64,
     decoded: AtomicU64,
@@ -380,6 +387,9 @@ type StatusIndex = HashMap<(String, String), (i32, i32)>;
 
 /// Cluster name → its record, as stored.
 type ClusterCache = BTreeMap<String, Arc<ClusterRecord>>;
+
+/// Application name → its record, as stored.
+type AppCache = BTreeMap<String, Arc<AppRecord>>;
 
 /// One open sled instance and its trees.
 struct Trees {
@@ -688,6 +698,8 @@ impl Store {
                 status_index: Mutex::new(None),
                 targets: Mutex::new(None),
                 cluster_cache: Mutex::new(None),
+                app_cache: Mutex::new(None),
+                app_lock: Mutex::new(()),
                 reads: AtomicU64::new(0),
                 decoded: AtomicU64::new(0),
                 templates: RwLock::default(),
@@ -898,6 +910,7 @@ impl Store {
         // What the reopened database holds may be older than what the
         // failed instance acknowledged.
         *self.cluster_cache() = None;
+        *self.app_cache() = None;
         {
             let mut current = self
                 .shared
@@ -1291,23 +1304,114 @@ impl Store {
 
     // ---- applications ----
 
+    fn app_cache(&self) -> std::sync::MutexGuard<'_, Option<AppCache>> {
+        self.shared
+            .app_cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn app_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.shared
+            .app_lock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every application record, from the cache (built here on first use).
+    /// Counted as read, and each record handed out as decoded, as when
+    /// they came from the tree: the counters measure the work asked of
+    /// the store.
+    fn cached_apps(&self) -> Result<Vec<Arc<AppRecord>>, StoreError> {
+        let cached = self
+            .app_cache()
+            .as_ref()
+            .map(|cache| cache.values().cloned().collect::<Vec<_>>());
+        let list = match cached {
+            Some(list) => list,
+            None => {
+                // Under the writers' lock: no write lands between the scan
+                // and the cache taking over.
+                let _g = self.app_lock();
+                let all: Vec<AppRecord> = self.with(|t| decode_all(&t.apps, "application"))?;
+                let cache: AppCache = all
+                    .into_iter()
+                    .map(|a| (a.app.metadata.name.clone(), Arc::new(a)))
+                    .collect();
+                let list = cache.values().cloned().collect();
+                *self.app_cache() = Some(cache);
+                list
+            }
+        };
+        self.shared.reads.fetch_add(1, Ordering::Relaxed);
+        self.count_decoded(list.len() as u64);
+        Ok(list)
+    }
+
+    /// Keeps the cache (when built) in step with a write of `name`.
+    fn cache_app(&self, name: &str, rec: Option<&AppRecord>) {
+        if let Some(cache) = self.app_cache().as_mut() {
+            match rec {
+                Some(rec) => {
+                    cache.insert(name.to_owned(), Arc::new(rec.clone()));
+                }
+                None => {
+                    cache.remove(name);
+                }
+            }
+        }
+    }
+
+    /// The record of application `name`, shared with the store's cache.
+    pub fn app_shared(&self, name: &str) -> Result<Option<Arc<AppRecord>>, StoreError> {
+        let cached = self
+            .app_cache()
+            .as_ref()
+            .map(|cache| cache.get(name).cloned());
+        let found = match cached {
+            Some(found) => {
+                self.shared.reads.fetch_add(1, Ordering::Relaxed);
+                found
+            }
+            None => self
+                .read(|t| {
+                    t.apps
+                        .get(name.as_bytes())?
+                        .map(|v| decode::<AppRecord>("application", name.as_bytes(), &v))
+                        .transpose()
+                })?
+                .map(Arc::new),
+        };
+        if found.is_some() {
+            self.count_decoded(1);
+        }
+        Ok(found)
+    }
+
     pub fn app(&self, name: &str) -> Result<Option<AppRecord>, StoreError> {
-        self.read(|t| {
-            t.apps
-                .get(name.as_bytes())?
-                .map(|v| self.decode("application", name.as_bytes(), &v))
-                .transpose()
-        })
+        Ok(self.app_shared(name)?.map(|a| (*a).clone()))
     }
 
     pub fn apps(&self) -> Result<Vec<AppRecord>, StoreError> {
-        self.read(|t| self.decode_all(&t.apps, "application"))
+        Ok(self
+            .cached_apps()?
+            .into_iter()
+            .map(|a| (*a).clone())
+            .collect())
+    }
+
+    /// Every application record, shared with the store's cache (no copy,
+    /// no decoding): for passes over all applications.
+    pub fn apps_shared(&self) -> Result<Vec<Arc<AppRecord>>, StoreError> {
+        self.cached_apps()
     }
 
     pub fn put_app(&self, rec: &AppRecord) -> Result<(), StoreError> {
         self.with(|t| {
+            let _g = self.app_lock();
             t.apps
                 .insert(rec.app.metadata.name.as_bytes(), encode(rec))?;
+            self.cache_app(&rec.app.metadata.name, Some(rec));
             Ok(())
         })?;
         self.note_targets(|t| t.put_app(&rec.app.metadata.name, Destination::of(&rec.app)));
@@ -1333,7 +1437,9 @@ impl Store {
     /// Removes an application, its bundle and its statuses.
     pub fn remove_app(&self, name: &str) -> Result<bool, StoreError> {
         self.with(|t| {
+            let _g = self.app_lock();
             let existed = t.apps.remove(name.as_bytes())?.is_some();
+            self.cache_app(name, None);
             t.bundles.remove(name.as_bytes())?;
             let mut prefix = name.as_bytes().to_vec();
             prefix.push(0);

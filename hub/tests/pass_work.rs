@@ -1,0 +1,166 @@
+//! What one pass of the Git loop does, counted (never timed): a pass renders
+//! only the applications whose inputs changed, and the bundles of one pass
+//! reach each cluster as one new generation. Real Git repositories built
+//! with the git CLI; the hub's store, fleet and Git loop in process.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla_hub::fleet::Fleet;
+use flotilla_hub::gitsync::GitSync;
+use flotilla_hub::store::{AppRecord, ClusterRecord, Store};
+
+mod support;
+use support::{git, write};
+
+const APPS: usize = 20;
+
+fn configmap(name: &str, value: &str) -> String {
+    format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  v: \"{value}\"\n")
+}
+
+fn application(name: &str, url: &str, path: &str, namespace: &str) -> AppRecord {
+    let yaml = format!(
+        "apiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata:\n  name: {name}\nspec:\n  source:\n    repoURL: {url}\n    path: {path}\n  destination:\n    name: c1\n    namespace: {namespace}\n"
+    );
+    AppRecord {
+        app: flotilla_hub::model::parse_applications(&yaml, "test")
+            .expect("valid application")
+            .remove(0),
+        origin: "api".into(),
+        revision: String::new(),
+        error: String::new(),
+    }
+}
+
+/// Writes every application's directory with `value` and commits.
+fn commit_all(repo: &Path, value: &str) {
+    for i in 0..APPS {
+        write(
+            repo,
+            &format!("p{i}/cm.yaml"),
+            &configmap(&format!("cm-{i}"), value),
+        );
+    }
+    git(repo, &["add", "-A"]);
+    git(repo, &["commit", "-q", "-m", value]);
+}
+
+fn generation(store: &Store) -> u64 {
+    store.cluster("c1").expect("read").expect("c1").generation
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_renders_what_changed_and_publishes_once_per_cluster() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let repo = root.path().join("config");
+    std::fs::create_dir_all(&repo).expect("mkdir");
+    git(&repo, &["init", "-q"]);
+    commit_all(&repo, "one");
+    let url = format!("file://{}", repo.display());
+
+    let data = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&data.path().join("db")).expect("store");
+    let fleet = Fleet::load(store.clone()).expect("fleet");
+    fleet
+        .put_cluster(ClusterRecord {
+            name: "c1".into(),
+            ..Default::default()
+        })
+        .expect("cluster");
+    for i in 0..APPS {
+        store
+            .put_app(&application(
+                &format!("app-{i}"),
+                &url,
+                &format!("p{i}"),
+                "apps",
+            ))
+            .expect("put app");
+    }
+    // Sources are due only when told (a refresh, a forced pass).
+    let sync: Arc<GitSync> = GitSync::new(
+        store.clone(),
+        fleet.clone(),
+        data.path().join("git"),
+        Duration::from_secs(3600),
+    );
+    sync.poll(true).await;
+    assert!(
+        (0..APPS).all(|i| fleet.bundle(&format!("app-{i}")).is_some()),
+        "every application rendered by the first pass"
+    );
+
+    // Nothing changed: a pass renders nothing and publishes nothing.
+    let (renders, g) = (sync.app_renders(), generation(&store));
+    sync.poll(false).await;
+    assert_eq!(
+        sync.app_renders(),
+        renders,
+        "a pass with nothing new renders nothing"
+    );
+    assert_eq!(generation(&store), g);
+
+    // A commit that changes every application: each is rendered once, and
+    // the cluster gets one new generation for all of them.
+    commit_all(&repo, "two");
+    sync.refresh_urls(std::slice::from_ref(&url));
+    sync.poll(false).await;
+    assert_eq!(
+        sync.app_renders(),
+        renders + APPS as u64,
+        "each application rendered once at the new commit"
+    );
+    let head = git(&repo, &["rev-parse", "HEAD"]);
+    for i in 0..APPS {
+        let b = fleet.bundle(&format!("app-{i}")).expect("bundle");
+        assert_eq!(b.revision, head, "app-{i} at the new commit");
+        assert!(
+            b.manifests.iter().any(|m| m.contains("two")),
+            "app-{i} has the new content"
+        );
+    }
+    assert_eq!(
+        generation(&store),
+        g + 1,
+        "{APPS} applications changed by one commit: one new generation of their cluster"
+    );
+
+    // One application edited: only it is rendered again.
+    let renders = sync.app_renders();
+    store
+        .put_app(&application("app-3", &url, "p3", "elsewhere"))
+        .expect("edit app-3");
+    sync.poll(false).await;
+    assert_eq!(
+        sync.app_renders(),
+        renders + 1,
+        "only the edited application rendered"
+    );
+    let b = fleet.bundle("app-3").expect("bundle");
+    assert!(
+        b.namespace == "elsewhere",
+        "app-3 rendered for its new namespace"
+    );
+
+    // Removed and declared again with the same spec: its bundle went with
+    // it, so it is rendered again, not taken as settled.
+    assert!(fleet.remove_app("app-5").expect("remove"));
+    store
+        .put_app(&application("app-5", &url, "p5", "apps"))
+        .expect("declare app-5 again");
+    let renders = sync.app_renders();
+    sync.poll(false).await;
+    assert_eq!(
+        sync.app_renders(),
+        renders + 1,
+        "the redeclared application rendered"
+    );
+    assert!(fleet.bundle("app-5").is_some(), "app-5 has a bundle again");
+
+    // A forced pass renders everything, whatever changed.
+    let renders = sync.app_renders();
+    sync.poll(true).await;
+    assert_eq!(sync.app_renders(), renders + APPS as u64);
+}
