@@ -1175,15 +1175,17 @@ impl Store {
         Ok(())
     }
 
-    /// Applies `f` to the stored record of `name`; returns the updated record,
-    /// or `None` when the cluster does not exist.
+    /// Applies `f` to the stored record of `name`; returns the updated record
+    /// (shared with the cache), or `None` when the cluster does not exist.
     pub fn update_cluster(
         &self,
         name: &str,
         f: impl FnOnce(&mut ClusterRecord),
-    ) -> Result<Option<ClusterRecord>, StoreError> {
+    ) -> Result<Option<Arc<ClusterRecord>>, StoreError> {
         self.with(|t| {
             let _g = self.cluster_lock();
+            // Copied out of the cache (readers keep seeing the stored
+            // record until the write lands): one copy per update.
             let cached = self
                 .cluster_cache()
                 .as_ref()
@@ -1200,7 +1202,10 @@ impl Store {
             };
             f(&mut rec);
             t.clusters.insert(name.as_bytes(), encode(&rec))?;
-            self.cache_cluster(name, Some(&rec));
+            let rec = Arc::new(rec);
+            if let Some(cache) = self.cluster_cache().as_mut() {
+                cache.insert(name.to_owned(), rec.clone());
+            }
             Ok(Some(rec))
         })
         .inspect(|rec| {
@@ -1525,6 +1530,35 @@ impl Store {
                 (status.name.clone(), cluster.to_owned()),
                 (status.sync, status.health),
             );
+        }
+        Ok(())
+    }
+
+    /// Stores the statuses of one report of `cluster` in one batch (one
+    /// write to the log, not one per application).
+    pub fn put_statuses(
+        &self,
+        cluster: &str,
+        statuses: &[pb::AppStatus],
+    ) -> Result<(), StoreError> {
+        if statuses.is_empty() {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        for status in statuses {
+            batch.insert(status_key(&status.name, cluster), status.encode_to_vec());
+        }
+        self.with(|t| {
+            t.statuses.apply_batch(batch)?;
+            Ok(())
+        })?;
+        if let Some(index) = self.status_index().as_mut() {
+            for status in statuses {
+                index.insert(
+                    (status.name.clone(), cluster.to_owned()),
+                    (status.sync, status.health),
+                );
+            }
         }
         Ok(())
     }

@@ -648,16 +648,20 @@ fn handle_message(ctx: &HubContext, cluster: &str, msg: pb::AgentMessage) -> Res
             let Some(rec) = rec else {
                 return Err(Status::unauthenticated("cluster removed"));
             };
-            for mut status in report.apps {
-                // Only the cluster's own applications; a late report for a
-                // removed application must not bring its status back.
-                if rec.desired_index.contains_key(&status.name) {
+            // Only the cluster's own applications; a late report for a
+            // removed application must not bring its status back.
+            let statuses: Vec<pb::AppStatus> = report
+                .apps
+                .into_iter()
+                .filter(|s| rec.desired_index.contains_key(&s.name))
+                .map(|mut status| {
                     // Agents bound their reports; older ones do not, and
                     // what is stored is what every `app list` returns.
                     pb::wire::bound_status(&mut status, pb::wire::StatusLimits::default());
-                    ctx.store.put_status(cluster, &status)?;
-                }
-            }
+                    status
+                })
+                .collect();
+            ctx.store.put_statuses(cluster, &statuses)?;
         }
         Some(AgentKind::Diff(result)) => {
             ctx.store

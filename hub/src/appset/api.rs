@@ -161,7 +161,7 @@ pub async fn update_cluster(
     ctx.store.flush_async().await?;
     tracing::info!(cluster = %rec.name, labels = ?rec.labels, annotations = ?rec.annotations, "cluster inventory updated");
     evaluate(ctx).await;
-    Ok(rec)
+    Ok((*rec).clone())
 }
 
 /// Upserts declared clusters; returns the records.
