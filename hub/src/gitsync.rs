@@ -148,10 +148,14 @@ struct Publish {
 }
 
 /// How long the publisher holds rendered bundles for renders still under
-/// way, at most: a pass's bundles reach the fleet together (one new
-/// generation per cluster), and a slow render (a large chart, a slow
-/// fetch) delays the others by no more than this.
+/// way while none of them ends: a pass's bundles reach the fleet together
+/// (one new generation per cluster), and a stuck render (a slow fetch, a
+/// large chart) delays the others by no more than this.
 const PUBLISH_HOLD: Duration = Duration::from_secs(2);
+
+/// How long the publisher holds a batch at most, however steadily renders
+/// end.
+const PUBLISH_HOLD_MAX: Duration = Duration::from_secs(30);
 
 /// A render task, or a pass asking for renders ([`GitSync::rendering`]).
 struct Rendering(Arc<GitSync>);
@@ -1222,9 +1226,11 @@ impl GitSync {
     async fn publish_loop(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Publish>) {
         while let Some(first) = rx.recv().await {
             let mut batch = vec![first];
-            // Hold the batch while other renders are still under way (their
-            // bundles join it), for at most PUBLISH_HOLD.
-            let hold = tokio::time::Instant::now() + PUBLISH_HOLD;
+            // Hold the batch while other renders are still under way and
+            // ending (their bundles join it): until PUBLISH_HOLD passes with
+            // none ending, or PUBLISH_HOLD_MAX in all.
+            let started = tokio::time::Instant::now();
+            let mut hold = started + PUBLISH_HOLD;
             loop {
                 while let Ok(more) = rx.try_recv() {
                     batch.push(more);
@@ -1241,6 +1247,7 @@ impl GitSync {
                     () = self.render_ended.notified() => {}
                     () = tokio::time::sleep_until(hold) => break,
                 }
+                hold = (tokio::time::Instant::now() + PUBLISH_HOLD).min(started + PUBLISH_HOLD_MAX);
             }
             // One recomputation for the batch, in the first render's trace.
             let span = batch[0].span.clone();
