@@ -834,6 +834,7 @@ impl GitSync {
             None => Vec::new(),
         };
         let existing = self.store.apps()?;
+        let projects = crate::project::load_from_repo(&self.store, &repo.url, &repo.apps_path, &files)?;
         let plan = plan_applications(&repo.url, &repo.apps_path, &files, &existing);
         for name in &plan.removals {
             tracing::info!(app = %name, "application removed from Git");
@@ -858,7 +859,7 @@ impl GitSync {
         for e in &plan.errors {
             tracing::warn!(error = %e, "cannot load applications");
         }
-        Ok(plan.errors.into_iter().chain(from_sets).collect())
+        Ok(plan.errors.into_iter().chain(from_sets).chain(projects).collect())
     }
 
     /// The render of `key`: cached, or shared with a render of the same
@@ -928,6 +929,12 @@ impl GitSync {
             }),
         };
         let app = &rec.app;
+        // tenancy: nothing is fetched for an application its project
+        // refuses, and nothing of it is sent.
+        let rules = match crate::project::admit(&self.store, app)? {
+            Ok(rules) => rules,
+            Err(refusal) => return self.refuse(app, refusal).await,
+        };
         let mut used = HashSet::new();
         let outcome = if app.spec.has_multiple_sources() {
             self.sources_manifests(app, &inputs.intervals, force, &mut used)
@@ -952,7 +959,20 @@ impl GitSync {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(name.to_owned(), used);
-        self.conclude(app, outcome).await
+        if let Ok((_, manifests)) = &outcome
+            && let Err(refusal) = crate::project::check_objects(&rules, app, manifests)
+        {
+            return self.refuse(app, refusal).await;
+        }
+        self.conclude(app, outcome, rules).await
+    }
+
+    /// tenancy: records why the project refuses `app` and sends a bundle
+    /// without objects (the agents change nothing, and show why).
+    async fn refuse(self: &Arc<Self>, app: &Application, refusal: String) -> Result<(), StoreError> {
+        tracing::warn!(app = %app.metadata.name, error = %refusal, "application refused by its project");
+        self.set_app_result(&app.metadata.name, None, &refusal)?;
+        self.publish(build_bundle(app, "", Err(&refusal))).await
     }
 
     /// The commit and objects of a single-source Git application.
@@ -1002,6 +1022,7 @@ impl GitSync {
         self: &Arc<Self>,
         app: &Application,
         outcome: Outcome,
+        rules: pb::ProjectRules,
     ) -> Result<(), StoreError> {
         let name = &app.metadata.name;
         let bundle = {
@@ -1009,6 +1030,7 @@ impl GitSync {
             match outcome {
                 Ok((revision, manifests)) => {
                     let bundle = build_bundle(app, &revision, Ok(&manifests));
+                    let bundle = crate::project::with_rules(bundle, rules);
                     let bundle = crate::appofapps::reconcile(
                         &self.store,
                         &self.fleet,

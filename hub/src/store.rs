@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 pub mod credential_templates;
 pub mod credentials;
+mod projects;
 pub mod records;
 mod targets;
 
@@ -398,6 +399,8 @@ struct Trees {
     appsets: sled::Tree,
     /// Parent application → [`ChildrenRecord`].
     app_children: sled::Tree,
+    /// tenancy: AppProjects by name (`projects`).
+    projects: sled::Tree,
 }
 
 impl Trees {
@@ -414,6 +417,7 @@ impl Trees {
             bootstrap: db.open_tree("bootstrap_tokens")?,
             appsets: db.open_tree("application_sets")?,
             app_children: db.open_tree("app_children")?,
+            projects: db.open_tree("projects")?,
             db,
         })
     }
