@@ -44,7 +44,10 @@ fn destinations() {
     let rules = project(spec).rules();
     let cases: &[(&str, &str, &str, &str, bool)] = &[
         ("name glob and namespace glob", "", "prod-eu", "team-a-web", true),
-        ("name glob, namespace outside", "", "prod-eu", "team-b", false),
+        // The third entry admits every namespace but kube-system on any
+        // named cluster.
+        ("name glob, namespace admitted by another entry", "", "prod-eu", "team-b", true),
+        ("server outside every entry", "https://10.0.0.9:6443", "", "team-a-web", false),
         ("server exact", "https://10.0.0.1:6443", "", "team-a", true),
         ("server other", "https://10.0.0.2:6443", "", "team-a", false),
         ("negated namespace denies", "", "dev", "kube-system", false),
