@@ -166,7 +166,12 @@ mod tests {
             }],
             ..Default::default()
         });
-        let crb = key("rbac.authorization.k8s.io", "ClusterRoleBinding", "", "root");
+        let crb = key(
+            "rbac.authorization.k8s.io",
+            "ClusterRoleBinding",
+            "",
+            "root",
+        );
         let cm = key("", "ConfigMap", "team-a", "ok");
         let other = key("", "ConfigMap", "team-b", "x");
         let refused = rules.refusals([(&crb, false), (&cm, true), (&other, true)]);

@@ -105,7 +105,10 @@ fn api(h: &Harness, group: &str, kind: &str, plural: &str, ns: Option<&str>) -> 
 }
 
 async fn exists(api: &Api<DynamicObject>, name: &str) -> bool {
-    api.get_opt(name).await.expect("read from the simulator").is_some()
+    api.get_opt(name)
+        .await
+        .expect("read from the simulator")
+        .is_some()
 }
 
 #[tokio::test]
@@ -124,11 +127,21 @@ async fn a_crafted_bundle_outside_its_project_is_refused_and_nothing_is_applied(
         ),
     );
     let s = converge(&mut h, "refused", |s| s.message.contains("not permitted")).await;
-    assert!(s.message.contains("2 object(s) not permitted in project team-a"), "{}", s.message);
+    assert!(
+        s.message
+            .contains("2 object(s) not permitted in project team-a"),
+        "{}",
+        s.message
+    );
     let refused: Vec<(&str, &str)> = s
         .resources
         .iter()
-        .map(|r| (r.key.as_ref().map_or("", |k| k.name.as_str()), r.message.as_str()))
+        .map(|r| {
+            (
+                r.key.as_ref().map_or("", |k| k.name.as_str()),
+                r.message.as_str(),
+            )
+        })
         .collect();
     assert_eq!(
         refused,
@@ -137,7 +150,10 @@ async fn a_crafted_bundle_outside_its_project_is_refused_and_nothing_is_applied(
                 "team-a-root",
                 "resource rbac.authorization.k8s.io:ClusterRoleBinding is not permitted in project team-a"
             ),
-            ("spy", "namespace team-b is not permitted in project 'team-a'"),
+            (
+                "spy",
+                "namespace team-b is not permitted in project 'team-a'"
+            ),
         ]
     );
     assert!(
@@ -151,10 +167,31 @@ async fn a_crafted_bundle_outside_its_project_is_refused_and_nothing_is_applied(
     for _ in 0..3 {
         h.engine.pass().await;
     }
-    let bindings = api(&h, "rbac.authorization.k8s.io", "ClusterRoleBinding", "clusterrolebindings", None);
-    assert!(!exists(&bindings, "team-a-root").await, "the ClusterRoleBinding was applied");
-    assert!(!exists(&api(&h, "", "ConfigMap", "configmaps", Some("team-b")), "spy").await);
-    assert!(!exists(&api(&h, "", "ConfigMap", "configmaps", Some("team-a")), "settings").await);
+    let bindings = api(
+        &h,
+        "rbac.authorization.k8s.io",
+        "ClusterRoleBinding",
+        "clusterrolebindings",
+        None,
+    );
+    assert!(
+        !exists(&bindings, "team-a-root").await,
+        "the ClusterRoleBinding was applied"
+    );
+    assert!(
+        !exists(
+            &api(&h, "", "ConfigMap", "configmaps", Some("team-b")),
+            "spy"
+        )
+        .await
+    );
+    assert!(
+        !exists(
+            &api(&h, "", "ConfigMap", "configmaps", Some("team-a")),
+            "settings"
+        )
+        .await
+    );
 }
 
 #[tokio::test]
@@ -162,10 +199,23 @@ async fn without_rules_an_older_hubs_bundle_applies_as_before() {
     let mut h = harness().await;
     set_bundle(
         &h.cache,
-        bundle("d1", vec![config_map("settings", None), root_binding()], None),
+        bundle(
+            "d1",
+            vec![config_map("settings", None), root_binding()],
+            None,
+        ),
     );
-    converge(&mut h, "applied", |s| s.last_applied_ms > 0 && s.resources.len() == 2).await;
-    let bindings = api(&h, "rbac.authorization.k8s.io", "ClusterRoleBinding", "clusterrolebindings", None);
+    converge(&mut h, "applied", |s| {
+        s.last_applied_ms > 0 && s.resources.len() == 2
+    })
+    .await;
+    let bindings = api(
+        &h,
+        "rbac.authorization.k8s.io",
+        "ClusterRoleBinding",
+        "clusterrolebindings",
+        None,
+    );
     assert!(exists(&bindings, "team-a-root").await);
 }
 
@@ -176,10 +226,23 @@ async fn prune_never_deletes_an_object_the_project_does_not_allow() {
     // the application's inventory.
     set_bundle(
         &h.cache,
-        bundle("d1", vec![config_map("settings", None), root_binding()], None),
+        bundle(
+            "d1",
+            vec![config_map("settings", None), root_binding()],
+            None,
+        ),
     );
-    converge(&mut h, "applied", |s| s.last_applied_ms > 0 && s.resources.len() == 2).await;
-    let bindings = api(&h, "rbac.authorization.k8s.io", "ClusterRoleBinding", "clusterrolebindings", None);
+    converge(&mut h, "applied", |s| {
+        s.last_applied_ms > 0 && s.resources.len() == 2
+    })
+    .await;
+    let bindings = api(
+        &h,
+        "rbac.authorization.k8s.io",
+        "ClusterRoleBinding",
+        "clusterrolebindings",
+        None,
+    );
     assert!(exists(&bindings, "team-a-root").await);
 
     // Now the project is known and the binding left the desired state:
@@ -202,5 +265,8 @@ async fn prune_never_deletes_an_object_the_project_does_not_allow() {
         h.engine.pass().await;
     }
     assert!(exists(&configs, "extra").await, "d2 was not applied");
-    assert!(exists(&bindings, "team-a-root").await, "prune deleted an object outside the project");
+    assert!(
+        exists(&bindings, "team-a-root").await,
+        "prune deleted an object outside the project"
+    );
 }

@@ -47,7 +47,14 @@ spec:
     )
 }
 
-fn application(name: &str, project: &str, repo: &str, path: &str, cluster: &str, ns: &str) -> String {
+fn application(
+    name: &str,
+    project: &str,
+    repo: &str,
+    path: &str,
+    cluster: &str,
+    ns: &str,
+) -> String {
     format!(
         "---
 apiVersion: argoproj.io/v1alpha1
@@ -73,7 +80,9 @@ spec:
 
 fn config_map(name: &str, namespace: Option<&str>) -> String {
     let ns = namespace.map_or(String::new(), |n| format!("  namespace: {n}\n"));
-    format!("---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n{ns}data:\n  team: a\n")
+    format!(
+        "---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n{ns}data:\n  team: a\n"
+    )
 }
 
 const ROOT_BINDING: &str = "---
@@ -142,13 +151,19 @@ async fn projects_fence_team_applications_on_a_shared_fleet() -> anyhow::Result<
         &[
             ("apps/projects.yaml", &projects(&repo)),
             ("apps/team-a.yaml", &team_a_apps),
-            ("apps/team-b.yaml", &a("b-good", "team-b", "team-b", "sim-1", "team-b")),
+            (
+                "apps/team-b.yaml",
+                &a("b-good", "team-b", "team-b", "sim-1", "team-b"),
+            ),
             ("team-a/good/cm.yaml", &config_map("team-a-settings", None)),
             (
                 "team-a/root/all.yaml",
                 &format!("{}{ROOT_BINDING}", config_map("root-settings", None)),
             ),
-            ("team-a/into-b/cm.yaml", &config_map("planted", Some("team-b"))),
+            (
+                "team-a/into-b/cm.yaml",
+                &config_map("planted", Some("team-b")),
+            ),
             ("team-a/lost/cm.yaml", &config_map("lost", None)),
             ("team-b/cm.yaml", &config_map("team-b-settings", None)),
         ],
@@ -156,9 +171,17 @@ async fn projects_fence_team_applications_on_a_shared_fleet() -> anyhow::Result<
     )?;
 
     // What the projects permit deploys.
-    fleet.wait_synced("a-good", "sim-1", &commit, CONVERGE).await?;
-    fleet.wait_synced("b-good", "sim-1", &commit, CONVERGE).await?;
-    assert!(fleet.kubectl_get("sim-1", "configmap", "team-a", "team-a-settings")?.is_some());
+    fleet
+        .wait_synced("a-good", "sim-1", &commit, CONVERGE)
+        .await?;
+    fleet
+        .wait_synced("b-good", "sim-1", &commit, CONVERGE)
+        .await?;
+    assert!(
+        fleet
+            .kubectl_get("sim-1", "configmap", "team-a", "team-a-settings")?
+            .is_some()
+    );
 
     // The rest is refused, naming the rule, in Argo CD's words.
     refused(
@@ -199,7 +222,13 @@ async fn projects_fence_team_applications_on_a_shared_fleet() -> anyhow::Result<
     assert!(!e.contains("fetch"), "{e}");
 
     // Nothing of them reached a cluster (kubectl against the simulator).
-    absent(&fleet, "sim-1", "clusterrolebinding", "default", "team-a-root")?;
+    absent(
+        &fleet,
+        "sim-1",
+        "clusterrolebinding",
+        "default",
+        "team-a-root",
+    )?;
     absent(&fleet, "sim-1", "configmap", "team-a", "root-settings")?;
     absent(&fleet, "sim-1", "configmap", "team-b", "planted")?;
     absent(&fleet, "sim-2", "configmap", "team-a", "team-a-settings")?;
@@ -215,18 +244,43 @@ async fn projects_fence_team_applications_on_a_shared_fleet() -> anyhow::Result<
         .unwrap_or_default();
     assert_eq!(names, ["default", "team-a", "team-b"], "{list}");
     let team_a = list[1]["applications"].to_string();
-    assert!(team_a.contains("a-root") && !team_a.contains("b-good"), "{team_a}");
+    assert!(
+        team_a.contains("a-root") && !team_a.contains("b-good"),
+        "{team_a}"
+    );
     // A project in use is not deleted.
     let out = fleet.cli(&["proj".into(), "delete".into(), "team-a".into()])?;
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("referenced by"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("referenced by"),
+        "{err}"
+    );
 
     // Widening team A's destinations through the CLI lets the application
     // on sim-2 deploy (it was refused for the destination alone).
-    fleet.cli_ok(&["proj", "add-destination", "team-a", "sim-2", "team-a", "--name"])?;
-    fleet.wait_synced("a-on-sim-2", "sim-2", &commit, CONVERGE).await?;
-    assert!(fleet.kubectl_get("sim-2", "configmap", "team-a", "team-a-settings")?.is_some());
+    fleet.cli_ok(&[
+        "proj",
+        "add-destination",
+        "team-a",
+        "sim-2",
+        "team-a",
+        "--name",
+    ])?;
+    fleet
+        .wait_synced("a-on-sim-2", "sim-2", &commit, CONVERGE)
+        .await?;
+    assert!(
+        fleet
+            .kubectl_get("sim-2", "configmap", "team-a", "team-a-settings")?
+            .is_some()
+    );
     // The others stay refused.
-    absent(&fleet, "sim-1", "clusterrolebinding", "default", "team-a-root")?;
+    absent(
+        &fleet,
+        "sim-1",
+        "clusterrolebinding",
+        "default",
+        "team-a-root",
+    )?;
     Ok(())
 }

@@ -834,7 +834,8 @@ impl GitSync {
             None => Vec::new(),
         };
         let existing = self.store.apps()?;
-        let projects = crate::project::load_from_repo(&self.store, &repo.url, &repo.apps_path, &files)?;
+        let projects =
+            crate::project::load_from_repo(&self.store, &repo.url, &repo.apps_path, &files)?;
         let plan = plan_applications(&repo.url, &repo.apps_path, &files, &existing);
         for name in &plan.removals {
             tracing::info!(app = %name, "application removed from Git");
@@ -859,7 +860,12 @@ impl GitSync {
         for e in &plan.errors {
             tracing::warn!(error = %e, "cannot load applications");
         }
-        Ok(plan.errors.into_iter().chain(from_sets).chain(projects).collect())
+        Ok(plan
+            .errors
+            .into_iter()
+            .chain(from_sets)
+            .chain(projects)
+            .collect())
     }
 
     /// The render of `key`: cached, or shared with a render of the same
@@ -969,7 +975,11 @@ impl GitSync {
 
     /// tenancy: records why the project refuses `app` and sends a bundle
     /// without objects (the agents change nothing, and show why).
-    async fn refuse(self: &Arc<Self>, app: &Application, refusal: String) -> Result<(), StoreError> {
+    async fn refuse(
+        self: &Arc<Self>,
+        app: &Application,
+        refusal: String,
+    ) -> Result<(), StoreError> {
         tracing::warn!(app = %app.metadata.name, error = %refusal, "application refused by its project");
         self.set_app_result(&app.metadata.name, None, &refusal)?;
         self.publish(build_bundle(app, "", Err(&refusal))).await

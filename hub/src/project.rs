@@ -296,14 +296,26 @@ pub fn project_from_value(doc: Value, origin: &str) -> Result<AppProject, Projec
         }
     }
     let lists = [
-        ("spec.clusterResourceWhitelist", &s.cluster_resource_whitelist),
-        ("spec.clusterResourceBlacklist", &s.cluster_resource_blacklist),
-        ("spec.namespaceResourceBlacklist", &s.namespace_resource_blacklist),
+        (
+            "spec.clusterResourceWhitelist",
+            &s.cluster_resource_whitelist,
+        ),
+        (
+            "spec.clusterResourceBlacklist",
+            &s.cluster_resource_blacklist,
+        ),
+        (
+            "spec.namespaceResourceBlacklist",
+            &s.namespace_resource_blacklist,
+        ),
     ];
     for (field, list) in lists {
         for (i, g) in list.iter().enumerate() {
             if g.kind.is_empty() {
-                return Err(invalid(&format!("{field}[{i}].kind"), "is required".to_owned()));
+                return Err(invalid(
+                    &format!("{field}[{i}].kind"),
+                    "is required".to_owned(),
+                ));
             }
         }
     }
@@ -323,7 +335,10 @@ pub fn project_from_value(doc: Value, origin: &str) -> Result<AppProject, Projec
     }
     for (i, r) in s.roles.iter().enumerate() {
         if r.name.is_empty() {
-            return Err(invalid(&format!("spec.roles[{i}].name"), "is required".to_owned()));
+            return Err(invalid(
+                &format!("spec.roles[{i}].name"),
+                "is required".to_owned(),
+            ));
         }
     }
     Ok(project)
@@ -584,10 +599,19 @@ const CLUSTER_SCOPED: &[(&str, &str)] = &[
     ("rbac.authorization.k8s.io", "ClusterRoleBinding"),
     ("apiextensions.k8s.io", "CustomResourceDefinition"),
     ("apiregistration.k8s.io", "APIService"),
-    ("admissionregistration.k8s.io", "MutatingWebhookConfiguration"),
-    ("admissionregistration.k8s.io", "ValidatingWebhookConfiguration"),
+    (
+        "admissionregistration.k8s.io",
+        "MutatingWebhookConfiguration",
+    ),
+    (
+        "admissionregistration.k8s.io",
+        "ValidatingWebhookConfiguration",
+    ),
     ("admissionregistration.k8s.io", "ValidatingAdmissionPolicy"),
-    ("admissionregistration.k8s.io", "ValidatingAdmissionPolicyBinding"),
+    (
+        "admissionregistration.k8s.io",
+        "ValidatingAdmissionPolicyBinding",
+    ),
     ("storage.k8s.io", "StorageClass"),
     ("storage.k8s.io", "CSIDriver"),
     ("storage.k8s.io", "CSINode"),
@@ -604,7 +628,9 @@ const CLUSTER_SCOPED: &[(&str, &str)] = &[
 /// Whether an object of (group, kind) is cluster-scoped, as far as the hub
 /// knows (see [`CLUSTER_SCOPED`]).
 pub fn is_cluster_scoped(group: &str, kind: &str) -> bool {
-    CLUSTER_SCOPED.iter().any(|(g, k)| *g == group && *k == kind)
+    CLUSTER_SCOPED
+        .iter()
+        .any(|(g, k)| *g == group && *k == kind)
 }
 
 /// The hub's second check, on the rendered objects: each object's
@@ -639,9 +665,7 @@ pub fn check_objects(
         } else {
             own_ns
         };
-        if let Some(why) =
-            rules::object_refusal(rules, group, kind, name, namespace, namespaced)
-        {
+        if let Some(why) = rules::object_refusal(rules, group, kind, name, namespace, namespaced) {
             refused.push(format!("{kind}/{name}: {why}"));
         }
     }

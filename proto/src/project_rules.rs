@@ -217,8 +217,7 @@ pub fn is_destination_permitted(
         let ns_ok = glob_match_negatable(&d.namespace, namespace, &[]);
         if (server_ok || name_ok) && ns_ok {
             any = true;
-        } else if (((!name_ok && is_deny(&d.name)) || (!server_ok && is_deny(&d.server)))
-            && ns_ok)
+        } else if (((!name_ok && is_deny(&d.name)) || (!server_ok && is_deny(&d.server))) && ns_ok)
             || (!ns_ok && is_deny(&d.namespace) && server_ok)
         {
             return false;
@@ -326,9 +325,24 @@ mod tests {
             ("*", "anything/at all", &[], true),
             ("team-*", "team-a", &[], true),
             ("team-*", "ops", &[], false),
-            ("https://git.example/*", "https://git.example/a", &['/'], true),
-            ("https://git.example/*", "https://git.example/a/b", &['/'], false),
-            ("https://git.example/**", "https://git.example/a/b", &['/'], true),
+            (
+                "https://git.example/*",
+                "https://git.example/a",
+                &['/'],
+                true,
+            ),
+            (
+                "https://git.example/*",
+                "https://git.example/a/b",
+                &['/'],
+                false,
+            ),
+            (
+                "https://git.example/**",
+                "https://git.example/a/b",
+                &['/'],
+                true,
+            ),
             ("team-?", "team-a", &[], true),
             ("team-?", "team-ab", &[], false),
             ("team-[ab]", "team-b", &[], true),

@@ -638,16 +638,16 @@ impl Engine {
         // tenancy: never delete an object the project does not let the
         // application own.
         let mut errors = BTreeMap::new();
-        stale.retain(|key| {
-            match crate::project::prune_refusal(b.project_rules.as_ref(), key) {
+        stale.retain(
+            |key| match crate::project::prune_refusal(b.project_rules.as_ref(), key) {
                 Some(why) => {
                     warn!(app = %b.name, object = %key, "not pruned: {why}");
                     errors.insert(key.clone(), format!("prune: {why}"));
                     false
                 }
                 None => true,
-            }
-        });
+            },
+        );
         if stale.is_empty() {
             return PruneResult::Done(errors, BTreeSet::new());
         }

@@ -23,7 +23,8 @@ impl Engine {
         let desired = self.desired(b).await;
         // Scope from discovery; a kind the cluster does not know yet (a
         // custom resource of a CRD in the same bundle) by its namespace.
-        let scoped = |key: &crate::object::ObjectKey, resolved: &Result<crate::cluster::Resolved, String>| {
+        let scoped = |key: &crate::object::ObjectKey,
+                      resolved: &Result<crate::cluster::Resolved, String>| {
             resolved
                 .as_ref()
                 .map_or(!key.namespace.is_empty(), |r| r.namespaced)
@@ -32,7 +33,12 @@ impl Engine {
             .resources
             .iter()
             .map(|r| (&r.key, scoped(&r.key, &r.resolved)))
-            .chain(desired.hooks.iter().map(|h| (&h.key, scoped(&h.key, &h.resolved))));
+            .chain(
+                desired
+                    .hooks
+                    .iter()
+                    .map(|h| (&h.key, scoped(&h.key, &h.resolved))),
+            );
         let refused = rules.refusals(objects);
         if refused.is_empty() {
             return None;

@@ -129,7 +129,10 @@ pub fn list(
     _request: Request<pb::ListProjectsRequest>,
 ) -> Result<Response<pb::ListProjectsResponse>, Status> {
     let mut stored = ctx.store.projects()?;
-    if !stored.iter().any(|r| r.project.metadata.name == DEFAULT_PROJECT) {
+    if !stored
+        .iter()
+        .any(|r| r.project.metadata.name == DEFAULT_PROJECT)
+    {
         stored.push(implicit_default());
     }
     stored.sort_by(|a, b| a.project.metadata.name.cmp(&b.project.metadata.name));

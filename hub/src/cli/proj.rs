@@ -111,7 +111,11 @@ fn destinations_str(p: &pb::Project) -> String {
     p.destinations
         .iter()
         .map(|d| {
-            let cluster = if d.name.is_empty() { &d.server } else { &d.name };
+            let cluster = if d.name.is_empty() {
+                &d.server
+            } else {
+                &d.name
+            };
             format!("{cluster}/{}", d.namespace)
         })
         .collect::<Vec<_>>()
@@ -273,13 +277,21 @@ pub async fn run(g: &Global, c: &mut Client, cmd: ProjCommand) -> Result<()> {
         }
         ProjCommand::AddSource { project, url } => {
             edit(g, c, &project, |doc| {
-                add_unique(list_of(doc, "sourceRepos")?, json!(url), &format!("source {url}"))
+                add_unique(
+                    list_of(doc, "sourceRepos")?,
+                    json!(url),
+                    &format!("source {url}"),
+                )
             })
             .await?;
         }
         ProjCommand::RemoveSource { project, url } => {
             edit(g, c, &project, |doc| {
-                remove(list_of(doc, "sourceRepos")?, &json!(url), &format!("source {url}"))
+                remove(
+                    list_of(doc, "sourceRepos")?,
+                    &json!(url),
+                    &format!("source {url}"),
+                )
             })
             .await?;
         }

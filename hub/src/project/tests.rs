@@ -1,9 +1,7 @@
 //! Table tests of the project rules (Argo CD's semantics, our own data).
 
 use super::*;
-use pb::project_rules::{
-    is_destination_permitted, is_group_kind_permitted, is_source_permitted,
-};
+use pb::project_rules::{is_destination_permitted, is_group_kind_permitted, is_source_permitted};
 
 fn project(spec: &str) -> AppProject {
     let text = format!(
@@ -16,17 +14,67 @@ fn project(spec: &str) -> AppProject {
 #[test]
 fn source_repos() {
     let cases: &[(&str, &[&str], &str, bool)] = &[
-        ("exact", &["https://git.example/team-a/apps.git"], "https://git.example/team-a/apps", true),
-        ("case and .git", &["https://GIT.example/team-a/apps"], "https://git.example/team-a/apps.git/", true),
-        ("other repo", &["https://git.example/team-a/apps"], "https://git.example/team-b/apps", false),
-        ("star stays in one segment", &["https://git.example/*"], "https://git.example/team-a/apps", false),
-        ("star per segment", &["https://git.example/team-a/*"], "https://git.example/team-a/apps", true),
-        ("double star crosses segments", &["https://git.example/**"], "https://git.example/team-a/apps", true),
+        (
+            "exact",
+            &["https://git.example/team-a/apps.git"],
+            "https://git.example/team-a/apps",
+            true,
+        ),
+        (
+            "case and .git",
+            &["https://GIT.example/team-a/apps"],
+            "https://git.example/team-a/apps.git/",
+            true,
+        ),
+        (
+            "other repo",
+            &["https://git.example/team-a/apps"],
+            "https://git.example/team-b/apps",
+            false,
+        ),
+        (
+            "star stays in one segment",
+            &["https://git.example/*"],
+            "https://git.example/team-a/apps",
+            false,
+        ),
+        (
+            "star per segment",
+            &["https://git.example/team-a/*"],
+            "https://git.example/team-a/apps",
+            true,
+        ),
+        (
+            "double star crosses segments",
+            &["https://git.example/**"],
+            "https://git.example/team-a/apps",
+            true,
+        ),
         ("everything", &["*"], "https://anything.example/x/y", true),
-        ("nothing listed", &[], "https://git.example/team-a/apps", false),
-        ("negation excludes", &["*", "!https://git.example/secret/*"], "https://git.example/secret/x", false),
-        ("negation lets others through", &["*", "!https://git.example/secret/*"], "https://git.example/team-a/x", true),
-        ("a lone negation permits the rest", &["!https://git.example/secret/*"], "https://git.example/team-a/x", true),
+        (
+            "nothing listed",
+            &[],
+            "https://git.example/team-a/apps",
+            false,
+        ),
+        (
+            "negation excludes",
+            &["*", "!https://git.example/secret/*"],
+            "https://git.example/secret/x",
+            false,
+        ),
+        (
+            "negation lets others through",
+            &["*", "!https://git.example/secret/*"],
+            "https://git.example/team-a/x",
+            true,
+        ),
+        (
+            "a lone negation permits the rest",
+            &["!https://git.example/secret/*"],
+            "https://git.example/team-a/x",
+            true,
+        ),
     ];
     for (name, repos, url, want) in cases {
         let rules = pb::ProjectRules {
@@ -43,17 +91,41 @@ fn destinations() {
     let spec = "  destinations:\n  - name: prod-*\n    namespace: team-a-*\n  - server: https://10.0.0.1:6443\n    namespace: team-a\n  - name: '*'\n    namespace: '!kube-system'\n";
     let rules = project(spec).rules();
     let cases: &[(&str, &str, &str, &str, bool)] = &[
-        ("name glob and namespace glob", "", "prod-eu", "team-a-web", true),
+        (
+            "name glob and namespace glob",
+            "",
+            "prod-eu",
+            "team-a-web",
+            true,
+        ),
         // The third entry admits every namespace but kube-system on any
         // named cluster.
-        ("name glob, namespace admitted by another entry", "", "prod-eu", "team-b", true),
-        ("server outside every entry", "https://10.0.0.9:6443", "", "team-a-web", false),
+        (
+            "name glob, namespace admitted by another entry",
+            "",
+            "prod-eu",
+            "team-b",
+            true,
+        ),
+        (
+            "server outside every entry",
+            "https://10.0.0.9:6443",
+            "",
+            "team-a-web",
+            false,
+        ),
         ("server exact", "https://10.0.0.1:6443", "", "team-a", true),
         ("server other", "https://10.0.0.2:6443", "", "team-a", false),
         ("negated namespace denies", "", "dev", "kube-system", false),
         // The negated entry matches "anything but kube-system" on any
         // named cluster, as in Argo CD.
-        ("negated namespace permits others", "", "dev", "team-b", true),
+        (
+            "negated namespace permits others",
+            "",
+            "dev",
+            "team-b",
+            true,
+        ),
         ("neither name nor server known", "", "", "team-a", false),
     ];
     for (name, server, cluster, ns, want) in cases {
@@ -78,16 +150,96 @@ fn group_kinds() {
     .rules();
     let none = project("  namespaceResourceWhitelist: []\n").rules();
     let cases: &[(&str, &pb::ProjectRules, &str, &str, &str, bool, bool)] = &[
-        ("open: namespaced kind", &open, "apps", "Deployment", "web", true, true),
-        ("open: cluster kind refused", &open, "rbac.authorization.k8s.io", "ClusterRoleBinding", "x", false, false),
-        ("fenced: whitelisted cluster kind", &fenced, "", "Namespace", "team-a", false, true),
-        ("fenced: named cluster kind, name matches", &fenced, "rbac.authorization.k8s.io", "ClusterRole", "team-a-view", false, true),
-        ("fenced: named cluster kind, name does not", &fenced, "rbac.authorization.k8s.io", "ClusterRole", "admin", false, false),
-        ("fenced: group glob", &fenced, "apps", "StatefulSet", "db", true, true),
-        ("fenced: blacklisted", &fenced, "apps", "DaemonSet", "agent", true, false),
-        ("fenced: not whitelisted", &fenced, "", "Secret", "s", true, false),
-        ("fenced: core ConfigMap", &fenced, "", "ConfigMap", "c", true, true),
-        ("empty whitelist allows nothing", &none, "", "ConfigMap", "c", true, false),
+        (
+            "open: namespaced kind",
+            &open,
+            "apps",
+            "Deployment",
+            "web",
+            true,
+            true,
+        ),
+        (
+            "open: cluster kind refused",
+            &open,
+            "rbac.authorization.k8s.io",
+            "ClusterRoleBinding",
+            "x",
+            false,
+            false,
+        ),
+        (
+            "fenced: whitelisted cluster kind",
+            &fenced,
+            "",
+            "Namespace",
+            "team-a",
+            false,
+            true,
+        ),
+        (
+            "fenced: named cluster kind, name matches",
+            &fenced,
+            "rbac.authorization.k8s.io",
+            "ClusterRole",
+            "team-a-view",
+            false,
+            true,
+        ),
+        (
+            "fenced: named cluster kind, name does not",
+            &fenced,
+            "rbac.authorization.k8s.io",
+            "ClusterRole",
+            "admin",
+            false,
+            false,
+        ),
+        (
+            "fenced: group glob",
+            &fenced,
+            "apps",
+            "StatefulSet",
+            "db",
+            true,
+            true,
+        ),
+        (
+            "fenced: blacklisted",
+            &fenced,
+            "apps",
+            "DaemonSet",
+            "agent",
+            true,
+            false,
+        ),
+        (
+            "fenced: not whitelisted",
+            &fenced,
+            "",
+            "Secret",
+            "s",
+            true,
+            false,
+        ),
+        (
+            "fenced: core ConfigMap",
+            &fenced,
+            "",
+            "ConfigMap",
+            "c",
+            true,
+            true,
+        ),
+        (
+            "empty whitelist allows nothing",
+            &none,
+            "",
+            "ConfigMap",
+            "c",
+            true,
+            false,
+        ),
     ];
     for (name, rules, group, kind, obj, namespaced, want) in cases {
         assert_eq!(
@@ -124,7 +276,9 @@ fn app(project: &str, repo: &str, cluster: &str, ns: &str) -> Application {
     let yaml = format!(
         "apiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata:\n  name: web\nspec:\n  project: {project}\n  source:\n    repoURL: {repo}\n    path: p\n  destination:\n    name: {cluster}\n    namespace: {ns}\n"
     );
-    crate::model::parse_applications(&yaml, "t").unwrap().remove(0)
+    crate::model::parse_applications(&yaml, "t")
+        .unwrap()
+        .remove(0)
 }
 
 #[test]
@@ -142,17 +296,40 @@ fn admit_and_check_objects() {
     let ok = app("team-a", "https://git.example/team-a/apps", "c1", "team-a");
     let rules = admit(&store, &ok).unwrap().unwrap();
     let cases: &[(&str, Application, &str)] = &[
-        ("missing project", app("nope", "https://git.example/team-a/apps", "c1", "team-a"), "Application referencing project nope which does not exist"),
-        ("repo", app("team-a", "https://git.example/team-b/apps", "c1", "team-a"), "application repo https://git.example/team-b/apps is not permitted in project 'team-a'"),
-        ("cluster", app("team-a", "https://git.example/team-a/apps", "c2", "team-a"), "application destination name 'c2' and namespace 'team-a' do not match"),
-        ("namespace", app("team-a", "https://git.example/team-a/apps", "c1", "team-b"), "namespace 'team-b' do not match"),
+        (
+            "missing project",
+            app("nope", "https://git.example/team-a/apps", "c1", "team-a"),
+            "Application referencing project nope which does not exist",
+        ),
+        (
+            "repo",
+            app("team-a", "https://git.example/team-b/apps", "c1", "team-a"),
+            "application repo https://git.example/team-b/apps is not permitted in project 'team-a'",
+        ),
+        (
+            "cluster",
+            app("team-a", "https://git.example/team-a/apps", "c2", "team-a"),
+            "application destination name 'c2' and namespace 'team-a' do not match",
+        ),
+        (
+            "namespace",
+            app("team-a", "https://git.example/team-a/apps", "c1", "team-b"),
+            "namespace 'team-b' do not match",
+        ),
     ];
     for (name, a, want) in cases {
         let err = admit(&store, a).unwrap().unwrap_err();
-        assert!(err.starts_with(INVALID_SPEC) && err.contains(want), "{name}: {err}");
+        assert!(
+            err.starts_with(INVALID_SPEC) && err.contains(want),
+            "{name}: {err}"
+        );
     }
     // The implicit default project allows everything.
-    assert!(admit(&store, &app("default", "https://x.example/y", "c9", "any")).unwrap().is_ok());
+    assert!(
+        admit(&store, &app("default", "https://x.example/y", "c9", "any"))
+            .unwrap()
+            .is_ok()
+    );
 
     let objects = [
         r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"ok"}}"#,
