@@ -83,7 +83,6 @@ impl Engine {
             observed_ms: now_ms(),
             operation,
             requested_operation: self.apps.get(&b.name).and_then(|rt| rt.requested.clone()),
-            ..AppStatus::default()
         })
     }
 }
