@@ -139,6 +139,10 @@ pub struct Bundle {
     pub render_error: String,
     /// `ignoreDifferences` entries as JSON objects.
     pub ignore_differences: Vec<String>,
+    /// tenancy: the application's project rules; `None` from an older hub
+    /// (nothing is checked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project_rules: Option<crate::project::ProjectRules>,
 }
 
 impl From<flotilla_proto::AppBundle> for Bundle {
@@ -166,6 +170,7 @@ impl From<flotilla_proto::AppBundle> for Bundle {
             manifests: b.manifests,
             render_error: b.render_error,
             ignore_differences: b.ignore_differences,
+            project_rules: b.project_rules.map(Into::into),
         }
     }
 }

@@ -40,6 +40,7 @@ mod hooks;
 mod live;
 mod operation;
 mod removal;
+mod tenancy;
 
 use live::Observed;
 pub use live::diff_app;
@@ -444,6 +445,11 @@ impl Engine {
                 requested_operation: self.apps.get(&b.name).and_then(|rt| rt.requested.clone()),
                 ..AppStatus::default()
             };
+        }
+        // tenancy: nothing is applied or pruned for an application with
+        // an object its project does not allow.
+        if let Some(refused) = self.refused_by_project(app).await {
+            return refused;
         }
         let Observed {
             mut checks,

@@ -27,6 +27,7 @@ pub mod log_limit;
 pub mod metrics;
 pub mod object;
 pub mod plan;
+pub mod project;
 pub mod redact;
 pub mod report;
 pub mod telemetry;

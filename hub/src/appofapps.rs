@@ -9,6 +9,8 @@
 //! - `Application` and `ApplicationSet` (`argoproj.io/v1alpha1`) are
 //!   created or updated with origin `app:<parent>`; sets then go through
 //!   the ApplicationSet controller like any other.
+//! - `AppProject` (`argoproj.io/v1alpha1`) is stored with origin
+//!   `app:<parent>` by `crate::project::from_parent`.
 //! - `Cluster` (`flotilla.dev/v1alpha1`) and Argo CD cluster Secrets
 //!   upsert the inventory record: the declared labels and annotations are
 //!   set (others are left alone) and `server` when given. No credentials
@@ -485,6 +487,9 @@ pub fn reconcile(
         .iter()
         .filter_map(|m| serde_json::from_str(m).ok())
         .collect();
+    // tenancy: AppProjects are the project module's children.
+    let (objects, project_errors) =
+        crate::project::from_parent(store, parent, objects, Policy::of(app).prune)?;
     let owned = store.app_children(parent)?.unwrap_or_default();
     let cluster_owners: BTreeMap<String, String> = store
         .all_app_children()?
@@ -501,6 +506,7 @@ pub fn reconcile(
         cluster_owners: &cluster_owners,
     };
     let mut plan = plan_children(parent, &objects, live, Policy::of(app));
+    plan.errors.extend(project_errors);
 
     for child in plan.apps {
         let name = child.metadata.name.clone();

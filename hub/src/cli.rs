@@ -23,6 +23,7 @@ pub mod filter;
 mod get;
 mod lifecycle;
 mod ops;
+mod proj;
 
 pub use exit::{CliError, ExitStatus, exit_code};
 use exit::{out, usage};
@@ -117,6 +118,9 @@ pub enum Command {
     /// ApplicationSets (Argo CD compatible).
     #[command(subcommand)]
     Appset(appset::AppsetCommand),
+    /// tenancy: Argo CD AppProjects (what applications may deploy where).
+    #[command(subcommand)]
+    Proj(proj::ProjCommand),
     /// Git repositories the hub polls.
     #[command(subcommand)]
     Repo(RepoCommand),
@@ -583,6 +587,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Cluster(cmd) => cluster(g, &hub, &mut c, cmd).await?,
         Command::Repo(cmd) => repo(g, &mut c, cmd).await?,
         Command::Appset(cmd) => appset::run(g, &mut c, cmd).await?,
+        Command::Proj(cmd) => proj::run(g, &mut c, cmd).await?,
     }
     Ok(())
 }

@@ -232,6 +232,7 @@ pub fn build_bundle(
             .iter()
             .map(|v| v.to_string())
             .collect(),
+        project_rules: None,
     };
     b.digest = bundle_digest(&b);
     b

@@ -137,6 +137,9 @@ struct Settled {
     key: (String, String),
     commit: String,
     digest: String,
+    /// [`Store::project_changes`] when it was rendered: a project edited
+    /// since (in Git or by API) may admit or refuse it now.
+    projects: u64,
 }
 
 /// A bundle handed to the fleet, and who waits for it to be there.
@@ -888,6 +891,9 @@ impl GitSync {
         let Some(s) = settled.get(name) else {
             return false;
         };
+        if s.projects != self.store.project_changes() {
+            return false;
+        }
         if !(Arc::ptr_eq(&s.app, rec) || s.app.app == rec.app) {
             return false;
         }
@@ -947,6 +953,8 @@ impl GitSync {
             None => Vec::new(),
         };
         let existing = self.store.apps()?;
+        let projects =
+            crate::project::load_from_repo(&self.store, &repo.url, &repo.apps_path, &files)?;
         let plan = plan_applications(&repo.url, &repo.apps_path, &files, &existing);
         for name in &plan.removals {
             tracing::info!(app = %name, "application removed from Git");
@@ -971,7 +979,12 @@ impl GitSync {
         for e in &plan.errors {
             tracing::warn!(error = %e, "cannot load applications");
         }
-        Ok(plan.errors.into_iter().chain(from_sets).collect())
+        Ok(plan
+            .errors
+            .into_iter()
+            .chain(from_sets)
+            .chain(projects)
+            .collect())
     }
 
     /// The render of `key`: cached, or shared with a render of the same
@@ -1043,6 +1056,18 @@ impl GitSync {
             }),
         };
         let app = &rec.app;
+        // Whatever this render finds, the last one no longer stands.
+        self.settled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+        let projects = self.store.project_changes();
+        // tenancy: nothing is fetched for an application its project
+        // refuses, and nothing of it is sent.
+        let rules = match crate::project::admit(&self.store, app)? {
+            Ok(rules) => rules,
+            Err(refusal) => return self.refuse(app, refusal).await,
+        };
         let mut used = HashSet::new();
         let mut fetched = None;
         let outcome = if app.spec.has_multiple_sources() {
@@ -1068,12 +1093,13 @@ impl GitSync {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(name.to_owned(), used);
-        self.settled
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(name);
+        if let Ok((_, manifests)) = &outcome
+            && let Err(refusal) = crate::project::check_objects(&rules, app, manifests)
+        {
+            return self.refuse(app, refusal).await;
+        }
         let good = outcome.is_ok();
-        self.conclude(app, outcome).await?;
+        self.conclude(app, outcome, rules).await?;
         // Settled only when the render depends on nothing else: an
         // application of applications reconciles its children on each
         // render, so it is rendered on every pass.
@@ -1092,10 +1118,23 @@ impl GitSync {
                         key,
                         commit,
                         digest: bundle.digest.clone(),
+                        projects,
                     },
                 );
         }
         Ok(())
+    }
+
+    /// tenancy: records why the project refuses `app` and sends a bundle
+    /// without objects (the agents change nothing, and show why).
+    async fn refuse(
+        self: &Arc<Self>,
+        app: &Application,
+        refusal: String,
+    ) -> Result<(), StoreError> {
+        tracing::warn!(app = %app.metadata.name, error = %refusal, "application refused by its project");
+        self.set_app_result(&app.metadata.name, None, &refusal)?;
+        self.publish(build_bundle(app, "", Err(&refusal))).await
     }
 
     /// The commit and objects of a single-source Git application.
@@ -1147,6 +1186,7 @@ impl GitSync {
         self: &Arc<Self>,
         app: &Application,
         outcome: Outcome,
+        rules: pb::ProjectRules,
     ) -> Result<(), StoreError> {
         let name = &app.metadata.name;
         let bundle = {
@@ -1154,6 +1194,7 @@ impl GitSync {
             match outcome {
                 Ok((revision, manifests)) => {
                     let bundle = build_bundle(app, &revision, Ok(&manifests));
+                    let bundle = crate::project::with_rules(bundle, rules);
                     let bundle = crate::appofapps::reconcile(
                         &self.store,
                         &self.fleet,

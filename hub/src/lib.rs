@@ -20,6 +20,7 @@ pub mod listener;
 pub mod metrics;
 pub mod model;
 pub mod pki;
+pub mod project;
 pub mod render;
 pub mod repo_fetch;
 pub mod repo_secrets;

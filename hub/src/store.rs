@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 pub mod credential_templates;
 pub mod credentials;
+mod projects;
 pub mod records;
 mod targets;
 
@@ -351,6 +352,9 @@ struct Shared {
     cluster_lock: Mutex<()>,
     /// Application records written since open (see [`Store::app_writes`]).
     app_writes: AtomicU64,
+    /// Project records written or removed since open
+    /// ([`Store::project_changes`]).
+    project_changes: AtomicU64,
     /// Application records written or removed since open.
     app_changes: AtomicU64,
     /// How many times the database was reopened after an IO error.
@@ -408,6 +412,8 @@ struct Trees {
     appsets: sled::Tree,
     /// Parent application → [`ChildrenRecord`].
     app_children: sled::Tree,
+    /// tenancy: AppProjects by name (`projects`).
+    projects: sled::Tree,
 }
 
 impl Trees {
@@ -424,6 +430,7 @@ impl Trees {
             bootstrap: db.open_tree("bootstrap_tokens")?,
             appsets: db.open_tree("application_sets")?,
             app_children: db.open_tree("app_children")?,
+            projects: db.open_tree("projects")?,
             db,
         })
     }
@@ -694,6 +701,7 @@ impl Store {
                 cluster_lock: Mutex::new(()),
                 app_writes: AtomicU64::new(0),
                 app_changes: AtomicU64::new(0),
+                project_changes: AtomicU64::new(0),
                 reopens: AtomicU64::new(0),
                 status_index: Mutex::new(None),
                 targets: Mutex::new(None),
@@ -1430,6 +1438,17 @@ impl Store {
     /// application is not rewritten.
     pub fn app_writes(&self) -> u64 {
         self.shared.app_writes.load(Ordering::Relaxed)
+    }
+
+    /// How many project records were written or removed since open: a
+    /// render that stands while its inputs are the same is done again
+    /// after any project changed.
+    pub fn project_changes(&self) -> u64 {
+        self.shared.project_changes.load(Ordering::Relaxed)
+    }
+
+    fn note_project_change(&self) {
+        self.shared.project_changes.fetch_add(1, Ordering::Relaxed);
     }
 
     /// How many application records were written or removed since open: a

@@ -132,6 +132,10 @@ pub fn bundle_digest(b: &pb::AppBundle) -> String {
     for d in &b.ignore_differences {
         field("ignore", d.as_bytes());
     }
+    // tenancy: a bundle without rules keeps the digest it always had.
+    if let Some(rules) = &b.project_rules {
+        field("project_rules", &rules.encode_to_vec());
+    }
     format!("sha256:{}", hex::encode(h.finalize()))
 }
 
@@ -332,6 +336,7 @@ impl pb::AppBundle {
             manifests: Vec::new(),
             render_error: self.render_error.clone(),
             ignore_differences: self.ignore_differences.clone(),
+            project_rules: self.project_rules.clone(),
         }
     }
 }

@@ -634,9 +634,22 @@ impl Engine {
             .cloned()
             .collect();
         self.release(&b.name, b.policy.prune, &hooks).await;
-        let stale = stale_keys(&inventory, desired_keys, desired);
+        let mut stale = stale_keys(&inventory, desired_keys, desired);
+        // tenancy: never delete an object the project does not let the
+        // application own.
+        let mut errors = BTreeMap::new();
+        stale.retain(
+            |key| match crate::project::prune_refusal(b.project_rules.as_ref(), key) {
+                Some(why) => {
+                    warn!(app = %b.name, object = %key, "not pruned: {why}");
+                    errors.insert(key.clone(), format!("prune: {why}"));
+                    false
+                }
+                None => true,
+            },
+        );
         if stale.is_empty() {
-            return PruneResult::Done(BTreeMap::new(), BTreeSet::new());
+            return PruneResult::Done(errors, BTreeSet::new());
         }
         if desired_keys.is_empty() && !b.policy.allow_empty {
             return PruneResult::Refused(
@@ -669,7 +682,6 @@ impl Engine {
                 }
             };
         }
-        let mut errors = BTreeMap::new();
         let mut kept = BTreeSet::new();
         let mut gone = BTreeSet::new();
         for key in self.prune_order(stale) {
@@ -718,6 +730,9 @@ impl Engine {
         stale_keys(&inventory, &keys, &desired)
             .into_iter()
             .filter(|k| !kept.contains(k) && !named_hook(&desired, k))
+            // tenancy: an object the project does not allow is never
+            // pruned, so it is not waiting to be.
+            .filter(|k| crate::project::prune_refusal(b.project_rules.as_ref(), k).is_none())
             .collect()
     }
 

@@ -833,6 +833,36 @@ impl pb::hub_api_server::HubApi for HubApiService {
         super::ops::terminate(&self.ctx, request).await
     }
 
+    // ---- tenancy: projects ----
+
+    async fn create_project(
+        &self,
+        request: Request<pb::CreateProjectRequest>,
+    ) -> Result<Response<pb::Project>, Status> {
+        super::projects::create(&self.ctx, request).await
+    }
+
+    async fn get_project(
+        &self,
+        request: Request<pb::GetProjectRequest>,
+    ) -> Result<Response<pb::Project>, Status> {
+        super::projects::get(&self.ctx, request)
+    }
+
+    async fn list_projects(
+        &self,
+        request: Request<pb::ListProjectsRequest>,
+    ) -> Result<Response<pb::ListProjectsResponse>, Status> {
+        super::projects::list(&self.ctx, request)
+    }
+
+    async fn delete_project(
+        &self,
+        request: Request<pb::DeleteProjectRequest>,
+    ) -> Result<Response<pb::DeleteProjectResponse>, Status> {
+        super::projects::delete(&self.ctx, request).await
+    }
+
     async fn rollback_application(
         &self,
         request: Request<pb::RollbackApplicationRequest>,

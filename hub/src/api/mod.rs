@@ -16,6 +16,7 @@ pub mod deadline;
 pub mod guard;
 pub mod hub_api;
 pub mod ops;
+pub mod projects;
 
 /// What every service handler needs.
 #[derive(Clone, Debug)]

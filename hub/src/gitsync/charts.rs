@@ -128,6 +128,9 @@ impl GitSync {
     /// # Errors
     /// The source cannot be reached, or nothing matches `revision`.
     pub async fn resolve_app(&self, app: &Application, revision: &str) -> Result<String, String> {
+        // tenancy: nothing is fetched for an application its project
+        // refuses.
+        crate::project::admit(&self.store, app).map_err(|e| e.to_string())??;
         if app.spec.has_multiple_sources() {
             return self.resolve_sources(app, revision).await;
         }
