@@ -30,7 +30,7 @@ impl HubApiService {
         Self { ctx }
     }
 
-    fn app_to_pb(
+    pub(crate) fn app_to_pb(
         &self,
         rec: &AppRecord,
         clusters: &[Arc<ClusterRecord>],
