@@ -39,7 +39,7 @@ use tonic::Status;
 use crate::api::hub_api::HubApiService;
 use crate::api::{Caller, HubContext};
 use html::{Viewer, layout};
-use pages::{Cell, Grid, OverviewQuery, PAGE_SIZE};
+use pages::{Cell, Column, Grid, OverviewQuery, PAGE_SIZE};
 use session::Sessions;
 
 const CSS: &str = include_str!("static/ui.css");
@@ -237,8 +237,9 @@ fn path_segment(s: &str) -> Option<String> {
 }
 
 /// The overview's data for query `q`: every application (matching the
-/// filter) on every cluster (matching the labels), through the API's own
-/// status conversion; only the page's rows are kept.
+/// filter) on the clusters it targets (matching the labels), through the
+/// API's own status conversion, one column per ApplicationSet or
+/// application of its own; only the page's rows are kept.
 ///
 /// # Errors
 /// The store cannot be read.
@@ -252,26 +253,64 @@ pub fn grid(api: &HubApiService, ctx: &HubContext, q: &OverviewQuery) -> Result<
             .all(|(k, v)| c.labels.get(k).is_some_and(|l| l == v))
     });
     clusters.sort_by(|a, b| a.name.cmp(&b.name));
-    let mut apps = ctx.store.apps()?;
-    apps.retain(|a| q.app.is_empty() || a.app.metadata.name.contains(q.app.as_str()));
-    apps.sort_by(|a, b| a.app.metadata.name.cmp(&b.app.metadata.name));
-    let index: HashMap<&str, usize> = clusters
+    let by_name: HashMap<&str, (usize, &Arc<crate::store::ClusterRecord>)> = clusters
         .iter()
         .enumerate()
-        .map(|(i, c)| (c.name.as_str(), i))
+        .map(|(i, c)| (c.name.as_str(), (i, c)))
         .collect();
-    let mut matrix = vec![vec![Cell::NotTargeted; apps.len()]; clusters.len()];
-    for (j, rec) in apps.iter().enumerate() {
-        let p = api.app_to_pb(rec, &clusters)?;
-        for c in p.clusters {
-            if let Some(&i) = index.get(c.cluster.as_str()) {
-                matrix[i][j] = match c.status {
+    let mut apps = ctx.store.apps()?;
+    let column_of = |a: &crate::store::AppRecord| match a.origin.strip_prefix("appset:") {
+        Some(set) => Column {
+            name: set.to_owned(),
+            set: true,
+        },
+        None => Column {
+            name: a.app.metadata.name.clone(),
+            set: false,
+        },
+    };
+    apps.retain(|a| {
+        q.app.is_empty()
+            || a.app.metadata.name.contains(q.app.as_str())
+            || column_of(a).name.contains(q.app.as_str())
+    });
+    let mut columns: Vec<Column> = apps.iter().map(column_of).collect();
+    columns.sort();
+    columns.dedup();
+    let column_index: HashMap<&Column, usize> =
+        columns.iter().enumerate().map(|(i, c)| (c, i)).collect();
+    let mut matrix = vec![vec![Cell::NotTargeted; columns.len()]; clusters.len()];
+    let mut applications = 0;
+    for rec in &apps {
+        let Some(&j) = column_index.get(&column_of(rec)) else {
+            continue;
+        };
+        // Only the clusters the application names, from the store's
+        // targeting index, not a scan of the inventory per application.
+        let dest = crate::store::Destination::of(&rec.app);
+        let targeted: Vec<Arc<crate::store::ClusterRecord>> = ctx
+            .store
+            .clusters_targeted(&dest)?
+            .iter()
+            .filter_map(|n| by_name.get(n.as_str()).map(|(_, c)| Arc::clone(c)))
+            .collect();
+        if targeted.is_empty() {
+            continue;
+        }
+        applications += 1;
+        for row in api.cluster_rows(rec, &targeted)? {
+            if let Some(&(i, _)) = by_name.get(row.cluster.as_str()) {
+                let app = rec.app.metadata.name.clone();
+                let cell = match row.status {
                     Some(st) => Cell::Status {
                         sync: st.sync,
                         health: st.health,
+                        app,
                     },
-                    None => Cell::NoStatus,
+                    None => Cell::NoStatus { app },
                 };
+                let old = std::mem::replace(&mut matrix[i][j], Cell::NotTargeted);
+                matrix[i][j] = old.worst(cell);
             }
         }
     }
@@ -288,10 +327,11 @@ pub fn grid(api: &HubApiService, ctx: &HubContext, q: &OverviewQuery) -> Result<
     rows.truncate(end);
     rows.drain(..start);
     Ok(Grid {
-        apps: apps.into_iter().map(|a| a.app.metadata.name).collect(),
+        columns,
         rows,
         matching_clusters,
         total_clusters,
+        applications,
         counts,
     })
 }

@@ -86,21 +86,32 @@ impl OverviewQuery {
     }
 }
 
-/// One cell: the application's sync and health on one cluster, `None`
-/// when the cluster is targeted but has reported nothing.
+/// One cell: a column's application on one cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Cell {
-    /// The application does not target the cluster.
+    /// No application of the column targets the cluster.
     NotTargeted,
-    NoStatus,
-    Status { sync: i32, health: i32 },
+    /// `app` targets the cluster, which has reported nothing for it.
+    NoStatus { app: String },
+    /// `app`'s status on the cluster (the worst, when several of the
+    /// column's applications target it).
+    Status { sync: i32, health: i32, app: String },
 }
 
 impl Cell {
     fn names(&self) -> Option<(&'static str, &'static str)> {
         match self {
-            Cell::Status { sync, health } => Some((sync_name(Some(*sync)), health_name(Some(*health)))),
-            Cell::NoStatus => Some(("Unknown", "Unknown")),
+            Cell::Status { sync, health, .. } => {
+                Some((sync_name(Some(*sync)), health_name(Some(*health))))
+            }
+            Cell::NoStatus { .. } => Some(("Unknown", "Unknown")),
+            Cell::NotTargeted => None,
+        }
+    }
+
+    fn app(&self) -> Option<&str> {
+        match self {
+            Cell::Status { app, .. } | Cell::NoStatus { app } => Some(app),
             Cell::NotTargeted => None,
         }
     }
@@ -109,17 +120,50 @@ impl Cell {
     pub fn matches(&self, s: &str) -> bool {
         self.names().is_some_and(|(a, b)| a == s || b == s)
     }
+
+    /// How bad the cell is, for keeping the worst of several.
+    fn severity(&self) -> u8 {
+        match self.names() {
+            None => 0,
+            Some((s, h)) => match cell_class(s, h) {
+                "bad" => 5,
+                "drift" => 4,
+                "unknown" => 3,
+                "busy" => 2,
+                _ => 1,
+            },
+        }
+    }
+
+    /// `self` or `other`, whichever is worse.
+    pub fn worst(self, other: Cell) -> Cell {
+        if other.severity() > self.severity() {
+            other
+        } else {
+            self
+        }
+    }
+}
+
+/// A column of the overview: an ApplicationSet (its generated
+/// applications) or an application of its own.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Column {
+    pub name: String,
+    pub set: bool,
 }
 
 /// The overview's data: the page of clusters and fleet-wide counts.
 #[derive(Clone, Debug, Default)]
 pub struct Grid {
-    pub apps: Vec<String>,
-    /// Cluster name, connected, cells in `apps` order.
+    pub columns: Vec<Column>,
+    /// Cluster name, connected, cells in `columns` order.
     pub rows: Vec<(String, bool, Vec<Cell>)>,
     /// Clusters matching the filters (all pages).
     pub matching_clusters: usize,
     pub total_clusters: usize,
+    /// Applications matching the filters.
+    pub applications: usize,
     /// (name, count) of sync and health statuses over the matching
     /// clusters' cells.
     pub counts: Vec<(&'static str, usize)>,
@@ -203,7 +247,7 @@ pub fn overview(grid: &Grid, q: &OverviewQuery, error: Option<&str>) -> String {
         "<li>clusters <b data-count=\"clusters\">{}</b> of {}</li><li>applications <b data-count=\"applications\">{}</b></li>",
         grid.matching_clusters,
         grid.total_clusters,
-        grid.apps.len()
+        grid.applications
     );
     for (name, n) in &grid.counts {
         let _ = write!(
@@ -213,16 +257,18 @@ pub fn overview(grid: &Grid, q: &OverviewQuery, error: Option<&str>) -> String {
         );
     }
     h.push_str("</ul>");
-    if grid.apps.is_empty() || grid.rows.is_empty() {
+    if grid.columns.is_empty() || grid.rows.is_empty() {
         h.push_str("<p class=\"empty\">Nothing matches.</p>");
     } else {
         h.push_str("<table class=\"grid\" id=\"grid\"><thead><tr><th>cluster</th>");
-        for a in &grid.apps {
+        for c in &grid.columns {
             let _ = write!(
                 h,
-                "<th><a href=\"/apps/{}\">{}</a></th>",
-                url_part(a),
-                esc(a)
+                "<th><a href=\"/{}/{}\" title=\"{}\">{}</a></th>",
+                if c.set { "appsets" } else { "apps" },
+                url_part(&c.name),
+                if c.set { "ApplicationSet" } else { "Application" },
+                esc(&c.name)
             );
         }
         h.push_str("</tr></thead><tbody>");
@@ -233,20 +279,21 @@ pub fn overview(grid: &Grid, q: &OverviewQuery, error: Option<&str>) -> String {
                 if *connected { "on" } else { "off" },
                 esc(cluster)
             );
-            for (app, cell) in grid.apps.iter().zip(cells) {
-                match cell.names() {
-                    None => h.push_str("<td class=\"none\">·</td>"),
-                    Some((s, hl)) => {
+            for cell in cells {
+                match (cell.names(), cell.app()) {
+                    (Some((s, hl)), Some(app)) => {
                         let _ = write!(
                             h,
-                            "<td class=\"cell {}\" data-app=\"{}\" data-cluster=\"{}\" data-sync=\"{s}\" data-health=\"{hl}\"><a href=\"/apps/{}\" title=\"{s} / {hl}\">{}</a></td>",
+                            "<td class=\"cell {}\" data-app=\"{}\" data-cluster=\"{}\" data-sync=\"{s}\" data-health=\"{hl}\"><a href=\"/apps/{}\" title=\"{} {s} / {hl}\">{}</a></td>",
                             cell_class(s, hl),
                             esc(app),
                             esc(cluster),
                             url_part(app),
+                            esc(app),
                             short_status(s, hl)
                         );
                     }
+                    _ => h.push_str("<td class=\"none\">·</td>"),
                 }
             }
             h.push_str("</tr>");
@@ -526,12 +573,33 @@ pub fn diff(app: &str, d: &pb::DiffApplicationResponse) -> String {
                 h,
                 "<h4>{}</h4><pre class=\"diff\">{}</pre>",
                 esc(&key_text(r.key.as_ref())),
-                esc(&r.diff)
+                esc(&resource_diff(&c.cluster, r))
             );
         }
         h.push_str("</section>");
     }
     h
+}
+
+/// A unified diff of one object, live against desired, as `flotilla app
+/// diff` prints it (live projected on the desired object's fields).
+fn resource_diff(cluster: &str, r: &pb::ResourceDiff) -> String {
+    use crate::cli::diff;
+    let desired: serde_json::Value = serde_json::from_str(&r.desired).unwrap_or_default();
+    let live = if r.live.is_empty() {
+        String::new()
+    } else {
+        serde_json::from_str::<serde_json::Value>(&r.live)
+            .map(|l| diff::yaml(&diff::project(&l, &desired)))
+            .unwrap_or_default()
+    };
+    let key = key_text(r.key.as_ref());
+    diff::unified(
+        &format!("{cluster}/live/{key}"),
+        &format!("{cluster}/desired/{key}"),
+        &live,
+        &diff::yaml(&desired),
+    )
 }
 
 /// The clusters page.
@@ -754,16 +822,10 @@ mod tests {
     #[test]
     fn counts_tally_sync_and_health() {
         let cells = [
-            Cell::Status {
-                sync: pb::SyncStatus::Synced as i32,
-                health: pb::HealthStatus::Healthy as i32,
-            },
-            Cell::Status {
-                sync: pb::SyncStatus::OutOfSync as i32,
-                health: pb::HealthStatus::Degraded as i32,
-            },
+            good(),
+            bad(),
             Cell::NotTargeted,
-            Cell::NoStatus,
+            Cell::NoStatus { app: "x".into() },
         ];
         let c = count_cells(cells.iter());
         let get = |n: &str| c.iter().find(|(k, _)| *k == n).unwrap().1;
@@ -772,5 +834,50 @@ mod tests {
         assert_eq!(get("Healthy"), 1);
         assert_eq!(get("Degraded"), 1);
         assert_eq!(get("Unknown"), 1, "no status counts once, not twice");
+    }
+
+    fn good() -> Cell {
+        Cell::Status {
+            sync: pb::SyncStatus::Synced as i32,
+            health: pb::HealthStatus::Healthy as i32,
+            app: "a".into(),
+        }
+    }
+
+    fn bad() -> Cell {
+        Cell::Status {
+            sync: pb::SyncStatus::OutOfSync as i32,
+            health: pb::HealthStatus::Degraded as i32,
+            app: "b".into(),
+        }
+    }
+
+    #[test]
+    fn a_column_shows_its_worst_application() {
+        assert_eq!(good().worst(bad()), bad());
+        assert_eq!(bad().worst(good()), bad());
+        assert_eq!(Cell::NotTargeted.worst(good()), good());
+        let unknown = Cell::NoStatus { app: "c".into() };
+        assert_eq!(good().worst(unknown.clone()), unknown);
+    }
+
+    #[test]
+    fn the_grid_links_cells_to_their_application() {
+        let grid = Grid {
+            columns: vec![
+                Column { name: "guestbook".into(), set: true },
+                Column { name: "solo".into(), set: false },
+            ],
+            rows: vec![("c1".into(), true, vec![bad(), Cell::NotTargeted])],
+            matching_clusters: 1,
+            total_clusters: 1,
+            applications: 1,
+            counts: Vec::new(),
+        };
+        let h = overview(&grid, &OverviewQuery::default(), None);
+        assert!(h.contains("href=\"/appsets/guestbook\""), "{h}");
+        assert!(h.contains("href=\"/apps/solo\""), "{h}");
+        assert!(h.contains("data-app=\"b\" data-cluster=\"c1\" data-sync=\"OutOfSync\""), "{h}");
+        assert!(h.contains("page 1 of 1"), "{h}");
     }
 }
