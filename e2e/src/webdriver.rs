@@ -135,7 +135,9 @@ impl Browser {
         path: &str,
         body: Option<Value>,
     ) -> anyhow::Result<Value> {
-        let mut req = self.http.request(method.clone(), format!("{}{path}", self.base));
+        let mut req = self
+            .http
+            .request(method.clone(), format!("{}{path}", self.base));
         if let Some(b) = body {
             req = req
                 .header("content-type", "application/json")
@@ -143,7 +145,10 @@ impl Browser {
         } else if method == reqwest::Method::POST {
             req = req.header("content-type", "application/json").body("{}");
         }
-        let resp = req.send().await.with_context(|| format!("WebDriver {path}"))?;
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("WebDriver {path}"))?;
         let status = resp.status();
         let v: Value = serde_json::from_slice(&resp.bytes().await?)
             .with_context(|| format!("WebDriver {path}: answer is not JSON"))?;
@@ -166,9 +171,13 @@ impl Browser {
     /// # Errors
     /// The browser refuses.
     pub async fn goto(&self, url: &str) -> anyhow::Result<()> {
-        self.call(reqwest::Method::POST, &self.at("/url"), Some(json!({"url": url})))
-            .await
-            .map(drop)
+        self.call(
+            reqwest::Method::POST,
+            &self.at("/url"),
+            Some(json!({"url": url})),
+        )
+        .await
+        .map(drop)
     }
 
     /// The current URL.
@@ -176,7 +185,9 @@ impl Browser {
     /// # Errors
     /// The browser refuses.
     pub async fn url(&self) -> anyhow::Result<String> {
-        let v = self.call(reqwest::Method::GET, &self.at("/url"), None).await?;
+        let v = self
+            .call(reqwest::Method::GET, &self.at("/url"), None)
+            .await?;
         Ok(v.as_str().unwrap_or_default().to_owned())
     }
 
@@ -232,7 +243,11 @@ impl Browser {
     /// The element is gone, or the browser refuses.
     pub async fn text(&self, e: &Element) -> anyhow::Result<String> {
         let v = self
-            .call(reqwest::Method::GET, &self.at(&format!("/element/{}/text", e.0)), None)
+            .call(
+                reqwest::Method::GET,
+                &self.at(&format!("/element/{}/text", e.0)),
+                None,
+            )
             .await?;
         Ok(v.as_str().unwrap_or_default().to_owned())
     }
@@ -343,5 +358,7 @@ impl Drop for Browser {
 
 /// Where the UI tests save their screenshots: `target/ui-screenshots/`.
 pub fn screenshot_dir() -> PathBuf {
-    crate::workspace_root().join("target").join("ui-screenshots")
+    crate::workspace_root()
+        .join("target")
+        .join("ui-screenshots")
 }

@@ -54,10 +54,7 @@ spec:
 
 /// A list-generator ApplicationSet making `pair-<n>` for each of `names`.
 fn pair_set(fleet: &Fleet, names: &[&str]) -> String {
-    let elements: String = names
-        .iter()
-        .map(|n| format!("      - n: {n}\n"))
-        .collect();
+    let elements: String = names.iter().map(|n| format!("      - n: {n}\n")).collect();
     format!(
         "apiVersion: argoproj.io/v1alpha1
 kind: ApplicationSet
@@ -100,9 +97,11 @@ fn ui_base(fleet: &Fleet) -> anyhow::Result<String> {
 }
 
 fn admin_token(fleet: &Fleet) -> anyhow::Result<String> {
-    Ok(std::fs::read_to_string(fleet.hub_data().join("admin.token"))?
-        .trim()
-        .to_owned())
+    Ok(
+        std::fs::read_to_string(fleet.hub_data().join("admin.token"))?
+            .trim()
+            .to_owned(),
+    )
 }
 
 async fn read_only_token(fleet: &Fleet) -> anyhow::Result<String> {
@@ -135,9 +134,10 @@ async fn start_fleet(clusters: usize, extra: &[&str]) -> anyhow::Result<(Fleet, 
 /// Commits `name/cm.yaml` with `value`, creates the manual application
 /// and waits until the hub has rendered it at that commit.
 async fn manual_app(fleet: &Fleet, name: &str, value: &str) -> anyhow::Result<String> {
-    let commit = fleet
-        .repo
-        .commit_file(&format!("{name}/cm.yaml"), &configmap(name, value), value)?;
+    let commit =
+        fleet
+            .repo
+            .commit_file(&format!("{name}/cm.yaml"), &configmap(name, value), value)?;
     let mut api = fleet.api().await?;
     api.create_application(CreateApplicationRequest {
         manifest: application(fleet, name),
@@ -149,14 +149,18 @@ async fn manual_app(fleet: &Fleet, name: &str, value: &str) -> anyhow::Result<St
 }
 
 async fn wait_rendered(fleet: &Fleet, name: &str, commit: &str) -> anyhow::Result<()> {
-    eventually(&format!("{name} rendered at {commit}"), CONVERGE, || async {
-        let a = fleet.app(name).await.map_err(|e| e.to_string())?;
-        if a.revision == commit {
-            Ok(())
-        } else {
-            Err(format!("revision {:?} error {:?}", a.revision, a.error))
-        }
-    })
+    eventually(
+        &format!("{name} rendered at {commit}"),
+        CONVERGE,
+        || async {
+            let a = fleet.app(name).await.map_err(|e| e.to_string())?;
+            if a.revision == commit {
+                Ok(())
+            } else {
+                Err(format!("revision {:?} error {:?}", a.revision, a.error))
+            }
+        },
+    )
     .await
 }
 
@@ -167,12 +171,16 @@ fn cm_value(fleet: &Fleet, ns: &str) -> anyhow::Result<Option<String>> {
 }
 
 async fn wait_value(fleet: &Fleet, ns: &str, want: &str) -> anyhow::Result<()> {
-    eventually(&format!("{ns} value {want:?} (kubectl)"), CONVERGE, || async {
-        match cm_value(fleet, ns).map_err(|e| e.to_string())? {
-            Some(v) if v == want => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    })
+    eventually(
+        &format!("{ns} value {want:?} (kubectl)"),
+        CONVERGE,
+        || async {
+            match cm_value(fleet, ns).map_err(|e| e.to_string())? {
+                Some(v) if v == want => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
     .await
 }
 
@@ -189,19 +197,23 @@ async fn login(b: &Browser, base: &str, token: &str) -> anyhow::Result<()> {
 /// sim-1.
 async fn wait_badge(b: &Browser, sync: &str) -> anyhow::Result<()> {
     let css = format!("section[data-cluster=\"sim-1\"] .badge[data-sync=\"{sync}\"]");
-    eventually(&format!("the page showing {sync} on sim-1"), CONVERGE, || async {
-        match b.find_all(&css).await {
-            Ok(v) if !v.is_empty() => Ok(()),
-            Ok(_) => {
-                let shown = match b.find("section[data-cluster=\"sim-1\"] .badge").await {
-                    Ok(e) => b.text(&e).await.unwrap_or_default(),
-                    Err(e) => e.to_string(),
-                };
-                Err(format!("shown: {shown}"))
+    eventually(
+        &format!("the page showing {sync} on sim-1"),
+        CONVERGE,
+        || async {
+            match b.find_all(&css).await {
+                Ok(v) if !v.is_empty() => Ok(()),
+                Ok(_) => {
+                    let shown = match b.find("section[data-cluster=\"sim-1\"] .badge").await {
+                        Ok(e) => b.text(&e).await.unwrap_or_default(),
+                        Err(e) => e.to_string(),
+                    };
+                    Err(format!("shown: {shown}"))
+                }
+                Err(e) => Err(e.to_string()),
             }
-            Err(e) => Err(e.to_string()),
-        }
-    })
+        },
+    )
     .await
 }
 
@@ -230,21 +242,30 @@ async fn a_browser_sees_drift_live_syncs_rolls_back_and_confirms_a_held_deletion
     for want in ["web", "guestbook-sim-1", "sim-1", "sim-2"] {
         assert!(text.contains(want), "{want} missing from the grid: {text}");
     }
-    eventually("guestbook Synced on both clusters in the grid", CONVERGE, || async {
-        let n = b
-            .find_all("td[data-app^=\"guestbook-sim-\"][data-sync=\"Synced\"]")
-            .await
-            .map_err(|e| e.to_string())?
-            .len();
-        if n == 2 { Ok(()) } else { Err(format!("{n} Synced")) }
-    })
+    eventually(
+        "guestbook Synced on both clusters in the grid",
+        CONVERGE,
+        || async {
+            let n = b
+                .find_all("td[data-app^=\"guestbook-sim-\"][data-sync=\"Synced\"]")
+                .await
+                .map_err(|e| e.to_string())?
+                .len();
+            if n == 2 {
+                Ok(())
+            } else {
+                Err(format!("{n} Synced"))
+            }
+        },
+    )
     .await?;
     let clusters = b.find("b[data-count=\"clusters\"]").await?;
     assert_eq!(b.text(&clusters).await?, "2");
     shot(&b, "overview.png").await?;
 
     // The application page, from the grid.
-    b.click(&b.find("thead a[href=\"/apps/web\"]").await?).await?;
+    b.click(&b.find("thead a[href=\"/apps/web\"]").await?)
+        .await?;
     let name = b.wait_for("#app-name", PAGE).await?;
     assert_eq!(b.text(&name).await?, "web");
     b.wait_for("#main[data-live=\"1\"]", PAGE).await?;
@@ -263,7 +284,14 @@ async fn a_browser_sees_drift_live_syncs_rolls_back_and_confirms_a_held_deletion
     let out = fleet.kubectl(
         "sim-1",
         &[
-            "patch", "configmap", "web", "-n", "web", "--type", "merge", "-p",
+            "patch",
+            "configmap",
+            "web",
+            "-n",
+            "web",
+            "--type",
+            "merge",
+            "-p",
             r#"{"data":{"value":"changed by hand"}}"#,
         ],
     )?;
@@ -296,8 +324,11 @@ async fn a_browser_sees_drift_live_syncs_rolls_back_and_confirms_a_held_deletion
         .repo
         .commit_file("web/cm.yaml", &configmap("web", "two"), "two")?;
     wait_rendered(&fleet, "web", &c2).await?;
-    b.wait_for("section[data-cluster=\"sim-1\"] .badge[data-sync=\"OutOfSync\"]", CONVERGE)
-        .await?;
+    b.wait_for(
+        "section[data-cluster=\"sim-1\"] .badge[data-sync=\"OutOfSync\"]",
+        CONVERGE,
+    )
+    .await?;
     b.click(&b.find("#sync-button").await?).await?;
     wait_value(&fleet, "web", "two").await?;
     wait_badge(&b, "Synced").await?;
@@ -309,7 +340,11 @@ async fn a_browser_sees_drift_live_syncs_rolls_back_and_confirms_a_held_deletion
     let pinned = b.wait_for("#pinned", CONVERGE).await?;
     assert!(b.text(&pinned).await?.starts_with(&c1[..8]));
     let flash = b.find("#flash").await?;
-    assert!(b.text(&flash).await?.contains("rollback of web to history 1"));
+    assert!(
+        b.text(&flash)
+            .await?
+            .contains("rollback of web to history 1")
+    );
     shot(&b, "application-rollback.png").await?;
 
     // A held deletion, confirmed from the ApplicationSet page.
@@ -322,11 +357,17 @@ async fn a_browser_sees_drift_live_syncs_rolls_back_and_confirms_a_held_deletion
     eventually("pair-b generated", CONVERGE, || async {
         let mut api = fleet.api().await.map_err(|e| e.to_string())?;
         let s = api
-            .get_application_set(GetApplicationSetRequest { name: "pair".into() })
+            .get_application_set(GetApplicationSetRequest {
+                name: "pair".into(),
+            })
             .await
             .map_err(|e| e.to_string())?
             .into_inner();
-        if s.applications.len() == 2 { Ok(()) } else { Err(format!("{s:?}")) }
+        if s.applications.len() == 2 {
+            Ok(())
+        } else {
+            Err(format!("{s:?}"))
+        }
     })
     .await?;
     api.create_application_set(CreateApplicationSetRequest {
@@ -344,7 +385,9 @@ async fn a_browser_sees_drift_live_syncs_rolls_back_and_confirms_a_held_deletion
     eventually("pair-b deleted", CONVERGE, || async {
         let mut api = fleet.api().await.map_err(|e| e.to_string())?;
         match api
-            .get_application(GetApplicationRequest { name: "pair-b".into() })
+            .get_application(GetApplicationRequest {
+                name: "pair-b".into(),
+            })
             .await
         {
             Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
@@ -354,7 +397,10 @@ async fn a_browser_sees_drift_live_syncs_rolls_back_and_confirms_a_held_deletion
     .await?;
     let generated = b.find("#generated").await?;
     let text = b.text(&generated).await?;
-    assert!(text.contains("pair-a") && !text.contains("pair-b"), "{text}");
+    assert!(
+        text.contains("pair-a") && !text.contains("pair-b"),
+        "{text}"
+    );
 
     // The other pages render what the API says.
     b.goto(&format!("{base}/clusters")).await?;
@@ -445,9 +491,15 @@ async fn read_only_sessions_see_no_controls_and_forged_posts_are_refused() -> an
     let who = b.find("#who").await?;
     assert!(b.text(&who).await?.contains("read-only"));
     let controls = b
-        .find_all("form.sync, form.refresh, form.rollback, form.confirm, #sync-button, .rollback-button")
+        .find_all(
+            "form.sync, form.refresh, form.rollback, form.confirm, #sync-button, .rollback-button",
+        )
         .await?;
-    assert!(controls.is_empty(), "a read-only page has {} controls", controls.len());
+    assert!(
+        controls.is_empty(),
+        "a read-only page has {} controls",
+        controls.len()
+    );
     shot(&b, "read-only.png").await?;
 
     // Every response is under a strict policy, and no page has inline
@@ -470,7 +522,10 @@ async fn read_only_sessions_see_no_controls_and_forged_posts_are_refused() -> an
         .text()
         .await?;
     assert!(page.contains("id=\"sync-button\""), "{page}");
-    assert!(!page.contains("<script>") && !page.contains(" style="), "{page}");
+    assert!(
+        !page.contains("<script>") && !page.contains(" style="),
+        "{page}"
+    );
     let csrf = csrf_of(&page)?;
     let sync = format!("{base}/apps/web/sync");
     let own_origin = base.clone();
@@ -506,7 +561,10 @@ async fn read_only_sessions_see_no_controls_and_forged_posts_are_refused() -> an
         })
         .await?
         .into_inner();
-    assert!(history.entries.is_empty(), "a refused POST synced: {history:?}");
+    assert!(
+        history.entries.is_empty(),
+        "a refused POST synced: {history:?}"
+    );
 
     // A read-only session with its own valid CSRF token: refused too.
     let ro_cookie = http_login(&http, &base, &viewer).await?;

@@ -60,7 +60,11 @@ fn status(name: &str, i: usize) -> pb::AppStatus {
             pb::SyncStatus::Synced as i32
         },
         health: pb::HealthStatus::Healthy as i32,
-        resources: vec![resource("ConfigMap"), resource("Service"), resource("Deployment")],
+        resources: vec![
+            resource("ConfigMap"),
+            resource("Service"),
+            resource("Deployment"),
+        ],
         ..Default::default()
     }
 }
@@ -99,11 +103,8 @@ fn main() -> anyhow::Result<()> {
         dir.path().join("git"),
         Duration::from_secs(60),
     );
-    let appsets = flotilla_hub::appset::lifecycle::AppSets::new(
-        fleet.clone(),
-        0.5,
-        Duration::from_secs(60),
-    );
+    let appsets =
+        flotilla_hub::appset::lifecycle::AppSets::new(fleet.clone(), 0.5, Duration::from_secs(60));
     let (_closing_tx, closing) = tokio::sync::watch::channel(false);
     let ctx = HubContext {
         store,

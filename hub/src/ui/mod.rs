@@ -87,12 +87,18 @@ pub fn router(state: UiState) -> Router {
 
 async fn security_headers(mut resp: Response) -> Response {
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(
         header::STRICT_TRANSPORT_SECURITY,
@@ -363,7 +369,10 @@ async fn render(
             } else {
                 grid(api, &state.ctx, &q)?
             };
-            Ok(("Overview".into(), pages::overview(&grid, &q, error.as_deref())))
+            Ok((
+                "Overview".into(),
+                pages::overview(&grid, &q, error.as_deref()),
+            ))
         }
         ["apps", _] => {
             let name = seg(1)?;
@@ -492,7 +501,11 @@ async fn events(
         return StatusCode::UNAUTHORIZED.into_response();
     }
     if !q.path.starts_with('/') || q.path.starts_with("//") || !is_live(&q.path) {
-        return error_page(None, StatusCode::BAD_REQUEST, "events: path must be a page of this UI");
+        return error_page(
+            None,
+            StatusCode::BAD_REQUEST,
+            "events: path must be a page of this UI",
+        );
     }
     let stream = futures::stream::unfold(
         (state, headers, q, true),
@@ -530,7 +543,10 @@ async fn login_page(State(state): State<UiState>, headers: HeaderMap) -> Respons
     if authenticate(&state, &headers).is_some() {
         return redirect("/");
     }
-    html_response(StatusCode::OK, layout("Log in", None, None, &pages::login(None)))
+    html_response(
+        StatusCode::OK,
+        layout("Log in", None, None, &pages::login(None)),
+    )
 }
 
 /// Whether a browser's `Origin` (when it sent one) is this host.
@@ -669,7 +685,11 @@ async fn sync(
         prune: checked(&form, "prune"),
         dry_run,
     };
-    match state.api.sync_application(api_request(&a.caller, req)).await {
+    match state
+        .api
+        .sync_application(api_request(&a.caller, req))
+        .await
+    {
         Ok(r) => {
             let r = r.into_inner();
             if dry_run {
@@ -746,7 +766,11 @@ async fn rollback(
         prune: checked(&form, "prune"),
         dry_run: false,
     };
-    match state.api.rollback_application(api_request(&a.caller, req)).await {
+    match state
+        .api
+        .rollback_application(api_request(&a.caller, req))
+        .await
+    {
         Ok(r) => {
             let r = r.into_inner();
             state.sessions.set_flash(
@@ -810,7 +834,10 @@ mod tests {
         assert!(same_origin(&h), "no Origin: the CSRF token decides");
         h.insert(header::ORIGIN, HeaderValue::from_static("https://hub:8443"));
         assert!(same_origin(&h));
-        h.insert(header::ORIGIN, HeaderValue::from_static("https://evil:8443"));
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://evil:8443"),
+        );
         assert!(!same_origin(&h));
         h.insert(header::ORIGIN, HeaderValue::from_static("http://hub:8443"));
         assert!(!same_origin(&h));

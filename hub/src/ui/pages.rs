@@ -245,9 +245,7 @@ pub fn overview(grid: &Grid, q: &OverviewQuery, error: Option<&str>) -> String {
     let _ = write!(
         h,
         "<li>clusters <b data-count=\"clusters\">{}</b> of {}</li><li>applications <b data-count=\"applications\">{}</b></li>",
-        grid.matching_clusters,
-        grid.total_clusters,
-        grid.applications
+        grid.matching_clusters, grid.total_clusters, grid.applications
     );
     for (name, n) in &grid.counts {
         let _ = write!(
@@ -267,7 +265,11 @@ pub fn overview(grid: &Grid, q: &OverviewQuery, error: Option<&str>) -> String {
                 "<th><a href=\"/{}/{}\" title=\"{}\">{}</a></th>",
                 if c.set { "appsets" } else { "apps" },
                 url_part(&c.name),
-                if c.set { "ApplicationSet" } else { "Application" },
+                if c.set {
+                    "ApplicationSet"
+                } else {
+                    "Application"
+                },
                 esc(&c.name)
             );
         }
@@ -307,10 +309,18 @@ pub fn overview(grid: &Grid, q: &OverviewQuery, error: Option<&str>) -> String {
         q.page.min(pages - 1) + 1
     );
     if q.page > 0 {
-        let _ = write!(h, " <a href=\"{}\" rel=\"prev\">previous</a>", esc(&q.link(q.page - 1)));
+        let _ = write!(
+            h,
+            " <a href=\"{}\" rel=\"prev\">previous</a>",
+            esc(&q.link(q.page - 1))
+        );
     }
     if q.page + 1 < pages {
-        let _ = write!(h, " <a href=\"{}\" rel=\"next\">next</a>", esc(&q.link(q.page + 1)));
+        let _ = write!(
+            h,
+            " <a href=\"{}\" rel=\"next\">next</a>",
+            esc(&q.link(q.page + 1))
+        );
     }
     h.push_str("</p>");
     h
@@ -362,7 +372,11 @@ pub fn application(app: &pb::Application, history: &pb::ApplicationHistory, v: &
     let mut h = String::new();
     let name = &app.name;
     let base = format!("/apps/{}", url_part(name));
-    let _ = write!(h, "<h1>Application <span id=\"app-name\">{}</span></h1>", esc(name));
+    let _ = write!(
+        h,
+        "<h1>Application <span id=\"app-name\">{}</span></h1>",
+        esc(name)
+    );
     let source = if app.chart.is_empty() {
         format!("{} {}", app.repo_url, app.path)
     } else {
@@ -388,7 +402,11 @@ pub fn application(app: &pb::Application, history: &pb::ApplicationHistory, v: &
     }
     h.push_str("</dl>");
     if !app.error.is_empty() {
-        let _ = write!(h, "<p class=\"error\" id=\"app-error\">{}</p>", esc(&app.error));
+        let _ = write!(
+            h,
+            "<p class=\"error\" id=\"app-error\">{}</p>",
+            esc(&app.error)
+        );
     }
     if v.can_write {
         h.push_str("<div class=\"actions\">");
@@ -398,7 +416,10 @@ pub fn application(app: &pb::Application, history: &pb::ApplicationHistory, v: &
         h.push_str("<label><input type=\"checkbox\" name=\"hard\" value=\"true\"> hard</label><button type=\"submit\" id=\"refresh-button\">Refresh</button></form>");
         h.push_str("</div>");
     }
-    let _ = write!(h, "<p><a href=\"{base}/diff\" id=\"diff-link\">Live diff against desired</a></p>");
+    let _ = write!(
+        h,
+        "<p><a href=\"{base}/diff\" id=\"diff-link\">Live diff against desired</a></p>"
+    );
     h.push_str("<h2>Clusters</h2>");
     if app.clusters.is_empty() {
         h.push_str("<p class=\"empty\">The application targets no cluster.</p>");
@@ -531,7 +552,12 @@ pub fn sync_result(app: &str, r: &pb::SyncApplicationResponse, dry_run: bool) ->
         );
     }
     for c in &r.results {
-        let _ = write!(h, "<section class=\"cluster\" id=\"result-{}\"><h3>{}</h3>", esc(&c.cluster), esc(&c.cluster));
+        let _ = write!(
+            h,
+            "<section class=\"cluster\" id=\"result-{}\"><h3>{}</h3>",
+            esc(&c.cluster),
+            esc(&c.cluster)
+        );
         if !c.error.is_empty() {
             let _ = write!(h, "<p class=\"error\">{}</p>", esc(&c.error));
         }
@@ -604,7 +630,9 @@ fn resource_diff(cluster: &str, r: &pb::ResourceDiff) -> String {
 
 /// The clusters page.
 pub fn clusters(list: &[pb::Cluster]) -> String {
-    let mut h = String::from("<h1>Clusters</h1><table class=\"list\" id=\"clusters\"><thead><tr><th>name</th><th>labels</th><th>agent</th><th>connection</th><th>generation (acked)</th><th>server</th></tr></thead><tbody>");
+    let mut h = String::from(
+        "<h1>Clusters</h1><table class=\"list\" id=\"clusters\"><thead><tr><th>name</th><th>labels</th><th>agent</th><th>connection</th><th>generation (acked)</th><th>server</th></tr></thead><tbody>",
+    );
     for c in list {
         let mut labels: Vec<_> = c.labels.iter().collect();
         labels.sort();
@@ -622,7 +650,11 @@ pub fn clusters(list: &[pb::Cluster]) -> String {
             "<tr data-cluster=\"{}\"><td>{}</td><td>{labels}</td><td>{}</td><td>{conn}</td><td>{} ({})</td><td>{}</td></tr>",
             esc(&c.name),
             esc(&c.name),
-            esc(if c.agent_version.is_empty() { "-" } else { &c.agent_version }),
+            esc(if c.agent_version.is_empty() {
+                "-"
+            } else {
+                &c.agent_version
+            }),
             c.generation,
             c.acked_generation,
             esc(&c.server)
@@ -634,7 +666,9 @@ pub fn clusters(list: &[pb::Cluster]) -> String {
 
 /// The repositories page.
 pub fn repositories(list: &[pb::Repository]) -> String {
-    let mut h = String::from("<h1>Repositories</h1><table class=\"list\" id=\"repos\"><thead><tr><th>url</th><th>type</th><th>revision</th><th>apps path</th><th>last commit</th><th>last fetch</th><th>status</th></tr></thead><tbody>");
+    let mut h = String::from(
+        "<h1>Repositories</h1><table class=\"list\" id=\"repos\"><thead><tr><th>url</th><th>type</th><th>revision</th><th>apps path</th><th>last commit</th><th>last fetch</th><th>status</th></tr></thead><tbody>",
+    );
     for r in list {
         let status = if r.last_error.is_empty() {
             "<span class=\"good\">ok</span>".to_owned()
@@ -658,7 +692,9 @@ pub fn repositories(list: &[pb::Repository]) -> String {
 
 /// The ApplicationSets list.
 pub fn appsets(list: &[pb::ApplicationSet]) -> String {
-    let mut h = String::from("<h1>ApplicationSets</h1><table class=\"list\" id=\"appsets\"><thead><tr><th>name</th><th>applications</th><th>held deletions</th><th>conditions</th></tr></thead><tbody>");
+    let mut h = String::from(
+        "<h1>ApplicationSets</h1><table class=\"list\" id=\"appsets\"><thead><tr><th>name</th><th>applications</th><th>held deletions</th><th>conditions</th></tr></thead><tbody>",
+    );
     for s in list {
         let _ = write!(
             h,
@@ -719,7 +755,10 @@ pub fn appset(s: &pb::ApplicationSet, v: &Viewer) -> String {
         }
         h.push_str("</ul>");
         if v.can_write {
-            h.push_str(&v.form(&format!("/appsets/{}/confirm", url_part(&s.name)), "confirm"));
+            h.push_str(&v.form(
+                &format!("/appsets/{}/confirm", url_part(&s.name)),
+                "confirm",
+            ));
             h.push_str("<label><input type=\"checkbox\" name=\"confirm\" value=\"yes\" required> delete these applications</label><button type=\"submit\" id=\"confirm-button\">Confirm deletions</button></form>");
         }
     }
@@ -808,14 +847,21 @@ mod tests {
         };
         assert_eq!(
             q.labels().unwrap(),
-            vec![("env".into(), "prod".into()), ("region".into(), "eu".into())]
+            vec![
+                ("env".into(), "prod".into()),
+                ("region".into(), "eu".into())
+            ]
         );
         let bad = OverviewQuery {
             label: "prod".into(),
             status: "Broken".into(),
             ..Default::default()
         };
-        assert!(bad.labels().unwrap_err().contains("\"prod\" is not key=value"));
+        assert!(
+            bad.labels()
+                .unwrap_err()
+                .contains("\"prod\" is not key=value")
+        );
         assert!(bad.check_status().unwrap_err().contains("\"Broken\""));
     }
 
@@ -865,8 +911,14 @@ mod tests {
     fn the_grid_links_cells_to_their_application() {
         let grid = Grid {
             columns: vec![
-                Column { name: "guestbook".into(), set: true },
-                Column { name: "solo".into(), set: false },
+                Column {
+                    name: "guestbook".into(),
+                    set: true,
+                },
+                Column {
+                    name: "solo".into(),
+                    set: false,
+                },
             ],
             rows: vec![("c1".into(), true, vec![bad(), Cell::NotTargeted])],
             matching_clusters: 1,
@@ -877,7 +929,10 @@ mod tests {
         let h = overview(&grid, &OverviewQuery::default(), None);
         assert!(h.contains("href=\"/appsets/guestbook\""), "{h}");
         assert!(h.contains("href=\"/apps/solo\""), "{h}");
-        assert!(h.contains("data-app=\"b\" data-cluster=\"c1\" data-sync=\"OutOfSync\""), "{h}");
+        assert!(
+            h.contains("data-app=\"b\" data-cluster=\"c1\" data-sync=\"OutOfSync\""),
+            "{h}"
+        );
         assert!(h.contains("page 1 of 1"), "{h}");
     }
 }
