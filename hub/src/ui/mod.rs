@@ -606,35 +606,35 @@ fn check_post(
     headers: &HeaderMap,
     form: &HashMap<String, String>,
     read_only_ok: bool,
-) -> Result<Authed, Response> {
+) -> Result<Authed, Box<Response>> {
     let Some(a) = authenticate(state, headers) else {
-        return Err(error_page(
+        return Err(Box::new(error_page(
             None,
             StatusCode::FORBIDDEN,
             "not logged in (or the session expired)",
-        ));
+        )));
     };
     if !same_origin(headers) {
-        return Err(error_page(
+        return Err(Box::new(error_page(
             Some(&a.viewer),
             StatusCode::FORBIDDEN,
             "cross-origin request refused",
-        ));
+        )));
     }
     let given = form.get("csrf").map(String::as_str).unwrap_or_default();
     if given.is_empty() || !session::same_secret(given, &a.viewer.csrf) {
-        return Err(error_page(
+        return Err(Box::new(error_page(
             Some(&a.viewer),
             StatusCode::FORBIDDEN,
             "missing or wrong CSRF token: reload the page and try again",
-        ));
+        )));
     }
     if !read_only_ok && !a.viewer.can_write {
-        return Err(error_page(
+        return Err(Box::new(error_page(
             Some(&a.viewer),
             StatusCode::FORBIDDEN,
             &format!("token {:?} is read-only", a.viewer.token_name),
-        ));
+        )));
     }
     Ok(a)
 }
@@ -646,7 +646,7 @@ async fn logout(
 ) -> Response {
     let a = match check_post(&state, &headers, &form, true) {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     state.sessions.remove(&a.id);
     (
@@ -675,7 +675,7 @@ async fn sync(
 ) -> Response {
     let a = match check_post(&state, &headers, &form, false) {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let dry_run = checked(&form, "dry_run");
     let req = pb::SyncApplicationRequest {
@@ -726,7 +726,7 @@ async fn refresh(
 ) -> Response {
     let a = match check_post(&state, &headers, &form, false) {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let req = pb::RefreshRequest {
         app: name.clone(),
@@ -751,7 +751,7 @@ async fn rollback(
 ) -> Response {
     let a = match check_post(&state, &headers, &form, false) {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let Some(id) = form.get("id").and_then(|i| i.parse::<u64>().ok()) else {
         return error_page(
@@ -791,7 +791,7 @@ async fn confirm(
 ) -> Response {
     let a = match check_post(&state, &headers, &form, false) {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if form.get("confirm").map(String::as_str) != Some("yes") {
         return error_page(
