@@ -54,7 +54,7 @@ fn status(name: &str, i: usize) -> pb::AppStatus {
     };
     pb::AppStatus {
         name: name.into(),
-        sync: if i % 17 == 0 {
+        sync: if i.is_multiple_of(17) {
             pb::SyncStatus::OutOfSync as i32
         } else {
             pb::SyncStatus::Synced as i32
