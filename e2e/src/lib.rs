@@ -11,6 +11,7 @@ pub mod http;
 pub mod kubectl;
 pub mod process;
 pub mod repo;
+pub mod webdriver;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

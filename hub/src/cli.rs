@@ -16,7 +16,7 @@ use pb::hub_api_client::HubApiClient;
 
 mod appset;
 pub mod config;
-mod diff;
+pub mod diff;
 pub mod edit;
 pub mod exit;
 pub mod filter;

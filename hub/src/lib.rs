@@ -28,5 +28,6 @@ pub mod server;
 pub mod source;
 pub mod store;
 pub mod telemetry;
+pub mod ui;
 pub mod webhook;
 pub mod yaml;

@@ -85,6 +85,9 @@ pub struct HubConfig {
     pub repository_secrets: Option<PathBuf>,
     /// How often `repository_secrets` is read again.
     pub repository_secrets_interval: Duration,
+    /// ui: HTTPS listener of the web UI (the hub's serving certificate).
+    /// Off when `None`.
+    pub ui_listen: Option<SocketAddr>,
 }
 
 impl HubConfig {
@@ -114,6 +117,7 @@ impl HubConfig {
             store_cache_bytes: crate::store::DEFAULT_CACHE_MIB * 1024 * 1024,
             repository_secrets: None,
             repository_secrets_interval: crate::repo_secrets::reload::DEFAULT_RELOAD_INTERVAL,
+            ui_listen: None,
         }
     }
 }
@@ -147,6 +151,8 @@ pub enum HubError {
     RepoSecrets(Vec<crate::repo_secrets::RepoSecretError>),
     #[error("{0}")]
     Limits(String),
+    #[error(transparent)]
+    Ui(#[from] crate::ui::serve::ServeError),
 }
 
 /// A hub that is serving.
@@ -157,6 +163,7 @@ pub struct RunningHub {
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), HubError>>,
     declared: Option<Arc<crate::repo_secrets::reload::DeclaredRepositories>>,
+    ui_addr: Option<SocketAddr>,
 }
 
 impl RunningHub {
@@ -178,6 +185,11 @@ impl RunningHub {
     /// `https://ADDR`, the URL agents and the CLI use.
     pub fn url(&self) -> String {
         format!("https://{}", self.local_addr)
+    }
+
+    /// `https://ADDR/` of the web UI, when it is served.
+    pub fn ui_url(&self) -> Option<String> {
+        self.ui_addr.map(|a| format!("https://{a}/"))
     }
 
     /// Where the CA certificate is (agents and the CLI trust it).
@@ -489,6 +501,21 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         }
         None => None,
     };
+    let (ui_addr, ui_task) = match config.ui_listen {
+        Some(addr) => {
+            let tls = crate::ui::serve::tls_config(
+                &format!("{}{}", pki.server().cert_pem, pki.ca_pem()),
+                &pki.server().key_pem,
+            )?;
+            let router = crate::ui::router(crate::ui::UiState::new(ctx.clone()));
+            let (bound, task) =
+                crate::ui::serve::serve(addr, tls, router, ctx.closing.clone()).await?;
+            tracing::info!(addr = %bound, "web UI listening");
+            println!("flotilla-hub ui listening on https://{bound}/");
+            (Some(bound), Some(task))
+        }
+        None => (None, None),
+    };
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let git_task = tokio::spawn(git.clone().run());
     let secrets_task = declared
@@ -521,7 +548,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         // directory can be opened again at once.
         git_task.abort();
         let _ = git_task.await;
-        for t in [webhook_task, metrics_task, secrets_task]
+        for t in [webhook_task, metrics_task, secrets_task, ui_task]
             .into_iter()
             .flatten()
         {
@@ -545,6 +572,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         stop: Some(stop_tx),
         task,
         declared,
+        ui_addr,
     })
 }
 

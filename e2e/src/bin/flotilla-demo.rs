@@ -23,6 +23,9 @@ struct Args {
     /// How long --exit-when-synced waits.
     #[arg(long, default_value = "180")]
     timeout_secs: u64,
+    /// Address of the hub's web UI (HTTPS).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    ui_listen: String,
 }
 
 #[tokio::main]
@@ -33,11 +36,14 @@ async fn main() -> anyhow::Result<()> {
         "starting {} simulated clusters, the hub and one agent per cluster…",
         args.clusters
     );
-    let fleet = Fleet::start(FleetOptions {
-        clusters: args.clusters,
-        poll_interval_secs: 2,
-        register_repo: true,
-    })
+    let fleet = Fleet::start_with_hub_args(
+        FleetOptions {
+            clusters: args.clusters,
+            poll_interval_secs: 2,
+            register_repo: true,
+        },
+        &["--ui-listen", &args.ui_listen],
+    )
     .await?;
     println!("config repository: {}", fleet.repo.dir().display());
     println!(
@@ -57,6 +63,18 @@ async fn main() -> anyhow::Result<()> {
         data.join("ca.crt").display(),
         data.join("admin.token").display()
     );
+    if let Some(ui) = fleet.hub.lines().iter().find_map(|l| {
+        l.split("flotilla-hub ui listening on ")
+            .nth(1)
+            .map(|u| u.trim().to_owned())
+    }) {
+        let token = std::fs::read_to_string(data.join("admin.token")).unwrap_or_default();
+        println!(
+            "UI: {ui} (the certificate is the hub CA's, {}); log in with the admin token {}",
+            data.join("ca.crt").display(),
+            token.trim()
+        );
+    }
     println!();
 
     let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);

@@ -38,31 +38,8 @@ impl HubApiService {
         let app = &rec.app;
         let name = &app.metadata.name;
         let (bundle, revision) = self.ctx.fleet.desired_of(name);
-        let statuses = self.ctx.store.statuses_of_app(name)?;
         let ops = self.ctx.store.app_ops(name)?;
-        let pin_message = ops.pin_message();
-        let cluster_rows = clusters
-            .iter()
-            .filter(|c| fleet::targets(app, c))
-            .map(|c| {
-                let reported = statuses.get(&c.name).cloned().map(|st| {
-                    let st = fleet::at_current_revision(st, bundle.as_deref(), &revision);
-                    let st = fleet::comparison_status(rec, st);
-                    match &pin_message {
-                        Some(m) => crate::history::show_pin(st, m),
-                        None => st,
-                    }
-                });
-                pb::ClusterAppStatus {
-                    cluster: c.name.clone(),
-                    desired_revision: revision.clone(),
-                    status: match self.ctx.fleet.withheld(&c.name, name) {
-                        Some(why) => Some(withheld_status(name, reported, why)),
-                        None => reported,
-                    },
-                }
-            })
-            .collect();
+        let cluster_rows = self.cluster_rows(rec, clusters)?;
         let error = if !rec.error.is_empty() {
             rec.error.clone()
         } else {
@@ -139,6 +116,45 @@ impl HubApiService {
             },
             finalizers: app.metadata.finalizers.clone(),
         })
+    }
+
+    /// The status of `rec` on each of `clusters` it targets, as
+    /// `GetApplication` shows it (the web UI's overview reads this too).
+    ///
+    /// # Errors
+    /// The store cannot be read.
+    pub(crate) fn cluster_rows(
+        &self,
+        rec: &AppRecord,
+        clusters: &[Arc<ClusterRecord>],
+    ) -> Result<Vec<pb::ClusterAppStatus>, Status> {
+        let app = &rec.app;
+        let name = &app.metadata.name;
+        let (bundle, revision) = self.ctx.fleet.desired_of(name);
+        let statuses = self.ctx.store.statuses_of_app(name)?;
+        let pin_message = self.ctx.store.app_ops(name)?.pin_message();
+        Ok(clusters
+            .iter()
+            .filter(|c| fleet::targets(app, c))
+            .map(|c| {
+                let reported = statuses.get(&c.name).cloned().map(|st| {
+                    let st = fleet::at_current_revision(st, bundle.as_deref(), &revision);
+                    let st = fleet::comparison_status(rec, st);
+                    match &pin_message {
+                        Some(m) => crate::history::show_pin(st, m),
+                        None => st,
+                    }
+                });
+                pb::ClusterAppStatus {
+                    cluster: c.name.clone(),
+                    desired_revision: revision.clone(),
+                    status: match self.ctx.fleet.withheld(&c.name, name) {
+                        Some(why) => Some(withheld_status(name, reported, why)),
+                        None => reported,
+                    },
+                }
+            })
+            .collect())
     }
 
     /// After an app of apps `parent` was deleted: with cascade, the

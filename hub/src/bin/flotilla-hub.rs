@@ -141,6 +141,10 @@ struct ServeArgs {
     /// (Prometheus text format). Off when not given.
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
+    /// HTTPS address of the web UI (served with the hub's certificate; log
+    /// in with an API token). Off when not given.
+    #[arg(long, value_name = "ADDR")]
+    ui_listen: Option<SocketAddr>,
     /// OpenSSH known_hosts file (e.g. from `ssh-keyscan HOST`) that the
     /// host keys of ssh repositories are verified against; read at every
     /// fetch. Without it, only repositories added with
@@ -288,6 +292,7 @@ async fn main() -> Result<()> {
         appset_deletion_window: args.appset_deletion_window,
         appset_new_git_file_globbing: args.appset_enable_new_git_file_globbing,
         metrics_listen: args.metrics_listen,
+        ui_listen: args.ui_listen,
         stream_idle_timeout: args.stream_idle_timeout,
         ssh_known_hosts: args.ssh_known_hosts,
         repository_secrets: args.repository_secrets,
