@@ -5,7 +5,6 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use flotilla_proto::{ResourceDiff, SyncStatus};
-use futures::StreamExt;
 use serde_json::Value;
 
 use super::{Engine, ResourceCheck};
@@ -193,63 +192,22 @@ impl Engine {
                 }
             }
         }
-        // What the lists did not find is absent, or without our label
-        // (another application's, or not yet adopted): read one by one,
-        // several at a time, in order; the first failure stops the reads.
-        let mut lives: Vec<Option<Value>> = Vec::with_capacity(slots.len());
-        let mut unlisted = Vec::new();
-        for (i, slot) in slots.iter().enumerate() {
-            let found = match slot {
-                Slot::Pending(key, resolved, _) if read_error.is_none() => {
-                    let found = listed
-                        .get_mut(&group_of(key))
-                        .and_then(|m| m.remove(&key.name));
-                    if found.is_none() {
-                        unlisted.push((i, key, resolved));
-                    }
-                    found
-                }
-                _ => None,
-            };
-            lives.push(found);
-        }
-        let mut read: HashMap<usize, Option<Value>> = HashMap::new();
-        let mut failed: Option<(usize, crate::cluster::ClusterError)> = None;
-        let mut reads =
-            futures::stream::iter(unlisted.into_iter().map(|(i, key, resolved)| async move {
-                (i, self.cluster.get(resolved, key).await)
-            }))
-            .buffered(super::operation::APPLY_CONCURRENCY);
-        while let Some((i, result)) = reads.next().await {
-            match result {
-                Ok(live) => {
-                    read.insert(i, live);
-                }
-                Err(e) => {
-                    failed = Some((i, e));
-                    break;
-                }
-            }
-        }
-        drop(reads);
         let mut checks = Vec::with_capacity(slots.len());
-        for (i, (slot, listed_live)) in slots.into_iter().zip(lives).enumerate() {
+        for slot in slots {
             match slot {
                 Slot::Done(c) => checks.push(c),
                 Slot::Pending(key, _, _) if read_error.is_some() => {
                     checks.push(unread(key, String::new()));
                 }
-                Slot::Pending(key, _, desired) => {
-                    let live = if let Some(live) = listed_live {
-                        Ok(Some(live))
-                    } else if let Some(live) = read.remove(&i) {
-                        Ok(live)
-                    } else if let Some((_, e)) = failed.take_if(|(at, _)| *at == i) {
-                        Err(e)
-                    } else {
-                        // Not read: an earlier read failed.
-                        checks.push(unread(key, String::new()));
-                        continue;
+                Slot::Pending(key, resolved, desired) => {
+                    let live = match listed
+                        .get_mut(&group_of(&key))
+                        .and_then(|m| m.remove(&key.name))
+                    {
+                        Some(live) => Ok(Some(live)),
+                        // Not listed: absent, or without our label (another
+                        // application's, or not yet adopted); read it.
+                        None => self.cluster.get(&resolved, &key).await,
                     };
                     match live {
                         Err(e) => {

@@ -17,7 +17,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use futures::StreamExt;
 use serde_json::Value;
 use tracing::{info, warn};
 
@@ -345,12 +344,6 @@ impl Engine {
     /// Applies one step: its resources (server-side apply, CRDs waiting
     /// until Established) and its hooks (created). Returns the objects the
     /// API server refused.
-    ///
-    /// Consecutive resources of one kind (CRDs aside, which wait one by
-    /// one) are applied concurrently, at most [`APPLY_CONCURRENCY`] at a
-    /// time: the kind order between them is kept, and the order within a
-    /// kind carries no meaning (Argo CD applies the tasks of a wave in
-    /// parallel too).
     async fn apply_step(
         &self,
         b: &crate::bundle::Bundle,
@@ -361,35 +354,69 @@ impl Engine {
         shared: &BTreeSet<ObjectKey>,
     ) -> BTreeMap<ObjectKey, String> {
         let mut errors = BTreeMap::new();
-        let mut i = 0;
-        while let Some(s) = step.steps.get(i) {
+        for s in &step.steps {
             match s.item {
-                Item::Resource(_) => {
-                    let batch = resource_batch(&step.steps[i..]);
-                    let mut jobs = Vec::with_capacity(batch.len());
-                    for idx in batch.iter().copied() {
-                        if let Some(job) = self.apply_job(b, desired, idx, skip, &mut errors).await
-                        {
-                            jobs.push(job);
+                Item::Resource(idx) => {
+                    let Some(r) = desired.resources.get_mut(idx) else {
+                        continue;
+                    };
+                    if r.resolved.is_err() {
+                        // A kind of a CRD applied by an earlier step.
+                        let mut key = r.key.clone();
+                        key.namespace = namespace_of(&r.manifest);
+                        if let Ok(resolved) = self.cluster.resolve(&key).await {
+                            r.object = object::prepare(
+                                r.manifest.clone(),
+                                &b.name,
+                                &b.namespace,
+                                resolved.namespaced,
+                            );
+                            key.namespace = namespace_of(&r.object);
+                            // Its identity is known only now: claimed
+                            // before it is applied, like the others.
+                            if let Err(e) = self.claim(&b.name, &b.policy, [&key]).await {
+                                errors.insert(key, e.to_string());
+                                continue;
+                            }
+                            r.key = key;
+                            r.resolved = Ok(resolved);
                         }
                     }
-                    let crds = s.phase == plan::Phase::Crds;
-                    let applied =
-                        futures::stream::iter(jobs.into_iter().map(|(key, resolved, object)| {
-                            self.apply_one(b, key, resolved, object, shared, crds)
-                        }))
-                        .buffer_unordered(APPLY_CONCURRENCY)
-                        .collect::<Vec<_>>()
-                        .await;
-                    for (key, result) in applied {
-                        if let Err(e) = result {
-                            errors.insert(key, e);
+                    let r = &*r;
+                    let resolved = match &r.resolved {
+                        Ok(resolved) => resolved,
+                        Err(e) => {
+                            errors.insert(r.key.clone(), e.clone());
+                            continue;
+                        }
+                    };
+                    if skip.contains(&r.key) {
+                        continue;
+                    }
+                    let mut object = r.object.clone();
+                    if shared.contains(&r.key)
+                        && let Ok(Some(live)) = self.cluster.get(resolved, &r.key).await
+                        && object::tracking_app(&live).is_some_and(|owner| owner != b.name)
+                    {
+                        // Another application's object stays its own.
+                        object = object::keep_tracking_of(object, &live);
+                    }
+                    match self.cluster.apply(resolved, &r.key, &object).await {
+                        Ok(_) => {
+                            if s.phase == plan::Phase::Crds
+                                && let Err(e) =
+                                    self.wait_healthy(resolved, &r.key, CRD_DEADLINE).await
+                            {
+                                errors.insert(r.key.clone(), e);
+                            }
+                        }
+                        Err(e) => {
+                            warn!(app = %b.name, object = %r.key, error = %e, "apply failed");
+                            errors.insert(r.key.clone(), e.to_string());
                         }
                     }
-                    i += batch.len().max(1);
                 }
                 Item::Hook(idx) => {
-                    i += 1;
                     let Some(t) = desired.hooks.get(idx) else {
                         continue;
                     };
@@ -407,84 +434,6 @@ impl Engine {
             }
         }
         errors
-    }
-
-    /// What to apply for the resource `idx` of the desired state: its
-    /// identity, kind and object; `None` when it is skipped or refused
-    /// (then `errors` says why). A kind that did not resolve when the sync
-    /// was planned (a CRD applied by an earlier step) is resolved and
-    /// claimed now.
-    async fn apply_job(
-        &self,
-        b: &crate::bundle::Bundle,
-        desired: &mut Desired,
-        idx: usize,
-        skip: &BTreeSet<ObjectKey>,
-        errors: &mut BTreeMap<ObjectKey, String>,
-    ) -> Option<(ObjectKey, Resolved, Value)> {
-        let r = desired.resources.get_mut(idx)?;
-        if r.resolved.is_err() {
-            // A kind of a CRD applied by an earlier step.
-            let mut key = r.key.clone();
-            key.namespace = namespace_of(&r.manifest);
-            if let Ok(resolved) = self.cluster.resolve(&key).await {
-                r.object = object::prepare(
-                    r.manifest.clone(),
-                    &b.name,
-                    &b.namespace,
-                    resolved.namespaced,
-                );
-                key.namespace = namespace_of(&r.object);
-                // Its identity is known only now: claimed
-                // before it is applied, like the others.
-                if let Err(e) = self.claim(&b.name, &b.policy, [&key]).await {
-                    errors.insert(key, e.to_string());
-                    return None;
-                }
-                r.key = key;
-                r.resolved = Ok(resolved);
-            }
-        }
-        let resolved = match &r.resolved {
-            Ok(resolved) => resolved.clone(),
-            Err(e) => {
-                errors.insert(r.key.clone(), e.clone());
-                return None;
-            }
-        };
-        if skip.contains(&r.key) {
-            return None;
-        }
-        Some((r.key.clone(), resolved, r.object.clone()))
-    }
-
-    /// Server-side applies one object (another application's object keeps
-    /// its tracking); a CRD is then waited for until Established.
-    async fn apply_one(
-        &self,
-        b: &crate::bundle::Bundle,
-        key: ObjectKey,
-        resolved: Resolved,
-        mut object: Value,
-        shared: &BTreeSet<ObjectKey>,
-        crd: bool,
-    ) -> (ObjectKey, Result<(), String>) {
-        if shared.contains(&key)
-            && let Ok(Some(live)) = self.cluster.get(&resolved, &key).await
-            && object::tracking_app(&live).is_some_and(|owner| owner != b.name)
-        {
-            // Another application's object stays its own.
-            object = object::keep_tracking_of(object, &live);
-        }
-        let result = match self.cluster.apply(&resolved, &key, &object).await {
-            Ok(_) if crd => self.wait_healthy(&resolved, &key, CRD_DEADLINE).await,
-            Ok(_) => Ok(()),
-            Err(e) => {
-                warn!(app = %b.name, object = %key, error = %e, "apply failed");
-                Err(e.to_string())
-            }
-        };
-        (key, result)
     }
 
     /// Whether the step applied last has finished: its hooks done and, if
@@ -826,34 +775,6 @@ fn human(d: Duration) -> String {
     } else {
         format!("{}ms", d.as_millis())
     }
-}
-
-/// How many server-side applies (and reads) of one kind run at once.
-/// Argo CD's default `--kubectl-parallelism-limit` is 20; the API server's
-/// own fairness limits queue what exceeds its capacity.
-pub(super) const APPLY_CONCURRENCY: usize = 16;
-
-/// The resources at the start of `steps` that apply together: consecutive
-/// resources of the first one's ordering phase and kind; a CRD (waited for
-/// until Established before the next) alone.
-fn resource_batch(steps: &[plan::Step<Item>]) -> Vec<usize> {
-    let Some(first) = steps.first() else {
-        return Vec::new();
-    };
-    let same = |s: &plan::Step<Item>| {
-        first.phase != plan::Phase::Crds
-            && s.phase == first.phase
-            && s.key.group == first.key.group
-            && s.key.kind == first.key.kind
-    };
-    let mut batch = Vec::new();
-    for (n, s) in steps.iter().enumerate() {
-        match s.item {
-            Item::Resource(idx) if n == 0 || same(s) => batch.push(idx),
-            _ => break,
-        }
-    }
-    batch
 }
 
 /// The steps of a sync: resources in the Sync phase and hooks in theirs
