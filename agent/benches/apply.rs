@@ -1,12 +1,30 @@
 //! Agent benchmark against the Kubernetes API simulator; prints a table.
 //!
-//! 1. Applying N objects (default 1,000 ConfigMaps) through the agent's
-//!    engine vs `kubectl apply --server-side` of the same objects.
-//! 2. The agent binary enforcing N and 100 objects from its cache (hub
-//!    unreachable, so this also exercises offline enforcement): resident
-//!    memory and CPU while idle.
+//! 1. Applying N objects (default 1,000 ConfigMaps, `BENCH_OBJECTS=N`),
+//!    agent vs `kubectl apply --server-side`, measured the same way on
+//!    both sides: **including process start and discovery**. Each run
+//!    starts a process and stops the clock when the objects are applied:
+//!    - agent: the `flotilla-agent` binary offline (hub unreachable) over a
+//!      cache holding the N objects, from spawn to its `applied` log line
+//!      (after it has read the live state, created the namespace, recorded
+//!      the inventory and applied every object);
+//!    - kubectl: from spawn to exit, with a fresh `--cache-dir` per run so
+//!      it discovers the API every time, as the agent does.
 //!
-//! `cargo bench -p flotilla-agent --bench apply` (`BENCH_OBJECTS=N` to change N).
+//!    Each run applies into a fresh namespace (nothing exists yet on either
+//!    side); runs alternate agent and kubectl so load on a shared machine
+//!    hits both alike. Also shown: the agent's engine in-process (no
+//!    process start; discovery included).
+//! 2. The agent binary enforcing 100 and N objects from its cache: resident
+//!    memory and CPU while idle (after a 5 s settle, over 10 s).
+//!
+//! Each measurement runs against its own simulated cluster (and is its own
+//! application, namespace and inventory), so no run sees another's
+//! objects. Every measurement is repeated (`BENCH_RUNS`, default 5; idle runs
+//! `BENCH_IDLE_RUNS`, default 3) and printed as min and median; the load
+//! average before and after says how busy the machine was.
+//!
+//! `cargo bench -p flotilla-agent --bench apply`.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -17,6 +35,7 @@ use flotilla_agent::cache::{Cache, CachedApp};
 use flotilla_agent::cluster::Cluster;
 use flotilla_agent::engine::Engine;
 use serde_json::{Value, json};
+use tokio::io::AsyncBufReadExt;
 use tokio::sync::{Notify, watch};
 
 fn objects(n: usize) -> Vec<Value> {
@@ -52,24 +71,39 @@ async fn kube_client(kubeconfig: &Path) -> anyhow::Result<kube::Client> {
     Ok(kube::Client::try_from(config)?)
 }
 
-async fn through_engine(
-    client: kube::Client,
-    dir: &Path,
-    objs: &[Value],
-) -> anyhow::Result<Duration> {
-    let state = dir.join("engine-state");
-    std::fs::create_dir_all(&state)?;
-    let cache = Arc::new(Cache::open(&state)?);
+/// A state directory whose cache holds `objs` for namespace `namespace`.
+fn agent_state(dir: &Path, name: &str, namespace: &str, objs: &[Value]) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    write_credentials(dir)?;
+    let cache = Cache::open(dir)?;
     cache.update(|s| {
         s.generation = 1;
         s.apps.insert(
-            "bench".into(),
+            name.into(),
             CachedApp {
-                bundle: bundle("bench", "bench-agent", objs),
+                bundle: bundle(name, namespace, objs),
                 ..CachedApp::default()
             },
         );
     })?;
+    Ok(())
+}
+
+/// The engine in-process (no process start; a fresh discovery cache).
+async fn through_engine(
+    client: kube::Client,
+    dir: &Path,
+    run: usize,
+    objs: &[Value],
+) -> anyhow::Result<Duration> {
+    let state = dir.join(format!("engine-state-{run}"));
+    agent_state(
+        &state,
+        &format!("engine-{run}"),
+        &format!("bench-engine-{run}"),
+        objs,
+    )?;
+    let cache = Arc::new(Cache::open(&state)?);
     let (tx, _rx) = watch::channel(None);
     let mut engine = Engine::new(
         Arc::new(Cluster::new(client)),
@@ -85,36 +119,99 @@ async fn through_engine(
     Ok(started.elapsed())
 }
 
-fn through_kubectl(
+/// The agent binary: this build's, or `BENCH_AGENT_BIN` (to compare with
+/// another build).
+fn agent_command(kubeconfig: &Path, state: &Path) -> tokio::process::Command {
+    let bin = std::env::var_os("BENCH_AGENT_BIN")
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_flotilla-agent").into());
+    let mut cmd = tokio::process::Command::new(bin);
+    cmd.arg("--hub")
+        .arg("https://127.0.0.1:9") // nothing listens: offline enforcement
+        .arg("--state-dir")
+        .arg(state)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .kill_on_drop(true);
+    cmd
+}
+
+/// The agent binary from spawn to its `applied` log line.
+async fn through_agent(
     kubeconfig: &Path,
     dir: &Path,
+    run: usize,
     objs: &[Value],
-) -> anyhow::Result<Option<Duration>> {
-    if std::process::Command::new("kubectl")
+) -> anyhow::Result<Duration> {
+    let state = dir.join(format!("agent-apply-{run}"));
+    agent_state(
+        &state,
+        &format!("agent-{run}"),
+        &format!("bench-agent-{run}"),
+        objs,
+    )?;
+    let started = Instant::now();
+    let mut child = agent_command(kubeconfig, &state)
+        .args(["--log-format", "json"])
+        .env("RUST_LOG", "warn,flotilla_agent=info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let stderr = child
+        .stderr
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stderr"))?;
+    let mut lines = tokio::io::BufReader::new(stderr).lines();
+    let applied = tokio::time::timeout(Duration::from_secs(600), async {
+        while let Some(line) = lines.next_line().await? {
+            if line.contains(r#""message":"applied""#) {
+                return Ok(started.elapsed());
+            }
+            if line.contains("apply finished with errors") {
+                anyhow::bail!("agent: {line}");
+            }
+        }
+        anyhow::bail!("agent exited before applying")
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("agent did not apply within 600 s"))??;
+    child.kill().await?;
+    Ok(applied)
+}
+
+fn kubectl_available() -> bool {
+    std::process::Command::new("kubectl")
         .arg("version")
         .arg("--client")
         .output()
-        .is_err()
-    {
-        return Ok(None);
-    }
-    let ns =
-        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "bench-kubectl"}});
+        .is_ok_and(|o| o.status.success())
+}
+
+/// `kubectl apply --server-side` from spawn to exit, discovering afresh.
+fn through_kubectl(
+    kubeconfig: &Path,
+    dir: &Path,
+    run: usize,
+    objs: &[Value],
+) -> anyhow::Result<Duration> {
+    let namespace = format!("bench-kubectl-{run}");
+    let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}});
     let mut items = vec![ns];
     for o in objs {
         let mut o = o.clone();
-        o["metadata"]["namespace"] = json!("bench-kubectl");
+        o["metadata"]["namespace"] = json!(namespace);
         items.push(o);
     }
-    let file = dir.join("kubectl-objects.json");
+    let file = dir.join(format!("kubectl-objects-{run}.json"));
     std::fs::write(
         &file,
         json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string(),
     )?;
+    let cache_dir = dir.join(format!("kubectl-cache-{run}"));
     let started = Instant::now();
     let out = std::process::Command::new("kubectl")
         .arg("--kubeconfig")
         .arg(kubeconfig)
+        .arg("--cache-dir")
+        .arg(&cache_dir)
         .args([
             "apply",
             "--server-side",
@@ -131,7 +228,7 @@ fn through_kubectl(
         "kubectl: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    Ok(Some(elapsed))
+    Ok(elapsed)
 }
 
 /// Resident set size (KiB) and total CPU ticks of a process, from /proc.
@@ -166,37 +263,20 @@ fn write_credentials(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs the agent binary offline over a cache of `n` objects; returns
-/// (time to converge, idle RSS MiB, idle CPU % over the window).
-async fn agent_binary(
+/// Runs the agent binary offline over a cache of `n` objects until they
+/// are all in the cluster; returns (idle RSS MiB, idle CPU % over the
+/// window).
+async fn agent_idle(
     client: &kube::Client,
     kubeconfig: &Path,
     dir: &Path,
     n: usize,
-) -> anyhow::Result<(Duration, f64, f64)> {
-    let state = dir.join(format!("agent-{n}"));
-    std::fs::create_dir_all(&state)?;
-    write_credentials(&state)?;
-    let namespace = format!("bench-binary-{n}");
-    let cache = Cache::open(&state)?;
-    cache.update(|s| {
-        s.generation = 1;
-        s.apps.insert(
-            "bench".into(),
-            CachedApp {
-                bundle: bundle("bench", &namespace, &objects(n)),
-                ..CachedApp::default()
-            },
-        );
-    })?;
-    let started = Instant::now();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_flotilla-agent"))
-        .arg("--hub")
-        .arg("https://127.0.0.1:9") // nothing listens: offline enforcement
-        .arg("--state-dir")
-        .arg(&state)
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
+    run: usize,
+) -> anyhow::Result<(f64, f64)> {
+    let state = dir.join(format!("agent-idle-{n}-{run}"));
+    let namespace = format!("bench-idle-{n}-{run}");
+    agent_state(&state, &format!("idle-{n}-{run}"), &namespace, &objects(n))?;
+    let mut child = agent_command(kubeconfig, &state)
         .env(
             "RUST_LOG",
             std::env::var("BENCH_AGENT_LOG").unwrap_or_else(|_| "warn".to_owned()),
@@ -205,12 +285,11 @@ async fn agent_binary(
             Some(path) => std::process::Stdio::from(std::fs::File::create(path)?),
             None => std::process::Stdio::null(),
         })
-        .kill_on_drop(true)
         .spawn()?;
     let pid = child.id().ok_or_else(|| anyhow::anyhow!("agent exited"))?;
     let cms: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
         kube::Api::namespaced(client.clone(), &namespace);
-    let deadline = started + Duration::from_secs(600);
+    let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let list = cms
             .list(&kube::api::ListParams::default().labels("bench=yes"))
@@ -221,7 +300,6 @@ async fn agent_binary(
         anyhow::ensure!(Instant::now() < deadline, "agent did not converge");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let converged = started.elapsed();
     // Settle, then measure an idle window.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let (_, ticks0) = proc_stats(pid).ok_or_else(|| anyhow::anyhow!("no /proc stats"))?;
@@ -231,67 +309,137 @@ async fn agent_binary(
     child.kill().await?;
     // Kernel clock ticks are 100 Hz on Linux.
     let cpu = (ticks1 - ticks0) as f64 / 100.0 / window.as_secs_f64() * 100.0;
-    Ok((converged, rss as f64 / 1024.0, cpu))
+    Ok((rss as f64 / 1024.0, cpu))
+}
+
+/// (min, median) of a non-empty sample.
+fn min_median(mut v: Vec<f64>) -> (f64, f64) {
+    v.sort_by(f64::total_cmp);
+    (v[0], v[v.len() / 2])
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "n/a".to_owned())
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|v| *v > 0)
+        .unwrap_or(default)
+}
+
+fn row(what: &str, unit: &str, sample: Vec<f64>) {
+    if sample.is_empty() {
+        println!("{what:<58} {:>10} {:>10}", "n/a", "n/a");
+        return;
+    }
+    let (min, median) = min_median(sample);
+    println!(
+        "{:<58} {min:>10.3} {median:>10.3}",
+        format!("{what} ({unit})")
+    );
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let n: usize = std::env::var("BENCH_OBJECTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1000);
+    let n = env_usize("BENCH_OBJECTS", 1000);
+    let runs = env_usize("BENCH_RUNS", 5);
+    let idle_runs = env_usize("BENCH_IDLE_RUNS", 3);
+    let load_before = loadavg();
     let dir = tempfile::tempdir()?;
+    // One simulated cluster per measurement: none sees another's objects
+    // (the agent watches every tracked object of its cluster).
     let sim = flotilla_sim::Simulator::start(flotilla_sim::SimConfig {
-        clusters: 1,
+        clusters: runs * 3 + idle_runs + 1,
         kubeconfig_dir: Some(dir.path().to_owned()),
         ..Default::default()
     })
     .await?;
-    let kubeconfig = sim
-        .kubeconfig_path("sim-1")
-        .ok_or_else(|| anyhow::anyhow!("no kubeconfig"))?;
-    let client = kube_client(&kubeconfig).await?;
+    let mut fresh = (1..).map(|i| {
+        sim.kubeconfig_path(&format!("sim-{i}"))
+            .ok_or_else(|| anyhow::anyhow!("no kubeconfig for sim-{i}"))
+    });
+    let mut next = move || {
+        fresh
+            .next()
+            .unwrap_or_else(|| Err(anyhow::anyhow!("no cluster")))
+    };
     let objs = objects(n);
+    let kubectl = kubectl_available();
 
-    let engine = through_engine(client.clone(), dir.path(), &objs).await?;
-    let kubectl = through_kubectl(&kubeconfig, dir.path(), &objs)?;
-    let small = agent_binary(&client, &kubeconfig, dir.path(), 100).await?;
-    let large = agent_binary(&client, &kubeconfig, dir.path(), n).await?;
+    let (mut agent, mut kubectl_times, mut engine) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 0..runs {
+        agent.push(
+            through_agent(&next()?, dir.path(), run, &objs)
+                .await?
+                .as_secs_f64(),
+        );
+        let kubeconfig = next()?;
+        if kubectl {
+            kubectl_times.push(through_kubectl(&kubeconfig, dir.path(), run, &objs)?.as_secs_f64());
+        }
+        let client = kube_client(&next()?).await?;
+        engine.push(
+            through_engine(client, dir.path(), run, &objs)
+                .await?
+                .as_secs_f64(),
+        );
+    }
+    let (mut idle_small, mut idle_large) = (Vec::new(), Vec::new());
+    for run in 0..idle_runs {
+        let kubeconfig = next()?;
+        let client = kube_client(&kubeconfig).await?;
+        idle_small.push(agent_idle(&client, &kubeconfig, dir.path(), 100, run).await?);
+    }
+    let kubeconfig = next()?;
+    let client = kube_client(&kubeconfig).await?;
+    idle_large.push(agent_idle(&client, &kubeconfig, dir.path(), n, 0).await?);
+    let load_after = loadavg();
 
-    println!("{:<48} {:>12}", "measurement", "value");
     println!(
-        "{:<48} {:>12.2}",
-        format!("apply {n} objects: agent engine (s)"),
-        engine.as_secs_f64()
+        "{n} objects, {runs} runs (idle: {idle_runs} runs with 100 objects, 1 with {n}); \
+         load average before {load_before}, after {load_after}"
     );
-    match kubectl {
-        Some(k) => println!(
-            "{:<48} {:>12.2}",
-            format!("apply {n} objects: kubectl --server-side (s)"),
-            k.as_secs_f64()
-        ),
+    println!("{:<58} {:>10} {:>10}", "measurement", "min", "median");
+    let median = |v: &[f64]| min_median(v.to_vec()).1;
+    let ratio = (!kubectl_times.is_empty()).then(|| median(&kubectl_times) / median(&agent));
+    row(
+        &format!("apply {n}: agent binary, start+discovery+apply"),
+        "s",
+        agent,
+    );
+    row(
+        &format!("apply {n}: kubectl --server-side, start+discovery+apply"),
+        "s",
+        kubectl_times,
+    );
+    match ratio {
+        Some(r) => println!("{:<58} {:>10} {r:>10.2}", "  kubectl / agent (medians)", ""),
         None => println!(
-            "{:<48} {:>12}",
-            format!("apply {n} objects: kubectl --server-side (s)"),
-            "n/a"
+            "{:<58} {:>10} {:>10}",
+            "  kubectl / agent (medians)", "", "n/a"
         ),
     }
-    for (count, (converged, rss, cpu)) in [(100, small), (n, large)] {
-        println!(
-            "{:<48} {:>12.2}",
-            format!("agent binary, {count} objects: converge (s)"),
-            converged.as_secs_f64()
+    row(
+        &format!("apply {n}: agent engine in-process, discovery+apply"),
+        "s",
+        engine,
+    );
+    for (count, sample) in [(100, idle_small), (n, idle_large)] {
+        row(
+            &format!("agent binary, {count} objects: idle RSS"),
+            "MiB",
+            sample.iter().map(|s| s.0).collect(),
         );
-        println!(
-            "{:<48} {:>12.1}",
-            format!("agent binary, {count} objects: idle RSS (MiB)"),
-            rss
-        );
-        println!(
-            "{:<48} {:>12.1}",
-            format!("agent binary, {count} objects: idle CPU (%)"),
-            cpu
+        row(
+            &format!("agent binary, {count} objects: idle CPU"),
+            "%",
+            sample.iter().map(|s| s.1).collect(),
         );
     }
     sim.shutdown().await;
