@@ -620,7 +620,9 @@ pub fn start_hub(
         env,
         root.join(format!("hub-{generation}.log")),
     )?;
-    let line = hub.wait_for_line(STARTUP, |l| l.contains("listening on https://"))?;
+    let line = hub.wait_for_line(STARTUP, |l| {
+        l.contains("flotilla-hub listening on https://")
+    })?;
     let addr = line
         .rsplit("https://")
         .next()

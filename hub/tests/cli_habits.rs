@@ -492,6 +492,20 @@ spec:
     namespace: db
 ";
 
+/// The project `db` names: an application naming a project that does not
+/// exist is refused, as in Argo CD.
+const DATA_PROJECT: &str = "apiVersion: argoproj.io/v1alpha1
+kind: AppProject
+metadata:
+  name: data
+spec:
+  sourceRepos:
+  - '*'
+  destinations:
+  - name: '*'
+    namespace: '*'
+";
+
 #[test]
 fn app_list_filters_and_wide() {
     let tools = tempfile::tempdir().unwrap();
@@ -509,6 +523,7 @@ fn app_list_filters_and_wide() {
         &[
             ("apps/web.yaml", &web),
             ("apps/db.yaml", DB_APP),
+            ("apps/data-project.yaml", DATA_PROJECT),
             ("apps/tool.yaml", &tool),
             ("web/cm.yaml", WEB_CM),
         ],
