@@ -151,7 +151,7 @@ struct Publish {
 }
 
 /// How long the publisher holds rendered bundles for renders still under
-/// way while none of them ends: a pass's bundles reach the fleet together
+/// way while none hands a bundle over: a pass's bundles reach the fleet together
 /// (one new generation per cluster), and a stuck render (a slow fetch, a
 /// large chart) delays the others by no more than this.
 const PUBLISH_HOLD: Duration = Duration::from_secs(2);
@@ -1268,8 +1268,8 @@ impl GitSync {
         while let Some(first) = rx.recv().await {
             let mut batch = vec![first];
             // Hold the batch while other renders are still under way and
-            // ending (their bundles join it): until PUBLISH_HOLD passes with
-            // none ending, or PUBLISH_HOLD_MAX in all.
+            // handing bundles over (which join it): until PUBLISH_HOLD
+            // passes with no bundle, or PUBLISH_HOLD_MAX in all.
             let started = tokio::time::Instant::now();
             let mut hold = started + PUBLISH_HOLD;
             loop {
@@ -1282,13 +1282,18 @@ impl GitSync {
                 }
                 tokio::select! {
                     more = rx.recv() => match more {
-                        Some(more) => batch.push(more),
+                        Some(more) => {
+                            batch.push(more);
+                            // Renders are still handing bundles over.
+                            hold = (tokio::time::Instant::now() + PUBLISH_HOLD)
+                                .min(started + PUBLISH_HOLD_MAX);
+                        }
                         None => break,
                     },
+                    // Maybe the last render running ended: check again.
                     () = self.render_ended.notified() => {}
                     () = tokio::time::sleep_until(hold) => break,
                 }
-                hold = (tokio::time::Instant::now() + PUBLISH_HOLD).min(started + PUBLISH_HOLD_MAX);
             }
             // One recomputation for the batch, in the first render's trace.
             let span = batch[0].span.clone();
