@@ -74,6 +74,26 @@ impl From<pb::ProjectRules> for ProjectRules {
 }
 
 impl ProjectRules {
+    /// Whether these rules refuse nothing (the `default` project, or one as
+    /// open): every namespace, every cluster-scoped and namespaced kind,
+    /// nothing denied. Such an application needs no per-object check.
+    #[must_use]
+    pub fn allows_everything(&self) -> bool {
+        let any = |l: &[GroupKind]| {
+            l.iter()
+                .any(|g| g.group == "*" && g.kind == "*" && (g.name.is_empty() || g.name == "*"))
+        };
+        self.destination_namespaces.iter().any(|ns| ns == "*")
+            && !self
+                .destination_namespaces
+                .iter()
+                .any(|ns| ns.starts_with('!'))
+            && any(&self.cluster_resource_whitelist)
+            && self.cluster_resource_blacklist.is_empty()
+            && !self.namespace_resource_whitelist_set
+            && self.namespace_resource_blacklist.is_empty()
+    }
+
     fn to_proto(&self) -> pb::ProjectRules {
         pb::ProjectRules {
             project: self.project.clone(),
@@ -138,7 +158,9 @@ impl ProjectRules {
 /// namespace is cluster-scoped.
 #[must_use]
 pub fn prune_refusal(rules: Option<&ProjectRules>, key: &ObjectKey) -> Option<String> {
-    rules?.refusal(key, !key.namespace.is_empty())
+    rules
+        .filter(|r| !r.allows_everything())?
+        .refusal(key, !key.namespace.is_empty())
 }
 
 #[cfg(test)]
@@ -187,5 +209,32 @@ mod tests {
         assert!(prune_refusal(Some(&rules), &crb).is_some());
         assert!(prune_refusal(Some(&rules), &cm).is_none());
         assert!(prune_refusal(None, &crb).is_none());
+        assert!(!rules.allows_everything());
+    }
+
+    #[test]
+    fn the_default_project_allows_everything_and_a_deny_does_not() {
+        let open = ProjectRules::from(pb::project_rules::allow_all("default"));
+        assert!(open.allows_everything());
+        let crb = key(
+            "rbac.authorization.k8s.io",
+            "ClusterRoleBinding",
+            "",
+            "root",
+        );
+        let cm = key("", "ConfigMap", "kube-system", "x");
+        assert!(open.refusals([(&crb, false), (&cm, true)]).is_empty());
+        assert!(prune_refusal(Some(&open), &crb).is_none());
+        let mut denied = open.clone();
+        denied.destination_namespaces.push("!kube-system".into());
+        assert!(!denied.allows_everything());
+        let mut blacklisted = open.clone();
+        blacklisted.cluster_resource_blacklist.push(GroupKind {
+            group: "rbac.authorization.k8s.io".into(),
+            kind: "ClusterRoleBinding".into(),
+            name: String::new(),
+        });
+        assert!(!blacklisted.allows_everything());
+        assert!(prune_refusal(Some(&blacklisted), &crb).is_some());
     }
 }

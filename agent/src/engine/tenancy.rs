@@ -19,7 +19,12 @@ impl Engine {
     /// project allows them all or the bundle carries no rules.
     pub(super) async fn refused_by_project(&mut self, app: &CachedApp) -> Option<AppStatus> {
         let b = &app.bundle;
-        let rules = b.project_rules.as_ref()?;
+        // Rules that refuse nothing (the `default` project) need no second
+        // reading of the manifests on every pass.
+        let rules = b
+            .project_rules
+            .as_ref()
+            .filter(|r| !r.allows_everything())?;
         let desired = self.desired(b).await;
         // Scope from discovery; a kind the cluster does not know yet (a
         // custom resource of a CRD in the same bundle) by its namespace.
