@@ -512,7 +512,7 @@ pub fn reconcile(
         let name = child.metadata.name.clone();
         let current = apps.iter().find(|e| e.app.metadata.name == name);
         tracing::info!(parent = %parent, app = %name, "application managed in the hub");
-        store.put_app(&AppRecord {
+        store.put_app_definition(&AppRecord {
             app: child,
             origin: origin.clone(),
             revision: current.map(|e| e.revision.clone()).unwrap_or_default(),

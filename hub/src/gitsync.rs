@@ -969,7 +969,7 @@ impl GitSync {
                 tracing::warn!(app = %name, from = %e.origin, to = %origin, "application now defined in Git; replacing");
             }
             tracing::info!(app = %name, origin = %origin, "application loaded from Git");
-            self.store.put_app(&AppRecord {
+            self.store.put_app_definition(&AppRecord {
                 app,
                 origin,
                 revision: current.map(|e| e.revision.clone()).unwrap_or_default(),
@@ -1334,12 +1334,9 @@ impl GitSync {
         let Some(rec) = self.store.app_shared(name)? else {
             return Ok(());
         };
-        let revision = commit.map_or_else(|| rec.revision.clone(), str::to_owned);
+        let revision = commit.unwrap_or(&rec.revision);
         if rec.revision != revision || rec.error != error {
-            let mut rec = (*rec).clone();
-            rec.revision = revision;
-            rec.error = error.to_owned();
-            self.store.put_app(&rec)?;
+            self.store.put_app_result(name, revision, error)?;
         }
         Ok(())
     }

@@ -117,8 +117,9 @@ pub struct HubMetrics {
     /// families, which a concurrent scrape must not see half done.
     scrape: std::sync::Mutex<()>,
     /// What a scrape needs of each application, read again only when an
-    /// application record was written or removed (`Store::app_changes`).
-    app_meta: std::sync::Mutex<Option<(u64, AppMetas)>>,
+    /// application was written or removed, or its render error changed
+    /// (`Store::app_changes`, `Store::app_error_changes`).
+    app_meta: std::sync::Mutex<Option<((u64, u64), AppMetas)>>,
 }
 
 /// Every application's [`AppMeta`], shared by the scrapes that use it.
@@ -402,7 +403,7 @@ impl HubMetrics {
     /// The applications' metadata, decoded again only when an application
     /// changed since the last scrape.
     fn app_meta(&self, store: &Store) -> AppMetas {
-        let changes = store.app_changes();
+        let changes = (store.app_changes(), store.app_error_changes());
         let mut cached = self.app_meta.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((at, meta)) = cached.as_ref()
             && *at == changes

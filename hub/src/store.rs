@@ -355,8 +355,12 @@ struct Shared {
     /// Project records written or removed since open
     /// ([`Store::project_changes`]).
     project_changes: AtomicU64,
-    /// Application records written or removed since open.
+    /// Application records written or removed since open, not counting
+    /// writes of only a render's outcome ([`Store::put_app_result`]).
     app_changes: AtomicU64,
+    /// Writes that changed an application's last render error
+    /// ([`Store::app_error_changes`]).
+    app_error_changes: AtomicU64,
     /// How many times the database was reopened after an IO error.
     reopens: AtomicU64,
     /// Sync and health of every stored status, built on first use by
@@ -701,6 +705,7 @@ impl Store {
                 cluster_lock: Mutex::new(()),
                 app_writes: AtomicU64::new(0),
                 app_changes: AtomicU64::new(0),
+                app_error_changes: AtomicU64::new(0),
                 project_changes: AtomicU64::new(0),
                 reopens: AtomicU64::new(0),
                 status_index: Mutex::new(None),
@@ -1433,6 +1438,83 @@ impl Store {
         Ok(())
     }
 
+    /// Records what an application's last render left (`rec.revision` and
+    /// `rec.error`), keeping the stored definition: the `Application` and
+    /// origin in `rec` are ignored. Not an application change
+    /// ([`Store::app_changes`]): what is planned from the applications'
+    /// definitions (ApplicationSets) stays valid, so a commit that moves
+    /// every application's revision does not make every set plan again.
+    /// Returns whether the application still exists.
+    ///
+    /// # Errors
+    /// The store cannot be read or written.
+    pub fn put_app_result(
+        &self,
+        name: &str,
+        revision: &str,
+        error: &str,
+    ) -> Result<bool, StoreError> {
+        let error_changed = self.with(|t| {
+            let _g = self.app_lock();
+            let Some(current) = self.app_shared(name)? else {
+                return Ok(None);
+            };
+            if current.revision == revision && current.error == error {
+                return Ok(Some(false));
+            }
+            let mut rec = (*current).clone();
+            rec.revision = revision.to_owned();
+            let error_changed = rec.error != error;
+            rec.error = error.to_owned();
+            t.apps.insert(name.as_bytes(), encode(&rec))?;
+            self.cache_app(name, Some(&rec));
+            Ok(Some(error_changed))
+        })?;
+        let Some(error_changed) = error_changed else {
+            return Ok(false);
+        };
+        self.shared.app_writes.fetch_add(1, Ordering::Relaxed);
+        if error_changed {
+            self.shared
+                .app_error_changes
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(true)
+    }
+
+    /// Writes an application's definition (`rec.app`, `rec.origin`),
+    /// keeping the outcome of its last render as stored when there is one:
+    /// a reconciler that read the record before a render finished cannot
+    /// put the older revision or error back.
+    ///
+    /// # Errors
+    /// The store cannot be read or written.
+    pub fn put_app_definition(&self, rec: &AppRecord) -> Result<(), StoreError> {
+        self.with(|t| {
+            let _g = self.app_lock();
+            let mut rec = rec.clone();
+            if let Some(current) = self.app_shared(&rec.app.metadata.name)? {
+                rec.revision.clone_from(&current.revision);
+                rec.error.clone_from(&current.error);
+            }
+            t.apps
+                .insert(rec.app.metadata.name.as_bytes(), encode(&rec))?;
+            self.cache_app(&rec.app.metadata.name, Some(&rec));
+            Ok(())
+        })?;
+        self.note_targets(|t| t.put_app(&rec.app.metadata.name, Destination::of(&rec.app)));
+        self.shared.app_writes.fetch_add(1, Ordering::Relaxed);
+        self.shared.app_changes.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// How many writes changed an application's last render error since
+    /// open: what reads the errors (metrics' comparison error) reads them
+    /// again when this or [`Store::app_changes`] moved.
+    pub fn app_error_changes(&self) -> u64 {
+        self.shared.app_error_changes.load(Ordering::Relaxed)
+    }
+
     /// How many application records this handle (and its clones) wrote since
     /// the store was opened: lets a test see that an unchanged generated
     /// application is not rewritten.
@@ -2106,6 +2188,45 @@ mod tests {
         crate::model::parse_applications(&yaml, "t")
             .unwrap()
             .remove(0)
+    }
+
+    /// A render's outcome is written without counting as a definition
+    /// change, and a definition written by a reconciler that read the
+    /// record earlier keeps the newer outcome.
+    #[test]
+    fn render_outcomes_and_definitions_are_written_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let rec = AppRecord {
+            app: app("guestbook"),
+            origin: "api".into(),
+            revision: String::new(),
+            error: String::new(),
+        };
+        s.put_app(&rec).unwrap();
+        let (changes, errors) = (s.app_changes(), s.app_error_changes());
+        assert!(s.put_app_result("guestbook", "c1", "").unwrap());
+        assert_eq!(s.app_changes(), changes, "a revision is not a definition");
+        assert_eq!(s.app_error_changes(), errors, "the error did not change");
+        assert!(s.put_app_result("guestbook", "c1", "boom").unwrap());
+        assert_eq!(s.app_error_changes(), errors + 1);
+        assert!(!s.put_app_result("missing", "c1", "").unwrap());
+
+        // `rec` was read before the render: its empty revision and error
+        // are not written back.
+        let mut edited = rec.clone();
+        edited.origin = "git:file:///r:apps/a.yaml".into();
+        s.put_app_definition(&edited).unwrap();
+        assert_eq!(s.app_changes(), changes + 1);
+        let stored = s.app("guestbook").unwrap().unwrap();
+        assert_eq!(
+            (
+                stored.origin.as_str(),
+                stored.revision.as_str(),
+                stored.error.as_str()
+            ),
+            ("git:file:///r:apps/a.yaml", "c1", "boom")
+        );
     }
 
     #[test]

@@ -106,6 +106,7 @@ async fn a_pass_renders_what_changed_and_publishes_once_per_cluster() {
     // the cluster gets one new generation for all of them.
     commit_all(&repo, "two");
     sync.refresh_urls(std::slice::from_ref(&url));
+    let definitions = store.app_changes();
     sync.poll(false).await;
     assert_eq!(
         sync.app_renders(),
@@ -125,6 +126,18 @@ async fn a_pass_renders_what_changed_and_publishes_once_per_cluster() {
         generation(&store),
         g + 1,
         "{APPS} applications changed by one commit: one new generation of their cluster"
+    );
+    // The records say which commit each was rendered from, and writing
+    // that is not a change of any application's definition: what plans
+    // from the definitions (ApplicationSets) has nothing to do again.
+    for i in 0..APPS {
+        let rec = store.app(&format!("app-{i}")).expect("read").expect("app");
+        assert_eq!(rec.revision, head, "app-{i}'s record names the new commit");
+    }
+    assert_eq!(
+        store.app_changes(),
+        definitions,
+        "a commit that only moves revisions changes no application definition"
     );
 
     // One application edited: only it is rendered again.

@@ -914,7 +914,7 @@ impl AppSets {
                     revision: current.map(|a| a.revision.clone()).unwrap_or_default(),
                     error: current.map(|a| a.error.clone()).unwrap_or_default(),
                 };
-                store.put_app(&written)?;
+                store.put_app_definition(&written)?;
                 apps.put(written);
                 changed = true;
             }
@@ -1011,7 +1011,7 @@ impl AppSets {
             DELETING_ANNOTATION.to_owned(),
             "preserve-resources".to_owned(),
         );
-        store.put_app(&rec)?;
+        store.put_app_definition(&rec)?;
         if let Some(d) = self
             .deleting
             .lock()
@@ -1139,7 +1139,7 @@ impl AppSets {
                 a.origin = "api".to_owned();
                 a.app.metadata.annotations.remove(OWNER_ANNOTATION);
                 tracing::info!(appset = %name, app = %a.app.metadata.name, "application kept: the set's policy does not delete");
-                store.put_app(&a)?;
+                store.put_app_definition(&a)?;
             } else {
                 self.delete_app(&a.app.metadata.name, preserve)?;
             }
