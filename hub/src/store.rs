@@ -1151,6 +1151,17 @@ impl Store {
         }
     }
 
+    /// The record of `name`, shared with the store's cache (no copy).
+    ///
+    /// # Errors
+    /// The store cannot be read, or the record is corrupt.
+    pub fn cluster_shared(&self, name: &str) -> Result<Option<Arc<ClusterRecord>>, StoreError> {
+        if let Some(cache) = self.cluster_cache().as_ref() {
+            return Ok(cache.get(name).cloned());
+        }
+        Ok(self.cluster(name)?.map(Arc::new))
+    }
+
     pub fn cluster(&self, name: &str) -> Result<Option<ClusterRecord>, StoreError> {
         if let Some(cache) = self.cluster_cache().as_ref() {
             return Ok(cache.get(name).map(|c| (**c).clone()));

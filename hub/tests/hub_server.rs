@@ -1034,6 +1034,10 @@ async fn idle_agent_stream_is_closed_and_the_hub_keeps_serving() {
         .unwrap();
     c.tx.send(hello(&[])).await.unwrap();
     next_desired(&mut c).await;
+    let after_hello = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
     // The peer keeps the connection open but says nothing more.
     let ended = tokio::time::timeout(DEADLINE, async {
         loop {
@@ -1048,6 +1052,27 @@ async fn idle_agent_stream_is_closed_and_the_hub_keeps_serving() {
     assert!(
         matches!(ended, Err(ref s) if s.code() == Code::DeadlineExceeded),
         "{ended:?}"
+    );
+    // The close records when the agent was last seen (messages write it
+    // only now and then): at the close, after the Hello.
+    let c1 = eventually("c1 shown disconnected", || {
+        let mut admin = admin.clone();
+        async move {
+            let c = admin
+                .list_clusters(pb::ListClustersRequest {})
+                .await
+                .ok()?
+                .into_inner()
+                .clusters
+                .remove(0);
+            (!c.connected).then_some(c)
+        }
+    })
+    .await;
+    assert!(
+        c1.last_seen_ms >= after_hello,
+        "last seen {} is the close, not the Hello (before {after_hello})",
+        c1.last_seen_ms
     );
     // Nothing else is disturbed: the same cluster connects again.
     let mut again = open_stream(channel(&hub, Some(id), &ca).await.unwrap())

@@ -377,6 +377,12 @@ impl pb::agent_link_server::AgentLink for AgentLinkService {
                 let _ = tx.send(Err(status)).await;
             }
             ctx.fleet.link_closed(&cluster);
+            // Messages write the last-seen time only now and then: the
+            // close records it exactly (a removed cluster stays removed).
+            let now = now_ms();
+            if let Err(e) = ctx.store.update_cluster(&cluster, |r| r.last_seen_ms = now) {
+                tracing::warn!(cluster = %cluster, error = %e, "cannot record when the agent was last seen");
+            }
             tracing::info!(cluster = %cluster, "agent stream closed");
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -631,6 +637,32 @@ async fn tell_removed(ctx: &HubContext, cluster: &str, tx: &Outbound) -> Status 
     Status::unauthenticated("cluster removed")
 }
 
+/// How old a connected cluster's stored last-seen time may get before a
+/// message from its agent writes it again. While the stream is open every
+/// listing shows the cluster as seen now; the stored time is what is shown
+/// once it closes, and the close writes it exactly ([`Store::update_cluster`]
+/// in `connect`).
+const LAST_SEEN_WRITE_MS: i64 = 10_000;
+
+/// Notes a message from `cluster`'s agent at `now`: its record, written
+/// only when its last-seen time is older than [`LAST_SEEN_WRITE_MS`] (a
+/// status report is not a cluster record write: at 1,000 clusters × 50
+/// applications a commit brings thousands of them). `None`: the cluster
+/// was removed.
+fn seen(
+    ctx: &HubContext,
+    cluster: &str,
+    now: i64,
+) -> Result<Option<Arc<crate::store::ClusterRecord>>, Status> {
+    match ctx.store.cluster_shared(cluster)? {
+        Some(rec) if now.saturating_sub(rec.last_seen_ms) < LAST_SEEN_WRITE_MS => Ok(Some(rec)),
+        Some(_) => Ok(ctx
+            .store
+            .update_cluster(cluster, |r| r.last_seen_ms = now)?),
+        None => Ok(None),
+    }
+}
+
 fn handle_message(ctx: &HubContext, cluster: &str, msg: pb::AgentMessage) -> Result<(), Status> {
     let now = now_ms();
     match msg.kind {
@@ -642,10 +674,7 @@ fn handle_message(ctx: &HubContext, cluster: &str, msg: pb::AgentMessage) -> Res
             })?;
         }
         Some(AgentKind::Status(report)) => {
-            let rec = ctx
-                .store
-                .update_cluster(cluster, |r| r.last_seen_ms = now)?;
-            let Some(rec) = rec else {
+            let Some(rec) = seen(ctx, cluster, now)? else {
                 return Err(Status::unauthenticated("cluster removed"));
             };
             // Only the cluster's own applications; a late report for a
@@ -664,13 +693,11 @@ fn handle_message(ctx: &HubContext, cluster: &str, msg: pb::AgentMessage) -> Res
             ctx.store.put_statuses(cluster, &statuses)?;
         }
         Some(AgentKind::Diff(result)) => {
-            ctx.store
-                .update_cluster(cluster, |r| r.last_seen_ms = now)?;
+            seen(ctx, cluster, now)?;
             ctx.commands.diffs.deliver(cluster, result);
         }
         Some(AgentKind::Sync(result)) => {
-            ctx.store
-                .update_cluster(cluster, |r| r.last_seen_ms = now)?;
+            seen(ctx, cluster, now)?;
             // Matched to the request by command id and cluster: an agent
             // cannot answer for another cluster or for a command never sent.
             ctx.commands.syncs.deliver(cluster, result);
