@@ -115,12 +115,22 @@ struct State {
     /// `desired`), so a change to one application finds its clusters
     /// without a scan of the fleet.
     app_clusters: HashMap<String, BTreeSet<String>>,
+    /// How many times a cluster's index gained or lost an application
+    /// ([`Fleet::membership_changes`]).
+    membership_changes: u64,
 }
 
 impl State {
     /// Sets a cluster's generation and index, keeping `app_clusters` in step.
     fn set_desired(&mut self, cluster: &str, generation: u64, index: Index) {
-        self.forget_desired(cluster);
+        let same_apps = self
+            .desired
+            .get(cluster)
+            .is_some_and(|(_, old)| old.len() == index.len() && old.keys().eq(index.keys()));
+        self.drop_index(cluster);
+        if !same_apps {
+            self.membership_changes += 1;
+        }
         for app in index.keys() {
             self.app_clusters
                 .entry(app.clone())
@@ -132,6 +142,14 @@ impl State {
 
     /// Drops a cluster's index, keeping `app_clusters` in step.
     fn forget_desired(&mut self, cluster: &str) {
+        if self.drop_index(cluster) {
+            self.membership_changes += 1;
+        }
+    }
+
+    /// [`State::forget_desired`] without counting it; whether there was an
+    /// index.
+    fn drop_index(&mut self, cluster: &str) -> bool {
         if let Some((_, old)) = self.desired.remove(cluster) {
             for app in old.keys() {
                 if let Some(set) = self.app_clusters.get_mut(app) {
@@ -141,6 +159,9 @@ impl State {
                     }
                 }
             }
+            true
+        } else {
+            false
         }
     }
 }
@@ -795,6 +816,27 @@ impl Fleet {
         if let Some(l) = st.links.get_mut(cluster) {
             l.streams = l.streams.saturating_sub(1);
         }
+    }
+
+    /// How many times any cluster's index gained or lost an application
+    /// (a new generation that only changes digests does not count): what
+    /// is computed from which applications each cluster runs is computed
+    /// again only when this moved.
+    pub fn membership_changes(&self) -> u64 {
+        self.lock().membership_changes
+    }
+
+    /// Calls `f` with a test of whether a cluster's current index holds an
+    /// application, under one lock of the fleet for all the calls.
+    pub fn with_index_holds<R>(&self, f: impl FnOnce(&dyn Fn(&str, &str) -> bool) -> R) -> R {
+        let state = self.lock();
+        let holds = |cluster: &str, app: &str| {
+            state
+                .desired
+                .get(cluster)
+                .is_some_and(|(_, index)| index.contains_key(app))
+        };
+        f(&holds)
     }
 
     /// Whether `cluster`'s current index holds application `app`.

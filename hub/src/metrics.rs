@@ -35,18 +35,14 @@ pub struct StatusLabels {
     pub health_status: String,
 }
 
-/// Labels of `flotilla_app_info`: one series per application and cluster,
-/// as Argo CD's `argocd_app_info` has one per application.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct AppInfoLabels {
-    pub name: String,
-    pub project: String,
-    pub cluster: String,
-    pub sync_status: String,
-    pub health_status: String,
-    /// The application's (first) source repository, credentials removed.
-    pub repo: String,
-}
+/// `flotilla_app_info`: one series per application and cluster, as Argo
+/// CD's `argocd_app_info` has one per application, with the labels name,
+/// project, cluster, sync_status, health_status and repo (the application's
+/// first source repository, credentials removed). Encoded by the hub itself
+/// ([`HubMetrics::refresh`]), not through the registry: its text is kept
+/// between scrapes and made again only when a status, an application or a
+/// cluster's applications changed.
+const APP_INFO_HELP: &str = "Information about each application on each cluster: always 1, with its project, repository and last reported sync and health status as labels";
 
 /// Labels of the connection metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -94,7 +90,6 @@ fn histogram() -> Histogram {
 pub struct HubMetrics {
     registry: Registry,
     applications: Family<StatusLabels, Gauge>,
-    app_info: Family<AppInfoLabels, Gauge>,
     clusters: Gauge,
     clusters_connected: Gauge,
     stream_send_lag: Histogram,
@@ -120,6 +115,24 @@ pub struct HubMetrics {
     /// application was written or removed, or its render error changed
     /// (`Store::app_changes`, `Store::app_error_changes`).
     app_meta: std::sync::Mutex<Option<((u64, u64), AppMetas)>>,
+    /// The per application and cluster state, as last made, and what it
+    /// was made from.
+    pairs: std::sync::Mutex<Option<Pairs>>,
+    /// How many times the per-pair state was made ([`HubMetrics::pair_makes`]).
+    pair_makes: std::sync::atomic::AtomicU64,
+}
+
+/// What `flotilla_app_info` and `flotilla_applications` were last made
+/// from: the store's status, application and render error change counts
+/// and the fleet's membership change count. While all four hold, a scrape
+/// makes neither again.
+type PairsKey = (u64, u64, u64, u64);
+
+/// The state made from every (application, cluster) pair.
+struct Pairs {
+    key: PairsKey,
+    /// `flotilla_app_info`'s lines, HELP and TYPE first.
+    app_info: std::sync::Arc<String>,
 }
 
 /// Every application's [`AppMeta`], shared by the scrapes that use it.
@@ -147,12 +160,6 @@ impl HubMetrics {
             "applications",
             "Applications per cluster by sync and health status, as last reported by the agents",
             applications.clone(),
-        );
-        let app_info = Family::<AppInfoLabels, Gauge>::default();
-        registry.register(
-            "app_info",
-            "Information about each application on each cluster: always 1, with its project, repository and last reported sync and health status as labels",
-            app_info.clone(),
         );
         let clusters = Gauge::default();
         registry.register("clusters", "Registered clusters", clusters.clone());
@@ -280,7 +287,8 @@ impl HubMetrics {
             scrape: std::sync::Mutex::new(()),
             app_meta: std::sync::Mutex::new(None),
             applications,
-            app_info,
+            pairs: std::sync::Mutex::new(None),
+            pair_makes: std::sync::atomic::AtomicU64::new(0),
             clusters,
             clusters_connected,
             stream_send_lag,
@@ -437,52 +445,93 @@ impl HubMetrics {
         meta
     }
 
-    /// Refreshes the state gauges from the store and the fleet in one
-    /// aggregation: cluster counts from the store's index and the fleet,
-    /// which pairs count from the fleet's in-memory indexes, statuses from
-    /// the store's in-memory summary, application metadata cached until an
-    /// application changes. A scrape decodes no record while nothing
-    /// changed. A pair counts while its cluster is registered and the
-    /// application is in that cluster's desired state (a status left from
-    /// an application that no longer targets the cluster does not).
-    fn refresh(&self, store: &Store, fleet: &Fleet) {
-        use std::collections::BTreeMap;
+    /// How many times `flotilla_app_info` and `flotilla_applications` were
+    /// made since start: a scrape while no status, application or cluster's
+    /// applications changed makes them not again.
+    pub fn pair_makes(&self) -> u64 {
+        self.pair_makes.load(std::sync::atomic::Ordering::Relaxed)
+    }
 
+    /// Refreshes the store and cluster gauges: cluster counts from the
+    /// store's index and the fleet. The per-pair state is
+    /// [`HubMetrics::refresh_pairs`].
+    fn refresh(&self, store: &Store, fleet: &Fleet) {
         self.store_state(store);
 
         let clusters = store.cluster_names().unwrap_or_default();
         self.clusters.set(clusters.len() as i64);
         self.clusters_connected
             .set(clusters.iter().filter(|c| fleet.is_connected(c)).count() as i64);
+    }
+
+    /// Makes `flotilla_app_info` and `flotilla_applications` again when a
+    /// status, an application or a cluster's applications changed since
+    /// they were last made; returns `flotilla_app_info`'s text. Made in one
+    /// aggregation: which pairs count from the fleet's in-memory indexes
+    /// (under one lock), statuses from the store's in-memory summary,
+    /// application metadata cached until an application changes; no record
+    /// is decoded while nothing changed. A pair counts while its cluster is
+    /// registered and the application is in that cluster's desired state (a
+    /// status left from an application that no longer targets the cluster
+    /// does not).
+    fn refresh_pairs(&self, store: &Store, fleet: &Fleet) -> std::sync::Arc<String> {
+        use std::collections::BTreeMap;
+        use std::fmt::Write as _;
+
+        // Read before the statuses: a change made while they are read moves
+        // a count past this key, and the next scrape makes them again.
+        let key: PairsKey = (
+            store.status_changes(),
+            store.app_changes(),
+            store.app_error_changes(),
+            fleet.membership_changes(),
+        );
+        let mut pairs = self.pairs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = pairs.as_ref()
+            && p.key == key
+        {
+            return p.app_info.clone();
+        }
+        self.pair_makes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let apps = self.app_meta(store);
-        let targeted = |cluster: &str, app: &str| fleet.index_holds(cluster, app);
         let mut counts: BTreeMap<(&'static str, &'static str), i64> = BTreeMap::new();
-        self.app_info.clear();
-        let summary = store.for_each_status_summary(|app, cluster, sync, health| {
-            let Some(meta) = apps.get(app) else { return };
-            if !targeted(cluster, app) {
-                return;
-            }
-            // As `fleet::comparison_status`: while the hub cannot fetch or
-            // render the source, the reported sync is about an older state.
-            let sync = if meta.comparison_error {
-                "Unknown"
-            } else {
-                flotilla_proto::SyncStatus::try_from(sync).map_or("Unknown", sync_name)
-            };
-            let health =
-                flotilla_proto::HealthStatus::try_from(health).map_or("Unknown", health_name);
-            *counts.entry((sync, health)).or_default() += 1;
-            self.app_info
-                .get_or_create(&AppInfoLabels {
-                    name: app.to_owned(),
-                    project: meta.project.clone(),
-                    cluster: cluster.to_owned(),
-                    sync_status: sync.to_owned(),
-                    health_status: health.to_owned(),
-                    repo: meta.repo.clone(),
-                })
-                .set(1);
+        let mut text = String::new();
+        let _ = write!(
+            text,
+            "# HELP flotilla_app_info {APP_INFO_HELP}.\n# TYPE flotilla_app_info gauge\n"
+        );
+        let summary = fleet.with_index_holds(|targeted| {
+            store.for_each_status_summary(|app, cluster, sync, health| {
+                let Some(meta) = apps.get(app) else { return };
+                if !targeted(cluster, app) {
+                    return;
+                }
+                // As `fleet::comparison_status`: while the hub cannot fetch
+                // or render the source, the reported sync is about an older
+                // state.
+                let sync = if meta.comparison_error {
+                    "Unknown"
+                } else {
+                    flotilla_proto::SyncStatus::try_from(sync).map_or("Unknown", sync_name)
+                };
+                let health =
+                    flotilla_proto::HealthStatus::try_from(health).map_or("Unknown", health_name);
+                *counts.entry((sync, health)).or_default() += 1;
+                text.push_str("flotilla_app_info{name=\"");
+                push_label_value(&mut text, app);
+                text.push_str("\",project=\"");
+                push_label_value(&mut text, &meta.project);
+                text.push_str("\",cluster=\"");
+                push_label_value(&mut text, cluster);
+                text.push_str("\",sync_status=\"");
+                text.push_str(sync);
+                text.push_str("\",health_status=\"");
+                text.push_str(health);
+                text.push_str("\",repo=\"");
+                push_label_value(&mut text, &meta.repo);
+                text.push_str("\"} 1\n");
+            })
         });
         if let Err(e) = summary {
             tracing::warn!(error = %e, "metrics: cannot read the application statuses");
@@ -496,17 +545,44 @@ impl HubMetrics {
                 })
                 .set(n);
         }
+        let app_info = std::sync::Arc::new(text);
+        *pairs = Some(Pairs {
+            key,
+            app_info: app_info.clone(),
+        });
+        app_info
     }
 
     /// The metrics in the Prometheus text format, state refreshed first.
     pub fn encode(&self, store: &Store, fleet: &Fleet) -> String {
+        use prometheus_client::encoding::text::{encode_eof, encode_registry};
+
         let _one = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
         self.refresh(store, fleet);
-        let mut out = String::new();
-        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+        let app_info = self.refresh_pairs(store, fleet);
+        let mut out = String::with_capacity(app_info.len() + 64 * 1024);
+        if encode_registry(&mut out, &self.registry).is_err() {
+            out.clear();
+            return out;
+        }
+        out.push_str(&app_info);
+        if encode_eof(&mut out).is_err() {
             out.clear();
         }
         out
+    }
+}
+
+/// Appends `value` as the text format's label value: backslash, double
+/// quote and line feed escaped.
+fn push_label_value(out: &mut String, value: &str) {
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
     }
 }
 
@@ -618,6 +694,78 @@ mod tests {
         store.put_app(&failed).unwrap();
         let third = m.encode(&store, &fleet);
         assert!(third.contains(r#"sync_status="Unknown""#), "{third}");
+
+        // A report that repeats the statuses held, or a render that only
+        // moves the revision, makes nothing again.
+        let made = m.pair_makes();
+        store
+            .put_statuses(
+                "c0",
+                &[status(
+                    "web",
+                    pb::SyncStatus::Synced,
+                    pb::HealthStatus::Healthy,
+                )],
+            )
+            .unwrap();
+        store.put_app_result("web", "r2", "fetch failed").unwrap();
+        assert_eq!(m.encode(&store, &fleet), third);
+        assert_eq!(m.pair_makes(), made, "nothing shown changed");
+        // A render error that clears, or a status that changes, is shown.
+        store.put_app_result("web", "r2", "").unwrap();
+        let fourth = m.encode(&store, &fleet);
+        assert!(
+            fourth.contains(r#"sync_status="Synced",health_status="Healthy""#),
+            "{fourth}"
+        );
+        store
+            .put_statuses(
+                "c0",
+                &[status(
+                    "web",
+                    pb::SyncStatus::Synced,
+                    pb::HealthStatus::Degraded,
+                )],
+            )
+            .unwrap();
+        let fifth = m.encode(&store, &fleet);
+        assert!(fifth.contains(r#"health_status="Degraded""#), "{fifth}");
+        assert_eq!(m.pair_makes(), made + 2);
+
+        // An application that moves to another cluster whose status was
+        // already there (left from before): shown once the fleet's index
+        // holds it, with no status written.
+        store
+            .put_status(
+                "c1",
+                &status("web", pb::SyncStatus::OutOfSync, pb::HealthStatus::Missing),
+            )
+            .unwrap();
+        let moved = app("web", "c1", "shop");
+        store.put_app(&moved).unwrap();
+        let sixth = m.encode(&store, &fleet);
+        assert!(
+            !sixth.contains(r#"cluster="c1""#),
+            "not in c1's index yet: {sixth}"
+        );
+        fleet
+            .set_bundle(build_bundle(&moved.app, "r3", Ok(&["{}".to_owned()])))
+            .unwrap();
+        assert!(fleet.index_holds("c1", "web"), "the fleet moved web to c1");
+        let seventh = m.encode(&store, &fleet);
+        assert!(
+            seventh.contains(r#"cluster="c1",sync_status="OutOfSync""#),
+            "{seventh}"
+        );
+        assert!(!seventh.contains(r#"cluster="c0""#), "{seventh}");
+    }
+
+    /// Label values are escaped as the text format asks.
+    #[test]
+    fn label_values_are_escaped() {
+        let mut out = String::new();
+        push_label_value(&mut out, "a\\b\"c\nd");
+        assert_eq!(out, r#"a\\b\"c\nd"#);
     }
 
     #[test]

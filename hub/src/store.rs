@@ -367,6 +367,8 @@ struct Shared {
     /// [`Store::for_each_status_summary`] and kept up to date by the writes
     /// that change statuses, so metrics never scan the statuses tree.
     status_index: Mutex<Option<StatusIndex>>,
+    /// Changes to what the status index holds ([`Store::status_changes`]).
+    status_changes: AtomicU64,
     /// Applications by destination and clusters by server, built on first
     /// use (see [`targets`]).
     targets: Mutex<Option<Targets>>,
@@ -709,6 +711,7 @@ impl Store {
                 project_changes: AtomicU64::new(0),
                 reopens: AtomicU64::new(0),
                 status_index: Mutex::new(None),
+                status_changes: AtomicU64::new(0),
                 targets: Mutex::new(None),
                 cluster_cache: Mutex::new(None),
                 app_cache: Mutex::new(None),
@@ -1262,6 +1265,7 @@ impl Store {
             if let Some(index) = self.status_index().as_mut() {
                 index.retain(|(_, cluster), _| cluster != name);
             }
+            self.note_status_change();
             self.note_targets(|t| t.remove_cluster(name));
         })
     }
@@ -1575,6 +1579,7 @@ impl Store {
             if let Some(index) = self.status_index().as_mut() {
                 index.retain(|(app, _), _| app != name);
             }
+            self.note_status_change();
             self.note_targets(|t| t.remove_app(name));
             self.shared.app_changes.fetch_add(1, Ordering::Relaxed);
         })
@@ -1638,10 +1643,13 @@ impl Store {
             Ok(())
         })?;
         if let Some(index) = self.status_index().as_mut() {
-            index.insert(
+            let old = index.insert(
                 (status.name.clone(), cluster.to_owned()),
                 (status.sync, status.health),
             );
+            if old != Some((status.sync, status.health)) {
+                self.note_status_change();
+            }
         }
         Ok(())
     }
@@ -1665,14 +1673,32 @@ impl Store {
             Ok(())
         })?;
         if let Some(index) = self.status_index().as_mut() {
+            let mut changed = false;
             for status in statuses {
-                index.insert(
+                let old = index.insert(
                     (status.name.clone(), cluster.to_owned()),
                     (status.sync, status.health),
                 );
+                changed |= old != Some((status.sync, status.health));
+            }
+            if changed {
+                self.note_status_change();
             }
         }
         Ok(())
+    }
+
+    fn note_status_change(&self) {
+        self.shared.status_changes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many times what [`Store::for_each_status_summary`] shows
+    /// changed (a sync or health status that differs from the one held, a
+    /// status removed): a reader that summarised the statuses summarises
+    /// them again only when this moved. A report that repeats the statuses
+    /// held does not move it.
+    pub fn status_changes(&self) -> u64 {
+        self.shared.status_changes.load(Ordering::Relaxed)
     }
 
     fn status_index(&self) -> std::sync::MutexGuard<'_, Option<StatusIndex>> {
