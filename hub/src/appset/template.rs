@@ -68,7 +68,37 @@ pub fn render_value(value: &Value, params: &Params, mode: TemplateMode) -> Resul
     } else {
         None
     };
-    render_at(value, params, mode, go_params.as_ref(), "")
+    render_at(value, params, mode, go_params.as_ref(), &Path::Root)
+}
+
+/// Where a value is in the template, made into text only for an error (a
+/// set renders its template once per parameter set: 10,000 times for a
+/// `clusters` generator over 10,000 clusters).
+enum Path<'a> {
+    Root,
+    Key(&'a Path<'a>, &'a str),
+    Index(&'a Path<'a>, usize),
+}
+
+impl Path<'_> {
+    fn text(&self) -> String {
+        match self {
+            Path::Root => String::new(),
+            Path::Key(parent, k) => match parent.text() {
+                p if p.is_empty() => (*k).to_owned(),
+                p => format!("{p}.{k}"),
+            },
+            Path::Index(parent, i) => format!("{}[{i}]", parent.text()),
+        }
+    }
+
+    /// `e` prefixed with this path, when there is one.
+    fn error(&self, e: String) -> String {
+        match self.text() {
+            p if p.is_empty() => e,
+            p => format!("{p}: {e}"),
+        }
+    }
 }
 
 fn render_at(
@@ -76,33 +106,24 @@ fn render_at(
     params: &Params,
     mode: TemplateMode,
     go: Option<&Context>,
-    path: &str,
+    path: &Path<'_>,
 ) -> Result<Value, String> {
     Ok(match value {
-        Value::String(s) => Value::String(render_string(s, params, mode, go).map_err(|e| {
-            if path.is_empty() {
-                e
-            } else {
-                format!("{path}: {e}")
-            }
-        })?),
+        Value::String(s) => {
+            Value::String(render_string(s, params, mode, go).map_err(|e| path.error(e))?)
+        }
         Value::Array(items) => Value::Array(
             items
                 .iter()
                 .enumerate()
-                .map(|(i, v)| render_at(v, params, mode, go, &format!("{path}[{i}]")))
+                .map(|(i, v)| render_at(v, params, mode, go, &Path::Index(path, i)))
                 .collect::<Result<_, _>>()?,
         ),
         Value::Object(map) => {
             let mut out = Map::new();
             for (k, v) in map {
-                let child = if path.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{path}.{k}")
-                };
-                let key =
-                    render_string(k, params, mode, go).map_err(|e| format!("{child}: {e}"))?;
+                let child = Path::Key(path, k);
+                let key = render_string(k, params, mode, go).map_err(|e| child.error(e))?;
                 out.insert(key, render_at(v, params, mode, go, &child)?);
             }
             Value::Object(out)
@@ -141,10 +162,7 @@ pub fn render_string(
 /// The parameters as the template engine's data (strict maps under
 /// `missingkey=error`).
 pub fn go_context(params: &Params, mode: TemplateMode) -> Context {
-    Context::from(to_go_value(
-        &Value::Object(params.clone()),
-        mode.missing_key_error,
-    ))
+    Context::from(to_go_map(params, mode.missing_key_error))
 }
 
 /// Executes a Go template against `data`.
@@ -269,17 +287,20 @@ fn to_go_value(v: &Value, strict: bool) -> GoValue {
         Value::Number(n) => GoValue::Number(Number::float(n.as_f64().unwrap_or_default())),
         Value::String(s) => GoValue::String(s.clone()),
         Value::Array(a) => GoValue::Array(a.iter().map(|v| to_go_value(v, strict)).collect()),
-        Value::Object(m) => {
-            let entries = m
-                .iter()
-                .map(|(k, v)| (k.clone(), to_go_value(v, strict)))
-                .collect::<HashMap<_, _>>();
-            if strict {
-                GoValue::Object(entries)
-            } else {
-                GoValue::Map(entries)
-            }
-        }
+        Value::Object(m) => to_go_map(m, strict),
+    }
+}
+
+/// A JSON object as the engine's map (an object under `strict`).
+fn to_go_map(m: &Map<String, Value>, strict: bool) -> GoValue {
+    let entries = m
+        .iter()
+        .map(|(k, v)| (k.clone(), to_go_value(v, strict)))
+        .collect::<HashMap<_, _>>();
+    if strict {
+        GoValue::Object(entries)
+    } else {
+        GoValue::Map(entries)
     }
 }
 
@@ -468,6 +489,19 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.starts_with("metadata.name"), "{err}");
+        // The path names list items and keys (a key is a template too).
+        let err = render_value(
+            &json!({"spec": {"sources": [{"path": "ok"}, {"path": "{{ .a }"}]}}),
+            &Params::new(),
+            mode,
+        )
+        .unwrap_err();
+        assert!(err.starts_with("spec.sources[1].path: "), "{err}");
+        let err =
+            render_value(&json!({"labels": {"{{ .k ": "v"}}), &Params::new(), mode).unwrap_err();
+        assert!(err.starts_with("labels.{{ .k : "), "{err}");
+        let err = render_value(&json!("{{ .x "), &Params::new(), mode).unwrap_err();
+        assert!(err.starts_with("failed to parse template"), "{err}");
     }
 
     #[test]
