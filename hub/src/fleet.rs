@@ -429,7 +429,7 @@ impl Fleet {
     /// # Errors
     /// The store cannot be read or written.
     pub fn recompute(&self) -> Result<Vec<String>, StoreError> {
-        let clusters = self.store.clusters()?;
+        let clusters = self.store.clusters_shared()?;
         let bumped = self.recompute_among(clusters)?;
         // Every cluster has seen the applications that left the store
         // leave: their deletion decisions are done. (Only a recomputation of
@@ -481,14 +481,19 @@ impl Fleet {
     pub fn recompute_clusters(&self, clusters: &[String]) -> Result<Vec<String>, StoreError> {
         let mut records = Vec::with_capacity(clusters.len());
         for name in clusters {
-            if let Some(c) = self.store.cluster(name)? {
+            if let Some(c) = self.store.cluster_shared(name)? {
                 records.push(c);
             }
         }
         self.recompute_among(records)
     }
 
-    fn recompute_among(&self, clusters: Vec<ClusterRecord>) -> Result<Vec<String>, StoreError> {
+    /// Recomputes each of `clusters` from its record, shared with the
+    /// store's cache (not copied: a commit can recompute every cluster).
+    fn recompute_among(
+        &self,
+        clusters: Vec<Arc<ClusterRecord>>,
+    ) -> Result<Vec<String>, StoreError> {
         let mut candidates = Vec::with_capacity(clusters.len());
         for c in &clusters {
             candidates.push(self.store.apps_targeting(&c.name)?);
@@ -559,7 +564,7 @@ impl Fleet {
                 .or_insert_with(|| watch::channel(signal).0)
                 .send_replace(signal);
             tracing::info!(cluster = %c.name, generation, "desired state changed");
-            bumped.push(c.name);
+            bumped.push(c.name.clone());
         }
         drop(st);
         if !bumped.is_empty() {
@@ -582,44 +587,62 @@ impl Fleet {
     /// # Errors
     /// The store cannot be written.
     pub fn set_bundles(&self, bundles: Vec<pb::AppBundle>) -> Result<(), StoreError> {
-        let mut changed = Vec::new();
+        // Each bundle with the commit it stands for (the application's
+        // record holds it; the bundle passed back after a failed render
+        // keeps the revision of its content, and so does the record) and
+        // whether its content is new.
+        let mut planned = Vec::with_capacity(bundles.len());
         for bundle in bundles {
-            // The commit this render stands for: the application's record
-            // holds it (the bundle passed back after a failed render keeps
-            // the revision of its content; so does the record).
             let revision = self
                 .store
                 .app_shared(&bundle.name)?
                 .map(|r| r.revision.clone())
                 .filter(|r| !r.is_empty())
                 .unwrap_or_else(|| bundle.revision.clone());
-            // Same content (digest) from the same source: keep the bundle as
-            // it is (nothing is sent or applied again); only the revision in
-            // the index moves.
-            let unchanged = self.lock().bundles.get(&bundle.name).is_some_and(|b| {
-                b.digest == bundle.digest && b.repo_url == bundle.repo_url && b.path == bundle.path
-            });
-            if !unchanged {
-                // Written before the revision moves: until the new content
-                // is in place, the old bundle keeps the old revision, so a
-                // status the agent reported for the old content is never
-                // shown at the new commit (writing a large bundle takes a
-                // while).
-                self.store.put_bundle(&bundle)?;
-            }
+            planned.push((bundle, revision));
+        }
+        let news: Vec<bool> = {
+            let st = self.lock();
+            // Same content (digest) from the same source: the bundle stays
+            // as it is (nothing is sent or applied again); only the
+            // revision in the index moves.
+            planned
+                .iter()
+                .map(|(bundle, _)| {
+                    !st.bundles.get(&bundle.name).is_some_and(|b| {
+                        b.digest == bundle.digest
+                            && b.repo_url == bundle.repo_url
+                            && b.path == bundle.path
+                    })
+                })
+                .collect()
+        };
+        // Written, in one batch, before any revision moves: until the new
+        // content is in place, the old bundle keeps the old revision, so a
+        // status the agent reported for the old content is never shown at
+        // the new commit (writing large bundles takes a while).
+        self.store.put_bundles(
+            planned
+                .iter()
+                .zip(&news)
+                .filter(|(_, new)| **new)
+                .map(|((bundle, _), _)| bundle),
+        )?;
+        let mut changed = Vec::new();
+        let mut st = self.lock();
+        for ((bundle, revision), new) in planned.into_iter().zip(news) {
             let name = bundle.name.clone();
-            let mut st = self.lock();
             if st.revisions.get(&name) != Some(&revision) {
                 // Only the revision: no cluster's content changes, so no
                 // cluster is recomputed (see `same_content`).
                 st.revisions.insert(name.clone(), revision);
             }
-            if !unchanged {
+            if new {
                 st.bundles.insert(name.clone(), Arc::new(bundle));
                 changed.push(name);
             }
-            drop(st);
         }
+        drop(st);
         if !changed.is_empty() {
             changed.dedup();
             self.recompute_apps(&changed)?;

@@ -1626,6 +1626,29 @@ impl Store {
         })
     }
 
+    /// Writes `bundles` in one batch (one write to the log).
+    ///
+    /// # Errors
+    /// The store cannot be written.
+    pub fn put_bundles<'a>(
+        &self,
+        bundles: impl IntoIterator<Item = &'a pb::AppBundle>,
+    ) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        let mut any = false;
+        for bundle in bundles {
+            batch.insert(bundle.name.as_bytes(), bundle.encode_to_vec());
+            any = true;
+        }
+        if !any {
+            return Ok(());
+        }
+        self.with(|t| {
+            t.bundles.apply_batch(batch)?;
+            Ok(())
+        })
+    }
+
     pub fn put_bundle(&self, bundle: &pb::AppBundle) -> Result<(), StoreError> {
         self.with(|t| {
             t.bundles
