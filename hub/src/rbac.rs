@@ -94,7 +94,9 @@ pub enum RbacError {
         cause: String,
     },
     /// The default role is not a role any line defines.
-    #[error("policy.default {0:?} is not a role: it must be role:readonly, role:admin or a role the policy grants something")]
+    #[error(
+        "policy.default {0:?} is not a role: it must be role:readonly, role:admin or a role the policy grants something"
+    )]
     UnknownDefaultRole(String),
 }
 
@@ -271,7 +273,10 @@ pub fn project_role_policy(project: &AppProject, index: usize) -> Result<Policy,
     let Some(role) = project.spec.roles.get(index) else {
         return Ok(Policy::default());
     };
-    let source_name = format!("project {name:?} spec.roles[{index}] ({:?}) policies", role.name);
+    let source_name = format!(
+        "project {name:?} spec.roles[{index}] ({:?}) policies",
+        role.name
+    );
     let subject = project_subject(name, &role.name);
     let text = role.policies.join("\n");
     let mut policy = parse(&text, &source_name)?;

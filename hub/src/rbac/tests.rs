@@ -60,7 +60,13 @@ fn builtin_roles() {
         (&ro, "clusters", "update", "eu-1", false),
         (&ro, "accounts", "update", "ci", false),
         (&admin, "applications", "sync", "team-a/web", true),
-        (&admin, "applications", "action/apps/Deployment/restart", "a/b", true),
+        (
+            &admin,
+            "applications",
+            "action/apps/Deployment/restart",
+            "a/b",
+            true,
+        ),
         (&admin, "projects", "delete", "team-a", true),
         (&admin, "rbac", "update", "*", true),
         // Admin inherits readonly.
@@ -68,11 +74,7 @@ fn builtin_roles() {
         (&nobody, "applications", "get", "team-a/web", false),
     ];
     for (w, res, act, obj, want) in cases {
-        assert_eq!(
-            e.allows(w, res, act, obj),
-            *want,
-            "{w:?} {res} {act} {obj}"
-        );
+        assert_eq!(e.allows(w, res, act, obj), *want, "{w:?} {res} {act} {obj}");
     }
 }
 
@@ -205,7 +207,11 @@ fn project_roles_cannot_reach_outside_their_project() {
 fn bad_lines_are_named() {
     let cases: &[(&str, usize, &str)] = &[
         ("p, a, applications, get", 1, "5 or 6 fields"),
-        ("\n# comment\np, a, applications, get, */*, maybe", 3, "effect \"maybe\""),
+        (
+            "\n# comment\np, a, applications, get, */*, maybe",
+            3,
+            "effect \"maybe\"",
+        ),
         ("g, a", 1, "3 fields"),
         ("x, a, b", 1, "starts with p or g"),
         ("p, a, apps, get, *", 1, "unknown resource \"apps\""),
@@ -220,7 +226,10 @@ fn bad_lines_are_named() {
         assert_eq!(got, line, "{text}");
         let msg = err.to_string();
         assert!(msg.contains(want), "{text}: {msg}");
-        assert!(msg.starts_with(&format!("policy.csv line {line}:")), "{msg}");
+        assert!(
+            msg.starts_with(&format!("policy.csv line {line}:")),
+            "{msg}"
+        );
     }
 }
 
