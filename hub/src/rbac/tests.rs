@@ -192,14 +192,16 @@ fn project_roles_cannot_reach_outside_their_project() {
         ("p, proj:team-a:ci, applications, sync", "5 or 6 fields"),
     ];
     for (line, want) in cases {
-        let a = project(
-            "team-a",
-            &format!("  - name: ci\n    policies:\n    - \"{line}\"\n"),
+        // Refused when the project is read (API or Git), naming the role.
+        let text = format!(
+            "apiVersion: argoproj.io/v1alpha1\nkind: AppProject\nmetadata:\n  name: team-a\nspec:\n  roles:\n  - name: ci\n    policies:\n    - \"{line}\"\n"
         );
-        let err = Enforcer::new(&RbacConfig::default(), &[&a]).unwrap_err();
-        let msg = err.to_string();
+        let msg = parse_projects(&text, "p.yaml").unwrap_err().to_string();
         assert!(msg.contains(want), "{line}: {msg}");
-        assert!(msg.contains("project \"team-a\""), "{msg}");
+        assert!(
+            msg.contains("spec.roles[0]") && msg.contains("project \"team-a\""),
+            "{msg}"
+        );
     }
 }
 
