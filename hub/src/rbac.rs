@@ -334,6 +334,12 @@ pub fn project_role_policy(project: &AppProject, index: usize) -> Result<Policy,
 
 /// Glob match: `*` is any run of characters (`/` included), `?` one.
 pub fn glob_match(pattern: &str, value: &str) -> bool {
+    if pattern == "*" {
+        return true;
+    }
+    if !pattern.contains(['*', '?']) {
+        return pattern == value;
+    }
     let p: Vec<char> = pattern.chars().collect();
     let v: Vec<char> = value.chars().collect();
     // Iterative with one backtrack point: linear in practice.
@@ -437,39 +443,33 @@ impl Enforcer {
         seen
     }
 
-    /// Whether `name` alone (with its roles) is allowed: some rule allows
-    /// and none denies.
-    fn allows_one(&self, name: &str, resource: &str, action: &str, object: &str) -> bool {
-        let mut allowed = false;
-        for n in self.closure(name) {
-            for r in self.rules.get(&n).into_iter().flatten() {
-                if glob_match(&r.resource, resource)
-                    && glob_match(&r.action, action)
-                    && glob_match(&r.object, object)
-                {
-                    match r.effect {
-                        Effect::Deny => return false,
-                        Effect::Allow => allowed = true,
-                    }
-                }
-            }
+    /// The rules of `name` and of every role it has.
+    fn rules_of(&self, name: &str) -> Vec<Rule> {
+        self.closure(name)
+            .iter()
+            .flat_map(|n| self.rules.get(n).into_iter().flatten().cloned())
+            .collect()
+    }
+
+    /// The rules that decide for `who`, gathered once (for a list that
+    /// asks about every object).
+    pub fn compile(&self, who: &Principal) -> Decider {
+        let mut names: Vec<&str> = Vec::new();
+        if !self.default_role.is_empty() {
+            names.push(&self.default_role);
         }
-        allowed
+        if !who.subject.is_empty() {
+            names.push(&who.subject);
+        }
+        names.extend(who.groups.iter().map(String::as_str));
+        Decider {
+            per_name: names.into_iter().map(|n| self.rules_of(n)).collect(),
+        }
     }
 
     /// Whether `who` may do `action` on `resource` object `object`.
     pub fn allows(&self, who: &Principal, resource: &str, action: &str, object: &str) -> bool {
-        if !self.default_role.is_empty()
-            && self.allows_one(&self.default_role, resource, action, object)
-        {
-            return true;
-        }
-        if !who.subject.is_empty() && self.allows_one(&who.subject, resource, action, object) {
-            return true;
-        }
-        who.groups
-            .iter()
-            .any(|g| self.allows_one(g, resource, action, object))
+        self.compile(who).allows(resource, action, object)
     }
 
     /// Whether `who` may do anything at all but read (for a UI that hides
@@ -487,6 +487,35 @@ impl Enforcer {
                     .flatten()
                     .any(|r| r.effect == Effect::Allow && r.action != "get")
             })
+        })
+    }
+}
+
+/// The rules deciding for one caller: per name (default role, subject,
+/// each group), the rules of that name and its roles.
+#[derive(Clone, Debug, Default)]
+pub struct Decider {
+    per_name: Vec<Vec<Rule>>,
+}
+
+impl Decider {
+    /// Whether some name allows the request and none of its own rules
+    /// denies it (Argo CD's evaluation; see the module documentation).
+    pub fn allows(&self, resource: &str, action: &str, object: &str) -> bool {
+        self.per_name.iter().any(|rules| {
+            let mut allowed = false;
+            for r in rules {
+                if glob_match(&r.resource, resource)
+                    && glob_match(&r.action, action)
+                    && glob_match(&r.object, object)
+                {
+                    match r.effect {
+                        Effect::Deny => return false,
+                        Effect::Allow => allowed = true,
+                    }
+                }
+            }
+            allowed
         })
     }
 }

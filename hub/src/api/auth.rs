@@ -163,8 +163,7 @@ pub fn authorize<T>(
 
 /// A caller's view for filtering lists: one policy for the whole call.
 pub struct View {
-    enforcer: Enforcer,
-    principal: Principal,
+    decider: crate::rbac::Decider,
 }
 
 impl View {
@@ -182,21 +181,18 @@ impl View {
     /// As [`enforcer`].
     pub fn of_caller(store: &Store, caller: &Caller) -> Result<Self, Status> {
         Ok(Self {
-            enforcer: enforcer(store)?,
-            principal: caller.principal(),
+            decider: enforcer(store)?.compile(&caller.principal()),
         })
     }
 
     /// Whether the caller may `get` `resource` `object`.
     pub fn can_get(&self, resource: &str, object: &str) -> bool {
-        self.enforcer
-            .allows(&self.principal, resource, "get", object)
+        self.decider.allows(resource, "get", object)
     }
 
     /// Whether the caller may `action` `resource` `object`.
     pub fn can(&self, resource: &str, action: &str, object: &str) -> bool {
-        self.enforcer
-            .allows(&self.principal, resource, action, object)
+        self.decider.allows(resource, action, object)
     }
 }
 
