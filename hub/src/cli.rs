@@ -366,6 +366,9 @@ pub enum TokenCommand {
         /// --read-only is role:admin.
         #[arg(long = "group", visible_alias = "role")]
         groups: Vec<String>,
+        /// Refuse the token after this long (e.g. 12h); default: never.
+        #[arg(long, value_parser = parse_duration)]
+        expires_in: Option<Duration>,
     },
     /// List tokens (names only).
     #[command(visible_alias = "ls")]
@@ -1151,12 +1154,15 @@ async fn token(g: &Global, c: &mut Client, cmd: TokenCommand) -> Result<()> {
             name,
             read_only,
             groups,
+            expires_in,
         } => {
             let resp = c
                 .create_token(pb::CreateTokenRequest {
                     name,
                     read_only,
                     groups,
+                    expires_in_secs: expires_in
+                        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX).max(1)),
                     ..Default::default()
                 })
                 .await
@@ -1189,7 +1195,7 @@ async fn token(g: &Global, c: &mut Client, cmd: TokenCommand) -> Result<()> {
                 Value::Array(
                     tokens
                         .iter()
-                        .map(|t| json!({"name": t.name, "readOnly": t.read_only, "subject": t.subject, "groups": t.groups, "createdMs": t.created_ms, "created": get::rfc3339_json(t.created_ms)}))
+                        .map(|t| json!({"name": t.name, "readOnly": t.read_only, "subject": t.subject, "groups": t.groups, "createdMs": t.created_ms, "created": get::rfc3339_json(t.created_ms), "expiresMs": t.expires_ms}))
                         .collect(),
                 ),
                 || {

@@ -322,6 +322,13 @@ pub struct TokenRecord {
     pub project: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub role: String,
+    /// Unix ms after which the token is refused; 0: never.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub expires_ms: i64,
+}
+
+fn is_zero(v: &i64) -> bool {
+    *v == 0
 }
 
 impl TokenRecord {

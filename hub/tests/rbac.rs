@@ -322,6 +322,36 @@ async fn project_tokens_readonly_admin_live_policy_and_audit() {
         .unwrap();
     assert_eq!(app_names(&mut dev).await, ["a-web", "b-web"]);
 
+    // A token with an expiry is refused once it passed.
+    let brief = admin
+        .create_token(pb::CreateTokenRequest {
+            name: "brief".into(),
+            project: "team-a".into(),
+            role: "ci".into(),
+            expires_in_secs: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(brief.info.unwrap().expires_ms > 0);
+    let mut brief = api_as(&hub, &brief.token).await;
+    // (The default role, role:readonly, now shows it every application.)
+    assert_eq!(app_names(&mut brief).await, ["a-web", "b-web"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let err = loop {
+        match brief
+            .list_applications(pb::ListApplicationsRequest::default())
+            .await
+        {
+            Err(e) => break e,
+            Ok(_) => assert!(std::time::Instant::now() < deadline, "never expired"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    assert!(err.message().contains("expired"), "{}", err.message());
+
     // Removing the role from the project revokes its tokens.
     admin
         .create_project(pb::CreateProjectRequest {

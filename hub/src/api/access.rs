@@ -19,6 +19,7 @@ pub fn token_to_pb(t: &TokenRecord) -> pb::ApiToken {
         groups: t.effective_groups(),
         project: t.project.clone(),
         role: t.role.clone(),
+        expires_ms: t.expires_ms,
     }
 }
 
@@ -89,6 +90,20 @@ pub async fn create_token(
             role: req.role.clone(),
             ..TokenRecord::default()
         }
+    };
+    if req.expires_in_secs < 0 {
+        return Err(Status::invalid_argument(format!(
+            "token {:?}: the expiry must be positive",
+            req.name
+        )));
+    }
+    let rec = TokenRecord {
+        expires_ms: if req.expires_in_secs > 0 {
+            crate::clock::now_ms().saturating_add(req.expires_in_secs.saturating_mul(1000))
+        } else {
+            0
+        },
+        ..rec
     };
     let (resource, object) = token_permission(&rec);
     let caller = authorize(ctx, &request, resource, "update", &object, "create-token")?;

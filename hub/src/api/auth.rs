@@ -52,9 +52,16 @@ impl Caller {
 /// The caller a stored token stands for; `peer` is its address.
 ///
 /// # Errors
-/// `Unauthenticated` for a project token whose project or role is gone
-/// (deleting the role revokes its tokens, as in Argo CD).
+/// `Unauthenticated` for an expired token, and for a project token whose
+/// project or role is gone (deleting the role revokes its tokens, as in
+/// Argo CD).
 pub fn caller_of(store: &Store, rec: &TokenRecord, peer: String) -> Result<Caller, Status> {
+    if rec.expires_ms > 0 && crate::clock::now_ms() >= rec.expires_ms {
+        return Err(Status::unauthenticated(format!(
+            "token {:?} expired",
+            rec.name
+        )));
+    }
     if !rec.project.is_empty() {
         let live = store
             .project(&rec.project)?

@@ -84,6 +84,9 @@ pub enum ProjRoleCommand {
         /// The token's id within the role.
         #[arg(long, default_value = "token")]
         id: String,
+        /// Refuse the token after this long (e.g. 24h); default: never.
+        #[arg(long, value_parser = super::parse_duration)]
+        expires_in: Option<Duration>,
     },
     /// Revoke a project role's token.
     DeleteToken {
@@ -302,12 +305,19 @@ pub async fn audit(g: &Global, c: &mut Client, args: AuditArgs) -> Result<()> {
 
 pub async fn proj_role(g: &Global, c: &mut Client, cmd: ProjRoleCommand) -> Result<()> {
     match cmd {
-        ProjRoleCommand::CreateToken { project, role, id } => {
+        ProjRoleCommand::CreateToken {
+            project,
+            role,
+            id,
+            expires_in,
+        } => {
             let resp = c
                 .create_token(pb::CreateTokenRequest {
                     name: id,
                     project,
                     role,
+                    expires_in_secs: expires_in
+                        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX).max(1)),
                     ..Default::default()
                 })
                 .await
