@@ -24,13 +24,21 @@ fn app_yaml(name: &str, project: &str, url: &str) -> String {
 fn project_yaml(name: &str, with_role: bool) -> String {
     let role = if with_role {
         format!(
-            "  roles:\n  - name: ci\n    policies:\n    - p, proj:{name}:ci, applications, get, {name}/*, allow\n    - p, proj:{name}:ci, applications, sync, {name}/*, allow\n"
+            "  roles:\n  - name: ci\n    policies:\n    - p, proj:{name}:ci, applications, get, {name}/*, allow\n    - p, proj:{name}:ci, applications, sync, {name}/*, allow\n    - p, proj:{name}:ci, applicationsets, get, {name}/*, allow\n"
         )
     } else {
         String::new()
     };
     format!(
         "apiVersion: argoproj.io/v1alpha1\nkind: AppProject\nmetadata:\n  name: {name}\nspec:\n  sourceRepos: ['*']\n  destinations:\n  - name: c1\n    namespace: '*'\n{role}"
+    )
+}
+
+/// An ApplicationSet of `project` that selects no cluster (generates
+/// nothing).
+fn appset_yaml(name: &str, project: &str, url: &str) -> String {
+    format!(
+        "apiVersion: argoproj.io/v1alpha1\nkind: ApplicationSet\nmetadata:\n  name: {name}\nspec:\n  generators:\n  - clusters:\n      selector:\n        matchLabels:\n          team: nobody\n  template:\n    metadata:\n      name: '{name}-{{{{name}}}}'\n    spec:\n      project: {project}\n      source:\n        repoURL: {url}\n        path: web\n      destination:\n        name: '{{{{name}}}}'\n        namespace: default\n"
     )
 }
 
@@ -222,6 +230,49 @@ async fn project_tokens_readonly_admin_live_policy_and_audit() {
         .await
         .unwrap_err();
     denied(&err, "rbac, update");
+    // Application sets: the same fence, by the template's project.
+    for (set, team) in [("a-set", "team-a"), ("b-set", "team-b")] {
+        admin
+            .create_application_set(pb::CreateApplicationSetRequest {
+                manifest: appset_yaml(set, team, &url),
+                upsert: false,
+            })
+            .await
+            .unwrap();
+    }
+    let sets: Vec<String> = team_a
+        .list_application_sets(pb::ListApplicationSetsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .application_sets
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(sets, ["a-set"]);
+    let err = team_a
+        .get_application_set(pb::GetApplicationSetRequest {
+            name: "b-set".into(),
+        })
+        .await
+        .unwrap_err();
+    denied(&err, "applicationsets, get, team-b/b-set");
+    let err = team_a
+        .delete_application_set(pb::DeleteApplicationSetRequest {
+            name: "b-set".into(),
+        })
+        .await
+        .unwrap_err();
+    denied(&err, "applicationsets, delete, team-b/b-set");
+    let err = team_a
+        .create_application_set(pb::CreateApplicationSetRequest {
+            manifest: appset_yaml("b-set", "team-b", &url),
+            upsert: true,
+        })
+        .await
+        .unwrap_err();
+    denied(&err, "applicationsets, update, team-b/b-set");
+
     // It can sync its own, and history says who did.
     let r = sync(&mut team_a, "a-web").await.unwrap();
     assert_eq!(r.not_connected, ["c1"]);
@@ -388,6 +439,8 @@ async fn project_tokens_readonly_admin_live_policy_and_audit() {
         "{audit:#?}"
     );
     assert!(has("proj:team-a:ci", "delete", "team-a/a-web", "denied"));
+    assert!(has("proj:team-a:ci", "delete", "team-b/b-set", "denied"));
+    assert!(has("admin", "create", "team-b/b-set", "ok"));
     assert!(has("viewer", "sync", "team-a/a-web", "denied"));
     assert!(has("admin", "sync", "team-b/b-web", "ok"));
     assert!(has("dev", "sync", "team-a/a-web", "ok"));

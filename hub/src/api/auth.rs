@@ -225,9 +225,10 @@ pub fn stored_app_object(store: &Store, name: &str) -> Result<String, Status> {
 }
 
 /// The RBAC object of an ApplicationSet document: `PROJECT/NAME`, the
-/// project of its template (Argo CD's rule); `*/*` when the document does
-/// not say, so only a caller allowed every set passes on to its parse
-/// error.
+/// project of its template (Argo CD's rule; `default` when unset). A name
+/// or project that is not a string becomes `*`, which only a policy
+/// allowing every name (or project) matches, so such a caller alone gets
+/// as far as the parse error.
 pub fn appset_object(doc: &serde_json::Value) -> String {
     let name = doc["metadata"]["name"].as_str().unwrap_or("*");
     let project = match &doc["spec"]["template"]["spec"]["project"] {
@@ -283,5 +284,64 @@ pub fn audit<R>(
     match outcome {
         Ok(_) => record(ctx, caller, resource, op, object, "ok", ""),
         Err(s) => record(ctx, caller, resource, op, object, "error", s.message()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn objects_are_named_as_argo_cd_names_them() {
+        let doc = |v: serde_json::Value| appset_object(&v);
+        let cases = [
+            (
+                serde_json::json!({"metadata": {"name": "s"}, "spec": {"template": {"spec": {"project": "team-a"}}}}),
+                "team-a/s",
+            ),
+            // No project in the template: Argo CD's default.
+            (
+                serde_json::json!({"metadata": {"name": "s"}, "spec": {"template": {"spec": {}}}}),
+                "default/s",
+            ),
+            // Not a string (or not parsed): only a caller allowed every
+            // project passes on to the parse error.
+            (
+                serde_json::json!({"metadata": {"name": "s"}, "spec": {"template": {"spec": {"project": 3}}}}),
+                "*/s",
+            ),
+            (serde_json::Value::Null, "default/*"),
+        ];
+        for (v, want) in cases {
+            assert_eq!(doc(v.clone()), want, "{v}");
+        }
+        assert_eq!(
+            repo_object(" https://user:s3cret@git.example/team-a/apps.git "),
+            "https://git.example/team-a/apps.git"
+        );
+    }
+
+    #[test]
+    fn tokens_from_before_rbac_keep_their_meaning() {
+        let old_admin = TokenRecord {
+            name: "admin".into(),
+            ..TokenRecord::default()
+        };
+        assert_eq!(old_admin.subject(), "admin");
+        assert_eq!(old_admin.effective_groups(), [crate::rbac::ROLE_ADMIN]);
+        let old_ro = TokenRecord {
+            name: "ci".into(),
+            read_only: true,
+            ..TokenRecord::default()
+        };
+        assert_eq!(old_ro.effective_groups(), [crate::rbac::ROLE_READONLY]);
+        let project = TokenRecord {
+            name: "proj:team-a:ci:x".into(),
+            project: "team-a".into(),
+            role: "ci".into(),
+            ..TokenRecord::default()
+        };
+        assert_eq!(project.subject(), "proj:team-a:ci");
+        assert!(project.effective_groups().is_empty());
     }
 }
