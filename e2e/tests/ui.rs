@@ -110,6 +110,7 @@ async fn read_only_token(fleet: &Fleet) -> anyhow::Result<String> {
         .create_token(CreateTokenRequest {
             name: "viewer".into(),
             read_only: true,
+            ..Default::default()
         })
         .await?
         .into_inner()

@@ -155,7 +155,8 @@ fn main() -> anyhow::Result<()> {
         let mut bytes = 0;
         for _ in 0..7 {
             let t = Instant::now();
-            let grid = flotilla_hub::ui::grid(&api, &ctx, &q)?;
+            let grid =
+                flotilla_hub::ui::grid(&api, &ctx, &q, &flotilla_hub::api::Caller::admin("bench"))?;
             times.push(t.elapsed());
             let t = Instant::now();
             let main = overview(&grid, &q, None);

@@ -36,6 +36,7 @@ pub fn ensure(store: &Store, path: &Path) -> Result<AdminToken, StoreError> {
             name: "admin".to_owned(),
             created_ms: now_ms(),
             read_only: false,
+            ..Default::default()
         };
         store.put_token(&api::token_hash(&secret), &rec)?;
         store.flush()?;

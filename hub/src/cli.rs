@@ -24,6 +24,7 @@ mod get;
 mod lifecycle;
 mod ops;
 mod proj;
+mod rbac;
 
 pub use exit::{CliError, ExitStatus, exit_code};
 use exit::{out, usage};
@@ -129,6 +130,12 @@ pub enum Command {
     /// API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// tenancy: RBAC in Argo CD's policy.csv model (validate, can, get,
+    /// set).
+    #[command(subcommand)]
+    Rbac(rbac::RbacCommand),
+    /// tenancy: the audit log of changes and refused changes.
+    Audit(rbac::AuditArgs),
     /// Check the hub, CA and token given now and save them as a context
     /// (in $FLOTILLA_CONFIG, else ~/.config/flotilla/config.json, 0600),
     /// made current; other contexts stay as they are.
@@ -352,9 +359,16 @@ pub enum TokenCommand {
     Create {
         /// Name of the token (several tokens may share one).
         name: String,
-        /// Only List/Get/Version calls (e.g. for CI systems).
+        /// Only List/Get/Version calls (e.g. for CI systems): role:readonly.
         #[arg(long)]
         read_only: bool,
+        /// An RBAC group or role of the token (repeat); none and no
+        /// --read-only is role:admin.
+        #[arg(long = "group", visible_alias = "role")]
+        groups: Vec<String>,
+        /// Refuse the token after this long (e.g. 12h); default: never.
+        #[arg(long, value_parser = parse_duration)]
+        expires_in: Option<Duration>,
     },
     /// List tokens (names only).
     #[command(visible_alias = "ls")]
@@ -539,6 +553,11 @@ pub async fn run(cli: Cli) -> Result<()> {
     match &cli.command {
         Command::Context { name } => return config::context_command(g, name.as_deref()),
         Command::Logout { name } => return config::logout(g, name.as_deref()),
+        Command::Rbac(cmd) => {
+            if let Some(done) = rbac::run_local(g, cmd) {
+                return done;
+            }
+        }
         Command::Completion { shell } => {
             let mut script = Vec::new();
             clap_complete::generate(
@@ -588,6 +607,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Repo(cmd) => repo(g, &mut c, cmd).await?,
         Command::Appset(cmd) => appset::run(g, &mut c, cmd).await?,
         Command::Proj(cmd) => proj::run(g, &mut c, cmd).await?,
+        Command::Rbac(cmd) => rbac::run(g, &mut c, cmd).await?,
+        Command::Audit(args) => rbac::audit(g, &mut c, args).await?,
     }
     Ok(())
 }
@@ -1129,21 +1150,34 @@ async fn cluster(g: &Global, hub: &str, c: &mut Client, cmd: ClusterCommand) -> 
 
 async fn token(g: &Global, c: &mut Client, cmd: TokenCommand) -> Result<()> {
     match cmd {
-        TokenCommand::Create { name, read_only } => {
+        TokenCommand::Create {
+            name,
+            read_only,
+            groups,
+            expires_in,
+        } => {
             let resp = c
-                .create_token(pb::CreateTokenRequest { name, read_only })
+                .create_token(pb::CreateTokenRequest {
+                    name,
+                    read_only,
+                    groups,
+                    expires_in_secs: expires_in
+                        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX).max(1)),
+                    ..Default::default()
+                })
                 .await
                 .map_err(status_err)?
                 .into_inner();
             let info = resp.info.unwrap_or_default();
             print_out(
                 g.output,
-                json!({"name": info.name, "readOnly": info.read_only, "token": resp.token}),
+                json!({"name": info.name, "readOnly": info.read_only, "groups": info.groups, "token": resp.token}),
                 || {
                     format!(
-                        "token {} created{} (shown only once):\n{}\n",
+                        "token {} created{} with {} (shown only once):\n{}\n",
                         info.name,
                         if info.read_only { " (read-only)" } else { "" },
+                        info.groups.join(", "),
                         resp.token
                     )
                 },
@@ -1161,7 +1195,7 @@ async fn token(g: &Global, c: &mut Client, cmd: TokenCommand) -> Result<()> {
                 Value::Array(
                     tokens
                         .iter()
-                        .map(|t| json!({"name": t.name, "readOnly": t.read_only, "createdMs": t.created_ms, "created": get::rfc3339_json(t.created_ms)}))
+                        .map(|t| json!({"name": t.name, "readOnly": t.read_only, "subject": t.subject, "groups": t.groups, "createdMs": t.created_ms, "created": get::rfc3339_json(t.created_ms), "expiresMs": t.expires_ms}))
                         .collect(),
                 ),
                 || {
@@ -1171,11 +1205,13 @@ async fn token(g: &Global, c: &mut Client, cmd: TokenCommand) -> Result<()> {
                             vec![
                                 t.name.clone(),
                                 if t.read_only { "read-only" } else { "read-write" }.to_owned(),
+                                t.subject.clone(),
+                                t.groups.join(","),
                                 get::rfc3339(t.created_ms),
                             ]
                         })
                         .collect();
-                    table(&["NAME", "ACCESS", "CREATED"], rows)
+                    table(&["NAME", "ACCESS", "SUBJECT", "GROUPS", "CREATED"], rows)
                 },
             );
         }

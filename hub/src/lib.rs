@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod model;
 pub mod pki;
 pub mod project;
+pub mod rbac;
 pub mod render;
 pub mod repo_fetch;
 pub mod repo_secrets;

@@ -340,6 +340,9 @@ pub fn project_from_value(doc: Value, origin: &str) -> Result<AppProject, Projec
                 "is required".to_owned(),
             ));
         }
+        // RBAC: policies for the role itself, inside the project.
+        crate::rbac::project_role_policy(&project, i)
+            .map_err(|e| invalid(&format!("spec.roles[{i}].policies"), e.to_string()))?;
     }
     Ok(project)
 }

@@ -17,9 +17,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
+pub mod audit;
 pub mod credential_templates;
 pub mod credentials;
 mod projects;
+mod rbac;
 pub mod records;
 mod targets;
 
@@ -302,13 +304,56 @@ impl std::fmt::Debug for RepoCredentials {
 }
 
 /// A user API token (only its SHA-256 is stored).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct TokenRecord {
     pub name: String,
     pub created_ms: i64,
-    /// May only read (List/Get/Version).
+    /// May only read (List/Get/Version): a token from before RBAC, or one
+    /// created with `--read-only`; it has `role:readonly`.
     #[serde(default)]
     pub read_only: bool,
+    /// The RBAC groups (roles) of an account token. A token stored before
+    /// RBAC has none, and has `role:admin` unless `read_only`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    /// A project token: the project and role whose policies it carries
+    /// (its subject is `proj:PROJECT:ROLE`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub project: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub role: String,
+    /// Unix ms after which the token is refused; 0: never.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub expires_ms: i64,
+}
+
+fn is_zero(v: &i64) -> bool {
+    *v == 0
+}
+
+impl TokenRecord {
+    /// The RBAC subject of the token: its name, or `proj:PROJECT:ROLE`.
+    pub fn subject(&self) -> String {
+        if self.project.is_empty() {
+            self.name.clone()
+        } else {
+            crate::rbac::project_subject(&self.project, &self.role)
+        }
+    }
+
+    /// The RBAC groups of the token, built-in roles for tokens from before
+    /// RBAC.
+    pub fn effective_groups(&self) -> Vec<String> {
+        if !self.project.is_empty() {
+            Vec::new()
+        } else if self.read_only {
+            vec![crate::rbac::ROLE_READONLY.to_owned()]
+        } else if self.groups.is_empty() {
+            vec![crate::rbac::ROLE_ADMIN.to_owned()]
+        } else {
+            self.groups.clone()
+        }
+    }
 }
 
 /// A one-time bootstrap token for `AgentLink.Enroll` (stored by the hash
@@ -420,6 +465,10 @@ struct Trees {
     app_children: sled::Tree,
     /// tenancy: AppProjects by name (`projects`).
     projects: sled::Tree,
+    /// RBAC settings (`rbac_settings`, one record).
+    rbac: sled::Tree,
+    /// Audit log by id, oldest first (`audit`).
+    audit: sled::Tree,
 }
 
 impl Trees {
@@ -437,6 +486,8 @@ impl Trees {
             appsets: db.open_tree("application_sets")?,
             app_children: db.open_tree("app_children")?,
             projects: db.open_tree("projects")?,
+            rbac: db.open_tree("rbac_settings")?,
+            audit: db.open_tree("audit")?,
             db,
         })
     }
@@ -2232,6 +2283,7 @@ mod tests {
                 name: "t".into(),
                 created_ms: 1,
                 read_only: false,
+                ..Default::default()
             },
         )
         .unwrap();
@@ -2339,6 +2391,7 @@ mod tests {
                     name: "admin".into(),
                     created_ms: 1,
                     read_only: true,
+                    ..Default::default()
                 },
             )
             .unwrap();

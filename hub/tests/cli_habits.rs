@@ -625,7 +625,7 @@ west   -        no          -           -               0/<N>                   
     let tokens = hub.ok(&["token", "list"]);
     assert_text(
         &normalize(&tokens, &[]),
-        "NAME    ACCESS       CREATED\nadmin   read-write   <TIME>\n",
+        "NAME    ACCESS       SUBJECT   GROUPS       CREATED\nadmin   read-write   admin     role:admin   <TIME>\n",
     );
 }
 

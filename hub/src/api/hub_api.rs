@@ -6,14 +6,13 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::{HubContext, create_token, now_ms, require_write};
+use super::auth::{self, View, app_object, authorize};
+use super::{HubContext, now_ms};
 use crate::fleet::{self, parse_single_application};
 use crate::model::is_dns_subdomain;
 use crate::pki;
 use crate::store::credential_templates::CredentialsSource;
-use crate::store::{
-    AppRecord, BootstrapRecord, ClusterRecord, RepoCredentials, RepoRecord, TokenRecord,
-};
+use crate::store::{AppRecord, BootstrapRecord, ClusterRecord, RepoCredentials, RepoRecord};
 
 /// Lifetime of a bootstrap token when the request gives none.
 const DEFAULT_BOOTSTRAP_TTL_MS: i64 = 24 * 3600 * 1000;
@@ -116,6 +115,26 @@ impl HubApiService {
             },
             finalizers: app.metadata.finalizers.clone(),
         })
+    }
+
+    /// The RBAC object of application `name` (`PROJECT/NAME`); `*/NAME`
+    /// when there is none, so a caller who may not act on every project is
+    /// refused rather than told it does not exist (as Argo CD).
+    fn app_object_of(&self, name: &str) -> Result<String, Status> {
+        Ok(self
+            .ctx
+            .store
+            .app(name)?
+            .map_or_else(|| format!("*/{name}"), |r| app_object(&r.app)))
+    }
+
+    /// The RBAC object of application set `name`, as [`Self::app_object_of`].
+    fn appset_object_of(&self, name: &str) -> Result<String, Status> {
+        Ok(self
+            .ctx
+            .store
+            .appset(name)?
+            .map_or_else(|| format!("*/{name}"), |r| auth::appset_object(&r.raw)))
     }
 
     /// The status of `rec` on each of `clusters` it targets, as
@@ -268,14 +287,6 @@ fn bound_application(app: &mut pb::Application, budget: usize) {
     }
 }
 
-fn token_to_pb(t: &TokenRecord) -> pb::ApiToken {
-    pb::ApiToken {
-        name: t.name.clone(),
-        read_only: t.read_only,
-        created_ms: t.created_ms,
-    }
-}
-
 fn repo_to_pb(r: &RepoRecord) -> pb::Repository {
     pb::Repository {
         // Registered before `repo add` moved credentials out of URLs.
@@ -384,9 +395,11 @@ impl pb::hub_api_server::HubApi for HubApiService {
         request: Request<pb::ListApplicationsRequest>,
     ) -> Result<Response<pb::ListApplicationsResponse>, Status> {
         use prost::Message as _;
+        let view = View::of(&self.ctx, &request)?;
         let req = request.into_inner();
         let clusters = self.ctx.store.clusters_shared()?;
         let mut apps = self.ctx.store.apps()?;
+        apps.retain(|a| view.can_get("applications", &app_object(&a.app)));
         apps.sort_by(|a, b| a.app.metadata.name.cmp(&b.app.metadata.name));
         // Pages continue after the last name returned.
         let start = if req.page_token.is_empty() {
@@ -439,6 +452,8 @@ impl pb::hub_api_server::HubApi for HubApiService {
         &self,
         request: Request<pb::GetApplicationRequest>,
     ) -> Result<Response<pb::Application>, Status> {
+        let object = self.app_object_of(&request.get_ref().name)?;
+        authorize(&self.ctx, &request, "applications", "get", &object, "get")?;
         let name = request.into_inner().name;
         let rec = self
             .ctx
@@ -458,45 +473,85 @@ impl pb::hub_api_server::HubApi for HubApiService {
         &self,
         request: Request<pb::CreateApplicationRequest>,
     ) -> Result<Response<pb::Application>, Status> {
-        require_write(&request)?;
-        let req = request.into_inner();
+        let req = request.get_ref();
         let app =
             parse_single_application(&req.manifest, "request").map_err(Status::invalid_argument)?;
         let name = app.metadata.name.clone();
         let existing = self.ctx.store.app(&name)?;
-        if existing.is_some() && !req.upsert {
-            return Err(Status::already_exists(format!(
-                "application {name:?} already exists (use upsert to replace it)"
-            )));
-        }
-        let rec = AppRecord {
-            app,
-            // An edit of an application an in-hub application manages keeps
-            // it managed (its parent's selfHeal decides whether it stays).
-            origin: crate::model::origin_after_api_edit(
-                existing.as_ref().map(|e| e.origin.as_str()),
-            ),
-            revision: existing
-                .as_ref()
-                .map(|e| e.revision.clone())
-                .unwrap_or_default(),
-            error: String::new(),
+        let object = app_object(&app);
+        let action = if existing.is_some() {
+            "update"
+        } else {
+            "create"
         };
-        self.ctx.store.put_app(&rec)?;
-        self.ctx.store.flush_async().await?;
-        tracing::info!(app = %name, "application created through the API");
-        // Only the clusters this application names (or named) change.
-        self.ctx.fleet.recompute_apps(std::slice::from_ref(&name))?;
-        self.ctx.git.render_soon(&name);
-        let clusters = self.targeted_clusters(&rec.app)?;
-        Ok(Response::new(self.app_to_pb(&rec, &clusters)?))
+        // An update must be allowed in the project the application leaves
+        // as well as in the one it enters.
+        if let Some(old) = &existing {
+            authorize(
+                &self.ctx,
+                &request,
+                "applications",
+                "update",
+                &app_object(&old.app),
+                action,
+            )?;
+        }
+        let caller = authorize(&self.ctx, &request, "applications", action, &object, action)?;
+        let upsert = req.upsert;
+        let outcome: Result<Response<pb::Application>, Status> = async {
+            if existing.is_some() && !upsert {
+                return Err(Status::already_exists(format!(
+                    "application {name:?} already exists (use upsert to replace it)"
+                )));
+            }
+            let rec = AppRecord {
+                app,
+                // An edit of an application an in-hub application manages keeps
+                // it managed (its parent's selfHeal decides whether it stays).
+                origin: crate::model::origin_after_api_edit(
+                    existing.as_ref().map(|e| e.origin.as_str()),
+                ),
+                revision: existing
+                    .as_ref()
+                    .map(|e| e.revision.clone())
+                    .unwrap_or_default(),
+                error: String::new(),
+            };
+            self.ctx.store.put_app(&rec)?;
+            self.ctx.store.flush_async().await?;
+            tracing::info!(app = %name, "application created through the API");
+            // Only the clusters this application names (or named) change.
+            self.ctx.fleet.recompute_apps(std::slice::from_ref(&name))?;
+            self.ctx.git.render_soon(&name);
+            let clusters = self.targeted_clusters(&rec.app)?;
+            Ok(Response::new(self.app_to_pb(&rec, &clusters)?))
+        }
+        .await;
+        auth::audit(
+            &self.ctx,
+            &caller,
+            "applications",
+            action,
+            &object,
+            &outcome,
+        );
+        outcome
     }
 
     async fn delete_application(
         &self,
         request: Request<pb::DeleteApplicationRequest>,
     ) -> Result<Response<pb::DeleteApplicationResponse>, Status> {
-        require_write(&request)?;
+        let object = self.app_object_of(&request.get_ref().name)?;
+        let caller = authorize(
+            &self.ctx,
+            &request,
+            "applications",
+            "delete",
+            &object,
+            "delete",
+        )?;
+        let outcome: Result<Response<pb::DeleteApplicationResponse>, Status> = async {
         let req = request.into_inner();
         let name = req.name;
         let rec = self
@@ -529,17 +584,30 @@ impl pb::hub_api_server::HubApi for HubApiService {
             not_connected,
             propagation_policy: propagation.as_str().to_owned(),
         }))
+        }
+        .await;
+        auth::audit(
+            &self.ctx,
+            &caller,
+            "applications",
+            "delete",
+            &object,
+            &outcome,
+        );
+        outcome
     }
 
     async fn list_clusters(
         &self,
-        _request: Request<pb::ListClustersRequest>,
+        request: Request<pb::ListClustersRequest>,
     ) -> Result<Response<pb::ListClustersResponse>, Status> {
+        let view = View::of(&self.ctx, &request)?;
         let clusters = self
             .ctx
             .store
             .clusters_shared()?
             .iter()
+            .filter(|c| view.can_get("clusters", &c.name))
             .map(|c| self.cluster_to_pb(c))
             .collect();
         Ok(Response::new(pb::ListClustersResponse { clusters }))
@@ -549,92 +617,102 @@ impl pb::hub_api_server::HubApi for HubApiService {
         &self,
         request: Request<pb::AddClusterRequest>,
     ) -> Result<Response<pb::AddClusterResponse>, Status> {
-        require_write(&request)?;
-        let req = request.into_inner();
-        let name = req.name;
-        if !is_dns_subdomain(&name) {
-            return Err(Status::invalid_argument(format!(
-                "cluster name {name:?} must be a lowercase RFC 1123 subdomain"
-            )));
-        }
-        if name == crate::appofapps::IN_HUB {
-            return Err(Status::invalid_argument(format!(
-                "cluster name {name:?} is reserved for applications managed in the hub"
-            )));
-        }
-        if self.ctx.store.cluster(&name)?.is_some() {
-            return Err(Status::already_exists(format!(
-                "cluster {name:?} already exists"
-            )));
-        }
-        let issued = if req.issue_certificate {
-            Some(
-                self.ctx
-                    .pki
-                    .issue_client(&name)
-                    .map_err(|e| Status::internal(e.to_string()))?,
-            )
-        } else {
-            None
-        };
-        let bootstrap = if req.create_bootstrap_token {
-            let ttl_ms = if req.token_ttl_secs > 0 {
-                req.token_ttl_secs.saturating_mul(1000)
+        let cluster = request.get_ref().name.clone();
+        let caller = authorize(&self.ctx, &request, "clusters", "create", &cluster, "add")?;
+        let outcome: Result<Response<pb::AddClusterResponse>, Status> = async {
+            let req = request.into_inner();
+            let name = req.name;
+            if !is_dns_subdomain(&name) {
+                return Err(Status::invalid_argument(format!(
+                    "cluster name {name:?} must be a lowercase RFC 1123 subdomain"
+                )));
+            }
+            if name == crate::appofapps::IN_HUB {
+                return Err(Status::invalid_argument(format!(
+                    "cluster name {name:?} is reserved for applications managed in the hub"
+                )));
+            }
+            if self.ctx.store.cluster(&name)?.is_some() {
+                return Err(Status::already_exists(format!(
+                    "cluster {name:?} already exists"
+                )));
+            }
+            let issued = if req.issue_certificate {
+                Some(
+                    self.ctx
+                        .pki
+                        .issue_client(&name)
+                        .map_err(|e| Status::internal(e.to_string()))?,
+                )
             } else {
-                DEFAULT_BOOTSTRAP_TTL_MS
+                None
             };
-            let (token, hash) = pki::new_bootstrap_token(&self.ctx.pki.ca_pin());
-            let expires_ms = now_ms().saturating_add(ttl_ms);
-            self.ctx.store.put_bootstrap(
-                &hash,
-                &BootstrapRecord {
-                    cluster: name.clone(),
-                    expires_ms,
-                },
-            )?;
-            Some((token, expires_ms))
-        } else {
-            None
-        };
-        let rec = ClusterRecord {
-            name: name.clone(),
-            labels: req.labels.into_iter().collect::<BTreeMap<_, _>>(),
-            cert_serial: issued.as_ref().map(|i| i.serial.clone()),
-            created_ms: now_ms(),
-            ..Default::default()
-        };
-        self.ctx.fleet.put_cluster(rec)?;
-        // ApplicationSets with a clusters generator see it at once.
-        self.ctx.git.inventory_changed();
-        tracing::info!(
-            cluster = %name,
-            certificate = issued.is_some(),
-            bootstrap_token = bootstrap.is_some(),
-            "cluster added"
-        );
-        let rec = self
-            .ctx
-            .store
-            .cluster(&name)?
-            .ok_or_else(|| Status::internal("cluster vanished"))?;
-        let (certificate_pem, key_pem) =
-            issued.map(|i| (i.cert_pem, i.key_pem)).unwrap_or_default();
-        Ok(Response::new(pb::AddClusterResponse {
-            cluster: Some(self.cluster_to_pb(&rec)),
-            certificate_pem,
-            key_pem,
-            ca_pem: self.ctx.pki.ca_pem().to_owned(),
-            ca_pin: self.ctx.pki.ca_pin(),
-            token_expires_ms: bootstrap.as_ref().map(|b| b.1).unwrap_or_default(),
-            bootstrap_token: bootstrap.map(|b| b.0).unwrap_or_default(),
-        }))
+            let bootstrap = if req.create_bootstrap_token {
+                let ttl_ms = if req.token_ttl_secs > 0 {
+                    req.token_ttl_secs.saturating_mul(1000)
+                } else {
+                    DEFAULT_BOOTSTRAP_TTL_MS
+                };
+                let (token, hash) = pki::new_bootstrap_token(&self.ctx.pki.ca_pin());
+                let expires_ms = now_ms().saturating_add(ttl_ms);
+                self.ctx.store.put_bootstrap(
+                    &hash,
+                    &BootstrapRecord {
+                        cluster: name.clone(),
+                        expires_ms,
+                    },
+                )?;
+                Some((token, expires_ms))
+            } else {
+                None
+            };
+            let rec = ClusterRecord {
+                name: name.clone(),
+                labels: req.labels.into_iter().collect::<BTreeMap<_, _>>(),
+                cert_serial: issued.as_ref().map(|i| i.serial.clone()),
+                created_ms: now_ms(),
+                ..Default::default()
+            };
+            self.ctx.fleet.put_cluster(rec)?;
+            // ApplicationSets with a clusters generator see it at once.
+            self.ctx.git.inventory_changed();
+            tracing::info!(
+                cluster = %name,
+                certificate = issued.is_some(),
+                bootstrap_token = bootstrap.is_some(),
+                "cluster added"
+            );
+            let rec = self
+                .ctx
+                .store
+                .cluster(&name)?
+                .ok_or_else(|| Status::internal("cluster vanished"))?;
+            let (certificate_pem, key_pem) =
+                issued.map(|i| (i.cert_pem, i.key_pem)).unwrap_or_default();
+            Ok(Response::new(pb::AddClusterResponse {
+                cluster: Some(self.cluster_to_pb(&rec)),
+                certificate_pem,
+                key_pem,
+                ca_pem: self.ctx.pki.ca_pem().to_owned(),
+                ca_pin: self.ctx.pki.ca_pin(),
+                token_expires_ms: bootstrap.as_ref().map(|b| b.1).unwrap_or_default(),
+                bootstrap_token: bootstrap.map(|b| b.0).unwrap_or_default(),
+            }))
+        }
+        .await;
+        auth::audit(&self.ctx, &caller, "clusters", "add", &cluster, &outcome);
+        outcome
     }
 
     async fn remove_cluster(
         &self,
         request: Request<pb::RemoveClusterRequest>,
     ) -> Result<Response<pb::RemoveClusterResponse>, Status> {
-        require_write(&request)?;
+        let cluster = request.get_ref().name.clone();
+        let caller = authorize(
+            &self.ctx, &request, "clusters", "delete", &cluster, "remove",
+        )?;
+        let outcome: Result<Response<pb::RemoveClusterResponse>, Status> = async {
         let pb::RemoveClusterRequest { name, cascade } = request.into_inner();
         let connected = self.ctx.fleet.is_connected(&name);
         // Before the streams close: they tell their agent how.
@@ -645,17 +723,23 @@ impl pb::hub_api_server::HubApi for HubApiService {
         tracing::info!(cluster = %name, cascade, agent_connected = connected, "cluster removed; its certificate is revoked");
         self.ctx.git.kick();
         Ok(Response::new(pb::RemoveClusterResponse { connected }))
+        }
+        .await;
+        auth::audit(&self.ctx, &caller, "clusters", "remove", &cluster, &outcome);
+        outcome
     }
 
     async fn list_repositories(
         &self,
-        _request: Request<pb::ListRepositoriesRequest>,
+        request: Request<pb::ListRepositoriesRequest>,
     ) -> Result<Response<pb::ListRepositoriesResponse>, Status> {
+        let view = View::of(&self.ctx, &request)?;
         let repositories = self
             .ctx
             .store
             .repos()?
             .iter()
+            .filter(|r| view.can_get("repositories", &auth::repo_object(&r.url)))
             .map(|r| {
                 let credentials = effective_credentials(&self.ctx.store, &r.url);
                 repo_with_credentials(r, credentials.as_ref())
@@ -668,7 +752,9 @@ impl pb::hub_api_server::HubApi for HubApiService {
         &self,
         request: Request<pb::AddRepositoryRequest>,
     ) -> Result<Response<pb::Repository>, Status> {
-        require_write(&request)?;
+        let url = auth::repo_object(&request.get_ref().url);
+        let caller = authorize(&self.ctx, &request, "repositories", "create", &url, "add")?;
+        let outcome: Result<Response<pb::Repository>, Status> = async {
         let mut req = request.into_inner();
         if req.url.trim().is_empty() {
             return Err(Status::invalid_argument("repository url is required"));
@@ -714,13 +800,39 @@ impl pb::hub_api_server::HubApi for HubApiService {
             &rec,
             effective_credentials(&self.ctx.store, &req.url).as_ref(),
         )))
+        }
+        .await;
+        auth::audit(&self.ctx, &caller, "repositories", "add", &url, &outcome);
+        outcome
     }
 
     async fn refresh(
         &self,
         request: Request<pb::RefreshRequest>,
     ) -> Result<Response<pb::RefreshResponse>, Status> {
-        require_write(&request)?;
+        // One application: get, as Argo CD; every repository: update on
+        // every application.
+        let app = request.get_ref().app.clone();
+        if app.is_empty() {
+            authorize(
+                &self.ctx,
+                &request,
+                "applications",
+                "update",
+                "*/*",
+                "refresh",
+            )?;
+        } else {
+            let object = self.app_object_of(&app)?;
+            authorize(
+                &self.ctx,
+                &request,
+                "applications",
+                "get",
+                &object,
+                "refresh",
+            )?;
+        }
         let req = request.into_inner();
         if req.app.is_empty() {
             self.ctx.git.kick();
@@ -739,67 +851,70 @@ impl pb::hub_api_server::HubApi for HubApiService {
         &self,
         request: Request<pb::CreateTokenRequest>,
     ) -> Result<Response<pb::CreateTokenResponse>, Status> {
-        require_write(&request)?;
-        let req = request.into_inner();
-        if !is_dns_subdomain(&req.name) {
-            return Err(Status::invalid_argument(format!(
-                "token name {:?} must be a lowercase RFC 1123 subdomain",
-                req.name
-            )));
-        }
-        if self
-            .ctx
-            .store
-            .tokens()?
-            .iter()
-            .any(|(_, t)| t.name == req.name)
-        {
-            return Err(Status::already_exists(format!(
-                "a token named {:?} exists (revoke it first)",
-                req.name
-            )));
-        }
-        let (token, rec) = create_token(&self.ctx.store, &req.name, req.read_only)?;
-        tracing::info!(name = %rec.name, read_only = rec.read_only, "API token created");
-        Ok(Response::new(pb::CreateTokenResponse {
-            token,
-            info: Some(token_to_pb(&rec)),
-        }))
+        super::access::create_token(&self.ctx, request).await
     }
 
     async fn list_tokens(
         &self,
-        _request: Request<pb::ListTokensRequest>,
+        request: Request<pb::ListTokensRequest>,
     ) -> Result<Response<pb::ListTokensResponse>, Status> {
-        let mut tokens: Vec<_> = self
-            .ctx
-            .store
-            .tokens()?
-            .iter()
-            .map(|(_, t)| token_to_pb(t))
-            .collect();
-        tokens.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(Response::new(pb::ListTokensResponse { tokens }))
+        super::access::list_tokens(&self.ctx, request)
     }
 
     async fn create_application_set(
         &self,
         request: Request<pb::CreateApplicationSetRequest>,
     ) -> Result<Response<pb::ApplicationSet>, Status> {
-        crate::appset::api::create(&self.ctx, request).await
+        let doc = crate::yaml::parse_documents(&request.get_ref().manifest)
+            .ok()
+            .and_then(|d| d.into_iter().next())
+            .unwrap_or_default();
+        let set = auth::appset_object(&doc);
+        let name = doc["metadata"]["name"].as_str().unwrap_or_default();
+        let action = if self.ctx.store.appset(name)?.is_some() {
+            "update"
+        } else {
+            "create"
+        };
+        let caller = authorize(&self.ctx, &request, "applicationsets", action, &set, action)?;
+        let outcome = crate::appset::api::create(&self.ctx, request).await;
+        auth::audit(
+            &self.ctx,
+            &caller,
+            "applicationsets",
+            action,
+            &set,
+            &outcome,
+        );
+        outcome
     }
 
     async fn list_application_sets(
         &self,
         request: Request<pb::ListApplicationSetsRequest>,
     ) -> Result<Response<pb::ListApplicationSetsResponse>, Status> {
-        crate::appset::api::list(&self.ctx, request).await
+        let view = View::of(&self.ctx, &request)?;
+        let visible: std::collections::HashSet<String> = self
+            .ctx
+            .store
+            .appsets()?
+            .iter()
+            .filter(|r| view.can_get("applicationsets", &auth::appset_object(&r.raw)))
+            .map(|r| r.name.clone())
+            .collect();
+        let mut resp = crate::appset::api::list(&self.ctx, request).await?;
+        resp.get_mut()
+            .application_sets
+            .retain(|s| visible.contains(&s.name));
+        Ok(resp)
     }
 
     async fn get_application_set(
         &self,
         request: Request<pb::GetApplicationSetRequest>,
     ) -> Result<Response<pb::ApplicationSet>, Status> {
+        let set = self.appset_object_of(&request.get_ref().name)?;
+        authorize(&self.ctx, &request, "applicationsets", "get", &set, "get")?;
         crate::appset::api::get_one(&self.ctx, request).await
     }
 
@@ -807,29 +922,99 @@ impl pb::hub_api_server::HubApi for HubApiService {
         &self,
         request: Request<pb::DeleteApplicationSetRequest>,
     ) -> Result<Response<pb::DeleteApplicationSetResponse>, Status> {
-        crate::appset::api::delete(&self.ctx, request).await
+        let set = self.appset_object_of(&request.get_ref().name)?;
+        let caller = authorize(
+            &self.ctx,
+            &request,
+            "applicationsets",
+            "delete",
+            &set,
+            "delete",
+        )?;
+        let outcome: Result<Response<pb::DeleteApplicationSetResponse>, Status> =
+            async { crate::appset::api::delete(&self.ctx, request).await }.await;
+        auth::audit(
+            &self.ctx,
+            &caller,
+            "applicationsets",
+            "delete",
+            &set,
+            &outcome,
+        );
+        outcome
     }
 
     async fn confirm_application_set(
         &self,
         request: Request<pb::ConfirmApplicationSetRequest>,
     ) -> Result<Response<pb::ApplicationSet>, Status> {
-        crate::appset::api::confirm(&self.ctx, request).await
+        let set = self.appset_object_of(&request.get_ref().name)?;
+        let caller = authorize(
+            &self.ctx,
+            &request,
+            "applicationsets",
+            "update",
+            &set,
+            "confirm",
+        )?;
+        let outcome: Result<Response<pb::ApplicationSet>, Status> =
+            async { crate::appset::api::confirm(&self.ctx, request).await }.await;
+        auth::audit(
+            &self.ctx,
+            &caller,
+            "applicationsets",
+            "confirm",
+            &set,
+            &outcome,
+        );
+        outcome
     }
 
     async fn update_cluster(
         &self,
         request: Request<pb::UpdateClusterRequest>,
     ) -> Result<Response<pb::Cluster>, Status> {
-        let rec = crate::appset::api::update_cluster(&self.ctx, request).await?;
-        Ok(Response::new(self.cluster_to_pb(&rec)))
+        let cluster = request.get_ref().name.clone();
+        let caller = authorize(&self.ctx, &request, "clusters", "update", &cluster, "label")?;
+        let outcome: Result<Response<pb::Cluster>, Status> = async {
+            let rec = crate::appset::api::update_cluster(&self.ctx, request).await?;
+            Ok(Response::new(self.cluster_to_pb(&rec)))
+        }
+        .await;
+        auth::audit(&self.ctx, &caller, "clusters", "label", &cluster, &outcome);
+        outcome
     }
 
     async fn apply_clusters(
         &self,
         request: Request<pb::ApplyClustersRequest>,
     ) -> Result<Response<pb::ApplyClustersResponse>, Status> {
-        let recs = crate::appset::api::apply_clusters(&self.ctx, request).await?;
+        // Every declared cluster must be allowed; a manifest that does not
+        // parse needs the right on every cluster to see its error.
+        let names: Vec<String> =
+            crate::inventory::parse_clusters(&request.get_ref().manifest, "request")
+                .map(|d| d.into_iter().map(|c| c.name).collect())
+                .unwrap_or_else(|_| vec!["*".to_owned()]);
+        let mut caller = None;
+        for name in &names {
+            let action = if self.ctx.store.cluster(name)?.is_some() {
+                "update"
+            } else {
+                "create"
+            };
+            caller = Some(authorize(
+                &self.ctx, &request, "clusters", action, name, "apply",
+            )?);
+        }
+        let caller = match caller {
+            Some(c) => c,
+            None => auth::caller(&request)?,
+        };
+        let outcome = crate::appset::api::apply_clusters(&self.ctx, request).await;
+        for name in &names {
+            auth::audit(&self.ctx, &caller, "clusters", "apply", name, &outcome);
+        }
+        let recs = outcome?;
         Ok(Response::new(pb::ApplyClustersResponse {
             clusters: recs.iter().map(|c| self.cluster_to_pb(c)).collect(),
         }))
@@ -839,14 +1024,45 @@ impl pb::hub_api_server::HubApi for HubApiService {
         &self,
         request: Request<pb::SyncApplicationRequest>,
     ) -> Result<Response<pb::SyncApplicationResponse>, Status> {
-        super::ops::sync(&self.ctx, request).await
+        let object = self.app_object_of(&request.get_ref().name)?;
+        let caller = authorize(&self.ctx, &request, "applications", "sync", &object, "sync")?;
+        let outcome: Result<Response<pb::SyncApplicationResponse>, Status> =
+            async { super::ops::sync(&self.ctx, request).await }.await;
+        auth::audit(
+            &self.ctx,
+            &caller,
+            "applications",
+            "sync",
+            &object,
+            &outcome,
+        );
+        outcome
     }
 
     async fn terminate_operation(
         &self,
         request: Request<pb::TerminateOperationRequest>,
     ) -> Result<Response<pb::TerminateOperationResponse>, Status> {
-        super::ops::terminate(&self.ctx, request).await
+        let object = self.app_object_of(&request.get_ref().name)?;
+        let caller = authorize(
+            &self.ctx,
+            &request,
+            "applications",
+            "sync",
+            &object,
+            "terminate-op",
+        )?;
+        let outcome: Result<Response<pb::TerminateOperationResponse>, Status> =
+            async { super::ops::terminate(&self.ctx, request).await }.await;
+        auth::audit(
+            &self.ctx,
+            &caller,
+            "applications",
+            "terminate-op",
+            &object,
+            &outcome,
+        );
+        outcome
     }
 
     // ---- tenancy: projects ----
@@ -883,14 +1099,42 @@ impl pb::hub_api_server::HubApi for HubApiService {
         &self,
         request: Request<pb::RollbackApplicationRequest>,
     ) -> Result<Response<pb::SyncApplicationResponse>, Status> {
-        super::ops::rollback(&self.ctx, request).await
+        let object = self.app_object_of(&request.get_ref().name)?;
+        let caller = authorize(
+            &self.ctx,
+            &request,
+            "applications",
+            "sync",
+            &object,
+            "rollback",
+        )?;
+        let outcome: Result<Response<pb::SyncApplicationResponse>, Status> =
+            async { super::ops::rollback(&self.ctx, request).await }.await;
+        auth::audit(
+            &self.ctx,
+            &caller,
+            "applications",
+            "rollback",
+            &object,
+            &outcome,
+        );
+        outcome
     }
 
     async fn set_repository_credentials(
         &self,
         request: Request<pb::SetRepositoryCredentialsRequest>,
     ) -> Result<Response<pb::Repository>, Status> {
-        require_write(&request)?;
+        let url = auth::repo_object(&request.get_ref().url);
+        let caller = authorize(
+            &self.ctx,
+            &request,
+            "repositories",
+            "update",
+            &url,
+            "set-credentials",
+        )?;
+        let outcome: Result<Response<pb::Repository>, Status> = async {
         let mut req = request.into_inner();
         // The repository is registered without the credentials a URL may
         // carry (see add_repository).
@@ -919,12 +1163,25 @@ impl pb::hub_api_server::HubApi for HubApiService {
             &rec,
             effective_credentials(&self.ctx.store, &req.url).as_ref(),
         )))
+        }
+        .await;
+        auth::audit(
+            &self.ctx,
+            &caller,
+            "repositories",
+            "set-credentials",
+            &url,
+            &outcome,
+        );
+        outcome
     }
 
     async fn diff_application(
         &self,
         request: Request<pb::DiffApplicationRequest>,
     ) -> Result<Response<pb::DiffApplicationResponse>, Status> {
+        let object = self.app_object_of(&request.get_ref().name)?;
+        authorize(&self.ctx, &request, "applications", "get", &object, "get")?;
         super::ops::diff(&self.ctx, request).await
     }
 
@@ -932,6 +1189,8 @@ impl pb::hub_api_server::HubApi for HubApiService {
         &self,
         request: Request<pb::GetApplicationHistoryRequest>,
     ) -> Result<Response<pb::ApplicationHistory>, Status> {
+        let object = self.app_object_of(&request.get_ref().name)?;
+        authorize(&self.ctx, &request, "applications", "get", &object, "get")?;
         super::ops::history(&self.ctx, request).await
     }
 
@@ -939,25 +1198,7 @@ impl pb::hub_api_server::HubApi for HubApiService {
         &self,
         request: Request<pb::RevokeTokenRequest>,
     ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
-        require_write(&request)?;
-        let name = request.into_inner().name;
-        let tokens = self.ctx.store.tokens()?;
-        if !tokens.iter().any(|(_, t)| t.name == name) {
-            return Err(Status::not_found(format!("token {name:?} not found")));
-        }
-        let writable_left = tokens
-            .iter()
-            .filter(|(_, t)| !t.read_only && t.name != name)
-            .count();
-        if writable_left == 0 {
-            return Err(Status::failed_precondition(
-                "refusing to revoke the last token that is not read-only",
-            ));
-        }
-        self.ctx.store.remove_tokens_named(&name)?;
-        self.ctx.store.flush_async().await?;
-        tracing::info!(name = %name, "API token revoked");
-        Ok(Response::new(pb::RevokeTokenResponse {}))
+        super::access::revoke_token(&self.ctx, request).await
     }
 
     // operate: CLI
@@ -966,6 +1207,8 @@ impl pb::hub_api_server::HubApi for HubApiService {
         &self,
         request: Request<pb::GetApplicationManifestsRequest>,
     ) -> Result<Response<pb::ApplicationManifests>, Status> {
+        let object = self.app_object_of(&request.get_ref().name)?;
+        authorize(&self.ctx, &request, "applications", "get", &object, "get")?;
         let name = request.into_inner().name;
         let rec = self
             .ctx
@@ -996,7 +1239,16 @@ impl pb::hub_api_server::HubApi for HubApiService {
         &self,
         request: Request<pb::RemoveRepositoryRequest>,
     ) -> Result<Response<pb::RemoveRepositoryResponse>, Status> {
-        require_write(&request)?;
+        let url = auth::repo_object(&request.get_ref().url);
+        let caller = authorize(
+            &self.ctx,
+            &request,
+            "repositories",
+            "delete",
+            &url,
+            "remove",
+        )?;
+        let outcome: Result<Response<pb::RemoveRepositoryResponse>, Status> = async {
         let req = request.into_inner();
         let url = crate::source::split_credentials(req.url.trim())
             .map_or_else(|_| req.url.trim().to_owned(), |(bare, _)| bare);
@@ -1020,13 +1272,18 @@ impl pb::hub_api_server::HubApi for HubApiService {
         tracing::info!(url = %crate::source::SafeUrl(&url), force = req.force, applications = ?applications, "repository removed");
         self.ctx.git.kick();
         Ok(Response::new(pb::RemoveRepositoryResponse { applications }))
+        }
+        .await;
+        auth::audit(&self.ctx, &caller, "repositories", "remove", &url, &outcome);
+        outcome
     }
 
     async fn check_repository(
         &self,
         request: Request<pb::CheckRepositoryRequest>,
     ) -> Result<Response<pb::CheckRepositoryResponse>, Status> {
-        require_write(&request)?;
+        let url = auth::repo_object(&request.get_ref().url);
+        authorize(&self.ctx, &request, "repositories", "create", &url, "check")?;
         let req = request.into_inner();
         let (url, embedded) =
             crate::source::split_credentials(req.url.trim()).map_err(Status::invalid_argument)?;
@@ -1103,6 +1360,36 @@ impl pb::hub_api_server::HubApi for HubApiService {
             }
         };
         Ok(Response::new(pb::CheckRepositoryResponse { resolved }))
+    }
+
+    // ---- tenancy: RBAC and audit ----
+
+    async fn get_rbac_policy(
+        &self,
+        request: Request<pb::GetRbacPolicyRequest>,
+    ) -> Result<Response<pb::RbacPolicy>, Status> {
+        super::access::get_rbac_policy(&self.ctx, request)
+    }
+
+    async fn set_rbac_policy(
+        &self,
+        request: Request<pb::RbacPolicy>,
+    ) -> Result<Response<pb::RbacPolicy>, Status> {
+        super::access::set_rbac_policy(&self.ctx, request).await
+    }
+
+    async fn check_rbac(
+        &self,
+        request: Request<pb::CheckRbacRequest>,
+    ) -> Result<Response<pb::CheckRbacResponse>, Status> {
+        super::access::check_rbac(&self.ctx, request)
+    }
+
+    async fn list_audit(
+        &self,
+        request: Request<pb::ListAuditRequest>,
+    ) -> Result<Response<pb::ListAuditResponse>, Status> {
+        super::access::list_audit(&self.ctx, request)
     }
 }
 

@@ -11,7 +11,9 @@ use crate::gitsync::GitSync;
 use crate::pki::Pki;
 use crate::store::{Store, StoreError, TokenRecord};
 
+pub mod access;
 pub mod agent_link;
+pub mod auth;
 pub mod deadline;
 pub mod guard;
 pub mod hub_api;
@@ -115,25 +117,34 @@ pub fn create_token(
     name: &str,
     read_only: bool,
 ) -> Result<(String, TokenRecord), StoreError> {
+    create_token_with(
+        store,
+        TokenRecord {
+            name: name.to_owned(),
+            read_only,
+            ..TokenRecord::default()
+        },
+    )
+}
+
+/// [`create_token`] for a record with groups or a project role; its
+/// creation time is set here.
+///
+/// # Errors
+/// The store cannot be written.
+pub fn create_token_with(
+    store: &Store,
+    mut rec: TokenRecord,
+) -> Result<(String, TokenRecord), StoreError> {
     let bytes: [u8; 32] = rand::random();
     let secret = hex::encode(bytes);
-    let rec = TokenRecord {
-        name: name.to_owned(),
-        created_ms: now_ms(),
-        read_only,
-    };
+    rec.created_ms = now_ms();
     store.put_token(&token_hash(&secret), &rec)?;
     store.flush()?;
     Ok((secret, rec))
 }
 
-/// Who is calling the user API (from the bearer token), as a request
-/// extension.
-#[derive(Clone, Debug)]
-pub struct Caller {
-    pub token_name: String,
-    pub read_only: bool,
-}
+pub use auth::Caller;
 
 /// Refuses the call when the caller's token is read-only.
 ///
@@ -176,10 +187,7 @@ pub fn check_bearer(store: &Store, req: &Request<()>) -> Result<Caller, Status> 
             found = Some(rec);
         }
     }
-    found
-        .map(|rec| Caller {
-            token_name: rec.name.clone(),
-            read_only: rec.read_only,
-        })
-        .ok_or_else(|| Status::unauthenticated("invalid token"))
+    let rec = found.ok_or_else(|| Status::unauthenticated("invalid token"))?;
+    let peer = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
+    auth::caller_of(store, rec, peer)
 }

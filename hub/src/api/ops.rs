@@ -20,7 +20,7 @@ use flotilla_proto as pb;
 fn caller_name<T>(req: &Request<T>) -> String {
     req.extensions()
         .get::<Caller>()
-        .map(|c| format!("user:{}", c.token_name))
+        .map(|c| format!("user:{}", c.subject))
         .unwrap_or_else(|| "user:unknown".to_owned())
 }
 

@@ -7,7 +7,8 @@
 
 use tonic::{Request, Response, Status};
 
-use super::{HubContext, require_write};
+use super::HubContext;
+use super::auth::{self, View, authorize};
 use crate::project::{self, DEFAULT_PROJECT, ProjectRecord};
 use flotilla_proto as pb;
 
@@ -76,8 +77,8 @@ pub async fn create(
     ctx: &HubContext,
     request: Request<pb::CreateProjectRequest>,
 ) -> Result<Response<pb::Project>, Status> {
-    require_write(&request)?;
-    let req = request.into_inner();
+    let caller = auth::caller(&request)?;
+    let req = request.get_ref();
     let mut docs = crate::yaml::parse_documents(&req.manifest).map_err(|e| {
         Status::invalid_argument(format!(
             "invalid YAML{}: {}",
@@ -95,7 +96,25 @@ pub async fn create(
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
     let name = p.metadata.name.clone();
     let existing = ctx.store.project(&name)?;
-    if existing.is_some() && !req.upsert {
+    let action = if existing.is_some() {
+        "update"
+    } else {
+        "create"
+    };
+    authorize(ctx, &request, "projects", action, &name, action)?;
+    let outcome = write_project(ctx, p, existing.is_some(), req.upsert).await;
+    auth::audit(ctx, &caller, "projects", action, &name, &outcome);
+    outcome
+}
+
+async fn write_project(
+    ctx: &HubContext,
+    p: project::AppProject,
+    exists: bool,
+    upsert: bool,
+) -> Result<Response<pb::Project>, Status> {
+    let name = p.metadata.name.clone();
+    if exists && !upsert {
         return Err(Status::already_exists(format!(
             "project {name:?} already exists (use --upsert to replace it)"
         )));
@@ -115,7 +134,8 @@ pub fn get(
     ctx: &HubContext,
     request: Request<pb::GetProjectRequest>,
 ) -> Result<Response<pb::Project>, Status> {
-    let name = request.into_inner().name;
+    let name = request.get_ref().name.clone();
+    authorize(ctx, &request, "projects", "get", &name, "get")?;
     let rec = match ctx.store.project(&name)? {
         Some(r) => r,
         None if name == DEFAULT_PROJECT => implicit_default(),
@@ -126,8 +146,9 @@ pub fn get(
 
 pub fn list(
     ctx: &HubContext,
-    _request: Request<pb::ListProjectsRequest>,
+    request: Request<pb::ListProjectsRequest>,
 ) -> Result<Response<pb::ListProjectsResponse>, Status> {
+    let view = View::of(ctx, &request)?;
     let mut stored = ctx.store.projects()?;
     if !stored
         .iter()
@@ -135,6 +156,7 @@ pub fn list(
     {
         stored.push(implicit_default());
     }
+    stored.retain(|r| view.can_get("projects", &r.project.metadata.name));
     stored.sort_by(|a, b| a.project.metadata.name.cmp(&b.project.metadata.name));
     let projects = stored
         .iter()
@@ -147,9 +169,18 @@ pub async fn delete(
     ctx: &HubContext,
     request: Request<pb::DeleteProjectRequest>,
 ) -> Result<Response<pb::DeleteProjectResponse>, Status> {
-    require_write(&request)?;
-    let name = request.into_inner().name;
-    let users = applications_of(ctx, &name)?;
+    let name = request.get_ref().name.clone();
+    let caller = authorize(ctx, &request, "projects", "delete", &name, "delete")?;
+    let outcome = remove_project(ctx, &name).await;
+    auth::audit(ctx, &caller, "projects", "delete", &name, &outcome);
+    outcome
+}
+
+async fn remove_project(
+    ctx: &HubContext,
+    name: &str,
+) -> Result<Response<pb::DeleteProjectResponse>, Status> {
+    let users = applications_of(ctx, name)?;
     if !users.is_empty() {
         // As Argo CD: a project in use is not deleted.
         return Err(Status::failed_precondition(format!(
@@ -158,7 +189,7 @@ pub async fn delete(
             users.join(", ")
         )));
     }
-    if !ctx.store.remove_project(&name)? {
+    if !ctx.store.remove_project(name)? {
         return Err(Status::not_found(format!("project {name:?} not found")));
     }
     ctx.store.flush_async().await?;

@@ -14,6 +14,9 @@ use flotilla_proto as pb;
 
 #[derive(Debug, Subcommand)]
 pub enum ProjCommand {
+    /// Project roles: tokens carrying a role's policies.
+    #[command(subcommand)]
+    Role(super::rbac::ProjRoleCommand),
     /// Create a project from an Argo CD AppProject manifest.
     Create {
         /// YAML or JSON file (`-` for stdin).
@@ -209,6 +212,7 @@ fn remove(list: &mut Vec<Value>, item: &Value, what: &str) -> Result<()> {
 /// The hub refused it, or the input is unreadable.
 pub async fn run(g: &Global, c: &mut Client, cmd: ProjCommand) -> Result<()> {
     match cmd {
+        ProjCommand::Role(cmd) => super::rbac::proj_role(g, c, cmd).await?,
         ProjCommand::Create { file, upsert } => {
             let manifest = read_input(&file)?;
             let p = c

@@ -249,7 +249,12 @@ fn path_segment(s: &str) -> Option<String> {
 ///
 /// # Errors
 /// The store cannot be read.
-pub fn grid(api: &HubApiService, ctx: &HubContext, q: &OverviewQuery) -> Result<Grid, Status> {
+pub fn grid(
+    api: &HubApiService,
+    ctx: &HubContext,
+    q: &OverviewQuery,
+    caller: &Caller,
+) -> Result<Grid, Status> {
     let labels = q.labels().unwrap_or_default();
     let mut clusters = ctx.store.clusters_shared()?;
     let total_clusters = clusters.len();
@@ -265,6 +270,9 @@ pub fn grid(api: &HubApiService, ctx: &HubContext, q: &OverviewQuery) -> Result<
         .map(|(i, c)| (c.name.as_str(), (i, c)))
         .collect();
     let mut apps = ctx.store.apps()?;
+    // RBAC: only the applications the caller may get.
+    let view = crate::api::auth::View::of_caller(&ctx.store, caller)?;
+    apps.retain(|a| view.can_get("applications", &crate::api::auth::app_object(&a.app)));
     let column_of = |a: &crate::store::AppRecord| match a.origin.strip_prefix("appset:") {
         Some(set) => Column {
             name: set.to_owned(),
@@ -367,7 +375,7 @@ async fn render(
             let grid = if error.is_some() {
                 Grid::default()
             } else {
-                grid(api, &state.ctx, &q)?
+                grid(api, &state.ctx, &q, &a.caller)?
             };
             Ok((
                 "Overview".into(),
