@@ -787,6 +787,8 @@ impl Fleet {
             .entry(cluster.to_owned())
             .or_default()
             .streams += 1;
+        // Connected is shown with the cluster's record.
+        self.store.changed(crate::store::ChangeKind::Clusters);
     }
 
     /// Records that a stream of `cluster` closed.
@@ -795,6 +797,8 @@ impl Fleet {
         if let Some(l) = st.links.get_mut(cluster) {
             l.streams = l.streams.saturating_sub(1);
         }
+        drop(st);
+        self.store.changed(crate::store::ChangeKind::Clusters);
     }
 
     /// Whether `cluster`'s current index holds application `app`.

@@ -17,12 +17,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
+mod changes;
 pub mod credential_templates;
 pub mod credentials;
 mod projects;
 pub mod records;
 mod targets;
 
+pub use changes::{ChangeKind, Changes};
 pub use credentials::CredentialsKey;
 use targets::{ClusterFacts, Targets};
 pub use targets::{Destination, StoreCounters};
@@ -142,6 +144,14 @@ pub struct ClusterRecord {
     pub agent_version: String,
     #[serde(default)]
     pub created_ms: i64,
+    /// notAfter (Unix ms) of the client certificate the agent last
+    /// connected with; 0 before its first connection.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cert_not_after_ms: i64,
+}
+
+fn is_zero(v: &i64) -> bool {
+    *v == 0
 }
 
 /// An application definition and where it came from.
@@ -383,6 +393,8 @@ struct Shared {
     /// Credential templates (`repo-creds` Secrets), held in memory: the
     /// directory they are read from is their source of truth.
     templates: RwLock<Arc<Vec<credential_templates::CredentialTemplate>>>,
+    /// Write counters per kind of record ([`Store::changes`]).
+    changes: changes::ChangeSignal,
 }
 
 /// (application, cluster) → (sync, health) as the agent reported them
@@ -711,6 +723,7 @@ impl Store {
                 reads: AtomicU64::new(0),
                 decoded: AtomicU64::new(0),
                 templates: RwLock::default(),
+                changes: changes::ChangeSignal::default(),
             }),
         })
     }
@@ -1180,6 +1193,7 @@ impl Store {
             Ok(())
         })?;
         self.note_targets(|t| t.put_cluster(&rec.name, ClusterFacts::of(rec)));
+        self.changed(ChangeKind::Clusters);
         Ok(())
     }
 
@@ -1219,6 +1233,7 @@ impl Store {
         .inspect(|rec| {
             if let Some(rec) = rec {
                 self.note_targets(|t| t.put_cluster(name, ClusterFacts::of(rec)));
+                self.changed(ChangeKind::Clusters);
             }
         })
     }
@@ -1247,6 +1262,8 @@ impl Store {
                 index.retain(|(_, cluster), _| cluster != name);
             }
             self.note_targets(|t| t.remove_cluster(name));
+            self.changed(ChangeKind::Clusters);
+            self.changed(ChangeKind::Statuses);
         })
     }
 
@@ -1313,6 +1330,7 @@ impl Store {
             t.app_ops.insert(name.as_bytes(), encode(ops))?;
             Ok(())
         })
+        .inspect(|_| self.changed(ChangeKind::Apps))
     }
 
     // ---- applications ----
@@ -1430,6 +1448,7 @@ impl Store {
         self.note_targets(|t| t.put_app(&rec.app.metadata.name, Destination::of(&rec.app)));
         self.shared.app_writes.fetch_add(1, Ordering::Relaxed);
         self.shared.app_changes.fetch_add(1, Ordering::Relaxed);
+        self.changed(ChangeKind::Apps);
         Ok(())
     }
 
@@ -1449,6 +1468,18 @@ impl Store {
 
     fn note_project_change(&self) {
         self.shared.project_changes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The write counters per kind of record, on a channel that wakes on
+    /// every write: what a live view waits on instead of polling.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<Changes> {
+        self.shared.changes.subscribe()
+    }
+
+    /// Counts a change of `kind` made outside a record write (a cluster's
+    /// link opening or closing, held in memory by the fleet).
+    pub fn changed(&self, kind: ChangeKind) {
+        self.shared.changes.bump(kind);
     }
 
     /// How many application records were written or removed since open: a
@@ -1484,6 +1515,8 @@ impl Store {
             }
             self.note_targets(|t| t.remove_app(name));
             self.shared.app_changes.fetch_add(1, Ordering::Relaxed);
+            self.changed(ChangeKind::Apps);
+            self.changed(ChangeKind::Statuses);
         })
     }
 
@@ -1534,6 +1567,7 @@ impl Store {
                 .insert(bundle.name.as_bytes(), bundle.encode_to_vec())?;
             Ok(())
         })
+        .inspect(|_| self.changed(ChangeKind::Apps))
     }
 
     // ---- statuses ----
@@ -1550,6 +1584,7 @@ impl Store {
                 (status.sync, status.health),
             );
         }
+        self.changed(ChangeKind::Statuses);
         Ok(())
     }
 
@@ -1579,6 +1614,7 @@ impl Store {
                 );
             }
         }
+        self.changed(ChangeKind::Statuses);
         Ok(())
     }
 
@@ -1680,6 +1716,7 @@ impl Store {
     /// operate: removes a repository record; whether there was one.
     pub fn remove_repo(&self, url: &str) -> Result<bool, StoreError> {
         self.with(|t| Ok(t.repos.remove(url.as_bytes())?.is_some()))
+            .inspect(|_| self.changed(ChangeKind::Repos))
     }
 
     pub fn put_repo(&self, rec: &RepoRecord) -> Result<(), StoreError> {
@@ -1687,6 +1724,7 @@ impl Store {
             t.repos.insert(rec.url.as_bytes(), encode(rec))?;
             Ok(())
         })
+        .inspect(|_| self.changed(ChangeKind::Repos))
     }
 
     // ---- application sets ----
@@ -1709,10 +1747,12 @@ impl Store {
             t.appsets.insert(rec.name.as_bytes(), encode(rec))?;
             Ok(())
         })
+        .inspect(|_| self.changed(ChangeKind::AppSets))
     }
 
     pub fn remove_appset(&self, name: &str) -> Result<bool, StoreError> {
         self.with(|t| Ok(t.appsets.remove(name.as_bytes())?.is_some()))
+            .inspect(|_| self.changed(ChangeKind::AppSets))
     }
 
     // ---- children of in-hub applications ----
