@@ -419,9 +419,7 @@ async fn a_browser_sees_drift_live_syncs_rolls_back_and_confirms_a_held_deletion
     assert!(text.contains("sim-2") && text.contains("env=dev"), "{text}");
     assert!(text.contains("connected"), "{text}");
     for c in ["sim-1", "sim-2"] {
-        let cert = b
-            .find(&format!("tr[data-cluster=\"{c}\"] td.cert"))
-            .await?;
+        let cert = b.find(&format!("tr[data-cluster=\"{c}\"] td.cert")).await?;
         let cert = b.text(&cert).await?;
         assert!(
             cert.contains("(in 29 d)") || cert.contains("(in 30 d)"),

@@ -15,13 +15,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::body::Body;
+use axum::http::{Request, header};
 use flotilla_hub::api::HubContext;
 use flotilla_hub::api::hub_api::HubApiService;
 use flotilla_hub::store::{AppRecord, ClusterRecord, Store};
 use flotilla_hub::ui::pages::{OverviewQuery, overview};
 use flotilla_proto as pb;
-use axum::body::Body;
-use axum::http::{Request, header};
 use tower::ServiceExt as _;
 
 fn app(set: &str, cluster: &str) -> anyhow::Result<AppRecord> {
@@ -204,10 +204,13 @@ fn main() -> anyhow::Result<()> {
     // Open, idle pages: what V viewers of the overview cost a hub where
     // nothing is written.
     println!();
-    println!("| open overview pages, nothing written | hub CPU over 10 s (% of one core) | events sent |");
+    println!(
+        "| open overview pages, nothing written | hub CPU over 10 s (% of one core) | events sent |"
+    );
     println!("| --- | --- | --- |");
     for v in [0, viewers] {
-        let (cpu, events) = rt.block_on(idle_viewers(&router, &cookie, v, Duration::from_secs(10)))?;
+        let (cpu, events) =
+            rt.block_on(idle_viewers(&router, &cookie, v, Duration::from_secs(10)))?;
         println!("| {v} | {:.1} | {events} |", cpu * 100.0);
     }
     Ok(())

@@ -233,9 +233,16 @@ async fn an_open_overview_renders_only_after_a_write_it_shows() -> anyhow::Resul
         ui.store.put_status("c1", &status("web-c1", sync))?;
     }
     let changed = next_event(&mut body, Duration::from_secs(10)).await?;
-    assert!(matches!(&changed, Some((n, _)) if n == "changed"), "{changed:?}");
+    assert!(
+        matches!(&changed, Some((n, _)) if n == "changed"),
+        "{changed:?}"
+    );
     assert_eq!(next_event(&mut body, Duration::from_secs(10)).await?, None);
-    assert_eq!(ui.state.live_renders(), 4, "a burst rendered more than once");
+    assert_eq!(
+        ui.state.live_renders(),
+        4,
+        "a burst rendered more than once"
+    );
     Ok(())
 }
 
@@ -243,7 +250,9 @@ async fn an_open_overview_renders_only_after_a_write_it_shows() -> anyhow::Resul
 async fn the_repositories_page_ignores_status_reports() -> anyhow::Result<()> {
     let ui = ui().await?;
     let fp = ui.fingerprint("/repos").await?;
-    let resp = ui.get(&format!("/events?path=/repos&query=&fp={fp}")).await?;
+    let resp = ui
+        .get(&format!("/events?path=/repos&query=&fp={fp}"))
+        .await?;
     let mut body = resp.into_body().into_data_stream();
     assert_eq!(
         next_event(&mut body, Duration::from_secs(5)).await?,
@@ -258,7 +267,10 @@ async fn the_repositories_page_ignores_status_reports() -> anyhow::Result<()> {
         ..Default::default()
     })?;
     let changed = next_event(&mut body, Duration::from_secs(10)).await?;
-    assert!(matches!(&changed, Some((n, _)) if n == "changed"), "{changed:?}");
+    assert!(
+        matches!(&changed, Some((n, _)) if n == "changed"),
+        "{changed:?}"
+    );
     Ok(())
 }
 
@@ -266,7 +278,10 @@ async fn the_repositories_page_ignores_status_reports() -> anyhow::Result<()> {
 async fn overview_bytes(ui: &Ui) -> anyhow::Result<(usize, usize)> {
     let body = axum::body::to_bytes(ui.get("/").await?.into_body(), 1 << 26).await?;
     let page = String::from_utf8(body.to_vec())?;
-    Ok((page.len(), page.matches("<tr><th><span class=\"dot").count()))
+    Ok((
+        page.len(),
+        page.matches("<tr><th><span class=\"dot").count(),
+    ))
 }
 
 #[tokio::test]

@@ -432,7 +432,10 @@ async fn render(
             list.sort_by(|a, b| a.name.cmp(&b.name));
             let mut apps = HashMap::new();
             for c in &list {
-                apps.insert(c.name.clone(), state.ctx.store.apps_targeting(&c.name)?.len());
+                apps.insert(
+                    c.name.clone(),
+                    state.ctx.store.apps_targeting(&c.name)?.len(),
+                );
             }
             Ok((
                 "Clusters".into(),
@@ -958,10 +961,7 @@ async fn labels(
             let c = c.into_inner();
             state.sessions.set_flash(
                 &a.id,
-                format!(
-                    "labels of {name}: {}",
-                    pages::labels_text(c.labels.iter())
-                ),
+                format!("labels of {name}: {}", pages::labels_text(c.labels.iter())),
             );
             redirect("/clusters")
         }

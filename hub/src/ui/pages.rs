@@ -939,8 +939,14 @@ mod tests {
         let admin = clusters(&list, &apps, &viewer(true), now);
         assert!(admin.contains("(in 20 d)"), "{admin}");
         assert!(admin.contains("class=\"bad\">expired"), "{admin}");
-        assert!(admin.contains("action=\"/clusters/east/labels\""), "{admin}");
-        assert!(admin.contains("name=\"labels\" value=\"env=prod\""), "{admin}");
+        assert!(
+            admin.contains("action=\"/clusters/east/labels\""),
+            "{admin}"
+        );
+        assert!(
+            admin.contains("name=\"labels\" value=\"env=prod\""),
+            "{admin}"
+        );
         assert!(admin.contains("<td class=\"apps\">3</td>"), "{admin}");
         assert!(admin.contains("0.9.1"), "{admin}");
         let reader = clusters(&list, &apps, &viewer(false), now);
