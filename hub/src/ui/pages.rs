@@ -882,6 +882,9 @@ mod tests {
         }
     }
 
+    /// Labels set and keys removed, or the error.
+    type Expected = Result<(Vec<(&'static str, &'static str)>, Vec<&'static str>), &'static str>;
+
     #[test]
     fn a_label_edit_sets_what_changed_and_removes_what_is_gone() {
         let current: std::collections::BTreeMap<String, String> = [
@@ -890,7 +893,7 @@ mod tests {
             ("team".to_owned(), "a".to_owned()),
         ]
         .into();
-        let cases: [(&str, Result<(Vec<(&str, &str)>, Vec<&str>), &str>); 6] = [
+        let cases: [(&str, Expected); 6] = [
             ("env=dev, region=eu, team=a", Ok((vec![], vec![]))),
             (
                 "env=prod,region=eu\ntier=web",
