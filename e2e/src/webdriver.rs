@@ -281,6 +281,20 @@ impl Browser {
         .map(drop)
     }
 
+    /// Empties the field `e`.
+    ///
+    /// # Errors
+    /// The element is gone or is not editable.
+    pub async fn clear(&self, e: &Element) -> anyhow::Result<()> {
+        self.call(
+            reqwest::Method::POST,
+            &self.at(&format!("/element/{}/clear", e.0)),
+            Some(json!({})),
+        )
+        .await
+        .map(drop)
+    }
+
     /// Types `text` into `e`.
     ///
     /// # Errors

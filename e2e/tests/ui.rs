@@ -314,6 +314,15 @@ async fn a_browser_sees_drift_live_syncs_rolls_back_and_confirms_a_held_deletion
     assert!(drift_text.contains("OutOfSync"), "{drift_text}");
     shot(&b, "application-drift.png").await?;
 
+    // The diff page: the agent's live object against Git's.
+    b.goto(&format!("{base}/apps/web/diff")).await?;
+    let diff = b.wait_for("pre.diff", CONVERGE).await?;
+    let diff_text = b.text(&diff).await?;
+    assert!(diff_text.contains("changed by hand"), "{diff_text}");
+    shot(&b, "application-diff.png").await?;
+    b.goto(&format!("{base}/apps/web")).await?;
+    b.wait_for("#main[data-live=\"1\"]", PAGE).await?;
+
     // Sync: back to Git's value, Synced on the page.
     b.click(&b.find("#sync-button").await?).await?;
     wait_badge(&b, "Synced").await?;
@@ -403,16 +412,60 @@ async fn a_browser_sees_drift_live_syncs_rolls_back_and_confirms_a_held_deletion
         "{text}"
     );
 
-    // The other pages render what the API says.
+    // Clusters: connection, agent version, the client certificate's
+    // expiry (30 days from enrollment), how many apps; labels edited.
     b.goto(&format!("{base}/clusters")).await?;
     let rows = b.wait_for("#clusters", PAGE).await?;
     let text = b.text(&rows).await?;
     assert!(text.contains("sim-2") && text.contains("env=dev"), "{text}");
     assert!(text.contains("connected"), "{text}");
+    for c in ["sim-1", "sim-2"] {
+        let cert = b.find(&format!("tr[data-cluster=\"{c}\"] td.cert")).await?;
+        let cert = b.text(&cert).await?;
+        assert!(
+            cert.contains("(in 29 d)") || cert.contains("(in 30 d)"),
+            "{c}: certificate expiry {cert:?}"
+        );
+    }
+    let apps = b.find("tr[data-cluster=\"sim-1\"] td.apps").await?;
+    let apps: usize = b.text(&apps).await?.trim().parse()?;
+    assert!(apps >= 3, "sim-1 runs guestbook, web and pair-a: {apps}");
+    let field = b
+        .find("tr[data-cluster=\"sim-2\"] input[name=\"labels\"]")
+        .await?;
+    b.clear(&field).await?;
+    b.type_text(&field, "env=dev, tier=web").await?;
+    b.click(
+        &b.find("tr[data-cluster=\"sim-2\"] form.labels button")
+            .await?,
+    )
+    .await?;
+    let flash = b.wait_for("#flash", PAGE).await?;
+    assert_eq!(b.text(&flash).await?, "labels of sim-2: env=dev, tier=web");
+    let labels = b.find("tr[data-cluster=\"sim-2\"] td.labels").await?;
+    assert!(b.text(&labels).await?.contains("tier=web"));
+    let mut api = fleet.api().await?;
+    let listed = api
+        .list_clusters(flotilla_proto::ListClustersRequest {})
+        .await?
+        .into_inner()
+        .clusters;
+    let sim2 = listed
+        .iter()
+        .find(|c| c.name == "sim-2")
+        .ok_or_else(|| anyhow::anyhow!("sim-2 not listed"))?;
+    assert_eq!(
+        sim2.labels.get("tier").map(String::as_str),
+        Some("web"),
+        "{sim2:?}"
+    );
+    assert!(sim2.cert_not_after_ms > 0, "{sim2:?}");
     shot(&b, "clusters.png").await?;
+
     b.goto(&format!("{base}/repos")).await?;
     let repos = b.wait_for("#repos", PAGE).await?;
     assert!(b.text(&repos).await?.contains(&fleet.repo.url()));
+    shot(&b, "repositories.png").await?;
     Ok(())
 }
 
@@ -502,6 +555,15 @@ async fn read_only_sessions_see_no_controls_and_forged_posts_are_refused() -> an
         controls.len()
     );
     shot(&b, "read-only.png").await?;
+    b.goto(&format!("{base}/clusters")).await?;
+    b.wait_for("#clusters", PAGE).await?;
+    let forms = b.find_all("#main form").await?;
+    assert!(
+        forms.is_empty(),
+        "a read-only clusters page has {} forms",
+        forms.len()
+    );
+    shot(&b, "read-only-clusters.png").await?;
 
     // Every response is under a strict policy, and no page has inline
     // script or style.
@@ -587,6 +649,34 @@ async fn read_only_sessions_see_no_controls_and_forged_posts_are_refused() -> an
     .await?;
     assert_eq!(code, 403, "{body}");
     assert!(body.contains("read-only"), "{body}");
+    let (code, body) = post(
+        &http,
+        &format!("{base}/clusters/sim-1/labels"),
+        Some(&ro_cookie),
+        Some(&own_origin),
+        &format!("csrf={ro_csrf}&labels=owned%3Dyes"),
+    )
+    .await?;
+    assert_eq!(code, 403, "{body}");
+    // A label edit without the CSRF token: refused as well.
+    let (code, _) = post(
+        &http,
+        &format!("{base}/clusters/sim-1/labels"),
+        Some(&admin_cookie),
+        Some(&own_origin),
+        "labels=owned%3Dyes",
+    )
+    .await?;
+    assert_eq!(code, 403);
+    let listed = api
+        .list_clusters(flotilla_proto::ListClustersRequest {})
+        .await?
+        .into_inner()
+        .clusters;
+    assert!(
+        listed.iter().all(|c| !c.labels.contains_key("owned")),
+        "a refused label edit went through: {listed:?}"
+    );
 
     // The same POST with the admin session's token goes through.
     let (code, body) = post(

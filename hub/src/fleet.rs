@@ -831,6 +831,8 @@ impl Fleet {
             .entry(cluster.to_owned())
             .or_default()
             .streams += 1;
+        // Connected is shown with the cluster's record.
+        self.store.changed(crate::store::ChangeKind::Clusters);
     }
 
     /// Records that a stream of `cluster` closed.
@@ -839,6 +841,8 @@ impl Fleet {
         if let Some(l) = st.links.get_mut(cluster) {
             l.streams = l.streams.saturating_sub(1);
         }
+        drop(st);
+        self.store.changed(crate::store::ChangeKind::Clusters);
     }
 
     /// How many times any cluster's index gained or lost an application

@@ -61,6 +61,8 @@ impl std::fmt::Debug for IssuedCertificate {
 pub struct PeerIdentity {
     pub cluster: String,
     pub serial: String,
+    /// The certificate's notAfter, Unix milliseconds.
+    pub not_after_ms: i64,
 }
 
 /// The hub CA and the hub's own server certificate.
@@ -357,6 +359,7 @@ pub fn peer_identity(der: &[u8]) -> Result<PeerIdentity, PkiError> {
     Ok(PeerIdentity {
         cluster: cluster.to_owned(),
         serial: normalize_serial(cert.raw_serial()),
+        not_after_ms: cert.validity().not_after.timestamp().saturating_mul(1000),
     })
 }
 

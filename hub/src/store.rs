@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 pub mod audit;
+mod changes;
 pub mod credential_templates;
 pub mod credentials;
 mod projects;
@@ -25,6 +26,7 @@ mod rbac;
 pub mod records;
 mod targets;
 
+pub use changes::{ChangeKind, Changes};
 pub use credentials::CredentialsKey;
 use targets::{ClusterFacts, Targets};
 pub use targets::{Destination, StoreCounters};
@@ -144,6 +146,14 @@ pub struct ClusterRecord {
     pub agent_version: String,
     #[serde(default)]
     pub created_ms: i64,
+    /// notAfter (Unix ms) of the client certificate the agent last
+    /// connected with; 0 before its first connection.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cert_not_after_ms: i64,
+}
+
+fn is_zero(v: &i64) -> bool {
+    *v == 0
 }
 
 /// An application definition and where it came from.
@@ -434,6 +444,8 @@ struct Shared {
     /// Credential templates (`repo-creds` Secrets), held in memory: the
     /// directory they are read from is their source of truth.
     templates: RwLock<Arc<Vec<credential_templates::CredentialTemplate>>>,
+    /// Write counters per kind of record ([`Store::changes`]).
+    changes: changes::ChangeSignal,
 }
 
 /// (application, cluster) → (sync, health) as the agent reported them
@@ -770,6 +782,7 @@ impl Store {
                 reads: AtomicU64::new(0),
                 decoded: AtomicU64::new(0),
                 templates: RwLock::default(),
+                changes: changes::ChangeSignal::default(),
             }),
         })
     }
@@ -1250,6 +1263,7 @@ impl Store {
             Ok(())
         })?;
         self.note_targets(|t| t.put_cluster(&rec.name, ClusterFacts::of(rec)));
+        self.changed(ChangeKind::Clusters);
         Ok(())
     }
 
@@ -1289,6 +1303,7 @@ impl Store {
         .inspect(|rec| {
             if let Some(rec) = rec {
                 self.note_targets(|t| t.put_cluster(name, ClusterFacts::of(rec)));
+                self.changed(ChangeKind::Clusters);
             }
         })
     }
@@ -1318,6 +1333,8 @@ impl Store {
             }
             self.note_status_change();
             self.note_targets(|t| t.remove_cluster(name));
+            self.changed(ChangeKind::Clusters);
+            self.changed(ChangeKind::Statuses);
         })
     }
 
@@ -1384,6 +1401,7 @@ impl Store {
             t.app_ops.insert(name.as_bytes(), encode(ops))?;
             Ok(())
         })
+        .inspect(|_| self.changed(ChangeKind::Apps))
     }
 
     // ---- applications ----
@@ -1501,6 +1519,7 @@ impl Store {
         self.note_targets(|t| t.put_app(&rec.app.metadata.name, Destination::of(&rec.app)));
         self.shared.app_writes.fetch_add(1, Ordering::Relaxed);
         self.shared.app_changes.fetch_add(1, Ordering::Relaxed);
+        self.changed(ChangeKind::Apps);
         Ok(())
     }
 
@@ -1545,6 +1564,7 @@ impl Store {
                 .app_error_changes
                 .fetch_add(1, Ordering::Relaxed);
         }
+        self.changed(ChangeKind::Apps);
         Ok(true)
     }
 
@@ -1571,6 +1591,7 @@ impl Store {
         self.note_targets(|t| t.put_app(&rec.app.metadata.name, Destination::of(&rec.app)));
         self.shared.app_writes.fetch_add(1, Ordering::Relaxed);
         self.shared.app_changes.fetch_add(1, Ordering::Relaxed);
+        self.changed(ChangeKind::Apps);
         Ok(())
     }
 
@@ -1597,6 +1618,18 @@ impl Store {
 
     fn note_project_change(&self) {
         self.shared.project_changes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The write counters per kind of record, on a channel that wakes on
+    /// every write: what a live view waits on instead of polling.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<Changes> {
+        self.shared.changes.subscribe()
+    }
+
+    /// Counts a change of `kind` made outside a record write (a cluster's
+    /// link opening or closing, held in memory by the fleet).
+    pub fn changed(&self, kind: ChangeKind) {
+        self.shared.changes.bump(kind);
     }
 
     /// How many application records were written or removed since open: a
@@ -1633,6 +1666,8 @@ impl Store {
             self.note_status_change();
             self.note_targets(|t| t.remove_app(name));
             self.shared.app_changes.fetch_add(1, Ordering::Relaxed);
+            self.changed(ChangeKind::Apps);
+            self.changed(ChangeKind::Statuses);
         })
     }
 
@@ -1698,6 +1733,7 @@ impl Store {
             t.bundles.apply_batch(batch)?;
             Ok(())
         })
+        .inspect(|_| self.changed(ChangeKind::Apps))
     }
 
     pub fn put_bundle(&self, bundle: &pb::AppBundle) -> Result<(), StoreError> {
@@ -1706,6 +1742,7 @@ impl Store {
                 .insert(bundle.name.as_bytes(), bundle.encode_to_vec())?;
             Ok(())
         })
+        .inspect(|_| self.changed(ChangeKind::Apps))
     }
 
     // ---- statuses ----
@@ -1725,6 +1762,7 @@ impl Store {
                 self.note_status_change();
             }
         }
+        self.changed(ChangeKind::Statuses);
         Ok(())
     }
 
@@ -1759,6 +1797,7 @@ impl Store {
                 self.note_status_change();
             }
         }
+        self.changed(ChangeKind::Statuses);
         Ok(())
     }
 
@@ -1873,6 +1912,7 @@ impl Store {
     /// operate: removes a repository record; whether there was one.
     pub fn remove_repo(&self, url: &str) -> Result<bool, StoreError> {
         self.with(|t| Ok(t.repos.remove(url.as_bytes())?.is_some()))
+            .inspect(|_| self.changed(ChangeKind::Repos))
     }
 
     pub fn put_repo(&self, rec: &RepoRecord) -> Result<(), StoreError> {
@@ -1880,6 +1920,7 @@ impl Store {
             t.repos.insert(rec.url.as_bytes(), encode(rec))?;
             Ok(())
         })
+        .inspect(|_| self.changed(ChangeKind::Repos))
     }
 
     // ---- application sets ----
@@ -1902,10 +1943,12 @@ impl Store {
             t.appsets.insert(rec.name.as_bytes(), encode(rec))?;
             Ok(())
         })
+        .inspect(|_| self.changed(ChangeKind::AppSets))
     }
 
     pub fn remove_appset(&self, name: &str) -> Result<bool, StoreError> {
         self.with(|t| Ok(t.appsets.remove(name.as_bytes())?.is_some()))
+            .inspect(|_| self.changed(ChangeKind::AppSets))
     }
 
     // ---- children of in-hub applications ----

@@ -63,18 +63,30 @@ async fn main() -> anyhow::Result<()> {
         data.join("ca.crt").display(),
         data.join("admin.token").display()
     );
-    if let Some(ui) = fleet.hub.lines().iter().find_map(|l| {
-        l.split("flotilla-hub ui listening on ")
-            .nth(1)
-            .map(|u| u.trim().to_owned())
-    }) {
-        let token = std::fs::read_to_string(data.join("admin.token")).unwrap_or_default();
-        println!(
-            "UI: {ui} (the certificate is the hub CA's, {}); log in with the admin token {}",
-            data.join("ca.crt").display(),
-            token.trim()
-        );
-    }
+    // The hub prints its UI line before its API line, which the fleet
+    // waited for.
+    let ui = fleet
+        .hub
+        .lines()
+        .iter()
+        .find_map(|l| {
+            l.split("flotilla-hub ui listening on ")
+                .nth(1)
+                .map(|u| u.trim().to_owned())
+        })
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "the hub did not say where its UI listens (no \"flotilla-hub ui listening on\" in its log)"
+            )
+        })?;
+    let token_file = data.join("admin.token");
+    let token = std::fs::read_to_string(&token_file)
+        .map_err(|e| anyhow::anyhow!("reading the admin token {}: {e}", token_file.display()))?;
+    println!(
+        "UI: {ui} (the certificate is the hub CA's, {}); log in with the admin token {}",
+        data.join("ca.crt").display(),
+        token.trim()
+    );
     println!();
 
     let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);

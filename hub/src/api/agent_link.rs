@@ -372,6 +372,12 @@ impl pb::agent_link_server::AgentLink for AgentLinkService {
         let inbound = request.into_inner();
         tokio::spawn(async move {
             let cluster = id.cluster.clone();
+            // The expiry shown with the cluster: the certificate in use.
+            if let Err(e) = ctx.store.update_cluster(&cluster, |c| {
+                c.cert_not_after_ms = id.not_after_ms;
+            }) {
+                tracing::warn!(cluster = %cluster, error = %e, "could not record the certificate's expiry");
+            }
             ctx.fleet.link_opened(&cluster);
             if let Err(status) = session(&ctx, &chunks, &cluster, inbound, signals, &tx).await {
                 let _ = tx.send(Err(status)).await;

@@ -239,6 +239,7 @@ impl HubApiService {
             generation: c.generation,
             acked_generation: c.acked_generation,
             server: c.server.clone(),
+            cert_not_after_ms: c.cert_not_after_ms,
         }
     }
 }

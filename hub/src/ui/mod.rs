@@ -23,6 +23,7 @@ pub mod session;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -34,10 +35,12 @@ use axum::routing::{get, post};
 use flotilla_proto as pb;
 use pb::hub_api_server::HubApi as _;
 use sha2::{Digest, Sha256};
+use tokio_stream::StreamExt as _;
 use tonic::Status;
 
 use crate::api::hub_api::HubApiService;
 use crate::api::{Caller, HubContext};
+use crate::store::ChangeKind;
 use html::{Viewer, layout};
 use pages::{Cell, Column, Grid, OverviewQuery, PAGE_SIZE};
 use session::Sessions;
@@ -47,8 +50,12 @@ const JS: &str = include_str!("static/ui.js");
 /// The policy on every response: nothing but this origin, no inline
 /// script or style, no framing.
 pub const CSP: &str = "default-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'; object-src 'none'";
-/// How often an open page's live-update stream looks for changes.
-const POLL: Duration = Duration::from_secs(1);
+/// Shortest time between two renders of one open page: a burst of writes
+/// (a fleet reporting) costs each viewer at most one render per interval.
+const MIN_RENDER_INTERVAL: Duration = Duration::from_secs(1);
+/// How often an idle live-update stream checks that its session still
+/// holds (logout, token revoked), without rendering anything.
+const SESSION_CHECK: Duration = Duration::from_secs(30);
 
 /// What the UI's handlers share.
 #[derive(Clone, Debug)]
@@ -56,6 +63,8 @@ pub struct UiState {
     ctx: HubContext,
     api: HubApiService,
     sessions: Arc<Sessions>,
+    /// Pages rendered by live-update streams since start.
+    live_renders: Arc<AtomicU64>,
 }
 
 impl UiState {
@@ -64,7 +73,14 @@ impl UiState {
             api: HubApiService::new(ctx.clone()),
             ctx,
             sessions: Arc::default(),
+            live_renders: Arc::default(),
         }
+    }
+
+    /// How many times the live-update streams rendered a page to see
+    /// whether it changed: what open, idle pages cost.
+    pub fn live_renders(&self) -> u64 {
+        self.live_renders.load(Ordering::Relaxed)
     }
 }
 
@@ -80,6 +96,7 @@ pub fn router(state: UiState) -> Router {
         .route("/apps/{name}/refresh", post(refresh))
         .route("/apps/{name}/rollback", post(rollback))
         .route("/appsets/{name}/confirm", post(confirm))
+        .route("/clusters/{name}/labels", post(labels))
         .fallback(get(page))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(state)
@@ -421,7 +438,17 @@ async fn render(
                 .into_inner()
                 .clusters;
             list.sort_by(|a, b| a.name.cmp(&b.name));
-            Ok(("Clusters".into(), pages::clusters(&list)))
+            let mut apps = HashMap::new();
+            for c in &list {
+                apps.insert(
+                    c.name.clone(),
+                    state.ctx.store.apps_targeting(&c.name)?.len(),
+                );
+            }
+            Ok((
+                "Clusters".into(),
+                pages::clusters(&list, &apps, &a.viewer, crate::clock::now_ms()),
+            ))
         }
         ["repos"] => {
             let list = api
@@ -496,10 +523,38 @@ struct EventsQuery {
     fp: String,
 }
 
-/// Server-sent events for one open page: a `changed` event (data: the new
-/// fingerprint) whenever the page's content differs from what the browser
-/// has, checked every second; the script then fetches the page and swaps
-/// its `<main>`. The stream ends when the session does.
+/// The kinds of records the page at `path` shows: a write of another
+/// kind cannot change it, so it is not rendered again.
+fn shown_kinds(path: &str) -> &'static [ChangeKind] {
+    use ChangeKind::{AppSets, Apps, Clusters, Repos, Statuses};
+    match path.trim_matches('/').split('/').next().unwrap_or_default() {
+        "" => &[Clusters, Apps, Statuses],
+        "clusters" => &[Clusters, Apps],
+        "repos" => &[Repos],
+        "appsets" => &[AppSets, Apps, Statuses],
+        _ => &[Apps, Statuses, Clusters],
+    }
+}
+
+/// The fingerprint of the page `q` names as `a` sees it now.
+async fn live_fingerprint(state: &UiState, a: &Authed, q: &EventsQuery) -> String {
+    state.live_renders.fetch_add(1, Ordering::Relaxed);
+    match render(state, a, &q.path, &q.query).await {
+        Ok((_, main)) => fingerprint(&main),
+        // A page that went away (deleted application) changed.
+        Err(s) => format!("error-{}", s.code() as i32),
+    }
+}
+
+/// Server-sent events for one open page: `ready` once, then a `changed`
+/// event (data: the new fingerprint) whenever the page's content differs
+/// from what the browser has; the script then fetches the page and swaps
+/// its `<main>`. Driven by the store's change signal: the page is rendered
+/// again only after a write of a kind it shows, at most once per
+/// [`MIN_RENDER_INTERVAL`], and an event is sent only when the render
+/// differs. An idle hub renders nothing. The stream ends when the session
+/// does (checked on every render and every [`SESSION_CHECK`]) or the
+/// browser goes away.
 async fn events(
     State(state): State<UiState>,
     headers: HeaderMap,
@@ -515,36 +570,83 @@ async fn events(
             "events: path must be a page of this UI",
         );
     }
-    let stream = futures::stream::unfold(
-        (state, headers, q, true),
-        |(state, headers, mut q, first)| async move {
-            loop {
-                if !first {
-                    tokio::time::sleep(POLL).await;
-                }
-                let a = authenticate(&state, &headers)?;
-                let fp = match render(&state, &a, &q.path, &q.query).await {
-                    Ok((_, main)) => fingerprint(&main),
-                    // A page that went away (deleted application) changed.
-                    Err(s) => format!("error-{}", s.code() as i32),
-                };
-                if fp != q.fp {
-                    q.fp = fp.clone();
-                    let ev = Event::default().event("changed").data(fp);
-                    return Some((Ok::<_, Infallible>(ev), (state, headers, q, false)));
-                }
-                if first {
-                    return Some((
-                        Ok(Event::default().event("ready").data("")),
-                        (state, headers, q, false),
-                    ));
-                }
-            }
-        },
-    );
+    // Subscribed before the first render: a write after it is seen.
+    let changes = state.ctx.store.changes();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Event>(4);
+    tokio::spawn(watch_page(state, headers, q, changes, tx));
+    let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, Infallible>);
     Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response()
+}
+
+/// The loop behind one live-update stream (see [`events`]).
+async fn watch_page(
+    state: UiState,
+    headers: HeaderMap,
+    mut q: EventsQuery,
+    mut changes: tokio::sync::watch::Receiver<crate::store::Changes>,
+    tx: tokio::sync::mpsc::Sender<Event>,
+) {
+    let kinds = shown_kinds(&q.path);
+    let mut seen = *changes.borrow_and_update();
+    let Some(a) = authenticate(&state, &headers) else {
+        return;
+    };
+    // The page may have changed between being served and this stream.
+    let fp = live_fingerprint(&state, &a, &q).await;
+    let first = if fp == q.fp {
+        Event::default().event("ready").data("")
+    } else {
+        q.fp = fp.clone();
+        Event::default().event("changed").data(fp)
+    };
+    if tx.send(first).await.is_err() {
+        return;
+    }
+    let mut last_render = tokio::time::Instant::now();
+    let mut session_check = tokio::time::interval(SESSION_CHECK);
+    session_check.tick().await;
+    loop {
+        tokio::select! {
+            () = tx.closed() => return,
+            r = changes.changed() => {
+                if r.is_err() {
+                    return;
+                }
+            }
+            _ = session_check.tick() => {
+                if authenticate(&state, &headers).is_none() {
+                    return;
+                }
+                continue;
+            }
+        }
+        if !seen.differs_in(&changes.borrow(), kinds) {
+            continue;
+        }
+        // Let a burst of writes land before rendering.
+        tokio::select! {
+            () = tx.closed() => return,
+            () = tokio::time::sleep_until(last_render + MIN_RENDER_INTERVAL) => {}
+        }
+        seen = *changes.borrow_and_update();
+        let Some(a) = authenticate(&state, &headers) else {
+            return;
+        };
+        let fp = live_fingerprint(&state, &a, &q).await;
+        last_render = tokio::time::Instant::now();
+        if fp != q.fp {
+            q.fp = fp.clone();
+            if tx
+                .send(Event::default().event("changed").data(fp))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
 }
 
 async fn login_page(State(state): State<UiState>, headers: HeaderMap) -> Response {
@@ -819,6 +921,57 @@ async fn confirm(
                 .sessions
                 .set_flash(&a.id, format!("held deletions of {name} confirmed"));
             redirect(&format!("/appsets/{}", html::url_part(&name)))
+        }
+        Err(s) => status_page(&a.viewer, &s),
+    }
+}
+
+async fn labels(
+    State(state): State<UiState>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let a = match check_post(&state, &headers, &form, false) {
+        Ok(a) => a,
+        Err(r) => return *r,
+    };
+    let current = match state.ctx.store.cluster(&name) {
+        Ok(Some(c)) => c.labels,
+        Ok(None) => {
+            return error_page(
+                Some(&a.viewer),
+                StatusCode::NOT_FOUND,
+                &format!("cluster {name:?} not found"),
+            );
+        }
+        Err(e) => return status_page(&a.viewer, &Status::from(e)),
+    };
+    let text = form.get("labels").map(String::as_str).unwrap_or_default();
+    let (set_labels, remove_labels) = match pages::label_edit(&current, text) {
+        Ok(edit) => edit,
+        Err(e) => {
+            return error_page(
+                Some(&a.viewer),
+                StatusCode::BAD_REQUEST,
+                &format!("labels of cluster {name}: {e}"),
+            );
+        }
+    };
+    let req = pb::UpdateClusterRequest {
+        name: name.clone(),
+        set_labels: set_labels.into_iter().collect(),
+        remove_labels,
+        ..Default::default()
+    };
+    match state.api.update_cluster(api_request(&a.caller, req)).await {
+        Ok(c) => {
+            let c = c.into_inner();
+            state.sessions.set_flash(
+                &a.id,
+                format!("labels of {name}: {}", pages::labels_text(c.labels.iter())),
+            );
+            redirect("/clusters")
         }
         Err(s) => status_page(&a.viewer, &s),
     }

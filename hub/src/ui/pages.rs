@@ -628,26 +628,104 @@ fn resource_diff(cluster: &str, r: &pb::ResourceDiff) -> String {
     )
 }
 
-/// The clusters page.
-pub fn clusters(list: &[pb::Cluster]) -> String {
+/// The labels of a cluster as its edit field shows them: `k=v, k2=v2`.
+pub fn labels_text<'a>(labels: impl IntoIterator<Item = (&'a String, &'a String)>) -> String {
+    let mut pairs: Vec<_> = labels.into_iter().collect();
+    pairs.sort();
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A label edit: the labels to set and the keys to remove so that a
+/// cluster labelled `current` ends up with exactly the labels of `text`
+/// (`k=v` terms separated by commas or white space).
+///
+/// # Errors
+/// A term is not `key=value`, has an empty key, or names a key twice.
+pub fn label_edit(
+    current: &std::collections::BTreeMap<String, String>,
+    text: &str,
+) -> Result<(std::collections::BTreeMap<String, String>, Vec<String>), String> {
+    let mut wanted = std::collections::BTreeMap::new();
+    for term in text
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|t| !t.is_empty())
+    {
+        let (k, v) = term
+            .split_once('=')
+            .ok_or_else(|| format!("label {term:?} is not key=value (e.g. env=prod)"))?;
+        if k.is_empty() {
+            return Err(format!("label {term:?} has an empty key"));
+        }
+        if wanted.insert(k.to_owned(), v.to_owned()).is_some() {
+            return Err(format!("label key {k:?} is given twice"));
+        }
+    }
+    let remove = current
+        .keys()
+        .filter(|k| !wanted.contains_key(*k))
+        .cloned()
+        .collect();
+    wanted.retain(|k, v| current.get(k) != Some(v));
+    Ok((wanted, remove))
+}
+
+/// How long until `not_after_ms`, as the clusters page says it.
+fn expiry(not_after_ms: i64, now_ms: i64) -> String {
+    if not_after_ms <= 0 {
+        return "<span class=\"muted\">not connected yet</span>".to_owned();
+    }
+    let left = not_after_ms - now_ms;
+    let when = esc(&time_ms(not_after_ms));
+    if left <= 0 {
+        format!("<span class=\"bad\">expired {when}</span>")
+    } else {
+        let days = left / 86_400_000;
+        let class = if days < 7 { "warn" } else { "good" };
+        format!("<span class=\"{class}\" title=\"{when}\">{when} (in {days} d)</span>")
+    }
+}
+
+/// The clusters page: each cluster's labels (with an edit form for a
+/// viewer who may write), agent version, connection, client certificate
+/// expiry and how many applications target it (`apps`, by name).
+pub fn clusters(
+    list: &[pb::Cluster],
+    apps: &std::collections::HashMap<String, usize>,
+    viewer: &Viewer,
+    now_ms: i64,
+) -> String {
     let mut h = String::from(
-        "<h1>Clusters</h1><table class=\"list\" id=\"clusters\"><thead><tr><th>name</th><th>labels</th><th>agent</th><th>connection</th><th>generation (acked)</th><th>server</th></tr></thead><tbody>",
+        "<h1>Clusters</h1><table class=\"list\" id=\"clusters\"><thead><tr><th>name</th><th>labels</th><th>agent</th><th>connection</th><th>certificate expires</th><th>apps</th><th>generation (acked)</th><th>server</th></tr></thead><tbody>",
     );
     for c in list {
         let mut labels: Vec<_> = c.labels.iter().collect();
         labels.sort();
-        let labels: String = labels
+        let mut labels: String = labels
             .iter()
             .map(|(k, v)| format!("<span class=\"label\">{}={}</span>", esc(k), esc(v)))
             .collect();
+        if viewer.can_write {
+            let _ = write!(
+                labels,
+                "{}<input type=\"text\" name=\"labels\" value=\"{}\" aria-label=\"labels of {}\" placeholder=\"env=prod, region=eu\"><button type=\"submit\">Save labels</button></form>",
+                viewer.form(&format!("/clusters/{}/labels", url_part(&c.name)), "labels"),
+                esc(&labels_text(c.labels.iter())),
+                esc(&c.name)
+            );
+        }
         let conn = if c.connected {
             "<span class=\"good\">connected</span>".to_owned()
         } else {
             format!("disconnected, last seen {}", esc(&time_ms(c.last_seen_ms)))
         };
+        let n = apps.get(&c.name).copied().unwrap_or_default();
         let _ = write!(
             h,
-            "<tr data-cluster=\"{}\"><td>{}</td><td>{labels}</td><td>{}</td><td>{conn}</td><td>{} ({})</td><td>{}</td></tr>",
+            "<tr data-cluster=\"{}\"><td>{}</td><td class=\"labels\">{labels}</td><td>{}</td><td>{conn}</td><td class=\"cert\">{}</td><td class=\"apps\">{n}</td><td>{} ({})</td><td>{}</td></tr>",
             esc(&c.name),
             esc(&c.name),
             esc(if c.agent_version.is_empty() {
@@ -655,6 +733,7 @@ pub fn clusters(list: &[pb::Cluster]) -> String {
             } else {
                 &c.agent_version
             }),
+            expiry(c.cert_not_after_ms, now_ms),
             c.generation,
             c.acked_generation,
             esc(&c.server)
@@ -801,6 +880,81 @@ mod tests {
             }],
             ..Default::default()
         }
+    }
+
+    /// Labels set and keys removed, or the error.
+    type Expected = Result<(Vec<(&'static str, &'static str)>, Vec<&'static str>), &'static str>;
+
+    #[test]
+    fn a_label_edit_sets_what_changed_and_removes_what_is_gone() {
+        let current: std::collections::BTreeMap<String, String> = [
+            ("env".to_owned(), "dev".to_owned()),
+            ("region".to_owned(), "eu".to_owned()),
+            ("team".to_owned(), "a".to_owned()),
+        ]
+        .into();
+        let cases: [(&str, Expected); 6] = [
+            ("env=dev, region=eu, team=a", Ok((vec![], vec![]))),
+            (
+                "env=prod,region=eu\ntier=web",
+                Ok((vec![("env", "prod"), ("tier", "web")], vec!["team"])),
+            ),
+            ("", Ok((vec![], vec!["env", "region", "team"]))),
+            ("env", Err("label \"env\" is not key=value (e.g. env=prod)")),
+            ("=x", Err("label \"=x\" has an empty key")),
+            ("a=1, a=2", Err("label key \"a\" is given twice")),
+        ];
+        for (text, want) in cases {
+            let got = label_edit(&current, text);
+            let want = want
+                .map(|(set, remove)| {
+                    (
+                        set.into_iter()
+                            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                            .collect(),
+                        remove.into_iter().map(str::to_owned).collect::<Vec<_>>(),
+                    )
+                })
+                .map_err(str::to_owned);
+            assert_eq!(got, want, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn the_clusters_page_shows_expiry_and_edits_labels_only_for_writers() {
+        let now = 1_800_000_000_000;
+        let list = vec![
+            pb::Cluster {
+                name: "east".into(),
+                labels: [("env".to_owned(), "prod".to_owned())].into(),
+                connected: true,
+                agent_version: "0.9.1".into(),
+                cert_not_after_ms: now + 20 * 86_400_000 + 1,
+                ..Default::default()
+            },
+            pb::Cluster {
+                name: "west".into(),
+                cert_not_after_ms: now - 1,
+                ..Default::default()
+            },
+        ];
+        let apps = [("east".to_owned(), 3)].into();
+        let admin = clusters(&list, &apps, &viewer(true), now);
+        assert!(admin.contains("(in 20 d)"), "{admin}");
+        assert!(admin.contains("class=\"bad\">expired"), "{admin}");
+        assert!(
+            admin.contains("action=\"/clusters/east/labels\""),
+            "{admin}"
+        );
+        assert!(
+            admin.contains("name=\"labels\" value=\"env=prod\""),
+            "{admin}"
+        );
+        assert!(admin.contains("<td class=\"apps\">3</td>"), "{admin}");
+        assert!(admin.contains("0.9.1"), "{admin}");
+        let reader = clusters(&list, &apps, &viewer(false), now);
+        assert!(!reader.contains("<form"), "{reader}");
+        assert!(reader.contains("env=prod"), "{reader}");
     }
 
     fn history() -> pb::ApplicationHistory {

@@ -11,8 +11,21 @@
   }
   var busy = false;
   var again = false;
+  // Someone typing in a field of the page (a label edit): swap once the
+  // field loses focus, not under their hands.
+  function editing() {
+    var el = document.activeElement;
+    return !!el && main.contains(el) && /^(INPUT|TEXTAREA|SELECT)$/.test(el.tagName) &&
+      el.type !== "submit" && el.type !== "checkbox";
+  }
+  main.addEventListener("focusout", function () {
+    if (again && !busy) {
+      again = false;
+      setTimeout(swap, 0);
+    }
+  });
   function swap() {
-    if (busy) {
+    if (busy || editing()) {
       again = true;
       return;
     }
