@@ -24,6 +24,7 @@ pub mod project;
 pub mod render;
 pub mod repo_fetch;
 pub mod repo_secrets;
+pub mod rollout;
 pub mod server;
 pub mod source;
 pub mod store;

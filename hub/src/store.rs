@@ -21,6 +21,7 @@ pub mod credential_templates;
 pub mod credentials;
 mod projects;
 pub mod records;
+mod rollouts;
 mod targets;
 
 pub use credentials::CredentialsKey;
@@ -414,6 +415,8 @@ struct Trees {
     app_children: sled::Tree,
     /// tenancy: AppProjects by name (`projects`).
     projects: sled::Tree,
+    /// RollingSync progress by ApplicationSet name (`rollouts`).
+    rollouts: sled::Tree,
 }
 
 impl Trees {
@@ -431,6 +434,7 @@ impl Trees {
             appsets: db.open_tree("application_sets")?,
             app_children: db.open_tree("app_children")?,
             projects: db.open_tree("projects")?,
+            rollouts: db.open_tree("rollouts")?,
             db,
         })
     }

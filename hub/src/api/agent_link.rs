@@ -662,6 +662,7 @@ fn handle_message(ctx: &HubContext, cluster: &str, msg: pb::AgentMessage) -> Res
                 })
                 .collect();
             ctx.store.put_statuses(cluster, &statuses)?;
+            ctx.appsets.rollouts().statuses_reported(cluster, &statuses);
         }
         Some(AgentKind::Diff(result)) => {
             ctx.store
