@@ -92,8 +92,6 @@ pub struct Rollouts {
     dirty: Mutex<BTreeSet<String>>,
     wake: tokio::sync::Notify,
     pub counters: RolloutCounters,
-    /// Set → step being rolled out, after the last pass (for `/metrics`).
-    steps: Mutex<HashMap<String, (u64, usize, usize)>>,
 }
 
 /// What of a status decides progress: a report that changes none of it
@@ -148,17 +146,23 @@ impl Rollouts {
 
     /// Stops watching a set (deleted, or no longer RollingSync).
     pub fn unwatch_set(&self, set: &str) {
-        let mut members = self.members.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(apps) = self
+            .members
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(set)
+        else {
+            // Not watched: nothing to forget (every other set's plan ends
+            // here).
+            return;
+        };
         let mut watched = self.watched.lock().unwrap_or_else(|p| p.into_inner());
-        for a in members.remove(set).unwrap_or_default() {
+        for a in apps {
             if watched.get(&a).is_some_and(|w| w.set == set) {
                 watched.remove(&a);
             }
         }
-        self.steps
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(set);
+        crate::metrics::metrics().rollout_removed(set, &STATUSES.map(Progress::as_str));
     }
 
     /// Asks for a pass over `set`.
@@ -199,21 +203,14 @@ impl Rollouts {
     fn take_dirty(&self) -> BTreeSet<String> {
         std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|p| p.into_inner()))
     }
-
-    /// (set, step being rolled out or 0, applications Healthy, total) of
-    /// every watched set, for `/metrics`.
-    pub fn step_gauges(&self) -> Vec<(String, u64, usize, usize)> {
-        let mut out: Vec<_> = self
-            .steps
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|(k, (s, h, t))| (k.clone(), *s, *h, *t))
-            .collect();
-        out.sort();
-        out
-    }
 }
+
+const STATUSES: [Progress; 4] = [
+    Progress::Waiting,
+    Progress::Pending,
+    Progress::Progressing,
+    Progress::Healthy,
+];
 
 /// Runs the rollout reconciler until the hub closes: a first pass over
 /// every RollingSync set (progress after a restart), then a pass over each
@@ -390,6 +387,7 @@ pub async fn reconcile_set(
                 for r in resp.results {
                     if r.error.is_empty() && !r.command_id.is_empty() {
                         rollouts.counters.syncs.fetch_add(1, Ordering::Relaxed);
+                        crate::metrics::metrics().rollout_syncs(1);
                         status.sync_commands.insert(r.cluster, r.command_id);
                     }
                 }
@@ -400,19 +398,13 @@ pub async fn reconcile_set(
             }
         }
     }
-    let healthy = next
-        .applications
-        .iter()
-        .filter(|s| s.status == Progress::Healthy)
-        .count();
-    rollouts
-        .steps
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(
-            name.to_owned(),
-            (next.current_step(), healthy, next.applications.len()),
-        );
+    let by_status = STATUSES.map(|st| {
+        (
+            st.as_str(),
+            next.applications.iter().filter(|s| s.status == st).count(),
+        )
+    });
+    crate::metrics::metrics().rollout(name, next.current_step(), &by_status);
     if next == previous {
         return Ok(false);
     }
@@ -425,4 +417,64 @@ pub async fn reconcile_set(
     store.put_rollout(&next)?;
     store.flush_async().await?;
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(app: &str, sync: pb::SyncStatus, digest: &str) -> pb::AppStatus {
+        pb::AppStatus {
+            name: app.into(),
+            sync: sync as i32,
+            health: pb::HealthStatus::Healthy as i32,
+            digest: digest.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_a_changed_status_of_a_watched_application_wakes_its_set() {
+        let r = Rollouts::new();
+        r.watch_set("web", &["web-a".into(), "web-b".into()]);
+        assert_eq!(r.take_dirty(), BTreeSet::from(["web".to_owned()]));
+        // Applications of no RollingSync set: nothing to do.
+        r.statuses_reported("c1", &[status("other", pb::SyncStatus::Synced, "d1")]);
+        assert!(r.take_dirty().is_empty());
+        // A first report of a watched one wakes it ...
+        let a = status("web-a", pb::SyncStatus::OutOfSync, "d1");
+        r.statuses_reported("c1", std::slice::from_ref(&a));
+        assert_eq!(r.take_dirty(), BTreeSet::from(["web".to_owned()]));
+        // ... the same report again does not (agents report periodically) ...
+        let mut again = a.clone();
+        again.observed_ms = 42;
+        again.message = "compared again".into();
+        r.statuses_reported("c1", &[again]);
+        assert!(r.take_dirty().is_empty());
+        // ... the same status from another cluster does, once.
+        r.statuses_reported("c2", std::slice::from_ref(&a));
+        assert_eq!(r.take_dirty().len(), 1);
+        // A change of what progress depends on does.
+        r.statuses_reported("c1", &[status("web-a", pb::SyncStatus::Synced, "d1")]);
+        assert_eq!(r.take_dirty().len(), 1);
+        // An application that left the set no longer wakes it.
+        r.watch_set("web", &["web-a".into()]);
+        r.take_dirty();
+        r.statuses_reported("c1", &[status("web-b", pb::SyncStatus::Synced, "d2")]);
+        assert!(r.take_dirty().is_empty());
+        r.unwatch_set("web");
+        r.statuses_reported("c1", &[status("web-a", pb::SyncStatus::OutOfSync, "d3")]);
+        assert!(r.take_dirty().is_empty());
+    }
+
+    #[test]
+    fn current_step_comes_from_the_progressing_message() {
+        let mut r = RolloutRecord {
+            progressing: "ApplicationSet is performing rollout of step 3".into(),
+            ..Default::default()
+        };
+        assert_eq!(r.current_step(), 3);
+        r.progressing = "ApplicationSet Rollout has completed".into();
+        assert_eq!(r.current_step(), 0);
+    }
 }
