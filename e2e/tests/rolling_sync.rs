@@ -10,7 +10,9 @@
 //! asserted from the clusters (kubectl), sampled while the rollout runs,
 //! and the set's `applicationStatus` from the CLI. The sandbox application
 //! is never synced by the set. A hub restart in the middle of the rollout
-//! does not lose its place.
+//! does not lose its place. With `deletionOrder: Reverse`, deleting the
+//! set deletes prod's applications first and dev's last: with one prod
+//! agent down, staging and dev keep theirs until it is back.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -371,7 +373,115 @@ async fn rolling_sync_rolls_out_step_by_step() -> anyhow::Result<()> {
     let violations = watch_rollout(&fleet, "web:v3").await?;
     assert!(violations.is_empty(), "{violations:#?}");
     assert_eq!(seen(&fleet, "sim-6")?.image, None);
+
+    // deletionOrder Reverse: deleting the set deletes prod's applications
+    // first, then staging's, then dev's, each step once the clusters of
+    // the one before let it go.
+    let reverse = set_yaml(&fleet.repo.url()).replace(
+        "    type: RollingSync\n",
+        "    type: RollingSync\n    deletionOrder: Reverse\n",
+    );
+    std::fs::write(&file, reverse)?;
+    let updated = fleet.cli_ok(&[
+        "appset",
+        "create",
+        "-f",
+        &file.display().to_string(),
+        "--upsert",
+        "-o",
+        "json",
+    ])?;
+    assert!(!updated.contains("UnsupportedField"), "{updated}");
+    // One prod cluster's agent is down: its step cannot finish, so staging
+    // and dev must keep their applications until it is back.
+    drop(fleet.agents.remove("sim-5"));
+    fleet.cli_ok(&["appset", "delete", "web"])?;
+    eventually("the other prod clusters let web go", CONVERGE, || async {
+        let mut state = Vec::new();
+        for c in ["sim-3", "sim-4"] {
+            state.push((c, going(&fleet, c).map_err(|e| e.to_string())?));
+        }
+        let clusters: serde_json::Value = serde_json::from_str(
+            &fleet
+                .cli_ok(&["cluster", "list", "-o", "json"])
+                .map_err(|e| e.to_string())?,
+        )
+        .map_err(|e| e.to_string())?;
+        let acked = |c: &str| {
+            clusters.as_array().into_iter().flatten().any(|x| {
+                x["name"] == c && x["ackedGeneration"].as_u64() >= x["generation"].as_u64()
+            })
+        };
+        if state.iter().all(|(_, g)| *g) && acked("sim-3") && acked("sim-4") {
+            Ok(())
+        } else {
+            Err(format!("{state:?} {clusters}"))
+        }
+    })
+    .await?;
+    for c in ["sim-1", "sim-2", "sim-5"] {
+        assert!(
+            !going(&fleet, c)?,
+            "{c} lost web while prod's sim-5 had not let it go"
+        );
+    }
+    fleet.start_agent("sim-5")?;
+    let violations = watch_reverse_deletion(&fleet).await?;
+    assert!(violations.is_empty(), "{violations:#?}");
     Ok(())
+}
+
+/// Whether the `web` Deployment on `cluster` is gone or being deleted.
+fn going(fleet: &Fleet, cluster: &str) -> anyhow::Result<bool> {
+    Ok(fleet
+        .kubectl_get(cluster, "deployment", "default", "web")?
+        .is_none_or(|d| d.pointer("/metadata/deletionTimestamp").is_some()))
+}
+
+/// Samples the clusters until every Deployment is gone, checking on every
+/// sample that a step's clusters only lose it after every later step's
+/// did. Read in deletion order reversed (dev first): an earlier step going
+/// means the later ones went before it was read.
+async fn watch_reverse_deletion(fleet: &Fleet) -> anyhow::Result<Vec<String>> {
+    let rank = |env: &str| match env {
+        "env-dev" => 0,
+        "env-staging" => 1,
+        _ => 2,
+    };
+    let mut violations = Vec::new();
+    let mut samples = 0usize;
+    eventually("every web Deployment deleted", CONVERGE, || {
+        let out: Result<(), String> = (|| {
+            samples += 1;
+            let mut now: Vec<(&str, &str, bool)> = Vec::new();
+            for (c, env) in CLUSTERS.iter().filter(|(_, e)| *e != "env-sandbox") {
+                now.push((c, env, going(fleet, c).map_err(|e| e.to_string())?));
+            }
+            for (c, env, gone) in &now {
+                if !gone {
+                    continue;
+                }
+                let kept: Vec<&str> = now
+                    .iter()
+                    .filter(|(_, e, g)| rank(e) > rank(env) && !g)
+                    .map(|(c, _, _)| *c)
+                    .collect();
+                if !kept.is_empty() {
+                    violations.push(format!(
+                        "sample {samples}: {c} ({env}) deleted while {kept:?} of a later step still run"
+                    ));
+                }
+            }
+            if now.iter().all(|(_, _, g)| *g) {
+                Ok(())
+            } else {
+                Err(format!("{now:?}"))
+            }
+        })();
+        std::future::ready(out)
+    })
+    .await?;
+    Ok(violations)
 }
 
 #[test]

@@ -640,6 +640,7 @@ fn handle_message(ctx: &HubContext, cluster: &str, msg: pb::AgentMessage) -> Res
                 r.acked_generation = ack.generation;
                 r.last_seen_ms = now;
             })?;
+            ctx.appsets.rollouts().deletions_may_have_progressed();
         }
         Some(AgentKind::Status(report)) => {
             let rec = ctx

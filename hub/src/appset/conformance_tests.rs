@@ -1135,27 +1135,29 @@ fn template_and_fields() {
             check: |g| error(g, "spec.strategy.rollingSync.steps[0].maxUpdate"),
         },
         Case {
-            name: "deletionOrder Reverse with RollingSync is reported as not supported yet",
+            name: "deletionOrder Reverse with RollingSync is carried out, not reported",
             follows: "Progressive-Syncs.md (Reverse Deletion)",
             extra_spec: "  strategy:\n    type: RollingSync\n    deletionOrder: Reverse\n    rollingSync:\n      steps:\n        - matchExpressions: [{key: env, operator: In, values: [dev]}]\n",
+            metadata: "",
+            check: |g| {
+                let g = g.as_ref().map_err(|e| e.to_string())?;
+                if g.notices.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!("{:?}", g.notices))
+                }
+            },
+        },
+        Case {
+            name: "deletionOrder Reverse without RollingSync steps does nothing, as Argo CD, and is reported",
+            follows: "progressive_sync.go IsDeletionOrderReversed (RollingSync with steps only)",
+            extra_spec: "  strategy: {type: AllAtOnce, deletionOrder: Reverse}\n",
             metadata: "",
             check: |g| {
                 notice(
                     g,
                     NOTICE_UNSUPPORTED,
-                    "spec.strategy.deletionOrder: Reverse",
-                )
-            },
-        },
-        Case {
-            name: "deletionOrder Reverse needs RollingSync steps",
-            follows: "Progressive-Syncs.md (Requirements for Reverse deletion)",
-            extra_spec: "  strategy: {type: AllAtOnce, deletionOrder: Reverse}\n",
-            metadata: "",
-            check: |g| {
-                error(
-                    g,
-                    "spec.strategy.deletionOrder: Reverse requires type RollingSync",
+                    "Reverse has no effect without RollingSync steps",
                 )
             },
         },

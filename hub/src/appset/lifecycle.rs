@@ -780,6 +780,8 @@ impl AppSets {
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let store = self.fleet.store().clone();
         let mut changed = self.finish_preserving_deletions()?;
+        // Applications whose objects were preserved may have gone.
+        self.rollouts.deletions_may_have_progressed();
         let sets = store.appsets()?;
         if sets.is_empty() {
             return Ok(changed);
@@ -1177,8 +1179,71 @@ impl AppSets {
             .remove(name);
         let origin = origin_of(name);
         let keep = keeps_applications_on_deletion(&rec.raw);
-        for mut a in store.apps()? {
-            if a.origin != origin || is_deleting(&a) {
+        // deletionOrder Reverse: the last step's applications now, the
+        // others group by group as their clusters let the previous go
+        // (carried on by the rollout reconciler).
+        let reverse_steps = ApplicationSet::from_value(rec.raw.clone())
+            .ok()
+            .filter(|s| !keep && s.strategy.reverse_deletion())
+            .and_then(|s| s.strategy.rolling_sync);
+        let owned: Vec<AppRecord> = store
+            .apps()?
+            .into_iter()
+            .filter(|a| a.origin == origin && !is_deleting(a))
+            .collect();
+        let mut now: Option<BTreeSet<String>> = None;
+        if let Some(steps) = reverse_steps {
+            let groups = crate::rollout::reverse_deletion_groups(
+                &steps,
+                owned
+                    .iter()
+                    .map(|a| (a.app.metadata.name.as_str(), &a.app.metadata.labels)),
+            );
+            let by_name: HashMap<&str, &AppRecord> = owned
+                .iter()
+                .map(|a| (a.app.metadata.name.as_str(), a))
+                .collect();
+            let mut deleting = Vec::with_capacity(groups.len());
+            for g in &groups {
+                let mut group = Vec::with_capacity(g.len());
+                for app in g {
+                    let clusters = match by_name.get(app.as_str()) {
+                        Some(a) => {
+                            store.clusters_targeted(&crate::store::Destination::of(&a.app))?
+                        }
+                        None => Vec::new(),
+                    };
+                    group.push(crate::rollout::DeletingApp {
+                        app: app.clone(),
+                        clusters,
+                    });
+                }
+                deleting.push(group);
+            }
+            now = Some(
+                groups
+                    .first()
+                    .cloned()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect(),
+            );
+            if groups.len() > 1 {
+                tracing::info!(appset = %name, steps = ?groups, "deletionOrder Reverse: deleting step by step, last step first");
+            }
+            store.put_rollout(&crate::rollout::RolloutRecord {
+                set: name.to_owned(),
+                deleting,
+                preserve,
+                ..Default::default()
+            })?;
+            self.rollouts.deleting_in_reverse(name);
+        }
+        for mut a in owned {
+            if now
+                .as_ref()
+                .is_some_and(|n| !n.contains(&a.app.metadata.name))
+            {
                 continue;
             }
             if keep {

@@ -819,10 +819,8 @@ impl LifecycleFields {
             }
         }
         let strategy = crate::rollout::rolling_sync::Strategy::parse(spec.get("strategy"))?;
-        if strategy.reverse_deletion() {
-            unsupported(
-                "spec.strategy.deletionOrder: Reverse is not supported yet; applications are deleted at once".into(),
-            );
+        for message in strategy.unused(spec.get("strategy")) {
+            unsupported(message);
         }
         if let Some(ns) = spec
             .get("template")

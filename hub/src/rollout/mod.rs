@@ -49,6 +49,45 @@ pub struct RolloutRecord {
     /// The [`rolling_sync::INVALID_ROLLOUT_CONFIG`] condition's message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub invalid: Option<String>,
+    /// `deletionOrder: Reverse` of a deleted set: the groups of
+    /// applications still to delete, the first one being deleted now
+    /// (last step first, applications of no step last).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deleting: Vec<Vec<DeletingApp>>,
+    /// The set's `preserveResourcesOnDeletion`, for the later groups.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub preserve: bool,
+}
+
+/// An application a reverse deletion waits for, and the clusters that must
+/// have let it go.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeletingApp {
+    pub app: String,
+    pub clusters: Vec<String>,
+}
+
+/// Groups of a set's applications in reverse deletion order: the last
+/// step's first, then the step before, …, then those no step selects
+/// (Argo CD deletes them last, with the set). Empty groups are left out.
+pub fn reverse_deletion_groups<'a>(
+    steps: &[rolling_sync::Step],
+    apps: impl IntoIterator<Item = (&'a str, &'a std::collections::BTreeMap<String, String>)>,
+) -> Vec<Vec<String>> {
+    let apps: Vec<_> = apps.into_iter().collect();
+    let assignment = rolling_sync::assign_steps(steps, apps.iter().copied());
+    let mut groups: Vec<Vec<String>> = vec![Vec::new(); steps.len() + 1];
+    for (name, _) in &apps {
+        match assignment.step_of.get(*name) {
+            Some(i) => groups[steps.len() - 1 - i].push((*name).to_owned()),
+            None => groups[steps.len()].push((*name).to_owned()),
+        }
+    }
+    groups.retain(|g| !g.is_empty());
+    for g in &mut groups {
+        g.sort();
+    }
+    groups
 }
 
 impl RolloutRecord {
@@ -90,6 +129,8 @@ pub struct Rollouts {
     /// Set → its watched applications.
     members: Mutex<HashMap<String, BTreeSet<String>>>,
     dirty: Mutex<BTreeSet<String>>,
+    /// Deleted sets whose applications go in reverse order.
+    deleting: Mutex<BTreeSet<String>>,
     wake: tokio::sync::Notify,
     pub counters: RolloutCounters,
 }
@@ -200,6 +241,30 @@ impl Rollouts {
         }
     }
 
+    /// Notes a deleted set whose applications go in reverse order and asks
+    /// for a pass over it.
+    pub fn deleting_in_reverse(&self, set: &str) {
+        self.deleting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(set.to_owned());
+        self.mark(set);
+    }
+
+    /// A cluster acknowledged a desired state, or the set controller made a
+    /// pass (which removes applications whose objects are preserved): a
+    /// reverse deletion may go on. Nothing to do when none runs.
+    pub fn deletions_may_have_progressed(&self) {
+        let sets = self
+            .deleting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for set in sets {
+            self.mark(&set);
+        }
+    }
+
     fn take_dirty(&self) -> BTreeSet<String> {
         std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|p| p.into_inner()))
     }
@@ -229,6 +294,14 @@ pub async fn run(ctx: HubContext) {
         }
         Err(e) => tracing::error!(error = %e, "rollouts: cannot read the application sets"),
     }
+    match ctx.store.rollouts() {
+        Ok(records) => {
+            for r in records.into_iter().filter(|r| !r.deleting.is_empty()) {
+                rollouts.deleting_in_reverse(&r.set);
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "rollouts: cannot read the rollout records"),
+    }
     let mut closing = ctx.closing.clone();
     loop {
         let dirty = rollouts.take_dirty();
@@ -254,6 +327,81 @@ pub async fn run(ctx: HubContext) {
     }
 }
 
+/// Whether every cluster `a` targeted has acknowledged a desired state
+/// without it (so its objects are pruned, or left when preserved).
+fn let_go(ctx: &HubContext, a: &DeletingApp) -> Result<bool, StoreError> {
+    if ctx.store.app(&a.app)?.is_some() {
+        return Ok(false);
+    }
+    for c in &a.clusters {
+        let Some(c) = ctx.store.cluster(c)? else {
+            continue;
+        };
+        if c.desired_index.contains_key(&a.app) || c.acked_generation < c.generation {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// `deletionOrder: Reverse` of deleted set `name`: once every application
+/// of the group being deleted is gone from the store and from what its
+/// clusters acknowledged, deletes the next group.
+fn continue_reverse_deletion(
+    ctx: &HubContext,
+    rollouts: &Rollouts,
+    name: &str,
+) -> Result<bool, StoreError> {
+    let store = &ctx.store;
+    let Some(mut rec) = store.rollout(name)? else {
+        rollouts
+            .deleting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+        return Ok(false);
+    };
+    let mut changed = false;
+    while let Some(group) = rec.deleting.first() {
+        let mut done = true;
+        for a in group {
+            if !let_go(ctx, a)? {
+                done = false;
+                break;
+            }
+        }
+        if !done {
+            break;
+        }
+        rec.deleting.remove(0);
+        changed = true;
+        let Some(next) = rec.deleting.first() else {
+            break;
+        };
+        let names: Vec<String> = next.iter().map(|a| a.app.clone()).collect();
+        tracing::info!(appset = %name, apps = ?names, "deletionOrder Reverse: deleting the next step's applications");
+        for a in &names {
+            ctx.appsets.delete_app(a, rec.preserve)?;
+        }
+        ctx.fleet.recompute_apps(&names)?;
+    }
+    if rec.deleting.is_empty() {
+        tracing::info!(appset = %name, "deletionOrder Reverse: every application deleted");
+        store.remove_rollout(name)?;
+        rollouts
+            .deleting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+    } else if changed {
+        store.put_rollout(&rec)?;
+    }
+    if changed {
+        store.flush()?;
+    }
+    Ok(false)
+}
+
 /// One pass over set `name`. Returns whether its progress changed.
 ///
 /// # Errors
@@ -267,8 +415,7 @@ pub async fn reconcile_set(
     let store = &ctx.store;
     let Some(rec) = store.appset(name)? else {
         rollouts.unwatch_set(name);
-        store.remove_rollout(name)?;
-        return Ok(false);
+        return continue_reverse_deletion(ctx, rollouts, name);
     };
     let set = match ApplicationSet::from_value(rec.raw.clone()) {
         Ok(s) => s,
@@ -354,6 +501,7 @@ pub async fn reconcile_set(
         applications: pass.statuses,
         progressing: pass.progressing,
         invalid: pass.invalid,
+        ..Default::default()
     };
     for app_name in &pass.to_sync {
         let Some((app, clusters)) = targets.get(app_name) else {

@@ -81,12 +81,31 @@ impl Strategy {
             && self.rolling_sync.as_ref().is_some_and(|s| !s.is_empty())
     }
 
+    /// Fields of `strategy` (as written) that have no effect, as in Argo
+    /// CD, each with why: reported, not refused.
+    pub fn unused(&self, strategy: Option<&Value>) -> Vec<String> {
+        let mut out = Vec::new();
+        let kind = strategy
+            .and_then(|s| s.get("type"))
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if kind == ROLLING_SYNC && self.rolling_sync.is_none() {
+            out.push("spec.strategy.type: RollingSync without spec.strategy.rollingSync has no effect (as in Argo CD); every application is updated at once".to_owned());
+        }
+        if self.deletion_order == DeletionOrder::Reverse && self.rolling_sync.is_none() {
+            out.push("spec.strategy.deletionOrder: Reverse has no effect without RollingSync steps (as in Argo CD); applications are deleted at once".to_owned());
+        }
+        out
+    }
+
     /// Reads `spec.strategy` (absent or null: AllAtOnce).
     ///
     /// # Errors
     /// `(field, message)` for a value of the wrong shape, an unknown type
     /// or deletion order, or RollingSync without steps (Argo CD's
-    /// "No steps defined for rollout", which stops the set).
+    /// "No steps defined for rollout", which stops the set). What Argo CD
+    /// accepts and does not act upon (Reverse without RollingSync steps,
+    /// RollingSync without a `rollingSync` block) is in [`Strategy::unused`].
     pub fn parse(strategy: Option<&Value>) -> Result<Self, (String, String)> {
         let Some(strategy) = strategy.filter(|v| !v.is_null()) else {
             return Ok(Self::default());
@@ -136,12 +155,6 @@ impl Strategy {
                 ));
             }
         };
-        if deletion_order == DeletionOrder::Reverse && rolling_sync.is_none() {
-            return Err((
-                "spec.strategy.deletionOrder".into(),
-                "Reverse requires type RollingSync with rollingSync.steps".into(),
-            ));
-        }
         Ok(Self {
             rolling_sync,
             deletion_order,

@@ -160,8 +160,19 @@ fn strategy_parse_table() {
     // Absent, null and AllAtOnce: no rollout.
     assert_eq!(Strategy::parse(None), Ok(Strategy::default()));
     assert_eq!(ok(json!({"type": "AllAtOnce"})), Ok(Strategy::default()));
-    // Argo CD needs the rollingSync block to roll out at all.
-    assert_eq!(ok(json!({"type": "RollingSync"})), Ok(Strategy::default()));
+    // Argo CD needs the rollingSync block to roll out at all; reported.
+    let bare = json!({"type": "RollingSync"});
+    assert_eq!(ok(bare.clone()), Ok(Strategy::default()));
+    let unused = Strategy::default().unused(Some(&bare));
+    assert!(
+        unused[0].contains("without spec.strategy.rollingSync"),
+        "{unused:?}"
+    );
+    // Reverse without steps: what Argo CD does (nothing), reported.
+    let reverse = json!({"type": "AllAtOnce", "deletionOrder": "Reverse"});
+    let s = ok(reverse.clone()).unwrap();
+    assert!(!s.reverse_deletion());
+    assert!(s.unused(Some(&reverse))[0].contains("Reverse has no effect"));
     let s = ok(json!({
         "type": "RollingSync",
         "deletionOrder": "reverse",
@@ -220,11 +231,6 @@ fn strategy_parse_table() {
             json!({"deletionOrder": "Sideways"}),
             "spec.strategy.deletionOrder",
             "not one of AllAtOnce, Reverse",
-        ),
-        (
-            json!({"type": "AllAtOnce", "deletionOrder": "Reverse"}),
-            "spec.strategy.deletionOrder",
-            "requires type RollingSync",
         ),
     ];
     for (v, field, text) in errors {
@@ -493,4 +499,26 @@ fn a_spec_change_without_a_new_revision_restarts_the_app() {
     // The Waiting message is replaced by Pending's in the same pass; the
     // cause is what moved it out of Healthy.
     assert!(s.message.contains("Pending"), "{}", s.message);
+}
+
+#[test]
+fn reverse_deletion_goes_last_step_first_and_unselected_last() {
+    let steps = env_steps([None, None, None]);
+    let apps = [
+        ("dev", labels(&[("env", "dev")])),
+        ("p2", labels(&[("env", "prod")])),
+        ("p1", labels(&[("env", "prod")])),
+        ("stg", labels(&[("env", "staging")])),
+        ("other", labels(&[("env", "sandbox")])),
+    ];
+    let groups = crate::rollout::reverse_deletion_groups(&steps, apps.iter().map(|(n, l)| (*n, l)));
+    assert_eq!(
+        groups,
+        vec![
+            vec!["p1".to_owned(), "p2".to_owned()],
+            vec!["stg".to_owned()],
+            vec!["dev".to_owned()],
+            vec!["other".to_owned()],
+        ]
+    );
 }

@@ -19,6 +19,14 @@ impl Store {
         })
     }
 
+    /// Every rollout record (at start: reverse deletions to carry on).
+    ///
+    /// # Errors
+    /// As [`Store::rollout`].
+    pub fn rollouts(&self) -> Result<Vec<RolloutRecord>, StoreError> {
+        self.read(|t| self.decode_all(&t.rollouts, "rollout"))
+    }
+
     /// Stores (or replaces) the progress of a set.
     ///
     /// # Errors
