@@ -266,7 +266,7 @@ async fn rolling_sync_rolls_out_step_by_step() -> anyhow::Result<()> {
         let healthy = st
             .iter()
             .filter(|(a, _)| *a != "sim-6-web")
-            .all(|(_, (status, _, revs))| status == "Healthy" && revs == &[v1.clone()]);
+            .all(|(_, (status, _, revs))| status == "Healthy" && revs == std::slice::from_ref(&v1));
         if st.len() == CLUSTERS.len() && healthy {
             Ok(())
         } else {
@@ -294,7 +294,7 @@ async fn rolling_sync_rolls_out_step_by_step() -> anyhow::Result<()> {
         let st = app_status(&s);
         if st
             .get("sim-1-web")
-            .is_some_and(|(_, _, revs)| revs == &[v2.clone()])
+            .is_some_and(|(_, _, revs)| revs == std::slice::from_ref(&v2))
         {
             Ok(())
         } else {
@@ -313,7 +313,7 @@ async fn rolling_sync_rolls_out_step_by_step() -> anyhow::Result<()> {
         let done = st
             .iter()
             .filter(|(a, _)| *a != "sim-6-web")
-            .all(|(_, (status, _, revs))| status == "Healthy" && revs == &[v2.clone()]);
+            .all(|(_, (status, _, revs))| status == "Healthy" && revs == std::slice::from_ref(&v2));
         if done
             && s["conditions"]
                 .to_string()
@@ -364,7 +364,9 @@ async fn rolling_sync_rolls_out_step_by_step() -> anyhow::Result<()> {
     eventually("the rollout of v3 starts", CONVERGE, || async {
         let st = app_status(&appset(&fleet).map_err(|e| e.to_string())?);
         match st.get("sim-1-web") {
-            Some((status, _, revs)) if revs == &[v3.clone()] && status != "Waiting" => Ok(()),
+            Some((status, _, revs)) if revs == std::slice::from_ref(&v3) && status != "Waiting" => {
+                Ok(())
+            }
             other => Err(format!("{other:?}")),
         }
     })

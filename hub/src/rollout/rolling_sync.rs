@@ -247,14 +247,14 @@ fn parse_steps(rs: &Value) -> Result<Vec<Step>, (String, String)> {
     Ok(out)
 }
 
-/// Whether one expression accepts a label value. `Err` for an operator
+/// Whether one expression accepts a label value; `None` for an operator
 /// other than `In` and `NotIn`.
-pub fn expression_matches(value: &str, e: &MatchExpression) -> Result<bool, ()> {
+pub fn expression_matches(value: &str, e: &MatchExpression) -> Option<bool> {
     let listed = e.values.iter().any(|v| v == value);
     match e.operator.as_str() {
-        "In" => Ok(listed),
-        "NotIn" => Ok(!listed),
-        _ => Err(()),
+        "In" => Some(listed),
+        "NotIn" => Some(!listed),
+        _ => None,
     }
 }
 
@@ -392,12 +392,12 @@ pub fn assign_steps<'a>(
             for e in &step.match_expressions {
                 match labels.get(&e.key) {
                     Some(v) => match expression_matches(v, e) {
-                        Ok(true) => {}
-                        Ok(false) => {
+                        Some(true) => {}
+                        Some(false) => {
                             selected = false;
                             break;
                         }
-                        Err(()) => {
+                        None => {
                             let issue = (i, e.operator.clone());
                             if !out.issues.invalid_operators.contains(&issue) {
                                 out.issues.invalid_operators.push(issue);

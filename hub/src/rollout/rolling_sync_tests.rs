@@ -246,7 +246,8 @@ fn strategy_parse_table() {
 
 #[test]
 fn validation_messages_table() {
-    let cases: Vec<(Vec<Step>, Vec<(&str, &[(&str, &str)])>, Option<&str>)> = vec![
+    type Labelled<'a> = Vec<(&'a str, &'a [(&'a str, &'a str)])>;
+    let cases: Vec<(Vec<Step>, Labelled, Option<&str>)> = vec![
         (
             vec![step(vec![expr("env", "In", &["dev"])], None)],
             vec![("a", &[("env", "dev")])],
