@@ -25,6 +25,7 @@ pub mod rbac;
 pub mod render;
 pub mod repo_fetch;
 pub mod repo_secrets;
+pub mod rollout;
 pub mod server;
 pub mod source;
 pub mod store;

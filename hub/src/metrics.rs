@@ -28,6 +28,19 @@ pub struct RepoLabels {
     pub repo: String,
 }
 
+/// Label of an ApplicationSet.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AppSetLabels {
+    pub appset: String,
+}
+
+/// Labels of `flotilla_hub_appset_rollout_applications`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AppSetStatusLabels {
+    pub appset: String,
+    pub status: String,
+}
+
 /// Labels of `flotilla_applications`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StatusLabels {
@@ -108,6 +121,9 @@ pub struct HubMetrics {
     open_files_limit: Gauge,
     store_cache_bytes: Gauge,
     repository_secret_errors: Gauge,
+    rollout_step: Family<AppSetLabels, Gauge>,
+    rollout_applications: Family<AppSetStatusLabels, Gauge>,
+    rollout_syncs: Counter,
     /// One scrape at a time: a refresh clears and refills the state
     /// families, which a concurrent scrape must not see half done.
     scrape: std::sync::Mutex<()>,
@@ -270,8 +286,29 @@ impl HubMetrics {
             "Repository and repo-creds Secrets the last read of the declared repositories directory could not use, and removed ones whose repository applications keep (the log names each file and cause)",
             repository_secret_errors.clone(),
         );
+        let rollout_step = Family::<AppSetLabels, Gauge>::default();
+        registry.register(
+            "hub_appset_rollout_step",
+            "RollingSync: the step an ApplicationSet is rolling out (1-based), 0 when its rollout is complete",
+            rollout_step.clone(),
+        );
+        let rollout_applications = Family::<AppSetStatusLabels, Gauge>::default();
+        registry.register(
+            "hub_appset_rollout_applications",
+            "RollingSync: generated applications by applicationStatus (Waiting, Pending, Progressing, Healthy)",
+            rollout_applications.clone(),
+        );
+        let rollout_syncs = Counter::default();
+        registry.register(
+            "hub_appset_rollout_syncs",
+            "RollingSync: syncs sent to clusters by ApplicationSets stepping through their rollouts",
+            rollout_syncs.clone(),
+        );
         Self {
             registry,
+            rollout_step,
+            rollout_applications,
+            rollout_syncs,
             open_files_limit,
             store_cache_bytes,
             repository_secret_errors,
@@ -401,6 +438,42 @@ impl HubMetrics {
     pub fn repository_secret_errors(&self, n: usize) {
         self.repository_secret_errors
             .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Records where a RollingSync set's rollout is (`step` 0: complete)
+    /// and how many of its applications are in each status.
+    pub fn rollout(&self, appset: &str, step: u64, by_status: &[(&str, usize)]) {
+        self.rollout_step
+            .get_or_create(&AppSetLabels {
+                appset: appset.to_owned(),
+            })
+            .set(i64::try_from(step).unwrap_or(i64::MAX));
+        for (status, n) in by_status {
+            self.rollout_applications
+                .get_or_create(&AppSetStatusLabels {
+                    appset: appset.to_owned(),
+                    status: (*status).to_owned(),
+                })
+                .set(i64::try_from(*n).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Forgets a set that no longer rolls out with RollingSync.
+    pub fn rollout_removed(&self, appset: &str, statuses: &[&str]) {
+        self.rollout_step.remove(&AppSetLabels {
+            appset: appset.to_owned(),
+        });
+        for status in statuses {
+            self.rollout_applications.remove(&AppSetStatusLabels {
+                appset: appset.to_owned(),
+                status: (*status).to_owned(),
+            });
+        }
+    }
+
+    /// Counts syncs sent by RollingSync sets.
+    pub fn rollout_syncs(&self, n: u64) {
+        self.rollout_syncs.inc_by(n);
     }
 
     /// Counts bundles withheld from an agent too old for chunks.

@@ -387,6 +387,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         wire: config.wire,
     };
 
+    let rollout_ctx = ctx.clone();
     // The chain includes the CA so an enrolling agent can check it against
     // the pin in its bootstrap token. TLS is done by crate::listener, not
     // by tonic, so that handshakes have a deadline and connections caps.
@@ -518,6 +519,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
     };
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let git_task = tokio::spawn(git.clone().run());
+    let rollout_task = Some(tokio::spawn(crate::rollout::run(rollout_ctx)));
     let secrets_task = declared
         .clone()
         .map(|d| d.spawn(config.repository_secrets_interval));
@@ -548,9 +550,15 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         // directory can be opened again at once.
         git_task.abort();
         let _ = git_task.await;
-        for t in [webhook_task, metrics_task, secrets_task, ui_task]
-            .into_iter()
-            .flatten()
+        for t in [
+            webhook_task,
+            metrics_task,
+            secrets_task,
+            ui_task,
+            rollout_task,
+        ]
+        .into_iter()
+        .flatten()
         {
             t.abort();
             let _ = t.await;

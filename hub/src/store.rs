@@ -24,6 +24,7 @@ pub mod credentials;
 mod projects;
 mod rbac;
 pub mod records;
+mod rollouts;
 mod targets;
 
 pub use changes::{ChangeKind, Changes};
@@ -481,6 +482,8 @@ struct Trees {
     rbac: sled::Tree,
     /// Audit log by id, oldest first (`audit`).
     audit: sled::Tree,
+    /// RollingSync progress by ApplicationSet name (`rollouts`).
+    rollouts: sled::Tree,
 }
 
 impl Trees {
@@ -500,6 +503,7 @@ impl Trees {
             projects: db.open_tree("projects")?,
             rbac: db.open_tree("rbac_settings")?,
             audit: db.open_tree("audit")?,
+            rollouts: db.open_tree("rollouts")?,
             db,
         })
     }

@@ -855,7 +855,7 @@ async fn conformance_conditions() {
         &mut api,
         &set(
             "rolling",
-            &format!("{one}  strategy:\n    type: RollingSync\n    rollingSync: {{steps: []}}\n"),
+            &format!("{one}  strategy:\n    type: RollingSync\n    rollingSync: {{steps: [{{matchExpressions: [{{key: env, operator: In, values: [dev]}}]}}]}}\n"),
             "",
         ),
         false,
@@ -906,13 +906,41 @@ async fn conformance_conditions() {
     );
     wait_owned(&mut api, "nary", &["nary-x"]).await;
 
-    let s = wait_condition(&mut api, "rolling", "UnsupportedField").await;
+    // RollingSync is carried out: a step that selects nothing is Argo CD's
+    // InvalidRolloutConfig, and the unselected application waits.
+    let s = wait_condition(&mut api, "rolling", "InvalidRolloutConfig").await;
     assert!(
-        messages(&s).contains("spec.strategy: RollingSync"),
+        messages(&s).contains("Steps [1] have no applications matching their criteria")
+            && !messages(&s).contains("UnsupportedField"),
         "{}",
         messages(&s)
     );
     wait_owned(&mut api, "rolling", &["rolling-x"]).await;
+    let s = wait_condition(&mut api, "rolling", "ApplicationSetRolloutProgressing").await;
+    assert!(
+        s.application_status
+            .iter()
+            .any(|a| a.application == "rolling-x" && a.status == "Waiting" && a.step == "-1"),
+        "{:?}",
+        s.application_status
+    );
+    // Without steps it is Argo CD's error, and the set is refused.
+    let empty = set(
+        "rolling-empty",
+        &format!("{one}  strategy:\n    type: RollingSync\n    rollingSync: {{steps: []}}\n"),
+        "",
+    );
+    let refused = api
+        .create_application_set(pb::CreateApplicationSetRequest {
+            manifest: empty,
+            upsert: false,
+        })
+        .await
+        .expect_err("RollingSync without steps is refused");
+    assert!(
+        refused.message().contains("No steps defined for rollout"),
+        "{refused:?}"
+    );
 
     let s = wait_condition(&mut api, "patch", "ProjectChangeRefused").await;
     let c = s

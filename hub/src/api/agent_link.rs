@@ -678,6 +678,7 @@ fn handle_message(ctx: &HubContext, cluster: &str, msg: pb::AgentMessage) -> Res
                 r.acked_generation = ack.generation;
                 r.last_seen_ms = now;
             })?;
+            ctx.appsets.rollouts().deletions_may_have_progressed();
         }
         Some(AgentKind::Status(report)) => {
             let Some(rec) = seen(ctx, cluster, now)? else {
@@ -697,6 +698,7 @@ fn handle_message(ctx: &HubContext, cluster: &str, msg: pb::AgentMessage) -> Res
                 })
                 .collect();
             ctx.store.put_statuses(cluster, &statuses)?;
+            ctx.appsets.rollouts().statuses_reported(cluster, &statuses);
         }
         Some(AgentKind::Diff(result)) => {
             seen(ctx, cluster, now)?;

@@ -52,6 +52,22 @@ fn selected_clusters(
     Ok(vec![only.to_owned()])
 }
 
+/// Syncs `app` on `clusters` as `flotilla app sync` does (render now, send
+/// `SyncNow`, record history as `initiated_by`): the path the rollout
+/// reconciler ([`crate::rollout`]) triggers its steps through.
+///
+/// # Errors
+/// The application cannot be rendered, or the store failed.
+pub async fn sync_clusters(
+    ctx: &HubContext,
+    app: &Application,
+    clusters: Vec<String>,
+    prune: bool,
+    initiated_by: &str,
+) -> Result<pb::SyncApplicationResponse, Status> {
+    render_and_sync(ctx, app, clusters, prune, false, initiated_by).await
+}
+
 /// Renders now and sends `SyncNow` to `clusters`; records history unless
 /// `dry_run`.
 async fn render_and_sync(

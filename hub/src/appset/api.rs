@@ -8,7 +8,11 @@ use crate::api::{HubContext, require_write};
 use crate::store::{AppSetRecord, ClusterRecord};
 use flotilla_proto as pb;
 
-fn to_pb(rec: &AppSetRecord, count: EvaluationCount) -> pb::ApplicationSet {
+fn to_pb(
+    rec: &AppSetRecord,
+    count: EvaluationCount,
+    rollout: Option<&crate::rollout::RolloutRecord>,
+) -> pb::ApplicationSet {
     let policy = rec.raw.pointer("/spec/syncPolicy");
     // An application held for deletion still exists and still belongs to
     // the set: it stays listed until it is deleted.
@@ -31,7 +35,23 @@ fn to_pb(rec: &AppSetRecord, count: EvaluationCount) -> pb::ApplicationSet {
                 message: c.message.clone(),
                 application: c.application.clone(),
             })
+            .chain(rollout.into_iter().flat_map(rollout_conditions))
             .collect(),
+        application_status: rollout
+            .map(|r| {
+                r.applications
+                    .iter()
+                    .map(|a| pb::ApplicationSetApplicationStatus {
+                        application: a.application.clone(),
+                        status: a.status.as_str().to_owned(),
+                        step: a.step.clone(),
+                        message: a.message.clone(),
+                        last_transition_ms: a.last_transition_ms,
+                        target_revisions: a.target_revisions.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
         pending_deletions: rec.pending_deletions.clone(),
         last_result_ms: rec.last_result_ms,
         last_good_ms: rec.last_good_ms,
@@ -50,6 +70,25 @@ fn to_pb(rec: &AppSetRecord, count: EvaluationCount) -> pb::ApplicationSet {
     }
 }
 
+/// The conditions the rollout reconciler (the only writer of the rollout
+/// record) adds to a RollingSync set.
+fn rollout_conditions(
+    r: &crate::rollout::RolloutRecord,
+) -> impl Iterator<Item = pb::ApplicationSetCondition> + '_ {
+    use crate::rollout::rolling_sync::{INVALID_ROLLOUT_CONFIG, ROLLOUT_PROGRESSING};
+    let progressing = (!r.progressing.is_empty()).then(|| pb::ApplicationSetCondition {
+        r#type: ROLLOUT_PROGRESSING.to_owned(),
+        message: r.progressing.clone(),
+        application: String::new(),
+    });
+    let invalid = r.invalid.as_ref().map(|m| pb::ApplicationSetCondition {
+        r#type: INVALID_ROLLOUT_CONFIG.to_owned(),
+        message: m.clone(),
+        application: String::new(),
+    });
+    progressing.into_iter().chain(invalid)
+}
+
 /// Re-evaluates every set now (through one Git-loop pass, which also
 /// renders the generated applications).
 async fn evaluate(ctx: &HubContext) {
@@ -57,9 +96,10 @@ async fn evaluate(ctx: &HubContext) {
 }
 
 fn get(ctx: &HubContext, name: &str) -> Result<pb::ApplicationSet, Status> {
+    let rollout = ctx.store.rollout(name)?;
     ctx.store
         .appset(name)?
-        .map(|r| to_pb(&r, ctx.appsets.evaluations(name)))
+        .map(|r| to_pb(&r, ctx.appsets.evaluations(name), rollout.as_ref()))
         .ok_or_else(|| Status::not_found(format!("application set {name:?} not found")))
 }
 
@@ -89,8 +129,11 @@ pub async fn list(
         .store
         .appsets()?
         .iter()
-        .map(|r| to_pb(r, ctx.appsets.evaluations(&r.name)))
-        .collect();
+        .map(|r| {
+            let rollout = ctx.store.rollout(&r.name)?;
+            Ok(to_pb(r, ctx.appsets.evaluations(&r.name), rollout.as_ref()))
+        })
+        .collect::<Result<_, crate::store::StoreError>>()?;
     Ok(Response::new(pb::ListApplicationSetsResponse {
         application_sets,
     }))

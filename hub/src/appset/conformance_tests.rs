@@ -1102,11 +1102,64 @@ fn template_and_fields() {
             check: |g| notice(g, NOTICE_UNSUPPORTED, "example.com/custom"),
         },
         Case {
-            name: "strategy RollingSync is reported as not supported yet",
-            follows: "Progressive-Syncs.md",
+            name: "strategy RollingSync with steps is carried out, not reported",
+            follows: "Progressive-Syncs.md (RollingSync)",
+            extra_spec: "  strategy:\n    type: RollingSync\n    rollingSync:\n      steps:\n        - matchExpressions: [{key: env, operator: In, values: [dev]}]\n        - matchExpressions: [{key: env, operator: In, values: [prod]}]\n          maxUpdate: 10%\n",
+            metadata: "",
+            check: |g| {
+                let g = g.as_ref().map_err(|e| e.to_string())?;
+                if g.notices.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!("{:?}", g.notices))
+                }
+            },
+        },
+        Case {
+            name: "RollingSync without steps stops the set, as Argo CD",
+            follows: "applicationset_controller.go (No steps defined for rollout)",
             extra_spec: "  strategy:\n    type: RollingSync\n    rollingSync:\n      steps: []\n",
             metadata: "",
-            check: |g| notice(g, NOTICE_UNSUPPORTED, "spec.strategy: RollingSync"),
+            check: |g| {
+                error(
+                    g,
+                    "spec.strategy.rollingSync.steps: No steps defined for rollout",
+                )
+            },
+        },
+        Case {
+            name: "a maxUpdate that is neither an integer nor a string is an error",
+            follows: "ApplicationSetRolloutStep.maxUpdate (int-or-string)",
+            extra_spec: "  strategy:\n    type: RollingSync\n    rollingSync:\n      steps:\n        - maxUpdate: [1]\n",
+            metadata: "",
+            check: |g| error(g, "spec.strategy.rollingSync.steps[0].maxUpdate"),
+        },
+        Case {
+            name: "deletionOrder Reverse with RollingSync is carried out, not reported",
+            follows: "Progressive-Syncs.md (Reverse Deletion)",
+            extra_spec: "  strategy:\n    type: RollingSync\n    deletionOrder: Reverse\n    rollingSync:\n      steps:\n        - matchExpressions: [{key: env, operator: In, values: [dev]}]\n",
+            metadata: "",
+            check: |g| {
+                let g = g.as_ref().map_err(|e| e.to_string())?;
+                if g.notices.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!("{:?}", g.notices))
+                }
+            },
+        },
+        Case {
+            name: "deletionOrder Reverse without RollingSync steps does nothing, as Argo CD, and is reported",
+            follows: "progressive_sync.go IsDeletionOrderReversed (RollingSync with steps only)",
+            extra_spec: "  strategy: {type: AllAtOnce, deletionOrder: Reverse}\n",
+            metadata: "",
+            check: |g| {
+                notice(
+                    g,
+                    NOTICE_UNSUPPORTED,
+                    "Reverse has no effect without RollingSync steps",
+                )
+            },
         },
         Case {
             name: "an unknown strategy type is an error",

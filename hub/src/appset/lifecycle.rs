@@ -378,6 +378,29 @@ pub fn plan_set(
     plan
 }
 
+/// RollingSync: the set syncs its applications itself, step by step, so
+/// as Argo CD it removes automated sync from every generated application
+/// (before comparing with the stored one, or every pass would rewrite it).
+/// Whether the set's syncs prune is kept in an annotation.
+fn disable_automated_sync(set: &str, mut generated: super::Generated) -> super::Generated {
+    for app in &mut generated.applications {
+        let Some(policy) = app.spec.sync_policy.as_mut() else {
+            continue;
+        };
+        let Some(automated) = policy.automated.take() else {
+            continue;
+        };
+        tracing::debug!(appset = %set, app = %app.metadata.name, "RollingSync: automated sync disabled on the generated application");
+        if automated.prune {
+            app.metadata.annotations.insert(
+                crate::rollout::PRUNE_ANNOTATION.to_owned(),
+                "true".to_owned(),
+            );
+        }
+    }
+    generated
+}
+
 fn window_text(ms: i64) -> String {
     let secs = ms / 1000;
     if secs % 3600 == 0 {
@@ -653,6 +676,8 @@ pub struct AppSets {
     deleting: Mutex<Option<BTreeSet<String>>>,
     /// Plans not made again because nothing they read changed.
     skipped: std::sync::atomic::AtomicU64,
+    /// The RollingSync reconciler's watch list (see [`crate::rollout`]).
+    rollouts: Arc<crate::rollout::Rollouts>,
 }
 
 /// What a set's last applied plan saw.
@@ -710,7 +735,14 @@ impl AppSets {
             skipped: std::sync::atomic::AtomicU64::new(0),
             pass: tokio::sync::Mutex::default(),
             counts: Mutex::default(),
+            rollouts: crate::rollout::Rollouts::new(),
         })
+    }
+
+    /// The RollingSync reconciler's watch list: sets evaluated here are
+    /// handed to it, status reports wake it.
+    pub fn rollouts(&self) -> &Arc<crate::rollout::Rollouts> {
+        &self.rollouts
     }
 
     /// How often `set` has been evaluated (see [`EvaluationCount`]); zero
@@ -748,6 +780,8 @@ impl AppSets {
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let store = self.fleet.store().clone();
         let mut changed = self.finish_preserving_deletions()?;
+        // Applications whose objects were preserved may have gone.
+        self.rollouts.deletions_may_have_progressed();
         let sets = store.appsets()?;
         if sets.is_empty() {
             return Ok(changed);
@@ -871,14 +905,23 @@ impl AppSets {
                 Some(t) => t,
                 None => table.insert(AppTable::from_records(store.apps()?)),
             };
+            let mut rolling = false;
             let (policy, preserve, preserved, ignore, result) = match evaluation {
-                Ok((set, generated)) => (
-                    set.applications_sync,
-                    set.preserve_resources_on_deletion,
-                    set.preserved_fields,
-                    set.ignore_differences,
-                    generated.map_err(|e| e.to_string()),
-                ),
+                Ok((set, generated)) => {
+                    rolling = set.strategy.rolling_sync.is_some();
+                    let generated = if rolling {
+                        generated.map(|g| disable_automated_sync(&rec.name, g))
+                    } else {
+                        generated
+                    };
+                    (
+                        set.applications_sync,
+                        set.preserve_resources_on_deletion,
+                        set.preserved_fields,
+                        set.ignore_differences,
+                        generated.map_err(|e| e.to_string()),
+                    )
+                }
                 Err(message) => (
                     ApplicationsSync::CreateOnly,
                     true,
@@ -961,6 +1004,11 @@ impl AppSets {
                         app_changes: store.app_changes(),
                     },
                 );
+            if rolling {
+                self.rollouts.watch_set(&rec.name, &rec.generated);
+            } else {
+                self.rollouts.unwatch_set(&rec.name);
+            }
             // Only now, with the plan applied (see `EvaluationCount`).
             let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
             let count = counts.entry(rec.name.clone()).or_default();
@@ -1122,6 +1170,8 @@ impl AppSets {
             .and_then(Value::as_bool)
             .unwrap_or(false);
         store.remove_appset(name)?;
+        self.rollouts.unwatch_set(name);
+        store.remove_rollout(name)?;
         // A set created again under this name counts from zero.
         self.counts
             .lock()
@@ -1129,8 +1179,71 @@ impl AppSets {
             .remove(name);
         let origin = origin_of(name);
         let keep = keeps_applications_on_deletion(&rec.raw);
-        for mut a in store.apps()? {
-            if a.origin != origin || is_deleting(&a) {
+        // deletionOrder Reverse: the last step's applications now, the
+        // others group by group as their clusters let the previous go
+        // (carried on by the rollout reconciler).
+        let reverse_steps = ApplicationSet::from_value(rec.raw.clone())
+            .ok()
+            .filter(|s| !keep && s.strategy.reverse_deletion())
+            .and_then(|s| s.strategy.rolling_sync);
+        let owned: Vec<AppRecord> = store
+            .apps()?
+            .into_iter()
+            .filter(|a| a.origin == origin && !is_deleting(a))
+            .collect();
+        let mut now: Option<BTreeSet<String>> = None;
+        if let Some(steps) = reverse_steps {
+            let groups = crate::rollout::reverse_deletion_groups(
+                &steps,
+                owned
+                    .iter()
+                    .map(|a| (a.app.metadata.name.as_str(), &a.app.metadata.labels)),
+            );
+            let by_name: HashMap<&str, &AppRecord> = owned
+                .iter()
+                .map(|a| (a.app.metadata.name.as_str(), a))
+                .collect();
+            let mut deleting = Vec::with_capacity(groups.len());
+            for g in &groups {
+                let mut group = Vec::with_capacity(g.len());
+                for app in g {
+                    let clusters = match by_name.get(app.as_str()) {
+                        Some(a) => {
+                            store.clusters_targeted(&crate::store::Destination::of(&a.app))?
+                        }
+                        None => Vec::new(),
+                    };
+                    group.push(crate::rollout::DeletingApp {
+                        app: app.clone(),
+                        clusters,
+                    });
+                }
+                deleting.push(group);
+            }
+            now = Some(
+                groups
+                    .first()
+                    .cloned()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect(),
+            );
+            if groups.len() > 1 {
+                tracing::info!(appset = %name, steps = ?groups, "deletionOrder Reverse: deleting step by step, last step first");
+            }
+            store.put_rollout(&crate::rollout::RolloutRecord {
+                set: name.to_owned(),
+                deleting,
+                preserve,
+                ..Default::default()
+            })?;
+            self.rollouts.deleting_in_reverse(name);
+        }
+        for mut a in owned {
+            if now
+                .as_ref()
+                .is_some_and(|n| !n.contains(&a.app.metadata.name))
+            {
                 continue;
             }
             if keep {

@@ -285,6 +285,8 @@ pub struct ApplicationSet {
     pub preserved_fields: PreservedFields,
     /// `spec.ignoreApplicationDifferences`.
     pub ignore_differences: Vec<IgnoreRule>,
+    /// `spec.strategy` (RollingSync steps, deletion order).
+    pub strategy: crate::rollout::rolling_sync::Strategy,
     /// Set-level conditions found while reading the spec (fields not
     /// applied, extensions).
     pub notices: Vec<Notice>,
@@ -497,6 +499,7 @@ impl ApplicationSet {
             preserve_resources_on_deletion,
             preserved_fields: lifecycle.preserved_fields,
             ignore_differences: lifecycle.ignore_differences,
+            strategy: lifecycle.strategy,
             notices: lifecycle.notices,
             raw: doc,
         })
@@ -707,6 +710,7 @@ fn finalizer_notices(app: &Application, notices: &mut Vec<Notice>) {
 
 /// The fields of a set the hub's lifecycle uses, read from `spec`.
 struct LifecycleFields {
+    strategy: crate::rollout::rolling_sync::Strategy,
     preserved_fields: PreservedFields,
     ignore_differences: Vec<IgnoreRule>,
     notices: Vec<Notice>,
@@ -814,31 +818,9 @@ impl LifecycleFields {
                 ));
             }
         }
-        if let Some(strategy) = spec.get("strategy").filter(|v| !v.is_null()) {
-            match strategy.get("type").and_then(Value::as_str).unwrap_or("") {
-                "" | "AllAtOnce" => {}
-                "RollingSync" => unsupported(
-                    "spec.strategy: RollingSync (progressive syncs) is not supported yet; every generated application is updated at once".into(),
-                ),
-                other => {
-                    return Err((
-                        "spec.strategy.type".into(),
-                        format!("{other:?} is not one of AllAtOnce, RollingSync"),
-                    ));
-                }
-            }
-            match strategy.get("deletionOrder").and_then(Value::as_str).unwrap_or("") {
-                "" | "AllAtOnce" => {}
-                "Reverse" => unsupported(
-                    "spec.strategy.deletionOrder: Reverse is not supported yet; applications are deleted at once".into(),
-                ),
-                other => {
-                    return Err((
-                        "spec.strategy.deletionOrder".into(),
-                        format!("{other:?} is not one of AllAtOnce, Reverse"),
-                    ));
-                }
-            }
+        let strategy = crate::rollout::rolling_sync::Strategy::parse(spec.get("strategy"))?;
+        for message in strategy.unused(spec.get("strategy")) {
+            unsupported(message);
         }
         if let Some(ns) = spec
             .get("template")
@@ -852,6 +834,7 @@ impl LifecycleFields {
             ));
         }
         Ok(Self {
+            strategy,
             preserved_fields,
             ignore_differences,
             notices,

@@ -166,6 +166,14 @@ fn appset_json(s: &pb::ApplicationSet) -> Value {
         "lastGoodMs": s.last_good_ms,
         "evaluations": s.evaluations,
         "lastEvaluatedMs": s.last_evaluated_ms,
+        "applicationStatus": s.application_status.iter().map(|a| json!({
+            "application": a.application,
+            "status": a.status,
+            "step": a.step,
+            "message": a.message,
+            "lastTransitionMs": a.last_transition_ms,
+            "targetRevisions": a.target_revisions,
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -173,7 +181,10 @@ fn status_word(s: &pb::ApplicationSet) -> String {
     let bad: Vec<&str> = s
         .conditions
         .iter()
-        .filter(|c| c.r#type != crate::appset::lifecycle::UP_TO_DATE)
+        .filter(|c| {
+            c.r#type != crate::appset::lifecycle::UP_TO_DATE
+                && c.r#type != crate::rollout::rolling_sync::ROLLOUT_PROGRESSING
+        })
         .map(|c| c.r#type.as_str())
         .collect();
     if bad.is_empty() {
@@ -219,6 +230,28 @@ fn describe(s: &pb::ApplicationSet) -> String {
         &["APPLICATION"],
         s.applications.iter().map(|a| vec![a.clone()]).collect(),
     ));
+    if !s.application_status.is_empty() {
+        out.push('\n');
+        out.push_str(&table(
+            &["APPLICATION", "STEP", "STATUS", "REVISION", "MESSAGE"],
+            s.application_status
+                .iter()
+                .map(|a| {
+                    vec![
+                        a.application.clone(),
+                        a.step.clone(),
+                        a.status.clone(),
+                        a.target_revisions
+                            .iter()
+                            .map(|r| r.chars().take(10).collect::<String>())
+                            .collect::<Vec<_>>()
+                            .join(","),
+                        a.message.clone(),
+                    ]
+                })
+                .collect(),
+        ));
+    }
     out.push('\n');
     out.push_str(&table(
         &["CONDITION", "APPLICATION", "MESSAGE"],

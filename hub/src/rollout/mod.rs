@@ -1,0 +1,628 @@
+//! Progressive rollouts: the reconciler that moves an ApplicationSet with
+//! `strategy: RollingSync` through its steps.
+//!
+//! [`rolling_sync`] is the pure core (steps, `maxUpdate`, transitions);
+//! this module is its shell. It reacts to what changes (a status report of
+//! a watched application that differs from the last one seen, a set
+//! evaluated by [`crate::appset::lifecycle`]) and never scans the fleet:
+//! one pass over a set reads that set's applications and their statuses
+//! only. Syncs go through the same path as `flotilla app sync`
+//! ([`crate::api::ops::sync_clusters`]), so they are recorded in the
+//! application's history as initiated by `appset:<set>`. Progress is kept
+//! in the store ([`RolloutRecord`]), so a restarted hub carries on where it
+//! stopped.
+//!
+//! The waves extension (cluster-label waves, bake time, failure policy)
+//! grows here, beside RollingSync.
+
+pub mod rolling_sync;
+
+use std::collections::{BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use crate::api::HubContext;
+use crate::appset::ApplicationSet;
+use crate::store::StoreError;
+use flotilla_proto as pb;
+use rolling_sync::{AppProgress, Observed, Progress};
+
+/// Annotation on a generated application of a RollingSync set: whether the
+/// set's syncs prune (the template's `automated.prune`, kept because the
+/// set removes `automated`, as Argo CD does).
+pub const PRUNE_ANNOTATION: &str = "flotilla.dev/rolling-sync-prune";
+
+/// What the rollout reconciler keeps of one set.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutRecord {
+    pub set: String,
+    /// Argo CD's `status.applicationStatus`, by application name.
+    #[serde(default)]
+    pub applications: Vec<AppProgress>,
+    /// The [`rolling_sync::ROLLOUT_PROGRESSING`] condition's message.
+    #[serde(default)]
+    pub progressing: String,
+    /// The [`rolling_sync::INVALID_ROLLOUT_CONFIG`] condition's message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invalid: Option<String>,
+    /// `deletionOrder: Reverse` of a deleted set: the groups of
+    /// applications still to delete, the first one being deleted now
+    /// (last step first, applications of no step last).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deleting: Vec<Vec<DeletingApp>>,
+    /// The set's `preserveResourcesOnDeletion`, for the later groups.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub preserve: bool,
+}
+
+/// An application a reverse deletion waits for, and the clusters that must
+/// have let it go.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeletingApp {
+    pub app: String,
+    pub clusters: Vec<String>,
+}
+
+/// Groups of a set's applications in reverse deletion order: the last
+/// step's first, then the step before, …, then those no step selects
+/// (Argo CD deletes them last, with the set). Empty groups are left out.
+pub fn reverse_deletion_groups<'a>(
+    steps: &[rolling_sync::Step],
+    apps: impl IntoIterator<Item = (&'a str, &'a std::collections::BTreeMap<String, String>)>,
+) -> Vec<Vec<String>> {
+    let apps: Vec<_> = apps.into_iter().collect();
+    let assignment = rolling_sync::assign_steps(steps, apps.iter().copied());
+    let mut groups: Vec<Vec<String>> = vec![Vec::new(); steps.len() + 1];
+    for (name, _) in &apps {
+        match assignment.step_of.get(*name) {
+            Some(i) => groups[steps.len() - 1 - i].push((*name).to_owned()),
+            None => groups[steps.len()].push((*name).to_owned()),
+        }
+    }
+    groups.retain(|g| !g.is_empty());
+    for g in &mut groups {
+        g.sort();
+    }
+    groups
+}
+
+impl RolloutRecord {
+    /// The step being rolled out (1-based), 0 when done.
+    pub fn current_step(&self) -> u64 {
+        self.progressing
+            .rsplit(' ')
+            .next()
+            .and_then(|s| s.parse().ok())
+            .filter(|_| self.progressing.contains("performing rollout"))
+            .unwrap_or(0)
+    }
+}
+
+/// An application the reconciler watches.
+#[derive(Debug, Default)]
+struct Watched {
+    set: String,
+    /// Cluster → digest of the last status of it that mattered.
+    seen: HashMap<String, u64>,
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct RolloutCounters {
+    /// Set passes made.
+    pub passes: AtomicU64,
+    /// Sync commands sent to clusters.
+    pub syncs: AtomicU64,
+    /// Status reports of watched applications that woke a set.
+    pub wakeups: AtomicU64,
+}
+
+/// The rollout reconciler's shared state: which applications belong to a
+/// RollingSync set, and which sets need a pass.
+#[derive(Debug, Default)]
+pub struct Rollouts {
+    watched: Mutex<HashMap<String, Watched>>,
+    /// Set → its watched applications.
+    members: Mutex<HashMap<String, BTreeSet<String>>>,
+    dirty: Mutex<BTreeSet<String>>,
+    /// Deleted sets whose applications go in reverse order.
+    deleting: Mutex<BTreeSet<String>>,
+    wake: tokio::sync::Notify,
+    pub counters: RolloutCounters,
+}
+
+/// What of a status decides progress: a report that changes none of it
+/// wakes nothing.
+fn fingerprint(st: &pb::AppStatus) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    st.sync.hash(&mut h);
+    st.health.hash(&mut h);
+    st.digest.hash(&mut h);
+    st.revision.hash(&mut h);
+    for op in [&st.requested_operation, &st.operation]
+        .into_iter()
+        .flatten()
+    {
+        op.command_id.hash(&mut h);
+        op.phase.hash(&mut h);
+    }
+    h.finish()
+}
+
+impl Rollouts {
+    pub fn new() -> Arc<Self> {
+        Arc::default()
+    }
+
+    /// Watches `apps` as the applications of RollingSync set `set` (and
+    /// only them) and asks for a pass over it.
+    pub fn watch_set(&self, set: &str, apps: &[String]) {
+        {
+            let mut members = self.members.lock().unwrap_or_else(|p| p.into_inner());
+            let mut watched = self.watched.lock().unwrap_or_else(|p| p.into_inner());
+            let now: BTreeSet<String> = apps.iter().cloned().collect();
+            let before = members.remove(set).unwrap_or_default();
+            for gone in before.difference(&now) {
+                if watched.get(gone).is_some_and(|w| w.set == set) {
+                    watched.remove(gone);
+                }
+            }
+            for a in &now {
+                let w = watched.entry(a.clone()).or_default();
+                if w.set != set {
+                    *w = Watched {
+                        set: set.to_owned(),
+                        seen: HashMap::new(),
+                    };
+                }
+            }
+            members.insert(set.to_owned(), now);
+        }
+        self.mark(set);
+    }
+
+    /// Stops watching a set (deleted, or no longer RollingSync).
+    pub fn unwatch_set(&self, set: &str) {
+        let Some(apps) = self
+            .members
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(set)
+        else {
+            // Not watched: nothing to forget (every other set's plan ends
+            // here).
+            return;
+        };
+        let mut watched = self.watched.lock().unwrap_or_else(|p| p.into_inner());
+        for a in apps {
+            if watched.get(&a).is_some_and(|w| w.set == set) {
+                watched.remove(&a);
+            }
+        }
+        crate::metrics::metrics().rollout_removed(set, &STATUSES.map(Progress::as_str));
+    }
+
+    /// Asks for a pass over `set`.
+    pub fn mark(&self, set: &str) {
+        self.dirty
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(set.to_owned());
+        self.wake.notify_one();
+    }
+
+    /// Called with every status report a cluster sends: a set is woken
+    /// when a status of one of its applications changed in a way that can
+    /// move its rollout. Costs one map lookup per reported application.
+    pub fn statuses_reported(&self, cluster: &str, statuses: &[pb::AppStatus]) {
+        let mut woken = Vec::new();
+        {
+            let mut watched = self.watched.lock().unwrap_or_else(|p| p.into_inner());
+            if watched.is_empty() {
+                return;
+            }
+            for st in statuses {
+                let Some(w) = watched.get_mut(&st.name) else {
+                    continue;
+                };
+                let f = fingerprint(st);
+                if w.seen.insert(cluster.to_owned(), f) != Some(f) {
+                    woken.push(w.set.clone());
+                }
+            }
+        }
+        for set in woken {
+            self.counters.wakeups.fetch_add(1, Ordering::Relaxed);
+            self.mark(&set);
+        }
+    }
+
+    /// Notes a deleted set whose applications go in reverse order and asks
+    /// for a pass over it.
+    pub fn deleting_in_reverse(&self, set: &str) {
+        self.deleting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(set.to_owned());
+        self.mark(set);
+    }
+
+    /// A cluster acknowledged a desired state, or the set controller made a
+    /// pass (which removes applications whose objects are preserved): a
+    /// reverse deletion may go on. Nothing to do when none runs.
+    pub fn deletions_may_have_progressed(&self) {
+        let sets = self
+            .deleting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for set in sets {
+            self.mark(&set);
+        }
+    }
+
+    fn take_dirty(&self) -> BTreeSet<String> {
+        std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+const STATUSES: [Progress; 4] = [
+    Progress::Waiting,
+    Progress::Pending,
+    Progress::Progressing,
+    Progress::Healthy,
+];
+
+/// Runs the rollout reconciler until the hub closes: a first pass over
+/// every RollingSync set (progress after a restart), then a pass over each
+/// set that is marked.
+pub async fn run(ctx: HubContext) {
+    let rollouts = ctx.appsets.rollouts().clone();
+    match ctx.store.appsets() {
+        Ok(sets) => {
+            for rec in sets {
+                if let Ok(set) = ApplicationSet::from_value(rec.raw.clone())
+                    && set.strategy.rolling_sync.is_some()
+                {
+                    rollouts.watch_set(&rec.name, &rec.generated);
+                }
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "rollouts: cannot read the application sets"),
+    }
+    match ctx.store.rollouts() {
+        Ok(records) => {
+            for r in records.into_iter().filter(|r| !r.deleting.is_empty()) {
+                rollouts.deleting_in_reverse(&r.set);
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "rollouts: cannot read the rollout records"),
+    }
+    let mut closing = ctx.closing.clone();
+    loop {
+        let dirty = rollouts.take_dirty();
+        for set in dirty {
+            // A pass that changed something can open a further transition
+            // with nothing new to report (a sync that started and finished
+            // within one report): go again, a few times at most.
+            for _ in 0..4 {
+                match reconcile_set(&ctx, &rollouts, &set).await {
+                    Ok(true) => continue,
+                    Ok(false) => break,
+                    Err(e) => {
+                        tracing::warn!(appset = %set, error = %e, "rollout pass failed");
+                        break;
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            _ = rollouts.wake.notified() => {}
+            _ = closing.wait_for(|c| *c) => return,
+        }
+    }
+}
+
+/// Whether every cluster `a` targeted has acknowledged a desired state
+/// without it (so its objects are pruned, or left when preserved).
+fn let_go(ctx: &HubContext, a: &DeletingApp) -> Result<bool, StoreError> {
+    if ctx.store.app(&a.app)?.is_some() {
+        return Ok(false);
+    }
+    for c in &a.clusters {
+        let Some(c) = ctx.store.cluster(c)? else {
+            continue;
+        };
+        if c.desired_index.contains_key(&a.app) || c.acked_generation < c.generation {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// `deletionOrder: Reverse` of deleted set `name`: once every application
+/// of the group being deleted is gone from the store and from what its
+/// clusters acknowledged, deletes the next group.
+fn continue_reverse_deletion(
+    ctx: &HubContext,
+    rollouts: &Rollouts,
+    name: &str,
+) -> Result<bool, StoreError> {
+    let store = &ctx.store;
+    let Some(mut rec) = store.rollout(name)? else {
+        rollouts
+            .deleting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+        return Ok(false);
+    };
+    let mut changed = false;
+    while let Some(group) = rec.deleting.first() {
+        let mut done = true;
+        for a in group {
+            if !let_go(ctx, a)? {
+                done = false;
+                break;
+            }
+        }
+        if !done {
+            break;
+        }
+        rec.deleting.remove(0);
+        changed = true;
+        let Some(next) = rec.deleting.first() else {
+            break;
+        };
+        let names: Vec<String> = next.iter().map(|a| a.app.clone()).collect();
+        tracing::info!(appset = %name, apps = ?names, "deletionOrder Reverse: deleting the next step's applications");
+        for a in &names {
+            ctx.appsets.delete_app(a, rec.preserve)?;
+        }
+        ctx.fleet.recompute_apps(&names)?;
+    }
+    if rec.deleting.is_empty() {
+        tracing::info!(appset = %name, "deletionOrder Reverse: every application deleted");
+        store.remove_rollout(name)?;
+        rollouts
+            .deleting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+    } else if changed {
+        store.put_rollout(&rec)?;
+    }
+    if changed {
+        store.flush()?;
+    }
+    Ok(false)
+}
+
+/// One pass over set `name`. Returns whether its progress changed.
+///
+/// # Errors
+/// The store cannot be read or written.
+pub async fn reconcile_set(
+    ctx: &HubContext,
+    rollouts: &Rollouts,
+    name: &str,
+) -> Result<bool, StoreError> {
+    rollouts.counters.passes.fetch_add(1, Ordering::Relaxed);
+    let store = &ctx.store;
+    let Some(rec) = store.appset(name)? else {
+        rollouts.unwatch_set(name);
+        return continue_reverse_deletion(ctx, rollouts, name);
+    };
+    let set = match ApplicationSet::from_value(rec.raw.clone()) {
+        Ok(s) => s,
+        // The lifecycle reports it; the rollout stays where it is.
+        Err(_) => return Ok(false),
+    };
+    let Some(steps) = set.strategy.rolling_sync.clone() else {
+        // As Argo CD: no RollingSync, no applicationStatus.
+        rollouts.unwatch_set(name);
+        store.remove_rollout(name)?;
+        return Ok(false);
+    };
+    let origin = crate::appset::lifecycle::origin_of(name);
+    let previous = store.rollout(name)?.unwrap_or_else(|| RolloutRecord {
+        set: name.to_owned(),
+        ..Default::default()
+    });
+    let prev_by_app: HashMap<&str, &AppProgress> = previous
+        .applications
+        .iter()
+        .map(|p| (p.application.as_str(), p))
+        .collect();
+    let mut observed = Vec::with_capacity(rec.generated.len());
+    let mut targets: HashMap<String, (crate::model::Application, Vec<String>)> = HashMap::new();
+    for app_name in &rec.generated {
+        let Some(app) = store.app(app_name)? else {
+            continue;
+        };
+        if app.origin != origin {
+            continue;
+        }
+        let bundle = ctx.fleet.bundle(app_name);
+        let revision = ctx.fleet.desired_revision(app_name);
+        let clusters = crate::history::targeted_clusters(store, &app.app)?;
+        let statuses = store.statuses_of_app(app_name)?;
+        let digest = bundle
+            .as_ref()
+            .map(|b| b.digest.clone())
+            .unwrap_or_default();
+        let synced = !clusters.is_empty()
+            && bundle.is_some()
+            && clusters.iter().all(|c| {
+                statuses
+                    .get(c)
+                    .is_some_and(|s| s.sync == pb::SyncStatus::Synced as i32 && s.digest == digest)
+            });
+        let healthy = !clusters.is_empty()
+            && clusters.iter().all(|c| {
+                statuses
+                    .get(c)
+                    .is_some_and(|s| s.health == pb::HealthStatus::Healthy as i32)
+            });
+        let sent = prev_by_app.get(app_name.as_str()).map(|p| &p.sync_commands);
+        let sync_started = sent.is_some_and(|sent| {
+            !sent.is_empty()
+                && sent.iter().all(|(cluster, id)| {
+                    statuses.get(cluster).is_some_and(|s| {
+                        [&s.requested_operation, &s.operation]
+                            .into_iter()
+                            .flatten()
+                            .any(|op| &op.command_id == id)
+                    })
+                })
+        });
+        let error =
+            !app.error.is_empty() || bundle.as_ref().is_some_and(|b| !b.render_error.is_empty());
+        observed.push(Observed {
+            name: app_name.clone(),
+            labels: app.app.metadata.labels.clone(),
+            revision,
+            digest,
+            synced,
+            healthy,
+            sync_started,
+            error,
+        });
+        targets.insert(app_name.clone(), (app.app, clusters));
+    }
+    let now = crate::clock::now_ms();
+    let pass = rolling_sync::progress(&steps, &previous.applications, &observed, now);
+    let mut next = RolloutRecord {
+        set: name.to_owned(),
+        applications: pass.statuses,
+        progressing: pass.progressing,
+        invalid: pass.invalid,
+        ..Default::default()
+    };
+    for app_name in &pass.to_sync {
+        let Some((app, clusters)) = targets.get(app_name) else {
+            continue;
+        };
+        let Some(status) = next
+            .applications
+            .iter_mut()
+            .find(|s| &s.application == app_name)
+        else {
+            continue;
+        };
+        // Each cluster once per Pending period; one not reached is asked
+        // again on a later pass (its agent's next report wakes the set).
+        let missing: Vec<String> = clusters
+            .iter()
+            .filter(|c| !status.sync_commands.contains_key(*c))
+            .cloned()
+            .collect();
+        if missing.is_empty() {
+            continue;
+        }
+        let prune = app
+            .metadata
+            .annotations
+            .get(PRUNE_ANNOTATION)
+            .is_some_and(|v| v == "true");
+        let by = format!("appset:{name}");
+        match crate::api::ops::sync_clusters(ctx, app, missing, prune, &by).await {
+            Ok(resp) => {
+                for r in resp.results {
+                    if r.error.is_empty() && !r.command_id.is_empty() {
+                        rollouts.counters.syncs.fetch_add(1, Ordering::Relaxed);
+                        crate::metrics::metrics().rollout_syncs(1);
+                        status.sync_commands.insert(r.cluster, r.command_id);
+                    }
+                }
+                tracing::info!(appset = %name, app = %app_name, step = %status.step, clusters = ?resp.clusters, not_connected = ?resp.not_connected, "rolling sync: sync sent");
+            }
+            Err(e) => {
+                tracing::warn!(appset = %name, app = %app_name, error = %e.message(), "rolling sync: sync not sent");
+            }
+        }
+    }
+    let by_status = STATUSES.map(|st| {
+        (
+            st.as_str(),
+            next.applications.iter().filter(|s| s.status == st).count(),
+        )
+    });
+    crate::metrics::metrics().rollout(name, next.current_step(), &by_status);
+    if next == previous {
+        return Ok(false);
+    }
+    for s in &next.applications {
+        let before = prev_by_app.get(s.application.as_str());
+        if before.is_none_or(|b| b.status != s.status) {
+            tracing::info!(appset = %name, app = %s.application, step = %s.step, status = s.status.as_str(), message = %s.message, "rolling sync: application status");
+        }
+    }
+    store.put_rollout(&next)?;
+    store.flush_async().await?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(app: &str, sync: pb::SyncStatus, digest: &str) -> pb::AppStatus {
+        pb::AppStatus {
+            name: app.into(),
+            sync: sync as i32,
+            health: pb::HealthStatus::Healthy as i32,
+            digest: digest.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_a_changed_status_of_a_watched_application_wakes_its_set() {
+        let r = Rollouts::new();
+        r.watch_set("web", &["web-a".into(), "web-b".into()]);
+        assert_eq!(r.take_dirty(), BTreeSet::from(["web".to_owned()]));
+        // Applications of no RollingSync set: nothing to do.
+        r.statuses_reported("c1", &[status("other", pb::SyncStatus::Synced, "d1")]);
+        assert!(r.take_dirty().is_empty());
+        // A first report of a watched one wakes it ...
+        let a = status("web-a", pb::SyncStatus::OutOfSync, "d1");
+        r.statuses_reported("c1", std::slice::from_ref(&a));
+        assert_eq!(r.take_dirty(), BTreeSet::from(["web".to_owned()]));
+        // ... the same report again does not (agents report periodically) ...
+        let mut again = a.clone();
+        again.observed_ms = 42;
+        again.message = "compared again".into();
+        r.statuses_reported("c1", &[again]);
+        assert!(r.take_dirty().is_empty());
+        // ... the same status from another cluster does, once.
+        r.statuses_reported("c2", std::slice::from_ref(&a));
+        assert_eq!(r.take_dirty().len(), 1);
+        // A change of what progress depends on does.
+        r.statuses_reported("c1", &[status("web-a", pb::SyncStatus::Synced, "d1")]);
+        assert_eq!(r.take_dirty().len(), 1);
+        // An application that left the set no longer wakes it.
+        r.watch_set("web", &["web-a".into()]);
+        r.take_dirty();
+        r.statuses_reported("c1", &[status("web-b", pb::SyncStatus::Synced, "d2")]);
+        assert!(r.take_dirty().is_empty());
+        r.unwatch_set("web");
+        r.statuses_reported("c1", &[status("web-a", pb::SyncStatus::OutOfSync, "d3")]);
+        assert!(r.take_dirty().is_empty());
+    }
+
+    #[test]
+    fn current_step_comes_from_the_progressing_message() {
+        let mut r = RolloutRecord {
+            progressing: "ApplicationSet is performing rollout of step 3".into(),
+            ..Default::default()
+        };
+        assert_eq!(r.current_step(), 3);
+        r.progressing = "ApplicationSet Rollout has completed".into();
+        assert_eq!(r.current_step(), 0);
+    }
+}
