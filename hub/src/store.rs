@@ -338,10 +338,6 @@ pub struct TokenRecord {
     pub expires_ms: i64,
 }
 
-fn is_zero(v: &i64) -> bool {
-    *v == 0
-}
-
 impl TokenRecord {
     /// The RBAC subject of the token: its name, or `proj:PROJECT:ROLE`.
     pub fn subject(&self) -> String {
