@@ -2,7 +2,7 @@
 //! Written only by the rollout reconciler; what it needs to decide the
 //! next step after a restart.
 
-use super::{Store, StoreError, encode};
+use super::{ChangeKind, Store, StoreError, encode};
 use crate::rollout::RolloutRecord;
 
 impl Store {
@@ -36,6 +36,8 @@ impl Store {
             t.rollouts.insert(rec.set.as_bytes(), encode(rec))?;
             Ok(())
         })
+        // Shown with its set (`appset get`, the web UI's set page).
+        .inspect(|()| self.changed(ChangeKind::AppSets))
     }
 
     /// Removes the progress of a set; whether it was there.
@@ -44,5 +46,6 @@ impl Store {
     /// The store failed.
     pub fn remove_rollout(&self, name: &str) -> Result<bool, StoreError> {
         self.with(|t| Ok(t.rollouts.remove(name.as_bytes())?.is_some()))
+            .inspect(|_| self.changed(ChangeKind::AppSets))
     }
 }

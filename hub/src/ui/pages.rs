@@ -824,7 +824,9 @@ pub fn appset(s: &pb::ApplicationSet, v: &Viewer) -> String {
             esc(&c.message)
         );
     }
-    h.push_str("</ul><h2>Held deletions</h2>");
+    h.push_str("</ul>");
+    rollout_section(&mut h, s);
+    h.push_str("<h2>Held deletions</h2>");
     if s.pending_deletions.is_empty() {
         h.push_str("<p class=\"empty\" id=\"no-held\">None.</p>");
     } else {
@@ -842,6 +844,50 @@ pub fn appset(s: &pb::ApplicationSet, v: &Viewer) -> String {
         }
     }
     h
+}
+
+/// A RollingSync set's progress (its `applicationStatus`): each generated
+/// application's step, status and message, in step order.
+fn rollout_section(h: &mut String, s: &pb::ApplicationSet) {
+    if s.application_status.is_empty() {
+        return;
+    }
+    let mut rows: Vec<&pb::ApplicationSetApplicationStatus> = s.application_status.iter().collect();
+    // Steps are 1-based; "-1" (no step selects it) last.
+    let order = |step: &str| {
+        step.parse::<i64>()
+            .ok()
+            .filter(|n| *n > 0)
+            .unwrap_or(i64::MAX)
+    };
+    rows.sort_by(|a, b| (order(&a.step), &a.application).cmp(&(order(&b.step), &b.application)));
+    let healthy = rows.iter().filter(|r| r.status == "Healthy").count();
+    let _ = write!(
+        h,
+        "<h2>Rollout (RollingSync)</h2><p id=\"rollout-summary\">{healthy} of {} applications Healthy at their target.</p><table class=\"list\" id=\"rollout\"><thead><tr><th>step</th><th>application</th><th>status</th><th>message</th><th>target revisions</th><th>since</th></tr></thead><tbody>",
+        rows.len()
+    );
+    for r in rows {
+        let step = if order(&r.step) == i64::MAX {
+            "none".to_owned()
+        } else {
+            r.step.clone()
+        };
+        let revisions: Vec<&str> = r.target_revisions.iter().map(|v| short_rev(v)).collect();
+        let _ = write!(
+            h,
+            "<tr data-rollout-status=\"{}\"><td>{}</td><td><a href=\"/apps/{}\">{}</a></td><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td></tr>",
+            esc(&r.status),
+            esc(&step),
+            url_part(&r.application),
+            esc(&r.application),
+            esc(&r.status),
+            esc(&r.message),
+            esc(&revisions.join(", ")),
+            esc(&time_ms(r.last_transition_ms))
+        );
+    }
+    h.push_str("</tbody></table>");
 }
 
 /// The login page.
@@ -982,6 +1028,40 @@ mod tests {
         };
         assert!(!appset(&set, &viewer(false)).contains("<form"));
         assert!(appset(&set, &viewer(true)).contains("/appsets/s/confirm"));
+    }
+
+    #[test]
+    fn a_rolling_sync_set_shows_its_progress_in_step_order() {
+        let status = |app: &str, step: &str, status: &str| pb::ApplicationSetApplicationStatus {
+            application: app.into(),
+            step: step.into(),
+            status: status.into(),
+            message: format!("{app} is {status}"),
+            target_revisions: vec!["b".repeat(40)],
+            ..Default::default()
+        };
+        let set = pb::ApplicationSet {
+            name: "web".into(),
+            application_status: vec![
+                status("web-prod", "3", "Waiting"),
+                status("web-sandbox", "-1", "Waiting"),
+                status("web-dev", "1", "Healthy"),
+                status("web-<stg>", "2", "Progressing"),
+            ],
+            ..Default::default()
+        };
+        let h = appset(&set, &viewer(false));
+        assert!(h.contains("1 of 4 applications Healthy"), "{h}");
+        let at = |needle: &str| h.find(needle).unwrap_or_else(|| panic!("{needle} in {h}"));
+        assert!(at(">web-dev<") < at(">web-&lt;stg&gt;<"));
+        assert!(at(">web-&lt;stg&gt;<") < at(">web-prod<"));
+        assert!(at(">web-prod<") < at(">web-sandbox<"));
+        assert!(
+            h.contains("<td>none</td>"),
+            "no step selects the sandbox: {h}"
+        );
+        assert!(h.contains("data-rollout-status=\"Progressing\""));
+        assert!(!appset(&pb::ApplicationSet::default(), &viewer(false)).contains("Rollout"));
     }
 
     #[test]
