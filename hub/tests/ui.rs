@@ -317,3 +317,37 @@ async fn the_overview_page_does_not_grow_with_the_fleet() -> anyhow::Result<()> 
     );
     Ok(())
 }
+
+async fn overview_text(ui: &Ui, uri: &str) -> anyhow::Result<String> {
+    let body = axum::body::to_bytes(ui.get(uri).await?.into_body(), 1 << 24).await?;
+    Ok(String::from_utf8(body.to_vec())?)
+}
+
+#[tokio::test]
+async fn the_overview_filters_by_project() -> anyhow::Result<()> {
+    let ui = ui().await?;
+    // web-c1 and web-c2 name no project (`default`); a third in team-a.
+    let mut rec = app("billing-c1", "c1")?;
+    rec.app.spec.project = "team-a".into();
+    ui.store.put_app(&rec)?;
+    let all = overview_text(&ui, "/").await?;
+    assert!(
+        all.contains("billing-c1") && all.contains("web-c1"),
+        "{all}"
+    );
+    let team = overview_text(&ui, "/?project=team-a").await?;
+    assert!(team.contains("billing-c1"), "{team}");
+    assert!(
+        !team.contains("web-c1"),
+        "team-a shows only its applications: {team}"
+    );
+    let default = overview_text(&ui, "/?project=default").await?;
+    assert!(
+        default.contains("web-c1") && default.contains("web-c2"),
+        "{default}"
+    );
+    assert!(!default.contains("billing-c1"), "{default}");
+    // The form keeps the filter, and so do the page links.
+    assert!(team.contains("name=\"project\" value=\"team-a\""), "{team}");
+    Ok(())
+}

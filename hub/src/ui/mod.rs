@@ -305,6 +305,15 @@ pub fn grid(
             || a.app.metadata.name.contains(q.app.as_str())
             || column_of(a).name.contains(q.app.as_str())
     });
+    // As Argo CD's project filter: an application naming no project is in
+    // `default`.
+    apps.retain(|a| {
+        let project = match a.app.spec.project.as_str() {
+            "" => "default",
+            p => p,
+        };
+        q.project.is_empty() || project == q.project
+    });
     let mut columns: Vec<Column> = apps.iter().map(column_of).collect();
     columns.sort();
     columns.dedup();

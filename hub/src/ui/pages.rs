@@ -23,6 +23,9 @@ pub struct OverviewQuery {
     /// Applications whose name contains this.
     #[serde(default)]
     pub app: String,
+    /// Applications of this AppProject (`default` for those naming none).
+    #[serde(default)]
+    pub project: String,
     /// Clusters with at least one application in this sync or health
     /// status (Synced, OutOfSync, Healthy, Progressing, Degraded, ...).
     #[serde(default)]
@@ -78,9 +81,10 @@ impl OverviewQuery {
 
     fn link(&self, page: usize) -> String {
         format!(
-            "/?page={page}&label={}&app={}&status={}",
+            "/?page={page}&label={}&app={}&project={}&status={}",
             url_part(&self.label),
             url_part(&self.app),
+            url_part(&self.project),
             url_part(&self.status)
         )
     }
@@ -215,9 +219,10 @@ pub fn overview(grid: &Grid, q: &OverviewQuery, error: Option<&str>) -> String {
     h.push_str("<form method=\"get\" action=\"/\" class=\"filters\">");
     let _ = write!(
         h,
-        "<label>Cluster labels <input name=\"label\" value=\"{}\" placeholder=\"env=prod\"></label><label>Application <input name=\"app\" value=\"{}\"></label><label>Status <select name=\"status\">",
+        "<label>Cluster labels <input name=\"label\" value=\"{}\" placeholder=\"env=prod\"></label><label>Application <input name=\"app\" value=\"{}\"></label><label>Project <input name=\"project\" value=\"{}\" placeholder=\"default\"></label><label>Status <select name=\"status\">",
         esc(&q.label),
-        esc(&q.app)
+        esc(&q.app),
+        esc(&q.project)
     );
     for s in [
         "",
