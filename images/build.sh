@@ -186,7 +186,10 @@ in_root "$root" /usr/local/bin/flotilla-hub print-ca --data-dir /data >"$work/ca
   fail "flotilla-hub print-ca failed: $(cat "$work/pin.out")"
 cmp -s "$work/ca.pem" "$root/data/ca.crt" || fail "flotilla-hub print-ca did not print the hub CA"
 grep -q '^hub CA pin: sha256:[0-9a-f]\{64\}$' "$work/pin.out" || fail "flotilla-hub print-ca printed no pin: $(cat "$work/pin.out")"
-curl -fsS "$metrics_url/metrics" | grep -q '^flotilla_clusters 1' || fail "the hub's metrics do not count the cluster"
+# Into a file first: `curl | grep -q` fails under pipefail whenever grep
+# stops reading before curl has written the whole body.
+curl -fsS "$metrics_url/metrics" >"$work/metrics.txt" || fail "the hub's metrics cannot be read"
+grep -q '^flotilla_clusters 1' "$work/metrics.txt" || fail "the hub's metrics do not count the cluster: $(grep '^flotilla_clusters' "$work/metrics.txt")"
 say "flotilla-hub serve (UID $UID_NONROOT, image root): ready at $hub_url; flotilla cluster add over TLS and print-ca work"
 kill "$hub_pid"
 wait "$hub_pid" 2>/dev/null || true
