@@ -559,7 +559,7 @@ pub fn admit(
     let dest = crate::store::Destination::of(app);
     let mut clusters = Vec::new();
     for name in store.clusters_targeted(&dest)? {
-        clusters.extend(store.cluster(&name)?);
+        clusters.extend(store.cluster_shared(&name)?);
     }
     let wanted_name = app.spec.destination.name.clone().unwrap_or_default();
     let wanted_server = app.spec.destination.server.clone().unwrap_or_default();
@@ -648,20 +648,22 @@ pub fn check_objects(
     let default_ns = app.spec.destination.namespace.clone().unwrap_or_default();
     let mut refused = Vec::new();
     for m in manifests {
-        let Ok(obj) = serde_json::from_str::<Value>(m) else {
-            continue;
+        // Only the type and the name are read: decoding each manifest into
+        // a `Value` cost more than the rest of a render's bookkeeping.
+        let head = match serde_json::from_str::<ObjectHead<'_>>(m) {
+            Ok(head) => head,
+            // A field of another type (`kind: null`): read it as before,
+            // a missing or non-string field counting as empty.
+            Err(_) => match serde_json::from_str::<Value>(m) {
+                Ok(obj) => ObjectHead::of_value(&obj),
+                Err(_) => continue,
+            },
         };
-        let api_version = obj.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+        let api_version: &str = &head.api_version;
         let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
-        let kind = obj.get("kind").and_then(Value::as_str).unwrap_or("");
-        let name = obj
-            .pointer("/metadata/name")
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        let own_ns = obj
-            .pointer("/metadata/namespace")
-            .and_then(Value::as_str)
-            .unwrap_or("");
+        let kind: &str = &head.kind;
+        let name: &str = &head.metadata.name;
+        let own_ns: &str = &head.metadata.namespace;
         let namespaced = !own_ns.is_empty() || !is_cluster_scoped(group, kind);
         let namespace = if own_ns.is_empty() {
             default_ns.as_str()
@@ -677,6 +679,43 @@ pub fn check_objects(
     } else {
         Err(format!("{INVALID_SPEC}: {}", refused.join("; ")))
     }
+}
+
+/// What [`check_objects`] reads of a manifest; everything else is skipped
+/// without being decoded. Strings are borrowed unless they hold escapes.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ObjectHead<'a> {
+    #[serde(default, borrow)]
+    api_version: std::borrow::Cow<'a, str>,
+    #[serde(default, borrow)]
+    kind: std::borrow::Cow<'a, str>,
+    #[serde(default, borrow)]
+    metadata: HeadMeta<'a>,
+}
+
+impl ObjectHead<'static> {
+    fn of_value(obj: &Value) -> Self {
+        let text = |v: Option<&Value>| {
+            std::borrow::Cow::Owned(v.and_then(Value::as_str).unwrap_or("").to_owned())
+        };
+        Self {
+            api_version: text(obj.get("apiVersion")),
+            kind: text(obj.get("kind")),
+            metadata: HeadMeta {
+                name: text(obj.pointer("/metadata/name")),
+                namespace: text(obj.pointer("/metadata/namespace")),
+            },
+        }
+    }
+}
+
+#[derive(Default, Deserialize)]
+struct HeadMeta<'a> {
+    #[serde(default, borrow)]
+    name: std::borrow::Cow<'a, str>,
+    #[serde(default, borrow)]
+    namespace: std::borrow::Cow<'a, str>,
 }
 
 /// `bundle` with the project's rules, its digest recomputed.

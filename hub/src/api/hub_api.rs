@@ -220,7 +220,7 @@ impl HubApiService {
         let dest = crate::store::Destination::of(app);
         let mut out = Vec::new();
         for name in self.ctx.store.clusters_targeted(&dest)? {
-            out.extend(self.ctx.store.cluster(&name)?.map(Arc::new));
+            out.extend(self.ctx.store.cluster_shared(&name)?);
         }
         Ok(out)
     }

@@ -442,7 +442,9 @@ struct Memo {
     raw: Value,
     clusters: u64,
     refs: Vec<GitRef>,
-    result: Evaluation,
+    /// Shared with the pass that reuses it: a set of thousands of
+    /// applications is not copied on each pass.
+    result: Arc<Evaluation>,
 }
 
 fn clusters_fingerprint(clusters: &[super::ClusterInfo]) -> u64 {
@@ -801,7 +803,8 @@ impl AppSets {
             .iter()
             .map(|s| (s.name.clone(), s.raw.clone()))
             .collect();
-        let memo = self.memo.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        // Taken, not copied: this pass puts back what it uses.
+        let mut memo = std::mem::take(&mut *self.memo.lock().unwrap_or_else(|p| p.into_inner()));
         let fingerprint = clusters_fingerprint(&clusters);
         let options = self.options;
         let joined = tokio::task::spawn_blocking(move || {
@@ -809,7 +812,7 @@ impl AppSets {
             let mut evaluated = Vec::new();
             for (name, raw) in items {
                 // Same set, same inventory, same commits: same result.
-                if let Some(m) = memo.get(&name)
+                if let Some(m) = memo.remove(&name)
                     && m.raw == raw
                     && m.clusters == fingerprint
                     && m.refs.iter().all(|((url, rev, requeue), c)| {
@@ -824,16 +827,18 @@ impl AppSets {
                     })
                 {
                     evaluated.push((m.result.clone(), true));
-                    next.insert(name, m.clone());
+                    next.insert(name, m);
                     continue;
                 }
                 git.refs.lock().unwrap_or_else(|p| p.into_inner()).clear();
-                let result: Evaluation = ApplicationSet::from_value(raw.clone())
-                    .map_err(|e| e.to_string())
-                    .map(|set| {
-                        let generated = set.generate_with(&clusters, Some(&git), options);
-                        (set, generated)
-                    });
+                let result: Arc<Evaluation> = Arc::new(
+                    ApplicationSet::from_value(raw.clone())
+                        .map_err(|e| e.to_string())
+                        .map(|set| {
+                            let generated = set.generate_with(&clusters, Some(&git), options);
+                            (set, generated)
+                        }),
+                );
                 let refs = git.refs.lock().unwrap_or_else(|p| p.into_inner()).clone();
                 next.insert(
                     name,
@@ -906,30 +911,31 @@ impl AppSets {
                 None => table.insert(AppTable::from_records(store.apps()?)),
             };
             let mut rolling = false;
-            let (policy, preserve, preserved, ignore, result) = match evaluation {
-                Ok((set, generated)) => {
-                    rolling = set.strategy.rolling_sync.is_some();
-                    let generated = if rolling {
-                        generated.map(|g| disable_automated_sync(&rec.name, g))
-                    } else {
-                        generated
-                    };
-                    (
-                        set.applications_sync,
-                        set.preserve_resources_on_deletion,
-                        set.preserved_fields,
-                        set.ignore_differences,
-                        generated.map_err(|e| e.to_string()),
-                    )
-                }
-                Err(message) => (
-                    ApplicationsSync::CreateOnly,
-                    true,
-                    PreservedFields::default(),
-                    Vec::new(),
-                    Err(message),
-                ),
-            };
+            let (policy, preserve, preserved, ignore, result) =
+                match Arc::unwrap_or_clone(evaluation) {
+                    Ok((set, generated)) => {
+                        rolling = set.strategy.rolling_sync.is_some();
+                        let generated = if rolling {
+                            generated.map(|g| disable_automated_sync(&rec.name, g))
+                        } else {
+                            generated
+                        };
+                        (
+                            set.applications_sync,
+                            set.preserve_resources_on_deletion,
+                            set.preserved_fields,
+                            set.ignore_differences,
+                            generated.map_err(|e| e.to_string()),
+                        )
+                    }
+                    Err(message) => (
+                        ApplicationsSync::CreateOnly,
+                        true,
+                        PreservedFields::default(),
+                        Vec::new(),
+                        Err(message),
+                    ),
+                };
             let now = crate::clock::now_ms();
             let plan = plan_set(
                 &PlanInput {
@@ -1117,7 +1123,7 @@ impl AppSets {
             }
             let mut done = true;
             for c in store.clusters_targeted(&crate::store::Destination::of(&a.app))? {
-                let Some(c) = store.cluster(&c)? else {
+                let Some(c) = store.cluster_shared(&c)? else {
                     continue;
                 };
                 if !(c.desired_index.get(&name) == Some(&bundle.digest)

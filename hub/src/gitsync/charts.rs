@@ -77,7 +77,7 @@ impl GitSync {
     pub(super) fn helm_repository_urls(&self) -> Result<HashSet<String>, StoreError> {
         Ok(self
             .store
-            .apps()?
+            .apps_shared()?
             .iter()
             .flat_map(|r| r.app.spec.effective_sources())
             .filter(|s| !s.chart.is_empty())

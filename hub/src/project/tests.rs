@@ -347,4 +347,25 @@ fn admit_and_check_objects() {
         "{err}"
     );
     assert!(!err.contains("ConfigMap/ok"), "{err}");
+
+    // Escaped strings, fields of other types and unknown fields are read as
+    // the full decoding read them: a field that is not a string counts as
+    // empty, and the object is still checked.
+    let odd = [
+        r#"{"apiVersion":"rbac.authorization.k8s.io\/v1","kind":"ClusterRoleBinding","metadata":{"name":"r\u006fot"}}"#,
+        r#"{"apiVersion":"rbac.authorization.k8s.io/v1","kind":"ClusterRole","metadata":{"name":5,"labels":{"a":"b"}},"rules":[]}"#,
+        r#"{"apiVersion":"v1","kind":"Secret","metadata":{"name":"s","namespace":"team-b"},"data":null}"#,
+    ];
+    let err = check_objects(&rules, &ok, &odd.map(str::to_owned)).unwrap_err();
+    assert!(err.contains("ClusterRoleBinding/root: resource rbac.authorization.k8s.io:ClusterRoleBinding is not permitted"), "{err}");
+    assert!(
+        err.contains(
+            "ClusterRole/: resource rbac.authorization.k8s.io:ClusterRole is not permitted"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("Secret/s: namespace team-b is not permitted"),
+        "{err}"
+    );
 }
