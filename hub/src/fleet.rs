@@ -582,6 +582,20 @@ impl Fleet {
         self.set_bundles(vec![bundle])
     }
 
+    /// Moves applications whose content did not change to a new commit
+    /// (name, commit): as [`Fleet::set_bundles`] does for a bundle of the
+    /// same digest, only the revision the clusters' indexes carry moves;
+    /// nothing is recomputed or sent. An application without a bundle is
+    /// left alone.
+    pub fn move_revisions(&self, moves: &[(String, String)]) {
+        let mut st = self.lock();
+        for (name, commit) in moves {
+            if st.bundles.contains_key(name) && st.revisions.get(name) != Some(commit) {
+                st.revisions.insert(name.clone(), commit.clone());
+            }
+        }
+    }
+
     /// Replaces several bundles and updates the clusters once.
     ///
     /// # Errors

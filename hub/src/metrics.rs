@@ -118,6 +118,7 @@ pub struct HubMetrics {
     wire_messages: Family<WireLabels, Counter>,
     wire_bytes: Family<WireLabels, Counter>,
     bundles_withheld: Counter,
+    revisions_moved: Counter,
     open_files_limit: Gauge,
     store_cache_bytes: Gauge,
     repository_secret_errors: Gauge,
@@ -268,6 +269,12 @@ impl HubMetrics {
             "Bundles not sent because the agent is too old to receive them in chunks",
             bundles_withheld.clone(),
         );
+        let revisions_moved = Counter::default();
+        registry.register(
+            "hub_revisions_moved",
+            "Applications moved to a new commit without a render of their own, because the commit renders the same objects for them",
+            revisions_moved.clone(),
+        );
         let open_files_limit = Gauge::default();
         registry.register(
             "hub_open_files_limit",
@@ -315,6 +322,7 @@ impl HubMetrics {
             wire_messages,
             wire_bytes,
             bundles_withheld,
+            revisions_moved,
             connections_rejected,
             connection_timeouts,
             connections,
@@ -474,6 +482,16 @@ impl HubMetrics {
     /// Counts syncs sent by RollingSync sets.
     pub fn rollout_syncs(&self, n: u64) {
         self.rollout_syncs.inc_by(n);
+    }
+
+    /// Counts applications moved to a new commit without a render.
+    pub fn revisions_moved(&self, n: u64) {
+        self.revisions_moved.inc_by(n);
+    }
+
+    /// Applications moved to a new commit without a render, so far.
+    pub fn revisions_moved_total(&self) -> u64 {
+        self.revisions_moved.get()
     }
 
     /// Counts bundles withheld from an agent too old for chunks.

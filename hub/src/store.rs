@@ -1568,6 +1568,60 @@ impl Store {
         Ok(true)
     }
 
+    /// [`Store::put_app_result`] for many applications that rendered
+    /// without error at a new commit (name, revision), in one batch: the
+    /// error is cleared and the definition kept. Applications gone
+    /// meanwhile are skipped. Returns how many records were written.
+    ///
+    /// # Errors
+    /// The store cannot be read or written.
+    pub fn put_app_revisions(&self, moves: &[(String, String)]) -> Result<usize, StoreError> {
+        let (written, errors_cleared) = self.with(|t| {
+            let _g = self.app_lock();
+            let mut batch = sled::Batch::default();
+            let mut records = Vec::new();
+            let mut errors_cleared = false;
+            for (name, revision) in moves {
+                let Some(current) = self.app_shared(name)? else {
+                    continue;
+                };
+                if current.revision == *revision && current.error.is_empty() {
+                    continue;
+                }
+                let mut rec = (*current).clone();
+                errors_cleared |= !rec.error.is_empty();
+                rec.revision = revision.clone();
+                rec.error.clear();
+                batch.insert(name.as_bytes(), encode(&rec));
+                records.push(rec);
+            }
+            if records.is_empty() {
+                return Ok((0, false));
+            }
+            t.apps.apply_batch(batch)?;
+            let written = records.len();
+            if let Some(cache) = self.app_cache().as_mut() {
+                for rec in records {
+                    cache.insert(rec.app.metadata.name.clone(), Arc::new(rec));
+                }
+            }
+            Ok((written, errors_cleared))
+        })?;
+        if written == 0 {
+            return Ok(0);
+        }
+        self.shared
+            .app_writes
+            .fetch_add(written as u64, Ordering::Relaxed);
+        if errors_cleared {
+            self.shared
+                .app_error_changes
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        self.changed(ChangeKind::Apps);
+        Ok(written)
+    }
+
     /// Writes an application's definition (`rec.app`, `rec.origin`),
     /// keeping the outcome of its last render as stored when there is one:
     /// a reconciler that read the record before a render finished cannot

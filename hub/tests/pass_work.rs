@@ -140,6 +140,66 @@ async fn a_pass_renders_what_changed_and_publishes_once_per_cluster() {
         "a commit that only moves revisions changes no application definition"
     );
 
+    // A commit that changes one application's objects: only it is
+    // rendered; every other application moves to the new commit without a
+    // render of its own (one render per path decides that the objects are
+    // the same), keeps its bundle, and its record, the fleet and the next
+    // generation name the new commit.
+    let renders = sync.app_renders();
+    let moved = flotilla_hub::metrics::metrics().revisions_moved_total();
+    let g = generation(&store);
+    let before: Vec<_> = (0..APPS)
+        .map(|i| fleet.bundle(&format!("app-{i}")).expect("bundle"))
+        .collect();
+    write(&repo, "p0/cm.yaml", &configmap("cm-0", "three"));
+    write(&repo, "unread/notes.txt", "nobody reads this");
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-q", "-m", "three"]);
+    let three = git(&repo, &["rev-parse", "HEAD"]);
+    sync.refresh_urls(std::slice::from_ref(&url));
+    sync.poll(false).await;
+    assert_eq!(
+        sync.app_renders(),
+        renders + 1,
+        "only the application whose objects changed is rendered"
+    );
+    assert!(
+        flotilla_hub::metrics::metrics().revisions_moved_total() >= moved + APPS as u64 - 1,
+        "the others are counted as moved"
+    );
+    assert!(
+        fleet
+            .bundle("app-0")
+            .expect("bundle")
+            .manifests
+            .iter()
+            .any(|m| m.contains("three")),
+        "app-0 has the new content"
+    );
+    for (i, old) in before.iter().enumerate() {
+        let name = format!("app-{i}");
+        let rec = store.app(&name).expect("read").expect("app");
+        assert_eq!(rec.revision, three, "{name}'s record names the new commit");
+        assert_eq!(fleet.desired_revision(&name), three, "{name} in the fleet");
+        if i > 0 {
+            assert!(
+                Arc::ptr_eq(&fleet.bundle(&name).expect("bundle"), old),
+                "{name} keeps its bundle"
+            );
+        }
+    }
+    assert_eq!(generation(&store), g + 1, "one new generation, for app-0");
+    let index = store.cluster("c1").expect("read").expect("c1");
+    assert_eq!(
+        index.desired_revisions.get("app-7").map(String::as_str),
+        Some(three.as_str()),
+        "the new generation carries the moved revisions"
+    );
+    // Nothing changed since: the moved applications are settled.
+    let renders = sync.app_renders();
+    sync.poll(false).await;
+    assert_eq!(sync.app_renders(), renders, "a quiet pass renders nothing");
+
     // One application edited: only it is rendered again.
     let renders = sync.app_renders();
     store
