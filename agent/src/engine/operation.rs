@@ -30,6 +30,10 @@ use crate::object::{self, ObjectKey};
 use crate::plan::{self, Wave};
 use crate::report::now_ms;
 
+/// How many server-side applies of one batch (objects of one kind in one
+/// wave) are in flight at once.
+const APPLY_CONCURRENCY: usize = 8;
+
 /// An application's desired state split for a sync.
 #[derive(Debug, Default)]
 pub(super) struct Desired {
@@ -354,12 +358,21 @@ impl Engine {
         shared: &BTreeSet<ObjectKey>,
     ) -> BTreeMap<ObjectKey, String> {
         let mut errors = BTreeMap::new();
+        // Consecutive objects of one kind, prepared, applied together.
+        let mut batch: Vec<(ObjectKey, Resolved, Value)> = Vec::new();
         for s in &step.steps {
             match s.item {
                 Item::Resource(idx) => {
                     let Some(r) = desired.resources.get_mut(idx) else {
                         continue;
                     };
+                    if batch
+                        .first()
+                        .is_some_and(|(k, _, _)| k.group != r.key.group || k.kind != r.key.kind)
+                    {
+                        self.apply_batch(&b.name, std::mem::take(&mut batch), &mut errors)
+                            .await;
+                    }
                     if r.resolved.is_err() {
                         // A kind of a CRD applied by an earlier step.
                         let mut key = r.key.clone();
@@ -401,11 +414,17 @@ impl Engine {
                         // Another application's object stays its own.
                         object = object::keep_tracking_of(object, &live);
                     }
+                    if s.phase != plan::Phase::Crds {
+                        batch.push((r.key.clone(), resolved.clone(), object));
+                        continue;
+                    }
+                    // A CRD is applied and established before anything
+                    // after it (which may be of its kind).
+                    self.apply_batch(&b.name, std::mem::take(&mut batch), &mut errors)
+                        .await;
                     match self.cluster.apply(resolved, &r.key, &object).await {
                         Ok(_) => {
-                            if s.phase == plan::Phase::Crds
-                                && let Err(e) =
-                                    self.wait_healthy(resolved, &r.key, CRD_DEADLINE).await
+                            if let Err(e) = self.wait_healthy(resolved, &r.key, CRD_DEADLINE).await
                             {
                                 errors.insert(r.key.clone(), e);
                             }
@@ -417,6 +436,8 @@ impl Engine {
                     }
                 }
                 Item::Hook(idx) => {
+                    self.apply_batch(&b.name, std::mem::take(&mut batch), &mut errors)
+                        .await;
                     let Some(t) = desired.hooks.get(idx) else {
                         continue;
                     };
@@ -433,7 +454,48 @@ impl Engine {
                 }
             }
         }
+        self.apply_batch(&b.name, batch, &mut errors).await;
         errors
+    }
+
+    /// Server-side applies `batch` (objects of one kind, of one wave),
+    /// [`APPLY_CONCURRENCY`] at a time, as gitops-engine applies the
+    /// objects of one kind in a wave concurrently; each failure is recorded
+    /// under its object.
+    async fn apply_batch(
+        &self,
+        app: &str,
+        batch: Vec<(ObjectKey, Resolved, Value)>,
+        errors: &mut BTreeMap<ObjectKey, String>,
+    ) {
+        use futures::StreamExt as _;
+        let mut items = batch.iter();
+        let mut in_flight = futures::stream::FuturesUnordered::new();
+        loop {
+            while in_flight.len() < APPLY_CONCURRENCY {
+                let Some((key, resolved, object)) = items.next() else {
+                    break;
+                };
+                in_flight.push(self.apply_keyed(key, resolved, object));
+            }
+            let Some((key, result)) = in_flight.next().await else {
+                break;
+            };
+            if let Err(e) = result {
+                warn!(app = %app, object = %key, error = %e, "apply failed");
+                errors.insert(key.clone(), e.to_string());
+            }
+        }
+    }
+
+    /// [`crate::cluster::Cluster::apply`], with the key it applied.
+    async fn apply_keyed<'a>(
+        &'a self,
+        key: &'a ObjectKey,
+        resolved: &'a Resolved,
+        object: &'a Value,
+    ) -> (&'a ObjectKey, Result<Value, crate::cluster::ClusterError>) {
+        (key, self.cluster.apply(resolved, key, object).await)
     }
 
     /// Whether the step applied last has finished: its hooks done and, if
