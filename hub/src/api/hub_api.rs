@@ -156,13 +156,17 @@ impl HubApiService {
             .iter()
             .filter(|c| fleet::targets(app, c))
             .map(|c| {
+                let window = crate::project::window::status_message(&self.ctx.store, app, &c.name)
+                    .ok()
+                    .flatten();
                 let reported = statuses.get(&c.name).cloned().map(|st| {
                     let st = fleet::at_current_revision(st, bundle.as_deref(), &revision);
                     let st = fleet::comparison_status(rec, st);
-                    match &pin_message {
+                    let st = match &pin_message {
                         Some(m) => crate::history::show_pin(st, m),
                         None => st,
-                    }
+                    };
+                    crate::project::window::show_block(st, window.as_deref())
                 });
                 pb::ClusterAppStatus {
                     cluster: c.name.clone(),
