@@ -154,12 +154,13 @@ impl Cron {
             weekdays,
             either_day: restricted(fields[2]) && restricted(fields[4]),
         };
-        // A schedule that can never fire (30 February) is a mistake.
-        let start = Date::constant(2000, 1, 1);
-        let fires = (0..366 * 8).any(|d| {
-            start
-                .checked_add(jiff::Span::new().days(d))
-                .is_ok_and(|day| cron.day_matches(day))
+        // A schedule that can never fire (30 February) is a mistake. A
+        // valid (month, day) pair falls on every weekday over the years, so
+        // that is all there is to check.
+        const LONGEST: [u32; 12] = [31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+        let fires = (1..=12u32).any(|m| {
+            cron.months & (1 << m) != 0
+                && (1..=LONGEST[m as usize - 1]).any(|d| cron.days & (1 << d) != 0)
         });
         if !fires {
             return Err(format!("{schedule:?} never fires"));
@@ -679,37 +680,37 @@ pub fn hold(
     Ok(bundle)
 }
 
-/// What `app get` shows for `app` on `cluster`: the window blocking its
-/// automated sync and until when, and whether a manual sync may pass.
-///
-/// # Errors
-/// The store failed.
+/// What `app get` shows for `app` on the cluster `name` (`server`), given
+/// its project's `windows` ([`windows_of`], read once per application):
+/// the window blocking its automated sync and until when, and whether a
+/// manual sync may pass.
 pub fn status_message(
-    store: &Store,
+    windows: &Windows,
     app: &Application,
-    cluster: &str,
-) -> Result<Option<String>, StoreError> {
-    let windows = windows_of(store, app)?;
+    name: &str,
+    server: &str,
+) -> Option<String> {
     if windows.windows.is_empty() {
-        return Ok(None);
+        return None;
     }
     let now = now();
-    let clusters = [cluster.to_owned()];
-    let Some((_, block)) = blocked_with(store, &windows, app, &clusters, false, now)?
-        .into_iter()
-        .next()
-    else {
-        return Ok(None);
+    let namespace = app.spec.destination.namespace.clone().unwrap_or_default();
+    let target = Target {
+        app: &app.metadata.name,
+        namespace: &namespace,
+        cluster_name: name,
+        cluster_server: server,
     };
-    let manual = if blocked_with(store, &windows, app, &clusters, true, now)?.is_empty() {
+    let block = windows.verdict(&target, false, now)?;
+    let manual = if windows.verdict(&target, true, now).is_none() {
         "manual sync allowed"
     } else {
         "manual sync not allowed"
     };
-    Ok(Some(format!(
+    Some(format!(
         "{} ({manual})",
         block.message(super::project_of(app))
-    )))
+    ))
 }
 
 /// The windows of a project as the API shows them, open or not now.
