@@ -141,8 +141,12 @@ async fn wait_held(fleet: &Fleet, app: &str, cluster: &str, revision: &str) -> a
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_deny_window_holds_automated_and_manual_sync_until_it_closes() -> anyhow::Result<()> {
+    // The repository is polled hourly: commits are fetched on `refresh`,
+    // so nothing but the hub's wake-up at the window's end releases the
+    // held commit.
     let fleet = Fleet::start(FleetOptions {
         clusters: 1,
+        poll_interval_secs: 3600,
         ..Default::default()
     })
     .await?;
@@ -158,6 +162,7 @@ async fn a_deny_window_holds_automated_and_manual_sync_until_it_closes() -> anyh
         ],
         "web 1",
     )?;
+    fleet.cli_ok(&["refresh"])?;
     fleet.wait_synced("web", "sim-1", &first, CONVERGE).await?;
     let (_, version_before) = seen(&fleet, "sim-1")?;
 
@@ -192,6 +197,7 @@ async fn a_deny_window_holds_automated_and_manual_sync_until_it_closes() -> anyh
     let second = fleet
         .repo
         .commit_file("web/cm.yaml", &config_map("2"), "web 2")?;
+    fleet.cli_ok(&["refresh"])?;
     wait_held(&fleet, "web", "sim-1", &second).await?;
     assert_eq!(
         seen(&fleet, "sim-1")?,
@@ -227,6 +233,7 @@ async fn a_deny_window_holds_automated_and_manual_sync_until_it_closes() -> anyh
     let third = fleet
         .repo
         .commit_file("web/cm.yaml", &config_map("3"), "web 3")?;
+    fleet.cli_ok(&["refresh"])?;
     wait_held(&fleet, "web", "sim-1", &third).await?;
     assert_eq!(seen(&fleet, "sim-1")?.0, "2");
     assert!(
