@@ -1404,6 +1404,7 @@ impl GitSync {
                         bundle,
                     )?;
                     let error = bundle.render_error.clone();
+                    let bundle = crate::project::window::hold(&self.store, app, bundle)?;
                     crate::history::note_automated(&self.store, &self.fleet, app, &bundle)?;
                     self.set_app_result(name, Some(&revision), &error)?;
                     Some(bundle)

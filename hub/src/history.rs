@@ -175,6 +175,11 @@ pub fn note_automated(
     if !is_automated(app) || !bundle.render_error.is_empty() {
         return Ok(());
     }
+    // A sync window holds it: nothing is deployed until the window lets
+    // the application go ([`crate::project::window::hold`]).
+    if bundle.policy.as_ref().is_some_and(|p| !p.automated) {
+        return Ok(());
+    }
     let name = &app.metadata.name;
     if fleet
         .bundle(name)

@@ -123,6 +123,7 @@ pub struct HubMetrics {
     store_cache_bytes: Gauge,
     repository_secret_errors: Gauge,
     rollout_step: Family<AppSetLabels, Gauge>,
+    apps_blocked_by_window: Gauge,
     rollout_applications: Family<AppSetStatusLabels, Gauge>,
     rollout_syncs: Counter,
     /// One scrape at a time: a refresh clears and refills the state
@@ -293,6 +294,12 @@ impl HubMetrics {
             "Repository and repo-creds Secrets the last read of the declared repositories directory could not use, and removed ones whose repository applications keep (the log names each file and cause)",
             repository_secret_errors.clone(),
         );
+        let apps_blocked_by_window = Gauge::default();
+        registry.register(
+            "hub_applications_blocked_by_sync_window",
+            "Applications whose automated sync a project's sync window blocks now (on at least one of their clusters)",
+            apps_blocked_by_window.clone(),
+        );
         let rollout_step = Family::<AppSetLabels, Gauge>::default();
         registry.register(
             "hub_appset_rollout_step",
@@ -314,6 +321,7 @@ impl HubMetrics {
         Self {
             registry,
             rollout_step,
+            apps_blocked_by_window,
             rollout_applications,
             rollout_syncs,
             open_files_limit,
@@ -440,6 +448,12 @@ impl HubMetrics {
     pub fn store_cache_capacity(&self, bytes: u64) {
         self.store_cache_bytes
             .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    /// Records how many applications a sync window blocks now.
+    pub fn apps_blocked_by_window(&self, n: usize) {
+        self.apps_blocked_by_window
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// Records how many repository Secrets the last read could not use.

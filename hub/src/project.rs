@@ -13,8 +13,9 @@
 //! project's rules ([`pb::ProjectRules`]) so that the agent checks again
 //! before it applies or prunes anything.
 //!
-//! Parsed and stored but not enforced here: `syncWindows` (the rollout
-//! work's deploy windows), `roles` (RBAC), `orphanedResources` (warn only
+//! `syncWindows` are checked when a project is read and enforced by
+//! [`window`] (automated sync, manual sync, rollouts). Parsed and stored
+//! but not enforced here: `roles` (RBAC), `orphanedResources` (warn only
 //! in Argo CD; not reported yet), `sourceNamespaces` (Flotilla's
 //! applications all live in the hub, Argo CD's control-plane namespace,
 //! which every project admits).
@@ -142,7 +143,7 @@ pub struct OrphanedResources {
     pub ignore: Vec<GroupKind>,
 }
 
-/// `spec.syncWindows[]` (stored; enforced by the rollout work).
+/// `spec.syncWindows[]`, checked and enforced by [`window`].
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SyncWindow {
@@ -333,6 +334,9 @@ pub fn project_from_value(doc: Value, origin: &str) -> Result<AppProject, Projec
             ));
         }
     }
+    // A window that cannot be evaluated is refused now, naming it, not
+    // ignored at sync time.
+    window::compile_all(&s.sync_windows).map_err(|(field, message)| invalid(&field, message))?;
     for (i, r) in s.roles.iter().enumerate() {
         if r.name.is_empty() {
             return Err(invalid(
@@ -724,6 +728,8 @@ pub fn with_rules(mut bundle: pb::AppBundle, rules: pb::ProjectRules) -> pb::App
     bundle.digest = pb::wire::bundle_digest(&bundle);
     bundle
 }
+
+pub mod window;
 
 #[cfg(test)]
 mod tests;

@@ -388,6 +388,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
     };
 
     let rollout_ctx = ctx.clone();
+    let windows_ctx = ctx.clone();
     // The chain includes the CA so an enrolling agent can check it against
     // the pin in its bootstrap token. TLS is done by crate::listener, not
     // by tonic, so that handshakes have a deadline and connections caps.
@@ -520,6 +521,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let git_task = tokio::spawn(git.clone().run());
     let rollout_task = Some(tokio::spawn(crate::rollout::run(rollout_ctx)));
+    let windows_task = Some(tokio::spawn(crate::project::window::run(windows_ctx)));
     let secrets_task = declared
         .clone()
         .map(|d| d.spawn(config.repository_secrets_interval));
@@ -556,6 +558,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
             secrets_task,
             ui_task,
             rollout_task,
+            windows_task,
         ]
         .into_iter()
         .flatten()

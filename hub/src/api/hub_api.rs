@@ -152,17 +152,21 @@ impl HubApiService {
         let (bundle, revision) = self.ctx.fleet.desired_of(name);
         let statuses = self.ctx.store.statuses_of_app(name)?;
         let pin_message = self.ctx.store.app_ops(name)?.pin_message();
+        let windows = crate::project::window::windows_of(&self.ctx.store, app)?;
         Ok(clusters
             .iter()
             .filter(|c| fleet::targets(app, c))
             .map(|c| {
+                let window =
+                    crate::project::window::status_message(&windows, app, &c.name, &c.server);
                 let reported = statuses.get(&c.name).cloned().map(|st| {
                     let st = fleet::at_current_revision(st, bundle.as_deref(), &revision);
                     let st = fleet::comparison_status(rec, st);
-                    match &pin_message {
+                    let st = match &pin_message {
                         Some(m) => crate::history::show_pin(st, m),
                         None => st,
-                    }
+                    };
+                    crate::project::window::show_block(st, window.as_deref())
                 });
                 pb::ClusterAppStatus {
                     cluster: c.name.clone(),

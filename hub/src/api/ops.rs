@@ -52,6 +52,43 @@ fn selected_clusters(
     Ok(vec![only.to_owned()])
 }
 
+/// Refuses a sync of `app` on `clusters` that a sync window of its project
+/// blocks now: `manual` for a user's sync or rollback (a window with
+/// `manualSync` lets it pass), automated for a rollout's.
+///
+/// # Errors
+/// FAILED_PRECONDITION naming the window, the project and the clusters.
+fn refuse_blocked(
+    ctx: &HubContext,
+    app: &Application,
+    clusters: &[String],
+    manual: bool,
+) -> Result<(), Status> {
+    let blocked = crate::project::window::blocked_clusters(
+        &ctx.store,
+        app,
+        clusters,
+        manual,
+        crate::project::window::now(),
+    )?;
+    let Some((_, block)) = blocked.first() else {
+        return Ok(());
+    };
+    let names: Vec<&str> = blocked.iter().map(|(c, _)| c.as_str()).collect();
+    let project = crate::project::project_of(app);
+    Err(Status::failed_precondition(format!(
+        "application {:?}: sync on cluster {} {}{}",
+        app.metadata.name,
+        names.join(", "),
+        block.message(project),
+        if manual {
+            " (the window does not allow manual sync: manualSync is false)"
+        } else {
+            ""
+        }
+    )))
+}
+
 /// Syncs `app` on `clusters` as `flotilla app sync` does (render now, send
 /// `SyncNow`, record history as `initiated_by`): the path the rollout
 /// reconciler ([`crate::rollout`]) triggers its steps through.
@@ -65,6 +102,8 @@ pub async fn sync_clusters(
     prune: bool,
     initiated_by: &str,
 ) -> Result<pb::SyncApplicationResponse, Status> {
+    // Treated as automated, as Argo CD's ApplicationSet controller's syncs.
+    refuse_blocked(ctx, app, &clusters, false)?;
     render_and_sync(ctx, app, clusters, prune, false, initiated_by).await
 }
 
@@ -339,6 +378,7 @@ pub async fn sync(
         ));
     }
     if !req.dry_run {
+        refuse_blocked(ctx, &app, &clusters, true)?;
         let _history = ctx.git.history_lock();
         history::set_pin_by(&ctx.store, &req.name, pin, "sync --revision")?;
     }
@@ -418,6 +458,7 @@ pub async fn rollback(
             req.name
         )));
     }
+    refuse_blocked(ctx, &app, &clusters, true)?;
     if !req.dry_run {
         let _history = ctx.git.history_lock();
         history::set_pin_by(

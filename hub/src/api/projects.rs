@@ -31,6 +31,7 @@ fn to_pb(ctx: &HubContext, rec: &ProjectRecord) -> Result<pb::Project, Status> {
         source_repos: p.spec.source_repos.clone(),
         destinations: p.rules().destinations,
         applications: applications_of(ctx, &p.metadata.name)?,
+        sync_windows: crate::project::window::states(&p.spec.sync_windows),
     })
 }
 

@@ -261,6 +261,44 @@ fn unknown_field_is_named() {
 }
 
 #[test]
+fn a_bad_sync_window_refuses_the_project_naming_it() {
+    let head = "apiVersion: argoproj.io/v1alpha1\nkind: AppProject\nmetadata:\n  name: shop\nspec:\n  syncWindows:\n  - kind: deny\n    schedule: '0 22 * * *'\n    duration: 1h\n    applications: ['*']\n";
+    let cases = [
+        (
+            "  - kind: sometimes\n    schedule: '* * * * *'\n    duration: 1h\n",
+            "spec.syncWindows[1].kind",
+        ),
+        (
+            "  - kind: deny\n    schedule: '0 25 * * *'\n    duration: 1h\n",
+            "spec.syncWindows[1].schedule",
+        ),
+        (
+            "  - kind: deny\n    schedule: '0 22 * * *'\n    duration: 1day\n",
+            "spec.syncWindows[1].duration",
+        ),
+        (
+            "  - kind: deny\n    schedule: '0 22 * * *'\n    duration: 1h\n    timeZone: Europe/Atlantis\n",
+            "spec.syncWindows[1].timeZone",
+        ),
+    ];
+    for (second, field) in cases {
+        let err = parse_projects(&format!("{head}{second}"), "shop.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("AppProject \"shop\"") && err.contains(field),
+            "{err}"
+        );
+    }
+    // Argo CD's syncOverrun is not supported: refused, not ignored.
+    let err = parse_projects(&format!("{head}    syncOverrun: true\n"), "shop.yaml")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("syncOverrun"), "{err}");
+    assert!(parse_projects(head, "shop.yaml").is_ok());
+}
+
+#[test]
 fn stored_fields_round_trip() {
     let p = project(
         "  sourceRepos: ['*']\n  syncWindows:\n  - kind: deny\n    schedule: '0 22 * * *'\n    duration: 1h\n    manualSync: true\n  roles:\n  - name: ci\n    policies: ['p, proj:team-a:ci, applications, sync, team-a/*, allow']\n  orphanedResources:\n    warn: true\n",
