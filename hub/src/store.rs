@@ -344,7 +344,7 @@ impl TokenRecord {
         if self.project.is_empty() {
             self.name.clone()
         } else {
-            crate::rbac::project_subject(&self.project, &self.role)
+            records::project_subject(&self.project, &self.role)
         }
     }
 
@@ -354,9 +354,9 @@ impl TokenRecord {
         if !self.project.is_empty() {
             Vec::new()
         } else if self.read_only {
-            vec![crate::rbac::ROLE_READONLY.to_owned()]
+            vec![records::ROLE_READONLY.to_owned()]
         } else if self.groups.is_empty() {
-            vec![crate::rbac::ROLE_ADMIN.to_owned()]
+            vec![records::ROLE_ADMIN.to_owned()]
         } else {
             self.groups.clone()
         }
