@@ -28,6 +28,7 @@ pub mod repo_secrets;
 pub mod rollout;
 pub mod server;
 pub mod source;
+pub mod sso;
 pub mod store;
 pub mod telemetry;
 pub mod ui;

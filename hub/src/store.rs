@@ -333,6 +333,11 @@ pub struct TokenRecord {
     pub project: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub role: String,
+    /// A session token made from an SSO login ([`crate::sso`]): the
+    /// user's subject (email or `sub`); its groups are the identity
+    /// provider's groups claim, exactly (none means none, never admin).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sso_subject: String,
     /// Unix ms after which the token is refused; 0: never.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub expires_ms: i64,
@@ -341,7 +346,9 @@ pub struct TokenRecord {
 impl TokenRecord {
     /// The RBAC subject of the token: its name, or `proj:PROJECT:ROLE`.
     pub fn subject(&self) -> String {
-        if self.project.is_empty() {
+        if !self.sso_subject.is_empty() {
+            self.sso_subject.clone()
+        } else if self.project.is_empty() {
             self.name.clone()
         } else {
             records::project_subject(&self.project, &self.role)
@@ -353,6 +360,8 @@ impl TokenRecord {
     pub fn effective_groups(&self) -> Vec<String> {
         if !self.project.is_empty() {
             Vec::new()
+        } else if !self.sso_subject.is_empty() {
+            self.groups.clone()
         } else if self.read_only {
             vec![records::ROLE_READONLY.to_owned()]
         } else if self.groups.is_empty() {
