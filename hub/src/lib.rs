@@ -9,6 +9,7 @@ pub mod cli;
 pub mod clock;
 pub mod commands;
 pub mod deletion;
+pub mod fetch_hosts;
 pub mod fleet;
 pub mod fleet_origin;
 pub mod gitsync;

@@ -134,6 +134,8 @@ impl HubConfig {
 pub enum HubError {
     #[error(transparent)]
     Sso(#[from] crate::sso::SsoError),
+    #[error("{0}")]
+    FetchHosts(String),
     #[error("data directory {path}: {source}")]
     DataDir {
         path: PathBuf,
@@ -339,6 +341,10 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
     {
         tracing::warn!(file = %file.display(), "ssh known hosts file not found; ssh repositories fail until it exists");
     }
+    git.set_allowed_fetch_hosts(
+        crate::fetch_hosts::FetchHosts::new(&config.allowed_fetch_hosts)
+            .map_err(HubError::FetchHosts)?,
+    );
     git.set_ssh(crate::source::SshSettings {
         known_hosts: config.ssh_known_hosts.clone(),
         // Key files of running ssh fetches, outside the mirrors.
