@@ -1073,6 +1073,9 @@ impl GitSync {
             Ok(rules) => rules,
             Err(refusal) => return self.refuse(app, refusal).await,
         };
+        if let Err(refusal) = crate::repo_fetch::credential_scope(&self.store, app) {
+            return self.refuse(app, refusal).await;
+        }
         let mut used = HashSet::new();
         let mut fetched = None;
         let outcome = if app.spec.has_multiple_sources() {

@@ -300,6 +300,10 @@ pub struct RepoCredentials {
     /// Do not verify the ssh server's host key.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub insecure_ignore_host_key: bool,
+    /// Only the applications of this project may use these credentials
+    /// (a project-scoped repository); empty: every application.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub project: String,
 }
 
 impl std::fmt::Debug for RepoCredentials {
@@ -310,6 +314,7 @@ impl std::fmt::Debug for RepoCredentials {
             .field("password", &hidden(&self.password))
             .field("ssh_private_key", &hidden(&self.ssh_private_key))
             .field("insecure_ignore_host_key", &self.insecure_ignore_host_key)
+            .field("project", &self.project)
             .finish()
     }
 }
