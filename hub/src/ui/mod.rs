@@ -14,6 +14,11 @@
 //! `Origin`; read-only tokens get no forms and their POSTs are refused
 //! with 403; every response carries `Content-Security-Policy:
 //! default-src 'self'` (no inline script or style).
+//!
+//! SSO ([`crate::sso`]): `/auth/login` sends the browser to the issuer
+//! (PKCE, state bound to the browser by a Lax cookie, nonce);
+//! `/auth/callback` verifies the ID token and starts a session holding a
+//! hub token made for the user, ending no later than the ID token.
 
 pub mod html;
 pub mod pages;
