@@ -77,10 +77,7 @@ async fn hosts_outside_the_list_are_refused_before_any_request() {
         let mut admin = admin.clone();
         async move {
             admin
-                .get_application(pb::GetApplicationRequest {
-                    name: name.into(),
-                    ..Default::default()
-                })
+                .get_application(pb::GetApplicationRequest { name: name.into() })
                 .await
                 .unwrap()
                 .into_inner()

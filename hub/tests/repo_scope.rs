@@ -90,10 +90,7 @@ async fn scoped_credentials_serve_their_project_only() {
             let name = name.to_owned();
             async move {
                 admin
-                    .get_application(pb::GetApplicationRequest {
-                        name,
-                        ..Default::default()
-                    })
+                    .get_application(pb::GetApplicationRequest { name })
                     .await
                     .unwrap()
                     .into_inner()

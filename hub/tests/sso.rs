@@ -502,10 +502,7 @@ async fn the_groups_claim_gives_the_groups_role_over_the_api() {
         .unwrap();
     let mut as_bob = api_as(&s.hub, &bob.token).await;
     as_bob
-        .get_application(pb::GetApplicationRequest {
-            name: "web".into(),
-            ..Default::default()
-        })
+        .get_application(pb::GetApplicationRequest { name: "web".into() })
         .await
         .unwrap();
     let err = sync(&mut as_bob, "web").await.unwrap_err();
