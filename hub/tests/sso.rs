@@ -792,3 +792,62 @@ async fn flotilla_login_sso_saves_a_working_context() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The hub chart's `oidc` and `allowedFetchHosts` values become the flags
+/// and the client secret an environment variable from a Secret (rendered
+/// by the hub's own chart engine, as `cli_logs` does).
+#[test]
+fn the_chart_passes_oidc_settings_and_the_secret_by_reference() {
+    use flotilla_hub::chart::{Chart, Release, merge_values, render};
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/flotilla-hub");
+    let chart = Chart::load(&dir).unwrap();
+    let mut values = chart.values.clone();
+    merge_values(
+        &mut values,
+        json!({
+            "oidc": {
+                "enabled": true,
+                "issuer": "https://dex.example.com",
+                "clientId": "flotilla",
+                "redirectUrl": "https://flotilla.example.com/auth/callback",
+                "clientSecret": {"existingSecret": "flotilla-oidc"},
+                "caConfigMap": "dex-ca",
+            },
+            "allowedFetchHosts": ["github.com", "*.corp.example"],
+        }),
+    );
+    let text = render(&chart, &Release::new("r", "flotilla"), values).unwrap();
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap();
+    let sts = docs.iter().find(|d| d["kind"] == "StatefulSet").unwrap();
+    let c = &sts["spec"]["template"]["spec"]["containers"][0];
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let joined = args.join(" ");
+    for want in [
+        "--oidc-issuer https://dex.example.com",
+        "--oidc-client-id flotilla",
+        "--oidc-redirect-url https://flotilla.example.com/auth/callback",
+        "--oidc-scopes openid --oidc-scopes profile",
+        "--oidc-groups-claim groups",
+        "--oidc-ca-file /etc/flotilla/oidc-ca/ca.crt",
+        "--allowed-fetch-hosts github.com --allowed-fetch-hosts *.corp.example",
+    ] {
+        assert!(joined.contains(want), "{want}: {joined}");
+    }
+    let env = c["env"].as_array().unwrap();
+    let secret = env
+        .iter()
+        .find(|e| e["name"] == "FLOTILLA_OIDC_CLIENT_SECRET")
+        .unwrap();
+    assert_eq!(
+        secret["valueFrom"]["secretKeyRef"],
+        json!({"name": "flotilla-oidc", "key": "clientSecret"})
+    );
+    // Without oidc, nothing of it.
+    let plain = render(&chart, &Release::new("r", "flotilla"), chart.values.clone()).unwrap();
+    assert!(!plain.contains("oidc") && !plain.contains("allowed-fetch-hosts"));
+}
