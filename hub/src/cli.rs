@@ -25,6 +25,7 @@ mod lifecycle;
 mod ops;
 mod proj;
 mod rbac;
+mod sso;
 
 pub use exit::{CliError, ExitStatus, exit_code};
 use exit::{out, usage};
@@ -143,6 +144,15 @@ pub enum Command {
         /// Name of the context [default: the hub's HOST:PORT].
         #[arg(long)]
         name: Option<String>,
+        /// Log in through the hub's identity provider (OIDC) in a browser
+        /// instead of with an API token: the CLI listens on 127.0.0.1 for
+        /// the provider's redirect, and saves the hub session token it
+        /// gets (it expires with the ID token).
+        #[arg(long)]
+        sso: bool,
+        /// With --sso: print the login URL only, do not start a browser.
+        #[arg(long, requires = "sso")]
+        no_browser: bool,
     },
     /// Forget a saved context and its token.
     Logout {
@@ -471,6 +481,14 @@ async fn client(r: &Resolved) -> Result<Client> {
     let header: MetadataValue<_> = format!("Bearer {token}")
         .parse()
         .map_err(|_| usage("the API token contains characters not allowed in a header"))?;
+    let channel = channel(r).await?;
+    Ok(HubApiClient::with_interceptor(channel, BearerAuth(header))
+        .max_decoding_message_size(r.max_message_size)
+        .max_encoding_message_size(r.max_message_size))
+}
+
+/// A connection to the hub (TLS checked against the CA), no token.
+async fn channel(r: &Resolved) -> Result<Channel> {
     let mut endpoint = Channel::from_shared(r.hub.clone())
         .map_err(|e| usage(format!("invalid hub URL {:?}: {e}", r.hub)))?
         .connect_timeout(Duration::from_secs(10));
@@ -483,16 +501,13 @@ async fn client(r: &Resolved) -> Result<Client> {
             .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)))
             .context("TLS configuration")?;
     }
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| CliError::Unreachable {
+    endpoint.connect().await.map_err(|e| {
+        CliError::Unreachable {
             hub: r.hub.clone(),
             cause: error_chain(&e),
-        })?;
-    Ok(HubApiClient::with_interceptor(channel, BearerAuth(header))
-        .max_decoding_message_size(r.max_message_size)
-        .max_encoding_message_size(r.max_message_size))
+        }
+        .into()
+    })
 }
 
 /// Every application, page by page: each response stays under the CLI's
@@ -553,6 +568,11 @@ pub async fn run(cli: Cli) -> Result<()> {
     match &cli.command {
         Command::Context { name } => return config::context_command(g, name.as_deref()),
         Command::Logout { name } => return config::logout(g, name.as_deref()),
+        Command::Login {
+            name,
+            sso: true,
+            no_browser,
+        } => return sso::login(g, name.clone(), *no_browser).await,
         Command::Rbac(cmd) => {
             if let Some(done) = rbac::run_local(g, cmd) {
                 return done;
@@ -575,7 +595,7 @@ pub async fn run(cli: Cli) -> Result<()> {
     let mut c = client(&resolved).await?;
     let hub = resolved.hub.clone();
     match cli.command {
-        Command::Login { name } => {
+        Command::Login { name, .. } => {
             c.version(pb::VersionRequest {}).await.map_err(status_err)?;
             config::login(g, &resolved, name)?;
         }

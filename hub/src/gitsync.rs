@@ -346,6 +346,11 @@ impl GitSync {
             Arc::new(Semaphore::new(limits.render_concurrency.max(1)));
     }
 
+    /// Sets the hosts Git fetches may reach (`--allowed-fetch-hosts`).
+    pub fn set_allowed_fetch_hosts(&self, hosts: crate::fetch_hosts::FetchHosts) {
+        self.cache.set_allowed_hosts(hosts);
+    }
+
     /// Sets how ssh remotes are reached (known hosts, key scratch
     /// directory). Call before the loop runs.
     pub fn set_ssh(&self, settings: crate::source::SshSettings) {
@@ -1269,6 +1274,9 @@ impl GitSync {
             Ok(rules) => rules,
             Err(refusal) => return self.refuse(app, refusal).await,
         };
+        if let Err(refusal) = crate::repo_fetch::credential_scope(&self.store, app) {
+            return self.refuse(app, refusal).await;
+        }
         let mut used = HashSet::new();
         let mut fetched = None;
         let outcome = if app.spec.has_multiple_sources() {

@@ -34,10 +34,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::project::AppProject;
 
-/// Built-in role: read everything.
-pub const ROLE_READONLY: &str = "role:readonly";
-/// Built-in role: everything.
-pub const ROLE_ADMIN: &str = "role:admin";
+pub use crate::store::records::{ROLE_ADMIN, ROLE_READONLY, RbacConfig, project_subject};
 
 /// The resources an API call can be about, as Argo CD names them (`audit`
 /// and `rbac` are Flotilla's own).
@@ -123,19 +120,6 @@ pub struct Policy {
     pub rules: Vec<Rule>,
     /// (member, role)
     pub groupings: Vec<(String, String)>,
-}
-
-/// The RBAC settings an operator edits: Argo CD's `policy.csv` and
-/// `policy.default`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RbacConfig {
-    /// The operator's policy (the built-in one is always added).
-    #[serde(default)]
-    pub policy_csv: String,
-    /// The role of every authenticated caller, on top of its own (empty:
-    /// none).
-    #[serde(default)]
-    pub default_role: String,
 }
 
 fn line_error(source_name: &str, line: usize, text: &str, cause: impl Into<String>) -> RbacError {
@@ -254,11 +238,6 @@ pub fn parse(text: &str, source_name: &str) -> Result<Policy, RbacError> {
         }
     }
     Ok(policy)
-}
-
-/// The subject of a project role's rules.
-pub fn project_subject(project: &str, role: &str) -> String {
-    format!("proj:{project}:{role}")
 }
 
 /// The policy of one project role: its `policies` lines, which must all be

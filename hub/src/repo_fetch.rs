@@ -62,3 +62,41 @@ pub(crate) fn fetch_with_stored_credentials_within(
         None => cache.fetch_bounded(url, revision, FetchAuth::Anonymous, limits),
     }
 }
+
+/// Whether `app` may use the credentials stored for each of its sources'
+/// repositories: credentials scoped to a project (a project-scoped
+/// repository, `project:` in its Secret) serve only that project's
+/// applications.
+///
+/// # Errors
+/// The refusal, naming the repository, the credentials' project and the
+/// application's. An application of another project is refused rather
+/// than fetched anonymously: the repository's mirror is shared, so an
+/// anonymous "success" could serve what the scoped credentials fetched.
+pub(crate) fn credential_scope(
+    store: &Store,
+    app: &crate::model::Application,
+) -> Result<(), String> {
+    let project = if app.spec.project.is_empty() {
+        "default"
+    } else {
+        app.spec.project.as_str()
+    };
+    let urls = std::iter::once(app.spec.source.repo_url.as_str())
+        .chain(app.spec.sources.iter().map(|s| s.repo_url.as_str()))
+        .filter(|u| !u.is_empty());
+    for url in urls {
+        let Some(found) = store.effective_repo_credentials(url).ok().flatten() else {
+            continue;
+        };
+        let scope = &found.credentials().project;
+        if !scope.is_empty() && scope != project {
+            return Err(format!(
+                "repository {}: its credentials are scoped to project {scope:?}; application {:?} is in project {project:?} and gets none (refused, not fetched anonymously)",
+                crate::source::redact_url(url),
+                app.metadata.name
+            ));
+        }
+    }
+    Ok(())
+}

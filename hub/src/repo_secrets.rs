@@ -16,8 +16,12 @@
 //!
 //! What flotilla cannot honour is an error naming the Secret and the key,
 //! never a silently ignored field: TLS client certificates, GitHub App and
-//! cloud credentials, proxies, `insecure` TLS for https, and
-//! project-scoped repositories (projects are not enforced yet).
+//! cloud credentials, proxies and `insecure` TLS for https.
+//!
+//! `project: P` scopes the Secret's credentials to project P's
+//! applications (Argo CD's project-scoped repositories): an application of
+//! another project naming the URL is refused, never fetched anonymously
+//! from the mirror P's credentials filled ([`crate::repo_fetch::credential_scope`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -108,6 +112,10 @@ pub struct Credentials {
     /// ssh: do not verify the host key (`insecure` or
     /// `insecureIgnoreHostKey`).
     pub insecure_ignore_host_key: bool,
+    /// The project whose applications alone may use these credentials
+    /// (Argo CD's project-scoped repositories); empty (or `default`
+    /// given): every application.
+    pub project: String,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -118,6 +126,7 @@ impl std::fmt::Debug for Credentials {
             .field("password", &hidden(&self.password))
             .field("ssh_private_key", &hidden(&self.ssh_private_key))
             .field("insecure_ignore_host_key", &self.insecure_ignore_host_key)
+            .field("project", &self.project)
             .finish()
     }
 }
@@ -140,6 +149,7 @@ impl Credentials {
             password: self.password.clone(),
             ssh_private_key: self.ssh_private_key.clone(),
             insecure_ignore_host_key: self.insecure_ignore_host_key,
+            project: self.project.clone(),
         }
     }
 }
@@ -289,15 +299,10 @@ pub fn from_fields(
             )));
         }
     };
-    match get("project") {
-        "" | "default" => {}
-        other => {
-            return Err(invalid(format!(
-                "project {other:?}: project-scoped repositories are not supported \
-                 (projects are not enforced yet); omit project or use default"
-            )));
-        }
-    }
+    let project = match get("project").trim() {
+        "" | "default" => String::new(),
+        p => p.to_owned(),
+    };
     let boolean = |k: &str| {
         parse_bool(get(k)).ok_or_else(|| invalid(format!("{k}: {:?} is not a boolean", get(k))))
     };
@@ -315,6 +320,7 @@ pub fn from_fields(
         password: fields.get("password").cloned().unwrap_or_default(),
         ssh_private_key: fields.get("sshPrivateKey").cloned().unwrap_or_default(),
         insecure_ignore_host_key: ssh && (insecure || ignore_host_key),
+        project,
     };
     if !credentials.password.is_empty() && !credentials.ssh_private_key.is_empty() {
         return Err(invalid(
@@ -587,14 +593,6 @@ data:
                     "  url: https://g.example.com/x\n  enableLfs: \"true\"\n",
                 ),
                 "Secret \"lfs\": enableLfs: true is not supported",
-            ),
-            (
-                secret(
-                    "scoped",
-                    "repository",
-                    "  url: https://g.example.com/x\n  project: team-a\n",
-                ),
-                "Secret \"scoped\": project \"team-a\": project-scoped repositories are not supported",
             ),
             (
                 secret(

@@ -88,6 +88,11 @@ pub struct HubConfig {
     /// ui: HTTPS listener of the web UI (the hub's serving certificate).
     /// Off when `None`.
     pub ui_listen: Option<SocketAddr>,
+    /// SSO with an OpenID Connect issuer (`--oidc-*`); off when `None`.
+    pub oidc: Option<crate::sso::OidcConfig>,
+    /// Host globs every Git and Helm fetch must match
+    /// (`--allowed-fetch-hosts`); empty: any host.
+    pub allowed_fetch_hosts: Vec<String>,
 }
 
 impl HubConfig {
@@ -118,6 +123,8 @@ impl HubConfig {
             repository_secrets: None,
             repository_secrets_interval: crate::repo_secrets::reload::DEFAULT_RELOAD_INTERVAL,
             ui_listen: None,
+            oidc: None,
+            allowed_fetch_hosts: Vec::new(),
         }
     }
 }
@@ -125,6 +132,10 @@ impl HubConfig {
 /// Errors starting or running the hub.
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
+    #[error(transparent)]
+    Sso(#[from] crate::sso::SsoError),
+    #[error("{0}")]
+    FetchHosts(String),
     #[error("data directory {path}: {source}")]
     DataDir {
         path: PathBuf,
@@ -330,6 +341,10 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
     {
         tracing::warn!(file = %file.display(), "ssh known hosts file not found; ssh repositories fail until it exists");
     }
+    git.set_allowed_fetch_hosts(
+        crate::fetch_hosts::FetchHosts::new(&config.allowed_fetch_hosts)
+            .map_err(HubError::FetchHosts)?,
+    );
     git.set_ssh(crate::source::SshSettings {
         known_hosts: config.ssh_known_hosts.clone(),
         // Key files of running ssh fetches, outside the mirrors.
@@ -431,6 +446,10 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         ctx.closing.clone(),
     );
 
+    let oidc = match &config.oidc {
+        Some(c) => Some(Arc::new(crate::sso::Oidc::new(c.clone())?)),
+        None => None,
+    };
     let auth_store = store.clone();
     let interceptor = move |mut req: tonic::Request<()>| {
         let caller = api::check_bearer(&auth_store, &req)?;
@@ -450,6 +469,9 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
                 .max_decoding_message_size(config.wire.max_message_size)
                 .max_encoding_message_size(config.wire.max_message_size),
         )
+        .add_service(pb::sso_login_server::SsoLoginServer::new(
+            crate::api::sso_login::SsoLoginService::new(store.clone(), oidc.clone()),
+        ))
         .add_service(tonic::service::interceptor::InterceptedService::new(
             tower::Layer::layer(
                 &crate::api::deadline::DeadlineLayer::new(config.api_deadline),
@@ -509,7 +531,8 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
                 &format!("{}{}", pki.server().cert_pem, pki.ca_pem()),
                 &pki.server().key_pem,
             )?;
-            let router = crate::ui::router(crate::ui::UiState::new(ctx.clone()));
+            let router =
+                crate::ui::router(crate::ui::UiState::new(ctx.clone()).with_sso(oidc.clone()));
             let (bound, task) =
                 crate::ui::serve::serve(addr, tls, router, ctx.closing.clone()).await?;
             tracing::info!(addr = %bound, "web UI listening");

@@ -195,6 +195,8 @@ pub struct GitCache {
     ssh: Arc<RwLock<SshSettings>>,
     /// Timeout of fetches made without explicit [`FetchLimits`].
     fetch_timeout: Arc<RwLock<Duration>>,
+    /// The hosts any fetch may reach (`--allowed-fetch-hosts`).
+    allowed_hosts: Arc<RwLock<crate::fetch_hosts::FetchHosts>>,
 }
 
 impl GitCache {
@@ -211,7 +213,17 @@ impl GitCache {
             root,
             ssh: Arc::new(RwLock::new(ssh)),
             fetch_timeout: Arc::new(RwLock::new(DEFAULT_FETCH_TIMEOUT)),
+            allowed_hosts: Arc::default(),
         }
+    }
+
+    /// Sets the hosts fetches may reach, for this cache and its clones;
+    /// any other is refused before a connection is made.
+    pub fn set_allowed_hosts(&self, hosts: crate::fetch_hosts::FetchHosts) {
+        *self
+            .allowed_hosts
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = hosts;
     }
 
     /// Sets the timeout of fetches made without explicit limits
@@ -246,6 +258,14 @@ impl GitCache {
         auth: FetchAuth<'_>,
         limits: &FetchLimits,
     ) -> Result<String, SourceError> {
+        self.allowed_hosts
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .check(url)
+            .map_err(|message| SourceError::Fetch {
+                url: redact_url(url),
+                message,
+            })?;
         match auth {
             FetchAuth::SshKey(key) => imp::fetch_ssh(
                 &self.root,

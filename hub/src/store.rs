@@ -300,6 +300,10 @@ pub struct RepoCredentials {
     /// Do not verify the ssh server's host key.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub insecure_ignore_host_key: bool,
+    /// Only the applications of this project may use these credentials
+    /// (a project-scoped repository); empty: every application.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub project: String,
 }
 
 impl std::fmt::Debug for RepoCredentials {
@@ -310,6 +314,7 @@ impl std::fmt::Debug for RepoCredentials {
             .field("password", &hidden(&self.password))
             .field("ssh_private_key", &hidden(&self.ssh_private_key))
             .field("insecure_ignore_host_key", &self.insecure_ignore_host_key)
+            .field("project", &self.project)
             .finish()
     }
 }
@@ -333,6 +338,11 @@ pub struct TokenRecord {
     pub project: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub role: String,
+    /// A session token made from an SSO login ([`crate::sso`]): the
+    /// user's subject (email or `sub`); its groups are the identity
+    /// provider's groups claim, exactly (none means none, never admin).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sso_subject: String,
     /// Unix ms after which the token is refused; 0: never.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub expires_ms: i64,
@@ -341,10 +351,12 @@ pub struct TokenRecord {
 impl TokenRecord {
     /// The RBAC subject of the token: its name, or `proj:PROJECT:ROLE`.
     pub fn subject(&self) -> String {
-        if self.project.is_empty() {
+        if !self.sso_subject.is_empty() {
+            self.sso_subject.clone()
+        } else if self.project.is_empty() {
             self.name.clone()
         } else {
-            crate::rbac::project_subject(&self.project, &self.role)
+            records::project_subject(&self.project, &self.role)
         }
     }
 
@@ -353,10 +365,12 @@ impl TokenRecord {
     pub fn effective_groups(&self) -> Vec<String> {
         if !self.project.is_empty() {
             Vec::new()
+        } else if !self.sso_subject.is_empty() {
+            self.groups.clone()
         } else if self.read_only {
-            vec![crate::rbac::ROLE_READONLY.to_owned()]
+            vec![records::ROLE_READONLY.to_owned()]
         } else if self.groups.is_empty() {
-            vec![crate::rbac::ROLE_ADMIN.to_owned()]
+            vec![records::ROLE_ADMIN.to_owned()]
         } else {
             self.groups.clone()
         }

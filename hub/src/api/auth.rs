@@ -84,6 +84,34 @@ pub fn caller_of(store: &Store, rec: &TokenRecord, peer: String) -> Result<Calle
     Ok(caller)
 }
 
+/// Turns a verified SSO login into a hub session token: named
+/// `sso:SUBJECT:ID`, its subject the user's, its groups the identity
+/// provider's, expiring with the ID token. Expired SSO tokens are removed
+/// on the way, so logins do not grow the store.
+///
+/// # Errors
+/// The store failed.
+pub fn sso_session_token(
+    store: &Store,
+    identity: &crate::sso::Identity,
+) -> Result<(String, TokenRecord), Status> {
+    let now = crate::clock::now_ms();
+    for (_, rec) in store.tokens()? {
+        if !rec.sso_subject.is_empty() && rec.expires_ms > 0 && rec.expires_ms <= now {
+            store.remove_tokens_named(&rec.name)?;
+        }
+    }
+    let id: [u8; 4] = rand::random();
+    let rec = TokenRecord {
+        name: format!("sso:{}:{}", identity.subject, hex::encode(id)),
+        sso_subject: identity.subject.clone(),
+        groups: identity.groups.clone(),
+        expires_ms: identity.expires_ms,
+        ..TokenRecord::default()
+    };
+    Ok(super::create_token_with(store, rec)?)
+}
+
 /// The policy as configured now: the operator's settings and every
 /// project's roles. Built for each call, so a change takes effect at once.
 ///

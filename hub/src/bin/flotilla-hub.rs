@@ -145,6 +145,43 @@ struct ServeArgs {
     /// in with an API token). Off when not given.
     #[arg(long, value_name = "ADDR")]
     ui_listen: Option<SocketAddr>,
+    /// SSO: the OpenID Connect issuer URL (as its tokens' `iss` spells
+    /// it). With it, `/auth/login` on the UI and `flotilla login --sso`
+    /// log users in; the groups claim maps to policy.csv groups.
+    #[arg(long, value_name = "URL", requires_all = ["oidc_client_id", "oidc_redirect_url"])]
+    oidc_issuer: Option<String>,
+    /// SSO: this hub's client id at the issuer.
+    #[arg(long, value_name = "ID")]
+    oidc_client_id: Option<String>,
+    /// SSO: file holding the client secret (the environment variable
+    /// FLOTILLA_OIDC_CLIENT_SECRET is read when this is not given; the
+    /// secret is never a command-line value).
+    #[arg(long, value_name = "PATH")]
+    oidc_client_secret_file: Option<PathBuf>,
+    /// SSO: the UI's callback as registered at the issuer,
+    /// `https://HOST/auth/callback`.
+    #[arg(long, value_name = "URL")]
+    oidc_redirect_url: Option<String>,
+    /// SSO: scopes requested (comma-separated; `openid` is always added).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "openid,profile,email,groups"
+    )]
+    oidc_scopes: Vec<String>,
+    /// SSO: the ID token claim holding the user's groups.
+    #[arg(long, default_value = flotilla_hub::sso::DEFAULT_GROUPS_CLAIM)]
+    oidc_groups_claim: String,
+    /// SSO: PEM file of CAs the issuer's certificate is checked against
+    /// (on top of the system's roots).
+    #[arg(long, value_name = "PATH")]
+    oidc_ca_file: Option<PathBuf>,
+    /// Hosts the hub may fetch Git repositories and Helm charts from
+    /// (comma-separated globs: `github.com`, `*.corp.example`,
+    /// `git.example:8443`). Any other host is refused before a request is
+    /// made, with an application condition naming the host. Empty: any.
+    #[arg(long, value_delimiter = ',', value_name = "GLOBS")]
+    allowed_fetch_hosts: Vec<String>,
     /// OpenSSH known_hosts file (e.g. from `ssh-keyscan HOST`) that the
     /// host keys of ssh repositories are verified against; read at every
     /// fetch. Without it, only repositories added with
@@ -264,7 +301,30 @@ async fn main() -> Result<()> {
             }
         })
         .collect();
+    let oidc = match args.oidc_issuer {
+        None => None,
+        Some(issuer) => {
+            let client_secret = match &args.oidc_client_secret_file {
+                Some(path) => std::fs::read_to_string(path)
+                    .with_context(|| format!("--oidc-client-secret-file {}", path.display()))?
+                    .trim()
+                    .to_owned(),
+                None => std::env::var("FLOTILLA_OIDC_CLIENT_SECRET").unwrap_or_default(),
+            };
+            Some(flotilla_hub::sso::OidcConfig {
+                issuer,
+                client_id: args.oidc_client_id.unwrap_or_default(),
+                client_secret,
+                redirect_url: args.oidc_redirect_url.unwrap_or_default(),
+                scopes: args.oidc_scopes,
+                groups_claim: args.oidc_groups_claim,
+                ca_file: args.oidc_ca_file,
+            })
+        }
+    };
     let config = HubConfig {
+        oidc,
+        allowed_fetch_hosts: args.allowed_fetch_hosts,
         data_dir: args.data_dir,
         listen: args.listen,
         advertise_hosts: args.advertise_hosts,

@@ -371,6 +371,21 @@ pub(super) fn login(g: &Global, r: &Resolved, name: Option<String>) -> Result<()
         .token
         .clone()
         .ok_or_else(|| usage("no API token to save: pass --token or --token-file"))?;
+    save_login(g, r, name, token, None)
+}
+
+/// Saves `token` for the hub of `r` as context NAME, made current;
+/// `who` (subject, groups, expiry) is printed for an SSO login.
+///
+/// # Errors
+/// The config file cannot be read or written.
+pub(super) fn save_login(
+    g: &Global,
+    r: &Resolved,
+    name: Option<String>,
+    token: String,
+    who: Option<(String, Vec<String>, i64)>,
+) -> Result<()> {
     let name = name.unwrap_or_else(|| default_context_name(&r.hub));
     if name.trim().is_empty() {
         return Err(usage("the context name is empty"));
@@ -390,16 +405,27 @@ pub(super) fn login(g: &Global, r: &Resolved, name: Option<String>) -> Result<()
     file.save()?;
     let path = file.path.display().to_string();
     let hub = &r.hub;
-    super::print_out(
-        g.output,
-        json!({"context": name, "hub": hub, "config": path, "updated": replaced}),
-        || {
-            format!(
-                "logged in to {hub}; context {name} {} in {path} and made current\n",
-                if replaced { "updated" } else { "saved" }
-            )
-        },
-    );
+    let mut doc = json!({"context": name, "hub": hub, "config": path, "updated": replaced});
+    if let Some((subject, groups, expires_ms)) = &who {
+        doc["subject"] = json!(subject);
+        doc["groups"] = json!(groups);
+        doc["expiresUnixMs"] = json!(expires_ms);
+    }
+    super::print_out(g.output, doc, || {
+        let by = who
+            .as_ref()
+            .map(|(s, gs, exp)| {
+                let until = jiff::Timestamp::from_millisecond(*exp)
+                    .map(|t| t.to_string())
+                    .unwrap_or_else(|_| exp.to_string());
+                format!(" as {s} (groups: {}; until {until})", gs.join(", "))
+            })
+            .unwrap_or_default();
+        format!(
+            "logged in to {hub}{by}; context {name} {} in {path} and made current\n",
+            if replaced { "updated" } else { "saved" }
+        )
+    });
     Ok(())
 }
 

@@ -1,7 +1,8 @@
-//! The RBAC settings (`crate::rbac::RbacConfig`): one record.
+//! The RBAC settings ([`RbacConfig`], re-exported by `crate::rbac`): one
+//! record.
 
+use super::records::RbacConfig;
 use super::{Store, StoreError, encode};
-use crate::rbac::RbacConfig;
 
 const KEY: &[u8] = b"config";
 

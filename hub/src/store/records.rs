@@ -1,5 +1,5 @@
 //! Records the store keeps whose meaning belongs to other modules
-//! ([`crate::deletion`], [`crate::history`]): defined here so that the store
+//! ([`crate::deletion`], [`crate::history`], [`crate::rbac`]): defined here so that the store
 //! depends on nothing above it; those modules re-export them.
 
 use serde::{Deserialize, Serialize};
@@ -136,4 +136,27 @@ fn short(revision: &str) -> &str {
     } else {
         revision
     }
+}
+
+/// The RBAC settings an operator edits: Argo CD's `policy.csv` and
+/// `policy.default`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RbacConfig {
+    /// The operator's policy (the built-in one is always added).
+    #[serde(default)]
+    pub policy_csv: String,
+    /// The role of every authenticated caller, on top of its own (empty:
+    /// none).
+    #[serde(default)]
+    pub default_role: String,
+}
+
+/// Built-in role: read everything.
+pub const ROLE_READONLY: &str = "role:readonly";
+/// Built-in role: everything.
+pub const ROLE_ADMIN: &str = "role:admin";
+
+/// The subject of a project role's rules (and of its tokens).
+pub fn project_subject(project: &str, role: &str) -> String {
+    format!("proj:{project}:{role}")
 }

@@ -14,6 +14,11 @@
 //! `Origin`; read-only tokens get no forms and their POSTs are refused
 //! with 403; every response carries `Content-Security-Policy:
 //! default-src 'self'` (no inline script or style).
+//!
+//! SSO ([`crate::sso`]): `/auth/login` sends the browser to the issuer
+//! (PKCE, state bound to the browser by a Lax cookie, nonce);
+//! `/auth/callback` verifies the ID token and starts a session holding a
+//! hub token made for the user, ending no later than the ID token.
 
 pub mod html;
 pub mod pages;
@@ -65,6 +70,8 @@ pub struct UiState {
     sessions: Arc<Sessions>,
     /// Pages rendered by live-update streams since start.
     live_renders: Arc<AtomicU64>,
+    /// SSO (`/auth/login`, `/auth/callback`), when configured.
+    sso: Option<Arc<crate::sso::Oidc>>,
 }
 
 impl UiState {
@@ -74,7 +81,15 @@ impl UiState {
             ctx,
             sessions: Arc::default(),
             live_renders: Arc::default(),
+            sso: None,
         }
+    }
+
+    /// The same UI with SSO logins through `oidc`.
+    #[must_use]
+    pub fn with_sso(mut self, oidc: Option<Arc<crate::sso::Oidc>>) -> Self {
+        self.sso = oidc;
+        self
     }
 
     /// How many times the live-update streams rendered a page to see
@@ -91,6 +106,8 @@ pub fn router(state: UiState) -> Router {
         .route("/static/ui.js", get(js))
         .route("/login", get(login_page).post(login))
         .route("/logout", post(logout))
+        .route("/auth/login", get(sso_login))
+        .route("/auth/callback", get(sso_callback))
         .route("/events", get(events))
         .route("/apps/{name}/sync", post(sync))
         .route("/apps/{name}/refresh", post(refresh))
@@ -664,8 +681,129 @@ async fn login_page(State(state): State<UiState>, headers: HeaderMap) -> Respons
     }
     html_response(
         StatusCode::OK,
-        layout("Log in", None, None, &pages::login(None)),
+        layout("Log in", None, None, &login_form(&state, None)),
     )
+}
+
+/// The login page: the token form, and the SSO link when configured.
+fn login_form(state: &UiState, error: Option<&str>) -> String {
+    let mut h = pages::login(error);
+    if state.sso.is_some() {
+        h.push_str("<p><a href=\"/auth/login\" id=\"sso-login\">Log in with SSO</a></p>");
+    }
+    h
+}
+
+/// Starts an SSO login: to the issuer, with state, nonce and PKCE; the
+/// state is also put in a cookie so that only this browser can finish it.
+async fn sso_login(State(state): State<UiState>) -> Response {
+    let Some(oidc) = state.sso.clone() else {
+        return error_page(
+            None,
+            StatusCode::NOT_FOUND,
+            "SSO is not configured on this hub (--oidc-issuer); log in with an API token",
+        );
+    };
+    match oidc.begin().await {
+        Ok(started) => (
+            StatusCode::SEE_OTHER,
+            [
+                (header::LOCATION, started.url),
+                (
+                    header::SET_COOKIE,
+                    session::set_sso_state_cookie(&started.state),
+                ),
+            ],
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "sso login could not start");
+            error_page(None, StatusCode::BAD_GATEWAY, &e.to_string())
+        }
+    }
+}
+
+/// The issuer's redirect back: checks the state against this browser's
+/// cookie, exchanges the code, verifies the ID token and starts a session
+/// that ends no later than the token.
+async fn sso_callback(
+    State(state): State<UiState>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let Some(oidc) = state.sso.clone() else {
+        return error_page(
+            None,
+            StatusCode::NOT_FOUND,
+            "SSO is not configured on this hub",
+        );
+    };
+    let refused = |code: StatusCode, message: String| {
+        tracing::info!(reason = %message, "sso login refused");
+        let mut r = html_response(
+            code,
+            layout(
+                "Log in",
+                None,
+                None,
+                &login_form(&state, Some(&format!("sso login refused: {message}"))),
+            ),
+        );
+        if let Ok(v) = HeaderValue::from_str(&session::clear_sso_state_cookie()) {
+            r.headers_mut().append(header::SET_COOKIE, v);
+        }
+        r
+    };
+    if let Some(e) = q.get("error") {
+        let desc = q.get("error_description").cloned().unwrap_or_default();
+        return refused(
+            StatusCode::UNAUTHORIZED,
+            format!("the identity provider answered {e} {desc}")
+                .trim()
+                .to_owned(),
+        );
+    }
+    let (Some(code), Some(st)) = (q.get("code"), q.get("state")) else {
+        return refused(
+            StatusCode::BAD_REQUEST,
+            "the callback carries no code and state".to_owned(),
+        );
+    };
+    let cookie_state = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|h| session::named_cookie(h, session::SSO_STATE_COOKIE));
+    if !cookie_state.is_some_and(|c| session::same_secret(c, st)) {
+        return refused(
+            StatusCode::UNAUTHORIZED,
+            "the state does not match this browser's login (start again at /auth/login)".to_owned(),
+        );
+    }
+    let identity = match oidc.finish(st, code).await {
+        Ok(i) => i,
+        Err(e) => return refused(StatusCode::UNAUTHORIZED, e.to_string()),
+    };
+    let (secret, rec) = match crate::api::auth::sso_session_token(&state.ctx.store, &identity) {
+        Ok(t) => t,
+        Err(s) => return refused(StatusCode::INTERNAL_SERVER_ERROR, s.message().to_owned()),
+    };
+    let left_ms = identity.expires_ms - crate::clock::now_ms();
+    let ttl = Duration::from_millis(u64::try_from(left_ms).unwrap_or(0));
+    let id = state.sessions.create_within(secret, ttl);
+    tracing::info!(subject = %identity.subject, groups = ?identity.groups, token = %rec.name, "ui sso login");
+    let mut r = (
+        StatusCode::SEE_OTHER,
+        [
+            (header::LOCATION, "/".to_owned()),
+            (header::SET_COOKIE, session::set_cookie_within(&id, ttl)),
+        ],
+    )
+        .into_response();
+    if let Ok(v) = HeaderValue::from_str(&session::clear_sso_state_cookie()) {
+        r.headers_mut().append(header::SET_COOKIE, v);
+    }
+    r
 }
 
 /// Whether a browser's `Origin` (when it sent one) is this host.
@@ -712,7 +850,7 @@ async fn login(
                 "Log in",
                 None,
                 None,
-                &pages::login(Some(&format!("login refused: {}", s.message()))),
+                &login_form(&state, Some(&format!("login refused: {}", s.message()))),
             ),
         ),
     }

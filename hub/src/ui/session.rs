@@ -41,8 +41,16 @@ fn random_hex() -> String {
 impl Sessions {
     /// Starts a session for `secret`; returns its id.
     pub fn create(&self, secret: String) -> String {
+        self.create_within(secret, SESSION_TTL)
+    }
+
+    /// Starts a session for `secret` that ends after `ttl` or
+    /// [`SESSION_TTL`], whichever is sooner (an SSO session ends with its
+    /// ID token); returns its id.
+    pub fn create_within(&self, secret: String, ttl: Duration) -> String {
         let id = random_hex();
         let now = Instant::now();
+        let ttl = ttl.min(SESSION_TTL);
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         map.retain(|_, s| s.expires > now);
         if map.len() >= MAX_SESSIONS
@@ -58,7 +66,7 @@ impl Sessions {
             Session {
                 secret,
                 csrf: random_hex(),
-                expires: now + SESSION_TTL,
+                expires: now + ttl,
                 flash: None,
             },
         );
@@ -101,10 +109,41 @@ impl Sessions {
 
 /// The `Set-Cookie` value of a new session.
 pub fn set_cookie(id: &str) -> String {
+    set_cookie_within(id, SESSION_TTL)
+}
+
+/// The `Set-Cookie` value of a new session lasting `ttl` (at most
+/// [`SESSION_TTL`]).
+pub fn set_cookie_within(id: &str, ttl: Duration) -> String {
     format!(
         "{COOKIE}={id}; Path=/; HttpOnly; Secure; SameSite=Strict; Max-Age={}",
-        SESSION_TTL.as_secs()
+        ttl.min(SESSION_TTL).as_secs()
     )
+}
+
+/// Name of the cookie binding a started SSO login to the browser that
+/// started it (Lax: it must come back on the issuer's redirect).
+pub const SSO_STATE_COOKIE: &str = "flotilla_sso_state";
+
+/// The `Set-Cookie` value holding a started SSO login's state.
+pub fn set_sso_state_cookie(state: &str) -> String {
+    format!(
+        "{SSO_STATE_COOKIE}={state}; Path=/auth/callback; HttpOnly; Secure; SameSite=Lax; Max-Age={}",
+        crate::sso::LOGIN_TTL.as_secs()
+    )
+}
+
+/// The `Set-Cookie` value that ends a started SSO login.
+pub fn clear_sso_state_cookie() -> String {
+    format!("{SSO_STATE_COOKIE}=; Path=/auth/callback; HttpOnly; Secure; SameSite=Lax; Max-Age=0")
+}
+
+/// The value of cookie `name` in a `Cookie` header.
+pub fn named_cookie<'a>(header: &'a str, name: &str) -> Option<&'a str> {
+    header.split(';').find_map(|part| {
+        let (k, v) = part.trim().split_once('=')?;
+        (k == name && !v.is_empty()).then_some(v)
+    })
 }
 
 /// The `Set-Cookie` value that ends a session in the browser.
