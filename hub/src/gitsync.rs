@@ -940,8 +940,9 @@ impl GitSync {
         inputs: &PassInputs,
         wait: bool,
     ) -> Result<Vec<&'a Arc<AppRecord>>, StoreError> {
-        // The sources of settled applications that are due are fetched
-        // first, once each, as their renders would fetch them: in a pass
+        // The sources of settled applications that are due (or were
+        // refreshed) are fetched first, once each, as their renders would
+        // fetch them: in a pass
         // that waits for everything, now; in the loop's pass, in the
         // background, and their applications are left to the pass the end
         // of the fetch starts when it brings news (a stalled repository
@@ -952,7 +953,12 @@ impl GitSync {
             let mut rest = Vec::with_capacity(apps.len());
             for rec in apps {
                 match settled.get(&rec.app.metadata.name) {
-                    Some(s) if self.fetcher.due(&s.key, &flight_of(&s.key)) => {
+                    // Due, or forgotten by a refresh (its fetch may be in
+                    // flight already: fetching joins it).
+                    Some(s)
+                        if self.fetcher.due(&s.key, &flight_of(&s.key))
+                            || self.fetcher.last(&s.key).is_none() =>
+                    {
                         due.insert(s.key.clone());
                         if wait {
                             rest.push(rec);
@@ -994,7 +1000,10 @@ impl GitSync {
                         .1
                         .push(rec);
                 }
-                None => rest.push(rec),
+                None => {
+                    eprintln!("DEBUG not moved {}", rec.app.metadata.name);
+                    rest.push(rec)
+                }
             }
         }
         if groups.is_empty() {
@@ -1023,6 +1032,18 @@ impl GitSync {
                         .map(|r| (r, new_key.clone(), commit.clone())),
                 );
             } else {
+                // Their renders use the new key: it counts as used until
+                // they say what they used, so the pass does not drop the
+                // render it just made (they would render it again, or
+                // leave their key without its render).
+                let mut used_by = self.used_by.lock().unwrap_or_else(|p| p.into_inner());
+                for rec in &recs {
+                    used_by
+                        .entry(rec.app.metadata.name.clone())
+                        .or_default()
+                        .insert(new_key.clone());
+                }
+                drop(used_by);
                 rest.extend(recs);
             }
         }
@@ -1247,6 +1268,10 @@ impl GitSync {
         };
         self.app_renders
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        eprintln!(
+            "DEBUG render_one {name} force={force} pass={}",
+            self.current_pass()
+        );
         let inputs = match inputs {
             Some(i) => i,
             None => Arc::new(PassInputs {

@@ -237,3 +237,85 @@ async fn a_pass_renders_what_changed_and_publishes_once_per_cluster() {
     sync.poll(true).await;
     assert_eq!(sync.app_renders(), renders + APPS as u64);
 }
+
+/// The Git loop's own passes (not `poll`): a refresh makes the source's
+/// fetch run in the background, and the pass its news starts moves every
+/// application whose objects did not change without rendering it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_loop_moves_unchanged_applications_after_a_refresh() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let repo = root.path().join("config");
+    std::fs::create_dir_all(&repo).expect("mkdir");
+    git(&repo, &["init", "-q"]);
+    commit_all(&repo, "one");
+    let url = format!("file://{}", repo.display());
+    let data = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&data.path().join("db")).expect("store");
+    let fleet = Fleet::load(store.clone()).expect("fleet");
+    fleet
+        .put_cluster(ClusterRecord {
+            name: "c1".into(),
+            ..Default::default()
+        })
+        .expect("cluster");
+    for i in 0..APPS {
+        store
+            .put_app(&application(
+                &format!("app-{i}"),
+                &url,
+                &format!("p{i}"),
+                "apps",
+            ))
+            .expect("put app");
+    }
+    let sync: Arc<GitSync> = GitSync::new(
+        store.clone(),
+        fleet.clone(),
+        data.path().join("git"),
+        Duration::from_secs(3600),
+    );
+    let running = tokio::spawn(sync.clone().run());
+    let at = |commit: &str| {
+        (0..APPS).all(|i| {
+            store
+                .app(&format!("app-{i}"))
+                .ok()
+                .flatten()
+                .is_some_and(|r| r.revision == commit)
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let one = git(&repo, &["rev-parse", "HEAD"]);
+    while !at(&one) {
+        assert!(std::time::Instant::now() < deadline, "first render");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let renders = sync.app_renders();
+    write(&repo, "p1/cm.yaml", &configmap("cm-1", "two"));
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-q", "-m", "two"]);
+    let two = git(&repo, &["rev-parse", "HEAD"]);
+    sync.refresh_urls(std::slice::from_ref(&url));
+    while !at(&two) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "every application at the new commit"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        sync.app_renders(),
+        renders + 1,
+        "only app-1, whose objects changed, is rendered"
+    );
+    assert!(
+        fleet
+            .bundle("app-1")
+            .expect("bundle")
+            .manifests
+            .iter()
+            .any(|m| m.contains("two"))
+    );
+    running.abort();
+}
