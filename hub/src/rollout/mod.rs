@@ -22,10 +22,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use serde::{Deserialize, Serialize};
-
 use crate::api::HubContext;
-use crate::appset::ApplicationSet;
 use crate::store::StoreError;
 use flotilla_proto as pb;
 use rolling_sync::{AppProgress, Observed, Progress};
@@ -35,37 +32,7 @@ use rolling_sync::{AppProgress, Observed, Progress};
 /// set removes `automated`, as Argo CD does).
 pub const PRUNE_ANNOTATION: &str = "flotilla.dev/rolling-sync-prune";
 
-/// What the rollout reconciler keeps of one set.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RolloutRecord {
-    pub set: String,
-    /// Argo CD's `status.applicationStatus`, by application name.
-    #[serde(default)]
-    pub applications: Vec<AppProgress>,
-    /// The [`rolling_sync::ROLLOUT_PROGRESSING`] condition's message.
-    #[serde(default)]
-    pub progressing: String,
-    /// The [`rolling_sync::INVALID_ROLLOUT_CONFIG`] condition's message.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub invalid: Option<String>,
-    /// `deletionOrder: Reverse` of a deleted set: the groups of
-    /// applications still to delete, the first one being deleted now
-    /// (last step first, applications of no step last).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub deleting: Vec<Vec<DeletingApp>>,
-    /// The set's `preserveResourcesOnDeletion`, for the later groups.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub preserve: bool,
-}
-
-/// An application a reverse deletion waits for, and the clusters that must
-/// have let it go.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeletingApp {
-    pub app: String,
-    pub clusters: Vec<String>,
-}
+pub use crate::store::records::{DeletingApp, RolloutRecord};
 
 /// Groups of a set's applications in reverse deletion order: the last
 /// step's first, then the step before, …, then those no step selects
@@ -88,18 +55,6 @@ pub fn reverse_deletion_groups<'a>(
         g.sort();
     }
     groups
-}
-
-impl RolloutRecord {
-    /// The step being rolled out (1-based), 0 when done.
-    pub fn current_step(&self) -> u64 {
-        self.progressing
-            .rsplit(' ')
-            .next()
-            .and_then(|s| s.parse().ok())
-            .filter(|_| self.progressing.contains("performing rollout"))
-            .unwrap_or(0)
-    }
 }
 
 /// An application the reconciler watches.
@@ -277,6 +232,12 @@ const STATUSES: [Progress; 4] = [
     Progress::Healthy,
 ];
 
+/// `spec.strategy` of a stored set, read from its raw document: the
+/// reconciler needs the strategy only, not the whole validated set.
+fn strategy_of(raw: &serde_json::Value) -> Result<rolling_sync::Strategy, (String, String)> {
+    rolling_sync::Strategy::parse(raw.pointer("/spec/strategy"))
+}
+
 /// Runs the rollout reconciler until the hub closes: a first pass over
 /// every RollingSync set (progress after a restart), then a pass over each
 /// set that is marked.
@@ -285,9 +246,7 @@ pub async fn run(ctx: HubContext) {
     match ctx.store.appsets() {
         Ok(sets) => {
             for rec in sets {
-                if let Ok(set) = ApplicationSet::from_value(rec.raw.clone())
-                    && set.strategy.rolling_sync.is_some()
-                {
+                if strategy_of(&rec.raw).is_ok_and(|s| s.rolling_sync.is_some()) {
                     rollouts.watch_set(&rec.name, &rec.generated);
                 }
             }
@@ -417,12 +376,12 @@ pub async fn reconcile_set(
         rollouts.unwatch_set(name);
         return continue_reverse_deletion(ctx, rollouts, name);
     };
-    let set = match ApplicationSet::from_value(rec.raw.clone()) {
+    let strategy = match strategy_of(&rec.raw) {
         Ok(s) => s,
         // The lifecycle reports it; the rollout stays where it is.
         Err(_) => return Ok(false),
     };
-    let Some(steps) = set.strategy.rolling_sync.clone() else {
+    let Some(steps) = strategy.rolling_sync else {
         // As Argo CD: no RollingSync, no applicationStatus.
         rollouts.unwatch_set(name);
         store.remove_rollout(name)?;

@@ -2,8 +2,8 @@
 //! Written only by the rollout reconciler; what it needs to decide the
 //! next step after a restart.
 
+use super::records::RolloutRecord;
 use super::{ChangeKind, Store, StoreError, encode};
-use crate::rollout::RolloutRecord;
 
 impl Store {
     /// The rollout progress of set `name`, if any.
