@@ -72,6 +72,9 @@ pub struct Strategy {
     /// block, which Argo CD treats as AllAtOnce).
     pub rolling_sync: Option<Vec<Step>>,
     pub deletion_order: DeletionOrder,
+    /// The set has a valid `flotillaWaves` extension (read by
+    /// [`super::waves::WavesSpec::parse`]).
+    pub waves: bool,
 }
 
 impl Strategy {
@@ -156,9 +159,17 @@ impl Strategy {
                 ));
             }
         };
+        let waves = super::waves::WavesSpec::parse(obj.get(super::waves::FIELD))?.is_some();
+        if waves && rolling_sync.is_some() {
+            return Err((
+                format!("spec.strategy.{}", super::waves::FIELD),
+                "cannot be combined with type: RollingSync steps (choose one way to stage)".into(),
+            ));
+        }
         Ok(Self {
             rolling_sync,
             deletion_order,
+            waves,
         })
     }
 }

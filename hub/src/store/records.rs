@@ -209,6 +209,10 @@ pub struct RolloutRecord {
     /// The set's `preserveResourcesOnDeletion`, for the later groups.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub preserve: bool,
+    /// A waves rollout (`spec.strategy.flotillaWaves`), when the set has
+    /// one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waves: Option<super::WavesRecord>,
 }
 
 /// An application a reverse deletion waits for, and the clusters that must
