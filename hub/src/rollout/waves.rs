@@ -436,8 +436,18 @@ pub fn plan(
         };
         for t in targets {
             let before = prev_cluster.get(t.app.as_str());
+            // The revision a cluster was Healthy at through its wave's
+            // bake (one Healthy for a moment and then Degraded is no
+            // rollback target); within a rollout it stays what the cluster
+            // ran before, so `abort` puts every touched cluster back.
+            let baked = previous.is_some_and(|p| {
+                before.is_some_and(|c| {
+                    c.state == ClusterState::Updated
+                        && (p.phase == WavePhase::Completed || c.wave < p.wave)
+                })
+            });
             let last_healthy = match before {
-                Some(c) if c.state == ClusterState::Updated => c.revision.clone(),
+                Some(c) if baked => c.revision.clone(),
                 Some(c) if !c.last_healthy.is_empty() => c.last_healthy.clone(),
                 _ => t.current.clone(),
             };
@@ -579,7 +589,6 @@ pub fn plan(
         match c.state {
             ClusterState::Updating if at_target(t, &rec.target) => {
                 c.state = ClusterState::Updated;
-                c.last_healthy = rec.target.clone();
                 c.since_ms = now;
             }
             ClusterState::Updating | ClusterState::Updated
@@ -773,6 +782,7 @@ pub fn plan(
         }
         pass.events
             .push(format!("wave {} done", spec.wave_name(wave)));
+
         rec.wave += 1;
         rec.wave_started_ms = now;
         rec.healthy_since_ms = 0;

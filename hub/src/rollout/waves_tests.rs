@@ -271,15 +271,19 @@ fn a_newer_commit_supersedes_a_rollout_and_starts_at_the_first_wave() {
     let mut rec = adopted(&mut w, &s);
     w.commit(NEW);
     rec = w.pass(&s, Some(&rec), &[], 1000).record;
-    // Seen Healthy at NEW: that becomes its rollback target.
+    // Healthy, baking: NEW is no rollback target yet.
     rec = w.pass(&s, Some(&rec), &[], 1500).record;
     assert_eq!(rec.phase, WavePhase::Baking);
+    // Baked: the canary is done, eu is moving.
+    rec = w.pass(&s, Some(&rec), &[], 2600).record;
+    assert_eq!(rec.wave, 1);
     w.commit(BAD);
-    let p = w.pass(&s, Some(&rec), &[], 2000);
+    let p = w.pass(&s, Some(&rec), &[], 3000);
     assert_eq!(p.record.target, BAD);
     assert_eq!(p.record.wave, 0);
-    // c0 was Healthy at NEW: that is its rollback target now.
+    // c0 baked at NEW: that is its rollback target now; eu's did not.
     assert_eq!(p.record.clusters[0].last_healthy, NEW);
+    assert_eq!(p.record.clusters[1].last_healthy, OLD);
 }
 
 #[test]
@@ -346,4 +350,51 @@ fn malformed_waves_name_the_field() {
     assert_eq!(s.waves[0].max_unavailable.map(|m| m.of(5)), Some(2));
     assert_eq!(MaxUnavailable::Percent(10).of(5), 1);
     assert_eq!(WavesSpec::parse(None).unwrap(), None);
+}
+
+#[test]
+fn healthy_for_a_moment_then_degraded_in_the_bake_is_rolled_back() {
+    let s = three_waves(true);
+    let mut w = World::new();
+    let mut rec = adopted(&mut w, &s);
+    w.commit(BAD);
+    // The bad revision looks Healthy at first (a Deployment before its
+    // progress deadline) ...
+    let p = plan(&s, Some(&rec), &w.targets, &[], 1000);
+    assert_eq!(p.syncs.len(), 1);
+    rec = p.record;
+    w.targets[0].current = BAD.into();
+    w.targets[0].synced_at = BAD.into();
+    rec = plan(&s, Some(&rec), &w.targets, &[], 1200).record;
+    assert_eq!(rec.phase, WavePhase::Baking);
+    // ... then goes Degraded within the bake: back to OLD.
+    w.targets[0].healthy = false;
+    w.targets[0].degraded = true;
+    let p = plan(&s, Some(&rec), &w.targets, &[], 1800);
+    assert_eq!(p.record.phase, WavePhase::Failed);
+    assert_eq!(p.syncs.len(), 1);
+    assert!(
+        p.syncs[0].rollback && p.syncs[0].revision == OLD,
+        "{:?}",
+        p.syncs
+    );
+}
+
+#[test]
+fn abort_rolls_back_every_cluster_the_rollout_moved() {
+    let s = three_waves(false);
+    let mut w = World::new();
+    let mut rec = adopted(&mut w, &s);
+    w.commit(NEW);
+    let mut t = 1000;
+    while rec.target != NEW || rec.wave < 2 {
+        rec = w.pass(&s, Some(&rec), &[], t).record;
+        t += 600;
+    }
+    // canary and eu done, us moving one at a time.
+    let p = w.pass(&s, Some(&rec), &[(Control::Abort, "user:ops".into())], t);
+    assert_eq!(p.record.phase, WavePhase::Aborted);
+    let back: Vec<&str> = p.syncs.iter().map(|s| s.cluster.as_str()).collect();
+    assert_eq!(back, ["c0", "c1", "c2", "c3"], "{:?}", p.syncs);
+    assert!(p.syncs.iter().all(|s| s.rollback && s.revision == OLD));
 }
