@@ -18,13 +18,25 @@ pub enum RolloutCommand {
         name: String,
     },
     /// Stop starting clusters (those updating finish).
-    Pause { name: String },
+    Pause {
+        /// The ApplicationSet.
+        name: String,
+    },
     /// Carry on after a pause or a failed wave (which is tried again).
-    Resume { name: String },
+    Resume {
+        /// The ApplicationSet.
+        name: String,
+    },
     /// Skip the current wave's bake time or approval gate.
-    Promote { name: String },
+    Promote {
+        /// The ApplicationSet.
+        name: String,
+    },
     /// Roll back every cluster the rollout touched, and stop.
-    Abort { name: String },
+    Abort {
+        /// The ApplicationSet.
+        name: String,
+    },
 }
 
 fn short(rev: &str) -> &str {
