@@ -25,6 +25,7 @@ mod lifecycle;
 mod ops;
 mod proj;
 mod rbac;
+mod rollout;
 mod sso;
 
 pub use exit::{CliError, ExitStatus, exit_code};
@@ -120,6 +121,9 @@ pub enum Command {
     /// ApplicationSets (Argo CD compatible).
     #[command(subcommand)]
     Appset(appset::AppsetCommand),
+    /// Waves rollouts of ApplicationSets (spec.strategy.flotillaWaves).
+    #[command(subcommand)]
+    Rollout(rollout::RolloutCommand),
     /// tenancy: Argo CD AppProjects (what applications may deploy where).
     #[command(subcommand)]
     Proj(proj::ProjCommand),
@@ -627,6 +631,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Repo(cmd) => repo(g, &mut c, cmd).await?,
         Command::Appset(cmd) => appset::run(g, &mut c, cmd).await?,
         Command::Proj(cmd) => proj::run(g, &mut c, cmd).await?,
+        Command::Rollout(cmd) => rollout::run(g, &mut c, cmd).await?,
         Command::Rbac(cmd) => rbac::run(g, &mut c, cmd).await?,
         Command::Audit(args) => rbac::audit(g, &mut c, args).await?,
     }

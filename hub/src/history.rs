@@ -129,7 +129,9 @@ pub fn effective_commit(
     let name = &app.metadata.name;
     let mut ops = store.app_ops(name)?;
     match ops.pinned.clone() {
-        Some(pin) if !is_automated(app) => {
+        // A waves rollout's pin holds an automated application at the
+        // revision its wave is at (self-heal keeps working on it).
+        Some(pin) if !is_automated(app) || ops.pinned_by.starts_with("rollout:") => {
             // Remembered to show the application OutOfSync with Git.
             if ops.git_revision != target {
                 ops.git_revision = target;

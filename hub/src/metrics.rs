@@ -41,6 +41,14 @@ pub struct AppSetStatusLabels {
     pub status: String,
 }
 
+/// Labels of `flotilla_hub_rollout_wave_seconds`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WaveLabels {
+    pub appset: String,
+    /// 1-based wave number.
+    pub wave: String,
+}
+
 /// Labels of `flotilla_applications`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StatusLabels {
@@ -126,6 +134,9 @@ pub struct HubMetrics {
     apps_blocked_by_window: Gauge,
     rollout_applications: Family<AppSetStatusLabels, Gauge>,
     rollout_syncs: Counter,
+    waves_wave: Family<AppSetLabels, Gauge>,
+    waves_clusters: Family<AppSetStatusLabels, Gauge>,
+    waves_seconds: Family<WaveLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     /// One scrape at a time: a refresh clears and refills the state
     /// families, which a concurrent scrape must not see half done.
     scrape: std::sync::Mutex<()>,
@@ -318,8 +329,30 @@ impl HubMetrics {
             "RollingSync: syncs sent to clusters by ApplicationSets stepping through their rollouts",
             rollout_syncs.clone(),
         );
+        let waves_wave = Family::<AppSetLabels, Gauge>::default();
+        registry.register(
+            "hub_rollout_wave",
+            "Waves (flotillaWaves): the wave an ApplicationSet is rolling out (1-based), the number of waves plus one when complete",
+            waves_wave.clone(),
+        );
+        let waves_clusters = Family::<AppSetStatusLabels, Gauge>::default();
+        registry.register(
+            "hub_rollout_clusters",
+            "Waves (flotillaWaves): clusters of a rollout by state (updated, updating, pending, failed)",
+            waves_clusters.clone(),
+        );
+        let waves_seconds =
+            Family::<WaveLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "hub_rollout_wave_seconds",
+            "Waves (flotillaWaves): seconds each finished wave of the current rollout took from its start to every cluster Healthy",
+            waves_seconds.clone(),
+        );
         Self {
             registry,
+            waves_wave,
+            waves_clusters,
+            waves_seconds,
             rollout_step,
             apps_blocked_by_window,
             rollout_applications,
@@ -490,6 +523,33 @@ impl HubMetrics {
                 appset: appset.to_owned(),
                 status: (*status).to_owned(),
             });
+        }
+    }
+
+    /// A waves rollout's state: current wave (0-based in, 1-based out),
+    /// clusters by state, and how long each finished wave took.
+    pub fn waves(&self, appset: &str, wave: usize, by_state: &[(&str, usize)], wave_ms: &[i64]) {
+        self.waves_wave
+            .get_or_create(&AppSetLabels {
+                appset: appset.to_owned(),
+            })
+            .set(i64::try_from(wave + 1).unwrap_or(i64::MAX));
+        for (state, n) in by_state {
+            self.waves_clusters
+                .get_or_create(&AppSetStatusLabels {
+                    appset: appset.to_owned(),
+                    status: (*state).to_owned(),
+                })
+                .set(i64::try_from(*n).unwrap_or(i64::MAX));
+        }
+        for (i, ms) in wave_ms.iter().enumerate() {
+            #[allow(clippy::cast_precision_loss)]
+            self.waves_seconds
+                .get_or_create(&WaveLabels {
+                    appset: appset.to_owned(),
+                    wave: (i + 1).to_string(),
+                })
+                .set(*ms as f64 / 1000.0);
         }
     }
 

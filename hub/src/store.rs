@@ -29,6 +29,7 @@ mod targets;
 
 pub use changes::{ChangeKind, Changes};
 pub use credentials::CredentialsKey;
+pub use rollouts::{ClusterState, ClusterWave, WavePhase, WavesRecord};
 use targets::{ClusterFacts, Targets};
 pub use targets::{Destination, StoreCounters};
 

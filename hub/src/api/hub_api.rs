@@ -1396,6 +1396,44 @@ impl pb::hub_api_server::HubApi for HubApiService {
     ) -> Result<Response<pb::ListAuditResponse>, Status> {
         super::access::list_audit(&self.ctx, request)
     }
+
+    async fn list_rollouts(
+        &self,
+        request: Request<pb::ListRolloutsRequest>,
+    ) -> Result<Response<pb::ListRolloutsResponse>, Status> {
+        let view = View::of(&self.ctx, &request)?;
+        super::rollouts::list(&self.ctx, |set| {
+            self.appset_object_of(set)
+                .is_ok_and(|o| view.can_get("applicationsets", &o))
+        })
+        .map(Response::new)
+    }
+
+    async fn get_rollout(
+        &self,
+        request: Request<pb::GetRolloutRequest>,
+    ) -> Result<Response<pb::Rollout>, Status> {
+        let set = self.appset_object_of(&request.get_ref().name)?;
+        authorize(&self.ctx, &request, "applicationsets", "get", &set, "get")?;
+        super::rollouts::get(&self.ctx, &request.get_ref().name).map(Response::new)
+    }
+
+    async fn control_rollout(
+        &self,
+        request: Request<pb::ControlRolloutRequest>,
+    ) -> Result<Response<pb::Rollout>, Status> {
+        let set = self.appset_object_of(&request.get_ref().name)?;
+        let op = format!("rollout-{}", request.get_ref().action);
+        // Moving a rollout changes what the set deploys: as updating it.
+        let caller = authorize(&self.ctx, &request, "applicationsets", "update", &set, &op)?;
+        let by = format!("user:{}", caller.subject);
+        let req = request.into_inner();
+        let outcome = super::rollouts::control(&self.ctx, &req.name, &req.action, &by)
+            .await
+            .map(Response::new);
+        auth::audit(&self.ctx, &caller, "applicationsets", &op, &set, &outcome);
+        outcome
+    }
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ pub mod guard;
 pub mod hub_api;
 pub mod ops;
 pub mod projects;
+pub mod rollouts;
 pub mod sso_login;
 
 /// What every service handler needs.

@@ -86,7 +86,23 @@ fn rollout_conditions(
         message: m.clone(),
         application: String::new(),
     });
-    progressing.into_iter().chain(invalid)
+    // A waves rollout (`flotilla rollout get` has the detail).
+    let waves = r.waves.as_ref().map(|w| pb::ApplicationSetCondition {
+        r#type: "FlotillaRollout".to_owned(),
+        message: format!(
+            "{}{} at wave {}: {}",
+            w.phase.as_str(),
+            if w.paused_by.is_empty() {
+                String::new()
+            } else {
+                format!(" (paused by {})", w.paused_by)
+            },
+            w.wave + 1,
+            w.message
+        ),
+        application: String::new(),
+    });
+    progressing.into_iter().chain(invalid).chain(waves)
 }
 
 /// Re-evaluates every set now (through one Git-loop pass, which also

@@ -910,11 +910,12 @@ impl AppSets {
                 Some(t) => t,
                 None => table.insert(AppTable::from_records(store.apps()?)),
             };
-            let mut rolling = false;
+            let mut watched = false;
             let (policy, preserve, preserved, ignore, result) =
                 match Arc::unwrap_or_clone(evaluation) {
                     Ok((set, generated)) => {
-                        rolling = set.strategy.rolling_sync.is_some();
+                        let rolling = set.strategy.rolling_sync.is_some();
+                        watched = rolling || set.strategy.waves;
                         let generated = if rolling {
                             generated.map(|g| disable_automated_sync(&rec.name, g))
                         } else {
@@ -1010,7 +1011,7 @@ impl AppSets {
                         app_changes: store.app_changes(),
                     },
                 );
-            if rolling {
+            if watched {
                 self.rollouts.watch_set(&rec.name, &rec.generated);
             } else {
                 self.rollouts.unwatch_set(&rec.name);

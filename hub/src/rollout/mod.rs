@@ -16,16 +16,14 @@
 //! grows here, beside RollingSync.
 
 pub mod rolling_sync;
+pub mod waves;
 
 use std::collections::{BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use serde::{Deserialize, Serialize};
-
 use crate::api::HubContext;
-use crate::appset::ApplicationSet;
 use crate::store::StoreError;
 use flotilla_proto as pb;
 use rolling_sync::{AppProgress, Observed, Progress};
@@ -35,37 +33,7 @@ use rolling_sync::{AppProgress, Observed, Progress};
 /// set removes `automated`, as Argo CD does).
 pub const PRUNE_ANNOTATION: &str = "flotilla.dev/rolling-sync-prune";
 
-/// What the rollout reconciler keeps of one set.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RolloutRecord {
-    pub set: String,
-    /// Argo CD's `status.applicationStatus`, by application name.
-    #[serde(default)]
-    pub applications: Vec<AppProgress>,
-    /// The [`rolling_sync::ROLLOUT_PROGRESSING`] condition's message.
-    #[serde(default)]
-    pub progressing: String,
-    /// The [`rolling_sync::INVALID_ROLLOUT_CONFIG`] condition's message.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub invalid: Option<String>,
-    /// `deletionOrder: Reverse` of a deleted set: the groups of
-    /// applications still to delete, the first one being deleted now
-    /// (last step first, applications of no step last).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub deleting: Vec<Vec<DeletingApp>>,
-    /// The set's `preserveResourcesOnDeletion`, for the later groups.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub preserve: bool,
-}
-
-/// An application a reverse deletion waits for, and the clusters that must
-/// have let it go.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeletingApp {
-    pub app: String,
-    pub clusters: Vec<String>,
-}
+pub use crate::store::records::{DeletingApp, RolloutRecord};
 
 /// Groups of a set's applications in reverse deletion order: the last
 /// step's first, then the step before, …, then those no step selects
@@ -88,18 +56,6 @@ pub fn reverse_deletion_groups<'a>(
         g.sort();
     }
     groups
-}
-
-impl RolloutRecord {
-    /// The step being rolled out (1-based), 0 when done.
-    pub fn current_step(&self) -> u64 {
-        self.progressing
-            .rsplit(' ')
-            .next()
-            .and_then(|s| s.parse().ok())
-            .filter(|_| self.progressing.contains("performing rollout"))
-            .unwrap_or(0)
-    }
 }
 
 /// An application the reconciler watches.
@@ -133,6 +89,12 @@ pub struct Rollouts {
     deleting: Mutex<BTreeSet<String>>,
     wake: tokio::sync::Notify,
     pub counters: RolloutCounters,
+    /// Sets rolling out by waves: passed over on every tick (bake time and
+    /// progress deadlines move with the clock, not with reports).
+    waves: Mutex<BTreeSet<String>>,
+    /// Controls asked for (`flotilla rollout pause` ...), with who asked,
+    /// applied by the set's next pass.
+    controls: Mutex<HashMap<String, Vec<(waves::Control, String)>>>,
 }
 
 /// What of a status decides progress: a report that changes none of it
@@ -265,6 +227,43 @@ impl Rollouts {
         }
     }
 
+    /// Queues `control` of set `set`, asked by `by`, and asks for a pass.
+    pub fn control(&self, set: &str, control: waves::Control, by: &str) {
+        self.controls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(set.to_owned())
+            .or_default()
+            .push((control, by.to_owned()));
+        self.mark(set);
+    }
+
+    fn take_controls(&self, set: &str) -> Vec<(waves::Control, String)> {
+        self.controls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(set)
+            .unwrap_or_default()
+    }
+
+    fn set_waves(&self, set: &str, on: bool) {
+        let mut w = self.waves.lock().unwrap_or_else(|p| p.into_inner());
+        if on {
+            w.insert(set.to_owned());
+        } else {
+            w.remove(set);
+        }
+    }
+
+    /// Marks every waves set; whether there is one.
+    fn tick(&self) -> bool {
+        let sets = self.waves.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for set in &sets {
+            self.mark(set);
+        }
+        !sets.is_empty()
+    }
+
     fn take_dirty(&self) -> BTreeSet<String> {
         std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|p| p.into_inner()))
     }
@@ -277,6 +276,16 @@ const STATUSES: [Progress; 4] = [
     Progress::Healthy,
 ];
 
+/// `spec.strategy` of a stored set, read from its raw document: the
+/// reconciler needs the strategy only, not the whole validated set.
+fn strategy_of(raw: &serde_json::Value) -> Result<rolling_sync::Strategy, (String, String)> {
+    rolling_sync::Strategy::parse(raw.pointer("/spec/strategy"))
+}
+
+/// How often a set rolling out by waves is looked at with nothing
+/// reported (bake time, progress deadline, a new commit held by the pins).
+const WAVES_TICK: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Runs the rollout reconciler until the hub closes: a first pass over
 /// every RollingSync set (progress after a restart), then a pass over each
 /// set that is marked.
@@ -285,9 +294,7 @@ pub async fn run(ctx: HubContext) {
     match ctx.store.appsets() {
         Ok(sets) => {
             for rec in sets {
-                if let Ok(set) = ApplicationSet::from_value(rec.raw.clone())
-                    && set.strategy.rolling_sync.is_some()
-                {
+                if strategy_of(&rec.raw).is_ok_and(|s| s.rolling_sync.is_some() || s.waves) {
                     rollouts.watch_set(&rec.name, &rec.generated);
                 }
             }
@@ -320,8 +327,16 @@ pub async fn run(ctx: HubContext) {
                 }
             }
         }
+        let ticking = !rollouts
+            .waves
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty();
         tokio::select! {
             _ = rollouts.wake.notified() => {}
+            () = tokio::time::sleep(WAVES_TICK), if ticking => {
+                rollouts.tick();
+            }
             _ = closing.wait_for(|c| *c) => return,
         }
     }
@@ -414,15 +429,20 @@ pub async fn reconcile_set(
     rollouts.counters.passes.fetch_add(1, Ordering::Relaxed);
     let store = &ctx.store;
     let Some(rec) = store.appset(name)? else {
+        rollouts.set_waves(name, false);
         rollouts.unwatch_set(name);
         return continue_reverse_deletion(ctx, rollouts, name);
     };
-    let set = match ApplicationSet::from_value(rec.raw.clone()) {
+    let strategy = match strategy_of(&rec.raw) {
         Ok(s) => s,
         // The lifecycle reports it; the rollout stays where it is.
         Err(_) => return Ok(false),
     };
-    let Some(steps) = set.strategy.rolling_sync.clone() else {
+    rollouts.set_waves(name, strategy.waves);
+    if strategy.waves {
+        return waves_pass(ctx, rollouts, name, &rec).await;
+    }
+    let Some(steps) = strategy.rolling_sync else {
         // As Argo CD: no RollingSync, no applicationStatus.
         rollouts.unwatch_set(name);
         store.remove_rollout(name)?;
@@ -565,6 +585,199 @@ pub async fn reconcile_set(
     store.put_rollout(&next)?;
     store.flush_async().await?;
     Ok(true)
+}
+
+/// The pin a waves rollout puts on its applications says so.
+fn pinned_by(set: &str) -> String {
+    format!("rollout:{set}")
+}
+
+/// One pass of a waves rollout over set `name`: gathers each generated
+/// application's cluster, revisions and health, lets [`waves::plan`]
+/// decide, pins every application to the revision the rollout holds it
+/// at, and sends the syncs through [`crate::api::ops::sync_clusters`]
+/// (history: `rollout:<set>`; the path every sync window check sits on).
+///
+/// # Errors
+/// The store cannot be read or written.
+async fn waves_pass(
+    ctx: &HubContext,
+    rollouts: &Rollouts,
+    name: &str,
+    rec: &crate::store::AppSetRecord,
+) -> Result<bool, StoreError> {
+    let store = &ctx.store;
+    let spec = match waves::WavesSpec::parse(rec.raw.pointer("/spec/strategy/flotillaWaves")) {
+        Ok(Some(s)) => s,
+        // The lifecycle refuses the set and reports why.
+        Ok(None) | Err(_) => return Ok(false),
+    };
+    let span = tracing::info_span!("rollout", appset = %name);
+    let _enter = span.enter();
+    let origin = crate::appset::lifecycle::origin_of(name);
+    let previous = store.rollout(name)?.unwrap_or_else(|| RolloutRecord {
+        set: name.to_owned(),
+        ..Default::default()
+    });
+    let mut targets = Vec::with_capacity(rec.generated.len());
+    let mut apps = HashMap::new();
+    let mut problems = Vec::new();
+    for app_name in &rec.generated {
+        let Some(app) = store.app(app_name)? else {
+            continue;
+        };
+        if app.origin != origin {
+            continue;
+        }
+        let clusters = crate::history::targeted_clusters(store, &app.app)?;
+        let [cluster] = clusters.as_slice() else {
+            problems.push(format!(
+                "application {app_name:?} targets {} clusters; waves stage one cluster per application (generate one application per cluster)",
+                clusters.len()
+            ));
+            continue;
+        };
+        let labels = store
+            .cluster(cluster)?
+            .map(|c| c.labels)
+            .unwrap_or_default();
+        let ops = store.app_ops(app_name)?;
+        let current = ctx.fleet.desired_revision(app_name);
+        let git = if ops.git_revision.is_empty() {
+            current.clone()
+        } else {
+            ops.git_revision.clone()
+        };
+        let status = store.statuses_of_app(app_name)?.remove(cluster);
+        let synced_at = status
+            .as_ref()
+            .filter(|s| s.sync == pb::SyncStatus::Synced as i32)
+            .map(|s| s.revision.clone())
+            .unwrap_or_default();
+        targets.push(waves::Target {
+            app: app_name.clone(),
+            cluster: cluster.clone(),
+            labels,
+            git,
+            current,
+            synced_at,
+            healthy: status
+                .as_ref()
+                .is_some_and(|s| s.health == pb::HealthStatus::Healthy as i32),
+            degraded: status
+                .as_ref()
+                .is_some_and(|s| s.health == pb::HealthStatus::Degraded as i32),
+        });
+        apps.insert(app_name.clone(), (app.app, ops.pinned));
+    }
+    for p in &problems {
+        tracing::warn!(appset = %name, "{p}");
+    }
+    if targets.iter().all(|t| t.git.is_empty()) {
+        // Nothing rendered yet: nothing to stage.
+        return Ok(false);
+    }
+    let controls = rollouts.take_controls(name);
+    let now = crate::clock::now_ms();
+    let pass = waves::plan(&spec, previous.waves.as_ref(), &targets, &controls, now);
+    let mut next = previous.clone();
+    let mut record = pass.record;
+    if !problems.is_empty() {
+        record.message = format!("{}; {}", record.message, problems.join("; "));
+    }
+    // Every application held at the revision the rollout gives it: a
+    // cluster not reached keeps its previous revision, enforced as usual.
+    // A deploy window that blocks a cluster's sync holds its pin too: the
+    // cluster keeps its revision until the window lets the rollout on.
+    let window_now = crate::project::window::now();
+    let mut held = std::collections::BTreeSet::new();
+    for c in &record.clusters {
+        let Some((app, pinned)) = apps.get(&c.app) else {
+            continue;
+        };
+        if !c.revision.is_empty() && pinned.as_deref() != Some(c.revision.as_str()) {
+            let blocked = crate::project::window::blocked_clusters(
+                store,
+                app,
+                std::slice::from_ref(&c.cluster),
+                false,
+                window_now,
+            )?;
+            if !blocked.is_empty() {
+                held.insert((c.app.clone(), c.cluster.clone()));
+                continue;
+            }
+            crate::history::set_pin_by(store, &c.app, Some(c.revision.clone()), &pinned_by(name))?;
+        }
+    }
+    if !held.is_empty() {
+        record.message = format!(
+            "{}; held by a sync window: {}",
+            record.message,
+            held.iter()
+                .map(|(app, cluster)| format!("{app} on {cluster}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let abort_by = controls
+        .iter()
+        .find(|(c, _)| *c == waves::Control::Abort)
+        .map(|(_, by)| by.clone());
+    for sync in &pass.syncs {
+        let Some((app, _)) = apps.get(&sync.app) else {
+            continue;
+        };
+        if held.contains(&(sync.app.clone(), sync.cluster.clone())) {
+            continue;
+        }
+        let prune = app
+            .spec
+            .sync_policy
+            .as_ref()
+            .and_then(|p| p.automated.as_ref())
+            .is_some_and(|a| a.prune);
+        let by = match (&abort_by, sync.rollback) {
+            (Some(who), true) => format!("{} (abort by {who})", pinned_by(name)),
+            (None, true) => format!("{} (autoRollback)", pinned_by(name)),
+            _ => pinned_by(name),
+        };
+        match crate::api::ops::sync_clusters(ctx, app, vec![sync.cluster.clone()], prune, &by).await
+        {
+            Ok(_) => {
+                rollouts.counters.syncs.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(appset = %name, app = %sync.app, cluster = %sync.cluster, revision = %sync.revision, rollback = sync.rollback, "waves: sync sent");
+            }
+            Err(e) => {
+                tracing::warn!(appset = %name, app = %sync.app, cluster = %sync.cluster, error = %e.message(), "waves: sync not sent");
+            }
+        }
+    }
+    for e in &pass.events {
+        tracing::info!(appset = %name, wave = record.wave, phase = record.phase.as_str(), "waves: {e}");
+    }
+    let count = |st: waves::ClusterState| record.clusters.iter().filter(|c| c.state == st).count();
+    crate::metrics::metrics().waves(
+        name,
+        record.wave,
+        &[
+            ("updated", count(waves::ClusterState::Updated)),
+            ("updating", count(waves::ClusterState::Updating)),
+            ("pending", count(waves::ClusterState::Waiting)),
+            (
+                "failed",
+                count(waves::ClusterState::Failed) + count(waves::ClusterState::RolledBack),
+            ),
+        ],
+        &record.wave_ms,
+    );
+    next.waves = Some(record);
+    if next == previous {
+        return Ok(false);
+    }
+    store.put_rollout(&next)?;
+    store.flush_async().await?;
+    Ok(!pass.syncs.is_empty())
 }
 
 #[cfg(test)]

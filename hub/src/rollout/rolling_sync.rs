@@ -10,8 +10,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+pub use crate::store::records::{AppProgress, Progress};
 
 /// `spec.strategy.type`.
 pub const ROLLING_SYNC: &str = "RollingSync";
@@ -71,6 +72,9 @@ pub struct Strategy {
     /// block, which Argo CD treats as AllAtOnce).
     pub rolling_sync: Option<Vec<Step>>,
     pub deletion_order: DeletionOrder,
+    /// The set has a valid `flotillaWaves` extension (read by
+    /// [`super::waves::WavesSpec::parse`]).
+    pub waves: bool,
 }
 
 impl Strategy {
@@ -155,9 +159,17 @@ impl Strategy {
                 ));
             }
         };
+        let waves = super::waves::WavesSpec::parse(obj.get(super::waves::FIELD))?.is_some();
+        if waves && rolling_sync.is_some() {
+            return Err((
+                format!("spec.strategy.{}", super::waves::FIELD),
+                "cannot be combined with type: RollingSync steps (choose one way to stage)".into(),
+            ));
+        }
         Ok(Self {
             rolling_sync,
             deletion_order,
+            waves,
         })
     }
 }
@@ -465,51 +477,6 @@ pub fn max_update_value(max: &MaxUpdate, total: usize) -> Result<i64, String> {
             Ok(if s != "0%" && scaled < 1 { 1 } else { scaled })
         }
     }
-}
-
-/// `applicationStatus[].status`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Progress {
-    /// Has changes; its step has not reached it yet.
-    Waiting,
-    /// The set asked for a sync; waiting for it to start.
-    Pending,
-    /// Its sync started; waiting for Healthy and Synced.
-    Progressing,
-    /// Synced and Healthy at its current target.
-    Healthy,
-}
-
-impl Progress {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Waiting => "Waiting",
-            Self::Pending => "Pending",
-            Self::Progressing => "Progressing",
-            Self::Healthy => "Healthy",
-        }
-    }
-}
-
-/// One `applicationStatus` entry, with what the driver needs to carry on
-/// after a restart.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct AppProgress {
-    pub application: String,
-    pub status: Progress,
-    /// 1-based; "-1" when no step selects the application.
-    pub step: String,
-    pub message: String,
-    pub last_transition_ms: i64,
-    pub target_revisions: Vec<String>,
-    /// The desired content (bundle digest) the status is about: a new one
-    /// with the same revision is a spec change.
-    #[serde(default)]
-    pub digest: String,
-    /// Cluster → id of the sync command the set sent while Pending.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub sync_commands: BTreeMap<String, String>,
 }
 
 /// What the hub knows of one generated application now.

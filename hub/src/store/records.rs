@@ -1,6 +1,8 @@
 //! Records the store keeps whose meaning belongs to other modules
-//! ([`crate::deletion`], [`crate::history`], [`crate::rbac`]): defined here so that the store
+//! ([`crate::deletion`], [`crate::history`], [`crate::rbac`], [`crate::rollout`]): defined here so that the store
 //! depends on nothing above it; those modules re-export them.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -159,4 +161,99 @@ pub const ROLE_ADMIN: &str = "role:admin";
 /// The subject of a project role's rules (and of its tokens).
 pub fn project_subject(project: &str, role: &str) -> String {
     format!("proj:{project}:{role}")
+}
+
+// RollingSync progress (`crate::rollout`), kept by `store::rollouts`.
+
+/// `applicationStatus[].status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Progress {
+    /// Has changes; its step has not reached it yet.
+    Waiting,
+    /// The set asked for a sync; waiting for it to start.
+    Pending,
+    /// Its sync started; waiting for Healthy and Synced.
+    Progressing,
+    /// Synced and Healthy at its current target.
+    Healthy,
+}
+
+impl Progress {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Waiting => "Waiting",
+            Self::Pending => "Pending",
+            Self::Progressing => "Progressing",
+            Self::Healthy => "Healthy",
+        }
+    }
+}
+
+/// One `applicationStatus` entry, with what the driver needs to carry on
+/// after a restart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppProgress {
+    pub application: String,
+    pub status: Progress,
+    /// 1-based; "-1" when no step selects the application.
+    pub step: String,
+    pub message: String,
+    pub last_transition_ms: i64,
+    pub target_revisions: Vec<String>,
+    /// The desired content (bundle digest) the status is about: a new one
+    /// with the same revision is a spec change.
+    #[serde(default)]
+    pub digest: String,
+    /// Cluster → id of the sync command the set sent while Pending.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sync_commands: BTreeMap<String, String>,
+}
+
+/// What the rollout reconciler keeps of one set.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutRecord {
+    pub set: String,
+    /// Argo CD's `status.applicationStatus`, by application name.
+    #[serde(default)]
+    pub applications: Vec<AppProgress>,
+    /// The `ApplicationSetRolloutProgressing` condition's message.
+    #[serde(default)]
+    pub progressing: String,
+    /// The `InvalidRolloutConfig` condition's message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invalid: Option<String>,
+    /// `deletionOrder: Reverse` of a deleted set: the groups of
+    /// applications still to delete, the first one being deleted now
+    /// (last step first, applications of no step last).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deleting: Vec<Vec<DeletingApp>>,
+    /// The set's `preserveResourcesOnDeletion`, for the later groups.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub preserve: bool,
+    /// A waves rollout (`spec.strategy.flotillaWaves`), when the set has
+    /// one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waves: Option<super::WavesRecord>,
+}
+
+/// An application a reverse deletion waits for, and the clusters that must
+/// have let it go.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeletingApp {
+    pub app: String,
+    pub clusters: Vec<String>,
+}
+
+impl RolloutRecord {
+    /// The step being rolled out (1-based), 0 when done.
+    pub fn current_step(&self) -> u64 {
+        self.progressing
+            .rsplit(' ')
+            .next()
+            .and_then(|s| s.parse().ok())
+            .filter(|_| self.progressing.contains("performing rollout"))
+            .unwrap_or(0)
+    }
 }
