@@ -180,6 +180,19 @@ impl Drop for Rendering {
     }
 }
 
+/// Applications handed to a task of their own ([`GitSync::moving`]): given
+/// back when the task ends, or is aborted.
+struct Moving(Arc<GitSync>, Vec<String>);
+
+impl Drop for Moving {
+    fn drop(&mut self) {
+        let mut moving = self.0.moving.lock().unwrap_or_else(|p| p.into_inner());
+        for name in &self.1 {
+            moving.remove(name);
+        }
+    }
+}
+
 /// The Git loop and its caches.
 pub struct GitSync {
     store: Store,
@@ -204,6 +217,10 @@ pub struct GitSync {
     /// depends on: a pass leaves it alone while its record and the commit
     /// of its source are the same ([`Settled`]).
     settled: Mutex<HashMap<String, Settled>>,
+    /// Applications a loop pass left to a task of their own (their source
+    /// is being fetched, then they are moved or rendered): later passes
+    /// leave them alone until it is done.
+    moving: Mutex<HashSet<String>>,
     /// Application renders started ([`GitSync::app_renders`]).
     app_renders: std::sync::atomic::AtomicU64,
     /// Application-of-applications and history bookkeeping after a render,
@@ -322,6 +339,7 @@ impl GitSync {
             used_by: Mutex::default(),
             apps: Mutex::default(),
             settled: Mutex::default(),
+            moving: Mutex::default(),
             app_renders: std::sync::atomic::AtomicU64::new(0),
             post: Mutex::default(),
             publisher: Mutex::default(),
@@ -740,10 +758,18 @@ impl GitSync {
         // Bundles published while this pass is still asking for renders
         // wait for the renders it asks for.
         let asking = Rendering::enter(self);
-        let unsettled: Vec<&Arc<AppRecord>> = apps
-            .iter()
-            .filter(|rec| force || !self.is_settled(rec))
-            .collect();
+        let unsettled: Vec<Arc<AppRecord>> = {
+            let moving = self
+                .moving
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            apps.iter()
+                .filter(|rec| force || !self.is_settled(rec))
+                .filter(|rec| force || !moving.contains(&rec.app.metadata.name))
+                .cloned()
+                .collect()
+        };
         let unsettled = if force {
             unsettled
         } else {
@@ -934,65 +960,101 @@ impl GitSync {
     /// (50,000 applications of 50 paths: 50 renders and one batch of record
     /// writes, where each application was rendered, checked, bundled and
     /// published). Returns the applications that must be rendered.
-    async fn move_unchanged<'a>(
+    async fn move_unchanged(
         self: &Arc<Self>,
-        apps: Vec<&'a Arc<AppRecord>>,
-        inputs: &PassInputs,
+        apps: Vec<Arc<AppRecord>>,
+        inputs: &Arc<PassInputs>,
         wait: bool,
-    ) -> Result<Vec<&'a Arc<AppRecord>>, StoreError> {
+    ) -> Result<Vec<Arc<AppRecord>>, StoreError> {
         // The sources of settled applications that are due (or were
-        // refreshed) are fetched first, once each, as their renders would
-        // fetch them: in a pass
-        // that waits for everything, now; in the loop's pass, in the
-        // background, and their applications are left to the pass the end
-        // of the fetch starts when it brings news (a stalled repository
-        // must not hold the pass). Without news they stay settled.
-        let (due, apps): (HashSet<(String, String)>, Vec<&'a Arc<AppRecord>>) = {
+        // refreshed; a fetch in flight is joined) are fetched first, once
+        // each, as their renders would fetch them. In a pass that waits for
+        // everything, now; in the loop's pass, in a task of its own that
+        // then moves or renders those applications, in the pass's trace (a
+        // stalled repository must not hold the pass).
+        let mut due: HashMap<(String, String), Vec<Arc<AppRecord>>> = HashMap::new();
+        let mut now = Vec::with_capacity(apps.len());
+        {
             let settled = self.settled.lock().unwrap_or_else(|p| p.into_inner());
-            let mut due = HashSet::new();
-            let mut rest = Vec::with_capacity(apps.len());
             for rec in apps {
                 match settled.get(&rec.app.metadata.name) {
-                    // Due, or forgotten by a refresh (its fetch may be in
-                    // flight already: fetching joins it).
                     Some(s)
                         if self.fetcher.due(&s.key, &flight_of(&s.key))
                             || self.fetcher.last(&s.key).is_none() =>
                     {
-                        due.insert(s.key.clone());
-                        if wait {
-                            rest.push(rec);
-                        }
+                        due.entry(s.key.clone()).or_default().push(rec);
                     }
-                    _ => rest.push(rec),
+                    _ => now.push(rec),
                 }
             }
-            (due, rest)
-        };
-        let fetches = due.into_iter().map(|key| {
-            let interval = inputs
-                .intervals
-                .get(&key)
-                .copied()
-                .unwrap_or(self.default_interval);
-            let this = self.clone();
-            async move {
-                let _ = this.fetch(&key.0, &key.1, interval, false).await;
-            }
-        });
+        }
         if wait {
-            futures::future::join_all(fetches).await;
+            self.fetch_all(due.keys().cloned().collect(), inputs).await;
+            now.extend(due.into_values().flatten());
         } else {
-            for f in fetches {
-                self.spawn(f.in_current_span());
+            // One task per source: a stalled repository holds only its own
+            // applications.
+            for (key, recs) in due {
+                let (this, inputs) = (self.clone(), inputs.clone());
+                let rendering = Rendering::enter(self);
+                let names: Vec<String> = recs.iter().map(|r| r.app.metadata.name.clone()).collect();
+                self.moving
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend(names.iter().cloned());
+                let moving = Moving(self.clone(), names);
+                self.spawn(
+                    async move {
+                        let _rendering = rendering;
+                        let _moving = moving;
+                        this.fetch_all(HashSet::from([key]), &inputs).await;
+                        match this.move_fetched(recs).await {
+                            Ok(rest) => {
+                                for rec in rest {
+                                    this.request_render(
+                                        &rec.app.metadata.name,
+                                        false,
+                                        Some(inputs.clone()),
+                                    );
+                                }
+                            }
+                            Err(e) => {
+                                tracing::error!(error = %e, "moving unchanged applications failed");
+                            }
+                        }
+                    }
+                    .in_current_span(),
+                );
             }
         }
+        self.move_fetched(now).await
+    }
+
+    /// Fetches each of `keys` (joining a fetch in flight).
+    async fn fetch_all(&self, keys: HashSet<(String, String)>, inputs: &PassInputs) {
+        futures::future::join_all(keys.iter().map(|key| {
+            let interval = inputs
+                .intervals
+                .get(key)
+                .copied()
+                .unwrap_or(self.default_interval);
+            self.fetch(&key.0, &key.1, interval, false)
+        }))
+        .await;
+    }
+
+    /// [`GitSync::move_unchanged`] for applications whose sources are
+    /// fetched: moves those it can, returns the others.
+    async fn move_fetched(
+        self: &Arc<Self>,
+        apps: Vec<Arc<AppRecord>>,
+    ) -> Result<Vec<Arc<AppRecord>>, StoreError> {
         // new render key → (old render key, applications, new commit)
-        let mut groups: HashMap<RenderKey, (RenderKey, Vec<&'a Arc<AppRecord>>, String)> =
+        let mut groups: HashMap<RenderKey, (RenderKey, Vec<Arc<AppRecord>>, String)> =
             HashMap::new();
         let mut rest = Vec::new();
         for rec in apps {
-            match self.moved_commit(rec)? {
+            match self.moved_commit(&rec)? {
                 Some((old, new, commit)) => {
                     groups
                         .entry(new)
@@ -1000,10 +1062,7 @@ impl GitSync {
                         .1
                         .push(rec);
                 }
-                None => {
-                    eprintln!("DEBUG not moved {}", rec.app.metadata.name);
-                    rest.push(rec)
-                }
+                None => rest.push(rec),
             }
         }
         if groups.is_empty() {
@@ -1011,7 +1070,7 @@ impl GitSync {
         }
         let keys: Vec<RenderKey> = groups.keys().cloned().collect();
         let rendered = futures::future::join_all(keys.iter().map(|k| self.render(k))).await;
-        let mut candidates: Vec<(&'a Arc<AppRecord>, RenderKey, String)> = Vec::new();
+        let mut candidates: Vec<(Arc<AppRecord>, RenderKey, String)> = Vec::new();
         for (new_key, new) in keys.into_iter().zip(rendered) {
             let Some((old_key, recs, commit)) = groups.remove(&new_key) else {
                 continue;
@@ -1268,10 +1327,6 @@ impl GitSync {
         };
         self.app_renders
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        eprintln!(
-            "DEBUG render_one {name} force={force} pass={}",
-            self.current_pass()
-        );
         let inputs = match inputs {
             Some(i) => i,
             None => Arc::new(PassInputs {
