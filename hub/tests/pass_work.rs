@@ -51,15 +51,25 @@ fn generation(store: &Store) -> u64 {
     store.cluster("c1").expect("read").expect("c1").generation
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pass_renders_what_changed_and_publishes_once_per_cluster() {
+/// A repository with one directory per application (committed once), a
+/// store with cluster `c1` and [`APPS`] applications targeting it, and the
+/// Git loop over them (not running).
+struct Setup {
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+    repo: std::path::PathBuf,
+    url: String,
+    store: Store,
+    fleet: Arc<Fleet>,
+    sync: Arc<GitSync>,
+}
+
+fn setup() -> Setup {
     let root = tempfile::tempdir().expect("tempdir");
     let repo = root.path().join("config");
     std::fs::create_dir_all(&repo).expect("mkdir");
     git(&repo, &["init", "-q"]);
     commit_all(&repo, "one");
     let url = format!("file://{}", repo.display());
-
     let data = tempfile::tempdir().expect("tempdir");
     let store = Store::open(&data.path().join("db")).expect("store");
     let fleet = Fleet::load(store.clone()).expect("fleet");
@@ -86,6 +96,26 @@ async fn a_pass_renders_what_changed_and_publishes_once_per_cluster() {
         data.path().join("git"),
         Duration::from_secs(3600),
     );
+    Setup {
+        _dirs: (root, data),
+        repo,
+        url,
+        store,
+        fleet,
+        sync,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_renders_what_changed_and_publishes_once_per_cluster() {
+    let Setup {
+        _dirs,
+        repo,
+        url,
+        store,
+        fleet,
+        sync,
+    } = setup();
     sync.poll(true).await;
     assert!(
         (0..APPS).all(|i| fleet.bundle(&format!("app-{i}")).is_some()),
@@ -243,37 +273,14 @@ async fn a_pass_renders_what_changed_and_publishes_once_per_cluster() {
 /// application whose objects did not change without rendering it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_loop_moves_unchanged_applications_after_a_refresh() {
-    let root = tempfile::tempdir().expect("tempdir");
-    let repo = root.path().join("config");
-    std::fs::create_dir_all(&repo).expect("mkdir");
-    git(&repo, &["init", "-q"]);
-    commit_all(&repo, "one");
-    let url = format!("file://{}", repo.display());
-    let data = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(&data.path().join("db")).expect("store");
-    let fleet = Fleet::load(store.clone()).expect("fleet");
-    fleet
-        .put_cluster(ClusterRecord {
-            name: "c1".into(),
-            ..Default::default()
-        })
-        .expect("cluster");
-    for i in 0..APPS {
-        store
-            .put_app(&application(
-                &format!("app-{i}"),
-                &url,
-                &format!("p{i}"),
-                "apps",
-            ))
-            .expect("put app");
-    }
-    let sync: Arc<GitSync> = GitSync::new(
-        store.clone(),
-        fleet.clone(),
-        data.path().join("git"),
-        Duration::from_secs(3600),
-    );
+    let Setup {
+        _dirs,
+        repo,
+        url,
+        store,
+        fleet,
+        sync,
+    } = setup();
     let running = tokio::spawn(sync.clone().run());
     let at = |commit: &str| {
         (0..APPS).all(|i| {
