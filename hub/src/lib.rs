@@ -34,4 +34,5 @@ pub mod store;
 pub mod telemetry;
 pub mod ui;
 pub mod webhook;
+pub mod window_wake;
 pub mod yaml;
