@@ -551,14 +551,41 @@ impl GitSync {
         }
     }
 
+    /// Starts a forced pass now: every repository is fetched and every
+    /// application rendered again, even where nothing changed (a hard
+    /// refresh of everything, or a change the renders cannot see).
     pub fn kick(&self) {
         self.kick.notify_one();
     }
 
     /// Fetches these repository URLs on the next pass, now (a webhook
-    /// push): their remembered fetch results are dropped and the loop woken.
+    /// push): their remembered fetch results are dropped, ApplicationSet
+    /// Git generators read them again, and the loop is woken.
     pub fn refresh_urls(&self, urls: &[String]) {
         self.fetcher.forget_urls(urls);
+        if let Some(appsets) = self.appsets.get() {
+            appsets.refresh_git(Some(urls));
+        }
+        self.wake.notify_one();
+    }
+
+    /// `flotilla refresh` without an application: every repository is
+    /// fetched on the next pass, now, as if each had had a webhook push.
+    /// Applications whose objects did not change are moved to their new
+    /// commit or left alone, as in any pass; only a hard refresh
+    /// ([`GitSync::kick`]) renders them all again.
+    pub fn refresh_all(&self) {
+        self.fetcher.forget_all();
+        if let Some(appsets) = self.appsets.get() {
+            appsets.refresh_git(None);
+        }
+        self.wake.notify_one();
+    }
+
+    /// Wakes the loop for a pass that fetches only what is due: the
+    /// inventory changed (application sets with cluster generators see it
+    /// in their inputs) and nothing needs fetching or rendering again.
+    pub fn wake(&self) {
         self.wake.notify_one();
     }
 

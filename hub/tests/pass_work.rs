@@ -230,6 +230,29 @@ async fn a_pass_renders_what_changed_and_publishes_once_per_cluster() {
     sync.poll(false).await;
     assert_eq!(sync.app_renders(), renders, "a quiet pass renders nothing");
 
+    // `flotilla refresh` of everything (not hard), at a commit that
+    // changes no application's objects: every source is fetched, and every
+    // application moves to the new commit without a render.
+    write(&repo, "unread/more.txt", "still nobody");
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-q", "-m", "four"]);
+    let four = git(&repo, &["rev-parse", "HEAD"]);
+    sync.refresh_all();
+    sync.poll(false).await;
+    assert_eq!(
+        sync.app_renders(),
+        renders,
+        "a refresh renders nothing whose objects did not change"
+    );
+    for i in 0..APPS {
+        let name = format!("app-{i}");
+        assert_eq!(
+            fleet.desired_revision(&name),
+            four,
+            "{name} fetched and moved by the refresh"
+        );
+    }
+
     // One application edited: only it is rendered again.
     let renders = sync.app_renders();
     store

@@ -726,7 +726,10 @@ impl pb::hub_api_server::HubApi for HubApiService {
             return Err(Status::not_found(format!("cluster {name:?} not found")));
         }
         tracing::info!(cluster = %name, cascade, agent_connected = connected, "cluster removed; its certificate is revoked");
-        self.ctx.git.kick();
+        // Its desired state is gone with it; sets with cluster generators
+        // see the inventory change on the next pass. Nothing is rendered
+        // again for it.
+        self.ctx.git.wake();
         Ok(Response::new(pb::RemoveClusterResponse { connected }))
         }
         .await;
@@ -840,7 +843,14 @@ impl pb::hub_api_server::HubApi for HubApiService {
         }
         let req = request.into_inner();
         if req.app.is_empty() {
-            self.ctx.git.kick();
+            // A hard refresh renders everything again; a plain one fetches
+            // everything and renders only what moved.
+            tracing::info!(hard = req.hard, "refresh of every repository requested");
+            if req.hard {
+                self.ctx.git.kick();
+            } else {
+                self.ctx.git.refresh_all();
+            }
         } else {
             let rec =
                 self.ctx.store.app(&req.app)?.ok_or_else(|| {

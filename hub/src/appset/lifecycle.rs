@@ -567,6 +567,17 @@ struct Resolver {
 }
 
 impl Resolver {
+    /// Forgets the commits resolved for these URLs (all of them with
+    /// `None`): the next evaluation that reads one fetches it, whatever its
+    /// `requeueAfterSeconds`.
+    fn forget(&self, urls: Option<&[String]>) {
+        let mut commits = self.commits.lock().unwrap_or_else(|p| p.into_inner());
+        match urls {
+            Some(urls) => commits.retain(|(url, _), _| !urls.contains(url)),
+            None => commits.clear(),
+        }
+    }
+
     fn resolve(
         &self,
         cache: &GitCache,
@@ -764,6 +775,12 @@ impl AppSets {
 
     fn write_lock(&self) -> std::sync::MutexGuard<'_, ()> {
         self.writes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Git generators read these repositories (every repository with
+    /// `None`) again on the next evaluation: a webhook push or a refresh.
+    pub fn refresh_git(&self, urls: Option<&[String]>) {
+        self.resolver.forget(urls);
     }
 
     /// Evaluates every set and applies the plans. Returns whether any

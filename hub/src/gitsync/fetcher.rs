@@ -164,6 +164,15 @@ impl Fetcher {
         self.known().retain(|(url, _), _| !urls.contains(url));
     }
 
+    /// Forgets every remembered result: each key is due, and a fetch in
+    /// flight counts as due again when it ends.
+    pub(super) fn forget_all(&self) {
+        for f in self.flights().values() {
+            f.stale.store(true, Ordering::Relaxed);
+        }
+        self.known().clear();
+    }
+
     /// How long until the next remembered result is due, ignoring
     /// repositories with a fetch in flight (their end wakes the loop).
     pub(super) fn next_due_in(&self, flight_of: impl Fn(&Key) -> String) -> Option<Duration> {
