@@ -166,20 +166,7 @@ pub struct SyncWindow {
     pub description: String,
 }
 
-/// `spec.roles[]` (stored; enforced with RBAC).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ProjectRole {
-    pub name: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub description: String,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub policies: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub groups: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub jwt_tokens: Vec<Value>,
-}
+pub use crate::rbac::ProjectRole;
 
 /// A stored project: the definition and where it came from.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -193,6 +180,14 @@ impl AppProject {
     /// The project's name.
     pub fn name(&self) -> &str {
         &self.metadata.name
+    }
+
+    /// Its roles, as RBAC reads them.
+    pub fn rbac_roles(&self) -> crate::rbac::ProjectRoles<'_> {
+        crate::rbac::ProjectRoles {
+            project: self.name(),
+            roles: &self.spec.roles,
+        }
     }
 
     /// The enforceable rules, in their wire form.
@@ -345,7 +340,7 @@ pub fn project_from_value(doc: Value, origin: &str) -> Result<AppProject, Projec
             ));
         }
         // RBAC: policies for the role itself, inside the project.
-        crate::rbac::project_role_policy(&project, i)
+        crate::rbac::project_role_policy(project.rbac_roles(), i)
             .map_err(|e| invalid(&format!("spec.roles[{i}].policies"), e.to_string()))?;
     }
     Ok(project)

@@ -32,9 +32,31 @@ use std::collections::{BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-use crate::project::AppProject;
+use serde_json::Value;
 
 pub use crate::store::records::{ROLE_ADMIN, ROLE_READONLY, RbacConfig, project_subject};
+
+/// An AppProject's `spec.roles[]` (stored with the project; enforced here).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProjectRole {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub jwt_tokens: Vec<Value>,
+}
+
+/// One project's roles: what RBAC reads of an AppProject.
+#[derive(Clone, Copy, Debug)]
+pub struct ProjectRoles<'a> {
+    pub project: &'a str,
+    pub roles: &'a [ProjectRole],
+}
 
 /// The resources an API call can be about, as Argo CD names them (`audit`
 /// and `rbac` are Flotilla's own).
@@ -247,9 +269,9 @@ pub fn parse(text: &str, source_name: &str) -> Result<Policy, RbacError> {
 /// # Errors
 /// A malformed line, a line for another subject, or an object outside the
 /// project; the error names the project and role.
-pub fn project_role_policy(project: &AppProject, index: usize) -> Result<Policy, RbacError> {
-    let name = project.name();
-    let Some(role) = project.spec.roles.get(index) else {
+pub fn project_role_policy(project: ProjectRoles<'_>, index: usize) -> Result<Policy, RbacError> {
+    let name = project.project;
+    let Some(role) = project.roles.get(index) else {
         return Ok(Policy::default());
     };
     let source_name = format!(
@@ -367,24 +389,24 @@ impl Enforcer {
     /// # Errors
     /// The operator's policy or a project role is malformed, or the default
     /// role is unknown.
-    pub fn new(config: &RbacConfig, projects: &[&AppProject]) -> Result<Self, RbacError> {
+    pub fn new(config: &RbacConfig, projects: &[ProjectRoles<'_>]) -> Result<Self, RbacError> {
         let mut all = parse(BUILTIN, "built-in policy")?;
         let own = parse(&config.policy_csv, "policy.csv")?;
         all.rules.extend(own.rules);
         all.groupings.extend(own.groupings);
         for p in projects {
-            for i in 0..p.spec.roles.len() {
-                let pol = project_role_policy(p, i)?;
+            for i in 0..p.roles.len() {
+                let pol = project_role_policy(*p, i)?;
                 all.rules.extend(pol.rules);
                 all.groupings.extend(pol.groupings);
             }
             // A project role may always see its own project (as Argo CD).
-            for r in &p.spec.roles {
+            for r in p.roles {
                 all.rules.push(Rule {
-                    subject: project_subject(p.name(), &r.name),
+                    subject: project_subject(p.project, &r.name),
                     resource: "projects".to_owned(),
                     action: "get".to_owned(),
-                    object: p.name().to_owned(),
+                    object: p.project.to_owned(),
                     effect: Effect::Allow,
                 });
             }

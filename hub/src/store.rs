@@ -1687,7 +1687,7 @@ impl Store {
 
     fn note_project_change(&self) {
         self.shared.project_changes.fetch_add(1, Ordering::Relaxed);
-        crate::project::window::projects_changed();
+        self.changed(ChangeKind::Projects);
     }
 
     /// The write counters per kind of record, on a channel that wakes on

@@ -13,9 +13,12 @@ use std::collections::BTreeMap;
 /// blocked-applications gauge. No timer runs while no project has
 /// windows.
 pub async fn run(ctx: crate::api::HubContext) {
-    use crate::project::window::{changes, now, survey};
+    use crate::project::window::{now, survey};
+    use crate::store::ChangeKind;
     let mut closing = ctx.closing.clone();
-    let changed = changes().clone();
+    // Woken by a project's change (its windows may have changed).
+    let mut changes = ctx.store.changes();
+    let mut seen = *changes.borrow_and_update();
     let mut blocked: BTreeMap<String, String> = BTreeMap::new();
     loop {
         let now = now();
@@ -53,9 +56,18 @@ pub async fn run(ctx: crate::api::HubContext) {
             std::time::Duration::from_millis(u64::try_from(ms.max(0)).unwrap_or(0))
                 .min(std::time::Duration::from_secs(3600))
         });
+        let before = seen;
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
-            () = changed.notified() => {}
+            r = async {
+                changes
+                    .wait_for(|c| c.differs_in(&before, &[ChangeKind::Projects]))
+                    .await
+                    .map(|c| *c)
+            } => match r {
+                Ok(c) => seen = c,
+                Err(_) => return,
+            },
             r = closing.changed() => if r.is_err() || *closing.borrow() { return },
         }
     }

@@ -282,7 +282,7 @@ pub fn check_rbac(
         None => ctx.store.rbac_config()?,
     };
     let projects = ctx.store.projects()?;
-    let projects: Vec<_> = projects.iter().map(|p| &p.project).collect();
+    let projects: Vec<_> = projects.iter().map(|p| p.project.rbac_roles()).collect();
     let e =
         Enforcer::new(&config, &projects).map_err(|e| Status::invalid_argument(e.to_string()))?;
     let who = Principal {

@@ -123,14 +123,14 @@ pub fn enforcer(store: &Store) -> Result<Enforcer, Status> {
     let projects = store.projects()?;
     // A project whose roles do not load (stored before RBAC checked them)
     // loses its roles, not everyone their access.
-    let projects: Vec<&crate::project::AppProject> = projects
+    let projects: Vec<crate::rbac::ProjectRoles<'_>> = projects
         .iter()
-        .map(|p| &p.project)
+        .map(|p| p.project.rbac_roles())
         .filter(|p| {
-            (0..p.spec.roles.len()).all(|i| match crate::rbac::project_role_policy(p, i) {
+            (0..p.roles.len()).all(|i| match crate::rbac::project_role_policy(*p, i) {
                 Ok(_) => true,
                 Err(e) => {
-                    tracing::warn!(project = %p.name(), error = %e, "project roles ignored");
+                    tracing::warn!(project = %p.project, error = %e, "project roles ignored");
                     false
                 }
             })

@@ -15,10 +15,9 @@
 //! windows only when every one of them has it.
 //!
 //! Everything here is pure over a given instant: the hub's shell
-//! ([`hold`], [`run`]) brings the clock.
+//! ([`hold`], and the reconciler in `crate::window_wake`) brings the clock.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, OnceLock};
 
 use flotilla_proto as pb;
 
@@ -580,16 +579,6 @@ pub fn now() -> Timestamp {
     Timestamp::from_millisecond(crate::clock::now_ms()).unwrap_or(Timestamp::UNIX_EPOCH)
 }
 
-/// Wakes the window reconciler ([`run`]): a project changed.
-pub fn projects_changed() {
-    changes().notify_one();
-}
-
-pub fn changes() -> &'static Arc<tokio::sync::Notify> {
-    static CHANGES: OnceLock<Arc<tokio::sync::Notify>> = OnceLock::new();
-    CHANGES.get_or_init(|| Arc::new(tokio::sync::Notify::new()))
-}
-
 /// The windows of the project `app` names (none for a project without
 /// any, or one that does not exist: admission refuses that).
 ///
@@ -650,7 +639,7 @@ fn blocked_with(
 /// its clusters, its bundle goes out with `automated` (and `selfHeal`)
 /// off, so every agent holds what it applied and shows the new revision
 /// OutOfSync; a manual sync the window allows applies it. When the window
-/// lets it go, [`run`] renders the application again and the bundle goes
+/// lets it go, the reconciler in `crate::window_wake` renders the application again and the bundle goes
 /// out automated, which the agents apply. An application whose clusters
 /// only some windows name is held on all of them: one bundle serves all
 /// its clusters.

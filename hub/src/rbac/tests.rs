@@ -2,7 +2,7 @@
 //! tests (our own policies and cases).
 
 use super::*;
-use crate::project::parse_projects;
+use crate::project::{AppProject, parse_projects};
 
 fn enforcer(csv: &str, default_role: &str) -> Enforcer {
     Enforcer::new(
@@ -160,7 +160,7 @@ fn project_scoped_policies() {
         "team-a",
         "  - name: ci\n    policies:\n    - p, proj:team-a:ci, applications, sync, team-a/*, allow\n    - p, proj:team-a:ci, applications, get, team-a/*, allow\n    groups: [team-a-devs]\n",
     );
-    let e = Enforcer::new(&RbacConfig::default(), &[&a]).unwrap();
+    let e = Enforcer::new(&RbacConfig::default(), &[a.rbac_roles()]).unwrap();
     let token = who("proj:team-a:ci", &[]);
     assert!(e.allows(&token, "applications", "sync", "team-a/web"));
     assert!(!e.allows(&token, "applications", "sync", "team-b/web"));

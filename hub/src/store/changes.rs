@@ -20,6 +20,8 @@ pub enum ChangeKind {
     AppSets,
     /// Repository records (last fetch, errors).
     Repos,
+    /// AppProject records (rules, roles, sync windows).
+    Projects,
 }
 
 /// Write counters per kind since the store was opened.
@@ -30,6 +32,7 @@ pub struct Changes {
     pub statuses: u64,
     pub appsets: u64,
     pub repos: u64,
+    pub projects: u64,
 }
 
 impl Changes {
@@ -41,6 +44,7 @@ impl Changes {
             ChangeKind::Statuses => self.statuses,
             ChangeKind::AppSets => self.appsets,
             ChangeKind::Repos => self.repos,
+            ChangeKind::Projects => self.projects,
         }
     }
 
@@ -51,6 +55,7 @@ impl Changes {
             ChangeKind::Statuses => &mut self.statuses,
             ChangeKind::AppSets => &mut self.appsets,
             ChangeKind::Repos => &mut self.repos,
+            ChangeKind::Projects => &mut self.projects,
         };
         *c = c.wrapping_add(1);
     }
