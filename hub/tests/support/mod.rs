@@ -4,6 +4,8 @@
 // Each test crate uses a different subset.
 #![allow(dead_code)]
 
+pub mod helm;
+
 use std::path::Path;
 use std::process::Command;
 
