@@ -1352,9 +1352,12 @@ impl pb::hub_api_server::HubApi for HubApiService {
                     .map(crate::store::credential_templates::CredentialsSource::into_credentials);
                 let credentials = given.or(stored);
                 let target = url.clone();
+                let hosts = self.ctx.git.allowed_fetch_hosts();
                 let index = tokio::task::spawn_blocking(move || {
                     let dir = std::env::temp_dir().join("flotilla-helm-check");
-                    crate::helmrepo::HelmRepos::new(dir).fetch_index(&target, credentials.as_ref())
+                    let repos = crate::helmrepo::HelmRepos::new(dir);
+                    repos.set_allowed_hosts(hosts);
+                    repos.fetch_index(&target, credentials.as_ref())
                 })
                 .await
                 .map_err(|e| Status::internal(format!("checking {shown}: {e}")))?
