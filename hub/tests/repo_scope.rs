@@ -3,8 +3,13 @@
 //! A's applications only; team B's application naming the same URL is
 //! refused with an error naming the repository and both projects, not
 //! fetched anonymously from the mirror team A's credentials filled.
-//! (The repository is a local one: team A's fetch shows the credentials
-//! were handed to it by failing in Git, as a file:// URL takes none.)
+//! The same holds whichever way the scoped credentials were given: a
+//! repository Secret, `repo add --project` (SetRepositoryCredentials with
+//! a project), or a credential template (`repo-creds`) with a project;
+//! and for ApplicationSet git generators, which fetch as the set's
+//! template project. (The repository is a local one: team A's fetch shows
+//! the credentials were handed to it by failing in Git, as a file:// URL
+//! takes none.)
 
 // Test helpers outside #[test] functions: a failed setup should panic.
 #![allow(clippy::unwrap_used)]
@@ -29,8 +34,24 @@ fn project_yaml(name: &str) -> String {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn scoped_credentials_serve_their_project_only() {
+/// Where team A's scoped credentials come from.
+#[derive(Clone, Copy, Debug)]
+enum Given {
+    RepositorySecret,
+    Api,
+    CredentialTemplate,
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    url: String,
+    hub: flotilla_hub::server::RunningHub,
+    admin: support::Api,
+}
+
+/// A hub with cluster c1, projects team-a and team-b, and a repository
+/// whose credentials are scoped to team-a as `given` says.
+async fn setup(given: Given) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo");
     std::fs::create_dir_all(&repo).unwrap();
@@ -45,13 +66,25 @@ async fn scoped_credentials_serve_their_project_only() {
     let url = format!("file://{}", repo.display());
     let secrets = dir.path().join("secrets");
     std::fs::create_dir_all(&secrets).unwrap();
-    std::fs::write(
-        secrets.join("team-a-repo.yaml"),
-        format!(
-            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: team-a-repo\n  namespace: flotilla\n  labels:\n    argocd.argoproj.io/secret-type: repository\nstringData:\n  url: {url:?}\n  project: team-a\n  username: bot\n  password: team-a-secret\n"
+    let secret = |name: &str, kind: &str, url: &str| {
+        std::fs::write(
+            secrets.join(format!("{name}.yaml")),
+            format!(
+                "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  namespace: flotilla\n  labels:\n    argocd.argoproj.io/secret-type: {kind}\nstringData:\n  url: {url:?}\n  project: team-a\n  username: bot\n  password: team-a-secret\n"
+            ),
+        )
+        .unwrap();
+    };
+    match given {
+        Given::RepositorySecret => secret("team-a-repo", "repository", &url),
+        // A prefix of the repository's URL: its parent directory.
+        Given::CredentialTemplate => secret(
+            "team-a-creds",
+            "repo-creds",
+            &format!("file://{}", dir.path().display()),
         ),
-    )
-    .unwrap();
+        Given::Api => {}
+    }
 
     let mut config = HubConfig::new(dir.path().join("hub"), "127.0.0.1:0".parse().unwrap());
     config.poll_interval = Duration::from_secs(1);
@@ -74,6 +107,60 @@ async fn scoped_credentials_serve_their_project_only() {
             .await
             .unwrap();
     }
+    if let Given::Api = given {
+        admin
+            .add_repository(pb::AddRepositoryRequest {
+                url: url.clone(),
+                revision: "main".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let credentials = |project: &str, password: &str| pb::SetRepositoryCredentialsRequest {
+            url: url.clone(),
+            username: "bot".into(),
+            password: password.into(),
+            project: project.into(),
+            ..Default::default()
+        };
+        // What cannot be scoped is refused, naming the cause.
+        let e = admin
+            .set_repository_credentials(credentials("team-z", "team-a-secret"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+        assert!(
+            e.message().contains("project \"team-z\" does not exist"),
+            "{}",
+            e.message()
+        );
+        let e = admin
+            .set_repository_credentials(credentials("team-a", ""))
+            .await
+            .unwrap_err();
+        assert!(e.message().contains("none are given"), "{}", e.message());
+        let r = admin
+            .set_repository_credentials(credentials("team-a", "team-a-secret"))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(r.has_credentials && r.project == "team-a", "{r:?}");
+    }
+    Setup {
+        _dir: dir,
+        url,
+        hub,
+        admin,
+    }
+}
+
+async fn scoped_credentials_serve_their_project_only(given: Given) {
+    let Setup {
+        _dir,
+        url,
+        hub,
+        mut admin,
+    } = setup(given).await;
     for (name, team) in [("a-web", "team-a"), ("b-web", "team-b")] {
         admin
             .create_application(pb::CreateApplicationRequest {
@@ -104,14 +191,14 @@ async fn scoped_credentials_serve_their_project_only() {
         if !a.error.is_empty() && !b.error.is_empty() {
             assert!(
                 !a.error.contains("scoped") && a.error.contains("file://***@"),
-                "{}",
+                "{given:?}: {}",
                 a.error
             );
             assert!(
                 b.error
                     .contains("credentials are scoped to project \"team-a\"")
                     && b.error.contains("\"b-web\" is in project \"team-b\""),
-                "{}",
+                "{given:?}: {}",
                 b.error
             );
             assert!(
@@ -121,7 +208,108 @@ async fn scoped_credentials_serve_their_project_only() {
             assert!(!b.error.contains("team-a-secret"), "{}", b.error);
             break;
         }
-        assert!(Instant::now() < deadline, "a-web: {a:?}\nb-web: {b:?}");
+        assert!(
+            Instant::now() < deadline,
+            "{given:?}: a-web: {a:?}\nb-web: {b:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    hub.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scoped_credentials_from_a_repository_secret() {
+    scoped_credentials_serve_their_project_only(Given::RepositorySecret).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scoped_credentials_from_repo_add_project() {
+    scoped_credentials_serve_their_project_only(Given::Api).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scoped_credentials_from_a_credential_template() {
+    scoped_credentials_serve_their_project_only(Given::CredentialTemplate).await;
+}
+
+fn set_yaml(name: &str, project: &str, url: &str) -> String {
+    format!(
+        "apiVersion: argoproj.io/v1alpha1\nkind: ApplicationSet\nmetadata:\n  name: {name}\nspec:\n  generators:\n  - git:\n      repoURL: {url}\n      revision: main\n      directories:\n      - path: '*'\n  template:\n    metadata:\n      name: '{name}-{{{{path.basename}}}}'\n    spec:\n      project: {project}\n      source:\n        repoURL: {url}\n        path: '{{{{path}}}}'\n      destination:\n        name: c1\n        namespace: default\n"
+    )
+}
+
+/// An ApplicationSet's git generator fetches as its template's project:
+/// team A's set is handed the scoped credentials, team B's set, and a set
+/// whose project is templated (known only after generating), are refused
+/// with an error naming the repository and both projects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appset_git_generators_fetch_as_their_template_project() {
+    let Setup {
+        _dir,
+        url,
+        hub,
+        mut admin,
+    } = setup(Given::RepositorySecret).await;
+    for (name, project) in [
+        ("a-set", "team-a"),
+        ("b-set", "team-b"),
+        ("t-set", "'{{path.basename}}'"),
+    ] {
+        admin
+            .create_application_set(pb::CreateApplicationSetRequest {
+                manifest: set_yaml(name, project, &url),
+                upsert: false,
+            })
+            .await
+            .unwrap();
+    }
+    let errors = |s: &pb::ApplicationSet| {
+        s.conditions
+            .iter()
+            .filter(|c| c.r#type == "ErrorOccurred")
+            .map(|c| c.message.clone())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let mut got = Vec::new();
+        for name in ["a-set", "b-set", "t-set"] {
+            got.push(
+                admin
+                    .get_application_set(pb::GetApplicationSetRequest { name: name.into() })
+                    .await
+                    .unwrap()
+                    .into_inner(),
+            );
+        }
+        let (a, b, t) = (errors(&got[0]), errors(&got[1]), errors(&got[2]));
+        if !a.is_empty() && !b.is_empty() && !t.is_empty() {
+            assert!(
+                !a.contains("scoped") && a.contains("file://***@"),
+                "a-set: {a}"
+            );
+            assert!(
+                b.contains("credentials are scoped to project \"team-a\"")
+                    && b.contains("ApplicationSet \"b-set\" is in project \"team-b\""),
+                "b-set: {b}"
+            );
+            assert!(
+                t.contains("credentials are scoped to project \"team-a\"")
+                    && t.contains("ApplicationSet \"t-set\" has a templated project"),
+                "t-set: {t}"
+            );
+            for (s, e) in [(&got[1], &b), (&got[2], &t)] {
+                assert!(!e.contains("team-a-secret"), "{e}");
+                assert!(
+                    s.applications.is_empty(),
+                    "{}: nothing generated: {s:?}",
+                    s.name
+                );
+            }
+            break;
+        }
+        assert!(Instant::now() < deadline, "{got:#?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     hub.shutdown().await.unwrap();
