@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{self, EcdsaKeyPair, KeyPair, RsaKeyPair};
@@ -23,6 +23,7 @@ use axum::extract::{Form, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
+use flotilla_hub::api::sso_login::LoginRate;
 use flotilla_hub::server::{HubConfig, RunningHub, start};
 use flotilla_hub::sso::OidcConfig;
 use flotilla_proto as pb;
@@ -286,6 +287,17 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
+    setup_with(|config| {
+        // A test makes a dozen logins at once; the limit has its own test.
+        config.sso_login_rate = LoginRate {
+            burst: 100,
+            refill: Duration::from_millis(10),
+        };
+    })
+    .await
+}
+
+async fn setup_with(tune: impl FnOnce(&mut HubConfig)) -> Setup {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let issuer = issuer().await;
     let dir = tempfile::tempdir().unwrap();
@@ -311,6 +323,7 @@ async fn setup() -> Setup {
         groups_claim: "groups".into(),
         ca_file: None,
     });
+    tune(&mut config);
     let hub = start(config).await.unwrap();
     let mut admin = api(&hub).await;
     admin
@@ -850,4 +863,67 @@ fn the_chart_passes_oidc_settings_and_the_secret_by_reference() {
     // Without oidc, nothing of it.
     let plain = render(&chart, &Release::new("r", "flotilla"), chart.values.clone()).unwrap();
     assert!(!plain.contains("oidc") && !plain.contains("allowed-fetch-hosts"));
+}
+
+/// `SsoLogin` takes no token, so it is rate limited per peer address: past
+/// the burst, Start and Finish are refused with `RESOURCE_EXHAUSTED` and a
+/// message saying who and when to try again, and once the bucket has
+/// refilled a call passes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sso_login_calls_are_rate_limited_per_peer() {
+    let refill = Duration::from_millis(300);
+    let s = setup_with(|config| {
+        config.sso_login_rate = LoginRate { burst: 3, refill };
+    })
+    .await;
+    let mut c = sso_client(&s.hub).await;
+    let start = || pb::SsoStartRequest {
+        redirect_uri: "http://127.0.0.1:9/callback".into(),
+        state: flotilla_hub::sso::random_token(),
+        nonce: flotilla_hub::sso::random_token(),
+        code_challenge: flotilla_hub::sso::pkce_challenge(&flotilla_hub::sso::pkce_verifier()),
+    };
+    for i in 0..3 {
+        c.start(start())
+            .await
+            .unwrap_or_else(|e| panic!("call {i} within the burst: {e:?}"));
+    }
+    let refused = c.start(start()).await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .starts_with("SsoLogin.Start: too many login calls from 127.0.0.1; try again in "),
+        "{}",
+        refused.message()
+    );
+    // Finish draws from the same bucket, before any exchange is tried.
+    let refused = c
+        .finish(pb::SsoFinishRequest {
+            code: "whatever".into(),
+            code_verifier: flotilla_hub::sso::pkce_verifier(),
+            redirect_uri: "http://127.0.0.1:9/callback".into(),
+            nonce: flotilla_hub::sso::random_token(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused.message().starts_with("SsoLogin.Finish: too many"),
+        "{}",
+        refused.message()
+    );
+    // The bucket refills: a later call passes (polled; each refused poll
+    // costs nothing, so it waits only for the refill).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match c.start(start()).await {
+            Ok(_) => break,
+            Err(e) if e.code() == Code::ResourceExhausted && Instant::now() < deadline => {
+                tokio::time::sleep(refill / 4).await;
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    s.hub.shutdown().await.unwrap();
 }
