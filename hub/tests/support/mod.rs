@@ -110,3 +110,38 @@ pub fn ok(out: &std::process::Output) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Serves `app` over https on `listener` with a certificate for
+/// 127.0.0.1 and localhost from a CA created in `ca_dir` (written to
+/// `ca_dir/ca.crt`, which a client must be given to trust it).
+pub fn serve_https(listener: tokio::net::TcpListener, app: axum::Router, ca_dir: &Path) {
+    use rustls::pki_types::pem::PemObject as _;
+    use std::sync::Arc;
+    let pki = flotilla_hub::pki::Pki::load_or_create(ca_dir, &[]).expect("test CA");
+    let chain = rustls::pki_types::CertificateDer::pem_slice_iter(pki.server().cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .expect("certificate chain");
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(pki.server().key_pem.as_bytes())
+        .expect("server key");
+    let tls = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("server TLS config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, app) = (acceptor.clone(), app.clone());
+            tokio::spawn(async move {
+                let Ok(conn) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper_util::service::TowerToHyperService::new(app);
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(conn), service)
+                .await;
+            });
+        }
+    });
+}
