@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -252,9 +253,16 @@ async fn token(
     .into_response()
 }
 
-async fn issuer() -> Arc<Issuer> {
+/// The issuer, over plain HTTP, or over https with a private CA made in
+/// `https_ca_dir`.
+async fn issuer(https_ca_dir: Option<&Path>) -> Arc<Issuer> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
+    let scheme = if https_ca_dir.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let url = format!("{scheme}://{}", listener.local_addr().unwrap());
     let issuer = Arc::new(Issuer {
         url,
         rsa: RsaKeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap(),
@@ -273,7 +281,12 @@ async fn issuer() -> Arc<Issuer> {
         .route("/authorize", axum::routing::get(authorize))
         .route("/token", axum::routing::post(token))
         .with_state(issuer.clone());
-    tokio::spawn(async move { axum::serve(listener, router).await });
+    match https_ca_dir {
+        Some(dir) => support::serve_https(listener, router, dir),
+        None => {
+            tokio::spawn(async move { axum::serve(listener, router).await });
+        }
+    }
     issuer
 }
 
@@ -287,7 +300,7 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
-    setup_with(|config| {
+    setup_with(None, |config| {
         // A test makes a dozen logins at once; the limit has its own test.
         config.sso_login_rate = LoginRate {
             burst: 100,
@@ -297,9 +310,11 @@ async fn setup() -> Setup {
     .await
 }
 
-async fn setup_with(tune: impl FnOnce(&mut HubConfig)) -> Setup {
+/// A hub with SSO; `issuer_ca_dir`: the issuer is served over https with
+/// a private CA made there (the test's own client trusts it).
+async fn setup_with(issuer_ca_dir: Option<&Path>, tune: impl FnOnce(&mut HubConfig)) -> Setup {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let issuer = issuer().await;
+    let issuer = issuer(issuer_ca_dir).await;
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo");
     std::fs::create_dir_all(&repo).unwrap();
@@ -351,11 +366,14 @@ async fn setup_with(tune: impl FnOnce(&mut HubConfig)) -> Setup {
         .await
         .unwrap();
     let ca = std::fs::read(hub.ca_file()).unwrap();
-    let http = reqwest::Client::builder()
+    let mut http = reqwest::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
+        .redirect(reqwest::redirect::Policy::none());
+    if let Some(dir) = issuer_ca_dir {
+        let ca = std::fs::read(dir.join("ca.crt")).unwrap();
+        http = http.add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap());
+    }
+    let http = http.build().unwrap();
     Setup {
         _dir: dir,
         hub,
@@ -872,7 +890,7 @@ fn the_chart_passes_oidc_settings_and_the_secret_by_reference() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sso_login_calls_are_rate_limited_per_peer() {
     let refill = Duration::from_millis(300);
-    let s = setup_with(|config| {
+    let s = setup_with(None, |config| {
         config.sso_login_rate = LoginRate { burst: 3, refill };
     })
     .await;
@@ -926,4 +944,44 @@ async fn sso_login_calls_are_rate_limited_per_peer() {
         }
     }
     s.hub.shutdown().await.unwrap();
+}
+
+/// An issuer on a private CA: without `--oidc-ca-file` the hub cannot
+/// reach it, and the login fails saying so and naming the flag; with the
+/// CA file, the same login works and gets the group's role.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_ca_issuer_needs_oidc_ca_file() {
+    let ca_dir = tempfile::tempdir().unwrap();
+    let admins = || user("alice@example.com", &["platform-admins"]);
+
+    let without = setup_with(Some(ca_dir.path()), |_| {}).await;
+    assert!(
+        without.issuer.url.starts_with("https://"),
+        "{}",
+        without.issuer.url
+    );
+    let e = cli_login(&without, admins(), false).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert!(
+        e.message().contains(&format!(
+            "oidc issuer {}/.well-known/openid-configuration",
+            without.issuer.url
+        )) && e.message().contains("give its CA with --oidc-ca-file"),
+        "{}",
+        e.message()
+    );
+    without.hub.shutdown().await.unwrap();
+
+    let ca_file = ca_dir.path().join("ca.crt");
+    let with = setup_with(Some(ca_dir.path()), |config| {
+        if let Some(oidc) = config.oidc.as_mut() {
+            oidc.ca_file = Some(ca_file.clone());
+        }
+    })
+    .await;
+    let login = cli_login(&with, admins(), false).await.unwrap();
+    assert_eq!(login.subject, "alice@example.com");
+    let mut alice = api_as(&with.hub, &login.token).await;
+    sync(&mut alice, "web").await.unwrap();
+    with.hub.shutdown().await.unwrap();
 }
