@@ -11,11 +11,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use flotilla_hub::server::{HubConfig, start};
 use flotilla_proto as pb;
 
 mod support;
-use support::{api, git, write};
+use support::{hub_with_c1, web_repo};
 
 fn app_yaml(name: &str, url: &str) -> String {
     format!(
@@ -23,24 +22,11 @@ fn app_yaml(name: &str, url: &str) -> String {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hosts_outside_the_list_are_refused_before_any_request() {
-    let dir = tempfile::tempdir().unwrap();
-    let repo = dir.path().join("repo");
-    std::fs::create_dir_all(&repo).unwrap();
-    git(&repo, &["init", "-q", "-b", "main"]);
-    write(
-        &repo,
-        "web/cm.yaml",
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: web\n",
-    );
-    git(&repo, &["add", "-A"]);
-    git(&repo, &["commit", "-q", "-m", "init"]);
-
-    // Stands in for an internal service an app author wants the hub to
-    // call: counts connections.
+/// A listener standing in for an internal service an app author wants
+/// the hub to call: its `http://ADDR` and how many connections it saw.
+async fn counting_listener() -> (String, Arc<AtomicUsize>) {
     let internal = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let internal_url = format!("http://{}/org/app.git", internal.local_addr().unwrap());
+    let base = format!("http://{}", internal.local_addr().unwrap());
     let connections = Arc::new(AtomicUsize::new(0));
     let seen = connections.clone();
     tokio::spawn(async move {
@@ -48,23 +34,23 @@ async fn hosts_outside_the_list_are_refused_before_any_request() {
             seen.fetch_add(1, Ordering::SeqCst);
         }
     });
+    (base, connections)
+}
 
-    let mut config = HubConfig::new(dir.path().join("hub"), "127.0.0.1:0".parse().unwrap());
-    config.poll_interval = Duration::from_secs(1);
-    config.allowed_fetch_hosts = vec!["git.allowed.example".into(), "file://".into()];
-    let hub = start(config).await.unwrap();
-    let mut admin = api(&hub).await;
-    admin
-        .add_cluster(pb::AddClusterRequest {
-            name: "c1".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    for (name, url) in [
-        ("local", format!("file://{}", repo.display())),
-        ("internal", internal_url.clone()),
-    ] {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_outside_the_list_are_refused_before_any_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let local_url = web_repo(dir.path());
+
+    let (internal, connections) = counting_listener().await;
+    let internal_url = format!("{internal}/org/app.git");
+
+    let (hub, mut admin) = hub_with_c1(dir.path(), |config| {
+        config.poll_interval = Duration::from_secs(1);
+        config.allowed_fetch_hosts = vec!["git.allowed.example".into(), "file://".into()];
+    })
+    .await;
+    for (name, url) in [("local", local_url), ("internal", internal_url.clone())] {
         admin
             .create_application(pb::CreateApplicationRequest {
                 manifest: app_yaml(name, &url),
@@ -139,15 +125,7 @@ async fn helm_repositories_and_their_redirects_are_bounded_too() {
     use axum::response::IntoResponse;
 
     let dir = tempfile::tempdir().unwrap();
-    let internal = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let internal_base = format!("http://{}", internal.local_addr().unwrap());
-    let connections = Arc::new(AtomicUsize::new(0));
-    let seen = connections.clone();
-    tokio::spawn(async move {
-        while let Ok((_c, _)) = internal.accept().await {
-            seen.fetch_add(1, Ordering::SeqCst);
-        }
-    });
+    let (internal_base, connections) = counting_listener().await;
 
     // The allowed repository: `web` is served here, `stray`'s archive is
     // on the internal host, and `/moved/` redirects to the internal host.
@@ -184,24 +162,17 @@ async fn helm_repositories_and_their_redirects_are_bounded_too() {
     let allowed_rule = format!("127.0.0.1:{}", allowed_addr.port());
 
     let tools = tempfile::tempdir().unwrap();
-    let mut config = HubConfig::new(dir.path().join("hub"), "127.0.0.1:0".parse().unwrap());
-    config.poll_interval = Duration::from_secs(1);
-    config.allowed_fetch_hosts = vec![allowed_rule.clone()];
-    config.render_tools = flotilla_hub::render::RenderTools {
-        helm: Some(vec![
-            support::helm::fake_helm(tools.path()).display().to_string(),
-        ]),
-        ..Default::default()
-    };
-    let hub = start(config).await.unwrap();
-    let mut admin = api(&hub).await;
-    admin
-        .add_cluster(pb::AddClusterRequest {
-            name: "c1".into(),
+    let (hub, mut admin) = hub_with_c1(dir.path(), |config| {
+        config.poll_interval = Duration::from_secs(1);
+        config.allowed_fetch_hosts = vec![allowed_rule.clone()];
+        config.render_tools = flotilla_hub::render::RenderTools {
+            helm: Some(vec![
+                support::helm::fake_helm(tools.path()).display().to_string(),
+            ]),
             ..Default::default()
-        })
-        .await
-        .unwrap();
+        };
+    })
+    .await;
     let apps = [
         ("good", allowed_base.clone(), "web"),
         ("direct", internal_base.clone(), "web"),

@@ -16,11 +16,10 @@
 
 use std::time::{Duration, Instant};
 
-use flotilla_hub::server::{HubConfig, start};
 use flotilla_proto as pb;
 
 mod support;
-use support::{api, git, write};
+use support::{hub_with_c1, web_repo};
 
 fn app_yaml(name: &str, project: &str, url: &str) -> String {
     format!(
@@ -53,17 +52,7 @@ struct Setup {
 /// whose credentials are scoped to team-a as `given` says.
 async fn setup(given: Given) -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    let repo = dir.path().join("repo");
-    std::fs::create_dir_all(&repo).unwrap();
-    git(&repo, &["init", "-q", "-b", "main"]);
-    write(
-        &repo,
-        "web/cm.yaml",
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: web\n",
-    );
-    git(&repo, &["add", "-A"]);
-    git(&repo, &["commit", "-q", "-m", "init"]);
-    let url = format!("file://{}", repo.display());
+    let url = web_repo(dir.path());
     let secrets = dir.path().join("secrets");
     std::fs::create_dir_all(&secrets).unwrap();
     let secret = |name: &str, kind: &str, url: &str| {
@@ -86,18 +75,11 @@ async fn setup(given: Given) -> Setup {
         Given::Api => {}
     }
 
-    let mut config = HubConfig::new(dir.path().join("hub"), "127.0.0.1:0".parse().unwrap());
-    config.poll_interval = Duration::from_secs(1);
-    config.repository_secrets = Some(secrets.clone());
-    let hub = start(config).await.unwrap();
-    let mut admin = api(&hub).await;
-    admin
-        .add_cluster(pb::AddClusterRequest {
-            name: "c1".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let (hub, mut admin) = hub_with_c1(dir.path(), |config| {
+        config.poll_interval = Duration::from_secs(1);
+        config.repository_secrets = Some(secrets.clone());
+    })
+    .await;
     for team in ["team-a", "team-b"] {
         admin
             .create_project(pb::CreateProjectRequest {

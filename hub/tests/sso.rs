@@ -25,7 +25,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use flotilla_hub::api::sso_login::LoginRate;
-use flotilla_hub::server::{HubConfig, RunningHub, start};
+use flotilla_hub::server::{HubConfig, RunningHub};
 use flotilla_hub::sso::OidcConfig;
 use flotilla_proto as pb;
 use serde_json::{Value, json};
@@ -33,7 +33,7 @@ use sha2::{Digest, Sha256};
 use tonic::Code;
 
 mod support;
-use support::{Api, Bearer, api, git, write};
+use support::{Api, api_as, hub_with_c1, sync, web_repo};
 
 const CLIENT_ID: &str = "flotilla";
 const CLIENT_SECRET: &str = "s3cret-of-the-hub";
@@ -316,43 +316,26 @@ async fn setup_with(issuer_ca_dir: Option<&Path>, tune: impl FnOnce(&mut HubConf
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let issuer = issuer(issuer_ca_dir).await;
     let dir = tempfile::tempdir().unwrap();
-    let repo = dir.path().join("repo");
-    std::fs::create_dir_all(&repo).unwrap();
-    git(&repo, &["init", "-q", "-b", "main"]);
-    write(
-        &repo,
-        "web/cm.yaml",
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: web\n",
-    );
-    git(&repo, &["add", "-A"]);
-    git(&repo, &["commit", "-q", "-m", "init"]);
-    let mut config = HubConfig::new(dir.path().join("hub"), "127.0.0.1:0".parse().unwrap());
-    config.poll_interval = Duration::from_secs(600);
-    config.ui_listen = Some("127.0.0.1:0".parse().unwrap());
-    config.oidc = Some(OidcConfig {
-        issuer: issuer.url.clone(),
-        client_id: CLIENT_ID.into(),
-        client_secret: CLIENT_SECRET.into(),
-        redirect_url: REDIRECT.into(),
-        scopes: vec!["openid".into(), "email".into(), "groups".into()],
-        groups_claim: "groups".into(),
-        ca_file: None,
-    });
-    tune(&mut config);
-    let hub = start(config).await.unwrap();
-    let mut admin = api(&hub).await;
-    admin
-        .add_cluster(pb::AddClusterRequest {
-            name: "c1".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let url = web_repo(dir.path());
+    let (hub, mut admin) = hub_with_c1(dir.path(), |config| {
+        config.poll_interval = Duration::from_secs(600);
+        config.ui_listen = Some("127.0.0.1:0".parse().unwrap());
+        config.oidc = Some(OidcConfig {
+            issuer: issuer.url.clone(),
+            client_id: CLIENT_ID.into(),
+            client_secret: CLIENT_SECRET.into(),
+            redirect_url: REDIRECT.into(),
+            scopes: vec!["openid".into(), "email".into(), "groups".into()],
+            groups_claim: "groups".into(),
+            ca_file: None,
+        });
+        tune(config);
+    })
+    .await;
     admin
         .create_application(pb::CreateApplicationRequest {
             manifest: format!(
-                "apiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata:\n  name: web\nspec:\n  source:\n    repoURL: file://{}\n    path: web\n  destination:\n    name: c1\n    namespace: default\n",
-                repo.display()
+                "apiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata:\n  name: web\nspec:\n  source:\n    repoURL: {url}\n    path: web\n  destination:\n    name: c1\n    namespace: default\n"
             ),
             upsert: false,
         })
@@ -425,23 +408,6 @@ async fn sso_client(
     pb::sso_login_client::SsoLoginClient::new(channel)
 }
 
-async fn api_as(hub: &RunningHub, token: &str) -> Api {
-    use tonic::transport::{Certificate, Channel, ClientTlsConfig};
-    let ca = std::fs::read_to_string(hub.ca_file()).unwrap();
-    let channel = Channel::from_shared(hub.url())
-        .unwrap()
-        .tls_config(
-            ClientTlsConfig::new()
-                .ca_certificate(Certificate::from_pem(ca))
-                .domain_name("localhost"),
-        )
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    pb::hub_api_client::HubApiClient::with_interceptor(channel, Bearer(token.to_owned()))
-}
-
 /// A login as the CLI does it, through `SsoLogin`, with the issuer in
 /// `mode`; `verifier` overrides the PKCE verifier sent to Finish.
 async fn cli_login(
@@ -480,15 +446,6 @@ async fn cli_login(
         },
         redirect_uri: redirect,
         nonce,
-    })
-    .await
-    .map(tonic::Response::into_inner)
-}
-
-async fn sync(api: &mut Api, name: &str) -> Result<pb::SyncApplicationResponse, tonic::Status> {
-    api.sync_application(pb::SyncApplicationRequest {
-        name: name.into(),
-        ..Default::default()
     })
     .await
     .map(tonic::Response::into_inner)

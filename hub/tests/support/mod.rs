@@ -63,6 +63,12 @@ impl tonic::service::Interceptor for Bearer {
 
 /// Connects to an in-process hub with its CA and admin token.
 pub async fn api(hub: &flotilla_hub::server::RunningHub) -> Api {
+    let token = std::fs::read_to_string(hub.admin_token_file()).expect("admin token");
+    api_as(hub, token.trim()).await
+}
+
+/// Connects to an in-process hub with its CA, sending `token`.
+pub async fn api_as(hub: &flotilla_hub::server::RunningHub, token: &str) -> Api {
     use tonic::transport::{Certificate, Channel, ClientTlsConfig};
     let ca = std::fs::read_to_string(hub.ca_file()).expect("hub CA");
     let tls = ClientTlsConfig::new()
@@ -75,11 +81,65 @@ pub async fn api(hub: &flotilla_hub::server::RunningHub) -> Api {
         .connect()
         .await
         .expect("hub reachable");
-    let token = std::fs::read_to_string(hub.admin_token_file()).expect("admin token");
     flotilla_proto::hub_api_client::HubApiClient::with_interceptor(
         channel,
-        Bearer(token.trim().to_owned()),
+        Bearer(token.to_owned()),
     )
+}
+
+/// A Git repository at `dir/repo` whose one commit on `main` holds
+/// `web/cm.yaml`, a ConfigMap named web; returns its `file://` URL.
+pub fn web_repo(dir: &Path) -> String {
+    let repo = dir.join("repo");
+    std::fs::create_dir_all(&repo).expect("mkdir repo");
+    git(&repo, &["init", "-q", "-b", "main"]);
+    write(
+        &repo,
+        "web/cm.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: web\n",
+    );
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-q", "-m", "init"]);
+    format!("file://{}", repo.display())
+}
+
+/// Starts a hub with its data in `dir/hub` on a free loopback port, its
+/// configuration changed by `tune`, and registers cluster `c1`; returns it
+/// with an admin client.
+pub async fn hub_with_c1(
+    dir: &Path,
+    tune: impl FnOnce(&mut flotilla_hub::server::HubConfig),
+) -> (flotilla_hub::server::RunningHub, Api) {
+    let mut config = flotilla_hub::server::HubConfig::new(
+        dir.join("hub"),
+        "127.0.0.1:0".parse().expect("an address"),
+    );
+    tune(&mut config);
+    let hub = flotilla_hub::server::start(config)
+        .await
+        .expect("hub starts");
+    let mut admin = api(&hub).await;
+    admin
+        .add_cluster(flotilla_proto::AddClusterRequest {
+            name: "c1".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("cluster c1 added");
+    (hub, admin)
+}
+
+/// Syncs application `name`.
+pub async fn sync(
+    api: &mut Api,
+    name: &str,
+) -> Result<flotilla_proto::SyncApplicationResponse, tonic::Status> {
+    api.sync_application(flotilla_proto::SyncApplicationRequest {
+        name: name.into(),
+        ..Default::default()
+    })
+    .await
+    .map(tonic::Response::into_inner)
 }
 
 /// Runs the `flotilla` CLI against an in-process hub, with its CA and
