@@ -1318,6 +1318,23 @@ async fn repo(g: &Global, c: &mut Client, cmd: RepoCommand) -> Result<()> {
                     "--project scopes the repository's credentials: give them with --password-file, --ssh-private-key-path or in the URL",
                 ));
             }
+            // Checked before anything is registered (the hub checks again
+            // when it stores the credentials).
+            if !project.is_empty() && project != "default" {
+                c.get_project(pb::GetProjectRequest {
+                    name: project.clone(),
+                })
+                .await
+                .map_err(|s| {
+                    if s.code() == tonic::Code::NotFound {
+                        usage(format!(
+                            "--project {project:?}: no such project, so the credentials cannot be scoped to it"
+                        ))
+                    } else {
+                        status_err(s)
+                    }
+                })?;
+            }
             if !skip_check {
                 // Through the hub, with the credentials given here (or
                 // those it stores): what it reaches is what counts.

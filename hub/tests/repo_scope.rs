@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use flotilla_proto as pb;
 
 mod support;
-use support::{hub_with_c1, web_repo};
+use support::{flotilla, hub_with_c1, ok, web_repo};
 
 fn app_yaml(name: &str, project: &str, url: &str) -> String {
     format!(
@@ -39,6 +39,8 @@ enum Given {
     RepositorySecret,
     Api,
     CredentialTemplate,
+    /// None: the test gives them itself.
+    Nothing,
 }
 
 struct Setup {
@@ -72,7 +74,7 @@ async fn setup(given: Given) -> Setup {
             "repo-creds",
             &format!("file://{}", dir.path().display()),
         ),
-        Given::Api => {}
+        Given::Api | Given::Nothing => {}
     }
 
     let (hub, mut admin) = hub_with_c1(dir.path(), |config| {
@@ -294,5 +296,76 @@ async fn appset_git_generators_fetch_as_their_template_project() {
         assert!(Instant::now() < deadline, "{got:#?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    hub.shutdown().await.unwrap();
+}
+
+/// `flotilla repo add --project`: refused without credentials or for a
+/// project that does not exist, before anything is registered; with a
+/// password file, the stored credentials are the project's, as `repo get`
+/// shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repo_add_project_through_the_cli() {
+    let Setup {
+        _dir: dir,
+        url,
+        hub,
+        mut admin,
+    } = setup(Given::Nothing).await;
+    let other = url;
+    let password = dir.path().join("password");
+    std::fs::write(&password, "team-a-secret\n").unwrap();
+    let password = password.to_str().unwrap();
+    let refused = |args: &[&str], why: &str| {
+        let out = flotilla(&hub, args);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            !out.status.success() && err.contains(why),
+            "{args:?}: {err}"
+        );
+    };
+    refused(
+        &["repo", "add", &other, "--skip-check", "--project", "team-a"],
+        "--project scopes the repository's credentials",
+    );
+    refused(
+        &[
+            "repo",
+            "add",
+            &other,
+            "--skip-check",
+            "--password-file",
+            password,
+            "--project",
+            "team-z",
+        ],
+        "--project \"team-z\": no such project",
+    );
+    let repos = admin
+        .list_repositories(pb::ListRepositoriesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .repositories;
+    assert!(repos.iter().all(|r| r.url != other), "{repos:?}");
+
+    ok(&flotilla(
+        &hub,
+        &[
+            "repo",
+            "add",
+            &other,
+            "--skip-check",
+            "--password-file",
+            password,
+            "--project",
+            "team-a",
+        ],
+    ));
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&flotilla(&hub, &["repo", "get", &other, "-o", "json"]))).unwrap();
+    assert_eq!(json["project"], "team-a", "{json}");
+    assert_eq!(json["hasCredentials"], true, "{json}");
+    let text = ok(&flotilla(&hub, &["repo", "get", &other]));
+    assert!(text.contains("stored, project team-a only"), "{text}");
     hub.shutdown().await.unwrap();
 }
