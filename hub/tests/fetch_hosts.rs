@@ -232,6 +232,17 @@ async fn helm_repositories_and_their_redirects_are_bounded_too() {
         assert!(Instant::now() < deadline, "{got:#?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // `repo add --type helm` checks the index under the same rules.
+    let e = admin
+        .check_repository(pb::CheckRepositoryRequest {
+            url: internal_base.clone(),
+            r#type: "helm".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains(&refused), "{}", e.message());
     assert_eq!(
         connections.load(Ordering::SeqCst),
         0,
