@@ -434,6 +434,11 @@ pub enum RepoCommand {
         /// default the hub fetches the revision, or the Helm index, first).
         #[arg(long)]
         skip_check: bool,
+        /// Scope the credentials (--password-file, --ssh-private-key-path
+        /// or in the URL) to this project: only its applications and
+        /// ApplicationSets may use them; another project's are refused.
+        #[arg(long, value_name = "PROJECT")]
+        project: Option<String>,
     },
     /// Unregister a repository and drop its stored credentials; asks first
     /// on a terminal, refused elsewhere without -y. Refused while
@@ -1265,7 +1270,9 @@ async fn repo(g: &Global, c: &mut Client, cmd: RepoCommand) -> Result<()> {
             insecure_ignore_host_key,
             kind,
             skip_check,
+            project,
         } => {
+            let project = project.unwrap_or_default();
             let password = match &password_file {
                 Some(f) => Some(read_input(f)?.trim().to_owned()),
                 None => None,
@@ -1304,6 +1311,30 @@ async fn repo(g: &Global, c: &mut Client, cmd: RepoCommand) -> Result<()> {
                 .into_iter()
                 .find(|r| r.url == bare);
             let sets_credentials = password_file.is_some() || ssh_private_key_path.is_some();
+            let in_url = crate::source::split_credentials(url.trim())
+                .is_ok_and(|(_, embedded)| embedded.is_some());
+            if !project.is_empty() && !sets_credentials && !in_url {
+                return Err(usage(
+                    "--project scopes the repository's credentials: give them with --password-file, --ssh-private-key-path or in the URL",
+                ));
+            }
+            // Checked before anything is registered (the hub checks again
+            // when it stores the credentials).
+            if !project.is_empty() && project != "default" {
+                c.get_project(pb::GetProjectRequest {
+                    name: project.clone(),
+                })
+                .await
+                .map_err(|s| {
+                    if s.code() == tonic::Code::NotFound {
+                        usage(format!(
+                            "--project {project:?}: no such project, so the credentials cannot be scoped to it"
+                        ))
+                    } else {
+                        status_err(s)
+                    }
+                })?;
+            }
             if !skip_check {
                 // Through the hub, with the credentials given here (or
                 // those it stores): what it reaches is what counts.
@@ -1335,6 +1366,13 @@ async fn repo(g: &Global, c: &mut Client, cmd: RepoCommand) -> Result<()> {
                     apps_path,
                     poll_interval_secs,
                     r#type: kind,
+                    // Scopes credentials in the URL; the others get it
+                    // below.
+                    project: if in_url {
+                        project.clone()
+                    } else {
+                        String::new()
+                    },
                 })
                 .await
                 .map_err(status_err)?
@@ -1349,6 +1387,7 @@ async fn repo(g: &Global, c: &mut Client, cmd: RepoCommand) -> Result<()> {
                         url: url_for_creds,
                         ssh_private_key,
                         insecure_ignore_host_key,
+                        project,
                         ..Default::default()
                     })
                     .await
@@ -1359,6 +1398,7 @@ async fn repo(g: &Global, c: &mut Client, cmd: RepoCommand) -> Result<()> {
                         url: url_for_creds,
                         username: username.unwrap_or_default(),
                         password,
+                        project,
                         ..Default::default()
                     })
                     .await
@@ -1375,6 +1415,7 @@ async fn repo(g: &Global, c: &mut Client, cmd: RepoCommand) -> Result<()> {
                     r.r#type.clone(),
                     r.has_credentials,
                     r.insecure_ignore_host_key,
+                    r.project.clone(),
                 )
             };
             let outcome = match &before {
@@ -1823,6 +1864,7 @@ pub fn repo_json(r: &pb::Repository) -> Value {
         "hasCredentials": r.has_credentials,
         "insecureIgnoreHostKey": r.insecure_ignore_host_key,
         "credentialsTemplate": r.credentials_template,
+        "project": r.project,
     })
 }
 

@@ -364,9 +364,16 @@ impl GitSync {
             Arc::new(Semaphore::new(limits.render_concurrency.max(1)));
     }
 
-    /// Sets the hosts Git fetches may reach (`--allowed-fetch-hosts`).
+    /// Sets the hosts Git and Helm repository fetches may reach
+    /// (`--allowed-fetch-hosts`).
     pub fn set_allowed_fetch_hosts(&self, hosts: crate::fetch_hosts::FetchHosts) {
+        self.helm_repos.set_allowed_hosts(hosts.clone());
         self.cache.set_allowed_hosts(hosts);
+    }
+
+    /// The hosts fetches may reach.
+    pub fn allowed_fetch_hosts(&self) -> crate::fetch_hosts::FetchHosts {
+        self.cache.allowed_hosts()
     }
 
     /// Sets how ssh remotes are reached (known hosts, key scratch

@@ -10,12 +10,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
+use crate::fetch_hosts::FetchHosts;
 use crate::source::redact_url;
 use crate::store::RepoCredentials;
 
@@ -30,6 +31,8 @@ pub const MAX_UNPACKED_BYTES: u64 = 100 << 20;
 pub const MAX_ARCHIVE_ENTRIES: usize = 10_000;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Most redirects followed for one request (as reqwest's default).
+const MAX_REDIRECTS: usize = 10;
 /// How many versions an error lists when none matches.
 const LISTED_VERSIONS: usize = 8;
 
@@ -602,9 +605,30 @@ fn http_error(e: &reqwest::Error) -> String {
     message
 }
 
-/// GETs `url` with a size limit. Credentials go only to `repo_url`'s
-/// own server; they and any userinfo never appear in the error.
+/// The redirect policy of every Helm request: each hop is checked against
+/// `hosts` before it is followed, so an allowed repository cannot bounce
+/// the hub to a host the list refuses.
+fn redirect_policy(hosts: &FetchHosts) -> reqwest::redirect::Policy {
+    let hosts = hosts.clone();
+    reqwest::redirect::Policy::custom(move |attempt| {
+        if attempt.previous().len() >= MAX_REDIRECTS {
+            return attempt.error(format!("more than {MAX_REDIRECTS} redirects"));
+        }
+        match hosts.check(attempt.url().as_str()) {
+            Ok(()) => attempt.follow(),
+            Err(message) => {
+                let to = redact_url(attempt.url().as_str());
+                attempt.error(format!("redirect to {to} not followed: {message}"))
+            }
+        }
+    })
+}
+
+/// GETs `url` with a size limit, after checking it (and every redirect)
+/// against `hosts`. Credentials go only to `repo_url`'s own server; they
+/// and any userinfo never appear in the error.
 fn http_get(
+    hosts: &FetchHosts,
     repo_url: &str,
     url: &str,
     what: &str,
@@ -616,11 +640,13 @@ fn http_get(
         what: what.to_owned(),
         message,
     };
+    hosts.check(url).map_err(fail)?;
     // A client per request: the blocking client owns a runtime that must
     // not be dropped on an async thread, and fetches are rare.
     let client = reqwest::blocking::Client::builder()
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(REQUEST_TIMEOUT)
+        .redirect(redirect_policy(hosts))
         .user_agent(concat!("flotilla-hub/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| fail(format!("HTTP client: {}", http_error(&e.without_url()))))?;
@@ -665,6 +691,8 @@ pub struct HelmRepos {
     /// Archive cache key → when a download or unpack failed and why, so a
     /// bad archive is not downloaded on every pass.
     failures: Mutex<HashMap<String, (Instant, String)>>,
+    /// The hosts requests may reach (`--allowed-fetch-hosts`).
+    allowed_hosts: RwLock<FetchHosts>,
 }
 
 impl HelmRepos {
@@ -674,7 +702,24 @@ impl HelmRepos {
             root: root.into(),
             indexes: Mutex::default(),
             failures: Mutex::default(),
+            allowed_hosts: RwLock::default(),
         }
+    }
+
+    /// Sets the hosts index and archive requests (and their redirects) may
+    /// reach; any other is refused before a connection is made.
+    pub fn set_allowed_hosts(&self, hosts: FetchHosts) {
+        *self
+            .allowed_hosts
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = hosts;
+    }
+
+    fn allowed_hosts(&self) -> FetchHosts {
+        self.allowed_hosts
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Downloads and parses `<repo_url>/index.yaml`, and keeps it as the
@@ -688,8 +733,19 @@ impl HelmRepos {
         repo_url: &str,
         credentials: Option<&RepoCredentials>,
     ) -> Result<Arc<Index>, HelmRepoError> {
+        let hosts = self.allowed_hosts();
+        // The host first: a refused host is named as such whatever its
+        // scheme.
+        hosts
+            .check(repo_url)
+            .map_err(|message| HelmRepoError::Fetch {
+                repo: redact_url(repo_url),
+                what: "index.yaml".into(),
+                message,
+            })?;
         check_repo_url(repo_url)?;
         let body = http_get(
+            &hosts,
             repo_url,
             &index_url(repo_url),
             "index.yaml",
@@ -803,7 +859,14 @@ impl HelmRepos {
             v.version,
             redact_url(&v.url)
         );
-        let body = http_get(repo_url, &v.url, &what, credentials, MAX_ARCHIVE_BYTES)?;
+        let body = http_get(
+            &self.allowed_hosts(),
+            repo_url,
+            &v.url,
+            &what,
+            credentials,
+            MAX_ARCHIVE_BYTES,
+        )?;
         let actual = hex::encode(Sha256::digest(&body));
         if let Some(expected) = &v.digest
             && *expected != actual

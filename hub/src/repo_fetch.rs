@@ -85,18 +85,107 @@ pub(crate) fn credential_scope(
     let urls = std::iter::once(app.spec.source.repo_url.as_str())
         .chain(app.spec.sources.iter().map(|s| s.repo_url.as_str()))
         .filter(|u| !u.is_empty());
+    let holder = format!(
+        "application {:?} is in project {project:?}",
+        app.metadata.name
+    );
     for url in urls {
-        let Some(found) = store.effective_repo_credentials(url).ok().flatten() else {
-            continue;
-        };
-        let scope = &found.credentials().project;
-        if !scope.is_empty() && scope != project {
-            return Err(format!(
-                "repository {}: its credentials are scoped to project {scope:?}; application {:?} is in project {project:?} and gets none (refused, not fetched anonymously)",
-                crate::source::redact_url(url),
-                app.metadata.name
-            ));
-        }
+        scope_allows(store, url, Some(project), &holder)?;
     }
     Ok(())
+}
+
+/// Whether `project` may use the credentials stored for `url` (its own or
+/// a template's): unscoped ones serve every project, scoped ones only
+/// theirs. `None` is a project not known before generating (a templated
+/// ApplicationSet project): it gets unscoped credentials only, as Argo CD
+/// resolves a templated project to none.
+///
+/// # Errors
+/// The refusal, naming the repository, the credentials' project and
+/// `holder` (who asked, and in which project).
+pub(crate) fn scope_allows(
+    store: &Store,
+    url: &str,
+    project: Option<&str>,
+    holder: &str,
+) -> Result<(), String> {
+    let Some(found) = store.effective_repo_credentials(url).ok().flatten() else {
+        return Ok(());
+    };
+    let scope = &found.credentials().project;
+    if scope.is_empty() || project == Some(scope.as_str()) {
+        return Ok(());
+    }
+    let from = found
+        .template_url()
+        .map(|t| {
+            format!(
+                " by the credential template {}",
+                crate::source::redact_url(t)
+            )
+        })
+        .unwrap_or_default();
+    Err(format!(
+        "repository {}: its credentials are scoped to project {scope:?}{from}; {holder} and gets none (refused, not fetched anonymously)",
+        crate::source::redact_url(url),
+    ))
+}
+
+/// The project an ApplicationSet's git generators fetch for: its
+/// `spec.template.spec.project` (empty: `default`). A templated project
+/// (`{{…}}`) is known only after generating, so, as in Argo CD, the set
+/// then gets unscoped credentials only.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct SetProject {
+    set: String,
+    /// `None`: templated.
+    project: Option<String>,
+    written: String,
+}
+
+impl SetProject {
+    /// The set's name and template project, from the set as written.
+    pub(crate) fn of(raw: &serde_json::Value) -> Self {
+        let set = raw["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let written = raw["spec"]["template"]["spec"]["project"]
+            .as_str()
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+        let project = if written.contains("{{") {
+            None
+        } else if written.is_empty() {
+            Some("default".to_owned())
+        } else {
+            Some(written.clone())
+        };
+        Self {
+            set,
+            project,
+            written,
+        }
+    }
+
+    /// Whether the set's generators may fetch `url` with the credentials
+    /// stored for it ([`scope_allows`]).
+    ///
+    /// # Errors
+    /// The refusal, naming the repository, the set and both projects.
+    pub(crate) fn allows(&self, store: &Store, url: &str) -> Result<(), String> {
+        let holder = match &self.project {
+            Some(p) => format!(
+                "ApplicationSet {:?} is in project {p:?} (spec.template.spec.project)",
+                self.set
+            ),
+            None => format!(
+                "ApplicationSet {:?} has a templated project {:?} (spec.template.spec.project), so its git generators get unscoped credentials only",
+                self.set, self.written
+            ),
+        };
+        scope_allows(store, url, self.project.as_deref(), &holder)
+    }
 }

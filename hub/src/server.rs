@@ -90,6 +90,8 @@ pub struct HubConfig {
     pub ui_listen: Option<SocketAddr>,
     /// SSO with an OpenID Connect issuer (`--oidc-*`); off when `None`.
     pub oidc: Option<crate::sso::OidcConfig>,
+    /// How often the unauthenticated `SsoLogin` service may be called.
+    pub sso_login_rate: crate::api::sso_login::LoginRate,
     /// Host globs every Git and Helm fetch must match
     /// (`--allowed-fetch-hosts`); empty: any host.
     pub allowed_fetch_hosts: Vec<String>,
@@ -124,6 +126,7 @@ impl HubConfig {
             repository_secrets_interval: crate::repo_secrets::reload::DEFAULT_RELOAD_INTERVAL,
             ui_listen: None,
             oidc: None,
+            sso_login_rate: crate::api::sso_login::LoginRate::default(),
             allowed_fetch_hosts: Vec::new(),
         }
     }
@@ -470,7 +473,11 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
                 .max_encoding_message_size(config.wire.max_message_size),
         )
         .add_service(pb::sso_login_server::SsoLoginServer::new(
-            crate::api::sso_login::SsoLoginService::new(store.clone(), oidc.clone()),
+            crate::api::sso_login::SsoLoginService::new(
+                store.clone(),
+                oidc.clone(),
+                config.sso_login_rate,
+            ),
         ))
         .add_service(tonic::service::interceptor::InterceptedService::new(
             tower::Layer::layer(

@@ -226,6 +226,14 @@ impl GitCache {
             .unwrap_or_else(|p| p.into_inner()) = hosts;
     }
 
+    /// The hosts fetches may reach.
+    pub fn allowed_hosts(&self) -> crate::fetch_hosts::FetchHosts {
+        self.allowed_hosts
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Sets the timeout of fetches made without explicit limits
     /// ([`GitCache::fetch`] and its variants), for this cache and its clones.
     pub fn set_fetch_timeout(&self, timeout: Duration) {

@@ -263,6 +263,24 @@ impl Oidc {
         &self.config
     }
 
+    /// A failed request to the issuer, with what to do when its
+    /// certificate is not trusted (a private CA is the usual cause).
+    fn http_failure(&self, e: &reqwest::Error) -> String {
+        let message = http_error(e);
+        if !message.to_ascii_lowercase().contains("certificate") {
+            return message;
+        }
+        match &self.config.ca_file {
+            None => format!(
+                "{message} (the issuer's TLS certificate is not trusted by the system's roots; give its CA with --oidc-ca-file)"
+            ),
+            Some(path) => format!(
+                "{message} (the issuer's TLS certificate verifies neither against --oidc-ca-file {} nor the system's roots)",
+                path.display()
+            ),
+        }
+    }
+
     async fn get_json<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, SsoError> {
         let err = |message: String| SsoError::Issuer {
             url: url.to_owned(),
@@ -273,9 +291,9 @@ impl Oidc {
             .get(url)
             .send()
             .await
-            .map_err(|e| err(http_error(&e)))?;
+            .map_err(|e| err(self.http_failure(&e)))?;
         let status = resp.status();
-        let body = resp.bytes().await.map_err(|e| err(http_error(&e)))?;
+        let body = resp.bytes().await.map_err(|e| err(self.http_failure(&e)))?;
         if !status.is_success() {
             return Err(err(format!("HTTP {status}")));
         }
@@ -442,9 +460,9 @@ impl Oidc {
             .body(body)
             .send()
             .await
-            .map_err(|e| err(http_error(&e)))?;
+            .map_err(|e| err(self.http_failure(&e)))?;
         let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| err(http_error(&e)))?;
+        let bytes = resp.bytes().await.map_err(|e| err(self.http_failure(&e)))?;
         let parsed: Result<TokenResponse, _> = serde_json::from_slice(&bytes);
         let answer = match parsed {
             Ok(t) => t,

@@ -6,7 +6,6 @@
 //! substituted.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,6 +17,9 @@ use flotilla_hub::gitsync::{GitSync, RepoKind};
 use flotilla_hub::render::RenderTools;
 use flotilla_hub::store::{AppRecord, Store};
 use sha2::{Digest, Sha256};
+
+mod support;
+use support::helm::{chart_tgz, fake_helm};
 
 /// Path → body served; paths under `/private/` need basic auth u:s3cret-pw.
 type Files = Arc<Mutex<HashMap<String, Vec<u8>>>>;
@@ -48,34 +50,6 @@ async fn start_server(files: Files) -> String {
         axum::serve(listener, app).await.expect("serve");
     });
     format!("http://{addr}")
-}
-
-/// A chart archive: `podinfo/Chart.yaml` and one ConfigMap template that
-/// carries the version, release and namespace.
-fn chart_tgz(chart: &str, version: &str) -> Vec<u8> {
-    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    let mut tar = tar::Builder::new(gz);
-    let files = [
-        (
-            format!("{chart}/Chart.yaml"),
-            format!("apiVersion: v2\nname: {chart}\nversion: {version}\n"),
-        ),
-        (
-            format!("{chart}/templates/configmap.yaml"),
-            format!(
-                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: RELEASE-{chart}\n  namespace: NAMESPACE\ndata:\n  version: \"{version}\"\n"
-            ),
-        ),
-    ];
-    for (path, content) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(content.len() as u64);
-        h.set_mode(0o644);
-        h.set_entry_type(tar::EntryType::Regular);
-        tar.append_data(&mut h, path, content.as_bytes())
-            .expect("append");
-    }
-    tar.into_inner().expect("tar").finish().expect("gzip")
 }
 
 /// A chart archive whose values.yaml is a symlink to a host file.
@@ -153,46 +127,6 @@ impl Repo {
             .expect("files")
             .insert(format!("{}/index.yaml", self.prefix), text.into_bytes());
     }
-}
-
-/// A fake helm: `template RELEASE CHART [--namespace NS] …` prints every
-/// template of CHART with RELEASE and NAMESPACE replaced. It runs with an
-/// empty PATH, so the tools it uses are given as full paths.
-fn fake_helm(dir: &Path) -> PathBuf {
-    let find = |p: &str| {
-        flotilla_hub::render::exec::find_program(p)
-            .unwrap_or_else(|| panic!("{p} on PATH"))
-            .display()
-            .to_string()
-    };
-    let script = format!(
-        r#"#!/bin/sh
-[ "$1" = template ] || exit 2
-release=$2
-chart=$3
-ns=default
-shift 3
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --namespace) ns=$2; shift 2 ;;
-    *) shift ;;
-  esac
-done
-for f in "$chart"/templates/*.yaml; do
-  echo ---
-  {sed} -e "s/RELEASE/$release/g" -e "s/NAMESPACE/$ns/g" "$f"
-done
-"#,
-        sed = find("sed")
-    );
-    let path = dir.join("helm");
-    std::fs::write(&path, script).expect("write helm");
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    }
-    path
 }
 
 fn application(name: &str, repo_url: &str, chart: &str, target: &str, helm: &str) -> String {

@@ -13,7 +13,7 @@ use flotilla_proto as pb;
 use tonic::Code;
 
 mod support;
-use support::{Api, Bearer, api, flotilla, git, ok, write};
+use support::{Api, api_as, flotilla, hub_with_c1, ok, sync, web_repo};
 
 fn app_yaml(name: &str, project: &str, url: &str) -> String {
     format!(
@@ -42,37 +42,9 @@ fn appset_yaml(name: &str, project: &str, url: &str) -> String {
     )
 }
 
-/// A client of `hub` sending `token`.
-async fn api_as(hub: &flotilla_hub::server::RunningHub, token: &str) -> Api {
-    // The channel of `support::api`, with another token.
-    use tonic::transport::{Certificate, Channel, ClientTlsConfig};
-    let ca = std::fs::read_to_string(hub.ca_file()).unwrap();
-    let channel = Channel::from_shared(hub.url())
-        .unwrap()
-        .tls_config(
-            ClientTlsConfig::new()
-                .ca_certificate(Certificate::from_pem(ca))
-                .domain_name("localhost"),
-        )
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    pb::hub_api_client::HubApiClient::with_interceptor(channel, Bearer(token.to_owned()))
-}
-
 fn denied(err: &tonic::Status, what: &str) {
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
     assert!(err.message().contains(what), "{what}: {}", err.message());
-}
-
-async fn sync(api: &mut Api, name: &str) -> Result<pb::SyncApplicationResponse, tonic::Status> {
-    api.sync_application(pb::SyncApplicationRequest {
-        name: name.into(),
-        ..Default::default()
-    })
-    .await
-    .map(tonic::Response::into_inner)
 }
 
 async fn app_names(api: &mut Api) -> Vec<String> {
@@ -89,29 +61,12 @@ async fn app_names(api: &mut Api) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn project_tokens_readonly_admin_live_policy_and_audit() {
     let dir = tempfile::tempdir().unwrap();
-    let repo = dir.path().join("repo");
-    std::fs::create_dir_all(&repo).unwrap();
-    let url = format!("file://{}", repo.display());
-    git(&repo, &["init", "-q", "-b", "main"]);
-    write(
-        &repo,
-        "web/cm.yaml",
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: web\n",
-    );
-    git(&repo, &["add", "-A"]);
-    git(&repo, &["commit", "-q", "-m", "init"]);
+    let url = web_repo(dir.path());
 
-    let mut config = HubConfig::new(dir.path().join("hub"), "127.0.0.1:0".parse().unwrap());
-    config.poll_interval = Duration::from_secs(600);
-    let hub = start(config).await.unwrap();
-    let mut admin = api(&hub).await;
-    admin
-        .add_cluster(pb::AddClusterRequest {
-            name: "c1".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let (hub, mut admin) = hub_with_c1(dir.path(), |config| {
+        config.poll_interval = Duration::from_secs(600);
+    })
+    .await;
     for team in ["team-a", "team-b"] {
         admin
             .create_project(pb::CreateProjectRequest {

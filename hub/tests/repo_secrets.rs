@@ -26,7 +26,6 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use flotilla_hub::server::{HubConfig, RunningHub, start};
 use flotilla_proto as pb;
-use rustls::pki_types::pem::PemObject as _;
 
 mod support;
 use support::{git, write};
@@ -141,34 +140,7 @@ impl GitServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let app = axum::Router::new().fallback(git_http).with_state(server);
-        let pki = flotilla_hub::pki::Pki::load_or_create(ca_dir, &[]).unwrap();
-        let chain =
-            rustls::pki_types::CertificateDer::pem_slice_iter(pki.server().cert_pem.as_bytes())
-                .collect::<Result<Vec<_>, _>>()
-                .unwrap();
-        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(pki.server().key_pem.as_bytes())
-            .unwrap();
-        let tls = rustls::ServerConfig::builder()
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-        tokio::spawn(async move {
-            while let Ok((tcp, _)) = listener.accept().await {
-                let (acceptor, app) = (acceptor.clone(), app.clone());
-                tokio::spawn(async move {
-                    let Ok(conn) = acceptor.accept(tcp).await else {
-                        return;
-                    };
-                    let service = hyper_util::service::TowerToHyperService::new(app);
-                    let _ = hyper_util::server::conn::auto::Builder::new(
-                        hyper_util::rt::TokioExecutor::new(),
-                    )
-                    .serve_connection(hyper_util::rt::TokioIo::new(conn), service)
-                    .await;
-                });
-            }
-        });
+        support::serve_https(listener, app, ca_dir);
         format!("https://{addr}")
     }
 }

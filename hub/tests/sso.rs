@@ -14,8 +14,9 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{self, EcdsaKeyPair, KeyPair, RsaKeyPair};
@@ -23,7 +24,8 @@ use axum::extract::{Form, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
-use flotilla_hub::server::{HubConfig, RunningHub, start};
+use flotilla_hub::api::sso_login::LoginRate;
+use flotilla_hub::server::{HubConfig, RunningHub};
 use flotilla_hub::sso::OidcConfig;
 use flotilla_proto as pb;
 use serde_json::{Value, json};
@@ -31,7 +33,7 @@ use sha2::{Digest, Sha256};
 use tonic::Code;
 
 mod support;
-use support::{Api, Bearer, api, git, write};
+use support::{Api, api_as, hub_with_c1, sync, web_repo};
 
 const CLIENT_ID: &str = "flotilla";
 const CLIENT_SECRET: &str = "s3cret-of-the-hub";
@@ -251,9 +253,16 @@ async fn token(
     .into_response()
 }
 
-async fn issuer() -> Arc<Issuer> {
+/// The issuer, over plain HTTP, or over https with a private CA made in
+/// `https_ca_dir`.
+async fn issuer(https_ca_dir: Option<&Path>) -> Arc<Issuer> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
+    let scheme = if https_ca_dir.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let url = format!("{scheme}://{}", listener.local_addr().unwrap());
     let issuer = Arc::new(Issuer {
         url,
         rsa: RsaKeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap(),
@@ -272,7 +281,12 @@ async fn issuer() -> Arc<Issuer> {
         .route("/authorize", axum::routing::get(authorize))
         .route("/token", axum::routing::post(token))
         .with_state(issuer.clone());
-    tokio::spawn(async move { axum::serve(listener, router).await });
+    match https_ca_dir {
+        Some(dir) => support::serve_https(listener, router, dir),
+        None => {
+            tokio::spawn(async move { axum::serve(listener, router).await });
+        }
+    }
     issuer
 }
 
@@ -286,45 +300,42 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
+    setup_with(None, |config| {
+        // A test makes a dozen logins at once; the limit has its own test.
+        config.sso_login_rate = LoginRate {
+            burst: 100,
+            refill: Duration::from_millis(10),
+        };
+    })
+    .await
+}
+
+/// A hub with SSO; `issuer_ca_dir`: the issuer is served over https with
+/// a private CA made there (the test's own client trusts it).
+async fn setup_with(issuer_ca_dir: Option<&Path>, tune: impl FnOnce(&mut HubConfig)) -> Setup {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let issuer = issuer().await;
+    let issuer = issuer(issuer_ca_dir).await;
     let dir = tempfile::tempdir().unwrap();
-    let repo = dir.path().join("repo");
-    std::fs::create_dir_all(&repo).unwrap();
-    git(&repo, &["init", "-q", "-b", "main"]);
-    write(
-        &repo,
-        "web/cm.yaml",
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: web\n",
-    );
-    git(&repo, &["add", "-A"]);
-    git(&repo, &["commit", "-q", "-m", "init"]);
-    let mut config = HubConfig::new(dir.path().join("hub"), "127.0.0.1:0".parse().unwrap());
-    config.poll_interval = Duration::from_secs(600);
-    config.ui_listen = Some("127.0.0.1:0".parse().unwrap());
-    config.oidc = Some(OidcConfig {
-        issuer: issuer.url.clone(),
-        client_id: CLIENT_ID.into(),
-        client_secret: CLIENT_SECRET.into(),
-        redirect_url: REDIRECT.into(),
-        scopes: vec!["openid".into(), "email".into(), "groups".into()],
-        groups_claim: "groups".into(),
-        ca_file: None,
-    });
-    let hub = start(config).await.unwrap();
-    let mut admin = api(&hub).await;
-    admin
-        .add_cluster(pb::AddClusterRequest {
-            name: "c1".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let url = web_repo(dir.path());
+    let (hub, mut admin) = hub_with_c1(dir.path(), |config| {
+        config.poll_interval = Duration::from_secs(600);
+        config.ui_listen = Some("127.0.0.1:0".parse().unwrap());
+        config.oidc = Some(OidcConfig {
+            issuer: issuer.url.clone(),
+            client_id: CLIENT_ID.into(),
+            client_secret: CLIENT_SECRET.into(),
+            redirect_url: REDIRECT.into(),
+            scopes: vec!["openid".into(), "email".into(), "groups".into()],
+            groups_claim: "groups".into(),
+            ca_file: None,
+        });
+        tune(config);
+    })
+    .await;
     admin
         .create_application(pb::CreateApplicationRequest {
             manifest: format!(
-                "apiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata:\n  name: web\nspec:\n  source:\n    repoURL: file://{}\n    path: web\n  destination:\n    name: c1\n    namespace: default\n",
-                repo.display()
+                "apiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata:\n  name: web\nspec:\n  source:\n    repoURL: {url}\n    path: web\n  destination:\n    name: c1\n    namespace: default\n"
             ),
             upsert: false,
         })
@@ -338,11 +349,14 @@ async fn setup() -> Setup {
         .await
         .unwrap();
     let ca = std::fs::read(hub.ca_file()).unwrap();
-    let http = reqwest::Client::builder()
+    let mut http = reqwest::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
+        .redirect(reqwest::redirect::Policy::none());
+    if let Some(dir) = issuer_ca_dir {
+        let ca = std::fs::read(dir.join("ca.crt")).unwrap();
+        http = http.add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap());
+    }
+    let http = http.build().unwrap();
     Setup {
         _dir: dir,
         hub,
@@ -394,23 +408,6 @@ async fn sso_client(
     pb::sso_login_client::SsoLoginClient::new(channel)
 }
 
-async fn api_as(hub: &RunningHub, token: &str) -> Api {
-    use tonic::transport::{Certificate, Channel, ClientTlsConfig};
-    let ca = std::fs::read_to_string(hub.ca_file()).unwrap();
-    let channel = Channel::from_shared(hub.url())
-        .unwrap()
-        .tls_config(
-            ClientTlsConfig::new()
-                .ca_certificate(Certificate::from_pem(ca))
-                .domain_name("localhost"),
-        )
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    pb::hub_api_client::HubApiClient::with_interceptor(channel, Bearer(token.to_owned()))
-}
-
 /// A login as the CLI does it, through `SsoLogin`, with the issuer in
 /// `mode`; `verifier` overrides the PKCE verifier sent to Finish.
 async fn cli_login(
@@ -449,15 +446,6 @@ async fn cli_login(
         },
         redirect_uri: redirect,
         nonce,
-    })
-    .await
-    .map(tonic::Response::into_inner)
-}
-
-async fn sync(api: &mut Api, name: &str) -> Result<pb::SyncApplicationResponse, tonic::Status> {
-    api.sync_application(pb::SyncApplicationRequest {
-        name: name.into(),
-        ..Default::default()
     })
     .await
     .map(tonic::Response::into_inner)
@@ -850,4 +838,107 @@ fn the_chart_passes_oidc_settings_and_the_secret_by_reference() {
     // Without oidc, nothing of it.
     let plain = render(&chart, &Release::new("r", "flotilla"), chart.values.clone()).unwrap();
     assert!(!plain.contains("oidc") && !plain.contains("allowed-fetch-hosts"));
+}
+
+/// `SsoLogin` takes no token, so it is rate limited per peer address: past
+/// the burst, Start and Finish are refused with `RESOURCE_EXHAUSTED` and a
+/// message saying who and when to try again, and once the bucket has
+/// refilled a call passes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sso_login_calls_are_rate_limited_per_peer() {
+    let refill = Duration::from_millis(300);
+    let s = setup_with(None, |config| {
+        config.sso_login_rate = LoginRate { burst: 3, refill };
+    })
+    .await;
+    let mut c = sso_client(&s.hub).await;
+    let start = || pb::SsoStartRequest {
+        redirect_uri: "http://127.0.0.1:9/callback".into(),
+        state: flotilla_hub::sso::random_token(),
+        nonce: flotilla_hub::sso::random_token(),
+        code_challenge: flotilla_hub::sso::pkce_challenge(&flotilla_hub::sso::pkce_verifier()),
+    };
+    for i in 0..3 {
+        c.start(start())
+            .await
+            .unwrap_or_else(|e| panic!("call {i} within the burst: {e:?}"));
+    }
+    let refused = c.start(start()).await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .starts_with("SsoLogin.Start: too many login calls from 127.0.0.1; try again in "),
+        "{}",
+        refused.message()
+    );
+    // Finish draws from the same bucket, before any exchange is tried.
+    let refused = c
+        .finish(pb::SsoFinishRequest {
+            code: "whatever".into(),
+            code_verifier: flotilla_hub::sso::pkce_verifier(),
+            redirect_uri: "http://127.0.0.1:9/callback".into(),
+            nonce: flotilla_hub::sso::random_token(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused.message().starts_with("SsoLogin.Finish: too many"),
+        "{}",
+        refused.message()
+    );
+    // The bucket refills: a later call passes (polled; each refused poll
+    // costs nothing, so it waits only for the refill).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match c.start(start()).await {
+            Ok(_) => break,
+            Err(e) if e.code() == Code::ResourceExhausted && Instant::now() < deadline => {
+                tokio::time::sleep(refill / 4).await;
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    s.hub.shutdown().await.unwrap();
+}
+
+/// An issuer on a private CA: without `--oidc-ca-file` the hub cannot
+/// reach it, and the login fails saying so and naming the flag; with the
+/// CA file, the same login works and gets the group's role.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_ca_issuer_needs_oidc_ca_file() {
+    let ca_dir = tempfile::tempdir().unwrap();
+    let admins = || user("alice@example.com", &["platform-admins"]);
+
+    let without = setup_with(Some(ca_dir.path()), |_| {}).await;
+    assert!(
+        without.issuer.url.starts_with("https://"),
+        "{}",
+        without.issuer.url
+    );
+    let e = cli_login(&without, admins(), false).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert!(
+        e.message().contains(&format!(
+            "oidc issuer {}/.well-known/openid-configuration",
+            without.issuer.url
+        )) && e.message().contains("give its CA with --oidc-ca-file"),
+        "{}",
+        e.message()
+    );
+    without.hub.shutdown().await.unwrap();
+
+    let ca_file = ca_dir.path().join("ca.crt");
+    let with = setup_with(Some(ca_dir.path()), |config| {
+        if let Some(oidc) = config.oidc.as_mut() {
+            oidc.ca_file = Some(ca_file.clone());
+        }
+    })
+    .await;
+    let login = cli_login(&with, admins(), false).await.unwrap();
+    assert_eq!(login.subject, "alice@example.com");
+    let mut alice = api_as(&with.hub, &login.token).await;
+    sync(&mut alice, "web").await.unwrap();
+    with.hub.shutdown().await.unwrap();
 }

@@ -310,6 +310,7 @@ fn repo_to_pb(r: &RepoRecord) -> pb::Repository {
             r.kind.clone()
         },
         credentials_template: String::new(),
+        project: String::new(),
     }
 }
 
@@ -327,7 +328,31 @@ fn repo_with_credentials(
         .and_then(CredentialsSource::template_url)
         .unwrap_or_default()
         .to_owned();
+    p.project = credentials
+        .map(|c| c.credentials().project.clone())
+        .unwrap_or_default();
     p
+}
+
+/// The project a request scopes `url`'s credentials to: empty for none
+/// (or `default`, which every application may use anyway), else a project
+/// that exists.
+fn credentials_project(
+    store: &crate::store::Store,
+    url: &str,
+    project: &str,
+) -> Result<String, Status> {
+    let project = project.trim();
+    if project.is_empty() || project == "default" {
+        return Ok(String::new());
+    }
+    if store.project(project)?.is_none() {
+        return Err(Status::invalid_argument(format!(
+            "repository {}: project {project:?} does not exist, so its credentials cannot be scoped to it",
+            crate::source::redact_url(url)
+        )));
+    }
+    Ok(project.to_owned())
 }
 
 /// The credentials `url` uses (its own or a template's), for showing.
@@ -772,6 +797,13 @@ impl pb::hub_api_server::HubApi for HubApiService {
         let (url, embedded) =
             crate::source::split_credentials(req.url.trim()).map_err(Status::invalid_argument)?;
         req.url = url;
+        let project = credentials_project(&self.ctx.store, &req.url, &req.project)?;
+        if !project.is_empty() && embedded.is_none() {
+            return Err(Status::invalid_argument(format!(
+                "repository {}: project {project:?} scopes the repository's credentials, and none are given in the URL (set them with their project through SetRepositoryCredentials)",
+                crate::source::redact_url(&req.url)
+            )));
+        }
         let kind =
             crate::gitsync::RepoKind::parse(&req.r#type).map_err(Status::invalid_argument)?;
         if kind == crate::gitsync::RepoKind::Helm {
@@ -796,6 +828,7 @@ impl pb::hub_api_server::HubApi for HubApiService {
         let credentials = embedded.map(|c| RepoCredentials {
             username: c.username,
             password: c.password,
+            project,
             ..Default::default()
         });
         if let Some(c) = &credentials {
@@ -1162,7 +1195,18 @@ impl pb::hub_api_server::HubApi for HubApiService {
                 crate::source::redact_url(&req.url)
             ))
         })?;
-        let creds = credentials_from_request(&req)?;
+        let mut creds = credentials_from_request(&req)?;
+        let project = credentials_project(&self.ctx.store, &req.url, &req.project)?;
+        match &mut creds {
+            Some(c) => c.project = project,
+            None if !project.is_empty() => {
+                return Err(Status::invalid_argument(format!(
+                    "repository {}: project {project:?} scopes credentials, and none are given (an empty password removes them)",
+                    crate::source::redact_url(&req.url)
+                )));
+            }
+            None => {}
+        }
         self.ctx
             .store
             .put_repo_credentials(&req.url, creds.as_ref())?;
@@ -1362,9 +1406,12 @@ impl pb::hub_api_server::HubApi for HubApiService {
                     .map(crate::store::credential_templates::CredentialsSource::into_credentials);
                 let credentials = given.or(stored);
                 let target = url.clone();
+                let hosts = self.ctx.git.allowed_fetch_hosts();
                 let index = tokio::task::spawn_blocking(move || {
                     let dir = std::env::temp_dir().join("flotilla-helm-check");
-                    crate::helmrepo::HelmRepos::new(dir).fetch_index(&target, credentials.as_ref())
+                    let repos = crate::helmrepo::HelmRepos::new(dir);
+                    repos.set_allowed_hosts(hosts);
+                    repos.fetch_index(&target, credentials.as_ref())
                 })
                 .await
                 .map_err(|e| Status::internal(format!("checking {shown}: {e}")))?

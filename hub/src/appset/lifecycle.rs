@@ -429,6 +429,9 @@ struct HubGit {
     /// (url, revision, requeueAfterSeconds) → commit (or error) read by
     /// the set being evaluated.
     refs: Mutex<Vec<GitRef>>,
+    /// tenancy: the project of the set being evaluated, whose credentials
+    /// its generators fetch with.
+    project: Mutex<crate::repo_fetch::SetProject>,
 }
 
 type GitRef = ((String, String, Option<u64>), Result<String, String>);
@@ -469,9 +472,7 @@ impl HubGit {
         revision: &str,
         requeue: Option<Duration>,
     ) -> Result<Arc<Vec<SourceFile>>, String> {
-        let resolved =
-            self.resolver
-                .resolve(&self.cache, &self.store, url, revision, self.force, requeue);
+        let resolved = self.resolve(url, revision, requeue);
         {
             let mut refs = self.refs.lock().unwrap_or_else(|p| p.into_inner());
             let key = (
@@ -484,6 +485,24 @@ impl HubGit {
             }
         }
         self.tree_at(url, &resolved?)
+    }
+
+    /// `revision` of `url` resolved for the set being evaluated: refused
+    /// when the credentials stored for `url` are another project's.
+    fn resolve(
+        &self,
+        url: &str,
+        revision: &str,
+        requeue: Option<Duration>,
+    ) -> Result<String, String> {
+        let project = self
+            .project
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        project.allows(&self.store, url)?;
+        self.resolver
+            .resolve(&self.cache, &self.store, url, revision, self.force, requeue)
     }
 
     fn tree_at(&self, url: &str, commit: &str) -> Result<Arc<Vec<SourceFile>>, String> {
@@ -815,6 +834,7 @@ impl AppSets {
             trees: Mutex::new(previous),
             used: Mutex::default(),
             refs: Mutex::default(),
+            project: Mutex::default(),
         };
         let items: Vec<(String, Value)> = sets
             .iter()
@@ -828,19 +848,14 @@ impl AppSets {
             let mut next = HashMap::new();
             let mut evaluated = Vec::new();
             for (name, raw) in items {
+                *git.project.lock().unwrap_or_else(|p| p.into_inner()) =
+                    crate::repo_fetch::SetProject::of(&raw);
                 // Same set, same inventory, same commits: same result.
                 if let Some(m) = memo.remove(&name)
                     && m.raw == raw
                     && m.clusters == fingerprint
                     && m.refs.iter().all(|((url, rev, requeue), c)| {
-                        git.resolver.resolve(
-                            &git.cache,
-                            &git.store,
-                            url,
-                            rev,
-                            git.force,
-                            requeue.map(Duration::from_secs),
-                        ) == *c
+                        git.resolve(url, rev, requeue.map(Duration::from_secs)) == *c
                     })
                 {
                     evaluated.push((m.result.clone(), true));

@@ -324,6 +324,7 @@ async fn main() -> Result<()> {
     };
     let config = HubConfig {
         oidc,
+        sso_login_rate: flotilla_hub::api::sso_login::LoginRate::default(),
         allowed_fetch_hosts: args.allowed_fetch_hosts,
         data_dir: args.data_dir,
         listen: args.listen,

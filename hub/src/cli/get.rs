@@ -118,17 +118,21 @@ pub(super) fn repo_text(r: &pb::Repository) -> String {
         ),
         ("Commit", short(&r.last_commit)),
         ("Fetched", rfc3339(r.last_fetch_ms)),
-        (
-            "Credentials",
-            match (r.has_credentials, r.insecure_ignore_host_key) {
+        ("Credentials", {
+            let shown = match (r.has_credentials, r.insecure_ignore_host_key) {
                 (false, _) => "none".to_owned(),
                 _ if !r.credentials_template.is_empty() => {
                     format!("from template {}", r.credentials_template)
                 }
                 (true, false) => "stored".to_owned(),
                 (true, true) => "stored (ssh host key not verified)".to_owned(),
-            },
-        ),
+            };
+            if r.project.is_empty() {
+                shown
+            } else {
+                format!("{shown}, project {} only", r.project)
+            }
+        }),
         ("Error", or_dash(&one_line(&r.last_error))),
     ])
 }

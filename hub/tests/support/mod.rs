@@ -4,6 +4,8 @@
 // Each test crate uses a different subset.
 #![allow(dead_code)]
 
+pub mod helm;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -61,6 +63,12 @@ impl tonic::service::Interceptor for Bearer {
 
 /// Connects to an in-process hub with its CA and admin token.
 pub async fn api(hub: &flotilla_hub::server::RunningHub) -> Api {
+    let token = std::fs::read_to_string(hub.admin_token_file()).expect("admin token");
+    api_as(hub, token.trim()).await
+}
+
+/// Connects to an in-process hub with its CA, sending `token`.
+pub async fn api_as(hub: &flotilla_hub::server::RunningHub, token: &str) -> Api {
     use tonic::transport::{Certificate, Channel, ClientTlsConfig};
     let ca = std::fs::read_to_string(hub.ca_file()).expect("hub CA");
     let tls = ClientTlsConfig::new()
@@ -73,11 +81,65 @@ pub async fn api(hub: &flotilla_hub::server::RunningHub) -> Api {
         .connect()
         .await
         .expect("hub reachable");
-    let token = std::fs::read_to_string(hub.admin_token_file()).expect("admin token");
     flotilla_proto::hub_api_client::HubApiClient::with_interceptor(
         channel,
-        Bearer(token.trim().to_owned()),
+        Bearer(token.to_owned()),
     )
+}
+
+/// A Git repository at `dir/repo` whose one commit on `main` holds
+/// `web/cm.yaml`, a ConfigMap named web; returns its `file://` URL.
+pub fn web_repo(dir: &Path) -> String {
+    let repo = dir.join("repo");
+    std::fs::create_dir_all(&repo).expect("mkdir repo");
+    git(&repo, &["init", "-q", "-b", "main"]);
+    write(
+        &repo,
+        "web/cm.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: web\n",
+    );
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-q", "-m", "init"]);
+    format!("file://{}", repo.display())
+}
+
+/// Starts a hub with its data in `dir/hub` on a free loopback port, its
+/// configuration changed by `tune`, and registers cluster `c1`; returns it
+/// with an admin client.
+pub async fn hub_with_c1(
+    dir: &Path,
+    tune: impl FnOnce(&mut flotilla_hub::server::HubConfig),
+) -> (flotilla_hub::server::RunningHub, Api) {
+    let mut config = flotilla_hub::server::HubConfig::new(
+        dir.join("hub"),
+        "127.0.0.1:0".parse().expect("an address"),
+    );
+    tune(&mut config);
+    let hub = flotilla_hub::server::start(config)
+        .await
+        .expect("hub starts");
+    let mut admin = api(&hub).await;
+    admin
+        .add_cluster(flotilla_proto::AddClusterRequest {
+            name: "c1".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("cluster c1 added");
+    (hub, admin)
+}
+
+/// Syncs application `name`.
+pub async fn sync(
+    api: &mut Api,
+    name: &str,
+) -> Result<flotilla_proto::SyncApplicationResponse, tonic::Status> {
+    api.sync_application(flotilla_proto::SyncApplicationRequest {
+        name: name.into(),
+        ..Default::default()
+    })
+    .await
+    .map(tonic::Response::into_inner)
 }
 
 /// Runs the `flotilla` CLI against an in-process hub, with its CA and
@@ -107,4 +169,39 @@ pub fn ok(out: &std::process::Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Serves `app` over https on `listener` with a certificate for
+/// 127.0.0.1 and localhost from a CA created in `ca_dir` (written to
+/// `ca_dir/ca.crt`, which a client must be given to trust it).
+pub fn serve_https(listener: tokio::net::TcpListener, app: axum::Router, ca_dir: &Path) {
+    use rustls::pki_types::pem::PemObject as _;
+    use std::sync::Arc;
+    let pki = flotilla_hub::pki::Pki::load_or_create(ca_dir, &[]).expect("test CA");
+    let chain = rustls::pki_types::CertificateDer::pem_slice_iter(pki.server().cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .expect("certificate chain");
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(pki.server().key_pem.as_bytes())
+        .expect("server key");
+    let tls = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("server TLS config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, app) = (acceptor.clone(), app.clone());
+            tokio::spawn(async move {
+                let Ok(conn) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper_util::service::TowerToHyperService::new(app);
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(conn), service)
+                .await;
+            });
+        }
+    });
 }
