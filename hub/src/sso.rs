@@ -571,7 +571,7 @@ impl Oidc {
             None => return Err(SsoError::Token("the iat claim is missing".to_owned())),
         }
         match claims.get("nonce").and_then(serde_json::Value::as_str) {
-            Some(n) if crate::ui::session::same_secret(n, nonce) => {}
+            Some(n) if crate::secret::same(n.as_bytes(), nonce.as_bytes()) => {}
             Some(_) => {
                 return Err(SsoError::Token(
                     "bad nonce: the token was not issued for this login".to_owned(),

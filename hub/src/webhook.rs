@@ -57,10 +57,6 @@ pub fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
         .into()
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get(name)
@@ -87,17 +83,17 @@ pub fn verify(forge: Forge, secret: &str, headers: &HeaderMap, body: &[u8]) -> b
         Forge::GitHub => header(headers, "x-hub-signature-256")
             .and_then(|s| s.strip_prefix("sha256="))
             .is_some_and(|sig| {
-                constant_time_eq(sig.to_ascii_lowercase().as_bytes(), mac().as_bytes())
+                crate::secret::same(sig.to_ascii_lowercase().as_bytes(), mac().as_bytes())
             }),
         Forge::Gitea => header(headers, "x-gitea-signature")
             .or_else(|| {
                 header(headers, "x-hub-signature-256").and_then(|s| s.strip_prefix("sha256="))
             })
             .is_some_and(|sig| {
-                constant_time_eq(sig.to_ascii_lowercase().as_bytes(), mac().as_bytes())
+                crate::secret::same(sig.to_ascii_lowercase().as_bytes(), mac().as_bytes())
             }),
         Forge::GitLab => header(headers, "x-gitlab-token")
-            .is_some_and(|t| constant_time_eq(t.as_bytes(), secret.as_bytes())),
+            .is_some_and(|t| crate::secret::same(t.as_bytes(), secret.as_bytes())),
     }
 }
 

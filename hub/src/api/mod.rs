@@ -105,10 +105,6 @@ pub fn token_hash(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// Creates a new random token (32 bytes, hex), stores its hash under `name`
 /// and returns the secret with its record.
 ///
@@ -185,7 +181,7 @@ pub fn check_bearer(store: &Store, req: &Request<()>) -> Result<Caller, Status> 
     // Compare against every token so timing does not reveal which matched.
     let mut found = None;
     for (stored, rec) in &tokens {
-        if constant_time_eq(stored.as_bytes(), hash.as_bytes()) {
+        if crate::secret::same(stored.as_bytes(), hash.as_bytes()) {
             found = Some(rec);
         }
     }

@@ -774,7 +774,7 @@ async fn sso_callback(
         .iter()
         .filter_map(|v| v.to_str().ok())
         .find_map(|h| session::named_cookie(h, session::SSO_STATE_COOKIE));
-    if !cookie_state.is_some_and(|c| session::same_secret(c, st)) {
+    if !cookie_state.is_some_and(|c| crate::secret::same(c.as_bytes(), st.as_bytes())) {
         return refused(
             StatusCode::UNAUTHORIZED,
             "the state does not match this browser's login (start again at /auth/login)".to_owned(),
@@ -879,7 +879,7 @@ fn check_post(
         )));
     }
     let given = form.get("csrf").map(String::as_str).unwrap_or_default();
-    if given.is_empty() || !session::same_secret(given, &a.viewer.csrf) {
+    if given.is_empty() || !crate::secret::same(given.as_bytes(), a.viewer.csrf.as_bytes()) {
         return Err(Box::new(error_page(
             Some(&a.viewer),
             StatusCode::FORBIDDEN,
