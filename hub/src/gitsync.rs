@@ -217,6 +217,10 @@ pub struct GitSync {
     /// depends on: a pass leaves it alone while its record and the commit
     /// of its source are the same ([`Settled`]).
     settled: Mutex<HashMap<String, Settled>>,
+    /// (application definition changes, cached renders) when the last
+    /// pass dropped what no application uses: while both are the same,
+    /// there is nothing to drop.
+    forgot_at: Mutex<Option<(u64, usize)>>,
     /// Applications a loop pass left to a task of their own (their source
     /// is being fetched, then they are moved or rendered): later passes
     /// leave them alone until it is done.
@@ -339,6 +343,7 @@ impl GitSync {
             used_by: Mutex::default(),
             apps: Mutex::default(),
             settled: Mutex::default(),
+            forgot_at: Mutex::default(),
             moving: Mutex::default(),
             app_renders: std::sync::atomic::AtomicU64::new(0),
             post: Mutex::default(),
@@ -788,6 +793,9 @@ impl GitSync {
                 })
                 .collect(),
         });
+        // Read before the applications: a change after it makes the next
+        // pass look again.
+        let definitions = self.store.app_changes();
         let apps = self.store.apps_shared()?;
         // Bundles published while this pass is still asking for renders
         // wait for the renders it asks for.
@@ -821,7 +829,7 @@ impl GitSync {
             );
         }
         drop(asking);
-        self.forget_renders_of_others(&apps);
+        self.forget_renders_of_others(&apps, definitions);
         if wait {
             for (mut done, ticket) in waits {
                 let _ = done.wait_for(|d| *d >= ticket).await;
@@ -1233,7 +1241,16 @@ impl GitSync {
 
     /// Drops the render tasks, used render keys and cached renders of
     /// applications that are gone, and cached renders no application uses.
-    fn forget_renders_of_others(&self, apps: &[Arc<AppRecord>]) {
+    /// `definitions` is the store's count of application changes read
+    /// before `apps`: while no application came or went and no render was
+    /// added since the last time, this is skipped (it costs a hash lookup
+    /// per application, every pass).
+    fn forget_renders_of_others(&self, apps: &[Arc<AppRecord>], definitions: u64) {
+        let cached = self.renders.lock().unwrap_or_else(|p| p.into_inner()).len();
+        let mut forgot_at = self.forgot_at.lock().unwrap_or_else(|p| p.into_inner());
+        if *forgot_at == Some((definitions, cached)) {
+            return;
+        }
         let names: HashSet<&str> = apps.iter().map(|a| a.app.metadata.name.as_str()).collect();
         self.apps
             .lock()
@@ -1246,10 +1263,10 @@ impl GitSync {
         let mut used_by = self.used_by.lock().unwrap_or_else(|p| p.into_inner());
         used_by.retain(|name, _| names.contains(name.as_str()));
         let used: HashSet<&RenderKey> = used_by.values().flatten().collect();
-        self.renders
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|k, cell| used.contains(k) || !cell.initialized());
+        let mut renders = self.renders.lock().unwrap_or_else(|p| p.into_inner());
+        renders.retain(|k, cell| used.contains(k) || !cell.initialized());
+        *forgot_at = Some((definitions, renders.len()));
+        crate::metrics::metrics().render_cache_entries(renders.len());
     }
 
     /// Reads `apps_path` of `repo` at `commit` and reconciles the stored

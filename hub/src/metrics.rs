@@ -132,6 +132,7 @@ pub struct HubMetrics {
     repository_secret_errors: Gauge,
     rollout_step: Family<AppSetLabels, Gauge>,
     apps_blocked_by_window: Gauge,
+    render_cache_entries: Gauge,
     rollout_applications: Family<AppSetStatusLabels, Gauge>,
     rollout_syncs: Counter,
     waves_wave: Family<AppSetLabels, Gauge>,
@@ -311,6 +312,12 @@ impl HubMetrics {
             "Applications whose automated sync a project's sync window blocks now (on at least one of their clusters)",
             apps_blocked_by_window.clone(),
         );
+        let render_cache_entries = Gauge::default();
+        registry.register(
+            "hub_render_cache_entries",
+            "Rendered (repository, commit, path, options) results the Git loop keeps: those some application's last render or move used, and renders still running",
+            render_cache_entries.clone(),
+        );
         let rollout_step = Family::<AppSetLabels, Gauge>::default();
         registry.register(
             "hub_appset_rollout_step",
@@ -355,6 +362,7 @@ impl HubMetrics {
             waves_seconds,
             rollout_step,
             apps_blocked_by_window,
+            render_cache_entries,
             rollout_applications,
             rollout_syncs,
             open_files_limit,
@@ -481,6 +489,12 @@ impl HubMetrics {
     pub fn store_cache_capacity(&self, bytes: u64) {
         self.store_cache_bytes
             .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    /// Records how many renders the Git loop keeps.
+    pub fn render_cache_entries(&self, n: usize) {
+        self.render_cache_entries
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// Records how many applications a sync window blocks now.
