@@ -1161,7 +1161,7 @@ impl GitSync {
             let _history = self.history_lock();
             for (rec, key, commit) in candidates {
                 let name = &rec.app.metadata.name;
-                if self.store.app_ops(name)?.pinned.is_some() {
+                if self.store.app_pin(name)?.is_some() {
                     rest.push(rec);
                     continue;
                 }

@@ -127,6 +127,11 @@ pub fn effective_commit(
     target: String,
 ) -> Result<String, StoreError> {
     let name = &app.metadata.name;
+    // Most applications are not pinned: that is known without reading
+    // their history.
+    if store.app_pin(name)?.is_none() {
+        return Ok(target);
+    }
     let mut ops = store.app_ops(name)?;
     match ops.pinned.clone() {
         // A waves rollout's pin holds an automated application at the

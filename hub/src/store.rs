@@ -447,6 +447,15 @@ struct Shared {
     /// `app_lock`): a Git pass, the ApplicationSet controller and the
     /// fleet read applications without decoding JSON.
     app_cache: Mutex<Option<AppCache>>,
+    /// application → (pinned revision, what pinned it), for every
+    /// application whose operations record holds a pin: built on first use
+    /// from `app_ops` and kept in step by [`Store::put_app_ops`], so a
+    /// render or a move asks "is it pinned?" without reading and decoding
+    /// its history. Built again after the database is reopened
+    /// (`pins_stale`: set without the lock, which an IO error may find
+    /// held by the write that failed).
+    pins: Mutex<Option<HashMap<String, (String, String)>>>,
+    pins_stale: AtomicBool,
     /// Serialises writes of application records with the building of
     /// `app_cache`.
     app_lock: Mutex<()>,
@@ -793,6 +802,8 @@ impl Store {
                 targets: Mutex::new(None),
                 cluster_cache: Mutex::new(None),
                 app_cache: Mutex::new(None),
+                pins: Mutex::new(None),
+                pins_stale: AtomicBool::new(false),
                 app_lock: Mutex::new(()),
                 reads: AtomicU64::new(0),
                 decoded: AtomicU64::new(0),
@@ -1006,6 +1017,7 @@ impl Store {
         // failed instance acknowledged.
         *self.cluster_cache() = None;
         *self.app_cache() = None;
+        self.shared.pins_stale.store(true, Ordering::SeqCst);
         {
             let mut current = self
                 .shared
@@ -1412,11 +1424,56 @@ impl Store {
     }
 
     pub fn put_app_ops(&self, name: &str, ops: &records::AppOps) -> Result<(), StoreError> {
+        // Under the pins lock: the index and the record change together.
+        let mut pins = self.shared.pins.lock().unwrap_or_else(|p| p.into_inner());
         self.with(|t| {
             t.app_ops.insert(name.as_bytes(), encode(ops))?;
             Ok(())
         })
-        .inspect(|_| self.changed(ChangeKind::Apps))
+        .inspect(|_| {
+            if let Some(pins) = pins.as_mut() {
+                match &ops.pinned {
+                    Some(pin) => {
+                        pins.insert(name.to_owned(), (pin.clone(), ops.pinned_by.clone()));
+                    }
+                    None => {
+                        pins.remove(name);
+                    }
+                }
+            }
+            self.changed(ChangeKind::Apps)
+        })
+    }
+
+    /// The revision `name` is pinned to and what pinned it (`rollback`,
+    /// `sync --revision`, `rollout:SET`), if any: [`Store::app_ops`]'s
+    /// `pinned` and `pinned_by`, from an index instead of the record.
+    ///
+    /// # Errors
+    /// The store cannot be read (building the index on first use).
+    pub fn app_pin(&self, name: &str) -> Result<Option<(String, String)>, StoreError> {
+        let mut pins = self.shared.pins.lock().unwrap_or_else(|p| p.into_inner());
+        if self.shared.pins_stale.swap(false, Ordering::SeqCst) {
+            *pins = None;
+        }
+        if pins.is_none() {
+            let built = self.read(|t| {
+                let mut built = HashMap::new();
+                for kv in t.app_ops.iter() {
+                    let (k, v) = kv?;
+                    let ops: records::AppOps = self.decode("app_ops", &k, &v)?;
+                    if let Some(pin) = ops.pinned {
+                        built.insert(
+                            String::from_utf8_lossy(&k).into_owned(),
+                            (pin, ops.pinned_by),
+                        );
+                    }
+                }
+                Ok(built)
+            })?;
+            *pins = Some(built);
+        }
+        Ok(pins.as_ref().and_then(|p| p.get(name).cloned()))
     }
 
     // ---- applications ----
@@ -2527,5 +2584,40 @@ mod tests {
         assert!(s.remove_app("guestbook").unwrap());
         assert!(s.bundle("guestbook").unwrap().is_none());
         assert!(s.update_cluster("c1", |_| {}).unwrap().is_none());
+    }
+
+    /// The pins index answers as the records do: pins written before it
+    /// was built, pins set and cleared after, and a store opened again.
+    #[test]
+    fn the_pins_index_follows_the_operations_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let pinned = |rev: &str, by: &str| records::AppOps {
+            pinned: Some(rev.into()),
+            pinned_by: by.into(),
+            ..Default::default()
+        };
+        s.put_app_ops("a", &pinned("c1", "rollback")).unwrap();
+        s.put_app_ops("b", &records::AppOps::default()).unwrap();
+        assert_eq!(
+            s.app_pin("a").unwrap(),
+            Some(("c1".to_owned(), "rollback".to_owned()))
+        );
+        assert_eq!(s.app_pin("b").unwrap(), None);
+        s.put_app_ops("b", &pinned("c2", "rollout:web")).unwrap();
+        s.put_app_ops("a", &records::AppOps::default()).unwrap();
+        assert_eq!(s.app_pin("a").unwrap(), None, "cleared");
+        assert_eq!(
+            s.app_pin("b").unwrap(),
+            Some(("c2".to_owned(), "rollout:web".to_owned()))
+        );
+        s.close().unwrap();
+        let again = Store::open(dir.path()).unwrap();
+        assert_eq!(again.app_pin("a").unwrap(), None);
+        assert_eq!(
+            again.app_pin("b").unwrap().map(|p| p.0),
+            Some("c2".to_owned()),
+            "built from the records"
+        );
     }
 }
