@@ -137,6 +137,15 @@ pub struct ClusterWave {
     /// When it entered its state.
     #[serde(default)]
     pub since_ms: i64,
+    /// While a deploy window blocks its sync: when the window lets it go
+    /// (`i64::MAX`: not known); 0 when no window holds it. A held cluster
+    /// is not started, and its progress deadline does not run.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub held_until_ms: i64,
+}
+
+fn is_zero(v: &i64) -> bool {
+    *v == 0
 }
 
 /// The state of one cluster in a waves rollout.
