@@ -385,20 +385,30 @@ async fn waves_roll_out_stop_a_bad_commit_and_roll_it_back() -> anyhow::Result<(
     for (event, by, rev) in [
         ("wave canary (1/3) started", "rollout:web", v2.as_str()),
         ("wave canary finished", "rollout:web", v2.as_str()),
-        ("cluster sim-1 (sim-1-web) Degraded", "rollout:web", v3.as_str()),
+        (
+            "cluster sim-1 (sim-1-web) Degraded",
+            "rollout:web",
+            v3.as_str(),
+        ),
         ("wave canary failed", "rollout:web", v3.as_str()),
         ("aborted by user:", "user:", v3.as_str()),
         ("rollout paused by user:", "user:", v4.as_str()),
         ("rollout resumed by user:", "user:", v4.as_str()),
     ] {
-        assert!(has(&canary, event, by, rev), "no {event:?} by {by} at {rev}: {canary:#?}");
+        assert!(
+            has(&canary, event, by, rev),
+            "no {event:?} by {by} at {rev}: {canary:#?}"
+        );
     }
     assert!(
         canary.iter().any(|(e, _, _)| e.contains("autoRollback")),
         "{canary:#?}"
     );
     let us = events("sim-5-web")?;
-    assert!(has(&us, "wave us (3/3) started", "rollout:web", &v4), "{us:#?}");
+    assert!(
+        has(&us, "wave us (3/3) started", "rollout:web", &v4),
+        "{us:#?}"
+    );
     assert!(
         !us.iter()
             .any(|(e, _, _)| e.contains("Degraded") || e.contains("failed")),
@@ -505,15 +515,19 @@ spec:
 /// date(1), an independent formatter.
 fn rfc3339(ms: i64) -> anyhow::Result<String> {
     let out = std::process::Command::new("date")
-        .args(["-u", "-d", &format!("@{}", ms / 1000), "+%Y-%m-%dT%H:%M:%SZ"])
+        .args([
+            "-u",
+            "-d",
+            &format!("@{}", ms / 1000),
+            "+%Y-%m-%dT%H:%M:%SZ",
+        ])
         .output()?;
     anyhow::ensure!(out.status.success(), "date failed");
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_deny_window_holds_a_wave_and_the_rollout_resumes_when_it_closes() -> anyhow::Result<()>
-{
+async fn a_deny_window_holds_a_wave_and_the_rollout_resumes_when_it_closes() -> anyhow::Result<()> {
     let fleet = Fleet::start(FleetOptions {
         clusters: 3,
         ..FleetOptions::default()
@@ -590,7 +604,10 @@ async fn a_deny_window_holds_a_wave_and_the_rollout_resumes_when_it_closes() -> 
         assert_eq!(c["heldUntil"], until.as_str(), "{held}");
     }
     let table = fleet.cli_ok(&["rollout", "get", "web"])?;
-    assert!(table.contains(&format!("Waiting (window until {until})")), "{table}");
+    assert!(
+        table.contains(&format!("Waiting (window until {until})")),
+        "{table}"
+    );
     eventually("the canary at v2", CONVERGE, || async {
         let s = seen(&fleet, "sim-1").map_err(|e| e.to_string())?;
         if s.image.as_deref() == Some("web:v2") && s.ready {
@@ -621,7 +638,10 @@ async fn a_deny_window_holds_a_wave_and_the_rollout_resumes_when_it_closes() -> 
         .iter()
         .map(|c| seen(&fleet, c))
         .collect::<anyhow::Result<_>>()?;
-    assert_eq!(after, before, "a held cluster was touched inside the window");
+    assert_eq!(
+        after, before,
+        "a held cluster was touched inside the window"
+    );
 
     // The window closes: the rollout goes on by itself and completes.
     let done = phase_is(&fleet, "Completed", &v2).await?;
@@ -630,10 +650,19 @@ async fn a_deny_window_holds_a_wave_and_the_rollout_resumes_when_it_closes() -> 
         "completed {} ms before the window closed",
         closes_ms - now_ms()
     );
-    assert!(!done["message"].as_str().unwrap_or_default().contains("held"), "{done}");
+    assert!(
+        !done["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("held"),
+        "{done}"
+    );
     for c in ["sim-2", "sim-3"] {
         let s = seen(&fleet, c)?;
-        assert!(s.image.as_deref() == Some("web:v2") && s.ready, "{c}: {s:?}");
+        assert!(
+            s.image.as_deref() == Some("web:v2") && s.ready,
+            "{c}: {s:?}"
+        );
     }
     let history = fleet.cli_ok(&["app", "history", "sim-2-web", "-o", "json"])?;
     assert!(

@@ -70,7 +70,8 @@ fn held_until(c: &pb::RolloutCluster) -> Option<String> {
         0 => None,
         i64::MAX => Some("further notice".into()),
         ms => Some(
-            jiff::Timestamp::from_millisecond(ms).map_or_else(|_| ms.to_string(), |t| t.to_string()),
+            jiff::Timestamp::from_millisecond(ms)
+                .map_or_else(|_| ms.to_string(), |t| t.to_string()),
         ),
     }
 }

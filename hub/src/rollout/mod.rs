@@ -23,6 +23,8 @@ use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use tracing::Instrument;
+
 use crate::api::HubContext;
 use crate::store::StoreError;
 use flotilla_proto as pb;
@@ -659,8 +661,6 @@ async fn waves_pass(
         // The lifecycle refuses the set and reports why.
         Ok(None) | Err(_) => return Ok(false),
     };
-    let span = tracing::info_span!("rollout", appset = %name);
-    let _enter = span.enter();
     let origin = crate::appset::lifecycle::origin_of(name);
     let previous = store.rollout(name)?.unwrap_or_else(|| RolloutRecord {
         set: name.to_owned(),
@@ -767,11 +767,81 @@ async fn waves_pass(
             crate::history::set_pin_by(store, &c.app, Some(c.revision.clone()), &pinned_by(name))?;
         }
     }
+    // One trace per rollout (set, target revision; the attribute is
+    // `revision`: exporters already put the module in `target`): its root
+    // span is made
+    // when the rollout starts and its context kept with the record; each
+    // pass that does something for it (syncs, transitions) is a child, and
+    // the desired state it dispatches carries that trace to the agents.
+    if record.trace_context.is_empty() {
+        let from = previous
+            .waves
+            .as_ref()
+            .map(|w| w.target.as_str())
+            .unwrap_or_default();
+        let root = tracing::info_span!(parent: None, "rollout", appset = %name, revision = %record.target, from = %from, waves = spec.waves.len());
+        record.trace_context = crate::telemetry::trace_context_of(&root)
+            .into_iter()
+            .collect();
+    }
+    if !pass.syncs.is_empty() || !pass.events.is_empty() {
+        let step = tracing::info_span!(
+            "rollout.step",
+            appset = %name,
+            revision = %record.target,
+            wave = record.wave + 1,
+            phase = record.phase.as_str(),
+            syncs = pass.syncs.len(),
+            events = %pass.events.iter().map(|e| e.text.as_str()).collect::<Vec<_>>().join("; "),
+        );
+        crate::telemetry::set_parent(&step, &record.trace_context.clone().into_iter().collect());
+        waves_step(ctx, rollouts, name, &apps, &held, &controls, &pass.syncs)
+            .instrument(step.clone())
+            .await;
+        let _in_step = step.enter();
+        record_events(store, name, &record, &pass.events)?;
+    }
+    let count = |st: waves::ClusterState| record.clusters.iter().filter(|c| c.state == st).count();
+    crate::metrics::metrics().waves(
+        name,
+        record.wave,
+        &[
+            ("updated", count(waves::ClusterState::Updated)),
+            ("updating", count(waves::ClusterState::Updating)),
+            ("pending", count(waves::ClusterState::Waiting)),
+            (
+                "failed",
+                count(waves::ClusterState::Failed) + count(waves::ClusterState::RolledBack),
+            ),
+        ],
+        &record.wave_ms,
+    );
+    next.waves = Some(record);
+    if next == previous {
+        return Ok(false);
+    }
+    store.put_rollout(&next)?;
+    store.flush_async().await?;
+    Ok(!pass.syncs.is_empty())
+}
+
+/// The syncs of one waves pass over set `name`, through
+/// [`crate::api::ops::sync_clusters`] (history: `rollout:<set>`), skipping
+/// clusters a deploy window holds.
+async fn waves_step(
+    ctx: &HubContext,
+    rollouts: &Rollouts,
+    name: &str,
+    apps: &HashMap<String, (crate::model::Application, Option<String>)>,
+    held: &std::collections::BTreeSet<(String, String)>,
+    controls: &[(waves::Control, String)],
+    syncs: &[waves::Sync],
+) {
     let abort_by = controls
         .iter()
         .find(|(c, _)| *c == waves::Control::Abort)
         .map(|(_, by)| by.clone());
-    for sync in &pass.syncs {
+    for sync in syncs {
         let Some((app, _)) = apps.get(&sync.app) else {
             continue;
         };
@@ -800,29 +870,6 @@ async fn waves_pass(
             }
         }
     }
-    record_events(store, name, &record, &pass.events)?;
-    let count = |st: waves::ClusterState| record.clusters.iter().filter(|c| c.state == st).count();
-    crate::metrics::metrics().waves(
-        name,
-        record.wave,
-        &[
-            ("updated", count(waves::ClusterState::Updated)),
-            ("updating", count(waves::ClusterState::Updating)),
-            ("pending", count(waves::ClusterState::Waiting)),
-            (
-                "failed",
-                count(waves::ClusterState::Failed) + count(waves::ClusterState::RolledBack),
-            ),
-        ],
-        &record.wave_ms,
-    );
-    next.waves = Some(record);
-    if next == previous {
-        return Ok(false);
-    }
-    store.put_rollout(&next)?;
-    store.flush_async().await?;
-    Ok(!pass.syncs.is_empty())
 }
 
 /// Logs each transition of a pass over set `name` and records it in the
@@ -947,7 +994,9 @@ mod tests {
         let commit = |store: &crate::store::Store| {
             crate::history::effective_commit(store, &app, "git".into()).unwrap()
         };
-        store.put_appset(&set(waves.clone(), &["sim-1-web"])).unwrap();
+        store
+            .put_appset(&set(waves.clone(), &["sim-1-web"]))
+            .unwrap();
         pin(&store);
         assert_eq!(commit(&store), "old", "held by its waves rollout");
         // flotillaWaves removed: back to Git's revision, the pin gone.

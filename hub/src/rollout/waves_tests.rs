@@ -421,7 +421,11 @@ fn a_deploy_window_holds_a_wave_without_failing_it_and_it_resumes_when_it_closes
     }
     assert_eq!(rec.phase, WavePhase::Progressing, "{}", rec.message);
     assert_eq!(rec.wave, 1, "the canary is done; eu is held");
-    assert_eq!(w.clusters_at(NEW), ["c0"], "nothing synced inside the window");
+    assert_eq!(
+        w.clusters_at(NEW),
+        ["c0"],
+        "nothing synced inside the window"
+    );
     assert!(
         rec.message.contains("held by a deploy window")
             && rec.message.contains("web-c1 on c1, web-c2 on c2")
@@ -498,11 +502,12 @@ fn every_transition_is_an_event_naming_who_and_the_applications_it_touched() {
     w.commit(NEW);
     let mut events: Vec<Event> = Vec::new();
     let mut t = 10_000;
-    let mut step = |w: &mut World, rec: &mut WavesRecord, controls: &[(Control, String)], t: i64| {
-        let p = w.pass(&s, Some(rec), controls, t);
-        *rec = p.record;
-        events.extend(p.events);
-    };
+    let mut step =
+        |w: &mut World, rec: &mut WavesRecord, controls: &[(Control, String)], t: i64| {
+            let p = w.pass(&s, Some(rec), controls, t);
+            *rec = p.record;
+            events.extend(p.events);
+        };
     step(&mut w, &mut rec, &[], t);
     t += 200;
     step(&mut w, &mut rec, &[(Control::Pause, "user:ops".into())], t);
@@ -512,7 +517,12 @@ fn every_transition_is_an_event_naming_who_and_the_applications_it_touched() {
     t += 1200;
     step(&mut w, &mut rec, &[], t);
     assert_eq!(rec.phase, WavePhase::AwaitingApproval, "{}", rec.message);
-    step(&mut w, &mut rec, &[(Control::Promote, "user:lead".into())], t + 100);
+    step(
+        &mut w,
+        &mut rec,
+        &[(Control::Promote, "user:lead".into())],
+        t + 100,
+    );
     for i in 0..10 {
         step(&mut w, &mut rec, &[], t + 200 + i * 300);
     }
@@ -531,14 +541,20 @@ fn every_transition_is_an_event_naming_who_and_the_applications_it_touched() {
     let paused = find("rollout paused by user:ops");
     assert_eq!((paused.by.as_str(), paused.apps.len()), ("user:ops", 6));
     assert_eq!(find("rollout resumed by user:ops").by, "user:ops");
-    assert_eq!(find("wave eu waits for approval").apps, ["web-c1", "web-c2"]);
+    assert_eq!(
+        find("wave eu waits for approval").apps,
+        ["web-c1", "web-c2"]
+    );
     let promoted = find("wave eu promoted by user:lead");
     assert_eq!(
         (promoted.by.as_str(), promoted.apps.clone()),
         ("user:lead", vec!["web-c1".to_owned(), "web-c2".to_owned()])
     );
     assert_eq!(find("wave eu (2/3) started").apps, ["web-c1", "web-c2"]);
-    assert_eq!(find("wave us finished").apps, ["web-c3", "web-c4", "web-c5"]);
+    assert_eq!(
+        find("wave us finished").apps,
+        ["web-c3", "web-c4", "web-c5"]
+    );
     assert_eq!(find("every wave Healthy").apps.len(), 6);
 
     // A bad commit: the cluster's failure, then the wave's automatic pause
@@ -556,5 +572,9 @@ fn every_transition_is_an_event_naming_who_and_the_applications_it_touched() {
         .filter(|e| e.text.contains("Degraded") || e.text.contains("autoRollback"))
         .collect();
     assert_eq!(failed.len(), 2, "{events:#?}");
-    assert!(failed.iter().all(|e| e.apps == ["web-c0"] && e.by.is_empty()));
+    assert!(
+        failed
+            .iter()
+            .all(|e| e.apps == ["web-c0"] && e.by.is_empty())
+    );
 }

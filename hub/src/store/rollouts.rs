@@ -85,6 +85,11 @@ pub struct WavesRecord {
     #[serde(default)]
     pub wave_ms: Vec<i64>,
     pub clusters: Vec<ClusterWave>,
+    /// The W3C trace context of the rollout's root span (one trace per
+    /// set and target revision): each pass's work for it is a child.
+    /// Empty when traces are not exported.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub trace_context: std::collections::BTreeMap<String, String>,
 }
 
 /// The phase of a waves rollout.
