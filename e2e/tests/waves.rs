@@ -671,3 +671,147 @@ async fn a_deny_window_holds_a_wave_and_the_rollout_resumes_when_it_closes() -> 
     );
     Ok(())
 }
+
+/// A two-wave set (canary sim-1, then sim-2 behind an approval gate), or
+/// the same set without `flotillaWaves`.
+fn gated_set_yaml(repo_url: &str, waves: bool) -> String {
+    let strategy = if waves {
+        "  strategy:
+    flotillaWaves:
+      waves:
+        - name: canary
+          clusterSelector:
+            matchLabels: {ring: canary}
+        - name: rest
+          clusterSelector:
+            matchLabels: {ring: rest}
+          requireApproval: true
+"
+    } else {
+        ""
+    };
+    format!(
+        r#"apiVersion: argoproj.io/v1alpha1
+kind: ApplicationSet
+metadata:
+  name: web
+spec:
+  goTemplate: true
+  generators:
+    - list:
+        elements:
+          - cluster: sim-1
+          - cluster: sim-2
+{strategy}  template:
+    metadata:
+      name: '{{{{.cluster}}}}-web'
+    spec:
+      project: default
+      source:
+        repoURL: {repo_url}
+        targetRevision: HEAD
+        path: web
+      destination:
+        name: '{{{{.cluster}}}}'
+        namespace: default
+      syncPolicy:
+        automated:
+          prune: true
+          selfHeal: true
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn removing_flotilla_waves_releases_the_pins_and_returns_to_automated_sync()
+-> anyhow::Result<()> {
+    let fleet = Fleet::start(FleetOptions {
+        clusters: 2,
+        ..FleetOptions::default()
+    })
+    .await?;
+    fleet.cli_ok(&["cluster", "label", "sim-1", "ring=canary"])?;
+    fleet.cli_ok(&["cluster", "label", "sim-2", "ring=rest"])?;
+    let v1 = fleet
+        .repo
+        .commit_file("web/deployment.yaml", &deployment("web:v1"), "web v1")?;
+    let file = fleet.root.path().join("web-set.yaml");
+    std::fs::write(&file, gated_set_yaml(&fleet.repo.url(), true))?;
+    fleet.cli_ok(&["appset", "create", "-f", &file.display().to_string()])?;
+    // The set adopts what its first render deployed; when that was the
+    // commit before v1 (the Git loop had not fetched v1 yet), v1 rolls out
+    // through the gate.
+    eventually("the rollout completed at v1", CONVERGE, || async {
+        let r = rollout(&fleet)?;
+        if r["target"] == v1.as_str() && r["phase"] == "AwaitingApproval" {
+            fleet
+                .cli_ok(&["rollout", "promote", "web"])
+                .map_err(|e| e.to_string())?;
+        }
+        if r["target"] == v1.as_str() && r["phase"] == "Completed" {
+            Ok(())
+        } else {
+            Err(r.to_string())
+        }
+    })
+    .await?;
+    fleet
+        .wait_synced("sim-2-web", "sim-2", &v1, CONVERGE)
+        .await?;
+
+    // v2 stops at the gate: sim-2 stays pinned at v1.
+    let v2 = fleet
+        .repo
+        .commit_file("web/deployment.yaml", &deployment("web:v2"), "web v2")?;
+    phase_is(&fleet, "AwaitingApproval", &v2).await?;
+    let pinned: serde_json::Value =
+        serde_json::from_str(&fleet.cli_ok(&["app", "history", "sim-2-web", "-o", "json"])?)?;
+    assert_eq!(pinned["pinnedRevision"], v1.as_str(), "{pinned}");
+    assert_eq!(seen(&fleet, "sim-2")?.image.as_deref(), Some("web:v1"));
+
+    // The waves go: the pin is released and sim-2 syncs automatically to
+    // Git's revision, with nothing else asking for it.
+    std::fs::write(&file, gated_set_yaml(&fleet.repo.url(), false))?;
+    fleet.cli_ok(&[
+        "appset",
+        "create",
+        "--upsert",
+        "-f",
+        &file.display().to_string(),
+    ])?;
+    fleet
+        .wait_synced("sim-2-web", "sim-2", &v2, CONVERGE)
+        .await?;
+    eventually("sim-2 at v2", CONVERGE, || async {
+        let s = seen(&fleet, "sim-2").map_err(|e| e.to_string())?;
+        if s.image.as_deref() == Some("web:v2") && s.ready {
+            Ok(())
+        } else {
+            Err(format!("{s:?}"))
+        }
+    })
+    .await?;
+    let history: serde_json::Value =
+        serde_json::from_str(&fleet.cli_ok(&["app", "history", "sim-2-web", "-o", "json"])?)?;
+    assert_eq!(history["pinnedRevision"], "", "{history}");
+    assert!(
+        history.to_string().contains("rollout pin released"),
+        "{history}"
+    );
+    let gone = fleet.cli(&["rollout".into(), "get".into(), "web".into()])?;
+    assert!(
+        !gone.status.success(),
+        "the set has no waves rollout any more"
+    );
+
+    // Automated sync is back: the next commit goes to both at once.
+    let v3 = fleet
+        .repo
+        .commit_file("web/deployment.yaml", &deployment("web:v3"), "web v3")?;
+    for c in ["sim-1", "sim-2"] {
+        fleet
+            .wait_synced(&format!("{c}-web"), c, &v3, CONVERGE)
+            .await?;
+    }
+    Ok(())
+}
