@@ -494,3 +494,161 @@ async fn one_trace_covers_a_commits_render_at_the_hub_and_its_apply_at_the_agent
     }
     Ok(())
 }
+
+/// A two-wave set (canary sim-1, then sim-2) of the `traced` path.
+fn waves_set(repo_url: &str) -> String {
+    format!(
+        r#"apiVersion: argoproj.io/v1alpha1
+kind: ApplicationSet
+metadata:
+  name: traced
+spec:
+  goTemplate: true
+  generators:
+    - list:
+        elements:
+          - cluster: sim-1
+          - cluster: sim-2
+  strategy:
+    flotillaWaves:
+      waves:
+        - name: canary
+          clusterSelector:
+            matchLabels: {{ring: canary}}
+        - name: rest
+          clusterSelector:
+            matchLabels: {{ring: rest}}
+  template:
+    metadata:
+      name: '{{{{.cluster}}}}-traced'
+    spec:
+      project: default
+      source:
+        repoURL: {repo_url}
+        targetRevision: HEAD
+        path: traced
+      destination:
+        name: '{{{{.cluster}}}}'
+        namespace: traced
+      syncPolicy:
+        automated: {{}}
+        syncOptions: [CreateNamespace=true]
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_trace_covers_a_waves_rollout_from_its_start_to_the_last_apply() -> anyhow::Result<()> {
+    let receiver = otlp::Receiver::default();
+    let endpoint = otlp::start(receiver.clone()).await?;
+    let env = vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(), endpoint),
+        ("OTEL_BSP_SCHEDULE_DELAY".to_owned(), "200".to_owned()),
+    ];
+    let fleet = Fleet::start_with(
+        FleetOptions {
+            clusters: 2,
+            ..FleetOptions::default()
+        },
+        ProcessOptions {
+            env,
+            ..ProcessOptions::default()
+        },
+    )
+    .await?;
+    fleet.cli_ok(&["cluster", "label", "sim-1", "ring=canary"])?;
+    fleet.cli_ok(&["cluster", "label", "sim-2", "ring=rest"])?;
+    let cm = |greeting: &str| {
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: traced\ndata:\n  greeting: {greeting}\n"
+        )
+    };
+    let first = fleet
+        .repo
+        .commit_file("traced/cm.yaml", &cm("one"), "traced: one")?;
+    let file = fleet.root.path().join("traced.yaml");
+    std::fs::write(&file, waves_set(&fleet.repo.url()))?;
+    fleet.cli_ok(&["appset", "create", "-f", &file.display().to_string()])?;
+    for c in ["sim-1", "sim-2"] {
+        fleet
+            .wait_synced(&format!("{c}-traced"), c, &first, CONVERGE)
+            .await?;
+    }
+    let second = fleet
+        .repo
+        .commit_file("traced/cm.yaml", &cm("two"), "traced: two")?;
+    eventually("the rollout completed", CONVERGE, || async {
+        let out = fleet
+            .cli_ok(&["rollout", "get", "traced", "-o", "json"])
+            .map_err(|e| e.to_string())?;
+        let r: serde_json::Value = serde_json::from_str(&out).map_err(|e| e.to_string())?;
+        if r["phase"] == "Completed" && r["target"] == second.as_str() {
+            Ok(())
+        } else {
+            Err(out)
+        }
+    })
+    .await?;
+
+    // One root span for the rollout of `second`; every step of it (each
+    // wave's start and end) and both clusters' applies in its trace.
+    eventually("one trace for the whole rollout", CONVERGE, || async {
+        let spans = receiver.spans.lock().map_err(|e| e.to_string())?.clone();
+        let roots: Vec<&otlp::Span> = spans
+            .iter()
+            .filter(|s| {
+                s.service == "flotilla-hub"
+                    && s.name == "rollout"
+                    && s.attr("appset") == Some("traced")
+                    && s.attr("revision") == Some(second.as_str())
+            })
+            .collect();
+        let [root] = roots.as_slice() else {
+            let rollout: Vec<String> = spans
+                .iter()
+                .filter(|s| s.name.starts_with("rollout"))
+                .map(|s| format!("{} {} {:?}", &s.trace_id[..8], s.name, s.attributes))
+                .collect();
+            return Err(format!(
+                "{} root spans for the rollout of {second}; rollout spans: {rollout:#?}",
+                roots.len()
+            ));
+        };
+        let steps: Vec<&otlp::Span> = spans
+            .iter()
+            .filter(|s| s.name == "rollout.step" && s.attr("revision") == Some(second.as_str()))
+            .collect();
+        let events: Vec<&str> = steps.iter().filter_map(|s| s.attr("events")).collect();
+        let other: Vec<&&otlp::Span> = steps
+            .iter()
+            .filter(|s| s.trace_id != root.trace_id)
+            .collect();
+        if !other.is_empty() {
+            return Err(format!("steps outside the rollout's trace: {other:?}"));
+        }
+        for want in [
+            "wave canary (1/2) started",
+            "wave rest (2/2) started",
+            "every wave Healthy",
+        ] {
+            if !events.iter().any(|e| e.contains(want)) {
+                return Err(format!("no step {want:?} in {events:?}"));
+            }
+        }
+        for app in ["sim-1-traced", "sim-2-traced"] {
+            let applied = spans.iter().any(|s| {
+                s.service == "flotilla-agent"
+                    && s.name == "apply"
+                    && s.attr("app") == Some(app)
+                    && s.attr("revision") == Some(second.as_str())
+                    && s.trace_id == root.trace_id
+            });
+            if !applied {
+                return Err(format!("no apply of {app} in the rollout's trace"));
+            }
+        }
+        Ok(())
+    })
+    .await?;
+    Ok(())
+}

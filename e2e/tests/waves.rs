@@ -12,8 +12,13 @@
 //! resourceVersion is unchanged) and, with `autoRollback`, the canary is
 //! put back to the good image. `flotilla rollout pause|resume|abort` from
 //! the CLI.
+//!
+//! A deploy window (a deny window of the set's AppProject, computed from
+//! this test's clock) holds the second wave: the rollout says which
+//! clusters and until when, does not fail them past `progressDeadline`
+//! while held, and goes on by itself when the window closes.
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use flotilla_e2e::eventually;
 use flotilla_e2e::fleet::{Fleet, FleetOptions};
@@ -355,5 +360,458 @@ async fn waves_roll_out_stop_a_bad_commit_and_roll_it_back() -> anyhow::Result<(
         audit.contains("rollout-pause") && audit.contains("rollout-resume"),
         "{audit}"
     );
+    // So does the history of every application the rollout touched: the
+    // controls with the person, the rollout's own transitions (waves,
+    // the automatic pause and rollback) with the rollout.
+    let events = |app: &str| -> anyhow::Result<Vec<(String, String, String)>> {
+        let h: serde_json::Value =
+            serde_json::from_str(&fleet.cli_ok(&["app", "history", app, "-o", "json"])?)?;
+        Ok(h["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| {
+                let s = |k: &str| e[k].as_str().unwrap_or_default().to_owned();
+                (s("event"), s("initiatedBy"), s("revision"))
+            })
+            .collect())
+    };
+    let has = |events: &[(String, String, String)], event: &str, by: &str, rev: &str| {
+        events
+            .iter()
+            .any(|(e, b, r)| e.starts_with(event) && b.starts_with(by) && r == rev)
+    };
+    let canary = events("sim-1-web")?;
+    for (event, by, rev) in [
+        ("wave canary (1/3) started", "rollout:web", v2.as_str()),
+        ("wave canary finished", "rollout:web", v2.as_str()),
+        (
+            "cluster sim-1 (sim-1-web) Degraded",
+            "rollout:web",
+            v3.as_str(),
+        ),
+        ("wave canary failed", "rollout:web", v3.as_str()),
+        ("aborted by user:", "user:", v3.as_str()),
+        ("rollout paused by user:", "user:", v4.as_str()),
+        ("rollout resumed by user:", "user:", v4.as_str()),
+    ] {
+        assert!(
+            has(&canary, event, by, rev),
+            "no {event:?} by {by} at {rev}: {canary:#?}"
+        );
+    }
+    assert!(
+        canary.iter().any(|(e, _, _)| e.contains("autoRollback")),
+        "{canary:#?}"
+    );
+    let us = events("sim-5-web")?;
+    assert!(
+        has(&us, "wave us (3/3) started", "rollout:web", &v4),
+        "{us:#?}"
+    );
+    assert!(
+        !us.iter()
+            .any(|(e, _, _)| e.contains("Degraded") || e.contains("failed")),
+        "the bad commit's failure is only in the canary's history: {us:#?}"
+    );
+    let table = fleet.cli_ok(&["app", "history", "sim-1-web"])?;
+    assert!(
+        table.contains("EVENT") && table.contains("rollout paused by user:"),
+        "{table}"
+    );
+    Ok(())
+}
+
+/// How long the deny window stays open after the test adds it: time for
+/// the commit to reach the canary and the held state to be checked, and
+/// well past the set's progress deadline.
+const HOLD: Duration = Duration::from_secs(40);
+/// The held set's progress deadline: shorter than the window.
+const DEADLINE: Duration = Duration::from_secs(8);
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or_default()
+}
+
+/// A daily deny window opening at this minute (UTC) and closing `HOLD`
+/// from now: (schedule, duration, closes at in ms).
+fn window_from_now() -> (String, String, i64) {
+    let secs = now_ms() / 1000;
+    let (minute, hour) = ((secs / 60) % 60, (secs / 3600) % 24);
+    let into_minute = secs % 60;
+    let duration = into_minute + i64::try_from(HOLD.as_secs()).unwrap_or(40);
+    let closes = (secs - into_minute + duration) * 1000;
+    (
+        format!("{minute} {hour} * * *"),
+        format!("{duration}s"),
+        closes,
+    )
+}
+
+/// A two-wave set (canary sim-1, then sim-2 and sim-3) of project `shop`,
+/// failing a cluster not Healthy within `DEADLINE`.
+fn held_set_yaml(repo_url: &str) -> String {
+    format!(
+        r#"apiVersion: argoproj.io/v1alpha1
+kind: ApplicationSet
+metadata:
+  name: web
+spec:
+  goTemplate: true
+  generators:
+    - list:
+        elements:
+          - cluster: sim-1
+          - cluster: sim-2
+          - cluster: sim-3
+  strategy:
+    flotillaWaves:
+      autoRollback: true
+      progressDeadline: {deadline}s
+      waves:
+        - name: canary
+          clusterSelector:
+            matchLabels: {{ring: canary}}
+        - name: rest
+          clusterSelector:
+            matchLabels: {{ring: rest}}
+  template:
+    metadata:
+      name: '{{{{.cluster}}}}-web'
+    spec:
+      project: shop
+      source:
+        repoURL: {repo_url}
+        targetRevision: HEAD
+        path: web
+      destination:
+        name: '{{{{.cluster}}}}'
+        namespace: default
+      syncPolicy:
+        automated:
+          prune: true
+          selfHeal: true
+"#,
+        deadline = DEADLINE.as_secs()
+    )
+}
+
+const SHOP: &str = "apiVersion: argoproj.io/v1alpha1
+kind: AppProject
+metadata:
+  name: shop
+spec:
+  sourceRepos:
+  - '*'
+  destinations:
+  - name: '*'
+    namespace: '*'
+";
+
+/// `ms` as the hub prints an instant (RFC 3339, UTC, whole seconds), by
+/// date(1), an independent formatter.
+fn rfc3339(ms: i64) -> anyhow::Result<String> {
+    let out = std::process::Command::new("date")
+        .args([
+            "-u",
+            "-d",
+            &format!("@{}", ms / 1000),
+            "+%Y-%m-%dT%H:%M:%SZ",
+        ])
+        .output()?;
+    anyhow::ensure!(out.status.success(), "date failed");
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deny_window_holds_a_wave_and_the_rollout_resumes_when_it_closes() -> anyhow::Result<()> {
+    let fleet = Fleet::start(FleetOptions {
+        clusters: 3,
+        ..FleetOptions::default()
+    })
+    .await?;
+    for (c, ring) in [("sim-1", "canary"), ("sim-2", "rest"), ("sim-3", "rest")] {
+        fleet.cli_ok(&["cluster", "label", c, &format!("ring={ring}")])?;
+    }
+    let project = fleet.root.path().join("shop.yaml");
+    std::fs::write(&project, SHOP)?;
+    fleet.cli_ok(&["proj", "create", "-f", &project.display().to_string()])?;
+    let v1 = fleet
+        .repo
+        .commit_file("web/deployment.yaml", &deployment("web:v1"), "web v1")?;
+    let file = fleet.root.path().join("web-set.yaml");
+    std::fs::write(&file, held_set_yaml(&fleet.repo.url()))?;
+    fleet.cli_ok(&["appset", "create", "-f", &file.display().to_string()])?;
+    phase_is(&fleet, "Completed", &v1).await?;
+    eventually("v1 everywhere", CONVERGE, || async {
+        for c in ["sim-1", "sim-2", "sim-3"] {
+            let s = seen(&fleet, c).map_err(|e| e.to_string())?;
+            if s.image.as_deref() != Some("web:v1") || !s.ready {
+                return Err(format!("{c}: {s:?}"));
+            }
+        }
+        Ok(())
+    })
+    .await?;
+    let before: Vec<Seen> = ["sim-2", "sim-3"]
+        .iter()
+        .map(|c| seen(&fleet, c))
+        .collect::<anyhow::Result<_>>()?;
+
+    // A deny window on the second wave's clusters, open now.
+    let (schedule, duration, closes_ms) = window_from_now();
+    fleet.cli_ok(&[
+        "proj",
+        "windows",
+        "add",
+        "shop",
+        "--kind",
+        "deny",
+        "--schedule",
+        &schedule,
+        "--duration",
+        &duration,
+        "--clusters",
+        "sim-2,sim-3",
+    ])?;
+    let v2 = fleet
+        .repo
+        .commit_file("web/deployment.yaml", &deployment("web:v2"), "web v2")?;
+    let until = rfc3339(closes_ms)?;
+    // The canary goes; the rest is held, and the rollout says which
+    // clusters and until when.
+    let held = eventually("the second wave held by the window", CONVERGE, || async {
+        let r = rollout(&fleet)?;
+        let message = r["message"].as_str().unwrap_or_default();
+        if r["target"] == v2.as_str()
+            && r["wave"] == 2
+            && message.contains("held by a deploy window")
+            && message.contains("sim-2-web on sim-2, sim-3-web on sim-3")
+            && message.contains(&format!("until {until}"))
+        {
+            Ok(r)
+        } else {
+            Err(r.to_string())
+        }
+    })
+    .await?;
+    let clusters = held["clusters"].as_array().cloned().unwrap_or_default();
+    for c in &clusters[1..] {
+        assert_eq!(c["state"], "Waiting", "{held}");
+        assert_eq!(c["heldUntil"], until.as_str(), "{held}");
+    }
+    let table = fleet.cli_ok(&["rollout", "get", "web"])?;
+    assert!(
+        table.contains(&format!("Waiting (window until {until})")),
+        "{table}"
+    );
+    eventually("the canary at v2", CONVERGE, || async {
+        let s = seen(&fleet, "sim-1").map_err(|e| e.to_string())?;
+        if s.image.as_deref() == Some("web:v2") && s.ready {
+            Ok(())
+        } else {
+            Err(format!("{s:?}"))
+        }
+    })
+    .await?;
+    // Held past the progress deadline: the wave does not fail, and the
+    // held clusters are untouched.
+    let past_deadline = Instant::now() + DEADLINE + Duration::from_secs(2);
+    eventually("the progress deadline passes while held", CONVERGE, || {
+        std::future::ready(if Instant::now() >= past_deadline {
+            Ok(())
+        } else {
+            Err("held".to_owned())
+        })
+    })
+    .await?;
+    let r = rollout(&fleet).map_err(anyhow::Error::msg)?;
+    assert_eq!(r["phase"], "Progressing", "{r}");
+    assert!(
+        now_ms() < closes_ms,
+        "the window closed before the held state was checked; raise HOLD"
+    );
+    let after: Vec<Seen> = ["sim-2", "sim-3"]
+        .iter()
+        .map(|c| seen(&fleet, c))
+        .collect::<anyhow::Result<_>>()?;
+    assert_eq!(
+        after, before,
+        "a held cluster was touched inside the window"
+    );
+
+    // The window closes: the rollout goes on by itself and completes.
+    let done = phase_is(&fleet, "Completed", &v2).await?;
+    assert!(
+        now_ms() >= closes_ms,
+        "completed {} ms before the window closed",
+        closes_ms - now_ms()
+    );
+    assert!(
+        !done["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("held"),
+        "{done}"
+    );
+    for c in ["sim-2", "sim-3"] {
+        let s = seen(&fleet, c)?;
+        assert!(
+            s.image.as_deref() == Some("web:v2") && s.ready,
+            "{c}: {s:?}"
+        );
+    }
+    let history = fleet.cli_ok(&["app", "history", "sim-2-web", "-o", "json"])?;
+    assert!(
+        history.contains("wave rest (2/2) started") && history.contains("rollout:web"),
+        "{history}"
+    );
+    Ok(())
+}
+
+/// A two-wave set (canary sim-1, then sim-2 behind an approval gate), or
+/// the same set without `flotillaWaves`.
+fn gated_set_yaml(repo_url: &str, waves: bool) -> String {
+    let strategy = if waves {
+        "  strategy:
+    flotillaWaves:
+      waves:
+        - name: canary
+          clusterSelector:
+            matchLabels: {ring: canary}
+        - name: rest
+          clusterSelector:
+            matchLabels: {ring: rest}
+          requireApproval: true
+"
+    } else {
+        ""
+    };
+    format!(
+        r#"apiVersion: argoproj.io/v1alpha1
+kind: ApplicationSet
+metadata:
+  name: web
+spec:
+  goTemplate: true
+  generators:
+    - list:
+        elements:
+          - cluster: sim-1
+          - cluster: sim-2
+{strategy}  template:
+    metadata:
+      name: '{{{{.cluster}}}}-web'
+    spec:
+      project: default
+      source:
+        repoURL: {repo_url}
+        targetRevision: HEAD
+        path: web
+      destination:
+        name: '{{{{.cluster}}}}'
+        namespace: default
+      syncPolicy:
+        automated:
+          prune: true
+          selfHeal: true
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn removing_flotilla_waves_releases_the_pins_and_returns_to_automated_sync()
+-> anyhow::Result<()> {
+    let fleet = Fleet::start(FleetOptions {
+        clusters: 2,
+        ..FleetOptions::default()
+    })
+    .await?;
+    fleet.cli_ok(&["cluster", "label", "sim-1", "ring=canary"])?;
+    fleet.cli_ok(&["cluster", "label", "sim-2", "ring=rest"])?;
+    let v1 = fleet
+        .repo
+        .commit_file("web/deployment.yaml", &deployment("web:v1"), "web v1")?;
+    let file = fleet.root.path().join("web-set.yaml");
+    std::fs::write(&file, gated_set_yaml(&fleet.repo.url(), true))?;
+    fleet.cli_ok(&["appset", "create", "-f", &file.display().to_string()])?;
+    // The set adopts what its first render deployed; when that was the
+    // commit before v1 (the Git loop had not fetched v1 yet), v1 rolls out
+    // through the gate.
+    eventually("the rollout completed at v1", CONVERGE, || async {
+        let r = rollout(&fleet)?;
+        if r["target"] == v1.as_str() && r["phase"] == "AwaitingApproval" {
+            fleet
+                .cli_ok(&["rollout", "promote", "web"])
+                .map_err(|e| e.to_string())?;
+        }
+        if r["target"] == v1.as_str() && r["phase"] == "Completed" {
+            Ok(())
+        } else {
+            Err(r.to_string())
+        }
+    })
+    .await?;
+    fleet
+        .wait_synced("sim-2-web", "sim-2", &v1, CONVERGE)
+        .await?;
+
+    // v2 stops at the gate: sim-2 stays pinned at v1.
+    let v2 = fleet
+        .repo
+        .commit_file("web/deployment.yaml", &deployment("web:v2"), "web v2")?;
+    phase_is(&fleet, "AwaitingApproval", &v2).await?;
+    let pinned: serde_json::Value =
+        serde_json::from_str(&fleet.cli_ok(&["app", "history", "sim-2-web", "-o", "json"])?)?;
+    assert_eq!(pinned["pinnedRevision"], v1.as_str(), "{pinned}");
+    assert_eq!(seen(&fleet, "sim-2")?.image.as_deref(), Some("web:v1"));
+
+    // The waves go: the pin is released and sim-2 syncs automatically to
+    // Git's revision, with nothing else asking for it.
+    std::fs::write(&file, gated_set_yaml(&fleet.repo.url(), false))?;
+    fleet.cli_ok(&[
+        "appset",
+        "create",
+        "--upsert",
+        "-f",
+        &file.display().to_string(),
+    ])?;
+    fleet
+        .wait_synced("sim-2-web", "sim-2", &v2, CONVERGE)
+        .await?;
+    eventually("sim-2 at v2", CONVERGE, || async {
+        let s = seen(&fleet, "sim-2").map_err(|e| e.to_string())?;
+        if s.image.as_deref() == Some("web:v2") && s.ready {
+            Ok(())
+        } else {
+            Err(format!("{s:?}"))
+        }
+    })
+    .await?;
+    let history: serde_json::Value =
+        serde_json::from_str(&fleet.cli_ok(&["app", "history", "sim-2-web", "-o", "json"])?)?;
+    assert_eq!(history["pinnedRevision"], "", "{history}");
+    assert!(
+        history.to_string().contains("rollout pin released"),
+        "{history}"
+    );
+    let gone = fleet.cli(&["rollout".into(), "get".into(), "web".into()])?;
+    assert!(
+        !gone.status.success(),
+        "the set has no waves rollout any more"
+    );
+
+    // Automated sync is back: the next commit goes to both at once.
+    let v3 = fleet
+        .repo
+        .commit_file("web/deployment.yaml", &deployment("web:v3"), "web v3")?;
+    for c in ["sim-1", "sim-2"] {
+        fleet
+            .wait_synced(&format!("{c}-web"), c, &v3, CONVERGE)
+            .await?;
+    }
     Ok(())
 }

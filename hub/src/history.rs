@@ -13,7 +13,7 @@
 //! is at, every cluster shows the application OutOfSync, as Argo CD compares
 //! a rolled-back application with Git ([`show_pin`]).
 
-pub use crate::store::records::{AppOps, Deployment};
+pub use crate::store::records::{AppOps, Deployment, HistoryEvent};
 use crate::store::{Store, StoreError};
 
 /// Entries kept when `spec.revisionHistoryLimit` is not set (Argo CD's
@@ -75,6 +75,16 @@ pub fn record(
     Ok(id)
 }
 
+/// Records a rollout transition in the history of application `app`.
+///
+/// # Errors
+/// The store cannot be read or written.
+pub fn record_event(store: &Store, app: &str, event: HistoryEvent) -> Result<(), StoreError> {
+    let mut ops = store.app_ops(app)?;
+    ops.note_event(event);
+    store.put_app_ops(app, &ops)
+}
+
 /// Sets or clears the pin of `app`.
 ///
 /// # Errors
@@ -133,6 +143,11 @@ pub fn effective_commit(
         return Ok(target);
     }
     let mut ops = store.app_ops(name)?;
+    if ops.pinned.is_some() && !rollout_pin_holds(store, name, &ops.pinned_by)? {
+        tracing::info!(app = %name, pinned_by = %ops.pinned_by, "the rollout that pinned the application is gone: revision pin dropped");
+        set_pin(store, name, None)?;
+        return Ok(target);
+    }
     match ops.pinned.clone() {
         // A waves rollout's pin holds an automated application at the
         // revision its wave is at (self-heal keeps working on it).
@@ -151,6 +166,26 @@ pub fn effective_commit(
         }
         None => Ok(target),
     }
+}
+
+/// Whether a pin set by `pinned_by` still holds application `app`: any
+/// pin but a waves rollout's does; a `rollout:<set>` pin only while the
+/// set exists, still has `spec.strategy.flotillaWaves`, and generates the
+/// application (removing the waves, deleting the set or orphaning the
+/// application returns it to ordinary sync at Git's revision).
+///
+/// # Errors
+/// The store cannot be read.
+pub fn rollout_pin_holds(store: &Store, app: &str, pinned_by: &str) -> Result<bool, StoreError> {
+    let Some(set) = pinned_by.strip_prefix("rollout:") else {
+        return Ok(true);
+    };
+    Ok(store.appset(set)?.is_some_and(|rec| {
+        rec.raw
+            .pointer("/spec/strategy/flotillaWaves")
+            .is_some_and(|w| !w.is_null())
+            && rec.generated.iter().any(|g| g == app)
+    }))
 }
 
 /// The names of the clusters `app` targets, from the store's targeting

@@ -497,6 +497,17 @@ pub async fn history(
             })
             .collect(),
         pinned_revision: ops.pinned.unwrap_or_default(),
+        events: ops
+            .events
+            .iter()
+            .map(|e| pb::HistoryEvent {
+                at_ms: e.at_ms,
+                event: e.event.clone(),
+                initiated_by: e.initiated_by.clone(),
+                revision: e.revision.clone(),
+                clusters: e.clusters.clone(),
+            })
+            .collect(),
     }))
 }
 

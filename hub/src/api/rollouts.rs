@@ -49,6 +49,7 @@ pub fn to_pb(rec: &RolloutRecord, spec: Option<&WavesSpec>) -> Option<pb::Rollou
                 revision: c.revision.clone(),
                 last_healthy: c.last_healthy.clone(),
                 since_ms: c.since_ms,
+                held_until_ms: c.held_until_ms,
             })
             .collect(),
     })

@@ -638,26 +638,50 @@ pub(super) async fn history(g: &Global, c: &mut Client, name: &str) -> Result<()
             "initiatedBy": e.initiated_by,
             "clusters": e.clusters,
         })).collect::<Vec<_>>(),
+        "events": h.events.iter().map(|e| json!({
+            "at": time_of(e.at_ms),
+            "event": e.event,
+            "initiatedBy": e.initiated_by,
+            "revision": e.revision,
+            "clusters": e.clusters,
+        })).collect::<Vec<_>>(),
     });
     print_out(g.output, value, || {
         let wide = g.output == super::Output::Wide;
-        let rows = h
+        let rev = |r: &str| if wide { r.to_owned() } else { short(r) };
+        // Deployments and rollout transitions in one timeline; a
+        // transition has no id (it is no rollback target).
+        let mut rows: Vec<(i64, Vec<String>)> = h
             .entries
             .iter()
             .map(|e| {
-                vec![
-                    e.id.to_string(),
-                    e.clusters.join(","),
-                    if wide {
-                        e.revision.clone()
-                    } else {
-                        short(&e.revision)
-                    },
-                    time_of(e.deployed_ms),
-                    e.initiated_by.clone(),
-                ]
+                (
+                    e.deployed_ms,
+                    vec![
+                        e.id.to_string(),
+                        e.clusters.join(","),
+                        rev(&e.revision),
+                        time_of(e.deployed_ms),
+                        e.initiated_by.clone(),
+                        "deployed".to_owned(),
+                    ],
+                )
             })
+            .chain(h.events.iter().map(|e| {
+                (
+                    e.at_ms,
+                    vec![
+                        "-".to_owned(),
+                        e.clusters.join(","),
+                        rev(&e.revision),
+                        time_of(e.at_ms),
+                        e.initiated_by.clone(),
+                        e.event.clone(),
+                    ],
+                )
+            }))
             .collect();
+        rows.sort_by_key(|(at, _)| *at);
         let mut out = table(
             &[
                 "ID",
@@ -665,8 +689,9 @@ pub(super) async fn history(g: &Global, c: &mut Client, name: &str) -> Result<()
                 "REVISION",
                 "DEPLOYED AT",
                 "INITIATED BY",
+                "EVENT",
             ],
-            rows,
+            rows.into_iter().map(|(_, r)| r).collect(),
         );
         if !h.pinned_revision.is_empty() {
             out.push_str(&format!(

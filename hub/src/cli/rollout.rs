@@ -58,8 +58,22 @@ fn rollout_json(r: &pb::Rollout) -> Value {
             "application": c.application, "cluster": c.cluster, "wave": c.wave,
             "state": c.state, "revision": c.revision, "lastHealthy": c.last_healthy,
             "sinceMs": c.since_ms,
+            "heldUntil": held_until(c),
         })).collect::<Vec<_>>(),
     })
+}
+
+/// When a deploy window lets a held cluster go (RFC 3339, or `further
+/// notice`); `None` when no window holds it.
+fn held_until(c: &pb::RolloutCluster) -> Option<String> {
+    match c.held_until_ms {
+        0 => None,
+        i64::MAX => Some("further notice".into()),
+        ms => Some(
+            jiff::Timestamp::from_millisecond(ms)
+                .map_or_else(|_| ms.to_string(), |t| t.to_string()),
+        ),
+    }
 }
 
 fn wave_word(r: &pb::Rollout) -> String {
@@ -127,7 +141,10 @@ pub fn describe(r: &pb::Rollout) -> String {
                     c.cluster.clone(),
                     c.application.clone(),
                     c.wave.to_string(),
-                    c.state.clone(),
+                    match held_until(c) {
+                        Some(until) => format!("{} (window until {until})", c.state),
+                        None => c.state.clone(),
+                    },
                     short(&c.revision).to_owned(),
                     short(&c.last_healthy).to_owned(),
                 ]

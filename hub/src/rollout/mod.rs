@@ -23,6 +23,8 @@ use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use tracing::Instrument;
+
 use crate::api::HubContext;
 use crate::store::StoreError;
 use flotilla_proto as pb;
@@ -442,6 +444,7 @@ pub async fn reconcile_set(
     if strategy.waves {
         return waves_pass(ctx, rollouts, name, &rec).await;
     }
+    release_waves_pins(ctx, name)?;
     let Some(steps) = strategy.rolling_sync else {
         // As Argo CD: no RollingSync, no applicationStatus.
         rollouts.unwatch_set(name);
@@ -587,6 +590,52 @@ pub async fn reconcile_set(
     Ok(true)
 }
 
+/// `flotillaWaves` was removed from set `name` (it may now be
+/// RollingSync or nothing): the pins its rollout put on its applications
+/// go, and each application renders again at Git's revision, back to
+/// ordinary (automated) sync. [`crate::history::effective_commit`] would
+/// drop them at the next render anyway; this makes that render now.
+///
+/// # Errors
+/// The store cannot be read or written.
+fn release_waves_pins(ctx: &HubContext, name: &str) -> Result<(), StoreError> {
+    let Some(rec) = ctx.store.rollout(name)? else {
+        return Ok(());
+    };
+    let Some(w) = rec.waves else {
+        return Ok(());
+    };
+    let by = pinned_by(name);
+    let mut released = Vec::new();
+    for c in &w.clusters {
+        let ops = ctx.store.app_ops(&c.app)?;
+        if ops.pinned.is_some() && ops.pinned_by == by {
+            crate::history::set_pin(&ctx.store, &c.app, None)?;
+            crate::history::record_event(
+                &ctx.store,
+                &c.app,
+                crate::history::HistoryEvent {
+                    at_ms: crate::clock::now_ms(),
+                    event: "flotillaWaves removed from the set: rollout pin released".into(),
+                    initiated_by: by.clone(),
+                    revision: w.target.clone(),
+                    clusters: vec![c.cluster.clone()],
+                },
+            )?;
+            ctx.git.render_soon(&c.app);
+            released.push(c.app.clone());
+        }
+    }
+    tracing::info!(appset = %name, apps = ?released, "flotillaWaves removed: rollout pins released");
+    let next = crate::store::records::RolloutRecord { waves: None, ..rec };
+    if next.deleting.is_empty() && next.applications.is_empty() {
+        ctx.store.remove_rollout(name)?;
+    } else {
+        ctx.store.put_rollout(&next)?;
+    }
+    Ok(())
+}
+
 /// The pin a waves rollout puts on its applications says so.
 fn pinned_by(set: &str) -> String {
     format!("rollout:{set}")
@@ -612,13 +661,12 @@ async fn waves_pass(
         // The lifecycle refuses the set and reports why.
         Ok(None) | Err(_) => return Ok(false),
     };
-    let span = tracing::info_span!("rollout", appset = %name);
-    let _enter = span.enter();
     let origin = crate::appset::lifecycle::origin_of(name);
     let previous = store.rollout(name)?.unwrap_or_else(|| RolloutRecord {
         set: name.to_owned(),
         ..Default::default()
     });
+    let window_now = crate::project::window::now();
     let mut targets = Vec::with_capacity(rec.generated.len());
     let mut apps = HashMap::new();
     let mut problems = Vec::new();
@@ -648,6 +696,19 @@ async fn waves_pass(
         } else {
             ops.git_revision.clone()
         };
+        // A deploy window that blocks this cluster's sync holds it where
+        // it is; the core neither starts it nor counts the time held
+        // towards the progress deadline.
+        let held_until_ms = crate::project::window::blocked_clusters(
+            store,
+            &app.app,
+            std::slice::from_ref(cluster),
+            false,
+            window_now,
+        )?
+        .into_iter()
+        .next()
+        .map(|(_, block)| block.until.map_or(i64::MAX, |t| t.as_millisecond()));
         let status = store.statuses_of_app(app_name)?.remove(cluster);
         let synced_at = status
             .as_ref()
@@ -667,6 +728,7 @@ async fn waves_pass(
             degraded: status
                 .as_ref()
                 .is_some_and(|s| s.health == pb::HealthStatus::Degraded as i32),
+            held_until_ms,
         });
         apps.insert(app_name.clone(), (app.app, ops.pinned));
     }
@@ -687,44 +749,99 @@ async fn waves_pass(
     }
     // Every application held at the revision the rollout gives it: a
     // cluster not reached keeps its previous revision, enforced as usual.
-    // A deploy window that blocks a cluster's sync holds its pin too: the
-    // cluster keeps its revision until the window lets the rollout on.
-    let window_now = crate::project::window::now();
+    // A deploy window that blocks a cluster's sync holds its pin too (a
+    // rollback the core asked for while a window opened): the cluster
+    // keeps its revision until the window lets the rollout on.
     let mut held = std::collections::BTreeSet::new();
+    for t in targets.iter().filter(|t| t.held_until_ms.is_some()) {
+        held.insert((t.app.clone(), t.cluster.clone()));
+    }
     for c in &record.clusters {
-        let Some((app, pinned)) = apps.get(&c.app) else {
+        let Some((_, pinned)) = apps.get(&c.app) else {
             continue;
         };
         if !c.revision.is_empty() && pinned.as_deref() != Some(c.revision.as_str()) {
-            let blocked = crate::project::window::blocked_clusters(
-                store,
-                app,
-                std::slice::from_ref(&c.cluster),
-                false,
-                window_now,
-            )?;
-            if !blocked.is_empty() {
-                held.insert((c.app.clone(), c.cluster.clone()));
+            if held.contains(&(c.app.clone(), c.cluster.clone())) {
                 continue;
             }
             crate::history::set_pin_by(store, &c.app, Some(c.revision.clone()), &pinned_by(name))?;
         }
     }
-    if !held.is_empty() {
-        record.message = format!(
-            "{}; held by a sync window: {}",
-            record.message,
-            held.iter()
-                .map(|(app, cluster)| format!("{app} on {cluster}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
+    // One trace per rollout (set, target revision; the attribute is
+    // `revision`: exporters already put the module in `target`): its root
+    // span is made
+    // when the rollout starts and its context kept with the record; each
+    // pass that does something for it (syncs, transitions) is a child, and
+    // the desired state it dispatches carries that trace to the agents.
+    if record.trace_context.is_empty() {
+        let from = previous
+            .waves
+            .as_ref()
+            .map(|w| w.target.as_str())
+            .unwrap_or_default();
+        let root = tracing::info_span!(parent: None, "rollout", appset = %name, revision = %record.target, from = %from, waves = spec.waves.len());
+        record.trace_context = crate::telemetry::trace_context_of(&root)
+            .into_iter()
+            .collect();
     }
+    if !pass.syncs.is_empty() || !pass.events.is_empty() {
+        let step = tracing::info_span!(
+            "rollout.step",
+            appset = %name,
+            revision = %record.target,
+            wave = record.wave + 1,
+            phase = record.phase.as_str(),
+            syncs = pass.syncs.len(),
+            events = %pass.events.iter().map(|e| e.text.as_str()).collect::<Vec<_>>().join("; "),
+        );
+        crate::telemetry::set_parent(&step, &record.trace_context.clone().into_iter().collect());
+        waves_step(ctx, rollouts, name, &apps, &held, &controls, &pass.syncs)
+            .instrument(step.clone())
+            .await;
+        let _in_step = step.enter();
+        record_events(store, name, &record, &pass.events)?;
+    }
+    let count = |st: waves::ClusterState| record.clusters.iter().filter(|c| c.state == st).count();
+    crate::metrics::metrics().waves(
+        name,
+        record.wave,
+        &[
+            ("updated", count(waves::ClusterState::Updated)),
+            ("updating", count(waves::ClusterState::Updating)),
+            ("pending", count(waves::ClusterState::Waiting)),
+            (
+                "failed",
+                count(waves::ClusterState::Failed) + count(waves::ClusterState::RolledBack),
+            ),
+        ],
+        &record.wave_ms,
+    );
+    next.waves = Some(record);
+    if next == previous {
+        return Ok(false);
+    }
+    store.put_rollout(&next)?;
+    store.flush_async().await?;
+    Ok(!pass.syncs.is_empty())
+}
+
+/// The syncs of one waves pass over set `name`, through
+/// [`crate::api::ops::sync_clusters`] (history: `rollout:<set>`), skipping
+/// clusters a deploy window holds.
+async fn waves_step(
+    ctx: &HubContext,
+    rollouts: &Rollouts,
+    name: &str,
+    apps: &HashMap<String, (crate::model::Application, Option<String>)>,
+    held: &std::collections::BTreeSet<(String, String)>,
+    controls: &[(waves::Control, String)],
+    syncs: &[waves::Sync],
+) {
     let abort_by = controls
         .iter()
         .find(|(c, _)| *c == waves::Control::Abort)
         .map(|(_, by)| by.clone());
-    for sync in &pass.syncs {
+    for sync in syncs {
         let Some((app, _)) = apps.get(&sync.app) else {
             continue;
         };
@@ -753,31 +870,55 @@ async fn waves_pass(
             }
         }
     }
-    for e in &pass.events {
-        tracing::info!(appset = %name, wave = record.wave, phase = record.phase.as_str(), "waves: {e}");
+}
+
+/// Logs each transition of a pass over set `name` and records it in the
+/// history of every application it touched, with who did it (the person
+/// behind a control, else `rollout:<set>`).
+///
+/// # Errors
+/// The store cannot be read or written.
+fn record_events(
+    store: &crate::store::Store,
+    name: &str,
+    record: &waves::WavesRecord,
+    events: &[waves::Event],
+) -> Result<(), StoreError> {
+    if events.is_empty() {
+        return Ok(());
     }
-    let count = |st: waves::ClusterState| record.clusters.iter().filter(|c| c.state == st).count();
-    crate::metrics::metrics().waves(
-        name,
-        record.wave,
-        &[
-            ("updated", count(waves::ClusterState::Updated)),
-            ("updating", count(waves::ClusterState::Updating)),
-            ("pending", count(waves::ClusterState::Waiting)),
-            (
-                "failed",
-                count(waves::ClusterState::Failed) + count(waves::ClusterState::RolledBack),
-            ),
-        ],
-        &record.wave_ms,
-    );
-    next.waves = Some(record);
-    if next == previous {
-        return Ok(false);
+    let cluster_of: HashMap<&str, &str> = record
+        .clusters
+        .iter()
+        .map(|c| (c.app.as_str(), c.cluster.as_str()))
+        .collect();
+    let at_ms = crate::clock::now_ms();
+    for e in events {
+        let by = if e.by.is_empty() {
+            pinned_by(name)
+        } else {
+            e.by.clone()
+        };
+        tracing::info!(appset = %name, wave = record.wave, phase = record.phase.as_str(), by = %by, apps = e.apps.len(), "waves: {}", e.text);
+        for app in &e.apps {
+            let clusters = cluster_of
+                .get(app.as_str())
+                .map(|c| vec![(*c).to_owned()])
+                .unwrap_or_default();
+            crate::history::record_event(
+                store,
+                app,
+                crate::history::HistoryEvent {
+                    at_ms,
+                    event: e.text.clone(),
+                    initiated_by: by.clone(),
+                    revision: record.target.clone(),
+                    clusters,
+                },
+            )?;
+        }
     }
-    store.put_rollout(&next)?;
-    store.flush_async().await?;
-    Ok(!pass.syncs.is_empty())
+    Ok(())
 }
 
 #[cfg(test)]
@@ -826,6 +967,64 @@ mod tests {
         r.unwatch_set("web");
         r.statuses_reported("c1", &[status("web-a", pb::SyncStatus::OutOfSync, "d3")]);
         assert!(r.take_dirty().is_empty());
+    }
+
+    #[test]
+    fn a_rollout_pin_holds_only_while_its_set_stages_the_application_by_waves() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path()).unwrap();
+        let app: crate::model::Application = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "sim-1-web"},
+            "spec": {"syncPolicy": {"automated": {"prune": true}}}
+        }))
+        .unwrap();
+        let waves = serde_json::json!({"spec": {"strategy": {"flotillaWaves": {
+            "waves": [{"name": "all", "clusterSelector": {"matchLabels": {}}}]
+        }}}});
+        let set = |raw: serde_json::Value, generated: &[&str]| crate::store::AppSetRecord {
+            name: "web".into(),
+            raw,
+            generated: generated.iter().map(|g| (*g).to_owned()).collect(),
+            ..Default::default()
+        };
+        let pin = |store: &crate::store::Store| {
+            crate::history::set_pin_by(store, "sim-1-web", Some("old".into()), "rollout:web")
+                .unwrap();
+        };
+        let commit = |store: &crate::store::Store| {
+            crate::history::effective_commit(store, &app, "git".into()).unwrap()
+        };
+        store
+            .put_appset(&set(waves.clone(), &["sim-1-web"]))
+            .unwrap();
+        pin(&store);
+        assert_eq!(commit(&store), "old", "held by its waves rollout");
+        // flotillaWaves removed: back to Git's revision, the pin gone.
+        store
+            .put_appset(&set(serde_json::json!({"spec": {}}), &["sim-1-web"]))
+            .unwrap();
+        assert_eq!(commit(&store), "git");
+        assert_eq!(store.app_ops("sim-1-web").unwrap().pinned, None);
+        // The set no longer generates the application (orphaned).
+        store.put_appset(&set(waves.clone(), &[])).unwrap();
+        pin(&store);
+        assert_eq!(commit(&store), "git");
+        // The set deleted.
+        store.put_appset(&set(waves, &["sim-1-web"])).unwrap();
+        pin(&store);
+        assert_eq!(commit(&store), "old");
+        store.remove_appset("web").unwrap();
+        assert_eq!(commit(&store), "git");
+        // A pin of another kind is not the rollout's to drop.
+        crate::history::set_pin_by(&store, "sim-1-web", Some("old".into()), "rollback").unwrap();
+        let manual: crate::model::Application = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "sim-1-web"}, "spec": {}
+        }))
+        .unwrap();
+        assert_eq!(
+            crate::history::effective_commit(&store, &manual, "git".into()).unwrap(),
+            "old"
+        );
     }
 
     #[test]

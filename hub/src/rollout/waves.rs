@@ -302,6 +302,10 @@ pub struct Target {
     pub synced_at: String,
     pub healthy: bool,
     pub degraded: bool,
+    /// A deploy window blocks syncing the cluster now, until this instant
+    /// (`i64::MAX`: not known). A held cluster is not started, and its
+    /// progress deadline does not run while held.
+    pub held_until_ms: Option<i64>,
 }
 
 /// A transition asked for by a person or a client.
@@ -373,13 +377,50 @@ pub struct Sync {
     pub rollback: bool,
 }
 
+/// A transition of a rollout, for the history of the applications it
+/// touched and for the log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Event {
+    /// What happened, for people (`wave eu started`, `paused by user:ops`).
+    pub text: String,
+    /// Who did it: the person or client of a control; empty for the
+    /// rollout's own transitions (the shell names the rollout).
+    pub by: String,
+    /// The applications it touched.
+    pub apps: Vec<String>,
+}
+
 /// One pass: the next record, the syncs to send, and the transitions that
 /// happened (for history and logs).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Pass {
     pub record: WavesRecord,
     pub syncs: Vec<Sync>,
-    pub events: Vec<String>,
+    pub events: Vec<Event>,
+}
+
+impl Pass {
+    fn note(&mut self, text: String, by: &str, apps: Vec<String>) {
+        self.events.push(Event {
+            text,
+            by: by.to_owned(),
+            apps,
+        });
+    }
+}
+
+/// Every application of the rollout.
+fn all_apps(rec: &WavesRecord) -> Vec<String> {
+    rec.clusters.iter().map(|c| c.app.clone()).collect()
+}
+
+/// The applications of wave `wave`.
+fn wave_apps(rec: &WavesRecord, wave: usize) -> Vec<String> {
+    rec.clusters
+        .iter()
+        .filter(|c| c.wave == wave)
+        .map(|c| c.app.clone())
+        .collect()
 }
 
 /// The revision Git wants for the set: the commit most of its
@@ -468,6 +509,7 @@ pub fn plan(
                 },
                 last_healthy,
                 since_ms: now,
+                held_until_ms: 0,
             });
         }
         if first {
@@ -482,15 +524,22 @@ pub fn plan(
             rec.message = format!("adopted at {}", short(&git));
         }
         if let Some(p) = previous {
-            pass.events.push(format!(
-                "new revision {}: rollout of {} superseded, starting at wave {}",
-                short(&git),
-                short(&p.target),
-                spec.wave_name(0)
-            ));
+            let text = if matches!(p.phase, WavePhase::Completed | WavePhase::Aborted) {
+                format!("rollout of {} started", short(&git))
+            } else {
+                format!(
+                    "rollout of {} started; the rollout of {} is superseded",
+                    short(&git),
+                    short(&p.target),
+                )
+            };
+            pass.note(text, "", all_apps(&rec));
         } else {
-            pass.events
-                .push(format!("adopted at {} on every cluster", short(&git)));
+            pass.note(
+                format!("adopted at {} on every cluster", short(&git)),
+                "",
+                all_apps(&rec),
+            );
         }
         rec
     } else {
@@ -513,6 +562,7 @@ pub fn plan(
                     revision: t.current.clone(),
                     last_healthy: t.current.clone(),
                     since_ms: now,
+                    held_until_ms: 0,
                 });
             }
         }
@@ -527,7 +577,7 @@ pub fn plan(
         match control {
             Control::Pause => {
                 rec.paused_by.clone_from(by);
-                pass.events.push(format!("paused by {by}"));
+                pass.note(format!("rollout paused by {by}"), by, all_apps(&rec));
             }
             Control::Resume => {
                 rec.paused_by.clear();
@@ -543,7 +593,7 @@ pub fn plan(
                     rec.phase = WavePhase::Progressing;
                     rec.wave_started_ms = now;
                 }
-                pass.events.push(format!("resumed by {by}"));
+                pass.note(format!("rollout resumed by {by}"), by, all_apps(&rec));
             }
             Control::Promote => {
                 match rec.phase {
@@ -551,10 +601,11 @@ pub fn plan(
                     WavePhase::Baking => rec.skip_bake = true,
                     _ => {}
                 }
-                pass.events.push(format!(
-                    "wave {} promoted by {by}",
-                    spec.wave_name(rec.wave)
-                ));
+                pass.note(
+                    format!("wave {} promoted by {by}", spec.wave_name(rec.wave)),
+                    by,
+                    wave_apps(&rec, rec.wave),
+                );
             }
             Control::Abort => {
                 for c in &mut rec.clusters {
@@ -576,8 +627,27 @@ pub fn plan(
                 rec.phase = WavePhase::Aborted;
                 rec.paused_by.clear();
                 rec.message = format!("aborted by {by}: every cluster touched rolled back");
-                pass.events.push(rec.message.clone());
+                pass.note(rec.message.clone(), by, all_apps(&rec));
             }
+        }
+    }
+
+    // Deploy windows: a held cluster is marked with when it is let go; a
+    // cluster let go that was updating starts its progress deadline again
+    // (time spent held is not time spent failing to become Healthy).
+    for c in &mut rec.clusters {
+        let Some(t) = by_app.get(c.app.as_str()) else {
+            continue;
+        };
+        match t.held_until_ms {
+            Some(until) => c.held_until_ms = until.max(1),
+            None if c.held_until_ms != 0 => {
+                c.held_until_ms = 0;
+                if c.state == ClusterState::Updating {
+                    c.since_ms = now;
+                }
+            }
+            None => {}
         }
     }
 
@@ -595,6 +665,7 @@ pub fn plan(
                 if c.wave == rec.wave
                     && (t.degraded
                         || (c.state == ClusterState::Updating
+                            && c.held_until_ms == 0
                             && spec
                                 .progress_deadline_ms
                                 .is_some_and(|d| now - c.since_ms > d))) =>
@@ -606,12 +677,13 @@ pub fn plan(
                 };
                 c.state = ClusterState::Failed;
                 c.since_ms = now;
-                pass.events.push(format!(
+                let text = format!(
                     "cluster {} ({}) {why} at {}",
                     c.cluster,
                     c.app,
                     short(&rec.target)
-                ));
+                );
+                pass.note(text, "", vec![c.app.clone()]);
             }
             _ => {}
         }
@@ -674,7 +746,7 @@ pub fn plan(
                 "; autoRollback: the wave's clusters are back at their last Healthy revision",
             );
         }
-        pass.events.push(rec.message.clone());
+        pass.note(rec.message.clone(), "", wave_apps(&rec, rec.wave));
     }
     if rec.phase == WavePhase::Failed || !rec.paused_by.is_empty() {
         pass.record = rec;
@@ -687,7 +759,7 @@ pub fn plan(
         if wave >= waves {
             rec.phase = WavePhase::Completed;
             rec.message = format!("every wave Healthy at {}", short(&rec.target));
-            pass.events.push(rec.message.clone());
+            pass.note(rec.message.clone(), "", all_apps(&rec));
             break;
         }
         let spec_wave = spec.waves.get(wave);
@@ -711,7 +783,7 @@ pub fn plan(
                         "wave {} waits for approval (flotilla rollout promote)",
                         spec.wave_name(wave)
                     );
-                    pass.events.push(rec.message.clone());
+                    pass.note(rec.message.clone(), "", wave_apps(&rec, wave));
                 }
                 break;
             }
@@ -727,12 +799,13 @@ pub fn plan(
                 .and_then(|w| w.max_unavailable)
                 .map_or(members.len(), |m| m.of(members.len()));
             let mut room = limit.saturating_sub(updating);
+            let sent = pass.syncs.len();
             for &i in &members {
                 if room == 0 {
                     break;
                 }
                 let c = &mut rec.clusters[i];
-                if c.state != ClusterState::Waiting {
+                if c.state != ClusterState::Waiting || c.held_until_ms != 0 {
                     continue;
                 }
                 c.state = ClusterState::Updating;
@@ -745,6 +818,19 @@ pub fn plan(
                     revision: rec.target.clone(),
                     rollback: false,
                 });
+            }
+            if started == 0 && pass.syncs.len() > sent {
+                pass.note(
+                    format!(
+                        "wave {} ({}/{}) started at {}",
+                        spec.wave_name(wave),
+                        wave + 1,
+                        waves,
+                        short(&rec.target)
+                    ),
+                    "",
+                    wave_apps(&rec, wave),
+                );
             }
             break;
         }
@@ -772,16 +858,23 @@ pub fn plan(
                     spec.wave_name(wave),
                     rec.healthy_since_ms + bake
                 );
-                pass.events.push(format!(
-                    "wave {} Healthy, baking {} s",
-                    spec.wave_name(wave),
-                    bake / 1000
-                ));
+                pass.note(
+                    format!(
+                        "wave {} Healthy, baking {} s",
+                        spec.wave_name(wave),
+                        bake / 1000
+                    ),
+                    "",
+                    wave_apps(&rec, wave),
+                );
             }
             break;
         }
-        pass.events
-            .push(format!("wave {} done", spec.wave_name(wave)));
+        pass.note(
+            format!("wave {} finished", spec.wave_name(wave)),
+            "",
+            wave_apps(&rec, wave),
+        );
 
         rec.wave += 1;
         rec.wave_started_ms = now;
@@ -790,8 +883,41 @@ pub fn plan(
         rec.skip_bake = false;
         rec.phase = WavePhase::Progressing;
     }
+    if let Some(i) = rec.message.find(HELD) {
+        rec.message.truncate(i);
+    }
+    if let Some(held) = held_message(&rec) {
+        rec.message = format!("{}{HELD}: {held}", rec.message);
+    }
     pass.record = rec;
     pass
+}
+
+const HELD: &str = "; held by a deploy window";
+
+/// `held by a deploy window: web-c1 on c1, … until …` for the clusters of
+/// the current wave a window holds (none: `None`).
+fn held_message(rec: &WavesRecord) -> Option<String> {
+    let held: Vec<&ClusterWave> = rec
+        .clusters
+        .iter()
+        .filter(|c| c.wave == rec.wave && c.held_until_ms != 0)
+        .filter(|c| matches!(c.state, ClusterState::Waiting | ClusterState::Updating))
+        .collect();
+    let until = held.iter().map(|c| c.held_until_ms).max()?;
+    let until = if until == i64::MAX {
+        "further notice".to_owned()
+    } else {
+        jiff::Timestamp::from_millisecond(until)
+            .map_or_else(|_| format!("{until} ms"), |t| t.to_string())
+    };
+    Some(format!(
+        "{} until {until}",
+        held.iter()
+            .map(|c| format!("{} on {}", c.app, c.cluster))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
 }
 
 /// A commit's first 8 characters.

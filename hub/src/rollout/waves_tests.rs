@@ -44,6 +44,7 @@ impl World {
                 synced_at: OLD.into(),
                 healthy: true,
                 degraded: false,
+                held_until_ms: None,
             })
             .collect();
         Self {
@@ -177,7 +178,9 @@ fn without_auto_rollback_a_failed_wave_pauses_and_stays() {
     );
     assert_eq!(p.record.phase, WavePhase::Aborted);
     assert_eq!(w.clusters_at(OLD), ["c0"]);
-    assert!(p.events.iter().any(|e| e.contains("user:ops")));
+    let abort = p.events.iter().find(|e| e.by == "user:ops").unwrap();
+    assert!(abort.text.contains("aborted by user:ops"), "{abort:?}");
+    assert_eq!(abort.apps.len(), 6, "{abort:?}");
 }
 
 #[test]
@@ -397,4 +400,181 @@ fn abort_rolls_back_every_cluster_the_rollout_moved() {
     let back: Vec<&str> = p.syncs.iter().map(|s| s.cluster.as_str()).collect();
     assert_eq!(back, ["c0", "c1", "c2", "c3"], "{:?}", p.syncs);
     assert!(p.syncs.iter().all(|s| s.rollback && s.revision == OLD));
+}
+
+#[test]
+fn a_deploy_window_holds_a_wave_without_failing_it_and_it_resumes_when_it_closes() {
+    let s = three_waves(true);
+    let mut w = World::new();
+    let mut rec = adopted(&mut w, &s);
+    // A window holds the eu clusters for five minutes, far past the
+    // one-minute progress deadline.
+    let closes = 10_000 + 300_000;
+    for t in &mut w.targets[1..3] {
+        t.held_until_ms = Some(closes);
+    }
+    w.commit(NEW);
+    let mut t = 10_000;
+    while t < closes {
+        rec = w.pass(&s, Some(&rec), &[], t).record;
+        t += 1000;
+    }
+    assert_eq!(rec.phase, WavePhase::Progressing, "{}", rec.message);
+    assert_eq!(rec.wave, 1, "the canary is done; eu is held");
+    assert_eq!(
+        w.clusters_at(NEW),
+        ["c0"],
+        "nothing synced inside the window"
+    );
+    assert!(
+        rec.message.contains("held by a deploy window")
+            && rec.message.contains("web-c1 on c1, web-c2 on c2")
+            && rec.message.contains("until 1970-01-01T00:05:10Z"),
+        "{}",
+        rec.message
+    );
+    assert!(
+        rec.clusters[1..3]
+            .iter()
+            .all(|c| c.state == ClusterState::Waiting && c.held_until_ms == closes)
+    );
+    // The window closes: eu goes, then us, and the rollout completes.
+    for t in &mut w.targets[1..3] {
+        t.held_until_ms = None;
+    }
+    for _ in 0..40 {
+        rec = w.pass(&s, Some(&rec), &[], t).record;
+        t += 250;
+    }
+    assert_eq!(rec.phase, WavePhase::Completed, "{}", rec.message);
+    assert!(!rec.message.contains("held"), "{}", rec.message);
+    assert_eq!(w.clusters_at(NEW), ["c0", "c1", "c2", "c3", "c4", "c5"]);
+    assert!(rec.clusters.iter().all(|c| c.held_until_ms == 0));
+}
+
+#[test]
+fn time_held_by_a_window_does_not_count_towards_the_progress_deadline() {
+    let s = three_waves(true);
+    let mut w = World::new();
+    let rec = adopted(&mut w, &s);
+    w.commit(NEW);
+    // The canary is sent NEW and is not Healthy at it yet.
+    let p = plan(&s, Some(&rec), &w.targets, &[], 10_000);
+    assert_eq!(p.syncs.len(), 1);
+    let mut rec = p.record;
+    // A window opens 30 s in and holds it for two minutes.
+    w.targets[0].held_until_ms = Some(160_000);
+    for t in (40_000..160_000).step_by(5_000) {
+        rec = plan(&s, Some(&rec), &w.targets, &[], t).record;
+        assert_eq!(rec.phase, WavePhase::Progressing, "at {t}: {}", rec.message);
+    }
+    // Let go at 160 s: the deadline runs again from there.
+    w.targets[0].held_until_ms = None;
+    rec = plan(&s, Some(&rec), &w.targets, &[], 160_000).record;
+    rec = plan(&s, Some(&rec), &w.targets, &[], 219_000).record;
+    assert_eq!(rec.phase, WavePhase::Progressing, "{}", rec.message);
+    let p = plan(&s, Some(&rec), &w.targets, &[], 221_000);
+    assert_eq!(p.record.phase, WavePhase::Failed, "{}", p.record.message);
+    // A Degraded cluster fails its wave even while held.
+    let mut w = World::new();
+    let rec = adopted(&mut w, &s);
+    w.commit(NEW);
+    let rec = plan(&s, Some(&rec), &w.targets, &[], 10_000).record;
+    w.targets[0].held_until_ms = Some(i64::MAX);
+    w.targets[0].degraded = true;
+    w.targets[0].healthy = false;
+    let p = plan(&s, Some(&rec), &w.targets, &[], 11_000);
+    assert_eq!(p.record.phase, WavePhase::Failed, "{}", p.record.message);
+}
+
+#[test]
+fn every_transition_is_an_event_naming_who_and_the_applications_it_touched() {
+    let s = spec(json!({
+        "autoRollback": true,
+        "waves": [
+            {"name": "canary", "clusterSelector": {"matchLabels": {"ring": "canary"}}, "bakeTime": "1s"},
+            {"name": "eu", "clusterSelector": {"matchLabels": {"ring": "eu"}}, "requireApproval": true},
+            {"name": "us", "clusterSelector": {"matchLabels": {"ring": "us"}}},
+        ]
+    }));
+    let mut w = World::new();
+    let mut rec = adopted(&mut w, &s);
+    w.commit(NEW);
+    let mut events: Vec<Event> = Vec::new();
+    let mut t = 10_000;
+    let mut step =
+        |w: &mut World, rec: &mut WavesRecord, controls: &[(Control, String)], t: i64| {
+            let p = w.pass(&s, Some(rec), controls, t);
+            *rec = p.record;
+            events.extend(p.events);
+        };
+    step(&mut w, &mut rec, &[], t);
+    t += 200;
+    step(&mut w, &mut rec, &[(Control::Pause, "user:ops".into())], t);
+    t += 2000;
+    step(&mut w, &mut rec, &[(Control::Resume, "user:ops".into())], t);
+    // The canary bakes 1 s from the pass that saw it Healthy unpaused.
+    t += 1200;
+    step(&mut w, &mut rec, &[], t);
+    assert_eq!(rec.phase, WavePhase::AwaitingApproval, "{}", rec.message);
+    step(
+        &mut w,
+        &mut rec,
+        &[(Control::Promote, "user:lead".into())],
+        t + 100,
+    );
+    for i in 0..10 {
+        step(&mut w, &mut rec, &[], t + 200 + i * 300);
+    }
+    assert_eq!(rec.phase, WavePhase::Completed, "{}", rec.message);
+    let find = |text: &str| {
+        events
+            .iter()
+            .find(|e| e.text.starts_with(text))
+            .unwrap_or_else(|| panic!("no {text:?} in {events:#?}"))
+    };
+    let started = find("rollout of 22222222 started");
+    assert_eq!((started.by.as_str(), started.apps.len()), ("", 6));
+    let canary = find("wave canary (1/3) started");
+    assert_eq!(canary.apps, ["web-c0"]);
+    assert_eq!(find("wave canary finished").apps, ["web-c0"]);
+    let paused = find("rollout paused by user:ops");
+    assert_eq!((paused.by.as_str(), paused.apps.len()), ("user:ops", 6));
+    assert_eq!(find("rollout resumed by user:ops").by, "user:ops");
+    assert_eq!(
+        find("wave eu waits for approval").apps,
+        ["web-c1", "web-c2"]
+    );
+    let promoted = find("wave eu promoted by user:lead");
+    assert_eq!(
+        (promoted.by.as_str(), promoted.apps.clone()),
+        ("user:lead", vec!["web-c1".to_owned(), "web-c2".to_owned()])
+    );
+    assert_eq!(find("wave eu (2/3) started").apps, ["web-c1", "web-c2"]);
+    assert_eq!(
+        find("wave us finished").apps,
+        ["web-c3", "web-c4", "web-c5"]
+    );
+    assert_eq!(find("every wave Healthy").apps.len(), 6);
+
+    // A bad commit: the cluster's failure, then the wave's automatic pause
+    // and rollback, each in the history of the canary only.
+    w.commit(BAD);
+    let mut events = Vec::new();
+    for i in 0..4 {
+        let p = w.pass(&s, Some(&rec), &[], 30_000 + i * 500);
+        rec = p.record;
+        events.extend(p.events);
+    }
+    assert_eq!(rec.phase, WavePhase::Failed);
+    let failed: Vec<&Event> = events
+        .iter()
+        .filter(|e| e.text.contains("Degraded") || e.text.contains("autoRollback"))
+        .collect();
+    assert_eq!(failed.len(), 2, "{events:#?}");
+    assert!(
+        failed
+            .iter()
+            .all(|e| e.apps == ["web-c0"] && e.by.is_empty())
+    );
 }

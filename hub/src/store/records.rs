@@ -83,9 +83,43 @@ pub struct AppOps {
     /// pinned application.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub git_revision: String,
+    /// Rollout transitions that touched the application (wave started or
+    /// finished, paused, resumed, promoted, failed, rolled back, aborted),
+    /// oldest first, the last [`AppOps::EVENTS_KEPT`]. Kept apart from the
+    /// deployments: they are no rollback target and do not push
+    /// deployments out of `revisionHistoryLimit`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<HistoryEvent>,
+}
+
+/// One rollout transition in an application's history.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryEvent {
+    pub at_ms: i64,
+    /// What happened (`wave eu started`, `rollout paused by user:ops`).
+    pub event: String,
+    /// Who did it: `user:<name>` for a control, `rollout:<set>` for the
+    /// rollout's own transitions.
+    pub initiated_by: String,
+    /// The revision the rollout was rolling out.
+    pub revision: String,
+    pub clusters: Vec<String>,
 }
 
 impl AppOps {
+    /// Rollout events kept per application.
+    pub const EVENTS_KEPT: usize = 50;
+
+    /// Appends a rollout event, keeping the last [`AppOps::EVENTS_KEPT`].
+    pub fn note_event(&mut self, event: HistoryEvent) {
+        self.events.push(event);
+        if self.events.len() > Self::EVENTS_KEPT {
+            let drop = self.events.len() - Self::EVENTS_KEPT;
+            self.events.drain(..drop);
+        }
+    }
+
     /// Appends an entry (with the next id) and keeps the last `limit`.
     /// A limit of 0 keeps one entry, so a rollback target always exists
     /// for the current revision.

@@ -85,6 +85,11 @@ pub struct WavesRecord {
     #[serde(default)]
     pub wave_ms: Vec<i64>,
     pub clusters: Vec<ClusterWave>,
+    /// The W3C trace context of the rollout's root span (one trace per
+    /// set and target revision): each pass's work for it is a child.
+    /// Empty when traces are not exported.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub trace_context: std::collections::BTreeMap<String, String>,
 }
 
 /// The phase of a waves rollout.
@@ -137,6 +142,15 @@ pub struct ClusterWave {
     /// When it entered its state.
     #[serde(default)]
     pub since_ms: i64,
+    /// While a deploy window blocks its sync: when the window lets it go
+    /// (`i64::MAX`: not known); 0 when no window holds it. A held cluster
+    /// is not started, and its progress deadline does not run.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub held_until_ms: i64,
+}
+
+fn is_zero(v: &i64) -> bool {
+    *v == 0
 }
 
 /// The state of one cluster in a waves rollout.
