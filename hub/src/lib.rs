@@ -27,6 +27,7 @@ pub mod render;
 pub mod repo_fetch;
 pub mod repo_secrets;
 pub mod rollout;
+pub mod rollout_run;
 pub mod secret;
 pub mod server;
 pub mod source;

@@ -550,7 +550,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
     };
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let git_task = tokio::spawn(git.clone().run());
-    let rollout_task = Some(tokio::spawn(crate::rollout::run(rollout_ctx)));
+    let rollout_task = Some(tokio::spawn(crate::rollout_run::run(rollout_ctx)));
     let windows_task = Some(tokio::spawn(crate::window_wake::run(windows_ctx)));
     let secrets_task = declared
         .clone()
