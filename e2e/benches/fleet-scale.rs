@@ -35,6 +35,11 @@
 //!   past the one it had before the commit for (a) and (b)), p50 / p99 /
 //!   max over the commits; desired-state messages the hub sent per commit
 //!   (its `flotilla_hub_desired_state_messages_total`); hub CPU per commit;
+//! - with `--waves N` (issue 18's gating overhead): the last set is staged
+//!   in N Flotilla waves by the clusters' `wave` label (no bake, whole
+//!   waves at once) and left out of (b); (w) commits to it until
+//!   `GetRollout` shows it Completed at the commit (every cluster Synced
+//!   and Healthy there), to compare with (a), the same change all at once;
 //! - reconnect storm: SIGTERM the hub, start it again on the same address
 //!   and data directory; every link reconnects (with its own backoff) until
 //!   every cluster is connected and acked again; the bytes of desired state
@@ -122,6 +127,13 @@ struct Args {
     /// Keep the run's directories.
     #[arg(long)]
     keep: bool,
+    /// Stage the last ApplicationSet in this many Flotilla waves (clusters
+    /// labelled `wave: wK` in equal parts, zero bake time, whole waves at
+    /// once) and add the phase (w): a commit to it until its rollout is
+    /// Completed, beside (a), a commit to the first set all at once.
+    /// Needs `--apps` ≥ 2; 0: no waves.
+    #[arg(long, default_value_t = 0)]
+    waves: usize,
     /// Passed by `cargo bench`.
     #[arg(long, hide = true)]
     bench: bool,
@@ -216,7 +228,21 @@ fn fs_type(path: &Path) -> String {
         .map_or_else(|| "unknown".to_owned(), |(_, kind)| kind)
 }
 
-fn appset(j: usize, repo_url: &str) -> String {
+fn appset(j: usize, repo_url: &str, waves: usize) -> String {
+    let strategy = if waves == 0 {
+        String::new()
+    } else {
+        let list: String = (0..waves)
+            .map(|k| {
+                format!(
+                    "      - name: w{k}\n        clusterSelector:\n          matchLabels: {{wave: w{k}}}\n"
+                )
+            })
+            .collect();
+        format!(
+            "  strategy:\n    flotillaWaves:\n      progressDeadline: 10m\n      waves:\n{list}"
+        )
+    };
     format!(
         r#"apiVersion: argoproj.io/v1alpha1
 kind: ApplicationSet
@@ -228,7 +254,7 @@ spec:
       selector:
         matchLabels:
           bench: fleet-scale
-  template:
+{strategy}  template:
     metadata:
       name: 'app{j}-{{{{name}}}}'
     spec:
@@ -644,6 +670,8 @@ async fn run(
     perf: Option<&Path>,
 ) -> anyhow::Result<Vec<Line>> {
     let fleet = format!("{clusters} × {apps}");
+    // The baseline size (one application) has no set to stage.
+    let waves = if apps >= 2 { args.waves } else { 0 };
     let deadline = Duration::from_secs(args.deadline_secs);
     let every = Duration::from_millis(args.poll_ms);
     let tick = clock_ticks();
@@ -714,7 +742,13 @@ async fn run(
             .clone()
             .add_cluster(pb::AddClusterRequest {
                 name: name.clone(),
-                labels: [("bench".to_owned(), "fleet-scale".to_owned())].into(),
+                labels: [("bench".to_owned(), "fleet-scale".to_owned())]
+                    .into_iter()
+                    .chain(
+                        (waves > 0)
+                            .then(|| ("wave".to_owned(), format!("w{}", i * waves / clusters))),
+                    )
+                    .collect(),
                 issue_certificate: true,
                 ..Default::default()
             })
@@ -749,7 +783,7 @@ async fn run(
     for j in 0..apps {
         api.clone()
             .create_application_set(pb::CreateApplicationSetRequest {
-                manifest: appset(j, &repo.url()),
+                manifest: appset(j, &repo.url(), if j + 1 == apps { waves } else { 0 }),
                 upsert: false,
             })
             .await
@@ -845,7 +879,8 @@ async fn run(
             let value = format!("v{serial}");
             let changed: Vec<(String, String)> = match kind {
                 Kind::OneApp => vec![("bench/app0/configmap.yaml".into(), configmap(0, &value))],
-                Kind::AllApps => (0..apps)
+                // The set staged in waves has a phase of its own.
+                Kind::AllApps => (0..apps - usize::from(waves > 0))
                     .map(|j| (format!("bench/app{j}/configmap.yaml"), configmap(j, &value)))
                     .collect(),
                 Kind::Nothing => vec![("bench-notes/README.md".into(), format!("{value}\n"))],
@@ -929,6 +964,67 @@ async fn run(
                 mib((sent.bytes / n / 1024.0) as u64),
                 bumped as f64 / n,
             ),
+        });
+    }
+    if waves > 0 {
+        let j = apps - 1;
+        let set = format!("app{j}");
+        eprintln!(
+            "fleet-scale {fleet}: {} × (w) one app in {} waves",
+            args.commits, waves
+        );
+        let mut to_done = Vec::new();
+        let mut hub_cpu = Vec::new();
+        for _ in 0..args.commits {
+            serial += 1;
+            let path = format!("bench/{set}/configmap.yaml");
+            let content = configmap(j, &format!("v{serial}"));
+            let h0 = meter.hub_cpu();
+            let started = Instant::now();
+            let commit = repo.commit_files(
+                &[(path.as_str(), content.as_str())],
+                &format!("bench: commit {serial}"),
+            )?;
+            api.clone()
+                .refresh(pb::RefreshRequest::default())
+                .await
+                .context("Refresh")?;
+            flotilla_e2e::eventually("the waves rollout Completed", deadline, || async {
+                let r = api
+                    .clone()
+                    .get_rollout(pb::GetRolloutRequest { name: set.clone() })
+                    .await
+                    .map_err(|e| e.message().to_owned())?
+                    .into_inner();
+                if r.target == commit && r.phase == "Completed" {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "{set} at {:?}, wave {}, {}: {}",
+                        r.target, r.wave, r.phase, r.message
+                    ))
+                }
+            })
+            .await?;
+            to_done.push(started.elapsed());
+            hub_cpu.push(Duration::from_secs_f64(meter.hub_cpu() - h0));
+        }
+        hub_cpu.sort();
+        lines.push(Line {
+            fleet: fleet.clone(),
+            phase: format!(
+                "(w) one app in {} waves, no bake: commit → rollout Completed",
+                waves
+            ),
+            wall: spread(&to_done),
+            hub_cpu: format!(
+                "{} / commit (max {})",
+                cpu(pct(&hub_cpu, 50.0).as_secs_f64()),
+                cpu(pct(&hub_cpu, 100.0).as_secs_f64())
+            ),
+            hub_rss: meter.rss(),
+            bench_cpu: String::new(),
+            detail: "every cluster Synced and Healthy at the commit, wave after wave; baseline: (a), one app all at once".into(),
         });
     }
     stop_perf(perf_child);
@@ -1063,6 +1159,11 @@ async fn run(
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    if args.waves > 0 && args.apps < 2 {
+        anyhow::bail!(
+            "--waves needs --apps 2 or more: the last set is staged, the first is the baseline"
+        );
+    }
     let nofile = raise_nofile();
     if (nofile as usize) < args.clusters + 1024 {
         eprintln!(
