@@ -62,10 +62,13 @@ spec:
     )
 }
 
-fn set_yaml(repo_url: &str) -> String {
-    let elements: String = CLUSTERS
+/// The ApplicationSet `web` every test here uses: one application per
+/// cluster of `clusters` (list generator), of project `project`, staged by
+/// `strategy` (the `strategy:` block, or empty for none).
+fn web_set(repo_url: &str, clusters: &[&str], project: &str, strategy: &str) -> String {
+    let elements: String = clusters
         .iter()
-        .map(|(c, _)| format!("          - cluster: {c}\n"))
+        .map(|c| format!("          - cluster: {c}\n"))
         .collect();
     format!(
         r#"apiVersion: argoproj.io/v1alpha1
@@ -77,28 +80,11 @@ spec:
   generators:
     - list:
         elements:
-{elements}  strategy:
-    flotillaWaves:
-      autoRollback: true
-      progressDeadline: 60s
-      waves:
-        - name: canary
-          clusterSelector:
-            matchLabels: {{ring: canary}}
-          bakeTime: 3s
-        - name: eu
-          clusterSelector:
-            matchExpressions:
-              - {{key: ring, operator: In, values: [eu]}}
-        - name: us
-          clusterSelector:
-            matchLabels: {{ring: us}}
-          maxUnavailable: 1
-  template:
+{elements}{strategy}  template:
     metadata:
       name: '{{{{.cluster}}}}-web'
     spec:
-      project: default
+      project: {project}
       source:
         repoURL: {repo_url}
         targetRevision: HEAD
@@ -111,6 +97,33 @@ spec:
           prune: true
           selfHeal: true
 "#
+    )
+}
+
+fn set_yaml(repo_url: &str) -> String {
+    let clusters: Vec<&str> = CLUSTERS.iter().map(|(c, _)| *c).collect();
+    web_set(
+        repo_url,
+        &clusters,
+        "default",
+        r#"  strategy:
+    flotillaWaves:
+      autoRollback: true
+      progressDeadline: 60s
+      waves:
+        - name: canary
+          clusterSelector:
+            matchLabels: {ring: canary}
+          bakeTime: 3s
+        - name: eu
+          clusterSelector:
+            matchExpressions:
+              - {key: ring, operator: In, values: [eu]}
+        - name: us
+          clusterSelector:
+            matchLabels: {ring: us}
+          maxUnavailable: 1
+"#,
     )
 }
 
@@ -454,20 +467,8 @@ fn window_from_now() -> (String, String, i64) {
 /// A two-wave set (canary sim-1, then sim-2 and sim-3) of project `shop`,
 /// failing a cluster not Healthy within `DEADLINE`.
 fn held_set_yaml(repo_url: &str) -> String {
-    format!(
-        r#"apiVersion: argoproj.io/v1alpha1
-kind: ApplicationSet
-metadata:
-  name: web
-spec:
-  goTemplate: true
-  generators:
-    - list:
-        elements:
-          - cluster: sim-1
-          - cluster: sim-2
-          - cluster: sim-3
-  strategy:
+    let strategy = format!(
+        r#"  strategy:
     flotillaWaves:
       autoRollback: true
       progressDeadline: {deadline}s
@@ -478,25 +479,10 @@ spec:
         - name: rest
           clusterSelector:
             matchLabels: {{ring: rest}}
-  template:
-    metadata:
-      name: '{{{{.cluster}}}}-web'
-    spec:
-      project: shop
-      source:
-        repoURL: {repo_url}
-        targetRevision: HEAD
-        path: web
-      destination:
-        name: '{{{{.cluster}}}}'
-        namespace: default
-      syncPolicy:
-        automated:
-          prune: true
-          selfHeal: true
 "#,
         deadline = DEADLINE.as_secs()
-    )
+    );
+    web_set(repo_url, &["sim-1", "sim-2", "sim-3"], "shop", &strategy)
 }
 
 const SHOP: &str = "apiVersion: argoproj.io/v1alpha1
@@ -690,36 +676,7 @@ fn gated_set_yaml(repo_url: &str, waves: bool) -> String {
     } else {
         ""
     };
-    format!(
-        r#"apiVersion: argoproj.io/v1alpha1
-kind: ApplicationSet
-metadata:
-  name: web
-spec:
-  goTemplate: true
-  generators:
-    - list:
-        elements:
-          - cluster: sim-1
-          - cluster: sim-2
-{strategy}  template:
-    metadata:
-      name: '{{{{.cluster}}}}-web'
-    spec:
-      project: default
-      source:
-        repoURL: {repo_url}
-        targetRevision: HEAD
-        path: web
-      destination:
-        name: '{{{{.cluster}}}}'
-        namespace: default
-      syncPolicy:
-        automated:
-          prune: true
-          selfHeal: true
-"#
-    )
+    web_set(repo_url, &["sim-1", "sim-2"], "default", strategy)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
