@@ -945,7 +945,11 @@ impl GitSync {
                     slot.requested,
                     std::mem::take(&mut slot.force),
                     slot.inputs.clone(),
-                    slot.parent.clone(),
+                    // Taken, not copied: a span stays open (and unexported)
+                    // while anything holds it, so a slot that kept its last
+                    // request's span would hold that trace open until the
+                    // application's next render.
+                    std::mem::replace(&mut slot.parent, tracing::Span::none()),
                 )
             };
             let span = tracing::info_span!(parent: &parent, "git.render_app", app = %name);
