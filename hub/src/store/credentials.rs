@@ -235,7 +235,9 @@ pub(super) fn rewrite(dir: &Path) -> Result<(), StoreError> {
         std::fs::remove_dir_all(&fresh).map_err(io(&fresh))?;
     }
     {
-        let from = sled::open(dir)?;
+        // The handle that found the clear credentials was just dropped;
+        // sled's flusher may still hold the directory's lock a moment.
+        let from = super::open_locked(dir)?;
         let to = sled::open(&fresh)?;
         for name in from.tree_names() {
             let src = from.open_tree(&name)?;
