@@ -59,18 +59,20 @@ pub fn record(
     clusters: Vec<String>,
 ) -> Result<u64, StoreError> {
     let name = &app.metadata.name;
-    let mut ops = store.app_ops(name)?;
-    let id = ops.record(
-        Deployment {
-            id: 0,
-            revision: revision.to_owned(),
-            deployed_ms: crate::clock::now_ms(),
-            initiated_by: initiated_by.to_owned(),
-            clusters,
-        },
-        limit_of(app),
-    );
-    store.put_app_ops(name, &ops)?;
+    let mut id = 0;
+    store.update_app_ops(name, |ops| {
+        id = ops.record(
+            Deployment {
+                id: 0,
+                revision: revision.to_owned(),
+                deployed_ms: crate::clock::now_ms(),
+                initiated_by: initiated_by.to_owned(),
+                clusters,
+            },
+            limit_of(app),
+        );
+        true
+    })?;
     tracing::info!(app = %name, id, revision, initiated_by, "deployment recorded");
     Ok(id)
 }
@@ -80,9 +82,12 @@ pub fn record(
 /// # Errors
 /// The store cannot be read or written.
 pub fn record_event(store: &Store, app: &str, event: HistoryEvent) -> Result<(), StoreError> {
-    let mut ops = store.app_ops(app)?;
-    ops.note_event(event);
-    store.put_app_ops(app, &ops)
+    store
+        .update_app_ops(app, |ops| {
+            ops.note_event(event);
+            true
+        })
+        .map(|_| ())
 }
 
 /// Sets or clears the pin of `app`.
@@ -104,17 +109,58 @@ pub fn set_pin_by(
     pinned: Option<String>,
     by: &str,
 ) -> Result<(), StoreError> {
-    let mut ops = store.app_ops(app)?;
     let by = if pinned.is_some() { by } else { "" };
-    if ops.pinned != pinned || ops.pinned_by != by {
+    store.update_app_ops(app, |ops| {
+        if ops.pinned == pinned && ops.pinned_by == by {
+            return false;
+        }
         ops.pinned = pinned;
         ops.pinned_by = by.to_owned();
         if ops.pinned.is_none() {
             ops.git_revision.clear();
         }
-        store.put_app_ops(app, &ops)?;
-    }
+        true
+    })?;
     Ok(())
+}
+
+/// Drops the pin a waves rollout put on `app` (`pinned_by` is
+/// `rollout:<set>`) and records why in its history (`why`, followed by
+/// "rollout pin released"), in one update: the Git loop (a render that
+/// finds the rollout gone) and the rollout reconciler (the set lost its
+/// waves) may both get there, and the release is recorded once. Returns
+/// whether there was such a pin.
+///
+/// # Errors
+/// The store cannot be read or written.
+pub fn release_rollout_pin(
+    store: &Store,
+    app: &str,
+    why: &str,
+    clusters: Vec<String>,
+) -> Result<bool, StoreError> {
+    let released = store.update_app_ops(app, |ops| {
+        let Some(pin) = ops
+            .pinned
+            .take_if(|_| ops.pinned_by.starts_with("rollout:"))
+        else {
+            return false;
+        };
+        let by = std::mem::take(&mut ops.pinned_by);
+        ops.git_revision.clear();
+        ops.note_event(HistoryEvent {
+            at_ms: crate::clock::now_ms(),
+            event: format!("{why}: rollout pin released"),
+            initiated_by: by,
+            revision: pin,
+            clusters,
+        });
+        true
+    })?;
+    if released {
+        tracing::info!(app, why, "rollout pin released");
+    }
+    Ok(released)
 }
 
 /// Whether `app` has `syncPolicy.automated`.
@@ -139,23 +185,32 @@ pub fn effective_commit(
     let name = &app.metadata.name;
     // Most applications are not pinned: that is known without reading
     // their history.
-    if store.app_pin(name)?.is_none() {
+    let Some((_, pinned_by)) = store.app_pin(name)? else {
+        return Ok(target);
+    };
+    if !rollout_pin_holds(store, name, &pinned_by)? {
+        release_rollout_pin(
+            store,
+            name,
+            "the rollout that pinned the application is gone",
+            targeted_clusters(store, app)?,
+        )?;
         return Ok(target);
     }
-    let mut ops = store.app_ops(name)?;
-    if ops.pinned.is_some() && !rollout_pin_holds(store, name, &ops.pinned_by)? {
-        tracing::info!(app = %name, pinned_by = %ops.pinned_by, "the rollout that pinned the application is gone: revision pin dropped");
-        set_pin(store, name, None)?;
-        return Ok(target);
-    }
+    let ops = store.app_ops(name)?;
     match ops.pinned.clone() {
         // A waves rollout's pin holds an automated application at the
         // revision its wave is at (self-heal keeps working on it).
         Some(pin) if !is_automated(app) || ops.pinned_by.starts_with("rollout:") => {
             // Remembered to show the application OutOfSync with Git.
             if ops.git_revision != target {
-                ops.git_revision = target;
-                store.put_app_ops(name, &ops)?;
+                store.update_app_ops(name, |ops| {
+                    let same_pin = ops.pinned.as_ref() == Some(&pin);
+                    if same_pin {
+                        ops.git_revision = target;
+                    }
+                    same_pin
+                })?;
             }
             Ok(pin)
         }

@@ -340,20 +340,16 @@ fn release_waves_pins(ctx: &HubContext, name: &str) -> Result<(), StoreError> {
     let by = pinned_by(name);
     let mut released = Vec::new();
     for c in &w.clusters {
-        let ops = ctx.store.app_ops(&c.app)?;
-        if ops.pinned.is_some() && ops.pinned_by == by {
-            crate::history::set_pin(&ctx.store, &c.app, None)?;
-            crate::history::record_event(
+        // A render may have found the waves gone first and released the
+        // pin itself (recording it); it is released and recorded once.
+        if ctx.store.app_pin(&c.app)?.is_some_and(|(_, b)| b == by)
+            && crate::history::release_rollout_pin(
                 &ctx.store,
                 &c.app,
-                crate::history::HistoryEvent {
-                    at_ms: crate::clock::now_ms(),
-                    event: "flotillaWaves removed from the set: rollout pin released".into(),
-                    initiated_by: by.clone(),
-                    revision: w.target.clone(),
-                    clusters: vec![c.cluster.clone()],
-                },
-            )?;
+                "flotillaWaves removed from the set",
+                vec![c.cluster.clone()],
+            )?
+        {
             ctx.git.render_soon(&c.app);
             released.push(c.app.clone());
         }

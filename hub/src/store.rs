@@ -449,7 +449,7 @@ struct Shared {
     app_cache: Mutex<Option<AppCache>>,
     /// application → (pinned revision, what pinned it), for every
     /// application whose operations record holds a pin: built on first use
-    /// from `app_ops` and kept in step by [`Store::put_app_ops`], so a
+    /// from `app_ops` and kept in step by [`Store::update_app_ops`], so a
     /// render or a move asks "is it pinned?" without reading and decoding
     /// its history. Built again after the database is reopened
     /// (`pins_stale`: set without the lock, which an IO error may find
@@ -1423,26 +1423,54 @@ impl Store {
         })
     }
 
+    #[cfg(test)]
     pub fn put_app_ops(&self, name: &str, ops: &records::AppOps) -> Result<(), StoreError> {
-        // Under the pins lock: the index and the record change together.
-        let mut pins = self.shared.pins.lock().unwrap_or_else(|p| p.into_inner());
-        self.with(|t| {
-            t.app_ops.insert(name.as_bytes(), encode(ops))?;
-            Ok(())
+        let ops = ops.clone();
+        self.update_app_ops(name, |o| {
+            *o = ops;
+            true
         })
-        .inspect(|_| {
-            if let Some(pins) = pins.as_mut() {
-                match &ops.pinned {
-                    Some(pin) => {
-                        pins.insert(name.to_owned(), (pin.clone(), ops.pinned_by.clone()));
-                    }
-                    None => {
-                        pins.remove(name);
-                    }
+        .map(|_| ())
+    }
+
+    /// Reads the history and pin of application `name`, lets `f` change
+    /// them, and writes them back when `f` returns `true`; returns what
+    /// `f` returned. Read and write are one step against every other
+    /// update: the Git loop (a render dropping a stale pin, an automated
+    /// deployment), the rollout reconciler (pins, events) and the API
+    /// (sync, rollback) write the same record, and a plain read then
+    /// write lost one of two concurrent changes.
+    ///
+    /// # Errors
+    /// The store cannot be read or written.
+    pub fn update_app_ops(
+        &self,
+        name: &str,
+        f: impl FnOnce(&mut records::AppOps) -> bool,
+    ) -> Result<bool, StoreError> {
+        // Under the pins lock: updates are serialised, and the index and
+        // the record change together.
+        let mut pins = self.shared.pins.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ops = self.app_ops(name)?;
+        if !f(&mut ops) {
+            return Ok(false);
+        }
+        self.with(|t| {
+            t.app_ops.insert(name.as_bytes(), encode(&ops))?;
+            Ok(())
+        })?;
+        if let Some(pins) = pins.as_mut() {
+            match &ops.pinned {
+                Some(pin) => {
+                    pins.insert(name.to_owned(), (pin.clone(), ops.pinned_by.clone()));
+                }
+                None => {
+                    pins.remove(name);
                 }
             }
-            self.changed(ChangeKind::Apps)
-        })
+        }
+        self.changed(ChangeKind::Apps);
+        Ok(true)
     }
 
     /// The revision `name` is pinned to and what pinned it (`rollback`,
@@ -1766,13 +1794,19 @@ impl Store {
         self.shared.app_changes.load(Ordering::Relaxed)
     }
 
-    /// Removes an application, its bundle and its statuses.
+    /// Removes an application, its bundle, its statuses, and its history
+    /// and pin (as Argo CD's go with the Application's status: an
+    /// application created again under the name starts without them, and
+    /// does not render a revision a rollback pinned its predecessor to).
     pub fn remove_app(&self, name: &str) -> Result<bool, StoreError> {
+        // Under the pins lock, as every history update.
+        let mut pins = self.shared.pins.lock().unwrap_or_else(|p| p.into_inner());
         self.with(|t| {
             let _g = self.app_lock();
             let existed = t.apps.remove(name.as_bytes())?.is_some();
             self.cache_app(name, None);
             t.bundles.remove(name.as_bytes())?;
+            t.app_ops.remove(name.as_bytes())?;
             let mut prefix = name.as_bytes().to_vec();
             prefix.push(0);
             let keys: Vec<_> = t
@@ -1787,6 +1821,9 @@ impl Store {
             Ok(existed)
         })
         .inspect(|_| {
+            if let Some(pins) = pins.as_mut() {
+                pins.remove(name);
+            }
             if let Some(index) = self.status_index().as_mut() {
                 index.retain(|(app, _), _| app != name);
             }
@@ -2214,6 +2251,8 @@ pub fn cache_capacity() -> u64 {
     CACHE_CAPACITY.load(Ordering::Relaxed)
 }
 
+/// Opens sled at `dir`, waiting up to 10 s for a handle just dropped (its
+/// flusher thread lets go of the directory lock a moment later).
 fn open_locked(dir: &Path) -> Result<sled::Db, StoreError> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
@@ -2619,5 +2658,39 @@ mod tests {
             Some("c2".to_owned()),
             "built from the records"
         );
+        // The history and pin go with the application.
+        again.remove_app("b").unwrap();
+        assert_eq!(again.app_pin("b").unwrap(), None);
+        assert_eq!(again.app_ops("b").unwrap(), records::AppOps::default());
+    }
+
+    /// Concurrent updates of one application's history each land: none
+    /// reads the record another is about to write over.
+    #[test]
+    fn concurrent_history_updates_are_not_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        std::thread::scope(|scope| {
+            for t in 0..4 {
+                let s = &s;
+                scope.spawn(move || {
+                    for i in 0..100 {
+                        s.update_app_ops("a", |ops| {
+                            ops.record(
+                                records::Deployment {
+                                    revision: format!("{t}-{i}"),
+                                    ..Default::default()
+                                },
+                                1000,
+                            );
+                            true
+                        })
+                        .unwrap();
+                    }
+                });
+            }
+        });
+        let ops = s.app_ops("a").unwrap();
+        assert_eq!((ops.last_id, ops.history.len()), (400, 400));
     }
 }
