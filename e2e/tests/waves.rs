@@ -198,40 +198,44 @@ async fn phase_is(fleet: &Fleet, phase: &str, target: &str) -> anyhow::Result<se
 /// order violations seen. Clusters are read last wave first.
 async fn watch_rollout(fleet: &Fleet, image: &str) -> anyhow::Result<Vec<String>> {
     let mut violations = Vec::new();
-    let mut canary_ready: Option<Instant> = None;
+    // Whether the canary was seen rolled out, and when the last sample
+    // that saw it not yet rolled out started: it became ready after that
+    // moment, the hub saw it Healthy later still, and the bake ran from
+    // there. An eu cluster seen with the image less than the bake after
+    // that moment was started early, whatever the sampling's pace.
+    let mut canary_ready = false;
+    let mut canary_not_ready: Option<Instant> = None;
     let mut samples = 0usize;
     eventually(&format!("{image} rolled out in waves"), CONVERGE, || {
         let out: Result<(), String> = (|| {
             samples += 1;
+            let started = Instant::now();
             let mut now: Vec<(&str, &str, Seen)> = Vec::new();
             for (c, ring) in CLUSTERS.iter().rev() {
                 now.push((c, ring, seen(fleet, c).map_err(|e| e.to_string())?));
             }
+            let read = Instant::now();
             let has = |s: &Seen| s.image.as_deref() == Some(image);
             let ring = |r: &'static str| now.iter().filter(move |(_, x, _)| *x == r);
-            if canary_ready.is_none() && ring("canary").all(|(_, _, s)| has(s) && s.ready) {
-                canary_ready = Some(Instant::now());
+            if !canary_ready {
+                if ring("canary").all(|(_, _, s)| has(s) && s.ready) {
+                    canary_ready = true;
+                } else {
+                    canary_not_ready = Some(started);
+                }
             }
             if ring("eu").any(|(_, _, s)| has(s)) {
-                match canary_ready {
-                    None => violations.push(format!(
+                if !canary_ready {
+                    violations.push(format!(
                         "sample {samples}: eu before the canary is rolled out: {now:?}"
-                    )),
-                    // The bake starts when the hub sees the canary Healthy,
-                    // after this test's first sight of it at the earliest.
-                    Some(at)
-                        if at.elapsed() < BAKE.saturating_sub(Duration::from_millis(200))
-                            && samples > 1 =>
-                    {
-                        // Seen within the bake only if it started before
-                        // our first sample; tolerated when the canary was
-                        // ready at the first sample.
-                        violations.push(format!(
-                            "sample {samples}: eu {:?} after the canary was ready (bake {BAKE:?})",
-                            at.elapsed()
-                        ));
-                    }
-                    Some(_) => {}
+                    ));
+                } else if let Some(at) = canary_not_ready
+                    && read.duration_since(at) < BAKE
+                {
+                    violations.push(format!(
+                        "sample {samples}: eu at most {:?} after the canary became ready (bake {BAKE:?})",
+                        read.duration_since(at)
+                    ));
                 }
             }
             if ring("us").any(|(_, _, s)| has(s)) && !ring("eu").all(|(_, _, s)| has(s) && s.ready)
