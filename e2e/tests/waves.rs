@@ -5,7 +5,9 @@
 //! A good commit passes every wave in order: asserted from the clusters
 //! (kubectl), sampled while the rollout runs: no eu cluster has the new
 //! image before the canary has been rolled out for the bake time, no us
-//! cluster before eu is rolled out, at most one us cluster mid-rollout.
+//! cluster before eu is rolled out, at most one us cluster mid-rollout;
+//! and again afterwards from the agents' apply timestamps (each
+//! cluster's reported operation start and finish).
 //! A bad commit (an image the simulator never makes ready, so the
 //! Deployment reports ProgressDeadlineExceeded and goes Degraded) stops in
 //! the canary: the five other clusters never see it (their Deployment's
@@ -266,6 +268,63 @@ async fn watch_rollout(fleet: &Fleet, image: &str) -> anyhow::Result<Vec<String>
     Ok(violations)
 }
 
+/// The same order, from the agents' own records of the apply that brought
+/// each cluster to `revision` (its operation's start and finish, reported
+/// with the status): a cluster is Healthy after its apply finished, so an
+/// eu apply starts at least the bake after the canary's finished, every us
+/// apply after every eu apply finished, and one us apply after the other
+/// (`maxUnavailable: 1`).
+async fn apply_order_violations(fleet: &Fleet, revision: &str) -> anyhow::Result<Vec<String>> {
+    let mut applied: Vec<(&str, &str, i64, i64)> = Vec::new();
+    for (c, ring) in CLUSTERS {
+        let app = format!("{c}-web");
+        fleet.wait_synced(&app, c, revision, CONVERGE).await?;
+        let a = fleet.app(&app).await?;
+        let op = a
+            .clusters
+            .iter()
+            .find(|x| x.cluster == c)
+            .and_then(|x| x.status.as_ref())
+            .and_then(|s| s.operation.clone())
+            .ok_or_else(|| anyhow::anyhow!("{app}: no operation reported on {c}"))?;
+        anyhow::ensure!(
+            op.started_ms > 0 && op.finished_ms >= op.started_ms,
+            "{app} on {c}: {op:?}"
+        );
+        applied.push((c, ring, op.started_ms, op.finished_ms));
+    }
+    let bake = i64::try_from(BAKE.as_millis())?;
+    let of = |r: &'static str| applied.iter().filter(move |a| a.1 == r).copied();
+    let mut violations = Vec::new();
+    for (canary, _, _, canary_done) in of("canary") {
+        for (c, _, start, _) in of("eu") {
+            if start < canary_done + bake {
+                violations.push(format!(
+                    "{c} (eu) applied {} ms after {canary} (canary) finished, within the bake",
+                    start - canary_done
+                ));
+            }
+        }
+    }
+    let eu_done = of("eu").map(|a| a.3).max().unwrap_or(0);
+    for (c, _, start, _) in of("us") {
+        if start < eu_done {
+            violations.push(format!("{c} (us) applied before eu finished"));
+        }
+    }
+    let mut us: Vec<_> = of("us").collect();
+    us.sort_by_key(|a| a.2);
+    for pair in us.windows(2) {
+        if pair[1].2 < pair[0].3 {
+            violations.push(format!(
+                "{} and {} (us) applied at once (maxUnavailable 1)",
+                pair[0].0, pair[1].0
+            ));
+        }
+    }
+    Ok(violations)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn waves_roll_out_stop_a_bad_commit_and_roll_it_back() -> anyhow::Result<()> {
     let fleet = Fleet::start(FleetOptions {
@@ -305,6 +364,8 @@ async fn waves_roll_out_stop_a_bad_commit_and_roll_it_back() -> anyhow::Result<(
     let done = phase_is(&fleet, "Completed", &v2).await?;
     let waves = done["waves"].as_array().cloned().unwrap_or_default();
     assert_eq!(waves.len(), 3, "{done}");
+    let order = apply_order_violations(&fleet, &v2).await?;
+    assert!(order.is_empty(), "{order:#?}");
     let history: serde_json::Value =
         serde_json::from_str(&fleet.cli_ok(&["app", "history", "sim-5-web", "-o", "json"])?)?;
     assert!(
