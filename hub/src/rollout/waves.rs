@@ -646,6 +646,18 @@ pub fn plan(
                 if c.state == ClusterState::Updating {
                     c.since_ms = now;
                 }
+                // A rollback asked for while the window held the cluster
+                // was not sent (the window blocks its sync): send it now
+                // (an application without automated sync would stay at
+                // the failed revision otherwise).
+                if c.state == ClusterState::RolledBack && t.synced_at != c.revision {
+                    pass.syncs.push(Sync {
+                        app: c.app.clone(),
+                        cluster: c.cluster.clone(),
+                        revision: c.revision.clone(),
+                        rollback: true,
+                    });
+                }
             }
             None => {}
         }

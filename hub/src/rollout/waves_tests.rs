@@ -480,11 +480,28 @@ fn time_held_by_a_window_does_not_count_towards_the_progress_deadline() {
     let rec = adopted(&mut w, &s);
     w.commit(NEW);
     let rec = plan(&s, Some(&rec), &w.targets, &[], 10_000).record;
+    w.targets[0].synced_at = NEW.into();
     w.targets[0].held_until_ms = Some(i64::MAX);
     w.targets[0].degraded = true;
     w.targets[0].healthy = false;
     let p = plan(&s, Some(&rec), &w.targets, &[], 11_000);
     assert_eq!(p.record.phase, WavePhase::Failed, "{}", p.record.message);
+    // Its rollback cannot go while the window holds it (the reconciler
+    // does not send a held cluster's sync): it goes when the window
+    // closes, once.
+    assert_eq!(p.record.clusters[0].state, ClusterState::RolledBack);
+    let rec = plan(&s, Some(&p.record), &w.targets, &[], 12_000).record;
+    w.targets[0].held_until_ms = None;
+    let p = plan(&s, Some(&rec), &w.targets, &[], 13_000);
+    let sent: Vec<_> = p
+        .syncs
+        .iter()
+        .map(|x| (x.cluster.as_str(), x.revision.as_str(), x.rollback))
+        .collect();
+    assert_eq!(sent, [("c0", OLD, true)]);
+    w.targets[0].synced_at = OLD.into();
+    let p = plan(&s, Some(&p.record), &w.targets, &[], 14_000);
+    assert!(p.syncs.is_empty(), "{:?}", p.syncs);
 }
 
 #[test]
