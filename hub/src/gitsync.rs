@@ -1580,22 +1580,31 @@ impl GitSync {
             done: tx,
         };
         loop {
-            let sender = {
+            let (sender, fresh) = {
                 let mut publisher = self.publisher.lock().unwrap_or_else(|p| p.into_inner());
                 match publisher.as_ref().filter(|s| !s.is_closed()) {
-                    Some(s) => s.clone(),
+                    Some(s) => (s.clone(), false),
                     None => {
                         let (tx, rx) = mpsc::unbounded_channel();
                         *publisher = Some(tx.clone());
                         let this = self.clone();
                         drop(publisher);
                         self.spawn(async move { this.publish_loop(rx).await });
-                        tx
+                        (tx, true)
                     }
                 }
             };
             match sender.send(item) {
                 Ok(()) => break,
+                // A publisher just started is gone already: the runtime is
+                // shutting down and drops every task spawned. Starting
+                // another, and another, never yielded, and held the
+                // runtime's shutdown (a hub's exit) at 100 % CPU.
+                Err(_) if fresh => {
+                    return Err(StoreError::Unavailable(
+                        "the Git loop is shutting down: the bundle was not handed over".to_owned(),
+                    ));
+                }
                 // The publisher stopped meanwhile: start another.
                 Err(mpsc::error::SendError(back)) => item = back,
             }
