@@ -569,6 +569,8 @@ async fn waves_step(
         .iter()
         .find(|(c, _)| *c == waves::Control::Abort)
         .map(|(_, by)| by.clone());
+    let mut batch = Vec::with_capacity(syncs.len());
+    let mut sending = Vec::with_capacity(syncs.len());
     for sync in syncs {
         let Some((app, _)) = apps.get(&sync.app) else {
             continue;
@@ -587,8 +589,13 @@ async fn waves_step(
             (None, true) => format!("{} (autoRollback)", pinned_by(name)),
             _ => pinned_by(name),
         };
-        match crate::api::ops::sync_clusters(ctx, app, vec![sync.cluster.clone()], prune, &by).await
-        {
+        batch.push((app, vec![sync.cluster.clone()], prune, by));
+        sending.push(sync);
+    }
+    // The wave's renders at once and one flush for the pass.
+    let answers = crate::api::ops::sync_clusters_batch(ctx, batch).await;
+    for (sync, answer) in sending.into_iter().zip(answers) {
+        match answer {
             Ok(_) => {
                 rollouts.counters.syncs.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(appset = %name, app = %sync.app, cluster = %sync.cluster, revision = %sync.revision, rollback = sync.rollback, "waves: sync sent");

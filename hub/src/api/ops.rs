@@ -107,6 +107,45 @@ pub async fn sync_clusters(
     render_and_sync(ctx, app, clusters, prune, false, initiated_by).await
 }
 
+/// Syncs each of `batch` (application, clusters, prune, initiated by) as
+/// [`sync_clusters`] does, with the renders run at once and one store
+/// flush for all: the rollout reconciler's syncs of one pass (a wave of
+/// 250 clusters waited for 250 renders and 250 flushes in a row).
+/// Answers in the order of `batch`.
+pub async fn sync_clusters_batch(
+    ctx: &HubContext,
+    batch: Vec<(&Application, Vec<String>, bool, String)>,
+) -> Vec<Result<pb::SyncApplicationResponse, Status>> {
+    let refused: Vec<Result<(), Status>> = batch
+        .iter()
+        .map(|(app, clusters, _, _)| refuse_blocked(ctx, app, clusters, false))
+        .collect();
+    futures::future::join_all(
+        batch
+            .iter()
+            .zip(&refused)
+            .filter(|(_, r)| r.is_ok())
+            .map(|((app, ..), _)| ctx.git.render_app(&app.metadata.name)),
+    )
+    .await;
+    let mut sent = Vec::with_capacity(batch.len());
+    for ((app, clusters, prune, by), refused) in batch.into_iter().zip(refused) {
+        sent.push(refused.and_then(|()| send_sync(ctx, app, clusters, prune, false, &by)));
+    }
+    if let Err(e) = ctx.store.flush_async().await {
+        let e = Status::from(e);
+        return sent.into_iter().map(|_| Err(e.clone())).collect();
+    }
+    let mut out = Vec::with_capacity(sent.len());
+    for s in sent {
+        out.push(match s {
+            Ok(s) => Ok(s.answered(ctx).await),
+            Err(e) => Err(e),
+        });
+    }
+    out
+}
+
 /// Renders now and sends `SyncNow` to `clusters`; records history unless
 /// `dry_run`.
 async fn render_and_sync(
@@ -117,10 +156,84 @@ async fn render_and_sync(
     dry_run: bool,
     initiated_by: &str,
 ) -> Result<pb::SyncApplicationResponse, Status> {
-    let name = &app.metadata.name;
     // This application only: a slow repository of another one must not
     // hold up its sync.
-    ctx.git.render_app(name).await;
+    ctx.git.render_app(&app.metadata.name).await;
+    let sent = send_sync(ctx, app, clusters, prune, dry_run, initiated_by)?;
+    ctx.store.flush_async().await?;
+    Ok(sent.answered(ctx).await)
+}
+
+/// A sync sent ([`send_sync`]), not yet flushed nor answered.
+struct SentSync {
+    app: String,
+    revision: String,
+    sent: Vec<String>,
+    not_connected: Vec<String>,
+    history_id: u64,
+    results: Vec<pb::ClusterSyncResult>,
+    /// Dry runs: the answers to wait for.
+    waits: Vec<(
+        String,
+        String,
+        tokio::sync::oneshot::Receiver<pb::SyncResult>,
+    )>,
+    prune: bool,
+    dry_run: bool,
+    initiated_by: String,
+}
+
+impl SentSync {
+    /// Waits for the dry runs' answers (the slowest agent bounds the
+    /// wait) and makes the response. Call after the store is flushed.
+    async fn answered(self, ctx: &HubContext) -> pb::SyncApplicationResponse {
+        let Self {
+            app,
+            revision,
+            sent,
+            not_connected,
+            history_id,
+            mut results,
+            waits,
+            prune,
+            dry_run,
+            initiated_by,
+        } = self;
+        tracing::info!(app = %app, revision = %revision, clusters = ?sent, ?not_connected, prune, dry_run, initiated_by, "sync sent");
+        let name = &app;
+        let answers =
+            futures::future::join_all(waits.into_iter().map(|(cluster, id, rx)| async move {
+                let answer = ctx.commands.syncs.wait(&id, rx, DRY_RUN_TIMEOUT).await;
+                dry_run_result(name, cluster, id, answer)
+            }))
+            .await;
+        results.extend(answers);
+        results.sort_by(|a, b| a.cluster.cmp(&b.cluster));
+        pb::SyncApplicationResponse {
+            revision,
+            clusters: sent,
+            not_connected,
+            history_id,
+            results,
+        }
+    }
+}
+
+/// Sends `SyncNow` for the rendered `app` to `clusters` and records the
+/// deployment in its history unless `dry_run`.
+///
+/// # Errors
+/// The application has no rendered state or its render failed, or the
+/// store cannot be written.
+fn send_sync(
+    ctx: &HubContext,
+    app: &Application,
+    clusters: Vec<String>,
+    prune: bool,
+    dry_run: bool,
+    initiated_by: &str,
+) -> Result<SentSync, Status> {
+    let name = &app.metadata.name;
     let bundle = ctx.fleet.bundle(name).ok_or_else(|| {
         let error = ctx
             .store
@@ -192,23 +305,17 @@ async fn render_and_sync(
         let _history = ctx.git.history_lock();
         history::record(&ctx.store, app, &revision, initiated_by, all)?
     };
-    ctx.store.flush_async().await?;
-    tracing::info!(app = %name, revision = %revision, clusters = ?sent, ?not_connected, prune, dry_run, initiated_by, "sync sent");
-    // Every cluster at once: the slowest agent bounds the wait.
-    let answers =
-        futures::future::join_all(waits.into_iter().map(|(cluster, id, rx)| async move {
-            let answer = ctx.commands.syncs.wait(&id, rx, DRY_RUN_TIMEOUT).await;
-            dry_run_result(name, cluster, id, answer)
-        }))
-        .await;
-    results.extend(answers);
-    results.sort_by(|a, b| a.cluster.cmp(&b.cluster));
-    Ok(pb::SyncApplicationResponse {
+    Ok(SentSync {
+        app: name.clone(),
         revision,
-        clusters: sent,
+        sent,
         not_connected,
         history_id,
         results,
+        waits,
+        prune,
+        dry_run,
+        initiated_by: initiated_by.to_owned(),
     })
 }
 
