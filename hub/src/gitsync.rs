@@ -1777,6 +1777,57 @@ pub fn redact(url: &str) -> String {
 mod tests {
     use super::*;
 
+    /// A render that hands its bundle over while the runtime shuts down
+    /// (every task spawned then is dropped at once) gets an error, instead
+    /// of starting publishers forever and holding the shutdown at 100 %
+    /// CPU, as the hub's sso test binary once hung at exit.
+    #[test]
+    fn a_bundle_handed_over_during_shutdown_ends_with_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        let fleet = Fleet::load(store.clone()).unwrap();
+        let sync = GitSync::new(
+            store,
+            fleet,
+            dir.path().join("git"),
+            Duration::from_secs(3600),
+        );
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let handle = rt.handle().clone();
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        rt.spawn(async move {
+            started_tx.send(()).unwrap();
+            // Held on this worker until the runtime is shutting down: a
+            // task that never ends is reported finished (dropped) then.
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                let probe = handle.spawn(std::future::pending::<()>());
+                std::thread::yield_now();
+                if probe.is_finished() || std::time::Instant::now() > deadline {
+                    break;
+                }
+                probe.abort();
+            }
+            let bundle = pb::AppBundle {
+                name: "guestbook".into(),
+                ..Default::default()
+            };
+            done_tx.send(sync.publish(bundle).await).unwrap();
+        });
+        started_rx.recv().unwrap();
+        let stopping = std::thread::spawn(move || drop(rt));
+        let published = done_rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("publish returned");
+        assert!(published.unwrap_err().to_string().contains("shutting down"),);
+        stopping.join().unwrap();
+    }
+
     #[test]
     fn redacts_credentials() {
         assert_eq!(
