@@ -1292,6 +1292,16 @@ impl AppSets {
                 a.app.metadata.annotations.remove(OWNER_ANNOTATION);
                 tracing::info!(appset = %name, app = %a.app.metadata.name, "application kept: the set's policy does not delete");
                 store.put_app_definition(&a)?;
+                // A waves rollout's pin goes with the set (recorded in
+                // the application's history): the kept application is an
+                // ordinary one now, rendered at Git's revision.
+                let clusters = store.clusters_targeted(&crate::store::Destination::of(&a.app))?;
+                crate::history::release_rollout_pin(
+                    store,
+                    &a.app.metadata.name,
+                    "the set was deleted, the application kept",
+                    clusters,
+                )?;
             } else {
                 self.delete_app(&a.app.metadata.name, preserve)?;
             }
@@ -2152,6 +2162,14 @@ mod tests {
         for (name, _, _, kept) in rows {
             let app = format!("{name}-a");
             assert!(store.app(&app).unwrap().is_some(), "{app} generated");
+            // As a waves rollout of the set leaves it.
+            crate::history::set_pin_by(
+                &store,
+                &app,
+                Some("old".into()),
+                &format!("rollout:{name}"),
+            )
+            .unwrap();
             assert!(sets.remove_set(name).unwrap());
             let after = store.app(&app).unwrap();
             assert_eq!(after.is_some(), kept, "{name}");
@@ -2159,6 +2177,17 @@ mod tests {
                 assert_eq!(a.origin, "api", "{name}");
                 assert!(!a.app.metadata.annotations.contains_key(OWNER_ANNOTATION));
             }
+            // Kept or not, no rollout pin is left; a kept application's
+            // history says where it went.
+            assert_eq!(store.app_pin(&app).unwrap(), None, "{name}");
+            let ops = store.app_ops(&app).unwrap();
+            assert_eq!(
+                ops.events
+                    .iter()
+                    .any(|e| e.event.contains("rollout pin released")),
+                kept,
+                "{name}: {ops:?}"
+            );
         }
     }
 
