@@ -258,13 +258,16 @@ pub async fn reconcile_set(
         invalid: pass.invalid,
         ..Default::default()
     };
+    // The step's syncs go as one batch: renders at once, one flush.
+    let mut batch = Vec::new();
+    let mut sending = Vec::new();
     for app_name in &pass.to_sync {
         let Some((app, clusters)) = targets.get(app_name) else {
             continue;
         };
         let Some(status) = next
             .applications
-            .iter_mut()
+            .iter()
             .find(|s| &s.application == app_name)
         else {
             continue;
@@ -284,8 +287,19 @@ pub async fn reconcile_set(
             .annotations
             .get(PRUNE_ANNOTATION)
             .is_some_and(|v| v == "true");
-        let by = format!("appset:{name}");
-        match crate::api::ops::sync_clusters(ctx, app, missing, prune, &by).await {
+        batch.push((app, missing, prune, format!("appset:{name}")));
+        sending.push(app_name);
+    }
+    let answers = crate::api::ops::sync_clusters(ctx, batch).await;
+    for (app_name, answer) in sending.into_iter().zip(answers) {
+        let Some(status) = next
+            .applications
+            .iter_mut()
+            .find(|s| &s.application == app_name)
+        else {
+            continue;
+        };
+        match answer {
             Ok(resp) => {
                 for r in resp.results {
                     if r.error.is_empty() && !r.command_id.is_empty() {
@@ -593,7 +607,7 @@ async fn waves_step(
         sending.push(sync);
     }
     // The wave's renders at once and one flush for the pass.
-    let answers = crate::api::ops::sync_clusters_batch(ctx, batch).await;
+    let answers = crate::api::ops::sync_clusters(ctx, batch).await;
     for (sync, answer) in sending.into_iter().zip(answers) {
         match answer {
             Ok(_) => {

@@ -89,30 +89,15 @@ fn refuse_blocked(
     )))
 }
 
-/// Syncs `app` on `clusters` as `flotilla app sync` does (render now, send
-/// `SyncNow`, record history as `initiated_by`): the path the rollout
-/// reconciler ([`crate::rollout`]) triggers its steps through.
-///
-/// # Errors
-/// The application cannot be rendered, or the store failed.
-pub async fn sync_clusters(
-    ctx: &HubContext,
-    app: &Application,
-    clusters: Vec<String>,
-    prune: bool,
-    initiated_by: &str,
-) -> Result<pb::SyncApplicationResponse, Status> {
-    // Treated as automated, as Argo CD's ApplicationSet controller's syncs.
-    refuse_blocked(ctx, app, &clusters, false)?;
-    render_and_sync(ctx, app, clusters, prune, false, initiated_by).await
-}
-
 /// Syncs each of `batch` (application, clusters, prune, initiated by) as
-/// [`sync_clusters`] does, with the renders run at once and one store
-/// flush for all: the rollout reconciler's syncs of one pass (a wave of
-/// 250 clusters waited for 250 renders and 250 flushes in a row).
-/// Answers in the order of `batch`.
-pub async fn sync_clusters_batch(
+/// `flotilla app sync` does (render now, send `SyncNow`, record history as
+/// initiated by), refused where a sync window blocks it, treated as
+/// automated as Argo CD's ApplicationSet controller's syncs are: the path
+/// the rollout reconciler ([`crate::rollout`]) sends a pass's syncs
+/// through. The renders run at once and the history entries share one
+/// store flush (a wave of 250 clusters sent one by one waited for 250
+/// renders and 250 flushes in a row). Answers in the order of `batch`.
+pub async fn sync_clusters(
     ctx: &HubContext,
     batch: Vec<(&Application, Vec<String>, bool, String)>,
 ) -> Vec<Result<pb::SyncApplicationResponse, Status>> {
