@@ -99,6 +99,10 @@ type Rendered = Arc<Result<Vec<String>, String>>;
 /// A render shared by every application that asks for the same key at the
 /// same time.
 type RenderCell = Arc<tokio::sync::OnceCell<Rendered>>;
+/// The render keys one application's render used, each shared with the
+/// render cache (1,000 applications generated from one path hold one key,
+/// not 1,000 copies of its strings).
+pub(crate) type UsedKeys = HashSet<Arc<RenderKey>>;
 
 /// An application's revision and objects, or what went wrong: the error
 /// and the revision it is about (empty when unknown).
@@ -208,10 +212,12 @@ pub struct GitSync {
     fetcher: Arc<fetcher::Fetcher>,
     /// url → commit whose Applications are loaded (this process).
     loaded: Mutex<HashMap<String, String>>,
-    renders: Mutex<HashMap<RenderKey, RenderCell>>,
+    /// Cached renders, keyed by their request; every application's used
+    /// keys ([`UsedKeys`]) share the key held here.
+    renders: Mutex<HashMap<Arc<RenderKey>, RenderCell>>,
     render_slots: RwLock<Arc<Semaphore>>,
     /// application → the render keys its last render used.
-    used_by: Mutex<HashMap<String, HashSet<RenderKey>>>,
+    used_by: Mutex<HashMap<String, UsedKeys>>,
     apps: Mutex<HashMap<String, AppSlot>>,
     /// application → what its last good render read, when that is all it
     /// depends on: a pass leaves it alone while its record and the commit
@@ -996,6 +1002,17 @@ impl GitSync {
                 .is_some_and(|b| b.digest == s.digest)
     }
 
+    /// The store's record of `rec`'s application when it has the same
+    /// definition (the render's conclusion wrote a new record with the
+    /// revision), else `rec`: what [`Settled`] keeps, so that it shares the
+    /// store's cached record instead of holding a second decoded copy.
+    fn current_record(&self, rec: &Arc<AppRecord>) -> Result<Arc<AppRecord>, StoreError> {
+        Ok(match self.store.app_shared(&rec.app.metadata.name)? {
+            Some(current) if Arc::ptr_eq(&current, rec) || current.app == rec.app => current,
+            _ => rec.clone(),
+        })
+    }
+
     /// Moves to its source's new commit, without rendering it, every
     /// application of `apps` whose last render stands but for the commit,
     /// when the new commit renders the same objects: its record and its
@@ -1116,11 +1133,12 @@ impl GitSync {
         }
         let keys: Vec<RenderKey> = groups.keys().cloned().collect();
         let rendered = futures::future::join_all(keys.iter().map(|k| self.render(k))).await;
-        let mut candidates: Vec<(Arc<AppRecord>, RenderKey, String)> = Vec::new();
+        let mut candidates: Vec<(Arc<AppRecord>, Arc<RenderKey>, String)> = Vec::new();
         for (new_key, new) in keys.into_iter().zip(rendered) {
             let Some((old_key, recs, commit)) = groups.remove(&new_key) else {
                 continue;
             };
+            let new_key = self.cached(&new_key).0;
             let old = self
                 .renders
                 .lock()
@@ -1181,6 +1199,7 @@ impl GitSync {
             for ((name, commit), key) in moves.iter().zip(keys) {
                 if let Some(s) = settled.get_mut(name) {
                     s.commit = commit.clone();
+                    s.app = self.current_record(&s.app)?;
                 }
                 used_by.insert(name.clone(), HashSet::from([key]));
             }
@@ -1266,9 +1285,9 @@ impl GitSync {
             .retain(|name, _| names.contains(name.as_str()));
         let mut used_by = self.used_by.lock().unwrap_or_else(|p| p.into_inner());
         used_by.retain(|name, _| names.contains(name.as_str()));
-        let used: HashSet<&RenderKey> = used_by.values().flatten().collect();
+        let used: HashSet<&RenderKey> = used_by.values().flatten().map(|k| &**k).collect();
         let mut renders = self.renders.lock().unwrap_or_else(|p| p.into_inner());
-        renders.retain(|k, cell| used.contains(k) || !cell.initialized());
+        renders.retain(|k, cell| used.contains(&**k) || !cell.initialized());
         *forgot_at = Some((definitions, renders.len()));
         crate::metrics::metrics().render_cache_entries(renders.len());
     }
@@ -1354,12 +1373,26 @@ impl GitSync {
     }
 
     fn render_cell(&self, key: &RenderKey) -> RenderCell {
-        self.renders
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(key.clone())
-            .or_default()
-            .clone()
+        self.cached(key).1
+    }
+
+    /// The render cache's entry for `key` (made empty when there is none):
+    /// its shared key and its cell.
+    fn cached(&self, key: &RenderKey) -> (Arc<RenderKey>, RenderCell) {
+        let mut renders = self.renders.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((k, cell)) = renders.get_key_value(key) {
+            return (k.clone(), cell.clone());
+        }
+        let (k, cell) = (Arc::new(key.clone()), RenderCell::default());
+        renders.insert(k.clone(), cell.clone());
+        (k, cell)
+    }
+
+    /// Notes that a render used `key`, sharing the cache's copy of it.
+    pub(crate) fn note_used(&self, used: &mut UsedKeys, key: &RenderKey) {
+        if !used.contains(key) {
+            used.insert(self.cached(key).0);
+        }
     }
 
     fn render_slots(&self) -> Arc<Semaphore> {
@@ -1458,7 +1491,7 @@ impl GitSync {
                 .insert(
                     name.to_owned(),
                     Settled {
-                        app: rec.clone(),
+                        app: self.current_record(&rec)?,
                         key,
                         commit,
                         digest: bundle.digest.clone(),
@@ -1487,7 +1520,7 @@ impl GitSync {
         app: &Application,
         intervals: &HashMap<(String, String), Duration>,
         force: bool,
-        used: &mut HashSet<RenderKey>,
+        used: &mut UsedKeys,
         fetched: &mut Option<((String, String), String)>,
     ) -> Result<Outcome, StoreError> {
         let src = &app.spec.source;
@@ -1506,13 +1539,13 @@ impl GitSync {
             crate::history::effective_commit(&self.store, app, commit)?
         };
         let key = crate::render::request_for(app, &commit);
-        used.insert(key.clone());
+        self.note_used(used, &key);
         let mut rendered = self.render(&key).await;
         // A chart found by its Chart.yaml: Helm output depends on the
         // release name and namespace, so the key must carry them.
         if crate::render::needs_release(&rendered) {
             let key = crate::render::with_release(key, app);
-            used.insert(key.clone());
+            self.note_used(used, &key);
             rendered = self.render(&key).await;
         }
         Ok(match rendered.as_ref() {

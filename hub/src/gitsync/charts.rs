@@ -30,7 +30,7 @@ impl GitSync {
         app: &Application,
         interval: Duration,
         force: bool,
-        used: &mut HashSet<RenderKey>,
+        used: &mut super::UsedKeys,
         refs: Vec<crate::render::RefSource>,
     ) -> Result<Result<(String, Vec<String>), String>, StoreError> {
         let src = &app.spec.source;
@@ -58,7 +58,7 @@ impl GitSync {
         };
         let mut key = crate::render::with_release(crate::render::request_for(app, &version), app);
         key.refs = refs;
-        used.insert(key.clone());
+        self.note_used(used, &key);
         let rendered = match self.render_chart(&key, &picked, interval, force).await {
             Ok(r) => r,
             Err(e) => return Ok(Err(e)),

@@ -13,12 +13,12 @@
 //! source has a `name`. Pins (`app sync --revision`, `app rollback`) are
 //! not supported for these applications.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use serde_json::Value;
 
-use super::{GitSync, RenderKey, revision_or_head};
+use super::{GitSync, revision_or_head};
 use crate::model::{Application, ApplicationSource};
 use crate::render::RefSource;
 use crate::source::redact_url;
@@ -65,7 +65,7 @@ impl GitSync {
         app: &Application,
         intervals: &HashMap<(String, String), Duration>,
         force: bool,
-        used: &mut HashSet<RenderKey>,
+        used: &mut super::UsedKeys,
     ) -> Result<Result<(String, Vec<String>), String>, StoreError> {
         let sources = &app.spec.sources;
         let interval = |src: &ApplicationSource| {
@@ -133,12 +133,12 @@ impl GitSync {
             }
             let mut key = crate::render::request_for(&single, &commits[i]);
             key.refs = src_refs.clone();
-            used.insert(key.clone());
+            self.note_used(used, &key);
             let mut rendered = self.render(&key).await;
             if crate::render::needs_release(&rendered) {
                 let mut key = crate::render::with_release(key, &single);
                 key.refs = src_refs;
-                used.insert(key.clone());
+                self.note_used(used, &key);
                 rendered = self.render(&key).await;
             }
             match rendered.as_ref() {
