@@ -320,6 +320,17 @@ async fn the_loop_moves_unchanged_applications_after_a_refresh() {
         assert!(std::time::Instant::now() < deadline, "first render");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // The loop joins its render tasks as they end: what it holds is the
+    // publisher and at most the last task to end, not one finished task
+    // (and its memory) per application rendered.
+    while sync.tasks_held() > 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} tasks still held after the first renders",
+            sync.tasks_held()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // The loop's first renders may still be concluding: one pass that
     // waits for every render it asks for leaves them settled.
