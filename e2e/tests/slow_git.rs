@@ -143,7 +143,7 @@ fn put_app(store: &Store, name: &str, url: &str) -> anyhow::Result<()> {
     );
     let app = flotilla_hub::model::parse_applications(&yaml, "test")?.remove(0);
     store.put_app(&AppRecord {
-        app,
+        app: app.into(),
         origin: "api".into(),
         revision: String::new(),
         error: String::new(),

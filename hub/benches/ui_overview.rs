@@ -42,7 +42,8 @@ spec:
     );
     Ok(AppRecord {
         app: flotilla_hub::fleet::parse_single_application(&yaml, "bench")
-            .map_err(anyhow::Error::msg)?,
+            .map_err(anyhow::Error::msg)?
+            .into(),
         origin: format!("appset:{set}"),
         revision: String::new(),
         error: String::new(),

@@ -338,7 +338,7 @@ pub fn plan_children(parent: &str, objects: &[Value], live: Live<'_>, policy: Po
             continue;
         };
         let current = live.apps.iter().find(|e| e.app.metadata.name == *name);
-        if should_write(app, last, current.map(|e| &e.app), policy.self_heal) {
+        if should_write(app, last, current.map(|e| &*e.app), policy.self_heal) {
             plan.apps.push(app.clone());
         }
         plan.owned.applications.insert(name.clone(), app.clone());
@@ -513,7 +513,7 @@ pub fn reconcile(
         let current = apps.iter().find(|e| e.app.metadata.name == name);
         tracing::info!(parent = %parent, app = %name, "application managed in the hub");
         store.put_app_definition(&AppRecord {
-            app: child,
+            app: child.into(),
             origin: origin.clone(),
             revision: current.map(|e| e.revision.clone()).unwrap_or_default(),
             error: current.map(|e| e.error.clone()).unwrap_or_default(),
@@ -624,7 +624,7 @@ mod tests {
 
     fn app_rec(v: Value, origin: &str) -> AppRecord {
         AppRecord {
-            app: model::application_from_value(v, "t").unwrap(),
+            app: model::application_from_value(v, "t").unwrap().into(),
             origin: origin.into(),
             revision: String::new(),
             error: String::new(),

@@ -261,7 +261,7 @@ mod tests {
     #[test]
     fn declared_applications_are_refused_with_where_to_change_them() {
         let rec = |origin: &str| AppRecord {
-            app: app(&[], false),
+            app: app(&[], false).into(),
             origin: origin.into(),
             revision: String::new(),
             error: String::new(),

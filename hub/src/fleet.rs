@@ -1015,7 +1015,7 @@ mod tests {
             "apiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata:\n  name: {name}\nspec:\n  source:\n    repoURL: file:///r\n    path: {name}\n  destination:\n    name: {dest}\n    namespace: default\n  syncPolicy:\n    automated:\n      prune: true\n"
         );
         AppRecord {
-            app: parse_single_application(&yaml, "t").unwrap(),
+            app: parse_single_application(&yaml, "t").unwrap().into(),
             origin: "api".into(),
             revision: String::new(),
             error: String::new(),

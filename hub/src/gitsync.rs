@@ -1353,7 +1353,7 @@ impl GitSync {
             }
             tracing::info!(app = %name, origin = %origin, "application loaded from Git");
             self.store.put_app_definition(&AppRecord {
-                app,
+                app: app.into(),
                 origin,
                 revision: current.map(|e| e.revision.clone()).unwrap_or_default(),
                 error: current.map(|e| e.error.clone()).unwrap_or_default(),
@@ -1815,7 +1815,7 @@ pub fn plan_applications(
     for (name, (app, origin)) in found {
         let unchanged = existing
             .iter()
-            .any(|e| e.app.metadata.name == name && e.app == app && e.origin == origin);
+            .any(|e| e.app.metadata.name == name && *e.app == app && e.origin == origin);
         if !unchanged {
             plan.upserts.push((app, origin));
         }
@@ -1916,7 +1916,8 @@ mod tests {
         AppRecord {
             app: model::parse_applications(&app_doc(name, path), "t")
                 .unwrap()
-                .remove(0),
+                .remove(0)
+                .into(),
             origin: origin.to_owned(),
             revision: String::new(),
             error: String::new(),

@@ -803,7 +803,7 @@ mod tests {
             "apiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata:\n  name: {name}\nspec:\n  project: {project}\n  source:\n    repoURL: https://user:secret@git.example.com/{name}.git\n    path: .\n  destination:\n    name: {dest}\n    namespace: default\n"
         );
         AppRecord {
-            app: parse_single_application(&yaml, "t").unwrap(),
+            app: parse_single_application(&yaml, "t").unwrap().into(),
             origin: "api".into(),
             revision: "r1".into(),
             error: String::new(),

@@ -6,6 +6,7 @@
 //! store and the ApplicationSet controller can use it.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use tracing::Instrument;
@@ -247,7 +248,7 @@ pub async fn reconcile_set(
             sync_started,
             error,
         });
-        targets.insert(app_name.clone(), (app.app, clusters));
+        targets.insert(app_name.clone(), (Arc::unwrap_or_clone(app.app), clusters));
     }
     let now = crate::clock::now_ms();
     let pass = rolling_sync::progress(&steps, &previous.applications, &observed, now);
@@ -574,7 +575,7 @@ async fn waves_step(
     ctx: &HubContext,
     rollouts: &Rollouts,
     name: &str,
-    apps: &HashMap<String, (crate::model::Application, Option<String>)>,
+    apps: &HashMap<String, (Arc<crate::model::Application>, Option<String>)>,
     held: &std::collections::BTreeSet<(String, String)>,
     controls: &[(waves::Control, String)],
     syncs: &[waves::Sync],
@@ -603,7 +604,7 @@ async fn waves_step(
             (None, true) => format!("{} (autoRollback)", pinned_by(name)),
             _ => pinned_by(name),
         };
-        batch.push((app, vec![sync.cluster.clone()], prune, by));
+        batch.push((&**app, vec![sync.cluster.clone()], prune, by));
         sending.push(sync);
     }
     // The wave's renders at once and one flush for the pass.

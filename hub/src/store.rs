@@ -161,7 +161,11 @@ fn is_zero(v: &i64) -> bool {
 /// An application definition and where it came from.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AppRecord {
-    pub app: Application,
+    /// Shared: moving an application to a new commit writes a record with
+    /// another `revision` and the same definition, and the record cache,
+    /// the Git loop and the ApplicationSet planner hold the definition
+    /// without a copy each.
+    pub app: Arc<Application>,
     /// `api` or `git:<repo-url>:<file>`.
     pub origin: String,
     /// Commit the current bundle was rendered from (empty before the first
@@ -2450,7 +2454,7 @@ mod tests {
                 )
                 .unwrap();
             let rec = AppRecord {
-                app: app("guestbook"),
+                app: app("guestbook").into(),
                 origin: format!("git:{old_url}:apps/guestbook.yaml"),
                 revision: String::new(),
                 error: String::new(),
@@ -2519,7 +2523,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
         let rec = AppRecord {
-            app: app("guestbook"),
+            app: app("guestbook").into(),
             origin: "api".into(),
             revision: String::new(),
             error: String::new(),
@@ -2565,7 +2569,7 @@ mod tests {
             .unwrap();
             s.update_cluster("c1", |c| c.acked_generation = 2).unwrap();
             s.put_app(&AppRecord {
-                app: app("guestbook"),
+                app: app("guestbook").into(),
                 origin: "api".into(),
                 revision: "abc".into(),
                 error: String::new(),

@@ -155,7 +155,7 @@ fn put_app(store: &Store, yaml: &str) {
         .remove(0);
     store
         .put_app(&AppRecord {
-            app,
+            app: app.into(),
             origin: "api".into(),
             revision: String::new(),
             error: String::new(),

@@ -27,7 +27,8 @@ fn application(name: &str, url: &str, path: &str, namespace: &str) -> AppRecord 
     AppRecord {
         app: flotilla_hub::model::parse_applications(&yaml, "test")
             .expect("valid application")
-            .remove(0),
+            .remove(0)
+            .into(),
         origin: "api".into(),
         revision: String::new(),
         error: String::new(),

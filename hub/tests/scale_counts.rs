@@ -36,7 +36,7 @@ fn cluster(name: &str) -> ClusterRecord {
 fn put_app(store: &Store, app: Application) {
     store
         .put_app(&AppRecord {
-            app,
+            app: app.into(),
             origin: "api".to_owned(),
             revision: String::new(),
             error: String::new(),

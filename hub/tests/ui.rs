@@ -38,7 +38,8 @@ spec:
     );
     Ok(AppRecord {
         app: flotilla_hub::fleet::parse_single_application(&yaml, "test")
-            .map_err(anyhow::Error::msg)?,
+            .map_err(anyhow::Error::msg)?
+            .into(),
         origin: "api".into(),
         revision: String::new(),
         error: String::new(),
@@ -328,7 +329,7 @@ async fn the_overview_filters_by_project() -> anyhow::Result<()> {
     let ui = ui().await?;
     // web-c1 and web-c2 name no project (`default`); a third in team-a.
     let mut rec = app("billing-c1", "c1")?;
-    rec.app.spec.project = "team-a".into();
+    std::sync::Arc::make_mut(&mut rec.app).spec.project = "team-a".into();
     ui.store.put_app(&rec)?;
     let all = overview_text(&ui, "/").await?;
     assert!(

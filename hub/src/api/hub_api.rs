@@ -535,7 +535,7 @@ impl pb::hub_api_server::HubApi for HubApiService {
                 )));
             }
             let rec = AppRecord {
-                app,
+                app: app.into(),
                 // An edit of an application an in-hub application manages keeps
                 // it managed (its parent's selfHeal decides whether it stays).
                 origin: crate::model::origin_after_api_edit(

@@ -27,7 +27,7 @@ fn caller_name<T>(req: &Request<T>) -> String {
 fn load_app(ctx: &HubContext, name: &str) -> Result<Application, Status> {
     ctx.store
         .app(name)?
-        .map(|r| r.app)
+        .map(|r| std::sync::Arc::unwrap_or_clone(r.app))
         .ok_or_else(|| Status::not_found(format!("application {name:?} not found")))
 }
 

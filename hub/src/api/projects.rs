@@ -18,7 +18,7 @@ fn applications_of(ctx: &HubContext, name: &str) -> Result<Vec<String>, Status> 
         .apps()?
         .into_iter()
         .filter(|a| project::project_of(&a.app) == name)
-        .map(|a| a.app.metadata.name)
+        .map(|a| a.app.metadata.name.clone())
         .collect())
 }
 

@@ -270,7 +270,7 @@ pub fn plan_set(
                 };
                 match app {
                     Ok(app) => {
-                        if e.app != app && input.policy.allows_update() {
+                        if *e.app != app && input.policy.allows_update() {
                             plan.upserts.push(app);
                         }
                     }
@@ -991,7 +991,7 @@ impl AppSets {
                 let current = apps.get(name);
                 tracing::info!(appset = %rec.name, app = %name, created = current.is_none(), "generated application");
                 let written = AppRecord {
-                    app: app.clone(),
+                    app: Arc::new(app.clone()),
                     origin: origin.clone(),
                     revision: current.map(|a| a.revision.clone()).unwrap_or_default(),
                     error: current.map(|a| a.error.clone()).unwrap_or_default(),
@@ -1088,13 +1088,14 @@ impl AppSets {
             self.fleet.remove_app_with(name, propagation)?;
             return Ok(());
         }
-        if let Some(p) = rec.app.spec.sync_policy.as_mut() {
+        let app = Arc::make_mut(&mut rec.app);
+        if let Some(p) = app.spec.sync_policy.as_mut() {
             p.automated = Some(AutomatedSync {
                 prune: false,
                 ..p.automated.clone().unwrap_or_default()
             });
         }
-        rec.app.metadata.annotations.insert(
+        app.metadata.annotations.insert(
             DELETING_ANNOTATION.to_owned(),
             "preserve-resources".to_owned(),
         );
@@ -1131,7 +1132,7 @@ impl AppSets {
                         .apps()?
                         .into_iter()
                         .filter(is_deleting)
-                        .map(|a| a.app.metadata.name)
+                        .map(|a| a.app.metadata.name.clone())
                         .collect();
                     let out = found.iter().cloned().collect();
                     *deleting = Some(found);
@@ -1289,7 +1290,10 @@ impl AppSets {
                 // Orphaned, as Kubernetes leaves them once Argo CD removed
                 // the set's owner references: plain applications now.
                 a.origin = "api".to_owned();
-                a.app.metadata.annotations.remove(OWNER_ANNOTATION);
+                Arc::make_mut(&mut a.app)
+                    .metadata
+                    .annotations
+                    .remove(OWNER_ANNOTATION);
                 tracing::info!(appset = %name, app = %a.app.metadata.name, "application kept: the set's policy does not delete");
                 store.put_app_definition(&a)?;
                 // A waves rollout's pin goes with the set (recorded in
@@ -1516,7 +1520,7 @@ mod tests {
             .annotations
             .insert(OWNER_ANNOTATION.to_owned(), "s".to_owned());
         AppRecord {
-            app: a,
+            app: a.into(),
             origin: origin_of("s"),
             revision: String::new(),
             error: String::new(),
@@ -1932,8 +1936,7 @@ mod tests {
     #[test]
     fn preserved_and_ignored_fields_are_not_rewritten() {
         let mut current = owned("a", "edited");
-        current
-            .app
+        Arc::make_mut(&mut current.app)
             .metadata
             .labels
             .insert("team".into(), "blue".into());
