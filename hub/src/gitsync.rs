@@ -640,14 +640,18 @@ impl GitSync {
         let mut force = true;
         loop {
             self.pass(force, false).await;
+            let mut until = tokio::time::Instant::now() + self.next_wait();
             force = loop {
-                let wait = self.next_wait();
                 tokio::select! {
-                    () = tokio::time::sleep(wait) => break false,
+                    () = tokio::time::sleep_until(until) => break false,
                     () = self.kick.notified() => break true,
                     () = self.wake.notified() => break false,
                     // A fetch ended: its next poll counts from now on.
-                    () = self.replan.notified() => {}
+                    () = self.replan.notified() => {
+                        until = tokio::time::Instant::now() + self.next_wait();
+                    }
+                    // Reaping keeps the deadline: tasks end all the time
+                    // while a commit renders.
                     () = self.task_ended.notified() => self.reap_tasks(),
                 }
             };
@@ -704,8 +708,7 @@ impl GitSync {
     fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
         let ended = self.task_ended.clone();
         let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
-        // Reap the finished ones.
-        while tasks.try_join_next().is_some() {}
+        reap(&mut tasks);
         tasks.spawn(async move {
             task.await;
             ended.notify_one();
@@ -714,8 +717,7 @@ impl GitSync {
 
     /// Joins the tasks that finished (the loop does, as they end).
     fn reap_tasks(&self) {
-        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
-        while tasks.try_join_next().is_some() {}
+        reap(&mut self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
     }
 
     /// Tasks started by the loop and not joined yet (running, or finished
@@ -1008,7 +1010,7 @@ impl GitSync {
         if s.projects != self.store.project_changes() {
             return false;
         }
-        if !(Arc::ptr_eq(&s.app, rec) || s.app.app == rec.app) {
+        if !same_definition(&s.app, rec) {
             return false;
         }
         if self.fetcher.due(&s.key, &flight_of(&s.key)) {
@@ -1031,7 +1033,7 @@ impl GitSync {
     /// store's cached record instead of holding a second decoded copy.
     fn current_record(&self, rec: &Arc<AppRecord>) -> Result<Arc<AppRecord>, StoreError> {
         Ok(match self.store.app_shared(&rec.app.metadata.name)? {
-            Some(current) if Arc::ptr_eq(&current, rec) || current.app == rec.app => current,
+            Some(current) if same_definition(&current, rec) => current,
             _ => rec.clone(),
         })
     }
@@ -1250,9 +1252,7 @@ impl GitSync {
             let Some(s) = settled.get(name) else {
                 return Ok(None);
             };
-            if s.projects != self.store.project_changes()
-                || !(Arc::ptr_eq(&s.app, rec) || s.app.app == rec.app)
-            {
+            if s.projects != self.store.project_changes() || !same_definition(&s.app, rec) {
                 return Ok(None);
             }
             (s.key.clone(), s.commit.clone(), s.digest.clone())
@@ -1750,6 +1750,18 @@ impl GitSync {
         }
         Ok(())
     }
+}
+
+/// Whether two records hold the same application definition: the same
+/// shared `Application` (a record written for a new revision keeps its
+/// definition's), else an equal one.
+fn same_definition(a: &AppRecord, b: &AppRecord) -> bool {
+    Arc::ptr_eq(&a.app, &b.app) || a.app == b.app
+}
+
+/// Joins the tasks of `tasks` that finished.
+fn reap(tasks: &mut tokio::task::JoinSet<()>) {
+    while tasks.try_join_next().is_some() {}
 }
 
 fn origin_prefix(repo_url: &str) -> String {
