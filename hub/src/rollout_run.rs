@@ -195,7 +195,8 @@ pub async fn reconcile_set(
         .map(|p| (p.application.as_str(), p))
         .collect();
     let mut observed = Vec::with_capacity(rec.generated.len());
-    let mut targets: HashMap<String, (crate::model::Application, Vec<String>)> = HashMap::new();
+    let mut targets: HashMap<String, (Arc<crate::model::Application>, Vec<String>)> =
+        HashMap::new();
     for app_name in &rec.generated {
         let Some(app) = store.app(app_name)? else {
             continue;
@@ -248,7 +249,7 @@ pub async fn reconcile_set(
             sync_started,
             error,
         });
-        targets.insert(app_name.clone(), (Arc::unwrap_or_clone(app.app), clusters));
+        targets.insert(app_name.clone(), (app.app, clusters));
     }
     let now = crate::clock::now_ms();
     let pass = rolling_sync::progress(&steps, &previous.applications, &observed, now);
@@ -288,7 +289,7 @@ pub async fn reconcile_set(
             .annotations
             .get(PRUNE_ANNOTATION)
             .is_some_and(|v| v == "true");
-        batch.push((app, missing, prune, format!("appset:{name}")));
+        batch.push((&**app, missing, prune, format!("appset:{name}")));
         sending.push(app_name);
     }
     let answers = crate::api::ops::sync_clusters(ctx, batch).await;

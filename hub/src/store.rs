@@ -161,10 +161,10 @@ fn is_zero(v: &i64) -> bool {
 /// An application definition and where it came from.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AppRecord {
-    /// Shared: moving an application to a new commit writes a record with
-    /// another `revision` and the same definition, and the record cache,
-    /// the Git loop and the ApplicationSet planner hold the definition
-    /// without a copy each.
+    /// Shared: a record written for a new `revision` or `error` keeps the
+    /// definition of the one it replaces, and the record cache and the Git
+    /// loop hold it without a copy each. (The ApplicationSet memo still
+    /// holds its own generated copy: docs/architecture.md#scale.)
     pub app: Arc<Application>,
     /// `api` or `git:<repo-url>:<file>`.
     pub origin: String,

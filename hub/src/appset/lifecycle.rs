@@ -970,7 +970,7 @@ impl AppSets {
                     ),
                 };
             let now = crate::clock::now_ms();
-            let plan = plan_set(
+            let mut plan = plan_set(
                 &PlanInput {
                     set: &rec.name,
                     policy,
@@ -986,12 +986,13 @@ impl AppSets {
                 apps,
             );
             let origin = origin_of(&rec.name);
-            for app in &plan.upserts {
+            for app in std::mem::take(&mut plan.upserts) {
+                let app = Arc::new(app);
                 let name = &app.metadata.name;
                 let current = apps.get(name);
                 tracing::info!(appset = %rec.name, app = %name, created = current.is_none(), "generated application");
                 let written = AppRecord {
-                    app: Arc::new(app.clone()),
+                    app: app.clone(),
                     origin: origin.clone(),
                     revision: current.map(|a| a.revision.clone()).unwrap_or_default(),
                     error: current.map(|a| a.error.clone()).unwrap_or_default(),
